@@ -1,0 +1,345 @@
+"""Fetch pretrained weights from the Hugging Face Hub, verified against a pinned sha256.
+
+:func:`fetch` is the one entry point: it returns a local path to a file whose sha256 matches
+the manifest, or raises :class:`WeightsUnavailable` with a message meant for the end user
+(what failed, and three ways out). No other exception escapes it for network, Hub or cache
+trouble.
+
+Order of operations in :func:`fetch`:
+
+1. Cache: ``try_to_load_from_cache`` (no network). A cached file whose sha256 matches is
+   returned without any request, whatever the revision (the sha256 is the real pin). A cached
+   file that does not match is removed (snapshot entry and blob) and fetched again.
+2. Probe: one ``HEAD`` on the file's resolve URL, without retries. Fails fast when offline
+   (``HF_HUB_OFFLINE``), when the Hub cannot be reached (``hf_hub_download`` itself would retry
+   with back-off for ~25 s first), or when the repo, revision or file does not exist. For LFS
+   files the Hub advertises the content's sha256 as its etag: a mismatch with the manifest is
+   reported before downloading anything.
+3. ``hf_hub_download`` into the Hub cache (its own tqdm bar unless ``quiet``).
+4. Verify the sha256 (streamed); on mismatch delete the snapshot entry and its blob.
+
+The endpoint is ``HF_ENDPOINT`` as read by ``huggingface_hub`` at import time (default
+https://huggingface.co) unless ``endpoint=`` is given; offline mode is ``HF_HUB_OFFLINE``, also
+read at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (
+    FileMetadataError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import (
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+)
+
+try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    import httpx as _httpx  # type: ignore[no-redef]
+
+__all__ = ["WeightsUnavailable", "fetch", "sha256_file", "snapshot_path"]
+
+CHUNK_SIZE = 1 << 20  # 1 MiB
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# Connection refused, DNS failure, timeouts, broken connections, proxy trouble.
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    _httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class WeightsUnavailable(Exception):
+    """Weights could not be obtained; ``str(exc)`` is a multi-line message for the user.
+
+    ``kind`` says why, for callers that want to branch on it: ``"offline"``, ``"network"``,
+    ``"not_found"``, ``"access"``, ``"http"``, ``"checksum"`` or ``"error"``.
+    """
+
+    def __init__(self, message: str, *, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def snapshot_path(
+    repo_id: str, filename: str, revision: str, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the Hub cache keeps ``filename`` of ``repo_id`` at commit ``revision``.
+
+    A verified file placed there by hand is picked up by :func:`fetch` (when ``revision`` is a
+    commit hash, as manifests should pin).
+    """
+    root = Path(cache_dir if cache_dir is not None else hf_constants.HF_HUB_CACHE)
+    folder = "models--" + repo_id.replace("/", "--")
+    return root / folder / "snapshots" / revision / Path(*filename.split("/"))
+
+
+def fetch(
+    repo_id: str,
+    filename: str,
+    revision: str,
+    sha256: str,
+    *,
+    cache_dir: Path | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    endpoint: str | None = None,
+    name: str | None = None,
+    manual_path: Path | None = None,
+) -> Path:
+    """Return a local path to ``filename`` from ``repo_id`` at ``revision``, with sha256 ``sha256``.
+
+    ``cache_dir`` defaults to the Hub cache (``HF_HUB_CACHE``). ``force`` skips the cache and
+    downloads again. ``quiet`` hides the download progress bar. ``endpoint`` overrides
+    ``HF_ENDPOINT``. ``name`` (the model's name in the manifest) and ``manual_path`` (where the
+    caller looks for a hand-placed copy) only improve error messages; without ``manual_path``
+    the message points at the Hub-cache snapshot path (see :func:`snapshot_path`), which this
+    function does pick up.
+
+    Raises :class:`WeightsUnavailable` on any failure; :class:`ValueError` if ``sha256`` is not a
+    64-digit hex string (a bug in the manifest, not a user problem).
+    """
+    expected = sha256.strip().lower()
+    if not _SHA256_RE.fullmatch(expected):
+        raise ValueError(f"expected sha256 must be 64 hex digits, got {sha256!r}")
+    ctx = _Context(repo_id, filename, revision, expected, cache_dir, endpoint, name, manual_path)
+
+    note = ""
+    if not force:
+        cached = _cached(repo_id, filename, revision, cache_dir)
+        if cached is not None:
+            try:
+                good = sha256_file(cached) == expected
+            except OSError:  # unreadable cache entry: treat like a bad one
+                good = False
+            if good:
+                return cached
+            _discard(cached)
+            note = f"A cached copy with the wrong checksum was removed from {cached}."
+
+    try:
+        _probe(ctx)
+        with _progress_bars(enabled=not quiet):
+            local = Path(
+                huggingface_hub.hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force,
+                    endpoint=endpoint,
+                )
+            )
+    except WeightsUnavailable:
+        raise
+    except Exception as exc:
+        kind, reason = _explain(exc, ctx)
+        if kind is None:
+            raise  # not a download problem: a bug, let it surface
+        if note:
+            reason = f"{reason}\n{note}"
+        raise ctx.unavailable(reason, kind) from exc
+
+    actual = sha256_file(local)
+    if actual != expected:
+        _discard(local)
+        raise ctx.unavailable(
+            f"checksum mismatch: the downloaded file has sha256 {actual}, expected {expected}; "
+            "the file was not kept.",
+            "checksum",
+        )
+    return local
+
+
+# --------------------------------------------------------------------------- internals
+class _Context:
+    """What is being fetched, for error messages."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        filename: str,
+        revision: str,
+        sha256: str,
+        cache_dir: Path | None,
+        endpoint: str | None,
+        name: str | None,
+        manual_path: Path | None,
+    ) -> None:
+        self.repo_id = repo_id
+        self.filename = filename
+        self.revision = revision
+        self.sha256 = sha256
+        self.cache_dir = cache_dir
+        self.endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
+        self.name = name
+        self.manual_path = manual_path
+
+    @property
+    def url(self) -> str:
+        return f"{self.endpoint}/{self.repo_id}/resolve/{self.revision}/{self.filename}"
+
+    def unavailable(self, reason: str, kind: str) -> WeightsUnavailable:
+        target = f"{self.repo_id}/{self.filename} (revision {self.revision})"
+        download = f"derain download {self.name}" if self.name else "derain download"
+        first = {
+            "offline": f"run `{download}` with HF_HUB_OFFLINE unset, while online",
+            "network": f"run `{download}` when online (HF_ENDPOINT selects a Hub mirror)",
+            "http": f"run `{download}` again later",
+            "access": f"log in (`hf auth login` or HF_TOKEN), then run `{download}`",
+        }.get(kind, "update derain (its weights manifest may be out of date) or report this")
+        lines = [
+            f"Cannot get pretrained weights {target}:",
+            f"  {reason}".replace("\n", "\n  "),
+            "To fix this, do one of:",
+            f"  - {first};",
+        ]
+        if self.manual_path is not None:
+            place = self.manual_path
+            lines.append(f"  - or place the file by hand at {place} (sha256 {self.sha256});")
+        elif _COMMIT_RE.fullmatch(self.revision):
+            place = snapshot_path(
+                self.repo_id, self.filename, self.revision, cache_dir=self.cache_dir
+            )
+            lines.append(f"  - or place the file by hand at {place} (sha256 {self.sha256});")
+        else:
+            lines.append(f"  - or fetch {self.url} by hand (sha256 {self.sha256});")
+        lines.append("  - or pass --weights FILE to use a weights file you already have.")
+        return WeightsUnavailable("\n".join(lines), kind=kind)
+
+
+def _cached(repo_id: str, filename: str, revision: str, cache_dir: Path | None) -> Path | None:
+    try:
+        found = huggingface_hub.try_to_load_from_cache(
+            repo_id, filename, cache_dir=cache_dir, revision=revision
+        )
+    except (OSError, ValueError):  # unreadable cache, invalid repo id or filename
+        return None
+    # A string is a path; None means not cached; a sentinel means "known not to exist" there.
+    return Path(found) if isinstance(found, str) else None
+
+
+def _discard(path: Path) -> None:
+    """Delete a cache entry: the snapshot entry and, if it links into ``blobs/``, the blob."""
+    blob = None
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if target.parent.name == "blobs":  # never follow a hand-made link out of the cache
+            blob = target
+    for p in (path, blob):
+        if p is not None:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _probe(ctx: _Context) -> None:
+    """One HEAD request, no retries: raises the Hub client's errors, or a checksum mismatch."""
+    url = huggingface_hub.hf_hub_url(
+        ctx.repo_id, ctx.filename, revision=ctx.revision, endpoint=ctx.endpoint
+    )
+    meta = huggingface_hub.get_hf_file_metadata(url, endpoint=ctx.endpoint)
+    etag = (meta.etag or "").lower()
+    if _SHA256_RE.fullmatch(etag) and etag != ctx.sha256:
+        raise ctx.unavailable(
+            f"checksum mismatch: the Hub's copy has sha256 {etag}, expected {ctx.sha256}; "
+            "nothing was downloaded. The file changed on the Hub or the manifest is out of date.",
+            "checksum",
+        )
+
+
+def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
+    """Map an exception from huggingface_hub to (kind, user-facing reason); kind None: unknown."""
+    where = f"{ctx.endpoint}"
+    offline = isinstance(exc, OfflineModeIsEnabled) or (
+        isinstance(exc, LocalEntryNotFoundError) and hf_constants.is_offline_mode()
+    )
+    if offline:
+        return "offline", (
+            "offline mode is on (HF_HUB_OFFLINE is set) and the file is not in the local cache "
+            f"({ctx.cache_dir or hf_constants.HF_HUB_CACHE})."
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return "not_found", f"revision {ctx.revision!r} does not exist in {ctx.repo_id} on {where}."
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return "not_found", (
+            f"{ctx.filename!r} does not exist in {ctx.repo_id} "
+            f"at revision {ctx.revision!r} on {where}."
+        )
+    if isinstance(exc, GatedRepoError):
+        return "access", (
+            f"{ctx.repo_id} is gated: accept its terms on the Hub, then log in "
+            "(`hf auth login`) or set HF_TOKEN."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return "not_found", (
+            f"repository {ctx.repo_id} was not found on {where} "
+            "(or it is private and no valid token was sent)."
+        )
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            return "access", f"{where} refused access (HTTP {status}); check HF_TOKEN."
+        if status is not None and (status == 429 or status >= 500):
+            return "http", f"{where} is unavailable right now (HTTP {status}); try again later."
+        return "http", f"{where} answered HTTP {status} for {ctx.url}."
+    if isinstance(exc, FileMetadataError):
+        return "network", (
+            f"{where} did not answer like a Hugging Face Hub (check HF_ENDPOINT, proxy, firewall)."
+        )
+    if isinstance(exc, (LocalEntryNotFoundError, *_TRANSPORT_ERRORS)):
+        detail = str(exc.__cause__ or exc).strip().splitlines()
+        return "network", (
+            f"could not reach {where} (no network, or the server is down): "
+            f"{detail[0] if detail else type(exc).__name__}."
+        )
+    if isinstance(exc, _httpx.HTTPError):  # too many redirects, undecodable response, ...
+        return "network", f"talking to {where} failed: {type(exc).__name__}: {exc}."
+    if isinstance(exc, HFValidationError):
+        return "error", f"invalid repository id or revision in the manifest: {exc}"
+    if isinstance(exc, OSError):  # disk full, read-only cache, size mismatch after download...
+        return "error", f"the download failed: {exc}"
+    return None, ""
+
+
+@contextmanager
+def _progress_bars(*, enabled: bool) -> Iterator[None]:
+    """Hide huggingface_hub's progress bars inside the block when ``enabled`` is False."""
+    if enabled or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()

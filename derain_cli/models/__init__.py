@@ -1,0 +1,136 @@
+"""Network architectures and the name -> (architecture, configuration) registry.
+
+Architectures are kept apart from everything that runs them (tiling, I/O,
+training), so one class serves inference, training, export and tests alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .rdmc import RDMC, RDMCConfig
+from .semi_drdnet import SemiDRDNet, SemiDRDNetConfig
+
+#: architecture id -> (network class, its config dataclass)
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
+    "semi-drdnet": (SemiDRDNet, SemiDRDNetConfig),
+    "rdmc": (RDMC, RDMCConfig),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: a name users type, its architecture and sizes."""
+
+    name: str
+    arch: str
+    config: Any
+    summary: str
+
+    def config_dict(self) -> dict[str, Any]:
+        return config_to_dict(self.config)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "semi-drdnet",
+            "semi-drdnet",
+            SemiDRDNetConfig(),
+            "Semi-DRDNet, paper size (64 wide, 16 rain + 16 detail blocks)",
+        ),
+        ModelSpec(
+            "semi-drdnet-lite",
+            "semi-drdnet",
+            SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=6),
+            "Semi-DRDNet for CPUs (32 wide, 6 + 6 blocks, ~10x fewer FLOPs)",
+        ),
+        ModelSpec(
+            "rdmc",
+            "rdmc",
+            RDMCConfig(),
+            "RDMC, paper size (3 branches 32..256 channels, 3 recursions)",
+        ),
+        ModelSpec(
+            "rdmc-lite",
+            "rdmc",
+            RDMCConfig(channels=(12, 24, 48, 96, 96), stages=2),
+            "RDMC for CPUs (12..96 channels, 2 recursions, ~10x fewer FLOPs)",
+        ),
+    ]
+}
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}; choose one of: {', '.join(MODELS)}"
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(name) from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-friendly form of a config dataclass (tuples become lists)."""
+    items = dataclasses.asdict(config).items()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+
+
+def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
+    """Rebuild an architecture's config from its JSON form."""
+    _, cfg_cls = _arch(arch)
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"unknown {arch} config field(s): {', '.join(sorted(unknown))}")
+    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _arch(arch: str) -> tuple[type[nn.Module], type]:
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def build_architecture(arch: str, config: Any = None) -> nn.Module:
+    """Instantiate an architecture from a config object or its dict form."""
+    cls, cfg_cls = _arch(arch)
+    if isinstance(config, dict):
+        config = config_from_dict(arch, config)
+    return cls(config if config is not None else cfg_cls())
+
+
+def build_model(name: str) -> nn.Module:
+    """Build a registered model by name (randomly initialised; see ``derain_cli.weights``)."""
+    spec = get_spec(name)
+    return build_architecture(spec.arch, spec.config)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "MODELS",
+    "RDMC",
+    "ModelSpec",
+    "RDMCConfig",
+    "SemiDRDNet",
+    "SemiDRDNetConfig",
+    "UnknownModelError",
+    "build_architecture",
+    "build_model",
+    "config_from_dict",
+    "config_to_dict",
+    "get_spec",
+]

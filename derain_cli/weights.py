@@ -1,0 +1,249 @@
+"""Weights: the manifest, safetensors save/load, and name -> file resolution.
+
+Each shipped weight has one record in ``weights/manifest.json`` (in the spirit
+of timm's pretrained configs): file, sha256, size, dtype, architecture and
+config, license, training data and measured metrics, and the Hugging Face
+repo/filename/revision it can be fetched from. A safetensors file also carries
+its architecture and config in its metadata, so ``--weights FILE`` needs no
+manifest.
+
+Loading is strict: the sha256 is checked when known, and tensor names and
+shapes must match the architecture exactly; the error names the first
+mismatch. ``.pt``/``.pth`` checkpoints are read only through
+``torch.load(weights_only=True)``, never by unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .models import build_architecture, config_to_dict, get_spec
+
+FORMAT = "derain-weights-v1"
+
+
+class WeightsError(Exception):
+    """A weights file that cannot be used: corrupt, wrong checksum or wrong shapes."""
+
+
+def bundled_dir() -> Path:
+    """The folder holding the bundled weights and ``manifest.json``."""
+    return Path(str(resources.files("derain_cli.weights_dir")))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class WeightRecord:
+    """One manifest entry; unknown keys are kept in ``extra`` so nothing is lost."""
+
+    name: str
+    arch: str
+    config: dict[str, Any]
+    file: str
+    sha256: str
+    size: int
+    dtype: str
+    license: str = "MIT"
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    hub: dict[str, str] = field(default_factory=dict)
+    status: str = "release"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightRecord:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+def manifest_path() -> Path:
+    return bundled_dir() / "manifest.json"
+
+
+def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
+    """Weight name -> record, from the bundled manifest (or ``path``)."""
+    path = path or manifest_path()
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {d["name"]: WeightRecord.from_dict(d) for d in data.get("weights", [])}
+
+
+def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:
+    path = path or manifest_path()
+    body = {"version": 1, "weights": [r.to_dict() for r in records.values()]}
+    path.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    name: str,
+    arch: str,
+    config: Any,
+    dtype: torch.dtype = torch.float16,
+    metadata: dict[str, str] | None = None,
+) -> WeightRecord:
+    """Write a model's state as safetensors (atomically) and return its manifest record.
+
+    Floating tensors are stored in ``dtype`` (fp16 halves the download; the
+    networks run in fp32 after loading). BatchNorm counters stay integers.
+    """
+    path = Path(path)
+    cfg = config if isinstance(config, dict) else config_to_dict(config)
+    tensors = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    meta = {"format": FORMAT, "name": name, "arch": arch, "config": json.dumps(cfg)}
+    meta.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return WeightRecord(
+        name=name, arch=arch, config=cfg, file=path.name, sha256=sha256_file(path),
+        size=path.stat().st_size, dtype=str(dtype).removeprefix("torch."),
+    )
+
+
+def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, or of a ``.pt``/``.pth`` read safely."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix in (".pt", ".pth", ".ckpt"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error
+            raise WeightsError(f"{path}: not a plain tensor checkpoint ({e})") from None
+        for key in ("ema", "model", "state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise WeightsError(f"{path}: expected a dict of tensors")
+        return obj, {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Raise a WeightsError naming the first missing, unexpected or mis-shaped tensor."""
+    expected = model.state_dict()
+    for k, v in expected.items():
+        if k not in state:
+            raise WeightsError(f"{source}: tensor {k!r} is missing (architecture mismatch?)")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WeightsError(
+                f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                f"the architecture expects {tuple(v.shape)}"
+            )
+    for k in state:
+        if k not in expected:
+            raise WeightsError(f"{source}: unexpected tensor {k!r} (architecture mismatch?)")
+
+
+def load_into(
+    model: nn.Module, path: str | os.PathLike[str], sha256: str | None = None
+) -> nn.Module:
+    """Load a weights file into ``model`` after checking checksum, names and shapes."""
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise WeightsError(
+                f"{path}: sha256 {actual[:12]}... does not match the manifest's {sha256[:12]}...; "
+                "the file is corrupt or not the published one (delete it and download again)"
+            )
+    state, _ = read_state(path)
+    check_state(model, state, str(path))
+    ref = model.state_dict()
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+    return model
+
+
+def model_from_file(path: str | os.PathLike[str], model_name: str | None = None) -> nn.Module:
+    """Build the architecture a weights file describes (or ``model_name``'s) and load it."""
+    _, meta = read_state(path)
+    if model_name is not None:
+        spec = get_spec(model_name)
+        model = build_architecture(spec.arch, spec.config)
+    elif meta.get("format") == FORMAT:
+        model = build_architecture(meta["arch"], json.loads(meta["config"]))
+    else:
+        raise WeightsError(
+            f"{path}: the file does not say which architecture it is for; pass --model NAME too"
+        )
+    return load_into(model, path)
+
+
+def resolve(name: str, *, quiet: bool = False) -> Path:
+    """Local path of a manifest weight: bundled file, else the Hub cache, else a download."""
+    from . import hub
+
+    records = load_manifest()
+    if name not in records:
+        raise WeightsError(
+            f"no weights named {name!r} in the manifest; known: {', '.join(records) or 'none'}"
+        )
+    rec = records[name]
+    bundled = bundled_dir() / rec.file
+    if bundled.exists():
+        return bundled
+    if not rec.hub:
+        raise hub.WeightsUnavailable(
+            f"weights {name!r} are not bundled and have no download source; "
+            f"place the file by hand at {bundled} (sha256 {rec.sha256})"
+        )
+    return hub.fetch(
+        rec.hub["repo_id"], rec.hub["filename"], rec.hub["revision"], rec.sha256,
+        quiet=quiet, manual_path=bundled, name=name,
+    )
+
+
+def load_pretrained(name: str, *, quiet: bool = False) -> nn.Module:
+    """The registered model ``name`` with its published weights, checked and in eval mode."""
+    rec = load_manifest().get(name)
+    if rec is None:
+        raise WeightsError(
+            f"no pretrained weights for {name!r} yet; train some with `derain train` "
+            "and pass them with --weights"
+        )
+    path = resolve(name, quiet=quiet)
+    model = build_architecture(rec.arch, rec.config)
+    return load_into(model, path, rec.sha256).eval()

@@ -1,0 +1,108 @@
+"""Registry and architecture properties every registered model must have."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from derain_cli.models import MODELS, SemiDRDNet, build_model, config_from_dict, get_spec
+from derain_cli.models.rdmc import RDMC
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    torch.manual_seed(0)
+    return request.param, build_model(request.param)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 64, 96)])
+def test_keeps_size_forward_backward(model, shape):
+    _, net = model
+    net.train()
+    x = torch.rand(*shape, requires_grad=True)
+    y = net(x)
+    assert y.shape == x.shape
+    y.mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    net.zero_grad(set_to_none=True)
+
+
+def test_deterministic_in_eval(model):
+    _, net = model
+    net.eval()
+    x = torch.rand(1, 3, 40, 44)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+
+
+def test_tiny_image(model):
+    _, net = model
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 3, 1, 1)).shape == (1, 3, 1, 1)
+
+
+def _params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_paper_size_parameter_counts():
+    # Counted: every trainable tensor (conv weights and biases, BN affine, PReLU
+    # slopes, SE FC weights); BN running statistics are buffers, not counted.
+    assert _params(build_model("semi-drdnet")) == 5_221_766  # paper: ~5.2 M
+    assert _params(build_model("rdmc")) == 16_083_939  # paper: roughly 15-20 M
+
+
+def _flops(net, size=64):
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net.eval()(torch.rand(1, 3, size, size))
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("full", ["semi-drdnet", "rdmc"])
+def test_lite_is_8x_cheaper(full):
+    # FLOPs from torch's FlopCounterMode: 2 x multiply-accumulates of every conv
+    # and linear layer (elementwise ops not counted), on the same 64x64 input.
+    ratio = _flops(build_model(full)) / _flops(build_model(f"{full}-lite"))
+    assert ratio >= 8, ratio
+
+
+def test_semi_drdnet_parts_compose():
+    net = build_model("semi-drdnet-lite").eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        parts = net.forward_parts(x)
+    torch.testing.assert_close(parts.coarse, x - parts.rain)
+    torch.testing.assert_close(parts.out, x - parts.rain + parts.detail)
+
+
+def test_semi_drdnet_supplied_means_equal_own_means():
+    """Feeding the whole-image SE means back in gives the plain forward result."""
+    net = build_model("semi-drdnet-lite").eval()
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        pooled = None
+        for _ in range(net.cfg.rain_blocks):
+            pooled = net.se_sums(x, pooled) / (32 * 40)
+        torch.testing.assert_close(net(x, pooled), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rdmc_stages_and_multiple():
+    net = build_model("rdmc-lite").eval()
+    assert isinstance(net, RDMC) and net.size_multiple == 16
+    with torch.no_grad():
+        outs = net.forward_stages(torch.rand(1, 3, 20, 30))
+    assert len(outs) == net.cfg.stages and all(o.shape == (1, 3, 20, 30) for o in outs)
+
+
+def test_unknown_model_message():
+    with pytest.raises(KeyError, match="choose one of"):
+        get_spec("nope")
+
+
+def test_config_roundtrip_and_unknown_field():
+    spec = get_spec("semi-drdnet-lite")
+    assert config_from_dict(spec.arch, spec.config_dict()) == spec.config
+    with pytest.raises(ValueError, match="unknown"):
+        config_from_dict("semi-drdnet", {"depth": 3})
+    assert isinstance(build_model("semi-drdnet"), SemiDRDNet)

@@ -1,0 +1,276 @@
+"""derain_cli.hub against a local fake Hub (tests/hubserver.py): the real hf_hub_download path.
+
+In-process tests pass ``endpoint=`` explicitly; the cases that depend on environment variables
+huggingface_hub reads at import time (HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_CACHE) run ``fetch``
+in a fresh interpreter with those variables set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import huggingface_hub.constants as hf_constants
+import pytest
+
+from derain_cli.hub import WeightsUnavailable, fetch, sha256_file, snapshot_path
+
+REPO = "derain/test-weights"
+FILE = "semi_drdnet.safetensors"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DATA = bytes(range(256)) * 64  # 16 KiB
+SHA = hashlib.sha256(DATA).hexdigest()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests must not inherit HF_HUB_OFFLINE / a token from the developer's shell."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+def _fetch(hub, cache: Path, revision: str = COMMIT, sha: str = SHA, **kw) -> Path:
+    kw.setdefault("endpoint", hub if isinstance(hub, str) else hub.url)
+    return fetch(REPO, FILE, revision, sha, cache_dir=cache, quiet=True, **kw)
+
+
+def _files_in(cache: Path) -> list[Path]:
+    """Regular files (and symlinks) in the cache, ignoring hf's bookkeeping."""
+    skip = {".locks", ".no_exist", "refs"}
+    return [
+        p
+        for p in cache.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and p.name != "CACHEDIR.TAG"
+        and not skip & set(p.relative_to(cache).parts)
+    ]
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------------- success / cache
+def test_download_then_cache_hit_without_network(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+
+    path = _fetch(hub_server, tmp_path)
+    assert path.read_bytes() == DATA
+    assert tmp_path in path.parents
+    assert path == snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path)
+    assert len(hub_server.requests_for("GET", FILE)) == 1
+    seen = len(hub_server.requests)
+
+    again = _fetch(hub_server, tmp_path)
+    assert again == path
+    assert len(hub_server.requests) == seen  # no HEAD, no GET: pinned commit served from cache
+
+
+def test_branch_revision_cached_file_matching_sha_needs_no_network(hub_server, tmp_path):
+    commit = hub_server.add(REPO, "main", FILE, DATA)
+    path = _fetch(hub_server, tmp_path, revision="main")
+    assert path.read_bytes() == DATA
+    assert path.parent.name == commit
+    seen = len(hub_server.requests)
+
+    assert _fetch(hub_server, tmp_path, revision="main") == path
+    assert len(hub_server.requests) == seen
+
+
+def test_force_downloads_again(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    _fetch(hub_server, tmp_path)
+    assert _fetch(hub_server, tmp_path, force=True).read_bytes() == DATA
+    assert len(hub_server.requests_for("GET", FILE)) == 2
+
+
+def test_corrupted_cache_entry_is_replaced(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    path = _fetch(hub_server, tmp_path)
+    blob = Path(os.path.realpath(path))
+    blob.chmod(0o644)
+    blob.write_bytes(b"\0" * len(DATA))  # bit rot in the cache
+
+    again = _fetch(hub_server, tmp_path)
+    assert again.read_bytes() == DATA
+    assert len(hub_server.requests_for("GET", FILE)) == 2
+
+
+def test_hand_placed_file_is_used_without_network(tmp_path):
+    target = snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(DATA)
+    assert _fetch(_closed_port_url(), tmp_path) == target
+
+
+# ------------------------------------------------------------------------------- checksum
+def test_checksum_mismatch_advertised_by_hub_downloads_nothing(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA[::-1])  # different content, honest etag
+
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert info.value.kind == "checksum"
+    assert "checksum mismatch" in str(info.value)
+    assert SHA in str(info.value)
+    assert hub_server.requests_for("GET") == []
+    assert _files_in(tmp_path) == []
+
+
+def test_checksum_mismatch_after_download_file_not_kept(hub_server, tmp_path):
+    corrupt = bytearray(DATA)
+    corrupt[1000] ^= 0xFF
+    # The server advertises the expected sha256 but serves different bytes (same size).
+    hub_server.add(REPO, COMMIT, FILE, bytes(corrupt), etag=SHA)
+
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    msg = str(info.value)
+    assert info.value.kind == "checksum"
+    assert "checksum mismatch" in msg and "not kept" in msg
+    assert len(hub_server.requests_for("GET", FILE)) == 1
+    assert not os.path.lexists(snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path))
+    assert _files_in(tmp_path) == []  # snapshot entry and blob both gone
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_unknown_file_is_not_found(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, "other.safetensors", DATA)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert info.value.kind == "not_found"
+    assert f"{FILE!r} does not exist in {REPO}" in str(info.value)
+
+
+def test_unknown_revision_is_not_found(hub_server, tmp_path):
+    hub_server.add(REPO, "main", FILE, DATA)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path, revision="v9")
+    assert info.value.kind == "not_found"
+    assert "revision 'v9' does not exist" in str(info.value)
+
+
+def test_unknown_repo_is_not_found(hub_server, tmp_path):
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert info.value.kind == "not_found"
+    assert f"repository {REPO} was not found" in str(info.value)
+
+
+def test_server_error_fails_fast(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override = 503
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert time.monotonic() - start < 5
+    assert info.value.kind == "http"
+    assert "HTTP 503" in str(info.value)
+
+
+def test_server_down_is_a_network_error(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(_closed_port_url(), tmp_path)
+    assert time.monotonic() - start < 5  # no 25 s of back-off retries
+    msg = str(info.value)
+    assert info.value.kind == "network"
+    assert "could not reach" in msg
+    # The message says what to do.
+    assert "derain download" in msg and "--weights FILE" in msg
+    assert str(snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path)) in msg and SHA in msg
+
+
+def test_error_message_uses_model_name(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="derain download semi-drdnet"):
+        _fetch(_closed_port_url(), tmp_path, name="semi-drdnet")
+
+
+def test_error_message_points_at_callers_manual_path(tmp_path):
+    manual = tmp_path / "weights" / "semi_drdnet.safetensors"
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(_closed_port_url(), tmp_path, manual_path=manual)
+    assert f"place the file by hand at {manual} (sha256 {SHA})" in str(info.value)
+
+
+def test_invalid_expected_sha_is_a_bug(tmp_path):
+    with pytest.raises(ValueError):
+        fetch(REPO, FILE, COMMIT, "abc", cache_dir=tmp_path)
+
+
+def test_sha256_file_streams(tmp_path):
+    big = os.urandom(3 * (1 << 20) + 17)
+    p = tmp_path / "f.bin"
+    p.write_bytes(big)
+    assert sha256_file(p) == hashlib.sha256(big).hexdigest()
+
+
+# ----------------------------------------------- environment variables (fresh interpreter)
+_SCRIPT = """
+import json, sys
+from derain_cli.hub import WeightsUnavailable, fetch
+try:
+    path = fetch(*sys.argv[1:5], quiet=True)
+except WeightsUnavailable as exc:
+    print(json.dumps({"error": str(exc), "kind": exc.kind}))
+else:
+    print(json.dumps({"path": str(path)}))
+"""
+
+
+def _fetch_in_subprocess(tmp_path: Path, revision: str = COMMIT, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    clean.pop("TRANSFORMERS_OFFLINE", None)
+    clean.update(
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_CACHE=str(tmp_path / "cache"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **env,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, REPO, FILE, revision, SHA],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hf_endpoint_env_then_offline_with_cached_file(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+
+    out = _fetch_in_subprocess(tmp_path, HF_ENDPOINT=hub_server.url)
+    assert "path" in out, out
+    path = Path(out["path"])
+    assert path.read_bytes() == DATA
+    assert (tmp_path / "cache") in path.parents
+    assert len(hub_server.requests_for("GET", FILE)) == 1
+    seen = len(hub_server.requests)
+
+    out = _fetch_in_subprocess(tmp_path, HF_ENDPOINT=hub_server.url, HF_HUB_OFFLINE="1")
+    assert out == {"path": str(path)}
+    assert len(hub_server.requests) == seen
+
+
+def test_offline_with_empty_cache(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    out = _fetch_in_subprocess(tmp_path, HF_ENDPOINT=hub_server.url, HF_HUB_OFFLINE="1")
+    assert out.get("kind") == "offline", out
+    msg = out["error"]
+    assert "offline" in msg and "HF_HUB_OFFLINE" in msg
+    assert "derain download" in msg and "--weights FILE" in msg
+    assert str(tmp_path / "cache") in msg and SHA in msg
+    assert hub_server.requests == []

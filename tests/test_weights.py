@@ -1,0 +1,121 @@
+"""Weights format: save/load round trip, checksum and shape errors, safe .pt loading."""
+
+import json
+
+import pytest
+import torch
+
+from derain_cli import weights
+from derain_cli.models import SemiDRDNet, SemiDRDNetConfig, build_model, get_spec
+from derain_cli.weights import WeightRecord, WeightsError
+
+
+def _tiny():
+    torch.manual_seed(1)
+    return SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1, se_reduction=4))
+
+
+def test_roundtrip_exact_through_manifest(tmp_path):
+    net = _tiny()
+    rec = weights.save_weights(net, tmp_path / "t.safetensors", name="tiny", arch="semi-drdnet",
+                               config=net.cfg, dtype=torch.float32)
+    records = {rec.name: rec}
+    weights.write_manifest(records, tmp_path / "manifest.json")
+    back = weights.load_manifest(tmp_path / "manifest.json")["tiny"]
+    assert back.sha256 == weights.sha256_file(tmp_path / "t.safetensors")
+    assert back.size == (tmp_path / "t.safetensors").stat().st_size
+    fresh = weights.load_into(SemiDRDNet(net.cfg), tmp_path / back.file, back.sha256)
+    for (k, a), b in zip(net.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # The file alone says which architecture it is.
+    again = weights.model_from_file(tmp_path / "t.safetensors")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), net.eval()(x))
+
+
+def test_fp16_storage_halves_size(tmp_path):
+    net = build_model("semi-drdnet-lite")
+    r32 = weights.save_weights(net, tmp_path / "a.safetensors", name="a", arch="semi-drdnet",
+                               config=get_spec("semi-drdnet-lite").config, dtype=torch.float32)
+    r16 = weights.save_weights(net, tmp_path / "b.safetensors", name="b", arch="semi-drdnet",
+                               config=get_spec("semi-drdnet-lite").config)
+    assert r16.dtype == "float16" and r16.size < 0.6 * r32.size
+
+
+def test_corrupted_file_is_refused(tmp_path):
+    net = _tiny()
+    p = tmp_path / "t.safetensors"
+    rec = weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        weights.load_into(_tiny(), p, rec.sha256)
+    p.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        weights.load_into(_tiny(), p)
+
+
+def test_shape_mismatch_names_first_tensor(tmp_path):
+    net = _tiny()
+    p = tmp_path / "t.safetensors"
+    weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
+    wider = SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=2, detail_blocks=1, se_reduction=4))
+    with pytest.raises(WeightsError, match=r"rain_net\.head\.0\.weight.*shape \(8, 3, 3, 3\)"):
+        weights.load_into(wider, p)
+    deeper = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=1, se_reduction=4))
+    with pytest.raises(WeightsError, match=r"rain_net\.blocks\.2\..* is missing"):
+        weights.load_into(deeper, p)
+
+
+def test_pt_files_load_only_plain_tensors(tmp_path):
+    net = _tiny()
+    good = tmp_path / "good.pt"
+    torch.save({"model": net.state_dict(), "step": 3}, good)
+    weights.load_into(_tiny(), good)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": Evil()}, bad)
+    with pytest.raises(WeightsError, match="not a plain tensor checkpoint"):
+        weights.load_into(_tiny(), bad)
+
+
+def test_file_without_metadata_needs_model_name(tmp_path):
+    from safetensors.torch import save_file
+
+    net = build_model("semi-drdnet-lite")
+    p = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, p)
+    with pytest.raises(WeightsError, match="--model"):
+        weights.model_from_file(p)
+    assert isinstance(weights.model_from_file(p, "semi-drdnet-lite"), SemiDRDNet)
+
+
+def test_bundled_manifest_is_consistent():
+    """Every bundled entry's file exists with the recorded sha256 and size and loads."""
+    records = weights.load_manifest()
+    for rec in records.values():
+        path = weights.bundled_dir() / rec.file
+        if not path.exists():
+            assert rec.hub, f"{rec.name}: neither bundled nor downloadable"
+            continue
+        assert weights.sha256_file(path) == rec.sha256
+        assert path.stat().st_size == rec.size
+        for key in ("license", "training_data", "metrics", "hub", "dtype"):
+            assert getattr(rec, key) not in (None, ""), (rec.name, key)
+        net = weights.load_pretrained(rec.name)
+        assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_unknown_manifest_keys_survive(tmp_path):
+    rec = WeightRecord.from_dict({"name": "x", "arch": "rdmc", "config": {}, "file": "x",
+                                  "sha256": "0" * 64, "size": 1, "dtype": "float16",
+                                  "recipe": "recipes/x.toml"})
+    assert rec.to_dict()["recipe"] == "recipes/x.toml"
+    weights.write_manifest({"x": rec}, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["weights"][0]["recipe"] == "recipes/x.toml"

@@ -1,0 +1,1 @@
+"""Bundled weights (importable as ``derain_cli.weights_dir``); see ``manifest.json``."""
