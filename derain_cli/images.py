@@ -1,0 +1,872 @@
+"""Image reading and writing the way a careful photo tool does it.
+
+Why this module is more than ``Image.open(...).convert("RGB")``:
+
+* The colour data handed to a model is always ``HxWx3`` float32 in ``[0, 1]``, whatever the
+  source was (8/16 bit, grayscale, palette, CMYK, with or without alpha), so the inference code
+  has exactly one case to handle.
+* Everything the model must not touch -- alpha, bit depth, EXIF, ICC profile, DPI, "this was a
+  grayscale photo" -- is kept on the side in :class:`LoadedImage` and put back by
+  :func:`write_image`, so a derained photo is the same kind of file as the original.
+* Bad input fails early with one clear line (:class:`ImageError`) instead of a traceback or a
+  silently half-grey picture: missing/empty/non-image files, truncated files and decompression
+  bombs (checked from the header, before any pixel is decoded).
+* Writing is atomic: a crash, a full disk or Ctrl-C never leaves a half-written photo and never
+  destroys the previous file at the destination.
+
+Pillow cannot hold 16-bit colour (it silently reduces 48/64-bit PNG and TIFF to 8 bits), so such
+files are decoded with OpenCV and written with small dedicated PNG/TIFF writers that also carry
+the metadata OpenCV would drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_SUFFIXES",
+    "ImageError",
+    "LoadedImage",
+    "format_for_path",
+    "is_image_path",
+    "read_image",
+    "write_image",
+]
+
+#: Largest image (width * height) read by default. Generous for photos (a 10000x8000 = 80 MP
+#: camera frame passes) yet stops decompression bombs, whose pixels would need many GB of RAM.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+#: File name suffixes (lowercase) this module reads and writes.
+SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+
+_SUFFIX_FORMAT = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+_WRITE_FORMATS = frozenset(_SUFFIX_FORMAT.values())
+# Pillow plugins we let parse untrusted files; MPO is how Pillow reports multi-picture JPEGs.
+_READ_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
+_NOT_AN_IMAGE = "not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)"
+
+_ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+_EXIF_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
+_ICC_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
+_DPI_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP"})
+
+_EXIF_HEADER = b"Exif\x00\x00"
+_ORIENTATION = 0x0112
+_JPEG_MAX_EXIF = 65533  # one APP1 segment
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
+
+
+class ImageError(Exception):
+    """A one-line, user-facing reason why an image cannot be read or written.
+
+    The CLI prints ``str(err)`` next to the file name and moves on to the next photo, so the
+    message must make sense to someone who has never seen a traceback.
+    """
+
+
+@dataclass
+class LoadedImage:
+    """Pixels ready for processing plus everything needed to write the result back faithfully.
+
+    ``rgb`` is what the model sees; the other fields describe the source so that
+    :func:`write_image` can produce the same kind of file (bit depth, grayscale, alpha, EXIF,
+    colour profile, DPI) from the processed ``rgb``.
+    """
+
+    #: HxWx3 float32 in [0, 1], upright (EXIF orientation already applied).
+    rgb: np.ndarray
+    #: HxW alpha in its original dtype (uint8 or uint16), never processed; None if opaque.
+    alpha: np.ndarray | None
+    #: 8 or 16: the precision of the source samples, and of the output where the format allows.
+    bit_depth: int
+    #: True if the source was single-channel (L, I;16, LA, 1): written back single-channel.
+    grayscale: bool
+    #: The PIL mode of the file as opened (before any conversion), e.g. "RGB", "P", "I;16".
+    mode: str
+    #: The source container format as PIL names it: "JPEG", "PNG", "WEBP", "TIFF", "BMP".
+    format: str
+    #: Raw EXIF block ("Exif\\0\\0" + TIFF structure), orientation reset to 1, thumbnail dropped.
+    exif: bytes | None = None
+    #: Embedded ICC colour profile, kept so colours do not shift (e.g. Adobe RGB, Display P3).
+    icc_profile: bytes | None = None
+    #: (x, y) dots per inch, if the file recorded it.
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), in PIL's order."""
+        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.alpha is not None
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """True if the name ends in a suffix we can read (case-insensitive); does not open the file.
+
+    Used to pick photos out of a folder; dot-files (e.g. our own temporary files and macOS
+    ``._photo.jpg`` resource forks) are skipped.
+    """
+    p = Path(path)
+    return p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+
+
+def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """Output format name ("JPEG", "PNG", ...) from an explicit ``format`` or the file suffix."""
+    if format is not None:
+        name = format.upper().lstrip(".")
+        name = _FORMAT_ALIASES.get(name, name)
+        if name not in _WRITE_FORMATS:
+            raise ImageError(f"unsupported output format {format!r} (use JPEG, PNG, WebP, "
+                             "TIFF or BMP)")
+        return name
+    suffix = Path(path).suffix.lower()
+    try:
+        return _SUFFIX_FORMAT[suffix]
+    except KeyError:
+        shown = f"'{suffix}'" if suffix else "(no suffix)"
+        raise ImageError(
+            f"unknown output file type {shown} (use .jpg, .png, .webp, .tif or .bmp)"
+        ) from None
+
+
+def _fmt_pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    n = width * height
+    if max_pixels is not None and n > max_pixels:
+        raise ImageError(
+            f"image is {_fmt_pixels(n)} ({width}x{height}), more than --max-pixels "
+            f"({_fmt_pixels(max_pixels)})"
+        )
+
+
+class _PilLimit:
+    """Switch off PIL's global decompression-bomb limit while any read_image call runs.
+
+    We apply our own, per-call ``max_pixels`` from the header instead. ``Image.MAX_IMAGE_PIXELS``
+    is process-global, so concurrent readers share one reference count: the first one in saves
+    the old value, the last one out restores it, and decoding is never serialised.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    Image.MAX_IMAGE_PIXELS = self._saved
+
+
+_PIL_LIMIT = _PilLimit()
+
+
+def _reset_exif_orientation(exif: bytes) -> bytes | None:
+    """EXIF with Orientation set to 1 and the thumbnail (IFD1) unlinked; None if unparseable.
+
+    Patched in place rather than re-serialised so maker notes and other offset-sensitive blocks
+    survive byte for byte. The embedded thumbnail shows the unprocessed, unrotated photo, so
+    keeping it would make file browsers show the rain (sideways) -- it is unlinked.
+    """
+    body = exif[len(_EXIF_HEADER):] if exif.startswith(_EXIF_HEADER) else exif
+    if len(body) < 8 or body[:2] not in (b"II", b"MM"):
+        return None
+    e = "<" if body[:2] == b"II" else ">"
+    if struct.unpack_from(e + "H", body, 2)[0] != 42:
+        return None
+    ifd0 = struct.unpack_from(e + "I", body, 4)[0]
+    if ifd0 < 8 or ifd0 + 2 > len(body):
+        return None
+    count = struct.unpack_from(e + "H", body, ifd0)[0]
+    next_ifd = ifd0 + 2 + 12 * count
+    if next_ifd + 4 > len(body):
+        return None
+    buf = bytearray(body)
+    for i in range(count):
+        entry = ifd0 + 2 + 12 * i
+        tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
+        if tag == _ORIENTATION and n == 1:
+            if typ == 3:  # SHORT, as the standard says
+                struct.pack_into(e + "H", buf, entry + 8, 1)
+            elif typ == 4:  # LONG, seen in the wild
+                struct.pack_into(e + "I", buf, entry + 8, 1)
+    struct.pack_into(e + "I", buf, next_ifd, 0)
+    return _EXIF_HEADER + bytes(buf)
+
+
+def _clean_dpi(value: object) -> tuple[float, float] | None:
+    """(x, y) dpi as floats, snapped to integers when off only by ppm rounding; None if bogus."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        return None
+    try:
+        xy = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if not all(np.isfinite(v) and v > 0 for v in xy):
+        return None
+    # PNG/BMP store pixels per metre: 300 dpi comes back as 299.9994.
+    snapped = [float(round(v)) if abs(v - round(v)) < 0.03 else v for v in xy]
+    return snapped[0], snapped[1]
+
+
+def _icc_colour_space(icc: bytes | None) -> bytes | None:
+    if not icc or len(icc) < 128:
+        return None
+    return bytes(icc[16:20])
+
+
+def _tile_rawmode(im: Image.Image) -> str:
+    """The raw (on-disk) sample layout PIL will decode, e.g. "RGB;16B" for a 48-bit PNG."""
+    if not im.tile:
+        return ""
+    args = im.tile[0][3]  # (codec, extents, offset, args); a plain tuple before Pillow 11
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else ""
+
+
+# Orientation value -> how to make the pixels upright (same table as ImageOps.exif_transpose).
+def _orient_array(a: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 2:
+        a = a[:, ::-1]
+    elif orientation == 3:
+        a = a[::-1, ::-1]
+    elif orientation == 4:
+        a = a[::-1]
+    elif orientation == 5:
+        a = a.swapaxes(0, 1)
+    elif orientation == 6:
+        a = np.rot90(a, -1)
+    elif orientation == 7:
+        a = np.rot90(a, 2).swapaxes(0, 1)
+    elif orientation == 8:
+        a = np.rot90(a, 1)
+    return np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_image(
+    path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """Read a JPEG, PNG, WebP, TIFF or BMP file into a :class:`LoadedImage`.
+
+    The whole file is decoded here (not lazily) so a truncated or corrupt file fails now with a
+    clear :class:`ImageError`, not halfway through processing. ``max_pixels`` is checked from
+    the header before any pixel is decoded; ``None`` disables the check. Only the first frame
+    of animated/multi-page files is read.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}") from None
+    if p.is_dir():
+        raise ImageError("is a folder, not an image file")
+    if st.st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+
+    with _PIL_LIMIT.disabled():
+        try:
+            return _read(p, max_pixels)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"image too large (decompression bomb check): {e}") from None
+        except UnidentifiedImageError:
+            raise ImageError(_NOT_AN_IMAGE) from None
+        except PermissionError:
+            raise ImageError("cannot read file: permission denied") from None
+        except MemoryError:
+            raise ImageError("not enough memory to decode this image") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImageError(f"truncated or corrupt image ({detail})") from None
+
+
+def _read(p: Path, max_pixels: int | None) -> LoadedImage:
+    with Image.open(p, formats=_READ_FORMATS) as im:
+        fmt = "JPEG" if im.format == "MPO" else str(im.format)
+        mode = im.mode
+        _check_pixels(im.width, im.height, max_pixels)
+        rawmode = _tile_rawmode(im)
+        # Read before load(): PIL's TIFF loader applies (and deletes) the orientation itself.
+        orientation = im.getexif().get(_ORIENTATION, 1)
+        if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+            orientation = 1
+        im.load()  # full decode: raises on truncated data (LOAD_TRUNCATED_IMAGES stays False)
+
+        raw_exif = im.info.get("exif")  # TIFF tags are not EXIF blocks: not carried over
+        exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
+        icc = im.info.get("icc_profile") or None
+        dpi = None
+        if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
+            dpi = _clean_dpi(im.info.get("dpi"))
+        if dpi is not None and orientation >= 5:  # rotated by 90 degrees
+            dpi = (dpi[1], dpi[0])
+
+        ImageOps.exif_transpose(im, in_place=True)  # no-op if absent or already applied
+
+        # PIL reduces 16-bit colour and gray+alpha (opened as RGBA or LA) to 8 bits: decode
+        # those again with OpenCV, checked against PIL's decode.
+        if ";16" in rawmode and mode in ("RGB", "RGBA", "LA"):
+            gray = rawmode.startswith("L")
+            pixels16 = _decode_16bit_cv2(p, fmt, np.asarray(im), orientation)
+            if pixels16 is not None:
+                return _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
+            if gray:  # OpenCV failed: keep PIL's 8-bit decode (still the right picture)
+                im = im.convert("LA")
+
+        im, icc = _normalise_mode(im, icc)
+
+    arr = np.asarray(im)
+    alpha: np.ndarray | None = None
+    if im.mode in ("RGBA", "LA"):
+        alpha = np.ascontiguousarray(arr[..., -1])
+        arr = arr[..., :-1]
+        if im.mode == "LA":
+            arr = arr[..., 0]
+    if arr.dtype == np.uint8:
+        bit_depth, scale = 8, 255.0
+    else:  # I;16 variants (possibly big-endian) and I: 16-bit gray
+        arr = np.clip(arr, 0, 65535).astype(np.uint16) if arr.dtype.kind == "i" else arr
+        arr = arr.astype(np.uint16, copy=False)
+        bit_depth, scale = 16, 65535.0
+    grayscale = arr.ndim == 2
+    rgb = _to_float_rgb(arr, scale)
+    return LoadedImage(rgb, alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi)
+
+
+def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """Convert any PIL mode to one of RGB, RGBA, L, LA, I;16*, I (and fix the ICC to match)."""
+    mode = im.mode
+    if mode in ("RGB", "RGBA", "L", "LA", "I") or mode.startswith("I;16"):
+        if mode in ("RGB", "L") and "transparency" in im.info:  # tRNS colour key
+            im = im.convert(mode + "A" if mode == "L" else "RGBA")
+        return im, icc
+    if mode == "1":
+        return im.convert("L"), icc
+    if mode in ("P", "PA"):
+        transparent = mode == "PA" or "transparency" in im.info
+        return im.convert("RGBA" if transparent else "RGB"), icc
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im, icc)
+    if mode == "RGBa":
+        return im.convert("RGBA"), icc
+    if mode == "La":
+        return im.convert("LA"), icc
+    if mode in ("RGBX", "YCbCr"):
+        return im.convert("RGB"), icc
+    if mode == "F":
+        raise ImageError("32-bit floating-point images are not supported")
+    try:
+        return im.convert("RGB"), None
+    except ValueError:
+        raise ImageError(f"unsupported colour mode {mode}") from None
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """CMYK -> RGB through the embedded profile when there is one (to sRGB), else naively.
+
+    The CMYK profile cannot describe RGB output, so it is replaced by sRGB or dropped.
+    """
+    if icc and _icc_colour_space(icc) == b"CMYK":
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+            out = ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
+            if out is not None:
+                return out, srgb.tobytes()
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return im.convert("RGB"), None
+
+
+def _decode_16bit_cv2(
+    p: Path, fmt: str, ref: np.ndarray, orientation: int
+) -> np.ndarray | None:
+    """16-bit samples (RGB/RGBA/LA order, upright) from OpenCV, or None.
+
+    OpenCV's handling of EXIF/TIFF orientation under IMREAD_UNCHANGED differs between formats
+    and versions (5.0 rotates TIFFs, not PNGs), so rather than trusting either behaviour the
+    result is compared with PIL's upright 8-bit decode ``ref``, which keeps the high byte of
+    each sample: the candidate whose high bytes match exactly is the right one. No match means
+    OpenCV read something else, and None is returned.
+    """
+    data = np.fromfile(p, dtype=np.uint8)  # not cv2.imread: that fails on non-ASCII paths
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if arr is None or arr.dtype != np.uint16:
+        return None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 3:
+        arr = arr[..., ::-1]  # BGR -> RGB
+    elif arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+    ref = ref if ref.ndim == 3 else ref[..., None]
+    if ref.shape[2] == 2 and arr.shape[2] == 4:  # gray+alpha, expanded to BGRA by OpenCV
+        arr = arr[..., [0, 3]]
+    candidates = [arr]
+    if orientation != 1:
+        upright = _orient_array(arr, orientation)
+        # Most likely first: matters only when the check below cannot tell them apart (e.g.
+        # a very dark or flat image whose high bytes are all alike).
+        if _cv2_applies_orientation(fmt):
+            candidates.append(upright)
+        else:
+            candidates.insert(0, upright)
+    for cand in candidates:
+        if cand.shape == ref.shape and np.array_equal(cand >> 8, ref):
+            return np.ascontiguousarray(cand)
+    return None
+
+
+@functools.cache
+def _cv2_applies_orientation(fmt: str) -> bool:
+    """Whether this OpenCV build rotates 16-bit ``fmt`` files by their orientation tag under
+    IMREAD_UNCHANGED, found by decoding a tiny mirrored (orientation 2) probe image."""
+    exif = Image.Exif()
+    exif[_ORIENTATION] = 2
+    probe = np.array([[[1, 1, 1], [2, 2, 2]]], dtype=np.uint16)
+    buf = io.BytesIO()
+    encode = _encode_png16 if fmt == "PNG" else _encode_tiff
+    encode(buf, probe, exif=exif.tobytes(), icc=None, dpi=None)
+    try:
+        out = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return False
+    return out is not None and out.ndim == 3 and int(out[0, 0, 0]) == 2
+
+
+def _from_16bit(
+    arr: np.ndarray,
+    gray: bool,
+    mode: str,
+    fmt: str,
+    exif: bytes | None,
+    icc: bytes | None,
+    dpi: tuple[float, float] | None,
+) -> LoadedImage:
+    alpha: np.ndarray | None = None
+    if arr.shape[2] in (2, 4):
+        alpha = np.ascontiguousarray(arr[..., -1])
+        arr = arr[..., :-1]
+    grayscale = gray or arr.shape[2] == 1
+    rgb = _to_float_rgb(arr[..., 0] if grayscale else arr, 65535.0)
+    return LoadedImage(rgb, alpha, 16, grayscale, mode, fmt, exif, icc, dpi)
+
+
+def _to_float_rgb(arr: np.ndarray, scale: float) -> np.ndarray:
+    out = arr.astype(np.float32)
+    out *= np.float32(1.0 / scale)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    rgb: np.ndarray,
+    like: LoadedImage | None = None,
+    *,
+    format: str | None = None,
+    quality: int = 95,
+) -> None:
+    """Atomically write processed ``rgb`` (HxWx3 float in [0, 1]) to ``path``.
+
+    ``like`` is the :class:`LoadedImage` the pixels came from: its bit depth (16-bit stays
+    16-bit in PNG/TIFF), grayscale-ness, alpha (PNG/WebP/TIFF only; dropped for JPEG/BMP), EXIF,
+    ICC profile and DPI are reproduced as far as the output format allows. Without ``like`` an
+    8-bit RGB file without metadata is written. The format comes from ``format`` or the suffix.
+    ``quality`` applies to JPEG and WebP.
+
+    The file is written to a hidden temporary file next to ``path``, fsynced and renamed over
+    ``path``, so readers only ever see the old file or the complete new one.
+    """
+    fmt = format_for_path(path, format)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be HxWx3, got shape {rgb.shape}")
+    if rgb.dtype.kind != "f":  # uint8 data would silently come out white
+        raise ValueError(f"rgb must be floating point in [0, 1], got {rgb.dtype}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
+    height, width = rgb.shape[:2]
+
+    grayscale = bool(like and like.grayscale)
+    alpha = like.alpha if like is not None and fmt in _ALPHA_FORMATS else None
+    if alpha is not None and alpha.shape != (height, width):
+        raise ValueError(
+            f"rgb is {width}x{height} but the source alpha is {alpha.shape[1]}x{alpha.shape[0]}"
+        )
+    bits = 16 if like is not None and like.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS else 8
+    if fmt == "WEBP":
+        grayscale = False  # WebP has no grayscale mode
+
+    pixels = _quantise(rgb, bits, grayscale)
+    if alpha is not None:
+        alpha = _alpha_to_bits(alpha, bits)
+
+    exif = like.exif if like is not None and fmt in _EXIF_FORMATS else None
+    if fmt == "JPEG" and exif is not None and len(exif) > _JPEG_MAX_EXIF:
+        exif = None  # does not fit one JPEG APP1 segment
+    icc = like.icc_profile if like is not None and fmt in _ICC_FORMATS else None
+    if _icc_colour_space(icc) != (b"GRAY" if grayscale else b"RGB "):
+        icc = None  # a profile for another colour space would be invalid in this file
+    dpi = like.dpi if like is not None and fmt in _DPI_FORMATS else None
+
+    if bits == 16 or fmt == "TIFF":
+        if fmt == "TIFF" and bits == 16 and grayscale and alpha is not None:
+            # 16-bit gray+alpha TIFF is valid but neither PIL nor OpenCV reads it back (PIL
+            # refuses it, OpenCV reduces it to 8 bits): store the gray as RGB(A) instead.
+            pixels = np.repeat(pixels[..., None], 3, axis=2)
+            icc = None if _icc_colour_space(icc) == b"GRAY" else icc
+        samples = pixels if alpha is None else np.dstack([pixels, alpha])
+        encode = _encode_png16 if fmt == "PNG" else _encode_tiff
+
+        def save(fp: BinaryIO) -> None:
+            encode(fp, samples, exif=exif, icc=icc, dpi=dpi)
+    else:
+        image = Image.fromarray(pixels)  # mode L or RGB
+        if alpha is not None:
+            image.putalpha(Image.fromarray(alpha))
+        params: dict[str, object] = {}
+        if exif:
+            params["exif"] = exif
+        if icc:
+            params["icc_profile"] = icc
+        if dpi:
+            params["dpi"] = dpi
+        if fmt == "JPEG":
+            # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
+            params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
+        elif fmt == "WEBP":
+            params.update(quality=quality, exact=True)
+
+        def save(fp: BinaryIO) -> None:
+            image.save(fp, format=fmt, **params)
+
+    _atomic_write(Path(path), save)
+
+
+def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
+    """Float [0, 1] -> uint8/uint16 with rounding and clipping (NaN -> 0)."""
+    top = 65535.0 if bits == 16 else 255.0
+    x = np.asarray(rgb, dtype=np.float32)
+    x = _LUMA @ x.reshape(-1, 3).T if grayscale else x
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+    x = np.clip(x * np.float32(top), 0.0, top)
+    np.rint(x, out=x)
+    out = x.astype(np.uint16 if bits == 16 else np.uint8)
+    return out.reshape(rgb.shape[:2]) if grayscale else out
+
+
+def _alpha_to_bits(alpha: np.ndarray, bits: int) -> np.ndarray:
+    if alpha.dtype == np.uint8:
+        return alpha if bits == 8 else alpha.astype(np.uint16) * np.uint16(257)
+    if bits == 16:
+        return alpha.astype(np.uint16, copy=False)
+    return ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _current_umask() -> int:
+    """The process umask; read from /proc where possible, because os.umask() can only be
+    queried by briefly changing it, which races with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(dest: Path, save: Callable[[BinaryIO], None]) -> None:
+    """Run ``save(fileobj)`` into a temp file beside ``dest``, fsync, then rename over it."""
+    directory = dest.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=directory or "."
+        )
+    except FileNotFoundError:
+        raise ImageError(f"output folder does not exist: {directory}") from None
+    except OSError as e:
+        raise ImageError(f"cannot write to {directory}: {e.strerror or e}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            save(fp)
+            fp.flush()
+            os.fsync(fp.fileno())
+        # mkstemp creates 0600; give the photo the permissions a normal new file would get
+        # (or keep those of the file being replaced).
+        try:
+            mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_current_umask()
+            os.chmod(tmp, mode)
+        except OSError:
+            pass
+        os.replace(tmp, dest)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise ImageError(f"cannot write image: {e.strerror or e}") from e
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# ---- 16-bit PNG ----------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_png16(
+    fp: BinaryIO,
+    samples: np.ndarray,
+    *,
+    exif: bytes | None,
+    icc: bytes | None,
+    dpi: tuple[float, float] | None,
+) -> None:
+    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf chunks.
+
+    OpenCV encodes gray/RGB/RGBA (fast libpng filtering) but writes no metadata, so our chunks
+    are spliced in after IHDR. Gray+alpha, which OpenCV cannot write, is encoded here.
+    """
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    channels = samples.shape[2]
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if dpi:
+        ppm = [max(1, round(v / 0.0254)) for v in dpi]
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[len(_EXIF_HEADER):] if exif.startswith(
+            _EXIF_HEADER) else exif)
+
+    if channels == 2:
+        fp.write(b"\x89PNG\r\n\x1a\n")
+        h, w = samples.shape[:2]
+        fp.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)))
+        fp.write(extra)
+        comp = zlib.compressobj(6)
+        idat = b"".join(comp.compress(c) for c in _paeth_rows(samples)) + comp.flush()
+        fp.write(_png_chunk(b"IDAT", idat))
+        fp.write(_png_chunk(b"IEND", b""))
+        return
+
+    bgr = samples if channels == 1 else cv2.cvtColor(
+        samples, cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise ImageError("PNG encoding failed")
+    data = buf.tobytes()
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    if data[12:16] != b"IHDR":
+        raise ImageError("PNG encoding failed (unexpected encoder output)")
+    fp.write(data[:ihdr_end])
+    fp.write(extra)
+    pos = ihdr_end
+    while pos < len(data):  # copy remaining chunks, minus any colour/resolution ones we set
+        (length,) = struct.unpack_from(">I", data, pos)
+        end = pos + 12 + length
+        kind = data[pos + 4 : pos + 8]
+        if not (extra and kind in (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs", b"eXIf")):
+            fp.write(data[pos:end])
+        pos = end
+
+
+def _paeth_rows(samples: np.ndarray, rows_per_chunk: int = 256) -> Iterator[bytes]:
+    """Big-endian 16-bit scanlines, each Paeth-filtered (filter type 4), in chunks."""
+    h = samples.shape[0]
+    bpp = samples.shape[2] * 2
+    prev = None
+    for start in range(0, h, rows_per_chunk):
+        block = samples[start : start + rows_per_chunk].astype(">u2")
+        raw = block.reshape(block.shape[0], -1).view(np.uint8).astype(np.int16)
+        up = np.empty_like(raw)
+        up[0] = prev if prev is not None else 0
+        up[1:] = raw[:-1]
+        prev = raw[-1].copy()
+        left = np.zeros_like(raw)
+        left[:, bpp:] = raw[:, :-bpp]
+        upleft = np.zeros_like(raw)
+        upleft[:, bpp:] = up[:, :-bpp]
+        pa = np.abs(up - upleft)
+        pb = np.abs(left - upleft)
+        pc = np.abs(left + up - 2 * upleft)
+        pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        filtered = ((raw - pred) & 0xFF).astype(np.uint8)
+        out = np.empty((raw.shape[0], raw.shape[1] + 1), dtype=np.uint8)
+        out[:, 0] = 4
+        out[:, 1:] = filtered
+        yield out.tobytes()
+
+
+# ---- TIFF ---------------------------------------------------------------------------
+
+# Tags describing the pixel layout: ours, never copied from the source EXIF.
+_TIFF_LAYOUT_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 282, 283, 284, 296, 317,
+     320, 322, 323, 324, 325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532, 34675}
+)
+
+
+def _encode_tiff(
+    fp: BinaryIO,
+    samples: np.ndarray,
+    *,
+    exif: bytes | None,
+    icc: bytes | None,
+    dpi: tuple[float, float] | None,
+) -> None:
+    """8/16-bit TIFF (gray, gray+alpha, RGB, RGBA), deflate + horizontal predictor, with ICC,
+    DPI and EXIF (camera tags in IFD0 plus the Exif/GPS sub-IFDs).
+
+    PIL cannot write 16-bit colour, its libtiff writer fails on EXIF sub-IFDs and OpenCV drops
+    all metadata, so the strips are encoded here and the IFD with PIL's IFD writer.
+    """
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    h, w, spp = samples.shape
+    bits = samples.dtype.itemsize * 8
+    colour = spp >= 3
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+
+    if exif:
+        src = Image.Exif()
+        src.load(exif)
+        for tag in src:
+            if tag in _TIFF_LAYOUT_TAGS:
+                continue
+            if tag in TiffTags.TAGS_V2_GROUPS:
+                sub = src.get_ifd(tag)
+                if sub:
+                    ifd[tag] = sub
+                continue
+            ifd[tag] = src[tag]
+            with contextlib.suppress(KeyError, AttributeError):
+                ifd.tagtype[tag] = src.tagtype[tag]
+
+    stride = w * spp * samples.dtype.itemsize
+    rows = max(1, min(h, 65536 // max(stride, 1)))
+    strips: list[bytes] = []
+    for start in range(0, h, rows):
+        block = samples[start : start + rows]
+        # horizontal differencing (Predictor 2) per sample, wrapping like the unsigned ints
+        diff = block.copy()
+        diff[:, 1:] -= block[:, :-1]
+        strips.append(zlib.compress(diff.astype(diff.dtype.newbyteorder("<")).tobytes(), 6))
+    offsets, pos = [], 0
+    for s in strips:
+        offsets.append(pos)  # relative; ImageFileDirectory_v2 adds the IFD's end
+        pos += len(s)
+
+    ifd[256] = w
+    ifd[257] = h
+    ifd[258] = (bits,) * spp
+    ifd[259] = 8  # Adobe deflate
+    ifd[262] = 2 if colour else 1  # RGB / BlackIsZero
+    ifd[273] = tuple(offsets)
+    ifd.tagtype[273] = TiffTags.LONG
+    ifd[277] = spp
+    ifd[278] = rows
+    ifd[279] = tuple(len(s) for s in strips)
+    ifd.tagtype[279] = TiffTags.LONG
+    ifd[284] = 1  # contiguous samples
+    ifd[317] = 2  # horizontal predictor
+    if spp in (2, 4):
+        ifd[338] = (2,)  # unassociated alpha
+    ifd[339] = (1,) * spp  # unsigned integers
+    ifd.tagtype[339] = TiffTags.SHORT
+    if dpi:
+        ifd[296] = 2  # inches
+        ifd[282] = dpi[0]
+        ifd[283] = dpi[1]
+    if icc:
+        ifd[34675] = icc
+        ifd.tagtype[34675] = TiffTags.UNDEFINED
+
+    header_and_ifd = io.BytesIO()
+    ifd.save(header_and_ifd)
+    fp.write(header_and_ifd.getvalue())
+    for s in strips:
+        fp.write(s)

@@ -1,0 +1,551 @@
+"""Tests for derain_cli.images: every fixture image is generated here, nothing external."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from derain_cli import images
+from derain_cli.images import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    ImageError,
+    LoadedImage,
+    is_image_path,
+    read_image,
+    write_image,
+)
+
+H, W = 24, 36  # deliberately not square, so a 90-degree rotation is visible in the size
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def _rgb8() -> np.ndarray:
+    return _rng().integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _smooth_rgb8() -> np.ndarray:
+    """A gradient photo stand-in: lossy codecs reproduce it closely."""
+    y, x = np.mgrid[0:H, 0:W]
+    return np.stack([x * 7, y * 10, (x + y) * 4], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def _u8(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(rgb * 255).astype(np.uint8)
+
+
+def _u16(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(rgb * 65535).astype(np.uint16)
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _exif_bytes(orientation: int | None = None) -> bytes:
+    exif = Image.Exif()
+    exif[271] = "TestCam"  # Make
+    if orientation is not None:
+        exif[274] = orientation
+    return exif.tobytes()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+# --------------------------------------------------------------------------------------------
+# names
+
+
+def test_supported_suffixes_and_is_image_path() -> None:
+    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"} == set(SUPPORTED_SUFFIXES)
+    assert is_image_path("a/b/photo.JPG")
+    assert is_image_path(Path("x.tiff"))
+    assert not is_image_path("notes.txt")
+    assert not is_image_path("anim.gif")
+    assert not is_image_path(".photo.tmp-abc123.jpg")  # our own temporary files
+
+
+def test_default_max_pixels_allows_big_photos() -> None:
+    assert DEFAULT_MAX_PIXELS >= 10000 * 8000
+    images._check_pixels(10000, 8000, DEFAULT_MAX_PIXELS)  # must not raise
+
+
+# --------------------------------------------------------------------------------------------
+# round trips
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff", ".bmp"])
+def test_lossless_rgb_round_trip_is_exact(tmp_path: Path, suffix: str) -> None:
+    src = _rgb8()
+    Image.fromarray(src).save(tmp_path / f"in{suffix}")
+    loaded = read_image(tmp_path / f"in{suffix}")
+    assert loaded.rgb.dtype == np.float32 and loaded.rgb.shape == (H, W, 3)
+    assert 0.0 <= loaded.rgb.min() and loaded.rgb.max() <= 1.0
+    assert (loaded.bit_depth, loaded.grayscale, loaded.alpha) == (8, False, None)
+    assert loaded.size == (W, H)
+    np.testing.assert_array_equal(_u8(loaded.rgb), src)
+
+    write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+    back = read_image(tmp_path / f"out{suffix}")
+    assert back.format == loaded.format
+    np.testing.assert_array_equal(_u8(back.rgb), src)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp"])
+def test_lossy_rgb_round_trip_is_close(tmp_path: Path, suffix: str) -> None:
+    src = _smooth_rgb8()
+    Image.fromarray(src).save(tmp_path / f"in{suffix}", quality=95)
+    loaded = read_image(tmp_path / f"in{suffix}")
+    write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded, quality=95)
+    back = read_image(tmp_path / f"out{suffix}")
+    assert back.size == (W, H) and back.format in ("JPEG", "WEBP")
+    assert np.abs(back.rgb - loaded.rgb).mean() < 3 / 255
+
+
+def test_format_override_and_unknown_suffix(tmp_path: Path) -> None:
+    rgb = _rgb8() / np.float32(255)
+    write_image(tmp_path / "out.dat", rgb, format="png")
+    assert Image.open(tmp_path / "out.dat").format == "PNG"
+    with pytest.raises(ImageError, match="unknown output file type '.gif'"):
+        write_image(tmp_path / "out.gif", rgb)
+    with pytest.raises(ImageError, match="unsupported output format"):
+        write_image(tmp_path / "out.png", rgb, format="GIF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dat"]
+
+
+def test_rgba_png_keeps_alpha_exactly(tmp_path: Path) -> None:
+    rgb = _rgb8()
+    alpha = _rng().integers(0, 256, (H, W), dtype=np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "in.png")
+    loaded = read_image(tmp_path / "in.png")
+    assert loaded.alpha is not None and loaded.alpha.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.alpha, alpha)
+    # colour under fully transparent pixels is kept too (nothing is premultiplied)
+    np.testing.assert_array_equal(_u8(loaded.rgb), rgb)
+
+    for suffix in (".png", ".tif"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        out = Image.open(tmp_path / f"out{suffix}")
+        assert out.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(out)[..., 3], alpha)
+        np.testing.assert_array_equal(np.asarray(out)[..., :3], rgb)
+
+    write_image(tmp_path / "out.webp", loaded.rgb, loaded)
+    assert Image.open(tmp_path / "out.webp").mode == "RGBA"
+    for suffix in (".jpg", ".bmp"):  # no alpha there: dropped, nothing composited
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        assert Image.open(tmp_path / f"out{suffix}").mode == "RGB"
+
+
+def test_gray_16bit_png_round_trip_exact(tmp_path: Path) -> None:
+    gray = _rng().integers(0, 65536, (H, W), dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "in.png")  # mode I;16
+    loaded = read_image(tmp_path / "in.png")
+    assert (loaded.bit_depth, loaded.grayscale, loaded.alpha) == (16, True, None)
+    assert loaded.rgb.shape == (H, W, 3)
+    np.testing.assert_array_equal(_u16(loaded.rgb[..., 0]), gray)
+
+    for suffix in (".png", ".tif"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        out = Image.open(tmp_path / f"out{suffix}")
+        assert out.mode.startswith("I;16")
+        np.testing.assert_array_equal(np.asarray(out).astype(np.uint16), gray)
+        back = read_image(tmp_path / f"out{suffix}")
+        assert (back.bit_depth, back.grayscale) == (16, True)
+
+    # 8-bit-only formats get the gray rounded to 8 bits, still single-channel
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    assert Image.open(tmp_path / "out.jpg").mode == "L"
+
+
+def test_rgb_16bit_png_via_cv2_round_trip_exact(tmp_path: Path) -> None:
+    rgb16 = _rng().integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "in.png"), rgb16[..., ::-1])  # cv2 wants BGR
+    loaded = read_image(tmp_path / "in.png")
+    assert (loaded.bit_depth, loaded.grayscale, loaded.mode) == (16, False, "RGB")
+    np.testing.assert_array_equal(_u16(loaded.rgb), rgb16)
+
+    for suffix in (".png", ".tif"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        on_disk = cv2.imread(str(tmp_path / f"out{suffix}"), cv2.IMREAD_UNCHANGED)
+        assert on_disk.dtype == np.uint16
+        np.testing.assert_array_equal(on_disk[..., ::-1], rgb16)
+        back = read_image(tmp_path / f"out{suffix}")
+        assert back.bit_depth == 16
+        np.testing.assert_array_equal(_u16(back.rgb), rgb16)
+
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)  # 8-bit only: reduced, not refused
+    assert Image.open(tmp_path / "out.jpg").mode == "RGB"
+
+
+def test_rgba_16bit_tiff_keeps_16bit_alpha(tmp_path: Path) -> None:
+    rgba16 = _rng().integers(0, 65536, (H, W, 4), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "in.tif"), rgba16[..., [2, 1, 0, 3]])
+    loaded = read_image(tmp_path / "in.tif")
+    assert loaded.bit_depth == 16 and loaded.alpha is not None
+    assert loaded.alpha.dtype == np.uint16
+    np.testing.assert_array_equal(loaded.alpha, rgba16[..., 3])
+    np.testing.assert_array_equal(_u16(loaded.rgb), rgba16[..., :3])
+
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    back = read_image(tmp_path / "out.png")
+    np.testing.assert_array_equal(back.alpha, rgba16[..., 3])
+    np.testing.assert_array_equal(_u16(back.rgb), rgba16[..., :3])
+
+    write_image(tmp_path / "out.webp", loaded.rgb, loaded)  # 8-bit format: alpha scaled
+    webp = np.asarray(Image.open(tmp_path / "out.webp"))
+    np.testing.assert_array_equal(webp[..., 3], np.rint(rgba16[..., 3] / 257).astype(np.uint8))
+
+
+def test_gray_alpha_16bit_png_round_trip_exact(tmp_path: Path) -> None:
+    gray = _rng().integers(0, 65536, (H, W), dtype=np.uint16)
+    alpha = _rng().integers(0, 65536, (H, W), dtype=np.uint16)
+    rgb = np.repeat((gray / 65535).astype(np.float32)[..., None], 3, axis=2)
+    like = LoadedImage(rgb, alpha, 16, True, "LA", "PNG")
+    write_image(tmp_path / "ga.png", rgb, like)  # our own gray+alpha 16-bit encoder
+
+    on_disk = cv2.imread(str(tmp_path / "ga.png"), cv2.IMREAD_UNCHANGED)  # libpng's view
+    np.testing.assert_array_equal(on_disk[..., 0], gray)
+    np.testing.assert_array_equal(on_disk[..., 3], alpha)
+    back = read_image(tmp_path / "ga.png")
+    assert (back.bit_depth, back.grayscale) == (16, True)
+    np.testing.assert_array_equal(_u16(back.rgb[..., 0]), gray)
+    np.testing.assert_array_equal(back.alpha, alpha)
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".png", "L"), (".jpg", "L"), (".tif", "L"),
+                                              (".bmp", "L"), (".png", "LA")])
+def test_grayscale_stays_grayscale(tmp_path: Path, suffix: str, mode: str) -> None:
+    gray = _smooth_rgb8()[..., 0]
+    arr = gray if mode == "L" else np.dstack([gray, np.full_like(gray, 200)])
+    Image.fromarray(arr).save(tmp_path / f"in{suffix}")
+    loaded = read_image(tmp_path / f"in{suffix}")
+    assert loaded.grayscale and loaded.bit_depth == 8
+    assert np.array_equal(loaded.rgb[..., 0], loaded.rgb[..., 1])
+    write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+    assert Image.open(tmp_path / f"out{suffix}").mode == mode
+    back = read_image(tmp_path / f"out{suffix}")
+    assert back.grayscale
+    if suffix != ".jpg":
+        np.testing.assert_array_equal(_u8(back.rgb[..., 0]), gray)
+
+
+def test_processed_colour_is_folded_back_to_gray(tmp_path: Path) -> None:
+    gray = np.zeros((H, W), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "in.png")
+    loaded = read_image(tmp_path / "in.png")
+    rgb = np.zeros((H, W, 3), dtype=np.float32)
+    rgb[..., 1] = 1.0  # pure green -> luma 0.587
+    write_image(tmp_path / "out.png", rgb, loaded)
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.ndim == 2 and int(out[0, 0]) == round(0.587 * 255)
+
+
+def test_palette_and_bilevel_and_cmyk_load(tmp_path: Path) -> None:
+    pal = Image.new("P", (W, H), 0)
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    pal.putpixel((1, 1), 1)
+    pal.save(tmp_path / "p.png")
+    loaded = read_image(tmp_path / "p.png")
+    assert loaded.mode == "P" and loaded.alpha is None and not loaded.grayscale
+    np.testing.assert_array_equal(loaded.rgb[0, 0], [1, 0, 0])
+    np.testing.assert_array_equal(loaded.rgb[1, 1], [0, 0, 1])
+
+    pal.save(tmp_path / "pt.png", transparency=0)
+    loaded = read_image(tmp_path / "pt.png")
+    assert loaded.alpha is not None
+    assert (int(loaded.alpha[0, 0]), int(loaded.alpha[1, 1])) == (0, 255)
+
+    Image.new("1", (W, H), 1).save(tmp_path / "b.png")
+    loaded = read_image(tmp_path / "b.png")
+    assert loaded.grayscale and loaded.rgb.min() == 1.0
+
+    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    loaded = read_image(tmp_path / "cmyk.jpg")
+    assert loaded.mode == "CMYK" and not loaded.grayscale
+    np.testing.assert_allclose(loaded.rgb[H // 2, W // 2], [1, 0, 0], atol=0.02)  # red
+    write_image(tmp_path / "cmyk_out.jpg", loaded.rgb, loaded)
+    assert Image.open(tmp_path / "cmyk_out.jpg").mode == "RGB"
+
+
+# --------------------------------------------------------------------------------------------
+# orientation and metadata
+
+
+def test_exif_rotated_jpeg_loads_upright_and_writes_orientation_1(tmp_path: Path) -> None:
+    src = np.zeros((H, W, 3), dtype=np.uint8)
+    src[:, : W // 2] = 255  # left half white, as stored (sensor orientation)
+    Image.fromarray(src).save(tmp_path / "in.jpg", exif=_exif_bytes(6), quality=100,
+                              dpi=(300, 150))
+    loaded = read_image(tmp_path / "in.jpg")
+    assert loaded.size == (H, W)  # rotated by 90 degrees
+    assert loaded.dpi == (150, 300)  # follows the rotation
+    expected = np.rot90(src, -1)  # orientation 6: rotate 90 degrees clockwise to display
+    assert np.abs(_u8(loaded.rgb).astype(int) - expected).mean() < 2
+    assert loaded.rgb[: W // 2 - 2].mean() > 0.95  # the white half is on top now
+
+    exif = Image.Exif()
+    exif.load(loaded.exif)
+    assert exif[274] == 1 and exif[271] == "TestCam"
+
+    for suffix in (".jpg", ".png", ".webp", ".tif"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        with Image.open(tmp_path / f"out{suffix}") as out:
+            out.load()
+            assert out.size == (H, W)
+            assert out.getexif().get(274) == 1
+            assert out.getexif().get(271) == "TestCam"
+        assert read_image(tmp_path / f"out{suffix}").size == (H, W)  # not rotated again
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_numpy_orientation_matches_pil(orientation: int) -> None:
+    from PIL import ImageOps
+
+    arr = _rgb8()[:5, :7]
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[274] = orientation
+    im.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(im))
+    np.testing.assert_array_equal(images._orient_array(arr, orientation), expected)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_16bit_colour_orientation(tmp_path: Path, suffix: str, orientation: int) -> None:
+    rgb16 = _rng().integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    like = LoadedImage((rgb16 / 65535).astype(np.float32), None, 16, False, "RGB", "PNG",
+                       exif=_exif_bytes(orientation))
+    write_image(tmp_path / f"o{suffix}", like.rgb, like)  # keeps the (non-1) orientation
+    loaded = read_image(tmp_path / f"o{suffix}")
+    assert loaded.bit_depth == 16
+    np.testing.assert_array_equal(_u16(loaded.rgb), images._orient_array(rgb16, orientation))
+
+
+def test_icc_profile_and_dpi_kept(tmp_path: Path) -> None:
+    icc = _srgb_icc()
+    Image.fromarray(_rgb8()).save(tmp_path / "in.png", icc_profile=icc, dpi=(300, 300))
+    loaded = read_image(tmp_path / "in.png")
+    assert loaded.icc_profile == icc
+    assert loaded.dpi == (300.0, 300.0)  # 299.9994 from pixels-per-metre, snapped
+
+    for suffix in (".jpg", ".png", ".webp", ".tif", ".bmp"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        back = read_image(tmp_path / f"out{suffix}")
+        if suffix != ".bmp":
+            assert back.icc_profile == icc, suffix
+        if suffix != ".webp":  # WebP has no resolution field
+            assert back.dpi == (300.0, 300.0), suffix
+
+    sixteen = LoadedImage(loaded.rgb, None, 16, False, "RGB", "PNG", icc_profile=icc,
+                          dpi=(240.0, 240.0))
+    for suffix in (".png", ".tif"):
+        write_image(tmp_path / f"out16{suffix}", loaded.rgb, sixteen)
+        back = read_image(tmp_path / f"out16{suffix}")
+        assert back.bit_depth == 16
+        assert back.icc_profile == icc and back.dpi == (240.0, 240.0), suffix
+
+
+def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
+    gray_like = LoadedImage(np.zeros((H, W, 3), np.float32), None, 8, True, "L", "PNG",
+                            icc_profile=_srgb_icc())  # an RGB profile on a gray image
+    write_image(tmp_path / "out.png", gray_like.rgb, gray_like)
+    assert "icc_profile" not in Image.open(tmp_path / "out.png").info
+
+
+def test_exif_reset_unlinks_thumbnail() -> None:
+    # II, IFD0 @8: Orientation=6, next IFD @26; IFD1 @26: Compression=6, next 0
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 274, 3, 1, 6, 0) + struct.pack("<I", 26)
+    ifd1 = struct.pack("<H", 1) + struct.pack("<HHIHH", 259, 3, 1, 6, 0) + struct.pack("<I", 0)
+    raw = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1
+    out = images._reset_exif_orientation(raw)
+    assert out is not None and out.startswith(b"Exif\x00\x00")
+    body = out[6:]
+    assert struct.unpack_from("<H", body, 8 + 2 + 8)[0] == 1  # orientation value
+    assert struct.unpack_from("<I", body, 8 + 2 + 12)[0] == 0  # no IFD1 any more
+    assert images._reset_exif_orientation(b"Exif\x00\x00garbage") is None
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="file not found"):
+        read_image(tmp_path / "nope.jpg")
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty file \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_text_file_named_jpg(tmp_path: Path) -> None:
+    (tmp_path / "notes.jpg").write_text("this is not a photo\n" * 20)
+    with pytest.raises(ImageError, match="not an image file"):
+        read_image(tmp_path / "notes.jpg")
+
+
+def test_folder(tmp_path: Path) -> None:
+    (tmp_path / "dir.jpg").mkdir()
+    with pytest.raises(ImageError, match="folder"):
+        read_image(tmp_path / "dir.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_image(tmp_path: Path, suffix: str) -> None:
+    Image.fromarray(_rgb8()).save(tmp_path / f"full{suffix}")
+    data = (tmp_path / f"full{suffix}").read_bytes()
+    (tmp_path / f"half{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt image"):
+        read_image(tmp_path / f"half{suffix}")
+
+
+def test_truncated_16bit_png(tmp_path: Path) -> None:
+    rgb16 = _rng().integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "full.png"), rgb16)
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt image"):
+        read_image(tmp_path / "half.png")
+
+
+def test_too_many_pixels(tmp_path: Path) -> None:
+    Image.fromarray(_rgb8()).save(tmp_path / "in.png")
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError, match=r"image is 864 pixels \(36x24\), more than --max-pix"):
+        read_image(tmp_path / "in.png", max_pixels=500)
+    assert Image.MAX_IMAGE_PIXELS == before  # PIL's global limit restored
+    assert read_image(tmp_path / "in.png", max_pixels=None).size == (W, H)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
+    """A 100000 x 100000 PNG header with almost no data: refused before decoding."""
+    chunk = images._png_chunk
+    png = (b"\x89PNG\r\n\x1a\n"
+           + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(ImageError, match=r"10000\.0 megapixels .* --max-pixels \(200\.0 mega"):
+        read_image(tmp_path / "bomb.png")
+
+
+def test_pil_decompression_bomb_becomes_image_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.fromarray(_rgb8()).save(tmp_path / "in.png")
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise Image.DecompressionBombError("Image size (1 pixels) exceeds limit")
+
+    monkeypatch.setattr(images, "_read", boom)
+    with pytest.raises(ImageError, match="too large"):
+        read_image(tmp_path / "in.png")
+
+
+def test_write_rejects_bad_arrays(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HxWx3"):
+        write_image(tmp_path / "o.png", np.zeros((H, W), np.float32))
+    with pytest.raises(ValueError, match="floating point"):
+        write_image(tmp_path / "o.png", np.zeros((H, W, 3), np.uint8))
+    like = LoadedImage(np.zeros((H, W, 3), np.float32), np.zeros((H, W), np.uint8), 8, False,
+                       "RGBA", "PNG")
+    with pytest.raises(ValueError, match="alpha"):
+        write_image(tmp_path / "o.png", np.zeros((H + 1, W, 3), np.float32), like)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_range_and_nan_are_clipped(tmp_path: Path) -> None:
+    rgb = np.full((H, W, 3), 0.5, dtype=np.float32)
+    rgb[0, 0] = [-1.0, 2.0, np.nan]
+    write_image(tmp_path / "o.png", rgb)
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    np.testing.assert_array_equal(out[0, 0], [0, 255, 0])
+    assert out[1, 1, 0] == 128
+
+
+def test_missing_output_folder(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="output folder does not exist"):
+        write_image(tmp_path / "nope" / "o.png", np.zeros((H, W, 3), np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _fail_midway(exc: BaseException):
+    def save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        fp.write(b"half a photo")  # type: ignore[attr-defined]
+        raise exc
+
+    return save
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), RuntimeError("bug"),
+                                 KeyboardInterrupt()])
+def test_failed_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException
+) -> None:
+    rgb = _rgb8() / np.float32(255)
+    monkeypatch.setattr(Image.Image, "save", _fail_midway(exc))
+    expected = ImageError if isinstance(exc, OSError) else type(exc)
+    with pytest.raises(expected):
+        write_image(tmp_path / "out.jpg", rgb)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "out.png"
+    write_image(dest, _rgb8() / np.float32(255))
+    before = dest.read_bytes()
+
+    monkeypatch.setattr(Image.Image, "save", _fail_midway(OSError(5, "I/O error")))
+    with pytest.raises(ImageError, match="cannot write image: I/O error"):
+        write_image(dest, np.zeros((H, W, 3), np.float32))
+    assert dest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_failed_16bit_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    like = LoadedImage(np.zeros((H, W, 3), np.float32), None, 16, False, "RGB", "PNG")
+
+    def broken(fp: object, *args: object, **kwargs: object) -> None:
+        fp.write(b"\x89PNG partial")  # type: ignore[attr-defined]
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(images, "_encode_png16", broken)
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        write_image(tmp_path / "out.png", like.rgb, like)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_written_file_gets_normal_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_image(tmp_path / "new.png", np.zeros((H, W, 3), np.float32))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+    (tmp_path / "new.png").chmod(0o640)
+    write_image(tmp_path / "new.png", np.ones((H, W, 3), np.float32))  # replace keeps mode
+    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o640
