@@ -1,0 +1,202 @@
+"""Tests of the rain synthesizer (no data needed: backgrounds are generated)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from derain_cli.synth import (
+    PRESETS,
+    RainParams,
+    dominant_angle,
+    sample_params,
+    synthesize,
+    to_float,
+)
+
+H, W = 160, 240
+ALL = [*PRESETS, "mixed"]
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    """A smooth, colourful, deterministic background (no streak-like structure)."""
+    rng = np.random.default_rng(123)
+    small = rng.uniform(0.05, 0.9, (H // 16, W // 16, 3)).astype(np.float32)
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC).clip(0.0, 1.0)
+
+
+def _positive_luma(layer: np.ndarray) -> np.ndarray:
+    return np.maximum(layer @ LUMA, 0.0)
+
+
+@pytest.mark.parametrize("params", ALL)
+def test_shapes_dtypes_ranges(clean: np.ndarray, params: str) -> None:
+    rainy, layer = synthesize(clean, params, seed=0)
+    assert rainy.shape == layer.shape == clean.shape
+    assert rainy.dtype == layer.dtype == np.float32
+    assert 0.0 <= rainy.min() and rainy.max() <= 1.0
+    assert -1.0 <= layer.min() and layer.max() <= 1.0
+    assert np.isfinite(layer).all()
+
+
+@pytest.mark.parametrize("params", [*ALL, PRESETS["storm"], RainParams(haze=0.9)])
+def test_composition_identity(clean: np.ndarray, params: RainParams | str) -> None:
+    rainy, layer = synthesize(clean, params, seed=1)
+    assert np.abs(clean + layer - rainy).max() <= 1e-6
+
+
+def test_rain_only_brightens_without_haze(clean: np.ndarray) -> None:
+    for name in ("light", "medium", "heavy"):
+        assert PRESETS[name].haze == 0 and PRESETS[name].accumulation == 0
+        rainy, layer = synthesize(clean, PRESETS[name], seed=2)
+        assert layer.min() >= -1e-6
+        assert (rainy >= clean - 1e-6).all()
+
+
+def test_deterministic_under_seed(clean: np.ndarray) -> None:
+    for params in ("mixed", "heavy", PRESETS["storm"]):
+        a = synthesize(clean, params, seed=7)
+        b = synthesize(clean, params, seed=7)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        c = synthesize(clean, params, seed=8)
+        assert np.abs(a[1] - c[1]).mean() > 1e-3
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    first = synthesize(clean, seed=g1)[0]
+    assert np.array_equal(first, synthesize(clean, seed=g2)[0])
+    # A generator advances: the next draw from it gives different rain.
+    assert not np.array_equal(first, synthesize(clean, seed=g1)[0])
+
+
+def test_same_rain_on_any_background() -> None:
+    """The seed decides the rain, not the image: a darker photo gets the same streaks."""
+    dark = np.full((H, W, 3), 0.1, np.float32)
+    grey = np.full((H, W, 3), 0.5, np.float32)
+    _, ld = synthesize(dark, PRESETS["light"], seed=3)
+    _, lg = synthesize(grey, PRESETS["light"], seed=3)
+    # Screen blend: residual = R * (1 - clean), so the ratio is (1 - 0.5) / (1 - 0.1).
+    assert np.allclose(lg, ld * (0.5 / 0.9), atol=1e-5)
+
+
+def test_rain_is_visible_and_heavy_exceeds_light(clean: np.ndarray) -> None:
+    means = {}
+    for name in PRESETS:
+        _, layer = synthesize(clean, PRESETS[name], seed=4)
+        pos = _positive_luma(layer)
+        means[name] = float(pos.mean())
+        assert (pos > 0.02).mean() > 0.05, name  # streaks cover a real part of the image
+    assert means["light"] > 0.005
+    assert means["medium"] > 1.5 * means["light"]
+    assert means["heavy"] > 2.0 * means["medium"]
+    assert means["storm"] > means["heavy"]
+
+
+def test_streaks_are_thin_and_semi_transparent(clean: np.ndarray) -> None:
+    grey = np.full((H, W, 3), 0.2, np.float32)
+    _, layer = synthesize(grey, PRESETS["light"], seed=5)
+    pos = _positive_luma(layer)
+    assert 0.02 < (pos > 0.02).mean() < 0.5  # sparse, not a veil
+    assert np.median(pos[pos > 0.02]) < 0.4  # mostly semi-transparent
+
+
+def test_streaks_are_neutral_or_bluish() -> None:
+    grey = np.full((H, W, 3), 0.4, np.float32)
+    for seed in range(5):
+        _, layer = synthesize(grey, "mixed", seed=seed)
+        r, g, b = (float(layer[..., i].mean()) for i in range(3))
+        assert b >= g >= r - 1e-6
+        assert r > 0.75 * b  # no more than slightly blue
+
+
+@pytest.mark.parametrize("angle", [0.0, 20.0, -20.0, 35.0])
+def test_orientation_matches_requested_angle(clean: np.ndarray, angle: float) -> None:
+    for name in ("light", "heavy"):
+        params = replace(PRESETS[name], angle=angle, angle_jitter=0.0)
+        for seed in range(2):
+            _, layer = synthesize(clean, params, seed=seed)
+            est = dominant_angle(layer)
+            assert abs(est - angle) < 3.0, (name, seed, est)
+
+
+def test_angle_sign_convention() -> None:
+    """Positive angles fall towards the bottom right, i.e. look like a backslash."""
+    img = np.zeros((200, 200), np.float32)
+    th = math.radians(25.0)
+    dx, dy = 80 * math.sin(th), 80 * math.cos(th)
+    cv2.line(img, (int(100 - dx), int(100 - dy)), (int(100 + dx), int(100 + dy)), 1.0, 2)
+    assert abs(dominant_angle(img) - 25.0) < 3.0
+    _, layer = synthesize(np.zeros((200, 200, 3), np.float32), RainParams(angle=25.0), seed=0)
+    # Streaks along (sin a, cos a): shifting down-right along them keeps them aligned.
+    lum = layer @ LUMA
+    shifted = np.roll(lum, (10, round(10 * math.tan(th))), axis=(0, 1))
+    mirrored = np.roll(lum, (10, -round(10 * math.tan(th))), axis=(0, 1))
+    inner = (slice(20, -20), slice(20, -20))
+    assert (lum * shifted)[inner].mean() > 2 * (lum * mirrored)[inner].mean()
+
+
+def test_mixed_covers_a_range() -> None:
+    rng = np.random.default_rng(0)
+    draws = [sample_params("mixed", rng) for _ in range(200)]
+    angles = np.array([p.angle for p in draws])
+    assert angles.min() >= -30.0 and angles.max() <= 30.0 and angles.std() > 12.0
+    dens = np.array([p.density for p in draws])
+    assert dens.min() < 1.1 * PRESETS["light"].density
+    assert dens.max() > 0.8 * PRESETS["heavy"].density
+    hazy = np.mean([p.haze > 0 for p in draws])
+    assert 0.1 < hazy < 0.6
+
+
+def test_preset_variation_is_small() -> None:
+    rng = np.random.default_rng(1)
+    for name, base in PRESETS.items():
+        for _ in range(20):
+            p = sample_params(name, rng)
+            assert abs(p.density / base.density - 1) <= 0.2 + 1e-9
+            assert abs(p.length[1] / base.length[1] - 1) <= 0.15 + 1e-9
+            assert abs(p.brightness - base.brightness) <= 0.1 * base.brightness + 1e-9
+            assert abs(p.angle - base.angle) <= 28.0
+            assert p.layers == base.layers
+
+
+def test_sample_params_deterministic() -> None:
+    a = sample_params("mixed", np.random.default_rng(3))
+    b = sample_params("mixed", np.random.default_rng(3))
+    assert a == b
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="unknown rain preset"):
+        sample_params("drizzle", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="length"):
+        RainParams(length=(30.0, 10.0))
+    with pytest.raises(ValueError, match="haze"):
+        RainParams(haze=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        synthesize(np.zeros((4, 4, 2), np.float32))
+
+
+def test_to_float_and_uint8_input(clean: np.ndarray) -> None:
+    u8 = np.rint(clean * 255).astype(np.uint8)
+    f = to_float(u8)
+    assert f.dtype == np.float32 and f.shape == u8.shape
+    assert np.array_equal(f, u8.astype(np.float32) / 255)
+    assert to_float(np.full((2, 2), 65535, np.uint16)).shape == (2, 2, 3)
+    assert to_float(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
+    assert to_float(np.full((2, 2, 3), 1.5)).max() == 1.0
+    with pytest.raises(TypeError):
+        to_float(np.zeros((2, 2, 3), np.int32))
+    # synthesize converts uint8 itself; the identity holds against to_float(clean).
+    rainy, layer = synthesize(u8, "light", seed=9)
+    assert np.array_equal(rainy, synthesize(f, "light", seed=9)[0])
+    assert np.abs(f + layer - rainy).max() <= 1e-6
+
+
+def test_non_default_sizes() -> None:
+    for shape in [(1, 1, 3), (7, 300, 3), (300, 7, 3), (64, 64, 3)]:
+        rainy, layer = synthesize(np.full(shape, 0.5, np.float32), "mixed", seed=0)
+        assert rainy.shape == shape and np.isfinite(rainy).all()
