@@ -1,0 +1,569 @@
+"""Find rainy/clean image pairs in the folder layouts deraining data sets come in.
+
+``find_pairs(root)`` recognises, in this order (folder names case-insensitive; the first
+layout present wins):
+
+1. Two subfolders, rainy + clean:
+
+   ==================  ==================  ==========================================
+   rainy               clean               seen in
+   ==================  ==================  ==========================================
+   ``rainy/``          ``clean/``          this project's ``../shared/data``
+   ``rain/``           ``norain/``         JORDER Rain100L/H, Rain200L/H (JORDER-E)
+   ``input/``          ``target/``         Restormer / MPRNet test sets (Rain13K)
+   ``input/``          ``gt/``             many GitHub repositories
+   ``data/``           ``gt/``             many GitHub repositories
+   ``rainy/``          ``gt/``             many GitHub repositories
+   ``rainy_image/``    ``ground_truth/``   DDN Rain1400 / Rain12600
+   ``rain/``           ``clean/``          many GitHub repositories
+   ==================  ==================  ==========================================
+
+   A subfolder with no images of its own but exactly one subfolder that has images is
+   entered (JORDER-E's ``rain/X2/``).
+
+2. PReNet style: a ``rainy/`` (or ``rain/``) subfolder of ``rain-N`` images with the
+   ``norain-N`` clean images in ``root`` itself.
+
+3. One flat folder (``root``) holding both kinds, told apart by name (other images in the
+   folder are ignored): ``rain-001.png`` + ``norain-001.png`` (Rain100 / RainTrainL, also
+   ``rain-1.png`` + ``norain-1.png``), or ``X_rain.png`` + ``X_clean.png``.
+
+Within a pair of folders files are matched by the first of these rules that pairs the
+most files:
+
+* the same file name, and failing that the same stem (``001.jpg`` <-> ``001.png``);
+* Rain100 numbering: rainy ``rain-N`` (or JORDER-E's ``norain-Nx2``) <-> clean
+  ``norain-N``; N compared as a number, so ``rain-001`` <-> ``norain-1``;
+* suffixes: rainy ``X_rain``, ``X_rainy``, ``X_in``, ``X_input`` <-> clean ``X_clean``,
+  ``X_norain``, ``X_gt``, ``X_target``, ``X_groundtruth``, ``X_ground_truth``
+  (``-`` works as well as ``_``; suffixes case-insensitive);
+* several rainy versions of one clean image (DDN): rainy ``X_k`` <-> clean ``X``
+  (e.g. ``901_1.jpg`` ... ``901_14.jpg`` <-> ``901.jpg``).
+
+``rainy_dir`` and ``clean_dir`` name the folders explicitly instead (relative to
+``root``, case-insensitive, or absolute); give one and the other is looked for among the
+usual names, then in ``root`` itself. Both naming the same folder means a flat folder.
+
+Every image in a rainy or clean folder must find a partner: otherwise ``PairsError``
+(a ``ValueError``) says which layout was detected and lists the files left over on each
+side (``strict=False`` returns the pairs found and skips the rest).
+
+Image files: .png .jpg .jpeg .bmp .tif .tiff .webp, any case; hidden files are skipped.
+Results are sorted in natural order of their names (``rain-2`` before ``rain-10``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SUBFOLDER_LAYOUTS",
+    "Pair",
+    "PairsError",
+    "find_pairs",
+    "list_images",
+]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+)
+
+#: (rainy, clean) subfolder names tried by ``find_pairs``, in order (case-insensitive).
+SUBFOLDER_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ("rainy", "clean"),
+    ("rain", "norain"),
+    ("input", "target"),
+    ("input", "gt"),
+    ("data", "gt"),
+    ("rainy", "gt"),
+    ("rainy_image", "ground_truth"),
+    ("rain", "clean"),
+)
+
+# Usual names of one side, for finding the partner of a folder given explicitly.
+_RAINY_NAMES = ("rainy", "rain", "input", "data", "rainy_image")
+_CLEAN_NAMES = ("clean", "norain", "target", "gt", "ground_truth")
+# PReNet: rainy images in a subfolder, clean ones in the root.
+_PRENET_RAINY = ("rainy", "rain")
+
+_LIST_LIMIT = 10
+
+
+class PairsError(ValueError):
+    """The rainy/clean pairs could not be worked out (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One rainy image and its clean ground truth.
+
+    ``name`` is the rainy image's file name: unique within one ``find_pairs`` result and
+    meant for naming outputs and report rows.
+    """
+
+    rainy: Path
+    clean: Path
+    name: str
+
+
+def _natural_key(text: str) -> tuple:
+    parts = re.split(r"(\d+)", text)
+    # Even positions are text, odd positions digits: the types line up across keys.
+    key = tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+    return (key, text)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(path) and path.is_file()
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and below it when ``recursive``), sorted naturally.
+
+    Only the suffixes in ``IMAGE_SUFFIXES`` (any case) count; hidden files, and with
+    ``recursive`` anything inside hidden folders, are skipped. Raises
+    ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder: {folder}")
+    if not recursive:
+        found = [p for p in folder.iterdir() if _is_image(p)]
+        return sorted(found, key=lambda p: _natural_key(p.name))
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if _is_image(p):
+            found.append(p)
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@dataclass
+class _Match:
+    how: str
+    pairs: list[tuple[Path, Path]]
+    rainy_left: list[Path]
+    clean_left: list[Path]
+
+
+def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
+    clean_by_name = {p.name: p for p in clean}
+    pairs: list[tuple[Path, Path]] = []
+    used: set[Path] = set()
+    rainy_left: list[Path] = []
+    for r in rainy:
+        c = clean_by_name.get(r.name)
+        if c is None:
+            rainy_left.append(r)
+        else:
+            pairs.append((r, c))
+            used.add(c)
+    clean_left = [c for c in clean if c not in used]
+    # Same stem, different extension; only where the stem is unambiguous on both sides.
+    r_stems = Counter(p.stem for p in rainy_left)
+    c_stems = Counter(p.stem for p in clean_left)
+    c_by_stem = {p.stem: p for p in clean_left if c_stems[p.stem] == 1}
+    still_left: list[Path] = []
+    for r in rainy_left:
+        c = c_by_stem.get(r.stem) if r_stems[r.stem] == 1 else None
+        if c is None:
+            still_left.append(r)
+        else:
+            pairs.append((r, c))
+            used.add(c)
+    return _Match("by file name", pairs, still_left, [c for c in clean if c not in used])
+
+
+KeyFn = Callable[[Path], Hashable | None]
+
+
+def _match_by_key(
+    how: str,
+    rainy: Sequence[Path],
+    clean: Sequence[Path],
+    rainy_key: KeyFn,
+    clean_key: KeyFn,
+    rainy_shared: bool,
+    clean_shared: bool,
+    many_to_one: bool = False,
+) -> _Match:
+    """Pair files whose keys agree. On a shared side (a folder that may hold other
+    images) files without a key are ignored; on a dedicated side they are left over."""
+    clean_left: list[Path] = []
+    clean_by_key: dict[Hashable, Path] = {}
+    for c in clean:
+        k = clean_key(c)
+        if k is None:
+            if not clean_shared:
+                clean_left.append(c)
+        elif k in clean_by_key:
+            clean_left.append(c)  # a second file with the same key: ambiguous
+        else:
+            clean_by_key[k] = c
+    pairs: list[tuple[Path, Path]] = []
+    rainy_left: list[Path] = []
+    used: set[Path] = set()
+    for r in rainy:
+        k = rainy_key(r)
+        if k is None:
+            if not rainy_shared:
+                rainy_left.append(r)
+            continue
+        c = clean_by_key.get(k)
+        if c is None or (c in used and not many_to_one):
+            rainy_left.append(r)
+        else:
+            pairs.append((r, c))
+            used.add(c)
+    clean_left += [c for c in clean_by_key.values() if c not in used]
+    return _Match(how, pairs, rainy_left, clean_left)
+
+
+_RAIN_N = re.compile(r"^rain[-_]?(\d+)$", re.IGNORECASE)
+_RAIN_NX2 = re.compile(r"^norain[-_]?(\d+)x2$", re.IGNORECASE)
+_NORAIN_N = re.compile(r"^norain[-_]?(\d+)$", re.IGNORECASE)
+_RAINY_SUFFIX = re.compile(r"^(.+?)[-_](?:rain|rainy|in|input)$", re.IGNORECASE)
+_CLEAN_SUFFIX = re.compile(
+    r"^(.+?)[-_](?:clean|norain|gt|target|groundtruth|ground_truth)$", re.IGNORECASE
+)
+_VERSION_K = re.compile(r"^(.+)_(\d+)$")
+
+
+def _rain_number(p: Path) -> int | None:
+    m = _RAIN_N.match(p.stem) or _RAIN_NX2.match(p.stem)
+    return int(m.group(1)) if m else None
+
+
+def _norain_number(p: Path) -> int | None:
+    m = _NORAIN_N.match(p.stem)
+    return int(m.group(1)) if m else None
+
+
+def _group_key(pattern: re.Pattern[str]) -> KeyFn:
+    def key(p: Path) -> str | None:
+        m = pattern.match(p.stem)
+        return m.group(1) if m else None
+
+    return key
+
+
+def _match(
+    rainy: Sequence[Path], clean: Sequence[Path], rainy_shared: bool, clean_shared: bool
+) -> _Match:
+    """Try every matching rule; keep the one pairing the most files (earliest on ties)."""
+    dedicated = not rainy_shared and not clean_shared
+    candidates: list[_Match] = []
+    if dedicated:
+        candidates.append(_match_by_name(rainy, clean))
+    candidates.append(
+        _match_by_key(
+            "by rain-N / norain-N numbering",
+            rainy,
+            clean,
+            _rain_number,
+            _norain_number,
+            rainy_shared,
+            clean_shared,
+        )
+    )
+    candidates.append(
+        _match_by_key(
+            "by X_rain / X_clean suffixes",
+            rainy,
+            clean,
+            _group_key(_RAINY_SUFFIX),
+            _group_key(_CLEAN_SUFFIX),
+            rainy_shared,
+            clean_shared,
+        )
+    )
+    if dedicated:
+        candidates.append(
+            _match_by_key(
+                "as X_k -> X (several rainy versions per clean image)",
+                rainy,
+                clean,
+                _group_key(_VERSION_K),
+                lambda p: p.stem,
+                False,
+                False,
+                many_to_one=True,
+            )
+        )
+    best = candidates[0]
+    for cand in candidates[1:]:
+        if len(cand.pairs) > len(best.pairs):
+            best = cand
+    return best
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _fmt_names(names: Sequence[str]) -> str:
+    text = ", ".join(names[:_LIST_LIMIT])
+    if len(names) > _LIST_LIMIT:
+        text += f", and {len(names) - _LIST_LIMIT} more"
+    return text
+
+
+def _fmt_list(paths: Sequence[Path]) -> str:
+    return _fmt_names([p.name for p in paths])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(
+        (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)),
+        key=lambda d: _natural_key(d.name),
+    )
+
+
+def _find_subdir(root: Path, name: str) -> Path | None:
+    """``root/name`` if it exists, else a subfolder whose name matches case-insensitively."""
+    exact = root / name
+    if exact.is_dir():
+        return exact
+    for d in _subdirs(root):
+        if d.name.lower() == name.lower():
+            return d
+    return None
+
+
+def _side_images(folder: Path) -> tuple[Path, list[Path]]:
+    """Images of one side; a folder without images but with exactly one subfolder that
+    has images (JORDER-E ``rain/X2/``) stands for that subfolder."""
+    images = list_images(folder)
+    if images:
+        return folder, images
+    with_images = [(d, list_images(d)) for d in _subdirs(folder)]
+    with_images = [(d, imgs) for d, imgs in with_images if imgs]
+    if len(with_images) == 1:
+        return with_images[0]
+    return folder, images
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        text = path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+    return "the root folder" if text == "." else f"'{text}/'"
+
+
+def _pair_up(
+    root: Path,
+    layout: str,
+    rainy_folder: Path,
+    clean_folder: Path,
+    rainy_shared: bool,
+    clean_shared: bool,
+    strict: bool,
+) -> list[Pair]:
+    if rainy_folder == clean_folder:
+        rainy_files = clean_files = list_images(rainy_folder)
+    else:
+        rainy_folder, rainy_files = _side_images(rainy_folder)
+        clean_folder, clean_files = _side_images(clean_folder)
+    where = f"{root}: layout {layout}"
+    if not rainy_files or not clean_files:
+        empty = [
+            f"{_rel(f, root)} ({f})"
+            for f, files in ((rainy_folder, rainy_files), (clean_folder, clean_files))
+            if not files
+        ]
+        raise PairsError(f"{where}, but no images in {' and '.join(empty)}")
+    m = _match(rainy_files, clean_files, rainy_shared, clean_shared)
+    if not m.pairs:
+        raise PairsError(
+            f"{where}, but no rainy image matches a clean one by file name, by "
+            "rain-N / norain-N numbering, by X_rain / X_clean suffixes or as X_k -> X.\n"
+            f"  rainy ({_plural(len(rainy_files), 'image')} in {_rel(rainy_folder, root)}): "
+            f"{_fmt_list(rainy_files)}\n"
+            f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
+            f"{_fmt_list(clean_files)}\n"
+            "Pass rainy_dir= and clean_dir= to name the folders explicitly."
+        )
+    if strict and (m.rainy_left or m.clean_left):
+        lines = [f"{where}, matched {m.how}: {_plural(len(m.pairs), 'pair')}, but"]
+        if m.rainy_left:
+            lines.append(
+                f"  {_plural(len(m.rainy_left), 'rainy image')} in {_rel(rainy_folder, root)} "
+                f"without a clean partner: {_fmt_list(m.rainy_left)}"
+            )
+        if m.clean_left:
+            lines.append(
+                f"  {_plural(len(m.clean_left), 'clean image')} in {_rel(clean_folder, root)} "
+                f"without a rainy partner: {_fmt_list(m.clean_left)}"
+            )
+        lines.append("Add or remove the files, or pass strict=False to use only the matched pairs.")
+        raise PairsError("\n".join(lines))
+    pairs = [Pair(rainy=r, clean=c, name=r.name) for r, c in m.pairs]
+    return sorted(pairs, key=lambda p: (_natural_key(p.name), str(p.rainy)))
+
+
+def _resolve_override(root: Path, value: str | Path, side: str) -> Path:
+    path = Path(value)
+    if path.is_absolute():
+        if not path.is_dir():
+            raise PairsError(f"{side} folder {str(path)!r} does not exist or is not a folder")
+        return path
+    found = _find_subdir(root, str(path)) if len(path.parts) == 1 else None
+    if found is None and (root / path).is_dir():
+        found = root / path
+    if found is None:
+        raise PairsError(
+            f"{side} folder {str(value)!r} not found in {root} "
+            f"(subfolders there: {', '.join(d.name for d in _subdirs(root)) or 'none'})"
+        )
+    return found
+
+
+def _partner(root: Path, given: Path, names: Sequence[str]) -> tuple[Path, bool] | None:
+    """The folder holding the other side: a usual name, else ``root`` if it has images."""
+    for name in names:
+        d = _find_subdir(root, name)
+        if d is not None and d.resolve() != given.resolve():
+            return d, False
+    if given.resolve() != root.resolve() and list_images(root):
+        return root, True
+    return None
+
+
+def _with_overrides(
+    root: Path, rainy_dir: str | Path | None, clean_dir: str | Path | None, strict: bool
+) -> list[Pair]:
+    rainy = _resolve_override(root, rainy_dir, "rainy") if rainy_dir is not None else None
+    clean = _resolve_override(root, clean_dir, "clean") if clean_dir is not None else None
+    if rainy is not None and clean is not None:
+        if rainy.resolve() == clean.resolve():
+            return _pair_up(
+                root,
+                f"flat folder {_rel(rainy, root)} (given)",
+                rainy,
+                rainy,
+                True,
+                True,
+                strict,
+            )
+        return _pair_up(
+            root,
+            f"{_rel(rainy, root)} + {_rel(clean, root)} (given)",
+            rainy,
+            clean,
+            False,
+            False,
+            strict,
+        )
+    if rainy is not None:
+        found = _partner(root, rainy, _CLEAN_NAMES)
+        if found is None:
+            raise PairsError(
+                f"{root}: rainy folder {_rel(rainy, root)} given, but no clean folder "
+                f"({', '.join(n + '/' for n in _CLEAN_NAMES)}) and no images in the root; "
+                "pass clean_dir="
+            )
+        clean, clean_shared = found
+        return _pair_up(
+            root,
+            f"{_rel(rainy, root)} (given) + {_rel(clean, root)}",
+            rainy,
+            clean,
+            False,
+            clean_shared,
+            strict,
+        )
+    assert clean is not None
+    found = _partner(root, clean, _RAINY_NAMES)
+    if found is None:
+        raise PairsError(
+            f"{root}: clean folder {_rel(clean, root)} given, but no rainy folder "
+            f"({', '.join(n + '/' for n in _RAINY_NAMES)}) and no images in the root; "
+            "pass rainy_dir="
+        )
+    rainy, rainy_shared = found
+    return _pair_up(
+        root,
+        f"{_rel(rainy, root)} + {_rel(clean, root)} (given)",
+        rainy,
+        clean,
+        rainy_shared,
+        False,
+        strict,
+    )
+
+
+def find_pairs(
+    root: Path,
+    rainy_dir: str | Path | None = None,
+    clean_dir: str | Path | None = None,
+    *,
+    strict: bool = True,
+) -> list[Pair]:
+    """Rainy/clean pairs under ``root``, sorted naturally by ``Pair.name``.
+
+    The layouts and matching rules are listed in the module docstring. ``rainy_dir`` /
+    ``clean_dir`` name the folders explicitly (relative to ``root``, case-insensitive,
+    or absolute). Raises ``PairsError`` (a ``ValueError``) when no layout is found, a
+    folder is missing or empty, or (with ``strict``, the default) any image is left
+    without a partner; the message names the layout and lists the leftover files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PairsError(f"{root} is not a folder")
+    if rainy_dir is not None or clean_dir is not None:
+        return _with_overrides(root, rainy_dir, clean_dir, strict)
+
+    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
+        rainy = _find_subdir(root, rainy_name)
+        clean = _find_subdir(root, clean_name)
+        if rainy is not None and clean is not None:
+            layout = f"subfolders '{rainy.name}/' + '{clean.name}/'"
+            return _pair_up(root, layout, rainy, clean, False, False, strict)
+
+    root_images = list_images(root)
+    if root_images:
+        for rainy_name in _PRENET_RAINY:
+            rainy = _find_subdir(root, rainy_name)
+            if rainy is None:
+                continue
+            _, rainy_files = _side_images(rainy)
+            m = _match(rainy_files, root_images, False, True)
+            if m.pairs:
+                layout = f"'{rainy.name}/' + norain-N images in the root folder (PReNet)"
+                return _pair_up(root, layout, rainy, root, False, True, strict)
+        m = _match(root_images, root_images, True, True)
+        if m.pairs:
+            return _pair_up(root, "flat folder", root, root, True, True, strict)
+
+    subdirs = [d.name + "/" for d in _subdirs(root)]
+    looked_for = ", ".join(f"{r}/ + {c}/" for r, c in SUBFOLDER_LAYOUTS)
+    raise PairsError(
+        f"{root}: no rainy/clean layout found. Looked for subfolders {looked_for} "
+        "(case-insensitive); rainy/ or rain/ with norain-N images in the root (PReNet); "
+        "a flat folder of rain-N + norain-N or X_rain + X_clean images.\n"
+        f"  found: {_plural(len(subdirs), 'subfolder')}"
+        + (f" ({_fmt_names(subdirs)})" if subdirs else "")
+        + f", {_plural(len(root_images), 'image')} in the root"
+        + (f" ({_fmt_list(root_images)})" if root_images else "")
+        + "\nPass rainy_dir= and clean_dir= to name the folders explicitly."
+    )

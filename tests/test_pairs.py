@@ -1,0 +1,291 @@
+"""Tests for derain_cli.pairs: rainy/clean layouts, overrides and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from derain_cli.pairs import (
+    SUBFOLDER_LAYOUTS,
+    Pair,
+    PairsError,
+    find_pairs,
+    list_images,
+)
+
+
+def _img(path: Path) -> Path:
+    """A 2x2 PNG at ``path`` (PNG bytes whatever the suffix: find_pairs never decodes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (2, 2), (10, 20, 30)).save(path, format="PNG")
+    return path
+
+
+def _make(root: Path, *names: str) -> None:
+    for name in names:
+        _img(root / name)
+
+
+def _names(pairs: list[Pair], root: Path) -> list[tuple[str, str]]:
+    return [
+        (p.rainy.relative_to(root).as_posix(), p.clean.relative_to(root).as_posix()) for p in pairs
+    ]
+
+
+# ------------------------------------------------------------------------- list_images
+
+
+def test_list_images_filters_sorts_and_skips_hidden(tmp_path):
+    _make(tmp_path, "b10.png", "b2.JPG", "a.jpeg", "c.bmp", "d.tif", "e.TIFF", "f.webp")
+    _make(tmp_path, ".hidden.png", "sub/inner.png", ".cache/x.png")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "g.gif").write_bytes(b"GIF89a")
+    (tmp_path / "dir.png").mkdir()  # a folder with an image suffix is not an image
+    found = [p.name for p in list_images(tmp_path)]
+    assert found == ["a.jpeg", "b2.JPG", "b10.png", "c.bmp", "d.tif", "e.TIFF", "f.webp"]
+    rec = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)]
+    assert "sub/inner.png" in rec
+    assert not any(".cache" in r or ".hidden" in r for r in rec)
+    assert len(rec) == 8
+
+
+def test_list_images_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list_images(tmp_path / "nope")
+    _img(tmp_path / "a.png")
+    with pytest.raises(NotADirectoryError):
+        list_images(tmp_path / "a.png")
+
+
+# ------------------------------------------------------------------------- subfolder layouts
+
+
+@pytest.mark.parametrize(("rainy", "clean"), SUBFOLDER_LAYOUTS)
+def test_each_subfolder_layout(tmp_path, rainy, clean):
+    for n in ("001.png", "002.png", "010.png"):
+        _img(tmp_path / rainy / n)
+        _img(tmp_path / clean / n)
+    pairs = find_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["001.png", "002.png", "010.png"]
+    assert _names(pairs, tmp_path)[0] == (f"{rainy}/001.png", f"{clean}/001.png")
+
+
+def test_subfolder_names_case_insensitive(tmp_path):
+    _make(tmp_path, "Input/x.png", "Input/y.png", "TARGET/x.png", "TARGET/y.png")
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("Input/x.png", "TARGET/x.png"),
+        ("Input/y.png", "TARGET/y.png"),
+    ]
+
+
+def test_natural_order_and_pair_fields(tmp_path):
+    _make(
+        tmp_path, *(f"rainy/{n}.png" for n in (10, 2, 1)), *(f"clean/{n}.png" for n in (1, 2, 10))
+    )
+    pairs = find_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["1.png", "2.png", "10.png"]
+    assert pairs[0] == Pair(tmp_path / "rainy/1.png", tmp_path / "clean/1.png", "1.png")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pairs[0].name = "x"  # type: ignore[misc]
+
+
+def test_first_layout_in_priority_wins(tmp_path):
+    _make(tmp_path, "rainy/a.png", "clean/a.png", "gt/b.png")
+    assert _names(find_pairs(tmp_path), tmp_path) == [("rainy/a.png", "clean/a.png")]
+
+
+def test_stem_match_when_extensions_differ(tmp_path):
+    _make(tmp_path, "rainy/001.jpg", "rainy/002.png", "clean/001.png", "clean/002.png")
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("rainy/001.jpg", "clean/001.png"),
+        ("rainy/002.png", "clean/002.png"),
+    ]
+
+
+def test_jorder_split_rain_norain_numbering(tmp_path):
+    _make(tmp_path, *(f"rain/rain-{i:03d}.png" for i in (1, 2, 3)))
+    _make(tmp_path, *(f"norain/norain-{i}.png" for i in (1, 2, 3)))  # unpadded: still matches
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        (f"rain/rain-{i:03d}.png", f"norain/norain-{i}.png") for i in (1, 2, 3)
+    ]
+
+
+def test_jorder_e_rain_x2_subfolder(tmp_path):
+    _make(tmp_path, "rain/X2/norain-1x2.png", "rain/X2/norain-2x2.png")
+    _make(tmp_path, "norain/norain-1.png", "norain/norain-2.png")
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("rain/X2/norain-1x2.png", "norain/norain-1.png"),
+        ("rain/X2/norain-2x2.png", "norain/norain-2.png"),
+    ]
+
+
+def test_ddn_several_rainy_versions_per_clean_image(tmp_path):
+    _make(tmp_path, *(f"rainy_image/901_{k}.jpg" for k in (1, 2, 14)), "rainy_image/902_1.jpg")
+    _make(tmp_path, "ground_truth/901.jpg", "ground_truth/902.jpg")
+    pairs = find_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["901_1.jpg", "901_2.jpg", "901_14.jpg", "902_1.jpg"]
+    assert [p.clean.name for p in pairs] == ["901.jpg"] * 3 + ["902.jpg"]
+
+
+# ------------------------------------------------------------------------- flat / PReNet
+
+
+def test_flat_rain100_naming(tmp_path):
+    _make(
+        tmp_path, *(f"rain-{i:03d}.png" for i in (1, 2)), *(f"norain-{i:03d}.png" for i in (1, 2))
+    )
+    _make(tmp_path, "overview.png")  # neither kind: ignored in a flat folder
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("rain-001.png", "norain-001.png"),
+        ("rain-002.png", "norain-002.png"),
+    ]
+
+
+def test_flat_rain_traintl_unpadded(tmp_path):
+    _make(
+        tmp_path, *(f"rain-{i}.png" for i in (1, 2, 10)), *(f"norain-{i}.png" for i in (1, 2, 10))
+    )
+    assert [p.name for p in find_pairs(tmp_path)] == ["rain-1.png", "rain-2.png", "rain-10.png"]
+
+
+def test_flat_suffix_naming(tmp_path):
+    _make(tmp_path, "street_rain.png", "street_clean.png", "park-rainy.jpg", "park-gt.jpg")
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("park-rainy.jpg", "park-gt.jpg"),
+        ("street_rain.png", "street_clean.png"),
+    ]
+
+
+def test_prenet_rainy_subfolder_clean_in_root(tmp_path):
+    _make(tmp_path, "rainy/rain-001.png", "rainy/rain-002.png", "norain-001.png", "norain-002.png")
+    pairs = find_pairs(tmp_path)
+    assert _names(pairs, tmp_path) == [
+        ("rainy/rain-001.png", "norain-001.png"),
+        ("rainy/rain-002.png", "norain-002.png"),
+    ]
+
+
+# ------------------------------------------------------------------------- overrides
+
+
+def test_override_both_names(tmp_path):
+    _make(tmp_path, "Hazy/a.png", "Sharp/a.png", "rainy/zzz.png", "clean/zzz.png")
+    pairs = find_pairs(tmp_path, rainy_dir="hazy", clean_dir="Sharp")
+    assert _names(pairs, tmp_path) == [("Hazy/a.png", "Sharp/a.png")]
+
+
+def test_override_absolute_paths(tmp_path):
+    _make(tmp_path, "x/one/a.png", "y/two/a.png")
+    pairs = find_pairs(tmp_path, rainy_dir=tmp_path / "x/one", clean_dir=str(tmp_path / "y/two"))
+    assert _names(pairs, tmp_path) == [("x/one/a.png", "y/two/a.png")]
+
+
+def test_override_one_side_finds_partner(tmp_path):
+    _make(tmp_path, "mine/a.png", "gt/a.png")
+    assert _names(find_pairs(tmp_path, rainy_dir="mine"), tmp_path) == [("mine/a.png", "gt/a.png")]
+    _make(tmp_path, "noisy/b.png", "truth/b.png")
+    pairs = find_pairs(tmp_path, rainy_dir="noisy", clean_dir="truth")
+    assert _names(pairs, tmp_path) == [("noisy/b.png", "truth/b.png")]
+
+
+def test_override_only_clean(tmp_path):
+    _make(tmp_path, "input/a.png", "reference/a.png")
+    assert _names(find_pairs(tmp_path, clean_dir="reference"), tmp_path) == [
+        ("input/a.png", "reference/a.png")
+    ]
+
+
+def test_override_same_folder_is_flat(tmp_path):
+    _make(tmp_path, "all/rain-1.png", "all/norain-1.png")
+    pairs = find_pairs(tmp_path, rainy_dir="all", clean_dir="all")
+    assert _names(pairs, tmp_path) == [("all/rain-1.png", "all/norain-1.png")]
+
+
+def test_override_missing_folder(tmp_path):
+    _make(tmp_path, "rainy/a.png", "clean/a.png")
+    with pytest.raises(
+        PairsError, match=r"rainy folder 'wet' not found .*\(subfolders there: clean, rainy\)"
+    ):
+        find_pairs(tmp_path, rainy_dir="wet", clean_dir="clean")
+
+
+def test_override_without_partner(tmp_path):
+    _make(tmp_path, "wet/a.png")
+    with pytest.raises(PairsError, match="no clean folder"):
+        find_pairs(tmp_path, rainy_dir="wet")
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def test_unmatched_files_listed_on_each_side(tmp_path):
+    _make(tmp_path, "rainy/common.png", "clean/common.png", "clean/only_clean.png")
+    _make(tmp_path, *(f"rainy/extra{i:02d}.png" for i in range(12)))
+    with pytest.raises(PairsError) as info:
+        find_pairs(tmp_path)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "subfolders 'rainy/' + 'clean/'" in msg
+    assert "by file name" in msg
+    assert "1 pair," in msg
+    assert "12 rainy images in 'rainy/' without a clean partner" in msg
+    assert "extra00.png" in msg and "extra09.png" in msg and "extra10.png" not in msg
+    assert "and 2 more" in msg
+    assert "1 clean image in 'clean/' without a rainy partner: only_clean.png" in msg
+    # strict=False keeps the matched pairs
+    pairs = find_pairs(tmp_path, strict=False)
+    assert [p.name for p in pairs] == ["common.png"]
+
+
+def test_unmatched_with_numbering(tmp_path):
+    _make(tmp_path, "rain/rain-1.png", "rain/rain-2.png", "rain/rain-3.png")
+    _make(tmp_path, "norain/norain-1.png", "norain/norain-2.png")
+    with pytest.raises(PairsError, match=r"(?s)rain-N / norain-N.*1 rainy image.*rain-3\.png"):
+        find_pairs(tmp_path)
+
+
+def test_no_match_at_all_lists_both_sides(tmp_path):
+    _make(tmp_path, "rainy/a.png", "clean/b.png")
+    with pytest.raises(PairsError, match=r"(?s)no rainy image matches.*a\.png.*b\.png"):
+        find_pairs(tmp_path)
+
+
+def test_empty_side(tmp_path):
+    _make(tmp_path, "rainy/a.png")
+    (tmp_path / "clean").mkdir()
+    with pytest.raises(PairsError, match=r"no images in 'clean/'"):
+        find_pairs(tmp_path)
+
+
+def test_no_layout_lists_what_was_looked_for(tmp_path):
+    _make(tmp_path, "photos/a.png", "holiday.png")
+    with pytest.raises(PairsError) as info:
+        find_pairs(tmp_path)
+    msg = str(info.value)
+    assert "no rainy/clean layout found" in msg
+    for rainy, clean in SUBFOLDER_LAYOUTS:
+        assert f"{rainy}/ + {clean}/" in msg
+    assert "rain-N + norain-N" in msg and "X_rain + X_clean" in msg
+    assert "PReNet" in msg
+    assert "1 subfolder (photos/)" in msg
+    assert "1 image in the root (holiday.png)" in msg
+    assert "rainy_dir=" in msg
+
+
+def test_root_not_a_folder(tmp_path):
+    with pytest.raises(PairsError, match="not a folder"):
+        find_pairs(tmp_path / "missing")
+
+
+def test_deterministic(tmp_path):
+    _make(tmp_path, *(f"rainy/{i}.png" for i in range(30)), *(f"clean/{i}.png" for i in range(30)))
+    assert find_pairs(tmp_path) == find_pairs(tmp_path)
