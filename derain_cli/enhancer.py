@@ -1,0 +1,266 @@
+"""``Derainer``: the one object that turns a rainy image into a derained one.
+
+It owns the model, the device and precision choices and the tiling (as
+Real-ESRGAN's "enhancer" does); the CLI and the batch runner are thin layers
+over it. Inputs and outputs are PIL images or numpy arrays of the same type.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import tiling
+from .models import get_spec
+from .weights import load_manifest, load_pretrained, model_from_file
+
+log = logging.getLogger(__name__)
+
+#: The model ``derain photo.jpg`` uses: the best model that derains a
+#: 12-megapixel photo in under two minutes on a 2-core laptop CPU (README).
+DEFAULT_MODEL = "semi-drdnet-lite"
+
+#: Smallest tile the out-of-memory fallback tries before giving up.
+MIN_TILE = 64
+CPU_TILE = 512
+DEFAULT_OVERLAP = 48
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are validated."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("--device mps was asked for but MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is fp16 on CUDA/MPS and fp32 on CPUs; half precision only where it runs."""
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    if precision == "auto":
+        return "fp16" if device.type in ("cuda", "mps") else "fp32"
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise ValueError("this CPU has no bf16 instructions; use --precision fp32")
+    return precision
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+class TorchRunner:
+    """Runs a PyTorch model on numpy tiles for ``tiling.run_tiled``."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.precision = precision
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        self.global_stats_shape = getattr(model, "global_stats_shape", None)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self):  # noqa: ANN202 - a context manager
+        if self.precision in _DTYPES:
+            return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _in(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _pooled(self, pooled: np.ndarray | None) -> torch.Tensor | None:
+        return None if pooled is None else torch.from_numpy(pooled).to(self.device)
+
+    def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        try:
+            with torch.inference_mode(), self._autocast():
+                if pooled is None:
+                    y = self.model(self._in(x))
+                else:
+                    y = self.model(self._in(x), self._pooled(pooled))
+            return y.float().cpu().numpy()
+        except Exception as e:
+            if _is_oom(e):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise tiling.TileOutOfMemory(str(e)) from e
+            raise
+
+    def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        try:
+            with torch.inference_mode(), self._autocast():
+                s = self.model.se_sums(self._in(x), self._pooled(pooled), self._in(mask))
+            return s.double().cpu().numpy()
+        except Exception as e:
+            if _is_oom(e):
+                raise tiling.TileOutOfMemory(str(e)) from e
+            raise
+
+
+def _auto_tile(runner: TorchRunner) -> int:
+    """Largest tile that fits comfortably: from free GPU memory, a fixed size on CPUs."""
+    if runner.device.type != "cuda":
+        return CPU_TILE
+    free, _ = torch.cuda.mem_get_info(runner.device)
+    torch.cuda.reset_peak_memory_stats(runner.device)
+    base = torch.cuda.memory_allocated(runner.device)
+    probe = np.zeros((1, 3, 128, 128), np.float32)
+    runner.forward(probe, None)
+    per_px = max(1.0, (torch.cuda.max_memory_allocated(runner.device) - base) / 128**2)
+    side = int((0.5 * free / per_px) ** 0.5)
+    return max(MIN_TILE, min(4096, side // 64 * 64))
+
+
+class Derainer:
+    """Derain images with a registered model or a weights file.
+
+    ``model`` is a registry name (``derain models`` lists them); ``weights`` a
+    safetensors/.pt file of one's own. ``tile``: None picks a size from the
+    device, 0 disables tiling. Semi-DRDNet's whole-image statistics are handled
+    by the tiler, so tiled and untiled results agree.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        threads: int | None = None,
+        backend: str = "torch",
+        quiet: bool = True,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; this build supports: torch")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if weights is not None:
+            net = model_from_file(weights, model)
+            self.model_name = model or Path(weights).stem
+            self.weights_label = str(weights)
+        else:
+            self.model_name = model or DEFAULT_MODEL
+            get_spec(self.model_name)  # clear error for unknown names
+            net = load_pretrained(self.model_name, quiet=quiet)
+            rec = load_manifest()[self.model_name]
+            self.weights_label = f"{rec.name} ({rec.status})"
+        self.network = net.eval()
+        self.runner = TorchRunner(self.network, self.device, self.precision)
+        self.tile = tile if tile is not None else _auto_tile(self.runner)
+        self.tile_overlap = tile_overlap
+
+    def derain_array(
+        self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """HxWx3 float32 in [0, 1] -> derained HxWx3 float32 in [0, 1]."""
+        chw = np.ascontiguousarray(np.transpose(rgb.astype(np.float32, copy=False), (2, 0, 1)))
+        tile = self.tile
+        while True:
+            try:
+                out = tiling.run_tiled(chw, self.runner, tile, self.tile_overlap, on_tile=on_tile)
+                break
+            except tiling.TileOutOfMemory:
+                h, w = rgb.shape[:2]
+                current = tile if tile > 0 else max(h, w)
+                if current // 2 < MIN_TILE:
+                    raise MemoryError(
+                        f"out of memory even with {current}px tiles; try --device cpu"
+                    ) from None
+                tile = current // 2
+                log.warning("out of memory; retrying with %dpx tiles", tile)
+        self.tile = tile
+        return np.clip(np.transpose(out, (1, 2, 0)), 0.0, 1.0)
+
+    def derain(self, image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+        """Derain a PIL image or an HxW / HxWxC numpy array, returning the same type.
+
+        Alpha is kept untouched; grayscale stays grayscale; uint8/uint16 arrays
+        keep their dtype.
+        """
+        if isinstance(image, Image.Image):
+            return self._derain_pil(image)
+        return self._derain_numpy(np.asarray(image))
+
+    def _derain_numpy(self, arr: np.ndarray) -> np.ndarray:
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"expected an HxW or HxWx(1|3|4) array, got shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer):
+            scale = float(np.iinfo(arr.dtype).max)
+        else:
+            scale = 1.0
+        x = arr.astype(np.float32) / scale
+        gray = x.ndim == 2 or x.shape[2] == 1
+        alpha = x[..., 3:] if x.ndim == 3 and x.shape[2] == 4 else None
+        rgb = np.repeat(x.reshape(*x.shape[:2], 1), 3, axis=2) if gray else x[..., :3]
+        y = self.derain_array(rgb)
+        if gray:
+            y = y.mean(axis=2).reshape(arr.shape)
+        elif alpha is not None:
+            y = np.concatenate([y, alpha], axis=2)
+        if scale != 1.0:
+            y = np.clip(np.rint(y * scale), 0, scale)
+        return y.astype(arr.dtype)
+
+    def _derain_pil(self, img: Image.Image) -> Image.Image:
+        mode = img.mode
+        if mode in ("RGB", "RGBA", "L", "LA"):
+            work = img
+        elif mode in ("P", "PA"):
+            work = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
+        elif mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img).astype(np.uint16)
+            return Image.fromarray(self._derain_numpy(arr))
+        else:
+            work = img.convert("RGB")
+        out = Image.fromarray(self._derain_numpy(np.asarray(work)))
+        out.info.update({k: v for k, v in img.info.items() if k in ("icc_profile", "dpi", "exif")})
+        return out
