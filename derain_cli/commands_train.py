@@ -1,0 +1,256 @@
+"""``derain train | finetune | eval | synth``: thin Typer wrappers over the library functions.
+
+Registered by ``derain_cli.cli`` (lazily). Errors the user can fix (bad folders, unmatched
+pairs, unknown model, bad options) print one ``error: ...`` line and exit 2; runtime failures
+(weights unavailable, out of memory, ...) exit 1. ``--debug`` on ``derain`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _debug() -> bool:
+    try:
+        from .cli import _STATE
+
+        return bool(_STATE.debug)
+    except Exception:  # noqa: BLE001 - cli may be absent when used as a library
+        return False
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    from .data import DataError
+    from .hub import WeightsUnavailable
+    from .images import ImageError
+    from .losses import ContrastUnavailable
+    from .models import UnknownModelError
+    from .pairs import PairsError
+    from .train import TrainError
+    from .weights import WeightsError
+
+    rank = int(os.environ.get("RANK", "0"))
+    prefix = f"[rank {rank}] " if rank else ""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError) as e:
+        if _debug():
+            raise
+        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
+        raise typer.Exit(2) from None
+    except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
+            ValueError, OSError) as e:
+        if _debug():
+            raise
+        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _err.print("\ninterrupted")
+        raise typer.Exit(130) from None
+
+
+def _msg(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, KeyError):
+        text = text.strip("'\"")
+    return text or type(e).__name__
+
+
+def _dirs(values: list[Path] | None) -> list[str]:
+    return [str(v) for v in values or []]
+
+
+def train_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model to train.")] =
+    "semi-drdnet-lite",
+    pairs: Annotated[list[Path] | None, typer.Option(
+        "--pairs", help="Paired rainy/clean folder (repeatable; layout auto-detected).")] = None,
+    synthetic: Annotated[list[Path] | None, typer.Option(
+        "--synthetic", help="Folder of clean photos: rain is synthesized on the fly.")] = None,
+    preset: Annotated[str, typer.Option(help="Synthetic rain: light, medium, heavy, mixed.")] =
+    "mixed",
+    unlabeled: Annotated[list[Path] | None, typer.Option(
+        "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
+    rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder of --pairs.")] = None,
+    clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder of --pairs.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
+    val_limit: Annotated[int, typer.Option(help="Validate on at most N pairs.")] = 20,
+    val_crop: Annotated[int | None, typer.Option(help="Center-crop val images to N px.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default 10000).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs instead of --steps.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Patches per step per process.")] = None,
+    patch: Annotated[int | None, typer.Option(help="Patch size in pixels.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
+    warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
+    clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
+    ema: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16 or fp32.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
+    val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
+    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    log_every: Annotated[int, typer.Option(help="Log (log.jsonl) every N steps.")] = 10,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    time_budget: Annotated[float | None, typer.Option(
+        help="Stop cleanly (checkpoint + export) after this many seconds.")] = None,
+    contrast_features: Annotated[str, typer.Option(
+        help="Contrastive feature space: auto, vgg19, self, none.")] = "auto",
+    contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
+    0.1,
+    weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
+    name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
+    export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    arch: Annotated[str | None, typer.Option(hidden=True, help="Registry-free architecture.")]
+    = None,
+    model_config: Annotated[str | None, typer.Option(
+        hidden=True, help="JSON config of --arch (tests, experiments).")] = None,
+) -> None:
+    """Train a deraining model (synthetic rain, paired folders, unlabeled real photos)."""
+    from .train import TrainConfig, train
+
+    with _errors():
+        cfg = TrainConfig(
+            model=model, init_weights=str(weights) if weights else None, pairs=_dirs(pairs),
+            rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
+            unlabeled=_dirs(unlabeled), val=str(val) if val else None, val_limit=val_limit,
+            val_crop=val_crop, out=str(out), steps=steps, epochs=epochs, batch=batch,
+            patch=patch, lr=lr, warmup=warmup, clip=clip, ema=ema, amp=amp, seed=seed,
+            device=device, workers=workers, val_every=val_every, ckpt_every=ckpt_every,
+            log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
+            contrast_features=contrast_features, contrast_weight=contrast_weight, name=name,
+            export_dtype=export_dtype, arch=arch,
+            model_config=json.loads(model_config) if model_config else None,
+        )
+        if arch is not None:
+            cfg.model = None
+        train(cfg)
+
+
+def finetune_cmd(
+    rainy: Annotated[Path, typer.Option("--rainy", help="Your own rainy photos.")],
+    model: Annotated[str | None, typer.Option("--model", "-m",
+                                              help="Start from this published model.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Start from this weights file.")] = None,
+    clean: Annotated[Path | None, typer.Option(
+        help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
+    Path("runs/finetune"),
+    preset: Annotated[str, typer.Option(help="Synthetic rain preset.")] = "mixed",
+    steps: Annotated[int | None, typer.Option(help="Steps (default 1000 GPU / 200 CPU).")] =
+    None,
+    batch: Annotated[int | None, typer.Option(help="Batch (default 8 GPU / 4 CPU).")] = None,
+    patch: Annotated[int | None, typer.Option(help="Patch (default 128 GPU / 96 CPU).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
+    l2sp: Annotated[float, typer.Option(help="L2-SP pull toward the starting weights.")] = 1e-3,
+    consistency: Annotated[float, typer.Option(
+        help="L1 consistency with the frozen starting model on your photos.")] = 0.1,
+    contrast_features: Annotated[str, typer.Option(help="auto, vgg19, self, none.")] = "auto",
+    contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
+    0.05,
+    val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    time_budget: Annotated[float | None, typer.Option(help="Stop after N seconds.")] = None,
+    max_side: Annotated[int, typer.Option(
+        help="Downscale your photos to this long side first (0: keep).")] = 1024,
+    name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Adapt a model to your own rainy photos (semi-supervised, stays near its start)."""
+    from .train import FinetuneConfig, finetune
+
+    with _errors():
+        if model is None and weights is None:
+            raise _usage_error("pass --model NAME or --weights FILE")
+        finetune(FinetuneConfig(
+            rainy=str(rainy), model=model, weights=str(weights) if weights else None,
+            clean=str(clean) if clean else None, out=str(out), preset=preset, steps=steps,
+            batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
+            contrast_features=contrast_features, contrast_weight=contrast_weight,
+            val=str(val) if val else None, device=device, workers=workers, seed=seed,
+            resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
+        ))
+
+
+def _usage_error(msg: str) -> Exception:
+    from .train import TrainError
+
+    return TrainError(msg)
+
+
+def eval_cmd(
+    data: Annotated[Path, typer.Argument(help="Folder of rainy/clean pairs.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Registered model, or 'identity' to score the rainy input.")] =
+    None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file to evaluate.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Save derained outputs (PNG) here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Per-image CSV.")] = None,
+    rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
+    clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N pairs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    tile: Annotated[int | None, typer.Option(help="Tile size (0: whole image).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
+    from .evaluate import evaluate
+
+    with _errors():
+        if weights is not None:
+            from .enhancer import Derainer
+
+            target: object = Derainer(model=model, weights=weights, device=device, tile=tile)
+        else:
+            target = model or "semi-drdnet-lite"
+        res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
+                       rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
+                       tile=tile)
+        if weights is not None:
+            res.model = Path(weights).name
+        if as_json:
+            typer.echo(json.dumps(res.to_dict(), indent=2))
+        else:
+            typer.echo(res.summary())
+            if res.csv_path:
+                typer.echo(f"per-image scores: {res.csv_path}")
+            if res.report_path:
+                typer.echo(f"report: {res.report_path}")
+
+
+def synth_cmd(
+    clean: Annotated[Path, typer.Argument(help="Folder of clean photos.")],
+    out: Annotated[Path, typer.Argument(help="Output folder (rainy/ + clean/).")],
+    preset: Annotated[str, typer.Option(help="light, medium, heavy or mixed.")] = "mixed",
+    count: Annotated[int | None, typer.Option(help="Number of pairs (default: one each).")] =
+    None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write synthetic rainy/clean pairs from clean photos."""
+    from .evaluate import synth_pairs
+
+    with _errors():
+        n = synth_pairs(clean, out, preset=preset, count=count, seed=seed)
+        typer.echo(f"wrote {n} pairs to {out}/rainy and {out}/clean")

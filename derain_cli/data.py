@@ -1,0 +1,327 @@
+"""Training data: paired folders, synthetic rain on clean photos, unlabeled rainy photos.
+
+Everything is decoded once and kept in RAM as uint8 (a few hundred photos of ~0.5 MP is a few
+hundred MB at most). Items are addressed by *keys* ``(index, epoch, slot)`` produced by
+:class:`StepBatchSampler`, and every random choice of an item (crop, flip, rotation, the rain
+drawn over a synthetic background) comes from ``np.random.default_rng([seed, epoch, slot,
+index, stream])``. So an item does not depend on worker processes, on the order in which
+workers run, or on anything that happened before: the data stream is a pure function of
+``(seed, step)``, which is what makes ``--resume`` bitwise exact (a checkpoint only has to
+store the step) and what lets each DDP rank draw its own shard of every global batch.
+
+Dataset items are dicts of CHW float32 tensors in [0, 1]:
+
+* labeled (paired or synthetic): ``rainy``, ``clean`` and, with ``with_aug``, ``rainy_aug``:
+  the same background under other, freshly synthesized rain (an extra negative/positive for
+  the contrastive losses).
+* unlabeled: ``rainy`` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import synth
+from .pairs import find_pairs, list_images
+
+Key = tuple[int, int, int]  # (index, epoch, slot)
+
+_STREAM_CROP = 1
+_STREAM_RAIN = 2
+_STREAM_RAIN_AUG = 3
+
+
+class DataError(ValueError):
+    """A data folder that cannot be used (empty, unreadable); the message says why."""
+
+
+def load_rgb_u8(path: str | Path) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped)."""
+    try:
+        from .images import read_image  # the project's reader when present
+    except ImportError:  # pragma: no cover - images.py is written in parallel
+        read_image = None
+    if read_image is not None:
+        try:
+            rgb = read_image(path).rgb
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a data error
+            raise DataError(f"{path}: cannot read image ({e})") from None
+        return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read image ({e})") from None
+
+
+def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
+    return [load_rgb_u8(p) for p in paths]
+
+
+def item_rng(seed: int, key: Key, stream: int) -> np.random.Generator:
+    index, epoch, slot = key
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, slot, index, stream])
+
+
+# --------------------------------------------------------------------------- augmentation
+def pad_to(img: np.ndarray, patch: int) -> np.ndarray:
+    """Reflect-pad an HxWxC image so that both sides are at least ``patch``."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, patch - h), max(0, patch - w)
+    if ph == 0 and pw == 0:
+        return img
+    # np.pad's reflect cannot pad by more than size-1 at once: repeat until large enough.
+    while ph > 0 or pw > 0:
+        h, w = img.shape[:2]
+        sh, sw = min(ph, h - 1) if h > 1 else 0, min(pw, w - 1) if w > 1 else 0
+        if sh == 0 and sw == 0:  # 1-pixel image: edge-pad
+            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
+            break
+        img = np.pad(img, ((sh // 2, sh - sh // 2), (sw // 2, sw - sw // 2), (0, 0)),
+                     mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return img
+
+
+def random_crop(
+    images: Sequence[np.ndarray], patch: int, rng: np.random.Generator, augment: bool = True
+) -> list[np.ndarray]:
+    """The same random ``patch`` crop (+ flips and 90-degree rotation) of aligned images."""
+    imgs = [pad_to(im, patch) for im in images]
+    h, w = imgs[0].shape[:2]
+    for im in imgs[1:]:
+        if im.shape[:2] != (h, w):
+            raise DataError(f"paired images differ in size: {imgs[0].shape} vs {im.shape}")
+    y = int(rng.integers(0, h - patch + 1))
+    x = int(rng.integers(0, w - patch + 1))
+    out = [im[y : y + patch, x : x + patch] for im in imgs]
+    if augment:
+        flip = bool(rng.integers(0, 2))
+        rot = int(rng.integers(0, 4))
+        if flip:
+            out = [im[:, ::-1] for im in out]
+        if rot:
+            out = [np.rot90(im, rot) for im in out]
+    return [np.ascontiguousarray(im) for im in out]
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 or float32 [0,1] -> 3xHxW float32 tensor."""
+    arr = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class _Source:
+    kind: str  # "paired" | "synthetic"
+    rainy: list[np.ndarray] | None
+    clean: list[np.ndarray]
+    names: list[str]
+
+
+class LabeledDataset(Dataset):
+    """Paired folders and/or synthetic rain over clean photos, as one indexable set.
+
+    ``preset`` is the synthesizer's preset (``"light"``, ``"medium"``, ``"heavy"``,
+    ``"mixed"``). Synthetic items get new rain for every ``(epoch, slot)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        pairs_dirs: Sequence[str | Path] = (),
+        clean_dirs: Sequence[str | Path] = (),
+        clean_images: Sequence[np.ndarray] | None = None,
+        rainy_dir: str | None = None,
+        clean_dir: str | None = None,
+        patch: int = 128,
+        preset: str = "mixed",
+        seed: int = 0,
+        augment: bool = True,
+        with_aug: bool = False,
+    ) -> None:
+        self.patch, self.preset, self.seed = patch, preset, seed
+        self.augment, self.with_aug = augment, with_aug
+        self.sources: list[_Source] = []
+        for d in pairs_dirs:
+            pairs = find_pairs(Path(d), rainy_dir, clean_dir)
+            self.sources.append(_Source(
+                "paired", _load_all([p.rainy for p in pairs]), _load_all([p.clean for p in pairs]),
+                [p.name for p in pairs],
+            ))
+        for d in clean_dirs:
+            paths = list_images(Path(d), recursive=True)
+            if not paths:
+                raise DataError(f"{d}: no images found")
+            self.sources.append(_Source("synthetic", None, _load_all(paths),
+                                        [p.name for p in paths]))
+        if clean_images is not None:
+            if not len(clean_images):
+                raise DataError("no clean images given")
+            self.sources.append(_Source("synthetic", None, list(clean_images),
+                                        [f"image{i}" for i in range(len(clean_images))]))
+        if not self.sources:
+            raise DataError("no training data: give paired folders or clean photos")
+        self._offsets = np.cumsum([0] + [len(s.clean) for s in self.sources])
+        self.kinds = sorted({s.kind for s in self.sources})
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def describe(self) -> str:
+        parts = [f"{len(s.clean)} {s.kind}" for s in self.sources]
+        return ", ".join(parts)
+
+    def _locate(self, index: int) -> tuple[_Source, int]:
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return self.sources[k], index - int(self._offsets[k])
+
+    def __getitem__(self, key: Key | int) -> dict[str, torch.Tensor]:
+        if isinstance(key, int | np.integer):
+            key = (int(key), 0, int(key))
+        index = key[0]
+        src, i = self._locate(index)
+        rng = item_rng(self.seed, key, _STREAM_CROP)
+        clean_u8 = src.clean[i]
+        if src.kind == "paired":
+            rainy_u8, clean_u8 = random_crop([src.rainy[i], clean_u8], self.patch, rng,
+                                             self.augment)
+            clean = clean_u8.astype(np.float32) / 255.0
+            rainy = rainy_u8.astype(np.float32) / 255.0
+        else:
+            (clean_u8,) = random_crop([clean_u8], self.patch, rng, self.augment)
+            clean = clean_u8.astype(np.float32) / 255.0
+            rainy, _ = synth.synthesize(clean, self.preset, item_rng(self.seed, key, _STREAM_RAIN))
+        item = {"rainy": to_tensor(rainy), "clean": to_tensor(clean)}
+        if self.with_aug:
+            rng_aug = item_rng(self.seed, key, _STREAM_RAIN_AUG)
+            aug, _ = synth.synthesize(clean, self.preset, rng_aug)
+            item["rainy_aug"] = to_tensor(aug)
+        return item
+
+
+class UnlabeledDataset(Dataset):
+    """Real rainy photos without ground truth (random crops with flips/rotations)."""
+
+    def __init__(
+        self,
+        dirs: Sequence[str | Path] = (),
+        *,
+        images: Sequence[np.ndarray] | None = None,
+        patch: int = 128,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        self.patch, self.seed, self.augment = patch, seed, augment
+        self.images: list[np.ndarray] = list(images) if images is not None else []
+        for d in dirs:
+            paths = list_images(Path(d), recursive=True)
+            if not paths:
+                raise DataError(f"{d}: no images found")
+            self.images.extend(_load_all(paths))
+        if not self.images:
+            raise DataError("no unlabeled rainy images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: Key | int) -> dict[str, torch.Tensor]:
+        if isinstance(key, int | np.integer):
+            key = (int(key), 0, int(key))
+        rng = item_rng(self.seed, key, _STREAM_CROP)
+        (rainy,) = random_crop([self.images[key[0]]], self.patch, rng, self.augment)
+        return {"rainy": to_tensor(rainy)}
+
+
+# --------------------------------------------------------------------------- sampling
+class StepBatchSampler(Sampler[list[Key]]):
+    """Yields, for steps ``start_step .. total_steps-1``, this rank's share of each global batch.
+
+    The global batch is ``batch * world`` items; epoch ``e`` visits the dataset in the
+    permutation ``default_rng([seed, e, 7]).permutation(n)`` (several permutations
+    concatenated when the dataset is smaller than one global batch). Step ``s`` is batch
+    ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``; rank ``r`` takes items
+    ``r*batch .. (r+1)*batch`` of it. Nothing is stateful: restarting at any step gives the
+    same stream.
+    """
+
+    def __init__(
+        self, n: int, batch: int, *, seed: int = 0, rank: int = 0, world: int = 1,
+        start_step: int = 0, total_steps: int | None = None,
+    ) -> None:
+        if n <= 0:
+            raise DataError("empty dataset")
+        self.n, self.batch, self.seed = n, batch, seed
+        self.rank, self.world = rank, world
+        self.start_step, self.total_steps = start_step, total_steps
+        gb = batch * world
+        self.steps_per_epoch = max(1, n // gb)
+        self._reps = max(1, math.ceil(gb / n))
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 7])
+            order = np.concatenate([rng.permutation(self.n) for _ in range(self._reps)])
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def keys_for(self, step: int) -> list[Key]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = self._order(epoch)
+        gb = self.batch * self.world
+        base = pos * gb + self.rank * self.batch
+        return [(int(order[base + j]), epoch, base + j) for j in range(self.batch)]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        step = self.start_step
+        while self.total_steps is None or step < self.total_steps:
+            yield self.keys_for(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.total_steps is None:
+            raise TypeError("infinite sampler")
+        return max(0, self.total_steps - self.start_step)
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: StepBatchSampler,
+    *,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``sampler``'s batches (workers prefetch 4 batches each)."""
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"persistent_workers": False, "prefetch_factor": 4}
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers > 0 else None, **kwargs,
+    )
+
+
+def _worker_init(_: int) -> None:
+    # Each worker uses one thread: cv2/torch threads inside workers only oversubscribe cores.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - cv2 is optional here
+        pass

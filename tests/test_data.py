@@ -1,0 +1,132 @@
+"""Training data: crops/augmentation, synthetic rain per (seed, epoch, index), sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from derain_cli import data as D
+from derain_cli.pairs import PairsError
+
+
+def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
+    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def clean_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    d = tmp_path / "clean"
+    d.mkdir()
+    for i in range(8):
+        Image.fromarray(_smooth(rng, 48, 48)).save(d / f"c{i}.png")
+    Image.fromarray(_smooth(rng, 20, 30)).save(d / "small.png")  # smaller than the patch
+    return d
+
+
+@pytest.fixture
+def pairs_dir(tmp_path: Path) -> Path:
+    """rainy = clean + 40 everywhere, so any misaligned crop shows up."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "pairs"
+    (root / "rainy").mkdir(parents=True)
+    (root / "clean").mkdir()
+    for i in range(4):
+        c = (_smooth(rng, 40, 60) // 2).astype(np.uint8)
+        Image.fromarray(c).save(root / "clean" / f"{i}.png")
+        Image.fromarray(c + 40).save(root / "rainy" / f"{i}.png")
+    return root
+
+
+def test_synthetic_items_shapes_and_reproducibility(clean_dir):
+    ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=32, seed=3, with_aug=True)
+    assert len(ds) == 9
+    a = ds[(2, 0, 5)]
+    assert set(a) == {"rainy", "clean", "rainy_aug"}
+    for v in a.values():
+        assert v.shape == (3, 32, 32) and v.dtype == torch.float32
+        assert 0.0 <= float(v.min()) and float(v.max()) <= 1.0
+    b = ds[(2, 0, 5)]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same (seed, epoch, slot, index)
+    c = ds[(2, 1, 5)]  # next epoch: new crop and new rain
+    assert not torch.equal(a["rainy"], c["rainy"])
+    assert not torch.equal(a["rainy"] - a["clean"], a["rainy_aug"] - a["clean"])
+    other_seed = D.LabeledDataset(clean_dirs=[clean_dir], patch=32, seed=4)[(2, 0, 5)]
+    assert not torch.equal(a["rainy"], other_seed["rainy"])
+
+
+def test_small_images_are_reflect_padded(clean_dir):
+    ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=40, seed=0)
+    idx = [i for i, n in enumerate(ds.sources[0].names) if n == "small.png"][0]
+    item = ds[(idx, 0, 0)]
+    assert item["clean"].shape == (3, 40, 40)
+    img = np.arange(2 * 3 * 3).reshape(2, 3, 3).astype(np.uint8)
+    assert D.pad_to(img, 9).shape == (9, 9, 3)  # repeated reflection when far too small
+
+
+def test_paired_crops_stay_aligned(pairs_dir):
+    ds = D.LabeledDataset(pairs_dirs=[pairs_dir], patch=24, seed=0)
+    assert ds.kinds == ["paired"]
+    for slot in range(6):
+        it = ds[(slot % 4, 0, slot)]
+        diff = (it["rainy"] - it["clean"]) * 255
+        assert torch.allclose(diff, torch.full_like(diff, 40.0), atol=1e-3)
+
+
+def test_paired_overrides_and_errors(pairs_dir, tmp_path):
+    ds = D.LabeledDataset(pairs_dirs=[pairs_dir], rainy_dir="rainy", clean_dir="clean", patch=8)
+    assert len(ds) == 4
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PairsError):
+        D.LabeledDataset(pairs_dirs=[tmp_path / "empty"])
+    with pytest.raises(D.DataError):
+        D.LabeledDataset(clean_dirs=[tmp_path / "empty"])
+    with pytest.raises(D.DataError):
+        D.LabeledDataset()
+
+
+def test_unlabeled(clean_dir):
+    ds = D.UnlabeledDataset([clean_dir], patch=16, seed=0)
+    it = ds[(0, 0, 0)]
+    assert set(it) == {"rainy"} and it["rainy"].shape == (3, 16, 16)
+
+
+def test_sampler_shards_and_restarts():
+    full = D.StepBatchSampler(10, 2, seed=1, world=2, rank=0, total_steps=12)
+    other = D.StepBatchSampler(10, 2, seed=1, world=2, rank=1, total_steps=12)
+    assert full.steps_per_epoch == 2  # 10 // (2 * 2)
+    a, b = list(full), list(other)
+    assert len(a) == 12
+    for s in range(12):  # the two ranks never draw the same item in one step
+        assert not {k[0] for k in a[s]} & {k[0] for k in b[s]}
+        assert all(k[1] == s // 2 for k in a[s])  # epoch recorded in each key
+    restarted = list(D.StepBatchSampler(10, 2, seed=1, world=2, rank=0, start_step=7,
+                                        total_steps=12))
+    assert restarted == a[7:]
+    # epochs are different permutations
+    assert [k[0] for k in a[0]] != [k[0] for k in a[2]] or [k[0] for k in a[1]] != [
+        k[0] for k in a[3]]
+
+
+def test_sampler_dataset_smaller_than_batch():
+    s = D.StepBatchSampler(3, 4, seed=0, total_steps=2)
+    batches = list(s)
+    assert all(len(b) == 4 for b in batches)
+    assert len({k[2] for k in batches[0]}) == 4  # distinct slots -> distinct crops
+
+
+def test_loader_workers_match_single_process(clean_dir):
+    ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=16, seed=0)
+    def batches(workers: int) -> list[torch.Tensor]:
+        s = D.StepBatchSampler(len(ds), 3, seed=0, total_steps=3)
+        return [b["rainy"] for b in D.make_loader(ds, s, workers=workers)]
+    for x, y in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x, y)

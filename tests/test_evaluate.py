@@ -1,0 +1,129 @@
+"""Evaluation (identity figures vs an independent computation), reports, synthetic pairs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli import evaluate as E
+from derain_cli.commands_train import eval_cmd, synth_cmd
+from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+from derain_cli.pairs import find_pairs
+
+
+def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
+    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def clean_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(_smooth(rng, 40, 52)).save(d / f"p{i}.jpg", quality=95)
+    return d
+
+
+@pytest.fixture
+def pairs(tmp_path: Path, clean_dir: Path) -> Path:
+    E.synth_pairs(clean_dir, tmp_path / "pairs", preset="heavy", count=4, seed=0)
+    return tmp_path / "pairs"
+
+
+def _y(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma, MATLAB rgb2ycbcr convention (written out here, independently)."""
+    rgb = img.astype(np.float64)
+    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
+
+
+def test_identity_matches_independent_skimage(pairs):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    res = E.evaluate("identity", pairs)
+    assert res.model == "identity" and res.count == 4
+    ps, ss, prgb = [], [], []
+    for p in sorted((pairs / "rainy").iterdir()):
+        r = np.asarray(Image.open(p).convert("RGB"))
+        c = np.asarray(Image.open(pairs / "clean" / p.name).convert("RGB"))
+        yr, yc = _y(r), _y(c)
+        ps.append(peak_signal_noise_ratio(yc, yr, data_range=255))
+        ss.append(structural_similarity(yc, yr, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=255))
+        prgb.append(peak_signal_noise_ratio(c, r, data_range=255))
+    assert res.psnr_y == pytest.approx(np.mean(ps), abs=1e-6)
+    assert res.ssim_y == pytest.approx(np.mean(ss), abs=1e-6)
+    assert res.psnr_rgb == pytest.approx(np.mean(prgb), abs=1e-6)
+    assert [s.name for s in res.images] == ["p0.png", "p1.png", "p2.png", "p3.png"]
+
+
+def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path):
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    report = tmp_path / "rep" / "report.html"
+    res = E.evaluate(net, pairs, save_dir=tmp_path / "out", report=report)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "p0.png", "p1.png", "p2.png", "p3.png"]
+    # scores are those of the saved 8-bit files
+    from derain_cli import metrics
+
+    saved = np.asarray(Image.open(tmp_path / "out" / "p0.png").convert("RGB"))
+    clean = np.asarray(Image.open(pairs / "clean" / "p0.png").convert("RGB"))
+    assert res.images[0].psnr_y == pytest.approx(metrics.psnr_y(saved, clean))
+    rows = list(csv.reader(open(res.csv_path)))
+    assert rows[0][:3] == ["name", "psnr_y", "ssim_y"] and len(rows) == 6 and rows[-1][0] == "mean"
+    page = report.read_text()
+    assert page.count("<img") == 12 and "p3.png" in page
+    assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 12
+    summary = json.loads(page.split('id="summary">')[1].split("</script>")[0]
+                         .replace("&quot;", '"'))
+    assert summary["count"] == 4
+
+
+def test_synth_pairs(clean_dir, tmp_path):
+    n = E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=6, seed=3)
+    assert n == 6
+    found = find_pairs(tmp_path / "s")
+    assert len(found) == 6
+    names = sorted(p.name for p in found)
+    assert names[:2] == ["p0.png", "p0_1.png"]
+    E.synth_pairs(clean_dir, tmp_path / "t", preset="light", count=6, seed=3)
+    for p in found:  # same seed, same pairs
+        a = np.asarray(Image.open(p.rainy))
+        b = np.asarray(Image.open(tmp_path / "t" / "rainy" / p.name))
+        assert np.array_equal(a, b)
+    r = np.asarray(Image.open(found[0].rainy)).astype(int)
+    c = np.asarray(Image.open(found[0].clean)).astype(int)
+    assert (r - c).max() > 20  # there is rain
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(eval_cmd)
+    app.command("synth")(synth_cmd)
+    return app
+
+
+def test_cli_eval_and_synth(clean_dir, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"), "--count", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(_app(), ["eval", str(tmp_path / "p"), "--model", "identity", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["count"] == 2 and d["model"] == "identity" and len(d["images"]) == 2
+    r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
+    assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
+    assert "Traceback" not in r.output

@@ -1,0 +1,175 @@
+"""Losses: SSIM against scikit-image, supervised terms, contrastive terms, VGG19 from a hub."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import constants as hf_constants
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as save_safetensors
+
+from derain_cli import losses as L
+
+SMALL_VGG = [4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _smooth_batch(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           align_corners=False)
+
+
+def test_ssim_matches_skimage():
+    from skimage.metrics import structural_similarity
+
+    a = _smooth_batch(1, 40, 0)
+    b = (a + 0.1 * torch.rand(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    ours = float(L.ssim_torch(a, b))
+    ref = np.mean([
+        structural_similarity(a[0, c].double().numpy(), b[0, c].double().numpy(),
+                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                              data_range=1.0)
+        for c in range(3)
+    ])
+    assert ours == pytest.approx(ref, abs=2e-4)
+    assert float(L.ssim_torch(a, a)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_supervised_losses():
+    b = _smooth_batch(2)
+    assert float(L.semi_drdnet_supervised(b, b, b)) == pytest.approx(0.0, abs=1e-5)
+    noisy = (b + 0.2).clamp(0, 1)
+    full = float(L.semi_drdnet_supervised(noisy, b, b))
+    only_coarse = float(L.semi_drdnet_supervised(b, noisy, b))
+    assert only_coarse == pytest.approx(0.1 * full, rel=1e-4)  # first estimate weighted 0.1
+    one = float(L.rdmc_supervised([noisy], b))
+    assert float(L.rdmc_supervised([noisy, b], b)) == pytest.approx(one / 2, rel=1e-4, abs=1e-6)
+
+
+def _three():
+    pos = _smooth_batch(2, 32, 1)
+    neg = (pos + 0.5 * _smooth_batch(2, 32, 2)).clamp(0, 1)
+    return pos, neg
+
+
+@pytest.mark.parametrize("kind", ["vgg", "self_aligned", "self_global"])
+def test_contrast_decreases_toward_positive(kind):
+    torch.manual_seed(0)
+    pos, neg = _three()
+    net = L.VGG19Features(SMALL_VGG) if kind == "vgg" else L.SelfFeatures()
+    c = L.Contrast(net, seed=0)
+    aligned = kind != "self_global"
+
+    def at(t: float) -> float:
+        c.gen.manual_seed(0)  # same patch locations for both evaluations
+        anchor = neg + t * (pos - neg)
+        return float(c(anchor, [pos], [neg], aligned=aligned))
+
+    assert at(0.9) < at(0.5) < at(0.1)
+
+
+def test_criterion_semi_drdnet_terms_and_gradients():
+    torch.manual_seed(0)
+    feats = L.SelfFeatures()
+    crit = L.Criterion("semi-drdnet", feats, contrast_weight=0.1)
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = torch.cat([(clean + rain).clamp(0, 1), _smooth_batch(2, 32, 3)])  # 2 labeled + 2 real
+    out = x.clone().requires_grad_(True)
+    r = torch.zeros_like(x, requires_grad=True)
+    loss, parts = crit(x=x, outputs=(out, x - r, r), clean=clean,
+                       rainy_aug=(clean + 0.5 * rain).clamp(0, 1), n_labeled=2)
+    assert {"sup", "c_bg", "c_rain", "c_bg_u", "c_rain_u", "enc"} <= set(parts)
+    loss.backward()
+    assert out.grad is not None and float(out.grad[2:].abs().sum()) > 0  # unlabeled rows too
+    assert all(p.grad is not None for p in crit.aux_parameters())
+    # the model's contrast terms alone give the encoder no gradient (it is used frozen)
+    for p in feats.parameters():
+        p.grad = None
+    out2 = x.clone().requires_grad_(True)
+    crit.contrast(out2, [clean.repeat(2, 1, 1, 1)], [x]).backward()
+    assert all(p.grad is None for p in feats.parameters())
+    assert out2.grad is not None
+
+
+def test_criterion_rdmc():
+    feats = L.VGG19Features(SMALL_VGG)
+    crit = L.Criterion("rdmc", feats, contrast_weight=0.1)
+    clean = _smooth_batch(2)
+    x = (clean + 0.2).clamp(0, 1)
+    loss, parts = crit(x=x, outputs=(x, clean), clean=clean, n_labeled=2)
+    assert set(parts) == {"sup", "c_bg"}
+    assert parts["c_bg"] == pytest.approx(0.0, abs=1e-6)  # output == clean: ratio 0
+    assert crit.aux_parameters() == []
+
+
+def _fake_vgg_bytes(widths=SMALL_VGG) -> bytes:
+    """Random tensors with timm's ``vgg19.tv_in1k`` names (+ a classifier to be ignored)."""
+    g = torch.Generator().manual_seed(0)
+    state, cin, k = {}, 3, 0
+    for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34):
+        w = widths[k] if k < len(widths) else widths[-1]
+        state[f"features.{i}.weight"] = torch.randn(w, cin, 3, 3, generator=g) * 0.1
+        state[f"features.{i}.bias"] = torch.zeros(w)
+        cin, k = w, k + 1
+    state["head.fc.weight"] = torch.randn(10, 4)
+    state["head.fc.bias"] = torch.zeros(10)
+    return save_safetensors(state)
+
+
+@pytest.fixture
+def online(monkeypatch):
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_vgg19_from_local_hub(hub_server, tmp_path, online, pinned):
+    data = _fake_vgg_bytes()
+    hub_server.add("timm/vgg19.tv_in1k", "main", "model.safetensors", data)
+    sha = hashlib.sha256(data).hexdigest() if pinned else None
+    cache = tmp_path / "cache"
+    assert not L.vgg19_cached(cache_dir=cache)
+    net = L.load_vgg19(sha256=sha, endpoint=hub_server.url, cache_dir=cache)
+    assert L.vgg19_cached(cache_dir=cache)
+    feats = net(torch.rand(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == [4, 8, 8, 8, 8]  # relu1_1 .. relu5_1
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
+    assert torch.equal(net.features[0].weight, safetensors_load(data)["features.0.weight"])
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_vgg19_wrong_layout_is_reported(hub_server, tmp_path, online):
+    data = save_safetensors({"features.0.weight": torch.zeros(4, 3, 3, 3)})
+    hub_server.add("timm/vgg19.tv_in1k", "main", "model.safetensors", data)
+    with pytest.raises(L.ContrastUnavailable, match="features.2.weight"):
+        L.load_vgg19(sha256=None, endpoint=hub_server.url, cache_dir=tmp_path / "c")
+
+
+def test_vgg19_unreachable_hub_is_reported(hub_server, tmp_path, online):
+    with pytest.raises(L.ContrastUnavailable):
+        L.load_vgg19(sha256=None, endpoint=hub_server.url, cache_dir=tmp_path / "c")
+
+
+def test_auto_features(monkeypatch):
+    monkeypatch.setattr(L, "vgg19_cached", lambda *a, **k: False)
+    net, label = L.build_features("auto")
+    assert isinstance(net, L.SelfFeatures) and label.startswith("self")
+    fake = L.VGG19Features(SMALL_VGG)
+    monkeypatch.setattr(L, "vgg19_cached", lambda *a, **k: True)
+    monkeypatch.setattr(L, "load_vgg19", lambda **k: fake)
+    net, label = L.build_features("auto")
+    assert net is fake and label.startswith("vgg19")
+    with pytest.raises(ValueError):
+        L.build_features("nope")

@@ -1,0 +1,258 @@
+"""Training loop: loss goes down, exact resume, export, validation, time budget, finetune, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from derain_cli import train as T
+from derain_cli.evaluate import synth_pairs
+from derain_cli.weights import model_from_file
+
+TINY = {"width": 8, "rain_blocks": 1, "detail_blocks": 1, "se_reduction": 4}
+TINY_RDMC = {"channels": [4, 4, 8, 8, 8], "stages": 2}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the test machine is shared: one intra-op thread is faster than two contended ones
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
+    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("traindata")
+    rng = np.random.default_rng(0)
+    (root / "clean").mkdir()
+    (root / "real").mkdir()
+    for i in range(8):
+        Image.fromarray(_smooth(rng, 48, 48)).save(root / "clean" / f"c{i}.png")
+        Image.fromarray(_smooth(rng, 40, 56)).save(root / "real" / f"r{i}.png")
+    synth_pairs(root / "clean", root / "val", preset="medium", count=3, seed=1)
+    return {"clean": root / "clean", "real": root / "real", "val": root / "val"}
+
+
+def _cfg(data: dict[str, Path], out: Path, **kw) -> T.TrainConfig:
+    base = dict(
+        model=None, arch="semi-drdnet", model_config=TINY, synthetic=[str(data["clean"])],
+        out=str(out), steps=10, batch=2, patch=24, workers=0, quiet=True, ckpt_every=5,
+        log_every=1, warmup=2, lr=2e-3, contrast_features="none", device="cpu",
+    )
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def test_loss_goes_down(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "run", steps=40, batch=4, patch=32, warmup=4,
+                       ema=0.9))
+    first, last = np.mean(res.losses[:5]), np.mean(res.losses[-5:])
+    assert last < 0.7 * first, (first, last)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _kill_at(n: int):
+    def hook(step: int) -> None:
+        if step == n:
+            raise _Kill
+
+    return hook
+
+
+@pytest.mark.parametrize("features", ["none", "self"])
+def test_resume_is_bitwise_exact(data, tmp_path, features):
+    kw = dict(contrast_features=features, steps=10)
+    if features == "self":
+        kw["unlabeled"] = [str(data["real"])]
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    with pytest.raises(_Kill):  # a run killed right after its step-5 checkpoint
+        T.train(_cfg(data, tmp_path / "b", **kw), _hooks={"after_step": _kill_at(5)})
+    resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    assert resumed.steps == full.steps == 10
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert resumed.losses == full.losses[5:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").open()]
+    assert steps == list(range(1, 11))  # no duplicated or lost log lines
+    # (file bytes may differ: safetensors writes its metadata map in hash order)
+    ta = load_file(tmp_path / "a" / "model.safetensors")
+    tb = load_file(tmp_path / "b" / "model.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
+    with pytest.raises(T.TrainError, match="no checkpoint"):
+        T.train(_cfg(data, tmp_path / "x", resume=True))
+    T.train(_cfg(data, tmp_path / "x", steps=2))
+    with pytest.raises(T.TrainError, match="--resume"):
+        T.train(_cfg(data, tmp_path / "x", steps=2))
+
+
+def test_export_checkpoint_and_logs(data, tmp_path):
+    out = tmp_path / "run"
+    res = T.train(_cfg(data, out, steps=6, val=str(data["val"]), val_every=3, name="tiny"))
+    # exported EMA weights load as a model straight away
+    net = model_from_file(out / "model.safetensors")
+    assert type(net).__name__ == "SemiDRDNet"
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    for k in ("name", "arch", "config", "file", "sha256", "size", "dtype", "license",
+              "training_data", "steps", "hardware", "wall_time_s", "metrics"):
+        assert k in entry, k
+    assert entry["name"] == "tiny" and entry["dtype"] == "float16" and entry["steps"] == 6
+    assert entry["metrics"]["val"]["count"] == 3
+    assert res.best_psnr is not None and np.isfinite(entry["metrics"]["val"]["psnr"])
+    # checkpoints are plain tensors/containers
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["format"] == T.CKPT_FORMAT
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+    recs = [json.loads(line) for line in (out / "log.jsonl").open()]
+    assert sum(r["kind"] == "val" for r in recs) == 2
+    assert {"loss", "lr", "patches_per_s"} <= set(recs[0])
+    with Image.open(out / "curves.png") as im:
+        assert im.size[0] > 100
+
+
+def test_rdmc_with_vgg_like_features_and_unlabeled(data, tmp_path, monkeypatch):
+    from derain_cli import losses
+
+    fake = losses.VGG19Features([4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8])
+    monkeypatch.setattr(losses, "load_vgg19", lambda **kw: fake)
+    res = T.train(_cfg(data, tmp_path / "r", arch="rdmc", model_config=TINY_RDMC, steps=3,
+                       contrast_features="vgg19", unlabeled=[str(data["real"])]))
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert "c_bg" in rec and "c_bg_u" in rec
+    assert res.steps == 3
+
+
+def test_non_finite_step_is_skipped(data, tmp_path, monkeypatch):
+    from derain_cli import losses
+
+    real = losses.Criterion.forward
+    calls = {"n": 0}
+
+    def flaky(self, **kw):
+        loss, parts = real(self, **kw)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), parts
+
+    monkeypatch.setattr(losses.Criterion, "forward", flaky)
+    res = T.train(_cfg(data, tmp_path / "n", steps=4))
+    assert res.steps == 4 and len(res.losses) == 3
+    recs = [json.loads(line) for line in (tmp_path / "n" / "log.jsonl").open()]
+    assert [r["step"] for r in recs if r["kind"] == "skip"] == [2]
+    ck = torch.load(tmp_path / "n" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_time_budget_stops_cleanly(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "t", steps=1000, time_budget=0.01))
+    assert res.stopped_early and res.steps < 1000
+    assert (tmp_path / "t" / "model.safetensors").exists()
+    assert torch.load(tmp_path / "t" / "last.pt", weights_only=True)["step"] == res.steps
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = T.TrainConfig(lr=1e-3, warmup=10, min_lr_ratio=0.0)
+    lrs = [T.lr_at(cfg, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] < 1e-5
+
+
+def test_finetune_on_own_photos(data, tmp_path):
+    base = T.train(_cfg(data, tmp_path / "base", steps=3))
+    res = T.finetune(T.FinetuneConfig(
+        rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "ft"), steps=4,
+        batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="self",
+        ckpt_every=2,
+    ))
+    assert res.steps == 4
+    net = model_from_file(tmp_path / "ft" / "model.safetensors")
+    assert net.cfg.width == 8
+    entry = json.loads((tmp_path / "ft" / "manifest_entry.json").read_text())
+    assert "pseudo-clean" in entry["training_data"]
+    rec = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["l2sp"] >= 0 and "consistency" in rec and "c_bg_u" in rec
+    # the CLI derains with the fine-tuned weights at once
+    photo = next(data["real"].iterdir())
+    out_img = tmp_path / "out.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "derain_cli", str(photo), "--weights",
+         str(tmp_path / "ft" / "model.safetensors"), "-o", str(out_img), "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert out_img.exists()
+
+
+def test_finetune_with_clean_photos_and_tiny_arch(data, tmp_path):
+    res = T.finetune(T.FinetuneConfig(
+        rainy=str(data["real"]), clean=str(data["clean"]), arch="semi-drdnet",
+        model_config=TINY, out=str(tmp_path / "ft2"), steps=2, batch=2, patch=24, workers=0,
+        quiet=True, device="cpu", contrast_features="none",
+    ))
+    assert res.steps == 2 and res.weights is not None
+
+
+def test_torchrun_two_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "derain_cli", "train",
+        "--arch", "semi-drdnet", "--model-config", json.dumps(TINY),
+        "--synthetic", str(data["clean"]), "--out", str(out), "--steps", "4", "--batch", "2",
+        "--patch", "24", "--workers", "0", "--device", "cpu", "--contrast-features", "self",
+        "--unlabeled", str(data["real"]),
+        "--ckpt-every", "2", "--log-every", "1", "--val", str(data["val"]), "--val-every", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr.count("training semi-drdnet") == 1  # one banner: only rank 0 talks
+    recs = [json.loads(line) for line in (out / "log.jsonl").open()]
+    train_steps = [x["step"] for x in recs if x["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "best.pt", "config.json", "curves.png", "last.pt", "log.jsonl", "manifest_entry.json",
+        "model.safetensors"]
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["hardware"].startswith("2x")
+    model_from_file(out / "model.safetensors")
+
+
+def test_cli_usage_errors_exit_2(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "derain_cli", "train", "--pairs", str(data["clean"]),
+         "--out", str(tmp_path / "e"), "--steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
