@@ -1,0 +1,622 @@
+"""The folder job: find the photos, name the outputs, derain each one, summarise.
+
+The ``derain`` command is a thin layer over this module, so a script can run the same
+job with the same guarantees::
+
+    from derain_cli.batch import BatchOptions, collect_inputs, run_batch
+    from derain_cli.enhancer import Derainer
+
+    items = collect_inputs(["photos/"], recursive=True)
+    summary = run_batch(items, Derainer(), BatchOptions(output=Path("out")))
+    print(summary.to_json())
+
+Guarantees:
+
+* One bad input (missing, unreadable, truncated, not an image, empty, a decompression bomb
+  over ``max_pixels``) gives one :class:`FileResult` with a one-line reason; the batch goes
+  on. Writes are atomic (:func:`derain_cli.images.write_image`), so nothing partial is left.
+* Inputs are never overwritten, and two inputs never write the same output.
+* Existing outputs are skipped unless ``overwrite``: rerunning an interrupted batch resumes it.
+* Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes ``items[rank::world]`` and the
+  per-rank summaries are gathered, so every rank returns the same combined :class:`Summary`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    ImageError,
+    format_for_path,
+    is_image_path,
+    read_image,
+    write_image,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .enhancer import Derainer
+
+__all__ = [
+    "OUTPUT_TAG",
+    "BatchOptions",
+    "BatchProgress",
+    "DistInfo",
+    "FileResult",
+    "InputItem",
+    "Job",
+    "barrier",
+    "Summary",
+    "collect_inputs",
+    "gather_summaries",
+    "init_distributed",
+    "is_output_name",
+    "output_is_file",
+    "plan_jobs",
+    "run_batch",
+    "shutdown_distributed",
+]
+
+#: Default outputs are written beside the input as ``NAME_derained.EXT``.
+OUTPUT_TAG = "_derained"
+
+#: ``--format`` value -> file suffix.
+FORMAT_SUFFIX = {
+    "png": ".png",
+    "jpg": ".jpg",
+    "jpeg": ".jpg",
+    "webp": ".webp",
+    "tiff": ".tif",
+    "tif": ".tif",
+    "bmp": ".bmp",
+}
+
+_GLOB_CHARS = frozenset("*?[")
+_SUPPORTED_TEXT = "JPEG, PNG, WebP, TIFF, BMP"
+
+Status = Literal["processed", "skipped", "failed"]
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class InputItem:
+    """One input photo (or one input that failed before it could be read).
+
+    ``rel`` is where the result goes under an output folder: the file name for files given
+    directly, the path inside the folder for folders (so ``-r`` mirrors the tree). ``error``
+    is set for inputs that cannot be processed at all (missing path, empty folder, ...).
+    """
+
+    path: Path
+    rel: Path
+    error: str | None = None
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+
+def is_output_name(path: str | os.PathLike[str]) -> bool:
+    """True for names this tool writes by default (``*_derained.*``), skipped when scanning."""
+    return Path(path).stem.endswith(OUTPUT_TAG)
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in _GLOB_CHARS for c in text)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading part of a pattern without wildcards: matches are mirrored relative to it."""
+    parts = Path(pattern).parts
+    base: list[str] = []
+    for part in parts[:-1]:
+        if _has_glob(part):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # symlink loops and the like
+        return p.absolute()
+
+
+def _scan_folder(
+    root: Path, recursive: bool, exclude: set[Path]
+) -> tuple[list[Path], int]:
+    """Image files under ``root`` (sorted, dot-files, outputs and ``exclude`` left out) and the
+    number of subfolders that were not entered."""
+    found: list[Path] = []
+    skipped_dirs = 0
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = sorted(
+                d for d in dirnames
+                if not d.startswith(".") and _resolved(here / d) not in exclude
+            )
+            found += [
+                here / f for f in sorted(filenames)
+                if is_image_path(f) and not is_output_name(f)
+            ]
+    else:
+        try:
+            entries = sorted(root.iterdir())
+        except OSError as e:
+            raise ImageError(f"cannot list folder: {e.strerror or e}") from None
+        for p in entries:
+            if p.is_dir():
+                skipped_dirs += not p.name.startswith(".")
+            elif is_image_path(p) and not is_output_name(p):
+                found.append(p)
+    return found, skipped_dirs
+
+
+def collect_inputs(
+    inputs: Iterable[str | os.PathLike[str]],
+    recursive: bool = False,
+    *,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> list[InputItem]:
+    """Turn command-line inputs (files, folders, glob patterns) into a list of photos.
+
+    * A file is taken as given (even ``*_derained.*``); a suffix other than JPEG, PNG, WebP,
+      TIFF or BMP (any case) is an error item.
+    * A folder contributes its images (``recursive``: its whole tree, mirrored under an
+      output folder), leaving out dot-files, our own outputs (``*_derained.*``) and the
+      folders in ``exclude`` (an output folder inside the input tree).
+    * A pattern with ``*``, ``?`` or ``[`` that is not an existing path is expanded with
+      :mod:`glob` (``**`` spans folders); matching folders are scanned as above.
+    * A path that does not exist, a pattern that matches nothing and a folder without
+      images become error items: reported as failures, never an exception.
+
+    A file reached twice is listed once.
+    """
+    excluded = {_resolved(Path(e)) for e in exclude}
+    items: list[InputItem] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, rel: Path) -> None:
+        key = _resolved(path)
+        if key not in seen:
+            seen.add(key)
+            items.append(InputItem(path, rel))
+
+    def add_folder(folder: Path) -> None:
+        try:
+            files, skipped_dirs = _scan_folder(folder, recursive, excluded)
+        except ImageError as e:
+            items.append(InputItem(folder, Path(folder.name), str(e)))
+            return
+        if not files:
+            hint = f"; it has {skipped_dirs} subfolder(s): add -r to include them" if (
+                skipped_dirs) else ""
+            items.append(
+                InputItem(folder, Path(folder.name), f"no images found ({_SUPPORTED_TEXT}){hint}")
+            )
+        for f in files:
+            add(f, f.relative_to(folder))
+
+    for raw in inputs:
+        given = os.fspath(raw)
+        path = Path(given)
+        if path.is_dir():
+            add_folder(path)
+        elif path.exists():
+            if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                add(path, Path(path.name))
+            else:
+                shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+                items.append(InputItem(
+                    path, Path(path.name),
+                    f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})",
+                ))
+        elif _has_glob(given):
+            base = _glob_base(given)
+            matches = sorted(glob.glob(given, recursive=True))
+            before = len(items)
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    add_folder(mp)
+                elif is_image_path(mp) and not is_output_name(mp):
+                    try:
+                        rel = mp.relative_to(base)
+                    except ValueError:
+                        rel = Path(mp.name)
+                    add(mp, rel)
+            if len(items) == before:
+                items.append(InputItem(path, Path(path.name), "no images match this pattern"))
+        elif path.is_symlink():
+            items.append(InputItem(path, Path(path.name), "broken symbolic link"))
+        else:
+            items.append(InputItem(path, Path(path.name), "no such file or folder"))
+    return items
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class BatchOptions:
+    """How to name and write outputs.
+
+    ``output``: None writes ``NAME_derained.EXT`` beside each input; a folder receives
+    ``NAME.EXT`` at each input's ``rel`` path; a file (``output_file=True``, or a path with an
+    image suffix that is not an existing folder) takes the single input's result.
+    ``format``: png/jpg/webp/tiff/bmp changes the suffix (None keeps the input's).
+    ``max_pixels``: inputs larger than this are refused (None: no limit).
+    ``raise_errors``: re-raise unexpected per-file exceptions (debugging) instead of
+    recording them as failures.
+    """
+
+    output: Path | None = None
+    output_file: bool | None = None
+    format: str | None = None
+    quality: int = 95
+    overwrite: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    raise_errors: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output is not None:
+            self.output = Path(self.output)
+        if self.format is not None:
+            fmt = self.format.lower().lstrip(".")
+            if fmt not in FORMAT_SUFFIX:
+                raise ValueError(
+                    f"unknown output format {self.format!r}; use png, jpg, webp, tiff or bmp"
+                )
+            self.format = fmt
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {self.quality}")
+
+
+def output_is_file(output: Path) -> bool:
+    """Whether ``-o PATH`` names a file: not an existing folder, and an image suffix."""
+    return not output.is_dir() and output.suffix.lower() in SUPPORTED_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Job:
+    """An input with its planned output; ``error`` set when it must fail without work."""
+
+    item: InputItem
+    output: Path | None
+    error: str | None = None
+
+
+def _output_for(item: InputItem, options: BatchOptions, to_file: bool) -> Path:
+    suffix = FORMAT_SUFFIX[options.format] if options.format else item.path.suffix
+    if options.output is None:
+        return item.path.with_name(f"{item.path.stem}{OUTPUT_TAG}{suffix}")
+    if to_file:
+        return options.output
+    return options.output / item.rel.parent / f"{item.rel.stem}{suffix}"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return _resolved(a) == _resolved(b)
+
+
+def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
+    """The output of every input, refusing outputs that are an input or are claimed twice."""
+    to_file = options.output is not None and (
+        options.output_file if options.output_file is not None else output_is_file(options.output)
+    )
+    if to_file:
+        real = [i for i in items if i.error is None]
+        if len(real) > 1:
+            raise ValueError(
+                f"-o {options.output} is a file, but there are {len(real)} inputs; "
+                "give a folder to write several results"
+            )
+    inputs = {_resolved(i.path) for i in items if i.error is None}
+    claimed: dict[Path, InputItem] = {}
+    jobs: list[Job] = []
+    for item in items:
+        if item.error is not None:
+            jobs.append(Job(item, None, item.error))
+            continue
+        out = _output_for(item, options, to_file)
+        key = _resolved(out)
+        if _same_file(out, item.path):
+            jobs.append(Job(item, out, "the output would overwrite the input; choose another -o"))
+        elif key in inputs:
+            jobs.append(Job(item, out, f"the output {out} is another input of this batch"))
+        elif key in claimed:
+            jobs.append(Job(item, out, f"{claimed[key].path} writes the same output {out}"))
+        else:
+            claimed[key] = item
+            jobs.append(Job(item, out))
+    return jobs
+
+
+def pending(jobs: Sequence[Job], options: BatchOptions) -> int:
+    """How many jobs need the model (not failing upfront, output missing or overwrite)."""
+    return sum(
+        1 for j in jobs
+        if j.error is None and j.output is not None and (options.overwrite or not j.output.exists())
+    )
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class FileResult:
+    """What happened to one input."""
+
+    input: str
+    output: str | None
+    status: Status
+    reason: str | None = None
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    rank: int = 0
+
+
+@dataclass
+class Summary:
+    """Totals of a batch (over all ranks when distributed)."""
+
+    processed: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    world_size: int = 1
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def add(self, r: FileResult) -> None:
+        self.files.append(r)
+        if r.status == "processed":
+            self.processed += 1
+            self.megapixels += r.megapixels
+        elif r.status == "skipped":
+            self.skipped += 1
+        else:
+            self.failed.append((r.input, r.reason or "failed"))
+
+    @classmethod
+    def merge(cls, parts: Sequence[Summary]) -> Summary:
+        """Combine per-rank summaries: counts add up, wall time is the slowest rank's."""
+        out = cls(world_size=max(1, len(parts)))
+        for p in parts:
+            for r in p.files:
+                out.add(r)
+        out.seconds = max((p.seconds for p in parts), default=0.0)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "processed": self.processed,
+            "skipped": self.skipped,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "megapixels": round(self.megapixels, 4),
+            "seconds": round(self.seconds, 3),
+            "megapixels_per_s": round(self.megapixels_per_s, 4),
+            "world_size": self.world_size,
+            "files": [asdict(r) for r in self.files],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+class BatchProgress:
+    """Hooks called by :func:`run_batch`; the base class does nothing (subclass to report)."""
+
+    def start(self, total: int) -> None:
+        """The batch begins with ``total`` jobs (this rank's share)."""
+
+    def file_start(self, job: Job) -> None:
+        """About to work on ``job`` (also called for jobs that will be skipped or fail)."""
+
+    def tile(self, done: int, total: int) -> None:
+        """Tile ``done`` of ``total`` of the current image finished."""
+
+    def file_done(self, job: Job, result: FileResult) -> None:
+        """``job`` finished with ``result`` (processed, skipped or failed)."""
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a ``torchrun`` job (world_size 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        def num(name: str, default: int) -> int:
+            try:
+                return int(os.environ.get(name, default))
+            except ValueError:
+                return default
+
+        world = num("WORLD_SIZE", 1)
+        if world <= 1:
+            return cls()
+        return cls(num("RANK", 0), world, num("LOCAL_RANK", 0))
+
+
+def init_distributed(device: str = "auto") -> tuple[DistInfo, str]:
+    """Join the ``torchrun`` process group if ``WORLD_SIZE`` > 1.
+
+    Returns this rank's :class:`DistInfo` and the device it should use: on CUDA
+    (``device`` auto or cuda with a GPU present) ``cuda:LOCAL_RANK`` with the NCCL backend
+    (gloo if there are fewer GPUs than local ranks), otherwise the CPU with gloo. An explicit
+    ``cuda:N`` is kept. Without torchrun: ``(DistInfo(), device)`` unchanged.
+    """
+    info = DistInfo.from_env()
+    if not info.enabled:
+        return info, device
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    if use_cuda:
+        count = torch.cuda.device_count()
+        dev = f"cuda:{info.local_rank % count}" if device in ("auto", "cuda") else device
+        torch.cuda.set_device(torch.device(dev))
+        # NCCL needs one GPU per rank; with more ranks than GPUs the (tiny) control traffic
+        # of this module goes over gloo instead.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size) or 1)
+        backend = "nccl" if count >= local_world else "gloo"
+    else:
+        dev = "cpu" if device == "auto" else device
+        backend = "gloo"
+    if not dist.is_initialized():
+        # Ranks finish their shares at different times and then wait in all_gather for the
+        # slowest one: the default 10-30 min collective timeout is too short for big folders.
+        # (If a rank dies, torchrun tears the others down anyway.)
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=24))
+    return info, dev
+
+
+def gather_summaries(summary: Summary, info: DistInfo) -> list[Summary]:
+    """Every rank's summary, on every rank (``all_gather_object``); just ``[summary]`` alone."""
+    if not info.enabled:
+        return [summary]
+    import torch.distributed as dist
+
+    parts: list[Summary | None] = [None] * info.world_size
+    dist.all_gather_object(parts, summary)
+    return [p for p in parts if p is not None]
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (e.g. so none exits while rank 0 still prints); no-op alone."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- running
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return first or type(e).__name__
+
+
+def _process(
+    job: Job,
+    derainer: Derainer | None,
+    options: BatchOptions,
+    progress: BatchProgress,
+    rank: int,
+) -> FileResult:
+    item, out = job.item, job.output
+    t0 = time.perf_counter()
+
+    def result(status: Status, reason: str | None = None, mp: float = 0.0) -> FileResult:
+        return FileResult(
+            item.display, None if out is None else str(out), status, reason, mp,
+            time.perf_counter() - t0, rank,
+        )
+
+    if job.error is not None or out is None:
+        return result("failed", job.error or "no output path")
+    if out.is_dir():
+        return result("failed", f"the output {out} is a folder")
+    if out.exists() and not options.overwrite:
+        return result("skipped", "output exists")
+    if derainer is None:
+        raise ValueError("run_batch needs a Derainer: there are images to process")
+    try:
+        loaded = read_image(item.path, max_pixels=options.max_pixels)
+        h, w = loaded.rgb.shape[:2]
+        rgb = derainer.derain_array(loaded.rgb, on_tile=progress.tile)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImageError(f"cannot create folder {out.parent}: {e.strerror or e}") from None
+        fmt = format_for_path(out, options.format)
+        write_image(out, rgb, like=loaded, format=fmt, quality=options.quality)
+    except ImageError as e:
+        return result("failed", _one_line(e))
+    except MemoryError as e:
+        return result("failed", f"out of memory ({_one_line(e)}); try a smaller --tile")
+    except Exception as e:
+        if options.raise_errors:
+            raise
+        return result("failed", f"{type(e).__name__}: {_one_line(e)}")
+    return result("processed", mp=h * w / 1e6)
+
+
+def run_batch(
+    items: Sequence[InputItem],
+    derainer: Derainer | None,
+    options: BatchOptions | None = None,
+    progress: BatchProgress | None = None,
+    dist: DistInfo | None = None,
+) -> Summary:
+    """Derain every input and return the :class:`Summary`.
+
+    ``derainer`` may be None when nothing needs processing (every output exists, or every
+    input failed upfront; see :func:`plan_jobs` / :func:`pending`). With ``dist`` enabled
+    (see :func:`init_distributed`) this rank takes ``jobs[rank::world_size]`` and the
+    returned summary combines all ranks (a collective call: every rank must make it).
+    Per-file problems never raise; ``KeyboardInterrupt`` does (finished files stay done).
+    """
+    options = options or BatchOptions()
+    progress = progress or BatchProgress()
+    dist = dist or DistInfo()
+    jobs = plan_jobs(items, options)
+    if dist.enabled:
+        jobs = jobs[dist.rank :: dist.world_size]
+    summary = Summary(world_size=dist.world_size)
+    progress.start(len(jobs))
+    t0 = time.perf_counter()
+    for job in jobs:
+        progress.file_start(job)
+        r = _process(job, derainer, options, progress, dist.rank)
+        summary.add(r)
+        progress.file_done(job, r)
+    summary.seconds = time.perf_counter() - t0
+    if dist.enabled:
+        return Summary.merge(gather_summaries(summary, dist))
+    return summary

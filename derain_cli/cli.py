@@ -1,0 +1,996 @@
+"""The ``derain`` command.
+
+``derain PHOTO_OR_FOLDER ...`` derains with no subcommand word; ``models``, ``download``
+(and ``train``, ``finetune``, ``eval``, ``synth`` when installed) sit beside it. The first
+argument decides: a registered subcommand name runs that subcommand, anything else (a path,
+a glob, an option) runs the main job. So a folder named like a subcommand is addressed as
+``./train``.
+
+The work is done by :mod:`derain_cli.batch` and :class:`derain_cli.enhancer.Derainer`;
+this module only parses, reports and maps outcomes to exit codes (0 all done, skips
+included; 1 some file failed or a runtime error; 2 usage error). Heavy imports (torch,
+OpenCV) happen inside the commands, so ``--help`` and ``--version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
+
+from . import __version__
+
+try:  # typer >= 0.29 vendors click; older releases use the click package
+    from typer._click import Command, Context, HelpFormatter
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import Command, Context, HelpFormatter  # type: ignore[no-redef]
+    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import BatchOptions, FileResult, Job, Summary
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+#: Subcommands defined in other modules, imported only when used (or listed by --help from
+#: their source, without importing it). name -> (module, function).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("derain_cli.commands_train", "train_cmd"),
+    "finetune": ("derain_cli.commands_train", "finetune_cmd"),
+    "eval": ("derain_cli.commands_train", "eval_cmd"),
+    "synth": ("derain_cli.commands_train", "synth_cmd"),
+    "export": ("derain_cli.export", "export_cmd"),
+    "bench": ("derain_cli.bench", "bench_cmd"),
+}
+
+DEFAULT_COMMAND = "run"
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+_STATE = _State()
+
+
+# --------------------------------------------------------------------------- small helpers
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.cache
+def _module_source(module: str) -> ast.Module | None:
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return None
+
+
+def _module_constant(module: str, name: str, fallback: Any) -> Any:
+    """A literal top-level constant read from a module's source without importing it (the
+    modules behind the defaults import torch, which would make ``--help`` slow)."""
+    tree = _module_source(module)
+    for node in tree.body if tree else []:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
+            node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == name and node.value is not None:
+            with contextlib.suppress(ValueError):
+                return ast.literal_eval(node.value)
+    return fallback
+
+
+def _function_doc(module: str, func: str) -> str | None:
+    """The docstring of a top-level function, read from source; None if there is no such
+    function (or no source)."""
+    tree = _module_source(module)
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == func:
+            return ast.get_docstring(node) or ""
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, KeyError) and type(e).__str__ is KeyError.__str__:
+        text = text.strip("'\"")  # KeyError quotes its message
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _error(console: Console, message: str, rank: int = 0) -> None:
+    prefix = f"[rank {rank}] " if rank else ""
+    console.print(Text(f"{prefix}error: ", style="bold red") + Text(message))
+
+
+# --------------------------------------------------------------------------- the group
+class _MainContext(typer.Context):
+    """Context of the hidden default command: it shows as plain ``derain`` in usage lines."""
+
+    @property
+    def command_path(self) -> str:  # type: ignore[override]
+        if self.parent is not None:
+            return self.parent.command_path
+        return super().command_path
+
+
+class _DefaultCommand(TyperCommand):
+    context_class = _MainContext
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        parent = ctx.parent
+        if parent is not None and isinstance(parent.command, DerainGroup):
+            parent.command.format_help(parent, formatter)  # one help page for the main job
+        else:  # pragma: no cover - the command is only used inside the group
+            super().format_help(ctx, formatter)
+
+
+class DerainGroup(TyperGroup):
+    """A group whose first argument may be a path: anything that is not a subcommand name goes
+    to the hidden default command. Subcommands from other modules load lazily."""
+
+    #: options of the group itself, allowed before a subcommand name
+    GROUP_FLAGS = frozenset({"--debug", "--help", "-h", "--version"})
+    _HELP_FLAGS = frozenset({"--help", "-h", "--version"})
+
+    def _lazy_names(self) -> list[str]:
+        """Lazy subcommands whose module defines their function (checked in the source)."""
+        return [n for n, (mod, func) in LAZY_COMMANDS.items()
+                if n not in self.commands and _function_doc(mod, func) is not None]
+
+    def is_command_name(self, name: str) -> bool:
+        return name in self.commands or name in self._lazy_names()
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*self.commands, *self._lazy_names()]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        cmd = self.commands.get(cmd_name)
+        if cmd is None and cmd_name in self._lazy_names():
+            cmd = _load_lazy(cmd_name)
+            self.commands[cmd_name] = cmd
+        return cmd
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        _STATE.debug = False  # a fresh invocation (tests run many in one process)
+        args = list(args)
+        i = 0
+        while i < len(args) and args[i] in self.GROUP_FLAGS:
+            i += 1
+        if i < len(args):
+            if not self.is_command_name(args[i]):
+                args.insert(i, DEFAULT_COMMAND)
+        elif args and not self._HELP_FLAGS.intersection(args):
+            args.append(DEFAULT_COMMAND)  # `derain --debug`: the main job says what is missing
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Context) -> Any:
+        protected = getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])
+        name = protected[0] if protected else None
+        shadowed = bool(name and name != DEFAULT_COMMAND and os.path.exists(name))
+        hint = (f"({name!r} is a subcommand here; to derain the file or folder named "
+                f"{name!r}, write ./{name})")
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            if shadowed and e.ctx is not None and e.ctx.command is not self:
+                e.message += "\n" + hint
+            raise
+        except typer.Exit as e:
+            if shadowed and e.exit_code == 2:
+                _stderr().print(Text(hint, style="dim"))
+            raise
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        run = self.commands[DEFAULT_COMMAND]
+        if self.rich_markup_mode is None:  # pragma: no cover - rich is a dependency
+            return super().format_help(ctx, formatter)
+        from typer import rich_utils
+
+        run_ctx = run.make_context(
+            DEFAULT_COMMAND, [], parent=ctx, resilient_parsing=True
+        )
+        rich_utils.rich_format_help(obj=run, ctx=run_ctx, markup_mode=self.rich_markup_mode)
+        console = Console(highlight=False)
+        rows: list[tuple[str, str]] = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is not None:
+                if cmd.hidden:
+                    continue
+                text = cmd.short_help or cmd.help or ""
+            else:
+                mod, func = LAZY_COMMANDS[name]
+                text = _function_doc(mod, func) or ""
+            rows.append((name, text.strip().split("\n\n")[0].replace("\n", " ")))
+        if rows:
+            table = Table(show_header=False, box=None, padding=(0, 1), expand=True)
+            table.add_column(style="bold cyan", no_wrap=True)
+            table.add_column(ratio=10)
+            for name, text in rows:
+                table.add_row(name, text)
+            console.print(Panel(table, title="Commands", title_align="left", border_style="dim"))
+        if self.epilog:
+            console.print(Padding(Text(self.epilog.strip(), style="dim"), (0, 1, 1, 1)))
+        return None
+
+
+def _load_lazy(name: str) -> Command:
+    module, func_name = LAZY_COMMANDS[name]
+    try:
+        func = getattr(importlib.import_module(module), func_name)
+    except Exception as e:
+        if _STATE.debug:
+            raise
+        raise ClickException(
+            f"the {name!r} command could not be loaded ({type(e).__name__}: {_one_line(e)})"
+        ) from e
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    sub.command(name, context_settings=CONTEXT_SETTINGS)(func)
+    return typer.main.get_command(sub)
+
+
+# --------------------------------------------------------------------------- app
+EPILOG = (
+    "Subcommands must be the first word (derain models --json). A file or folder named like "
+    "a subcommand is addressed as a path: derain ./train. Run under torchrun "
+    "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
+    "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
+    "1 a file failed or an error occurred, 2 usage error."
+)
+
+app = typer.Typer(
+    cls=DerainGroup,
+    name="derain",
+    help="Remove rain streaks from photos.",
+    epilog=EPILOG,
+    context_settings=CONTEXT_SETTINGS,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if not value:
+        return
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        torch_version = "not installed"
+    py = ".".join(map(str, sys.version_info[:3]))
+    typer.echo(f"derain {__version__} (torch {torch_version}, Python {py})")
+    raise typer.Exit()
+
+
+def _debug_callback(value: bool) -> bool:
+    if value:
+        _STATE.debug = True
+    return value
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option("--version", callback=_version_callback, is_eager=True,
+                 help="Show the version and exit.", rich_help_panel="Feedback"),
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", callback=_debug_callback,
+                 help="Show Python tracebacks and debug logs.", rich_help_panel="Feedback"),
+]
+
+
+@app.callback()
+def _root(version: VersionOpt = False, debug: DebugOpt = False) -> None:
+    """Remove rain streaks from photos."""
+
+
+# --------------------------------------------------------------------------- run (default)
+class OutFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+    bmp = "bmp"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+def _check_model(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .models import MODELS
+
+    if value not in MODELS:
+        raise typer.BadParameter(f"unknown model {value!r}; choose one of: {', '.join(MODELS)}")
+    return value
+
+
+def _check_device(value: str) -> str:
+    v = value.strip().lower()
+    ok = v in ("auto", "cpu", "cuda", "mps") or (
+        v.startswith("cuda:") and v[5:].isdigit()
+    )
+    if not ok:
+        raise typer.BadParameter(f"{value!r}: use auto, cpu, cuda, cuda:N or mps")
+    return v
+
+
+_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-lite")
+_DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
+_DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
+
+OUT, MODEL, PERF, FEED = "Output", "Model", "Performance", "Feedback"
+
+RUN_HELP = (
+    "Remove rain streaks from photos.\n\n"
+    "IMAGE_OR_DIR are photos (JPEG, PNG, WebP, TIFF, BMP), folders of photos or glob "
+    "patterns. Each result is written beside its input as NAME_derained.EXT, or into -o DIR "
+    "under the same name (with -r, mirroring the folder tree). Inputs are never overwritten; "
+    "existing results are skipped, so rerunning an interrupted batch resumes it. A file that "
+    "cannot be read is reported on one line and the batch goes on.\n\n"
+    "Examples:  derain photo.jpg  |  derain holiday/ -r -o derained/  |  "
+    "derain 'shots/*.png' --format webp  |  derain models"
+)
+
+
+@app.command(DEFAULT_COMMAND, hidden=True, cls=_DefaultCommand, help=RUN_HELP,
+             context_settings=CONTEXT_SETTINGS)
+def run_cmd(
+    ctx: typer.Context,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="IMAGE_OR_DIR", show_default=False,
+                       help="Photos, folders or glob patterns."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", show_default=False, rich_help_panel=OUT,
+                     help="Output file (single input only) or folder. "
+                          "\\[default: NAME_derained.EXT beside each input]"),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", rich_help_panel=OUT,
+                           help="Walk subfolders (mirrored under -o DIR).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", rich_help_panel=OUT,
+                           help="Redo results that already exist (default: skip them).")
+    ] = False,
+    fmt: Annotated[
+        OutFormat | None,
+        typer.Option("--format", case_sensitive=False, show_default=False, rich_help_panel=OUT,
+                     help="Output format. \\[default: same as the input]"),
+    ] = None,
+    quality: Annotated[
+        int, typer.Option("--quality", min=1, max=100, rich_help_panel=OUT,
+                          help="JPEG/WebP quality.")
+    ] = 95,
+    model: Annotated[
+        str | None,
+        typer.Option("-m", "--model", callback=_check_model, show_default=False,
+                     rich_help_panel=MODEL, metavar="NAME",
+                     help=f"Registered model (see: derain models). \\[default: {_DEFAULT_MODEL}]"),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", exists=True, dir_okay=False, readable=True,
+                     rich_help_panel=MODEL, show_default=False, metavar="FILE",
+                     help="Your own weights file (.safetensors or .pt) instead of the "
+                          "published ones."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", callback=_check_device, rich_help_panel=PERF,
+                          help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    precision: Annotated[
+        Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
+                                help="auto is fp16 on GPUs, fp32 on CPUs.")
+    ] = Precision.auto,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
+                                 help="CPU threads. \\[default: all cores]")
+    ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option("--tile", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
+                     help="Tile size in pixels, 0 = whole image at once. "
+                          "\\[default: automatic]"),
+    ] = None,
+    tile_overlap: Annotated[
+        int, typer.Option("--tile-overlap", min=0, rich_help_panel=PERF, metavar="P",
+                          help="Overlap between tiles in pixels.")
+    ] = _DEFAULT_OVERLAP,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=0, rich_help_panel=PERF,
+                          help="Refuse larger images (decompression bombs); 0 = no limit.")
+    ] = _DEFAULT_MAX_PIXELS,
+    backend: Annotated[
+        Backend, typer.Option("--backend", case_sensitive=False, rich_help_panel=PERF,
+                              help="Inference engine.")
+    ] = Backend.torch,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", rich_help_panel=FEED,
+                           help="Only print errors.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", rich_help_panel=FEED,
+                           help="Print the summary as JSON on stdout (no progress bars).")
+    ] = False,
+    debug: DebugOpt = False,
+    version: VersionOpt = False,
+) -> None:
+    debug = debug or _STATE.debug
+    err = _stderr()
+    with _friendly_errors(err, debug):
+        if not inputs:
+            raise UsageError(
+                "no input given: name photos, folders or patterns (derain photo.jpg)", ctx=ctx
+            )
+        _run(ctx, err, inputs, output=output, recursive=recursive, overwrite=overwrite,
+             fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
+             device=device, precision=precision.value, threads=threads, tile=tile,
+             tile_overlap=tile_overlap, max_pixels=max_pixels, backend=backend.value,
+             quiet=quiet, json_out=json_out, debug=debug)
+
+
+class _Exit(Exception):
+    """Internal: stop with this exit code after the message was printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[None]:
+    """Exceptions become one ``error: ...`` line and exit 1 (tracebacks only with --debug)."""
+    try:
+        yield
+    except (ClickException, typer.Abort, typer.Exit):
+        raise
+    except _Exit as e:
+        raise typer.Exit(e.code) from None
+    except KeyboardInterrupt:
+        console.print(
+            "\ninterrupted; run the same command again to resume (finished files are skipped)"
+        )
+        raise typer.Exit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        _error(console, _friendly_message(e), rank)
+        raise typer.Exit(1) from None
+
+
+def _friendly_message(e: BaseException) -> str:
+    """The exception's own text when it was written for users, else one line with its type."""
+    try:
+        from .hub import WeightsUnavailable
+        from .weights import WeightsError
+        friendly: tuple[type[BaseException], ...] = (WeightsUnavailable, WeightsError)
+    except ImportError:  # pragma: no cover
+        friendly = ()
+    from .images import ImageError
+
+    if isinstance(e, (*friendly, ImageError)):
+        return str(e).strip() or type(e).__name__
+    if isinstance(e, MemoryError):
+        return f"out of memory: {_one_line(e)}"
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror}{where}"
+    return f"{type(e).__name__}: {_one_line(e)}"
+
+
+def _usage(ctx: Context, message: str) -> UsageError:
+    return UsageError(message, ctx=ctx)
+
+
+def _run(
+    ctx: Context,
+    err: Console,
+    inputs: list[str],
+    *,
+    output: Path | None,
+    recursive: bool,
+    overwrite: bool,
+    fmt: str | None,
+    quality: int,
+    model: str | None,
+    weights: Path | None,
+    device: str,
+    precision: str,
+    threads: int | None,
+    tile: int | None,
+    tile_overlap: int,
+    max_pixels: int,
+    backend: str,
+    quiet: bool,
+    json_out: bool,
+    debug: bool,
+) -> None:
+    from . import batch
+    from .images import format_for_path
+
+    # ---- option combinations (exit 2 before any work)
+    to_file: bool | None = None
+    if output is not None:
+        to_file = batch.output_is_file(output)
+        if to_file:
+            single = len(inputs) == 1 and Path(inputs[0]).is_file()
+            if not single:
+                raise _usage(ctx, f"-o {output} names a file, which takes exactly one input "
+                                  "file; to write several results give a folder: -o DIR")
+            if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
+                raise _usage(ctx, f"--format {fmt} contradicts -o {output}; "
+                                  "drop one of them")
+        elif output.exists() and not output.is_dir():
+            raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
+        else:
+            for raw in inputs:
+                p = Path(raw)
+                if p.is_dir() and p.resolve() == output.resolve():
+                    raise _usage(ctx, f"-o {output} is an input folder: the results would "
+                                      "replace the originals; choose another folder")
+    if backend == "onnx" and not _module_exists("derain_cli.onnx_backend"):
+        raise _usage(ctx, "--backend onnx is not available in this version of derain "
+                          "(derain_cli.onnx_backend is missing); use --backend torch")
+
+    options = batch.BatchOptions(
+        output=output, output_file=to_file, format=fmt, quality=quality, overwrite=overwrite,
+        max_pixels=max_pixels or None, raise_errors=debug,
+    )
+
+    dist, device = batch.init_distributed(device)
+    try:
+        with _friendly_errors(err, debug, dist.rank):
+            main_rank = dist.is_main
+            chatty = main_rank and not (quiet or json_out)
+            logging_handler = _attach_logging(err, debug, quiet or not main_rank)
+            try:
+                exclude = [output] if output is not None and not to_file else []
+                items = batch.collect_inputs(inputs, recursive, exclude=exclude)
+                jobs = batch.plan_jobs(items, options)
+                derainer = None
+                if batch.pending(jobs, options):
+                    derainer = _make_derainer(
+                        model=model, weights=weights, device=device, precision=precision,
+                        tile=tile, tile_overlap=tile_overlap, threads=threads,
+                        backend=backend, quiet=not chatty,
+                    )
+                    if chatty:
+                        _print_setup(err, derainer, dist)
+                progress = _RichProgress(err, bars=chatty and err.is_terminal,
+                                         report_failures=main_rank, rank=dist.rank)
+                with progress:
+                    summary = batch.run_batch(items, derainer, options, progress, dist)
+            finally:
+                _detach_logging(logging_handler)
+            if main_rank:
+                for r in summary.files:  # other ranks stay quiet: their failures show here
+                    if r.status == "failed" and r.rank != 0:
+                        _print_failure(err, r)
+                if json_out:
+                    typer.echo(summary.to_json())
+                elif not quiet:
+                    _print_summary(err, summary, options)
+            # Nobody leaves before rank 0 has printed: torchrun stops all ranks as soon as
+            # one exits non-zero. Only rank 0 carries the batch's exit status.
+            batch.barrier(dist)
+            if summary.failed and main_rank:
+                raise _Exit(1)
+    finally:
+        batch.shutdown_distributed()
+
+
+def _make_derainer(**kw: Any) -> Any:
+    import inspect
+
+    from .enhancer import Derainer
+    from .models import UnknownModelError
+
+    params = inspect.signature(Derainer).parameters
+    if "quiet" not in params:  # pragma: no cover - older enhancer
+        kw.pop("quiet")
+    if kw.get("tile_overlap") is None:
+        kw.pop("tile_overlap")
+    try:
+        return Derainer(**kw)
+    except (ValueError, UnknownModelError) as e:  # bad --device/--precision/--model values
+        _error(_stderr(), _one_line(e))
+        raise _Exit(2) from None
+
+
+def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
+    dev = getattr(derainer, "device", "?")
+    tile = getattr(derainer, "tile", None)
+    tiles = "off" if not tile else f"{tile}px"
+    where = f", {dist.world_size} processes" if dist.enabled else ""
+    err.print(
+        Text.assemble(
+            ("derain ", "bold"), f"{__version__}: model ",
+            (str(getattr(derainer, "model_name", "?")), "cyan"),
+            f" [{getattr(derainer, 'weights_label', '?')}] on {dev}, "
+            f"{getattr(derainer, 'precision', '?')}, tiles {tiles}{where}",
+        )
+    )
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower()
+            self.console.print(Text(f"{level}: ", style="yellow") + Text(record.getMessage()))
+        except Exception:  # pragma: no cover
+            self.handleError(record)
+
+
+def _attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...]:
+    """Route the library's log messages (e.g. out-of-memory retries) through rich, above the
+    progress bars; returns what :func:`_detach_logging` needs to undo it."""
+    handler = _LogHandler(console)
+    logger = logging.getLogger("derain_cli")
+    saved = (handler, logger.level, logger.propagate)
+    handler.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+    logger.addHandler(handler)
+    if debug:
+        logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return saved
+
+
+def _detach_logging(saved: tuple[Any, ...]) -> None:
+    handler, level, propagate = saved
+    logger = logging.getLogger("derain_cli")
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def _print_failure(console: Console, r: FileResult) -> None:
+    console.print(Text("failed: ", style="bold red") + Text(f"{r.input}: {r.reason}"))
+
+
+class _RichProgress:
+    """Bars over files and over the tiles of a large image (stderr); failure lines."""
+
+    def __init__(self, console: Console, *, bars: bool, report_failures: bool, rank: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.report_failures = report_failures
+        self.bars = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not bars,
+        )
+        self.files: Any = None
+        self.tiles: Any = None
+
+    def __enter__(self) -> _RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def start(self, total: int) -> None:
+        self.files = self.bars.add_task("derain", total=total)
+
+    def file_start(self, job: Job) -> None:
+        name = job.item.path.name
+        self.bars.update(self.files, description=name if len(name) <= 40 else name[:37] + "...")
+
+    def tile(self, done: int, total: int) -> None:
+        if total <= 1 and self.tiles is None:
+            return
+        if self.tiles is None:
+            self.tiles = self.bars.add_task("  tiles", total=total)
+        self.bars.update(self.tiles, completed=done, total=total)
+
+    def file_done(self, job: Job, result: FileResult) -> None:
+        if self.tiles is not None:
+            self.bars.remove_task(self.tiles)
+            self.tiles = None
+        self.bars.advance(self.files)
+        if result.status == "failed" and self.report_failures:
+            _print_failure(self.console, result)
+
+
+def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("processed", "skipped", "failed", "megapixels", "seconds", "megapixels/s"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(s.processed), str(s.skipped),
+        Text(str(len(s.failed)), style="bold red" if s.failed else ""),
+        f"{s.megapixels:.2f}", f"{s.seconds:.1f}", f"{s.megapixels_per_s:.2f}",
+    )
+    console.print(table)
+    done = [r for r in s.files if r.status == "processed"]
+    if len(done) == 1:
+        console.print(f"wrote {done[0].output}")
+    elif done:
+        where = (f"into {options.output}" if options.output is not None
+                 else "beside the inputs as NAME_derained.EXT")
+        console.print(f"wrote {len(done)} files {where}")
+    if s.skipped:
+        console.print(f"skipped {s.skipped} file(s) whose result already exists "
+                      "(--overwrite redoes them)")
+    if s.failed:
+        console.print(Text(f"{len(s.failed)} file(s) failed (reasons above)", style="bold red"))
+
+
+# --------------------------------------------------------------------------- models
+def _count_params(arch: str, config: Any) -> int | None:
+    import torch
+
+    from .models import build_architecture
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            net = build_architecture(arch, config)
+    except Exception:  # noqa: BLE001 - fall back to a real build
+        try:
+            net = build_architecture(arch, config)
+        except Exception:  # noqa: BLE001
+            return None
+    return sum(p.numel() for p in net.parameters())
+
+
+def _weights_location(rec: Any) -> str:
+    from . import weights
+
+    if rec is None:
+        return "none"
+    if (weights.bundled_dir() / rec.file).exists():
+        return "bundled"
+    hub = rec.hub or {}
+    if hub.get("repo_id") and hub.get("filename"):
+        try:
+            import huggingface_hub
+
+            found = huggingface_hub.try_to_load_from_cache(
+                hub["repo_id"], hub["filename"], revision=hub.get("revision")
+            )
+        except Exception:  # noqa: BLE001 - an unreadable cache is just "not cached"
+            found = None
+        return "cached" if isinstance(found, str) else "remote"
+    return "none"
+
+
+def _fmt_number(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:.2f}" if abs(v) >= 2 else f"{v:.4f}"
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = " / ".join(
+                f"{k.upper() if len(k) <= 5 else k} {_fmt_number(v)}" for k, v in value.items()
+            )
+            parts.append(f"{key} {inner}")
+        else:
+            parts.append(f"{key} {_fmt_number(value)}")
+    return "; ".join(parts) or "-"
+
+
+def _fmt_size(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One dict per registered model (and per manifest weight without a registry entry)."""
+    from . import weights
+    from .enhancer import DEFAULT_MODEL
+    from .models import MODELS, config_to_dict
+
+    manifest = weights.load_manifest()
+    names = [*MODELS, *(n for n in manifest if n not in MODELS)]
+    rows = []
+    for name in names:
+        spec = MODELS.get(name)
+        rec = manifest.get(name)
+        arch = spec.arch if spec is not None else rec.arch
+        config = spec.config if spec is not None else rec.config
+        where = _weights_location(rec)
+        rows.append({
+            "name": name,
+            "default": name == DEFAULT_MODEL,
+            "arch": arch,
+            "summary": spec.summary if spec is not None else "",
+            "params": _count_params(arch, config),
+            "config": config_to_dict(config) if not isinstance(config, dict) else config,
+            "weights": where,
+            "bundled_size": rec.size if rec is not None and where == "bundled" else None,
+            "size": rec.size if rec is not None else None,
+            "license": rec.license if rec is not None else None,
+            "training_data": rec.training_data if rec is not None else None,
+            "metrics": rec.metrics if rec is not None else {},
+            "status": rec.status if rec is not None else None,
+            "hub": rec.hub if rec is not None else {},
+        })
+    return rows
+
+
+@app.command("models", context_settings=CONTEXT_SETTINGS)
+def models_cmd(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """List the registered models: size, where the weights are, license, measured quality."""
+    err = _stderr()
+    with _friendly_errors(err, _STATE.debug):
+        rows = model_rows()
+        if json_out:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
+                      padding=0, expand=False)
+        for col, kw in [("name", {"style": "cyan"}), ("arch", {}),
+                        ("params", {"justify": "right"}), ("size", {"justify": "right"}),
+                        ("weights", {}), ("license", {}), ("metrics", {}), ("status", {})]:
+            wrap = col in ("metrics", "license")
+            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=len(col), **kw)
+        colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
+        for r in rows:
+            params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
+            table.add_row(
+                r["name"] + (" *" if r["default"] else ""), r["arch"], params,
+                _fmt_size(r["bundled_size"]), Text(r["weights"], style=colour[r["weights"]]),
+                r["license"] or "-", _fmt_metrics(r["metrics"]), r["status"] or "-",
+            )
+        out = Console()
+        out.print(table)
+        out.print(Text(
+            "* default model.  weights: bundled = installed with derain; cached = in the "
+            "Hugging Face cache; remote = downloaded on first use (or: derain download NAME); "
+            "none = not published yet (train your own, use --weights FILE).", style="dim"))
+
+
+# --------------------------------------------------------------------------- download
+@app.command("download", context_settings=CONTEXT_SETTINGS)
+def download_cmd(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="NAME", show_default=False, help="Models to fetch."),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Fetch every published model.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download again even if cached.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Fetch published weights into the Hugging Face cache (for offline use later)."""
+    err = _stderr()
+    with _friendly_errors(err, _STATE.debug):
+        from . import hub, weights
+
+        manifest = weights.load_manifest()
+        known = ", ".join(manifest) or "none published yet"
+        if all_ and names:
+            raise _usage(ctx, "give model names or --all, not both")
+        if not all_ and not names:
+            raise _usage(ctx, f"name the models to fetch, or --all (known: {known})")
+        targets = list(manifest) if all_ else list(dict.fromkeys(names or []))
+        unknown = [n for n in targets if n not in manifest]
+        if unknown:
+            raise _usage(ctx, f"no published weights named {', '.join(map(repr, unknown))} "
+                              f"(known: {known})")
+        if not targets:
+            typer.echo("no published weights in the manifest yet; nothing to do")
+            return
+        failures = 0
+        for name in targets:
+            rec = manifest[name]
+            bundled = weights.bundled_dir() / rec.file
+            if bundled.exists():
+                if weights.sha256_file(bundled) == rec.sha256:
+                    typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
+                else:
+                    _error(err, f"{name}: the bundled file {bundled} does not match its "
+                                "sha256; reinstall derain")
+                    failures += 1
+                continue
+            h = rec.hub or {}
+            if not (h.get("repo_id") and h.get("filename") and h.get("revision")):
+                _error(err, f"{name}: not bundled and no download source in the manifest")
+                failures += 1
+                continue
+            try:
+                path = hub.fetch(h["repo_id"], h["filename"], h["revision"], rec.sha256,
+                                 force=force, quiet=quiet, name=name, manual_path=bundled)
+            except hub.WeightsUnavailable as e:
+                _error(err, str(e))
+                failures += 1
+                continue
+            typer.echo(f"{name}: {path} (sha256 verified)")
+        if failures:
+            raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (also ``python -m derain_cli``)."""
+    try:
+        app(args=argv)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # errors of lazily loaded subcommands
+        if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
+            raise
+        print(f"error: {_friendly_message(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

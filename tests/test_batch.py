@@ -1,0 +1,243 @@
+"""derain_cli.batch: input collection, output naming, the batch loop and its summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from derain_cli.batch import (
+    BatchOptions,
+    BatchProgress,
+    DistInfo,
+    FileResult,
+    InputItem,
+    Summary,
+    collect_inputs,
+    pending,
+    plan_jobs,
+    run_batch,
+)
+
+
+def _img(path: Path, w: int = 12, h: int = 10, mode: str = "RGB", seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def derainer(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path):
+    from derain_cli.enhancer import Derainer
+
+    return Derainer(weights=tiny_weights, device="cpu", tile=0)
+
+
+def _rels(items: list[InputItem]) -> list[str]:
+    return [i.rel.as_posix() for i in items if i.error is None]
+
+
+# --------------------------------------------------------------------------- collect_inputs
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    _img(root / "a.jpg")
+    _img(root / "B.PNG")  # upper-case suffix
+    _img(root / "x.bmp")
+    _img(root / "a_derained.jpg")  # an earlier output: skipped when scanning
+    _img(root / ".hidden.png")  # dot-files are skipped
+    (root / "notes.txt").write_text("not a photo")
+    _img(root / "sub" / "c.webp")
+    _img(root / "sub" / "deeper" / "d.tif")
+    _img(root / ".git" / "e.png")  # hidden folder: not entered
+    return root
+
+
+def test_collect_folder_flat_and_recursive(tree: Path) -> None:
+    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+    rec = collect_inputs([str(tree)], recursive=True)
+    assert _rels(rec) == ["B.PNG", "a.jpg", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
+    assert all(i.error is None for i in rec)
+
+
+def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) -> None:
+    items = collect_inputs([
+        str(tree / "a.jpg"),
+        str(tree / "a.jpg"),  # duplicate: listed once
+        str(tree / "a_derained.jpg"),  # named explicitly: taken
+        str(tree / "*.jpg"),  # glob: a.jpg already listed, a_derained.jpg skipped
+        str(tree / "**" / "*.tif"),  # recursive glob: mirrored below its base folder
+        str(tmp_path / "nope.jpg"),
+        str(tree / "notes.txt"),
+        str(tmp_path / "*.gif"),
+    ])
+    ok = [(i.path.name, i.rel.as_posix()) for i in items if i.error is None]
+    assert ok == [("a.jpg", "a.jpg"), ("a_derained.jpg", "a_derained.jpg"),
+                  ("d.tif", "sub/deeper/d.tif")]
+    errors = {i.path.name: i.error for i in items if i.error is not None}
+    assert errors["nope.jpg"] == "no such file or folder"
+    assert "unsupported file type '.txt'" in errors["notes.txt"]
+    assert errors["*.gif"] == "no images match this pattern"
+
+
+def test_collect_empty_folder_hints_recursive(tmp_path: Path) -> None:
+    _img(tmp_path / "only_sub" / "inner" / "a.png")
+    (tmp_path / "empty").mkdir()
+    items = collect_inputs([str(tmp_path / "only_sub"), str(tmp_path / "empty")])
+    assert [i.error is not None for i in items] == [True, True]
+    assert "add -r" in items[0].error
+    assert "no images found" in items[1].error
+
+
+def test_collect_excludes_output_folder(tree: Path) -> None:
+    _img(tree / "out" / "a.jpg")
+    items = collect_inputs([str(tree)], recursive=True, exclude=[tree / "out"])
+    assert not any(i.rel.parts[0] == "out" for i in items)
+
+
+# --------------------------------------------------------------------------- planning
+def test_output_names(tree: Path, tmp_path: Path) -> None:
+    items = collect_inputs([str(tree)], recursive=True)
+    beside = {j.item.rel.as_posix(): j.output for j in plan_jobs(items, BatchOptions())}
+    assert beside["a.jpg"] == tree / "a_derained.jpg"
+    assert beside["sub/c.webp"] == tree / "sub" / "c_derained.webp"
+
+    out = tmp_path / "out"
+    mirrored = {j.item.rel.as_posix(): j.output
+                for j in plan_jobs(items, BatchOptions(output=out, format="png"))}
+    assert mirrored["B.PNG"] == out / "B.png"
+    assert mirrored["sub/deeper/d.tif"] == out / "sub" / "deeper" / "d.png"
+
+    single = collect_inputs([str(tree / "a.jpg")])
+    (job,) = plan_jobs(single, BatchOptions(output=tmp_path / "result.webp"))
+    assert job.output == tmp_path / "result.webp" and job.error is None
+
+
+def test_plan_refuses_overwriting_inputs_and_collisions(tmp_path: Path) -> None:
+    a = _img(tmp_path / "a" / "x.png")
+    _img(tmp_path / "b" / "x.png")
+    (job,) = plan_jobs(collect_inputs([str(a)]), BatchOptions(output=a))
+    assert "overwrite the input" in job.error
+
+    items = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
+    jobs = plan_jobs(items, BatchOptions(output=tmp_path / "out"))
+    assert jobs[0].error is None
+    assert "writes the same output" in jobs[1].error
+
+    with pytest.raises(ValueError, match="is a file"):
+        plan_jobs(items, BatchOptions(output=tmp_path / "one.png"))
+    with pytest.raises(ValueError, match="unknown output format"):
+        BatchOptions(format="gif")
+
+
+# --------------------------------------------------------------------------- running
+class Recorder(BatchProgress):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def start(self, total: int) -> None:
+        self.events.append(("start", total))
+
+    def tile(self, done: int, total: int) -> None:
+        self.events.append(("tile", done, total))
+
+    def file_done(self, job, result: FileResult) -> None:
+        self.events.append(("done", job.item.path.name, result.status))
+
+
+def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer) -> None:
+    for i in range(3):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    items = collect_inputs([str(tmp_path)])
+    rec = Recorder()
+    s = run_batch(items, derainer, BatchOptions(), rec)
+    assert (s.processed, s.skipped, s.failed) == (3, 0, [])
+    assert s.megapixels == pytest.approx(3 * 12 * 10 / 1e6)
+    assert s.seconds > 0 and s.megapixels_per_s > 0
+    assert rec.events[0] == ("start", 3)
+    assert ("tile", 1, 1) in rec.events
+    assert [e[1:] for e in rec.events if e[0] == "done"] == [
+        ("p0.png", "processed"), ("p1.png", "processed"), ("p2.png", "processed")]
+
+    again = collect_inputs([str(tmp_path)])  # outputs are not picked up as inputs
+    assert len(again) == 3
+    opts = BatchOptions()
+    assert pending(plan_jobs(again, opts), opts) == 0
+    s2 = run_batch(again, None, opts)  # nothing to do: no model needed
+    assert (s2.processed, s2.skipped) == (0, 3)
+
+    s3 = run_batch(again, derainer, BatchOptions(overwrite=True))
+    assert (s3.processed, s3.skipped) == (3, 0)
+
+
+def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer) -> None:
+    good = _img(tmp_path / "good.png")
+    trunc = tmp_path / "trunc.jpg"
+    _img(tmp_path / "full.jpg", 64, 64)
+    trunc.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    (tmp_path / "full.jpg").unlink()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, I am not a PNG")
+    big = _img(tmp_path / "big.png", 40, 30)
+
+    items = collect_inputs([str(tmp_path), str(tmp_path / "missing.jpg")])
+    s = run_batch(items, derainer, BatchOptions(max_pixels=1000))
+    reasons = {Path(p).name: r for p, r in s.failed}
+    assert s.processed == 1 and (tmp_path / "good_derained.png").exists()
+    assert set(reasons) == {"trunc.jpg", "empty.png", "text.png", "big.png", "missing.jpg"}
+    assert "truncated or corrupt" in reasons["trunc.jpg"]
+    assert "empty file" in reasons["empty.png"]
+    assert "not an image" in reasons["text.png"]
+    assert "max-pixels" in reasons["big.png"]
+    assert reasons["missing.jpg"] == "no such file or folder"
+    assert all("\n" not in r for r in reasons.values())
+    # nothing partial: only the inputs and the one result, no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["good.png", "good_derained.png", "trunc.jpg", "empty.png", "text.png", big.name])
+    assert good.exists()
+
+
+def test_summary_json_and_merge() -> None:
+    a = Summary()
+    a.add(FileResult("x.png", "x_derained.png", "processed", megapixels=1.5, rank=0))
+    a.add(FileResult("y.png", None, "failed", "empty file (0 bytes)", rank=0))
+    a.seconds = 2.0
+    b = Summary()
+    b.add(FileResult("z.png", "z_derained.png", "skipped", "output exists", rank=1))
+    b.seconds = 3.0
+    m = Summary.merge([a, b])
+    assert (m.processed, m.skipped, m.world_size, m.seconds) == (1, 1, 2, 3.0)
+    assert m.failed == [("y.png", "empty file (0 bytes)")]
+    d = json.loads(m.to_json())
+    assert d["megapixels_per_s"] == pytest.approx(0.5)
+    assert d["failed"] == [{"path": "y.png", "reason": "empty file (0 bytes)"}]
+    assert [f["input"] for f in d["files"]] == ["x.png", "y.png", "z.png"]
+
+
+def test_dist_info_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not DistInfo.from_env().enabled
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = DistInfo.from_env()
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (3, 4, 1, False)
+
+
+def test_shard_takes_every_nth(tmp_path: Path, derainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank processes items[rank::world]; gathering is stubbed (one process here)."""
+    import derain_cli.batch as batch
+
+    for i in range(5):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    items = collect_inputs([str(tmp_path)])
+    monkeypatch.setattr(batch, "gather_summaries", lambda s, info: [s])
+    s = run_batch(items, derainer, BatchOptions(), dist=DistInfo(rank=1, world_size=2))
+    assert sorted(Path(f.input).name for f in s.files) == ["p1.png", "p3.png"]
+    assert all(f.rank == 1 for f in s.files)

@@ -1,0 +1,455 @@
+"""The ``derain`` command as a new user would try it (tiny random-weight model, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli import __version__
+from derain_cli.cli import app
+
+runner = CliRunner()
+
+
+def derain(*args: str | Path, cwd: Path | None = None):
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def _img(path: Path, w: int = 12, h: int = 10, mode: str = "RGB", seed: int = 0, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(path, **save)
+    return path
+
+
+def _run_module(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "derain_cli", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120,
+    )
+
+
+# --------------------------------------------------------------------------- help, version
+def test_help_shows_main_job_and_subcommands() -> None:
+    r = derain("--help")
+    assert r.exit_code == 0
+    out = r.stdout
+    for text in ("Usage: derain [OPTIONS] [IMAGE_OR_DIR]...", "--recursive", "--output",
+                 "--tile", "--json", "models", "download", "./train", "Exit status"):
+        assert text in out, text
+    assert "run" not in out.split("Commands")[1].split()[:2]  # the default command is hidden
+    # `derain PHOTO --help` and `-h` show the same page
+    assert derain("photo.jpg", "-h").stdout == out
+
+
+def test_lazy_subcommands_listed_and_loaded() -> None:
+    from derain_cli.cli import LAZY_COMMANDS, _function_doc
+
+    present = [n for n, (mod, func) in LAZY_COMMANDS.items()
+               if _function_doc(mod, func) is not None]
+    if not present:
+        pytest.skip("no lazily loaded subcommand is installed")
+    commands = derain("--help").stdout.split("Commands")[1]
+    for name in present:
+        assert f" {name} " in commands, name
+    r = derain(present[0], "--help")
+    assert r.exit_code == 0 and f"Usage: derain {present[0]}" in r.stdout
+
+
+def test_version() -> None:
+    r = derain("--version")
+    assert r.exit_code == 0 and r.stdout.startswith(f"derain {__version__}")
+    p = _run_module("--version")  # python -m derain_cli (what torchrun launches)
+    assert p.returncode == 0 and p.stdout.startswith(f"derain {__version__}")
+
+
+# --------------------------------------------------------------------------- main job
+def test_single_file_default_name(tmp_path: Path, tiny_weights: Path) -> None:
+    photo = _img(tmp_path / "photo.jpg", 20, 14)
+    r = derain(photo, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "photo_derained.jpg"
+    assert Image.open(out).size == (20, 14)
+    assert "processed" in r.stderr and r.stdout == ""  # feedback goes to stderr
+
+
+def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
+    src = tmp_path / "in"
+    _img(src / "a.jpg")
+    _img(src / "sub" / "b.png", seed=1)
+    _img(src / "sub" / "deep" / "c.webp", seed=2)
+    out = tmp_path / "out"
+    r = derain(src, "-r", "-o", out, "--weights", tiny_weights, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["processed"], s["skipped"], s["failed"]) == (3, 0, [])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "a.jpg", "sub/b.png", "sub/deep/c.webp"]
+
+    mtime = (out / "a.jpg").stat().st_mtime_ns
+    r = derain(src, "-r", "-o", out, "--weights", tiny_weights, "--json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["skipped"] == 3  # rerun: nothing redone
+    assert (out / "a.jpg").stat().st_mtime_ns == mtime
+
+    r = derain(src, "-r", "-o", out, "--weights", tiny_weights, "--json", "--overwrite")
+    assert r.exit_code == 0 and json.loads(r.stdout)["processed"] == 3
+
+
+def test_without_recursive_subfolders_are_hinted(tmp_path: Path, tiny_weights: Path) -> None:
+    _img(tmp_path / "in" / "sub" / "a.png")
+    r = derain(tmp_path / "in", "--weights", tiny_weights)
+    assert r.exit_code == 1
+    assert "no images found" in r.stderr and "-r" in r.stderr
+
+
+def test_broken_files_one_line_each_batch_goes_on(tmp_path: Path, tiny_weights: Path) -> None:
+    src = tmp_path / "in"
+    _img(src / "a.png")
+    _img(src / "b.png", seed=1)
+    whole = _img(tmp_path / "whole.jpg", 64, 64).read_bytes()
+    (src / "broken.jpg").write_bytes(whole[: len(whole) // 3])
+    (src / "zero.png").write_bytes(b"")
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    broken = [ln for ln in lines if "broken.jpg" in ln]
+    zero = [ln for ln in lines if "zero.png" in ln]
+    assert len(broken) == 1 and "truncated or corrupt" in broken[0]
+    assert len(zero) == 1 and "empty file (0 bytes)" in zero[0]
+    assert "Traceback" not in r.output
+    assert (src / "a_derained.png").exists() and (src / "b_derained.png").exists()
+    # nothing partial: no output and no temporary file for the bad ones
+    assert sorted(p.name for p in src.iterdir()) == [
+        "a.png", "a_derained.png", "b.png", "b_derained.png", "broken.jpg", "zero.png"]
+
+
+def test_missing_input_is_a_failure_line(tmp_path: Path, tiny_weights: Path) -> None:
+    _img(tmp_path / "a.png")
+    r = derain(tmp_path / "a.png", tmp_path / "nope.jpg", "--weights", tiny_weights)
+    assert r.exit_code == 1
+    assert f"{tmp_path / 'nope.jpg'}: no such file or folder" in r.stderr
+    assert (tmp_path / "a_derained.png").exists()
+
+
+def test_rgba_keeps_alpha(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "logo.png", 16, 12, mode="RGBA")
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    out = Image.open(tmp_path / "logo_derained.png")
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], np.asarray(Image.open(src))[..., 3])
+
+
+def test_16bit_png_stays_16bit(tmp_path: Path, tiny_weights: Path) -> None:
+    arr = np.random.default_rng(0).integers(0, 65536, (10, 12, 3), dtype=np.uint16)
+    src = tmp_path / "deep.png"
+    cv2.imwrite(str(src), arr)
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    out = cv2.imread(str(tmp_path / "deep_derained.png"), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (10, 12, 3)
+
+
+def test_grayscale_stays_grayscale(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "gray.jpg", 14, 10, mode="L")
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "gray_derained.jpg").mode == "L"
+
+
+def test_exif_rotated_jpeg_comes_out_upright(tmp_path: Path, tiny_weights: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    src = _img(tmp_path / "phone.jpg", 20, 12, exif=exif.tobytes())
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    out = Image.open(tmp_path / "phone_derained.jpg")
+    assert out.size == (12, 20)  # pixels upright...
+    assert out.getexif().get(0x0112, 1) == 1  # ...and not rotated a second time
+
+
+def test_one_pixel_image(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "dot.png", 1, 1)
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "dot_derained.png").size == (1, 1)
+
+
+def test_tiles_format_and_output_file(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "wide.png", 40, 24)
+    r = derain(src, "--weights", tiny_weights, "--tile", "24", "--tile-overlap", "4",
+               "--format", "webp", "--quality", "90")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "wide_derained.webp").format == "WEBP"
+
+    out = tmp_path / "result" / "clean.jpg"
+    r = derain(src, "-o", out, "--weights", tiny_weights, "-q")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).format == "JPEG"
+    assert r.stderr == ""  # -q: silence unless something fails
+
+
+def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
+    _img(tmp_path / "a.png")
+    r = derain(tmp_path / "a.png", "--weights", tiny_weights, "--json")
+    assert r.exit_code == 0
+    s = json.loads(r.stdout)  # stdout holds exactly one JSON document
+    assert s["processed"] == 1 and s["megapixels"] > 0
+    assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
+
+
+def test_never_overwrites_the_input(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "a.png")
+    before = src.read_bytes()
+    r = derain(src, "-o", src, "--weights", tiny_weights, "--overwrite")
+    assert r.exit_code == 1 and "overwrite the input" in r.stderr
+    assert src.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- usage errors
+def test_output_file_with_two_inputs_is_usage_error(tmp_path: Path) -> None:
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    r = derain(a, b, "-o", tmp_path / "x.png")
+    assert r.exit_code == 2
+    assert "exactly one input" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "nope"], "unknown model 'nope'"),
+        (["--device", "gpu7"], "use auto, cpu, cuda"),
+        (["--precision", "fp8"], "fp8"),
+        (["--format", "gif"], "gif"),
+        (["--quality", "0"], "quality"),
+    ],
+)
+def test_bad_option_values_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    photo = _img(tmp_path / "a.png")
+    r = derain(photo, *args)
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert not (tmp_path / "a_derained.png").exists()
+
+
+def test_no_inputs_is_usage_error() -> None:
+    r = derain("-q")
+    assert r.exit_code == 2 and "no input given" in r.stderr
+
+
+def test_runtime_error_one_line_or_traceback_with_debug(tmp_path: Path) -> None:
+    photo = _img(tmp_path / "a.png")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a weights file")
+    r = derain(photo, "--weights", bad)
+    assert r.exit_code == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "bad.safetensors" in errors[0]
+    assert "Traceback" not in r.output
+
+    r = derain(photo, "--weights", bad, "--debug")
+    assert r.exit_code != 0 and r.exception is not None  # propagates: Python shows it
+
+
+def test_onnx_backend_missing_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import derain_cli.cli as cli
+
+    real = cli._module_exists
+    monkeypatch.setattr(cli, "_module_exists",
+                        lambda m: False if m == "derain_cli.onnx_backend" else real(m))
+    r = derain(_img(tmp_path / "a.png"), "--backend", "onnx")
+    assert r.exit_code == 2 and "--backend onnx is not available" in r.stderr
+
+
+def test_exit_codes_in_a_real_process(tmp_path: Path) -> None:
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    p = _run_module(a, b, "-o", tmp_path / "x.png")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    p = _run_module(tmp_path / "missing.jpg")  # nothing to process: no model is loaded
+    assert p.returncode == 1 and "missing.jpg: no such file or folder" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+# --------------------------------------------------------------------------- names vs paths
+@pytest.mark.parametrize("name", ["train", "models"])
+def test_folder_named_like_a_subcommand(tmp_path: Path, tiny_weights: Path, name: str) -> None:
+    _img(tmp_path / name / "a.png")
+    r = derain(f".{os.sep}{name}", "--weights", tiny_weights, cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / name / "a_derained.png").exists()
+
+
+def test_bare_subcommand_word_wins(tmp_path: Path) -> None:
+    _img(tmp_path / "models" / "a.png")
+    r = derain("models", cwd=tmp_path)
+    assert r.exit_code == 0
+    assert "semi-drdnet" in r.stdout
+    assert not (tmp_path / "models" / "a_derained.png").exists()
+
+
+# --------------------------------------------------------------------------- models
+def test_models_table_and_json() -> None:
+    from derain_cli.models import MODELS
+
+    r = derain("models")
+    assert r.exit_code == 0, r.output
+    for name in MODELS:
+        assert name in r.stdout
+
+    r = derain("models", "--json")
+    assert r.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(MODELS) <= set(rows)
+    assert sum(row["default"] for row in rows.values()) == 1
+    for row in rows.values():
+        assert row["params"] > 0
+        assert row["weights"] in ("bundled", "cached", "remote", "none")
+
+
+def _fake_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, bundled: bool):
+    """Point derain_cli.weights at a manifest with one record, bundled or remote-only."""
+    import hashlib
+
+    from derain_cli import weights
+
+    data = b"pretend weights"
+    (tmp_path / "bundle").mkdir()
+    if bundled:
+        (tmp_path / "bundle" / "demo.safetensors").write_bytes(data)
+    rec = weights.WeightRecord(
+        name="semi-drdnet-lite", arch="semi-drdnet", config={"width": 32}, file="demo.safetensors",
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data), dtype="float16",
+        license="MIT", metrics={"rain100l": {"psnr": 35.1, "ssim": 0.961}}, status="interim",
+        hub={"repo_id": "derain-test/demo", "filename": "demo.safetensors",
+             "revision": "0123456789abcdef0123456789abcdef01234567"},
+    )
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: {rec.name: rec})
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path / "bundle")
+    return rec
+
+
+def test_models_shows_manifest_details(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    r = derain("models", "--json")
+    row = next(x for x in json.loads(r.stdout) if x["name"] == "semi-drdnet-lite")
+    assert (row["weights"], row["status"], row["license"]) == ("bundled", "interim", "MIT")
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "160"})
+    assert "rain100l PSNR 35.10 / SSIM 0.9610" in r.stdout and "interim" in r.stdout
+
+
+# --------------------------------------------------------------------------- download
+def test_download_bundled_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    r = derain("download", "semi-drdnet-lite")
+    assert r.exit_code == 0 and "bundled, nothing to do" in r.stdout
+    (tmp_path / "bundle" / "demo.safetensors").write_bytes(b"corrupted")
+    r = derain("download", "--all")
+    assert r.exit_code == 1 and "does not match its sha256" in r.stderr
+
+
+def test_download_usage_errors() -> None:
+    assert derain("download").exit_code == 2
+    r = derain("download", "no-such-model")
+    assert r.exit_code == 2 and "no-such-model" in r.stderr
+
+
+_MANIFEST_SCRIPT = """
+import sys
+from pathlib import Path
+import derain_cli.weights as w
+bundle, sha = sys.argv[1], sys.argv[2]
+rec = w.WeightRecord(name="semi-drdnet-lite", arch="semi-drdnet", config={},
+                     file="demo.safetensors", sha256=sha, size=1, dtype="float16",
+                     hub={"repo_id": "derain-test/demo", "filename": "demo.safetensors",
+                          "revision": "0123456789abcdef0123456789abcdef01234567"})
+w.load_manifest = lambda path=None: {rec.name: rec}
+w.bundled_dir = lambda: Path(bundle)
+sys.argv[1:] = sys.argv[3:]
+from derain_cli.cli import main
+main()
+"""
+_DEMO = b"pretend these are weights"
+
+
+def _cli_with_remote_manifest(tmp_path: Path, *args: str, **env: str):
+    """Run the CLI in a fresh process (huggingface_hub reads HF_* at import) with a manifest
+    holding one remote-only record for derain-test/demo."""
+    import hashlib
+
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("HF_", "HUGGINGFACE_")) and k not in ("WORLD_SIZE", "RANK")}
+    clean.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_CACHE=str(tmp_path / "cache"),
+                 HF_HUB_DISABLE_TELEMETRY="1", **env)
+    sha = hashlib.sha256(_DEMO).hexdigest()
+    return subprocess.run(
+        [sys.executable, "-c", _MANIFEST_SCRIPT, str(tmp_path / "bundle"), sha, *args],
+        capture_output=True, text=True, env=clean, timeout=120,
+    )
+
+
+def test_download_offline_is_friendly(tmp_path: Path) -> None:
+    p = _cli_with_remote_manifest(tmp_path, "download", "semi-drdnet-lite", HF_HUB_OFFLINE="1")
+    assert p.returncode == 1, p.stderr
+    assert "error: Cannot get pretrained weights" in p.stderr
+    assert "offline" in p.stderr.lower()
+    assert "Traceback" not in p.stderr
+
+
+def test_download_then_cached(tmp_path: Path, hub_server) -> None:
+    hub_server.add("derain-test/demo", "0123456789abcdef0123456789abcdef01234567",
+                   "demo.safetensors", _DEMO)
+    p = _cli_with_remote_manifest(tmp_path, "download", "--all", "-q", HF_ENDPOINT=hub_server.url)
+    assert p.returncode == 0, p.stderr
+    assert "semi-drdnet-lite:" in p.stdout and "(sha256 verified)" in p.stdout
+    path = Path(p.stdout.split("semi-drdnet-lite: ")[1].split(" (sha256")[0])
+    assert path.read_bytes() == _DEMO and (tmp_path / "cache") in path.parents
+
+    p = _cli_with_remote_manifest(tmp_path, "models", "--json", HF_HUB_OFFLINE="1")
+    assert p.returncode == 0, p.stderr
+    row = next(r for r in json.loads(p.stdout) if r["name"] == "semi-drdnet-lite")
+    assert row["weights"] == "cached"
+
+
+def test_progress_bars_render_on_a_terminal(tmp_path: Path, tiny_weights: Path) -> None:
+    """The file bar and the tile bar (what a user sees on a TTY) run through without error,
+    and failure lines are printed above them."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.batch import BatchOptions, collect_inputs, run_batch
+    from derain_cli.cli import _RichProgress
+    from derain_cli.enhancer import Derainer
+
+    _img(tmp_path / "big.png", 40, 30)
+    (tmp_path / "zero.png").write_bytes(b"")
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, highlight=False)
+    progress = _RichProgress(console, bars=True, report_failures=True, rank=0)
+    derainer = Derainer(weights=tiny_weights, device="cpu", tile=16, tile_overlap=4)
+    with progress:
+        s = run_batch(collect_inputs([str(tmp_path)]), derainer, BatchOptions(), progress)
+    assert (s.processed, len(s.failed)) == (1, 1)
+    text = buf.getvalue()
+    assert "tiles" in text and "zero.png: empty file (0 bytes)" in text
