@@ -179,9 +179,11 @@ class Derainer:
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; this build supports: torch")
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
         self.device = resolve_device(device)
+        if backend == "onnx" and precision == "auto":
+            precision = "fp32"  # exported graphs are fp32
         self.precision = resolve_precision(precision, self.device)
         if weights is not None:
             net = model_from_file(weights, model)
@@ -194,8 +196,16 @@ class Derainer:
             rec = load_manifest()[self.model_name]
             self.weights_label = f"{rec.name} ({rec.status})"
         self.network = net.eval()
-        self.runner = TorchRunner(self.network, self.device, self.precision)
-        self.tile = tile if tile is not None else _auto_tile(self.runner)
+        self.backend = backend
+        if backend == "onnx":
+            from .onnx_backend import make_onnx_runner
+
+            self.runner = make_onnx_runner(self.network, self.device, self.precision, threads)
+            auto = self.runner.suggest_tile
+        else:
+            self.runner = TorchRunner(self.network, self.device, self.precision)
+            auto = lambda: _auto_tile(self.runner)  # noqa: E731
+        self.tile = tile if tile is not None else auto()
         self.tile_overlap = tile_overlap
 
     def derain_array(

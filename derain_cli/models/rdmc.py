@@ -65,11 +65,17 @@ def _unit(cin: int, cout: int, dilation: int, first_dilation: int = 1) -> nn.Seq
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resample a pyramid level to another's size: bilinear up, area average down.
+
+    Levels differ by exact powers of two (inputs are padded to the size
+    multiple), so a fixed-kernel average pool is the area average; unlike
+    ``adaptive_avg_pool2d`` it exports to ONNX with dynamic shapes.
+    """
     if x.shape[-2:] == size:
         return x
     if x.shape[-2] < size[0]:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return F.adaptive_avg_pool2d(x, size)
+    return F.avg_pool2d(x, int(x.shape[-2]) // int(size[0]))
 
 
 class EncoderBranch(nn.Module):

@@ -1,0 +1,603 @@
+"""Inference benchmark (``derain bench``, ``benchmarks/bench_inference.py``).
+
+For each registered model and each device (the CPU; CUDA too when present), every
+variant derains the same rainy test image with the default tiling
+(``enhancer.CPU_TILE`` on CPUs, ``enhancer._auto_tile`` on CUDA, overlap
+``enhancer.DEFAULT_OVERLAP``) and reports:
+
+* **s/MP**: best wall time over ``repeats`` timed runs, after one warm-up tile, per
+  megapixel of the image (default 1000x1000 = 1 MP).
+* **GFLOP/s**: *useful* FLOPs over that time. FLOPs are counted once with
+  ``torch.utils.flop_counter.FlopCounterMode`` on a ``flop_side`` x ``flop_side`` input
+  (convolutions and matrix products, 1 multiply-add = 2 FLOPs) and scaled by the
+  image's pixel count; interpolation and element-wise ops are not counted.
+* **work**: executed / useful FLOPs, i.e. what tiling costs on top: tile overlap (a
+  1 MP image in 512 px tiles is 9 overlapping tiles, 2.4x the pixels) and, for
+  Semi-DRDNet, the two statistics passes (rain network only) of a tiled run.
+* **% peak**: GFLOP/s as a share of this machine's own peak for a plain fp32 NCHW 3x3
+  convolution of the model's width, measured in the same run (best of 5 on a
+  ``peak_side``\\ :sup:`2` feature map): width -> width for Semi-DRDNet (64 for the paper
+  size, 32 for the lite). RDMC spreads its work over a pyramid, so its reference is a
+  FLOP-weighted mix: for every level l a ``c_l -> c_l`` conv at ``peak_side / 2**l``,
+  weighted by ``c_l**2 / 4**l`` (its share of the encoder's FLOPs), combined as total
+  FLOPs / total time. bf16 can exceed 100 % (the reference is fp32).
+* **PSNR vs fp32**: the variant's output against the fp32 eager output (clipped to
+  [0, 1]), to judge whether bf16 (or ONNX Runtime) loses anything visible.
+
+Variants: ``fp32`` (eager, NCHW; on CUDA the torch runner is already channels-last),
+``channels_last``, ``bf16`` (autocast; skipped on CPUs without native bf16 unless
+``force_bf16``), ``fp16`` (CUDA only), ``onnx`` (ONNX Runtime through
+``derain_cli.onnx_backend``; its one-off export/session time is reported as setup).
+
+Weights: the published ones when ``weights.load_manifest()`` has the model, else a
+random initialisation with BatchNorm statistics like a trained network's (speed does
+not depend on the values; the PSNR column does, a little).
+
+``rss=True`` additionally measures the peak resident memory (``ru_maxrss`` of a fresh
+subprocess) of ``read_image -> Derainer().derain_array -> write_image`` on a 6000x4000
+(24 MP) JPEG with default settings and the default model; the budget is 3 GB. It
+takes minutes on a small CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from torch import nn
+
+from . import tiling
+from .enhancer import CPU_TILE, DEFAULT_MODEL, DEFAULT_OVERLAP, TorchRunner, cpu_supports_bf16
+from .models import MODELS, build_model
+
+DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx")
+RSS_BUDGET_MB = 3000.0
+RSS_SIZE = (4000, 6000)  # (height, width): 24 MP
+
+
+# --------------------------------------------------------------------------- helpers
+def perturb_bn(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random-init BN is the identity; give it running statistics like a trained network's."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+    return net
+
+
+def random_model(name: str, seed: int = 0) -> nn.Module:
+    """A registered model, randomly initialised (seeded) with perturbed BN, in eval mode."""
+    torch.manual_seed(seed)
+    return perturb_bn(build_model(name), seed).eval()
+
+
+def model_for_bench(name: str) -> tuple[nn.Module, str]:
+    """Published weights when the manifest has them, else ``random_model``; and a label."""
+    from .weights import load_manifest, load_pretrained
+
+    if name in load_manifest():
+        return load_pretrained(name, quiet=True).eval(), "published"
+    return random_model(name), "random init"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [0, 1] (clipped first)."""
+    a64 = np.clip(a, 0, 1).astype(np.float64)
+    mse = float(np.mean((a64 - np.clip(b, 0, 1)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _base_scene(h: int, w: int) -> np.ndarray:
+    try:
+        import cv2
+        from skimage import data
+
+        img = cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
+        return img.astype(np.float32) / 255.0
+    except ImportError:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        y, x = y / h, x / w
+        base = np.stack([0.2 + 0.6 * x, 0.5 + 0.4 * np.sin(6 * y), 0.3 + 0.5 * x * y], axis=2)
+        checker = ((np.floor(x * 16) + np.floor(y * 16)) % 2)[..., None]
+        base[h // 2:, w // 2:] = 0.25 + 0.5 * checker[h // 2:, w // 2:]  # busy texture
+        return base.astype(np.float32)
+
+
+def test_scene(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(3, H, W) float32 rainy test image whose regions differ strongly.
+
+    ``skimage.data.astronaut()`` resized (a procedural scene without scikit-image), a dark
+    band on the left third and a bright, flat sky-like band on top (so per-tile statistics
+    differ a lot), then rain from ``derain_cli.synth.synthesize``.
+    """
+    from .synth import synthesize
+
+    base = _base_scene(h, w)
+    base[:, : w // 3] *= 0.15
+    base[: h // 6] = 0.6 * base[: h // 6] + 0.4 * np.array([0.75, 0.8, 0.9], np.float32)
+    rainy, _ = synthesize(np.clip(base, 0, 1), "heavy", seed=seed)
+    return np.ascontiguousarray(np.transpose(rainy, (2, 0, 1)), dtype=np.float32)
+
+
+test_scene.__test__ = False  # not a pytest test despite the name
+
+
+# --------------------------------------------------------------------------- FLOPs
+def count_flops(net: nn.Module, side: int = 128) -> tuple[float, float]:
+    """(forward, statistics pass) FLOPs per pixel, counted on a side x side input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = max(1, int(getattr(net, "size_multiple", 1)))
+    side = max(m, side // m * m)
+    ref = next(net.parameters())
+    x = torch.rand(1, 3, side, side, device=ref.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        net(x)
+    fwd = fc.get_total_flops() / side**2
+    stats = 0.0
+    if getattr(net, "global_stats_shape", None) is not None:
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            net.se_sums(x, None, torch.ones(1, 1, side, side, device=ref.device))
+        stats = fc.get_total_flops() / side**2
+    return fwd, stats
+
+
+def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: bool,
+                fwd: float, stats_flops: float, stats_passes: int = 2) -> float:
+    """Executed / useful FLOPs of ``tiling.run_tiled`` (same tile plan)."""
+    if tile <= 0 or (tile >= h and tile >= w):
+        hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        return hp * wp / (h * w)
+    tile = max(multiple, tile // multiple * multiple)
+    overlap = min(overlap, tile // 2)
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    tiles = tiling.plan_tiles(hp, wp, tile, overlap, multiple)
+    px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
+    passes = stats_passes if stats and len(tiles) > 1 else 0
+    return (px * fwd + passes * px * stats_flops) / (h * w * fwd)
+
+
+# --------------------------------------------------------------------------- conv peak
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_peak(width: int, side: int, device: torch.device, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` fp32 3x3 width->width convs on 1 x width x side^2."""
+    conv = nn.Conv2d(width, width, 3, padding=1).to(device).eval()
+    x = torch.rand(1, width, side, side, device=device)
+    flops = 2 * 9 * width * width * side * side
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            conv(x)
+            _sync(device)
+            if i:  # the first call creates the kernels
+                best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
+def reference_convs(net: nn.Module, side: int) -> list[tuple[int, int, float]]:
+    """(width, feature side, weight) of the plain convs a model's efficiency is measured
+    against (see the module docstring)."""
+    cfg = getattr(net, "cfg", None)
+    if hasattr(cfg, "channels"):  # RDMC: the pyramid
+        return [(c, max(8, side >> lvl), c * c / 4**lvl) for lvl, c in enumerate(cfg.channels)]
+    width = int(getattr(cfg, "width", 64))
+    return [(width, side, 1.0)]
+
+
+def mixed_peak(net: nn.Module, side: int, device: torch.device,
+               cache: dict[tuple[int, int, str], float]) -> tuple[float, str]:
+    """FLOP-weighted peak GFLOP/s over ``reference_convs`` (total FLOPs / total time)."""
+    parts = reference_convs(net, side)
+    total_w = sum(wt for _, _, wt in parts)
+    inv = 0.0
+    for width, s, wt in parts:
+        key = (width, s, str(device))
+        if key not in cache:
+            cache[key] = conv_peak(width, s, device)
+        inv += (wt / total_w) / cache[key]
+    if len(parts) == 1:
+        desc = f"{parts[0][0]}->{parts[0][0]} @ {parts[0][1]}px"
+    else:
+        desc = "mix " + ", ".join(f"{w}@{s}" for w, s, _ in parts)
+    return 1.0 / inv, desc
+
+
+# --------------------------------------------------------------------------- runners
+class ChannelsLastRunner(TorchRunner):
+    """``TorchRunner`` with channels-last weights and inputs on any device."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
+        super().__init__(model, device, precision)
+        self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _in(self, x: np.ndarray) -> torch.Tensor:
+        return super()._in(x).contiguous(memory_format=torch.channels_last)
+
+
+def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
+                        threads: int | None = None, force_bf16: bool = False) -> Any:
+    """A runner for one variant, or a string saying why it is skipped."""
+    if variant == "fp32":
+        return TorchRunner(copy.deepcopy(net), device, "fp32")
+    if variant == "channels_last":
+        return ChannelsLastRunner(copy.deepcopy(net), device, "fp32")
+    if variant == "bf16":
+        if device.type == "cpu" and not cpu_supports_bf16() and not force_bf16:
+            return "skipped: this CPU has no native bf16 (--force-bf16 runs it emulated)"
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return "skipped: this GPU has no bf16"
+        return TorchRunner(copy.deepcopy(net), device, "bf16")
+    if variant == "fp16":
+        if device.type != "cuda":
+            return "skipped: fp16 is for GPUs"
+        return TorchRunner(copy.deepcopy(net), device, "fp16")
+    if variant == "onnx":
+        from .onnx_backend import make_onnx_runner
+
+        return make_onnx_runner(net, device, "fp32", threads)
+    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(DEFAULT_VARIANTS)}")
+
+
+def _warm_up(runner: Any, img: np.ndarray, tile: int) -> None:
+    _, h, w = img.shape
+    m = max(1, runner.size_multiple)
+    th = min(h, tile) if tile > 0 else h
+    tw = min(w, tile) if tile > 0 else w
+    crop = img[None, :, : max(m, th // m * m), : max(m, tw // m * m)]
+    runner.forward(crop, None)
+    if runner.global_stats_shape is not None and tile > 0 and (tile < h or tile < w):
+        runner.stat_sums(crop, None, np.ones((1, 1, *crop.shape[2:]), np.float32))
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Row:
+    model: str
+    device: str
+    variant: str
+    seconds: float | None = None
+    s_per_mp: float | None = None
+    gflops: float | None = None
+    peak_ratio: float | None = None
+    work: float | None = None
+    psnr_vs_fp32: float | None = None
+    setup_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class ModelInfo:
+    model: str
+    device: str
+    weights: str
+    flops_per_px: float
+    stats_flops_per_px: float
+    peak_gflops: float
+    peak_ref: str
+    tile: int
+
+
+@dataclass
+class BenchResult:
+    height: int
+    width: int
+    overlap: int
+    threads: int
+    machine: str
+    torch: str
+    flop_side: int
+    peak_side: int
+    models: list[ModelInfo] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    rss: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def render_markdown(res: BenchResult) -> str:
+    """The result as Markdown: a header of conditions, one table, model notes, RSS."""
+    lines = [
+        f"Image {res.width}x{res.height} ({res.width * res.height / 1e6:.2f} MP), overlap "
+        f"{res.overlap}, {res.threads} threads, {res.machine}, torch {res.torch}.",
+        "",
+        f"GFLOP/s = useful FLOPs (FlopCounterMode on a {res.flop_side}x{res.flop_side} input, "
+        "conv/matmul only, scaled by pixels) / time; work = executed / useful FLOPs (tile "
+        "overlap, statistics passes); % peak = GFLOP/s / this machine's plain fp32 3x3 conv "
+        f"(best of 5, {res.peak_side}px feature map, see model notes).",
+        "",
+        "| model | device | variant | s/MP | GFLOP/s | % peak | work | PSNR vs fp32 (dB) "
+        "| setup s | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res.rows:
+        ratio = None if r.peak_ratio is None else 100 * r.peak_ratio
+        lines.append(
+            f"| {r.model} | {r.device} | {r.variant} | {_fmt(r.s_per_mp, '.2f')} | "
+            f"{_fmt(r.gflops, '.1f')} | {_fmt(ratio, '.0f')} | {_fmt(r.work, '.2f')} | "
+            f"{_fmt(r.psnr_vs_fp32, '.1f')} | {_fmt(r.setup_s, '.1f')} | {r.note} |"
+        )
+    lines.append("")
+    for m in res.models:
+        lines.append(
+            f"- {m.model} on {m.device}: {m.weights} weights, tile {m.tile}, "
+            f"{m.flops_per_px / 1e3:.1f} kFLOP/px forward"
+            + (f" + {m.stats_flops_per_px / 1e3:.1f} kFLOP/px per statistics pass"
+               if m.stats_flops_per_px else "")
+            + f"; conv peak {m.peak_gflops:.1f} GFLOP/s ({m.peak_ref})"
+        )
+    if res.rss is not None:
+        r = res.rss
+        lines += ["", f"Peak RSS, {r['width']}x{r['height']} JPEG through Derainer "
+                      f"({r['model']}, {r['weights']}, default settings): "
+                      f"**{r['maxrss_mb']:.0f} MB** (budget {RSS_BUDGET_MB:.0f} MB: "
+                      f"{'OK' if r['maxrss_mb'] <= RSS_BUDGET_MB else 'OVER'}), "
+                      f"{r['seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- RSS
+def _rss_child(in_path: str, out_path: str, model: str) -> None:
+    """Runs in a fresh interpreter: the CLI's path for one photo, then print peak RSS."""
+    import resource
+
+    from .enhancer import Derainer
+    from .images import read_image, write_image
+    from .weights import load_manifest, save_weights
+
+    t0 = time.perf_counter()
+    if model in load_manifest():
+        derainer, label = Derainer(model=model), "published"
+    else:
+        net = random_model(model)
+        spec = MODELS[model]
+        wpath = Path(out_path).with_suffix(".safetensors")
+        save_weights(net, wpath, name=model, arch=spec.arch, config=spec.config)
+        derainer, label = Derainer(model=model, weights=wpath), "random init"
+    loaded = read_image(in_path, max_pixels=None)
+    rgb = derainer.derain_array(loaded.rgb)
+    write_image(out_path, rgb, like=loaded)
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS
+    print(json.dumps({"maxrss_mb": kb * scale, "seconds": time.perf_counter() - t0,
+                      "weights": label, "tile": derainer.tile}))
+
+
+def measure_rss(model: str = DEFAULT_MODEL, size: tuple[int, int] = RSS_SIZE,
+                threads: int | None = None) -> dict[str, Any]:
+    """Peak RSS (MB) of deraining one ``size`` (h, w) JPEG in a fresh subprocess."""
+    from PIL import Image
+
+    h, w = size
+    with tempfile.TemporaryDirectory(prefix="derain-rss-") as d:
+        src = Path(d) / "in.jpg"
+        y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+        x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+        rgb = np.stack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
+                        np.full((h, w), 128, np.float32)], axis=2).astype(np.uint8)
+        Image.fromarray(rgb).save(src, quality=90)
+        del rgb
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        code = (f"from derain_cli.bench import _rss_child; "
+                f"_rss_child({str(src)!r}, {str(Path(d) / 'out.jpg')!r}, {model!r})")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"RSS subprocess failed:\n{proc.stderr[-2000:]}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out.update({"model": model, "height": h, "width": w, "budget_mb": RSS_BUDGET_MB})
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def _devices(spec: str | None) -> list[torch.device]:
+    if spec in (None, "auto", "all"):
+        devs = [torch.device("cpu")]
+        if torch.cuda.is_available():
+            devs.append(torch.device("cuda"))
+        return devs
+    return [torch.device(d.strip()) for d in spec.split(",")]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_main(
+    models: Sequence[str] | None = None,
+    *,
+    megapixels: float = 1.0,
+    size: tuple[int, int] | None = None,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    devices: str | None = None,
+    repeats: int = 1,
+    threads: int | None = None,
+    force_bf16: bool = False,
+    rss: bool = False,
+    flop_side: int = 128,
+    peak_side: int = 512,
+    json_path: str | os.PathLike[str] | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> BenchResult:
+    """Run the benchmark (see the module docstring); print Markdown via ``echo``.
+
+    ``size`` (height, width) overrides ``megapixels`` (a square of that many pixels).
+    ``tile`` None = the default tiling of each device. ``json_path`` also writes the
+    result as JSON ("-" prints JSON instead of Markdown).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(models) if models else list(MODELS)
+    for n in names:
+        if n not in MODELS:
+            raise ValueError(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
+    for v in variants:
+        if v not in DEFAULT_VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; choose from {', '.join(DEFAULT_VARIANTS)}")
+    if size is None:
+        side = max(16, round(math.sqrt(megapixels * 1e6)))
+        size = (side, side)
+    h, w = size
+    res = BenchResult(
+        height=h, width=w, overlap=overlap, threads=torch.get_num_threads(),
+        machine=f"{_cpu_name()}" + (f" + {torch.cuda.get_device_name()}"
+                                    if torch.cuda.is_available() else ""),
+        torch=torch.__version__, flop_side=flop_side, peak_side=peak_side,
+    )
+    img = test_scene(h, w)
+    mp = h * w / 1e6
+    peaks: dict[tuple[int, int, str], float] = {}
+    for name in names:
+        net, label = model_for_bench(name)
+        fwd, stats = count_flops(net, flop_side)
+        mult = max(1, int(getattr(net, "size_multiple", 1)))
+        has_stats = getattr(net, "global_stats_shape", None) is not None
+        for dev in _devices(devices):
+            peak, ref = mixed_peak(net, peak_side, dev, peaks)
+            if tile is not None:
+                dev_tile = tile
+            elif dev.type == "cuda":
+                from .enhancer import _auto_tile
+
+                dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
+            else:
+                dev_tile = CPU_TILE
+            work = tiling_work(h, w, dev_tile, overlap, mult, has_stats, fwd, stats)
+            res.models.append(ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile))
+            ref_out = None
+            for variant in variants:
+                row = Row(name, dev.type, variant)
+                res.rows.append(row)
+                t0 = time.perf_counter()
+                runner = make_variant_runner(net, variant, dev, threads, force_bf16)
+                if isinstance(runner, str):
+                    row.note = runner
+                    continue
+                row.setup_s = time.perf_counter() - t0
+                _warm_up(runner, img, dev_tile)
+                best, out = float("inf"), None
+                for _ in range(max(1, repeats)):
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    out = tiling.run_tiled(img, runner, dev_tile, overlap)
+                    _sync(dev)
+                    best = min(best, time.perf_counter() - t0)
+                row.seconds = best
+                row.s_per_mp = best / mp
+                row.gflops = fwd * h * w / best / 1e9
+                row.peak_ratio = row.gflops / peak
+                row.work = work
+                if variant == "fp32":
+                    ref_out = out
+                elif ref_out is not None:
+                    row.psnr_vs_fp32 = psnr(out, ref_out)
+                if variant == "onnx":
+                    prov = runner.providers[0]
+                    row.note = "onnxruntime " + (prov if isinstance(prov, str) else prov[0])
+                del runner
+    if rss:
+        res.rss = measure_rss(threads=threads)
+    if echo is not None:
+        echo(json.dumps(res.to_dict(), indent=2) if str(json_path) == "-"
+             else render_markdown(res))
+    if json_path is not None and str(json_path) != "-":
+        Path(json_path).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    return res
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use WIDTHxHEIGHT, e.g. 1000x1000") from None
+    if w < 16 or h < 16:
+        raise typer.BadParameter("the image must be at least 16x16")
+    return h, w
+
+
+def bench_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "-m", "--model", show_default=False,
+        help="Model to measure (repeatable; default: every registered model).")] = None,
+    megapixels: Annotated[float, typer.Option(
+        "--megapixels", min=0.001, help="Test image size (a square).")] = 1.0,
+    size: Annotated[str | None, typer.Option(
+        "--size", metavar="WxH", show_default=False,
+        help="Test image size, overrides --megapixels.")] = None,
+    tile: Annotated[int | None, typer.Option(
+        "--tile", min=0, show_default=False,
+        help="Tile size (default: the device's default; 0 = untiled).")] = None,
+    overlap: Annotated[int, typer.Option("--tile-overlap", min=0)] = DEFAULT_OVERLAP,
+    variants: Annotated[str, typer.Option(
+        "--variants", help="Comma-separated subset of: " + ", ".join(DEFAULT_VARIANTS))
+    ] = ",".join(DEFAULT_VARIANTS),
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")
+    ] = "auto",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs (best).")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, show_default=False)] = None,
+    force_bf16: Annotated[bool, typer.Option(
+        "--force-bf16", help="Run bf16 even on CPUs without native bf16 (emulated).")] = False,
+    rss: Annotated[bool, typer.Option(
+        "--rss", help="Also measure peak RSS for a 24 MP photo (slow).")] = False,
+    peak_side: Annotated[int, typer.Option(
+        "--peak-side", min=8, help="Feature-map side of the reference conv timing.")] = 512,
+    flop_side: Annotated[int, typer.Option(
+        "--flop-side", min=16, help="Input side FLOPs are counted on.")] = 128,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", metavar="FILE", show_default=False,
+        help="Also write the results as JSON ('-': JSON on stdout instead of Markdown).")
+    ] = None,
+) -> None:
+    """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
+    try:
+        bench_main(
+            model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
+            overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
+            devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
+            flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
+        )
+    except (ValueError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,297 @@
+"""ONNX export of the deraining networks (``derain export``).
+
+Every graph takes and returns float32 NCHW images with dynamic batch, height
+and width, and is checked with ``onnx.checker.check_model``. What each file is
+for is written into its ``metadata_props`` (``derain.*`` keys, see
+:func:`graph_metadata`), so a runner needs nothing but the files.
+
+Semi-DRDNet (whole-image squeeze-and-excitation statistics, see
+``derain_cli.tiling``) is exported as TWO graphs that share the tiling code of
+the PyTorch backend:
+
+``<name>.onnx`` (role ``forward``)
+    inputs ``image`` (B, 3, H, W), ``pooled`` (B, n_se, C), ``local`` (1,);
+    output ``out`` (B, 3, H, W).
+``<name>.stats.onnx`` (role ``stats``)
+    inputs ``image``, ``pooled``, ``local`` and ``mask`` (B, 1, H, W);
+    output ``sums`` (B, n_se, C): per SE block the mask-weighted spatial sums
+    of what the block pools (``SemiDRDNet.se_sums``). Runs the rain network
+    only, i.e. about a third of the cost of the forward graph.
+
+``local`` selects, per call, where every SE block takes its channel means
+from: ``local = 1`` uses the image's (tile's) own means, exactly like the
+PyTorch ``pooled=None`` path (an untiled run, or the first statistics pass of
+a tiled run), and ``pooled`` is ignored; ``local = 0`` uses ``pooled`` (the
+whole-image means the tiler accumulated). Internally each block uses
+``local * mean(feat) + (1 - local) * pooled[:, i]``, which is exact for 0 and
+1; computing the tile's means when they are not used costs a reduction per
+block, nothing next to the convolutions. This keeps Semi-DRDNet at two graphs
+(instead of four: plain, pooled, stats-local, stats-pooled) with one code
+path in the runner, and no graph ever has optional inputs.
+
+RDMC and any other network without global statistics: ONE graph
+``<name>.onnx`` (role ``forward``), ``image -> out``. RDMC pads to a multiple
+of 16 only when needed, with a Python ``if`` that tracing cannot keep, and
+``adaptive_avg_pool2d`` with a size that depends on the input cannot be
+exported; so the graph is traced on a size that is already a multiple of 16
+(no padding node) with the area resampling expressed as the equivalent fixed
+``avg_pool2d`` (exact: on a multiple of 16 every level divides exactly), and
+the caller pads on the host to ``derain.size_multiple`` with the same
+reflect/replicate rule as the network and crops after
+(``derain_cli.onnx_backend.OnnxRunner`` does; the tiler already pads tiled
+runs). The RDMC graph itself accepts other sizes but then does not pad, so its
+output differs from the network's: pad first.
+
+The graphs are fp32; the exporter is the TorchScript-based one
+(``torch.onnx.export(..., dynamo=False)``), which needs no ``onnxscript``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from torch import Tensor, nn
+
+#: Bumped whenever the exported graphs change layout (inputs, outputs,
+#: semantics); part of the cached file names, so old caches are not reused.
+GRAPH_VERSION = 1
+
+DEFAULT_OPSET = 17
+
+#: Incremented on every actual export (tests use it to prove cache hits).
+EXPORT_COUNT = 0
+
+
+# --------------------------------------------------------------------------- wrappers
+def _se_mean(feat: Tensor, pooled_i: Tensor, local: Tensor) -> Tensor:
+    return local * feat.mean(dim=(2, 3)) + (1.0 - local) * pooled_i
+
+
+def _rain_net(net: nn.Module, x: Tensor, pooled: Tensor, local: Tensor,
+              mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``RainResidualNetwork.forward`` (mask None) or ``.se_sums`` with the ``local`` switch.
+
+    Uses the network's own submodules; tests/test_export.py checks parity with both methods.
+    """
+    rn = net.rain_net
+    h0 = rn.head(x)
+    h = h0
+    sums = []
+    for i, block in enumerate(rn.blocks):
+        feat = block.body(h)
+        if mask is not None:
+            sums.append((feat * mask).sum(dim=(2, 3)))
+        h = h + block.se(feat, _se_mean(feat, pooled[:, i], local))
+    if mask is not None:
+        return None, torch.stack(sums, dim=1)
+    return rn.tail(rn.body(h) + h0), None
+
+
+class _SemiForward(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor, pooled: Tensor, local: Tensor) -> Tensor:
+        rain, _ = _rain_net(self.net, image, pooled, local, None)
+        return (image - rain) + self.net.detail_net(image)
+
+
+class _SemiStats(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor, pooled: Tensor, local: Tensor, mask: Tensor) -> Tensor:
+        _, sums = _rain_net(self.net, image, pooled, local, mask)
+        return sums
+
+
+@contextlib.contextmanager
+def _exportable(model: nn.Module) -> Iterator[None]:
+    """Eval mode and a quiet tracer."""
+    was_training = model.training
+    threads = torch.get_num_threads()
+    model.eval()
+    # Tracing runs every layer once on a tiny input, where threads only add
+    # synchronisation (10x slower on a busy machine); restored afterwards.
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning, legacy-exporter DeprecationWarning
+            # Tracing runs every conv once on a tiny input: oneDNN's per-shape kernel
+            # creation would dominate (2-3x slower export); the plain kernels are instant.
+            with torch.backends.mkldnn.flags(enabled=False):
+                yield
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- metadata
+def _arch_id(model: nn.Module) -> str:
+    from .models import ARCHITECTURES
+
+    for arch, (cls, _) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return arch
+    return type(model).__qualname__
+
+
+def _config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and dataclasses.is_dataclass(cfg):
+        from .models import config_to_dict
+
+        return config_to_dict(cfg)
+    return {}
+
+
+def graph_metadata(model: nn.Module, role: str) -> dict[str, str]:
+    """The ``derain.*`` metadata_props written into each exported graph."""
+    shape = getattr(model, "global_stats_shape", None)
+    return {
+        "derain.graph_version": str(GRAPH_VERSION),
+        "derain.arch": _arch_id(model),
+        "derain.config": json.dumps(_config(model)),
+        "derain.role": role,
+        "derain.size_multiple": str(int(getattr(model, "size_multiple", 1))),
+        "derain.global_stats_shape": json.dumps(list(shape) if shape is not None else None),
+    }
+
+
+def stats_path(path: str | os.PathLike[str]) -> Path:
+    """Where the statistics graph of a two-graph export lives, next to the forward graph."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".onnx") + ".stats.onnx")
+
+
+# --------------------------------------------------------------------------- export
+_DYN_IMG = {0: "batch", 2: "height", 3: "width"}
+
+
+def _export_one(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: list[str],
+                outputs: list[str], axes: dict[str, dict[int, str]], opset: int,
+                meta: dict[str, str]) -> None:
+    import onnx
+
+    global EXPORT_COUNT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, str(tmp), dynamo=False, opset_version=opset,
+                input_names=names, output_names=outputs, dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = "derain"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    EXPORT_COUNT += 1
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
+                opset: int = DEFAULT_OPSET) -> list[Path]:
+    """Export ``model`` to ONNX at ``path`` (plus ``<stem>.stats.onnx`` for Semi-DRDNet).
+
+    Returns the written files, the forward graph first. Files are written atomically. See
+    the module docstring for the graphs and their inputs.
+    """
+    from .models import SemiDRDNet
+
+    path = Path(path)
+    if path.suffix != ".onnx":
+        path = path.with_name(path.name + ".onnx")
+    shape = getattr(model, "global_stats_shape", None)
+    mult = max(1, int(getattr(model, "size_multiple", 1)))
+    # Trace on a small non-square multiple of the size multiple (every level exists).
+    h = -(-16 // mult) * mult
+    w = 2 * h
+    param = next(iter(model.parameters()), None)
+    dev = param.device if param is not None else torch.device("cpu")
+    image = torch.rand(1, 3, h, w, device=dev)
+    with _exportable(model):
+        if shape is None:
+            _export_one(model, (image,), path, ["image"], ["out"],
+                        {"image": _DYN_IMG, "out": _DYN_IMG}, opset,
+                        graph_metadata(model, "forward"))
+            return [path]
+        if not isinstance(model, SemiDRDNet):
+            raise NotImplementedError(
+                f"ONNX export of {type(model).__name__}: whole-image statistics are only "
+                "supported for Semi-DRDNet"
+            )
+        n, c = shape
+        pooled = torch.rand(1, n, c, device=dev)
+        local = torch.zeros(1, device=dev)
+        mask = torch.rand(1, 1, h, w, device=dev)
+        pooled_axes = {0: "batch"}
+        _export_one(_SemiForward(model), (image, pooled, local), path,
+                    ["image", "pooled", "local"], ["out"],
+                    {"image": _DYN_IMG, "pooled": pooled_axes, "out": _DYN_IMG}, opset,
+                    graph_metadata(model, "forward"))
+        spath = stats_path(path)
+        _export_one(_SemiStats(model), (image, pooled, local, mask), spath,
+                    ["image", "pooled", "local", "mask"], ["sums"],
+                    {"image": _DYN_IMG, "pooled": pooled_axes, "mask": _DYN_IMG,
+                     "sums": pooled_axes}, opset,
+                    graph_metadata(model, "stats"))
+        return [path, spath]
+
+
+# --------------------------------------------------------------------------- CLI
+def export_cmd(
+    output: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", show_default=False,
+        help="Output .onnx file; Semi-DRDNet also writes <stem>.stats.onnx next to it.")],
+    model: Annotated[str | None, typer.Option(
+        "-m", "--model", show_default=False,
+        help="Registered model (default: the default model).")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", exists=True, dir_okay=False, show_default=False,
+        help="Weights file of one's own instead of the published weights.")] = None,
+    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = DEFAULT_OPSET,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Export a randomly initialised network (no weights needed).")
+    ] = False,
+) -> None:
+    """Export a model to ONNX (fp32, dynamic batch/height/width) for ONNX Runtime & co."""
+    from .enhancer import DEFAULT_MODEL
+    from .hub import WeightsUnavailable
+    from .models import UnknownModelError, build_model
+    from .weights import WeightsError, load_pretrained, model_from_file
+
+    try:
+        if weights is not None:
+            net = model_from_file(weights, model)
+        elif random_init:
+            net = build_model(model or DEFAULT_MODEL)
+        else:
+            net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
+        paths = export_onnx(net, output, opset=opset)
+    except UnknownModelError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for p in paths:
+        typer.echo(str(p))

@@ -1,0 +1,271 @@
+"""ONNX Runtime backend: ``OnnxRunner`` runs exported graphs under ``derain_cli.tiling``.
+
+``make_onnx_runner(model, device, precision)`` is what ``Derainer(backend="onnx")``
+uses: it exports the network (``derain_cli.export``) unless the graphs are already
+cached, then opens one ONNX Runtime session per graph (graph optimisation level ALL,
+``intra_op_num_threads`` = ``torch.get_num_threads()`` unless given).
+
+Cache: ``$DERAIN_CACHE/onnx/<key>/`` when ``DERAIN_CACHE`` is set, else
+``$XDG_CACHE_HOME/derain/onnx/<key>/`` (``~/.cache/derain/onnx/<key>/``). ``<key>`` is
+the sha256 of the weights (:func:`state_sha256`: architecture, config and every
+state-dict tensor's name, dtype, shape and bytes); file names carry the graph-layout
+version and the opset, so a new layout never picks up an old file. Files are written
+atomically, a corrupt cached file is exported again, and an unwritable cache falls
+back to a temporary folder. A second run with the same weights therefore starts
+without exporting (the export of the paper-size models takes seconds).
+
+Execution providers: CPU, or CUDA first when ``device`` is CUDA and
+``onnxruntime.get_available_providers()`` offers it (else a warning and the CPU).
+The graphs are fp32; a half-precision request runs in fp32 with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import export, tiling
+
+log = logging.getLogger(__name__)
+
+#: Tile size for ONNX Runtime on CUDA: its memory arena is invisible to torch.cuda,
+#: so ``enhancer._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
+#: with the paper-size models in fp32.
+CUDA_TILE = 1024
+
+_export_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    """Folder holding one sub-folder of exported graphs per weights hash."""
+    env = os.environ.get("DERAIN_CACHE")
+    if env:
+        return Path(env).expanduser() / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "derain" / "onnx"
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 identifying a network's graphs: architecture, config and all state tensors."""
+    h = hashlib.sha256()
+    meta = export.graph_metadata(model, "")
+    h.update(json.dumps([meta["derain.arch"], meta["derain.config"]]).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _graph_name(opset: int) -> str:
+    return f"model.v{export.GRAPH_VERSION}.opset{opset}.onnx"
+
+
+def _expected_files(main: Path, model: nn.Module) -> list[Path]:
+    if getattr(model, "global_stats_shape", None) is None:
+        return [main]
+    return [main, export.stats_path(main)]
+
+
+def cached_graphs(
+    model: nn.Module,
+    *,
+    opset: int = export.DEFAULT_OPSET,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    refresh: bool = False,
+) -> list[Path]:
+    """The exported graphs of ``model`` from the cache, exporting them on a miss.
+
+    ``sha256`` may be given when the weights' identity is already known (it is then used
+    as the key as is); ``refresh`` re-exports even on a hit.
+    """
+    key = sha256 or state_sha256(model)
+    folder = Path(cache_dir) / key if cache_dir is not None else cache_root() / key
+    main = folder / _graph_name(opset)
+    files = _expected_files(main, model)
+    if not refresh and all(p.is_file() for p in files):
+        log.debug("ONNX cache hit: %s", folder)
+        return files
+    with _export_lock:
+        if not refresh and all(p.is_file() for p in files):
+            return files
+        src = model
+        param = next(iter(model.parameters()), None)
+        if param is not None and param.device.type != "cpu":
+            src = copy.deepcopy(model).cpu()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("exporting the network to ONNX (once per weights): %s", folder)
+            return export.export_onnx(src, main, opset=opset)
+        except PermissionError as e:  # read-only home, ...
+            tmp = Path(tempfile.mkdtemp(prefix="derain-onnx-"))
+            log.warning("cannot write the ONNX cache (%s); exporting to %s", e, tmp)
+            return export.export_onnx(src, tmp / main.name, opset=opset)
+
+
+# --------------------------------------------------------------------------- runner
+def _providers(device: torch.device | str) -> list:
+    import onnxruntime as ort
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return [("CUDAExecutionProvider", {"device_id": dev.index or 0}),
+                    "CPUExecutionProvider"]
+        log.warning("onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
+                    "running ONNX on the CPU")
+    elif dev.type != "cpu":
+        log.warning("ONNX backend: no %s provider; running on the CPU", dev.type)
+    return ["CPUExecutionProvider"]
+
+
+def _is_ort_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return "out of memory" in msg or "failed to allocate" in msg or "bad_alloc" in msg
+
+
+def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (N, C, H, W) bottom/right to ``multiple`` exactly as the networks do themselves."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+class OnnxRunner:
+    """The tiling ``Runner`` protocol over ONNX Runtime sessions of exported graphs.
+
+    ``paths``: the files ``export.export_onnx`` wrote (forward graph first; Semi-DRDNet
+    also needs its statistics graph). Inputs that are not a multiple of the graph's
+    ``size_multiple`` are padded on the host and the output cropped, as the PyTorch
+    networks do internally.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+        providers: list | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if isinstance(paths, (str, os.PathLike)):
+            main = Path(paths)
+            paths = [main] + ([export.stats_path(main)]
+                              if export.stats_path(main).is_file() else [])
+        self.paths = [Path(p) for p in paths]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        self.threads = opts.intra_op_num_threads
+        self.providers = providers or _providers(device)
+        sessions = {}
+        for p in self.paths:
+            sess = ort.InferenceSession(str(p), opts, providers=self.providers)
+            meta = sess.get_modelmeta().custom_metadata_map
+            sessions[meta.get("derain.role", "forward")] = (sess, meta)
+        if "forward" not in sessions:
+            raise ValueError(f"{self.paths[0]}: no forward graph among the files")
+        self._fwd, meta = sessions["forward"]
+        self._stats = sessions.get("stats", (None, None))[0]
+        self.metadata = dict(meta)
+        self.size_multiple = int(meta.get("derain.size_multiple", "1"))
+        shape = json.loads(meta.get("derain.global_stats_shape", "null"))
+        self.global_stats_shape = tuple(shape) if shape is not None else None
+        if self.global_stats_shape is not None and self._stats is None:
+            raise ValueError(f"{self.paths[0]}: the statistics graph "
+                             f"({export.stats_path(self.paths[0]).name}) is missing")
+        on_cuda = self._fwd.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = torch.device(device) if on_cuda else torch.device("cpu")
+        self.precision = "fp32"
+
+    def suggest_tile(self) -> int:
+        """Default tile for ``Derainer``: the torch CPU tile, or ``CUDA_TILE`` on a GPU."""
+        from .enhancer import CPU_TILE
+
+        return CUDA_TILE if self.device.type == "cuda" else CPU_TILE
+
+    def _pooled_feeds(self, batch: int, pooled: np.ndarray | None) -> dict[str, np.ndarray]:
+        if self.global_stats_shape is None:
+            return {}
+        if pooled is None:
+            return {"pooled": np.zeros((batch, *self.global_stats_shape), np.float32),
+                    "local": np.ones(1, np.float32)}
+        p = np.ascontiguousarray(pooled, dtype=np.float32)
+        if p.shape[0] != batch:
+            p = np.ascontiguousarray(np.broadcast_to(p, (batch, *p.shape[1:])))
+        return {"pooled": p, "local": np.zeros(1, np.float32)}
+
+    def _run(self, sess, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # The exporter drops inputs a graph never reads (e.g. ``pooled`` in the
+        # statistics graph of a one-block network), so feed only declared ones.
+        names = {i.name for i in sess.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        try:
+            return sess.run(None, feeds)[0]
+        except Exception as e:
+            if _is_ort_oom(e):
+                raise tiling.TileOutOfMemory(str(e)) from e
+            raise
+
+    def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        h, w = x.shape[-2:]
+        img = _pad4(np.ascontiguousarray(x, dtype=np.float32), self.size_multiple)
+        feeds = {"image": img, **self._pooled_feeds(img.shape[0], pooled)}
+        return self._run(self._fwd, feeds)[..., :h, :w]
+
+    def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        if self._stats is None:
+            raise ValueError("this network has no whole-image statistics")
+        img = np.ascontiguousarray(x, dtype=np.float32)
+        m = np.ascontiguousarray(mask, dtype=np.float32)
+        if self.size_multiple > 1:  # padded pixels must not count
+            img = _pad4(img, self.size_multiple)
+            m = np.pad(m, ((0, 0), (0, 0), (0, img.shape[2] - m.shape[2]),
+                           (0, img.shape[3] - m.shape[3])))
+        feeds = {"image": img, "mask": m, **self._pooled_feeds(img.shape[0], pooled)}
+        return self._run(self._stats, feeds).astype(np.float64)
+
+
+def make_onnx_runner(
+    model: nn.Module,
+    device: torch.device | str,
+    precision: str,
+    threads: int | None = None,
+    *,
+    opset: int = export.DEFAULT_OPSET,
+    sha256: str | None = None,
+) -> OnnxRunner:
+    """An ``OnnxRunner`` for ``model``: cached graphs (exported on first use) and sessions."""
+    if precision not in ("fp32", "auto"):
+        log.warning("the ONNX backend runs fp32 graphs; --precision %s is ignored", precision)
+    paths = cached_graphs(model, opset=opset, sha256=sha256)
+    try:
+        return OnnxRunner(paths, device=device, threads=threads)
+    except Exception as e:  # noqa: BLE001 - a corrupt cached file: export once more
+        if "onnxruntime" not in type(e).__module__ and not isinstance(e, ValueError):
+            raise
+        log.warning("cached ONNX graphs unusable (%s); exporting again", e)
+        paths = cached_graphs(model, opset=opset, sha256=sha256, refresh=True)
+        return OnnxRunner(paths, device=device, threads=threads)

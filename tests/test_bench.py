@@ -1,0 +1,116 @@
+"""Benchmark helpers and a tiny end-to-end run (the real measurement is run by hand)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from derain_cli import bench, tiling
+from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERAIN_CACHE", str(tmp_path_factory.mktemp("derain-cache")))
+        yield
+    torch.set_num_threads(threads)
+
+
+class _Conv(nn.Module):
+    size_multiple = 1
+    global_stats_shape = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_flops_are_per_pixel_and_exact_for_a_conv():
+    fwd, stats = bench.count_flops(_Conv(), 32)
+    assert fwd == 2 * 9 * 3 * 3 and stats == 0
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1, se_reduction=4))
+    a, sa = bench.count_flops(net, 32)
+    b, sb = bench.count_flops(net, 64)
+    assert a == pytest.approx(b, rel=1e-3) and sa == pytest.approx(sb, rel=1e-3)
+    assert 0 < sa < a  # the statistics pass runs the rain network only
+
+
+def test_tiling_work_counts_overlap_and_statistics_passes():
+    assert bench.tiling_work(500, 400, 0, 48, 1, True, 10.0, 3.0) == 1.0
+    plain = bench.tiling_work(1000, 1000, 512, 48, 1, False, 10.0, 3.0)
+    tiles = tiling.plan_tiles(1000, 1000, 512, 48)
+    assert len(tiles) == 9 and plain == pytest.approx(9 * 512**2 / 1e6)
+    with_stats = bench.tiling_work(1000, 1000, 512, 48, 1, True, 10.0, 3.0)
+    assert with_stats == pytest.approx(plain * (1 + 2 * 0.3))
+
+
+def test_reference_convs_and_peak():
+    semi = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    assert bench.reference_convs(semi, 64) == [(8, 64, 1.0)]
+    rdmc = bench.random_model("rdmc-lite")
+    parts = bench.reference_convs(rdmc, 256)
+    assert [p[:2] for p in parts] == [(12, 256), (24, 128), (48, 64), (96, 32), (96, 16)]
+    cache: dict = {}
+    peak, desc = bench.mixed_peak(semi, 32, torch.device("cpu"), cache)
+    assert peak > 0 and desc.startswith("8->8") and len(cache) == 1
+
+
+def test_scene_is_rainy_and_varied():
+    img = bench.test_scene(96, 128)
+    assert img.shape == (3, 96, 128) and img.dtype == np.float32
+    assert 0 <= img.min() and img.max() <= 1
+    assert img[:, :, :40].mean() < img[:, :, 50:].mean() - 0.1  # the dark band
+
+
+def test_bench_main_tiny(tmp_path):
+    out = tmp_path / "b.json"
+    lines: list[str] = []
+    res = bench.bench_main(
+        ["semi-drdnet-lite"], size=(48, 64), tile=32, overlap=8,
+        variants=["fp32", "channels_last", "bf16", "fp16", "onnx"], devices="cpu",
+        flop_side=32, peak_side=32, json_path=out, echo=lines.append,
+    )
+    rows = {r.variant: r for r in res.rows}
+    assert rows["fp32"].s_per_mp > 0 and rows["fp32"].gflops > 0
+    assert rows["fp32"].work > 1  # overlapping tiles + statistics passes
+    assert rows["channels_last"].psnr_vs_fp32 > 60
+    assert rows["onnx"].psnr_vs_fp32 > 60 and "onnxruntime" in rows["onnx"].note
+    assert rows["fp16"].note.startswith("skipped")
+    if rows["bf16"].seconds is not None:
+        assert 25 < rows["bf16"].psnr_vs_fp32 < 200
+    data = json.loads(out.read_text())
+    assert data["rows"][0]["model"] == "semi-drdnet-lite" and data["models"][0]["tile"] == 32
+    text = lines[0]
+    assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
+
+
+def test_bench_cmd_json_and_errors():
+    app = typer.Typer()
+    app.command()(bench.bench_cmd)
+    res = CliRunner().invoke(app, [
+        "-m", "rdmc-lite", "--size", "40x32", "--tile", "0", "--variants", "fp32",
+        "--device", "cpu", "--peak-side", "16", "--flop-side", "16", "--json", "-",
+    ])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["width"] == 40 and data["height"] == 32 and data["rows"][0]["work"] > 1
+    bad = CliRunner().invoke(app, ["--variants", "fp64", "--size", "32x32"])
+    assert bad.exit_code == 1 and "unknown variant" in bad.output
+
+
+def test_rss_subprocess_small():
+    r = bench.measure_rss(size=(64, 96), threads=1)
+    assert 50 < r["maxrss_mb"] < bench.RSS_BUDGET_MB
+    assert r["model"] == bench.DEFAULT_MODEL and r["width"] == 96

@@ -1,0 +1,109 @@
+"""Derainer: the library API (types in == types out, devices, precision, OOM fallback)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from derain_cli import tiling
+from derain_cli.enhancer import Derainer, resolve_device, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def derainer(tiny_weights):
+    return Derainer(weights=tiny_weights, device="cpu")
+
+
+def _photo(h=40, w=52, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_numpy_in_numpy_out(derainer):
+    x = _photo()
+    y = derainer.derain(x)
+    assert isinstance(y, np.ndarray) and y.dtype == np.uint8 and y.shape == x.shape
+    f = derainer.derain(x.astype(np.float32) / 255)
+    assert f.dtype == np.float32 and f.min() >= 0 and f.max() <= 1
+    assert np.abs(f * 255 - y).max() <= 1
+
+
+def test_alpha_gray_and_16bit_kept(derainer):
+    rgba = np.dstack([_photo(), np.full((40, 52), 77, np.uint8)])
+    out = derainer.derain(rgba)
+    assert out.shape == (40, 52, 4) and (out[..., 3] == 77).all()
+    gray = _photo()[..., 0]
+    assert derainer.derain(gray).shape == gray.shape
+    deep = _photo().astype(np.uint16) * 257
+    out16 = derainer.derain(deep)
+    assert out16.dtype == np.uint16 and out16.max() > 255
+
+
+def test_pil_in_pil_out(derainer):
+    for mode in ("RGB", "RGBA", "L", "P", "I;16"):
+        img = Image.fromarray(_photo()).convert(mode)
+        out = derainer.derain(img)
+        assert isinstance(out, Image.Image) and out.size == img.size
+    assert derainer.derain(Image.fromarray(_photo()).convert("RGBA")).mode == "RGBA"
+    assert derainer.derain(Image.fromarray(_photo()).convert("L")).mode == "L"
+
+
+def test_bad_array_shape(derainer):
+    with pytest.raises(ValueError, match="HxW"):
+        derainer.derain(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_device_and_precision_rules():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("int4", cpu)
+
+
+def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
+    d = Derainer(weights=tiny_weights, device="cpu", tile=256)
+    real = d.runner.forward
+
+    def limited(x, pooled):
+        if max(x.shape[-2:]) > 64:
+            raise tiling.TileOutOfMemory("fake")
+        return real(x, pooled)
+
+    monkeypatch.setattr(d.runner, "forward", limited)
+    out = d.derain_array(np.random.default_rng(0).random((150, 170, 3), dtype=np.float32))
+    assert out.shape == (150, 170, 3) and d.tile == 64
+    assert "out of memory" in caplog.text
+
+    def always(x, pooled):
+        raise tiling.TileOutOfMemory("fake")
+
+    monkeypatch.setattr(d.runner, "forward", always)
+    with pytest.raises(MemoryError, match="out of memory even with"):
+        d.derain_array(np.zeros((100, 100, 3), np.float32))
+
+
+def test_onnx_backend_matches_torch(tiny_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
+    x = _photo(70, 90)
+    a = Derainer(weights=tiny_weights, device="cpu", tile=48).derain(x)
+    b = Derainer(weights=tiny_weights, device="cpu", tile=48, backend="onnx").derain(x)
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_tile_progress_callback(derainer):
+    seen = []
+    d = derainer
+    old = d.tile
+    d.tile = 32
+    try:
+        d.derain_array(np.zeros((64, 80, 3), np.float32), on_tile=lambda i, n: seen.append((i, n)))
+    finally:
+        d.tile = old
+    assert seen and seen[-1][0] == seen[-1][1]

@@ -1,0 +1,168 @@
+"""ONNX export: checked graphs, metadata, dynamic shapes, and parity of every graph input mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from derain_cli import export
+from derain_cli.bench import perturb_bn
+from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
+
+TOL = 1e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny inputs gain nothing from threads; on a busy machine OpenMP spinning costs 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def semi(tmp_path_factory):
+    torch.manual_seed(0)
+    net = perturb_bn(SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2,
+                                                 se_reduction=4))).eval()
+    paths = export.export_onnx(net, tmp_path_factory.mktemp("semi") / "semi.onnx")
+    return net, paths
+
+
+@pytest.fixture(scope="module")
+def rdmc(tmp_path_factory):
+    torch.manual_seed(0)
+    net = perturb_bn(RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=2))).eval()
+    paths = export.export_onnx(net, tmp_path_factory.mktemp("rdmc") / "rdmc")  # no suffix
+    return net, paths
+
+
+def _dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_semi_exports_two_checked_graphs_with_metadata(semi):
+    net, paths = semi
+    assert [p.name for p in paths] == ["semi.onnx", "semi.stats.onnx"]
+    roles = []
+    for p in paths:
+        proto = onnx.load(str(p))
+        onnx.checker.check_model(proto)
+        meta = {e.key: e.value for e in proto.metadata_props}
+        roles.append(meta["derain.role"])
+        assert meta["derain.arch"] == "semi-drdnet"
+        assert meta["derain.global_stats_shape"] == "[3, 16]"
+        assert meta["derain.size_multiple"] == "1"
+        inputs = {i.name: _dims(i) for i in proto.graph.input}
+        assert inputs["image"] == ["batch", 3, "height", "width"]
+        assert inputs["pooled"] == ["batch", 3, 16]
+        assert inputs["local"] == [1]
+    assert roles == ["forward", "stats"]
+    stats_inputs = [i.name for i in onnx.load(str(paths[1])).graph.input]
+    assert stats_inputs == ["image", "pooled", "local", "mask"]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40, 56), (2, 3, 64, 64)])
+def test_semi_graphs_match_torch_in_every_mode(semi, shape):
+    """One export, two sizes; local=1 is pooled=None, local=0 uses the given means."""
+    net, (fwd_path, stats_path) = semi
+    fwd, stats = _session(fwd_path), _session(stats_path)
+    g = torch.Generator().manual_seed(shape[0])
+    x = torch.rand(shape, generator=g)
+    mask = torch.rand(shape[0], 1, *shape[2:], generator=g)
+    with torch.no_grad():
+        pooled = net.se_sums(x) / (shape[2] * shape[3]) * 1.5 + 0.1  # not the tile's own
+        ref_local, ref_pooled = net(x), net(x, pooled)
+        sums_local, sums_pooled = net.se_sums(x, None, mask), net.se_sums(x, pooled, mask)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    feed = {"image": x.numpy(), "pooled": pooled.numpy()}
+    junk = {"image": x.numpy(), "pooled": np.full_like(pooled.numpy(), 7.0)}
+    out_local = fwd.run(None, {**junk, "local": one})[0]  # pooled ignored
+    out_pooled = fwd.run(None, {**feed, "local": zero})[0]
+    assert out_local.shape == tuple(shape)
+    assert np.abs(out_local - ref_local.numpy()).max() <= TOL
+    assert np.abs(out_pooled - ref_pooled.numpy()).max() <= TOL
+    assert np.abs(out_local - out_pooled).max() > 1e-3  # the two modes really differ
+    area = shape[2] * shape[3]
+    s_local = stats.run(None, {**junk, "local": one, "mask": mask.numpy()})[0]
+    s_pooled = stats.run(None, {**feed, "local": zero, "mask": mask.numpy()})[0]
+    assert np.abs(s_local - sums_local.numpy()).max() / area <= TOL
+    assert np.abs(s_pooled - sums_pooled.numpy()).max() / area <= TOL
+
+
+def test_rdmc_exports_one_graph_with_dynamic_shapes(rdmc):
+    net, paths = rdmc
+    assert [p.name for p in paths] == ["rdmc.onnx"]
+    proto = onnx.load(str(paths[0]))
+    onnx.checker.check_model(proto)
+    meta = {e.key: e.value for e in proto.metadata_props}
+    assert meta["derain.size_multiple"] == "16"
+    assert meta["derain.global_stats_shape"] == "null"
+    assert [i.name for i in proto.graph.input] == ["image"]
+    sess = _session(paths[0])
+    for shape in [(1, 3, 48, 80), (2, 3, 64, 32)]:  # multiples of 16; the runner pads others
+        x = torch.rand(shape)
+        with torch.no_grad():
+            ref = net(x).numpy()
+        out = sess.run(None, {"image": x.numpy()})[0]
+        assert out.shape == shape
+        assert np.abs(out - ref).max() <= TOL
+
+
+def test_export_leaves_model_and_threads_as_they_were(tmp_path):
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    net.train()
+    torch.set_num_threads(2)
+    before = export.EXPORT_COUNT
+    try:
+        export.export_onnx(net, tmp_path / "m.onnx")
+        assert net.training and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert export.EXPORT_COUNT == before + 2
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left over
+
+
+class _Plain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return x - self.conv(x)
+
+
+def test_plain_network_single_graph_and_unsupported_statistics(tmp_path):
+    paths = export.export_onnx(_Plain(), tmp_path / "plain.onnx")
+    assert len(paths) == 1
+    meta = {e.key: e.value for e in onnx.load(str(paths[0])).metadata_props}
+    assert meta["derain.arch"] == "_Plain"
+
+    class _Stats(_Plain):
+        global_stats_shape = (1, 3)
+
+    with pytest.raises(NotImplementedError, match="Semi-DRDNet"):
+        export.export_onnx(_Stats(), tmp_path / "stats.onnx")
+
+
+def test_export_cmd(tiny_weights, tmp_path):
+    import typer
+
+    app = typer.Typer()
+    app.command()(export.export_cmd)
+    out = tmp_path / "tiny.onnx"
+    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert res.output.split() == [str(out), str(tmp_path / "tiny.stats.onnx")]
+    bad = CliRunner().invoke(app, [str(out), "--model", "nope", "--random-init"])
+    assert bad.exit_code == 2 and "unknown model" in bad.output

@@ -1,0 +1,160 @@
+"""ONNX Runtime backend: parity with PyTorch for every registered model, tiling, caching."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from derain_cli import export, onnx_backend, tiling
+from derain_cli.bench import perturb_bn, psnr, random_model, test_scene
+from derain_cli.enhancer import TorchRunner
+from derain_cli.models import MODELS, RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
+from derain_cli.onnx_backend import OnnxRunner, make_onnx_runner
+
+TOL = 1e-3
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut_rain.jpg"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _env(tmp_path_factory):
+    """A private graph cache, and one thread: tiny inputs gain nothing from more, and a busy
+    machine makes OpenMP threads spin (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERAIN_CACHE", str(tmp_path_factory.mktemp("derain-cache")))
+        yield
+    torch.set_num_threads(threads)
+
+
+def _real(h: int, w: int) -> np.ndarray:
+    if not EXAMPLE.exists():
+        pytest.skip("examples/astronaut_rain.jpg is not in this checkout")
+    img = Image.open(EXAMPLE).convert("RGB").resize((w, h), Image.Resampling.BOX)
+    return np.transpose(np.asarray(img, np.float32) / 255, (2, 0, 1))[None].copy()
+
+
+def _inputs(name: str) -> list[tuple[str, np.ndarray]]:
+    g = np.random.default_rng(1)
+    if name.endswith("-lite"):
+        return [("rand 1x3x40x56", g.random((1, 3, 40, 56), np.float32)),
+                ("rand 2x3x64x64", g.random((2, 3, 64, 64), np.float32)),
+                ("photo 1x3x48x72", _real(48, 72))]
+    # paper-size models: small inputs keep the test short
+    return [("rand 1x3x32x32", g.random((1, 3, 32, 32), np.float32)),
+            ("photo 1x3x40x48", _real(40, 48))]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_matches_torch_for_every_registered_model(name):
+    net = random_model(name)
+    runner = make_onnx_runner(net, "cpu", "fp32")
+    assert runner.size_multiple == getattr(net, "size_multiple", 1)
+    assert runner.global_stats_shape == net.global_stats_shape
+    report = []
+    for label, x in _inputs(name):
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)).numpy()
+        out = runner.forward(x, None)
+        assert out.shape == x.shape
+        diff = float(np.abs(out - ref).max())
+        report.append(f"{label}: {diff:.1e}")
+        assert diff <= TOL, (label, diff)
+        if runner.global_stats_shape is not None:  # the tiler's path: given means, sums
+            t = torch.from_numpy(x)
+            mask = np.random.default_rng(2).random((x.shape[0], 1, *x.shape[2:]), np.float32)
+            with torch.no_grad():
+                pooled = net.se_sums(t) / (x.shape[2] * x.shape[3]) + 0.05
+                ref_p = net(t, pooled).numpy()
+                ref_s = net.se_sums(t, pooled, torch.from_numpy(mask)).numpy()
+            assert np.abs(runner.forward(x, pooled.numpy()) - ref_p).max() <= TOL
+            sums = runner.stat_sums(x, pooled.numpy(), mask)
+            assert sums.dtype == np.float64
+            assert np.abs(sums - ref_s).max() / (x.shape[2] * x.shape[3]) <= TOL
+    print(f"\n{name}: max |onnx - torch| " + ", ".join(report))
+
+
+def _small(kind: str):
+    torch.manual_seed(0)
+    if kind == "semi":
+        net = SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=4, detail_blocks=2,
+                                          se_reduction=4))
+    else:
+        net = RDMC(RDMCConfig(channels=(8, 16, 16, 32, 32), stages=2))
+    return perturb_bn(net).eval()
+
+
+@pytest.mark.parametrize("kind", ["semi", "rdmc"])
+def test_tiled_onnx_matches_untiled_torch(kind):
+    net = _small(kind)
+    img = test_scene(200, 232)  # not multiples of 16: RDMC tiles are padded
+    full = tiling.run_tiled(img, TorchRunner(net, torch.device("cpu"), "fp32"), 0, 0)
+    runner = make_onnx_runner(net, "cpu", "fp32")
+    untiled = tiling.run_tiled(img, runner, 0, 0)
+    assert np.abs(untiled - full).max() <= TOL
+    tiled = tiling.run_tiled(img, runner, 96, 32)
+    value = psnr(tiled, full)
+    print(f"\n{kind}: tiled ONNX vs untiled torch {value:.1f} dB")
+    assert value >= 45
+
+
+def test_second_runner_hits_the_cache(caplog):
+    net = _small("semi")
+    make_onnx_runner(net, "cpu", "fp32")
+    count = export.EXPORT_COUNT
+    paths = onnx_backend.cached_graphs(net)
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    assert paths[0].parent.name == onnx_backend.state_sha256(net)
+    runner = make_onnx_runner(net, "cpu", "fp32")
+    assert export.EXPORT_COUNT == count  # no re-export
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes
+    assert runner.paths == paths
+    # other weights, other graphs
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)
+    make_onnx_runner(net, "cpu", "fp32")
+    assert export.EXPORT_COUNT == count + 2
+
+
+def test_corrupt_cache_entry_is_exported_again(caplog):
+    net = _small("rdmc")
+    path = onnx_backend.cached_graphs(net)[0]
+    path.write_bytes(b"not an onnx file")
+    count = export.EXPORT_COUNT
+    with caplog.at_level(logging.WARNING):
+        runner = make_onnx_runner(net, "cpu", "fp32")
+    assert export.EXPORT_COUNT == count + 1
+    assert "exporting again" in caplog.text
+    x = np.random.default_rng(0).random((1, 3, 10, 20), np.float32)  # < 16: edge-padded
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.forward(x, None) - ref).max() <= TOL
+
+
+def test_runner_options_and_files(caplog):
+    net = _small("semi")
+    paths = onnx_backend.cached_graphs(net)
+    runner = OnnxRunner(paths[0], threads=1)  # finds the statistics graph next to it
+    assert runner.paths == paths and runner.threads == 1
+    assert runner.providers == ["CPUExecutionProvider"]
+    assert runner.device.type == "cpu" and runner.suggest_tile() > 0
+    with pytest.raises(ValueError, match="statistics graph"):
+        OnnxRunner([paths[0]])
+    with caplog.at_level(logging.WARNING):
+        r = make_onnx_runner(net, torch.device("cpu"), "bf16", threads=1)
+    assert "runs fp32" in caplog.text and r.threads == 1
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert onnx_backend._providers("cuda") == ["CPUExecutionProvider"]
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "c"))
+    assert onnx_backend.cache_root() == tmp_path / "c" / "onnx"
+    monkeypatch.delenv("DERAIN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert onnx_backend.cache_root() == tmp_path / "x" / "derain" / "onnx"
