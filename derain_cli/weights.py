@@ -15,7 +15,6 @@ mismatch. ``.pt``/``.pth`` checkpoints are read only through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .hub import sha256_file
 from .models import build_architecture, config_to_dict, get_spec
 
 FORMAT = "derain-weights-v1"
@@ -41,14 +41,6 @@ class WeightsError(Exception):
 def bundled_dir() -> Path:
     """The folder holding the bundled weights and ``manifest.json``."""
     return Path(str(resources.files("derain_cli.weights_dir")))
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
