@@ -117,6 +117,9 @@ def train_cmd(
     weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    bn_recalib: Annotated[int, typer.Option(
+        help="Whole training images to re-estimate BatchNorm statistics on before "
+             "validation and export (0: off).")] = 16,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     arch: Annotated[str | None, typer.Option(hidden=True, help="Registry-free architecture.")]
     = None,
@@ -136,7 +139,7 @@ def train_cmd(
             device=device, workers=workers, val_every=val_every, ckpt_every=ckpt_every,
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight, name=name,
-            export_dtype=export_dtype, arch=arch,
+            export_dtype=export_dtype, bn_recalib=bn_recalib, arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:

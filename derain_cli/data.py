@@ -211,6 +211,16 @@ class LabeledDataset(Dataset):
         return item
 
 
+    def full_rainy(self, index: int, seed: int) -> np.ndarray:
+        """A whole (uncropped) rainy training image as HxWx3 float32, for BN recalibration."""
+        src, i = self._locate(index)
+        if src.kind == "paired":
+            return src.rainy[i].astype(np.float32) / 255.0
+        clean = src.clean[i].astype(np.float32) / 255.0
+        rainy, _ = synth.synthesize(clean, self.preset, np.random.default_rng([seed, index]))
+        return rainy
+
+
 class UnlabeledDataset(Dataset):
     """Real rainy photos without ground truth (random crops with flips/rotations)."""
 

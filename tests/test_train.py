@@ -256,3 +256,31 @@ def test_cli_usage_errors_exit_2(data, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2, r.stderr
     assert "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_batchnorm_recalibration_uses_whole_images():
+    """Crop-trained BN statistics are replaced by averages over whole images."""
+    import copy
+
+    import numpy as np
+
+    from derain_cli.models import RDMC, RDMCConfig
+    from derain_cli.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = RDMC(RDMCConfig(channels=(4, 4, 8, 8, 8), stages=1)).eval()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    imgs = [np.full((32, 48, 3), v, np.float32) for v in (0.2, 0.8)]
+    recalibrate_batchnorm(net, imgs, torch.device("cpu"))
+    assert not net.training and bn.momentum == 0.1
+    assert int(bn.num_batches_tracked) == 2
+    # the cumulative average equals the mean of the two images' batch statistics
+    probe = copy.deepcopy(net).train()  # train-mode BN uses batch statistics only
+    probe_bn = next(m for m in probe.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    means = []
+    h = probe_bn.register_forward_hook(lambda m, i, o: means.append(i[0].mean(dim=(0, 2, 3))))
+    with torch.no_grad():
+        for img in imgs:
+            probe(torch.from_numpy(img.transpose(2, 0, 1))[None])
+    h.remove()
+    torch.testing.assert_close(bn.running_mean, (means[0] + means[1]) / 2, rtol=1e-4, atol=1e-5)
