@@ -203,7 +203,10 @@ def _usage_error(msg: str) -> Exception:
 
 
 def eval_cmd(
-    data: Annotated[Path, typer.Argument(help="Folder of rainy/clean pairs.")],
+    data_arg: Annotated[Path | None, typer.Argument(
+        metavar="[DATA]", help="Folder of rainy/clean pairs (or --data).")] = None,
+    data_opt: Annotated[Path | None, typer.Option(
+        "--data", help="Folder of rainy/clean pairs.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Registered model, or 'identity' to score the rainy input.")] =
     None,
@@ -221,6 +224,9 @@ def eval_cmd(
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import evaluate
 
+    if (data_arg is None) == (data_opt is None):
+        raise typer.BadParameter("give the pairs folder once: DATA or --data DATA")
+    data = data_arg or data_opt
     with _errors():
         if weights is not None:
             from .enhancer import Derainer

@@ -1,0 +1,59 @@
+"""Add a training run's weights to weights/ and its record to weights/manifest.json.
+
+    python recipes/bundle.py RUN_DIR --name semi-drdnet-lite --status interim \
+        --eval runs/eval-rain100l.json runs/eval-heavy-small.json ...
+
+The record starts from the run's ``manifest_entry.json`` (written by
+``derain train``/``finetune``); ``--eval`` adds the figures printed by
+``derain eval --json``, so every number in the manifest comes from a command.
+The Hub fields name where the file is to be published; ``published: false``
+until it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from derain_cli.weights import WeightRecord, bundled_dir, load_manifest, sha256_file, write_manifest
+
+HUB_REPO = "derain-project/derain-weights"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--status", default="release")
+    ap.add_argument("--eval", nargs="*", type=Path, default=[], help="derain eval --json outputs")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--recipe", default="")
+    args = ap.parse_args()
+
+    entry = json.loads((args.run / "manifest_entry.json").read_text())
+    src = args.run / entry["file"]
+    dest = bundled_dir() / f"{args.name}.safetensors"
+    shutil.copyfile(src, dest)
+    entry.update(name=args.name, file=dest.name, sha256=sha256_file(dest),
+                 size=dest.stat().st_size, status=args.status)
+    entry["hub"] = {"repo_id": HUB_REPO, "filename": dest.name, "revision": "main",
+                    "published": False}
+    metrics = entry.setdefault("metrics", {})
+    for path in args.eval:
+        res = json.loads(path.read_text())
+        metrics[Path(res["data_dir"]).name] = {
+            k: round(res[k], 4) for k in ("psnr_y", "ssim_y", "psnr_rgb")} | {"count": res["count"]}
+    if args.note:
+        entry["note"] = args.note
+    if args.recipe:
+        entry["recipe"] = args.recipe
+    records = load_manifest()
+    records[args.name] = WeightRecord.from_dict(entry)
+    write_manifest(records)
+    print(f"bundled {dest} ({entry['size']} bytes, sha256 {entry['sha256'][:12]}...)")
+
+
+if __name__ == "__main__":
+    main()
