@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from derain_cli import tiling
-from derain_cli.enhancer import Derainer, resolve_device, resolve_precision
+from derain_cli.enhancer import Derainer, cpu_supports_bf16, resolve_device, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_device_and_precision_rules():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_supports_bf16() else "fp32")
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="unknown precision"):
@@ -92,7 +92,7 @@ def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
 def test_onnx_backend_matches_torch(tiny_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
     x = _photo(70, 90)
-    a = Derainer(weights=tiny_weights, device="cpu", tile=48).derain(x)
+    a = Derainer(weights=tiny_weights, device="cpu", tile=48, precision="fp32").derain(x)
     b = Derainer(weights=tiny_weights, device="cpu", tile=48, backend="onnx").derain(x)
     assert np.abs(a.astype(int) - b).max() <= 1
 

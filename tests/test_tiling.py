@@ -43,6 +43,23 @@ def test_tiles_cover_evenly_with_overlap(length, tile, overlap, multiple):
         assert all(s % multiple == 0 for s in starts)
 
 
+@pytest.mark.parametrize("h,w,tile,multiple", [(3000, 4000, 1024, 1), (1000, 1000, 512, 16),
+                                                (4000, 6000, 1024, 1), (300, 700, 256, 16)])
+def test_tiles_shrink_to_keep_overlap_small(h, w, tile, multiple):
+    tiles = tiling.plan_tiles(h, w, tile, 48, multiple)
+    covered = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
+    naive = len(tiling.plan_tiles(h, w, tile, 48, multiple))  # same count as fixed-size tiles
+    assert len(tiles) == naive
+    assert all(t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile for t in tiles)
+    assert covered <= naive * min(tile, h) * min(tile, w)
+    if h * w >= 1e6:  # photos: fixed 1024 px tiles on 3000x4000 processed 1.75x the pixels
+        assert covered / (h * w) < 1.35
+    cov = np.zeros((h, w), np.int32)
+    for t in tiles:
+        cov[t.y0:t.y1, t.x0:t.x1] += 1
+    assert cov.min() >= 1
+
+
 def test_blend_weights_positive_and_smooth():
     tiles = tiling.plan_tiles(300, 300, 128, 32)
     wsum = np.zeros((300, 300))
