@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="image side (default 1024)")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    ap.add_argument("--stats-passes", type=int, default=2)
+    ap.add_argument("--stats-passes", type=int, default=1)
     ap.add_argument("-m", "--model", action="append", choices=list(MODELS),
                     help="model(s) to check (default: all registered)")
     ap.add_argument("--backend", choices=["torch", "onnx"], default="torch",

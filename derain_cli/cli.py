@@ -827,14 +827,13 @@ def _fmt_number(v: Any) -> str:
 
 
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    """Evaluation sets as 'set PSNR/SSIM' (Y channel); training-time entries are left out."""
     parts = []
     for key, value in metrics.items():
-        if isinstance(value, dict):
-            inner = " / ".join(
-                f"{k.upper() if len(k) <= 5 else k} {_fmt_number(v)}" for k, v in value.items()
-            )
-            parts.append(f"{key} {inner}")
-        else:
+        if isinstance(value, dict) and "psnr_y" in value:
+            ssim = f"/{value['ssim_y']:.3f}" if "ssim_y" in value else ""
+            parts.append(f"{key} {value['psnr_y']:.2f}{ssim}")
+        elif not isinstance(value, dict):
             parts.append(f"{key} {_fmt_number(value)}")
     return "; ".join(parts) or "-"
 

@@ -340,7 +340,7 @@ def _fake_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, bundled: 
     rec = weights.WeightRecord(
         name="semi-drdnet-lite", arch="semi-drdnet", config={"width": 32}, file="demo.safetensors",
         sha256=hashlib.sha256(data).hexdigest(), size=len(data), dtype="float16",
-        license="MIT", metrics={"rain100l": {"psnr": 35.1, "ssim": 0.961}}, status="interim",
+        license="MIT", metrics={"rain100l": {"psnr_y": 35.1, "ssim_y": 0.961}}, status="interim",
         hub={"repo_id": "derain-test/demo", "filename": "demo.safetensors",
              "revision": "0123456789abcdef0123456789abcdef01234567"},
     )
@@ -355,7 +355,7 @@ def test_models_shows_manifest_details(monkeypatch: pytest.MonkeyPatch, tmp_path
     row = next(x for x in json.loads(r.stdout) if x["name"] == "semi-drdnet-lite")
     assert (row["weights"], row["status"], row["license"]) == ("bundled", "interim", "MIT")
     r = runner.invoke(app, ["models"], env={"COLUMNS": "160"})
-    assert "rain100l PSNR 35.10 / SSIM 0.9610" in r.stdout and "interim" in r.stdout
+    assert "rain100l 35.10/0.961" in r.stdout and "interim" in r.stdout
 
 
 # --------------------------------------------------------------------------- download
