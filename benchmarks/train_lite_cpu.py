@@ -28,8 +28,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-lite-cpu")
     ap.add_argument("--model", default="semi-drdnet-lite")
     ap.add_argument("--preset", default="mixed")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--patch", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--contrast-features", default="none",
@@ -54,7 +54,8 @@ def main() -> int:
     res = train(TrainConfig(
         model=args.model, synthetic=[str(clean)], preset=args.preset, val=str(rain100l),
         val_limit=args.val_limit, val_every=10**9, out=str(args.out), steps=10**6,
-        batch=args.batch, patch=args.patch, lr=args.lr, warmup=100, device="cpu",
+        batch=args.batch, patch=args.patch, lr=args.lr, warmup=50, ema=0.99, amp="bf16",
+        device="cpu",
         workers=args.workers, ckpt_every=200, time_budget=args.budget, resume=resume,
         contrast_features=args.contrast_features,
         training_data=f"synthetic rain ({args.preset}) on clean-bsds (375 BSDS500 photos)",
