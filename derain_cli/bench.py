@@ -158,7 +158,8 @@ def count_flops(net: nn.Module, side: int = 128) -> tuple[float, float]:
 
 
 def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: bool,
-                fwd: float, stats_flops: float, stats_passes: int = 2) -> float:
+                fwd: float, stats_flops: float,
+                stats_passes: int = tiling.STATS_PASSES) -> float:
     """Executed / useful FLOPs of ``tiling.run_tiled`` (same tile plan)."""
     if tile <= 0 or (tile >= h and tile >= w):
         hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple

@@ -32,6 +32,9 @@ from typing import Protocol
 
 import numpy as np
 
+#: Statistics passes before the final pass (see the module docstring).
+STATS_PASSES = 1
+
 
 class Runner(Protocol):
     """What the tiler needs from a backend."""
@@ -134,7 +137,7 @@ def run_tiled(
     tile: int,
     overlap: int,
     *,
-    stats_passes: int = 1,
+    stats_passes: int = STATS_PASSES,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Run ``runner`` over a (3, H, W) float32 image in tiles and blend the result.
