@@ -105,6 +105,18 @@ class RainParams:
             raise ValueError("invalid RainParams: " + "; ".join(failed))
 
 
+_HEAVY = RainParams(
+    density=4000.0,
+    length=(40.0, 130.0),
+    width=1.3,
+    angle_jitter=5.0,
+    brightness=0.55,
+    brightness_jitter=0.5,
+    blur=0.25,
+    layers=2,
+    layer_scale=0.8,
+)
+
 PRESETS: dict[str, RainParams] = {
     # Rain100L-like (see benchmarks/synth_stats.md): sparse, thin streaks, no haze.
     "light": RainParams(
@@ -133,33 +145,11 @@ PRESETS: dict[str, RainParams] = {
     # Rain100H / JORDER-E heavy-like: long, thin, very dense streaks in slightly
     # crossing directions. The heavy-small pairs have no measurable veil between the
     # streaks, so neither has this preset; "storm" adds one.
-    "heavy": RainParams(
-        density=4000.0,
-        length=(40.0, 130.0),
-        width=1.3,
-        angle_jitter=5.0,
-        brightness=0.55,
-        brightness_jitter=0.5,
-        blur=0.25,
-        layers=2,
-        layer_scale=0.8,
-    ),
+    "heavy": _HEAVY,
     # Heavy rain as photographed: the heavy streaks, softer and in more depth layers,
     # behind a veil of haze and patchy mist.
-    "storm": RainParams(
-        density=4000.0,
-        length=(40.0, 130.0),
-        width=1.3,
-        angle_jitter=5.0,
-        brightness=0.55,
-        brightness_jitter=0.5,
-        blur=0.5,
-        layers=3,
-        layer_scale=0.75,
-        haze=0.3,
-        accumulation=0.3,
-        atmospheric_light=(0.86, 0.88, 0.91),
-    ),
+    "storm": replace(_HEAVY, blur=0.5, layers=3, layer_scale=0.75, haze=0.3,
+                     accumulation=0.3, atmospheric_light=(0.86, 0.88, 0.91)),
 }
 
 _MIXED = "mixed"
