@@ -15,9 +15,9 @@ the sums over the image divided by its area are the whole-image means, which
 the next pass and the final pass use instead of per-tile means. The first pass
 has to start from per-tile means, so the estimate is a fixed-point iteration:
 block k's means are exact after k passes. In practice one pass is enough: with
-the shipped semi-drdnet-lite on a 1024 px test scene in 256 px tiles, naive
-tiles agree with the untiled output to 37.6 dB, one pass to 72.1 dB and two to
-86.8 dB (fp32; tests/test_tiling.py asserts >= 45 dB).
+the shipped semi-drdnet-lite on a 1024 px rainy photo in 256 px tiles, naive
+tiles agree with the untiled output to 33.6 dB and one pass to 73.1 dB
+(``benchmarks/tiling_agreement.py``; tests/test_tiling.py asserts >= 45 dB).
 
 The runner protocol works on numpy arrays so the PyTorch and ONNX Runtime
 backends share this code.
