@@ -73,8 +73,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto': fp16 on CUDA/MPS; on CPUs bf16 where the CPU has bf16 instructions, else fp32.
 
     On this project's AVX-512-BF16 test CPU, bf16 autocast made semi-drdnet-lite
-    1.9x faster than fp32 (both channels_last) and its output differs from fp32
-    by 44 dB PSNR, far below visible (benchmarks/bench_inference.py).
+    1.8x faster than fp32 (both channels_last) and its output differs from fp32
+    by 43.9 dB PSNR, far below visible (benchmarks/bench_inference.py).
     """
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
