@@ -309,17 +309,27 @@ class StepBatchSampler(Sampler[list[Key]]):
         return max(0, self.total_steps - self.start_step)
 
 
+#: Seconds a worker may take to deliver one batch before training stops with an error; a
+#: batch takes well under a second, so this only fires on a stuck worker, never on slow data.
+WORKER_TIMEOUT_S = 300.0
+
+
 def make_loader(
     dataset: Dataset,
     sampler: StepBatchSampler,
     *,
     workers: int = 0,
     pin_memory: bool = False,
+    timeout: float = WORKER_TIMEOUT_S,
 ) -> DataLoader:
-    """A DataLoader over ``sampler``'s batches (workers prefetch 4 batches each)."""
+    """A DataLoader over ``sampler``'s batches (workers prefetch 4 batches each).
+
+    Workers are forked, so they must not touch thread pools inherited from the parent (see
+    :func:`_worker_init`); ``timeout`` turns a stuck worker into an error instead of a hang.
+    """
     kwargs = {}
     if workers > 0:
-        kwargs = {"persistent_workers": False, "prefetch_factor": 4}
+        kwargs = {"persistent_workers": False, "prefetch_factor": 4, "timeout": timeout}
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         worker_init_fn=_worker_init if workers > 0 else None, **kwargs,
@@ -328,10 +338,13 @@ def make_loader(
 
 def _worker_init(_: int) -> None:
     # Each worker uses one thread: cv2/torch threads inside workers only oversubscribe cores.
+    # cv2.setNumThreads(0) (run sequentially), never (1): in a forked child, resizing the
+    # thread pool that the parent already started waits forever on threads that do not exist
+    # there (seen as a CI hang: any cv2 call in the parent before the loader started it).
     torch.set_num_threads(1)
     try:
         import cv2
 
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(0)
     except Exception:  # noqa: BLE001 - cv2 is optional here
         pass

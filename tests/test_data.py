@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from derain_cli.pairs import PairsError
 
 
 def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    import cv2
-
     img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     return (img * 255).astype(np.uint8)
@@ -124,9 +123,14 @@ def test_sampler_dataset_smaller_than_batch():
 
 
 def test_loader_workers_match_single_process(clean_dir):
+    # Start OpenCV's thread pool in this (parent) process first: forked workers that resized it
+    # hung forever; with the fix they deliver, and a stuck worker fails within `timeout`.
+    big = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
+    cv2.GaussianBlur(big, (0, 0), 3)
+    cv2.resize(big, (2500, 2500))
     ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=16, seed=0)
     def batches(workers: int) -> list[torch.Tensor]:
         s = D.StepBatchSampler(len(ds), 3, seed=0, total_steps=3)
-        return [b["rainy"] for b in D.make_loader(ds, s, workers=workers)]
+        return [b["rainy"] for b in D.make_loader(ds, s, workers=workers, timeout=60)]
     for x, y in zip(batches(0), batches(2), strict=True):
         assert torch.equal(x, y)
