@@ -219,11 +219,12 @@ class Derainer:
         self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
         """HxWx3 float32 in [0, 1] -> derained HxWx3 float32 in [0, 1]."""
-        chw = np.ascontiguousarray(np.transpose(rgb.astype(np.float32, copy=False), (2, 0, 1)))
+        rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         tile = self.tile
         while True:
             try:
-                out = tiling.run_tiled(chw, self.runner, tile, self.tile_overlap, on_tile=on_tile)
+                out = tiling.run_tiled(rgb, self.runner, tile, self.tile_overlap,
+                                       on_tile=on_tile, hwc=True)
                 break
             except tiling.TileOutOfMemory:
                 h, w = rgb.shape[:2]
@@ -235,7 +236,7 @@ class Derainer:
                 tile = current // 2
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
-        return np.clip(np.transpose(out, (1, 2, 0)), 0.0, 1.0)
+        return np.clip(out, 0.0, 1.0, out=out)
 
     def derain(self, image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
         """Derain a PIL image or an HxW / HxWxC numpy array, returning the same type.

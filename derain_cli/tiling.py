@@ -122,13 +122,14 @@ def blend_window(t: Tile, h: int, w: int, overlap: int) -> np.ndarray:
     return (wy[:, None] * wx[None, :]).astype(np.float32)
 
 
-def _pad_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = img.shape[1:]
+def _pad_to_multiple(img: np.ndarray, multiple: int, hwc: bool = False) -> np.ndarray:
+    h, w = img.shape[:2] if hwc else img.shape[1:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if not (ph or pw):
         return img
     mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
+    spatial = ((0, ph), (0, pw))
+    return np.pad(img, (*spatial, (0, 0)) if hwc else ((0, 0), *spatial), mode=mode)
 
 
 def run_tiled(
@@ -139,23 +140,33 @@ def run_tiled(
     *,
     stats_passes: int = STATS_PASSES,
     on_tile: Callable[[int, int], None] | None = None,
+    hwc: bool = False,
 ) -> np.ndarray:
     """Run ``runner`` over a (3, H, W) float32 image in tiles and blend the result.
 
+    ``hwc=True`` takes and returns (H, W, 3) instead: a photo's natural layout, so the
+    caller never holds a transposed copy of a large image; only tiles are transposed
+    (host memory for an 80 MP photo: the input, the float32 output and one weight plane).
     ``tile`` <= 0 or a tile covering the image means one pass over the whole
     image. Raises TileOutOfMemory from the runner unchanged (the caller shrinks).
     """
-    _, h0, w0 = image.shape
+    h0, w0 = image.shape[:2] if hwc else image.shape[1:]
+
+    def crop(src: np.ndarray, t: Tile) -> np.ndarray:  # (1, 3, th, tw) float32 for the runner
+        if hwc:
+            return np.ascontiguousarray(src[t.y0:t.y1, t.x0:t.x1].transpose(2, 0, 1))[None]
+        return src[None, :, t.y0:t.y1, t.x0:t.x1]
+
     m = max(1, runner.size_multiple)
     if tile <= 0 or (tile >= h0 and tile >= w0):
-        out = runner.forward(image[None], None)[0]
+        out = runner.forward(crop(image, Tile(0, h0, 0, w0)), None)[0]
         if on_tile:
             on_tile(1, 1)
-        return out[:, :h0, :w0]
+        return out.transpose(1, 2, 0)[:h0, :w0] if hwc else out[:, :h0, :w0]
     tile = max(m, tile // m * m)
     overlap = min(overlap, tile // 2)
-    img = _pad_to_multiple(image, m)
-    _, h, w = img.shape
+    img = _pad_to_multiple(image, m, hwc)
+    h, w = img.shape[:2] if hwc else img.shape[1:]
     tiles = plan_tiles(h, w, tile, overlap, m)
     windows = [blend_window(t, h, w, overlap) for t in tiles]
     wsum = np.zeros((h, w), np.float32)
@@ -173,21 +184,25 @@ def run_tiled(
             mask = (win / wsum[t.y0:t.y1, t.x0:t.x1])[None, None]
             # Pixels of the reflect padding are not part of the image.
             mask = mask * _inside(t, h0, w0)[None, None]
-            sums += runner.stat_sums(img[None, :, t.y0:t.y1, t.x0:t.x1], pooled, mask)
+            sums += runner.stat_sums(crop(img, t), pooled, mask)
             done += 1
             if on_tile:
                 on_tile(done, total)
         pooled = (sums / (h0 * w0)).astype(np.float32)
 
-    out = np.zeros((3, h, w), np.float32)
+    out = np.zeros((h, w, 3) if hwc else (3, h, w), np.float32)
     for t, win in zip(tiles, windows, strict=True):
-        pred = runner.forward(img[None, :, t.y0:t.y1, t.x0:t.x1], pooled)[0]
-        out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
+        pred = runner.forward(crop(img, t), pooled)[0]
+        if hwc:
+            out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
+        else:
+            out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
         done += 1
         if on_tile:
             on_tile(done, total)
-    out /= wsum
-    return out[:, :h0, :w0]
+    del img
+    out /= wsum[:, :, None] if hwc else wsum
+    return out[:h0, :w0] if hwc else out[:, :h0, :w0]
 
 
 def _inside(t: Tile, h0: int, w0: int) -> np.ndarray:

@@ -166,3 +166,20 @@ class _OOMOnce(_Identity):
 def test_oom_propagates_for_the_caller_to_shrink():
     with pytest.raises(tiling.TileOutOfMemory):
         tiling.run_tiled(_scene(128), _OOMOnce(64), 0, 0)
+
+
+@pytest.mark.parametrize("size,tile", [(200, 96), (200, 0), (61, 32)])
+def test_hwc_layout_gives_the_same_result(size, tile):
+    """The enhancer tiles photos in their HxWx3 layout (no transposed copy of a huge image):
+    same tiles, same statistics, same blend as the (3, H, W) path, padded sizes included."""
+    torch.manual_seed(0)
+    semi = _perturb_bn(SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1,
+                                                   se_reduction=4)))
+    rdmc = _perturb_bn(RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1)))
+    img = _scene(size)[:, : size - 3]  # not square, not a multiple of 16
+    for net in (semi, rdmc):
+        r = _runner(net)
+        chw = tiling.run_tiled(img, r, tile, 24)
+        hwc = tiling.run_tiled(np.ascontiguousarray(img.transpose(1, 2, 0)), r, tile, 24, hwc=True)
+        assert hwc.shape == (*img.shape[1:], 3)
+        np.testing.assert_allclose(hwc, chw.transpose(1, 2, 0), atol=1e-5)
