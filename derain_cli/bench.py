@@ -65,6 +65,8 @@ from .enhancer import CPU_TILE, DEFAULT_MODEL, DEFAULT_OVERLAP, TorchRunner, cpu
 from .models import MODELS, build_model
 
 DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx")
+#: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here.
+EXTRA_VARIANTS = ("bf16_compile",)
 RSS_BUDGET_MB = 3000.0
 RSS_SIZE = (4000, 6000)  # (height, width): 24 MP
 
@@ -253,6 +255,12 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
         if device.type != "cuda":
             return "skipped: fp16 is for GPUs"
         return TorchRunner(copy.deepcopy(net), device, "fp16")
+    if variant == "bf16_compile":  # torch.compile (inductor) over the bf16 autocast runner
+        if device.type == "cpu" and not cpu_supports_bf16() and not force_bf16:
+            return "skipped: this CPU has no native bf16"
+        runner = TorchRunner(copy.deepcopy(net), device, "bf16")
+        runner.model = torch.compile(runner.model)
+        return runner
     if variant == "onnx":
         from .onnx_backend import make_onnx_runner
 
@@ -472,8 +480,9 @@ def bench_main(
         if n not in MODELS:
             raise ValueError(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
     for v in variants:
-        if v not in DEFAULT_VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; choose from {', '.join(DEFAULT_VARIANTS)}")
+        if v not in DEFAULT_VARIANTS + EXTRA_VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; choose from "
+                             f"{', '.join(DEFAULT_VARIANTS + EXTRA_VARIANTS)}")
     if size is None:
         side = max(16, round(math.sqrt(megapixels * 1e6)))
         size = (side, side)

@@ -20,6 +20,28 @@ def hub_server() -> Iterator[FakeHub]:
         yield hub
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test: tiny inputs gain nothing from more, and on a busy
+    machine spinning OpenMP threads make them 10x slower. Use with ``usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def private_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh ``DERAIN_CACHE`` for one test module (exported graphs never leak between
+    modules or into the user's cache)."""
+    path = tmp_path_factory.mktemp("derain-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERAIN_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight, tiny Semi-DRDNet saved as safetensors: fast inference without any

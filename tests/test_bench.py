@@ -14,15 +14,7 @@ from typer.testing import CliRunner
 from derain_cli import bench, tiling
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DERAIN_CACHE", str(tmp_path_factory.mktemp("derain-cache")))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_onnx_cache", "one_thread")
 
 
 class _Conv(nn.Module):

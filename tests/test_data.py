@@ -8,16 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import smooth_photo
 from PIL import Image
 
 from derain_cli import data as D
 from derain_cli.pairs import PairsError
-
-
-def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
-    return (img * 255).astype(np.uint8)
 
 
 @pytest.fixture
@@ -26,8 +21,8 @@ def clean_dir(tmp_path: Path) -> Path:
     d = tmp_path / "clean"
     d.mkdir()
     for i in range(8):
-        Image.fromarray(_smooth(rng, 48, 48)).save(d / f"c{i}.png")
-    Image.fromarray(_smooth(rng, 20, 30)).save(d / "small.png")  # smaller than the patch
+        Image.fromarray(smooth_photo(rng, 48, 48)).save(d / f"c{i}.png")
+    Image.fromarray(smooth_photo(rng, 20, 30)).save(d / "small.png")  # smaller than the patch
     return d
 
 
@@ -39,7 +34,7 @@ def pairs_dir(tmp_path: Path) -> Path:
     (root / "rainy").mkdir(parents=True)
     (root / "clean").mkdir()
     for i in range(4):
-        c = (_smooth(rng, 40, 60) // 2).astype(np.uint8)
+        c = (smooth_photo(rng, 40, 60) // 2).astype(np.uint8)
         Image.fromarray(c).save(root / "clean" / f"{i}.png")
         Image.fromarray(c + 40).save(root / "rainy" / f"{i}.png")
     return root

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from helpers import smooth_photo
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,21 +20,13 @@ from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
 from derain_cli.pairs import find_pairs
 
 
-def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
-    return (img * 255).astype(np.uint8)
-
-
 @pytest.fixture
 def clean_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     d = tmp_path / "photos"
     d.mkdir()
     for i in range(4):
-        Image.fromarray(_smooth(rng, 40, 52)).save(d / f"p{i}.jpg", quality=95)
+        Image.fromarray(smooth_photo(rng, 40, 52)).save(d / f"p{i}.jpg", quality=95)
     return d
 
 

@@ -17,13 +17,7 @@ from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
 TOL = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs gain nothing from threads; on a busy machine OpenMP spinning costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _session(path):

@@ -16,12 +16,7 @@ from derain_cli import losses as L
 SMALL_VGG = [4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _smooth_batch(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

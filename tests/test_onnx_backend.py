@@ -20,16 +20,7 @@ TOL = 1e-3
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut_rain.jpg"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _env(tmp_path_factory):
-    """A private graph cache, and one thread: tiny inputs gain nothing from more, and a busy
-    machine makes OpenMP threads spin (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DERAIN_CACHE", str(tmp_path_factory.mktemp("derain-cache")))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_onnx_cache", "one_thread")
 
 
 def _real(h: int, w: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import smooth_photo
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -23,21 +24,8 @@ TINY_RDMC = {"channels": [4, 4, 8, 8, 8], "stages": 2}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine is shared: one intra-op thread is faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
-    return (img * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +35,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
     (root / "clean").mkdir()
     (root / "real").mkdir()
     for i in range(8):
-        Image.fromarray(_smooth(rng, 48, 48)).save(root / "clean" / f"c{i}.png")
-        Image.fromarray(_smooth(rng, 40, 56)).save(root / "real" / f"r{i}.png")
+        Image.fromarray(smooth_photo(rng, 48, 48)).save(root / "clean" / f"c{i}.png")
+        Image.fromarray(smooth_photo(rng, 40, 56)).save(root / "real" / f"r{i}.png")
     synth_pairs(root / "clean", root / "val", preset="medium", count=3, seed=1)
     return {"clean": root / "clean", "real": root / "real", "val": root / "val"}
 
