@@ -607,15 +607,24 @@ def write_image(
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
-    """Float [0, 1] -> uint8/uint16 with rounding and clipping (NaN -> 0)."""
+    """Float [0, 1] -> uint8/uint16 with rounding and clipping (NaN -> 0).
+
+    Works in bands of rows so the float temporaries stay small: on an 80 MP photo the
+    whole-image version held four float32 copies (~4 GB) at once.
+    """
     top = 65535.0 if bits == 16 else 255.0
-    x = np.asarray(rgb, dtype=np.float32)
-    x = _LUMA @ x.reshape(-1, 3).T if grayscale else x
-    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-    x = np.clip(x * np.float32(top), 0.0, top)
-    np.rint(x, out=x)
-    out = x.astype(np.uint16 if bits == 16 else np.uint8)
-    return out.reshape(rgb.shape[:2]) if grayscale else out
+    h, w = rgb.shape[:2]
+    out = np.empty((h, w) if grayscale else (h, w, 3), np.uint16 if bits == 16 else np.uint8)
+    band = max(1, (1 << 20) // max(1, w))  # ~1 M pixels per band
+    for y in range(0, h, band):
+        x = np.asarray(rgb[y:y + band], dtype=np.float32)
+        if grayscale:
+            x = x @ _LUMA
+        x = np.nan_to_num(x * np.float32(top), nan=0.0, posinf=top, neginf=0.0)
+        np.clip(x, 0.0, top, out=x)
+        np.rint(x, out=x)
+        out[y:y + band] = x
+    return out
 
 
 def _alpha_to_bits(alpha: np.ndarray, bits: int) -> np.ndarray:

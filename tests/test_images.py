@@ -549,3 +549,21 @@ def test_written_file_gets_normal_permissions(tmp_path: Path) -> None:
     (tmp_path / "new.png").chmod(0o640)
     write_image(tmp_path / "new.png", np.ones((H, W, 3), np.float32))  # replace keeps mode
     assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("bits,grayscale", [(8, False), (16, False), (8, True)])
+def test_quantise_in_bands_matches_whole_image(bits: int, grayscale: bool) -> None:
+    """The banded float->int conversion (bounded memory on huge photos) gives exactly the
+    whole-image result, across band boundaries, with out-of-range and non-finite values."""
+    rng = np.random.default_rng(1)
+    w = 700  # (1 << 20) // 700 = 1497 rows per band: 3100 rows cross two boundaries
+    rgb = rng.uniform(-0.1, 1.1, (3100, w, 3)).astype(np.float32)
+    rgb[0, 0] = [np.nan, np.inf, -np.inf]
+    rgb[1497, 5] = [0.5 / 255, 1.5 / 255, 254.5 / 255]  # halves round to even
+    top = 65535.0 if bits == 16 else 255.0
+    x = rgb @ images._LUMA if grayscale else rgb
+    x = np.nan_to_num(x * np.float32(top), nan=0.0, posinf=top, neginf=0.0)
+    want = np.rint(np.clip(x, 0.0, top)).astype(np.uint16 if bits == 16 else np.uint8)
+    got = images._quantise(rgb, bits, grayscale)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
