@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -67,6 +68,7 @@ __all__ = [
 
 #: Default outputs are written beside the input as ``NAME_derained.EXT``.
 OUTPUT_TAG = "_derained"
+log = logging.getLogger(__name__)
 
 #: ``--format`` value -> file suffix.
 FORMAT_SUFFIX = {
@@ -180,11 +182,18 @@ def collect_inputs(
     * A path that does not exist, a pattern that matches nothing and a folder without
       images become error items: reported as failures, never an exception.
 
+    Where results go under an output folder (``rel``): a single folder's images keep their
+    path inside it; with several folders on the command line each one's results go under its
+    own name (``-o out f1 f2`` writes ``out/f1/...`` and ``out/f2/...``, so equal file names
+    cannot collide); folders matched by a pattern keep their path below the pattern's base.
+
     A file reached twice is listed once.
     """
+    inputs = [os.fspath(raw) for raw in inputs]
     excluded = {_resolved(Path(e)) for e in exclude}
     items: list[InputItem] = []
     seen: set[Path] = set()
+    several_folders = sum(Path(i).is_dir() for i in inputs) > 1
 
     def add(path: Path, rel: Path) -> None:
         key = _resolved(path)
@@ -192,7 +201,7 @@ def collect_inputs(
             seen.add(key)
             items.append(InputItem(path, rel))
 
-    def add_folder(folder: Path) -> None:
+    def add_folder(folder: Path, prefix: Path = Path()) -> None:
         try:
             files, skipped_dirs = _scan_folder(folder, recursive, excluded)
         except ImageError as e:
@@ -204,14 +213,19 @@ def collect_inputs(
             items.append(
                 InputItem(folder, Path(folder.name), f"no images found ({_SUPPORTED_TEXT}){hint}")
             )
+        elif skipped_dirs:
+            log.warning("%s: %d subfolder(s) not entered; add -r to include them",
+                        folder, skipped_dirs)
         for f in files:
-            add(f, f.relative_to(folder))
+            add(f, prefix / f.relative_to(folder))
 
-    for raw in inputs:
-        given = os.fspath(raw)
+    def folder_name(folder: Path) -> Path:
+        return Path(_resolved(folder).name or "root")
+
+    for given in inputs:
         path = Path(given)
         if path.is_dir():
-            add_folder(path)
+            add_folder(path, folder_name(path) if several_folders else Path())
         elif path.exists():
             if path.suffix.lower() in SUPPORTED_SUFFIXES:
                 add(path, Path(path.name))
@@ -228,7 +242,11 @@ def collect_inputs(
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    add_folder(mp)
+                    try:
+                        prefix = mp.relative_to(base)
+                    except ValueError:
+                        prefix = folder_name(mp)
+                    add_folder(mp, prefix)
                 elif is_image_path(mp) and not is_output_name(mp):
                     try:
                         rel = mp.relative_to(base)
@@ -278,6 +296,15 @@ class BatchOptions:
             self.format = fmt
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1..100, got {self.quality}")
+
+
+#: suffixes of image (or document) files derain cannot write: ``-o out.gif`` is a mistake, not
+#: a folder name
+FOREIGN_IMAGE_SUFFIXES = frozenset({
+    ".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".psd", ".tga", ".ppm",
+    ".pgm", ".pbm", ".pnm", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+    ".svg", ".pdf", ".eps", ".exr", ".hdr",
+})
 
 
 def output_is_file(output: Path) -> bool:
@@ -581,7 +608,10 @@ def _process(
     except ImageError as e:
         return result("failed", _one_line(e))
     except MemoryError as e:
-        return result("failed", f"out of memory ({_one_line(e)}); try a smaller --tile")
+        msg = _one_line(e)
+        if "tiles do not fit" in msg:  # the enhancer already shrank the tiles to the floor
+            return result("failed", f"out of memory: {msg}")
+        return result("failed", f"out of memory ({msg}); try a smaller --tile")
     except Exception as e:
         if options.raise_errors:
             raise

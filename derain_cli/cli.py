@@ -427,7 +427,8 @@ def run_cmd(
     ] = "auto",
     precision: Annotated[
         Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
-                                help="auto is fp16 on GPUs, fp32 on CPUs.")
+                                help="auto: fp16 on GPUs; bf16 on CPUs with bf16 instructions "
+                                     "(AVX-512-BF16, AMX), else fp32.")
     ] = Precision.auto,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
@@ -558,6 +559,9 @@ def _run(
     # ---- option combinations (exit 2 before any work)
     to_file: bool | None = None
     if output is not None:
+        if not output.is_dir() and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES:
+            raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
+                              "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
         to_file = batch.output_is_file(output)
         if to_file:
             single = len(inputs) == 1 and Path(inputs[0]).is_file()

@@ -93,10 +93,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+#: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
+#: "DefaultCPUAllocator: can't allocate memory"
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-    )
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and any(t in msg for t in _OOM_TEXT)
 
 
 class TorchRunner:
@@ -228,12 +234,15 @@ class Derainer:
                 break
             except tiling.TileOutOfMemory:
                 h, w = rgb.shape[:2]
-                current = tile if tile > 0 else max(h, w)
-                if current // 2 < MIN_TILE:
+                # a tile larger than the image is the whole image: halve from what ran
+                current = min(tile, max(h, w)) if tile > 0 else max(h, w)
+                if current <= MIN_TILE:
+                    hint = "try --device cpu" if self.device.type != "cpu" else (
+                        "free some memory or close other programs")
                     raise MemoryError(
-                        f"out of memory even with {current}px tiles; try --device cpu"
+                        f"even {current}px tiles do not fit in memory; {hint}"
                     ) from None
-                tile = current // 2
+                tile = max(current // 2, MIN_TILE)  # the floor itself is tried last
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
         return np.clip(out, 0.0, 1.0, out=out)
@@ -249,21 +258,26 @@ class Derainer:
         return self._derain_numpy(np.asarray(image))
 
     def _derain_numpy(self, arr: np.ndarray) -> np.ndarray:
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"expected an HxW or HxWx(1|3|4) array, got shape {arr.shape}")
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+            raise ValueError(
+                f"expected an HxW or HxWx(1|2|3|4) array (gray, gray+alpha, RGB, RGBA), "
+                f"got shape {arr.shape}")
         if np.issubdtype(arr.dtype, np.integer):
             scale = float(np.iinfo(arr.dtype).max)
         else:
             scale = 1.0
         x = arr.astype(np.float32) / scale
-        gray = x.ndim == 2 or x.shape[2] == 1
-        alpha = x[..., 3:] if x.ndim == 3 and x.shape[2] == 4 else None
-        rgb = np.repeat(x.reshape(*x.shape[:2], 1), 3, axis=2) if gray else x[..., :3]
+        channels = 1 if x.ndim == 2 else x.shape[2]
+        gray = channels in (1, 2)
+        alpha = x[..., channels - 1:] if channels in (2, 4) else None
+        rgb = np.repeat(x[..., :1] if x.ndim == 3 else x[..., None], 3, axis=2) if gray \
+            else x[..., :3]
         y = self.derain_array(rgb)
         if gray:
-            y = y.mean(axis=2).reshape(arr.shape)
-        elif alpha is not None:
+            y = y.mean(axis=2, keepdims=True)
+        if alpha is not None:  # alpha goes back untouched
             y = np.concatenate([y, alpha], axis=2)
+        y = y.reshape(arr.shape)
         if scale != 1.0:
             y = np.clip(np.rint(y * scale), 0, scale)
         return y.astype(arr.dtype)

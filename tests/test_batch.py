@@ -95,6 +95,23 @@ def test_collect_empty_folder_hints_recursive(tmp_path: Path) -> None:
     assert "no images found" in items[1].error
 
 
+def test_collect_glob_matching_folders_keeps_their_names(tmp_path: Path) -> None:
+    _img(tmp_path / "gl" / "x.jpg")
+    _img(tmp_path / "gl" / "sub" / "x.jpg")
+    items = collect_inputs([str(tmp_path / "gl" / "*")], recursive=True)
+    assert sorted(_rels(items)) == ["sub/x.jpg", "x.jpg"]
+
+
+def test_collect_notes_subfolders_left_out(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tree)])
+    assert "1 subfolder(s) not entered; add -r" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tree)], recursive=True)
+    assert "not entered" not in caplog.text
+
+
 def test_collect_excludes_output_folder(tree: Path) -> None:
     _img(tree / "out" / "a.jpg")
     items = collect_inputs([str(tree)], recursive=True, exclude=[tree / "out"])
@@ -125,10 +142,18 @@ def test_plan_refuses_overwriting_inputs_and_collisions(tmp_path: Path) -> None:
     (job,) = plan_jobs(collect_inputs([str(a)]), BatchOptions(output=a))
     assert "overwrite the input" in job.error
 
-    items = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
-    jobs = plan_jobs(items, BatchOptions(output=tmp_path / "out"))
+    _img(tmp_path / "a" / "x.jpg")  # x.png and x.jpg both become out/x.png
+    items = collect_inputs([str(tmp_path / "a")])
+    jobs = plan_jobs(items, BatchOptions(output=tmp_path / "out", format="png"))
     assert jobs[0].error is None
     assert "writes the same output" in jobs[1].error
+
+    # several folders: each one's results under its own name, so equal names never collide
+    items = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
+    jobs = plan_jobs(items, BatchOptions(output=tmp_path / "out"))
+    assert [j.error for j in jobs] == [None, None, None]
+    assert sorted(j.output.relative_to(tmp_path / "out").as_posix() for j in jobs) == [
+        "a/x.jpg", "a/x.png", "b/x.png"]
 
     with pytest.raises(ValueError, match="is a file"):
         plan_jobs(items, BatchOptions(output=tmp_path / "one.png"))

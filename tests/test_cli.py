@@ -253,6 +253,13 @@ def test_bad_option_values_exit_2(tmp_path: Path, args: list[str], message: str)
     assert not (tmp_path / "a_derained.png").exists()
 
 
+def test_output_with_foreign_image_suffix_is_usage_error(tmp_path: Path) -> None:
+    photo = _img(tmp_path / "a.png")
+    r = derain(photo, "-o", tmp_path / "result.gif")
+    assert r.exit_code == 2 and "cannot write .gif files" in r.stderr
+    assert not (tmp_path / "result.gif").exists()
+
+
 def test_no_inputs_is_usage_error() -> None:
     r = derain("-q")
     assert r.exit_code == 2 and "no input given" in r.stderr

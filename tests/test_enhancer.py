@@ -49,7 +49,7 @@ def test_pil_in_pil_out(derainer):
 
 def test_bad_array_shape(derainer):
     with pytest.raises(ValueError, match="HxW"):
-        derainer.derain(np.zeros((4, 4, 2), np.uint8))
+        derainer.derain(np.zeros((4, 4, 5), np.uint8))
 
 
 def test_device_and_precision_rules():
@@ -85,8 +85,33 @@ def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
         raise tiling.TileOutOfMemory("fake")
 
     monkeypatch.setattr(d.runner, "forward", always)
-    with pytest.raises(MemoryError, match="out of memory even with"):
+    with pytest.raises(MemoryError, match="64px tiles do not fit in memory"):
         d.derain_array(np.zeros((100, 100, 3), np.float32))
+
+
+def test_cpu_allocator_failure_counts_as_out_of_memory():
+    """PyTorch's CPU allocator words it differently from CUDA; both must shrink the tile."""
+    from derain_cli.enhancer import _is_oom
+
+    with pytest.raises(RuntimeError) as info:  # ~1 PB: refused at once, nothing allocated
+        torch.empty(2**48, dtype=torch.float32)
+    assert _is_oom(info.value)
+    assert not _is_oom(RuntimeError("shapes cannot be multiplied"))
+
+
+def test_top_level_import_and_gray_alpha(tiny_weights):
+    """The README's ``from derain_cli import Derainer``; LA images keep their alpha."""
+    from derain_cli import Derainer as Public
+
+    d = Public(weights=tiny_weights, device="cpu", tile=0)
+    la = np.zeros((20, 24, 2), np.uint8)
+    la[..., 0] = 120
+    la[..., 1] = np.arange(24, dtype=np.uint8)[None] * 10
+    out = d.derain(la)
+    assert out.shape == la.shape and out.dtype == np.uint8
+    assert np.array_equal(out[..., 1], la[..., 1])
+    pil = d.derain(Image.fromarray(la, mode="LA"))
+    assert pil.mode == "LA" and np.array_equal(np.asarray(pil)[..., 1], la[..., 1])
 
 
 def test_onnx_backend_matches_torch(tiny_weights, tmp_path, monkeypatch):
