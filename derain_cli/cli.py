@@ -830,7 +830,7 @@ def _fmt_number(v: Any) -> str:
     return f"{v:.2f}" if abs(v) >= 2 else f"{v:.4f}"
 
 
-def _fmt_metrics(metrics: dict[str, Any]) -> str:
+def _fmt_metrics(metrics: dict[str, Any], sep: str = "; ") -> str:
     """Evaluation sets as 'set PSNR/SSIM' (Y channel); training-time entries are left out."""
     parts = []
     for key, value in metrics.items():
@@ -839,7 +839,7 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
             parts.append(f"{key} {value['psnr_y']:.2f}{ssim}")
         elif not isinstance(value, dict):
             parts.append(f"{key} {_fmt_number(value)}")
-    return "; ".join(parts) or "-"
+    return sep.join(parts) or "-"
 
 
 def _fmt_size(n: int | None) -> str:
@@ -893,22 +893,32 @@ def models_cmd(
         if json_out:
             typer.echo(json.dumps(rows, indent=2))
             return
+        out = Console()
+        narrow = out.width < 100  # the architecture is in the name already: drop it first
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
-                      padding=0, expand=False)
-        for col, kw in [("name", {"style": "cyan"}), ("arch", {}),
-                        ("params", {"justify": "right"}), ("size", {"justify": "right"}),
-                        ("weights", {}), ("license", {}), ("metrics", {}), ("status", {})]:
-            wrap = col in ("metrics", "license")
-            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=len(col), **kw)
+                      padding=(0, 1, 0, 0), expand=False)
+        cols = [("name", {"style": "cyan"}), ("arch", {}), ("params", {"justify": "right"}),
+                ("size", {"justify": "right"}), ("weights", {}), ("license", {}),
+                ("metrics (Y PSNR/SSIM)", {})]
+        for col, kw in cols:
+            if narrow and col == "arch":
+                continue
+            wrap = col == "license"  # metrics: one evaluation set per line, never folded
+            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=min(len(col), 8),
+                             **kw)
         colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
         for r in rows:
             params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
-            table.add_row(
-                r["name"] + (" *" if r["default"] else ""), r["arch"], params,
-                _fmt_size(r["bundled_size"]), Text(r["weights"], style=colour[r["weights"]]),
-                r["license"] or "-", _fmt_metrics(r["metrics"]), r["status"] or "-",
-            )
-        out = Console()
+            where = Text(r["weights"], style=colour[r["weights"]])
+            if r["status"]:
+                where.append(f"\n{r['status']}", style="yellow" if r["status"] == "interim"
+                             else "")
+            cells = [r["name"] + (" *" if r["default"] else ""), r["arch"], params,
+                     _fmt_size(r["bundled_size"]), where, r["license"] or "-",
+                     _fmt_metrics(r["metrics"], "\n")]
+            if narrow:
+                del cells[1]
+            table.add_row(*cells)
         out.print(table)
         out.print(Text(
             "* default model.  weights: bundled = installed with derain; cached = in the "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import struct
 import tempfile
@@ -37,6 +38,8 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -340,6 +343,9 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         mode = im.mode
         _check_pixels(im.width, im.height, max_pixels)
         rawmode = _tile_rawmode(im)
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1 and fmt != "JPEG":  # MPO's second frame is a preview, not a page
+            log.warning("%s has %d pages/frames; only the first is derained", p, frames)
         # Read before load(): PIL's TIFF loader applies (and deletes) the orientation itself.
         orientation = im.getexif().get(_ORIENTATION, 1)
         if not isinstance(orientation, int) or not 1 <= orientation <= 8:
@@ -552,6 +558,9 @@ def write_image(
 
     grayscale = bool(like and like.grayscale)
     alpha = like.alpha if like is not None and fmt in _ALPHA_FORMATS else None
+    if like is not None and like.alpha is not None and alpha is None:
+        log.warning("%s: %s has no transparency; the alpha channel is left out "
+                    "(write PNG, WebP or TIFF to keep it)", path, fmt)
     if alpha is not None and alpha.shape != (height, width):
         raise ValueError(
             f"rgb is {width}x{height} but the source alpha is {alpha.shape[1]}x{alpha.shape[0]}"

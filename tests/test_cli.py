@@ -161,6 +161,19 @@ def test_rgba_keeps_alpha(tmp_path: Path, tiny_weights: Path) -> None:
     assert np.array_equal(np.asarray(out)[..., 3], np.asarray(Image.open(src))[..., 3])
 
 
+def test_alpha_to_jpeg_and_multipage_tiff_are_noted(tmp_path: Path, tiny_weights: Path) -> None:
+    src = _img(tmp_path / "logo.png", 16, 12, mode="RGBA")
+    r = derain(src, "--weights", tiny_weights, "--format", "jpg")
+    assert r.exit_code == 0, r.output
+    assert "no transparency; the alpha channel is left out" in r.stderr
+
+    pages = [Image.new("RGB", (16, 12), c) for c in ("red", "blue")]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    r = derain(tmp_path / "scan.tif", "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    assert "has 2 pages/frames; only the first is derained" in r.stderr
+
+
 def test_16bit_png_stays_16bit(tmp_path: Path, tiny_weights: Path) -> None:
     arr = np.random.default_rng(0).integers(0, 65536, (10, 12, 3), dtype=np.uint16)
     src = tmp_path / "deep.png"
@@ -332,6 +345,16 @@ def test_models_table_and_json() -> None:
     for row in rows.values():
         assert row["params"] > 0
         assert row["weights"] in ("bundled", "cached", "remote", "none")
+
+
+def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An 80-column terminal shows every score whole (they used to fold mid-word)."""
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    monkeypatch.setenv("COLUMNS", "80")
+    r = derain("models")
+    assert r.exit_code == 0
+    assert "rain100l 35.10/0.961" in r.stdout and "interim" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
 
 
 def _fake_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, bundled: bool):
