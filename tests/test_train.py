@@ -58,6 +58,22 @@ def test_loss_goes_down(data, tmp_path):
     assert last < 0.7 * first, (first, last)
 
 
+def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32(data, tmp_path, monkeypatch, capsys):
+    """bf16 convolutions run through slow reference kernels on such CPUs (~7x slower)."""
+    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: False)
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *a, **kw):
+        seen.append(kw.get("enabled", True))
+        return real(device_type, *a, **kw)
+
+    monkeypatch.setattr(T.torch, "autocast", spy)
+    T.train(_cfg(data, tmp_path / "run", steps=2, amp="bf16", quiet=False))
+    assert "no bf16 instructions; training in fp32" in capsys.readouterr().err
+    assert seen and not any(seen)
+
+
 class _Kill(Exception):
     pass
 
