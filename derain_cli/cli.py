@@ -334,6 +334,7 @@ class Precision(str, Enum):
 
 
 class Backend(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnx = "onnx"
 
@@ -450,8 +451,9 @@ def run_cmd(
     ] = _DEFAULT_MAX_PIXELS,
     backend: Annotated[
         Backend, typer.Option("--backend", case_sensitive=False, rich_help_panel=PERF,
-                              help="Inference engine.")
-    ] = Backend.torch,
+                              help="Inference engine. auto: onnx (ONNX Runtime) for fp32 on "
+                                   "CPUs, torch on GPUs and bf16-capable CPUs.")
+    ] = Backend.auto,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", rich_help_panel=FEED,
                            help="Only print errors.")
@@ -648,6 +650,9 @@ def _make_derainer(**kw: Any) -> Any:
         raise _Exit(2) from None
 
 
+_ENGINE = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+
+
 def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     dev = getattr(derainer, "device", "?")
     tile = getattr(derainer, "tile", None)
@@ -657,7 +662,8 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",
             (str(getattr(derainer, "model_name", "?")), "cyan"),
-            f" [{getattr(derainer, 'weights_label', '?')}] on {dev}, "
+            f" [{getattr(derainer, 'weights_label', '?')}] on {dev} "
+            f"({_ENGINE.get(getattr(derainer, 'backend', ''), '?')}), "
             f"{getattr(derainer, 'precision', '?')}, tiles {tiles}{where}",
         )
     )

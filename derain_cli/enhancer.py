@@ -93,6 +93,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def resolve_backend(device: torch.device, precision: str = "auto") -> str:
+    """'auto' backend: ONNX Runtime where the work is fp32 on a CPU, PyTorch elsewhere.
+
+    On CPUs without bf16 instructions ONNX Runtime's fp32 kernels beat PyTorch's
+    (channels_last, oneDNN) for these networks (``derain bench --variants
+    channels_last,onnx``; figures in the README); GPUs and bf16-capable CPUs stay on PyTorch,
+    which runs them in half precision.
+    """
+    if device.type != "cpu" or precision not in ("auto", "fp32"):
+        return "torch"
+    if resolve_precision(precision, device) != "fp32":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnx"
+
+
 #: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
 #: "DefaultCPUAllocator: can't allocate memory"
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -187,14 +206,16 @@ class Derainer:
         tile: int | None = None,
         tile_overlap: int = DEFAULT_OVERLAP,
         threads: int | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         quiet: bool = True,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
         self.device = resolve_device(device)
+        if backend == "auto":
+            backend = resolve_backend(self.device, precision)
         if backend == "onnx" and precision == "auto":
             precision = "fp32"  # exported graphs are fp32
         self.precision = resolve_precision(precision, self.device)

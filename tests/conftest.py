@@ -20,6 +20,15 @@ def hub_server() -> Iterator[FakeHub]:
         yield hub
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default backend exports ONNX graphs on CPUs: keep them out of the user's cache."""
+    path = tmp_path_factory.mktemp("derain-cache-session")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERAIN_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread for the test: tiny inputs gain nothing from more, and on a busy

@@ -68,7 +68,7 @@ def test_device_and_precision_rules():
 
 
 def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
-    d = Derainer(weights=tiny_weights, device="cpu", tile=256)
+    d = Derainer(weights=tiny_weights, device="cpu", tile=256, backend="torch")
     real = d.runner.forward
 
     def limited(x, pooled):
@@ -132,3 +132,21 @@ def test_tile_progress_callback(derainer):
     finally:
         d.tile = old
     assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_auto_backend_is_onnx_for_fp32_cpu_work(tiny_weights, monkeypatch):
+    from derain_cli import enhancer
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(enhancer, "cpu_supports_bf16", lambda: False)
+    assert enhancer.resolve_backend(cpu, "auto") == "onnx"
+    assert enhancer.resolve_backend(cpu, "fp32") == "onnx"
+    d = Derainer(weights=tiny_weights, device="cpu", tile=0)
+    assert (d.backend, d.precision) == ("onnx", "fp32")
+    monkeypatch.setattr(enhancer, "cpu_supports_bf16", lambda: True)
+    assert enhancer.resolve_backend(cpu, "auto") == "torch"  # bf16 autocast: PyTorch
+    assert enhancer.resolve_backend(cpu, "bf16") == "torch"
+    assert enhancer.resolve_backend(cpu, "fp32") == "onnx"
+    assert enhancer.resolve_backend(torch.device("cuda"), "auto") == "torch"
+    with pytest.raises(ValueError, match="use auto, torch or onnx"):
+        Derainer(weights=tiny_weights, device="cpu", backend="tensorrt")
