@@ -4,7 +4,8 @@ Why this exists: supervised deraining needs pairs, and the only clean images we 
 on (``clean-bsds``) have no rainy counterpart. The synthesizer renders rain the way the
 evaluation sets were made (bright, thin, mostly parallel streaks over several depth
 layers, optionally behind a veil of haze and mist), fast enough to run on the fly in a data
-loader (a 481x321 image takes about 5-15 ms on one CPU core).
+loader (a 481x321 image: 20-28 ms median per preset on one core of the AVX2 test CPU with
+the other core busy, `python benchmarks/bench_synth.py`; the budget is 50 ms).
 
 How streaks are rendered, without a Python loop over streaks: each depth layer is drawn
 in a canvas rotated so that the rain falls straight down. A streak from row ``y0`` to
