@@ -11,6 +11,10 @@ feature space that needs no outside weights) or ``none``:
   photos) against the purely supervised loss (the unlabeled photos are then unused).
 * ``rdmc_self`` / ``rdmc_none``: rdmc-lite with and without its contrastive prior.
 
+``--finetune``: instead, the semi-supervised stage on its own: ``derain finetune`` of the
+bundled semi-drdnet-lite on the unlabeled real-rain photos (clean-bsds as unpaired clean
+photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without (``ft_none``).
+
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
 the final weights are scored, not the best checkpoint), and on the first ``--real`` real-rain
@@ -41,7 +45,17 @@ RUNS = [  # name, model, contrast features, with the unlabeled real photos
     ("rdmc_none", "rdmc-lite", "none", False),
     ("rdmc_self", "rdmc-lite", "self", False),
 ]
+FT_RUNS = [("ft_none", "none"), ("ft_self", "self")]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
+
+
+def finetune_command(name: str, features: str, steps: int, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "derain_cli", "finetune", "--model", "semi-drdnet-lite",
+        "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
+        "--out", str(out / name), "--steps", str(steps), "--seed", "0",
+        "--contrast-features", features, "--quiet",
+    ]
 
 
 def train_command(name: str, model: str, features: str, unlabeled: bool, steps: int,
@@ -130,15 +144,21 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "abl")
     ap.add_argument("--real", type=int, default=8, help="real-rain photos compared")
     ap.add_argument("--only", action="append", default=[], help="run names to include")
+    ap.add_argument("--finetune", action="store_true",
+                    help="ablate the semi-supervised fine-tuning stage instead")
     args = ap.parse_args()
     if not all((DATA / d).is_dir() for d in ("clean-bsds", "real-rain", *EVAL_SETS)):
         print(f"benchmark skipped: {DATA} (clean-bsds/, real-rain/, evaluation sets) "
               "is not available")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in RUNS if not args.only or r[0] in args.only]
-    todo = [(r[0], train_command(*r, args.steps, args.out)) for r in runs
-            if not (args.out / r[0] / "model.safetensors").exists()]
+    if args.finetune:
+        runs = [r for r in FT_RUNS if not args.only or r[0] in args.only]
+        cmds = {r[0]: finetune_command(*r, args.steps, args.out) for r in runs}
+    else:
+        runs = [r for r in RUNS if not args.only or r[0] in args.only]
+        cmds = {r[0]: train_command(*r, args.steps, args.out) for r in runs}
+    todo = [(n, c) for n, c in cmds.items() if not (args.out / n / "model.safetensors").exists()]
     run_parallel(todo, args.jobs, args.threads, args.out)
 
     from derain_cli.evaluate import evaluate
