@@ -96,14 +96,10 @@ def run_parallel(cmds: list[tuple[str, list[str]]], jobs: int, threads: int, out
                 print(f"{name} done", flush=True)
 
 
-def y_channel(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
-    return 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-
-
 def real_photos(weights: dict[str, Path], count: int, out: Path) -> dict[str, float]:
     """Mean |change| of Y on the first real-rain photos, and a grid to look at."""
     from derain_cli.enhancer import Derainer
+    from derain_cli.metrics import rgb_to_y
     from derain_cli.pairs import list_images
 
     photos = list_images(DATA / "real-rain")[:count]
@@ -117,7 +113,7 @@ def real_photos(weights: dict[str, Path], count: int, out: Path) -> dict[str, fl
         cells = [rgb]
         for n, d in models.items():
             y = d.derain(rgb)
-            change[n].append(float(np.abs(y_channel(y) - y_channel(rgb)).mean()))
+            change[n].append(float(np.abs(rgb_to_y(y) - rgb_to_y(rgb)).mean()))
             cells.append(y)
         rows.append(cells)
     cw = 256

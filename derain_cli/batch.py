@@ -42,6 +42,7 @@ from .images import (
     read_image,
     write_image,
 )
+from .tiling import TilesExhausted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .enhancer import Derainer
@@ -607,11 +608,10 @@ def _process(
         write_image(out, rgb, like=loaded, format=fmt, quality=options.quality)
     except ImageError as e:
         return result("failed", _one_line(e))
+    except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
+        return result("failed", f"out of memory: {_one_line(e)}")
     except MemoryError as e:
-        msg = _one_line(e)
-        if "tiles do not fit" in msg:  # the enhancer already shrank the tiles to the floor
-            return result("failed", f"out of memory: {msg}")
-        return result("failed", f"out of memory ({msg}); try a smaller --tile")
+        return result("failed", f"out of memory ({_one_line(e)}); try a smaller --tile")
     except Exception as e:
         if options.raise_errors:
             raise

@@ -260,7 +260,7 @@ class Derainer:
                 if current <= MIN_TILE:
                     hint = "try --device cpu" if self.device.type != "cpu" else (
                         "free some memory or close other programs")
-                    raise MemoryError(
+                    raise tiling.TilesExhausted(
                         f"even {current}px tiles do not fit in memory; {hint}"
                     ) from None
                 tile = max(current // 2, MIN_TILE)  # the floor itself is tried last

@@ -53,6 +53,10 @@ class TileOutOfMemory(RuntimeError):
     """Raised by a runner when a tile does not fit; the tiler retries smaller tiles."""
 
 
+class TilesExhausted(MemoryError):
+    """Even the smallest tile did not fit: the caller has already shrunk as far as it goes."""
+
+
 @dataclass(frozen=True)
 class Tile:
     y0: int
