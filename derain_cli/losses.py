@@ -99,13 +99,14 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 #   (its own optimizer group) by a PatchNCE objective that makes it rain-sensitive: a clean
 #   patch's embedding must be closest to the same location of a slightly jittered copy of the
 #   clean image and far from the same location of the rainy image(s) and from other
-#   locations. The model's contrast terms are then PatchNCE / InfoNCE losses in that frozen
-#   (per step) embedding: ``-log exp(q.k+/t) / (exp(q.k+/t) + sum_n exp(q.k_n/t))`` over 64
-#   random locations per stage, ``t = 0.07``, where the negatives are the same location of
-#   each negative sample plus the other locations of the positive (CUT, Park et al. 2020).
-#   When the positives are not pixel-aligned with the anchor (unpaired clean photos for real
-#   rainy inputs) the embeddings are global-average-pooled first (image-level InfoNCE,
-#   temperature 0.2).
+#   locations (CUT, Park et al. 2020). The model's contrast terms use that frozen (per step)
+#   embedding in the same RATIO form as vgg19 (stage weights 1/3 each) when the positives
+#   are pixel-aligned with the anchor. (An earlier version used PatchNCE for the model too;
+#   its "other locations of the positive" negatives cannot be beaten in flat regions, so
+#   the loss never reached its floor and pushed flat areas into blotches: measured worse
+#   than no contrast, see benchmarks/contrast_ablation.py.) When the positives are not
+#   aligned (unpaired clean photos for real rainy inputs) the embeddings are
+#   global-average-pooled first (image-level InfoNCE, temperature 0.2).
 #
 # Dual sample-augmented contrastive regularisation (Semi-DRDNet); B = clean, O = rainy,
 # R* = O - B (true rain layer), O' = B + other synthetic rain (``rainy_aug``), out/R the
@@ -298,7 +299,7 @@ class SelfFeatures(nn.Module):
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Conv2d(w, proj, 1), nn.ReLU(), nn.Conv2d(proj, proj, 1))
             for w in widths)
-        self.layer_weights = tuple(1.0 for _ in widths)
+        self.layer_weights = tuple(1.0 / len(widths) for _ in widths)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """L2-normalised projected embeddings per stage (N x proj x H_l x W_l)."""
@@ -420,9 +421,11 @@ UNLABELED_FACTOR = 0.5
 class Contrast:
     """``contrast(anchor, positives, negatives, aligned)`` in one feature space.
 
-    vgg19: ratio form. self: PatchNCE when ``aligned`` (positives pixel-aligned with the
-    anchor), image-level InfoNCE otherwise. The feature network's parameters never get
-    gradients from this (they are used detached); only the anchor does.
+    Ratio form (distance to the positives over distance to the negatives, 0 when the anchor
+    equals its positive) whenever the positives are pixel-aligned with the anchor; for self
+    features with unaligned positives, image-level InfoNCE on pooled embeddings. The feature
+    network's parameters never get gradients from this (they are used detached); only the
+    anchor does.
     """
 
     def __init__(self, net: nn.Module, seed: int = 0) -> None:
@@ -448,12 +451,8 @@ class Contrast:
         consts = self._feats_const([*positives, *negatives])
         pos, neg = consts[: len(positives)], consts[len(positives):]
         w = self.net.layer_weights
-        if self.net.kind == "vgg19":
+        if self.net.kind == "vgg19" or aligned:
             return ratio_contrast(a, pos, neg, w)
-        if aligned:
-            total = sum(patch_nce(a, p, neg, w, self.net.tau, self.net.n_patches, self.gen)
-                        for p in pos)
-            return total / len(pos)
         return global_nce(a, pos, neg, w, GLOBAL_TAU)
 
 

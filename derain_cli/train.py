@@ -571,7 +571,13 @@ def _train(
     # ---- model, EMA, optimizer
     # channels_last: oneDNN's fast convolution layout on CPUs (1.6x per training step for
     # semi-drdnet-lite, fp32) and the tensor-core layout on GPUs
+    # reseeded so the initial weights do not depend on whether contrast features (which
+    # draw from the same generator) were built: a with/without-contrast ablation starts
+    # from the same model
+    torch.manual_seed(cfg.seed)
     model = _build_model(cfg, arch, conf).to(device, memory_format=torch.channels_last)
+    if "model_built" in hooks:
+        hooks["model_built"](model)
     init_state = {k: v.detach().clone() for k, v in model.named_parameters()} \
         if cfg.l2sp > 0 else None
     base_model = None

@@ -75,6 +75,15 @@ def test_contrast_decreases_toward_positive(kind):
     assert at(0.9) < at(0.5) < at(0.1)
 
 
+def test_aligned_self_contrast_is_zero_at_the_positive():
+    """The model-side term has its floor at the right answer (no push to invent texture)."""
+    torch.manual_seed(0)
+    pos, neg = _three()
+    c = L.Contrast(L.SelfFeatures(), seed=0)
+    assert float(c(pos, [pos], [neg])) == pytest.approx(0.0, abs=1e-6)
+    assert float(c(neg, [pos], [neg])) > 0.1
+
+
 def test_criterion_semi_drdnet_terms_and_gradients():
     torch.manual_seed(0)
     feats = L.SelfFeatures()

@@ -78,6 +78,20 @@ class _Kill(Exception):
     pass
 
 
+def test_initial_weights_do_not_depend_on_contrast_features(data, tmp_path):
+    """An ablation with and without contrast starts from the same model."""
+    seen = []
+
+    def grab(model):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    for feats in ("none", "self"):
+        T.train(_cfg(data, tmp_path / feats, steps=1, contrast_features=feats),
+                _hooks={"model_built": grab})
+    assert len(seen) == 2
+    assert all(torch.equal(seen[0][k], seen[1][k]) for k in seen[0])
+
+
 def _kill_at(n: int):
     def hook(step: int) -> None:
         if step == n:
