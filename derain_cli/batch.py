@@ -69,6 +69,13 @@ __all__ = [
 
 #: Default outputs are written beside the input as ``NAME_derained.EXT``.
 OUTPUT_TAG = "_derained"
+#: Hidden file left in every ``-o`` output folder: scans skip folders holding it, so a later
+#: ``derain photos/ -r`` does not derain the results of ``derain photos/ -o photos/out`` again.
+OUTPUT_MARKER = ".derain-output"
+_MARKER_TEXT = (
+    "This folder holds results written by derain. Folders holding this file are skipped when\n"
+    "derain scans a parent folder for inputs; delete this file to derain them again.\n"
+)
 log = logging.getLogger(__name__)
 
 #: ``--format`` value -> file suffix.
@@ -112,6 +119,26 @@ def is_output_name(path: str | os.PathLike[str]) -> bool:
     return Path(path).stem.endswith(OUTPUT_TAG)
 
 
+def is_output_folder(folder: Path, note: bool = False) -> bool:
+    """True for a folder derain wrote results into (it holds :data:`OUTPUT_MARKER`)."""
+    marked = (folder / OUTPUT_MARKER).is_file()
+    if marked and note:
+        log.warning("%s: skipped, it holds derain results (delete %s in it to include it)",
+                    folder, OUTPUT_MARKER)
+    return marked
+
+
+def mark_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / OUTPUT_MARKER
+        if not marker.exists():
+            marker.write_text(_MARKER_TEXT)
+    except OSError as e:  # a read-only marker spot must not stop the batch
+        log.debug("cannot mark %s as an output folder: %s", folder, e)
+
+
 def _has_glob(text: str) -> bool:
     return any(c in _GLOB_CHARS for c in text)
 
@@ -147,6 +174,7 @@ def _scan_folder(
             dirnames[:] = sorted(
                 d for d in dirnames
                 if not d.startswith(".") and _resolved(here / d) not in exclude
+                and not is_output_folder(here / d, note=True)
             )
             found += [
                 here / f for f in sorted(filenames)
@@ -159,7 +187,7 @@ def _scan_folder(
             raise ImageError(f"cannot list folder: {e.strerror or e}") from None
         for p in entries:
             if p.is_dir():
-                skipped_dirs += not p.name.startswith(".")
+                skipped_dirs += not p.name.startswith(".") and not is_output_folder(p)
             elif is_image_path(p) and not is_output_name(p):
                 found.append(p)
     return found, skipped_dirs
@@ -638,6 +666,11 @@ def run_batch(
     progress = progress or BatchProgress()
     dist = dist or DistInfo()
     jobs = plan_jobs(items, options)
+    to_folder = options.output is not None and not (
+        options.output_file if options.output_file is not None
+        else output_is_file(options.output))
+    if to_folder and any(j.error is None for j in jobs) and dist.is_main:
+        mark_output_folder(options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     summary = Summary(world_size=dist.world_size)

@@ -118,6 +118,34 @@ def test_collect_excludes_output_folder(tree: Path) -> None:
     assert not any(i.rel.parts[0] == "out" for i in items)
 
 
+def test_results_of_an_earlier_run_are_not_inputs_again(
+    tree: Path, derainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`derain photos -o photos/out`, then `derain photos -r`: photos/out is left alone."""
+    first = collect_inputs([str(tree)], exclude=[tree / "out"])
+    s = run_batch(first, derainer, BatchOptions(output=tree / "out"))
+    assert s.processed == 3 and (tree / "out" / ".derain-output").is_file()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        later = collect_inputs([str(tree)], recursive=True)
+    assert not any(i.rel.parts[0] == "out" for i in later)
+    assert "holds derain results" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):  # not counted as "add -r" either
+        collect_inputs([str(tree)])
+    assert "1 subfolder(s) not entered" in caplog.text
+    # named on purpose, the folder is still an input
+    assert len(_rels(collect_inputs([str(tree / "out")]))) == 3
+
+
+def test_no_marker_without_work_or_for_a_file_output(tmp_path: Path, derainer) -> None:
+    src = _img(tmp_path / "in" / "a.png")
+    run_batch(collect_inputs([str(src)]), derainer, BatchOptions(output=tmp_path / "o.png"))
+    assert not (tmp_path / ".derain-output").exists()
+    run_batch(collect_inputs([str(tmp_path / "missing.png")]), None,
+              BatchOptions(output=tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+
+
 # --------------------------------------------------------------------------- planning
 def test_output_names(tree: Path, tmp_path: Path) -> None:
     items = collect_inputs([str(tree)], recursive=True)
