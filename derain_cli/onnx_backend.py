@@ -164,6 +164,7 @@ class OnnxRunner:
         device: torch.device | str = "cpu",
         threads: int | None = None,
         providers: list | None = None,
+        cpu_arena: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -182,7 +183,7 @@ class OnnxRunner:
         # arena per session (the statistics graph has its own). On the AVX2 test CPU a 3 MP
         # photo peaked at 3.9 GB RSS with it (53 s) and 1.36 GB without (73 s; PyTorch: 1.36 GB,
         # 96 s), and a 12 MP photo at 3.7 GB: over the 3 GB budget for 24 MP.
-        opts.enable_cpu_mem_arena = False
+        opts.enable_cpu_mem_arena = cpu_arena  # kept switchable for benchmarks/ort_memory.py
         self.threads = opts.intra_op_num_threads
         self.providers = providers or _providers(device)
         sessions = {}
