@@ -277,8 +277,19 @@ def load_vgg19(
     return VGG19Features.from_timm_state(state)
 
 
+#: Gaussian of the self features' detail layer (streaks are 1-3 px wide: they stay in it)
+DETAIL_BLUR, DETAIL_SIGMA = 13, 2.0
+
+
 class SelfFeatures(nn.Module):
-    """Small learned encoder + projection heads (PatchNCE-trained; see the section comment)."""
+    """Small learned encoder + projection heads (PatchNCE-trained; see the section comment).
+
+    The encoder sees only the detail layer ``x - blur(x)`` (Gaussian, sigma 2), where rain
+    streaks live. Colour and illumination are left to the supervised loss: the unpaired
+    real-photo terms compare pooled embeddings of unrelated photos, and on raw RGB that pull
+    was a pull toward other photos' colours (a colour cast, measured with
+    ``benchmarks/contrast_ablation.py``).
+    """
 
     kind = "self"
     trainable = True
@@ -300,10 +311,19 @@ class SelfFeatures(nn.Module):
             nn.Sequential(nn.Conv2d(w, proj, 1), nn.ReLU(), nn.Conv2d(proj, proj, 1))
             for w in widths)
         self.layer_weights = tuple(1.0 / len(widths) for _ in widths)
+        g = _gauss_window(DETAIL_BLUR, DETAIL_SIGMA)
+        self.register_buffer("blur", (g[:, None] * g[None, :]).expand(3, 1, -1, -1).clone(),
+                             persistent=False)
+
+    def detail(self, x: Tensor) -> Tensor:
+        """``x - blur(x)``, scaled to about unit range for a 0..1 image."""
+        p = DETAIL_BLUR // 2
+        xp = F.pad(x, (p, p, p, p), mode="replicate")
+        return 4.0 * (x - F.conv2d(xp, self.blur.to(x.dtype), groups=3))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """L2-normalised projected embeddings per stage (N x proj x H_l x W_l)."""
-        h = x.float() * 2 - 1
+        h = self.detail(x.float())
         out = []
         for stage, head in zip(self.stages, self.heads, strict=True):
             h = stage(h)
