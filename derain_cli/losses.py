@@ -95,7 +95,8 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 #   Contrast = RATIO form: ``sum_l w_l * d_l(a, P) / (d_l(a, N) + eps)`` where ``d_l(a, S)`` is
 #   the mean over the samples s of S of the L1 distance between the features of a and s.
 # * ``self``: no outside weights. A small conv encoder (3 stages, 16/32/64 channels, stride 2
-#   between stages) with a 2-layer projection head per stage, trained jointly with the model
+#   between stages) on the image's detail layer (``x - blur(x)``, no colour or illumination)
+#   with a 2-layer projection head per stage, trained jointly with the model
 #   (its own optimizer group) by a PatchNCE objective that makes it rain-sensitive: a clean
 #   patch's embedding must be closest to the same location of a slightly jittered copy of the
 #   clean image and far from the same location of the rainy image(s) and from other
