@@ -39,6 +39,9 @@ from . import export, tiling
 
 log = logging.getLogger(__name__)
 
+#: Tile size for ONNX Runtime on the CPU: small enough that its memory arena (on, for speed)
+#: stays near the tile's activations; measured in ``OnnxRunner.__init__``.
+ORT_CPU_TILE = 512
 #: Tile size for ONNX Runtime on CUDA: its memory arena is invisible to torch.cuda,
 #: so ``enhancer._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
 #: with the paper-size models in fp32.
@@ -164,7 +167,7 @@ class OnnxRunner:
         device: torch.device | str = "cpu",
         threads: int | None = None,
         providers: list | None = None,
-        cpu_arena: bool = False,
+        cpu_arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -179,11 +182,13 @@ class OnnxRunner:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        # No CPU memory arena: the arena keeps a 1024 px tile's peak activations for good, one
-        # arena per session (the statistics graph has its own). On the AVX2 test CPU a 3 MP
-        # photo peaked at 3.9 GB RSS with it (53 s) and 1.36 GB without (73 s; PyTorch: 1.36 GB,
-        # 96 s), and a 12 MP photo at 3.7 GB: over the 3 GB budget for 24 MP.
-        opts.enable_cpu_mem_arena = cpu_arena  # kept switchable for benchmarks/ort_memory.py
+        # CPU memory arena on, with 512 px tiles (``ORT_CPU_TILE``): the arena keeps a tile's
+        # peak activations for good (one arena per session), which for 1024 px tiles was
+        # 3.9 GB RSS on a 3 MP photo. Without an arena every large activation is a fresh
+        # mmap (page faults each time). ``python benchmarks/ort_memory.py --mp 3`` on the
+        # AVX2 test CPU: 1024 px + arena 44 s / 3.9 GB, 1024 px no arena 61 s / 1.32 GB,
+        # 512 px + arena 57 s / 1.23 GB (chosen), 512 px no arena 59 s / 1.04 GB.
+        opts.enable_cpu_mem_arena = cpu_arena
         self.threads = opts.intra_op_num_threads
         self.providers = providers or _providers(device)
         sessions = {}
@@ -207,10 +212,9 @@ class OnnxRunner:
         self.precision = "fp32"
 
     def suggest_tile(self) -> int:
-        """Default tile for ``Derainer``: the torch CPU tile, or ``CUDA_TILE`` on a GPU."""
-        from .enhancer import CPU_TILE
-
-        return CUDA_TILE if self.device.type == "cuda" else CPU_TILE
+        """Default tile for ``Derainer``: ``ORT_CPU_TILE`` (arena-sized, see ``__init__``) on
+        the CPU, ``CUDA_TILE`` on a GPU."""
+        return CUDA_TILE if self.device.type == "cuda" else ORT_CPU_TILE
 
     def _pooled_feeds(self, batch: int, pooled: np.ndarray | None) -> dict[str, np.ndarray]:
         if self.global_stats_shape is None:

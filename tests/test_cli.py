@@ -104,7 +104,7 @@ def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights
     s = json.loads(r.stdout)
     assert (s["processed"], s["skipped"], s["failed"]) == (3, 0, [])
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "a.jpg", "sub/b.png", "sub/deep/c.webp"]
+        ".derain-output", "a.jpg", "sub/b.png", "sub/deep/c.webp"]  # + the output-folder marker
 
     mtime = (out / "a.jpg").stat().st_mtime_ns
     r = derain(src, "-r", "-o", out, "--weights", tiny_weights, "--json")
