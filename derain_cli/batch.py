@@ -350,6 +350,13 @@ class Job:
     error: str | None = None
 
 
+def _writes_one_file(options: BatchOptions) -> bool:
+    """Whether ``options.output`` is a single output file (else a folder, or None)."""
+    return options.output is not None and (
+        options.output_file if options.output_file is not None else output_is_file(options.output)
+    )
+
+
 def _output_for(item: InputItem, options: BatchOptions, to_file: bool) -> Path:
     suffix = FORMAT_SUFFIX[options.format] if options.format else item.path.suffix
     if options.output is None:
@@ -370,9 +377,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
     """The output of every input, refusing outputs that are an input or are claimed twice."""
-    to_file = options.output is not None and (
-        options.output_file if options.output_file is not None else output_is_file(options.output)
-    )
+    to_file = _writes_one_file(options)
     if to_file:
         real = [i for i in items if i.error is None]
         if len(real) > 1:
@@ -666,9 +671,7 @@ def run_batch(
     progress = progress or BatchProgress()
     dist = dist or DistInfo()
     jobs = plan_jobs(items, options)
-    to_folder = options.output is not None and not (
-        options.output_file if options.output_file is not None
-        else output_is_file(options.output))
+    to_folder = options.output is not None and not _writes_one_file(options)
     if to_folder and any(j.error is None for j in jobs) and dist.is_main:
         mark_output_folder(options.output)
     if dist.enabled:
