@@ -449,9 +449,8 @@ class Contrast:
     anchor does.
     """
 
-    def __init__(self, net: nn.Module, seed: int = 0) -> None:
+    def __init__(self, net: nn.Module) -> None:
         self.net = net
-        self.gen = torch.Generator().manual_seed(seed)
 
     def _feats_const(self, xs: Sequence[Tensor]) -> list[list[Tensor]]:
         with torch.no_grad():
@@ -511,7 +510,7 @@ class Criterion(nn.Module):
         self.features = features
         self.contrast_weight = contrast_weight
         self.ssim_weight = ssim_weight
-        self.contrast = Contrast(features, seed) if features is not None else None
+        self.contrast = Contrast(features) if features is not None else None
         self._gen = torch.Generator().manual_seed(seed + 1)
 
     def aux_parameters(self) -> list[nn.Parameter]:
@@ -522,14 +521,12 @@ class Criterion(nn.Module):
     def aux_state(self) -> dict[str, Any]:
         if not self.aux_parameters():
             return {}
-        return {"features": self.features.state_dict(),
-                "gen": self._gen.get_state(), "contrast_gen": self.contrast.gen.get_state()}
+        return {"features": self.features.state_dict(), "gen": self._gen.get_state()}
 
     def load_aux_state(self, state: dict[str, Any]) -> None:
         if state and self.aux_parameters():
             self.features.load_state_dict(state["features"])
             self._gen.set_state(state["gen"])
-            self.contrast.gen.set_state(state["contrast_gen"])
 
     def forward(self, *, x: Tensor, outputs: Sequence[Tensor], clean: Tensor,
                 rainy_aug: Tensor | None = None, n_labeled: int | None = None,
