@@ -15,7 +15,8 @@ feature space that needs no outside weights) or ``none``:
 
 ``--finetune``: instead, the semi-supervised stage on its own: ``derain finetune`` of the
 bundled semi-drdnet-lite on the unlabeled real-rain photos (clean-bsds as unpaired clean
-photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without (``ft_none``).
+photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without (``ft_none``),
+both scored beside the bundled starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
@@ -163,9 +164,13 @@ def main() -> int:
     from derain_cli.evaluate import evaluate
 
     weights = {r[0]: args.out / r[0] / "model.safetensors" for r in runs}
+    if args.finetune:  # the starting point, scored the same way, as the reference row
+        weights = {"base": ROOT / "weights" / "semi-drdnet-lite.safetensors", **weights}
+        (args.out / "base").mkdir(exist_ok=True)
     table: dict[str, dict[str, object]] = {}
     for name, w in weights.items():
-        steps = json.loads((args.out / name / "manifest_entry.json").read_text()).get("steps")
+        entry = args.out / name / "manifest_entry.json"
+        steps = json.loads(entry.read_text()).get("steps") if entry.exists() else 0
         table[name] = {"steps": steps}
         cached = args.out / name / "scores.json"  # evaluation is slow: kept per run
         scores = json.loads(cached.read_text()) if cached.exists() else {}
