@@ -58,6 +58,26 @@ def test_reference_convs_and_peak():
     cache: dict = {}
     peak, desc = bench.mixed_peak(semi, 32, torch.device("cpu"), cache)
     assert peak > 0 and desc.startswith("8->8") and len(cache) == 1
+    assert "best of: " in desc
+
+
+def test_conv_peak_is_the_fastest_engine(monkeypatch):
+    """The reference is the best engine for that conv, so no path scores over it by proxy."""
+    gflops, engine = bench.conv_peak(8, 32, torch.device("cpu"), repeats=1)
+    assert gflops > 0 and engine in {"torch", "torch channels_last", "onnxruntime"}
+    flops = 2 * 9 * 8 * 8 * 32 * 32
+    monkeypatch.setattr(bench, "_ort_conv_seconds", lambda conv, x, repeats: 1e-9)
+    gflops, engine = bench.conv_peak(8, 32, torch.device("cpu"), repeats=1)
+    assert engine == "onnxruntime" and gflops == pytest.approx(flops / 1e-9 / 1e9)
+    monkeypatch.setattr(bench, "_ort_conv_seconds", lambda conv, x, repeats: 1e9)
+    gflops, engine = bench.conv_peak(8, 32, torch.device("cpu"), repeats=1)
+    assert engine.startswith("torch") and gflops > flops / 1e9 / 1e9
+
+
+def test_ort_conv_timing_runs_the_real_graph():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).eval()
+    t = bench._ort_conv_seconds(conv, torch.rand(1, 4, 16, 16), repeats=1)
+    assert t is not None and 0 < t < 10
 
 
 def test_scene_is_rainy_and_varied():
