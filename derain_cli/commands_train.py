@@ -18,6 +18,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+#: default ``--clean-fraction`` of ``derain train`` / ``finetune`` (see data.LabeledDataset)
+CLEAN_FRACTION = 0.0
+
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -83,6 +86,10 @@ def train_cmd(
         "--synthetic", help="Folder of clean photos: rain is synthesized on the fly.")] = None,
     preset: Annotated[str, typer.Option(help="Synthetic rain: light, medium, heavy, mixed.")] =
     "mixed",
+    clean_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.9,
+        help="Share of synthetic samples left without rain (teaches the model to leave "
+             "rain-free content alone).")] = CLEAN_FRACTION,
     unlabeled: Annotated[list[Path] | None, typer.Option(
         "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder of --pairs.")] = None,
@@ -133,7 +140,8 @@ def train_cmd(
         cfg = TrainConfig(
             model=model, init_weights=str(weights) if weights else None, pairs=_dirs(pairs),
             rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
-            unlabeled=_dirs(unlabeled), val=str(val) if val else None, val_limit=val_limit,
+            clean_fraction=clean_fraction, unlabeled=_dirs(unlabeled),
+            val=str(val) if val else None, val_limit=val_limit,
             val_crop=val_crop, out=str(out), steps=steps, epochs=epochs, batch=batch,
             patch=patch, lr=lr, warmup=warmup, clip=clip, ema=ema, amp=amp, seed=seed,
             device=device, workers=workers, val_every=val_every, ckpt_every=ckpt_every,
@@ -157,6 +165,10 @@ def finetune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
     Path("runs/finetune"),
     preset: Annotated[str, typer.Option(help="Synthetic rain preset.")] = "mixed",
+    clean_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.9,
+        help="Share of synthetic samples left without rain (teaches the model to leave "
+             "rain-free content alone).")] = CLEAN_FRACTION,
     steps: Annotated[int | None, typer.Option(help="Steps (default 1000 GPU / 200 CPU).")] =
     None,
     batch: Annotated[int | None, typer.Option(help="Batch (default 8 GPU / 4 CPU).")] = None,
@@ -189,6 +201,7 @@ def finetune_cmd(
         finetune(FinetuneConfig(
             rainy=str(rainy), model=model, weights=str(weights) if weights else None,
             clean=str(clean) if clean else None, out=str(out), preset=preset, steps=steps,
+            clean_fraction=clean_fraction,
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             val=str(val) if val else None, device=device, workers=workers, seed=seed,

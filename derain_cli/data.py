@@ -11,9 +11,10 @@ store the step) and what lets each DDP rank draw its own shard of every global b
 
 Dataset items are dicts of CHW float32 tensors in [0, 1]:
 
-* labeled (paired or synthetic): ``rainy``, ``clean`` and, with ``with_aug``, ``rainy_aug``:
-  the same background under other, freshly synthesized rain (an extra negative/positive for
-  the contrastive losses).
+* labeled (paired or synthetic): ``rainy``, ``clean``, ``rain_free`` (a bool: the item was
+  left without rain, see ``clean_fraction``) and, with ``with_aug``, ``rainy_aug``: the same
+  background under other, freshly synthesized rain (an extra negative/positive for the
+  contrastive losses).
 * unlabeled: ``rainy`` only.
 """
 
@@ -36,6 +37,7 @@ Key = tuple[int, int, int]  # (index, epoch, slot)
 _STREAM_CROP = 1
 _STREAM_RAIN = 2
 _STREAM_RAIN_AUG = 3
+_STREAM_RAIN_FREE = 4
 
 
 class DataError(ValueError):
@@ -135,6 +137,9 @@ class LabeledDataset(Dataset):
 
     ``preset`` is the synthesizer's preset (``"light"``, ``"medium"``, ``"heavy"``,
     ``"mixed"``). Synthetic items get new rain for every ``(epoch, slot)``.
+    ``clean_fraction``: the share of synthetic items left without rain (input = target).
+    Every synthesized sample has rain, and rain only ever brightens, so without such items a
+    network learns to darken and smooth whatever it sees, clean photos included.
     """
 
     def __init__(
@@ -150,8 +155,12 @@ class LabeledDataset(Dataset):
         seed: int = 0,
         augment: bool = True,
         with_aug: bool = False,
+        clean_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= clean_fraction < 1.0:
+            raise DataError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
         self.patch, self.preset, self.seed = patch, preset, seed
+        self.clean_fraction = clean_fraction
         self.augment, self.with_aug = augment, with_aug
         self.sources: list[_Source] = []
         for d in pairs_dirs:
@@ -199,11 +208,16 @@ class LabeledDataset(Dataset):
                                              self.augment)
             clean = clean_u8.astype(np.float32) / 255.0
             rainy = rainy_u8.astype(np.float32) / 255.0
+            rain_free = False
         else:
             (clean_u8,) = random_crop([clean_u8], self.patch, rng, self.augment)
             clean = clean_u8.astype(np.float32) / 255.0
-            rainy, _ = synth.synthesize(clean, self.preset, item_rng(self.seed, key, _STREAM_RAIN))
-        item = {"rainy": to_tensor(rainy), "clean": to_tensor(clean)}
+            rain_free = bool(self.clean_fraction) and (
+                item_rng(self.seed, key, _STREAM_RAIN_FREE).random() < self.clean_fraction)
+            rainy = clean.copy() if rain_free else synth.synthesize(
+                clean, self.preset, item_rng(self.seed, key, _STREAM_RAIN))[0]
+        item = {"rainy": to_tensor(rainy), "clean": to_tensor(clean),
+                "rain_free": torch.tensor(rain_free)}
         if self.with_aug:
             rng_aug = item_rng(self.seed, key, _STREAM_RAIN_AUG)
             aug, _ = synth.synthesize(clean, self.preset, rng_aug)

@@ -497,8 +497,9 @@ def build_features(kind: str, *, quiet: bool = True, seed: int = 0) -> tuple[nn.
 class Criterion(nn.Module):
     """Supervised + contrastive training loss for one architecture (see module comments).
 
-    ``forward(x, outputs, clean, rainy_aug, n_labeled)``: ``x`` is the network input (labeled
-    rows first, then unlabeled), ``outputs`` what ``train._Wrapper`` returns. Returns the loss
+    ``forward(x, outputs, clean, rainy_aug, n_labeled, rain_free)``: ``x`` is the network
+    input (labeled rows first, then unlabeled), ``outputs`` what ``train._Wrapper`` returns,
+    ``rain_free`` marks labeled rows without rain (supervised loss only). Returns the loss
     and a dict of floats for logging.
     """
 
@@ -530,7 +531,7 @@ class Criterion(nn.Module):
 
     def forward(self, *, x: Tensor, outputs: Sequence[Tensor], clean: Tensor,
                 rainy_aug: Tensor | None = None, n_labeled: int | None = None,
-                ) -> tuple[Tensor, dict[str, float]]:
+                rain_free: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         nl = n_labeled if n_labeled is not None else clean.shape[0]
         parts: dict[str, float] = {}
         if self.arch == "semi-drdnet":
@@ -545,22 +546,31 @@ class Criterion(nn.Module):
         if self.contrast is None or self.contrast_weight <= 0:
             return loss, parts
 
+        # Rain-free items (``data.LabeledDataset(clean_fraction=...)``) have no rain layer and
+        # their rainy negative equals the positive: they get the supervised loss only.
+        lab = torch.arange(nl, device=x.device)
+        if rain_free is not None:
+            lab = lab[~rain_free[:nl].to(x.device)]
+        if lab.numel() == 0:
+            return loss, parts
         c = self.contrast
-        o_l, b = x[:nl].float(), clean.float()
+        o_l, b = x[lab].float(), clean[lab].float()
+        out_l = out[lab]
+        aug_l = rainy_aug[lab] if rainy_aug is not None else None
         r_true = o_l - b
-        nu = x.shape[0] - nl
+        nc, nu = lab.numel(), x.shape[0] - nl
         terms: dict[str, Tensor] = {}
         if self.arch == "semi-drdnet":
-            negs = [o_l] + ([rainy_aug] if rainy_aug is not None else [])
-            negs.append((out[:nl].detach().float() + r_true).clamp(0, 1))
-            terms["c_bg"] = c(out[:nl], [b], negs)
-            rpos = [r_true] + ([rainy_aug.float() - b] if rainy_aug is not None else [])
+            negs = [o_l] + ([aug_l] if aug_l is not None else [])
+            negs.append((out_l.detach().float() + r_true).clamp(0, 1))
+            terms["c_bg"] = c(out_l, [b], negs)
+            rpos = [r_true] + ([aug_l.float() - b] if aug_l is not None else [])
             rnegs = [b, (b + r_true) / 2]
-            if nl > 1:
+            if nc > 1:
                 rnegs.append(torch.roll(b, 1, 0))
-            terms["c_rain"] = c(rain[:nl], rpos, rnegs)
+            terms["c_rain"] = c(rain[lab], rpos, rnegs)
             if nu > 0:
-                pick = torch.arange(nu, device=x.device) % nl
+                pick = torch.arange(nu, device=x.device) % nc
                 o_u, out_u, rain_u = x[nl:].float(), out[nl:], rain[nl:]
                 b_un, r_un = b[pick], r_true[pick]
                 terms["c_bg_u"] = c(out_u, [b_un], [o_u, (out_u.detach().float() + r_un)
@@ -568,16 +578,16 @@ class Criterion(nn.Module):
                 terms["c_rain_u"] = c(rain_u, [r_un], [out_u.detach().float(), b_un],
                                       aligned=False)
         else:
-            terms["c_bg"] = c(out[:nl], [b], [o_l])
+            terms["c_bg"] = c(out_l, [b], [o_l])
             if nu > 0:
-                pick = torch.arange(nu, device=x.device) % nl
+                pick = torch.arange(nu, device=x.device) % nc
                 terms["c_bg_u"] = c(out[nl:], [b[pick]], [x[nl:].float()], aligned=False)
         cterm = sum(v * (UNLABELED_FACTOR if k.endswith("_u") else 1.0)
                     for k, v in terms.items())
         loss = loss + self.contrast_weight * cterm
         parts.update({k: float(v.detach()) for k, v in terms.items()})
         if isinstance(self.features, SelfFeatures):
-            rainy = [o_l] + ([rainy_aug] if rainy_aug is not None else [])
+            rainy = [o_l] + ([aug_l] if aug_l is not None else [])
             enc = self.features.encoder_loss(b, rainy, self._gen)
             loss = loss + enc  # only the encoder's parameters receive this gradient
             parts["enc"] = float(enc.detach())

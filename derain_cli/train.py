@@ -79,6 +79,9 @@ class TrainConfig:
     clean_dir: str | None = None
     synthetic: list[str] = field(default_factory=list)
     preset: str = "mixed"
+    #: share of synthetic samples left without rain (input = target), so the model learns to
+    #: leave rain-free content alone (see data.LabeledDataset)
+    clean_fraction: float = 0.0
     unlabeled: list[str] = field(default_factory=list)
     val: str | None = None
     val_limit: int = 20
@@ -552,7 +555,7 @@ def _train(
         labeled = D.LabeledDataset(
             pairs_dirs=cfg.pairs, clean_dirs=cfg.synthetic, rainy_dir=cfg.rainy_dir,
             clean_dir=cfg.clean_dir, patch=cfg.patch, preset=cfg.preset, seed=cfg.seed,
-            with_aug=with_aug,
+            with_aug=with_aug, clean_fraction=cfg.clean_fraction,
         )
     if "make_unlabeled" in hooks:
         unlabeled = hooks["make_unlabeled"](cfg)
@@ -691,7 +694,7 @@ def _train(
                             ref = base_model(x[n_l:])
                 outs = tuple(o.float() for o in outs)
                 loss, parts = criterion(x=x, outputs=outs, clean=clean, rainy_aug=aug,
-                                        n_labeled=n_l)
+                                        n_labeled=n_l, rain_free=batch.get("rain_free"))
                 if ref is not None:
                     final = outs[0] if arch == "semi-drdnet" else outs[-1]
                     cons = (final[n_l:] - ref.float()).abs().mean()
@@ -907,6 +910,7 @@ class FinetuneConfig:
     weights: str | None = None
     clean: str | None = None
     preset: str = "mixed"
+    clean_fraction: float = 0.0
     steps: int | None = None
     batch: int | None = None
     patch: int | None = None
@@ -990,7 +994,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     cfg = TrainConfig(
         model=fc.model if fc.arch is None else None, arch=fc.arch, model_config=fc.model_config,
         init_weights=weights, synthetic=[fc.clean] if fc.clean else [], preset=fc.preset,
-        unlabeled=[fc.rainy], val=fc.val, out=fc.out, steps=steps,
+        clean_fraction=fc.clean_fraction, unlabeled=[fc.rainy], val=fc.val, out=fc.out, steps=steps,
         batch=fc.batch or (8 if on_gpu else 4), patch=fc.patch or (128 if on_gpu else 96),
         lr=fc.lr, warmup=min(50, steps // 10 or 1), min_lr_ratio=0.1, l2sp=fc.l2sp,
         consistency=fc.consistency, contrast_features=fc.contrast_features,
@@ -1012,7 +1016,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         def make_labeled(c: TrainConfig, with_aug: bool) -> D.LabeledDataset:
             return D.LabeledDataset(
                 clean_images=_pseudo_clean(c, photos, device, weights),
-                patch=c.patch, preset=fc.preset, seed=fc.seed, with_aug=with_aug)
+                patch=c.patch, preset=fc.preset, seed=fc.seed, with_aug=with_aug,
+                clean_fraction=fc.clean_fraction)
 
         hooks["make_labeled"] = make_labeled
     return train(cfg, _hooks=hooks)

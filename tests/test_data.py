@@ -44,7 +44,8 @@ def test_synthetic_items_shapes_and_reproducibility(clean_dir):
     ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=32, seed=3, with_aug=True)
     assert len(ds) == 9
     a = ds[(2, 0, 5)]
-    assert set(a) == {"rainy", "clean", "rainy_aug"}
+    assert set(a) == {"rainy", "clean", "rainy_aug", "rain_free"}
+    assert not a.pop("rain_free")
     for v in a.values():
         assert v.shape == (3, 32, 32) and v.dtype == torch.float32
         assert 0.0 <= float(v.min()) and float(v.max()) <= 1.0
@@ -55,6 +56,30 @@ def test_synthetic_items_shapes_and_reproducibility(clean_dir):
     assert not torch.equal(a["rainy"] - a["clean"], a["rainy_aug"] - a["clean"])
     other_seed = D.LabeledDataset(clean_dirs=[clean_dir], patch=32, seed=4)[(2, 0, 5)]
     assert not torch.equal(a["rainy"], other_seed["rainy"])
+
+
+def test_clean_fraction_leaves_some_items_without_rain(clean_dir, pairs_dir):
+    plain = D.LabeledDataset(clean_dirs=[clean_dir], pairs_dirs=[pairs_dir], patch=24, seed=3)
+    ds = D.LabeledDataset(clean_dirs=[clean_dir], pairs_dirs=[pairs_dir], patch=24, seed=3,
+                          clean_fraction=0.3)
+    n_synth = len(ds.sources[1].clean)
+    free = rainy = 0
+    for slot in range(120):
+        key = (4 + slot % n_synth, 0, slot)  # the synthetic source comes after the pairs
+        it = ds[key]
+        if it["rain_free"]:
+            assert torch.equal(it["rainy"], it["clean"])
+            free += 1
+        else:  # the other items are exactly what a dataset without the option gives
+            ref = plain[key]
+            assert torch.equal(it["clean"], ref["clean"])
+            assert torch.equal(it["rainy"], ref["rainy"])
+            assert not torch.equal(it["rainy"], it["clean"])
+            rainy += 1
+    assert 20 <= free <= 55 and rainy + free == 120  # ~30 %
+    assert not any(bool(ds[(i, 0, i)]["rain_free"]) for i in range(4))  # real pairs: never
+    with pytest.raises(D.DataError):
+        D.LabeledDataset(clean_dirs=[clean_dir], clean_fraction=1.0)
 
 
 def test_small_images_are_reflect_padded(clean_dir):

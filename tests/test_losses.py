@@ -106,6 +106,28 @@ def test_criterion_semi_drdnet_terms_and_gradients():
     assert out2.grad is not None
 
 
+def test_rain_free_rows_get_the_supervised_loss_only():
+    """Their rainy negative equals the positive: contrast only on the rows with rain."""
+    torch.manual_seed(0)
+    crit = L.Criterion("semi-drdnet", L.VGG19Features(SMALL_VGG), contrast_weight=0.1)
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = (clean + rain).clamp(0, 1)
+    x[0] = clean[0]  # row 0 is a rain-free sample
+    out = (0.5 * (x + clean)).requires_grad_(True)
+    r = x - out.detach()
+    free = torch.tensor([True, False])
+    _, parts = crit(x=x, outputs=(out, x - r, r), clean=clean, n_labeled=2, rain_free=free)
+    _, alone = crit(x=x[1:], outputs=(out[1:], (x - r)[1:], r[1:]), clean=clean[1:],
+                    n_labeled=1)
+    for k in ("c_bg", "c_rain"):
+        assert parts[k] == pytest.approx(alone[k], rel=1e-5)
+    _, mixed = crit(x=x, outputs=(out, x - r, r), clean=clean, n_labeled=2)
+    assert mixed["c_bg"] != pytest.approx(parts["c_bg"], rel=1e-3)  # the mask matters
+    _, none = crit(x=x, outputs=(out, x - r, r), clean=clean, n_labeled=2,
+                   rain_free=torch.tensor([True, True]))
+    assert set(none) == {"sup"}
+
+
 def test_criterion_rdmc():
     feats = L.VGG19Features(SMALL_VGG)
     crit = L.Criterion("rdmc", feats, contrast_weight=0.1)

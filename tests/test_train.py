@@ -103,8 +103,8 @@ def _kill_at(n: int):
 @pytest.mark.parametrize("features", ["none", "self"])
 def test_resume_is_bitwise_exact(data, tmp_path, features):
     kw = dict(contrast_features=features, steps=10)
-    if features == "self":
-        kw["unlabeled"] = [str(data["real"])]
+    if features == "self":  # with rain-free samples too (contrast on the other rows only)
+        kw.update(unlabeled=[str(data["real"])], clean_fraction=0.3)
     full = T.train(_cfg(data, tmp_path / "a", **kw))
     with pytest.raises(_Kill):  # a run killed right after its step-5 checkpoint
         T.train(_cfg(data, tmp_path / "b", **kw), _hooks={"after_step": _kill_at(5)})
@@ -209,7 +209,7 @@ def test_finetune_on_own_photos(data, tmp_path):
     res = T.finetune(T.FinetuneConfig(
         rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "ft"), steps=4,
         batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="self",
-        ckpt_every=2,
+        ckpt_every=2, clean_fraction=0.5,
     ))
     assert res.steps == 4
     net = model_from_file(tmp_path / "ft" / "model.safetensors")
