@@ -16,14 +16,17 @@ feature space that needs no outside weights) or ``none``:
 ``--finetune``: instead, the semi-supervised stage on its own: ``derain finetune`` of the
 bundled semi-drdnet-lite on the unlabeled real-rain photos (clean-bsds as unpaired clean
 photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without (``ft_none``),
-both scored beside the bundled starting weights (``base``).
+and without them but with 20 % rain-free synthetic samples (``ft_none_cf``, ``--clean-fraction
+0.2``), all scored beside the bundled starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
 the final weights are scored, not the best checkpoint), and on the first ``--real`` real-rain
 photos: a side-by-side grid (``OUT/real_grid.png``) and how much each model changes them
-(mean absolute change of the Y channel, in 8-bit levels). A run whose ``model.safetensors``
-already exists is not trained again, so an interrupted ablation resumes. Exits 0 with a
+(mean absolute change of the Y channel, in 8-bit levels), and how well each leaves rain-free
+photos alone (Y-PSNR against themselves on rain100l's first ``--real`` clean images). A run
+whose ``model.safetensors`` already exists is not trained again, so an interrupted ablation
+resumes. Exits 0 with a
 message when ``../shared/data`` is absent.
 """
 
@@ -49,16 +52,21 @@ RUNS = [  # name, model, contrast features, with the unlabeled real photos
     ("rdmc_none", "rdmc-lite", "none", False),
     ("rdmc_self", "rdmc-lite", "self", False),
 ]
-FT_RUNS = [("ft_none", "none"), ("ft_self", "self")]
+FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples
+    ("ft_none", "none", 0.0),
+    ("ft_self", "self", 0.0),
+    ("ft_none_cf", "none", 0.2),
+]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
-def finetune_command(name: str, features: str, steps: int, out: Path) -> list[str]:
+def finetune_command(name: str, features: str, clean_fraction: float, steps: int,
+                     out: Path) -> list[str]:
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", "semi-drdnet-lite",
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", "0",
-        "--contrast-features", features, "--quiet",
+        "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
     ]
 
 
@@ -136,6 +144,25 @@ def real_photos(weights: dict[str, Path], count: int, out: Path) -> dict[str, fl
     return {n: float(np.mean(v)) for n, v in change.items()}
 
 
+def clean_passthrough(weights: dict[str, Path], count: int) -> dict[str, float]:
+    """Y-PSNR of each model's output on rain-free photos against the photos themselves.
+
+    A deraining model should leave a photo without rain alone; this shows how much it does
+    not (the first ``count`` clean images of rain100l, which no run trains on).
+    """
+    from derain_cli.enhancer import Derainer
+    from derain_cli.metrics import psnr_y
+    from derain_cli.pairs import list_images
+
+    photos = [np.asarray(Image.open(p).convert("RGB"))
+              for p in list_images(DATA / "rain100l" / "clean")[:count]]
+    scores = {}
+    for n, w in weights.items():
+        d = Derainer(weights=w, device="cpu", precision="fp32")
+        scores[n] = float(np.mean([psnr_y(d.derain(c), c) for c in photos]))
+    return scores
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=250)
@@ -182,15 +209,20 @@ def main() -> int:
             table[name][s] = tuple(scores[s])
     for name, v in real_photos(weights, args.real, args.out).items():
         table[name]["real_change_y"] = round(v, 2)
+    for name, v in clean_passthrough(weights, args.real).items():
+        table[name]["clean_psnr_y"] = round(v, 2)
     (args.out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
 
     print(f"\n{'run':<10} {'steps':>5} " + " ".join(f"{s:>16}" for s in EVAL_SETS)
-          + "  real |dY|")
+          + "  real |dY|  clean PSNR")
     for name, row in table.items():
         cells = " ".join(f"{row[s][0]:>7.2f} / {row[s][1]:.4f}" for s in EVAL_SETS)
-        print(f"{name:<10} {row['steps']:>5} {cells}  {row['real_change_y']:>8.2f}")
+        print(f"{name:<10} {row['steps']:>5} {cells}  {row['real_change_y']:>8.2f}"
+              f"  {row['clean_psnr_y']:>10.2f}")
     print(f"\nY-channel PSNR / SSIM; real |dY|: mean absolute change of Y (8-bit levels) on "
-          f"{args.real} real-rain photos; grid: {args.out / 'real_grid.png'}")
+          f"{args.real} real-rain photos; grid: {args.out / 'real_grid.png'}; clean PSNR: "
+          f"Y-PSNR of the output on {args.real} rain-free photos (rain100l's clean images) "
+          "against themselves")
     return 0
 
 
