@@ -268,7 +268,7 @@ def mixed_peak(net: nn.Module, side: int, device: torch.device,
         desc = f"{parts[0][0]}->{parts[0][0]} @ {parts[0][1]}px"
     else:
         desc = "mix " + ", ".join(f"{w}@{s}" for w, s, _ in parts)
-    return 1.0 / inv, f"{desc}, best of: {' / '.join(engines)}"
+    return 1.0 / inv, f"{desc}, fastest: {' / '.join(engines)}"
 
 
 # --------------------------------------------------------------------------- runners
