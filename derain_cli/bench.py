@@ -203,16 +203,15 @@ def _ort_conv_seconds(conv: nn.Conv2d, x: torch.Tensor, repeats: int) -> float |
     import io
     import warnings
 
+    from .onnx_backend import session_options
+
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(conv, (x,), buf, dynamo=False, input_names=["x"],
                           output_names=["y"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(buf.getvalue(), session_options(),
+                                providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return _best_time(lambda: sess.run(None, feed), torch.device("cpu"), repeats)
 

@@ -18,8 +18,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-#: default ``--clean-fraction`` of ``derain train`` / ``finetune`` (see data.LabeledDataset)
-CLEAN_FRACTION = 0.0
+#: ``--clean-fraction`` of ``derain train`` and ``derain finetune`` (see data.LabeledDataset)
+CleanFractionOption = Annotated[float, typer.Option(
+    min=0.0, max=0.9,
+    help="Share of synthetic samples left without rain (teaches the model to leave "
+         "rain-free content alone).")]
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -86,10 +89,7 @@ def train_cmd(
         "--synthetic", help="Folder of clean photos: rain is synthesized on the fly.")] = None,
     preset: Annotated[str, typer.Option(help="Synthetic rain: light, medium, heavy, mixed.")] =
     "mixed",
-    clean_fraction: Annotated[float, typer.Option(
-        min=0.0, max=0.9,
-        help="Share of synthetic samples left without rain (teaches the model to leave "
-             "rain-free content alone).")] = CLEAN_FRACTION,
+    clean_fraction: CleanFractionOption = 0.0,
     unlabeled: Annotated[list[Path] | None, typer.Option(
         "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder of --pairs.")] = None,
@@ -165,10 +165,7 @@ def finetune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
     Path("runs/finetune"),
     preset: Annotated[str, typer.Option(help="Synthetic rain preset.")] = "mixed",
-    clean_fraction: Annotated[float, typer.Option(
-        min=0.0, max=0.9,
-        help="Share of synthetic samples left without rain (teaches the model to leave "
-             "rain-free content alone).")] = CLEAN_FRACTION,
+    clean_fraction: CleanFractionOption = 0.0,
     steps: Annotated[int | None, typer.Option(help="Steps (default 1000 GPU / 200 CPU).")] =
     None,
     batch: Annotated[int | None, typer.Option(help="Batch (default 8 GPU / 4 CPU).")] = None,

@@ -151,6 +151,29 @@ def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
+def session_options(threads: int | None = None, cpu_arena: bool = True):
+    """The ``onnxruntime.SessionOptions`` every derain session uses (runner and benchmark).
+
+    ``threads`` None: ``torch.get_num_threads()``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # CPU memory arena on, with 512 px tiles (``ORT_CPU_TILE``): the arena keeps a tile's
+    # peak activations for good (one arena per session), which for 1024 px tiles was
+    # 3.9 GB RSS on a 3 MP photo. Without an arena every large activation is a fresh
+    # mmap (page faults each time). ``python benchmarks/ort_memory.py --mp 3`` on the
+    # AVX2 test CPU: 1024 px + arena 44 s / 3.9 GB, 1024 px no arena 61 s / 1.32 GB,
+    # 512 px + arena 57 s / 1.23 GB (chosen), 512 px no arena 59 s / 1.04 GB.
+    opts.enable_cpu_mem_arena = cpu_arena
+    return opts
+
+
 class OnnxRunner:
     """The tiling ``Runner`` protocol over ONNX Runtime sessions of exported graphs.
 
@@ -176,19 +199,7 @@ class OnnxRunner:
             paths = [main] + ([export.stats_path(main)]
                               if export.stats_path(main).is_file() else [])
         self.paths = [Path(p) for p in paths]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # CPU memory arena on, with 512 px tiles (``ORT_CPU_TILE``): the arena keeps a tile's
-        # peak activations for good (one arena per session), which for 1024 px tiles was
-        # 3.9 GB RSS on a 3 MP photo. Without an arena every large activation is a fresh
-        # mmap (page faults each time). ``python benchmarks/ort_memory.py --mp 3`` on the
-        # AVX2 test CPU: 1024 px + arena 44 s / 3.9 GB, 1024 px no arena 61 s / 1.32 GB,
-        # 512 px + arena 57 s / 1.23 GB (chosen), 512 px no arena 59 s / 1.04 GB.
-        opts.enable_cpu_mem_arena = cpu_arena
+        opts = session_options(threads, cpu_arena)
         self.threads = opts.intra_op_num_threads
         self.providers = providers or _providers(device)
         sessions = {}
