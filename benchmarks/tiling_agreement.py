@@ -36,10 +36,16 @@ from derain_cli.enhancer import DEFAULT_OVERLAP, TorchRunner  # noqa: E402
 from derain_cli.models import MODELS  # noqa: E402
 
 
-def _runner(net: torch.nn.Module, backend: str):
-    if backend == "onnx":
+def _runner(net: torch.nn.Module, backend: str, name: str):
+    if backend in ("onnx", "int8"):
         from derain_cli.onnx_backend import make_onnx_runner
 
+        if backend == "int8":  # the int8 graph shipped with the published weights
+            from derain_cli.quantize import shipped_int8_graph
+            from derain_cli.weights import load_manifest
+
+            graph = shipped_int8_graph(load_manifest()[name], net)
+            return make_onnx_runner(net, "cpu", "int8", int8_graph=graph)
         return make_onnx_runner(net, "cpu", "fp32")
     return TorchRunner(net, torch.device("cpu"), "fp32")
 
@@ -52,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stats-passes", type=int, default=1)
     ap.add_argument("-m", "--model", action="append", choices=list(MODELS),
                     help="model(s) to check (default: all registered)")
-    ap.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                    help="runner for the tiled pass (the reference is always untiled torch)")
+    ap.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
+                    help="runner for the tiled pass; the reference is untiled torch fp32, "
+                         "except for int8: untiled int8 (the shipped graph; int8 differs "
+                         "from fp32 by itself, tiling is what is measured)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--min-psnr", type=float, default=45.0)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
@@ -71,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model or list(MODELS):
         t0 = time.perf_counter()
         net, label = model_for_bench(name)
-        ref = TorchRunner(net, torch.device("cpu"), "fp32")
+        runner = _runner(net, args.backend, name)
+        ref = runner if args.backend == "int8" else TorchRunner(net, torch.device("cpu"), "fp32")
         full = np.clip(tiling.run_tiled(img, ref, 0, 0), 0, 1)
-        runner = _runner(net, args.backend)
         n_tiles = 0
 
         def count(done: int, total: int) -> None:

@@ -25,10 +25,13 @@ variant derains the same rainy test image with the default tiling
 * **PSNR vs fp32**: the variant's output against the fp32 eager output (clipped to
   [0, 1]), to judge whether bf16 (or ONNX Runtime) loses anything visible.
 
-Variants: ``fp32`` (eager, NCHW; on CUDA the torch runner is already channels-last),
-``channels_last``, ``bf16`` (autocast; skipped on CPUs without native bf16 unless
+Variants: ``fp32`` (eager, NCHW: the plain baseline), ``channels_last`` (fp32, NHWC: what
+``--backend torch`` runs; before 2026-11-30 the ``fp32`` variant was channels-last too, so
+the two rows timed the same path), ``bf16`` (autocast; skipped on CPUs without native bf16 unless
 ``force_bf16``), ``fp16`` (CUDA only), ``onnx`` (ONNX Runtime through
-``derain_cli.onnx_backend``; its one-off export/session time is reported as setup).
+``derain_cli.onnx_backend``; its one-off export/session time is reported as setup),
+``int8`` (the int8 graph shipped with the published weights, ``derain_cli.quantize``;
+skipped where there is none).
 
 Weights: the published ones when ``weights.load_manifest()`` has the model, else a
 random initialisation with BatchNorm statistics like a trained network's (speed does
@@ -65,7 +68,7 @@ from . import tiling
 from .enhancer import CPU_TILE, DEFAULT_MODEL, DEFAULT_OVERLAP, TorchRunner, cpu_supports_bf16
 from .models import MODELS, build_model
 
-DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx")
+DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
 #: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here.
 EXTRA_VARIANTS = ("bf16_compile",)
 RSS_BUDGET_MB = 3000.0
@@ -271,24 +274,18 @@ def mixed_peak(net: nn.Module, side: int, device: torch.device,
 
 
 # --------------------------------------------------------------------------- runners
-class ChannelsLastRunner(TorchRunner):
-    """``TorchRunner`` with channels-last weights and inputs on any device."""
-
-    def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
-        super().__init__(model, device, precision)
-        self.model = self.model.to(memory_format=torch.channels_last)
-
-    def _in(self, x: np.ndarray) -> torch.Tensor:
-        return super()._in(x).contiguous(memory_format=torch.channels_last)
-
-
 def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
-                        threads: int | None = None, force_bf16: bool = False) -> Any:
-    """A runner for one variant, or a string saying why it is skipped."""
-    if variant == "fp32":
+                        threads: int | None = None, force_bf16: bool = False,
+                        name: str | None = None) -> Any:
+    """A runner for one variant, or a string saying why it is skipped.
+
+    ``int8`` runs the int8 graph shipped for the published weights of ``name``
+    (``derain_cli.quantize``), so it needs those weights in ``net``.
+    """
+    if variant == "fp32":  # plain eager NCHW: the baseline
+        return TorchRunner(copy.deepcopy(net), device, "fp32", channels_last=False)
+    if variant == "channels_last":  # what the torch backend runs
         return TorchRunner(copy.deepcopy(net), device, "fp32")
-    if variant == "channels_last":
-        return ChannelsLastRunner(copy.deepcopy(net), device, "fp32")
     if variant == "bf16":
         if device.type == "cpu" and not cpu_supports_bf16() and not force_bf16:
             return "skipped: this CPU has no native bf16 (--force-bf16 runs it emulated)"
@@ -309,6 +306,21 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
         from .onnx_backend import make_onnx_runner
 
         return make_onnx_runner(net, device, "fp32", threads)
+    if variant == "int8":
+        from .onnx_backend import make_onnx_runner
+        from .quantize import Int8Unavailable, shipped_int8_graph
+        from .weights import load_manifest
+
+        if device.type != "cpu":
+            return "skipped: int8 graphs are for CPUs"
+        rec = load_manifest().get(name or "")
+        if rec is None:
+            return f"skipped: no published weights for {name}"
+        try:
+            graph = shipped_int8_graph(rec, net)
+        except Int8Unavailable as e:
+            return f"skipped: {e}"
+        return make_onnx_runner(net, device, "int8", threads, int8_graph=graph)
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(DEFAULT_VARIANTS)}")
 
 
@@ -562,7 +574,7 @@ def bench_main(
                 row = Row(name, dev.type, variant)
                 res.rows.append(row)
                 t0 = time.perf_counter()
-                runner = make_variant_runner(net, variant, dev, threads, force_bf16)
+                runner = make_variant_runner(net, variant, dev, threads, force_bf16, name)
                 if isinstance(runner, str):
                     row.note = runner
                     continue
@@ -584,7 +596,7 @@ def bench_main(
                     ref_out = out
                 elif ref_out is not None:
                     row.psnr_vs_fp32 = psnr(out, ref_out)
-                if variant == "onnx":
+                if variant in ("onnx", "int8"):
                     prov = runner.providers[0]
                     row.note = "onnxruntime " + (prov if isinstance(prov, str) else prov[0])
                 del runner

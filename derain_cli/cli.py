@@ -331,6 +331,7 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 class Backend(str, Enum):
@@ -428,8 +429,9 @@ def run_cmd(
     ] = "auto",
     precision: Annotated[
         Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
-                                help="auto: fp16 on GPUs; bf16 on CPUs with bf16 instructions "
-                                     "(AVX-512-BF16, AMX), else fp32.")
+                                help="auto: fp16 on GPUs; on CPUs int8 (ONNX Runtime) where "
+                                     "the model ships an int8 graph, else bf16 on CPUs with "
+                                     "bf16 instructions (AVX-512-BF16, AMX), else fp32.")
     ] = Precision.auto,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
@@ -451,8 +453,8 @@ def run_cmd(
     ] = _DEFAULT_MAX_PIXELS,
     backend: Annotated[
         Backend, typer.Option("--backend", case_sensitive=False, rich_help_panel=PERF,
-                              help="Inference engine. auto: onnx (ONNX Runtime) for fp32 on "
-                                   "CPUs, torch on GPUs and bf16-capable CPUs.")
+                              help="Inference engine. auto: onnx (ONNX Runtime) for int8 and "
+                                   "fp32 on CPUs, torch on GPUs and for bf16.")
     ] = Backend.auto,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", rich_help_panel=FEED,
@@ -884,6 +886,8 @@ def model_rows() -> list[dict[str, Any]]:
             "metrics": rec.metrics if rec is not None else {},
             "status": rec.status if rec is not None else None,
             "hub": rec.hub if rec is not None else {},
+            # an int8 graph for CPUs ships with these weights (derain_cli.quantize)
+            "int8": bool(rec is not None and rec.extra.get("int8") and where == "bundled"),
         })
     return rows
 
@@ -919,6 +923,8 @@ def models_cmd(
             if r["status"]:
                 where.append(f"\n{r['status']}", style="yellow" if r["status"] == "interim"
                              else "")
+            if r["int8"]:
+                where.append("\n+ int8 (CPU)")
             cells = [r["name"] + (" *" if r["default"] else ""), r["arch"], params,
                      _fmt_size(r["bundled_size"]), where, r["license"] or "-",
                      _fmt_metrics(r["metrics"], "\n")]

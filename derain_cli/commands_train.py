@@ -229,6 +229,9 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="Only the first N pairs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     tile: Annotated[int | None, typer.Option(help="Tile size (0: whole image).")] = None,
+    precision: Annotated[str, typer.Option(
+        help="auto, fp32, fp16, bf16 or int8, as for deraining.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
@@ -241,12 +244,13 @@ def eval_cmd(
         if weights is not None:
             from .enhancer import Derainer
 
-            target: object = Derainer(model=model, weights=weights, device=device, tile=tile)
+            target: object = Derainer(model=model, weights=weights, device=device, tile=tile,
+                                      precision=precision, backend=backend)
         else:
             target = model or "semi-drdnet-lite"
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
-                       tile=tile)
+                       tile=tile, precision=precision, backend=backend)
         if weights is not None:
             res.model = Path(weights).name
         if as_json:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,14 +128,18 @@ def _is_oom(e: BaseException) -> bool:
 class TorchRunner:
     """Runs a PyTorch model on numpy tiles for ``tiling.run_tiled``."""
 
-    def __init__(self, model: nn.Module, device: torch.device, precision: str) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, precision: str,
+                 channels_last: bool = True) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.precision = precision
         self.size_multiple = int(getattr(model, "size_multiple", 1))
         self.global_stats_shape = getattr(model, "global_stats_shape", None)
-        # NHWC lets oneDNN/cuDNN pick their fast convolution kernels (1.6x on CPU).
-        self.model = self.model.to(memory_format=torch.channels_last)
+        # NHWC lets oneDNN/cuDNN pick their fast convolution kernels (1.6x on CPU);
+        # ``channels_last=False`` keeps NCHW (the benchmark's plain fp32 baseline).
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     def _autocast(self):  # noqa: ANN202 - a context manager
         if self.precision in _DTYPES:
@@ -143,7 +148,9 @@ class TorchRunner:
 
     def _in(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
-        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+        if self.channels_last and t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
 
     def _pooled(self, pooled: np.ndarray | None) -> torch.Tensor | None:
         return None if pooled is None else torch.from_numpy(pooled).to(self.device)
@@ -188,13 +195,59 @@ def _auto_tile(runner: TorchRunner) -> int:
     return max(MIN_TILE, min(4096, side // 64 * 64))
 
 
+def _check_int8_request(device: torch.device, backend: str) -> None:
+    """Fail early on an int8 request that cannot run, saying what would."""
+    if device.type != "cpu":
+        raise ValueError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
+                         "or another --precision")
+    if backend == "torch":
+        raise ValueError("int8 runs through ONNX Runtime; use --backend onnx or auto")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ValueError("int8 needs onnxruntime (pip install onnxruntime)") from None
+
+
+def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: str,
+                backend: str) -> Path | None:
+    """The shipped int8 graph to run, or None.
+
+    ``precision='int8'`` requires one (a clear error otherwise). ``'auto'`` on a CPU uses
+    one when the weights have it and the backend allows ONNX Runtime: it is the fastest
+    CPU path measured, within 0.1 dB of fp32 on rain100l (``derain_cli.quantize``).
+    """
+    from .quantize import Int8Unavailable, shipped_int8_graph
+
+    if precision == "int8":
+        if record is None:
+            raise ValueError("int8 graphs ship with bundled weights only; a --weights file "
+                             "runs in fp32 (--precision fp32)")
+        try:
+            return shipped_int8_graph(record, net)
+        except Int8Unavailable as e:
+            raise ValueError(f"no int8 graph: {e}; use --precision fp32") from None
+    if precision != "auto" or device.type != "cpu" or backend == "torch" or record is None:
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        return shipped_int8_graph(record, net)
+    except Int8Unavailable as e:
+        log.debug("int8 not used: %s", e)
+        return None
+
+
 class Derainer:
     """Derain images with a registered model or a weights file.
 
     ``model`` is a registry name (``derain models`` lists them); ``weights`` a
     safetensors/.pt file of one's own. ``tile``: None picks a size from the
     device, 0 disables tiling. Semi-DRDNet's whole-image statistics are handled
-    by the tiler, so tiled and untiled results agree.
+    by the tiler, so tiled and untiled results agree. ``precision``: auto, fp32,
+    fp16, bf16 or int8 (CPU, ONNX Runtime, bundled weights with an int8 graph;
+    auto picks it on CPUs where it exists).
     """
 
     def __init__(
@@ -214,27 +267,34 @@ class Derainer:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
         self.device = resolve_device(device)
-        if backend == "auto":
-            backend = resolve_backend(self.device, precision)
-        if backend == "onnx" and precision == "auto":
-            precision = "fp32"  # exported graphs are fp32
-        self.precision = resolve_precision(precision, self.device)
+        if precision == "int8":
+            _check_int8_request(self.device, backend)
         if weights is not None:
             net = model_from_file(weights, model)
             self.model_name = model or Path(weights).stem
             self.weights_label = str(weights)
+            record = None
         else:
             self.model_name = model or DEFAULT_MODEL
             get_spec(self.model_name)  # clear error for unknown names
             net = load_pretrained(self.model_name, quiet=quiet)
-            rec = load_manifest()[self.model_name]
-            self.weights_label = f"{rec.name} ({rec.status})"
+            record = load_manifest()[self.model_name]
+            self.weights_label = f"{record.name} ({record.status})"
         self.network = net.eval()
+        int8_graph = _int8_graph(record, self.network, self.device, precision, backend)
+        if int8_graph is not None:
+            backend, precision = "onnx", "int8"
+        elif backend == "auto":
+            backend = resolve_backend(self.device, precision)
+        if backend == "onnx" and precision == "auto":
+            precision = "fp32"  # exported graphs are fp32
+        self.precision = precision if int8_graph else resolve_precision(precision, self.device)
         self.backend = backend
         if backend == "onnx":
             from .onnx_backend import make_onnx_runner
 
-            self.runner = make_onnx_runner(self.network, self.device, self.precision, threads)
+            self.runner = make_onnx_runner(self.network, self.device, self.precision, threads,
+                                           int8_graph=int8_graph)
             auto = self.runner.suggest_tile
         else:
             self.runner = TorchRunner(self.network, self.device, self.precision)

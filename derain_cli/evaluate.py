@@ -51,6 +51,8 @@ class EvalResult:
     csv_path: str | None = None
     report_path: str | None = None
     seconds: float = 0.0
+    #: backend/precision that produced the outputs (e.g. "onnx/int8"), when known
+    engine: str = ""
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -59,25 +61,29 @@ class EvalResult:
         return d
 
     def summary(self) -> str:
-        return (f"{self.model} on {Path(self.data_dir).name}: {self.count} images, "
+        engine = f" ({self.engine})" if self.engine else ""
+        return (f"{self.model}{engine} on {Path(self.data_dir).name}: {self.count} images, "
                 f"PSNR-Y {self.psnr_y:.2f} dB, SSIM-Y {self.ssim_y:.4f}, "
                 f"PSNR-RGB {self.psnr_rgb:.2f} dB")
 
 
-def _runner(model: Any, device: str, tile: int | None) -> tuple[str, Callable[[np.ndarray],
-                                                                              np.ndarray]]:
-    """(label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer, a module or a name."""
+def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
+            backend: str = "auto") -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
+    """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
+    a module or a name."""
     if isinstance(model, str) and model == IDENTITY:
-        return IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
+        return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
 
     if isinstance(model, str | os.PathLike):
         p = Path(model)
         if p.suffix in (".safetensors", ".pt", ".pth") or p.exists():
-            model = Derainer(weights=p, device=device, tile=tile)
+            model = Derainer(weights=p, device=device, tile=tile, precision=precision,
+                             backend=backend)
             label = p.name
         else:
-            model = Derainer(model=str(model), device=device, tile=tile)
+            model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
+                             backend=backend)
             label = str(p)
     else:
         label = getattr(model, "model_name", type(model).__name__)
@@ -94,8 +100,8 @@ def _runner(model: Any, device: str, tile: int | None) -> tuple[str, Callable[[n
                 y = net(to_tensor(rgb)[None].to(dev)).float().clamp(0, 1)
             return y[0].permute(1, 2, 0).cpu().numpy()
 
-        return label, run_module
-    return label, lambda rgb: model.derain_array(rgb.astype(np.float32) / 255.0)
+        return None, label, run_module
+    return model, label, lambda rgb: model.derain_array(rgb.astype(np.float32) / 255.0)
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -114,6 +120,8 @@ def evaluate(
     limit: int | None = None,
     device: str = "auto",
     tile: int | None = None,
+    precision: str = "auto",
+    backend: str = "auto",
     on_image: Callable[[int, int, ImageScore], None] | None = None,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
@@ -128,7 +136,7 @@ def evaluate(
     pairs = find_pairs(Path(data_dir), rainy_dir, clean_dir)
     if limit:
         pairs = pairs[:limit]
-    label, run = _runner(model, device, tile)
+    derainer, label, run = _runner(model, device, tile, precision, backend)
     save = Path(save_dir) if save_dir is not None else None
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
@@ -164,6 +172,7 @@ def evaluate(
         ssim_y=float(np.mean([s.ssim_y for s in scores])),
         psnr_rgb=float(np.mean([s.psnr_rgb for s in scores])),
         images=scores, seconds=time.time() - t0,
+        engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
     )
     if csv_path is None and save is not None:
         csv_path = save / "scores.csv"

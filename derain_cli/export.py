@@ -272,6 +272,13 @@ def export_cmd(
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="Export a randomly initialised network (no weights needed).")
     ] = False,
+    int8: Annotated[Path | None, typer.Option(
+        "--int8", exists=True, file_okay=False, show_default=False, metavar="CLEAN_DIR",
+        help="Write a static int8 graph instead, calibrated on synthetic rain over these "
+             "clean photos (12 or more; takes minutes).")] = None,
+    keep_fp32: Annotated[int, typer.Option(
+        "--keep-fp32", min=0, help="With --int8: convolutions left in fp32, the most "
+                                   "sensitive first.")] = 8,
 ) -> None:
     """Export a model to ONNX (fp32, dynamic batch/height/width) for ONNX Runtime & co."""
     from .enhancer import DEFAULT_MODEL
@@ -286,11 +293,17 @@ def export_cmd(
             net = build_model(model or DEFAULT_MODEL)
         else:
             net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
-        paths = export_onnx(net, output, opset=opset)
+        if int8 is None:
+            paths = export_onnx(net, output, opset=opset)
+        else:
+            from .quantize import build_int8
+
+            paths, record = build_int8(net, int8, output, keep_fp32=keep_fp32)
+            typer.echo(json.dumps(record), err=True)
     except UnknownModelError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError) as e:
+    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     for p in paths:

@@ -16,7 +16,8 @@ without exporting (the export of the paper-size models takes seconds).
 
 Execution providers: CPU, or CUDA first when ``device`` is CUDA and
 ``onnxruntime.get_available_providers()`` offers it (else a warning and the CPU).
-The graphs are fp32; a half-precision request runs in fp32 with a warning.
+The exported graphs are fp32; a half-precision request runs in fp32 with a warning.
+An int8 forward graph (``derain_cli.quantize``) can stand in for the fp32 one.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ class OnnxRunner:
                              f"({export.stats_path(self.paths[0]).name}) is missing")
         on_cuda = self._fwd.get_providers()[0] == "CUDAExecutionProvider"
         self.device = torch.device(device) if on_cuda else torch.device("cpu")
-        self.precision = "fp32"
+        self.precision = meta.get("derain.precision", "fp32")
 
     def suggest_tile(self) -> int:
         """Default tile for ``Derainer``: ``ORT_CPU_TILE`` (arena-sized, see ``__init__``) on
@@ -277,16 +278,33 @@ def make_onnx_runner(
     *,
     opset: int = export.DEFAULT_OPSET,
     sha256: str | None = None,
+    int8_graph: Path | None = None,
 ) -> OnnxRunner:
-    """An ``OnnxRunner`` for ``model``: cached graphs (exported on first use) and sessions."""
-    if precision not in ("fp32", "auto"):
+    """An ``OnnxRunner`` for ``model``: cached graphs (exported on first use) and sessions.
+
+    ``int8_graph`` (``derain_cli.quantize``) replaces the fp32 forward graph, and its
+    statistics graph (``export.stats_path`` of it) the fp32 one when it exists.
+    """
+    if int8_graph is None and precision not in ("fp32", "auto"):
         log.warning("the ONNX backend runs fp32 graphs; --precision %s is ignored", precision)
+
+    def with_int8(paths: list[Path]) -> list[Path]:
+        if int8_graph is None:
+            return paths
+        stats = export.stats_path(Path(int8_graph))
+        return [Path(int8_graph), *([stats] if stats.is_file() else paths[1:])]
+
+    if int8_graph is not None:  # no fp32 graph needed when the int8 set is complete
+        stats = export.stats_path(Path(int8_graph))
+        if stats.is_file() or getattr(model, "global_stats_shape", None) is None:
+            return OnnxRunner([Path(int8_graph), *([stats] if stats.is_file() else [])],
+                              device=device, threads=threads)
     paths = cached_graphs(model, opset=opset, sha256=sha256)
     try:
-        return OnnxRunner(paths, device=device, threads=threads)
+        return OnnxRunner(with_int8(paths), device=device, threads=threads)
     except Exception as e:  # noqa: BLE001 - a corrupt cached file: export once more
         if "onnxruntime" not in type(e).__module__ and not isinstance(e, ValueError):
             raise
         log.warning("cached ONNX graphs unusable (%s); exporting again", e)
         paths = cached_graphs(model, opset=opset, sha256=sha256, refresh=True)
-        return OnnxRunner(paths, device=device, threads=threads)
+        return OnnxRunner(with_int8(paths), device=device, threads=threads)

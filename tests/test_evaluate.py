@@ -120,3 +120,16 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
     assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
     assert "Traceback" not in r.output
+
+
+def test_cli_eval_precision_is_used_and_reported(pairs, tiny_weights):
+    """--precision reaches the Derainer, and the JSON says which engine ran."""
+    runner = CliRunner()
+    r = runner.invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights), "--json",
+                               "--precision", "fp32", "--backend", "torch", "--limit", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["engine"] == "torch/fp32"
+    r = runner.invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                               "--precision", "int8"])
+    assert r.exit_code != 0 and "bundled weights only" in r.output
+    assert "Traceback" not in r.output

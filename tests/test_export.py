@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -160,3 +162,35 @@ def test_export_cmd(tiny_weights, tmp_path):
     assert res.output.split() == [str(out), str(tmp_path / "tiny.stats.onnx")]
     bad = CliRunner().invoke(app, [str(out), "--model", "nope", "--random-init"])
     assert bad.exit_code == 2 and "unknown model" in bad.output
+
+
+def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch):
+    """--int8 CLEAN_DIR writes a quantized graph (and its fp32 statistics graph) and prints
+    its manifest record; too few photos is a one-line error."""
+    from PIL import Image
+
+    from derain_cli import quantize
+
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 2)
+    monkeypatch.setattr(quantize, "HELD_OUT_COUNT", 1)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(clean / f"{i}.png")
+    import typer
+
+    app = typer.Typer()
+    app.command()(export.export_cmd)
+    out = tmp_path / "tiny.int8.onnx"
+    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
+                                   str(clean), "--keep-fp32", "1"])
+    assert res.exit_code == 0, res.output
+    assert str(out) in res.output and str(tmp_path / "tiny.int8.stats.onnx") in res.output
+    record = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
+    assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
+    few = tmp_path / "few"
+    few.mkdir()
+    (clean / "0.png").rename(few / "0.png")
+    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8", str(few)])
+    assert res.exit_code == 1 and "int8 calibration needs" in res.output

@@ -1,0 +1,296 @@
+"""Static int8 graphs for ONNX Runtime on CPUs: build one, find the shipped one.
+
+Why: on a 2-core CPU every convolution costs seconds per megapixel, and ONNX Runtime's
+int8 kernels do the same convolution in fewer cycles than its fp32 ones.
+``python benchmarks/int8_probe.py`` measures speed and rain100l loss per scheme.
+
+Scheme (what :func:`build_int8` writes):
+
+* Only ``Conv`` nodes are quantized (QDQ format): per-channel int8 weights, uint8
+  activations.
+* Weights use 7 bits (``reduce_range``). On CPUs without VNNI, ONNX Runtime's u8s8 kernels
+  use ``vpmaddubsw``, whose 16-bit sums can saturate; with 8-bit weights every conv
+  quantized cost 1.34 dB on 20 rain100l pairs on an AVX2 CPU, against 0.79 dB with 7.
+* Activation ranges come from Percentile (99.999) calibration on synthetic rain
+  (:func:`derain_cli.synth.synthesize`, preset ``mixed``) over crops of clean training
+  photos, never on evaluation pairs.
+* The ``keep_fp32`` convolutions that hurt most are left in fp32. They are ranked by
+  :func:`conv_sensitivity`: quantize one conv alone, compare the output with the fp32
+  graph on held-out synthetic crops. For semi-drdnet-lite the five worst are the heads
+  and tails of both sub-networks plus the rain network's last conv, each alone costing
+  the output ~39 dB. The next worst cost 47 dB or less.
+* Semi-DRDNet's statistics graph (``derain_cli.export``, the tiler's whole-image
+  squeeze-and-excitation means) is quantized the same way: same calibration crops, same
+  convolutions kept in fp32. Its activations are then the int8 forward graph's own, so
+  tiled runs get the means an untiled int8 run computes, and the statistics pass is
+  faster. Tiled int8 output agrees with untiled int8 output less closely than fp32 does
+  (``benchmarks/tiling_agreement.py --backend int8``, 1024 px, 256 px tiles): 47.8 dB
+  with this graph, 46.3 dB with the fp32 statistics graph, 73 dB for the fp32 network.
+  The rest is rounding. Near tile borders the zero padding changes activations very
+  slightly; where a value sits on a uint8 step, that flips it. Even exact whole-image
+  means (6 statistics passes) only reach 50.7 dB.
+
+The shipped graphs for a bundled weight are listed in its manifest record under ``int8``:
+file, sha256, size, ``stats_file`` and ``stats_sha256``, and ``source_sha256``, the
+:func:`derain_cli.onnx_backend.state_sha256` of the fp32 weights they were made from.
+:func:`shipped_int8_graph` returns the forward graph only when all these
+hashes match. New weights therefore never run with a stale int8 graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Convolutions left in fp32 by default (the most sensitive first; see the module docstring).
+DEFAULT_KEEP_FP32 = 8
+#: Calibration: crops of this size, this many photos.
+CALIB_SIZE, CALIB_COUNT = 320, 8
+#: Sensitivity ranking: held-out crops of this size, this many photos.
+HELD_OUT_SIZE, HELD_OUT_COUNT = 256, 4
+PERCENTILE = 99.999
+
+
+class Int8Unavailable(ValueError):
+    """No usable int8 graph for the requested weights."""
+
+
+def synthetic_inputs(photos: Sequence[Path], size: int, seed: int) -> list[np.ndarray]:
+    """NCHW float32 rainy crops: ``synth`` mixed rain over the top-left ``size`` px of each
+    photo (seeds ``seed``, ``seed + 1``, ...), so calibration is reproducible."""
+    from PIL import Image
+
+    from .synth import synthesize
+
+    out = []
+    for i, f in enumerate(photos):
+        with Image.open(f) as im:
+            rgb = np.asarray(im.convert("RGB"))[:size, :size]
+        rainy, _ = synthesize(rgb, "mixed", seed=seed + i)
+        out.append(np.ascontiguousarray(rainy.transpose(2, 0, 1), dtype=np.float32)[None])
+    return out
+
+
+def _feeds(graph: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """image -> every feed the graph declares. Semi-DRDNet's graphs take ``pooled`` and
+    ``local`` (fed as "use the image's own means", as an untiled run does); its statistics
+    graph also takes ``mask`` (all ones: every pixel counts)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    names = {i.name for i in model.graph.input}
+    meta = {p.key: p.value for p in model.metadata_props}
+    shape = json.loads(meta.get("derain.global_stats_shape", "null"))
+
+    def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+        out = {"image": x}
+        if shape is not None:
+            out |= {"pooled": np.zeros((1, *shape), np.float32),
+                    "local": np.ones(1, np.float32)}
+        if "mask" in names:
+            out["mask"] = np.ones((1, 1, *x.shape[2:]), np.float32)
+        return {k: v for k, v in out.items() if k in names}
+
+    return feeds
+
+
+def quantize_graph(
+    fp32: Path,
+    out: Path,
+    calib: Sequence[np.ndarray],
+    *,
+    keep_fp32: Sequence[str] = (),
+    only: Sequence[str] = (),
+    reduce_range: bool = True,
+    cache: Path | None = None,
+) -> Path:
+    """Static QDQ int8 copy of the forward graph ``fp32`` at ``out``, metadata kept.
+
+    ``keep_fp32`` names Conv nodes left unquantized; ``only``, when given, the sole ones
+    quantized. ``cache`` keeps the calibration ranges, so trying several node sets
+    calibrates once.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    feeds = _feeds(fp32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([feeds(x) for x in calib])
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    pre = fp32.with_suffix(".pre.onnx")
+    if not pre.exists():
+        quant_pre_process(str(fp32), str(pre))
+    quantize_static(
+        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        reduce_range=reduce_range, calibrate_method=CalibrationMethod.Percentile,
+        op_types_to_quantize=["Conv"], nodes_to_exclude=list(keep_fp32),
+        nodes_to_quantize=list(only),
+        calibration_cache_path=None if cache is None else str(cache),
+        extra_options={"CalibPercentile": PERCENTILE},
+    )
+    src, dst = onnx.load(str(fp32)), onnx.load(str(out))
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+    dst.metadata_props.add(key="derain.precision", value="int8")
+    onnx.save(dst, str(out))
+    return out
+
+
+def conv_names(graph: Path) -> list[str]:
+    """Names of the Conv nodes of an ONNX graph, in graph order."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "Conv"]
+
+
+def conv_sensitivity(
+    graphs: Sequence[Path],
+    calib: Sequence[np.ndarray],
+    held_out: Sequence[np.ndarray],
+    *,
+    reduce_range: bool = True,
+    cache: Path | None = None,
+    threads: int | None = None,
+) -> list[tuple[float, str]]:
+    """(output PSNR against fp32 in dB, node name) per Conv quantized alone, worst first.
+
+    ``graphs`` are the fp32 forward graph and, for Semi-DRDNet, its statistics graph.
+    The held-out inputs should be training-like data, so that choosing which
+    convolutions stay fp32 never looks at evaluation pairs.
+    """
+    from . import metrics
+    from .onnx_backend import OnnxRunner
+
+    fp32, *stats = graphs
+
+    def outputs(run: OnnxRunner) -> list[np.ndarray]:
+        return [metrics.to_uint8(np.clip(run.forward(x, None)[0], 0, 1)) for x in held_out]
+
+    refs = outputs(OnnxRunner([fp32, *stats], threads=threads))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="derain-int8-") as work:
+        cache = cache or Path(work) / "calibration.json"
+        for name in conv_names(fp32):
+            q = quantize_graph(fp32, Path(work) / "one.onnx", calib, only=[name],
+                               reduce_range=reduce_range, cache=cache)
+            got = outputs(OnnxRunner([q, *stats], threads=threads))
+            rows.append((float(np.mean([min(metrics.psnr(a, b), 99.0)
+                                        for a, b in zip(got, refs, strict=True)])), name))
+    return sorted(rows)
+
+
+def build_int8(
+    model: nn.Module,
+    clean_dir: Path,
+    out: Path,
+    *,
+    keep_fp32: int = DEFAULT_KEEP_FP32,
+    reduce_range: bool = True,
+    threads: int | None = None,
+) -> tuple[list[Path], dict[str, Any]]:
+    """Write the int8 forward graph of ``model`` to ``out``; return the files and the record.
+
+    Calibrates on ``CALIB_COUNT`` photos of ``clean_dir``. Ranks convolutions on the next
+    ``HELD_OUT_COUNT`` (see the module docstring). Semi-DRDNet's statistics graph, quantized
+    alike, is written beside it (``export.stats_path``), so ``OnnxRunner(out)`` runs both. The
+    record (manifest ``int8`` field) names the convolutions kept in fp32 and the weights
+    it belongs to. The graph carries it too, as ``derain.int8`` metadata, minus the
+    file's own hash and size.
+    """
+    import json
+    import shutil
+
+    import onnx
+
+    from . import export
+    from .hub import sha256_file
+    from .onnx_backend import state_sha256
+    from .pairs import list_images
+
+    photos = list_images(clean_dir)
+    need = CALIB_COUNT + (HELD_OUT_COUNT if keep_fp32 else 0)
+    if len(photos) < need:
+        raise ValueError(f"{clean_dir}: {len(photos)} photos; int8 calibration needs {need}")
+    calib = synthetic_inputs(photos[:CALIB_COUNT], CALIB_SIZE, 0)
+    work = Path(tempfile.mkdtemp(prefix="derain-int8-"))
+    cache = work / "calibration.json"
+    graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx")
+    ranking: list[tuple[float, str]] = []
+    if keep_fp32:
+        held = synthetic_inputs(photos[CALIB_COUNT:need], HELD_OUT_SIZE, 1000)
+        log.info("ranking %d convolutions by int8 sensitivity", len(conv_names(graphs[0])))
+        ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
+                                   cache=cache, threads=threads)
+    info = {
+        "source_sha256": state_sha256(model),
+        "fp32_convs": [name for _, name in ranking[:keep_fp32]],
+        "weight_bits": 7 if reduce_range else 8,
+        "calibration": (f"percentile {PERCENTILE} over {CALIB_COUNT} crops of {CALIB_SIZE} "
+                        f"px, synthetic mixed rain on {clean_dir.name}"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_graph(graphs[0], out, calib, keep_fp32=info["fp32_convs"],
+                   reduce_range=reduce_range, cache=cache)
+    proto = onnx.load(str(out))
+    proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
+    onnx.save(proto, str(out))
+    files = [out]
+    record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
+    if len(graphs) > 1:  # the same scheme, so tiles get the means the int8 network computes
+        stats = export.stats_path(out)
+        quantize_graph(graphs[1], stats, calib, keep_fp32=info["fp32_convs"],
+                       reduce_range=reduce_range, cache=work / "calibration.stats.json")
+        files.append(stats)
+        record |= {"stats_file": stats.name, "stats_sha256": sha256_file(stats)}
+    shutil.rmtree(work, ignore_errors=True)
+    return files, record | info
+
+
+def shipped_int8_graph(record: Any, model: nn.Module) -> Path:
+    """The bundled int8 forward graph for the manifest ``record`` of ``model``'s weights.
+
+    Raises :class:`Int8Unavailable` with the reason when there is none, when its file is
+    missing or corrupt, or when it was made from other weights.
+    """
+    from .hub import sha256_file
+    from .onnx_backend import state_sha256
+    from .weights import bundled_dir
+
+    info = (getattr(record, "extra", None) or {}).get("int8")
+    if not info:
+        raise Int8Unavailable(f"{record.name} has no int8 graph")
+    path = bundled_dir() / info["file"]
+    if not path.is_file():
+        raise Int8Unavailable(f"{path} is missing")
+    if sha256_file(path) != info["sha256"]:
+        raise Int8Unavailable(f"{path} does not match its manifest sha256")
+    if "stats_file" in info:
+        stats = bundled_dir() / info["stats_file"]
+        if not stats.is_file() or sha256_file(stats) != info.get("stats_sha256"):
+            raise Int8Unavailable(f"{stats} is missing or does not match its manifest sha256")
+    if state_sha256(model) != info["source_sha256"]:
+        raise Int8Unavailable(f"{path} was made from other weights than {record.name}'s")
+    return path

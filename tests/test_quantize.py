@@ -1,0 +1,153 @@
+"""int8 graphs: building one (tiny model, fixture photos), the shipped one, choosing it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from derain_cli import quantize, tiling
+from derain_cli.enhancer import Derainer
+from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+from derain_cli.onnx_backend import OnnxRunner, make_onnx_runner, state_sha256
+from derain_cli.weights import WeightRecord, load_manifest, load_pretrained
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut_rain.jpg"
+DEFAULT = "semi-drdnet-lite"
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def _photos(folder: Path, n: int, size: int = 48) -> Path:
+    """Smooth, textured fixture 'photos' (no data set needed)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        base = np.stack([0.5 + 0.4 * np.sin((i + 2) * x), 0.3 + 0.5 * y, 0.4 + 0.3 * x * y])
+        img = np.clip(base + 0.05 * rng.standard_normal(base.shape), 0, 1)
+        Image.fromarray((img.transpose(1, 2, 0) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _example(size: int) -> np.ndarray:
+    if not EXAMPLE.exists():
+        pytest.skip("examples/astronaut_rain.jpg is not in this checkout")
+    img = Image.open(EXAMPLE).convert("RGB").resize((size, size), Image.Resampling.BOX)
+    return np.transpose(np.asarray(img, np.float32) / 255, (2, 0, 1))[None].copy()
+
+
+def _weight_fed_by_dequantize(graph: onnx.GraphProto) -> dict[str, bool]:
+    """Per Conv node: does its weight come through a DequantizeLinear (i.e. is it int8)?"""
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    return {n.name: producers.get(n.input[1]) == "DequantizeLinear"
+            for n in graph.node if n.op_type == "Conv"}
+
+
+def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 3)
+    monkeypatch.setattr(quantize, "HELD_OUT_COUNT", 2)
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                      se_reduction=4)).eval()
+    photos = _photos(tmp_path / "clean", 5)
+    files, rec = quantize.build_int8(net, photos, tmp_path / "m.int8.onnx", keep_fp32=2,
+                                     threads=1)
+    assert [f.name for f in files] == ["m.int8.onnx", "m.int8.stats.onnx"]
+    assert rec["source_sha256"] == state_sha256(net)
+    assert rec["weight_bits"] == 7 and len(rec["fp32_convs"]) == 2
+
+    proto = onnx.load(str(files[0]))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["derain.precision"] == "int8" and meta["derain.role"] == "forward"
+    assert json.loads(meta["derain.int8"])["fp32_convs"] == rec["fp32_convs"]
+    fed = _weight_fed_by_dequantize(proto.graph)
+    assert all(not fed[n] for n in rec["fp32_convs"])
+    assert sum(fed.values()) == len(fed) - 2
+    # the statistics graph is quantized alike: same convolutions kept in fp32
+    stats = onnx.load(str(files[1]))
+    assert {p.key: p.value for p in stats.metadata_props}["derain.role"] == "stats"
+    fed_stats = _weight_fed_by_dequantize(stats.graph)
+    assert fed_stats and all(fed_stats[n] == fed[n] for n in fed_stats)
+    assert rec["stats_file"] == files[1].name and len(rec["stats_sha256"]) == 64
+
+    runner = OnnxRunner(files[0], threads=1)  # finds its (fp32) statistics graph
+    assert runner.precision == "int8"
+    x = quantize.synthetic_inputs([photos / "4.png"], 48, 7)[0]
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    got = runner.forward(x, None)
+    assert 30 < _psnr(got, ref) < 99  # close to fp32, and really quantized
+
+
+def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    with pytest.raises(ValueError, match="int8 calibration needs"):
+        quantize.build_int8(net, _photos(tmp_path / "few", 2), tmp_path / "x.onnx")
+
+
+def _shipped() -> tuple[WeightRecord, torch.nn.Module, Path]:
+    rec = load_manifest()[DEFAULT]
+    if "int8" not in rec.extra:
+        pytest.skip(f"{DEFAULT} ships no int8 graph")
+    net = load_pretrained(DEFAULT, quiet=True).eval()
+    return rec, net, quantize.shipped_int8_graph(rec, net)
+
+
+def test_shipped_int8_graph_is_close_to_fp32():
+    """Parity of the quantized path: the shipped graph against the fp32 graph, on a photo."""
+    _, net, path = _shipped()
+    x = _example(256)
+    fp32 = make_onnx_runner(net, "cpu", "fp32", threads=2).forward(x, None)
+    int8 = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path).forward(x, None)
+    assert 38 <= _psnr(np.clip(int8, 0, 1), np.clip(fp32, 0, 1)) < 99
+
+
+def test_shipped_int8_tiled_matches_untiled_1024():
+    """Issue 3's tiling criterion on the int8 path: 1024x1024, tile 256, >= 45 dB."""
+    _, net, path = _shipped()
+    runner = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path)
+    img = np.ascontiguousarray(_example(1024)[0].transpose(1, 2, 0))
+    full = np.clip(tiling.run_tiled(img, runner, 0, 0, hwc=True), 0, 1)
+    tiled = np.clip(tiling.run_tiled(img, runner, 256, 48, hwc=True), 0, 1)
+    assert _psnr(tiled, full) >= 45
+
+
+def test_int8_graph_of_other_weights_is_refused():
+    rec, net, _ = _shipped()
+    stale = WeightRecord.from_dict(rec.to_dict())
+    stale.extra["int8"] = dict(rec.extra["int8"], source_sha256="0" * 64)
+    with pytest.raises(quantize.Int8Unavailable, match="other weights"):
+        quantize.shipped_int8_graph(stale, net)
+    corrupt = WeightRecord.from_dict(rec.to_dict())
+    corrupt.extra["int8"] = dict(rec.extra["int8"], sha256="0" * 64)
+    with pytest.raises(quantize.Int8Unavailable, match="sha256"):
+        quantize.shipped_int8_graph(corrupt, net)
+
+
+def test_auto_precision_picks_int8_on_cpu_and_explicit_choices_hold():
+    _shipped()
+    d = Derainer(device="cpu", threads=1)
+    assert (d.backend, d.precision) == ("onnx", "int8")
+    assert (Derainer(device="cpu", precision="fp32", threads=1).precision) == "fp32"
+    torch_run = Derainer(device="cpu", backend="torch", threads=1)
+    assert torch_run.backend == "torch" and torch_run.precision != "int8"
+    with pytest.raises(ValueError, match="ONNX Runtime"):
+        Derainer(device="cpu", backend="torch", precision="int8")
+
+
+def test_int8_for_a_weights_file_is_refused_with_a_way_out(tiny_weights):
+    with pytest.raises(ValueError, match="--precision fp32"):
+        Derainer(weights=tiny_weights, device="cpu", precision="int8")
+    assert Derainer(weights=tiny_weights, device="cpu", threads=1).precision != "int8"
