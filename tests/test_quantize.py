@@ -18,7 +18,8 @@ from derain_cli.onnx_backend import OnnxRunner, make_onnx_runner, state_sha256
 from derain_cli.weights import WeightRecord, load_manifest, load_pretrained
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.usefixtures("private_onnx_cache")
+# one_thread restores torch's thread count, which Derainer(threads=...) sets process-wide
+pytestmark = pytest.mark.usefixtures("private_onnx_cache", "one_thread")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut_rain.jpg"
 DEFAULT = "semi-drdnet-lite"
@@ -82,7 +83,7 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
     assert fed_stats and all(fed_stats[n] == fed[n] for n in fed_stats)
     assert rec["stats_file"] == files[1].name and len(rec["stats_sha256"]) == 64
 
-    runner = OnnxRunner(files[0], threads=1)  # finds its (fp32) statistics graph
+    runner = OnnxRunner(files[0], threads=1)  # finds its statistics graph beside it
     assert runner.precision == "int8"
     x = quantize.synthetic_inputs([photos / "4.png"], 48, 7)[0]
     with torch.no_grad():
