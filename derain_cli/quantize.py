@@ -28,7 +28,7 @@ Scheme (what :func:`build_int8` writes):
   with this graph, 46.3 dB with the fp32 statistics graph, 73 dB for the fp32 network.
   The rest is rounding. Near tile borders the zero padding changes activations very
   slightly; where a value sits on a uint8 step, that flips it. Even exact whole-image
-  means (6 statistics passes) only reach 50.7 dB.
+  means (``--stats-passes 6``) only reach 50.7 dB.
 
 The shipped graphs for a bundled weight are listed in its manifest record under ``int8``:
 file, sha256, size, ``stats_file`` and ``stats_sha256``, and ``source_sha256``, the
