@@ -94,6 +94,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(device: torch.device, precision: str = "auto") -> str:
     """'auto' backend: ONNX Runtime where the work is fp32 on a CPU, PyTorch elsewhere.
 
@@ -106,11 +114,7 @@ def resolve_backend(device: torch.device, precision: str = "auto") -> str:
         return "torch"
     if resolve_precision(precision, device) != "fp32":
         return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnx"
+    return "onnx" if _has_onnxruntime() else "torch"
 
 
 #: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
@@ -202,10 +206,8 @@ def _check_int8_request(device: torch.device, backend: str) -> None:
                          "or another --precision")
     if backend == "torch":
         raise ValueError("int8 runs through ONNX Runtime; use --backend onnx or auto")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ValueError("int8 needs onnxruntime (pip install onnxruntime)") from None
+    if not _has_onnxruntime():
+        raise ValueError("int8 needs onnxruntime (pip install onnxruntime)")
 
 
 def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: str,
@@ -226,11 +228,8 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
             return shipped_int8_graph(record, net)
         except Int8Unavailable as e:
             raise ValueError(f"no int8 graph: {e}; use --precision fp32") from None
-    if precision != "auto" or device.type != "cpu" or backend == "torch" or record is None:
-        return None
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None
+            or not _has_onnxruntime()):
         return None
     try:
         return shipped_int8_graph(record, net)

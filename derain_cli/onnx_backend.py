@@ -288,17 +288,15 @@ def make_onnx_runner(
     if int8_graph is None and precision not in ("fp32", "auto"):
         log.warning("the ONNX backend runs fp32 graphs; --precision %s is ignored", precision)
 
-    def with_int8(paths: list[Path]) -> list[Path]:
-        if int8_graph is None:
-            return paths
-        stats = export.stats_path(Path(int8_graph))
-        return [Path(int8_graph), *([stats] if stats.is_file() else paths[1:])]
-
     if int8_graph is not None:  # no fp32 graph needed when the int8 set is complete
         stats = export.stats_path(Path(int8_graph))
         if stats.is_file() or getattr(model, "global_stats_shape", None) is None:
             return OnnxRunner([Path(int8_graph), *([stats] if stats.is_file() else [])],
                               device=device, threads=threads)
+
+    def with_int8(paths: list[Path]) -> list[Path]:  # int8 forward graph, fp32 statistics
+        return paths if int8_graph is None else [Path(int8_graph), *paths[1:]]
+
     paths = cached_graphs(model, opset=opset, sha256=sha256)
     try:
         return OnnxRunner(with_int8(paths), device=device, threads=threads)
