@@ -20,6 +20,7 @@ from torch import nn
 
 from . import tiling
 from .models import get_spec
+from .models.deploy import fold_for_inference
 from .weights import load_manifest, load_pretrained, model_from_file
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,9 @@ class TorchRunner:
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str,
                  channels_last: bool = True) -> None:
-        self.model = model.to(device).eval()
+        # Batch norms folded and each DCCL as three summed convs: the same function with
+        # fewer operators (``models.deploy``). PyTorch's PReLU is already one kernel.
+        self.model = fold_for_inference(model, max_prelu=False).to(device).eval()
         self.device = device
         self.precision = precision
         self.size_multiple = int(getattr(model, "size_multiple", 1))

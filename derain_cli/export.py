@@ -61,9 +61,11 @@ import torch
 import typer
 from torch import Tensor, nn
 
-#: Bumped whenever the exported graphs change layout (inputs, outputs,
-#: semantics); part of the cached file names, so old caches are not reused.
-GRAPH_VERSION = 1
+#: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
+#: operators inside); part of the cached file names, so old caches are not reused.
+#: 2: graphs are made from ``fold_for_inference`` (batch norm folded, DCCL as summed
+#: convs, PReLU as Max/Mul).
+GRAPH_VERSION = 2
 
 DEFAULT_OPSET = 17
 
@@ -213,9 +215,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
     """Export ``model`` to ONNX at ``path`` (plus ``<stem>.stats.onnx`` for Semi-DRDNet).
 
     Returns the written files, the forward graph first. Files are written atomically. See
-    the module docstring for the graphs and their inputs.
+    the module docstring for the graphs and their inputs. What is traced is
+    :func:`derain_cli.models.deploy.fold_for_inference` of ``model``: the same function
+    with batch norms folded and cheaper operators.
     """
     from .models import SemiDRDNet
+    from .models.deploy import fold_for_inference
 
     path = Path(path)
     if path.suffix != ".onnx":
@@ -229,8 +234,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
     dev = param.device if param is not None else torch.device("cpu")
     image = torch.rand(1, 3, h, w, device=dev)
     with _exportable(model):
+        net = fold_for_inference(model)
         if shape is None:
-            _export_one(model, (image,), path, ["image"], ["out"],
+            _export_one(net, (image,), path, ["image"], ["out"],
                         {"image": _DYN_IMG, "out": _DYN_IMG}, opset,
                         graph_metadata(model, "forward"))
             return [path]
@@ -244,12 +250,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
         local = torch.zeros(1, device=dev)
         mask = torch.rand(1, 1, h, w, device=dev)
         pooled_axes = {0: "batch"}
-        _export_one(_SemiForward(model), (image, pooled, local), path,
+        _export_one(_SemiForward(net), (image, pooled, local), path,
                     ["image", "pooled", "local"], ["out"],
                     {"image": _DYN_IMG, "pooled": pooled_axes, "out": _DYN_IMG}, opset,
                     graph_metadata(model, "forward"))
         spath = stats_path(path)
-        _export_one(_SemiStats(model), (image, pooled, local, mask), spath,
+        _export_one(_SemiStats(net), (image, pooled, local, mask), spath,
                     ["image", "pooled", "local", "mask"], ["sums"],
                     {"image": _DYN_IMG, "pooled": pooled_axes, "mask": _DYN_IMG,
                      "sums": pooled_axes}, opset,

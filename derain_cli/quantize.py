@@ -6,8 +6,12 @@ int8 kernels do the same convolution in fewer cycles than its fp32 ones.
 
 Scheme (what :func:`build_int8` writes):
 
-* Only ``Conv`` nodes are quantized (QDQ format): per-channel int8 weights, uint8
-  activations.
+* The fp32 graph is ``derain export``'s, made from the folded network
+  (``derain_cli.models.deploy``: batch norm folded, each DCCL as three summed convs).
+  ``Conv`` nodes and the adds that sum convs (:func:`summed_conv_adds`) are quantized
+  (QDQ format): per-channel int8 weights, uint8 activations. The folding made the
+  shipped graph faster (figures: ``python benchmarks/ort_ops.py compare``, old graph from
+  git, see the README's Speed section).
 * Weights use 7 bits (``reduce_range``). On CPUs without VNNI, ONNX Runtime's u8s8 kernels
   use ``vpmaddubsw``, whose 16-bit sums can saturate; with 8-bit weights every conv
   quantized cost 1.34 dB on 20 rain100l pairs on an AVX2 CPU, against 0.79 dB with 7.
@@ -117,7 +121,8 @@ def quantize_graph(
     """Static QDQ int8 copy of the forward graph ``fp32`` at ``out``, metadata kept.
 
     ``keep_fp32`` names Conv nodes left unquantized; ``only``, when given, the sole ones
-    quantized. ``cache`` keeps the calibration ranges, so trying several node sets
+    quantized. Without ``only``, the adds that sum convolutions (:func:`summed_conv_adds`)
+    are quantized too. ``cache`` keeps the calibration ranges, so trying several node sets
     calibrates once.
     """
     import onnx
@@ -146,8 +151,8 @@ def quantize_graph(
         str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
         reduce_range=reduce_range, calibrate_method=CalibrationMethod.Percentile,
-        op_types_to_quantize=["Conv"], nodes_to_exclude=list(keep_fp32),
-        nodes_to_quantize=list(only),
+        op_types_to_quantize=["Conv", "Add"], nodes_to_exclude=list(keep_fp32),
+        nodes_to_quantize=list(only) or conv_names(fp32) + summed_conv_adds(fp32),
         calibration_cache_path=None if cache is None else str(cache),
         extra_options={"CalibPercentile": PERCENTILE},
     )
@@ -157,6 +162,32 @@ def quantize_graph(
     dst.metadata_props.add(key="derain.precision", value="int8")
     onnx.save(dst, str(out))
     return out
+
+
+def summed_conv_adds(graph: Path) -> list[str]:
+    """Names of the Add nodes that only sum convolution outputs (a folded DCCL,
+    ``derain_cli.models.deploy``), directly or through such adds.
+
+    Quantized, they run as ``QLinearAdd`` on uint8 data; left in fp32, each of their
+    inputs is dequantized first, which made the folded int8 graph no faster than the
+    unfolded one (``python benchmarks/ort_ops.py profile``: 16 % of the time in
+    ``DequantizeLinear``, 11 % in ``Add``). Residual adds (a skip from a block's input)
+    stay fp32.
+    """
+    import onnx
+
+    producer = {}
+    names = []
+    for node in onnx.load(str(graph)).graph.node:
+        if node.op_type == "Add" and all(producer.get(i) in ("Conv", "sum")
+                                         for i in node.input):
+            names.append(node.name)
+            kind = "sum"
+        else:
+            kind = node.op_type
+        for o in node.output:
+            producer[o] = kind
+    return names
 
 
 def conv_names(graph: Path) -> list[str]:

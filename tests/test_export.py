@@ -68,6 +68,17 @@ def test_semi_exports_two_checked_graphs_with_metadata(semi):
     assert stats_inputs == ["image", "pooled", "local", "mask"]
 
 
+def test_semi_graphs_are_made_from_the_folded_network(semi):
+    """Batch norms folded, DCCLs as summed convs, PReLU as Max (models.deploy)."""
+    net, paths = semi
+    ops = [n.op_type for n in onnx.load(str(paths[0])).graph.node]
+    for gone in ("BatchNormalization", "Concat", "PRelu"):
+        assert gone not in ops
+    convs = sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    assert ops.count("Conv") == convs - 2 * net.cfg.detail_blocks  # no 1x1 fusions
+    assert ops.count("Max") == 2 + net.cfg.rain_blocks + net.cfg.detail_blocks
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 40, 56), (2, 3, 64, 64)])
 def test_semi_graphs_match_torch_in_every_mode(semi, shape):
     """One export, two sizes; local=1 is pooled=None, local=0 uses the given means."""

@@ -82,6 +82,15 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
     fed_stats = _weight_fed_by_dequantize(stats.graph)
     assert fed_stats and all(fed_stats[n] == fed[n] for n in fed_stats)
     assert rec["stats_file"] == files[1].name and len(rec["stats_sha256"]) == 64
+    # the adds of the folded DCCLs run on uint8 data: dequantized inputs, quantized output
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
+    adds = [n for n in proto.graph.node if n.name.startswith("/detail_net/blocks/")
+            and "/body/" in n.name and n.op_type == "Add"]
+    assert len(adds) == 4  # one block: two DCCLs of three summed convs
+    for n in adds:
+        assert [producers[i] for i in n.input] == ["DequantizeLinear"] * 2
+        assert consumers[n.output[0]] == "QuantizeLinear"
 
     runner = OnnxRunner(files[0], threads=1)  # finds its statistics graph beside it
     assert runner.precision == "int8"
@@ -90,6 +99,18 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
         ref = net(torch.from_numpy(x)).numpy()
     got = runner.forward(x, None)
     assert 30 < _psnr(got, ref) < 99  # close to fp32, and really quantized
+
+
+def test_summed_conv_adds_are_the_folded_dccl_sums_only(tmp_path):
+    from derain_cli.export import export_onnx
+
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=2,
+                                      se_reduction=4)).eval()
+    fp32 = export_onnx(net, tmp_path / "m.onnx")[0]
+    names = quantize.summed_conv_adds(fp32)
+    assert len(names) == 8  # two per DCCL (three convs), two DCCLs per block, two blocks
+    assert all(n.startswith("/detail_net/blocks/blocks.") and "/body/body." in n for n in names)
 
 
 def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
