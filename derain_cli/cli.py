@@ -1,10 +1,10 @@
 """The ``derain`` command.
 
 ``derain PHOTO_OR_FOLDER ...`` derains with no subcommand word; ``models``, ``download``
-(and ``train``, ``finetune``, ``eval``, ``synth`` when installed) sit beside it. The first
-argument decides: a registered subcommand name runs that subcommand, anything else (a path,
-a glob, an option) runs the main job. So a folder named like a subcommand is addressed as
-``./train``.
+(and ``train``, ``finetune``, ``distill``, ``eval``, ``synth`` when installed) sit beside
+it. The first argument decides: a registered subcommand name runs that subcommand,
+anything else (a path, a glob, an option) runs the main job. So a folder named like a
+subcommand is addressed as ``./train``.
 
 The work is done by :mod:`derain_cli.batch` and :class:`derain_cli.enhancer.Derainer`;
 this module only parses, reports and maps outcomes to exit codes (0 all done, skips
@@ -58,6 +58,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("derain_cli.commands_train", "train_cmd"),
     "finetune": ("derain_cli.commands_train", "finetune_cmd"),
+    "distill": ("derain_cli.commands_train", "distill_cmd"),
     "eval": ("derain_cli.commands_train", "eval_cmd"),
     "synth": ("derain_cli.commands_train", "synth_cmd"),
     "export": ("derain_cli.export", "export_cmd"),
@@ -360,7 +361,7 @@ def _check_device(value: str) -> str:
     return v
 
 
-_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-lite")
+_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
 

@@ -1,0 +1,245 @@
+"""Distil a trained Semi-DRDNet into one with fewer detail blocks (``derain distill``).
+
+Why: on a 2-core CPU the detail repair network is most of the cost (with the
+convolutions of its DCCLs, each detail block costs three rain blocks), and the
+default model must derain a 12-megapixel photo in under two minutes there. A
+shallower detail network is faster; trained to imitate the full one, it keeps most
+of its quality with no clean ground truth at all.
+
+How:
+
+* The student has the teacher's configuration with ``detail_blocks`` blocks.
+* Its rain residual network is the teacher's, copied and frozen. The rain layer and
+  the whole-image statistics are therefore exactly the teacher's; only the details
+  differ, and the loss sees only them.
+* Its detail network starts from the teacher's head, body, tail and first
+  ``detail_blocks`` blocks.
+* It is trained to reproduce the teacher's detail layer: L1 between the two detail
+  outputs on random crops. The crops are synthetic rain (``synth``, preset ``mixed``)
+  over clean photos and, when given, the user's real rainy photos (the teacher is
+  the target, so no ground truth is needed).
+* Batch norms keep the teacher's running statistics (eval mode); Adam with a short
+  warm-up (the first 5 % of the steps) and cosine decay to a tenth.
+* The last ``val_count`` clean photos are held out. On them, before and after, the
+  result reports student and teacher PSNR against the clean photo (synthetic rain
+  with fixed seeds) and the student's agreement with the teacher.
+
+The output folder holds ``model.safetensors`` and ``manifest_entry.json``, like
+``derain train`` (``recipes/bundle.py`` bundles either).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import SemiDRDNet, SemiDRDNetConfig
+
+
+class DistillError(ValueError):
+    """A distillation request that cannot run (wrong architecture, too few photos...)."""
+
+
+@dataclass
+class DistillConfig:
+    """What ``distill`` needs (``recipes/semi-drdnet-fast.sh`` has the shipped settings)."""
+
+    out: str
+    clean: str
+    teacher: str = "semi-drdnet-lite"
+    """Registry name (bundled or downloadable weights) or a weights file."""
+    detail_blocks: int = 2
+    real: str | None = None
+    real_fraction: float = 0.3
+    steps: int = 300
+    max_minutes: float | None = None
+    """Stop earlier when this much wall time has passed (the weights are still written)."""
+    batch: int = 8
+    patch: int = 128
+    lr: float = 1e-4
+    seed: int = 0
+    val_count: int = 25
+    threads: int | None = None
+    progress: bool = True
+    name: str = "semi-drdnet-distilled"
+
+
+@dataclass
+class DistillResult:
+    weights: Path
+    steps: int
+    wall_s: float
+    before: dict[str, float]
+    after: dict[str, float]
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_teacher(spec: str) -> tuple[SemiDRDNet, str]:
+    from .weights import load_pretrained, model_from_file
+
+    if Path(spec).suffix in (".safetensors", ".pt", ".pth") or os.sep in spec:
+        net, label = model_from_file(spec), Path(spec).name
+    else:
+        net, label = load_pretrained(spec), spec
+    if not isinstance(net, SemiDRDNet):
+        raise DistillError(f"{label}: distillation needs a Semi-DRDNet teacher, "
+                           f"not {type(net).__name__}")
+    return net.eval(), label
+
+
+def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int) -> SemiDRDNet:
+    """The teacher with only its first ``detail_blocks`` detail blocks (weights copied)."""
+    n = teacher.cfg.detail_blocks
+    if not 1 <= detail_blocks < n:
+        raise DistillError(f"detail_blocks must be between 1 and {n - 1} for a teacher "
+                           f"with {n}")
+    cfg = SemiDRDNetConfig(**{**asdict(teacher.cfg), "detail_blocks": detail_blocks})
+    student = SemiDRDNet(cfg)
+    state = teacher.state_dict()
+    student.load_state_dict({k: state[k] for k in student.state_dict()})
+    return student.eval()
+
+
+def _crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    from .data import pad_to
+
+    img = pad_to(img, size)
+    h, w = img.shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    out = img[y:y + size, x:x + size]
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def _batch(clean: list[np.ndarray], real: list[np.ndarray], cfg: DistillConfig,
+           rng: np.random.Generator) -> torch.Tensor:
+    from .synth import synthesize
+
+    xs = []
+    for _ in range(cfg.batch):
+        if real and rng.random() < cfg.real_fraction:
+            xs.append(_crop(real[int(rng.integers(len(real)))], cfg.patch, rng)
+                      .astype(np.float32) / 255)
+        else:
+            c = _crop(clean[int(rng.integers(len(clean)))], cfg.patch, rng)
+            xs.append(synthesize(np.ascontiguousarray(c), "mixed",
+                                 seed=int(rng.integers(1 << 31)))[0])
+    arr = np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2), dtype=np.float32)
+    return torch.from_numpy(arr).contiguous(memory_format=torch.channels_last)
+
+
+def _held_out(photos: list[np.ndarray], size: int = 256) -> list[tuple[torch.Tensor, np.ndarray]]:
+    from .synth import synthesize
+
+    out = []
+    for i, p in enumerate(photos):
+        c = np.ascontiguousarray(p[:size, :size])
+        rainy, _ = synthesize(c, "mixed", seed=10_000 + i)
+        out.append((torch.from_numpy(np.ascontiguousarray(rainy.transpose(2, 0, 1)))[None],
+                    c.astype(np.float32) / 255))
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1) - b) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(1 / mse)
+
+
+@torch.no_grad()
+def held_out_scores(student: nn.Module, teacher: nn.Module,
+                    held: list[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
+    """Mean RGB PSNR of student and teacher against the clean crops, and between them."""
+    s_gt, t_gt, agree = [], [], []
+    for x, clean in held:
+        s = student(x)[0].numpy().transpose(1, 2, 0)
+        t = np.clip(teacher(x)[0].numpy().transpose(1, 2, 0), 0, 1)
+        s_gt.append(_psnr(s, clean))
+        t_gt.append(_psnr(t, clean))
+        agree.append(_psnr(s, t))
+    return {"student_psnr": round(float(np.mean(s_gt)), 3),
+            "teacher_psnr": round(float(np.mean(t_gt)), 3),
+            "agreement_psnr": round(float(np.mean(agree)), 2), "count": len(held)}
+
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
+    from .data import load_rgb_u8
+    from .pairs import list_images
+    from .train import _hardware, _Progress
+    from .weights import save_weights
+
+    teacher, label = _load_teacher(cfg.teacher)
+    student = student_from_teacher(teacher, cfg.detail_blocks)
+    photos = list_images(Path(cfg.clean))
+    if len(photos) < cfg.val_count + 1:
+        raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
+                           f"{cfg.val_count} (that many are held out)")
+    cut = len(photos) - cfg.val_count
+    clean = [load_rgb_u8(p) for p in photos[:cut]]
+    held = _held_out([load_rgb_u8(p) for p in photos[cut:]])
+    real = [load_rgb_u8(p) for p in list_images(Path(cfg.real))] if cfg.real else []
+
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        before = held_out_scores(student, teacher, held)
+        t_detail = teacher.detail_net.to(memory_format=torch.channels_last)
+        s_detail = student.detail_net.to(memory_format=torch.channels_last)
+        for p in student.rain_net.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.Adam(s_detail.parameters(), lr=cfg.lr)
+        start = time.monotonic()
+        step = 0
+        with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
+            while step < cfg.steps:
+                if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
+                    bar.note(f"time budget reached after {step} steps")
+                    break
+                lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
+                    0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = _batch(clean, real, cfg, rng)
+                with torch.no_grad():
+                    target = t_detail(x)
+                loss = (s_detail(x) - target).abs().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                elapsed = time.monotonic() - start
+                bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
+        wall = time.monotonic() - start
+        hardware = _hardware(torch.device("cpu"), 1)
+        student = student.to(memory_format=torch.contiguous_format).eval()
+        after = held_out_scores(student, teacher, held)
+    finally:
+        torch.set_num_threads(threads)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch="semi-drdnet",
+                       config=student.cfg, dtype=torch.float16,
+                       metadata={"steps": str(step), "training": f"derain distill from {label}"})
+    rec.status = "candidate"
+    rec.training_data = (f"distilled from {label} on synthetic rain over {Path(cfg.clean).name}"
+                         + (f" and real rain from {Path(cfg.real).name}" if cfg.real else ""))
+    rec.metrics = {"distill_held_out": {**after, "set": f"last {cfg.val_count} photos of "
+                                        f"{Path(cfg.clean).name}, synthetic mixed rain"}}
+    rec.extra = {"steps": step, "hardware": hardware,
+                 "wall_time_s": round(wall, 1), "teacher": label,
+                 "before_distillation": before}
+    entry = rec.to_dict()
+    (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
+    return DistillResult(out / "model.safetensors", step, wall, before, after, entry)

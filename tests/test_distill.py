@@ -1,0 +1,114 @@
+"""derain distill: a shallower student that keeps the teacher's rain network exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli.cli import app
+from derain_cli.distill import DistillConfig, DistillError, distill, student_from_teacher
+from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
+from derain_cli.weights import model_from_file, save_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _teacher() -> SemiDRDNet:
+    torch.manual_seed(0)
+    return SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=3,
+                                       se_reduction=4)).eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = _teacher()
+    weights = root / "teacher.safetensors"
+    save_weights(teacher, weights, name="t", arch="semi-drdnet", config=teacher.cfg,
+                 dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    for sub, n in (("clean", 5), ("real", 2)):
+        (root / sub).mkdir()
+        for i in range(n):
+            img = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+            Image.fromarray(img).save(root / sub / f"{i}.png")
+    return root, weights
+
+
+def _cfg(root: Path, weights: Path, out: str, **kw) -> DistillConfig:
+    base = dict(out=str(root / out), clean=str(root / "clean"), real=str(root / "real"),
+                teacher=str(weights), detail_blocks=2, steps=3, batch=2, patch=32,
+                val_count=2, threads=1, progress=False)
+    return DistillConfig(**(base | kw))
+
+
+def test_student_copies_the_teacher_but_for_the_dropped_blocks():
+    teacher = _teacher()
+    student = student_from_teacher(teacher, 2)
+    assert student.cfg.detail_blocks == 2 and student.cfg.rain_blocks == 1
+    t = teacher.state_dict()
+    assert all(torch.equal(v, t[k]) for k, v in student.state_dict().items())
+    assert not any(k.startswith("detail_net.blocks.2.") for k in student.state_dict())
+    for bad in (0, 3):
+        with pytest.raises(DistillError, match="between 1 and 2"):
+            student_from_teacher(teacher, bad)
+
+
+def test_distill_trains_the_detail_network_only(setup):
+    root, weights = setup
+    r = distill(_cfg(root, weights, "run", lr=1e-2))
+    assert r.steps == 3
+    teacher = model_from_file(weights)
+    student = model_from_file(r.weights)  # a normal weights file: derain --weights works
+    assert isinstance(student, SemiDRDNet) and student.cfg.detail_blocks == 2
+    s, t = student.state_dict(), teacher.state_dict()
+    # fp16 file: the rain network is the teacher's to fp16 precision, the details moved
+    for k, v in s.items():
+        if k.startswith("rain_net.") and v.is_floating_point():
+            assert torch.allclose(v, t[k], atol=1e-3, rtol=1e-3), k
+    moved = [k for k in s if k.startswith("detail_net.") and "weight" in k
+             and not torch.allclose(s[k], t[k], atol=1e-3)]
+    assert moved
+    entry = json.loads((root / "run" / "manifest_entry.json").read_text())
+    assert entry["status"] == "candidate" and entry["steps"] == 3
+    assert entry["config"]["detail_blocks"] == 2
+    held = entry["metrics"]["distill_held_out"]
+    assert held["count"] == 2 and held["student_psnr"] == r.after["student_psnr"]
+
+
+def test_zero_learning_rate_leaves_the_pruned_student(setup):
+    root, weights = setup
+    r = distill(_cfg(root, weights, "lr0", lr=0.0, steps=2))
+    assert r.after == r.before
+
+
+def test_a_teacher_without_detail_network_is_refused(tmp_path):
+    torch.manual_seed(0)
+    net = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=2))
+    path = tmp_path / "rdmc.safetensors"
+    save_weights(net, path, name="r", arch="rdmc", config=net.cfg)
+    with pytest.raises(DistillError, match="Semi-DRDNet teacher"):
+        distill(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path), teacher=str(path)))
+
+
+def test_distill_cli(setup):
+    root, weights = setup
+    runner = CliRunner()
+    args = ["distill", "--clean", root / "clean", "-m", weights, "--detail-blocks", "1",
+            "--steps", "2", "--batch", "2", "--patch", "32", "--val-count", "2",
+            "--threads", "1", "-q", "-o", root / "cli"]
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    assert "held-out PSNR" in r.output and (root / "cli" / "model.safetensors").exists()
+    bad = runner.invoke(app, [str(a) for a in args[:-2] + ["--detail-blocks", "3",
+                                                            "-o", root / "bad"]])
+    assert bad.exit_code == 2 and "between 1 and 2" in bad.output
+    few = runner.invoke(app, [str(a) for a in args[:-2] + ["--val-count", "9",
+                                                            "-o", root / "few"]])
+    assert few.exit_code == 2 and "held out" in few.output
