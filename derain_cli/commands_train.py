@@ -221,7 +221,7 @@ def distill_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
     Path("runs/distill"),
     steps: Annotated[int, typer.Option(
-        min=1, help="Training steps (300 take about 25 minutes on a 2-core CPU).")] = 300,
+        min=1, help="Training steps (300 take about 17 minutes on a 2-core CPU).")] = 300,
     max_minutes: Annotated[float | None, typer.Option(
         help="Stop earlier after this many minutes (the weights are still written).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: The model ``derain photo.jpg`` uses: the best model that derains a
 #: 12-megapixel photo in under two minutes on a 2-core laptop CPU (README).
-DEFAULT_MODEL = "semi-drdnet-lite"
+DEFAULT_MODEL = "semi-drdnet-fast"
 
 #: Smallest tile the out-of-memory fallback tries before giving up.
 MIN_TILE = 64

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Recipe for weights/semi-drdnet-lite.int8.onnx, the int8 graph CPUs run by default.
+# Recipe for weights/$NAME.int8.onnx (NAME: semi-drdnet-lite unless set; semi-drdnet-fast
+# too), the int8 graph CPUs run by default.
 # Run from the repository root with ../shared/data present, after the fp32 weights are
 # bundled (the graph records their hash and is refused for any other weights).
 # Calibration: synthetic rain over the first 8 clean-bsds photos; the 8 convolutions
@@ -8,13 +9,12 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
-mkdir -p "$RUNS/int8"
-derain export -m semi-drdnet-lite --int8 "$DATA/clean-bsds" --keep-fp32 8 \
-  "$RUNS/int8/semi-drdnet-lite.int8.onnx"
-python recipes/bundle_int8.py "$RUNS/int8/semi-drdnet-lite.int8.onnx" --name semi-drdnet-lite
+NAME=${NAME:-semi-drdnet-lite}
+OUT="$RUNS/int8-$NAME"
+mkdir -p "$OUT"
+derain export -m "$NAME" --int8 "$DATA/clean-bsds" --keep-fp32 8 "$OUT/$NAME.int8.onnx"
+python recipes/bundle_int8.py "$OUT/$NAME.int8.onnx" --name "$NAME"
 for set in rain100l heavy-small sirr-val; do
-  derain eval -m semi-drdnet-lite --data "$DATA/$set" --precision int8 --json \
-    > "$RUNS/int8/eval-$set.json"
+  derain eval -m "$NAME" --data "$DATA/$set" --precision int8 --json > "$OUT/eval-$set.json"
 done
-python recipes/bundle_int8.py "$RUNS/int8/semi-drdnet-lite.int8.onnx" --name semi-drdnet-lite \
-  --eval "$RUNS"/int8/eval-*.json
+python recipes/bundle_int8.py "$OUT/$NAME.int8.onnx" --name "$NAME" --eval "$OUT"/eval-*.json

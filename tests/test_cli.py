@@ -345,7 +345,8 @@ def test_models_table_and_json() -> None:
     for row in rows.values():
         assert row["params"] > 0
         assert row["weights"] in ("bundled", "cached", "remote", "none")
-        assert row["int8"] == (row["name"] == "semi-drdnet-lite")  # the one shipped int8 graph
+        # the shipped int8 graphs
+        assert row["int8"] == (row["name"] in ("semi-drdnet-lite", "semi-drdnet-fast"))
 
 
 def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

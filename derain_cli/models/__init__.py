@@ -51,6 +51,12 @@ MODELS: dict[str, ModelSpec] = {
             "Semi-DRDNet for CPUs (32 wide, 6 + 6 blocks, ~10x fewer FLOPs)",
         ),
         ModelSpec(
+            "semi-drdnet-fast",
+            "semi-drdnet",
+            SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=2),
+            "semi-drdnet-lite distilled to 2 detail blocks (derain distill), half the FLOPs",
+        ),
+        ModelSpec(
             "rdmc",
             "rdmc",
             RDMCConfig(),
