@@ -148,15 +148,15 @@ def _held_out(photos: list[np.ndarray], size: int = 256) -> list[tuple[torch.Ten
     return out
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1) - b) ** 2))
-    return 99.0 if mse == 0 else 10 * math.log10(1 / mse)
-
-
 @torch.no_grad()
 def held_out_scores(student: nn.Module, teacher: nn.Module,
                     held: list[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
     """Mean RGB PSNR of student and teacher against the clean crops, and between them."""
+    from .metrics import psnr
+
+    def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+        return min(psnr(np.clip(a, 0, 1), b, data_range=1.0), 99.0)
+
     s_gt, t_gt, agree = [], [], []
     for x, clean in held:
         s = student(x)[0].numpy().transpose(1, 2, 0)
