@@ -86,65 +86,66 @@ def main(argv: list[str] | None = None) -> int:
     photos = list_images(args.data / "clean-bsds")
     calib = quantize.synthetic_inputs(photos[: args.calib], 320, 0)
 
-    tmp = Path(tempfile.mkdtemp(prefix="derain-int8-"))
-    cache = tmp / "calibration.json"
-    fp32, *stats = export.export_onnx(net, tmp / "fp32.onnx")  # stats graph: tiling only
-    scopes = args.scopes.split(",")
-    ranking: list[tuple] = []
-    if any(s.startswith("auto-") for s in scopes):
-        t = time.perf_counter()
-        held = quantize.synthetic_inputs(photos[args.calib: args.calib + args.held_out], 256,
-                                         1000)
-        ranking = quantize.conv_sensitivity([fp32, *stats], calib, held,
-                                            reduce_range=args.reduce_range, cache=cache,
-                                            threads=args.threads)
-        print(f"sensitivity of {len(ranking)} convolutions in "
-              f"{time.perf_counter() - t:.0f} s; most sensitive first "
-              "(output PSNR vs fp32 with only that node in int8):", file=sys.stderr)
-        for p, name in ranking[:16]:
-            print(f"  {p:6.1f} dB  {name}", file=sys.stderr)
-    graphs = {"fp32": fp32}
-    for scope in scopes:
-        t = time.perf_counter()
-        if scope.startswith("auto-"):
-            exclude = [n for _, n in ranking[: int(scope[5:])]]
-        else:
-            exclude = _excluded([n.name for n in onnx.load(str(fp32)).graph.node], scope)
-        graphs[scope] = quantize.quantize_graph(fp32, tmp / f"{scope}.onnx", calib,
-                                                keep_fp32=exclude, cache=cache,
-                                                reduce_range=args.reduce_range)
-        print(f"quantized scope {scope} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    runners = {k: OnnxRunner([p, *stats], threads=args.threads) for k, p in graphs.items()}
-
-    pairs = find_pairs(args.data / "rain100l")[: args.images]
-    scores = {k: [] for k in runners}
-    agree = {k: [] for k in runners}
-    secs = dict.fromkeys(runners, 0.0)
-    for pair in pairs:
-        rainy = _rgb(pair.rainy).astype(np.float32) / 255
-        clean = _rgb(pair.clean)
-        x = np.ascontiguousarray(rainy.transpose(2, 0, 1))[None]
-        ref = None
-        for k, run in runners.items():  # interleaved, so load changes hit every graph alike
+    with tempfile.TemporaryDirectory(prefix="derain-int8-") as tmp_dir:  # graphs: removed after
+        tmp = Path(tmp_dir)
+        cache = tmp / "calibration.json"
+        fp32, *stats = export.export_onnx(net, tmp / "fp32.onnx")  # stats graph: tiling only
+        scopes = args.scopes.split(",")
+        ranking: list[tuple] = []
+        if any(s.startswith("auto-") for s in scopes):
             t = time.perf_counter()
-            y = run.forward(x, None)[0].transpose(1, 2, 0)
-            secs[k] += time.perf_counter() - t
-            y8 = metrics.to_uint8(np.clip(y, 0, 1))
-            ref = y8 if ref is None else ref
-            scores[k].append(metrics.psnr_y(y8, clean))
-            if k != "fp32":
-                agree[k].append(min(metrics.psnr(y8, ref), 99.0))
+            held = quantize.synthetic_inputs(photos[args.calib: args.calib + args.held_out], 256,
+                                             1000)
+            ranking = quantize.conv_sensitivity([fp32, *stats], calib, held,
+                                                reduce_range=args.reduce_range, cache=cache,
+                                                threads=args.threads)
+            print(f"sensitivity of {len(ranking)} convolutions in "
+                  f"{time.perf_counter() - t:.0f} s; most sensitive first "
+                  "(output PSNR vs fp32 with only that node in int8):", file=sys.stderr)
+            for p, name in ranking[:16]:
+                print(f"  {p:6.1f} dB  {name}", file=sys.stderr)
+        graphs = {"fp32": fp32}
+        for scope in scopes:
+            t = time.perf_counter()
+            if scope.startswith("auto-"):
+                exclude = [n for _, n in ranking[: int(scope[5:])]]
+            else:
+                exclude = _excluded([n.name for n in onnx.load(str(fp32)).graph.node], scope)
+            graphs[scope] = quantize.quantize_graph(fp32, tmp / f"{scope}.onnx", calib,
+                                                    keep_fp32=exclude, cache=cache,
+                                                    reduce_range=args.reduce_range)
+            print(f"quantized scope {scope} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        runners = {k: OnnxRunner([p, *stats], threads=args.threads) for k, p in graphs.items()}
 
-    base = np.mean(scores["fp32"])
-    print(f"\n{args.model}: {len(pairs)} rain100l pairs, untiled, {args.threads} threads, "
-          f"onnxruntime CPU{', 7-bit weights' if args.reduce_range else ''}\n")
-    print("| graph | Y-PSNR (dB) | vs fp32 (dB) | output vs fp32 (dB) | speed vs fp32 |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for k in runners:
-        d = np.mean(scores[k]) - base
-        a = f"{np.mean(agree[k]):.1f}" if agree[k] else "-"
-        print(f"| {k} | {np.mean(scores[k]):.3f} | {d:+.3f} | {a} | "
-              f"{secs['fp32'] / secs[k]:.2f}x |")
+        pairs = find_pairs(args.data / "rain100l")[: args.images]
+        scores = {k: [] for k in runners}
+        agree = {k: [] for k in runners}
+        secs = dict.fromkeys(runners, 0.0)
+        for pair in pairs:
+            rainy = _rgb(pair.rainy).astype(np.float32) / 255
+            clean = _rgb(pair.clean)
+            x = np.ascontiguousarray(rainy.transpose(2, 0, 1))[None]
+            ref = None
+            for k, run in runners.items():  # interleaved, so load changes hit every graph alike
+                t = time.perf_counter()
+                y = run.forward(x, None)[0].transpose(1, 2, 0)
+                secs[k] += time.perf_counter() - t
+                y8 = metrics.to_uint8(np.clip(y, 0, 1))
+                ref = y8 if ref is None else ref
+                scores[k].append(metrics.psnr_y(y8, clean))
+                if k != "fp32":
+                    agree[k].append(min(metrics.psnr(y8, ref), 99.0))
+
+        base = np.mean(scores["fp32"])
+        print(f"\n{args.model}: {len(pairs)} rain100l pairs, untiled, {args.threads} threads, "
+              f"onnxruntime CPU{', 7-bit weights' if args.reduce_range else ''}\n")
+        print("| graph | Y-PSNR (dB) | vs fp32 (dB) | output vs fp32 (dB) | speed vs fp32 |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for k in runners:
+            d = np.mean(scores[k]) - base
+            a = f"{np.mean(agree[k]):.1f}" if agree[k] else "-"
+            print(f"| {k} | {np.mean(scores[k]):.3f} | {d:+.3f} | {a} | "
+                  f"{secs['fp32'] / secs[k]:.2f}x |")
     return 0
 
 

@@ -31,6 +31,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from derain_cli.onnx_backend import pooled_feeds
+
 
 def _session(model: str | bytes, threads: int, profile_dir: str | None = None
              ) -> ort.InferenceSession:
@@ -46,8 +48,7 @@ def _feeds(s: ort.InferenceSession, h: int, w: int) -> dict[str, np.ndarray]:
     names = {i.name: i for i in s.get_inputs()}
     feeds = {"image": np.random.default_rng(0).random((1, 3, h, w), np.float32)}
     if "pooled" in names:
-        n, c = names["pooled"].shape[1:]
-        feeds |= {"pooled": np.zeros((1, n, c), np.float32), "local": np.ones(1, np.float32)}
+        feeds |= pooled_feeds(names["pooled"].shape[1:], 1)
     if "mask" in names:
         feeds["mask"] = np.ones((1, 1, h, w), np.float32)
     return feeds

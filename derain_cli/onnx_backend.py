@@ -175,6 +175,25 @@ def session_options(threads: int | None = None, cpu_arena: bool = True):
     return opts
 
 
+def pooled_feeds(shape: Sequence[int] | None, batch: int,
+                 pooled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The ``pooled`` and ``local`` feeds of a Semi-DRDNet graph (none for other networks).
+
+    ``pooled`` None: ``local`` = 1, each image uses its own means (an untiled run, or the
+    tiler's first statistics pass); else the given whole-image means, with ``local`` = 0.
+    The one rule for the runner, the int8 calibration and the benchmarks.
+    """
+    if shape is None:
+        return {}
+    if pooled is None:
+        return {"pooled": np.zeros((batch, *shape), np.float32),
+                "local": np.ones(1, np.float32)}
+    p = np.ascontiguousarray(pooled, dtype=np.float32)
+    if p.shape[0] != batch:
+        p = np.ascontiguousarray(np.broadcast_to(p, (batch, *p.shape[1:])))
+    return {"pooled": p, "local": np.zeros(1, np.float32)}
+
+
 class OnnxRunner:
     """The tiling ``Runner`` protocol over ONNX Runtime sessions of exported graphs.
 
@@ -229,15 +248,7 @@ class OnnxRunner:
         return CUDA_TILE if self.device.type == "cuda" else ORT_CPU_TILE
 
     def _pooled_feeds(self, batch: int, pooled: np.ndarray | None) -> dict[str, np.ndarray]:
-        if self.global_stats_shape is None:
-            return {}
-        if pooled is None:
-            return {"pooled": np.zeros((batch, *self.global_stats_shape), np.float32),
-                    "local": np.ones(1, np.float32)}
-        p = np.ascontiguousarray(pooled, dtype=np.float32)
-        if p.shape[0] != batch:
-            p = np.ascontiguousarray(np.broadcast_to(p, (batch, *p.shape[1:])))
-        return {"pooled": p, "local": np.zeros(1, np.float32)}
+        return pooled_feeds(self.global_stats_shape, batch, pooled)
 
     def _run(self, sess, feeds: dict[str, np.ndarray]) -> np.ndarray:
         # The exporter drops inputs a graph never reads (e.g. ``pooled`` in the

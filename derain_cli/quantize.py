@@ -92,16 +92,15 @@ def _feeds(graph: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
 
     import onnx
 
+    from .onnx_backend import pooled_feeds
+
     model = onnx.load(str(graph), load_external_data=False)
     names = {i.name for i in model.graph.input}
     meta = {p.key: p.value for p in model.metadata_props}
     shape = json.loads(meta.get("derain.global_stats_shape", "null"))
 
     def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
-        out = {"image": x}
-        if shape is not None:
-            out |= {"pooled": np.zeros((1, *shape), np.float32),
-                    "local": np.ones(1, np.float32)}
+        out = {"image": x, **pooled_feeds(shape, x.shape[0])}
         if "mask" in names:
             out["mask"] = np.ones((1, 1, *x.shape[2:]), np.float32)
         return {k: v for k, v in out.items() if k in names}
