@@ -19,6 +19,14 @@ the shipped semi-drdnet-lite on a 1024 px rainy photo in 256 px tiles, naive
 tiles agree with the untiled output to 33.6 dB and one pass to 73.1 dB
 (``benchmarks/tiling_agreement.py``; tests/test_tiling.py asserts >= 45 dB).
 
+The statistics passes plan their own tiles with half the overlap: a mean over
+hundreds of thousands of pixels does not notice the few disturbed ones near a tile's
+edge, while the final pass's blend does. On that photo the agreement is the same
+(73.3 dB; semi-drdnet-fast 74.2 dB fp32, 53.2 dB int8, against 74.1 and 53.3 with the
+full overlap) and a 12-megapixel photo in 512 px tiles sends 9 % fewer pixels
+through the statistics pass (no overlap at all: 17 % fewer, but 62 dB fp32 and
+46.5 dB for semi-drdnet-lite's int8 graph).
+
 The runner protocol works on numpy arrays so the PyTorch and ONNX Runtime
 backends share this code.
 """
@@ -143,6 +151,7 @@ def run_tiled(
     overlap: int,
     *,
     stats_passes: int = STATS_PASSES,
+    stats_overlap: int | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     hwc: bool = False,
 ) -> np.ndarray:
@@ -153,6 +162,8 @@ def run_tiled(
     (host memory for an 80 MP photo: the input, the float32 output and one weight plane).
     ``tile`` <= 0 or a tile covering the image means one pass over the whole
     image. Raises TileOutOfMemory from the runner unchanged (the caller shrinks).
+    ``stats_overlap`` (default: half of ``overlap``) is the overlap of the statistics
+    passes' tiles; see the module docstring.
     """
     h0, w0 = image.shape[:2] if hwc else image.shape[1:]
 
@@ -180,12 +191,22 @@ def run_tiled(
     pooled = None
     shape = runner.global_stats_shape
     passes = stats_passes if shape is not None and len(tiles) > 1 else 0
-    total = len(tiles) * (passes + 1)
+    s_tiles, s_windows, s_wsum = tiles, windows, wsum
+    if stats_overlap is None:
+        stats_overlap = overlap // 2
+    stats_overlap = min(stats_overlap, overlap)
+    if passes and stats_overlap != overlap:
+        s_tiles = plan_tiles(h, w, tile, stats_overlap, m)
+        s_windows = [blend_window(t, h, w, stats_overlap) for t in s_tiles]
+        s_wsum = np.zeros((h, w), np.float32)
+        for t, win in zip(s_tiles, s_windows, strict=True):
+            s_wsum[t.y0:t.y1, t.x0:t.x1] += win
+    total = len(s_tiles) * passes + len(tiles)
     done = 0
     for _ in range(passes):
         sums = np.zeros((1, *shape), np.float64)
-        for t, win in zip(tiles, windows, strict=True):
-            mask = (win / wsum[t.y0:t.y1, t.x0:t.x1])[None, None]
+        for t, win in zip(s_tiles, s_windows, strict=True):
+            mask = (win / s_wsum[t.y0:t.y1, t.x0:t.x1])[None, None]
             # Pixels of the reflect padding are not part of the image.
             mask = mask * _inside(t, h0, w0)[None, None]
             sums += runner.stat_sums(crop(img, t), pooled, mask)

@@ -84,6 +84,41 @@ def test_identity_runner_reconstructs_exactly():
     np.testing.assert_allclose(out, img, atol=1e-6)
 
 
+class _MaskCounter:
+    """Records the statistics pass: its tiles, and the pooled value the final pass gets."""
+
+    size_multiple = 1
+    global_stats_shape = (1, 1)
+
+    def __init__(self):
+        self.stat_shapes, self.pooled = [], []
+
+    def stat_sums(self, x, pooled, mask):
+        self.stat_shapes.append(x.shape[-2:])
+        return np.full((1, 1, 1), mask.sum(), np.float64)
+
+    def forward(self, x, pooled):
+        self.pooled.append(None if pooled is None else float(pooled.ravel()[0]))
+        return x
+
+
+@pytest.mark.parametrize("stats_overlap", [None, 0, 48])
+def test_statistics_pass_has_its_own_half_overlap_tiles(stats_overlap):
+    """Its tiles overlap by half as much (default) and still count every pixel once."""
+    img = _scene(1000)[:, :, :700]  # 1000 x 700
+    r, calls = _MaskCounter(), []
+    tiling.run_tiled(img, r, 256, 48, stats_overlap=stats_overlap,
+                     on_tile=lambda d, t: calls.append((d, t)))
+    ov = 24 if stats_overlap is None else stats_overlap
+    planned = tiling.plan_tiles(1000, 700, 256, ov)
+    assert [s for s in r.stat_shapes] == [(t.y1 - t.y0, t.x1 - t.x0) for t in planned]
+    assert r.pooled == pytest.approx([1.0] * len(tiling.plan_tiles(1000, 700, 256, 48)))
+    assert calls[-1] == (len(planned) + len(r.pooled),) * 2
+    if stats_overlap is None:  # fewer pixels than the final pass's tiles
+        assert sum(a * b for a, b in r.stat_shapes) < sum(
+            (t.y1 - t.y0) * (t.x1 - t.x0) for t in tiling.plan_tiles(1000, 700, 256, 48))
+
+
 def _runner(net):
     return TorchRunner(net.eval(), torch.device("cpu"), "fp32")
 
