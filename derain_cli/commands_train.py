@@ -215,6 +215,9 @@ def distill_cmd(
     "semi-drdnet-lite",
     detail_blocks: Annotated[int, typer.Option(
         min=1, help="Detail blocks the student keeps (fewer is faster).")] = 2,
+    rain_blocks: Annotated[int | None, typer.Option(
+        min=1, help="Rain blocks the student keeps (default: all, frozen; fewer are "
+                    "trained too and also shorten the tiling statistics pass).")] = None,
     real: Annotated[Path | None, typer.Option(
         help="Rainy photos of your own, mixed into the crops (no ground truth needed).")] =
     None,
@@ -234,13 +237,14 @@ def distill_cmd(
     "semi-drdnet-distilled",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Distil a Semi-DRDNet into a faster one with fewer detail blocks (no ground truth)."""
+    """Distil a Semi-DRDNet into a faster, shallower one (no ground truth needed)."""
     from .distill import DistillConfig, DistillError, distill
 
     with _errors():
         try:
             r = distill(DistillConfig(
                 out=str(out), clean=str(clean), teacher=teacher, detail_blocks=detail_blocks,
+                rain_blocks=rain_blocks,
                 real=str(real) if real else None, steps=steps, max_minutes=max_minutes,
                 batch=batch, patch=patch, lr=lr, seed=seed, val_count=val_count,
                 threads=threads, progress=not quiet, name=name))

@@ -1,23 +1,28 @@
-"""Distil a trained Semi-DRDNet into one with fewer detail blocks (``derain distill``).
+"""Distil a trained Semi-DRDNet into a shallower one (``derain distill``).
 
 Why: on a 2-core CPU the detail repair network is most of the cost (with the
 convolutions of its DCCLs, each detail block costs three rain blocks), and the
-default model must derain a 12-megapixel photo in under two minutes there. A
-shallower detail network is faster; trained to imitate the full one, it keeps most
-of its quality with no clean ground truth at all.
+default model must derain a 12-megapixel photo quickly there. A shallower network is
+faster; trained to imitate the full one, it keeps most of its quality with no clean
+ground truth at all. Fewer rain blocks also shorten the tiler's statistics pass
+(``derain_cli.tiling``), which runs the rain network once more over the whole image.
 
 How:
 
-* The student has the teacher's configuration with ``detail_blocks`` blocks.
-* Its rain residual network is the teacher's, copied and frozen. The rain layer and
-  the whole-image statistics are therefore exactly the teacher's; only the details
-  differ, and the loss sees only them.
+* The student has the teacher's configuration with ``detail_blocks`` detail blocks
+  and ``rain_blocks`` rain blocks (default: all of the teacher's).
+* With all rain blocks, its rain residual network is the teacher's, copied and frozen.
+  The rain layer and the whole-image statistics are therefore exactly the teacher's;
+  only the details differ, and the loss sees only them.
+* With fewer rain blocks, the rain network starts from the teacher's head, body, tail
+  and first ``rain_blocks`` blocks and is trained too.
 * Its detail network starts from the teacher's head, body, tail and first
   ``detail_blocks`` blocks.
-* It is trained to reproduce the teacher's detail layer: L1 between the two detail
-  outputs on random crops. The crops are synthetic rain (``synth``, preset ``mixed``)
-  over clean photos and, when given, the user's real rainy photos (the teacher is
-  the target, so no ground truth is needed).
+* It is trained to reproduce the teacher: L1 between the two detail layers on random
+  crops, plus, when the rain network trains, L1 between the two rain layers (the
+  output ``O - R + B`` then matches to within the sum of both). The crops are
+  synthetic rain (``synth``, preset ``mixed``) over clean photos and, when given, the
+  user's real rainy photos (the teacher is the target, so no ground truth is needed).
 * Batch norms keep the teacher's running statistics (eval mode); Adam with a short
   warm-up (the first 5 % of the steps) and cosine decay to a tenth.
 * The last ``val_count`` clean photos are held out. On them, before and after, the
@@ -58,6 +63,8 @@ class DistillConfig:
     teacher: str = "semi-drdnet-lite"
     """Registry name (bundled or downloadable weights) or a weights file."""
     detail_blocks: int = 2
+    rain_blocks: int | None = None
+    """None: the teacher's rain network, frozen; fewer blocks train it too."""
     real: str | None = None
     real_fraction: float = 0.3
     steps: int = 300
@@ -96,13 +103,19 @@ def _load_teacher(spec: str) -> tuple[SemiDRDNet, str]:
     return net.eval(), label
 
 
-def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int) -> SemiDRDNet:
-    """The teacher with only its first ``detail_blocks`` detail blocks (weights copied)."""
+def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
+                         rain_blocks: int | None = None) -> SemiDRDNet:
+    """The teacher with only its first ``detail_blocks`` detail blocks and first
+    ``rain_blocks`` rain blocks (None: all), weights copied."""
     n = teacher.cfg.detail_blocks
     if not 1 <= detail_blocks < n:
         raise DistillError(f"detail_blocks must be between 1 and {n - 1} for a teacher "
                            f"with {n}")
-    cfg = SemiDRDNetConfig(**{**asdict(teacher.cfg), "detail_blocks": detail_blocks})
+    r = teacher.cfg.rain_blocks
+    if rain_blocks is not None and not 1 <= rain_blocks <= r:
+        raise DistillError(f"rain_blocks must be between 1 and {r} for a teacher with {r}")
+    cfg = SemiDRDNetConfig(**{**asdict(teacher.cfg), "detail_blocks": detail_blocks,
+                              "rain_blocks": rain_blocks or r})
     student = SemiDRDNet(cfg)
     state = teacher.state_dict()
     student.load_state_dict({k: state[k] for k in student.state_dict()})
@@ -136,21 +149,27 @@ def _batch(clean: list[np.ndarray], real: list[np.ndarray], cfg: DistillConfig,
     return torch.from_numpy(arr).contiguous(memory_format=torch.channels_last)
 
 
-def _held_out(photos: list[np.ndarray], size: int = 256) -> list[tuple[torch.Tensor, np.ndarray]]:
+#: A held-out sample: rainy input (1, 3, h, w), clean HxWx3 and the teacher's output HxWx3.
+HeldOut = tuple[torch.Tensor, np.ndarray, np.ndarray]
+
+
+@torch.no_grad()
+def _held_out(photos: list[np.ndarray], teacher: nn.Module, size: int = 256) -> list[HeldOut]:
+    """Fixed synthetic rain on the held-out photos, with the teacher's outputs (run once)."""
     from .synth import synthesize
 
     out = []
     for i, p in enumerate(photos):
         c = np.ascontiguousarray(p[:size, :size])
         rainy, _ = synthesize(c, "mixed", seed=10_000 + i)
-        out.append((torch.from_numpy(np.ascontiguousarray(rainy.transpose(2, 0, 1)))[None],
-                    c.astype(np.float32) / 255))
+        x = torch.from_numpy(np.ascontiguousarray(rainy.transpose(2, 0, 1)))[None]
+        t = np.clip(teacher(x)[0].numpy().transpose(1, 2, 0), 0, 1)
+        out.append((x, c.astype(np.float32) / 255, t))
     return out
 
 
 @torch.no_grad()
-def held_out_scores(student: nn.Module, teacher: nn.Module,
-                    held: list[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
+def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]:
     """Mean RGB PSNR of student and teacher against the clean crops, and between them."""
     from .metrics import psnr
 
@@ -158,9 +177,8 @@ def held_out_scores(student: nn.Module, teacher: nn.Module,
         return min(psnr(np.clip(a, 0, 1), b, data_range=1.0), 99.0)
 
     s_gt, t_gt, agree = [], [], []
-    for x, clean in held:
+    for x, clean, t in held:
         s = student(x)[0].numpy().transpose(1, 2, 0)
-        t = np.clip(teacher(x)[0].numpy().transpose(1, 2, 0), 0, 1)
         s_gt.append(_psnr(s, clean))
         t_gt.append(_psnr(t, clean))
         agree.append(_psnr(s, t))
@@ -177,14 +195,15 @@ def distill(cfg: DistillConfig) -> DistillResult:
     from .weights import save_weights
 
     teacher, label = _load_teacher(cfg.teacher)
-    student = student_from_teacher(teacher, cfg.detail_blocks)
+    student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
+    train_rain = student.cfg.rain_blocks < teacher.cfg.rain_blocks
     photos = list_images(Path(cfg.clean))
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
                            f"{cfg.val_count} (that many are held out)")
     cut = len(photos) - cfg.val_count
     clean = [load_rgb_u8(p) for p in photos[:cut]]
-    held = _held_out([load_rgb_u8(p) for p in photos[cut:]])
+    held_photos = [load_rgb_u8(p) for p in photos[cut:]]
     real = [load_rgb_u8(p) for p in list_images(Path(cfg.real))] if cfg.real else []
 
     threads = torch.get_num_threads()
@@ -193,12 +212,15 @@ def distill(cfg: DistillConfig) -> DistillResult:
     try:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        before = held_out_scores(student, teacher, held)
+        held = _held_out(held_photos, teacher)
+        before = held_out_scores(student, held)
         t_detail = teacher.detail_net.to(memory_format=torch.channels_last)
         s_detail = student.detail_net.to(memory_format=torch.channels_last)
-        for p in student.rain_net.parameters():
-            p.requires_grad_(False)
-        opt = torch.optim.Adam(s_detail.parameters(), lr=cfg.lr)
+        t_rain = teacher.rain_net.to(memory_format=torch.channels_last)
+        s_rain = student.rain_net.to(memory_format=torch.channels_last)
+        for p in s_rain.parameters():
+            p.requires_grad_(train_rain)
+        opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
         start = time.monotonic()
         step = 0
         with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
@@ -213,7 +235,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
                 x = _batch(clean, real, cfg, rng)
                 with torch.no_grad():
                     target = t_detail(x)
+                    rain_target = t_rain(x) if train_rain else None
                 loss = (s_detail(x) - target).abs().mean()
+                if train_rain:
+                    loss = loss + (s_rain(x) - rain_target).abs().mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -223,7 +248,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
         wall = time.monotonic() - start
         hardware = _hardware(torch.device("cpu"), 1)
         student = student.to(memory_format=torch.contiguous_format).eval()
-        after = held_out_scores(student, teacher, held)
+        after = held_out_scores(student, held)
     finally:
         torch.set_num_threads(threads)
 

@@ -82,6 +82,51 @@ def test_distill_trains_the_detail_network_only(setup):
     assert held["count"] == 2 and held["student_psnr"] == r.after["student_psnr"]
 
 
+def _deep_teacher_file(root: Path) -> Path:
+    torch.manual_seed(1)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=2,
+                                      se_reduction=4)).eval()
+    path = root / "deep.safetensors"
+    save_weights(net, path, name="d", arch="semi-drdnet", config=net.cfg, dtype=torch.float32)
+    return path
+
+
+def test_student_with_fewer_rain_blocks_starts_from_the_first_ones():
+    torch.manual_seed(1)
+    teacher = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=2,
+                                          se_reduction=4)).eval()
+    student = student_from_teacher(teacher, 1, rain_blocks=2)
+    assert (student.cfg.rain_blocks, student.cfg.detail_blocks) == (2, 1)
+    assert student.global_stats_shape == (2, 8)
+    t = teacher.state_dict()
+    assert all(torch.equal(v, t[k]) for k, v in student.state_dict().items())
+    assert not any(k.startswith("rain_net.blocks.2.") for k in student.state_dict())
+    assert "rain_net.tail.weight" in student.state_dict()
+    for bad in (0, 4):
+        with pytest.raises(DistillError, match="rain_blocks must be between 1 and 3"):
+            student_from_teacher(teacher, 1, rain_blocks=bad)
+
+
+def test_distill_with_fewer_rain_blocks_trains_the_rain_network(setup):
+    root, _ = setup
+    weights = _deep_teacher_file(root)
+    r = distill(_cfg(root, weights, "rain", detail_blocks=1, rain_blocks=2, lr=1e-2))
+    teacher, student = model_from_file(weights), model_from_file(r.weights)
+    assert (student.cfg.rain_blocks, student.cfg.detail_blocks) == (2, 1)
+    s, t = student.state_dict(), teacher.state_dict()
+    for part in ("rain_net.", "detail_net."):
+        moved = [k for k in s if k.startswith(part) and "weight" in k
+                 and not torch.allclose(s[k], t[k], atol=1e-3)]
+        assert moved, part
+    entry = json.loads((root / "rain" / "manifest_entry.json").read_text())
+    assert entry["config"]["rain_blocks"] == 2
+    # Frozen rain network when all its blocks are kept (the default)
+    r = distill(_cfg(root, weights, "rain_all", detail_blocks=1, lr=1e-2))
+    s = model_from_file(r.weights).state_dict()
+    assert all(torch.allclose(v, t[k], atol=1e-3, rtol=1e-3)
+               for k, v in s.items() if k.startswith("rain_net.") and v.is_floating_point())
+
+
 def test_zero_learning_rate_leaves_the_pruned_student(setup):
     root, weights = setup
     r = distill(_cfg(root, weights, "lr0", lr=0.0, steps=2))
@@ -112,3 +157,6 @@ def test_distill_cli(setup):
     few = runner.invoke(app, [str(a) for a in args[:-2] + ["--val-count", "9",
                                                             "-o", root / "few"]])
     assert few.exit_code == 2 and "held out" in few.output
+    rain = runner.invoke(app, [str(a) for a in args[:-2] + ["--rain-blocks", "2",
+                                                             "-o", root / "rb"]])
+    assert rain.exit_code == 2 and "rain_blocks must be between 1 and 1" in rain.output
