@@ -218,6 +218,9 @@ def distill_cmd(
     rain_blocks: Annotated[int | None, typer.Option(
         min=1, help="Rain blocks the student keeps (default: all, frozen; fewer are "
                     "trained too and also shorten the tiling statistics pass).")] = None,
+    init: Annotated[Path | None, typer.Option(
+        help="Continue from this earlier student (same blocks) instead of the pruned "
+             "teacher.")] = None,
     real: Annotated[Path | None, typer.Option(
         help="Rainy photos of your own, mixed into the crops (no ground truth needed).")] =
     None,
@@ -244,7 +247,7 @@ def distill_cmd(
         try:
             r = distill(DistillConfig(
                 out=str(out), clean=str(clean), teacher=teacher, detail_blocks=detail_blocks,
-                rain_blocks=rain_blocks,
+                rain_blocks=rain_blocks, init=str(init) if init else None,
                 real=str(real) if real else None, steps=steps, max_minutes=max_minutes,
                 batch=batch, patch=patch, lr=lr, seed=seed, val_count=val_count,
                 threads=threads, progress=not quiet, name=name))

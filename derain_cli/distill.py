@@ -65,6 +65,9 @@ class DistillConfig:
     detail_blocks: int = 2
     rain_blocks: int | None = None
     """None: the teacher's rain network, frozen; fewer blocks train it too."""
+    init: str | None = None
+    """Start from this earlier student (a weights file of the same shape) instead of the
+    pruned teacher: a second round continues where a first one stopped."""
     real: str | None = None
     real_fraction: float = 0.3
     steps: int = 300
@@ -120,6 +123,18 @@ def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
     state = teacher.state_dict()
     student.load_state_dict({k: state[k] for k in student.state_dict()})
     return student.eval()
+
+
+def _load_init(path: str, pruned: SemiDRDNet) -> SemiDRDNet:
+    """An earlier student to continue from; it must have the pruned teacher's shape."""
+    from .weights import model_from_file
+
+    net = model_from_file(path)
+    if not isinstance(net, SemiDRDNet) or net.cfg != pruned.cfg:
+        got = net.cfg if isinstance(net, SemiDRDNet) else type(net).__name__
+        raise DistillError(f"{path}: --init must be a student of the same shape "
+                           f"({pruned.cfg}), not {got}")
+    return net.eval()
 
 
 def _crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -196,6 +211,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     teacher, label = _load_teacher(cfg.teacher)
     student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
+    if cfg.init:
+        student = _load_init(cfg.init, student)
     train_rain = student.cfg.rain_blocks < teacher.cfg.rain_blocks
     photos = list_images(Path(cfg.clean))
     if len(photos) < cfg.val_count + 1:
@@ -264,7 +281,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
                                         f"{Path(cfg.clean).name}, synthetic mixed rain"}}
     rec.extra = {"steps": step, "hardware": hardware,
                  "wall_time_s": round(wall, 1), "teacher": label,
-                 "before_distillation": before}
+                 "before_distillation": before,
+                 **({"continued_from": cfg.init} if cfg.init else {})}
     entry = rec.to_dict()
     (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
     return DistillResult(out / "model.safetensors", step, wall, before, after, entry)

@@ -127,6 +127,19 @@ def test_distill_with_fewer_rain_blocks_trains_the_rain_network(setup):
                for k, v in s.items() if k.startswith("rain_net.") and v.is_floating_point())
 
 
+def test_a_second_round_continues_from_the_first(setup):
+    root, weights = setup
+    first = distill(_cfg(root, weights, "round1", lr=1e-2))
+    r = distill(_cfg(root, weights, "round2", lr=0.0, steps=1, init=str(first.weights)))
+    # lr 0: the second round starts, and stays, where the first one ended (saved in fp16)
+    assert r.before == r.after
+    assert r.before["student_psnr"] == pytest.approx(first.after["student_psnr"], abs=0.01)
+    entry = json.loads((root / "round2" / "manifest_entry.json").read_text())
+    assert entry["continued_from"] == str(first.weights)
+    with pytest.raises(DistillError, match="same shape"):
+        distill(_cfg(root, weights, "round3", detail_blocks=1, init=str(first.weights)))
+
+
 def test_zero_learning_rate_leaves_the_pruned_student(setup):
     root, weights = setup
     r = distill(_cfg(root, weights, "lr0", lr=0.0, steps=2))
