@@ -361,7 +361,7 @@ def _check_device(value: str) -> str:
     return v
 
 
-_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
+_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-tiny")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
 
@@ -445,9 +445,11 @@ def run_cmd(
                           "\\[default: automatic]"),
     ] = None,
     tile_overlap: Annotated[
-        int, typer.Option("--tile-overlap", min=0, rich_help_panel=PERF, metavar="P",
-                          help="Overlap between tiles in pixels.")
-    ] = _DEFAULT_OVERLAP,
+        int | None, typer.Option(
+            "--tile-overlap", min=0, rich_help_panel=PERF, metavar="P",
+            help=f"Overlap between tiles in pixels. \\[default: from the model's reach, at "
+                 f"most {_DEFAULT_OVERLAP}]")
+    ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=0, rich_help_panel=PERF,
                           help="Refuse larger images (decompression bombs); 0 = no limit.")
@@ -551,7 +553,7 @@ def _run(
     precision: str,
     threads: int | None,
     tile: int | None,
-    tile_overlap: int,
+    tile_overlap: int | None,
     max_pixels: int,
     backend: str,
     quiet: bool,

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Recipe for weights/$NAME.int8.onnx (NAME: semi-drdnet-lite unless set; semi-drdnet-fast
-# too), the int8 graph CPUs run by default.
+# and semi-drdnet-tiny too), the int8 graph CPUs run by default.
 # Run from the repository root with ../shared/data present, after the fp32 weights are
 # bundled (the graph records their hash and is refused for any other weights).
-# Calibration: synthetic rain over the first 8 clean-bsds photos; the 8 convolutions
+# Calibration: synthetic rain over the first 8 clean-bsds photos; the KEEP_FP32 (8 unless
+# set; semi-drdnet-tiny, with 18 convolutions in all, uses 4) convolutions
 # that hurt most when quantized alone (ranked on the next 4, synthetic rain too) stay
 # fp32. rain100l is only scored, never used to choose anything.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
 NAME=${NAME:-semi-drdnet-lite}
+KEEP_FP32=${KEEP_FP32:-8}
 OUT="$RUNS/int8-$NAME"
 mkdir -p "$OUT"
-derain export -m "$NAME" --int8 "$DATA/clean-bsds" --keep-fp32 8 "$OUT/$NAME.int8.onnx"
+derain export -m "$NAME" --int8 "$DATA/clean-bsds" --keep-fp32 "$KEEP_FP32" "$OUT/$NAME.int8.onnx"
 python recipes/bundle_int8.py "$OUT/$NAME.int8.onnx" --name "$NAME"
 for set in rain100l heavy-small sirr-val; do
   derain eval -m "$NAME" --data "$DATA/$set" --precision int8 --json > "$OUT/eval-$set.json"

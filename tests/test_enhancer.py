@@ -150,3 +150,16 @@ def test_auto_backend_is_onnx_for_fp32_cpu_work(tiny_weights, monkeypatch):
     assert enhancer.resolve_backend(torch.device("cuda"), "auto") == "torch"
     with pytest.raises(ValueError, match="use auto, torch or onnx"):
         Derainer(weights=tiny_weights, device="cpu", backend="tensorrt")
+
+
+def test_tile_overlap_follows_the_network_reach(tiny_weights):
+    from derain_cli.enhancer import DEFAULT_OVERLAP, default_overlap
+    from derain_cli.models import build_model
+
+    assert default_overlap(build_model("semi-drdnet-tiny")) == 32  # radius 13
+    assert default_overlap(build_model("semi-drdnet-fast")) == DEFAULT_OVERLAP  # 23 -> 48
+    assert default_overlap(build_model("semi-drdnet")) == DEFAULT_OVERLAP  # capped
+    assert default_overlap(build_model("rdmc-lite")) == DEFAULT_OVERLAP  # reach unknown
+    d = Derainer(weights=tiny_weights, device="cpu")
+    assert d.tile_overlap == default_overlap(d.network)
+    assert Derainer(weights=tiny_weights, device="cpu", tile_overlap=5).tile_overlap == 5

@@ -119,26 +119,32 @@ def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
         quantize.build_int8(net, _photos(tmp_path / "few", 2), tmp_path / "x.onnx")
 
 
-def _shipped() -> tuple[WeightRecord, torch.nn.Module, Path]:
-    rec = load_manifest()[DEFAULT]
+def _shipped(name: str = DEFAULT) -> tuple[WeightRecord, torch.nn.Module, Path]:
+    rec = load_manifest()[name]
     if "int8" not in rec.extra:
-        pytest.skip(f"{DEFAULT} ships no int8 graph")
-    net = load_pretrained(DEFAULT, quiet=True).eval()
+        pytest.skip(f"{name} ships no int8 graph")
+    net = load_pretrained(name, quiet=True).eval()
     return rec, net, quantize.shipped_int8_graph(rec, net)
 
 
-def test_shipped_int8_graph_is_close_to_fp32():
+#: Every bundled model that ships an int8 graph.
+WITH_INT8 = sorted(n for n, r in load_manifest().items() if "int8" in r.extra)
+
+
+@pytest.mark.parametrize("name", WITH_INT8)
+def test_shipped_int8_graph_is_close_to_fp32(name):
     """Parity of the quantized path: the shipped graph against the fp32 graph, on a photo."""
-    _, net, path = _shipped()
+    _, net, path = _shipped(name)
     x = _example(256)
     fp32 = make_onnx_runner(net, "cpu", "fp32", threads=2).forward(x, None)
     int8 = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path).forward(x, None)
     assert 38 <= _psnr(np.clip(int8, 0, 1), np.clip(fp32, 0, 1)) < 99
 
 
-def test_shipped_int8_tiled_matches_untiled_1024():
+@pytest.mark.parametrize("name", WITH_INT8)
+def test_shipped_int8_tiled_matches_untiled_1024(name):
     """Issue 3's tiling criterion on the int8 path: 1024x1024, tile 256, >= 45 dB."""
-    _, net, path = _shipped()
+    _, net, path = _shipped(name)
     runner = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path)
     img = np.ascontiguousarray(_example(1024)[0].transpose(1, 2, 0))
     full = np.clip(tiling.run_tiled(img, runner, 0, 0, hwc=True), 0, 1)

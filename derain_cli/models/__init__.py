@@ -57,6 +57,12 @@ MODELS: dict[str, ModelSpec] = {
             "semi-drdnet-lite distilled to 2 detail blocks (derain distill), half the FLOPs",
         ),
         ModelSpec(
+            "semi-drdnet-tiny",
+            "semi-drdnet",
+            SemiDRDNetConfig(width=32, rain_blocks=3, detail_blocks=1),
+            "semi-drdnet-lite distilled to 3 rain + 1 detail blocks (derain distill)",
+        ),
+        ModelSpec(
             "rdmc",
             "rdmc",
             RDMCConfig(),

@@ -186,6 +186,18 @@ class SemiDRDNet(nn.Module):
         self.detail_net = DetailRepairNetwork(self.cfg)
 
     @property
+    def receptive_radius(self) -> int:
+        """How many pixels away an input pixel still reaches the output (SE means aside).
+
+        Every 3x3 conv adds its dilation: the rain network's head, two per block, body and
+        tail; the detail network's head, two DCCLs per block (the widest dilation counts),
+        body and tail. The tiler sizes the tile overlap from it (``enhancer``).
+        """
+        rain = 3 + 2 * self.cfg.rain_blocks
+        detail = 3 + 2 * self.cfg.detail_blocks * max(self.cfg.dilations)
+        return max(rain, detail)
+
+    @property
     def global_stats_shape(self) -> tuple[int, int] | None:
         """(number of SE blocks, channels) of the whole-image statistics, see module doc."""
         return (self.cfg.rain_blocks, self.cfg.width)

@@ -87,6 +87,30 @@ def test_semi_drdnet_supplied_means_equal_own_means():
         torch.testing.assert_close(net(x, pooled), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rain_blocks,detail_blocks,dilations", [
+    (2, 1, (1, 3, 5)), (5, 1, (1, 2)), (1, 2, (1, 3)),
+])
+def test_semi_drdnet_receptive_radius_is_exact(rain_blocks, detail_blocks, dilations):
+    """A pixel changes the output exactly ``receptive_radius`` pixels away and no further
+    (SE means supplied, so they do not spread it over the image)."""
+    from derain_cli.models import SemiDRDNetConfig
+
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=4, rain_blocks=rain_blocks,
+                                      detail_blocks=detail_blocks, se_reduction=2,
+                                      dilations=dilations)).eval().double()
+    r, n = net.receptive_radius, 81
+    x = torch.rand(1, 3, n, n, dtype=torch.float64)
+    pooled = torch.rand(1, rain_blocks, 4, dtype=torch.float64)
+    y = x.clone()
+    y[..., n // 2, n // 2] += 1.0
+    with torch.no_grad():
+        diff = (net(x, pooled) - net(y, pooled)).abs().amax(dim=(0, 1))
+    ys, xs = torch.nonzero(diff > 1e-12, as_tuple=True)
+    reach = int(torch.maximum((ys - n // 2).abs(), (xs - n // 2).abs()).max())
+    assert reach == r
+
+
 def test_rdmc_stages_and_multiple():
     net = build_model("rdmc-lite").eval()
     assert isinstance(net, RDMC) and net.size_multiple == 16
