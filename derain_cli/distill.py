@@ -56,7 +56,8 @@ class DistillError(ValueError):
 
 @dataclass
 class DistillConfig:
-    """What ``distill`` needs (``recipes/semi-drdnet-fast.sh`` has the shipped settings)."""
+    """What ``distill`` needs (``recipes/semi-drdnet-fast.sh`` and ``semi-drdnet-tiny.sh`` have
+    the shipped settings)."""
 
     out: str
     clean: str
