@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from derain_cli import tiling  # noqa: E402
 from derain_cli.bench import model_for_bench, psnr, test_scene  # noqa: E402
-from derain_cli.enhancer import DEFAULT_OVERLAP, TorchRunner  # noqa: E402
+from derain_cli.enhancer import DEFAULT_OVERLAP, TorchRunner, default_overlap  # noqa: E402
 from derain_cli.models import MODELS  # noqa: E402
 
 
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024, help="image side (default 1024)")
     ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
+    ap.add_argument("--overlap", type=int, default=None,
+                    help="default: each model's own (enhancer.default_overlap, at most "
+                         f"{DEFAULT_OVERLAP})")
     ap.add_argument("--stats-passes", type=int, default=1)
     ap.add_argument("-m", "--model", action="append", choices=list(MODELS),
                     help="model(s) to check (default: all registered)")
@@ -70,15 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     img = test_scene(args.size, args.size)
-    print(f"{args.size}x{args.size} image, tile {args.tile}, overlap {args.overlap}, "
+    overlap_s = "each model's default" if args.overlap is None else args.overlap
+    print(f"{args.size}x{args.size} image, tile {args.tile}, overlap {overlap_s}, "
           f"{args.stats_passes} statistics passes, tiled pass on {args.backend}, "
           f"{torch.get_num_threads()} threads\n")
-    print("| model | weights | tile runs | tiled vs untiled (dB) | naive tiles (dB) | time s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model | weights | overlap | tile runs | tiled vs untiled (dB) | naive tiles (dB) "
+          "| time s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     rows, ok = [], True
     for name in args.model or list(MODELS):
         t0 = time.perf_counter()
         net, label = model_for_bench(name)
+        overlap = default_overlap(net) if args.overlap is None else args.overlap
         runner = _runner(net, args.backend, name)
         ref = runner if args.backend == "int8" else TorchRunner(net, torch.device("cpu"), "fp32")
         full = np.clip(tiling.run_tiled(img, ref, 0, 0), 0, 1)
@@ -88,19 +93,21 @@ def main(argv: list[str] | None = None) -> int:
             nonlocal n_tiles
             n_tiles = total
 
-        tiled = tiling.run_tiled(img, runner, args.tile, args.overlap,
+        tiled = tiling.run_tiled(img, runner, args.tile, overlap,
                                  stats_passes=args.stats_passes, on_tile=count)
         value = psnr(tiled, full)
         naive = None
         if net.global_stats_shape is not None:
-            naive = psnr(tiling.run_tiled(img, runner, args.tile, args.overlap,
+            naive = psnr(tiling.run_tiled(img, runner, args.tile, overlap,
                                           stats_passes=0), full)
         seconds = time.perf_counter() - t0
         ok &= value >= args.min_psnr
-        rows.append({"model": name, "weights": label, "calls": n_tiles, "psnr": value,
+        rows.append({"model": name, "weights": label, "overlap": overlap, "calls": n_tiles,
+                     "psnr": value,
                      "naive_psnr": naive, "seconds": seconds})
         naive_s = "-" if naive is None else f"{naive:.1f}"
-        print(f"| {name} | {label} | {n_tiles} | {value:.1f} | {naive_s} | {seconds:.0f} |",
+        print(f"| {name} | {label} | {overlap} | {n_tiles} | {value:.1f} | {naive_s} | "
+              f"{seconds:.0f} |",
               flush=True)
     verdict = "PASS: every model" if ok else "FAIL: not every model"
     print(f"\n{verdict} >= {args.min_psnr} dB")
