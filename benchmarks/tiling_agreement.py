@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: each model's own (enhancer.default_overlap, at most "
                          f"{DEFAULT_OVERLAP})")
     ap.add_argument("--stats-passes", type=int, default=1)
+    ap.add_argument("--stats-overlap", type=int, default=None,
+                    help="overlap of the statistics pass's tiles (default: half the overlap)")
     ap.add_argument("-m", "--model", action="append", choices=list(MODELS),
                     help="model(s) to check (default: all registered)")
     ap.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             n_tiles = total
 
         tiled = tiling.run_tiled(img, runner, args.tile, overlap,
-                                 stats_passes=args.stats_passes, on_tile=count)
+                                 stats_passes=args.stats_passes,
+                                 stats_overlap=args.stats_overlap, on_tile=count)
         value = psnr(tiled, full)
         naive = None
         if net.global_stats_shape is not None:

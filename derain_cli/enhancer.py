@@ -26,7 +26,7 @@ from .weights import load_manifest, load_pretrained, model_from_file
 
 log = logging.getLogger(__name__)
 
-#: The model ``derain photo.jpg`` uses: a 12-megapixel photo in under a minute on a
+#: The model ``derain photo.jpg`` uses: a 12-megapixel photo in about a minute on a
 #: 2-core laptop CPU, scoring like semi-drdnet-fast and -lite (README, "Why this default").
 DEFAULT_MODEL = "semi-drdnet-tiny"
 
@@ -47,7 +47,7 @@ def default_overlap(net: nn.Module) -> int:
     every kept pixel sees its whole receptive field but for the outermost rings, which
     weigh little. Small networks need less: semi-drdnet-tiny (radius 13) gets 32 px,
     tiled against untiled 79.6 dB in fp32 and 58.7 dB in int8 (80.5 and 59.2 with 48,
-    1024 px in 256 px tiles), and its 12 MP photo takes 5 % less time. Networks
+    1024 px in 256 px tiles), and its 12 MP photo takes about 5 % less time. Networks
     without a ``receptive_radius`` (RDMC's pooling reaches far) get ``DEFAULT_OVERLAP``.
     """
     radius = getattr(net, "receptive_radius", None)
