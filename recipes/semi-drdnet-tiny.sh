@@ -9,7 +9,8 @@
 # scored. Run from the repository root with ../shared/data present.
 # On the 2-core AVX2 CPU of 2026-11-30 the time limits stopped round 1 after 242 of its
 # 260 steps (1 thread, a second distillation beside it) and round 2 as its log says;
-# a faster machine runs every step.
+# a faster machine runs every step. The shipped round 1 ran as --name r3d1 into another
+# folder and was copied to $OUT/round1; the name is only a label in the file's metadata.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
