@@ -183,11 +183,7 @@ def run_tiled(
     overlap = min(overlap, tile // 2)
     img = _pad_to_multiple(image, m, hwc)
     h, w = img.shape[:2] if hwc else img.shape[1:]
-    tiles = plan_tiles(h, w, tile, overlap, m)
-    windows = [blend_window(t, h, w, overlap) for t in tiles]
-    wsum = np.zeros((h, w), np.float32)
-    for t, win in zip(tiles, windows, strict=True):
-        wsum[t.y0:t.y1, t.x0:t.x1] += win
+    tiles, windows, wsum = _layout(h, w, tile, overlap, m)
 
     pooled = None
     shape = runner.global_stats_shape
@@ -197,11 +193,7 @@ def run_tiled(
         stats_overlap = overlap // 2
     stats_overlap = min(stats_overlap, overlap)
     if passes and stats_overlap != overlap:
-        s_tiles = plan_tiles(h, w, tile, stats_overlap, m)
-        s_windows = [blend_window(t, h, w, stats_overlap) for t in s_tiles]
-        s_wsum = np.zeros((h, w), np.float32)
-        for t, win in zip(s_tiles, s_windows, strict=True):
-            s_wsum[t.y0:t.y1, t.x0:t.x1] += win
+        s_tiles, s_windows, s_wsum = _layout(h, w, tile, stats_overlap, m)
     total = len(s_tiles) * passes + len(tiles)
     done = 0
     for _ in range(passes):
@@ -229,6 +221,17 @@ def run_tiled(
     del img
     out /= wsum[:, :, None] if hwc else wsum
     return out[:h0, :w0] if hwc else out[:, :h0, :w0]
+
+
+def _layout(h: int, w: int, tile: int, overlap: int, multiple: int
+            ) -> tuple[list[Tile], list[np.ndarray], np.ndarray]:
+    """A pass's tiles, their blend windows and the windows' sum over the image."""
+    tiles = plan_tiles(h, w, tile, overlap, multiple)
+    windows = [blend_window(t, h, w, overlap) for t in tiles]
+    wsum = np.zeros((h, w), np.float32)
+    for t, win in zip(tiles, windows, strict=True):
+        wsum[t.y0:t.y1, t.x0:t.x1] += win
+    return tiles, windows, wsum
 
 
 def _inside(t: Tile, h0: int, w0: int) -> np.ndarray:

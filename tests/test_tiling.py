@@ -111,7 +111,7 @@ def test_statistics_pass_has_its_own_half_overlap_tiles(stats_overlap):
                      on_tile=lambda d, t: calls.append((d, t)))
     ov = 24 if stats_overlap is None else stats_overlap
     planned = tiling.plan_tiles(1000, 700, 256, ov)
-    assert [s for s in r.stat_shapes] == [(t.y1 - t.y0, t.x1 - t.x0) for t in planned]
+    assert r.stat_shapes == [(t.y1 - t.y0, t.x1 - t.x0) for t in planned]
     assert r.pooled == pytest.approx([1.0] * len(tiling.plan_tiles(1000, 700, 256, 48)))
     assert calls[-1] == (len(planned) + len(r.pooled),) * 2
     if stats_overlap is None:  # fewer pixels than the final pass's tiles
