@@ -218,9 +218,12 @@ def distill_cmd(
     rain_blocks: Annotated[int | None, typer.Option(
         min=1, help="Rain blocks the student keeps (default: all, frozen; fewer are "
                     "trained too and also shorten the tiling statistics pass).")] = None,
+    student: Annotated[str | None, typer.Option(
+        help="Train this registered model of any architecture (e.g. rdmc-lite) from "
+             "scratch to imitate the teacher, instead of a pruned copy of it.")] = None,
     init: Annotated[Path | None, typer.Option(
-        help="Continue from this earlier student (same blocks) instead of the pruned "
-             "teacher.")] = None,
+        help="Continue from this earlier student (same shape) instead of the pruned "
+             "teacher or a fresh --student.")] = None,
     real: Annotated[Path | None, typer.Option(
         help="Rainy photos of your own, mixed into the crops (no ground truth needed).")] =
     None,
@@ -240,14 +243,15 @@ def distill_cmd(
     "semi-drdnet-distilled",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Distil a Semi-DRDNet into a faster, shallower one (no ground truth needed)."""
+    """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
+    (no ground truth needed)."""
     from .distill import DistillConfig, DistillError, distill
 
     with _errors():
         try:
             r = distill(DistillConfig(
                 out=str(out), clean=str(clean), teacher=teacher, detail_blocks=detail_blocks,
-                rain_blocks=rain_blocks, init=str(init) if init else None,
+                rain_blocks=rain_blocks, student=student, init=str(init) if init else None,
                 real=str(real) if real else None, steps=steps, max_minutes=max_minutes,
                 batch=batch, patch=patch, lr=lr, seed=seed, val_count=val_count,
                 threads=threads, progress=not quiet, name=name))

@@ -29,6 +29,15 @@ How:
   result reports student and teacher PSNR against the clean photo (synthetic rain
   with fixed seeds) and the student's agreement with the teacher.
 
+A student of another architecture (``student``, a registry name such as ``rdmc-lite``)
+shares no blocks with the teacher. It starts from its own random initialisation with
+its output layer zeroed where the architecture has one (RDMC then starts as the
+identity, which is close to a deraining teacher), trains in train mode (its batch
+norms have no statistics yet) and learns the teacher's output with L1. Why: RDMC
+trained on synthetic pairs on a 2-core CPU fits the synthetic haze and ends below the
+rainy input on light rain (README); imitating a teacher that already works on real
+rain gives it interim weights until GPU training exists.
+
 The output folder holds ``model.safetensors`` and ``manifest_entry.json``, like
 ``derain train`` (``recipes/bundle.py`` bundles either).
 """
@@ -47,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import SemiDRDNet, SemiDRDNetConfig
+from .models import RDMC, SemiDRDNet, SemiDRDNetConfig
 
 
 class DistillError(ValueError):
@@ -66,6 +75,9 @@ class DistillConfig:
     detail_blocks: int = 2
     rain_blocks: int | None = None
     """None: the teacher's rain network, frozen; fewer blocks train it too."""
+    student: str | None = None
+    """A registered model of any architecture, trained from scratch to imitate the
+    teacher's output (``detail_blocks`` and ``rain_blocks`` are then unused)."""
     init: str | None = None
     """Start from this earlier student (a weights file of the same shape) instead of the
     pruned teacher: a second round continues where a first one stopped."""
@@ -126,15 +138,30 @@ def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
     return student.eval()
 
 
-def _load_init(path: str, pruned: SemiDRDNet) -> SemiDRDNet:
-    """An earlier student to continue from; it must have the pruned teacher's shape."""
+def fresh_student(name: str) -> nn.Module:
+    """A registered model, randomly initialised, whose output starts as its input where
+    the architecture allows it (RDMC: the last 1x1 convolution zeroed)."""
+    from .models import UnknownModelError, build_model
+
+    try:
+        net = build_model(name)
+    except UnknownModelError as e:
+        raise DistillError(str(e)) from None
+    if isinstance(net, RDMC):
+        nn.init.zeros_(net.stage.out.weight)
+        nn.init.zeros_(net.stage.out.bias)
+    return net.eval()
+
+
+def _load_init(path: str, like: nn.Module) -> nn.Module:
+    """An earlier student to continue from; it must have the new student's shape."""
     from .weights import model_from_file
 
     net = model_from_file(path)
-    if not isinstance(net, SemiDRDNet) or net.cfg != pruned.cfg:
-        got = net.cfg if isinstance(net, SemiDRDNet) else type(net).__name__
+    if type(net) is not type(like) or net.cfg != like.cfg:
+        got = getattr(net, "cfg", type(net).__name__)
         raise DistillError(f"{path}: --init must be a student of the same shape "
-                           f"({pruned.cfg}), not {got}")
+                           f"({like.cfg}), not {got}")
     return net.eval()
 
 
@@ -211,10 +238,14 @@ def distill(cfg: DistillConfig) -> DistillResult:
     from .weights import save_weights
 
     teacher, label = _load_teacher(cfg.teacher)
-    student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
+    cross = cfg.student is not None
+    if cross:
+        student = fresh_student(cfg.student)
+    else:
+        student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
     if cfg.init:
         student = _load_init(cfg.init, student)
-    train_rain = student.cfg.rain_blocks < teacher.cfg.rain_blocks
+    train_rain = not cross and student.cfg.rain_blocks < teacher.cfg.rain_blocks
     photos = list_images(Path(cfg.clean))
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
@@ -232,12 +263,19 @@ def distill(cfg: DistillConfig) -> DistillResult:
         rng = np.random.default_rng(cfg.seed)
         held = _held_out(held_photos, teacher)
         before = held_out_scores(student, held)
-        t_detail = teacher.detail_net.to(memory_format=torch.channels_last)
-        s_detail = student.detail_net.to(memory_format=torch.channels_last)
-        t_rain = teacher.rain_net.to(memory_format=torch.channels_last)
-        s_rain = student.rain_net.to(memory_format=torch.channels_last)
-        for p in s_rain.parameters():
-            p.requires_grad_(train_rain)
+        if cross:
+            # The whole student learns the teacher's output.
+            pairs = [(teacher.to(memory_format=torch.channels_last),
+                      student.to(memory_format=torch.channels_last).train())]
+        else:
+            # The detail layers always; the rain layers when the rain network is pruned.
+            pairs = [(teacher.detail_net.to(memory_format=torch.channels_last),
+                      student.detail_net.to(memory_format=torch.channels_last))]
+            s_rain = student.rain_net.to(memory_format=torch.channels_last)
+            for p in s_rain.parameters():
+                p.requires_grad_(train_rain)
+            if train_rain:
+                pairs.append((teacher.rain_net.to(memory_format=torch.channels_last), s_rain))
         opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
         start = time.monotonic()
         step = 0
@@ -252,11 +290,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
                     g["lr"] = lr
                 x = _batch(clean, real, cfg, rng)
                 with torch.no_grad():
-                    target = t_detail(x)
-                    rain_target = t_rain(x) if train_rain else None
-                loss = (s_detail(x) - target).abs().mean()
-                if train_rain:
-                    loss = loss + (s_rain(x) - rain_target).abs().mean()
+                    targets = [t(x) for t, _ in pairs]
+                loss = sum((s(x) - t).abs().mean() for (_, s), t in zip(pairs, targets,
+                                                                          strict=True))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -272,7 +308,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch="semi-drdnet",
+    from .models import get_spec
+
+    arch = get_spec(cfg.student).arch if cross else "semi-drdnet"
+    rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch=arch,
                        config=student.cfg, dtype=torch.float16,
                        metadata={"steps": str(step), "training": f"derain distill from {label}"})
     rec.status = "candidate"

@@ -140,6 +140,36 @@ def test_a_second_round_continues_from_the_first(setup):
         distill(_cfg(root, weights, "round3", detail_blocks=1, init=str(first.weights)))
 
 
+def test_fresh_rdmc_student_starts_as_the_identity():
+    from derain_cli.distill import fresh_student
+
+    net = fresh_student("rdmc-lite")
+    assert isinstance(net, RDMC) and not net.training
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+    with pytest.raises(DistillError, match="unknown model"):
+        fresh_student("no-such-model")
+
+
+def test_distill_into_another_architecture(setup):
+    root, weights = setup
+    r = distill(_cfg(root, weights, "cross", student="rdmc-lite", lr=1e-3))
+    student = model_from_file(r.weights)  # loads as RDMC: derain --weights works
+    assert isinstance(student, RDMC) and student.cfg == RDMCConfig(
+        channels=(12, 24, 48, 96, 96), stages=2)
+    assert student.stage.out.weight.abs().max() > 0  # the zeroed output layer trained
+    assert r.after["agreement_psnr"] != r.before["agreement_psnr"]
+    entry = json.loads((root / "cross" / "manifest_entry.json").read_text())
+    assert entry["arch"] == "rdmc" and entry["config"]["stages"] == 2
+    # A second round from it; a semi-drdnet init for an rdmc student is refused.
+    r2 = distill(_cfg(root, weights, "cross2", student="rdmc-lite", steps=1,
+                      init=str(r.weights)))
+    assert r2.before["student_psnr"] == pytest.approx(r.after["student_psnr"], abs=0.01)
+    with pytest.raises(DistillError, match="same shape"):
+        distill(_cfg(root, weights, "cross3", student="rdmc-lite", init=str(weights)))
+
+
 def test_zero_learning_rate_leaves_the_pruned_student(setup):
     root, weights = setup
     r = distill(_cfg(root, weights, "lr0", lr=0.0, steps=2))
