@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stats-passes", type=int, default=1)
     ap.add_argument("--stats-overlap", type=int, default=None,
                     help="overlap of the statistics pass's tiles (default: half the overlap)")
+    ap.add_argument("--stats-megapixels", type=float, default=tiling.STATS_MEGAPIXELS,
+                    help="statistics sample on large images (default "
+                         f"{tiling.STATS_MEGAPIXELS:g}; 0: every tile); a 1024 px image is "
+                         "below it, so set it lower to measure sampling")
     ap.add_argument("-m", "--model", action="append", choices=list(MODELS),
                     help="model(s) to check (default: all registered)")
     ap.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     img = test_scene(args.size, args.size)
     overlap_s = "each model's default" if args.overlap is None else args.overlap
     print(f"{args.size}x{args.size} image, tile {args.tile}, overlap {overlap_s}, "
-          f"{args.stats_passes} statistics passes, tiled pass on {args.backend}, "
+          f"{args.stats_passes} statistics passes (sample {args.stats_megapixels:g} MP), "
+          f"tiled pass on {args.backend}, "
           f"{torch.get_num_threads()} threads\n")
     print("| model | weights | overlap | tile runs | tiled vs untiled (dB) | naive tiles (dB) "
           "| time s |")
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tiled = tiling.run_tiled(img, runner, args.tile, overlap,
                                  stats_passes=args.stats_passes,
-                                 stats_overlap=args.stats_overlap, on_tile=count)
+                                 stats_overlap=args.stats_overlap,
+                                 stats_megapixels=args.stats_megapixels, on_tile=count)
         value = psnr(tiled, full)
         naive = None
         if net.global_stats_shape is not None:

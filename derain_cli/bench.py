@@ -180,7 +180,9 @@ def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: b
     tiles = tiling.plan_tiles(hp, wp, tile, overlap, multiple)
     px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
     passes = stats_passes if stats and len(tiles) > 1 else 0
-    return (px * fwd + passes * px * stats_flops) / (h * w * fwd)
+    stats_px = sum((t.y1 - t.y0) * (t.x1 - t.x0)
+                   for t in tiling.statistics_tiles(hp, wp, tile, overlap, multiple))
+    return (px * fwd + passes * stats_px * stats_flops) / (h * w * fwd)
 
 
 # --------------------------------------------------------------------------- conv peak

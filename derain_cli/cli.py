@@ -364,6 +364,7 @@ def _check_device(value: str) -> str:
 _DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-tiny")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
+_DEFAULT_STATS_MP = _module_constant("derain_cli.tiling", "STATS_MEGAPIXELS", 4.0)
 
 OUT, MODEL, PERF, FEED = "Output", "Model", "Performance", "Feedback"
 
@@ -450,6 +451,13 @@ def run_cmd(
             help=f"Overlap between tiles in pixels. \\[default: from the model's reach, at "
                  f"most {_DEFAULT_OVERLAP}]")
     ] = None,
+    stats_megapixels: Annotated[
+        float, typer.Option(
+            "--stats-megapixels", min=0, rich_help_panel=PERF, metavar="MP",
+            help="Semi-DRDNet on images of twice this size or more: estimate its "
+                 "whole-image statistics from a sample of about this many megapixels (at "
+                 "least a third of the image); 0 = every pixel, slower.")
+    ] = _DEFAULT_STATS_MP,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=0, rich_help_panel=PERF,
                           help="Refuse larger images (decompression bombs); 0 = no limit.")
@@ -480,7 +488,8 @@ def run_cmd(
         _run(ctx, err, inputs, output=output, recursive=recursive, overwrite=overwrite,
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
              device=device, precision=precision.value, threads=threads, tile=tile,
-             tile_overlap=tile_overlap, max_pixels=max_pixels, backend=backend.value,
+             tile_overlap=tile_overlap, stats_megapixels=stats_megapixels,
+             max_pixels=max_pixels, backend=backend.value,
              quiet=quiet, json_out=json_out, debug=debug)
 
 
@@ -554,6 +563,7 @@ def _run(
     threads: int | None,
     tile: int | None,
     tile_overlap: int | None,
+    stats_megapixels: float,
     max_pixels: int,
     backend: str,
     quiet: bool,
@@ -610,6 +620,7 @@ def _run(
                     derainer = _make_derainer(
                         model=model, weights=weights, device=device, precision=precision,
                         tile=tile, tile_overlap=tile_overlap, threads=threads,
+                        stats_megapixels=stats_megapixels,
                         backend=backend, quiet=not chatty,
                     )
                     if chatty:

@@ -269,7 +269,9 @@ class Derainer:
     reach (``default_overlap``). Semi-DRDNet's whole-image statistics are handled
     by the tiler, so tiled and untiled results agree. ``precision``: auto, fp32,
     fp16, bf16 or int8 (CPU, ONNX Runtime, bundled weights with an int8 graph;
-    auto picks it on CPUs where it exists).
+    auto picks it on CPUs where it exists). ``stats_megapixels``: above this many
+    million pixels the tiler estimates those statistics from a sample of the image
+    (``tiling.sample_tiles``); 0 or None uses every pixel.
     """
 
     def __init__(
@@ -283,6 +285,7 @@ class Derainer:
         threads: int | None = None,
         backend: str = "auto",
         quiet: bool = True,
+        stats_megapixels: float | None = tiling.STATS_MEGAPIXELS,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -323,6 +326,7 @@ class Derainer:
             auto = lambda: _auto_tile(self.runner)  # noqa: E731
         self.tile = tile if tile is not None else auto()
         self.tile_overlap = default_overlap(self.network) if tile_overlap is None else tile_overlap
+        self.stats_megapixels = stats_megapixels
 
     def derain_array(
         self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
@@ -333,6 +337,7 @@ class Derainer:
         while True:
             try:
                 out = tiling.run_tiled(rgb, self.runner, tile, self.tile_overlap,
+                                       stats_megapixels=self.stats_megapixels,
                                        on_tile=on_tile, hwc=True)
                 break
             except tiling.TileOutOfMemory:

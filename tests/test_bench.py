@@ -46,7 +46,20 @@ def test_tiling_work_counts_overlap_and_statistics_passes():
     px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
     assert len(tiles) == 9 and plain == pytest.approx(px / 1e6)
     with_stats = bench.tiling_work(1000, 1000, 512, 48, 1, True, 10.0, 3.0)
-    assert with_stats == pytest.approx(plain * (1 + tiling.STATS_PASSES * 0.3))
+    # The statistics pass has its own tiles (half the overlap: fewer pixels)...
+    stats_px = sum((t.y1 - t.y0) * (t.x1 - t.x0)
+                   for t in tiling.statistics_tiles(1000, 1000, 512, 48))
+    assert stats_px < px
+    assert with_stats == pytest.approx(plain + tiling.STATS_PASSES * 0.3 * stats_px / 1e6)
+    # ...and samples smaller ones on large images: a third of a 12 MP photo.
+    big = bench.tiling_work(3000, 4000, 512, 32, 1, True, 10.0, 3.0)
+    small = tiling.plan_tiles(3000, 4000, tiling.STATS_SAMPLE_TILE, 16)
+    sample = tiling.statistics_tiles(3000, 4000, 512, 32)
+    assert sample == [small[i] for i in tiling.sample_tiles(small, tiling.STATS_MEGAPIXELS)]
+    assert len(small) / 3 <= len(sample) < len(small) / 2
+    big_px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiling.plan_tiles(3000, 4000, 512, 32))
+    assert big == pytest.approx(
+        (big_px + 0.3 * sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in sample)) / 12e6)
 
 
 def test_reference_convs_and_peak():

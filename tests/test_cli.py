@@ -223,6 +223,29 @@ def test_tiles_format_and_output_file(tmp_path: Path, tiny_weights: Path) -> Non
     assert r.stderr == ""  # -q: silence unless something fails
 
 
+def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from derain_cli import tiling
+
+    seen = []
+    original = tiling.sample_tiles
+
+    def spy(tiles, megapixels):
+        seen.append(megapixels)
+        return original(tiles, megapixels)
+
+    monkeypatch.setattr(tiling, "sample_tiles", spy)
+    src = _img(tmp_path / "big.png", 96, 96)
+    for mp in ("0", "0.0001"):
+        r = derain(src, "-o", tmp_path / f"out-{mp}.png", "--weights", tiny_weights,
+                   "--tile", "24", "--stats-megapixels", mp, "-q")
+        assert r.exit_code == 0, r.output
+    r = derain(src, "-o", tmp_path / "default.png", "--weights", tiny_weights, "--tile", "24")
+    assert seen == [0, 0.0001, tiling.STATS_MEGAPIXELS]
+    bad = derain(src, "--weights", tiny_weights, "--stats-megapixels", "-1")
+    assert bad.exit_code == 2
+
+
 def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     _img(tmp_path / "a.png")
     r = derain(tmp_path / "a.png", "--weights", tiny_weights, "--json")

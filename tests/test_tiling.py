@@ -119,6 +119,52 @@ def test_statistics_pass_has_its_own_half_overlap_tiles(stats_overlap):
             (t.y1 - t.y0) * (t.x1 - t.x0) for t in tiling.plan_tiles(1000, 700, 256, 48))
 
 
+def test_sample_tiles_is_a_spread_lattice():
+    tiles = tiling.plan_tiles(600, 800, 100, 0)  # a 6 x 8 grid of 0.01 MP tiles
+    assert tiling.sample_tiles(tiles, None) == tiling.sample_tiles(tiles, 0) == list(range(48))
+    assert tiling.sample_tiles(tiles, 0.3) == list(range(48))  # most of them: all
+    half = tiling.sample_tiles(tiles, 0.24)  # a checkerboard
+    assert len(half) == 24 and all((i % 8 + i // 8) % 2 == 0 for i in half)
+    third = tiling.sample_tiles(tiles, 0.16)
+    sparse = tiling.sample_tiles(tiles, 0.01)  # never sparser than one tile in three
+    assert third == sparse and len(sparse) == 16
+    rows, cols = {i // 8 for i in sparse}, {i % 8 for i in sparse}
+    assert rows == set(range(6)) and cols == set(range(8))  # every row and column sampled
+
+
+def test_sampled_statistics_pass_divides_by_the_sampled_weight():
+    """A sample of the tiles still yields means (1.0 for a constant), not partial sums."""
+    img = _scene(1000)
+    r = _MaskCounter()
+    tiling.run_tiled(img, r, 128, 32, stats_megapixels=0.01)
+    planned = tiling.plan_tiles(1000, 1000, 128, 16)
+    sample = tiling.sample_tiles(planned, 0.01)
+    assert len(r.stat_shapes) == len(sample) < len(planned) / 2
+    assert r.pooled == pytest.approx([1.0] * len(r.pooled), rel=1e-6)
+    assert tiling.statistics_tiles(1000, 1000, 128, 32, stats_megapixels=0.01) == [
+        planned[i] for i in sample]
+    # Large images sample smaller tiles than the final pass's: more, finer samples.
+    big = tiling.statistics_tiles(3000, 4000, 512, 32)
+    assert all(t.y1 - t.y0 <= tiling.STATS_SAMPLE_TILE >= t.x1 - t.x0 for t in big)
+    # Below the default sample size every tile counts (the 1024 px criterion is exact).
+    r = _MaskCounter()
+    tiling.run_tiled(img, r, 128, 32)
+    assert len(r.stat_shapes) == len(planned)
+
+
+def test_sampled_statistics_agree_with_the_untiled_output():
+    """The shipped default with sampling forced (a third of the tiles) on a 512 px scene in
+    128 px tiles (the 1024/256 criterion's seams, at a quarter of the cost)."""
+    net = _trained_or_random("semi-drdnet-tiny")
+    img = _scene(512)
+    r = _runner(net)
+    full = np.clip(tiling.run_tiled(img, r, 0, 0), 0, 1)
+    exact = np.clip(tiling.run_tiled(img, r, 128, 32, stats_megapixels=0), 0, 1)
+    sampled = np.clip(tiling.run_tiled(img, r, 128, 32, stats_megapixels=0.001), 0, 1)
+    assert not np.array_equal(sampled, exact)
+    assert _psnr(sampled, full) >= 45
+
+
 def _runner(net):
     return TorchRunner(net.eval(), torch.device("cpu"), "fp32")
 
