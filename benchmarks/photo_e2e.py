@@ -11,14 +11,15 @@ Without ``--photo`` it builds the test photo itself: the four bundled rainy exam
 (``examples/*_rain.jpg``, made by ``examples/make_examples.py``) resized into a 2x2
 mosaic of 4:3 aspect with the requested pixel count, saved as a quality-92 JPEG. Each
 model runs in a fresh ``derain`` process (``-q --overwrite``, defaults otherwise, plus
-the extra arguments); models are interleaved round by round so that a busy moment hits
-all of them alike. Peak RSS is the child process's own (``os.wait4``).
+its own and the extra arguments); models are interleaved round by round so that a busy
+moment hits all of them alike. Peak RSS is the child process's own (``os.wait4``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megapixels", type=float, default=12.0)
     ap.add_argument("--photo", type=Path, help="time this photo instead of the mosaic")
-    ap.add_argument("-m", "--model", action="append", help="model(s); default: the default")
+    ap.add_argument("-m", "--model", action="append",
+                    help="model(s); default: the default. A value may carry its own derain "
+                         "arguments, to compare settings: -m 'semi-drdnet-tiny "
+                         "--stats-megapixels 0'")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
@@ -82,7 +86,9 @@ def main() -> None:
         rows: dict[str, list[tuple[float, float]]] = {m or "(default)": [] for m in models}
         for _ in range(args.repeats):
             for m in models:
-                rows[m or "(default)"].append(run_once(photo, work / "out.jpg", m, args.extra))
+                name, *own = shlex.split(m) if m else [None]
+                rows[m or "(default)"].append(
+                    run_once(photo, work / "out.jpg", name, own + args.extra))
         print("| model | seconds (best) | all runs | peak RSS |")
         print("| --- | ---: | --- | ---: |")
         for name, runs in rows.items():
