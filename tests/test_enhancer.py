@@ -159,7 +159,20 @@ def test_tile_overlap_follows_the_network_reach(tiny_weights):
     assert default_overlap(build_model("semi-drdnet-tiny")) == 32  # radius 13
     assert default_overlap(build_model("semi-drdnet-fast")) == DEFAULT_OVERLAP  # 23 -> 48
     assert default_overlap(build_model("semi-drdnet")) == DEFAULT_OVERLAP  # capped
-    assert default_overlap(build_model("rdmc-lite")) == DEFAULT_OVERLAP  # reach unknown
+    assert default_overlap(build_model("rdmc-lite")) == 128  # its own, measured
+    assert default_overlap(build_model("rdmc")) == 128
     d = Derainer(weights=tiny_weights, device="cpu")
     assert d.tile_overlap == default_overlap(d.network)
     assert Derainer(weights=tiny_weights, device="cpu", tile_overlap=5).tile_overlap == 5
+
+
+def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path):
+    from derain_cli.models import RDMC, RDMCConfig
+    from derain_cli.weights import save_weights
+
+    net = RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1))
+    path = tmp_path / "r.safetensors"
+    save_weights(net, path, name="r", arch="rdmc", config=net.cfg)
+    for asked, used in ((256, RDMC.min_tile), (0, 0), (1024, 1024), (None, 2 * RDMC.min_tile)):
+        d = Derainer(weights=path, device="cpu", tile=asked, backend="torch")
+        assert d.tile == used

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from derain_cli import tiling
-from derain_cli.enhancer import TorchRunner
+from derain_cli.enhancer import TorchRunner, default_overlap
 from derain_cli.models import MODELS, RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig, build_model
 from derain_cli.weights import load_manifest, load_pretrained
 
@@ -211,7 +211,11 @@ def test_tiled_matches_untiled_1024_lite(name):
     img = _scene(1024)
     r = _runner(net)
     full = np.clip(tiling.run_tiled(img, r, 0, 0), 0, 1)
-    tiled = np.clip(tiling.run_tiled(img, r, 256, 48), 0, 1)
+    # The overlap the product uses (48 px was not enough for the trained rdmc-lite: 39.9 dB)
+    # and its smallest tile: RDMC's reach needs 512 px tiles (models/rdmc.py), which
+    # Derainer enforces; at 256 px the trained rdmc-lite stays below 45 dB on this scene.
+    tile = max(256, getattr(net, "min_tile", 0))
+    tiled = np.clip(tiling.run_tiled(img, r, tile, default_overlap(net)), 0, 1)
     assert _psnr(tiled, full) >= 45
 
 
@@ -223,7 +227,7 @@ def test_tiled_matches_untiled_full_models(name):
     img = _scene(512)
     r = _runner(net)
     full = np.clip(tiling.run_tiled(img, r, 0, 0), 0, 1)
-    tiled = np.clip(tiling.run_tiled(img, r, 128, 48), 0, 1)
+    tiled = np.clip(tiling.run_tiled(img, r, 128, default_overlap(net)), 0, 1)
     assert _psnr(tiled, full) >= 45
 
 

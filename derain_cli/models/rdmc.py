@@ -157,6 +157,17 @@ class RDMCStage(nn.Module):
 class RDMC(nn.Module):
     """Recursive dynamic multi-scale network (weights shared across stages)."""
 
+    #: Tile overlap and smallest tile the tiler needs (``enhancer.default_overlap``,
+    #: ``Derainer``). Four poolings give RDMC a reach far beyond Semi-DRDNet's: the trained
+    #: rdmc-lite, 1024 px in 256 px tiles, agrees with its untiled output to 39.9 dB with
+    #: 48 px of overlap, 41.6 with 64, 47.3 with 96 and 51.2 with 128
+    #: (``benchmarks/tiling_agreement.py -m rdmc-lite --overlap N``), and less on
+    #: tests/test_tiling.py's scene, below 45 dB even with 128. 512 px tiles with 128 px
+    #: of overlap pass there (asserted) and give 60.2 dB on the benchmark's scene
+    #: (``--tile 512``).
+    tile_overlap = 128
+    min_tile = 512
+
     def __init__(self, cfg: RDMCConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or RDMCConfig()
