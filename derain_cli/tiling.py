@@ -36,8 +36,8 @@ representative sample, not every pixel, and many small samples estimate it bette
 than a few large ones. On a 12-megapixel photo this cuts the statistics pass to about
 a third. Measured against an untiled pass on a 6 MP mosaic of distinct photos (a hard
 case: neighbouring tiles share nothing), with the sample forced to a third as on a
-12 MP photo (``benchmarks/stats_sampling.py --megapixels 6 --budget 2 --untiled``;
-12 MP untiled does not fit in 24 GB): semi-drdnet-lite's int8 graph goes from 49.0 dB
+12 MP photo (``benchmarks/stats_sampling.py --megapixels 6 --budget 2 --untiled``; an
+untiled 12 MP pass was stopped at 18 GB of RAM): semi-drdnet-lite's int8 graph goes from 49.0 dB
 (every tile) to 45.3 dB, the default semi-drdnet-tiny's from 55.4 to 48.1 dB, its
 statistics pass from 16.9 to 4.9 s (one thread). Images below 8 MP, the 1024 px
 criterion included, use every tile; ``stats_megapixels=0`` always does.
@@ -216,7 +216,8 @@ def run_tiled(
     s_tile = _stats_tile(h, w, tile, m, stats_megapixels)
     if passes and (stats_overlap != overlap or s_tile != tile):
         s_tiles, s_windows, s_wsum = _layout(h, w, s_tile, stats_overlap, m)
-    keep = sample_tiles(s_tiles, stats_megapixels) if passes else []
+    budget = stats_megapixels if _sampled(h, w, stats_megapixels) else None
+    keep = sample_tiles(s_tiles, budget) if passes else []
     total = len(keep) * passes + len(tiles)
     done = 0
     for _ in range(passes):
@@ -255,11 +256,15 @@ def _stats_overlap(overlap: int, stats_overlap: int | None) -> int:
     return min(overlap // 2 if stats_overlap is None else stats_overlap, overlap)
 
 
+def _sampled(h: int, w: int, megapixels: float | None) -> bool:
+    """Whether the statistics pass of an h x w image samples: twice the budget or more."""
+    return bool(megapixels) and megapixels > 0 and h * w >= 2 * megapixels * 1e6
+
+
 def _stats_tile(h: int, w: int, tile: int, multiple: int, megapixels: float | None) -> int:
     """The statistics pass's tile size: the final pass's, or ``STATS_SAMPLE_TILE`` when
-    the image is large enough to be sampled (more, smaller samples estimate a mean
-    better)."""
-    if not megapixels or megapixels <= 0 or h * w < 2 * megapixels * 1e6:
+    the image is sampled (more, smaller samples estimate a mean better)."""
+    if not _sampled(h, w, megapixels):
         return tile
     return max(multiple, min(tile, STATS_SAMPLE_TILE) // multiple * multiple)
 
@@ -271,7 +276,8 @@ def statistics_tiles(h: int, w: int, tile: int, overlap: int, multiple: int = 1,
     padded to ``multiple``, tile size already a multiple of it): for cost accounting."""
     size = _stats_tile(h, w, tile, multiple, stats_megapixels)
     tiles = plan_tiles(h, w, size, _stats_overlap(overlap, stats_overlap), multiple)
-    return [tiles[i] for i in sample_tiles(tiles, stats_megapixels)]
+    budget = stats_megapixels if _sampled(h, w, stats_megapixels) else None
+    return [tiles[i] for i in sample_tiles(tiles, budget)]
 
 
 def sample_tiles(tiles: list[Tile], megapixels: float | None) -> list[int]:
@@ -282,7 +288,7 @@ def sample_tiles(tiles: list[Tile], megapixels: float | None) -> list[int]:
     shifted by one from row to row, so each row and each column of the grid is sampled
     alike (s = 2 is a checkerboard). Why: the statistics pass only estimates
     whole-image means, and on a 12-megapixel photo a third of it estimates them well
-    (``benchmarks/tiling_agreement.py --stats-megapixels``), for a third of the time.
+    (``benchmarks/stats_sampling.py``), for a third of the time.
     """
     n = len(tiles)
     if not megapixels or megapixels <= 0 or n < 2:

@@ -228,13 +228,13 @@ def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
     from derain_cli import tiling
 
     seen = []
-    original = tiling.sample_tiles
+    original = tiling.run_tiled
 
-    def spy(tiles, megapixels):
-        seen.append(megapixels)
-        return original(tiles, megapixels)
+    def spy(*args, **kwargs):
+        seen.append(kwargs["stats_megapixels"])
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiling, "sample_tiles", spy)
+    monkeypatch.setattr(tiling, "run_tiled", spy)
     src = _img(tmp_path / "big.png", 96, 96)
     for mp in ("0", "0.0001"):
         r = derain(src, "-o", tmp_path / f"out-{mp}.png", "--weights", tiny_weights,

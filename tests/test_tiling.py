@@ -146,6 +146,8 @@ def test_sampled_statistics_pass_divides_by_the_sampled_weight():
     # Large images sample smaller tiles than the final pass's: more, finer samples.
     big = tiling.statistics_tiles(3000, 4000, 512, 32)
     assert all(t.y1 - t.y0 <= tiling.STATS_SAMPLE_TILE >= t.x1 - t.x0 for t in big)
+    # Under twice the budget nothing is sampled, whatever the tile count (7.2 MP here).
+    assert tiling.statistics_tiles(2400, 3000, 512, 32) == tiling.plan_tiles(2400, 3000, 512, 16)
     # Below the default sample size every tile counts (the 1024 px criterion is exact).
     r = _MaskCounter()
     tiling.run_tiled(img, r, 128, 32)
