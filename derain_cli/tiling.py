@@ -60,7 +60,7 @@ STATS_PASSES = 1
 #: Pixels (millions) the statistics pass samples on large images; 0 or None: every tile.
 STATS_MEGAPIXELS = 4.0
 #: ... but never fewer than one tile in this many: sparser lattices are lines of tiles
-#: that miss whole regions (1 tile in 4 of a 5x5 grid: 35 dB on the 1024 px test scene).
+#: that miss whole regions (1 tile in 4 of a 5x5 grid is its anti-diagonal).
 MAX_STATS_STRIDE = 3
 #: Tile size of a sampled statistics pass (smaller than the final pass's 512-1024 px).
 STATS_SAMPLE_TILE = 256
