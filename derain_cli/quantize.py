@@ -46,8 +46,10 @@ hashes match. New weights therefore never run with a stale int8 graph.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,17 @@ PERCENTILE = 99.999
 
 class Int8Unavailable(ValueError):
     """No usable int8 graph for the requested weights."""
+
+
+@contextmanager
+def _working_dir(path: str) -> Iterator[None]:
+    """``contextlib.chdir`` for Python 3.10 (quantization is a one-off, single-threaded step)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def synthetic_inputs(photos: Sequence[Path], size: int, seed: int) -> list[np.ndarray]:
@@ -147,7 +160,14 @@ def quantize_graph(
 
     pre = fp32.with_suffix(".pre.onnx")
     if not pre.exists():
-        quant_pre_process(str(fp32), str(pre))
+        # In a scratch folder: a failed symbolic shape inference leaves its temporary
+        # graph and weights in the working directory.
+        with tempfile.TemporaryDirectory() as scratch, _working_dir(scratch):
+            try:
+                quant_pre_process(str(fp32.resolve()), str(pre.resolve()))
+            except Exception:  # RDMC's size-dependent resizes defeat symbolic shape inference
+                quant_pre_process(str(fp32.resolve()), str(pre.resolve()),
+                                  skip_symbolic_shape=True)
     quantize_static(
         str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from derain_cli import quantize, tiling
-from derain_cli.enhancer import Derainer
+from derain_cli.enhancer import Derainer, default_overlap
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
 from derain_cli.onnx_backend import OnnxRunner, make_onnx_runner, state_sha256
 from derain_cli.weights import WeightRecord, load_manifest, load_pretrained
@@ -101,6 +101,31 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
     assert 30 < _psnr(got, ref) < 99  # close to fp32, and really quantized
 
 
+def test_rdmc_quantizes_and_leaves_the_working_directory_clean(tmp_path, monkeypatch):
+    """RDMC's resizes defeat ONNX Runtime's symbolic shape inference, whose failed attempt
+    left a temporary graph and weights in the current directory."""
+    from derain_cli.models import RDMC, RDMCConfig
+
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 3)
+    monkeypatch.setattr(quantize, "HELD_OUT_COUNT", 2)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    torch.manual_seed(0)
+    net = RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1)).eval()
+    photos = _photos(tmp_path / "clean", 5, size=64)
+    files, rec = quantize.build_int8(net, photos, tmp_path / "r.int8.onnx", keep_fp32=0,
+                                     threads=1)
+    assert [f.name for f in files] == ["r.int8.onnx"] and rec["fp32_convs"] == []
+    assert list(work.iterdir()) == []
+    fed = _weight_fed_by_dequantize(onnx.load(str(files[0])).graph)
+    assert fed and all(fed.values())  # every convolution is int8
+    x = quantize.synthetic_inputs([photos / "4.png"], 64, 7)[0]
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert 25 < _psnr(OnnxRunner(files[0], threads=1).forward(x, None), ref) < 99
+
+
 def test_summed_conv_adds_are_the_folded_dccl_sums_only(tmp_path):
     from derain_cli.export import export_onnx
 
@@ -148,7 +173,9 @@ def test_shipped_int8_tiled_matches_untiled_1024(name):
     runner = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path)
     img = np.ascontiguousarray(_example(1024)[0].transpose(1, 2, 0))
     full = np.clip(tiling.run_tiled(img, runner, 0, 0, hwc=True), 0, 1)
-    tiled = np.clip(tiling.run_tiled(img, runner, 256, 48, hwc=True), 0, 1)
+    # At the overlap and smallest tile the product uses (RDMC: 128 px, 512 px tiles).
+    tile = max(256, getattr(net, "min_tile", 0))
+    tiled = np.clip(tiling.run_tiled(img, runner, tile, default_overlap(net), hwc=True), 0, 1)
     assert _psnr(tiled, full) >= 45
 
 
