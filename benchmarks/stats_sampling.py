@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from derain_cli import tiling  # noqa: E402
-from derain_cli.bench import model_for_bench, psnr, test_scene  # noqa: E402
-from derain_cli.enhancer import TorchRunner, default_overlap  # noqa: E402
+from derain_cli.bench import make_variant_runner, model_for_bench, psnr, test_scene  # noqa: E402
+from derain_cli.enhancer import default_overlap  # noqa: E402
 
 
 def mosaic(photos: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -59,17 +59,6 @@ def mosaic(photos: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
             out[y:y + cell_h, x:x + cell_w] = rainy[: h - y, : w - x]
             k += 1
     return out
-
-
-def _runner(name: str, net: torch.nn.Module, backend: str):
-    if backend == "int8":
-        from derain_cli.onnx_backend import make_onnx_runner
-        from derain_cli.quantize import shipped_int8_graph
-        from derain_cli.weights import load_manifest
-
-        graph = shipped_int8_graph(load_manifest()[name], net)
-        return make_onnx_runner(net, "cpu", "int8", int8_graph=graph)
-    return TorchRunner(net, torch.device("cpu"), "fp32")
 
 
 class _Counting:
@@ -108,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     img = (mosaic(args.photos, h, w) if args.photos
            else np.ascontiguousarray(test_scene(h, w).transpose(1, 2, 0)))
     net, label = model_for_bench(args.model)
-    runner = _runner(args.model, net, args.backend)
+    # The shipped int8 graph, or PyTorch fp32 (channels_last, as the torch backend runs it)
+    variant = "int8" if args.backend == "int8" else "channels_last"
+    runner = make_variant_runner(net, variant, torch.device("cpu"), name=args.model)
+    if isinstance(runner, str):
+        raise SystemExit(f"{args.model}: {runner}")
     overlap = default_overlap(net)
     source = f"mosaic of {args.photos}" if args.photos else "bench.test_scene"
     print(f"{args.model} ({label}, {args.backend}), {w}x{h} {source}, tile {args.tile}, "
