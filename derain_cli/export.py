@@ -64,8 +64,8 @@ from torch import Tensor, nn
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
 #: operators inside); part of the cached file names, so old caches are not reused.
 #: 2: graphs are made from ``fold_for_inference`` (batch norm folded, DCCL as summed
-#: convs, PReLU as Max/Mul).
-GRAPH_VERSION = 2
+#: convs, PReLU as Max/Mul). 3: RDMC's 1x1 convs run before its upsamplings.
+GRAPH_VERSION = 3
 
 DEFAULT_OPSET = 17
 

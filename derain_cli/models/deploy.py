@@ -13,6 +13,13 @@ graphs cheaper without changing what they compute (beyond float rounding):
 * **PReLU with slopes in [0, 1]** -> ``max(x, slope * x)``, which is the same function
   there. ONNX Runtime's ``PRelu`` kernel takes 90 ms on a 32 x 768 x 1024 tensor on a
   2-core AVX2 CPU; ``Mul`` + ``Max`` take 40 ms (``python benchmarks/ort_ops.py prelu``).
+* **RDMC: 1x1 conv before upsampling** (:class:`FoldedRDMCStage`). A 1x1 conv and a
+  bilinear upsampling are both linear, and bilinear weights sum to one, so
+  ``conv1x1(up(x)) == up(conv1x1(x))`` (bias included). RDMC's decoder projects every
+  upsampled feature by a 1x1 conv (the ``up`` convs, and the recruitment's ``proj`` of
+  deeper encoder levels); projecting first runs those convs at the low resolution and
+  upsamples the projected channels only: at full resolution 36 instead of 240 channels
+  (rdmc-lite), which was most of the graph's ``Resize`` time and memory traffic.
 
 Why it matters: profiling the int8 graph of semi-drdnet-lite (``benchmarks/ort_ops.py profile``, a
 768 x 1024 tile) put 12 % of the time in ``PRelu`` and 12 % in ``QLinearConcat``.
@@ -28,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .rdmc import RDMCStage
 from .semi_drdnet import DCCL
 
 
@@ -54,6 +62,102 @@ class SummedConvs(nn.Module):
         for conv in self.convs[1:]:
             out = out + conv(x)
         return out
+
+
+class SplitInputConv(nn.Module):
+    """``conv(cat(xs, dim=1))`` as ``sum_i conv_i(xs[i])``: the same sum, without the concat.
+
+    ONNX Runtime's blocked-layout (NCHWc) convolutions cannot read a ``Concat``: each one
+    costs a layout reorder of the concatenated tensor plus the copy itself. A conv's sum
+    with another conv's output, on the other hand, is fused into the conv.
+    """
+
+    def __init__(self, conv: nn.Conv2d, splits: list[int]) -> None:
+        super().__init__()
+        if sum(splits) != conv.in_channels or conv.groups != 1:
+            raise ValueError(f"cannot split {conv} into inputs of {splits} channels")
+        convs, start = [], 0
+        for i, n in enumerate(splits):
+            part = nn.Conv2d(n, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                             padding=conv.padding, dilation=conv.dilation,
+                             bias=i == 0 and conv.bias is not None)
+            part.weight.data.copy_(conv.weight.data[:, start:start + n])
+            if part.bias is not None:
+                part.bias.data.copy_(conv.bias.data)
+            convs.append(part)
+            start += n
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, xs: list[Tensor]) -> Tensor:
+        out = self.convs[0](xs[0])
+        for conv, x in zip(self.convs[1:], xs[1:], strict=True):
+            out = out + conv(x)
+        return out
+
+
+def _split_first(seq: nn.Sequential, splits: list[int]) -> nn.Sequential:
+    """``seq`` whose first conv takes a list of inputs (``SplitInputConv``)."""
+    return nn.Sequential(SplitInputConv(seq[0], splits), *list(seq)[1:])
+
+
+def _rescale(x: Tensor, factor: int) -> Tensor:
+    """RDMC's ``_resize`` between levels ``factor`` (a power of two, or 1/that) apart.
+
+    The same values as resampling to the other level's size (inputs are padded to the
+    size multiple), but the ONNX graph gets a constant ``scales`` instead of sizes taken
+    from a tensor's shape, which ONNX Runtime can run in its blocked layout.
+    """
+    if factor > 1:
+        return nn.functional.interpolate(x, scale_factor=float(factor), mode="bilinear",
+                                         align_corners=False)
+    if factor < 1:
+        return nn.functional.avg_pool2d(x, round(1 / factor))
+    return x
+
+
+class FoldedRDMCStage(nn.Module):
+    """An RDMC stage rewritten for inference (module docstring); the same function.
+
+    Holds the trained stage's (folded) submodules under the same names; the convs that
+    read a concatenation take its parts instead (``SplitInputConv``), and the 1x1 convs
+    run before the upsamplings.
+    """
+
+    def __init__(self, stage: RDMCStage) -> None:
+        super().__init__()
+        ch = [seq[0].out_channels for seq in stage.fuse]
+        nb = len(stage.branches)
+        self.branches, self.bottleneck, self.up, self.out = (
+            stage.branches, stage.bottleneck, stage.up, stage.out)
+        self.fuse = nn.ModuleList(_split_first(f, [c] * nb) for f, c in zip(stage.fuse, ch,
+                                                                            strict=True))
+        self.decode = nn.ModuleList(_split_first(d, [c] * 3)
+                                    for d, c in zip(stage.decode, ch, strict=False))
+        self.recruit = stage.recruit
+        for level, rec in enumerate(self.recruit):
+            rec.gate = nn.ModuleList(SplitInputConv(g, [ch[level]] * 2) for g in rec.gate)
+
+    def _recruit(self, level: int, u: Tensor, skips: list[Tensor]) -> Tensor:
+        rec = self.recruit[level]
+        out = None
+        for m, proj, gate in zip(rec.sources, rec.proj, rec.gate, strict=True):
+            factor = 2.0 ** (m - level)
+            # down: pool first (fewer pixels to project); up: project first (fewer channels)
+            p = proj(_rescale(skips[m], factor)) if m < level else _rescale(proj(skips[m]), factor)
+            term = torch.sigmoid(gate([u, p])) * p
+            out = term if out is None else out + term
+        return out if out is not None else torch.zeros_like(u)
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_branch = [b(x) for b in self.branches]
+        skips = [fuse([feats[level] for feats in per_branch])
+                 for level, fuse in enumerate(self.fuse)]
+        d = self.bottleneck(skips[-1])
+        for level in reversed(range(len(skips) - 1)):
+            u = _rescale(self.up[level](d), 2)
+            r = self._recruit(level, u, skips)
+            d = self.decode[level]([u, skips[level], r])
+        return self.out(d)
 
 
 def _bn_affine(bn: nn.BatchNorm2d | None, channels: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,4 +232,8 @@ def fold_for_inference(net: nn.Module, *, max_prelu: bool = True) -> nn.Module:
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Sequential):
                 setattr(module, name, _fold_sequential(child, max_prelu))
+    for module in list(folded.modules()):  # after the folding above, which the stage keeps
+        for name, child in list(module.named_children()):
+            if isinstance(child, RDMCStage):
+                setattr(module, name, FoldedRDMCStage(child))
     return folded.to(device)

@@ -8,7 +8,13 @@ from torch import nn
 
 from derain_cli.bench import perturb_bn
 from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
-from derain_cli.models.deploy import MaxPReLU, SummedConvs, fold_dccl, fold_for_inference
+from derain_cli.models.deploy import (
+    FoldedRDMCStage,
+    MaxPReLU,
+    SummedConvs,
+    fold_dccl,
+    fold_for_inference,
+)
 from derain_cli.models.semi_drdnet import DCCL
 
 
@@ -79,3 +85,23 @@ def test_rdmc_folded_matches(shape):
     x = torch.rand(shape)
     with torch.no_grad():
         assert torch.allclose(folded(x), net(x), atol=1e-4)
+
+
+def test_rdmc_folded_projects_before_upsampling():
+    """The recruitment and up convs see the low-resolution features (FoldedRDMCStage)."""
+    torch.manual_seed(3)
+    net = perturb_bn(RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=1))).eval()
+    folded = fold_for_inference(net)
+    assert isinstance(folded.stage, FoldedRDMCStage)
+    seen: dict[str, tuple[int, int]] = {}
+
+    def spy(name):
+        return lambda mod, args: seen.__setitem__(name, tuple(args[0].shape[-2:]))
+
+    folded.stage.up[0].register_forward_pre_hook(spy("up0"))
+    folded.stage.recruit[0].proj[-1].register_forward_pre_hook(spy("proj_deepest"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-4)
+    assert seen["up0"] == (32, 32)  # level 1's output, before its 2x upsampling
+    assert seen["proj_deepest"] == (4, 4)  # level 4 (64 / 16), not level 0's 64 x 64
