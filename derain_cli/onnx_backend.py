@@ -29,8 +29,9 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ ORT_CPU_TILE = 512
 #: so ``enhancer._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
 #: with the paper-size models in fp32.
 CUDA_TILE = 1024
+
+#: Names of a graph's dynamic input dimensions (``export``), fixed per tile shape below.
+DYNAMIC_DIMS = ("batch", "height", "width")
 
 _export_lock = threading.Lock()
 
@@ -194,6 +198,48 @@ def pooled_feeds(shape: Sequence[int] | None, batch: int,
     return {"pooled": p, "local": np.zeros(1, np.float32)}
 
 
+class ShapedSessions:
+    """Sessions of one graph, specialised to the input shape they are run on (CPU).
+
+    With its dynamic dimensions fixed (``add_free_dimension_override_by_name``), ONNX
+    Runtime knows every tensor's shape, so its CPU blocked-layout (NCHWc) pass fuses
+    sums and activations into convolutions and drops layout reorders it otherwise keeps.
+    rdmc-lite on an 864 x 928 tile: 3.61 -> 3.11 s/MP fp32 (int8 graphs gain about 3 %),
+    for about 0.4 GB more peak memory on a 4 MP photo.
+    A tiled image runs one tile shape, so only the latest shape's session is kept (its
+    memory arena is released with it); building one takes about 0.1 s. On CUDA the
+    dynamic session is used as is (not measured there).
+    """
+
+    def __init__(self, path: Path, make_opts: Callable[[], Any], providers: list) -> None:
+        import onnxruntime as ort
+
+        self._ort, self._path, self._make_opts, self._providers = (
+            ort, path, make_opts, providers)
+        self.dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
+        self.specialise = self.dynamic.get_providers()[0] == "CPUExecutionProvider"
+        self._shape: tuple[int, ...] | None = None
+        self._session = None
+
+    def get(self, image_shape: tuple[int, ...]):
+        """The session for a ``(batch, 3, height, width)`` input."""
+        if not self.specialise:
+            return self.dynamic
+        key = (image_shape[0], image_shape[2], image_shape[3])
+        if key != self._shape:
+            self._session = None  # release the old arena before building the new one
+            opts = self._make_opts()  # overrides accumulate on an options object
+            # The static memory plan it would now make keeps every activation apart:
+            # rdmc-lite on a 4 MP photo 2.6 GB peak RSS with it, 1.8 GB without.
+            opts.enable_mem_pattern = False
+            for name, value in zip(DYNAMIC_DIMS, key, strict=True):
+                opts.add_free_dimension_override_by_name(name, int(value))
+            self._session = self._ort.InferenceSession(str(self._path), opts,
+                                                       providers=self._providers)
+            self._shape = key
+        return self._session
+
+
 class OnnxRunner:
     """The tiling ``Runner`` protocol over ONNX Runtime sessions of exported graphs.
 
@@ -212,20 +258,21 @@ class OnnxRunner:
         providers: list | None = None,
         cpu_arena: bool = True,
     ) -> None:
-        import onnxruntime as ort
 
         if isinstance(paths, (str, os.PathLike)):
             main = Path(paths)
             paths = [main] + ([export.stats_path(main)]
                               if export.stats_path(main).is_file() else [])
         self.paths = [Path(p) for p in paths]
-        opts = session_options(threads, cpu_arena)
-        self.threads = opts.intra_op_num_threads
+        def make_opts():
+            return session_options(threads, cpu_arena)
+
+        self.threads = make_opts().intra_op_num_threads
         self.providers = providers or _providers(device)
         sessions = {}
         for p in self.paths:
-            sess = ort.InferenceSession(str(p), opts, providers=self.providers)
-            meta = sess.get_modelmeta().custom_metadata_map
+            sess = ShapedSessions(p, make_opts, self.providers)
+            meta = sess.dynamic.get_modelmeta().custom_metadata_map
             sessions[meta.get("derain.role", "forward")] = (sess, meta)
         if "forward" not in sessions:
             raise ValueError(f"{self.paths[0]}: no forward graph among the files")
@@ -238,7 +285,7 @@ class OnnxRunner:
         if self.global_stats_shape is not None and self._stats is None:
             raise ValueError(f"{self.paths[0]}: the statistics graph "
                              f"({export.stats_path(self.paths[0]).name}) is missing")
-        on_cuda = self._fwd.get_providers()[0] == "CUDAExecutionProvider"
+        on_cuda = self._fwd.dynamic.get_providers()[0] == "CUDAExecutionProvider"
         self.device = torch.device(device) if on_cuda else torch.device("cpu")
         self.precision = meta.get("derain.precision", "fp32")
 
@@ -250,13 +297,13 @@ class OnnxRunner:
     def _pooled_feeds(self, batch: int, pooled: np.ndarray | None) -> dict[str, np.ndarray]:
         return pooled_feeds(self.global_stats_shape, batch, pooled)
 
-    def _run(self, sess, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, graph: ShapedSessions, feeds: dict[str, np.ndarray]) -> np.ndarray:
         # The exporter drops inputs a graph never reads (e.g. ``pooled`` in the
         # statistics graph of a one-block network), so feed only declared ones.
-        names = {i.name for i in sess.get_inputs()}
+        names = {i.name for i in graph.dynamic.get_inputs()}
         feeds = {k: v for k, v in feeds.items() if k in names}
         try:
-            return sess.run(None, feeds)[0]
+            return graph.get(feeds["image"].shape).run(None, feeds)[0]
         except Exception as e:
             if _is_ort_oom(e):
                 raise tiling.TileOutOfMemory(str(e)) from e

@@ -143,6 +143,22 @@ def test_runner_options_and_files(caplog):
         assert onnx_backend._providers("cuda") == ["CPUExecutionProvider"]
 
 
+def test_sessions_are_specialised_to_the_tile_shape():
+    """CPU sessions fix the graph's dynamic dims per input shape; results do not change."""
+    net = _small("rdmc")
+    runner = OnnxRunner(onnx_backend.cached_graphs(net)[0], threads=1)
+    graph = runner._fwd
+    g = np.random.default_rng(5)
+    for shape in [(1, 3, 32, 48), (1, 3, 32, 48), (2, 3, 48, 32)]:
+        x = g.random(shape, np.float32)
+        out = runner.forward(x, None)
+        assert graph._shape == (shape[0], shape[2], shape[3])
+        dims = graph._session.get_inputs()[0].shape
+        assert dims == list(shape)  # no symbolic dims left in the specialised session
+        ref = graph.dynamic.run(None, {"image": x})[0]
+        assert np.abs(out - ref).max() <= 1e-5
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "c"))
     assert onnx_backend.cache_root() == tmp_path / "c" / "onnx"
