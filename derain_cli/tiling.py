@@ -206,16 +206,17 @@ def run_tiled(
     overlap = min(overlap, tile // 2)
     img = _pad_to_multiple(image, m, hwc)
     h, w = img.shape[:2] if hwc else img.shape[1:]
-    tiles, windows, wsum = _layout(h, w, tile, overlap, m)
+    tiles, wsum = _layout(h, w, tile, overlap, m)
 
     pooled = None
     shape = runner.global_stats_shape
     passes = stats_passes if shape is not None and len(tiles) > 1 else 0
-    s_tiles, s_windows, s_wsum = tiles, windows, wsum
+    s_tiles, s_wsum, s_overlap = tiles, wsum, overlap
     stats_overlap = _stats_overlap(overlap, stats_overlap)
     s_tile = _stats_tile(h, w, tile, m, stats_megapixels)
     if passes and (stats_overlap != overlap or s_tile != tile):
-        s_tiles, s_windows, s_wsum = _layout(h, w, s_tile, stats_overlap, m)
+        s_tiles, s_wsum = _layout(h, w, s_tile, stats_overlap, m)
+        s_overlap = stats_overlap
     budget = stats_megapixels if _sampled(h, w, stats_megapixels) else None
     keep = sample_tiles(s_tiles, budget) if passes else []
     total = len(keep) * passes + len(tiles)
@@ -225,7 +226,7 @@ def run_tiled(
         weight = 0.0
         for i in keep:
             t = s_tiles[i]
-            mask = (s_windows[i] / s_wsum[t.y0:t.y1, t.x0:t.x1])[None, None]
+            mask = (blend_window(t, h, w, s_overlap) / s_wsum[t.y0:t.y1, t.x0:t.x1])[None, None]
             # Pixels of the reflect padding are not part of the image.
             mask = mask * _inside(t, h0, w0)[None, None]
             sums += runner.stat_sums(crop(img, t), pooled, mask)
@@ -238,7 +239,8 @@ def run_tiled(
         pooled = (sums / area).astype(np.float32)
 
     out = np.zeros((h, w, 3) if hwc else (3, h, w), np.float32)
-    for t, win in zip(tiles, windows, strict=True):
+    for t in tiles:
+        win = blend_window(t, h, w, overlap)
         pred = runner.forward(crop(img, t), pooled)[0]
         if hwc:
             out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
@@ -303,14 +305,17 @@ def sample_tiles(tiles: list[Tile], megapixels: float | None) -> list[int]:
 
 
 def _layout(h: int, w: int, tile: int, overlap: int, multiple: int
-            ) -> tuple[list[Tile], list[np.ndarray], np.ndarray]:
-    """A pass's tiles, their blend windows and the windows' sum over the image."""
+            ) -> tuple[list[Tile], np.ndarray]:
+    """A pass's tiles and their blend windows' sum over the image.
+
+    The windows themselves are made again tile by tile when used: kept for every tile,
+    they were another 126 MB on a 24-megapixel photo.
+    """
     tiles = plan_tiles(h, w, tile, overlap, multiple)
-    windows = [blend_window(t, h, w, overlap) for t in tiles]
     wsum = np.zeros((h, w), np.float32)
-    for t, win in zip(tiles, windows, strict=True):
-        wsum[t.y0:t.y1, t.x0:t.x1] += win
-    return tiles, windows, wsum
+    for t in tiles:
+        wsum[t.y0:t.y1, t.x0:t.x1] += blend_window(t, h, w, overlap)
+    return tiles, wsum
 
 
 def _inside(t: Tile, h0: int, w0: int) -> np.ndarray:
