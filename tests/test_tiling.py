@@ -274,3 +274,15 @@ def test_hwc_layout_gives_the_same_result(size, tile):
         hwc = tiling.run_tiled(np.ascontiguousarray(img.transpose(1, 2, 0)), r, tile, 24, hwc=True)
         assert hwc.shape == (*img.shape[1:], 3)
         np.testing.assert_allclose(hwc, chw.transpose(1, 2, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w,m", [(200, 123, 16), (5, 40, 16), (64, 64, 16), (31, 9, 8)])
+def test_padded_indices_match_numpy_padding(h, w, m):
+    """Tiles are cut through index arrays instead of a padded copy: the same pixels."""
+    img = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
+    rows, cols = tiling._padded_indices(h, w, m)
+    ph, pw = (-h) % m, (-w) % m
+    mode = "reflect" if ph < h and pw < w else "edge"
+    ref = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    assert len(rows) % m == 0 and len(cols) % m == 0
+    assert np.array_equal(img[rows[:, None], cols[None, :]], ref)
