@@ -371,7 +371,7 @@ def test_models_table_and_json() -> None:
         assert row["weights"] in ("bundled", "cached", "remote", "none")
         # the shipped int8 graphs
         assert row["int8"] == (row["name"] in ("semi-drdnet-lite", "semi-drdnet-fast",
-                                               "semi-drdnet-tiny", "rdmc-lite"))
+                                               "semi-drdnet-tiny"))
 
 
 def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
