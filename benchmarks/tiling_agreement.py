@@ -31,23 +31,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from derain_cli import tiling  # noqa: E402
-from derain_cli.bench import model_for_bench, psnr, test_scene  # noqa: E402
+from derain_cli.bench import make_variant_runner, model_for_bench, psnr, test_scene  # noqa: E402
 from derain_cli.enhancer import DEFAULT_OVERLAP, TorchRunner, default_overlap  # noqa: E402
 from derain_cli.models import MODELS  # noqa: E402
 
-
-def _runner(net: torch.nn.Module, backend: str, name: str):
-    if backend in ("onnx", "int8"):
-        from derain_cli.onnx_backend import make_onnx_runner
-
-        if backend == "int8":  # the int8 graph shipped with the published weights
-            from derain_cli.quantize import shipped_int8_graph
-            from derain_cli.weights import load_manifest
-
-            graph = shipped_int8_graph(load_manifest()[name], net)
-            return make_onnx_runner(net, "cpu", "int8", int8_graph=graph)
-        return make_onnx_runner(net, "cpu", "fp32")
-    return TorchRunner(net, torch.device("cpu"), "fp32")
+#: --backend -> ``bench.make_variant_runner`` variant (torch: what the torch backend runs).
+VARIANTS = {"torch": "channels_last", "onnx": "onnx", "int8": "int8"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         net, label = model_for_bench(name)
         overlap = default_overlap(net) if args.overlap is None else args.overlap
-        runner = _runner(net, args.backend, name)
+        runner = make_variant_runner(net, VARIANTS[args.backend], torch.device("cpu"), name=name)
+        if isinstance(runner, str):  # e.g. no int8 graph ships for this model
+            print(f"| {name} | {label} | {runner} |")
+            continue
         ref = runner if args.backend == "int8" else TorchRunner(net, torch.device("cpu"), "fp32")
         full = np.clip(tiling.run_tiled(img, ref, 0, 0), 0, 1)
         n_tiles = 0
