@@ -51,6 +51,9 @@ CUDA_TILE = 1024
 
 #: Names of a graph's dynamic input dimensions (``export``), fixed per tile shape below.
 DYNAMIC_DIMS = ("batch", "height", "width")
+#: Smallest input (batch x height x width) that ``ShapedSessions`` specialises: the
+#: default's 512 px tiles are, rain100l's 480 x 320 photos are not.
+SPECIALISE_MIN_PIXELS = 250_000
 
 _export_lock = threading.Lock()
 
@@ -199,16 +202,23 @@ def pooled_feeds(shape: Sequence[int] | None, batch: int,
 
 
 class ShapedSessions:
-    """Sessions of one graph, specialised to the input shape they are run on (CPU).
+    """Sessions of one graph, specialised to an input shape that repeats (CPU).
 
     With its dynamic dimensions fixed (``add_free_dimension_override_by_name``), ONNX
     Runtime knows every tensor's shape, so its CPU blocked-layout (NCHWc) pass fuses
     sums and activations into convolutions and drops layout reorders it otherwise keeps.
-    rdmc-lite on an 864 x 928 tile: 3.61 -> 3.11 s/MP fp32 (int8 graphs gain about 3 %),
-    for about 0.4 GB more peak memory on a 4 MP photo.
-    A tiled image runs one tile shape, so only the latest shape's session is kept (its
-    memory arena is released with it); building one takes about 0.1 s. On CUDA the
-    dynamic session is used as is (not measured there).
+    rdmc-lite on an 864 x 928 tile: 3.26 -> 2.99 s/MP fp32 (int8 graphs gain about 3 %).
+
+    Building a session takes 0.03-0.1 s plus a slower first run, which small or one-off
+    inputs do not earn back: specialising every image of rain100l (100 photos of
+    0.15 MP, two shapes in turn) made ``derain eval`` 60.2 s instead of 47.6 s, and
+    specialising each run of same-shape photos still 55.5 s. So inputs below
+    ``SPECIALISE_MIN_PIXELS`` always run on the dynamic session, and a larger shape runs
+    on it first and is specialised when the next run has the same shape (the tiles of
+    an image, a folder of same-size photos). Only one of the two sessions is
+    kept at a time (the other is dropped, and rebuilt when needed), so one memory arena
+    at most holds a tile's activations.
+    On CUDA the dynamic session is used as is (not measured there).
     """
 
     def __init__(self, path: Path, make_opts: Callable[[], Any], providers: list) -> None:
@@ -216,27 +226,46 @@ class ShapedSessions:
 
         self._ort, self._path, self._make_opts, self._providers = (
             ort, path, make_opts, providers)
-        self.dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
-        self.specialise = self.dynamic.get_providers()[0] == "CPUExecutionProvider"
-        self._shape: tuple[int, ...] | None = None
+        self._dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
+        self.metadata = dict(self._dynamic.get_modelmeta().custom_metadata_map)
+        self.input_names = {i.name for i in self._dynamic.get_inputs()}
+        self.provider = self._dynamic.get_providers()[0]
+        self.specialise = self.provider == "CPUExecutionProvider"
+        self._shape: tuple[int, ...] | None = None  # of the specialised session
         self._session = None
+        self._last: tuple[int, ...] | None = None  # of the previous run
+
+    @property
+    def dynamic(self):
+        """The session with dynamic dimensions (built again after being dropped)."""
+        if self._dynamic is None:
+            self._dynamic = self._ort.InferenceSession(str(self._path), self._make_opts(),
+                                                       providers=self._providers)
+        return self._dynamic
 
     def get(self, image_shape: tuple[int, ...]):
         """The session for a ``(batch, 3, height, width)`` input."""
         if not self.specialise:
             return self.dynamic
         key = (image_shape[0], image_shape[2], image_shape[3])
-        if key != self._shape:
-            self._session = None  # release the old arena before building the new one
-            opts = self._make_opts()  # overrides accumulate on an options object
-            # The static memory plan it would now make keeps every activation apart:
-            # rdmc-lite on a 4 MP photo 2.6 GB peak RSS with it, 1.8 GB without.
-            opts.enable_mem_pattern = False
-            for name, value in zip(DYNAMIC_DIMS, key, strict=True):
-                opts.add_free_dimension_override_by_name(name, int(value))
-            self._session = self._ort.InferenceSession(str(self._path), opts,
-                                                       providers=self._providers)
-            self._shape = key
+        last, self._last = self._last, key
+        if key == self._shape:
+            return self._session
+        if key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:
+            return self.dynamic
+        if key != last:  # a new shape: dynamic, and the other shape's arena released
+            self._session = self._shape = None
+            return self.dynamic
+        self._session = self._dynamic = None  # release both arenas before building
+        opts = self._make_opts()  # overrides accumulate on an options object
+        # The static memory plan it would now make keeps every activation apart:
+        # rdmc-lite on a 4 MP photo 2.6 GB peak RSS with it, 1.8 GB without.
+        opts.enable_mem_pattern = False
+        for name, value in zip(DYNAMIC_DIMS, key, strict=True):
+            opts.add_free_dimension_override_by_name(name, int(value))
+        self._session = self._ort.InferenceSession(str(self._path), opts,
+                                                   providers=self._providers)
+        self._shape = key
         return self._session
 
 
@@ -272,7 +301,7 @@ class OnnxRunner:
         sessions = {}
         for p in self.paths:
             sess = ShapedSessions(p, make_opts, self.providers)
-            meta = sess.dynamic.get_modelmeta().custom_metadata_map
+            meta = sess.metadata
             sessions[meta.get("derain.role", "forward")] = (sess, meta)
         if "forward" not in sessions:
             raise ValueError(f"{self.paths[0]}: no forward graph among the files")
@@ -285,7 +314,7 @@ class OnnxRunner:
         if self.global_stats_shape is not None and self._stats is None:
             raise ValueError(f"{self.paths[0]}: the statistics graph "
                              f"({export.stats_path(self.paths[0]).name}) is missing")
-        on_cuda = self._fwd.dynamic.get_providers()[0] == "CUDAExecutionProvider"
+        on_cuda = self._fwd.provider == "CUDAExecutionProvider"
         self.device = torch.device(device) if on_cuda else torch.device("cpu")
         self.precision = meta.get("derain.precision", "fp32")
 
@@ -300,8 +329,7 @@ class OnnxRunner:
     def _run(self, graph: ShapedSessions, feeds: dict[str, np.ndarray]) -> np.ndarray:
         # The exporter drops inputs a graph never reads (e.g. ``pooled`` in the
         # statistics graph of a one-block network), so feed only declared ones.
-        names = {i.name for i in graph.dynamic.get_inputs()}
-        feeds = {k: v for k, v in feeds.items() if k in names}
+        feeds = {k: v for k, v in feeds.items() if k in graph.input_names}
         try:
             return graph.get(feeds["image"].shape).run(None, feeds)[0]
         except Exception as e:

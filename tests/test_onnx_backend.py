@@ -143,20 +143,34 @@ def test_runner_options_and_files(caplog):
         assert onnx_backend._providers("cuda") == ["CPUExecutionProvider"]
 
 
-def test_sessions_are_specialised_to_the_tile_shape():
-    """CPU sessions fix the graph's dynamic dims per input shape; results do not change."""
+def test_sessions_are_specialised_to_a_repeated_shape(monkeypatch):
+    """CPU sessions fix the graph's dynamic dims once a shape repeats; same results."""
+    import onnxruntime as ort
+
     net = _small("rdmc")
-    runner = OnnxRunner(onnx_backend.cached_graphs(net)[0], threads=1)
+    path = onnx_backend.cached_graphs(net)[0]
+    runner = OnnxRunner(path, threads=1)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph = runner._fwd
     g = np.random.default_rng(5)
-    for shape in [(1, 3, 32, 48), (1, 3, 32, 48), (2, 3, 48, 32)]:
+    a, b = (1, 3, 32, 48), (2, 3, 48, 32)
+    small = (1, 3, 16, 16)
+    # (shape, specialised session afterwards): a one-off shape runs dynamic, a repeat
+    # specialises, a new shape drops the specialised session, alternating never builds one
+    # (inputs below SPECIALISE_MIN_PIXELS run dynamic and leave the specialised one alone)
+    plan = [(a, None), (a, a), (a, a), (b, None), (a, None), (b, None), (b, b),
+            (small, b), (small, b)]
+    monkeypatch.setattr(onnx_backend, "SPECIALISE_MIN_PIXELS", 32 * 32)
+    for shape, special in plan:
         x = g.random(shape, np.float32)
         out = runner.forward(x, None)
-        assert graph._shape == (shape[0], shape[2], shape[3])
-        dims = graph._session.get_inputs()[0].shape
-        assert dims == list(shape)  # no symbolic dims left in the specialised session
-        ref = graph.dynamic.run(None, {"image": x})[0]
-        assert np.abs(out - ref).max() <= 1e-5
+        if special is None:
+            assert graph._session is None and graph._shape is None
+        else:
+            assert graph._shape == (special[0], special[2], special[3])
+            assert graph._dynamic is None or shape == small  # one large arena at a time
+            assert graph._session.get_inputs()[0].shape == list(special)  # no symbolic dims
+        assert np.abs(out - plain.run(None, {"image": x})[0]).max() <= 1e-5
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
