@@ -202,23 +202,22 @@ def pooled_feeds(shape: Sequence[int] | None, batch: int,
 
 
 class ShapedSessions:
-    """Sessions of one graph, specialised to an input shape that repeats (CPU).
+    """Sessions of one graph, specialised to the shape of large inputs (CPU).
 
     With its dynamic dimensions fixed (``add_free_dimension_override_by_name``), ONNX
     Runtime knows every tensor's shape, so its CPU blocked-layout (NCHWc) pass fuses
     sums and activations into convolutions and drops layout reorders it otherwise keeps.
     rdmc-lite on an 864 x 928 tile: 3.26 -> 2.99 s/MP fp32 (int8 graphs gain about 3 %).
 
-    Building a session takes 0.03-0.1 s plus a slower first run, which small or one-off
-    inputs do not earn back: specialising every image of rain100l (100 photos of
-    0.15 MP, two shapes in turn) made ``derain eval`` 60.2 s instead of 47.6 s, and
-    specialising each run of same-shape photos still 55.5 s. So inputs below
-    ``SPECIALISE_MIN_PIXELS`` always run on the dynamic session, and a larger shape runs
-    on it first and is specialised when the next run has the same shape (the tiles of
-    an image, a folder of same-size photos). Only one of the two sessions is
-    kept at a time (the other is dropped, and rebuilt when needed), so one memory arena
-    at most holds a tile's activations.
-    On CUDA the dynamic session is used as is (not measured there).
+    Building a session takes 0.03-0.1 s plus a slower first run, which small inputs do
+    not earn back: specialising every image of rain100l (100 photos of 0.15 MP, two
+    shapes in turn) made ``derain eval`` 60.2 s instead of 47.6 s. So inputs below
+    ``SPECIALISE_MIN_PIXELS`` run on the dynamic session, and larger ones (the tiles of
+    a photo) on a session built for their shape. One specialised session is kept, the
+    latest shape's; the old one is released before the next is built. Running a large
+    shape on the dynamic session first, to specialise only shapes that repeat, left
+    that session's arena in memory beside the new one (rdmc-lite, 12 MP: 2.55 instead
+    of 2.32 GB). On CUDA the dynamic session is used as is (not measured there).
     """
 
     def __init__(self, path: Path, make_opts: Callable[[], Any], providers: list) -> None:
@@ -226,46 +225,30 @@ class ShapedSessions:
 
         self._ort, self._path, self._make_opts, self._providers = (
             ort, path, make_opts, providers)
-        self._dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
-        self.metadata = dict(self._dynamic.get_modelmeta().custom_metadata_map)
-        self.input_names = {i.name for i in self._dynamic.get_inputs()}
-        self.provider = self._dynamic.get_providers()[0]
+        self.dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
+        self.metadata = dict(self.dynamic.get_modelmeta().custom_metadata_map)
+        self.input_names = {i.name for i in self.dynamic.get_inputs()}
+        self.provider = self.dynamic.get_providers()[0]
         self.specialise = self.provider == "CPUExecutionProvider"
         self._shape: tuple[int, ...] | None = None  # of the specialised session
         self._session = None
-        self._last: tuple[int, ...] | None = None  # of the previous run
-
-    @property
-    def dynamic(self):
-        """The session with dynamic dimensions (built again after being dropped)."""
-        if self._dynamic is None:
-            self._dynamic = self._ort.InferenceSession(str(self._path), self._make_opts(),
-                                                       providers=self._providers)
-        return self._dynamic
 
     def get(self, image_shape: tuple[int, ...]):
         """The session for a ``(batch, 3, height, width)`` input."""
-        if not self.specialise:
-            return self.dynamic
         key = (image_shape[0], image_shape[2], image_shape[3])
-        last, self._last = self._last, key
-        if key == self._shape:
-            return self._session
-        if key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:
+        if not self.specialise or key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:
             return self.dynamic
-        if key != last:  # a new shape: dynamic, and the other shape's arena released
-            self._session = self._shape = None
-            return self.dynamic
-        self._session = self._dynamic = None  # release both arenas before building
-        opts = self._make_opts()  # overrides accumulate on an options object
-        # The static memory plan it would now make keeps every activation apart:
-        # rdmc-lite on a 4 MP photo 2.6 GB peak RSS with it, 1.8 GB without.
-        opts.enable_mem_pattern = False
-        for name, value in zip(DYNAMIC_DIMS, key, strict=True):
-            opts.add_free_dimension_override_by_name(name, int(value))
-        self._session = self._ort.InferenceSession(str(self._path), opts,
-                                                   providers=self._providers)
-        self._shape = key
+        if key != self._shape:
+            self._session = self._shape = None  # release the old arena before building
+            opts = self._make_opts()  # overrides accumulate on an options object
+            # The static memory plan it would now make keeps every activation apart:
+            # rdmc-lite on a 4 MP photo 2.6 GB peak RSS with it, 1.8 GB without.
+            opts.enable_mem_pattern = False
+            for name, value in zip(DYNAMIC_DIMS, key, strict=True):
+                opts.add_free_dimension_override_by_name(name, int(value))
+            self._session = self._ort.InferenceSession(str(self._path), opts,
+                                                       providers=self._providers)
+            self._shape = key
         return self._session
 
 
