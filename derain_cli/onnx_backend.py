@@ -2,8 +2,9 @@
 
 ``make_onnx_runner(model, device, precision)`` is what ``Derainer(backend="onnx")``
 uses: it exports the network (``derain_cli.export``) unless the graphs are already
-cached, then opens one ONNX Runtime session per graph (graph optimisation level ALL,
-``intra_op_num_threads`` = ``torch.get_num_threads()`` unless given).
+cached, then opens ONNX Runtime sessions for each graph (graph optimisation level ALL,
+``intra_op_num_threads`` = ``torch.get_num_threads()`` unless given): one with dynamic
+shapes, and on the CPU one built for the shape of large tiles (``ShapedSessions``).
 
 Cache: ``$DERAIN_CACHE/onnx/<key>/`` when ``DERAIN_CACHE`` is set, else
 ``$XDG_CACHE_HOME/derain/onnx/<key>/`` (``~/.cache/derain/onnx/<key>/``). ``<key>`` is
@@ -270,13 +271,13 @@ class OnnxRunner:
         providers: list | None = None,
         cpu_arena: bool = True,
     ) -> None:
-
         if isinstance(paths, (str, os.PathLike)):
             main = Path(paths)
             paths = [main] + ([export.stats_path(main)]
                               if export.stats_path(main).is_file() else [])
         self.paths = [Path(p) for p in paths]
-        def make_opts():
+
+        def make_opts():  # a fresh options object per session (see ShapedSessions)
             return session_options(threads, cpu_arena)
 
         self.threads = make_opts().intra_op_num_threads

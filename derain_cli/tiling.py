@@ -1,11 +1,13 @@
 """Tiled inference: any image size through a fixed-size window.
 
-Only tiles travel to the device; the padded input, the output accumulator and
-the weight sum stay in host memory (numpy). Tiles are spread evenly, start on
-the model's size multiple (so RDMC's pooling grid is the same as on the whole
-image), overlap by at least ``overlap`` pixels and are blended with a smooth
-window that ignores each tile's outer quarter-overlap, where zero padding
-disturbs the result, and cross-fades over the next half.
+Only tiles travel to the device; the input, the output accumulator and the
+weight sum stay in host memory (numpy). The input is not copied to pad it to the
+model's size multiple: tiles at the border gather their padding through index
+arrays. Tiles are spread evenly, start on the model's size multiple (so RDMC's
+pooling grid is the same as on the whole image), overlap by at least ``overlap``
+pixels and are blended with a smooth window that ignores each tile's outer
+quarter-overlap, where zero padding disturbs the result, and cross-fades over the
+next half.
 
 Whole-image statistics: a model whose runner reports ``global_stats_shape``
 (Semi-DRDNet's squeeze-and-excitation means) is first run in "statistics"

@@ -100,7 +100,7 @@ def _split_first(seq: nn.Sequential, splits: list[int]) -> nn.Sequential:
     return nn.Sequential(SplitInputConv(seq[0], splits), *list(seq)[1:])
 
 
-def _rescale(x: Tensor, factor: int) -> Tensor:
+def _rescale(x: Tensor, factor: float) -> Tensor:
     """RDMC's ``_resize`` between levels ``factor`` (a power of two, or 1/that) apart.
 
     The same values as resampling to the other level's size (inputs are padded to the
