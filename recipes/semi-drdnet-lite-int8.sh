@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Recipe for weights/$NAME.int8.onnx (NAME: semi-drdnet-lite unless set; semi-drdnet-fast,
-# semi-drdnet-tiny and rdmc-lite too), the int8 graph CPUs run by default.
+# semi-drdnet-tiny too; rdmc-lite only by hand, see recipes/rdmc-lite.sh), the int8 graph CPUs
+# run by default.
 # Run from the repository root with ../shared/data present, after the fp32 weights are
 # bundled (the graph records their hash and is refused for any other weights).
 # Calibration: synthetic rain over the first 8 clean-bsds photos; the KEEP_FP32 (8 unless
