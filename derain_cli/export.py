@@ -264,10 +264,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
 
 
 # --------------------------------------------------------------------------- CLI
+def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
+    """Where ``derain export`` writes without an output: ``NAME[.int8].onnx`` here."""
+    from .enhancer import DEFAULT_MODEL
+
+    stem = weights.stem if weights is not None and model is None else model or DEFAULT_MODEL
+    return Path(f"{stem}.int8.onnx" if int8 else f"{stem}.onnx")
+
+
 def export_cmd(
-    output: Annotated[Path, typer.Argument(
-        metavar="OUTPUT", show_default=False,
-        help="Output .onnx file; Semi-DRDNet also writes <stem>.stats.onnx next to it.")],
+    output_arg: Annotated[Path | None, typer.Argument(
+        metavar="[OUTPUT]", show_default=False,
+        help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", show_default=False,
+        help="Output .onnx file; Semi-DRDNet also writes <stem>.stats.onnx next to it.")
+    ] = None,
     model: Annotated[str | None, typer.Option(
         "-m", "--model", show_default=False,
         help="Registered model (default: the default model).")] = None,
@@ -292,6 +305,11 @@ def export_cmd(
     from .models import UnknownModelError, build_model
     from .weights import WeightsError, load_pretrained, model_from_file
 
+    if output is not None and output_arg is not None and output != output_arg:
+        typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
+                   err=True)
+        raise typer.Exit(2)
+    output = output or output_arg or default_output(model, weights, int8 is not None)
     try:
         if weights is not None:
             net = model_from_file(weights, model)

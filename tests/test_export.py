@@ -175,6 +175,31 @@ def test_export_cmd(tiny_weights, tmp_path):
     assert bad.exit_code == 2 and "unknown model" in bad.output
 
 
+def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatch):
+    """``-o FILE`` as the issue spells it; without an output, NAME.onnx in the current folder;
+    two different outputs are a usage error that writes nothing."""
+    import typer
+
+    app = typer.Typer()
+    app.command()(export.export_cmd)
+    out = tmp_path / "o" / "model.onnx"
+    out.parent.mkdir()
+    res = CliRunner().invoke(app, ["-o", str(out), "--weights", str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert res.output.split()[0] == str(out) and out.is_file()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["--weights", str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / f"{tiny_weights.stem}.onnx").is_file()
+    res = CliRunner().invoke(app, ["--random-init", "-m", "rdmc-lite"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rdmc-lite.onnx").is_file()
+    res = CliRunner().invoke(app, [str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.onnx"),
+                                   "--random-init"])
+    assert res.exit_code == 2 and "two outputs" in res.output
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
 def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch):
     """--int8 CLEAN_DIR writes a quantized graph (and its fp32 statistics graph) and prints
     its manifest record; too few photos is a one-line error."""
