@@ -325,7 +325,11 @@ def eval_cmd(
 
 def synth_cmd(
     clean: Annotated[Path, typer.Argument(help="Folder of clean photos.")],
-    out: Annotated[Path, typer.Argument(help="Output folder (rainy/ + clean/).")],
+    out_arg: Annotated[Path | None, typer.Argument(
+        metavar="[OUT]", show_default=False, help="Output folder, as -o.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--output", show_default=False,
+        help="Output folder (rainy/ + clean/).")] = None,
     preset: Annotated[str, typer.Option(help="light, medium, heavy or mixed.")] = "mixed",
     count: Annotated[int | None, typer.Option(help="Number of pairs (default: one each).")] =
     None,
@@ -334,6 +338,13 @@ def synth_cmd(
     """Write synthetic rainy/clean pairs from clean photos."""
     from .evaluate import synth_pairs
 
+    if out is not None and out_arg is not None and out != out_arg:
+        typer.echo(f"error: two outputs given ({out_arg} and -o {out}); give one", err=True)
+        raise typer.Exit(2)
+    out = out or out_arg
+    if out is None:
+        typer.echo("error: no output folder: give -o PAIRS_DIR", err=True)
+        raise typer.Exit(2)
     with _errors():
         n = synth_pairs(clean, out, preset=preset, count=count, seed=seed)
         typer.echo(f"wrote {n} pairs to {out}/rainy and {out}/clean")

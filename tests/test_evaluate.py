@@ -122,6 +122,23 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     assert "Traceback" not in r.output
 
 
+def test_cli_synth_output_option(clean_dir, tmp_path):
+    """``derain synth CLEAN -o PAIRS`` as issue 4 spells it; no output or two different
+    outputs are usage errors."""
+    runner = CliRunner()
+    r = runner.invoke(_app(), ["synth", str(clean_dir), "-o", str(tmp_path / "q"),
+                               "--count", "1", "--preset", "heavy"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "q" / "rainy").iterdir())) == 1
+    assert len(list((tmp_path / "q" / "clean").iterdir())) == 1
+    r = runner.invoke(_app(), ["synth", str(clean_dir)])
+    assert r.exit_code == 2 and "give -o" in r.output
+    r = runner.invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "a"), "-o",
+                               str(tmp_path / "b")])
+    assert r.exit_code == 2 and "two outputs" in r.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_cli_eval_precision_is_used_and_reported(pairs, tiny_weights):
     """--precision reaches the Derainer, and the JSON says which engine ran."""
     runner = CliRunner()
