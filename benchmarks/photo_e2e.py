@@ -5,7 +5,7 @@ and issue 6's (under 60 s) are about the whole command, not the network alone: s
 JPEG decoding, the tiler's statistics pass, every tile, blending and encoding.
 
     python benchmarks/photo_e2e.py [--megapixels 12] [-m MODEL ...] [--repeats 1]
-        [--photo PHOTO.jpg] [-- EXTRA DERAIN ARGS]
+        [--photo PHOTO.jpg] [--tree OTHER_CHECKOUT ...] [-- EXTRA DERAIN ARGS]
 
 Without ``--photo`` it builds the test photo itself: the four bundled rainy examples
 (``examples/*_rain.jpg``, made by ``examples/make_examples.py``) resized into a 2x2
@@ -48,13 +48,19 @@ def make_photo(path: Path, megapixels: float) -> tuple[int, int]:
     return w, h
 
 
-def run_once(photo: Path, out: Path, model: str | None, extra: list[str]) -> tuple[float, float]:
-    """Seconds and peak RSS (GB) of one ``derain`` process."""
+def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
+             tree: Path | None = None) -> tuple[float, float]:
+    """Seconds and peak RSS (GB) of one ``derain`` process; ``tree``: run the
+    ``derain_cli`` of that source tree (another checkout) instead of the installed one."""
     cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "-q", "--overwrite"]
     if model:
         cmd += ["-m", model]
+    env, cwd = None, None
+    if tree is not None:  # -m puts the working directory first on sys.path: run from /
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+        cwd = "/"
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd + extra)
+    proc = subprocess.Popen(cmd + extra, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -72,6 +78,9 @@ def main() -> None:
                          "arguments, to compare settings: -m 'semi-drdnet-tiny "
                          "--stats-megapixels 0'")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--tree", type=Path, action="append", default=[],
+                    help="also run each model from this source tree (e.g. a `git worktree` "
+                         "of an older commit), interleaved with this one: an A/B of code")
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
 
@@ -83,12 +92,17 @@ def main() -> None:
             w, h = make_photo(photo, args.megapixels)
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
-        rows: dict[str, list[tuple[float, float]]] = {m or "(default)": [] for m in models}
+        trees: list[Path | None] = [None, *args.tree]
+        label = {None: ""} | {t: f" [{t}]" for t in args.tree}
+        rows: dict[str, list[tuple[float, float]]] = {
+            (m or "(default)") + label[t]: [] for m in models for t in trees}
         for _ in range(args.repeats):
             for m in models:
-                name, *own = shlex.split(m) if m else [None]
-                rows[m or "(default)"].append(
-                    run_once(photo, work / "out.jpg", name, own + args.extra))
+                for t in trees:
+                    name, *own = shlex.split(m) if m else [None]
+                    rows[(m or "(default)") + label[t]].append(
+                        run_once(photo.resolve(), (work / "out.jpg").resolve(), name,
+                                 own + args.extra, t))
         print("| model | seconds (best) | all runs | peak RSS |")
         print("| --- | ---: | --- | ---: |")
         for name, runs in rows.items():
