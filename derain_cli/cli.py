@@ -442,8 +442,8 @@ def run_cmd(
     tile: Annotated[
         int | None,
         typer.Option("--tile", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
-                     help="Tile size in pixels, 0 = whole image at once. "
-                          "\\[default: automatic]"),
+                     help="Tile size in pixels: tiles hold at most N x N pixels, shaped to "
+                          "the image; 0 = whole image at once. \\[default: automatic]"),
     ] = None,
     tile_overlap: Annotated[
         int | None, typer.Option(

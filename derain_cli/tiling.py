@@ -108,24 +108,80 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     return starts
 
 
-def fit_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
-    """Smallest tile length (<= ``tile``) that covers ``length`` with as few tiles as ``tile``.
+#: How far from square a tile may be: sides up to this many times ``tile``, area up to
+#: ``tile`` squared. Activations (memory) grow with the area, not the shape.
+MAX_TILE_ASPECT = 2
 
-    A 3000 px side in 1024 px tiles needs 4 tiles either way; 786 px tiles do it
-    with the requested overlap instead of 1024 px tiles overlapping by 365 px,
-    which cut the work on a 12 MP photo by a third.
-    """
-    if tile >= length:
+
+def _axis_tile(length: int, n: int, overlap: int, multiple: int) -> int:
+    """Smallest tile length (a multiple of ``multiple``) with which ``n`` evenly spread
+    tiles cover ``length`` and overlap by at least ``overlap``."""
+    if n <= 1:
         return length
-    slack = overlap + multiple - 1
-    n = math.ceil((length - tile) / max(1, tile - slack)) + 1
+    slack = overlap + multiple - 1  # starts are rounded to the multiple
     t = math.ceil((length + (n - 1) * slack) / n)
-    return min(tile, math.ceil(t / multiple) * multiple)
+    return min(length, math.ceil(t / multiple) * multiple)
+
+
+def _fewest(length: int, limit: int, overlap: int, multiple: int) -> int | None:
+    """Fewest tiles along an axis whose length stays within ``limit`` (None: impossible)."""
+    if length <= limit:
+        return 1
+    slack = overlap + multiple - 1
+    usable = limit // multiple * multiple - slack
+    if usable < multiple:
+        return None
+    n = max(2, math.ceil((length - slack) / usable))
+    while _axis_tile(length, n, overlap, multiple) > limit:
+        n += 1
+    return n
+
+
+def _count(length: int, tile: int, overlap: int, multiple: int) -> int:
+    """``len(tile_starts(length, tile, overlap, multiple))`` without making the list."""
+    if tile >= length:
+        return 1
+    return math.ceil((length - tile) / max(multiple, tile - overlap - (multiple - 1))) + 1
+
+
+def tile_shape(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, int]:
+    """The (height, width) of the tiles covering an h x w image with the least work.
+
+    Tiles hold at most ``tile`` squared pixels (sides up to ``MAX_TILE_ASPECT`` times
+    ``tile``), so a tile's memory is what a square ``tile`` px tile would need, but their
+    shape follows the image: the grid (rows x columns) that sends the fewest pixels
+    through the network, overlap included, wins. A 3000 px side in 1024 px tiles needs 4
+    tiles either way; 786 px tiles do it with the requested overlap instead of 1024 px
+    tiles overlapping by 365 px, which cut the work on a 12 MP photo by a third. Letting
+    the shape follow the image as well saves a few per cent more (figures in the tests).
+    """
+    best: tuple[tuple[int, int, float], int, int] | None = None
+    cap = MAX_TILE_ASPECT * tile
+    min_side = max(1, tile // MAX_TILE_ASPECT)
+    ny = _fewest(h, min(cap, h), overlap, multiple) or 1
+    while True:
+        th = _axis_tile(h, ny, overlap, multiple)
+        nx = _fewest(w, min(cap, tile * tile // th), overlap, multiple)
+        if ny > 1 and th - overlap - multiple + 1 < multiple:
+            break  # more rows cannot keep the overlap
+        if nx is not None:
+            tw = _axis_tile(w, nx, overlap, multiple)
+            n = _count(h, th, overlap, multiple) * _count(w, tw, overlap, multiple)
+            key = (n * th * tw, n, max(th, tw) / min(th, tw))  # ties: squarer tiles
+            if best is None or key < best[0]:
+                best = (key, th, tw)
+        if th <= min_side or ny >= h:
+            break
+        ny += 1
+    if best is None:  # overlap too large for such small tiles: square tiles, as asked
+        return min(tile, h), min(tile, w)
+    return best[1], best[2]
 
 
 def plan_tiles(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> list[Tile]:
-    """Tiles of at most ``tile`` px covering an h x w image (already padded to ``multiple``)."""
-    th, tw = fit_tile(h, tile, overlap, multiple), fit_tile(w, tile, overlap, multiple)
+    """Tiles of at most ``tile`` squared pixels covering an h x w image (already padded to
+    ``multiple``), in row-major order; see ``tile_shape``."""
+    th, tw = tile_shape(h, w, tile, overlap, multiple)
     return [
         Tile(y, y + th, x, x + tw)
         for y in tile_starts(h, th, overlap, multiple)

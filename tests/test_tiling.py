@@ -1,5 +1,7 @@
 """Tiled inference: even coverage, smooth blending, and agreement with untiled output."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -43,21 +45,55 @@ def test_tiles_cover_evenly_with_overlap(length, tile, overlap, multiple):
         assert all(s % multiple == 0 for s in starts)
 
 
-@pytest.mark.parametrize("h,w,tile,multiple", [(3000, 4000, 1024, 1), (1000, 1000, 512, 16),
-                                                (4000, 6000, 1024, 1), (300, 700, 256, 16)])
-def test_tiles_shrink_to_keep_overlap_small(h, w, tile, multiple):
-    tiles = tiling.plan_tiles(h, w, tile, 48, multiple)
-    covered = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
-    naive = len(tiling.plan_tiles(h, w, tile, 48, multiple))  # same count as fixed-size tiles
-    assert len(tiles) == naive
-    assert all(t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile for t in tiles)
-    assert covered <= naive * min(tile, h) * min(tile, w)
+def _square_plan_pixels(h: int, w: int, tile: int, overlap: int, multiple: int) -> int:
+    """Pixels processed by square-ish tiles fitted per axis (the planner before
+    ``tiling.tile_shape``): the fewest tiles of at most ``tile`` px along each axis."""
+    def axis(length: int) -> tuple[int, int]:
+        if tile >= length:
+            return 1, length
+        slack = overlap + multiple - 1
+        n = math.ceil((length - tile) / (tile - slack)) + 1
+        t = min(tile, math.ceil(math.ceil((length + (n - 1) * slack) / n) / multiple) * multiple)
+        return len(tiling.tile_starts(length, t, overlap, multiple)), t
+    (ny, th), (nx, tw) = axis(h), axis(w)
+    return ny * nx * th * tw
+
+
+@pytest.mark.parametrize("h,w,tile,overlap,multiple", [
+    (3000, 4000, 1024, 48, 1), (1008, 1008, 512, 48, 16), (4000, 6000, 1024, 48, 1),
+    (304, 704, 256, 48, 16), (3008, 4000, 1024, 96, 16), (1088, 1920, 1024, 96, 16),
+    (100, 5000, 512, 48, 1), (4256, 5664, 512, 48, 1)])
+def test_tiles_follow_the_image_with_bounded_area(h, w, tile, overlap, multiple):
+    """Tiles never hold more than tile**2 pixels (memory), cover every pixel, keep the
+    overlap, and send no more pixels through the network than square tiles would."""
+    tiles = tiling.plan_tiles(h, w, tile, overlap, multiple)
+    shapes = {(t.y1 - t.y0, t.x1 - t.x0) for t in tiles}
+    assert len(shapes) == 1  # one shape: one specialised ONNX Runtime session
+    (th, tw), = shapes
+    assert th * tw <= tile * tile and max(th, tw) <= tiling.MAX_TILE_ASPECT * tile
+    covered = len(tiles) * th * tw
+    assert covered <= _square_plan_pixels(h, w, tile, overlap, multiple)
     if h * w >= 1e6:  # photos: fixed 1024 px tiles on 3000x4000 processed 1.75x the pixels
-        assert covered / (h * w) < 1.35
+        assert covered / (h * w) < 1.3
     cov = np.zeros((h, w), np.int32)
     for t in tiles:
         cov[t.y0:t.y1, t.x0:t.x1] += 1
     assert cov.min() >= 1
+    ys, xs = sorted({t.y0 for t in tiles}), sorted({t.x0 for t in tiles})
+    assert all(b - a <= th - overlap for a, b in zip(ys, ys[1:], strict=False))
+    assert all(b - a <= tw - overlap for a, b in zip(xs, xs[1:], strict=False))
+    if multiple > 1:
+        assert all(t.y0 % multiple == 0 and t.x0 % multiple == 0 for t in tiles)
+
+
+def test_tile_shape_figures():
+    """The figures ``tiling.tile_shape`` and rdmc.py quote: a 12 MP photo in RDMC's 1024 px
+    tiles with 96 px of overlap, and a 1080p frame."""
+    tiles = tiling.plan_tiles(3008, 4000, 1024, 96, 16)
+    assert len(tiles) == 15 and (tiles[0].y1, tiles[0].x1) == (1088, 896)
+    assert _square_plan_pixels(3008, 4000, 1024, 96, 16) == 20 * 848 * 896
+    assert _square_plan_pixels(3008, 4000, 1024, 128, 16) == 20 * 864 * 928
+    assert len(tiling.plan_tiles(1088, 1920, 1024, 96, 16)) == 3
 
 
 def test_blend_weights_positive_and_smooth():
@@ -145,7 +181,7 @@ def test_sampled_statistics_pass_divides_by_the_sampled_weight():
         planned[i] for i in sample]
     # Large images sample smaller tiles than the final pass's: more, finer samples.
     big = tiling.statistics_tiles(3000, 4000, 512, 32)
-    assert all(t.y1 - t.y0 <= tiling.STATS_SAMPLE_TILE >= t.x1 - t.x0 for t in big)
+    assert all((t.y1 - t.y0) * (t.x1 - t.x0) <= tiling.STATS_SAMPLE_TILE ** 2 for t in big)
     # Under twice the budget nothing is sampled, whatever the tile count (7.2 MP here).
     assert tiling.statistics_tiles(2400, 3000, 512, 32) == tiling.plan_tiles(2400, 3000, 512, 16)
     # Below the default sample size every tile counts (the 1024 px criterion is exact).
