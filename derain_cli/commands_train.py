@@ -211,7 +211,8 @@ def distill_cmd(
         help="Clean photos: rain is synthesized over them; the last --val-count are held "
              "out for the before/after scores.")],
     teacher: Annotated[str, typer.Option(
-        "--teacher", "-m", help="Semi-DRDNet to imitate: a model name or a weights file.")] =
+        "--teacher", "-m", help="Model to imitate: a name or a weights file (a "
+                                "Semi-DRDNet; any architecture with --student).")] =
     "semi-drdnet-lite",
     detail_blocks: Annotated[int, typer.Option(
         min=1, help="Detail blocks the student keeps (fewer is faster).")] = 2,

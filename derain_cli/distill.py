@@ -33,7 +33,9 @@ A student of another architecture (``student``, a registry name such as ``rdmc-l
 shares no blocks with the teacher. It starts from its own random initialisation with
 its output layer zeroed where the architecture has one (RDMC then starts as the
 identity, which is close to a deraining teacher), trains in train mode (its batch
-norms have no statistics yet) and learns the teacher's output with L1. Why: RDMC
+norms have no statistics yet) and learns the teacher's output with L1. Continued from an
+earlier network (``init``), it keeps that network's batch-norm statistics. In this mode
+the teacher may be of any architecture too (semi-drdnet-tiny learning from rdmc-lite). Why: RDMC
 trained on synthetic pairs on a 2-core CPU fits the synthetic haze and ends below the
 rainy input on light rain (README); imitating a teacher that already works on real
 rain gives it interim weights until GPU training exists.
@@ -106,14 +108,16 @@ class DistillResult:
     entry: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_teacher(spec: str) -> tuple[SemiDRDNet, str]:
+def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
+    """The teacher network; a Semi-DRDNet unless ``any_arch`` (a ``--student`` learns the
+    teacher's output only, so any registered architecture can teach it)."""
     from .weights import load_pretrained, model_from_file
 
     if Path(spec).suffix in (".safetensors", ".pt", ".pth") or os.sep in spec:
         net, label = model_from_file(spec), Path(spec).name
     else:
         net, label = load_pretrained(spec), spec
-    if not isinstance(net, SemiDRDNet):
+    if not any_arch and not isinstance(net, SemiDRDNet):
         raise DistillError(f"{label}: distillation needs a Semi-DRDNet teacher, "
                            f"not {type(net).__name__}")
     return net.eval(), label
@@ -237,8 +241,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     from .train import _hardware, _Progress
     from .weights import save_weights
 
-    teacher, label = _load_teacher(cfg.teacher)
     cross = cfg.student is not None
+    teacher, label = _load_teacher(cfg.teacher, any_arch=cross)
     if cross:
         student = fresh_student(cfg.student)
     else:
@@ -264,9 +268,11 @@ def distill(cfg: DistillConfig) -> DistillResult:
         held = _held_out(held_photos, teacher)
         before = held_out_scores(student, held)
         if cross:
-            # The whole student learns the teacher's output.
+            # The whole student learns the teacher's output. A fresh student trains its
+            # batch norms (they have no statistics yet); a continued one (--init) keeps
+            # its running statistics, as pruned students keep the teacher's.
             pairs = [(teacher.to(memory_format=torch.channels_last),
-                      student.to(memory_format=torch.channels_last).train())]
+                      student.to(memory_format=torch.channels_last).train(not cfg.init))]
         else:
             # The detail layers always; the rain layers when the rain network is pruned.
             pairs = [(teacher.detail_net.to(memory_format=torch.channels_last),

@@ -170,6 +170,38 @@ def test_distill_into_another_architecture(setup):
         distill(_cfg(root, weights, "cross3", student="rdmc-lite", init=str(weights)))
 
 
+def test_any_architecture_teaches_a_continued_student(setup, tmp_path):
+    """With --student, the teacher may be an RDMC (its output is all that is learnt); a
+    student continued from --init keeps its batch-norm statistics while it trains."""
+    from derain_cli.distill import fresh_student
+
+    root, _ = setup
+    torch.manual_seed(0)
+    rdmc = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=1)).eval()
+    teacher = tmp_path / "rdmc.safetensors"
+    save_weights(rdmc, teacher, name="r", arch="rdmc", config=rdmc.cfg, dtype=torch.float32)
+    init = fresh_student("semi-drdnet-tiny")
+    for m in init.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(0.1)
+            m.running_var.fill_(2.0)
+    init_path = tmp_path / "tiny.safetensors"
+    save_weights(init, init_path, name="t", arch="semi-drdnet", config=init.cfg,
+                 dtype=torch.float32)
+    r = distill(_cfg(root, teacher, "from_rdmc", student="semi-drdnet-tiny",
+                     init=str(init_path), steps=2, lr=1e-3))
+    student = model_from_file(r.weights)
+    assert isinstance(student, SemiDRDNet) and student.cfg == init.cfg
+    bns = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(  # (saved in fp16)
+        torch.allclose(m.running_mean, torch.full_like(m.running_mean, 0.1), rtol=1e-3)
+        and torch.allclose(m.running_var, torch.full_like(m.running_var, 2.0), rtol=1e-3)
+        for m in bns)
+    w0 = dict(init.named_parameters())
+    assert any(not torch.allclose(p, w0[n], atol=1e-4) for n, p in student.named_parameters())
+    assert r.after["agreement_psnr"] != r.before["agreement_psnr"]
+
+
 def test_zero_learning_rate_leaves_the_pruned_student(setup):
     root, weights = setup
     r = distill(_cfg(root, weights, "lr0", lr=0.0, steps=2))
