@@ -173,7 +173,7 @@ def test_shipped_int8_tiled_matches_untiled_1024(name):
     runner = make_onnx_runner(net, "cpu", "int8", threads=2, int8_graph=path)
     img = np.ascontiguousarray(_example(1024)[0].transpose(1, 2, 0))
     full = np.clip(tiling.run_tiled(img, runner, 0, 0, hwc=True), 0, 1)
-    # At the overlap and smallest tile the product uses (RDMC: 128 px, 512 px tiles).
+    # At the overlap and smallest tile the product uses (RDMC: 96 px, 512 px tiles).
     tile = max(256, getattr(net, "min_tile", 0))
     tiled = np.clip(tiling.run_tiled(img, runner, tile, default_overlap(net), hwc=True), 0, 1)
     assert _psnr(tiled, full) >= 45
