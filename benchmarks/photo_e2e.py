@@ -98,8 +98,8 @@ def main() -> None:
             (m or "(default)") + label[t]: [] for m in models for t in trees}
         for _ in range(args.repeats):
             for m in models:
+                name, *own = shlex.split(m) if m else [None]
                 for t in trees:
-                    name, *own = shlex.split(m) if m else [None]
                     rows[(m or "(default)") + label[t]].append(
                         run_once(photo.resolve(), (work / "out.jpg").resolve(), name,
                                  own + args.extra, t))

@@ -101,8 +101,7 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     """Evenly spread starts (multiples of ``multiple``) of tiles covering ``length``."""
     if tile >= length:
         return [0]
-    step = max(multiple, tile - overlap - (multiple - 1))
-    n = math.ceil((length - tile) / step) + 1
+    n = _count(length, tile, overlap, multiple)
     starts = [round(i * (length - tile) / (n - 1) / multiple) * multiple for i in range(n)]
     starts[-1] = length - tile
     return starts
@@ -138,7 +137,7 @@ def _fewest(length: int, limit: int, overlap: int, multiple: int) -> int | None:
 
 
 def _count(length: int, tile: int, overlap: int, multiple: int) -> int:
-    """``len(tile_starts(length, tile, overlap, multiple))`` without making the list."""
+    """How many tiles ``tile_starts`` spreads over ``length`` (no list made)."""
     if tile >= length:
         return 1
     return math.ceil((length - tile) / max(multiple, tile - overlap - (multiple - 1))) + 1
