@@ -39,8 +39,8 @@ from .images import (
     ImageError,
     format_for_path,
     is_image_path,
+    prepare_image,
     read_image,
-    write_image,
 )
 from .tiling import TilesExhausted
 
@@ -629,16 +629,18 @@ def _process(
         raise ValueError("run_batch needs a Derainer: there are images to process")
     try:
         loaded = read_image(item.path, max_pixels=options.max_pixels)
-        h, w = loaded.rgb.shape[:2]
-        rgb = derainer.derain_array(loaded.rgb, on_tile=progress.tile)
-        # Let go of the input pixels before encoding: on an 80 MP photo that is ~1 GB.
-        loaded = replace(loaded, rgb=rgb)
+        h, w = loaded.pixels.shape[:2]
+        rgb = derainer.derain_array(loaded.pixels, on_tile=progress.tile)
+        # Let go of the input samples before encoding (240 MB for an 80 MP 8-bit photo).
+        loaded = replace(loaded, pixels=rgb)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ImageError(f"cannot create folder {out.parent}: {e.strerror or e}") from None
         fmt = format_for_path(out, options.format)
-        write_image(out, rgb, like=loaded, format=fmt, quality=options.quality)
+        prepared = prepare_image(out, rgb, like=loaded, format=fmt, quality=options.quality)
+        del rgb, loaded  # the float32 result (12 bytes a pixel) is not needed to encode
+        prepared.write()
     except ImageError as e:
         return result("failed", _one_line(e))
     except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor

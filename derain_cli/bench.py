@@ -455,7 +455,7 @@ def _rss_child(in_path: str, out_path: str, model: str) -> None:
         save_weights(net, wpath, name=model, arch=spec.arch, config=spec.config)
         derainer, label = Derainer(model=model, weights=wpath), "random init"
     loaded = read_image(in_path, max_pixels=None)
-    rgb = derainer.derain_array(loaded.rgb)
+    rgb = derainer.derain_array(loaded.pixels)
     write_image(out_path, rgb, like=loaded)
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS

@@ -343,8 +343,13 @@ class Derainer:
     def derain_array(
         self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
-        """HxWx3 float32 in [0, 1] -> derained HxWx3 float32 in [0, 1]."""
-        rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
+        """HxWx3 float32 in [0, 1], or uint8/uint16 samples -> derained HxWx3 float32 in [0, 1].
+
+        Integer samples are scaled tile by tile (``tiling.run_tiled``): pass them as
+        decoded, and a large photo is never held as float32 input.
+        """
+        if rgb.dtype not in (np.uint8, np.uint16):
+            rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         tile = self.tile
         while True:
             try:
@@ -386,7 +391,9 @@ class Derainer:
             scale = float(np.iinfo(arr.dtype).max)
         else:
             scale = 1.0
-        x = arr.astype(np.float32) / scale
+        # uint8/uint16 go to the tiler as they are (scaled tile by tile); others as float32.
+        native = arr.dtype in (np.uint8, np.uint16)
+        x = arr if native else arr.astype(np.float32) / np.float32(scale)
         channels = 1 if x.ndim == 2 else x.shape[2]
         gray = channels in (1, 2)
         alpha = x[..., channels - 1:] if channels in (2, 4) else None
@@ -395,12 +402,14 @@ class Derainer:
         y = self.derain_array(rgb)
         if gray:
             y = y.mean(axis=2, keepdims=True)
-        if alpha is not None:  # alpha goes back untouched
-            y = np.concatenate([y, alpha], axis=2)
-        y = y.reshape(arr.shape)
         if scale != 1.0:
-            y = np.clip(np.rint(y * scale), 0, scale)
-        return y.astype(arr.dtype)
+            y = np.clip(np.rint(y * np.float32(scale)), 0, scale)
+        y = y.astype(arr.dtype)
+        if alpha is not None:  # alpha goes back untouched
+            if not native and scale != 1.0:
+                alpha = np.clip(np.rint(alpha * np.float32(scale)), 0, scale)
+            y = np.concatenate([y, alpha.astype(arr.dtype)], axis=2)
+        return y.reshape(arr.shape)
 
     def _derain_pil(self, img: Image.Image) -> Image.Image:
         mode = img.mode

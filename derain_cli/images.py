@@ -2,9 +2,11 @@
 
 Why this module is more than ``Image.open(...).convert("RGB")``:
 
-* The colour data handed to a model is always ``HxWx3`` float32 in ``[0, 1]``, whatever the
-  source was (8/16 bit, grayscale, palette, CMYK, with or without alpha), so the inference code
-  has exactly one case to handle.
+* The colour data handed to a model is always ``HxWx3`` RGB, whatever the source was (8/16
+  bit, grayscale, palette, CMYK, with or without alpha), so the inference code has exactly one
+  case to handle: ``LoadedImage.pixels`` keeps the decoded uint8/uint16 samples (the tiler
+  scales them tile by tile, so a photo is never held as float32: 3 or 6 bytes a pixel, not
+  12), and ``LoadedImage.rgb`` gives them as float32 in ``[0, 1]``.
 * Everything the model must not touch -- alpha, bit depth, EXIF, ICC profile, DPI, "this was a
   grayscale photo" -- is kept on the side in :class:`LoadedImage` and put back by
   :func:`write_image`, so a derained photo is the same kind of file as the original.
@@ -98,13 +100,14 @@ class ImageError(Exception):
 class LoadedImage:
     """Pixels ready for processing plus everything needed to write the result back faithfully.
 
-    ``rgb`` is what the model sees; the other fields describe the source so that
+    ``pixels`` is what the model sees; the other fields describe the source so that
     :func:`write_image` can produce the same kind of file (bit depth, grayscale, alpha, EXIF,
-    colour profile, DPI) from the processed ``rgb``.
+    colour profile, DPI) from the processed colour.
     """
 
-    #: HxWx3 float32 in [0, 1], upright (EXIF orientation already applied).
-    rgb: np.ndarray
+    #: HxWx3 samples as decoded, upright (EXIF orientation already applied): uint8 or
+    #: uint16 (gray repeated into the three channels); float32 in [0, 1] is accepted too.
+    pixels: np.ndarray
     #: HxW alpha in its original dtype (uint8 or uint16), never processed; None if opaque.
     alpha: np.ndarray | None
     #: 8 or 16: the precision of the source samples, and of the output where the format allows.
@@ -125,7 +128,17 @@ class LoadedImage:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height), in PIL's order."""
-        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """``pixels`` as HxWx3 float32 in [0, 1] (a new array, 12 bytes a pixel)."""
+        px = self.pixels
+        if px.dtype.kind != "u":
+            return px.astype(np.float32, copy=False)
+        out = px.astype(np.float32)
+        out *= np.float32(1.0 / np.iinfo(px.dtype).max)
+        return out
 
     @property
     def has_alpha(self) -> bool:
@@ -383,14 +396,13 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         if im.mode == "LA":
             arr = arr[..., 0]
     if arr.dtype == np.uint8:
-        bit_depth, scale = 8, 255.0
+        bit_depth = 8
     else:  # I;16 variants (possibly big-endian) and I: 16-bit gray
         arr = np.clip(arr, 0, 65535).astype(np.uint16) if arr.dtype.kind == "i" else arr
         arr = arr.astype(np.uint16, copy=False)
-        bit_depth, scale = 16, 65535.0
+        bit_depth = 16
     grayscale = arr.ndim == 2
-    rgb = _to_float_rgb(arr, scale)
-    return LoadedImage(rgb, alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi)
+    return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi)
 
 
 def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
@@ -511,16 +523,15 @@ def _from_16bit(
         alpha = np.ascontiguousarray(arr[..., -1])
         arr = arr[..., :-1]
     grayscale = gray or arr.shape[2] == 1
-    rgb = _to_float_rgb(arr[..., 0] if grayscale else arr, 65535.0)
+    rgb = _rgb_samples(arr[..., 0] if grayscale else arr)
     return LoadedImage(rgb, alpha, 16, grayscale, mode, fmt, exif, icc, dpi)
 
 
-def _to_float_rgb(arr: np.ndarray, scale: float) -> np.ndarray:
-    out = arr.astype(np.float32)
-    out *= np.float32(1.0 / scale)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=2)
-    return np.ascontiguousarray(out)
+def _rgb_samples(arr: np.ndarray) -> np.ndarray:
+    """HxW or HxWx3 samples -> contiguous HxWx3 of the same dtype (gray into 3 channels)."""
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2)
+    return np.ascontiguousarray(arr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,7 +556,79 @@ def write_image(
 
     The file is written to a hidden temporary file next to ``path``, fsynced and renamed over
     ``path``, so readers only ever see the old file or the complete new one.
+    ``prepare_image(...).write()`` does the same in two steps, so that a caller can let go
+    of the float image before the encoder's own buffers are allocated.
     """
+    prepare_image(path, rgb, like, format=format, quality=quality).write()
+
+
+@dataclass
+class PreparedImage:
+    """Output samples quantised for their file, with its metadata: ready to encode.
+
+    Holds 1 or 2 bytes a sample instead of the float result's 4: on an 80 MP photo the
+    float32 result (960 MB) can be freed before the encoder adds its own buffers (for an
+    optimised JPEG about 10 bytes a pixel).
+    """
+
+    path: Path
+    fmt: str
+    pixels: np.ndarray  # HxW or HxWx3, uint8 or uint16
+    alpha: np.ndarray | None
+    exif: bytes | None
+    icc: bytes | None
+    dpi: tuple[float, float] | None
+    quality: int
+
+    def write(self) -> None:
+        """Encode to ``path`` atomically (see :func:`write_image`)."""
+        fmt, pixels, alpha = self.fmt, self.pixels, self.alpha
+        exif, icc, dpi, quality = self.exif, self.icc, self.dpi, self.quality
+        grayscale = pixels.ndim == 2
+        bits = 16 if pixels.dtype == np.uint16 else 8
+        if bits == 16 or fmt == "TIFF":
+            if fmt == "TIFF" and bits == 16 and grayscale and alpha is not None:
+                # 16-bit gray+alpha TIFF is valid but neither PIL nor OpenCV reads it back (PIL
+                # refuses it, OpenCV reduces it to 8 bits): store the gray as RGB(A) instead.
+                pixels = np.repeat(pixels[..., None], 3, axis=2)
+                icc = None if _icc_colour_space(icc) == b"GRAY" else icc
+            samples = pixels if alpha is None else np.dstack([pixels, alpha])
+            encode = _encode_png16 if fmt == "PNG" else _encode_tiff
+
+            def save(fp: BinaryIO) -> None:
+                encode(fp, samples, exif=exif, icc=icc, dpi=dpi)
+        else:
+            image = Image.fromarray(pixels)  # mode L or RGB
+            if alpha is not None:
+                image.putalpha(Image.fromarray(alpha))
+            params: dict[str, object] = {}
+            if exif:
+                params["exif"] = exif
+            if icc:
+                params["icc_profile"] = icc
+            if dpi:
+                params["dpi"] = dpi
+            if fmt == "JPEG":
+                # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
+                params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
+            elif fmt == "WEBP":
+                params.update(quality=quality, exact=True)
+
+            def save(fp: BinaryIO) -> None:
+                image.save(fp, format=fmt, **params)
+
+        _atomic_write(self.path, save)
+
+
+def prepare_image(
+    path: str | os.PathLike[str],
+    rgb: np.ndarray,
+    like: LoadedImage | None = None,
+    *,
+    format: str | None = None,
+    quality: int = 95,
+) -> PreparedImage:
+    """Check and quantise ``rgb`` for ``path`` (the first half of :func:`write_image`)."""
     fmt = format_for_path(path, format)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -581,38 +664,7 @@ def write_image(
         icc = None  # a profile for another colour space would be invalid in this file
     dpi = like.dpi if like is not None and fmt in _DPI_FORMATS else None
 
-    if bits == 16 or fmt == "TIFF":
-        if fmt == "TIFF" and bits == 16 and grayscale and alpha is not None:
-            # 16-bit gray+alpha TIFF is valid but neither PIL nor OpenCV reads it back (PIL
-            # refuses it, OpenCV reduces it to 8 bits): store the gray as RGB(A) instead.
-            pixels = np.repeat(pixels[..., None], 3, axis=2)
-            icc = None if _icc_colour_space(icc) == b"GRAY" else icc
-        samples = pixels if alpha is None else np.dstack([pixels, alpha])
-        encode = _encode_png16 if fmt == "PNG" else _encode_tiff
-
-        def save(fp: BinaryIO) -> None:
-            encode(fp, samples, exif=exif, icc=icc, dpi=dpi)
-    else:
-        image = Image.fromarray(pixels)  # mode L or RGB
-        if alpha is not None:
-            image.putalpha(Image.fromarray(alpha))
-        params: dict[str, object] = {}
-        if exif:
-            params["exif"] = exif
-        if icc:
-            params["icc_profile"] = icc
-        if dpi:
-            params["dpi"] = dpi
-        if fmt == "JPEG":
-            # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
-            params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
-        elif fmt == "WEBP":
-            params.update(quality=quality, exact=True)
-
-        def save(fp: BinaryIO) -> None:
-            image.save(fp, format=fmt, **params)
-
-    _atomic_write(Path(path), save)
+    return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality)
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:

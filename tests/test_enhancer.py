@@ -27,6 +27,16 @@ def test_numpy_in_numpy_out(derainer):
     assert np.abs(f * 255 - y).max() <= 1
 
 
+def test_integer_samples_need_no_float_copy(derainer):
+    """derain_array takes decoded uint8/uint16 samples as they are (the batch path does)."""
+    x = _photo(70, 90)
+    f = x.astype(np.float32)
+    f *= np.float32(1 / 255)
+    np.testing.assert_array_equal(derainer.derain_array(x), derainer.derain_array(f))
+    deep = x.astype(np.uint16) * 257
+    np.testing.assert_allclose(derainer.derain_array(deep), derainer.derain_array(f), atol=1e-6)
+
+
 def test_alpha_gray_and_16bit_kept(derainer):
     rgba = np.dstack([_photo(), np.full((40, 52), 77, np.uint8)])
     out = derainer.derain(rgba)

@@ -19,6 +19,7 @@ from derain_cli.images import (
     ImageError,
     LoadedImage,
     is_image_path,
+    prepare_image,
     read_image,
     write_image,
 )
@@ -86,6 +87,26 @@ def test_default_max_pixels_allows_big_photos() -> None:
 # round trips
 
 
+def test_prepared_image_lets_go_of_the_float_result(tmp_path: Path) -> None:
+    """prepare_image keeps only quantised samples: the float image can be freed before the
+    encoder allocates its buffers (the batch does), and nothing is written until write()."""
+    import weakref
+
+    src = _rgb8()
+    Image.fromarray(src).save(tmp_path / "in.png")
+    loaded = read_image(tmp_path / "in.png")
+    rgb = loaded.rgb
+    alive = weakref.ref(rgb)
+    prepared = prepare_image(tmp_path / "out.png", rgb, loaded)
+    del rgb
+    assert alive() is None and prepared.pixels.dtype == np.uint8
+    assert not (tmp_path / "out.png").exists()
+    prepared.write()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), src)
+    with pytest.raises(ValueError, match="floating point"):  # checked before any file
+        prepare_image(tmp_path / "bad.png", src, loaded)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff", ".bmp"])
 def test_lossless_rgb_round_trip_is_exact(tmp_path: Path, suffix: str) -> None:
     src = _rgb8()
@@ -96,6 +117,9 @@ def test_lossless_rgb_round_trip_is_exact(tmp_path: Path, suffix: str) -> None:
     assert (loaded.bit_depth, loaded.grayscale, loaded.alpha) == (8, False, None)
     assert loaded.size == (W, H)
     np.testing.assert_array_equal(_u8(loaded.rgb), src)
+    # The decoded samples themselves are kept (3 bytes a pixel; the tiler scales them).
+    assert loaded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.pixels, src)
 
     write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
     back = read_image(tmp_path / f"out{suffix}")
@@ -177,6 +201,8 @@ def test_rgb_16bit_png_via_cv2_round_trip_exact(tmp_path: Path) -> None:
     loaded = read_image(tmp_path / "in.png")
     assert (loaded.bit_depth, loaded.grayscale, loaded.mode) == (16, False, "RGB")
     np.testing.assert_array_equal(_u16(loaded.rgb), rgb16)
+    assert loaded.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(loaded.pixels, rgb16)
 
     for suffix in (".png", ".tif"):
         write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
