@@ -27,6 +27,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -588,9 +589,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown_distributed() -> None:
     """Leave the process group, if one was joined."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
+    dist = sys.modules.get("torch.distributed")  # never joined if never imported: no torch
+    if dist is None:
         return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

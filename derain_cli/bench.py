@@ -569,7 +569,7 @@ def bench_main(
             if tile is not None:
                 dev_tile = tile
             elif dev.type == "cuda":
-                from .enhancer import _auto_tile
+                from .torch_runner import _auto_tile
 
                 dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
             else:

@@ -652,7 +652,6 @@ def _make_derainer(**kw: Any) -> Any:
     import inspect
 
     from .enhancer import Derainer
-    from .models import UnknownModelError
 
     params = inspect.signature(Derainer).parameters
     if "quiet" not in params:  # pragma: no cover - older enhancer
@@ -661,8 +660,12 @@ def _make_derainer(**kw: Any) -> Any:
         kw.pop("tile_overlap")
     try:
         return Derainer(**kw)
-    except (ValueError, UnknownModelError) as e:  # bad --device/--precision/--model values
-        _error(_stderr(), _one_line(e))
+    except Exception as e:
+        from .models import UnknownModelError  # imports torch: only when it is needed
+
+        if not isinstance(e, (ValueError, UnknownModelError)):
+            raise
+        _error(_stderr(), _one_line(e))  # bad --device/--precision/--model values
         raise _Exit(2) from None
 
 
@@ -670,7 +673,7 @@ _ENGINE = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
 
 def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
-    dev = getattr(derainer, "device", "?")
+    dev = getattr(derainer, "device_name", "?")  # not .device: that would import torch
     tile = getattr(derainer, "tile", None)
     tiles = "off" if not tile else f"{tile}px"
     where = f", {dist.world_size} processes" if dist.enabled else ""

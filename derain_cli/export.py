@@ -61,6 +61,8 @@ import torch
 import typer
 from torch import Tensor, nn
 
+from .onnx_backend import stats_path  # lives with the runner, which needs no torch
+
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
 #: operators inside); part of the cached file names, so old caches are not reused.
 #: 2: graphs are made from ``fold_for_inference`` (batch norm folded, DCCL as summed
@@ -169,12 +171,6 @@ def graph_metadata(model: nn.Module, role: str) -> dict[str, str]:
         "derain.size_multiple": str(int(getattr(model, "size_multiple", 1))),
         "derain.global_stats_shape": json.dumps(list(shape) if shape is not None else None),
     }
-
-
-def stats_path(path: str | os.PathLike[str]) -> Path:
-    """Where the statistics graph of a two-graph export lives, next to the forward graph."""
-    p = Path(path)
-    return p.with_name(p.name.removesuffix(".onnx") + ".stats.onnx")
 
 
 # --------------------------------------------------------------------------- export

@@ -3,7 +3,7 @@
 ``make_onnx_runner(model, device, precision)`` is what ``Derainer(backend="onnx")``
 uses: it exports the network (``derain_cli.export``) unless the graphs are already
 cached, then opens ONNX Runtime sessions for each graph (graph optimisation level ALL,
-``intra_op_num_threads`` = ``torch.get_num_threads()`` unless given): one with dynamic
+``intra_op_num_threads``: one per physical core unless given): one with dynamic
 shapes, and on the CPU one built for the shape of large tiles (``ShapedSessions``).
 
 Cache: ``$DERAIN_CACHE/onnx/<key>/`` when ``DERAIN_CACHE`` is set, else
@@ -32,13 +32,15 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from . import export, tiling
+from . import tiling
+
+if TYPE_CHECKING:  # not imported at run time: the int8 CPU path starts without torch
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ def cache_root() -> Path:
 
 def state_sha256(model: nn.Module) -> str:
     """sha256 identifying a network's graphs: architecture, config and all state tensors."""
+    import torch
+
+    from . import export
+
     h = hashlib.sha256()
     meta = export.graph_metadata(model, "")
     h.update(json.dumps([meta["derain.arch"], meta["derain.config"]]).encode())
@@ -83,19 +89,27 @@ def state_sha256(model: nn.Module) -> str:
 
 
 def _graph_name(opset: int) -> str:
+    from . import export
+
     return f"model.v{export.GRAPH_VERSION}.opset{opset}.onnx"
+
+
+def stats_path(path: str | os.PathLike[str]) -> Path:
+    """Where the statistics graph of a two-graph export lives, next to the forward graph."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".onnx") + ".stats.onnx")
 
 
 def _expected_files(main: Path, model: nn.Module) -> list[Path]:
     if getattr(model, "global_stats_shape", None) is None:
         return [main]
-    return [main, export.stats_path(main)]
+    return [main, stats_path(main)]
 
 
 def cached_graphs(
     model: nn.Module,
     *,
-    opset: int = export.DEFAULT_OPSET,
+    opset: int | None = None,
     sha256: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     refresh: bool = False,
@@ -105,6 +119,9 @@ def cached_graphs(
     ``sha256`` may be given when the weights' identity is already known (it is then used
     as the key as is); ``refresh`` re-exports even on a hit.
     """
+    from . import export
+
+    opset = export.DEFAULT_OPSET if opset is None else opset
     key = sha256 or state_sha256(model)
     folder = Path(cache_dir) / key if cache_dir is not None else cache_root() / key
     main = folder / _graph_name(opset)
@@ -133,15 +150,15 @@ def cached_graphs(
 def _providers(device: torch.device | str) -> list:
     import onnxruntime as ort
 
-    dev = torch.device(device)
-    if dev.type == "cuda":
+    kind, _, index = str(device).partition(":")  # a torch.device or its name: "cuda:1"
+    if kind == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            return [("CUDAExecutionProvider", {"device_id": dev.index or 0}),
+            return [("CUDAExecutionProvider", {"device_id": int(index or 0)}),
                     "CPUExecutionProvider"]
         log.warning("onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
                     "running ONNX on the CPU")
-    elif dev.type != "cpu":
-        log.warning("ONNX backend: no %s provider; running on the CPU", dev.type)
+    elif kind != "cpu":
+        log.warning("ONNX backend: no %s provider; running on the CPU", kind)
     return ["CPUExecutionProvider"]
 
 
@@ -163,13 +180,14 @@ def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
 def session_options(threads: int | None = None, cpu_arena: bool = True):
     """The ``onnxruntime.SessionOptions`` every derain session uses (runner and benchmark).
 
-    ``threads`` None: ``torch.get_num_threads()``.
+    ``threads`` None: ONNX Runtime's default, one thread per physical core (what PyTorch
+    picks too; asked of ONNX Runtime so that the torch-free start need not import torch).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
@@ -273,8 +291,8 @@ class OnnxRunner:
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             main = Path(paths)
-            paths = [main] + ([export.stats_path(main)]
-                              if export.stats_path(main).is_file() else [])
+            paths = [main] + ([stats_path(main)]
+                              if stats_path(main).is_file() else [])
         self.paths = [Path(p) for p in paths]
 
         def make_opts():  # a fresh options object per session (see ShapedSessions)
@@ -297,15 +315,16 @@ class OnnxRunner:
         self.global_stats_shape = tuple(shape) if shape is not None else None
         if self.global_stats_shape is not None and self._stats is None:
             raise ValueError(f"{self.paths[0]}: the statistics graph "
-                             f"({export.stats_path(self.paths[0]).name}) is missing")
+                             f"({stats_path(self.paths[0]).name}) is missing")
         on_cuda = self._fwd.provider == "CUDAExecutionProvider"
-        self.device = torch.device(device) if on_cuda else torch.device("cpu")
+        #: "cuda:N" or "cpu": where the sessions run (a string: no torch needed).
+        self.device_name = str(device) if on_cuda else "cpu"
         self.precision = meta.get("derain.precision", "fp32")
 
     def suggest_tile(self) -> int:
         """Default tile for ``Derainer``: ``ORT_CPU_TILE`` (arena-sized, see ``__init__``) on
         the CPU, ``CUDA_TILE`` on a GPU."""
-        return CUDA_TILE if self.device.type == "cuda" else ORT_CPU_TILE
+        return CUDA_TILE if self.device_name.startswith("cuda") else ORT_CPU_TILE
 
     def _pooled_feeds(self, batch: int, pooled: np.ndarray | None) -> dict[str, np.ndarray]:
         return pooled_feeds(self.global_stats_shape, batch, pooled)
@@ -346,7 +365,7 @@ def make_onnx_runner(
     precision: str,
     threads: int | None = None,
     *,
-    opset: int = export.DEFAULT_OPSET,
+    opset: int | None = None,
     sha256: str | None = None,
     int8_graph: Path | None = None,
 ) -> OnnxRunner:
@@ -359,7 +378,7 @@ def make_onnx_runner(
         log.warning("the ONNX backend runs fp32 graphs; --precision %s is ignored", precision)
 
     if int8_graph is not None:  # no fp32 graph needed when the int8 set is complete
-        stats = export.stats_path(Path(int8_graph))
+        stats = stats_path(Path(int8_graph))
         if stats.is_file() or getattr(model, "global_stats_shape", None) is None:
             return OnnxRunner([Path(int8_graph), *([stats] if stats.is_file() else [])],
                               device=device, threads=threads)

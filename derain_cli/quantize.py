@@ -56,6 +56,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .fast_path import Int8Unavailable, bundled_int8_files
+
 log = logging.getLogger(__name__)
 
 #: Convolutions left in fp32 by default (the most sensitive first; see the module docstring).
@@ -65,10 +67,6 @@ CALIB_SIZE, CALIB_COUNT = 320, 8
 #: Sensitivity ranking: held-out crops of this size, this many photos.
 HELD_OUT_SIZE, HELD_OUT_COUNT = 256, 4
 PERCENTILE = 99.999
-
-
-class Int8Unavailable(ValueError):
-    """No usable int8 graph for the requested weights."""
 
 
 @contextmanager
@@ -327,22 +325,9 @@ def shipped_int8_graph(record: Any, model: nn.Module) -> Path:
     Raises :class:`Int8Unavailable` with the reason when there is none, when its file is
     missing or corrupt, or when it was made from other weights.
     """
-    from .hub import sha256_file
     from .onnx_backend import state_sha256
-    from .weights import bundled_dir
 
-    info = (getattr(record, "extra", None) or {}).get("int8")
-    if not info:
-        raise Int8Unavailable(f"{record.name} has no int8 graph")
-    path = bundled_dir() / info["file"]
-    if not path.is_file():
-        raise Int8Unavailable(f"{path} is missing")
-    if sha256_file(path) != info["sha256"]:
-        raise Int8Unavailable(f"{path} does not match its manifest sha256")
-    if "stats_file" in info:
-        stats = bundled_dir() / info["stats_file"]
-        if not stats.is_file() or sha256_file(stats) != info.get("stats_sha256"):
-            raise Int8Unavailable(f"{stats} is missing or does not match its manifest sha256")
-    if state_sha256(model) != info["source_sha256"]:
+    path = bundled_int8_files(record)[0]
+    if state_sha256(model) != record.extra["int8"]["source_sha256"]:
         raise Int8Unavailable(f"{path} was made from other weights than {record.name}'s")
     return path

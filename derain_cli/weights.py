@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .hub import sha256_file
+from .manifest import (  # re-exported: the manifest API predates its own module
+    WeightRecord,
+    bundled_dir,
+    load_manifest,
+    manifest_path,  # noqa: F401
+    write_manifest,  # noqa: F401
+)
 from .models import build_architecture, config_to_dict, get_spec
 
 FORMAT = "derain-weights-v1"
@@ -36,60 +41,6 @@ FORMAT = "derain-weights-v1"
 
 class WeightsError(Exception):
     """A weights file that cannot be used: corrupt, wrong checksum or wrong shapes."""
-
-
-def bundled_dir() -> Path:
-    """The folder holding the bundled weights and ``manifest.json``."""
-    return Path(str(resources.files("derain_cli.weights_dir")))
-
-
-@dataclass
-class WeightRecord:
-    """One manifest entry; unknown keys are kept in ``extra`` so nothing is lost."""
-
-    name: str
-    arch: str
-    config: dict[str, Any]
-    file: str
-    sha256: str
-    size: int
-    dtype: str
-    license: str = "MIT"
-    training_data: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    hub: dict[str, str] = field(default_factory=dict)
-    status: str = "release"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WeightRecord:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(**{k: v for k, v in d.items() if k in known},
-                   extra={k: v for k, v in d.items() if k not in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
-        d.update(self.extra)
-        return d
-
-
-def manifest_path() -> Path:
-    return bundled_dir() / "manifest.json"
-
-
-def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
-    """Weight name -> record, from the bundled manifest (or ``path``)."""
-    path = path or manifest_path()
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
-    return {d["name"]: WeightRecord.from_dict(d) for d in data.get("weights", [])}
-
-
-def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:
-    path = path or manifest_path()
-    body = {"version": 1, "weights": [r.to_dict() for r in records.values()]}
-    path.write_text(json.dumps(body, indent=2) + "\n")
 
 
 def save_weights(

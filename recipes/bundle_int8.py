@@ -6,7 +6,9 @@
 Copies the graph to ``weights/<name>.int8.onnx`` (and its statistics graph, if any, to
 ``<name>.int8.stats.onnx``) and records their sha256, the size and the
 ``derain.int8`` metadata the exporter wrote (the fp32 weights' state hash, the
-convolutions kept in fp32, the calibration). ``--eval`` adds figures printed by
+convolutions kept in fp32, the calibration), plus what the torch-free start
+(``derain_cli.fast_path``) needs: the weights file's sha256 and the network's tile
+overlap and smallest tile (``enhancer.tiling_record``). ``--eval`` adds figures printed by
 ``derain eval --precision int8 --json``, so every number comes from a command. Refuses a
 graph made from other weights than the bundled ones.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from derain_cli.enhancer import tiling_record
 from derain_cli.export import stats_path
 from derain_cli.onnx_backend import state_sha256
 from derain_cli.weights import (
@@ -44,7 +47,8 @@ def main() -> None:
     info = json.loads(meta["derain.int8"])
     records = load_manifest()
     rec = records[args.name]
-    if info["source_sha256"] != state_sha256(load_pretrained(args.name, quiet=True)):
+    net = load_pretrained(args.name, quiet=True)
+    if info["source_sha256"] != state_sha256(net):
         raise SystemExit(f"{args.graph} was made from other weights than the bundled {args.name}")
     dest = bundled_dir() / f"{args.name}.int8.onnx"
     shutil.copyfile(args.graph, dest)
@@ -55,6 +59,7 @@ def main() -> None:
         shutil.copyfile(stats, stats_dest)
         entry |= {"stats_file": stats_dest.name, "stats_sha256": sha256_file(stats_dest)}
     entry |= info
+    entry |= {"weights_sha256": rec.sha256, "tiling": tiling_record(net)}
     metrics = {}
     for path in args.eval:
         res = json.loads(path.read_text())

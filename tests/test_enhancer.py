@@ -101,7 +101,7 @@ def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
 
 def test_cpu_allocator_failure_counts_as_out_of_memory():
     """PyTorch's CPU allocator words it differently from CUDA; both must shrink the tile."""
-    from derain_cli.enhancer import _is_oom
+    from derain_cli.torch_runner import _is_oom
 
     with pytest.raises(RuntimeError) as info:  # ~1 PB: refused at once, nothing allocated
         torch.empty(2**48, dtype=torch.float32)
@@ -145,19 +145,19 @@ def test_tile_progress_callback(derainer):
 
 
 def test_auto_backend_is_onnx_for_fp32_cpu_work(tiny_weights, monkeypatch):
-    from derain_cli import enhancer
+    from derain_cli import torch_runner
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(enhancer, "cpu_supports_bf16", lambda: False)
-    assert enhancer.resolve_backend(cpu, "auto") == "onnx"
-    assert enhancer.resolve_backend(cpu, "fp32") == "onnx"
+    monkeypatch.setattr(torch_runner, "cpu_supports_bf16", lambda: False)
+    assert torch_runner.resolve_backend(cpu, "auto") == "onnx"
+    assert torch_runner.resolve_backend(cpu, "fp32") == "onnx"
     d = Derainer(weights=tiny_weights, device="cpu", tile=0)
     assert (d.backend, d.precision) == ("onnx", "fp32")
-    monkeypatch.setattr(enhancer, "cpu_supports_bf16", lambda: True)
-    assert enhancer.resolve_backend(cpu, "auto") == "torch"  # bf16 autocast: PyTorch
-    assert enhancer.resolve_backend(cpu, "bf16") == "torch"
-    assert enhancer.resolve_backend(cpu, "fp32") == "onnx"
-    assert enhancer.resolve_backend(torch.device("cuda"), "auto") == "torch"
+    monkeypatch.setattr(torch_runner, "cpu_supports_bf16", lambda: True)
+    assert torch_runner.resolve_backend(cpu, "auto") == "torch"  # bf16 autocast: PyTorch
+    assert torch_runner.resolve_backend(cpu, "bf16") == "torch"
+    assert torch_runner.resolve_backend(cpu, "fp32") == "onnx"
+    assert torch_runner.resolve_backend(torch.device("cuda"), "auto") == "torch"
     with pytest.raises(ValueError, match="use auto, torch or onnx"):
         Derainer(weights=tiny_weights, device="cpu", backend="tensorrt")
 

@@ -133,7 +133,7 @@ def test_runner_options_and_files(caplog):
     runner = OnnxRunner(paths[0], threads=1)  # finds the statistics graph next to it
     assert runner.paths == paths and runner.threads == 1
     assert runner.providers == ["CPUExecutionProvider"]
-    assert runner.device.type == "cpu" and runner.suggest_tile() == onnx_backend.ORT_CPU_TILE
+    assert runner.device_name == "cpu" and runner.suggest_tile() == onnx_backend.ORT_CPU_TILE
     with pytest.raises(ValueError, match="statistics graph"):
         OnnxRunner([paths[0]])
     with caplog.at_level(logging.WARNING):

@@ -1,0 +1,226 @@
+"""The PyTorch side of ``Derainer``: devices, precisions, and the runner for torch networks.
+
+Kept apart from :mod:`derain_cli.enhancer` so that the default CPU path, a bundled int8
+graph through ONNX Runtime (``derain_cli.fast_path``), never imports torch: that import
+alone was 3.4 of the 5.4 seconds ``derain`` took on a 512x512 photo.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tiling
+from .enhancer import CPU_TILE, MIN_TILE
+from .models.deploy import fold_for_inference
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are validated."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("--device mps was asked for but MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto': fp16 on CUDA/MPS; on CPUs bf16 where the CPU has bf16 instructions, else fp32.
+
+    On this project's AVX-512-BF16 test CPU, bf16 autocast made semi-drdnet-lite
+    1.8x faster than fp32 (both channels_last) and its output differs from fp32
+    by 43.9 dB PSNR, far below visible (benchmarks/bench_inference.py).
+    """
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    if precision == "auto":
+        if device.type in ("cuda", "mps"):
+            return "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise ValueError("this CPU has no bf16 instructions; use --precision fp32")
+    return precision
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(device: torch.device, precision: str = "auto") -> str:
+    """'auto' backend: ONNX Runtime where the work is fp32 on a CPU, PyTorch elsewhere.
+
+    On CPUs without bf16 instructions ONNX Runtime's fp32 kernels beat PyTorch's
+    (channels_last, oneDNN) for these networks (``derain bench --variants
+    channels_last,onnx``; figures in the README); GPUs and bf16-capable CPUs stay on PyTorch,
+    which runs them in half precision.
+    """
+    if device.type != "cpu" or precision not in ("auto", "fp32"):
+        return "torch"
+    if resolve_precision(precision, device) != "fp32":
+        return "torch"
+    return "onnx" if _has_onnxruntime() else "torch"
+
+
+#: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
+#: "DefaultCPUAllocator: can't allocate memory"
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and any(t in msg for t in _OOM_TEXT)
+
+
+class TorchRunner:
+    """Runs a PyTorch model on numpy tiles for ``tiling.run_tiled``."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str,
+                 channels_last: bool = True) -> None:
+        # Batch norms folded and each DCCL as three summed convs: the same function with
+        # fewer operators (``models.deploy``). PyTorch's PReLU is already one kernel.
+        self.model = fold_for_inference(model, max_prelu=False).to(device).eval()
+        self.device = device
+        self.precision = precision
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        self.global_stats_shape = getattr(model, "global_stats_shape", None)
+        # NHWC lets oneDNN/cuDNN pick their fast convolution kernels (1.6x on CPU);
+        # ``channels_last=False`` keeps NCHW (the benchmark's plain fp32 baseline).
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self):  # noqa: ANN202 - a context manager
+        if self.precision in _DTYPES:
+            return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _in(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
+        if self.channels_last and t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _pooled(self, pooled: np.ndarray | None) -> torch.Tensor | None:
+        return None if pooled is None else torch.from_numpy(pooled).to(self.device)
+
+    def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        try:
+            with torch.inference_mode(), self._autocast():
+                if pooled is None:
+                    y = self.model(self._in(x))
+                else:
+                    y = self.model(self._in(x), self._pooled(pooled))
+            return y.float().cpu().numpy()
+        except Exception as e:
+            if _is_oom(e):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise tiling.TileOutOfMemory(str(e)) from e
+            raise
+
+    def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        try:
+            with torch.inference_mode(), self._autocast():
+                s = self.model.se_sums(self._in(x), self._pooled(pooled), self._in(mask))
+            return s.double().cpu().numpy()
+        except Exception as e:
+            if _is_oom(e):
+                raise tiling.TileOutOfMemory(str(e)) from e
+            raise
+
+
+def _auto_tile(runner: TorchRunner) -> int:
+    """Largest tile that fits comfortably: from free GPU memory, a fixed size on CPUs."""
+    if runner.device.type != "cuda":
+        return CPU_TILE
+    free, _ = torch.cuda.mem_get_info(runner.device)
+    torch.cuda.reset_peak_memory_stats(runner.device)
+    base = torch.cuda.memory_allocated(runner.device)
+    probe = np.zeros((1, 3, 128, 128), np.float32)
+    runner.forward(probe, None)
+    per_px = max(1.0, (torch.cuda.max_memory_allocated(runner.device) - base) / 128**2)
+    side = int((0.5 * free / per_px) ** 0.5)
+    return max(MIN_TILE, min(4096, side // 64 * 64))
+
+
+def _check_int8_request(device: torch.device, backend: str) -> None:
+    """Fail early on an int8 request that cannot run, saying what would."""
+    if device.type != "cpu":
+        raise ValueError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
+                         "or another --precision")
+    if backend == "torch":
+        raise ValueError("int8 runs through ONNX Runtime; use --backend onnx or auto")
+    if not _has_onnxruntime():
+        raise ValueError("int8 needs onnxruntime (pip install onnxruntime)")
+
+
+def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: str,
+                backend: str) -> Path | None:
+    """The shipped int8 graph to run, or None.
+
+    ``precision='int8'`` requires one (a clear error otherwise). ``'auto'`` on a CPU uses
+    one when the weights have it and the backend allows ONNX Runtime: it is the fastest
+    CPU path measured, within 0.1 dB of fp32 on rain100l (``derain_cli.quantize``).
+    """
+    from .quantize import Int8Unavailable, shipped_int8_graph
+
+    if precision == "int8":
+        if record is None:
+            raise ValueError("int8 graphs ship with bundled weights only; a --weights file "
+                             "runs in fp32 (--precision fp32)")
+        try:
+            return shipped_int8_graph(record, net)
+        except Int8Unavailable as e:
+            raise ValueError(f"no int8 graph: {e}; use --precision fp32") from None
+    if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None
+            or not _has_onnxruntime()):
+        return None
+    try:
+        return shipped_int8_graph(record, net)
+    except Int8Unavailable as e:
+        log.debug("int8 not used: %s", e)
+        return None
