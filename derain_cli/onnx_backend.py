@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -180,13 +181,17 @@ def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
 def session_options(threads: int | None = None, cpu_arena: bool = True):
     """The ``onnxruntime.SessionOptions`` every derain session uses (runner and benchmark).
 
-    ``threads`` None: ONNX Runtime's default, one thread per physical core (what PyTorch
-    picks too; asked of ONNX Runtime so that the torch-free start need not import torch).
+    ``threads`` None: as many as PyTorch is set to use (``--threads``, benchmarks) when it
+    is loaded, else ONNX Runtime's default; both default to one per physical core, and the
+    torch-free start (``fast_path``) must not import torch to ask.
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    loaded = sys.modules.get("torch")
+    if not threads and loaded is not None and hasattr(loaded, "get_num_threads"):
+        threads = loaded.get_num_threads()
     opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

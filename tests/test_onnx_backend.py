@@ -173,3 +173,14 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("DERAIN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert onnx_backend.cache_root() == tmp_path / "x" / "derain" / "onnx"
+
+
+def test_session_threads_follow_torch_when_it_is_loaded():
+    """--threads sets PyTorch's count; ONNX sessions follow it (benchmarks compare both)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert onnx_backend.session_options().intra_op_num_threads == 1
+        assert onnx_backend.session_options(3).intra_op_num_threads == 3
+    finally:
+        torch.set_num_threads(before)
