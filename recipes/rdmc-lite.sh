@@ -9,6 +9,9 @@
 # ../shared/data present. On the 2-core AVX2 CPU of 2026-11-30 the time limit stopped
 # the run as its log says (1 thread, other benchmarks beside it); a faster machine runs
 # every step. Replace when GPU-trained weights exist (recipes/full-models-gpu.sh).
+# The teacher is semi-drdnet-lite as its stages 1-2 left it (commit before 2026-11-30's
+# stage 3, which distilled it back from this model): recipes/semi-drdnet-lite.sh runs
+# this script at that point.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
