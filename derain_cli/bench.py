@@ -2,7 +2,7 @@
 
 For each registered model and each device (the CPU; CUDA too when present), every
 variant derains the same rainy test image with the default tiling
-(``enhancer.CPU_TILE`` on CPUs, ``enhancer._auto_tile`` on CUDA, overlap
+(``enhancer.CPU_TILE`` on CPUs, ``torch_runner._auto_tile`` on CUDA, overlap
 ``enhancer.DEFAULT_OVERLAP``) and reports:
 
 * **s/MP**: best wall time over ``repeats`` timed runs, after one warm-up tile, per

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 #: stays near the tile's activations; measured in ``OnnxRunner.__init__``.
 ORT_CPU_TILE = 512
 #: Tile size for ONNX Runtime on CUDA: its memory arena is invisible to torch.cuda,
-#: so ``enhancer._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
+#: so ``torch_runner._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
 #: with the paper-size models in fp32.
 CUDA_TILE = 1024
 
