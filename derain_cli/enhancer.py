@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import tiling
+from . import fast_path, tiling
 
 if TYPE_CHECKING:  # torch is imported where it is used: see derain_cli.fast_path
     import torch
@@ -97,8 +97,6 @@ class Derainer:
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
-        from . import fast_path
-
         self._network: nn.Module | None = None
         fast = fast_path.plan(model or DEFAULT_MODEL, weights, device, precision, backend)
         if fast is not None:
