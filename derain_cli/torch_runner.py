@@ -17,6 +17,7 @@ from torch import nn
 
 from . import tiling
 from .enhancer import CPU_TILE, MIN_TILE
+from .fast_path import onnxruntime_installed
 from .models.deploy import fold_for_inference
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(device: torch.device, precision: str = "auto") -> str:
     """'auto' backend: ONNX Runtime where the work is fp32 on a CPU, PyTorch elsewhere.
 
@@ -100,7 +93,7 @@ def resolve_backend(device: torch.device, precision: str = "auto") -> str:
         return "torch"
     if resolve_precision(precision, device) != "fp32":
         return "torch"
-    return "onnx" if _has_onnxruntime() else "torch"
+    return "onnx" if onnxruntime_installed() else "torch"
 
 
 #: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
@@ -194,7 +187,7 @@ def _check_int8_request(device: torch.device, backend: str) -> None:
                          "or another --precision")
     if backend == "torch":
         raise ValueError("int8 runs through ONNX Runtime; use --backend onnx or auto")
-    if not _has_onnxruntime():
+    if not onnxruntime_installed():
         raise ValueError("int8 needs onnxruntime (pip install onnxruntime)")
 
 
@@ -217,7 +210,7 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
         except Int8Unavailable as e:
             raise ValueError(f"no int8 graph: {e}; use --precision fp32") from None
     if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None
-            or not _has_onnxruntime()):
+            or not onnxruntime_installed()):
         return None
     try:
         return shipped_int8_graph(record, net)

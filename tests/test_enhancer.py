@@ -162,6 +162,20 @@ def test_auto_backend_is_onnx_for_fp32_cpu_work(tiny_weights, monkeypatch):
         Derainer(weights=tiny_weights, device="cpu", backend="tensorrt")
 
 
+def test_without_onnxruntime_everything_runs_on_pytorch(tiny_weights, monkeypatch):
+    import sys
+
+    from derain_cli import torch_runner
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # find_spec: not installed
+    monkeypatch.setattr(torch_runner, "cpu_supports_bf16", lambda: False)
+    assert torch_runner.resolve_backend(torch.device("cpu"), "fp32") == "torch"
+    d = Derainer(weights=tiny_weights, device="cpu", tile=0)
+    assert d.backend == "torch"
+    with pytest.raises(ValueError, match="int8 needs onnxruntime"):
+        Derainer(model="semi-drdnet-tiny", device="cpu", precision="int8")
+
+
 def test_tile_overlap_follows_the_network_reach(tiny_weights):
     from derain_cli.enhancer import DEFAULT_OVERLAP, default_overlap
     from derain_cli.models import build_model
