@@ -209,10 +209,15 @@ def _axis_window(n: int, start: int, stop: int, length: int, overlap: int) -> np
     return wv
 
 
+def _axis_windows(t: Tile, h: int, w: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's row and column weights; its blend window is their outer product."""
+    return (_axis_window(t.y1 - t.y0, t.y0, t.y1, h, overlap),
+            _axis_window(t.x1 - t.x0, t.x0, t.x1, w, overlap))
+
+
 def blend_window(t: Tile, h: int, w: int, overlap: int) -> np.ndarray:
     """Weight of each tile pixel: 1 inside and at image borders, faded near inner edges."""
-    wy = _axis_window(t.y1 - t.y0, t.y0, t.y1, h, overlap)
-    wx = _axis_window(t.x1 - t.x0, t.x0, t.x1, w, overlap)
+    wy, wx = _axis_windows(t, h, w, overlap)
     return (wy[:, None] * wx[None, :]).astype(np.float32)
 
 
@@ -233,8 +238,8 @@ class _Layout:
 
     def window(self, t: Tile, h: int, w: int) -> np.ndarray:
         """Tile ``t``'s blend window divided by the sum: the tiles' weights add up to 1."""
-        wy = _axis_window(t.y1 - t.y0, t.y0, t.y1, h, self.overlap) / self.ysum[t.y0:t.y1]
-        wx = _axis_window(t.x1 - t.x0, t.x0, t.x1, w, self.overlap) / self.xsum[t.x0:t.x1]
+        wy, wx = _axis_windows(t, h, w, self.overlap)
+        wy, wx = wy / self.ysum[t.y0:t.y1], wx / self.xsum[t.x0:t.x1]
         return (wy[:, None] * wx[None, :]).astype(np.float32)
 
 
