@@ -30,8 +30,8 @@ Scheme (what :func:`build_int8` writes):
   faster. Tiled int8 output agrees with untiled int8 output less closely than fp32 does
   (``benchmarks/tiling_agreement.py --backend int8``, 1024 px, 256 px tiles): for
   semi-drdnet-lite 48.6 dB (47.8 dB before the folding), 46.3 dB with the fp32 statistics
-  graph (before the folding), 73 dB for the fp32 network; 53.2 dB for semi-drdnet-fast,
-  58.7 dB for semi-drdnet-tiny (its own 32 px overlap).
+  graph (before the folding), 73 dB for the fp32 network; 53.2 dB for semi-drdnet-fast
+  (56.0 dB for its current weights), 58.7 dB for semi-drdnet-tiny (its own 32 px overlap).
   The rest is rounding. Near tile borders the zero padding changes activations very
   slightly; where a value sits on a uint8 step, that flips it. Even exact whole-image
   means (``--stats-passes 6``) only reach 50.7 dB.

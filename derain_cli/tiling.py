@@ -26,8 +26,8 @@ tiles agree with the untiled output to 33.6 dB and one pass to 73.1 dB
 The statistics passes plan their own tiles with half the overlap: a mean over
 hundreds of thousands of pixels does not notice the few disturbed ones near a tile's
 edge, while the final pass's blend does. On that photo the agreement is the same
-(73.3 dB; semi-drdnet-fast 74.2 dB fp32, 53.2 dB int8, against 74.1 and 53.3 with the
-full overlap) and a 12-megapixel photo in 512 px tiles sends 9 % fewer pixels
+(73.3 dB; semi-drdnet-fast's earlier weights 74.2 dB fp32, 53.2 dB int8, against 74.1
+and 53.3 with the full overlap) and a 12-megapixel photo in 512 px tiles sends 9 % fewer pixels
 through the statistics pass (no overlap at all: 17 % fewer, but 62 dB fp32 and
 46.5 dB for semi-drdnet-lite's int8 graph; ``benchmarks/tiling_agreement.py
 --stats-overlap 0``).
