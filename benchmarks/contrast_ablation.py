@@ -14,10 +14,11 @@ feature space that needs no outside weights) or ``none``:
 * ``rdmc_self`` / ``rdmc_none``: rdmc-lite with and without its contrastive prior.
 
 ``--finetune``: instead, the semi-supervised stage on its own: ``derain finetune`` of the
-bundled semi-drdnet-lite on the unlabeled real-rain photos (clean-bsds as unpaired clean
-photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without (``ft_none``),
-and without them but with 20 % rain-free synthetic samples (``ft_none_cf``, ``--clean-fraction
-0.2``), all scored beside the bundled starting weights (``base``).
+bundled ``--model`` (semi-drdnet-lite unless given; ``--model rdmc-lite`` tests RDMC's
+contrastive prior the same way) on the unlabeled real-rain photos (clean-bsds as unpaired
+clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without
+(``ft_none``), and without them but with 20 % rain-free synthetic samples (``ft_none_cf``,
+``--clean-fraction 0.2``), all scored beside the bundled starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
@@ -61,9 +62,9 @@ EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
 def finetune_command(name: str, features: str, clean_fraction: float, steps: int,
-                     out: Path) -> list[str]:
+                     out: Path, model: str = "semi-drdnet-lite") -> list[str]:
     return [
-        sys.executable, "-m", "derain_cli", "finetune", "--model", "semi-drdnet-lite",
+        sys.executable, "-m", "derain_cli", "finetune", "--model", model,
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", "0",
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
@@ -173,6 +174,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[], help="run names to include")
     ap.add_argument("--finetune", action="store_true",
                     help="ablate the semi-supervised fine-tuning stage instead")
+    ap.add_argument("--model", default="semi-drdnet-lite",
+                    help="with --finetune: the bundled model fine-tuned")
     args = ap.parse_args()
     if not all((DATA / d).is_dir() for d in ("clean-bsds", "real-rain", *EVAL_SETS)):
         print(f"benchmark skipped: {DATA} (clean-bsds/, real-rain/, evaluation sets) "
@@ -181,7 +184,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.finetune:
         runs = [r for r in FT_RUNS if not args.only or r[0] in args.only]
-        cmds = {r[0]: finetune_command(*r, args.steps, args.out) for r in runs}
+        cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model) for r in runs}
     else:
         runs = [r for r in RUNS if not args.only or r[0] in args.only]
         cmds = {r[0]: train_command(*r, args.steps, args.out) for r in runs}
@@ -192,7 +195,7 @@ def main() -> int:
 
     weights = {r[0]: args.out / r[0] / "model.safetensors" for r in runs}
     if args.finetune:  # the starting point, scored the same way, as the reference row
-        weights = {"base": ROOT / "weights" / "semi-drdnet-lite.safetensors", **weights}
+        weights = {"base": ROOT / "weights" / f"{args.model}.safetensors", **weights}
         (args.out / "base").mkdir(exist_ok=True)
     table: dict[str, dict[str, object]] = {}
     for name, w in weights.items():
