@@ -24,7 +24,10 @@ variant derains the same rainy test image with the default tiling
   Semi-DRDNet (64 for the paper size, 32 for the lite). RDMC spreads its work over a
   pyramid, so its reference is a FLOP-weighted mix: for every level l a ``c_l -> c_l``
   conv at ``peak_side / 2**l``, weighted by ``c_l**2 / 4**l`` (its share of the encoder's
-  FLOPs), combined as total FLOPs / total time. bf16 can exceed 100 % (the reference is fp32).
+  FLOPs), combined as total FLOPs / total time. The bf16 and fp16 rows are measured
+  against the same reference convs run in that precision (autocast, PyTorch engines: ONNX
+  Runtime has no bf16 conv on CPUs), since on a CPU with native bf16 a bf16 conv is about
+  twice as fast as an fp32 one; only int8 can exceed 100 % (its reference is fp32).
 * **PSNR vs fp32**: the variant's output against the fp32 eager output (clipped to
   [0, 1]), to judge whether bf16 (or ONNX Runtime) loses anything visible.
 
@@ -48,6 +51,7 @@ takes minutes on a small CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -225,24 +229,37 @@ def _ort_conv_seconds(conv: nn.Conv2d, x: torch.Tensor, repeats: int) -> float |
     return _best_time(lambda: sess.run(None, feed), torch.device("cpu"), repeats)
 
 
-def conv_peak(width: int, side: int, device: torch.device,
-              repeats: int = 5) -> tuple[float, str]:
-    """Best GFLOP/s of an fp32 3x3 width->width conv on 1 x width x side^2, and its engine.
+#: Variants whose % peak is measured against the reference convs in their own precision.
+REDUCED_PRECISION = {"bf16": torch.bfloat16, "bf16_compile": torch.bfloat16,
+                     "fp16": torch.float16}
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def conv_peak(width: int, side: int, device: torch.device, repeats: int = 5,
+              dtype: torch.dtype = torch.float32) -> tuple[float, str]:
+    """Best GFLOP/s of a 3x3 width->width conv on 1 x width x side^2, and its engine.
 
     The machine's peak for that conv is the fastest engine that runs it here, so a model
     path cannot score over 100 % just because the reference used a slower kernel: PyTorch
-    NCHW and channels_last, and on CPUs ONNX Runtime (the CPU default's engine).
+    NCHW and channels_last, and on CPUs ONNX Runtime (the CPU default's engine). With a
+    ``dtype`` of bf16 or fp16 the PyTorch engines run it under autocast in that precision,
+    as the model's reduced-precision path does (the engine name then says which).
     """
     conv = nn.Conv2d(width, width, 3, padding=1).to(device).eval()
     x = torch.rand(1, width, side, side, device=device)
     flops = 2 * 9 * width * width * side * side
+    reduced = dtype != torch.float32
+    suffix = f" {_DTYPE_NAMES[dtype]}" if reduced else ""
+    cast = (torch.autocast(device.type, dtype=dtype) if reduced
+            else contextlib.nullcontext())
     times: dict[str, float] = {}
-    with torch.inference_mode():
-        times["torch"] = _best_time(lambda: conv(x), device, repeats)
+    with torch.inference_mode(), cast:
+        times["torch" + suffix] = _best_time(lambda: conv(x), device, repeats)
         conv_cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        times["torch channels_last"] = _best_time(lambda: conv_cl(x_cl), device, repeats)
-    if device.type == "cpu":
+        times["torch channels_last" + suffix] = _best_time(lambda: conv_cl(x_cl), device,
+                                                           repeats)
+    if device.type == "cpu" and not reduced:
         t = _ort_conv_seconds(conv, x, repeats)
         if t is not None:
             times["onnxruntime"] = t
@@ -261,17 +278,18 @@ def reference_convs(net: nn.Module, side: int) -> list[tuple[int, int, float]]:
 
 
 def mixed_peak(net: nn.Module, side: int, device: torch.device,
-               cache: dict[tuple[int, int, str], tuple[float, str]]) -> tuple[float, str]:
+               cache: dict[tuple[int, int, str, str], tuple[float, str]],
+               dtype: torch.dtype = torch.float32) -> tuple[float, str]:
     """FLOP-weighted peak GFLOP/s over ``reference_convs`` (total FLOPs / total time)."""
     parts = reference_convs(net, side)
     total_w = sum(wt for _, _, wt in parts)
     inv = 0.0
     for width, s, wt in parts:
-        key = (width, s, str(device))
+        key = (width, s, str(device), str(dtype))
         if key not in cache:
-            cache[key] = conv_peak(width, s, device)
+            cache[key] = conv_peak(width, s, device, dtype=dtype)
         inv += (wt / total_w) / cache[key][0]
-    engines = sorted({cache[(w, s, str(device))][1] for w, s, _ in parts})
+    engines = sorted({cache[(w, s, str(device), str(dtype))][1] for w, s, _ in parts})
     if len(parts) == 1:
         desc = f"{parts[0][0]}->{parts[0][0]} @ {parts[0][1]}px"
     else:
@@ -367,6 +385,8 @@ class ModelInfo:
     peak_gflops: float
     peak_ref: str
     tile: int
+    #: the reference in bf16/fp16, for those variants' rows: precision -> (GFLOP/s, ref)
+    reduced_peaks: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -403,8 +423,9 @@ def render_markdown(res: BenchResult) -> str:
         "",
         f"GFLOP/s = useful FLOPs (FlopCounterMode on a {res.flop_side}x{res.flop_side} input, "
         "conv/matmul only, scaled by pixels) / time; work = executed / useful FLOPs (tile "
-        "overlap, statistics passes); % peak = GFLOP/s / this machine's plain fp32 3x3 conv "
-        f"(best of 5, {res.peak_side}px feature map, fastest engine, see model notes).",
+        "overlap, statistics passes); % peak = GFLOP/s / this machine's plain 3x3 conv "
+        f"(best of 5, {res.peak_side}px feature map, fastest engine, see model notes), "
+        "in fp32, and for bf16/fp16 rows in their own precision (int8 rows: against fp32).",
         "",
         "| model | device | variant | s/MP | GFLOP/s | % peak | work | PSNR vs fp32 (dB) "
         "| setup s | note |",
@@ -425,6 +446,8 @@ def render_markdown(res: BenchResult) -> str:
             + (f" + {m.stats_flops_per_px / 1e3:.1f} kFLOP/px per statistics pass"
                if m.stats_flops_per_px else "")
             + f"; conv peak {m.peak_gflops:.1f} GFLOP/s ({m.peak_ref})"
+            + "".join(f"; {p} conv peak {g:.1f} GFLOP/s ({ref})"
+                      for p, (g, ref) in m.reduced_peaks.items())
         )
     if res.rss is not None:
         r = res.rss
@@ -557,7 +580,7 @@ def bench_main(
     )
     img = test_scene(h, w)
     mp = h * w / 1e6
-    peaks: dict[tuple[int, int, str], tuple[float, str]] = {}
+    peaks: dict[tuple[int, int, str, str], tuple[float, str]] = {}
     for name in names:
         net, label = model_for_bench(name)
         # what every engine executes: batch norms folded, DCCLs as summed convs
@@ -575,7 +598,8 @@ def bench_main(
             else:
                 dev_tile = CPU_TILE
             work = tiling_work(h, w, dev_tile, overlap, mult, has_stats, fwd, stats)
-            res.models.append(ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile))
+            info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile)
+            res.models.append(info)
             ref_out = None
             for variant in variants:
                 row = Row(name, dev.type, variant)
@@ -598,6 +622,11 @@ def bench_main(
                 row.s_per_mp = best / mp
                 row.gflops = fwd * h * w / best / 1e9
                 row.peak_ratio = row.gflops / peak
+                if variant in REDUCED_PRECISION:  # against the same convs in its precision
+                    dtype = REDUCED_PRECISION[variant]
+                    low = mixed_peak(net, peak_side, dev, peaks, dtype)
+                    info.reduced_peaks[_DTYPE_NAMES[dtype]] = low
+                    row.peak_ratio = row.gflops / low[0]
                 row.work = work
                 if variant == "fp32":
                     ref_out = out

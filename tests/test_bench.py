@@ -87,6 +87,29 @@ def test_conv_peak_is_the_fastest_engine(monkeypatch):
     assert engine.startswith("torch") and gflops > flops / 1e9 / 1e9
 
 
+def test_conv_peak_in_reduced_precision_runs_autocast(monkeypatch):
+    """A bf16 reference runs the PyTorch engines under bf16 autocast, never fp32 ORT."""
+    monkeypatch.setattr(bench, "_ort_conv_seconds", lambda conv, x, repeats: 1e-9)
+    seen: list[torch.dtype] = []
+    real_conv = nn.Conv2d.forward
+
+    def spy(self, x):
+        out = real_conv(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(nn.Conv2d, "forward", spy)
+    gflops, engine = bench.conv_peak(8, 16, torch.device("cpu"), repeats=1,
+                                     dtype=torch.bfloat16)
+    assert gflops > 0 and engine in {"torch bf16", "torch channels_last bf16"}
+    assert seen and set(seen) == {torch.bfloat16}
+    cache: dict = {}
+    semi = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    bench.mixed_peak(semi, 16, torch.device("cpu"), cache)
+    bench.mixed_peak(semi, 16, torch.device("cpu"), cache, torch.bfloat16)
+    assert len(cache) == 2  # fp32 and bf16 references are kept apart
+
+
 def test_ort_conv_timing_runs_the_real_graph():
     conv = torch.nn.Conv2d(4, 4, 3, padding=1).eval()
     t = bench._ort_conv_seconds(conv, torch.rand(1, 4, 16, 16), repeats=1)
@@ -114,8 +137,13 @@ def test_bench_main_tiny(tmp_path):
     assert rows["channels_last"].psnr_vs_fp32 > 60
     assert rows["onnx"].psnr_vs_fp32 > 60 and "onnxruntime" in rows["onnx"].note
     assert rows["fp16"].note.startswith("skipped")
-    if rows["bf16"].seconds is not None:
+    if rows["bf16"].seconds is not None:  # CPUs with native bf16 (or none: skipped)
         assert 25 < rows["bf16"].psnr_vs_fp32 < 200
+        bf16_peak, ref = res.models[0].reduced_peaks["bf16"]
+        assert rows["bf16"].peak_ratio == pytest.approx(rows["bf16"].gflops / bf16_peak)
+        assert "bf16" in ref and "bf16 conv peak" in lines[0]
+    assert rows["fp32"].peak_ratio == pytest.approx(
+        rows["fp32"].gflops / res.models[0].peak_gflops)
     data = json.loads(out.read_text())
     assert data["rows"][0]["model"] == "semi-drdnet-lite" and data["models"][0]["tile"] == 32
     text = lines[0]
