@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--amp", default="auto",
+                    help="auto (bf16 where the CPU has bf16 instructions, else fp32), bf16, fp32")
     ap.add_argument("--contrast-features", default="none",
                     help="none (fastest on CPUs), self, vgg19 or auto")
     ap.add_argument("--val-limit", type=int, default=10, help="val pairs during training")
@@ -44,6 +46,7 @@ def main() -> int:
         print(f"benchmark skipped: {DATA} (clean-bsds/, rain100l/) is not available")
         return 0
 
+    from derain_cli.enhancer import cpu_supports_bf16
     from derain_cli.evaluate import evaluate
     from derain_cli.train import TrainConfig, train
 
@@ -54,7 +57,7 @@ def main() -> int:
     res = train(TrainConfig(
         model=args.model, synthetic=[str(clean)], preset=args.preset, val=str(rain100l),
         val_limit=args.val_limit, val_every=10**9, out=str(args.out), steps=10**6,
-        batch=args.batch, patch=args.patch, lr=args.lr, warmup=50, ema=0.99, amp="bf16",
+        batch=args.batch, patch=args.patch, lr=args.lr, warmup=50, ema=0.99, amp=args.amp,
         device="cpu",
         workers=args.workers, ckpt_every=200, time_budget=args.budget, resume=resume,
         contrast_features=args.contrast_features,
@@ -65,7 +68,8 @@ def main() -> int:
     ev = evaluate(str(res.weights), rain100l, limit=args.eval_limit, device="cpu",
                   csv_path=args.out / "rain100l.csv")
     summary = {
-        "model": args.model, "steps": res.steps, "train_seconds": round(train_s, 1),
+        "model": args.model, "amp": args.amp, "cpu_bf16": cpu_supports_bf16(),
+        "steps": res.steps, "train_seconds": round(train_s, 1),
         "patches": res.steps * args.batch, "rain100l_psnr_y": round(ev.psnr_y, 3),
         "rain100l_ssim_y": round(ev.ssim_y, 4), "rain100l_images": ev.count,
         "eval_seconds": round(time.time() - t1, 1), "weights": str(res.weights),

@@ -24,6 +24,10 @@ CleanFractionOption = Annotated[float, typer.Option(
     help="Share of synthetic samples left without rain (teaches the model to leave "
          "rain-free content alone).")]
 
+#: ``--amp`` of ``derain train`` and ``derain finetune`` (see train._auto_bf16)
+AmpOption = Annotated[str, typer.Option(
+    help="auto (bf16 on CUDA and on CPUs with bf16 instructions), bf16 or fp32.")]
+
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -106,7 +110,7 @@ def train_cmd(
     warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
     ema: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16 or fp32.")] = "auto",
+    amp: AmpOption = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option(
@@ -182,6 +186,7 @@ def finetune_cmd(
     workers: Annotated[int | None, typer.Option(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    amp: AmpOption = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     time_budget: Annotated[float | None, typer.Option(help="Stop after N seconds.")] = None,
     max_side: Annotated[int, typer.Option(
@@ -203,6 +208,7 @@ def finetune_cmd(
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             val=str(val) if val else None, device=device, workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
+            amp=amp,
         ))
 
 

@@ -58,10 +58,9 @@ def test_loss_goes_down(data, tmp_path):
     assert last < 0.7 * first, (first, last)
 
 
-def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32(data, tmp_path, monkeypatch, capsys):
-    """bf16 convolutions run through slow reference kernels on such CPUs (~7x slower)."""
-    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: False)
-    seen = []
+def _spy_autocast(monkeypatch) -> list[bool]:
+    """Record whether each torch.autocast the training loop opens is enabled."""
+    seen: list[bool] = []
     real = torch.autocast
 
     def spy(device_type, *a, **kw):
@@ -69,9 +68,31 @@ def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32(data, tmp_path, monkeypat
         return real(device_type, *a, **kw)
 
     monkeypatch.setattr(T.torch, "autocast", spy)
+    return seen
+
+
+def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32(data, tmp_path, monkeypatch, capsys):
+    """bf16 convolutions run through slow reference kernels on such CPUs (~7x slower)."""
+    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: False)
+    seen = _spy_autocast(monkeypatch)
     T.train(_cfg(data, tmp_path / "run", steps=2, amp="bf16", quiet=False))
     assert "no bf16 instructions; training in fp32" in capsys.readouterr().err
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("native_bf16,amp,expect", [
+    (True, "auto", True), (False, "auto", False), (True, "fp32", False)])
+def test_amp_auto_uses_bf16_only_where_the_cpu_runs_it_fast(
+        data, tmp_path, monkeypatch, native_bf16, amp, expect):
+    """--amp auto: bf16 autocast on CPUs with bf16 instructions (1.2-1.7x a step there), and the
+    manifest entry says which precision trained the weights."""
+    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: native_bf16)
+    seen = _spy_autocast(monkeypatch)
+    out = tmp_path / "run"
+    T.train(_cfg(data, out, steps=2, amp=amp))
+    assert seen and any(seen) == expect  # (the losses run in fp32: autocast off inside)
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["hardware"].endswith("bf16 autocast)" if expect else "fp32)")
 
 
 class _Kill(Exception):
@@ -238,6 +259,24 @@ def test_finetune_with_clean_photos_and_tiny_arch(data, tmp_path):
         quiet=True, device="cpu", contrast_features="none",
     ))
     assert res.steps == 2 and res.weights is not None
+
+
+def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
+    """`derain finetune --amp fp32` keeps fp32 even where auto would pick bf16 (recipes pin it)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: True)
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    out = tmp_path / "ft"
+    r = CliRunner().invoke(app, [
+        "finetune", "--weights", str(base.weights), "--rainy", str(data["real"]), "--out",
+        str(out), "--steps", "1", "--batch", "2", "--patch", "24", "--workers", "0",
+        "--device", "cpu", "--contrast-features", "none", "--amp", "fp32", "--quiet"])
+    assert r.exit_code == 0, r.output
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["hardware"].endswith("threads, fp32)")
 
 
 def test_torchrun_two_processes(data, tmp_path):
