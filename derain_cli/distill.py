@@ -306,7 +306,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
                 elapsed = time.monotonic() - start
                 bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
         wall = time.monotonic() - start
-        hardware = _hardware(torch.device("cpu"), 1, bf16=False)
+        hardware = _hardware(torch.device("cpu"), 1, "fp32")
         student = student.to(memory_format=torch.contiguous_format).eval()
         after = held_out_scores(student, held)
     finally:

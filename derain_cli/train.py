@@ -119,7 +119,8 @@ class TrainConfig:
     #: validation and export (0: keep the running averages over crops)
     bn_recalib: int = 16
     #: keep BatchNorm layers in eval mode (running statistics frozen, affine terms still
-    #: trained): what fine-tuning needs, see ``freeze_batchnorm``
+    #: trained; ``bn_recalib`` is then ignored): what fine-tuning needs, see
+    #: ``freeze_batchnorm``
     freeze_bn: bool = False
 
     #: "auto" | "vgg19" | "self" | "none" (see losses.py)
@@ -280,9 +281,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ck
 
 
-def _hardware(device: torch.device, world: int, bf16: bool) -> str:
-    """Where and in which precision the weights were trained (a manifest field)."""
-    amp = "bf16 autocast" if bf16 else "fp32"
+def _hardware(device: torch.device, world: int, amp: str) -> str:
+    """Where and in which precision (``amp``, e.g. "fp32") the weights were trained."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"{world}x {name}, {amp}"
@@ -548,6 +548,7 @@ def _train(
             _say("warning: --amp bf16: this CPU has no bf16 instructions; training in fp32 "
                  "(bf16 would run ~7x slower here)")
         use_bf16 = False
+    amp_label = "bf16 autocast" if use_bf16 else "fp32"  # for the banner and the manifest
 
     ckpt: dict[str, Any] | None = None
     if cfg.resume:
@@ -655,7 +656,7 @@ def _train(
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
                  + f"{total} steps, batch {cfg.batch}x{world}, patch {cfg.patch}, "
-                 + ("bf16 autocast" if use_bf16 else "fp32")
+                 + amp_label
                  + (f"; resuming at step {step}" if step else ""))
 
     sampler = D.StepBatchSampler(len(labeled), cfg.batch, seed=cfg.seed, rank=rank,
@@ -697,6 +698,7 @@ def _train(
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
+    recalib = 0 if cfg.freeze_bn else cfg.bn_recalib  # re-estimating would unfreeze them
     it_u = iter(uloader) if uloader is not None else None
     try:
         with progress:
@@ -795,7 +797,7 @@ def _train(
 
                 do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
                 if do_val and is_main:
-                    calibrated = _recalibrated(ema, labeled, cfg.bn_recalib, cfg.seed, device)
+                    calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
                     last_val = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
                                         crop=cfg.val_crop, cache=val_cache)
                     improved = best_psnr is None or last_val["psnr"] > best_psnr
@@ -830,9 +832,9 @@ def _train(
     weights_path = None
     if is_main:
         plot_curves(log.records, out / "curves.png")
-        final = _recalibrated(ema, labeled, cfg.bn_recalib, cfg.seed, device)
+        final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
         weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall, last_val,
-                                      best_psnr, best_step, device, world, use_bf16)
+                                      best_psnr, best_step, device, world, amp_label)
         if not cfg.quiet:
             _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} steps, "
                  f"{wall / 60:.1f} min" + (f"; val PSNR {last_val['psnr']:.2f} dB"
@@ -850,7 +852,7 @@ def _train(
 def _export(
     cfg: TrainConfig, ema: nn.Module, name: str, arch: str, conf: dict[str, Any], out: Path,
     step: int, wall: float, last_val: dict[str, float] | None, best_psnr: float | None,
-    best_step: int | None, device: torch.device, world: int, bf16: bool,
+    best_step: int | None, device: torch.device, world: int, amp: str,
 ) -> tuple[Path, dict[str, Any]]:
     from .weights import save_weights
 
@@ -875,7 +877,7 @@ def _export(
             metrics["val"]["best_step"] = best_step
     rec.metrics = metrics
     rec.status = "candidate"
-    rec.extra = {"steps": step, "hardware": _hardware(device, world, bf16),
+    rec.extra = {"steps": step, "hardware": _hardware(device, world, amp),
                  "wall_time_s": round(wall, 1)}
     entry = rec.to_dict()
     (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
@@ -1038,7 +1040,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
-        ema=0.99, freeze_bn=True, bn_recalib=0,  # keep the base model's BN statistics
+        ema=0.99, freeze_bn=True,  # keep the base model's BN statistics
     )
     photos = _load_photos(fc.rainy, fc.max_side)
     hooks: dict[str, Callable[..., Any]] = {

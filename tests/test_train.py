@@ -278,7 +278,7 @@ def test_finetune_keeps_batchnorm_statistics(data, tmp_path):
 
 
 def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
-    """`derain finetune --amp fp32` keeps fp32 even where auto would pick bf16 (recipes pin it)."""
+    """`derain finetune --amp fp32` keeps fp32 even where auto would pick bf16."""
     from typer.testing import CliRunner
 
     from derain_cli.cli import app
