@@ -415,6 +415,27 @@ def pending(jobs: Sequence[Job], options: BatchOptions) -> int:
     )
 
 
+def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
+                       enough: float | None = None) -> float:
+    """Megapixels the pending jobs will send through the model, from the image headers
+    (unreadable files count 0). Stops counting past ``enough`` (large folders)."""
+    from PIL import Image
+
+    total = 0.0
+    for j in jobs:
+        if j.error is not None or j.output is None or (
+                not options.overwrite and j.output.exists()):
+            continue
+        try:
+            with Image.open(j.item.path) as im:
+                total += im.width * im.height / 1e6
+        except Exception:  # noqa: BLE001 - the batch reports unreadable files itself
+            continue
+        if enough is not None and total > enough:
+            break
+    return total
+
+
 # --------------------------------------------------------------------------- results
 @dataclass
 class FileResult:

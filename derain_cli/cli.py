@@ -432,8 +432,10 @@ def run_cmd(
     precision: Annotated[
         Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
                                 help="auto: fp16 on GPUs; on CPUs int8 (ONNX Runtime) where "
-                                     "the model ships an int8 graph, else bf16 on CPUs with "
-                                     "bf16 instructions (AVX-512-BF16, AMX), else fp32.")
+                                     "the model ships an int8 graph, or bf16 where that was "
+                                     "measured faster on this CPU (once, then cached), else "
+                                     "bf16 on CPUs with bf16 instructions (AVX-512-BF16, "
+                                     "AMX), else fp32.")
     ] = Precision.auto,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
@@ -622,6 +624,8 @@ def _run(
                         tile=tile, tile_overlap=tile_overlap, threads=threads,
                         stats_megapixels=stats_megapixels,
                         backend=backend, quiet=not chatty,
+                        workload_megapixels=batch.pending_megapixels(
+                            jobs, options, enough=_WORKLOAD_ENOUGH_MP),
                     )
                     if chatty:
                         _print_setup(err, derainer, dist)
@@ -648,14 +652,19 @@ def _run(
         batch.shutdown_distributed()
 
 
+#: Counting a folder's megapixels stops here: far more than decides the CPU engine
+_WORKLOAD_ENOUGH_MP = 200.0
+
+
 def _make_derainer(**kw: Any) -> Any:
     import inspect
 
     from .enhancer import Derainer
 
     params = inspect.signature(Derainer).parameters
-    if "quiet" not in params:  # pragma: no cover - older enhancer
-        kw.pop("quiet")
+    for name in ("quiet", "workload_megapixels"):
+        if name not in params:  # pragma: no cover - older enhancer
+            kw.pop(name)
     if kw.get("tile_overlap") is None:
         kw.pop("tile_overlap")
     try:
@@ -677,13 +686,15 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     tile = getattr(derainer, "tile", None)
     tiles = "off" if not tile else f"{tile}px"
     where = f", {dist.world_size} processes" if dist.enabled else ""
+    note = getattr(derainer, "engine_note", "")
+    why = f" ({note})" if note else ""
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",
             (str(getattr(derainer, "model_name", "?")), "cyan"),
             f" [{getattr(derainer, 'weights_label', '?')}] on {dev} "
             f"({_ENGINE.get(getattr(derainer, 'backend', ''), '?')}), "
-            f"{getattr(derainer, 'precision', '?')}, tiles {tiles}{where}",
+            f"{getattr(derainer, 'precision', '?')}{why}, tiles {tiles}{where}",
         )
     )
 

@@ -74,9 +74,12 @@ class Derainer:
     reach (``default_overlap``). Semi-DRDNet's whole-image statistics are handled
     by the tiler, so tiled and untiled results agree. ``precision``: auto, fp32,
     fp16, bf16 or int8 (CPU, ONNX Runtime, bundled weights with an int8 graph;
-    auto picks it on CPUs where it exists). ``stats_megapixels``: above this many
+    auto picks it on CPUs where it exists, or bf16 PyTorch where that was measured faster
+    on this CPU: ``engine_choice``). ``stats_megapixels``: above this many
     million pixels the tiler estimates those statistics from a sample of the image
-    (``tiling.sample_tiles``); 0 or None uses every pixel.
+    (``tiling.sample_tiles``); 0 or None uses every pixel. ``workload_megapixels``: how
+    much this object will derain, when known (the CLI counts it): below a few megapixels
+    the int8 graph's start without PyTorch outweighs a faster bf16 (``engine_choice``).
 
     A request that can only mean a bundled int8 graph on the CPU starts without importing
     PyTorch (``derain_cli.fast_path``); ``network`` and ``device`` then load it on first use.
@@ -94,11 +97,21 @@ class Derainer:
         backend: str = "auto",
         quiet: bool = True,
         stats_megapixels: float | None = tiling.STATS_MEGAPIXELS,
+        workload_megapixels: float | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
         self._network: nn.Module | None = None
         fast = fast_path.plan(model or DEFAULT_MODEL, weights, device, precision, backend)
+        #: how the CPU engine was picked where int8 and bf16 compete (``engine_choice``)
+        self.engine_note = ""
+        if fast is not None and precision == "auto" and backend == "auto":
+            from . import engine_choice
+
+            engine, self.engine_note = engine_choice.cpu_engine(fast, threads,
+                                                                workload_megapixels)
+            if engine == "bf16":
+                fast, precision = None, "bf16"
         if fast is not None:
             from .onnx_backend import OnnxRunner
 

@@ -26,6 +26,9 @@ def _session_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     path = tmp_path_factory.mktemp("derain-cache-session")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DERAIN_CACHE", str(path))
+        # The tests of the int8 CPU path must take it on any CPU, without timing it against
+        # bf16 first (derain_cli.engine_choice; tests/test_engine_choice.py unsets this).
+        mp.setenv("DERAIN_CPU_ENGINE", "int8")
         yield path
 
 

@@ -18,6 +18,7 @@ from derain_cli.batch import (
     Summary,
     collect_inputs,
     pending,
+    pending_megapixels,
     plan_jobs,
     run_batch,
 )
@@ -294,3 +295,17 @@ def test_shard_takes_every_nth(tmp_path: Path, derainer, monkeypatch: pytest.Mon
     s = run_batch(items, derainer, BatchOptions(), dist=DistInfo(rank=1, world_size=2))
     assert sorted(Path(f.input).name for f in s.files) == ["p1.png", "p3.png"]
     assert all(f.rank == 1 for f in s.files)
+
+
+def test_pending_megapixels_counts_headers_of_pending_work(tmp_path: Path) -> None:
+    """What the CLI tells the engine choice: only files still to do, unreadable ones as 0."""
+    _img(tmp_path / "a.png", w=1000, h=500)
+    _img(tmp_path / "b.png", w=200, h=100)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    opts = BatchOptions()
+    jobs = plan_jobs(collect_inputs([str(tmp_path)]), opts)
+    assert pending_megapixels(jobs, opts) == pytest.approx(0.52)
+    assert pending_megapixels(jobs, opts, enough=0.1) == pytest.approx(0.5)  # stops early
+    _img(tmp_path / "a_derained.png", w=8, h=8)  # a's result exists: only b is pending
+    assert pending_megapixels(jobs, opts) == pytest.approx(0.02)
+    assert pending_megapixels(jobs, BatchOptions(overwrite=True)) == pytest.approx(0.52)

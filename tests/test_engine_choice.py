@@ -1,0 +1,205 @@
+"""The measured choice between int8 (ONNX Runtime) and bf16 (PyTorch) on CPUs
+(derain_cli.engine_choice)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli import engine_choice, fast_path, torch_runner
+from derain_cli.cli import app
+from derain_cli.enhancer import DEFAULT_MODEL, Derainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A fresh cache folder and no engine pinned by the environment."""
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(engine_choice.ENV, raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """Pretend the CPU has bf16 instructions (PyTorch emulates them where it has not)."""
+    monkeypatch.setattr(engine_choice, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch_runner, "cpu_supports_bf16", lambda: True)
+
+
+def _plan():
+    plan = fast_path.plan(DEFAULT_MODEL, None, "cpu", "auto", "auto")
+    assert plan is not None, "the default model ships an int8 graph"
+    return plan
+
+
+def _fake_measure(engine, calls):
+    def measure(plan, threads):
+        calls.append((plan.record.name, threads))
+        return {"engine": engine, "seconds": {"int8": 1.0, "bf16": 0.5 if engine == "bf16"
+                                               else 2.0}, "measured": "2026-12-01"}
+    return measure
+
+
+def _choose(threads, measured, calls):
+    """cpu_engine for the default model, with a fake measurement that finds ``measured``."""
+    return engine_choice.cpu_engine(_plan(), threads, measure_fn=_fake_measure(measured, calls))
+
+
+def test_pick_prefers_int8_unless_bf16_is_clearly_faster():
+    assert engine_choice.pick({"int8": 1.0, "bf16": 0.95}) == "int8"
+    assert engine_choice.pick({"int8": 1.0, "bf16": 0.85}) == "bf16"
+    assert engine_choice.pick({"int8": 1.0, "bf16": 1.5}) == "int8"
+
+
+def test_cpu_flags_are_read_without_torch(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(engine_choice, "_CPUINFO", info)
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f\n\n"
+                    "processor\t: 1\nflags\t\t: avx512_bf16\n")
+    assert not engine_choice.cpu_has_bf16()  # the first processor's flags count
+    assert engine_choice.cpu_signature().startswith("Some CPU [")
+    info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert engine_choice.cpu_has_bf16()
+    info.unlink()
+    assert not engine_choice.cpu_has_bf16()
+    assert engine_choice.cpu_signature().startswith("unknown CPU")
+
+
+def test_choice_is_measured_once_and_remembered(own_cache, bf16_cpu):
+    calls = []
+    measure = _fake_measure("bf16", calls)
+    assert engine_choice.cpu_engine(_plan(), None, measure_fn=measure)[0] == "bf16"
+    engine, why = engine_choice.cpu_engine(_plan(), None, measure_fn=measure)
+    assert engine == "bf16" and "measured 2026-12-01" in why and "0.50 s bf16" in why
+    assert calls == [(DEFAULT_MODEL, None)]
+    stored = json.loads((own_cache / "engines.json").read_text())
+    assert list(stored) == [engine_choice.choice_key(_plan(), None)]
+    # another thread count is another measurement, kept beside the first
+    _choose(1, "int8", calls)
+    assert len(calls) == 2 and len(json.loads((own_cache / "engines.json").read_text())) == 2
+
+
+def test_small_jobs_stay_on_int8_unless_pytorch_is_loaded():
+    """bf16 must repay importing PyTorch: 1 s int8 / 0.5 s bf16 a 512 px image (0.26 MP),
+    3 s to import: break-even where 1.91 W + 3 = 0.9 * 3.81 W, W = 2.0 MP."""
+    entry = {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.5}, "torch_import_s": 3.0}
+    engine, why = engine_choice.decide(entry, 0.3, torch_loaded=False)
+    assert engine == "int8" and "0.3 MP is too little" in why and "(3.0 s)" in why
+    assert engine_choice.decide(entry, 0.3, torch_loaded=True) == ("bf16", "")
+    assert engine_choice.decide(entry, None, torch_loaded=False) == ("bf16", "")
+    assert engine_choice.decide(entry, 12.0, torch_loaded=False) == ("bf16", "")
+    assert engine_choice.decide(entry, 1.9, torch_loaded=False)[0] == "int8"
+    assert engine_choice.decide(entry, 2.1, torch_loaded=False)[0] == "bf16"
+    # per-pixel int8 wins: int8 whatever the workload
+    assert engine_choice.decide(dict(entry, engine="int8"), 50.0, False) == ("int8", "")
+
+
+def test_no_bf16_means_int8_unmeasured(own_cache, monkeypatch):
+    monkeypatch.setattr(engine_choice, "cpu_has_bf16", lambda: False)
+    calls = []
+    assert _choose(None, "bf16", calls) == (
+        "int8", "no bf16 instructions")
+    assert calls == [] and not (own_cache / "engines.json").exists()
+
+
+def test_environment_pins_the_engine(own_cache, bf16_cpu, monkeypatch):
+    calls = []
+    monkeypatch.setenv(engine_choice.ENV, "BF16")
+    assert _choose(None, "int8", calls)[0] == "bf16"
+    monkeypatch.setenv(engine_choice.ENV, "int8")
+    assert _choose(None, "bf16", calls)[0] == "int8"
+    assert calls == []
+
+
+def test_unreadable_choices_are_measured_again(own_cache, bf16_cpu):
+    own_cache.mkdir(parents=True)
+    (own_cache / "engines.json").write_text("{not json")
+    calls = []
+    assert _choose(None, "bf16", calls)[0] == "bf16"
+    assert len(calls) == 1 and json.loads((own_cache / "engines.json").read_text())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_real_measurement_times_both_engines(monkeypatch):
+    """The probe runs the shipped int8 graph and the bf16 network (emulated on CPUs without
+    bf16 instructions, so the choice itself is not asserted here, only its consistency)."""
+    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
+    monkeypatch.setattr(engine_choice, "PROBE_REPEATS", 1)
+    entry = engine_choice.measure(_plan(), 1)
+    s = entry["seconds"]
+    assert set(s) == {"int8", "bf16"} and all(v > 0 for v in s.values())
+    assert entry["engine"] == engine_choice.pick(s)
+    assert entry["probe"] == "96x96, best of 1"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_derainer_follows_the_remembered_choice(own_cache, bf16_cpu):
+    key = engine_choice.choice_key(_plan(), 1)
+    engine_choice.remember(key, {"engine": "bf16", "measured": "2026-12-01"})
+    d = Derainer(device="cpu", threads=1)
+    assert (d.backend, d.precision) == ("torch", "bf16")
+    assert d.engine_note == "measured 2026-12-01"
+    assert d.derain(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50, 3)
+    # an explicit precision or backend is obeyed without looking at the choice
+    assert Derainer(device="cpu", threads=1, precision="int8").precision == "int8"
+    assert Derainer(device="cpu", threads=1, backend="onnx").precision == "int8"
+    engine_choice.remember(key, {"engine": "int8", "measured": "2026-12-01"})
+    d = Derainer(device="cpu", threads=1)
+    assert (d.backend, d.precision) == ("onnx", "int8")
+
+
+def test_remembered_int8_keeps_the_torch_free_start(own_cache):
+    """On a bf16 CPU whose choice is int8, the default still never imports PyTorch."""
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class BlockTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("the test forbids importing torch")
+                return None
+
+        sys.meta_path.insert(0, BlockTorch())
+        from derain_cli import engine_choice, fast_path
+        from derain_cli.enhancer import Derainer
+        engine_choice.cpu_has_bf16 = lambda: True
+        plan = fast_path.plan({DEFAULT_MODEL!r}, None, "cpu", "auto", "auto")
+        engine_choice.remember(engine_choice.choice_key(plan, 1),
+                               {{"engine": "int8", "measured": "2026-12-01"}})
+        d = Derainer(device="cpu", threads=1)
+        assert (d.backend, d.precision, d.engine_note) == (
+            "onnx", "int8", "measured 2026-12-01"), vars(d)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_counts_the_work_before_choosing(own_cache, bf16_cpu, tmp_path, monkeypatch):
+    """bf16 measured 2x faster, PyTorch's import 30 s: one 0.1 MP photo stays on int8 (the
+    banner says why); the same measurement with a 0.01 s import takes bf16."""
+    monkeypatch.setattr(engine_choice, "torch_imported", lambda: False)  # as in `derain`
+    key = engine_choice.choice_key(_plan(), 1)
+    entry = {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.5}, "torch_import_s": 30.0,
+             "measured": "2026-12-01"}
+    engine_choice.remember(key, entry)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((250, 400, 3), 120, np.uint8)).save(src)
+    args = [str(src), "--threads", "1", "--overwrite"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "(ONNX Runtime), int8 (measured 2026-12-01" in r.output
+    assert "0.1 MP is too little to repay loading PyTorch (30.0 s)" in r.output
+    engine_choice.remember(key, dict(entry, torch_import_s=0.01))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "(PyTorch), bf16 (measured 2026-12-01: 0.50 s bf16 vs 1.00 s int8" in r.output
