@@ -629,8 +629,9 @@ def _train(
             wrapper, device_ids=[device.index] if device.type == "cuda" else None)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
     aux_params = list(criterion.aux_parameters())
-    if aux_params:
-        groups.append({"params": aux_params, "weight_decay": 0.0})
+    if aux_params:  # the self encoder learns at its own pace (losses.SELF_FEATURES_LR)
+        groups.append({"params": aux_params, "weight_decay": 0.0,
+                       "fixed_lr": L.SELF_FEATURES_LR})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
     step, best_psnr, best_step, wall_before = 0, None, None, 0.0
@@ -709,7 +710,8 @@ def _train(
                     frac = min(1.0, (time.time() - budget_t0) / cfg.time_budget)
                 lr = lr_at(cfg, step, total, frac)
                 for g in opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = g.get("fixed_lr") or lr
+                criterion.ramp(step)
                 rainy = batch["rainy"].to(device, non_blocking=True)
                 clean = batch["clean"].to(device, non_blocking=True)
                 aug = batch.get("rainy_aug")

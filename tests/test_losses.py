@@ -106,6 +106,35 @@ def test_criterion_semi_drdnet_terms_and_gradients():
     assert out2.grad is not None
 
 
+def test_self_contrast_ramps_in_while_the_encoder_learns():
+    """A fresh self encoder is random: the model's contrastive terms start at weight 0 and
+    reach full weight after SELF_FEATURES_RAMP steps; the encoder's own loss is always on."""
+    torch.manual_seed(0)
+    crit = L.Criterion("semi-drdnet", L.SelfFeatures(), contrast_weight=0.1)
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = torch.cat([(clean + rain).clamp(0, 1), _smooth_batch(2, 32, 3)])
+    outs = (x, x, torch.zeros_like(x))
+
+    def contrast_part(step):
+        crit.ramp(step)
+        crit._gen.manual_seed(5)  # the same patches and noise each time
+        loss, parts = crit(x=x, outputs=outs, clean=clean, n_labeled=2)
+        return float(loss.detach()) - parts["sup"] - parts["enc"], parts
+
+    zero, parts = contrast_part(0)
+    full_terms = sum(v * (L.UNLABELED_FACTOR if k.endswith("_u") else 1.0)
+                     for k, v in parts.items() if k.startswith("c_"))
+    assert abs(zero) < 1e-5 and parts["enc"] > 0 and full_terms > 0
+    half, _ = contrast_part(L.SELF_FEATURES_RAMP // 2)
+    assert half == pytest.approx(0.1 * 0.5 * full_terms, rel=1e-4)
+    full, _ = contrast_part(10 * L.SELF_FEATURES_RAMP)
+    assert full == pytest.approx(0.1 * full_terms, rel=1e-4)
+    # a fixed feature network (VGG19) is meaningful from the start: no ramp
+    fixed = L.Criterion("semi-drdnet", None)
+    fixed.ramp(0)
+    assert fixed.contrast_scale == 1.0
+
+
 def test_rain_free_rows_get_the_supervised_loss_only():
     """Their rainy negative equals the positive: contrast only on the rows with rain."""
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from helpers import smooth_photo
 from PIL import Image
 from safetensors.torch import load_file
 
+from derain_cli import losses as L
 from derain_cli import train as T
 from derain_cli.evaluate import synth_pairs
 from derain_cli.weights import model_from_file
@@ -239,6 +240,10 @@ def test_finetune_on_own_photos(data, tmp_path):
     assert "pseudo-clean" in entry["training_data"]
     rec = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[-1])
     assert rec["l2sp"] >= 0 and "consistency" in rec and "c_bg_u" in rec
+    # the self encoder learns at its own rate, not fine-tuning's small one
+    groups = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["optimizer"][
+        "param_groups"]
+    assert groups[-1]["lr"] == L.SELF_FEATURES_LR and groups[0]["lr"] < 1e-4
     # the CLI derains with the fine-tuned weights at once
     photo = next(data["real"].iterdir())
     out_img = tmp_path / "out.png"
