@@ -62,17 +62,17 @@ EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
 def finetune_command(name: str, features: str, clean_fraction: float, steps: int,
-                     out: Path, model: str = "semi-drdnet-lite") -> list[str]:
+                     out: Path, model: str = "semi-drdnet-lite", seed: int = 0) -> list[str]:
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", model,
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
-        "--out", str(out / name), "--steps", str(steps), "--seed", "0",
+        "--out", str(out / name), "--steps", str(steps), "--seed", str(seed),
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
     ]
 
 
 def train_command(name: str, model: str, features: str, unlabeled: bool, steps: int,
-                  out: Path) -> list[str]:
+                  out: Path, seed: int = 0) -> list[str]:
     cmd = [
         sys.executable, "-m", "derain_cli", "train", "--model", model,
         "--synthetic", str(DATA / "clean-bsds"), "--preset", "mixed",
@@ -80,7 +80,7 @@ def train_command(name: str, model: str, features: str, unlabeled: bool, steps: 
         "--steps", str(steps), "--batch", "8", "--patch", "64", "--lr", "5e-4",
         "--warmup", "30", "--ema", "0.99", "--amp", "fp32", "--workers", "0",
         "--val-every", str(max(1, steps // 2)), "--ckpt-every", str(max(1, steps // 2)),
-        "--seed", "0", "--contrast-features", features, "--quiet",
+        "--seed", str(seed), "--contrast-features", features, "--quiet",
     ]
     if unlabeled:
         cmd[cmd.index("--preset"):cmd.index("--preset")] = [
@@ -176,6 +176,8 @@ def main() -> int:
                     help="ablate the semi-supervised fine-tuning stage instead")
     ap.add_argument("--model", default="semi-drdnet-lite",
                     help="with --finetune: the bundled model fine-tuned")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of every training (data, crops, rain, initial weights)")
     args = ap.parse_args()
     if not all((DATA / d).is_dir() for d in ("clean-bsds", "real-rain", *EVAL_SETS)):
         print(f"benchmark skipped: {DATA} (clean-bsds/, real-rain/, evaluation sets) "
@@ -184,10 +186,11 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.finetune:
         runs = [r for r in FT_RUNS if not args.only or r[0] in args.only]
-        cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model) for r in runs}
+        cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model, args.seed)
+                for r in runs}
     else:
         runs = [r for r in RUNS if not args.only or r[0] in args.only]
-        cmds = {r[0]: train_command(*r, args.steps, args.out) for r in runs}
+        cmds = {r[0]: train_command(*r, args.steps, args.out, args.seed) for r in runs}
     todo = [(n, c) for n, c in cmds.items() if not (args.out / n / "model.safetensors").exists()]
     run_parallel(todo, args.jobs, args.threads, args.out)
 
