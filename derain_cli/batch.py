@@ -407,12 +407,15 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
     return jobs
 
 
+def _needs_model(j: Job, options: BatchOptions) -> bool:
+    """Not failing upfront, and its output missing (or to be overwritten)."""
+    return j.error is None and j.output is not None and (
+        options.overwrite or not j.output.exists())
+
+
 def pending(jobs: Sequence[Job], options: BatchOptions) -> int:
     """How many jobs need the model (not failing upfront, output missing or overwrite)."""
-    return sum(
-        1 for j in jobs
-        if j.error is None and j.output is not None and (options.overwrite or not j.output.exists())
-    )
+    return sum(1 for j in jobs if _needs_model(j, options))
 
 
 def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
@@ -423,8 +426,7 @@ def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
 
     total = 0.0
     for j in jobs:
-        if j.error is not None or j.output is None or (
-                not options.overwrite and j.output.exists()):
+        if not _needs_model(j, options):
             continue
         try:
             with Image.open(j.item.path) as im:

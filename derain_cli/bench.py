@@ -525,13 +525,9 @@ def _devices(spec: str | None) -> list[torch.device]:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from .engine_choice import cpu_fields
+
+    return cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def bench_main(

@@ -65,7 +65,7 @@ def choices_path() -> Path:
     return cache_root().parent / "engines.json"
 
 
-def _cpu_fields() -> dict[str, str]:
+def cpu_fields() -> dict[str, str]:
     """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
     try:
         text = _CPUINFO.read_text(errors="replace")
@@ -82,13 +82,13 @@ def _cpu_fields() -> dict[str, str]:
 def cpu_has_bf16() -> bool:
     """Whether the CPU advertises bf16 instructions (AVX-512-BF16 or AMX-BF16), without
     importing PyTorch; False where that cannot be read (then int8 is used unmeasured)."""
-    flags = set(_cpu_fields().get("flags", "").split())
+    flags = set(cpu_fields().get("flags", "").split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_signature() -> str:
     """The CPU's model name and a hash of its flags (a VM may hide instructions)."""
-    f = _cpu_fields()
+    f = cpu_fields()
     flags = hashlib.sha256(f.get("flags", "").encode()).hexdigest()[:10]
     return f"{f.get('model name', 'unknown CPU')} [{flags}]"
 
