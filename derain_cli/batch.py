@@ -29,7 +29,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +39,8 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
     ImageError,
+    LoadedImage,
+    PreparedImage,
     format_for_path,
     is_image_path,
     prepare_image,
@@ -78,6 +81,12 @@ _MARKER_TEXT = (
     "derain scans a parent folder for inputs; delete this file to derain them again.\n"
 )
 log = logging.getLogger(__name__)
+
+#: I/O threads beside a GPU (``BatchOptions.io_workers``): one photo decoded ahead and one
+#: encoded behind keep the device busy when decoding plus encoding take less than a pass.
+GPU_IO_WORKERS = 2
+#: Photos larger than this are not decoded ahead (bounded host memory with huge inputs).
+PREFETCH_MAX_MEGAPIXELS = 50.0
 
 #: ``--format`` value -> file suffix.
 FORMAT_SUFFIX = {
@@ -304,6 +313,10 @@ class BatchOptions:
     ``max_pixels``: inputs larger than this are refused (None: no limit).
     ``raise_errors``: re-raise unexpected per-file exceptions (debugging) instead of
     recording them as failures.
+    ``io_workers``: threads that decode the next photos and encode finished ones while the
+    network runs (0: all in line); None: ``GPU_IO_WORKERS`` on a GPU, where decoding and
+    encoding would otherwise leave it idle, and 0 on the CPU, whose cores the network
+    already uses.
     """
 
     output: Path | None = None
@@ -313,6 +326,7 @@ class BatchOptions:
     overwrite: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     raise_errors: bool = False
+    io_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.output is not None:
@@ -422,20 +436,26 @@ def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
                        enough: float | None = None) -> float:
     """Megapixels the pending jobs will send through the model, from the image headers
     (unreadable files count 0). Stops counting past ``enough`` (large folders)."""
-    from PIL import Image
-
     total = 0.0
     for j in jobs:
         if not _needs_model(j, options):
             continue
-        try:
-            with Image.open(j.item.path) as im:
-                total += im.width * im.height / 1e6
-        except Exception:  # noqa: BLE001 - the batch reports unreadable files itself
-            continue
+        total += _header_megapixels(j.item.path) or 0.0
         if enough is not None and total > enough:
             break
     return total
+
+
+def _header_megapixels(path: Path) -> float | None:
+    """An image's size from its header (no decoding); None when unreadable (the batch
+    reports unreadable files itself, when it reads them)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height / 1e6
+    except Exception:  # noqa: BLE001
+        return None
 
 
 # --------------------------------------------------------------------------- results
@@ -626,6 +646,77 @@ def _one_line(e: BaseException) -> str:
     return first or type(e).__name__
 
 
+class _FileFailed(Exception):
+    """One file's failure, with the line the summary shows."""
+
+
+def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
+    """The result of a job that needs no model (failed to plan, or output kept), else None."""
+    out = job.output
+    if job.error is not None or out is None:
+        return "failed", job.error or "no output path"
+    if out.is_dir():
+        return "failed", f"the output {out} is a folder"
+    if out.exists() and not options.overwrite:
+        return "skipped", "output exists"
+    return None
+
+
+def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
+    """``fn()``, with a per-file problem turned into ``_FileFailed`` and its one-line reason."""
+    try:
+        return fn()
+    except ImageError as e:
+        raise _FileFailed(_one_line(e)) from None
+    except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
+        raise _FileFailed(f"out of memory: {_one_line(e)}") from None
+    except MemoryError as e:
+        raise _FileFailed(f"out of memory ({_one_line(e)}); try a smaller --tile") from None
+    except Exception as e:
+        if options.raise_errors:
+            raise
+        raise _FileFailed(f"{type(e).__name__}: {_one_line(e)}") from None
+
+
+def _read(job: Job, options: BatchOptions) -> LoadedImage:
+    return _guarded(lambda: read_image(job.item.path, max_pixels=options.max_pixels), options)
+
+
+def _prepare(job: Job, loaded: LoadedImage, options: BatchOptions) -> PreparedImage:
+    """The output quantised for its format (``loaded.pixels`` is the derained image)."""
+    def prepare() -> PreparedImage:
+        out = job.output
+        assert out is not None
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImageError(f"cannot create folder {out.parent}: {e.strerror or e}") from None
+        fmt = format_for_path(out, options.format)
+        return prepare_image(out, loaded.pixels, like=loaded, format=fmt,
+                             quality=options.quality)
+
+    return _guarded(prepare, options)
+
+
+def _encode(job: Job, box: list[LoadedImage], options: BatchOptions) -> float:
+    """Encode and write the derained image held in ``box`` (emptied first, so the float32
+    result, 12 bytes a pixel, is freed before encoding); returns its megapixels."""
+    loaded = box.pop()
+    h, w = loaded.pixels.shape[:2]
+    prepared = _prepare(job, loaded, options)
+    del loaded
+    _guarded(prepared.write, options)
+    return h * w / 1e6
+
+
+def _derain(job: Job, loaded: LoadedImage, derainer: Derainer,
+            options: BatchOptions, progress: BatchProgress) -> LoadedImage:
+    """The derained image, with the input's metadata; the input samples are let go."""
+    rgb = _guarded(lambda: derainer.derain_array(loaded.pixels, on_tile=progress.tile), options)
+    # Let go of the input samples before encoding (240 MB for an 80 MP 8-bit photo).
+    return replace(loaded, pixels=rgb)
+
+
 def _process(
     job: Job,
     derainer: Derainer | None,
@@ -633,6 +724,7 @@ def _process(
     progress: BatchProgress,
     rank: int,
 ) -> FileResult:
+    """One file, start to end, on this thread."""
     item, out = job.item, job.output
     t0 = time.perf_counter()
 
@@ -642,39 +734,126 @@ def _process(
             time.perf_counter() - t0, rank,
         )
 
-    if job.error is not None or out is None:
-        return result("failed", job.error or "no output path")
-    if out.is_dir():
-        return result("failed", f"the output {out} is a folder")
-    if out.exists() and not options.overwrite:
-        return result("skipped", "output exists")
+    early = _upfront(job, options)
+    if early is not None:
+        return result(*early)
     if derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
     try:
-        loaded = read_image(item.path, max_pixels=options.max_pixels)
-        h, w = loaded.pixels.shape[:2]
-        rgb = derainer.derain_array(loaded.pixels, on_tile=progress.tile)
-        # Let go of the input samples before encoding (240 MB for an 80 MP 8-bit photo).
-        loaded = replace(loaded, pixels=rgb)
+        mp = _encode(job, [_derain(job, _read(job, options), derainer, options, progress)],
+                     options)
+    except _FileFailed as e:
+        return result("failed", str(e))
+    return result("processed", mp=mp)
+
+
+def _io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
+    """Threads that decode and encode beside the network (``BatchOptions.io_workers``)."""
+    if options.io_workers is not None:
+        return max(0, options.io_workers)
+    device = getattr(derainer, "device_name", "cpu") or "cpu"
+    return GPU_IO_WORKERS if device.split(":")[0] in ("cuda", "mps") else 0
+
+
+def _run_pipelined(
+    jobs: Sequence[Job],
+    derainer: Derainer | None,
+    options: BatchOptions,
+    progress: BatchProgress,
+    rank: int,
+    workers: int,
+    summary: Summary,
+) -> None:
+    """``run_batch``'s loop with decoding and encoding on ``workers`` threads.
+
+    The main thread only derains: the next photos are decoded ahead (at most ``workers``,
+    and only photos of at most ``PREFETCH_MAX_MEGAPIXELS``, so memory stays bounded), and
+    each result is encoded and written while the next photo is derained (at most
+    ``workers`` writes waiting). Results are reported in input order, as the serial loop
+    does. On an interrupt, the photos already derained are still written (the network's
+    work is the expensive part; each write is atomic) and the reads ahead are dropped.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    todo = [_upfront(j, options) is None for j in jobs]
+    if any(todo) and derainer is None:
+        raise ValueError("run_batch needs a Derainer: there are images to process")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="derain-io")
+    reads: dict[int, Future[LoadedImage]] = {}
+    pending: deque[tuple[Job, float, Future[FileResult]]] = deque()
+    nxt = 0  # next job index to consider for reading ahead
+
+    def read_ahead(current: int) -> None:
+        nonlocal nxt
+        nxt = max(nxt, current + 1)
+        while nxt < len(jobs) and sum(1 for k in reads if k > current) < workers:
+            if todo[nxt] and _prefetchable(jobs[nxt]):
+                reads[nxt] = pool.submit(_read, jobs[nxt], options)
+            nxt += 1
+
+    def report(block: bool) -> None:
+        while pending and (block or pending[0][2].done()):
+            job, _, fut = pending.popleft()
+            r = fut.result()
+            summary.add(r)
+            progress.file_done(job, r)
+
+    def done(job: Job, t0: float, status: Status, reason: str | None = None,
+             mp: float = 0.0) -> FileResult:
+        out = None if job.output is None else str(job.output)
+        return FileResult(job.item.display, out, status, reason, mp,
+                          time.perf_counter() - t0, rank)
+
+    def write(job: Job, t0: float, box: list[LoadedImage]) -> FileResult:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ImageError(f"cannot create folder {out.parent}: {e.strerror or e}") from None
-        fmt = format_for_path(out, options.format)
-        prepared = prepare_image(out, rgb, like=loaded, format=fmt, quality=options.quality)
-        del rgb, loaded  # the float32 result (12 bytes a pixel) is not needed to encode
-        prepared.write()
-    except ImageError as e:
-        return result("failed", _one_line(e))
-    except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
-        return result("failed", f"out of memory: {_one_line(e)}")
-    except MemoryError as e:
-        return result("failed", f"out of memory ({_one_line(e)}); try a smaller --tile")
-    except Exception as e:
-        if options.raise_errors:
-            raise
-        return result("failed", f"{type(e).__name__}: {_one_line(e)}")
-    return result("processed", mp=h * w / 1e6)
+            mp = _encode(job, box, options)
+        except _FileFailed as e:
+            return done(job, t0, "failed", str(e))
+        return done(job, t0, "processed", mp=mp)
+
+    try:
+        for i, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            early = _upfront(job, options) if not todo[i] else None
+            progress.file_start(job)
+            if early is not None:
+                fut: Future[FileResult] = Future()
+                fut.set_result(done(job, t0, *early))
+                pending.append((job, t0, fut))
+                report(block=False)
+                continue
+            read = reads.pop(i, None)
+            read_ahead(i)
+            try:
+                if read is not None:  # the future would hold the input until the next file
+                    loaded, read = read.result(), None
+                else:
+                    loaded = _read(job, options)
+                loaded = _derain(job, loaded, derainer, options, progress)
+            except _FileFailed as e:
+                fut = Future()
+                fut.set_result(done(job, t0, "failed", str(e)))
+                pending.append((job, t0, fut))
+                report(block=False)
+                continue
+            while len(pending) >= workers:  # bounded: finished images wait in memory
+                pending[0][2].result()
+                report(block=False)
+            pending.append((job, t0, pool.submit(write, job, t0, [loaded])))
+            del loaded
+            report(block=False)
+        report(block=True)
+    finally:
+        for fut in reads.values():  # reads ahead are dropped; derained photos are written
+            fut.cancel()
+        pool.shutdown(wait=True)
+
+
+def _prefetchable(job: Job) -> bool:
+    """Small enough to decode ahead (``PREFETCH_MAX_MEGAPIXELS``); an unreadable header is
+    read in line, where its failure is reported."""
+    mp = _header_megapixels(job.item.path)
+    return mp is not None and mp <= PREFETCH_MAX_MEGAPIXELS
 
 
 def run_batch(
@@ -704,11 +883,15 @@ def run_batch(
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()
-    for job in jobs:
-        progress.file_start(job)
-        r = _process(job, derainer, options, progress, dist.rank)
-        summary.add(r)
-        progress.file_done(job, r)
+    workers = _io_workers(options, derainer)
+    if workers > 0:
+        _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary)
+    else:
+        for job in jobs:
+            progress.file_start(job)
+            r = _process(job, derainer, options, progress, dist.rank)
+            summary.add(r)
+            progress.file_done(job, r)
     summary.seconds = time.perf_counter() - t0
     if dist.enabled:
         return Summary.merge(gather_summaries(summary, dist))

@@ -441,6 +441,13 @@ def run_cmd(
         int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
                                  help="CPU threads. \\[default: all cores]")
     ] = None,
+    io_threads: Annotated[
+        int | None, typer.Option("--io-threads", min=0, show_default=False,
+                                 rich_help_panel=PERF, metavar="N",
+                                 help="Threads that decode the next photos and encode "
+                                      "finished ones while the network runs; 0 = in turn. "
+                                      "\\[default: 2 on GPUs, 0 on CPUs]")
+    ] = None,
     tile: Annotated[
         int | None,
         typer.Option("--tile", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
@@ -489,7 +496,8 @@ def run_cmd(
             )
         _run(ctx, err, inputs, output=output, recursive=recursive, overwrite=overwrite,
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
-             device=device, precision=precision.value, threads=threads, tile=tile,
+             device=device, precision=precision.value, threads=threads,
+             io_threads=io_threads, tile=tile,
              tile_overlap=tile_overlap, stats_megapixels=stats_megapixels,
              max_pixels=max_pixels, backend=backend.value,
              quiet=quiet, json_out=json_out, debug=debug)
@@ -563,6 +571,7 @@ def _run(
     device: str,
     precision: str,
     threads: int | None,
+    io_threads: int | None,
     tile: int | None,
     tile_overlap: int | None,
     stats_megapixels: float,
@@ -604,7 +613,7 @@ def _run(
 
     options = batch.BatchOptions(
         output=output, output_file=to_file, format=fmt, quality=quality, overwrite=overwrite,
-        max_pixels=max_pixels or None, raise_errors=debug,
+        max_pixels=max_pixels or None, raise_errors=debug, io_workers=io_threads,
     )
 
     dist, device = batch.init_distributed(device)

@@ -205,12 +205,13 @@ class Recorder(BatchProgress):
         self.events.append(("done", job.item.path.name, result.status))
 
 
-def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer) -> None:
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer, io_workers) -> None:
     for i in range(3):
         _img(tmp_path / f"p{i}.png", seed=i)
     items = collect_inputs([str(tmp_path)])
     rec = Recorder()
-    s = run_batch(items, derainer, BatchOptions(), rec)
+    s = run_batch(items, derainer, BatchOptions(io_workers=io_workers), rec)
     assert (s.processed, s.skipped, s.failed) == (3, 0, [])
     assert s.megapixels == pytest.approx(3 * 12 * 10 / 1e6)
     assert s.seconds > 0 and s.megapixels_per_s > 0
@@ -226,11 +227,12 @@ def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer) -> No
     s2 = run_batch(again, None, opts)  # nothing to do: no model needed
     assert (s2.processed, s2.skipped) == (0, 3)
 
-    s3 = run_batch(again, derainer, BatchOptions(overwrite=True))
+    s3 = run_batch(again, derainer, BatchOptions(overwrite=True, io_workers=io_workers))
     assert (s3.processed, s3.skipped) == (3, 0)
 
 
-def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer) -> None:
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer, io_workers) -> None:
     good = _img(tmp_path / "good.png")
     trunc = tmp_path / "trunc.jpg"
     _img(tmp_path / "full.jpg", 64, 64)
@@ -241,7 +243,7 @@ def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer) -> None:
     big = _img(tmp_path / "big.png", 40, 30)
 
     items = collect_inputs([str(tmp_path), str(tmp_path / "missing.jpg")])
-    s = run_batch(items, derainer, BatchOptions(max_pixels=1000))
+    s = run_batch(items, derainer, BatchOptions(max_pixels=1000, io_workers=io_workers))
     reasons = {Path(p).name: r for p, r in s.failed}
     assert s.processed == 1 and (tmp_path / "good_derained.png").exists()
     assert set(reasons) == {"trunc.jpg", "empty.png", "text.png", "big.png", "missing.jpg"}
@@ -255,6 +257,126 @@ def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["good.png", "good_derained.png", "trunc.jpg", "empty.png", "text.png", big.name])
     assert good.exists()
+
+
+class SlowDerainer:
+    """Stands in for a Derainer on a GPU: a fixed time per image, on whatever thread calls it
+    (what the pipelined loop overlaps the decoding and encoding with)."""
+
+    def __init__(self, seconds: float, device_name: str = "cuda:0",
+                 interrupt_at: int | None = None) -> None:
+        self.seconds, self.device_name, self.interrupt_at = seconds, device_name, interrupt_at
+        self.calls: list[tuple[str, float, float]] = []
+
+    def derain_array(self, rgb, on_tile=None):
+        import threading
+        import time
+
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        t0 = time.perf_counter()
+        time.sleep(self.seconds)
+        self.calls.append((threading.current_thread().name, t0, time.perf_counter()))
+        return 1.0 - rgb.astype(np.float32) / 255.0
+
+
+def _timed_io(monkeypatch: pytest.MonkeyPatch,
+              seconds: float) -> list[tuple[str, str, float, float]]:
+    """Make reads and writes take ``seconds`` each and record (what, thread, start, end)."""
+    import threading
+    import time
+
+    import derain_cli.batch as B
+
+    log: list[tuple[str, str, float, float]] = []
+    read, prepare = B.read_image, B.prepare_image
+
+    def slow_read(path, **kw):
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        out = read(path, **kw)
+        log.append(("read", threading.current_thread().name, t0, time.perf_counter()))
+        return out
+
+    def slow_prepare(*a, **kw):
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        out = prepare(*a, **kw)
+        log.append(("write", threading.current_thread().name, t0, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(B, "read_image", slow_read)
+    monkeypatch.setattr(B, "prepare_image", slow_prepare)
+    return log
+
+
+def test_gpu_batches_decode_and_encode_beside_the_network(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU (io_workers defaults to 2 there) the next photo is decoded and the last one
+    encoded while the network runs: the batch takes about one network pass per photo, not
+    read + pass + write; results, order and outputs are those of the serial loop."""
+    n, step = 6, 0.15
+    for i in range(n):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    items = collect_inputs([str(tmp_path / "in")])
+    io = _timed_io(monkeypatch, step)
+
+    serial = SlowDerainer(step, device_name="cpu")  # io_workers default: 0 on the CPU
+    rec0 = Recorder()
+    s0 = run_batch(items, serial, BatchOptions(output=tmp_path / "serial"), rec0)
+    assert {t for what, t, *_ in io} == {"MainThread"}
+
+    io.clear()
+    gpu = SlowDerainer(step)
+    rec = Recorder()
+    s = run_batch(items, gpu, BatchOptions(output=tmp_path / "piped"), rec)
+    assert s.processed == s0.processed == n
+    assert [e for e in rec.events if e[0] == "done"] == [
+        e for e in rec0.events if e[0] == "done"]
+    assert [r.input for r in s.files] == [r.input for r in s0.files]
+    for i in range(n):
+        a = np.asarray(Image.open(tmp_path / "serial" / f"p{i}.png"))
+        b = np.asarray(Image.open(tmp_path / "piped" / f"p{i}.png"))
+        np.testing.assert_array_equal(a, b)
+    assert {t for t, *_ in gpu.calls} == {"MainThread"}
+    io_threads = {t for what, t, *_ in io}
+    assert io_threads and all(t.startswith("derain-io") for t in io_threads - {"MainThread"})
+    # decoding of later photos happened while the network ran on earlier ones
+    overlapped = sum(1 for what, _, r0, r1 in io if any(
+        r0 < c1 and c0 < r1 for _, c0, c1 in gpu.calls))
+    assert overlapped >= n
+    # serial: about 3 steps a photo; pipelined: about 1 (plus the first read, last write)
+    assert s.seconds < 0.7 * s0.seconds
+
+
+def test_interrupted_pipeline_writes_what_was_derained(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the fourth photo: the three derained ones are written whole (two may
+    still be waiting for a writer then), nothing else is, and the interrupt goes on up."""
+    for i in range(5):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    items = collect_inputs([str(tmp_path)])
+    _timed_io(monkeypatch, 0.05)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(items, SlowDerainer(0.05, interrupt_at=3), BatchOptions())
+    done = sorted(p.name for p in tmp_path.iterdir() if "_derained" in p.name)
+    assert done == ["p0_derained.png", "p1_derained.png", "p2_derained.png"]
+    for name in done:  # whole images, and no temporary files left beside them
+        assert np.asarray(Image.open(tmp_path / name)).shape == (10, 12, 3)
+    assert len(list(tmp_path.iterdir())) == 5 + 3
+
+
+def test_huge_photos_are_not_decoded_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import derain_cli.batch as B
+
+    for i in range(3):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    io = _timed_io(monkeypatch, 0.0)
+    monkeypatch.setattr(B, "PREFETCH_MAX_MEGAPIXELS", 1e-5)  # 12x10 px is "huge" now
+    s = run_batch(collect_inputs([str(tmp_path)]), SlowDerainer(0.0), BatchOptions())
+    assert s.processed == 3
+    assert [t for what, t, *_ in io if what == "read"] == ["MainThread"] * 3
+    assert all(t.startswith("derain-io") for what, t, *_ in io if what == "write")
 
 
 def test_summary_json_and_merge() -> None:
