@@ -1,0 +1,116 @@
+"""A folder of photos end to end against the model alone: how much throughput I/O costs.
+
+Issue 6's GPU target: deraining a folder of 12-megapixel JPEGs end to end should reach at
+least 80 % of the model's own throughput, which takes decoding and encoding off the
+device's critical path (``batch.BatchOptions.io_workers``). This measures, in one process
+and one run:
+
+* **in memory**: ``Derainer.derain_array`` on an already decoded photo (tiling, the
+  network, blending; no decoding, encoding or disk), best of ``--repeats``;
+* **folder**: ``batch.run_batch`` over ``--count`` JPEGs (``-o`` a folder, quality 95),
+  once with the default I/O threads for the device and once with ``--io-threads 0`` (all
+  in turn), megapixels per second of the whole batch.
+
+The photos are 4:3 mosaics of the bundled rainy examples (as ``photo_e2e.py``), each
+a little different (mirrored, rotated order), saved as quality-92 JPEGs. The model is
+loaded and warmed up once before anything is timed: process start-up and model loading
+are per folder, not per photo, and ``photo_e2e.py`` times them.
+
+    python benchmarks/folder_e2e.py [--device cuda] [-m semi-drdnet] [--precision auto]
+        [--megapixels 12] [--count 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+from derain_cli.batch import BatchOptions, collect_inputs, run_batch  # noqa: E402
+from derain_cli.enhancer import Derainer  # noqa: E402
+from derain_cli.images import read_image  # noqa: E402
+
+
+def make_photos(folder: Path, count: int, megapixels: float) -> tuple[int, int]:
+    """``count`` different 4:3 mosaics of ``examples/*_rain.jpg``, about ``megapixels``."""
+    w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5 / 2)) * 2
+    h = w * 3 // 4
+    examples = sorted((ROOT / "examples").glob("*_rain.jpg"))[:4]
+    if len(examples) < 4:
+        raise SystemExit("examples/*_rain.jpg missing: run python examples/make_examples.py")
+    tiles = [Image.open(p).convert("RGB").resize((w // 2, h // 2), Image.LANCZOS)
+             for p in examples]
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        canvas = Image.new("RGB", (w, h))
+        for i in range(4):
+            tile = tiles[(i + n) % 4]
+            canvas.paste(ImageOps.mirror(tile) if n % 2 else tile,
+                         ((i % 2) * (w // 2), (i // 2) * (h // 2)))
+        canvas.save(folder / f"photo{n:02d}.jpg", quality=92)
+    return w, h
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--count", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="timed in-memory runs (best)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="derain-folder-"))
+    try:
+        w, h = make_photos(work / "in", args.count, args.megapixels)
+        mp = w * h / 1e6
+        derainer = Derainer(model=args.model, device=args.device, precision=args.precision,
+                            workload_megapixels=mp * args.count)
+        print(f"{args.count} photos of {w}x{h} ({mp:.1f} MP); model {derainer.model_name}, "
+              f"{derainer.device_name}, {derainer.engine_note or derainer.precision}")
+        pixels = read_image(work / "in" / "photo00.jpg").pixels
+        derainer.derain_array(pixels)  # warm-up: sessions, kernels, autotuning
+        best = min(_timed(lambda: derainer.derain_array(pixels)) for _ in range(args.repeats))
+        rows = {"in memory (derain_array)": mp / best}
+        items = collect_inputs([str(work / "in")])
+        for label, workers in (("folder, default I/O threads", None),
+                               ("folder, --io-threads 0", 0)):
+            out = work / f"out{workers}"
+            summary = run_batch(items, derainer, BatchOptions(output=out, io_workers=workers))
+            if not summary.ok or summary.processed != args.count:
+                raise SystemExit(f"{label}: {summary.to_json()}")
+            rows[label] = summary.megapixels_per_s
+        base = rows["in memory (derain_array)"]
+        print("| run | MP/s | share of in-memory |")
+        print("| --- | ---: | ---: |")
+        for label, rate in rows.items():
+            print(f"| {label} | {rate:.3f} | {100 * rate / base:.0f} % |")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "model": derainer.model_name, "device": derainer.device_name,
+                "precision": derainer.precision, "megapixels": mp, "count": args.count,
+                "mp_per_s": rows}, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _timed(fn) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# One lent-GPU session, prepared so that its few minutes of device time all count.
+#
+# The device tool (see the developers' guide, Hardware) lends an H200 to some sessions for
+# about 15 minutes in all, one command of at most 10 minutes, a bare machine each time,
+# 64 MiB carried in, at most 8 files of 16 MiB back through $OUT. This script is that one
+# command. It runs, each stage time-boxed, what only a GPU can tell us:
+#   1. tests/test_gpu.py: precisions against the CPU, tiles, a real out-of-memory, a folder,
+#      training steps (issue 3, 4, 6 on CUDA);
+#   2. benchmarks/bench_inference.py on CUDA: MP/s per model and precision (issue 6);
+#   3. benchmarks/folder_e2e.py on CUDA: a folder of 12 MP JPEGs against the model alone
+#      (issue 6: at least 80 %);
+#   4. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
+#      .data/gpu/init.safetensors when an earlier session brought weights back, then
+#      derain eval on the validation pairs. The weights come back in $OUT (split into
+#      15 MB parts when larger: join them with `cat model.safetensors.part-* > m.safetensors`).
+#
+# Here, first (fills the git-ignored .data/gpu from ../shared/data, about 40 MB):
+#   bash recipes/gpu-session.sh prepare [previous-weights.safetensors]
+# Then, through the device tool, two calls back to back (the machine stays warm for 30 s
+# only; a 15-minute lease is about 2 minutes of start-up, then these two):
+#   run(command="STAGES=tests,bench,folder BUDGET=420 bash recipes/gpu-session.sh",
+#       carry=[".data/gpu"], timeout_s=450)
+#   run(command="STAGES=train BUDGET=330 bash recipes/gpu-session.sh",
+#       carry=[".data/gpu"], timeout_s=360)
+# (all four stages in one call need about 14 minutes: more than one command may run).
+# Environment: MODEL (semi-drdnet), BUDGET (seconds for everything, 540), STAGES
+# (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
+# FOLDER_COUNT (8), DEVICE (cuda). A smoke test of the script itself on a CPU, in a minute:
+#   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=200 BENCH_MP=0.02 \
+#   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,train \
+#   OUT=/tmp/gpu-smoke bash recipes/gpu-session.sh
+# What it needs there: python3 with torch (CUDA), typer, rich, pillow, opencv,
+# safetensors, huggingface-hub, onnxruntime; the H200 image has them all (KINDS.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "prepare" ]]; then
+  set -e
+  DATA=${DATA:-../shared/data}
+  dst=.data/gpu
+  rm -rf "$dst" && mkdir -p "$dst/val/rainy" "$dst/val/clean"
+  cp -r "$DATA/clean-bsds" "$dst/clean-bsds"
+  # validation only (model selection, never gradient steps): light and heavy rain
+  for set in rain100l heavy-small; do
+    for f in $(ls "$DATA/$set/clean" | head -10); do
+      cp "$DATA/$set/rainy/$f" "$dst/val/rainy/$set-$f"
+      cp "$DATA/$set/clean/$f" "$dst/val/clean/$set-$f"
+    done
+  done
+  if [[ -n "${2:-}" ]]; then cp "$2" "$dst/init.safetensors"; fi
+  du -sh "$dst"
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/derain-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+MODEL=${MODEL:-semi-drdnet}
+DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-540}
+STAGES=${STAGES:-tests,bench,folder,train}
+T0=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+exec > >(tee "$OUT/session.log") 2>&1
+
+echo "== $(date -u +%FT%TZ) derain GPU session: model $MODEL on $DEVICE, budget ${BUDGET}s, stages $STAGES"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__,
+  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+
+if has tests; then
+  echo "== tests/test_gpu.py ($(left)s left)"
+  timeout 170 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py --durations=5
+fi
+if has bench; then
+  echo "== bench_inference on $DEVICE ($(left)s left)"
+  for m in semi-drdnet rdmc semi-drdnet-tiny; do  # one by one: a timeout loses one model
+    timeout 60 python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \
+      --variants fp32,fp16,bf16 --megapixels "${BENCH_MP:-4}" --repeats 3 \
+      --json "/tmp/bench-$m.json"
+  done
+  python3 -c "import json, sys; json.dump([json.load(open(f)) for f in sys.argv[1:]],
+    open('$OUT/bench.json', 'w'), indent=1)" /tmp/bench-*.json || true  # one file back
+fi
+if has folder; then
+  echo "== folder_e2e on $DEVICE ($(left)s left)"
+  timeout 100 python3 benchmarks/folder_e2e.py --device "$DEVICE" -m "$MODEL" \
+    --count "${FOLDER_COUNT:-8}" --megapixels "${FOLDER_MP:-12}" --json "$OUT/folder.json"
+fi
+if has train; then
+  secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget
+  if ((secs > 60)); then
+    echo "== train $MODEL for ${secs}s"
+    init=()
+    [[ -f .data/gpu/init.safetensors ]] && init=(--weights .data/gpu/init.safetensors)
+    run=/tmp/derain-run
+    rm -rf "$run"
+    python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \
+      --preset mixed --val .data/gpu/val --val-limit 20 --out "$run" \
+      --batch "${BATCH:-16}" --patch "${PATCH:-128}" --lr 3e-4 --warmup 300 --ema 0.999 \
+      --device "$DEVICE" --amp auto --workers "${WORKERS:-12}" --val-every 1000 --ckpt-every 1000 --log-every 50 \
+      --contrast-features self --time-budget "$secs" "${init[@]}" --quiet
+    python3 -m derain_cli eval --weights "$run/model.safetensors" --data .data/gpu/val \
+      --device "$DEVICE" || true
+    cp "$run/log.jsonl" "$OUT/train-log.jsonl" 2>/dev/null
+    cp "$run/manifest_entry.json" "$OUT/" 2>/dev/null
+    if [[ -f "$run/model.safetensors" ]]; then
+      if (($(stat -c %s "$run/model.safetensors") > 15000000)); then
+        split -b 15000000 -d "$run/model.safetensors" "$OUT/model.safetensors.part-"
+      else
+        cp "$run/model.safetensors" "$OUT/"
+      fi
+    fi
+  else
+    echo "== train skipped: ${secs}s left"
+  fi
+fi
+echo "== done after $(($(date +%s) - T0))s; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
