@@ -18,7 +18,8 @@ bundled ``--model`` (semi-drdnet-lite unless given; ``--model rdmc-lite`` tests 
 contrastive prior the same way) on the unlabeled real-rain photos (clean-bsds as unpaired
 clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without
 (``ft_none``), and without them but with 20 % rain-free synthetic samples (``ft_none_cf``,
-``--clean-fraction 0.2``), all scored beside the bundled starting weights (``base``).
+``--clean-fraction 0.2``), and with both (``ft_self_cf``), all scored beside the bundled
+starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
@@ -57,6 +58,7 @@ FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples
     ("ft_none", "none", 0.0),
     ("ft_self", "self", 0.0),
     ("ft_none_cf", "none", 0.2),
+    ("ft_self_cf", "self", 0.2),
 ]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
