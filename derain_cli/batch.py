@@ -780,7 +780,7 @@ def _run_pipelined(
         raise ValueError("run_batch needs a Derainer: there are images to process")
     pool = ThreadPoolExecutor(workers, thread_name_prefix="derain-io")
     reads: dict[int, Future[LoadedImage]] = {}
-    pending: deque[tuple[Job, float, Future[FileResult]]] = deque()
+    pending: deque[tuple[Job, Future[FileResult]]] = deque()  # in input order
     nxt = 0  # next job index to consider for reading ahead
 
     def read_ahead(current: int) -> None:
@@ -792,8 +792,8 @@ def _run_pipelined(
             nxt += 1
 
     def report(block: bool) -> None:
-        while pending and (block or pending[0][2].done()):
-            job, _, fut = pending.popleft()
+        while pending and (block or pending[0][1].done()):
+            job, fut = pending.popleft()
             r = fut.result()
             summary.add(r)
             progress.file_done(job, r)
@@ -814,12 +814,12 @@ def _run_pipelined(
     try:
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
-            early = _upfront(job, options) if not todo[i] else None
+            early = None if todo[i] else _upfront(job, options)
             progress.file_start(job)
             if early is not None:
                 fut: Future[FileResult] = Future()
                 fut.set_result(done(job, t0, *early))
-                pending.append((job, t0, fut))
+                pending.append((job, fut))
                 report(block=False)
                 continue
             read = reads.pop(i, None)
@@ -833,13 +833,13 @@ def _run_pipelined(
             except _FileFailed as e:
                 fut = Future()
                 fut.set_result(done(job, t0, "failed", str(e)))
-                pending.append((job, t0, fut))
+                pending.append((job, fut))
                 report(block=False)
                 continue
             while len(pending) >= workers:  # bounded: finished images wait in memory
-                pending[0][2].result()
+                pending[0][1].result()
                 report(block=False)
-            pending.append((job, t0, pool.submit(write, job, t0, [loaded])))
+            pending.append((job, pool.submit(write, job, t0, [loaded])))
             del loaded
             report(block=False)
         report(block=True)
