@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image, ImageOps
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+from photo_e2e import make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 from derain_cli.batch import BatchOptions, collect_inputs, run_batch  # noqa: E402
 from derain_cli.enhancer import Derainer  # noqa: E402
@@ -41,23 +41,11 @@ from derain_cli.images import read_image  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, megapixels: float) -> tuple[int, int]:
-    """``count`` different 4:3 mosaics of ``examples/*_rain.jpg``, about ``megapixels``."""
-    w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5 / 2)) * 2
-    h = w * 3 // 4
-    examples = sorted((ROOT / "examples").glob("*_rain.jpg"))[:4]
-    if len(examples) < 4:
-        raise SystemExit("examples/*_rain.jpg missing: run python examples/make_examples.py")
-    tiles = [Image.open(p).convert("RGB").resize((w // 2, h // 2), Image.LANCZOS)
-             for p in examples]
+    """``count`` different mosaics of ``examples/*_rain.jpg`` (``photo_e2e.make_photo``)."""
     folder.mkdir(parents=True, exist_ok=True)
     for n in range(count):
-        canvas = Image.new("RGB", (w, h))
-        for i in range(4):
-            tile = tiles[(i + n) % 4]
-            canvas.paste(ImageOps.mirror(tile) if n % 2 else tile,
-                         ((i % 2) * (w // 2), (i // 2) * (h // 2)))
-        canvas.save(folder / f"photo{n:02d}.jpg", quality=92)
-    return w, h
+        size = make_photo(folder / f"photo{n:02d}.jpg", megapixels, variant=n)
+    return size
 
 
 def main() -> int:

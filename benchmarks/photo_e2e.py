@@ -27,23 +27,28 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_photo(path: Path, megapixels: float) -> tuple[int, int]:
-    """A 4:3 mosaic of the bundled rainy examples with about ``megapixels`` MP."""
+def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, int]:
+    """A 4:3 mosaic of the bundled rainy examples with about ``megapixels`` MP.
+
+    ``variant`` n > 0 rotates the examples' order by n and mirrors them when n is odd,
+    for folders of different photos (``folder_e2e.py``)."""
     w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5 / 2)) * 2
     h = w * 3 // 4
     examples = sorted((ROOT / "examples").glob("*_rain.jpg"))[:4]
     if len(examples) < 4:
         raise SystemExit("examples/*_rain.jpg missing: run python examples/make_examples.py")
     canvas = Image.new("RGB", (w, h))
-    for i, p in enumerate(examples):
-        x, y = (i % 2) * (w // 2), (i // 2) * (h // 2)
-        canvas.paste(Image.open(p).convert("RGB").resize((w // 2, h // 2), Image.LANCZOS),
-                     (x, y))
+    for i in range(4):
+        tile = Image.open(examples[(i + variant) % 4]).convert("RGB").resize(
+            (w // 2, h // 2), Image.LANCZOS)
+        if variant % 2:
+            tile = ImageOps.mirror(tile)
+        canvas.paste(tile, ((i % 2) * (w // 2), (i // 2) * (h // 2)))
     canvas.save(path, quality=92)
     return w, h
 
