@@ -747,7 +747,7 @@ def _process(
     return result("processed", mp=mp)
 
 
-def _io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
+def resolve_io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
     """Threads that decode and encode beside the network (``BatchOptions.io_workers``)."""
     if options.io_workers is not None:
         return max(0, options.io_workers)
@@ -883,7 +883,7 @@ def run_batch(
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()
-    workers = _io_workers(options, derainer)
+    workers = resolve_io_workers(options, derainer)
     if workers > 0:
         _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary)
     else:

@@ -20,7 +20,7 @@ from helpers import smooth_photo
 from PIL import Image
 
 from derain_cli import tiling
-from derain_cli.batch import BatchOptions, _io_workers, collect_inputs, run_batch
+from derain_cli.batch import BatchOptions, collect_inputs, resolve_io_workers, run_batch
 from derain_cli.enhancer import Derainer, TorchRunner, default_overlap
 from derain_cli.models import MODELS, build_model
 from derain_cli.torch_runner import cpu_supports_bf16
@@ -128,7 +128,7 @@ def test_folder_on_the_device(device, tmp_path: Path):
     items = collect_inputs([str(src)])
     d = Derainer(model="semi-drdnet-tiny", device=device, backend="torch")
     if device.startswith("cuda"):
-        assert _io_workers(BatchOptions(), d) == 2
+        assert resolve_io_workers(BatchOptions(), d) == 2
     s = run_batch(items, d, BatchOptions(output=tmp_path / "dev"))
     cpu = Derainer(model="semi-drdnet-tiny", device="cpu", precision="fp32", backend="torch")
     s_cpu = run_batch(items, cpu, BatchOptions(output=tmp_path / "cpu", io_workers=0))
