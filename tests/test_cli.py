@@ -247,6 +247,31 @@ def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
     assert bad.exit_code == 2
 
 
+def test_io_threads_reach_the_batch(tmp_path: Path, tiny_weights: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from derain_cli import batch
+
+    seen = []
+    original = batch.run_batch
+
+    def spy(items, derainer, options, *args, **kwargs):
+        seen.append(batch.resolve_io_workers(options, derainer))
+        return original(items, derainer, options, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_batch", spy)
+    for i in range(3):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    r = derain(tmp_path / "in", "-o", tmp_path / "out", "--weights", tiny_weights,
+               "--io-threads", "2", "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "p0.png", "p1.png", "p2.png"]
+    r = derain(tmp_path / "in", "-o", tmp_path / "out2", "--weights", tiny_weights, "-q")
+    assert r.exit_code == 0
+    assert seen == [2, 0]  # the CPU's default: in turn
+    assert derain(tmp_path / "in", "--weights", tiny_weights, "--io-threads", "-1").exit_code == 2
+
+
 def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     _img(tmp_path / "a.png")
     r = derain(tmp_path / "a.png", "--weights", tiny_weights, "--json")
