@@ -423,8 +423,7 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
 
 def _needs_model(j: Job, options: BatchOptions) -> bool:
     """Not failing upfront, and its output missing (or to be overwritten)."""
-    return j.error is None and j.output is not None and (
-        options.overwrite or not j.output.exists())
+    return _upfront(j, options) is None
 
 
 def pending(jobs: Sequence[Job], options: BatchOptions) -> int:
@@ -717,6 +716,13 @@ def _derain(job: Job, loaded: LoadedImage, derainer: Derainer,
     return replace(loaded, pixels=rgb)
 
 
+def _result(job: Job, t0: float, rank: int, status: Status, reason: str | None = None,
+            mp: float = 0.0) -> FileResult:
+    """``job``'s :class:`FileResult`, timed from ``t0``."""
+    out = None if job.output is None else str(job.output)
+    return FileResult(job.item.display, out, status, reason, mp, time.perf_counter() - t0, rank)
+
+
 def _process(
     job: Job,
     derainer: Derainer | None,
@@ -725,26 +731,18 @@ def _process(
     rank: int,
 ) -> FileResult:
     """One file, start to end, on this thread."""
-    item, out = job.item, job.output
     t0 = time.perf_counter()
-
-    def result(status: Status, reason: str | None = None, mp: float = 0.0) -> FileResult:
-        return FileResult(
-            item.display, None if out is None else str(out), status, reason, mp,
-            time.perf_counter() - t0, rank,
-        )
-
     early = _upfront(job, options)
     if early is not None:
-        return result(*early)
+        return _result(job, t0, rank, *early)
     if derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
     try:
         mp = _encode(job, [_derain(job, _read(job, options), derainer, options, progress)],
                      options)
     except _FileFailed as e:
-        return result("failed", str(e))
-    return result("processed", mp=mp)
+        return _result(job, t0, rank, "failed", str(e))
+    return _result(job, t0, rank, "processed", mp=mp)
 
 
 def resolve_io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
@@ -775,7 +773,8 @@ def _run_pipelined(
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    todo = [_upfront(j, options) is None for j in jobs]
+    early = [_upfront(j, options) for j in jobs]  # results of jobs that need no model
+    todo = [e is None for e in early]
     if any(todo) and derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
     pool = ThreadPoolExecutor(workers, thread_name_prefix="derain-io")
@@ -798,29 +797,25 @@ def _run_pipelined(
             summary.add(r)
             progress.file_done(job, r)
 
-    def done(job: Job, t0: float, status: Status, reason: str | None = None,
-             mp: float = 0.0) -> FileResult:
-        out = None if job.output is None else str(job.output)
-        return FileResult(job.item.display, out, status, reason, mp,
-                          time.perf_counter() - t0, rank)
+    def finished(job: Job, r: FileResult) -> None:  # queued in order behind the writes
+        fut: Future[FileResult] = Future()
+        fut.set_result(r)
+        pending.append((job, fut))
+        report(block=False)
 
     def write(job: Job, t0: float, box: list[LoadedImage]) -> FileResult:
         try:
             mp = _encode(job, box, options)
         except _FileFailed as e:
-            return done(job, t0, "failed", str(e))
-        return done(job, t0, "processed", mp=mp)
+            return _result(job, t0, rank, "failed", str(e))
+        return _result(job, t0, rank, "processed", mp=mp)
 
     try:
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
-            early = None if todo[i] else _upfront(job, options)
             progress.file_start(job)
-            if early is not None:
-                fut: Future[FileResult] = Future()
-                fut.set_result(done(job, t0, *early))
-                pending.append((job, fut))
-                report(block=False)
+            if early[i] is not None:
+                finished(job, _result(job, t0, rank, *early[i]))
                 continue
             read = reads.pop(i, None)
             read_ahead(i)
@@ -831,10 +826,7 @@ def _run_pipelined(
                     loaded = _read(job, options)
                 loaded = _derain(job, loaded, derainer, options, progress)
             except _FileFailed as e:
-                fut = Future()
-                fut.set_result(done(job, t0, "failed", str(e)))
-                pending.append((job, fut))
-                report(block=False)
+                finished(job, _result(job, t0, rank, "failed", str(e)))
                 continue
             while len(pending) >= workers:  # bounded: finished images wait in memory
                 pending[0][1].result()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from derain_cli import tiling
 from derain_cli.batch import BatchOptions, collect_inputs, resolve_io_workers, run_batch
+from derain_cli.bench import psnr
 from derain_cli.enhancer import Derainer, TorchRunner, default_overlap
 from derain_cli.models import MODELS, build_model
 from derain_cli.torch_runner import cpu_supports_bf16
@@ -45,11 +46,6 @@ def _precisions(device: str) -> list[str]:
     if device.startswith("cuda"):
         return ["fp32", "fp16", "bf16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
     return ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def _rainy(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +75,7 @@ def test_device_precisions_agree_with_the_cpu(device, name):
         d = Derainer(model=name, device=device, precision=precision, backend="torch", tile=0)
         out = d.derain_array(img)
         floor = 45 if precision == "fp32" else 38
-        assert _psnr(out, ref) >= floor, (name, precision, _psnr(out, ref))
+        assert psnr(out, ref) >= floor, (name, precision, psnr(out, ref))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -93,7 +89,7 @@ def test_tiled_matches_untiled_on_the_device(device, name):
     full = np.clip(tiling.run_tiled(img, runner, 0, 0), 0, 1)
     tile = max(256, getattr(net, "min_tile", 0))
     tiled = np.clip(tiling.run_tiled(img, runner, tile, default_overlap(net)), 0, 1)
-    assert _psnr(tiled, full) >= 45
+    assert psnr(tiled, full) >= 45
 
 
 def _random_weights(name: str, folder: Path) -> Path:
@@ -148,7 +144,7 @@ def test_folder_on_the_device(device, tmp_path: Path):
     for i in range(4):
         a = np.asarray(Image.open(tmp_path / "dev" / f"p{i}.png"), np.float32) / 255
         b = np.asarray(Image.open(tmp_path / "cpu" / f"p{i}.png"), np.float32) / 255
-        assert _psnr(a, b) >= 38
+        assert psnr(a, b) >= 38
 
 
 def test_training_steps_on_the_device(device, tmp_path: Path):
