@@ -54,23 +54,29 @@ RUNS = [  # name, model, contrast features, with the unlabeled real photos
     ("rdmc_none", "rdmc-lite", "none", False),
     ("rdmc_self", "rdmc-lite", "self", False),
 ]
-FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples
-    ("ft_none", "none", 0.0),
-    ("ft_self", "self", 0.0),
-    ("ft_none_cf", "none", 0.2),
-    ("ft_self_cf", "self", 0.2),
+FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, terms kept
+    ("ft_none", "none", 0.0, None),
+    ("ft_self", "self", 0.0, None),
+    ("ft_none_cf", "none", 0.2, None),
+    ("ft_self_cf", "self", 0.2, None),
+    # leave-one-out: every Semi-DRDNet term but one (``--contrast-terms``)
+    ("ft_no_bg", "self", 0.0, "rain,bg_u,rain_u"),
+    ("ft_no_rain", "self", 0.0, "bg,bg_u,rain_u"),
+    ("ft_no_bg_u", "self", 0.0, "bg,rain,rain_u"),
+    ("ft_no_rain_u", "self", 0.0, "bg,rain,bg_u"),
 ]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
-def finetune_command(name: str, features: str, clean_fraction: float, steps: int,
-                     out: Path, model: str = "semi-drdnet-lite", seed: int = 0) -> list[str]:
+def finetune_command(name: str, features: str, clean_fraction: float, terms: str | None,
+                     steps: int, out: Path, model: str = "semi-drdnet-lite",
+                     seed: int = 0) -> list[str]:
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", model,
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", str(seed),
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
-    ]
+    ] + (["--contrast-terms", terms] if terms else [])
 
 
 def train_command(name: str, model: str, features: str, unlabeled: bool, steps: int,
@@ -221,11 +227,11 @@ def main() -> int:
         table[name]["clean_psnr_y"] = round(v, 2)
     (args.out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
 
-    print(f"\n{'run':<10} {'steps':>5} " + " ".join(f"{s:>16}" for s in EVAL_SETS)
+    print(f"\n{'run':<13} {'steps':>5} " + " ".join(f"{s:>16}" for s in EVAL_SETS)
           + "  real |dY|  clean PSNR")
     for name, row in table.items():
         cells = " ".join(f"{row[s][0]:>7.2f} / {row[s][1]:.4f}" for s in EVAL_SETS)
-        print(f"{name:<10} {row['steps']:>5} {cells}  {row['real_change_y']:>8.2f}"
+        print(f"{name:<13} {row['steps']:>5} {cells}  {row['real_change_y']:>8.2f}"
               f"  {row['clean_psnr_y']:>10.2f}")
     print(f"\nY-channel PSNR / SSIM; real |dY|: mean absolute change of Y (8-bit levels) on "
           f"{args.real} real-rain photos; grid: {args.out / 'real_grid.png'}; clean PSNR: "

@@ -23,6 +23,10 @@ CleanFractionOption = Annotated[float, typer.Option(
     min=0.0, max=0.9,
     help="Share of synthetic samples left without rain (teaches the model to leave "
          "rain-free content alone).")]
+ContrastTermsOption = Annotated[str | None, typer.Option(
+    help="Keep only these contrastive terms, comma-separated (Semi-DRDNet: bg, rain, bg_u, "
+         "rain_u; RDMC: bg, bg_u; _u = on the unlabeled photos). Default: all. For "
+         "ablations.")]
 
 #: ``--amp`` of ``derain train`` and ``derain finetune`` (see train._auto_bf16)
 AmpOption = Annotated[str, typer.Option(
@@ -125,6 +129,7 @@ def train_cmd(
         help="Contrastive feature space: auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.1,
+    contrast_terms: ContrastTermsOption = None,
     weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
@@ -150,8 +155,9 @@ def train_cmd(
             patch=patch, lr=lr, warmup=warmup, clip=clip, ema=ema, amp=amp, seed=seed,
             device=device, workers=workers, val_every=val_every, ckpt_every=ckpt_every,
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
-            contrast_features=contrast_features, contrast_weight=contrast_weight, name=name,
-            export_dtype=export_dtype, bn_recalib=bn_recalib, arch=arch,
+            contrast_features=contrast_features, contrast_weight=contrast_weight,
+            contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
+            bn_recalib=bn_recalib, arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:
@@ -181,6 +187,7 @@ def finetune_cmd(
     contrast_features: Annotated[str, typer.Option(help="auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.05,
+    contrast_terms: ContrastTermsOption = None,
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option(
@@ -206,7 +213,8 @@ def finetune_cmd(
             clean_fraction=clean_fraction,
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
-            val=str(val) if val else None, device=device, workers=workers, seed=seed,
+            contrast_terms=contrast_terms, val=str(val) if val else None, device=device,
+            workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
             amp=amp,
         ))

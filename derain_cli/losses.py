@@ -119,7 +119,8 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 #       background:  P = {B of the labeled batch (unpaired clean)}
 #                    N = {O_u, clip(out_u.detach() + R*) (re-rained output)}
 #       rain:        P = {R* of the labeled batch (unpaired rain)}  N = {out_u.detach(), B}
-#   The total contrastive term is ``contrast_weight * (bg + rain + 0.5 * (bg_u + rain_u))``.
+#   The total contrastive term is ``contrast_weight * (bg + rain + 0.5 * (bg_u + rain_u))``
+#   (``--contrast-terms`` keeps a subset, for ablations).
 # RDMC's contrastive prior: anchor out (last stage), P = {B}, N = {O} (and for unlabeled
 #   photos P = unpaired B, N = {O_u}), ``contrast_weight`` (0.1) times the term.
 # Positives and negatives never receive gradients.
@@ -445,6 +446,25 @@ GLOBAL_TAU = 0.2
 #: weight of the unlabeled-photo terms relative to the labeled ones (their positives are
 #: unpaired, so their gradient is a style pull, not a content target)
 UNLABELED_FACTOR = 0.5
+#: the contrastive terms each architecture has (``Criterion(terms=...)``,
+#: ``--contrast-terms``): background / rain-layer branches on the labeled pairs, and the
+#: same on the unlabeled photos (``_u``); RDMC's prior has the background branch only
+CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
+
+
+def parse_contrast_terms(arch: str, spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The terms named in ``spec`` ("bg,rain", a sequence, or None/"all" for every term of
+    ``arch``), validated, so an ablation of one term is a flag, not a code change."""
+    known = CONTRAST_TERMS[arch]
+    if spec is None or spec == "all":
+        return known
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [t for t in names if t]
+    bad = [t for t in names if t not in known]
+    if bad or not names:
+        raise ValueError(f"contrast terms {', '.join(bad) or '(none)'} not known for {arch}; "
+                         f"choose from {', '.join(known)} (or all)")
+    return tuple(t for t in known if t in names)
 
 
 class Contrast:
@@ -513,9 +533,11 @@ class Criterion(nn.Module):
 
     def __init__(self, arch: str, features: nn.Module | None = None, *,
                  contrast_weight: float = 0.1, ssim_weight: float = 0.2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, terms: str | Sequence[str] | None = None) -> None:
         super().__init__()
         self.arch = arch
+        #: contrastive terms computed (the others are skipped, not just zero-weighted)
+        self.terms = parse_contrast_terms(arch, terms)
         self.features = features
         self.contrast_weight = contrast_weight
         self.ssim_weight = ssim_weight
@@ -577,30 +599,36 @@ class Criterion(nn.Module):
         r_true = o_l - b
         nc, nu = lab.numel(), x.shape[0] - nl
         terms: dict[str, Tensor] = {}
+        on = set(self.terms)
         if self.arch == "semi-drdnet":
-            negs = [o_l] + ([aug_l] if aug_l is not None else [])
-            negs.append((out_l.detach().float() + r_true).clamp(0, 1))
-            terms["c_bg"] = c(out_l, [b], negs)
-            rpos = [r_true] + ([aug_l.float() - b] if aug_l is not None else [])
-            rnegs = [b, (b + r_true) / 2]
-            if nc > 1:
-                rnegs.append(torch.roll(b, 1, 0))
-            terms["c_rain"] = c(rain[lab], rpos, rnegs)
+            if "bg" in on:
+                negs = [o_l] + ([aug_l] if aug_l is not None else [])
+                negs.append((out_l.detach().float() + r_true).clamp(0, 1))
+                terms["c_bg"] = c(out_l, [b], negs)
+            if "rain" in on:
+                rpos = [r_true] + ([aug_l.float() - b] if aug_l is not None else [])
+                rnegs = [b, (b + r_true) / 2]
+                if nc > 1:
+                    rnegs.append(torch.roll(b, 1, 0))
+                terms["c_rain"] = c(rain[lab], rpos, rnegs)
             if nu > 0:
                 pick = torch.arange(nu, device=x.device) % nc
                 o_u, out_u, rain_u = x[nl:].float(), out[nl:], rain[nl:]
                 b_un, r_un = b[pick], r_true[pick]
-                terms["c_bg_u"] = c(out_u, [b_un], [o_u, (out_u.detach().float() + r_un)
-                                                    .clamp(0, 1)], aligned=False)
-                terms["c_rain_u"] = c(rain_u, [r_un], [out_u.detach().float(), b_un],
-                                      aligned=False)
+                if "bg_u" in on:
+                    terms["c_bg_u"] = c(out_u, [b_un], [o_u, (out_u.detach().float() + r_un)
+                                                        .clamp(0, 1)], aligned=False)
+                if "rain_u" in on:
+                    terms["c_rain_u"] = c(rain_u, [r_un], [out_u.detach().float(), b_un],
+                                          aligned=False)
         else:
-            terms["c_bg"] = c(out_l, [b], [o_l])
-            if nu > 0:
+            if "bg" in on:
+                terms["c_bg"] = c(out_l, [b], [o_l])
+            if nu > 0 and "bg_u" in on:
                 pick = torch.arange(nu, device=x.device) % nc
                 terms["c_bg_u"] = c(out[nl:], [b[pick]], [x[nl:].float()], aligned=False)
-        cterm = sum(v * (UNLABELED_FACTOR if k.endswith("_u") else 1.0)
-                    for k, v in terms.items())
+        cterm = sum((v * (UNLABELED_FACTOR if k.endswith("_u") else 1.0)
+                     for k, v in terms.items()), torch.zeros((), device=x.device))
         loss = loss + self.contrast_weight * self.contrast_scale * cterm
         parts.update({k: float(v.detach()) for k, v in terms.items()})
         if isinstance(self.features, SelfFeatures):

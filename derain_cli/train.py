@@ -126,6 +126,8 @@ class TrainConfig:
     #: "auto" | "vgg19" | "self" | "none" (see losses.py)
     contrast_features: str = "auto"
     contrast_weight: float = 0.1
+    #: the contrastive terms kept, e.g. "bg,rain" (``losses.CONTRAST_TERMS``); None: all
+    contrast_terms: str | None = None
     ssim_weight: float = 0.2
 
     #: fine-tuning regularisers: L2-SP toward the initial weights, L1 consistency with the
@@ -536,6 +538,10 @@ def _train(
         raise TrainError("no training data: pass --pairs DIR and/or --synthetic CLEAN_DIR")
     if cfg.amp not in ("auto", "bf16", "fp32"):
         raise TrainError(f"unknown amp mode {cfg.amp!r}; use auto, bf16 or fp32")
+    try:
+        L.parse_contrast_terms(arch, cfg.contrast_terms)
+    except ValueError as e:
+        raise TrainError(f"--contrast-terms: {e}") from None
     if cfg.val:  # fail now, on every rank, rather than at the first validation
         from .pairs import find_pairs
 
@@ -621,7 +627,7 @@ def _train(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     criterion = L.Criterion(arch, features, contrast_weight=cfg.contrast_weight,
-                            ssim_weight=cfg.ssim_weight).to(device)
+                            ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms).to(device)
     wrapper = _Wrapper(model, arch)
     net: nn.Module = wrapper
     if world > 1:
@@ -956,6 +962,7 @@ class FinetuneConfig:
     consistency: float = 0.1
     contrast_features: str = "auto"
     contrast_weight: float = 0.05
+    contrast_terms: str | None = None
     device: str = "auto"
     workers: int | None = None
     seed: int = 0
@@ -1035,7 +1042,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         batch=fc.batch or (8 if on_gpu else 4), patch=fc.patch or (128 if on_gpu else 96),
         lr=fc.lr, warmup=min(50, steps // 10 or 1), min_lr_ratio=0.1, l2sp=fc.l2sp,
         consistency=fc.consistency, contrast_features=fc.contrast_features,
-        contrast_weight=fc.contrast_weight, device=fc.device, workers=fc.workers,
+        contrast_weight=fc.contrast_weight, contrast_terms=fc.contrast_terms,
+        device=fc.device, workers=fc.workers,
         seed=fc.seed, resume=fc.resume, quiet=fc.quiet, amp=fc.amp,
         time_budget=fc.time_budget, ckpt_every=fc.ckpt_every, val_every=max(steps // 4, 1),
         name=fc.name or f"{label.removesuffix('.safetensors')}-finetuned",

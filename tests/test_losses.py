@@ -157,6 +157,39 @@ def test_rain_free_rows_get_the_supervised_loss_only():
     assert set(none) == {"sup"}
 
 
+@pytest.mark.parametrize("keep", ["rain,bg_u", "bg", "rain_u,bg"])
+def test_contrast_terms_keep_a_subset(keep):
+    """``--contrast-terms``: only the named terms are computed, each as in the full loss, and
+    the loss is the supervised part plus exactly those (an ablation of one term is a flag)."""
+    torch.manual_seed(0)
+    feats = L.VGG19Features(SMALL_VGG)
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = torch.cat([(clean + rain).clamp(0, 1), _smooth_batch(2, 32, 3)])
+    out = 0.5 * (x + torch.cat([clean, clean]))
+    r = x - out
+    kw = dict(x=x, outputs=(out, x - r, r), clean=clean,
+              rainy_aug=(clean + 0.5 * rain).clamp(0, 1), n_labeled=2)
+    _, full = L.Criterion("semi-drdnet", feats, contrast_weight=0.1)(**kw)
+    crit = L.Criterion("semi-drdnet", feats, contrast_weight=0.1, terms=keep)
+    loss, parts = crit(**kw)
+    names = {f"c_{t}" for t in keep.split(",")}
+    assert set(parts) == {"sup"} | names
+    for k in names:
+        assert parts[k] == pytest.approx(full[k], rel=1e-5)
+    expect = parts["sup"] + 0.1 * sum(
+        parts[k] * (L.UNLABELED_FACTOR if k.endswith("_u") else 1.0) for k in names)
+    assert float(loss) == pytest.approx(expect, rel=1e-5)
+
+
+def test_contrast_terms_are_validated():
+    assert L.parse_contrast_terms("rdmc", None) == ("bg", "bg_u")
+    assert L.parse_contrast_terms("semi-drdnet", " rain_u, bg ") == ("bg", "rain_u")
+    with pytest.raises(ValueError, match="rain not known for rdmc"):
+        L.parse_contrast_terms("rdmc", "bg,rain")
+    with pytest.raises(ValueError, match="choose from"):
+        L.parse_contrast_terms("semi-drdnet", ",")
+
+
 def test_criterion_rdmc():
     feats = L.VGG19Features(SMALL_VGG)
     crit = L.Criterion("rdmc", feats, contrast_weight=0.1)

@@ -191,6 +191,20 @@ def test_rdmc_with_vgg_like_features_and_unlabeled(data, tmp_path, monkeypatch):
     assert res.steps == 3
 
 
+def test_contrast_terms_reach_the_loss(data, tmp_path):
+    """``contrast_terms`` keeps only the named terms in the run (its log shows which), and a
+    term the architecture lacks is refused before any work."""
+    T.train(_cfg(data, tmp_path / "s", steps=2, contrast_features="self",
+                 unlabeled=[str(data["real"])], contrast_terms="rain,bg_u"))
+    rec = json.loads((tmp_path / "s" / "log.jsonl").read_text().splitlines()[-1])
+    assert "c_rain" in rec and "c_bg_u" in rec
+    assert "c_bg" not in rec and "c_rain_u" not in rec
+    with pytest.raises(T.TrainError, match="rain not known for rdmc"):
+        T.train(_cfg(data, tmp_path / "r", arch="rdmc", model_config=TINY_RDMC,
+                     contrast_features="self", contrast_terms="bg,rain"))
+    assert not (tmp_path / "r").exists()
+
+
 def test_non_finite_step_is_skipped(data, tmp_path, monkeypatch):
     from derain_cli import losses
 
@@ -298,6 +312,27 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     entry = json.loads((out / "manifest_entry.json").read_text())
     assert entry["hardware"].endswith("threads, fp32)")
+
+
+def test_finetune_cli_takes_contrast_terms(data, tmp_path):
+    """`derain finetune --contrast-terms bg_u` trains with that term alone; an unknown term
+    is a usage error (exit 2) naming the choices."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    args = ["finetune", "--weights", str(base.weights), "--rainy", str(data["real"]),
+            "--steps", "1", "--batch", "2", "--patch", "24", "--workers", "0", "--device",
+            "cpu", "--contrast-features", "self", "--quiet"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ft"), "--contrast-terms",
+                                 "bg_u"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[-1])
+    assert "c_bg_u" in rec and not {"c_bg", "c_rain", "c_rain_u"} & set(rec)
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--contrast-terms",
+                                 "bg,sky"])
+    assert r.exit_code == 2 and "choose from bg, rain, bg_u, rain_u" in r.output
 
 
 def test_torchrun_two_processes(data, tmp_path):
