@@ -18,8 +18,11 @@ bundled ``--model`` (semi-drdnet-lite unless given; ``--model rdmc-lite`` tests 
 contrastive prior the same way) on the unlabeled real-rain photos (clean-bsds as unpaired
 clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and without
 (``ft_none``), and without them but with 20 % rain-free synthetic samples (``ft_none_cf``,
-``--clean-fraction 0.2``), and with both (``ft_self_cf``), all scored beside the bundled
-starting weights (``base``).
+``--clean-fraction 0.2``), and with both (``ft_self_cf``); leave-one-out runs that keep every
+Semi-DRDNet contrastive term but one (``ft_no_bg``, ``ft_no_rain``, ``ft_no_bg_u``,
+``ft_no_rain_u``: ``--contrast-terms``); and ``ft_none_bn`` / ``ft_self_bn``, which refresh the
+BatchNorm statistics instead of keeping the base model's (``--batchnorm refresh``); all scored
+beside the bundled starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
@@ -54,21 +57,24 @@ RUNS = [  # name, model, contrast features, with the unlabeled real photos
     ("rdmc_none", "rdmc-lite", "none", False),
     ("rdmc_self", "rdmc-lite", "self", False),
 ]
-FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, terms kept
-    ("ft_none", "none", 0.0, None),
-    ("ft_self", "self", 0.0, None),
-    ("ft_none_cf", "none", 0.2, None),
-    ("ft_self_cf", "self", 0.2, None),
-    # leave-one-out: every Semi-DRDNet term but one (``--contrast-terms``)
-    ("ft_no_bg", "self", 0.0, "rain,bg_u,rain_u"),
-    ("ft_no_rain", "self", 0.0, "bg,bg_u,rain_u"),
-    ("ft_no_bg_u", "self", 0.0, "bg,rain,rain_u"),
-    ("ft_no_rain_u", "self", 0.0, "bg,rain,bg_u"),
+FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, more flags
+    ("ft_none", "none", 0.0, []),
+    ("ft_self", "self", 0.0, []),
+    ("ft_none_cf", "none", 0.2, []),
+    ("ft_self_cf", "self", 0.2, []),
+    # leave-one-out: every Semi-DRDNet term but one
+    ("ft_no_bg", "self", 0.0, ["--contrast-terms", "rain,bg_u,rain_u"]),
+    ("ft_no_rain", "self", 0.0, ["--contrast-terms", "bg,bg_u,rain_u"]),
+    ("ft_no_bg_u", "self", 0.0, ["--contrast-terms", "bg,rain,rain_u"]),
+    ("ft_no_rain_u", "self", 0.0, ["--contrast-terms", "bg,rain,bg_u"]),
+    # BatchNorm statistics refreshed instead of kept
+    ("ft_none_bn", "none", 0.0, ["--batchnorm", "refresh"]),
+    ("ft_self_bn", "self", 0.0, ["--batchnorm", "refresh"]),
 ]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
-def finetune_command(name: str, features: str, clean_fraction: float, terms: str | None,
+def finetune_command(name: str, features: str, clean_fraction: float, flags: list[str],
                      steps: int, out: Path, model: str = "semi-drdnet-lite",
                      seed: int = 0) -> list[str]:
     return [
@@ -76,7 +82,7 @@ def finetune_command(name: str, features: str, clean_fraction: float, terms: str
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", str(seed),
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
-    ] + (["--contrast-terms", terms] if terms else [])
+    ] + flags
 
 
 def train_command(name: str, model: str, features: str, unlabeled: bool, steps: int,

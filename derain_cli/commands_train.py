@@ -188,6 +188,9 @@ def finetune_cmd(
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.05,
     contrast_terms: ContrastTermsOption = None,
+    batchnorm: Annotated[str, typer.Option(
+        help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
+             "(batch statistics while training, re-estimated at the end).")] = "keep",
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option(
@@ -213,7 +216,8 @@ def finetune_cmd(
             clean_fraction=clean_fraction,
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
-            contrast_terms=contrast_terms, val=str(val) if val else None, device=device,
+            contrast_terms=contrast_terms, batchnorm=batchnorm,
+            val=str(val) if val else None, device=device,
             workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
             amp=amp,

@@ -963,6 +963,10 @@ class FinetuneConfig:
     contrast_features: str = "auto"
     contrast_weight: float = 0.05
     contrast_terms: str | None = None
+    #: "keep": BatchNorm statistics frozen at the base model's (``freeze_batchnorm``);
+    #: "refresh": batch statistics while training, re-estimated over 16 whole training
+    #: images at the end (how a model trained from scratch treats them)
+    batchnorm: str = "keep"
     device: str = "auto"
     workers: int | None = None
     seed: int = 0
@@ -1031,6 +1035,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     fc = config
     from .enhancer import resolve_device
 
+    if fc.batchnorm not in ("keep", "refresh"):
+        raise TrainError(f"unknown batchnorm mode {fc.batchnorm!r}; use keep or refresh")
     device = resolve_device(fc.device)
     on_gpu = device.type == "cuda"
     weights, label = _init_weights_for(fc)
@@ -1050,7 +1056,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
-        ema=0.99, freeze_bn=True,  # keep the base model's BN statistics
+        ema=0.99, freeze_bn=fc.batchnorm == "keep", bn_recalib=16,
     )
     photos = _load_photos(fc.rainy, fc.max_side)
     hooks: dict[str, Callable[..., Any]] = {

@@ -294,6 +294,16 @@ def test_finetune_keeps_batchnorm_statistics(data, tmp_path):
     assert stats and all(torch.equal(a[k], b[k]) for k in stats)
     convs = [k for k in a if k.endswith("weight") and a[k].ndim == 4]
     assert any(not torch.equal(a[k], b[k]) for k in convs)  # while the weights did train
+    # batchnorm="refresh" lets them move (batch statistics, re-estimated at the end)
+    T.finetune(T.FinetuneConfig(
+        rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "fr"), steps=3,
+        batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="none",
+        lr=1e-3, batchnorm="refresh"))
+    c = load_file(tmp_path / "fr" / "model.safetensors")
+    assert all(not torch.equal(a[k], c[k]) for k in stats if k.endswith("running_var"))
+    with pytest.raises(T.TrainError, match="keep or refresh"):
+        T.finetune(T.FinetuneConfig(rainy=str(data["real"]), weights=str(base.weights),
+                                    out=str(tmp_path / "x"), batchnorm="train"))
 
 
 def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
