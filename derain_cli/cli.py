@@ -460,6 +460,12 @@ def run_cmd(
             help=f"Overlap between tiles in pixels. \\[default: from the model's reach, at "
                  f"most {_DEFAULT_OVERLAP}]")
     ] = None,
+    tile_batch: Annotated[
+        int | None, typer.Option(
+            "--tile-batch", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
+            help="Tiles per forward pass; 0 = as many as half the free GPU memory holds "
+                 "(up to 8). \\[default: automatic; 1 on CPUs]")
+    ] = None,
     stats_megapixels: Annotated[
         float, typer.Option(
             "--stats-megapixels", min=0, rich_help_panel=PERF, metavar="MP",
@@ -498,8 +504,8 @@ def run_cmd(
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
              device=device, precision=precision.value, threads=threads,
              io_threads=io_threads, tile=tile,
-             tile_overlap=tile_overlap, stats_megapixels=stats_megapixels,
-             max_pixels=max_pixels, backend=backend.value,
+             tile_overlap=tile_overlap, tile_batch=tile_batch,
+             stats_megapixels=stats_megapixels, max_pixels=max_pixels, backend=backend.value,
              quiet=quiet, json_out=json_out, debug=debug)
 
 
@@ -574,6 +580,7 @@ def _run(
     io_threads: int | None,
     tile: int | None,
     tile_overlap: int | None,
+    tile_batch: int | None,
     stats_megapixels: float,
     max_pixels: int,
     backend: str,
@@ -630,8 +637,8 @@ def _run(
                 if batch.pending(jobs, options):
                     derainer = _make_derainer(
                         model=model, weights=weights, device=device, precision=precision,
-                        tile=tile, tile_overlap=tile_overlap, threads=threads,
-                        stats_megapixels=stats_megapixels,
+                        tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                        threads=threads, stats_megapixels=stats_megapixels,
                         backend=backend, quiet=not chatty,
                         workload_megapixels=batch.pending_megapixels(
                             jobs, options, enough=_WORKLOAD_ENOUGH_MP),

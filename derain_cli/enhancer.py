@@ -34,6 +34,9 @@ MIN_TILE = 64
 #: CPU tiles: big enough that overlap costs ~10 %, small enough that a tile's
 #: activations stay near 1 GB for the paper-size models.
 CPU_TILE = 1024
+#: Most tiles ``Derainer`` stacks into one forward pass when it sizes the batch itself
+#: (GPUs with memory to spare; CPUs run one tile at a time).
+MAX_TILE_BATCH = 8
 #: Tile overlap for networks of unknown reach, and the most any network gets: 48 px kept
 #: every registered model's tiled output within 45 dB of the untiled one (tests/test_tiling).
 DEFAULT_OVERLAP = 48
@@ -71,8 +74,10 @@ class Derainer:
     ``model`` is a registry name (``derain models`` lists them); ``weights`` a
     safetensors/.pt file of one's own. ``tile``: None picks a size from the
     device, 0 disables tiling; ``tile_overlap`` None sizes the overlap from the network's
-    reach (``default_overlap``). Semi-DRDNet's whole-image statistics are handled
-    by the tiler, so tiled and untiled results agree. ``precision``: auto, fp32,
+    reach (``default_overlap``); ``tile_batch``: tiles per forward pass, None or 0 sized
+    from free GPU memory (one on CPUs); out of memory, it halves before the tile does.
+    Semi-DRDNet's whole-image statistics are handled by the tiler, so tiled and untiled
+    results agree. ``precision``: auto, fp32,
     fp16, bf16 or int8 (CPU, ONNX Runtime, bundled weights with an int8 graph;
     auto picks it on CPUs where it exists, or bf16 PyTorch where that was measured faster
     on this CPU: ``engine_choice``). ``stats_megapixels``: above this many
@@ -98,6 +103,7 @@ class Derainer:
         quiet: bool = True,
         stats_megapixels: float | None = tiling.STATS_MEGAPIXELS,
         workload_megapixels: float | None = None,
+        tile_batch: int | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
@@ -135,6 +141,10 @@ class Derainer:
             self.tile = min_tile
         self.tile_overlap = overlap if tile_overlap is None else tile_overlap
         self.stats_megapixels = stats_megapixels
+        if tile_batch is not None and tile_batch < 0:
+            raise ValueError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
+        #: tiles per forward pass: several on a GPU with memory to spare (``auto_batch``)
+        self.tile_batch = tile_batch or self._auto_batch()
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,
                     device: str, precision: str, backend: str, threads: int | None,
@@ -195,6 +205,21 @@ class Derainer:
             auto = lambda: _auto_tile(self.runner)  # noqa: E731
         return auto, getattr(net, "min_tile", 0), default_overlap(net)
 
+    def _auto_batch(self) -> int:
+        """Tiles per forward pass when not given: as many ``tile``-sized tiles as half the
+        free GPU memory holds (at most ``MAX_TILE_BATCH``); one on CPUs, where a batch
+        gains nothing and multiplies the memory."""
+        if not self.device_name.startswith("cuda") or self.tile <= 0:
+            return 1
+        per_px = getattr(self.runner, "bytes_per_pixel", lambda: None)()
+        if not per_px:
+            return 1
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        fits = int(0.5 * free // (per_px * self.tile * self.tile))
+        return max(1, min(MAX_TILE_BATCH, fits))
+
     @property
     def network(self) -> nn.Module:
         """The PyTorch network (loaded on first use after a torch-free start)."""
@@ -221,14 +246,19 @@ class Derainer:
         """
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
-        tile = self.tile
+        tile, batch = self.tile, self.tile_batch
         while True:
             try:
                 out = tiling.run_tiled(rgb, self.runner, tile, self.tile_overlap,
                                        stats_megapixels=self.stats_megapixels,
-                                       on_tile=on_tile, hwc=True)
+                                       on_tile=on_tile, hwc=True, batch=batch)
                 break
-            except tiling.TileOutOfMemory:
+            except tiling.TileOutOfMemory as e:
+                if e.batch > 1:  # fewer tiles at once before smaller ones
+                    batch = e.batch // 2
+                    log.warning("out of memory; retrying with %d tile(s) per pass", batch)
+                    self.tile_batch = batch
+                    continue
                 h, w = rgb.shape[:2]
                 # a tile larger than the image is the whole image: halve from what ran
                 current = min(tile, max(h, w)) if tile > 0 else max(h, w)

@@ -48,6 +48,12 @@ criterion included, use every tile; ``stats_megapixels=0`` always does.
 
 The runner protocol works on numpy arrays so the PyTorch and ONNX Runtime
 backends share this code.
+
+Several tiles per forward pass (``batch``): the final pass's tiles all have one shape
+(``tile_shape``), so consecutive tiles are stacked into one batch; a GPU then runs
+fewer, larger kernels. A runner that can work asynchronously (``submit``/``collect``:
+the PyTorch runner on CUDA) gets the next batch queued before the previous one is
+collected, so the host cuts and blends tiles while the device computes.
 """
 
 from __future__ import annotations
@@ -83,8 +89,33 @@ class Runner(Protocol):
         """(1, 3, h, w), (1, n, c) or None, (1, 1, h, w) -> (1, n, c) mask-weighted sums."""
 
 
+class AsyncRunner(Runner, Protocol):
+    """A runner that can queue work on its device and hand the result over later."""
+
+    def submit(self, x: np.ndarray, pooled: np.ndarray | None) -> object:
+        """Queue ``forward`` of (b, 3, h, w) tiles; returns a handle for ``collect``."""
+
+    def collect(self, handle: object) -> np.ndarray:
+        """Wait for a submitted batch: (b, 3, h, w) float32."""
+
+
+def _submitter(runner: Runner) -> tuple[Callable[[np.ndarray, np.ndarray | None], object],
+                                        Callable[[object], np.ndarray]]:
+    """``runner``'s submit/collect, or ``forward`` and the identity for synchronous ones."""
+    submit, collect = getattr(runner, "submit", None), getattr(runner, "collect", None)
+    if submit is not None and collect is not None:
+        return submit, collect
+    return runner.forward, lambda handle: handle  # type: ignore[return-value]
+
+
 class TileOutOfMemory(RuntimeError):
-    """Raised by a runner when a tile does not fit; the tiler retries smaller tiles."""
+    """Raised by a runner when a tile does not fit; the tiler retries smaller tiles.
+
+    ``batch``: how many tiles the failed pass held (``run_tiled`` sets it), so the caller
+    can try fewer tiles at once before smaller ones.
+    """
+
+    batch: int = 1
 
 
 class TilesExhausted(MemoryError):
@@ -267,6 +298,7 @@ def run_tiled(
     stats_megapixels: float | None = STATS_MEGAPIXELS,
     on_tile: Callable[[int, int], None] | None = None,
     hwc: bool = False,
+    batch: int = 1,
 ) -> np.ndarray:
     """Run ``runner`` over a (3, H, W) image in tiles and blend the result (float32).
 
@@ -281,6 +313,7 @@ def run_tiled(
     ``stats_overlap`` (default: half of ``overlap``) is the overlap of the statistics
     passes' tiles; see the module docstring. ``stats_megapixels`` caps the pixels a
     statistics pass runs through (a spread-out sample of its tiles, ``sample_tiles``).
+    ``batch``: tiles per forward pass of the final pass (see the module docstring).
     """
     h0, w0 = image.shape[:2] if hwc else image.shape[1:]
     inv_scale = np.float32(1.0 / np.iinfo(image.dtype).max) if image.dtype.kind == "u" else None
@@ -341,16 +374,33 @@ def run_tiled(
 
     # The windows are normalised (they sum to 1 at every pixel): no division at the end.
     out = np.zeros((h, w, 3) if hwc else (3, h, w), np.float32)
-    for t in final.tiles:
-        win = final.window(t, h, w)
-        pred = runner.forward(crop(image, t), pooled)[0]
-        if hwc:
-            out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
-        else:
-            out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
-        done += 1
-        if on_tile:
-            on_tile(done, total)
+    submit, collect = _submitter(runner)
+    n = max(1, batch)
+    groups = [final.tiles[i:i + n] for i in range(0, len(final.tiles), n)]
+    pending: tuple[list[Tile], object] | None = None
+    for group in [*groups, None]:
+        # queue the next batch before blending the previous one (asynchronous runners)
+        queued = None
+        if group is not None:
+            x = crop(image, group[0]) if len(group) == 1 else np.concatenate(
+                [crop(image, t) for t in group])
+            try:
+                queued = (group, submit(x, pooled))
+            except TileOutOfMemory as e:
+                e.batch = len(group)
+                raise
+        if pending is not None:
+            preds = collect(pending[1])
+            for t, pred in zip(pending[0], preds, strict=True):
+                win = final.window(t, h, w)
+                if hwc:
+                    out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
+                else:
+                    out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
+                done += 1
+                if on_tile:
+                    on_tile(done, total)
+        pending = queued
     return out[:h0, :w0] if hwc else out[:, :h0, :w0]
 
 

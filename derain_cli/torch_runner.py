@@ -125,6 +125,20 @@ class TorchRunner:
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._per_px: float | None = None
+
+    def bytes_per_pixel(self) -> float | None:
+        """Peak GPU memory a pixel of a tile costs (measured once on a 128 px probe);
+        None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        if self._per_px is None:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            self.forward(np.zeros((1, 3, 128, 128), np.float32), None)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self._per_px = max(1.0, (peak - base) / 128**2)
+        return self._per_px
 
     def _autocast(self):  # noqa: ANN202 - a context manager
         if self.precision in _DTYPES:
@@ -140,20 +154,55 @@ class TorchRunner:
     def _pooled(self, pooled: np.ndarray | None) -> torch.Tensor | None:
         return None if pooled is None else torch.from_numpy(pooled).to(self.device)
 
+    def _run(self, x: torch.Tensor, pooled: np.ndarray | None) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            if pooled is None:
+                return self.model(x)
+            return self.model(x, self._pooled(pooled))
+
+    def _oom(self, e: Exception) -> None:
+        """Re-raise an out-of-memory error as the tiler's ``TileOutOfMemory``."""
+        if _is_oom(e):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise tiling.TileOutOfMemory(str(e)) from e
+
     def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
         try:
-            with torch.inference_mode(), self._autocast():
-                if pooled is None:
-                    y = self.model(self._in(x))
-                else:
-                    y = self.model(self._in(x), self._pooled(pooled))
-            return y.float().cpu().numpy()
+            return self._run(self._in(x), pooled).float().cpu().numpy()
         except Exception as e:
-            if _is_oom(e):
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise tiling.TileOutOfMemory(str(e)) from e
+            self._oom(e)
             raise
+
+    def submit(self, x: np.ndarray, pooled: np.ndarray | None) -> Any:
+        """Queue (b, 3, h, w) tiles (``tiling.AsyncRunner``). On CUDA the tiles go up from
+        pinned host memory and the result comes back into pinned memory, both without
+        blocking, so the host prepares and blends other tiles meanwhile; elsewhere this is
+        ``forward``."""
+        if self.device.type != "cuda":
+            return self.forward(x, pooled)
+        try:
+            src = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+            t = src.to(self.device, non_blocking=True)
+            if self.channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            y = self._run(t, pooled).float()
+            dst = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            dst.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+        except Exception as e:
+            self._oom(e)
+            raise
+        return dst, done, src  # ``src`` stays alive until its copy has run
+
+    def collect(self, handle: Any) -> np.ndarray:
+        """The result of ``submit`` (waits for the device on CUDA)."""
+        if isinstance(handle, np.ndarray):
+            return handle
+        dst, done, _ = handle
+        done.synchronize()
+        return dst.numpy()
 
     def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
         try:
@@ -168,14 +217,10 @@ class TorchRunner:
 
 def _auto_tile(runner: TorchRunner) -> int:
     """Largest tile that fits comfortably: from free GPU memory, a fixed size on CPUs."""
-    if runner.device.type != "cuda":
+    per_px = runner.bytes_per_pixel()
+    if per_px is None:
         return CPU_TILE
     free, _ = torch.cuda.mem_get_info(runner.device)
-    torch.cuda.reset_peak_memory_stats(runner.device)
-    base = torch.cuda.memory_allocated(runner.device)
-    probe = np.zeros((1, 3, 128, 128), np.float32)
-    runner.forward(probe, None)
-    per_px = max(1.0, (torch.cuda.max_memory_allocated(runner.device) - base) / 128**2)
     side = int((0.5 * free / per_px) ** 0.5)
     return max(MIN_TILE, min(4096, side // 64 * 64))
 

@@ -9,7 +9,8 @@
 #      training steps (issue 3, 4, 6 on CUDA);
 #   2. benchmarks/bench_inference.py on CUDA: MP/s per model and precision (issue 6);
 #   3. benchmarks/folder_e2e.py on CUDA: a folder of 12 MP JPEGs against the model alone
-#      (issue 6: at least 80 %);
+#      (issue 6: at least 80 %); benchmarks/tile_batch.py: 512 px tiles, one against
+#      several per forward pass;
 #   4. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
 #      .data/gpu/init.safetensors when an earlier session brought weights back, then
 #      derain eval on the validation pairs. The weights come back in $OUT (split into
@@ -88,6 +89,9 @@ if has folder; then
   echo "== folder_e2e on $DEVICE ($(left)s left)"
   timeout 100 python3 benchmarks/folder_e2e.py --device "$DEVICE" -m "$MODEL" \
     --count "${FOLDER_COUNT:-8}" --megapixels "${FOLDER_MP:-12}" --json "$OUT/folder.json"
+  echo "== tile_batch on $DEVICE ($(left)s left)"  # table in session.log only (8 files back)
+  timeout 45 python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
+    --megapixels "${FOLDER_MP:-12}" --tile 512 --batches 1,4,auto
 fi
 if has train; then
   secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget

@@ -247,6 +247,29 @@ def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
     assert bad.exit_code == 2
 
 
+def test_tile_batch_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from derain_cli import tiling
+
+    seen = []
+    original = tiling.run_tiled
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiling, "run_tiled", spy)
+    src = _img(tmp_path / "big.png", 96, 96)
+    r = derain(src, "-o", tmp_path / "three.png", "--weights", tiny_weights, "--tile", "24",
+               "--tile-batch", "3", "-q")
+    assert r.exit_code == 0, r.output
+    r = derain(src, "-o", tmp_path / "auto.png", "--weights", tiny_weights, "--tile", "24",
+               "-q")
+    assert r.exit_code == 0, r.output
+    assert seen == [3, 1]  # automatic on a CPU: one tile per pass
+    assert derain(src, "--weights", tiny_weights, "--tile-batch", "-1").exit_code == 2
+
+
 def test_io_threads_reach_the_batch(tmp_path: Path, tiny_weights: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from derain_cli import batch

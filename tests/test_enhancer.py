@@ -99,6 +99,40 @@ def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
         d.derain_array(np.zeros((100, 100, 3), np.float32))
 
 
+def test_out_of_memory_halves_the_batch_before_the_tile(tiny_weights, monkeypatch, caplog):
+    """Several tiles per pass: fewer tiles at once is tried before smaller tiles."""
+    d = Derainer(weights=tiny_weights, device="cpu", tile=64, backend="torch", tile_batch=4)
+    real = d.runner.forward
+
+    def limited(x, pooled):
+        if x.shape[0] > 1:
+            raise tiling.TileOutOfMemory("fake")
+        return real(x, pooled)
+
+    monkeypatch.setattr(d.runner, "forward", limited)
+    x = np.random.default_rng(0).random((150, 170, 3), dtype=np.float32)
+    out = d.derain_array(x)
+    assert d.tile_batch == 1 and d.tile == 64  # the tile kept its size
+    assert "retrying with 2 tile(s) per pass" in caplog.text
+    assert "retrying with 1 tile(s) per pass" in caplog.text
+    monkeypatch.setattr(d.runner, "forward", real)
+    np.testing.assert_allclose(out, d.derain_array(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_tile_batch_gives_the_same_result(tiny_weights, tmp_path, monkeypatch, backend):
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
+    x = _photo(150, 170)
+    kw = dict(weights=tiny_weights, device="cpu", tile=64, backend=backend, precision="fp32")
+    one = Derainer(**kw)
+    assert one.tile_batch == 1  # CPUs run one tile at a time unless told
+    three = Derainer(**kw, tile_batch=3)
+    a, b = one.derain_array(x), three.derain_array(x)
+    assert np.abs(a - b).max() < 1e-5
+    with pytest.raises(ValueError, match="tile_batch"):
+        Derainer(**kw, tile_batch=-1)
+
+
 def test_cpu_allocator_failure_counts_as_out_of_memory():
     """PyTorch's CPU allocator words it differently from CUDA; both must shrink the tile."""
     from derain_cli.torch_runner import _is_oom

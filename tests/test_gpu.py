@@ -1,5 +1,5 @@
-"""The GPU path, on a real GPU: precisions against the CPU, tiles, real out-of-memory, folders,
-training steps.
+"""The GPU path, on a real GPU: precisions against the CPU, tiles (several per pass), real
+out-of-memory, folders, training steps.
 
 Skipped without CUDA (CI has none). ``DERAIN_TEST_DEVICE=cpu`` runs the same checks on the
 CPU in bf16 (where it has bf16 instructions), to try the tests themselves on a machine
@@ -90,6 +90,24 @@ def test_tiled_matches_untiled_on_the_device(device, name):
     tile = max(256, getattr(net, "min_tile", 0))
     tiled = np.clip(tiling.run_tiled(img, runner, tile, default_overlap(net)), 0, 1)
     assert psnr(tiled, full) >= 45
+
+
+def test_several_tiles_per_pass_on_the_device(device):
+    """Stacked tiles, queued without waiting (pinned host memory, asynchronous copies on
+    CUDA), give what one tile at a time gives; on a GPU the automatic batch holds several
+    256 px tiles of the default model."""
+    img = _rainy(1024, 1024)
+    kw = dict(model="semi-drdnet-tiny", device=device, precision="fp32", backend="torch",
+              tile=256)
+    one = Derainer(**kw, tile_batch=1).derain_array(img)
+    auto = Derainer(**kw)
+    if device.startswith("cuda"):
+        assert auto.tile_batch > 1
+        handle = auto.runner.submit(np.zeros((2, 3, 64, 64), np.float32), None)
+        assert handle[0].is_pinned()  # the result comes back into pinned memory
+        assert auto.runner.collect(handle).shape == (2, 3, 64, 64)
+    many = auto if auto.tile_batch > 1 else Derainer(**kw, tile_batch=4)
+    assert psnr(many.derain_array(img), one) >= 50
 
 
 def _random_weights(name: str, folder: Path) -> Path:

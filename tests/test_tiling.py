@@ -1,5 +1,6 @@
 """Tiled inference: even coverage, smooth blending, and agreement with untiled output."""
 
+import itertools
 import math
 
 import numpy as np
@@ -153,6 +154,58 @@ class _Sharpen:
         assert x.dtype == np.float32
         self.contiguous.append(x.flags.c_contiguous)
         return 2 * x - np.roll(x, 1, axis=-1)
+
+
+class _AsyncSharpen(_Sharpen):
+    """``_Sharpen`` with the asynchronous protocol; records the order of calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def submit(self, x, pooled):
+        self.calls.append(("submit", x.shape[0]))
+        return self.forward(x, pooled)
+
+    def collect(self, handle):
+        self.calls.append(("collect", handle.shape[0]))
+        return handle
+
+
+@pytest.mark.parametrize("hwc", [False, True])
+def test_several_tiles_per_pass_give_the_same_result(hwc):
+    """Batches of tiles (the last one short) blend to exactly what one tile at a time
+    gives, and an asynchronous runner gets each batch queued before the previous one is
+    collected, so the host blends while the device computes."""
+    img = _scene(300)
+    if hwc:
+        img = np.ascontiguousarray(img.transpose(1, 2, 0))
+    one = tiling.run_tiled(img, _Sharpen(), 96, 24, hwc=hwc)
+    n = len(tiling.plan_tiles(320, 320, 96, 24, 32))
+    assert n % 4 and n > 8  # a short last batch is exercised
+    seen = []
+    net = _AsyncSharpen()
+    four = tiling.run_tiled(img, net, 96, 24, hwc=hwc, batch=4,
+                            on_tile=lambda d, t: seen.append(d))
+    np.testing.assert_array_equal(one, four)
+    assert seen == list(range(1, n + 1))
+    sizes = [4] * (n // 4) + [n % 4]
+    expect = [("submit", sizes[0])]
+    for prev, nxt in itertools.pairwise(sizes):
+        expect += [("submit", nxt), ("collect", prev)]
+    assert net.calls == expect + [("collect", sizes[-1])]
+
+
+def test_batched_tiles_share_the_whole_image_statistics():
+    """A Semi-DRDNet's batch of tiles gets the one set of whole-image means (broadcast):
+    the result equals one tile at a time."""
+    torch.manual_seed(0)
+    net = _perturb_bn(SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=2, detail_blocks=1,
+                                                  se_reduction=4)))
+    img, r = _scene(192), _runner(net)
+    one = tiling.run_tiled(img, r, 64, 16)
+    three = tiling.run_tiled(img, r, 64, 16, batch=3)
+    np.testing.assert_allclose(one, three, atol=2e-6)
 
 
 def test_host_memory_is_the_output_plus_tiles():
@@ -345,8 +398,12 @@ class _OOMOnce(_Identity):
 
 
 def test_oom_propagates_for_the_caller_to_shrink():
-    with pytest.raises(tiling.TileOutOfMemory):
+    with pytest.raises(tiling.TileOutOfMemory) as info:
         tiling.run_tiled(_scene(128), _OOMOnce(64), 0, 0)
+    assert info.value.batch == 1  # one untiled pass: fewer tiles at once cannot help
+    with pytest.raises(tiling.TileOutOfMemory) as info:  # the pass says how many it held
+        tiling.run_tiled(_scene(300), _OOMOnce(64), 96, 24, batch=3)
+    assert info.value.batch == 3
 
 
 @pytest.mark.parametrize("size,tile", [(200, 96), (200, 0), (61, 32)])
