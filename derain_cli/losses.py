@@ -113,8 +113,12 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 # R* = O - B (true rain layer), O' = B + other synthetic rain (``rainy_aug``), out/R the
 # network's output and rain layer:
 #   background branch, anchor out:  P = {B}          N = {O, O', clip(out.detach() + R*)}
-#   rain branch,       anchor R:    P = {R*, O' - B} N = {B, roll(B) (other images' backgrounds
+#   rain branch,       anchor R:    P = {R*}         N = {B, roll(B) (other images' backgrounds
 #                                                         in the batch), (B + R*) / 2 (mix)}
+#     (O' - B, other rain on the same background, was a second positive until 2026-12-01: in
+#     the pixel-aligned ratio form it pulls R toward streaks that are not where the rain is,
+#     and fine-tuning without the whole rain branch scored better on all three evaluation
+#     sets; see README, "term by term".)
 #   unlabeled real photos O_u (no ground truth), anchor out_u / R_u:
 #       background:  P = {B of the labeled batch (unpaired clean)}
 #                    N = {O_u, clip(out_u.detach() + R*) (re-rained output)}
@@ -606,7 +610,7 @@ class Criterion(nn.Module):
                 negs.append((out_l.detach().float() + r_true).clamp(0, 1))
                 terms["c_bg"] = c(out_l, [b], negs)
             if "rain" in on:
-                rpos = [r_true] + ([aug_l.float() - b] if aug_l is not None else [])
+                rpos = [r_true]
                 rnegs = [b, (b + r_true) / 2]
                 if nc > 1:
                     rnegs.append(torch.roll(b, 1, 0))

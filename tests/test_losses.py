@@ -181,6 +181,20 @@ def test_contrast_terms_keep_a_subset(keep):
     assert float(loss) == pytest.approx(expect, rel=1e-5)
 
 
+def test_rain_branch_is_zero_at_the_true_rain_layer():
+    """The rain branch's only aligned positive is the true rain layer R* = O - B: a network
+    that predicts exactly R* pays nothing, whatever other rain the sample carries
+    (``rainy_aug``, which the branch once used as a second, misaligned positive)."""
+    torch.manual_seed(0)
+    crit = L.Criterion("semi-drdnet", L.VGG19Features(SMALL_VGG), contrast_weight=0.1,
+                       terms="rain")
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = clean + rain
+    _, parts = crit(x=x, outputs=(clean, clean, x - clean), clean=clean,
+                    rainy_aug=(clean + 0.3 * _smooth_batch(2, 32, 4)).clamp(0, 1), n_labeled=2)
+    assert parts["c_rain"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_contrast_terms_are_validated():
     assert L.parse_contrast_terms("rdmc", None) == ("bg", "bg_u")
     assert L.parse_contrast_terms("semi-drdnet", " rain_u, bg ") == ("bg", "rain_u")
