@@ -83,7 +83,7 @@ class Runner(Protocol):
     global_stats_shape: tuple[int, int] | None
 
     def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """(1, 3, h, w) float32 -> (1, 3, h, w) float32."""
+        """(b, 3, h, w) float32 -> (b, 3, h, w) float32 (b > 1: ``run_tiled(batch=)``)."""
 
     def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
         """(1, 3, h, w), (1, n, c) or None, (1, 1, h, w) -> (1, n, c) mask-weighted sums."""
