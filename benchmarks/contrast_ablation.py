@@ -20,9 +20,11 @@ clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and wi
 (``ft_none``), and without them but with 20 % rain-free synthetic samples (``ft_none_cf``,
 ``--clean-fraction 0.2``), and with both (``ft_self_cf``); leave-one-out runs that keep every
 Semi-DRDNet contrastive term but one (``ft_no_bg``, ``ft_no_rain``, ``ft_no_bg_u``,
-``ft_no_rain_u``: ``--contrast-terms``); and ``ft_none_bn`` / ``ft_self_bn``, which refresh the
-BatchNorm statistics instead of keeping the base model's (``--batchnorm refresh``); all scored
-beside the bundled starting weights (``base``).
+``ft_no_rain_u``: ``--contrast-terms``), and the same from fine-tuning's default terms (all
+but the labeled rain branch since 2026-12-01: ``ft_self`` then runs those, ``ft_all`` all
+four; ``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``); and ``ft_none_bn`` /
+``ft_self_bn``, which refresh the BatchNorm statistics instead of keeping the base model's
+(``--batchnorm refresh``); all scored beside the bundled starting weights (``base``).
 
 Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
@@ -67,6 +69,11 @@ FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, mo
     ("ft_no_rain", "self", 0.0, ["--contrast-terms", "bg,bg_u,rain_u"]),
     ("ft_no_bg_u", "self", 0.0, ["--contrast-terms", "bg,rain,rain_u"]),
     ("ft_no_rain_u", "self", 0.0, ["--contrast-terms", "bg,rain,bg_u"]),
+    # ... and without the labeled rain branch (fine-tuning's default since 2026-12-01)
+    ("ft_all", "self", 0.0, ["--contrast-terms", "all"]),
+    ("ft_nr_no_bg", "self", 0.0, ["--contrast-terms", "bg_u,rain_u"]),
+    ("ft_nr_no_bg_u", "self", 0.0, ["--contrast-terms", "bg,rain_u"]),
+    ("ft_nr_no_rain_u", "self", 0.0, ["--contrast-terms", "bg,bg_u"]),
     # BatchNorm statistics refreshed instead of kept
     ("ft_none_bn", "none", 0.0, ["--batchnorm", "refresh"]),
     ("ft_self_bn", "self", 0.0, ["--batchnorm", "refresh"]),

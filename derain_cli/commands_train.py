@@ -187,7 +187,10 @@ def finetune_cmd(
     contrast_features: Annotated[str, typer.Option(help="auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.05,
-    contrast_terms: ContrastTermsOption = None,
+    contrast_terms: Annotated[str | None, typer.Option(
+        help="Keep only these contrastive terms, comma-separated (Semi-DRDNet: bg, rain, "
+             "bg_u, rain_u; RDMC: bg, bg_u; _u = on your photos; all = every one). Default: "
+             "all but Semi-DRDNet's rain, which did not help fine-tuning.")] = None,
     batchnorm: Annotated[str, typer.Option(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
              "(batch statistics while training, re-estimated at the end).")] = "keep",

@@ -454,6 +454,10 @@ UNLABELED_FACTOR = 0.5
 #: ``--contrast-terms``): background / rain-layer branches on the labeled pairs, and the
 #: same on the unlabeled photos (``_u``); RDMC's prior has the background branch only
 CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
+#: the terms ``derain finetune`` uses unless told: all but Semi-DRDNet's labeled rain branch,
+#: which cost the default model 0.15-0.16 dB on heavy-small in two seeds of fine-tuning
+#: against the same run without it, and gained nothing elsewhere (README, "term by term")
+FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
 
 
 def parse_contrast_terms(arch: str, spec: str | Sequence[str] | None) -> tuple[str, ...]:

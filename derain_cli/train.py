@@ -962,6 +962,7 @@ class FinetuneConfig:
     consistency: float = 0.1
     contrast_features: str = "auto"
     contrast_weight: float = 0.05
+    #: None: ``losses.FINETUNE_CONTRAST_TERMS`` (all but Semi-DRDNet's labeled rain branch)
     contrast_terms: str | None = None
     #: "keep": BatchNorm statistics frozen at the base model's (``freeze_batchnorm``);
     #: "refresh": batch statistics while training, re-estimated over 16 whole training
@@ -1058,6 +1059,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
         ema=0.99, freeze_bn=fc.batchnorm == "keep", bn_recalib=16,
     )
+    if fc.contrast_terms is None:
+        cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
     photos = _load_photos(fc.rainy, fc.max_side)
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,
