@@ -456,7 +456,8 @@ UNLABELED_FACTOR = 0.5
 CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
 #: the terms ``derain finetune`` uses unless told: all but Semi-DRDNet's labeled rain branch,
 #: which cost the default model 0.15-0.16 dB on heavy-small in two seeds of fine-tuning
-#: against the same run without it, and gained nothing elsewhere (README, "term by term")
+#: against the same run without it, with rain100l and sirr-val within 0.04 dB (README,
+#: "term by term")
 FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
 
 
