@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from photo_e2e import make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from photo_e2e import add_model_args, make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 from derain_cli.batch import BatchOptions, collect_inputs, resolve_io_workers, run_batch  # noqa: E402
 from derain_cli.enhancer import Derainer  # noqa: E402
@@ -50,17 +50,11 @@ def make_photos(folder: Path, count: int, megapixels: float) -> tuple[int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--megapixels", type=float, default=12.0)
+    add_model_args(ap)
     ap.add_argument("--count", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2,
-                    help="timed runs of each configuration, interleaved (best)")
     ap.add_argument("--io-threads", default="auto,0",
                     help="comma-separated I/O thread counts to time the folder with; auto: "
                          "the default for the device")
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="derain-folder-"))

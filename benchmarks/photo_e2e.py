@@ -32,6 +32,18 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the in-process benchmarks (``folder_e2e``, ``tile_batch``): one
+    registered model on one device, a mosaic of this size."""
+    ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed runs of each configuration, interleaved (best)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
 def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, int]:
     """A 4:3 mosaic of the bundled rainy examples with about ``megapixels`` MP.
 

@@ -26,19 +26,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_e2e import make_photo  # noqa: E402
+from photo_e2e import add_model_args, make_photo  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--megapixels", type=float, default=12.0)
+    add_model_args(ap)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batches", default="1,4,auto", help="tile batches, comma-separated")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
