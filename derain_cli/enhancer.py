@@ -143,7 +143,7 @@ class Derainer:
         self.stats_megapixels = stats_megapixels
         if tile_batch is not None and tile_batch < 0:
             raise ValueError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
-        #: tiles per forward pass: several on a GPU with memory to spare (``auto_batch``)
+        #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,
@@ -207,8 +207,8 @@ class Derainer:
 
     def _auto_batch(self) -> int:
         """Tiles per forward pass when not given: as many ``tile``-sized tiles as half the
-        free GPU memory holds (at most ``MAX_TILE_BATCH``); one on CPUs, where a batch
-        gains nothing and multiplies the memory."""
+        free GPU memory holds (at most ``MAX_TILE_BATCH``); one on CPUs, where four 512 px
+        tiles per pass ran at 0.67x the speed of one (``benchmarks/tile_batch.py``)."""
         if not self.device_name.startswith("cuda") or self.tile <= 0:
             return 1
         per_px = getattr(self.runner, "bytes_per_pixel", lambda: None)()
