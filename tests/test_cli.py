@@ -224,18 +224,26 @@ def test_tiles_format_and_output_file(tmp_path: Path, tiny_weights: Path) -> Non
     assert r.stderr == ""  # -q: silence unless something fails
 
 
+def _spy_on_tiler(monkeypatch: pytest.MonkeyPatch, keyword: str) -> list:
+    """The values of ``keyword`` that ``tiling.run_tiled`` receives, call by call."""
+    from derain_cli import tiling
+
+    seen: list = []
+    original = tiling.run_tiled
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs[keyword])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiling, "run_tiled", spy)
+    return seen
+
+
 def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from derain_cli import tiling
 
-    seen = []
-    original = tiling.run_tiled
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["stats_megapixels"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tiling, "run_tiled", spy)
+    seen = _spy_on_tiler(monkeypatch, "stats_megapixels")
     src = _img(tmp_path / "big.png", 96, 96)
     for mp in ("0", "0.0001"):
         r = derain(src, "-o", tmp_path / f"out-{mp}.png", "--weights", tiny_weights,
@@ -249,16 +257,7 @@ def test_stats_megapixels_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
 
 def test_tile_batch_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from derain_cli import tiling
-
-    seen = []
-    original = tiling.run_tiled
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["batch"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tiling, "run_tiled", spy)
+    seen = _spy_on_tiler(monkeypatch, "batch")
     src = _img(tmp_path / "big.png", 96, 96)
     r = derain(src, "-o", tmp_path / "three.png", "--weights", tiny_weights, "--tile", "24",
                "--tile-batch", "3", "-q")
