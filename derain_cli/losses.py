@@ -615,11 +615,10 @@ class Criterion(nn.Module):
                 negs.append((out_l.detach().float() + r_true).clamp(0, 1))
                 terms["c_bg"] = c(out_l, [b], negs)
             if "rain" in on:
-                rpos = [r_true]
                 rnegs = [b, (b + r_true) / 2]
                 if nc > 1:
                     rnegs.append(torch.roll(b, 1, 0))
-                terms["c_rain"] = c(rain[lab], rpos, rnegs)
+                terms["c_rain"] = c(rain[lab], [r_true], rnegs)
             if nu > 0:
                 pick = torch.arange(nu, device=x.device) % nc
                 o_u, out_u, rain_u = x[nl:].float(), out[nl:], rain[nl:]

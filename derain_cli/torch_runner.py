@@ -145,8 +145,10 @@ class TorchRunner:
             return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
         return torch.autocast(self.device.type, enabled=False)
 
-    def _in(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
+    def _in(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Host array or tensor (pinned, for ``submit``) -> the device, in the model's layout."""
+        host = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        t = host.to(self.device, non_blocking=True)
         if self.channels_last and t.dim() == 4:
             return t.contiguous(memory_format=torch.channels_last)
         return t
@@ -183,10 +185,7 @@ class TorchRunner:
             return self.forward(x, pooled)
         try:
             src = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
-            t = src.to(self.device, non_blocking=True)
-            if self.channels_last:
-                t = t.contiguous(memory_format=torch.channels_last)
-            y = self._run(t, pooled).float()
+            y = self._run(self._in(src), pooled).float()
             dst = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
             dst.copy_(y, non_blocking=True)
             done = torch.cuda.Event()
@@ -210,8 +209,7 @@ class TorchRunner:
                 s = self.model.se_sums(self._in(x), self._pooled(pooled), self._in(mask))
             return s.double().cpu().numpy()
         except Exception as e:
-            if _is_oom(e):
-                raise tiling.TileOutOfMemory(str(e)) from e
+            self._oom(e)
             raise
 
 
