@@ -2,8 +2,8 @@
 
 For each registered model and each device (the CPU; CUDA too when present), every
 variant derains the same rainy test image with the default tiling
-(``enhancer.CPU_TILE`` on CPUs, ``torch_runner._auto_tile`` on CUDA, overlap
-``enhancer.DEFAULT_OVERLAP``) and reports:
+(``enhancer.CPU_TILE`` on CPUs, ``torch_runner._auto_tile`` on CUDA, each model's own
+overlap, ``enhancer.default_overlap``) and reports:
 
 * **s/MP**: best wall time over ``repeats`` timed runs, after one warm-up tile, per
   megapixel of the image (default 1000x1000 = 1 MP).
@@ -72,7 +72,7 @@ import typer
 from torch import nn
 
 from . import tiling
-from .enhancer import CPU_TILE, DEFAULT_MODEL, DEFAULT_OVERLAP, TorchRunner, cpu_supports_bf16
+from .enhancer import CPU_TILE, DEFAULT_MODEL, TorchRunner, cpu_supports_bf16, default_overlap
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
 
@@ -385,6 +385,7 @@ class ModelInfo:
     peak_gflops: float
     peak_ref: str
     tile: int
+    overlap: int
     #: the reference in bf16/fp16, for those variants' rows: precision -> (GFLOP/s, ref)
     reduced_peaks: dict[str, tuple[float, str]] = field(default_factory=dict)
 
@@ -393,7 +394,8 @@ class ModelInfo:
 class BenchResult:
     height: int
     width: int
-    overlap: int
+    #: the overlap asked for; None: each model's own (``ModelInfo.overlap``)
+    overlap: int | None
     threads: int
     machine: str
     torch: str
@@ -419,7 +421,8 @@ def render_markdown(res: BenchResult) -> str:
     """The result as Markdown: a header of conditions, one table, model notes, RSS."""
     lines = [
         f"Image {res.width}x{res.height} ({res.width * res.height / 1e6:.2f} MP), overlap "
-        f"{res.overlap}, {res.threads} threads, {res.machine}, torch {res.torch}.",
+        f"{'each model' + chr(39) + 's own' if res.overlap is None else res.overlap}, "
+        f"{res.threads} threads, {res.machine}, torch {res.torch}.",
         "",
         f"GFLOP/s = useful FLOPs (FlopCounterMode on a {res.flop_side}x{res.flop_side} input, "
         "conv/matmul only, scaled by pixels) / time; work = executed / useful FLOPs (tile "
@@ -441,7 +444,7 @@ def render_markdown(res: BenchResult) -> str:
     lines.append("")
     for m in res.models:
         lines.append(
-            f"- {m.model} on {m.device}: {m.weights} weights, tile {m.tile}, "
+            f"- {m.model} on {m.device}: {m.weights} weights, tile {m.tile}, overlap {m.overlap}, "
             f"{m.flops_per_px / 1e3:.1f} kFLOP/px forward"
             + (f" + {m.stats_flops_per_px / 1e3:.1f} kFLOP/px per statistics pass"
                if m.stats_flops_per_px else "")
@@ -536,7 +539,7 @@ def bench_main(
     megapixels: float = 1.0,
     size: tuple[int, int] | None = None,
     tile: int | None = None,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     variants: Sequence[str] = DEFAULT_VARIANTS,
     devices: str | None = None,
     repeats: int = 1,
@@ -551,7 +554,8 @@ def bench_main(
     """Run the benchmark (see the module docstring); print Markdown via ``echo``.
 
     ``size`` (height, width) overrides ``megapixels`` (a square of that many pixels).
-    ``tile`` None = the default tiling of each device. ``json_path`` also writes the
+    ``tile`` None = the default tiling of each device; ``overlap`` None = each model's own
+    (``enhancer.default_overlap``, what ``derain`` uses). ``json_path`` also writes the
     result as JSON ("-" prints JSON instead of Markdown).
     """
     if threads:
@@ -583,6 +587,7 @@ def bench_main(
         fwd, stats = count_flops(fold_for_inference(net, max_prelu=False), flop_side)
         mult = max(1, int(getattr(net, "size_multiple", 1)))
         has_stats = getattr(net, "global_stats_shape", None) is not None
+        ov = default_overlap(net) if overlap is None else overlap
         for dev in _devices(devices):
             peak, ref = mixed_peak(net, peak_side, dev, peaks)
             if tile is not None:
@@ -593,8 +598,8 @@ def bench_main(
                 dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
             else:
                 dev_tile = CPU_TILE
-            work = tiling_work(h, w, dev_tile, overlap, mult, has_stats, fwd, stats)
-            info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile)
+            work = tiling_work(h, w, dev_tile, ov, mult, has_stats, fwd, stats)
+            info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile, ov)
             res.models.append(info)
             ref_out = None
             for variant in variants:
@@ -611,7 +616,7 @@ def bench_main(
                 for _ in range(max(1, repeats)):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    out = tiling.run_tiled(img, runner, dev_tile, overlap)
+                    out = tiling.run_tiled(img, runner, dev_tile, ov)
                     _sync(dev)
                     best = min(best, time.perf_counter() - t0)
                 row.seconds = best
@@ -666,7 +671,9 @@ def bench_cmd(
     tile: Annotated[int | None, typer.Option(
         "--tile", min=0, show_default=False,
         help="Tile size (default: the device's default; 0 = untiled).")] = None,
-    overlap: Annotated[int, typer.Option("--tile-overlap", min=0)] = DEFAULT_OVERLAP,
+    overlap: Annotated[int | None, typer.Option(
+        "--tile-overlap", min=0, show_default=False,
+        help="Tile overlap in pixels (default: each model's own, as derain uses).")] = None,
     variants: Annotated[str, typer.Option(
         "--variants", help="Comma-separated subset of: " + ", ".join(DEFAULT_VARIANTS))
     ] = ",".join(DEFAULT_VARIANTS),

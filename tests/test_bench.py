@@ -146,6 +146,7 @@ def test_bench_main_tiny(tmp_path):
         rows["fp32"].gflops / res.models[0].peak_gflops)
     data = json.loads(out.read_text())
     assert data["rows"][0]["model"] == "semi-drdnet-lite" and data["models"][0]["tile"] == 32
+    assert data["overlap"] == 8 and data["models"][0]["overlap"] == 8
     text = lines[0]
     assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
 
@@ -160,6 +161,8 @@ def test_bench_cmd_json_and_errors():
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["width"] == 40 and data["height"] == 32 and data["rows"][0]["work"] > 1
+    # without --tile-overlap each model gets the overlap derain itself would use (RDMC: 96)
+    assert data["overlap"] is None and data["models"][0]["overlap"] == 96
     bad = CliRunner().invoke(app, ["--variants", "fp64", "--size", "32x32"])
     assert bad.exit_code == 1 and "unknown variant" in bad.output
 
