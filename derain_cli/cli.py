@@ -458,7 +458,7 @@ def run_cmd(
         int | None, typer.Option(
             "--tile-overlap", min=0, rich_help_panel=PERF, metavar="P",
             help=f"Overlap between tiles in pixels. \\[default: from the model's reach, at "
-                 f"most {_DEFAULT_OVERLAP}]")
+                 f"most {_DEFAULT_OVERLAP}; 96 for RDMC]")
     ] = None,
     tile_batch: Annotated[
         int | None, typer.Option(
@@ -1010,6 +1010,11 @@ def download_cmd(
         targets = list(manifest) if all_ else list(dict.fromkeys(names or []))
         unknown = [n for n in targets if n not in manifest]
         if unknown:
+            from .models import MODELS
+
+            untrained = [n for n in unknown if n in MODELS]
+            if untrained:  # a registered architecture: say why there is nothing to fetch
+                raise _usage(ctx, weights.untrained_message(untrained[0]))
             raise _usage(ctx, f"no published weights named {', '.join(map(repr, unknown))} "
                               f"(known: {known})")
         if not targets:
@@ -1034,7 +1039,8 @@ def download_cmd(
                 continue
             try:
                 path = hub.fetch(h["repo_id"], h["filename"], h["revision"], rec.sha256,
-                                 force=force, quiet=quiet, name=name, manual_path=bundled)
+                                 force=force, quiet=quiet, name=name, manual_path=bundled,
+                                 published=bool(h.get("published", True)))
             except hub.WeightsUnavailable as e:
                 _error(err, str(e))
                 failures += 1

@@ -115,6 +115,7 @@ def fetch(
     endpoint: str | None = None,
     name: str | None = None,
     manual_path: Path | None = None,
+    published: bool = True,
 ) -> Path:
     """Return a local path to ``filename`` from ``repo_id`` at ``revision``, with sha256 ``sha256``.
 
@@ -123,7 +124,9 @@ def fetch(
     ``HF_ENDPOINT``. ``name`` (the model's name in the manifest) and ``manual_path`` (where the
     caller looks for a hand-placed copy) only improve error messages; without ``manual_path``
     the message points at the Hub-cache snapshot path (see :func:`snapshot_path`), which this
-    function does pick up.
+    function does pick up. ``published=False`` (the manifest says the repository is not on
+    the Hub yet) still tries, since a mirror behind ``HF_ENDPOINT`` may serve it, and says so
+    when that fails.
 
     Raises :class:`WeightsUnavailable` on any failure; :class:`ValueError` if ``sha256`` is not a
     64-digit hex string (a bug in the manifest, not a user problem).
@@ -132,6 +135,7 @@ def fetch(
     if not _SHA256_RE.fullmatch(expected):
         raise ValueError(f"expected sha256 must be 64 hex digits, got {sha256!r}")
     ctx = _Context(repo_id, filename, revision, expected, cache_dir, endpoint, name, manual_path)
+    ctx.published = published
 
     note = ""
     if not force:
@@ -203,6 +207,7 @@ class _Context:
         self.endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
         self.name = name
         self.manual_path = manual_path
+        self.published = True
 
     @property
     def url(self) -> str:
@@ -220,9 +225,13 @@ class _Context:
         lines = [
             f"Cannot get pretrained weights {target}:",
             f"  {reason}".replace("\n", "\n  "),
-            "To fix this, do one of:",
-            f"  - {first};",
         ]
+        if not self.published:
+            lines.append(f"  (derain's manifest says {self.repo_id} is not published on the "
+                         "Hub yet; only a mirror set with HF_ENDPOINT can serve it)")
+            if self.manual_path is not None:  # the package's own copy went missing
+                first = f"reinstall derain, whose package ships {self.manual_path.name}"
+        lines += ["To fix this, do one of:", f"  - {first};"]
         if self.manual_path is not None:
             place = self.manual_path
             lines.append(f"  - or place the file by hand at {place} (sha256 {self.sha256});")

@@ -131,7 +131,7 @@ def load_into(
         if actual != sha256:
             raise WeightsError(
                 f"{path}: sha256 {actual[:12]}... does not match the manifest's {sha256[:12]}...; "
-                "the file is corrupt or not the published one (delete it and download again)"
+                "the file is corrupt or not the published one"
             )
     state, _ = read_state(path)
     check_state(model, state, str(path))
@@ -142,17 +142,30 @@ def load_into(
 
 def model_from_file(path: str | os.PathLike[str], model_name: str | None = None) -> nn.Module:
     """Build the architecture a weights file describes (or ``model_name``'s) and load it."""
-    _, meta = read_state(path)
+    state, meta = read_state(path)
+    own = meta.get("format") == FORMAT
     if model_name is not None:
         spec = get_spec(model_name)
         model = build_architecture(spec.arch, spec.config)
-    elif meta.get("format") == FORMAT:
+    elif own:
         model = build_architecture(meta["arch"], json.loads(meta["config"]))
     else:
         raise WeightsError(
             f"{path}: the file does not say which architecture it is for; pass --model NAME too"
         )
-    return load_into(model, path)
+    try:
+        check_state(model, state, str(path))
+    except WeightsError as e:
+        if model_name is not None and own:  # say what the file is, not only what is missing
+            raise WeightsError(
+                f"{path}: the file holds {meta['arch']} weights ({meta['config']}) that do not "
+                f"fit --model {model_name}; leave out --model to use the file's own "
+                f"architecture ({e})"
+            ) from None
+        raise
+    ref = model.state_dict()
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+    return model
 
 
 def resolve(name: str, *, quiet: bool = False) -> Path:
@@ -175,18 +188,34 @@ def resolve(name: str, *, quiet: bool = False) -> Path:
         )
     return hub.fetch(
         rec.hub["repo_id"], rec.hub["filename"], rec.hub["revision"], rec.sha256,
-        quiet=quiet, manual_path=bundled, name=name,
+        quiet=quiet, manual_path=bundled, name=name, published=_published(rec),
     )
+
+
+def _published(rec: WeightRecord) -> bool:
+    """Whether the manifest says ``rec``'s Hub repository exists (absent: assume it does)."""
+    return bool(rec.hub.get("published", True))
 
 
 def load_pretrained(name: str, *, quiet: bool = False) -> nn.Module:
     """The registered model ``name`` with its published weights, checked and in eval mode."""
     rec = load_manifest().get(name)
     if rec is None:
-        raise WeightsError(
-            f"no pretrained weights for {name!r} yet; train some with `derain train` "
-            "and pass them with --weights"
-        )
+        raise WeightsError(untrained_message(name))
     path = resolve(name, quiet=quiet)
     model = build_architecture(rec.arch, rec.config)
-    return load_into(model, path, rec.sha256).eval()
+    try:
+        return load_into(model, path, rec.sha256).eval()
+    except WeightsError as e:
+        if path.parent == bundled_dir():
+            fix = "the file ships with derain: reinstall derain (or restore weights/)"
+        else:
+            fix = f"delete it and run `derain download {name}`"
+        raise WeightsError(f"{e}; {fix}") from None
+
+
+def untrained_message(name: str) -> str:
+    """What to tell a user who asks for a registered model that has no weights yet."""
+    return (f"{name!r} has no pretrained weights yet; train some (`derain train --model "
+            f"{name} ...`, recipes/full-models-gpu.sh for a GPU) and pass the result with "
+            "--weights, or pick a model that has weights (`derain models`)")

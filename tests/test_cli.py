@@ -476,6 +476,9 @@ def test_download_usage_errors() -> None:
     assert derain("download").exit_code == 2
     r = derain("download", "no-such-model")
     assert r.exit_code == 2 and "no-such-model" in r.stderr
+    r = derain("download", "rdmc")  # registered, never trained: say so, and what to do
+    assert r.exit_code == 2 and "'rdmc' has no pretrained weights yet" in r.stderr
+    assert "derain train --model rdmc" in r.stderr
 
 
 _MANIFEST_SCRIPT = """

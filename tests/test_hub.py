@@ -202,6 +202,17 @@ def test_error_message_points_at_callers_manual_path(tmp_path):
     assert f"place the file by hand at {manual} (sha256 {SHA})" in str(info.value)
 
 
+def test_unpublished_repository_says_so_and_points_at_the_package(tmp_path):
+    manual = tmp_path / "weights" / "semi_drdnet.safetensors"
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(_closed_port_url(), tmp_path, manual_path=manual, published=False)
+    msg = str(info.value)
+    assert "not published on the Hub yet" in msg and "HF_ENDPOINT" in msg
+    assert "reinstall derain, whose package ships semi_drdnet.safetensors" in msg
+    assert "when online" not in msg  # downloading again cannot help
+    assert f"place the file by hand at {manual}" in msg
+
+
 def test_invalid_expected_sha_is_a_bug(tmp_path):
     with pytest.raises(ValueError):
         fetch(REPO, FILE, COMMIT, "abc", cache_dir=tmp_path)

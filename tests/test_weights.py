@@ -69,6 +69,16 @@ def test_shape_mismatch_names_first_tensor(tmp_path):
         weights.load_into(deeper, p)
 
 
+def test_a_file_that_does_not_fit_the_named_model_says_what_it_holds(tmp_path):
+    net = _tiny()
+    p = tmp_path / "t.safetensors"
+    weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
+    with pytest.raises(WeightsError, match=r"holds semi-drdnet weights .*fit --model rdmc-lite"
+                                           r".*leave out --model"):
+        weights.model_from_file(p, "rdmc-lite")
+    weights.model_from_file(p)  # its own architecture still loads
+
+
 def test_pt_files_load_only_plain_tensors(tmp_path):
     net = _tiny()
     good = tmp_path / "good.pt"
@@ -119,3 +129,19 @@ def test_unknown_manifest_keys_survive(tmp_path):
     assert rec.to_dict()["recipe"] == "recipes/x.toml"
     weights.write_manifest({"x": rec}, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text())["weights"][0]["recipe"] == "recipes/x.toml"
+
+
+def test_a_damaged_bundled_file_asks_for_a_reinstall(tmp_path, monkeypatch):
+    net = _tiny()
+    p = tmp_path / "t.safetensors"
+    rec = weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: {"t": rec})
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
+    with pytest.raises(WeightsError, match=r"sha256.*ships with derain: reinstall derain"):
+        weights.load_pretrained("t")
+    with pytest.raises(WeightsError, match=r"'rdmc' has no pretrained weights yet.*derain "
+                                           r"train --model rdmc"):
+        weights.load_pretrained("rdmc")
