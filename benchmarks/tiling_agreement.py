@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="image side (default 1024)")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=int, default=None,
-                    help="default: each model's own (enhancer.default_overlap, at most "
-                         f"{DEFAULT_OVERLAP})")
+                    help="default: each model's own (enhancer.default_overlap: at most "
+                         f"{DEFAULT_OVERLAP}, 96 for RDMC)")
     ap.add_argument("--stats-passes", type=int, default=1)
     ap.add_argument("--stats-overlap", type=int, default=None,
                     help="overlap of the statistics pass's tiles (default: half the overlap)")

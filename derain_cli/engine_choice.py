@@ -244,6 +244,6 @@ def cpu_engine(plan: FastPlan, threads: int | None,
         how = "measured " + str(entry.get("measured", "earlier"))
     s = entry.get("seconds", {})
     if "int8" in s and "bf16" in s:
-        how += f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 a {PROBE_SIDE} px image"
+        how += f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px image"
     engine, why = decide(entry, workload_megapixels, torch_imported())
     return engine, f"{how}; {why}" if why else how

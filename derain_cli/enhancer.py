@@ -37,8 +37,9 @@ CPU_TILE = 1024
 #: Most tiles ``Derainer`` stacks into one forward pass when it sizes the batch itself
 #: (GPUs with memory to spare; CPUs run one tile at a time).
 MAX_TILE_BATCH = 8
-#: Tile overlap for networks of unknown reach, and the most any network gets: 48 px kept
-#: every registered model's tiled output within 45 dB of the untiled one (tests/test_tiling).
+#: Tile overlap for networks of unknown reach, and the most one sized from a receptive radius
+#: gets: 48 px kept every Semi-DRDNet's tiled output within 45 dB of the untiled one
+#: (tests/test_tiling). RDMC names its own, larger overlap (``RDMC.tile_overlap``).
 DEFAULT_OVERLAP = 48
 
 

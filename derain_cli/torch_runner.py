@@ -239,19 +239,20 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
     """The shipped int8 graph to run, or None.
 
     ``precision='int8'`` requires one (a clear error otherwise). ``'auto'`` on a CPU uses
-    one when the weights have it and the backend allows ONNX Runtime: it is the fastest
-    CPU path measured, within 0.1 dB of fp32 on rain100l (``derain_cli.quantize``).
+    one when the weights have it and the backend allows ONNX Runtime (within 0.1 dB of
+    fp32 on rain100l, ``derain_cli.quantize``); on CPUs with bf16 instructions
+    ``engine_choice`` may have picked PyTorch bf16 before this is asked.
     """
     from .quantize import Int8Unavailable, shipped_int8_graph
 
     if precision == "int8":
         if record is None:
-            raise ValueError("int8 graphs ship with bundled weights only; a --weights file "
-                             "runs in fp32 (--precision fp32)")
+            raise ValueError("int8 graphs ship with bundled weights only; run a --weights "
+                             "file with --precision auto, fp32 or bf16")
         try:
             return shipped_int8_graph(record, net)
         except Int8Unavailable as e:
-            raise ValueError(f"no int8 graph: {e}; use --precision fp32") from None
+            raise ValueError(f"{e}; use --precision auto or fp32") from None
     if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None
             or not onnxruntime_installed()):
         return None

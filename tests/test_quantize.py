@@ -203,6 +203,6 @@ def test_auto_precision_picks_int8_on_cpu_and_explicit_choices_hold():
 
 
 def test_int8_for_a_weights_file_is_refused_with_a_way_out(tiny_weights):
-    with pytest.raises(ValueError, match="--precision fp32"):
+    with pytest.raises(ValueError, match="--precision auto, fp32 or bf16"):
         Derainer(weights=tiny_weights, device="cpu", precision="int8")
     assert Derainer(weights=tiny_weights, device="cpu", threads=1).precision != "int8"
