@@ -22,7 +22,9 @@ clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and wi
 Semi-DRDNet contrastive term but one (``ft_no_bg``, ``ft_no_rain``, ``ft_no_bg_u``,
 ``ft_no_rain_u``: ``--contrast-terms``), and the same from fine-tuning's default terms (all
 but the labeled rain branch since 2026-12-01: ``ft_self`` then runs those, ``ft_all`` all
-four; ``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``); and ``ft_none_bn`` /
+four; ``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``); one term alone
+(``ft_only_bg``, ``ft_only_bg_u``: RDMC's leave-one-out, since its prior has those two);
+and ``ft_none_bn`` /
 ``ft_self_bn``, which refresh the BatchNorm statistics instead of keeping the base model's
 (``--batchnorm refresh``); all scored beside the bundled starting weights (``base``).
 
@@ -74,6 +76,9 @@ FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, mo
     ("ft_nr_no_bg", "self", 0.0, ["--contrast-terms", "bg_u,rain_u"]),
     ("ft_nr_no_bg_u", "self", 0.0, ["--contrast-terms", "bg,rain_u"]),
     ("ft_nr_no_rain_u", "self", 0.0, ["--contrast-terms", "bg,bg_u"]),
+    # one term alone (RDMC has two: its leave-one-out)
+    ("ft_only_bg", "self", 0.0, ["--contrast-terms", "bg"]),
+    ("ft_only_bg_u", "self", 0.0, ["--contrast-terms", "bg_u"]),
     # BatchNorm statistics refreshed instead of kept
     ("ft_none_bn", "none", 0.0, ["--batchnorm", "refresh"]),
     ("ft_self_bn", "self", 0.0, ["--batchnorm", "refresh"]),

@@ -482,6 +482,8 @@ class Summary:
     seconds: float = 0.0
     world_size: int = 1
     files: list[FileResult] = field(default_factory=list)
+    #: the batch was stopped (Ctrl-C) before every file was done; these are the files done
+    interrupted: bool = False
 
     @property
     def megapixels_per_s(self) -> float:
@@ -509,6 +511,7 @@ class Summary:
             for r in p.files:
                 out.add(r)
         out.seconds = max((p.seconds for p in parts), default=0.0)
+        out.interrupted = any(p.interrupted for p in parts)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -520,11 +523,20 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "megapixels_per_s": round(self.megapixels_per_s, 4),
             "world_size": self.world_size,
+            "interrupted": self.interrupted,
             "files": [asdict(r) for r in self.files],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_batch`; ``summary`` holds this process's files done so far."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__()
+        self.summary = summary
 
 
 class BatchProgress:
@@ -839,6 +851,10 @@ def _run_pipelined(
         for fut in reads.values():  # reads ahead are dropped; derained photos are written
             fut.cancel()
         pool.shutdown(wait=True)
+        while pending:  # interrupted: the writes that finished still count as done
+            job, fut = pending.popleft()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                summary.add(fut.result())
 
 
 def _prefetchable(job: Job) -> bool:
@@ -861,7 +877,8 @@ def run_batch(
     input failed upfront; see :func:`plan_jobs` / :func:`pending`). With ``dist`` enabled
     (see :func:`init_distributed`) this rank takes ``jobs[rank::world_size]`` and the
     returned summary combines all ranks (a collective call: every rank must make it).
-    Per-file problems never raise; ``KeyboardInterrupt`` does (finished files stay done).
+    Per-file problems never raise; Ctrl-C raises :class:`BatchInterrupted` (a
+    ``KeyboardInterrupt``) carrying the summary of the files finished so far, which stay done.
     """
     options = options or BatchOptions()
     progress = progress or BatchProgress()
@@ -876,14 +893,19 @@ def run_batch(
     progress.start(len(jobs))
     t0 = time.perf_counter()
     workers = resolve_io_workers(options, derainer)
-    if workers > 0:
-        _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary)
-    else:
-        for job in jobs:
-            progress.file_start(job)
-            r = _process(job, derainer, options, progress, dist.rank)
-            summary.add(r)
-            progress.file_done(job, r)
+    try:
+        if workers > 0:
+            _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary)
+        else:
+            for job in jobs:
+                progress.file_start(job)
+                r = _process(job, derainer, options, progress, dist.rank)
+                summary.add(r)
+                progress.file_done(job, r)
+    except KeyboardInterrupt:
+        summary.seconds = time.perf_counter() - t0
+        summary.interrupted = True
+        raise BatchInterrupted(summary) from None
     summary.seconds = time.perf_counter() - t0
     if dist.enabled:
         return Summary.merge(gather_summaries(summary, dist))

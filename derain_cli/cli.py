@@ -647,8 +647,13 @@ def _run(
                         _print_setup(err, derainer, dist)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank)
-                with progress:
-                    summary = batch.run_batch(items, derainer, options, progress, dist)
+                try:
+                    with progress:
+                        summary = batch.run_batch(items, derainer, options, progress, dist)
+                except batch.BatchInterrupted as stop:
+                    if json_out and main_rank:  # a script still learns what was done
+                        typer.echo(stop.summary.to_json())
+                    raise
             finally:
                 _detach_logging(logging_handler)
             if main_rank:

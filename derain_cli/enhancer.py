@@ -29,8 +29,12 @@ log = logging.getLogger(__name__)
 #: 2-core laptop CPU, scoring like semi-drdnet-fast and -lite (README, "Why this default").
 DEFAULT_MODEL = "semi-drdnet-tiny"
 
-#: Smallest tile the out-of-memory fallback tries before giving up.
+#: Smallest tile the out-of-memory fallback tries before giving up; smaller tiles asked for
+#: by hand get a warning (too little context around each pixel).
 MIN_TILE = 64
+#: Smallest tile accepted at all: below it every pixel is near a tile border (a 300x220
+#: photo in 1-7 px tiles came back at 25-27 dB against untiled, and 150 times slower).
+SMALLEST_TILE = 16
 #: CPU tiles: big enough that overlap costs ~10 %, small enough that a tile's
 #: activations stay near 1 GB for the paper-size models.
 CPU_TILE = 1024
@@ -108,6 +112,13 @@ class Derainer:
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
+        for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),
+                               ("threads", threads, 1)):
+            if v is not None and v < least:
+                raise ValueError(f"{what} must be at least {least}, not {v}")
+        if tile is not None and 0 < tile < SMALLEST_TILE:
+            raise ValueError(f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, "
+                             f"not {tile} ({MIN_TILE} or more keeps the result intact)")
         self._network: nn.Module | None = None
         fast = fast_path.plan(model or DEFAULT_MODEL, weights, device, precision, backend)
         #: how the CPU engine was picked where int8 and bf16 compete (``engine_choice``)
@@ -140,6 +151,9 @@ class Derainer:
             log.info("tile %d px is below %s's minimum of %d px; using %d px",
                      self.tile, self.model_name, min_tile, min_tile)
             self.tile = min_tile
+        elif 0 < self.tile < MIN_TILE:
+            log.warning("%d px tiles leave the network little context: expect a worse "
+                        "and slower result than with %d px or more", self.tile, MIN_TILE)
         self.tile_overlap = overlap if tile_overlap is None else tile_overlap
         self.stats_megapixels = stats_megapixels
         if tile_batch is not None and tile_batch < 0:
@@ -245,6 +259,7 @@ class Derainer:
         Integer samples are scaled tile by tile (``tiling.run_tiled``): pass them as
         decoded, and a large photo is never held as float32 input.
         """
+        _check_samples(rgb)
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         tile, batch = self.tile, self.tile_batch
@@ -289,10 +304,8 @@ class Derainer:
             raise ValueError(
                 f"expected an HxW or HxWx(1|2|3|4) array (gray, gray+alpha, RGB, RGBA), "
                 f"got shape {arr.shape}")
-        if np.issubdtype(arr.dtype, np.integer):
-            scale = float(np.iinfo(arr.dtype).max)
-        else:
-            scale = 1.0
+        _check_samples(arr)
+        scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind == "u" else 1.0
         # uint8/uint16 go to the tiler as they are (scaled tile by tile); others as float32.
         native = arr.dtype in (np.uint8, np.uint16)
         x = arr if native else arr.astype(np.float32) / np.float32(scale)
@@ -327,6 +340,26 @@ class Derainer:
         out = Image.fromarray(self._derain_numpy(np.asarray(work)))
         out.info.update({k: v for k, v in img.info.items() if k in ("icc_profile", "dpi", "exif")})
         return out
+
+
+def _check_samples(arr: np.ndarray) -> None:
+    """Refuse arrays whose sample scale would be guessed wrong: a plain ``int64`` array (what
+    ``np.array(list)`` gives) holding 0-255 would otherwise read as near-black."""
+    if arr.size == 0:
+        raise ValueError(f"empty image (shape {arr.shape})")
+    if arr.dtype in (np.uint8, np.uint16):
+        return
+    if arr.dtype.kind != "f":
+        raise ValueError(
+            f"expected uint8 or uint16 samples, or floats in [0, 1]; got {arr.dtype} "
+            "(for 0-255 samples use arr.astype(np.uint8))")
+    lo, hi = float(arr.min()), float(arr.max())  # NaN anywhere makes both NaN
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("the image holds NaN or infinite samples")
+    if lo < -0.01 or hi > 1.01:  # a little overshoot from earlier processing is clipped
+        raise ValueError(
+            f"float samples must lie in [0, 1]; these span {lo:g}..{hi:g} "
+            "(for 0-255 data divide by 255, or pass uint8)")
 
 
 #: Names that moved to ``derain_cli.torch_runner``, still importable from here (PEP 562:

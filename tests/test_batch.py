@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from derain_cli.batch import (
+    BatchInterrupted,
     BatchOptions,
     BatchProgress,
     DistInfo,
@@ -357,13 +358,26 @@ def test_interrupted_pipeline_writes_what_was_derained(
         _img(tmp_path / f"p{i}.png", seed=i)
     items = collect_inputs([str(tmp_path)])
     _timed_io(monkeypatch, 0.05)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         run_batch(items, SlowDerainer(0.05, interrupt_at=3), BatchOptions())
     done = sorted(p.name for p in tmp_path.iterdir() if "_derained" in p.name)
     assert done == ["p0_derained.png", "p1_derained.png", "p2_derained.png"]
+    summary = stop.value.summary  # what was done, for --json
+    assert summary.interrupted and summary.processed == 3 and summary.to_dict()["interrupted"]
     for name in done:  # whole images, and no temporary files left beside them
         assert np.asarray(Image.open(tmp_path / name)).shape == (10, 12, 3)
     assert len(list(tmp_path.iterdir())) == 5 + 3
+
+
+def test_interrupted_plain_loop_reports_the_files_done(tmp_path: Path) -> None:
+    for i in range(4):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    items = collect_inputs([str(tmp_path)])
+    with pytest.raises(BatchInterrupted) as stop:
+        run_batch(items, SlowDerainer(0.0, device_name="cpu", interrupt_at=2), BatchOptions())
+    summary = stop.value.summary
+    assert summary.interrupted and summary.processed == 2
+    assert [Path(f.input).name for f in summary.files] == ["p0.png", "p1.png"]
 
 
 def test_huge_photos_are_not_decoded_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

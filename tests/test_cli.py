@@ -303,6 +303,28 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
 
 
+def test_json_after_ctrl_c_lists_the_files_done(tmp_path: Path, tiny_weights: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import derain_cli.batch as B
+
+    for i in range(3):
+        _img(tmp_path / f"p{i}.png", seed=i)
+    real, calls = B._process, []
+
+    def process(job, *a, **kw):  # Ctrl-C while the second photo is being derained
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, *a, **kw)
+
+    monkeypatch.setattr(B, "_process", process)
+    r = derain(tmp_path, "--weights", tiny_weights, "--json")
+    assert r.exit_code == 130
+    s = json.loads(r.stdout)
+    assert s["interrupted"] and s["processed"] == 1
+    assert [Path(f["input"]).name for f in s["files"]] == ["p0.png"]
+
+
 def test_never_overwrites_the_input(tmp_path: Path, tiny_weights: Path) -> None:
     src = _img(tmp_path / "a.png")
     before = src.read_bytes()

@@ -62,6 +62,33 @@ def test_bad_array_shape(derainer):
         derainer.derain(np.zeros((4, 4, 5), np.uint8))
 
 
+def test_sample_scales_that_would_be_guessed_wrong_are_refused(derainer):
+    x = _photo()
+    for bad in (x.astype(np.int64), x.astype(np.int32), x.tolist()):  # 0-255 in wide ints
+        with pytest.raises(ValueError, match="uint8 or uint16 samples"):
+            derainer.derain(bad)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*0\.\.255"):  # 0-255 as floats
+        derainer.derain(x.astype(np.float32))
+    with pytest.raises(ValueError, match="empty image"):
+        derainer.derain(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        derainer.derain(np.full((8, 8, 3), np.nan, np.float32))
+    # a little overshoot from earlier processing is fine
+    assert derainer.derain(x.astype(np.float32) / 255 * 1.005).shape == x.shape
+
+
+def test_bad_tiles_and_threads_are_refused(tiny_weights, caplog):
+    for kw, msg in ((dict(tile=-3), "tile must be at least 0"),
+                    (dict(tile=7), "at least 16 px"),
+                    (dict(tile_overlap=-1), "tile_overlap must be at least 0"),
+                    (dict(threads=-1), "threads must be at least 1")):
+        with pytest.raises(ValueError, match=msg):
+            Derainer(weights=tiny_weights, device="cpu", **kw)
+    with caplog.at_level("WARNING"):
+        Derainer(weights=tiny_weights, device="cpu", tile=32)
+    assert "little context" in caplog.text
+
+
 def test_device_and_precision_rules():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="unknown device"):
