@@ -188,7 +188,7 @@ def _scan_folder(
             )
             found += [
                 here / f for f in sorted(filenames)
-                if is_image_path(f) and not is_output_name(f)
+                if is_image_path(f) and not is_output_name(f) and not _special(here / f)
             ]
     else:
         try:
@@ -198,9 +198,15 @@ def _scan_folder(
         for p in entries:
             if p.is_dir():
                 skipped_dirs += not p.name.startswith(".") and not is_output_folder(p)
-            elif is_image_path(p) and not is_output_name(p):
+            elif is_image_path(p) and not is_output_name(p) and not _special(p):
                 found.append(p)
     return found, skipped_dirs
+
+
+def _special(p: Path) -> bool:
+    """A FIFO, socket or device named like a photo: opening it would block or never end.
+    (A broken link is not special: it is kept, to be reported as unreadable.)"""
+    return p.exists() and not p.is_file() and not p.is_dir()
 
 
 def collect_inputs(
@@ -266,7 +272,10 @@ def collect_inputs(
         if path.is_dir():
             add_folder(path, folder_name(path) if several_folders else Path())
         elif path.exists():
-            if path.suffix.lower() in SUPPORTED_SUFFIXES:
+            if _special(path):
+                items.append(InputItem(path, Path(path.name),
+                                       "not a regular file (a pipe, socket or device)"))
+            elif path.suffix.lower() in SUPPORTED_SUFFIXES:
                 add(path, Path(path.name))
             else:
                 shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
@@ -286,7 +295,7 @@ def collect_inputs(
                     except ValueError:
                         prefix = folder_name(mp)
                     add_folder(mp, prefix)
-                elif is_image_path(mp) and not is_output_name(mp):
+                elif is_image_path(mp) and not is_output_name(mp) and not _special(mp):
                     try:
                         rel = mp.relative_to(base)
                     except ValueError:

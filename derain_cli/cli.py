@@ -322,8 +322,10 @@ def _root(version: VersionOpt = False, debug: DebugOpt = False) -> None:
 class OutFormat(str, Enum):
     png = "png"
     jpg = "jpg"
+    jpeg = "jpeg"
     webp = "webp"
     tiff = "tiff"
+    tif = "tif"
     bmp = "bmp"
 
 
@@ -598,8 +600,12 @@ def _run(
             raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
                               "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
         to_file = batch.output_is_file(output)
+        single = len(inputs) == 1 and Path(inputs[0]).is_file()
+        if not to_file and single and output.suffix and not output.exists():
+            raise _usage(ctx, f"-o {output}: '{output.suffix}' is not an image type derain "
+                              "writes (.png, .jpg, .webp, .tif, .bmp); to write into a folder "
+                              "of that name, create it first")
         if to_file:
-            single = len(inputs) == 1 and Path(inputs[0]).is_file()
             if not single:
                 raise _usage(ctx, f"-o {output} names a file, which takes exactly one input "
                                   "file; to write several results give a folder: -o DIR")

@@ -214,6 +214,8 @@ class Derainer:
 
             self.runner = make_onnx_runner(net, dev, self.precision, threads,
                                            int8_graph=int8_graph)
+            if not int8_graph:
+                self.precision = "fp32"  # its graphs are fp32 (it warned if asked otherwise)
             auto = self.runner.suggest_tile
         else:
             self.runner = TorchRunner(net, dev, self.precision)

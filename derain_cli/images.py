@@ -59,11 +59,14 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 200_000_000
 
 #: File name suffixes (lowercase) this module reads and writes.
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
+SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif",
+                                ".tiff", ".bmp"})
 
 _SUFFIX_FORMAT = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
     ".png": "PNG",
     ".webp": "WEBP",
     ".tif": "TIFF",
@@ -75,6 +78,20 @@ _WRITE_FORMATS = frozenset(_SUFFIX_FORMAT.values())
 # Pillow plugins we let parse untrusted files; MPO is how Pillow reports multi-picture JPEGs.
 _READ_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
 _NOT_AN_IMAGE = "not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+def _unidentified(p: Path) -> str:
+    """Why Pillow could not open ``p``: a TIFF it cannot decode is still a TIFF."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return _NOT_AN_IMAGE
+    if head in _TIFF_MAGIC:
+        return ("a TIFF that cannot be decoded here: damaged, or a layout such as 16-bit "
+                "gray with alpha or floating-point RGB (save it as 8- or 16-bit RGB)")
+    return _NOT_AN_IMAGE
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
@@ -340,7 +357,7 @@ def read_image(
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageError(f"image too large (decompression bomb check): {e}") from None
         except UnidentifiedImageError:
-            raise ImageError(_NOT_AN_IMAGE) from None
+            raise ImageError(_unidentified(p)) from None
         except PermissionError:
             raise ImageError("cannot read file: permission denied") from None
         except MemoryError:

@@ -37,7 +37,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+        raise ValueError(f"--device {device} was asked for but PyTorch sees no CUDA GPU")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not (

@@ -90,7 +90,12 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error
-            raise WeightsError(f"{path}: not a plain tensor checkpoint ({e})") from None
+            if "Unsupported global" in str(e):  # torch's long advice does not apply here
+                why = ("it holds Python objects besides tensors, which derain does not "
+                       "unpickle (for safety); save the state_dict alone")
+            else:
+                why = "not a PyTorch checkpoint (a damaged file, or another kind of file)"
+            raise WeightsError(f"{path}: {why}") from None
         for key in ("ema", "model", "state_dict"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,18 @@ def test_collect_empty_folder_hints_recursive(tmp_path: Path) -> None:
     assert [i.error is not None for i in items] == [True, True]
     assert "add -r" in items[0].error
     assert "no images found" in items[1].error
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_named_like_a_photo_is_not_opened(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: the whole batch would hang."""
+    _img(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "p.png")
+    for recursive in (False, True):
+        items = collect_inputs([str(tmp_path)], recursive)
+        assert [Path(i.path).name for i in items] == ["a.png"]
+    (given,) = collect_inputs([str(tmp_path / "p.png")])
+    assert "not a regular file" in given.error
 
 
 def test_collect_glob_matching_folders_keeps_their_names(tmp_path: Path) -> None:

@@ -366,6 +366,19 @@ def test_output_with_foreign_image_suffix_is_usage_error(tmp_path: Path) -> None
     assert not (tmp_path / "result.gif").exists()
 
 
+def test_one_photo_to_an_unknown_suffix_is_usage_error(tmp_path: Path,
+                                                        tiny_weights: Path) -> None:
+    photo = _img(tmp_path / "a.png")
+    r = derain(photo, "-o", tmp_path / "res.xyz", "--weights", tiny_weights)
+    assert r.exit_code == 2 and "'.xyz' is not an image type" in r.stderr
+    assert not (tmp_path / "res.xyz").exists()
+    (tmp_path / "res.xyz").mkdir()  # an existing folder of that name is a folder
+    r = derain(photo, "-o", tmp_path / "res.xyz", "--weights", tiny_weights)
+    assert r.exit_code == 0 and (tmp_path / "res.xyz" / "a.png").exists()
+    r = derain(photo, "-o", tmp_path / "b.jfif", "--weights", tiny_weights, "--format", "jpeg")
+    assert r.exit_code == 0 and Image.open(tmp_path / "b.jfif").format == "JPEG"
+
+
 def test_no_inputs_is_usage_error() -> None:
     r = derain("-q")
     assert r.exit_code == 2 and "no input given" in r.stderr

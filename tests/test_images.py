@@ -70,8 +70,10 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_supported_suffixes_and_is_image_path() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"} == set(SUPPORTED_SUFFIXES)
+    assert {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff",
+            ".bmp"} == set(SUPPORTED_SUFFIXES)
     assert is_image_path("a/b/photo.JPG")
+    assert is_image_path("download.jfif") and images.format_for_path("x.JPE") == "JPEG"
     assert is_image_path(Path("x.tiff"))
     assert not is_image_path("notes.txt")
     assert not is_image_path("anim.gif")
@@ -425,6 +427,12 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     (tmp_path / "notes.jpg").write_text("this is not a photo\n" * 20)
     with pytest.raises(ImageError, match="not an image file"):
         read_image(tmp_path / "notes.jpg")
+
+
+def test_a_tiff_that_cannot_be_decoded_is_still_called_a_tiff(tmp_path: Path) -> None:
+    (tmp_path / "odd.tif").write_bytes(b"II*\x00" + bytes(100))  # a header, no usable IFD
+    with pytest.raises(ImageError, match="a TIFF that cannot be decoded here"):
+        read_image(tmp_path / "odd.tif")
 
 
 def test_folder(tmp_path: Path) -> None:

@@ -91,8 +91,13 @@ def test_pt_files_load_only_plain_tensors(tmp_path):
 
     bad = tmp_path / "bad.pt"
     torch.save({"model": Evil()}, bad)
-    with pytest.raises(WeightsError, match="not a plain tensor checkpoint"):
+    with pytest.raises(WeightsError, match="Python objects besides tensors") as info:
         weights.load_into(_tiny(), bad)
+    assert "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
+    png = tmp_path / "photo.pt"  # a photo renamed .pt
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
+        weights.load_into(_tiny(), png)
 
 
 def test_file_without_metadata_needs_model_name(tmp_path):
