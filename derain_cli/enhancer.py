@@ -340,7 +340,8 @@ class Derainer:
         else:
             work = img.convert("RGB")
         out = Image.fromarray(self._derain_numpy(np.asarray(work)))
-        out.info.update({k: v for k, v in img.info.items() if k in ("icc_profile", "dpi", "exif")})
+        out.info.update({k: v for k, v in img.info.items()
+                         if k in ("icc_profile", "dpi", "exif", "xmp", "XML:com.adobe.xmp")})
         return out
 
 

@@ -28,6 +28,7 @@ import functools
 import io
 import logging
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -39,7 +40,15 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
+from PIL import (
+    Image,
+    ImageCms,
+    ImageOps,
+    PngImagePlugin,
+    TiffImagePlugin,
+    TiffTags,
+    UnidentifiedImageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +107,12 @@ _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
 _EXIF_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 _ICC_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 _DPI_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP"})
+_XMP_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 
 _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
+_JPEG_MAX_XMP = 65504  # one APP1 segment less its "http://ns.adobe.com/xap/1.0/\0" header
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
 
 
@@ -141,6 +152,9 @@ class LoadedImage:
     icc_profile: bytes | None = None
     #: (x, y) dots per inch, if the file recorded it.
     dpi: tuple[float, float] | None = None
+    #: XMP packet (captions, ratings, copyright, edits from Lightroom and the like), its
+    #: ``tiff:Orientation`` reset to 1 like the EXIF one.
+    xmp: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -384,6 +398,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
 
         raw_exif = im.info.get("exif")  # TIFF tags are not EXIF blocks: not carried over
         exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
+        xmp = _read_xmp(im, fmt)
         icc = im.info.get("icc_profile") or None
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
@@ -399,7 +414,9 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             gray = rawmode.startswith("L")
             pixels16 = _decode_16bit_cv2(p, fmt, np.asarray(im), orientation)
             if pixels16 is not None:
-                return _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
+                loaded = _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
+                loaded.xmp = xmp
+                return loaded
             if gray:  # OpenCV failed: keep PIL's 8-bit decode (still the right picture)
                 im = im.convert("LA")
 
@@ -419,7 +436,33 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         arr = arr.astype(np.uint16, copy=False)
         bit_depth = 16
     grayscale = arr.ndim == 2
-    return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi)
+    return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
+                       xmp)
+
+
+_XMP_PNG_KEY = "XML:com.adobe.xmp"
+_XMP_TIFF_TAG = 700
+_XMP_ORIENTATION = re.compile(
+    rb'(tiff:Orientation\s*=\s*["\'])[1-8](["\'])|(<tiff:Orientation>)\s*[1-8]\s*(</tiff:Orientation>)')
+
+
+def _read_xmp(im: Image.Image, fmt: str) -> bytes | None:
+    """The file's XMP packet, if any, with its orientation reset (the pixels are upright)."""
+    if fmt == "PNG":
+        raw = im.info.get(_XMP_PNG_KEY)
+    elif fmt == "TIFF":
+        raw = getattr(im, "tag_v2", {}).get(_XMP_TIFF_TAG)
+    else:
+        raw = im.info.get("xmp")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    elif isinstance(raw, tuple):  # some TIFF readers give the BYTE tag as a tuple of ints
+        raw = bytes(raw)
+    if not isinstance(raw, bytes) or not raw.strip():
+        return None
+    return _XMP_ORIENTATION.sub(
+        lambda m: (m.group(1) + b"1" + m.group(2)) if m.group(1) else
+        (m.group(3) + b"1" + m.group(4)), raw)
 
 
 def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
@@ -596,11 +639,12 @@ class PreparedImage:
     icc: bytes | None
     dpi: tuple[float, float] | None
     quality: int
+    xmp: bytes | None = None
 
     def write(self) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`)."""
         fmt, pixels, alpha = self.fmt, self.pixels, self.alpha
-        exif, icc, dpi, quality = self.exif, self.icc, self.dpi, self.quality
+        exif, icc, dpi, quality, xmp = self.exif, self.icc, self.dpi, self.quality, self.xmp
         grayscale = pixels.ndim == 2
         bits = 16 if pixels.dtype == np.uint16 else 8
         if bits == 16 or fmt == "TIFF":
@@ -613,7 +657,7 @@ class PreparedImage:
             encode = _encode_png16 if fmt == "PNG" else _encode_tiff
 
             def save(fp: BinaryIO) -> None:
-                encode(fp, samples, exif=exif, icc=icc, dpi=dpi)
+                encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp)
         else:
             image = Image.fromarray(pixels)  # mode L or RGB
             if alpha is not None:
@@ -625,6 +669,12 @@ class PreparedImage:
                 params["icc_profile"] = icc
             if dpi:
                 params["dpi"] = dpi
+            if xmp and fmt in ("JPEG", "WEBP"):
+                params["xmp"] = xmp
+            elif xmp and fmt == "PNG":
+                info = PngImagePlugin.PngInfo()
+                info.add_itxt(_XMP_PNG_KEY, xmp.decode("utf-8", "replace"))
+                params["pnginfo"] = info
             if fmt == "JPEG":
                 # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
                 params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
@@ -680,8 +730,11 @@ def prepare_image(
     if _icc_colour_space(icc) != (b"GRAY" if grayscale else b"RGB "):
         icc = None  # a profile for another colour space would be invalid in this file
     dpi = like.dpi if like is not None and fmt in _DPI_FORMATS else None
+    xmp = like.xmp if like is not None and fmt in _XMP_FORMATS else None
+    if fmt == "JPEG" and xmp is not None and len(xmp) > _JPEG_MAX_XMP:
+        xmp = None  # does not fit one JPEG APP1 segment (extended XMP is not written)
 
-    return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality)
+    return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp)
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
@@ -790,8 +843,9 @@ def _encode_png16(
     exif: bytes | None,
     icc: bytes | None,
     dpi: tuple[float, float] | None,
+    xmp: bytes | None = None,
 ) -> None:
-    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf chunks.
+    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf/iTXt (XMP) chunks.
 
     OpenCV encodes gray/RGB/RGBA (fast libpng filtering) but writes no metadata, so our chunks
     are spliced in after IHDR. Gray+alpha, which OpenCV cannot write, is encoded here.
@@ -808,6 +862,9 @@ def _encode_png16(
     if exif:
         extra += _png_chunk(b"eXIf", exif[len(_EXIF_HEADER):] if exif.startswith(
             _EXIF_HEADER) else exif)
+    if xmp:  # iTXt: keyword, no compression, no language, no translated keyword
+        extra += _png_chunk(b"iTXt", _XMP_PNG_KEY.encode("latin-1") + b"\x00\x00\x00\x00\x00"
+                            + xmp)
 
     if channels == 2:
         fp.write(b"\x89PNG\r\n\x1a\n")
@@ -884,6 +941,7 @@ def _encode_tiff(
     exif: bytes | None,
     icc: bytes | None,
     dpi: tuple[float, float] | None,
+    xmp: bytes | None = None,
 ) -> None:
     """8/16-bit TIFF (gray, gray+alpha, RGB, RGBA), deflate + horizontal predictor, with ICC,
     DPI and EXIF (camera tags in IFD0 plus the Exif/GPS sub-IFDs).
@@ -951,6 +1009,9 @@ def _encode_tiff(
     if icc:
         ifd[34675] = icc
         ifd.tagtype[34675] = TiffTags.UNDEFINED
+    if xmp:
+        ifd[_XMP_TIFF_TAG] = xmp
+        ifd.tagtype[_XMP_TIFF_TAG] = TiffTags.BYTE
 
     header_and_ifd = io.BytesIO()
     ifd.save(header_and_ifd)

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, PngImagePlugin
 
 from derain_cli import images
 from derain_cli.images import (
@@ -386,6 +386,38 @@ def test_icc_profile_and_dpi_kept(tmp_path: Path) -> None:
         back = read_image(tmp_path / f"out16{suffix}")
         assert back.bit_depth == 16
         assert back.icc_profile == icc and back.dpi == (240.0, 240.0), suffix
+
+
+_XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        b'tiff:Orientation="6"><dc:rights>(c) a photographer</dc:rights></rdf:Description>'
+        b'</rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+@pytest.mark.parametrize("src", ["jpg", "png", "webp", "tif"])
+def test_xmp_is_kept_with_its_orientation_reset(tmp_path: Path, src: str) -> None:
+    """Captions, ratings and copyright live in XMP: a photo tool must not drop them. The
+    pixels come back upright, so XMP's orientation must say so, like EXIF's."""
+    img = Image.fromarray(_rng().integers(0, 256, (H, W, 3), dtype=np.uint8))
+    if src == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", _XMP.decode())
+        img.save(tmp_path / "in.png", pnginfo=info)
+    elif src == "tif":
+        img.save(tmp_path / "in.tif", tiffinfo={700: _XMP})
+    else:
+        img.save(tmp_path / f"in.{src}", xmp=_XMP)
+    loaded = read_image(tmp_path / f"in.{src}")
+    assert loaded.xmp is not None and b"(c) a photographer" in loaded.xmp
+    assert b'tiff:Orientation="1"' in loaded.xmp and b'Orientation="6"' not in loaded.xmp
+    for depth in (8, 16):
+        loaded.bit_depth = depth  # 16 bits take the project's own PNG and TIFF encoders
+        for ext in ("jpg", "png", "webp", "tif"):
+            out = tmp_path / f"out{depth}.{ext}"
+            write_image(out, loaded.pixels.astype(np.float32) / 255, like=loaded)
+            back = read_image(out)
+            assert back.xmp == loaded.xmp, (depth, ext)
 
 
 def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
