@@ -392,11 +392,12 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             log.warning("%s has %d pages/frames; only the first is derained", p, frames)
         # Read before load(): PIL's TIFF loader applies (and deletes) the orientation itself.
         orientation = im.getexif().get(_ORIENTATION, 1)
+        tiff_exif = _tiff_exif(im) if fmt == "TIFF" else None
         if not isinstance(orientation, int) or not 1 <= orientation <= 8:
             orientation = 1
         im.load()  # full decode: raises on truncated data (LOAD_TRUNCATED_IMAGES stays False)
 
-        raw_exif = im.info.get("exif")  # TIFF tags are not EXIF blocks: not carried over
+        raw_exif = im.info.get("exif") or tiff_exif
         exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
         xmp = _read_xmp(im, fmt)
         icc = im.info.get("icc_profile") or None
@@ -438,6 +439,29 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
                        xmp)
+
+
+def _tiff_exif(im: Image.Image) -> bytes | None:
+    """A TIFF keeps its camera tags (make, model, date, the Exif and GPS sub-IFDs) in its own
+    IFD, not in an EXIF block: gather them into one, leaving out the tags that describe the
+    file's layout (they belong to whatever file is written next)."""
+    src = im.getexif()
+    out = Image.Exif()
+    for tag in src:
+        if tag in _TIFF_LAYOUT_TAGS or tag == _XMP_TIFF_TAG:
+            continue
+        if tag in TiffTags.TAGS_V2_GROUPS:
+            sub = src.get_ifd(tag)
+            if sub:
+                out[tag] = dict(sub)
+            continue
+        out[tag] = src[tag]
+    if not any(tag != _ORIENTATION for tag in out):
+        return None
+    try:
+        return out.tobytes()
+    except (ValueError, TypeError, struct.error):  # a tag Pillow cannot write back
+        return None
 
 
 _XMP_PNG_KEY = "XML:com.adobe.xmp"

@@ -420,6 +420,25 @@ def test_xmp_is_kept_with_its_orientation_reset(tmp_path: Path, src: str) -> Non
             assert back.xmp == loaded.xmp, (depth, ext)
 
 
+def test_a_tiffs_camera_tags_travel_as_exif(tmp_path: Path) -> None:
+    """A TIFF keeps make, model, dates and the Exif sub-IFD as its own tags, not as an EXIF
+    block; they must reach the output like a JPEG's EXIF does, its layout tags must not."""
+    exif = Image.Exif()
+    exif.update({271: "Canon", 272: "EOS R5", 306: "2026:01:01 10:00:00", 274: 6})
+    exif[0x8769] = {0x829A: (1, 100), 0x9003: "2026:01:01 10:00:00"}
+    with open(tmp_path / "cam.tif", "wb") as f:
+        images._encode_tiff(f, _rng().integers(0, 256, (H, W, 3), dtype=np.uint8),
+                            exif=exif.tobytes(), icc=None, dpi=None)
+    loaded = read_image(tmp_path / "cam.tif")
+    assert loaded.size == (H, W)  # rotated upright
+    for ext in ("jpg", "png", "webp", "tif"):
+        write_image(tmp_path / f"out.{ext}", loaded.pixels.astype(np.float32) / 255, like=loaded)
+        back = Image.open(tmp_path / f"out.{ext}").getexif()
+        assert (back.get(271), back.get(272), back.get(274)) == ("Canon", "EOS R5", 1), ext
+        assert back.get_ifd(0x8769).get(0x829A) == (1, 100), ext
+        assert back.get(256) in (None, H), ext  # no stale layout tags (a TIFF has its own)
+
+
 def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
     gray_like = LoadedImage(np.zeros((H, W, 3), np.float32), None, 8, True, "L", "PNG",
                             icc_profile=_srgb_icc())  # an RGB profile on a gray image
