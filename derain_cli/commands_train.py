@@ -72,8 +72,9 @@ def _errors() -> Iterator[None]:
             raise
         _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        _err.print("\ninterrupted")
+    except KeyboardInterrupt as e:
+        if not getattr(e, "reported", False):  # training says where it stopped itself
+            _err.print("\ninterrupted")
         raise typer.Exit(130) from None
 
 
@@ -95,8 +96,8 @@ def train_cmd(
         "--pairs", help="Paired rainy/clean folder (repeatable; layout auto-detected).")] = None,
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Folder of clean photos: rain is synthesized on the fly.")] = None,
-    preset: Annotated[str, typer.Option(help="Synthetic rain: light, medium, heavy, mixed.")] =
-    "mixed",
+    preset: Annotated[str, typer.Option(
+        help="Synthetic rain: light, medium, heavy, storm, mixed.")] = "mixed",
     clean_fraction: CleanFractionOption = 0.0,
     unlabeled: Annotated[list[Path] | None, typer.Option(
         "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
@@ -133,9 +134,11 @@ def train_cmd(
     weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
-    bn_recalib: Annotated[int, typer.Option(
+    bn_recalib: Annotated[int | None, typer.Option(
+        show_default=False,
         help="Whole training images to re-estimate BatchNorm statistics on before "
-             "validation and export (0: off).")] = 16,
+             "validation and export (0: off). Default: 16, or 0 with --weights (a "
+             "distilled model's statistics must be kept).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     arch: Annotated[str | None, typer.Option(hidden=True, help="Registry-free architecture.")]
     = None,
@@ -318,8 +321,10 @@ def eval_cmd(
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import evaluate
 
-    if (data_arg is None) == (data_opt is None):
-        raise typer.BadParameter("give the pairs folder once: DATA or --data DATA")
+    if data_arg is None and data_opt is None:
+        raise typer.BadParameter("give the pairs folder: derain eval DATA or --data DATA")
+    if data_arg is not None and data_opt is not None:
+        raise typer.BadParameter("give the pairs folder once: DATA or --data DATA, not both")
     data = data_arg or data_opt
     with _errors():
         if weights is not None:

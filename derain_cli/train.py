@@ -63,6 +63,12 @@ class TrainError(ValueError):
     """A training setup that cannot run (bad options, missing data); the message says why."""
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint was saved and the user told so."""
+
+    reported = True
+
+
 @dataclass
 class TrainConfig:
     """All training options (the CLI flags map 1:1 onto these)."""
@@ -116,8 +122,10 @@ class TrainConfig:
     time_budget: float | None = None
     sync_bn: bool = False
     #: whole training images used to re-estimate BatchNorm statistics before
-    #: validation and export (0: keep the running averages over crops)
-    bn_recalib: int = 16
+    #: validation and export (0: keep the running averages over crops); None: 16 from
+    #: scratch, 0 when starting from ``init_weights`` (re-estimating the statistics of a
+    #: distilled model wrecks it: semi-drdnet-tiny fell from 29.1 to 16.4 dB on rain100l)
+    bn_recalib: int | None = None
     #: keep BatchNorm layers in eval mode (running statistics frozen, affine terms still
     #: trained; ``bn_recalib`` is then ignored): what fine-tuning needs, see
     #: ``freeze_batchnorm``
@@ -366,8 +374,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, size: tuple[int, int]
         for c in coords if len(coords) < 50 else []:
             d.ellipse([c[0] - 2, c[1] - 2, c[0] + 2, c[1] + 2], fill=color)
         lab = (lambda v: f"{10**v:.3g}") if logy else (lambda v: f"{v:.2f}")
-        d.text((2, y0), lab(ymax), fill=(0, 0, 0))
-        d.text((2, y1 - 10), lab(ymin), fill=(0, 0, 0))
+        d.text((x0 - 48, y0), lab(ymax), fill=(0, 0, 0))  # left of this panel's own frame
+        d.text((x0 - 48, y1 - 10), lab(ymin), fill=(0, 0, 0))
         d.text((x0, y1 + 5), str(int(xmin)), fill=(0, 0, 0))
         d.text((x1 - 40, y1 + 5), f"step {int(xmax)}", fill=(0, 0, 0))
     tmp = path.with_suffix(".tmp.png")
@@ -478,7 +486,106 @@ def _defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     if cfg.workers is None:
         world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
         cfg.workers = min(4, max(1, (os.cpu_count() or 2) // world)) if on_gpu else 0
+    if cfg.bn_recalib is None:
+        cfg.bn_recalib = 0 if cfg.init_weights else 16
     return cfg
+
+
+#: what ``check_config`` accepts for the named string options
+_EXPORT_DTYPES = ("float16", "fp16", "float32", "fp32", "bfloat16")
+_FEATURES = ("auto", "vgg19", "self", "none")
+_SMALLEST_PATCH = 16
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse options that cannot work before any data is read or any step is taken, so a
+    mistake costs seconds, not a training run (the export dtype used to fail only at the
+    end, ``--epochs 0`` meant 10000 steps, ``--batch 0`` divided by zero)."""
+    from .synth import PRESETS
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise TrainError(msg)
+
+    need(cfg.steps is None or cfg.epochs is None,
+         "give --steps or --epochs, not both")
+    need(cfg.steps is None or cfg.steps >= 1, f"--steps must be at least 1, not {cfg.steps}")
+    need(cfg.epochs is None or cfg.epochs >= 1,
+         f"--epochs must be at least 1, not {cfg.epochs}")
+    need(cfg.batch is None or cfg.batch >= 1, f"--batch must be at least 1, not {cfg.batch}")
+    need(cfg.patch is None or cfg.patch >= _SMALLEST_PATCH,
+         f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
+    need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
+    need(cfg.warmup >= 0, f"--warmup must be 0 or more, not {cfg.warmup}")
+    need(cfg.clip >= 0, f"--clip must be 0 (off) or more, not {cfg.clip:g}")
+    need(0 <= cfg.ema < 1, f"--ema must be in [0, 1), not {cfg.ema:g}")
+    for flag, v in (("--val-every", cfg.val_every), ("--ckpt-every", cfg.ckpt_every),
+                    ("--log-every", cfg.log_every), ("--val-limit", cfg.val_limit)):
+        need(v >= 1, f"{flag} must be at least 1, not {v}")
+    need(cfg.val_crop is None or cfg.val_crop >= _SMALLEST_PATCH,
+         f"--val-crop must be at least {_SMALLEST_PATCH} px, not {cfg.val_crop}")
+    need(cfg.time_budget is None or cfg.time_budget > 0,
+         f"--time-budget must be positive, not {cfg.time_budget}")
+    need(cfg.bn_recalib is None or cfg.bn_recalib >= 0,
+         f"--bn-recalib must be 0 (off) or more, not {cfg.bn_recalib}")
+    need(cfg.contrast_weight >= 0,
+         f"--contrast-weight must be 0 or more, not {cfg.contrast_weight:g}")
+    need(cfg.preset == "mixed" or cfg.preset in PRESETS,
+         f"unknown --preset {cfg.preset!r}; use {', '.join([*PRESETS, 'mixed'])}")
+    need(cfg.contrast_features in _FEATURES,
+         f"unknown --contrast-features {cfg.contrast_features!r}; use {', '.join(_FEATURES)}")
+    need(cfg.export_dtype in _EXPORT_DTYPES,
+         f"unknown --export-dtype {cfg.export_dtype!r}; use float16, float32 or bfloat16")
+    need(cfg.amp in ("auto", "bf16", "fp32"),
+         f"unknown amp mode {cfg.amp!r}; use auto, bf16 or fp32")
+    need(not Path(cfg.out).exists() or Path(cfg.out).is_dir(),
+         f"--out {cfg.out} is a file; name a folder for the run")
+
+
+def _check_val_pairs(cfg: TrainConfig) -> None:
+    """Every validation pair must have matching sizes: found now, by reading headers only,
+    rather than at the first validation, after the training it would throw away."""
+    from PIL import Image
+
+    from .pairs import find_pairs
+
+    pairs = find_pairs(Path(cfg.val))
+    for pair in pairs[: cfg.val_limit]:
+        rainy, clean = pair.rainy, pair.clean
+        try:
+            with Image.open(rainy) as a, Image.open(clean) as b:
+                ra, rb = a.size, b.size
+        except (OSError, ValueError) as e:
+            raise TrainError(f"--val: cannot read {rainy.name} or its clean pair ({e})") from None
+        if ra != rb and ra != rb[::-1]:  # swapped: EXIF orientation may set them right
+            raise TrainError(f"--val: {rainy} is {ra[0]}x{ra[1]} but {clean} is "
+                             f"{rb[0]}x{rb[1]}; pairs must have the same size")
+
+
+def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
+                  out: Path, warn: bool = True) -> None:
+    """A resumed run must be the same run: same network, same data. A longer ``--steps``
+    is fine (that is what resuming is for); other changed settings get a warning."""
+    if ckpt.get("arch") != arch or json.loads(ckpt.get("model_config") or "{}") != conf:
+        raise TrainError(f"--resume: {out} was trained as {ckpt.get('name')} "
+                         f"({ckpt.get('arch')}); pass -m {ckpt.get('name')} to continue it")
+    try:
+        before = json.loads(ckpt.get("config") or "{}")
+    except ValueError:
+        return
+    now = dataclasses.asdict(cfg)
+    data_keys = ("pairs", "synthetic", "unlabeled", "rainy_dir", "clean_dir", "preset")
+    changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
+    if changed:
+        raise TrainError("--resume: the run was trained on other data ("
+                         + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
+                         + "); start a new run with another --out")
+    soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
+            "contrast_weight", "contrast_terms", "clean_fraction", "seed")
+    moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
+             if k in before and before[k] != now.get(k)]
+    if moved and warn:
+        _say("warning: --resume with changed settings: " + ", ".join(moved))
 
 
 def _auto_bf16(device: torch.device) -> bool:
@@ -530,22 +637,19 @@ def _train(
     hooks: dict[str, Callable[..., Any]],
 ) -> TrainResult:
     t_start = time.time()
+    check_config(cfg)
     device = _resolve_device(cfg.device, local, world)
     cfg = _defaults(cfg, device)
     out = Path(cfg.out)
     name, arch, conf = _model_identity(cfg)
     if not cfg.pairs and not cfg.synthetic and "make_labeled" not in hooks:
         raise TrainError("no training data: pass --pairs DIR and/or --synthetic CLEAN_DIR")
-    if cfg.amp not in ("auto", "bf16", "fp32"):
-        raise TrainError(f"unknown amp mode {cfg.amp!r}; use auto, bf16 or fp32")
     try:
         L.parse_contrast_terms(arch, cfg.contrast_terms)
     except ValueError as e:
         raise TrainError(f"--contrast-terms: {e}") from None
     if cfg.val:  # fail now, on every rank, rather than at the first validation
-        from .pairs import find_pairs
-
-        find_pairs(Path(cfg.val))
+        _check_val_pairs(cfg)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))
     if use_bf16 and device.type == "cpu" and not cpu_supports_bf16():
         # Without AVX-512-BF16/AMX, PyTorch runs bf16 convolutions through its slow reference
@@ -562,6 +666,7 @@ def _train(
         if not last.exists():
             raise TrainError(f"--resume: no checkpoint at {last}")
         ckpt = load_checkpoint(last)
+        _check_resume(cfg, ckpt, arch, conf, out, warn=is_main)
     elif (out / "last.pt").exists():
         raise TrainError(f"{out} already holds a run (last.pt); pass --resume to continue it "
                          "or choose another --out")
@@ -607,6 +712,9 @@ def _train(
         (cfg.epochs or 0) * steps_per_epoch if cfg.epochs else 10000)
     if total <= 0:
         raise TrainError("--steps/--epochs must be positive")
+    if ckpt is not None and int(ckpt["step"]) >= total:
+        raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
+                         "asked for; pass a larger --steps to train further")
 
     # ---- model, EMA, optimizer
     # channels_last: oneDNN's fast convolution layout on CPUs (1.6x per training step for
@@ -833,6 +941,7 @@ def _train(
         if is_main:
             _atomic_torch_save(checkpoint_obj(), out / "last.pt")
             _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            raise TrainInterrupted from None
         raise
 
     wall = wall_before + time.time() - t_start
@@ -895,7 +1004,7 @@ def _export(
 def _say(msg: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(msg)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(msg)
 
 
 class _Progress:
@@ -986,22 +1095,29 @@ class FinetuneConfig:
     model_config: dict[str, Any] | None = None
 
 
-def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str]:
-    """(weights file, label): --weights FILE, else the published weights of --model NAME."""
+def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
+    """(weights file, origin, short name): --weights FILE, else the published weights of
+    --model NAME.
+
+    A file's origin is its path: a run of ``derain train`` names its weights after the model
+    it trains, so that name alone would pass them off as the published ones; it is still
+    the short name of the fine-tuned result.
+    """
     if fc.weights:
         from .weights import read_state
 
         _, meta = read_state(fc.weights)
-        return fc.weights, fc.model or meta.get("name") or Path(fc.weights).stem
+        return fc.weights, str(fc.weights), fc.model or meta.get("name") or Path(
+            fc.weights).stem
     if fc.model is None and fc.arch is None:
         raise TrainError("finetune needs --model NAME or --weights FILE")
     if fc.arch is not None:
-        return None, fc.arch
+        return None, fc.arch, fc.arch
     from .weights import load_manifest, resolve
 
     if fc.model not in load_manifest():
         raise TrainError(f"no published weights for {fc.model!r} yet; pass --weights FILE")
-    return str(resolve(fc.model, quiet=fc.quiet)), fc.model
+    return str(resolve(fc.model, quiet=fc.quiet)), fc.model, fc.model
 
 
 def _load_photos(folder: str, max_side: int) -> list[np.ndarray]:
@@ -1014,13 +1130,20 @@ def _load_photos(folder: str, max_side: int) -> list[np.ndarray]:
         raise TrainError(f"{folder}: no images found")
     out = []
     for p in paths:
-        img = D.load_rgb_u8(p)
+        try:
+            img = D.load_rgb_u8(p)
+        except Exception as e:  # noqa: BLE001 - one bad photo must not stop the others
+            why = str(e) if str(p) in str(e) else f"{p}: {e}"
+            _say(f"warning: skipped {why}")
+            continue
         h, w = img.shape[:2]
         if max_side and max(h, w) > max_side:
             s = max_side / max(h, w)
             img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
                              interpolation=cv2.INTER_AREA)
         out.append(img)
+    if not out:
+        raise TrainError(f"{folder}: none of its {len(paths)} images could be read")
     return out
 
 
@@ -1040,20 +1163,27 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         raise TrainError(f"unknown batchnorm mode {fc.batchnorm!r}; use keep or refresh")
     device = resolve_device(fc.device)
     on_gpu = device.type == "cuda"
-    weights, label = _init_weights_for(fc)
+    weights, label, short = _init_weights_for(fc)
     steps = fc.steps if fc.steps is not None else (1000 if on_gpu else 200)
+    if steps < 1:
+        raise TrainError(f"--steps must be at least 1, not {steps}")
+    batch = fc.batch if fc.batch is not None else (8 if on_gpu else 4)
+    patch = fc.patch if fc.patch is not None else (128 if on_gpu else 96)
+    if fc.max_side and fc.max_side < patch:
+        raise TrainError(f"--max-side must be 0 (keep) or at least the patch ({patch} px), "
+                         f"not {fc.max_side}")
     cfg = TrainConfig(
         model=fc.model if fc.arch is None else None, arch=fc.arch, model_config=fc.model_config,
         init_weights=weights, synthetic=[fc.clean] if fc.clean else [], preset=fc.preset,
         clean_fraction=fc.clean_fraction, unlabeled=[fc.rainy], val=fc.val, out=fc.out, steps=steps,
-        batch=fc.batch or (8 if on_gpu else 4), patch=fc.patch or (128 if on_gpu else 96),
+        batch=batch, patch=patch,
         lr=fc.lr, warmup=min(50, steps // 10 or 1), min_lr_ratio=0.1, l2sp=fc.l2sp,
         consistency=fc.consistency, contrast_features=fc.contrast_features,
         contrast_weight=fc.contrast_weight, contrast_terms=fc.contrast_terms,
         device=fc.device, workers=fc.workers,
         seed=fc.seed, resume=fc.resume, quiet=fc.quiet, amp=fc.amp,
         time_budget=fc.time_budget, ckpt_every=fc.ckpt_every, val_every=max(steps // 4, 1),
-        name=fc.name or f"{label.removesuffix('.safetensors')}-finetuned",
+        name=fc.name or f"{short}-finetuned",
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
@@ -1061,6 +1191,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     )
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
+    check_config(cfg)  # before the photos are read and derained
     photos = _load_photos(fc.rainy, fc.max_side)
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,

@@ -154,6 +154,73 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
         T.train(_cfg(data, tmp_path / "x", steps=2))
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(steps=None, epochs=0), "--epochs must be at least 1"),  # once meant 10000 steps
+    (dict(steps=5, epochs=1), "--steps or --epochs, not both"),
+    (dict(batch=0), "--batch must be at least 1"),  # divided by zero
+    (dict(patch=0), "--patch must be at least 16"),
+    (dict(lr=0.0), "--lr must be positive"),
+    (dict(ema=1.5), r"--ema must be in \[0, 1\)"),
+    (dict(ckpt_every=0), "--ckpt-every must be at least 1"),
+    (dict(time_budget=-1.0), "--time-budget must be positive"),
+    (dict(preset="drizzle"), "unknown --preset 'drizzle'"),
+    (dict(contrast_features="clip"), "unknown --contrast-features"),
+    (dict(export_dtype="int4"), "unknown --export-dtype"),  # once found after training
+])
+def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
+    with pytest.raises(T.TrainError, match=msg):
+        T.train(_cfg(data, tmp_path / "run", **kw))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(T.TrainError, match="is a file"):
+        T.train(_cfg(data, tmp_path / "afile"))
+
+
+def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
+    val = tmp_path / "val"
+    for sub, size in (("rainy", (40, 30)), ("clean", (38, 30))):
+        (val / sub).mkdir(parents=True)
+        Image.new("RGB", size).save(val / sub / "a.png")
+    with pytest.raises(T.TrainError, match=r"--val: .*a\.png is 40x30 but .*38x30"):
+        T.train(_cfg(data, tmp_path / "run", val=str(val)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_must_be_the_same_run(data, tmp_path, capsys):
+    T.train(_cfg(data, tmp_path / "r", steps=3))
+    with pytest.raises(T.TrainError, match="trained as .*semi-drdnet"):
+        T.train(_cfg(data, tmp_path / "r", steps=5, resume=True, arch="rdmc",
+                     model_config=TINY_RDMC))
+    with pytest.raises(T.TrainError, match="other data"):
+        T.train(_cfg(data, tmp_path / "r", steps=5, resume=True,
+                     synthetic=[str(data["real"])]))
+    with pytest.raises(T.TrainError, match="already at step 3 of the 3"):
+        T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
+    T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, lr=1e-3))  # allowed, but said
+    assert "changed settings: lr" in capsys.readouterr().err
+
+
+def test_batchnorm_is_kept_by_default_when_starting_from_weights(data, tmp_path, monkeypatch):
+    """Re-estimating a distilled model's BN statistics wrecked it (29.1 -> 16.4 dB)."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=2))
+    seen: list[int] = []
+    real = T._recalibrated
+
+    def spy(ema, labeled, n, *a, **kw):
+        seen.append(n)
+        return real(ema, labeled, n, *a, **kw)
+
+    monkeypatch.setattr(T, "_recalibrated", spy)
+    T.train(_cfg(data, tmp_path / "from", steps=2, init_weights=str(base.weights)))
+    assert set(seen) == {0}
+    seen.clear()
+    T.train(_cfg(data, tmp_path / "scratch", steps=2))
+    assert set(seen) == {16}
+
+
 def test_export_checkpoint_and_logs(data, tmp_path):
     out = tmp_path / "run"
     res = T.train(_cfg(data, out, steps=6, val=str(data["val"]), val_every=3, name="tiny"))
@@ -252,6 +319,8 @@ def test_finetune_on_own_photos(data, tmp_path):
     assert net.cfg.width == 8
     entry = json.loads((tmp_path / "ft" / "manifest_entry.json").read_text())
     assert "pseudo-clean" in entry["training_data"]
+    # the origin is the file it started from, not the model name that file carries
+    assert f"finetuned from {base.weights}" in entry["training_data"]
     rec = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[-1])
     assert rec["l2sp"] >= 0 and "consistency" in rec and "c_bg_u" in rec
     # the self encoder learns at its own rate, not fine-tuning's small one
@@ -269,6 +338,21 @@ def test_finetune_on_own_photos(data, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert out_img.exists()
+
+
+def test_finetune_skips_a_photo_it_cannot_read(data, tmp_path, capsys):
+    rainy = tmp_path / "mine"
+    rainy.mkdir()
+    for p in sorted(data["real"].iterdir())[:2]:
+        (rainy / p.name).write_bytes(p.read_bytes())
+    (rainy / "broken.jpg").write_text("not a photo")
+    assert len(T._load_photos(str(rainy), 1024)) == 2
+    assert "warning: skipped " in (err := capsys.readouterr().err) and "broken.jpg" in err
+    for p in list(rainy.iterdir()):
+        if p.name != "broken.jpg":
+            p.unlink()
+    with pytest.raises(T.TrainError, match="none of its 1 images could be read"):
+        T._load_photos(str(rainy), 1024)
 
 
 def test_finetune_with_clean_photos_and_tiny_arch(data, tmp_path):
