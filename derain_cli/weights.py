@@ -111,6 +111,16 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def declared_name(path: str | os.PathLike[str]) -> str | None:
+    """The model name a derain-written safetensors file carries (header only), else None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return meta.get("name") if meta.get("format") == FORMAT else None
+
+
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
     """Raise a WeightsError naming the first missing, unexpected or mis-shaped tensor."""
     expected = model.state_dict()
@@ -203,9 +213,14 @@ def _published(rec: WeightRecord) -> bool:
 
 
 def load_pretrained(name: str, *, quiet: bool = False) -> nn.Module:
-    """The registered model ``name`` with its published weights, checked and in eval mode."""
+    """The registered model ``name`` with its published weights, checked and in eval mode.
+
+    A name that is neither in the manifest nor registered raises the registry's
+    ``UnknownModelError`` (a typo: the message lists the models), not the "no pretrained
+    weights yet" advice, which only fits a registered model nobody has trained yet."""
     rec = load_manifest().get(name)
     if rec is None:
+        get_spec(name)  # UnknownModelError for a name that is not a model at all
         raise WeightsError(untrained_message(name))
     path = resolve(name, quiet=quiet)
     model = build_architecture(rec.arch, rec.config)

@@ -150,3 +150,11 @@ def test_a_damaged_bundled_file_asks_for_a_reinstall(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"'rdmc' has no pretrained weights yet.*derain "
                                            r"train --model rdmc"):
         weights.load_pretrained("rdmc")
+
+
+def test_load_pretrained_unknown_name_is_an_unknown_model():
+    """Only a registered model gets the "no pretrained weights yet" advice."""
+    from derain_cli.models import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match=r"unknown model 'nosuch'; choose one of: "):
+        weights.load_pretrained("nosuch")
