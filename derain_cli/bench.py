@@ -518,13 +518,39 @@ def measure_rss(model: str = DEFAULT_MODEL, size: tuple[int, int] = RSS_SIZE,
 
 
 # --------------------------------------------------------------------------- main
+class BenchError(ValueError):
+    """A benchmark request with a bad value (model, variant, device): a usage error that the
+    CLI reports on one line with exit status 2, before anything is measured."""
+
+
 def _devices(spec: str | None) -> list[torch.device]:
+    """The devices to measure; a ``BenchError`` for one that is malformed or absent here
+    (torch's own errors, e.g. "Torch not compiled with CUDA enabled", read as crashes)."""
     if spec in (None, "auto", "all"):
         devs = [torch.device("cpu")]
         if torch.cuda.is_available():
             devs.append(torch.device("cuda"))
         return devs
-    return [torch.device(d.strip()) for d in spec.split(",")]
+    devs = []
+    for part in (d.strip() for d in spec.split(",")):
+        try:
+            dev = torch.device(part)
+        except RuntimeError:
+            raise BenchError(f"--device {part!r}: not a device; use auto, cpu, cuda or "
+                             "cuda:N (comma-separated for several)") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BenchError(f"--device {part}: CUDA is not available on this machine "
+                                 f"(torch {torch.__version__}); use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise BenchError(f"--device {part}: this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type != "cpu":
+            raise BenchError(f"--device {part}: only cpu and cuda are benchmarked")
+        devs.append(dev)
+    if not devs:
+        raise BenchError("--device: no device given")
+    return devs
 
 
 def _cpu_name() -> str:
@@ -563,11 +589,14 @@ def bench_main(
     names = list(models) if models else list(MODELS)
     for n in names:
         if n not in MODELS:
-            raise ValueError(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
+            raise BenchError(f"unknown model {n!r}; choose one of: {', '.join(MODELS)}")
+    if not variants:
+        raise BenchError("--variants: no variant given")
     for v in variants:
         if v not in DEFAULT_VARIANTS + EXTRA_VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; choose from "
+            raise BenchError(f"unknown variant {v!r}; choose from "
                              f"{', '.join(DEFAULT_VARIANTS + EXTRA_VARIANTS)}")
+    devs = _devices(devices)  # checked before the minutes of measuring
     if size is None:
         side = max(16, round(math.sqrt(megapixels * 1e6)))
         size = (side, side)
@@ -588,7 +617,7 @@ def bench_main(
         mult = max(1, int(getattr(net, "size_multiple", 1)))
         has_stats = getattr(net, "global_stats_shape", None) is not None
         ov = default_overlap(net) if overlap is None else overlap
-        for dev in _devices(devices):
+        for dev in devs:
             peak, ref = mixed_peak(net, peak_side, dev, peaks)
             if tile is not None:
                 dev_tile = tile
@@ -703,6 +732,9 @@ def bench_cmd(
             devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
             flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
         )
+    except BenchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     except (ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

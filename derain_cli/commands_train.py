@@ -267,6 +267,8 @@ def distill_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     name: Annotated[str, typer.Option(help="Name in manifest_entry.json.")] =
     "semi-drdnet-distilled",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the model an earlier run left in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
@@ -280,7 +282,7 @@ def distill_cmd(
                 rain_blocks=rain_blocks, student=student, init=str(init) if init else None,
                 real=str(real) if real else None, steps=steps, max_minutes=max_minutes,
                 batch=batch, patch=patch, lr=lr, seed=seed, val_count=val_count,
-                threads=threads, progress=not quiet, name=name))
+                threads=threads, progress=not quiet, name=name, overwrite=overwrite))
         except DistillError as e:
             raise _usage_error(str(e)) from None
         b, a = r.before, r.after
@@ -310,7 +312,7 @@ def eval_cmd(
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Per-image CSV.")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
     clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N pairs.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     tile: Annotated[int | None, typer.Option(help="Tile size (0: whole image).")] = None,
     precision: Annotated[str, typer.Option(
@@ -359,10 +361,14 @@ def synth_cmd(
     out: Annotated[Path | None, typer.Option(
         "-o", "--output", show_default=False,
         help="Output folder (rainy/ + clean/).")] = None,
-    preset: Annotated[str, typer.Option(help="light, medium, heavy or mixed.")] = "mixed",
-    count: Annotated[int | None, typer.Option(help="Number of pairs (default: one each).")] =
-    None,
+    preset: Annotated[str, typer.Option(help="light, medium, heavy, storm or mixed.")] =
+    "mixed",
+    count: Annotated[int | None, typer.Option(
+        min=1, help="Number of pairs (default: one each).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace same-named pairs in an output that already holds some.")
+    ] = False,
 ) -> None:
     """Write synthetic rainy/clean pairs from clean photos."""
     from .evaluate import synth_pairs
@@ -375,5 +381,5 @@ def synth_cmd(
         typer.echo("error: no output folder: give -o PAIRS_DIR", err=True)
         raise typer.Exit(2)
     with _errors():
-        n = synth_pairs(clean, out, preset=preset, count=count, seed=seed)
+        n = synth_pairs(clean, out, preset=preset, count=count, seed=seed, overwrite=overwrite)
         typer.echo(f"wrote {n} pairs to {out}/rainy and {out}/clean")

@@ -21,7 +21,7 @@ Dataset items are dicts of CHW float32 tensors in [0, 1]:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,60 @@ def load_rgb_u8(path: str | Path) -> np.ndarray:
 
 def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
     return [load_rgb_u8(p) for p in paths]
+
+
+def warn_skipped(path: Path, reason: str) -> None:
+    """Print one ``warning:`` line on stderr for an image that is skipped (``reason`` is the
+    ``DataError`` text, which starts with the path)."""
+    import sys
+
+    text = reason if reason.startswith(str(path)) else f"{path}: {reason}"
+    print(f"warning: {text}; skipped", file=sys.stderr, flush=True)
+
+
+def load_photos(
+    folder: str | Path,
+    max_side: int = 0,
+    *,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> list[np.ndarray]:
+    """Decode every image under ``folder`` (recursively) to HxWx3 uint8, downscaled to
+    ``max_side`` on the long side when given (0: keep).
+
+    Why skipping: folders of real photos (``--unlabeled``, ``finetune --rainy``) often hold
+    a damaged or mis-named file, and one of them should not end a long job. Each unreadable
+    file is reported by ``on_skip(path, reason)`` (default :func:`warn_skipped`, one line);
+    ``DataError`` when the folder has no images or none can be read.
+    """
+    return [img for _, img in _load_folder(folder, max_side, on_skip)]
+
+
+def _load_folder(
+    folder: str | Path, max_side: int = 0, on_skip: Callable[[Path, str], None] | None = None
+) -> list[tuple[Path, np.ndarray]]:
+    """``load_photos`` with each photo's path."""
+    paths = list_images(Path(folder), recursive=True)
+    if not paths:
+        raise DataError(f"{folder}: no images found")
+    skip = on_skip or warn_skipped
+    out: list[tuple[Path, np.ndarray]] = []
+    for p in paths:
+        try:
+            img = load_rgb_u8(p)
+        except DataError as e:
+            skip(p, str(e))
+            continue
+        h, w = img.shape[:2]
+        if max_side and max(h, w) > max_side:
+            import cv2
+
+            s = max_side / max(h, w)
+            img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
+                             interpolation=cv2.INTER_AREA)
+        out.append((p, img))
+    if not out:
+        raise DataError(f"{folder}: none of the {len(paths)} images could be read")
+    return out
 
 
 def item_rng(seed: int, key: Key, stream: int) -> np.random.Generator:
@@ -169,12 +223,10 @@ class LabeledDataset(Dataset):
                 "paired", _load_all([p.rainy for p in pairs]), _load_all([p.clean for p in pairs]),
                 [p.name for p in pairs],
             ))
-        for d in clean_dirs:
-            paths = list_images(Path(d), recursive=True)
-            if not paths:
-                raise DataError(f"{d}: no images found")
-            self.sources.append(_Source("synthetic", None, _load_all(paths),
-                                        [p.name for p in paths]))
+        for d in clean_dirs:  # photos, like --unlabeled ones: a damaged file is skipped
+            loaded = _load_folder(d)
+            self.sources.append(_Source("synthetic", None, [img for _, img in loaded],
+                                        [p.name for p, _ in loaded]))
         if clean_images is not None:
             if not len(clean_images):
                 raise DataError("no clean images given")
@@ -250,10 +302,7 @@ class UnlabeledDataset(Dataset):
         self.patch, self.seed, self.augment = patch, seed, augment
         self.images: list[np.ndarray] = list(images) if images is not None else []
         for d in dirs:
-            paths = list_images(Path(d), recursive=True)
-            if not paths:
-                raise DataError(f"{d}: no images found")
-            self.images.extend(_load_all(paths))
+            self.images.extend(load_photos(d))  # skips damaged photos with a warning
         if not self.images:
             raise DataError("no unlabeled rainy images")
 

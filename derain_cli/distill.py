@@ -96,6 +96,25 @@ class DistillConfig:
     threads: int | None = None
     progress: bool = True
     name: str = "semi-drdnet-distilled"
+    overwrite: bool = False
+    """Replace the model an earlier run left in ``out`` (else ``distill`` refuses, as
+    ``derain train`` refuses an existing run folder)."""
+
+
+#: What a finished run leaves in its folder (``last.pt``: a ``derain train`` run).
+RUN_FILES = ("model.safetensors", "manifest_entry.json", "last.pt")
+
+
+def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Refuse an ``out`` folder that already holds a run, before any work: minutes of
+    distillation would otherwise silently replace an earlier model."""
+    if overwrite:
+        return
+    held = [f for f in RUN_FILES if (Path(out) / f).exists()]
+    if held:
+        raise DistillError(
+            f"{out} already holds a run ({', '.join(held)}); choose another --out, or pass "
+            "--overwrite (overwrite=True in Python) to replace it")
 
 
 @dataclass
@@ -128,9 +147,15 @@ def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
     """The teacher with only its first ``detail_blocks`` detail blocks and first
     ``rain_blocks`` rain blocks (None: all), weights copied."""
     n = teacher.cfg.detail_blocks
+    if n <= 1:
+        raise DistillError(
+            f"the teacher has only {n} detail block, so there is nothing to prune "
+            f"(--detail-blocks {detail_blocks}): a pruned student needs fewer detail blocks "
+            "than its teacher. Distil into another architecture with --student NAME "
+            "(student= in Python), or use a teacher with more detail blocks")
     if not 1 <= detail_blocks < n:
         raise DistillError(f"detail_blocks must be between 1 and {n - 1} for a teacher "
-                           f"with {n}")
+                           f"with {n} detail blocks (got {detail_blocks})")
     r = teacher.cfg.rain_blocks
     if rain_blocks is not None and not 1 <= rain_blocks <= r:
         raise DistillError(f"rain_blocks must be between 1 and {r} for a teacher with {r}")
@@ -234,13 +259,27 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
             "agreement_psnr": round(float(np.mean(agree)), 2), "count": len(held)}
 
 
+def _readable(paths: list[Path]) -> list[np.ndarray]:
+    """Decode ``paths`` in order, skipping (with one warning each) those that cannot be read."""
+    from .data import DataError, load_rgb_u8, warn_skipped
+
+    out = []
+    for p in paths:
+        try:
+            out.append(load_rgb_u8(p))
+        except DataError as e:
+            warn_skipped(p, str(e))
+    return out
+
+
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
-    from .data import load_rgb_u8
+    from .data import load_photos
     from .pairs import list_images
     from .train import _hardware, _Progress
     from .weights import save_weights
 
+    check_out(cfg.out, cfg.overwrite)
     cross = cfg.student is not None
     teacher, label = _load_teacher(cfg.teacher, any_arch=cross)
     if cross:
@@ -254,10 +293,13 @@ def distill(cfg: DistillConfig) -> DistillResult:
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
                            f"{cfg.val_count} (that many are held out)")
-    cut = len(photos) - cfg.val_count
-    clean = [load_rgb_u8(p) for p in photos[:cut]]
-    held_photos = [load_rgb_u8(p) for p in photos[cut:]]
-    real = [load_rgb_u8(p) for p in list_images(Path(cfg.real))] if cfg.real else []
+    readable = _readable(photos)  # an unreadable photo is skipped with a warning
+    if len(readable) < cfg.val_count + 1:
+        raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need more than "
+                           f"{cfg.val_count} (that many are held out)")
+    cut = len(readable) - cfg.val_count
+    clean, held_photos = readable[:cut], readable[cut:]
+    real = load_photos(cfg.real) if cfg.real else []
 
     threads = torch.get_num_threads()
     if cfg.threads:

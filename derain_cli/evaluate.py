@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from . import metrics
-from .data import load_rgb_u8
+from .data import DataError, load_rgb_u8, warn_skipped
 from .pairs import find_pairs, list_images
 
 IDENTITY = "identity"
@@ -130,11 +130,14 @@ def evaluate(
     ``save_dir``: derained outputs saved there as PNG (and ``scores.csv`` unless ``csv_path``).
     ``report``: an HTML page with rainy | derained | clean thumbnails (JPEG files in
     ``<report stem>_files/`` next to it) and each image's numbers; the CSV then defaults to
-    ``<report stem>.csv``.
+    ``<report stem>.csv``. ``limit``: only the first N pairs (at least 1).
     """
     t0 = time.time()
+    if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
+        raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
+                         "every pair")
     pairs = find_pairs(Path(data_dir), rainy_dir, clean_dir)
-    if limit:
+    if limit is not None:
         pairs = pairs[:limit]
     derainer, label, run = _runner(model, device, tile, precision, backend)
     save = Path(save_dir) if save_dir is not None else None
@@ -251,6 +254,29 @@ PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SS
     os.replace(tmp, path)
 
 
+class SynthError(DataError):
+    """A ``synth_pairs`` request that cannot run as given (bad option, occupied output).
+
+    A ``DataError`` (so a ``ValueError``): the CLI reports it as a usage error (exit 2)."""
+
+
+def _check_synth_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that already holds pairs: new pairs would replace those with the same
+    names and leave the rest, silently mixing two sets (two presets, two seeds)."""
+    if overwrite:
+        return
+    held = {side: len(list_images(out / side)) for side in ("rainy", "clean")
+            if (out / side).is_dir()}
+    held = {side: n for side, n in held.items() if n}
+    if held:
+        what = " and ".join(f"{side}/ {n} image{'s' if n != 1 else ''}"
+                            for side, n in held.items())
+        raise SynthError(
+            f"output folder {out} already holds pairs ({what}); choose an empty or new "
+            "folder, or pass --overwrite (overwrite=True in Python) to replace pairs with the "
+            "same names")
+
+
 def synth_pairs(
     clean_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -258,40 +284,72 @@ def synth_pairs(
     count: int | None = None,
     seed: int = 0,
     on_image: Callable[[int, int], None] | None = None,
+    *,
+    overwrite: bool = False,
+    on_skip: Callable[[Path, str], None] | None = None,
 ) -> int:
-    """Write ``count`` synthetic pairs (default: one per clean photo) as ``out_dir/rainy/`` +
-    ``out_dir/clean/`` PNGs sharing file names. Photos are reused, with new rain, when
-    ``count`` exceeds their number. Pair ``i`` is rendered from ``seed`` and ``i`` only.
-    Returns the number of pairs written."""
+    """Write ``count`` synthetic pairs (default: one per readable clean photo) as
+    ``out_dir/rainy/`` + ``out_dir/clean/`` PNGs sharing file names. Photos are reused, with
+    new rain, when ``count`` exceeds their number. The pair made at position ``i`` of the
+    walk through the photo list (cycling) is rendered from ``seed`` and ``i`` only.
+
+    Options are checked before any work (``SynthError``, a ``ValueError``): ``preset`` must
+    be a known one, ``count`` at least 1, and ``out_dir`` must not already hold images in
+    ``rainy/`` or ``clean/`` unless ``overwrite`` (which replaces same-named pairs).
+    A photo that cannot be decoded is skipped with one warning (``on_skip(path, reason)``;
+    default: a ``warning:`` line on stderr), so one damaged file does not end a long job;
+    ``DataError`` if none can be read. Returns the number of pairs written."""
     from . import synth
     from .images import write_image
 
+    presets = [*synth.PRESETS, "mixed"]
+    if preset not in presets:
+        raise SynthError(f"unknown rain preset {preset!r}; choose one of: {', '.join(presets)}")
+    if count is not None and count < 1:
+        raise SynthError("count must be at least 1")
     paths = list_images(Path(clean_dir), recursive=True)
     if not paths:
-        from .data import DataError
-
         raise DataError(f"{clean_dir}: no images found")
-    n = count if count is not None else len(paths)
-    if n <= 0:
-        raise ValueError("count must be positive")
     out = Path(out_dir)
-    (out / "rainy").mkdir(parents=True, exist_ok=True)
-    (out / "clean").mkdir(parents=True, exist_ok=True)
-    cache: dict[int, np.ndarray] = {}
+    _check_synth_output(out, overwrite)
+    skip = on_skip or warn_skipped
+    n = count if count is not None else len(paths)
     stems: dict[str, int] = {}
     for p in paths:
         stems[p.stem] = stems.get(p.stem, 0) + 1
-    for i in range(n):
-        j = i % len(paths)
+    bad: set[int] = set()
+    cache: dict[int, np.ndarray] = {}
+    written = 0
+    k = -1  # position in the walk through the photos
+    while written < n:
+        k += 1
+        j = k % len(paths)
+        if len(bad) == len(paths):
+            raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
+        if j in bad:
+            continue
         p = paths[j]
         if j not in cache:
-            cache = {j: load_rgb_u8(p).astype(np.float32) / 255.0}
+            try:
+                cache = {j: load_rgb_u8(p).astype(np.float32) / 255.0}
+            except DataError as e:
+                skip(p, str(e))
+                bad.add(j)
+                if count is None:
+                    n -= 1  # one pair per readable photo
+                continue
         clean = cache[j]
-        rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, i]))
+        rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, k]))
         stem = p.stem if stems[p.stem] == 1 else f"{p.parent.name}_{p.stem}"
-        name = stem if i < len(paths) else f"{stem}_{i // len(paths)}"
+        name = stem if k < len(paths) else f"{stem}_{k // len(paths)}"
+        if not written:
+            (out / "rainy").mkdir(parents=True, exist_ok=True)
+            (out / "clean").mkdir(parents=True, exist_ok=True)
         write_image(out / "clean" / f"{name}.png", clean)
         write_image(out / "rainy" / f"{name}.png", rainy)
+        written += 1
         if on_image is not None:
-            on_image(i + 1, n)
-    return n
+            on_image(written, n)
+    if not written:
+        raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
+    return written

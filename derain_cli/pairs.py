@@ -315,6 +315,17 @@ def _match(
 
 # --------------------------------------------------------------------------- layouts
 
+#: Hints worded for both audiences: CLI users type ``--rainy-dir``, library users
+#: ``rainy_dir=``, and only the library has ``strict=False``.
+_NAME_FOLDERS_HINT = (
+    "Name the folders explicitly with --rainy-dir and --clean-dir "
+    "(rainy_dir= and clean_dir= in Python)"
+)
+_UNMATCHED_HINT = (
+    "Add the missing partners, or move the unmatched files out of the folder or rename "
+    "them to match; in Python, find_pairs(..., strict=False) uses only the matched pairs."
+)
+
 
 def _fmt_names(names: Sequence[str]) -> str:
     text = ", ".join(names[:_LIST_LIMIT])
@@ -401,7 +412,7 @@ def _pair_up(
             f"{_fmt_list(rainy_files)}\n"
             f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
             f"{_fmt_list(clean_files)}\n"
-            "Pass rainy_dir= and clean_dir= to name the folders explicitly."
+            f"{_NAME_FOLDERS_HINT}."
         )
     if strict and (m.rainy_left or m.clean_left):
         lines = [f"{where}, matched {m.how}: {_plural(len(m.pairs), 'pair')}, but"]
@@ -415,7 +426,7 @@ def _pair_up(
                 f"  {_plural(len(m.clean_left), 'clean image')} in {_rel(clean_folder, root)} "
                 f"without a rainy partner: {_fmt_list(m.clean_left)}"
             )
-        lines.append("Add or remove the files, or pass strict=False to use only the matched pairs.")
+        lines.append(_UNMATCHED_HINT)
         raise PairsError("\n".join(lines))
     pairs = [Pair(rainy=r, clean=c, name=r.name) for r, c in m.pairs]
     return sorted(pairs, key=lambda p: (_natural_key(p.name), str(p.rainy)))
@@ -480,7 +491,7 @@ def _with_overrides(
             raise PairsError(
                 f"{root}: rainy folder {_rel(rainy, root)} given, but no clean folder "
                 f"({', '.join(n + '/' for n in _CLEAN_NAMES)}) and no images in the root; "
-                "pass clean_dir="
+                "name it with --clean-dir (clean_dir= in Python)"
             )
         clean, clean_shared = found
         return _pair_up(
@@ -498,7 +509,7 @@ def _with_overrides(
         raise PairsError(
             f"{root}: clean folder {_rel(clean, root)} given, but no rainy folder "
             f"({', '.join(n + '/' for n in _RAINY_NAMES)}) and no images in the root; "
-            "pass rainy_dir="
+            "name it with --rainy-dir (rainy_dir= in Python)"
         )
     rainy, rainy_shared = found
     return _pair_up(
@@ -565,5 +576,5 @@ def find_pairs(
         + (f" ({_fmt_names(subdirs)})" if subdirs else "")
         + f", {_plural(len(root_images), 'image')} in the root"
         + (f" ({_fmt_list(root_images)})" if root_images else "")
-        + "\nPass rainy_dir= and clean_dir= to name the folders explicitly."
+        + f"\n{_NAME_FOLDERS_HINT}."
     )

@@ -1121,30 +1121,9 @@ def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
 
 
 def _load_photos(folder: str, max_side: int) -> list[np.ndarray]:
-    import cv2
-
-    from .pairs import list_images
-
-    paths = list_images(Path(folder), recursive=True)
-    if not paths:
-        raise TrainError(f"{folder}: no images found")
-    out = []
-    for p in paths:
-        try:
-            img = D.load_rgb_u8(p)
-        except Exception as e:  # noqa: BLE001 - one bad photo must not stop the others
-            why = str(e) if str(p) in str(e) else f"{p}: {e}"
-            _say(f"warning: skipped {why}")
-            continue
-        h, w = img.shape[:2]
-        if max_side and max(h, w) > max_side:
-            s = max_side / max(h, w)
-            img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
-                             interpolation=cv2.INTER_AREA)
-        out.append(img)
-    if not out:
-        raise TrainError(f"{folder}: none of its {len(paths)} images could be read")
-    return out
+    """The user's photos, downscaled; unreadable ones skipped with a warning
+    (``data.load_photos``)."""
+    return D.load_photos(folder, max_side)
 
 
 def finetune(config: FinetuneConfig) -> TrainResult:

@@ -164,7 +164,28 @@ def test_bench_cmd_json_and_errors():
     # without --tile-overlap each model gets the overlap derain itself would use (RDMC: 96)
     assert data["overlap"] is None and data["models"][0]["overlap"] == 96
     bad = CliRunner().invoke(app, ["--variants", "fp64", "--size", "32x32"])
-    assert bad.exit_code == 1 and "unknown variant" in bad.output
+    assert bad.exit_code == 2 and "unknown variant" in bad.output
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
+    (["--device", "cpu,cuda:1"], "--device cuda:1: CUDA is not available"),
+    (["--device", "gpu"], "--device 'gpu': not a device; use auto, cpu, cuda or cuda:N"),
+    (["--device", "meta"], "only cpu and cuda"),
+    (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32,"),
+    (["--variants", ","], "no variant given"),
+    (["-m", "nosuch"], "unknown model 'nosuch'; choose one of: semi-drdnet,"),
+])
+def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text):
+    """Bad values exit 2 with one line, before any measuring (no AssertionError from torch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "model_for_bench", lambda name: pytest.fail("measured"))
+    app = typer.Typer()
+    app.command()(bench.bench_cmd)
+    res = CliRunner().invoke(app, [*args, "--size", "32x32"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and text in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Error" not in res.output
 
 
 def test_rss_subprocess_small():

@@ -118,6 +118,53 @@ def test_unlabeled(clean_dir):
     assert set(it) == {"rainy"} and it["rainy"].shape == (3, 16, 16)
 
 
+def test_unlabeled_skips_an_unreadable_photo_with_one_warning(clean_dir, capsys):
+    """``train --unlabeled DIR``: one damaged photo among many must not end the job."""
+    (clean_dir / "broken.jpg").write_text("not an image")
+    (clean_dir / "sub").mkdir()
+    (clean_dir / "sub" / "empty.png").write_bytes(b"")
+    ds = D.UnlabeledDataset([clean_dir], patch=16, seed=0)
+    assert len(ds) == 9
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("warning: ") for ln in lines), lines
+    assert "broken.jpg: cannot read image (" in lines[0] and lines[0].endswith("; skipped")
+    assert "empty.png" in lines[1]
+
+
+def test_load_photos_downscales_and_fails_clearly_when_nothing_is_readable(clean_dir,
+                                                                          tmp_path):
+    """``finetune --rainy DIR`` loads through ``load_photos``: skip, shrink, or say why not."""
+    (clean_dir / "broken.png").write_text("not an image")
+    skipped: list[str] = []
+    photos = D.load_photos(clean_dir, max_side=24, on_skip=lambda p, why: skipped.append(p.name))
+    assert skipped == ["broken.png"] and len(photos) == 9
+    assert max(max(p.shape[:2]) for p in photos) == 24 and photos[0].dtype == np.uint8
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("x")
+    (bad / "b.png").write_text("y")
+    with pytest.raises(D.DataError, match=r"bad: none of the 2 images could be read"):
+        D.load_photos(bad, on_skip=lambda p, why: None)
+    with pytest.raises(D.DataError, match="none of the 2 images could be read"):
+        D.UnlabeledDataset([bad])
+    with pytest.raises(D.DataError, match="no images found"):
+        D.load_photos(_empty(tmp_path))
+
+
+def test_synthetic_clean_photos_skip_an_unreadable_one(clean_dir, capsys):
+    """``train --synthetic DIR`` / ``finetune --clean DIR``: same rule as unlabeled photos."""
+    (clean_dir / "broken.png").write_text("not an image")
+    ds = D.LabeledDataset(clean_dirs=[clean_dir], patch=16)
+    assert len(ds) == 9 and "broken.png" not in ds.sources[0].names
+    assert "broken.png: cannot read image" in capsys.readouterr().err
+
+
+def _empty(tmp_path: Path) -> Path:
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
 def test_sampler_shards_and_restarts():
     full = D.StepBatchSampler(10, 2, seed=1, world=2, rank=0, total_steps=12)
     other = D.StepBatchSampler(10, 2, seed=1, world=2, rank=1, total_steps=12)

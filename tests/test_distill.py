@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -235,3 +236,45 @@ def test_distill_cli(setup):
     rain = runner.invoke(app, [str(a) for a in args[:-2] + ["--rain-blocks", "2",
                                                              "-o", root / "rb"]])
     assert rain.exit_code == 2 and "rain_blocks must be between 1 and 1" in rain.output
+
+
+def test_a_one_detail_block_teacher_says_what_is_possible():
+    """Not 'between 1 and 0 for a teacher with 1': pruning cannot go below one block."""
+    torch.manual_seed(0)
+    teacher = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1,
+                                          se_reduction=4)).eval()
+    for asked in (1, 2):
+        with pytest.raises(DistillError) as info:
+            student_from_teacher(teacher, asked)
+        msg = str(info.value)
+        assert "between 1 and 0" not in msg
+        assert "only 1 detail block, so there is nothing to prune" in msg and "--student" in msg
+
+
+def test_an_existing_run_is_not_overwritten(setup, tmp_path):
+    root, weights = setup
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"earlier model")
+    with pytest.raises(DistillError, match=r"already holds a run \(model\.safetensors\)"):
+        distill(dataclasses.replace(_cfg(root, weights, "unused"), out=str(out)))
+    assert (out / "model.safetensors").read_bytes() == b"earlier model"
+    r = distill(dataclasses.replace(_cfg(root, weights, "unused", steps=1), out=str(out),
+                                    overwrite=True))
+    assert r.weights == out / "model.safetensors"
+    assert isinstance(model_from_file(r.weights), SemiDRDNet)
+
+
+def test_distill_cli_refuses_an_existing_run_and_unknown_teachers(setup, tmp_path):
+    root, weights = setup
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model.safetensors").write_bytes(b"earlier model")
+    args = ["distill", "--clean", root / "clean", "-m", weights, "--steps", "1",
+            "--val-count", "2", "-q", "-o", tmp_path / "done"]
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 2 and "already holds a run" in r.output, r.output
+    args[4:5] = ["nosuch"]
+    r = CliRunner().invoke(app, [str(a) for a in args[:-1] + [tmp_path / "new"]])
+    assert r.exit_code == 2, r.output
+    assert "unknown model 'nosuch'" in r.output and "semi-drdnet-lite" in r.output
+    assert "no pretrained weights" not in r.output

@@ -102,6 +102,64 @@ def test_synth_pairs(clean_dir, tmp_path):
     assert (r - c).max() > 20  # there is rain
 
 
+def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
+    """One damaged file among the photos is reported and skipped, not fatal."""
+    (clean_dir / "a_broken.jpg").write_text("not an image")  # sorted first
+    skipped: list[tuple[Path, str]] = []
+    n = E.synth_pairs(clean_dir, tmp_path / "s", seed=1, on_skip=lambda p, why: skipped.append(
+        (p, why)))
+    assert n == 4  # one pair per readable photo
+    assert [p.name for p, _ in skipped] == ["a_broken.jpg"] and "cannot read" in skipped[0][1]
+    assert sorted(p.name for p in find_pairs(tmp_path / "s")) == [f"p{i}.png" for i in range(4)]
+    n = E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None)
+    assert n == 6 and len(find_pairs(tmp_path / "c")) == 6  # reuse cycles over readable ones
+
+
+def test_synth_fails_clearly_when_no_photo_is_readable(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_text("not an image")
+    with pytest.raises(E.DataError, match=r"none of the 1 images could be read"):
+        E.synth_pairs(tmp_path / "bad", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "x.png" in err
+    with pytest.raises(E.DataError, match=r"none of the 1 images could be read"):
+        E.synth_pairs(tmp_path / "bad", tmp_path / "out", count=3)
+
+
+def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
+    E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2)
+    before = (tmp_path / "s" / "rainy" / "p0.png").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds pairs \(rainy/ 2 images and clean/ 2 "
+                                         r"images\).*--overwrite"):
+        E.synth_pairs(clean_dir, tmp_path / "s", preset="heavy", count=2)
+    assert (tmp_path / "s" / "rainy" / "p0.png").read_bytes() == before
+    assert E.synth_pairs(clean_dir, tmp_path / "s", preset="heavy", count=2, overwrite=True) == 2
+    assert (tmp_path / "s" / "rainy" / "p0.png").read_bytes() != before
+    (tmp_path / "e" / "rainy").mkdir(parents=True)  # empty folders are fine
+    assert E.synth_pairs(clean_dir, tmp_path / "e", count=1) == 1
+
+
+@pytest.mark.parametrize("count", [0, -3])
+def test_synth_count_must_be_at_least_one(clean_dir, tmp_path, count):
+    with pytest.raises(ValueError, match=r"^count must be at least 1$"):
+        E.synth_pairs(clean_dir, tmp_path / "s", count=count)
+    assert not (tmp_path / "s").exists()
+
+
+def test_synth_unknown_preset_is_refused_before_any_work(clean_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"'bogus'.*light, medium, heavy, storm, mixed"):
+        E.synth_pairs(clean_dir, tmp_path / "s", preset="bogus")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("limit", [0, -2])
+def test_evaluate_limit_must_be_at_least_one(pairs, limit):
+    """0 used to score every pair and -2 all but the last two."""
+    with pytest.raises(ValueError, match=r"limit must be at least 1"):
+        E.evaluate("identity", pairs, limit=limit)
+    assert E.evaluate("identity", pairs, limit=1).count == 1
+
+
 def _app() -> typer.Typer:
     app = typer.Typer()
     app.command("eval")(eval_cmd)
@@ -137,6 +195,24 @@ def test_cli_synth_output_option(clean_dir, tmp_path):
                                str(tmp_path / "b")])
     assert r.exit_code == 2 and "two outputs" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_synth_errors_are_one_line_usage_errors(clean_dir, tmp_path):
+    """A damaged photo is a warning; an occupied output, a bad count or preset exit 2."""
+    runner = CliRunner()
+    (clean_dir / "a_broken.jpg").write_text("not an image")
+    r = runner.invoke(_app(), ["synth", str(clean_dir), "-o", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "a_broken.jpg" in warnings[0], r.output
+    assert "wrote 4 pairs" in r.output
+    # (the count check may move to typer's min=1: either wording is fine)
+    for extra, texts in (([], ["already holds pairs"]),
+                         (["--count", "0"], ["at least 1", "x>=1", "greater than or equal to 1"]),
+                         (["--preset", "bogus"], ["unknown rain preset"])):
+        r = runner.invoke(_app(), ["synth", str(clean_dir), "-o", str(tmp_path / "p"), *extra])
+        assert r.exit_code == 2 and any(t in r.output for t in texts), (extra, r.output)
+        assert "Traceback" not in r.output
 
 
 def test_cli_eval_precision_is_used_and_reported(pairs, tiny_weights):

@@ -175,6 +175,22 @@ def test_export_cmd(tiny_weights, tmp_path):
     assert bad.exit_code == 2 and "unknown model" in bad.output
 
 
+def test_export_cmd_unknown_model_is_a_usage_error(tmp_path):
+    """A typo in -m is an unknown model (exit 2, the models listed), not a model that
+    merely lacks weights; a registered model without weights keeps that advice (exit 1)."""
+    import typer
+
+    app = typer.Typer()
+    app.command()(export.export_cmd)
+    bad = CliRunner().invoke(app, ["-m", "nosuch", "-o", str(tmp_path / "x.onnx")])
+    assert bad.exit_code == 2, bad.output
+    assert "unknown model 'nosuch'" in bad.output and "semi-drdnet-lite" in bad.output
+    assert "no pretrained weights" not in bad.output
+    untrained = CliRunner().invoke(app, ["-m", "rdmc", "-o", str(tmp_path / "x.onnx")])
+    assert untrained.exit_code == 1 and "no pretrained weights yet" in untrained.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatch):
     """``-o FILE`` as the issue spells it; without an output, NAME.onnx in the current folder;
     two different outputs are a usage error that writes nothing."""

@@ -289,3 +289,31 @@ def test_root_not_a_folder(tmp_path):
 def test_deterministic(tmp_path):
     _make(tmp_path, *(f"rainy/{i}.png" for i in range(30)), *(f"clean/{i}.png" for i in range(30)))
     assert find_pairs(tmp_path) == find_pairs(tmp_path)
+
+
+# ------------------------------------------------------------------------- hints
+
+
+def test_hints_name_the_cli_flags_and_the_python_arguments(tmp_path):
+    """The messages reach CLI users too: no bare ``strict=False`` / ``rainy_dir=`` advice."""
+    _make(tmp_path / "layout", "photos/a.png", "holiday.png")
+    _make(tmp_path / "nomatch", "rainy/a.png", "clean/b.png")
+    _make(tmp_path / "left", "rainy/a.png", "rainy/b.png", "clean/a.png")
+    _make(tmp_path / "given", "mine/a.png")
+    for case in ("layout", "nomatch"):
+        with pytest.raises(PairsError) as info:
+            find_pairs(tmp_path / case)
+        msg = str(info.value)
+        assert "--rainy-dir" in msg and "--clean-dir" in msg, msg
+        assert "rainy_dir= and clean_dir= in Python" in msg, msg
+        assert "Pass rainy_dir=" not in msg
+    with pytest.raises(PairsError) as info:
+        find_pairs(tmp_path / "left")
+    msg = str(info.value)
+    assert "move the unmatched files out of the folder" in msg
+    assert "in Python, find_pairs(..., strict=False)" in msg
+    assert "or pass strict=False" not in msg
+    with pytest.raises(PairsError, match=r"name it with --clean-dir \(clean_dir= in Python\)"):
+        find_pairs(tmp_path / "given", rainy_dir="mine")
+    with pytest.raises(PairsError, match=r"name it with --rainy-dir \(rainy_dir= in Python\)"):
+        find_pairs(tmp_path / "given", clean_dir="mine")

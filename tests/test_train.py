@@ -347,11 +347,11 @@ def test_finetune_skips_a_photo_it_cannot_read(data, tmp_path, capsys):
         (rainy / p.name).write_bytes(p.read_bytes())
     (rainy / "broken.jpg").write_text("not a photo")
     assert len(T._load_photos(str(rainy), 1024)) == 2
-    assert "warning: skipped " in (err := capsys.readouterr().err) and "broken.jpg" in err
+    assert "broken.jpg" in capsys.readouterr().err
     for p in list(rainy.iterdir()):
         if p.name != "broken.jpg":
             p.unlink()
-    with pytest.raises(T.TrainError, match="none of its 1 images could be read"):
+    with pytest.raises(ValueError, match="none of the 1 images could be read"):
         T._load_photos(str(rainy), 1024)
 
 
