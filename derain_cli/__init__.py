@@ -26,3 +26,8 @@ def __getattr__(name: str) -> Any:
 
         return Derainer
     raise AttributeError(f"module 'derain_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Lazy names too, so tab completion offers ``Derainer``."""
+    return sorted({*globals(), *__all__})

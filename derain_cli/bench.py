@@ -710,7 +710,9 @@ def bench_cmd(
         "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")
     ] = "auto",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs (best).")] = 1,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, show_default=False,
+        help="CPU threads (default: PyTorch's own choice, the physical cores).")] = None,
     force_bf16: Annotated[bool, typer.Option(
         "--force-bf16", help="Run bf16 even on CPUs without native bf16 (emulated).")] = False,
     rss: Annotated[bool, typer.Option(

@@ -267,8 +267,37 @@ EPILOG = (
     "a subcommand is addressed as a path: derain ./train. Run under torchrun "
     "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
     "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
-    "1 a file failed or an error occurred, 2 usage error."
+    "1 a file failed or an error occurred, 2 usage error, 130 interrupted (Ctrl-C; finished "
+    "files stay, rerun to resume)."
 )
+
+
+def _plain_help_types() -> None:
+    """Typer >= 0.2x prints each parameter's Python type in help (``--json <bool>``,
+    ``IMAGE_OR_DIR <list[str]>``), which reads as if a flag took a value (``--json true``
+    then derained a file named "true"). Flags and arguments show no type here; options that
+    take a value keep theirs. Guarded: older or newer Typer versions are left alone."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover
+        return
+    opt = getattr(TyperOption, "display_type_rich", None)
+    if opt is not None and not getattr(opt, "_derain_plain", False):
+        def option_type(self: Any, ctx: Any) -> str | None:
+            return None if getattr(self, "is_flag", False) else opt(self, ctx)
+
+        option_type._derain_plain = True  # type: ignore[attr-defined]
+        TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    arg = getattr(TyperArgument, "display_type_rich", None)
+    if arg is not None and not getattr(arg, "_derain_plain", False):
+        def argument_type(self: Any, ctx: Any) -> str | None:
+            return None  # the argument's own name column says what it is
+
+        argument_type._derain_plain = True  # type: ignore[attr-defined]
+        TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+
+
+_plain_help_types()
 
 app = typer.Typer(
     cls=DerainGroup,
@@ -958,7 +987,10 @@ def models_cmd(
         if json_out:
             typer.echo(json.dumps(rows, indent=2))
             return
-        out = Console()
+        # piped or redirected: no terminal to fit (unless COLUMNS says), so do not cut the
+        # table at rich's fallback of 80 columns
+        piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        out = Console(width=200) if piped else Console()
         narrow = out.width < 100  # the architecture is in the name already: drop it first
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
                       padding=(0, 1, 0, 0), expand=False)

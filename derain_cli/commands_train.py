@@ -109,8 +109,10 @@ def train_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default 10000).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs instead of --steps.")] = None,
-    batch: Annotated[int | None, typer.Option(help="Patches per step per process.")] = None,
-    patch: Annotated[int | None, typer.Option(help="Patch size in pixels.")] = None,
+    batch: Annotated[int | None, typer.Option(
+        help="Patches per step per process (default 16 on GPUs, 4 on CPUs).")] = None,
+    patch: Annotated[int | None, typer.Option(
+        help="Patch size in pixels (default 128 on GPUs, 96 on CPUs).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
     warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
@@ -118,6 +120,9 @@ def train_cmd(
     amp: AmpOption = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="CPU threads per process (default: PyTorch's, the physical cores).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
@@ -156,7 +161,8 @@ def train_cmd(
             val=str(val) if val else None, val_limit=val_limit,
             val_crop=val_crop, out=str(out), steps=steps, epochs=epochs, batch=batch,
             patch=patch, lr=lr, warmup=warmup, clip=clip, ema=ema, amp=amp, seed=seed,
-            device=device, workers=workers, val_every=val_every, ckpt_every=ckpt_every,
+            device=device, threads=threads, workers=workers, val_every=val_every,
+            ckpt_every=ckpt_every,
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
@@ -199,6 +205,9 @@ def finetune_cmd(
              "(batch statistics while training, re-estimated at the end).")] = "keep",
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="CPU threads (default: PyTorch's, the physical cores).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -223,7 +232,7 @@ def finetune_cmd(
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, batchnorm=batchnorm,
-            val=str(val) if val else None, device=device,
+            val=str(val) if val else None, device=device, threads=threads,
             workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
             amp=amp,
@@ -256,7 +265,7 @@ def distill_cmd(
     Path("runs/distill"),
     steps: Annotated[int, typer.Option(
         min=1, help="Training steps (300: about 6 minutes for semi-drdnet-tiny on a 2-core "
-                     "AVX-512 CPU, 36 for semi-drdnet-lite on AVX2).")] = 300,
+                     "AVX-512 CPU, 36 minutes for semi-drdnet-lite on AVX2).")] = 300,
     max_minutes: Annotated[float | None, typer.Option(
         help="Stop earlier after this many minutes (the weights are still written).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,

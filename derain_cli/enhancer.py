@@ -76,8 +76,13 @@ def tiling_record(net: nn.Module) -> dict[str, int]:
 class Derainer:
     """Derain images with a registered model or a weights file.
 
-    ``model`` is a registry name (``derain models`` lists them); ``weights`` a
-    safetensors/.pt file of one's own. ``tile``: None picks a size from the
+    ``model`` is a registry name (``derain models`` lists them; default
+    ``DEFAULT_MODEL``); ``weights`` a safetensors/.pt file of one's own (with ``model``
+    naming its network unless derain wrote the file). ``device``: auto (CUDA, then MPS, then
+    CPU), cpu, cuda, cuda:N or mps. ``threads``: CPU threads (default: PyTorch's / ONNX
+    Runtime's own choice). ``backend``: auto, torch or onnx (auto: ONNX Runtime on CPUs
+    where it is faster, PyTorch elsewhere). ``quiet``: no download progress bar.
+    ``tile``: None picks a size from the
     device, 0 disables tiling; ``tile_overlap`` None sizes the overlap from the network's
     reach (``default_overlap``); ``tile_batch``: tiles per forward pass, None or 0 sized
     from free GPU memory (one on CPUs); out of memory, it halves before the tile does.
@@ -294,8 +299,11 @@ class Derainer:
     def derain(self, image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
         """Derain a PIL image or an HxW / HxWxC numpy array, returning the same type.
 
-        Alpha is kept untouched; grayscale stays grayscale; uint8/uint16 arrays
-        keep their dtype.
+        Alpha is kept untouched; grayscale stays grayscale. Arrays: uint8 or uint16 samples
+        (dtype kept), or floats in [0, 1] (anything else is refused, since its scale would
+        be a guess). PIL modes: RGB, RGBA, L, LA kept; P/PA become RGB/RGBA; I and I;16
+        come back as I;16; F (floats in [0, 1]) stays F; 1 comes back as L; others (CMYK,
+        YCbCr, ...) as RGB. ICC profile, DPI, EXIF and XMP in ``image.info`` are carried.
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image)
@@ -335,8 +343,12 @@ class Derainer:
         elif mode in ("P", "PA"):
             work = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
         elif mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img).astype(np.uint16)
+            arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
             return Image.fromarray(self._derain_numpy(arr))
+        elif mode == "F":  # float gray in [0, 1] (checked like a float array), stays F
+            return Image.fromarray(self._derain_numpy(np.asarray(img, dtype=np.float32)))
+        elif mode == "1":  # bilevel: derained as gray, returned as gray
+            work = img.convert("L")
         else:
             work = img.convert("RGB")
         out = Image.fromarray(self._derain_numpy(np.asarray(work)))

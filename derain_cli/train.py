@@ -109,6 +109,8 @@ class TrainConfig:
     amp: str = "auto"
     seed: int = 0
     device: str = "auto"
+    #: CPU threads of each process (None: PyTorch's default, the physical cores)
+    threads: int | None = None
     #: data-loading processes; None: 0 on CPUs (synthesis is cheap and the cores are busy
     #: training), min(4, cores per process) on GPUs
     workers: int | None = None
@@ -513,6 +515,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.epochs is None or cfg.epochs >= 1,
          f"--epochs must be at least 1, not {cfg.epochs}")
     need(cfg.batch is None or cfg.batch >= 1, f"--batch must be at least 1, not {cfg.batch}")
+    need(cfg.threads is None or cfg.threads >= 1,
+         f"--threads must be at least 1, not {cfg.threads}")
     need(cfg.patch is None or cfg.patch >= _SMALLEST_PATCH,
          f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
@@ -638,6 +642,8 @@ def _train(
 ) -> TrainResult:
     t_start = time.time()
     check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device, local, world)
     cfg = _defaults(cfg, device)
     out = Path(cfg.out)
@@ -1078,6 +1084,7 @@ class FinetuneConfig:
     #: images at the end (how a model trained from scratch treats them)
     batchnorm: str = "keep"
     device: str = "auto"
+    threads: int | None = None
     workers: int | None = None
     seed: int = 0
     resume: bool = False
@@ -1159,7 +1166,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         lr=fc.lr, warmup=min(50, steps // 10 or 1), min_lr_ratio=0.1, l2sp=fc.l2sp,
         consistency=fc.consistency, contrast_features=fc.contrast_features,
         contrast_weight=fc.contrast_weight, contrast_terms=fc.contrast_terms,
-        device=fc.device, workers=fc.workers,
+        device=fc.device, threads=fc.threads, workers=fc.workers,
         seed=fc.seed, resume=fc.resume, quiet=fc.quiet, amp=fc.amp,
         time_budget=fc.time_budget, ckpt_every=fc.ckpt_every, val_every=max(steps // 4, 1),
         name=fc.name or f"{short}-finetuned",

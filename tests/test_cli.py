@@ -466,6 +466,14 @@ def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
 
 
+def test_models_table_is_whole_when_piped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No terminal and no COLUMNS: nothing to fit, so the arch column stays."""
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    r = derain("models")
+    assert r.exit_code == 0 and " arch " in r.stdout.splitlines()[0] + " "
+
+
 def _fake_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, bundled: bool):
     """Point derain_cli.weights at a manifest with one record, bundled or remote-only."""
     import hashlib

@@ -48,6 +48,22 @@ def test_alpha_gray_and_16bit_kept(derainer):
     assert out16.dtype == np.uint16 and out16.max() > 255
 
 
+def test_pil_float_and_bilevel_modes_stay_gray(derainer):
+    gray = _photo()[..., 0].astype(np.float32) / 255
+    out = derainer.derain(Image.fromarray(gray))  # mode F: floats in [0, 1]
+    assert out.mode == "F" and 0 <= np.asarray(out).min() and np.asarray(out).max() <= 1
+    assert abs(float(np.asarray(out).mean()) - float(gray.mean())) < 0.2
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # 0-255 in a float image
+        derainer.derain(Image.fromarray(gray * 255))
+    assert derainer.derain(Image.fromarray(_photo()).convert("1")).mode == "L"
+
+
+def test_package_lists_its_lazy_names():
+    import derain_cli
+
+    assert "Derainer" in dir(derain_cli)
+
+
 def test_pil_in_pil_out(derainer):
     for mode in ("RGB", "RGBA", "L", "P", "I;16"):
         img = Image.fromarray(_photo()).convert(mode)

@@ -173,6 +173,17 @@ def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
     assert not (tmp_path / "run").exists()
 
 
+def test_threads_option_sets_the_cpu_threads(data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        T.train(_cfg(data, tmp_path / "t", steps=1, threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(T.TrainError, match="--threads must be at least 1"):
+        T.train(_cfg(data, tmp_path / "t0", threads=0))
+
+
 def test_an_out_that_is_a_file_is_refused(data, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(T.TrainError, match="is a file"):
