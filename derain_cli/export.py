@@ -1,9 +1,14 @@
 """ONNX export of the deraining networks (``derain export``).
 
-Every graph takes and returns float32 NCHW images with dynamic batch, height
-and width, and is checked with ``onnx.checker.check_model``. What each file is
-for is written into its ``metadata_props`` (``derain.*`` keys, see
-:func:`graph_metadata`), so a runner needs nothing but the files.
+Every graph takes and returns float32 NCHW images (RGB in [0, 1]; the output is not
+clipped) with dynamic batch, height and width, and is checked with
+``onnx.checker.check_model``. Height and width must be multiples of the graph's
+``derain.size_multiple`` metadata: 16 for RDMC (other sizes fail in ONNX Runtime), 1 for
+Semi-DRDNet (any size). Callers pad bottom/right with reflection to that multiple and
+crop the output back, as derain's own runner and tiler do
+(``derain_cli.onnx_backend._pad4``). What each file is for is written into its
+``metadata_props`` (``derain.*`` keys, see :func:`graph_metadata`), so a runner needs
+nothing but the files.
 
 Semi-DRDNet (whole-image squeeze-and-excitation statistics, see
 ``derain_cli.tiling``) is exported as TWO graphs that share the tiling code of
@@ -39,8 +44,8 @@ exported; so the graph is traced on a size that is already a multiple of 16
 the caller pads on the host to ``derain.size_multiple`` with the same
 reflect/replicate rule as the network and crops after
 (``derain_cli.onnx_backend.OnnxRunner`` does; the tiler already pads tiled
-runs). The RDMC graph itself accepts other sizes but then does not pad, so its
-output differs from the network's: pad first.
+runs). The RDMC graph itself does not pad and does not accept other sizes: its
+multi-scale adds fail to broadcast (e.g. 61x77: "Add node ... broadcast"), so pad first.
 
 The graphs are fp32; the exporter is the TorchScript-based one
 (``torch.onnx.export(..., dynamo=False)``), which needs no ``onnxscript``.
@@ -62,6 +67,7 @@ import typer
 from torch import Tensor, nn
 
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
+from .quantize import DEFAULT_KEEP_FP32, min_photos
 
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
 #: operators inside); part of the cached file names, so old caches are not reused.
@@ -70,6 +76,30 @@ from .onnx_backend import stats_path  # lives with the runner, which needs no to
 GRAPH_VERSION = 3
 
 DEFAULT_OPSET = 17
+#: Opsets ``--opset`` accepts, checked before tracing: torch's TorchScript exporter
+#: supports up to its ``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20 in torch 2.13; above it
+#: only warns), and an opset it does not know (99) failed only after printing ~150 lines
+#: of Torch IR on stdout. 13 was ``--opset``'s minimum before.
+MIN_OPSET = 13
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript-based exporter supports (20 when unknown)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - private module moved
+        return 20
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET",
+                       getattr(_constants, "ONNX_MAX_OPSET", 20)))
+
+
+def check_opset(opset: int) -> None:
+    """``ValueError`` (one line) for an opset torch cannot export, before any tracing."""
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise ValueError(f"ONNX opset {opset} is not supported: use {MIN_OPSET} to {top} "
+                         f"(default {DEFAULT_OPSET})")
+
 
 #: Incremented on every actual export (tests use it to prove cache hits).
 EXPORT_COUNT = 0
@@ -218,8 +248,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
     from .models import SemiDRDNet
     from .models.deploy import fold_for_inference
 
+    check_opset(opset)
     path = Path(path)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         path = path.with_name(path.name + ".onnx")
     shape = getattr(model, "global_stats_shape", None)
     mult = max(1, int(getattr(model, "size_multiple", 1)))
@@ -268,6 +299,24 @@ def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
     return Path(f"{stem}.int8.onnx" if int8 else f"{stem}.onnx")
 
 
+def resolve_output(output: Path | None, model: str | None, weights: Path | None,
+                   int8: bool) -> Path:
+    """The file ``derain export`` writes for ``-o``/OUTPUT.
+
+    An existing folder gets :func:`default_output`'s name inside it (not ``FOLDER.onnx``
+    beside it); a name without ``.onnx`` (any case: ``m.ONNX`` stays) gets it appended;
+    missing parent folders are created when writing.
+    """
+    name = default_output(model, weights, int8)
+    if output is None:
+        return name
+    if output.is_dir():
+        return output / name.name
+    if output.suffix.lower() != ".onnx":
+        return output.with_name(output.name + ".onnx")
+    return output
+
+
 def export_cmd(
     output_arg: Annotated[Path | None, typer.Argument(
         metavar="[OUTPUT]", show_default=False,
@@ -275,7 +324,9 @@ def export_cmd(
     ] = None,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", show_default=False,
-        help="Output .onnx file; Semi-DRDNet also writes <stem>.stats.onnx next to it.")
+        help="Output .onnx file (.onnx is appended when missing; missing folders are "
+             "created), or an existing folder to write MODEL.onnx in. Semi-DRDNet also "
+             "writes <stem>.stats.onnx next to it.")
     ] = None,
     model: Annotated[str | None, typer.Option(
         "-m", "--model", show_default=False,
@@ -283,19 +334,27 @@ def export_cmd(
     weights: Annotated[Path | None, typer.Option(
         "--weights", exists=True, dir_okay=False, show_default=False,
         help="Weights file of one's own instead of the published weights.")] = None,
-    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = DEFAULT_OPSET,
+    opset: Annotated[int, typer.Option(
+        "--opset", help=f"ONNX opset, {MIN_OPSET} to {max_opset()}.")] = DEFAULT_OPSET,
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="Export a randomly initialised network (no weights needed).")
     ] = False,
     int8: Annotated[Path | None, typer.Option(
         "--int8", exists=True, file_okay=False, show_default=False, metavar="CLEAN_DIR",
         help="Write a static int8 graph instead, calibrated on synthetic rain over these "
-             "clean photos (12 or more; takes minutes).")] = None,
+             f"clean photos ({min_photos(1)} or more readable ones, {min_photos(0)} with "
+             "--keep-fp32 0; unreadable ones are skipped; takes minutes).")] = None,
     keep_fp32: Annotated[int, typer.Option(
         "--keep-fp32", min=0, help="With --int8: convolutions left in fp32, the most "
-                                   "sensitive first.")] = 8,
+                                   "sensitive first.")] = DEFAULT_KEEP_FP32,
 ) -> None:
-    """Export a model to ONNX (fp32, dynamic batch/height/width) for ONNX Runtime & co."""
+    """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
+
+    Inputs: float32 NCHW RGB in [0, 1], any batch size; the output is not clipped.
+    Height and width must be multiples of the graph's derain.size_multiple metadata
+    (16 for RDMC, 1 for Semi-DRDNet): pad (reflect) to it, crop the output back,
+    as derain's own tiler does; other sizes fail in ONNX Runtime.
+    """
     from .enhancer import DEFAULT_MODEL
     from .hub import WeightsUnavailable
     from .models import UnknownModelError, build_model
@@ -305,7 +364,12 @@ def export_cmd(
         typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
                    err=True)
         raise typer.Exit(2)
-    output = output or output_arg or default_output(model, weights, int8 is not None)
+    try:
+        check_opset(opset)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    output = resolve_output(output or output_arg, model, weights, int8 is not None)
     try:
         if weights is not None:
             net = model_from_file(weights, model)

@@ -96,9 +96,11 @@ def _graph_name(opset: int) -> str:
 
 
 def stats_path(path: str | os.PathLike[str]) -> Path:
-    """Where the statistics graph of a two-graph export lives, next to the forward graph."""
+    """Where the statistics graph of a two-graph export lives, next to the forward graph
+    (``m.onnx`` or ``m.ONNX``: ``m.stats.onnx``; the exporter accepts the suffix in any case)."""
     p = Path(path)
-    return p.with_name(p.name.removesuffix(".onnx") + ".stats.onnx")
+    stem = p.name[:-5] if p.name.lower().endswith(".onnx") else p.name
+    return p.with_name(stem + ".stats.onnx")
 
 
 def _expected_files(main: Path, model: nn.Module) -> list[Path]:

@@ -17,7 +17,8 @@ Scheme (what :func:`build_int8` writes):
   quantized cost 1.34 dB on 20 rain100l pairs on an AVX2 CPU, against 0.79 dB with 7.
 * Activation ranges come from Percentile (99.999) calibration on synthetic rain
   (:func:`derain_cli.synth.synthesize`, preset ``mixed``) over crops of clean training
-  photos, never on evaluation pairs.
+  photos, never on evaluation pairs. ONNX Runtime stacks every calibration output, so the
+  crops share one size (:func:`calibration_crop`); unreadable photos are skipped.
 * The ``keep_fp32`` convolutions that hurt most are left in fp32. They are ranked by
   :func:`conv_sensitivity`: quantize one conv alone, compare the output with the fp32
   graph on held-out synthetic crops. For semi-drdnet-lite the five worst are the heads
@@ -45,8 +46,10 @@ hashes match. New weights therefore never run with a stale int8 graph.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,8 +65,10 @@ log = logging.getLogger(__name__)
 
 #: Convolutions left in fp32 by default (the most sensitive first; see the module docstring).
 DEFAULT_KEEP_FP32 = 8
-#: Calibration: crops of this size, this many photos.
+#: Calibration: crops of at most this size, this many photos.
 CALIB_SIZE, CALIB_COUNT = 320, 8
+#: Calibration crops smaller than this (px, either side) say little about real photos.
+MIN_CALIB_SIZE = 32
 #: Sensitivity ranking: held-out crops of this size, this many photos.
 HELD_OUT_SIZE, HELD_OUT_COUNT = 256, 4
 PERCENTILE = 99.999
@@ -80,20 +85,94 @@ def _working_dir(path: str) -> Iterator[None]:
         os.chdir(old)
 
 
-def synthetic_inputs(photos: Sequence[Path], size: int, seed: int) -> list[np.ndarray]:
-    """NCHW float32 rainy crops: ``synth`` mixed rain over the top-left ``size`` px of each
-    photo (seeds ``seed``, ``seed + 1``, ...), so calibration is reproducible."""
-    from PIL import Image
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """ONNX Runtime's calibrator ``print``s progress ("Collecting tensor data ...") once per
+    quantization, dozens of times while ranking; stdout carries ``derain export``'s output
+    paths, so the chatter goes nowhere (to stderr when this logger is at DEBUG)."""
+    if log.isEnabledFor(logging.DEBUG):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
+
+def synthetic_inputs(photos: Sequence[Path | np.ndarray], size: int | tuple[int, int],
+                     seed: int) -> list[np.ndarray]:
+    """NCHW float32 rainy crops: ``synth`` mixed rain over the top-left ``size`` px (or
+    ``(height, width)``) of each photo (a file or HxWx3 uint8; seeds ``seed``, ``seed + 1``,
+    ...), so calibration is reproducible."""
+    from .data import load_rgb_u8
     from .synth import synthesize
 
+    h, w = (size, size) if isinstance(size, int) else size
     out = []
     for i, f in enumerate(photos):
-        with Image.open(f) as im:
-            rgb = np.asarray(im.convert("RGB"))[:size, :size]
-        rainy, _ = synthesize(rgb, "mixed", seed=seed + i)
+        rgb = f if isinstance(f, np.ndarray) else load_rgb_u8(f)
+        rainy, _ = synthesize(rgb[:h, :w], "mixed", seed=seed + i)
         out.append(np.ascontiguousarray(rainy.transpose(2, 0, 1), dtype=np.float32)[None])
     return out
+
+
+def read_photos(paths: Sequence[Path], need: int) -> list[tuple[Path, np.ndarray]]:
+    """The first ``need`` readable photos of ``paths`` as (path, HxWx3 uint8).
+
+    Why skip: a folder of clean photos often holds one damaged file, which should not end
+    a minutes-long export; each is named in one ``warning:`` line on stderr. Reads no more
+    files than needed. ``DataError`` (a ``ValueError``) when fewer than ``need`` are readable.
+    """
+    from .data import DataError, load_rgb_u8, warn_skipped
+
+    got: list[tuple[Path, np.ndarray]] = []
+    skipped = 0
+    for p in paths:
+        if len(got) == need:
+            break
+        try:
+            got.append((p, load_rgb_u8(p)))
+        except DataError as e:
+            warn_skipped(p, str(e))
+            skipped += 1
+    if len(got) < need:
+        folder = paths[0].parent if paths else "the folder"
+        raise DataError(f"{folder}: {len(got)} readable photos ({skipped} unreadable skipped); "
+                        f"int8 calibration needs {need}")
+    return got
+
+
+def calibration_crop(photos: Sequence[tuple[Path, np.ndarray]], multiple: int = 1,
+                     size: int = CALIB_SIZE) -> tuple[int, int]:
+    """(height, width) of the one crop taken from every calibration photo (portrait ones
+    turned a quarter where it does not fit them as is).
+
+    Why one size: ONNX Runtime stacks the calibration outputs into one array, so crops of
+    different sizes fail; and the network needs sides that are multiples of ``multiple``
+    (``derain.size_multiple``). So: the smallest short side and the smallest long side
+    among the photos (a mix of portrait and landscape photos keeps its long sides), each
+    capped at ``size`` and rounded down to ``multiple``. ``ValueError`` naming the photo
+    when one is too small (under ``MIN_CALIB_SIZE`` or ``multiple`` px).
+    """
+    multiple = max(1, multiple)
+    least = -(-max(MIN_CALIB_SIZE, multiple) // multiple) * multiple
+    for p, img in photos:
+        short = min(img.shape[:2])
+        if short < least:
+            raise ValueError(f"{p}: {img.shape[1]}x{img.shape[0]} px is too small for int8 "
+                             f"calibration (both sides must be at least {least} px)")
+    h = min(min(size, *img.shape[:2]) for _, img in photos)
+    w = min(min(size, max(img.shape[:2])) for _, img in photos)
+    return h // multiple * multiple, w // multiple * multiple
+
+
+def _fit(img: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """``img`` as is when the (height, width) ``crop`` fits in it, else turned a quarter
+    (a portrait photo, see :func:`calibration_crop`): photos of at least ``CALIB_SIZE`` px
+    each way keep the top-left crop they always had."""
+    h, w = img.shape[:2]
+    if h >= crop[0] and w >= crop[1]:
+        return img
+    return np.ascontiguousarray(np.rot90(img))
 
 
 def _feeds(graph: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -160,21 +239,22 @@ def quantize_graph(
     if not pre.exists():
         # In a scratch folder: a failed symbolic shape inference leaves its temporary
         # graph and weights in the working directory.
-        with tempfile.TemporaryDirectory() as scratch, _working_dir(scratch):
+        with tempfile.TemporaryDirectory() as scratch, _working_dir(scratch), _quiet_stdout():
             try:
                 quant_pre_process(str(fp32.resolve()), str(pre.resolve()))
             except Exception:  # RDMC's size-dependent resizes defeat symbolic shape inference
                 quant_pre_process(str(fp32.resolve()), str(pre.resolve()),
                                   skip_symbolic_shape=True)
-    quantize_static(
-        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-        reduce_range=reduce_range, calibrate_method=CalibrationMethod.Percentile,
-        op_types_to_quantize=["Conv", "Add"], nodes_to_exclude=list(keep_fp32),
-        nodes_to_quantize=list(only) or conv_names(fp32) + summed_conv_adds(fp32),
-        calibration_cache_path=None if cache is None else str(cache),
-        extra_options={"CalibPercentile": PERCENTILE},
-    )
+    with _quiet_stdout():
+        quantize_static(
+            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            reduce_range=reduce_range, calibrate_method=CalibrationMethod.Percentile,
+            op_types_to_quantize=["Conv", "Add"], nodes_to_exclude=list(keep_fp32),
+            nodes_to_quantize=list(only) or conv_names(fp32) + summed_conv_adds(fp32),
+            calibration_cache_path=None if cache is None else str(cache),
+            extra_options={"CalibPercentile": PERCENTILE},
+        )
     src, dst = onnx.load(str(fp32)), onnx.load(str(out))
     del dst.metadata_props[:]
     dst.metadata_props.extend(src.metadata_props)
@@ -263,12 +343,14 @@ def build_int8(
 ) -> tuple[list[Path], dict[str, Any]]:
     """Write the int8 forward graph of ``model`` to ``out``; return the files and the record.
 
-    Calibrates on ``CALIB_COUNT`` photos of ``clean_dir``. Ranks convolutions on the next
-    ``HELD_OUT_COUNT`` (see the module docstring). Semi-DRDNet's statistics graph, quantized
-    alike, is written beside it (``export.stats_path``), so ``OnnxRunner(out)`` runs both. The
-    record (manifest ``int8`` field) names the convolutions kept in fp32 and the weights
-    it belongs to. The graph carries it too, as ``derain.int8`` metadata, minus the
-    file's own hash and size.
+    Calibrates on the first ``CALIB_COUNT`` readable photos of ``clean_dir`` (unreadable
+    ones skipped with a warning), cropped to one common size (:func:`calibration_crop`).
+    Ranks convolutions on the next ``HELD_OUT_COUNT`` (needed only when ``keep_fp32``; see
+    the module docstring). Semi-DRDNet's statistics graph, quantized alike, is written
+    beside it (``export.stats_path``), so ``OnnxRunner(out)`` runs both. The record
+    (manifest ``int8`` field) names the convolutions kept in fp32 and the weights it
+    belongs to. The graph carries it too, as ``derain.int8`` metadata, minus the file's
+    own hash and size. The scratch folder is removed whether this succeeds or fails.
     """
     import json
     import shutil
@@ -280,43 +362,56 @@ def build_int8(
     from .onnx_backend import state_sha256
     from .pairs import list_images
 
-    photos = list_images(clean_dir)
-    need = CALIB_COUNT + (HELD_OUT_COUNT if keep_fp32 else 0)
-    if len(photos) < need:
-        raise ValueError(f"{clean_dir}: {len(photos)} photos; int8 calibration needs {need}")
-    calib = synthetic_inputs(photos[:CALIB_COUNT], CALIB_SIZE, 0)
+    paths = list_images(clean_dir)
+    need = min_photos(keep_fp32)
+    if len(paths) < need:
+        raise ValueError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs {need}")
+    photos = read_photos(paths, need)
+    crop = calibration_crop(photos[:CALIB_COUNT], int(getattr(model, "size_multiple", 1)),
+                            CALIB_SIZE)
+    calib = synthetic_inputs([_fit(img, crop) for _, img in photos[:CALIB_COUNT]], crop, 0)
     work = Path(tempfile.mkdtemp(prefix="derain-int8-"))
-    cache = work / "calibration.json"
-    graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx")
-    ranking: list[tuple[float, str]] = []
-    if keep_fp32:
-        held = synthetic_inputs(photos[CALIB_COUNT:need], HELD_OUT_SIZE, 1000)
-        log.info("ranking %d convolutions by int8 sensitivity", len(conv_names(graphs[0])))
-        ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
-                                   cache=cache, threads=threads)
-    info = {
-        "source_sha256": state_sha256(model),
-        "fp32_convs": [name for _, name in ranking[:keep_fp32]],
-        "weight_bits": 7 if reduce_range else 8,
-        "calibration": (f"percentile {PERCENTILE} over {CALIB_COUNT} crops of {CALIB_SIZE} "
-                        f"px, synthetic mixed rain on {clean_dir.name}"),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_graph(graphs[0], out, calib, keep_fp32=info["fp32_convs"],
-                   reduce_range=reduce_range, cache=cache)
-    proto = onnx.load(str(out))
-    proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
-    onnx.save(proto, str(out))
-    files = [out]
-    record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
-    if len(graphs) > 1:  # the same scheme, so tiles get the means the int8 network computes
-        stats = export.stats_path(out)
-        quantize_graph(graphs[1], stats, calib, keep_fp32=info["fp32_convs"],
-                       reduce_range=reduce_range, cache=work / "calibration.stats.json")
-        files.append(stats)
-        record |= {"stats_file": stats.name, "stats_sha256": sha256_file(stats)}
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        cache = work / "calibration.json"
+        graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx")
+        ranking: list[tuple[float, str]] = []
+        if keep_fp32:
+            held = synthetic_inputs([img for _, img in photos[CALIB_COUNT:need]],
+                                    HELD_OUT_SIZE, 1000)
+            log.info("ranking %d convolutions by int8 sensitivity", len(conv_names(graphs[0])))
+            ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
+                                       cache=cache, threads=threads)
+        info = {
+            "source_sha256": state_sha256(model),
+            "fp32_convs": [name for _, name in ranking[:keep_fp32]],
+            "weight_bits": 7 if reduce_range else 8,
+            "calibration": (f"percentile {PERCENTILE} over {len(calib)} crops of "
+                            f"{crop[0]}x{crop[1]} px (height x width), synthetic mixed rain "
+                            f"on {clean_dir.name}"),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        quantize_graph(graphs[0], out, calib, keep_fp32=info["fp32_convs"],
+                       reduce_range=reduce_range, cache=cache)
+        proto = onnx.load(str(out))
+        proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
+        onnx.save(proto, str(out))
+        files = [out]
+        record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
+        if len(graphs) > 1:  # the same scheme, so tiles get the means the int8 network computes
+            stats = export.stats_path(out)
+            quantize_graph(graphs[1], stats, calib, keep_fp32=info["fp32_convs"],
+                           reduce_range=reduce_range, cache=work / "calibration.stats.json")
+            files.append(stats)
+            record |= {"stats_file": stats.name, "stats_sha256": sha256_file(stats)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return files, record | info
+
+
+def min_photos(keep_fp32: int) -> int:
+    """Readable photos ``build_int8`` needs: the calibration ones, plus the held-out ones
+    that rank convolutions when some are kept in fp32 (``derain export --help`` says so)."""
+    return CALIB_COUNT + (HELD_OUT_COUNT if keep_fp32 else 0)
 
 
 def shipped_int8_graph(record: Any, model: nn.Module) -> Path:

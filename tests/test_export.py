@@ -246,3 +246,111 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch):
     (clean / "0.png").rename(few / "0.png")
     res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8", str(few)])
     assert res.exit_code == 1 and "int8 calibration needs" in res.output
+
+
+def _app():
+    import typer
+
+    app = typer.Typer()
+    app.command()(export.export_cmd)
+    return app
+
+
+def _help_text() -> str:
+    """``derain export --help`` as plain words (rich's boxes and line wrapping removed)."""
+    res = CliRunner().invoke(_app(), ["--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.replace("│", " ").split())
+
+
+def test_rdmc_graph_needs_its_size_multiple_and_the_help_says_so(rdmc):
+    """The graph does not pad: H and W must be multiples of ``derain.size_multiple``, and a
+    caller that reflect-pads and crops (as documented) gets the network's output."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    net, paths = rdmc
+    meta = {e.key: e.value for e in onnx.load(str(paths[0])).metadata_props}
+    mult = int(meta["derain.size_multiple"])
+    assert mult == 16
+    sess = _session(paths[0])
+    x = torch.rand(1, 3, 61, 77, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(Fail, match="broadcast"):
+        sess.run(None, {"image": x.numpy()})
+    pad = ((0, 0), (0, 0), (0, -61 % mult), (0, -77 % mult))
+    out = sess.run(None, {"image": np.pad(x.numpy(), pad, mode="reflect")})[0]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert np.abs(out[..., :61, :77] - ref).max() <= TOL
+    assert "accepts other sizes" not in (export.__doc__ or "")
+    text = _help_text()
+    assert "multiples of the graph's derain.size_multiple metadata" in text
+    assert "16 for RDMC, 1 for Semi-DRDNet" in text and "pad (reflect)" in text
+
+
+def test_unsupported_opset_is_one_line_exit_2_before_tracing(tmp_path):
+    """torch's TorchScript exporter supports opsets up to ``max_opset()``; above it older
+    torch printed pages of IR on stdout before failing."""
+    res = CliRunner().invoke(_app(), ["--random-init", "-m", "rdmc-lite", "--opset", "99",
+                                      "-o", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        f"error: ONNX opset 99 is not supported: use 13 to {export.max_opset()} (default 17)"]
+    assert 17 <= export.max_opset() < 99
+    before = export.EXPORT_COUNT
+    with pytest.raises(ValueError, match="opset 12"):
+        export.export_onnx(_Plain(), tmp_path / "y.onnx", opset=12)
+    assert export.EXPORT_COUNT == before and not list(tmp_path.iterdir())
+
+
+def test_export_cmd_output_folder_and_suffix_in_any_case(tiny_weights, tmp_path):
+    """``-o FOLDER`` writes NAME.onnx inside it, ``-o m.ONNX`` keeps that name (and its
+    statistics graph is m.stats.onnx); other names get .onnx appended."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    res = CliRunner().invoke(_app(), ["-o", str(folder), "--weights", str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(folder / "tiny.onnx"), str(folder / "tiny.stats.onnx")]
+    assert not (tmp_path / "out.onnx").exists()
+    upper = tmp_path / "m.ONNX"
+    res = CliRunner().invoke(_app(), ["-o", str(upper), "--weights", str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(upper), str(tmp_path / "m.stats.onnx")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ONNX", "m.stats.onnx", "out"]
+    assert export.resolve_output(tmp_path / "plain", None, None, True) == tmp_path / "plain.onnx"
+    assert (export.resolve_output(folder, "rdmc-lite", None, True)
+            == folder / "rdmc-lite.int8.onnx")
+    assert export.resolve_output(None, "rdmc-lite", None, False) == export.Path("rdmc-lite.onnx")
+
+
+def test_int8_help_states_the_photos_the_code_requires(tiny_weights, tmp_path, monkeypatch):
+    """--keep-fp32 0 needs no held-out photos: the help says both minimums."""
+    from derain_cli import quantize
+
+    text = _help_text()
+    full = quantize.CALIB_COUNT + quantize.HELD_OUT_COUNT
+    assert f"({full} or more readable ones, {quantize.CALIB_COUNT} with --keep-fp32 0" in text
+    assert quantize.min_photos(0) == quantize.CALIB_COUNT and quantize.min_photos(3) == full
+
+
+def test_export_cmd_int8_stdout_is_only_the_paths(tiny_weights, tmp_path):
+    """Mixed photo sizes calibrate (one common crop, named in the record), an unreadable
+    photo is one warning line, and ONNX Runtime's quantizer chatter stays off stdout."""
+    from PIL import Image
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        shape = (56, 40, 3) if i % 2 else (40, 48, 3)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(clean / f"{i}.png")
+    (clean / "00_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "t.int8.onnx"
+    res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights),
+                                      "--int8", str(clean), "--keep-fp32", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(out), str(tmp_path / "t.int8.stats.onnx")]
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "00_broken.png" in warnings[0]
+    record = json.loads(next(line for line in res.stderr.splitlines() if line.startswith("{")))
+    assert "8 crops of 40x48 px" in record["calibration"]

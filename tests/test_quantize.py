@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,73 @@ def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
     with pytest.raises(ValueError, match="int8 calibration needs"):
         quantize.build_int8(net, _photos(tmp_path / "few", 2), tmp_path / "x.onnx")
+
+
+def _photo(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_mixed_sizes_and_an_unreadable_photo_calibrate_rdmc(tmp_path, monkeypatch, capsys):
+    """Portrait and landscape photos of several sizes share one crop (turned landscape,
+    rounded down to RDMC's multiple of 16, named in the record); a broken file is skipped
+    with one warning."""
+    from derain_cli.models import RDMC, RDMCConfig
+
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 3)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "0.png").write_bytes(b"not an image")
+    for i, (h, w) in enumerate([(70, 50), (50, 90), (100, 100)], start=1):
+        _photo(clean / f"{i}.png", h, w, seed=i)
+    torch.manual_seed(0)
+    net = RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1)).eval()
+    files, rec = quantize.build_int8(net, clean, tmp_path / "r.int8.onnx", keep_fp32=0,
+                                     threads=1)
+    assert "3 crops of 48x64 px" in rec["calibration"]
+    meta = {p.key: p.value for p in onnx.load(str(files[0])).metadata_props}
+    assert json.loads(meta["derain.int8"])["calibration"] == rec["calibration"]
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning:")] == [
+        f"warning: {clean / '0.png'}: cannot read image "
+        "(not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)); skipped"]
+    (clean / "3.png").write_bytes(b"broken too")  # now 2 readable photos, 3 needed
+    with pytest.raises(ValueError, match="2 readable photos .2 unreadable skipped.; "
+                                         "int8 calibration needs 3"):
+        quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
+
+
+def test_calibration_photo_too_small_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # nothing left in /tmp, ever
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 2)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    _photo(clean / "a.png", 48, 48)
+    _photo(clean / "b.png", 20, 40)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    with pytest.raises(ValueError, match=r"b\.png: 40x20 px is too small .*at least 32 px"):
+        quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
+    assert quantize.calibration_crop([(Path("a"), np.zeros((60, 500, 3)))], 16) == (48, 320)
+
+
+def test_failed_build_removes_its_scratch_folder(tmp_path, monkeypatch):
+    """The scratch folder (fp32 graphs, calibration cache) goes on failure too."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 2)
+
+    def fail(*args: object, **kwargs: object) -> Path:
+        assert list(scratch.glob("derain-int8-*/fp32.onnx"))  # really made, then failed
+        raise RuntimeError("quantizer failed")
+
+    monkeypatch.setattr(quantize, "quantize_graph", fail)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    with pytest.raises(RuntimeError, match="quantizer failed"):
+        quantize.build_int8(net, _photos(tmp_path / "clean", 2), tmp_path / "x.onnx",
+                            keep_fp32=0)
+    assert list(scratch.iterdir()) == []
 
 
 def _shipped(name: str = DEFAULT) -> tuple[WeightRecord, torch.nn.Module, Path]:
