@@ -1024,6 +1024,7 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -1037,6 +1038,7 @@ class _Progress:
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
                 TimeRemainingColumn(), transient=False,
+                console=Console(stderr=True),  # with the log lines; stdout stays for data
             )
             self._p.__enter__()
             self._task = self._p.add_task("train", total=self.total, completed=self.start,

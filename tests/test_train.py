@@ -184,6 +184,12 @@ def test_threads_option_sets_the_cpu_threads(data, tmp_path):
         T.train(_cfg(data, tmp_path / "t0", threads=0))
 
 
+def test_progress_goes_to_stderr_with_the_log_lines(data, tmp_path, capsys):
+    T.train(_cfg(data, tmp_path / "p", steps=2, quiet=False))
+    out, err = capsys.readouterr()
+    assert "2/2" in err and "2/2" not in out
+
+
 def test_an_out_that_is_a_file_is_refused(data, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(T.TrainError, match="is a file"):
