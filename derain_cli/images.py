@@ -155,6 +155,10 @@ class LoadedImage:
     #: XMP packet (captions, ratings, copyright, edits from Lightroom and the like), its
     #: ``tiff:Orientation`` reset to 1 like the EXIF one.
     xmp: bytes | None = None
+    #: A PNG's text chunks (title, author, comments...) other than XMP, for a PNG output.
+    text: dict[str, str] | None = None
+    #: The source was a lossless WebP: a WebP output is written lossless too.
+    lossless: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -400,6 +404,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         raw_exif = im.info.get("exif") or tiff_exif
         exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
         xmp = _read_xmp(im, fmt)
+        text = _png_text(im) if fmt == "PNG" else None
+        lossless = fmt == "WEBP" and _webp_is_lossless(p)
         icc = im.info.get("icc_profile") or None
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
@@ -416,7 +422,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             pixels16 = _decode_16bit_cv2(p, fmt, np.asarray(im), orientation)
             if pixels16 is not None:
                 loaded = _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
-                loaded.xmp = xmp
+                loaded.xmp, loaded.text = xmp, text
                 return loaded
             if gray:  # OpenCV failed: keep PIL's 8-bit decode (still the right picture)
                 im = im.convert("LA")
@@ -438,7 +444,42 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         bit_depth = 16
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
-                       xmp)
+                       xmp, text, lossless)
+
+
+def _latin1(s: str) -> bool:
+    """PNG tEXt chunks (and every chunk keyword) are Latin-1; other text needs iTXt."""
+    try:
+        s.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _png_text(im: Image.Image) -> dict[str, str] | None:
+    """A PNG's tEXt/zTXt/iTXt chunks as text, XMP left out (it travels as ``xmp``)."""
+    chunks = getattr(im, "text", None) or {}
+    text = {str(k): str(v) for k, v in chunks.items() if k != _XMP_PNG_KEY}
+    return text or None
+
+
+def _webp_is_lossless(p: Path) -> bool:
+    """Whether the WebP's image data is VP8L (lossless) rather than VP8 (lossy): walks the
+    RIFF chunk headers only (metadata chunks such as ICCP or EXIF may come first)."""
+    try:
+        with open(p, "rb") as f:
+            if f.read(12)[8:12] != b"WEBP":
+                return False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                fourcc, size = head[:4], struct.unpack("<I", head[4:])[0]
+                if fourcc in (b"VP8L", b"VP8 "):
+                    return fourcc == b"VP8L"
+                f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return False
 
 
 def _tiff_exif(im: Image.Image) -> bytes | None:
@@ -664,11 +705,14 @@ class PreparedImage:
     dpi: tuple[float, float] | None
     quality: int
     xmp: bytes | None = None
+    text: dict[str, str] | None = None
+    lossless: bool = False
 
     def write(self) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`)."""
         fmt, pixels, alpha = self.fmt, self.pixels, self.alpha
         exif, icc, dpi, quality, xmp = self.exif, self.icc, self.dpi, self.quality, self.xmp
+        text = self.text
         grayscale = pixels.ndim == 2
         bits = 16 if pixels.dtype == np.uint16 else 8
         if bits == 16 or fmt == "TIFF":
@@ -681,7 +725,10 @@ class PreparedImage:
             encode = _encode_png16 if fmt == "PNG" else _encode_tiff
 
             def save(fp: BinaryIO) -> None:
-                encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp)
+                if encode is _encode_png16:
+                    encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp, text=text)
+                else:
+                    encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp)
         else:
             image = Image.fromarray(pixels)  # mode L or RGB
             if alpha is not None:
@@ -695,15 +742,21 @@ class PreparedImage:
                 params["dpi"] = dpi
             if xmp and fmt in ("JPEG", "WEBP"):
                 params["xmp"] = xmp
-            elif xmp and fmt == "PNG":
+            if fmt == "PNG" and (xmp or text):
                 info = PngImagePlugin.PngInfo()
-                info.add_itxt(_XMP_PNG_KEY, xmp.decode("utf-8", "replace"))
+                for key, value in (text or {}).items():
+                    if _latin1(key + value):
+                        info.add_text(key, value)
+                    elif _latin1(key):  # keywords are Latin-1 in every text chunk
+                        info.add_itxt(key, value)
+                if xmp:
+                    info.add_itxt(_XMP_PNG_KEY, xmp.decode("utf-8", "replace"))
                 params["pnginfo"] = info
             if fmt == "JPEG":
                 # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
                 params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
             elif fmt == "WEBP":
-                params.update(quality=quality, exact=True)
+                params.update(quality=quality, exact=True, lossless=self.lossless)
 
             def save(fp: BinaryIO) -> None:
                 image.save(fp, format=fmt, **params)
@@ -758,7 +811,11 @@ def prepare_image(
     if fmt == "JPEG" and xmp is not None and len(xmp) > _JPEG_MAX_XMP:
         xmp = None  # does not fit one JPEG APP1 segment (extended XMP is not written)
 
-    return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp)
+    text = like.text if like is not None and fmt == "PNG" else None
+    lossless = bool(like is not None and like.lossless and fmt == "WEBP")
+
+    return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
+                         lossless)
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
@@ -868,8 +925,9 @@ def _encode_png16(
     icc: bytes | None,
     dpi: tuple[float, float] | None,
     xmp: bytes | None = None,
+    text: dict[str, str] | None = None,
 ) -> None:
-    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf/iTXt (XMP) chunks.
+    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf/tEXt/iTXt chunks.
 
     OpenCV encodes gray/RGB/RGBA (fast libpng filtering) but writes no metadata, so our chunks
     are spliced in after IHDR. Gray+alpha, which OpenCV cannot write, is encoded here.
@@ -889,6 +947,12 @@ def _encode_png16(
     if xmp:  # iTXt: keyword, no compression, no language, no translated keyword
         extra += _png_chunk(b"iTXt", _XMP_PNG_KEY.encode("latin-1") + b"\x00\x00\x00\x00\x00"
                             + xmp)
+    for key, value in (text or {}).items():
+        if _latin1(key + value):
+            extra += _png_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1"))
+        elif _latin1(key):
+            extra += _png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00"
+                                + value.encode("utf-8"))
 
     if channels == 2:
         fp.write(b"\x89PNG\r\n\x1a\n")

@@ -439,6 +439,41 @@ def test_a_tiffs_camera_tags_travel_as_exif(tmp_path: Path) -> None:
         assert back.get(256) in (None, H), ext  # no stale layout tags (a TIFF has its own)
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_text_chunks_are_kept(tmp_path: Path, depth: int) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "A. Photographer")
+    info.add_itxt("Description", "Regen über Zürich")  # not Latin-1 safe: iTXt
+    dtype = np.uint16 if depth == 16 else np.uint8
+    arr = (_rng().integers(0, 256, (H, W, 3)) * (257 if depth == 16 else 1)).astype(dtype)
+    if depth == 16:  # PIL cannot write 16-bit colour: the project's own encoder can
+        with open(tmp_path / "in.png", "wb") as f:
+            images._encode_png16(f, arr, exif=None, icc=None, dpi=None,
+                                 text={"Author": "A. Photographer",
+                                       "Description": "Regen über Zürich"})
+    else:
+        Image.fromarray(arr).save(tmp_path / "in.png", pnginfo=info)
+    loaded = read_image(tmp_path / "in.png")
+    assert loaded.bit_depth == depth
+    assert loaded.text == {"Author": "A. Photographer", "Description": "Regen über Zürich"}
+    write_image(tmp_path / "out.png", loaded.pixels.astype(np.float32) / (
+        65535 if depth == 16 else 255), like=loaded)
+    assert read_image(tmp_path / "out.png").text == loaded.text
+
+
+def test_a_lossless_webp_stays_lossless(tmp_path: Path) -> None:
+    arr = _rng().integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "l.webp", lossless=True)
+    Image.fromarray(arr).save(tmp_path / "y.webp", quality=80)
+    lossless, lossy = read_image(tmp_path / "l.webp"), read_image(tmp_path / "y.webp")
+    assert lossless.lossless and not lossy.lossless
+    write_image(tmp_path / "o.webp", arr.astype(np.float32) / 255, like=lossless)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.webp").convert("RGB")), arr)
+    assert images._webp_is_lossless(tmp_path / "o.webp")
+    write_image(tmp_path / "o2.webp", arr.astype(np.float32) / 255, like=lossy)
+    assert not images._webp_is_lossless(tmp_path / "o2.webp")
+
+
 def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
     gray_like = LoadedImage(np.zeros((H, W, 3), np.float32), None, 8, True, "L", "PNG",
                             icc_profile=_srgb_icc())  # an RGB profile on a gray image
