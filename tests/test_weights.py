@@ -43,13 +43,20 @@ def test_fp16_storage_halves_size(tmp_path):
     assert r16.dtype == "float16" and r16.size < 0.6 * r32.size
 
 
-def test_corrupted_file_is_refused(tmp_path):
+def _saved_then_damaged(p):
+    """Save a tiny network's weights to ``p`` and flip one byte: the record's sha256 no
+    longer matches the file."""
     net = _tiny()
-    p = tmp_path / "t.safetensors"
     rec = weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
     data = bytearray(p.read_bytes())
     data[-10] ^= 0xFF
     p.write_bytes(bytes(data))
+    return rec
+
+
+def test_corrupted_file_is_refused(tmp_path):
+    p = tmp_path / "t.safetensors"
+    rec = _saved_then_damaged(p)
     with pytest.raises(WeightsError, match="sha256"):
         weights.load_into(_tiny(), p, rec.sha256)
     p.write_bytes(b"not a safetensors file at all")
@@ -137,12 +144,8 @@ def test_unknown_manifest_keys_survive(tmp_path):
 
 
 def test_a_damaged_bundled_file_asks_for_a_reinstall(tmp_path, monkeypatch):
-    net = _tiny()
     p = tmp_path / "t.safetensors"
-    rec = weights.save_weights(net, p, name="t", arch="semi-drdnet", config=net.cfg)
-    data = bytearray(p.read_bytes())
-    data[-10] ^= 0xFF
-    p.write_bytes(bytes(data))
+    rec = _saved_then_damaged(p)
     monkeypatch.setattr(weights, "load_manifest", lambda path=None: {"t": rec})
     monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match=r"sha256.*ships with derain: reinstall derain"):
