@@ -375,6 +375,10 @@ class Backend(str, Enum):
 def _check_model(value: str | None) -> str | None:
     if value is None:
         return None
+    from .manifest import load_manifest
+
+    if value in load_manifest():  # a shipped model: known without importing PyTorch, so
+        return value              # `-m semi-drdnet-tiny` starts like the default does
     from .models import MODELS
 
     if value not in MODELS:
@@ -421,10 +425,11 @@ def run_cmd(
                        help="Photos, folders or glob patterns."),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,  # a str, not a Path: a trailing "/" (a folder, whatever the name) survives
         typer.Option("-o", "--output", show_default=False, rich_help_panel=OUT,
-                     help="Output file (single input only) or folder. "
-                          "\\[default: NAME_derained.EXT beside each input]"),
+                     metavar="PATH",
+                     help="Output file (single input only) or folder (end it with / to say "
+                          "so). \\[default: NAME_derained.EXT beside each input]"),
     ] = None,
     recursive: Annotated[
         bool, typer.Option("-r", "--recursive", rich_help_panel=OUT,
@@ -531,7 +536,9 @@ def run_cmd(
             raise UsageError(
                 "no input given: name photos, folders or patterns (derain photo.jpg)", ctx=ctx
             )
-        _run(ctx, err, inputs, output=output, recursive=recursive, overwrite=overwrite,
+        _run(ctx, err, inputs, output=Path(output) if output else None,
+             output_is_folder=bool(output) and output.endswith(("/", os.sep)),
+             recursive=recursive, overwrite=overwrite,
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
              device=device, precision=precision.value, threads=threads,
              io_threads=io_threads, tile=tile,
@@ -599,6 +606,7 @@ def _run(
     inputs: list[str],
     *,
     output: Path | None,
+    output_is_folder: bool = False,
     recursive: bool,
     overwrite: bool,
     fmt: str | None,
@@ -625,15 +633,17 @@ def _run(
     # ---- option combinations (exit 2 before any work)
     to_file: bool | None = None
     if output is not None:
-        if not output.is_dir() and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES:
+        if (not output.is_dir() and not output_is_folder
+                and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES):
             raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
                               "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
-        to_file = batch.output_is_file(output)
+        to_file = batch.output_is_file(output) and not output_is_folder
         single = len(inputs) == 1 and Path(inputs[0]).is_file()
-        if not to_file and single and output.suffix and not output.exists():
+        if (not to_file and single and output.suffix and not output.exists()
+                and not output_is_folder):
             raise _usage(ctx, f"-o {output}: '{output.suffix}' is not an image type derain "
                               "writes (.png, .jpg, .webp, .tif, .bmp); to write into a folder "
-                              "of that name, create it first")
+                              f"of that name, end it with a slash (-o {output}/)")
         if to_file:
             if not single:
                 raise _usage(ctx, f"-o {output} names a file, which takes exactly one input "

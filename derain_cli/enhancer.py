@@ -301,9 +301,10 @@ class Derainer:
 
         Alpha is kept untouched; grayscale stays grayscale. Arrays: uint8 or uint16 samples
         (dtype kept), or floats in [0, 1] (anything else is refused, since its scale would
-        be a guess). PIL modes: RGB, RGBA, L, LA kept; P/PA become RGB/RGBA; I and I;16
-        come back as I;16; F (floats in [0, 1]) stays F; 1 comes back as L; others (CMYK,
-        YCbCr, ...) as RGB. ICC profile, DPI, EXIF and XMP in ``image.info`` are carried.
+        be a guess). PIL modes: RGB, RGBA, L, LA, I;16 kept; I and F kept, at the scale their
+        values show (0-255 as Pillow's ``convert`` makes them, 0-65535, or for F [0, 1]);
+        P/PA become RGB/RGBA; 1 comes back as L; others (CMYK, YCbCr, ...) as RGB. ICC
+        profile, DPI, EXIF and XMP in ``image.info`` are carried.
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image)
@@ -336,17 +337,32 @@ class Derainer:
             y = np.concatenate([y, alpha.astype(arr.dtype)], axis=2)
         return y.reshape(arr.shape)
 
+    def _derain_wide_gray(self, img: Image.Image) -> Image.Image:
+        """Mode I or F: derained at the scale its values show (``_gray_scale``), returned in
+        the same mode and scale."""
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.size == 0:
+            raise ValueError(f"empty image (size {img.size})")
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -0.01:
+            raise ValueError(f"mode {img.mode} samples span {lo:g}..{hi:g}: expected 0 or more")
+        scale = _gray_scale(hi, img.mode)
+        y = self._derain_numpy(np.clip(arr / np.float32(scale), 0.0, 1.0)) * np.float32(scale)
+        if img.mode == "I":
+            return Image.fromarray(np.rint(y).astype(np.int32))
+        return Image.fromarray(y.astype(np.float32))
+
     def _derain_pil(self, img: Image.Image) -> Image.Image:
         mode = img.mode
         if mode in ("RGB", "RGBA", "L", "LA"):
             work = img
         elif mode in ("P", "PA"):
             work = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
-        elif mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+        elif mode in ("I;16", "I;16B", "I;16L"):
+            arr = np.asarray(img).astype(np.uint16)
             return Image.fromarray(self._derain_numpy(arr))
-        elif mode == "F":  # float gray in [0, 1] (checked like a float array), stays F
-            return Image.fromarray(self._derain_numpy(np.asarray(img, dtype=np.float32)))
+        elif mode in ("I", "F"):  # 32-bit gray: scale guessed from the values, kept
+            return self._derain_wide_gray(img)
         elif mode == "1":  # bilevel: derained as gray, returned as gray
             work = img.convert("L")
         else:
@@ -355,6 +371,19 @@ class Derainer:
         out.info.update({k: v for k, v in img.info.items()
                          if k in ("icc_profile", "dpi", "exif", "xmp", "XML:com.adobe.xmp")})
         return out
+
+
+def _gray_scale(hi: float, mode: str) -> float:
+    """Full scale of a 32-bit gray PIL image: Pillow's own ``convert("I")``/``convert("F")``
+    gives 0-255, a float image built from [0, 1] data stays in [0, 1], 16-bit data reaches
+    past 255."""
+    if mode == "F" and hi <= 1.01:
+        return 1.0
+    if hi <= 255.5:
+        return 255.0
+    if hi <= 65535.5:
+        return 65535.0
+    raise ValueError(f"mode {mode} samples reach {hi:g}: beyond 16 bits, the scale is unknown")
 
 
 def _check_samples(arr: np.ndarray) -> None:

@@ -477,6 +477,9 @@ def _webp_is_lossless(p: Path) -> bool:
                 fourcc, size = head[:4], struct.unpack("<I", head[4:])[0]
                 if fourcc in (b"VP8L", b"VP8 "):
                     return fourcc == b"VP8L"
+                if fourcc == b"ANMF":  # an animation frame: 16 bytes of header, then its
+                    f.seek(16, os.SEEK_CUR)  # own image chunks, which decide
+                    continue
                 f.seek(size + (size & 1), os.SEEK_CUR)
     except OSError:
         return False

@@ -490,6 +490,8 @@ def _defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         cfg.workers = min(4, max(1, (os.cpu_count() or 2) // world)) if on_gpu else 0
     if cfg.bn_recalib is None:
         cfg.bn_recalib = 0 if cfg.init_weights else 16
+    cfg.pairs, cfg.synthetic, cfg.unlabeled = (
+        _resolved(cfg.pairs), _resolved(cfg.synthetic), _resolved(cfg.unlabeled))
     return cfg
 
 
@@ -567,18 +569,27 @@ def _check_val_pairs(cfg: TrainConfig) -> None:
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
-                  out: Path, warn: bool = True) -> None:
-    """A resumed run must be the same run: same network, same data. A longer ``--steps``
-    is fine (that is what resuming is for); other changed settings get a warning."""
+                  out: Path, warn: bool = True, recalib_given: bool = True) -> TrainConfig:
+    """A resumed run must be the same run: same network, same data (folders compared as
+    resolved paths, so ``syn`` and ``/abs/syn`` agree). A longer ``--steps`` is fine (that
+    is what resuming is for); other changed settings get a warning. Returns ``cfg`` with
+    the run's own BatchNorm setting when none was given (a run started from ``--weights``
+    keeps its statistics when resumed without it)."""
     if ckpt.get("arch") != arch or json.loads(ckpt.get("model_config") or "{}") != conf:
         raise TrainError(f"--resume: {out} was trained as {ckpt.get('name')} "
                          f"({ckpt.get('arch')}); pass -m {ckpt.get('name')} to continue it")
     try:
         before = json.loads(ckpt.get("config") or "{}")
     except ValueError:
-        return
+        return cfg
+    if not recalib_given and before.get("bn_recalib") is not None:
+        cfg = dataclasses.replace(cfg, bn_recalib=int(before["bn_recalib"]))
     now = dataclasses.asdict(cfg)
-    data_keys = ("pairs", "synthetic", "unlabeled", "rainy_dir", "clean_dir", "preset")
+    folders = ("pairs", "synthetic", "unlabeled")
+    for key in folders:
+        if isinstance(before.get(key), list):
+            before[key] = _resolved(before[key])
+    data_keys = (*folders, "rainy_dir", "clean_dir", "preset")
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
     if changed:
         raise TrainError("--resume: the run was trained on other data ("
@@ -590,6 +601,13 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
              if k in before and before[k] != now.get(k)]
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
+    return cfg
+
+
+def _resolved(folders: Iterable[str]) -> list[str]:
+    """Absolute forms of data folders: what a run records, so a resume from another working
+    directory, or with the folder spelled differently, is still recognised."""
+    return [str(Path(f).expanduser().resolve()) for f in folders]
 
 
 def _auto_bf16(device: torch.device) -> bool:
@@ -645,6 +663,7 @@ def _train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device, local, world)
+    recalib_given = cfg.bn_recalib is not None
     cfg = _defaults(cfg, device)
     out = Path(cfg.out)
     name, arch, conf = _model_identity(cfg)
@@ -672,7 +691,8 @@ def _train(
         if not last.exists():
             raise TrainError(f"--resume: no checkpoint at {last}")
         ckpt = load_checkpoint(last)
-        _check_resume(cfg, ckpt, arch, conf, out, warn=is_main)
+        cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
+                            recalib_given=recalib_given)
     elif (out / "last.pt").exists():
         raise TrainError(f"{out} already holds a run (last.pt); pass --resume to continue it "
                          "or choose another --out")

@@ -375,6 +375,10 @@ def test_one_photo_to_an_unknown_suffix_is_usage_error(tmp_path: Path,
     (tmp_path / "res.xyz").mkdir()  # an existing folder of that name is a folder
     r = derain(photo, "-o", tmp_path / "res.xyz", "--weights", tiny_weights)
     assert r.exit_code == 0 and (tmp_path / "res.xyz" / "a.png").exists()
+    # a trailing slash says "folder" whatever the name, even an image suffix
+    for name in ("new.v2", "album.png"):
+        r = derain(photo, "-o", f"{tmp_path / name}/", "--weights", tiny_weights)
+        assert r.exit_code == 0 and (tmp_path / name / "a.png").exists(), r.stderr
     r = derain(photo, "-o", tmp_path / "b.jfif", "--weights", tiny_weights, "--format", "jpeg")
     assert r.exit_code == 0 and Image.open(tmp_path / "b.jfif").format == "JPEG"
 

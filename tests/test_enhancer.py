@@ -53,8 +53,15 @@ def test_pil_float_and_bilevel_modes_stay_gray(derainer):
     out = derainer.derain(Image.fromarray(gray))  # mode F: floats in [0, 1]
     assert out.mode == "F" and 0 <= np.asarray(out).min() and np.asarray(out).max() <= 1
     assert abs(float(np.asarray(out).mean()) - float(gray.mean())) < 0.2
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # 0-255 in a float image
-        derainer.derain(Image.fromarray(gray * 255))
+    # Pillow's own convert("F") and convert("I") give 0-255: kept at that scale, not read
+    # as [0, 1] (refused) or 0-65535 (came back near black)
+    gray8 = Image.fromarray(_photo()[..., 0])
+    for mode in ("F", "I"):
+        src = gray8.convert(mode)
+        out = np.asarray(derainer.derain(src), np.float32)
+        assert out.max() <= 255 and abs(out.mean() - np.asarray(src).mean()) < 40, mode
+    wide = Image.fromarray(_photo()[..., 0].astype(np.int32) * 257)  # 16-bit data in mode I
+    assert np.asarray(derainer.derain(wide)).max() > 255
     assert derainer.derain(Image.fromarray(_photo()).convert("1")).mode == "L"
 
 

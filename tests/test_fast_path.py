@@ -54,13 +54,18 @@ def test_default_cpu_run_never_imports_torch(tmp_path):
             {DEFAULT_MODEL!r}, "onnx", "int8", "cpu"), vars(d)
         assert d.derain(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50, 3)
         from derain_cli.cli import main
-        sys.argv = ["derain", {str(src)!r}, "-o", {str(tmp_path / "out.png")!r}, "--threads", "1"]
-        main()
+        for extra in ([], ["-m", {DEFAULT_MODEL!r}]):  # naming the default changes nothing
+            sys.argv = ["derain", {str(src)!r}, "-o", {str(tmp_path / "out.png")!r},
+                        "--threads", "1", "--overwrite", *extra]
+            try:
+                main()
+            except SystemExit as e:
+                assert not e.code, e.code
     """)
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "on cpu (ONNX Runtime), int8" in r.stderr
+    assert r.stderr.count("on cpu (ONNX Runtime), int8") == 2
     assert Image.open(tmp_path / "out.png").size == (420, 300)
 
 

@@ -472,6 +472,10 @@ def test_a_lossless_webp_stays_lossless(tmp_path: Path) -> None:
     assert images._webp_is_lossless(tmp_path / "o.webp")
     write_image(tmp_path / "o2.webp", arr.astype(np.float32) / 255, like=lossy)
     assert not images._webp_is_lossless(tmp_path / "o2.webp")
+    frames = [Image.fromarray(arr), Image.fromarray(arr[::-1].copy())]  # ANMF chunks
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:],
+                   lossless=True)
+    assert images._webp_is_lossless(tmp_path / "anim.webp")
 
 
 def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:

@@ -220,6 +220,19 @@ def test_resume_must_be_the_same_run(data, tmp_path, capsys):
     assert "changed settings: lr" in capsys.readouterr().err
 
 
+def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
+    """The same folder spelled relative to another directory is the same data; a run
+    started from --weights keeps its statistics when resumed without --weights."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=2))
+    monkeypatch.chdir(data["clean"].parent)
+    T.train(_cfg(data, tmp_path / "w", steps=2, synthetic=[data["clean"].name],
+                 init_weights=str(base.weights)))
+    monkeypatch.chdir(tmp_path)
+    T.train(_cfg(data, tmp_path / "w", steps=3, resume=True))  # absolute path, no --weights
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved["bn_recalib"] == 0 and saved["synthetic"] == [str(data["clean"])]
+
+
 def test_batchnorm_is_kept_by_default_when_starting_from_weights(data, tmp_path, monkeypatch):
     """Re-estimating a distilled model's BN statistics wrecked it (29.1 -> 16.4 dB)."""
     base = T.train(_cfg(data, tmp_path / "base", steps=2))
