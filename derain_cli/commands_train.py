@@ -309,7 +309,7 @@ def _usage_error(msg: str) -> Exception:
 
 def eval_cmd(
     data_arg: Annotated[Path | None, typer.Argument(
-        metavar="[DATA]", help="Folder of rainy/clean pairs (or --data).")] = None,
+        metavar="DATA", help="Folder of rainy/clean pairs (or --data).")] = None,
     data_opt: Annotated[Path | None, typer.Option(
         "--data", help="Folder of rainy/clean pairs.")] = None,
     model: Annotated[str | None, typer.Option(
@@ -366,7 +366,7 @@ def synth_cmd(
     clean: Annotated[Path, typer.Argument(
         metavar="CLEAN", show_default=False, help="Folder of clean photos.")],
     out_arg: Annotated[Path | None, typer.Argument(
-        metavar="[OUT]", show_default=False, help="Output folder, as -o.")] = None,
+        metavar="OUT", show_default=False, help="Output folder, as -o.")] = None,
     out: Annotated[Path | None, typer.Option(
         "-o", "--output", show_default=False,
         help="Output folder (rainy/ + clean/).")] = None,

@@ -319,7 +319,7 @@ def resolve_output(output: Path | None, model: str | None, weights: Path | None,
 
 def export_cmd(
     output_arg: Annotated[Path | None, typer.Argument(
-        metavar="[OUTPUT]", show_default=False,
+        metavar="OUTPUT", show_default=False,
         help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
     ] = None,
     output: Annotated[Path | None, typer.Option(
