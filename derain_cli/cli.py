@@ -488,7 +488,8 @@ def run_cmd(
         int | None,
         typer.Option("--tile", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
                      help="Tile size in pixels: tiles hold at most N x N pixels, shaped to "
-                          "the image; 0 = whole image at once. \\[default: automatic]"),
+                          "the image; 0 = whole image at once; at least 16 (64 or more "
+                          "advised). \\[default: automatic]"),
     ] = None,
     tile_overlap: Annotated[
         int | None, typer.Option(
