@@ -98,7 +98,11 @@ if has train; then
   if ((secs > 60)); then
     echo "== train $MODEL for ${secs}s"
     init=()
-    [[ -f .data/gpu/init.safetensors ]] && init=(--weights .data/gpu/init.safetensors)
+    # a chunk continuing the previous one's weights: a run from scratch in pieces, so its
+    # BatchNorm statistics are re-estimated as a from-scratch run's are (train keeps a
+    # --weights file's statistics unless told, for distilled models)
+    [[ -f .data/gpu/init.safetensors ]] && init=(--weights .data/gpu/init.safetensors
+                                                 --bn-recalib 16)
     run=/tmp/derain-run
     rm -rf "$run"
     python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \
