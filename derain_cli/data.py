@@ -21,7 +21,7 @@ Dataset items are dicts of CHW float32 tensors in [0, 1]:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,22 @@ def load_photos(
     return [img for _, img in _load_folder(folder, max_side, on_skip)]
 
 
+def iter_readable(
+    paths: Iterable[Path], on_skip: Callable[[Path, str], None] | None = None
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, HxWx3 uint8) for each of ``paths`` in order that decodes; the others are
+    reported by ``on_skip(path, reason)`` (default :func:`warn_skipped`). Lazy, so a caller
+    that needs only a few photos reads only as many files as it takes."""
+    skip = on_skip or warn_skipped
+    for p in paths:
+        try:
+            img = load_rgb_u8(p)
+        except DataError as e:
+            skip(p, str(e))
+            continue
+        yield p, img
+
+
 def _load_folder(
     folder: str | Path, max_side: int = 0, on_skip: Callable[[Path, str], None] | None = None
 ) -> list[tuple[Path, np.ndarray]]:
@@ -103,14 +119,8 @@ def _load_folder(
     paths = list_images(Path(folder), recursive=True)
     if not paths:
         raise DataError(f"{folder}: no images found")
-    skip = on_skip or warn_skipped
     out: list[tuple[Path, np.ndarray]] = []
-    for p in paths:
-        try:
-            img = load_rgb_u8(p)
-        except DataError as e:
-            skip(p, str(e))
-            continue
+    for p, img in iter_readable(paths, on_skip):
         h, w = img.shape[:2]
         if max_side and max(h, w) > max_side:
             import cv2

@@ -259,22 +259,9 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
             "agreement_psnr": round(float(np.mean(agree)), 2), "count": len(held)}
 
 
-def _readable(paths: list[Path]) -> list[np.ndarray]:
-    """Decode ``paths`` in order, skipping (with one warning each) those that cannot be read."""
-    from .data import DataError, load_rgb_u8, warn_skipped
-
-    out = []
-    for p in paths:
-        try:
-            out.append(load_rgb_u8(p))
-        except DataError as e:
-            warn_skipped(p, str(e))
-    return out
-
-
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
-    from .data import load_photos
+    from .data import iter_readable, load_photos
     from .pairs import list_images
     from .train import _hardware, _Progress
     from .weights import save_weights
@@ -293,7 +280,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
                            f"{cfg.val_count} (that many are held out)")
-    readable = _readable(photos)  # an unreadable photo is skipped with a warning
+    readable = [img for _, img in iter_readable(photos)]  # unreadable ones: a warning each
     if len(readable) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need more than "
                            f"{cfg.val_count} (that many are held out)")

@@ -302,9 +302,9 @@ def synth_pairs(
     from . import synth
     from .images import write_image
 
-    presets = [*synth.PRESETS, "mixed"]
-    if preset not in presets:
-        raise SynthError(f"unknown rain preset {preset!r}; choose one of: {', '.join(presets)}")
+    if preset not in synth.PRESET_NAMES:
+        raise SynthError(f"unknown rain preset {preset!r}; choose one of: "
+                         f"{', '.join(synth.PRESET_NAMES)}")
     if count is not None and count < 1:
         raise SynthError("count must be at least 1")
     paths = list_images(Path(clean_dir), recursive=True)

@@ -122,22 +122,21 @@ def read_photos(paths: Sequence[Path], need: int) -> list[tuple[Path, np.ndarray
     a minutes-long export; each is named in one ``warning:`` line on stderr. Reads no more
     files than needed. ``DataError`` (a ``ValueError``) when fewer than ``need`` are readable.
     """
-    from .data import DataError, load_rgb_u8, warn_skipped
+    from itertools import islice
 
-    got: list[tuple[Path, np.ndarray]] = []
-    skipped = 0
-    for p in paths:
-        if len(got) == need:
-            break
-        try:
-            got.append((p, load_rgb_u8(p)))
-        except DataError as e:
-            warn_skipped(p, str(e))
-            skipped += 1
+    from .data import DataError, iter_readable, warn_skipped
+
+    skipped: list[Path] = []
+
+    def skip(p: Path, reason: str) -> None:
+        skipped.append(p)
+        warn_skipped(p, reason)
+
+    got = list(islice(iter_readable(paths, skip), need))
     if len(got) < need:
         folder = paths[0].parent if paths else "the folder"
-        raise DataError(f"{folder}: {len(got)} readable photos ({skipped} unreadable skipped); "
-                        f"int8 calibration needs {need}")
+        raise DataError(f"{folder}: {len(got)} readable photos ({len(skipped)} unreadable "
+                        f"skipped); int8 calibration needs {need}")
     return got
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "PRESETS",
+    "PRESET_NAMES",
     "RainParams",
     "dominant_angle",
     "sample_params",
@@ -154,6 +155,8 @@ PRESETS: dict[str, RainParams] = {
 }
 
 _MIXED = "mixed"
+#: every name ``sample_params`` (and so ``--preset``) accepts
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, _MIXED)
 # Half-width in degrees of the uniform direction variation that ``sample_params`` adds to
 # each preset. Rain100L's directions spread over about [-30, 30] degrees (std 15), the
 # heavy pairs' over about [-11, 14] (std 6).
@@ -214,7 +217,7 @@ def sample_params(preset: str, rng: np.random.Generator) -> RainParams:
             tint=_random_tint(rng),
         )
     if preset not in PRESETS:
-        known = ", ".join([*PRESETS, _MIXED])
+        known = ", ".join(PRESET_NAMES)
         raise ValueError(f"unknown rain preset {preset!r}; choose one of: {known}")
     p = PRESETS[preset]
 
