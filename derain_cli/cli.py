@@ -276,7 +276,10 @@ def _plain_help_types() -> None:
     """Typer >= 0.2x prints each parameter's Python type in help (``--json <bool>``,
     ``IMAGE_OR_DIR <list[str]>``), which reads as if a flag took a value (``--json true``
     then derained a file named "true"). Flags and arguments show no type here; options that
-    take a value keep theirs. Guarded: older or newer Typer versions are left alone."""
+    take a value keep theirs, a repeatable one as its element (``--pairs <path>``, not
+    ``<list[Path]>``). Typer also writes a required argument as ``{CLEAN}`` on the usage
+    line; it is the conventional bare ``CLEAN`` here. Guarded: older or newer Typer
+    versions are left alone."""
     try:
         from typer.core import TyperArgument, TyperOption
     except ImportError:  # pragma: no cover
@@ -284,7 +287,12 @@ def _plain_help_types() -> None:
     opt = getattr(TyperOption, "display_type_rich", None)
     if opt is not None and not getattr(opt, "_derain_plain", False):
         def option_type(self: Any, ctx: Any) -> str | None:
-            return None if getattr(self, "is_flag", False) else opt(self, ctx)
+            if getattr(self, "is_flag", False):
+                return None
+            shown = opt(self, ctx)
+            if isinstance(shown, str) and shown.startswith("<list[") and shown.endswith("]>"):
+                shown = f"<{shown[6:-2].lower()}>"  # repeat the option for more
+            return shown
 
         option_type._derain_plain = True  # type: ignore[attr-defined]
         TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
@@ -295,6 +303,16 @@ def _plain_help_types() -> None:
 
         argument_type._derain_plain = True  # type: ignore[attr-defined]
         TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+    usage = getattr(TyperArgument, "_usage_display_name", None)
+    if usage is not None and not getattr(usage, "_derain_plain", False):
+        def usage_name(self: Any) -> str:
+            shown = usage(self)
+            if isinstance(shown, str) and shown.startswith("{") and "}" in shown:
+                shown = shown[1:].replace("}", "", 1)
+            return shown
+
+        usage_name._derain_plain = True  # type: ignore[attr-defined]
+        TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
 
 
 _plain_help_types()

@@ -77,6 +77,17 @@ def test_lazy_subcommands_listed_and_loaded() -> None:
     assert r.exit_code == 0 and f"Usage: derain {present[0]}" in r.stdout
 
 
+def test_help_shows_plain_argument_and_option_types() -> None:
+    """Typer would print ``Usage: derain synth [OPTIONS] {CLEAN} [OUT]`` and ``--pairs
+    <list[Path]>``; users read a bare CLEAN and one path per repeat of the option."""
+    r = derain("synth", "--help")
+    assert r.exit_code == 0 and "Usage: derain synth [OPTIONS] CLEAN [OUT]" in r.stdout
+    r = derain("train", "--help")
+    assert r.exit_code == 0
+    assert "list[" not in r.stdout and "{" not in r.stdout
+    assert re.search(r"--pairs\s+<path>", r.stdout)
+
+
 def test_version() -> None:
     r = derain("--version")
     assert r.exit_code == 0 and r.stdout.startswith(f"derain {__version__}")
