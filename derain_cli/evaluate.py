@@ -294,17 +294,19 @@ def synth_pairs(
     walk through the photo list (cycling) is rendered from ``seed`` and ``i`` only.
 
     Options are checked before any work (``SynthError``, a ``ValueError``): ``preset`` must
-    be a known one, ``count`` at least 1, and ``out_dir`` must not already hold images in
-    ``rainy/`` or ``clean/`` unless ``overwrite`` (which replaces same-named pairs).
+    be a known one or a comma list of them (``synth.check_preset``), ``count`` at least 1,
+    and ``out_dir`` must not already hold images in ``rainy/`` or ``clean/`` unless
+    ``overwrite`` (which replaces same-named pairs).
     A photo that cannot be decoded is skipped with one warning (``on_skip(path, reason)``;
     default: a ``warning:`` line on stderr), so one damaged file does not end a long job;
     ``DataError`` if none can be read. Returns the number of pairs written."""
     from . import synth
     from .images import write_image
 
-    if preset not in synth.PRESET_NAMES:
-        raise SynthError(f"unknown rain preset {preset!r}; choose one of: "
-                         f"{', '.join(synth.PRESET_NAMES)}")
+    try:
+        synth.check_preset(preset)
+    except ValueError as e:
+        raise SynthError(str(e)) from None
     if count is not None and count < 1:
         raise SynthError("count must be at least 1")
     paths = list_images(Path(clean_dir), recursive=True)

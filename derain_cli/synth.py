@@ -33,6 +33,7 @@ __all__ = [
     "PRESETS",
     "PRESET_NAMES",
     "RainParams",
+    "check_preset",
     "dominant_angle",
     "sample_params",
     "synthesize",
@@ -163,6 +164,24 @@ PRESET_NAMES: tuple[str, ...] = (*PRESETS, _MIXED)
 _ANGLE_SPREAD = {"light": 28.0, "medium": 25.0, "heavy": 12.0, "storm": 12.0}
 
 
+def check_preset(spec: str) -> tuple[str, ...]:
+    """The preset names of ``spec``: one name, or a comma list such as ``"light,mixed"``.
+
+    A list is a mixture: each image draws one of its names with equal chance (a name given
+    twice is drawn twice as often). Why: under ``mixed`` alone, light rain is a small share
+    of the draws and its errors are small beside heavy rain's, so a network trained on it
+    learns little about light rain (README, "Training your own"). Raises ``ValueError``
+    naming the unknown entry.
+    """
+    names = tuple(n.strip() for n in str(spec).split(","))
+    bad = [n for n in names if n not in PRESET_NAMES]
+    if bad:
+        known = ", ".join(PRESET_NAMES)
+        raise ValueError(f"unknown rain preset {bad[0]!r} in {spec!r}; choose one of: {known}, "
+                         "or a comma list of them")
+    return names
+
+
 def _lerp(a: float, b: float, t: float) -> float:
     return a + (b - a) * t
 
@@ -186,8 +205,12 @@ def sample_params(preset: str, rng: np.random.Generator) -> RainParams:
     that preset with small variations (density +-20 %, length +-15 %, width +-15 %,
     brightness +-10 %, haze +-0.05), and a direction drawn around the preset's within
     +-28 (light), +-25 (medium) or +-12 (heavy, storm) degrees, the spread of the
-    matching evaluation sets. Use ``PRESETS[name]`` for the exact preset.
+    matching evaluation sets. Use ``PRESETS[name]`` for the exact preset. A comma list
+    (``"light,mixed"``, see ``check_preset``) first draws one of its names.
     """
+    if "," in preset:
+        names = check_preset(preset)
+        preset = names[int(rng.integers(len(names)))]
     u = rng.uniform
     if preset == _MIXED:
         light, heavy, storm = PRESETS["light"], PRESETS["heavy"], PRESETS["storm"]

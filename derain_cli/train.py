@@ -505,7 +505,7 @@ def check_config(cfg: TrainConfig) -> None:
     """Refuse options that cannot work before any data is read or any step is taken, so a
     mistake costs seconds, not a training run (the export dtype used to fail only at the
     end, ``--epochs 0`` meant 10000 steps, ``--batch 0`` divided by zero)."""
-    from .synth import PRESET_NAMES
+    from .synth import PRESET_NAMES, check_preset
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -536,8 +536,11 @@ def check_config(cfg: TrainConfig) -> None:
          f"--bn-recalib must be 0 (off) or more, not {cfg.bn_recalib}")
     need(cfg.contrast_weight >= 0,
          f"--contrast-weight must be 0 or more, not {cfg.contrast_weight:g}")
-    need(cfg.preset in PRESET_NAMES,
-         f"unknown --preset {cfg.preset!r}; use {', '.join(PRESET_NAMES)}")
+    try:
+        check_preset(cfg.preset)
+    except ValueError:
+        need(False, f"unknown --preset {cfg.preset!r}; use {', '.join(PRESET_NAMES)} "
+                    "or a comma list of them (light,mixed)")
     need(cfg.contrast_features in _FEATURES,
          f"unknown --contrast-features {cfg.contrast_features!r}; use {', '.join(_FEATURES)}")
     need(cfg.export_dtype in _EXPORT_DTYPES,

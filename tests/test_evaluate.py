@@ -152,6 +152,13 @@ def test_synth_unknown_preset_is_refused_before_any_work(clean_dir, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_synth_takes_a_preset_mixture(clean_dir, tmp_path):
+    assert E.synth_pairs(clean_dir, tmp_path / "s", preset="light,heavy", count=3, seed=1) == 3
+    with pytest.raises(ValueError, match=r"'bogus' in 'light,bogus'"):
+        E.synth_pairs(clean_dir, tmp_path / "t", preset="light,bogus")
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("limit", [0, -2])
 def test_evaluate_limit_must_be_at_least_one(pairs, limit):
     """0 used to score every pair and -2 all but the last two."""

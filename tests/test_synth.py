@@ -12,6 +12,7 @@ import pytest
 from derain_cli.synth import (
     PRESETS,
     RainParams,
+    check_preset,
     dominant_angle,
     sample_params,
     synthesize,
@@ -161,6 +162,24 @@ def test_preset_variation_is_small() -> None:
             assert abs(p.brightness - base.brightness) <= 0.1 * base.brightness + 1e-9
             assert abs(p.angle - base.angle) <= 28.0
             assert p.layers == base.layers
+
+
+def test_a_comma_list_mixes_its_presets_per_draw() -> None:
+    """``light,heavy`` draws each preset about half the time (told apart by their streak
+    lengths, which do not overlap); a name twice is drawn twice as often; a bad entry is
+    refused by name."""
+    rng = np.random.default_rng(5)
+    draws = [sample_params("light,heavy", rng) for _ in range(400)]
+    light = np.mean([p.length[1] < PRESETS["heavy"].length[0] for p in draws])
+    assert 0.4 < light < 0.6
+    assert all(p.layers in (PRESETS["light"].layers, PRESETS["heavy"].layers) for p in draws)
+    draws = [sample_params("light,light,heavy", rng) for _ in range(600)]
+    assert 0.58 < np.mean([p.length[1] < PRESETS["heavy"].length[0] for p in draws]) < 0.75
+    assert check_preset(" light, mixed") == ("light", "mixed")
+    with pytest.raises(ValueError, match="'drizzle' in 'light,drizzle'"):
+        sample_params("light,drizzle", rng)
+    with pytest.raises(ValueError, match="unknown rain preset ''"):
+        check_preset("light,")
 
 
 def test_sample_params_deterministic() -> None:

@@ -164,6 +164,7 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     (dict(ckpt_every=0), "--ckpt-every must be at least 1"),
     (dict(time_budget=-1.0), "--time-budget must be positive"),
     (dict(preset="drizzle"), "unknown --preset 'drizzle'"),
+    (dict(preset="light,drizzle"), "unknown --preset 'light,drizzle'"),
     (dict(contrast_features="clip"), "unknown --contrast-features"),
     (dict(export_dtype="int4"), "unknown --export-dtype"),  # once found after training
 ])
@@ -171,6 +172,12 @@ def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
     with pytest.raises(T.TrainError, match=msg):
         T.train(_cfg(data, tmp_path / "run", **kw))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_mixture_trains(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "mix", steps=2, preset="light,heavy"))
+    assert len(res.losses) == 2 and np.isfinite(res.losses).all()
+    assert json.loads((tmp_path / "mix" / "config.json").read_text())["preset"] == "light,heavy"
 
 
 def test_threads_option_sets_the_cpu_threads(data, tmp_path):
