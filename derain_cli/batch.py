@@ -227,10 +227,11 @@ def collect_inputs(
     * A path that does not exist, a pattern that matches nothing and a folder without
       images become error items: reported as failures, never an exception.
 
-    Where results go under an output folder (``rel``): a single folder's images keep their
-    path inside it; with several folders on the command line each one's results go under its
-    own name (``-o out f1 f2`` writes ``out/f1/...`` and ``out/f2/...``, so equal file names
-    cannot collide); folders matched by a pattern keep their path below the pattern's base.
+    Where results go under an output folder (``rel``): a folder given alone keeps its
+    images' paths inside it; a folder given beside other inputs (folders or files) puts its
+    results under its own name (``-o out f1 f2`` writes ``out/f1/...`` and ``out/f2/...``,
+    ``-o out a.jpg f1`` writes ``out/a.jpg`` and ``out/f1/...``, so equal file names cannot
+    collide); folders matched by a pattern keep their path below the pattern's base.
 
     A file reached twice is listed once.
     """
@@ -238,7 +239,8 @@ def collect_inputs(
     excluded = {_resolved(Path(e)) for e in exclude}
     items: list[InputItem] = []
     seen: set[Path] = set()
-    several_folders = sum(Path(i).is_dir() for i in inputs) > 1
+    # a folder beside other inputs gets its own subfolder (a lone folder does not)
+    named_folders = len(inputs) > 1 and any(Path(i).is_dir() for i in inputs)
 
     def add(path: Path, rel: Path) -> None:
         key = _resolved(path)
@@ -270,7 +272,7 @@ def collect_inputs(
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            add_folder(path, folder_name(path) if several_folders else Path())
+            add_folder(path, folder_name(path) if named_folders else Path())
         elif path.exists():
             if _special(path):
                 items.append(InputItem(path, Path(path.name),

@@ -198,6 +198,13 @@ def test_plan_refuses_overwriting_inputs_and_collisions(tmp_path: Path) -> None:
     assert sorted(j.output.relative_to(tmp_path / "out").as_posix() for j in jobs) == [
         "a/x.jpg", "a/x.png", "b/x.png"]
 
+    # a folder beside a file: the same (a/x.png used to collide with the file x.png)
+    items = collect_inputs([str(tmp_path / "b" / "x.png"), str(tmp_path / "a")])
+    jobs = plan_jobs(items, BatchOptions(output=tmp_path / "out"))
+    assert [j.error for j in jobs] == [None, None, None]
+    assert sorted(j.output.relative_to(tmp_path / "out").as_posix() for j in jobs) == [
+        "a/x.jpg", "a/x.png", "x.png"]
+
     with pytest.raises(ValueError, match="is a file"):
         plan_jobs(items, BatchOptions(output=tmp_path / "one.png"))
     with pytest.raises(ValueError, match="unknown output format"):
