@@ -12,6 +12,10 @@ evaluation set and one per synthesizer preset (applied to ``clean-bsds`` photos)
 - coverage: fraction of pixels whose rain intensity exceeds 0.02;
 - dark: fraction of pixels that rain made darker by more than 0.02 (haze over
   highlights);
+- colour: how far the rain layer is from neutral grey, where it is not clipped (rain
+  luminance above 0.05, rainy pixel below 250 in every channel): the mean absolute
+  deviation of its channels from their mean, over the mean rain; 0 for additive grey
+  rain, about ``1 - clean`` spread for screen-blended rain;
 - the dominant streak direction per image (structure tensor, degrees from vertical,
   positive towards bottom right): axial mean and standard deviation over images.
 
@@ -59,6 +63,7 @@ class Acc:
     cover: list[float] = field(default_factory=list)
     dark: list[float] = field(default_factory=list)
     angle: list[float] = field(default_factory=list)
+    colour: list[float] = field(default_factory=list)
     hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS + 1, np.int64))
 
     def add(self, rainy: np.ndarray, clean: np.ndarray) -> None:
@@ -73,6 +78,12 @@ class Acc:
         self.cover.append(float(np.mean(pos > COVER)))
         self.dark.append(float(np.mean(d < -COVER)))
         self.angle.append(dominant_angle(pos))
+        rgb = (rainy.astype(np.float32) - clean.astype(np.float32)) / 255.0
+        rain = (d > 0.05) & (rainy.max(axis=2) < 250)
+        if rain.any():
+            r = rgb[rain]
+            grey = r.mean(axis=1, keepdims=True)
+            self.colour.append(float(np.abs(r - grey).mean() / max(float(grey.mean()), 1e-6)))
         q = np.minimum((pos * BINS).astype(np.intp), BINS).ravel()
         self.hist += np.bincount(q, minlength=BINS + 1)
 
@@ -93,6 +104,7 @@ class Acc:
             *(f"{v:.3f}" for v in pct),
             f"{np.mean(self.cover):.3f}",
             f"{np.mean(self.dark):.3f}",
+            f"{np.mean(self.colour):.3f}" if self.colour else "-",
             f"{mean_ang:+.1f}",
             f"{float(np.sqrt(np.mean(dev**2))):.1f}",
         ]
@@ -109,6 +121,7 @@ HEADER = [
     "p99",
     "coverage",
     "dark",
+    "colour",
     "angle mean",
     "angle std",
 ]

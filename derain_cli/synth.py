@@ -13,8 +13,9 @@ in a canvas rotated so that the rain falls straight down. A streak from row ``y0
 one cumulative sum down the columns turns those impulses into vertical segments of
 individual length and brightness. An anisotropic Gaussian blur in that frame sets the
 streak width and softens its ends, and one affine warp rotates the layer back into the
-image. Layers are screen-blended, softened by the motion blur, tinted, screen-blended
-over the photo, and finally veiled by haze and patchy mist.
+image. Layers are screen-blended, softened by the motion blur, tinted, added to the photo
+(or screen-blended over it, ``RainParams.blend``), and finally veiled by haze and patchy
+mist.
 
 Conventions: images are ``HxWx3`` float32 RGB in ``[0, 1]``. Angles are in degrees from
 the vertical; a positive angle makes the rain fall towards the bottom right (streaks
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "BLENDS",
     "PRESETS",
     "PRESET_NAMES",
     "RainParams",
@@ -41,6 +43,10 @@ __all__ = [
 ]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+#: the ways streaks can be composited over the photo (``RainParams.blend``)
+BLENDS = ("add", "screen")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,12 @@ class RainParams:
     """Colour ``A`` (RGB, 0..1) of the haze and mist."""
     tint: tuple[float, float, float] = (0.94, 0.97, 1.0)
     """RGB colour (0..1) of the streaks: neutral to slightly bluish white."""
+    blend: str = "add"
+    """How the streaks meet the photo: ``"add"``, ``rainy = min(clean + R, 1)``, the grey
+    additive rain of Rain100L, the heavy pairs and SIRR (their rain layers are neutral
+    wherever they are not clipped: ``benchmarks/compare_synth_stats.py``, column
+    ``colour``); or ``"screen"``, ``rainy = 1 - (1 - clean) * (1 - R)``, which adds less
+    over bright areas and tints the rain layer with the photo's complement."""
 
     def __post_init__(self) -> None:
         """Reject parameters that would silently render nothing or garbage."""
@@ -102,6 +114,7 @@ class RainParams:
             and all(0 <= v <= 1 for v in self.atmospheric_light),
             "tint must be 3 values in [0, 1]": len(self.tint) == 3
             and all(0 <= v <= 1 for v in self.tint),
+            "blend must be 'add' or 'screen'": self.blend in BLENDS,
         }
         failed = [msg for msg, ok in checks.items() if not ok]
         if failed:
@@ -113,7 +126,7 @@ _HEAVY = RainParams(
     length=(40.0, 130.0),
     width=1.3,
     angle_jitter=5.0,
-    brightness=0.55,
+    brightness=0.36,
     brightness_jitter=0.5,
     blur=0.25,
     layers=2,
@@ -127,7 +140,7 @@ PRESETS: dict[str, RainParams] = {
         length=(10.0, 32.0),
         width=1.1,
         angle_jitter=1.5,
-        brightness=0.75,
+        brightness=0.45,
         brightness_jitter=0.6,
         blur=0.35,
         layers=2,
@@ -139,7 +152,7 @@ PRESETS: dict[str, RainParams] = {
         length=(20.0, 60.0),
         width=2.0,
         angle_jitter=3.0,
-        brightness=0.45,
+        brightness=0.28,
         brightness_jitter=0.5,
         blur=0.8,
         layers=3,
@@ -150,9 +163,10 @@ PRESETS: dict[str, RainParams] = {
     # streaks, so neither has this preset; "storm" adds one.
     "heavy": _HEAVY,
     # Heavy rain as photographed: the heavy streaks, softer and in more depth layers,
-    # behind a veil of haze and patchy mist.
-    "storm": replace(_HEAVY, blur=0.5, layers=3, layer_scale=0.75, haze=0.3,
-                     accumulation=0.3, atmospheric_light=(0.86, 0.88, 0.91)),
+    # screen-blended (light that passes through a camera's tone curve) behind a veil of
+    # haze and patchy mist.
+    "storm": replace(_HEAVY, brightness=0.55, blur=0.5, layers=3, layer_scale=0.75, haze=0.3,
+                     accumulation=0.3, atmospheric_light=(0.86, 0.88, 0.91), blend="screen"),
 }
 
 _MIXED = "mixed"
@@ -180,6 +194,11 @@ def check_preset(spec: str) -> tuple[str, ...]:
         raise ValueError(f"unknown rain preset {bad[0]!r} in {spec!r}; choose one of: {known}, "
                          "or a comma list of them")
     return names
+
+
+# Share of ``mixed`` draws composited with the screen blend (the rest add their rain, like
+# the evaluation sets).
+_SCREEN_SHARE = 0.3
 
 
 def _lerp(a: float, b: float, t: float) -> float:
@@ -238,6 +257,7 @@ def sample_params(preset: str, rng: np.random.Generator) -> RainParams:
             accumulation=float(u(0.0, storm.accumulation)) if hazy else 0.0,
             atmospheric_light=_random_light(rng),
             tint=_random_tint(rng),
+            blend="screen" if float(u(0.0, 1.0)) < _SCREEN_SHARE else "add",
         )
     if preset not in PRESETS:
         known = ", ".join(PRESET_NAMES)
@@ -401,8 +421,9 @@ def synthesize(
     identical output on the same machine; the rain does not depend on the image content.
 
     Composition: the streak opacity ``S`` (depth layers screen-blended, then blurred) is
-    tinted to ``R`` and screen-blended, ``rainy = 1 - (1 - clean) * (1 - R)``, which only
-    brightens. Haze and mist then veil it: ``rainy = rainy * (1 - t) + A * t``.
+    tinted to ``R`` and added, ``rainy = min(clean + R, 1)``, or screen-blended,
+    ``rainy = 1 - (1 - clean) * (1 - R)`` (``RainParams.blend``); both only brighten. Haze
+    and mist then veil it: ``rainy = rainy * (1 - t) + A * t``.
 
     ``rainy`` is float32 in [0, 1]. ``rain_layer`` is the exact signed residual
     ``rainy - clean`` (float32, so ``clean + rain_layer == rainy`` up to float rounding,
@@ -439,13 +460,16 @@ def synthesize(
     if p.blur > 0:
         clear = cv2.GaussianBlur(clear, (0, 0), p.blur)
 
-    # rainy = 1 - (1 - clean) * (1 - R), with R = tint * (1 - clear), computed in place.
     tint = np.asarray(p.tint, np.float32)
-    rain_clear = (1.0 - clear)[..., None] * -tint
-    rain_clear += 1.0
-    rainy = 1.0 - clean_f
-    rainy *= rain_clear
-    np.subtract(1.0, rainy, out=rainy)
+    if p.blend == "add":  # rainy = clean + R (clipped below), R = tint * (1 - clear)
+        rainy = (1.0 - clear)[..., None] * tint
+        rainy += clean_f
+    else:  # rainy = 1 - (1 - clean) * (1 - R), computed in place
+        rain_clear = (1.0 - clear)[..., None] * -tint
+        rain_clear += 1.0
+        rainy = 1.0 - clean_f
+        rainy *= rain_clear
+        np.subtract(1.0, rainy, out=rainy)
 
     if p.haze > 0 or p.accumulation > 0:
         t = np.full((h, w), p.haze, np.float32)

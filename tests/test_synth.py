@@ -80,8 +80,32 @@ def test_same_rain_on_any_background() -> None:
     grey = np.full((H, W, 3), 0.5, np.float32)
     _, ld = synthesize(dark, PRESETS["light"], seed=3)
     _, lg = synthesize(grey, PRESETS["light"], seed=3)
+    # Additive rain (the presets' blend) where nothing clips: the same residual.
+    unclipped = (dark + ld < 1.0) & (grey + lg < 1.0 - 1e-6)
+    assert np.allclose(lg[unclipped], ld[unclipped], atol=1e-5)
+    screen = replace(PRESETS["light"], blend="screen")
+    _, ld = synthesize(dark, screen, seed=3)
+    _, lg = synthesize(grey, screen, seed=3)
     # Screen blend: residual = R * (1 - clean), so the ratio is (1 - 0.5) / (1 - 0.1).
     assert np.allclose(lg, ld * (0.5 / 0.9), atol=1e-5)
+
+
+def test_additive_rain_is_grey_and_screen_rain_is_tinted_by_the_photo() -> None:
+    """The evaluation sets' rain layers are neutral grey (additive rain); screen-blended
+    rain over a coloured photo is tinted with its complement. Checked on a blue sky."""
+    sky = np.zeros((H, W, 3), np.float32) + np.array([0.35, 0.55, 0.85], np.float32)
+    neutral = replace(PRESETS["light"], tint=(1.0, 1.0, 1.0))
+    for blend, grey in (("add", True), ("screen", False)):
+        rainy, layer = synthesize(sky, replace(neutral, blend=blend), seed=2)
+        rain = (layer.mean(axis=2) > 0.05) & (rainy.max(axis=2) < 0.999)  # not clipped
+        spread = np.abs(layer[rain] - layer[rain].mean(axis=1, keepdims=True)).max()
+        assert (spread < 1e-5) == grey, (blend, spread)
+    with pytest.raises(ValueError, match="blend"):
+        RainParams(blend="multiply")
+    blends = [sample_params("mixed", np.random.default_rng(i)).blend for i in range(300)]
+    assert 0.15 < blends.count("screen") / 300 < 0.45
+    assert {sample_params(n, np.random.default_rng(0)).blend for n in PRESETS} == {
+        "add", "screen"}  # storm is screen-blended
 
 
 def test_rain_is_visible_and_heavy_exceeds_light(clean: np.ndarray) -> None:
