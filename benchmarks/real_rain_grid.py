@@ -2,10 +2,12 @@
 
     python benchmarks/real_rain_grid.py -o grid.png [--model NAME | --weights F ...] [--count 6]
 
-Each row is one photo: the rainy input, then one column per model given. The
-real-rain photos come from the web and may not be redistributed, so the grid
-is generated at run time and never committed. Exits 0 with a message when the
-data is absent.
+Each row is one photo: the rainy input, then one column per model given. It also prints,
+per column, how much the model changed the photos: the mean absolute difference of the
+BT.601 luma (0-255 levels) between its output and the input, over the photos of the grid
+at the size they were processed (at most 1024 px). The real-rain photos come from the web
+and may not be redistributed, so the grid is generated at run time and never committed.
+Exits 0 with a message when the data is absent.
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ def main() -> int:
         return 0
     photos = list_images(args.data)[args.start:args.start + args.count]
     columns: list[tuple[str, Derainer]] = [(m, Derainer(model=m)) for m in args.model]
-    columns += [(w.parent.name or w.stem, Derainer(weights=w)) for w in args.weights]
+    columns += [(w.parent.name if w.stem == "model" else w.stem, Derainer(weights=w))
+                for w in args.weights]  # a run folder's model.safetensors: the run's name
     if not columns:
         columns = [("default", Derainer())]
     cw = args.cell
     rows = []
+    change = np.zeros(len(columns))
     for p in photos:
         img = Image.open(p).convert("RGB")
         img.thumbnail((1024, 1024))
         rgb = np.asarray(img)
         cells = [rgb] + [d.derain(rgb) for _, d in columns]
+        change += [np.abs(_luma(c) - _luma(rgb)).mean() for c in cells[1:]]
         scale = cw / rgb.shape[1]
         ch = round(rgb.shape[0] * scale)
         rows.append([Image.fromarray(c).resize((cw, ch), Image.LANCZOS) for c in cells])
@@ -67,7 +72,13 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.output)
     print(f"wrote {args.output} ({len(rows)} photos x {len(labels)} columns)")
+    for (name, _), total in zip(columns, change, strict=True):
+        print(f"{name}: mean |dY| against the input {total / max(len(rows), 1):.2f} levels")
     return 0
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--eval", nargs="*", type=Path, default=[], help="derain eval --json outputs")
     ap.add_argument("--note", default="")
     ap.add_argument("--recipe", default="")
+    ap.add_argument("--continued-from", default="",
+                    help="the weights the run started from (train --weights), in words")
     args = ap.parse_args()
 
     entry = json.loads((args.run / "manifest_entry.json").read_text())
@@ -49,6 +51,8 @@ def main() -> None:
         entry["note"] = args.note
     if args.recipe:
         entry["recipe"] = args.recipe
+    if args.continued_from:
+        entry["continued_from"] = args.continued_from
     records = load_manifest()
     records[args.name] = WeightRecord.from_dict(entry)
     write_manifest(records)
