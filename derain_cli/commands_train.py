@@ -18,9 +18,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-#: ``--clean-fraction`` of ``derain train`` and ``derain finetune`` (see data.LabeledDataset)
+#: ``--preset`` of ``derain train``, ``finetune`` and ``synth`` (see synth.check_preset)
 PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, mixed, or a comma list drawn "
                "from per image (light,mixed).")
+#: ``--clean-fraction`` of ``derain train`` and ``derain finetune`` (see data.LabeledDataset)
 CleanFractionOption = Annotated[float, typer.Option(
     min=0.0, max=0.9,
     help="Share of synthetic samples left without rain (teaches the model to leave "
@@ -98,8 +99,7 @@ def train_cmd(
         "--pairs", help="Paired rainy/clean folder (repeatable; layout auto-detected).")] = None,
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Folder of clean photos: rain is synthesized on the fly.")] = None,
-    preset: Annotated[str, typer.Option(
-        help=PRESET_HELP)] = "mixed",
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     clean_fraction: CleanFractionOption = 0.0,
     unlabeled: Annotated[list[Path] | None, typer.Option(
         "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
@@ -185,8 +185,7 @@ def finetune_cmd(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
     Path("runs/finetune"),
-    preset: Annotated[str, typer.Option(
-        help=PRESET_HELP)] = "mixed",
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     clean_fraction: CleanFractionOption = 0.0,
     steps: Annotated[int | None, typer.Option(help="Steps (default 1000 GPU / 200 CPU).")] =
     None,
@@ -373,9 +372,7 @@ def synth_cmd(
     out: Annotated[Path | None, typer.Option(
         "-o", "--output", show_default=False,
         help="Output folder (rainy/ + clean/).")] = None,
-    preset: Annotated[str, typer.Option(
-        help=PRESET_HELP)] =
-    "mixed",
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     count: Annotated[int | None, typer.Option(
         min=1, help="Number of pairs (default: one each).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

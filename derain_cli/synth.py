@@ -89,8 +89,8 @@ class RainParams:
     """RGB colour (0..1) of the streaks: neutral to slightly bluish white."""
     blend: str = "add"
     """How the streaks meet the photo: ``"add"``, ``rainy = min(clean + R, 1)``, the grey
-    additive rain of Rain100L, the heavy pairs and SIRR (their rain layers are neutral
-    wherever they are not clipped: ``benchmarks/compare_synth_stats.py``, column
+    additive rain of Rain100L, the heavy pairs and SIRR (their rain layers are neutral, or
+    for SIRR nearly, wherever they are not clipped: ``benchmarks/compare_synth_stats.py``, column
     ``colour``); or ``"screen"``, ``rainy = 1 - (1 - clean) * (1 - R)``, which adds less
     over bright areas and tints the rain layer with the photo's complement."""
 
@@ -227,9 +227,8 @@ def sample_params(preset: str, rng: np.random.Generator) -> RainParams:
     matching evaluation sets. Use ``PRESETS[name]`` for the exact preset. A comma list
     (``"light,mixed"``, see ``check_preset``) first draws one of its names.
     """
-    if "," in preset:
-        names = check_preset(preset)
-        preset = names[int(rng.integers(len(names)))]
+    names = check_preset(preset)  # also what train/synth checked: " light" is light
+    preset = names[0] if len(names) == 1 else names[int(rng.integers(len(names)))]
     u = rng.uniform
     if preset == _MIXED:
         light, heavy, storm = PRESETS["light"], PRESETS["heavy"], PRESETS["storm"]
