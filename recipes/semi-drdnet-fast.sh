@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Recipe for the bundled semi-drdnet-fast weights, in two stages. Stage 1: semi-drdnet-lite
+# Recipe for the bundled semi-drdnet-fast weights, in three stages. Stage 1: semi-drdnet-lite
 # distilled to 2 detail blocks (derain_cli/distill.py), so that a 12-megapixel photo fits
 # the 2-minute budget on a 2-core CPU; its rain network stayed semi-drdnet-lite's. The
 # shipped stage 1 started from semi-drdnet-lite as bundled then (its stage 2 in
 # recipes/semi-drdnet-lite.sh); rerun today, it starts from today's bundled lite.
-# Stage 2 trains the whole student (rain network too) to follow rdmc-lite.
+# Stage 2 trains the whole student (rain network too) to follow rdmc-lite; stage 3 trains it
+# on additive synthetic rain. Stages 1 and 2 were each bundled (with an int8 graph) when
+# they ran; only the last stage's int8 graph is remade here.
 # Distillation sees synthetic rain over clean-bsds (the last 25 photos held out for the
 # before/after scores) and the unlabeled real-rain photos; the evaluation sets are only
 # scored. Run from the repository root with ../shared/data present.
@@ -21,30 +23,7 @@ for set in rain100l heavy-small sirr-val; do
 done
 python recipes/bundle.py "$OUT" --name semi-drdnet-fast --status interim \
   --recipe recipes/semi-drdnet-fast.sh --eval "$RUNS"/distill/eval-*.json
-# The int8 graph belongs to these exact weights.
-# Stage 3 (2026-12-01, 2-core AVX-512-BF16 CPU, bf16 autocast): stage 2's weights trained
-# on the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
-# round 5 (recipes/semi-drdnet-tiny.sh), for 20 minutes; the test suite ran beside it for
-# part of the time, so it took 1954 steps. rain100l (first 10 pairs) is only watched.
-derain train -m semi-drdnet-fast --weights "$RUNS/distill-fast-rdmc/round1/model.safetensors" \
-  --synthetic "$DATA/clean-bsds" --preset light,medium,mixed --contrast-features none \
-  --val "$DATA/rain100l" --val-limit 10 --out "$RUNS/fast-r3" --steps 100000 --time-budget 1200 \
-  --batch 8 --patch 64 --lr 1e-4 --warmup 20 --ema 0.99 --val-every 250 --ckpt-every 250 \
-  --seed 5 --threads 2 --name semi-drdnet-fast --quiet
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$RUNS/fast-r3/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$RUNS/fast-r3/eval-$set.json"
-done
-python recipes/bundle.py "$RUNS/fast-r3" --name semi-drdnet-fast --status interim \
-  --recipe recipes/semi-drdnet-fast.sh --eval "$RUNS"/fast-r3/eval-*.json \
-  --continued-from "stage 2 of recipes/semi-drdnet-fast.sh (the weights bundled at commit \
-fd3e31c, sha256 64373874a4f888eb0d7103e892fa9d0ee2f1046e3de38f33203f8a1a499cd7e5)" \
-  --note "Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \
-(240 steps); stage 2 continued it as the student of rdmc-lite (277 steps); stage 3 trained it \
-on additive synthetic rain over clean-bsds (light, medium and mixed rain drawn evenly, 20 \
-minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 3's. All \
-CPU-trained; replace when GPU-trained weights exist."
-NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh
+# (stage 1's weights were bundled until 2026-11-30; stage 2 below replaced them)
 # Stage 2 (2026-11-30): the stage-1 weights above (then bundled), continued as the student
 # of rdmc-lite (recipes/rdmc-lite.sh), as semi-drdnet-lite's stage 3 was. It stopped at its
 # time limit after 277 of 300 steps (26 minutes, 2 threads, 2-core AVX2 CPU), in
@@ -61,7 +40,6 @@ for set in rain100l heavy-small sirr-val; do
   derain eval --weights "$RUNS/distill-fast-rdmc/round1/model.safetensors" --data "$DATA/$set" \
     --precision fp32 --json > "$RUNS/distill-fast-rdmc/eval-$set.json"
 done
-# (stage 2's weights were bundled until 2026-12-01; stage 3 below replaced them)
 python recipes/bundle.py "$RUNS/distill-fast-rdmc/round1" --name semi-drdnet-fast \
   --status interim --recipe recipes/semi-drdnet-fast.sh --eval "$RUNS"/distill-fast-rdmc/eval-*.json \
   --note "Interim: stage 1 distilled the earlier semi-drdnet-lite (supervised on synthetic \
@@ -70,4 +48,18 @@ blocks (240 steps, 13.2 min); stage 2 continued those weights as the student of 
 (one round: 277 of 300 steps in the 26-minute limit, lr 1e-4, seed 2). steps, wall_time_s \
 and hardware are stage 2's. All CPU-trained (2-core AVX2); replace when GPU-trained weights \
 exist."
+# (stage 2's weights were bundled until 2026-12-01; stage 3 below replaced them)
+# Stage 3 (2026-12-01, 2-core AVX-512-BF16 CPU, bf16 autocast): stage 2's weights trained
+# on the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
+# round 5 (recipes/semi-drdnet-tiny.sh), for 20 minutes; the test suite ran beside it for
+# part of the time, so it took 1954 steps. rain100l (first 10 pairs) is only watched.
+bash recipes/additive-stage.sh semi-drdnet-fast "$RUNS/distill-fast-rdmc/round1/model.safetensors" \
+  "$RUNS/fast-r3" 1200 "stage 2 of recipes/semi-drdnet-fast.sh (the weights bundled at commit \
+fd3e31c, sha256 64373874a4f888eb0d7103e892fa9d0ee2f1046e3de38f33203f8a1a499cd7e5)" \
+  "Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \
+(240 steps); stage 2 continued it as the student of rdmc-lite (277 steps); stage 3 trained it \
+on additive synthetic rain over clean-bsds (light, medium and mixed rain drawn evenly, 20 \
+minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 3's. All \
+CPU-trained; replace when GPU-trained weights exist."
+# The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh

@@ -57,20 +57,10 @@ weights exist."
 # the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
 # round 5 (recipes/semi-drdnet-tiny.sh), for 14 minutes (1251 steps). rain100l (first 10
 # pairs) is only watched; the final weights are the run's last.
-derain train -m semi-drdnet-lite --weights "$RUNS/distill-lite-rdmc/round1/model.safetensors" \
-  --synthetic "$DATA/clean-bsds" --preset light,medium,mixed --contrast-features none \
-  --val "$DATA/rain100l" --val-limit 10 --out "$RUNS/lite-r4" --steps 100000 --time-budget 840 \
-  --batch 8 --patch 64 --lr 1e-4 --warmup 20 --ema 0.99 --val-every 250 --ckpt-every 250 \
-  --seed 5 --threads 2 --name semi-drdnet-lite --quiet
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$RUNS/lite-r4/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$RUNS/lite-r4/eval-$set.json"
-done
-python recipes/bundle.py "$RUNS/lite-r4" --name semi-drdnet-lite --status interim \
-  --recipe recipes/semi-drdnet-lite.sh --eval "$RUNS"/lite-r4/eval-*.json \
-  --continued-from "stage 3 of recipes/semi-drdnet-lite.sh (the weights bundled at commit \
+bash recipes/additive-stage.sh semi-drdnet-lite "$RUNS/distill-lite-rdmc/round1/model.safetensors" \
+  "$RUNS/lite-r4" 840 "stage 3 of recipes/semi-drdnet-lite.sh (the weights bundled at commit \
 fd3e31c, sha256 2666ecb2424c4493951b5d9a60eed2e1e296dc348a31ac7369a532f882f78e06)" \
-  --note "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
+  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
 fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
 additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes, lr \
 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 4's. All CPU-trained; \

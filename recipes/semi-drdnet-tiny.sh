@@ -42,20 +42,10 @@ derain distill -m rdmc-lite --student semi-drdnet-tiny \
   --init "$OUT/round3/model.safetensors" \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 300 --lr 1e-4 --seed 3 \
   --max-minutes 20 --threads 2 --name semi-drdnet-tiny --out "$OUT/round4" --quiet
-derain train -m semi-drdnet-tiny --weights "$OUT/round4/model.safetensors" \
-  --synthetic "$DATA/clean-bsds" --preset light,medium,mixed --contrast-features none \
-  --val "$DATA/rain100l" --val-limit 10 --out "$OUT/round5" --steps 100000 --time-budget 1500 \
-  --batch 8 --patch 64 --lr 1e-4 --warmup 20 --ema 0.99 --val-every 250 --ckpt-every 250 \
-  --seed 5 --threads 2 --name semi-drdnet-tiny --quiet
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$OUT/round5/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$OUT/eval-$set.json"
-done
-python recipes/bundle.py "$OUT/round5" --name semi-drdnet-tiny --status interim \
-  --recipe recipes/semi-drdnet-tiny.sh --eval "$OUT"/eval-*.json \
-  --continued-from "round 4 of recipes/semi-drdnet-tiny.sh (the weights bundled at commit \
-fd3e31c, sha256 b1971c8993e4c958d15c16c66bd50a167cb2416bcacfd58850d0a5af4473bef2)" \
-  --note "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
+bash recipes/additive-stage.sh semi-drdnet-tiny "$OUT/round4/model.safetensors" "$OUT/round5" \
+  1500 "round 4 of recipes/semi-drdnet-tiny.sh (the weights bundled at commit fd3e31c, sha256 \
+b1971c8993e4c958d15c16c66bd50a167cb2416bcacfd58850d0a5af4473bef2)" \
+  "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
 242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
 on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
 evenly, 25 minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are \

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One stage of supervised training on the synthesizer's additive rain (the evaluation sets'
+# kind: light, medium and mixed drawn evenly per image) from existing weights, then the
+# three evaluations and the bundling, as each bundled model's latest stage ran on
+# 2026-12-01. The model recipes call it; it is not a recipe by itself.
+#   bash recipes/additive-stage.sh NAME START OUT SECONDS CONTINUED_FROM NOTE
+# NAME: registry name; START: the weights to continue; OUT: the run folder (training
+# state, log, eval-*.json); SECONDS: the time budget (2-core CPU, bf16 autocast, 2 threads);
+# CONTINUED_FROM and NOTE go into the manifest (recipes/bundle.py). LR (1e-4), SEED (5)
+# and VAL_EVERY (250) may be set. rain100l (first 10 pairs) is only watched: the final
+# weights are the run's last step, whatever the validation said. The int8 graph, where a
+# model has one, is the caller's to remake (it belongs to these exact weights).
+set -euo pipefail
+if [ $# -ne 6 ]; then
+  echo "usage: $0 NAME START OUT SECONDS CONTINUED_FROM NOTE" >&2
+  exit 2
+fi
+NAME=$1 START=$2 OUT=$3 SECONDS_BUDGET=$4 CONTINUED_FROM=$5 NOTE=$6
+DATA=${DATA:-../shared/data}
+VAL_EVERY=${VAL_EVERY:-250}
+derain train -m "$NAME" --weights "$START" \
+  --synthetic "$DATA/clean-bsds" --preset light,medium,mixed --contrast-features none \
+  --val "$DATA/rain100l" --val-limit 10 --out "$OUT" --steps 100000 \
+  --time-budget "$SECONDS_BUDGET" --batch 8 --patch 64 --lr "${LR:-1e-4}" --warmup 20 \
+  --ema 0.99 --val-every "$VAL_EVERY" --ckpt-every "$VAL_EVERY" --seed "${SEED:-5}" \
+  --threads 2 --name "$NAME" --quiet
+for set in rain100l heavy-small sirr-val; do
+  derain eval --weights "$OUT/model.safetensors" --data "$DATA/$set" --precision fp32 \
+    --json > "$OUT/eval-$set.json"
+done
+python recipes/bundle.py "$OUT" --name "$NAME" --status interim \
+  --recipe "recipes/$NAME.sh" --eval "$OUT"/eval-*.json \
+  --continued-from "$CONTINUED_FROM" --note "$NOTE"

@@ -1,0 +1,51 @@
+"""The recipes in recipes/ are the record of how each bundled weight file was made; these
+checks keep them runnable as scripts and keep the manifest pointing at them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from derain_cli.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+
+
+@needs_bash
+@pytest.mark.parametrize("script", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_as_bash(script: Path) -> None:
+    res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_every_bundled_weight_names_a_recipe_that_exists() -> None:
+    records = load_manifest()
+    assert records
+    for name, rec in records.items():
+        recipe = rec.to_dict().get("recipe")
+        assert recipe, f"{name} has no recipe"
+        assert (ROOT / recipe).is_file(), f"{name}: {recipe} is missing"
+
+
+@needs_bash
+def test_additive_stage_refuses_a_wrong_argument_count_before_any_work(tmp_path: Path) -> None:
+    res = subprocess.run(["bash", str(ROOT / "recipes" / "additive-stage.sh"), "semi-drdnet-tiny"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "usage:" in res.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_each_model_recipe_that_uses_the_additive_stage_trains_its_own_name() -> None:
+    # the stage script bundles under its NAME argument: a recipe passing another model's
+    # name would overwrite that model's weights
+    for script in RECIPES:
+        for line in script.read_text().splitlines():
+            if line.startswith("bash recipes/additive-stage.sh"):
+                assert line.split()[2] == script.stem, f"{script.name}: {line}"
