@@ -146,6 +146,11 @@ def train_cmd(
         help="Whole training images to re-estimate BatchNorm statistics on before "
              "validation and export (0: off). Default: 16, or 0 with --weights (a "
              "distilled model's statistics must be kept).")] = None,
+    batchnorm: Annotated[str | None, typer.Option(
+        show_default=False,
+        help="BatchNorm statistics: keep (frozen at --weights' statistics) or refresh (batch "
+             "statistics while training, running averages kept). Default: keep with "
+             "--weights (unless --bn-recalib is given), refresh from scratch.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     arch: Annotated[str | None, typer.Option(hidden=True, help="Registry-free architecture.")]
     = None,
@@ -168,12 +173,18 @@ def train_cmd(
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
-            bn_recalib=bn_recalib, arch=arch,
+            bn_recalib=bn_recalib, freeze_bn=_freeze_bn(batchnorm), arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:
             cfg.model = None
         train(cfg)
+
+
+def _freeze_bn(batchnorm: str | None) -> bool | None:
+    if batchnorm not in (None, "keep", "refresh"):
+        raise _usage_error(f"--batchnorm must be keep or refresh, not {batchnorm!r}")
+    return None if batchnorm is None else batchnorm == "keep"
 
 
 def finetune_cmd(

@@ -99,10 +99,10 @@ if has train; then
     echo "== train $MODEL for ${secs}s"
     init=()
     # a chunk continuing the previous one's weights: a run from scratch in pieces, so its
-    # BatchNorm statistics are re-estimated as a from-scratch run's are (train keeps a
-    # --weights file's statistics unless told, for distilled models)
+    # BatchNorm statistics move and are re-estimated as a from-scratch run's are (train
+    # freezes a --weights file's statistics unless told, for distilled models)
     [[ -f .data/gpu/init.safetensors ]] && init=(--weights .data/gpu/init.safetensors
-                                                 --bn-recalib 16)
+                                                 --batchnorm refresh --bn-recalib 16)
     run=/tmp/derain-run
     rm -rf "$run"
     python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \

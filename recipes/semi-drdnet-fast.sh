@@ -53,7 +53,7 @@ exist."
 # on the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
 # round 5 (recipes/semi-drdnet-tiny.sh), for 20 minutes; the test suite ran beside it for
 # part of the time, so it took 1954 steps. rain100l (first 10 pairs) is only watched.
-bash recipes/additive-stage.sh semi-drdnet-fast "$RUNS/distill-fast-rdmc/round1/model.safetensors" \
+BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-fast "$RUNS/distill-fast-rdmc/round1/model.safetensors" \
   "$RUNS/fast-r3" 1200 "stage 2 of recipes/semi-drdnet-fast.sh (the weights bundled at commit \
 fd3e31c, sha256 64373874a4f888eb0d7103e892fa9d0ee2f1046e3de38f33203f8a1a499cd7e5)" \
   "Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \

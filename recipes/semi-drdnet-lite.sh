@@ -57,7 +57,7 @@ weights exist."
 # the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
 # round 5 (recipes/semi-drdnet-tiny.sh), for 14 minutes (1251 steps). rain100l (first 10
 # pairs) is only watched; the final weights are the run's last.
-bash recipes/additive-stage.sh semi-drdnet-lite "$RUNS/distill-lite-rdmc/round1/model.safetensors" \
+BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-lite "$RUNS/distill-lite-rdmc/round1/model.safetensors" \
   "$RUNS/lite-r4" 840 "stage 3 of recipes/semi-drdnet-lite.sh (the weights bundled at commit \
 fd3e31c, sha256 2666ecb2424c4493951b5d9a60eed2e1e296dc348a31ac7369a532f882f78e06)" \
   "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \

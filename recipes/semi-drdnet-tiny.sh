@@ -42,7 +42,7 @@ derain distill -m rdmc-lite --student semi-drdnet-tiny \
   --init "$OUT/round3/model.safetensors" \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 300 --lr 1e-4 --seed 3 \
   --max-minutes 20 --threads 2 --name semi-drdnet-tiny --out "$OUT/round4" --quiet
-bash recipes/additive-stage.sh semi-drdnet-tiny "$OUT/round4/model.safetensors" "$OUT/round5" \
+BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-tiny "$OUT/round4/model.safetensors" "$OUT/round5" \
   1500 "round 4 of recipes/semi-drdnet-tiny.sh (the weights bundled at commit fd3e31c, sha256 \
 b1971c8993e4c958d15c16c66bd50a167cb2416bcacfd58850d0a5af4473bef2)" \
   "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
