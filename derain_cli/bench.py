@@ -525,7 +525,10 @@ class BenchError(ValueError):
 
 def _devices(spec: str | None) -> list[torch.device]:
     """The devices to measure; a ``BenchError`` for one that is malformed or absent here
-    (torch's own errors, e.g. "Torch not compiled with CUDA enabled", read as crashes)."""
+    (torch's own errors, e.g. "Torch not compiled with CUDA enabled", read as crashes).
+    Each name is checked as ``derain --device`` checks it (``resolve_device``)."""
+    from .torch_runner import resolve_device
+
     if spec in (None, "auto", "all"):
         devs = [torch.device("cpu")]
         if torch.cuda.is_available():
@@ -534,18 +537,10 @@ def _devices(spec: str | None) -> list[torch.device]:
     devs = []
     for part in (d.strip() for d in spec.split(",")):
         try:
-            dev = torch.device(part)
-        except RuntimeError:
-            raise BenchError(f"--device {part!r}: not a device; use auto, cpu, cuda or "
-                             "cuda:N (comma-separated for several)") from None
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise BenchError(f"--device {part}: CUDA is not available on this machine "
-                                 f"(torch {torch.__version__}); use --device cpu")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise BenchError(f"--device {part}: this machine has "
-                                 f"{torch.cuda.device_count()} CUDA device(s)")
-        elif dev.type != "cpu":
+            dev = resolve_device(part)
+        except ValueError as e:
+            raise BenchError(f"{e} (comma-separated for several)") from None
+        if dev.type not in ("cpu", "cuda"):
             raise BenchError(f"--device {part}: only cpu and cuda are benchmarked")
         devs.append(dev)
     if not devs:

@@ -168,10 +168,11 @@ def test_bench_cmd_json_and_errors():
 
 
 @pytest.mark.parametrize("args, text", [
-    (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
-    (["--device", "cpu,cuda:1"], "--device cuda:1: CUDA is not available"),
-    (["--device", "gpu"], "--device 'gpu': not a device; use auto, cpu, cuda or cuda:N"),
-    (["--device", "meta"], "only cpu and cuda"),
+    (["--device", "cuda"], "--device cuda was asked for but PyTorch sees no CUDA GPU"),
+    (["--device", "cpu,cuda:1"], "--device cuda:1 was asked for but PyTorch sees no CUDA"),
+    (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps "
+                          "(comma-separated for several)"),
+    (["--device", "meta"], "unsupported device 'meta'"),
     (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32,"),
     (["--variants", ","], "no variant given"),
     (["-m", "nosuch"], "unknown model 'nosuch'; choose one of: semi-drdnet,"),
@@ -192,3 +193,11 @@ def test_rss_subprocess_small():
     r = bench.measure_rss(size=(64, 96), threads=1)
     assert 50 < r["maxrss_mb"] < bench.RSS_BUDGET_MB
     assert r["model"] == bench.DEFAULT_MODEL and r["width"] == 96
+
+
+def test_bench_refuses_a_device_derain_runs_but_bench_does_not_measure(monkeypatch):
+    """An available MPS device passes derain's own device check; bench measures CPU and CUDA
+    only and says so."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(bench.BenchError, match="--device mps: only cpu and cuda"):
+        bench._devices("cpu,mps")
