@@ -138,6 +138,9 @@ def train_cmd(
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.1,
     contrast_terms: ContrastTermsOption = None,
+    l1_weight: Annotated[float, typer.Option(
+        help="RDMC: add an L1 term of this weight to the paper's 0.1 MSE + (1 - SSIM), "
+             "which hardly charges a brightness offset (0: the paper's loss).")] = 0.0,
     weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
@@ -173,7 +176,7 @@ def train_cmd(
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
-            bn_recalib=bn_recalib, freeze_bn=_freeze_bn(batchnorm), arch=arch,
+            l1_weight=l1_weight, bn_recalib=bn_recalib, freeze_bn=_freeze_bn(batchnorm), arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:

@@ -141,6 +141,9 @@ class TrainConfig:
     #: the contrastive terms kept, e.g. "bg,rain" (``losses.CONTRAST_TERMS``); None: all
     contrast_terms: str | None = None
     ssim_weight: float = 0.2
+    #: RDMC only: weight of an L1 term added to the paper's 0.1 MSE + (1 - SSIM), which
+    #: hardly charges a uniform brightness offset (``losses.rdmc_supervised``); 0: the paper's
+    l1_weight: float = 0.0
 
     #: fine-tuning regularisers: L2-SP toward the initial weights, L1 consistency with the
     #: frozen initial model on the unlabeled photos
@@ -526,6 +529,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.patch is None or cfg.patch >= _SMALLEST_PATCH,
          f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
+    need(cfg.l1_weight >= 0, f"--l1-weight must be 0 (off) or more, not {cfg.l1_weight:g}")
     need(cfg.warmup >= 0, f"--warmup must be 0 or more, not {cfg.warmup}")
     need(cfg.clip >= 0, f"--clip must be 0 (off) or more, not {cfg.clip:g}")
     need(0 <= cfg.ema < 1, f"--ema must be in [0, 1), not {cfg.ema:g}")
@@ -687,6 +691,9 @@ def _train(
         L.parse_contrast_terms(arch, cfg.contrast_terms)
     except ValueError as e:
         raise TrainError(f"--contrast-terms: {e}") from None
+    if cfg.l1_weight and arch != "rdmc":
+        raise TrainError(f"--l1-weight is for RDMC's loss; {arch}'s supervised loss already "
+                         "is L1 + SSIM")
     if cfg.val:  # fail now, on every rank, rather than at the first validation
         _check_val_pairs(cfg)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))
@@ -775,7 +782,8 @@ def _train(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     criterion = L.Criterion(arch, features, contrast_weight=cfg.contrast_weight,
-                            ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms).to(device)
+                            ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms,
+                            l1_weight=cfg.l1_weight).to(device)
     wrapper = _Wrapper(model, arch)
     net: nn.Module = wrapper
     if world > 1:

@@ -53,6 +53,18 @@ def test_supervised_losses():
     assert float(L.rdmc_supervised([noisy, b], b)) == pytest.approx(one / 2, rel=1e-4, abs=1e-6)
 
 
+def test_rdmc_l1_term_charges_a_brightness_offset_the_paper_loss_hardly_sees():
+    """A uniform 8-level offset costs the paper's 0.1 MSE + (1 - SSIM) almost nothing; the
+    optional L1 term charges it in full (weight x offset)."""
+    b = 0.25 + 0.5 * _smooth_batch(2)
+    dark = b - 8 / 255
+    paper = float(L.rdmc_supervised([dark], b))
+    with_l1 = float(L.rdmc_supervised([dark], b, l1_weight=1.0))
+    assert paper < 0.01
+    assert with_l1 - paper == pytest.approx(8 / 255, rel=1e-3)
+    assert float(L.rdmc_supervised([b], b, l1_weight=1.0)) == pytest.approx(0.0, abs=1e-5)
+
+
 def _three():
     pos = _smooth_batch(2, 32, 1)
     neg = (pos + 0.5 * _smooth_batch(2, 32, 2)).clamp(0, 1)

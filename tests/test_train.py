@@ -167,11 +167,20 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     (dict(preset="light,drizzle"), "unknown --preset 'light,drizzle'"),
     (dict(contrast_features="clip"), "unknown --contrast-features"),
     (dict(export_dtype="int4"), "unknown --export-dtype"),  # once found after training
+    (dict(l1_weight=-1.0), "--l1-weight must be 0"),
+    (dict(l1_weight=1.0), "--l1-weight is for RDMC's loss"),  # _cfg trains a Semi-DRDNet
 ])
 def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
     with pytest.raises(T.TrainError, match=msg):
         T.train(_cfg(data, tmp_path / "run", **kw))
     assert not (tmp_path / "run").exists()
+
+
+def test_rdmc_trains_with_an_l1_term(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "l1", steps=2, arch="rdmc", model_config=TINY_RDMC,
+                       l1_weight=1.0))
+    assert np.isfinite(res.losses).all()
+    assert json.loads((tmp_path / "l1" / "config.json").read_text())["l1_weight"] == 1.0
 
 
 def test_a_preset_mixture_trains(data, tmp_path):
