@@ -131,8 +131,8 @@ class TrainConfig:
     #: keep BatchNorm layers in eval mode (running statistics frozen, affine terms still
     #: trained; ``bn_recalib`` is then ignored): what fine-tuning needs, see
     #: ``freeze_batchnorm``. None: frozen when starting from ``init_weights`` (continuing
-    #: rdmc-lite with running averages over 64 px crops took its rain100l validation PSNR
-    #: from about 26.5 to 21.4 dB in 100 steps), else trained
+    #: rdmc-lite with running averages over 64 px crops took its PSNR on the first 10
+    #: rain100l pairs from 28.73 to 21.44 dB in 100 steps), else trained
     freeze_bn: bool | None = None
 
     #: "auto" | "vgg19" | "self" | "none" (see losses.py)
