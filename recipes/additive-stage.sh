@@ -8,7 +8,10 @@
 # state, log, eval-*.json); SECONDS: the time budget (2-core CPU, bf16 autocast, 2 threads);
 # CONTINUED_FROM and NOTE go into the manifest (recipes/bundle.py). LR (1e-4), SEED (5),
 # VAL_EVERY (250) and BATCHNORM (train's --batchnorm; unset: its default, keep) may be set:
-# the stages run before train had --batchnorm refreshed the statistics (BATCHNORM=refresh). rain100l (first 10 pairs) is only watched: the final
+# the stages run before train had --batchnorm refreshed the statistics (BATCHNORM=refresh).
+# TRAIN_ARGS is appended to the train command (words split on spaces; a later option wins),
+# e.g. "--batch 3 --patch 256 --l1-weight 1" for rdmc-lite (README, "rdmc-lite on added
+# rain": measured, not shipped). rain100l (first 10 pairs) is only watched: the final
 # weights are the run's last step, whatever the validation said. The int8 graph, where a
 # model has one, is the caller's to remake (it belongs to these exact weights).
 set -euo pipefail
@@ -24,7 +27,7 @@ derain train -m "$NAME" --weights "$START" \
   --val "$DATA/rain100l" --val-limit 10 --out "$OUT" --steps 100000 \
   --time-budget "$SECONDS_BUDGET" --batch 8 --patch 64 --lr "${LR:-1e-4}" --warmup 20 \
   --ema 0.99 --val-every "$VAL_EVERY" --ckpt-every "$VAL_EVERY" --seed "${SEED:-5}" \
-  --threads 2 --name "$NAME" ${BATCHNORM:+--batchnorm "$BATCHNORM"} --quiet
+  --threads 2 --name "$NAME" ${BATCHNORM:+--batchnorm "$BATCHNORM"} --quiet ${TRAIN_ARGS:-}
 for set in rain100l heavy-small sirr-val; do
   derain eval --weights "$OUT/model.safetensors" --data "$DATA/$set" --precision fp32 \
     --json > "$OUT/eval-$set.json"
