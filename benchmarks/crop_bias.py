@@ -29,8 +29,6 @@ from derain_cli import metrics  # noqa: E402
 from derain_cli.pairs import find_pairs  # noqa: E402
 from derain_cli.weights import model_from_file  # noqa: E402
 
-_Y = np.array([65.481, 128.553, 24.966]) / 255.0  # BT.601 luma of [0, 1] RGB, 8-bit levels
-
 
 def _centre(a: np.ndarray, side: int) -> np.ndarray:
     if not side:
@@ -54,9 +52,9 @@ def measure(weights: str, data: Path, crops: list[int], limit: int) -> list[dict
             with torch.no_grad():
                 out = net(D.to_tensor(rainy)[None]).float().clamp(0, 1)[0]
             out = out.permute(1, 2, 0).numpy()
-            c = clean.astype(np.float64) / 255.0
-            bias.append(float(((out @ _Y) - (c @ _Y)).mean() * 255.0))
-            excess.append(float(((rainy / 255.0) @ _Y - c @ _Y).mean() * 255.0))
+            y_clean = metrics.rgb_to_y(clean)
+            bias.append(float((metrics.rgb_to_y(out) - y_clean).mean()))
+            excess.append(float((metrics.rgb_to_y(rainy) - y_clean).mean()))
             psnr.append(metrics.psnr_y(out, clean))
         rows.append({"crop": side, "bias": float(np.mean(bias)), "psnr": float(np.mean(psnr)),
                      "rain_excess": float(np.mean(excess)), "count": len(pairs)})

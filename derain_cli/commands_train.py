@@ -161,7 +161,7 @@ def train_cmd(
         hidden=True, help="JSON config of --arch (tests, experiments).")] = None,
 ) -> None:
     """Train a deraining model (synthetic rain, paired folders, unlabeled real photos)."""
-    from .train import TrainConfig, train
+    from .train import TrainConfig, freeze_bn_from, train
 
     with _errors():
         cfg = TrainConfig(
@@ -176,18 +176,13 @@ def train_cmd(
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
-            l1_weight=l1_weight, bn_recalib=bn_recalib, freeze_bn=_freeze_bn(batchnorm), arch=arch,
+            l1_weight=l1_weight, bn_recalib=bn_recalib, freeze_bn=freeze_bn_from(batchnorm),
+            arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:
             cfg.model = None
         train(cfg)
-
-
-def _freeze_bn(batchnorm: str | None) -> bool | None:
-    if batchnorm not in (None, "keep", "refresh"):
-        raise _usage_error(f"--batchnorm must be keep or refresh, not {batchnorm!r}")
-    return None if batchnorm is None else batchnorm == "keep"
 
 
 def finetune_cmd(

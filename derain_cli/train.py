@@ -421,6 +421,14 @@ def recalibrate_batchnorm(
     return model
 
 
+def freeze_bn_from(mode: str | None) -> bool | None:
+    """``--batchnorm`` (train, finetune) as ``TrainConfig.freeze_bn``: keep -> True,
+    refresh -> False, None -> None (train's default, decided in ``_defaults``)."""
+    if mode not in (None, "keep", "refresh"):
+        raise TrainError(f"unknown --batchnorm {mode!r}; use keep or refresh")
+    return None if mode is None else mode == "keep"
+
+
 def freeze_batchnorm(model: nn.Module) -> nn.Module:
     """Put every BatchNorm layer of a training model in eval mode, in place.
 
@@ -1189,8 +1197,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     fc = config
     from .enhancer import resolve_device
 
-    if fc.batchnorm not in ("keep", "refresh"):
-        raise TrainError(f"unknown batchnorm mode {fc.batchnorm!r}; use keep or refresh")
+    keep_bn = freeze_bn_from(fc.batchnorm)
     device = resolve_device(fc.device)
     on_gpu = device.type == "cuda"
     weights, label, short = _init_weights_for(fc)
@@ -1217,8 +1224,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
-        ema=0.99, freeze_bn=fc.batchnorm == "keep",
-        bn_recalib=0 if fc.batchnorm == "keep" else 16,
+        ema=0.99, freeze_bn=keep_bn, bn_recalib=0 if keep_bn else 16,
     )
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
