@@ -4,8 +4,9 @@
 
 Each row is one photo: the rainy input, then one column per model given. It also prints,
 per column, how much the model changed the photos: the mean absolute difference of the
-BT.601 luma (0-255 levels) between its output and the input, over the photos of the grid
-at the size they were processed (at most 1024 px). The real-rain photos come from the web
+BT.601 studio-swing luma (`metrics.rgb_to_y`, 8-bit levels, the Y of `derain eval` and
+`benchmarks/contrast_ablation.py`) between its output and the input, over the photos of
+the grid at the size they were processed (at most 1024 px). The real-rain photos come from the web
 and may not be redistributed, so the grid is generated at run time and never committed.
 Exits 0 with a message when the data is absent.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from derain_cli.enhancer import Derainer
+from derain_cli.metrics import rgb_to_y
 from derain_cli.pairs import list_images
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-rain"
@@ -52,7 +54,7 @@ def main() -> int:
         img.thumbnail((1024, 1024))
         rgb = np.asarray(img)
         cells = [rgb] + [d.derain(rgb) for _, d in columns]
-        change += [np.abs(_luma(c) - _luma(rgb)).mean() for c in cells[1:]]
+        change += [np.abs(rgb_to_y(c) - rgb_to_y(rgb)).mean() for c in cells[1:]]
         scale = cw / rgb.shape[1]
         ch = round(rgb.shape[0] * scale)
         rows.append([Image.fromarray(c).resize((cw, ch), Image.LANCZOS) for c in cells])
@@ -75,10 +77,6 @@ def main() -> int:
     for (name, _), total in zip(columns, change, strict=True):
         print(f"{name}: mean |dY| against the input {total / max(len(rows), 1):.2f} levels")
     return 0
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 if __name__ == "__main__":
