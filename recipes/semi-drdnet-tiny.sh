@@ -23,6 +23,10 @@
 # saw the older screen-blended rain), light, medium and mixed rain drawn evenly, continued
 # from round 4 (the weights bundled at commit fd3e31c) for 25 minutes; rain100l (first 10
 # pairs) is only watched, the final weights are the run's last.
+# Round 6 (2026-12-02, same CPU) continues round 5's bundled fp16 weights for 20 minutes
+# with heavy rain added to the draw (light, medium, heavy, mixed evenly, seed 8, BatchNorm
+# statistics kept): heavy-small 21.00 -> 23.82 dB, rain100l 31.39 -> 31.61, sirr-val
+# 24.68 -> 24.60 (fp32).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
@@ -50,5 +54,16 @@ b1971c8993e4c958d15c16c66bd50a167cb2416bcacfd58850d0a5af4473bef2)" \
 on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
 evenly, 25 minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are \
 round 5's. All CPU-trained; replace when GPU-trained weights exist."
+# Round 6 starts from round 5's bundle (fp16), as it ran.
+PRESET=light,medium,heavy,mixed SEED=8 bash recipes/additive-stage.sh semi-drdnet-tiny \
+  weights/semi-drdnet-tiny.safetensors "$OUT/round6" 1200 "round 5 of \
+recipes/semi-drdnet-tiny.sh, as bundled (fp16) at commit 6ff8450, sha256 \
+ba1907fd11737de1a23d6d95f2a2be5bcac0996a15b771bb38820d25b8ba1174" \
+  "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
+242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
+on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
+evenly, 25 minutes; round 6: light, medium, heavy and mixed drawn evenly, 20 minutes; lr \
+1e-4, no contrastive terms). steps, wall_time_s and hardware are round 6's. All \
+CPU-trained; replace when GPU-trained weights exist."
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-tiny KEEP_FP32=4 bash recipes/semi-drdnet-lite-int8.sh

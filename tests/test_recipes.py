@@ -53,3 +53,30 @@ def test_each_model_recipe_that_uses_the_additive_stage_trains_its_own_name() ->
             if "recipes/additive-stage.sh" in words:
                 name = words[words.index("recipes/additive-stage.sh") + 1]
                 assert name == script.stem, f"{script.name}: {line}"
+
+
+@needs_bash
+@pytest.mark.parametrize(("preset", "expected"), [(None, "light,medium,mixed"),
+                                                  ("light,medium,heavy,mixed",
+                                                   "light,medium,heavy,mixed")])
+def test_additive_stage_passes_preset_to_train(tmp_path: Path, preset: str | None,
+                                               expected: str) -> None:
+    # stand-ins for derain and python record their arguments instead of training
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("derain", "python"):
+        stub = bin_dir / tool
+        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{tmp_path}/calls"\n')
+        stub.chmod(0o755)
+    (tmp_path / "out").mkdir()  # train would have made it
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if preset is not None:
+        env["PRESET"] = preset
+    res = subprocess.run(["bash", str(ROOT / "recipes" / "additive-stage.sh"), "semi-drdnet-tiny",
+                          "start.safetensors", "out", "60", "from", "note"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    train = next(line for line in (tmp_path / "calls").read_text().splitlines()
+                 if line.startswith("derain train"))
+    words = train.split()
+    assert words[words.index("--preset") + 1] == expected
