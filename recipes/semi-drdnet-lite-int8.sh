@@ -5,7 +5,7 @@
 # Run from the repository root with ../shared/data present, after the fp32 weights are
 # bundled (the graph records their hash and is refused for any other weights).
 # Calibration: synthetic rain over the first 8 clean-bsds photos; the KEEP_FP32 (8 unless
-# set; semi-drdnet-tiny, with 18 convolutions in all, uses 4) convolutions
+# set; semi-drdnet-tiny, with 18 convolutions in all, used 4 until its round 7) convolutions
 # that hurt most when quantized alone (ranked on the next 4, synthetic rain too) stay
 # fp32. rain100l is only scored, never used to choose anything.
 set -euo pipefail
