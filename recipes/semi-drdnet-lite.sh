@@ -65,5 +65,17 @@ fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then 
 additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes, lr \
 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 4's. All CPU-trained; \
 replace when GPU-trained weights exist."
+# Stage 5 (2026-12-02): stage 4's bundle (fp16) continued 20 minutes with heavy rain in the
+# draw, as the default's round 6 (seed 8). Only 501 steps: other work shared the 2 cores.
+PRESET=light,medium,heavy,mixed SEED=8 bash recipes/additive-stage.sh semi-drdnet-lite \
+  weights/semi-drdnet-lite.safetensors "$RUNS/lite-r5" 1200 "stage 4 of \
+recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
+bbcdbd4435ad0057f879a5ba46927f88472d22cbdd62fd76a6e4d0c38b9b76c1" \
+  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
+fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
+additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes; \
+stage 5: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, no contrastive \
+terms). steps, wall_time_s and hardware are stage 5's. All CPU-trained; replace when \
+GPU-trained weights exist."
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
