@@ -54,7 +54,8 @@ def main() -> int:
         img.thumbnail((1024, 1024))
         rgb = np.asarray(img)
         cells = [rgb] + [d.derain(rgb) for _, d in columns]
-        change += [np.abs(rgb_to_y(c) - rgb_to_y(rgb)).mean() for c in cells[1:]]
+        y_in = rgb_to_y(rgb)
+        change += [np.abs(rgb_to_y(c) - y_in).mean() for c in cells[1:]]
         scale = cw / rgb.shape[1]
         ch = round(rgb.shape[0] * scale)
         rows.append([Image.fromarray(c).resize((cw, ch), Image.LANCZOS) for c in cells])
