@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Recipe for the bundled, interim rdmc-lite weights: a fresh rdmc-lite (output layer
+# Recipe for the bundled, interim rdmc-lite weights, in four stages: stage 1 below, then
+# stages 2-4 (at the end) trained on the synthesizer's additive rain in 256 px crops.
+# Stage 1: a fresh rdmc-lite (output layer
 # zeroed, so it starts as the identity) trained with `derain distill --student` to
 # imitate the bundled semi-drdnet-lite on crops of synthetic rain over clean-bsds (the
 # last 25 photos held out for the before/after scores) and of the unlabeled real-rain
@@ -11,11 +13,22 @@
 # every step. Replace when GPU-trained weights exist (recipes/full-models-gpu.sh).
 # The teacher is semi-drdnet-lite as its stages 1-2 left it (commit before 2026-11-30's
 # stage 3, which distilled it back from this model): recipes/semi-drdnet-lite.sh runs
-# this script at that point.
+# this script at that point with TO_STAGE=1: the Semi-DRDNet recipes' distillations from
+# rdmc-lite (`-m rdmc-lite`) all ran while stage 1 was the bundled rdmc-lite; stages 2-4
+# came after them (2026-12-01 and 12-02). To rebuild the whole chain: `TO_STAGE=1 bash
+# recipes/rdmc-lite.sh` (semi-drdnet-lite.sh does it), the Semi-DRDNet recipes, then
+# `FROM_STAGE=2 bash recipes/rdmc-lite.sh`.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
+FROM_STAGE=${FROM_STAGE:-1} TO_STAGE=${TO_STAGE:-4}
+if ! [[ "$FROM_STAGE" =~ ^[1-4]$ && "$TO_STAGE" =~ ^[1-4]$ ]]; then
+  echo "$0: FROM_STAGE and TO_STAGE are stage numbers, 1 to 4" >&2
+  exit 2
+fi
+stage() { [ "$FROM_STAGE" -le "$1" ] && [ "$1" -le "$TO_STAGE" ]; }
 OUT="$RUNS/distill-rdmc-lite"
+if stage 1; then
 derain distill -m semi-drdnet-lite --student rdmc-lite \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 520 --lr 5e-4 \
   --max-minutes 70 --threads 1 --name rdmc-lite --out "$OUT/round1" --quiet
@@ -35,3 +48,35 @@ weights exist."
 # (python benchmarks/photo_e2e.py -m rdmc-lite -m "rdmc-lite --precision fp32",
 # 2026-11-30, with the int8 graph still bundled). To make one anyway:
 #   NAME=rdmc-lite KEEP_FP32=0 bash recipes/semi-drdnet-lite-int8.sh
+fi
+# Stages 2-4 (2026-12-01 and 2026-12-02): trained on the synthesizer's additive rain in
+# 256 px crops with an L1 term (`--l1-weight 1`: under the paper's loss alone the output's
+# brightness drifted; 64 px crops broke heavy rain on whole images: README, "rdmc-lite on
+# added rain"). Stage 2 starts from the distilled bundle; stages 3 and 4 from the previous
+# stage's fp32 run output, as they ran. Stage 4 adds heavy rain to the draw.
+export TRAIN_ARGS="--batch 3 --patch 256 --l1-weight 1" VAL_EVERY=100
+NOTE_HEAD="Interim: rdmc-lite distilled from semi-drdnet-lite (520 steps), then trained on \
+additive synthetic rain over clean-bsds in 256 px crops with an L1 term (stage 2: light, \
+medium and mixed rain, 20 minutes, lr 1e-4; stage 3: the same, 18 minutes, lr 5e-5"
+if stage 2; then
+SEED=5 bash recipes/additive-stage.sh rdmc-lite weights/rdmc-lite.safetensors \
+  "$OUT/stage2" 1200 "stage 1 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 017ad25, \
+sha256 cb1b3fc0c6d637cfa938403f991597e13fb9867087902d33a97d5f8cccbd4494" \
+  "${NOTE_HEAD%%; stage 3*}). steps, wall_time_s and hardware are stage 2's. All CPU-trained; \
+replace when GPU-trained weights exist."
+fi
+if stage 3; then
+SEED=7 LR=5e-5 bash recipes/additive-stage.sh rdmc-lite "$OUT/stage2/model.safetensors" \
+  "$OUT/stage3" 1080 "stage 2 of recipes/rdmc-lite.sh (its fp32 run output)" \
+  "$NOTE_HEAD). steps, wall_time_s and hardware are stage 3's. All CPU-trained; replace when \
+GPU-trained weights exist."
+fi
+if stage 4; then
+PRESET=light,medium,heavy,mixed SEED=10 bash recipes/additive-stage.sh rdmc-lite \
+  "$OUT/stage3/model.safetensors" "$OUT/stage4" 1800 "stage 3 of recipes/rdmc-lite.sh (its \
+fp32 run output, not bundled: 30.48 / 24.32 dB on rain100l / sirr-val but 20.45 on \
+heavy-small, below stage 1)" \
+  "$NOTE_HEAD; stage 4: light, medium, heavy and mixed drawn evenly, 30 minutes, lr 1e-4; \
+no contrastive terms). steps, wall_time_s and hardware are stage 4's. All CPU-trained; \
+replace when GPU-trained weights exist."
+fi

@@ -34,7 +34,7 @@ python recipes/bundle.py "$RUNS/semi-lite-ft" --name semi-drdnet-lite --status i
 # held-out clean-bsds photos fell from 23.60 to 23.07 dB (the teacher scores 22.53 there).
 # The shipped round stopped at its time limit after 215 of 300 steps (26 minutes, 2
 # threads, 2-core AVX2 CPU), in runs/distill-lite-rdmc/round1; a faster machine runs all.
-bash recipes/rdmc-lite.sh
+TO_STAGE=1 bash recipes/rdmc-lite.sh  # its later stages came after every recipe here
 derain distill -m rdmc-lite --student semi-drdnet-lite \
   --init weights/semi-drdnet-lite.safetensors \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 300 --lr 1e-4 --seed 2 \

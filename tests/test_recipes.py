@@ -80,3 +80,66 @@ def test_additive_stage_passes_preset_to_train(tmp_path: Path, preset: str | Non
                  if line.startswith("derain train"))
     words = train.split()
     assert words[words.index("--preset") + 1] == expected
+
+
+def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str]
+                    ) -> subprocess.CompletedProcess[str]:
+    """Run a recipe from the repository root with derain and python replaced by stand-ins
+    that record their arguments (derain also makes its --out folder, as the real one does)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    (bin_dir / "derain").write_text(
+        '#!/usr/bin/env bash\n'
+        f'echo "derain $*" >> "{calls}"\n'
+        'args=("$@")\n'
+        'for i in "${!args[@]}"; do\n'
+        '  if [ "${args[$i]}" = --out ]; then mkdir -p "${args[$((i + 1))]}"; fi\n'
+        'done\n')
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "python $*" >> "{calls}"\n')
+    for tool in ("derain", "python"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "RUNS": str(tmp_path / "runs"), **env_extra}
+    return subprocess.run(["bash", str(ROOT / "recipes" / script)], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+
+
+@needs_bash
+def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None:
+    # semi-drdnet-lite.sh needs rdmc-lite's distilled stage 1 as its teacher, not the later
+    # stages: TO_STAGE=1 must stop before any training
+    res = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"TO_STAGE": "1"})
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert any(c.startswith("derain distill") for c in calls)
+    assert not any(c.startswith("derain train") for c in calls)
+
+    (tmp_path / "calls").unlink()
+    res = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "2"})
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert not any(c.startswith("derain distill") for c in calls)
+    trains = [c.split() for c in calls if c.startswith("derain train")]
+    assert len(trains) == 3
+    assert trains[0][trains[0].index("--weights") + 1] == "weights/rdmc-lite.safetensors"
+    assert trains[2][trains[2].index("--preset") + 1] == "light,medium,heavy,mixed"
+    for t in trains:  # TRAIN_ARGS comes last, and a later option wins
+        last_patch = len(t) - 1 - t[::-1].index("--patch")
+        assert t[last_patch + 1] == "256"
+        assert t[t.index("--l1-weight") + 1] == "1"
+
+
+@needs_bash
+def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
+    res = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "five"})
+    assert res.returncode == 2
+    assert "stage numbers" in res.stderr
+    assert not (tmp_path / "calls").exists()
+
+
+def test_semi_drdnet_lite_takes_only_rdmc_lites_first_stage_as_teacher() -> None:
+    text = (ROOT / "recipes" / "semi-drdnet-lite.sh").read_text()
+    calls = [line for line in text.splitlines() if "recipes/rdmc-lite.sh" in line
+             and not line.lstrip().startswith("#")]
+    assert calls and all(line.startswith("TO_STAGE=1 ") for line in calls)
