@@ -77,5 +77,19 @@ additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 
 stage 5: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, no contrastive \
 terms). steps, wall_time_s and hardware are stage 5's. All CPU-trained; replace when \
 GPU-trained weights exist."
+# (stage 5's int8 graph was made here; stage 6's, below, replaced it)
+# Stage 6 (2026-12-02): stage 5's bundle (fp16) continued 20 more minutes the same way (seed
+# 12), on an idle CPU this time (2389 steps): rain100l 30.79 -> 31.33, heavy-small 23.43 ->
+# 23.98, sirr-val 24.25 -> 24.58 (fp32).
+PRESET=light,medium,heavy,mixed SEED=12 bash recipes/additive-stage.sh semi-drdnet-lite \
+  weights/semi-drdnet-lite.safetensors "$RUNS/lite-r6" 1200 "stage 5 of \
+recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit acf6978, sha256 \
+c73076981b97ab6d3e516adca8245f61f1d948e6463284030a4ed8fe6ca5111e" \
+  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
+fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
+additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes; \
+stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each; lr 1e-4, no \
+contrastive terms). steps, wall_time_s and hardware are stage 6's. All CPU-trained; \
+replace when GPU-trained weights exist."
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
