@@ -121,9 +121,9 @@ def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None
     calls = (tmp_path / "calls").read_text().splitlines()
     assert not any(c.startswith("derain distill") for c in calls)
     trains = [c.split() for c in calls if c.startswith("derain train")]
-    assert len(trains) == 3
+    assert len(trains) == 4
     assert trains[0][trains[0].index("--weights") + 1] == "weights/rdmc-lite.safetensors"
-    assert trains[2][trains[2].index("--preset") + 1] == "light,medium,heavy,mixed"
+    assert trains[3][trains[3].index("--preset") + 1] == "light,medium,heavy,mixed"
     for t in trains:  # TRAIN_ARGS comes last, and a later option wins
         last_patch = len(t) - 1 - t[::-1].index("--patch")
         assert t[last_patch + 1] == "256"
