@@ -53,6 +53,11 @@ limit, lr 1e-4, seed 2; rdmc-lite was itself distilled from semi-drdnet-lite). s
 wall_time_s and hardware are this round's. All CPU-trained; replace when GPU-trained \
 weights exist."
 # (stage 3's weights were bundled until 2026-12-01; stage 4 below replaced them)
+# The manifest notes of stages 4-6 share their start and end.
+NOTE_HEAD="Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
+fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
+additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes"
+NOTE_TAIL="All CPU-trained; replace when GPU-trained weights exist."
 # Stage 4 (2026-12-01, 2-core AVX-512-BF16 CPU, bf16 autocast): stage 3's weights trained on
 # the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
 # round 5 (recipes/semi-drdnet-tiny.sh), for 14 minutes (1251 steps). rain100l (first 10
@@ -60,23 +65,16 @@ weights exist."
 BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-lite "$RUNS/distill-lite-rdmc/round1/model.safetensors" \
   "$RUNS/lite-r4" 840 "stage 3 of recipes/semi-drdnet-lite.sh (the weights bundled at commit \
 fd3e31c, sha256 2666ecb2424c4493951b5d9a60eed2e1e296dc348a31ac7369a532f882f78e06)" \
-  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
-fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
-additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes, lr \
-1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 4's. All CPU-trained; \
-replace when GPU-trained weights exist."
+  "$NOTE_HEAD, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 4's. \
+$NOTE_TAIL"
 # Stage 5 (2026-12-02): stage 4's bundle (fp16) continued 20 minutes with heavy rain in the
 # draw, as the default's round 6 (seed 8). Only 501 steps: other work shared the 2 cores.
 PRESET=light,medium,heavy,mixed SEED=8 bash recipes/additive-stage.sh semi-drdnet-lite \
   weights/semi-drdnet-lite.safetensors "$RUNS/lite-r5" 1200 "stage 4 of \
 recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
 bbcdbd4435ad0057f879a5ba46927f88472d22cbdd62fd76a6e4d0c38b9b76c1" \
-  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
-fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
-additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes; \
-stage 5: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, no contrastive \
-terms). steps, wall_time_s and hardware are stage 5's. All CPU-trained; replace when \
-GPU-trained weights exist."
+  "$NOTE_HEAD; stage 5: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, \
+no contrastive terms). steps, wall_time_s and hardware are stage 5's. $NOTE_TAIL"
 # (stage 5's int8 graph was made here; stage 6's, below, replaced it)
 # Stage 6 (2026-12-02): stage 5's bundle (fp16) continued 20 more minutes the same way (seed
 # 12), on an idle CPU this time (2389 steps): rain100l 30.79 -> 31.33, heavy-small 23.43 ->
@@ -85,11 +83,7 @@ PRESET=light,medium,heavy,mixed SEED=12 bash recipes/additive-stage.sh semi-drdn
   weights/semi-drdnet-lite.safetensors "$RUNS/lite-r6" 1200 "stage 5 of \
 recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit acf6978, sha256 \
 c73076981b97ab6d3e516adca8245f61f1d948e6463284030a4ed8fe6ca5111e" \
-  "Interim: semi-drdnet-lite trained on synthetic rain over clean-bsds (1799 steps), \
-fine-tuned on real-rain (200 steps), distilled from rdmc-lite (215 steps), then trained on \
-additive synthetic rain (stage 4: light, medium and mixed rain drawn evenly, 14 minutes; \
-stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each; lr 1e-4, no \
-contrastive terms). steps, wall_time_s and hardware are stage 6's. All CPU-trained; \
-replace when GPU-trained weights exist."
+  "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each; \
+lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
