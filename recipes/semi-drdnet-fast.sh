@@ -53,25 +53,24 @@ exist."
 # on the synthesizer's additive rain (light, medium and mixed drawn evenly), as the default's
 # round 5 (recipes/semi-drdnet-tiny.sh), for 20 minutes; the test suite ran beside it for
 # part of the time, so it took 1954 steps. rain100l (first 10 pairs) is only watched.
+NOTE_HEAD="Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \
+(240 steps); stage 2 continued it as the student of rdmc-lite (277 steps); stage 3 trained it \
+on additive synthetic rain over clean-bsds (light, medium and mixed rain drawn evenly, 20 \
+minutes"
+NOTE_TAIL="All CPU-trained; replace when GPU-trained weights exist."
 BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-fast "$RUNS/distill-fast-rdmc/round1/model.safetensors" \
   "$RUNS/fast-r3" 1200 "stage 2 of recipes/semi-drdnet-fast.sh (the weights bundled at commit \
 fd3e31c, sha256 64373874a4f888eb0d7103e892fa9d0ee2f1046e3de38f33203f8a1a499cd7e5)" \
-  "Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \
-(240 steps); stage 2 continued it as the student of rdmc-lite (277 steps); stage 3 trained it \
-on additive synthetic rain over clean-bsds (light, medium and mixed rain drawn evenly, 20 \
-minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 3's. All \
-CPU-trained; replace when GPU-trained weights exist."
+  "$NOTE_HEAD, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 3's. \
+$NOTE_TAIL"
 # Stage 4 (2026-12-02): stage 3's bundle (fp16) continued 20 minutes with heavy rain in the
 # draw, as the default's round 6 (seed 8; 2950 steps on an otherwise idle CPU).
 PRESET=light,medium,heavy,mixed SEED=8 bash recipes/additive-stage.sh semi-drdnet-fast \
   weights/semi-drdnet-fast.safetensors "$RUNS/fast-r4" 1200 "stage 3 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
 50ea17d674409b3abca97a943263d4a2e98142a3312ba16010a652123f41e4a8" \
-  "Interim: stage 1 distilled the earlier semi-drdnet-lite to 2 of its 6 detail blocks \
-(240 steps); stage 2 continued it as the student of rdmc-lite (277 steps); stage 3 trained it \
-on additive synthetic rain over clean-bsds (light, medium and mixed rain drawn evenly, 20 \
-minutes); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 minutes); \
-lr 1e-4, no contrastive terms. steps, wall_time_s and hardware are stage 4's. All \
-CPU-trained; replace when GPU-trained weights exist."
+  "$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
+minutes); lr 1e-4, no contrastive terms. steps, wall_time_s and hardware are stage 4's. \
+$NOTE_TAIL"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh

@@ -47,36 +47,30 @@ derain distill -m rdmc-lite --student semi-drdnet-tiny \
   --init "$OUT/round3/model.safetensors" \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 300 --lr 1e-4 --seed 3 \
   --max-minutes 20 --threads 2 --name semi-drdnet-tiny --out "$OUT/round4" --quiet
+NOTE_HEAD="Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
+242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
+on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
+evenly, 25 minutes"
+NOTE_TAIL="All CPU-trained; replace when GPU-trained weights exist."
 BATCHNORM=refresh bash recipes/additive-stage.sh semi-drdnet-tiny "$OUT/round4/model.safetensors" "$OUT/round5" \
   1500 "round 4 of recipes/semi-drdnet-tiny.sh (the weights bundled at commit fd3e31c, sha256 \
 b1971c8993e4c958d15c16c66bd50a167cb2416bcacfd58850d0a5af4473bef2)" \
-  "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
-242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
-on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
-evenly, 25 minutes, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are \
-round 5's. All CPU-trained; replace when GPU-trained weights exist."
+  "$NOTE_HEAD, lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round 5's. \
+$NOTE_TAIL"
 # Round 6 starts from round 5's bundle (fp16), as it ran.
 PRESET=light,medium,heavy,mixed SEED=8 bash recipes/additive-stage.sh semi-drdnet-tiny \
   weights/semi-drdnet-tiny.safetensors "$OUT/round6" 1200 "round 5 of \
 recipes/semi-drdnet-tiny.sh, as bundled (fp16) at commit 6ff8450, sha256 \
 ba1907fd11737de1a23d6d95f2a2be5bcac0996a15b771bb38820d25b8ba1174" \
-  "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
-242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
-on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
-evenly, 25 minutes; round 6: light, medium, heavy and mixed drawn evenly, 20 minutes; lr \
-1e-4, no contrastive terms). steps, wall_time_s and hardware are round 6's. All \
-CPU-trained; replace when GPU-trained weights exist."
+  "$NOTE_HEAD; round 6: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, no \
+contrastive terms). steps, wall_time_s and hardware are round 6's. $NOTE_TAIL"
 # Round 7: round 6 continued the same way for 20 more minutes (seed 9).
 PRESET=light,medium,heavy,mixed SEED=9 bash recipes/additive-stage.sh semi-drdnet-tiny \
   weights/semi-drdnet-tiny.safetensors "$OUT/round7" 1200 "round 6 of \
 recipes/semi-drdnet-tiny.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
 0ddd660ca1ae50b31b2588aba164d74187914ede688f9ae5d79a4e04b273b829" \
-  "Interim: semi-drdnet-lite distilled to 3 rain + 1 detail blocks (rounds 1 and 2, \
-242 + 200 steps), distilled from rdmc-lite (rounds 3 and 4, 300 steps each), then trained \
-on additive synthetic rain over clean-bsds (round 5: light, medium and mixed rain drawn \
-evenly, 25 minutes; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 \
-minutes each; lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round \
-7's. All CPU-trained; replace when GPU-trained weights exist."
+  "$NOTE_HEAD; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 minutes each; \
+lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round 7's. $NOTE_TAIL"
 # The int8 graph belongs to these exact weights. It keeps 8 convolutions in fp32 (the
 # script's default) since round 7; with round 6's 4, rain100l lost 0.14 dB against fp32.
 NAME=semi-drdnet-tiny bash recipes/semi-drdnet-lite-int8.sh
