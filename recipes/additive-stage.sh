@@ -10,7 +10,10 @@
 # CONTINUED_FROM and NOTE go into the manifest (recipes/bundle.py). PRESET (train's
 # --preset; light,medium,mixed), LR (1e-4), SEED (5), VAL_EVERY (250) and BATCHNORM (train's
 # --batchnorm; unset: its default, keep) may be set: the stages run before train had
-# --batchnorm refreshed the statistics (BATCHNORM=refresh).
+# --batchnorm refreshed the statistics (BATCHNORM=refresh). STEPS (100000) is train's
+# --steps, the length of its cosine learning-rate decay: with the default the time budget
+# ends the run while the rate is still near its peak; a STEPS the budget reaches lets the
+# decay finish (an annealed stage).
 # TRAIN_ARGS is appended to the train command (words split on spaces; a later option wins),
 # e.g. "--batch 3 --patch 256 --l1-weight 1" for rdmc-lite (README, "rdmc-lite on added
 # rain": measured, not shipped). rain100l (first 10 pairs) is only watched: the final
@@ -26,7 +29,7 @@ DATA=${DATA:-../shared/data}
 VAL_EVERY=${VAL_EVERY:-250}
 derain train -m "$NAME" --weights "$START" \
   --synthetic "$DATA/clean-bsds" --preset "${PRESET:-light,medium,mixed}" --contrast-features none \
-  --val "$DATA/rain100l" --val-limit 10 --out "$OUT" --steps 100000 \
+  --val "$DATA/rain100l" --val-limit 10 --out "$OUT" --steps "${STEPS:-100000}" \
   --time-budget "$SECONDS_BUDGET" --batch 8 --patch 64 --lr "${LR:-1e-4}" --warmup 20 \
   --ema 0.99 --val-every "$VAL_EVERY" --ckpt-every "$VAL_EVERY" --seed "${SEED:-5}" \
   --threads 2 --name "$NAME" ${BATCHNORM:+--batchnorm "$BATCHNORM"} --quiet ${TRAIN_ARGS:-}

@@ -56,11 +56,15 @@ def test_each_model_recipe_that_uses_the_additive_stage_trains_its_own_name() ->
 
 
 @needs_bash
-@pytest.mark.parametrize(("preset", "expected"), [(None, "light,medium,mixed"),
-                                                  ("light,medium,heavy,mixed",
-                                                   "light,medium,heavy,mixed")])
-def test_additive_stage_passes_preset_to_train(tmp_path: Path, preset: str | None,
-                                               expected: str) -> None:
+@pytest.mark.parametrize(("env_extra", "option", "expected"), [
+    ({}, "--preset", "light,medium,mixed"),
+    ({"PRESET": "light,medium,heavy,mixed"}, "--preset", "light,medium,heavy,mixed"),
+    ({}, "--steps", "100000"),
+    # a step count the time budget reaches lets the cosine decay finish (annealed stages)
+    ({"STEPS": "3800"}, "--steps", "3800"),
+])
+def test_additive_stage_passes_env_to_train(tmp_path: Path, env_extra: dict[str, str],
+                                            option: str, expected: str) -> None:
     # stand-ins for derain and python record their arguments instead of training
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -69,9 +73,7 @@ def test_additive_stage_passes_preset_to_train(tmp_path: Path, preset: str | Non
         stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{tmp_path}/calls"\n')
         stub.chmod(0o755)
     (tmp_path / "out").mkdir()  # train would have made it
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    if preset is not None:
-        env["PRESET"] = preset
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **env_extra}
     res = subprocess.run(["bash", str(ROOT / "recipes" / "additive-stage.sh"), "semi-drdnet-tiny",
                           "start.safetensors", "out", "60", "from", "note"],
                          capture_output=True, text=True, cwd=tmp_path, env=env)
@@ -79,7 +81,7 @@ def test_additive_stage_passes_preset_to_train(tmp_path: Path, preset: str | Non
     train = next(line for line in (tmp_path / "calls").read_text().splitlines()
                  if line.startswith("derain train"))
     words = train.split()
-    assert words[words.index("--preset") + 1] == expected
+    assert words[words.index(option) + 1] == expected
 
 
 def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str]
