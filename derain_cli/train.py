@@ -646,6 +646,28 @@ def _auto_bf16(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
 
 
+def _bf16_grads_finite(model: nn.Module, arch: str, batch: int, patch: int) -> bool:
+    """One bf16-autocast training step of a copy of ``model`` on random crops of the run's
+    shape, in its channels_last layout: are all the weight gradients finite?
+
+    Why: on a 2-core AMD EPYC with AVX-512-BF16 (torch 2.13.0, 2026-12-02), oneDNN's bf16
+    weight-gradient kernel returned NaN for channels_last 3x3 convolutions of 24 channels with
+    dilation 3 (rdmc-lite's encoder), on every step and from any weights, while fp32 and the
+    forward pass were fine: every update was skipped and the run stopped after 20 steps. The
+    check costs one step; the model, its BatchNorm statistics and the random streams are
+    left untouched.
+    """
+    probe = copy.deepcopy(model).train()
+    device = next(probe.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(batch, 3, patch, patch, generator=gen, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        outs = _Wrapper(probe, arch)(x)
+    sum(o.float().square().mean() for o in outs).backward()
+    return all(bool(torch.isfinite(p.grad).all())
+               for p in probe.parameters() if p.grad is not None)
+
+
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
     model = build_architecture(arch, conf)
     if cfg.init_weights:
@@ -781,6 +803,13 @@ def _train(
     model = _build_model(cfg, arch, conf).to(device, memory_format=torch.channels_last)
     if "model_built" in hooks:
         hooks["model_built"](model)
+    if use_bf16 and device.type == "cpu" and not _bf16_grads_finite(model, arch, cfg.batch,
+                                                                      cfg.patch):
+        if is_main:
+            _say("warning: bf16 autocast gives non-finite weight gradients for this model on "
+                 "this CPU (a oneDNN kernel fault); training in fp32")
+        use_bf16 = False
+        amp_label = "fp32"
     init_state = {k: v.detach().clone() for k, v in model.named_parameters()} \
         if cfg.l2sp > 0 else None
     base_model = None

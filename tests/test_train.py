@@ -96,6 +96,53 @@ def test_amp_auto_uses_bf16_only_where_the_cpu_runs_it_fast(
     assert entry["hardware"].endswith("bf16 autocast)" if expect else "fp32)")
 
 
+class _NaNGradUnderBf16(torch.autograd.Function):
+    """Identity whose gradient is NaN: a stand-in for the oneDNN fault that
+    train._bf16_grads_finite guards against (AMD EPYC, bf16 weight gradients)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return torch.full_like(g, float("nan"))
+
+
+def _fault_under_bf16(model: torch.nn.Module) -> None:
+    """Make ``model``'s backward non-finite, only for steps run under CPU bf16 autocast."""
+    def hook(_mod, _inp, out):
+        return _NaNGradUnderBf16.apply(out) if torch.is_autocast_enabled("cpu") else out
+    next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(hook)
+
+
+def test_bf16_grad_probe_tells_a_faulty_bf16_backward_from_a_sound_one():
+    arch, conf = "semi-drdnet", TINY
+    from derain_cli.models import build_architecture
+    model = build_architecture(arch, conf)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+    assert T._bf16_grads_finite(model, arch, batch=2, patch=24)
+    _fault_under_bf16(model)
+    assert not T._bf16_grads_finite(model, arch, batch=2, patch=24)
+    # the probe works on a copy and its own generator: nothing of the run moves
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng_before, torch.random.get_rng_state())
+
+
+def test_bf16_with_non_finite_gradients_falls_back_to_fp32(data, tmp_path, monkeypatch, capsys):
+    """Before the probe, such a run skipped every update and stopped with an error at step 20."""
+    monkeypatch.setattr(T, "cpu_supports_bf16", lambda: True)
+    out = tmp_path / "run"
+    res = T.train(_cfg(data, out, steps=25, amp="auto", quiet=False),
+                  _hooks={"model_built": _fault_under_bf16})
+    assert "non-finite weight gradients" in capsys.readouterr().err
+    assert len(res.losses) == 25  # every step updated the weights
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["hardware"].endswith("fp32)")
+
+
 class _Kill(Exception):
     pass
 
