@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Recipe for the bundled, interim rdmc-lite weights, in five stages: stage 1 below, then
-# stages 2-5 (at the end) trained on the synthesizer's additive rain in 256 px crops.
+# Recipe for the bundled, interim rdmc-lite weights, in six stages: stage 1 below, then
+# stages 2-6 (at the end) trained on the synthesizer's additive rain in 256 px crops.
 # Stage 1: a fresh rdmc-lite (output layer
 # zeroed, so it starts as the identity) trained with `derain distill --student` to
 # imitate the bundled semi-drdnet-lite on crops of synthetic rain over clean-bsds (the
@@ -14,16 +14,16 @@
 # The teacher is semi-drdnet-lite as its stages 1-2 left it (commit before 2026-11-30's
 # stage 3, which distilled it back from this model): recipes/semi-drdnet-lite.sh runs
 # this script at that point with TO_STAGE=1: the Semi-DRDNet recipes' distillations from
-# rdmc-lite (`-m rdmc-lite`) all ran while stage 1 was the bundled rdmc-lite; stages 2-5
+# rdmc-lite (`-m rdmc-lite`) all ran while stage 1 was the bundled rdmc-lite; stages 2-6
 # came after them (2026-12-01 and 12-02). To rebuild the whole chain: `TO_STAGE=1 bash
 # recipes/rdmc-lite.sh` (semi-drdnet-lite.sh does it), the Semi-DRDNet recipes, then
 # `FROM_STAGE=2 bash recipes/rdmc-lite.sh`.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
-FROM_STAGE=${FROM_STAGE:-1} TO_STAGE=${TO_STAGE:-5}
-if ! [[ "$FROM_STAGE" =~ ^[1-5]$ && "$TO_STAGE" =~ ^[1-5]$ ]]; then
-  echo "$0: FROM_STAGE and TO_STAGE are stage numbers, 1 to 5" >&2
+FROM_STAGE=${FROM_STAGE:-1} TO_STAGE=${TO_STAGE:-6}
+if ! [[ "$FROM_STAGE" =~ ^[1-6]$ && "$TO_STAGE" =~ ^[1-6]$ ]]; then
+  echo "$0: FROM_STAGE and TO_STAGE are stage numbers, 1 to 6" >&2
   exit 2
 fi
 stage() { [ "$FROM_STAGE" -le "$1" ] && [ "$1" -le "$TO_STAGE" ]; }
@@ -49,12 +49,14 @@ weights exist."
 # 2026-11-30, with the int8 graph still bundled). To make one anyway:
 #   NAME=rdmc-lite KEEP_FP32=0 bash recipes/semi-drdnet-lite-int8.sh
 fi
-# Stages 2-5 (2026-12-01 and 2026-12-02): trained on the synthesizer's additive rain in
+# Stages 2-6 (2026-12-01 and 2026-12-02): trained on the synthesizer's additive rain in
 # 256 px crops with an L1 term (`--l1-weight 1`: under the paper's loss alone the output's
 # brightness drifted; 64 px crops broke heavy rain on whole images: README, "rdmc-lite on
 # added rain"). Stage 2 starts from the distilled bundle; stages 3 and 4 from the previous
 # stage's fp32 run output, as they ran. Stage 4 adds heavy rain to the draw; stage 5
 # continues stage 4's bundle (fp16) the same way (488 steps: other work shared the CPU).
+# Stage 6 continues stage 5's bundle with the same draw for 800 steps whose learning rate
+# decays (cosine) from 1e-4 to 2e-6 (STEPS=800; the earlier stages ended with it near 1e-4).
 export TRAIN_ARGS="--batch 3 --patch 256 --l1-weight 1" VAL_EVERY=100
 NOTE_HEAD="Interim: rdmc-lite distilled from semi-drdnet-lite (520 steps), then trained on \
 additive synthetic rain over clean-bsds in 256 px crops with an L1 term (stage 2: light, \
@@ -88,5 +90,17 @@ bundled (fp16) at commit 2f3d1e0, sha256 \
 47383c9d8dc9db5a3d933124503f8f2d172e963257cdb33ce45a59ca7b5b5a84" \
   "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 minutes \
 each, lr 1e-4; no contrastive terms). steps, wall_time_s and hardware are stage 5's. All \
+CPU-trained; replace when GPU-trained weights exist."
+fi
+if stage 6; then
+# On the 2-core AMD EPYC of 2026-12-02 `derain train` found bf16 weight gradients NaN for
+# this model (train._bf16_grads_finite) and trained in fp32: 800 steps in 1300 s.
+STEPS=800 PRESET=light,medium,heavy,mixed SEED=15 bash recipes/additive-stage.sh rdmc-lite \
+  weights/rdmc-lite.safetensors "$OUT/stage6" 1560 "stage 5 of recipes/rdmc-lite.sh, as \
+bundled (fp16) at commit 4dfc74b, sha256 \
+7e962542ca74f107abf7ba64056566ccf90b97a52ebfe7242c527354ecc20987" \
+  "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 minutes \
+each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying from 1e-4 \
+to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 6's. All \
 CPU-trained; replace when GPU-trained weights exist."
 fi

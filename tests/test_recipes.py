@@ -123,9 +123,12 @@ def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None
     calls = (tmp_path / "calls").read_text().splitlines()
     assert not any(c.startswith("derain distill") for c in calls)
     trains = [c.split() for c in calls if c.startswith("derain train")]
-    assert len(trains) == 4
+    assert len(trains) == 5
     assert trains[0][trains[0].index("--weights") + 1] == "weights/rdmc-lite.safetensors"
     assert trains[3][trains[3].index("--preset") + 1] == "light,medium,heavy,mixed"
+    # stages 2-5 ran until their time budget with the rate near its peak; stage 6 decays it
+    # over the 800 steps it ran
+    assert [t[t.index("--steps") + 1] for t in trains] == ["100000"] * 4 + ["800"]
     for t in trains:  # TRAIN_ARGS comes last, and a later option wins
         last_patch = len(t) - 1 - t[::-1].index("--patch")
         assert t[last_patch + 1] == "256"
