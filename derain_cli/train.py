@@ -650,10 +650,11 @@ def _bf16_grads_finite(model: nn.Module, arch: str, batch: int, patch: int) -> b
     """One bf16-autocast training step of a copy of ``model`` on random crops of the run's
     shape, in its channels_last layout: are all the weight gradients finite?
 
-    Why: on a 2-core AMD EPYC with AVX-512-BF16 (torch 2.13.0, 2026-12-02), oneDNN's bf16
-    weight-gradient kernel returned NaN for channels_last 3x3 convolutions of 24 channels with
-    dilation 3 (rdmc-lite's encoder), on every step and from any weights, while fp32 and the
-    forward pass were fine: every update was skipped and the run stopped after 20 steps. The
+    Why: on a 2-core AMD EPYC with AVX-512-BF16, CPU family 26 (torch 2.13.0, 2026-12-02),
+    oneDNN's bf16 weight-gradient kernel returned NaN for channels_last 3x3 convolutions of 24
+    channels with dilation 3 (rdmc-lite's encoder), on every step and from any weights, while
+    fp32 and the forward pass were fine: every update was skipped and the run stopped after
+    20 steps (an earlier AVX-512-BF16 EPYC had trained the same model in bf16). The
     check costs one step; the model, its BatchNorm statistics and the random streams are
     left untouched.
     """
