@@ -72,5 +72,17 @@ recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
   "$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
 minutes); lr 1e-4, no contrastive terms. steps, wall_time_s and hardware are stage 4's. \
 $NOTE_TAIL"
+# Stage 5 (2026-12-02, 2-core AMD EPYC): stage 4's bundle (fp16), the same draw, 5600 steps
+# whose learning rate decays (cosine) from 1e-4 to 2e-6 (STEPS=5600, about 15 minutes there;
+# the stages before ended with it still near 1e-4): rain100l 31.62 -> 32.45, heavy-small
+# 23.98 -> 24.60, sirr-val 24.70 -> 24.80 (fp32).
+STEPS=5600 PRESET=light,medium,heavy,mixed SEED=18 bash recipes/additive-stage.sh semi-drdnet-fast \
+  weights/semi-drdnet-fast.safetensors "$RUNS/fast-r5" 1200 "stage 4 of \
+recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit acf6978, sha256 \
+72a873dfa719fc287d3fe3f84a8f64239ba22ea56a96b6f9150b709af0ddd49a" \
+  "$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
+minutes, lr 1e-4); stage 5 with the same draw for 5600 steps, the learning rate decaying \
+from 1e-4 to 2e-6; no contrastive terms. steps, wall_time_s and hardware are stage 5's. \
+$NOTE_TAIL"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh

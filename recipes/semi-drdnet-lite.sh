@@ -85,5 +85,16 @@ recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit acf6978, sha256 \
 c73076981b97ab6d3e516adca8245f61f1d948e6463284030a4ed8fe6ca5111e" \
   "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each; \
 lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
+# Stage 7 (2026-12-02, 2-core AMD EPYC): stage 6's bundle (fp16), the same draw, 3300 steps
+# whose learning rate decays (cosine) from 1e-4 to 2e-6 (STEPS=3300, about 15 minutes there;
+# the stages before ended with it still near 1e-4): rain100l 31.33 -> 32.03, heavy-small
+# 23.98 -> 24.34, sirr-val 24.58 -> 24.81 (fp32).
+STEPS=3300 PRESET=light,medium,heavy,mixed SEED=17 bash recipes/additive-stage.sh semi-drdnet-lite \
+  weights/semi-drdnet-lite.safetensors "$RUNS/lite-r7" 1200 "stage 6 of \
+recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit cf97fb4, sha256 \
+7296cbba8b70ecaa61b38be9ee1ff1582884420dd64697e87fe9b354b48d19c3" \
+  "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each, \
+lr 1e-4; stage 7: the same draw, 3300 steps with the learning rate decaying from 1e-4 to \
+2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 7's. $NOTE_TAIL"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
