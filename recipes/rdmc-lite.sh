@@ -61,18 +61,17 @@ export TRAIN_ARGS="--batch 3 --patch 256 --l1-weight 1" VAL_EVERY=100
 NOTE_HEAD="Interim: rdmc-lite distilled from semi-drdnet-lite (520 steps), then trained on \
 additive synthetic rain over clean-bsds in 256 px crops with an L1 term (stage 2: light, \
 medium and mixed rain, 20 minutes, lr 1e-4; stage 3: the same, 18 minutes, lr 5e-5"
+NOTE_TAIL="All CPU-trained; replace when GPU-trained weights exist."
 if stage 2; then
 SEED=5 bash recipes/additive-stage.sh rdmc-lite weights/rdmc-lite.safetensors \
   "$OUT/stage2" 1200 "stage 1 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 017ad25, \
 sha256 cb1b3fc0c6d637cfa938403f991597e13fb9867087902d33a97d5f8cccbd4494" \
-  "${NOTE_HEAD%%; stage 3*}). steps, wall_time_s and hardware are stage 2's. All CPU-trained; \
-replace when GPU-trained weights exist."
+  "${NOTE_HEAD%%; stage 3*}). steps, wall_time_s and hardware are stage 2's. $NOTE_TAIL"
 fi
 if stage 3; then
 SEED=7 LR=5e-5 bash recipes/additive-stage.sh rdmc-lite "$OUT/stage2/model.safetensors" \
   "$OUT/stage3" 1080 "stage 2 of recipes/rdmc-lite.sh (its fp32 run output)" \
-  "$NOTE_HEAD). steps, wall_time_s and hardware are stage 3's. All CPU-trained; replace when \
-GPU-trained weights exist."
+  "$NOTE_HEAD). steps, wall_time_s and hardware are stage 3's. $NOTE_TAIL"
 fi
 if stage 4; then
 PRESET=light,medium,heavy,mixed SEED=10 bash recipes/additive-stage.sh rdmc-lite \
@@ -80,8 +79,7 @@ PRESET=light,medium,heavy,mixed SEED=10 bash recipes/additive-stage.sh rdmc-lite
 fp32 run output, not bundled: 30.48 / 24.32 dB on rain100l / sirr-val but 20.45 on \
 heavy-small, below stage 1)" \
   "$NOTE_HEAD; stage 4: light, medium, heavy and mixed drawn evenly, 30 minutes, lr 1e-4; \
-no contrastive terms). steps, wall_time_s and hardware are stage 4's. All CPU-trained; \
-replace when GPU-trained weights exist."
+no contrastive terms). steps, wall_time_s and hardware are stage 4's. $NOTE_TAIL"
 fi
 if stage 5; then
 PRESET=light,medium,heavy,mixed SEED=13 bash recipes/additive-stage.sh rdmc-lite \
@@ -89,8 +87,8 @@ PRESET=light,medium,heavy,mixed SEED=13 bash recipes/additive-stage.sh rdmc-lite
 bundled (fp16) at commit 2f3d1e0, sha256 \
 47383c9d8dc9db5a3d933124503f8f2d172e963257cdb33ce45a59ca7b5b5a84" \
   "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 minutes \
-each, lr 1e-4; no contrastive terms). steps, wall_time_s and hardware are stage 5's. All \
-CPU-trained; replace when GPU-trained weights exist."
+each, lr 1e-4; no contrastive terms). steps, wall_time_s and hardware are stage 5's. \
+$NOTE_TAIL"
 fi
 if stage 6; then
 # On the 2-core AMD EPYC of 2026-12-02 `derain train` found bf16 weight gradients NaN for
@@ -101,6 +99,5 @@ bundled (fp16) at commit 4dfc74b, sha256 \
 7e962542ca74f107abf7ba64056566ccf90b97a52ebfe7242c527354ecc20987" \
   "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 minutes \
 each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying from 1e-4 \
-to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 6's. All \
-CPU-trained; replace when GPU-trained weights exist."
+to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
 fi
