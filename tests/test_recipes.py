@@ -55,39 +55,12 @@ def test_each_model_recipe_that_uses_the_additive_stage_trains_its_own_name() ->
                 assert name == script.stem, f"{script.name}: {line}"
 
 
-@needs_bash
-@pytest.mark.parametrize(("env_extra", "option", "expected"), [
-    ({}, "--preset", "light,medium,mixed"),
-    ({"PRESET": "light,medium,heavy,mixed"}, "--preset", "light,medium,heavy,mixed"),
-    ({}, "--steps", "100000"),
-    # a step count the time budget reaches lets the cosine decay finish (annealed stages)
-    ({"STEPS": "3800"}, "--steps", "3800"),
-])
-def test_additive_stage_passes_env_to_train(tmp_path: Path, env_extra: dict[str, str],
-                                            option: str, expected: str) -> None:
-    # stand-ins for derain and python record their arguments instead of training
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("derain", "python"):
-        stub = bin_dir / tool
-        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{tmp_path}/calls"\n')
-        stub.chmod(0o755)
-    (tmp_path / "out").mkdir()  # train would have made it
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **env_extra}
-    res = subprocess.run(["bash", str(ROOT / "recipes" / "additive-stage.sh"), "semi-drdnet-tiny",
-                          "start.safetensors", "out", "60", "from", "note"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert res.returncode == 0, res.stderr
-    train = next(line for line in (tmp_path / "calls").read_text().splitlines()
-                 if line.startswith("derain train"))
-    words = train.split()
-    assert words[words.index(option) + 1] == expected
-
-
-def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str]
+def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
+                    args: tuple[str, ...] = (), cwd: Path = ROOT
                     ) -> subprocess.CompletedProcess[str]:
-    """Run a recipe from the repository root with derain and python replaced by stand-ins
-    that record their arguments (derain also makes its --out folder, as the real one does)."""
+    """Run a recipe (from the repository root unless ``cwd`` says otherwise) with derain and
+    python replaced by stand-ins that record their arguments (derain also makes its --out
+    folder, as the real one does)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     calls = tmp_path / "calls"
@@ -103,8 +76,28 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str]
         (bin_dir / tool).chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
            "RUNS": str(tmp_path / "runs"), **env_extra}
-    return subprocess.run(["bash", str(ROOT / "recipes" / script)], capture_output=True,
-                          text=True, cwd=ROOT, env=env)
+    return subprocess.run(["bash", str(ROOT / "recipes" / script), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+
+
+@needs_bash
+@pytest.mark.parametrize(("env_extra", "option", "expected"), [
+    ({}, "--preset", "light,medium,mixed"),
+    ({"PRESET": "light,medium,heavy,mixed"}, "--preset", "light,medium,heavy,mixed"),
+    ({}, "--steps", "100000"),
+    # a step count the time budget reaches lets the cosine decay finish (annealed stages)
+    ({"STEPS": "3800"}, "--steps", "3800"),
+])
+def test_additive_stage_passes_env_to_train(tmp_path: Path, env_extra: dict[str, str],
+                                            option: str, expected: str) -> None:
+    res = _run_with_stubs(tmp_path, "additive-stage.sh", env_extra,
+                          args=("semi-drdnet-tiny", "start.safetensors", "out", "60", "from",
+                                "note"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    train = next(line for line in (tmp_path / "calls").read_text().splitlines()
+                 if line.startswith("derain train"))
+    words = train.split()
+    assert words[words.index(option) + 1] == expected
 
 
 @needs_bash
