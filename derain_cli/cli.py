@@ -414,7 +414,7 @@ def _check_device(value: str) -> str:
     return v
 
 
-_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-tiny")
+_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
 _DEFAULT_STATS_MP = _module_constant("derain_cli.tiling", "STATS_MEGAPIXELS", 4.0)

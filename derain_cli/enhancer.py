@@ -25,9 +25,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: see derain_cli.fast_pat
 
 log = logging.getLogger(__name__)
 
-#: The model ``derain photo.jpg`` uses: a 12-megapixel photo in about a minute on a
-#: 2-core laptop CPU, scoring like semi-drdnet-fast and -lite (README, "Why this default").
-DEFAULT_MODEL = "semi-drdnet-tiny"
+#: The model ``derain photo.jpg`` uses: the best bundled model that derains a 12-megapixel
+#: photo within the speed rule on a 2-core CPU (README, "Why this default").
+DEFAULT_MODEL = "semi-drdnet-fast"
 
 #: Smallest tile the out-of-memory fallback tries before giving up; smaller tiles asked for
 #: by hand get a warning (too little context around each pixel).
