@@ -96,5 +96,17 @@ recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit cf97fb4, sha256 \
   "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each, \
 lr 1e-4; stage 7: the same draw, 3300 steps with the learning rate decaying from 1e-4 to \
 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 7's. $NOTE_TAIL"
+# Stage 8 (2026-12-02, same CPU): stage 7's bundle, the same draw, a second decaying cycle
+# (STEPS=4000 from 1e-4, seed 20, 22 minutes), as semi-drdnet-fast's stage 6: rain100l 32.03 ->
+# 32.60, heavy-small 24.34 -> 24.67, sirr-val 24.81 -> 24.69 (fp32); shipped for the first
+# two, with the sirr-val loss stated.
+STEPS=4000 PRESET=light,medium,heavy,mixed SEED=20 bash recipes/additive-stage.sh semi-drdnet-lite \
+  weights/semi-drdnet-lite.safetensors "$RUNS/lite-r8" 1560 "stage 7 of \
+recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit b1aa64a, sha256 \
+4614f7cc91d6e1587be5ba61f950303f2ca110ac08b1bc07d456e697a5831a37" \
+  "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each, \
+lr 1e-4; stages 7 and 8: the same draw, 3300 and 4000 steps with the learning rate decaying \
+from 1e-4 to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 8's. \
+$NOTE_TAIL"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
