@@ -77,14 +77,15 @@ $NOTE_TAIL"
 # whose learning rate decays (cosine) from 1e-4 to 2e-6 (STEPS=5600, about 15 minutes there;
 # the stages before ended with it still near 1e-4): rain100l 31.62 -> 32.45, heavy-small
 # 23.98 -> 24.60, sirr-val 24.70 -> 24.80 (fp32).
+# Stages 5 and 6 share their notes' account of stages 4 and 5.
+NOTE_S5="$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
+minutes, lr 1e-4); stage 5 with the same draw for 5600 steps, the learning rate decaying from \
+1e-4 to 2e-6"
 STEPS=5600 PRESET=light,medium,heavy,mixed SEED=18 bash recipes/additive-stage.sh semi-drdnet-fast \
   weights/semi-drdnet-fast.safetensors "$RUNS/fast-r5" 1200 "stage 4 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit acf6978, sha256 \
 72a873dfa719fc287d3fe3f84a8f64239ba22ea56a96b6f9150b709af0ddd49a" \
-  "$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
-minutes, lr 1e-4); stage 5 with the same draw for 5600 steps, the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms. steps, wall_time_s and hardware are stage 5's. \
-$NOTE_TAIL"
+  "$NOTE_S5; no contrastive terms. steps, wall_time_s and hardware are stage 5's. $NOTE_TAIL"
 # Stage 6 (2026-12-02, 2-core AMD EPYC): stage 5's bundle (fp16), the same draw, a second
 # decaying cycle: 7000 steps planned, from 1e-4 (seed 19); the 25-minute budget ended it at
 # step 6340 with the rate near 4e-6: rain100l 32.45 -> 32.88, heavy-small 24.60 -> 24.66,
@@ -94,9 +95,7 @@ STEPS=7000 PRESET=light,medium,heavy,mixed SEED=19 bash recipes/additive-stage.s
   weights/semi-drdnet-fast.safetensors "$RUNS/fast-r6" 1500 "stage 5 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit b1aa64a, sha256 \
 55aedaec44484f8bf341361913502af6ecbb1235bfef19113b515abdf6e0f8ea" \
-  "$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
-minutes, lr 1e-4); stage 5 with the same draw for 5600 steps, the learning rate decaying \
-from 1e-4 to 2e-6; stage 6 a second such cycle (6340 of 7000 steps, 25 minutes); no \
-contrastive terms. steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
+  "$NOTE_S5; stage 6 a second such cycle (6340 of 7000 steps, 25 minutes); no contrastive \
+terms. steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh
