@@ -89,12 +89,14 @@ lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are stage 6's. $
 # whose learning rate decays (cosine) from 1e-4 to 2e-6 (STEPS=3300, about 15 minutes there;
 # the stages before ended with it still near 1e-4): rain100l 31.33 -> 32.03, heavy-small
 # 23.98 -> 24.34, sirr-val 24.58 -> 24.81 (fp32).
+# Stages 7 and 8 share their notes' account of stages 5 and 6.
+NOTE_S6="$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes \
+each, lr 1e-4"
 STEPS=3300 PRESET=light,medium,heavy,mixed SEED=17 bash recipes/additive-stage.sh semi-drdnet-lite \
   weights/semi-drdnet-lite.safetensors "$RUNS/lite-r7" 1200 "stage 6 of \
 recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit cf97fb4, sha256 \
 7296cbba8b70ecaa61b38be9ee1ff1582884420dd64697e87fe9b354b48d19c3" \
-  "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each, \
-lr 1e-4; stage 7: the same draw, 3300 steps with the learning rate decaying from 1e-4 to \
+  "$NOTE_S6; stage 7: the same draw, 3300 steps with the learning rate decaying from 1e-4 to \
 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 7's. $NOTE_TAIL"
 # Stage 8 (2026-12-02, same CPU): stage 7's bundle, the same draw, a second decaying cycle
 # (STEPS=4000 from 1e-4, seed 20, 22 minutes), as semi-drdnet-fast's stage 6: rain100l 32.03 ->
@@ -104,9 +106,8 @@ STEPS=4000 PRESET=light,medium,heavy,mixed SEED=20 bash recipes/additive-stage.s
   weights/semi-drdnet-lite.safetensors "$RUNS/lite-r8" 1560 "stage 7 of \
 recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit b1aa64a, sha256 \
 4614f7cc91d6e1587be5ba61f950303f2ca110ac08b1bc07d456e697a5831a37" \
-  "$NOTE_HEAD; stages 5 and 6: light, medium, heavy and mixed drawn evenly, 20 minutes each, \
-lr 1e-4; stages 7 and 8: the same draw, 3300 and 4000 steps with the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage 8's. \
-$NOTE_TAIL"
+  "$NOTE_S6; stages 7 and 8: the same draw, 3300 and 4000 steps with the learning rate \
+decaying from 1e-4 to 2e-6; no contrastive terms). steps, wall_time_s and hardware are stage \
+8's. $NOTE_TAIL"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
