@@ -128,7 +128,7 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 #     (O' - B, other rain on the same background, was a second positive until 2026-12-01: in
 #     the pixel-aligned ratio form it pulls R toward streaks that are not where the rain is,
 #     and fine-tuning without the whole rain branch scored better on all three evaluation
-#     sets; see README, "term by term".)
+#     sets; see docs/contrastive-terms.md, "term by term".)
 #   unlabeled real photos O_u (no ground truth), anchor out_u / R_u:
 #       background:  P = {B of the labeled batch (unpaired clean)}
 #                    N = {O_u, clip(out_u.detach() + R*) (re-rained output)}
@@ -466,8 +466,8 @@ UNLABELED_FACTOR = 0.5
 CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
 #: the terms ``derain finetune`` uses unless told: all but Semi-DRDNet's labeled rain branch,
 #: which cost the default model 0.15-0.16 dB on heavy-small in two seeds of fine-tuning
-#: against the same run without it, with rain100l and sirr-val within 0.04 dB (README,
-#: "term by term")
+#: against the same run without it, with rain100l and sirr-val within 0.04 dB
+#: (docs/contrastive-terms.md, "term by term")
 FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
 
 
