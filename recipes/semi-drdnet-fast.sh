@@ -77,7 +77,7 @@ $NOTE_TAIL"
 # whose learning rate decays (cosine) from 1e-4 to 2e-6 (STEPS=5600, about 15 minutes there;
 # the stages before ended with it still near 1e-4): rain100l 31.62 -> 32.45, heavy-small
 # 23.98 -> 24.60, sirr-val 24.70 -> 24.80 (fp32).
-# Stages 5 and 6 share their notes' account of stages 4 and 5.
+# Stages 5-7 share their notes' account of stages 4 and 5, stages 6 and 7 that of stage 6.
 NOTE_S5="$NOTE_HEAD); stage 4 continued it with light, medium, heavy and mixed drawn evenly (20 \
 minutes, lr 1e-4); stage 5 with the same draw for 5600 steps, the learning rate decaying from \
 1e-4 to 2e-6"
@@ -91,11 +91,21 @@ recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit acf6978, sha256 \
 # step 6340 with the rate near 4e-6: rain100l 32.45 -> 32.88, heavy-small 24.60 -> 24.66,
 # sirr-val 24.80 -> 24.80 (fp32). The same cycle in 128 px crops (3600 steps of 4, not
 # shipped) gave 32.77 / 24.68 / 24.52: sirr-val lost 0.28 dB.
+NOTE_S6="$NOTE_S5; stage 6 a second such cycle (6340 of 7000 steps, 25 minutes)"
 STEPS=7000 PRESET=light,medium,heavy,mixed SEED=19 bash recipes/additive-stage.sh semi-drdnet-fast \
   weights/semi-drdnet-fast.safetensors "$RUNS/fast-r6" 1500 "stage 5 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit b1aa64a, sha256 \
 55aedaec44484f8bf341361913502af6ecbb1235bfef19113b515abdf6e0f8ea" \
-  "$NOTE_S5; stage 6 a second such cycle (6340 of 7000 steps, 25 minutes); no contrastive \
-terms. steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
+  "$NOTE_S6; no contrastive terms. steps, wall_time_s and hardware are stage 6's. $NOTE_TAIL"
+# Stage 7 (2026-12-02, a 2-core AMD EPYC with AVX2 only, so fp32 at about 0.9 steps/s):
+# stage 6's bundle (fp16), the same draw, a third decaying cycle: 3000 steps from 1e-4
+# (seed 23), 54 minutes: rain100l 32.88 -> 33.02, heavy-small 24.66 -> 24.88, sirr-val
+# 24.80 -> 24.77 (fp32).
+STEPS=3000 PRESET=light,medium,heavy,mixed SEED=23 bash recipes/additive-stage.sh semi-drdnet-fast \
+  weights/semi-drdnet-fast.safetensors "$RUNS/fast-r7" 3600 "stage 6 of \
+recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit 4404315, sha256 \
+535ad4b3abcf5832c6935954b4afeb5286c7da254ed708618dea1e943ddd55f1" \
+  "$NOTE_S6; stage 7 a third (3000 steps, fp32 on a 2-core AVX2 CPU); no contrastive terms. \
+steps, wall_time_s and hardware are stage 7's. $NOTE_TAIL"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh
