@@ -212,7 +212,12 @@ class Derainer:
             backend = resolve_backend(dev, precision)
         if backend == "onnx" and precision == "auto":
             precision = "fp32"  # exported graphs are fp32
-        self.precision = precision if int8_graph else resolve_precision(precision, dev)
+        if int8_graph or (backend == "onnx" and dev.type == "cpu" and precision == "bf16"):
+            # an fp32 graph ignores bf16 (make_onnx_runner warns): no error on a CPU
+            # without bf16 instructions, as on one with them
+            self.precision = precision
+        else:
+            self.precision = resolve_precision(precision, dev)
         self.backend = backend
         if backend == "onnx":
             from .onnx_backend import make_onnx_runner

@@ -219,6 +219,19 @@ def test_onnx_backend_matches_torch(tiny_weights, tmp_path, monkeypatch):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_onnx_backend_ignores_bf16_on_a_cpu_without_bf16(tiny_weights, tmp_path, monkeypatch):
+    # The same answer on every CPU: an fp32 graph runs whatever was asked. Before, a CPU
+    # without bf16 instructions (AVX2 only) raised here, one with them warned and ran fp32.
+    from derain_cli import torch_runner
+
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch_runner, "cpu_supports_bf16", lambda: False)
+    d = Derainer(weights=tiny_weights, device="cpu", backend="onnx", precision="bf16")
+    assert (d.backend, d.precision) == ("onnx", "fp32")
+    with pytest.raises(ValueError, match="no bf16 instructions"):  # PyTorch would run bf16
+        Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="bf16")
+
+
 def test_tile_progress_callback(derainer):
     seen = []
     d = derainer
