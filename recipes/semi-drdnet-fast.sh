@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Recipe for the bundled semi-drdnet-fast weights, in six stages. Stage 1: semi-drdnet-lite
+# Recipe for the bundled semi-drdnet-fast weights, in seven stages. Stage 1: semi-drdnet-lite
 # distilled to 2 detail blocks (derain_cli/distill.py), so that a 12-megapixel photo fits
 # the 2-minute budget on a 2-core CPU; its rain network stayed semi-drdnet-lite's. The
 # shipped stage 1 started from semi-drdnet-lite as bundled then (its stage 2 in
 # recipes/semi-drdnet-lite.sh); rerun today, it starts from today's bundled lite.
 # Stage 2 trains the whole student (rain network too) to follow rdmc-lite; stage 3 trains it
-# on additive synthetic rain, stage 4 on the same with heavy rain drawn too, stages 5 and 6 the
+# on additive synthetic rain, stage 4 on the same with heavy rain drawn too, stages 5-7 the
 # same with the learning rate decaying. Stages 1 and 2 were each bundled (with an int8 graph) when
 # they ran; only the last stage's int8 graph is remade here.
 # Distillation sees synthetic rain over clean-bsds (the last 25 photos held out for the
