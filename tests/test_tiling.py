@@ -366,8 +366,8 @@ def test_tiled_matches_untiled_1024_lite(name):
 
 @pytest.mark.parametrize("name", sorted(_PAPER_SIZE))
 def test_tiled_matches_untiled_full_models(name):
-    """Paper-size models on a smaller scene to keep CI short (untrained, at full width they
-    cost 2 minutes at 512 px on a 2-core AVX2 CPU): 384 px in 128 px tiles still puts
+    """Paper-size models on a smaller scene to keep CI short (at 512 px the two took 151 s
+    on a 2-core AVX2 CPU, at 384 px 86 s): 384 px in 128 px tiles still puts
     seams on both axes around interior tiles, and tiles smaller against the network's
     reach than the issue's 1024/256. benchmarks/tiling_agreement.py measures every model
     at 1024/256."""
