@@ -1,0 +1,59 @@
+"""Average two weight files of one network (a "model soup"), to test whether it beats both.
+
+    python benchmarks/average_weights.py A.safetensors B.safetensors -o SOUP.safetensors
+        [--alpha 0.5]
+    derain eval --weights SOUP.safetensors --data ../shared/data/rain100l --precision fp32
+
+Every floating-point tensor (weights and batch-norm statistics alike) becomes
+``(1 - alpha) * A + alpha * B``, computed in fp32 and stored in A's dtype; integer tensors
+(batch-norm step counters) are taken from the nearer file. A's metadata (name, config,
+format) is kept, so ``derain --weights`` reads the result like A. An experiment tool, not a
+recipe step: docs/model-history.md says what it measured (2026-12-02: between the two,
+not above them, for two runs of semi-drdnet-fast with one starting point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+def average(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+            alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * a + alpha * b`` per tensor; the files must hold the same tensors."""
+    if a.keys() != b.keys():
+        raise ValueError(f"the files hold different tensors: {sorted(a.keys() ^ b.keys())[:5]}")
+    out = {}
+    for k, ta in a.items():
+        tb = b[k]
+        if ta.shape != tb.shape:
+            raise ValueError(f"{k}: shapes {tuple(ta.shape)} and {tuple(tb.shape)} differ")
+        if ta.is_floating_point():
+            out[k] = ((1 - alpha) * ta.float() + alpha * tb.float()).to(ta.dtype)
+        else:
+            out[k] = (tb if alpha >= 0.5 else ta).clone()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--alpha", type=float, default=0.5, help="B's share (0..1)")
+    args = ap.parse_args()
+    with safe_open(args.a, "pt") as f:
+        meta = f.metadata()
+    soup = average(load_file(args.a), load_file(args.b), args.alpha)
+    save_file(soup, args.output, metadata=meta)
+    print(f"wrote {args.output}: {len(soup)} tensors, {1 - args.alpha:g} x {args.a} + "
+          f"{args.alpha:g} x {args.b}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
