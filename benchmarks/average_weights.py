@@ -18,8 +18,9 @@ import argparse
 import sys
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from derain_cli.weights import read_state
 
 
 def average(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -46,9 +47,9 @@ def main() -> int:
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--alpha", type=float, default=0.5, help="B's share (0..1)")
     args = ap.parse_args()
-    with safe_open(args.a, "pt") as f:
-        meta = f.metadata()
-    soup = average(load_file(args.a), load_file(args.b), args.alpha)
+    state_a, meta = read_state(args.a)
+    state_b, _ = read_state(args.b)
+    soup = average(state_a, state_b, args.alpha)
     save_file(soup, args.output, metadata=meta)
     print(f"wrote {args.output}: {len(soup)} tensors, {1 - args.alpha:g} x {args.a} + "
           f"{args.alpha:g} x {args.b}")
