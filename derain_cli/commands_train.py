@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 #: ``--preset`` of ``derain train``, ``finetune`` and ``synth`` (see synth.check_preset)
-PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, mixed, or a comma list drawn "
-               "from per image (light,mixed).")
+PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, veiled, mixed, or a comma list "
+               "drawn from per image (light,mixed).")
 #: ``--clean-fraction`` of ``derain train`` and ``derain finetune`` (see data.LabeledDataset)
 CleanFractionOption = Annotated[float, typer.Option(
     min=0.0, max=0.9,

@@ -188,6 +188,24 @@ def test_preset_variation_is_small() -> None:
             assert p.layers == base.layers
 
 
+def test_veiled_rain_washes_out_the_whole_scene_with_sparse_streaks(clean: np.ndarray) -> None:
+    """``veiled``: a veil lifts nearly every pixel (the median one clearly), while its
+    streaks stay sparse like medium rain's, and the veil's strength varies widely between
+    draws, from faint to strong, so a network has to read it from the image."""
+    hazes = [sample_params("veiled", np.random.default_rng(i)).haze for i in range(200)]
+    assert min(hazes) < 0.08 and max(hazes) > 0.28
+    base = PRESETS["veiled"]
+    assert base.blend == "add" and base.density < PRESETS["heavy"].density
+    dark = np.full((H, W, 3), 0.25, np.float32)
+    rainy, layer = synthesize(dark, base, seed=3)
+    lift = layer @ LUMA
+    assert np.median(lift) > 0.08 and (lift > 0.03).mean() > 0.95  # a veil, everywhere
+    streaks = lift - np.median(lift)
+    assert 0.01 < (streaks > 0.05).mean() < 0.4  # streaks over it, sparse
+    _, medium = synthesize(dark, PRESETS["medium"], seed=3)
+    assert np.median(medium @ LUMA) < 0.5 * np.median(lift)  # medium rain has no such veil
+
+
 def test_a_comma_list_mixes_its_presets_per_draw() -> None:
     """``light,heavy`` draws each preset about half the time (told apart by their streak
     lengths, which do not overlap); a name twice is drawn twice as often; a bad entry is
