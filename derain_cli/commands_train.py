@@ -132,7 +132,8 @@ def train_cmd(
     log_every: Annotated[int, typer.Option(help="Log (log.jsonl) every N steps.")] = 10,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     time_budget: Annotated[float | None, typer.Option(
-        help="Stop cleanly (checkpoint + export) after this many seconds.")] = None,
+        help="Stop cleanly (checkpoint + export) after this many seconds; the learning rate "
+             "then decays with the elapsed time or the steps, whichever is further.")] = None,
     contrast_features: Annotated[str, typer.Option(
         help="Contrastive feature space: auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =

@@ -21,7 +21,8 @@ Exact resume: the data stream is a pure function of ``(seed, step)`` (see ``dera
 the learning rate a pure function of the step, and every RNG state is restored, so ``N`` steps
 in one go and ``k`` steps + resume + ``N - k`` give bitwise identical weights (CPU, same thread
 count, ``workers`` irrelevant). A time budget (``time_budget``) makes the schedule follow the
-elapsed fraction of the budget instead, which is not reproducible by nature.
+elapsed fraction of the budget where that is further on than the step count, which is not
+reproducible by nature.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs), every rank draws its own share of each
@@ -215,11 +216,19 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio``."""
+    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio``.
+
+    ``progress`` (the elapsed fraction of a time budget) moves the decay on when time runs
+    out before the steps do; the steps still count, so a run whose ``total`` steps end
+    before its budget is annealed too (before 2026-12-03 the budget alone set the decay,
+    and such a run stopped with its rate still halfway up).
+    """
     warm = min(cfg.warmup, max(1, total // 10))
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    t = progress if progress is not None else (step - warm) / max(1, total - warm)
+    t = (step - warm) / max(1, total - warm)
+    if progress is not None:
+        t = max(t, progress)
     t = min(max(t, 0.0), 1.0)
     lo = cfg.lr * cfg.min_lr_ratio
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))

@@ -11,9 +11,11 @@
 # --preset; light,medium,mixed), LR (1e-4), SEED (5), VAL_EVERY (250) and BATCHNORM (train's
 # --batchnorm; unset: its default, keep) may be set: the stages run before train had
 # --batchnorm refreshed the statistics (BATCHNORM=refresh). STEPS (100000) is train's
-# --steps, the length of its cosine learning-rate decay: with the default the time budget
-# ends the run while the rate is still near its peak; a STEPS the budget reaches lets the
-# decay finish (an annealed stage).
+# --steps: the cosine learning-rate decay follows the steps or the elapsed share of the
+# time budget, whichever is further on. With the default STEPS the budget sets the decay;
+# a STEPS the budget reaches ends the decay at the last step (an annealed stage). Before
+# 2026-12-03 the budget alone set it, so a stage whose steps ran out early (a faster CPU
+# than planned) stopped with its rate halfway down.
 # TRAIN_ARGS is appended to the train command (words split on spaces; a later option wins),
 # e.g. "--batch 3 --patch 256 --l1-weight 1" for rdmc-lite (README, "rdmc-lite on added
 # rain": measured, not shipped). rain100l (first 10 pairs) is only watched: the final

@@ -451,6 +451,17 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[-1] < 1e-5
 
 
+def test_lr_schedule_under_a_time_budget_ends_with_whichever_runs_out_first():
+    """With a budget the decay follows the elapsed time or the steps, whichever is further:
+    a run whose steps end before its budget still finishes annealed, and one that runs out
+    of time early still decays by the time it stops."""
+    cfg = T.TrainConfig(lr=1e-3, warmup=10, min_lr_ratio=0.02)
+    assert T.lr_at(cfg, 99, 100, progress=0.5) < 3e-5  # steps done, half the time used
+    assert T.lr_at(cfg, 20, 100, progress=1.0) == pytest.approx(2e-5)  # time is up
+    assert T.lr_at(cfg, 55, 100, progress=0.0) == pytest.approx(T.lr_at(cfg, 55, 100))
+    assert T.lr_at(cfg, 55, 100, progress=0.9) < T.lr_at(cfg, 55, 100)
+
+
 def test_finetune_on_own_photos(data, tmp_path):
     base = T.train(_cfg(data, tmp_path / "base", steps=3))
     res = T.finetune(T.FinetuneConfig(
