@@ -23,12 +23,6 @@ import numpy as np
 SETS = ("rain100l", "heavy-small", "sirr-val")
 
 
-def luma(u8: np.ndarray) -> np.ndarray:
-    """BT.601 Y in 8-bit levels (16-235), as ``metrics.psnr_y`` computes it."""
-    x = u8.astype(np.float64)
-    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-
 def split(err: np.ndarray, sigma: float) -> tuple[float, float, float]:
     """(MSE, MSE of the low-passed error, median offset) of one Y error image."""
     low = cv2.GaussianBlur(err, (0, 0), sigma)
@@ -50,6 +44,7 @@ def main() -> int:
         return 0
     from derain_cli import Derainer
     from derain_cli.data import load_rgb_u8
+    from derain_cli.metrics import rgb_to_y, to_uint8
     from derain_cli.pairs import find_pairs
 
     d = Derainer(model=args.model, weights=args.weights, device="cpu", precision="fp32")
@@ -60,10 +55,10 @@ def main() -> int:
         rows: dict[str, list[tuple[float, float, float]]] = {"input": [], "output": []}
         for p in find_pairs(data / name):
             rainy, clean = load_rgb_u8(p.rainy), load_rgb_u8(p.clean)
-            out = np.clip(np.rint(d.derain_array(rainy) * 255.0), 0, 255).astype(np.uint8)
-            yc = luma(clean)
-            rows["input"].append(split(luma(rainy) - yc, args.sigma))
-            rows["output"].append(split(luma(out) - yc, args.sigma))
+            out = to_uint8(d.derain_array(rainy))
+            yc = rgb_to_y(clean)
+            rows["input"].append(split(rgb_to_y(rainy) - yc, args.sigma))
+            rows["output"].append(split(rgb_to_y(out) - yc, args.sigma))
         for kind, r in rows.items():
             a = np.array(r)
             print(f"{name:<12} {kind:>6} {a[:, 0].mean():>8.1f} "

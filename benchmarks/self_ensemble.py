@@ -27,7 +27,7 @@ FLIPS = {"": (), "h": (1,), "v": (0,), "hv": (0, 1)}
 def score(outs: list[np.ndarray], cleans: list[np.ndarray]) -> tuple[float, float]:
     from derain_cli import metrics
 
-    u8 = [np.clip(np.rint(o * 255.0), 0, 255).astype(np.uint8) for o in outs]
+    u8 = [metrics.to_uint8(o) for o in outs]
     return (float(np.mean([metrics.psnr_y(o, c) for o, c in zip(u8, cleans, strict=True)])),
             float(np.mean([metrics.ssim_y(o, c) for o, c in zip(u8, cleans, strict=True)])))
 
