@@ -7,9 +7,11 @@
 Every floating-point tensor (weights and batch-norm statistics alike) becomes
 ``(1 - alpha) * A + alpha * B``, computed in fp32 and stored in A's dtype; integer tensors
 (batch-norm step counters) are taken from the nearer file. A's metadata (name, config,
-format) is kept, so ``derain --weights`` reads the result like A. An experiment tool, not a
-recipe step: docs/model-history.md says what it measured (2026-12-02: between the two,
-not above them, for two runs of semi-drdnet-fast with one starting point).
+format) is kept, so ``derain --weights`` reads the result like A. docs/model-history.md
+says what it measured: between the two, not above them, for two runs of semi-drdnet-fast
+on one draw (2026-12-02); above both on sirr-val for stage 7 and a cycle with veiled rain
+on larger crops (2026-12-03), which is how semi-drdnet-fast's stage 8 was made
+(recipes/semi-drdnet-fast.sh calls this script).
 """
 
 from __future__ import annotations

@@ -172,8 +172,9 @@ PRESETS: dict[str, RainParams] = {
     # network trained on them leaves such a veil in place (sirr-val's veiled pairs). The
     # veil's strength varies widely between draws (``_HAZE_SPREAD``), so the network has to
     # read it from the image. Measured: semi-drdnet-fast on 64 px crops with it in the draw
-    # learned to lift veils but not how strong, and lost on all three evaluation sets, so
-    # no recipe draws it (docs/model-history.md, "Veiled rain").
+    # learned to lift veils but not how strong, and lost on all three evaluation sets; on
+    # 128 px crops, one draw in nine, it gained on sirr-val (its stage 8;
+    # docs/model-history.md, "Veiled rain").
     "veiled": RainParams(
         density=2200.0,
         length=(14.0, 45.0),
