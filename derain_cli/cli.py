@@ -647,7 +647,7 @@ def _run(
     debug: bool,
 ) -> None:
     from . import batch
-    from .images import format_for_path
+    from .images import format_for_path, warnings_to_log
 
     # ---- option combinations (exit 2 before any work)
     to_file: bool | None = None
@@ -693,6 +693,9 @@ def _run(
             main_rank = dist.is_main
             chatty = main_rank and not (quiet or json_out)
             logging_handler = _attach_logging(err, debug, quiet or not main_rank)
+            decoder_warnings = contextlib.ExitStack()
+            if not debug:  # Pillow/OpenCV notes as one "FILE: message" line, not their noise
+                decoder_warnings.enter_context(warnings_to_log())
             try:
                 exclude = [output] if output is not None and not to_file else []
                 items = batch.collect_inputs(inputs, recursive, exclude=exclude)
@@ -719,6 +722,7 @@ def _run(
                         typer.echo(stop.summary.to_json())
                     raise
             finally:
+                decoder_warnings.close()
                 _detach_logging(logging_handler)
             if main_rank:
                 for r in summary.files:  # other ranks stay quiet: their failures show here

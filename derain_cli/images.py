@@ -32,8 +32,9 @@ import re
 import struct
 import tempfile
 import threading
+import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -60,6 +61,7 @@ __all__ = [
     "format_for_path",
     "is_image_path",
     "read_image",
+    "warnings_to_log",
     "write_image",
 ]
 
@@ -159,6 +161,9 @@ class LoadedImage:
     text: dict[str, str] | None = None
     #: The source was a lossless WebP: a WebP output is written lossless too.
     lossless: bool = False
+    #: A PNG's gAMA / cHRM / sRGB chunks as (type, data): how its numbers map to colours when
+    #: it has no ICC profile; written back into a PNG output that has none either.
+    png_colour: tuple[tuple[bytes, bytes], ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -256,6 +261,37 @@ class _PilLimit:
 
 
 _PIL_LIMIT = _PilLimit()
+
+# The file each thread is reading, so a decoder's warning can name it (see warnings_to_log).
+_READING = threading.local()
+
+
+@contextlib.contextmanager
+def warnings_to_log(logger: logging.Logger = log) -> Iterator[None]:
+    """Show decoders' warnings (Pillow's "Corrupt EXIF data", OpenCV's libtiff notes) as one
+    ``FILE: message`` log line each instead of Python's two-line ``path:line: UserWarning``.
+
+    For command-line tools: it replaces the process-wide ``warnings.showwarning`` and lowers
+    OpenCV's own console logging to errors while active (both restored on exit). Deprecation
+    notices go to the debug level. Safe with reader threads: the file name is per thread.
+    """
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        level = logging.DEBUG if issubclass(category, DeprecationWarning | FutureWarning) \
+            else logging.WARNING
+        where = getattr(_READING, "path", None)
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        logger.log(level, "%s: %s", where, text) if where else logger.log(level, "%s", text)
+
+    saved_show = warnings.showwarning
+    saved_cv2 = cv2.utils.logging.getLogLevel()
+    warnings.showwarning = show
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved_show
+        cv2.utils.logging.setLogLevel(saved_cv2)
 
 
 def _reset_exif_orientation(exif: bytes) -> bytes | None:
@@ -356,6 +392,14 @@ def read_image(
     of animated/multi-page files is read.
     """
     p = Path(path)
+    _READING.path = p
+    try:
+        return _read_checked(p, max_pixels)
+    finally:
+        _READING.path = None
+
+
+def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -391,6 +435,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         mode = im.mode
         _check_pixels(im.width, im.height, max_pixels)
         rawmode = _tile_rawmode(im)
+        if fmt == "TIFF":
+            _check_tiff_samples(im)
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > 1 and fmt != "JPEG":  # MPO's second frame is a preview, not a page
             log.warning("%s has %d pages/frames; only the first is derained", p, frames)
@@ -405,6 +451,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
         xmp = _read_xmp(im, fmt)
         text = _png_text(im) if fmt == "PNG" else None
+        png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
         icc = im.info.get("icc_profile") or None
         dpi = None
@@ -422,7 +469,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             pixels16 = _decode_16bit_cv2(p, fmt, np.asarray(im), orientation)
             if pixels16 is not None:
                 loaded = _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
-                loaded.xmp, loaded.text = xmp, text
+                loaded.xmp, loaded.text, loaded.png_colour = xmp, text, png_colour
                 return loaded
             if gray:  # OpenCV failed: keep PIL's 8-bit decode (still the right picture)
                 im = im.convert("LA")
@@ -431,6 +478,9 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
 
     arr = np.asarray(im)
     alpha: np.ndarray | None = None
+    key = im.info.get("transparency")
+    if im.mode.startswith("I;16") and isinstance(key, int):  # tRNS colour key, 16-bit gray
+        alpha = np.where(arr == key, 0, 65535).astype(np.uint16)
     if im.mode in ("RGBA", "LA"):
         alpha = np.ascontiguousarray(arr[..., -1])
         arr = arr[..., :-1]
@@ -444,7 +494,31 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         bit_depth = 16
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
-                       xmp, text, lossless)
+                       xmp, text, lossless, png_colour)
+
+
+def _check_tiff_samples(im: Image.Image) -> None:
+    """Refuse TIFF sample layouts that Pillow would decode into a wrong picture without error.
+
+    Pillow reads signed integers as unsigned (or clips them), wraps 32-bit unsigned samples, and
+    reads 16-bit colour stored plane by plane (PlanarConfiguration 2) as 8-bit noise; OpenCV
+    misreads the latter too. Better one clear line than a plausible-looking broken result.
+    """
+    tags = getattr(im, "tag_v2", {})
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    sample_format = tags.get(339, (1,))
+    sample_format = sample_format if isinstance(sample_format, tuple) else (sample_format,)
+    if 2 in sample_format:
+        raise ImageError("TIFF with signed-integer samples is not supported (save it as "
+                         "unsigned 8 or 16 bit)")
+    if 3 in sample_format and im.mode != "F":
+        raise ImageError("TIFF with floating-point samples is not supported")
+    if im.mode != "F" and max(bits, default=8) > 16:
+        raise ImageError(f"TIFF with {max(bits)}-bit samples is not supported (8 or 16 bit are)")
+    if tags.get(284) == 2 and max(bits, default=8) == 16 and len(bits) > 1:
+        raise ImageError("16-bit TIFF with separate colour planes is not supported (save it "
+                         "with contiguous/interleaved planes)")
 
 
 def _latin1(s: str) -> bool:
@@ -461,6 +535,20 @@ def _png_text(im: Image.Image) -> dict[str, str] | None:
     chunks = getattr(im, "text", None) or {}
     text = {str(k): str(v) for k, v in chunks.items() if k != _XMP_PNG_KEY}
     return text or None
+
+
+def _png_colour(im: Image.Image) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The gAMA, cHRM and sRGB chunks, rebuilt from the values Pillow parsed into ``info``."""
+    info, chunks = im.info, []
+    with contextlib.suppress(TypeError, ValueError, struct.error):
+        if "srgb" in info:
+            chunks.append((b"sRGB", bytes([int(info["srgb"])])))
+        if "gamma" in info:
+            chunks.append((b"gAMA", struct.pack(">I", round(float(info["gamma"]) * 100000))))
+        if "chromaticity" in info and len(info["chromaticity"]) == 8:
+            chunks.append((b"cHRM", struct.pack(
+                ">8I", *(round(float(v) * 100000) for v in info["chromaticity"]))))
+    return tuple(chunks) or None
 
 
 def _webp_is_lossless(p: Path) -> bool:
@@ -605,6 +693,8 @@ def _decode_16bit_cv2(
     ref = ref if ref.ndim == 3 else ref[..., None]
     if ref.shape[2] == 2 and arr.shape[2] == 4:  # gray+alpha, expanded to BGRA by OpenCV
         arr = arr[..., [0, 3]]
+    # RGB with a tRNS colour key: PIL decodes 3 channels, OpenCV adds the key's alpha (kept).
+    keyed = ref.shape[2] == 3 and arr.shape[2] == 4
     candidates = [arr]
     if orientation != 1:
         upright = _orient_array(arr, orientation)
@@ -615,7 +705,8 @@ def _decode_16bit_cv2(
         else:
             candidates.insert(0, upright)
     for cand in candidates:
-        if cand.shape == ref.shape and np.array_equal(cand >> 8, ref):
+        colour = cand[..., :3] if keyed else cand
+        if colour.shape == ref.shape and np.array_equal(colour >> 8, ref):
             return np.ascontiguousarray(cand)
     return None
 
@@ -710,12 +801,13 @@ class PreparedImage:
     xmp: bytes | None = None
     text: dict[str, str] | None = None
     lossless: bool = False
+    png_colour: tuple[tuple[bytes, bytes], ...] | None = None
 
     def write(self) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`)."""
         fmt, pixels, alpha = self.fmt, self.pixels, self.alpha
         exif, icc, dpi, quality, xmp = self.exif, self.icc, self.dpi, self.quality, self.xmp
-        text = self.text
+        text, png_colour = self.text, self.png_colour or ()
         grayscale = pixels.ndim == 2
         bits = 16 if pixels.dtype == np.uint16 else 8
         if bits == 16 or fmt == "TIFF":
@@ -729,7 +821,8 @@ class PreparedImage:
 
             def save(fp: BinaryIO) -> None:
                 if encode is _encode_png16:
-                    encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp, text=text)
+                    encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp, text=text,
+                           chunks=png_colour)
                 else:
                     encode(fp, samples, exif=exif, icc=icc, dpi=dpi, xmp=xmp)
         else:
@@ -745,8 +838,10 @@ class PreparedImage:
                 params["dpi"] = dpi
             if xmp and fmt in ("JPEG", "WEBP"):
                 params["xmp"] = xmp
-            if fmt == "PNG" and (xmp or text):
+            if fmt == "PNG" and (xmp or text or png_colour):
                 info = PngImagePlugin.PngInfo()
+                for kind, data in png_colour:
+                    info.add(kind, data)
                 for key, value in (text or {}).items():
                     if _latin1(key + value):
                         info.add_text(key, value)
@@ -816,9 +911,11 @@ def prepare_image(
 
     text = like.text if like is not None and fmt == "PNG" else None
     lossless = bool(like is not None and like.lossless and fmt == "WEBP")
+    # with an ICC profile written the chunks are redundant (and sRGB beside iCCP is invalid)
+    png_colour = like.png_colour if like is not None and fmt == "PNG" and not icc else None
 
     return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
-                         lossless)
+                         lossless, png_colour)
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
@@ -929,8 +1026,10 @@ def _encode_png16(
     dpi: tuple[float, float] | None,
     xmp: bytes | None = None,
     text: dict[str, str] | None = None,
+    chunks: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf/tEXt/iTXt chunks.
+    """16-bit PNG (gray, gray+alpha, RGB, RGBA) with iCCP/pHYs/eXIf/tEXt/iTXt chunks (and
+    ``chunks``, e.g. gAMA, as given).
 
     OpenCV encodes gray/RGB/RGBA (fast libpng filtering) but writes no metadata, so our chunks
     are spliced in after IHDR. Gray+alpha, which OpenCV cannot write, is encoded here.
@@ -939,6 +1038,8 @@ def _encode_png16(
         samples = samples[..., None]
     channels = samples.shape[2]
     extra = b""
+    for kind, data in chunks:
+        extra += _png_chunk(kind, data)
     if icc:
         extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
     if dpi:

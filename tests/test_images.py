@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -461,6 +462,47 @@ def test_png_text_chunks_are_kept(tmp_path: Path, depth: int) -> None:
     assert read_image(tmp_path / "out.png").text == loaded.text
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_gamma_and_chromaticity_are_kept(tmp_path: Path, depth: int) -> None:
+    # A PNG without ICC profile says how its numbers map to colour with gAMA/cHRM (or sRGB);
+    # a viewer that honours them would show the result differently if they were dropped.
+    chunks = ((b"gAMA", struct.pack(">I", 55556)),
+              (b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000,
+                                    15000, 6000)))
+    dtype = np.uint16 if depth == 16 else np.uint8
+    arr = (_rng().integers(0, 256, (H, W, 3)) * (257 if depth == 16 else 1)).astype(dtype)
+    with open(tmp_path / "in.png", "wb") as f:
+        images._encode_png16(f, arr, exif=None, icc=None, dpi=None, chunks=chunks)
+    if depth == 8:  # the project's encoder writes 16 bits as given: re-save 8-bit with PIL
+        info = PngImagePlugin.PngInfo()
+        for kind, data in chunks:
+            info.add(kind, data)
+        Image.fromarray(arr).save(tmp_path / "in.png", pnginfo=info)
+    loaded = read_image(tmp_path / "in.png")
+    assert loaded.bit_depth == depth
+    for out in ("out.png", "out.jpg"):
+        write_image(tmp_path / out, loaded.rgb, like=loaded)
+    back = Image.open(tmp_path / "out.png")
+    assert back.info["gamma"] == pytest.approx(0.55556)
+    assert back.info["chromaticity"] == pytest.approx((0.3127, 0.329, 0.64, 0.33, 0.3, 0.6,
+                                                       0.15, 0.06))
+    # sRGB travels too; with an ICC profile written the chunks are left out (sRGB beside iCCP
+    # is invalid)
+    Image.fromarray(_rgb8()).save(tmp_path / "s.png", pnginfo=_srgb_chunk())
+    srgb = read_image(tmp_path / "s.png")
+    write_image(tmp_path / "s_out.png", srgb.rgb, like=srgb)
+    assert Image.open(tmp_path / "s_out.png").info.get("srgb") == 0
+    srgb.icc_profile = _srgb_icc()
+    write_image(tmp_path / "s_icc.png", srgb.rgb, like=srgb)
+    assert "srgb" not in Image.open(tmp_path / "s_icc.png").info
+
+
+def _srgb_chunk() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sRGB", b"\x00")
+    return info
+
+
 def test_a_lossless_webp_stays_lossless(tmp_path: Path) -> None:
     arr = _rng().integers(0, 256, (H, W, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "l.webp", lossless=True)
@@ -691,3 +733,135 @@ def test_quantise_in_bands_matches_whole_image(bits: int, grayscale: bool) -> No
     got = images._quantise(rgb, bits, grayscale)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts that decoders would turn into a wrong picture without error (found by an audit)
+
+
+def _png(ihdr: bytes, rows: bytes, trns: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tRNS", trns)
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16bit_gray_png_with_a_colour_key_keeps_its_transparency(tmp_path: Path) -> None:
+    gray = _rng().integers(1, 65536, (H, W), dtype=np.uint16)
+    gray[:5, :7] = 0  # the transparent key
+    rows = b"".join(b"\0" + r.astype(">u2").tobytes() for r in gray)
+    (tmp_path / "in.png").write_bytes(
+        _png(struct.pack(">IIBBBBB", W, H, 16, 0, 0, 0, 0), rows, struct.pack(">H", 0)))
+    loaded = read_image(tmp_path / "in.png")
+    assert (loaded.bit_depth, loaded.grayscale) == (16, True)
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(loaded.alpha, np.where(gray == 0, 0, 65535))
+
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    back = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back[..., 3], loaded.alpha)
+    np.testing.assert_array_equal(back[..., 0], gray)
+
+
+def test_16bit_rgb_png_with_a_colour_key_stays_16bit_with_its_alpha(tmp_path: Path) -> None:
+    rgb = _u16(_smooth_rgb8() / 255.0)
+    rgb[:5, :7] = 0
+    rows = b"".join(b"\0" + r.astype(">u2").tobytes() for r in rgb)
+    (tmp_path / "in.png").write_bytes(
+        _png(struct.pack(">IIBBBBB", W, H, 16, 2, 0, 0, 0), rows, struct.pack(">HHH", 0, 0, 0)))
+    loaded = read_image(tmp_path / "in.png")
+    assert (loaded.bit_depth, loaded.grayscale) == (16, False)
+    np.testing.assert_array_equal(loaded.pixels, rgb)
+    assert loaded.alpha is not None
+    np.testing.assert_array_equal(loaded.alpha, np.where((rgb == 0).all(-1), 0, 65535))
+
+
+def _tiff(path: Path, planes: list[np.ndarray], *, planar: bool, sample_format: int = 1) -> None:
+    """A minimal uncompressed little-endian TIFF (Pillow cannot write these layouts)."""
+    h, w = planes[0].shape
+    bits = planes[0].dtype.itemsize * 8
+    n = len(planes)
+    data = (b"".join(p.astype(planes[0].dtype.newbyteorder("<")).tobytes() for p in planes)
+            if planar else np.stack(planes, -1).astype(planes[0].dtype.newbyteorder("<")).tobytes())
+    strips = [data[i * len(data) // n:(i + 1) * len(data) // n] for i in range(n)] if planar \
+        else [data]
+    header = 8
+    extra_at = header + len(data)  # arrays of tag values after the pixels
+    extras = b""
+    entries = []
+
+    def tag(code: int, typ: int, values: list[int]) -> None:
+        nonlocal extras
+        size = {3: 2, 4: 4}[typ]
+        fmt = {3: "<H", 4: "<I"}[typ]
+        packed = b"".join(struct.pack(fmt, v) for v in values)
+        if len(packed) <= 4:
+            entries.append(struct.pack("<HHI", code, typ, len(values)) + packed.ljust(4, b"\0"))
+        else:
+            entries.append(struct.pack("<HHII", code, typ, len(values), extra_at + len(extras)))
+            extras += packed
+        assert size
+
+    offsets, at = [], header
+    for s in strips:
+        offsets.append(at)
+        at += len(s)
+    tag(256, 4, [w])
+    tag(257, 4, [h])
+    tag(258, 3, [bits] * n)
+    tag(259, 3, [1])
+    tag(262, 3, [2 if n == 3 else 1])
+    tag(273, 4, offsets)
+    tag(277, 3, [n])
+    tag(278, 4, [h])
+    tag(279, 4, [len(s) for s in strips])
+    tag(284, 3, [2 if planar else 1])
+    tag(339, 3, [sample_format] * n)
+    ifd_at = extra_at + len(extras)
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + data + extras + ifd)
+
+
+def test_tiff_layouts_pillow_would_misread_are_refused_clearly(tmp_path: Path) -> None:
+    ramp = np.tile(np.arange(W, dtype=np.uint16) * 1000, (H, 1))
+    cases = {
+        "planar16.tif": ([ramp, ramp // 2, ramp // 3], True, 1, "separate colour planes"),
+        "signed16.tif": ([(ramp.astype(np.int32) - 17000).astype(np.int16)], False, 2,
+                         "signed-integer"),
+        "u32.tif": ([ramp.astype(np.uint32) * 65537], False, 1, "32-bit samples"),
+    }
+    for name, (planes, planar, sf, reason) in cases.items():
+        _tiff(tmp_path / name, planes, planar=planar, sample_format=sf)
+        with pytest.raises(ImageError, match=reason):
+            read_image(tmp_path / name)
+
+    # the same writer's ordinary layouts still read correctly, so the refusals are about layout
+    _tiff(tmp_path / "contig16.tif", [ramp, ramp // 2, ramp // 3], planar=False)
+    np.testing.assert_array_equal(read_image(tmp_path / "contig16.tif").pixels[..., 1], ramp // 2)
+    planes8 = [(ramp // 257).astype(np.uint8), (ramp // 514).astype(np.uint8),
+               np.full_like(ramp, 7, dtype=np.uint8)]
+    _tiff(tmp_path / "planar8.tif", planes8, planar=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "planar8.tif").pixels,
+                                  np.stack(planes8, -1))
+
+
+def test_decoder_warnings_become_one_log_line_naming_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # EXIF whose orientation entry points past its end: Pillow warns "Corrupt EXIF data"
+    ifd = struct.pack("<H", 5) + struct.pack("<HHII", 0x112, 3, 1, 6)
+    exif = b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd
+    Image.fromarray(_rgb8()).save(tmp_path / "bad.jpg", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        with caplog.at_level("WARNING", logger="derain_cli"), images.warnings_to_log():
+            read_image(tmp_path / "bad.jpg")
+            warnings.warn("outside any read", UserWarning, stacklevel=1)
+        assert warnings.showwarning is before  # restored on exit
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{tmp_path / 'bad.jpg'}: Corrupt EXIF") for m in lines), lines
+    assert "outside any read" in lines
