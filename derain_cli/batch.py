@@ -203,6 +203,24 @@ def _scan_folder(
     return found, skipped_dirs
 
 
+def _in_output_folder(match: Path, base: Path, excluded: set[Path]) -> bool:
+    """Whether a pattern's match lies in (or is) a folder that holds results: the ``-o``
+    folder or one marked by an earlier run. Only the folders the wildcards reached count:
+    ``derain 'out/*.png'`` names ``out`` on purpose."""
+    try:
+        below = match.relative_to(base).parts
+    except ValueError:
+        return False
+    folder = base
+    for i, part in enumerate(below):
+        folder = folder / part
+        if i == len(below) - 1 and not match.is_dir():
+            break
+        if _resolved(folder) in excluded or is_output_folder(folder, note=True):
+            return True
+    return False
+
+
 def _special(p: Path) -> bool:
     """A FIFO, socket or device named like a photo: opening it would block or never end.
     (A broken link is not special: it is kept, to be reported as unreadable.)"""
@@ -248,12 +266,22 @@ def collect_inputs(
             seen.add(key)
             items.append(InputItem(path, rel))
 
-    def add_folder(folder: Path, prefix: Path = Path()) -> None:
+    def add_folder(folder: Path, prefix: Path = Path(), matched: str | None = None) -> None:
+        """``matched``: the pattern that found this folder (then no images in it is no error,
+        and under ``**`` its subfolders are matched themselves: no "add -r" warning)."""
         try:
             files, skipped_dirs = _scan_folder(folder, recursive, excluded)
         except ImageError as e:
             items.append(InputItem(folder, Path(folder.name), str(e)))
             return
+        if matched is not None:
+            if "**" in matched:
+                skipped_dirs = 0
+            if not files:
+                if skipped_dirs:
+                    log.warning("%s: %d subfolder(s) not entered; add -r to include them",
+                                folder, skipped_dirs)
+                return
         if not files:
             hint = f"; it has {skipped_dirs} subfolder(s): add -r to include them" if (
                 skipped_dirs) else ""
@@ -291,12 +319,14 @@ def collect_inputs(
             before = len(items)
             for m in matches:
                 mp = Path(m)
+                if _in_output_folder(mp, base, excluded):
+                    continue  # an earlier run's results, matched by a wildcard
                 if mp.is_dir():
                     try:
                         prefix = mp.relative_to(base)
                     except ValueError:
                         prefix = folder_name(mp)
-                    add_folder(mp, prefix)
+                    add_folder(mp, prefix, matched=given)
                 elif is_image_path(mp) and not is_output_name(mp) and not _special(mp):
                     try:
                         rel = mp.relative_to(base)
@@ -411,6 +441,7 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
                 f"-o {options.output} is a file, but there are {len(real)} inputs; "
                 "give a folder to write several results"
             )
+    items = _without_earlier_results(items, options, to_file)
     inputs = {_resolved(i.path) for i in items if i.error is None}
     claimed: dict[Path, InputItem] = {}
     jobs: list[Job] = []
@@ -430,6 +461,37 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
             claimed[key] = item
             jobs.append(Job(item, out))
     return jobs
+
+
+def _without_earlier_results(
+    items: Sequence[InputItem], options: BatchOptions, to_file: bool
+) -> list[InputItem]:
+    """Leave out inputs that are another input's result from an earlier run.
+
+    ``derain *.jpg`` run twice gets ``a.jpg a_derained.jpg`` from the shell the second time:
+    ``a_derained.jpg`` is a's result, to be skipped as done (or redone with --overwrite), not a
+    new photo to derain into ``a_derained_derained.jpg``. Only files that look like results
+    (``*_derained.*``, or in a folder derain marked as its output) are left out: a user's
+    photo that another input would write over stays an input, and its clash is reported.
+    """
+    made_by_another: set[Path] = set()
+    for i in items:
+        if i.error is None:
+            out, src = _resolved(_output_for(i, options, to_file)), _resolved(i.path)
+            if out != src:
+                made_by_another.add(out)
+
+    def earlier_result(item: InputItem) -> bool:
+        key = _resolved(item.path)
+        if item.error is not None or key not in made_by_another:
+            return False
+        return is_output_name(item.path) or is_output_folder(key.parent)
+
+    kept = [i for i in items if not earlier_result(i)]
+    if len(kept) < len(items):
+        log.info("left out %d input(s) that are results of other inputs (earlier runs)",
+                 len(items) - len(kept))
+    return kept
 
 
 def _needs_model(j: Job, options: BatchOptions) -> bool:
@@ -459,11 +521,15 @@ def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
 def _header_megapixels(path: Path) -> float | None:
     """An image's size from its header (no decoding); None when unreadable (the batch
     reports unreadable files itself, when it reads them)."""
+    import warnings
+
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return im.width * im.height / 1e6
+    try:  # quietly: the read itself reports a file's problems (e.g. corrupt EXIF) once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.width * im.height / 1e6
     except Exception:  # noqa: BLE001
         return None
 

@@ -211,6 +211,67 @@ def test_plan_refuses_overwriting_inputs_and_collisions(tmp_path: Path) -> None:
         BatchOptions(format="gif")
 
 
+def test_a_rerun_given_by_the_shell_resumes_instead_of_deraining_results(
+    tmp_path: Path, derainer
+) -> None:
+    """`derain *.png` twice: the shell now also passes a_derained.png (found by an audit:
+    it became a_derained_derained.png and a.png failed as "another input")."""
+    a = _img(tmp_path / "a.png")
+    run_batch(collect_inputs([str(a)]), derainer, BatchOptions())
+    again = collect_inputs([str(a), str(tmp_path / "a_derained.png")])
+    (job,) = plan_jobs(again, BatchOptions())
+    assert job.item.path == a and job.error is None
+    s = run_batch(again, derainer, BatchOptions())
+    assert (s.processed, s.skipped, len(s.failed)) == (0, 1, 0)
+    assert not (tmp_path / "a_derained_derained.png").exists()
+
+    # the same with -o DIR and bash's ** (the earlier result comes from the marked folder)
+    out = tmp_path / "out"
+    run_batch(collect_inputs([str(a)]), derainer, BatchOptions(output=out))
+    jobs = plan_jobs(collect_inputs([str(a), str(out / "a.png")]), BatchOptions(output=out))
+    assert [(j.item.path, j.error) for j in jobs] == [(a, None)]
+
+    # but a user's own photo that another input would write over is kept, and refused
+    theirs = _img(tmp_path / "mine" / "a.png", seed=1)
+    jobs = plan_jobs(collect_inputs([str(a), str(theirs)]),
+                     BatchOptions(output=tmp_path / "mine"))
+    assert "another input" in jobs[0].error and "overwrite the input" in jobs[1].error
+
+
+def test_a_pattern_skips_earlier_output_folders_and_empty_matched_folders(
+    tmp_path: Path, derainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    shots = tmp_path / "shots"
+    _img(shots / "day1" / "a.png")
+    _img(shots / "q.png")
+    _img(shots / "s1" / "deep" / "p.png")  # s1 itself holds no photo
+    pattern, out = str(tmp_path / "**" / "*.png"), tmp_path / "derained"
+    first = collect_inputs([pattern], exclude=[out])
+    s = run_batch(first, derainer, BatchOptions(output=out))
+    assert s.processed == 3
+    # the rerun (with or without -o naming the folder) does not take derained/ as input
+    for exclude in ([out], []):
+        again = collect_inputs([pattern], exclude=exclude)
+        assert sorted(_rels(again)) == sorted(_rels(first))
+    s = run_batch(collect_inputs([pattern], exclude=[out]), derainer, BatchOptions(output=out))
+    assert (s.processed, s.skipped, len(s.failed)) == (0, 3, 0)
+    assert not (out / "derained").exists()
+    # named on purpose, the output folder is an input again
+    assert len(_rels(collect_inputs([str(out / "*" / "*" / "*.png")]))) == 1
+
+    # a folder matched by a pattern with no photo directly in it is no failure; under **
+    # its subfolders are matched themselves, so no "add -r" either
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(shots / "**")])
+    assert [i.error for i in items if i.error] == []
+    assert sorted(_rels(items)) == ["day1/a.png", "q.png", "s1/deep/p.png"]
+    assert "not entered" not in caplog.text
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(shots / "*")])
+    assert [i.error for i in items if i.error] == []
+    assert "s1: 1 subfolder(s) not entered" in caplog.text
+
+
 # --------------------------------------------------------------------------- running
 class Recorder(BatchProgress):
     def __init__(self) -> None:
