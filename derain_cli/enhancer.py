@@ -153,8 +153,10 @@ class Derainer:
         # (rdmc-lite, 12 MP photo: 126.5 s in 512 px tiles, 85.8 s in 1024 px).
         self.tile = tile if tile is not None else max(auto(), 2 * min_tile)
         if 0 < self.tile < min_tile:
-            log.info("tile %d px is below %s's minimum of %d px; using %d px",
-                     self.tile, self.model_name, min_tile, min_tile)
+            # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
+            log.warning("--tile %d is below %s's minimum of %d px (smaller tiles would not "
+                        "agree with the whole image); using %d px tiles",
+                        self.tile, self.model_name, min_tile, min_tile)
             self.tile = min_tile
         elif 0 < self.tile < MIN_TILE:
             log.warning("%d px tiles leave the network little context: expect a worse "

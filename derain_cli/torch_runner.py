@@ -72,7 +72,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if cpu_supports_bf16() else "fp32"
     if device.type == "cpu":
         if precision == "fp16":
-            raise ValueError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+            usable = "bf16 or fp32" if cpu_supports_bf16() else "fp32"
+            raise ValueError(f"fp16 is not supported on the CPU; use --precision {usable}")
         if precision == "bf16" and not cpu_supports_bf16():
             raise ValueError("this CPU has no bf16 instructions; use --precision fp32")
     return precision

@@ -121,8 +121,10 @@ def test_device_and_precision_rules():
             resolve_device("cuda")
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_supports_bf16() else "fp32")
-    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU") as refused:
         resolve_precision("fp16", cpu)
+    # only suggests what this CPU can run
+    assert ("bf16" in str(refused.value)) == cpu_supports_bf16()
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("int4", cpu)
 
@@ -290,7 +292,7 @@ def test_tile_overlap_follows_the_network_reach(tiny_weights):
     assert Derainer(weights=tiny_weights, device="cpu", tile_overlap=5).tile_overlap == 5
 
 
-def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path):
+def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path, caplog):
     from derain_cli.models import RDMC, RDMCConfig
     from derain_cli.weights import save_weights
 
@@ -298,5 +300,9 @@ def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path):
     path = tmp_path / "r.safetensors"
     save_weights(net, path, name="r", arch="rdmc", config=net.cfg)
     for asked, used in ((256, RDMC.min_tile), (0, 0), (1024, 1024), (None, 2 * RDMC.min_tile)):
-        d = Derainer(weights=path, device="cpu", tile=asked, backend="torch")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="derain_cli"):
+            d = Derainer(weights=path, device="cpu", tile=asked, backend="torch")
         assert d.tile == used
+        # a user who lowered --tile to save memory is told they got bigger tiles
+        assert ("--tile 256 is below" in caplog.text) == (asked == 256), caplog.text
