@@ -712,6 +712,8 @@ def _run(
                     )
                     if chatty:
                         _print_setup(err, derainer, dist)
+                else:  # all done already: still refuse what a fresh run would refuse
+                    _check_device_and_precision(device, precision)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank)
                 try:
@@ -764,6 +766,22 @@ def _make_derainer(**kw: Any) -> Any:
         if not isinstance(e, (ValueError, UnknownModelError)):
             raise
         _error(_stderr(), _one_line(e))  # bad --device/--precision/--model values
+        raise _Exit(2) from None
+
+
+def _check_device_and_precision(device: str, precision: str) -> None:
+    """Validate explicit --device / --precision without loading a model (exit 2 if bad), so
+    a rerun that skips every file answers like the first run did. Defaults cost nothing."""
+    if device == "auto" and precision in ("auto", "fp32", "int8"):
+        return
+    from .torch_runner import resolve_device, resolve_precision
+
+    try:
+        dev = resolve_device(device)
+        if precision not in ("auto", "int8"):
+            resolve_precision(precision, dev)
+    except ValueError as e:
+        _error(_stderr(), _one_line(e))
         raise _Exit(2) from None
 
 

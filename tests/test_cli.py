@@ -105,6 +105,19 @@ def test_single_file_default_name(tmp_path: Path, tiny_weights: Path) -> None:
     assert "processed" in r.stderr and r.stdout == ""  # feedback goes to stderr
 
 
+def test_a_rerun_with_nothing_left_still_refuses_bad_settings(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Found by an audit: with every result present the model was never built, so
+    --device cuda:7 or --precision fp16 on a CPU exited 0 where a first run exits 2."""
+    photo = _img(tmp_path / "a.png", 20, 14)
+    assert derain(photo, "--weights", tiny_weights).exit_code == 0
+    for bad in (["--device", "cuda:99"], ["--precision", "fp16", "--device", "cpu"]):
+        r = derain(photo, "--weights", tiny_weights, *bad)
+        assert r.exit_code == 2 and "error:" in r.output, (bad, r.output)
+    assert derain(photo, "--weights", tiny_weights, "--device", "cpu").exit_code == 0
+
+
 def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
     src = tmp_path / "in"
     _img(src / "a.jpg")
