@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import fast_path, tiling
+from .errors import OptionError
 
 if TYPE_CHECKING:  # torch is imported where it is used: see derain_cli.fast_path
     import torch
@@ -116,13 +117,18 @@ class Derainer:
         tile_batch: int | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r}; use auto, torch or onnx")
+            raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
         for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),
                                ("threads", threads, 1)):
             if v is not None and v < least:
-                raise ValueError(f"{what} must be at least {least}, not {v}")
+                raise OptionError(f"{what} must be at least {least}, not {v}")
+        cpus = os.cpu_count() or 1
+        if threads is not None and threads > cpus:
+            # oversubscribed cores thrash: a 300x300 photo took 28 s with 64 threads on 2 cores
+            log.warning("--threads %d is more than this machine's %d CPUs; extra threads "
+                        "slow deraining down (default: all cores)", threads, cpus)
         if tile is not None and 0 < tile < SMALLEST_TILE:
-            raise ValueError(f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, "
+            raise OptionError(f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, "
                              f"not {tile} ({MIN_TILE} or more keeps the result intact)")
         self._network: nn.Module | None = None
         fast = fast_path.plan(model or DEFAULT_MODEL, weights, device, precision, backend)
@@ -164,7 +170,7 @@ class Derainer:
         self.tile_overlap = overlap if tile_overlap is None else tile_overlap
         self.stats_megapixels = stats_megapixels
         if tile_batch is not None and tile_batch < 0:
-            raise ValueError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
+            raise OptionError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import tiling
 from .enhancer import CPU_TILE, MIN_TILE
+from .errors import OptionError
 from .fast_path import onnxruntime_installed
 from .models.deploy import fold_for_inference
 
@@ -35,17 +36,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise OptionError(
+            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but PyTorch sees no CUDA GPU")
+        raise OptionError(f"--device {device} was asked for but PyTorch sees no CUDA GPU")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+        raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError("--device mps was asked for but MPS is not available")
+        raise OptionError("--device mps was asked for but MPS is not available")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}")
+        raise OptionError(f"unsupported device {device!r}")
     return dev
 
 
@@ -65,7 +67,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     by 43.9 dB PSNR, far below visible (benchmarks/bench_inference.py).
     """
     if precision not in ("auto", "fp32", "fp16", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16 or int8")
     if precision == "auto":
         if device.type in ("cuda", "mps"):
             return "fp16"
@@ -73,9 +75,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         if precision == "fp16":
             usable = "bf16 or fp32" if cpu_supports_bf16() else "fp32"
-            raise ValueError(f"fp16 is not supported on the CPU; use --precision {usable}")
+            raise OptionError(f"fp16 is not supported on the CPU; use --precision {usable}")
         if precision == "bf16" and not cpu_supports_bf16():
-            raise ValueError("this CPU has no bf16 instructions; use --precision fp32")
+            raise OptionError("this CPU has no bf16 instructions; use --precision fp32")
     return precision
 
 
@@ -227,12 +229,12 @@ def _auto_tile(runner: TorchRunner) -> int:
 def _check_int8_request(device: torch.device, backend: str) -> None:
     """Fail early on an int8 request that cannot run, saying what would."""
     if device.type != "cpu":
-        raise ValueError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
+        raise OptionError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
                          "or another --precision")
     if backend == "torch":
-        raise ValueError("int8 runs through ONNX Runtime; use --backend onnx or auto")
+        raise OptionError("int8 runs through ONNX Runtime; use --backend onnx or auto")
     if not onnxruntime_installed():
-        raise ValueError("int8 needs onnxruntime (pip install onnxruntime)")
+        raise OptionError("int8 needs onnxruntime (pip install onnxruntime)")
 
 
 def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: str,
@@ -248,12 +250,12 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
 
     if precision == "int8":
         if record is None:
-            raise ValueError("int8 graphs ship with bundled weights only; run a --weights "
+            raise OptionError("int8 graphs ship with bundled weights only; run a --weights "
                              "file with --precision auto, fp32 or bf16")
         try:
             return shipped_int8_graph(record, net)
         except Int8Unavailable as e:
-            raise ValueError(f"{e}; use --precision auto or fp32") from None
+            raise OptionError(f"{e}; use --precision auto or fp32") from None
     if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None
             or not onnxruntime_installed()):
         return None

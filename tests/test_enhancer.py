@@ -112,6 +112,22 @@ def test_bad_tiles_and_threads_are_refused(tiny_weights, caplog):
     assert "little context" in caplog.text
 
 
+def test_more_threads_than_cpus_is_pointed_out(tiny_weights, caplog):
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING"):
+            Derainer(weights=tiny_weights, device="cpu", threads=(os.cpu_count() or 1) + 1)
+        assert "more than this machine's" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            Derainer(weights=tiny_weights, device="cpu", threads=1)
+        assert "more than" not in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_device_and_precision_rules():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="unknown device"):
