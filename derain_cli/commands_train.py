@@ -50,6 +50,7 @@ def _debug() -> bool:
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     from .data import DataError
+    from .errors import OptionError
     from .hub import WeightsUnavailable
     from .images import ImageError
     from .losses import ContrastUnavailable
@@ -64,7 +65,8 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError) as e:
+    except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
+            OptionError) as e:
         if _debug():
             raise
         _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
@@ -93,6 +95,7 @@ def _dirs(values: list[Path] | None) -> list[str]:
 
 
 def train_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model to train.")] =
     "semi-drdnet-lite",
     pairs: Annotated[list[Path] | None, typer.Option(
@@ -130,7 +133,9 @@ def train_cmd(
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
     ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
     log_every: Annotated[int, typer.Option(help="Log (log.jsonl) every N steps.")] = 10,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out, with its own settings (data, model, "
+                         "batch, patch, validation, ...) unless given again.")] = False,
     time_budget: Annotated[float | None, typer.Option(
         help="Stop cleanly (checkpoint + export) after this many seconds; the learning rate "
              "then decays with the elapsed time or the steps, whichever is further.")] = None,
@@ -183,7 +188,22 @@ def train_cmd(
         )
         if arch is not None:
             cfg.model = None
+        if resume:  # the run's own settings, except what was given now
+            cfg.given = _given_fields(ctx)
         train(cfg)
+
+
+#: ``derain train`` flags whose TrainConfig field has another name
+_FIELD_OF_FLAG = {"weights": "init_weights", "batchnorm": "freeze_bn"}
+
+
+def _given_fields(ctx: typer.Context) -> list[str]:
+    """The TrainConfig fields set by flags on this command line (not left at defaults)."""
+    def defaulted(name: str) -> bool:  # by the enum's name: typer may bundle its own click
+        source = ctx.get_parameter_source(name)
+        return source is None or getattr(source, "name", "") in ("DEFAULT", "DEFAULT_MAP")
+
+    return [_FIELD_OF_FLAG.get(name, name) for name in ctx.params if not defaulted(name)]
 
 
 def finetune_cmd(

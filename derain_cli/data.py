@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import synth
-from .pairs import find_pairs, list_images
+from .pairs import Pair, find_pairs, list_images
 
 Key = tuple[int, int, int]  # (index, epoch, slot)
 
@@ -188,6 +188,20 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- datasets
+def _check_pair_sizes(pairs: Sequence[Pair], rainy: Sequence[np.ndarray],
+                      clean: Sequence[np.ndarray]) -> None:
+    """Refuse pairs whose two images differ in size before any step is taken, naming them
+    (a crop of such a pair would be misaligned, or fail halfway through training)."""
+    bad = [(p, r.shape, c.shape) for p, r, c in zip(pairs, rainy, clean, strict=True)
+           if r.shape[:2] != c.shape[:2]]
+    if bad:
+        shown = "; ".join(f"{p.rainy} is {r[1]}x{r[0]} but {p.clean} is {c[1]}x{c[0]}"
+                          for p, r, c in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} pair(s) differ in size: {shown}{more}; "
+                        "a pair must be the same photo with and without rain")
+
+
 @dataclass
 class _Source:
     kind: str  # "paired" | "synthetic"
@@ -229,10 +243,9 @@ class LabeledDataset(Dataset):
         self.sources: list[_Source] = []
         for d in pairs_dirs:
             pairs = find_pairs(Path(d), rainy_dir, clean_dir)
-            self.sources.append(_Source(
-                "paired", _load_all([p.rainy for p in pairs]), _load_all([p.clean for p in pairs]),
-                [p.name for p in pairs],
-            ))
+            rainy, clean = _load_all([p.rainy for p in pairs]), _load_all([p.clean for p in pairs])
+            _check_pair_sizes(pairs, rainy, clean)
+            self.sources.append(_Source("paired", rainy, clean, [p.name for p in pairs]))
         for d in clean_dirs:  # photos, like --unlabeled ones: a damaged file is skipped
             loaded = _load_folder(d)
             self.sources.append(_Source("synthetic", None, [img for _, img in loaded],

@@ -40,9 +40,11 @@ import math
 import os
 import platform
 import random
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,11 @@ class TrainConfig:
     training_data: str | None = None
     export_dtype: str = "float16"
 
+    #: With ``resume``: the fields the caller set on purpose (the CLI's explicit flags); the
+    #: run's own settings (its config.json) fill in every other one, so ``derain train -o RUN
+    #: --resume`` continues the run as it was started. None: the config is taken as given.
+    given: list[str] | None = None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -215,6 +222,34 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
     return cfg.name or cfg.model, spec.arch, spec.config_dict()
 
 
+@contextlib.contextmanager
+def _interrupt_after_block() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends, then raise it.
+
+    Only in the main thread with Python's default handler in place (elsewhere signals cannot
+    be caught, or someone else handles them); a second Ctrl-C inside the block still stops
+    at once.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None) -> float:
     """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio``.
 
@@ -225,7 +260,11 @@ def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None
     """
     warm = min(cfg.warmup, max(1, total // 10))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        frac = (step + 1) / warm
+        if progress is not None:  # a budget that ends before the warmup steps do: the warmup
+            frac = max(frac, progress * total / warm)  # takes its share of the time instead
+        if frac < 1.0:
+            return cfg.lr * frac
     t = (step - warm) / max(1, total - warm)
     if progress is not None:
         t = max(t, progress)
@@ -301,7 +340,15 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only=True``)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged zip raises KeyError, RuntimeError...
+        # (not PyTorch's own text: it suggests weights_only=False, unsafe on untrusted files)
+        raise TrainError(f"{path}: cannot read this checkpoint ({type(e).__name__}); it is "
+                         "damaged or not a derain checkpoint. Restore it, or start over in "
+                         "another --out") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise TrainError(f"{path}: not a derain training checkpoint")
     return ck
@@ -584,6 +631,7 @@ def _check_val_pairs(cfg: TrainConfig) -> None:
     rather than at the first validation, after the training it would throw away."""
     from PIL import Image
 
+    from . import metrics
     from .pairs import find_pairs
 
     pairs = find_pairs(Path(cfg.val))
@@ -597,6 +645,9 @@ def _check_val_pairs(cfg: TrainConfig) -> None:
         if ra != rb and ra != rb[::-1]:  # swapped: EXIF orientation may set them right
             raise TrainError(f"--val: {rainy} is {ra[0]}x{ra[1]} but {clean} is "
                              f"{rb[0]}x{rb[1]}; pairs must have the same size")
+        if min(rb) < metrics.SSIM_WINDOW:
+            raise TrainError(f"--val: {clean} is {rb[0]}x{rb[1]}, too small to score; SSIM "
+                             f"needs at least {metrics.SSIM_WINDOW} px a side")
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
@@ -711,11 +762,38 @@ def train(
             dist.destroy_process_group()
 
 
+#: Settings of the machine or the session, never taken over from the run being resumed.
+_NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads", "workers"})
+#: Settings that only make sense together: one given on purpose keeps the others out too.
+_INHERITED_TOGETHER = (("steps", "epochs"), ("model", "arch", "model_config"),
+                       ("bn_recalib", "freeze_bn", "init_weights"))
+
+
+def with_run_settings(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the resumed run's own settings wherever ``cfg.given`` names no choice
+    (see :attr:`TrainConfig.given`). Without a readable config.json in the run the config is
+    returned as it is, and resuming reports what is missing."""
+    if not cfg.resume or cfg.given is None:
+        return cfg
+    try:
+        saved = json.loads((Path(cfg.out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return cfg
+    given = set(cfg.given)
+    for group in _INHERITED_TOGETHER:
+        if given & set(group):
+            given |= set(group)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - _NOT_INHERITED - given
+    taken = {k: saved[k] for k in fields if k in saved}
+    return dataclasses.replace(cfg, **taken, given=None)
+
+
 def _train(
     cfg: TrainConfig, rank: int, world: int, local: int, is_main: bool,
     hooks: dict[str, Callable[..., Any]],
 ) -> TrainResult:
     t_start = time.time()
+    cfg = with_run_settings(cfg)
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -754,9 +832,11 @@ def _train(
         ckpt = load_checkpoint(last)
         cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
                             recalib_given=recalib_given, freeze_given=freeze_given)
-    elif (out / "last.pt").exists():
-        raise TrainError(f"{out} already holds a run (last.pt); pass --resume to continue it "
-                         "or choose another --out")
+    else:
+        for held in ("last.pt", "model.safetensors", "best.pt", "log.jsonl"):
+            if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
+                raise TrainError(f"{out} already holds a run ({held}); pass --resume to "
+                                 "continue it or choose another --out")
 
     if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
         torch.backends.cudnn.benchmark = True
@@ -965,28 +1045,32 @@ def _train(
                     flag = torch.tensor([0.0 if finite else 1.0], device=device)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                     finite = bool(flag.item() == 0)
-                step += 1
-                if not finite:
-                    # skip the update (as AMP grad scalers do) rather than poison the
-                    # weights; give up only when it keeps happening
-                    opt.zero_grad(set_to_none=True)
-                    bad_steps += 1
-                    log.write({"kind": "skip", "step": step, "loss": float(loss.detach()),
-                               "grad_norm": float(gnorm)})
-                    progress.note(f"step {step}: non-finite loss/gradient, update skipped")
-                    if bad_steps >= 20:
-                        raise TrainError(f"loss or gradients non-finite for {bad_steps} "
-                                         f"steps in a row (step {step}); lower --lr "
-                                         "or use --amp fp32")
-                else:
-                    bad_steps = 0
-                    opt.step()
-                    decay = min(cfg.ema, (1 + step) / (10 + step))
-                    _ema_update(ema, model, decay)
-                    # the logged loss leaves out the self-feature encoder's own objective
-                    lv = float(loss.detach()) - parts.get("enc", 0.0)
-                    losses_seen.append(lv)
-                    window.append(lv)
+                # a Ctrl-C that lands in here waits for the update to finish: a checkpoint
+                # taken halfway (weights stepped, EMA not, step counted) would not resume
+                # exactly
+                with _interrupt_after_block():
+                    step += 1
+                    if not finite:
+                        # skip the update (as AMP grad scalers do) rather than poison the
+                        # weights; give up only when it keeps happening
+                        opt.zero_grad(set_to_none=True)
+                        bad_steps += 1
+                        log.write({"kind": "skip", "step": step, "loss": float(loss.detach()),
+                                   "grad_norm": float(gnorm)})
+                        progress.note(f"step {step}: non-finite loss/gradient, update skipped")
+                        if bad_steps >= 20:
+                            raise TrainError(f"loss or gradients non-finite for {bad_steps} "
+                                             f"steps in a row (step {step}); lower --lr "
+                                             "or use --amp fp32")
+                    else:
+                        bad_steps = 0
+                        opt.step()
+                        decay = min(cfg.ema, (1 + step) / (10 + step))
+                        _ema_update(ema, model, decay)
+                        # the logged loss leaves out the self-feature encoder's own objective
+                        lv = float(loss.detach()) - parts.get("enc", 0.0)
+                        losses_seen.append(lv)
+                        window.append(lv)
                 n_window += rainy.shape[0] * world
                 if (step % cfg.log_every == 0 or step == total) and window:
                     dt = max(time.time() - t_window, 1e-9)

@@ -100,6 +100,19 @@ def test_paired_crops_stay_aligned(pairs_dir):
         assert torch.allclose(diff, torch.full_like(diff, 40.0), atol=1e-3)
 
 
+@pytest.mark.parametrize("sizes", [((96, 96), (100, 90)), ((40, 40), (44, 48))])
+def test_pairs_of_different_sizes_are_refused_upfront_by_name(pairs_dir, sizes):
+    """Found by an audit: such a pair failed after training had started, without its name
+    (or, smaller than the patch, each side was padded alone and trained misaligned)."""
+    (rh, rw), (ch, cw) = sizes
+    rng = np.random.default_rng(2)
+    Image.fromarray(smooth_photo(rng, rh, rw)).save(pairs_dir / "rainy" / "zz.png")
+    Image.fromarray(smooth_photo(rng, ch, cw)).save(pairs_dir / "clean" / "zz.png")
+    with pytest.raises(D.DataError, match=rf"1 pair\(s\) differ in size: .*zz\.png is {rw}x{rh} "
+                                          rf"but .*zz\.png is {cw}x{ch}"):
+        D.LabeledDataset(pairs_dirs=[pairs_dir], patch=48)
+
+
 def test_paired_overrides_and_errors(pairs_dir, tmp_path):
     ds = D.LabeledDataset(pairs_dirs=[pairs_dir], rainy_dir="rainy", clean_dir="clean", patch=8)
     assert len(ds) == 4

@@ -193,11 +193,62 @@ def test_resume_is_bitwise_exact(data, tmp_path, features):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def test_ctrl_c_during_the_update_still_resumes_exactly(data, tmp_path, monkeypatch):
+    """A Ctrl-C that lands between the optimizer step and the EMA update (found by an audit:
+    the checkpoint then held a half-done step and --resume drifted) waits for the update."""
+    import os
+    import signal
+
+    full = T.train(_cfg(data, tmp_path / "a", steps=8))
+    real, calls = T._ema_update, []
+
+    def interrupted(ema, model, decay):
+        calls.append(1)
+        if len(calls) == 4:  # step 4, after opt.step(): the signal arrives mid-update
+            os.kill(os.getpid(), signal.SIGINT)
+        real(ema, model, decay)
+
+    monkeypatch.setattr(T, "_ema_update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, tmp_path / "b", steps=8))
+    monkeypatch.setattr(T, "_ema_update", real)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
+    resumed = T.train(_cfg(data, tmp_path / "b", steps=8, resume=True))
+    assert resumed.steps == full.steps == 8
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
+def test_interrupt_after_block_holds_one_ctrl_c_and_not_two():
+    import os
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with T._interrupt_after_block():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("finished")
+    assert done == ["finished"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with T._interrupt_after_block():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one stops at once
+            done.append("not reached")
+    assert done == ["finished"]
+
+
 def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     with pytest.raises(T.TrainError, match="no checkpoint"):
         T.train(_cfg(data, tmp_path / "x", resume=True))
     T.train(_cfg(data, tmp_path / "x", steps=2))
     with pytest.raises(T.TrainError, match="--resume"):
+        T.train(_cfg(data, tmp_path / "x", steps=2))
+    # a finished run whose last.pt was cleaned up away is still not overwritten
+    (tmp_path / "x" / "last.pt").unlink()
+    with pytest.raises(T.TrainError, match=r"already holds a run \(model\.safetensors\)"):
         T.train(_cfg(data, tmp_path / "x", steps=2))
 
 
@@ -462,6 +513,17 @@ def test_lr_schedule_under_a_time_budget_ends_with_whichever_runs_out_first():
     assert T.lr_at(cfg, 55, 100, progress=0.9) < T.lr_at(cfg, 55, 100)
 
 
+def test_a_budget_shorter_than_the_warmup_still_warms_up_and_decays():
+    """--time-budget 4 on a slow CPU ended inside the 200 warmup steps with the rate still
+    climbing (found by an audit): the warmup takes its share of the time too."""
+    cfg = T.TrainConfig(lr=1e-3, warmup=200, min_lr_ratio=0.02)
+    total = 100_000  # the step cap a budgeted run is given
+    assert T.lr_at(cfg, 5, total, progress=0.0) == pytest.approx(T.lr_at(cfg, 5, total))
+    assert T.lr_at(cfg, 5, total, progress=0.0005) == pytest.approx(0.25e-3)  # by the clock
+    assert T.lr_at(cfg, 30, total, progress=0.5) < 0.6e-3  # decaying by mid-budget
+    assert T.lr_at(cfg, 40, total, progress=1.0) == pytest.approx(2e-5)  # annealed at the end
+
+
 def test_finetune_on_own_photos(data, tmp_path):
     base = T.train(_cfg(data, tmp_path / "base", steps=3))
     res = T.finetune(T.FinetuneConfig(
@@ -652,3 +714,66 @@ def test_batchnorm_recalibration_uses_whole_images():
             probe(torch.from_numpy(img.transpose(2, 0, 1))[None])
     h.remove()
     torch.testing.assert_close(bn.running_mean, (means[0] + means[1]) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_a_damaged_checkpoint_is_named_in_one_clear_line(data, tmp_path):
+    T.train(_cfg(data, tmp_path / "r", steps=2))
+    last = tmp_path / "r" / "last.pt"
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])  # a cut-off copy
+    with pytest.raises(T.TrainError, match=r"last\.pt: cannot read this checkpoint") as e:
+        T.train(_cfg(data, tmp_path / "r", steps=4, resume=True))
+    assert "weights_only" not in str(e.value)  # PyTorch's unsafe advice is not passed on
+
+
+def test_val_pairs_too_small_to_score_are_refused_before_training(data, tmp_path):
+    small = tmp_path / "small"
+    for side in ("rainy", "clean"):
+        (small / side).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 30, 3), np.uint8)).save(small / side / "a.png")
+    with pytest.raises(T.TrainError, match=r"too small to score; SSIM needs at least 11"):
+        T.train(_cfg(data, tmp_path / "v", steps=2, val=str(small)))
+    assert not (tmp_path / "v" / "last.pt").exists()
+
+
+def test_train_cli_resume_continues_with_the_runs_own_settings(data, tmp_path, capsys):
+    """`derain train -o RUN --resume` alone continues the run as started (audit: batch and
+    patch fell back to the defaults, validation and --ckpt-every silently to none and 500,
+    and the data folders had to be given again)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    run = tmp_path / "run"
+    first = ["train", "--arch", "semi-drdnet", "--model-config", json.dumps(TINY),
+             "--synthetic", str(data["clean"]), "--steps", "3", "--batch", "2", "--patch",
+             "24", "--val", str(data["val"]), "--val-every", "2", "--ckpt-every", "2",
+             "--workers", "0", "--device", "cpu", "--contrast-features", "none", "--quiet",
+             "--out", str(run)]
+    r = CliRunner().invoke(app, first)
+    assert r.exit_code == 0, r.output
+    before = json.loads((run / "config.json").read_text())
+
+    r = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", "5",
+                                 "--device", "cpu", "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    after = json.loads((run / "config.json").read_text())
+    for key in ("synthetic", "batch", "patch", "val", "val_every", "ckpt_every", "arch",
+                "model_config", "contrast_features", "lr"):
+        assert after[key] == before[key], key
+    assert after["steps"] == 5
+    entry = json.loads((run / "manifest_entry.json").read_text())
+    assert entry["metrics"], entry  # validated on the run's --val, as before the resume
+
+    # a flag given again wins (and is reported as a changed setting)
+    r = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", "6",
+                                 "--batch", "3", "--device", "cpu", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["batch"] == 3
+    assert "batch 2 -> 3" in r.output
+
+
+def test_resume_of_an_epochs_run_takes_its_step_count(data, tmp_path):
+    T.train(_cfg(data, tmp_path / "e", steps=None, epochs=1))
+    res = T.train(T.TrainConfig(out=str(tmp_path / "e"), resume=True, given=["epochs"],
+                                epochs=2, device="cpu", workers=0, quiet=True))
+    assert res.steps > 0
