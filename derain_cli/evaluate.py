@@ -155,6 +155,11 @@ def evaluate(
 
             raise PairsError(f"{p.name}: rainy {rainy.shape[1]}x{rainy.shape[0]} and clean "
                              f"{clean.shape[1]}x{clean.shape[0]} differ in size")
+        if min(clean.shape[:2]) < metrics.SSIM_WINDOW:
+            from .pairs import PairsError
+
+            raise PairsError(f"{p.name}: {clean.shape[1]}x{clean.shape[0]} is too small to "
+                             f"score; SSIM needs at least {metrics.SSIM_WINDOW} px a side")
         t = time.time()
         out = _to_u8(run(rainy)) if label != IDENTITY else rainy
         s = ImageScore(p.name, metrics.psnr_y(out, clean), metrics.ssim_y(out, clean),
@@ -277,6 +282,40 @@ def _check_synth_output(out: Path, overwrite: bool) -> None:
             "same names")
 
 
+def _pair_names(paths: list[Path], root: Path) -> list[str]:
+    """A distinct output name per photo: its stem where that is unique, else its path below
+    ``root`` joined by ``_`` (with the suffix where even that repeats, as for ``x.png`` beside
+    ``x.jpg``). Distinct names are what keeps one pair from overwriting another."""
+    count: dict[str, int] = {}
+    for p in paths:
+        count[p.stem] = count.get(p.stem, 0) + 1
+    names = []
+    for p in paths:
+        if count[p.stem] == 1:
+            names.append(p.stem)
+            continue
+        try:
+            parts = p.relative_to(root).with_suffix("").parts
+        except ValueError:
+            parts = (p.parent.name, p.stem)
+        names.append("_".join(parts))
+    taken: dict[str, int] = {}
+    for name in names:
+        taken[name] = taken.get(name, 0) + 1
+    names = [f"{n}_{p.suffix.lstrip('.').lower()}" if taken[n] > 1 else n
+             for n, p in zip(names, paths, strict=True)]
+    seen: set[str] = set()
+    unique = []
+    for name in names:  # last resort (e.g. "a_b/x" and "a/b_x"): a counter
+        candidate, i = name, 1
+        while candidate in seen:
+            i += 1
+            candidate = f"{name}_{i}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def synth_pairs(
     clean_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -309,16 +348,18 @@ def synth_pairs(
         raise SynthError(str(e)) from None
     if count is not None and count < 1:
         raise SynthError("count must be at least 1")
+    out = Path(out_dir)
+    src, dest = Path(clean_dir).resolve(), out.resolve()
+    if dest == src or src in dest.parents:
+        raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}: the "
+                         "next run would take its pairs for photos; choose a folder outside it")
     paths = list_images(Path(clean_dir), recursive=True)
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    out = Path(out_dir)
     _check_synth_output(out, overwrite)
     skip = on_skip or warn_skipped
     n = count if count is not None else len(paths)
-    stems: dict[str, int] = {}
-    for p in paths:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
+    names = _pair_names(paths, Path(clean_dir))
     bad: set[int] = set()
     cache: dict[int, np.ndarray] = {}
     written = 0
@@ -342,7 +383,7 @@ def synth_pairs(
                 continue
         clean = cache[j]
         rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, k]))
-        stem = p.stem if stems[p.stem] == 1 else f"{p.parent.name}_{p.stem}"
+        stem = names[j]
         name = stem if k < len(paths) else f"{stem}_{k // len(paths)}"
         if not written:
             (out / "rainy").mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SSIM_WINDOW",
     "psnr",
     "psnr_rgb",
     "psnr_torch",
@@ -52,6 +53,8 @@ _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 _Y_OFFSET = 16.0
 
 _SSIM_WIN = 11
+#: The smallest side SSIM can score (its Gaussian window's width).
+SSIM_WINDOW = _SSIM_WIN
 _SSIM_SIGMA = 1.5
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from derain_cli import evaluate as E
 from derain_cli.commands_train import eval_cmd, synth_cmd
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
-from derain_cli.pairs import find_pairs
+from derain_cli.pairs import PairsError, find_pairs
 
 
 @pytest.fixture
@@ -233,3 +233,46 @@ def test_cli_eval_precision_is_used_and_reported(pairs, tiny_weights):
                                "--precision", "int8"])
     assert r.exit_code != 0 and "bundled weights only" in r.output
     assert "Traceback" not in r.output
+
+
+def test_synth_gives_every_photo_its_own_pair(clean_dir, tmp_path):
+    """x.png beside x.jpg, and sub/p0.jpg beside p0.jpg, used to share one output name: the
+    second pair overwrote the first while the count said both were written (audit)."""
+    rng = np.random.default_rng(3)
+    Image.fromarray(smooth_photo(rng, 40, 52)).save(clean_dir / "p0.png")
+    (clean_dir / "sub").mkdir()
+    Image.fromarray(smooth_photo(rng, 40, 52)).save(clean_dir / "sub" / "p0.jpg")
+    n = E.synth_pairs(clean_dir, tmp_path / "o", preset="light")
+    assert n == 6
+    for side in ("rainy", "clean"):
+        names = sorted(p.name for p in (tmp_path / "o" / side).iterdir())
+        assert len(names) == 6, names
+    assert {"p0_jpg.png", "p0_png.png", "sub_p0.png"} <= set(names)
+    n = E.synth_pairs(clean_dir, tmp_path / "o2", preset="light", count=13)
+    assert len(list((tmp_path / "o2" / "rainy").iterdir())) == 13
+
+
+def test_synth_refuses_an_output_inside_its_photo_folder(clean_dir):
+    """Its pairs would be read as photos by the next synth or train --synthetic (audit)."""
+    for out in (clean_dir, clean_dir / "pairs"):
+        with pytest.raises(E.SynthError, match="inside the photo folder"):
+            E.synth_pairs(clean_dir, out)
+    assert not (clean_dir / "rainy").exists() and not (clean_dir / "pairs").exists()
+
+
+@pytest.mark.parametrize("extra", [["--precision", "bogus"], ["--backend", "bogus"],
+                                   ["--tile", "8"], ["--device", "bogus"]])
+def test_cli_eval_bad_settings_are_usage_errors(pairs, tiny_weights, extra):
+    """Exit 2 like the main command (they were exit 1 in eval, train and finetune)."""
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                                    "--limit", "1", *extra])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and "Traceback" not in r.output
+
+
+def test_eval_names_a_pair_too_small_to_score(tmp_path):
+    for side in ("rainy", "clean"):
+        (tmp_path / "p" / side).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 30, 3), np.uint8)).save(tmp_path / "p" / side / "tiny.png")
+    with pytest.raises(PairsError, match=r"tiny\.png: 30x8 is too small to score"):
+        E.evaluate("identity", tmp_path / "p")
