@@ -539,7 +539,8 @@ def validate(
     ps, ss = [], []
     for r, c in images:
         x = D.to_tensor(r)[None].to(device)
-        y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+        with torch.no_grad():  # any model: the EMA copy needs no grad, a caller's may
+            y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
         ps.append(metrics.psnr_y(y, c))
         ss.append(metrics.ssim_y(y, c))
     model.train(was_training)
@@ -1103,8 +1104,11 @@ def _train(
                                "time_s": wall_before + time.time() - t_start})
                     progress.note(f"step {step}: val PSNR {last_val['psnr']:.2f} dB, "
                                   f"SSIM {last_val['ssim']:.4f}" + (" (best)" if improved else ""))
-                    if improved:
-                        _atomic_torch_save(checkpoint_obj(), out / "best.pt")
+                    if improved:  # with the network validation scored, BN statistics
+                        # re-estimated: what `derain --weights best.pt` then runs
+                        _atomic_torch_save({**checkpoint_obj(),
+                                            "validated": calibrated.state_dict()},
+                                           out / "best.pt")
                     plot_curves(log.records, out / "curves.png")
                 if is_main and (step % cfg.ckpt_every == 0 or step == total or stop):
                     _atomic_torch_save(checkpoint_obj(), out / "last.pt")

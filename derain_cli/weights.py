@@ -96,13 +96,19 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
             else:
                 why = "not a PyTorch checkpoint (a damaged file, or another kind of file)"
             raise WeightsError(f"{path}: {why}") from None
-        for key in ("ema", "model", "state_dict"):
+        meta: dict[str, str] = {}
+        if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(
+                obj.get("model_config"), str):  # a derain training checkpoint knows its net
+            meta = {"format": FORMAT, "name": str(obj.get("name") or obj["arch"]),
+                    "arch": obj["arch"], "config": obj["model_config"]}
+        # best.pt's "validated": the EMA network with the BN statistics validation scored
+        for key in ("validated", "ema", "model", "state_dict"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise WeightsError(f"{path}: expected a dict of tensors")
-        return obj, {}
+        return obj, meta
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

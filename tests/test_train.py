@@ -777,3 +777,18 @@ def test_resume_of_an_epochs_run_takes_its_step_count(data, tmp_path):
     res = T.train(T.TrainConfig(out=str(tmp_path / "e"), resume=True, given=["epochs"],
                                 epochs=2, device="cpu", workers=0, quiet=True))
     assert res.steps > 0
+
+
+def test_best_pt_is_the_network_validation_scored_and_names_its_architecture(data, tmp_path):
+    """`derain --weights run/best.pt` needed -m NAME, and ran the EMA weights without the BN
+    statistics validation had re-estimated, so it scored otherwise than logged (audit)."""
+    from derain_cli.weights import model_from_file
+
+    res = T.train(_cfg(data, tmp_path / "r", steps=6, val=str(data["val"]), val_every=2,
+                       bn_recalib=2))
+    vals = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").open()]
+    best = max((v for v in vals if v["kind"] == "val"), key=lambda v: v["val_psnr"])
+    net = model_from_file(tmp_path / "r" / "best.pt")  # no model name needed
+    again = T.validate(net, str(data["val"]), device=torch.device("cpu"))
+    assert again["psnr"] == pytest.approx(best["val_psnr"], abs=1e-6)
+    assert res.weights is not None
