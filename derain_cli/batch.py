@@ -203,10 +203,12 @@ def _scan_folder(
     return found, skipped_dirs
 
 
-def _in_output_folder(match: Path, base: Path, excluded: set[Path]) -> bool:
+def _in_output_folder(match: Path, base: Path, excluded: set[Path],
+                      known: dict[Path, bool]) -> bool:
     """Whether a pattern's match lies in (or is) a folder that holds results: the ``-o``
     folder or one marked by an earlier run. Only the folders the wildcards reached count:
-    ``derain 'out/*.png'`` names ``out`` on purpose."""
+    ``derain 'out/*.png'`` names ``out`` on purpose. ``known`` caches the folders seen (so
+    a marked folder is looked up, and reported, once)."""
     try:
         below = match.relative_to(base).parts
     except ValueError:
@@ -216,7 +218,9 @@ def _in_output_folder(match: Path, base: Path, excluded: set[Path]) -> bool:
         folder = folder / part
         if i == len(below) - 1 and not match.is_dir():
             break
-        if _resolved(folder) in excluded or is_output_folder(folder, note=True):
+        if folder not in known:
+            known[folder] = _resolved(folder) in excluded or is_output_folder(folder, note=True)
+        if known[folder]:
             return True
     return False
 
@@ -317,9 +321,10 @@ def collect_inputs(
             base = _glob_base(given)
             matches = sorted(glob.glob(given, recursive=True))
             before = len(items)
+            known: dict[Path, bool] = {}
             for m in matches:
                 mp = Path(m)
-                if _in_output_folder(mp, base, excluded):
+                if _in_output_folder(mp, base, excluded, known):
                     continue  # an earlier run's results, matched by a wildcard
                 if mp.is_dir():
                     try:

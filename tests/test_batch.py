@@ -249,10 +249,14 @@ def test_a_pattern_skips_earlier_output_folders_and_empty_matched_folders(
     first = collect_inputs([pattern], exclude=[out])
     s = run_batch(first, derainer, BatchOptions(output=out))
     assert s.processed == 3
-    # the rerun (with or without -o naming the folder) does not take derained/ as input
+    # the rerun (with or without -o naming the folder) does not take derained/ as input,
+    # and says so once, not once per file in it
     for exclude in ([out], []):
-        again = collect_inputs([pattern], exclude=exclude)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="derain_cli"):
+            again = collect_inputs([pattern], exclude=exclude)
         assert sorted(_rels(again)) == sorted(_rels(first))
+        assert caplog.text.count("holds derain results") == (0 if exclude else 1), caplog.text
     s = run_batch(collect_inputs([pattern], exclude=[out]), derainer, BatchOptions(output=out))
     assert (s.processed, s.skipped, len(s.failed)) == (0, 3, 0)
     assert not (out / "derained").exists()
