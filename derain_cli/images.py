@@ -281,7 +281,7 @@ def warnings_to_log(logger: logging.Logger = log) -> Iterator[None]:
             else logging.WARNING
         where = getattr(_READING, "path", None)
         text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-        logger.log(level, "%s: %s", where, text) if where else logger.log(level, "%s", text)
+        logger.log(level, "%s", f"{where}: {text}" if where else text)
 
     saved_show = warnings.showwarning
     saved_cv2 = cv2.utils.logging.getLogLevel()
