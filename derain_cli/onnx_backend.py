@@ -23,11 +23,14 @@ An int8 forward graph (``derain_cli.quantize``) can stand in for the fp32 one.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -143,10 +146,51 @@ def cached_graphs(
             folder.mkdir(parents=True, exist_ok=True)
             log.info("exporting the network to ONNX (once per weights): %s", folder)
             return export.export_onnx(src, main, opset=opset)
-        except PermissionError as e:  # read-only home, ...
-            tmp = Path(tempfile.mkdtemp(prefix="derain-onnx-"))
-            log.warning("cannot write the ONNX cache (%s); exporting to %s", e, tmp)
-            return export.export_onnx(src, tmp / main.name, opset=opset)
+        except OSError as e:  # no write permission, a read-only file system (EROFS), ...
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            return _fallback_graphs(src, model, key, main.name, opset, refresh, e)
+
+
+def _private_temp_folder() -> Path | None:
+    """This user's own folder under the temporary directory, kept between runs; None when it
+    cannot be made, or someone else could have placed graphs in it (not ours, or writable
+    by others)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    name = f"derain-onnx-{uid}" if uid is not None else "derain-onnx"
+    folder = Path(tempfile.gettempdir()) / name
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError:
+        return None
+    if folder.is_symlink() or (uid is not None and (st.st_uid != uid or st.st_mode & 0o022)):
+        return None
+    return folder
+
+
+def _fallback_graphs(src: nn.Module, model: nn.Module, key: str, name: str, opset: int,
+                     refresh: bool, why: OSError) -> list[Path]:
+    """Graphs for a run whose cache cannot be written: in the user's own temporary folder,
+    which the next run finds again (so it starts fast too), else in a throwaway folder
+    removed at exit."""
+    from . import export
+
+    private = _private_temp_folder()
+    if private is not None:
+        files = _expected_files(private / key / name, model)
+        if not refresh and all(p.is_file() for p in files):
+            return files
+        try:
+            (private / key).mkdir(exist_ok=True)
+            log.warning("cannot write the ONNX cache (%s); using %s instead", why, private)
+            return export.export_onnx(src, private / key / name, opset=opset)
+        except OSError:
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix="derain-onnx-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    log.warning("cannot write the ONNX cache (%s); exporting to %s for this run", why, tmp)
+    return export.export_onnx(src, tmp / name, opset=opset)
 
 
 # --------------------------------------------------------------------------- runner

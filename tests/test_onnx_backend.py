@@ -167,6 +167,41 @@ def test_sessions_are_specialised_to_large_input_shapes(monkeypatch):
         assert np.abs(out - plain.run(None, {"image": x})[0]).max() <= 1e-5
 
 
+def test_an_unwritable_cache_falls_back_to_a_private_folder_reused_next_time(
+    monkeypatch, tmp_path, caplog
+):
+    """A read-only file system (EROFS) stopped the run (only PermissionError fell back), and
+    the fallback made a new temporary folder each run, never reused (audit)."""
+    import errno
+    import tempfile
+
+    cache = onnx_backend.cache_root()
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == cache or cache in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    net = _small("rdmc")
+    with torch.no_grad():
+        next(net.parameters()).add_(0.02)  # weights no other test has exported
+    count = export.EXPORT_COUNT
+    with caplog.at_level(logging.WARNING):
+        first = onnx_backend.cached_graphs(net)
+    assert "cannot write the ONNX cache" in caplog.text
+    assert tmp_path in first[0].parents and export.EXPORT_COUNT == count + 1
+    assert oct((first[0].parents[1]).stat().st_mode & 0o777) == oct(0o700)
+    again = onnx_backend.cached_graphs(net)
+    assert again == first and export.EXPORT_COUNT == count + 1  # found again, not re-made
+    x = np.random.default_rng(0).random((1, 3, 24, 24), np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(OnnxRunner(again, device="cpu").forward(x, None) - ref).max() <= TOL
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "c"))
     assert onnx_backend.cache_root() == tmp_path / "c" / "onnx"
