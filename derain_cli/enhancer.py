@@ -316,8 +316,9 @@ class Derainer:
         (dtype kept), or floats in [0, 1] (anything else is refused, since its scale would
         be a guess). PIL modes: RGB, RGBA, L, LA, I;16 kept; I and F kept, at the scale their
         values show (0-255 as Pillow's ``convert`` makes them, 0-65535, or for F [0, 1]);
-        P/PA become RGB/RGBA; 1 comes back as L; others (CMYK, YCbCr, ...) as RGB. ICC
-        profile, DPI, EXIF and XMP in ``image.info`` are carried.
+        P/PA become RGB/RGBA; La/RGBa (premultiplied) come back as LA/RGBA; 1 comes back as
+        L; others (CMYK, YCbCr, ...) as RGB. ICC profile, DPI, EXIF and XMP in ``image.info``
+        are carried, whatever the mode. Big-endian arrays come back big-endian.
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image)
@@ -328,6 +329,8 @@ class Derainer:
             raise ValueError(
                 f"expected an HxW or HxWx(1|2|3|4) array (gray, gray+alpha, RGB, RGBA), "
                 f"got shape {arr.shape}")
+        if not arr.dtype.isnative:  # big-endian samples (e.g. from a FITS or raw reader)
+            return self._derain_numpy(arr.astype(arr.dtype.newbyteorder("="))).astype(arr.dtype)
         _check_samples(arr)
         scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind == "u" else 1.0
         # uint8/uint16 go to the tiler as they are (scaled tile by tile); others as float32.
@@ -335,7 +338,7 @@ class Derainer:
         x = arr if native else arr.astype(np.float32) / np.float32(scale)
         channels = 1 if x.ndim == 2 else x.shape[2]
         gray = channels in (1, 2)
-        alpha = x[..., channels - 1:] if channels in (2, 4) else None
+        alpha = arr[..., channels - 1:] if channels in (2, 4) else None  # as given
         rgb = np.repeat(x[..., :1] if x.ndim == 3 else x[..., None], 3, axis=2) if gray \
             else x[..., :3]
         y = self.derain_array(rgb)
@@ -344,10 +347,8 @@ class Derainer:
         if scale != 1.0:
             y = np.clip(np.rint(y * np.float32(scale)), 0, scale)
         y = y.astype(arr.dtype)
-        if alpha is not None:  # alpha goes back untouched
-            if not native and scale != 1.0:
-                alpha = np.clip(np.rint(alpha * np.float32(scale)), 0, scale)
-            y = np.concatenate([y, alpha.astype(arr.dtype)], axis=2)
+        if alpha is not None:  # alpha goes back untouched, bit for bit
+            y = np.concatenate([y, alpha], axis=2)
         return y.reshape(arr.shape)
 
     def _derain_wide_gray(self, img: Image.Image) -> Image.Image:
@@ -367,20 +368,23 @@ class Derainer:
 
     def _derain_pil(self, img: Image.Image) -> Image.Image:
         mode = img.mode
-        if mode in ("RGB", "RGBA", "L", "LA"):
-            work = img
-        elif mode in ("P", "PA"):
-            work = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
-        elif mode in ("I;16", "I;16B", "I;16L"):
-            arr = np.asarray(img).astype(np.uint16)
-            return Image.fromarray(self._derain_numpy(arr))
+        if mode in ("I;16", "I;16B", "I;16L"):
+            out = Image.fromarray(self._derain_numpy(np.asarray(img).astype(np.uint16)))
         elif mode in ("I", "F"):  # 32-bit gray: scale guessed from the values, kept
-            return self._derain_wide_gray(img)
-        elif mode == "1":  # bilevel: derained as gray, returned as gray
-            work = img.convert("L")
+            out = self._derain_wide_gray(img)
         else:
-            work = img.convert("RGB")
-        out = Image.fromarray(self._derain_numpy(np.asarray(work)))
+            if mode in ("RGB", "RGBA", "L", "LA"):
+                work = img
+            elif mode in ("P", "PA"):
+                transparent = "transparency" in img.info or mode == "PA"
+                work = img.convert("RGBA" if transparent else "RGB")
+            elif mode in ("La", "RGBa"):  # premultiplied alpha: Pillow's straight form
+                work = img.convert(mode[:-1] + "A")
+            elif mode == "1":  # bilevel: derained as gray, returned as gray
+                work = img.convert("L")
+            else:
+                work = img.convert("RGB")
+            out = Image.fromarray(self._derain_numpy(np.asarray(work)))
         out.info.update({k: v for k, v in img.info.items()
                          if k in ("icc_profile", "dpi", "exif", "xmp", "XML:com.adobe.xmp")})
         return out

@@ -80,6 +80,35 @@ def test_pil_in_pil_out(derainer):
     assert derainer.derain(Image.fromarray(_photo()).convert("L")).mode == "L"
 
 
+def test_metadata_byte_order_premultiplied_and_float_alpha(derainer):
+    """Gaps an audit of the library found: info dropped for I;16/I/F images, big-endian
+    arrays refused, La/RGBa crashing, float64 alpha rounded through float32."""
+    info = {"dpi": (300, 300), "icc_profile": b"not checked here"}
+    for mode, arr in (("I;16", _photo()[..., 0].astype(np.uint16) * 257),
+                      ("I", _photo()[..., 0].astype(np.int32)),
+                      ("F", _photo()[..., 0].astype(np.float32) / 255)):
+        img = Image.fromarray(arr)
+        img.info.update(info)
+        out = derainer.derain(img)
+        assert out.info.get("dpi") == (300, 300), mode
+        assert out.info.get("icc_profile") == info["icc_profile"], mode
+
+    native = _photo().astype(np.uint16) * 257
+    big = native.astype(">u2")
+    out = derainer.derain(big)
+    assert out.dtype == np.dtype(">u2")
+    np.testing.assert_array_equal(out.astype(np.uint16), derainer.derain(native))
+
+    rgba = Image.fromarray(np.dstack([_photo(), np.full((40, 52), 200, np.uint8)]), "RGBA")
+    assert derainer.derain(rgba.convert("RGBa")).mode == "RGBA"
+    assert derainer.derain(rgba.convert("La")).mode == "LA"
+
+    f = np.random.default_rng(3).random((40, 52, 4))  # float64, alpha with 53-bit detail
+    out = derainer.derain(f)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out[..., 3], f[..., 3])
+
+
 def test_bad_array_shape(derainer):
     with pytest.raises(ValueError, match="HxW"):
         derainer.derain(np.zeros((4, 4, 5), np.uint8))
