@@ -953,13 +953,13 @@ def _weights_location(rec: Any) -> str:
         return "none"
     if (weights.bundled_dir() / rec.file).exists():
         return "bundled"
-    hub = rec.hub or {}
-    if hub.get("repo_id") and hub.get("filename"):
+    source = rec.hub_source()
+    if source is not None:
         try:
             import huggingface_hub
 
             found = huggingface_hub.try_to_load_from_cache(
-                hub["repo_id"], hub["filename"], revision=hub.get("revision")
+                source[0], source[1], revision=source[2]
             )
         except Exception:  # noqa: BLE001 - an unreadable cache is just "not cached"
             found = None
@@ -1126,15 +1126,16 @@ def download_cmd(
                                 "sha256; reinstall derain")
                     failures += 1
                 continue
-            h = rec.hub or {}
-            if not (h.get("repo_id") and h.get("filename") and h.get("revision")):
-                _error(err, f"{name}: not bundled and no download source in the manifest")
+            source = rec.hub_source()
+            if source is None:
+                _error(err, f"{name}: not bundled and no download source (repo_id, filename "
+                            "and pinned revision) in the manifest")
                 failures += 1
                 continue
             try:
-                path = hub.fetch(h["repo_id"], h["filename"], h["revision"], rec.sha256,
+                path = hub.fetch(*source, rec.sha256,
                                  force=force, quiet=quiet, name=name, manual_path=bundled,
-                                 published=bool(h.get("published", True)))
+                                 published=bool((rec.hub or {}).get("published", True)))
             except hub.WeightsUnavailable as e:
                 _error(err, str(e))
                 failures += 1

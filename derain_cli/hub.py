@@ -25,6 +25,7 @@ read at import time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -147,7 +148,11 @@ def fetch(
                 good = False
             if good:
                 return cached
-            _discard(cached)
+            if not _discard(cached):  # the download would hand back this same bad copy
+                raise ctx.unavailable(
+                    f"the cached copy at {cached} has the wrong checksum and cannot be removed "
+                    "(a read-only cache?); delete it by hand, or point HF_HUB_CACHE at a "
+                    "writable folder.", "cache")
             note = f"A cached copy with the wrong checksum was removed from {cached}."
 
     try:
@@ -175,10 +180,11 @@ def fetch(
 
     actual = sha256_file(local)
     if actual != expected:
-        _discard(local)
+        kept = "the file was not kept." if _discard(local) else (
+            f"it could not be removed from {local}: delete it by hand.")
         raise ctx.unavailable(
             f"checksum mismatch: the downloaded file has sha256 {actual}, expected {expected}; "
-            "the file was not kept.",
+            + kept,
             "checksum",
         )
     return local
@@ -221,6 +227,7 @@ class _Context:
             "network": f"run `{download}` when online (HF_ENDPOINT selects a Hub mirror)",
             "http": f"run `{download}` again later",
             "access": f"log in (`hf auth login` or HF_TOKEN), then run `{download}`",
+            "cache": f"make the cache writable (or set HF_HUB_CACHE), then run `{download}`",
         }.get(kind, "update derain (its weights manifest may be out of date) or report this")
         lines = [
             f"Cannot get pretrained weights {target}:",
@@ -257,8 +264,9 @@ def _cached(repo_id: str, filename: str, revision: str, cache_dir: Path | None) 
     return Path(found) if isinstance(found, str) else None
 
 
-def _discard(path: Path) -> None:
-    """Delete a cache entry: the snapshot entry and, if it links into ``blobs/``, the blob."""
+def _discard(path: Path) -> bool:
+    """Delete a cache entry: the snapshot entry and, if it links into ``blobs/``, the blob.
+    False when the entry is still there (a read-only cache)."""
     blob = None
     if path.is_symlink():
         target = Path(os.path.realpath(path))
@@ -270,6 +278,7 @@ def _discard(path: Path) -> None:
                 p.unlink(missing_ok=True)
             except OSError:
                 pass
+    return not path.exists() and not path.is_symlink()
 
 
 def _probe(ctx: _Context) -> None:
@@ -336,7 +345,12 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         return "network", f"talking to {where} failed: {type(exc).__name__}: {exc}."
     if isinstance(exc, HFValidationError):
         return "error", f"invalid repository id or revision in the manifest: {exc}"
-    if isinstance(exc, OSError):  # disk full, read-only cache, size mismatch after download...
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        cache = ctx.cache_dir or hf_constants.HF_HUB_CACHE
+        return "cache", (
+            f"the Hugging Face cache {cache} cannot be written ({exc.strerror or exc}); point "
+            "HF_HUB_CACHE at a writable folder.")
+    if isinstance(exc, OSError):  # disk full, size mismatch after download...
         return "error", f"the download failed: {exc}"
     return None, ""
 

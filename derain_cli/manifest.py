@@ -42,6 +42,15 @@ class WeightRecord:
         return cls(**{k: v for k, v in d.items() if k in known},
                    extra={k: v for k, v in d.items() if k not in known})
 
+    def hub_source(self) -> tuple[str, str, str] | None:
+        """(repo_id, filename, revision) to download from, or None when the manifest entry
+        lacks any of them (a download needs the pinned revision too)."""
+        h = self.hub or {}
+        repo_id, filename, revision = h.get("repo_id"), h.get("filename"), h.get("revision")
+        if not all(isinstance(v, str) and v for v in (repo_id, filename, revision)):
+            return None
+        return str(repo_id), str(filename), str(revision)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
         d.update(self.extra)

@@ -202,13 +202,16 @@ def resolve(name: str, *, quiet: bool = False) -> Path:
     bundled = bundled_dir() / rec.file
     if bundled.exists():
         return bundled
-    if not rec.hub:
+    source = rec.hub_source()
+    if source is None:
         raise hub.WeightsUnavailable(
-            f"weights {name!r} are not bundled and have no download source; "
-            f"place the file by hand at {bundled} (sha256 {rec.sha256})"
+            f"weights {name!r} are not bundled and have no download source (repo_id, filename "
+            f"and pinned revision) in the manifest; place the file by hand at {bundled} "
+            f"(sha256 {rec.sha256})"
         )
+    repo_id, filename, revision = source
     return hub.fetch(
-        rec.hub["repo_id"], rec.hub["filename"], rec.hub["revision"], rec.sha256,
+        repo_id, filename, revision, rec.sha256,
         quiet=quiet, manual_path=bundled, name=name, published=_published(rec),
     )
 

@@ -106,6 +106,45 @@ def test_corrupted_cache_entry_is_replaced(hub_server, tmp_path):
     assert len(hub_server.requests_for("GET", FILE)) == 2
 
 
+def test_a_bad_cached_copy_that_cannot_be_removed_is_said_plainly(
+    hub_server, tmp_path, monkeypatch
+):
+    """A read-only cache: the bad copy stays, and the Hub client would hand it back; the
+    message used to say a 'downloaded file' 'was not kept' (audit)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    path = _fetch(hub_server, tmp_path)
+    blob = Path(os.path.realpath(path))
+    blob.chmod(0o644)
+    blob.write_bytes(b"\0" * len(DATA))
+    real_unlink = Path.unlink
+
+    def read_only(self, *args, **kwargs):
+        if tmp_path in self.parents:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    msg = str(info.value)
+    assert info.value.kind == "cache"
+    assert "cannot be removed" in msg and "HF_HUB_CACHE" in msg and "not kept" not in msg
+    assert len(hub_server.requests_for("GET", FILE)) == 1  # nothing downloaded in vain
+
+
+def test_an_unwritable_cache_is_named_as_the_cause():
+    import errno
+
+    from derain_cli import hub
+
+    ctx = hub._Context(REPO, FILE, COMMIT, SHA, Path("/ro/cache"), None, "m", None)
+    kind, reason = hub._explain(OSError(errno.EROFS, "Read-only file system"), ctx)
+    assert kind == "cache" and "/ro/cache cannot be written" in reason
+    assert "make the cache writable" in str(ctx.unavailable(reason, kind))
+    kind, _ = hub._explain(OSError(errno.ENOSPC, "No space left on device"), ctx)
+    assert kind == "error"
+
+
 def test_hand_placed_file_is_used_without_network(tmp_path):
     target = snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path)
     target.parent.mkdir(parents=True)

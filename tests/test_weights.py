@@ -161,3 +161,21 @@ def test_load_pretrained_unknown_name_is_an_unknown_model():
 
     with pytest.raises(UnknownModelError, match=r"unknown model 'nosuch'; choose one of: "):
         weights.load_pretrained("nosuch")
+
+
+def test_a_manifest_entry_without_a_pinned_revision_has_no_download_source(tmp_path,
+                                                                          monkeypatch):
+    """resolve() raised KeyError: 'revision' while `derain models` called the entry remote
+    (audit). A download needs repo, file and pinned revision; all three now agree on it."""
+    from derain_cli.hub import WeightsUnavailable
+
+    rec = WeightRecord(name="t", arch="semi-drdnet", config={}, file="t.safetensors",
+                       sha256="0" * 64, size=1, dtype="float16",
+                       hub={"repo_id": "derain/t", "filename": "t.safetensors"})
+    assert rec.hub_source() is None
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: {"t": rec})
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
+    with pytest.raises(WeightsUnavailable, match="no download source .*pinned revision"):
+        weights.resolve("t")
+    rec.hub["revision"] = "main"
+    assert rec.hub_source() == ("derain/t", "t.safetensors", "main")
