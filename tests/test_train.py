@@ -193,7 +193,19 @@ def test_resume_is_bitwise_exact(data, tmp_path, features):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def test_ctrl_c_during_the_update_still_resumes_exactly(data, tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test: a shell starts background jobs with SIGINT
+    ignored (so does CI, maybe), and Python then installs none."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_the_update_still_resumes_exactly(data, tmp_path, monkeypatch,
+                                                        python_sigint):
     """A Ctrl-C that lands between the optimizer step and the EMA update (found by an audit:
     the checkpoint then held a half-done step and --resume drifted) waits for the update."""
     import os
@@ -222,7 +234,7 @@ def test_ctrl_c_during_the_update_still_resumes_exactly(data, tmp_path, monkeypa
             assert torch.equal(a[key][k], b[key][k]), (key, k)
 
 
-def test_interrupt_after_block_holds_one_ctrl_c_and_not_two():
+def test_interrupt_after_block_holds_one_ctrl_c_and_not_two(python_sigint):
     import os
     import signal
 
