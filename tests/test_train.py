@@ -169,6 +169,15 @@ def _kill_at(n: int):
     return hook
 
 
+def _assert_same_checkpoints(first: Path, second: Path) -> None:
+    """Model and EMA tensors bitwise equal."""
+    a = torch.load(first, weights_only=True)
+    b = torch.load(second, weights_only=True)
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
 @pytest.mark.parametrize("features", ["none", "self"])
 def test_resume_is_bitwise_exact(data, tmp_path, features):
     kw = dict(contrast_features=features, steps=10)
@@ -179,11 +188,7 @@ def test_resume_is_bitwise_exact(data, tmp_path, features):
         T.train(_cfg(data, tmp_path / "b", **kw), _hooks={"after_step": _kill_at(5)})
     resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
     assert resumed.steps == full.steps == 10
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    for key in ("model", "ema"):
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    _assert_same_checkpoints(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
     assert resumed.losses == full.losses[5:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").open()]
     assert steps == list(range(1, 11))  # no duplicated or lost log lines
@@ -227,11 +232,7 @@ def test_ctrl_c_during_the_update_still_resumes_exactly(data, tmp_path, monkeypa
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
     resumed = T.train(_cfg(data, tmp_path / "b", steps=8, resume=True))
     assert resumed.steps == full.steps == 8
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    for key in ("model", "ema"):
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    _assert_same_checkpoints(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
 
 
 def test_interrupt_after_block_holds_one_ctrl_c_and_not_two(python_sigint):
