@@ -857,7 +857,12 @@ class PreparedImage:
                 params.update(quality=quality, exact=True, lossless=self.lossless)
 
             def save(fp: BinaryIO) -> None:
-                image.save(fp, format=fmt, **params)
+                # encoded in memory first: given a real file, Pillow's JPEG encoder (optimize)
+                # writes to the descriptor itself and ignores a short write on a full disk,
+                # leaving a cut-off photo that counted as processed
+                buf = io.BytesIO()
+                image.save(buf, format=fmt, **params)
+                fp.write(buf.getbuffer())
 
         _atomic_write(self.path, save)
 
@@ -964,9 +969,8 @@ def _atomic_write(dest: Path, save: Callable[[BinaryIO], None]) -> None:
     """Run ``save(fileobj)`` into a temp file beside ``dest``, fsync, then rename over it."""
     directory = dest.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{dest.stem}.tmp-", suffix=dest.suffix, dir=directory or "."
-        )
+        # a short name: one built from dest's could pass the 255-byte limit dest keeps to
+        fd, tmp_name = tempfile.mkstemp(prefix=".derain-", suffix=".tmp", dir=directory or ".")
     except FileNotFoundError:
         raise ImageError(f"output folder does not exist: {directory}") from None
     except OSError as e:

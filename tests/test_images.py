@@ -63,7 +63,7 @@ def _exif_bytes(orientation: int | None = None) -> bytes:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".derain-"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,7 +78,8 @@ def test_supported_suffixes_and_is_image_path() -> None:
     assert is_image_path(Path("x.tiff"))
     assert not is_image_path("notes.txt")
     assert not is_image_path("anim.gif")
-    assert not is_image_path(".photo.tmp-abc123.jpg")  # our own temporary files
+    assert not is_image_path(".derain-abc123.tmp")  # our own temporary files
+    assert not is_image_path(".photo.tmp-abc123.jpg")  # (as they were named before)
 
 
 def test_default_max_pixels_allows_big_photos() -> None:
@@ -865,3 +866,40 @@ def test_decoder_warnings_become_one_log_line_naming_the_file(
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"{tmp_path / 'bad.jpg'}: Corrupt EXIF") for m in lines), lines
     assert "outside any read" in lines
+
+
+def test_a_short_write_fails_the_jpeg_instead_of_leaving_it_cut_off(tmp_path: Path) -> None:
+    """A full disk left a truncated JPEG counted as processed: Pillow's optimized JPEG
+    encoder wrote to the descriptor and ignored the short write (audit). Here the file-size
+    limit plays the full disk, in a child process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, signal, sys
+import numpy as np
+from derain_cli.images import ImageError, write_image
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+# ~40 KB: under the encoder's 160 KB buffer, so Pillow writes it in one (short) write
+y, x = np.mgrid[0:400, 0:400]
+img = np.stack([x / 400, y / 400, (x + y) / 800], -1)
+img += np.random.default_rng(0).random((400, 400, 3)) * 0.03
+try:
+    write_image({str(tmp_path / "out.jpg")!r}, np.clip(img, 0, 1).astype(np.float32),
+                quality=95)
+except ImageError as e:
+    print("refused:", e)
+    sys.exit(0)
+sys.exit(3)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "refused: cannot write image" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "out.jpg").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_long_file_name_that_fits_is_written(tmp_path: Path) -> None:
+    """The temporary name was built from the final one and passed the 255-byte limit."""
+    dest = tmp_path / ("x" * 246 + ".png")
+    write_image(dest, _rgb8().astype(np.float32) / 255)
+    assert dest.is_file() and _leftovers(tmp_path) == []
