@@ -564,6 +564,10 @@ def _defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         cfg.bn_recalib = 0 if cfg.init_weights else 16
     cfg.pairs, cfg.synthetic, cfg.unlabeled = (
         _resolved(cfg.pairs), _resolved(cfg.synthetic), _resolved(cfg.unlabeled))
+    if cfg.val:  # recorded absolute too: a resume may start in another directory
+        cfg.val = _resolved([cfg.val])[0]
+    if cfg.init_weights:
+        cfg.init_weights = _resolved([cfg.init_weights])[0]
     return cfg
 
 
@@ -763,8 +767,11 @@ def train(
             dist.destroy_process_group()
 
 
-#: Settings of the machine or the session, never taken over from the run being resumed.
-_NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads", "workers"})
+#: Settings of the machine or the session, never taken over from the run being resumed
+#: (``time_budget`` counts over the whole run: inherited, a spent budget would stop every
+#: resume after one step).
+_NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads", "workers",
+                            "time_budget"})
 #: Settings that only make sense together: one given on purpose keeps the others out too.
 _INHERITED_TOGETHER = (("steps", "epochs"), ("model", "arch", "model_config"),
                        ("bn_recalib", "freeze_bn", "init_weights"))
@@ -776,9 +783,17 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     returned as it is, and resuming reports what is missing."""
     if not cfg.resume or cfg.given is None:
         return cfg
+    saved: Any = None
     try:
         saved = json.loads((Path(cfg.out) / "config.json").read_text())
     except (OSError, ValueError):
+        pass
+    if not isinstance(saved, dict):  # config.json lost or damaged: last.pt has it too
+        try:
+            saved = json.loads(load_checkpoint(Path(cfg.out) / "last.pt").get("config") or "{}")
+        except (OSError, ValueError, TrainError):
+            return cfg
+    if not isinstance(saved, dict):
         return cfg
     given = set(cfg.given)
     for group in _INHERITED_TOGETHER:
@@ -928,7 +943,14 @@ def _train(
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # other trainable parts: the contrastive projection heads
+            was = json.loads(ckpt.get("config") or "{}").get("contrast_features")
+            raise TrainError(
+                f"--resume: the run's optimizer state does not fit these settings ({e}); it "
+                f"was trained with --contrast-features {was}: pass that, or start a new run "
+                "in another --out") from None
         if ckpt.get("aux"):
             criterion.load_aux_state(ckpt["aux"])
         step = int(ckpt["step"])

@@ -805,3 +805,25 @@ def test_best_pt_is_the_network_validation_scored_and_names_its_architecture(dat
     again = T.validate(net, str(data["val"]), device=torch.device("cpu"))
     assert again["psnr"] == pytest.approx(best["val_psnr"], abs=1e-6)
     assert res.weights is not None
+
+
+def test_resume_after_a_time_budget_and_from_another_directory(data, tmp_path, monkeypatch):
+    """A spent --time-budget was inherited and stopped every resume after one step; --val
+    was recorded relative and not found from another directory (audit of the inheritance)."""
+    monkeypatch.chdir(data["val"].parent)
+    first = T.train(_cfg(data, tmp_path / "r", steps=400, time_budget=0.5,
+                         val=data["val"].name, val_every=1000))
+    assert first.steps < 400
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r" / "config.json").unlink()  # lost: last.pt still has the settings
+    res = T.train(T.TrainConfig(out=str(tmp_path / "r"), resume=True, given=["steps"],
+                                steps=first.steps + 3, device="cpu", quiet=True))
+    assert res.steps == first.steps + 3
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["time_budget"] is None and saved["val"] == str(data["val"])
+
+
+def test_resume_with_other_contrastive_features_says_which_the_run_used(data, tmp_path):
+    T.train(_cfg(data, tmp_path / "r", steps=2))  # contrast_features "none"
+    with pytest.raises(T.TrainError, match="trained with --contrast-features none"):
+        T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, contrast_features="self"))
