@@ -353,6 +353,11 @@ def synth_pairs(
     if dest == src or src in dest.parents:
         raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}: the "
                          "next run would take its pairs for photos; choose a folder outside it")
+    for side in (dest / "rainy", dest / "clean"):  # e.g. `derain synth rainy .`
+        if side == src or side in src.parents:
+            raise SynthError(f"the photo folder {clean_dir} is where the pairs would go "
+                             f"({out}/{side.name}/): the photos would be overwritten; choose "
+                             "another output folder")
     paths = list_images(Path(clean_dir), recursive=True)
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
@@ -360,6 +365,7 @@ def synth_pairs(
     skip = on_skip or warn_skipped
     n = count if count is not None else len(paths)
     names = _pair_names(paths, Path(clean_dir))
+    used: set[str] = set()
     bad: set[int] = set()
     cache: dict[int, np.ndarray] = {}
     written = 0
@@ -383,8 +389,10 @@ def synth_pairs(
                 continue
         clean = cache[j]
         rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, k]))
-        stem = names[j]
-        name = stem if k < len(paths) else f"{stem}_{k // len(paths)}"
+        name = names[j] if k < len(paths) else f"{names[j]}_{k // len(paths)}"
+        while name in used:  # a photo may itself be called like a repeat (x and x_1)
+            name += "_"
+        used.add(name)
         if not written:
             (out / "rainy").mkdir(parents=True, exist_ok=True)
             (out / "clean").mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,18 @@ def test_eval_names_a_pair_too_small_to_score(tmp_path):
         Image.fromarray(np.zeros((8, 30, 3), np.uint8)).save(tmp_path / "p" / side / "tiny.png")
     with pytest.raises(PairsError, match=r"tiny\.png: 30x8 is too small to score"):
         E.evaluate("identity", tmp_path / "p")
+
+
+def test_synth_never_writes_over_its_photos_or_its_own_pairs(tmp_path):
+    """`derain synth rainy .` put the pairs' rainy/ onto the photo folder and --overwrite
+    replaced the photos; a photo named x_1 shared its name with x's second pair (audit)."""
+    rng = np.random.default_rng(4)
+    photos = tmp_path / "rainy"
+    photos.mkdir()
+    for stem in ("x", "x_1"):
+        Image.fromarray(smooth_photo(rng, 40, 52)).save(photos / f"{stem}.png")
+    for out in (tmp_path, tmp_path / "rainy" / ".."):
+        with pytest.raises(E.SynthError, match="the photos would be overwritten"):
+            E.synth_pairs(photos, out, overwrite=True)
+    n = E.synth_pairs(photos, tmp_path / "o", count=4)
+    assert n == 4 and len(list((tmp_path / "o" / "rainy").iterdir())) == 4
