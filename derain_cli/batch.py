@@ -486,10 +486,18 @@ def _without_earlier_results(
             if out != src:
                 made_by_another.add(out)
 
+    # beside their inputs, results of another --format are earlier results too (a.jpg's
+    # a_derained.png when `derain *` follows `derain *.jpg --format png`)
+    stems = {(_resolved(i.path.parent), i.path.stem) for i in items if i.error is None}
+
     def earlier_result(item: InputItem) -> bool:
         key = _resolved(item.path)
-        if item.error is not None or key not in made_by_another:
+        if item.error is not None:
             return False
+        if key not in made_by_another:
+            source_stem = item.path.stem[: -len(OUTPUT_TAG)]
+            return (options.output is None and is_output_name(item.path)
+                    and (_resolved(item.path.parent), source_stem) in stems)
         return is_output_name(item.path) or is_output_folder(key.parent)
 
     kept = [i for i in items if not earlier_result(i)]

@@ -231,6 +231,15 @@ def test_a_rerun_given_by_the_shell_resumes_instead_of_deraining_results(
     jobs = plan_jobs(collect_inputs([str(a), str(out / "a.png")]), BatchOptions(output=out))
     assert [(j.item.path, j.error) for j in jobs] == [(a, None)]
 
+    # a result of another --format is an earlier result too (`derain *` after
+    # `derain *.png --format jpg`)
+    other = _img(tmp_path / "a_derained.jpg", seed=2)
+    jobs = plan_jobs(collect_inputs([str(a), str(other)]), BatchOptions())
+    assert [j.item.path for j in jobs] == [a]
+    # ... while alone it is a photo like any other
+    (job,) = plan_jobs(collect_inputs([str(other)]), BatchOptions())
+    assert job.item.path == other and job.error is None
+
     # but a user's own photo that another input would write over is kept, and refused
     theirs = _img(tmp_path / "mine" / "a.png", seed=1)
     jobs = plan_jobs(collect_inputs([str(a), str(theirs)]),

@@ -118,6 +118,21 @@ def test_a_rerun_with_nothing_left_still_refuses_bad_settings(
     assert derain(photo, "--weights", tiny_weights, "--device", "cpu").exit_code == 0
 
 
+def test_star_into_an_output_folder_can_be_rerun(tmp_path: Path, tiny_weights: Path) -> None:
+    """`derain * -o out/` twice: the second time the shell passes out/ as well, which was a
+    usage error ("-o out is an input folder"); an unmarked folder still is (audit)."""
+    a = _img(tmp_path / "a.png", 20, 14)
+    out = tmp_path / "out"
+    assert derain(a, "-o", f"{out}/", "--weights", tiny_weights).exit_code == 0
+    r = derain(a, out, "-o", f"{out}/", "--weights", tiny_weights, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["skipped"] == 1
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = derain(a, plain, "-o", f"{plain}/", "--weights", tiny_weights)
+    assert r.exit_code == 2 and "choose another folder" in r.output
+
+
 def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
     src = tmp_path / "in"
     _img(src / "a.jpg")
