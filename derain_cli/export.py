@@ -299,18 +299,21 @@ def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
     return Path(f"{stem}.int8.onnx" if int8 else f"{stem}.onnx")
 
 
-def resolve_output(output: Path | None, model: str | None, weights: Path | None,
+def resolve_output(output: Path | str | None, model: str | None, weights: Path | None,
                    int8: bool) -> Path:
     """The file ``derain export`` writes for ``-o``/OUTPUT.
 
-    An existing folder gets :func:`default_output`'s name inside it (not ``FOLDER.onnx``
-    beside it); a name without ``.onnx`` (any case: ``m.ONNX`` stays) gets it appended;
-    missing parent folders are created when writing.
+    An existing folder, or a name ending in a slash (``-o graphs/``, as for the main
+    command), gets :func:`default_output`'s name inside it (not ``FOLDER.onnx`` beside it);
+    a name without ``.onnx`` (any case: ``m.ONNX`` stays) gets it appended; missing parent
+    folders are created when writing.
     """
     name = default_output(model, weights, int8)
     if output is None:
         return name
-    if output.is_dir():
+    folder = str(output).endswith(("/", os.sep))
+    output = Path(output)
+    if folder or output.is_dir():
         return output / name.name
     if output.suffix.lower() != ".onnx":
         return output.with_name(output.name + ".onnx")
@@ -318,15 +321,15 @@ def resolve_output(output: Path | None, model: str | None, weights: Path | None,
 
 
 def export_cmd(
-    output_arg: Annotated[Path | None, typer.Argument(
+    output_arg: Annotated[str | None, typer.Argument(
         metavar="OUTPUT", show_default=False,
         help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
     ] = None,
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(
         "-o", "--output", show_default=False,
         help="Output .onnx file (.onnx is appended when missing; missing folders are "
-             "created), or an existing folder to write MODEL.onnx in. Semi-DRDNet also "
-             "writes <stem>.stats.onnx next to it.")
+             "created), or a folder to write MODEL.onnx in (existing, or ending in /). "
+             "Semi-DRDNet also writes <stem>.stats.onnx next to it.")
     ] = None,
     model: Annotated[str | None, typer.Option(
         "-m", "--model", show_default=False,
@@ -369,7 +372,7 @@ def export_cmd(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    output = resolve_output(output or output_arg, model, weights, int8 is not None)
+    target = resolve_output(output or output_arg, model, weights, int8 is not None)
     try:
         if weights is not None:
             net = model_from_file(weights, model)
@@ -378,11 +381,11 @@ def export_cmd(
         else:
             net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
         if int8 is None:
-            paths = export_onnx(net, output, opset=opset)
+            paths = export_onnx(net, target, opset=opset)
         else:
             from .quantize import build_int8
 
-            paths, record = build_int8(net, int8, output, keep_fp32=keep_fp32)
+            paths, record = build_int8(net, int8, target, keep_fp32=keep_fp32)
             typer.echo(json.dumps(record), err=True)
     except UnknownModelError as e:
         typer.echo(f"error: {e}", err=True)

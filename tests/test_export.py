@@ -321,6 +321,11 @@ def test_export_cmd_output_folder_and_suffix_in_any_case(tiny_weights, tmp_path)
     assert (export.resolve_output(folder, "rdmc-lite", None, True)
             == folder / "rdmc-lite.int8.onnx")
     assert export.resolve_output(None, "rdmc-lite", None, False) == export.Path("rdmc-lite.onnx")
+    # a new folder said with a trailing slash, as for the main command (was new.onnx; audit)
+    res = CliRunner().invoke(_app(), ["-o", f"{tmp_path / 'new'}/", "--weights",
+                                      str(tiny_weights)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "tiny.onnx").is_file() and not (tmp_path / "new.onnx").exists()
 
 
 def test_int8_help_states_the_photos_the_code_requires(tiny_weights, tmp_path, monkeypatch):
