@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import logging
@@ -203,6 +204,48 @@ def _scan_folder(
     return found, skipped_dirs
 
 
+def _expand(pattern: str) -> list[str]:
+    """The paths a pattern matches, as :func:`glob.glob` (``**`` spans folders, dot-names
+    only when the pattern spells the dot) but never through a symbolic link to a folder:
+    glob followed them, so a link to a parent folder nested results 40 levels deep, and two
+    such links never finished. Without ``**`` glob itself is used (it cannot recurse)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    base = _glob_base(pattern)
+    parts = Path(pattern).parts[len(base.parts):]  # Path(".").parts is ()
+    found: list[str] = []
+    if all(part == "**" for part in parts) and base.parts and base.is_dir():
+        found.append(str(base) + os.sep)  # as glob: 'tree/**' matches 'tree/' itself
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        here = Path(dirpath)
+        rel = here.relative_to(base).parts
+        for name in sorted(dirnames + filenames):
+            if _match_parts(parts, (*rel, name)):
+                found.append(str(here / name))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return found
+
+
+def _match_parts(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """Whether ``path``'s components match ``pattern``'s (``**``: any number of folders)."""
+    if not pattern:
+        return not path
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":  # any number of names, none of them hidden
+        for i in range(len(path) + 1):
+            if _match_parts(rest, path[i:]):
+                return True
+            if i < len(path) and path[i].startswith("."):
+                return False
+        return False
+    if not path:
+        return False
+    name = path[0]
+    if name.startswith(".") and not head.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, head) and _match_parts(rest, path[1:])
+
+
 def _in_output_folder(match: Path, base: Path, excluded: set[Path],
                       known: dict[Path, bool]) -> bool:
     """Whether a pattern's match lies in (or is) a folder that holds results: the ``-o``
@@ -319,7 +362,7 @@ def collect_inputs(
                 ))
         elif _has_glob(given):
             base = _glob_base(given)
-            matches = sorted(glob.glob(given, recursive=True))
+            matches = sorted(_expand(given))
             before = len(items)
             known: dict[Path, bool] = {}
             for m in matches:

@@ -539,3 +539,25 @@ def test_pending_megapixels_counts_headers_of_pending_work(tmp_path: Path) -> No
     _img(tmp_path / "a_derained.png", w=8, h=8)  # a's result exists: only b is pending
     assert pending_megapixels(jobs, opts) == pytest.approx(0.02)
     assert pending_megapixels(jobs, BatchOptions(overwrite=True)) == pytest.approx(0.52)
+
+
+def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> None:
+    """glob followed a link to a parent folder (results nested 40 levels deep) and never
+    finished with two such links (audit); `-r` never followed them."""
+    root = tmp_path / "loop"
+    _img(root / "a.png")
+    _img(root / "sub" / "b.png")
+    (root / "sub" / "up").symlink_to("..")
+    (root / "self").symlink_to(".")
+    items = collect_inputs([str(root / "**" / "*.png")])
+    assert sorted(_rels(items)) == ["a.png", "sub/b.png"]
+    # the same matches as glob where there is no link to follow
+    (root / "sub" / "up").unlink()
+    (root / "self").unlink()
+    import glob as globmod
+
+    from derain_cli.batch import _expand
+
+    for pattern in ("**/*.png", "**", "sub/**", "**/sub"):
+        full = str(root / pattern)
+        assert sorted(_expand(full)) == sorted(globmod.glob(full, recursive=True)), pattern
