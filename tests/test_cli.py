@@ -649,3 +649,24 @@ def test_progress_bars_render_on_a_terminal(tmp_path: Path, tiny_weights: Path) 
     # without the terminal's escape codes.
     words = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).split())
     assert "tiles" in text and "zero.png: empty file (0 bytes)" in words
+
+
+def test_ctrl_c_while_the_command_still_imports_is_quiet() -> None:
+    """24 of 24 Ctrl-C's in the first ~150 ms printed a KeyboardInterrupt traceback from
+    `import typer` (audit). The interrupt is made to land in that import here."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "derain_cli.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from derain_cli.__main__ import run
+run()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == "interrupted"
