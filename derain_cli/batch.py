@@ -41,6 +41,7 @@ from .images import (
     SUPPORTED_SUFFIXES,
     ImageError,
     LoadedImage,
+    OutputExists,
     PreparedImage,
     format_for_path,
     is_image_path,
@@ -791,7 +792,12 @@ def _one_line(e: BaseException) -> str:
 
 
 class _FileFailed(Exception):
-    """One file's failure, with the line the summary shows."""
+    """One file's failure, with the line the summary shows (``status`` "skipped" for a
+    result another run wrote meanwhile)."""
+
+    def __init__(self, reason: str, status: Status = "failed") -> None:
+        super().__init__(reason)
+        self.status: Status = status
 
 
 def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
@@ -810,6 +816,9 @@ def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
     """``fn()``, with a per-file problem turned into ``_FileFailed`` and its one-line reason."""
     try:
         return fn()
+    except OutputExists as e:
+        raise _FileFailed(f"output appeared meanwhile (another run?), kept: {e}",
+                          "skipped") from None
     except ImageError as e:
         raise _FileFailed(_one_line(e)) from None
     except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
@@ -849,7 +858,7 @@ def _encode(job: Job, box: list[LoadedImage], options: BatchOptions) -> float:
     h, w = loaded.pixels.shape[:2]
     prepared = _prepare(job, loaded, options)
     del loaded
-    _guarded(prepared.write, options)
+    _guarded(lambda: prepared.write(replace=options.overwrite), options)
     return h * w / 1e6
 
 
@@ -886,7 +895,7 @@ def _process(
         mp = _encode(job, [_derain(job, _read(job, options), derainer, options, progress)],
                      options)
     except _FileFailed as e:
-        return _result(job, t0, rank, "failed", str(e))
+        return _result(job, t0, rank, e.status, str(e))
     return _result(job, t0, rank, "processed", mp=mp)
 
 
@@ -952,7 +961,7 @@ def _run_pipelined(
         try:
             mp = _encode(job, box, options)
         except _FileFailed as e:
-            return _result(job, t0, rank, "failed", str(e))
+            return _result(job, t0, rank, e.status, str(e))
         return _result(job, t0, rank, "processed", mp=mp)
 
     try:

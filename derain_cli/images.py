@@ -58,6 +58,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageError",
     "LoadedImage",
+    "OutputExists",
     "format_for_path",
     "is_image_path",
     "read_image",
@@ -116,6 +117,11 @@ _ORIENTATION = 0x0112
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
 _JPEG_MAX_XMP = 65504  # one APP1 segment less its "http://ns.adobe.com/xap/1.0/\0" header
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
+
+
+class OutputExists(Exception):
+    """``write(replace=False)`` found a file at the destination when it came to put the
+    photo there (another run wrote it meanwhile); that file is left as it is."""
 
 
 class ImageError(Exception):
@@ -803,8 +809,9 @@ class PreparedImage:
     lossless: bool = False
     png_colour: tuple[tuple[bytes, bytes], ...] | None = None
 
-    def write(self) -> None:
-        """Encode to ``path`` atomically (see :func:`write_image`)."""
+    def write(self, replace: bool = True) -> None:
+        """Encode to ``path`` atomically (see :func:`write_image`). ``replace=False``: raise
+        :class:`OutputExists` rather than replace a file that appeared at ``path``."""
         fmt, pixels, alpha = self.fmt, self.pixels, self.alpha
         exif, icc, dpi, quality, xmp = self.exif, self.icc, self.dpi, self.quality, self.xmp
         text, png_colour = self.text, self.png_colour or ()
@@ -864,7 +871,7 @@ class PreparedImage:
                 image.save(buf, format=fmt, **params)
                 fp.write(buf.getbuffer())
 
-        _atomic_write(self.path, save)
+        _atomic_write(self.path, save, replace=replace)
 
 
 def prepare_image(
@@ -965,8 +972,13 @@ def _current_umask() -> int:
     return mask
 
 
-def _atomic_write(dest: Path, save: Callable[[BinaryIO], None]) -> None:
-    """Run ``save(fileobj)`` into a temp file beside ``dest``, fsync, then rename over it."""
+def _atomic_write(dest: Path, save: Callable[[BinaryIO], None], replace: bool = True) -> None:
+    """Run ``save(fileobj)`` into a temp file beside ``dest``, fsync, then rename over it.
+
+    ``replace=False`` puts it there only if nothing is (a hard link, which fails on an
+    existing name, then the temp name removed: no window between look and write); where the
+    file system has no hard links, a look just before the rename.
+    """
     directory = dest.parent
     try:
         # a short name: one built from dest's could pass the 255-byte limit dest keeps to
@@ -988,14 +1000,33 @@ def _atomic_write(dest: Path, save: Callable[[BinaryIO], None]) -> None:
             os.chmod(tmp, mode)
         except OSError:
             pass
-        os.replace(tmp, dest)
+        if replace:
+            os.replace(tmp, dest)
+        else:
+            _place_new(tmp, dest)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, FileExistsError):
+            raise OutputExists(str(dest)) from None
         if isinstance(e, OSError):
             raise ImageError(f"cannot write image: {e.strerror or e}") from e
         raise
     _fsync_dir(directory)
+
+
+def _place_new(tmp: Path, dest: Path) -> None:
+    """Move ``tmp`` to ``dest`` unless ``dest`` exists (FileExistsError)."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares): look, then rename
+        if os.path.lexists(dest):
+            raise FileExistsError(str(dest)) from None
+        os.replace(tmp, dest)
+        return
+    tmp.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

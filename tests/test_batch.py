@@ -561,3 +561,30 @@ def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> N
     for pattern in ("**/*.png", "**", "sub/**", "**/sub"):
         full = str(root / pattern)
         assert sorted(_expand(full)) == sorted(globmod.glob(full, recursive=True)), pattern
+
+
+class _Sneaky:
+    """A derainer during whose work another run writes the output (audit: replaced)."""
+
+    def __init__(self, real, output: Path) -> None:
+        self.real, self.output = real, output
+
+    def derain_array(self, pixels, on_tile=None):
+        self.output.write_bytes(b"written by another run")
+        return self.real.derain_array(pixels, on_tile=on_tile)
+
+
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_a_result_that_appears_while_deraining_is_kept(tmp_path: Path, derainer,
+                                                       io_workers) -> None:
+    a = _img(tmp_path / "a.png")
+    out = tmp_path / "a_derained.png"
+    s = run_batch(collect_inputs([str(a)]), _Sneaky(derainer, out),
+                  BatchOptions(io_workers=io_workers))
+    assert (s.processed, s.skipped, len(s.failed)) == (0, 1, 0)
+    assert out.read_bytes() == b"written by another run"
+    assert "appeared meanwhile" in (s.files[0].reason or "")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    s = run_batch(collect_inputs([str(a)]), _Sneaky(derainer, out),
+                  BatchOptions(io_workers=io_workers, overwrite=True))
+    assert s.processed == 1 and Image.open(out).size == (12, 10)  # --overwrite: replaced
