@@ -722,6 +722,9 @@ def bench_cmd(
     ] = None,
 ) -> None:
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
+    if json_path is not None and not json_path.parent.is_dir():  # known now, not after
+        typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
+        raise typer.Exit(2)
     try:
         bench_main(
             model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,

@@ -66,7 +66,7 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
-            OptionError) as e:
+            NotADirectoryError, OptionError) as e:
         if _debug():
             raise
         _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
@@ -188,8 +188,11 @@ def train_cmd(
         )
         if arch is not None:
             cfg.model = None
+        given = _given_fields(ctx)
+        if weights is not None and "model" not in given:
+            cfg.model = None  # the network the weights file names (train.py reads it)
         if resume:  # the run's own settings, except what was given now
-            cfg.given = _given_fields(ctx)
+            cfg.given = given
         train(cfg)
 
 
@@ -304,7 +307,7 @@ def distill_cmd(
     patch: Annotated[int, typer.Option(min=32, help="Crop size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     val_count: Annotated[int, typer.Option(min=1, help="Clean photos held out.")] = 25,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     name: Annotated[str, typer.Option(help="Name in manifest_entry.json.")] =
     "semi-drdnet-distilled",

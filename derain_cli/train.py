@@ -1324,6 +1324,7 @@ def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
     from .weights import load_manifest, resolve
 
     if fc.model not in load_manifest():
+        get_spec(fc.model)  # a typo is an unknown model (listing the names), not "no weights"
         raise TrainError(f"no published weights for {fc.model!r} yet; pass --weights FILE")
     return str(resolve(fc.model, quiet=fc.quiet)), fc.model, fc.model
 

@@ -109,6 +109,9 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise WeightsError(f"{path}: expected a dict of tensors")
         return obj, meta
+    if path.suffix.lower() == ".onnx":
+        raise WeightsError(f"{path}: an ONNX graph, not a weights file; pass the .safetensors "
+                           "file it was exported from (derain runs ONNX itself: --backend onnx)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -827,3 +827,35 @@ def test_resume_with_other_contrastive_features_says_which_the_run_used(data, tm
     T.train(_cfg(data, tmp_path / "r", steps=2))  # contrast_features "none"
     with pytest.raises(T.TrainError, match="trained with --contrast-features none"):
         T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, contrast_features="self"))
+
+
+def test_cli_small_usage_slips_found_by_an_audit(data, tmp_path):
+    """Each was exit 1 with a raw or misleading message, or (train --weights) a mismatch."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    run = CliRunner().invoke
+    photo = next(data["real"].iterdir())
+    r = run(app, ["finetune", "--rainy", str(photo), "-m", "semi-drdnet-tiny", "-o",
+                  str(tmp_path / "f")])
+    assert r.exit_code == 2 and "not a folder" in r.output, r.output
+    r = run(app, ["finetune", "--rainy", str(data["real"]), "-m", "nope", "-o",
+                  str(tmp_path / "g")])
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.output, r.output
+    r = run(app, ["distill", "--threads", "-1"])
+    assert r.exit_code == 2, r.output
+    r = run(app, ["bench", "--json", str(tmp_path / "no" / "x.json")])
+    assert r.exit_code == 2 and "no folder" in r.output, r.output
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    r = run(app, [str(photo), "--weights", str(tmp_path / "m.onnx"), "-o",
+                  str(tmp_path / "o.png")])
+    assert r.exit_code != 0 and "an ONNX graph, not a weights file" in r.output, r.output
+
+    # train --weights FILE without -m trains the network the file names (not the default's)
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    r = run(app, ["train", "--weights", str(base.weights), "--synthetic", str(data["clean"]),
+                  "--steps", "1", "--batch", "2", "--patch", "24", "--workers", "0",
+                  "--device", "cpu", "--contrast-features", "none", "--quiet",
+                  "--out", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
