@@ -812,6 +812,29 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     return None
 
 
+#: A temporary file this much older than now was left by a killed run, not one at work.
+STALE_TEMPORARY_S = 3600.0
+
+
+def _sweep_stale_temporaries(folders: Iterable[Path]) -> None:
+    """Delete the ``.derain-*.tmp`` files a killed run (``kill -9``, power loss) left in the
+    output folders; those younger than :data:`STALE_TEMPORARY_S` may belong to a run at
+    work and stay. Best effort: nothing here may stop the batch."""
+    now = time.time()
+    for folder in folders:
+        try:
+            leftovers = list(folder.glob(".derain-*.tmp"))
+        except OSError:
+            continue
+        for tmp in leftovers:
+            try:
+                if tmp.is_file() and now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                    tmp.unlink()
+                    log.debug("removed %s, left by an interrupted run", tmp)
+            except OSError:
+                pass
+
+
 def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
     """``fn()``, with a per-file problem turned into ``_FileFailed`` and its one-line reason."""
     try:
@@ -1031,6 +1054,7 @@ def run_batch(
         mark_output_folder(options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
+    _sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()

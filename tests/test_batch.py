@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -588,3 +589,19 @@ def test_a_result_that_appears_while_deraining_is_kept(tmp_path: Path, derainer,
     s = run_batch(collect_inputs([str(a)]), _Sneaky(derainer, out),
                   BatchOptions(io_workers=io_workers, overwrite=True))
     assert s.processed == 1 and Image.open(out).size == (12, 10)  # --overwrite: replaced
+
+
+def test_a_killed_runs_temporary_file_is_swept_by_the_next_run(tmp_path: Path,
+                                                              derainer) -> None:
+    """kill -9 during a write left a hidden temporary file that no rerun removed (audit);
+    a fresh one may belong to a run at work and stays."""
+    a = _img(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    old, fresh = out / ".derain-dead1234.tmp", out / ".derain-busy5678.tmp"
+    for f in (old, fresh):
+        f.write_bytes(b"half a photo")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    s = run_batch(collect_inputs([str(a)]), derainer, BatchOptions(output=out))
+    assert s.processed == 1 and not old.exists() and fresh.exists()
