@@ -846,8 +846,13 @@ def _detach_logging(saved: tuple[Any, ...]) -> None:
     logger.propagate = propagate
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_failure(console: Console, r: FileResult) -> None:
-    console.print(Text("failed: ", style="bold red") + Text(f"{r.input}: {r.reason}"))
+    console.print(Text("failed: ", style="bold red") + Text(_printable(f"{r.input}: {r.reason}")))
 
 
 class _RichProgress:

@@ -670,3 +670,12 @@ run()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == "interrupted"
+
+
+def test_a_file_name_with_a_newline_fails_on_one_line(tmp_path: Path, tiny_weights: Path) -> None:
+    bad = tmp_path / "two\nlines.jpg"
+    bad.write_text("not a photo")
+    r = derain(bad, "--weights", tiny_weights)
+    assert r.exit_code == 1
+    failed = [ln for ln in r.stderr.splitlines() if ln.startswith("failed:")]
+    assert len(failed) == 1 and "two\\nlines.jpg" in failed[0], r.stderr
