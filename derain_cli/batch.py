@@ -214,16 +214,18 @@ def _expand(pattern: str) -> list[str]:
         return glob.glob(pattern)
     base = _glob_base(pattern)
     parts = Path(pattern).parts[len(base.parts):]  # Path(".").parts is ()
+    dirs_only = pattern.endswith(("/", os.sep))  # as glob: 'a/**/' matches folders only
+    hidden = any(part.startswith(".") for part in parts)  # named: walk into dot-folders
     found: list[str] = []
     if all(part == "**" for part in parts) and base.parts and base.is_dir():
         found.append(str(base) + os.sep)  # as glob: 'tree/**' matches 'tree/' itself
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         here = Path(dirpath)
         rel = here.relative_to(base).parts
-        for name in sorted(dirnames + filenames):
+        for name in sorted(dirnames if dirs_only else dirnames + filenames):
             if _match_parts(parts, (*rel, name)):
-                found.append(str(here / name))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found.append(str(here / name) + (os.sep if dirs_only else ""))
+        dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
     return found
 
 
@@ -245,6 +247,37 @@ def _match_parts(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
     if name.startswith(".") and not head.startswith("."):
         return False
     return fnmatch.fnmatchcase(name, head) and _match_parts(rest, path[1:])
+
+
+def without_shell_leftovers(inputs: Sequence[str], output: Path,
+                            recursive: bool = False) -> list[str]:
+    """``inputs`` without what a shell added from an earlier run into the ``-o`` folder.
+
+    ``derain * -o out/`` run again gets ``out`` from the shell too; bash's ``**`` gets
+    ``out/a.png``, ``out/s`` ...; ``derain * -o res/der/`` gets ``res``, which holds no photo
+    of its own. Only when ``output`` holds derain results (its marker) and other inputs are
+    given: a folder named alone is still the user's choice (and refused as -o's input).
+    """
+    if len(inputs) < 2 or not output.is_dir() or not is_output_folder(output):
+        return list(inputs)
+    out = _resolved(output)
+    kept = []
+    for raw in inputs:
+        p = _resolved(Path(raw))
+        if p == out or out in p.parents:
+            continue  # the -o folder, or a result or subfolder in it
+        if (p in out.parents and Path(raw).is_dir() and not recursive
+                and not any(is_image_path(f) for f in _listing(Path(raw)))):
+            continue  # an ancestor of -o with no photo of its own
+        kept.append(raw)
+    return kept
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return [f for f in folder.iterdir() if f.is_file()]
+    except OSError:
+        return []
 
 
 def _in_output_folder(match: Path, base: Path, excluded: set[Path],
@@ -805,10 +838,13 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     out = job.output
     if job.error is not None or out is None:
         return "failed", job.error or "no output path"
-    if out.is_dir():
-        return "failed", f"the output {out} is a folder"
-    if out.exists() and not options.overwrite:
-        return "skipped", "output exists"
+    try:
+        if out.is_dir():
+            return "failed", f"the output {out} is a folder"
+        if out.exists() and not options.overwrite:
+            return "skipped", "output exists"
+    except OSError as e:  # e.g. a name past the file system's limit: this file only
+        return "failed", f"cannot use the output name {out}: {e.strerror or e}"
     return None
 
 

@@ -673,16 +673,12 @@ def _run(
         elif output.exists() and not output.is_dir():
             raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
         else:
-            kept = []
+            inputs = batch.without_shell_leftovers(inputs, output, recursive)
             for raw in inputs:
                 p = Path(raw)
                 if p.is_dir() and p.resolve() == output.resolve():
-                    if len(inputs) > 1 and batch.is_output_folder(p):
-                        continue  # `derain * -o out/` again: the shell passed out/ too
                     raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                       "replace the originals; choose another folder")
-                kept.append(raw)
-            inputs = kept
     if backend == "onnx" and not _module_exists("derain_cli.onnx_backend"):
         raise _usage(ctx, "--backend onnx is not available in this version of derain "
                           "(derain_cli.onnx_backend is missing); use --backend torch")

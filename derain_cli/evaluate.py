@@ -353,7 +353,7 @@ def synth_pairs(
     if dest == src or src in dest.parents:
         raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}: the "
                          "next run would take its pairs for photos; choose a folder outside it")
-    for side in (dest / "rainy", dest / "clean"):  # e.g. `derain synth rainy .`
+    for side in ((dest / "rainy").resolve(), (dest / "clean").resolve()):  # `synth rainy .`
         if side == src or side in src.parents:
             raise SynthError(f"the photo folder {clean_dir} is where the pairs would go "
                              f"({out}/{side.name}/): the photos would be overwritten; choose "

@@ -600,6 +600,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
     need(cfg.l1_weight >= 0, f"--l1-weight must be 0 (off) or more, not {cfg.l1_weight:g}")
     need(cfg.warmup >= 0, f"--warmup must be 0 or more, not {cfg.warmup}")
+    need(cfg.workers is None or cfg.workers >= 0, f"--workers must be 0 or more, not {cfg.workers}")
     need(cfg.clip >= 0, f"--clip must be 0 (off) or more, not {cfg.clip:g}")
     need(0 <= cfg.ema < 1, f"--ema must be in [0, 1), not {cfg.ema:g}")
     for flag, v in (("--val-every", cfg.val_every), ("--ckpt-every", cfg.ckpt_every),
@@ -849,7 +850,8 @@ def _train(
         cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
                             recalib_given=recalib_given, freeze_given=freeze_given)
     else:
-        for held in ("last.pt", "model.safetensors", "best.pt", "log.jsonl"):
+        # (a run that failed before its first checkpoint holds only logs: started afresh)
+        for held in ("last.pt", "model.safetensors", "best.pt"):
             if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
                 raise TrainError(f"{out} already holds a run ({held}); pass --resume to "
                                  "continue it or choose another --out")

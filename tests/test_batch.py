@@ -559,7 +559,11 @@ def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> N
 
     from derain_cli.batch import _expand
 
-    for pattern in ("**/*.png", "**", "sub/**", "**/sub"):
+    _img(root / "sub" / ".thumbs" / "t.png")
+    _img(root / "sub" / "2024-05" / "x.png")
+    _img(root / "sub" / "2024-note.png")
+    for pattern in ("**/*.png", "**", "sub/**", "**/sub", "**/.thumbs/*.png", "**/.*/*.png",
+                    "sub/**/2024*/", "**/"):  # named dot-folders, folders-only patterns
         full = str(root / pattern)
         assert sorted(_expand(full)) == sorted(globmod.glob(full, recursive=True)), pattern
 
@@ -605,3 +609,36 @@ def test_a_killed_runs_temporary_file_is_swept_by_the_next_run(tmp_path: Path,
     os.utime(old, (two_hours_ago, two_hours_ago))
     s = run_batch(collect_inputs([str(a)]), derainer, BatchOptions(output=out))
     assert s.processed == 1 and not old.exists() and fresh.exists()
+
+
+def test_what_a_shell_adds_from_an_earlier_run_into_o_is_left_out(tmp_path: Path) -> None:
+    """bash's ** after `derain ** -o out/` passes out/a.png, out/s ... and `derain * -o
+    res/der/` passes res (no photo of its own): both failed the rerun (audit)."""
+    from derain_cli.batch import mark_output_folder, without_shell_leftovers
+
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "s" / "c.png")
+    out = tmp_path / "out"
+    given = [str(tmp_path / n) for n in ("a.png", "out", "out/a.png", "out/s", "s")]
+    assert without_shell_leftovers(given, out) == given  # no such folder yet
+    _img(out / "s" / "c.png")
+    assert without_shell_leftovers(given, out) == given  # not marked: the user's folder
+    mark_output_folder(out)
+    assert without_shell_leftovers(given, out) == [given[0], given[4]]
+    assert without_shell_leftovers([str(out)], out) == [str(out)]  # alone: refused later
+    nested = tmp_path / "res" / "der"
+    mark_output_folder(nested)
+    res = [str(tmp_path / "a.png"), str(tmp_path / "res")]
+    assert without_shell_leftovers(res, nested) == res[:1]
+    assert without_shell_leftovers(res, nested, recursive=True) == res  # -r: its tree
+    _img(tmp_path / "res" / "own.png")
+    assert without_shell_leftovers(res, nested) == res  # a photo of its own: kept
+
+
+def test_an_output_name_past_the_limit_fails_that_file_only(tmp_path: Path, derainer) -> None:
+    """Its `out.is_dir()` raised 'File name too long' and stopped the whole batch (audit)."""
+    ok = _img(tmp_path / "ok.png")
+    long = _img(tmp_path / ("x" * 247 + ".png"))  # fits; NAME_derained.png does not
+    s = run_batch(collect_inputs([str(ok), str(long)]), derainer, BatchOptions())
+    assert s.processed == 1 and len(s.failed) == 1
+    assert "cannot use the output name" in s.failed[0][1]

@@ -289,5 +289,10 @@ def test_synth_never_writes_over_its_photos_or_its_own_pairs(tmp_path):
     for out in (tmp_path, tmp_path / "rainy" / ".."):
         with pytest.raises(E.SynthError, match="the photos would be overwritten"):
             E.synth_pairs(photos, out, overwrite=True)
+    linked = tmp_path / "linked"  # rainy/ a link to the photo folder (audit)
+    linked.mkdir()
+    (linked / "rainy").symlink_to(photos)
+    with pytest.raises(E.SynthError, match="the photos would be overwritten"):
+        E.synth_pairs(photos, linked, overwrite=True)
     n = E.synth_pairs(photos, tmp_path / "o", count=4)
     assert n == 4 and len(list((tmp_path / "o" / "rainy").iterdir())) == 4

@@ -259,6 +259,14 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     T.train(_cfg(data, tmp_path / "x", steps=2))
     with pytest.raises(T.TrainError, match="--resume"):
         T.train(_cfg(data, tmp_path / "x", steps=2))
+    # a run that failed before its first checkpoint (logs only) may be started afresh
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "log.jsonl").write_text("{}\n")
+    (bare / "config.json").write_text("{}\n")
+    T.train(_cfg(data, bare, steps=1))
+    with pytest.raises(T.TrainError, match="--workers must be 0 or more"):
+        T.train(_cfg(data, tmp_path / "neg", steps=1, workers=-1))
     # a finished run whose last.pt was cleaned up away is still not overwritten
     (tmp_path / "x" / "last.pt").unlink()
     with pytest.raises(T.TrainError, match=r"already holds a run \(model\.safetensors\)"):
