@@ -266,17 +266,17 @@ def without_shell_leftovers(inputs: Sequence[str], output: Path,
         p = _resolved(Path(raw))
         if p == out or out in p.parents:
             continue  # the -o folder, or a result or subfolder in it
-        if (p in out.parents and Path(raw).is_dir() and not recursive
-                and not any(is_image_path(f) for f in _listing(Path(raw)))):
+        if p in out.parents and Path(raw).is_dir() and not recursive and not _photos_in(p):
             continue  # an ancestor of -o with no photo of its own
         kept.append(raw)
     return kept
 
 
-def _listing(folder: Path) -> list[Path]:
+def _photos_in(folder: Path) -> list[Path]:
+    """The photos a folder scan would take from ``folder`` itself (none if unlistable)."""
     try:
-        return [f for f in folder.iterdir() if f.is_file()]
-    except OSError:
+        return _scan_folder(folder, False, set())[0]
+    except ImageError:
         return []
 
 
