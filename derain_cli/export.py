@@ -358,6 +358,7 @@ def export_cmd(
     (16 for RDMC, 1 for Semi-DRDNet): pad (reflect) to it, crop the output back,
     as derain's own tiler does; other sizes fail in ONNX Runtime.
     """
+    from .data import DataError
     from .enhancer import DEFAULT_MODEL
     from .hub import WeightsUnavailable
     from .models import UnknownModelError, build_model
@@ -387,7 +388,7 @@ def export_cmd(
 
             paths, record = build_int8(net, int8, target, keep_fp32=keep_fp32)
             typer.echo(json.dumps(record), err=True)
-    except UnknownModelError as e:
+    except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:

@@ -357,6 +357,7 @@ def build_int8(
     import onnx
 
     from . import export
+    from .data import DataError
     from .hub import sha256_file
     from .onnx_backend import state_sha256
     from .pairs import list_images
@@ -364,7 +365,7 @@ def build_int8(
     paths = list_images(clean_dir)
     need = min_photos(keep_fp32)
     if len(paths) < need:
-        raise ValueError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs {need}")
+        raise DataError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs {need}")
     photos = read_photos(paths, need)
     crop = calibration_crop(photos[:CALIB_COUNT], int(getattr(model, "size_multiple", 1)),
                             CALIB_SIZE)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from derain_cli import quantize, tiling
+from derain_cli.data import DataError
 from derain_cli.enhancer import Derainer, default_overlap
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
 from derain_cli.onnx_backend import OnnxRunner, make_onnx_runner, state_sha256
@@ -141,7 +142,7 @@ def test_summed_conv_adds_are_the_folded_dccl_sums_only(tmp_path):
 
 def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
-    with pytest.raises(ValueError, match="int8 calibration needs"):
+    with pytest.raises(DataError, match="int8 calibration needs"):
         quantize.build_int8(net, _photos(tmp_path / "few", 2), tmp_path / "x.onnx")
 
 
