@@ -246,12 +246,6 @@ def _axis_windows(t: Tile, h: int, w: int, overlap: int) -> tuple[np.ndarray, np
             _axis_window(t.x1 - t.x0, t.x0, t.x1, w, overlap))
 
 
-def blend_window(t: Tile, h: int, w: int, overlap: int) -> np.ndarray:
-    """Weight of each tile pixel: 1 inside and at image borders, faded near inner edges."""
-    wy, wx = _axis_windows(t, h, w, overlap)
-    return (wy[:, None] * wx[None, :]).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class _Layout:
     """A pass's tiles and their blend windows' sum, which is separable.

@@ -130,6 +130,7 @@ def test_bench_main_tiny(tmp_path):
         ["semi-drdnet-lite"], size=(48, 64), tile=32, overlap=8,
         variants=["fp32", "channels_last", "bf16", "fp16", "onnx"], devices="cpu",
         flop_side=32, peak_side=32, json_path=out, echo=lines.append,
+        force_bf16=True,  # emulated where the CPU has no bf16: the row is checked everywhere
     )
     rows = {r.variant: r for r in res.rows}
     assert rows["fp32"].s_per_mp > 0 and rows["fp32"].gflops > 0
@@ -137,11 +138,10 @@ def test_bench_main_tiny(tmp_path):
     assert rows["channels_last"].psnr_vs_fp32 > 60
     assert rows["onnx"].psnr_vs_fp32 > 60 and "onnxruntime" in rows["onnx"].note
     assert rows["fp16"].note.startswith("skipped")
-    if rows["bf16"].seconds is not None:  # CPUs with native bf16 (or none: skipped)
-        assert 25 < rows["bf16"].psnr_vs_fp32 < 200
-        bf16_peak, ref = res.models[0].reduced_peaks["bf16"]
-        assert rows["bf16"].peak_ratio == pytest.approx(rows["bf16"].gflops / bf16_peak)
-        assert "bf16" in ref and "bf16 conv peak" in lines[0]
+    assert rows["bf16"].seconds is not None and 25 < rows["bf16"].psnr_vs_fp32 < 200
+    bf16_peak, ref = res.models[0].reduced_peaks["bf16"]
+    assert rows["bf16"].peak_ratio == pytest.approx(rows["bf16"].gflops / bf16_peak)
+    assert "bf16" in ref and "bf16 conv peak" in lines[0]
     assert rows["fp32"].peak_ratio == pytest.approx(
         rows["fp32"].gflops / res.models[0].peak_gflops)
     data = json.loads(out.read_text())
@@ -149,6 +149,15 @@ def test_bench_main_tiny(tmp_path):
     assert data["overlap"] == 8 and data["models"][0]["overlap"] == 8
     text = lines[0]
     assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
+
+
+def test_bench_skips_bf16_on_a_cpu_without_it(monkeypatch):
+    monkeypatch.setattr(bench, "cpu_supports_bf16", lambda: False)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    why = bench.make_variant_runner(net, "bf16", torch.device("cpu"))
+    assert isinstance(why, str) and why.startswith("skipped") and "--force-bf16" in why
+    assert not isinstance(bench.make_variant_runner(net, "bf16", torch.device("cpu"),
+                                                    force_bf16=True), str)
 
 
 def test_bench_cmd_json_and_errors():

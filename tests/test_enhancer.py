@@ -27,13 +27,25 @@ def test_numpy_in_numpy_out(derainer):
     assert np.abs(f * 255 - y).max() <= 1
 
 
-def test_integer_samples_need_no_float_copy(derainer):
+def test_integer_samples_need_no_float_copy(derainer, monkeypatch):
     """derain_array takes decoded uint8/uint16 samples as they are (the batch path does)."""
+    handed: list[np.ndarray] = []
+    real_run_tiled = tiling.run_tiled
+
+    def recording(image, *args, **kwargs):
+        handed.append(image)
+        return real_run_tiled(image, *args, **kwargs)
+
+    monkeypatch.setattr(tiling, "run_tiled", recording)
     x = _photo(70, 90)
+    derainer.derain_array(x)
+    deep = x.astype(np.uint16) * 257
+    derainer.derain_array(deep)
+    assert handed[0] is x and handed[1] is deep  # no whole-image float copy before tiling
+    handed.clear()
     f = x.astype(np.float32)
     f *= np.float32(1 / 255)
     np.testing.assert_array_equal(derainer.derain_array(x), derainer.derain_array(f))
-    deep = x.astype(np.uint16) * 257
     np.testing.assert_allclose(derainer.derain_array(deep), derainer.derain_array(f), atol=1e-6)
 
 
@@ -258,8 +270,11 @@ def test_top_level_import_and_gray_alpha(tiny_weights):
 def test_onnx_backend_matches_torch(tiny_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
     x = _photo(70, 90)
-    a = Derainer(weights=tiny_weights, device="cpu", tile=48, precision="fp32").derain(x)
-    b = Derainer(weights=tiny_weights, device="cpu", tile=48, backend="onnx").derain(x)
+    torch_side = Derainer(weights=tiny_weights, device="cpu", tile=48, precision="fp32",
+                          backend="torch")  # auto would pick ONNX on a CPU: ONNX vs ONNX
+    onnx_side = Derainer(weights=tiny_weights, device="cpu", tile=48, backend="onnx")
+    assert (torch_side.backend, onnx_side.backend) == ("torch", "onnx")
+    a, b = torch_side.derain(x), onnx_side.derain(x)
     # ONNX Runtime runs fp32 graphs whatever was asked, and says so in .precision (the banner)
     assert Derainer(weights=tiny_weights, device="cpu", backend="onnx",
                     precision="bf16").precision == "fp32"

@@ -1,5 +1,6 @@
 """The torch-free start of the default CPU path (derain_cli.fast_path)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,8 @@ def _photo(path: Path, h: int = 300, w: int = 420) -> Path:
 
 
 def test_default_cpu_run_never_imports_torch(tmp_path):
-    """`derain photo.jpg` (and the library default) with torch made unimportable."""
+    """`derain photo.jpg` (and the library default) with torch made unimportable, on a CPU
+    without bf16 instructions and no engine pinned: the choice a user's run makes."""
     src = _photo(tmp_path / "in.png")
     script = textwrap.dedent(f"""
         import importlib.abc, importlib.machinery, sys
@@ -48,10 +50,12 @@ def test_default_cpu_run_never_imports_torch(tmp_path):
 
         sys.meta_path.insert(0, BlockTorch())
         import numpy as np
+        from derain_cli import engine_choice
         from derain_cli.enhancer import Derainer
+        engine_choice.cpu_has_bf16 = lambda: False  # the same run on every CI machine
         d = Derainer(device="auto", threads=1)
-        assert (d.model_name, d.backend, d.precision, d.device_name) == (
-            {DEFAULT_MODEL!r}, "onnx", "int8", "cpu"), vars(d)
+        assert (d.model_name, d.backend, d.precision, d.device_name, d.engine_note) == (
+            {DEFAULT_MODEL!r}, "onnx", "int8", "cpu", "no bf16 instructions"), vars(d)
         assert d.derain(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50, 3)
         from derain_cli.cli import main
         for extra in ([], ["-m", {DEFAULT_MODEL!r}]):  # naming the default changes nothing
@@ -62,8 +66,10 @@ def test_default_cpu_run_never_imports_torch(tmp_path):
             except SystemExit as e:
                 assert not e.code, e.code
     """)
+    env = {k: v for k, v in os.environ.items() if k != "DERAIN_CPU_ENGINE"}  # conftest pins it
+    env["DERAIN_CACHE"] = str(tmp_path / "cache")
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("on cpu (ONNX Runtime), int8") == 2
     assert Image.open(tmp_path / "out.png").size == (420, 300)

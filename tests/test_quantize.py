@@ -260,10 +260,15 @@ def test_int8_graph_of_other_weights_is_refused():
         quantize.shipped_int8_graph(corrupt, net)
 
 
-def test_auto_precision_picks_int8_on_cpu_and_explicit_choices_hold():
+def test_auto_precision_picks_int8_on_cpu_and_explicit_choices_hold(tmp_path, monkeypatch):
+    from derain_cli import engine_choice
+
     _shipped()
+    monkeypatch.delenv(engine_choice.ENV, raising=False)  # conftest pins int8: the real choice
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(engine_choice, "cpu_has_bf16", lambda: False)
     d = Derainer(device="cpu", threads=1)
-    assert (d.backend, d.precision) == ("onnx", "int8")
+    assert (d.backend, d.precision, d.engine_note) == ("onnx", "int8", "no bf16 instructions")
     assert (Derainer(device="cpu", precision="fp32", threads=1).precision) == "fp32"
     torch_run = Derainer(device="cpu", backend="torch", threads=1)
     assert torch_run.backend == "torch" and torch_run.precision != "int8"
