@@ -263,7 +263,8 @@ def _load_lazy(name: str) -> Command:
 
 # --------------------------------------------------------------------------- app
 EPILOG = (
-    "Subcommands must be the first word (derain models --json). A file or folder named like "
+    "A subcommand comes first, after --debug at most (derain models --json, derain --debug "
+    "eval ...); a subcommand's name later on is a path. A file or folder named like "
     "a subcommand is addressed as a path: derain ./train. Run under torchrun "
     "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
     "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
