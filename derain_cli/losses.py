@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 
-def _gauss_window(size: int = 11, sigma: float = 1.5, device=None, dtype=None) -> Tensor:
+def _gauss_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Tensor:
     x = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -364,7 +365,8 @@ class SelfFeatures(nn.Module):
                          self.layer_weights, self.tau, self.n_patches, gen)
 
 
-def _sample_idx(h: int, w: int, n: int, gen: torch.Generator | None, device) -> Tensor:
+def _sample_idx(h: int, w: int, n: int, gen: torch.Generator | None,
+                device: torch.device) -> Tensor:
     k = min(n, h * w)
     idx = torch.randperm(h * w, generator=gen)[:k] if gen is not None else \
         torch.randperm(h * w)[:k]

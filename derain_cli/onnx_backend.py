@@ -224,7 +224,7 @@ def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
-def session_options(threads: int | None = None, cpu_arena: bool = True):
+def session_options(threads: int | None = None, cpu_arena: bool = True) -> Any:
     """The ``onnxruntime.SessionOptions`` every derain session uses (runner and benchmark).
 
     ``threads`` None: as many as PyTorch is set to use (``--threads``, benchmarks) when it
@@ -303,7 +303,7 @@ class ShapedSessions:
         self._shape: tuple[int, ...] | None = None  # of the specialised session
         self._session = None
 
-    def get(self, image_shape: tuple[int, ...]):
+    def get(self, image_shape: tuple[int, ...]) -> Any:
         """The session for a ``(batch, 3, height, width)`` input."""
         key = (image_shape[0], image_shape[2], image_shape[3])
         if not self.specialise or key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:

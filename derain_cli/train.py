@@ -398,7 +398,8 @@ class _RunLog:
             f.write(json.dumps(record) + "\n")
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, size: tuple[int, int] = (900, 360)):
+def plot_curves(records: list[dict[str, Any]], path: Path,
+                size: tuple[int, int] = (900, 360)) -> None:
     """Draw train loss (log scale) and val PSNR against step into a PNG with PIL."""
     from PIL import Image, ImageDraw
 
@@ -426,8 +427,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path, size: tuple[int, int]
         if ymax - ymin < 1e-9:
             ymin, ymax = ymin - 0.5, ymax + 0.5
 
-        def px(x: float, y: float, x0=x0, x1=x1, y0=y0, y1=y1, xmin=xmin, xmax=xmax,
-               ymin=ymin, ymax=ymax) -> tuple[float, float]:
+        def px(x: float, y: float, x0: float = x0, x1: float = x1, y0: float = y0,
+               y1: float = y1, xmin: float = xmin, xmax: float = xmax, ymin: float = ymin,
+               ymax: float = ymax) -> tuple[float, float]:
             return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0),
                     y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
