@@ -853,12 +853,15 @@ def _print_failure(console: Console, r: FileResult) -> None:
 
 
 class _RichProgress:
-    """Bars over files and over the tiles of a large image (stderr); failure lines."""
+    """Bars over files and over the tiles of a large image (stderr); failure lines.
+
+    The files bar counts files; the tiles bar shows a percentage of the image's work
+    (``tiling.run_tiled``'s ``on_tile`` counts pixels through the network), so its time
+    estimate holds across the cheap statistics tiles and the final pass's."""
 
     def __init__(self, console: Console, *, bars: bool, report_failures: bool, rank: int) -> None:
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             SpinnerColumn,
             TextColumn,
@@ -872,7 +875,7 @@ class _RichProgress:
             SpinnerColumn(),
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}", markup=False),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -880,6 +883,7 @@ class _RichProgress:
             disable=not bars,
         )
         self.files: Any = None
+        self.files_done = self.files_total = 0
         self.tiles: Any = None
 
     def __enter__(self) -> _RichProgress:
@@ -890,24 +894,27 @@ class _RichProgress:
         self.bars.stop()
 
     def start(self, total: int) -> None:
-        self.files = self.bars.add_task("derain", total=total)
+        self.files_done, self.files_total = 0, total
+        self.files = self.bars.add_task("derain", total=total, count=f"0/{total}")
 
     def file_start(self, job: Job) -> None:
         name = job.item.path.name
         self.bars.update(self.files, description=name if len(name) <= 40 else name[:37] + "...")
 
     def tile(self, done: int, total: int) -> None:
-        if total <= 1 and self.tiles is None:
+        if done >= total and self.tiles is None:  # one piece (untiled, or one tile): no bar
             return
+        count = f"{100 * done // max(total, 1):>3d}%"
         if self.tiles is None:
-            self.tiles = self.bars.add_task("  tiles", total=total)
-        self.bars.update(self.tiles, completed=done, total=total)
+            self.tiles = self.bars.add_task("  tiles", total=total, count=count)
+        self.bars.update(self.tiles, completed=done, total=total, count=count)
 
     def file_done(self, job: Job, result: FileResult) -> None:
         if self.tiles is not None:
             self.bars.remove_task(self.tiles)
             self.tiles = None
-        self.bars.advance(self.files)
+        self.files_done += 1
+        self.bars.update(self.files, advance=1, count=f"{self.files_done}/{self.files_total}")
         if result.status == "failed" and self.report_failures:
             _print_failure(self.console, result)
 

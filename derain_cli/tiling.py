@@ -74,6 +74,10 @@ STATS_MEGAPIXELS = 4.0
 MAX_STATS_STRIDE = 3
 #: Tile size of a sampled statistics pass (smaller than the final pass's 512-1024 px).
 STATS_SAMPLE_TILE = 256
+#: Progress (``on_tile``): what a statistics pixel costs against a final-pass one. The
+#: statistics pass runs Semi-DRDNet's rain network alone, about half the network: 0.25
+#: to 0.5 of its convolutions in the bundled configurations (6 + 2 blocks: 0.5).
+STATS_COST = 0.5
 
 
 class Runner(Protocol):
@@ -308,6 +312,11 @@ def run_tiled(
     passes' tiles; see the module docstring. ``stats_megapixels`` caps the pixels a
     statistics pass runs through (a spread-out sample of its tiles, ``sample_tiles``).
     ``batch``: tiles per forward pass of the final pass (see the module docstring).
+    ``on_tile(done, total)`` is called after each tile with the work done and in all,
+    counted in pixels through the network (a statistics pass's at ``STATS_COST`` each):
+    a fraction that grows with time, for progress bars and their time estimates. (Counted
+    in tiles, an 80 MP photo's 500 small, cheap statistics tiles made the first 57 % of
+    the count take 16 % of the time.)
     """
     h0, w0 = image.shape[:2] if hwc else image.shape[1:]
     inv_scale = np.float32(1.0 / np.iinfo(image.dtype).max) if image.dtype.kind == "u" else None
@@ -330,7 +339,7 @@ def run_tiled(
     if tile <= 0 or (tile >= h0 and tile >= w0):
         out = runner.forward(crop(image, Tile(0, h0, 0, w0)), None)[0]
         if on_tile:
-            on_tile(1, 1)
+            on_tile(h0 * w0, h0 * w0)
         return out.transpose(1, 2, 0)[:h0, :w0] if hwc else out[:, :h0, :w0]
     tile = max(m, tile // m * m)
     overlap = min(overlap, tile // 2)
@@ -348,7 +357,12 @@ def run_tiled(
         stats = _layout(h, w, s_tile, stats_overlap, m)
     budget = stats_megapixels if _sampled(h, w, stats_megapixels) else None
     keep = sample_tiles(stats.tiles, budget) if passes else []
-    total = len(keep) * passes + len(final.tiles)
+
+    def work(t: Tile, cost: float = 1.0) -> int:
+        return max(1, round((t.y1 - t.y0) * (t.x1 - t.x0) * cost))
+
+    total = passes * sum(work(stats.tiles[i], STATS_COST) for i in keep) + sum(
+        work(t) for t in final.tiles)
     done = 0
     for _ in range(passes):
         sums = np.zeros((1, *shape), np.float64)
@@ -359,7 +373,7 @@ def run_tiled(
             mask = (stats.window(t, h, w) * _inside(t, h0, w0))[None, None]
             sums += runner.stat_sums(crop(image, t), pooled, mask)
             weight += float(mask.sum(dtype=np.float64))
-            done += 1
+            done += work(t, STATS_COST)
             if on_tile:
                 on_tile(done, total)
         # Every tile: the weights are a partition of unity, so they sum to the image area.
@@ -391,7 +405,7 @@ def run_tiled(
                     out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
                 else:
                     out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
-                done += 1
+                done += work(t)
                 if on_tile:
                     on_tile(done, total)
         pending = queued

@@ -652,6 +652,31 @@ def test_progress_bars_render_on_a_terminal(tmp_path: Path, tiny_weights: Path) 
     assert "tiles" in text and "zero.png: empty file (0 bytes)" in words
 
 
+def test_tile_bar_shows_work_done_and_no_bar_for_one_piece() -> None:
+    """The tile bar follows the tiler's work units as a percentage (its time estimate then
+    holds across cheap statistics tiles and final ones); an image done in one piece gets
+    no bar, and the files bar counts files."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.cli import _RichProgress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    progress = _RichProgress(console, bars=True, report_failures=False, rank=0)
+    with progress:
+        progress.start(3)
+        progress.tile(640_000, 640_000)  # untiled: one call, already complete
+        assert progress.tiles is None
+        progress.tile(1_000, 8_000)
+        task = next(t for t in progress.bars.tasks if t.id == progress.tiles)
+        assert (task.completed, task.total, task.fields["count"]) == (1_000, 8_000, " 12%")
+        progress.tile(8_000, 8_000)
+        assert task.fields["count"] == "100%"
+        files = next(t for t in progress.bars.tasks if t.id == progress.files)
+        assert files.fields["count"] == "0/3"
+
+
 def test_ctrl_c_while_the_command_still_imports_is_quiet() -> None:
     """24 of 24 Ctrl-C's in the first ~150 ms printed a KeyboardInterrupt traceback from
     `import typer` (audit). The interrupt is made to land in that import here."""

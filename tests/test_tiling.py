@@ -195,7 +195,8 @@ def test_several_tiles_per_pass_give_the_same_result(hwc):
     four = tiling.run_tiled(img, net, 96, 24, hwc=hwc, batch=4,
                             on_tile=lambda d, t: seen.append(d))
     np.testing.assert_array_equal(one, four)
-    assert seen == list(range(1, n + 1))
+    areas = [(t.y1 - t.y0) * (t.x1 - t.x0) for t in tiling.plan_tiles(320, 320, 96, 24, 32)]
+    assert seen == list(np.cumsum(areas))  # one call a tile, in pixels
     sizes = [4] * (n // 4) + [n % 4]
     expect = [("submit", sizes[0])]
     for prev, nxt in itertools.pairwise(sizes):
@@ -263,7 +264,13 @@ def test_statistics_pass_has_its_own_half_overlap_tiles(stats_overlap):
     planned = tiling.plan_tiles(1000, 700, 256, ov)
     assert r.stat_shapes == [(t.y1 - t.y0, t.x1 - t.x0) for t in planned]
     assert r.pooled == pytest.approx([1.0] * len(tiling.plan_tiles(1000, 700, 256, 48)))
-    assert calls[-1] == (len(planned) + len(r.pooled),) * 2
+    # progress counts pixels through the network, a statistics pixel at STATS_COST
+    final = tiling.plan_tiles(1000, 700, 256, 48)
+    stats_work = [round((t.y1 - t.y0) * (t.x1 - t.x0) * tiling.STATS_COST) for t in planned]
+    final_work = [(t.y1 - t.y0) * (t.x1 - t.x0) for t in final]
+    total = sum(stats_work) + sum(final_work)
+    assert len(calls) == len(planned) + len(final) and all(t == total for _, t in calls)
+    assert [d for d, _ in calls] == list(np.cumsum(stats_work + final_work))
     if stats_overlap is None:  # fewer pixels than the final pass's tiles
         assert sum(a * b for a, b in r.stat_shapes) < sum(
             (t.y1 - t.y0) * (t.x1 - t.x0) for t in tiling.plan_tiles(1000, 700, 256, 48))
