@@ -691,7 +691,9 @@ class Summary:
             "megapixels_per_s": round(self.megapixels_per_s, 4),
             "world_size": self.world_size,
             "interrupted": self.interrupted,
-            "files": [asdict(r) for r in self.files],
+            # a failed file's output was never written: null, not the path it would have had
+            "files": [{**asdict(r), "output": None if r.status == "failed" else r.output}
+                      for r in self.files],
         }
 
     def to_json(self, indent: int | None = 2) -> str:

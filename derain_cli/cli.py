@@ -801,11 +801,21 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",
             (str(getattr(derainer, "model_name", "?")), "cyan"),
-            f" [{getattr(derainer, 'weights_label', '?')}] on {dev} "
+            f"{_weights_phrase(derainer)} on {dev} "
             f"({_ENGINE.get(getattr(derainer, 'backend', ''), '?')}), "
             f"{getattr(derainer, 'precision', '?')}{why}, tiles {tiles}{where}",
         )
     )
+
+
+def _weights_phrase(derainer: Any) -> str:
+    """' (interim weights)' for the model's own weights (the label is 'NAME (STATUS)'),
+    ' [weights FILE]' for a user's file: the banner names the model once."""
+    name = str(getattr(derainer, "model_name", ""))
+    label = str(getattr(derainer, "weights_label", "?"))
+    if name and label.startswith(f"{name} (") and label.endswith(")"):
+        return f" ({label[len(name) + 2:-1]} weights)"
+    return f" [weights {label}]"
 
 
 class _LogHandler(logging.Handler):
@@ -988,9 +998,11 @@ def _fmt_number(v: Any) -> str:
 
 
 def _fmt_metrics(metrics: dict[str, Any], sep: str = "; ") -> str:
-    """Evaluation sets as 'set PSNR/SSIM' (Y channel); training-time entries are left out."""
+    """Evaluation sets as 'set PSNR/SSIM' (Y channel); training-time entries are left out.
+    The same order for every model: light rain, heavy rain, real-like rain, then the rest."""
     parts = []
-    for key, value in metrics.items():
+    known = {name: i for i, name in enumerate(("rain100l", "heavy-small", "sirr-val"))}
+    for key, value in sorted(metrics.items(), key=lambda kv: (known.get(kv[0], 3), kv[0])):
         if isinstance(value, dict) and "psnr_y" in value:
             ssim = f"/{value['ssim_y']:.3f}" if "ssim_y" in value else ""
             parts.append(f"{key} {value['psnr_y']:.2f}{ssim}")
@@ -1125,6 +1137,12 @@ def download_cmd(
                 raise _usage(ctx, weights.untrained_message(untrained[0]))
             raise _usage(ctx, f"no published weights named {', '.join(map(repr, unknown))} "
                               f"(known: {known})")
+        if all_:
+            from .models import MODELS
+
+            for name in (n for n in MODELS if n not in manifest):
+                typer.echo(f"{name}: no weights published yet, skipped "
+                           "(train your own: derain train --help)")
         if not targets:
             typer.echo("no published weights in the manifest yet; nothing to do")
             return

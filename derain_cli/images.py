@@ -432,7 +432,10 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
             raise ImageError("not enough memory to decode this image") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ImageError(f"truncated or corrupt image ({detail})") from None
+            if "truncated" in detail.lower():  # Pillow: "image file is truncated (N bytes not..."
+                raise ImageError("truncated image: the file ends before the picture does "
+                                 "(an interrupted download or copy?)") from None
+            raise ImageError(f"truncated or corrupt image: {detail}") from None
 
 
 def _read(p: Path, max_pixels: int | None) -> LoadedImage:

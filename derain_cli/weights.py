@@ -249,5 +249,6 @@ def load_pretrained(name: str, *, quiet: bool = False) -> nn.Module:
 def untrained_message(name: str) -> str:
     """What to tell a user who asks for a registered model that has no weights yet."""
     return (f"{name!r} has no pretrained weights yet; train some (`derain train --model "
-            f"{name} ...`, recipes/full-models-gpu.sh for a GPU) and pass the result with "
+            f"{name} ...`; a GPU recipe: recipes/full-models-gpu.sh in derain's source "
+            "repository) and pass the result with "
             "--weights, or pick a model that has weights (`derain models`)")

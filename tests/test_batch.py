@@ -343,7 +343,7 @@ def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer, io_workers) -> Non
     reasons = {Path(p).name: r for p, r in s.failed}
     assert s.processed == 1 and (tmp_path / "good_derained.png").exists()
     assert set(reasons) == {"trunc.jpg", "empty.png", "text.png", "big.png", "missing.jpg"}
-    assert "truncated or corrupt" in reasons["trunc.jpg"]
+    assert "truncated image: the file ends" in reasons["trunc.jpg"]
     assert "empty file" in reasons["empty.png"]
     assert "not an image" in reasons["text.png"]
     assert "max-pixels" in reasons["big.png"]

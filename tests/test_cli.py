@@ -176,7 +176,7 @@ def test_broken_files_one_line_each_batch_goes_on(tmp_path: Path, tiny_weights: 
     lines = r.stderr.splitlines()
     broken = [ln for ln in lines if "broken.jpg" in ln]
     zero = [ln for ln in lines if "zero.png" in ln]
-    assert len(broken) == 1 and "truncated or corrupt" in broken[0]
+    assert len(broken) == 1 and "truncated image: the file ends" in broken[0]
     assert len(zero) == 1 and "empty file (0 bytes)" in zero[0]
     assert "Traceback" not in r.output
     assert (src / "a_derained.png").exists() and (src / "b_derained.png").exists()
@@ -341,6 +341,11 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     s = json.loads(r.stdout)  # stdout holds exactly one JSON document
     assert s["processed"] == 1 and s["megapixels"] > 0
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
+    (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
+    r = derain(tmp_path / "a.png", tmp_path / "b.png", "--weights", tiny_weights, "--json")
+    files = {Path(f["input"]).name: f for f in json.loads(r.stdout)["files"]}
+    assert r.exit_code == 1 and files["b.png"]["status"] == "failed"
+    assert files["b.png"]["output"] is None and files["a.png"]["output"] is not None
 
 
 def test_json_after_ctrl_c_lists_the_files_done(tmp_path: Path, tiny_weights: Path,
@@ -705,3 +710,27 @@ def test_a_file_name_with_a_newline_fails_on_one_line(tmp_path: Path, tiny_weigh
     assert r.exit_code == 1
     failed = [ln for ln in r.stderr.splitlines() if ln.startswith("failed:")]
     assert len(failed) == 1 and "two\\nlines.jpg" in failed[0], r.stderr
+
+
+def test_banner_names_the_model_once() -> None:
+    """'model semi-drdnet-fast [semi-drdnet-fast (interim)]' read as two models (audit)."""
+    from types import SimpleNamespace
+
+    from derain_cli.cli import _weights_phrase
+
+    own = SimpleNamespace(model_name="semi-drdnet-fast", weights_label="semi-drdnet-fast (interim)")
+    assert _weights_phrase(own) == " (interim weights)"
+    mine = SimpleNamespace(model_name="semi-drdnet-tiny", weights_label="/data/my.safetensors")
+    assert _weights_phrase(mine) == " [weights /data/my.safetensors]"
+
+
+def test_models_list_metrics_in_one_order_and_download_all_names_the_untrained() -> None:
+    from derain_cli.cli import _fmt_metrics
+
+    m = {"sirr-val": {"psnr_y": 25.0}, "other": "x", "heavy-small": {"psnr_y": 24.0},
+         "rain100l": {"psnr_y": 32.0, "ssim_y": 0.9}}
+    assert _fmt_metrics(m) == "rain100l 32.00/0.900; heavy-small 24.00; sirr-val 25.00; other x"
+    r = CliRunner().invoke(app, ["download", "--all"])
+    assert r.exit_code == 0, r.output
+    assert "semi-drdnet: no weights published yet, skipped" in r.output  # not silently left out
+    assert "rdmc: no weights published yet, skipped" in r.output
