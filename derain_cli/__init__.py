@@ -13,18 +13,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Derainer", "__version__"]
+__all__ = ["Derainer", "OptionError", "UnknownModelError", "WeightsError", "WeightsUnavailable",
+           "__version__"]
 
 if TYPE_CHECKING:
     from .enhancer import Derainer
+    from .errors import OptionError
+    from .hub import WeightsUnavailable
+    from .models import UnknownModelError
+    from .weights import WeightsError
+
+#: Where each lazy name lives: imported on first use, so ``derain --version`` and
+#: ``--help`` need no PyTorch.
+_LAZY = {"Derainer": "enhancer", "OptionError": "errors", "UnknownModelError": "models",
+         "WeightsError": "weights", "WeightsUnavailable": "hub"}
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: ``derain --version`` and ``--help`` need no PyTorch.
-    if name == "Derainer":
-        from .enhancer import Derainer
+    if name in _LAZY:
+        import importlib
 
-        return Derainer
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'derain_cli' has no attribute {name!r}")
 
 

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from PIL import Image
@@ -99,6 +99,15 @@ class Derainer:
 
     A request that can only mean a bundled int8 graph on the CPU starts without importing
     PyTorch (``derain_cli.fast_path``); ``network`` and ``device`` then load it on first use.
+    ``threads`` sets PyTorch's process-wide thread count when PyTorch runs (it has no
+    per-object setting); ONNX Runtime sessions take it per session.
+
+    Raises (all importable from ``derain_cli``): ``OptionError`` (a ``ValueError``) for a
+    setting that cannot be used here (device, precision, backend, tile...);
+    ``UnknownModelError`` (a ``ValueError`` and ``KeyError``) for a name not in the
+    registry; ``WeightsError`` for a weights file that cannot be used (missing, corrupt,
+    another network); ``WeightsUnavailable`` when a model's weights can be neither found
+    nor downloaded (offline, no network, not published).
     """
 
     def __init__(
@@ -118,10 +127,25 @@ class Derainer:
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
+        for what, v in (("device", device), ("precision", precision)):
+            if not isinstance(v, str):
+                raise OptionError(f"{what} must be a string such as 'auto', not {v!r}")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise OptionError(f"model must be a registry name (derain models), not {model!r}; "
+                              "None picks the default")
+        if weights is not None and not str(weights).strip():
+            raise OptionError("weights is an empty path; None uses the model's own weights")
         for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),
-                               ("threads", threads, 1)):
+                               ("threads", threads, 1), ("tile_batch", tile_batch, 0)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)):
+                raise OptionError(f"{what} must be a whole number or None, not {v!r}")
             if v is not None and v < least:
                 raise OptionError(f"{what} must be at least {least}, not {v}")
+        for what, mp in (("stats_megapixels", stats_megapixels),
+                         ("workload_megapixels", workload_megapixels)):
+            if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int | float)
+                                   or not math.isfinite(mp) or mp < 0):
+                raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
         cpus = os.cpu_count() or 1
         if threads is not None and threads > cpus:
             # oversubscribed cores thrash: a 300x300 photo took 28 s with 64 threads on 2 cores
@@ -277,8 +301,13 @@ class Derainer:
         """HxWx3 float32 in [0, 1], or uint8/uint16 samples -> derained HxWx3 float32 in [0, 1].
 
         Integer samples are scaled tile by tile (``tiling.run_tiled``): pass them as
-        decoded, and a large photo is never held as float32 input.
+        decoded, and a large photo is never held as float32 input. Other layouts (gray,
+        alpha) go through :meth:`derain`.
         """
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+            got = rgb.shape if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise ValueError(f"derain_array takes an HxWx3 array, not {got}; derain() takes "
+                             "gray, alpha and PIL images")
         _check_samples(rgb)
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
@@ -308,6 +337,12 @@ class Derainer:
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
         return np.clip(out, 0.0, 1.0, out=out)
+
+    @overload
+    def derain(self, image: Image.Image) -> Image.Image: ...
+
+    @overload
+    def derain(self, image: np.ndarray) -> np.ndarray: ...
 
     def derain(self, image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
         """Derain a PIL image or an HxW / HxWxC numpy array, returning the same type.
@@ -412,8 +447,9 @@ def _check_samples(arr: np.ndarray) -> None:
         return
     if arr.dtype.kind != "f":
         raise ValueError(
-            f"expected uint8 or uint16 samples, or floats in [0, 1]; got {arr.dtype} "
-            "(for 0-255 samples use arr.astype(np.uint8))")
+            f"expected uint8 or uint16 samples, or floats in [0, 1]; got {arr.dtype} " + (
+                "(for a mask of True/False use arr.astype(np.uint8) * 255)"
+                if arr.dtype == np.bool_ else "(for 0-255 samples use arr.astype(np.uint8))"))
     lo, hi = float(arr.min()), float(arr.max())  # NaN anywhere makes both NaN
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("the image holds NaN or infinite samples")

@@ -86,6 +86,9 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; give the weights file in it "
+                           "(derain train writes RUN/model.safetensors)")
     if path.suffix in (".pt", ".pth", ".ckpt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -366,3 +366,42 @@ def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path, caplog):
         assert d.tile == used
         # a user who lowered --tile to save memory is told they got bigger tiles
         assert ("--tile 256 is below" in caplog.text) == (asked == 256), caplog.text
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"model": ""}, "model must be a registry name"),
+    ({"weights": ""}, "weights is an empty path"),
+    ({"device": None}, "device must be a string"),
+    ({"tile": "512"}, "tile must be a whole number"),
+    ({"tile_batch": 1.5}, "tile_batch must be a whole number"),
+    ({"threads": True}, "threads must be a whole number"),
+    ({"stats_megapixels": "4"}, "stats_megapixels must be a number"),
+    ({"stats_megapixels": float("nan")}, "stats_megapixels must be a number"),
+])
+def test_constructor_refuses_bad_argument_types_up_front(kwargs, words):
+    """Before, these failed later inside the tiler or PyTorch ('<' not supported between
+    'str' and 'int'), or model='' quietly loaded the default (audit of the library API)."""
+    from derain_cli import OptionError
+
+    with pytest.raises(OptionError, match=words):
+        Derainer(**kwargs)
+
+
+def test_library_errors_are_exported_and_value_errors(tmp_path):
+    import derain_cli
+    from derain_cli import UnknownModelError, WeightsError
+
+    assert {"OptionError", "UnknownModelError", "WeightsError", "WeightsUnavailable"} <= set(
+        derain_cli.__all__)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):  # caught as a bad argument
+        Derainer(model="nope")
+    assert issubclass(UnknownModelError, KeyError)  # as before
+    with pytest.raises(WeightsError, match="is a folder"):
+        Derainer(weights=tmp_path, model="semi-drdnet-tiny")
+
+
+def test_derain_array_says_what_it_takes(derainer):
+    with pytest.raises(ValueError, match=r"HxWx3 array, not \(20, 30, 4\)"):
+        derainer.derain_array(np.zeros((20, 30, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"astype\(np.uint8\) \* 255"):  # not 0/1 samples
+        derainer.derain(np.zeros((20, 30), bool))

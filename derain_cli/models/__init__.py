@@ -78,8 +78,8 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class UnknownModelError(KeyError):
-    """A model name that is not in the registry."""
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not in the registry (a ``ValueError`` too: a bad argument)."""
 
     def __str__(self) -> str:
         return f"unknown model {self.args[0]!r}; choose one of: {', '.join(MODELS)}"
