@@ -260,6 +260,11 @@ class LabeledDataset(Dataset):
         self._offsets = np.cumsum([0] + [len(s.clean) for s in self.sources])
         self.kinds = sorted({s.kind for s in self.sources})
 
+    def largest_fitting_patch(self) -> int:
+        """The side of the largest square crop that fits in some image without padding:
+        a larger ``patch`` mirror-pads every crop and costs its full size a step."""
+        return max(min(img.shape[:2]) for s in self.sources for img in s.clean)
+
     def __len__(self) -> int:
         return int(self._offsets[-1])
 

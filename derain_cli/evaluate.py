@@ -62,7 +62,8 @@ class EvalResult:
 
     def summary(self) -> str:
         engine = f" ({self.engine})" if self.engine else ""
-        return (f"{self.model}{engine} on {Path(self.data_dir).name}: {self.count} images, "
+        return (f"{self.model}{engine} on {Path(self.data_dir).name}: {self.count} "
+                f"image{'s' if self.count != 1 else ''}, "
                 f"PSNR-Y {self.psnr_y:.2f} dB, SSIM-Y {self.ssim_y:.4f}, "
                 f"PSNR-RGB {self.psnr_rgb:.2f} dB")
 
@@ -165,7 +166,7 @@ def evaluate(
         s = ImageScore(p.name, metrics.psnr_y(out, clean), metrics.ssim_y(out, clean),
                        metrics.psnr_rgb(out, clean), time.time() - t)
         scores.append(s)
-        if save is not None and label != IDENTITY:
+        if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
             from .images import write_image
 
             write_image(save / (Path(p.name).stem + ".png"), out.astype(np.float32) / 255.0)
@@ -246,7 +247,8 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
 img{{max-width:320px}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}
 </style></head><body>
 <h1>{e(res.model)} on {e(Path(res.data_dir).name)}</h1>
-<p>{res.count} images. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>, SSIM-Y <b>{res.ssim_y:.4f}</b>,
+<p>{res.count} image{'s' if res.count != 1 else ''}. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
+SSIM-Y <b>{res.ssim_y:.4f}</b>,
 PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SSIM).</p>
 <table><tr><th>image</th><th>rainy</th><th>derained</th><th>clean</th></tr>
 {chr(10).join(rows)}

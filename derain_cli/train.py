@@ -786,6 +786,10 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     returned as it is, and resuming reports what is missing."""
     if not cfg.resume or cfg.given is None:
         return cfg
+    run = Path(cfg.out)
+    if not (run / "last.pt").exists() and not (run / "config.json").exists():
+        raise TrainError(f"--resume: no checkpoint at {run / 'last.pt'}: no run to resume "
+                         "there (check -o, or leave out --resume to start a new run)")
     saved: Any = None
     try:
         saved = json.loads((Path(cfg.out) / "config.json").read_text())
@@ -886,6 +890,12 @@ def _train(
             clean_dir=cfg.clean_dir, patch=cfg.patch, preset=cfg.preset, seed=cfg.seed,
             with_aug=with_aug, clean_fraction=cfg.clean_fraction,
         )
+    fits = labeled.largest_fitting_patch() if hasattr(labeled, "largest_fitting_patch") else None
+    if fits is not None and cfg.patch > fits and is_main:
+        _say(f"warning: --patch {cfg.patch} is larger than every training image (the "
+             f"largest square that fits is {fits} px): each crop is mirror-padded to "
+             f"{cfg.patch} px and costs that much a step; --patch {fits} or less trains on "
+             "the images as they are")
     if "make_unlabeled" in hooks:
         unlabeled = hooks["make_unlabeled"](cfg)
     else:
@@ -1109,6 +1119,9 @@ def _train(
                     log.write(rec)
                     progress.update(step, rec["loss"], lr, rec["patches_per_s"])
                     window, t_window, n_window = [], time.time(), 0
+                else:
+                    progress.advance_to(step)  # the bar and its ETA move every step
+                t_paused = time.time()  # validation and checkpoints are not training speed
 
                 # ---- time budget: all ranks agree on stopping
                 stop = bool(cfg.time_budget) and time.time() - budget_t0 >= cfg.time_budget
@@ -1140,6 +1153,7 @@ def _train(
                     _atomic_torch_save(checkpoint_obj(), out / "last.pt")
                 if world > 1 and (do_val or step % cfg.ckpt_every == 0):
                     dist.barrier()
+                t_window += time.time() - t_paused
                 if "after_step" in hooks:
                     hooks["after_step"](step)
                 if stop and step < total:
@@ -1256,6 +1270,11 @@ class _Progress:
         if self._p is not None:
             self._p.update(self._task, completed=step,
                            info=f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} patch/s")
+
+    def advance_to(self, step: int) -> None:
+        """Move the bar between logged steps (their loss and rate stay until the next)."""
+        if self._p is not None:
+            self._p.update(self._task, completed=step)
 
     def note(self, msg: str) -> None:
         if self._p is not None:

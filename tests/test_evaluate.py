@@ -296,3 +296,19 @@ def test_synth_never_writes_over_its_photos_or_its_own_pairs(tmp_path):
         E.synth_pairs(photos, linked, overwrite=True)
     n = E.synth_pairs(photos, tmp_path / "o", count=4)
     assert n == 4 and len(list((tmp_path / "o" / "rainy").iterdir())) == 4
+
+
+def test_identity_save_writes_the_inputs_as_scored(tmp_path):
+    """`eval --model identity --save DIR` wrote only scores.csv (audit); one image: 'image'."""
+    from derain_cli.evaluate import evaluate
+
+    pairs = tmp_path / "pairs"
+    for sub in ("rainy", "clean"):
+        (pairs / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(pairs / "rainy" / "a.png")
+    Image.fromarray(255 - img).save(pairs / "clean" / "a.png")
+    res = evaluate("identity", pairs, save_dir=tmp_path / "out")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), img)
+    assert ": 1 image, " in res.summary()
