@@ -385,8 +385,6 @@ def eval_cmd(
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
                        tile=tile, precision=precision, backend=backend)
-        if weights is not None:
-            res.model = Path(weights).name
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:

@@ -68,6 +68,16 @@ class EvalResult:
                 f"PSNR-RGB {self.psnr_rgb:.2f} dB")
 
 
+def _label(model: Any) -> str:
+    """What was scored, for the summary, JSON and report: the model's name, and the weights
+    file when it is not the model's own ('RUN/model.safetensors [semi-drdnet-tiny]')."""
+    name = str(getattr(model, "model_name", type(model).__name__))
+    weights = str(getattr(model, "weights_label", ""))
+    if weights and not weights.startswith(f"{name} ("):
+        return f"{weights} [{name}]"
+    return name
+
+
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
             backend: str = "auto") -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
@@ -81,13 +91,10 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
         if p.suffix in (".safetensors", ".pt", ".pth") or p.exists():
             model = Derainer(weights=p, device=device, tile=tile, precision=precision,
                              backend=backend)
-            label = p.name
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
                              backend=backend)
-            label = str(p)
-    else:
-        label = getattr(model, "model_name", type(model).__name__)
+    label = _label(model)
     if isinstance(model, nn.Module):
         import torch
 

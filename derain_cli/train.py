@@ -399,8 +399,9 @@ class _RunLog:
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path,
-                size: tuple[int, int] = (900, 360)) -> None:
-    """Draw train loss (log scale) and val PSNR against step into a PNG with PIL."""
+                size: tuple[int, int] = (900, 360), *, has_val: bool = True) -> None:
+    """Draw train loss (log scale) and val PSNR against step into a PNG with PIL, with
+    gridlines labelled at quarters. ``has_val``: False says the run validates nothing."""
     from PIL import Image, ImageDraw
 
     w, h = size
@@ -416,16 +417,18 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
         d.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
         d.text((x0, 6), title, fill=(0, 0, 0))
         if not pts:
-            d.text((x0 + 10, y0 + 10), "no data yet", fill=(120, 120, 120))
+            empty = "no data yet" if logy or has_val else "no validation (no --val given)"
+            d.text((x0 + 10, y0 + 10), empty, fill=(120, 120, 120))
             continue
         xs = [p[0] for p in pts]
         ys = [math.log10(p[1]) if logy else p[1] for p in pts]
         xmin, xmax = min(xs), max(xs)
         ymin, ymax = min(ys), max(ys)
-        if xmax == xmin:
-            xmax = xmin + 1
-        if ymax - ymin < 1e-9:
-            ymin, ymax = ymin - 0.5, ymax + 0.5
+        if xmax == xmin:  # one point: from step 0 to it
+            xmin = 0 if xmax > 0 else xmax - 1
+        if ymax - ymin < 1e-9:  # a flat line: a little room above and below
+            pad = 0.05 if logy else 0.25
+            ymin, ymax = ymin - pad, ymax + pad
 
         def px(x: float, y: float, x0: float = x0, x1: float = x1, y0: float = y0,
                y1: float = y1, xmin: float = xmin, xmax: float = xmax, ymin: float = ymin,
@@ -433,16 +436,23 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
             return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0),
                     y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
+        lab = (lambda v: f"{10**v:.3g}") if logy else (lambda v: f"{v:.2f}")
+        for q in range(5):  # gridlines and labels at quarters of each axis
+            gy = y1 - q / 4 * (y1 - y0)
+            gx = x0 + q / 4 * (x1 - x0)
+            if 0 < q < 4:
+                d.line([(x0 + 1, gy), (x1 - 1, gy)], fill=(225, 225, 225))
+                d.line([(gx, y0 + 1), (gx, y1 - 1)], fill=(225, 225, 225))
+            # labels left of this panel's own frame, and under it
+            d.text((x0 - 48, gy - 5), lab(ymin + q / 4 * (ymax - ymin)), fill=(0, 0, 0))
+            step = xmin + q / 4 * (xmax - xmin)
+            d.text((gx - (30 if q == 4 else 0), y1 + 5),
+                   f"{step:.0f}" if q < 4 else f"step {step:.0f}", fill=(0, 0, 0))
         coords = [px(x, y) for x, y in zip(xs, ys, strict=True)]
         if len(coords) > 1:
             d.line(coords, fill=color, width=2)
         for c in coords if len(coords) < 50 else []:
             d.ellipse([c[0] - 2, c[1] - 2, c[0] + 2, c[1] + 2], fill=color)
-        lab = (lambda v: f"{10**v:.3g}") if logy else (lambda v: f"{v:.2f}")
-        d.text((x0 - 48, y0), lab(ymax), fill=(0, 0, 0))  # left of this panel's own frame
-        d.text((x0 - 48, y1 - 10), lab(ymin), fill=(0, 0, 0))
-        d.text((x0, y1 + 5), str(int(xmin)), fill=(0, 0, 0))
-        d.text((x1 - 40, y1 + 5), f"step {int(xmax)}", fill=(0, 0, 0))
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp)
     os.replace(tmp, path)
@@ -1148,7 +1158,7 @@ def _train(
                         _atomic_torch_save({**checkpoint_obj(),
                                             "validated": calibrated.state_dict()},
                                            out / "best.pt")
-                    plot_curves(log.records, out / "curves.png")
+                    plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
                 if is_main and (step % cfg.ckpt_every == 0 or step == total or stop):
                     _atomic_torch_save(checkpoint_obj(), out / "last.pt")
                 if world > 1 and (do_val or step % cfg.ckpt_every == 0):
@@ -1171,7 +1181,7 @@ def _train(
     entry = None
     weights_path = None
     if is_main:
-        plot_curves(log.records, out / "curves.png")
+        plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
         final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
         weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall, last_val,
                                       best_psnr, best_step, device, world, amp_label)

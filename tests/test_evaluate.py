@@ -312,3 +312,24 @@ def test_identity_save_writes_the_inputs_as_scored(tmp_path):
     res = evaluate("identity", pairs, save_dir=tmp_path / "out")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), img)
     assert ": 1 image, " in res.summary()
+
+
+def test_scores_of_a_weights_file_name_the_file(tmp_path, tiny_weights):
+    """The summary, JSON and report said only 'model.safetensors' or the architecture's
+    name, so every run's scores looked alike (audit)."""
+    from derain_cli.enhancer import Derainer
+    from derain_cli.evaluate import evaluate
+
+    pairs = tmp_path / "pairs"
+    for sub in ("rainy", "clean"):
+        (pairs / sub).mkdir(parents=True)
+    img = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(pairs / "rainy" / "a.png")
+    Image.fromarray(img).save(pairs / "clean" / "a.png")
+    d = Derainer(weights=tiny_weights, device="cpu")
+    res = evaluate(d, pairs, report=tmp_path / "r.html")
+    assert res.model == f"{tiny_weights} [{d.model_name}]"
+    assert str(tiny_weights) in (tmp_path / "r.html").read_text()
+    assert evaluate(str(tiny_weights), pairs).model == res.model  # a path given as such
+    assert evaluate(Derainer(model="semi-drdnet-tiny", threads=1), pairs).model == (
+        "semi-drdnet-tiny")

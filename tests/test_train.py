@@ -909,3 +909,16 @@ def test_a_patch_larger_than_every_image_is_pointed_out(data, tmp_path, capsys):
     assert f"--patch {fits + 8} is larger than every training image" in " ".join(err.split())
     T.train(_cfg(data, tmp_path / "fits", steps=1, patch=fits))
     assert "larger than every training image" not in capsys.readouterr().err
+
+
+def test_curves_plot_one_point_and_no_validation(tmp_path):
+    """One logged point sat at the frame's edge on an axis from step 10 to 11, and a run
+    without --val said 'no data yet' after it ended (audit)."""
+    out = tmp_path / "c.png"
+    T.plot_curves([{"kind": "train", "step": 10, "loss": 0.2}], out, has_val=False)
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    blue = (np.abs(img - np.array([31, 119, 180])).sum(axis=2) < 30)
+    ys, xs = np.nonzero(blue[:, : img.shape[1] // 2])
+    assert len(xs) and abs(ys.mean() - (25 + img.shape[0] - 35) / 2) < 4  # mid-height
+    T.plot_curves([{"kind": "train", "step": 10, "loss": 0.2}], out, has_val=True)
+    assert not np.array_equal(np.asarray(Image.open(out).convert("RGB")).astype(int), img)
