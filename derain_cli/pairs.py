@@ -539,8 +539,10 @@ def find_pairs(
     without a partner; the message names the layout and lists the leftover files.
     """
     root = Path(root)
+    if not root.exists():  # worded as list_images words it (--synthetic, --rainy, ...)
+        raise PairsError(f"no such folder: {root}")
     if not root.is_dir():
-        raise PairsError(f"{root} is not a folder")
+        raise PairsError(f"not a folder: {root}")
     if rainy_dir is not None or clean_dir is not None:
         return _with_overrides(root, rainy_dir, clean_dir, strict)
 

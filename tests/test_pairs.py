@@ -282,8 +282,12 @@ def test_no_layout_lists_what_was_looked_for(tmp_path):
 
 
 def test_root_not_a_folder(tmp_path):
-    with pytest.raises(PairsError, match="not a folder"):
+    # worded as the other data flags word it (--synthetic, --rainy: pairs.list_images)
+    with pytest.raises(PairsError, match="no such folder: "):
         find_pairs(tmp_path / "missing")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(PairsError, match="not a folder: "):
+        find_pairs(tmp_path / "file.png")
 
 
 def test_natural_order_whatever_the_listing_order(tmp_path):
