@@ -227,7 +227,8 @@ def finetune_cmd(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
     l2sp: Annotated[float, typer.Option(help="L2-SP pull toward the starting weights.")] = 1e-3,
     consistency: Annotated[float, typer.Option(
-        help="L1 consistency with the frozen starting model on your photos.")] = 0.1,
+        help="L1 consistency with the frozen starting model on your photos (keeps the "
+             "result near it: brightness and colour).")] = 1.0,
     contrast_features: Annotated[str, typer.Option(help="auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
     0.05,

@@ -1308,7 +1308,9 @@ class FinetuneConfig:
     patch: int | None = None
     lr: float = 2e-5
     l2sp: float = 1e-3
-    consistency: float = 0.1
+    #: 1.0 since 2026-12-03: at 0.1 the contrastive terms darkened the user's photos by
+    #: 2.5-3.2 levels of Y against the base model and cost 1-2 dB on rain100l (README)
+    consistency: float = 1.0
     contrast_features: str = "auto"
     contrast_weight: float = 0.05
     #: None: ``losses.FINETUNE_CONTRAST_TERMS`` (all but Semi-DRDNet's labeled rain branch)

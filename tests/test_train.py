@@ -922,3 +922,17 @@ def test_curves_plot_one_point_and_no_validation(tmp_path):
     assert len(xs) and abs(ys.mean() - (25 + img.shape[0] - 35) / 2) < 4  # mid-height
     T.plot_curves([{"kind": "train", "step": 10, "loss": 0.2}], out, has_val=True)
     assert not np.array_equal(np.asarray(Image.open(out).convert("RGB")).astype(int), img)
+
+
+def test_finetune_cli_defaults_are_the_librarys():
+    """One default per setting: `derain finetune` and FinetuneConfig agree (consistency 1.0
+    since 2026-12-03, measured against 0.1 in README's fine-tuning section)."""
+    import inspect
+
+    from derain_cli.commands_train import finetune_cmd
+
+    cli = inspect.signature(finetune_cmd).parameters
+    lib = T.FinetuneConfig(rainy="x")
+    for name in ("consistency", "l2sp", "lr", "contrast_weight", "preset", "clean_fraction"):
+        assert cli[name].default == getattr(lib, name), name
+    assert lib.consistency == 1.0
