@@ -94,6 +94,9 @@ def finetune_command(name: str, features: str, clean_fraction: float, flags: lis
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", str(seed),
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
+        # the fine-tuning default when docs/contrastive-terms.md was measured (1.0 since
+        # 2026-12-03); a flag of the row's own comes later and wins
+        "--consistency", "0.1",
     ] + flags
 
 

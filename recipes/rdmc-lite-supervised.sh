@@ -17,8 +17,10 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} derain train --model rdmc-lite \
   --steps 100000 --time-budget 2400 --batch 8 --patch 64 --lr 5e-4 --warmup 50 --ema 0.99 \
   --amp bf16 --workers 0 --val-every 250 --ckpt-every 100 --contrast-features none --quiet
 # (run before 2026-12-01, when finetune still re-estimated BatchNorm statistics from
-# its crops; it now keeps them, so a rerun will differ)
+# its crops; it now keeps them, so a rerun will differ; --consistency 0.1: the default
+# then, 1.0 since 2026-12-03)
 derain finetune --weights "$RUNS/rdmc-lite-interim/model.safetensors" \
   --rainy "$DATA/real-rain" --clean "$DATA/clean-bsds" --contrast-features self \
+  --consistency 0.1 \
   --val "$DATA/rain100l" --out "$RUNS/rdmc-lite-ft" --steps "${FT_STEPS:-200}" --seed 0 --quiet
 derain eval --weights "$RUNS/rdmc-lite-ft/model.safetensors" --data "$DATA/rain100l"
