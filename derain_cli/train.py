@@ -802,12 +802,12 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
                          "there (check -o, or leave out --resume to start a new run)")
     saved: Any = None
     try:
-        saved = json.loads((Path(cfg.out) / "config.json").read_text())
+        saved = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         pass
     if not isinstance(saved, dict):  # config.json lost or damaged: last.pt has it too
         try:
-            saved = json.loads(load_checkpoint(Path(cfg.out) / "last.pt").get("config") or "{}")
+            saved = json.loads(load_checkpoint(run / "last.pt").get("config") or "{}")
         except (OSError, ValueError, TrainError):
             return cfg
     if not isinstance(saved, dict):
