@@ -734,3 +734,12 @@ def test_models_list_metrics_in_one_order_and_download_all_names_the_untrained()
     assert r.exit_code == 0, r.output
     assert "semi-drdnet: no weights published yet, skipped" in r.output  # not silently left out
     assert "rdmc: no weights published yet, skipped" in r.output
+
+
+def test_help_says_when_a_word_is_a_subcommand() -> None:
+    """The epilog said subcommands must be the very first word, but --debug may come first
+    (audit); `derain --debug eval` works, and the help says so."""
+    from derain_cli.cli import EPILOG, DerainGroup
+
+    assert "after --debug at most" in EPILOG and "derain --debug eval" in EPILOG
+    assert "--debug" in DerainGroup.GROUP_FLAGS

@@ -153,6 +153,9 @@ def test_a_damaged_bundled_file_asks_for_a_reinstall(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"'rdmc' has no pretrained weights yet.*derain "
                                            r"train --model rdmc"):
         weights.load_pretrained("rdmc")
+    # a pip install has no recipes/ folder: the message says where the recipe lives
+    assert "recipes/full-models-gpu.sh in derain's source repository" in " ".join(
+        weights.untrained_message("rdmc").split())
 
 
 def test_load_pretrained_unknown_name_is_an_unknown_model():
