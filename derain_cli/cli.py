@@ -809,13 +809,12 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
 
 
 def _weights_phrase(derainer: Any) -> str:
-    """' (interim weights)' for the model's own weights (the label is 'NAME (STATUS)'),
-    ' [weights FILE]' for a user's file: the banner names the model once."""
-    name = str(getattr(derainer, "model_name", ""))
-    label = str(getattr(derainer, "weights_label", "?"))
-    if name and label.startswith(f"{name} (") and label.endswith(")"):
-        return f" ({label[len(name) + 2:-1]} weights)"
-    return f" [weights {label}]"
+    """' (interim weights)' for the model's own weights, ' [weights FILE]' for a user's
+    file: the banner names the model once."""
+    status = getattr(derainer, "weights_status", None)
+    if status:
+        return f" ({status} weights)"
+    return f" [weights {getattr(derainer, 'weights_label', '?')}]"
 
 
 class _LogHandler(logging.Handler):

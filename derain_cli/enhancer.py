@@ -170,6 +170,8 @@ class Derainer:
 
             self.model_name = fast.record.name
             self.weights_label = f"{fast.record.name} ({fast.record.status})"
+            #: the published weights' status ("interim"...); None for a user's file
+            self.weights_status: str | None = fast.record.status
             self.device_name = "cpu"
             self.backend, self.precision = "onnx", "int8"
             self.runner: Any = OnnxRunner(fast.graphs, device="cpu", threads=threads)
@@ -229,6 +231,7 @@ class Derainer:
             net = model_from_file(weights, model)
             self.model_name = model or declared_name(weights) or Path(weights).stem
             self.weights_label = str(weights)
+            self.weights_status = None
             record = None
         else:
             self.model_name = model or DEFAULT_MODEL
@@ -236,6 +239,7 @@ class Derainer:
             net = load_pretrained(self.model_name, quiet=quiet)
             record = load_manifest()[self.model_name]
             self.weights_label = f"{record.name} ({record.status})"
+            self.weights_status = record.status
         self._network = net = net.eval()
         int8_graph = _int8_graph(record, net, dev, precision, backend)
         if int8_graph is not None:

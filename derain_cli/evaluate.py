@@ -72,8 +72,8 @@ def _label(model: Any) -> str:
     """What was scored, for the summary, JSON and report: the model's name, and the weights
     file when it is not the model's own ('RUN/model.safetensors [semi-drdnet-tiny]')."""
     name = str(getattr(model, "model_name", type(model).__name__))
-    weights = str(getattr(model, "weights_label", ""))
-    if weights and not weights.startswith(f"{name} ("):
+    weights = getattr(model, "weights_label", None)
+    if weights and getattr(model, "weights_status", None) is None:  # a user's file
         return f"{weights} [{name}]"
     return name
 

@@ -797,9 +797,6 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     if not cfg.resume or cfg.given is None:
         return cfg
     run = Path(cfg.out)
-    if not (run / "last.pt").exists() and not (run / "config.json").exists():
-        raise TrainError(f"--resume: no checkpoint at {run / 'last.pt'}: no run to resume "
-                         "there (check -o, or leave out --resume to start a new run)")
     saved: Any = None
     try:
         saved = json.loads((run / "config.json").read_text())
@@ -826,6 +823,10 @@ def _train(
     hooks: dict[str, Callable[..., Any]],
 ) -> TrainResult:
     t_start = time.time()
+    last = Path(cfg.out) / "last.pt"
+    if cfg.resume and not last.exists():  # before the run's settings and data are looked for
+        raise TrainError(f"--resume: no checkpoint at {last}: no run to resume there (check "
+                         "-o, or leave out --resume to start a new run)")
     cfg = with_run_settings(cfg)
     check_config(cfg)
     if cfg.threads:
@@ -859,10 +860,7 @@ def _train(
 
     ckpt: dict[str, Any] | None = None
     if cfg.resume:
-        last = out / "last.pt"
-        if not last.exists():
-            raise TrainError(f"--resume: no checkpoint at {last}")
-        ckpt = load_checkpoint(last)
+        ckpt = load_checkpoint(out / "last.pt")
         cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
                             recalib_given=recalib_given, freeze_given=freeze_given)
     else:

@@ -718,9 +718,11 @@ def test_banner_names_the_model_once() -> None:
 
     from derain_cli.cli import _weights_phrase
 
-    own = SimpleNamespace(model_name="semi-drdnet-fast", weights_label="semi-drdnet-fast (interim)")
+    own = SimpleNamespace(model_name="semi-drdnet-fast", weights_label="semi-drdnet-fast (interim)",
+                          weights_status="interim")
     assert _weights_phrase(own) == " (interim weights)"
-    mine = SimpleNamespace(model_name="semi-drdnet-tiny", weights_label="/data/my.safetensors")
+    mine = SimpleNamespace(model_name="semi-drdnet-tiny", weights_label="/data/my.safetensors",
+                           weights_status=None)
     assert _weights_phrase(mine) == " [weights /data/my.safetensors]"
 
 
