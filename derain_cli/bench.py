@@ -1,9 +1,10 @@
 """Inference benchmark (``derain bench``, ``benchmarks/bench_inference.py``).
 
 For each registered model and each device (the CPU; CUDA too when present), every
-variant derains the same rainy test image with the default tiling
-(``enhancer.CPU_TILE`` on CPUs, ``torch_runner._auto_tile`` on CUDA, each model's own
-overlap, ``enhancer.default_overlap``) and reports:
+variant derains the same rainy test image with the tiling ``derain`` itself would use for
+that engine (PyTorch: ``enhancer.CPU_TILE`` on CPUs, ``torch_runner._auto_tile`` on CUDA;
+ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network's
+``min_tile``; each model's own overlap, ``enhancer.default_overlap``) and reports:
 
 * **s/MP**: best wall time over ``repeats`` timed runs, after one warm-up tile, per
   megapixel of the image (default 1000x1000 = 1 MP).
@@ -169,6 +170,17 @@ def count_flops(net: nn.Module, side: int = 128) -> tuple[float, float]:
             net.se_sums(x, None, torch.ones(1, 1, side, side, device=ref.device))
         stats = fc.get_total_flops() / side**2
     return fwd, stats
+
+
+def variant_tile(runner: Any, asked: int | None, device_tile: int, min_tile: int = 0) -> int:
+    """The tile ``derain`` itself would run ``runner`` with: ``asked`` when given, else
+    the engine's own default (ONNX Runtime's ``suggest_tile``: 512 px on CPUs, where
+    PyTorch's is ``device_tile``), at least twice a network's ``min_tile`` (as
+    ``Derainer`` does)."""
+    if asked is not None:
+        return asked
+    own = runner.suggest_tile() if hasattr(runner, "suggest_tile") else device_tile
+    return max(own, 2 * min_tile)
 
 
 def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: bool,
@@ -373,6 +385,8 @@ class Row:
     psnr_vs_fp32: float | None = None
     setup_s: float | None = None
     note: str = ""
+    #: the tile this row ran with (None: not run)
+    tile: int | None = None
 
 
 @dataclass
@@ -386,6 +400,8 @@ class ModelInfo:
     peak_ref: str
     tile: int
     overlap: int
+    #: ONNX Runtime's rows' tile where it differs from ``tile`` (its own CPU default)
+    ort_tile: int | None = None
     #: the reference in bf16/fp16, for those variants' rows: precision -> (GFLOP/s, ref)
     reduced_peaks: dict[str, tuple[float, str]] = field(default_factory=dict)
 
@@ -444,7 +460,10 @@ def render_markdown(res: BenchResult) -> str:
     lines.append("")
     for m in res.models:
         lines.append(
-            f"- {m.model} on {m.device}: {m.weights} weights, tile {m.tile}, overlap {m.overlap}, "
+            f"- {m.model} on {m.device}: {m.weights} weights, tile {m.tile}"
+            + (f" (ONNX Runtime rows: {m.ort_tile}, its own default)"
+               if m.ort_tile is not None and m.ort_tile != m.tile else "")
+            + f", overlap {m.overlap}, "
             f"{m.flops_per_px / 1e3:.1f} kFLOP/px forward"
             + (f" + {m.stats_flops_per_px / 1e3:.1f} kFLOP/px per statistics pass"
                if m.stats_flops_per_px else "")
@@ -622,7 +641,8 @@ def bench_main(
                 dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
             else:
                 dev_tile = CPU_TILE
-            work = tiling_work(h, w, dev_tile, ov, mult, has_stats, fwd, stats)
+            if tile is None:  # as Derainer: large enough for the network to agree (RDMC)
+                dev_tile = max(dev_tile, 2 * getattr(net, "min_tile", 0))
             info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile, ov)
             res.models.append(info)
             ref_out = None
@@ -635,12 +655,17 @@ def bench_main(
                     row.note = runner
                     continue
                 row.setup_s = time.perf_counter() - t0
-                _warm_up(runner, img, dev_tile)
+                # the tile derain itself runs this engine with: ONNX Runtime's own on CPUs
+                row.tile = variant_tile(runner, tile, dev_tile, getattr(net, "min_tile", 0))
+                if variant in ("onnx", "int8"):
+                    info.ort_tile = row.tile
+                work = tiling_work(h, w, row.tile, ov, mult, has_stats, fwd, stats)
+                _warm_up(runner, img, row.tile)
                 best, out = float("inf"), None
                 for _ in range(max(1, repeats)):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    out = tiling.run_tiled(img, runner, dev_tile, ov)
+                    out = tiling.run_tiled(img, runner, row.tile, ov)
                     _sync(dev)
                     best = min(best, time.perf_counter() - t0)
                 row.seconds = best

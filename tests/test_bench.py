@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from derain_cli import bench, tiling
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+from derain_cli.onnx_backend import ORT_CPU_TILE
 
 pytestmark = pytest.mark.usefixtures("private_onnx_cache", "one_thread")
 
@@ -210,3 +211,28 @@ def test_bench_refuses_a_device_derain_runs_but_bench_does_not_measure(monkeypat
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     with pytest.raises(bench.BenchError, match="--device mps: only cpu and cuda"):
         bench._devices("cpu,mps")
+
+
+def test_each_engine_runs_with_the_tile_derain_gives_it():
+    # derain runs ONNX Runtime in its own 512 px CPU tiles, PyTorch in CPU_TILE: a bench
+    # that timed the ONNX rows in PyTorch's tile measured a run derain never makes
+    lines: list[str] = []
+    res = bench.bench_main(
+        ["semi-drdnet-lite"], size=(48, 64), variants=["channels_last", "onnx"],
+        devices="cpu", flop_side=32, peak_side=32, echo=lines.append,
+    )
+    rows = {r.variant: r for r in res.rows}
+    assert rows["channels_last"].tile == bench.CPU_TILE == res.models[0].tile
+    assert rows["onnx"].tile == ORT_CPU_TILE == res.models[0].ort_tile != bench.CPU_TILE
+    assert f"(ONNX Runtime rows: {ORT_CPU_TILE}, its own default)" in lines[0]
+
+
+def test_variant_tile_follows_the_engine_and_the_networks_minimum():
+    class Ort:
+        def suggest_tile(self) -> int:
+            return 512
+
+    assert bench.variant_tile(Ort(), None, 1024) == 512
+    assert bench.variant_tile(object(), None, 1024) == 1024
+    assert bench.variant_tile(Ort(), None, 1024, min_tile=384) == 768  # as Derainer
+    assert bench.variant_tile(Ort(), 96, 1024, min_tile=384) == 96  # asked for: kept
