@@ -295,7 +295,9 @@ def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
     """Where ``derain export`` writes without an output: ``NAME[.int8].onnx`` here."""
     from .enhancer import DEFAULT_MODEL
 
-    stem = weights.stem if weights is not None and model is None else model or DEFAULT_MODEL
+    # a file of one's own names its graph even with -m (its architecture): MODEL.onnx would
+    # overwrite an export of the published weights
+    stem = weights.stem if weights is not None else model or DEFAULT_MODEL
     return Path(f"{stem}.int8.onnx" if int8 else f"{stem}.onnx")
 
 
@@ -318,6 +320,25 @@ def resolve_output(output: Path | str | None, model: str | None, weights: Path |
     if output.suffix.lower() != ".onnx":
         return output.with_name(output.name + ".onnx")
     return output
+
+
+def check_writable(target: Path) -> None:
+    """Make ``target``'s folder and prove a file can be written there, before minutes of
+    tracing or calibration; ``OSError`` naming ``target`` (not a hidden scratch file) when
+    not."""
+    parent = target.parent
+    try:
+        if parent.exists() and not parent.is_dir():
+            raise OSError(f"{parent} is a file, not a folder")
+        parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise OSError("it is a folder")
+        probe = parent / f".{target.name}.{os.getpid()}.probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise OSError(f"cannot write {target}: {why}") from None
 
 
 def export_cmd(
@@ -347,9 +368,10 @@ def export_cmd(
         help="Write a static int8 graph instead, calibrated on synthetic rain over these "
              f"clean photos ({min_photos(1)} or more readable ones, {min_photos(0)} with "
              "--keep-fp32 0; unreadable ones are skipped; takes minutes).")] = None,
-    keep_fp32: Annotated[int, typer.Option(
-        "--keep-fp32", min=0, help="With --int8: convolutions left in fp32, the most "
-                                   "sensitive first.")] = DEFAULT_KEEP_FP32,
+    keep_fp32: Annotated[int | None, typer.Option(
+        "--keep-fp32", min=0, show_default=False,
+        help=f"With --int8: convolutions left in fp32, the most sensitive first (default "
+             f"{DEFAULT_KEEP_FP32}).")] = None,
 ) -> None:
     """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
 
@@ -368,6 +390,14 @@ def export_cmd(
         typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
                    err=True)
         raise typer.Exit(2)
+    usage = None
+    if keep_fp32 is not None and int8 is None:
+        usage = "--keep-fp32 is for int8 graphs; add --int8 CLEAN_DIR or leave it out"
+    elif random_init and weights is not None:
+        usage = "--random-init and --weights contradict each other; give one"
+    if usage is not None:
+        typer.echo(f"error: {usage}", err=True)
+        raise typer.Exit(2)
     try:
         check_opset(opset)
     except ValueError as e:
@@ -375,6 +405,7 @@ def export_cmd(
         raise typer.Exit(2) from None
     target = resolve_output(output or output_arg, model, weights, int8 is not None)
     try:
+        check_writable(target)
         if weights is not None:
             net = model_from_file(weights, model)
         elif random_init:
@@ -386,7 +417,8 @@ def export_cmd(
         else:
             from .quantize import build_int8
 
-            paths, record = build_int8(net, int8, target, keep_fp32=keep_fp32)
+            paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
+                                       if keep_fp32 is None else keep_fp32)
             typer.echo(json.dumps(record), err=True)
     except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
         typer.echo(f"error: {e}", err=True)

@@ -146,8 +146,10 @@ def cached_graphs(
             folder.mkdir(parents=True, exist_ok=True)
             log.info("exporting the network to ONNX (once per weights): %s", folder)
             return export.export_onnx(src, main, opset=opset)
-        except OSError as e:  # no write permission, a read-only file system (EROFS), ...
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        except OSError as e:  # no write permission, a read-only file system (EROFS), a
+            # file where a cache folder should be (ENOTDIR, EEXIST), ...
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                               errno.EEXIST):
                 raise
             return _fallback_graphs(src, model, key, main.name, opset, refresh, e)
 

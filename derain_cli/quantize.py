@@ -381,6 +381,9 @@ def build_int8(
             log.info("ranking %d convolutions by int8 sensitivity", len(conv_names(graphs[0])))
             ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
                                        cache=cache, threads=threads)
+            if keep_fp32 >= len(ranking):
+                log.warning("keeping %d convolutions in fp32 keeps all %d: the graph will "
+                            "be no faster than an fp32 one", keep_fp32, len(ranking))
         info = {
             "source_sha256": state_sha256(model),
             "fp32_convs": [name for _, name in ranking[:keep_fp32]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -216,7 +217,7 @@ def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatc
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
 
 
-def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch):
+def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     """--int8 CLEAN_DIR writes a quantized graph (and its fp32 statistics graph) and prints
     its manifest record; too few photos is a one-line error."""
     from PIL import Image
@@ -241,6 +242,11 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch):
     assert str(out) in res.output and str(tmp_path / "tiny.int8.stats.onnx") in res.output
     record = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
     assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
+    with caplog.at_level(logging.WARNING, logger="derain_cli.quantize"):
+        res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
+                                       str(clean), "--keep-fp32", "1000"])
+    assert res.exit_code == 0, res.output  # allowed, but said: nothing is quantized
+    assert "keeps all" in caplog.text and "no faster than an fp32 one" in caplog.text
     few = tmp_path / "few"
     few.mkdir()
     (clean / "0.png").rename(few / "0.png")
@@ -359,3 +365,51 @@ def test_export_cmd_int8_stdout_is_only_the_paths(tiny_weights, tmp_path):
     assert len(warnings) == 1 and "00_broken.png" in warnings[0]
     record = json.loads(next(line for line in res.stderr.splitlines() if line.startswith("{")))
     assert "8 crops of 40x48 px" in record["calibration"]
+
+
+def test_export_refuses_contradicting_or_idle_flags(tiny_weights, tmp_path):
+    """Flags that would be silently ignored are usage errors: --keep-fp32 without --int8,
+    --random-init with --weights (the graph had the file's weights)."""
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(_app(), ["-o", str(out), "--random-init", "-m", "rdmc-lite",
+                                      "--keep-fp32", "3"])
+    assert res.exit_code == 2 and "--keep-fp32 is for int8 graphs" in res.stderr
+    res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights),
+                                      "--random-init"])
+    assert res.exit_code == 2 and "contradict" in res.stderr
+    assert not out.exists()
+
+
+def test_export_unwritable_output_names_it_before_any_work(tiny_weights, tmp_path, monkeypatch):
+    """The error names the path given (not a hidden scratch file) and comes before the
+    network is loaded or traced."""
+    blocker = tmp_path / "X.onnx"
+    blocker.write_text("a file")
+    traced = []
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: traced.append(a) or [])
+    res = CliRunner().invoke(_app(), ["-o", str(blocker / "Z.onnx"), "--weights",
+                                      str(tiny_weights)])
+    assert res.exit_code == 1 and not traced
+    assert res.stderr.strip() == (f"error: cannot write {blocker / 'Z.onnx'}: {blocker} is a "
+                                  "file, not a folder")
+    with pytest.raises(OSError, match=r"cannot write .*: it is a folder"):
+        export.check_writable(tmp_path)
+    export.check_writable(tmp_path / "new" / "deeper" / "m.onnx")  # parents are made
+    assert (tmp_path / "new" / "deeper").is_dir()
+    assert list((tmp_path / "new" / "deeper").iterdir()) == []  # the probe is gone
+
+
+def test_weights_name_the_graph_even_with_their_architecture(tmp_path, monkeypatch):
+    """``--weights mine.safetensors -m ARCH`` writes mine.onnx: ARCH.onnx would overwrite an
+    export of the published weights."""
+    from derain_cli.models import build_model
+    from derain_cli.weights import save_weights
+
+    net = build_model("semi-drdnet-tiny")
+    mine = tmp_path / "mine.safetensors"
+    save_weights(net, mine, name="mine", arch="semi-drdnet", config=net.cfg)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(_app(), ["--weights", str(mine), "-m", "semi-drdnet-tiny"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "mine.onnx").is_file()
+    assert not (tmp_path / "semi-drdnet-tiny.onnx").exists()

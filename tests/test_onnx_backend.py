@@ -202,6 +202,26 @@ def test_an_unwritable_cache_falls_back_to_a_private_folder_reused_next_time(
     assert np.abs(OnnxRunner(again, device="cpu").forward(x, None) - ref).max() <= TOL
 
 
+def test_a_file_where_the_cache_folder_should_be_falls_back_too(monkeypatch, tmp_path,
+                                                                 caplog):
+    """XDG_CACHE_HOME naming a file failed the photo with "Not a directory" (audit); it is as
+    unwritable as a read-only cache, so it falls back the same way."""
+    import tempfile
+
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.delenv("DERAIN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "afile"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    net = _small("semi")
+    with torch.no_grad():
+        next(net.parameters()).add_(0.03)  # weights no other test has exported
+    with caplog.at_level(logging.WARNING):
+        graphs = onnx_backend.cached_graphs(net)
+    assert "cannot write the ONNX cache" in caplog.text
+    assert (tmp_path / "tmp") in graphs[0].parents and graphs[0].is_file()
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "c"))
     assert onnx_backend.cache_root() == tmp_path / "c" / "onnx"
