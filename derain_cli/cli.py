@@ -1109,6 +1109,9 @@ def download_cmd(
         list[str] | None,
         typer.Argument(metavar="NAME", show_default=False, help="Models to fetch."),
     ] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "-m", "--model", show_default=False,
+        help="A model to fetch, as NAME (repeatable; -m as in the other commands).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Fetch every published model.")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Download again even if cached.")
@@ -1122,6 +1125,7 @@ def download_cmd(
 
         manifest = weights.load_manifest()
         known = ", ".join(manifest) or "none published yet"
+        names = [*(names or []), *(model or [])]
         if all_ and names:
             raise _usage(ctx, "give model names or --all, not both")
         if not all_ and not names:
@@ -1132,8 +1136,10 @@ def download_cmd(
             from .models import MODELS
 
             untrained = [n for n in unknown if n in MODELS]
-            if untrained:  # a registered architecture: say why there is nothing to fetch
-                raise _usage(ctx, weights.untrained_message(untrained[0]))
+            if untrained:  # a registered architecture: say why there is nothing to fetch;
+                # exit 1, as `derain IMG -m NAME` and `derain export -m NAME` do
+                _error(err, weights.untrained_message(untrained[0]))
+                raise typer.Exit(1)
             raise _usage(ctx, f"no published weights named {', '.join(map(repr, unknown))} "
                               f"(known: {known})")
         if all_:

@@ -564,13 +564,29 @@ def test_download_bundled_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert r.exit_code == 1 and "does not match its sha256" in r.stderr
 
 
-def test_download_usage_errors() -> None:
+def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download").exit_code == 2
     r = derain("download", "no-such-model")
     assert r.exit_code == 2 and "no-such-model" in r.stderr
     r = derain("download", "rdmc")  # registered, never trained: say so, and what to do
-    assert r.exit_code == 2 and "'rdmc' has no pretrained weights yet" in r.stderr
+    assert r.exit_code == 1 and "'rdmc' has no pretrained weights yet" in r.stderr
     assert "derain train --model rdmc" in r.stderr
+    # the same exit as the main command gives for that model (not a usage error: the name
+    # is right, the weights are missing)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    r = derain(str(tmp_path / "x.png"), "-m", "rdmc", "-o", str(tmp_path / "out"))
+    assert r.exit_code == 1 and "'rdmc' has no pretrained weights yet" in r.stderr
+    assert derain("download", "rdmc", "--all").exit_code == 2
+
+
+def test_download_takes_m_like_the_other_commands(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    r = derain("download", "-m", "semi-drdnet-lite")
+    assert r.exit_code == 0 and "semi-drdnet-lite: bundled, nothing to do" in r.stdout
+    assert derain("download", "-m", "nope").exit_code == 2
 
 
 _MANIFEST_SCRIPT = """
