@@ -724,7 +724,10 @@ def bench_cmd(
         "--tile-overlap", min=0, show_default=False,
         help="Tile overlap in pixels (default: each model's own, as derain uses).")] = None,
     variants: Annotated[str, typer.Option(
-        "--variants", help="Comma-separated subset of: " + ", ".join(DEFAULT_VARIANTS))
+        "--variants", show_default=False,
+        help="Comma-separated variants (default: all of " + ", ".join(DEFAULT_VARIANTS)
+             + "; also " + ", ".join(EXTRA_VARIANTS) + ", on request: compiling takes "
+             "minutes).")
     ] = ",".join(DEFAULT_VARIANTS),
     device: Annotated[str, typer.Option(
         "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")

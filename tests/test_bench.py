@@ -236,3 +236,15 @@ def test_variant_tile_follows_the_engine_and_the_networks_minimum():
     assert bench.variant_tile(object(), None, 1024) == 1024
     assert bench.variant_tile(Ort(), None, 1024, min_tile=384) == 768  # as Derainer
     assert bench.variant_tile(Ort(), 96, 1024, min_tile=384) == 96  # asked for: kept
+
+
+def test_help_lists_every_variant_whole_at_80_columns():
+    """Typer's default column cut the list at 80 columns ("bf16,f…") and never named the
+    on-request variant (audit)."""
+    app = typer.Typer()
+    app.command()(bench.bench_cmd)
+    res = CliRunner().invoke(app, ["--help"], terminal_width=80)
+    words = " ".join(res.output.replace("│", " ").split())
+    for v in (*bench.DEFAULT_VARIANTS, *bench.EXTRA_VARIANTS):
+        assert v in words
+    assert "…" not in words
