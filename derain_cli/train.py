@@ -670,7 +670,7 @@ def _check_val_pairs(cfg: TrainConfig) -> None:
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
                   out: Path, warn: bool = True, recalib_given: bool = True,
-                  freeze_given: bool = True) -> TrainConfig:
+                  freeze_given: bool = True, world: int = 1) -> TrainConfig:
     """A resumed run must be the same run: same network, same data (folders compared as
     resolved paths, so ``syn`` and ``/abs/syn`` agree). A longer ``--steps`` is fine (that
     is what resuming is for); other changed settings get a warning. Returns ``cfg`` with
@@ -702,6 +702,11 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
             "contrast_weight", "contrast_terms", "clean_fraction", "seed")
     moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
              if k in before and before[k] != now.get(k)]
+    was = ckpt.get("world")  # checkpoints before 2026-12-03 did not record it
+    if isinstance(was, int) and was != world:
+        moved.append(f"processes {was} -> {world} (the global batch becomes "
+                     f"{cfg.batch}x{world}, was {before.get('batch', cfg.batch)}x{was}, and "
+                     "epochs are counted anew)")
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
     return cfg
@@ -862,7 +867,8 @@ def _train(
     if cfg.resume:
         ckpt = load_checkpoint(out / "last.pt")
         cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
-                            recalib_given=recalib_given, freeze_given=freeze_given)
+                            recalib_given=recalib_given, freeze_given=freeze_given,
+                            world=world)
     else:
         # (a run that failed before its first checkpoint holds only logs: started afresh)
         for held in ("last.pt", "model.safetensors", "best.pt"):
@@ -1009,6 +1015,7 @@ def _train(
             "format": CKPT_FORMAT,
             "config": cfg.to_json(),
             "name": name, "arch": arch, "model_config": json.dumps(conf),
+            "world": world,  # processes: a resume with another count is warned about
             "step": step, "epoch": sampler.epoch_of(step),
             "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(),

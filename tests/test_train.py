@@ -355,6 +355,26 @@ def test_resume_must_be_the_same_run(data, tmp_path, capsys):
     assert "changed settings: lr" in capsys.readouterr().err
 
 
+def test_resume_with_another_process_count_is_said(data, tmp_path, capsys):
+    """A torchrun run resumed in one process changed the global batch and the epoch count
+    without a word (audit); checkpoints now record the process count."""
+    T.train(_cfg(data, tmp_path / "r", steps=2))
+    ckpt = T.load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ckpt["world"] == 1
+    capsys.readouterr()
+    ckpt["world"] = 2  # as if written by `torchrun --nproc-per-node 2`
+    cfg = _cfg(data, tmp_path / "r", steps=4, resume=True)
+    conf = json.loads(ckpt["model_config"])
+    T._check_resume(cfg, ckpt, ckpt["arch"], conf, tmp_path / "r", world=1)
+    err = capsys.readouterr().err
+    assert "changed settings: processes 2 -> 1" in err
+    assert f"global batch becomes {cfg.batch}x1, was {cfg.batch}x2" in err
+    T._check_resume(cfg, ckpt, ckpt["arch"], conf, tmp_path / "r", world=2)
+    del ckpt["world"]  # an older checkpoint: nothing to compare
+    T._check_resume(cfg, ckpt, ckpt["arch"], conf, tmp_path / "r", world=1)
+    assert "processes" not in capsys.readouterr().err
+
+
 def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
     """The same folder spelled relative to another directory is the same data; a run
     started from --weights keeps its statistics when resumed without --weights."""
