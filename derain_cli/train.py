@@ -706,7 +706,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     if isinstance(was, int) and was != world:
         moved.append(f"processes {was} -> {world} (the global batch becomes "
                      f"{cfg.batch}x{world}, was {before.get('batch', cfg.batch)}x{was}, and "
-                     "epochs are counted anew)")
+                     "log.jsonl's epoch numbers shift: an epoch is a different number of "
+                     "steps)")
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
     return cfg
