@@ -832,7 +832,15 @@ def test_best_pt_is_the_network_validation_scored_and_names_its_architecture(dat
     best = max((v for v in vals if v["kind"] == "val"), key=lambda v: v["val_psnr"])
     net = model_from_file(tmp_path / "r" / "best.pt")  # no model name needed
     again = T.validate(net, str(data["val"]), device=torch.device("cpu"))
-    assert again["psnr"] == pytest.approx(best["val_psnr"], abs=1e-6)
+    # within float rounding: on an AVX-512 CPU oneDNN's kernels for the training model's
+    # layout and the reloaded one differ by ~2e-5 dB (1e-6 passed on AVX2 only)
+    assert again["psnr"] == pytest.approx(best["val_psnr"], abs=1e-3)
+    # ... and that tolerance still tells networks apart: the raw (non-EMA) weights score
+    # otherwise
+    raw = model_from_file(tmp_path / "r" / "best.pt")
+    raw.load_state_dict(T.load_checkpoint(tmp_path / "r" / "last.pt")["model"])
+    other = T.validate(raw, str(data["val"]), device=torch.device("cpu"))
+    assert abs(other["psnr"] - best["val_psnr"]) > 1e-2, (other, best)
     assert res.weights is not None
 
 
