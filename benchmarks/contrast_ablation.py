@@ -27,8 +27,12 @@ four; ``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``); one term alone
 and ``ft_none_bn`` /
 ``ft_self_bn``, which refresh the BatchNorm statistics instead of keeping the base model's
 (``--batchnorm refresh``); all scored beside the bundled starting weights (``base``).
+Fine-tuning runs pass ``--consistency 0.1`` (the default when most tables in
+docs/contrastive-terms.md were measured) unless ``--consistency`` says otherwise; give
+``--consistency 1.0`` to ablate ``derain finetune``'s default since 2026-12-03.
 
-Then every run's exported (EMA) weights are scored with ``derain eval`` on rain100l,
+Then every run's exported (EMA) weights are scored with ``derain eval`` (fp32 unless
+``--precision`` says otherwise, so that every CPU gives the same figures) on rain100l,
 heavy-small and sirr-val (never trained on; rain100l's first 20 pairs also picked nothing:
 the final weights are scored, not the best checkpoint), and on the first ``--real`` real-rain
 photos: a side-by-side grid (``OUT/real_grid.png``) and how much each model changes them
@@ -88,15 +92,16 @@ EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 
 def finetune_command(name: str, features: str, clean_fraction: float, flags: list[str],
                      steps: int, out: Path, model: str = "semi-drdnet-lite",
-                     seed: int = 0) -> list[str]:
+                     seed: int = 0, consistency: float = 0.1) -> list[str]:
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", model,
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),
         "--out", str(out / name), "--steps", str(steps), "--seed", str(seed),
         "--contrast-features", features, "--clean-fraction", str(clean_fraction), "--quiet",
-        # the fine-tuning default when docs/contrastive-terms.md was measured (1.0 since
-        # 2026-12-03); a flag of the row's own comes later and wins
-        "--consistency", "0.1",
+        # 0.1 unless --consistency says otherwise: the fine-tuning default when most of
+        # docs/contrastive-terms.md was measured (1.0 since 2026-12-03); a flag of the
+        # row's own comes later and wins
+        "--consistency", str(consistency),
     ] + flags
 
 
@@ -207,6 +212,13 @@ def main() -> int:
                     help="with --finetune: the bundled model fine-tuned")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every training (data, crops, rain, initial weights)")
+    ap.add_argument("--consistency", type=float, default=0.1,
+                    help="with --finetune: derain finetune's --consistency (0.1, the default "
+                         "the older tables were measured with; the command's own default is "
+                         "1.0 since 2026-12-03)")
+    ap.add_argument("--precision", default="fp32",
+                    help="engine precision the runs are scored in (fp32: the same figures on "
+                         "every CPU; the tables before 2026-12-03 used auto)")
     args = ap.parse_args()
     if not all((DATA / d).is_dir() for d in ("clean-bsds", "real-rain", *EVAL_SETS)):
         print(f"benchmark skipped: {DATA} (clean-bsds/, real-rain/, evaluation sets) "
@@ -215,7 +227,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.finetune:
         runs = [r for r in FT_RUNS if not args.only or r[0] in args.only]
-        cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model, args.seed)
+        cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model, args.seed,
+                                       args.consistency)
                 for r in runs}
     else:
         runs = [r for r in RUNS if not args.only or r[0] in args.only]
@@ -238,7 +251,7 @@ def main() -> int:
         scores = json.loads(cached.read_text()) if cached.exists() else {}
         for s in EVAL_SETS:
             if s not in scores:
-                res = evaluate(str(w), DATA / s, device="cpu")
+                res = evaluate(str(w), DATA / s, device="cpu", precision=args.precision)
                 scores[s] = (round(res.psnr_y, 2), round(res.ssim_y, 4))
                 cached.write_text(json.dumps(scores) + "\n")
             table[name][s] = tuple(scores[s])
