@@ -20,13 +20,14 @@ clean photos), ``--steps`` steps with the contrastive terms (``ft_self``) and wi
 (``ft_none``), and without them but with 20 % rain-free synthetic samples (``ft_none_cf``,
 ``--clean-fraction 0.2``), and with both (``ft_self_cf``); leave-one-out runs that keep every
 Semi-DRDNet contrastive term but one (``ft_no_bg``, ``ft_no_rain``, ``ft_no_bg_u``,
-``ft_no_rain_u``: ``--contrast-terms``), and the same from fine-tuning's default terms (all
-but the labeled rain branch since 2026-12-01: ``ft_self`` then runs those, ``ft_all`` all
-four; ``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``); one term alone
-(``ft_only_bg``, ``ft_only_bg_u``: RDMC's leave-one-out, since its prior has those two);
-and ``ft_none_bn`` /
-``ft_self_bn``, which refresh the BatchNorm statistics instead of keeping the base model's
-(``--batchnorm refresh``); all scored beside the bundled starting weights (``base``).
+``ft_no_rain_u``: ``--contrast-terms``), and the same from bg, bg_u and rain_u (fine-tuning's
+default terms from 2026-12-01 to 2026-12-03, bg and bg_u since: ``ft_self`` runs those three
+(before 2026-12-01, when the default was all four, it ran all four), ``ft_all`` all four;
+``ft_nr_no_bg``, ``ft_nr_no_bg_u``, ``ft_nr_no_rain_u``, the last being today's default);
+one term alone (``ft_only_bg``, ``ft_only_bg_u``: RDMC's leave-one-out, since its prior has
+those two); and ``ft_none_bn`` / ``ft_self_bn``, which refresh the BatchNorm statistics
+instead of keeping the base model's (``--batchnorm refresh``); all scored beside the
+bundled starting weights (``base``).
 Fine-tuning runs pass ``--consistency 0.1`` (the default when most tables in
 docs/contrastive-terms.md were measured) unless ``--consistency`` says otherwise; give
 ``--consistency 1.0`` to ablate ``derain finetune``'s default since 2026-12-03.
@@ -67,6 +68,8 @@ RUNS = [  # name, model, contrast features, with the unlabeled real photos
 ]
 FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, more flags
     ("ft_none", "none", 0.0, []),
+    # Semi-DRDNet: the three terms fine-tuning ran by default from 2026-12-01 to 2026-12-03,
+    # pinned (``SEMI_FT_SELF``); RDMC: its default, both of its terms
     ("ft_self", "self", 0.0, []),
     ("ft_none_cf", "none", 0.2, []),
     ("ft_self_cf", "self", 0.2, []),
@@ -88,11 +91,16 @@ FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, mo
     ("ft_self_bn", "self", 0.0, ["--batchnorm", "refresh"]),
 ]
 EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
+#: ``ft_self``'s terms for a Semi-DRDNet: fine-tuning's default from 2026-12-01 to 2026-12-03
+#: (all four before, bg and bg_u since), pinned so the tables that name ft_self reproduce
+SEMI_FT_SELF = ["--contrast-terms", "bg,bg_u,rain_u"]
 
 
 def finetune_command(name: str, features: str, clean_fraction: float, flags: list[str],
                      steps: int, out: Path, model: str = "semi-drdnet-lite",
                      seed: int = 0, consistency: float = 0.1) -> list[str]:
+    if name == "ft_self" and not model.startswith("rdmc"):
+        flags = SEMI_FT_SELF + flags
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", model,
         "--rainy", str(DATA / "real-rain"), "--clean", str(DATA / "clean-bsds"),

@@ -235,7 +235,7 @@ def finetune_cmd(
     contrast_terms: Annotated[str | None, typer.Option(
         help="Keep only these contrastive terms, comma-separated (Semi-DRDNet: bg, rain, "
              "bg_u, rain_u; RDMC: bg, bg_u; _u = on your photos; all = every one). Default: "
-             "all but Semi-DRDNet's rain, which did not help fine-tuning.")] = None,
+             "bg,bg_u: Semi-DRDNet's rain branches did not help fine-tuning.")] = None,
     batchnorm: Annotated[str, typer.Option(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
              "(batch statistics while training, re-estimated at the end).")] = "keep",

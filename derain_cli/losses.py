@@ -466,11 +466,13 @@ UNLABELED_FACTOR = 0.5
 #: ``--contrast-terms``): background / rain-layer branches on the labeled pairs, and the
 #: same on the unlabeled photos (``_u``); RDMC's prior has the background branch only
 CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
-#: the terms ``derain finetune`` uses unless told: all but Semi-DRDNet's labeled rain branch,
-#: which cost the default model 0.15-0.16 dB on heavy-small in two seeds of fine-tuning
-#: against the same run without it, with rain100l and sirr-val within 0.04 dB
-#: (docs/contrastive-terms.md, "term by term")
-FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
+#: the terms ``derain finetune`` uses unless told: the two background branches. Semi-DRDNet's
+#: labeled rain branch cost heavy-small 0.15-0.16 dB at consistency 0.1 (off since
+#: 2026-12-01); its unlabeled rain branch, at consistency 1.0, cost rain100l 0.08-0.09 dB in
+#: two seeds with --clean and 0.71 dB with pseudo-clean backgrounds, while the other two
+#: terms help (off since 2026-12-03; docs/contrastive-terms.md, README "Fine-tuning stays
+#: near its start")
+FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u"), "rdmc": ("bg", "bg_u")}
 
 
 def parse_contrast_terms(arch: str, spec: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -1319,7 +1319,7 @@ class FinetuneConfig:
     consistency: float = 1.0
     contrast_features: str = "auto"
     contrast_weight: float = 0.05
-    #: None: ``losses.FINETUNE_CONTRAST_TERMS`` (all but Semi-DRDNet's labeled rain branch)
+    #: None: ``losses.FINETUNE_CONTRAST_TERMS`` (the background branches, bg and bg_u)
     contrast_terms: str | None = None
     #: "keep": BatchNorm statistics frozen at the base model's (``freeze_batchnorm``);
     #: "refresh": batch statistics while training, re-estimated over 16 whole training

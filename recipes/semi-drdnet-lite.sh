@@ -19,10 +19,11 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} derain train --model semi-drdnet-lite \
   --amp bf16 --workers 0 --val-every 250 --ckpt-every 100 --contrast-features none --quiet
 # (the bundled weights ran this stage before 2026-12-01, when finetune still re-estimated
 # BatchNorm statistics from its crops; it now keeps them, so a rerun will differ;
-# --consistency 0.1: the default then, 1.0 since 2026-12-03)
+# --consistency 0.1 and --contrast-terms all: the defaults then; 1.0 and bg,bg_u since
+# 2026-12-03)
 derain finetune --weights "$RUNS/semi-lite-interim/model.safetensors" \
   --rainy "$DATA/real-rain" --clean "$DATA/clean-bsds" --contrast-features self \
-  --consistency 0.1 \
+  --consistency 0.1 --contrast-terms all \
   --val "$DATA/rain100l" --out "$RUNS/semi-lite-ft" --steps "${FT_STEPS:-200}" --seed 0 --quiet
 for set in rain100l heavy-small sirr-val; do
   derain eval --weights "$RUNS/semi-lite-ft/model.safetensors" --data "$DATA/$set" --precision fp32 --json > "$RUNS/eval-$set.json"
