@@ -914,8 +914,10 @@ def test_logged_throughput_leaves_out_validation_time(data, tmp_path, monkeypatc
     T.train(_cfg(data, out, steps=4, val=str(data["val"]), val_every=2, val_limit=1))
     recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rate = {r["step"]: r["patches_per_s"] for r in recs if r.get("kind") == "train"}
-    # step 3 follows step 2's validation: 2 patches over >= 1.5 s would be <= 1.3 patch/s
-    assert rate[3] > 0.5 * rate[2] and rate[3] > 2.0, rate
+    # step 3 follows step 2's validation: 2 patches over >= 1.5 s would be <= 1.3 patch/s.
+    # (It also compared rate[3] with rate[2]: that flaked on a loaded CI machine, at 39
+    # against 120 patches/s, two 20 ms steps apart; the bug's signature is the absolute rate.)
+    assert rate[3] > 2.0, rate
 
 
 def test_cli_resume_of_a_folder_without_a_run_says_so(tmp_path):
