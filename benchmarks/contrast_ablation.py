@@ -2,7 +2,7 @@
 
     python benchmarks/contrast_ablation.py [--steps 250] [--jobs 2] [--out runs/abl]
 
-Four runs of ``derain train`` (fp32, batch 8, 64 px crops, lr 5e-4, EMA 0.99, seed 0), each
+Runs of ``derain train`` (fp32, batch 8, 64 px crops, lr 5e-4, EMA 0.99, seed 0), each
 on rain synthesized over ``../shared/data/clean-bsds`` with ``--contrast-features self`` (the
 feature space that needs no outside weights) or ``none``:
 
@@ -11,6 +11,8 @@ feature space that needs no outside weights) or ``none``:
   photos) against the purely supervised loss (the unlabeled photos are then unused).
 * ``semi_lab``: the dual contrastive terms on the synthetic pairs only (no unlabeled
   photos), which separates the labeled terms from the semi-supervised real-photo terms.
+* ``semi_bg``: the background branches alone (``--contrast-terms bg,bg_u``: output vs clean
+  backgrounds, on the synthetic pairs and on the real photos), fine-tuning's default terms.
 * ``rdmc_self`` / ``rdmc_none``: rdmc-lite with and without its contrastive prior.
 
 ``--finetune``: instead, the semi-supervised stage on its own: ``derain finetune`` of the
@@ -59,12 +61,14 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-RUNS = [  # name, model, contrast features, with the unlabeled real photos
-    ("semi_none", "semi-drdnet-lite", "none", True),
-    ("semi_self", "semi-drdnet-lite", "self", True),
-    ("semi_lab", "semi-drdnet-lite", "self", False),
-    ("rdmc_none", "rdmc-lite", "none", False),
-    ("rdmc_self", "rdmc-lite", "self", False),
+RUNS = [  # name, model, contrast features, with the unlabeled real photos, more flags
+    ("semi_none", "semi-drdnet-lite", "none", True, []),
+    ("semi_self", "semi-drdnet-lite", "self", True, []),
+    ("semi_lab", "semi-drdnet-lite", "self", False, []),
+    # the background branches only (fine-tuning's default terms since 2026-12-03)
+    ("semi_bg", "semi-drdnet-lite", "self", True, ["--contrast-terms", "bg,bg_u"]),
+    ("rdmc_none", "rdmc-lite", "none", False, []),
+    ("rdmc_self", "rdmc-lite", "self", False, []),
 ]
 FT_RUNS = [  # name, contrast features, share of rain-free synthetic samples, more flags
     ("ft_none", "none", 0.0, []),
@@ -113,8 +117,8 @@ def finetune_command(name: str, features: str, clean_fraction: float, flags: lis
     ] + flags
 
 
-def train_command(name: str, model: str, features: str, unlabeled: bool, steps: int,
-                  out: Path, seed: int = 0) -> list[str]:
+def train_command(name: str, model: str, features: str, unlabeled: bool, flags: list[str],
+                  steps: int, out: Path, seed: int = 0) -> list[str]:
     cmd = [
         sys.executable, "-m", "derain_cli", "train", "--model", model,
         "--synthetic", str(DATA / "clean-bsds"), "--preset", "mixed",
@@ -127,7 +131,7 @@ def train_command(name: str, model: str, features: str, unlabeled: bool, steps: 
     if unlabeled:
         cmd[cmd.index("--preset"):cmd.index("--preset")] = [
             "--unlabeled", str(DATA / "real-rain")]
-    return cmd
+    return cmd + flags
 
 
 def run_parallel(cmds: list[tuple[str, list[str]]], jobs: int, threads: int, out: Path) -> None:
