@@ -187,18 +187,8 @@ def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: b
                 fwd: float, stats_flops: float,
                 stats_passes: int = tiling.STATS_PASSES) -> float:
     """Executed / useful FLOPs of ``tiling.run_tiled`` (same tile plan)."""
-    if tile <= 0 or (tile >= h and tile >= w):
-        hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-        return hp * wp / (h * w)
-    tile = max(multiple, tile // multiple * multiple)
-    overlap = min(overlap, tile // 2)
-    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    tiles = tiling.plan_tiles(hp, wp, tile, overlap, multiple)
-    px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
-    passes = stats_passes if stats and len(tiles) > 1 else 0
-    stats_px = sum((t.y1 - t.y0) * (t.x1 - t.x0)
-                   for t in tiling.statistics_tiles(hp, wp, tile, overlap, multiple))
-    return (px * fwd + passes * stats_px * stats_flops) / (h * w * fwd)
+    return tiling.work_per_pixel(h, w, tile, overlap, multiple, stats=stats,
+                                 stats_cost=stats_flops / fwd, stats_passes=stats_passes)
 
 
 # --------------------------------------------------------------------------- conv peak

@@ -9,7 +9,13 @@ AMX) bf16 was 1.2-1.9x faster for all three Semi-DRDNets
 (``benchmarks/bench_inference.py --variants bf16,int8``; figures in the README, Speed).
 A fixed rule is wrong on one of them, so ``precision="auto"`` times both on a 512 px
 image the first time a model runs on a machine (a few seconds, once) and keeps the
-faster, bf16 only when it is at least ``MARGIN`` faster. The int8 path starts without
+faster, bf16 only when it is at least ``MARGIN`` faster. Each engine's time is weighed
+by the tiling it will run in (``tiling_work``): the int8 graph runs in ONNX Runtime's
+512 px tiles, bf16 in PyTorch's 1024 px ones, and smaller tiles repeat more overlap (on a
+12 MP photo the default model sends 1.39x its pixels through the network in 512 px
+tiles, 1.28x in 1024 px ones; on a 1 MP photo 1.68x against 1.00x, one tile). The job's
+photos are costed as one 4:3 photo of its megapixels, at most 12 MP (a folder of small
+photos is costed as 12 MP ones: it leans to int8). The int8 path starts without
 importing PyTorch (1.2 s on a 2-core test CPU, 3.5 s while it was busy), so when the
 caller says how many megapixels it will derain (the CLI counts the pending files'
 pixels), bf16 must also repay that import: one small photo stays on int8, a folder or a
@@ -40,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tiling
 from .fast_path import FastPlan
 from .onnx_backend import cache_root
 
@@ -56,6 +63,9 @@ ENV = "DERAIN_CPU_ENGINE"
 #: seconds to import PyTorch when a measurement did not time it (``python -c "import
 #: torch"`` on the 2-core test CPUs: 1.2 s idle, 3.5-3.7 s busy; the higher, to favour int8)
 TORCH_IMPORT_S = 3.5
+#: the photo tiles are costed on when the job's size is unknown or larger: 12 MP, 4:3 (the
+#: photo of the 60-second rule)
+REFERENCE_MEGAPIXELS = 12.0
 
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -191,21 +201,42 @@ def torch_imported() -> bool:
     return "torch" in sys.modules
 
 
+def tiling_work(plan: FastPlan, tile: int | None = None,
+                megapixels: float | None = None) -> dict[str, float]:
+    """Pixels through the network per image pixel for each engine in the tile ``Derainer``
+    gives it (``tile``, when the caller set one, for both), on a 4:3 photo of
+    ``megapixels`` (``REFERENCE_MEGAPIXELS`` when unknown or larger)."""
+    from .enhancer import CPU_TILE
+    from .onnx_backend import ORT_CPU_TILE
+
+    mp = REFERENCE_MEGAPIXELS if not megapixels else min(megapixels, REFERENCE_MEGAPIXELS)
+    h = max(1, round((mp * 1e6 * 3 / 4) ** 0.5))
+    w = max(1, round(h * 4 / 3))
+    own = {"int8": ORT_CPU_TILE, "bf16": CPU_TILE}
+    return {e: tiling.work_per_pixel(
+        h, w, tile if tile is not None else max(t, 2 * plan.min_tile), plan.overlap,
+        stats=len(plan.graphs) > 1) for e, t in own.items()}
+
+
 def decide(entry: dict[str, Any], workload_megapixels: float | None,
-           torch_loaded: bool) -> tuple[str, str]:
-    """The engine for one job given a measurement: the per-pixel winner, except that bf16
-    must also repay importing PyTorch (when not yet imported) over ``workload_megapixels``
-    (None: a long-lived object, many images; the import does not count)."""
-    engine = entry["engine"]
+           torch_loaded: bool, work: dict[str, float] | None = None) -> tuple[str, str]:
+    """The engine for one job given a measurement: the faster per pixel once each engine's
+    probe time is weighed by its tiling ``work`` (``tiling_work``; None: untiled), except
+    that bf16 must also repay importing PyTorch (when not yet imported) over
+    ``workload_megapixels`` (None: a long-lived object, many images; the import does not
+    count). An entry without both times keeps its stored engine."""
     s = entry.get("seconds") or {}
-    if engine != "bf16" or not {"int8", "bf16"} <= set(s):
-        return engine, ""
+    if not {"int8", "bf16"} <= set(s):
+        return entry["engine"], ""
+    work = work or {}
+    per_mp = {e: s[e] * work.get(e, 1.0) * 1e6 / PROBE_SIDE ** 2 for e in ENGINES}
+    if per_mp["bf16"] > MARGIN * per_mp["int8"]:
+        return "int8", ""
     if workload_megapixels is None or torch_loaded:
         return "bf16", ""
-    per_mp = 1e6 / PROBE_SIDE ** 2
     load = float(entry.get("torch_import_s", TORCH_IMPORT_S))
-    t_int8 = workload_megapixels * s["int8"] * per_mp
-    t_bf16 = workload_megapixels * s["bf16"] * per_mp + load
+    t_int8 = workload_megapixels * per_mp["int8"]
+    t_bf16 = workload_megapixels * per_mp["bf16"] + load
     if t_bf16 <= MARGIN * t_int8:
         return "bf16", ""
     return "int8", (f"{workload_megapixels:.1f} MP is too little to repay loading PyTorch "
@@ -215,8 +246,9 @@ def decide(entry: dict[str, Any], workload_megapixels: float | None,
 def cpu_engine(plan: FastPlan, threads: int | None,
                workload_megapixels: float | None = None,
                measure_fn: Callable[[FastPlan, int | None], dict[str, Any]] = measure,
-               ) -> tuple[str, str]:
-    """The engine for ``plan`` on this CPU ('int8' or 'bf16') and why, in a few words."""
+               tile: int | None = None) -> tuple[str, str]:
+    """The engine for ``plan`` on this CPU ('int8' or 'bf16') and why, in a few words
+    (``tile``: the caller's tile for either engine; None: each engine's own)."""
     forced = os.environ.get(ENV, "").strip().lower()
     if forced in ENGINES:
         return forced, f"{ENV}={forced}"
@@ -243,7 +275,9 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     else:
         how = "measured " + str(entry.get("measured", "earlier"))
     s = entry.get("seconds", {})
+    work = tiling_work(plan, tile, workload_megapixels)
     if "int8" in s and "bf16" in s:
-        how += f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px image"
-    engine, why = decide(entry, workload_megapixels, torch_imported())
+        how += (f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px "
+                f"image, x{work['bf16']:.2f} vs x{work['int8']:.2f} in their tiles")
+    engine, why = decide(entry, workload_megapixels, torch_imported(), work)
     return engine, f"{how}; {why}" if why else how

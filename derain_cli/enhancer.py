@@ -161,8 +161,8 @@ class Derainer:
         if fast is not None and precision == "auto" and backend == "auto":
             from . import engine_choice
 
-            engine, self.engine_note = engine_choice.cpu_engine(fast, threads,
-                                                                workload_megapixels)
+            engine, self.engine_note = engine_choice.cpu_engine(
+                fast, threads, workload_megapixels, tile=tile)
             if engine == "bf16":
                 fast, precision = None, "bf16"
         if fast is not None:

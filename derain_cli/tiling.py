@@ -412,6 +412,30 @@ def run_tiled(
     return out[:h0, :w0] if hwc else out[:, :h0, :w0]
 
 
+def work_per_pixel(h: int, w: int, tile: int, overlap: int, multiple: int = 1, *,
+                   stats: bool = False, stats_cost: float = STATS_COST,
+                   stats_passes: int = STATS_PASSES,
+                   stats_megapixels: float | None = STATS_MEGAPIXELS) -> float:
+    """Pixels ``run_tiled`` sends through the network per pixel of an h x w image (a
+    statistics pixel at ``stats_cost``; ``stats``: the runner has whole-image statistics).
+
+    Why: the same network costs more in small tiles (overlap, plus the statistics pass
+    once there are two tiles or more), so engines run in different tiles (ONNX Runtime's
+    512 px, PyTorch's 1024 px on CPUs) are compared per pass times this.
+    """
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    if tile <= 0 or (tile >= h and tile >= w):
+        return hp * wp / (h * w)
+    tile = max(multiple, tile // multiple * multiple)
+    overlap = min(overlap, tile // 2)
+    tiles = plan_tiles(hp, wp, tile, overlap, multiple)
+    px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
+    passes = stats_passes if stats and len(tiles) > 1 else 0
+    stats_px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in statistics_tiles(
+        hp, wp, tile, overlap, multiple, stats_megapixels=stats_megapixels)) if passes else 0
+    return (px + passes * stats_px * stats_cost) / (h * w)
+
+
 def _stats_overlap(overlap: int, stats_overlap: int | None) -> int:
     return min(overlap // 2 if stats_overlap is None else stats_overlap, overlap)
 

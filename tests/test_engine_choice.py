@@ -99,7 +99,32 @@ def test_small_jobs_stay_on_int8_unless_pytorch_is_loaded():
     assert engine_choice.decide(entry, 1.9, torch_loaded=False)[0] == "int8"
     assert engine_choice.decide(entry, 2.1, torch_loaded=False)[0] == "bf16"
     # per-pixel int8 wins: int8 whatever the workload
-    assert engine_choice.decide(dict(entry, engine="int8"), 50.0, False) == ("int8", "")
+    slow = dict(entry, seconds={"int8": 1.0, "bf16": 0.95})
+    assert engine_choice.decide(slow, 50.0, False) == ("int8", "")
+    # the stored engine counts only where the two times are not both there
+    assert engine_choice.decide({"engine": "bf16", "seconds": {"int8": 1.0}}, 0.1, False) == (
+        "bf16", "")
+
+
+def test_each_engine_is_costed_in_its_own_tiles():
+    """The int8 graph runs in 512 px tiles, bf16 in 1024 px ones: on a 12 MP photo 512 px
+    tiles repeat more overlap; a 1 MP photo is one 1024 px tile and six 512 px ones."""
+    plan = _plan()
+    big = engine_choice.tiling_work(plan)
+    assert big == engine_choice.tiling_work(plan, None, 50.0)  # capped at the 12 MP photo
+    assert 1.0 < big["bf16"] < big["int8"] < 1.6
+    small = engine_choice.tiling_work(plan, None, 1.0)
+    assert small["bf16"] == pytest.approx(1.0, abs=0.01) and small["int8"] > 1.5
+    assert engine_choice.tiling_work(plan, 0) == {"int8": 1.0, "bf16": 1.0}
+    same = engine_choice.tiling_work(plan, 512)
+    assert same["int8"] == same["bf16"] == big["int8"]
+    # a near tie on the 512 px probe goes to the engine whose tiles cost less
+    entry = {"engine": "int8", "seconds": {"int8": 1.0, "bf16": 0.95}}
+    assert engine_choice.decide(entry, None, False) == ("int8", "")
+    assert engine_choice.decide(entry, None, False, small) == ("bf16", "")
+    assert engine_choice.decide(entry, None, False, big) == ("bf16", "")
+    entry = {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.85}}
+    assert engine_choice.decide(entry, None, False, {"int8": 1.0, "bf16": 1.3})[0] == "int8"
 
 
 def test_no_bf16_means_int8_unmeasured(own_cache, monkeypatch):
@@ -153,6 +178,15 @@ def test_derainer_follows_the_remembered_choice(own_cache, bf16_cpu):
     assert Derainer(device="cpu", threads=1, backend="onnx").precision == "int8"
     engine_choice.remember(key, {"engine": "int8", "measured": "2026-12-01"})
     d = Derainer(device="cpu", threads=1)
+    assert (d.backend, d.precision) == ("onnx", "int8")
+    # timed in a near tie on the 512 px probe: each engine's own tiles decide (bf16's
+    # 1024 px tiles repeat less overlap); one tile size for both, the probe alone does
+    engine_choice.remember(key, {"engine": "int8", "seconds": {"int8": 1.0, "bf16": 0.95},
+                                 "measured": "2026-12-03"})
+    d = Derainer(device="cpu", threads=1)
+    assert (d.backend, d.precision) == ("torch", "bf16")
+    assert "x1.28 vs x1.39 in their tiles" in d.engine_note, d.engine_note
+    d = Derainer(device="cpu", threads=1, tile=512)
     assert (d.backend, d.precision) == ("onnx", "int8")
 
 
