@@ -363,6 +363,21 @@ def _hardware(device: torch.device, world: int, amp: str) -> str:
            f"{torch.get_num_threads()} threads, {amp})"
 
 
+def hardware_summary(segments: list[dict[str, Any]], current: str) -> str:
+    """The manifest's ``hardware`` for a run trained in segments (resumed elsewhere): each
+    place with its steps, e.g. "1x CPU (...) (steps 0-500); 1x NVIDIA H200, bf16 autocast
+    (steps 500-2000)"; ``current`` alone when one place did all of it."""
+    merged: list[dict[str, Any]] = []
+    for seg in segments:
+        if merged and merged[-1]["hardware"] == seg["hardware"] and merged[-1]["to"] == seg["from"]:
+            merged[-1] = dict(merged[-1], to=seg["to"])
+        else:
+            merged.append(dict(seg))
+    if len(merged) <= 1:
+        return merged[0]["hardware"] if merged else current
+    return "; ".join(f"{m['hardware']} (steps {m['from']}-{m['to']})" for m in merged)
+
+
 def _describe_data(cfg: TrainConfig) -> str:
     parts = [f"paired {Path(p).name}" for p in cfg.pairs]
     parts += [f"synthetic rain ({cfg.preset}) on {Path(p).name}" for p in cfg.synthetic]
@@ -969,6 +984,8 @@ def _train(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
     step, best_psnr, best_step, wall_before = 0, None, None, 0.0
+    #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
+    segments_before: list[dict[str, Any]] = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -986,9 +1003,13 @@ def _train(
         best_psnr = ckpt.get("best_psnr")
         best_step = ckpt.get("best_step")
         wall_before = float(ckpt.get("wall_time_s", 0.0))
+        # checkpoints before 2026-12-03 did not say where they trained
+        segments_before = list(ckpt.get("hardware_segments") or (
+            [{"hardware": "not recorded", "from": 0, "to": step}] if step else []))
         _set_rng_state(ckpt["rng"])
 
     log = _RunLog(out / "log.jsonl", is_main, step if ckpt is not None else None)
+    segment_start, hardware = step, _hardware(device, world, amp_label)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(
@@ -1011,6 +1032,11 @@ def _train(
                                       world=world, start_step=step, total_steps=total)
         uloader = D.make_loader(unlabeled, usampler, workers=cfg.workers, pin_memory=pin)
 
+    def segments_now() -> list[dict[str, Any]]:
+        """Where this run has trained, segment by segment, up to ``step``."""
+        return segments_before + ([{"hardware": hardware, "from": segment_start, "to": step}]
+                                  if step > segment_start else [])
+
     def checkpoint_obj() -> dict[str, Any]:
         obj = {
             "format": CKPT_FORMAT,
@@ -1025,6 +1051,7 @@ def _train(
             "rng": _rng_state(),
             "best_psnr": best_psnr, "best_step": best_step,
             "wall_time_s": wall_before + time.time() - t_start,
+            "hardware_segments": segments_now(),
         }
         return obj
 
@@ -1190,7 +1217,8 @@ def _train(
         plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
         final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
         weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall, last_val,
-                                      best_psnr, best_step, device, world, amp_label)
+                                      best_psnr, best_step,
+                                      hardware_summary(segments_now(), hardware))
         if not cfg.quiet:
             _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} steps, "
                  f"{wall / 60:.1f} min" + (f"; val PSNR {last_val['psnr']:.2f} dB"
@@ -1208,7 +1236,7 @@ def _train(
 def _export(
     cfg: TrainConfig, ema: nn.Module, name: str, arch: str, conf: dict[str, Any], out: Path,
     step: int, wall: float, last_val: dict[str, float] | None, best_psnr: float | None,
-    best_step: int | None, device: torch.device, world: int, amp: str,
+    best_step: int | None, hardware: str,
 ) -> tuple[Path, dict[str, Any]]:
     from .weights import save_weights
 
@@ -1233,7 +1261,7 @@ def _export(
             metrics["val"]["best_step"] = best_step
     rec.metrics = metrics
     rec.status = "candidate"
-    rec.extra = {"steps": step, "hardware": _hardware(device, world, amp),
+    rec.extra = {"steps": step, "hardware": hardware,
                  "wall_time_s": round(wall, 1)}
     entry = rec.to_dict()
     (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")

@@ -375,6 +375,34 @@ def test_resume_with_another_process_count_is_said(data, tmp_path, capsys):
     assert "processes" not in capsys.readouterr().err
 
 
+def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_path):
+    """The manifest's hardware named only the last segment's machine (session 34 note): a
+    run started on a GPU and finished on a CPU now says both, with their steps."""
+    here = T._hardware(torch.device("cpu"), 1, "fp32")
+    T.train(_cfg(data, tmp_path / "same", steps=2, amp="fp32"))
+    T.train(_cfg(data, tmp_path / "same", steps=4, resume=True, amp="fp32"))
+    entry = json.loads((tmp_path / "same" / "manifest_entry.json").read_text())
+    assert entry["hardware"] == here  # one machine: said once, as before
+    for run, before in (("gpu", [{"hardware": "1x NVIDIA H200, bf16 autocast", "from": 0,
+                                   "to": 2}]),
+                        ("old", None)):  # a checkpoint from before segments were kept
+        T.train(_cfg(data, tmp_path / run, steps=2, amp="fp32"))
+        ckpt = T.load_checkpoint(tmp_path / run / "last.pt")
+        assert ckpt["hardware_segments"] == [{"hardware": here, "from": 0, "to": 2}]
+        if before is None:
+            del ckpt["hardware_segments"]
+        else:
+            ckpt["hardware_segments"] = before
+        torch.save(ckpt, tmp_path / run / "last.pt")
+        T.train(_cfg(data, tmp_path / run, steps=4, resume=True, amp="fp32"))
+        entry = json.loads((tmp_path / run / "manifest_entry.json").read_text())
+        first = "1x NVIDIA H200, bf16 autocast" if before else "not recorded"
+        assert entry["hardware"] == f"{first} (steps 0-2); {here} (steps 2-4)"
+    assert T.hardware_summary([], here) == here
+    assert T.hardware_summary([{"hardware": "a", "from": 0, "to": 2},
+                               {"hardware": "a", "from": 2, "to": 5}], here) == "a"
+
+
 def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
     """The same folder spelled relative to another directory is the same data; a run
     started from --weights keeps its statistics when resumed without --weights."""
