@@ -364,6 +364,8 @@ def eval_cmd(
         help="auto, fp32, fp16, bf16 or int8, as for deraining.")] = "auto",
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import evaluate
@@ -385,7 +387,7 @@ def eval_cmd(
             target = model or DEFAULT_MODEL
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
-                       tile=tile, precision=precision, backend=backend)
+                       tile=tile, precision=precision, backend=backend, overwrite=overwrite)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:
@@ -424,4 +426,4 @@ def synth_cmd(
         raise typer.Exit(2)
     with _errors():
         n = synth_pairs(clean, out, preset=preset, count=count, seed=seed, overwrite=overwrite)
-        typer.echo(f"wrote {n} pairs to {out}/rainy and {out}/clean")
+        typer.echo(f"wrote {n} pair{'s' if n != 1 else ''} to {out}/rainy and {out}/clean")

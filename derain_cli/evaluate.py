@@ -15,7 +15,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
-from .pairs import find_pairs, list_images
+from .pairs import Pair, find_pairs, list_images
 
 IDENTITY = "identity"
 
@@ -131,6 +131,7 @@ def evaluate(
     precision: str = "auto",
     backend: str = "auto",
     on_image: Callable[[int, int, ImageScore], None] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
     path) on the pairs under ``data_dir``.
@@ -138,7 +139,9 @@ def evaluate(
     ``save_dir``: derained outputs saved there as PNG (and ``scores.csv`` unless ``csv_path``).
     ``report``: an HTML page with rainy | derained | clean thumbnails (JPEG files in
     ``<report stem>_files/`` next to it) and each image's numbers; the CSV then defaults to
-    ``<report stem>.csv``. ``limit``: only the first N pairs (at least 1).
+    ``<report stem>.csv``. ``limit``: only the first N pairs (at least 1). Every file it
+    would write is checked before any work (``check_outputs``): an existing one is refused
+    unless ``overwrite``, and one of the pairs themselves always.
     """
     t0 = time.time()
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
@@ -147,14 +150,16 @@ def evaluate(
     pairs = find_pairs(Path(data_dir), rainy_dir, clean_dir)
     if limit is not None:
         pairs = pairs[:limit]
-    derainer, label, run = _runner(model, device, tile, precision, backend)
     save = Path(save_dir) if save_dir is not None else None
-    if save is not None:
-        save.mkdir(parents=True, exist_ok=True)
     rep = Path(report) if report is not None else None
+    if csv_path is None and save is not None:
+        csv_path = save / "scores.csv"
+    if csv_path is None and rep is not None:
+        csv_path = rep.with_suffix(".csv")
+    check_outputs(pairs, save, rep, Path(csv_path) if csv_path is not None else None,
+                  overwrite)
+    derainer, label, run = _runner(model, device, tile, precision, backend)
     thumbs: list[tuple[str, str, str]] = []
-    if rep is not None:
-        (rep.parent / f"{rep.stem}_files").mkdir(parents=True, exist_ok=True)
     scores: list[ImageScore] = []
     for i, p in enumerate(pairs):
         rainy, clean = load_rgb_u8(p.rainy), load_rgb_u8(p.clean)
@@ -190,10 +195,6 @@ def evaluate(
         images=scores, seconds=time.time() - t0,
         engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
     )
-    if csv_path is None and save is not None:
-        csv_path = save / "scores.csv"
-    if csv_path is None and rep is not None:
-        csv_path = rep.with_suffix(".csv")
     if csv_path is not None:
         write_csv(res, Path(csv_path))
         res.csv_path = str(csv_path)
@@ -201,6 +202,43 @@ def evaluate(
         write_report(res, rep, thumbs)
         res.report_path = str(rep)
     return res
+
+
+def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
+                  csv_path: Path | None, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that would replace one of the pairs being scored,
+    that two outputs would share, or (unless ``overwrite``) that exists already; make the
+    folders the outputs go to. Why: ``--save`` pointed at a pair's clean folder once
+    replaced the ground truth with the model's outputs, silently."""
+    from .errors import OptionError
+
+    inputs = {q.resolve() for p in pairs for q in (p.rainy, p.clean)}
+    planned: list[tuple[Path, str]] = []
+    if save is not None:
+        planned += [(save / (Path(p.name).stem + ".png"), p.name) for p in pairs]
+    planned += [(f, what) for f, what in ((csv_path, "the scores"), (report, "the report"))
+                if f is not None]
+    seen: dict[Path, str] = {}
+    for f, what in planned:
+        r = f.resolve()
+        if r in inputs:
+            raise OptionError(f"{f} is one of the pairs being scored; save the outputs in "
+                              "another folder")
+        if r in seen:
+            raise OptionError(f"{seen[r]} and {what} would both be written to {f}")
+        seen[r] = what
+        if f.is_dir():
+            raise OptionError(f"{f} is a folder; name a file for {what}")
+        if f.exists() and not overwrite:
+            raise OptionError(f"{f} exists; pass --overwrite to replace it")
+    folders = {f.parent for f, _ in planned}
+    if report is not None:
+        folders.add(report.parent / f"{report.stem}_files")
+    for d in sorted(folders):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionError(f"cannot write to {d}: {e.strerror or e}") from None
 
 
 def write_csv(res: EvalResult, path: Path) -> None:
@@ -371,6 +409,12 @@ def synth_pairs(
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _check_synth_output(out, overwrite)
+    for side in ("rainy", "clean"):  # before any work: an errno after it said little
+        try:
+            (out / side).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SynthError(f"cannot write the pairs to {out / side}: "
+                             f"{e.strerror or e}") from None
     skip = on_skip or warn_skipped
     n = count if count is not None else len(paths)
     names = _pair_names(paths, Path(clean_dir))
@@ -402,9 +446,6 @@ def synth_pairs(
         while name in used:  # a photo may itself be called like a repeat (x and x_1)
             name += "_"
         used.add(name)
-        if not written:
-            (out / "rainy").mkdir(parents=True, exist_ok=True)
-            (out / "clean").mkdir(parents=True, exist_ok=True)
         write_image(out / "clean" / f"{name}.png", clean)
         write_image(out / "rainy" / f"{name}.png", rainy)
         written += 1

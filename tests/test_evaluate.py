@@ -333,3 +333,40 @@ def test_scores_of_a_weights_file_name_the_file(tmp_path, tiny_weights):
     assert evaluate(str(tiny_weights), pairs).model == res.model  # a path given as such
     assert evaluate(Derainer(model="semi-drdnet-tiny", threads=1), pairs).model == (
         "semi-drdnet-tiny")
+
+
+def test_eval_never_writes_over_the_pairs_and_asks_before_replacing(pairs, tmp_path):
+    """`eval --save PAIRS/clean` replaced the ground truth with the model's outputs, with
+    exit 0 (audit): every output is checked before any work."""
+    from derain_cli.errors import OptionError
+
+    before = {p: p.read_bytes() for p in sorted((pairs / "clean").iterdir())}
+    with pytest.raises(OptionError, match="one of the pairs being scored"):
+        E.evaluate("identity", pairs, save_dir=pairs / "clean", overwrite=True)
+    with pytest.raises(OptionError, match="one of the pairs being scored"):
+        E.evaluate("identity", pairs, csv_path=pairs / "rainy" / "p0.png", overwrite=True)
+    assert {p: p.read_bytes() for p in sorted((pairs / "clean").iterdir())} == before
+    out = tmp_path / "out"
+    E.evaluate("identity", pairs, save_dir=out)
+    with pytest.raises(OptionError, match=r"p0.png exists; pass --overwrite"):
+        E.evaluate("identity", pairs, save_dir=out)
+    assert E.evaluate("identity", pairs, save_dir=out, overwrite=True).count == 4
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(OptionError, match="is a folder"):  # was an errno after the work
+        E.evaluate("identity", pairs, csv_path=tmp_path / "d.csv")
+    with pytest.raises(OptionError, match="would both be written"):
+        E.evaluate("identity", pairs, report=tmp_path / "r.html", csv_path=tmp_path / "r.html")
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
+                                 str(pairs / "clean")])
+    assert r.exit_code == 2 and "one of the pairs being scored" in r.output
+
+
+def test_synth_into_a_file_says_so_before_any_work(clean_dir, tmp_path):
+    """`synth PHOTOS afile` said "[Errno 20] Not a directory: 'afile/rainy'" (audit)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(E.SynthError, match=r"cannot write the pairs to .*afile.rainy"):
+        E.synth_pairs(clean_dir, f, count=1)
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), "-o", str(tmp_path / "one"),
+                                    "--count", "1"])
+    assert r.exit_code == 0 and "wrote 1 pair to" in r.output, r.output
