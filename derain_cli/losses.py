@@ -588,6 +588,11 @@ class Criterion(nn.Module):
             return {}
         return {"features": self.features.state_dict(), "gen": self._gen.get_state()}
 
+    def rng_state(self) -> Tensor:
+        """The state of the generator the contrastive sampling draws from (for snapshots:
+        ``aux_state`` takes the live one)."""
+        return self._gen.get_state()
+
     def load_aux_state(self, state: dict[str, Any]) -> None:
         if state and self.aux_parameters():
             self.features.load_state_dict(state["features"])

@@ -939,7 +939,10 @@ def _train(
         (cfg.epochs or 0) * steps_per_epoch if cfg.epochs else 10000)
     if total <= 0:
         raise TrainError("--steps/--epochs must be positive")
-    if ckpt is not None and int(ckpt["step"]) >= total:
+    # a run stopped after its last step but before its export (a Ctrl-C then) only exports
+    finishing = (ckpt is not None and int(ckpt["step"]) == total
+                 and not (out / "model.safetensors").exists())
+    if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
                          "asked for; pass a larger --steps to train further")
 
@@ -1020,7 +1023,8 @@ def _train(
                  + f"; contrastive features: {feat_label}; "
                  + f"{total} steps, batch {cfg.batch}x{world}, patch {cfg.patch}, "
                  + amp_label
-                 + (f"; resuming at step {step}" if step else ""))
+                 + (f"; resuming at step {step}" if step else "")
+                 + ("; every step done: validating and exporting" if finishing else ""))
 
     sampler = D.StepBatchSampler(len(labeled), cfg.batch, seed=cfg.seed, rank=rank,
                                  world=world, start_step=step, total_steps=total)
@@ -1037,18 +1041,32 @@ def _train(
         return segments_before + ([{"hardware": hardware, "from": segment_start, "to": step}]
                                   if step > segment_start else [])
 
+    def step_state() -> dict[str, Any]:
+        """The random state and BatchNorm statistics at a step boundary: a Ctrl-C that
+        lands mid-step (in the forward, the losses) saves these, not what the unfinished
+        step has advanced, so --resume redoes that step exactly as an uninterrupted run."""
+        return {"rng": _rng_state(), "gen": criterion.rng_state(),
+                "buffers": {k: v.detach().clone() for k, v in model.named_buffers()}}
+
+    boundary = step_state()
+
     def checkpoint_obj() -> dict[str, Any]:
+        aux = criterion.aux_state()
+        if aux:
+            aux["gen"] = boundary["gen"]
+        weights = model.state_dict()
+        weights.update({k: v for k, v in boundary["buffers"].items() if k in weights})
         obj = {
             "format": CKPT_FORMAT,
             "config": cfg.to_json(),
             "name": name, "arch": arch, "model_config": json.dumps(conf),
             "world": world,  # processes: a resume with another count is warned about
             "step": step, "epoch": sampler.epoch_of(step),
-            "model": model.state_dict(), "ema": ema.state_dict(),
+            "model": weights, "ema": ema.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": {"step": step, "total": total, "lr": cfg.lr},
-            "aux": criterion.aux_state(),
-            "rng": _rng_state(),
+            "aux": aux,
+            "rng": boundary["rng"],
             "best_psnr": best_psnr, "best_step": best_step,
             "wall_time_s": wall_before + time.time() - t_start,
             "hardware_segments": segments_now(),
@@ -1151,6 +1169,7 @@ def _train(
                         lv = float(loss.detach()) - parts.get("enc", 0.0)
                         losses_seen.append(lv)
                         window.append(lv)
+                    boundary = step_state()
                 n_window += rainy.shape[0] * world
                 if (step % cfg.log_every == 0 or step == total) and window:
                     dt = max(time.time() - t_window, 1e-9)
@@ -1210,6 +1229,10 @@ def _train(
             raise TrainInterrupted from None
         raise
 
+    if finishing and cfg.val and is_main:  # the interrupted run's last validation
+        last_val = validate(_recalibrated(ema, labeled, recalib, cfg.seed, device), cfg.val,
+                            device=device, limit=cfg.val_limit, crop=cfg.val_crop,
+                            cache=val_cache)
     wall = wall_before + time.time() - t_start
     entry = None
     weights_path = None

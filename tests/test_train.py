@@ -198,6 +198,32 @@ def test_resume_is_bitwise_exact(data, tmp_path, features):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def test_ctrl_c_in_the_forward_resumes_exactly(data, tmp_path, monkeypatch):
+    """A Ctrl-C in the middle of a step (here: in the losses, after the contrastive sampling
+    drew from its generator) saved the advanced random state, so the resumed run drew other
+    samples (audit: 0.056 apart after 200 steps); the checkpoint keeps the step boundary's."""
+    kw = dict(contrast_features="self", steps=8, unlabeled=[str(data["real"])], amp="fp32")
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    real_forward = L.Criterion.forward
+    calls = []
+
+    def interrupted(self, **kwargs):
+        out = real_forward(self, **kwargs)
+        calls.append(1)
+        if len(calls) == 6:  # in step 6, before its update
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(L.Criterion, "forward", interrupted)
+    with pytest.raises(T.TrainInterrupted):
+        T.train(_cfg(data, tmp_path / "b", **kw))
+    monkeypatch.setattr(L.Criterion, "forward", real_forward)
+    assert T.load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 5
+    resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    assert resumed.losses == full.losses[5:]
+    _assert_same_checkpoints(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
+
+
 @pytest.fixture
 def python_sigint():
     """Python's own Ctrl-C handler for the test: a shell starts background jobs with SIGINT
@@ -353,6 +379,33 @@ def test_resume_must_be_the_same_run(data, tmp_path, capsys):
         T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
     T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, lr=1e-3))  # allowed, but said
     assert "changed settings: lr" in capsys.readouterr().err
+
+
+def test_a_run_stopped_between_its_last_step_and_its_export_resumes_to_export(
+        data, tmp_path, monkeypatch):
+    """A Ctrl-C after the last step's checkpoint (default --ckpt-every 500: the checkpoint
+    at step == total) left no model, and --resume refused: 'already at step 3 of the 3'."""
+    kw = dict(steps=3, val=str(data["val"]), val_every=3)
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    real_export = T._export
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, tmp_path / "b", **kw))
+    monkeypatch.setattr(T, "_export", real_export)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    res = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    assert res.steps == 3 and res.losses == []  # nothing trained again
+    ta = load_file(full.weights)
+    tb = load_file(res.weights)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    entry = json.loads((tmp_path / "b" / "manifest_entry.json").read_text())
+    assert entry["metrics"]["val"]["psnr"] == pytest.approx(full.metrics["val"]["psnr"], abs=1e-3)
+    with pytest.raises(T.TrainError, match="already holds a run|already at step"):
+        T.train(_cfg(data, tmp_path / "b", resume=True, **kw))  # exported now: refused
 
 
 def test_resume_with_another_process_count_is_said(data, tmp_path, capsys):
