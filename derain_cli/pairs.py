@@ -317,7 +317,7 @@ def _match(
 
 #: Hints worded for both audiences: CLI users type ``--rainy-dir``, library users
 #: ``rainy_dir=``, and only the library has ``strict=False``.
-_NAME_FOLDERS_HINT = (
+NAME_FOLDERS_HINT = (
     "Name the folders explicitly with --rainy-dir and --clean-dir "
     "(rainy_dir= and clean_dir= in Python)"
 )
@@ -412,7 +412,7 @@ def _pair_up(
             f"{_fmt_list(rainy_files)}\n"
             f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
             f"{_fmt_list(clean_files)}\n"
-            f"{_NAME_FOLDERS_HINT}."
+            f"{NAME_FOLDERS_HINT}."
         )
     if strict and (m.rainy_left or m.clean_left):
         lines = [f"{where}, matched {m.how}: {_plural(len(m.pairs), 'pair')}, but"]
@@ -578,5 +578,5 @@ def find_pairs(
         + (f" ({_fmt_names(subdirs)})" if subdirs else "")
         + f", {_plural(len(root_images), 'image')} in the root"
         + (f" ({_fmt_list(root_images)})" if root_images else "")
-        + f"\n{_NAME_FOLDERS_HINT}."
+        + f"\n{NAME_FOLDERS_HINT}."
     )

@@ -536,31 +536,41 @@ def _recalibrated(ema: nn.Module, labeled: Any, n: int, seed: int,
     return recalibrate_batchnorm(model, (labeled.full_rainy(int(i), seed) for i in idx), device)
 
 
+def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
+              cache: dict[Any, Any] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The validation pairs as 8-bit RGB arrays (centre-cropped to ``crop``), kept in
+    ``cache`` (with their names under "names") so that each validation decodes none."""
+    from .pairs import find_pairs
+
+    key = (pairs_dir, limit, crop)
+    if cache is not None and key in cache:
+        return cache[key]
+    pairs = find_pairs(Path(pairs_dir))
+    if limit:
+        pairs = pairs[:limit]
+    images = []
+    for p in pairs:
+        r, c = D.load_rgb_u8(p.rainy), D.load_rgb_u8(p.clean)
+        if crop and r.shape == c.shape:
+            h, w = r.shape[:2]
+            ch, cw = min(crop, h), min(crop, w)
+            y, x = (h - ch) // 2, (w - cw) // 2
+            r, c = r[y : y + ch, x : x + cw], c[y : y + ch, x : x + cw]
+        images.append((r, c))
+    if cache is not None:
+        cache[key] = images
+        cache["names"] = [p.name for p in pairs]
+    return images
+
+
 def validate(
     model: nn.Module, pairs_dir: str, *, device: torch.device, limit: int | None = 20,
     crop: int | None = None, cache: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Mean PSNR/SSIM on Y (8-bit rounded outputs) of ``model`` on up to ``limit`` pairs."""
     from . import metrics
-    from .pairs import find_pairs
 
-    key = (pairs_dir, limit, crop)
-    images = cache.get(key) if cache is not None else None
-    if images is None:
-        pairs = find_pairs(Path(pairs_dir))
-        if limit:
-            pairs = pairs[:limit]
-        images = []
-        for p in pairs:
-            r, c = D.load_rgb_u8(p.rainy), D.load_rgb_u8(p.clean)
-            if crop:
-                h, w = r.shape[:2]
-                ch, cw = min(crop, h), min(crop, w)
-                y, x = (h - ch) // 2, (w - cw) // 2
-                r, c = r[y : y + ch, x : x + cw], c[y : y + ch, x : x + cw]
-            images.append((r, c))
-        if cache is not None:
-            cache[key] = images
+    images = _load_val(pairs_dir, limit, crop, cache)
     was_training = model.training
     model.eval()
     ps, ss = [], []
@@ -659,28 +669,31 @@ def check_config(cfg: TrainConfig) -> None:
          f"--out {cfg.out} is a file; name a folder for the run")
 
 
-def _check_val_pairs(cfg: TrainConfig) -> None:
-    """Every validation pair must have matching sizes: found now, by reading headers only,
-    rather than at the first validation, after the training it would throw away."""
-    from PIL import Image
-
+def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
+    """Every validation pair decoded now and checked (readable, same size after EXIF
+    orientation, big enough to score), rather than at the first validation, which threw
+    away the training since the last checkpoint (a swapped or truncated pair passed a
+    header check). Returns ``validate``'s cache, filled."""
     from . import metrics
-    from .pairs import find_pairs
+    from .pairs import NAME_FOLDERS_HINT, PairsError
 
-    pairs = find_pairs(Path(cfg.val))
-    for pair in pairs[: cfg.val_limit]:
-        rainy, clean = pair.rainy, pair.clean
-        try:
-            with Image.open(rainy) as a, Image.open(clean) as b:
-                ra, rb = a.size, b.size
-        except (OSError, ValueError) as e:
-            raise TrainError(f"--val: cannot read {rainy.name} or its clean pair ({e})") from None
-        if ra != rb and ra != rb[::-1]:  # swapped: EXIF orientation may set them right
-            raise TrainError(f"--val: {rainy} is {ra[0]}x{ra[1]} but {clean} is "
-                             f"{rb[0]}x{rb[1]}; pairs must have the same size")
-        if min(rb) < metrics.SSIM_WINDOW:
-            raise TrainError(f"--val: {clean} is {rb[0]}x{rb[1]}, too small to score; SSIM "
-                             f"needs at least {metrics.SSIM_WINDOW} px a side")
+    cache: dict[Any, Any] = {}
+    try:
+        images = _load_val(cfg.val, cfg.val_limit, cfg.val_crop, cache)
+    except D.DataError as e:
+        raise TrainError(f"--val: {e}") from None
+    except PairsError as e:  # --val has no --rainy-dir/--clean-dir to name its folders
+        raise TrainError(f"--val: {e}".replace(
+            NAME_FOLDERS_HINT, "Lay --val out as rainy/ + clean/ (or another layout derain "
+            "eval detects)")) from None
+    for (r, c), name in zip(images, cache["names"], strict=True):
+        if r.shape != c.shape:
+            raise TrainError(f"--val: {name}: rainy {r.shape[1]}x{r.shape[0]} and clean "
+                             f"{c.shape[1]}x{c.shape[0]}; pairs must have the same size")
+        if min(c.shape[:2]) < metrics.SSIM_WINDOW:
+            raise TrainError(f"--val: {name} is {c.shape[1]}x{c.shape[0]}, too small to "
+                             f"score; SSIM needs at least {metrics.SSIM_WINDOW} px a side")
+    return cache
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
@@ -867,8 +880,9 @@ def _train(
     if cfg.l1_weight and arch != "rdmc":
         raise TrainError(f"--l1-weight is for RDMC's loss; {arch}'s supervised loss already "
                          "is L1 + SSIM")
+    val_cache: dict[Any, Any] = {}
     if cfg.val:  # fail now, on every rank, rather than at the first validation
-        _check_val_pairs(cfg)
+        val_cache = _check_val_pairs(cfg)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))
     if use_bf16 and device.type == "cpu" and not cpu_supports_bf16():
         # Without AVX-512-BF16/AMX, PyTorch runs bf16 convolutions through its slow reference
@@ -1073,7 +1087,6 @@ def _train(
         }
         return obj
 
-    val_cache: dict[str, Any] = {}
     losses_seen: list[float] = []
     last_val: dict[str, float] | None = None
     stopped_early = False

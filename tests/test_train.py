@@ -362,9 +362,24 @@ def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
     for sub, size in (("rainy", (40, 30)), ("clean", (38, 30))):
         (val / sub).mkdir(parents=True)
         Image.new("RGB", size).save(val / sub / "a.png")
-    with pytest.raises(T.TrainError, match=r"--val: .*a\.png is 40x30 but .*38x30"):
+    with pytest.raises(T.TrainError, match=r"--val: a\.png: rainy 40x30 and clean 38x30"):
         T.train(_cfg(data, tmp_path / "run", val=str(val)))
     assert not (tmp_path / "run").exists()
+    # sizes swapped without an EXIF orientation passed the header check, then failed at the
+    # first validation, losing the steps since the last checkpoint (audit)
+    Image.new("RGB", (30, 40)).save(val / "clean" / "a.png")
+    with pytest.raises(T.TrainError, match=r"rainy 40x30 and clean 30x40"):
+        T.train(_cfg(data, tmp_path / "run", val=str(val)))
+    Image.new("RGB", (40, 30)).save(val / "clean" / "a.png")
+    good = (val / "rainy" / "a.png").read_bytes()
+    (val / "rainy" / "a.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(T.TrainError, match=r"--val: .*a\.png"):
+        T.train(_cfg(data, tmp_path / "run", val=str(val)))
+    assert not (tmp_path / "run").exists()
+    (val / "rainy").rename(val / "a")  # no layout: the hint names no flag train lacks
+    with pytest.raises(T.TrainError, match="Lay --val out as") as e:
+        T.train(_cfg(data, tmp_path / "run", val=str(val)))
+    assert "--rainy-dir" not in str(e.value)
 
 
 def test_resume_must_be_the_same_run(data, tmp_path, capsys):
