@@ -200,17 +200,25 @@ def train_cmd(
 _FIELD_OF_FLAG = {"weights": "init_weights", "batchnorm": "freeze_bn"}
 
 
-def _given_fields(ctx: typer.Context) -> list[str]:
-    """The TrainConfig fields set by flags on this command line (not left at defaults)."""
+def _given_params(ctx: typer.Context) -> list[str]:
+    """The parameters set on this command line (not left at their defaults)."""
     def defaulted(name: str) -> bool:  # by the enum's name: typer may bundle its own click
         source = ctx.get_parameter_source(name)
         return source is None or getattr(source, "name", "") in ("DEFAULT", "DEFAULT_MAP")
 
-    return [_FIELD_OF_FLAG.get(name, name) for name in ctx.params if not defaulted(name)]
+    return [name for name in ctx.params if not defaulted(name)]
+
+
+def _given_fields(ctx: typer.Context) -> list[str]:
+    """The TrainConfig fields set by flags on this command line (not left at defaults)."""
+    return [_FIELD_OF_FLAG.get(name, name) for name in _given_params(ctx)]
 
 
 def finetune_cmd(
-    rainy: Annotated[Path, typer.Option("--rainy", help="Your own rainy photos.")],
+    ctx: typer.Context,
+    rainy: Annotated[Path | None, typer.Option(
+        "--rainy", show_default=False,
+        help="Your own rainy photos (with --resume: the run's own unless given).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m",
                                               help="Start from this published model.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Start from this weights file.")] = None,
@@ -248,8 +256,11 @@ def finetune_cmd(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     amp: AmpOption = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    time_budget: Annotated[float | None, typer.Option(help="Stop after N seconds.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out, with its own photos, model and "
+                         "settings unless given again.")] = False,
+    time_budget: Annotated[float | None, typer.Option(
+        help="Stop after N seconds (with --resume: counted over the whole run).")] = None,
     max_side: Annotated[int, typer.Option(
         help="Downscale your photos to this long side first (0: keep).")] = 1024,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
@@ -259,10 +270,13 @@ def finetune_cmd(
     from .train import FinetuneConfig, finetune
 
     with _errors():
-        if model is None and weights is None:
+        if model is None and weights is None and not resume:
             raise _usage_error("pass --model NAME or --weights FILE")
+        if rainy is None and not resume:
+            raise _usage_error("pass --rainy MY_RAINY_DIR (your own rainy photos)")
         finetune(FinetuneConfig(
-            rainy=str(rainy), model=model, weights=str(weights) if weights else None,
+            rainy=str(rainy) if rainy else None, model=model,
+            weights=str(weights) if weights else None,
             clean=str(clean) if clean else None, out=str(out), preset=preset, steps=steps,
             clean_fraction=clean_fraction,
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
@@ -271,7 +285,7 @@ def finetune_cmd(
             val=str(val) if val else None, device=device, threads=threads,
             workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
-            amp=amp,
+            amp=amp, given=_given_params(ctx) if resume else None,
         ))
 
 

@@ -654,6 +654,16 @@ def check_config(cfg: TrainConfig) -> None:
          "pass one of them")
     need(cfg.contrast_weight >= 0,
          f"--contrast-weight must be 0 or more, not {cfg.contrast_weight:g}")
+    need(cfg.l2sp >= 0, f"--l2sp must be 0 (off) or more, not {cfg.l2sp:g}")
+    need(cfg.consistency >= 0, f"--consistency must be 0 (off) or more, not {cfg.consistency:g}")
+    out = Path(cfg.out).expanduser().resolve()
+    for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
+                          ("--unlabeled/--rainy", cfg.unlabeled)):
+        for f in folders:  # the folders are read recursively: the run's files would be data
+            src = Path(f).expanduser().resolve()
+            need(not (out == src or src in out.parents),
+                 f"--out {cfg.out} is inside the {flag} folder {f}: its files (curves.png, "
+                 "checkpoints) would be read as photos next time; choose an --out outside it")
     try:
         check_preset(cfg.preset)
     except ValueError:
@@ -722,14 +732,23 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
             before[key] = _resolved(before[key])
     data_keys = (*folders, "rainy_dir", "clean_dir", "preset")
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
+    w0, w1 = before.get("init_weights"), now.get("init_weights")
+    if w0 and w1 and Path(w0).expanduser().resolve() != Path(w1).expanduser().resolve():
+        changed.append("init_weights")  # the starting point, L2-SP anchor and teacher
+        before["init_weights"] = w0
     if changed:
         raise TrainError("--resume: the run was trained on other data ("
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
                          + "); start a new run with another --out")
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed")
+    soft += ("l2sp", "consistency")
     moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
              if k in before and before[k] != now.get(k)]
+    if isinstance(before.get("steps"), int) and now.get("steps") is not None \
+            and now["steps"] < before["steps"]:  # longer is what resuming is for
+        moved.append(f"steps {before['steps']} -> {now['steps']} (the run ends sooner and "
+                     "its learning rate decays on the shorter schedule)")
     was = ckpt.get("world")  # checkpoints before 2026-12-03 did not record it
     if isinstance(was, int) and was != world:
         moved.append(f"processes {was} -> {world} (the global batch becomes "
@@ -1031,6 +1050,8 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(
             json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+        if "run_started" in hooks:  # finetune's own settings, for its --resume
+            hooks["run_started"](out)
         if not cfg.quiet:
             _say(f"training {name} ({arch}) on {device} x{world}; data: {labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
@@ -1366,7 +1387,8 @@ class _Progress:
 class FinetuneConfig:
     """``derain finetune``: adapt a trained model to the user's own rainy photos."""
 
-    rainy: str
+    #: the user's photos (None only with ``resume``: the run's own, from its finetune.json)
+    rainy: str | None
     out: str = "runs/finetune"
     model: str | None = None
     weights: str | None = None
@@ -1406,6 +1428,35 @@ class FinetuneConfig:
     #: tiny registry-free models for tests
     arch: str | None = None
     model_config: dict[str, Any] | None = None
+    #: with ``resume``: the fields the caller chose (the CLI's flags on the command line);
+    #: every other one is the run's own, from its finetune.json. None: this config as it is
+    given: list[str] | None = None
+
+
+#: the finetune settings a run keeps beside config.json, for ``finetune --resume``
+FINETUNE_JSON = "finetune.json"
+_FT_NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads",
+                               "workers", "time_budget"})
+_FT_TOGETHER = ("model", "weights", "arch", "model_config")
+
+
+def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
+    """``fc`` with the resumed run's own settings (its finetune.json) wherever ``fc.given``
+    names no choice: ``derain finetune -o RUN --resume`` continues RUN as it was started,
+    with its photos, model, steps, batch and patch (it took the defaults instead)."""
+    if not fc.resume or fc.given is None:
+        return fc
+    try:
+        saved = json.loads((Path(fc.out) / FINETUNE_JSON).read_text())
+    except (OSError, ValueError):
+        return dataclasses.replace(fc, given=None)
+    if not isinstance(saved, dict):
+        return dataclasses.replace(fc, given=None)
+    given = set(fc.given)
+    if given & set(_FT_TOGETHER):
+        given |= set(_FT_TOGETHER)
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - _FT_NOT_INHERITED - given
+    return dataclasses.replace(fc, **{k: saved[k] for k in fields if k in saved}, given=None)
 
 
 def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
@@ -1449,7 +1500,11 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     with the frozen starting model; an L2-SP penalty (``l2sp * ||w - w0||^2``) and a low lr
     keep the model near its starting point.
     """
-    fc = config
+    fc = finetune_run_settings(config)
+    if not fc.rainy:
+        raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "
+                         f"{FINETUNE_JSON} to take it from)" if fc.resume else
+                         "finetune needs --rainy MY_RAINY_DIR")
     from .enhancer import resolve_device
 
     keep_bn = freeze_bn_from(fc.batchnorm)
@@ -1485,9 +1540,15 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
     check_config(cfg)  # before the photos are read and derained
     photos = _load_photos(fc.rainy, fc.max_side)
+    kept = {k: v for k, v in dataclasses.asdict(fc).items() if k not in ("given", "resume")}
+    for k in ("rainy", "clean", "val", "weights"):  # a resume from elsewhere finds them
+        if kept[k]:
+            kept[k] = str(Path(kept[k]).expanduser().resolve())
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,
                                                        seed=c.seed + 1),
+        "run_started": lambda out: (out / FINETUNE_JSON).write_text(
+            json.dumps(kept, indent=2, sort_keys=True) + "\n"),
     }
     if not fc.clean:
         def make_labeled(c: TrainConfig, with_aug: bool) -> D.LabeledDataset:

@@ -763,6 +763,81 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert entry["hardware"].endswith("threads, fp32)")
 
 
+def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
+    """`derain finetune -o RUN --resume` needed --rainy and -m again and then ran the
+    defaults (batch 4, patch 96, 200 steps) over the run's own settings (audit)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    base = T.train(_cfg(data, tmp_path / "base", steps=1, amp="fp32"))
+    out = tmp_path / "ft"
+    common = ["--workers", "0", "--device", "cpu", "--quiet"]
+    r = CliRunner().invoke(app, [
+        "finetune", "--weights", str(base.weights), "--rainy", str(data["real"]), "--out",
+        str(out), "--steps", "2", "--batch", "2", "--patch", "24", "--contrast-features",
+        "none", "--amp", "fp32", *common])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "3",
+                                 *common])
+    assert r.exit_code == 0, r.output
+    assert "changed settings" not in r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["steps"], cfg["batch"], cfg["patch"], cfg["contrast_features"]) == (
+        3, 2, 24, "none")
+    assert json.loads((out / "manifest_entry.json").read_text())["steps"] == 3
+    # another starting model is another run, not a silent change of anchor and teacher
+    other = tmp_path / "other.safetensors"
+    shutil.copy(base.weights, other)
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
+                                 "--weights", str(other), *common])
+    assert r.exit_code == 2 and "init_weights" in r.output, r.output
+    # a run without finetune.json (before 2026-12-03) still needs its photos named
+    (out / T.FINETUNE_JSON).unlink()
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
+                                 *common])
+    assert r.exit_code == 2 and "needs --rainy" in r.output, r.output
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out / "new"), *common])
+    assert r.exit_code == 2 and "pass --model NAME or --weights FILE" in r.output
+
+
+def test_shorter_steps_and_finetune_weights_on_resume_are_said(data, tmp_path, capsys):
+    T.train(_cfg(data, tmp_path / "r", steps=2))
+    ckpt = T.load_checkpoint(tmp_path / "r" / "last.pt")
+    before = json.loads(ckpt["config"])
+    ckpt["config"] = json.dumps({**before, "steps": 10, "l2sp": 0.001, "consistency": 1.0})
+    conf = json.loads(ckpt["model_config"])
+    capsys.readouterr()
+    T._check_resume(_cfg(data, tmp_path / "r", steps=6, resume=True, consistency=0.5),
+                    ckpt, ckpt["arch"], conf, tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "steps 10 -> 6 (the run ends sooner" in err and "consistency 1.0 -> 0.5" in err
+    assert "l2sp 0.001 -> 0.0" in err
+
+
+def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
+    """An --out inside --rainy had the next run read curves.png as a rainy photo (audit);
+    --l2sp -1 and --consistency -1 ran."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(data["real"], photos)
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    for out in (photos / "run", photos):
+        with pytest.raises(T.TrainError, match="is inside the --unlabeled/--rainy folder"):
+            T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
+                                        out=str(out), steps=1, device="cpu", quiet=True))
+    with pytest.raises(T.TrainError, match="inside the --synthetic folder"):
+        T.train(_cfg(data, data["clean"] / "run", steps=1))
+    for bad in ({"l2sp": -1.0}, {"consistency": -1.0}):
+        with pytest.raises(T.TrainError, match="must be 0 \\(off\\) or more"):
+            T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
+                                        out=str(tmp_path / "n"), steps=1, device="cpu",
+                                        quiet=True, **bad))
+
+
 def test_finetune_cli_takes_contrast_terms(data, tmp_path):
     """`derain finetune --contrast-terms bg_u` trains with that term alone; an unknown term
     is a usage error (exit 2) naming the choices; by default every term but the labeled
