@@ -66,7 +66,7 @@ def main() -> int:
     train_s = time.time() - t0
     t1 = time.time()
     ev = evaluate(str(res.weights), rain100l, limit=args.eval_limit, device="cpu",
-                  csv_path=args.out / "rain100l.csv")
+                  csv_path=args.out / "rain100l.csv", overwrite=True)  # a rerun resumes
     summary = {
         "model": args.model, "amp": args.amp, "cpu_bf16": cpu_supports_bf16(),
         "steps": res.steps, "train_seconds": round(train_s, 1),

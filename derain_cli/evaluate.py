@@ -213,6 +213,15 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
     from .errors import OptionError
 
     inputs = {q.resolve() for p in pairs for q in (p.rainy, p.clean)}
+    held = {q.parent for q in inputs}  # folders holding pair images (rainy/, clean/...)
+    written = [save] if save is not None else []
+    if report is not None:
+        written.append(report.parent / f"{report.stem}_files")
+    for d in written:  # new images there would break the pairs' layout (unmatched files)
+        r = d.resolve()
+        if r in held or any(h in r.parents for h in held):
+            raise OptionError(f"{d} is inside a folder of the pairs being scored; save the "
+                              "outputs in another folder")
     planned: list[tuple[Path, str]] = []
     if save is not None:
         planned += [(save / (Path(p.name).stem + ".png"), p.name) for p in pairs]

@@ -363,6 +363,10 @@ def _hardware(device: torch.device, world: int, amp: str) -> str:
            f"{torch.get_num_threads()} threads, {amp})"
 
 
+#: a segment trained before checkpoints recorded where (2026-12-03)
+_UNRECORDED = "not recorded"
+
+
 def hardware_summary(segments: list[dict[str, Any]], current: str) -> str:
     """The manifest's ``hardware`` for a run trained in segments (resumed elsewhere): each
     place with its steps, e.g. "1x CPU (...) (steps 0-500); 1x NVIDIA H200, bf16 autocast
@@ -373,8 +377,10 @@ def hardware_summary(segments: list[dict[str, Any]], current: str) -> str:
             merged[-1] = dict(merged[-1], to=seg["to"])
         else:
             merged.append(dict(seg))
-    if len(merged) <= 1:
-        return merged[0]["hardware"] if merged else current
+    if all(m["hardware"] == _UNRECORDED for m in merged):  # before 2026-12-03
+        return current
+    if len(merged) == 1:
+        return merged[0]["hardware"]
     return "; ".join(f"{m['hardware']} (steps {m['from']}-{m['to']})" for m in merged)
 
 
@@ -537,9 +543,9 @@ def _recalibrated(ema: nn.Module, labeled: Any, n: int, seed: int,
 
 
 def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
-              cache: dict[Any, Any] | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The validation pairs as 8-bit RGB arrays (centre-cropped to ``crop``), kept in
-    ``cache`` (with their names under "names") so that each validation decodes none."""
+              cache: dict[Any, Any] | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The validation pairs as (name, rainy, clean) 8-bit RGB arrays (centre-cropped to
+    ``crop``), kept in ``cache`` so that each validation decodes none."""
     from .pairs import find_pairs
 
     key = (pairs_dir, limit, crop)
@@ -556,16 +562,15 @@ def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
             ch, cw = min(crop, h), min(crop, w)
             y, x = (h - ch) // 2, (w - cw) // 2
             r, c = r[y : y + ch, x : x + cw], c[y : y + ch, x : x + cw]
-        images.append((r, c))
+        images.append((p.name, r, c))
     if cache is not None:
         cache[key] = images
-        cache["names"] = [p.name for p in pairs]
     return images
 
 
 def validate(
     model: nn.Module, pairs_dir: str, *, device: torch.device, limit: int | None = 20,
-    crop: int | None = None, cache: dict[str, Any] | None = None,
+    crop: int | None = None, cache: dict[Any, Any] | None = None,
 ) -> dict[str, float]:
     """Mean PSNR/SSIM on Y (8-bit rounded outputs) of ``model`` on up to ``limit`` pairs."""
     from . import metrics
@@ -574,7 +579,7 @@ def validate(
     was_training = model.training
     model.eval()
     ps, ss = [], []
-    for r, c in images:
+    for _, r, c in images:
         x = D.to_tensor(r)[None].to(device)
         with torch.no_grad():  # any model: the EMA copy needs no grad, a caller's may
             y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
@@ -696,7 +701,7 @@ def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
         raise TrainError(f"--val: {e}".replace(
             NAME_FOLDERS_HINT, "Lay --val out as rainy/ + clean/ (or another layout derain "
             "eval detects)")) from None
-    for (r, c), name in zip(images, cache["names"], strict=True):
+    for name, r, c in images:
         if r.shape != c.shape:
             raise TrainError(f"--val: {name}: rainy {r.shape[1]}x{r.shape[0]} and clean "
                              f"{c.shape[1]}x{c.shape[0]}; pairs must have the same size")
@@ -733,9 +738,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     data_keys = (*folders, "rainy_dir", "clean_dir", "preset")
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
     w0, w1 = before.get("init_weights"), now.get("init_weights")
-    if w0 and w1 and Path(w0).expanduser().resolve() != Path(w1).expanduser().resolve():
-        changed.append("init_weights")  # the starting point, L2-SP anchor and teacher
-        before["init_weights"] = w0
+    if w0 and w1 and _other_file(w0, w1):  # the starting point, L2-SP anchor and teacher
+        changed.append("init_weights")
     if changed:
         raise TrainError("--resume: the run was trained on other data ("
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
@@ -758,6 +762,17 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
     return cfg
+
+
+def _other_file(first: str, second: str) -> bool:
+    """Whether two weights files differ in content (the same model's weights lie at
+    another path on another machine or install); False when the first is not here."""
+    from .hub import sha256_file
+
+    a, b = Path(first).expanduser(), Path(second).expanduser()
+    if not a.is_file() or not b.is_file() or a.resolve() == b.resolve():
+        return False
+    return sha256_file(a) != sha256_file(b)
 
 
 def _resolved(folders: Iterable[str]) -> list[str]:
@@ -902,6 +917,8 @@ def _train(
     val_cache: dict[Any, Any] = {}
     if cfg.val:  # fail now, on every rank, rather than at the first validation
         val_cache = _check_val_pairs(cfg)
+        if not is_main:  # only rank 0 validates: the others drop the decoded images
+            val_cache = {}
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))
     if use_bf16 and device.type == "cpu" and not cpu_supports_bf16():
         # Without AVX-512-BF16/AMX, PyTorch runs bf16 convolutions through its slow reference
@@ -1041,7 +1058,7 @@ def _train(
         wall_before = float(ckpt.get("wall_time_s", 0.0))
         # checkpoints before 2026-12-03 did not say where they trained
         segments_before = list(ckpt.get("hardware_segments") or (
-            [{"hardware": "not recorded", "from": 0, "to": step}] if step else []))
+            [{"hardware": _UNRECORDED, "from": 0, "to": step}] if step else []))
         _set_rng_state(ckpt["rng"])
 
     log = _RunLog(out / "log.jsonl", is_main, step if ckpt is not None else None)
@@ -1544,6 +1561,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     for k in ("rainy", "clean", "val", "weights"):  # a resume from elsewhere finds them
         if kept[k]:
             kept[k] = str(Path(kept[k]).expanduser().resolve())
+    # as run, not None: a CPU run resumed on a GPU keeps its own (not the GPU defaults)
+    kept.update(steps=steps, batch=batch, patch=patch)
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,
                                                        seed=c.seed + 1),

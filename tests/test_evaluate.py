@@ -341,10 +341,12 @@ def test_eval_never_writes_over_the_pairs_and_asks_before_replacing(pairs, tmp_p
     from derain_cli.errors import OptionError
 
     before = {p: p.read_bytes() for p in sorted((pairs / "clean").iterdir())}
-    with pytest.raises(OptionError, match="one of the pairs being scored"):
+    with pytest.raises(OptionError, match="inside a folder of the pairs being scored"):
         E.evaluate("identity", pairs, save_dir=pairs / "clean", overwrite=True)
     with pytest.raises(OptionError, match="one of the pairs being scored"):
         E.evaluate("identity", pairs, csv_path=pairs / "rainy" / "p0.png", overwrite=True)
+    with pytest.raises(OptionError, match="inside a folder of the pairs"):  # JPEG pairs'
+        E.evaluate("identity", pairs, save_dir=pairs / "clean" / "out")  # .png: no clash
     assert {p: p.read_bytes() for p in sorted((pairs / "clean").iterdir())} == before
     out = tmp_path / "out"
     E.evaluate("identity", pairs, save_dir=out)
@@ -358,7 +360,7 @@ def test_eval_never_writes_over_the_pairs_and_asks_before_replacing(pairs, tmp_p
         E.evaluate("identity", pairs, report=tmp_path / "r.html", csv_path=tmp_path / "r.html")
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                  str(pairs / "clean")])
-    assert r.exit_code == 2 and "one of the pairs being scored" in r.output
+    assert r.exit_code == 2 and "of the pairs being scored" in r.output
 
 
 def test_synth_into_a_file_says_so_before_any_work(clean_dir, tmp_path):

@@ -467,6 +467,8 @@ def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_pa
         first = "1x NVIDIA H200, bf16 autocast" if before else "not recorded"
         assert entry["hardware"] == f"{first} (steps 0-2); {here} (steps 2-4)"
     assert T.hardware_summary([], here) == here
+    # a checkpoint from before, exported without a new step: the machine that exports
+    assert T.hardware_summary([{"hardware": "not recorded", "from": 0, "to": 2}], here) == here
     assert T.hardware_summary([{"hardware": "a", "from": 0, "to": 2},
                                {"hardware": "a", "from": 2, "to": 5}], here) == "a"
 
@@ -788,15 +790,27 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
     assert (cfg["steps"], cfg["batch"], cfg["patch"], cfg["contrast_features"]) == (
         3, 2, 24, "none")
     assert json.loads((out / "manifest_entry.json").read_text())["steps"] == 3
-    # another starting model is another run, not a silent change of anchor and teacher
-    other = tmp_path / "other.safetensors"
-    shutil.copy(base.weights, other)
+    # the settings kept are those run, defaults included (not None: a CPU run resumed on
+    # a GPU would take the GPU's defaults)
+    T.finetune(T.FinetuneConfig(rainy=str(data["real"]), weights=str(base.weights),
+                                out=str(tmp_path / "dflt"), steps=1, patch=24, device="cpu",
+                                workers=0, quiet=True, contrast_features="none"))
+    kept = json.loads((tmp_path / "dflt" / T.FINETUNE_JSON).read_text())
+    assert (kept["steps"], kept["batch"], kept["patch"]) == (1, 4, 24)
+    # the same weights at another path (another machine, install or cache) are the same
+    # start; another starting model is another run, not a silent change of anchor and teacher
+    same = tmp_path / "copy.safetensors"
+    shutil.copy(base.weights, same)
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
+                                 "--weights", str(same), *common])
+    assert r.exit_code == 0, r.output
+    other = T.train(_cfg(data, tmp_path / "other", steps=1, seed=1)).weights
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
                                  "--weights", str(other), *common])
     assert r.exit_code == 2 and "init_weights" in r.output, r.output
     # a run without finetune.json (before 2026-12-03) still needs its photos named
     (out / T.FINETUNE_JSON).unlink()
-    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
                                  *common])
     assert r.exit_code == 2 and "needs --rainy" in r.output, r.output
     r = CliRunner().invoke(app, ["finetune", "--out", str(out / "new"), *common])
