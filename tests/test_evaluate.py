@@ -372,3 +372,28 @@ def test_synth_into_a_file_says_so_before_any_work(clean_dir, tmp_path):
     r = CliRunner().invoke(_app(), ["synth", str(clean_dir), "-o", str(tmp_path / "one"),
                                     "--count", "1"])
     assert r.exit_code == 0 and "wrote 1 pair to" in r.output, r.output
+
+
+def test_pairs_of_different_sizes_are_found_before_any_work(tmp_path, monkeypatch):
+    """A size mismatch was found only when the loop reached the pair (audit); an EXIF
+    rotation that makes the sides agree is not a mismatch."""
+    pairs = tmp_path / "pairs"
+    for sub in ("rainy", "clean"):
+        (pairs / sub).mkdir(parents=True)
+    for i, size in enumerate([(40, 30), (40, 30), (30, 40)]):
+        Image.new("RGB", (40, 30)).save(pairs / "rainy" / f"p{i}.png")
+        Image.new("RGB", size).save(pairs / "clean" / f"p{i}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored 30x40, upright 40x30
+    Image.new("RGB", (30, 40)).save(pairs / "rainy" / "p3.jpg", exif=exif)
+    Image.new("RGB", (40, 30)).save(pairs / "clean" / "p3.png")
+    scored = []
+    monkeypatch.setattr(E, "_runner", lambda *a: scored.append(1) or (None, "x", None))
+    with pytest.raises(PairsError, match=r"1 pair of different sizes: p2.png \(40x30 rainy, "
+                                         r"30x40 clean\)"):
+        E.evaluate("identity", pairs)
+    assert scored == []
+    (pairs / "clean" / "p2.png").unlink()
+    (pairs / "rainy" / "p2.png").unlink()
+    monkeypatch.undo()
+    assert E.evaluate("identity", pairs).count == 3
