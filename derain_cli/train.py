@@ -475,8 +475,11 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
         for c in coords if len(coords) < 50 else []:
             d.ellipse([c[0] - 2, c[1] - 2, c[0] + 2, c[1] + 2], fill=color)
     tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    finally:  # a Ctrl-C in the save left curves.tmp.png in the run (audit)
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- validation
