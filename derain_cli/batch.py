@@ -598,14 +598,24 @@ def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
                        enough: float | None = None) -> float:
     """Megapixels the pending jobs will send through the model, from the image headers
     (unreadable files count 0). Stops counting past ``enough`` (large folders)."""
-    total = 0.0
+    return pending_workload(jobs, options, enough)[0]
+
+
+def pending_workload(jobs: Sequence[Job], options: BatchOptions,
+                     enough: float | None = None) -> tuple[float, int]:
+    """``pending_megapixels`` and how many readable images they were counted over (their
+    mean size is what tiling costs: ``engine_choice``)."""
+    total, images = 0.0, 0
     for j in jobs:
         if not _needs_model(j, options):
             continue
-        total += _header_megapixels(j.item.path) or 0.0
+        mp = _header_megapixels(j.item.path)
+        if mp:
+            total += mp
+            images += 1
         if enough is not None and total > enough:
             break
-    return total
+    return total, images
 
 
 def _header_megapixels(path: Path) -> float | None:

@@ -709,7 +709,7 @@ def _run(
                         tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                         threads=threads, stats_megapixels=stats_megapixels,
                         backend=backend, quiet=not chatty,
-                        workload_megapixels=batch.pending_megapixels(
+                        workload=batch.pending_workload(
                             jobs, options, enough=_WORKLOAD_ENOUGH_MP),
                     )
                     if chatty:
@@ -755,7 +755,8 @@ def _make_derainer(**kw: Any) -> Any:
     from .enhancer import Derainer
 
     params = inspect.signature(Derainer).parameters
-    for name in ("quiet", "workload_megapixels"):
+    kw["workload_megapixels"], kw["workload_images"] = kw.pop("workload")
+    for name in ("quiet", "workload_megapixels", "workload_images"):
         if name not in params:  # pragma: no cover - older enhancer
             kw.pop(name)
     if kw.get("tile_overlap") is None:

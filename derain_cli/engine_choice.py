@@ -13,9 +13,9 @@ faster, bf16 only when it is at least ``MARGIN`` faster. Each engine's time is w
 by the tiling it will run in (``tiling_work``): the int8 graph runs in ONNX Runtime's
 512 px tiles, bf16 in PyTorch's 1024 px ones, and smaller tiles repeat more overlap (on a
 12 MP photo the default model sends 1.39x its pixels through the network in 512 px
-tiles, 1.28x in 1024 px ones; on a 1 MP photo 1.68x against 1.00x, one tile). The job's
-photos are costed as one 4:3 photo of its megapixels, at most 12 MP (a folder of small
-photos is costed as 12 MP ones: it leans to int8). The int8 path starts without
+tiles, 1.28x in 1024 px ones; on a 1 MP photo 1.68x against 1.00x, one tile). A job's
+photos are costed as 4:3 photos of their mean size (the CLI reads the headers), at most
+12 MP; of the workload's size when the caller does not say how many. The int8 path starts without
 importing PyTorch (1.2 s on a 2-core test CPU, 3.5 s while it was busy), so when the
 caller says how many megapixels it will derain (the CLI counts the pending files'
 pixels), bf16 must also repay that import: one small photo stays on int8, a folder or a
@@ -246,9 +246,12 @@ def decide(entry: dict[str, Any], workload_megapixels: float | None,
 def cpu_engine(plan: FastPlan, threads: int | None,
                workload_megapixels: float | None = None,
                measure_fn: Callable[[FastPlan, int | None], dict[str, Any]] = measure,
-               tile: int | None = None) -> tuple[str, str]:
+               tile: int | None = None,
+               workload_images: int | None = None) -> tuple[str, str]:
     """The engine for ``plan`` on this CPU ('int8' or 'bf16') and why, in a few words
-    (``tile``: the caller's tile for either engine; None: each engine's own)."""
+    (``tile``: the caller's tile for either engine; None: each engine's own;
+    ``workload_images``: how many images the workload is, so its tiles are costed on
+    their mean size)."""
     forced = os.environ.get(ENV, "").strip().lower()
     if forced in ENGINES:
         return forced, f"{ENV}={forced}"
@@ -275,7 +278,10 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     else:
         how = "measured " + str(entry.get("measured", "earlier"))
     s = entry.get("seconds", {})
-    work = tiling_work(plan, tile, workload_megapixels)
+    per_image = workload_megapixels
+    if workload_megapixels and workload_images and workload_images > 0:
+        per_image = workload_megapixels / workload_images
+    work = tiling_work(plan, tile, per_image)
     if "int8" in s and "bf16" in s:
         how += (f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px "
                 f"image, x{work['bf16']:.2f} vs x{work['int8']:.2f} in their tiles")

@@ -95,7 +95,9 @@ class Derainer:
     million pixels the tiler estimates those statistics from a sample of the image
     (``tiling.sample_tiles``); 0 or None uses every pixel. ``workload_megapixels``: how
     much this object will derain, when known (the CLI counts it): below a few megapixels
-    the int8 graph's start without PyTorch outweighs a faster bf16 (``engine_choice``).
+    the int8 graph's start without PyTorch outweighs a faster bf16 (``engine_choice``);
+    ``workload_images``: how many images those are (their mean size sets how much each
+    engine's tiles cost; unknown: one photo of the workload's size, at most 12 MP).
 
     A request that can only mean a bundled int8 graph on the CPU starts without importing
     PyTorch (``derain_cli.fast_path``); ``network`` and ``device`` then load it on first use.
@@ -124,6 +126,7 @@ class Derainer:
         stats_megapixels: float | None = tiling.STATS_MEGAPIXELS,
         workload_megapixels: float | None = None,
         tile_batch: int | None = None,
+        workload_images: int | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
@@ -162,7 +165,7 @@ class Derainer:
             from . import engine_choice
 
             engine, self.engine_note = engine_choice.cpu_engine(
-                fast, threads, workload_megapixels, tile=tile)
+                fast, threads, workload_megapixels, tile=tile, workload_images=workload_images)
             if engine == "bf16":
                 fast, precision = None, "bf16"
         if fast is not None:

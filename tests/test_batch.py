@@ -22,6 +22,7 @@ from derain_cli.batch import (
     collect_inputs,
     pending,
     pending_megapixels,
+    pending_workload,
     plan_jobs,
     run_batch,
 )
@@ -540,6 +541,8 @@ def test_pending_megapixels_counts_headers_of_pending_work(tmp_path: Path) -> No
     _img(tmp_path / "a_derained.png", w=8, h=8)  # a's result exists: only b is pending
     assert pending_megapixels(jobs, opts) == pytest.approx(0.02)
     assert pending_megapixels(jobs, BatchOptions(overwrite=True)) == pytest.approx(0.52)
+    mp, n = pending_workload(jobs, BatchOptions(overwrite=True))  # the broken one not counted
+    assert (mp, n) == (pytest.approx(0.52), 2)
 
 
 def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> None:

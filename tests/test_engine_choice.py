@@ -237,3 +237,16 @@ def test_cli_counts_the_work_before_choosing(own_cache, bf16_cpu, tmp_path, monk
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "(PyTorch), bf16 (measured 2026-12-01: 0.50 s bf16 vs 1.00 s int8" in r.output
+
+
+def test_a_folder_of_small_photos_is_costed_on_their_size(own_cache, bf16_cpu, monkeypatch):
+    """8 MP as eight 1 MP photos: each is one 1024 px tile for bf16 but six 512 px tiles
+    (and a statistics pass) for int8, so bf16, 1.2x slower on the untiled probe, wins;
+    the same 8 MP as one photo stays on int8."""
+    monkeypatch.setattr(engine_choice, "torch_imported", lambda: False)
+    engine_choice.remember(engine_choice.choice_key(_plan(), 1), {
+        "engine": "int8", "seconds": {"int8": 1.0, "bf16": 1.2}, "torch_import_s": 3.0,
+        "measured": "2026-12-03"})
+    assert engine_choice.cpu_engine(_plan(), 1, 8.0, workload_images=8)[0] == "bf16"
+    assert engine_choice.cpu_engine(_plan(), 1, 8.0, workload_images=1)[0] == "int8"
+    assert engine_choice.cpu_engine(_plan(), 1, 8.0)[0] == "int8"
