@@ -164,16 +164,11 @@ def evaluate(
     scores: list[ImageScore] = []
     for i, p in enumerate(pairs):
         rainy, clean = load_rgb_u8(p.rainy), load_rgb_u8(p.clean)
-        if rainy.shape != clean.shape:
+        problem = pair_problem(p.name, rainy, clean)
+        if problem:
             from .pairs import PairsError
 
-            raise PairsError(f"{p.name}: rainy {rainy.shape[1]}x{rainy.shape[0]} and clean "
-                             f"{clean.shape[1]}x{clean.shape[0]} differ in size")
-        if min(clean.shape[:2]) < metrics.SSIM_WINDOW:
-            from .pairs import PairsError
-
-            raise PairsError(f"{p.name}: {clean.shape[1]}x{clean.shape[0]} is too small to "
-                             f"score; SSIM needs at least {metrics.SSIM_WINDOW} px a side")
+            raise PairsError(problem)
         t = time.time()
         out = _to_u8(run(rainy)) if label != IDENTITY else rainy
         s = ImageScore(p.name, metrics.psnr_y(out, clean), metrics.ssim_y(out, clean),
@@ -203,6 +198,17 @@ def evaluate(
         write_report(res, rep, thumbs)
         res.report_path = str(rep)
     return res
+
+
+def pair_problem(name: str, rainy: np.ndarray, clean: np.ndarray) -> str | None:
+    """Why a decoded pair cannot be scored (sizes differ, too small for SSIM), or None."""
+    if rainy.shape != clean.shape:
+        return (f"{name}: rainy {rainy.shape[1]}x{rainy.shape[0]} and clean "
+                f"{clean.shape[1]}x{clean.shape[0]} differ in size")
+    if min(clean.shape[:2]) < metrics.SSIM_WINDOW:
+        return (f"{name}: {clean.shape[1]}x{clean.shape[0]} is too small to score; SSIM "
+                f"needs at least {metrics.SSIM_WINDOW} px a side")
+    return None
 
 
 def _upright_size(path: Path) -> tuple[int, int] | None:

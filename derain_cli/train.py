@@ -692,7 +692,7 @@ def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
     orientation, big enough to score), rather than at the first validation, which threw
     away the training since the last checkpoint (a swapped or truncated pair passed a
     header check). Returns ``validate``'s cache, filled."""
-    from . import metrics
+    from .evaluate import pair_problem
     from .pairs import NAME_FOLDERS_HINT, PairsError
 
     cache: dict[Any, Any] = {}
@@ -705,12 +705,9 @@ def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
             NAME_FOLDERS_HINT, "Lay --val out as rainy/ + clean/ (or another layout derain "
             "eval detects)")) from None
     for name, r, c in images:
-        if r.shape != c.shape:
-            raise TrainError(f"--val: {name}: rainy {r.shape[1]}x{r.shape[0]} and clean "
-                             f"{c.shape[1]}x{c.shape[0]}; pairs must have the same size")
-        if min(c.shape[:2]) < metrics.SSIM_WINDOW:
-            raise TrainError(f"--val: {name} is {c.shape[1]}x{c.shape[0]}, too small to "
-                             f"score; SSIM needs at least {metrics.SSIM_WINDOW} px a side")
+        problem = pair_problem(name, r, c)
+        if problem:
+            raise TrainError(f"--val: {problem}")
     return cache
 
 
