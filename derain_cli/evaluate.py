@@ -160,6 +160,7 @@ def evaluate(
                   overwrite)
     check_pair_sizes(pairs)
     derainer, label, run = _runner(model, device, tile, precision, backend)
+    _make_folders(save, rep, Path(csv_path) if csv_path is not None else None)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
     for i, p in enumerate(pairs):
@@ -244,8 +245,8 @@ def check_pair_sizes(pairs: Sequence[Pair]) -> None:
 def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
                   csv_path: Path | None, overwrite: bool = False) -> None:
     """Refuse, before any work, an output that would replace one of the pairs being scored,
-    that two outputs would share, or (unless ``overwrite``) that exists already; make the
-    folders the outputs go to. Why: ``--save`` pointed at a pair's clean folder once
+    that two outputs would share, or (unless ``overwrite``) that exists already, or whose
+    folder cannot be made. Why: ``--save`` pointed at a pair's clean folder once
     replaced the ground truth with the model's outputs, silently."""
     from .errors import OptionError
 
@@ -277,7 +278,22 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
             raise OptionError(f"{f} is a folder; name a file for {what}")
         if f.exists() and not overwrite:
             raise OptionError(f"{f} exists; pass --overwrite to replace it")
-    folders = {f.parent for f, _ in planned}
+    for d in sorted({f.parent for f, _ in planned}):  # creatable, without creating it yet
+        a = d
+        while not a.exists() and a.parent != a:
+            a = a.parent
+        if not a.is_dir() or not os.access(a, os.W_OK | os.X_OK):
+            raise OptionError(f"cannot write to {d}: {a} is "
+                              + ("not a folder" if not a.is_dir() else "not writable"))
+
+
+def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None) -> None:
+    """The output folders, made once the model is loaded (a bad -m leaves none behind)."""
+    from .errors import OptionError
+
+    folders = {f.parent for f in (csv_path, report) if f is not None}
+    if save is not None:
+        folders.add(save)
     if report is not None:
         folders.add(report.parent / f"{report.stem}_files")
     for d in sorted(folders):

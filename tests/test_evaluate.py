@@ -397,3 +397,17 @@ def test_pairs_of_different_sizes_are_found_before_any_work(tmp_path, monkeypatc
     (pairs / "rainy" / "p2.png").unlink()
     monkeypatch.undo()
     assert E.evaluate("identity", pairs).count == 3
+
+
+def test_a_bad_model_leaves_no_output_folders(pairs, tmp_path):
+    """check_outputs made --save's folder before the model was looked up (review)."""
+    with pytest.raises(KeyError):
+        E.evaluate("no-such-model", pairs, save_dir=tmp_path / "out", report=tmp_path / "r"
+                   / "r.html")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
+    f = tmp_path / "file"
+    f.write_text("x")
+    from derain_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match="cannot write to .*not a folder"):
+        E.evaluate("identity", pairs, save_dir=f / "out")
