@@ -704,13 +704,14 @@ def _run(
                 jobs = batch.plan_jobs(items, options)
                 derainer = None
                 if batch.pending(jobs, options):
+                    work_mp, work_images = batch.pending_workload(
+                        jobs, options, enough=_WORKLOAD_ENOUGH_MP)
                     derainer = _make_derainer(
                         model=model, weights=weights, device=device, precision=precision,
                         tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                         threads=threads, stats_megapixels=stats_megapixels,
                         backend=backend, quiet=not chatty,
-                        workload=batch.pending_workload(
-                            jobs, options, enough=_WORKLOAD_ENOUGH_MP),
+                        workload_megapixels=work_mp, workload_images=work_images,
                     )
                     if chatty:
                         _print_setup(err, derainer, dist)
@@ -755,7 +756,6 @@ def _make_derainer(**kw: Any) -> Any:
     from .enhancer import Derainer
 
     params = inspect.signature(Derainer).parameters
-    kw["workload_megapixels"], kw["workload_images"] = kw.pop("workload")
     for name in ("quiet", "workload_megapixels", "workload_images"):
         if name not in params:  # pragma: no cover - older enhancer
             kw.pop(name)

@@ -156,11 +156,11 @@ def evaluate(
         csv_path = save / "scores.csv"
     if csv_path is None and rep is not None:
         csv_path = rep.with_suffix(".csv")
-    check_outputs(pairs, save, rep, Path(csv_path) if csv_path is not None else None,
-                  overwrite)
+    csv_file = Path(csv_path) if csv_path is not None else None
+    check_outputs(pairs, save, rep, csv_file, overwrite)
     check_pair_sizes(pairs)
     derainer, label, run = _runner(model, device, tile, precision, backend)
-    _make_folders(save, rep, Path(csv_path) if csv_path is not None else None)
+    _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
     for i, p in enumerate(pairs):
@@ -192,9 +192,9 @@ def evaluate(
         images=scores, seconds=time.time() - t0,
         engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
     )
-    if csv_path is not None:
-        write_csv(res, Path(csv_path))
-        res.csv_path = str(csv_path)
+    if csv_file is not None:
+        write_csv(res, csv_file)
+        res.csv_path = str(csv_file)
     if rep is not None:
         write_report(res, rep, thumbs)
         res.report_path = str(rep)

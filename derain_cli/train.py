@@ -44,7 +44,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -745,8 +745,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
                          + "); start a new run with another --out")
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
-            "contrast_weight", "contrast_terms", "clean_fraction", "seed")
-    soft += ("l2sp", "consistency")
+            "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
+            "consistency")
     moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
              if k in before and before[k] != now.get(k)]
     if isinstance(before.get("steps"), int) and now.get("steps") is not None \
@@ -877,13 +877,19 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
             return cfg
     if not isinstance(saved, dict):
         return cfg
-    given = set(cfg.given)
-    for group in _INHERITED_TOGETHER:
+    return _inherit(cfg, saved, _INHERITED_TOGETHER)
+
+
+def _inherit(cfg: Any, saved: dict[str, Any], together: Iterable[Sequence[str]]) -> Any:
+    """``cfg`` (a TrainConfig or FinetuneConfig) with ``saved``'s value for every field
+    ``cfg.given`` makes no choice of (one field of a ``together`` group given keeps the
+    whole group out; ``_NOT_INHERITED`` never comes from a run); ``given`` cleared."""
+    given = set(cfg.given or ())
+    for group in together:
         if given & set(group):
             given |= set(group)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - _NOT_INHERITED - given
-    taken = {k: saved[k] for k in fields if k in saved}
-    return dataclasses.replace(cfg, **taken, given=None)
+    fields = {f.name for f in dataclasses.fields(cfg)} - _NOT_INHERITED - given
+    return dataclasses.replace(cfg, **{k: saved[k] for k in fields if k in saved}, given=None)
 
 
 def _train(
@@ -1452,9 +1458,8 @@ class FinetuneConfig:
 
 #: the finetune settings a run keeps beside config.json, for ``finetune --resume``
 FINETUNE_JSON = "finetune.json"
-_FT_NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads",
-                               "workers", "time_budget"})
-_FT_TOGETHER = ("model", "weights", "arch", "model_config")
+#: where one is given, the others are not taken from the run either
+_FT_TOGETHER = (("model", "weights", "arch", "model_config"),)
 
 
 def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
@@ -1469,11 +1474,7 @@ def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
         return dataclasses.replace(fc, given=None)
     if not isinstance(saved, dict):
         return dataclasses.replace(fc, given=None)
-    given = set(fc.given)
-    if given & set(_FT_TOGETHER):
-        given |= set(_FT_TOGETHER)
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - _FT_NOT_INHERITED - given
-    return dataclasses.replace(fc, **{k: saved[k] for k in fields if k in saved}, given=None)
+    return _inherit(fc, saved, _FT_TOGETHER)
 
 
 def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
