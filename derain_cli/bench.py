@@ -180,7 +180,7 @@ def variant_tile(runner: Any, asked: int | None, device_tile: int, min_tile: int
     if asked is not None:
         return asked
     own = runner.suggest_tile() if hasattr(runner, "suggest_tile") else device_tile
-    return max(own, 2 * min_tile)
+    return tiling.auto_tile(own, min_tile)
 
 
 def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: bool,
@@ -632,7 +632,7 @@ def bench_main(
             else:
                 dev_tile = CPU_TILE
             if tile is None:  # as Derainer: large enough for the network to agree (RDMC)
-                dev_tile = max(dev_tile, 2 * getattr(net, "min_tile", 0))
+                dev_tile = tiling.auto_tile(dev_tile, getattr(net, "min_tile", 0))
             info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile, ov)
             res.models.append(info)
             ref_out = None

@@ -214,7 +214,7 @@ def tiling_work(plan: FastPlan, tile: int | None = None,
     w = max(1, round(h * 4 / 3))
     own = {"int8": ORT_CPU_TILE, "bf16": CPU_TILE}
     return {e: tiling.work_per_pixel(
-        h, w, tile if tile is not None else max(t, 2 * plan.min_tile), plan.overlap,
+        h, w, tile if tile is not None else tiling.auto_tile(t, plan.min_tile), plan.overlap,
         stats=len(plan.graphs) > 1) for e, t in own.items()}
 
 

@@ -183,10 +183,7 @@ class Derainer:
         else:
             auto, min_tile, overlap = self._init_torch(model, weights, device, precision,
                                                        backend, threads, quiet)
-        # A network whose tiles must be large to agree with the whole image (RDMC) says so;
-        # the automatic tile is then at least twice that, or the overlap costs too much
-        # (rdmc-lite, 12 MP photo: 126.5 s in 512 px tiles, 85.8 s in 1024 px).
-        self.tile = tile if tile is not None else max(auto(), 2 * min_tile)
+        self.tile = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
         if 0 < self.tile < min_tile:
             # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
             log.warning("--tile %d is below %s's minimum of %d px (smaller tiles would not "

@@ -450,3 +450,9 @@ def test_padded_indices_match_numpy_padding(h, w, m):
     ref = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
     assert len(rows) % m == 0 and len(cols) % m == 0
     assert np.array_equal(img[rows[:, None], cols[None, :]], ref)
+
+
+def test_auto_tile_is_the_engines_own_but_at_least_twice_the_networks_minimum():
+    assert tiling.auto_tile(512) == 512
+    assert tiling.auto_tile(1024, 384) == 1024
+    assert tiling.auto_tile(512, 384) == 768  # RDMC in ONNX Runtime's 512 px CPU tile
