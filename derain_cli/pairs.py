@@ -54,6 +54,7 @@ Results are sorted in natural order of their names (``rain-2`` before ``rain-10`
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -130,7 +131,10 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (and below it when ``recursive``), sorted naturally.
 
     Only the suffixes in ``IMAGE_SUFFIXES`` (any case) count; hidden files, and with
-    ``recursive`` anything inside hidden folders, are skipped. Raises
+    ``recursive`` anything inside hidden folders, are skipped. With ``recursive``, links
+    to folders are followed (a dataset is often linked into place, and ``Path.rglob``
+    skipped it without a word), each real folder once: a link back up the tree, or two
+    links to one folder, cannot repeat photos or loop. Raises
     ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` is not a folder.
     """
     folder = Path(folder)
@@ -142,12 +146,17 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
         found = [p for p in folder.iterdir() if _is_image(p)]
         return sorted(found, key=lambda p: _natural_key(p.name))
     found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts[:-1]):
-            continue
-        if _is_image(p):
-            found.append(p)
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirnames[:] = kept
+        here = Path(dirpath)
+        found += [here / f for f in filenames if _is_image(here / f)]
     return sorted(found, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
 
 

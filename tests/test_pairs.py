@@ -52,6 +52,18 @@ def test_list_images_filters_sorts_and_skips_hidden(tmp_path):
     assert len(rec) == 8
 
 
+def test_list_images_follows_linked_folders_once_each(tmp_path):
+    root, elsewhere = tmp_path / "photos", tmp_path / "dataset"
+    _make(root, "own.png", "sub/inner.png")
+    _make(elsewhere, "linked.png", "deeper/more.png")
+    (root / "data").symlink_to(elsewhere, target_is_directory=True)  # linked into place
+    (root / "again").symlink_to(elsewhere, target_is_directory=True)  # the same, twice
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a loop
+    rec = [p.relative_to(root).as_posix() for p in list_images(root, recursive=True)]
+    assert sorted(rec) == ["again/deeper/more.png", "again/linked.png", "own.png",
+                           "sub/inner.png"]
+
+
 def test_list_images_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "nope")
