@@ -42,13 +42,18 @@ def average(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
     return out
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_recipes.py parses the recipes' calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--alpha", type=float, default=0.5, help="B's share (0..1)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     state_a, meta = read_state(args.a)
     state_b, _ = read_state(args.b)
     soup = average(state_a, state_b, args.alpha)

@@ -48,14 +48,19 @@ def make_photos(folder: Path, count: int, megapixels: float) -> tuple[int, int]:
     return size
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_recipes.py parses recipes/gpu-session.sh's calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--io-threads", default="auto,0",
                     help="comma-separated I/O thread counts to time the folder with; auto: "
                          "the default for the device")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="derain-folder-"))
     try:

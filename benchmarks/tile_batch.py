@@ -29,12 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_e2e import add_model_args, make_photo  # noqa: E402
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_recipes.py parses recipes/gpu-session.sh's calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batches", default="1,4,auto", help="tile batches, comma-separated")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
 

@@ -22,7 +22,8 @@ from derain_cli.weights import WeightRecord, bundled_dir, load_manifest, sha256_
 HUB_REPO = "derain-project/derain-weights"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_recipes.py parses the recipes' calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", required=True)
@@ -32,7 +33,11 @@ def main() -> None:
     ap.add_argument("--recipe", default="")
     ap.add_argument("--continued-from", default="",
                     help="the weights the run started from (train --weights), in words")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     entry = json.loads((args.run / "manifest_entry.json").read_text())
     src = args.run / entry["file"]

@@ -34,12 +34,17 @@ from derain_cli.weights import (
 )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_recipes.py parses the recipes' calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("graph", type=Path)
     ap.add_argument("--name", required=True)
     ap.add_argument("--eval", nargs="*", type=Path, default=[], help="derain eval --json outputs")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     meta = {p.key: p.value for p in onnx.load(str(args.graph)).metadata_props}
     if "derain.int8" not in meta:
