@@ -140,16 +140,36 @@ def test_bench_main_tiny(tmp_path):
     assert rows["onnx"].psnr_vs_fp32 > 60 and "onnxruntime" in rows["onnx"].note
     assert rows["fp16"].note.startswith("skipped")
     assert rows["bf16"].seconds is not None and 25 < rows["bf16"].psnr_vs_fp32 < 200
-    bf16_peak, ref = res.models[0].reduced_peaks["bf16"]
-    assert rows["bf16"].peak_ratio == pytest.approx(rows["bf16"].gflops / bf16_peak)
+    _, ref = res.models[0].reduced_peaks["bf16"]
     assert "bf16" in ref and "bf16 conv peak" in lines[0]
-    assert rows["fp32"].peak_ratio == pytest.approx(
-        rows["fp32"].gflops / res.models[0].peak_gflops)
+    for r in (rows["fp32"], rows["bf16"], rows["onnx"]):
+        assert r.peak_gflops > 0 and r.peak_ratio == pytest.approx(r.gflops / r.peak_gflops)
     data = json.loads(out.read_text())
     assert data["rows"][0]["model"] == "semi-drdnet-lite" and data["models"][0]["tile"] == 32
     assert data["overlap"] == 8 and data["models"][0]["overlap"] == 8
     text = lines[0]
     assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
+
+
+def test_bench_ratio_is_against_the_reference_measured_beside_each_row(monkeypatch):
+    # a machine whose speed drifts: the run's first reference measurement reads 1 GFLOP/s,
+    # every later one 1000; each row's ratio must use the one measured with its runs
+    calls: list[torch.dtype] = []
+
+    def drifting(net, side, device, cache, dtype=torch.float32, repeats=5):
+        if repeats == 5:  # the run's first measurement (cached for the model notes)
+            return 1.0, "first"
+        calls.append(dtype)
+        return 1000.0, "beside"
+
+    monkeypatch.setattr(bench, "mixed_peak", drifting)
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(32, 32), tile=0,
+                           variants=["fp32", "channels_last"], devices="cpu", flop_side=32,
+                           peak_side=16, repeats=2)
+    for r in res.rows:
+        assert r.peak_gflops == 1000.0
+        assert r.peak_ratio == pytest.approx(r.gflops / 1000.0)
+    assert calls == [torch.float32] * 4  # after each of the 2 timed runs of the 2 rows
 
 
 def test_bench_skips_bf16_on_a_cpu_without_it(monkeypatch):
