@@ -296,6 +296,15 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(m)
 
 
+def boundary_state(model: nn.Module, criterion: Any = None) -> dict[str, Any]:
+    """The random state and BatchNorm statistics at a step boundary, taken after every
+    step: a Ctrl-C that lands mid-step (in the forward, the losses) saves these, not what
+    the unfinished step has advanced, so --resume redoes that step exactly as an
+    uninterrupted run. Its cost per step: ``python benchmarks/boundary_cost.py``."""
+    return {"rng": _rng_state(), "gen": None if criterion is None else criterion.rng_state(),
+            "buffers": {k: v.detach().clone() for k, v in model.named_buffers()}}
+
+
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     py_state = random.getstate()
@@ -1100,11 +1109,7 @@ def _train(
                                   if step > segment_start else [])
 
     def step_state() -> dict[str, Any]:
-        """The random state and BatchNorm statistics at a step boundary: a Ctrl-C that
-        lands mid-step (in the forward, the losses) saves these, not what the unfinished
-        step has advanced, so --resume redoes that step exactly as an uninterrupted run."""
-        return {"rng": _rng_state(), "gen": criterion.rng_state(),
-                "buffers": {k: v.detach().clone() for k, v in model.named_buffers()}}
+        return boundary_state(model, criterion)
 
     boundary = step_state()
 
