@@ -25,7 +25,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
-from .pairs import Pair, find_pairs, list_images
+from .pairs import Pair, find_pairs, list_images, reads_into
 
 IDENTITY = "identity"
 
@@ -459,9 +459,12 @@ def synth_pairs(
         raise SynthError("count must be at least 1")
     out = Path(out_dir)
     src, dest = Path(clean_dir).resolve(), out.resolve()
-    if dest == src or src in dest.parents:
-        raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}: the "
-                         "next run would take its pairs for photos; choose a folder outside it")
+    via = reads_into(clean_dir, out)
+    if via is not None:
+        through = "" if via == Path(clean_dir).expanduser() else f" (through {via})"
+        raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}"
+                         f"{through}: the next run would take its pairs for photos; choose a "
+                         "folder outside it")
     for side in ((dest / "rainy").resolve(), (dest / "clean").resolve()):  # `synth rainy .`
         if side == src or side in src.parents:
             raise SynthError(f"the photo folder {clean_dir} is where the pairs would go "

@@ -57,7 +57,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,18 +146,51 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
         found = [p for p in folder.iterdir() if _is_image(p)]
         return sorted(found, key=lambda p: _natural_key(p.name))
     found = []
+    for here, filenames in _walk_tree(folder):
+        found += [here / f for f in filenames if _is_image(here / f)]
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
+
+
+def _walk_tree(folder: Path, links: list[tuple[Path, Path]] | None = None
+               ) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, file names) for ``folder`` and every visible folder below it, through
+    links to folders, each real folder once; each link followed is added to ``links`` as
+    (the link, its real target)."""
     seen = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         kept = []
         for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
             if not d.startswith(".") and real not in seen:
                 seen.add(real)
                 kept.append(d)
+                if links is not None and os.path.islink(path):
+                    links.append((Path(path), Path(real)))
         dirnames[:] = kept
-        here = Path(dirpath)
-        found += [here / f for f in filenames if _is_image(here / f)]
-    return sorted(found, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
+        yield Path(dirpath), filenames
+
+
+def reads_into(folder: str | Path, out: str | Path) -> Path | None:
+    """Where a recursive read of ``folder`` (``list_images(recursive=True)``) would reach
+    into ``out``, or None: ``folder`` itself when ``out`` is inside it, or a link below it
+    to a folder that holds ``out``. The guards that keep a run's or synth's own output
+    from being read back as photos ask this, so that following links does not walk around
+    them."""
+    root = Path(folder).expanduser()
+    dest = Path(out).expanduser().resolve()
+    real_root = root.resolve()
+    if dest == real_root or real_root in dest.parents:
+        return root
+    if not root.is_dir():
+        return None
+    links: list[tuple[Path, Path]] = []
+    for _ in _walk_tree(root, links):
+        pass
+    for link, real in links:
+        if dest == real or real in dest.parents:
+            return link
+    return None
 
 
 # --------------------------------------------------------------------------- matching

@@ -673,14 +673,17 @@ def check_config(cfg: TrainConfig) -> None:
          f"--contrast-weight must be 0 or more, not {cfg.contrast_weight:g}")
     need(cfg.l2sp >= 0, f"--l2sp must be 0 (off) or more, not {cfg.l2sp:g}")
     need(cfg.consistency >= 0, f"--consistency must be 0 (off) or more, not {cfg.consistency:g}")
-    out = Path(cfg.out).expanduser().resolve()
+    from .pairs import reads_into
+
     for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
                           ("--unlabeled/--rainy", cfg.unlabeled)):
         for f in folders:  # the folders are read recursively: the run's files would be data
-            src = Path(f).expanduser().resolve()
-            need(not (out == src or src in out.parents),
-                 f"--out {cfg.out} is inside the {flag} folder {f}: its files (curves.png, "
-                 "checkpoints) would be read as photos next time; choose an --out outside it")
+            via = reads_into(f, cfg.out)
+            need(via is None,
+                 f"--out {cfg.out} is inside the {flag} folder {f}"
+                 + ("" if via is None or via == Path(f).expanduser() else f" (through {via})")
+                 + ": its files (curves.png, checkpoints) would be read as photos next time; "
+                 "choose an --out outside it")
     try:
         check_preset(cfg.preset)
     except ValueError:

@@ -260,6 +260,17 @@ def test_synth_refuses_an_output_inside_its_photo_folder(clean_dir):
     assert not (clean_dir / "rainy").exists() and not (clean_dir / "pairs").exists()
 
 
+def test_synth_refuses_an_output_a_link_in_its_photo_folder_reaches(clean_dir, tmp_path):
+    """The photos are read through links to folders: a link in them to the output's
+    folder had the second synth take the first one's pairs for photos (review)."""
+    (tmp_path / "work").mkdir()
+    (clean_dir / "work").symlink_to(tmp_path / "work", target_is_directory=True)
+    with pytest.raises(E.SynthError, match=r"inside the photo folder .*through"):
+        E.synth_pairs(clean_dir, tmp_path / "work" / "pairs")
+    assert not (tmp_path / "work" / "pairs").exists()
+    E.synth_pairs(clean_dir, tmp_path / "elsewhere", count=1)  # other outputs still work
+
+
 @pytest.mark.parametrize("extra", [["--precision", "bogus"], ["--backend", "bogus"],
                                    ["--tile", "8"], ["--device", "bogus"]])
 def test_cli_eval_bad_settings_are_usage_errors(pairs, tiny_weights, extra):

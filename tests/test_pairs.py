@@ -64,6 +64,21 @@ def test_list_images_follows_linked_folders_once_each(tmp_path):
                            "sub/inner.png"]
 
 
+def test_reads_into_finds_an_output_inside_the_folder_or_behind_a_link(tmp_path):
+    from derain_cli.pairs import reads_into
+
+    photos, runs = tmp_path / "photos", tmp_path / "runs"
+    _make(photos, "a.png")
+    runs.mkdir()
+    assert reads_into(photos, photos / "out") == photos
+    assert reads_into(photos, runs / "r1") is None
+    (photos / "link").symlink_to(runs, target_is_directory=True)
+    assert reads_into(photos, runs / "r1") == photos / "link"
+    assert reads_into(photos, runs) == photos / "link"
+    assert reads_into(photos, tmp_path) is None  # holds the photos; writes nothing read
+    assert reads_into(tmp_path / "missing", runs) is None
+
+
 def test_list_images_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "nope")

@@ -852,6 +852,20 @@ def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
                                         quiet=True, **bad))
 
 
+def test_out_reached_through_a_link_in_the_photos_is_refused(data, tmp_path):
+    """Photo folders are read through links to folders: a link in --synthetic to the
+    folder that holds --out made the next run read this run's files (review)."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(data["clean"], photos)
+    (tmp_path / "runs").mkdir()
+    (photos / "runs").symlink_to(tmp_path / "runs", target_is_directory=True)
+    with pytest.raises(T.TrainError, match=r"inside the --synthetic folder .*through"):
+        T.train(_cfg(data, tmp_path / "runs" / "r1", synthetic=[str(photos)], steps=1))
+    assert not (tmp_path / "runs" / "r1").exists()
+
+
 def test_finetune_cli_takes_contrast_terms(data, tmp_path):
     """`derain finetune --contrast-terms bg_u` trains with that term alone; an unknown term
     is a usage error (exit 2) naming the choices; by default every term but the labeled
