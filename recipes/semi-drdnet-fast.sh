@@ -124,23 +124,8 @@ ff253f5a1cb9fb8ff3e60bf8aa6bb277ed57d0322a89e6b92bb6af264a9db66e"
 STEPS=2800 SEED=47 PRESET=light,medium,heavy,mixed,light,medium,heavy,mixed,veiled \
   TRAIN_ARGS="--batch 2 --patch 128" bash recipes/additive-stage.sh semi-drdnet-fast \
   weights/semi-drdnet-fast.safetensors "$RUNS/fast-r8" 3300 "$STAGE7" "$NOTE_S8"
-SOUP="$RUNS/fast-r8-soup"
-mkdir -p "$SOUP"
-python benchmarks/average_weights.py "$RUNS/fast-stage7.safetensors" \
-  "$RUNS/fast-r8/model.safetensors" -o "$SOUP/model.safetensors"
-python - "$RUNS/fast-r8/manifest_entry.json" "$SOUP/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("synthetic rain (light,medium,heavy,mixed; stage 8 also veiled, "
-                          "1 draw in 9) on clean-bsds")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$SOUP/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$SOUP/eval-$set.json"
-done
-python recipes/bundle.py "$SOUP" --name semi-drdnet-fast --status interim \
-  --eval "$SOUP"/eval-rain100l.json "$SOUP"/eval-heavy-small.json "$SOUP"/eval-sirr-val.json \
-  --recipe recipes/semi-drdnet-fast.sh --continued-from "$STAGE7" --note "$NOTE_S8"
+bash recipes/average-stage.sh semi-drdnet-fast "$RUNS/fast-stage7.safetensors" "$RUNS/fast-r8" \
+  "$RUNS/fast-r8-soup" "$STAGE7" "$NOTE_S8" "synthetic rain (light,medium,heavy,mixed; stage 8 \
+also veiled, 1 draw in 9) on clean-bsds"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh

@@ -129,23 +129,8 @@ STAGE8="stage 8 of recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit 0d72
 STEPS=2800 SEED=53 PRESET=light,medium,heavy,mixed,light,medium,heavy,mixed,veiled \
   TRAIN_ARGS="--batch 2 --patch 128" bash recipes/additive-stage.sh semi-drdnet-lite \
   weights/semi-drdnet-lite.safetensors "$RUNS/lite-r9" 3300 "$STAGE8" "$NOTE_S9"
-SOUP="$RUNS/lite-r9-soup"
-mkdir -p "$SOUP"
-python benchmarks/average_weights.py "$RUNS/lite-stage8.safetensors" \
-  "$RUNS/lite-r9/model.safetensors" -o "$SOUP/model.safetensors"
-python - "$RUNS/lite-r9/manifest_entry.json" "$SOUP/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("synthetic rain (light,medium,heavy,mixed; stage 9 also veiled, "
-                          "1 draw in 9) on clean-bsds")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$SOUP/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$SOUP/eval-$set.json"
-done
-python recipes/bundle.py "$SOUP" --name semi-drdnet-lite --status interim \
-  --eval "$SOUP"/eval-rain100l.json "$SOUP"/eval-heavy-small.json "$SOUP"/eval-sirr-val.json \
-  --recipe recipes/semi-drdnet-lite.sh --continued-from "$STAGE8" --note "$NOTE_S9"
+bash recipes/average-stage.sh semi-drdnet-lite "$RUNS/lite-stage8.safetensors" "$RUNS/lite-r9" \
+  "$RUNS/lite-r9-soup" "$STAGE8" "$NOTE_S9" "synthetic rain (light,medium,heavy,mixed; stage 9 \
+also veiled, 1 draw in 9) on clean-bsds"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh

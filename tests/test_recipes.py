@@ -14,6 +14,8 @@ from derain_cli.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
+#: scripts the model recipes call for one stage; not recipes by themselves
+STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh")
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 
@@ -35,24 +37,27 @@ def test_every_bundled_weight_names_a_recipe_that_exists() -> None:
 
 
 @needs_bash
-def test_additive_stage_refuses_a_wrong_argument_count_before_any_work(tmp_path: Path) -> None:
-    res = subprocess.run(["bash", str(ROOT / "recipes" / "additive-stage.sh"), "semi-drdnet-tiny"],
+@pytest.mark.parametrize("script", STAGE_SCRIPTS)
+def test_a_stage_script_refuses_a_wrong_argument_count_before_any_work(
+        tmp_path: Path, script: str) -> None:
+    res = subprocess.run(["bash", str(ROOT / "recipes" / script), "semi-drdnet-tiny"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert "usage:" in res.stderr
     assert not any(tmp_path.iterdir())
 
 
-def test_each_model_recipe_that_uses_the_additive_stage_trains_its_own_name() -> None:
-    # the stage script bundles under its NAME argument: a recipe passing another model's
+@pytest.mark.parametrize("stage", STAGE_SCRIPTS)
+def test_each_model_recipe_that_uses_a_stage_script_trains_its_own_name(stage: str) -> None:
+    # the stage scripts bundle under their NAME argument: a recipe passing another model's
     # name would overwrite that model's weights
-    callers = [s for s in RECIPES if s.name != "additive-stage.sh"]
-    assert any("recipes/additive-stage.sh" in s.read_text() for s in callers)
+    callers = [s for s in RECIPES if s.name not in STAGE_SCRIPTS]
+    assert any(f"recipes/{stage}" in s.read_text() for s in callers)
     for script in callers:
         for line in script.read_text().splitlines():
             words = line.split()
-            if "recipes/additive-stage.sh" in words:
-                name = words[words.index("recipes/additive-stage.sh") + 1]
+            if f"recipes/{stage}" in words:
+                name = words[words.index(f"recipes/{stage}") + 1]
                 assert name == script.stem, f"{script.name}: {line}"
 
 
@@ -173,7 +178,7 @@ def _script_parser(path: str):  # noqa: ANN202 - an argparse parser or a click c
 
 
 @needs_bash
-@pytest.mark.parametrize("script", [s for s in RECIPES if s.name != "additive-stage.sh"],
+@pytest.mark.parametrize("script", [s for s in RECIPES if s.name not in STAGE_SCRIPTS],
                          ids=lambda p: p.name)
 def test_every_command_a_recipe_runs_parses_with_todays_command_lines(
         tmp_path: Path, script: Path, monkeypatch: pytest.MonkeyPatch) -> None:

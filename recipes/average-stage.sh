@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Average a decaying cycle with the weights it started from (half and half), score the
+# average on the three evaluation sets and bundle it, as semi-drdnet-fast's stage 8 and
+# semi-drdnet-lite's stage 9 shipped. The model recipes call it after
+# recipes/additive-stage.sh has run the cycle; it is not a recipe by itself.
+#   bash recipes/average-stage.sh NAME START CYCLE OUT CONTINUED_FROM NOTE TRAINING_DATA
+# NAME: registry name; START: a copy of the weights the cycle started from (the bundle,
+# copied before additive-stage.sh replaced it); CYCLE: the cycle's run folder; OUT: the
+# average's folder (model, manifest entry, eval-*.json); CONTINUED_FROM, NOTE: as
+# additive-stage.sh; TRAINING_DATA: the manifest's training_data, in words.
+set -euo pipefail
+if [ $# -ne 7 ]; then
+  echo "usage: $0 NAME START CYCLE OUT CONTINUED_FROM NOTE TRAINING_DATA" >&2
+  exit 2
+fi
+NAME=$1 START=$2 CYCLE=$3 OUT=$4 CONTINUED_FROM=$5 NOTE=$6 TRAINING_DATA=$7
+DATA=${DATA:-../shared/data}
+mkdir -p "$OUT"
+python benchmarks/average_weights.py "$START" "$CYCLE/model.safetensors" \
+  -o "$OUT/model.safetensors"
+python - "$CYCLE/manifest_entry.json" "$OUT/manifest_entry.json" "$TRAINING_DATA" <<'PY'
+import json, sys
+entry = json.load(open(sys.argv[1]))
+entry["training_data"] = sys.argv[3]
+json.dump(entry, open(sys.argv[2], "w"), indent=2)
+PY
+for set in rain100l heavy-small sirr-val; do
+  derain eval --weights "$OUT/model.safetensors" --data "$DATA/$set" --precision fp32 \
+    --json > "$OUT/eval-$set.json"
+done
+python recipes/bundle.py "$OUT" --name "$NAME" --status interim \
+  --eval "$OUT"/eval-rain100l.json "$OUT"/eval-heavy-small.json "$OUT"/eval-sirr-val.json \
+  --recipe "recipes/$NAME.sh" --continued-from "$CONTINUED_FROM" --note "$NOTE"
