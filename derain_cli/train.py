@@ -1111,10 +1111,7 @@ def _train(
         return segments_before + ([{"hardware": hardware, "from": segment_start, "to": step}]
                                   if step > segment_start else [])
 
-    def step_state() -> dict[str, Any]:
-        return boundary_state(model, criterion)
-
-    boundary = step_state()
+    boundary = boundary_state(model, criterion)
 
     def checkpoint_obj() -> dict[str, Any]:
         aux = criterion.aux_state()
@@ -1234,7 +1231,7 @@ def _train(
                         lv = float(loss.detach()) - parts.get("enc", 0.0)
                         losses_seen.append(lv)
                         window.append(lv)
-                    boundary = step_state()
+                    boundary = boundary_state(model, criterion)
                 n_window += rainy.shape[0] * world
                 if (step % cfg.log_every == 0 or step == total) and window:
                     dt = max(time.time() - t_window, 1e-9)
