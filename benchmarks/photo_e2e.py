@@ -5,7 +5,8 @@ and issue 6's (under 60 s) are about the whole command, not the network alone: s
 JPEG decoding, the tiler's statistics pass, every tile, blending and encoding.
 
     python benchmarks/photo_e2e.py [--megapixels 12] [-m MODEL ...] [--repeats 1]
-        [--photo PHOTO.jpg] [--tree OTHER_CHECKOUT ...] [-- EXTRA DERAIN ARGS]
+        [--photo PHOTO.jpg] [--tree OTHER_CHECKOUT ...] [--env NAME=VALUE ...]
+        [-- EXTRA DERAIN ARGS]
 
 Without ``--photo`` it builds the test photo itself: the four bundled rainy examples
 (``examples/*_rain.jpg``, made by ``examples/make_examples.py``) resized into a 2x2
@@ -13,6 +14,9 @@ mosaic of 4:3 aspect with the requested pixel count, saved as a quality-92 JPEG.
 model runs in a fresh ``derain`` process (``-q --overwrite``, defaults otherwise, plus
 its own and the extra arguments); models are interleaved round by round so that a busy
 moment hits all of them alike. Peak RSS is the child process's own (``os.wait4``).
+``--tree`` and ``--env`` add configurations run beside each model: another source tree, or
+one more environment setting (``--env DERAIN_MALLOC=system``: glibc's own allocation
+behaviour, against ``cpu_memory``'s default).
 """
 
 from __future__ import annotations
@@ -66,15 +70,17 @@ def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, in
 
 
 def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
-             tree: Path | None = None) -> tuple[float, float]:
+             tree: Path | None = None, env_set: dict[str, str] | None = None,
+             ) -> tuple[float, float]:
     """Seconds and peak RSS (GB) of one ``derain`` process; ``tree``: run the
-    ``derain_cli`` of that source tree (another checkout) instead of the installed one."""
+    ``derain_cli`` of that source tree (another checkout) instead of the installed one;
+    ``env_set``: with these environment variables set."""
     cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "-q", "--overwrite"]
     if model:
         cmd += ["-m", model]
-    env, cwd = None, None
+    env, cwd = {**os.environ, **(env_set or {})}, None
     if tree is not None:  # -m puts the working directory first on sys.path: run from /
-        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+        env["PYTHONPATH"] = str(tree.resolve())
         cwd = "/"
     start = time.perf_counter()
     proc = subprocess.Popen(cmd + extra, env=env, cwd=cwd)
@@ -98,6 +104,9 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, action="append", default=[],
                     help="also run each model from this source tree (e.g. a `git worktree` "
                          "of an older commit), interleaved with this one: an A/B of code")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="also run each model with this environment variable set, "
+                         "interleaved: an A/B of a setting")
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
 
@@ -109,17 +118,21 @@ def main() -> None:
             w, h = make_photo(photo, args.megapixels)
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
-        trees: list[Path | None] = [None, *args.tree]
-        label = {None: ""} | {t: f" [{t}]" for t in args.tree}
+        configs = [("", None, None)] + [(f" [{t}]", t, None) for t in args.tree]
+        for setting in args.env:
+            var, sep, value = setting.partition("=")
+            if not sep or not var:
+                raise SystemExit(f"--env {setting!r}: expected NAME=VALUE")
+            configs.append((f" [{setting}]", None, {var: value}))
         rows: dict[str, list[tuple[float, float]]] = {
-            (m or "(default)") + label[t]: [] for m in models for t in trees}
+            (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):
             for m in models:
                 name, *own = shlex.split(m) if m else [None]
-                for t in trees:
-                    rows[(m or "(default)") + label[t]].append(
+                for label, tree, env_set in configs:
+                    rows[(m or "(default)") + label].append(
                         run_once(photo.resolve(), (work / "out.jpg").resolve(), name,
-                                 own + args.extra, t))
+                                 own + args.extra, tree, env_set))
         print("| model | seconds (best) | all runs | peak RSS |")
         print("| --- | ---: | --- | ---: |")
         for name, runs in rows.items():

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tiling
+from . import cpu_memory, tiling
 from .fast_path import FastPlan
 from .onnx_backend import cache_root
 
@@ -111,11 +111,13 @@ def _version(dist: str) -> str:
 
 
 def choice_key(plan: FastPlan, threads: int | None) -> str:
-    """What a measurement depends on: model, weights, CPU, threads, library versions."""
+    """What a measurement depends on: model, weights, CPU, threads, library versions and
+    whether freed memory is kept (``cpu_memory``: bf16 ran 1.6x faster on a 12 MP photo)."""
     return "|".join([
         plan.record.name, plan.record.sha256[:16], cpu_signature(),
         f"threads={threads or 'default'}",
         f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
+        f"malloc={cpu_memory.setting()}",
     ])
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import tiling
+from .cpu_memory import keep_freed_memory
 from .enhancer import CPU_TILE, MIN_TILE
 from .errors import OptionError
 from .fast_path import onnxruntime_installed
@@ -120,6 +121,8 @@ class TorchRunner:
         # fewer operators (``models.deploy``). PyTorch's PReLU is already one kernel.
         self.model = fold_for_inference(model, max_prelu=False).to(device).eval()
         self.device = device
+        if device.type == "cpu":  # every large activation reuses mapped pages (``cpu_memory``)
+            keep_freed_memory()
         self.precision = precision
         self.size_multiple = int(getattr(model, "size_multiple", 1))
         self.global_stats_shape = getattr(model, "global_stats_shape", None)

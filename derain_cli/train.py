@@ -56,6 +56,7 @@ from torch import nn
 
 from . import data as D
 from . import losses as L
+from .cpu_memory import keep_freed_memory
 from .enhancer import cpu_supports_bf16
 from .models import build_architecture, config_to_dict, get_spec
 
@@ -918,6 +919,8 @@ def _train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device, local, world)
+    if device.type == "cpu":  # large activations and gradients reuse mapped pages
+        keep_freed_memory()
     recalib_given = cfg.bn_recalib is not None
     freeze_given = cfg.freeze_bn is not None
     cfg = _defaults(cfg, device)

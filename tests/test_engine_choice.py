@@ -250,3 +250,13 @@ def test_a_folder_of_small_photos_is_costed_on_their_size(own_cache, bf16_cpu, m
     assert engine_choice.cpu_engine(_plan(), 1, 8.0, workload_images=8)[0] == "bf16"
     assert engine_choice.cpu_engine(_plan(), 1, 8.0, workload_images=1)[0] == "int8"
     assert engine_choice.cpu_engine(_plan(), 1, 8.0)[0] == "int8"
+
+
+def test_a_choice_is_measured_again_under_the_other_allocator(monkeypatch):
+    """bf16's time depends on whether freed memory is kept (``cpu_memory``: 2x on some
+    photos), so a choice measured under one setting is not reused under the other."""
+    monkeypatch.delenv("DERAIN_MALLOC", raising=False)
+    kept = engine_choice.choice_key(_plan(), 1)
+    monkeypatch.setenv("DERAIN_MALLOC", "system")
+    system = engine_choice.choice_key(_plan(), 1)
+    assert kept != system and kept.endswith("|malloc=keep") and system.endswith("|malloc=system")
