@@ -7,7 +7,9 @@ bf16 autocast or fp32), random weights for a registered architecture unless it h
 published weights, a ``--side`` x ``--side`` input, two warm-up passes, then one pass under
 ``torch.profiler`` (CPU). Why: "% of conv peak" in ``derain bench`` says how much time is
 *not* convolution; this says which operators take it (for RDMC on the AMX CPU: the
-upsamplings, the sums of split convolutions, ReLU, max-pooling, sigmoid).
+upsamplings, the sums of split convolutions, ReLU, max-pooling, sigmoid). Freed memory is
+kept as the torch runner keeps it (``derain_cli.cpu_memory``); ``DERAIN_MALLOC=system``
+profiles glibc's own behaviour, where at 1024 px the elementwise steps pay for page faults.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from derain_cli.bench import model_for_bench  # noqa: E402
+from derain_cli.cpu_memory import keep_freed_memory  # noqa: E402
 from derain_cli.models.deploy import fold_for_inference  # noqa: E402
 
 
@@ -37,6 +40,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()
     net, weights = model_for_bench(args.model)
     net = fold_for_inference(net.eval(), max_prelu=False).eval()
     net = net.to(memory_format=torch.channels_last)
@@ -51,7 +55,8 @@ def main() -> int:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             net(x)
     print(f"{args.model} ({weights}), {args.side}x{args.side}, {args.precision}, "
-          f"{torch.get_num_threads()} threads: {seconds:.3f} s a pass")
+          f"{torch.get_num_threads()} threads, freed memory "
+          f"{'kept' if kept else 'returned (glibc default)'}: {seconds:.3f} s a pass")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
 
