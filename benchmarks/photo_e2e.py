@@ -70,15 +70,20 @@ def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, in
 
 
 def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
-             tree: Path | None = None, env_set: dict[str, str] | None = None,
+             tree: Path | None = None, env_set: dict[str, str | None] | None = None,
              ) -> tuple[float, float]:
     """Seconds and peak RSS (GB) of one ``derain`` process; ``tree``: run the
     ``derain_cli`` of that source tree (another checkout) instead of the installed one;
-    ``env_set``: with these environment variables set."""
+    ``env_set``: with these environment variables set (None: removed)."""
     cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "-q", "--overwrite"]
     if model:
         cmd += ["-m", model]
-    env, cwd = {**os.environ, **(env_set or {})}, None
+    env, cwd = dict(os.environ), None
+    for var, value in (env_set or {}).items():
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value
     if tree is not None:  # -m puts the working directory first on sys.path: run from /
         env["PYTHONPATH"] = str(tree.resolve())
         cwd = "/"
@@ -106,7 +111,8 @@ def main() -> None:
                          "of an older commit), interleaved with this one: an A/B of code")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="also run each model with this environment variable set, "
-                         "interleaved: an A/B of a setting")
+                         "interleaved: an A/B of a setting (the other rows run with the "
+                         "variable unset)")
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
 
@@ -118,12 +124,18 @@ def main() -> None:
             w, h = make_photo(photo, args.megapixels)
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
-        configs = [("", None, None)] + [(f" [{t}]", t, None) for t in args.tree]
+        if len(set(args.env)) < len(args.env):
+            raise SystemExit("--env: the same setting given twice")
+        tested: dict[str, str | None] = {}  # the baseline runs without the tested variables
         for setting in args.env:
-            var, sep, value = setting.partition("=")
+            var, sep, _ = setting.partition("=")
             if not sep or not var:
                 raise SystemExit(f"--env {setting!r}: expected NAME=VALUE")
-            configs.append((f" [{setting}]", None, {var: value}))
+            tested[var] = None
+        configs = [("", None, tested)] + [(f" [{t}]", t, tested) for t in args.tree]
+        for setting in args.env:
+            var, _, value = setting.partition("=")
+            configs.append((f" [{setting}]", None, {**tested, var: value}))
         rows: dict[str, list[tuple[float, float]]] = {
             (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):

@@ -56,7 +56,7 @@ def main() -> int:
             net(x)
     print(f"{args.model} ({weights}), {args.side}x{args.side}, {args.precision}, "
           f"{torch.get_num_threads()} threads, freed memory "
-          f"{'kept' if kept else 'returned (glibc default)'}: {seconds:.3f} s a pass")
+          f"{'kept' if kept else 'as the C library does'}: {seconds:.3f} s a pass")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
 

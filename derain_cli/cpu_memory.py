@@ -3,29 +3,38 @@
 PyTorch's CPU allocator asks ``malloc`` for every tensor and frees it when the tensor dies.
 glibc serves each request above its mmap threshold (adjusted at run time, at most 32 MiB on
 64-bit Linux) with a new ``mmap`` and hands it back to the kernel on ``free``, so the next
-activation of that size touches pages the kernel must fault in and zero one 4 KiB page at a
-time. Deraining networks run at full resolution: one 32-channel bf16 activation of a 1024 px
-tile is 64 MiB, and a forward pass makes hundreds. On the 2-core AVX-512-BF16 test CPU this
-cost PyTorch's paths about half their time (``python benchmarks/torch_profile.py -m rdmc
---side 1024``: sigmoid and multiply took 6-10x their memory-bound time, convolutions 1.3x).
+activation of that size touches pages the kernel must fault in and zero. Deraining networks
+run at full resolution: one 32-channel bf16 activation of a 1024 px tile is 64 MiB, and a
+forward pass makes hundreds. On the 2-core AVX-512-BF16 test CPU this cost PyTorch's paths
+about half their time (``python benchmarks/torch_profile.py -m rdmc --side 1024``, with and
+without ``DERAIN_MALLOC=system``: sigmoid and multiply took 6-9x their time, convolutions 1.3x).
 
 :func:`keep_freed_memory` tells glibc to serve large requests from its heap as well
-(``M_MMAP_MAX`` = 0) and to keep freed memory there instead of trimming it
-(``M_TRIM_THRESHOLD``): the next tile's tensors reuse the pages already mapped. The price is
-that the process keeps its peak memory until it exits (figures in the README, Speed); a
-library user in a long-lived process who prefers glibc's own behaviour sets
-``DERAIN_MALLOC=system``. ONNX Runtime has its own memory arena and is unaffected. On other
-C libraries and operating systems this does nothing.
+(``M_MMAP_MAX`` = 0) and not to trim the heap's top below 2 GiB of free memory
+(``M_TRIM_THRESHOLD``): the next tile's tensors reuse the pages already mapped. It is
+process-wide and one-way: the torch engine turns it on when it is built for a CPU
+(``TorchRunner``), and so does ``derain train`` on a CPU. What it costs and where it does
+not reach:
+
+* The process keeps what it freed until it exits (small allocations made later sit above
+  the freed memory, so the top is rarely trimmed): peak RSS grows (README, Speed, "Freed
+  memory kept"), also for the caller's own large arrays once it is on. Forked children
+  (DataLoader workers) inherit the setting.
+* Threads other than the main one allocate from their own arenas, which still map requests
+  above 64 MiB: derain runs the network on the calling thread.
+* ``DERAIN_MALLOC=system``, set before the first engine is built, keeps glibc's behaviour.
+  ONNX Runtime-only runs (the int8 path) never turn it on. Other C libraries and operating
+  systems: nothing happens.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import platform
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +42,11 @@ ENV = "DERAIN_MALLOC"
 #: glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-#: free memory at the top of the heap kept for reuse: the most mallopt's int can say (2 GiB)
+#: free memory the heap's top may hold before glibc trims it: the most mallopt's int says
 TRIM_THRESHOLD = 2**31 - 1
 
 _applied: bool | None = None
+_lock = threading.Lock()
 
 
 def setting() -> str:
@@ -49,6 +59,18 @@ def setting() -> str:
     return value
 
 
+def _glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def mode() -> str:
+    """How this process allocates once a PyTorch CPU engine runs: ``keep`` or ``system``
+    (what it does if it has decided, else what :func:`keep_freed_memory` would decide)."""
+    if _applied is not None:
+        return "keep" if _applied else "system"
+    return "keep" if setting() == "keep" and _glibc() else "system"
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to reuse freed memory for large allocations (once per process).
 
@@ -56,16 +78,17 @@ def keep_freed_memory() -> bool:
     off Linux or glibc, or if ``mallopt`` refused.
     """
     global _applied
-    if _applied is not None:
+    with _lock:
+        if _applied is None:
+            _applied = _apply()
         return _applied
-    _applied = False
-    if setting() == "system" or not sys.platform.startswith("linux"):
-        return False
-    if platform.libc_ver()[0] != "glibc":
+
+
+def _apply() -> bool:
+    if setting() == "system" or not _glibc():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -73,5 +96,4 @@ def keep_freed_memory() -> bool:
     ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if not ok:
         log.debug("glibc refused mallopt; large tensors keep their own mappings")
-    _applied = ok
     return ok

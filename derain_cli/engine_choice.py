@@ -117,7 +117,7 @@ def choice_key(plan: FastPlan, threads: int | None) -> str:
         plan.record.name, plan.record.sha256[:16], cpu_signature(),
         f"threads={threads or 'default'}",
         f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
-        f"malloc={cpu_memory.setting()}",
+        f"malloc={cpu_memory.mode()}",
     ])
 
 

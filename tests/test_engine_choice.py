@@ -254,9 +254,19 @@ def test_a_folder_of_small_photos_is_costed_on_their_size(own_cache, bf16_cpu, m
 
 def test_a_choice_is_measured_again_under_the_other_allocator(monkeypatch):
     """bf16's time depends on whether freed memory is kept (``cpu_memory``: 2x on some
-    photos), so a choice measured under one setting is not reused under the other."""
+    photos), so a choice measured under one setting is not reused under the other; the key
+    says what the process does once it has decided, whatever the environment says later."""
+    from derain_cli import cpu_memory
+
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: True)
+    monkeypatch.setattr(cpu_memory, "_applied", None)
     monkeypatch.delenv("DERAIN_MALLOC", raising=False)
     kept = engine_choice.choice_key(_plan(), 1)
     monkeypatch.setenv("DERAIN_MALLOC", "system")
     system = engine_choice.choice_key(_plan(), 1)
     assert kept != system and kept.endswith("|malloc=keep") and system.endswith("|malloc=system")
+    monkeypatch.setattr(cpu_memory, "_applied", True)  # decided before the variable was set
+    assert engine_choice.choice_key(_plan(), 1) == kept
+    monkeypatch.setattr(cpu_memory, "_applied", False)
+    monkeypatch.delenv("DERAIN_MALLOC")
+    assert engine_choice.choice_key(_plan(), 1) == system
