@@ -97,6 +97,23 @@ def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
     return seconds, usage.ru_maxrss / 1024**2  # KiB on Linux
 
 
+Config = tuple[str, Path | None, dict[str, str | None]]
+
+
+def _configurations(trees: list[Path], settings: list[str]) -> list[Config]:
+    """(row label, source tree, environment changes) of each configuration run beside a
+    model: this checkout, each ``--tree``, each ``--env NAME=VALUE``. The rows without a
+    setting run with its variable unset, so the caller's environment cannot blur the A/B."""
+    if len(set(settings)) < len(settings):
+        raise SystemExit("--env: the same setting given twice")
+    parsed = [(setting, *setting.split("=", 1)) for setting in settings if "=" in setting]
+    if len(parsed) < len(settings) or any(not var for _, var, _ in parsed):
+        raise SystemExit(f"--env {settings!r}: expected NAME=VALUE each")
+    unset: dict[str, str | None] = {var: None for _, var, _ in parsed}
+    return ([("", None, unset)] + [(f" [{t}]", t, unset) for t in trees]
+            + [(f" [{setting}]", None, {**unset, var: value}) for setting, var, value in parsed])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megapixels", type=float, default=12.0)
@@ -124,18 +141,7 @@ def main() -> None:
             w, h = make_photo(photo, args.megapixels)
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
-        if len(set(args.env)) < len(args.env):
-            raise SystemExit("--env: the same setting given twice")
-        tested: dict[str, str | None] = {}  # the baseline runs without the tested variables
-        for setting in args.env:
-            var, sep, _ = setting.partition("=")
-            if not sep or not var:
-                raise SystemExit(f"--env {setting!r}: expected NAME=VALUE")
-            tested[var] = None
-        configs = [("", None, tested)] + [(f" [{t}]", t, tested) for t in args.tree]
-        for setting in args.env:
-            var, _, value = setting.partition("=")
-            configs.append((f" [{setting}]", None, {**tested, var: value}))
+        configs = _configurations(args.tree, args.env)
         rows: dict[str, list[tuple[float, float]]] = {
             (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):
