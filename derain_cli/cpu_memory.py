@@ -6,8 +6,9 @@ glibc serves each request above its mmap threshold (adjusted at run time, at mos
 activation of that size touches pages the kernel must fault in and zero. Deraining networks
 run at full resolution: one 32-channel bf16 activation of a 1024 px tile is 64 MiB, and a
 forward pass makes hundreds. On the 2-core AVX-512-BF16 test CPU this cost PyTorch's paths
-about half their time (``python benchmarks/torch_profile.py -m rdmc --side 1024``, with and
-without ``DERAIN_MALLOC=system``: sigmoid and multiply took 6-9x their time, convolutions 1.3x).
+up to half their time (``benchmarks/bench_inference.py``, rdmc bf16 in a 1024 px tile: 2.05x
+with and without ``DERAIN_MALLOC=system``; ``benchmarks/torch_profile.py -m rdmc --side 1024``
+in another run: 1.5x the whole pass, 2-4x each elementwise step).
 
 :func:`keep_freed_memory` tells glibc to serve large requests from its heap as well
 (``M_MMAP_MAX`` = 0) and not to trim the heap's top below 2 GiB of free memory
