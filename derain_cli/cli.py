@@ -535,8 +535,10 @@ def run_cmd(
     ] = _DEFAULT_MAX_PIXELS,
     backend: Annotated[
         Backend, typer.Option("--backend", case_sensitive=False, rich_help_panel=PERF,
-                              help="Inference engine. auto: onnx (ONNX Runtime) for int8 and "
-                                   "fp32 on CPUs, torch on GPUs and for bf16.")
+                              help="Inference engine. auto: onnx (ONNX Runtime) for int8 on "
+                                   "CPUs; for fp32 on CPUs whichever of onnx and torch was "
+                                   "measured faster on this CPU (once, then cached); torch "
+                                   "on GPUs and for bf16.")
     ] = Backend.auto,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", rich_help_panel=FEED,

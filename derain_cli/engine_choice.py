@@ -27,6 +27,18 @@ versions, so a new CPU, weights or library release is measured again. CPUs witho
 instructions (read from ``/proc/cpuinfo``, without importing PyTorch) take int8 unmeasured.
 ``DERAIN_CPU_ENGINE=int8|bf16`` skips the measurement (for instance in a container
 image whose machine is known); ``--precision int8|bf16`` does the same for one run.
+
+fp32 on a CPU has the same kind of choice between two engines that give the same
+result (within 1e-3, ``tests/test_export.py``): the exported fp32 graph through ONNX
+Runtime, or the network through PyTorch (channels_last, oneDNN). ONNX Runtime was
+1.2-1.9x faster on an AVX2-only CPU (2026-12-02, untiled, before freed memory was kept,
+``cpu_memory``); since then, on an AVX-512-BF16 CPU, PyTorch was 1.3-2.0x faster for the
+Semi-DRDNets at 707 px with each engine in its tiles, even for the RDMCs, and within
+10 % on a 512 px image (README, Speed). So where ``backend="auto"`` would run fp32 on a
+CPU (``--precision fp32``, or any model without an int8 graph on a CPU without bf16),
+``fp32_backend`` times both once per network shape and machine in the same way and
+keeps PyTorch only when it is at least ``MARGIN`` faster in its tiles.
+``DERAIN_CPU_FP32=onnx|torch`` skips it; ``--backend`` does the same for one run.
 """
 
 from __future__ import annotations
@@ -60,6 +72,11 @@ PROBE_SIDE = 512
 #: timed passes per engine after one warm-up pass; the best counts
 PROBE_REPEATS = 2
 ENV = "DERAIN_CPU_ENGINE"
+#: the backends that compete for fp32 on a CPU, and the variable that pins one
+FP32_BACKENDS = ("onnx", "torch")
+FP32_ENV = "DERAIN_CPU_FP32"
+#: a warm-up pass longer than this (a paper-size network) leaves one timed pass per engine
+LONG_PASS_S = 4.0
 #: seconds to import PyTorch when a measurement did not time it (``python -c "import
 #: torch"`` on the 2-core test CPUs: 1.2 s idle, 3.5-3.7 s busy; the higher, to favour int8)
 TORCH_IMPORT_S = 3.5
@@ -158,11 +175,18 @@ def probe_image(side: int = PROBE_SIDE) -> np.ndarray:
 def time_runners(runners: dict[str, Any], image: np.ndarray,
                  repeats: int = PROBE_REPEATS) -> dict[str, float]:
     """Best seconds of one untiled pass over ``image`` per runner, interleaved, after a
-    warm-up pass each (first calls build kernels and memory pools)."""
+    warm-up pass each (first calls build kernels and memory pools); one timed pass when
+    a warm-up took over ``LONG_PASS_S`` (the probe of a paper-size network then costs
+    half a minute, not a minute)."""
     from . import tiling
 
+    warm = 0.0
     for r in runners.values():
+        t0 = time.perf_counter()
         tiling.run_tiled(image, r, 0, 0)
+        warm = max(warm, time.perf_counter() - t0)
+    if warm > LONG_PASS_S:
+        repeats = 1
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
         for name, r in runners.items():
@@ -211,13 +235,19 @@ def tiling_work(plan: FastPlan, tile: int | None = None,
     from .enhancer import CPU_TILE
     from .onnx_backend import ORT_CPU_TILE
 
+    return _work({"int8": ORT_CPU_TILE, "bf16": CPU_TILE}, plan.min_tile, plan.overlap,
+                 len(plan.graphs) > 1, tile, megapixels)
+
+
+def _work(own_tiles: dict[str, int], min_tile: int, overlap: int, stats: bool,
+          tile: int | None, megapixels: float | None) -> dict[str, float]:
+    """``tiling_work`` for any engines, given each one's own tile."""
     mp = REFERENCE_MEGAPIXELS if not megapixels else min(megapixels, REFERENCE_MEGAPIXELS)
     h = max(1, round((mp * 1e6 * 3 / 4) ** 0.5))
     w = max(1, round(h * 4 / 3))
-    own = {"int8": ORT_CPU_TILE, "bf16": CPU_TILE}
     return {e: tiling.work_per_pixel(
-        h, w, tile if tile is not None else tiling.auto_tile(t, plan.min_tile), plan.overlap,
-        stats=len(plan.graphs) > 1) for e, t in own.items()}
+        h, w, tile if tile is not None else tiling.auto_tile(t, min_tile), overlap,
+        stats=stats) for e, t in own_tiles.items()}
 
 
 def decide(entry: dict[str, Any], workload_megapixels: float | None,
@@ -289,3 +319,86 @@ def cpu_engine(plan: FastPlan, threads: int | None,
                 f"image, x{work['bf16']:.2f} vs x{work['int8']:.2f} in their tiles")
     engine, why = decide(entry, workload_megapixels, torch_imported(), work)
     return engine, f"{how}; {why}" if why else how
+
+
+# --- fp32 on a CPU: ONNX Runtime's exported graph or PyTorch -------------------------------
+
+
+def network_signature(net: Any) -> str:
+    """What an fp32 measurement depends on in the network: its class and the shapes of
+    its tensors (speed does not depend on the values, so a user's retrained file of the
+    same shape reuses the measurement)."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
+    return f"{type(net).__name__}[{hashlib.sha256(shapes.encode()).hexdigest()[:12]}]"
+
+
+def fp32_key(net: Any, threads: int | None) -> str:
+    """``choice_key`` for the fp32 choice: network shape, CPU, threads, library versions,
+    allocator setting."""
+    return "|".join([
+        "fp32", network_signature(net), cpu_signature(), f"threads={threads or 'default'}",
+        f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
+        f"malloc={cpu_memory.mode()}",
+    ])
+
+
+def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
+    """Time ONNX Runtime's fp32 graph (exported once, cached) against PyTorch fp32
+    channels_last on ``probe_image``."""
+    import torch
+
+    from .onnx_backend import make_onnx_runner
+    from .torch_runner import TorchRunner
+
+    cpu = torch.device("cpu")
+    runners = {"onnx": make_onnx_runner(net, cpu, "fp32", threads),
+               "torch": TorchRunner(net, cpu, "fp32")}
+    seconds = time_runners(runners, probe_image(PROBE_SIDE))
+    return {"engine": "torch" if seconds["torch"] <= MARGIN * seconds["onnx"] else "onnx",
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "probe": f"{PROBE_SIDE}x{PROBE_SIDE}", "measured": datetime.date.today().isoformat()}
+
+
+def fp32_work(net: Any, tile: int | None = None,
+              megapixels: float | None = None) -> dict[str, float]:
+    """``tiling_work`` for the fp32 engines: ONNX Runtime's 512 px tiles, PyTorch's 1024."""
+    from .enhancer import CPU_TILE, default_overlap
+    from .onnx_backend import ORT_CPU_TILE
+
+    return _work({"onnx": ORT_CPU_TILE, "torch": CPU_TILE}, int(getattr(net, "min_tile", 0)),
+                 default_overlap(net), getattr(net, "global_stats_shape", None) is not None,
+                 tile, megapixels)
+
+
+def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
+                 workload_megapixels: float | None = None,
+                 workload_images: int | None = None,
+                 measure_fn: Callable[[Any, int | None], dict[str, Any]] | None = None,
+                 ) -> tuple[str, str]:
+    """The fp32 engine for ``net`` on this CPU ('onnx' or 'torch') and why, measured once
+    per network shape and machine (PyTorch is loaded already on this path, so only the
+    probe times, weighed by each engine's tiles, decide)."""
+    forced = os.environ.get(FP32_ENV, "").strip().lower()
+    if forced in FP32_BACKENDS:
+        return forced, f"{FP32_ENV}={forced}"
+    if forced not in ("", "auto"):
+        log.warning("%s=%s is not one of auto, onnx, torch; ignored", FP32_ENV, forced)
+    key = fp32_key(net, threads)
+    entry = load_choices().get(key)
+    s = (entry or {}).get("seconds") or {}
+    if entry is None or not set(FP32_BACKENDS) <= set(s):
+        log.info("timing ONNX Runtime against PyTorch in fp32 once for this network and CPU")
+        entry = (measure_fn or measure_fp32)(net, threads)
+        remember(key, entry)
+        s, how = entry["seconds"], "measured now"
+    else:
+        how = "measured " + str(entry.get("measured", "earlier"))
+    per_image = workload_megapixels
+    if workload_megapixels and workload_images and workload_images > 0:
+        per_image = workload_megapixels / workload_images
+    work = fp32_work(net, tile, per_image)
+    cost = {e: s[e] * work[e] for e in FP32_BACKENDS}
+    engine = "torch" if cost["torch"] <= MARGIN * cost["onnx"] else "onnx"
+    return engine, (f"{how}: {s['torch']:.2f} s PyTorch vs {s['onnx']:.2f} s ONNX Runtime "
+                    f"fp32 on a {PROBE_SIDE} px image, x{work['torch']:.2f} vs "
+                    f"x{work['onnx']:.2f} in their tiles")

@@ -81,8 +81,9 @@ class Derainer:
     ``DEFAULT_MODEL``); ``weights`` a safetensors/.pt file of one's own (with ``model``
     naming its network unless derain wrote the file). ``device``: auto (CUDA, then MPS, then
     CPU), cpu, cuda, cuda:N or mps. ``threads``: CPU threads (default: PyTorch's / ONNX
-    Runtime's own choice). ``backend``: auto, torch or onnx (auto: ONNX Runtime on CPUs
-    where it is faster, PyTorch elsewhere). ``quiet``: no download progress bar.
+    Runtime's own choice). ``backend``: auto, torch or onnx (auto: ONNX Runtime for int8
+    graphs on CPUs, and for fp32 on CPUs where it was measured faster than PyTorch,
+    ``engine_choice``; PyTorch elsewhere). ``quiet``: no download progress bar.
     ``tile``: None picks a size from the
     device, 0 disables tiling; ``tile_overlap`` None sizes the overlap from the network's
     reach (``default_overlap``); ``tile_batch``: tiles per forward pass, None or 0 sized
@@ -181,8 +182,9 @@ class Derainer:
             auto: Callable[[], int] = self.runner.suggest_tile
             min_tile, overlap = fast.min_tile, fast.overlap
         else:
-            auto, min_tile, overlap = self._init_torch(model, weights, device, precision,
-                                                       backend, threads, quiet)
+            auto, min_tile, overlap = self._init_torch(
+                model, weights, device, precision, backend, threads, quiet,
+                (tile, workload_megapixels, workload_images))
         self.tile = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
         if 0 < self.tile < min_tile:
             # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
@@ -202,10 +204,13 @@ class Derainer:
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,
                     device: str, precision: str, backend: str, threads: int | None,
-                    quiet: bool) -> tuple[Callable[[], int], int, int]:
+                    quiet: bool, job: tuple[int | None, float | None, int | None],
+                    ) -> tuple[Callable[[], int], int, int]:
         """The general start: load the network with PyTorch, then pick backend and runner.
 
-        Returns the automatic tile's function, the smallest tile and the default overlap.
+        ``job``: the caller's tile, workload megapixels and images (they weigh the fp32
+        engines' measured times, ``engine_choice.fp32_backend``). Returns the automatic
+        tile's function, the smallest tile and the default overlap.
         """
         import torch
 
@@ -246,6 +251,12 @@ class Derainer:
             backend, precision = "onnx", "int8"
         elif backend == "auto":
             backend = resolve_backend(dev, precision)
+            if backend == "onnx":  # fp32 on a CPU: the faster of two exact engines, measured
+                from . import engine_choice
+
+                tile, megapixels, images = job
+                backend, self.engine_note = engine_choice.fp32_backend(
+                    net, threads, tile, megapixels, images)
         if backend == "onnx" and precision == "auto":
             precision = "fp32"  # exported graphs are fp32
         if int8_graph or (backend == "onnx" and dev.type == "cpu" and precision == "bf16"):

@@ -88,10 +88,10 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 def resolve_backend(device: torch.device, precision: str = "auto") -> str:
     """'auto' backend: ONNX Runtime where the work is fp32 on a CPU, PyTorch elsewhere.
 
-    On CPUs without bf16 instructions ONNX Runtime's fp32 kernels beat PyTorch's
-    (channels_last, oneDNN) for these networks (``derain bench --variants
-    channels_last,onnx``; figures in the README); GPUs and bf16-capable CPUs stay on PyTorch,
-    which runs them in half precision.
+    ONNX Runtime is only the candidate there: ``Derainer`` times it against PyTorch fp32
+    once per network and machine and keeps the faster (``engine_choice.fp32_backend``;
+    which wins depends on the CPU and on ``cpu_memory``, figures in the README). GPUs and
+    bf16-capable CPUs under ``auto`` stay on PyTorch, which runs them in half precision.
     """
     if device.type != "cpu" or precision not in ("auto", "fp32"):
         return "torch"

@@ -29,6 +29,9 @@ def _session_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         # The tests of the int8 CPU path must take it on any CPU, without timing it against
         # bf16 first (derain_cli.engine_choice; tests/test_engine_choice.py unsets this).
         mp.setenv("DERAIN_CPU_ENGINE", "int8")
+        # Likewise fp32 on a CPU takes ONNX Runtime without timing it against PyTorch
+        # (engine_choice.fp32_backend; its tests unset this).
+        mp.setenv("DERAIN_CPU_FP32", "onnx")
         yield path
 
 

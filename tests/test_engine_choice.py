@@ -270,3 +270,155 @@ def test_a_choice_is_measured_again_under_the_other_allocator(monkeypatch):
     monkeypatch.setattr(cpu_memory, "_applied", False)
     monkeypatch.delenv("DERAIN_MALLOC")
     assert engine_choice.choice_key(_plan(), 1) == system
+
+
+# --- fp32 on a CPU: ONNX Runtime or PyTorch (engine_choice.fp32_backend) -------------------
+
+
+@pytest.fixture
+def fp32_cache(tmp_path, monkeypatch):
+    """A fresh cache folder and no fp32 engine pinned by the environment."""
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(engine_choice.FP32_ENV, raising=False)
+    return tmp_path / "cache"
+
+
+def _tiny_net(width=8):
+    import torch
+
+    from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+
+    torch.manual_seed(width)
+    return SemiDRDNet(SemiDRDNetConfig(width=width, rain_blocks=1, detail_blocks=1,
+                                       se_reduction=4)).eval()
+
+
+def _fp32_measure(torch_s, onnx_s, calls):
+    def measure(net, threads):
+        calls.append(engine_choice.network_signature(net))
+        return {"engine": "?", "seconds": {"torch": torch_s, "onnx": onnx_s},
+                "measured": "2026-12-03"}
+    return measure
+
+
+def test_fp32_choice_is_measured_once_per_network_shape(fp32_cache):
+    calls = []
+    net = _tiny_net()
+    measure = _fp32_measure(0.5, 1.0, calls)
+    assert engine_choice.fp32_backend(net, 1, measure_fn=measure)[0] == "torch"
+    engine, why = engine_choice.fp32_backend(net, 1, measure_fn=measure)
+    assert engine == "torch" and why.startswith("measured 2026-12-03: 0.50 s PyTorch vs 1.00")
+    assert len(calls) == 1
+    # other values, same shapes: the same measurement; another width: measured again
+    assert engine_choice.fp32_backend(_tiny_net(8), 1, measure_fn=measure)[0] == "torch"
+    assert len(calls) == 1
+    engine_choice.fp32_backend(_tiny_net(12), 1, measure_fn=measure)
+    engine_choice.fp32_backend(net, 2, measure_fn=measure)  # another thread count
+    assert len(calls) == 3 and calls[0] != calls[1]
+    # kept beside the int8/bf16 choices, under keys of their own
+    keys = json.loads((fp32_cache / "engines.json").read_text())
+    assert all(k.startswith("fp32|") for k in keys) and len(keys) == 3
+
+
+def test_fp32_choice_weighs_each_engine_in_its_own_tiles(fp32_cache):
+    """A Semi-DRDNet in ONNX Runtime's 512 px tiles repeats more overlap (and adds a
+    statistics pass) than in PyTorch's 1024 px ones: PyTorch just inside ``MARGIN`` once
+    the tiles are counted wins on a 12 MP photo, and loses when one tile size is given
+    for both (then only the probe times count)."""
+    net = _tiny_net()
+    work = engine_choice.fp32_work(net)
+    assert work["onnx"] > 1.06 * work["torch"] > 1.0
+    torch_s = 0.95 * engine_choice.MARGIN * work["onnx"] / work["torch"]
+    measure = _fp32_measure(torch_s, 1.0, [])
+    engine, why = engine_choice.fp32_backend(net, 1, measure_fn=measure)
+    assert engine == "torch"
+    assert f"x{work['torch']:.2f} vs x{work['onnx']:.2f} in their tiles" in why
+    same = engine_choice.fp32_work(net, tile=512)
+    assert same["onnx"] == pytest.approx(same["torch"])
+    assert engine_choice.fp32_backend(net, 1, tile=512)[0] == "onnx"
+
+
+def test_fp32_environment_pins_the_backend(fp32_cache, monkeypatch, caplog):
+    def never(net, threads):
+        raise AssertionError("a pinned backend is not measured")
+
+    net = _tiny_net()
+    monkeypatch.setenv(engine_choice.FP32_ENV, "Torch")
+    assert engine_choice.fp32_backend(net, 1, measure_fn=never) == (
+        "torch", "DERAIN_CPU_FP32=torch")
+    monkeypatch.setenv(engine_choice.FP32_ENV, "onnx")
+    assert engine_choice.fp32_backend(net, 1, measure_fn=never)[0] == "onnx"
+    monkeypatch.setenv(engine_choice.FP32_ENV, "gpu")
+    assert engine_choice.fp32_backend(net, 1, measure_fn=_fp32_measure(2.0, 1.0, []))[0] == (
+        "onnx")
+    assert "DERAIN_CPU_FP32=gpu is not one of auto, onnx, torch" in caplog.text
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fp32_real_measurement_times_both_engines(fp32_cache, monkeypatch):
+    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
+    entry = engine_choice.measure_fp32(_tiny_net(), 1)
+    s = entry["seconds"]
+    assert set(s) == {"onnx", "torch"} and all(v > 0 for v in s.values())
+    assert entry["engine"] == ("torch" if s["torch"] <= engine_choice.MARGIN * s["onnx"]
+                               else "onnx")
+    assert list((fp32_cache / "onnx").iterdir()), "the fp32 graph was exported and cached"
+
+
+def test_a_long_warm_up_leaves_one_timed_pass(monkeypatch):
+    passes = []
+
+    class Slow:  # what tiling.run_tiled calls: one forward of the whole image
+        size_multiple, global_stats_shape = 1, None
+
+        def __call__(self, x, pooled=None):
+            passes.append(x.shape)
+            return x
+
+    clock = iter(range(0, 1000, 5))  # every pass "takes" 5 s
+    monkeypatch.setattr(engine_choice.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(engine_choice.tiling, "run_tiled", lambda img, r, *a: r(img))
+    seconds = engine_choice.time_runners({"a": Slow(), "b": Slow()}, np.zeros((3, 8, 8)))
+    assert seconds == {"a": 5, "b": 5} and len(passes) == 4  # warm-up + one pass each
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_derainer_runs_fp32_on_the_remembered_engine(fp32_cache, tiny_weights):
+    """The remembered choice decides where auto would run fp32 on a CPU; the two engines
+    give the same image; an explicit backend is obeyed without measuring."""
+    from derain_cli.weights import model_from_file
+
+    net = model_from_file(tiny_weights, None).eval()
+    key = engine_choice.fp32_key(net, 1)
+    img = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    out = {}
+    for engine in ("torch", "onnx"):
+        fast, slow = (0.4, 1.0) if engine == "torch" else (1.0, 0.4)
+        engine_choice.remember(key, {"engine": engine, "measured": "2026-12-03",
+                                     "seconds": {"torch": fast, "onnx": slow}})
+        d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
+        assert (d.backend, d.precision) == (engine, "fp32")
+        assert d.engine_note.startswith("measured 2026-12-03: ")
+        out[engine] = d.derain(img).astype(int)
+        # --backend decides by hand: no note, no measurement
+        other = "onnx" if engine == "torch" else "torch"
+        d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1,
+                     backend=other)
+        assert (d.backend, d.engine_note) == (other, "")
+    assert np.abs(out["torch"] - out["onnx"]).max() <= 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_banner_names_the_fp32_engine_and_why(fp32_cache, tiny_weights, tmp_path):
+    from derain_cli.weights import model_from_file
+
+    net = model_from_file(tiny_weights, None).eval()
+    engine_choice.remember(engine_choice.fp32_key(net, 1), {
+        "engine": "torch", "measured": "2026-12-03", "seconds": {"torch": 0.4, "onnx": 1.0}})
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((60, 80, 3), 120, np.uint8)).save(src)
+    r = CliRunner().invoke(app, [str(src), "--weights", str(tiny_weights), "--threads", "1",
+                                 "--precision", "fp32", "--device", "cpu", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert "(PyTorch), fp32 (measured 2026-12-03: 0.40 s PyTorch vs 1.00 s ONNX Runtime" in (
+        r.output)
