@@ -11,9 +11,10 @@ JPEG decoding, the tiler's statistics pass, every tile, blending and encoding.
 Without ``--photo`` it builds the test photo itself: the four bundled rainy examples
 (``examples/*_rain.jpg``, made by ``examples/make_examples.py``) resized into a 2x2
 mosaic of 4:3 aspect with the requested pixel count, saved as a quality-92 JPEG. Each
-model runs in a fresh ``derain`` process (``-q --overwrite``, defaults otherwise, plus
-its own and the extra arguments); models are interleaved round by round so that a busy
-moment hits all of them alike. Peak RSS is the child process's own (``os.wait4``).
+model runs in a fresh ``derain`` process (``--json --overwrite``: no bars, and the
+summary says which engine ran; defaults otherwise, plus its own and the extra
+arguments); models are interleaved round by round so that a busy moment hits all of
+them alike. Peak RSS is the child process's own (``os.wait4``).
 ``--tree`` and ``--env`` add configurations run beside each model: another source tree, or
 one more environment setting (``--env DERAIN_MALLOC=system``: glibc's own allocation
 behaviour, against ``cpu_memory``'s default).
@@ -22,6 +23,7 @@ behaviour, against ``cpu_memory``'s default).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -71,11 +73,12 @@ def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, in
 
 def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
              tree: Path | None = None, env_set: dict[str, str | None] | None = None,
-             ) -> tuple[float, float]:
-    """Seconds and peak RSS (GB) of one ``derain`` process; ``tree``: run the
-    ``derain_cli`` of that source tree (another checkout) instead of the installed one;
-    ``env_set``: with these environment variables set (None: removed)."""
-    cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "-q", "--overwrite"]
+             ) -> tuple[float, float, str]:
+    """Seconds, peak RSS (GB) and engine ("onnx int8"...) of one ``derain`` process;
+    ``tree``: run the ``derain_cli`` of that source tree (another checkout) instead of the
+    installed one; ``env_set``: with these environment variables set (None: removed)."""
+    cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "--json",
+           "--overwrite"]
     if model:
         cmd += ["-m", model]
     env, cwd = dict(os.environ), None
@@ -87,14 +90,18 @@ def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
     if tree is not None:  # -m puts the working directory first on sys.path: run from /
         env["PYTHONPATH"] = str(tree.resolve())
         cwd = "/"
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd + extra, env=env, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd + extra)} failed with exit code {proc.returncode}")
-    return seconds, usage.ru_maxrss / 1024**2  # KiB on Linux
+    with tempfile.TemporaryFile("w+") as summary:  # --json: the summary, no bars
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd + extra, env=env, cwd=cwd, stdout=summary)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd + extra)} failed with exit code {proc.returncode}")
+        summary.seek(0)
+        engine = json.loads(summary.read()).get("engine") or {}  # older trees: none
+    how = f"{engine.get('backend', '?')} {engine.get('precision', '?')}" if engine else "?"
+    return seconds, usage.ru_maxrss / 1024**2, how  # KiB on Linux
 
 
 Config = tuple[str, Path | None, dict[str, str | None]]
@@ -142,7 +149,7 @@ def main() -> None:
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
         configs = _configurations(args.tree, args.env)
-        rows: dict[str, list[tuple[float, float]]] = {
+        rows: dict[str, list[tuple[float, float, str]]] = {
             (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):
             for m in models:
@@ -151,12 +158,14 @@ def main() -> None:
                     rows[(m or "(default)") + label].append(
                         run_once(photo.resolve(), (work / "out.jpg").resolve(), name,
                                  own + args.extra, tree, env_set))
-        print("| model | seconds (best) | all runs | peak RSS |")
-        print("| --- | ---: | --- | ---: |")
+        print("| model | engine | seconds (best) | all runs | peak RSS |")
+        print("| --- | --- | ---: | --- | ---: |")
         for name, runs in rows.items():
-            secs = [s for s, _ in runs]
-            print(f"| {name} | {min(secs):.1f} | {', '.join(f'{s:.1f}' for s in secs)} | "
-                  f"{max(r for _, r in runs):.2f} GB |")
+            secs = [s for s, _, _ in runs]
+            engines = ", ".join(dict.fromkeys(e for _, _, e in runs))
+            print(f"| {name} | {engines} | {min(secs):.1f} | "
+                  f"{', '.join(f'{s:.1f}' for s in secs)} | "
+                  f"{max(r for _, r, _ in runs):.2f} GB |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

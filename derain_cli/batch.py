@@ -661,6 +661,8 @@ class Summary:
     files: list[FileResult] = field(default_factory=list)
     #: the batch was stopped (Ctrl-C) before every file was done; these are the files done
     interrupted: bool = False
+    #: how the images were derained (``engine_record``); None when nothing was
+    engine: dict[str, Any] | None = None
 
     @property
     def megapixels_per_s(self) -> float:
@@ -689,6 +691,7 @@ class Summary:
                 out.add(r)
         out.seconds = max((p.seconds for p in parts), default=0.0)
         out.interrupted = any(p.interrupted for p in parts)
+        out.engine = next((p.engine for p in parts if p.engine), None)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -701,6 +704,7 @@ class Summary:
             "megapixels_per_s": round(self.megapixels_per_s, 4),
             "world_size": self.world_size,
             "interrupted": self.interrupted,
+            "engine": self.engine,
             # a failed file's output was never written: null, not the path it would have had
             "files": [{**asdict(r), "output": None if r.status == "failed" else r.output}
                       for r in self.files],
@@ -708,6 +712,16 @@ class Summary:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def engine_record(derainer: Any) -> dict[str, Any] | None:
+    """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
+    tile and why that engine (``Derainer.engine_note``: a measured choice, or empty)."""
+    if derainer is None:
+        return None
+    return {k: getattr(derainer, attr, None) for k, attr in (
+        ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
+        ("precision", "precision"), ("tile", "tile"), ("note", "engine_note"))}
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -1103,7 +1117,7 @@ def run_batch(
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     _sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
-    summary = Summary(world_size=dist.world_size)
+    summary = Summary(world_size=dist.world_size, engine=engine_record(derainer))
     progress.start(len(jobs))
     t0 = time.perf_counter()
     workers = resolve_io_workers(options, derainer)

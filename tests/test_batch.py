@@ -494,7 +494,7 @@ def test_summary_json_and_merge() -> None:
     a.add(FileResult("x.png", "x_derained.png", "processed", megapixels=1.5, rank=0))
     a.add(FileResult("y.png", None, "failed", "empty file (0 bytes)", rank=0))
     a.seconds = 2.0
-    b = Summary()
+    b = Summary(engine={"backend": "torch"})  # ranks run the same engine: one is kept
     b.add(FileResult("z.png", "z_derained.png", "skipped", "output exists", rank=1))
     b.seconds = 3.0
     m = Summary.merge([a, b])
@@ -504,6 +504,7 @@ def test_summary_json_and_merge() -> None:
     assert d["megapixels_per_s"] == pytest.approx(0.5)
     assert d["failed"] == [{"path": "y.png", "reason": "empty file (0 bytes)"}]
     assert [f["input"] for f in d["files"]] == ["x.png", "y.png", "z.png"]
+    assert d["engine"] == {"backend": "torch"} and Summary().to_dict()["engine"] is None
 
 
 def test_dist_info_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -340,6 +340,10 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert r.exit_code == 0
     s = json.loads(r.stdout)  # stdout holds exactly one JSON document
     assert s["processed"] == 1 and s["megapixels"] > 0
+    # what ran the network, as the banner would have said it
+    assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
+    assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
+    assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile", "note"}
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
     r = derain(tmp_path / "a.png", tmp_path / "b.png", "--weights", tiny_weights, "--json")
