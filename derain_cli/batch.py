@@ -691,7 +691,10 @@ class Summary:
                 out.add(r)
         out.seconds = max((p.seconds for p in parts), default=0.0)
         out.interrupted = any(p.interrupted for p in parts)
-        out.engine = next((p.engine for p in parts if p.engine), None)
+        engines = [p.engine for p in parts]
+        out.engine = next((e for e in engines if e), None)
+        if len(parts) > 1 and any(engines):  # what each rank ran, in rank order
+            out.engine = {**(out.engine or {}), "ranks": engines}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -824,6 +827,17 @@ def gather_summaries(summary: Summary, info: DistInfo) -> list[Summary]:
     parts: list[Summary | None] = [None] * info.world_size
     dist.all_gather_object(parts, summary)
     return [p for p in parts if p is not None]
+
+
+def share_from_main(info: DistInfo, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``broadcast_object_list``); ``value`` alone."""
+    if not info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(info: DistInfo) -> None:
@@ -1117,7 +1131,7 @@ def run_batch(
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     _sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
-    summary = Summary(world_size=dist.world_size, engine=engine_record(derainer))
+    summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()
     workers = resolve_io_workers(options, derainer)
@@ -1133,8 +1147,10 @@ def run_batch(
     except KeyboardInterrupt:
         summary.seconds = time.perf_counter() - t0
         summary.interrupted = True
+        summary.engine = engine_record(derainer)
         raise BatchInterrupted(summary) from None
     summary.seconds = time.perf_counter() - t0
+    summary.engine = engine_record(derainer)  # at the end: out of memory shrinks the tile
     if dist.enabled:
         return Summary.merge(gather_summaries(summary, dist))
     return summary

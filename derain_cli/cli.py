@@ -708,13 +708,23 @@ def _run(
                 if batch.pending(jobs, options):
                     work_mp, work_images = batch.pending_workload(
                         jobs, options, enough=_WORKLOAD_ENOUGH_MP)
-                    derainer = _make_derainer(
-                        model=model, weights=weights, device=device, precision=precision,
+                    make = functools.partial(
+                        _make_derainer,
+                        model=model, weights=weights, device=device,
                         tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                         threads=threads, stats_megapixels=stats_megapixels,
-                        backend=backend, quiet=not chatty,
+                        quiet=not chatty,
                         workload_megapixels=work_mp, workload_images=work_images,
                     )
+                    # Under torchrun rank 0 alone picks (and may time) the CPU engine; the
+                    # others take its pick, so no two ranks race to measure or differ.
+                    if main_rank:
+                        derainer = make(precision=precision, backend=backend)
+                    chosen = batch.share_from_main(dist, (
+                        derainer.backend, derainer.precision) if main_rank else None)
+                    if not main_rank:
+                        derainer = make(backend=chosen[0], precision=chosen[1])
+                        derainer.engine_note = "rank 0's choice"
                     if chatty:
                         _print_setup(err, derainer, dist)
                 else:  # all done already: still refuse what a fresh run would refuse

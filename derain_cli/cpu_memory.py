@@ -24,8 +24,9 @@ not reach:
 * Threads other than the main one allocate from their own arenas, which still map requests
   above 64 MiB: derain runs the network on the calling thread.
 * ``DERAIN_MALLOC=system``, set before the first engine is built, keeps glibc's behaviour.
-  ONNX Runtime-only runs (the int8 path) never turn it on. Other C libraries and operating
-  systems: nothing happens.
+  ONNX Runtime-only runs (the int8 path, and fp32 in ONNX Runtime) do not turn it on,
+  except in the run that times them against PyTorch (``engine_choice``: the probe builds
+  a torch engine). Other C libraries and operating systems: nothing happens.
 """
 
 from __future__ import annotations

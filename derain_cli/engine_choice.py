@@ -33,8 +33,8 @@ result (within 1e-3, ``tests/test_export.py``): the exported fp32 graph through 
 Runtime, or the network through PyTorch (channels_last, oneDNN). ONNX Runtime was
 1.2-1.9x faster on an AVX2-only CPU (2026-12-02, untiled, before freed memory was kept,
 ``cpu_memory``); since then, on an AVX-512-BF16 CPU, PyTorch was 1.3-2.0x faster for the
-Semi-DRDNets at 707 px with each engine in its tiles, even for the RDMCs, and within
-10 % on a 512 px image (README, Speed). So where ``backend="auto"`` would run fp32 on a
+Semi-DRDNets at 707 px with each engine in its tiles, about even for the RDMCs, and
+within 10 % on a 512 px image (README, Speed). So where ``backend="auto"`` would run fp32 on a
 CPU (``--precision fp32``, or any model without an int8 graph on a CPU without bf16),
 ``fp32_backend`` times both once per network shape and machine in the same way and
 keeps PyTorch only when it is at least ``MARGIN`` faster in its tiles.
@@ -43,6 +43,7 @@ keeps PyTorch only when it is at least ``MARGIN`` faster in its tiles.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -173,11 +174,12 @@ def probe_image(side: int = PROBE_SIDE) -> np.ndarray:
 
 
 def time_runners(runners: dict[str, Any], image: np.ndarray,
-                 repeats: int = PROBE_REPEATS) -> dict[str, float]:
+                 repeats: int | None = None) -> tuple[dict[str, float], int]:
     """Best seconds of one untiled pass over ``image`` per runner, interleaved, after a
-    warm-up pass each (first calls build kernels and memory pools); one timed pass when
-    a warm-up took over ``LONG_PASS_S`` (the probe of a paper-size network then costs
-    half a minute, not a minute)."""
+    warm-up pass each (first calls build kernels and memory pools), and how many passes
+    were timed (``repeats``, default ``PROBE_REPEATS``): one when a warm-up took over
+    ``LONG_PASS_S`` (a paper-size network's probe then saves a pass per engine, a third
+    of its time)."""
     from . import tiling
 
     warm = 0.0
@@ -185,15 +187,14 @@ def time_runners(runners: dict[str, Any], image: np.ndarray,
         t0 = time.perf_counter()
         tiling.run_tiled(image, r, 0, 0)
         warm = max(warm, time.perf_counter() - t0)
-    if warm > LONG_PASS_S:
-        repeats = 1
+    repeats = 1 if warm > LONG_PASS_S else repeats or PROBE_REPEATS
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
         for name, r in runners.items():
             t0 = time.perf_counter()
             tiling.run_tiled(image, r, 0, 0)
             best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    return best, repeats
 
 
 def pick(seconds: dict[str, float]) -> str:
@@ -216,9 +217,9 @@ def measure(plan: FastPlan, threads: int | None) -> dict[str, Any]:
         "int8": OnnxRunner(plan.graphs, device="cpu", threads=threads),
         "bf16": TorchRunner(net, torch.device("cpu"), "bf16"),
     }
-    seconds = time_runners(runners, probe_image(PROBE_SIDE))
+    seconds, passes = time_runners(runners, probe_image(PROBE_SIDE))
     return {"engine": pick(seconds), "seconds": {k: round(v, 4) for k, v in seconds.items()},
-            "probe": f"{PROBE_SIDE}x{PROBE_SIDE}, best of {PROBE_REPEATS}",
+            "probe": f"{PROBE_SIDE}x{PROBE_SIDE}, best of {passes}",
             "measured": datetime.date.today().isoformat()}
 
 
@@ -325,10 +326,13 @@ def cpu_engine(plan: FastPlan, threads: int | None,
 
 
 def network_signature(net: Any) -> str:
-    """What an fp32 measurement depends on in the network: its class and the shapes of
-    its tensors (speed does not depend on the values, so a user's retrained file of the
-    same shape reuses the measurement)."""
+    """What an fp32 measurement depends on in the network: its class, the shapes of its
+    tensors and its config (speed does not depend on the values, so a user's retrained
+    file of the same network reuses the measurement)."""
     shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
+    cfg = getattr(net, "cfg", None)  # settings that change speed, not shapes (RDMC's stages)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        shapes += "|" + json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     return f"{type(net).__name__}[{hashlib.sha256(shapes.encode()).hexdigest()[:12]}]"
 
 
@@ -344,37 +348,49 @@ def fp32_key(net: Any, threads: int | None) -> str:
 
 def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
     """Time ONNX Runtime's fp32 graph (exported once, cached) against PyTorch fp32
-    channels_last on ``probe_image``."""
+    channels_last on ``probe_image``. Where the network cannot be exported or run in
+    ONNX Runtime, PyTorch is timed alone and the reason kept (``onnx_failed``)."""
     import torch
 
     from .onnx_backend import make_onnx_runner
     from .torch_runner import TorchRunner
 
     cpu = torch.device("cpu")
-    runners = {"onnx": make_onnx_runner(net, cpu, "fp32", threads),
-               "torch": TorchRunner(net, cpu, "fp32")}
-    seconds = time_runners(runners, probe_image(PROBE_SIDE))
-    return {"engine": "torch" if seconds["torch"] <= MARGIN * seconds["onnx"] else "onnx",
-            "seconds": {k: round(v, 4) for k, v in seconds.items()},
-            "probe": f"{PROBE_SIDE}x{PROBE_SIDE}", "measured": datetime.date.today().isoformat()}
+    runners: dict[str, Any] = {}
+    failed = ""
+    try:
+        runners["onnx"] = make_onnx_runner(net, cpu, "fp32", threads)
+    except Exception as e:  # noqa: BLE001 - any export/session failure: PyTorch still runs it
+        failed = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        log.warning("ONNX Runtime cannot run this network (%s); fp32 runs in PyTorch", failed)
+    runners["torch"] = TorchRunner(net, cpu, "fp32")
+    seconds, passes = time_runners(runners, probe_image(PROBE_SIDE))
+    entry: dict[str, Any] = {
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "probe": f"{PROBE_SIDE}x{PROBE_SIDE}, best of {passes}",
+        "measured": datetime.date.today().isoformat()}
+    if failed:
+        entry["onnx_failed"] = failed
+    return entry
 
 
-def fp32_work(net: Any, tile: int | None = None,
-              megapixels: float | None = None) -> dict[str, float]:
-    """``tiling_work`` for the fp32 engines: ONNX Runtime's 512 px tiles, PyTorch's 1024."""
+def fp32_work(net: Any, tile: int | None = None, megapixels: float | None = None,
+              overlap: int | None = None) -> dict[str, float]:
+    """``tiling_work`` for the fp32 engines: ONNX Runtime's 512 px tiles, PyTorch's 1024
+    (``overlap``: the caller's, else the network's default)."""
     from .enhancer import CPU_TILE, default_overlap
     from .onnx_backend import ORT_CPU_TILE
 
     return _work({"onnx": ORT_CPU_TILE, "torch": CPU_TILE}, int(getattr(net, "min_tile", 0)),
-                 default_overlap(net), getattr(net, "global_stats_shape", None) is not None,
-                 tile, megapixels)
+                 default_overlap(net) if overlap is None else overlap,
+                 getattr(net, "global_stats_shape", None) is not None, tile, megapixels)
 
 
 def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
                  workload_megapixels: float | None = None,
                  workload_images: int | None = None,
                  measure_fn: Callable[[Any, int | None], dict[str, Any]] | None = None,
-                 ) -> tuple[str, str]:
+                 overlap: int | None = None) -> tuple[str, str]:
     """The fp32 engine for ``net`` on this CPU ('onnx' or 'torch') and why, measured once
     per network shape and machine (PyTorch is loaded already on this path, so only the
     probe times, weighed by each engine's tiles, decide)."""
@@ -386,17 +402,21 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
     key = fp32_key(net, threads)
     entry = load_choices().get(key)
     s = (entry or {}).get("seconds") or {}
-    if entry is None or not set(FP32_BACKENDS) <= set(s):
+    usable = entry is not None and (set(FP32_BACKENDS) <= set(s)
+                                    or ("torch" in s and entry.get("onnx_failed")))
+    if not usable:
         log.info("timing ONNX Runtime against PyTorch in fp32 once for this network and CPU")
         entry = (measure_fn or measure_fp32)(net, threads)
         remember(key, entry)
         s, how = entry["seconds"], "measured now"
     else:
         how = "measured " + str(entry.get("measured", "earlier"))
+    if "onnx" not in s:
+        return "torch", f"{how}: ONNX Runtime cannot run it ({entry.get('onnx_failed')})"
     per_image = workload_megapixels
     if workload_megapixels and workload_images and workload_images > 0:
         per_image = workload_megapixels / workload_images
-    work = fp32_work(net, tile, per_image)
+    work = fp32_work(net, tile, per_image, overlap)
     cost = {e: s[e] * work[e] for e in FP32_BACKENDS}
     engine = "torch" if cost["torch"] <= MARGIN * cost["onnx"] else "onnx"
     return engine, (f"{how}: {s['torch']:.2f} s PyTorch vs {s['onnx']:.2f} s ONNX Runtime "

@@ -184,7 +184,7 @@ class Derainer:
         else:
             auto, min_tile, overlap = self._init_torch(
                 model, weights, device, precision, backend, threads, quiet,
-                (tile, workload_megapixels, workload_images))
+                (tile, tile_overlap, workload_megapixels, workload_images))
         self.tile = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
         if 0 < self.tile < min_tile:
             # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
@@ -204,11 +204,11 @@ class Derainer:
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,
                     device: str, precision: str, backend: str, threads: int | None,
-                    quiet: bool, job: tuple[int | None, float | None, int | None],
+                    quiet: bool, job: tuple[int | None, int | None, float | None, int | None],
                     ) -> tuple[Callable[[], int], int, int]:
         """The general start: load the network with PyTorch, then pick backend and runner.
 
-        ``job``: the caller's tile, workload megapixels and images (they weigh the fp32
+        ``job``: the caller's tile, overlap, workload megapixels and images (they weigh the fp32
         engines' measured times, ``engine_choice.fp32_backend``). Returns the automatic
         tile's function, the smallest tile and the default overlap.
         """
@@ -254,9 +254,9 @@ class Derainer:
             if backend == "onnx":  # fp32 on a CPU: the faster of two exact engines, measured
                 from . import engine_choice
 
-                tile, megapixels, images = job
+                tile, overlap, megapixels, images = job
                 backend, self.engine_note = engine_choice.fp32_backend(
-                    net, threads, tile, megapixels, images)
+                    net, threads, tile, megapixels, images, overlap=overlap)
         if backend == "onnx" and precision == "auto":
             precision = "fp32"  # exported graphs are fp32
         if int8_graph or (backend == "onnx" and dev.type == "cpu" and precision == "bf16"):

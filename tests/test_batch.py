@@ -504,7 +504,9 @@ def test_summary_json_and_merge() -> None:
     assert d["megapixels_per_s"] == pytest.approx(0.5)
     assert d["failed"] == [{"path": "y.png", "reason": "empty file (0 bytes)"}]
     assert [f["input"] for f in d["files"]] == ["x.png", "y.png", "z.png"]
-    assert d["engine"] == {"backend": "torch"} and Summary().to_dict()["engine"] is None
+    # rank 1's engine, and each rank's in rank order
+    assert d["engine"] == {"backend": "torch", "ranks": [None, {"backend": "torch"}]}
+    assert Summary().to_dict()["engine"] is None
 
 
 def test_dist_info_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

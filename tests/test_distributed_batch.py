@@ -15,10 +15,16 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def _torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _torchrun(*args: str | Path, cwd: Path,
+              env_set: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
+    for k, v in (env_set or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "derain_cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=240)
@@ -47,3 +53,24 @@ def test_torchrun_two_processes(tmp_path: Path, tiny_weights: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("megapixels/s") == 1
     assert "skipped 6 file(s)" in p.stderr
+
+
+def test_torchrun_ranks_take_rank_0s_engine(tmp_path: Path, tiny_weights: Path) -> None:
+    """fp32 on CPUs is timed once (engine_choice): by rank 0 alone, whose pick every rank
+    runs, so no two ranks time at once on the same cores or run different engines."""
+    src = tmp_path / "rainy"
+    src.mkdir()
+    for i in range(4):
+        arr = np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(src / f"p{i}.png")
+    cache = tmp_path / "cache"
+    p = _torchrun(src, "--weights", tiny_weights, "--json", "--precision", "fp32",
+                  "--device", "cpu", "--threads", "1", cwd=tmp_path,
+                  env_set={"DERAIN_CACHE": str(cache), "DERAIN_CPU_FP32": None})
+    assert p.returncode == 0, p.stderr
+    engine = json.loads(p.stdout)["engine"]
+    first, second = engine["ranks"]
+    assert first["note"].startswith("measured now") and second["note"] == "rank 0's choice"
+    assert (first["backend"], first["precision"]) == (second["backend"], second["precision"])
+    assert second["precision"] == "fp32" and engine["backend"] == first["backend"]
+    assert len(json.loads((cache / "engines.json").read_text())) == 1
