@@ -101,6 +101,8 @@ def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
         summary.seek(0)
         engine = json.loads(summary.read()).get("engine") or {}  # older trees: none
     how = f"{engine.get('backend', '?')} {engine.get('precision', '?')}" if engine else "?"
+    if engine.get("note"):  # a measured engine choice: what was timed, and why this engine
+        how += f" ({engine['note']})"
     return seconds, usage.ru_maxrss / 1024**2, how  # KiB on Linux
 
 
@@ -137,10 +139,16 @@ def main() -> None:
                     help="also run each model with this environment variable set, "
                          "interleaved: an A/B of a setting (the other rows run with the "
                          "variable unset)")
+    ap.add_argument("--fresh-cache", action="store_true",
+                    help="run with an empty derain cache (DERAIN_CACHE in a temporary "
+                         "folder, shared by the runs): the first run of each model exports "
+                         "its graphs and times its engines, as on a new machine")
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="derain-e2e-"))
+    if args.fresh_cache:
+        os.environ["DERAIN_CACHE"] = str(work / "cache")
     try:
         photo = args.photo
         if photo is None:
@@ -160,12 +168,21 @@ def main() -> None:
                                  own + args.extra, tree, env_set))
         print("| model | engine | seconds (best) | all runs | peak RSS |")
         print("| --- | --- | ---: | --- | ---: |")
+        notes: list[str] = []
         for name, runs in rows.items():
             secs = [s for s, _, _ in runs]
-            engines = ", ".join(dict.fromkeys(e for _, _, e in runs))
-            print(f"| {name} | {engines} | {min(secs):.1f} | "
+            engines = []
+            for _, _, e in runs:
+                short, _, note = e.partition(" (")
+                engines.append(short)
+                if note:
+                    notes.append(f"- {name}: {short} ({note}")
+            print(f"| {name} | {', '.join(dict.fromkeys(engines))} | {min(secs):.1f} | "
                   f"{', '.join(f'{s:.1f}' for s in secs)} | "
                   f"{max(r for _, r, _ in runs):.2f} GB |")
+        if notes:
+            print("\nWhy each engine (the banner's note, each run):")
+            print("\n".join(notes))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
