@@ -140,15 +140,17 @@ def main() -> None:
                          "interleaved: an A/B of a setting (the other rows run with the "
                          "variable unset)")
     ap.add_argument("--fresh-cache", action="store_true",
-                    help="run with an empty derain cache (DERAIN_CACHE in a temporary "
-                         "folder, shared by the runs): the first run of each model exports "
-                         "its graphs and times its engines, as on a new machine")
+                    help="start each configuration (this tree, each --tree, each --env) on "
+                         "an empty derain cache of its own (DERAIN_CACHE in a temporary "
+                         "folder, kept across its repeats): its first run of each model "
+                         "exports graphs and times engine choices, as on a new machine")
     ap.add_argument("extra", nargs="*", help="more derain arguments (after --)")
     args = ap.parse_args()
 
+    if args.fresh_cache and any(e.split("=", 1)[0] == "DERAIN_CACHE" for e in args.env):
+        raise SystemExit("--fresh-cache gives each configuration its own DERAIN_CACHE; "
+                         "--env DERAIN_CACHE=... would override it")
     work = Path(tempfile.mkdtemp(prefix="derain-e2e-"))
-    if args.fresh_cache:
-        os.environ["DERAIN_CACHE"] = str(work / "cache")
     try:
         photo = args.photo
         if photo is None:
@@ -157,6 +159,9 @@ def main() -> None:
             print(f"test photo: {w}x{h} mosaic of examples/*_rain.jpg ({w * h / 1e6:.1f} MP)")
         models = args.model or [None]
         configs = _configurations(args.tree, args.env)
+        if args.fresh_cache:  # one empty cache per configuration: no row inherits another's
+            configs = [(label, tree, {**env_set, "DERAIN_CACHE": str(work / f"cache-{i}")})
+                       for i, (label, tree, env_set) in enumerate(configs)]
         rows: dict[str, list[tuple[float, float, str]]] = {
             (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):

@@ -625,8 +625,10 @@ def _header_megapixels(path: Path) -> float | None:
 
     from PIL import Image
 
+    from .images import _PIL_LIMIT
+
     try:  # quietly: the read itself reports a file's problems (e.g. corrupt EXIF) once
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PIL_LIMIT.disabled():  # --max-pixels decides that
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 return im.width * im.height / 1e6

@@ -708,6 +708,8 @@ def _run(
                 if batch.pending(jobs, options):
                     work_mp, work_images = batch.pending_workload(
                         jobs, options, enough=_WORKLOAD_ENOUGH_MP)
+                    if not work_images:  # no header readable: unknown, not 0 MP
+                        work_mp, work_images = None, None
                     make = functools.partial(
                         _make_derainer,
                         model=model, weights=weights, device=device,

@@ -78,11 +78,6 @@ FP32_BACKENDS = ("onnx", "torch")
 FP32_ENV = "DERAIN_CPU_FP32"
 #: a warm-up pass longer than this (a paper-size network) leaves one timed pass per engine
 LONG_PASS_S = 4.0
-#: the smallest job worth timing the fp32 engines for: the probe runs six passes of
-#: 0.26 MP (1.6 MP of work, plus the export PyTorch may not need), and on the CPUs measured
-#: the faster engine saved up to a fifth of a job's time, so smaller jobs take ONNX
-#: Runtime unmeasured and leave the timing to a job that repays it
-FP32_PROBE_PAYBACK_MP = 8.0
 #: seconds to import PyTorch when a measurement did not time it (``python -c "import
 #: torch"`` on the 2-core test CPUs: 1.2 s idle, 3.5-3.7 s busy; the higher, to favour int8)
 TORCH_IMPORT_S = 3.5
@@ -398,8 +393,9 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
                  overlap: int | None = None) -> tuple[str, str]:
     """The fp32 engine for ``net`` on this CPU ('onnx' or 'torch') and why, measured once
     per network and machine (PyTorch is loaded already on this path, so only the probe
-    times, weighed by each engine's tiles, decide). A job of known size below
-    ``FP32_PROBE_PAYBACK_MP`` that finds no measurement takes ONNX Runtime unmeasured."""
+    times, weighed by each engine's tiles, decide). The timing is a few seconds of the
+    first such run on a machine, small job or not: on small photos PyTorch's single tile
+    against ONNX Runtime's several is where the pick matters most."""
     forced = os.environ.get(FP32_ENV, "").strip().lower()
     if forced in FP32_BACKENDS:
         return forced, f"{FP32_ENV}={forced}"
@@ -410,10 +406,6 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
     s = (entry or {}).get("seconds") or {}
     usable = entry is not None and (set(FP32_BACKENDS) <= set(s)
                                     or ("torch" in s and entry.get("onnx_failed")))
-    if not usable and workload_megapixels is not None and (
-            workload_megapixels < FP32_PROBE_PAYBACK_MP):
-        return "onnx", (f"{workload_megapixels:.1f} MP is too little to repay timing ONNX "
-                        "Runtime against PyTorch")
     if not usable:
         log.info("timing ONNX Runtime against PyTorch in fp32 once for this network and CPU")
         entry = (measure_fn or measure_fp32)(net, threads)

@@ -548,6 +548,28 @@ def test_pending_megapixels_counts_headers_of_pending_work(tmp_path: Path) -> No
     assert (mp, n) == (pytest.approx(0.52), 2)
 
 
+def test_pending_workload_reads_headers_past_pillows_bomb_limit(tmp_path: Path) -> None:
+    """A 181 MP photo (over Pillow's decompression-bomb limit, under derain's --max-pixels)
+    counts as 181 MP, not as unreadable: only its header is read."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    small = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(small)
+    data = bytearray(small.read_bytes())
+    ihdr = struct.pack(">II", 15500, 11700) + bytes(data[24:29])  # 8-bit RGB, as saved
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    big = tmp_path / "big.png"
+    big.write_bytes(bytes(data))
+    assert 2 * Image.MAX_IMAGE_PIXELS < 15500 * 11700  # Pillow alone would refuse it
+    opts = BatchOptions()
+    jobs = plan_jobs(collect_inputs([str(big)]), opts)
+    assert pending_workload(jobs, opts) == (pytest.approx(181.35), 1)
+
+
 def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> None:
     """glob followed a link to a parent folder (results nested 40 levels deep) and never
     finished with two such links (audit); `-r` never followed them."""

@@ -478,24 +478,3 @@ def test_cli_banner_names_the_fp32_engine_and_why(fp32_cache, tiny_weights, tmp_
     assert "(PyTorch), fp32 (measured 2026-12-03: 0.40 s PyTorch vs 1.00 s ONNX Runtime" in (
         r.output)
 
-
-def test_a_small_job_does_not_pay_for_the_fp32_timing(fp32_cache):
-    """Timing both engines costs more than it can save on a small job: ONNX Runtime,
-    unmeasured and not remembered; a job big enough (or of unknown size) measures, and
-    then small jobs use that measurement too."""
-    def never(net, threads):
-        raise AssertionError("timed for a small job")
-
-    net = _tiny_net()
-    small = engine_choice.FP32_PROBE_PAYBACK_MP / 4
-    assert engine_choice.fp32_backend(net, 1, workload_megapixels=small, measure_fn=never) == (
-        "onnx", f"{small:.1f} MP is too little to repay timing ONNX Runtime against PyTorch")
-    assert not (fp32_cache / "engines.json").exists()
-    calls = []
-    big = engine_choice.FP32_PROBE_PAYBACK_MP
-    measure = _fp32_measure(0.5, 1.0, calls)
-    assert engine_choice.fp32_backend(net, 1, workload_megapixels=big, measure_fn=measure)[0] == (
-        "torch")
-    engine, why = engine_choice.fp32_backend(net, 1, workload_megapixels=small,
-                                             measure_fn=never)
-    assert engine == "torch" and why.startswith("measured 2026-12-03") and len(calls) == 1
