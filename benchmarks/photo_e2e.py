@@ -73,8 +73,9 @@ def make_photo(path: Path, megapixels: float, variant: int = 0) -> tuple[int, in
 
 def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
              tree: Path | None = None, env_set: dict[str, str | None] | None = None,
-             ) -> tuple[float, float, str]:
-    """Seconds, peak RSS (GB) and engine ("onnx int8"...) of one ``derain`` process;
+             ) -> tuple[float, float, str, str]:
+    """Seconds, peak RSS (GB), engine ("onnx int8"...) and the engine choice's note of one
+    ``derain`` process;
     ``tree``: run the ``derain_cli`` of that source tree (another checkout) instead of the
     installed one; ``env_set``: with these environment variables set (None: removed)."""
     cmd = [sys.executable, "-m", "derain_cli", str(photo), "-o", str(out), "--json",
@@ -101,9 +102,8 @@ def run_once(photo: Path, out: Path, model: str | None, extra: list[str],
         summary.seek(0)
         engine = json.loads(summary.read()).get("engine") or {}  # older trees: none
     how = f"{engine.get('backend', '?')} {engine.get('precision', '?')}" if engine else "?"
-    if engine.get("note"):  # a measured engine choice: what was timed, and why this engine
-        how += f" ({engine['note']})"
-    return seconds, usage.ru_maxrss / 1024**2, how  # KiB on Linux
+    # the note: what a measured engine choice timed, and why this engine
+    return seconds, usage.ru_maxrss / 1024**2, how, engine.get("note") or ""  # KiB on Linux
 
 
 Config = tuple[str, Path | None, dict[str, str | None]]
@@ -162,7 +162,7 @@ def main() -> None:
         if args.fresh_cache:  # one empty cache per configuration: no row inherits another's
             configs = [(label, tree, {**env_set, "DERAIN_CACHE": str(work / f"cache-{i}")})
                        for i, (label, tree, env_set) in enumerate(configs)]
-        rows: dict[str, list[tuple[float, float, str]]] = {
+        rows: dict[str, list[tuple[float, float, str, str]]] = {
             (m or "(default)") + label: [] for m in models for label, _, _ in configs}
         for _ in range(args.repeats):
             for m in models:
@@ -175,16 +175,12 @@ def main() -> None:
         print("| --- | --- | ---: | --- | ---: |")
         notes: list[str] = []
         for name, runs in rows.items():
-            secs = [s for s, _, _ in runs]
-            engines = []
-            for _, _, e in runs:
-                short, _, note = e.partition(" (")
-                engines.append(short)
-                if note:
-                    notes.append(f"- {name}: {short} ({note}")
-            print(f"| {name} | {', '.join(dict.fromkeys(engines))} | {min(secs):.1f} | "
+            secs = [s for s, _, _, _ in runs]
+            engines = ", ".join(dict.fromkeys(e for _, _, e, _ in runs))
+            notes += [f"- {name}: {e} ({note})" for _, _, e, note in runs if note]
+            print(f"| {name} | {engines} | {min(secs):.1f} | "
                   f"{', '.join(f'{s:.1f}' for s in secs)} | "
-                  f"{max(r for _, r, _ in runs):.2f} GB |")
+                  f"{max(r for _, r, _, _ in runs):.2f} GB |")
         if notes:
             print("\nWhy each engine (the banner's note, each run):")
             print("\n".join(notes))

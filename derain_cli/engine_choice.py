@@ -128,15 +128,35 @@ def _version(dist: str) -> str:
         return "-"
 
 
+def _machine_key(threads: int | None) -> list[str]:
+    """The key fields every measurement shares: CPU, threads, library versions and whether
+    freed memory is kept (``cpu_memory``: bf16 ran 1.6x faster on a 12 MP photo)."""
+    return [cpu_signature(), f"threads={threads or 'default'}",
+            f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
+            f"malloc={cpu_memory.mode()}"]
+
+
 def choice_key(plan: FastPlan, threads: int | None) -> str:
-    """What a measurement depends on: model, weights, CPU, threads, library versions and
-    whether freed memory is kept (``cpu_memory``: bf16 ran 1.6x faster on a 12 MP photo)."""
-    return "|".join([
-        plan.record.name, plan.record.sha256[:16], cpu_signature(),
-        f"threads={threads or 'default'}",
-        f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
-        f"malloc={cpu_memory.mode()}",
-    ])
+    """What a measurement depends on: model, weights, then ``_machine_key``."""
+    return "|".join([plan.record.name, plan.record.sha256[:16], *_machine_key(threads)])
+
+
+def _pinned(var: str, allowed: tuple[str, ...]) -> str | None:
+    """The engine ``var`` pins (None: unset or auto; another value is warned about)."""
+    forced = os.environ.get(var, "").strip().lower()
+    if forced in allowed:
+        return forced
+    if forced not in ("", "auto"):
+        log.warning("%s=%s is not one of auto, %s; ignored", var, forced, ", ".join(allowed))
+    return None
+
+
+def _mean_photo(workload_megapixels: float | None,
+                workload_images: int | None) -> float | None:
+    """The size each photo of a workload is costed at: their mean, when the count is known."""
+    if workload_megapixels and workload_images and workload_images > 0:
+        return workload_megapixels / workload_images
+    return workload_megapixels
 
 
 def load_choices() -> dict[str, dict[str, Any]]:
@@ -285,11 +305,9 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     (``tile``: the caller's tile for either engine; None: each engine's own;
     ``workload_images``: how many images the workload is, so its tiles are costed on
     their mean size)."""
-    forced = os.environ.get(ENV, "").strip().lower()
-    if forced in ENGINES:
+    forced = _pinned(ENV, ENGINES)
+    if forced:
         return forced, f"{ENV}={forced}"
-    if forced not in ("", "auto"):
-        log.warning("%s=%s is not one of auto, int8, bf16; ignored", ENV, forced)
     if not cpu_has_bf16():
         return "int8", "no bf16 instructions"
     key = choice_key(plan, threads)
@@ -311,10 +329,7 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     else:
         how = "measured " + str(entry.get("measured", "earlier"))
     s = entry.get("seconds", {})
-    per_image = workload_megapixels
-    if workload_megapixels and workload_images and workload_images > 0:
-        per_image = workload_megapixels / workload_images
-    work = tiling_work(plan, tile, per_image)
+    work = tiling_work(plan, tile, _mean_photo(workload_megapixels, workload_images))
     if "int8" in s and "bf16" in s:
         how += (f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px "
                 f"image, x{work['bf16']:.2f} vs x{work['int8']:.2f} in their tiles")
@@ -337,13 +352,8 @@ def network_signature(net: Any) -> str:
 
 
 def fp32_key(net: Any, threads: int | None) -> str:
-    """``choice_key`` for the fp32 choice: network shape, CPU, threads, library versions,
-    allocator setting."""
-    return "|".join([
-        "fp32", network_signature(net), cpu_signature(), f"threads={threads or 'default'}",
-        f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
-        f"malloc={cpu_memory.mode()}",
-    ])
+    """``choice_key`` for the fp32 choice: the network, then ``_machine_key``."""
+    return "|".join(["fp32", network_signature(net), *_machine_key(threads)])
 
 
 def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
@@ -396,11 +406,9 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
     times, weighed by each engine's tiles, decide). The timing is a few seconds of the
     first such run on a machine, small job or not: on small photos PyTorch's single tile
     against ONNX Runtime's several is where the pick matters most."""
-    forced = os.environ.get(FP32_ENV, "").strip().lower()
-    if forced in FP32_BACKENDS:
+    forced = _pinned(FP32_ENV, FP32_BACKENDS)
+    if forced:
         return forced, f"{FP32_ENV}={forced}"
-    if forced not in ("", "auto"):
-        log.warning("%s=%s is not one of auto, onnx, torch; ignored", FP32_ENV, forced)
     key = fp32_key(net, threads)
     entry = load_choices().get(key)
     s = (entry or {}).get("seconds") or {}
@@ -415,10 +423,7 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
         how = "measured " + str(entry.get("measured", "earlier"))
     if "onnx" not in s:
         return "torch", f"{how}: ONNX Runtime cannot run it ({entry.get('onnx_failed')})"
-    per_image = workload_megapixels
-    if workload_megapixels and workload_images and workload_images > 0:
-        per_image = workload_megapixels / workload_images
-    work = fp32_work(net, tile, per_image, overlap)
+    work = fp32_work(net, tile, _mean_photo(workload_megapixels, workload_images), overlap)
     cost = {e: s[e] * work[e] for e in FP32_BACKENDS}
     engine = "torch" if cost["torch"] <= MARGIN * cost["onnx"] else "onnx"
     return engine, (f"{how}: {s['torch']:.2f} s PyTorch vs {s['onnx']:.2f} s ONNX Runtime "
