@@ -251,19 +251,29 @@ def _interrupt_after_block() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+#: The most of a time budget the warmup may take (``lr_at``).
+WARMUP_BUDGET_SHARE = 0.1
+
+
 def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None) -> float:
     """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio``.
 
     ``progress`` (the elapsed fraction of a time budget) moves the decay on when time runs
     out before the steps do; the steps still count, so a run whose ``total`` steps end
     before its budget is annealed too (before 2026-12-03 the budget alone set the decay,
-    and such a run stopped with its rate still halfway up).
+    and such a run stopped with its rate still halfway up). The warmup ends after its
+    steps or a tenth of the budget, whichever comes first (as it is at most a tenth of
+    ``total``), so a budget that ends before the warmup steps would still warms up and
+    decays. Until 2026-12-04 the warmup's share of the budget was ``warmup / total``, and
+    ``total`` of a budgeted run is usually a cap it never reaches (100000 in the CPU
+    recipes, 10000 by default), so such runs started at the full rate after a second or
+    two: a warm start began by jolting the weights it was given.
     """
     warm = min(cfg.warmup, max(1, total // 10))
     if step < warm:
         frac = (step + 1) / warm
-        if progress is not None:  # a budget that ends before the warmup steps do: the warmup
-            frac = max(frac, progress * total / warm)  # takes its share of the time instead
+        if progress is not None:
+            frac = max(frac, progress / WARMUP_BUDGET_SHARE)
         if frac < 1.0:
             return cfg.lr * frac
     t = (step - warm) / max(1, total - warm)

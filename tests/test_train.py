@@ -658,9 +658,23 @@ def test_a_budget_shorter_than_the_warmup_still_warms_up_and_decays():
     cfg = T.TrainConfig(lr=1e-3, warmup=200, min_lr_ratio=0.02)
     total = 100_000  # the step cap a budgeted run is given
     assert T.lr_at(cfg, 5, total, progress=0.0) == pytest.approx(T.lr_at(cfg, 5, total))
-    assert T.lr_at(cfg, 5, total, progress=0.0005) == pytest.approx(0.25e-3)  # by the clock
+    assert T.lr_at(cfg, 5, total, progress=0.025) == pytest.approx(0.25e-3)  # by the clock
+    assert T.lr_at(cfg, 10, total, progress=0.1) > 0.97e-3  # a tenth: warm (cosine at 0.1)
     assert T.lr_at(cfg, 30, total, progress=0.5) < 0.6e-3  # decaying by mid-budget
     assert T.lr_at(cfg, 40, total, progress=1.0) == pytest.approx(2e-5)  # annealed at the end
+
+
+def test_a_budgeted_run_with_an_unreached_step_cap_warms_up_over_its_warmup_steps():
+    """A budgeted run's --steps is usually a cap it never reaches (the CPU recipes pass
+    100000): the warmup must still take its steps, not warmup/100000 of the budget (which
+    started warm-started runs at the full rate after a second)."""
+    cfg = T.TrainConfig(lr=3e-4, warmup=50, min_lr_ratio=0.1)
+    total = 100_000
+    lrs = [T.lr_at(cfg, s, total, progress=s * 0.0015) for s in range(60)]  # 1.5 s a step,
+    assert lrs[0] == pytest.approx(3e-4 / 50)                                # 1000 s budget
+    assert lrs[24] == pytest.approx(3e-4 * 25 / 50)
+    assert all(a < b for a, b in zip(lrs[:49], lrs[1:50], strict=True))
+    assert lrs[50] > 0.98 * 3e-4  # warm; the cosine follows the clock (7.5 % in)
 
 
 def test_finetune_on_own_photos(data, tmp_path):
