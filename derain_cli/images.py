@@ -51,6 +51,8 @@ from PIL import (
     UnidentifiedImageError,
 )
 
+from .fileio import give_normal_mode
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -962,19 +964,6 @@ def _alpha_to_bits(alpha: np.ndarray, bits: int) -> np.ndarray:
     return ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def _current_umask() -> int:
-    """The process umask; read from /proc where possible, because os.umask() can only be
-    queried by briefly changing it, which races with other threads creating files."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(dest: Path, save: Callable[[BinaryIO], None], replace: bool = True) -> None:
     """Run ``save(fileobj)`` into a temp file beside ``dest``, fsync, then rename over it.
 
@@ -996,13 +985,7 @@ def _atomic_write(dest: Path, save: Callable[[BinaryIO], None], replace: bool = 
             save(fp)
             fp.flush()
             os.fsync(fp.fileno())
-        # mkstemp creates 0600; give the photo the permissions a normal new file would get
-        # (or keep those of the file being replaced).
-        try:
-            mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_current_umask()
-            os.chmod(tmp, mode)
-        except OSError:
-            pass
+        give_normal_mode(tmp, dest)  # mkstemp's 0600 otherwise
         if replace:
             os.replace(tmp, dest)
         else:

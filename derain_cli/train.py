@@ -58,6 +58,7 @@ from . import data as D
 from . import losses as L
 from .cpu_memory import keep_freed_memory
 from .enhancer import cpu_supports_bf16
+from .fileio import give_normal_mode
 from .models import build_architecture, config_to_dict, get_spec
 
 CKPT_FORMAT = "derain-train-ckpt-v1"
@@ -352,6 +353,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        give_normal_mode(tmp, path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

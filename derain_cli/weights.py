@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .fileio import give_normal_mode
 from .hub import sha256_file
 from .manifest import (  # re-exported: the manifest API predates its own module
     WeightRecord,
@@ -71,6 +72,7 @@ def save_weights(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        give_normal_mode(tmp, path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1179,3 +1179,13 @@ def test_finetune_cli_defaults_are_the_librarys():
     for name in ("consistency", "l2sp", "lr", "contrast_weight", "preset", "clean_fraction"):
         assert cli[name].default == getattr(lib, name), name
     assert lib.consistency == 1.0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_checkpoints_get_normal_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        T._atomic_torch_save({"step": 1}, tmp_path / "last.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

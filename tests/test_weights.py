@@ -1,6 +1,7 @@
 """Weights format: save/load round trip, checksum and shape errors, safe .pt loading."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -182,3 +183,17 @@ def test_a_manifest_entry_without_a_pinned_revision_has_no_download_source(tmp_p
         weights.resolve("t")
     rec.hub["revision"] = "main"
     assert rec.hub_source() == ("derain/t", "t.safetensors", "main")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_saved_weights_get_normal_permissions(tmp_path) -> None:
+    # written through mkstemp (atomic), they were 0600: a trained model only its owner
+    # could read, on a shared machine or a mounted results folder
+    net = build_model("semi-drdnet-tiny")
+    old = os.umask(0o022)
+    try:
+        weights.save_weights(net, tmp_path / "m.safetensors", name="semi-drdnet-tiny",
+                             arch="semi-drdnet", config=get_spec("semi-drdnet-tiny").config)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644

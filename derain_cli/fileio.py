@@ -1,0 +1,30 @@
+"""Small file-system helpers shared by the writers of photos, weights and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask; read from /proc where possible, because os.umask() can only be
+    queried by briefly changing it, which races with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_normal_mode(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Give a temp file (``mkstemp`` makes them 0600) the permissions ``dest`` would get as
+    a normal new file, or keep those of the ``dest`` it replaces; best effort. Without it,
+    photos, weights and checkpoints written atomically were readable by their owner only."""
+    with contextlib.suppress(OSError):
+        dest = Path(dest)
+        mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~current_umask()
+        os.chmod(tmp, mode)
