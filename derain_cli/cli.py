@@ -1,7 +1,7 @@
 """The ``derain`` command.
 
 ``derain PHOTO_OR_FOLDER ...`` derains with no subcommand word; ``models``, ``download``
-(and ``train``, ``finetune``, ``distill``, ``eval``, ``synth`` when installed) sit beside
+(and ``train``, ``finetune``, ``distill``, ``grow``, ``eval``, ``synth`` when installed) sit beside
 it. The first argument decides: a registered subcommand name runs that subcommand,
 anything else (a path, a glob, an option) runs the main job. So a folder named like a
 subcommand is addressed as ``./train``.
@@ -59,6 +59,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("derain_cli.commands_train", "train_cmd"),
     "finetune": ("derain_cli.commands_train", "finetune_cmd"),
     "distill": ("derain_cli.commands_train", "distill_cmd"),
+    "grow": ("derain_cli.commands_train", "grow_cmd"),
     "eval": ("derain_cli.commands_train", "eval_cmd"),
     "synth": ("derain_cli.commands_train", "synth_cmd"),
     "export": ("derain_cli.export", "export_cmd"),

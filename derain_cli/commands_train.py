@@ -1,4 +1,4 @@
-"""``derain train | finetune | distill | eval | synth``: thin Typer wrappers over the library.
+"""``derain train | finetune | distill | grow | eval | synth``: thin Typer wrappers.
 
 Registered by ``derain_cli.cli`` (lazily). Errors the user can fix (bad folders, unmatched
 pairs, unknown model, bad options) print one ``error: ...`` line and exit 2; runtime failures
@@ -350,6 +350,36 @@ def distill_cmd(
                    f"held-out PSNR: student {b['student_psnr']:.2f} -> {a['student_psnr']:.2f} "
                    f"dB (teacher {a['teacher_psnr']:.2f}); agreement with the teacher "
                    f"{b['agreement_psnr']:.1f} -> {a['agreement_psnr']:.1f} dB")
+
+
+def grow_cmd(
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", show_default=False,
+        help="A registered model (its published weights) or a weights file.")],
+    to: Annotated[str, typer.Option(
+        "--to", show_default=False, help="The registered model to grow into (e.g. "
+        "semi-drdnet, rdmc): the same architecture, as wide and deep or more.")],
+    out: Annotated[Path, typer.Option(
+        "--output", "-o", show_default=False, help="Weights file to write (.safetensors).")],
+    seed: Annotated[int, typer.Option(help="Seed of the new weights' initialisation.")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Grow trained weights into a bigger model of their architecture, output unchanged:
+    a start for training it (derain train --weights FILE)."""
+    from .grow import GrowError, grow_file
+
+    with _errors():
+        try:
+            r = grow_file(source, to, out, seed=seed, overwrite=overwrite)
+        except GrowError as e:
+            raise _usage_error(str(e)) from None
+        how = ("the same output" if r.exact else
+               "not the same output: RDMC's added recursion reuses its weights")
+        _err.print(f"{r.source} ({r.source_params / 1e6:.2f} M parameters) grown into "
+                   f"{r.target} ({r.target_params / 1e6:.2f} M) -> {r.weights}\n"
+                   f"{how}: max |difference| {r.max_abs_diff:.1e}, agreement "
+                   f"{r.agreement_db:.1f} dB on a probe image (fp32)")
 
 
 def _usage_error(msg: str) -> Exception:

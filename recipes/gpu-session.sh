@@ -12,7 +12,9 @@
 #      (issue 6: at least 80 %); benchmarks/tile_batch.py: 512 px tiles, one against
 #      several per forward pass;
 #   4. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
-#      .data/gpu/init.safetensors when an earlier session brought weights back, then
+#      .data/gpu/init.safetensors when an earlier session brought weights back, else from
+#      the best bundled model of its architecture grown into it on the device (`derain
+#      grow`: the same output, the paper's size; GROW_FROM=none trains from scratch), then
 #      derain eval on the validation pairs. The weights come back in $OUT (split into
 #      15 MB parts when larger: join them with `cat model.safetensors.part-* > m.safetensors`).
 #
@@ -27,8 +29,11 @@
 # (all four stages in one call need about 14 minutes: more than one command may run).
 # Environment: MODEL (semi-drdnet), BUDGET (seconds for everything, 540), STAGES
 # (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
-# FOLDER_COUNT (8), DEVICE (cuda). A smoke test of the script itself on a CPU, in a minute:
-#   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=200 BENCH_MP=0.02 \
+# FOLDER_COUNT (8), DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
+# for rdmc; none: from scratch), PRESET (the draw of semi-drdnet-fast's stage 8), LR (3e-4
+# from scratch), WARM_LR (1e-4) and WARM_BN (keep) when warm-started. A smoke test of the
+# script itself on a CPU, in two minutes:
+#   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=260 BENCH_MP=0.02 \
 #   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,train \
 #   OUT=/tmp/gpu-smoke bash recipes/gpu-session.sh
 # What it needs there: python3 with torch (CUDA), typer, rich, pillow, opencv,
@@ -97,17 +102,37 @@ if has train; then
   secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget
   if ((secs > 60)); then
     echo "== train $MODEL for ${secs}s"
-    init=()
-    # a chunk continuing the previous one's weights: a run from scratch in pieces, so its
-    # BatchNorm statistics move and are re-estimated as a from-scratch run's are (train
-    # freezes a --weights file's statistics unless told, for distilled models)
-    [[ -f .data/gpu/init.safetensors ]] && init=(--weights .data/gpu/init.safetensors
-                                                 --batchnorm refresh --bn-recalib 16)
+    start=.data/gpu/init.safetensors
+    case "${GROW_FROM:-}" in
+      "") case "$MODEL" in semi-drdnet) from=semi-drdnet-fast;; rdmc) from=rdmc-lite;;
+                           *) from=none;; esac;;
+      *) from=$GROW_FROM;;
+    esac
+    if [[ ! -f "$start" && "$from" != none ]]; then
+      # the first chunk: the small model grown to the paper's size starts where many CPU
+      # hours left it (semi-drdnet: the same output), instead of from noise
+      start=.data/gpu/grown.safetensors
+      python3 -m derain_cli grow "$from" --to "$MODEL" -o "$start" --overwrite || start=
+    elif [[ ! -f "$start" ]]; then
+      start=
+    fi
+    init=() lr=${LR:-3e-4}
+    # a chunk continuing earlier weights: a gentler rate (WARM_LR), and their BatchNorm
+    # statistics kept (WARM_BN): the small models were distilled with frozen statistics,
+    # which refreshing wrecks (README, "Training your own"); on this project's CPU, 184
+    # steps from the grown default at 3e-4 with refreshed statistics fell 4.8 dB on five
+    # rain100l pairs, 241 at 1e-4 with kept ones 0.45 (the small model itself, the same
+    # way: 0.38). Chunks of a from-scratch run (GROW_FROM=none) want WARM_BN=refresh.
+    if [[ -n "$start" ]]; then
+      init=(--weights "$start" --batchnorm "${WARM_BN:-keep}") lr=${WARM_LR:-1e-4}
+      [[ "${WARM_BN:-keep}" == refresh ]] && init+=(--bn-recalib 16)
+    fi
     run=/tmp/derain-run
     rm -rf "$run"
     python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \
-      --preset mixed --val .data/gpu/val --val-limit 20 --out "$run" \
-      --batch "${BATCH:-16}" --patch "${PATCH:-128}" --lr 3e-4 --warmup 300 --ema 0.999 \
+      --preset "${PRESET:-light,medium,heavy,mixed,light,medium,heavy,mixed,veiled}" \
+      --val .data/gpu/val --val-limit 20 --out "$run" \
+      --batch "${BATCH:-16}" --patch "${PATCH:-128}" --lr "$lr" --warmup 300 --ema 0.999 \
       --device "$DEVICE" --amp auto --workers "${WORKERS:-12}" --val-every 1000 --ckpt-every 1000 --log-every 50 \
       --contrast-features self --time-budget "$secs" "${init[@]}" --quiet
     python3 -m derain_cli eval --weights "$run/model.safetensors" --data .data/gpu/val \

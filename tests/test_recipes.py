@@ -62,7 +62,7 @@ def test_each_model_recipe_that_uses_a_stage_script_trains_its_own_name(stage: s
 
 
 def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
-                    args: tuple[str, ...] = ()
+                    args: tuple[str, ...] = (), gpu_init: bool = True
                     ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     """Run a recipe with derain, python and python3 replaced by stand-ins that record each
     call's words exactly (quoted notes keep their spaces); returns the run and the calls.
@@ -77,7 +77,8 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
                                        "sirr-val")), repo / ".data/gpu/clean-bsds",
                    repo / ".data/gpu/val"):
         folder.mkdir(parents=True)
-    (repo / ".data/gpu/init.safetensors").touch()  # gpu-session.sh's warm-start branch
+    if gpu_init:  # gpu-session.sh: weights an earlier GPU session brought back
+        (repo / ".data/gpu/init.safetensors").touch()
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir(exist_ok=True)
     record = ("{ printf '%s' \"$(basename \"$0\")\"; printf '\\037%s' \"$@\"; "
@@ -218,3 +219,33 @@ def test_every_command_a_recipe_runs_parses_with_todays_command_lines(
             continue  # python - <<PY, python -m pytest: nothing of ours to parse
         checked += 1
     assert checked, f"{script.name}: no command recorded"
+
+
+@needs_bash
+@pytest.mark.parametrize(("env_extra", "grown_from"), [
+    ({}, "semi-drdnet-fast"),
+    ({"MODEL": "rdmc"}, "rdmc-lite"),
+    ({"GROW_FROM": "none"}, None),
+])
+def test_a_first_gpu_chunk_starts_from_the_grown_small_model(
+        tmp_path: Path, env_extra: dict[str, str], grown_from: str | None) -> None:
+    # no weights from an earlier GPU session: the paper-size model starts as the bundled
+    # small one grown into it (derain grow, on the device), at the warm-start rate
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"STAGES": "train", **env_extra},
+                                 gpu_init=False)
+    assert res.returncode == 0, res.stderr
+    grows = [c for c in calls if c[1:4] == ["-m", "derain_cli", "grow"]]
+    train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
+    model = env_extra.get("MODEL", "semi-drdnet")
+    assert train[train.index("--model") + 1] == model
+    if grown_from is None:
+        assert not grows and "--weights" not in train
+        assert train[train.index("--lr") + 1] == "3e-4"
+        return
+    (grow,) = grows
+    assert grow[4] == grown_from and grow[grow.index("--to") + 1] == model
+    assert train[train.index("--weights") + 1] == grow[grow.index("-o") + 1]
+    assert train[train.index("--lr") + 1] == "1e-4"
+    # the small models' statistics were frozen when they were distilled: refreshing them
+    # wrecks them, so a warm start keeps them (and does not re-estimate them)
+    assert train[train.index("--batchnorm") + 1] == "keep" and "--bn-recalib" not in train

@@ -1,0 +1,154 @@
+"""derain grow: a trained net grown into a bigger one of its architecture keeps its output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from derain_cli.grow import GrowError, agreement, grow_file, grow_network
+from derain_cli.models import RDMC, SemiDRDNet
+from derain_cli.models.rdmc import RDMCConfig
+from derain_cli.models.semi_drdnet import SemiDRDNetConfig
+from derain_cli.weights import model_from_file, save_weights
+
+
+def _trained_like(net: nn.Module, seed: int = 1) -> nn.Module:
+    """``net`` with every parameter and BatchNorm statistic moved off its initialisation
+    (a trained net's zeros, ones and BN statistics are not the defaults; growth must copy
+    them all, not only the conv weights)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            noise = torch.rand(t.shape, generator=g)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + noise)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(0.2 * (noise - 0.5))
+            elif t.dim() == 1:  # BN and PReLU weights
+                t.copy_(0.5 + 0.5 * noise)
+            else:
+                t.mul_(0.5 + noise)
+    return net.eval()
+
+
+def _image(size: int = 48, seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("small", "big"), [
+    (SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1),
+     SemiDRDNetConfig(width=16, rain_blocks=5, detail_blocks=3)),
+    (SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2, se_reduction=8),
+     SemiDRDNetConfig(width=24, rain_blocks=3, detail_blocks=4, se_reduction=4)),
+    (SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1),  # depth only
+     SemiDRDNetConfig(width=8, rain_blocks=4, detail_blocks=2)),
+], ids=["wider-deeper", "more-se-units", "deeper"])
+def test_a_grown_semi_drdnet_gives_its_source_output(small: SemiDRDNetConfig,
+                                                      big: SemiDRDNetConfig) -> None:
+    src = _trained_like(SemiDRDNet(small))
+    grown = grow_network(src, big, seed=3)
+    assert grown.cfg == big
+    x = _image()
+    with torch.inference_mode():
+        torch.testing.assert_close(grown(x), src(x), atol=1e-5, rtol=0)
+        # the tiler's whole-image statistics: the source's blocks sit at their new places
+        # and their old channels pool what the source pooled
+        spots = [round(j * (big.rain_blocks - 1) / max(1, small.rain_blocks - 1))
+                 for j in range(small.rain_blocks)]
+        sums = grown.se_sums(x)[:, spots, :small.width]
+        torch.testing.assert_close(sums, src.se_sums(x), atol=1e-4, rtol=1e-5)
+
+
+def test_a_widened_rdmc_gives_its_source_output() -> None:
+    src = _trained_like(RDMC(RDMCConfig(channels=(4, 8, 8), stages=2)))
+    grown = grow_network(src, RDMCConfig(channels=(6, 8, 16), stages=2), seed=2)
+    x = _image(40)
+    with torch.inference_mode():
+        torch.testing.assert_close(grown(x), src(x), atol=1e-5, rtol=0)
+
+
+def test_an_added_rdmc_recursion_is_allowed_but_not_exact(tmp_path: Path) -> None:
+    # the recursions share their weights: a third cannot start as the identity
+    src = _trained_like(RDMC(RDMCConfig(channels=(4, 8, 8), stages=2)))
+    grown = grow_network(src, RDMCConfig(channels=(4, 8, 8), stages=3))
+    diff, db = agreement(src, grown)
+    assert diff > 1e-3 and db < 80
+
+
+def test_the_new_weights_learn() -> None:
+    # the zero weights from new channels into old ones, and the added blocks' zeroed last
+    # BatchNorm, must get gradients (zeros both ways would stay zero for ever)
+    src = _trained_like(SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)))
+    grown = grow_network(src, SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2))
+    grown.train()
+    loss = grown(_image(32)).square().mean()
+    loss.backward()
+    tail = grown.rain_net.tail.weight
+    assert torch.all(tail.detach()[:, 8:] == 0)
+    assert tail.grad[:, 8:].abs().sum() > 0
+    added = grown.rain_net.blocks[1].body[4].weight  # the source's one block went first;
+    assert torch.all(added.detach() == 0)           # blocks 1 and 2 are added
+    assert added.grad.abs().sum() > 0
+
+
+def test_grow_refuses_what_it_cannot_grow() -> None:
+    src = SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2))
+    with pytest.raises(GrowError, match="smaller than the source in width"):
+        grow_network(src, SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=2))
+    with pytest.raises(GrowError, match="dilations"):
+        grow_network(src, SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2,
+                                           dilations=(1, 2, 4)))
+    with pytest.raises(GrowError, match="another architecture"):
+        grow_network(src, RDMCConfig())
+    rdmc = RDMC(RDMCConfig(channels=(4, 8, 8), stages=2))
+    with pytest.raises(GrowError, match="levels"):
+        grow_network(rdmc, RDMCConfig(channels=(4, 8, 8, 8), stages=2))
+
+
+def test_grow_file_writes_weights_derain_loads(tmp_path: Path) -> None:
+    small = SemiDRDNet(SemiDRDNetConfig(width=32, rain_blocks=3, detail_blocks=1))
+    src_file = tmp_path / "tiny.safetensors"
+    save_weights(_trained_like(small), src_file, name="semi-drdnet-tiny", arch="semi-drdnet",
+                 config=small.cfg, dtype=torch.float32)
+    out = tmp_path / "lite.safetensors"
+    r = grow_file(str(src_file), "semi-drdnet-lite", out)
+    assert r.exact and r.max_abs_diff < 1e-5
+    assert r.target_params > r.source_params
+    loaded = model_from_file(out).eval()
+    assert loaded.cfg == SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=6)
+    x = _image()
+    with torch.inference_mode():  # fp16 storage rounds the copied weights a little
+        torch.testing.assert_close(loaded(x), small(x), atol=2e-2, rtol=0)
+    with pytest.raises(GrowError, match="exists"):
+        grow_file(str(src_file), "semi-drdnet-lite", out)
+    with pytest.raises(GrowError, match="rdmc"):
+        grow_file(str(src_file), "rdmc", tmp_path / "r.safetensors")
+
+
+def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+    from derain_cli.enhancer import Derainer
+    from derain_cli.weights import load_pretrained
+
+    out = tmp_path / "lite.safetensors"
+    r = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "the same output" in r.output and "-> " in r.output
+    img = (_image(64)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    mine = Derainer(weights=out, device="cpu", precision="fp32", backend="torch", tile=0)
+    base = Derainer(model="semi-drdnet-tiny", device="cpu", precision="fp32",
+                    backend="torch", tile=0)
+    assert abs(mine.derain_array(img).astype(int) - base.derain_array(img).astype(int)).max() <= 1
+    assert isinstance(load_pretrained("semi-drdnet-tiny"), SemiDRDNet)
+
+    again = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
+                                     "-o", str(out)])
+    assert again.exit_code == 2 and "exists" in again.output
