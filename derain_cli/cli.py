@@ -481,6 +481,13 @@ def run_cmd(
                      help="Your own weights file (.safetensors or .pt) instead of the "
                           "published ones."),
     ] = None,
+    strength: Annotated[
+        float,
+        typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=MODEL, metavar="S",
+                     help="How much of the rain removal to apply: 1 all of it, 0.7 a mix "
+                          "of 70 % derained and 30 % original, which keeps more fine "
+                          "texture where the model softens it."),
+    ] = 1.0,
     device: Annotated[
         str, typer.Option("--device", callback=_check_device, rich_help_panel=PERF,
                           help="auto, cpu, cuda, cuda:N or mps.")
@@ -563,7 +570,7 @@ def run_cmd(
              output_is_folder=bool(output) and output.endswith(("/", os.sep)),
              recursive=recursive, overwrite=overwrite,
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
-             device=device, precision=precision.value, threads=threads,
+             strength=strength, device=device, precision=precision.value, threads=threads,
              io_threads=io_threads, tile=tile,
              tile_overlap=tile_overlap, tile_batch=tile_batch,
              stats_megapixels=stats_megapixels, max_pixels=max_pixels, backend=backend.value,
@@ -636,6 +643,7 @@ def _run(
     quality: int,
     model: str | None,
     weights: Path | None,
+    strength: float,
     device: str,
     precision: str,
     threads: int | None,
@@ -716,7 +724,7 @@ def _run(
                         model=model, weights=weights, device=device,
                         tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                         threads=threads, stats_megapixels=stats_megapixels,
-                        quiet=not chatty,
+                        strength=strength, quiet=not chatty,
                         workload_megapixels=work_mp, workload_images=work_images,
                     )
                     # Under torchrun rank 0 alone picks (and may time) the CPU engine; the
@@ -771,7 +779,7 @@ def _make_derainer(**kw: Any) -> Any:
     from .enhancer import Derainer
 
     params = inspect.signature(Derainer).parameters
-    for name in ("quiet", "workload_megapixels", "workload_images"):
+    for name in ("quiet", "workload_megapixels", "workload_images", "strength"):
         if name not in params:  # pragma: no cover - older enhancer
             kw.pop(name)
     if kw.get("tile_overlap") is None:
@@ -813,6 +821,8 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     where = f", {dist.world_size} processes" if dist.enabled else ""
     note = getattr(derainer, "engine_note", "")
     why = f" ({note})" if note else ""
+    strength = getattr(derainer, "strength", 1.0)
+    where += f", strength {strength:g}" if strength < 1.0 else ""
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",

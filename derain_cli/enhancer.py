@@ -99,6 +99,9 @@ class Derainer:
     the int8 graph's start without PyTorch outweighs a faster bf16 (``engine_choice``);
     ``workload_images``: how many images those are (their mean size sets how much each
     engine's tiles cost; unknown: one photo of the workload's size, at most 12 MP).
+    ``strength``: how much of the rain removal to apply, from 0 (the photo as it was) to 1
+    (all of it, the default); in between, the result is that mix of photo and derained
+    photo, which keeps more of the fine texture the network softens.
 
     A request that can only mean a bundled int8 graph on the CPU starts without importing
     PyTorch (``derain_cli.fast_path``); ``network`` and ``device`` then load it on first use.
@@ -128,6 +131,7 @@ class Derainer:
         workload_megapixels: float | None = None,
         tile_batch: int | None = None,
         workload_images: int | None = None,
+        strength: float = 1.0,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
@@ -150,6 +154,11 @@ class Derainer:
             if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int | float)
                                    or not math.isfinite(mp) or mp < 0):
                 raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
+        if (isinstance(strength, bool) or not isinstance(strength, int | float)
+                or not 0.0 <= strength <= 1.0):
+            raise OptionError(f"strength must be a number from 0 to 1, not {strength!r}")
+        #: how much of the rain removal is applied (``derain_array``): 1 all of it
+        self.strength = float(strength)
         cpus = os.cpu_count() or 1
         if threads is not None and threads > cpus:
             # oversubscribed cores thrash: a 300x300 photo took 28 s with 64 threads on 2 cores
@@ -351,7 +360,11 @@ class Derainer:
                 tile = max(current // 2, MIN_TILE)  # the floor itself is tried last
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
-        return np.clip(out, 0.0, 1.0, out=out)
+        np.clip(out, 0.0, 1.0, out=out)
+        if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
+            blend_toward_input(out, rgb, self.strength)
+            np.clip(out, 0.0, 1.0, out=out)
+        return out
 
     @overload
     def derain(self, image: Image.Image) -> Image.Image: ...
@@ -438,6 +451,24 @@ class Derainer:
         out.info.update({k: v for k, v in img.info.items()
                          if k in ("icc_profile", "dpi", "exif", "xmp", "XML:com.adobe.xmp")})
         return out
+
+
+def blend_toward_input(out: np.ndarray, rgb: np.ndarray, strength: float,
+                       rows: int = 256) -> None:
+    """``out = rgb + strength * (out - rgb)`` in place (HxWx3 float32 ``out``; ``rgb`` as
+    ``derain_array`` takes it), a band of ``rows`` at a time, so a large photo is never
+    held as float32 input. Why: where the network also softens fine texture, a user may
+    prefer part of the rain removal with all of the texture (``--strength``)."""
+    scale = np.float32(1.0 / np.iinfo(rgb.dtype).max) if rgb.dtype.kind == "u" else None
+    s = np.float32(strength)
+    for y in range(0, out.shape[0], rows):
+        x = rgb[y:y + rows].astype(np.float32)
+        if scale is not None:
+            x *= scale
+        band = out[y:y + rows]
+        band -= x
+        band *= s
+        band += x
 
 
 def _gray_scale(hi: float, mode: str) -> float:

@@ -343,7 +343,9 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     # what ran the network, as the banner would have said it
     assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
     assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
-    assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile", "note"}
+    assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile",
+                                "strength", "note"}
+    assert s["engine"]["strength"] == 1.0
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
     r = derain(tmp_path / "a.png", tmp_path / "b.png", "--weights", tiny_weights, "--json")
@@ -765,3 +767,22 @@ def test_help_says_when_a_word_is_a_subcommand() -> None:
 
     assert "after --debug at most" in EPILOG and "derain --debug eval" in EPILOG
     assert "--debug" in DerainGroup.GROUP_FLAGS
+
+
+def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
+                                                         tiny_weights: Path) -> None:
+    src = _img(tmp_path / "in" / "a.png", w=40, h=30)
+    full = derain(src, "--weights", tiny_weights, "-o", tmp_path / "full.png")
+    half = derain(src, "--weights", tiny_weights, "-o", tmp_path / "half.png",
+                  "--strength", "0.5")
+    assert full.exit_code == 0 and half.exit_code == 0, half.output
+    assert "strength 0.5" in half.output  # the banner says it
+    x, f, h = (np.asarray(Image.open(p), dtype=np.float64)
+               for p in (src, tmp_path / "full.png", tmp_path / "half.png"))
+    assert np.abs(f - x).max() > 10
+    assert np.abs(h - (x + f) / 2).max() <= 1  # 8-bit rounding of each result
+    js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "q.png", "--strength",
+                "0.25", "--json")
+    assert json.loads(js.stdout)["engine"]["strength"] == 0.25
+    bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--strength", "2")
+    assert bad.exit_code == 2 and not (tmp_path / "b.png").exists()

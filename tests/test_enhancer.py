@@ -405,3 +405,30 @@ def test_derain_array_says_what_it_takes(derainer):
         derainer.derain_array(np.zeros((20, 30, 4), np.uint8))
     with pytest.raises(ValueError, match=r"astype\(np.uint8\) \* 255"):  # not 0/1 samples
         derainer.derain(np.zeros((20, 30), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_strength_mixes_the_photo_and_the_derained_photo(tiny_weights, dtype):
+    from derain_cli.enhancer import blend_toward_input
+
+    rgb = _photo(70, 45)
+    x = rgb.astype(np.float32) / 255 if dtype == np.float32 else (
+        rgb.astype(dtype) * (257 if dtype == np.uint16 else 1))
+    full = Derainer(weights=tiny_weights, device="cpu", tile=0).derain_array(x)
+    unit = rgb.astype(np.float32) / 255
+    assert np.abs(full - unit).max() > 0.05  # the network changes the photo
+    for s in (0.0, 0.3, 1.0):
+        got = Derainer(weights=tiny_weights, device="cpu", tile=0, strength=s).derain_array(x)
+        np.testing.assert_allclose(got, unit + s * (full - unit), atol=2e-6)
+    # band by band (3 rows at a time) is the same as at once
+    out = full.copy()
+    blend_toward_input(out, x, 0.6, rows=3)
+    np.testing.assert_allclose(out, unit + 0.6 * (full - unit), atol=2e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5"])
+def test_strength_outside_0_to_1_is_refused(tiny_weights, bad):
+    from derain_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match="strength"):
+        Derainer(weights=tiny_weights, device="cpu", strength=bad)
