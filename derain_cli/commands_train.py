@@ -362,16 +362,20 @@ def grow_cmd(
     out: Annotated[Path, typer.Option(
         "--output", "-o", show_default=False, help="Weights file to write (.safetensors).")],
     seed: Annotated[int, typer.Option(help="Seed of the new weights' initialisation.")] = 0,
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", show_default=False,
+        help="Photos whose rainy crops set the new channels' BatchNorm statistics "
+             "(default: procedural scenes).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
-    """Grow trained weights into a bigger model of their architecture, output unchanged:
-    a start for training it (derain train --weights FILE)."""
+    """Grow trained weights into a bigger model of their architecture, output unchanged
+    (RDMC's added recursions: close): a start for derain train --weights FILE."""
     from .grow import GrowError, grow_file
 
     with _errors():
         try:
-            r = grow_file(source, to, out, seed=seed, overwrite=overwrite)
+            r = grow_file(source, to, out, seed=seed, overwrite=overwrite, calibration=calib)
         except GrowError as e:
             raise _usage_error(str(e)) from None
         how = ("the same output" if r.exact else

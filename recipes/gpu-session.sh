@@ -13,8 +13,9 @@
 #      several per forward pass;
 #   4. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
 #      .data/gpu/init.safetensors when an earlier session brought weights back, else from
-#      the best bundled model of its architecture grown into it on the device (`derain
-#      grow`: the same output, the paper's size; GROW_FROM=none trains from scratch), then
+#      a bundled small model of its architecture (semi-drdnet-fast, the default; rdmc-lite)
+#      grown into it on the device (`derain grow`: the same output for semi-drdnet, close
+#      for rdmc; GROW_FROM=none trains from scratch), then
 #      derain eval on the validation pairs. The weights come back in $OUT (split into
 #      15 MB parts when larger: join them with `cat model.safetensors.part-* > m.safetensors`).
 #
@@ -31,7 +32,8 @@
 # (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
 # FOLDER_COUNT (8), DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
 # for rdmc; none: from scratch), PRESET (the draw of semi-drdnet-fast's stage 8), LR (3e-4
-# from scratch), WARM_LR (1e-4) and WARM_BN (keep) when warm-started. A smoke test of the
+# from scratch), WARM_LR (1e-4) and WARM_BN (keep; refresh with GROW_FROM=none) when
+# warm-started. A smoke test of the
 # script itself on a CPU, in two minutes:
 #   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=260 BENCH_MP=0.02 \
 #   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,train \
@@ -110,9 +112,11 @@ if has train; then
     esac
     if [[ ! -f "$start" && "$from" != none ]]; then
       # the first chunk: the small model grown to the paper's size starts where many CPU
-      # hours left it (semi-drdnet: the same output), instead of from noise
-      start=.data/gpu/grown.safetensors
-      python3 -m derain_cli grow "$from" --to "$MODEL" -o "$start" --overwrite || start=
+      # hours left it (semi-drdnet: the same output), instead of from noise; outside the
+      # carried folder (rdmc's is 32 MB: with the data, more than a call may carry)
+      start=${TMPDIR:-/tmp}/derain-grown.safetensors
+      python3 -m derain_cli grow "$from" --to "$MODEL" -o "$start" --overwrite \
+        --calib .data/gpu/clean-bsds || { echo "== grow failed: training from scratch"; start=; }
     elif [[ ! -f "$start" ]]; then
       start=
     fi
@@ -122,10 +126,13 @@ if has train; then
     # which refreshing wrecks (README, "Training your own"); on this project's CPU, 184
     # steps from the grown default at 3e-4 with refreshed statistics fell 4.8 dB on five
     # rain100l pairs, 241 at 1e-4 with kept ones 0.45 (the small model itself, the same
-    # way: 0.38). Chunks of a from-scratch run (GROW_FROM=none) want WARM_BN=refresh.
+    # way: 0.38). The chunks of a from-scratch run (GROW_FROM=none) refresh them, as the
+    # run would have done in one piece.
+    bn=$([[ "$from" == none ]] && echo refresh || echo keep)
+    bn=${WARM_BN:-$bn}
     if [[ -n "$start" ]]; then
-      init=(--weights "$start" --batchnorm "${WARM_BN:-keep}") lr=${WARM_LR:-1e-4}
-      [[ "${WARM_BN:-keep}" == refresh ]] && init+=(--bn-recalib 16)
+      init=(--weights "$start" --batchnorm "$bn") lr=${WARM_LR:-1e-4}
+      [[ "$bn" == refresh ]] && init+=(--bn-recalib 16)
     fi
     run=/tmp/derain-run
     rm -rf "$run"

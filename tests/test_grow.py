@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from derain_cli.grow import GrowError, agreement, grow_file, grow_network
@@ -96,6 +98,31 @@ def test_the_new_weights_learn() -> None:
     assert added.grad.abs().sum() > 0
 
 
+def test_the_new_channels_get_statistics_of_their_own() -> None:
+    # train --weights keeps a file's BatchNorm statistics: left at (0, 1) the new channels
+    # would run under-scaled for good, so grow estimates them (and only them)
+    small = SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)
+    src = _trained_like(SemiDRDNet(small))
+    grown = grow_network(src, SemiDRDNetConfig(width=16, rain_blocks=2, detail_blocks=2))
+    bn_old, bn_new = src.rain_net.blocks[0].body[1], grown.rain_net.blocks[0].body[1]
+    assert torch.equal(bn_new.running_mean[:8], bn_old.running_mean)
+    assert torch.equal(bn_new.running_var[:8], bn_old.running_var)
+    assert not torch.allclose(bn_new.running_var[8:], torch.ones(8))
+    added = grown.rain_net.blocks[1].body[1]  # an added block's statistics too
+    assert not torch.allclose(added.running_var, torch.ones(16))
+    # as a from-scratch network's: the new channels come out of their batch norm with
+    # about unit spread on rainy images
+    grown.eval()
+    seen = {}
+    hook = bn_new.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    with torch.inference_mode():
+        grown(_image(64, seed=5))
+    hook.remove()
+    gamma = bn_new.weight.detach()[8:].abs().clamp_min(1e-3)
+    spread = seen["out"][:, 8:].std(dim=(0, 2, 3)) / gamma
+    assert 0.3 < float(spread.median()) < 3
+
+
 def test_grow_refuses_what_it_cannot_grow() -> None:
     src = SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2))
     with pytest.raises(GrowError, match="smaller than the source in width"):
@@ -130,6 +157,49 @@ def test_grow_file_writes_weights_derain_loads(tmp_path: Path) -> None:
         grow_file(str(src_file), "rdmc", tmp_path / "r.safetensors")
 
 
+def test_a_file_of_fp32_weights_grows_into_fp32_and_the_agreement_is_the_files(
+        tmp_path: Path) -> None:
+    # fp16 storage would round a user's fp32 weights: the file must compute what its source
+    # computes, and the reported agreement is that of the file as written
+    small = SemiDRDNet(SemiDRDNetConfig(width=32, rain_blocks=3, detail_blocks=1))
+    src_file = tmp_path / "mine.safetensors"
+    save_weights(_trained_like(small), src_file, name="semi-drdnet-tiny", arch="semi-drdnet",
+                 config=small.cfg, dtype=torch.float32)
+    r = grow_file(str(src_file), "semi-drdnet-lite", tmp_path / "g.safetensors")
+    assert r.max_abs_diff < 1e-5
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as f:
+        assert f.get_tensor("rain_net.head.0.weight").dtype == torch.float32
+
+
+def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    good = tmp_path / "g.safetensors"
+    with pytest.raises(GrowError, match="name it"):
+        grow_file("semi-drdnet-tiny", "semi-drdnet-lite", tmp_path / "g.bin")
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(GrowError, match="is a folder"):
+        grow_file("semi-drdnet-tiny", "semi-drdnet-lite", tmp_path / "d.safetensors",
+                  overwrite=True)
+    with pytest.raises(GrowError, match="no such weights file"):
+        grow_file(str(tmp_path / "missing.safetensors"), "semi-drdnet-lite", good)
+    with pytest.raises(GrowError, match="no published weights"):
+        grow_file("semi-drdnet", "semi-drdnet", good)
+    small = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1))
+    torch.save(small.state_dict(), tmp_path / "bare.ckpt")
+    save_weights(small, tmp_path / "mymodel", name="x", arch="semi-drdnet", config=small.cfg)
+    monkeypatch.chdir(tmp_path)  # names in the working folder, no suffix: still files
+    with pytest.raises(GrowError, match="bare state dict"):
+        grow_file("bare.ckpt", "semi-drdnet-lite", good)
+    assert grow_file("mymodel", "semi-drdnet-lite", good).exact
+    good.unlink()
+    with pytest.raises(GrowError, match="no photos"):
+        grow_file("semi-drdnet-tiny", "semi-drdnet-lite", good,
+                  calibration=tmp_path / "d.safetensors")
+    assert not good.exists()
+
+
 def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -152,3 +222,13 @@ def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Pat
     again = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
                                      "-o", str(out)])
     assert again.exit_code == 2 and "exists" in again.output
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)).save(
+            photos / f"p{i}.png")
+    calib = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
+                                     "-o", str(out), "--overwrite", "--calib", str(photos)])
+    assert calib.exit_code == 0 and "the same output" in calib.output

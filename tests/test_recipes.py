@@ -87,10 +87,11 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
                 'for i in "${!args[@]}"; do\n'
                 '  case "${args[$i]}" in --out|-o) mkdir -p "${args[$((i + 1))]}";; esac\n'
                 'done\n')
+    fail = '[[ -n "${STUB_FAIL:-}" && "${3:-}" == "$STUB_FAIL" ]] && exit 1\n'  # python -m x
     for tool in ("derain", "python", "python3"):
-        (bin_dir / tool).write_text("#!/usr/bin/env bash\n" + record + make_out)
+        (bin_dir / tool).write_text("#!/usr/bin/env bash\n" + record + fail + make_out)
         (bin_dir / tool).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
            "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "DATA": str(data),
            **env_extra}
     res = subprocess.run(["bash", str(repo / "recipes" / script), *args], capture_output=True,
@@ -245,7 +246,35 @@ def test_a_first_gpu_chunk_starts_from_the_grown_small_model(
     (grow,) = grows
     assert grow[4] == grown_from and grow[grow.index("--to") + 1] == model
     assert train[train.index("--weights") + 1] == grow[grow.index("-o") + 1]
+    assert not grow[grow.index("-o") + 1].startswith(".data/")  # never carried back in
     assert train[train.index("--lr") + 1] == "1e-4"
     # the small models' statistics were frozen when they were distilled: refreshing them
     # wrecks them, so a warm start keeps them (and does not re-estimate them)
     assert train[train.index("--batchnorm") + 1] == "keep" and "--bn-recalib" not in train
+
+
+@needs_bash
+@pytest.mark.parametrize(("env_extra", "bn"), [
+    ({}, "keep"), ({"GROW_FROM": "none"}, "refresh"),
+    ({"GROW_FROM": "none", "WARM_BN": "keep"}, "keep")])
+def test_a_later_gpu_chunk_treats_the_statistics_as_its_first_chunk_did(
+        tmp_path: Path, env_extra: dict[str, str], bn: str) -> None:
+    # weights brought back from an earlier GPU session: a run grown from a small model keeps
+    # their statistics; the chunks of a from-scratch run refresh them, as it did in one piece
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"STAGES": "train", **env_extra})
+    assert res.returncode == 0, res.stderr
+    assert not [c for c in calls if c[1:4] == ["-m", "derain_cli", "grow"]]
+    train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
+    assert train[train.index("--weights") + 1] == ".data/gpu/init.safetensors"
+    assert train[train.index("--batchnorm") + 1] == bn
+    assert ("--bn-recalib" in train) == (bn == "refresh")
+
+
+@needs_bash
+def test_a_failed_grow_says_so_and_trains_from_scratch(tmp_path: Path) -> None:
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh",
+                                 {"STAGES": "train", "STUB_FAIL": "grow"}, gpu_init=False)
+    assert res.returncode == 0, res.stderr
+    assert "grow failed: training from scratch" in res.stdout
+    train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
+    assert "--weights" not in train and train[train.index("--lr") + 1] == "3e-4"
