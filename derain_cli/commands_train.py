@@ -362,10 +362,10 @@ def grow_cmd(
     out: Annotated[Path, typer.Option(
         "--output", "-o", show_default=False, help="Weights file to write (.safetensors).")],
     seed: Annotated[int, typer.Option(help="Seed of the new weights' initialisation.")] = 0,
-    calib: Annotated[Path | None, typer.Option(
-        "--calib", show_default=False,
+    calib: Annotated[str | None, typer.Option(
+        "--calib", show_default=False, metavar="DIR",
         help="Photos whose rainy crops set the new channels' BatchNorm statistics "
-             "(default: procedural scenes).")] = None,
+             "(default: procedural scenes; none: leave them at 0 and 1).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:

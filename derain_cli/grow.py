@@ -155,13 +155,16 @@ def _place(old: torch.Tensor, init: torch.Tensor, net: nn.Module, name: str) -> 
 
 
 def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
-                 calibration: list[np.ndarray] | None = None) -> nn.Module:
+                 calibration: list[np.ndarray] | None = None,
+                 calibrate: bool = True) -> nn.Module:
     """``src`` grown into the (wider, deeper) ``target_config`` of its architecture.
 
     New parameters take the target's own initialisation drawn with ``seed``; the new
     BatchNorm entries are estimated on rainy crops of ``calibration`` (HxWx3 uint8
-    photos; None: procedural scenes); see the module docstring for what keeps the
-    function. Returns the grown network in eval mode.
+    photos; None: procedural scenes), unless ``calibrate`` is False (they keep the
+    defaults, mean 0 and variance 1, as grow left them before 2026-12-04: what a recipe
+    of that time ran); see the module docstring for what keeps the function. Returns the
+    grown network in eval mode.
     """
     if isinstance(target_config, dict):
         target_config = type(src.cfg)(**{k: tuple(v) if isinstance(v, list) else v
@@ -203,7 +206,7 @@ def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
                 mask[_index_map(old[renamed[name]].shape[0], t.shape[0], 1)] = False
             fresh[name.removesuffix(".running_mean")] = mask
     dst.load_state_dict(state)
-    if any(bool(m.any()) for m in fresh.values()):
+    if calibrate and any(bool(m.any()) for m in fresh.values()):
         _calibrate(dst, fresh, calibration_images(calibration, seed=seed))
     return dst.eval()
 
@@ -332,7 +335,8 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     the registered model ``to`` and write it to ``out`` (safetensors; fp16 when that is
     exact for the source's tensors, as for the bundles, else fp32). ``calibration``: a
     folder of photos whose rainy crops set the new BatchNorm statistics (default:
-    procedural scenes). The agreement reported is that of the file as written."""
+    procedural scenes; ``"none"``: leave them at their defaults). The agreement reported
+    is that of the file as written."""
     from .weights import model_from_file, save_weights
 
     out = Path(out)
@@ -343,16 +347,21 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     if out.exists() and not overwrite:
         raise GrowError(f"{out} exists; choose another -o or pass --overwrite")
     spec = get_spec(to)
-    photos = _calibration_photos(calibration) if calibration is not None else None
+    calibrate = str(calibration) != "none"
+    photos = _calibration_photos(calibration) if calibrate and calibration is not None \
+        else None
     src, label, sha = _load_source(source)
     arch = "semi-drdnet" if isinstance(src, SemiDRDNet) else "rdmc"
     if spec.arch != arch:
         raise GrowError(f"{label} holds {arch} weights and {to} is {spec.arch}: grow keeps "
                         "the architecture (derain distill --student teaches another one)")
-    grown = grow_network(src, spec.config, seed=seed, calibration=photos)
+    grown = grow_network(src, spec.config, seed=seed, calibration=photos,
+                         calibrate=calibrate)
     exact = not (isinstance(src, RDMC) and grown.cfg.stages != src.cfg.stages)
+    stats = ("left at their defaults" if not calibrate else
+             f"from {calibration or 'procedural scenes'}")
     note = (f"grown from {label} (sha256 {sha}) by derain grow, seed {seed}, BatchNorm "
-            f"statistics of the new channels from {calibration or 'procedural scenes'}")
+            f"statistics of the new channels {stats}")
     save_weights(grown, out, name=to, arch=spec.arch, config=spec.config,
                  dtype=_storage_dtype(src),
                  metadata={"grown_from": label, "grown_from_sha256": sha,

@@ -110,6 +110,9 @@ def test_the_new_channels_get_statistics_of_their_own() -> None:
     assert not torch.allclose(bn_new.running_var[8:], torch.ones(8))
     added = grown.rain_net.blocks[1].body[1]  # an added block's statistics too
     assert not torch.allclose(added.running_var, torch.ones(16))
+    plain = grow_network(src, SemiDRDNetConfig(width=16, rain_blocks=2, detail_blocks=2),
+                         calibrate=False)  # as grow did before 2026-12-04 (recipes)
+    assert torch.equal(plain.rain_net.blocks[1].body[1].running_var, torch.ones(16))
     # as a from-scratch network's: the new channels come out of their batch norm with
     # about unit spread on rainy images
     grown.eval()
