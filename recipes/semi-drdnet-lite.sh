@@ -134,3 +134,30 @@ bash recipes/average-stage.sh semi-drdnet-lite "$RUNS/lite-stage8.safetensors" "
 also veiled, 1 draw in 9) on clean-bsds"
 # The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
+# Stage 10 (2026-12-04, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): a new start.
+# semi-drdnet-fast (the default: stage 8 of recipes/semi-drdnet-fast.sh, bundled at commit
+# 220dd1b) grown into this shape with derain grow (its two detail blocks at places 1 and 6
+# of 6, the other four added as the identity; the same output: rain100l 32.77), then a
+# decaying cycle of stage 7's kind (light, medium, heavy and mixed drawn evenly; 8 crops of
+# 64 px; 3300 steps from 1e-4 to 2e-6, seed 61; 39 minutes, with other work on the CPU for
+# part of it): rain100l 33.10, heavy-small 24.66, sirr-val 24.89 (fp32). Averaged half and
+# half with the grown start, which ships: rain100l 32.97, heavy-small 24.72, sirr-val 25.13
+# (stage 9: 32.45, 24.50, 25.03; the default: 32.77, 24.70, 25.27). --calib none: grow as it
+# ran then, before it estimated the added blocks' BatchNorm statistics (the same tensors).
+FAST8="semi-drdnet-fast stage 8 (recipes/semi-drdnet-fast.sh, bundled at commit 220dd1b, \
+sha256 d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073) grown into \
+semi-drdnet-lite by derain grow --calib none"
+NOTE_S10="Interim: semi-drdnet-fast, the default (its own history in its manifest entry), \
+grown into semi-drdnet-lite by derain grow (the same output), then a decaying cycle on \
+additive synthetic rain over clean-bsds (light, medium, heavy and mixed drawn evenly, 8 crops \
+of 64 px, 3300 steps from 1e-4 to 2e-6), then averaged half and half with the grown start \
+(benchmarks/average_weights.py); no contrastive terms. steps, wall_time_s, hardware and the \
+val metrics are the cycle's before averaging. $NOTE_TAIL"
+derain grow weights/semi-drdnet-fast.safetensors --to semi-drdnet-lite --calib none \
+  -o "$RUNS/lite-grown.safetensors" --overwrite
+STEPS=3300 SEED=61 PRESET=light,medium,heavy,mixed bash recipes/additive-stage.sh semi-drdnet-lite \
+  "$RUNS/lite-grown.safetensors" "$RUNS/lite-r10" 3300 "$FAST8" "$NOTE_S10"
+bash recipes/average-stage.sh semi-drdnet-lite "$RUNS/lite-grown.safetensors" \
+  "$RUNS/lite-r10" "$RUNS/lite-r10-soup" "$FAST8" "$NOTE_S10" "synthetic rain (light, \
+medium, heavy and mixed; the default's own stages also veiled) on clean-bsds"
+bash recipes/semi-drdnet-lite-int8.sh
