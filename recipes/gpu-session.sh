@@ -126,8 +126,9 @@ if has train; then
     # which refreshing wrecks (README, "Training your own"); on this project's CPU, 184
     # steps from the grown default at 3e-4 with refreshed statistics fell 4.8 dB on five
     # rain100l pairs, 241 at 1e-4 with kept ones 0.45 (the small model itself, the same
-    # way: 0.38). The chunks of a from-scratch run (GROW_FROM=none) refresh them, as the
-    # run would have done in one piece.
+    # way: 0.38), and grown with the new statistics estimated (--calib), 226 such steps
+    # +0.02. The chunks of a from-scratch run (GROW_FROM=none) refresh them, as the run
+    # would have done in one piece.
     bn=$([[ "$from" == none ]] && echo refresh || echo keep)
     bn=${WARM_BN:-$bn}
     if [[ -n "$start" ]]; then
