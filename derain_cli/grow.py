@@ -30,9 +30,9 @@ for these two architectures):
 * BatchNorm statistics: the source's are kept for its channels. Those of new channels and
   added blocks would stay at the defaults (mean 0, variance 1), and ``derain train
   --weights`` keeps a file's statistics (refreshing them wrecks the distilled small
-  models), so the new capacity would run about 13x under-scaled for good (review of
-  2026-12-04: the batch standard deviation of the new channels was 0.076 of the running
-  one). ``grow`` therefore estimates them, and only them, from a few rainy images (yours:
+  models), so the new capacity would run never normalised, far under its intended scale
+  (a review of 2026-12-04 found the new channels' batch spread a small fraction of the
+  assumed one). ``grow`` therefore estimates them, and only them, from a few rainy images (yours:
   ``calibration``, else procedural scenes under synthetic rain): new channels never feed
   old ones and added blocks add zero whatever their statistics, so the output is still
   the source's.
