@@ -264,8 +264,8 @@ def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None
     before its budget is annealed too (before 2026-12-03 the budget alone set the decay,
     and such a run stopped with its rate still halfway up). The warmup ends after its
     steps or a tenth of the budget, whichever comes first (as it is at most a tenth of
-    ``total``), so a budget that ends before the warmup steps would still warms up and
-    decays. Until 2026-12-04 the warmup's share of the budget was ``warmup / total``, and
+    ``total``), so a run whose budget ends before its warmup steps do still warms up
+    and decays. Until 2026-12-04 the warmup's share of the budget was ``warmup / total``, and
     ``total`` of a budgeted run is usually a cap it never reaches (100000 in the CPU
     recipes, 10000 by default), so such runs started at the full rate after a second or
     two: a warm start began by jolting the weights it was given.
