@@ -212,8 +212,8 @@ def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
 
 
 def calibration_images(photos: list[np.ndarray] | None = None, count: int = 8,
-                       size: int = 128, seed: int = 0) -> list[torch.Tensor]:
-    """``count`` rainy ``size`` px crops (1x3xHxW float32) for BatchNorm statistics: crops
+                       size: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """``count`` rainy ``size`` px crops (HxWx3 float32) for BatchNorm statistics: crops
     of ``photos`` (HxWx3 uint8) under synthetic rain, or procedural scenes (gradients,
     blocks, texture) when none are given, so ``grow`` needs no data."""
     from .synth import synthesize
@@ -242,31 +242,26 @@ def calibration_images(photos: list[np.ndarray] | None = None, count: int = 8,
             clean += rng.normal(0, 0.04, clean.shape).astype(np.float32)  # texture
             clean = np.clip(clean, 0, 1)
         rainy, _ = synthesize(clean, "mixed", seed=int(rng.integers(1 << 31)))
-        out.append(torch.from_numpy(np.ascontiguousarray(rainy.transpose(2, 0, 1)))[None])
+        out.append(rainy)
     return out
 
 
 def _calibrate(net: nn.Module, fresh: dict[str, torch.Tensor],
-               images: list[torch.Tensor]) -> None:
+               images: list[np.ndarray]) -> None:
     """Estimate the running statistics of the ``fresh`` entries (BatchNorm name -> mask)
-    as a from-scratch network's would be (batch statistics, averaged over ``images``);
-    every other entry keeps its value."""
+    as a from-scratch network's would be (``train.recalibrate_batchnorm``: batch
+    statistics averaged over ``images``); every other entry keeps its value."""
+    from .train import recalibrate_batchnorm
+
     norms = {n: m for n, m in net.named_modules() if isinstance(m, _BatchNorm)}
-    kept = {n: (m.running_mean.clone(), m.running_var.clone(), m.momentum,
+    kept = {n: (m.running_mean.clone(), m.running_var.clone(),
                 m.num_batches_tracked.clone()) for n, m in norms.items()}
-    for m in norms.values():
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the calibration batches
-    net.train()
-    with torch.no_grad():
-        for x in images:
-            net(x)
+    recalibrate_batchnorm(net, images, torch.device("cpu"))
     for n, m in norms.items():
-        mean, var, momentum, batches = kept[n]
+        mean, var, batches = kept[n]
         new = fresh.get(n, torch.zeros_like(mean, dtype=torch.bool))
         m.running_mean.copy_(torch.where(new, m.running_mean, mean))
         m.running_var.copy_(torch.where(new, m.running_var, var))
-        m.momentum = momentum
         m.num_batches_tracked.copy_(batches)
     net.eval()
 
