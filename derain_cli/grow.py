@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models import RDMC, SemiDRDNet, get_spec
+from .models import RDMC, SemiDRDNet, config_from_dict, get_spec
 
 #: a Semi-DRDNet block's tensors: (network, block index, rest of the name)
 _BLOCK = re.compile(r"^(rain_net|detail_net)\.blocks\.(\d+)\.(.+)$")
@@ -82,6 +82,11 @@ class GrowResult:
     max_abs_diff: float
     #: PSNR of the grown output against the source's on the probe image (inf when equal)
     agreement_db: float
+
+
+def _arch_of(net: nn.Module) -> str:
+    """The registry's architecture id of a network grow takes."""
+    return "semi-drdnet" if isinstance(net, SemiDRDNet) else "rdmc"
 
 
 def _block_positions(old: int, new: int) -> list[int]:
@@ -166,11 +171,10 @@ def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
     of that time ran); see the module docstring for what keeps the function. Returns the
     grown network in eval mode.
     """
-    if isinstance(target_config, dict):
-        target_config = type(src.cfg)(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in target_config.items()})
     if not isinstance(src, SemiDRDNet | RDMC):
         raise GrowError(f"cannot grow a {type(src).__name__}")
+    if isinstance(target_config, dict):
+        target_config = config_from_dict(_arch_of(src), target_config)
     if type(target_config) is not type(src.cfg):
         raise GrowError(f"the target is another architecture ({type(target_config).__name__})"
                         f" than the source's ({type(src.cfg).__name__})")
@@ -346,7 +350,7 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     photos = _calibration_photos(calibration) if calibrate and calibration is not None \
         else None
     src, label, sha = _load_source(source)
-    arch = "semi-drdnet" if isinstance(src, SemiDRDNet) else "rdmc"
+    arch = _arch_of(src)
     if spec.arch != arch:
         raise GrowError(f"{label} holds {arch} weights and {to} is {spec.arch}: grow keeps "
                         "the architecture (derain distill --student teaches another one)")
