@@ -130,9 +130,9 @@ class DistillResult:
 def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
     """The teacher network; a Semi-DRDNet unless ``any_arch`` (a ``--student`` learns the
     teacher's output only, so any registered architecture can teach it)."""
-    from .weights import load_pretrained, model_from_file
+    from .weights import load_pretrained, model_from_file, names_a_file
 
-    if Path(spec).suffix in (".safetensors", ".pt", ".pth") or os.sep in spec:
+    if names_a_file(spec):
         net, label = model_from_file(spec), Path(spec).name
     else:
         net, label = load_pretrained(spec), spec

@@ -87,9 +87,10 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
     from .enhancer import Derainer
 
     if isinstance(model, str | os.PathLike):
-        p = Path(model)
-        if p.suffix in (".safetensors", ".pt", ".pth") or p.exists():
-            model = Derainer(weights=p, device=device, tile=tile, precision=precision,
+        from .weights import names_a_file
+
+        if names_a_file(model):
+            model = Derainer(weights=Path(model), device=device, tile=tile, precision=precision,
                              backend=backend)
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,

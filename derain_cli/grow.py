@@ -301,11 +301,10 @@ def _storage_dtype(net: nn.Module) -> torch.dtype:
 def _load_source(source: str) -> tuple[nn.Module, str, str]:
     """(network in fp32, label, sha256 of its file) for a weights file or a model name."""
     from .hub import sha256_file
-    from .weights import WeightsError, load_pretrained, model_from_file, resolve
+    from .weights import WeightsError, load_pretrained, model_from_file, names_a_file, resolve
 
     path = Path(source)
-    if path.is_file() or path.suffix in (".safetensors", ".pt", ".pth", ".ckpt") or (
-            os.sep in source):
+    if names_a_file(source):
         if not path.is_file():
             raise GrowError(f"{source}: no such weights file")
         try:

@@ -39,6 +39,10 @@ from .models import build_architecture, config_to_dict, get_spec
 
 FORMAT = "derain-weights-v1"
 
+#: Suffixes that make an argument a file rather than a model name (those ``read_state``
+#: reads, and ``.onnx``, which it refuses with advice rather than "unknown model").
+FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".onnx")
+
 
 class WeightsError(Exception):
     """A weights file that cannot be used: corrupt, wrong checksum or wrong shapes."""
@@ -167,6 +171,18 @@ def load_into(
     ref = model.state_dict()
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     return model
+
+
+def names_a_file(spec: str | os.PathLike[str]) -> bool:
+    """Whether an argument that takes a model name or a weights file (``derain grow
+    SOURCE``, ``distill --teacher``, ``eval --model``) means a file: one that exists, a
+    weights suffix (``FILE_SUFFIXES``) or a path separator, which no model name has.
+    Why one rule: the commands decided it three ways, so ``run/model.ckpt`` or a
+    suffix-less file worked in one and was an "unknown model" in another."""
+    text = os.fspath(spec)
+    path = Path(text)
+    return (path.is_file() or path.suffix.lower() in FILE_SUFFIXES or "/" in text
+            or os.sep in text)
 
 
 def model_from_file(path: str | os.PathLike[str], model_name: str | None = None) -> nn.Module:

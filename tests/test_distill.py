@@ -265,6 +265,28 @@ def test_an_existing_run_is_not_overwritten(setup, tmp_path):
     assert isinstance(model_from_file(r.weights), SemiDRDNet)
 
 
+def test_a_teacher_file_is_a_file_however_it_is_named(setup, tmp_path, monkeypatch):
+    """A teacher given as a suffix-less file or a training checkpoint (.ckpt) in the
+    working folder was looked up as a model name ("unknown model"), while grow and eval
+    took the same argument as the file it is."""
+    import json
+
+    from derain_cli.distill import _load_teacher
+    from derain_cli.models import config_to_dict
+
+    _, weights = setup
+    monkeypatch.chdir(tmp_path)
+    Path("teacher").write_bytes(weights.read_bytes())
+    t = _teacher()
+    torch.save({"arch": "semi-drdnet", "model_config": json.dumps(config_to_dict(t.cfg)),
+                "model": t.state_dict()}, "last.ckpt")
+    for spec in ("teacher", "last.ckpt"):
+        net, label = _load_teacher(spec)
+        assert isinstance(net, SemiDRDNet) and label == spec
+        for a, b in zip(net.state_dict().values(), t.state_dict().values(), strict=True):
+            torch.testing.assert_close(a.float(), b.float())
+
+
 def test_distill_cli_refuses_an_existing_run_and_unknown_teachers(setup, tmp_path):
     root, weights = setup
     (tmp_path / "done").mkdir()

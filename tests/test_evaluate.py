@@ -346,6 +346,30 @@ def test_scores_of_a_weights_file_name_the_file(tmp_path, tiny_weights):
         "semi-drdnet-tiny")
 
 
+def test_a_model_argument_with_a_path_separator_is_a_file(tmp_path, tiny_weights,
+                                                          monkeypatch):
+    """`eval -m runs/x/model.ckpt` was taken for a model name ("unknown model"), and a
+    folder named like a model for a weights file; grow and distill decided otherwise."""
+    import shutil
+
+    from derain_cli.evaluate import evaluate
+    from derain_cli.weights import WeightsError
+
+    pairs = tmp_path / "pairs"
+    for sub in ("rainy", "clean"):
+        (pairs / sub).mkdir(parents=True)
+    img = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(pairs / "rainy" / "a.png")
+    Image.fromarray(img).save(pairs / "clean" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match="no such weights file"):
+        evaluate("runs/missing", pairs)
+    (tmp_path / "semi-drdnet-tiny").mkdir()  # not a weights file: the model of that name
+    assert evaluate("semi-drdnet-tiny", pairs).model == "semi-drdnet-tiny"
+    shutil.copy(tiny_weights, "tiny")  # a suffix-less file is still the file
+    assert evaluate("tiny", pairs).model.startswith("tiny [")
+
+
 def test_eval_never_writes_over_the_pairs_and_asks_before_replacing(pairs, tmp_path):
     """`eval --save PAIRS/clean` replaced the ground truth with the model's outputs, with
     exit 0 (audit): every output is checked before any work."""

@@ -197,3 +197,18 @@ def test_saved_weights_get_normal_permissions(tmp_path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_names_a_file_one_rule_for_name_or_file(tmp_path, monkeypatch) -> None:
+    """grow, distill and eval take a model name or a weights file; each decided which in
+    its own way (a .ckpt or a suffix-less file was a file to one, an unknown model to
+    another)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").write_bytes(b"x")  # an existing file, no suffix
+    (tmp_path / "semi-drdnet-tiny").mkdir()  # a folder that happens to share a model's name
+    assert weights.names_a_file("my-model")
+    assert not weights.names_a_file("semi-drdnet-tiny")
+    assert not weights.names_a_file("semi-drdnet-fast")
+    for spec in ("run.ckpt", "run.PT", "x.safetensors", "m.pth", "g.onnx", "runs/missing"):
+        assert weights.names_a_file(spec), spec
+    assert weights.names_a_file(tmp_path / "my-model")
