@@ -127,7 +127,8 @@ def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None
     assert any(c[:2] == ["derain", "distill"] for c in calls)
     assert not any(c[:2] == ["derain", "train"] for c in calls)
 
-    res, calls = _run_with_stubs(tmp_path / "rest", "rdmc-lite.sh", {"FROM_STAGE": "2"})
+    res, calls = _run_with_stubs(tmp_path / "rest", "rdmc-lite.sh",
+                                 {"FROM_STAGE": "2", "TO_STAGE": "6"})
     assert res.returncode == 0, res.stderr
     assert not any(c[:2] == ["derain", "distill"] for c in calls)
     trains = [c for c in calls if c[:2] == ["derain", "train"]]
@@ -144,11 +145,30 @@ def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None
 
 
 @needs_bash
+def test_rdmc_lite_stage_7_distils_stage_6s_bundle_from_semi_drdnet_lite(tmp_path: Path) -> None:
+    # stage 7 continues the bundle (stage 6) under the teacher, with no training on pairs
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "7"})
+    assert res.returncode == 0, res.stderr
+    assert not any(c[:2] == ["derain", "train"] for c in calls)
+    distills = [c for c in calls if c[:2] == ["derain", "distill"]]
+    assert len(distills) == 1
+    d = distills[0]
+    assert d[d.index("-m") + 1] == "semi-drdnet-lite"
+    assert d[d.index("--student") + 1] == "rdmc-lite"
+    assert d[d.index("--init") + 1] == "weights/rdmc-lite.safetensors"
+    assert d[d.index("--steps") + 1] == "900"
+    evals = [c for c in calls if c[:2] == ["derain", "eval"]]
+    assert [c[c.index("--data") + 1].rsplit("/", 1)[1] for c in evals] == [
+        "rain100l", "heavy-small", "sirr-val"]
+
+
+@needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "five"})
-    assert res.returncode == 2
-    assert "stage numbers" in res.stderr
-    assert not calls
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "8"})):
+        res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
+        assert res.returncode == 2
+        assert "stage numbers" in res.stderr
+        assert not calls
 
 
 def test_semi_drdnet_lite_takes_only_rdmc_lites_first_stage_as_teacher() -> None:
