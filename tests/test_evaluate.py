@@ -325,18 +325,23 @@ def test_identity_save_writes_the_inputs_as_scored(tmp_path):
     assert ": 1 image, " in res.summary()
 
 
+def _one_identical_pair(pairs: Path) -> Path:
+    """A pairs folder of one 32x40 noise image that is its own ground truth."""
+    for sub in ("rainy", "clean"):
+        (pairs / sub).mkdir(parents=True)
+    img = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(pairs / "rainy" / "a.png")
+    Image.fromarray(img).save(pairs / "clean" / "a.png")
+    return pairs
+
+
 def test_scores_of_a_weights_file_name_the_file(tmp_path, tiny_weights):
     """The summary, JSON and report said only 'model.safetensors' or the architecture's
     name, so every run's scores looked alike (audit)."""
     from derain_cli.enhancer import Derainer
     from derain_cli.evaluate import evaluate
 
-    pairs = tmp_path / "pairs"
-    for sub in ("rainy", "clean"):
-        (pairs / sub).mkdir(parents=True)
-    img = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    Image.fromarray(img).save(pairs / "rainy" / "a.png")
-    Image.fromarray(img).save(pairs / "clean" / "a.png")
+    pairs = _one_identical_pair(tmp_path / "pairs")
     d = Derainer(weights=tiny_weights, device="cpu")
     res = evaluate(d, pairs, report=tmp_path / "r.html")
     assert res.model == f"{tiny_weights} [{d.model_name}]"
@@ -355,12 +360,7 @@ def test_a_model_argument_with_a_path_separator_is_a_file(tmp_path, tiny_weights
     from derain_cli.evaluate import evaluate
     from derain_cli.weights import WeightsError
 
-    pairs = tmp_path / "pairs"
-    for sub in ("rainy", "clean"):
-        (pairs / sub).mkdir(parents=True)
-    img = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    Image.fromarray(img).save(pairs / "rainy" / "a.png")
-    Image.fromarray(img).save(pairs / "clean" / "a.png")
+    pairs = _one_identical_pair(tmp_path / "pairs")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WeightsError, match="no such weights file"):
         evaluate("runs/missing", pairs)
