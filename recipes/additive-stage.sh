@@ -35,10 +35,4 @@ derain train -m "$NAME" --weights "$START" \
   --time-budget "$SECONDS_BUDGET" --batch 8 --patch 64 --lr "${LR:-1e-4}" --warmup 20 \
   --ema 0.99 --val-every "$VAL_EVERY" --ckpt-every "$VAL_EVERY" --seed "${SEED:-5}" \
   --threads 2 --name "$NAME" ${BATCHNORM:+--batchnorm "$BATCHNORM"} --quiet ${TRAIN_ARGS:-}
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$OUT/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$OUT/eval-$set.json"
-done
-python recipes/bundle.py "$OUT" --name "$NAME" --status interim \
-  --recipe "recipes/$NAME.sh" --eval "$OUT"/eval-*.json \
-  --continued-from "$CONTINUED_FROM" --note "$NOTE"
+bash recipes/eval-bundle.sh "$NAME" "$OUT" "$CONTINUED_FROM" "$NOTE"

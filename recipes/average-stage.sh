@@ -14,7 +14,6 @@ if [ $# -ne 7 ]; then
   exit 2
 fi
 NAME=$1 START=$2 CYCLE=$3 OUT=$4 CONTINUED_FROM=$5 NOTE=$6 TRAINING_DATA=$7
-DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
 python benchmarks/average_weights.py "$START" "$CYCLE/model.safetensors" \
   -o "$OUT/model.safetensors"
@@ -24,10 +23,4 @@ entry = json.load(open(sys.argv[1]))
 entry["training_data"] = sys.argv[3]
 json.dump(entry, open(sys.argv[2], "w"), indent=2)
 PY
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$OUT/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$OUT/eval-$set.json"
-done
-python recipes/bundle.py "$OUT" --name "$NAME" --status interim \
-  --eval "$OUT"/eval-rain100l.json "$OUT"/eval-heavy-small.json "$OUT"/eval-sirr-val.json \
-  --recipe "recipes/$NAME.sh" --continued-from "$CONTINUED_FROM" --note "$NOTE"
+bash recipes/eval-bundle.sh "$NAME" "$OUT" "$CONTINUED_FROM" "$NOTE"

@@ -113,15 +113,10 @@ if stage 7; then
 derain distill -m semi-drdnet-lite --student rdmc-lite --init weights/rdmc-lite.safetensors \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
   --lr 1e-4 --threads 2 --seed 71 --name rdmc-lite --out "$OUT/stage7" --quiet
-for set in rain100l heavy-small sirr-val; do
-  derain eval --weights "$OUT/stage7/model.safetensors" --data "$DATA/$set" --precision fp32 \
-    --json > "$OUT/stage7/eval-$set.json"
-done
-python recipes/bundle.py "$OUT/stage7" --name rdmc-lite --status interim \
-  --recipe recipes/rdmc-lite.sh --eval "$OUT"/stage7/eval-*.json \
-  --continued-from "stage 6 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 70aeddc, \
-sha256 400b066a8b90928220afb12ecce4ae28b8abf61376534fa8951a1f4c3763fd55" \
-  --note "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
+bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage7" "stage 6 of recipes/rdmc-lite.sh, as \
+bundled (fp16) at commit 70aeddc, sha256 \
+400b066a8b90928220afb12ecce4ae28b8abf61376534fa8951a1f4c3763fd55" \
+  "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
 minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
 from 1e-4 to 2e-6; no contrastive terms), then stage 7: distilled again from \
 semi-drdnet-lite (900 steps, lr 1e-4 decaying to 1e-5, synthetic mixed rain over \

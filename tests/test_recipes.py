@@ -15,7 +15,7 @@ from derain_cli.manifest import load_manifest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 #: scripts the model recipes call for one stage; not recipes by themselves
-STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh")
+STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh", "eval-bundle.sh")
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 
