@@ -147,7 +147,7 @@ def test_rdmc_lite_recipe_runs_only_the_stages_asked_for(tmp_path: Path) -> None
 @needs_bash
 def test_rdmc_lite_stage_7_distils_stage_6s_bundle_from_semi_drdnet_lite(tmp_path: Path) -> None:
     # stage 7 continues the bundle (stage 6) under the teacher, with no training on pairs
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "7"})
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "7", "TO_STAGE": "7"})
     assert res.returncode == 0, res.stderr
     assert not any(c[:2] == ["derain", "train"] for c in calls)
     distills = [c for c in calls if c[:2] == ["derain", "distill"]]
@@ -163,8 +163,31 @@ def test_rdmc_lite_stage_7_distils_stage_6s_bundle_from_semi_drdnet_lite(tmp_pat
 
 
 @needs_bash
+def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
+        tmp_path: Path) -> None:
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "8"})
+    assert res.returncode == 0, res.stderr
+    assert not any(c[:2] == ["derain", "train"] for c in calls)
+    distills = [c for c in calls if c[:2] == ["derain", "distill"]]
+    assert len(distills) == 1
+    d = distills[0]
+    assert d[d.index("--init") + 1] == "weights/rdmc-lite.safetensors"
+    assert d[d.index("--seed") + 1] == "83"
+    assert d[d.index("--out") + 1].endswith("/stage8")
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1
+    assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
+        "stage 7 of recipes/rdmc-lite.sh")
+    # the default runs every stage, the last one included
+    res, calls = _run_with_stubs(tmp_path / "all", "rdmc-lite.sh", {})
+    assert res.returncode == 0, res.stderr
+    assert [c[c.index("--out") + 1].rsplit("/", 1)[1] for c in calls
+            if c[:2] == ["derain", "distill"]] == ["round1", "stage7", "stage8"]
+
+
+@needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "8"})):
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "9"})):
         res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
         assert res.returncode == 2
         assert "stage numbers" in res.stderr
