@@ -126,8 +126,9 @@ fi
 # the same CPU, 2 threads, fp32: 1998 s; held-out agreement with the teacher 32.0 -> 32.5
 # dB, student PSNR there 23.53 -> 23.69. Shipped by the rule set before scoring (no PSNR
 # loss against stage 7 on any set): +0.00 / +0.17 / +0.08 dB, SSIM higher on all three.
-# Two added-rain cycles from stage 7 (recipes/additive-stage.sh, seeds 73 and 79) and their
-# averages with it lost sirr-val and were not shipped (docs/model-history.md).
+# Two added-rain cycles from stage 7 (recipes/additive-stage.sh, seeds 73 and 79), a third
+# distillation from stage 8 (seed 89) and each one's average with its start
+# lost sirr-val and were not shipped (docs/model-history.md).
 if stage 8; then
 derain distill -m semi-drdnet-lite --student rdmc-lite --init weights/rdmc-lite.safetensors \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
