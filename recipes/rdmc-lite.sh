@@ -109,19 +109,6 @@ fi
 # synthetic rain over clean-bsds and real-rain crops, 900 steps of 8 x 128 px, the rate
 # warming to 1e-4 and decaying to 1e-5. On the 2-core AMD EPYC with AVX-512-BF16 of that
 # day, 2 threads, fp32: 1927 s; held-out agreement with the teacher 29.8 -> 32.0 dB.
-if stage 7; then
-derain distill -m semi-drdnet-lite --student rdmc-lite --init weights/rdmc-lite.safetensors \
-  --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
-  --lr 1e-4 --threads 2 --seed 71 --name rdmc-lite --out "$OUT/stage7" --quiet
-bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage7" "stage 6 of recipes/rdmc-lite.sh, as \
-bundled (fp16) at commit 70aeddc, sha256 \
-400b066a8b90928220afb12ecce4ae28b8abf61376534fa8951a1f4c3763fd55" \
-  "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
-minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms), then stage 7: distilled again from \
-semi-drdnet-lite (900 steps, lr 1e-4 decaying to 1e-5, synthetic mixed rain over \
-clean-bsds and real-rain crops). steps, wall_time_s and hardware are stage 7's. $NOTE_TAIL"
-fi
 # Stage 8 (2026-12-04): stage 7's bundle distilled once more the same way (another seed);
 # the same CPU, 2 threads, fp32: 1998 s; held-out agreement with the teacher 32.0 -> 32.5
 # dB, student PSNR there 23.53 -> 23.69. Shipped by the rule set before scoring (no PSNR
@@ -129,16 +116,26 @@ fi
 # Two added-rain cycles from stage 7 (recipes/additive-stage.sh, seeds 73 and 79), a third
 # distillation from stage 8 (seed 89) and each one's average with its start
 # lost sirr-val and were not shipped (docs/model-history.md).
-if stage 8; then
+# Stages 7 and 8 differ only in their seed, their start and the note's count of rounds:
+#   distill_stage STAGE SEED CONTINUED_FROM ROUNDS [" each"]
+distill_stage() {
 derain distill -m semi-drdnet-lite --student rdmc-lite --init weights/rdmc-lite.safetensors \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
-  --lr 1e-4 --threads 2 --seed 83 --name rdmc-lite --out "$OUT/stage8" --quiet
-bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage8" "stage 7 of recipes/rdmc-lite.sh, as \
-bundled (fp16) at commit 2dd5700, sha256 \
-b616fa7b7d42d0d1ed6756b9a50677fbfd8ff65f1e79bb9c3877cc3ba0dc8b75" \
+  --lr 1e-4 --threads 2 --seed "$2" --name rdmc-lite --out "$OUT/stage$1" --quiet
+bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage$1" "$3" \
   "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
 minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms), then stages 7 and 8: distilled twice more from \
-semi-drdnet-lite (900 steps each, lr 1e-4 decaying to 1e-5, synthetic mixed rain over \
-clean-bsds and real-rain crops). steps, wall_time_s and hardware are stage 8's. $NOTE_TAIL"
+from 1e-4 to 2e-6; no contrastive terms), then $4 from semi-drdnet-lite (900 steps\
+${5:-}, lr 1e-4 decaying to 1e-5, synthetic mixed rain over clean-bsds and real-rain \
+crops). steps, wall_time_s and hardware are stage $1's. $NOTE_TAIL"
+}
+if stage 7; then
+distill_stage 7 71 "stage 6 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 70aeddc, \
+sha256 400b066a8b90928220afb12ecce4ae28b8abf61376534fa8951a1f4c3763fd55" \
+  "stage 7: distilled again"
+fi
+if stage 8; then
+distill_stage 8 83 "stage 7 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 2dd5700, \
+sha256 b616fa7b7d42d0d1ed6756b9a50677fbfd8ff65f1e79bb9c3877cc3ba0dc8b75" \
+  "stages 7 and 8: distilled twice more" " each"
 fi
