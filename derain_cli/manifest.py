@@ -14,8 +14,16 @@ from typing import Any
 
 
 def bundled_dir() -> Path:
-    """The folder holding the bundled weights and ``manifest.json``."""
-    return Path(str(resources.files("derain_cli.weights_dir")))
+    """The folder holding the bundled weights and ``manifest.json``.
+
+    Installed, that is the package ``derain_cli.weights_dir`` (pyproject maps it to
+    ``weights/``); a source checkout used through ``PYTHONPATH`` without installing
+    (the lent GPU machine, recipes/gpu-session.sh) has no such package, only the folder.
+    """
+    try:
+        return Path(str(resources.files("derain_cli.weights_dir")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights"
 
 
 @dataclass

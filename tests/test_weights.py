@@ -212,3 +212,22 @@ def test_names_a_file_one_rule_for_name_or_file(tmp_path, monkeypatch) -> None:
     for spec in ("run.ckpt", "run.PT", "x.safetensors", "m.pth", "g.onnx", "runs/missing"):
         assert weights.names_a_file(spec), spec
     assert weights.names_a_file(tmp_path / "my-model")
+
+
+def test_source_checkout_without_install_finds_the_bundled_weights(tmp_path):
+    """recipes/gpu-session.sh runs the checkout through PYTHONPATH on a bare GPU machine,
+    where the installed package ``derain_cli.weights_dir`` does not exist: the manifest
+    must still be read from ``weights/`` (``-S``: no site-packages, no editable install)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(weights.__file__).resolve().parent.parent
+    code = ("from derain_cli.manifest import bundled_dir, load_manifest; "
+            "print(bundled_dir()); print(' '.join(sorted(load_manifest())))")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert Path(out[0]) == repo / "weights"
+    bundled = json.loads((repo / "weights" / "manifest.json").read_text())["weights"]
+    assert out[1].split() == sorted(w["name"] for w in bundled)
