@@ -128,6 +128,8 @@ def test_real_out_of_memory_halves_the_tile(device, caplog, tmp_path: Path):
         pytest.skip("needs a CUDA device to run out of memory for real")
     weights = _random_weights("semi-drdnet", tmp_path)
     dev = torch.device(device)
+    if dev.index is None:  # set_per_process_memory_fraction wants an index
+        dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(1.5e9 / total, dev)
