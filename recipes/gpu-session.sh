@@ -21,16 +21,16 @@
 #
 # Here, first (fills the git-ignored .data/gpu from ../shared/data, about 40 MB):
 #   bash recipes/gpu-session.sh prepare [previous-weights.safetensors]
-# Then, through the device tool, two calls back to back (the machine stays warm for 30 s
-# only; a 15-minute lease is about 2 minutes of start-up, then these two):
-#   run(command="STAGES=tests,bench,folder BUDGET=420 bash recipes/gpu-session.sh",
-#       carry=[".data/gpu"], timeout_s=450)
-#   run(command="STAGES=train BUDGET=330 bash recipes/gpu-session.sh",
-#       carry=[".data/gpu"], timeout_s=360)
-# (all four stages in one call need about 14 minutes: more than one command may run).
+# Then, through the device tool, one call (the first lent session, 2026-12-04, measured the
+# stages: machine start about 40 s, tests 46 s, bench 55 s, folder 55 s; the rest trains):
+#   run(command="BUDGET=560 bash recipes/gpu-session.sh", carry=[".data/gpu"], timeout_s=600)
+# and, with the lease's time left, a second call of STAGES=train alone. Do not warm-start
+# from that first session's semi-drdnet: 1904 steps grown from semi-drdnet-fast fell below
+# it on the validation pairs (docs/model-history.md); it was not brought into the repo.
 # Environment: MODEL (semi-drdnet), BUDGET (seconds for everything, 540), STAGES
 # (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
-# FOLDER_COUNT (8), DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
+# FOLDER_COUNT (8), FOLDER_MODEL (semi-drdnet-lite: folder_e2e needs bundled weights),
+# DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
 # for rdmc; none: from scratch), PRESET (the draw of semi-drdnet-fast's stage 8), LR (3e-4
 # from scratch), WARM_LR (1e-4) and WARM_BN (keep; refresh with GROW_FROM=none) when
 # warm-started. A smoke test of the
@@ -94,7 +94,8 @@ if has bench; then
 fi
 if has folder; then
   echo "== folder_e2e on $DEVICE ($(left)s left)"
-  timeout 100 python3 benchmarks/folder_e2e.py --device "$DEVICE" -m "$MODEL" \
+  timeout 100 python3 benchmarks/folder_e2e.py --device "$DEVICE" \
+    -m "${FOLDER_MODEL:-semi-drdnet-lite}" --io-threads auto,0,4 \
     --count "${FOLDER_COUNT:-8}" --megapixels "${FOLDER_MP:-12}" --json "$OUT/folder.json"
   echo "== tile_batch on $DEVICE ($(left)s left)"  # table in session.log only (8 files back)
   timeout 45 python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
