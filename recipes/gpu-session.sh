@@ -27,11 +27,18 @@
 # and, with the lease's time left, a second call of STAGES=train alone. Do not warm-start
 # from that first session's semi-drdnet: 1904 steps grown from semi-drdnet-fast fell below
 # it on the validation pairs (docs/model-history.md); it was not brought into the repo.
+# Back here, score what returns and its half-and-half average with the grown start (`derain
+# grow semi-drdnet-fast --to semi-drdnet -o grown.safetensors --calib .data/gpu/clean-bsds`,
+# then `python benchmarks/average_weights.py grown.safetensors model.safetensors -o avg`):
+# `derain eval --weights W --data .data/gpu/val --precision fp32 --csv W.csv`, per half.
 # Environment: MODEL (semi-drdnet), BUDGET (seconds for everything, 540), STAGES
 # (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
 # FOLDER_COUNT (8), FOLDER_MODEL (semi-drdnet-lite: folder_e2e needs bundled weights),
 # DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
-# for rdmc; none: from scratch), PRESET (the draw of semi-drdnet-fast's stage 8), LR (3e-4
+# for rdmc; none: from scratch), PRESET (light,medium,heavy,mixed) and CONTRAST (train's
+# --contrast-features, none): as semi-drdnet-lite's stage 10, the CPU stage that raised a
+# grown model; the first GPU chunk ran semi-drdnet-fast's stage-8 draw (with veiled rain)
+# and `self`, and lost 1.6 dB on light rain (README, Training your own), LR (3e-4
 # from scratch), WARM_LR (1e-4) and WARM_BN (keep; refresh with GROW_FROM=none) when
 # warm-started. A smoke test of the
 # script itself on a CPU, in two minutes:
@@ -139,11 +146,11 @@ if has train; then
     run=/tmp/derain-run
     rm -rf "$run"
     python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \
-      --preset "${PRESET:-light,medium,heavy,mixed,light,medium,heavy,mixed,veiled}" \
+      --preset "${PRESET:-light,medium,heavy,mixed}" \
       --val .data/gpu/val --val-limit 20 --out "$run" \
       --batch "${BATCH:-16}" --patch "${PATCH:-128}" --lr "$lr" --warmup 300 --ema 0.999 \
       --device "$DEVICE" --amp auto --workers "${WORKERS:-12}" --val-every 1000 --ckpt-every 1000 --log-every 50 \
-      --contrast-features self --time-budget "$secs" "${init[@]}" --quiet
+      --contrast-features "${CONTRAST:-none}" --time-budget "$secs" "${init[@]}" --quiet
     python3 -m derain_cli eval --weights "$run/model.safetensors" --data .data/gpu/val \
       --device "$DEVICE" || true
     cp "$run/log.jsonl" "$OUT/train-log.jsonl" 2>/dev/null

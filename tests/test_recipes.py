@@ -334,3 +334,19 @@ def test_the_gpu_sessions_folder_benchmarks_run_models_that_have_weights(tmp_pat
     models = [c[c.index("-m") + 1] for c in calls
               if len(c) > 1 and c[1].endswith(("folder_e2e.py", "tile_batch.py"))]
     assert len(models) == 2 and set(models) <= set(load_manifest()), models
+
+
+@needs_bash
+@pytest.mark.parametrize(("env_extra", "preset", "contrast"), [
+    ({}, "light,medium,heavy,mixed", "none"),
+    ({"PRESET": "light,veiled", "CONTRAST": "self"}, "light,veiled", "self"),
+])
+def test_a_gpu_chunk_trains_as_the_cpu_stage_that_raised_a_grown_model(
+        tmp_path: Path, env_extra: dict[str, str], preset: str, contrast: str) -> None:
+    # semi-drdnet-lite's stage 10 (no contrastive terms, light to heavy added rain) raised a
+    # grown model on the CPU; the first GPU chunk's veiled draw with `self` lost light rain
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"STAGES": "train", **env_extra})
+    assert res.returncode == 0, res.stderr
+    train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
+    assert train[train.index("--preset") + 1] == preset
+    assert train[train.index("--contrast-features") + 1] == contrast
