@@ -115,7 +115,9 @@ fi
 # loss against stage 7 on any set): +0.00 / +0.17 / +0.08 dB, SSIM higher on all three.
 # Two added-rain cycles from stage 7 (recipes/additive-stage.sh, seeds 73 and 79), a third
 # distillation from stage 8 (seed 89) and each one's average with its start
-# lost sirr-val and were not shipped (docs/model-history.md).
+# lost sirr-val and were not shipped; a distillation from semi-drdnet-fast instead (seed
+# 97) and its averages with stage 8 lost 0.006-0.07 dB of rain100l and were not shipped
+# either (docs/model-history.md).
 # Stages 7 and 8 differ only in their seed, their start and the note's count of rounds:
 #   distill_stage STAGE SEED CONTINUED_FROM ROUNDS [" each"]
 distill_stage() {
