@@ -11,13 +11,19 @@ and one run:
   with each of ``--io-threads`` (default: the device's default, and 0: all in turn),
   megapixels per second of the whole batch; best of ``--repeats`` interleaved rounds.
 
+``--stand-in SECONDS`` replaces the network with a stand-in that converts the photo to
+float once and waits the rest of ``SECONDS`` without holding the GIL, as a call that waits
+for a GPU looks to the host; it reports as a GPU, so the GPU's I/O-thread default applies.
+On any CPU it measures how much of the I/O the folder loop itself can hide, apart from
+the host work a real network adds (tiling, copies, blending).
+
 The photos are 4:3 mosaics of the bundled rainy examples (as ``photo_e2e.py``), each
 a little different (mirrored, rotated order), saved as quality-92 JPEGs. The model is
 loaded and warmed up once before anything is timed: process start-up and model loading
 are per folder, not per photo, and ``photo_e2e.py`` times them.
 
     python benchmarks/folder_e2e.py [--device cuda] [-m semi-drdnet] [--precision auto]
-        [--megapixels 12] [--count 8] [--repeats 2]
+        [--megapixels 12] [--count 8] [--repeats 2] [--io-threads auto,0] [--stand-in S]
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
@@ -48,6 +56,24 @@ def make_photos(folder: Path, count: int, megapixels: float) -> tuple[int, int]:
     return size
 
 
+class StandIn:
+    """A network that only waits: ``seconds`` per photo, one float conversion included."""
+
+    device_name = "cuda"  # for the I/O-thread default; no GPU is used
+    model_name = "stand-in"
+    precision = "none"
+    engine_note = None
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def derain_array(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:  # noqa: ANN001
+        t0 = time.perf_counter()
+        out = np.multiply(rgb, np.float32(1 / 255), dtype=np.float32)
+        time.sleep(max(0.0, self.seconds - (time.perf_counter() - t0)))
+        return out
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (tests/test_recipes.py parses recipes/gpu-session.sh's calls with it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--io-threads", default="auto,0",
                     help="comma-separated I/O thread counts to time the folder with; auto: "
                          "the default for the device")
+    ap.add_argument("--stand-in", type=float, default=None, metavar="SECONDS",
+                    help="replace the network with a wait of this many seconds per photo")
     return ap
 
 
@@ -66,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         w, h = make_photos(work / "in", args.count, args.megapixels)
         mp = w * h / 1e6
-        derainer = Derainer(model=args.model, device=args.device, precision=args.precision,
-                            workload_megapixels=mp * args.count)
+        if args.stand_in is not None:
+            derainer = StandIn(args.stand_in)
+        else:
+            derainer = Derainer(model=args.model, device=args.device,
+                                precision=args.precision, workload_megapixels=mp * args.count)
         print(f"{args.count} photos of {w}x{h} ({mp:.1f} MP); model {derainer.model_name}, "
               f"{derainer.device_name}, {derainer.engine_note or derainer.precision}")
         pixels = read_image(work / "in" / "photo00.jpg").pixels
