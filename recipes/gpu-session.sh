@@ -91,10 +91,13 @@ if has tests; then
 fi
 if has bench; then
   echo "== bench_inference on $DEVICE ($(left)s left)"
+  # the reference conv on a map as large as the image: on the H200 (2026-12-04) the default
+  # 512 px map reached 118 TFLOP/s in fp16, less than Semi-DRDNet itself on 2000 px
+  side=$(awk -v mp="${BENCH_MP:-4}" 'BEGIN { printf "%d", sqrt(mp * 1e6) }')
   for m in semi-drdnet rdmc semi-drdnet-tiny; do  # one by one: a timeout loses one model
     timeout 60 python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \
       --variants fp32,fp16,bf16 --megapixels "${BENCH_MP:-4}" --repeats 3 \
-      --json "/tmp/bench-$m.json"
+      --peak-side "$side" --json "/tmp/bench-$m.json"
   done
   python3 -c "import json, sys; json.dump([json.load(open(f)) for f in sys.argv[1:]],
     open('$OUT/bench.json', 'w'), indent=1)" /tmp/bench-*.json || true  # one file back
