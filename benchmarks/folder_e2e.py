@@ -11,6 +11,14 @@ and one run:
   with each of ``--io-threads`` (default: the device's default, and 0: all in turn),
   megapixels per second of the whole batch; best of ``--repeats`` interleaved rounds.
 
+A second table says where each folder run's time went, per photo, from the stages timed
+on the threads that ran them (``Timeline``: ``batch``'s read, derain, quantise and write
+steps wrapped for the run): the main thread's derain call against the same call in
+memory (above 1.00x: the I/O threads slowed the network's host work down) and the main
+thread's waits (the rest of the wall time: for a read, for a write slot, the first read
+and last write). Which of the two is large says whether the I/O is too slow to hide or
+contends with the network call.
+
 ``--stand-in SECONDS`` replaces the network with a stand-in that converts the photo to
 float once and waits the rest of ``SECONDS`` without holding the GIL, as a call that waits
 for a GPU looks to the host; it reports as a GPU, so the GPU's I/O-thread default applies.
@@ -33,7 +41,10 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +54,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from photo_e2e import add_model_args, make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
+from derain_cli import batch  # noqa: E402
 from derain_cli.batch import BatchOptions, collect_inputs, resolve_io_workers, run_batch  # noqa: E402
 from derain_cli.enhancer import Derainer  # noqa: E402
 from derain_cli.images import read_image  # noqa: E402
@@ -71,6 +83,56 @@ class StandIn:
         t0 = time.perf_counter()
         out = np.multiply(rgb, np.float32(1 / 255), dtype=np.float32)
         time.sleep(max(0.0, self.seconds - (time.perf_counter() - t0)))
+        return out
+
+
+class Timeline:
+    """Each photo's read, derain, quantise and write, timed on the thread that ran it.
+
+    ``installed()`` wraps ``batch``'s step functions for the duration of a run (the
+    pipelined loop and the serial one both look them up at call time); ``per_photo``
+    turns the spans into seconds a photo.
+    """
+
+    #: the wrapped ``batch`` functions and what each is called in the table
+    STEPS = {"_read": "read", "_derain": "derain", "_prepare": "quantise", "_encode": "encode"}
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, bool, float]] = []  # (step, on the main thread, seconds)
+
+    def _wrap(self, step: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:  # list.append is atomic: the I/O threads append too
+                self.spans.append((step, threading.current_thread() is threading.main_thread(),
+                                   time.perf_counter() - t0))
+        return timed
+
+    @contextmanager
+    def installed(self) -> Iterator[Timeline]:
+        saved = {name: getattr(batch, name) for name in self.STEPS}
+        for name, fn in saved.items():
+            setattr(batch, name, self._wrap(self.STEPS[name], fn))
+        try:
+            yield self
+        finally:
+            for name, fn in saved.items():
+                setattr(batch, name, fn)
+
+    def per_photo(self, photos: int, wall: float) -> dict[str, float]:
+        """Seconds a photo: each step (``write`` is encode minus quantise: file encoding
+        and the atomic write), ``main waits`` the main thread's wall time outside them."""
+        total = {label: 0.0 for label in self.STEPS.values()}
+        main_busy = 0.0
+        for step, on_main, secs in self.spans:
+            total[step] += secs
+            if on_main and step != "quantise":  # quantise runs inside encode
+                main_busy += secs
+        out = {k: v / photos for k, v in total.items() if k != "encode"}
+        out["write"] = (total["encode"] - total["quantise"]) / photos
+        out["main waits"] = max(0.0, wall - main_busy) / photos
         return out
 
 
@@ -105,30 +167,44 @@ def main(argv: list[str] | None = None) -> int:
         derainer.derain_array(pixels)  # warm-up: sessions, kernels, autotuning
         memory = "in memory (derain_array)"
         rows: dict[str, float] = {}
+        steps: dict[str, dict[str, float]] = {}  # per folder run: its best round's timeline
+        in_memory = float("inf")
         items = collect_inputs([str(work / "in")])
         configs = [None if v == "auto" else int(v) for v in args.io_threads.split(",")]
         labels = {c: "folder, --io-threads "
                   + str(resolve_io_workers(BatchOptions(io_workers=c), derainer))
                   + (" (the default here)" if c is None else "") for c in configs}
         for _ in range(args.repeats):  # interleaved rounds: a busy moment hits all alike
-            rows[memory] = max(rows.get(memory, 0.0),
-                               mp / _timed(lambda: derainer.derain_array(pixels)))
+            in_memory = min(in_memory, _timed(lambda: derainer.derain_array(pixels)))
+            rows[memory] = mp / in_memory
             for c in configs:
                 opts = BatchOptions(output=work / f"out{c}", io_workers=c, overwrite=True)
-                summary = run_batch(items, derainer, opts)
+                with Timeline().installed() as timeline:
+                    summary = run_batch(items, derainer, opts)
                 if not summary.ok or summary.processed != args.count:
                     raise SystemExit(f"{labels[c]}: {summary.to_json()}")
-                rows[labels[c]] = max(rows.get(labels[c], 0.0), summary.megapixels_per_s)
+                if summary.megapixels_per_s > rows.get(labels[c], 0.0):
+                    rows[labels[c]] = summary.megapixels_per_s
+                    steps[labels[c]] = timeline.per_photo(args.count, summary.seconds)
         base = rows[memory]
         print("| run | MP/s | share of in-memory |")
         print("| --- | ---: | ---: |")
         for label, rate in rows.items():
             print(f"| {label} | {rate:.3f} | {100 * rate / base:.0f} % |")
+        print(f"\nSeconds a photo (in memory: {in_memory:.3f}); derain on the main thread, "
+              "the rest where it ran:\n")
+        print("| run | wall | derain | vs in memory | read | quantise | write | main waits |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, st in steps.items():
+            print(f"| {label} | {mp / rows[label]:.3f} | {st['derain']:.3f} | "
+                  f"{st['derain'] / in_memory:.2f}x | {st['read']:.3f} | {st['quantise']:.3f} | "
+                  f"{st['write']:.3f} | {st['main waits']:.3f} |")
         if args.json:
             args.json.write_text(json.dumps({
                 "model": derainer.model_name, "device": derainer.device_name,
                 "precision": derainer.precision, "megapixels": mp, "count": args.count,
-                "mp_per_s": rows}, indent=2) + "\n")
+                "mp_per_s": rows, "in_memory_s": in_memory, "seconds_per_photo": steps},
+                indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
