@@ -20,10 +20,15 @@ and last write). Which of the two is large says whether the I/O is too slow to h
 contends with the network call.
 
 ``--stand-in SECONDS`` replaces the network with a stand-in that converts the photo to
-float once and waits the rest of ``SECONDS`` without holding the GIL, as a call that waits
+float once (into planes, the layout the GPU's one-tile pass returns) and waits the rest
+of ``SECONDS`` without holding the GIL, as a call that waits
 for a GPU looks to the host; it reports as a GPU, so the GPU's I/O-thread default applies.
 On any CPU it measures how much of the I/O the folder loop itself can hide, apart from
 the host work a real network adds (tiling, copies, blending).
+``--io-stand-in READ,WRITE`` also replaces reading and writing a photo by waits of those
+seconds (the photo is still read, so use it with small ``--megapixels``): with both
+stand-ins nothing uses the CPU, and the table is the loop's own schedule, the share of
+the network's time it can reach at best for those step times.
 
 The photos are 4:3 mosaics of the bundled rainy examples (as ``photo_e2e.py``), each
 a little different (mirrored, rotated order), saved as quality-92 JPEGs. The model is
@@ -32,6 +37,7 @@ are per folder, not per photo, and ``photo_e2e.py`` times them.
 
     python benchmarks/folder_e2e.py [--device cuda] [-m semi-drdnet] [--precision auto]
         [--megapixels 12] [--count 8] [--repeats 2] [--io-threads auto,0] [--stand-in S]
+        [--io-stand-in READ,WRITE]
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +87,35 @@ class StandIn:
 
     def derain_array(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:  # noqa: ANN001
         t0 = time.perf_counter()
-        out = np.multiply(rgb, np.float32(1 / 255), dtype=np.float32)
+        # As the GPU's one-tile pass leaves it: planes (C, H, W) seen as H x W x 3, so the
+        # writers quantise the same strided layout the real call hands them.
+        planes = np.empty((3, *rgb.shape[:2]), np.float32)
+        np.multiply(rgb.transpose(2, 0, 1), np.float32(1 / 255), out=planes)
         time.sleep(max(0.0, self.seconds - (time.perf_counter() - t0)))
-        return out
+        return planes.transpose(1, 2, 0)
+
+
+@contextmanager
+def io_stand_in(read_s: float, write_s: float) -> Iterator[None]:
+    """``batch``'s read and write of a photo replaced by waits (``--io-stand-in``): the read
+    still reads (the stand-in network needs pixels), the write only waits."""
+    real_read = batch._read
+
+    def read(job, options):  # noqa: ANN001, ANN202
+        time.sleep(read_s)
+        return real_read(job, options)
+
+    def encode(job, box, options) -> float:  # noqa: ANN001
+        h, w = box.pop().pixels.shape[:2]
+        time.sleep(write_s)
+        return h * w / 1e6
+
+    saved = batch._read, batch._encode
+    batch._read, batch._encode = read, encode
+    try:
+        yield
+    finally:
+        batch._read, batch._encode = saved
 
 
 class Timeline:
@@ -146,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
                          "the default for the device")
     ap.add_argument("--stand-in", type=float, default=None, metavar="SECONDS",
                     help="replace the network with a wait of this many seconds per photo")
+    ap.add_argument("--io-stand-in", default=None, metavar="READ,WRITE",
+                    help="replace reading and writing a photo with waits of these seconds")
     return ap
 
 
@@ -170,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         steps: dict[str, dict[str, float]] = {}  # per folder run: its best round's timeline
         in_memory = float("inf")
         items = collect_inputs([str(work / "in")])
+        io_waits: Callable[[], AbstractContextManager] = nullcontext  # a new one per run
+        if args.io_stand_in:
+            read_s, write_s = (float(v) for v in args.io_stand_in.split(","))
+            io_waits = lambda: io_stand_in(read_s, write_s)  # noqa: E731
         configs = [None if v == "auto" else int(v) for v in args.io_threads.split(",")]
         labels = {c: "folder, --io-threads "
                   + str(resolve_io_workers(BatchOptions(io_workers=c), derainer))
@@ -179,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[memory] = mp / in_memory
             for c in configs:
                 opts = BatchOptions(output=work / f"out{c}", io_workers=c, overwrite=True)
-                with Timeline().installed() as timeline:
+                with io_waits(), Timeline().installed() as timeline:
                     summary = run_batch(items, derainer, opts)
                 if not summary.ok or summary.processed != args.count:
                     raise SystemExit(f"{labels[c]}: {summary.to_json()}")

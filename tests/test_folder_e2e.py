@@ -13,7 +13,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from folder_e2e import StandIn, Timeline  # noqa: E402
+from folder_e2e import StandIn, Timeline, io_stand_in  # noqa: E402
 
 from derain_cli import batch  # noqa: E402
 from derain_cli.batch import BatchOptions, collect_inputs, run_batch  # noqa: E402
@@ -65,3 +65,16 @@ def test_the_timeline_times_every_step_of_every_photo_and_restores_batch(
         total = per["read"] + per["derain"] + per["quantise"] + per["write"] + per["main waits"]
         assert total == pytest.approx(summary.seconds / 3, rel=1e-6)
         assert per["main waits"] < 0.05
+
+
+def test_the_io_stand_in_replaces_reading_and_writing_by_waits_and_writes_nothing(
+        photos: Path, tmp_path: Path) -> None:
+    originals = {name: getattr(batch, name) for name in Timeline.STEPS}
+    opts = BatchOptions(output=tmp_path / "out", io_workers=0, overwrite=True)
+    with io_stand_in(0.02, 0.03), Timeline().installed() as timeline:
+        summary = run_batch(collect_inputs([str(photos)]), StandIn(0.01), opts)
+    assert {name: getattr(batch, name) for name in Timeline.STEPS} == originals
+    assert summary.processed == 3 and summary.megapixels == pytest.approx(3 * 48 * 64 / 1e6)
+    per = timeline.per_photo(3, summary.seconds)
+    assert per["read"] >= 0.02 and per["write"] >= 0.03 and per["quantise"] == 0
+    assert not any((tmp_path / "out").glob("*.jpg"))  # the write only waited
