@@ -11,7 +11,10 @@
 #   3. benchmarks/folder_e2e.py on CUDA: a folder of 12 MP JPEGs against the model alone
 #      (issue 6: at least 80 %); benchmarks/tile_batch.py: 512 px tiles, one against
 #      several per forward pass;
-#   4. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
+#   4. derain finetune with its GPU defaults (1000 steps of 8 crops of 128 px) of the
+#      default model on 20 real rainy photos, timed, and the validation pairs scored
+#      before and after (issue 4: its GPU defaults were never measured; finetune.json);
+#   5. derain train of the paper-size $MODEL for the time left (issue 5), warm-started from
 #      .data/gpu/init.safetensors when an earlier session brought weights back, else from
 #      a bundled small model of its architecture (semi-drdnet-fast, the default; rdmc-lite)
 #      grown into it on the device (`derain grow`: the same output for semi-drdnet, close
@@ -19,7 +22,7 @@
 #      derain eval on the validation pairs. The weights come back in $OUT (split into
 #      15 MB parts when larger: join them with `cat model.safetensors.part-* > m.safetensors`).
 #
-# Here, first (fills the git-ignored .data/gpu from ../shared/data, about 40 MB):
+# Here, first (fills the git-ignored .data/gpu from ../shared/data, about 42 MB):
 #   bash recipes/gpu-session.sh prepare [previous-weights.safetensors]
 # Then, through the device tool, one call (the first lent session, 2026-12-04, measured the
 # stages: machine start about 40 s, tests 46 s, bench 55 s, folder 55 s; the rest trains):
@@ -32,7 +35,8 @@
 # then `python benchmarks/average_weights.py grown.safetensors model.safetensors -o avg`):
 # `derain eval --weights W --data .data/gpu/val --precision fp32 --csv W.csv`, per half.
 # Environment: MODEL (semi-drdnet), BUDGET (seconds for everything, 540), STAGES
-# (tests,bench,folder,train), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
+# (tests,bench,folder,finetune,train), FT_MODEL (semi-drdnet-fast), FT_ARGS (none: the GPU
+# defaults), BATCH (16), PATCH (128), BENCH_MP (4), FOLDER_MP (12),
 # FOLDER_COUNT (8), FOLDER_MODEL (semi-drdnet-lite: folder_e2e needs bundled weights),
 # DEVICE (cuda), GROW_FROM (semi-drdnet-fast for semi-drdnet, rdmc-lite
 # for rdmc; none: from scratch), PRESET (light,medium,heavy,mixed) and CONTRAST (train's
@@ -43,7 +47,8 @@
 # warm-started. A smoke test of the
 # script itself on a CPU, in two minutes:
 #   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=260 BENCH_MP=0.02 \
-#   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,train \
+#   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,finetune,train \
+#   FT_ARGS="--steps 3 --batch 2 --patch 32" \
 #   OUT=/tmp/gpu-smoke bash recipes/gpu-session.sh
 # What it needs there: python3 with torch (CUDA), typer, rich, pillow, opencv,
 # safetensors, huggingface-hub, onnxruntime; the H200 image has them all (KINDS.md).
@@ -63,6 +68,9 @@ if [[ "${1:-}" == "prepare" ]]; then
       cp "$DATA/$set/clean/$f" "$dst/val/clean/$set-$f"
     done
   done
+  # unlabeled real rain for the finetune stage (what a user brings: 20 photos)
+  mkdir -p "$dst/real"
+  for f in $(ls "$DATA/real-rain" | head -20); do cp "$DATA/real-rain/$f" "$dst/real/"; done
   if [[ -n "${2:-}" ]]; then cp "$2" "$dst/init.safetensors"; fi
   du -sh "$dst"
   exit 0
@@ -74,7 +82,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 MODEL=${MODEL:-semi-drdnet}
 DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-540}
-STAGES=${STAGES:-tests,bench,folder,train}
+STAGES=${STAGES:-tests,bench,folder,finetune,train}
 T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -110,6 +118,33 @@ if has folder; then
   echo "== tile_batch on $DEVICE ($(left)s left)"  # table in session.log only (8 files back)
   timeout 45 python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
     --megapixels "${FOLDER_MP:-12}" --tile 512 --batches 1,4,auto
+fi
+if has finetune; then
+  ft_model=${FT_MODEL:-semi-drdnet-fast}
+  echo "== finetune $ft_model on .data/gpu/real, ${FT_ARGS:-the GPU defaults} ($(left)s left)"
+  ft=/tmp/derain-ft
+  rm -rf "$ft"
+  t=$(date +%s)
+  # shellcheck disable=SC2086  # FT_ARGS: several flags
+  timeout 240 python3 -m derain_cli finetune -m "$ft_model" --rainy .data/gpu/real \
+    --out "$ft" --device "$DEVICE" ${FT_ARGS:-} --quiet
+  rc=$? ft_secs=$(($(date +%s) - t))
+  echo "== finetune: exit $rc, ${ft_secs}s"
+  python3 -m derain_cli eval -m "$ft_model" --data .data/gpu/val --device "$DEVICE" \
+    --json > /tmp/ft-base.json || true
+  python3 -m derain_cli eval --weights "$ft/model.safetensors" --data .data/gpu/val \
+    --device "$DEVICE" --json > /tmp/ft-tuned.json || true
+  python3 -c "import json, sys
+out = {'seconds': $ft_secs, 'exit': $rc, 'model': '$ft_model', 'args': '${FT_ARGS:-}'}
+for k in ('base', 'tuned'):
+    try:
+        e = json.load(open(f'/tmp/ft-{k}.json'))
+        out[k] = {'psnr_y': e['psnr_y'], 'ssim_y': e['ssim_y'],
+                  'per_image': {i['name']: i['psnr_y'] for i in e['images']}}
+    except (OSError, ValueError, KeyError) as err:
+        out[k] = repr(err)
+json.dump(out, open('$OUT/finetune.json', 'w'), indent=1)
+print({k: v.get('psnr_y') if isinstance(v, dict) else v for k, v in out.items()})" || true
 fi
 if has train; then
   secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget

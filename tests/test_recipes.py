@@ -350,3 +350,21 @@ def test_a_gpu_chunk_trains_as_the_cpu_stage_that_raised_a_grown_model(
     train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
     assert train[train.index("--preset") + 1] == preset
     assert train[train.index("--contrast-features") + 1] == contrast
+
+
+@needs_bash
+def test_the_gpu_sessions_finetune_stage_runs_finetunes_gpu_defaults_and_scores_both(
+        tmp_path: Path) -> None:
+    # issue 4: `derain finetune`'s GPU defaults (1000 steps of 8 x 128 px) were never timed
+    # on a GPU; the stage must run them as a user would (no step, batch or patch flags)
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"STAGES": "finetune"})
+    assert res.returncode == 0, res.stderr
+    ft = [c for c in calls if c[1:4] == ["-m", "derain_cli", "finetune"]]
+    assert len(ft) == 1 and not {"--steps", "--batch", "--patch"} & set(ft[0])
+    assert ft[0][ft[0].index("--rainy") + 1] == ".data/gpu/real"
+    evals = [c for c in calls if c[1:4] == ["-m", "derain_cli", "eval"]]
+    assert [e[4] for e in evals] == ["-m", "--weights"]  # the start, then the result
+    res, calls = _run_with_stubs(tmp_path / "small", "gpu-session.sh",
+                                 {"STAGES": "finetune", "FT_ARGS": "--steps 3 --batch 2"})
+    ft = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "finetune"])
+    assert ft[ft.index("--steps") + 1] == "3" and ft[ft.index("--batch") + 1] == "2"
