@@ -20,8 +20,8 @@ and last write). Which of the two is large says whether the I/O is too slow to h
 contends with the network call.
 
 ``--stand-in SECONDS`` replaces the network with a stand-in that converts the photo to
-float once (into planes, the layout the GPU's one-tile pass returns) and waits the rest
-of ``SECONDS`` without holding the GIL, as a call that waits
+float once (H x W x 3, contiguous, as PyTorch's channels_last pass returns it) and waits
+the rest of ``SECONDS`` without holding the GIL, as a call that waits
 for a GPU looks to the host; it reports as a GPU, so the GPU's I/O-thread default applies.
 On any CPU it measures how much of the I/O the folder loop itself can hide, apart from
 the host work a real network adds (tiling, copies, blending).
@@ -87,12 +87,9 @@ class StandIn:
 
     def derain_array(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:  # noqa: ANN001
         t0 = time.perf_counter()
-        # As the GPU's one-tile pass leaves it: planes (C, H, W) seen as H x W x 3, so the
-        # writers quantise the same strided layout the real call hands them.
-        planes = np.empty((3, *rgb.shape[:2]), np.float32)
-        np.multiply(rgb.transpose(2, 0, 1), np.float32(1 / 255), out=planes)
+        out = np.multiply(rgb, np.float32(1 / 255), dtype=np.float32)
         time.sleep(max(0.0, self.seconds - (time.perf_counter() - t0)))
-        return planes.transpose(1, 2, 0)
+        return out
 
 
 @contextmanager
