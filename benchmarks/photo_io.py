@@ -10,7 +10,12 @@ network; this splits it into its stages, best of ``--repeats`` interleaved round
   beside the ``nan_to_num`` + ``clip`` formula it replaced (the reference its test checks it
   against exactly);
 * **prepare**: the whole ``images.prepare_image`` (quantise plus metadata);
-* **write**: ``PreparedImage.write`` (JPEG encoding at ``--quality``, fsync, rename).
+* **write**: ``PreparedImage.write`` (JPEG encoding at ``--quality``, fsync, rename);
+* **network call, identity**: ``tiling.run_tiled`` through the PyTorch runner (CPU, fp32,
+  one tile: what a GPU with the memory for it runs) of a network that returns its input,
+  i.e. the call's own host work: cutting the tile, scaling, layout, copies. Once with the
+  8-bit samples handed over as they are (the runner scales them, on a GPU on the device),
+  once with the host's float32 scaling the tiler used before (``takes_samples`` off).
 
     python benchmarks/photo_io.py [--megapixels 12] [--repeats 3] [--quality 95]
 """
@@ -32,13 +37,26 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from photo_e2e import make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
-from derain_cli import images  # noqa: E402
+from derain_cli import images, tiling  # noqa: E402
 
 
 def reference_quantise(rgb: np.ndarray) -> np.ndarray:
     """The 8-bit RGB quantisation before 2026-12-04: whole-array nan_to_num, clip, rint."""
     x = np.nan_to_num(rgb * np.float32(255.0), nan=0.0, posinf=255.0, neginf=0.0)
     return np.rint(np.clip(x, 0.0, 255.0)).astype(np.uint8)
+
+
+def identity_runners() -> tuple[object, object]:
+    """Two PyTorch CPU runners of a network that returns its input: one takes 8-bit
+    tiles as they are (the default), one gets them scaled to float32 by the tiler."""
+    import torch
+
+    from derain_cli.torch_runner import TorchRunner
+
+    samples = TorchRunner(torch.nn.Identity(), torch.device("cpu"), "fp32")
+    floats = TorchRunner(torch.nn.Identity(), torch.device("cpu"), "fp32")
+    floats.takes_samples = False
+    return samples, floats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if not np.array_equal(images._quantise(rgb, 8, False), reference_quantise(rgb)):
             raise SystemExit("quantise differs from the reference")
         prepared = images.prepare_image(out, rgb, like=loaded, quality=args.quality)
+        samples, floats = identity_runners()
         stages: dict[str, Callable[[], object]] = {
             "read": lambda: images.read_image(src),
             "quantise": lambda: images._quantise(rgb, 8, False),
@@ -64,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             "prepare": lambda: images.prepare_image(out, rgb, like=loaded,
                                                     quality=args.quality),
             "write": lambda: prepared.write(replace=True),
+            "network call, identity, 8-bit tiles": lambda: tiling.run_tiled(
+                loaded.pixels, samples, 0, 0, hwc=True),
+            "network call, identity, float32 tiles (before)": lambda: tiling.run_tiled(
+                loaded.pixels, floats, 0, 0, hwc=True),
         }
         best = {name: float("inf") for name in stages}
         for _ in range(args.repeats):

@@ -47,7 +47,10 @@ statistics pass from 16.9 to 4.9 s (one thread). Images below 8 MP, the 1024 px
 criterion included, use every tile; ``stats_megapixels=0`` always does.
 
 The runner protocol works on numpy arrays so the PyTorch and ONNX Runtime
-backends share this code.
+backends share this code. A runner that says ``takes_samples`` (the PyTorch one) gets an
+8-bit photo's tiles as they are, (b, h, w, 3) uint8, and scales them itself: on a GPU
+that sends a quarter of the bytes and leaves the host no conversion to do (NHWC is
+also the channels_last layout the network runs in, so nothing is transposed either).
 
 Several tiles per forward pass (``batch``): the final pass's tiles all have one shape
 (``tile_shape``), so consecutive tiles are stacked into one batch; a GPU then runs
@@ -96,7 +99,9 @@ class Runner(Protocol):
     global_stats_shape: tuple[int, int] | None
 
     def forward(self, x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """(b, 3, h, w) float32 -> (b, 3, h, w) float32 (b > 1: ``run_tiled(batch=)``)."""
+        """(b, 3, h, w) float32 -> (b, 3, h, w) float32 (b > 1: ``run_tiled(batch=)``).
+        A runner whose ``takes_samples`` attribute is true also takes (b, h, w, 3) uint8
+        samples (scaled by 1/255 as it converts them), here and in ``stat_sums``."""
 
     def stat_sums(self, x: np.ndarray, pooled: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
         """(1, 3, h, w), (1, n, c) or None, (1, 1, h, w) -> (1, n, c) mask-weighted sums."""
@@ -329,6 +334,8 @@ def run_tiled(
     """
     h0, w0 = image.shape[:2] if hwc else image.shape[1:]
     inv_scale = np.float32(1.0 / np.iinfo(image.dtype).max) if image.dtype.kind == "u" else None
+    # 8-bit photo tiles as they are, for a runner that scales them itself (module docstring)
+    samples = hwc and image.dtype == np.uint8 and getattr(runner, "takes_samples", False)
 
     def crop(src: np.ndarray, t: Tile) -> np.ndarray:  # (1, 3, th, tw) float32 for the runner
         if t.y1 <= h0 and t.x1 <= w0:  # inside the image: a view
@@ -336,6 +343,8 @@ def run_tiled(
         else:  # reaches into the padding
             ys, xs = rows[t.y0:t.y1, None], cols[None, t.x0:t.x1]
             part = src[ys, xs] if hwc else src[:, ys, xs]
+        if samples:  # (1, th, tw, 3) uint8; no copy when the tile is whole rows
+            return np.ascontiguousarray(part)[None]
         if hwc:
             part = part.transpose(2, 0, 1)
         if inv_scale is not None:

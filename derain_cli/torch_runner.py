@@ -24,6 +24,9 @@ from .models.deploy import fold_for_inference
 
 log = logging.getLogger(__name__)
 
+#: what the tiler multiplies 8-bit samples by (float32, as numpy does it on the host)
+_INV_255 = float(np.float32(1.0 / 255))
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are validated."""
@@ -115,6 +118,9 @@ def _is_oom(e: BaseException) -> bool:
 class TorchRunner:
     """Runs a PyTorch model on numpy tiles for ``tiling.run_tiled``."""
 
+    #: 8-bit tiles arrive as (b, h, w, 3) uint8 and are scaled on the device (``_in``)
+    takes_samples = True
+
     def __init__(self, model: nn.Module, device: torch.device, precision: str,
                  channels_last: bool = True) -> None:
         # Batch norms folded and each DCCL as three summed convs: the same function with
@@ -152,12 +158,18 @@ class TorchRunner:
         return torch.autocast(self.device.type, enabled=False)
 
     def _in(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Host array or tensor (pinned, for ``submit``) -> the device, in the model's layout."""
-        host = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        """Host array or tensor (pinned, for ``submit``) -> the device, in the model's layout.
+
+        (b, h, w, 3) uint8 samples (``takes_samples``) are scaled to [0, 1] there, in the
+        same float32 arithmetic as the tiler's host path (``* float32(1/255)``); seen as
+        (b, 3, h, w) they already have channels_last strides."""
+        host = x if isinstance(x, torch.Tensor) else _host_tensor(x)
         t = host.to(self.device, non_blocking=True)
+        if t.dtype == torch.uint8:
+            t = t.permute(0, 3, 1, 2).float().mul_(_INV_255)
         if self.channels_last and t.dim() == 4:
             return t.contiguous(memory_format=torch.channels_last)
-        return t
+        return t.contiguous()
 
     def _pooled(self, pooled: np.ndarray | None) -> torch.Tensor | None:
         return None if pooled is None else torch.from_numpy(pooled).to(self.device)
@@ -190,7 +202,7 @@ class TorchRunner:
         if self.device.type != "cuda":
             return self.forward(x, pooled)
         try:
-            src = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+            src = _host_tensor(x, pinned=True)
             y = self._run(self._in(src), pooled).float()
             dst = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
             dst.copy_(y, non_blocking=True)
@@ -217,6 +229,18 @@ class TorchRunner:
         except Exception as e:
             self._oom(e)
             raise
+
+
+def _host_tensor(x: np.ndarray, pinned: bool = False) -> torch.Tensor:
+    """``x`` as a CPU tensor: sharing its memory, or a copy in pinned memory (``pinned``,
+    for asynchronous uploads). A read-only array (a decoded photo handed over whole as
+    8-bit samples) is copied: PyTorch warns on sharing one, though nothing writes to it."""
+    if pinned:
+        t = torch.empty(x.shape, dtype=torch.from_numpy(x[:0]).dtype, pin_memory=True)
+        t.numpy()[...] = x
+        return t
+    x = np.ascontiguousarray(x)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
 def _auto_tile(runner: TorchRunner) -> int:

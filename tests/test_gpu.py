@@ -110,6 +110,36 @@ def test_several_tiles_per_pass_on_the_device(device):
     assert psnr(many.derain_array(img), one) >= 50
 
 
+def test_8bit_photos_go_up_as_samples_with_the_float_paths_result(device):
+    """A decoded (read-only) 8-bit photo goes to the device as uint8 samples, scaled there:
+    whole (``forward``) and in batches of tiles (``submit``: pinned, asynchronous), without
+    a warning, and with what the host's float32 scaling gives."""
+    import warnings
+
+    img = (_rainy(512, 640) * 255).round().astype(np.uint8)
+    img.flags.writeable = False  # as np.asarray of a PIL image comes
+    for tile, batch in ((0, 1), (256, 3)):
+        d = Derainer(model="semi-drdnet-tiny", device=device, precision="fp32",
+                     backend="torch", tile=tile, tile_batch=batch)
+        sent: list[tuple[str, int]] = []
+        d.runner._in = _noting_dtypes(d.runner._in, sent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            samples = d.derain_array(img)
+        tiles = {t.replace("torch.", "") for t, c in sent if c != 1}  # not the (1, 1) masks
+        assert tiles == {"uint8"}, sent
+        d.runner.takes_samples = False
+        assert psnr(samples, d.derain_array(img)) >= 60, (tile, batch)
+
+
+def _noting_dtypes(fn, sent: list[tuple[str, int]]):
+    """``fn`` noting the dtype and second axis of each array or tensor it gets in ``sent``."""
+    def noted(x):
+        sent.append((str(x.dtype), x.shape[1]))
+        return fn(x)
+    return noted
+
+
 def _random_weights(name: str, folder: Path) -> Path:
     """A paper-size model has no published weights yet: a random one, saved as a file."""
     from derain_cli.weights import save_weights

@@ -456,3 +456,37 @@ def test_auto_tile_is_the_engines_own_but_at_least_twice_the_networks_minimum():
     assert tiling.auto_tile(512) == 512
     assert tiling.auto_tile(1024, 384) == 1024
     assert tiling.auto_tile(512, 384) == 768  # RDMC in ONNX Runtime's 512 px CPU tile
+
+
+@pytest.mark.parametrize("size,tile,batch", [(200, 96, 1), (200, 96, 3), (200, 0, 1), (61, 32, 1)])
+def test_torch_runner_takes_8bit_tiles_as_they_are_with_the_float_paths_result(size, tile, batch):
+    """An 8-bit photo's tiles reach the PyTorch runner as (b, h, w, 3) uint8 (a quarter of
+    the bytes to a GPU, no conversion on the host), statistics passes and padded tiles
+    included, and give exactly what the host's float32 scaling gives."""
+    torch.manual_seed(0)
+    semi = _perturb_bn(SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1,
+                                                   se_reduction=4)))
+    rdmc = _perturb_bn(RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1)))
+    ints = np.rint(_scene(size)[:, : size - 3] * 255).astype(np.uint8).transpose(1, 2, 0)
+    ints = np.ascontiguousarray(ints)
+    floats = ints.astype(np.float32)
+    floats *= np.float32(1 / 255)
+    for net in (semi, rdmc):
+        r = _runner(net)
+        seen: list[tuple[str, int]] = []
+        for name in ("forward", "stat_sums"):
+            setattr(r, name, _recording(getattr(r, name), seen))
+        a = tiling.run_tiled(ints, r, tile, 24, hwc=True, batch=batch)
+        assert seen and set(seen) == {("uint8", 3)}, seen
+        seen.clear()
+        b = tiling.run_tiled(floats, r, tile, 24, hwc=True, batch=batch)
+        assert {d for d, _ in seen} == {"float32"}
+        np.testing.assert_array_equal(a, b)
+
+
+def _recording(fn, seen: list):
+    """``fn`` noting each input's dtype and last axis (3: HxWx3 samples) in ``seen``."""
+    def record(x, *rest):
+        seen.append((str(x.dtype), x.shape[-1]))
+        return fn(x, *rest)
+    return record
