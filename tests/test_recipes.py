@@ -165,7 +165,7 @@ def test_rdmc_lite_stage_7_distils_stage_6s_bundle_from_semi_drdnet_lite(tmp_pat
 @needs_bash
 def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
         tmp_path: Path) -> None:
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "8"})
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "8", "TO_STAGE": "8"})
     assert res.returncode == 0, res.stderr
     assert not any(c[:2] == ["derain", "train"] for c in calls)
     distills = [c for c in calls if c[:2] == ["derain", "distill"]]
@@ -182,12 +182,36 @@ def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
     res, calls = _run_with_stubs(tmp_path / "all", "rdmc-lite.sh", {})
     assert res.returncode == 0, res.stderr
     assert [c[c.index("--out") + 1].rsplit("/", 1)[1] for c in calls
-            if c[:2] == ["derain", "distill"]] == ["round1", "stage7", "stage8"]
+            if c[:2] == ["derain", "distill"]] == [
+        "round1", "stage7", "stage8", "stage9-lite", "stage9-fast"]
+
+
+@needs_bash
+def test_rdmc_lite_stage_9_averages_stage_8_with_two_more_distillations_from_it(
+        tmp_path: Path) -> None:
+    # the soup: stage 8, one more distillation from semi-drdnet-lite (seed 89) and one from
+    # semi-drdnet-fast (seed 97), each a third
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "9"})
+    assert res.returncode == 0, res.stderr
+    distills = [c for c in calls if c[:2] == ["derain", "distill"]]
+    stage8 = str(tmp_path / "runs/distill-rdmc-lite/stage8.safetensors")
+    assert [d[d.index("--init") + 1] for d in distills] == [stage8, stage8]
+    assert [d[d.index("--seed") + 1] for d in distills] == ["89", "97"]
+    assert distills[0][distills[0].index("-m") + 1] == "semi-drdnet-lite"
+    # the stand-in checkout has no git history: today's semi-drdnet-fast, and it says so
+    assert distills[1][distills[1].index("-m") + 1] == "semi-drdnet-fast"
+    assert "no git history" in res.stderr
+    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
+    assert avgs[0][2] == stage8 and avgs[0][3].endswith("stage9-lite/model.safetensors")
+    assert avgs[1][3].endswith("stage9-fast/model.safetensors")
+    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1 and bundles[0][2].endswith("/stage9")
 
 
 @needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "9"})):
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "10"})):
         res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
         assert res.returncode == 2
         assert "stage numbers" in res.stderr
