@@ -393,3 +393,18 @@ def test_the_gpu_sessions_finetune_stage_runs_finetunes_gpu_defaults_and_scores_
                                  {"STAGES": "finetune", "FT_ARGS": "--steps 3 --batch 2"})
     ft = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "finetune"])
     assert ft[ft.index("--steps") + 1] == "3" and ft[ft.index("--batch") + 1] == "2"
+
+
+@needs_bash
+def test_semi_drdnet_lite_stage_10_grows_the_defaults_stage_8_not_todays_default(
+        tmp_path: Path) -> None:
+    # stage 10 grew semi-drdnet-fast's stage 8; the default's stage 9 replaced it later, so
+    # the recipe takes stage 8 from the git history (a real checkout: git runs here), and
+    # says so where there is none (the stand-in checkout)
+    text = (ROOT / "recipes" / "semi-drdnet-lite.sh").read_text()
+    assert "git show 220dd1b:weights/semi-drdnet-fast.safetensors" in text
+    res, calls = _run_with_stubs(tmp_path, "semi-drdnet-lite.sh", {})
+    assert res.returncode == 0, res.stderr
+    grows = [c for c in calls if c[:2] == ["derain", "grow"]]
+    assert len(grows) == 1 and grows[0][2] == "weights/semi-drdnet-fast.safetensors"
+    assert "no git history here; stage 10 grows today's semi-drdnet-fast" in res.stderr
