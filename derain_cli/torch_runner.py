@@ -236,7 +236,8 @@ def _host_tensor(x: np.ndarray, pinned: bool = False) -> torch.Tensor:
     for asynchronous uploads). A read-only array (a decoded photo handed over whole as
     8-bit samples) is copied: PyTorch warns on sharing one, though nothing writes to it."""
     if pinned:
-        t = torch.empty(x.shape, dtype=torch.from_numpy(x[:0]).dtype, pin_memory=True)
+        dtype = torch.from_numpy(np.empty(0, x.dtype)).dtype  # not x's: it may be read-only
+        t = torch.empty(x.shape, dtype=dtype, pin_memory=True)
         t.numpy()[...] = x
         return t
     x = np.ascontiguousarray(x)
