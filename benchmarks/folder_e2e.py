@@ -93,7 +93,20 @@ class StandIn:
 
 
 @contextmanager
-def io_stand_in(read_s: float, write_s: float) -> Iterator[None]:
+def patched_batch(replacements: dict[str, Callable]) -> Iterator[None]:
+    """``batch``'s functions of these names replaced for the duration (the pipelined loop
+    and the serial one both look them up at call time), then put back."""
+    saved = {name: getattr(batch, name) for name in replacements}
+    for name, fn in replacements.items():
+        setattr(batch, name, fn)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(batch, name, fn)
+
+
+def io_stand_in(read_s: float, write_s: float) -> AbstractContextManager:
     """``batch``'s read and write of a photo replaced by waits (``--io-stand-in``): the read
     still reads (the stand-in network needs pixels), the write only waits."""
     real_read = batch._read
@@ -107,19 +120,14 @@ def io_stand_in(read_s: float, write_s: float) -> Iterator[None]:
         time.sleep(write_s)
         return h * w / 1e6
 
-    saved = batch._read, batch._encode
-    batch._read, batch._encode = read, encode
-    try:
-        yield
-    finally:
-        batch._read, batch._encode = saved
+    return patched_batch({"_read": read, "_encode": encode})
 
 
 class Timeline:
     """Each photo's read, derain, quantise and write, timed on the thread that ran it.
 
-    ``installed()`` wraps ``batch``'s step functions for the duration of a run (the
-    pipelined loop and the serial one both look them up at call time); ``per_photo``
+    ``installed()`` wraps ``batch``'s step functions for the duration of a run
+    (``patched_batch``); ``per_photo``
     turns the spans into seconds a photo.
     """
 
@@ -141,14 +149,10 @@ class Timeline:
 
     @contextmanager
     def installed(self) -> Iterator[Timeline]:
-        saved = {name: getattr(batch, name) for name in self.STEPS}
-        for name, fn in saved.items():
-            setattr(batch, name, self._wrap(self.STEPS[name], fn))
-        try:
+        wrapped = {name: self._wrap(label, getattr(batch, name))
+                   for name, label in self.STEPS.items()}
+        with patched_batch(wrapped):
             yield self
-        finally:
-            for name, fn in saved.items():
-                setattr(batch, name, fn)
 
     def per_photo(self, photos: int, wall: float) -> dict[str, float]:
         """Seconds a photo: each step (``write`` is encode minus quantise: file encoding
