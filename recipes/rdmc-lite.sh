@@ -153,15 +153,8 @@ fi
 if stage 9; then
 mkdir -p "$OUT"
 cp weights/rdmc-lite.safetensors "$OUT/stage8.safetensors"
-# the teacher of the second run: semi-drdnet-fast's stage 8 (its stage 9 came later), from
-# the git history; without it, today's semi-drdnet-fast
-FAST_TEACHER=semi-drdnet-fast
-if git show 220dd1b:weights/semi-drdnet-fast.safetensors > "$OUT/fast-stage8.safetensors" \
-  2>/dev/null; then
-  FAST_TEACHER="$OUT/fast-stage8.safetensors"
-else
-  echo "$0: no git history here; stage 9 distils from today's semi-drdnet-fast" >&2
-fi
+# the teacher of the second run: semi-drdnet-fast's stage 8 (its stage 9 came later)
+FAST_TEACHER=$(bash recipes/fast-stage8.sh "$OUT/fast-stage8.safetensors")
 derain distill -m semi-drdnet-lite --student rdmc-lite --init "$OUT/stage8.safetensors" \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
   --lr 1e-4 --threads 2 --seed 89 --name rdmc-lite --out "$OUT/stage9-lite" --quiet

@@ -153,16 +153,8 @@ additive synthetic rain over clean-bsds (light, medium, heavy and mixed drawn ev
 of 64 px, 3300 steps from 1e-4 to 2e-6), then averaged half and half with the grown start \
 (benchmarks/average_weights.py); no contrastive terms. steps, wall_time_s, hardware and the \
 val metrics are the cycle's before averaging. $NOTE_TAIL"
-# semi-drdnet-fast's stage 8 from the git history (stage 9 replaced it the same day);
-# without it, today's semi-drdnet-fast
-mkdir -p "$RUNS"
-FAST8_FILE=weights/semi-drdnet-fast.safetensors
-if git show 220dd1b:weights/semi-drdnet-fast.safetensors > "$RUNS/fast-stage8.safetensors" \
-  2>/dev/null; then
-  FAST8_FILE="$RUNS/fast-stage8.safetensors"
-else
-  echo "$0: no git history here; stage 10 grows today's semi-drdnet-fast" >&2
-fi
+# semi-drdnet-fast's stage 8 (stage 9 replaced it the same day)
+FAST8_FILE=$(bash recipes/fast-stage8.sh "$RUNS/fast-stage8.safetensors")
 derain grow "$FAST8_FILE" --to semi-drdnet-lite --calib none \
   -o "$RUNS/lite-grown.safetensors" --overwrite
 STEPS=3300 SEED=61 PRESET=light,medium,heavy,mixed bash recipes/additive-stage.sh semi-drdnet-lite \

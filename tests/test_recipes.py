@@ -3,6 +3,7 @@ checks keep them runnable as scripts and keep the manifest pointing at them."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 #: scripts the model recipes call for one stage; not recipes by themselves
 STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh", "eval-bundle.sh")
+#: scripts that fetch a recipe's input; neither recipes nor stages (tested on their own)
+HELPER_SCRIPTS = ("fast-stage8.sh",)
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 
@@ -199,7 +202,7 @@ def test_rdmc_lite_stage_9_averages_stage_8_with_two_more_distillations_from_it(
     assert [d[d.index("--seed") + 1] for d in distills] == ["89", "97"]
     assert distills[0][distills[0].index("-m") + 1] == "semi-drdnet-lite"
     # the stand-in checkout has no git history: today's semi-drdnet-fast, and it says so
-    assert distills[1][distills[1].index("-m") + 1] == "semi-drdnet-fast"
+    assert distills[1][distills[1].index("-m") + 1] == "weights/semi-drdnet-fast.safetensors"
     assert "no git history" in res.stderr
     avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
     assert avgs[0][2] == stage8 and avgs[0][3].endswith("stage9-lite/model.safetensors")
@@ -247,7 +250,8 @@ def _script_parser(path: str):  # noqa: ANN202 - an argparse parser or a click c
 
 
 @needs_bash
-@pytest.mark.parametrize("script", [s for s in RECIPES if s.name not in STAGE_SCRIPTS],
+@pytest.mark.parametrize("script", [s for s in RECIPES
+                                    if s.name not in STAGE_SCRIPTS + HELPER_SCRIPTS],
                          ids=lambda p: p.name)
 def test_every_command_a_recipe_runs_parses_with_todays_command_lines(
         tmp_path: Path, script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,9 +406,46 @@ def test_semi_drdnet_lite_stage_10_grows_the_defaults_stage_8_not_todays_default
     # the recipe takes stage 8 from the git history (a real checkout: git runs here), and
     # says so where there is none (the stand-in checkout)
     text = (ROOT / "recipes" / "semi-drdnet-lite.sh").read_text()
-    assert "git show 220dd1b:weights/semi-drdnet-fast.safetensors" in text
+    assert 'FAST8_FILE=$(bash recipes/fast-stage8.sh "$RUNS/fast-stage8.safetensors")' in text
     res, calls = _run_with_stubs(tmp_path, "semi-drdnet-lite.sh", {})
     assert res.returncode == 0, res.stderr
     grows = [c for c in calls if c[:2] == ["derain", "grow"]]
     assert len(grows) == 1 and grows[0][2] == "weights/semi-drdnet-fast.safetensors"
-    assert "no git history here; stage 10 grows today's semi-drdnet-fast" in res.stderr
+    assert "no git history here with semi-drdnet-fast's stage 8" in res.stderr
+
+
+def _has_commit(commit: str) -> bool:
+    return shutil.which("git") is not None and subprocess.run(
+        ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
+        capture_output=True).returncode == 0
+
+
+@needs_bash
+@pytest.mark.skipif(not _has_commit("220dd1b"), reason="no git history (not a full clone)")
+def test_fast_stage8_comes_from_the_git_history_with_its_sha256(tmp_path: Path) -> None:
+    # two recipes start from semi-drdnet-fast's stage 8, no longer bundled: one helper fetches
+    # it, checked against the sha256 the stage was shipped with
+    dest = tmp_path / "sub" / "fast8.safetensors"
+    res = subprocess.run(["bash", "recipes/fast-stage8.sh", str(dest)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(dest) and not res.stderr
+    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert digest == "d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073"
+
+
+@needs_bash
+def test_fast_stage8_falls_back_to_todays_file_outside_a_clone(tmp_path: Path) -> None:
+    # an archive of the repo has no history: today's file, said on stderr, nothing left behind
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(ROOT / "recipes" / "fast-stage8.sh", tmp_path / "recipes")
+    dest = tmp_path / "fast8.safetensors"
+    res = subprocess.run(["bash", "recipes/fast-stage8.sh", str(dest)], cwd=tmp_path,
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "weights/semi-drdnet-fast.safetensors"
+    assert "no git history here" in res.stderr and not dest.exists()
+    res = subprocess.run(["bash", "recipes/fast-stage8.sh"], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "usage:" in res.stderr
