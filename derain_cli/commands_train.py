@@ -29,7 +29,8 @@ CleanFractionOption = Annotated[float, typer.Option(
 ContrastTermsOption = Annotated[str | None, typer.Option(
     help="Keep only these contrastive terms, comma-separated (Semi-DRDNet: bg, rain, bg_u, "
          "rain_u; RDMC: bg, bg_u; _u = on the unlabeled photos). Default: all. For "
-         "ablations.")]
+         "ablations; Semi-DRDNet's rain_out and rain_leak are other forms of its rain "
+         "branch, only when named.")]
 
 #: ``--amp`` of ``derain train`` and ``derain finetune`` (see train._auto_bf16)
 AmpOption = Annotated[str, typer.Option(

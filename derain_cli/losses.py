@@ -135,7 +135,8 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 #                    N = {O_u, clip(out_u.detach() + R*) (re-rained output)}
 #       rain:        P = {R* of the labeled batch (unpaired rain)}  N = {out_u.detach(), B}
 #   The total contrastive term is ``contrast_weight * (bg + rain + 0.5 * (bg_u + rain_u))``
-#   (``--contrast-terms`` keeps a subset, for ablations).
+#   (``--contrast-terms`` keeps a subset, for ablations; two other forms of the rain branch,
+#   ``rain_out`` and ``rain_leak``, run only when named: see ``ABLATION_TERMS``).
 # RDMC's contrastive prior: anchor out (last stage), P = {B}, N = {O} (and for unlabeled
 #   photos P = unpaired B, N = {O_u}), ``contrast_weight`` (0.1) times the term.
 # Positives and negatives never receive gradients.
@@ -306,6 +307,20 @@ SELF_FEATURES_LR = 1e-3
 SELF_FEATURES_RAMP = 50
 
 
+def _detail_kernel(device: torch.device | None = None) -> Tensor:
+    g = _gauss_window(DETAIL_BLUR, DETAIL_SIGMA, device=device)
+    return (g[:, None] * g[None, :]).expand(3, 1, -1, -1).clone()
+
+
+def detail_layer(x: Tensor, kernel: Tensor | None = None) -> Tensor:
+    """``x - blur(x)`` (Gaussian, ``DETAIL_SIGMA``; replicate padding) of an N x 3 x H x W
+    batch: the edges and texture, where rain streaks live, without colour or light."""
+    k = _detail_kernel(x.device) if kernel is None else kernel
+    p = DETAIL_BLUR // 2
+    xp = F.pad(x, (p, p, p, p), mode="replicate")
+    return x - F.conv2d(xp, k.to(x.dtype), groups=3)
+
+
 class SelfFeatures(nn.Module):
     """Small learned encoder + projection heads (PatchNCE-trained; see the section comment).
 
@@ -336,15 +351,11 @@ class SelfFeatures(nn.Module):
             nn.Sequential(nn.Conv2d(w, proj, 1), nn.ReLU(), nn.Conv2d(proj, proj, 1))
             for w in widths)
         self.layer_weights = tuple(1.0 / len(widths) for _ in widths)
-        g = _gauss_window(DETAIL_BLUR, DETAIL_SIGMA)
-        self.register_buffer("blur", (g[:, None] * g[None, :]).expand(3, 1, -1, -1).clone(),
-                             persistent=False)
+        self.register_buffer("blur", _detail_kernel(), persistent=False)
 
     def detail(self, x: Tensor) -> Tensor:
         """``x - blur(x)``, scaled to about unit range for a 0..1 image."""
-        p = DETAIL_BLUR // 2
-        xp = F.pad(x, (p, p, p, p), mode="replicate")
-        return 4.0 * (x - F.conv2d(xp, self.blur.to(x.dtype), groups=3))
+        return 4.0 * detail_layer(x, self.blur)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """L2-normalised projected embeddings per stage (N x proj x H_l x W_l)."""
@@ -466,6 +477,12 @@ UNLABELED_FACTOR = 0.5
 #: ``--contrast-terms``): background / rain-layer branches on the labeled pairs, and the
 #: same on the unlabeled photos (``_u``); RDMC's prior has the background branch only
 CONTRAST_TERMS = {"semi-drdnet": ("bg", "rain", "bg_u", "rain_u"), "rdmc": ("bg", "bg_u")}
+#: other forms of Semi-DRDNet's labeled rain branch, for ablations only (named, never in
+#: "all"): ``rain_out`` anchors it on the final output's rain layer ``O - out`` instead of
+#: the rain network's ``R``; ``rain_leak`` keeps ``R`` and takes as negatives ``B`` and
+#: ``R* + detail(B)`` (rain that took the background's edges with it) instead of ``B``,
+#: ``roll(B)`` and the mix. Measured on 2026-12-04, neither helped (docs/contrastive-terms.md)
+ABLATION_TERMS = {"semi-drdnet": ("rain_out", "rain_leak"), "rdmc": ()}
 #: the terms ``derain finetune`` uses unless told: the two background branches. Semi-DRDNet's
 #: labeled rain branch cost heavy-small 0.15-0.16 dB at consistency 0.1 (off since
 #: 2026-12-01); its unlabeled rain branch, at consistency 1.0, cost rain100l 0.08-0.09 dB in
@@ -478,9 +495,9 @@ FINETUNE_CONTRAST_TERMS = {"semi-drdnet": ("bg", "bg_u"), "rdmc": ("bg", "bg_u")
 def parse_contrast_terms(arch: str, spec: str | Sequence[str] | None) -> tuple[str, ...]:
     """The terms named in ``spec`` ("bg,rain", a sequence, or None/"all" for every term of
     ``arch``), validated, so an ablation of one term is a flag, not a code change."""
-    known = CONTRAST_TERMS[arch]
     if spec is None or spec == "all":
-        return known
+        return CONTRAST_TERMS[arch]
+    known = CONTRAST_TERMS[arch] + ABLATION_TERMS[arch]
     names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [t for t in names if t]
     bad = [t for t in names if t not in known]
@@ -635,11 +652,16 @@ class Criterion(nn.Module):
                 negs = [o_l] + ([aug_l] if aug_l is not None else [])
                 negs.append((out_l.detach().float() + r_true).clamp(0, 1))
                 terms["c_bg"] = c(out_l, [b], negs)
-            if "rain" in on:
+            if on & {"rain", "rain_out"}:
                 rnegs = [b, (b + r_true) / 2]
                 if nc > 1:
                     rnegs.append(torch.roll(b, 1, 0))
-                terms["c_rain"] = c(rain[lab], [r_true], rnegs)
+                if "rain" in on:
+                    terms["c_rain"] = c(rain[lab], [r_true], rnegs)
+                if "rain_out" in on:
+                    terms["c_rain_out"] = c(o_l - out_l.float(), [r_true], rnegs)
+            if "rain_leak" in on:
+                terms["c_rain_leak"] = c(rain[lab], [r_true], [b, r_true + detail_layer(b)])
             if nu > 0:
                 pick = torch.arange(nu, device=x.device) % nc
                 o_u, out_u, rain_u = x[nl:].float(), out[nl:], rain[nl:]

@@ -214,6 +214,33 @@ def test_contrast_terms_are_validated():
         L.parse_contrast_terms("rdmc", "bg,rain")
     with pytest.raises(ValueError, match="choose from"):
         L.parse_contrast_terms("semi-drdnet", ",")
+    # the rain branch's other forms are for ablations: named, never in "all"
+    assert L.parse_contrast_terms("semi-drdnet", "rain_leak,bg") == ("bg", "rain_leak")
+    assert "rain_out" not in L.parse_contrast_terms("semi-drdnet", "all")
+    with pytest.raises(ValueError, match="rain_out not known for rdmc"):
+        L.parse_contrast_terms("rdmc", "rain_out")
+
+
+def test_rain_branch_variants_anchor_and_negatives():
+    """``rain_out`` compares the final output's rain layer ``O - out`` (zero when the output
+    is clean, whatever the rain network said); ``rain_leak`` compares the rain network's R,
+    and its negative ``R* + detail(B)`` makes a rain layer with the background's edges in it
+    cost more than one without."""
+    torch.manual_seed(0)
+    crit = L.Criterion("semi-drdnet", L.VGG19Features(SMALL_VGG), contrast_weight=0.1,
+                       terms="rain_out,rain_leak")
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    x = clean + rain
+    wrong_r = torch.zeros_like(x)
+    _, parts = crit(x=x, outputs=(clean, clean, wrong_r), clean=clean, n_labeled=2)
+    assert set(parts) == {"sup", "c_rain_out", "c_rain_leak"}
+    assert parts["c_rain_out"] == pytest.approx(0.0, abs=1e-6)
+    assert parts["c_rain_leak"] > 0.1
+    _, exact = crit(x=x, outputs=(clean, clean, x - clean), clean=clean, n_labeled=2)
+    _, leaky = crit(x=x, outputs=(clean, clean, x - clean + 0.5 * L.detail_layer(clean)),
+                    clean=clean, n_labeled=2)
+    assert exact["c_rain_leak"] == pytest.approx(0.0, abs=1e-6)
+    assert leaky["c_rain_leak"] > exact["c_rain_leak"] + 0.05
 
 
 def test_criterion_rdmc():
