@@ -192,35 +192,14 @@ NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh
 # steps. (An earlier candidate, (a) with a seed-6 twin of it instead of (b), lost sirr-val
 # 0.23 dB: docs/model-history.md.)
 cp weights/semi-drdnet-fast.safetensors "$RUNS/fast-stage9.safetensors"
-for cfg in "a light,medium,heavy,mixed" \
-           "b light,medium,heavy,mixed,light,medium,heavy,mixed,veiled"; do
-  read -r run preset <<< "$cfg"
-  derain train -m semi-drdnet-fast --weights "$RUNS/fast-stage9.safetensors" \
-    --synthetic "$DATA/clean-bsds" --preset "$preset" \
-    --contrast-features self --contrast-terms bg \
-    --val "$DATA/rain100l" --val-limit 10 --out "$RUNS/fast-r10$run" --steps 100000 \
-    --time-budget 600 --batch 8 --patch 64 --lr 1e-4 --warmup 20 --ema 0.99 \
-    --val-every 250 --ckpt-every 250 --seed 5 --threads 2 --quiet
-done
-mkdir -p "$RUNS/fast-r10-soup"
-python benchmarks/average_weights.py "$RUNS/fast-stage9.safetensors" \
-  "$RUNS/fast-r10a/model.safetensors" -o "$RUNS/fast-r10-half.safetensors"
-python benchmarks/average_weights.py "$RUNS/fast-r10-half.safetensors" \
-  "$RUNS/fast-r10b/model.safetensors" --alpha 0.3333333 \
-  -o "$RUNS/fast-r10-soup/model.safetensors"
-python - "$RUNS/fast-r10a/manifest_entry.json" "$RUNS/fast-r10-soup/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("synthetic rain (light,medium,heavy,mixed; one of stage 10's runs "
-                          "and two of stage 9's also veiled, 1 draw in 9) on clean-bsds")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
 NOTE_S10="${NOTE_S9% $NOTE_TAIL} Stage 10: stage 9 averaged with equal shares with two \
 10-minute runs from it with the background contrastive term alone (self features; added \
 rain, and that draw with veiled rain in 1 of 9; seed 5). steps, wall_time_s, hardware and \
 the val metrics are the first of those runs'. $NOTE_TAIL"
-bash recipes/eval-bundle.sh semi-drdnet-fast "$RUNS/fast-r10-soup" "stage 9 of \
-recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit 0303a49, sha256 \
+bash recipes/soup-stage.sh semi-drdnet-fast "$RUNS/fast-stage9.safetensors" "$RUNS/fast-r10" \
+  "--contrast-features self --contrast-terms bg" "synthetic rain (light,medium,heavy,mixed; \
+one of stage 10's runs and two of stage 9's also veiled, 1 draw in 9) on clean-bsds" "stage 9 \
+of recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit 0303a49, sha256 \
 86c5df5784f381f1e7b5e4a7b8ca216d0fd50c908252325442fdb5d7e6456e5c" "$NOTE_S10"
 # The int8 graph belongs to these exact weights.
 NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh

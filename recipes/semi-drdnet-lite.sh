@@ -172,33 +172,13 @@ bash recipes/semi-drdnet-lite-int8.sh
 # any set": rain100l 32.97 -> 33.04, heavy-small 24.72 -> 24.83,
 # sirr-val 25.13 -> 25.19 (fp32); the runs took 630 and 600 steps there.
 cp weights/semi-drdnet-lite.safetensors "$RUNS/lite-stage10.safetensors"
-for cfg in "c light,medium,heavy,mixed" \
-           "b light,medium,heavy,mixed,light,medium,heavy,mixed,veiled"; do
-  read -r run preset <<< "$cfg"
-  derain train -m semi-drdnet-lite --weights "$RUNS/lite-stage10.safetensors" \
-    --synthetic "$DATA/clean-bsds" --preset "$preset" --contrast-features self \
-    --val "$DATA/rain100l" --val-limit 10 --out "$RUNS/lite-r11$run" --steps 100000 \
-    --time-budget 600 --batch 8 --patch 64 --lr 1e-4 --warmup 20 --ema 0.99 \
-    --val-every 250 --ckpt-every 250 --seed 5 --threads 2 --quiet
-done
-mkdir -p "$RUNS/lite-r11-soup"
-python benchmarks/average_weights.py "$RUNS/lite-stage10.safetensors" \
-  "$RUNS/lite-r11c/model.safetensors" -o "$RUNS/lite-r11-half.safetensors"
-python benchmarks/average_weights.py "$RUNS/lite-r11-half.safetensors" \
-  "$RUNS/lite-r11b/model.safetensors" --alpha 0.3333333 \
-  -o "$RUNS/lite-r11-soup/model.safetensors"
-python - "$RUNS/lite-r11c/manifest_entry.json" "$RUNS/lite-r11-soup/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("synthetic rain (light,medium,heavy,mixed; one run also veiled, "
-                          "1 draw in 9) on clean-bsds")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
 NOTE_S11="${NOTE_S10% $NOTE_TAIL} Stage 11: stage 10 averaged with equal shares with two \
 10-minute runs from it with self-feature contrastive terms (added rain; the same with veiled \
 rain in 1 draw of 9). steps, wall_time_s, hardware and the val metrics are the first of \
 those runs'. $NOTE_TAIL"
-bash recipes/eval-bundle.sh semi-drdnet-lite "$RUNS/lite-r11-soup" "stage 10 of \
-recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit 965e5bb, sha256 \
-6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c" "$NOTE_S11"
+bash recipes/soup-stage.sh semi-drdnet-lite "$RUNS/lite-stage10.safetensors" "$RUNS/lite-r11" \
+  "--contrast-features self" "synthetic rain (light,medium,heavy,mixed; one run also veiled, \
+1 draw in 9) on clean-bsds" "stage 10 of recipes/semi-drdnet-lite.sh, as bundled (fp16) at \
+commit 965e5bb, sha256 6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c" \
+  "$NOTE_S11"
 bash recipes/semi-drdnet-lite-int8.sh

@@ -16,7 +16,7 @@ from derain_cli.manifest import load_manifest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 #: scripts the model recipes call for one stage; not recipes by themselves
-STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh", "eval-bundle.sh")
+STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh", "eval-bundle.sh", "soup-stage.sh")
 #: scripts that fetch a recipe's input; neither recipes nor stages (tested on their own)
 HELPER_SCRIPTS = ("fast-stage8.sh",)
 
@@ -412,6 +412,35 @@ def test_semi_drdnet_lite_stage_10_grows_the_defaults_stage_8_not_todays_default
     grows = [c for c in calls if c[:2] == ["derain", "grow"]]
     assert len(grows) == 1 and grows[0][2] == "weights/semi-drdnet-fast.safetensors"
     assert "no git history here with semi-drdnet-fast's stage 8" in res.stderr
+
+
+@needs_bash
+def test_soup_stage_trains_two_runs_from_its_start_and_averages_the_three_in_thirds(
+        tmp_path: Path) -> None:
+    # semi-drdnet-lite's stage 11 and semi-drdnet-fast's stage 10: added rain, then the
+    # veiled draw, each with the contrast flags given (split into words), then START and
+    # the two with equal shares, bundled under NAME
+    res, calls = _run_with_stubs(tmp_path, "soup-stage.sh", {}, args=(
+        "semi-drdnet-fast", "start.safetensors", "runs/r10",
+        "--contrast-features self --contrast-terms bg", "some data", "from", "a note"))
+    assert res.returncode == 0, res.stderr
+    trains = [c for c in calls if c[:2] == ["derain", "train"]]
+    assert [t[t.index("--out") + 1] for t in trains] == ["runs/r10-added", "runs/r10-veiled"]
+    assert [t[t.index("--preset") + 1].count("veiled") for t in trains] == [0, 1]
+    for t in trains:
+        assert t[t.index("--weights") + 1] == "start.safetensors"
+        assert t[t.index("--contrast-terms") + 1] == "bg"
+        assert t[t.index("--contrast-features") + 1] == "self"
+        assert t[t.index("--time-budget") + 1] == "600"
+    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
+    assert avgs[0][2:4] == ["start.safetensors", "runs/r10-added/model.safetensors"]
+    assert avgs[1][3] == "runs/r10-veiled/model.safetensors"
+    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    assert avgs[1][avgs[1].index("-o") + 1] == "runs/r10-soup/model.safetensors"
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1 and bundles[0][2] == "runs/r10-soup"
+    assert bundles[0][bundles[0].index("--name") + 1] == "semi-drdnet-fast"
+    assert bundles[0][bundles[0].index("--note") + 1] == "a note"
 
 
 def _has_commit(commit: str) -> bool:
