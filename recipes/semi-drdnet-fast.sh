@@ -178,8 +178,7 @@ first of stage 9's runs' (added rain, no contrastive terms). $NOTE_TAIL"
 bash recipes/eval-bundle.sh semi-drdnet-fast "$RUNS/fast-r9-soup" "stage 8 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit 220dd1b, sha256 \
 d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073" "$NOTE_S9"
-# The int8 graph belongs to these exact weights.
-NAME=semi-drdnet-fast bash recipes/semi-drdnet-lite-int8.sh
+# (stage 9's int8 graph was made here; stage 10's, below, replaced it)
 # Stage 10 (2026-12-04, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): a soup, as
 # stage 9. Two 10-minute runs from stage 9's bundle with the background contrastive term
 # alone (`--contrast-features self --contrast-terms bg`, the term that carried the gain in

@@ -132,8 +132,7 @@ STEPS=2800 SEED=53 PRESET=light,medium,heavy,mixed,light,medium,heavy,mixed,veil
 bash recipes/average-stage.sh semi-drdnet-lite "$RUNS/lite-stage8.safetensors" "$RUNS/lite-r9" \
   "$RUNS/lite-r9-soup" "$STAGE8" "$NOTE_S9" "synthetic rain (light,medium,heavy,mixed; stage 9 \
 also veiled, 1 draw in 9) on clean-bsds"
-# The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
-bash recipes/semi-drdnet-lite-int8.sh
+# (stage 9's int8 graph was made here; stage 11's, below, replaced it)
 # Stage 10 (2026-12-04, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): a new start.
 # semi-drdnet-fast (the default: stage 8 of recipes/semi-drdnet-fast.sh, bundled at commit
 # 220dd1b) grown into this shape with derain grow (its two detail blocks at places 1 and 6
@@ -162,7 +161,7 @@ STEPS=3300 SEED=61 PRESET=light,medium,heavy,mixed bash recipes/additive-stage.s
 bash recipes/average-stage.sh semi-drdnet-lite "$RUNS/lite-grown.safetensors" \
   "$RUNS/lite-r10" "$RUNS/lite-r10-soup" "$FAST8" "$NOTE_S10" "synthetic rain (light, \
 medium, heavy and mixed; the default's own stages also veiled) on clean-bsds"
-bash recipes/semi-drdnet-lite-int8.sh
+# (stage 10's int8 graph was made here; stage 11's, below, replaced it)
 # Stage 11 (2026-12-04, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): a soup, as
 # semi-drdnet-fast's stage 9. Two 10-minute runs from stage 10's bundle with
 # `--contrast-features self` (seed 5, batch 8 of 64 px, lr 1e-4 decaying over the budget,
@@ -181,4 +180,5 @@ bash recipes/soup-stage.sh semi-drdnet-lite "$RUNS/lite-stage10.safetensors" "$R
 1 draw in 9) on clean-bsds" "stage 10 of recipes/semi-drdnet-lite.sh, as bundled (fp16) at \
 commit 965e5bb, sha256 6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c" \
   "$NOTE_S11"
+# The int8 graph for CPUs (derain_cli.quantize) belongs to these exact weights: remake it.
 bash recipes/semi-drdnet-lite-int8.sh
