@@ -2,7 +2,8 @@
 # Recipe for the bundled, interim rdmc-lite weights, in nine stages: stage 1 below, then
 # stages 2-6 trained on the synthesizer's additive rain in 256 px crops, stages 7 and 8
 # (at the end) distilled again from semi-drdnet-lite as its recipe's stage 10 left it, and
-# stage 9 stage 8 averaged with two more distillations from it (a "model soup").
+# stage 9 stage 8 averaged with two more distillations from it (a "model soup"), one from
+# semi-drdnet-lite, one from semi-drdnet-fast.
 # Stage 1: a fresh rdmc-lite (output layer
 # zeroed, so it starts as the identity) trained with `derain distill --student` to
 # imitate the bundled semi-drdnet-lite on crops of synthetic rain over clean-bsds (the
@@ -119,16 +120,28 @@ fi
 # lost sirr-val and were not shipped; a distillation from semi-drdnet-fast instead (seed
 # 97) and its averages with stage 8 lost 0.006-0.07 dB of rain100l and were not shipped
 # either (docs/model-history.md).
+# The teachers of stages 7-9 were bundled then and were replaced since: each comes from the
+# git history, sha256 checked (recipes/weights-at.sh; without history, today's file, said).
+teacher() {  # teacher NAME COMMIT SHA256 -> prints the file
+  bash recipes/weights-at.sh "$1" "$2" "$3" "$OUT/teacher-$1-$2.safetensors"
+}
+lite_stage10() {
+  teacher semi-drdnet-lite 965e5bb \
+    6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c
+}
+HISTORY="${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
+minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
+from 1e-4 to 2e-6; no contrastive terms)"
+DISTILLED="(900 steps each, lr 1e-4 decaying to 1e-5, synthetic mixed rain over clean-bsds \
+and real-rain crops)"
 # Stages 7 and 8 differ only in their seed, their start and the note's count of rounds:
 #   distill_stage STAGE SEED CONTINUED_FROM ROUNDS [" each"]
 distill_stage() {
-derain distill -m semi-drdnet-lite --student rdmc-lite --init weights/rdmc-lite.safetensors \
+derain distill -m "$(lite_stage10)" --student rdmc-lite --init weights/rdmc-lite.safetensors \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
   --lr 1e-4 --threads 2 --seed "$2" --name rdmc-lite --out "$OUT/stage$1" --quiet
 bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage$1" "$3" \
-  "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
-minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms), then $4 from semi-drdnet-lite (900 steps\
+  "${HISTORY}, then $4 from semi-drdnet-lite (900 steps\
 ${5:-}, lr 1e-4 decaying to 1e-5, synthetic mixed rain over clean-bsds and real-rain \
 crops). steps, wall_time_s and hardware are stage $1's. $NOTE_TAIL"
 }
@@ -143,48 +156,47 @@ sha256 b616fa7b7d42d0d1ed6756b9a50677fbfd8ff65f1e79bb9c3877cc3ba0dc8b75" \
   "stages 7 and 8: distilled twice more" " each"
 fi
 # Stage 9 (2026-12-04): a soup. Two more distillations from stage 8's bundle, each measured
-# alone and not shipped (docs/model-history.md): from semi-drdnet-lite again (seed 89:
-# +0.12 / +0.04 / -0.11 dB against stage 8) and from semi-drdnet-fast as bundled then (its
-# stage 8, seed 97: -0.07 / +0.25 / +0.36 dB); then stage 8 and the two with equal shares
+# alone and not shipped (docs/model-history.md): from semi-drdnet-lite's stage 10 again
+# (seed 89: +0.12 / +0.04 / -0.11 dB against stage 8) and from semi-drdnet-fast's stage 8
+# (seed 97: -0.07 / +0.25 / +0.36 dB); then stage 8 and the two with equal shares
 # (benchmarks/average_weights.py: stage 8 and the first half and half, then a third of the
 # second), a candidate named before it was scored, with the rule "no Y-PSNR loss against
 # stage 8 on any set": 32.07 / 24.13 / 24.55 dB (+0.05 / +0.15 / +0.08), SSIM up on all
 # three. The same CPU, 2 threads, fp32: 1982 s and 2232 s.
-if stage 9; then
-mkdir -p "$OUT"
-cp weights/rdmc-lite.safetensors "$OUT/stage8.safetensors"
-# the teacher of the second run: semi-drdnet-fast's stage 8 (its stage 9 came later)
-FAST_TEACHER=$(bash recipes/fast-stage8.sh "$OUT/fast-stage8.safetensors")
-derain distill -m semi-drdnet-lite --student rdmc-lite --init "$OUT/stage8.safetensors" \
+#   soup_stage STAGE LITE_TEACHER LITE_SEED FAST_TEACHER FAST_SEED TEACHERS CONTINUED_FROM NOTE
+soup_stage() {
+local run="$OUT/stage$1"
+mkdir -p "$run"
+cp weights/rdmc-lite.safetensors "$run-start.safetensors"
+derain distill -m "$2" --student rdmc-lite --init "$run-start.safetensors" \
   --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
-  --lr 1e-4 --threads 2 --seed 89 --name rdmc-lite --out "$OUT/stage9-lite" --quiet
-derain distill -m "$FAST_TEACHER" --student rdmc-lite \
-  --init "$OUT/stage8.safetensors" --clean "$DATA/clean-bsds" --real "$DATA/real-rain" \
-  --steps 900 --max-minutes 45 --lr 1e-4 --threads 2 --seed 97 --name rdmc-lite \
-  --out "$OUT/stage9-fast" --quiet
-mkdir -p "$OUT/stage9"
-python benchmarks/average_weights.py "$OUT/stage8.safetensors" \
-  "$OUT/stage9-lite/model.safetensors" -o "$OUT/stage9-half.safetensors"
-python benchmarks/average_weights.py "$OUT/stage9-half.safetensors" \
-  "$OUT/stage9-fast/model.safetensors" --alpha 0.3333333 -o "$OUT/stage9/model.safetensors"
-python - "$OUT/stage9-fast/manifest_entry.json" "$OUT/stage9/manifest_entry.json" <<'PY'
+  --lr 1e-4 --threads 2 --seed "$3" --name rdmc-lite --out "$run-lite" --quiet
+derain distill -m "$4" --student rdmc-lite --init "$run-start.safetensors" \
+  --clean "$DATA/clean-bsds" --real "$DATA/real-rain" --steps 900 --max-minutes 52 \
+  --lr 1e-4 --threads 2 --seed "$5" --name rdmc-lite --out "$run-fast" --quiet
+python benchmarks/average_weights.py "$run-start.safetensors" \
+  "$run-lite/model.safetensors" -o "$run-half.safetensors"
+python benchmarks/average_weights.py "$run-half.safetensors" \
+  "$run-fast/model.safetensors" --alpha 0.3333333 -o "$run/model.safetensors"
+python - "$run-fast/manifest_entry.json" "$run/manifest_entry.json" "$6" <<'PY'
 import json, sys
 entry = json.load(open(sys.argv[1]))
 entry["training_data"] = ("distilled from semi-drdnet-lite and semi-drdnet-fast on synthetic "
                           "rain over clean-bsds and real rain from real-rain")
-entry["teacher"] = "semi-drdnet-lite (stages 7, 8, 9) and semi-drdnet-fast's stage 8 (stage 9)"
+entry["teacher"] = sys.argv[3]
 entry.pop("before_distillation", None)  # one member run's figures, not the soup's
 entry.get("metrics", {}).pop("distill_held_out", None)
 json.dump(entry, open(sys.argv[2], "w"), indent=2)
 PY
-bash recipes/eval-bundle.sh rdmc-lite "$OUT/stage9" "stage 8 of recipes/rdmc-lite.sh, as \
-bundled (fp16) at commit fe289ff, sha256 \
+bash recipes/eval-bundle.sh rdmc-lite "$run" "$7" "$8"
+}
+if stage 9; then
+soup_stage 9 "$(lite_stage10)" 89 "$(bash recipes/fast-stage8.sh "$OUT/fast-stage8.safetensors")" \
+  97 "semi-drdnet-lite (stages 7, 8, 9) and semi-drdnet-fast's stage 8 (stage 9)" \
+  "stage 8 of recipes/rdmc-lite.sh, as bundled (fp16) at commit fe289ff, sha256 \
 ad4adb7c14e268cfd9623c1c5fbe23dfa0fae9aa6274fee3c3c61331178e893a" \
-  "${NOTE_HEAD}; stages 4 and 5: light, medium, heavy and mixed drawn evenly, 30 \
-minutes each, lr 1e-4; stage 6: the same draw, 800 steps with the learning rate decaying \
-from 1e-4 to 2e-6; no contrastive terms), then stages 7 and 8: distilled twice more from \
-semi-drdnet-lite (900 steps each, lr 1e-4 decaying to 1e-5, synthetic mixed rain over \
-clean-bsds and real-rain crops), then stage 9: stage 8 averaged with equal shares with two \
-more such distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast. \
-steps, wall_time_s and hardware are the second of those runs'. $NOTE_TAIL"
+  "${HISTORY}, then stages 7 and 8: distilled twice more from semi-drdnet-lite \
+$DISTILLED, then stage 9: stage 8 averaged with equal shares with two more such \
+distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast. steps, \
+wall_time_s and hardware are the second of those runs'. $NOTE_TAIL"
 fi

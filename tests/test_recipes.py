@@ -4,6 +4,7 @@ checks keep them runnable as scripts and keep the manifest pointing at them."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 #: scripts the model recipes call for one stage; not recipes by themselves
 STAGE_SCRIPTS = ("additive-stage.sh", "average-stage.sh", "eval-bundle.sh", "soup-stage.sh")
 #: scripts that fetch a recipe's input; neither recipes nor stages (tested on their own)
-HELPER_SCRIPTS = ("fast-stage8.sh",)
+HELPER_SCRIPTS = ("fast-stage8.sh", "weights-at.sh")
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 
@@ -156,7 +157,10 @@ def test_rdmc_lite_stage_7_distils_stage_6s_bundle_from_semi_drdnet_lite(tmp_pat
     distills = [c for c in calls if c[:2] == ["derain", "distill"]]
     assert len(distills) == 1
     d = distills[0]
-    assert d[d.index("-m") + 1] == "semi-drdnet-lite"
+    # semi-drdnet-lite's stage 10 from the git history; the stand-in checkout has none, so
+    # today's file, said on stderr
+    assert d[d.index("-m") + 1] == "weights/semi-drdnet-lite.safetensors"
+    assert "semi-drdnet-lite as bundled at commit 965e5bb" in res.stderr
     assert d[d.index("--student") + 1] == "rdmc-lite"
     assert d[d.index("--init") + 1] == "weights/rdmc-lite.safetensors"
     assert d[d.index("--steps") + 1] == "900"
@@ -194,16 +198,17 @@ def test_rdmc_lite_stage_9_averages_stage_8_with_two_more_distillations_from_it(
         tmp_path: Path) -> None:
     # the soup: stage 8, one more distillation from semi-drdnet-lite (seed 89) and one from
     # semi-drdnet-fast (seed 97), each a third
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "9"})
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "9", "TO_STAGE": "9"})
     assert res.returncode == 0, res.stderr
     distills = [c for c in calls if c[:2] == ["derain", "distill"]]
-    stage8 = str(tmp_path / "runs/distill-rdmc-lite/stage8.safetensors")
+    stage8 = str(tmp_path / "runs/distill-rdmc-lite/stage9-start.safetensors")
     assert [d[d.index("--init") + 1] for d in distills] == [stage8, stage8]
     assert [d[d.index("--seed") + 1] for d in distills] == ["89", "97"]
-    assert distills[0][distills[0].index("-m") + 1] == "semi-drdnet-lite"
-    # the stand-in checkout has no git history: today's semi-drdnet-fast, and it says so
-    assert distills[1][distills[1].index("-m") + 1] == "weights/semi-drdnet-fast.safetensors"
-    assert "no git history" in res.stderr
+    # the stand-in checkout has no git history: today's files, and it says so for each
+    assert [d[d.index("-m") + 1] for d in distills] == [
+        "weights/semi-drdnet-lite.safetensors", "weights/semi-drdnet-fast.safetensors"]
+    assert "semi-drdnet-lite as bundled at commit 965e5bb" in res.stderr
+    assert "semi-drdnet-fast as bundled at commit 220dd1b" in res.stderr
     avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
     assert avgs[0][2] == stage8 and avgs[0][3].endswith("stage9-lite/model.safetensors")
     assert avgs[1][3].endswith("stage9-fast/model.safetensors")
@@ -411,7 +416,7 @@ def test_semi_drdnet_lite_stage_10_grows_the_defaults_stage_8_not_todays_default
     assert res.returncode == 0, res.stderr
     grows = [c for c in calls if c[:2] == ["derain", "grow"]]
     assert len(grows) == 1 and grows[0][2] == "weights/semi-drdnet-fast.safetensors"
-    assert "no git history here with semi-drdnet-fast's stage 8" in res.stderr
+    assert "no git history here with semi-drdnet-fast as bundled at commit 220dd1b" in res.stderr
 
 
 @needs_bash
@@ -449,25 +454,61 @@ def _has_commit(commit: str) -> bool:
         capture_output=True).returncode == 0
 
 
+#: the earlier bundles recipes fetch with recipes/weights-at.sh: name, commit, sha256
+EARLIER_BUNDLES = [
+    ("semi-drdnet-fast", "220dd1b",
+     "d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073"),  # fast-stage8.sh
+    ("semi-drdnet-lite", "965e5bb",
+     "6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c"),  # rdmc-lite 7-9
+]
+
+
+def test_every_earlier_bundle_a_recipe_fetches_is_listed_here() -> None:
+    # a commit and sha256 that a recipe fetches but the test below never checks would fail
+    # only when someone reruns that recipe
+    text = "".join(s.read_text() for s in RECIPES).replace("\\\n", " ")
+    calls = re.findall(r'(?:weights-at\.sh"?|teacher) +([a-z][a-z-]+) +([0-9a-f]{7,40}) +'
+                       r'([0-9a-f]{64})\b', text)
+    assert set(calls) == set(EARLIER_BUNDLES)
+
+
+@needs_bash
+@pytest.mark.parametrize(("name", "commit", "sha"), EARLIER_BUNDLES,
+                         ids=[f"{n}@{c}" for n, c, _ in EARLIER_BUNDLES])
+def test_an_earlier_bundle_comes_from_the_git_history_with_its_sha256(
+        tmp_path: Path, name: str, commit: str, sha: str) -> None:
+    if not _has_commit(commit):
+        pytest.skip("no git history (not a full clone)")
+    dest = tmp_path / "sub" / "w.safetensors"
+    res = subprocess.run(["bash", "recipes/weights-at.sh", name, commit, sha, str(dest)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(dest) and not res.stderr
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha
+    # a wrong sha256 is not trusted: today's file, said, nothing left behind
+    res = subprocess.run(["bash", "recipes/weights-at.sh", name, commit, "0" * 64, str(dest)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"weights/{name}.safetensors"
+    assert "no git history here" in res.stderr and not dest.exists()
+
+
 @needs_bash
 @pytest.mark.skipif(not _has_commit("220dd1b"), reason="no git history (not a full clone)")
-def test_fast_stage8_comes_from_the_git_history_with_its_sha256(tmp_path: Path) -> None:
-    # two recipes start from semi-drdnet-fast's stage 8, no longer bundled: one helper fetches
-    # it, checked against the sha256 the stage was shipped with
-    dest = tmp_path / "sub" / "fast8.safetensors"
+def test_fast_stage8_is_weights_at_with_its_commit(tmp_path: Path) -> None:
+    dest = tmp_path / "fast8.safetensors"
     res = subprocess.run(["bash", "recipes/fast-stage8.sh", str(dest)], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == str(dest) and not res.stderr
-    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-    assert digest == "d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073"
+    assert res.stdout.strip() == str(dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == EARLIER_BUNDLES[0][2]
 
 
 @needs_bash
 def test_fast_stage8_falls_back_to_todays_file_outside_a_clone(tmp_path: Path) -> None:
     # an archive of the repo has no history: today's file, said on stderr, nothing left behind
     (tmp_path / "recipes").mkdir()
-    shutil.copy(ROOT / "recipes" / "fast-stage8.sh", tmp_path / "recipes")
+    for helper in HELPER_SCRIPTS:
+        shutil.copy(ROOT / "recipes" / helper, tmp_path / "recipes")
     dest = tmp_path / "fast8.safetensors"
     res = subprocess.run(["bash", "recipes/fast-stage8.sh", str(dest)], cwd=tmp_path,
                          capture_output=True, text=True,
