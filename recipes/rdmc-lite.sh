@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Recipe for the bundled, interim rdmc-lite weights, in nine stages: stage 1 below, then
+# Recipe for the bundled, interim rdmc-lite weights, in ten stages: stage 1 below, then
 # stages 2-6 trained on the synthesizer's additive rain in 256 px crops, stages 7 and 8
 # (at the end) distilled again from semi-drdnet-lite as its recipe's stage 10 left it, and
-# stage 9 stage 8 averaged with two more distillations from it (a "model soup"), one from
-# semi-drdnet-lite, one from semi-drdnet-fast.
+# stages 9 and 10 each the stage before averaged with two more distillations from it (a
+# "model soup"), one from semi-drdnet-lite, one from semi-drdnet-fast.
 # Stage 1: a fresh rdmc-lite (output layer
 # zeroed, so it starts as the identity) trained with `derain distill --student` to
 # imitate the bundled semi-drdnet-lite on crops of synthetic rain over clean-bsds (the
@@ -25,9 +25,9 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
-FROM_STAGE=${FROM_STAGE:-1} TO_STAGE=${TO_STAGE:-9}
-if ! [[ "$FROM_STAGE" =~ ^[1-9]$ && "$TO_STAGE" =~ ^[1-9]$ ]]; then
-  echo "$0: FROM_STAGE and TO_STAGE are stage numbers, 1 to 9" >&2
+FROM_STAGE=${FROM_STAGE:-1} TO_STAGE=${TO_STAGE:-10}
+if ! [[ "$FROM_STAGE" =~ ^([1-9]|10)$ && "$TO_STAGE" =~ ^([1-9]|10)$ ]]; then
+  echo "$0: FROM_STAGE and TO_STAGE are stage numbers, 1 to 10" >&2
   exit 2
 fi
 stage() { [ "$FROM_STAGE" -le "$1" ] && [ "$1" -le "$TO_STAGE" ]; }
@@ -120,7 +120,7 @@ fi
 # lost sirr-val and were not shipped; a distillation from semi-drdnet-fast instead (seed
 # 97) and its averages with stage 8 lost 0.006-0.07 dB of rain100l and were not shipped
 # either (docs/model-history.md).
-# The teachers of stages 7-9 were bundled then and were replaced since: each comes from the
+# The teachers of stages 7-10 were bundled then and were replaced since: each comes from the
 # git history, sha256 checked (recipes/weights-at.sh; without history, today's file, said).
 teacher() {  # teacher NAME COMMIT SHA256 -> prints the file
   bash recipes/weights-at.sh "$1" "$2" "$3" "$OUT/teacher-$1-$2.safetensors"
@@ -155,14 +155,18 @@ distill_stage 8 83 "stage 7 of recipes/rdmc-lite.sh, as bundled (fp16) at commit
 sha256 b616fa7b7d42d0d1ed6756b9a50677fbfd8ff65f1e79bb9c3877cc3ba0dc8b75" \
   "stages 7 and 8: distilled twice more" " each"
 fi
-# Stage 9 (2026-12-04): a soup. Two more distillations from stage 8's bundle, each measured
-# alone and not shipped (docs/model-history.md): from semi-drdnet-lite's stage 10 again
-# (seed 89: +0.12 / +0.04 / -0.11 dB against stage 8) and from semi-drdnet-fast's stage 8
-# (seed 97: -0.07 / +0.25 / +0.36 dB); then stage 8 and the two with equal shares
-# (benchmarks/average_weights.py: stage 8 and the first half and half, then a third of the
-# second), a candidate named before it was scored, with the rule "no Y-PSNR loss against
-# stage 8 on any set": 32.07 / 24.13 / 24.55 dB (+0.05 / +0.15 / +0.08), SSIM up on all
-# three. The same CPU, 2 threads, fp32: 1982 s and 2232 s.
+# Stages 9 and 10: soups. Two more distillations from the bundled stage before, each
+# measured alone (docs/model-history.md), one from a semi-drdnet-lite, one from a
+# semi-drdnet-fast; then the start and the two with equal shares (benchmarks/
+# average_weights.py: the start and the first half and half, then a third of the second),
+# a candidate named before it was scored, with the rule "no Y-PSNR loss against the stage
+# before on any set". Stage 9 (2026-12-04): from lite's stage 10 (seed 89: +0.12 / +0.04 /
+# -0.11 dB against stage 8 alone) and fast's stage 8 (seed 97: -0.07 / +0.25 / +0.36);
+# the soup 32.07 / 24.13 / 24.55 dB (+0.05 / +0.15 / +0.08), SSIM up on all three; 1982 s
+# and 2232 s. Stage 10 (2026-12-05): from lite's stage 11 (seed 101: 32.26 / 24.43 / 24.72
+# alone) and fast's stage 10 (seed 103: 32.21 / 24.20 / 24.82 alone); the soup 32.21 /
+# 24.27 / 24.68 (+0.14 / +0.14 / +0.13 against stage 9), SSIM up on all three; 1742 s
+# and 1402 s. The same CPU kind (2-core AMD EPYC, AVX-512-BF16), 2 threads, fp32.
 #   soup_stage STAGE LITE_TEACHER LITE_SEED FAST_TEACHER FAST_SEED TEACHERS CONTINUED_FROM NOTE
 soup_stage() {
 local run="$OUT/stage$1"
@@ -199,4 +203,19 @@ ad4adb7c14e268cfd9623c1c5fbe23dfa0fae9aa6274fee3c3c61331178e893a" \
 $DISTILLED, then stage 9: stage 8 averaged with equal shares with two more such \
 distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast. steps, \
 wall_time_s and hardware are the second of those runs'. $NOTE_TAIL"
+fi
+if stage 10; then
+soup_stage 10 "$(teacher semi-drdnet-lite a9c78fd \
+  34a86dd95bf9990cb9330019ce4d46d9b0451dc5d842d5536be362152dda57d9)" 101 \
+  "$(teacher semi-drdnet-fast 840d42c \
+  f8117ccb33567963be97246ac6bec5a07d618ff1a4451afef7d1a0e50fb2c224)" 103 \
+  "semi-drdnet-lite (stages 7-9: its stage 10; stage 10: its stage 11) and semi-drdnet-fast \
+(stage 9: its stage 8; stage 10: its stage 10)" \
+  "stage 9 of recipes/rdmc-lite.sh, as bundled (fp16) at commit 1c25327, sha256 \
+94dbbd35831f69c83445c868fcd3a229bc4e7e85ac3e19e418a67c45c94affb9" \
+  "${HISTORY}, then stages 7 and 8: distilled twice more from semi-drdnet-lite \
+$DISTILLED, then stages 9 and 10: each the stage before averaged with equal shares with \
+two more such distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast \
+(stage 10: from their stages 11 and 10). steps, wall_time_s and hardware are the second of \
+stage 10's runs. $NOTE_TAIL"
 fi

@@ -190,7 +190,8 @@ def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
     assert res.returncode == 0, res.stderr
     assert [c[c.index("--out") + 1].rsplit("/", 1)[1] for c in calls
             if c[:2] == ["derain", "distill"]] == [
-        "round1", "stage7", "stage8", "stage9-lite", "stage9-fast"]
+        "round1", "stage7", "stage8", "stage9-lite", "stage9-fast", "stage10-lite",
+        "stage10-fast"]
 
 
 @needs_bash
@@ -218,8 +219,31 @@ def test_rdmc_lite_stage_9_averages_stage_8_with_two_more_distillations_from_it(
 
 
 @needs_bash
+def test_rdmc_lite_stage_10_is_stage_9s_soup_again_from_todays_teachers(
+        tmp_path: Path) -> None:
+    # stage 9's bundle, distilled from semi-drdnet-lite's stage 11 (seed 101) and
+    # semi-drdnet-fast's stage 10 (seed 103), the three averaged in thirds
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "10"})
+    assert res.returncode == 0, res.stderr
+    distills = [c for c in calls if c[:2] == ["derain", "distill"]]
+    start = str(tmp_path / "runs/distill-rdmc-lite/stage10-start.safetensors")
+    assert [d[d.index("--init") + 1] for d in distills] == [start, start]
+    assert [d[d.index("--seed") + 1] for d in distills] == ["101", "103"]
+    assert "semi-drdnet-lite as bundled at commit a9c78fd" in res.stderr
+    assert "semi-drdnet-fast as bundled at commit 840d42c" in res.stderr
+    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
+    assert avgs[0][2] == start and avgs[0][3].endswith("stage10-lite/model.safetensors")
+    assert avgs[1][3].endswith("stage10-fast/model.safetensors")
+    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1 and bundles[0][2].endswith("/stage10")
+    assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
+        "stage 9 of recipes/rdmc-lite.sh")
+
+
+@needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "10"})):
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "11"})):
         res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
         assert res.returncode == 2
         assert "stage numbers" in res.stderr
@@ -460,6 +484,10 @@ EARLIER_BUNDLES = [
      "d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073"),  # fast-stage8.sh
     ("semi-drdnet-lite", "965e5bb",
      "6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c"),  # rdmc-lite 7-9
+    ("semi-drdnet-lite", "a9c78fd",
+     "34a86dd95bf9990cb9330019ce4d46d9b0451dc5d842d5536be362152dda57d9"),  # rdmc-lite 10
+    ("semi-drdnet-fast", "840d42c",
+     "f8117ccb33567963be97246ac6bec5a07d618ff1a4451afef7d1a0e50fb2c224"),  # rdmc-lite 10
 ]
 
 
