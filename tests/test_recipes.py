@@ -195,50 +195,38 @@ def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
 
 
 @needs_bash
-def test_rdmc_lite_stage_9_averages_stage_8_with_two_more_distillations_from_it(
-        tmp_path: Path) -> None:
-    # the soup: stage 8, one more distillation from semi-drdnet-lite (seed 89) and one from
-    # semi-drdnet-fast (seed 97), each a third
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "9", "TO_STAGE": "9"})
+@pytest.mark.parametrize(("stage", "seeds", "teachers"), [
+    # stage 9: stage 8's bundle distilled from semi-drdnet-lite's stage 10 (seed 89) and
+    # semi-drdnet-fast's stage 8 (seed 97); stage 10: stage 9's, from lite's stage 11 (seed
+    # 101) and fast's stage 10 (seed 103)
+    ("9", ["89", "97"], ["semi-drdnet-lite as bundled at commit 965e5bb",
+                         "semi-drdnet-fast as bundled at commit 220dd1b"]),
+    ("10", ["101", "103"], ["semi-drdnet-lite as bundled at commit a9c78fd",
+                            "semi-drdnet-fast as bundled at commit 840d42c"]),
+])
+def test_rdmc_lite_soup_stage_averages_its_start_with_two_distillations_in_thirds(
+        tmp_path: Path, stage: str, seeds: list[str], teachers: list[str]) -> None:
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh",
+                                 {"FROM_STAGE": stage, "TO_STAGE": stage})
     assert res.returncode == 0, res.stderr
     distills = [c for c in calls if c[:2] == ["derain", "distill"]]
-    stage8 = str(tmp_path / "runs/distill-rdmc-lite/stage9-start.safetensors")
-    assert [d[d.index("--init") + 1] for d in distills] == [stage8, stage8]
-    assert [d[d.index("--seed") + 1] for d in distills] == ["89", "97"]
+    start = str(tmp_path / f"runs/distill-rdmc-lite/stage{stage}-start.safetensors")
+    assert [d[d.index("--init") + 1] for d in distills] == [start, start]
+    assert [d[d.index("--seed") + 1] for d in distills] == seeds
     # the stand-in checkout has no git history: today's files, and it says so for each
     assert [d[d.index("-m") + 1] for d in distills] == [
         "weights/semi-drdnet-lite.safetensors", "weights/semi-drdnet-fast.safetensors"]
-    assert "semi-drdnet-lite as bundled at commit 965e5bb" in res.stderr
-    assert "semi-drdnet-fast as bundled at commit 220dd1b" in res.stderr
+    for teacher in teachers:
+        assert teacher in res.stderr
     avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
-    assert avgs[0][2] == stage8 and avgs[0][3].endswith("stage9-lite/model.safetensors")
-    assert avgs[1][3].endswith("stage9-fast/model.safetensors")
+    assert avgs[0][2] == start
+    assert avgs[0][3].endswith(f"stage{stage}-lite/model.safetensors")
+    assert avgs[1][3].endswith(f"stage{stage}-fast/model.safetensors")
     assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
     bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
-    assert len(bundles) == 1 and bundles[0][2].endswith("/stage9")
-
-
-@needs_bash
-def test_rdmc_lite_stage_10_is_stage_9s_soup_again_from_todays_teachers(
-        tmp_path: Path) -> None:
-    # stage 9's bundle, distilled from semi-drdnet-lite's stage 11 (seed 101) and
-    # semi-drdnet-fast's stage 10 (seed 103), the three averaged in thirds
-    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "10"})
-    assert res.returncode == 0, res.stderr
-    distills = [c for c in calls if c[:2] == ["derain", "distill"]]
-    start = str(tmp_path / "runs/distill-rdmc-lite/stage10-start.safetensors")
-    assert [d[d.index("--init") + 1] for d in distills] == [start, start]
-    assert [d[d.index("--seed") + 1] for d in distills] == ["101", "103"]
-    assert "semi-drdnet-lite as bundled at commit a9c78fd" in res.stderr
-    assert "semi-drdnet-fast as bundled at commit 840d42c" in res.stderr
-    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
-    assert avgs[0][2] == start and avgs[0][3].endswith("stage10-lite/model.safetensors")
-    assert avgs[1][3].endswith("stage10-fast/model.safetensors")
-    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
-    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
-    assert len(bundles) == 1 and bundles[0][2].endswith("/stage10")
+    assert len(bundles) == 1 and bundles[0][2].endswith(f"/stage{stage}")
     assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
-        "stage 9 of recipes/rdmc-lite.sh")
+        f"stage {int(stage) - 1} of recipes/rdmc-lite.sh")
 
 
 @needs_bash
