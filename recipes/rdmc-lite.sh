@@ -167,6 +167,8 @@ fi
 # alone) and fast's stage 10 (seed 103: 32.21 / 24.20 / 24.82 alone); the soup 32.21 /
 # 24.27 / 24.68 (+0.14 / +0.14 / +0.13 against stage 9), SSIM up on all three; 1742 s
 # and 1402 s. The same CPU kind (2-core AMD EPYC, AVX-512-BF16), 2 threads, fp32.
+# After it, stage 10 and one more distillation from lite's stage 11 (seed 107), half and
+# half, lost 0.01 dB of sirr-val and was not shipped (docs/model-history.md).
 #   soup_stage STAGE LITE_TEACHER LITE_SEED FAST_TEACHER FAST_SEED TEACHERS CONTINUED_FROM NOTE
 soup_stage() {
 local run="$OUT/stage$1"
