@@ -191,17 +191,19 @@ def test_rdmc_lite_stage_8_distils_stage_7s_bundle_again_with_another_seed(
     assert [c[c.index("--out") + 1].rsplit("/", 1)[1] for c in calls
             if c[:2] == ["derain", "distill"]] == [
         "round1", "stage7", "stage8", "stage9-lite", "stage9-fast", "stage10-lite",
-        "stage10-fast"]
+        "stage10-fast", "stage11-lite", "stage11-fast"]
 
 
 @needs_bash
 @pytest.mark.parametrize(("stage", "seeds", "teachers"), [
     # stage 9: stage 8's bundle distilled from semi-drdnet-lite's stage 10 (seed 89) and
     # semi-drdnet-fast's stage 8 (seed 97); stage 10: stage 9's, from lite's stage 11 (seed
-    # 101) and fast's stage 10 (seed 103)
+    # 101) and fast's stage 10 (seed 103); stage 11: stage 10's, the same teachers (107, 109)
     ("9", ["89", "97"], ["semi-drdnet-lite as bundled at commit 965e5bb",
                          "semi-drdnet-fast as bundled at commit 220dd1b"]),
     ("10", ["101", "103"], ["semi-drdnet-lite as bundled at commit a9c78fd",
+                            "semi-drdnet-fast as bundled at commit 840d42c"]),
+    ("11", ["107", "109"], ["semi-drdnet-lite as bundled at commit a9c78fd",
                             "semi-drdnet-fast as bundled at commit 840d42c"]),
 ])
 def test_rdmc_lite_soup_stage_averages_its_start_with_two_distillations_in_thirds(
@@ -231,7 +233,7 @@ def test_rdmc_lite_soup_stage_averages_its_start_with_two_distillations_in_third
 
 @needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "11"})):
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "12"})):
         res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
         assert res.returncode == 2
         assert "stage numbers" in res.stderr
@@ -473,9 +475,9 @@ EARLIER_BUNDLES = [
     ("semi-drdnet-lite", "965e5bb",
      "6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c"),  # rdmc-lite 7-9
     ("semi-drdnet-lite", "a9c78fd",
-     "34a86dd95bf9990cb9330019ce4d46d9b0451dc5d842d5536be362152dda57d9"),  # rdmc-lite 10
+     "34a86dd95bf9990cb9330019ce4d46d9b0451dc5d842d5536be362152dda57d9"),  # rdmc-lite 10-11
     ("semi-drdnet-fast", "840d42c",
-     "f8117ccb33567963be97246ac6bec5a07d618ff1a4451afef7d1a0e50fb2c224"),  # rdmc-lite 10
+     "f8117ccb33567963be97246ac6bec5a07d618ff1a4451afef7d1a0e50fb2c224"),  # rdmc-lite 10-11
 ]
 
 
