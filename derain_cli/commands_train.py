@@ -330,6 +330,9 @@ def distill_cmd(
     "semi-drdnet-distilled",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the model an earlier run left in --out.")] = False,
+    teacher_flips: Annotated[bool, typer.Option(
+        "--teacher-flips", help="Learn the mean of the teacher's outputs on each crop as "
+        "is and flipped three ways (four teacher passes a step; needs --student).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
@@ -343,7 +346,8 @@ def distill_cmd(
                 rain_blocks=rain_blocks, student=student, init=str(init) if init else None,
                 real=str(real) if real else None, steps=steps, max_minutes=max_minutes,
                 batch=batch, patch=patch, lr=lr, seed=seed, val_count=val_count,
-                threads=threads, progress=not quiet, name=name, overwrite=overwrite))
+                threads=threads, progress=not quiet, name=name, overwrite=overwrite,
+                teacher_flips=teacher_flips))
         except DistillError as e:
             raise _usage_error(str(e)) from None
         b, a = r.before, r.after

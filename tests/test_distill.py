@@ -300,3 +300,44 @@ def test_distill_cli_refuses_an_existing_run_and_unknown_teachers(setup, tmp_pat
     assert r.exit_code == 2, r.output
     assert "unknown model 'nosuch'" in r.output and "semi-drdnet-lite" in r.output
     assert "no pretrained weights" not in r.output
+
+
+def test_flip_ensemble_is_the_mean_of_the_four_flipped_back_passes():
+    from derain_cli.distill import FlipEnsemble
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)  # not flip-equivariant: a random kernel
+    ens = FlipEnsemble(net)
+    x = torch.rand(1, 3, 9, 12)
+    want = (net(x) + net(x.flip(3)).flip(3) + net(x.flip(2)).flip(2)
+            + net(x.flip(2, 3)).flip(2, 3)) / 4
+    assert torch.allclose(ens(x), want, atol=1e-6)
+    assert not torch.allclose(ens(x), net(x), atol=1e-3)
+    # The mean is equivariant to the flips, as a flipped-back ensemble must be.
+    assert torch.allclose(ens(x.flip(3)), ens(x).flip(3), atol=1e-6)
+    assert torch.allclose(ens(x.flip(2)), ens(x).flip(2), atol=1e-6)
+
+
+def test_a_student_learns_the_teachers_flip_ensemble(setup):
+    root, weights = setup
+    plain = distill(_cfg(root, weights, "noflip", student="semi-drdnet-tiny", steps=1))
+    r = distill(_cfg(root, weights, "flips", student="semi-drdnet-tiny", steps=1,
+                     teacher_flips=True))
+    # The held-out teacher is the ensemble, not the single pass.
+    assert r.before["teacher_psnr"] != plain.before["teacher_psnr"]
+    entry = json.loads((root / "flips" / "manifest_entry.json").read_text())
+    assert entry["teacher"].endswith("(flip self-ensemble)")
+    assert "flip self-ensemble" in entry["training_data"]
+    with pytest.raises(DistillError, match="needs a student"):
+        distill(_cfg(root, weights, "flips2", teacher_flips=True))
+
+
+def test_distill_cli_passes_teacher_flips(setup):
+    root, weights = setup
+    args = ["distill", "--clean", root / "clean", "-m", weights, "--student",
+            "semi-drdnet-tiny", "--teacher-flips", "--steps", "1", "--batch", "2", "--patch",
+            "32", "--val-count", "2", "--threads", "1", "-q", "-o", root / "cliflip"]
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    entry = json.loads((root / "cliflip" / "manifest_entry.json").read_text())
+    assert entry["teacher"].endswith("(flip self-ensemble)")
