@@ -1189,3 +1189,31 @@ def test_checkpoints_get_normal_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
+    """A run logged to a file (nohup, CI) says where it is; a live bar would not."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.train import _Progress
+
+    def lines(every_s: float, terminal: bool) -> list[str]:
+        buf = io.StringIO()
+        console = Console(file=buf, force_terminal=terminal, width=200)
+        with _Progress(enabled=True, total=4, start=0, every_s=every_s,
+                       console=console) as bar:
+            for step in range(1, 5):
+                bar.update(step, 0.5 / step, 1e-4, 3.0)
+            bar.note("step 4: val PSNR 30.00 dB")
+        return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+
+    every = lines(0.0, terminal=False)
+    assert [ln.split()[1] for ln in every[:4]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "loss 0.1250 lr 1.00e-04 3.0 patch/s" in every[3] and "ETA 0:00:00" in every[3]
+    assert every[4] == "step 4: val PSNR 30.00 dB"
+    sparse = lines(1e9, terminal=False)  # only the last step is due
+    assert [ln.split()[1] for ln in sparse if ln.startswith("train")] == ["4/4"]
+    live = lines(0.0, terminal=True)  # a terminal gets the bar, not lines
+    assert not any(ln.startswith("train 1/4") for ln in live)
