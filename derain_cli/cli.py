@@ -741,7 +741,8 @@ def _run(
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
-                                         report_failures=main_rank, rank=dist.rank)
+                                         report_failures=main_rank, rank=dist.rank,
+                                         lines=chatty and main_rank and not err.is_terminal)
                 try:
                     with progress:
                         summary = batch.run_batch(items, derainer, options, progress, dist)
@@ -892,9 +893,12 @@ class _RichProgress:
 
     The files bar counts files; the tiles bar shows a percentage of the image's work
     (``tiling.run_tiled``'s ``on_tile`` counts pixels through the network), so its time
-    estimate holds across the cheap statistics tiles and the final pass's."""
+    estimate holds across the cheap statistics tiles and the final pass's. Where stderr is
+    not a terminal, ``lines`` prints the same progress as a plain line at most once a
+    minute (``plain_progress``): a long folder job in a log file is not silent."""
 
-    def __init__(self, console: Console, *, bars: bool, report_failures: bool, rank: int) -> None:
+    def __init__(self, console: Console, *, bars: bool, report_failures: bool, rank: int,
+                 lines: bool = False, every_s: float = 60.0) -> None:
         from rich.progress import (
             BarColumn,
             Progress,
@@ -920,6 +924,12 @@ class _RichProgress:
         self.files: Any = None
         self.files_done = self.files_total = 0
         self.tiles: Any = None
+        self.name = ""
+        self.lines: Any = None
+        if lines:
+            from .plain_progress import PlainProgress
+
+            self.lines = PlainProgress(console, every_s)
 
     def __enter__(self) -> _RichProgress:
         self.bars.start()
@@ -934,12 +944,15 @@ class _RichProgress:
 
     def file_start(self, job: Job) -> None:
         name = job.item.path.name
-        self.bars.update(self.files, description=name if len(name) <= 40 else name[:37] + "...")
+        self.name = name if len(name) <= 40 else name[:37] + "..."
+        self.bars.update(self.files, description=self.name)
 
     def tile(self, done: int, total: int) -> None:
         if done >= total and self.tiles is None:  # one piece (untiled, or one tile): no bar
             return
         count = f"{100 * done // max(total, 1):>3d}%"
+        if self.lines is not None and self.lines.due():
+            self.lines.print(f"  {self.name}: {count.strip()} of its work")
         if self.tiles is None:
             self.tiles = self.bars.add_task("  tiles", total=total, count=count)
         self.bars.update(self.tiles, completed=done, total=total, count=count)
@@ -950,6 +963,9 @@ class _RichProgress:
             self.tiles = None
         self.files_done += 1
         self.bars.update(self.files, advance=1, count=f"{self.files_done}/{self.files_total}")
+        if self.lines is not None and self.lines.due():
+            timing = self.lines.timing(self.files_done, self.files_total)
+            self.lines.print(f"derain {self.files_done}/{self.files_total} files {timing}")
         if result.status == "failed" and self.report_failures:
             _print_failure(self.console, result)
 

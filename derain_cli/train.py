@@ -1377,9 +1377,10 @@ def _say(msg: str) -> None:
 class _Progress:
     """A rich progress bar with loss, lr, patches/s and ETA (a no-op when disabled).
 
-    Where stderr is not a terminal (a log file, a CI job, ``nohup``), a live bar would
-    show nothing until the end, so a plain line is printed instead at most every
-    ``every_s`` seconds, and at the last step: an hour-long run in a log is not silent.
+    Where stderr is not a terminal (a log file, a CI job, ``nohup``) a live bar would
+    show nothing until the end, so plain lines are printed instead
+    (:class:`~derain_cli.plain_progress.PlainProgress`: at most one every ``every_s``
+    seconds, and the last step's): an hour-long run in a log is not silent.
     """
 
     def __init__(self, *, enabled: bool, total: int, start: int, every_s: float = 60.0,
@@ -1390,8 +1391,7 @@ class _Progress:
         self._console = console
         self._p = None
         self._task = None
-        self._plain = False
-        self._t0 = self._last = 0.0
+        self._lines: Any = None
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -1405,11 +1405,12 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
+            from .plain_progress import PlainProgress
+
             # stderr: with the log lines; stdout stays for data
             console = self._console or Console(stderr=True)
             if not console.is_terminal:
-                self._plain, self._console = True, console
-                self._t0 = self._last = time.monotonic()
+                self._lines = PlainProgress(console, self.every_s)
                 return self
             self._p = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -1429,16 +1430,9 @@ class _Progress:
         info = f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} patch/s"
         if self._p is not None:
             self._p.update(self._task, completed=step, info=info)
-        elif self._plain:
-            now = time.monotonic()
-            if now - self._last >= self.every_s or step >= self.total:
-                self._last = now
-                elapsed = now - self._t0
-                done = step - self.start
-                eta = elapsed * (self.total - step) / done if done > 0 else float("nan")
-                self._console.print(f"train {step}/{self.total} {info} elapsed "
-                                    f"{_clock(elapsed)} ETA {_clock(eta)}",
-                                    highlight=False, soft_wrap=True)
+        elif self._lines is not None and (self._lines.due() or step >= self.total):
+            timing = self._lines.timing(step - self.start, self.total - self.start)
+            self._lines.print(f"train {step}/{self.total} {info} {timing}")
 
     def advance_to(self, step: int) -> None:
         """Move the bar between logged steps (their loss and rate stay until the next)."""
@@ -1448,16 +1442,8 @@ class _Progress:
     def note(self, msg: str) -> None:
         if self._p is not None:
             self._p.console.print(msg)
-        elif self._plain:
-            self._console.print(msg, highlight=False, soft_wrap=True)
-
-
-def _clock(seconds: float) -> str:
-    """H:MM:SS, as rich's bar shows time ("-:--:--" when unknown)."""
-    if not math.isfinite(seconds):
-        return "-:--:--"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        elif self._lines is not None:
+            self._lines.print(msg)
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -786,3 +786,31 @@ def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
     assert json.loads(js.stdout)["engine"]["strength"] == 0.25
     bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--strength", "2")
     assert bad.exit_code == 2 and not (tmp_path / "b.png").exists()
+
+
+def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights: Path) -> None:
+    """Where stderr is not a terminal, the bars draw nothing; a folder job prints plain
+    progress lines (here with no throttle: one per file and per tile update)."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.batch import BatchOptions, collect_inputs, run_batch
+    from derain_cli.cli import _RichProgress
+    from derain_cli.enhancer import Derainer
+
+    for name in ("a.png", "b.png"):
+        _img(tmp_path / name, 40, 30)
+    buf = io.StringIO()
+    console = Console(file=buf, width=100)
+    assert not console.is_terminal
+    progress = _RichProgress(console, bars=False, report_failures=True, rank=0, lines=True,
+                             every_s=0)
+    derainer = Derainer(weights=tiny_weights, device="cpu", tile=16, tile_overlap=4)
+    with progress:
+        run_batch(collect_inputs([str(tmp_path)]), derainer, BatchOptions(), progress)
+    text = buf.getvalue().splitlines()
+    assert [ln.split(" files")[0] for ln in text if ln.startswith("derain ")] == [
+        "derain 1/2", "derain 2/2"]
+    assert any(re.fullmatch(r"  a\.png: \d+% of its work", ln) for ln in text)
+    assert text[-1].endswith("ETA 0:00:00")

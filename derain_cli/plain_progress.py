@@ -1,0 +1,48 @@
+"""Progress for a log file: a plain line now and then instead of a live bar.
+
+Why: rich draws its live bars only on a terminal. Where stderr is a file (``nohup``, a
+CI job, ``derain photos/ -o out 2> log``) it shows nothing until the end, so a run of
+hours would be silent. :class:`PlainProgress` prints at most one line every ``every_s``
+seconds, with the elapsed time and an estimate of what is left; ``derain`` (files and
+large photos) and ``derain train`` / ``finetune`` / ``distill`` (steps) use it there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+
+def clock(seconds: float) -> str:
+    """H:MM:SS, as rich's bars show time; ``-:--:--`` when unknown."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "-:--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class PlainProgress:
+    """Throttled progress lines on a rich console (``every_s`` apart at most)."""
+
+    def __init__(self, console: Any, every_s: float = 60.0) -> None:
+        self.console = console
+        self.every_s = every_s
+        self.t0 = self._last = time.monotonic()
+
+    def due(self) -> bool:
+        """True (and the clock restarted) when ``every_s`` have passed since the last line."""
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+    def timing(self, done: float, total: float) -> str:
+        """``elapsed H:MM:SS ETA H:MM:SS``, the ETA from the mean rate so far."""
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed * (total - done) / done if done > 0 else float("nan")
+        return f"elapsed {clock(elapsed)} ETA {clock(eta)}"
+
+    def print(self, msg: str) -> None:
+        self.console.print(msg, highlight=False, markup=False, soft_wrap=True)
