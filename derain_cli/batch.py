@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,6 +47,7 @@ from .images import (
     is_image_path,
     prepare_image,
     read_image,
+    unread_photo_format,
 )
 from .tiling import TilesExhausted
 
@@ -173,13 +174,35 @@ def _resolved(p: Path) -> Path:
         return p.absolute()
 
 
-def _scan_folder(
-    root: Path, recursive: bool, exclude: set[Path]
-) -> tuple[list[Path], int]:
-    """Image files under ``root`` (sorted, dot-files, outputs and ``exclude`` left out) and the
-    number of subfolders that were not entered."""
+@dataclass
+class _Scan:
+    """What a folder scan found: the photos, the subfolders it did not enter and, by
+    format, the files named like photos that derain does not read (HEIC, GIF, raw...)."""
+
+    files: list[Path]
+    skipped_dirs: int = 0
+    unread: Counter[str] = field(default_factory=Counter)
+
+    def unread_text(self) -> str:
+        """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
+        parts = [f"{n} {fmt}" for fmt, n in self.unread.most_common()]
+        return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1
+                else parts[0]) + " file(s)"
+
+
+def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
+    """Image files under ``root`` (sorted, dot-files, outputs and ``exclude`` left out), the
+    number of subfolders that were not entered, and the photos in formats not read."""
     found: list[Path] = []
+    unread: Counter[str] = Counter()
     skipped_dirs = 0
+
+    def take(p: Path) -> None:
+        if is_image_path(p) and not is_output_name(p) and not _special(p):
+            found.append(p)
+        elif (fmt := unread_photo_format(p)) is not None:
+            unread[fmt] += 1
+
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
@@ -188,10 +211,8 @@ def _scan_folder(
                 if not d.startswith(".") and _resolved(here / d) not in exclude
                 and not is_output_folder(here / d, note=True)
             )
-            found += [
-                here / f for f in sorted(filenames)
-                if is_image_path(f) and not is_output_name(f) and not _special(here / f)
-            ]
+            for f in sorted(filenames):
+                take(here / f)
     else:
         try:
             entries = sorted(root.iterdir())
@@ -200,9 +221,9 @@ def _scan_folder(
         for p in entries:
             if p.is_dir():
                 skipped_dirs += not p.name.startswith(".") and not is_output_folder(p)
-            elif is_image_path(p) and not is_output_name(p) and not _special(p):
-                found.append(p)
-    return found, skipped_dirs
+            else:
+                take(p)
+    return _Scan(found, skipped_dirs, unread)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -275,7 +296,7 @@ def without_shell_leftovers(inputs: Sequence[str], output: Path,
 def _photos_in(folder: Path) -> list[Path]:
     """The photos a folder scan would take from ``folder`` itself (none if unlistable)."""
     try:
-        return _scan_folder(folder, False, set())[0]
+        return _scan_folder(folder, False, set()).files
     except ImageError:
         return []
 
@@ -351,10 +372,14 @@ def collect_inputs(
         """``matched``: the pattern that found this folder (then no images in it is no error,
         and under ``**`` its subfolders are matched themselves: no "add -r" warning)."""
         try:
-            files, skipped_dirs = _scan_folder(folder, recursive, excluded)
+            scan = _scan_folder(folder, recursive, excluded)
         except ImageError as e:
             items.append(InputItem(folder, Path(folder.name), str(e)))
             return
+        files, skipped_dirs = scan.files, scan.skipped_dirs
+        if scan.unread and files:
+            log.warning("%s: %s not read (derain reads %s): convert them to JPEG, PNG or "
+                        "TIFF to include them", folder, scan.unread_text(), _SUPPORTED_TEXT)
         if matched is not None:
             if "**" in matched:
                 skipped_dirs = 0
@@ -366,6 +391,9 @@ def collect_inputs(
         if not files:
             hint = f"; it has {skipped_dirs} subfolder(s): add -r to include them" if (
                 skipped_dirs) else ""
+            if scan.unread:
+                hint += (f"; {scan.unread_text()} here are not read: convert them to JPEG, "
+                         "PNG or TIFF")
             items.append(
                 InputItem(folder, Path(folder.name), f"no images found ({_SUPPORTED_TEXT}){hint}")
             )

@@ -64,6 +64,7 @@ __all__ = [
     "format_for_path",
     "is_image_path",
     "read_image",
+    "unread_photo_format",
     "warnings_to_log",
     "write_image",
 ]
@@ -205,6 +206,23 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     """
     p = Path(path)
     return p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+
+
+#: Photo formats people have in their folders that derain does not read, by suffix: a
+#: folder scan names them instead of passing them over in silence (``batch``).
+_UNREAD_PHOTO_FORMATS = {
+    ".heic": "HEIC", ".heif": "HEIC", ".avif": "AVIF", ".gif": "GIF", ".jxl": "JPEG XL",
+    ".jp2": "JPEG 2000", ".j2k": "JPEG 2000",
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf",
+                     ".pef", ".srw"), "camera raw"),
+}
+
+
+def unread_photo_format(path: str | os.PathLike[str]) -> str | None:
+    """The format's name if ``path`` is named like a photo derain does not read (HEIC, GIF,
+    camera raw...), else None: sidecars and other files are not photos left out."""
+    p = Path(path)
+    return None if p.name.startswith(".") else _UNREAD_PHOTO_FORMATS.get(p.suffix.lower())
 
 
 def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> str:

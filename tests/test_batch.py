@@ -670,3 +670,26 @@ def test_an_output_name_past_the_limit_fails_that_file_only(tmp_path: Path, dera
     s = run_batch(collect_inputs([str(ok), str(long)]), derainer, BatchOptions())
     assert s.processed == 1 and len(s.failed) == 1
     assert "cannot use the output name" in s.failed[0][1]
+
+
+def test_photos_in_formats_not_read_are_named(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """HEIC, GIF or raw files in a folder are not passed over in silence; sidecars and
+    other files are no photos and go unmentioned."""
+    _img(tmp_path / "a.png")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "anim.gif", ".hidden.heic", "notes.txt",
+                 "a.xmp", "sub/IMG_3.CR2"):
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([tmp_path])
+    assert [i.path.name for i in items] == ["a.png"] and items[0].error is None
+    assert "2 HEIC and 1 GIF file(s) not read" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([tmp_path], recursive=True)  # the tree's raw file counts too
+    assert "2 HEIC, 1 GIF and 1 camera raw file(s) not read" in caplog.text
+    items = collect_inputs([sub])  # none readable: the error says why
+    assert "no images found" in items[0].error
+    assert "1 camera raw file(s) here are not read: convert them" in items[0].error

@@ -903,3 +903,13 @@ def test_a_long_file_name_that_fits_is_written(tmp_path: Path) -> None:
     dest = tmp_path / ("x" * 246 + ".png")
     write_image(dest, _rgb8().astype(np.float32) / 255)
     assert dest.is_file() and _leftovers(tmp_path) == []
+
+
+def test_unread_photo_formats_are_known_by_suffix() -> None:
+    from derain_cli.images import unread_photo_format
+
+    assert unread_photo_format("x/IMG_0001.HEIC") == "HEIC"
+    assert unread_photo_format("a.nef") == unread_photo_format("b.DNG") == "camera raw"
+    assert unread_photo_format("a.gif") == "GIF"
+    for name in ("a.jpg", "a.txt", "a.xmp", ".hidden.heic", "noext"):
+        assert unread_photo_format(name) is None
