@@ -152,10 +152,11 @@ class FlipEnsemble(nn.Module):
     """A network's self-ensemble: the mean of its outputs on the input as is, flipped
     left-right, upside down and both, each flipped back.
 
-    Why: the mean of the four scored 0.05-0.16 dB above one pass on every evaluation set
-    (docs/model-history.md, "Averaging outputs"), but costs four passes, too many for
-    a 12-megapixel photo on a CPU. As a distillation teacher the cost is paid once, at
-    training time, and the student may keep part of the gain at one pass.
+    Why: the mean of the four scored 0.05-0.18 dB above one pass on every evaluation set
+    (docs/model-history.md, "Averaging outputs" and semi-drdnet-fast's stage 11 candidate),
+    but costs four passes, too many for a 12-megapixel photo on a CPU. As a distillation
+    teacher the cost is paid once, at training time, and the student may keep part of the
+    gain at one pass. Measured once (that candidate, 900 steps on the default): it did not.
     """
 
     FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
