@@ -221,6 +221,8 @@ def _upright_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if im.format == "TIFF":  # Pillow 13 turns a TIFF's size itself; its header never
+                w, h = im.tag_v2[256], im.tag_v2[257]  # type: ignore[attr-defined]
             turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
     except Exception:  # noqa: BLE001 - any reader failure is reported by the decode
         return None

@@ -459,7 +459,10 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
 
 
 def _read(p: Path, max_pixels: int | None) -> LoadedImage:
-    with Image.open(p, formats=_READ_FORMATS) as im:
+    # Opened from a file object, not a path: given a path, Pillow memory-maps uncompressed
+    # single-strip files, and Pillow 13 maps a TIFF whose orientation turns it by 90 degrees
+    # (5-8) with the turned size, which scrambles L, P, RGBA and CMYK pixels.
+    with open(p, "rb") as fh, Image.open(fh, formats=_READ_FORMATS) as im:
         fmt = "JPEG" if im.format == "MPO" else str(im.format)
         mode = im.mode
         _check_pixels(im.width, im.height, max_pixels)

@@ -446,3 +446,15 @@ def test_a_bad_model_leaves_no_output_folders(pairs, tmp_path):
 
     with pytest.raises(OptionError, match="cannot write to .*not a folder"):
         E.evaluate("identity", pairs, save_dir=f / "out")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".jpg", ".png"])
+def test_upright_size_reads_a_turned_header_once(tmp_path, suffix):
+    """A photo stored 56x40 with EXIF orientation 6 is 40 wide and 56 high upright, in
+    every format (Pillow 13 already swaps a TIFF's size; a second swap made TIFF pairs
+    fail the size check against the same photo saved upright)."""
+    im = Image.fromarray(np.zeros((40, 56, 3), np.uint8))
+    exif = im.getexif()
+    exif[274] = 6
+    im.save(tmp_path / f"turned{suffix}", exif=exif.tobytes())
+    assert E._upright_size(tmp_path / f"turned{suffix}") == (40, 56)

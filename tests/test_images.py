@@ -354,6 +354,32 @@ def test_numpy_orientation_matches_pil(orientation: int) -> None:
     np.testing.assert_array_equal(images._orient_array(arr, orientation), expected)
 
 
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "RGB"])
+@pytest.mark.parametrize("orientation", [2, 5, 6, 7, 8])
+def test_uncompressed_tiff_orientation(tmp_path: Path, mode: str, orientation: int) -> None:
+    """Pillow 13 memory-maps an uncompressed TIFF turned by 90 degrees with the turned size
+    and scrambles these modes' pixels; derain's reader must still give the upright photo,
+    the same as the picture turned beforehand and saved without an orientation."""
+    from PIL import ImageOps
+
+    rgb = _smooth_rgb8()[:40, :56]
+    if mode == "I;16":
+        base = Image.fromarray(rgb[..., 1].astype(np.uint16) * 257)
+    else:
+        base = Image.fromarray(rgb).convert(mode)
+    exif = base.getexif()
+    exif[274] = orientation
+    base.save(tmp_path / "turned.tif", exif=exif.tobytes())  # uncompressed
+    tagged = base.copy()
+    tagged.info["exif"] = exif.tobytes()
+    ImageOps.exif_transpose(tagged).save(tmp_path / "upright.tif")
+    got, want = read_image(tmp_path / "turned.tif"), read_image(tmp_path / "upright.tif")
+    assert got.size == want.size
+    np.testing.assert_array_equal(got.rgb, want.rgb)
+    if want.alpha is not None:
+        np.testing.assert_array_equal(got.alpha, want.alpha)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 @pytest.mark.parametrize("orientation", [3, 6])
 def test_16bit_colour_orientation(tmp_path: Path, suffix: str, orientation: int) -> None:
