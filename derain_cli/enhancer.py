@@ -431,6 +431,7 @@ class Derainer:
 
     def _derain_pil(self, img: Image.Image) -> Image.Image:
         mode = img.mode
+        icc = img.info.get("icc_profile")
         if mode in ("I;16", "I;16B", "I;16L"):
             out = Image.fromarray(self._derain_numpy(np.asarray(img).astype(np.uint16)))
         elif mode in ("I", "F"):  # 32-bit gray: scale guessed from the values, kept
@@ -445,11 +446,15 @@ class Derainer:
                 work = img.convert(mode[:-1] + "A")
             elif mode == "1":  # bilevel: derained as gray, returned as gray
                 work = img.convert("L")
-            else:
-                work = img.convert("RGB")
+            else:  # CMYK, YCbCr, LAB...: as the file reader converts them, the profile
+                from .images import _normalise_mode  # too (a CMYK one cannot describe RGB)
+
+                work, icc = _normalise_mode(img, icc)
             out = Image.fromarray(self._derain_numpy(np.asarray(work)))
         out.info.update({k: v for k, v in img.info.items()
-                         if k in ("icc_profile", "dpi", "exif", "xmp", "XML:com.adobe.xmp")})
+                         if k in ("dpi", "exif", "xmp", "XML:com.adobe.xmp")})
+        if icc:
+            out.info["icc_profile"] = icc
         return out
 
 

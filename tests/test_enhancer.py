@@ -92,6 +92,21 @@ def test_pil_in_pil_out(derainer):
     assert derainer.derain(Image.fromarray(_photo()).convert("L")).mode == "L"
 
 
+def test_cmyk_image_gets_an_rgb_result_without_its_cmyk_profile(derainer):
+    """A CMYK image's profile cannot describe the RGB result: a plain ``out.save()`` would
+    embed an invalid profile. The result is converted as ``derain`` reads CMYK files, and
+    carries sRGB (converted through the profile) or no profile at all."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.fromarray(_photo()).convert("CMYK")
+    img.info["icc_profile"] = srgb[:16] + b"CMYK" + srgb[20:]  # header says CMYK
+    out = derainer.derain(img)
+    assert out.mode == "RGB" and out.size == img.size
+    icc = out.info.get("icc_profile")
+    assert icc is None or icc[16:20] == b"RGB "
+
+
 def test_metadata_byte_order_premultiplied_and_float_alpha(derainer):
     """Gaps an audit of the library found: info dropped for I;16/I/F images, big-endian
     arrays refused, La/RGBa crashing, float64 alpha rounded through float32."""
