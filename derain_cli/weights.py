@@ -214,7 +214,9 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
 
 
 def resolve(name: str, *, quiet: bool = False) -> Path:
-    """Local path of a manifest weight: bundled file, else the Hub cache, else a download."""
+    """Local path of a manifest weight, its sha256 checked: bundled file, else the Hub
+    cache, else a download. Every caller gets a checked file (``derain finetune --model``
+    loaded a damaged bundled file without a word)."""
     from . import hub
 
     records = load_manifest()
@@ -225,6 +227,13 @@ def resolve(name: str, *, quiet: bool = False) -> Path:
     rec = records[name]
     bundled = bundled_dir() / rec.file
     if bundled.exists():
+        actual = sha256_file(bundled)
+        if actual != rec.sha256:
+            raise WeightsError(
+                f"{bundled}: sha256 {actual[:12]}... does not match the manifest's "
+                f"{rec.sha256[:12]}...; the file ships with derain: reinstall derain (or "
+                "restore weights/)"
+            )
         return bundled
     source = rec.hub_source()
     if source is None:

@@ -151,6 +151,9 @@ def test_a_damaged_bundled_file_asks_for_a_reinstall(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match=r"sha256.*ships with derain: reinstall derain"):
         weights.load_pretrained("t")
+    # resolve() itself checks, for the callers that load the path themselves (finetune)
+    with pytest.raises(WeightsError, match=r"sha256.*ships with derain: reinstall derain"):
+        weights.resolve("t")
     with pytest.raises(WeightsError, match=r"'rdmc' has no pretrained weights yet.*derain "
                                            r"train --model rdmc"):
         weights.load_pretrained("rdmc")
