@@ -194,6 +194,7 @@ class Derainer:
             auto, min_tile, overlap = self._init_torch(
                 model, weights, device, precision, backend, threads, quiet,
                 (tile, tile_overlap, workload_megapixels, workload_images))
+        self.min_tile = int(min_tile)  # the smallest tile that agrees with the whole image
         self.tile = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
         if 0 < self.tile < min_tile:
             # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
@@ -351,13 +352,17 @@ class Derainer:
                 h, w = rgb.shape[:2]
                 # a tile larger than the image is the whole image: halve from what ran
                 current = min(tile, max(h, w)) if tile > 0 else max(h, w)
-                if current <= MIN_TILE:
+                floor = max(MIN_TILE, self.min_tile)  # below the model's minimum, tiles
+                if current <= floor:  # would not agree with the whole image: stop there
                     hint = "try --device cpu" if self.device_name != "cpu" else (
                         "free some memory or close other programs")
+                    if floor > MIN_TILE:
+                        hint += (f"; {self.model_name} needs tiles of at least "
+                                 f"{self.min_tile}px")
                     raise tiling.TilesExhausted(
                         f"even {current}px tiles do not fit in memory; {hint}"
                     ) from None
-                tile = max(current // 2, MIN_TILE)  # the floor itself is tried last
+                tile = max(current // 2, floor)  # the floor itself is tried last
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
         np.clip(out, 0.0, 1.0, out=out)

@@ -1,5 +1,7 @@
 """Derainer: the library API (types in == types out, devices, precision, OOM fallback)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -381,6 +383,29 @@ def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path, caplog):
         assert d.tile == used
         # a user who lowered --tile to save memory is told they got bigger tiles
         assert ("--tile 256 is below" in caplog.text) == (asked == 256), caplog.text
+
+
+def test_out_of_memory_never_shrinks_below_the_model_minimum(tmp_path, monkeypatch, caplog):
+    """The out-of-memory fallback halved down to 64 px whatever the model: RDMC's tiles
+    under its minimum do not agree with the whole image. It stops at the minimum and says
+    why it cannot go lower."""
+    from derain_cli.models import RDMC, RDMCConfig
+    from derain_cli.weights import save_weights
+
+    net = RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1))
+    path = tmp_path / "r.safetensors"
+    save_weights(net, path, name="r", arch="rdmc", config=net.cfg)
+    d = Derainer(weights=path, device="cpu", tile=4 * RDMC.min_tile, backend="torch")
+
+    def always(x, pooled):
+        raise tiling.TileOutOfMemory("fake")
+
+    monkeypatch.setattr(d.runner, "forward", always)
+    big = np.zeros((5 * RDMC.min_tile, 5 * RDMC.min_tile, 3), np.uint8)
+    with pytest.raises(MemoryError, match=f"needs tiles of at least {RDMC.min_tile}px"):
+        d.derain_array(big)
+    tried = [int(n) for n in re.findall(r"retrying with (\d+)px tiles", caplog.text)]
+    assert tried == [2 * RDMC.min_tile, RDMC.min_tile]
 
 
 @pytest.mark.parametrize("kwargs, words", [
