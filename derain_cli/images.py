@@ -480,6 +480,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         im.load()  # full decode: raises on truncated data (LOAD_TRUNCATED_IMAGES stays False)
 
         raw_exif = im.info.get("exif") or tiff_exif
+        if raw_exif is None and fmt == "PNG":  # ImageMagick's text-chunk EXIF
+            raw_exif = _png_raw_profile_exif(im)
         exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
         xmp = _read_xmp(im, fmt)
         text = _png_text(im) if fmt == "PNG" else None
@@ -563,10 +565,33 @@ def _latin1(s: str) -> bool:
 
 
 def _png_text(im: Image.Image) -> dict[str, str] | None:
-    """A PNG's tEXt/zTXt/iTXt chunks as text, XMP left out (it travels as ``xmp``)."""
+    """A PNG's tEXt/zTXt/iTXt chunks as text, XMP left out (it travels as ``xmp``), and
+    ImageMagick's EXIF chunk left out when it was read (it travels as ``exif``, its
+    orientation reset: copied as it was, viewers turned the upright result once more)."""
     chunks = getattr(im, "text", None) or {}
-    text = {str(k): str(v) for k, v in chunks.items() if k != _XMP_PNG_KEY}
+    skip = {_XMP_PNG_KEY}
+    if _png_raw_profile_exif(im) is not None:
+        skip.add(_PNG_RAW_EXIF_KEY)
+    text = {str(k): str(v) for k, v in chunks.items() if k not in skip}
     return text or None
+
+
+_PNG_RAW_EXIF_KEY = "Raw profile type exif"
+
+
+def _png_raw_profile_exif(im: Image.Image) -> bytes | None:
+    """EXIF from the text chunk ImageMagick and GraphicsMagick write into PNGs
+    (``\\nexif\\n  LENGTH\\nHEX...``, as Pillow's ``getexif`` reads it), or None."""
+    value = (getattr(im, "text", None) or {}).get(_PNG_RAW_EXIF_KEY)
+    if not isinstance(value, str):
+        return None
+    try:
+        data = bytes.fromhex("".join(value.split("\n")[3:]))
+    except ValueError:
+        return None
+    while data.startswith(_EXIF_HEADER):  # once as written; Pillow also reads it twice
+        data = data[len(_EXIF_HEADER):]
+    return _EXIF_HEADER + data if data[:2] in (b"II", b"MM") else None
 
 
 def _png_colour(im: Image.Image) -> tuple[tuple[bytes, bytes], ...] | None:

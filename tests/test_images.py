@@ -354,6 +354,34 @@ def test_numpy_orientation_matches_pil(orientation: int) -> None:
     np.testing.assert_array_equal(images._orient_array(arr, orientation), expected)
 
 
+def test_imagemagick_png_exif_chunk_is_applied_once(tmp_path: Path) -> None:
+    """ImageMagick writes a PNG's EXIF as a "Raw profile type exif" text chunk. derain
+    turned the pixels upright by it but copied the chunk, orientation 6 and all, so viewers
+    turned the result once more. The EXIF now travels (orientation reset) as EXIF."""
+    from PIL import ImageOps
+
+    src = _rgb8()
+    upright = (src.shape[0], src.shape[1])  # turned by 90 degrees: its height is the width
+    exif = Image.Exif()
+    exif[274] = 6
+    exif[271] = "TestCam"
+    raw = exif.tobytes()  # with its "Exif\\0\\0" header, as ImageMagick writes it
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
+    info.add_text("Comment", "kept")
+    Image.fromarray(src).save(tmp_path / "im.png", pnginfo=info)
+    loaded = read_image(tmp_path / "im.png")
+    assert loaded.size == upright
+    for suffix in (".png", ".jpg"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        with Image.open(tmp_path / f"out{suffix}") as out:
+            assert out.getexif().get(274) in (None, 1)
+            assert out.getexif().get(271) == "TestCam"
+            assert ImageOps.exif_transpose(out).size == upright  # not turned again
+            if suffix == ".png":
+                assert out.text.get("Comment") == "kept"
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "RGB"])
 @pytest.mark.parametrize("orientation", [2, 5, 6, 7, 8])
 def test_uncompressed_tiff_orientation(tmp_path: Path, mode: str, orientation: int) -> None:
