@@ -365,7 +365,7 @@ def test_imagemagick_png_exif_chunk_is_applied_once(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[274] = 6
     exif[271] = "TestCam"
-    raw = exif.tobytes()  # with its "Exif\\0\\0" header, as ImageMagick writes it
+    raw = exif.tobytes()  # with its "Exif\0\0" header, as ImageMagick writes it
     info = PngImagePlugin.PngInfo()
     info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
     info.add_text("Comment", "kept")
