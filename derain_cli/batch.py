@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .fileio import why_unwritable
 from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -917,6 +918,9 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
             return "skipped", "output exists"
     except OSError as e:  # e.g. a name past the file system's limit: this file only
         return "failed", f"cannot use the output name {out}: {e.strerror or e}"
+    why = why_unwritable(out.parent)  # before the model runs, not after
+    if why is not None:
+        return "failed", f"cannot write to {out.parent}: {why}"
     return None
 
 
@@ -1158,7 +1162,8 @@ def run_batch(
     dist = dist or DistInfo()
     jobs = plan_jobs(items, options)
     to_folder = options.output is not None and not _writes_one_file(options)
-    if to_folder and any(j.error is None for j in jobs) and dist.is_main:
+    if (to_folder and any(j.error is None for j in jobs) and dist.is_main
+            and why_unwritable(options.output) is None):
         mark_output_folder(options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]

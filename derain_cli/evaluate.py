@@ -25,6 +25,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
+from .fileio import why_unwritable
 from .pairs import Pair, find_pairs, list_images, reads_into
 
 IDENTITY = "identity"
@@ -282,12 +283,9 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
         if f.exists() and not overwrite:
             raise OptionError(f"{f} exists; pass --overwrite to replace it")
     for d in sorted({f.parent for f, _ in planned}):  # creatable, without creating it yet
-        a = d
-        while not a.exists() and a.parent != a:
-            a = a.parent
-        if not a.is_dir() or not os.access(a, os.W_OK | os.X_OK):
-            raise OptionError(f"cannot write to {d}: {a} is "
-                              + ("not a folder" if not a.is_dir() else "not writable"))
+        why = why_unwritable(d)
+        if why is not None:
+            raise OptionError(f"cannot write to {d}: {why}")
 
 
 def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None) -> None:

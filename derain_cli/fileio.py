@@ -28,3 +28,17 @@ def give_normal_mode(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         dest = Path(dest)
         mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~current_umask()
         os.chmod(tmp, mode)
+
+
+def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into ``folder`` (made first where missing), or None when
+    they can, as far as the permissions say; nothing is created. Checked before any work,
+    so an unwritable destination fails at once and not after minutes of deraining."""
+    a = folder = Path(folder)
+    while not a.exists() and a.parent != a:  # the nearest folder that exists
+        a = a.parent
+    if not a.is_dir():
+        return f"{a} is a file, not a folder"
+    if not os.access(a, os.W_OK | os.X_OK):
+        return "no write permission" if a == folder else f"{a} has no write permission"
+    return None
