@@ -143,10 +143,21 @@ def is_output_folder(folder: Path, note: bool = False) -> bool:
 
 
 def mark_output_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort)."""
+    """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort).
+
+    Only a folder derain makes, or finds empty, is marked: ``derain rainy/ -o .`` in a folder
+    of the user's own photos marked it, and every later scan of a parent skipped those
+    photos. A folder whose marker the user deleted is not marked again either."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         marker = folder / OUTPUT_MARKER
+        if folder.is_dir() and not marker.exists():
+            with os.scandir(folder) as entries:
+                others = [e.name for e in entries if not e.name.startswith(".")]
+            if others:
+                log.info("%s: not marked as a results folder (it holds other files), so "
+                         "scans of a parent folder will take its results as inputs", folder)
+                return
+        folder.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             marker.write_text(_MARKER_TEXT)
     except OSError as e:  # a read-only marker spot must not stop the batch

@@ -154,6 +154,31 @@ def test_results_of_an_earlier_run_are_not_inputs_again(
     assert len(_rels(collect_inputs([str(tree / "out")]))) == 3
 
 
+def test_only_a_new_or_empty_output_folder_is_marked(tmp_path: Path, derainer) -> None:
+    """`derain rainy -o .` in a folder of the user's own photos marked it, and a later
+    `derain pics -r` skipped all of pics: the user's photos and the rainy originals."""
+    pics = tmp_path / "pics"
+    _img(pics / "own.jpg")
+    _img(pics / "rainy" / "r.jpg", seed=1)
+    s = run_batch(collect_inputs([str(pics / "rainy")]), derainer, BatchOptions(output=pics))
+    assert s.processed == 1 and not (pics / ".derain-output").exists()
+    later = collect_inputs([str(pics)], recursive=True)
+    assert {"own.jpg", "rainy/r.jpg"} <= set(_rels(later))
+    # an empty folder the user made for the results is marked, and stays marked on a rerun
+    (tmp_path / "out").mkdir()
+    run_batch(collect_inputs([str(pics / "rainy")]), derainer,
+              BatchOptions(output=tmp_path / "out"))
+    assert (tmp_path / "out" / ".derain-output").is_file()
+    run_batch(collect_inputs([str(pics / "rainy")]), derainer,
+              BatchOptions(output=tmp_path / "out", overwrite=True))
+    assert (tmp_path / "out" / ".derain-output").is_file()
+    # a marker the user deleted (to derain the results again) is not put back
+    (tmp_path / "out" / ".derain-output").unlink()
+    run_batch(collect_inputs([str(pics / "rainy")]), derainer,
+              BatchOptions(output=tmp_path / "out", overwrite=True))
+    assert not (tmp_path / "out" / ".derain-output").exists()
+
+
 def test_no_marker_without_work_or_for_a_file_output(tmp_path: Path, derainer) -> None:
     src = _img(tmp_path / "in" / "a.png")
     run_batch(collect_inputs([str(src)]), derainer, BatchOptions(output=tmp_path / "o.png"))
@@ -681,9 +706,13 @@ def test_what_a_shell_adds_from_an_earlier_run_into_o_is_left_out(tmp_path: Path
     out = tmp_path / "out"
     given = [str(tmp_path / n) for n in ("a.png", "out", "out/a.png", "out/s", "s")]
     assert without_shell_leftovers(given, out) == given  # no such folder yet
+    mine = tmp_path / "mine"  # the user's own folder, named as -o: never marked
+    _img(mine / "s" / "c.png")
+    mark_output_folder(mine)
+    on_mine = [str(tmp_path / n) for n in ("a.png", "mine", "mine/s", "s")]
+    assert without_shell_leftovers(on_mine, mine) == on_mine
+    mark_output_folder(out)  # an earlier run made it, then wrote into it
     _img(out / "s" / "c.png")
-    assert without_shell_leftovers(given, out) == given  # not marked: the user's folder
-    mark_output_folder(out)
     assert without_shell_leftovers(given, out) == [given[0], given[4]]
     assert without_shell_leftovers([str(out)], out) == [str(out)]  # alone: refused later
     nested = tmp_path / "res" / "der"
