@@ -689,7 +689,8 @@ def check_config(cfg: TrainConfig) -> None:
     from .pairs import reads_into
 
     for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
-                          ("--unlabeled/--rainy", cfg.unlabeled)):
+                          ("--unlabeled/--rainy", cfg.unlabeled),
+                          ("--val", [cfg.val] if cfg.val else [])):
         for f in folders:  # the folders are read recursively: the run's files would be data
             via = reads_into(f, cfg.out)
             need(via is None,
@@ -746,7 +747,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     keeps its statistics when resumed without it)."""
     if ckpt.get("arch") != arch or json.loads(ckpt.get("model_config") or "{}") != conf:
         raise TrainError(f"--resume: {out} was trained as {ckpt.get('name')} "
-                         f"({ckpt.get('arch')}); pass -m {ckpt.get('name')} to continue it")
+                         f"({ckpt.get('arch')}), another network than the one asked for; "
+                         "leave out -m and --weights to continue it with its own")
     try:
         before = json.loads(ckpt.get("config") or "{}")
     except ValueError:
@@ -924,6 +926,12 @@ def _train(
     t_start = time.time()
     last = Path(cfg.out) / "last.pt"
     if cfg.resume and not last.exists():  # before the run's settings and data are looked for
+        done = [h for h in ("model.safetensors", "best.pt") if (last.parent / h).exists()]
+        if done:  # a finished run whose last.pt was cleaned up: nothing to continue from
+            raise TrainError(f"--resume: {last.parent} holds a finished run ({done[0]}) "
+                             f"without its checkpoint {last.name}, so it cannot be continued; "
+                             "start from its weights in a new run (--weights "
+                             f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)")
         raise TrainError(f"--resume: no checkpoint at {last}: no run to resume there (check "
                          "-o, or leave out --resume to start a new run)")
     cfg = with_run_settings(cfg)
@@ -972,8 +980,9 @@ def _train(
         # (a run that failed before its first checkpoint holds only logs: started afresh)
         for held in ("last.pt", "model.safetensors", "best.pt"):
             if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
-                raise TrainError(f"{out} already holds a run ({held}); pass --resume to "
-                                 "continue it or choose another --out")
+                how = ("pass --resume to continue it or choose another --out"
+                       if held == "last.pt" else "choose another --out")
+                raise TrainError(f"{out} already holds a run ({held}); {how}")
 
     if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
         torch.backends.cudnn.benchmark = True

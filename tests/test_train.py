@@ -295,8 +295,14 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
         T.train(_cfg(data, tmp_path / "neg", steps=1, workers=-1))
     # a finished run whose last.pt was cleaned up away is still not overwritten
     (tmp_path / "x" / "last.pt").unlink()
-    with pytest.raises(T.TrainError, match=r"already holds a run \(model\.safetensors\)"):
+    with pytest.raises(T.TrainError, match=r"already holds a run \(model\.safetensors\); "
+                                           r"choose another --out"):
         T.train(_cfg(data, tmp_path / "x", steps=2))
+    # and --resume says it is finished, not "leave out --resume" (the two pointed at each
+    # other: an audit)
+    with pytest.raises(T.TrainError, match=r"finished run \(model\.safetensors\) without "
+                                           r"its checkpoint last\.pt.*--weights"):
+        T.train(_cfg(data, tmp_path / "x", steps=4, resume=True))
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -384,7 +390,7 @@ def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
 
 def test_resume_must_be_the_same_run(data, tmp_path, capsys):
     T.train(_cfg(data, tmp_path / "r", steps=3))
-    with pytest.raises(T.TrainError, match="trained as .*semi-drdnet"):
+    with pytest.raises(T.TrainError, match="trained as .*semi-drdnet.*leave out -m"):
         T.train(_cfg(data, tmp_path / "r", steps=5, resume=True, arch="rdmc",
                      model_config=TINY_RDMC))
     with pytest.raises(T.TrainError, match="other data"):
@@ -859,6 +865,9 @@ def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
                                         out=str(out), steps=1, device="cpu", quiet=True))
     with pytest.raises(T.TrainError, match="inside the --synthetic folder"):
         T.train(_cfg(data, data["clean"] / "run", steps=1))
+    # inside --val: curves.png in val/clean made every later eval of the pairs fail
+    with pytest.raises(T.TrainError, match="inside the --val folder"):
+        T.train(_cfg(data, data["val"] / "clean", steps=1, val=str(data["val"])))
     for bad in ({"l2sp": -1.0}, {"consistency": -1.0}):
         with pytest.raises(T.TrainError, match="must be 0 \\(off\\) or more"):
             T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
