@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -198,9 +199,20 @@ def evaluate(
         write_csv(res, csv_file)
         res.csv_path = str(csv_file)
     if rep is not None:
+        res.report_path = str(rep)  # before writing: the page's summary names it too
         write_report(res, rep, thumbs)
-        res.report_path = str(rep)
+        _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
     return res
+
+
+def _drop_stale_thumbs(report: Path, kept: set[str]) -> None:
+    """Delete thumbnails an earlier, longer report left in ``<stem>_files/`` (``--overwrite``
+    with fewer pairs kept them all); only files named as :func:`_thumb` names them."""
+    folder = report.parent / f"{report.stem}_files"
+    for f in folder.glob("*.jpg"):
+        rel = f"{report.stem}_files/{f.name}"
+        if re.fullmatch(r"\d{4}_(rainy|out|clean)\.jpg", f.name) and rel not in kept:
+            f.unlink(missing_ok=True)
 
 
 def pair_problem(name: str, rainy: np.ndarray, clean: np.ndarray) -> str | None:
@@ -340,6 +352,13 @@ def embed_jpeg(img: np.ndarray, width: int = 320) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _script_json(value: Any) -> str:
+    """JSON for a ``<script type="application/json">`` block: a script's text is not
+    HTML-decoded, so no entities (``&quot;`` made it invalid JSON); only ``<`` is escaped,
+    JSON's own way, so that no ``</script>`` can end the block early."""
+    return json.dumps(value).replace("<", "\\u003c")
+
+
 def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]) -> None:
     e = html.escape
     rows = []
@@ -361,7 +380,7 @@ PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SS
 <table><tr><th>image</th><th>rainy</th><th>derained</th><th>clean</th></tr>
 {chr(10).join(rows)}
 </table>
-<script type="application/json" id="summary">{e(json.dumps(res.to_dict(False)))}</script>
+<script type="application/json" id="summary">{_script_json(res.to_dict(False))}</script>
 </body></html>
 """
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -80,9 +80,11 @@ def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path):
     page = report.read_text()
     assert page.count("<img") == 12 and "p3.png" in page
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 12
-    summary = json.loads(page.split('id="summary">')[1].split("</script>")[0]
-                         .replace("&quot;", '"'))
-    assert summary["count"] == 4
+    summary = json.loads(page.split('id="summary">')[1].split("</script>")[0])  # raw JSON
+    assert summary["count"] == 4 and summary["report_path"] == str(report)
+    # rewritten over fewer pairs: the thumbnails of the pairs left out go too
+    E.evaluate(net, pairs, report=report, limit=2, overwrite=True)
+    assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 6
 
 
 def test_synth_pairs(clean_dir, tmp_path):
@@ -458,3 +460,11 @@ def test_upright_size_reads_a_turned_header_once(tmp_path, suffix):
     exif[274] = 6
     im.save(tmp_path / f"turned{suffix}", exif=exif.tobytes())
     assert E._upright_size(tmp_path / f"turned{suffix}") == (40, 56)
+
+
+def test_report_json_cannot_end_its_script_block():
+    """A name holding ``</script>`` must not end the summary block early; the JSON stays
+    valid and says the same."""
+    value = {"name": "a</script><b>&\"x"}
+    text = E._script_json(value)
+    assert "</" not in text and json.loads(text) == value
