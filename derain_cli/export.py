@@ -291,6 +291,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
 
 
 # --------------------------------------------------------------------------- CLI
+def planned_outputs(model: nn.Module, path: Path) -> list[Path]:
+    """The files exporting ``model`` to ``path`` writes: the graph, and for a network with
+    whole-image statistics (Semi-DRDNet) its statistics graph beside it."""
+    if getattr(model, "global_stats_shape", None) is None:
+        return [path]
+    return [path, stats_path(path)]
+
+
 def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
     """Where ``derain export`` writes without an output: ``NAME[.int8].onnx`` here."""
     from .enhancer import DEFAULT_MODEL
@@ -372,6 +380,8 @@ def export_cmd(
         "--keep-fp32", min=0, show_default=False,
         help=f"With --int8: convolutions left in fp32, the most sensitive first (default "
              f"{DEFAULT_KEEP_FP32}).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace graphs that exist already (default: refuse).")] = False,
 ) -> None:
     """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
 
@@ -412,6 +422,11 @@ def export_cmd(
             net = build_model(model or DEFAULT_MODEL)
         else:
             net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
+        held = [f for f in planned_outputs(net, target) if f.exists()]
+        if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
+            typer.echo(f"error: {held[0]} exists; pass --overwrite to replace it, or "
+                       "choose another output", err=True)
+            raise typer.Exit(2)
         if int8 is None:
             paths = export_onnx(net, target, opset=opset)
         else:

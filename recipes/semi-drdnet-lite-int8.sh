@@ -15,7 +15,8 @@ NAME=${NAME:-semi-drdnet-lite}
 KEEP_FP32=${KEEP_FP32:-8}
 OUT="$RUNS/int8-$NAME"
 mkdir -p "$OUT"
-derain export -m "$NAME" --int8 "$DATA/clean-bsds" --keep-fp32 "$KEEP_FP32" "$OUT/$NAME.int8.onnx"
+derain export -m "$NAME" --int8 "$DATA/clean-bsds" --keep-fp32 "$KEEP_FP32" --overwrite \
+  "$OUT/$NAME.int8.onnx"
 python recipes/bundle_int8.py "$OUT/$NAME.int8.onnx" --name "$NAME"
 for set in rain100l heavy-small sirr-val; do
   derain eval -m "$NAME" --data "$DATA/$set" --precision int8 --json > "$OUT/eval-$set.json"

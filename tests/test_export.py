@@ -174,6 +174,18 @@ def test_export_cmd(tiny_weights, tmp_path):
     assert res.output.split() == [str(out), str(tmp_path / "tiny.stats.onnx")]
     bad = CliRunner().invoke(app, [str(out), "--model", "nope", "--random-init"])
     assert bad.exit_code == 2 and "unknown model" in bad.output
+    # an existing graph is not replaced in silence (every run's weights are
+    # model.safetensors, so every default export of a run was model.onnx: an audit)
+    before = out.read_bytes()
+    again = CliRunner().invoke(app, [str(out), "--random-init", "-m", "semi-drdnet-tiny"])
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.output
+    assert out.read_bytes() == before
+    (tmp_path / "tiny.onnx").unlink()  # the statistics graph alone is protected too
+    again = CliRunner().invoke(app, [str(out), "--random-init", "-m", "semi-drdnet-tiny"])
+    assert again.exit_code == 2 and "tiny.stats.onnx exists" in again.output
+    again = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert out.read_bytes() == before  # the same weights give the same graph
 
 
 def test_export_cmd_unknown_model_is_a_usage_error(tmp_path):
@@ -244,13 +256,14 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
     with caplog.at_level(logging.WARNING, logger="derain_cli.quantize"):
         res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
-                                       str(clean), "--keep-fp32", "1000"])
+                                       str(clean), "--keep-fp32", "1000", "--overwrite"])
     assert res.exit_code == 0, res.output  # allowed, but said: nothing is quantized
     assert "keeps all" in caplog.text and "no faster than an fp32 one" in caplog.text
     few = tmp_path / "few"
     few.mkdir()
     (clean / "0.png").rename(few / "0.png")
-    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8", str(few)])
+    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8", str(few),
+                                   "--overwrite"])
     assert res.exit_code == 2 and "int8 calibration needs" in res.output  # usage, as distill
 
 
