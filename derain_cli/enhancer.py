@@ -234,7 +234,7 @@ class Derainer:
             resolve_device,
             resolve_precision,
         )
-        from .weights import declared_name, load_manifest, load_pretrained, model_from_file
+        from .weights import load_manifest, load_pretrained, model_from_file
 
         if threads:
             torch.set_num_threads(threads)
@@ -244,7 +244,7 @@ class Derainer:
             _check_int8_request(dev, backend)
         if weights is not None:
             net = model_from_file(weights, model)
-            self.model_name = model or declared_name(weights) or Path(weights).stem
+            self.model_name = model or net.declared_name or Path(weights).stem
             self.weights_label = str(weights)
             self.weights_status = None
             record = None

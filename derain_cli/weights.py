@@ -16,6 +16,7 @@ mismatch. ``.pt``/``.pth`` checkpoints are read only through
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ from .manifest import (  # re-exported: the manifest API predates its own module
     write_manifest,  # noqa: F401
 )
 from .models import build_architecture, config_to_dict, get_spec
+
+log = logging.getLogger(__name__)
 
 FORMAT = "derain-weights-v1"
 
@@ -87,6 +90,14 @@ def save_weights(
     )
 
 
+def _recalibrates(config: object) -> bool:
+    """Whether a training checkpoint's run config recalibrates BatchNorm at export."""
+    try:
+        return int(json.loads(config).get("bn_recalib") or 0) > 0  # type: ignore[arg-type]
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, or of a ``.pt``/``.pth`` read safely."""
     path = Path(path)
@@ -111,9 +122,12 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
             meta = {"format": FORMAT, "name": str(obj.get("name") or obj["arch"]),
                     "arch": obj["arch"], "config": obj["model_config"]}
         # best.pt's "validated": the EMA network with the BN statistics validation scored
+        ckpt = obj
         for key in ("validated", "ema", "model", "state_dict"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
+                if meta and key == "ema" and _recalibrates(ckpt.get("config")):
+                    meta["unrecalibrated"] = "1"  # last.pt: BN statistics not yet refreshed
                 break
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise WeightsError(f"{path}: expected a dict of tensors")
@@ -127,16 +141,6 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-def declared_name(path: str | os.PathLike[str]) -> str | None:
-    """The model name a derain-written safetensors file carries (header only), else None."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
-        return None
-    return meta.get("name") if meta.get("format") == FORMAT else None
 
 
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -186,9 +190,17 @@ def names_a_file(spec: str | os.PathLike[str]) -> bool:
 
 
 def model_from_file(path: str | os.PathLike[str], model_name: str | None = None) -> nn.Module:
-    """Build the architecture a weights file describes (or ``model_name``'s) and load it."""
+    """Build the architecture a weights file describes (or ``model_name``'s) and load it.
+
+    The model name a derain-written file declares (a run's ``--name``, also in its ``.pt``
+    checkpoints) is kept as the model's ``declared_name`` attribute, else None."""
     state, meta = read_state(path)
     own = meta.get("format") == FORMAT
+    if meta.get("unrecalibrated"):
+        log.warning("%s is a training checkpoint: its averaged weights before the run "
+                    "recalibrates their BatchNorm statistics (at validation and export), "
+                    "which can score far worse than the run's model.safetensors (written "
+                    "when it ends) or best.pt", path)
     if model_name is not None:
         spec = get_spec(model_name)
         model = build_architecture(spec.arch, spec.config)
@@ -210,6 +222,7 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
         raise
     ref = model.state_dict()
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+    model.declared_name = meta.get("name") if own else None
     return model
 
 
