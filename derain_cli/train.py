@@ -925,6 +925,11 @@ def _train(
 ) -> TrainResult:
     t_start = time.time()
     last = Path(cfg.out) / "last.pt"
+    # finetune() passes its hooks (run_started writes finetune.json); train resumed alone
+    # in a finetune run asked for --pairs/--synthetic, then said "other data"
+    if cfg.resume and "run_started" not in hooks and _run_kind(last.parent) == "finetune":
+        raise TrainError(f"--resume: {last.parent} is a `derain finetune` run; continue it "
+                         f"with `derain finetune -o {last.parent} --resume`")
     if cfg.resume and not last.exists():  # before the run's settings and data are looked for
         done = [h for h in ("model.safetensors", "best.pt") if (last.parent / h).exists()]
         if done:  # a finished run whose last.pt was cleaned up: nothing to continue from
@@ -1512,6 +1517,22 @@ FINETUNE_JSON = "finetune.json"
 _FT_TOGETHER = (("model", "weights", "arch", "model_config"),)
 
 
+def _run_kind(run: Path) -> str | None:
+    """"finetune" or "train" for the run in ``run``, None when it cannot tell (no run, or
+    no readable config.json): finetune runs write finetune.json, and said "finetuned from"
+    in their config.json's training data before they did."""
+    if (run / FINETUNE_JSON).exists():
+        return "finetune"
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not (run / "last.pt").exists():
+        return None
+    return ("finetune" if str(saved.get("training_data") or "").startswith("finetuned from")
+            else "train")
+
+
 def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
     """``fc`` with the resumed run's own settings (its finetune.json) wherever ``fc.given``
     names no choice: ``derain finetune -o RUN --resume`` continues RUN as it was started,
@@ -1568,6 +1589,10 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     with the frozen starting model; an L2-SP penalty (``l2sp * ||w - w0||^2``) and a low lr
     keep the model near its starting point.
     """
+    run = Path(config.out)
+    if config.resume and _run_kind(run) == "train":
+        raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
+                         f"`derain train -o {run} --resume`")
     fc = finetune_run_settings(config)
     if not fc.rainy:
         raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "

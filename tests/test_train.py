@@ -835,6 +835,14 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
     assert r.exit_code == 2 and "needs --rainy" in r.output, r.output
     r = CliRunner().invoke(app, ["finetune", "--out", str(out / "new"), *common])
     assert r.exit_code == 2 and "pass --model NAME or --weights FILE" in r.output
+    # the other command's run is named as such (each asked for its own flags, then said
+    # "other data": an audit)
+    r = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "9",
+                                 *common])
+    assert r.exit_code == 2 and "is a `derain finetune` run" in r.output, r.output
+    r = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "base"), "--resume",
+                                 "--steps", "9", *common])
+    assert r.exit_code == 2 and "is a `derain train` run" in r.output, r.output
 
 
 def test_shorter_steps_and_finetune_weights_on_resume_are_said(data, tmp_path, capsys):
