@@ -149,7 +149,8 @@ def train_cmd(
     l1_weight: Annotated[float, typer.Option(
         help="RDMC: add an L1 term of this weight to the paper's 0.1 MSE + (1 - SSIM), "
              "which hardly charges a brightness offset (0: the paper's loss).")] = 0.0,
-    weights: Annotated[Path | None, typer.Option(help="Initialise from these weights.")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
     bn_recalib: Annotated[int | None, typer.Option(
@@ -223,7 +224,8 @@ def finetune_cmd(
         help="Your own rainy photos (with --resume: the run's own unless given).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m",
                                               help="Start from this published model.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Start from this weights file.")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Start from this weights file.")] = None,
     clean: Annotated[Path | None, typer.Option(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
@@ -308,6 +310,7 @@ def distill_cmd(
         help="Train this registered model of any architecture (e.g. rdmc-lite) from "
              "scratch to imitate the teacher, instead of a pruned copy of it.")] = None,
     init: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
         help="Continue from this earlier student (same shape) instead of the pruned "
              "teacher or a fresh --student.")] = None,
     real: Annotated[Path | None, typer.Option(
@@ -405,7 +408,8 @@ def eval_cmd(
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Registered model, or 'identity' to score the rainy input.")] =
     None,
-    weights: Annotated[Path | None, typer.Option(help="Weights file to evaluate.")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Weights file to evaluate.")] = None,
     save: Annotated[Path | None, typer.Option(help="Save derained outputs (PNG) here.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Per-image CSV.")] = None,

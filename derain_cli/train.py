@@ -1570,7 +1570,9 @@ def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
 
     if fc.model not in load_manifest():
         get_spec(fc.model)  # a typo is an unknown model (listing the names), not "no weights"
-        raise TrainError(f"no published weights for {fc.model!r} yet; pass --weights FILE")
+        from .weights import WeightsError, untrained_message  # as eval, export: exit 1
+
+        raise WeightsError(untrained_message(fc.model))
     return str(resolve(fc.model, quiet=fc.quiet)), fc.model, fc.model
 
 

@@ -1252,3 +1252,25 @@ def test_a_run_checkpoint_loads_under_the_run_name_and_last_pt_is_flagged(data, 
         d = Derainer(weights=tmp_path / "r" / "last.pt", device="cpu", backend="torch")
     assert d.model_name == "mine"
     assert "last.pt is a training checkpoint" in caplog.text
+
+
+def test_a_missing_weights_file_is_a_usage_error_in_every_command(data, tmp_path):
+    """`derain x.png --weights nosuch` and `export --weights nosuch` exit 2; eval, train,
+    finetune and distill exited 1 (an audit). A registered model without weights is a
+    runtime failure (exit 1) everywhere, finetune included (it exited 2)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    gone = str(tmp_path / "nosuch.safetensors")
+    out = str(tmp_path / "o")
+    for args in (["eval", "--weights", gone, str(data["val"])],
+                 ["train", "--weights", gone, "--synthetic", str(data["clean"]), "-o", out],
+                 ["finetune", "--weights", gone, "--rainy", str(data["real"]), "-o", out],
+                 ["distill", "--init", gone, "--clean", str(data["clean"]), "-o", out]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "does not exist" in r.output, (args, r.output)
+    r = CliRunner().invoke(app, ["finetune", "-m", "semi-drdnet", "--rainy", str(data["real"]),
+                                 "-o", out, "--device", "cpu"])
+    assert r.exit_code == 1 and "no pretrained weights yet" in r.output, r.output
+    assert not (tmp_path / "o").exists()
