@@ -433,6 +433,9 @@ def eval_cmd(
     if data_arg is not None and data_opt is not None:
         raise typer.BadParameter("give the pairs folder once: DATA or --data DATA, not both")
     data = data_arg or data_opt
+    if model == "identity" and weights is not None:  # was "unknown model 'identity'"
+        raise typer.BadParameter("-m identity scores the rainy photos themselves; it takes "
+                                 "no --weights")
     with _errors():
         if weights is not None:
             from .enhancer import Derainer

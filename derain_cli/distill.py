@@ -186,11 +186,12 @@ def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
             "than its teacher. Distil into another architecture with --student NAME "
             "(student= in Python), or use a teacher with more detail blocks")
     if not 1 <= detail_blocks < n:
-        raise DistillError(f"detail_blocks must be between 1 and {n - 1} for a teacher "
+        raise DistillError(f"--detail-blocks must be between 1 and {n - 1} for a teacher "
                            f"with {n} detail blocks (got {detail_blocks})")
     r = teacher.cfg.rain_blocks
     if rain_blocks is not None and not 1 <= rain_blocks <= r:
-        raise DistillError(f"rain_blocks must be between 1 and {r} for a teacher with {r}")
+        raise DistillError(f"--rain-blocks must be between 1 and {r} for a teacher with {r} "
+                           f"rain blocks (got {rain_blocks})")
     cfg = SemiDRDNetConfig(**{**asdict(teacher.cfg), "detail_blocks": detail_blocks,
                               "rain_blocks": rain_blocks or r})
     student = SemiDRDNet(cfg)

@@ -376,7 +376,9 @@ def _calibration_photos(folder: str | os.PathLike[str], count: int = 8) -> list[
     from .data import iter_readable
     from .pairs import list_images
 
-    paths = list_images(Path(folder), recursive=True) if Path(folder).is_dir() else []
+    if not Path(folder).is_dir():
+        raise GrowError(f"--calib {folder}: no such folder")
+    paths = list_images(Path(folder), recursive=True)
     if not paths:
         raise GrowError(f"--calib {folder}: no photos found")
     step = max(1, len(paths) // count)

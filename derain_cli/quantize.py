@@ -365,7 +365,10 @@ def build_int8(
     paths = list_images(clean_dir)
     need = min_photos(keep_fp32)
     if len(paths) < need:
-        raise DataError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs {need}")
+        fewer = (f" ({min_photos(0)} with --keep-fp32 0, which ranks no convolutions)"
+                 if keep_fp32 and len(paths) >= min_photos(0) else "")
+        raise DataError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs "
+                        f"{need}{fewer}")
     photos = read_photos(paths, need)
     crop = calibration_crop(photos[:CALIB_COUNT], int(getattr(model, "size_multiple", 1)),
                             CALIB_SIZE)

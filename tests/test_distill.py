@@ -104,7 +104,7 @@ def test_student_with_fewer_rain_blocks_starts_from_the_first_ones():
     assert not any(k.startswith("rain_net.blocks.2.") for k in student.state_dict())
     assert "rain_net.tail.weight" in student.state_dict()
     for bad in (0, 4):
-        with pytest.raises(DistillError, match="rain_blocks must be between 1 and 3"):
+        with pytest.raises(DistillError, match="--rain-blocks must be between 1 and 3"):
             student_from_teacher(teacher, 1, rain_blocks=bad)
 
 
@@ -235,7 +235,7 @@ def test_distill_cli(setup):
     assert few.exit_code == 2 and "held out" in few.output
     rain = runner.invoke(app, [str(a) for a in args[:-2] + ["--rain-blocks", "2",
                                                              "-o", root / "rb"]])
-    assert rain.exit_code == 2 and "rain_blocks must be between 1 and 1" in rain.output
+    assert rain.exit_code == 2 and "--rain-blocks must be between 1 and 1" in rain.output
 
 
 def test_a_one_detail_block_teacher_says_what_is_possible():

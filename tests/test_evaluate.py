@@ -468,3 +468,13 @@ def test_report_json_cannot_end_its_script_block():
     value = {"name": "a</script><b>&\"x"}
     text = E._script_json(value)
     assert "</" not in text and json.loads(text) == value
+
+
+def test_cli_identity_with_weights_is_refused_as_such(pairs, tiny_weights):
+    """It said "unknown model 'identity'", though -m identity works without --weights."""
+    from derain_cli.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "-m", "identity", "--weights", str(tiny_weights),
+                                 str(pairs)])
+    assert r.exit_code == 2, r.output
+    assert "takes no --weights" in " ".join(r.output.replace("│", " ").split()), r.output

@@ -235,3 +235,7 @@ def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Pat
     calib = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
                                      "-o", str(out), "--overwrite", "--calib", str(photos)])
     assert calib.exit_code == 0 and "the same output" in calib.output
+    gone = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
+                                    "-o", str(out), "--overwrite", "--calib",
+                                    str(tmp_path / "nosuch")])
+    assert gone.exit_code == 2 and "nosuch: no such folder" in gone.output, gone.output

@@ -144,6 +144,11 @@ def test_too_few_calibration_photos_is_a_clear_error(tmp_path):
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
     with pytest.raises(DataError, match="int8 calibration needs"):
         quantize.build_int8(net, _photos(tmp_path / "few", 2), tmp_path / "x.onnx")
+    # enough for --keep-fp32 0 (no ranking of convolutions): the message says so
+    enough = quantize.min_photos(0)
+    with pytest.raises(DataError, match=f"needs {quantize.min_photos(1)} \\({enough} with "
+                                        "--keep-fp32 0"):
+        quantize.build_int8(net, _photos(tmp_path / "some", enough), tmp_path / "x.onnx")
 
 
 def _photo(path: Path, h: int, w: int, seed: int = 0) -> Path:
