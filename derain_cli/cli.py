@@ -750,6 +750,11 @@ def _run(
                     if json_out and main_rank:  # a script still learns what was done
                         typer.echo(stop.summary.to_json())
                     raise
+            except KeyboardInterrupt as stop:  # before the batch began (scan, model load)
+                if json_out and main_rank and not isinstance(stop, batch.BatchInterrupted):
+                    typer.echo(batch.Summary(world_size=dist.world_size,
+                                             interrupted=True).to_json())
+                raise
             finally:
                 decoder_warnings.close()
                 _detach_logging(logging_handler)

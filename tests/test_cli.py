@@ -375,6 +375,19 @@ def test_json_after_ctrl_c_lists_the_files_done(tmp_path: Path, tiny_weights: Pa
     assert s["interrupted"] and s["processed"] == 1
     assert [Path(f["input"]).name for f in s["files"]] == ["p0.png"]
 
+    # Ctrl-C before the batch began (while the model loads): the summary still comes,
+    # saying nothing was done (stdout was empty: an audit)
+    import derain_cli.cli as C
+
+    def loading(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "_make_derainer", loading)
+    r = derain(tmp_path, "--weights", tiny_weights, "--json", "--overwrite")
+    assert r.exit_code == 130
+    s = json.loads(r.stdout)
+    assert s["interrupted"] and s["processed"] == 0 and s["files"] == []
+
 
 def test_never_overwrites_the_input(tmp_path: Path, tiny_weights: Path) -> None:
     src = _img(tmp_path / "a.png")
