@@ -194,6 +194,8 @@ class _Scan:
     files: list[Path]
     skipped_dirs: int = 0
     unread: Counter[str] = field(default_factory=Counter)
+    #: links to folders, never followed (with or without -r): not counted in skipped_dirs
+    linked_dirs: int = 0
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -207,7 +209,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     number of subfolders that were not entered, and the photos in formats not read."""
     found: list[Path] = []
     unread: Counter[str] = Counter()
-    skipped_dirs = 0
+    skipped_dirs = linked_dirs = 0
 
     def take(p: Path) -> None:
         if is_image_path(p) and not is_output_name(p) and not _special(p):
@@ -223,6 +225,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                 if not d.startswith(".") and _resolved(here / d) not in exclude
                 and not is_output_folder(here / d, note=True)
             )
+            linked_dirs += sum((here / d).is_symlink() for d in dirnames)  # not walked
             for f in sorted(filenames):
                 take(here / f)
     else:
@@ -232,10 +235,15 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             raise ImageError(f"cannot list folder: {e.strerror or e}") from None
         for p in entries:
             if p.is_dir():
-                skipped_dirs += not p.name.startswith(".") and not is_output_folder(p)
+                if p.name.startswith(".") or is_output_folder(p):
+                    continue
+                if p.is_symlink():  # -r would not enter it either
+                    linked_dirs += 1
+                else:
+                    skipped_dirs += 1
             else:
                 take(p)
-    return _Scan(found, skipped_dirs, unread)
+    return _Scan(found, skipped_dirs, unread, linked_dirs)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -389,6 +397,10 @@ def collect_inputs(
             items.append(InputItem(folder, Path(folder.name), str(e)))
             return
         files, skipped_dirs = scan.files, scan.skipped_dirs
+        if scan.linked_dirs:
+            log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
+                        "so that no folder is derained twice); name the folders themselves "
+                        "to include them", folder, scan.linked_dirs)
         if scan.unread and files:
             log.warning("%s: %s not read (derain reads %s): convert them to JPEG, PNG or "
                         "TIFF to include them", folder, scan.unread_text(), _SUPPORTED_TEXT)

@@ -627,6 +627,27 @@ def test_pending_workload_reads_headers_past_pillows_bomb_limit(tmp_path: Path) 
     assert pending_workload(jobs, opts) == (pytest.approx(181.35), 1)
 
 
+def test_links_to_folders_are_said_not_followed_not_counted_for_r(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A link to a folder was counted in "N subfolder(s) not entered; add -r", but -r never
+    follows links, and said nothing of it (an audit)."""
+    root = tmp_path / "photos"
+    _img(root / "a.jpg")
+    _img(tmp_path / "elsewhere" / "b.jpg")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")
+    for recursive in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="derain_cli"):
+            assert _rels(collect_inputs([str(root)], recursive=recursive)) == ["a.jpg"]
+        assert "1 link(s) to folders not followed" in caplog.text
+        assert "add -r" not in caplog.text
+    (root / "real").mkdir()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(root)])
+    assert "1 subfolder(s) not entered; add -r" in caplog.text
+
+
 def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> None:
     """glob followed a link to a parent folder (results nested 40 levels deep) and never
     finished with two such links (audit); `-r` never followed them."""
