@@ -320,12 +320,14 @@ def warnings_to_log(logger: logging.Logger = log) -> Iterator[None]:
         cv2.utils.logging.setLogLevel(saved_cv2)
 
 
-def _reset_exif_orientation(exif: bytes) -> bytes | None:
+def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:
     """EXIF with Orientation set to 1 and the thumbnail (IFD1) unlinked; None if unparseable.
 
     Patched in place rather than re-serialised so maker notes and other offset-sensitive blocks
     survive byte for byte. The embedded thumbnail shows the unprocessed, unrotated photo, so
     keeping it would make file browsers show the rain (sideways) -- it is unlinked.
+    ``turned`` (the pixels were turned by 90 degrees): the Exif IFD's PixelXDimension and
+    PixelYDimension are swapped to match them.
     """
     body = exif[len(_EXIF_HEADER):] if exif.startswith(_EXIF_HEADER) else exif
     if len(body) < 8 or body[:2] not in (b"II", b"MM"):
@@ -350,7 +352,44 @@ def _reset_exif_orientation(exif: bytes) -> bytes | None:
             elif typ == 4:  # LONG, seen in the wild
                 struct.pack_into(e + "I", buf, entry + 8, 1)
     struct.pack_into(e + "I", buf, next_ifd, 0)
+    if turned:
+        _swap_pixel_dimensions(buf, e, ifd0, count)
     return _EXIF_HEADER + bytes(buf)
+
+
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
+
+
+def _swap_pixel_dimensions(buf: bytearray, e: str, ifd0: int, count: int) -> None:
+    """Swap PixelXDimension and PixelYDimension in the Exif IFD of the TIFF body ``buf``
+    (byte order ``e``), in place; nothing when either is missing or malformed. Each keeps
+    its own type (SHORT or LONG) where the other's value fits it."""
+    fmt = {3: "H", 4: "I"}
+    sub = None
+    for i in range(count):
+        entry = ifd0 + 2 + 12 * i
+        tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
+        if tag == _EXIF_IFD and typ in fmt and n == 1:
+            sub = struct.unpack_from(e + fmt[typ], buf, entry + 8)[0]
+    if sub is None or sub < 8 or sub + 2 > len(buf):
+        return
+    n_sub = struct.unpack_from(e + "H", buf, sub)[0]
+    if sub + 2 + 12 * n_sub > len(buf):
+        return
+    found: dict[int, tuple[int, int, int]] = {}  # tag -> (entry offset, type, value)
+    for i in range(n_sub):
+        entry = sub + 2 + 12 * i
+        tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
+        if tag in (_PIXEL_X, _PIXEL_Y) and typ in fmt and n == 1:
+            found[tag] = (entry, typ, struct.unpack_from(e + fmt[typ], buf, entry + 8)[0])
+    if len(found) != 2:
+        return
+    (ex, tx, vx), (ey, ty, vy) = found[_PIXEL_X], found[_PIXEL_Y]
+    if (tx == 3 and vy > 0xFFFF) or (ty == 3 and vx > 0xFFFF):
+        return
+    for entry, typ, value in ((ex, tx, vy), (ey, ty, vx)):
+        buf[entry + 8:entry + 12] = bytes(4)  # a SHORT sits left-aligned in the field
+        struct.pack_into(e + fmt[typ], buf, entry + 8, value)
 
 
 def _clean_dpi(value: object) -> tuple[float, float] | None:
@@ -482,7 +521,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         raw_exif = im.info.get("exif") or tiff_exif
         if raw_exif is None and fmt == "PNG":  # ImageMagick's text-chunk EXIF
             raw_exif = _png_raw_profile_exif(im)
-        exif = _reset_exif_orientation(raw_exif) if isinstance(raw_exif, bytes) else None
+        exif = (_reset_exif_orientation(raw_exif, turned=orientation >= 5)
+                if isinstance(raw_exif, bytes) else None)
         xmp = _read_xmp(im, fmt)
         text = _png_text(im) if fmt == "PNG" else None
         png_colour = _png_colour(im) if fmt == "PNG" else None

@@ -582,6 +582,28 @@ def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
     assert "icc_profile" not in Image.open(tmp_path / "out.png").info
 
 
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_pixel_dimensions_follow_a_turned_photo(tmp_path: Path, orientation: int) -> None:
+    """Orientation 6 applied, the result is H wide and W high, but its EXIF kept
+    PixelXDimension = W and PixelYDimension = H (an audit); not swapped for a half turn."""
+    src = _rgb8()
+    h, w = src.shape[:2]
+    im = Image.fromarray(src)
+    exif = im.getexif()
+    exif[274] = orientation
+    exif[271] = "TestCam"
+    sub = exif.get_ifd(0x8769)
+    sub[0xA002], sub[0xA003] = w, h
+    im.save(tmp_path / "in.jpg", exif=exif.tobytes(), quality=95)
+    loaded = read_image(tmp_path / "in.jpg")
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    with Image.open(tmp_path / "out.jpg") as out:
+        dims = out.getexif().get_ifd(0x8769)
+        assert (dims[0xA002], dims[0xA003]) == out.size  # the pixels' own width, height
+        assert out.getexif().get(271) == "TestCam"
+    assert out.size == ((h, w) if orientation == 6 else (w, h))
+
+
 def test_exif_reset_unlinks_thumbnail() -> None:
     # II, IFD0 @8: Orientation=6, next IFD @26; IFD1 @26: Compression=6, next 0
     ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 274, 3, 1, 6, 0) + struct.pack("<I", 26)
