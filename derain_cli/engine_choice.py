@@ -292,8 +292,8 @@ def decide(entry: dict[str, Any], workload_megapixels: float | None,
     t_bf16 = workload_megapixels * per_mp["bf16"] + load
     if t_bf16 <= MARGIN * t_int8:
         return "bf16", ""
-    return "int8", (f"{workload_megapixels:.1f} MP is too little to repay loading PyTorch "
-                    f"({load:.1f} s) for bf16")
+    mp = f"{workload_megapixels:.2g}" if workload_megapixels < 1 else f"{workload_megapixels:.1f}"
+    return "int8", (f"{mp} MP is too little to repay loading PyTorch ({load:.1f} s) for bf16")
 
 
 def cpu_engine(plan: FastPlan, threads: int | None,

@@ -93,6 +93,7 @@ def test_small_jobs_stay_on_int8_unless_pytorch_is_loaded():
     entry = {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.5}, "torch_import_s": 3.0}
     engine, why = engine_choice.decide(entry, 0.3, torch_loaded=False)
     assert engine == "int8" and "0.3 MP is too little" in why and "(3.0 s)" in why
+    assert "0.048 MP is too little" in engine_choice.decide(entry, 0.048, False)[1]  # not 0.0
     assert engine_choice.decide(entry, 0.3, torch_loaded=True) == ("bf16", "")
     assert engine_choice.decide(entry, None, torch_loaded=False) == ("bf16", "")
     assert engine_choice.decide(entry, 12.0, torch_loaded=False) == ("bf16", "")
