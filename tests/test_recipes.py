@@ -89,7 +89,12 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
               f"printf '\\036'; }} >> \"{calls}\"\n")
     make_out = ('args=("$@")\n'
                 'for i in "${!args[@]}"; do\n'
-                '  case "${args[$i]}" in --out|-o) mkdir -p "${args[$((i + 1))]}";; esac\n'
+                '  case "${args[$i]}" in --out|-o) o="${args[$((i + 1))]}"\n'
+                '    case "$o" in  # a file output (a weights average) is a file\n'
+                '      *.safetensors|*.onnx) mkdir -p "$(dirname "$o")"; touch "$o";;\n'
+                '      *) mkdir -p "$o";;\n'
+                '    esac;;\n'
+                '  esac\n'
                 'done\n')
     fail = '[[ -n "${STUB_FAIL:-}" && "${3:-}" == "$STUB_FAIL" ]] && exit 1\n'  # python -m x
     for tool in ("derain", "python", "python3"):
@@ -289,12 +294,18 @@ def test_every_command_a_recipe_runs_parses_with_todays_command_lines(
     monkeypatch.setattr(T, "train", T.check_config)  # the command checks, then stops
     res, calls = _run_with_stubs(tmp_path, script.name, {})
     assert res.returncode == 0, res.stderr
+    monkeypatch.chdir(tmp_path)  # where a relative path in a recorded call is made below
     checked = 0
     for words in calls:
         tool, args = words[0], words[1:]
         if tool.startswith("python") and args[:2] == ["-m", "derain_cli"]:
             tool, args = "derain", args[2:]
         if tool == "derain":
+            for flag, value in zip(args, args[1:], strict=False):
+                made = Path(value)  # by an earlier stage; the parser checks that it exists
+                if flag in ("--weights", "--init") and not made.exists():
+                    made.parent.mkdir(parents=True, exist_ok=True)
+                    made.touch()
             command = derain.get_command(None, args[0])
             ctx = command.make_context(args[0], args[1:])
             if args[0] == "train":
