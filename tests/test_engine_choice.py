@@ -479,3 +479,17 @@ def test_cli_banner_names_the_fp32_engine_and_why(fp32_cache, tiny_weights, tmp_
     assert "(PyTorch), fp32 (measured 2026-12-03: 0.40 s PyTorch vs 1.00 s ONNX Runtime" in (
         r.output)
 
+
+
+def test_bf16_weights_out_of_reach_leave_int8_without_a_measurement(own_cache, bf16_cpu):
+    """Timing bf16 loads the full weights; where they are not bundled and cannot be
+    fetched (offline), the run failed although the int8 graph needs no download (an
+    audit). It now runs int8, says why, and remembers nothing, so a later run times."""
+    from derain_cli.hub import WeightsUnavailable
+
+    def offline(plan, threads):
+        raise WeightsUnavailable("could not reach the hub", kind="network")
+
+    engine, why = engine_choice.cpu_engine(_plan(), None, measure_fn=offline)
+    assert engine == "int8" and "bf16 not timed" in why
+    assert not (own_cache / "engines.json").exists()
