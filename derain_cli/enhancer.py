@@ -33,6 +33,8 @@ DEFAULT_MODEL = "semi-drdnet-fast"
 #: Smallest tile the out-of-memory fallback tries before giving up; smaller tiles asked for
 #: by hand get a warning (too little context around each pixel).
 MIN_TILE = 64
+#: number types the float options take (numpy's scalars too, as the whole-number ones do)
+_REAL = (int, float, np.integer, np.floating)
 #: Smallest tile accepted at all: below it every pixel is near a tile border (a 300x220
 #: photo in 1-7 px tiles came back at 25-27 dB against untiled, and 150 times slower).
 SMALLEST_TILE = 16
@@ -151,10 +153,10 @@ class Derainer:
                 raise OptionError(f"{what} must be at least {least}, not {v}")
         for what, mp in (("stats_megapixels", stats_megapixels),
                          ("workload_megapixels", workload_megapixels)):
-            if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int | float)
+            if mp is not None and (isinstance(mp, bool) or not isinstance(mp, _REAL)
                                    or not math.isfinite(mp) or mp < 0):
                 raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
-        if (isinstance(strength, bool) or not isinstance(strength, int | float)
+        if (isinstance(strength, bool) or not isinstance(strength, _REAL)
                 or not 0.0 <= strength <= 1.0):
             raise OptionError(f"strength must be a number from 0 to 1, not {strength!r}")
         #: how much of the rain removal is applied (``derain_array``): 1 all of it
@@ -205,8 +207,12 @@ class Derainer:
         elif 0 < self.tile < MIN_TILE:
             log.warning("%d px tiles leave the network little context: expect a worse "
                         "and slower result than with %d px or more", self.tile, MIN_TILE)
-        self.tile_overlap = overlap if tile_overlap is None else tile_overlap
-        self.stats_megapixels = stats_megapixels
+        self.tile_overlap = overlap if tile_overlap is None else int(tile_overlap)
+        if tile_overlap is not None and 0 < self.tile < 2 * self.tile_overlap:
+            log.warning("tile_overlap %d is more than half the %d px tile; using %d px (tiles "
+                        "overlap by at most half)", self.tile_overlap, self.tile, self.tile // 2)
+            self.tile_overlap = self.tile // 2
+        self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
         if tile_batch is not None and tile_batch < 0:
             raise OptionError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
@@ -365,6 +371,8 @@ class Derainer:
                 tile = max(current // 2, floor)  # the floor itself is tried last
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
+        # one layout whatever the engine: ONNX Runtime's whole-image output is channel-planar
+        out = np.ascontiguousarray(out)
         np.clip(out, 0.0, 1.0, out=out)
         if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
             blend_toward_input(out, rgb, self.strength)
@@ -390,6 +398,11 @@ class Derainer:
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image)
+        if not isinstance(image, np.ndarray):  # a path, a tensor...: said as such, not as
+            hint = ("; open it first: PIL.Image.open(path), or derain_cli.images.read_image"
+                    if isinstance(image, str | os.PathLike) else "")  # "got shape ()"
+            raise TypeError(f"derain() takes a PIL image or a numpy array, not "
+                            f"{type(image).__name__}{hint}")
         return self._derain_numpy(np.asarray(image))
 
     def _derain_numpy(self, arr: np.ndarray) -> np.ndarray:

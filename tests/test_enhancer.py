@@ -145,9 +145,11 @@ def test_bad_array_shape(derainer):
 
 def test_sample_scales_that_would_be_guessed_wrong_are_refused(derainer):
     x = _photo()
-    for bad in (x.astype(np.int64), x.astype(np.int32), x.tolist()):  # 0-255 in wide ints
+    for bad in (x.astype(np.int64), x.astype(np.int32)):  # 0-255 in wide ints
         with pytest.raises(ValueError, match="uint8 or uint16 samples"):
             derainer.derain(bad)
+    with pytest.raises(TypeError, match="not list"):  # what would come back? an array, not
+        derainer.derain(x.tolist())  # a list: types in are types out, so arrays only
     with pytest.raises(ValueError, match=r"\[0, 1\].*0\.\.255"):  # 0-255 as floats
         derainer.derain(x.astype(np.float32))
     with pytest.raises(ValueError, match="empty image"):
@@ -472,3 +474,29 @@ def test_strength_outside_0_to_1_is_refused(tiny_weights, bad):
 
     with pytest.raises(OptionError, match="strength"):
         Derainer(weights=tiny_weights, device="cpu", strength=bad)
+
+
+def test_library_gaps_an_audit_found(tiny_weights, tmp_path, monkeypatch, caplog):
+    """A path or tensor passed to derain() said "got shape ()"; numpy float scalars were
+    refused for strength while numpy ints were taken for tile; the ONNX engines returned
+    channel-planar (non C-contiguous) arrays; a tile_overlap over half the tile was cut
+    in silence while the attribute kept the value asked for."""
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path))
+    d = Derainer(weights=tiny_weights, device="cpu", backend="torch",
+                 strength=np.float32(0.5), stats_megapixels=np.float32(2))
+    assert d.strength == 0.5 and d.stats_megapixels == 2.0
+    with pytest.raises(TypeError, match=r"not str; open it first: PIL.Image.open"):
+        d.derain("photo.jpg")
+    with pytest.raises(TypeError, match="not Tensor"):
+        d.derain(torch.zeros(8, 8, 3))
+    with pytest.raises(TypeError, match="not NoneType"):
+        d.derain(None)
+    photo = _photo(40, 52)
+    for backend in ("torch", "onnx"):
+        e = Derainer(weights=tiny_weights, device="cpu", backend=backend, precision="fp32")
+        assert e.derain(photo).flags.c_contiguous, backend
+        assert e.derain_array(photo).flags.c_contiguous, backend
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        e = Derainer(weights=tiny_weights, device="cpu", backend="torch", tile=64,
+                     tile_overlap=40)
+    assert e.tile_overlap == 32 and "more than half the 64 px tile" in caplog.text
