@@ -51,6 +51,7 @@ from huggingface_hub.utils import (
     disable_progress_bars,
     enable_progress_bars,
 )
+from huggingface_hub.utils import logging as hf_logging
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
     import httpx2 as _httpx
@@ -74,7 +75,8 @@ class WeightsUnavailable(Exception):
     """Weights could not be obtained; ``str(exc)`` is a multi-line message for the user.
 
     ``kind`` says why, for callers that want to branch on it: ``"offline"``, ``"network"``,
-    ``"not_found"``, ``"access"``, ``"http"``, ``"checksum"`` or ``"error"``.
+    ``"not_found"``, ``"access"``, ``"http"``, ``"checksum"``, ``"cache"`` (the Hub cache
+    cannot be written) or ``"error"``.
     """
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
@@ -157,6 +159,7 @@ def fetch(
 
     try:
         _probe(ctx)
+        ctx.reached = True
         with _progress_bars(enabled=not quiet):
             local = Path(
                 huggingface_hub.hf_hub_download(
@@ -214,6 +217,9 @@ class _Context:
         self.name = name
         self.manual_path = manual_path
         self.published = True
+        #: the server answered the metadata request: a transport error after it broke a
+        #: download, it did not fail to reach the server
+        self.reached = False
 
     @property
     def url(self) -> str:
@@ -233,12 +239,16 @@ class _Context:
             f"Cannot get pretrained weights {target}:",
             f"  {reason}".replace("\n", "\n  "),
         ]
+        fixes = [first]
         if not self.published:
             lines.append(f"  (derain's manifest says {self.repo_id} is not published on the "
                          "Hub yet; only a mirror set with HF_ENDPOINT can serve it)")
             if self.manual_path is not None:  # the package's own copy went missing
-                first = f"reinstall derain, whose package ships {self.manual_path.name}"
-        lines += ["To fix this, do one of:", f"  - {first};"]
+                reinstall = f"reinstall derain, whose package ships {self.manual_path.name}"
+                # a read-only cache or a busy mirror keeps its own advice, second
+                fixes = [reinstall, first] if kind in ("cache", "http") else [reinstall]
+        lines += ["To fix this, do one of:", f"  - {fixes[0]};"]
+        lines += [f"  - or {fix};" for fix in fixes[1:]]
         if self.manual_path is not None:
             place = self.manual_path
             lines.append(f"  - or place the file by hand at {place} (sha256 {self.sha256});")
@@ -337,9 +347,12 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         )
     if isinstance(exc, (LocalEntryNotFoundError, *_TRANSPORT_ERRORS)):
         detail = str(exc.__cause__ or exc).strip().splitlines()
+        first = detail[0] if detail else type(exc).__name__
+        if ctx.reached:  # it answered, then the transfer broke (retried already)
+            return "network", (f"the connection to {where} broke during the download "
+                               f"({first}); run the command again to retry.")
         return "network", (
-            f"could not reach {where} (no network, or the server is down): "
-            f"{detail[0] if detail else type(exc).__name__}."
+            f"could not reach {where} (no network, or the server is down): {first}."
         )
     if isinstance(exc, _httpx.HTTPError):  # too many redirects, undecodable response, ...
         return "network", f"talking to {where} failed: {type(exc).__name__}: {exc}."
@@ -357,12 +370,19 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
 
 @contextmanager
 def _progress_bars(*, enabled: bool) -> Iterator[None]:
-    """Hide huggingface_hub's progress bars inside the block when ``enabled`` is False."""
-    if enabled or are_progress_bars_disabled():
+    """Hide huggingface_hub's progress bars inside the block when ``enabled`` is False,
+    and its "Trying to resume download..." warnings (``-q``: our own error says it all)."""
+    if enabled:
         yield
         return
-    disable_progress_bars()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    bars = not are_progress_bars_disabled()
+    if bars:
+        disable_progress_bars()
     try:
         yield
     finally:
-        enable_progress_bars()
+        if bars:
+            enable_progress_bars()
+        hf_logging.set_verbosity(verbosity)

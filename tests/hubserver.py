@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,8 @@ class FakeHub:
     Use as a context manager, or call :meth:`start` / :meth:`stop`. ``url`` is what to put in
     ``HF_ENDPOINT`` (or pass as ``endpoint=``). ``requests`` logs every request received.
     ``status_override`` (e.g. 503) makes every request fail with that status.
+    ``cut_bodies`` sends only the first third of every file body, then drops the connection
+    (a download broken half way).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
         self.status_override: int | None = None
+        self.cut_bodies = False
         self._request_timeout = request_timeout
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -223,7 +227,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if body and payload:
+        if body and payload and self.fake_hub.cut_bodies:
+            self.wfile.write(payload[: len(payload) // 3])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif body and payload:
             self.wfile.write(payload)
 
     def _serve(self, body: bool) -> None:

@@ -61,6 +61,23 @@ def _closed_port_url() -> str:
 
 
 # ------------------------------------------------------------------------- success / cache
+def test_a_download_broken_half_way_is_said_as_such_and_leaves_nothing(hub_server, tmp_path,
+                                                                        caplog):
+    """The server answered, then the transfer broke: that was reported as "could not reach
+    (no network, or the server is down)", and huggingface_hub's "Trying to resume
+    download..." warnings came through -q (an audit)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.cut_bodies = True
+    with caplog.at_level("WARNING"), pytest.raises(WeightsUnavailable) as e:
+        _fetch(hub_server, tmp_path)
+    assert e.value.kind == "network"
+    assert "broke during the download" in str(e.value) and "could not reach" not in str(e.value)
+    assert "resume" not in caplog.text.lower()
+    assert not [p for p in _files_in(tmp_path) if p.name == FILE]
+    hub_server.cut_bodies = False  # and the next try gets the file
+    assert _fetch(hub_server, tmp_path).read_bytes() == DATA
+
+
 def test_download_then_cache_hit_without_network(hub_server, tmp_path):
     hub_server.add(REPO, COMMIT, FILE, DATA)
 
@@ -324,3 +341,18 @@ def test_offline_with_empty_cache(hub_server, tmp_path):
     assert "derain download" in msg and "--weights FILE" in msg
     assert str(tmp_path / "cache") in msg and SHA in msg
     assert hub_server.requests == []
+
+
+def test_an_unpublished_bundled_file_keeps_the_advice_of_its_failure():
+    """For a bundled file gone missing, "reinstall derain" came first and replaced the
+    advice for the failure itself (a read-only cache: make it writable); both are given."""
+    from derain_cli.hub import _Context
+
+    ctx = _Context(REPO, FILE, COMMIT, SHA, None, "http://127.0.0.1:9", "tiny",
+                   Path("/pkg/weights") / FILE)
+    ctx.published = False
+    msg = str(ctx.unavailable("the cache cannot be written", "cache"))
+    assert "  - reinstall derain, whose package ships" in msg
+    assert "  - or make the cache writable (or set HF_HUB_CACHE)" in msg
+    msg = str(ctx.unavailable("could not reach it", "network"))  # no Hub to retry from
+    assert "reinstall derain" in msg and "when online" not in msg
