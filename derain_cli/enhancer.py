@@ -326,6 +326,12 @@ class Derainer:
 
         return torch.device(self.device_name)
 
+    def __repr__(self) -> str:
+        tile = "whole image" if self.tile <= 0 else f"{self.tile}"
+        return (f"Derainer(model={self.model_name!r}, device={self.device_name!r}, "
+                f"backend={self.backend!r}, precision={self.precision!r}, tile={tile}, "
+                f"strength={self.strength:g})")
+
     def derain_array(
         self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
     ) -> np.ndarray:

@@ -500,3 +500,10 @@ def test_library_gaps_an_audit_found(tiny_weights, tmp_path, monkeypatch, caplog
         e = Derainer(weights=tiny_weights, device="cpu", backend="torch", tile=64,
                      tile_overlap=40)
     assert e.tile_overlap == 32 and "more than half the 64 px tile" in caplog.text
+
+
+def test_repr_says_what_runs(tiny_weights):
+    d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
+                 tile=64, strength=0.5)
+    assert repr(d) == ("Derainer(model='tiny', device='cpu', backend='torch', "
+                       "precision='fp32', tile=64, strength=0.5)")
