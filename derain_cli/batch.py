@@ -615,7 +615,7 @@ def _without_earlier_results(
             if out != src:
                 made_by_another.add(out)
 
-    # beside their inputs, results of another --format are earlier results too (a.jpg's
+    # results written beside their inputs, of any --format, are earlier results too (a.jpg's
     # a_derained.png when `derain *` follows `derain *.jpg --format png`)
     stems = {(_resolved(i.path.parent), i.path.stem) for i in items if i.error is None}
 
@@ -625,7 +625,8 @@ def _without_earlier_results(
             return False
         if key not in made_by_another:
             source_stem = item.path.stem[: -len(OUTPUT_TAG)]
-            return (options.output is None and is_output_name(item.path)
+            # under -o too: `derain *.jpg -o out/` after `derain *.jpg` passes a_derained.jpg
+            return (is_output_name(item.path)
                     and (_resolved(item.path.parent), source_stem) in stems)
         return is_output_name(item.path) or is_output_folder(key.parent)
 

@@ -266,6 +266,13 @@ def test_a_rerun_given_by_the_shell_resumes_instead_of_deraining_results(
     # ... while alone it is a photo like any other
     (job,) = plan_jobs(collect_inputs([str(other)]), BatchOptions())
     assert job.item.path == other and job.error is None
+    # and into -o after a run beside the inputs: `derain *.png -o out/` following
+    # `derain *.png` derained a_derained.png again into out/ (a README audit)
+    into = BatchOptions(output=tmp_path / "o2")
+    jobs = plan_jobs(collect_inputs([str(a), str(tmp_path / "a_derained.png")]), into)
+    assert [j.item.path for j in jobs] == [a]
+    (job,) = plan_jobs(collect_inputs([str(tmp_path / "a_derained.png")]), into)  # alone: kept
+    assert job.error is None
 
     # but a user's own photo that another input would write over is kept, and refused
     theirs = _img(tmp_path / "mine" / "a.png", seed=1)
