@@ -711,10 +711,15 @@ def _run(
                 decoder_warnings.enter_context(warnings_to_log())
             try:
                 exclude = [output] if output is not None and not to_file else []
-                items = batch.collect_inputs(inputs, recursive, exclude=exclude)
+                # under torchrun rank 0 alone lists the inputs and says whether work is
+                # left: ranks that each looked (another node's view, a folder still filling)
+                # skipped photos, or waited on each other for ever
+                items = batch.share_from_main(dist, batch.collect_inputs(
+                    inputs, recursive, exclude=exclude) if main_rank else None)
                 jobs = batch.plan_jobs(items, options)
                 derainer = None
-                if batch.pending(jobs, options):
+                if batch.share_from_main(dist, bool(batch.pending(jobs, options))
+                                         if main_rank else None):
                     work_mp, work_images = batch.pending_workload(
                         jobs, options, enough=_WORKLOAD_ENOUGH_MP)
                     if not work_images:  # no header readable: unknown, not 0 MP

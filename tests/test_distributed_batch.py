@@ -74,3 +74,37 @@ def test_torchrun_ranks_take_rank_0s_engine(tmp_path: Path, tiny_weights: Path) 
     assert (first["backend"], first["precision"]) == (second["backend"], second["precision"])
     assert second["precision"] == "fp32" and engine["backend"] == first["backend"]
     assert len(json.loads((cache / "engines.json").read_text())) == 1
+
+
+def test_rank_0_lists_the_inputs_for_every_rank(tmp_path: Path, tiny_weights: Path) -> None:
+    """Each process listed the folder itself: where their views differed (another node, a
+    folder still filling) photos were skipped without a word, or the ranks waited on each
+    other for ever (an audit). Rank 1 here sees one more photo than rank 0."""
+    views = {}
+    for side in ("a", "b"):
+        folder = tmp_path / side / "late"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            arr = np.random.default_rng(i).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / f"p{i}.png")
+        views[side] = folder.parent
+    # sorted first, it shifts rank 1's share of its own list onto rank 0's photos
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(views["b"] / "late" / "a_new.png")
+    wrapper = tmp_path / "view.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        f"if os.environ.get('RANK') == '1':\n    os.chdir({str(views['b'])!r})\n"
+        "sys.argv[0] = 'derain'\n"
+        "runpy.run_module('derain_cli', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(wrapper), "late", "-o", str(out), "--weights", str(tiny_weights), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=views["a"],
+                       timeout=240)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert (summary["processed"], summary["skipped"], summary["failed"]) == (6, 0, [])
+    assert sorted(x.name for x in out.glob("*.png")) == [f"p{i}.png" for i in range(6)]
