@@ -595,9 +595,10 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
     except _Exit as e:
         raise typer.Exit(e.code) from None
     except KeyboardInterrupt:
-        console.print(
-            "\ninterrupted; run the same command again to resume (finished files are skipped)"
-        )
+        if rank == 0:  # under torchrun every process gets the Ctrl-C: one says so
+            console.print(
+                "\ninterrupted; run the same command again to resume (finished files are "
+                "skipped)")
         raise typer.Exit(130) from None
     except Exception as e:
         if debug:
@@ -733,7 +734,11 @@ def _run(
                         workload_megapixels=work_mp, workload_images=work_images,
                     )
                     # Under torchrun rank 0 alone picks (and may time) the CPU engine; the
-                    # others take its pick, so no two ranks race to measure or differ.
+                    # others take its pick, so no two ranks race to measure or differ. A
+                    # device or precision it would refuse is refused by every rank first:
+                    # the others waited for its pick and died with a gloo error.
+                    if dist.enabled:
+                        _check_device_and_precision(device, precision, speak=main_rank)
                     if main_rank:
                         derainer = make(precision=precision, backend=backend)
                     chosen = batch.share_from_main(dist, (
@@ -806,9 +811,10 @@ def _make_derainer(**kw: Any) -> Any:
         raise _Exit(2) from None
 
 
-def _check_device_and_precision(device: str, precision: str) -> None:
+def _check_device_and_precision(device: str, precision: str, speak: bool = True) -> None:
     """Validate explicit --device / --precision without loading a model (exit 2 if bad), so
-    a rerun that skips every file answers like the first run did. Defaults cost nothing."""
+    a rerun that skips every file answers like the first run did. Defaults cost nothing.
+    ``speak`` False: exit without a word (torchrun's other ranks; rank 0 says it)."""
     if device == "auto" and precision in ("auto", "fp32", "int8"):
         return
     from .torch_runner import resolve_device, resolve_precision
@@ -818,7 +824,8 @@ def _check_device_and_precision(device: str, precision: str) -> None:
         if precision not in ("auto", "int8"):
             resolve_precision(precision, dev)
     except ValueError as e:
-        _error(_stderr(), _one_line(e))
+        if speak:
+            _error(_stderr(), _one_line(e))
         raise _Exit(2) from None
 
 

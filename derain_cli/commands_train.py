@@ -79,7 +79,8 @@ def _errors() -> Iterator[None]:
         _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
-        if not getattr(e, "reported", False):  # training says where it stopped itself
+        # training says where it stopped itself; under torchrun rank 0 speaks for all
+        if not getattr(e, "reported", False) and not rank:
             _err.print("\ninterrupted")
         raise typer.Exit(130) from None
 

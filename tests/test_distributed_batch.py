@@ -108,3 +108,17 @@ def test_rank_0_lists_the_inputs_for_every_rank(tmp_path: Path, tiny_weights: Pa
     summary = json.loads(p.stdout)
     assert (summary["processed"], summary["skipped"], summary["failed"]) == (6, 0, [])
     assert sorted(x.name for x in out.glob("*.png")) == [f"p{i}.png" for i in range(6)]
+
+
+def test_a_refused_precision_is_said_once_and_every_rank_exits(tmp_path: Path,
+                                                               tiny_weights: Path) -> None:
+    """fp16 on CPUs: rank 0 refused it while picking the engine, and rank 1, waiting for
+    that pick, died with a gloo "Connection closed by peer" error (an audit)."""
+    src = tmp_path / "rainy"
+    src.mkdir()
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(src / "p0.png")
+    p = _torchrun(src, "--weights", tiny_weights, "--precision", "fp16", "--device", "cpu",
+                  cwd=tmp_path)
+    assert p.returncode != 0
+    assert p.stderr.count("fp16 is not supported on the CPU") == 1, p.stderr
+    assert "gloo" not in p.stderr and "Connection closed" not in p.stderr, p.stderr
