@@ -608,6 +608,9 @@ def bench_main(
         if v not in DEFAULT_VARIANTS + EXTRA_VARIANTS:
             raise BenchError(f"unknown variant {v!r}; choose from "
                              f"{', '.join(DEFAULT_VARIANTS + EXTRA_VARIANTS)}")
+    # each once, fp32 first: the others' "PSNR vs fp32" needs its output (was "-" when
+    # fp32 came later in --variants)
+    variants = sorted(dict.fromkeys(variants), key=lambda v: v != "fp32")
     devs = _devices(devices)  # checked before the minutes of measuring
     if size is None:
         side = max(16, round(math.sqrt(megapixels * 1e6)))
@@ -704,9 +707,10 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
     try:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: use WIDTHxHEIGHT, e.g. 1000x1000") from None
+        raise typer.BadParameter(f"{value!r}: use WIDTHxHEIGHT, e.g. 1000x1000",
+                                 param_hint="'--size'") from None
     if w < 16 or h < 16:
-        raise typer.BadParameter("the image must be at least 16x16")
+        raise typer.BadParameter("the image must be at least 16x16", param_hint="'--size'")
     return h, w
 
 
@@ -741,7 +745,8 @@ def bench_cmd(
     force_bf16: Annotated[bool, typer.Option(
         "--force-bf16", help="Run bf16 even on CPUs without native bf16 (emulated).")] = False,
     rss: Annotated[bool, typer.Option(
-        "--rss", help="Also measure peak RSS for a 24 MP photo (slow).")] = False,
+        "--rss", help="Also measure the default model's peak RSS for a 24 MP photo (slow; "
+        "-m and --size do not apply to it).")] = False,
     peak_side: Annotated[int, typer.Option(
         "--peak-side", min=8, help="Feature-map side of the reference conv timing.")] = 512,
     flop_side: Annotated[int, typer.Option(
@@ -754,6 +759,9 @@ def bench_cmd(
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
     if json_path is not None and not json_path.parent.is_dir():  # known now, not after
         typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
+        raise typer.Exit(2)
+    if json_path is not None and json_path.is_dir():  # was found after measuring
+        typer.echo(f"error: --json {json_path} is a folder; name a file in it", err=True)
         raise typer.Exit(2)
     try:
         bench_main(

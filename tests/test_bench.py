@@ -195,6 +195,15 @@ def test_bench_cmd_json_and_errors():
     assert data["overlap"] is None and data["models"][0]["overlap"] == 96
     bad = CliRunner().invoke(app, ["--variants", "fp64", "--size", "32x32"])
     assert bad.exit_code == 2 and "unknown variant" in bad.output
+    # fp32 named last (and twice) still runs once, first: the other rows get their PSNR
+    res = CliRunner().invoke(app, [
+        "-m", "semi-drdnet-tiny", "--size", "40x32", "--tile", "0", "--variants",
+        "onnx,fp32,fp32", "--device", "cpu", "--peak-side", "16", "--flop-side", "16",
+        "--repeats", "1", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["rows"]
+    assert [r["variant"] for r in rows] == ["fp32", "onnx"]
+    assert rows[1]["psnr_vs_fp32"] is not None and rows[1]["psnr_vs_fp32"] > 40
 
 
 @pytest.mark.parametrize("args, text", [
@@ -206,6 +215,7 @@ def test_bench_cmd_json_and_errors():
     (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32,"),
     (["--variants", ","], "no variant given"),
     (["-m", "nosuch"], "unknown model 'nosuch'; choose one of: semi-drdnet,"),
+    (["--json", "/"], "--json / is a folder; name a file in it"),  # was found after measuring
 ])
 def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text):
     """Bad values exit 2 with one line, before any measuring (no AssertionError from torch)."""
@@ -217,6 +227,13 @@ def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text)
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and text in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Error" not in res.output
+
+
+def test_a_bad_size_names_its_option():
+    app = typer.Typer()
+    app.command()(bench.bench_cmd)
+    res = CliRunner().invoke(app, ["--size", "100"], terminal_width=200)
+    assert res.exit_code == 2 and "Invalid value for '--size'" in res.output, res.output
 
 
 def test_rss_subprocess_small():
