@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
@@ -1126,18 +1127,25 @@ def models_cmd(
         # table at rich's fallback of 80 columns
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
         out = Console(width=200) if piped else Console()
-        narrow = out.width < 100  # the architecture is in the name already: drop it first
+        # narrow terminals: drop the architecture first (it is in the name), then the
+        # license and size; names and scores are never cut (a cut name is an unknown model)
+        dropped = ({"arch"} if out.width < 100 else set()) | (
+            {"license", "size"} if out.width < 80 else set())
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
                       padding=(0, 1, 0, 0), expand=False)
+        whole = {"name": max(len(r["name"]) + 2 for r in rows),
+                 "metrics (Y PSNR/SSIM)": max((len(line) for r in rows
+                                               for line in _fmt_metrics(r["metrics"], "\n")
+                                               .splitlines()), default=1)}
         cols = [("name", {"style": "cyan"}), ("arch", {}), ("params", {"justify": "right"}),
                 ("size", {"justify": "right"}), ("weights", {}), ("license", {}),
                 ("metrics (Y PSNR/SSIM)", {})]
         for col, kw in cols:
-            if narrow and col == "arch":
+            if col in dropped:
                 continue
             wrap = col == "license"  # metrics: one evaluation set per line, never folded
-            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=min(len(col), 8),
-                             **kw)
+            table.add_column(col, no_wrap=not wrap, overflow="fold",
+                             min_width=whole.get(col, min(len(col), 8)), **kw)
         colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
         for r in rows:
             params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
@@ -1147,17 +1155,24 @@ def models_cmd(
                              else "")
             if r["int8"]:
                 where.append("\n+ int8 (CPU)")
-            cells = [r["name"] + (" *" if r["default"] else ""), r["arch"], params,
-                     _fmt_size(r["bundled_size"]), where, r["license"] or "-",
-                     _fmt_metrics(r["metrics"], "\n")]
-            if narrow:
-                del cells[1]
-            table.add_row(*cells)
+            cells = {"name": r["name"] + (" *" if r["default"] else ""), "arch": r["arch"],
+                     "params": params, "size": _fmt_size(r["bundled_size"]), "weights": where,
+                     "license": r["license"] or "-",
+                     "metrics (Y PSNR/SSIM)": _fmt_metrics(r["metrics"], "\n")}
+            table.add_row(*(v for k, v in cells.items() if k not in dropped))
+        natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+        if natural > out.width:  # narrower still: the terminal wraps lines, rich cut values
+            out = Console(width=natural, force_terminal=out.is_terminal)
         out.print(table)
         out.print(Text(
-            "* default model.  weights: bundled = installed with derain; cached = in the "
-            "Hugging Face cache; remote = downloaded on first use (or: derain download NAME); "
-            "none = not published yet (train your own, use --weights FILE).", style="dim"))
+            "* default model.  params: millions of parameters; size: the weights file.  "
+            "weights: bundled = installed with derain; cached = in the Hugging Face cache; "
+            "remote = downloaded on first use (or: derain download NAME); none = not "
+            "published yet (train your own, use --weights FILE); interim = trained on a CPU "
+            "only, far below the papers' figures; + int8 (CPU) = also an int8 graph, which "
+            "CPUs run where it is the faster.  metrics: fp32, PSNR (dB) / SSIM on the Y "
+            "channel, higher is better, on three evaluation sets (README: Models and "
+            "weights).", style="dim"))
 
 
 # --------------------------------------------------------------------------- download

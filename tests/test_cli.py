@@ -532,6 +532,13 @@ def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert r.exit_code == 0
     assert "rain100l 35.10/0.961" in r.stdout and "interim" in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    # narrower than the table can go: names and scores stay whole (a cut name such as
+    # "semi-drdnet-lit" is an unknown model), the terminal wraps the lines
+    monkeypatch.setenv("COLUMNS", "40")
+    r = derain("models")
+    assert r.exit_code == 0
+    assert "rain100l 35.10/0.961" in r.stdout and "semi-drdnet-lite" in r.stdout
+    assert "semi-drdnet-tiny" in r.stdout and "millions of parameters" in r.stdout
 
 
 def test_models_table_is_whole_when_piped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
