@@ -842,6 +842,19 @@ def _bf16_grads_finite(model: nn.Module, arch: str, batch: int, patch: int) -> b
                for p in probe.parameters() if p.grad is not None)
 
 
+def _mean_over_ranks(window: Sequence[float], world: int,
+                     device: torch.device) -> float | None:
+    """The mean of every rank's logged losses (None when none has any): under torchrun
+    the log, bars and curves showed rank 0's own batches alone. A collective: every rank
+    calls it at the same steps."""
+    if world == 1:
+        return float(np.mean(window)) if window else None
+    t = torch.tensor([float(sum(window)), float(len(window))], dtype=torch.float64,
+                     device=device)
+    dist.all_reduce(t)
+    return float(t[0] / t[1]) if t[1] > 0 else None
+
+
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
     model = build_architecture(arch, conf)
     if cfg.init_weights:
@@ -1262,9 +1275,12 @@ def _train(
                         window.append(lv)
                     boundary = boundary_state(model, criterion)
                 n_window += rainy.shape[0] * world
-                if (step % cfg.log_every == 0 or step == total) and window:
+                logged = None
+                if step % cfg.log_every == 0 or step == total:  # every rank: a collective
+                    logged = _mean_over_ranks(window, world, device)
+                if logged is not None:
                     dt = max(time.time() - t_window, 1e-9)
-                    rec = {"kind": "train", "step": step, "loss": float(np.mean(window)),
+                    rec = {"kind": "train", "step": step, "loss": logged,
                            "lr": lr, "patches_per_s": n_window / dt,
                            "epoch": sampler.epoch_of(step - 1),
                            "time_s": wall_before + time.time() - t_start}
