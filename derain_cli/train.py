@@ -1350,9 +1350,11 @@ def _train(
                                       best_psnr, best_step,
                                       hardware_summary(segments_now(), hardware))
         if not cfg.quiet:
-            _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} steps, "
-                 f"{wall / 60:.1f} min" + (f"; val PSNR {last_val['psnr']:.2f} dB"
-                                           if last_val else ""))
+            _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
+                 f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
+                 + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else ""))
+            _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: derain "
+                 f"eval --weights {weights_path} --data PAIRS_DIR")
     if world > 1:
         dist.barrier()
     return TrainResult(
@@ -1608,6 +1610,9 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     keep the model near its starting point.
     """
     run = Path(config.out)
+    if config.resume and not (run / "last.pt").exists() and not (run / FINETUNE_JSON).exists():
+        raise TrainError(f"--resume: no run in {run} to resume (check -o, or leave out "
+                         "--resume to start a new run)")
     if config.resume and _run_kind(run) == "train":
         raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
                          f"`derain train -o {run} --resume`")
@@ -1692,6 +1697,9 @@ def _pseudo_clean(
             y = model(D.to_tensor(rgb)[None].to(device))
             return y[0].permute(1, 2, 0).float().cpu().numpy()
 
+    if not cfg.quiet:  # a minute or more on a busy CPU, before any training line
+        _say(f"deraining your {len(photos)} photo{'s' if len(photos) != 1 else ''} with the "
+             "starting model for pseudo-clean backgrounds...")
     outs = []
     for img in photos:
         y = np.clip(run(img.astype(np.float32) / 255.0), 0.0, 1.0)

@@ -1300,3 +1300,26 @@ def test_the_logged_loss_is_the_mean_over_every_rank(tmp_path):
     for rank in (0, 1):
         assert json.loads((tmp_path / f"r{rank}.json").read_text()) == [2.0, 4.0, None]
     assert T._mean_over_ranks([1.0, 3.0], 1, torch.device("cpu")) == 2.0
+
+
+def test_finetune_says_what_it_does_and_what_next(data, tmp_path):
+    """A user's audit: nothing was printed while the photos were derained for the
+    pseudo-clean backgrounds, the end gave no next command, "after 1 steps", and --resume
+    of a folder holding no run asked for --rainy."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    base = T.train(_cfg(data, tmp_path / "base", steps=1, amp="fp32"))
+    out = tmp_path / "ft"
+    r = CliRunner().invoke(app, [
+        "finetune", "--weights", str(base.weights), "--rainy", str(data["real"]), "--out",
+        str(out), "--steps", "1", "--batch", "2", "--patch", "24", "--contrast-features",
+        "none", "--amp", "fp32", "--workers", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "with the starting model for pseudo-clean backgrounds" in text
+    assert "after 1 step," in text
+    assert f"use it: derain PHOTO --weights {out / 'model.safetensors'}" in text
+    r = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "nothing"), "--resume"])
+    assert r.exit_code == 2 and "no run in" in r.output and "--rainy" not in r.output
