@@ -780,6 +780,12 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
             and now["steps"] < before["steps"]:  # longer is what resuming is for
         moved.append(f"steps {before['steps']} -> {now['steps']} (the run ends sooner and "
                      "its learning rate decays on the shorter schedule)")
+    spent = before.get("time_budget")
+    if spent and not now.get("time_budget"):  # the schedule followed the budget's clock
+        moved.append(f"time budget {spent} s -> none (the run's learning rate decayed over "
+                     f"its {spent} s budget; it now follows the {now.get('steps') or 'run'}"
+                     "'s steps, so it rises again: give --time-budget to continue the "
+                     "budgeted schedule)")
     was = ckpt.get("world")  # checkpoints before 2026-12-03 did not record it
     if isinstance(was, int) and was != world:
         moved.append(f"processes {was} -> {world} (the global batch becomes "
@@ -1181,11 +1187,12 @@ def _train(
     losses_seen: list[float] = []
     last_val: dict[str, float] | None = None
     stopped_early = False
-    progress = _Progress(enabled=is_main and not cfg.quiet, total=total, start=step)
     window: list[float] = []
     bad_steps = 0
     t_window, n_window = time.time(), 0
     budget_t0 = time.time() - (wall_before if cfg.time_budget else 0.0)
+    progress = _Progress(enabled=is_main and not cfg.quiet, total=total, start=step,
+                         budget_end=budget_t0 + cfg.time_budget if cfg.time_budget else None)
 
     model.train()
     if cfg.freeze_bn:
@@ -1416,9 +1423,11 @@ class _Progress:
     """
 
     def __init__(self, *, enabled: bool, total: int, start: int, every_s: float = 60.0,
-                 console: Any = None) -> None:
+                 console: Any = None, budget_end: float | None = None) -> None:
         self.enabled = enabled
         self.total, self.start = total, start
+        #: when --time-budget stops the run (time.time()); the step ETA alone overshot it
+        self.budget_end = budget_end
         self.every_s = every_s
         self._console = console
         self._p = None
@@ -1460,6 +1469,9 @@ class _Progress:
 
     def update(self, step: int, loss: float, lr: float, rate: float) -> None:
         info = f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} patch/s"
+        if self.budget_end is not None:
+            left = max(0, round(self.budget_end - time.time()))
+            info += f" budget ends in {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
         if self._p is not None:
             self._p.update(self._task, completed=step, info=info)
         elif self._lines is not None and (self._lines.due() or step >= self.total):

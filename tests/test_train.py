@@ -1323,3 +1323,27 @@ def test_finetune_says_what_it_does_and_what_next(data, tmp_path):
     assert f"use it: derain PHOTO --weights {out / 'model.safetensors'}" in text
     r = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "nothing"), "--resume"])
     assert r.exit_code == 2 and "no run in" in r.output and "--rainy" not in r.output
+
+
+def test_a_time_budget_is_shown_and_resuming_without_it_is_said(data, tmp_path, capsys):
+    """A user's audit: with --time-budget the ETA (from the steps) read 0:20 for a run the
+    budget stopped at 0:09; and resumed without the budget, the learning rate, decayed
+    over the budget's clock, rose 7x again without a word."""
+    import io
+    import time as _time
+
+    from rich.console import Console
+
+    from derain_cli.train import _Progress
+
+    buf = io.StringIO()
+    with _Progress(enabled=True, total=4, start=0, every_s=0.0, budget_end=_time.time() + 125,
+                   console=Console(file=buf, force_terminal=False, width=200)) as bar:
+        bar.update(1, 0.5, 1e-4, 3.0)
+    assert "budget ends in 0:02:0" in buf.getvalue()
+
+    T.train(_cfg(data, tmp_path / "r", steps=2, time_budget=3600))
+    capsys.readouterr()
+    T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "time budget 3600 s -> none" in err and "give --time-budget" in err
