@@ -452,10 +452,18 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
     d = ImageDraw.Draw(img)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and r["loss"] > 0]
     val = [(r["step"], r["val_psnr"]) for r in records if r.get("kind") == "val"]
-    panels = [("train loss (log)", train, True, (31, 119, 180)),
+    # the supervised part beside the total: with contrastive terms on the user's photos
+    # a fine-tuning run's total rises while it works (read as divergence in an audit)
+    sup = [(r["step"], r["sup"]) for r in records
+           if r.get("kind") == "train" and r.get("sup", 0) > 0 and r["loss"] > 0]
+    if sup and all(abs(v - t) < 1e-9 for (_, v), (_, t) in zip(sup, train, strict=False)):
+        sup = []  # nothing but the supervised loss: one line says it
+    title = "train loss (log)" + ("; orange: supervised part (logged steps)" if sup else "")
+    panels = [(title, train, True, (31, 119, 180)),
               ("val PSNR-Y (dB)", val, False, (214, 39, 40))]
     pw = w // 2
     for k, (title, pts, logy, color) in enumerate(panels):
+        more = sup if k == 0 else []
         x0, y0, x1, y1 = k * pw + 50, 25, (k + 1) * pw - 15, h - 35
         d.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
         d.text((x0, 6), title, fill=(0, 0, 0))
@@ -465,8 +473,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
             continue
         xs = [p[0] for p in pts]
         ys = [math.log10(p[1]) if logy else p[1] for p in pts]
+        ys_more = [math.log10(p[1]) if logy else p[1] for p in more]
         xmin, xmax = min(xs), max(xs)
-        ymin, ymax = min(ys), max(ys)
+        ymin, ymax = min(ys + ys_more), max(ys + ys_more)
         if xmax == xmin:  # one point: from step 0 to it
             xmin = 0 if xmax > 0 else xmax - 1
         if ymax - ymin < 1e-9:  # a flat line: a little room above and below
@@ -491,6 +500,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
             step = xmin + q / 4 * (xmax - xmin)
             d.text((gx - (30 if q == 4 else 0), y1 + 5),
                    f"{step:.0f}" if q < 4 else f"step {step:.0f}", fill=(0, 0, 0))
+        if len(more) > 1:
+            d.line([px(x, y) for (x, _), y in zip(more, ys_more, strict=True)],
+                   fill=(255, 127, 14), width=2)
         coords = [px(x, y) for x, y in zip(xs, ys, strict=True)]
         if len(coords) > 1:
             d.line(coords, fill=color, width=2)

@@ -1184,6 +1184,22 @@ def test_curves_plot_one_point_and_no_validation(tmp_path):
     assert not np.array_equal(np.asarray(Image.open(out).convert("RGB")).astype(int), img)
 
 
+def test_curves_show_the_supervised_part_when_other_terms_add_to_it(tmp_path):
+    """A fine-tuning run's total loss rose while its supervised part fell (contrastive term
+    on the user's photos growing); the plot showed the total alone, read as divergence."""
+    out = tmp_path / "c.png"
+    recs = [{"kind": "train", "step": s, "loss": 0.1 + 0.01 * s, "sup": 0.08 - 0.005 * s}
+            for s in range(1, 9)]
+    T.plot_curves(recs, out, has_val=False)
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    orange = (np.abs(img - np.array([255, 127, 14])).sum(axis=2) < 30)[:, : img.shape[1] // 2]
+    assert orange.sum() > 50
+    only = [{"kind": "train", "step": s, "loss": 0.1, "sup": 0.1} for s in range(1, 9)]
+    T.plot_curves(only, out, has_val=False)  # the total is all supervised: one line
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert (np.abs(img - np.array([255, 127, 14])).sum(axis=2) < 30).sum() == 0
+
+
 def test_finetune_cli_defaults_are_the_librarys():
     """One default per setting: `derain finetune` and FinetuneConfig agree (consistency 1.0
     since 2026-12-03, measured against 0.1 in README's fine-tuning section)."""
