@@ -1133,10 +1133,6 @@ def models_cmd(
             {"license", "size"} if out.width < 80 else set())
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
                       padding=(0, 1, 0, 0), expand=False)
-        whole = {"name": max(len(r["name"]) + 2 for r in rows),
-                 "metrics (Y PSNR/SSIM)": max((len(line) for r in rows
-                                               for line in _fmt_metrics(r["metrics"], "\n")
-                                               .splitlines()), default=1)}
         cols = [("name", {"style": "cyan"}), ("arch", {}), ("params", {"justify": "right"}),
                 ("size", {"justify": "right"}), ("weights", {}), ("license", {}),
                 ("metrics (Y PSNR/SSIM)", {})]
@@ -1144,8 +1140,8 @@ def models_cmd(
             if col in dropped:
                 continue
             wrap = col == "license"  # metrics: one evaluation set per line, never folded
-            table.add_column(col, no_wrap=not wrap, overflow="fold",
-                             min_width=whole.get(col, min(len(col), 8)), **kw)
+            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=min(len(col), 8),
+                             **kw)
         colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
         for r in rows:
             params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
@@ -1161,7 +1157,8 @@ def models_cmd(
                      "metrics (Y PSNR/SSIM)": _fmt_metrics(r["metrics"], "\n")}
             table.add_row(*(v for k, v in cells.items() if k not in dropped))
         natural = Measurement.get(out, out.options.update_width(1000), table).maximum
-        if natural > out.width:  # narrower still: the terminal wraps lines, rich cut values
+        if natural > out.width:  # narrower still: the terminal wraps lines; rich would cut
+            # names and scores (a cut name is an unknown model)
             out = Console(width=natural, force_terminal=out.is_terminal)
         out.print(table)
         out.print(Text(

@@ -343,53 +343,51 @@ def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:
     if next_ifd + 4 > len(body):
         return None
     buf = bytearray(body)
-    for i in range(count):
-        entry = ifd0 + 2 + 12 * i
-        tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
-        if tag == _ORIENTATION and n == 1:
-            if typ == 3:  # SHORT, as the standard says
-                struct.pack_into(e + "H", buf, entry + 8, 1)
-            elif typ == 4:  # LONG, seen in the wild
-                struct.pack_into(e + "I", buf, entry + 8, 1)
+    ifd0_values = _single_values(buf, e, ifd0)
+    if _ORIENTATION in ifd0_values:
+        entry, typ, _ = ifd0_values[_ORIENTATION]
+        struct.pack_into(e + _SHORT_LONG[typ], buf, entry + 8, 1)
     struct.pack_into(e + "I", buf, next_ifd, 0)
-    if turned:
-        _swap_pixel_dimensions(buf, e, ifd0, count)
+    if turned and _EXIF_IFD in ifd0_values:  # width and height follow the turned pixels
+        _swap_pixel_dimensions(buf, e, ifd0_values[_EXIF_IFD][2])
     return _EXIF_HEADER + bytes(buf)
 
 
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
+#: the TIFF field types that hold one integer in an IFD entry: SHORT (as the standard says
+#: for orientation) and LONG (seen in the wild)
+_SHORT_LONG = {3: "H", 4: "I"}
 
 
-def _swap_pixel_dimensions(buf: bytearray, e: str, ifd0: int, count: int) -> None:
-    """Swap PixelXDimension and PixelYDimension in the Exif IFD of the TIFF body ``buf``
-    (byte order ``e``), in place; nothing when either is missing or malformed. Each keeps
-    its own type (SHORT or LONG) where the other's value fits it."""
-    fmt = {3: "H", 4: "I"}
-    sub = None
+def _single_values(buf: bytearray, e: str, ifd: int) -> dict[int, tuple[int, int, int]]:
+    """The IFD at ``ifd`` of the TIFF body ``buf`` (byte order ``e``): tag -> (entry offset,
+    type, value) for its entries holding one SHORT or LONG; empty when it lies outside."""
+    if ifd < 8 or ifd + 2 > len(buf):
+        return {}
+    count = struct.unpack_from(e + "H", buf, ifd)[0]
+    if ifd + 2 + 12 * count > len(buf):
+        return {}
+    found = {}
     for i in range(count):
-        entry = ifd0 + 2 + 12 * i
+        entry = ifd + 2 + 12 * i
         tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
-        if tag == _EXIF_IFD and typ in fmt and n == 1:
-            sub = struct.unpack_from(e + fmt[typ], buf, entry + 8)[0]
-    if sub is None or sub < 8 or sub + 2 > len(buf):
-        return
-    n_sub = struct.unpack_from(e + "H", buf, sub)[0]
-    if sub + 2 + 12 * n_sub > len(buf):
-        return
-    found: dict[int, tuple[int, int, int]] = {}  # tag -> (entry offset, type, value)
-    for i in range(n_sub):
-        entry = sub + 2 + 12 * i
-        tag, typ, n = struct.unpack_from(e + "HHI", buf, entry)
-        if tag in (_PIXEL_X, _PIXEL_Y) and typ in fmt and n == 1:
-            found[tag] = (entry, typ, struct.unpack_from(e + fmt[typ], buf, entry + 8)[0])
-    if len(found) != 2:
+        if typ in _SHORT_LONG and n == 1:
+            found[tag] = (entry, typ, struct.unpack_from(e + _SHORT_LONG[typ], buf, entry + 8)[0])
+    return found
+
+
+def _swap_pixel_dimensions(buf: bytearray, e: str, exif_ifd: int) -> None:
+    """Swap PixelXDimension and PixelYDimension in the Exif IFD at ``exif_ifd``, in place;
+    nothing when either is missing. Each keeps its own type where the other's value fits."""
+    found = _single_values(buf, e, exif_ifd)
+    if _PIXEL_X not in found or _PIXEL_Y not in found:
         return
     (ex, tx, vx), (ey, ty, vy) = found[_PIXEL_X], found[_PIXEL_Y]
     if (tx == 3 and vy > 0xFFFF) or (ty == 3 and vx > 0xFFFF):
         return
     for entry, typ, value in ((ex, tx, vy), (ey, ty, vx)):
         buf[entry + 8:entry + 12] = bytes(4)  # a SHORT sits left-aligned in the field
-        struct.pack_into(e + fmt[typ], buf, entry + 8, value)
+        struct.pack_into(e + _SHORT_LONG[typ], buf, entry + 8, value)
 
 
 def _clean_dpi(value: object) -> tuple[float, float] | None:
@@ -518,13 +516,12 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             orientation = 1
         im.load()  # full decode: raises on truncated data (LOAD_TRUNCATED_IMAGES stays False)
 
-        raw_exif = im.info.get("exif") or tiff_exif
-        if raw_exif is None and fmt == "PNG":  # ImageMagick's text-chunk EXIF
-            raw_exif = _png_raw_profile_exif(im)
+        png_exif = _png_raw_profile_exif(im) if fmt == "PNG" else None  # ImageMagick's
+        raw_exif = im.info.get("exif") or tiff_exif or png_exif
         exif = (_reset_exif_orientation(raw_exif, turned=orientation >= 5)
                 if isinstance(raw_exif, bytes) else None)
         xmp = _read_xmp(im, fmt)
-        text = _png_text(im) if fmt == "PNG" else None
+        text = _png_text(im, without_exif=png_exif is not None) if fmt == "PNG" else None
         png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
         icc = im.info.get("icc_profile") or None
@@ -604,13 +601,13 @@ def _latin1(s: str) -> bool:
     return True
 
 
-def _png_text(im: Image.Image) -> dict[str, str] | None:
+def _png_text(im: Image.Image, without_exif: bool = False) -> dict[str, str] | None:
     """A PNG's tEXt/zTXt/iTXt chunks as text, XMP left out (it travels as ``xmp``), and
-    ImageMagick's EXIF chunk left out when it was read (it travels as ``exif``, its
+    with ``without_exif`` ImageMagick's EXIF chunk too (read, it travels as ``exif``, its
     orientation reset: copied as it was, viewers turned the upright result once more)."""
     chunks = getattr(im, "text", None) or {}
     skip = {_XMP_PNG_KEY}
-    if _png_raw_profile_exif(im) is not None:
+    if without_exif:
         skip.add(_PNG_RAW_EXIF_KEY)
     text = {str(k): str(v) for k, v in chunks.items() if k not in skip}
     return text or None
