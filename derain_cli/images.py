@@ -862,8 +862,8 @@ def write_image(
     """Atomically write processed ``rgb`` (HxWx3 float in [0, 1]) to ``path``.
 
     ``like`` is the :class:`LoadedImage` the pixels came from: its bit depth (16-bit stays
-    16-bit in PNG/TIFF), grayscale-ness, alpha (PNG/WebP/TIFF only; dropped for JPEG/BMP), EXIF,
-    ICC profile and DPI are reproduced as far as the output format allows. Without ``like`` an
+    16-bit in PNG/TIFF), grayscale-ness, alpha (PNG/WebP/TIFF; flattened onto white in JPEG/BMP),
+    EXIF, ICC profile and DPI are reproduced as far as the output format allows. Without ``like`` an
     8-bit RGB file without metadata is written. The format comes from ``format`` or the suffix.
     ``quality`` applies to JPEG and WebP.
 
@@ -984,8 +984,12 @@ def prepare_image(
     grayscale = bool(like and like.grayscale)
     alpha = like.alpha if like is not None and fmt in _ALPHA_FORMATS else None
     if like is not None and like.alpha is not None and alpha is None:
-        log.warning("%s: %s has no transparency; the alpha channel is left out "
-                    "(write PNG, WebP or TIFF to keep it)", path, fmt)
+        # What lay under transparent pixels is arbitrary (often black): show what a viewer
+        # showed, the photo over white, as image editors flatten on export.
+        log.warning("%s: %s has no transparency; transparent areas are flattened onto white "
+                    "(write PNG, WebP or TIFF to keep the alpha channel)", path, fmt)
+        if like.alpha.shape == (height, width):
+            rgb = _flatten_onto_white(rgb, like.alpha)
     if alpha is not None and alpha.shape != (height, width):
         raise ValueError(
             f"rgb is {width}x{height} but the source alpha is {alpha.shape[1]}x{alpha.shape[0]}"
@@ -1045,6 +1049,13 @@ def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
         np.rint(b, out=b)
         out[y:y + band] = b
     return out
+
+
+def _flatten_onto_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``rgb`` composited over white with ``alpha`` (uint8 or uint16) as its coverage."""
+    cover = alpha.astype(np.float32) / float(np.iinfo(alpha.dtype).max)
+    cover = cover[..., None]
+    return rgb * cover + (1.0 - cover)
 
 
 def _alpha_to_bits(alpha: np.ndarray, bits: int) -> np.ndarray:

@@ -221,6 +221,32 @@ def test_rgb_16bit_png_via_cv2_round_trip_exact(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out.jpg").mode == "RGB"
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_alpha_dropped_for_jpeg_or_bmp_is_flattened_onto_white(tmp_path: Path, bits: int) -> None:
+    # black under the transparent half, as many editors store it: it must not show
+    dtype = np.uint8 if bits == 8 else np.uint16
+    top = np.iinfo(dtype).max
+    rgb = np.zeros((H, W, 3), dtype)
+    rgb[:, W // 2:] = top // 2
+    alpha = np.full((H, W), top, dtype)
+    alpha[:, : W // 4] = 0
+    alpha[:, W // 4: W // 2] = top // 2 + 1  # half covered: mid grey over white
+    mode = "RGBA" if bits == 8 else None
+    path = tmp_path / ("in.png" if bits == 8 else "in.tif")
+    if bits == 8:
+        Image.fromarray(np.dstack([rgb, alpha]), mode).save(path)
+    else:
+        assert cv2.imwrite(str(path), np.dstack([rgb[..., ::-1], alpha]))
+    loaded = read_image(path)
+    assert loaded.alpha is not None
+    for suffix in (".jpg", ".bmp"):
+        write_image(tmp_path / f"out{suffix}", loaded.rgb, loaded)
+        out = np.asarray(Image.open(tmp_path / f"out{suffix}").convert("RGB")).astype(int)
+        assert out[:, : W // 4 - 2].min() >= 250  # transparent black -> white
+        assert abs(out[:, W // 4 + 2: W // 2 - 2].mean() - 127.5) < 4  # half black, half white
+        assert abs(out[:, W // 2 + 2:].mean() - 127.5) < 4  # opaque: its own colour
+
+
 def test_rgba_16bit_tiff_keeps_16bit_alpha(tmp_path: Path) -> None:
     rgba16 = _rng().integers(0, 65536, (H, W, 4), dtype=np.uint16)
     assert cv2.imwrite(str(tmp_path / "in.tif"), rgba16[..., [2, 1, 0, 3]])
