@@ -34,6 +34,8 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
   twice as fast as an fp32 one; only int8 can exceed 100 % (its reference is fp32).
 * **PSNR vs fp32**: the variant's output against the fp32 eager output (clipped to
   [0, 1]), to judge whether bf16 (or ONNX Runtime) loses anything visible.
+* **setup s** / **warm-up s**: building the engine (ONNX Runtime: export and session) /
+  the untimed first tile, where ``torch.compile`` compiles and cudnn picks algorithms.
 
 Variants: ``fp32`` (eager, NCHW: the plain baseline), ``channels_last`` (fp32, NHWC: what
 ``--backend torch`` runs; before 2026-11-30 the ``fp32`` variant was channels-last too, so
@@ -120,6 +122,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+def scene_name() -> str:
+    """Which base photo :func:`test_scene` uses here (it depends on scikit-image being
+    installed), so a table says what it was measured on."""
+    try:
+        import cv2  # noqa: F401
+        from skimage import data  # noqa: F401
+    except ImportError:
+        return "a procedural scene (no scikit-image)"
+    return "scikit-image's astronaut"
+
+
 def _base_scene(h: int, w: int) -> np.ndarray:
     try:
         import cv2
@@ -195,6 +208,11 @@ def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: b
 
 
 # --------------------------------------------------------------------------- conv peak
+def _used_overlap(overlap: int, tile: int) -> int:
+    """``overlap`` as ``tiling.run_tiled`` clamps it for ``tile`` (0: one whole tile)."""
+    return min(overlap, tile // 2) if tile > 0 else overlap
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -378,6 +396,8 @@ class Row:
     work: float | None = None
     psnr_vs_fp32: float | None = None
     setup_s: float | None = None
+    #: the untimed first tile: where torch.compile compiles and cudnn tunes
+    warmup_s: float | None = None
     note: str = ""
     #: the tile this row ran with (None: not run)
     tile: int | None = None
@@ -414,6 +434,9 @@ class BenchResult:
     torch: str
     flop_side: int
     peak_side: int
+    #: timed runs per row (the best is reported) and the image they ran on
+    repeats: int = 1
+    scene: str = ""
     models: list[ModelInfo] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     rss: dict[str, Any] | None = None
@@ -436,6 +459,9 @@ def render_markdown(res: BenchResult) -> str:
         f"Image {res.width}x{res.height} ({res.width * res.height / 1e6:.2f} MP), overlap "
         f"{'each model' + chr(39) + 's own' if res.overlap is None else res.overlap}, "
         f"{res.threads} threads, {res.machine}, torch {res.torch}.",
+        f"Test image: {res.scene} with heavy synthetic rain, dark and sky bands; s/MP = best "
+        f"of {res.repeats} timed run{'s' if res.repeats != 1 else ''} after an untimed "
+        "warm-up tile.",
         "",
         f"GFLOP/s = useful FLOPs (FlopCounterMode on a {res.flop_side}x{res.flop_side} input, "
         "conv/matmul only, scaled by pixels) / time; work = executed / useful FLOPs (tile "
@@ -445,15 +471,16 @@ def render_markdown(res: BenchResult) -> str:
         "bf16/fp16 rows in their own precision (int8 rows: against fp32).",
         "",
         "| model | device | variant | s/MP | GFLOP/s | % peak | work | PSNR vs fp32 (dB) "
-        "| setup s | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| setup s | warm-up s | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in res.rows:
         ratio = None if r.peak_ratio is None else 100 * r.peak_ratio
         lines.append(
             f"| {r.model} | {r.device} | {r.variant} | {_fmt(r.s_per_mp, '.2f')} | "
             f"{_fmt(r.gflops, '.1f')} | {_fmt(ratio, '.0f')} | {_fmt(r.work, '.2f')} | "
-            f"{_fmt(r.psnr_vs_fp32, '.1f')} | {_fmt(r.setup_s, '.1f')} | {r.note} |"
+            f"{_fmt(r.psnr_vs_fp32, '.1f')} | {_fmt(r.setup_s, '.1f')} | "
+            f"{_fmt(r.warmup_s, '.1f')} | {r.note} |"
         )
     lines.append("")
     for m in res.models:
@@ -621,6 +648,7 @@ def bench_main(
         machine=f"{_cpu_name()}" + (f" + {torch.cuda.get_device_name()}"
                                     if torch.cuda.is_available() else ""),
         torch=torch.__version__, flop_side=flop_side, peak_side=peak_side,
+        repeats=max(1, repeats), scene=scene_name(),
     )
     img = test_scene(h, w)
     mp = h * w / 1e6
@@ -644,7 +672,10 @@ def bench_main(
                 dev_tile = CPU_TILE
             if tile is None:  # as Derainer: large enough for the network to agree (RDMC)
                 dev_tile = tiling.auto_tile(dev_tile, getattr(net, "min_tile", 0))
-            info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile, ov)
+            # the overlap tiling really uses: at most half a tile (the table said the asked
+            # one for a small --tile)
+            info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile,
+                             _used_overlap(ov, dev_tile))
             res.models.append(info)
             ref_out = None
             for variant in variants:
@@ -660,8 +691,12 @@ def bench_main(
                 row.tile = variant_tile(runner, tile, dev_tile, getattr(net, "min_tile", 0))
                 if variant in ("onnx", "int8"):
                     info.ort_tile = row.tile
-                work = tiling_work(h, w, row.tile, ov, mult, has_stats, fwd, stats)
+                work = tiling_work(h, w, row.tile, _used_overlap(ov, row.tile), mult,
+                                   has_stats, fwd, stats)
+                t0 = time.perf_counter()
                 _warm_up(runner, img, row.tile)
+                _sync(dev)
+                row.warmup_s = time.perf_counter() - t0
                 dtype = REDUCED_PRECISION.get(variant, torch.float32)
                 if variant in REDUCED_PRECISION:  # against the same convs in its precision
                     info.reduced_peaks[_DTYPE_NAMES[dtype]] = mixed_peak(

@@ -149,6 +149,21 @@ def test_bench_main_tiny(tmp_path):
     assert data["overlap"] == 8 and data["models"][0]["overlap"] == 8
     text = lines[0]
     assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
+    # what the table was measured on and how: a rerun must be able to match it
+    assert data["repeats"] == 1 and data["scene"] == bench.scene_name()
+    assert "best of 1 timed run after" in text and bench.scene_name() in text
+    assert all(r.warmup_s > 0 for r in rows.values() if r.seconds is not None)
+
+
+def test_bench_reports_the_overlap_tiling_really_uses():
+    # run_tiled clamps the overlap to half a tile: the notes and the work must say so
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(40, 56), tile=24, overlap=100,
+                           variants=["fp32"], devices="cpu", flop_side=32, peak_side=16,
+                           echo=None)
+    info, row = res.models[0], res.rows[0]
+    assert info.overlap == 12
+    assert row.work == pytest.approx(bench.tiling_work(
+        40, 56, 24, 12, 1, True, info.flops_per_px, info.stats_flops_per_px))
 
 
 def test_bench_ratio_is_against_the_reference_measured_beside_each_row(monkeypatch):
@@ -170,6 +185,7 @@ def test_bench_ratio_is_against_the_reference_measured_beside_each_row(monkeypat
         assert r.peak_gflops == 1000.0
         assert r.peak_ratio == pytest.approx(r.gflops / 1000.0)
     assert calls == [torch.float32] * 4  # after each of the 2 timed runs of the 2 rows
+    assert res.repeats == 2 and "best of 2 timed runs" in bench.render_markdown(res)
 
 
 def test_bench_skips_bf16_on_a_cpu_without_it(monkeypatch):
