@@ -45,25 +45,17 @@ class DataError(ValueError):
 
 
 def load_rgb_u8(path: str | Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped)."""
-    try:
-        from .images import read_image  # the project's reader when present
-    except ImportError:  # pragma: no cover - images.py is written in parallel
-        read_image = None
-    if read_image is not None:
-        try:
-            rgb = read_image(path).rgb
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a data error
-            raise DataError(f"{path}: cannot read image ({e})") from None
-        return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    from PIL import Image, ImageOps
+    """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped).
+
+    Through ``images.read_image``, so training and evaluation see a photo exactly as
+    ``derain`` does (16-bit, CMYK, palette and turned TIFFs included)."""
+    from .images import read_image
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as e:  # noqa: BLE001
+        rgb = read_image(path).rgb
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a data error
         raise DataError(f"{path}: cannot read image ({e})") from None
+    return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
