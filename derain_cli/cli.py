@@ -610,15 +610,11 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
 
 def _friendly_message(e: BaseException) -> str:
     """The exception's own text when it was written for users, else one line with its type."""
-    try:
-        from .hub import WeightsUnavailable
-        from .weights import WeightsError
-        friendly: tuple[type[BaseException], ...] = (WeightsUnavailable, WeightsError)
-    except ImportError:  # pragma: no cover
-        friendly = ()
+    from .hub import WeightsUnavailable
     from .images import ImageError
+    from .weights import WeightsError
 
-    if isinstance(e, (*friendly, ImageError)):
+    if isinstance(e, (WeightsUnavailable, WeightsError, ImageError)):
         return str(e).strip() or type(e).__name__
     if isinstance(e, MemoryError):
         return f"out of memory: {_one_line(e)}"
@@ -791,14 +787,8 @@ _WORKLOAD_ENOUGH_MP = 200.0
 
 
 def _make_derainer(**kw: Any) -> Any:
-    import inspect
-
     from .enhancer import Derainer
 
-    params = inspect.signature(Derainer).parameters
-    for name in ("quiet", "workload_megapixels", "workload_images", "strength"):
-        if name not in params:  # pragma: no cover - older enhancer
-            kw.pop(name)
     if kw.get("tile_overlap") is None:
         kw.pop("tile_overlap")
     try:
