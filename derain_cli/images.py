@@ -504,6 +504,10 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         mode = im.mode
         _check_pixels(im.width, im.height, max_pixels)
         rawmode = _tile_rawmode(im)
+        # Pillow inverts an 8-bit "MinIsWhite" TIFF (rawmode "L;I") but reads a 16-bit one as
+        # MinIsBlack: the photo came out as its negative.
+        min_is_white16 = (fmt == "TIFF" and rawmode.startswith("I;16")
+                          and getattr(im, "tag_v2", {}).get(262) == 0)
         if fmt == "TIFF":
             _check_tiff_samples(im)
         frames = int(getattr(im, "n_frames", 1) or 1)
@@ -538,6 +542,12 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         if ";16" in rawmode and mode in ("RGB", "RGBA", "LA"):
             gray = rawmode.startswith("L")
             pixels16 = _decode_16bit_cv2(p, fmt, np.asarray(im), orientation)
+            if pixels16 is not None and fmt == "TIFF" and mode == "RGB" and \
+                    pixels16.shape[2] == 4:
+                # a fourth sample PIL did not call alpha (ExtraSamples "unspecified", e.g. a
+                # saved selection): dropped, as PIL drops it at 8 bits; OpenCV's alpha made
+                # the selection's outside see-through
+                pixels16 = pixels16[..., :3]
             if pixels16 is not None:
                 loaded = _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
                 loaded.xmp, loaded.text, loaded.png_colour = xmp, text, png_colour
@@ -563,6 +573,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         arr = np.clip(arr, 0, 65535).astype(np.uint16) if arr.dtype.kind == "i" else arr
         arr = arr.astype(np.uint16, copy=False)
         bit_depth = 16
+        if min_is_white16:
+            arr = 65535 - arr
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
                        xmp, text, lossless, png_colour)

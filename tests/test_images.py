@@ -882,7 +882,8 @@ def test_16bit_rgb_png_with_a_colour_key_stays_16bit_with_its_alpha(tmp_path: Pa
     np.testing.assert_array_equal(loaded.alpha, np.where((rgb == 0).all(-1), 0, 65535))
 
 
-def _tiff(path: Path, planes: list[np.ndarray], *, planar: bool, sample_format: int = 1) -> None:
+def _tiff(path: Path, planes: list[np.ndarray], *, planar: bool, sample_format: int = 1,
+          photometric: int | None = None, extra_samples: int | None = None) -> None:
     """A minimal uncompressed little-endian TIFF (Pillow cannot write these layouts)."""
     h, w = planes[0].shape
     bits = planes[0].dtype.itemsize * 8
@@ -916,16 +917,45 @@ def _tiff(path: Path, planes: list[np.ndarray], *, planar: bool, sample_format: 
     tag(257, 4, [h])
     tag(258, 3, [bits] * n)
     tag(259, 3, [1])
-    tag(262, 3, [2 if n == 3 else 1])
+    tag(262, 3, [(2 if n >= 3 else 1) if photometric is None else photometric])
     tag(273, 4, offsets)
     tag(277, 3, [n])
     tag(278, 4, [h])
     tag(279, 4, [len(s) for s in strips])
     tag(284, 3, [2 if planar else 1])
+    if extra_samples is not None:
+        tag(338, 3, [extra_samples])
     tag(339, 3, [sample_format] * n)
     ifd_at = extra_at + len(extras)
     ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
     path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + data + extras + ifd)
+
+
+def test_16bit_min_is_white_tiff_is_not_read_as_its_negative(tmp_path: Path) -> None:
+    # photometric 0: stored 0 is white; Pillow inverts this at 8 bits but not at 16
+    ramp = np.tile(np.arange(W, dtype=np.uint16) * 1000, (H, 1))
+    _tiff(tmp_path / "miw16.tif", [ramp], planar=False, photometric=0)
+    _tiff(tmp_path / "miw8.tif", [(ramp >> 8).astype(np.uint8)], planar=False, photometric=0)
+    sixteen, eight = read_image(tmp_path / "miw16.tif"), read_image(tmp_path / "miw8.tif")
+    assert sixteen.bit_depth == 16 and sixteen.grayscale
+    np.testing.assert_array_equal(sixteen.pixels[..., 0], 65535 - ramp)
+    np.testing.assert_array_equal(eight.pixels[..., 0], 255 - (ramp >> 8))  # Pillow's own
+    write_image(tmp_path / "out.tif", sixteen.rgb, sixteen)  # written MinIsBlack, same picture
+    np.testing.assert_array_equal(read_image(tmp_path / "out.tif").pixels, sixteen.pixels)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiff_extra_sample_of_no_declared_meaning_is_not_alpha(tmp_path: Path, dtype) -> None:
+    # ExtraSamples 0 ("unspecified", e.g. Photoshop's saved selection) beside RGB: a mask of
+    # zeros made the 16-bit result see-through where 8-bit dropped the channel
+    ramp = np.tile(np.arange(W, dtype=np.uint16) * 1000, (H, 1))
+    planes = [ramp, ramp // 2, ramp // 3, np.zeros_like(ramp)]
+    if dtype == np.uint8:
+        planes = [(q >> 8).astype(np.uint8) for q in planes]
+    _tiff(tmp_path / "x.tif", planes, planar=False, extra_samples=0)
+    loaded = read_image(tmp_path / "x.tif")
+    assert loaded.alpha is None and loaded.bit_depth == (16 if dtype == np.uint16 else 8)
+    np.testing.assert_array_equal(loaded.pixels, np.dstack(planes[:3]))
 
 
 def test_tiff_layouts_pillow_would_misread_are_refused_clearly(tmp_path: Path) -> None:
