@@ -373,12 +373,15 @@ def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
 
     cpu = torch.device("cpu")
     runners: dict[str, Any] = {}
-    failed = ""
+    failed, passing = "", False
     try:
         runners["onnx"] = make_onnx_runner(net, cpu, "fp32", threads)
     except Exception as e:  # noqa: BLE001 - any export/session failure: PyTorch still runs it
         failed = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-        log.warning("ONNX Runtime cannot run this network (%s); fp32 runs in PyTorch", failed)
+        # a full disk, a folder in the way, no memory: this run's trouble, not the network's
+        passing = isinstance(e, (OSError, MemoryError))
+        log.warning("ONNX Runtime cannot run this network (%s); fp32 runs in PyTorch%s",
+                    failed, " this time" if passing else "")
     runners["torch"] = TorchRunner(net, cpu, "fp32")
     seconds, passes = time_runners(runners, probe_image(PROBE_SIDE))
     entry: dict[str, Any] = {
@@ -387,6 +390,8 @@ def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
         "measured": datetime.date.today().isoformat()}
     if failed:
         entry["onnx_failed"] = failed
+    if passing:
+        entry["retry"] = True  # not remembered: the next run times both engines again
     return entry
 
 
@@ -418,12 +423,13 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
     key = fp32_key(net, threads)
     entry = load_choices().get(key)
     s = (entry or {}).get("seconds") or {}
-    usable = entry is not None and (set(FP32_BACKENDS) <= set(s)
-                                    or ("torch" in s and entry.get("onnx_failed")))
+    usable = entry is not None and not entry.get("retry") and (
+        set(FP32_BACKENDS) <= set(s) or ("torch" in s and entry.get("onnx_failed")))
     if not usable:
         log.info("timing ONNX Runtime against PyTorch in fp32 once for this network and CPU")
         entry = (measure_fn or measure_fp32)(net, threads)
-        remember(key, entry)
+        if not entry.get("retry"):
+            remember(key, entry)
         s, how = entry["seconds"], "measured now"
     else:
         how = "measured " + str(entry.get("measured", "earlier"))

@@ -391,6 +391,28 @@ def test_a_network_onnx_runtime_cannot_run_goes_to_pytorch(fp32_cache, tiny_weig
     assert d.backend == "torch" and d.engine_note.startswith("measured 20")
 
 
+def test_an_export_that_fails_for_want_of_disk_is_not_remembered(fp32_cache, tiny_weights,
+                                                                  monkeypatch, caplog):
+    """A full disk while exporting once pinned fp32 to PyTorch for good (and for every
+    weights file of the same shapes): such a failure is used for this run only."""
+    from derain_cli import onnx_backend
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    real = onnx_backend.make_onnx_runner
+    monkeypatch.setattr(onnx_backend, "make_onnx_runner", no_space)
+    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
+    assert (d.backend, d.precision) == ("torch", "fp32")
+    assert "No space left" in d.engine_note and "fp32 runs in PyTorch this time" in caplog.text
+    assert not (fp32_cache / "engines.json").exists()
+    monkeypatch.setattr(onnx_backend, "make_onnx_runner", real)  # space again: both timed
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
+    entry, = json.loads((fp32_cache / "engines.json").read_text()).values()
+    assert set(entry["seconds"]) == {"torch", "onnx"} and "onnx_failed" not in entry
+
+
 def test_the_signature_covers_settings_that_keep_shapes(monkeypatch):
     """RDMC's stages reuse one stage's weights: more stages, same tensors, more time."""
     from derain_cli.models import RDMC, RDMCConfig
