@@ -11,8 +11,9 @@ Cache: ``$DERAIN_CACHE/onnx/<key>/`` when ``DERAIN_CACHE`` is set, else
 the sha256 of the weights (:func:`state_sha256`: architecture, config and every
 state-dict tensor's name, dtype, shape and bytes); file names carry the graph-layout
 version and the opset, so a new layout never picks up an old file. Files are written
-atomically, a corrupt cached file is exported again, and an unwritable cache falls
-back to a temporary folder. A second run with the same weights therefore starts
+atomically with a ``.sha256`` beside each; a cached file whose bytes no longer match
+(or that fails to load) is exported again, and an unwritable or full cache falls back
+to a temporary folder. A second run with the same weights therefore starts
 without exporting (the export of the paper-size models takes seconds).
 
 Execution providers: CPU, or CUDA first when ``device`` is CUDA and
@@ -112,6 +113,41 @@ def _expected_files(main: Path, model: nn.Module) -> list[Path]:
     return [main, stats_path(main)]
 
 
+def _digest_path(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _intact(files: list[Path]) -> bool:
+    """Every graph there with the digest written at its export: a graph damaged in place
+    (a flipped bit in a weight still loads) ran wrong on every later run."""
+    try:
+        for f in files:
+            if _digest_path(f).read_text().strip() != _file_sha256(f):
+                log.warning("cached ONNX graph %s does not match its digest; exporting again", f)
+                return False
+    except OSError:  # missing (or a graph from before the digests): export
+        return False
+    return True
+
+
+def _exported(files: list[Path]) -> list[Path]:
+    """``files`` just exported, their digests written (atomically) beside them."""
+    for f in files:
+        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=".derain-", suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            out.write(_file_sha256(f) + "\n")
+        os.replace(tmp, _digest_path(f))
+    return files
+
+
 def cached_graphs(
     model: nn.Module,
     *,
@@ -132,11 +168,11 @@ def cached_graphs(
     folder = Path(cache_dir) / key if cache_dir is not None else cache_root() / key
     main = folder / _graph_name(opset)
     files = _expected_files(main, model)
-    if not refresh and all(p.is_file() for p in files):
+    if not refresh and _intact(files):
         log.debug("ONNX cache hit: %s", folder)
         return files
     with _export_lock:
-        if not refresh and all(p.is_file() for p in files):
+        if not refresh and _intact(files):
             return files
         src = model
         param = next(iter(model.parameters()), None)
@@ -145,11 +181,13 @@ def cached_graphs(
         try:
             folder.mkdir(parents=True, exist_ok=True)
             log.info("exporting the network to ONNX (once per weights): %s", folder)
-            return export.export_onnx(src, main, opset=opset)
+            return _exported(export.export_onnx(src, main, opset=opset))
         except OSError as e:  # no write permission, a read-only file system (EROFS), a
-            # file where a cache folder should be (ENOTDIR, EEXIST), ...
+            # file or folder where the other should be (ENOTDIR, EEXIST, EISDIR), a full
+            # disk or quota (ENOSPC, EDQUOT)
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                               errno.EEXIST):
+                               errno.EEXIST, errno.EISDIR, errno.ENOSPC,
+                               getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise
             return _fallback_graphs(src, model, key, main.name, opset, refresh, e)
 
@@ -181,12 +219,12 @@ def _fallback_graphs(src: nn.Module, model: nn.Module, key: str, name: str, opse
     private = _private_temp_folder()
     if private is not None:
         files = _expected_files(private / key / name, model)
-        if not refresh and all(p.is_file() for p in files):
+        if not refresh and _intact(files):
             return files
         try:
             (private / key).mkdir(exist_ok=True)
             log.warning("cannot write the ONNX cache (%s); using %s instead", why, private)
-            return export.export_onnx(src, private / key / name, opset=opset)
+            return _exported(export.export_onnx(src, private / key / name, opset=opset))
         except OSError:
             pass
     tmp = Path(tempfile.mkdtemp(prefix="derain-onnx-"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -125,6 +126,54 @@ def test_corrupt_cache_entry_is_exported_again(caplog):
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert np.abs(runner.forward(x, None) - ref).max() <= TOL
+
+
+def test_a_cached_graph_damaged_in_place_is_exported_again(caplog):
+    """A flipped byte in a weight still loads in ONNX Runtime and ran wrong on every later
+    run (audit: 16.6 dB against the right result); each graph's digest is checked."""
+    net = _small("semi")
+    with torch.no_grad():
+        next(net.parameters()).add_(0.04)  # weights no other test has exported
+    paths = onnx_backend.cached_graphs(net)
+    for p in paths:
+        assert (p.parent / (p.name + ".sha256")).read_text().strip() == \
+            onnx_backend._file_sha256(p)
+    data = bytearray(paths[0].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    paths[0].write_bytes(bytes(data))
+    count = export.EXPORT_COUNT
+    with caplog.at_level(logging.WARNING):
+        runner = make_onnx_runner(net, "cpu", "fp32")
+    # exported again once (its two graphs, forward and statistics)
+    assert export.EXPORT_COUNT == count + 2 and "does not match its digest" in caplog.text
+    x = np.random.default_rng(0).random((1, 3, 16, 16), np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.forward(x, None) - ref).max() <= TOL
+
+
+def test_a_full_cache_disk_falls_back_to_the_temporary_folder(monkeypatch, tmp_path, caplog):
+    """ENOSPC while writing the cache failed the photo with a bare "No space left on
+    device" (audit); the temporary folder is tried as for an unwritable cache."""
+    import tempfile
+
+    real = export.export_onnx
+    cache = onnx_backend.cache_root()
+
+    def full(model, path, **kwargs):
+        if cache in Path(path).parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", full)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    net = _small("rdmc")
+    with torch.no_grad():
+        next(net.parameters()).add_(0.05)  # weights no other test has exported
+    with caplog.at_level(logging.WARNING):
+        graphs = onnx_backend.cached_graphs(net)
+    assert "cannot write the ONNX cache" in caplog.text and "No space" in caplog.text
+    assert tmp_path in graphs[0].parents and graphs[0].is_file()
 
 
 def test_runner_options_and_files(caplog):
