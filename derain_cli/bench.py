@@ -193,8 +193,8 @@ def variant_tile(runner: Any, asked: int | None, device_tile: int, min_tile: int
     the engine's own default (ONNX Runtime's ``suggest_tile``: 512 px on CPUs, where
     PyTorch's is ``device_tile``), at least twice a network's ``min_tile`` (as
     ``Derainer`` does)."""
-    if asked is not None:
-        return asked
+    if asked is not None:  # below the minimum: the tiles Derainer runs instead (it warns)
+        return min_tile if 0 < asked < min_tile else asked
     own = runner.suggest_tile() if hasattr(runner, "suggest_tile") else device_tile
     return tiling.auto_tile(own, min_tile)
 
@@ -662,8 +662,13 @@ def bench_main(
         ov = default_overlap(net) if overlap is None else overlap
         for dev in devs:
             peak, ref = mixed_peak(net, peak_side, dev, peaks)
+            min_tile = int(getattr(net, "min_tile", 0))
             if tile is not None:
-                dev_tile = tile
+                dev_tile = variant_tile(None, tile, tile, min_tile)
+                if dev_tile != tile:  # a table of tiles derain never runs would mislead
+                    print(f"warning: --tile {tile} is below {name}'s minimum of {min_tile} "
+                          f"px; measured with {dev_tile} px tiles, as derain runs it",
+                          file=sys.stderr)
             elif dev.type == "cuda":
                 from .torch_runner import _auto_tile
 

@@ -166,6 +166,14 @@ def test_bench_reports_the_overlap_tiling_really_uses():
         40, 56, 24, 12, 1, True, info.flops_per_px, info.stats_flops_per_px))
 
 
+def test_bench_tile_below_the_networks_minimum_is_raised_as_derain_does(capsys):
+    # rdmc-lite's tiles agree with the whole image from 512 px; derain warns and runs those
+    res = bench.bench_main(["rdmc-lite"], size=(48, 64), tile=32, variants=["fp32", "onnx"],
+                           devices="cpu", flop_side=32, peak_side=16, echo=None)
+    assert res.models[0].tile == 512 and {r.tile for r in res.rows} == {512}
+    assert "--tile 32 is below rdmc-lite's minimum of 512 px" in capsys.readouterr().err
+
+
 def test_bench_ratio_is_against_the_reference_measured_beside_each_row(monkeypatch):
     # a machine whose speed drifts: the run's first reference measurement reads 1 GFLOP/s,
     # every later one 1000; each row's ratio must use the one measured with its runs
@@ -288,7 +296,9 @@ def test_variant_tile_follows_the_engine_and_the_networks_minimum():
     assert bench.variant_tile(Ort(), None, 1024) == 512
     assert bench.variant_tile(object(), None, 1024) == 1024
     assert bench.variant_tile(Ort(), None, 1024, min_tile=384) == 768  # as Derainer
-    assert bench.variant_tile(Ort(), 96, 1024, min_tile=384) == 96  # asked for: kept
+    assert bench.variant_tile(Ort(), 400, 1024, min_tile=384) == 400  # asked for: kept
+    assert bench.variant_tile(Ort(), 96, 1024, min_tile=384) == 384  # raised, as Derainer
+    assert bench.variant_tile(Ort(), 0, 1024, min_tile=384) == 0  # whole image
 
 
 def test_help_lists_every_variant_whole_at_80_columns():
