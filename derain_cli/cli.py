@@ -1192,27 +1192,28 @@ def download_cmd(
         if not all_ and not names:
             raise _usage(ctx, f"name the models to fetch, or --all (known: {known})")
         targets = list(manifest) if all_ else list(dict.fromkeys(names or []))
-        unknown = [n for n in targets if n not in manifest]
-        if unknown:
-            from .models import MODELS
+        from .models import MODELS
 
-            untrained = [n for n in unknown if n in MODELS]
-            if untrained:  # a registered architecture: say why there is nothing to fetch;
-                # exit 1, as `derain IMG -m NAME` and `derain export -m NAME` do
-                _error(err, weights.untrained_message(untrained[0]))
-                raise typer.Exit(1)
-            raise _usage(ctx, f"no published weights named {', '.join(map(repr, unknown))} "
+        typos = [n for n in targets if n not in manifest and n not in MODELS]
+        if typos:  # every one named, before anything is fetched
+            raise _usage(ctx, f"no published weights named {', '.join(map(repr, typos))} "
                               f"(known: {known})")
+        # a registered architecture without weights: say why there is nothing to fetch,
+        # fetch the others, exit 1 at the end (as `derain IMG -m NAME` does)
+        untrained = [n for n in targets if n not in manifest]
+        for name in untrained:
+            _error(err, weights.untrained_message(name))
+        targets = [n for n in targets if n in manifest]
         if all_:
-            from .models import MODELS
-
             for name in (n for n in MODELS if n not in manifest):
                 typer.echo(f"{name}: no weights published yet, skipped "
                            "(train your own: derain train --help)")
         if not targets:
+            if untrained:
+                raise typer.Exit(1)
             typer.echo("no published weights in the manifest yet; nothing to do")
             return
-        failures = 0
+        failures = len(untrained)
         for name in targets:
             rec = manifest[name]
             bundled = weights.bundled_dir() / rec.file

@@ -607,6 +607,21 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download", "rdmc", "--all").exit_code == 2
 
 
+def test_download_names_every_problem_and_fetches_the_rest(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """It stopped at the first untrained name: a typo after it went unreported and the
+    good names were not fetched (audit)."""
+    _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    r = derain("download", "semi-drdnet-lite", "nosuch", "semi-drdnet", "typo2")
+    assert r.exit_code == 2 and "'nosuch', 'typo2'" in r.stderr
+    assert "bundled, nothing to do" not in r.stdout  # usage errors before any work
+    r = derain("download", "semi-drdnet-lite", "semi-drdnet", "rdmc")
+    assert r.exit_code == 1
+    assert "'semi-drdnet' has no pretrained weights" in r.stderr
+    assert "'rdmc' has no pretrained weights" in r.stderr
+    assert "semi-drdnet-lite: bundled, nothing to do" in r.stdout
+
+
 def test_download_takes_m_like_the_other_commands(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     _fake_manifest(monkeypatch, tmp_path, bundled=True)
