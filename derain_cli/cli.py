@@ -735,7 +735,8 @@ def _run(
                     # device or precision it would refuse is refused by every rank first:
                     # the others waited for its pick and died with a gloo error.
                     if dist.enabled:
-                        _check_device_and_precision(device, precision, speak=main_rank)
+                        _check_device_and_precision(device, precision, backend,
+                                                    speak=main_rank)
                     if main_rank:
                         derainer = make(precision=precision, backend=backend)
                     chosen = batch.share_from_main(dist, (
@@ -746,7 +747,7 @@ def _run(
                     if chatty:
                         _print_setup(err, derainer, dist)
                 else:  # all done already: still refuse what a fresh run would refuse
-                    _check_device_and_precision(device, precision)
+                    _check_device_and_precision(device, precision, backend)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank,
                                          lines=chatty and main_rank and not err.is_terminal)
@@ -802,7 +803,8 @@ def _make_derainer(**kw: Any) -> Any:
         raise _Exit(2) from None
 
 
-def _check_device_and_precision(device: str, precision: str, speak: bool = True) -> None:
+def _check_device_and_precision(device: str, precision: str, backend: str = "auto",
+                                speak: bool = True) -> None:
     """Validate explicit --device / --precision without loading a model (exit 2 if bad), so
     a rerun that skips every file answers like the first run did. Defaults cost nothing.
     ``speak`` False: exit without a word (torchrun's other ranks; rank 0 says it)."""
@@ -813,7 +815,7 @@ def _check_device_and_precision(device: str, precision: str, speak: bool = True)
     try:
         dev = resolve_device(device)
         if precision not in ("auto", "int8"):
-            resolve_precision(precision, dev)
+            resolve_precision(precision, dev, backend)
     except ValueError as e:
         if speak:
             _error(_stderr(), _one_line(e))

@@ -280,7 +280,7 @@ class Derainer:
             # without bf16 instructions, as on one with them
             self.precision = precision
         else:
-            self.precision = resolve_precision(precision, dev)
+            self.precision = resolve_precision(precision, dev, backend)
         self.backend = backend
         if backend == "onnx":
             from .onnx_backend import make_onnx_runner

@@ -63,7 +63,7 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
     """'auto': fp16 on CUDA/MPS; on CPUs bf16 where the CPU has bf16 instructions, else fp32.
 
     On this project's AVX-512-BF16 test CPU, bf16 autocast made semi-drdnet-lite
@@ -78,7 +78,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if cpu_supports_bf16() else "fp32"
     if device.type == "cpu":
         if precision == "fp16":
-            usable = "bf16 or fp32" if cpu_supports_bf16() else "fp32"
+            # the ONNX backend runs fp32 graphs and ignores bf16: advise what it runs
+            usable = ("bf16 or fp32" if cpu_supports_bf16() and backend != "onnx"
+                      else "fp32")
             raise OptionError(f"fp16 is not supported on the CPU; use --precision {usable}")
         if precision == "bf16" and not cpu_supports_bf16():
             raise OptionError("this CPU has no bf16 instructions; use --precision fp32")

@@ -607,6 +607,13 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download", "rdmc", "--all").exit_code == 2
 
 
+def test_fp16_refusal_with_the_onnx_backend_advises_what_it_runs(tmp_path: Path) -> None:
+    src = _img(tmp_path / "a.png")
+    r = derain(src, "--backend", "onnx", "--precision", "fp16")
+    assert r.exit_code == 2 and "use --precision fp32" in r.stderr
+    assert "bf16" not in r.stderr
+
+
 def test_download_names_every_problem_and_fetches_the_rest(monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
     """It stopped at the first untrained name: a typo after it went unreported and the

@@ -201,6 +201,9 @@ def test_device_and_precision_rules():
         resolve_precision("fp16", cpu)
     # only suggests what this CPU can run
     assert ("bf16" in str(refused.value)) == cpu_supports_bf16()
+    # the ONNX backend ignores bf16 (fp32 graphs): its advice was followed by a warning
+    with pytest.raises(ValueError, match="use --precision fp32$"):
+        resolve_precision("fp16", cpu, "onnx")
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("int4", cpu)
 
