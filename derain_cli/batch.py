@@ -134,8 +134,14 @@ def is_output_name(path: str | os.PathLike[str]) -> bool:
 
 
 def is_output_folder(folder: Path, note: bool = False) -> bool:
-    """True for a folder derain wrote results into (it holds :data:`OUTPUT_MARKER`)."""
-    marked = (folder / OUTPUT_MARKER).is_file()
+    """True for a folder derain wrote results into (it holds :data:`OUTPUT_MARKER`).
+
+    A folder that cannot be looked into is not taken for one (one unreadable subfolder,
+    a ``lost+found``, stopped the whole batch with "Permission denied")."""
+    try:
+        marked = (folder / OUTPUT_MARKER).is_file()
+    except OSError:
+        return False
     if marked and note:
         log.warning("%s: skipped, it holds derain results (delete %s in it to include it)",
                     folder, OUTPUT_MARKER)
@@ -196,6 +202,8 @@ class _Scan:
     unread: Counter[str] = field(default_factory=Counter)
     #: links to folders, never followed (with or without -r): not counted in skipped_dirs
     linked_dirs: int = 0
+    #: subfolders -r could not list, and why: their photos are left out
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -210,6 +218,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     found: list[Path] = []
     unread: Counter[str] = Counter()
     skipped_dirs = linked_dirs = 0
+    unreadable: list[tuple[Path, str]] = []
 
     def take(p: Path) -> None:
         if is_image_path(p) and not is_output_name(p) and not _special(p):
@@ -217,8 +226,14 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
         elif (fmt := unread_photo_format(p)) is not None:
             unread[fmt] += 1
 
+    def cannot_list(e: OSError) -> None:
+        where = Path(e.filename) if e.filename else root
+        if where == root:
+            raise ImageError(f"cannot list folder: {e.strerror or e}")
+        unreadable.append((where, e.strerror or str(e)))
+
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
             here = Path(dirpath)
             dirnames[:] = sorted(
                 d for d in dirnames
@@ -243,7 +258,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                     skipped_dirs += 1
             else:
                 take(p)
-    return _Scan(found, skipped_dirs, unread, linked_dirs)
+    return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -260,7 +275,13 @@ def _expand(pattern: str) -> list[str]:
     found: list[str] = []
     if all(part == "**" for part in parts) and base.parts and base.is_dir():
         found.append(str(base) + os.sep)  # as glob: 'tree/**' matches 'tree/' itself
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+    def cannot_list(e: OSError) -> None:  # glob skips these in silence: say so
+        if hidden or not any(part.startswith(".") for part in
+                             Path(e.filename or base).relative_to(base).parts):
+            log.warning("%s: cannot read folder (%s); photos in it are left out",
+                        e.filename or base, e.strerror or e)
+
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False, onerror=cannot_list):
         here = Path(dirpath)
         rel = here.relative_to(base).parts
         for name in sorted(dirnames if dirs_only else dirnames + filenames):
@@ -345,8 +366,12 @@ def _in_output_folder(match: Path, base: Path, excluded: set[Path],
 
 def _special(p: Path) -> bool:
     """A FIFO, socket or device named like a photo: opening it would block or never end.
-    (A broken link is not special: it is kept, to be reported as unreadable.)"""
-    return p.exists() and not p.is_file() and not p.is_dir()
+    (A broken link is not special: it is kept, to be reported as unreadable; so is a file
+    that cannot be looked at, in a folder without search permission.)"""
+    try:
+        return p.exists() and not p.is_file() and not p.is_dir()
+    except OSError:
+        return False
 
 
 def collect_inputs(
@@ -397,6 +422,9 @@ def collect_inputs(
             items.append(InputItem(folder, Path(folder.name), str(e)))
             return
         files, skipped_dirs = scan.files, scan.skipped_dirs
+        for sub, why in scan.unreadable:  # one failure line each; the batch goes on
+            items.append(InputItem(sub, prefix / sub.relative_to(folder),
+                                   f"cannot read folder: {why}; its photos are left out"))
         if scan.linked_dirs:
             log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
                         "so that no folder is derained twice); name the folders themselves "
@@ -412,6 +440,8 @@ def collect_inputs(
                     log.warning("%s: %d subfolder(s) not entered; add -r to include them",
                                 folder, skipped_dirs)
                 return
+        if not files and scan.unreadable:
+            return  # said above: the photos are in the folders that could not be read
         if not files:
             hint = f"; it has {skipped_dirs} subfolder(s): add -r to include them" if (
                 skipped_dirs) else ""

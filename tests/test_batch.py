@@ -71,6 +71,70 @@ def test_collect_folder_flat_and_recursive(tree: Path) -> None:
     assert all(i.error is None for i in rec)
 
 
+@pytest.fixture
+def locked(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tree/locked`` (with a photo) as an ordinary user meets a folder without read or
+    search permission (these tests may run as root, which permission bits do not stop)."""
+    lock = tree / "locked"
+    _img(lock / "z.jpg")
+    real_scandir, real_stat = os.scandir, os.stat
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    def scandir(path="."):
+        return denied(path) if Path(os.fspath(path)) == lock else real_scandir(path)
+
+    def stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and lock in Path(os.fspath(path)).parents:
+            denied(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", lambda path=".": [e.name for e in scandir(path)])
+    monkeypatch.setattr(os, "stat", stat)
+    return lock
+
+
+def test_an_unreadable_subfolder_is_one_failure_not_the_end_of_the_batch(
+        tree: Path, locked: Path) -> None:
+    """A folder the user may not read (a root-owned lost+found) stopped every scan of its
+    parent with "Permission denied", -r or not, before any photo was derained (audit)."""
+    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+    rec = collect_inputs([str(tree)], recursive=True)
+    assert _rels(rec) == ["B.PNG", "a.jpg", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
+    bad, = (i for i in rec if i.error is not None)
+    assert bad.path == locked and bad.rel.as_posix() == "locked"
+    assert bad.error == "cannot read folder: Permission denied; its photos are left out"
+    # the unreadable folder itself: why, not "no images found"
+    alone, = collect_inputs([str(locked)], recursive=True)
+    assert alone.error == "cannot list folder: Permission denied"
+
+
+def test_photos_in_a_folder_without_search_permission_are_kept_to_fail_one_by_one(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listable, not enterable (mode 644): looking at one of its files stopped the scan."""
+    _img(tree / "noexec" / "y.jpg")
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and \
+                (tree / "noexec") in Path(os.fspath(path)).parents:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert "noexec/y.jpg" in _rels(collect_inputs([str(tree)], recursive=True))
+    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+
+
+def test_a_pattern_over_an_unreadable_folder_says_what_it_left_out(
+        tree: Path, locked: Path, caplog: pytest.LogCaptureFixture) -> None:
+    items = collect_inputs([str(tree / "**" / "*.jpg")])
+    assert _rels(items) == ["a.jpg"]
+    assert f"{locked}: cannot read folder (Permission denied)" in caplog.text
+
+
 def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) -> None:
     items = collect_inputs([
         str(tree / "a.jpg"),
