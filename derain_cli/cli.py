@@ -271,7 +271,7 @@ EPILOG = (
     "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
     "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
     "1 a file failed or an error occurred, 2 usage error, 130 interrupted (Ctrl-C; finished "
-    "files stay, rerun to resume)."
+    "files stay, rerun to resume; SIGTERM and SIGHUP stop the same way, with 143 and 129)."
 )
 
 
@@ -1247,15 +1247,46 @@ def download_cmd(
 
 
 # --------------------------------------------------------------------------- entry point
+#: The termination signal received (SIGTERM, SIGHUP), which stops the work as Ctrl-C does
+_TERMINATED_BY: list[int] = []
+
+
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    if not _TERMINATED_BY:
+        _TERMINATED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
+def _catch_termination() -> None:
+    """SIGTERM (``timeout``, ``docker stop``, systemd, Slurm, a CI cancel) and SIGHUP (a
+    closed terminal) end the run the way Ctrl-C does: the temporary file of the photo being
+    written removed, ``--json``'s summary printed, a training run's checkpoint saved; the
+    exit status stays the signal's (128 + N). Python's default killed the process outright
+    and left a ``.derain-*.tmp`` beside the user's photos. A signal someone set to be
+    ignored (``nohup``'s SIGHUP) stays ignored; only the main thread can catch signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _stop_like_ctrl_c)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
+    _catch_termination()
     try:
         app(args=argv)
-    except SystemExit:
+    except SystemExit as e:
+        if _TERMINATED_BY and e.code == 130:  # stopped as for Ctrl-C: the signal's status
+            sys.exit(128 + _TERMINATED_BY[0])
         raise
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
     except Exception as e:  # errors of lazily loaded subcommands
         if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
             raise

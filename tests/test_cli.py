@@ -607,6 +607,44 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download", "rdmc", "--all").exit_code == 2
 
 
+_SIGTERM_MIDWAY = """
+import os, signal, sys
+from derain_cli import images
+real = images._atomic_write
+def atomic(dest, save, replace=True):
+    def save_then_terminated(fp):
+        save(fp)
+        if not os.environ.get("NO_SIGNAL"):
+            os.kill(os.getpid(), getattr(signal, os.environ["SIG"]))  # as `timeout` sends it
+    real(dest, save_then_terminated, replace=replace)
+images._atomic_write = atomic
+from derain_cli.cli import main
+sys.argv = ["derain", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_termination_signals_stop_like_ctrl_c(tmp_path: Path, tiny_weights: Path,
+                                              sig: str, status: int) -> None:
+    """SIGTERM (timeout, docker stop, Slurm) killed the process mid-write: a .derain-*.tmp
+    stayed beside the photos and --json printed nothing (audit)."""
+    for i in range(3):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    args = [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json",
+            "--weights", str(tiny_weights), "--threads", "1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    p = subprocess.run([sys.executable, "-c", _SIGTERM_MIDWAY, *args], capture_output=True,
+                       text=True, env={**env, "SIG": sig}, timeout=120)
+    assert p.returncode == status, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["interrupted"] is True and summary["processed"] == 0
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [".derain-output"]
+    p = subprocess.run([sys.executable, "-c", _SIGTERM_MIDWAY, *args], capture_output=True,
+                       text=True, env={**env, "SIG": sig, "NO_SIGNAL": "1"}, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["processed"] == 3  # resumed
+
+
 def test_fp16_refusal_with_the_onnx_backend_advises_what_it_runs(tmp_path: Path) -> None:
     src = _img(tmp_path / "a.png")
     r = derain(src, "--backend", "onnx", "--precision", "fp16")
