@@ -43,6 +43,7 @@ keeps PyTorch only when it is at least ``MARGIN`` faster in its tiles.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -173,14 +174,20 @@ def remember(key: str, entry: dict[str, Any]) -> None:
     path = choices_path()
     data = load_choices()
     data[key] = entry
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engines-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         log.warning("could not remember the engine choice in %s: %s", path, e)
+    finally:  # a full disk left an empty .engines-*.json per run
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def probe_image(side: int = PROBE_SIDE) -> np.ndarray:

@@ -184,9 +184,9 @@ def cached_graphs(
             return _exported(export.export_onnx(src, main, opset=opset))
         except OSError as e:  # no write permission, a read-only file system (EROFS), a
             # file or folder where the other should be (ENOTDIR, EEXIST, EISDIR), a full
-            # disk or quota (ENOSPC, EDQUOT)
+            # disk, quota or file size limit (ENOSPC, EDQUOT, EFBIG)
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                               errno.EEXIST, errno.EISDIR, errno.ENOSPC,
+                               errno.EEXIST, errno.EISDIR, errno.ENOSPC, errno.EFBIG,
                                getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise
             return _fallback_graphs(src, model, key, main.name, opset, refresh, e)

@@ -167,6 +167,18 @@ def test_real_measurement_times_both_engines(monkeypatch):
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_a_choice_that_cannot_be_written_leaves_no_temporary_file(own_cache, monkeypatch,
+                                                                   caplog):
+    """On a full disk each run left an empty .engines-*.json behind (audit)."""
+    def full(obj, fp, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine_choice.json, "dump", full)
+    engine_choice.remember("k", {"engine": "bf16"})
+    assert "could not remember the engine choice" in caplog.text
+    assert list(own_cache.iterdir()) == []
+
+
 def test_derainer_follows_the_remembered_choice(own_cache, bf16_cpu):
     key = engine_choice.choice_key(_plan(), 1)
     engine_choice.remember(key, {"engine": "bf16", "measured": "2026-12-01"})
