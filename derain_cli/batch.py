@@ -204,6 +204,8 @@ class _Scan:
     linked_dirs: int = 0
     #: subfolders -r could not list, and why: their photos are left out
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    #: pipes, sockets or devices named like photos: never opened, each reported
+    special: list[Path] = field(default_factory=list)
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -219,10 +221,11 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     unread: Counter[str] = Counter()
     skipped_dirs = linked_dirs = 0
     unreadable: list[tuple[Path, str]] = []
+    special: list[Path] = []
 
     def take(p: Path) -> None:
-        if is_image_path(p) and not is_output_name(p) and not _special(p):
-            found.append(p)
+        if is_image_path(p) and not is_output_name(p):
+            (special if _special(p) else found).append(p)
         elif (fmt := unread_photo_format(p)) is not None:
             unread[fmt] += 1
 
@@ -258,7 +261,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                     skipped_dirs += 1
             else:
                 take(p)
-    return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable)
+    return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -364,6 +367,9 @@ def _in_output_folder(match: Path, base: Path, excluded: set[Path],
     return False
 
 
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+
+
 def _special(p: Path) -> bool:
     """A FIFO, socket or device named like a photo: opening it would block or never end.
     (A broken link is not special: it is kept, to be reported as unreadable; so is a file
@@ -425,6 +431,8 @@ def collect_inputs(
         for sub, why in scan.unreadable:  # one failure line each; the batch goes on
             items.append(InputItem(sub, prefix / sub.relative_to(folder),
                                    f"cannot read folder: {why}; its photos are left out"))
+        for odd in scan.special:  # as when named: a FIFO vanished from a scan in silence
+            items.append(InputItem(odd, prefix / odd.relative_to(folder), NOT_REGULAR))
         if scan.linked_dirs:
             log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
                         "so that no folder is derained twice); name the folders themselves "
@@ -466,8 +474,7 @@ def collect_inputs(
             add_folder(path, folder_name(path) if named_folders else Path())
         elif path.exists():
             if _special(path):
-                items.append(InputItem(path, Path(path.name),
-                                       "not a regular file (a pipe, socket or device)"))
+                items.append(InputItem(path, Path(path.name), NOT_REGULAR))
             elif path.suffix.lower() in SUPPORTED_SUFFIXES:
                 add(path, Path(path.name))
             else:
@@ -970,6 +977,10 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
             return "failed", f"the output {out} is a folder"
         if out.exists() and not options.overwrite:
             return "skipped", "output exists"
+        if out.is_symlink() and not options.overwrite:  # a link to nothing: the write
+            # would find the name taken after the network ran, on every rerun
+            return "failed", (f"the output {out} is a broken symbolic link; remove it, or "
+                              "--overwrite to replace the link")
     except OSError as e:  # e.g. a name past the file system's limit: this file only
         return "failed", f"cannot use the output name {out}: {e.strerror or e}"
     why = why_unwritable(out.parent)  # before the model runs, not after

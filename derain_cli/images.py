@@ -466,7 +466,8 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageError("broken symbolic link" if p.is_symlink() else "file not found") \
+            from None
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from None
     if p.is_dir():
