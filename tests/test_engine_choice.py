@@ -2,6 +2,7 @@
 (derain_cli.engine_choice)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,38 @@ def test_choice_is_measured_once_and_remembered(own_cache, bf16_cpu):
     # another thread count is another measurement, kept beside the first
     _choose(1, "int8", calls)
     assert len(calls) == 2 and len(json.loads((own_cache / "engines.json").read_text())) == 2
+
+
+def test_a_run_waits_for_another_that_is_timing_the_engines(own_cache, bf16_cpu):
+    """Two runs started together both timed their engines on the same cores and remembered
+    skewed times (audit); the second now waits and takes the first one's result."""
+    import fcntl
+    import threading
+
+    calls = []
+    measure = _fake_measure("bf16", calls)
+    own_cache.mkdir(parents=True)
+    fd = os.open(own_cache / "engines.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another run" is timing
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(
+        engine_choice.cpu_engine(_plan(), None, measure_fn=measure)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # waiting, not timing
+    engine_choice.remember(engine_choice.choice_key(_plan(), None), {
+        "engine": "int8", "seconds": {"int8": 0.4, "bf16": 0.5}, "measured": "2026-12-05"})
+    os.close(fd)
+    waiter.join(30)
+    assert calls == [] and got[0][0] == "int8" and "measured 2026-12-05" in got[0][1]
+    # a lock never released: measured anyway after the wait
+    fd = os.open(own_cache / "engines.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with engine_choice.one_measurer(wait_s=0.2):
+            pass
+    finally:
+        os.close(fd)
 
 
 def test_small_jobs_stay_on_int8_unless_pytorch_is_loaded():
