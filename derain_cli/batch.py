@@ -708,9 +708,24 @@ def pending_workload(jobs: Sequence[Job], options: BatchOptions,
     return total, images
 
 
+def _suffix_format(path: Path) -> str | None:
+    from .images import format_for_path
+
+    try:
+        return format_for_path(path)
+    except ImageError:
+        return None
+
+
 def _header_megapixels(path: Path) -> float | None:
     """An image's size from its header (no decoding); None when unreadable (the batch
     reports unreadable files itself, when it reads them)."""
+    size = _header_size(path)
+    return size[0] * size[1] / 1e6 if size else None
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image's header (no decoding), None when unreadable."""
     import warnings
 
     from PIL import Image
@@ -721,7 +736,7 @@ def _header_megapixels(path: Path) -> float | None:
         with warnings.catch_warnings(), _PIL_LIMIT.disabled():  # --max-pixels decides that
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                return im.width * im.height / 1e6
+                return im.width, im.height
     except Exception:  # noqa: BLE001
         return None
 
@@ -986,7 +1001,25 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     why = why_unwritable(out.parent)  # before the model runs, not after
     if why is not None:
         return "failed", f"cannot write to {out.parent}: {why}"
+    too_big = _side_limit_problem(job.item.path, out)
+    if too_big:  # the encoder failed after the network had run
+        return "failed", too_big
     return None
+
+
+def _side_limit_problem(src: Path, out: Path) -> str | None:
+    """Why the photo cannot be written in ``out``'s format (WebP's 16383 px a side), from
+    its header; only read where the formats differ (a JPEG always fits a JPEG)."""
+    from .images import MAX_SIDE, format_for_path, side_limit_problem
+
+    try:
+        fmt = format_for_path(out)
+    except ImageError:
+        return None
+    if fmt not in MAX_SIDE or _suffix_format(src) == fmt:
+        return None
+    size = _header_size(src)
+    return side_limit_problem(fmt, *size) if size else None
 
 
 #: A temporary file this much older than now was left by a killed run, not one at work.
@@ -1045,6 +1078,11 @@ def _prepare(job: Job, loaded: LoadedImage, options: BatchOptions) -> PreparedIm
         except OSError as e:
             raise ImageError(f"cannot create folder {out.parent}: {e.strerror or e}") from None
         fmt = format_for_path(out, options.format)
+        if options.format is None and loaded.format != fmt and \
+                _suffix_format(job.item.path) == fmt:  # "same as the input" is by name
+            log.warning("%s is a %s file named like a %s one: the result is written as %s, "
+                        "by its name (--format %s keeps %s)", job.item.path,
+                        loaded.format, fmt, fmt, loaded.format.lower(), loaded.format)
         return prepare_image(out, loaded.pixels, like=loaded, format=fmt,
                              quality=options.quality)
 

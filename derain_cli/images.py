@@ -117,6 +117,8 @@ _XMP_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 
 _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
+#: The largest side each output format can hold (the encoders fail past it).
+MAX_SIDE = {"JPEG": 65535, "WEBP": 16383}
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
 _JPEG_MAX_XMP = 65504  # one APP1 segment less its "http://ns.adobe.com/xap/1.0/\0" header
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
@@ -173,6 +175,11 @@ class LoadedImage:
     #: A PNG's gAMA / cHRM / sRGB chunks as (type, data): how its numbers map to colours when
     #: it has no ICC profile; written back into a PNG output that has none either.
     png_colour: tuple[tuple[bytes, bytes], ...] | None = None
+    #: A JPEG's comment (COM segment), for a JPEG output.
+    comment: bytes | None = None
+    #: A JPEG's Photoshop APP13 segments (IPTC caption, keywords, copyright: what newsroom
+    #: and photo-library tools write) as raw payloads, for a JPEG output.
+    app13: tuple[bytes, ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -212,7 +219,7 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
 #: folder scan names them instead of passing them over in silence (``batch``).
 _UNREAD_PHOTO_FORMATS = {
     ".heic": "HEIC", ".heif": "HEIC", ".avif": "AVIF", ".gif": "GIF", ".jxl": "JPEG XL",
-    ".jp2": "JPEG 2000", ".j2k": "JPEG 2000",
+    ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".mpo": "MPO (stereo)",
     **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf",
                      ".pef", ".srw"), "camera raw"),
 }
@@ -223,6 +230,16 @@ def unread_photo_format(path: str | os.PathLike[str]) -> str | None:
     camera raw...), else None: sidecars and other files are not photos left out."""
     p = Path(path)
     return None if p.name.startswith(".") else _UNREAD_PHOTO_FORMATS.get(p.suffix.lower())
+
+
+def side_limit_problem(fmt: str, width: int, height: int) -> str | None:
+    """Why a ``width`` x ``height`` image cannot be written as ``fmt``, or None."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is None or max(width, height) <= limit:
+        return None
+    name = "WebP" if fmt == "WEBP" else fmt
+    return (f"{name} holds at most {limit} px a side and this photo is {width}x{height}: "
+            "write PNG or TIFF (--format png)")
 
 
 def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> str:
@@ -353,7 +370,7 @@ def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:
     return _EXIF_HEADER + bytes(buf)
 
 
-_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y, _MAKER_NOTE = 0x8769, 0xA002, 0xA003, 0x927C
 #: the TIFF field types that hold one integer in an IFD entry: SHORT (as the standard says
 #: for orientation) and LONG (seen in the wild)
 _SHORT_LONG = {3: "H", 4: "I"}
@@ -512,8 +529,11 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         if fmt == "TIFF":
             _check_tiff_samples(im)
         frames = int(getattr(im, "n_frames", 1) or 1)
-        if frames > 1 and fmt != "JPEG":  # MPO's second frame is a preview, not a page
+        if frames > 1 and fmt != "JPEG":
             log.warning("%s has %d pages/frames; only the first is derained", p, frames)
+        elif frames > 1 and _mpo_holds_views(im):  # not a phone's preview or gain map
+            log.warning("%s holds %d views (a stereo pair or panorama set); only the first "
+                        "is derained", p, frames)
         # Read before load(): PIL's TIFF loader applies (and deletes) the orientation itself.
         orientation = im.getexif().get(_ORIENTATION, 1)
         tiff_exif = _tiff_exif(im) if fmt == "TIFF" else None
@@ -529,6 +549,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         text = _png_text(im, without_exif=png_exif is not None) if fmt == "PNG" else None
         png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
+        comment, app13 = _jpeg_comment_and_app13(im) if fmt == "JPEG" else (None, None)
         icc = im.info.get("icc_profile") or None
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
@@ -552,7 +573,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             if pixels16 is not None:
                 loaded = _from_16bit(pixels16, gray, mode, fmt, exif, icc, dpi)
                 loaded.xmp, loaded.text, loaded.png_colour = xmp, text, png_colour
-                return loaded
+                return loaded  # PNG or TIFF: no JPEG comment or APP13
             if gray:  # OpenCV failed: keep PIL's 8-bit decode (still the right picture)
                 im = im.convert("LA")
 
@@ -578,7 +599,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             arr = 65535 - arr
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
-                       xmp, text, lossless, png_colour)
+                       xmp, text, lossless, png_colour, comment, app13)
 
 
 def _check_tiff_samples(im: Image.Image) -> None:
@@ -603,6 +624,23 @@ def _check_tiff_samples(im: Image.Image) -> None:
     if tags.get(284) == 2 and max(bits, default=8) == 16 and len(bits) > 1:
         raise ImageError("16-bit TIFF with separate colour planes is not supported (save it "
                          "with contiguous/interleaved planes)")
+
+
+def _mpo_holds_views(im: Image.Image) -> bool:
+    """Whether a multi-picture JPEG's other images are views of their own (a stereo
+    camera's second eye, a panorama's parts) rather than a preview, depth or gain map that
+    phones add, which the result need not carry."""
+    entries = (getattr(im, "mpinfo", None) or {}).get(0xB002) or []
+    return any("Multi-Frame" in str((e.get("Attribute") or {}).get("MPType", ""))
+               for e in entries[1:] if isinstance(e, dict))
+
+
+def _jpeg_comment_and_app13(im: Image.Image) -> tuple[bytes | None, tuple[bytes, ...] | None]:
+    """A JPEG's COM text and its Photoshop APP13 payloads (IPTC), as they were."""
+    comment = im.info.get("comment")
+    app13 = tuple(data for marker, data in getattr(im, "applist", [])
+                  if marker == "APP13" and data.startswith(b"Photoshop 3.0\0"))
+    return (bytes(comment) if comment else None), (app13 or None)
 
 
 def _latin1(s: str) -> bool:
@@ -909,6 +947,8 @@ class PreparedImage:
     text: dict[str, str] | None = None
     lossless: bool = False
     png_colour: tuple[tuple[bytes, bytes], ...] | None = None
+    comment: bytes | None = None
+    app13: tuple[bytes, ...] | None = None
 
     def write(self, replace: bool = True) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`). ``replace=False``: raise
@@ -961,6 +1001,11 @@ class PreparedImage:
             if fmt == "JPEG":
                 # 4:4:4 chroma at high quality keeps fine coloured detail, as GIMP does.
                 params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
+                if self.comment:
+                    params["comment"] = self.comment
+                if self.app13:  # Pillow writes ``extra`` as is among the APP segments
+                    params["extra"] = b"".join(
+                        b"\xff\xed" + struct.pack(">H", len(d) + 2) + d for d in self.app13)
             elif fmt == "WEBP":
                 params.update(quality=quality, exact=True, lossless=self.lossless)
 
@@ -993,14 +1038,19 @@ def prepare_image(
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100, got {quality}")
     height, width = rgb.shape[:2]
+    too_big = side_limit_problem(fmt, width, height)
+    if too_big:
+        raise ImageError(too_big)
 
     grayscale = bool(like and like.grayscale)
     alpha = like.alpha if like is not None and fmt in _ALPHA_FORMATS else None
     if like is not None and like.alpha is not None and alpha is None:
         # What lay under transparent pixels is arbitrary (often black): show what a viewer
         # showed, the photo over white, as image editors flatten on export.
-        log.warning("%s: %s has no transparency; transparent areas are flattened onto white "
-                    "(write PNG, WebP or TIFF to keep the alpha channel)", path, fmt)
+        # (a 32-bit BMP may carry alpha, but readers ignore it: never written there)
+        log.warning("%s: %s is written without transparency; transparent areas are "
+                    "flattened onto white (write PNG, WebP or TIFF to keep the alpha "
+                    "channel)", path, fmt)
         if like.alpha.shape == (height, width):
             rgb = _flatten_onto_white(rgb, like.alpha)
     if alpha is not None and alpha.shape != (height, width):
@@ -1017,14 +1067,27 @@ def prepare_image(
 
     exif = like.exif if like is not None and fmt in _EXIF_FORMATS else None
     if fmt == "JPEG" and exif is not None and len(exif) > _JPEG_MAX_EXIF:
-        exif = None  # does not fit one JPEG APP1 segment
+        exif = _fit_jpeg_exif(exif, path)  # one APP1 segment: maker note left out, or all
     icc = like.icc_profile if like is not None and fmt in _ICC_FORMATS else None
     if _icc_colour_space(icc) != (b"GRAY" if grayscale else b"RGB "):
         icc = None  # a profile for another colour space would be invalid in this file
+    if like is not None and like.icc_profile and fmt not in _ICC_FORMATS and \
+            _icc_colour_space(like.icc_profile) in (b"RGB ", b"GRAY"):
+        log.warning("%s: %s cannot carry the photo's colour profile; colour-managed "
+                    "viewers will show its colours differently (write JPEG, PNG, WebP or "
+                    "TIFF to keep it)", path, fmt)
+    gamma = _png_gamma(like.png_colour) if like is not None and fmt != "PNG" else None
+    if gamma is not None and not icc and abs(gamma - 1 / 2.2) > 0.01:
+        log.warning("%s: the PNG's gamma (%.3g) is not written in %s; its colours will look "
+                    "different (write PNG to keep it)", path, gamma, fmt)
     dpi = like.dpi if like is not None and fmt in _DPI_FORMATS else None
     xmp = like.xmp if like is not None and fmt in _XMP_FORMATS else None
     if fmt == "JPEG" and xmp is not None and len(xmp) > _JPEG_MAX_XMP:
-        xmp = None  # does not fit one JPEG APP1 segment (extended XMP is not written)
+        log.warning("%s: the XMP metadata (%d KB) does not fit a JPEG's 64 KB segment and is "
+                    "left out (write PNG, WebP or TIFF to keep it)", path, len(xmp) // 1024)
+        xmp = None  # extended XMP is not written
+    comment = like.comment if like is not None and fmt == "JPEG" else None
+    app13 = like.app13 if like is not None and fmt == "JPEG" else None
 
     text = like.text if like is not None and fmt == "PNG" else None
     lossless = bool(like is not None and like.lossless and fmt == "WEBP")
@@ -1032,7 +1095,37 @@ def prepare_image(
     png_colour = like.png_colour if like is not None and fmt == "PNG" and not icc else None
 
     return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
-                         lossless, png_colour)
+                         lossless, png_colour, comment, app13)
+
+
+def _png_gamma(chunks: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
+    """The gamma of a PNG's gAMA chunk (0.45455 for sRGB-like files), or None."""
+    for kind, data in chunks or ():
+        if kind == b"gAMA" and len(data) == 4:
+            return struct.unpack(">I", data)[0] / 100000
+    return None
+
+
+def _fit_jpeg_exif(exif: bytes, path: str | os.PathLike[str]) -> bytes | None:
+    """EXIF too large for a JPEG's one APP1 segment without its maker note (the camera
+    maker's private block, often most of it), else None; said either way, since dates,
+    copyright and GPS went with it in silence."""
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        sub = parsed.get_ifd(_EXIF_IFD)
+        if _MAKER_NOTE in sub:
+            del sub[_MAKER_NOTE]
+            slim = parsed.tobytes()
+            if len(slim) <= _JPEG_MAX_EXIF:
+                log.warning("%s: the EXIF metadata does not fit a JPEG's 64 KB segment; "
+                            "written without the camera's maker note", path)
+                return slim
+    except Exception:  # noqa: BLE001 - unparseable: left out as below
+        pass
+    log.warning("%s: the EXIF metadata (%d KB) does not fit a JPEG's 64 KB segment and is "
+                "left out (write PNG, WebP or TIFF to keep it)", path, len(exif) // 1024)
+    return None
 
 
 def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:

@@ -873,3 +873,28 @@ def test_photos_in_formats_not_read_are_named(tmp_path: Path,
     items = collect_inputs([sub])  # none readable: the error says why
     assert "no images found" in items[0].error
     assert "1 camera raw file(s) here are not read: convert them" in items[0].error
+
+
+def test_a_photo_too_wide_for_webp_fails_before_the_model(tmp_path: Path) -> None:
+    """WebP's 16383 px limit failed the encoder after the network had run (audit)."""
+    src = tmp_path / "pano.png"
+    Image.new("RGB", (16400, 4)).save(src)
+    items = collect_inputs([str(src)])
+    opts = BatchOptions(output=tmp_path / "out", format="webp")
+    assert pending(plan_jobs(items, opts), opts) == 0
+    s = run_batch(items, None, opts)  # would raise if the file needed the model
+    (_, why), = s.failed
+    assert "WebP holds at most 16383 px a side and this photo is 16400x4" in why
+    assert pending(plan_jobs(items, BatchOptions(output=tmp_path / "out")), opts) == 1
+
+
+def test_a_file_whose_suffix_lies_is_said_to_change_format(
+        tmp_path: Path, derainer, caplog: pytest.LogCaptureFixture) -> None:
+    """A 16-bit PNG named .jpg came out an 8-bit lossy JPEG without a word (audit)."""
+    src = tmp_path / "lie.jpg"
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(src, format="PNG")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        s = run_batch(collect_inputs([str(src)]), derainer, BatchOptions())
+    assert s.processed == 1
+    assert ("lie.jpg is a PNG file named like a JPEG one: the result is written as JPEG, by "
+            "its name (--format png keeps PNG)") in caplog.text

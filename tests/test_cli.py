@@ -206,7 +206,8 @@ def test_alpha_to_jpeg_and_multipage_tiff_are_noted(tmp_path: Path, tiny_weights
     src = _img(tmp_path / "logo.png", 16, 12, mode="RGBA")
     r = derain(src, "--weights", tiny_weights, "--format", "jpg")
     assert r.exit_code == 0, r.output
-    assert "no transparency; transparent areas are flattened onto white" in r.stderr
+    assert "written without transparency; transparent areas are flattened onto white" \
+        in r.stderr
 
     pages = [Image.new("RGB", (16, 12), c) for c in ("red", "blue")]
     pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])

@@ -1045,3 +1045,114 @@ def test_unread_photo_formats_are_known_by_suffix() -> None:
     assert unread_photo_format("a.gif") == "GIF"
     for name in ("a.jpg", "a.txt", "a.xmp", ".hidden.heic", "noext"):
         assert unread_photo_format(name) is None
+
+
+# --------------------------------------------------------------------------- metadata audit
+def _iptc_app13(caption: bytes, copyright_: bytes) -> bytes:
+    """A Photoshop APP13 payload holding IPTC caption (2:120) and copyright (2:116)."""
+    def record(dataset: int, data: bytes) -> bytes:
+        return b"\x1c\x02" + bytes([dataset]) + struct.pack(">H", len(data)) + data
+
+    iptc = record(120, caption) + record(116, copyright_)
+    resource = (b"8BIM" + struct.pack(">H", 0x0404) + b"\0\0" + struct.pack(">I", len(iptc))
+                + iptc + b"\0" * (len(iptc) % 2))
+    return b"Photoshop 3.0\0" + resource
+
+
+def test_jpeg_comment_and_iptc_travel_into_a_jpeg_result(tmp_path: Path) -> None:
+    """Captions, keywords and copyright in IPTC (newsroom tools) and the JPEG comment were
+    dropped in silence (audit); beside the ICC profile and EXIF, which Pillow also writes."""
+    from PIL import IptcImagePlugin
+
+    app13 = _iptc_app13(b"Rain over the harbour", b"(c) Jane")
+    segment = b"\xff\xed" + struct.pack(">H", len(app13) + 2) + app13
+    Image.fromarray(_smooth_rgb8()).save(tmp_path / "in.jpg", quality=95, extra=segment,
+                                         comment=b"shot from the pier", icc_profile=_srgb_icc(),
+                                         exif=_exif_bytes(1))
+    loaded = read_image(tmp_path / "in.jpg")
+    assert loaded.comment == b"shot from the pier" and loaded.app13 == (app13,)
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    out = Image.open(tmp_path / "out.jpg")
+    assert out.info["comment"] == b"shot from the pier"
+    assert IptcImagePlugin.getiptcinfo(out) == {(2, 120): b"Rain over the harbour",
+                                               (2, 116): b"(c) Jane"}
+    assert out.info["icc_profile"] == _srgb_icc() and out.getexif()
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)  # no place for them: not written
+    assert "comment" not in Image.open(tmp_path / "out.png").info
+
+
+def test_exif_too_large_for_a_jpeg_loses_only_the_maker_note(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    """The whole EXIF (dates, copyright, GPS) was dropped in silence when a large maker
+    note made it pass a JPEG's 64 KB segment (audit)."""
+    exif = Image.Exif()
+    exif[0x8298] = "(c) Jane"
+    exif.get_ifd(0x8769)[0x9003] = "2026:01:01 10:00:00"
+    exif.get_ifd(0x8769)[0x927C] = b"M" * 70000
+    Image.fromarray(_rgb8()).save(tmp_path / "in.png", exif=exif)
+    loaded = read_image(tmp_path / "in.png")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    got = Image.open(tmp_path / "out.jpg").getexif()
+    assert got[0x8298] == "(c) Jane" and got.get_ifd(0x8769) == {0x9003: "2026:01:01 10:00:00"}
+    assert "written without the camera's maker note" in caplog.text
+    # XMP past one segment: left out, and said
+    loaded.xmp = b"<x:xmpmeta>" + b" " * 70000 + b"</x:xmpmeta>"
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        write_image(tmp_path / "out2.jpg", loaded.rgb, loaded)
+    assert "the XMP metadata (68 KB) does not fit" in caplog.text
+
+
+def _stereo_mpo(path: Path, disparity: bool) -> None:
+    """A two-image MPO as Pillow writes it, its second entry's type set to a stereo view."""
+    a, b = (Image.fromarray(np.full((H, W, 3), v, np.uint8)) for v in (128, 30))
+    a.save(path, format="MPO", save_all=True, append_images=[b])
+    if disparity:
+        data = bytearray(path.read_bytes())
+        tiff = data.find(b"MPF\0") + 4
+        tag = data.find(b"\x02\xb0\x07\x00", tiff)  # MPEntry, little-endian
+        entries = tiff + struct.unpack_from("<I", data, tag + 8)[0]
+        struct.pack_into("<I", data, entries + 16, 0x020002)  # Multi-Frame (Disparity)
+        path.write_bytes(bytes(data))
+
+
+def test_a_stereo_mpo_says_its_second_view_is_left_out(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    _stereo_mpo(tmp_path / "plain.jpg", disparity=False)  # a preview or gain map: quiet
+    _stereo_mpo(tmp_path / "stereo.jpg", disparity=True)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        read_image(tmp_path / "plain.jpg")
+        assert "views" not in caplog.text
+        assert read_image(tmp_path / "stereo.jpg").size == (W, H)
+    assert "holds 2 views (a stereo pair or panorama set); only the first" in caplog.text
+    assert images.unread_photo_format(tmp_path / "x.MPO") == "MPO (stereo)"
+
+
+def test_colour_information_a_format_cannot_carry_is_said(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    Image.fromarray(_rgb8()).save(tmp_path / "icc.png", icc_profile=_srgb_icc())
+    linear = PngImagePlugin.PngInfo()
+    linear.add(b"gAMA", struct.pack(">I", 100000))  # gamma 1.0: linear light
+    Image.fromarray(_rgb8()).save(tmp_path / "linear.png", pnginfo=linear)
+    srgb_like = PngImagePlugin.PngInfo()
+    srgb_like.add(b"gAMA", struct.pack(">I", 45455))
+    Image.fromarray(_rgb8()).save(tmp_path / "usual.png", pnginfo=srgb_like)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        for name, suffix in (("icc", ".bmp"), ("linear", ".jpg"), ("usual", ".jpg"),
+                             ("icc", ".jpg")):
+            loaded = read_image(tmp_path / f"{name}.png")
+            write_image(tmp_path / f"{name}_out{suffix}", loaded.rgb, loaded)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "BMP cannot carry the photo's colour profile" in lines[0]
+    assert "the PNG's gamma (1) is not written in JPEG" in lines[1]
+
+
+def test_a_result_too_large_for_its_format_is_refused_clearly(tmp_path: Path) -> None:
+    wide = np.zeros((2, 16384, 3), np.float32)
+    with pytest.raises(ImageError, match=r"WebP holds at most 16383 px a side and this photo "
+                                         r"is 16384x2: write PNG or TIFF"):
+        prepare_image(tmp_path / "w.webp", wide)
+    prepare_image(tmp_path / "w.png", wide)  # PNG has room
