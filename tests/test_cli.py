@@ -619,6 +619,8 @@ def atomic(dest, save, replace=True):
             os.kill(os.getpid(), getattr(signal, os.environ["SIG"]))  # as `timeout` sends it
     real(dest, save_then_terminated, replace=replace)
 images._atomic_write = atomic
+# as in a terminal session (the test may run under nohup, which ignores SIGHUP), or nohup's
+signal.signal(signal.SIGHUP, signal.SIG_IGN if os.environ.get("NOHUP") else signal.SIG_DFL)
 from derain_cli.cli import main
 sys.argv = ["derain", *sys.argv[1:]]
 main()
@@ -644,6 +646,16 @@ def test_termination_signals_stop_like_ctrl_c(tmp_path: Path, tiny_weights: Path
     p = subprocess.run([sys.executable, "-c", _SIGTERM_MIDWAY, *args], capture_output=True,
                        text=True, env={**env, "SIG": sig, "NO_SIGNAL": "1"}, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["processed"] == 3  # resumed
+
+
+def test_a_sighup_that_nohup_ignores_stays_ignored(tmp_path: Path, tiny_weights: Path) -> None:
+    for i in range(2):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    p = subprocess.run([sys.executable, "-c", _SIGTERM_MIDWAY, str(tmp_path / "in"), "--json",
+                        "--weights", str(tiny_weights), "--threads", "1"], capture_output=True,
+                       text=True, env={**env, "SIG": "SIGHUP", "NOHUP": "1"}, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["processed"] == 2, p.stderr
 
 
 def test_fp16_refusal_with_the_onnx_backend_advises_what_it_runs(tmp_path: Path) -> None:
