@@ -40,6 +40,7 @@ from .fileio import why_unwritable
 from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
+    UNREAD_PHOTO_FORMATS,
     ImageError,
     LoadedImage,
     OutputExists,
@@ -555,11 +556,10 @@ class BatchOptions:
 
 
 #: suffixes of image (or document) files derain cannot write: ``-o out.gif`` is a mistake, not
-#: a folder name
-FOREIGN_IMAGE_SUFFIXES = frozenset({
-    ".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".psd", ".tga", ".ppm",
-    ".pgm", ".pbm", ".pnm", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
-    ".svg", ".pdf", ".eps", ".exr", ".hdr",
+#: a folder name (every photo format derain does not read, and other image files)
+FOREIGN_IMAGE_SUFFIXES = frozenset(UNREAD_PHOTO_FORMATS) | frozenset({
+    ".ico", ".psd", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".raw", ".svg", ".pdf", ".eps",
+    ".exr", ".hdr",
 })
 
 
@@ -709,8 +709,6 @@ def pending_workload(jobs: Sequence[Job], options: BatchOptions,
 
 
 def _suffix_format(path: Path) -> str | None:
-    from .images import format_for_path
-
     try:
         return format_for_path(path)
     except ImageError:
@@ -1010,7 +1008,7 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
 def _side_limit_problem(src: Path, out: Path) -> str | None:
     """Why the photo cannot be written in ``out``'s format (WebP's 16383 px a side), from
     its header; only read where the formats differ (a JPEG always fits a JPEG)."""
-    from .images import MAX_SIDE, format_for_path, side_limit_problem
+    from .images import MAX_SIDE, side_limit_problem
 
     try:
         fmt = format_for_path(out)

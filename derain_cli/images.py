@@ -217,7 +217,7 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
 
 #: Photo formats people have in their folders that derain does not read, by suffix: a
 #: folder scan names them instead of passing them over in silence (``batch``).
-_UNREAD_PHOTO_FORMATS = {
+UNREAD_PHOTO_FORMATS = {
     ".heic": "HEIC", ".heif": "HEIC", ".avif": "AVIF", ".gif": "GIF", ".jxl": "JPEG XL",
     ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".mpo": "MPO (stereo)",
     **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf",
@@ -229,7 +229,7 @@ def unread_photo_format(path: str | os.PathLike[str]) -> str | None:
     """The format's name if ``path`` is named like a photo derain does not read (HEIC, GIF,
     camera raw...), else None: sidecars and other files are not photos left out."""
     p = Path(path)
-    return None if p.name.startswith(".") else _UNREAD_PHOTO_FORMATS.get(p.suffix.lower())
+    return None if p.name.startswith(".") else UNREAD_PHOTO_FORMATS.get(p.suffix.lower())
 
 
 def side_limit_problem(fmt: str, width: int, height: int) -> str | None:

@@ -429,6 +429,12 @@ def test_output_with_foreign_image_suffix_is_usage_error(tmp_path: Path) -> None
     r = derain(photo, "-o", tmp_path / "result.gif")
     assert r.exit_code == 2 and "cannot write .gif files" in r.stderr
     assert not (tmp_path / "result.gif").exists()
+    # every photo format derain does not read is one (.raf made a folder: a second list)
+    from derain_cli.images import UNREAD_PHOTO_FORMATS
+
+    for suffix in UNREAD_PHOTO_FORMATS:
+        r = derain(tmp_path, "-o", tmp_path / f"shots{suffix}")
+        assert r.exit_code == 2 and f"cannot write {suffix} files" in r.stderr, suffix
 
 
 def test_one_photo_to_an_unknown_suffix_is_usage_error(tmp_path: Path,
