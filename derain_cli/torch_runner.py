@@ -29,12 +29,13 @@ _INV_255 = float(np.float32(1.0 / 255))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are validated."""
+    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are validated (in
+    any case, as the CLI takes them: "CUDA" was refused in Python only)."""
+    device = device.strip().lower() if isinstance(device, str) else device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -46,9 +47,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise OptionError(f"--device {device} was asked for but PyTorch sees no CUDA GPU")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if dev.type == "mps" and not torch.backends.mps.is_available():
         raise OptionError("--device mps was asked for but MPS is not available")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise OptionError(f"unsupported device {device!r}")

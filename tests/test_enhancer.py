@@ -190,6 +190,7 @@ def test_more_threads_than_cpus_is_pointed_out(tiny_weights, caplog):
 
 def test_device_and_precision_rules():
     assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(" CPU ").type == "cpu"  # as the CLI takes it
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
