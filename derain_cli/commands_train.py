@@ -40,12 +40,9 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _debug() -> bool:
-    try:
-        from .cli import _STATE
+    from .cli import _STATE
 
-        return bool(_STATE.debug)
-    except Exception:  # noqa: BLE001 - cli may be absent when used as a library
-        return False
+    return bool(_STATE.debug)
 
 
 @contextlib.contextmanager

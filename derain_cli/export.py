@@ -21,7 +21,7 @@ the PyTorch backend:
     inputs ``image``, ``pooled``, ``local`` and ``mask`` (B, 1, H, W);
     output ``sums`` (B, n_se, C): per SE block the mask-weighted spatial sums
     of what the block pools (``SemiDRDNet.se_sums``). Runs the rain network
-    only, i.e. about a third of the cost of the forward graph.
+    only, about half the cost of the forward graph or less (``tiling.STATS_COST``).
 
 ``local`` selects, per call, where every SE block takes its channel means
 from: ``local = 1`` uses the image's (tile's) own means, exactly like the

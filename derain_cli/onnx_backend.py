@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # not imported at run time: the int8 CPU path starts without 
 log = logging.getLogger(__name__)
 
 #: Tile size for ONNX Runtime on the CPU: small enough that its memory arena (on, for speed)
-#: stays near the tile's activations; measured in ``OnnxRunner.__init__``.
+#: stays near the tile's activations; see ``session_options``.
 ORT_CPU_TILE = 512
 #: Tile size for ONNX Runtime on CUDA: its memory arena is invisible to torch.cuda,
 #: so ``torch_runner._auto_tile``'s probe cannot size it; 1024 px fits any current GPU
@@ -413,7 +413,7 @@ class OnnxRunner:
         self.precision = meta.get("derain.precision", "fp32")
 
     def suggest_tile(self) -> int:
-        """Default tile for ``Derainer``: ``ORT_CPU_TILE`` (arena-sized, see ``__init__``) on
+        """Default tile for ``Derainer``: ``ORT_CPU_TILE`` (arena-sized, see ``session_options``) on
         the CPU, ``CUDA_TILE`` on a GPU."""
         return CUDA_TILE if self.device_name.startswith("cuda") else ORT_CPU_TILE
 

@@ -20,8 +20,9 @@ the next pass and the final pass use instead of per-tile means. The first pass
 has to start from per-tile means, so the estimate is a fixed-point iteration:
 block k's means are exact after k passes. In practice one pass is enough: with
 the shipped semi-drdnet-lite on a 1024 px rainy photo in 256 px tiles, naive
-tiles agree with the untiled output to 33.6 dB and one pass to 73.1 dB
-(``benchmarks/tiling_agreement.py``; tests/test_tiling.py asserts >= 45 dB).
+tiles agree with the untiled output to 33.6 dB and one pass to 73.1 dB with the
+statistics tiles at the full overlap (``benchmarks/tiling_agreement.py``;
+tests/test_tiling.py asserts >= 45 dB).
 
 The statistics passes plan their own tiles with half the overlap: a mean over
 hundreds of thousands of pixels does not notice the few disturbed ones near a tile's
@@ -42,7 +43,7 @@ a third. Measured against an untiled pass on a 6 MP mosaic of distinct photos (a
 case: neighbouring tiles share nothing), with the sample forced to a third as on a
 12 MP photo (``benchmarks/stats_sampling.py --megapixels 6 --budget 2 --untiled``; an
 untiled 12 MP pass was stopped at 18 GB of RAM): semi-drdnet-lite's int8 graph goes from 49.0 dB
-(every tile) to 45.3 dB, the default semi-drdnet-tiny's from 55.4 to 48.1 dB, its
+(every tile) to 45.3 dB, semi-drdnet-tiny's (the default then) from 55.4 to 48.1 dB, its
 statistics pass from 16.9 to 4.9 s (one thread). Images below 8 MP, the 1024 px
 criterion included, use every tile; ``stats_megapixels=0`` always does.
 

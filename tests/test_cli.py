@@ -473,16 +473,6 @@ def test_runtime_error_one_line_or_traceback_with_debug(tmp_path: Path) -> None:
     assert r.exit_code != 0 and r.exception is not None  # propagates: Python shows it
 
 
-def test_onnx_backend_missing_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import derain_cli.cli as cli
-
-    real = cli._module_exists
-    monkeypatch.setattr(cli, "_module_exists",
-                        lambda m: False if m == "derain_cli.onnx_backend" else real(m))
-    r = derain(_img(tmp_path / "a.png"), "--backend", "onnx")
-    assert r.exit_code == 2 and "--backend onnx is not available" in r.stderr
-
-
 def test_exit_codes_in_a_real_process(tmp_path: Path) -> None:
     a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
     p = _run_module(a, b, "-o", tmp_path / "x.png")

@@ -1,8 +1,8 @@
 """Inference-only rewrites of a trained network: the same function with fewer, cheaper ops.
 
 Training needs the modules as the papers describe them (batch norm, the DCCL's concat and
-1x1 fusion, PReLU). Once the weights are frozen, three exact rewrites make the exported
-graphs cheaper without changing what they compute (beyond float rounding):
+1x1 fusion, PReLU). Once the weights are frozen, four exact rewrites make the
+networks cheaper without changing what they compute (beyond float rounding):
 
 * **Conv + BatchNorm** -> one conv with scaled weights and shifted bias.
 * **DCCL + BatchNorm** -> three dilated 3x3 convs whose outputs are summed. A DCCL is
@@ -24,7 +24,8 @@ graphs cheaper without changing what they compute (beyond float rounding):
 Why it matters: profiling the int8 graph of semi-drdnet-lite (``benchmarks/ort_ops.py profile``, a
 768 x 1024 tile) put 12 % of the time in ``PRelu`` and 12 % in ``QLinearConcat``.
 
-Used by :func:`derain_cli.export.export_onnx`; the trained module is never modified.
+Used by :func:`derain_cli.export.export_onnx`, ``TorchRunner`` (PyTorch inference) and
+the benchmark; the trained module is never modified.
 """
 
 from __future__ import annotations
