@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -62,6 +61,7 @@ import numpy as np
 
 from . import cpu_memory, tiling
 from .fast_path import FastPlan
+from .fileio import atomic_write_text
 from .onnx_backend import cache_root
 
 log = logging.getLogger(__name__)
@@ -174,20 +174,10 @@ def remember(key: str, entry: dict[str, Any]) -> None:
     path = choices_path()
     data = load_choices()
     data[key] = entry
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engines-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-        tmp = None
+    try:  # (a full disk once left an empty temporary file per run)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError as e:
         log.warning("could not remember the engine choice in %s: %s", path, e)
-    finally:  # a full disk left an empty .engines-*.json per run
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 #: How long a run waits for another that is timing the engines before it times them too.

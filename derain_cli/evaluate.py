@@ -26,7 +26,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
-from .fileio import why_unwritable
+from .fileio import atomic_write_text, why_unwritable
 from .pairs import Pair, find_pairs, list_images, reads_into
 
 IDENTITY = "identity"
@@ -383,9 +383,7 @@ PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SS
 <script type="application/json" id="summary">{_script_json(res.to_dict(False))}</script>
 </body></html>
 """
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    atomic_write_text(path, page)
 
 
 class SynthError(DataError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -28,6 +30,45 @@ def give_normal_mode(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         dest = Path(dest)
         mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~current_umask()
         os.chmod(tmp, mode)
+
+
+def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *,
+                 durable: bool = False) -> None:
+    """Make ``dest`` by ``write(tmp)`` into a temporary file beside it, then a rename.
+
+    Why: a reader (a later run, another process) never sees a half-written file, and a
+    failed or interrupted write (a full disk, Ctrl-C) leaves the old file and no temporary
+    one behind. The result gets the permissions of a normal new file (``mkstemp`` makes
+    0600), or those of the file it replaces. ``durable``: fsynced with its folder, for what
+    a crash must not lose (weights, checkpoints). Photos have their own writer
+    (``images._atomic_write``: no-replace mode, error wording for the batch)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a short name: one built from dest's could pass the 255-byte limit dest keeps to
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        give_normal_mode(tmp, dest)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # gone after the rename; a failed write's leftover otherwise
+    if durable:
+        with contextlib.suppress(OSError):
+            dirfd = os.open(dest.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write` of a text file (UTF-8)."""
+    atomic_write(dest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def why_unwritable(folder: str | os.PathLike[str]) -> str | None:

@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write_text
+
 
 def bundled_dir() -> Path:
     """The folder holding the bundled weights and ``manifest.json``.
@@ -81,4 +83,4 @@ def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
 def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:
     path = path or manifest_path()
     body = {"version": 1, "weights": [r.to_dict() for r in records.values()]}
-    path.write_text(json.dumps(body, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import tiling
+from .fileio import atomic_write_text
 
 if TYPE_CHECKING:  # not imported at run time: the int8 CPU path starts without torch
     import torch
@@ -141,10 +142,7 @@ def _intact(files: list[Path]) -> bool:
 def _exported(files: list[Path]) -> list[Path]:
     """``files`` just exported, their digests written (atomically) beside them."""
     for f in files:
-        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=".derain-", suffix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            out.write(_file_sha256(f) + "\n")
-        os.replace(tmp, _digest_path(f))
+        atomic_write_text(_digest_path(f), _file_sha256(f) + "\n")
     return files
 
 

@@ -41,7 +41,6 @@ import os
 import platform
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,7 +57,7 @@ from . import data as D
 from . import losses as L
 from .cpu_memory import keep_freed_memory
 from .enhancer import cpu_supports_bf16
-from .fileio import give_normal_mode
+from .fileio import atomic_write, atomic_write_text
 from .models import build_architecture, config_to_dict, get_spec
 
 CKPT_FORMAT = "derain-train-ckpt-v1"
@@ -348,16 +347,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        give_normal_mode(tmp, path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -428,10 +418,7 @@ class _RunLog:
                     r = json.loads(line)
                     if int(r.get("step", 0)) <= resume_step:
                         self.records.append(r)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -508,12 +495,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
             d.line(coords, fill=color, width=2)
         for c in coords if len(coords) < 50 else []:
             d.ellipse([c[0] - 2, c[1] - 2, c[0] + 2, c[1] + 2], fill=color)
-    tmp = path.with_suffix(".tmp.png")
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    finally:  # a Ctrl-C in the save left curves.tmp.png in the run (audit)
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 # --------------------------------------------------------------------------- validation

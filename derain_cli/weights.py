@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .fileio import give_normal_mode
+from .fileio import atomic_write
 from .hub import sha256_file
 from .manifest import (  # re-exported: the manifest API predates its own module
     WeightRecord,
@@ -74,16 +73,7 @@ def save_weights(
     }
     meta = {"format": FORMAT, "name": name, "arch": arch, "config": json.dumps(cfg)}
     meta.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        give_normal_mode(tmp, path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), durable=True)
     return WeightRecord(
         name=name, arch=arch, config=cfg, file=path.name, sha256=sha256_file(path),
         size=path.stat().st_size, dtype=str(dtype).removeprefix("torch."),

@@ -203,10 +203,13 @@ def test_real_measurement_times_both_engines(monkeypatch):
 def test_a_choice_that_cannot_be_written_leaves_no_temporary_file(own_cache, monkeypatch,
                                                                    caplog):
     """On a full disk each run left an empty .engines-*.json behind (audit)."""
-    def full(obj, fp, **kwargs):
+    real = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        real(self, text[:10], *args, **kwargs)  # part written, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine_choice.json, "dump", full)
+    monkeypatch.setattr(Path, "write_text", full)
     engine_choice.remember("k", {"engine": "bf16"})
     assert "could not remember the engine choice" in caplog.text
     assert list(own_cache.iterdir()) == []

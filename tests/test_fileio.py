@@ -1,0 +1,37 @@
+"""Tests for derain_cli.fileio: the atomic writer every non-photo file goes through."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from derain_cli.fileio import atomic_write, atomic_write_text, current_umask
+
+
+def test_atomic_write_replaces_and_gives_normal_permissions(tmp_path: Path) -> None:
+    dest = tmp_path / "sub" / "run.json"  # the folder is made
+    atomic_write_text(dest, "one")
+    assert dest.read_text() == "one"
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
+    dest.chmod(0o640)
+    atomic_write(dest, lambda tmp: Path(tmp).write_text("two"), durable=True)
+    assert dest.read_text() == "two" and dest.stat().st_mode & 0o777 == 0o640  # kept
+    assert sorted(os.listdir(dest.parent)) == ["run.json"]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path,
+                                                             error: BaseException) -> None:
+    dest = tmp_path / "last.pt"
+    dest.write_text("the good checkpoint")
+
+    def half_then_fail(tmp: str) -> None:
+        Path(tmp).write_text("half a check")
+        raise error
+
+    with pytest.raises(type(error)):
+        atomic_write(dest, half_then_fail, durable=True)
+    assert dest.read_text() == "the good checkpoint"
+    assert os.listdir(tmp_path) == ["last.pt"]
