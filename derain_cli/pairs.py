@@ -1,7 +1,8 @@
 """Find rainy/clean image pairs in the folder layouts deraining data sets come in.
 
-``find_pairs(root)`` recognises, in this order (folder names case-insensitive; the first
-layout present wins):
+``find_pairs(root)`` recognises these layouts (folder names case-insensitive). Where two
+pairs of subfolders are present (``rainy/`` + ``clean/`` beside ``rain/`` + ``norain/``),
+it refuses rather than pick one: name the folders.
 
 1. Two subfolders, rainy + clean:
 
@@ -41,8 +42,12 @@ most files:
   (e.g. ``901_1.jpg`` ... ``901_14.jpg`` <-> ``901.jpg``).
 
 ``rainy_dir`` and ``clean_dir`` name the folders explicitly instead (relative to
-``root``, case-insensitive, or absolute); give one and the other is looked for among the
-usual names, then in ``root`` itself. Both naming the same folder means a flat folder.
+``root``, case-insensitive, or absolute); give one and the other is its partner in the
+table above (``rain/`` -> ``norain/``), else the one usual name present (two: refused),
+else ``root`` itself. Both naming the same folder means a flat folder.
+
+Subfolders of a rainy or clean folder are not read; where they hold images, ``strict``
+refuses the layout (their pairs would be left out in silence).
 
 Every image in a rainy or clean folder must find a partner: otherwise ``PairsError``
 (a ``ValueError``) says which layout was detected and lists the files left over on each
@@ -402,17 +407,17 @@ def _find_subdir(root: Path, name: str) -> Path | None:
     return None
 
 
-def _side_images(folder: Path) -> tuple[Path, list[Path]]:
-    """Images of one side; a folder without images but with exactly one subfolder that
-    has images (JORDER-E ``rain/X2/``) stands for that subfolder."""
+def _side_images(folder: Path) -> tuple[Path, list[Path], list[Path]]:
+    """Images of one side, and the subfolders holding images that are not read; a folder
+    without images but with exactly one subfolder that has images (JORDER-E ``rain/X2/``)
+    stands for that subfolder."""
     images = list_images(folder)
-    if images:
-        return folder, images
-    with_images = [(d, list_images(d)) for d in _subdirs(folder)]
-    with_images = [(d, imgs) for d, imgs in with_images if imgs]
-    if len(with_images) == 1:
-        return with_images[0]
-    return folder, images
+    with_images = [d for d in _subdirs(folder) if list_images(d, recursive=True)]
+    if not images and len(with_images) == 1:
+        entered = with_images[0]
+        return entered, list_images(entered), [
+            d for d in _subdirs(entered) if list_images(d, recursive=True)]
+    return folder, images, with_images
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -432,12 +437,22 @@ def _pair_up(
     clean_shared: bool,
     strict: bool,
 ) -> list[Pair]:
+    nested: list[Path] = []
     if rainy_folder == clean_folder:
         rainy_files = clean_files = list_images(rainy_folder)
     else:
-        rainy_folder, rainy_files = _side_images(rainy_folder)
-        clean_folder, clean_files = _side_images(clean_folder)
+        rainy_folder, rainy_files, r_nested = _side_images(rainy_folder)
+        clean_folder, clean_files, c_nested = _side_images(clean_folder)
+        # (a shared side is the root: its subfolders are the layout's own folders)
+        nested = (r_nested if not rainy_shared else []) + (c_nested if not clean_shared else [])
     where = f"{root}: layout {layout}"
+    if strict and nested:  # their pairs were left out without a word
+        raise PairsError(
+            f"{where}, but {_plural(len(nested), 'subfolder')} of it hold images, which are "
+            f"not read: {_fmt_names([_rel(d, root) for d in nested])}. Move those images up "
+            "into their rainy/clean folders, or give each such pair of subfolders as its "
+            "own data folder."
+        )
     if not rainy_files or not clean_files:
         empty = [
             f"{_rel(f, root)} ({f})"
@@ -454,7 +469,9 @@ def _pair_up(
             f"{_fmt_list(rainy_files)}\n"
             f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
             f"{_fmt_list(clean_files)}\n"
-            f"{NAME_FOLDERS_HINT}."
+            + ("The folders were named; it is the file names that do not match: rename one "
+               "side to match the other." if layout.endswith("(given)") else
+               f"{NAME_FOLDERS_HINT}.")
         )
     if strict and (m.rainy_left or m.clean_left):
         lines = [f"{where}, matched {m.how}: {_plural(len(m.pairs), 'pair')}, but"]
@@ -491,12 +508,31 @@ def _resolve_override(root: Path, value: str | Path, side: str) -> Path:
     return found
 
 
-def _partner(root: Path, given: Path, names: Sequence[str]) -> tuple[Path, bool] | None:
-    """The folder holding the other side: a usual name, else ``root`` if it has images."""
+def _partner(root: Path, given: Path, names: Sequence[str],
+             given_is_rainy: bool) -> tuple[Path, bool] | None:
+    """The folder holding the other side: ``given``'s partner in ``SUBFOLDER_LAYOUTS``
+    (``rain/`` -> ``norain/``, not the ``clean/`` of another set beside it), else the one
+    usual name present, else ``root`` if it has images. Two usual names present and
+    neither ``given``'s partner: refused (a guess paired one set with another's images)."""
+    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
+        mine, other = (rainy_name, clean_name) if given_is_rainy else (clean_name, rainy_name)
+        if mine == given.name.lower():
+            d = _find_subdir(root, other)
+            if d is not None and d.resolve() != given.resolve():
+                return d, False
+    found = []
     for name in names:
         d = _find_subdir(root, name)
-        if d is not None and d.resolve() != given.resolve():
-            return d, False
+        if d is not None and d.resolve() != given.resolve() and d not in found:
+            found.append(d)
+    if len(found) > 1:
+        side, flag = ("clean", "--clean-dir") if given_is_rainy else ("rainy", "--rainy-dir")
+        raise PairsError(
+            f"{root}: {_rel(given, root)} given, and {len(found)} folders could hold its "
+            f"{side} partners ({', '.join(_rel(d, root) for d in found)}); name one with "
+            f"{flag} ({side}_dir= in Python)")
+    if found:
+        return found[0], False
     if given.resolve() != root.resolve() and list_images(root):
         return root, True
     return None
@@ -528,7 +564,7 @@ def _with_overrides(
             strict,
         )
     if rainy is not None:
-        found = _partner(root, rainy, _CLEAN_NAMES)
+        found = _partner(root, rainy, _CLEAN_NAMES, given_is_rainy=True)
         if found is None:
             raise PairsError(
                 f"{root}: rainy folder {_rel(rainy, root)} given, but no clean folder "
@@ -546,7 +582,7 @@ def _with_overrides(
             strict,
         )
     assert clean is not None
-    found = _partner(root, clean, _RAINY_NAMES)
+    found = _partner(root, clean, _RAINY_NAMES, given_is_rainy=False)
     if found is None:
         raise PairsError(
             f"{root}: clean folder {_rel(clean, root)} given, but no rainy folder "
@@ -588,12 +624,21 @@ def find_pairs(
     if rainy_dir is not None or clean_dir is not None:
         return _with_overrides(root, rainy_dir, clean_dir, strict)
 
+    present = []
     for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
         rainy = _find_subdir(root, rainy_name)
         clean = _find_subdir(root, clean_name)
-        if rainy is not None and clean is not None:
-            layout = f"subfolders '{rainy.name}/' + '{clean.name}/'"
-            return _pair_up(root, layout, rainy, clean, False, False, strict)
+        if rainy is not None and clean is not None and \
+                (list_images(rainy, recursive=True) or list_images(clean, recursive=True)):
+            present.append((rainy, clean))
+    if len(present) > 1:  # the first won in silence, and the other set was left out
+        sets = " and ".join(f"'{r.name}/' + '{c.name}/'" for r, c in present)
+        raise PairsError(f"{root} holds more than one set of pair folders: {sets}. "
+                         f"{NAME_FOLDERS_HINT}.")
+    if present:
+        rainy, clean = present[0]
+        layout = f"subfolders '{rainy.name}/' + '{clean.name}/'"
+        return _pair_up(root, layout, rainy, clean, False, False, strict)
 
     root_images = list_images(root)
     if root_images:
@@ -601,7 +646,7 @@ def find_pairs(
             rainy = _find_subdir(root, rainy_name)
             if rainy is None:
                 continue
-            _, rainy_files = _side_images(rainy)
+            _, rainy_files, _ = _side_images(rainy)
             m = _match(rainy_files, root_images, False, True)
             if m.pairs:
                 layout = f"'{rainy.name}/' + norain-N images in the root folder (PReNet)"

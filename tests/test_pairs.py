@@ -120,9 +120,39 @@ def test_natural_order_and_pair_fields(tmp_path):
         pairs[0].name = "x"  # type: ignore[misc]
 
 
-def test_first_layout_in_priority_wins(tmp_path):
+def test_two_layouts_present_are_refused_not_guessed(tmp_path):
+    """The first layout in the table won in silence and the other set was left out."""
     _make(tmp_path, "rainy/a.png", "clean/a.png", "gt/b.png")
-    assert _names(find_pairs(tmp_path), tmp_path) == [("rainy/a.png", "clean/a.png")]
+    with pytest.raises(PairsError, match=r"more than one set of pair folders: 'rainy/' \+ "
+                                         r"'clean/' and 'rainy/' \+ 'gt/'.*--rainy-dir"):
+        find_pairs(tmp_path)
+    assert _names(find_pairs(tmp_path, "rainy", "clean"), tmp_path) == [
+        ("rainy/a.png", "clean/a.png")]
+
+
+def test_one_folder_named_pairs_with_its_own_partner(tmp_path):
+    """--rainy-dir rain beside rainy/ + clean/ paired rain/ with clean/ (the other set's
+    images of the same names: 11 dB instead of 26 in the audit)."""
+    _make(tmp_path, "rainy/1.png", "clean/1.png", "rain/1.png", "norain/1.png")
+    assert _names(find_pairs(tmp_path, rainy_dir="rain"), tmp_path) == [
+        ("rain/1.png", "norain/1.png")]
+    assert _names(find_pairs(tmp_path, clean_dir="norain"), tmp_path) == [
+        ("rain/1.png", "norain/1.png")]
+    assert _names(find_pairs(tmp_path, clean_dir="CLEAN"), tmp_path) == [
+        ("rainy/1.png", "clean/1.png")]
+    _make(tmp_path, "foggy/1.png")  # no layout's name: two candidates, refused
+    with pytest.raises(PairsError, match=r"2 folders could hold its clean partners .*"
+                                         r"--clean-dir"):
+        find_pairs(tmp_path, rainy_dir="foggy")
+
+
+def test_images_in_subfolders_of_a_side_are_not_dropped_in_silence(tmp_path):
+    _make(tmp_path, "rainy/1.png", "clean/1.png", "rainy/sub/3.png", "clean/sub/3.png")
+    with pytest.raises(PairsError, match=r"2 subfolders of it hold images, which are not "
+                                         r"read: 'rainy/sub/', 'clean/sub/'"):
+        find_pairs(tmp_path)
+    assert len(find_pairs(tmp_path, strict=False)) == 1
+    assert len(find_pairs(tmp_path / "rainy" / "..", "rainy/sub", "clean/sub")) == 1
 
 
 def test_stem_match_when_extensions_differ(tmp_path):
