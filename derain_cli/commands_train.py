@@ -39,6 +39,9 @@ AmpOption = Annotated[str, typer.Option(
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Seeds are 32-bit (numpy's generators take them modulo 2**32: -1 was 4294967295).
+SEED_MAX = 2**32 - 1
+
 def _debug() -> bool:
     from .cli import _STATE
 
@@ -122,7 +125,7 @@ def train_cmd(
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
     ema: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
     amp: AmpOption = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False,
@@ -256,7 +259,7 @@ def finetune_cmd(
         help="CPU threads (default: PyTorch's, the physical cores).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     amp: AmpOption = "auto",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out, with its own photos, model and "
@@ -326,7 +329,7 @@ def distill_cmd(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     val_count: Annotated[int, typer.Option(min=1, help="Clean photos held out.")] = 25,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     name: Annotated[str, typer.Option(help="Name in manifest_entry.json.")] =
     "semi-drdnet-distilled",
     overwrite: Annotated[bool, typer.Option(
@@ -367,7 +370,8 @@ def grow_cmd(
         "semi-drdnet, rdmc): the same architecture, as wide and deep or more.")],
     out: Annotated[Path, typer.Option(
         "--output", "-o", show_default=False, help="Weights file to write (.safetensors).")],
-    seed: Annotated[int, typer.Option(help="Seed of the new weights' initialisation.")] = 0,
+    seed: Annotated[int, typer.Option(
+        min=0, max=SEED_MAX, help="Seed of the new weights' initialisation.")] = 0,
     calib: Annotated[str | None, typer.Option(
         "--calib", show_default=False, metavar="DIR",
         help="Photos whose rainy crops set the new channels' BatchNorm statistics "
@@ -468,7 +472,7 @@ def synth_cmd(
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     count: Annotated[int | None, typer.Option(
         min=1, help="Number of pairs (default: one each).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace same-named pairs in an output that already holds some.")
     ] = False,

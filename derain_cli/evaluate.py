@@ -392,10 +392,44 @@ class SynthError(DataError):
     A ``DataError`` (so a ``ValueError``): the CLI reports it as a usage error (exit 2)."""
 
 
-def _check_synth_output(out: Path, overwrite: bool) -> None:
+def _planned_names(paths: list[Path], root: Path, count: int | None) -> set[str]:
+    """The pair names :func:`synth_pairs` will write if every photo reads."""
+    names = _pair_names(paths, root)
+    used: set[str] = set()
+    for k in range(count if count is not None else len(paths)):
+        used.add(_walk_name(names, k, used))
+    return used
+
+
+def _walk_name(names: list[str], k: int, used: set[str]) -> str:
+    """The name of the pair made at position ``k`` of the walk through the photos."""
+    j = k % len(names)
+    name = names[j] if k < len(names) else f"{names[j]}_{k // len(names)}"
+    while name in used:  # a photo may itself be called like a repeat (x and x_1)
+        name += "_"
+    return name
+
+
+def _check_synth_output(out: Path, overwrite: bool, planned: set[str]) -> None:
     """Refuse an output that already holds pairs: new pairs would replace those with the same
-    names and leave the rest, silently mixing two sets (two presets, two seeds)."""
+    names and leave the rest, silently mixing two sets (two presets, two seeds); with
+    ``overwrite``, refuse where older pairs would stay among the new ones. Refuse a folder
+    holding another layout's pair set too: readers of the folder would refuse it."""
+    from .pairs import SUBFOLDER_LAYOUTS
+
+    for rainy, clean in SUBFOLDER_LAYOUTS:
+        if (rainy, clean) != ("rainy", "clean") and (out / rainy).is_dir() and \
+                (out / clean).is_dir():
+            raise SynthError(f"output folder {out} holds another set of pairs ({rainy}/ + "
+                             f"{clean}/); choose an empty or new folder")
     if overwrite:
+        older = {p.stem for side in ("rainy", "clean") if (out / side).is_dir()
+                 for p in list_images(out / side)} - planned
+        if older:
+            raise SynthError(
+                f"output folder {out} holds {len(older)} pair(s) this run would not replace "
+                f"({', '.join(sorted(older)[:5])}{', ...' if len(older) > 5 else ''}): they "
+                "would stay mixed among the new ones; choose an empty or new folder")
         return
     held = {side: len(list_images(out / side)) for side in ("rainy", "clean")
             if (out / side).is_dir()}
@@ -475,6 +509,8 @@ def synth_pairs(
         raise SynthError(str(e)) from None
     if count is not None and count < 1:
         raise SynthError("count must be at least 1")
+    if not 0 <= seed < 2**32:  # taken modulo 2**32: two seeds gave the same rain
+        raise SynthError(f"seed must be 0 to {2**32 - 1}, not {seed}")
     out = Path(out_dir)
     src, dest = Path(clean_dir).resolve(), out.resolve()
     via = reads_into(clean_dir, out)
@@ -491,7 +527,7 @@ def synth_pairs(
     paths = list_images(Path(clean_dir), recursive=True)
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    _check_synth_output(out, overwrite)
+    _check_synth_output(out, overwrite, _planned_names(paths, Path(clean_dir), count))
     for side in ("rainy", "clean"):  # before any work: an errno after it said little
         try:
             (out / side).mkdir(parents=True, exist_ok=True)
@@ -525,9 +561,7 @@ def synth_pairs(
                 continue
         clean = cache[j]
         rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, k]))
-        name = names[j] if k < len(paths) else f"{names[j]}_{k // len(paths)}"
-        while name in used:  # a photo may itself be called like a repeat (x and x_1)
-            name += "_"
+        name = _walk_name(names, k, used)
         used.add(name)
         write_image(out / "clean" / f"{name}.png", clean)
         write_image(out / "rainy" / f"{name}.png", rainy)

@@ -679,6 +679,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.contrast_weight >= 0,
          f"--contrast-weight must be 0 or more, not {cfg.contrast_weight:g}")
     need(cfg.l2sp >= 0, f"--l2sp must be 0 (off) or more, not {cfg.l2sp:g}")
+    need(0 <= cfg.seed < 2**32, f"--seed must be 0 to {2**32 - 1}, not {cfg.seed}")
     need(cfg.consistency >= 0, f"--consistency must be 0 (off) or more, not {cfg.consistency:g}")
     from .pairs import reads_into
 

@@ -141,6 +141,31 @@ def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
     assert E.synth_pairs(clean_dir, tmp_path / "e", count=1) == 1
 
 
+def test_synth_overwrite_never_leaves_an_older_set_mixed_in(clean_dir, tmp_path):
+    """--overwrite with a smaller count replaced 3 pairs and kept 7 older ones (audit)."""
+    E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=1)
+    with pytest.raises(ValueError, match=r"holds 2 pair\(s\) this run would not replace"):
+        E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2, overwrite=True)
+    assert len(list((tmp_path / "s" / "rainy").iterdir())) == 4
+    assert E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=2, overwrite=True) == 4
+    # beside another layout's pairs, which later reads would refuse as ambiguous
+    (tmp_path / "o" / "rain").mkdir(parents=True)
+    (tmp_path / "o" / "norain").mkdir()
+    with pytest.raises(ValueError, match=r"holds another set of pairs \(rain/ \+ norain/\)"):
+        E.synth_pairs(clean_dir, tmp_path / "o", count=1)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_synth_seed_is_32_bit(clean_dir, tmp_path, seed):
+    """-1 gave the same rain as 4294967295 (taken modulo 2**32)."""
+    with pytest.raises(ValueError, match=r"seed must be 0 to 4294967295"):
+        E.synth_pairs(clean_dir, tmp_path / "s", count=1, seed=seed)
+    app = typer.Typer()
+    app.command()(synth_cmd)
+    r = CliRunner().invoke(app, [str(clean_dir), "-o", str(tmp_path / "s"), "--seed", str(seed)])
+    assert r.exit_code == 2
+
+
 @pytest.mark.parametrize("count", [0, -3])
 def test_synth_count_must_be_at_least_one(clean_dir, tmp_path, count):
     with pytest.raises(ValueError, match=r"^count must be at least 1$"):
