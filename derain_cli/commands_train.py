@@ -126,7 +126,7 @@ def train_cmd(
     ema: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
     amp: AmpOption = "auto",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False,
         help="CPU threads per process (default: PyTorch's, the physical cores).")] = None,
@@ -253,7 +253,7 @@ def finetune_cmd(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
              "(batch statistics while training, re-estimated at the end).")] = "keep",
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False,
         help="CPU threads (default: PyTorch's, the physical cores).")] = None,
@@ -418,11 +418,14 @@ def eval_cmd(
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
     clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     tile: Annotated[int | None, typer.Option(help="Tile size (0: whole image).")] = None,
     precision: Annotated[str, typer.Option(
         help="auto, fp32, fp16, bf16 or int8, as for deraining.")] = "auto",
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, show_default=False, help="CPU threads (default: one per physical core).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace existing files of --save, --report and --csv.")] = False,
@@ -443,14 +446,15 @@ def eval_cmd(
             from .enhancer import Derainer
 
             target: object = Derainer(model=model, weights=weights, device=device, tile=tile,
-                                      precision=precision, backend=backend)
+                                      precision=precision, backend=backend, threads=threads)
         else:
             from .enhancer import DEFAULT_MODEL
 
             target = model or DEFAULT_MODEL
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
-                       tile=tile, precision=precision, backend=backend, overwrite=overwrite)
+                       tile=tile, precision=precision, backend=backend, overwrite=overwrite,
+                       threads=threads)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:

@@ -8,18 +8,18 @@ rainy input itself (Rain100L: 26.90 dB / 0.8384).
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from torch import nn
@@ -64,7 +64,7 @@ class EvalResult:
 
     def summary(self) -> str:
         engine = f" ({self.engine})" if self.engine else ""
-        return (f"{self.model}{engine} on {Path(self.data_dir).name}: {self.count} "
+        return (f"{self.model}{engine} on {_set_name(self.data_dir)}: {self.count} "
                 f"image{'s' if self.count != 1 else ''}, "
                 f"PSNR-Y {self.psnr_y:.2f} dB, SSIM-Y {self.ssim_y:.4f}, "
                 f"PSNR-RGB {self.psnr_rgb:.2f} dB")
@@ -81,7 +81,8 @@ def _label(model: Any) -> str:
 
 
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
-            backend: str = "auto") -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
+            backend: str = "auto", threads: int | None = None
+            ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
     a module or a name."""
     if isinstance(model, str) and model == IDENTITY:
@@ -93,10 +94,10 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
 
         if names_a_file(model):
             model = Derainer(weights=Path(model), device=device, tile=tile, precision=precision,
-                             backend=backend)
+                             backend=backend, threads=threads)
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
-                             backend=backend)
+                             backend=backend, threads=threads)
     label = _label(model)
     if isinstance(model, nn.Module):
         import torch
@@ -113,6 +114,24 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
 
         return None, label, run_module
     return model, label, lambda rgb: model.derain_array(rgb.astype(np.float32) / 255.0)
+
+
+#: A per-image PSNR above this is reported as this: identical images score infinity, which
+#: made the set's mean infinite and ``--json`` invalid JSON ("Infinity").
+PSNR_CAP = 100.0
+
+
+def _set_name(data_dir: str) -> str:
+    """The data set's name: its folder's (``eval .`` named it "")."""
+    return Path(data_dir).resolve().name or str(data_dir)
+
+
+def save_names(pairs: Sequence[Pair]) -> list[str]:
+    """``--save`` file names: the pair's stem + ``.png``, or where two pairs share a stem
+    (``1.jpg`` beside ``1.png``) its whole name with the dot as ``_`` (``1_jpg.png``)."""
+    stems = Counter(Path(p.name).stem for p in pairs)
+    return [(Path(p.name).stem if stems[Path(p.name).stem] == 1
+             else p.name.replace(".", "_")) + ".png" for p in pairs]
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -135,6 +154,7 @@ def evaluate(
     backend: str = "auto",
     on_image: Callable[[int, int, ImageScore], None] | None = None,
     overwrite: bool = False,
+    threads: int | None = None,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
     path) on the pairs under ``data_dir``.
@@ -162,10 +182,12 @@ def evaluate(
     csv_file = Path(csv_path) if csv_path is not None else None
     check_outputs(pairs, save, rep, csv_file, overwrite)
     check_pair_sizes(pairs)
-    derainer, label, run = _runner(model, device, tile, precision, backend)
+    check_pairs_read(pairs)
+    derainer, label, run = _runner(model, device, tile, precision, backend, threads)
     _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
+    names = save_names(pairs)
     for i, p in enumerate(pairs):
         rainy, clean = load_rgb_u8(p.rainy), load_rgb_u8(p.clean)
         problem = pair_problem(p.name, rainy, clean)
@@ -175,13 +197,14 @@ def evaluate(
             raise PairsError(problem)
         t = time.time()
         out = _to_u8(run(rainy)) if label != IDENTITY else rainy
-        s = ImageScore(p.name, metrics.psnr_y(out, clean), metrics.ssim_y(out, clean),
-                       metrics.psnr_rgb(out, clean), time.time() - t)
+        s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
+                       metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),
+                       time.time() - t)
         scores.append(s)
         if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
             from .images import write_image
 
-            write_image(save / (Path(p.name).stem + ".png"), out.astype(np.float32) / 255.0)
+            write_image(save / names[i], out.astype(np.float32) / 255.0)
         if rep is not None:
             thumbs.append(tuple(_thumb(img, rep, f"{i:04d}_{k}")  # type: ignore[misc]
                                 for k, img in (("rainy", rainy), ("out", out), ("clean", clean))))
@@ -242,6 +265,21 @@ def _upright_size(path: Path) -> tuple[int, int] | None:
     return (h, w) if turned else (w, h)
 
 
+def check_pairs_read(pairs: Sequence[Pair]) -> None:
+    """Every pair decodes and can be scored, before the model runs: a damaged file in the
+    third pair stopped the run after two outputs were saved, and the rerun was refused
+    because those existed (``train --val`` checks the same way)."""
+    from .pairs import PairsError
+
+    for p in pairs:
+        try:
+            problem = pair_problem(p.name, load_rgb_u8(p.rainy), load_rgb_u8(p.clean))
+        except DataError as e:
+            problem = str(e)
+        if problem:
+            raise PairsError(problem)
+
+
 def check_pair_sizes(pairs: Sequence[Pair]) -> None:
     """Every pair's two images the same size, from the headers, before any work: a
     mismatch in the 90th pair of 100 was found after minutes of deraining."""
@@ -278,7 +316,7 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
                               "outputs in another folder")
     planned: list[tuple[Path, str]] = []
     if save is not None:
-        planned += [(save / (Path(p.name).stem + ".png"), p.name) for p in pairs]
+        planned += [(save / n, p.name) for p, n in zip(pairs, save_names(pairs), strict=True)]
     planned += [(f, what) for f, what in ((csv_path, "the scores"), (report, "the report"))
                 if f is not None]
     seen: dict[Path, str] = {}
@@ -325,7 +363,7 @@ def write_csv(res: EvalResult, path: Path) -> None:
             w.writerow([s.name, f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}", f"{s.psnr_rgb:.4f}",
                         f"{s.seconds:.3f}"])
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
-                    f"{sum(s.seconds for s in res.images):.3f}"])
+                    f"{np.mean([s.seconds for s in res.images]):.3f}"])
 
 
 def _thumb(img: np.ndarray, report: Path, stem: str, width: int = 320) -> str:
@@ -338,18 +376,6 @@ def _thumb(img: np.ndarray, report: Path, stem: str, width: int = 320) -> str:
     rel = f"{report.stem}_files/{stem}.jpg"
     im.save(report.parent / rel, quality=88)
     return rel
-
-
-def embed_jpeg(img: np.ndarray, width: int = 320) -> str:
-    """A data: URI of a JPEG thumbnail (for self-contained pages)."""
-    from PIL import Image
-
-    im = Image.fromarray(img)
-    if im.width > width:
-        im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _script_json(value: Any) -> str:
@@ -366,14 +392,15 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
         rows.append(
             f"<tr><td>{e(s.name)}<br><small>PSNR-Y {s.psnr_y:.2f} dB<br>SSIM-Y {s.ssim_y:.4f}"
             f"<br>PSNR-RGB {s.psnr_rgb:.2f} dB</small></td>"
-            f'<td><img src="{e(r)}" alt="rainy"></td><td><img src="{e(o)}" alt="derained"></td>'
-            f'<td><img src="{e(c)}" alt="clean"></td></tr>')
+            f'<td><img src="{e(quote(r))}" alt="rainy"></td>'
+            f'<td><img src="{e(quote(o))}" alt="derained"></td>'
+            f'<td><img src="{e(quote(c))}" alt="clean"></td></tr>')
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>derain evaluation: {e(res.model)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} td{{vertical-align:top;padding:4px}}
 img{{max-width:320px}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}
 </style></head><body>
-<h1>{e(res.model)} on {e(Path(res.data_dir).name)}</h1>
+<h1>{e(res.model)} on {e(_set_name(res.data_dir))}</h1>
 <p>{res.count} image{'s' if res.count != 1 else ''}. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
 SSIM-Y <b>{res.ssim_y:.4f}</b>,
 PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SSIM).</p>

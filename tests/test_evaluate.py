@@ -503,3 +503,58 @@ def test_cli_identity_with_weights_is_refused_as_such(pairs, tiny_weights):
                                  str(pairs)])
     assert r.exit_code == 2, r.output
     assert "takes no --weights" in " ".join(r.output.replace("│", " ").split()), r.output
+
+
+def _pair_set(root: Path, names: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    for name, (rainy, clean) in names.items():
+        for side, img in (("rainy", rainy), ("clean", clean)):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(root / side / name)
+    return root
+
+
+def test_an_identical_pair_keeps_the_mean_finite_and_the_json_valid(tmp_path, monkeypatch):
+    """One rain-free pair made the set's PSNR inf and --json print "Infinity" (audit)."""
+    rng = np.random.default_rng(3)
+    a, b = smooth_photo(rng, 40, 52), smooth_photo(rng, 40, 52)
+    root = _pair_set(tmp_path / "p", {"1.png": (a, a), "2.png": (b, 255 - b)})
+    res = E.evaluate("identity", root)
+    assert res.images[0].psnr_y == E.PSNR_CAP == res.images[0].psnr_rgb
+    assert np.isfinite(res.psnr_y)
+    app = typer.Typer()
+    app.command()(eval_cmd)
+    monkeypatch.chdir(root)  # "eval ." named the set ""
+    r = CliRunner().invoke(app, [".", "-m", "identity", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout, parse_constant=pytest.fail)["psnr_y"] == res.psnr_y
+    assert res.summary().startswith("identity on p: 2 images")
+
+
+def test_save_names_pairs_that_share_a_stem_apart(tmp_path):
+    rng = np.random.default_rng(4)
+    a, b = smooth_photo(rng, 40, 52), smooth_photo(rng, 40, 52)
+    root = _pair_set(tmp_path / "p", {"1.png": (a, b), "1.bmp": (b, a)})
+    res = E.evaluate("identity", root, save_dir=tmp_path / "out")
+    assert res.count == 2
+    assert sorted(f.name for f in (tmp_path / "out").glob("*.png")) == ["1_bmp.png", "1_png.png"]
+    rows = list(csv.reader((tmp_path / "out" / "scores.csv").open()))
+    assert rows[-1][0] == "mean"
+    assert float(rows[-1][4]) == pytest.approx(np.mean([float(r[4]) for r in rows[1:-1]]),
+                                               abs=2e-3)  # a mean, not the total
+
+
+def test_a_damaged_pair_is_refused_before_the_model_runs(tmp_path, pairs):
+    (pairs / "rainy" / "p3.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="p3.png"):
+        E.evaluate(SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                               se_reduction=4)), pairs,
+                   save_dir=tmp_path / "out")
+    assert not any((tmp_path / "out").glob("*.png"))  # nothing saved to block the rerun
+
+
+def test_report_links_survive_odd_file_names(tmp_path, pairs):
+    report = tmp_path / "run#1 50%.html"
+    E.evaluate("identity", pairs, report=report)
+    page = report.read_text()
+    assert 'src="run%231%2050%25_files/0000_rainy.jpg"' in page
+    assert (tmp_path / "run#1 50%_files" / "0000_rainy.jpg").is_file()
