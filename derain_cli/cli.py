@@ -621,6 +621,31 @@ def _usage(ctx: Context, message: str) -> UsageError:
     return UsageError(message, ctx=ctx)
 
 
+def _refuse_misplaced_subcommands(ctx: Context, inputs: list[str]) -> None:
+    """An input that is no file but a subcommand's name, or nearly one, is a usage error
+    before any work: ``derain --threads 1 eval pairs/`` derained the pairs folder's images
+    into it and then failed on "eval", and ``derain modles`` printed a table of nothing."""
+    import difflib
+
+    group = ctx.parent.command if ctx.parent is not None else None
+    if not isinstance(group, DerainGroup):
+        return
+    names = [n for n in group.list_commands(ctx) if n != DEFAULT_COMMAND]
+    for raw in inputs:
+        if os.path.lexists(raw) or os.sep in raw or "/" in raw or Path(raw).suffix:
+            continue
+        if raw in names:
+            raise _usage(ctx, f"{raw!r} is a subcommand: write it first, before any option "
+                              f"(derain {raw} ...)")
+        if raw.lower() in ("help", "version"):
+            raise _usage(ctx, f"no file or folder {raw!r}; for the {raw.lower()}, run derain "
+                              f"--{raw.lower()}")
+        close = difflib.get_close_matches(raw, names, n=1, cutoff=0.75)
+        if close:
+            raise _usage(ctx, f"no file or folder {raw!r}; did you mean the subcommand "
+                              f"{close[0]!r} (derain {close[0]} ...)?")
+
+
 def _run(
     ctx: Context,
     err: Console,
@@ -653,6 +678,7 @@ def _run(
     from .images import format_for_path, warnings_to_log
 
     # ---- option combinations (exit 2 before any work)
+    _refuse_misplaced_subcommands(ctx, inputs)
     to_file: bool | None = None
     if output is not None:
         if (not output.is_dir() and not output_is_folder

@@ -903,3 +903,19 @@ def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights:
         "derain 1/2", "derain 2/2"]
     assert any(re.fullmatch(r"  a\.png: \d+% of its work", ln) for ln in text)
     assert text[-1].endswith("ETA 0:00:00")
+
+
+def test_a_subcommand_written_after_options_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`derain --threads 1 eval pairs/` derained the pair folder's images into it and then
+    failed on 'eval'; `derain modles` printed a results table of nothing (audit)."""
+    _img(tmp_path / "pairs" / "rain-1.png")
+    r = derain("--threads", "1", "eval", tmp_path / "pairs", cwd=tmp_path)
+    assert r.exit_code == 2 and "'eval' is a subcommand: write it first" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["rain-1.png"]
+    r = derain("modles", cwd=tmp_path)
+    assert r.exit_code == 2 and "did you mean the subcommand 'models'" in r.stderr
+    r = derain("help", cwd=tmp_path)
+    assert r.exit_code == 2 and "run derain --help" in r.stderr
+    (tmp_path / "modles").mkdir()  # a real folder of that name is a folder
+    r = derain("modles", cwd=tmp_path)
+    assert "did you mean" not in r.stderr and "no images found" in r.stderr
