@@ -763,6 +763,7 @@ def _run(
                         _print_setup(err, derainer, dist)
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision, backend)
+                    _check_model_and_tile(model, weights, tile)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank,
                                          lines=chatty and main_rank and not err.is_terminal)
@@ -816,6 +817,60 @@ def _make_derainer(**kw: Any) -> Any:
             raise
         _error(_stderr(), _one_line(e))  # bad --device/--precision/--model values
         raise _Exit(2) from None
+
+
+def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | None) -> None:
+    """What a fresh run refuses about the tile, the model and the weights file, checked
+    without loading a network: a rerun over a finished folder accepted ``--tile 8``, a
+    ``--weights`` that is no weights file and an untrained ``-m``, and a cron job over a
+    growing folder learnt of it only when a new photo came."""
+    from .enhancer import MIN_TILE, SMALLEST_TILE
+
+    err = _stderr()
+    if tile is not None and 0 < tile < SMALLEST_TILE:
+        _error(err, f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, not {tile} "
+                    f"({MIN_TILE} or more keeps the result intact)")
+        raise _Exit(2)
+    if weights is not None:
+        problem = _weights_file_problem(weights)
+        if problem:
+            _error(err, f"{weights}: {problem}")
+            raise _Exit(1)
+        return
+    if model is None:
+        return
+    from .manifest import load_manifest
+
+    if model in load_manifest():
+        return
+    from .models import MODELS, UnknownModelError  # imports torch: the error path only
+
+    if model not in MODELS:
+        _error(err, str(UnknownModelError(model)))
+        raise _Exit(2)
+    from .weights import untrained_message
+
+    _error(err, untrained_message(model))
+    raise _Exit(1)
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a weights file, from its first bytes, or None."""
+    if not path.is_file():
+        return "no such weights file"
+    try:
+        with open(path, "rb") as f:
+            if path.suffix.lower() != ".safetensors":  # torch.save: a zip, or an old pickle
+                head = f.read(4)
+                return None if head[:2] in (b"PK", b"\x80\x02") or head[:1] == b"\x80" else (
+                    "not a weights file (.safetensors, or a PyTorch .pt)")
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return "not a safetensors file"
+            json.loads(f.read(size))
+    except (OSError, ValueError) as e:
+        return f"not a safetensors file ({e.__class__.__name__})"
+    return None
 
 
 def _check_device_and_precision(device: str, precision: str, backend: str = "auto",

@@ -919,3 +919,23 @@ def test_a_subcommand_written_after_options_is_refused_before_any_work(tmp_path:
     (tmp_path / "modles").mkdir()  # a real folder of that name is a folder
     r = derain("modles", cwd=tmp_path)
     assert "did you mean" not in r.stderr and "no images found" in r.stderr
+
+
+def test_a_finished_rerun_refuses_what_a_fresh_run_refuses(tmp_path: Path,
+                                                            tiny_weights: Path) -> None:
+    """With every result there, --tile 8, a --weights that is no weights file and an
+    untrained -m exited 0 (audit): a cron job learnt of them only with a new photo."""
+    import torch
+
+    src = _img(tmp_path / "a.png")
+    assert derain(src, "--weights", tiny_weights).exit_code == 0
+    cases = [(("--weights", tiny_weights, "--tile", "8"), 2, "at least 16 px"),
+             (("--weights", tmp_path / "a.png"), 1, "not a weights file"),
+             (("-m", "semi-drdnet"), 1, "has no pretrained weights yet"),
+             (("-m", "nosuch"), 2, "unknown model 'nosuch'")]
+    for args, code, text in cases:
+        r = derain(src, *args)
+        assert r.exit_code == code and text in r.stderr, (args, r.stderr)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    for args in (("--weights", tiny_weights), ("--weights", tmp_path / "w.pt"), ()):
+        assert derain(src, *args).exit_code == 0, args  # nothing to do, nothing wrong
