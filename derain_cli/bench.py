@@ -797,6 +797,11 @@ def bench_cmd(
     ] = None,
 ) -> None:
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
+    if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
+        # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
+        typer.echo(f"error: --json takes a file name (or '-' for stdout), not the option "
+                   f"{json_path}", err=True)
+        raise typer.Exit(2)
     if json_path is not None and not json_path.parent.is_dir():  # known now, not after
         typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
         raise typer.Exit(2)

@@ -496,7 +496,7 @@ def run_cmd(
     ] = Precision.auto,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, show_default=False, rich_help_panel=PERF,
-                                 help="CPU threads. \\[default: all cores]")
+                                 help="CPU threads. \\[default: one per physical core]")
     ] = None,
     io_threads: Annotated[
         int | None, typer.Option("--io-threads", min=0, show_default=False,

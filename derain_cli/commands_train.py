@@ -153,7 +153,8 @@ def train_cmd(
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
-    export_dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    export_dtype: Annotated[str, typer.Option(
+        help="float16, bfloat16 or float32.")] = "float16",
     bn_recalib: Annotated[int | None, typer.Option(
         show_default=False,
         help="Whole training images to re-estimate BatchNorm statistics on before "
@@ -323,7 +324,8 @@ def distill_cmd(
         min=1, help="Training steps (300: about 6 minutes for semi-drdnet-tiny on a 2-core "
                      "AVX-512 CPU, 36 minutes for semi-drdnet-lite on AVX2).")] = 300,
     max_minutes: Annotated[float | None, typer.Option(
-        help="Stop earlier after this many minutes (the weights are still written).")] = None,
+        min=0.01, help="Stop earlier after this many minutes (the weights are still written)."
+    )] = None,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
     patch: Annotated[int, typer.Option(min=32, help="Crop size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,

@@ -300,6 +300,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     from .weights import save_weights
 
     check_out(cfg.out, cfg.overwrite)
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
+        raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
     cross = cfg.student is not None
     teacher, label = _load_teacher(cfg.teacher, any_arch=cross)
     if cfg.teacher_flips:

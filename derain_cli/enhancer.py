@@ -209,8 +209,9 @@ class Derainer:
                         "and slower result than with %d px or more", self.tile, MIN_TILE)
         self.tile_overlap = overlap if tile_overlap is None else int(tile_overlap)
         if tile_overlap is not None and 0 < self.tile < 2 * self.tile_overlap:
-            log.warning("tile_overlap %d is more than half the %d px tile; using %d px (tiles "
-                        "overlap by at most half)", self.tile_overlap, self.tile, self.tile // 2)
+            log.warning("a tile overlap of %d px is more than half the %d px tile; using %d px "
+                        "(tiles overlap by at most half)", self.tile_overlap, self.tile,
+                        self.tile // 2)
             self.tile_overlap = self.tile // 2
         self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
         if tile_batch is not None and tile_batch < 0:

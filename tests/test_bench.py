@@ -311,3 +311,11 @@ def test_help_lists_every_variant_whole_at_80_columns():
     for v in (*bench.DEFAULT_VARIANTS, *bench.EXTRA_VARIANTS):
         assert v in words
     assert "…" not in words
+
+
+def test_json_refuses_an_option_as_its_file_name():
+    """`--json --rss` took '--rss' as the file, ran without --rss and wrote './--rss'."""
+    app = typer.Typer()
+    app.command()(bench.bench_cmd)
+    res = CliRunner().invoke(app, ["--json", "--rss"])
+    assert res.exit_code == 2 and "--json takes a file name" in res.output

@@ -341,3 +341,10 @@ def test_distill_cli_passes_teacher_flips(setup):
     assert r.exit_code == 0, r.output
     entry = json.loads((root / "cliflip" / "manifest_entry.json").read_text())
     assert entry["teacher"].endswith("(flip self-ensemble)")
+
+
+def test_a_time_limit_must_be_positive(tmp_path):
+    """--max-minutes -1 wrote an untrained model and exited 0 (audit)."""
+    with pytest.raises(DistillError, match="max_minutes must be positive"):
+        distill(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path), max_minutes=-1))
+    assert not (tmp_path / "o").exists()
