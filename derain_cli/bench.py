@@ -77,7 +77,7 @@ import torch
 import typer
 from torch import nn
 
-from . import tiling
+from . import metrics, tiling
 from .enhancer import CPU_TILE, DEFAULT_MODEL, TorchRunner, cpu_supports_bf16, default_overlap
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
@@ -117,9 +117,7 @@ def model_for_bench(name: str) -> tuple[nn.Module, str]:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two images in [0, 1] (clipped first)."""
-    a64 = np.clip(a, 0, 1).astype(np.float64)
-    mse = float(np.mean((a64 - np.clip(b, 0, 1)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+    return metrics.psnr(np.clip(a, 0, 1), np.clip(b, 0, 1), data_range=1.0)
 
 
 def scene_name() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,6 +31,16 @@ def give_normal_mode(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         dest = Path(dest)
         mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~current_umask()
         os.chmod(tmp, mode)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights and graphs run to hundreds of
+    MB: never read whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *,

@@ -26,7 +26,6 @@ read at import time.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -52,6 +51,8 @@ from huggingface_hub.utils import (
     enable_progress_bars,
 )
 from huggingface_hub.utils import logging as hf_logging
+
+from .fileio import sha256_file  # re-exported: the Hub's files are checked with it
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
     import httpx2 as _httpx
@@ -82,15 +83,6 @@ class WeightsUnavailable(Exception):
     def __init__(self, message: str, *, kind: str = "error") -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def snapshot_path(

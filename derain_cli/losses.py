@@ -14,7 +14,6 @@ valid region), the training counterpart of ``metrics.ssim_y``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from .fileio import sha256_file
 
 
 def _gauss_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None,
@@ -286,7 +287,7 @@ def load_vgg19(
                     f"cannot download VGG19 weights {repo_id}/{filename}: "
                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                     "use --contrast-features self (no download needed)") from None
-        h = hashlib.sha256(path.read_bytes()).hexdigest()
+        h = sha256_file(path)  # in chunks: the file is about 550 MB
         log.info("VGG19 weights %s (sha256 %s, not pinned: checked by names/shapes)", path, h)
     try:
         state = load_file(str(path))

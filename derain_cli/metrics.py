@@ -84,18 +84,20 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     """Return the 8-bit image ``img`` would be saved as.
 
     ``uint8`` input is returned unchanged. Float input is taken as ``[0, 1]``: it is
-    clipped, scaled by 255 and rounded half up (``floor(x * 255 + 0.5)``, what
-    ``torchvision.utils.save_image`` does). Other integer types must already hold
-    0..255 values. Raises ``ValueError`` for float input above 1.5 (a 0..255 float image)
-    or integers outside 0..255, and ``TypeError`` for other dtypes.
+    clipped, scaled by 255 and rounded to the nearest integer, ties to even, as derain's
+    writer (``images._quantise``) and ``derain eval`` round (this rounded ties up until
+    2026-12-05, so validation and eval could differ at exact ties). Other integer types
+    must already hold 0..255 values. Raises ``ValueError`` for float input above 1.5 (a
+    0..255 float image) or integers outside 0..255, and ``TypeError`` for other dtypes.
     """
     img = np.asarray(img)
     if img.dtype == np.uint8:
         return img
     if np.issubdtype(img.dtype, np.floating):
         _check_float_range(img)
-        x = np.clip(img.astype(np.float64), 0.0, 1.0)
-        return np.floor(x * 255.0 + 0.5).astype(np.uint8)
+        # in float32, as the writer computes it: at a tie float64 can round the other way
+        x = np.asarray(img, dtype=np.float32) * np.float32(255.0)
+        return np.rint(np.clip(x, 0.0, 255.0)).astype(np.uint8)
     if np.issubdtype(img.dtype, np.integer):
         if img.size and (int(img.min()) < 0 or int(img.max()) > 255):
             raise ValueError(

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import tiling
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, sha256_file
 
 if TYPE_CHECKING:  # not imported at run time: the int8 CPU path starts without torch
     import torch
@@ -118,20 +118,12 @@ def _digest_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".sha256")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _intact(files: list[Path]) -> bool:
     """Every graph there with the digest written at its export: a graph damaged in place
     (a flipped bit in a weight still loads) ran wrong on every later run."""
     try:
         for f in files:
-            if _digest_path(f).read_text().strip() != _file_sha256(f):
+            if _digest_path(f).read_text().strip() != sha256_file(f):
                 log.warning("cached ONNX graph %s does not match its digest; exporting again", f)
                 return False
     except OSError:  # missing (or a graph from before the digests): export
@@ -142,7 +134,7 @@ def _intact(files: list[Path]) -> bool:
 def _exported(files: list[Path]) -> list[Path]:
     """``files`` just exported, their digests written (atomically) beside them."""
     for f in files:
-        atomic_write_text(_digest_path(f), _file_sha256(f) + "\n")
+        atomic_write_text(_digest_path(f), sha256_file(f) + "\n")
     return files
 
 

@@ -96,9 +96,15 @@ def test_rgb_to_y_rejects_bad_input():
 # ------------------------------------------------------------------------- to_uint8
 
 
-def test_to_uint8_rounds_half_up_and_clips():
-    x = np.array([0.0, 1.0, 0.2, -0.3, 1.2, 2.5 / 255, 0.4 / 255])
-    np.testing.assert_array_equal(to_uint8(x), [0, 255, 51, 0, 255, 3, 0])
+def test_to_uint8_rounds_as_derain_writes_and_clips():
+    x = np.array([0.0, 1.0, 0.2, -0.3, 1.2, 0.4 / 255, 0.6 / 255])
+    np.testing.assert_array_equal(to_uint8(x), [0, 255, 51, 0, 255, 0, 1])
+    # the same 8 bits derain's writer stores, so validation scores what eval scores
+    from derain_cli.images import _quantise
+
+    img = np.random.default_rng(0).random((8, 9, 3)).astype(np.float32)
+    img[0, 0] = [2.5 / 255, 3.5 / 255, 0.5]
+    np.testing.assert_array_equal(to_uint8(img), _quantise(img, 8, False))
     u = np.arange(256, dtype=np.uint8)
     assert to_uint8(u) is u
     np.testing.assert_array_equal(to_uint8(u.astype(np.int64)), u)

@@ -137,7 +137,7 @@ def test_a_cached_graph_damaged_in_place_is_exported_again(caplog):
     paths = onnx_backend.cached_graphs(net)
     for p in paths:
         assert (p.parent / (p.name + ".sha256")).read_text().strip() == \
-            onnx_backend._file_sha256(p)
+            onnx_backend.sha256_file(p)
     data = bytearray(paths[0].read_bytes())
     data[len(data) // 2] ^= 0x40
     paths[0].write_bytes(bytes(data))
