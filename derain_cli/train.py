@@ -184,18 +184,22 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return rank, world, local
+    """(rank, world size, local rank) under torchrun, as the deraining batch reads them
+    (``batch.DistInfo``: a malformed variable is not a traceback)."""
+    from .batch import DistInfo
+
+    info = DistInfo.from_env()
+    return info.rank, info.world_size, info.local_rank
 
 
 def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
+    """The device; under torchrun each local rank its own GPU (``cuda:N`` given: that one),
+    as ``batch.init_distributed`` picks it (more ranks than GPUs share them round-robin)."""
     from .enhancer import resolve_device
 
     dev = resolve_device(name)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 
@@ -617,7 +621,7 @@ def _defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     if cfg.patch is None:
         cfg.patch = 128 if on_gpu else 96
     if cfg.workers is None:
-        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        world = max(1, _dist_info()[1])
         cfg.workers = min(4, max(1, (os.cpu_count() or 2) // world)) if on_gpu else 0
     if cfg.freeze_bn is None:  # asking for re-estimated statistics means they may move
         cfg.freeze_bn = bool(cfg.init_weights) and not cfg.bn_recalib
@@ -876,11 +880,11 @@ def train(
     is_main = rank == 0
     started_dist = False
     if world > 1 and not dist.is_initialized():
-        dev_probe = _resolve_device(cfg.device, local, world)
-        backend = "nccl" if dev_probe.type == "cuda" else "gloo"
-        if dev_probe.type == "cuda":
-            torch.cuda.set_device(dev_probe)
-        dist.init_process_group(backend=backend)
+        # one way of joining torchrun for both commands: NCCL with a GPU per rank, gloo
+        # otherwise, and a timeout long enough for rank 0's validation while the others wait
+        from .batch import init_distributed
+
+        init_distributed(cfg.device)
         started_dist = True
     try:
         return _train(cfg, rank, world, local, is_main, _hooks or {})
