@@ -1286,32 +1286,21 @@ def download_cmd(
             typer.echo("no published weights in the manifest yet; nothing to do")
             return
         failures = len(untrained)
-        for name in targets:
-            rec = manifest[name]
-            bundled = weights.bundled_dir() / rec.file
-            if bundled.exists():
-                if weights.sha256_file(bundled) == rec.sha256:
-                    typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
-                else:
-                    _error(err, f"{name}: the bundled file {bundled} does not match its "
-                                "sha256; reinstall derain")
-                    failures += 1
-                continue
-            source = rec.hub_source()
-            if source is None:
-                _error(err, f"{name}: not bundled and no download source (repo_id, filename "
-                            "and pinned revision) in the manifest")
-                failures += 1
-                continue
+        for name in targets:  # the library's own lookup: bundled, cached, else fetched
             try:
-                path = hub.fetch(*source, rec.sha256,
-                                 force=force, quiet=quiet, name=name, manual_path=bundled,
-                                 published=bool((rec.hub or {}).get("published", True)))
-            except hub.WeightsUnavailable as e:
+                path = weights.resolve(name, quiet=quiet, force=force)
+            except hub.WeightsUnavailable as e:  # its own message names what and why
                 _error(err, str(e))
                 failures += 1
                 continue
-            typer.echo(f"{name}: {path} (sha256 verified)")
+            except weights.WeightsError as e:  # a damaged bundled file
+                _error(err, f"{name}: {e}")
+                failures += 1
+                continue
+            if path.parent == weights.bundled_dir():
+                typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
+            else:
+                typer.echo(f"{name}: {path} (sha256 verified)")
         if failures:
             raise typer.Exit(1)
 

@@ -216,10 +216,11 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
     return model
 
 
-def resolve(name: str, *, quiet: bool = False) -> Path:
+def resolve(name: str, *, quiet: bool = False, force: bool = False) -> Path:
     """Local path of a manifest weight, its sha256 checked: bundled file, else the Hub
-    cache, else a download. Every caller gets a checked file (``derain finetune --model``
-    loaded a damaged bundled file without a word)."""
+    cache, else a download (``force``: download again even if cached). Every caller gets
+    a checked file (``derain finetune --model`` loaded a damaged bundled file without a
+    word); ``derain download`` is this, name by name."""
     from . import hub
 
     records = load_manifest()
@@ -247,7 +248,7 @@ def resolve(name: str, *, quiet: bool = False) -> Path:
         )
     repo_id, filename, revision = source
     return hub.fetch(
-        repo_id, filename, revision, rec.sha256,
+        repo_id, filename, revision, rec.sha256, force=force,
         quiet=quiet, manual_path=bundled, name=name, published=_published(rec),
     )
 

@@ -584,7 +584,8 @@ def test_download_bundled_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert r.exit_code == 0 and "bundled, nothing to do" in r.stdout
     (tmp_path / "bundle" / "demo.safetensors").write_bytes(b"corrupted")
     r = derain("download", "--all")
-    assert r.exit_code == 1 and "does not match its sha256" in r.stderr
+    assert r.exit_code == 1 and "does not match the manifest's" in r.stderr
+    assert "reinstall derain" in r.stderr
 
 
 def test_download_usage_errors(tmp_path: Path) -> None:
