@@ -191,10 +191,8 @@ def variant_tile(runner: Any, asked: int | None, device_tile: int, min_tile: int
     the engine's own default (ONNX Runtime's ``suggest_tile``: 512 px on CPUs, where
     PyTorch's is ``device_tile``), at least twice a network's ``min_tile`` (as
     ``Derainer`` does)."""
-    if asked is not None:  # below the minimum: the tiles Derainer runs instead (it warns)
-        return min_tile if 0 < asked < min_tile else asked
     own = runner.suggest_tile() if hasattr(runner, "suggest_tile") else device_tile
-    return tiling.auto_tile(own, min_tile)
+    return tiling.effective_tile(asked, own, min_tile)
 
 
 def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: bool,

@@ -310,8 +310,8 @@ def _work(own_tiles: dict[str, int], min_tile: int, overlap: int, stats: bool,
     h = max(1, round((mp * 1e6 * 3 / 4) ** 0.5))
     w = max(1, round(h * 4 / 3))
     return {e: tiling.work_per_pixel(
-        h, w, tile if tile is not None else tiling.auto_tile(t, min_tile), overlap,
-        stats=stats) for e, t in own_tiles.items()}
+        h, w, tiling.effective_tile(tile, t, min_tile), overlap, stats=stats)
+        for e, t in own_tiles.items()}
 
 
 def decide(entry: dict[str, Any], workload_megapixels: float | None,

@@ -93,6 +93,16 @@ def auto_tile(engine_tile: int, min_tile: int = 0) -> int:
     return max(engine_tile, 2 * min_tile)
 
 
+def effective_tile(asked: int | None, engine_tile: int, min_tile: int = 0) -> int:
+    """The tile ``Derainer`` runs: ``auto_tile`` when none was asked for, the asked one
+    raised to a network's ``min_tile`` (smaller tiles would not agree with the whole
+    image; ``Derainer`` says so), 0 for the whole image. The engine choice and the
+    benchmark cost tiles here too, so they cost what runs."""
+    if asked is None:
+        return auto_tile(engine_tile, min_tile)
+    return min_tile if 0 < asked < min_tile else asked
+
+
 class Runner(Protocol):
     """What the tiler needs from a backend."""
 
