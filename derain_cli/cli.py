@@ -806,8 +806,6 @@ _WORKLOAD_ENOUGH_MP = 200.0
 def _make_derainer(**kw: Any) -> Any:
     from .enhancer import Derainer
 
-    if kw.get("tile_overlap") is None:
-        kw.pop("tile_overlap")
     try:
         return Derainer(**kw)
     except Exception as e:

@@ -214,8 +214,6 @@ class Derainer:
                         self.tile // 2)
             self.tile_overlap = self.tile // 2
         self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
-        if tile_batch is not None and tile_batch < 0:
-            raise OptionError(f"tile_batch must be 0 (automatic) or more, not {tile_batch}")
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
 
