@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 import typer  # noqa: E402
 
-from derain_cli.bench import bench_cmd  # noqa: E402
+from derain_cli.commands_tools import bench_cmd  # noqa: E402
 
 if __name__ == "__main__":
     typer.run(bench_cmd)

@@ -70,11 +70,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 from torch import nn
 
 from . import metrics, tiling
@@ -735,85 +734,3 @@ def bench_main(
     if json_path is not None and str(json_path) != "-":
         Path(json_path).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
     return res
-
-
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: use WIDTHxHEIGHT, e.g. 1000x1000",
-                                 param_hint="'--size'") from None
-    if w < 16 or h < 16:
-        raise typer.BadParameter("the image must be at least 16x16", param_hint="'--size'")
-    return h, w
-
-
-def bench_cmd(
-    model: Annotated[list[str] | None, typer.Option(
-        "-m", "--model", show_default=False,
-        help="Model to measure (repeatable; default: every registered model).")] = None,
-    megapixels: Annotated[float, typer.Option(
-        "--megapixels", min=0.001, help="Test image size (a square).")] = 1.0,
-    size: Annotated[str | None, typer.Option(
-        "--size", metavar="WxH", show_default=False,
-        help="Test image size, overrides --megapixels.")] = None,
-    tile: Annotated[int | None, typer.Option(
-        "--tile", min=0, show_default=False,
-        help="Tile size (default: the device's default; 0 = untiled).")] = None,
-    overlap: Annotated[int | None, typer.Option(
-        "--tile-overlap", min=0, show_default=False,
-        help="Tile overlap in pixels (default: each model's own, as derain uses).")] = None,
-    variants: Annotated[str, typer.Option(
-        "--variants", show_default=False,
-        help="Comma-separated variants (default: all of " + ", ".join(DEFAULT_VARIANTS)
-             + "; also " + ", ".join(EXTRA_VARIANTS) + ", on request: compiling takes "
-             "minutes).")
-    ] = ",".join(DEFAULT_VARIANTS),
-    device: Annotated[str, typer.Option(
-        "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")
-    ] = "auto",
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs (best).")] = 1,
-    threads: Annotated[int | None, typer.Option(
-        "--threads", min=1, show_default=False,
-        help="CPU threads (default: PyTorch's own choice, the physical cores).")] = None,
-    force_bf16: Annotated[bool, typer.Option(
-        "--force-bf16", help="Run bf16 even on CPUs without native bf16 (emulated).")] = False,
-    rss: Annotated[bool, typer.Option(
-        "--rss", help="Also measure the default model's peak RSS for a 24 MP photo (slow; "
-        "-m and --size do not apply to it).")] = False,
-    peak_side: Annotated[int, typer.Option(
-        "--peak-side", min=8, help="Feature-map side of the reference conv timing.")] = 512,
-    flop_side: Annotated[int, typer.Option(
-        "--flop-side", min=16, help="Input side FLOPs are counted on.")] = 128,
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", metavar="FILE", show_default=False,
-        help="Also write the results as JSON ('-': JSON on stdout instead of Markdown).")
-    ] = None,
-) -> None:
-    """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
-    if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
-        # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
-        typer.echo(f"error: --json takes a file name (or '-' for stdout), not the option "
-                   f"{json_path}", err=True)
-        raise typer.Exit(2)
-    if json_path is not None and not json_path.parent.is_dir():  # known now, not after
-        typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
-        raise typer.Exit(2)
-    if json_path is not None and json_path.is_dir():  # was found after measuring
-        typer.echo(f"error: --json {json_path} is a folder; name a file in it", err=True)
-        raise typer.Exit(2)
-    try:
-        bench_main(
-            model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
-            overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
-            devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
-            flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
-        )
-    except BenchError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except (ValueError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None

@@ -63,8 +63,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "grow": ("derain_cli.commands_train", "grow_cmd"),
     "eval": ("derain_cli.commands_train", "eval_cmd"),
     "synth": ("derain_cli.commands_train", "synth_cmd"),
-    "export": ("derain_cli.export", "export_cmd"),
-    "bench": ("derain_cli.bench", "bench_cmd"),
+    "export": ("derain_cli.commands_tools", "export_cmd"),
+    "bench": ("derain_cli.commands_tools", "bench_cmd"),
 }
 
 DEFAULT_COMMAND = "run"

@@ -60,14 +60,12 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import typer
 from torch import Tensor, nn
 
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
-from .quantize import DEFAULT_KEEP_FP32, min_photos
 
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
 #: operators inside); part of the cached file names, so old caches are not reused.
@@ -347,99 +345,3 @@ def check_writable(target: Path) -> None:
     except OSError as e:
         why = e.strerror or str(e)
         raise OSError(f"cannot write {target}: {why}") from None
-
-
-def export_cmd(
-    output_arg: Annotated[str | None, typer.Argument(
-        metavar="OUTPUT", show_default=False,
-        help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
-    ] = None,
-    output: Annotated[str | None, typer.Option(
-        "-o", "--output", show_default=False,
-        help="Output .onnx file (.onnx is appended when missing; missing folders are "
-             "created), or a folder to write MODEL.onnx in (existing, or ending in /). "
-             "Semi-DRDNet also writes <stem>.stats.onnx next to it.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(
-        "-m", "--model", show_default=False,
-        help="Registered model (default: the default model).")] = None,
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", exists=True, dir_okay=False, show_default=False,
-        help="Weights file of one's own instead of the published weights.")] = None,
-    opset: Annotated[int, typer.Option(
-        "--opset", help=f"ONNX opset, {MIN_OPSET} to {max_opset()}.")] = DEFAULT_OPSET,
-    random_init: Annotated[bool, typer.Option(
-        "--random-init", help="Export a randomly initialised network (no weights needed).")
-    ] = False,
-    int8: Annotated[Path | None, typer.Option(
-        "--int8", exists=True, file_okay=False, show_default=False, metavar="CLEAN_DIR",
-        help="Write a static int8 graph instead, calibrated on synthetic rain over these "
-             f"clean photos ({min_photos(1)} or more readable ones, {min_photos(0)} with "
-             "--keep-fp32 0; unreadable ones are skipped; takes minutes).")] = None,
-    keep_fp32: Annotated[int | None, typer.Option(
-        "--keep-fp32", min=0, show_default=False,
-        help=f"With --int8: convolutions left in fp32, the most sensitive first (default "
-             f"{DEFAULT_KEEP_FP32}).")] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace graphs that exist already (default: refuse).")] = False,
-) -> None:
-    """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
-
-    Inputs: float32 NCHW RGB in [0, 1], any batch size; the output is not clipped.
-    Height and width must be multiples of the graph's derain.size_multiple metadata
-    (16 for RDMC, 1 for Semi-DRDNet): pad (reflect) to it, crop the output back,
-    as derain's own tiler does; other sizes fail in ONNX Runtime.
-    """
-    from .data import DataError
-    from .enhancer import DEFAULT_MODEL
-    from .hub import WeightsUnavailable
-    from .models import UnknownModelError, build_model
-    from .weights import WeightsError, load_pretrained, model_from_file
-
-    if output is not None and output_arg is not None and output != output_arg:
-        typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
-                   err=True)
-        raise typer.Exit(2)
-    usage = None
-    if keep_fp32 is not None and int8 is None:
-        usage = "--keep-fp32 is for int8 graphs; add --int8 CLEAN_DIR or leave it out"
-    elif random_init and weights is not None:
-        usage = "--random-init and --weights contradict each other; give one"
-    if usage is not None:
-        typer.echo(f"error: {usage}", err=True)
-        raise typer.Exit(2)
-    try:
-        check_opset(opset)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    target = resolve_output(output or output_arg, model, weights, int8 is not None)
-    try:
-        check_writable(target)
-        if weights is not None:
-            net = model_from_file(weights, model)
-        elif random_init:
-            net = build_model(model or DEFAULT_MODEL)
-        else:
-            net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
-        held = [f for f in planned_outputs(net, target) if f.exists()]
-        if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
-            typer.echo(f"error: {held[0]} exists; pass --overwrite to replace it, or "
-                       "choose another output", err=True)
-            raise typer.Exit(2)
-        if int8 is None:
-            paths = export_onnx(net, target, opset=opset)
-        else:
-            from .quantize import build_int8
-
-            paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
-                                       if keep_fp32 is None else keep_fp32)
-            typer.echo(json.dumps(record), err=True)
-    except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    for p in paths:
-        typer.echo(str(p))

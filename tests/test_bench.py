@@ -11,7 +11,7 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from derain_cli import bench, tiling
+from derain_cli import bench, commands_tools, tiling
 from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
 from derain_cli.onnx_backend import ORT_CPU_TILE
 
@@ -207,7 +207,7 @@ def test_bench_skips_bf16_on_a_cpu_without_it(monkeypatch):
 
 def test_bench_cmd_json_and_errors():
     app = typer.Typer()
-    app.command()(bench.bench_cmd)
+    app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, [
         "-m", "rdmc-lite", "--size", "40x32", "--tile", "0", "--variants", "fp32",
         "--device", "cpu", "--peak-side", "16", "--flop-side", "16", "--json", "-",
@@ -246,7 +246,7 @@ def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(bench, "model_for_bench", lambda name: pytest.fail("measured"))
     app = typer.Typer()
-    app.command()(bench.bench_cmd)
+    app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, [*args, "--size", "32x32"])
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and text in res.output
@@ -255,7 +255,7 @@ def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text)
 
 def test_a_bad_size_names_its_option():
     app = typer.Typer()
-    app.command()(bench.bench_cmd)
+    app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, ["--size", "100"], terminal_width=200)
     assert res.exit_code == 2 and "Invalid value for '--size'" in res.output, res.output
 
@@ -305,7 +305,7 @@ def test_help_lists_every_variant_whole_at_80_columns():
     """Typer's default column cut the list at 80 columns ("bf16,f…") and never named the
     on-request variant (audit)."""
     app = typer.Typer()
-    app.command()(bench.bench_cmd)
+    app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, ["--help"], terminal_width=80)
     words = " ".join(res.output.replace("│", " ").split())
     for v in (*bench.DEFAULT_VARIANTS, *bench.EXTRA_VARIANTS):
@@ -316,6 +316,6 @@ def test_help_lists_every_variant_whole_at_80_columns():
 def test_json_refuses_an_option_as_its_file_name():
     """`--json --rss` took '--rss' as the file, ran without --rss and wrote './--rss'."""
     app = typer.Typer()
-    app.command()(bench.bench_cmd)
+    app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, ["--json", "--rss"])
     assert res.exit_code == 2 and "--json takes a file name" in res.output

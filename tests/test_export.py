@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from derain_cli import export
+from derain_cli import commands_tools, export
 from derain_cli.bench import perturb_bn
 from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
 
@@ -167,7 +167,7 @@ def test_export_cmd(tiny_weights, tmp_path):
     import typer
 
     app = typer.Typer()
-    app.command()(export.export_cmd)
+    app.command()(commands_tools.export_cmd)
     out = tmp_path / "tiny.onnx"
     res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights)])
     assert res.exit_code == 0, res.output
@@ -194,7 +194,7 @@ def test_export_cmd_unknown_model_is_a_usage_error(tmp_path):
     import typer
 
     app = typer.Typer()
-    app.command()(export.export_cmd)
+    app.command()(commands_tools.export_cmd)
     bad = CliRunner().invoke(app, ["-m", "nosuch", "-o", str(tmp_path / "x.onnx")])
     assert bad.exit_code == 2, bad.output
     assert "unknown model 'nosuch'" in bad.output and "semi-drdnet-lite" in bad.output
@@ -210,7 +210,7 @@ def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatc
     import typer
 
     app = typer.Typer()
-    app.command()(export.export_cmd)
+    app.command()(commands_tools.export_cmd)
     out = tmp_path / "o" / "model.onnx"
     out.parent.mkdir()
     res = CliRunner().invoke(app, ["-o", str(out), "--weights", str(tiny_weights)])
@@ -246,7 +246,7 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     import typer
 
     app = typer.Typer()
-    app.command()(export.export_cmd)
+    app.command()(commands_tools.export_cmd)
     out = tmp_path / "tiny.int8.onnx"
     res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
                                    str(clean), "--keep-fp32", "1"])
@@ -271,7 +271,7 @@ def _app():
     import typer
 
     app = typer.Typer()
-    app.command()(export.export_cmd)
+    app.command()(commands_tools.export_cmd)
     return app
 
 

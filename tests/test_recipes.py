@@ -269,7 +269,7 @@ def _script_parser(path: str):  # noqa: ANN202 - an argparse parser or a click c
     if hasattr(mod, "parser"):
         return mod.parser()
     app = typer.Typer()
-    app.command()(mod.bench_cmd)  # bench_inference.py: typer.run(derain_cli.bench.bench_cmd)
+    app.command()(mod.bench_cmd)  # bench_inference.py: typer.run(commands_tools.bench_cmd)
     return typer.main.get_command(app)
 
 

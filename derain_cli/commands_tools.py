@@ -1,0 +1,203 @@
+"""The ``derain export`` and ``derain bench`` commands: thin Typer layers over
+``export.export_onnx`` / ``quantize.build_int8`` and ``bench.bench_main``, kept out of
+those library modules so that using them (the ONNX backend exports through ``export``)
+never imports Typer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, bench_main
+from .export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    check_opset,
+    check_writable,
+    export_onnx,
+    max_opset,
+    planned_outputs,
+    resolve_output,
+)
+from .quantize import DEFAULT_KEEP_FP32, min_photos
+
+
+def export_cmd(
+    output_arg: Annotated[str | None, typer.Argument(
+        metavar="OUTPUT", show_default=False,
+        help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
+    ] = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", show_default=False,
+        help="Output .onnx file (.onnx is appended when missing; missing folders are "
+             "created), or a folder to write MODEL.onnx in (existing, or ending in /). "
+             "Semi-DRDNet also writes <stem>.stats.onnx next to it.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(
+        "-m", "--model", show_default=False,
+        help="Registered model (default: the default model).")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", exists=True, dir_okay=False, show_default=False,
+        help="Weights file of one's own instead of the published weights.")] = None,
+    opset: Annotated[int, typer.Option(
+        "--opset", help=f"ONNX opset, {MIN_OPSET} to {max_opset()}.")] = DEFAULT_OPSET,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Export a randomly initialised network (no weights needed).")
+    ] = False,
+    int8: Annotated[Path | None, typer.Option(
+        "--int8", exists=True, file_okay=False, show_default=False, metavar="CLEAN_DIR",
+        help="Write a static int8 graph instead, calibrated on synthetic rain over these "
+             f"clean photos ({min_photos(1)} or more readable ones, {min_photos(0)} with "
+             "--keep-fp32 0; unreadable ones are skipped; takes minutes).")] = None,
+    keep_fp32: Annotated[int | None, typer.Option(
+        "--keep-fp32", min=0, show_default=False,
+        help=f"With --int8: convolutions left in fp32, the most sensitive first (default "
+             f"{DEFAULT_KEEP_FP32}).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace graphs that exist already (default: refuse).")] = False,
+) -> None:
+    """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
+
+    Inputs: float32 NCHW RGB in [0, 1], any batch size; the output is not clipped.
+    Height and width must be multiples of the graph's derain.size_multiple metadata
+    (16 for RDMC, 1 for Semi-DRDNet): pad (reflect) to it, crop the output back,
+    as derain's own tiler does; other sizes fail in ONNX Runtime.
+    """
+    from .data import DataError
+    from .enhancer import DEFAULT_MODEL
+    from .hub import WeightsUnavailable
+    from .models import UnknownModelError, build_model
+    from .weights import WeightsError, load_pretrained, model_from_file
+
+    if output is not None and output_arg is not None and output != output_arg:
+        typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
+                   err=True)
+        raise typer.Exit(2)
+    usage = None
+    if keep_fp32 is not None and int8 is None:
+        usage = "--keep-fp32 is for int8 graphs; add --int8 CLEAN_DIR or leave it out"
+    elif random_init and weights is not None:
+        usage = "--random-init and --weights contradict each other; give one"
+    if usage is not None:
+        typer.echo(f"error: {usage}", err=True)
+        raise typer.Exit(2)
+    try:
+        check_opset(opset)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    target = resolve_output(output or output_arg, model, weights, int8 is not None)
+    try:
+        check_writable(target)
+        if weights is not None:
+            net = model_from_file(weights, model)
+        elif random_init:
+            net = build_model(model or DEFAULT_MODEL)
+        else:
+            net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
+        held = [f for f in planned_outputs(net, target) if f.exists()]
+        if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
+            typer.echo(f"error: {held[0]} exists; pass --overwrite to replace it, or "
+                       "choose another output", err=True)
+            raise typer.Exit(2)
+        if int8 is None:
+            paths = export_onnx(net, target, opset=opset)
+        else:
+            from .quantize import build_int8
+
+            paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
+                                       if keep_fp32 is None else keep_fp32)
+            typer.echo(json.dumps(record), err=True)
+    except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for p in paths:
+        typer.echo(str(p))
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use WIDTHxHEIGHT, e.g. 1000x1000",
+                                 param_hint="'--size'") from None
+    if w < 16 or h < 16:
+        raise typer.BadParameter("the image must be at least 16x16", param_hint="'--size'")
+    return h, w
+
+
+def bench_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "-m", "--model", show_default=False,
+        help="Model to measure (repeatable; default: every registered model).")] = None,
+    megapixels: Annotated[float, typer.Option(
+        "--megapixels", min=0.001, help="Test image size (a square).")] = 1.0,
+    size: Annotated[str | None, typer.Option(
+        "--size", metavar="WxH", show_default=False,
+        help="Test image size, overrides --megapixels.")] = None,
+    tile: Annotated[int | None, typer.Option(
+        "--tile", min=0, show_default=False,
+        help="Tile size (default: the device's default; 0 = untiled).")] = None,
+    overlap: Annotated[int | None, typer.Option(
+        "--tile-overlap", min=0, show_default=False,
+        help="Tile overlap in pixels (default: each model's own, as derain uses).")] = None,
+    variants: Annotated[str, typer.Option(
+        "--variants", show_default=False,
+        help="Comma-separated variants (default: all of " + ", ".join(DEFAULT_VARIANTS)
+             + "; also " + ", ".join(EXTRA_VARIANTS) + ", on request: compiling takes "
+             "minutes).")
+    ] = ",".join(DEFAULT_VARIANTS),
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")
+    ] = "auto",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs (best).")] = 1,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, show_default=False,
+        help="CPU threads (default: PyTorch's own choice, the physical cores).")] = None,
+    force_bf16: Annotated[bool, typer.Option(
+        "--force-bf16", help="Run bf16 even on CPUs without native bf16 (emulated).")] = False,
+    rss: Annotated[bool, typer.Option(
+        "--rss", help="Also measure the default model's peak RSS for a 24 MP photo (slow; "
+        "-m and --size do not apply to it).")] = False,
+    peak_side: Annotated[int, typer.Option(
+        "--peak-side", min=8, help="Feature-map side of the reference conv timing.")] = 512,
+    flop_side: Annotated[int, typer.Option(
+        "--flop-side", min=16, help="Input side FLOPs are counted on.")] = 128,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", metavar="FILE", show_default=False,
+        help="Also write the results as JSON ('-': JSON on stdout instead of Markdown).")
+    ] = None,
+) -> None:
+    """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
+    if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
+        # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
+        typer.echo(f"error: --json takes a file name (or '-' for stdout), not the option "
+                   f"{json_path}", err=True)
+        raise typer.Exit(2)
+    if json_path is not None and not json_path.parent.is_dir():  # known now, not after
+        typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
+        raise typer.Exit(2)
+    if json_path is not None and json_path.is_dir():  # was found after measuring
+        typer.echo(f"error: --json {json_path} is a folder; name a file in it", err=True)
+        raise typer.Exit(2)
+    try:
+        bench_main(
+            model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
+            overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
+            devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
+            flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
+        )
+    except BenchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
