@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .fileio import why_unwritable
+from .fileio import is_system_folder, why_unwritable
 from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -241,7 +241,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             here = Path(dirpath)
             dirnames[:] = sorted(
                 d for d in dirnames
-                if not d.startswith(".") and _resolved(here / d) not in exclude
+                if not is_system_folder(d) and _resolved(here / d) not in exclude
                 and not is_output_folder(here / d, note=True)
             )
             linked_dirs += sum((here / d).is_symlink() for d in dirnames)  # not walked
@@ -254,7 +254,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             raise ImageError(f"cannot list folder: {e.strerror or e}") from None
         for p in entries:
             if p.is_dir():
-                if p.name.startswith(".") or is_output_folder(p):
+                if is_system_folder(p.name) or is_output_folder(p):
                     continue
                 if p.is_symlink():  # -r would not enter it either
                     linked_dirs += 1
@@ -291,7 +291,8 @@ def _expand(pattern: str) -> list[str]:
         for name in sorted(dirnames if dirs_only else dirnames + filenames):
             if _match_parts(parts, (*rel, name)):
                 found.append(str(here / name) + (os.sep if dirs_only else ""))
-        dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames
+                             if not is_system_folder(d) or (hidden and d.startswith(".")))
     return found
 
 
@@ -1007,14 +1008,15 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
 
 def _side_limit_problem(src: Path, out: Path) -> str | None:
     """Why the photo cannot be written in ``out``'s format (WebP's 16383 px a side), from
-    its header; only read where the formats differ (a JPEG always fits a JPEG)."""
+    its header; for a JPEG result read only where the input is not named as a JPEG (a JPEG
+    always fits a JPEG; WebP results are rare enough to read every header)."""
     from .images import MAX_SIDE, side_limit_problem
 
     try:
         fmt = format_for_path(out)
     except ImageError:
         return None
-    if fmt not in MAX_SIDE or _suffix_format(src) == fmt:
+    if fmt not in MAX_SIDE or (fmt == "JPEG" and _suffix_format(src) == fmt):
         return None
     size = _header_size(src)
     return side_limit_problem(fmt, *size) if size else None

@@ -632,7 +632,8 @@ def _refuse_misplaced_subcommands(ctx: Context, inputs: list[str]) -> None:
         return
     names = [n for n in group.list_commands(ctx) if n != DEFAULT_COMMAND]
     for raw in inputs:
-        if os.path.lexists(raw) or os.sep in raw or "/" in raw or Path(raw).suffix:
+        if (os.path.lexists(raw) or os.sep in raw or "/" in raw or Path(raw).suffix
+                or any(c in raw for c in "*?[")):  # a pattern derain expands itself
             continue
         if raw in names:
             raise _usage(ctx, f"{raw!r} is a subcommand: write it first, before any option "
@@ -858,17 +859,20 @@ def _weights_file_problem(path: Path) -> str | None:
         return "no such weights file"
     try:
         with open(path, "rb") as f:
-            if path.suffix.lower() != ".safetensors":  # torch.save: a zip, or an old pickle
+            if path.suffix in (".pt", ".pth", ".ckpt"):  # read_state's rule: torch.save's
+                # zip or an old pickle; any other name is read as safetensors
                 head = f.read(4)
-                return None if head[:2] in (b"PK", b"\x80\x02") or head[:1] == b"\x80" else (
-                    "not a weights file (.safetensors, or a PyTorch .pt)")
+                return None if head[:2] == b"PK" or head[:1] == b"\x80" else _NOT_WEIGHTS
             size = int.from_bytes(f.read(8), "little")
             if not 2 <= size <= 100_000_000:
-                return "not a safetensors file"
+                return _NOT_WEIGHTS
             json.loads(f.read(size))
-    except (OSError, ValueError) as e:
-        return f"not a safetensors file ({e.__class__.__name__})"
+    except (OSError, ValueError):
+        return _NOT_WEIGHTS
     return None
+
+
+_NOT_WEIGHTS = "not a weights file (safetensors, or a PyTorch .pt/.pth/.ckpt)"
 
 
 def _check_device_and_precision(device: str, precision: str, backend: str = "auto",

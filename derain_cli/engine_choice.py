@@ -431,8 +431,8 @@ def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
     ONNX Runtime, PyTorch is timed alone and the reason kept (``onnx_failed``)."""
     import torch
 
-    from .onnx_backend import make_onnx_runner
-    from .torch_runner import TorchRunner
+    from .onnx_backend import _is_ort_oom, make_onnx_runner
+    from .torch_runner import TorchRunner, _is_oom
 
     cpu = torch.device("cpu")
     runners: dict[str, Any] = {}
@@ -442,7 +442,8 @@ def measure_fp32(net: Any, threads: int | None) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any export/session failure: PyTorch still runs it
         failed = f"{type(e).__name__}: {e}".splitlines()[0][:200]
         # a full disk, a folder in the way, no memory: this run's trouble, not the network's
-        passing = isinstance(e, (OSError, MemoryError))
+        # (PyTorch's and ONNX Runtime's own out-of-memory errors are RuntimeErrors)
+        passing = isinstance(e, (OSError, MemoryError)) or _is_oom(e) or _is_ort_oom(e)
         log.warning("ONNX Runtime cannot run this network (%s); fp32 runs in PyTorch%s",
                     failed, " this time" if passing else "")
     runners["torch"] = TorchRunner(net, cpu, "fp32")
@@ -505,6 +506,9 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
     how = "measured " + ("now" if now else str(entry.get("measured", "earlier")))
     s = entry["seconds"]
     if "onnx" not in s:
+        if entry.get("retry"):  # a full disk, no memory: this run's trouble, timed again next
+            return "torch", (f"ONNX Runtime's graph could not be made this time "
+                             f"({entry.get('onnx_failed')})")
         return "torch", f"{how}: ONNX Runtime cannot run it ({entry.get('onnx_failed')})"
     work = fp32_work(net, tile, _mean_photo(workload_megapixels, workload_images), overlap)
     cost = {e: s[e] * work[e] for e in FP32_BACKENDS}

@@ -33,6 +33,18 @@ def give_normal_mode(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         os.chmod(tmp, mode)
 
 
+#: Folders that operating systems and NAS boxes put beside photos (thumbnails, indexes,
+#: bins), never photos of their own: a Synology's ``@eaDir`` holds a thumbnail JPEG per photo.
+_SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "@recycle", "__macosx", "$recycle.bin",
+                             "system volume information", "lost+found", "#snapshot"})
+
+
+def is_system_folder(name: str) -> bool:
+    """Whether a folder of this name is hidden (``.name``) or a system folder: scans do not
+    enter it, and a dataset's layout does not count it."""
+    return name.startswith(".") or name.lower() in _SYSTEM_FOLDERS
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (weights and graphs run to hundreds of
     MB: never read whole)."""

@@ -118,7 +118,7 @@ _XMP_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
 #: The largest side each output format can hold (the encoders fail past it).
-MAX_SIDE = {"JPEG": 65535, "WEBP": 16383}
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}  # libjpeg's limit, below the format's 65535
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
 _JPEG_MAX_XMP = 65504  # one APP1 segment less its "http://ns.adobe.com/xap/1.0/\0" header
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"

@@ -66,6 +66,8 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fileio import is_system_folder
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "SUBFOLDER_LAYOUTS",
@@ -167,7 +169,7 @@ def _walk_tree(folder: Path, links: list[tuple[Path, Path]] | None = None
         for d in sorted(dirnames):
             path = os.path.join(dirpath, d)
             real = os.path.realpath(path)
-            if not d.startswith(".") and real not in seen:
+            if not is_system_folder(d) and real not in seen:
                 seen.add(real)
                 kept.append(d)
                 if links is not None and os.path.islink(path):
@@ -391,7 +393,7 @@ def _plural(n: int, word: str) -> str:
 
 def _subdirs(root: Path) -> list[Path]:
     return sorted(
-        (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d)),
+        (d for d in root.iterdir() if d.is_dir() and not is_system_folder(d.name)),
         key=lambda d: _natural_key(d.name),
     )
 
@@ -514,17 +516,18 @@ def _partner(root: Path, given: Path, names: Sequence[str],
     (``rain/`` -> ``norain/``, not the ``clean/`` of another set beside it), else the one
     usual name present, else ``root`` if it has images. Two usual names present and
     neither ``given``'s partner: refused (a guess paired one set with another's images)."""
+    found: list[Path] = []
     for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
         mine, other = (rainy_name, clean_name) if given_is_rainy else (clean_name, rainy_name)
         if mine == given.name.lower():
             d = _find_subdir(root, other)
-            if d is not None and d.resolve() != given.resolve():
-                return d, False
-    found = []
-    for name in names:
-        d = _find_subdir(root, name)
-        if d is not None and d.resolve() != given.resolve() and d not in found:
-            found.append(d)
+            if d is not None and d.resolve() != given.resolve() and d not in found:
+                found.append(d)
+    if not found:  # not a name of the table: any usual name of the other side
+        for name in names:
+            d = _find_subdir(root, name)
+            if d is not None and d.resolve() != given.resolve() and d not in found:
+                found.append(d)
     if len(found) > 1:
         side, flag = ("clean", "--clean-dir") if given_is_rainy else ("rainy", "--rainy-dir")
         raise PairsError(

@@ -229,30 +229,41 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def _interrupt_after_block() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends, then raise it.
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until it ends, then raise it;
+    likewise SIGTERM and SIGHUP where a Python handler stops the run with them (the CLI's:
+    a batch scheduler's preemption must save a checkpoint that resumes exactly too).
 
-    Only in the main thread with Python's default handler in place (elsewhere signals cannot
-    be caught, or someone else handles them); a second Ctrl-C inside the block still stops
-    at once.
+    Only in the main thread (elsewhere signals cannot be caught), and SIGINT only with
+    Python's default handler in place (else someone else handles it); a second signal
+    inside the block still stops at once.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    if handlers[signal.SIGINT] is not signal.default_int_handler:
+        del handlers[signal.SIGINT]
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and callable(signal.getsignal(sig)):
+            handlers[sig] = signal.getsignal(sig)
     caught: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
         if caught:
-            raise KeyboardInterrupt
+            handlers[signum](signum, frame)  # a second one: stop now
         caught.append(signum)
 
-    signal.signal(signal.SIGINT, hold)
+    for sig in handlers:
+        signal.signal(sig, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     if caught:
-        raise KeyboardInterrupt
+        handlers[caught[0]](caught[0], None)
+        raise KeyboardInterrupt  # (a handler that returned)
 
 
 #: The most of a time budget the warmup may take (``lr_at``).

@@ -898,3 +898,19 @@ def test_a_file_whose_suffix_lies_is_said_to_change_format(
     assert s.processed == 1
     assert ("lie.jpg is a PNG file named like a JPEG one: the result is written as JPEG, by "
             "its name (--format png keeps PNG)") in caplog.text
+
+
+def test_system_folders_are_not_scanned(tmp_path: Path) -> None:
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_XL.jpg")
+    _img(tmp_path / "sub" / "b.jpg")
+    assert _rels(collect_inputs([str(tmp_path)], recursive=True)) == ["a.jpg", "sub/b.jpg"]
+    assert _rels(collect_inputs([str(tmp_path / "**" / "*.jpg")])) == ["a.jpg", "sub/b.jpg"]
+
+
+def test_a_webp_named_input_too_large_for_webp_fails_before_the_model(tmp_path: Path) -> None:
+    src = tmp_path / "pano.webp"  # a PNG by content: the suffix said nothing of its size
+    Image.new("RGB", (16400, 4)).save(src, format="PNG")
+    items = collect_inputs([str(src)])
+    opts = BatchOptions(output=tmp_path / "out")
+    assert pending(plan_jobs(items, opts), opts) == 0

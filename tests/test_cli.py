@@ -940,3 +940,23 @@ def test_a_finished_rerun_refuses_what_a_fresh_run_refuses(tmp_path: Path,
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
     for args in (("--weights", tiny_weights), ("--weights", tmp_path / "w.pt"), ()):
         assert derain(src, *args).exit_code == 0, args  # nothing to do, nothing wrong
+
+
+def test_glob_patterns_are_not_taken_for_mistyped_subcommands(tmp_path: Path,
+                                                              tiny_weights: Path) -> None:
+    """`derain 'rain*'` was refused as "did you mean 'train'" (review)."""
+    _img(tmp_path / "rain-001.png")
+    r = derain("rain*", "--weights", tiny_weights, cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "rain-001_derained.png").is_file()
+
+
+def test_a_finished_rerun_reads_weights_names_as_a_fresh_run_does(tmp_path: Path,
+                                                                   tiny_weights: Path) -> None:
+    """Any name but .pt/.pth/.ckpt is read as safetensors (weights.read_state)."""
+    import shutil
+
+    src = _img(tmp_path / "a.png")
+    shutil.copy(tiny_weights, tmp_path / "w.bin")
+    for _ in range(2):  # fresh, then finished
+        assert derain(src, "--weights", tmp_path / "w.bin").exit_code == 0

@@ -453,12 +453,30 @@ def test_an_export_that_fails_for_want_of_disk_is_not_remembered(fp32_cache, tin
     monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
     assert (d.backend, d.precision) == ("torch", "fp32")
-    assert "No space left" in d.engine_note and "fp32 runs in PyTorch this time" in caplog.text
+    assert d.engine_note == ("ONNX Runtime's graph could not be made this time (OSError: "
+                             "[Errno 28] No space left on device)")
+    assert "fp32 runs in PyTorch this time" in caplog.text
     assert not (fp32_cache / "engines.json").exists()
     monkeypatch.setattr(onnx_backend, "make_onnx_runner", real)  # space again: both timed
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
     entry, = json.loads((fp32_cache / "engines.json").read_text()).values()
     assert set(entry["seconds"]) == {"torch", "onnx"} and "onnx_failed" not in entry
+
+
+def test_an_export_out_of_memory_in_pytorch_is_not_remembered(fp32_cache, tiny_weights,
+                                                               monkeypatch):
+    """PyTorch's CPU out-of-memory is a RuntimeError, not a MemoryError (review)."""
+    from derain_cli import onnx_backend
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 70368744177664 bytes.")
+
+    monkeypatch.setattr(onnx_backend, "make_onnx_runner", no_memory)
+    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
+    assert d.backend == "torch" and "could not be made this time" in d.engine_note
+    assert not (fp32_cache / "engines.json").exists()
 
 
 def test_the_signature_covers_settings_that_keep_shapes(monkeypatch):

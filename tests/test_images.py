@@ -1156,3 +1156,8 @@ def test_a_result_too_large_for_its_format_is_refused_clearly(tmp_path: Path) ->
                                          r"is 16384x2: write PNG or TIFF"):
         prepare_image(tmp_path / "w.webp", wide)
     prepare_image(tmp_path / "w.png", wide)  # PNG has room
+
+
+def test_jpeg_side_limit_is_libjpegs():
+    assert images.side_limit_problem("JPEG", 65500, 2) is None
+    assert "65500 px a side" in images.side_limit_problem("JPEG", 65501, 2)

@@ -379,3 +379,17 @@ def test_hints_name_the_cli_flags_and_the_python_arguments(tmp_path):
         find_pairs(tmp_path / "given", rainy_dir="mine")
     with pytest.raises(PairsError, match=r"name it with --rainy-dir \(rainy_dir= in Python\)"):
         find_pairs(tmp_path / "given", clean_dir="mine")
+
+
+def test_system_folders_beside_photos_are_not_nested_images(tmp_path):
+    """A Synology NAS puts @eaDir/ thumbnails in every photo folder: a working rain/ +
+    norain/ set was refused as holding images in a subfolder (review)."""
+    _make(tmp_path, "rain/rain-1.png", "norain/norain-1.png",
+          "rain/@eaDir/rain-1.png/SYNOPHOTO_THUMB_XL.jpg", "__MACOSX/rain/._x.png")
+    assert _names(find_pairs(tmp_path), tmp_path) == [("rain/rain-1.png", "norain/norain-1.png")]
+
+
+def test_one_folder_named_with_two_table_partners_is_refused(tmp_path):
+    _make(tmp_path, "input/1.png", "target/1.png", "gt/1.png")
+    with pytest.raises(PairsError, match=r"2 folders could hold its clean partners"):
+        find_pairs(tmp_path, rainy_dir="input")

@@ -279,6 +279,29 @@ def test_interrupt_after_block_holds_one_ctrl_c_and_not_two(python_sigint):
     assert done == ["finished"]
 
 
+def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
+    """SIGTERM (a scheduler's preemption) stopped a step half way under the CLI's handler:
+    the checkpoint saved then counted a step whose update was not applied (review)."""
+    import os
+    import signal
+
+    from derain_cli import cli
+
+    before = signal.signal(signal.SIGTERM, cli._stop_like_ctrl_c)
+    cli._TERMINATED_BY.clear()
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with T._interrupt_after_block():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the step finished")
+        assert done == ["the step finished"] and cli._TERMINATED_BY == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is cli._stop_like_ctrl_c
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        cli._TERMINATED_BY.clear()
+
+
 def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     with pytest.raises(T.TrainError, match="no checkpoint"):
         T.train(_cfg(data, tmp_path / "x", resume=True))
