@@ -510,26 +510,57 @@ def _resolve_override(root: Path, value: str | Path, side: str) -> Path:
     return found
 
 
+def _layout_partners(root: Path) -> dict[Path, Path]:
+    """Each subfolder of ``root`` that completes a layout, with its partner, the table's
+    order deciding where folders could pair two ways (``clean/`` with ``rainy/`` before
+    ``rain/``); keys and values resolved."""
+    pairs: dict[Path, Path] = {}
+    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
+        r, c = _find_subdir(root, rainy_name), _find_subdir(root, clean_name)
+        if r is None or c is None:
+            continue
+        r, c = r.resolve(), c.resolve()
+        if r != c and r not in pairs and c not in pairs:
+            pairs[r], pairs[c] = c, r
+    return pairs
+
+
 def _partner(root: Path, given: Path, names: Sequence[str],
              given_is_rainy: bool) -> tuple[Path, bool] | None:
     """The folder holding the other side: ``given``'s partner in ``SUBFOLDER_LAYOUTS``
-    (``rain/`` -> ``norain/``, not the ``clean/`` of another set beside it), else the one
-    usual name present, else ``root`` if it has images. Two usual names present and
-    neither ``given``'s partner: refused (a guess paired one set with another's images)."""
-    found: list[Path] = []
+    (``rain/`` -> ``norain/``, not the ``clean/`` of the ``rainy/`` beside it), else the
+    one usual name present, else ``root`` if it has images. Where two folders could be
+    the partner (``input/`` beside ``target/`` and ``gt/``), or the table's partners
+    belong to other sets: refused (a guess paired one set with another's images)."""
+    side, flag = ("clean", "--clean-dir") if given_is_rainy else ("rainy", "--rainy-dir")
+    assigned = _layout_partners(root)
+    table: list[Path] = []  # the table's partners of ``given`` present, as found
+    in_table = False
     for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
         mine, other = (rainy_name, clean_name) if given_is_rainy else (clean_name, rainy_name)
         if mine == given.name.lower():
+            in_table = True
             d = _find_subdir(root, other)
-            if d is not None and d.resolve() != given.resolve() and d not in found:
-                found.append(d)
-    if not found:  # not a name of the table: any usual name of the other side
-        for name in names:
-            d = _find_subdir(root, name)
-            if d is not None and d.resolve() != given.resolve() and d not in found:
-                found.append(d)
+            if d is not None and d.resolve() != given.resolve() and \
+                    all(d.resolve() != t.resolve() for t in table):
+                table.append(d)
+    own = assigned.get(given.resolve())
+    found = [d for d in table if d.resolve() == own or d.resolve() not in assigned]
+    if not found and table:
+        raise PairsError(
+            f"{root}: {_rel(given, root)} given, but the {side} folders beside it "
+            f"({', '.join(_rel(d, root) for d in table)}) belong to another set there; "
+            f"name its {side} folder with {flag} ({side}_dir= in Python)")
+    if not in_table:  # not a name of the table: a usual name present, not another set's
+        usual = [d for d in (_find_subdir(root, n) for n in names)
+                 if d is not None and d.resolve() != given.resolve()]
+        found = [d for d in usual if d.resolve() not in assigned]
+        if not found and usual:
+            raise PairsError(
+                f"{root}: {_rel(given, root)} given, but the {side} folders beside it "
+                f"({', '.join(_rel(d, root) for d in usual)}) belong to another set there; "
+                f"name its {side} folder with {flag} ({side}_dir= in Python)")
     if len(found) > 1:
-        side, flag = ("clean", "--clean-dir") if given_is_rainy else ("rainy", "--rainy-dir")
         raise PairsError(
             f"{root}: {_rel(given, root)} given, and {len(found)} folders could hold its "
             f"{side} partners ({', '.join(_rel(d, root) for d in found)}); name one with "

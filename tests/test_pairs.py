@@ -140,10 +140,17 @@ def test_one_folder_named_pairs_with_its_own_partner(tmp_path):
         ("rain/1.png", "norain/1.png")]
     assert _names(find_pairs(tmp_path, clean_dir="CLEAN"), tmp_path) == [
         ("rainy/1.png", "clean/1.png")]
-    _make(tmp_path, "foggy/1.png")  # no layout's name: two candidates, refused
-    with pytest.raises(PairsError, match=r"2 folders could hold its clean partners .*"
-                                         r"--clean-dir"):
+    (tmp_path / "norain" / "1.png").unlink()
+    (tmp_path / "norain").rmdir()  # rain/'s own partner gone: clean/ is rainy/'s, refused
+    with pytest.raises(PairsError, match=r"'clean/'\) belong to another set there"):
+        find_pairs(tmp_path, rainy_dir="rain")
+    _make(tmp_path, "foggy/1.png")  # no layout's name: clean/ is rainy/'s, refused
+    with pytest.raises(PairsError, match=r"belong to another set there; name its clean "
+                                         r"folder with --clean-dir"):
         find_pairs(tmp_path, rainy_dir="foggy")
+    _make(tmp_path, "gt/1.png")  # gt/ is nobody's: foggy/ + gt/
+    assert _names(find_pairs(tmp_path, rainy_dir="foggy"), tmp_path) == [
+        ("foggy/1.png", "gt/1.png")]
 
 
 def test_images_in_subfolders_of_a_side_are_not_dropped_in_silence(tmp_path):
