@@ -415,19 +415,27 @@ def test_fp32_real_measurement_times_both_engines(fp32_cache, monkeypatch):
 
 
 @pytest.mark.usefixtures("one_thread")
+def _fp32_with_export_failing(monkeypatch, tiny_weights, error: BaseException) -> Derainer:
+    """A Derainer in fp32 whose ONNX export raises ``error`` (the engines timed on a small
+    probe)."""
+    from derain_cli import onnx_backend
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(onnx_backend, "make_onnx_runner", failing)
+    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
+    assert (d.backend, d.precision) == ("torch", "fp32")
+    return d
+
+
 def test_a_network_onnx_runtime_cannot_run_goes_to_pytorch(fp32_cache, tiny_weights,
                                                            monkeypatch, caplog):
     """An export or session failure is not fatal where PyTorch can run the network: it is
     timed alone, remembered with the reason, and said in the note."""
-    from derain_cli import onnx_backend
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("ONNX export failed: an operator without a symbolic\nmore")
-
-    monkeypatch.setattr(onnx_backend, "make_onnx_runner", broken)
-    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
-    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
-    assert (d.backend, d.precision) == ("torch", "fp32")
+    d = _fp32_with_export_failing(monkeypatch, tiny_weights, RuntimeError(
+        "ONNX export failed: an operator without a symbolic\nmore"))
     assert d.engine_note == ("measured now: ONNX Runtime cannot run it (RuntimeError: ONNX "
                              "export failed: an operator without a symbolic)")
     assert "fp32 runs in PyTorch" in caplog.text
@@ -439,44 +447,27 @@ def test_a_network_onnx_runtime_cannot_run_goes_to_pytorch(fp32_cache, tiny_weig
     assert d.backend == "torch" and d.engine_note.startswith("measured 20")
 
 
-def test_an_export_that_fails_for_want_of_disk_is_not_remembered(fp32_cache, tiny_weights,
-                                                                  monkeypatch, caplog):
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    # PyTorch's CPU out-of-memory is a RuntimeError, not a MemoryError (review)
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 70368744177664 bytes."),
+])
+def test_an_export_that_fails_for_want_of_disk_or_memory_is_not_remembered(
+        fp32_cache, tiny_weights, monkeypatch, caplog, error):
     """A full disk while exporting once pinned fp32 to PyTorch for good (and for every
     weights file of the same shapes): such a failure is used for this run only."""
     from derain_cli import onnx_backend
 
-    def no_space(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
     real = onnx_backend.make_onnx_runner
-    monkeypatch.setattr(onnx_backend, "make_onnx_runner", no_space)
-    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
-    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
-    assert (d.backend, d.precision) == ("torch", "fp32")
-    assert d.engine_note == ("ONNX Runtime's graph could not be made this time (OSError: "
-                             "[Errno 28] No space left on device)")
+    d = _fp32_with_export_failing(monkeypatch, tiny_weights, error)
+    assert d.engine_note.startswith("ONNX Runtime's graph could not be made this time (")
     assert "fp32 runs in PyTorch this time" in caplog.text
     assert not (fp32_cache / "engines.json").exists()
     monkeypatch.setattr(onnx_backend, "make_onnx_runner", real)  # space again: both timed
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
     entry, = json.loads((fp32_cache / "engines.json").read_text()).values()
     assert set(entry["seconds"]) == {"torch", "onnx"} and "onnx_failed" not in entry
-
-
-def test_an_export_out_of_memory_in_pytorch_is_not_remembered(fp32_cache, tiny_weights,
-                                                               monkeypatch):
-    """PyTorch's CPU out-of-memory is a RuntimeError, not a MemoryError (review)."""
-    from derain_cli import onnx_backend
-
-    def no_memory(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
-                           "allocate memory: you tried to allocate 70368744177664 bytes.")
-
-    monkeypatch.setattr(onnx_backend, "make_onnx_runner", no_memory)
-    monkeypatch.setattr(engine_choice, "PROBE_SIDE", 96)
-    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1)
-    assert d.backend == "torch" and "could not be made this time" in d.engine_note
-    assert not (fp32_cache / "engines.json").exists()
 
 
 def test_the_signature_covers_settings_that_keep_shapes(monkeypatch):
