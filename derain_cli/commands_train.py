@@ -39,6 +39,12 @@ AmpOption = Annotated[str, typer.Option(
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: --val's folders, named where its layout is not recognised (as eval's --rainy-dir)
+ValRainyOption = Annotated[str | None, typer.Option(
+    help="Rainy subfolder of --val (where its layout is not recognised).")]
+ValCleanOption = Annotated[str | None, typer.Option(
+    help="Clean subfolder of --val (where its layout is not recognised).")]
+
 #: Seeds are 32-bit (numpy's generators take them modulo 2**32: -1 was 4294967295).
 SEED_MAX = 2**32 - 1
 
@@ -108,9 +114,13 @@ def train_cmd(
     clean_fraction: CleanFractionOption = 0.0,
     unlabeled: Annotated[list[Path] | None, typer.Option(
         "--unlabeled", help="Real rainy photos without ground truth (contrastive terms).")] = None,
-    rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder of --pairs.")] = None,
-    clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder of --pairs.")] = None,
+    rainy_dir: Annotated[str | None, typer.Option(
+        help="Rainy subfolder of every --pairs folder.")] = None,
+    clean_dir: Annotated[str | None, typer.Option(
+        help="Clean subfolder of every --pairs folder.")] = None,
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
+    val_rainy_dir: ValRainyOption = None,
+    val_clean_dir: ValCleanOption = None,
     val_limit: Annotated[int, typer.Option(help="Validate on at most N pairs.")] = 20,
     val_crop: Annotated[int | None, typer.Option(help="Center-crop val images to N px.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
@@ -179,7 +189,8 @@ def train_cmd(
             model=model, init_weights=str(weights) if weights else None, pairs=_dirs(pairs),
             rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
             clean_fraction=clean_fraction, unlabeled=_dirs(unlabeled),
-            val=str(val) if val else None, val_limit=val_limit,
+            val=str(val) if val else None, val_rainy_dir=val_rainy_dir,
+            val_clean_dir=val_clean_dir, val_limit=val_limit,
             val_crop=val_crop, out=str(out), steps=steps, epochs=epochs, batch=batch,
             patch=patch, lr=lr, warmup=warmup, clip=clip, ema=ema, amp=amp, seed=seed,
             device=device, threads=threads, workers=workers, val_every=val_every,
@@ -254,6 +265,8 @@ def finetune_cmd(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
              "(batch statistics while training, re-estimated at the end).")] = "keep",
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
+    val_rainy_dir: ValRainyOption = None,
+    val_clean_dir: ValCleanOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False,
@@ -288,7 +301,8 @@ def finetune_cmd(
             batch=batch, patch=patch, lr=lr, l2sp=l2sp, consistency=consistency,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, batchnorm=batchnorm,
-            val=str(val) if val else None, device=device, threads=threads,
+            val=str(val) if val else None, val_rainy_dir=val_rainy_dir,
+            val_clean_dir=val_clean_dir, device=device, threads=threads,
             workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
             amp=amp, given=_given_params(ctx) if resume else None,

@@ -94,6 +94,9 @@ class TrainConfig:
     clean_fraction: float = 0.0
     unlabeled: list[str] = field(default_factory=list)
     val: str | None = None
+    #: the rainy and clean folders of ``val`` where its layout is not recognised
+    val_rainy_dir: str | None = None
+    val_clean_dir: str | None = None
     val_limit: int = 20
     #: center-crop validation images to at most this size (None: full images)
     val_crop: int | None = None
@@ -577,15 +580,16 @@ def _recalibrated(ema: nn.Module, labeled: Any, n: int, seed: int,
 
 
 def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
-              cache: dict[Any, Any] | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+              cache: dict[Any, Any] | None, rainy_dir: str | None = None,
+              clean_dir: str | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The validation pairs as (name, rainy, clean) 8-bit RGB arrays (centre-cropped to
     ``crop``), kept in ``cache`` so that each validation decodes none."""
     from .pairs import find_pairs
 
-    key = (pairs_dir, limit, crop)
+    key = (pairs_dir, limit, crop, rainy_dir, clean_dir)
     if cache is not None and key in cache:
         return cache[key]
-    pairs = find_pairs(Path(pairs_dir))
+    pairs = find_pairs(Path(pairs_dir), rainy_dir, clean_dir)
     if limit:
         pairs = pairs[:limit]
     images = []
@@ -605,11 +609,13 @@ def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
 def validate(
     model: nn.Module, pairs_dir: str, *, device: torch.device, limit: int | None = 20,
     crop: int | None = None, cache: dict[Any, Any] | None = None,
+    rainy_dir: str | None = None, clean_dir: str | None = None,
 ) -> dict[str, float]:
-    """Mean PSNR/SSIM on Y (8-bit rounded outputs) of ``model`` on up to ``limit`` pairs."""
+    """Mean PSNR/SSIM on Y (8-bit rounded outputs) of ``model`` on up to ``limit`` pairs
+    (``rainy_dir``/``clean_dir``: the folders of ``pairs_dir``, as ``find_pairs`` takes them)."""
     from . import metrics
 
-    images = _load_val(pairs_dir, limit, crop, cache)
+    images = _load_val(pairs_dir, limit, crop, cache, rainy_dir, clean_dir)
     was_training = model.training
     model.eval()
     ps, ss = [], []
@@ -733,13 +739,14 @@ def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
 
     cache: dict[Any, Any] = {}
     try:
-        images = _load_val(cfg.val, cfg.val_limit, cfg.val_crop, cache)
+        images = _load_val(cfg.val, cfg.val_limit, cfg.val_crop, cache, cfg.val_rainy_dir,
+                           cfg.val_clean_dir)
     except D.DataError as e:
         raise TrainError(f"--val: {e}") from None
     except PairsError as e:  # --val has no --rainy-dir/--clean-dir to name its folders
         raise TrainError(f"--val: {e}".replace(
-            NAME_FOLDERS_HINT, "Lay --val out as rainy/ + clean/ (or another layout derain "
-            "eval detects)")) from None
+            NAME_FOLDERS_HINT, "Name its folders with --val-rainy-dir and --val-clean-dir")
+        ) from None
     for name, r, c in images:
         problem = pair_problem(name, r, c)
         if problem:
@@ -1320,7 +1327,9 @@ def _train(
                 if do_val and is_main:
                     calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
                     last_val = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
-                                        crop=cfg.val_crop, cache=val_cache)
+                                        crop=cfg.val_crop, cache=val_cache,
+                                        rainy_dir=cfg.val_rainy_dir,
+                                        clean_dir=cfg.val_clean_dir)
                     improved = best_psnr is None or last_val["psnr"] > best_psnr
                     if improved:
                         best_psnr, best_step = last_val["psnr"], step
@@ -1356,7 +1365,8 @@ def _train(
     if finishing and cfg.val and is_main:  # the interrupted run's last validation
         last_val = validate(_recalibrated(ema, labeled, recalib, cfg.seed, device), cfg.val,
                             device=device, limit=cfg.val_limit, crop=cfg.val_crop,
-                            cache=val_cache)
+                            cache=val_cache, rainy_dir=cfg.val_rainy_dir,
+                            clean_dir=cfg.val_clean_dir)
     wall = wall_before + time.time() - t_start
     entry = None
     weights_path = None
@@ -1539,6 +1549,8 @@ class FinetuneConfig:
     time_budget: float | None = None
     name: str | None = None
     val: str | None = None
+    val_rainy_dir: str | None = None
+    val_clean_dir: str | None = None
     ckpt_every: int = 100
     #: the user's photos are downscaled to this long side (0: never) before anything else:
     #: the base model derains them once (pseudo-clean), and crops are drawn from them
@@ -1660,7 +1672,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     cfg = TrainConfig(
         model=fc.model if fc.arch is None else None, arch=fc.arch, model_config=fc.model_config,
         init_weights=weights, synthetic=[fc.clean] if fc.clean else [], preset=fc.preset,
-        clean_fraction=fc.clean_fraction, unlabeled=[fc.rainy], val=fc.val, out=fc.out, steps=steps,
+        clean_fraction=fc.clean_fraction, unlabeled=[fc.rainy], val=fc.val,
+        val_rainy_dir=fc.val_rainy_dir, val_clean_dir=fc.val_clean_dir, out=fc.out, steps=steps,
         batch=batch, patch=patch,
         lr=fc.lr, warmup=min(50, steps // 10 or 1), min_lr_ratio=0.1, l2sp=fc.l2sp,
         consistency=fc.consistency, contrast_features=fc.contrast_features,

@@ -1386,3 +1386,22 @@ def test_a_time_budget_is_shown_and_resuming_without_it_is_said(data, tmp_path, 
     T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
     err = " ".join(capsys.readouterr().err.split())
     assert "time budget 3600 s -> none" in err and "give --time-budget" in err
+
+
+def test_val_folders_can_be_named_as_evals_can(data, tmp_path):
+    """`--val` with a layout derain does not recognise could not be used at all, where
+    `derain eval --rainy-dir --clean-dir` could (audit)."""
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(data["val"] / "rainy", custom / "foggy")
+    shutil.copytree(data["val"] / "clean", custom / "sharp")
+    with pytest.raises(T.TrainError, match=r"(?s)--val: .*no rainy/clean layout found.*"
+                                           r"--val-rainy-dir and --val-clean-dir"):
+        T.train(_cfg(data, tmp_path / "a", steps=2, val=str(custom)))
+    res = T.train(_cfg(data, tmp_path / "b", steps=2, val=str(custom), val_rainy_dir="foggy",
+                       val_clean_dir="sharp", val_every=2))
+    assert res.steps == 2
+    vals = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+            if '"val"' in line]
+    assert vals and vals[-1]["val_psnr"] > 0
