@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .fileio import is_system_folder, why_unwritable
+from .fileio import is_system_folder, same_name_key, why_unwritable
 from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -313,7 +313,8 @@ def _match_parts(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
     name = path[0]
     if name.startswith(".") and not head.startswith("."):
         return False
-    return fnmatch.fnmatchcase(name, head) and _match_parts(rest, path[1:])
+    # in the file system's case (fnmatch: any case on Windows, as glob there matches)
+    return fnmatch.fnmatch(name, head) and _match_parts(rest, path[1:])
 
 
 def without_shell_leftovers(inputs: Sequence[str], output: Path,
@@ -614,15 +615,17 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
                 "give a folder to write several results"
             )
     items = _without_earlier_results(items, options, to_file)
-    inputs = {_resolved(i.path) for i in items if i.error is None}
-    claimed: dict[Path, InputItem] = {}
+    # compared as the file system compares names: one file on macOS and Windows may have
+    # two spellings here (IMG_1.jpg, img_1.jpg)
+    inputs = {same_name_key(i.path) for i in items if i.error is None}
+    claimed: dict[str, InputItem] = {}
     jobs: list[Job] = []
     for item in items:
         if item.error is not None:
             jobs.append(Job(item, None, item.error))
             continue
         out = _output_for(item, options, to_file)
-        key = _resolved(out)
+        key = same_name_key(out)
         if _same_file(out, item.path):
             jobs.append(Job(item, out, "the output would overwrite the input; choose another -o"))
         elif key in inputs:
@@ -914,7 +917,8 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, str]:
         # NCCL needs one GPU per rank; with more ranks than GPUs the (tiny) control traffic
         # of this module goes over gloo instead.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size) or 1)
-        backend = "nccl" if count >= local_world else "gloo"
+        # (Windows' PyTorch has no NCCL)
+        backend = "nccl" if count >= local_world and sys.platform != "win32" else "gloo"
     else:
         dev = "cpu" if device == "auto" else device
         backend = "gloo"

@@ -706,7 +706,7 @@ def _run(
             inputs = batch.without_shell_leftovers(inputs, output, recursive)
             for raw in inputs:
                 p = Path(raw)
-                if p.is_dir() and p.resolve() == output.resolve():
+                if p.is_dir() and output.is_dir() and os.path.samefile(p, output):
                     raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                       "replace the originals; choose another folder")
     options = batch.BatchOptions(
@@ -1330,7 +1330,7 @@ def _catch_termination() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGBREAK: Windows' Ctrl-Break
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
             signal.signal(sig, _stop_like_ctrl_c)

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
-from .fileio import atomic_write_text, why_unwritable
+from .fileio import atomic_write, atomic_write_text, same_name_key, why_unwritable
 from .pairs import Pair, find_pairs, list_images, reads_into
 
 IDENTITY = "identity"
@@ -304,14 +304,16 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
     replaced the ground truth with the model's outputs, silently."""
     from .errors import OptionError
 
-    inputs = {q.resolve() for p in pairs for q in (p.rainy, p.clean)}
-    held = {q.parent for q in inputs}  # folders holding pair images (rainy/, clean/...)
+    # names compared as the file system compares them (``--save data/Clean`` is the pairs'
+    # clean/ folder on macOS and Windows)
+    inputs = {same_name_key(q) for p in pairs for q in (p.rainy, p.clean)}
+    held = {same_name_key(q.parent) for p in pairs for q in (p.rainy, p.clean)}
     written = [save] if save is not None else []
     if report is not None:
         written.append(report.parent / f"{report.stem}_files")
     for d in written:  # new images there would break the pairs' layout (unmatched files)
-        r = d.resolve()
-        if r in held or any(h in r.parents for h in held):
+        r = same_name_key(d)
+        if r in held or any(r.startswith(h.rstrip(os.sep) + os.sep) for h in held):
             raise OptionError(f"{d} is inside a folder of the pairs being scored; save the "
                               "outputs in another folder")
     planned: list[tuple[Path, str]] = []
@@ -319,9 +321,9 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
         planned += [(save / n, p.name) for p, n in zip(pairs, save_names(pairs), strict=True)]
     planned += [(f, what) for f, what in ((csv_path, "the scores"), (report, "the report"))
                 if f is not None]
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for f, what in planned:
-        r = f.resolve()
+        r = same_name_key(f)
         if r in inputs:
             raise OptionError(f"{f} is one of the pairs being scored; save the outputs in "
                               "another folder")
@@ -355,8 +357,13 @@ def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None)
 
 
 def write_csv(res: EvalResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    """The per-image scores and their mean, in UTF-8 (file names may be any script; the
+    locale's encoding failed on Windows after the whole evaluation), written atomically."""
+    atomic_write(path, lambda tmp: _write_csv_to(res, tmp))
+
+
+def _write_csv_to(res: EvalResult, path: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"])
         for s in res.images:

@@ -111,7 +111,9 @@ def surely_cpu(device: str) -> bool:
     build = _torch_build()
     if build is None:
         return False
-    if build["cuda"] is not None and NVIDIA_DRIVER.exists():
+    # the driver's /proc file exists on Linux only: elsewhere (Windows) a CUDA build may
+    # have a GPU, and the user's GPU was left idle for int8 on the CPU
+    if build["cuda"] is not None and (sys.platform != "linux" or NVIDIA_DRIVER.exists()):
         return False
     return not (build["hip"] is not None and ROCM_DEVICE.exists())
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,35 @@ def is_system_folder(name: str) -> bool:
     """Whether a folder of this name is hidden (``.name``) or a system folder: scans do not
     enter it, and a dataset's layout does not count it."""
     return name.startswith(".") or name.lower() in _SYSTEM_FOLDERS
+
+
+def same_name_key(path: str | os.PathLike[str]) -> str:
+    """A key under which two paths are equal when they name the same file, for paths that
+    need not exist yet: the absolute, resolved path, case-folded where the file system of its
+    nearest existing folder ignores case (macOS and Windows by default). Why: ``IMG_1.jpg``
+    and ``img_1.png --format png`` planned two results that are one file there; the second
+    overwrote the first, or an original."""
+    p = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(p))
+    folder = real.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    key = os.path.normcase(str(real))
+    return key.casefold() if _ignores_case(str(folder)) else key
+
+
+@functools.lru_cache(maxsize=256)
+def _ignores_case(folder: str) -> bool:
+    """Whether the file system holding the existing ``folder`` ignores case in names: its
+    path in swapped case names the same folder. Without letters to swap: the platform's
+    usual default."""
+    swapped = folder.swapcase()
+    if swapped == folder:
+        return sys.platform in ("darwin", "win32")
+    try:
+        return os.path.samefile(swapped, folder)
+    except OSError:
+        return False
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

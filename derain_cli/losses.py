@@ -30,10 +30,12 @@ from .fileio import sha256_file
 
 def _gauss_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None,
                   dtype: torch.dtype | None = None) -> Tensor:
-    x = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+    # made in float64 on the CPU, then moved: Apple's MPS has no float64 (training's first
+    # SSIM term raised there)
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
-    return g.to(dtype or torch.float32)
+    return g.to(device=device, dtype=dtype or torch.float32)
 
 
 def ssim_torch(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:

@@ -226,7 +226,9 @@ class TorchRunner:
         try:
             with torch.inference_mode(), self._autocast():
                 s = self.model.se_sums(self._in(x), self._pooled(pooled), self._in(mask))
-            return s.double().cpu().numpy()
+            # float64 on the host: Apple's MPS has no float64 (.double() there raised,
+            # and every photo over one tile failed); float32 -> float64 is exact
+            return s.float().cpu().double().numpy()
         except Exception as e:
             self._oom(e)
             raise

@@ -914,3 +914,17 @@ def test_a_webp_named_input_too_large_for_webp_fails_before_the_model(tmp_path: 
     items = collect_inputs([str(src)])
     opts = BatchOptions(output=tmp_path / "out")
     assert pending(plan_jobs(items, opts), opts) == 0
+
+
+def test_outputs_one_file_where_case_is_ignored_are_a_collision(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """On macOS and Windows IMG_1.jpg + img_1.png --format png wrote one file twice: the
+    second result replaced the first or was 'skipped' (review)."""
+    from derain_cli import fileio
+
+    a, b = _img(tmp_path / "IMG_1.jpg"), _img(tmp_path / "img_1.png")
+    opts = BatchOptions(format="png")
+    assert all(j.error is None for j in plan_jobs(collect_inputs([str(a), str(b)]), opts))
+    monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)
+    jobs = plan_jobs(collect_inputs([str(a), str(b)]), opts)
+    assert jobs[0].error is None and "writes the same output" in jobs[1].error

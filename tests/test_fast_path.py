@@ -149,6 +149,13 @@ def test_surely_cpu(monkeypatch, tmp_path):
     kind = "cpu-only"
     monkeypatch.setattr(fast_path.sys, "platform", "darwin")  # MPS may be there
     assert not fast_path.surely_cpu("auto")
+    # Windows has no /proc: a CUDA build may have its GPU (it was left idle: review)
+    driver.unlink()
+    monkeypatch.setattr(fast_path.sys, "platform", "win32")
+    kind = "cuda"
+    assert not fast_path.surely_cpu("auto")
+    kind = "cpu-only"
+    assert fast_path.surely_cpu("auto")
 
 
 def test_torch_build_is_read_without_importing_torch():

@@ -35,3 +35,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path,
         atomic_write(dest, half_then_fail, durable=True)
     assert dest.read_text() == "the good checkpoint"
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_same_name_key_follows_the_file_systems_case_rule(tmp_path: Path, monkeypatch) -> None:
+    from derain_cli import fileio
+
+    (tmp_path / "Photos").mkdir()
+    a, b = tmp_path / "Photos" / "IMG_1.jpg", tmp_path / "photos" / "img_1.jpg"
+    assert not fileio._ignores_case(str(tmp_path))  # this test machine: case-sensitive
+    assert fileio.same_name_key(a) != fileio.same_name_key(b)
+    assert fileio.same_name_key(tmp_path / "Photos" / ".." / "Photos" / "x") == \
+        fileio.same_name_key(tmp_path / "Photos" / "x")
+    monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)  # APFS, NTFS
+    assert fileio.same_name_key(tmp_path / "Photos" / "IMG_1.jpg") == \
+        fileio.same_name_key(tmp_path / "Photos" / "img_1.JPG")
