@@ -171,7 +171,8 @@ def mark_output_folder(folder: Path) -> None:
         log.debug("cannot mark %s as an output folder: %s", folder, e)
 
 
-def _has_glob(text: str) -> bool:
+def has_glob(text: str) -> bool:
+    """Whether ``text`` is a pattern derain expands itself (``*``, ``?``, ``[``)."""
     return any(c in _GLOB_CHARS for c in text)
 
 
@@ -180,7 +181,7 @@ def _glob_base(pattern: str) -> Path:
     parts = Path(pattern).parts
     base: list[str] = []
     for part in parts[:-1]:
-        if _has_glob(part):
+        if has_glob(part):
             break
         base.append(part)
     return Path(*base) if base else Path(".")
@@ -486,7 +487,7 @@ def collect_inputs(
                     path, Path(path.name),
                     f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})",
                 ))
-        elif _has_glob(given):
+        elif has_glob(given):
             base = _glob_base(given)
             matches = sorted(_expand(given))
             before = len(items)

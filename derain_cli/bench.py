@@ -203,11 +203,6 @@ def tiling_work(h: int, w: int, tile: int, overlap: int, multiple: int, stats: b
 
 
 # --------------------------------------------------------------------------- conv peak
-def _used_overlap(overlap: int, tile: int) -> int:
-    """``overlap`` as ``tiling.run_tiled`` clamps it for ``tile`` (0: one whole tile)."""
-    return min(overlap, tile // 2) if tile > 0 else overlap
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -675,7 +670,7 @@ def bench_main(
             # the overlap tiling really uses: at most half a tile (the table said the asked
             # one for a small --tile)
             info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile,
-                             _used_overlap(ov, dev_tile))
+                             tiling.effective_overlap(ov, dev_tile, mult))
             res.models.append(info)
             ref_out = None
             for variant in variants:
@@ -691,8 +686,7 @@ def bench_main(
                 row.tile = variant_tile(runner, tile, dev_tile, getattr(net, "min_tile", 0))
                 if variant in ("onnx", "int8"):
                     info.ort_tile = row.tile
-                work = tiling_work(h, w, row.tile, _used_overlap(ov, row.tile), mult,
-                                   has_stats, fwd, stats)
+                work = tiling_work(h, w, row.tile, ov, mult, has_stats, fwd, stats)
                 t0 = time.perf_counter()
                 _warm_up(runner, img, row.tile)
                 _sync(dev)

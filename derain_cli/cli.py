@@ -627,13 +627,15 @@ def _refuse_misplaced_subcommands(ctx: Context, inputs: list[str]) -> None:
     into it and then failed on "eval", and ``derain modles`` printed a table of nothing."""
     import difflib
 
+    from .batch import has_glob
+
     group = ctx.parent.command if ctx.parent is not None else None
     if not isinstance(group, DerainGroup):
         return
     names = [n for n in group.list_commands(ctx) if n != DEFAULT_COMMAND]
     for raw in inputs:
         if (os.path.lexists(raw) or os.sep in raw or "/" in raw or Path(raw).suffix
-                or any(c in raw for c in "*?[")):  # a pattern derain expands itself
+                or has_glob(raw)):
             continue
         if raw in names:
             raise _usage(ctx, f"{raw!r} is a subcommand: write it first, before any option "
@@ -855,12 +857,14 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
 def _weights_file_problem(path: Path) -> str | None:
     """Why ``path`` is not a weights file, from its first bytes, or None."""
+    from .manifest import PICKLE_SUFFIXES
+
     if not path.is_file():
         return "no such weights file"
     try:
         with open(path, "rb") as f:
-            if path.suffix in (".pt", ".pth", ".ckpt"):  # read_state's rule: torch.save's
-                # zip or an old pickle; any other name is read as safetensors
+            if path.suffix in PICKLE_SUFFIXES:  # read_state's rule: torch.save's zip or
+                # an old pickle; any other name is read as safetensors
                 head = f.read(4)
                 return None if head[:2] == b"PK" or head[:1] == b"\x80" else _NOT_WEIGHTS
             size = int.from_bytes(f.read(8), "little")

@@ -226,6 +226,19 @@ def one_measurer(wait_s: float | None = None) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _known_or_measured(known: Callable[[], dict[str, Any] | None],
+                       measure: Callable[[], Any]) -> tuple[Any, bool]:
+    """(the remembered entry, False), or (``measure()``'s result, True) where there is none:
+    measured under :func:`one_measurer`, looked up again once the lock is held (another
+    run may have timed it while this one waited)."""
+    entry = known()
+    if entry is not None:
+        return entry, False
+    with one_measurer():
+        entry = known()
+        return (entry, False) if entry is not None else (measure(), True)
+
+
 def probe_image(side: int = PROBE_SIDE) -> np.ndarray:
     """A fixed (3, side, side) float32 test image: smooth colour with thin bright streaks."""
     rng = np.random.default_rng(0)
@@ -385,18 +398,11 @@ def cpu_engine(plan: FastPlan, threads: int | None,
         entry = load_choices().get(key)
         return entry if entry is not None and entry.get("engine") in ENGINES else None
 
-    entry = known()
-    how = "measured " + str((entry or {}).get("measured", "earlier"))
-    if entry is None:
-        with one_measurer():
-            entry = known()  # another run may have timed it while this one waited
-            if entry is None:
-                got = _measure_bf16_int8(plan, threads, measure_fn, key)
-                if isinstance(got, tuple):
-                    return got
-                entry, how = got, "measured now"
-            else:
-                how = "measured " + str(entry.get("measured", "earlier"))
+    entry, now = _known_or_measured(
+        known, lambda: _measure_bf16_int8(plan, threads, measure_fn, key))
+    if isinstance(entry, tuple):  # bf16 could not be timed here: the engine and why
+        return entry
+    how = "measured " + ("now" if now else str(entry.get("measured", "earlier")))
     s = entry.get("seconds", {})
     work = tiling_work(plan, tile, _mean_photo(workload_megapixels, workload_images))
     if "int8" in s and "bf16" in s:
@@ -493,16 +499,14 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
             set(FP32_BACKENDS) <= set(s) or ("torch" in s and entry.get("onnx_failed")))
         return entry if usable else None
 
-    entry, now = known(), False
-    if entry is None:
-        with one_measurer():
-            entry = known()  # another run may have timed it while this one waited
-            if entry is None:
-                log.info("timing ONNX Runtime against PyTorch in fp32 once for this network "
-                         "and CPU")
-                entry, now = (measure_fn or measure_fp32)(net, threads), True
-                if not entry.get("retry"):
-                    remember(key, entry)
+    def measure() -> dict[str, Any]:
+        log.info("timing ONNX Runtime against PyTorch in fp32 once for this network and CPU")
+        entry = (measure_fn or measure_fp32)(net, threads)
+        if not entry.get("retry"):
+            remember(key, entry)
+        return entry
+
+    entry, now = _known_or_measured(known, measure)
     how = "measured " + ("now" if now else str(entry.get("measured", "earlier")))
     s = entry["seconds"]
     if "onnx" not in s:

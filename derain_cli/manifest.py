@@ -14,6 +14,9 @@ from typing import Any
 
 from .fileio import atomic_write_text
 
+#: Weights files read as PyTorch pickles (``torch.load``); any other name is safetensors
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
+
 
 def bundled_dir() -> Path:
     """The folder holding the bundled weights and ``manifest.json``.

@@ -93,6 +93,14 @@ def auto_tile(engine_tile: int, min_tile: int = 0) -> int:
     return max(engine_tile, 2 * min_tile)
 
 
+def effective_overlap(overlap: int, tile: int, multiple: int = 1) -> int:
+    """The overlap ``run_tiled`` uses in ``tile`` px tiles (rounded to ``multiple``): at most
+    half a tile; ``tile`` 0 (whole image): as given."""
+    if tile <= 0:
+        return overlap
+    return min(overlap, max(multiple, tile // multiple * multiple) // 2)
+
+
 def effective_tile(asked: int | None, engine_tile: int, min_tile: int = 0) -> int:
     """The tile ``Derainer`` runs: ``auto_tile`` when none was asked for, the asked one
     raised to a network's ``min_tile`` (smaller tiles would not agree with the whole
@@ -370,8 +378,8 @@ def run_tiled(
         if on_tile:
             on_tile(h0 * w0, h0 * w0)
         return out.transpose(1, 2, 0)[:h0, :w0] if hwc else out[:, :h0, :w0]
+    overlap = effective_overlap(overlap, tile, m)
     tile = max(m, tile // m * m)
-    overlap = min(overlap, tile // 2)
     rows, cols = _padded_indices(h0, w0, m)
     h, w = len(rows), len(cols)
     final = _layout(h, w, tile, overlap, m)
@@ -455,8 +463,8 @@ def work_per_pixel(h: int, w: int, tile: int, overlap: int, multiple: int = 1, *
     hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
     if tile <= 0 or (tile >= h and tile >= w):
         return hp * wp / (h * w)
+    overlap = effective_overlap(overlap, tile, multiple)
     tile = max(multiple, tile // multiple * multiple)
-    overlap = min(overlap, tile // 2)
     tiles = plan_tiles(hp, wp, tile, overlap, multiple)
     px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
     passes = stats_passes if stats and len(tiles) > 1 else 0

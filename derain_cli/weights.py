@@ -29,6 +29,7 @@ from torch import nn
 from .fileio import atomic_write
 from .hub import sha256_file
 from .manifest import (  # re-exported: the manifest API predates its own module
+    PICKLE_SUFFIXES,
     WeightRecord,
     bundled_dir,
     load_manifest,
@@ -96,7 +97,7 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder; give the weights file in it "
                            "(derain train writes RUN/model.safetensors)")
-    if path.suffix in (".pt", ".pth", ".ckpt"):
+    if path.suffix in PICKLE_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error
