@@ -955,18 +955,19 @@ def _inherit(cfg: Any, saved: dict[str, Any], together: Iterable[Sequence[str]])
     return dataclasses.replace(cfg, **{k: saved[k] for k in fields if k in saved}, given=None)
 
 
-def _train(
-    cfg: TrainConfig, rank: int, world: int, local: int, is_main: bool,
-    hooks: dict[str, Callable[..., Any]],
-) -> TrainResult:
-    t_start = time.time()
+def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) -> None:
+    """``--resume`` where there is nothing to resume (or only a finetune run, which
+    ``derain finetune --resume`` continues): said before the run's settings and data are
+    looked for."""
+    if not cfg.resume:
+        return
     last = Path(cfg.out) / "last.pt"
     # finetune() passes its hooks (run_started writes finetune.json); train resumed alone
     # in a finetune run asked for --pairs/--synthetic, then said "other data"
-    if cfg.resume and "run_started" not in hooks and _run_kind(last.parent) == "finetune":
+    if "run_started" not in hooks and _run_kind(last.parent) == "finetune":
         raise TrainError(f"--resume: {last.parent} is a `derain finetune` run; continue it "
                          f"with `derain finetune -o {last.parent} --resume`")
-    if cfg.resume and not last.exists():  # before the run's settings and data are looked for
+    if not last.exists():
         done = [h for h in ("model.safetensors", "best.pt") if (last.parent / h).exists()]
         if done:  # a finished run whose last.pt was cleaned up: nothing to continue from
             raise TrainError(f"--resume: {last.parent} holds a finished run ({done[0]}) "
@@ -975,6 +976,30 @@ def _train(
                              f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)")
         raise TrainError(f"--resume: no checkpoint at {last}: no run to resume there (check "
                          "-o, or leave out --resume to start a new run)")
+
+
+@dataclass
+class _Setup:
+    """What a run settled on before any data or weights are touched."""
+
+    cfg: TrainConfig
+    device: torch.device
+    name: str
+    arch: str
+    conf: dict[str, Any]
+    use_bf16: bool
+    #: the decoded validation pairs (rank 0 only: the others never validate)
+    val_cache: dict[Any, Any]
+    #: whether --bn-recalib / --freeze-bn were given (a resume warns when they differ)
+    recalib_given: bool
+    freeze_given: bool
+
+
+def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, world: int,
+            is_main: bool) -> _Setup:
+    """The run's settings (a resumed run's own where none were given), device, model
+    identity and precision, every setting checked: a mistake fails here, on every rank,
+    not minutes into the run."""
     cfg = with_run_settings(cfg)
     check_config(cfg)
     if cfg.threads:
@@ -985,7 +1010,6 @@ def _train(
     recalib_given = cfg.bn_recalib is not None
     freeze_given = cfg.freeze_bn is not None
     cfg = _defaults(cfg, device)
-    out = Path(cfg.out)
     name, arch, conf = _model_identity(cfg)
     if not cfg.pairs and not cfg.synthetic and "make_labeled" not in hooks:
         raise TrainError("no training data: pass --pairs DIR and/or --synthetic CLEAN_DIR")
@@ -1009,40 +1033,47 @@ def _train(
             _say("warning: --amp bf16: this CPU has no bf16 instructions; training in fp32 "
                  "(bf16 would run ~7x slower here)")
         use_bf16 = False
-    amp_label = "bf16 autocast" if use_bf16 else "fp32"  # for the banner and the manifest
+    return _Setup(cfg, device, name, arch, conf, use_bf16, val_cache, recalib_given,
+                  freeze_given)
 
-    ckpt: dict[str, Any] | None = None
-    if cfg.resume:
+
+def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
+                          world: int) -> dict[str, Any] | None:
+    """``last.pt`` of the run being resumed (``s.cfg`` then checked against it), or None for a
+    new run, refused where ``out`` already holds one."""
+    if s.cfg.resume:
         ckpt = load_checkpoint(out / "last.pt")
-        cfg = _check_resume(cfg, ckpt, arch, conf, out, warn=is_main,
-                            recalib_given=recalib_given, freeze_given=freeze_given,
-                            world=world)
-    else:
-        # (a run that failed before its first checkpoint holds only logs: started afresh)
-        for held in ("last.pt", "model.safetensors", "best.pt"):
-            if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
-                how = ("pass --resume to continue it or choose another --out"
-                       if held == "last.pt" else "choose another --out")
-                raise TrainError(f"{out} already holds a run ({held}); {how}")
+        s.cfg = _check_resume(s.cfg, ckpt, s.arch, s.conf, out, warn=is_main,
+                              recalib_given=s.recalib_given, freeze_given=s.freeze_given,
+                              world=world)
+        return ckpt
+    # (a run that failed before its first checkpoint holds only logs: started afresh)
+    for held in ("last.pt", "model.safetensors", "best.pt"):
+        if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
+            how = ("pass --resume to continue it or choose another --out"
+                   if held == "last.pt" else "choose another --out")
+            raise TrainError(f"{out} already holds a run ({held}); {how}")
+    return None
 
-    if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
 
-    # ---- features for the contrastive terms (may download VGG19 weights: rank 0 first)
-    features, feat_label = None, "none"
-    if cfg.contrast_weight > 0 and cfg.contrast_features != "none":
-        if world > 1 and not is_main:
-            dist.barrier()
-        features, feat_label = L.build_features(cfg.contrast_features, quiet=cfg.quiet)
-        if world > 1 and is_main:
-            dist.barrier()
+def _contrast_features(cfg: TrainConfig, world: int, is_main: bool) -> tuple[Any, str]:
+    """The feature network of the contrastive terms and its label for the banner (None,
+    "none" without them). It may download VGG19's weights: rank 0 first, the others then
+    find them in the cache."""
+    if not (cfg.contrast_weight > 0 and cfg.contrast_features != "none"):
+        return None, "none"
+    if world > 1 and not is_main:
+        dist.barrier()
+    features, label = L.build_features(cfg.contrast_features, quiet=cfg.quiet)
+    if world > 1 and is_main:
+        dist.barrier()
+    return features, label
 
-    # ---- data
+
+def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
+              features: Any, is_main: bool) -> tuple[Any, Any, bool]:
+    """The labeled data set, the unlabeled one (or None) and whether the run uses the
+    unlabeled photos at all (only the contrastive terms and finetune's consistency do)."""
     unl = bool(cfg.unlabeled) and (features is not None or cfg.consistency > 0)
     with_aug = features is not None and arch == "semi-drdnet"
     if "make_labeled" in hooks:  # finetune: pseudo-clean backgrounds of the user's photos
@@ -1067,66 +1098,88 @@ def _train(
     if cfg.unlabeled and not unl and is_main and not cfg.quiet:
         _say("note: unlabeled photos are only used by the contrastive terms (off here) "
              "and the fine-tuning consistency loss")
-    steps_per_epoch = max(1, len(labeled) // (cfg.batch * world))
+    return labeled, unlabeled, unl
+
+
+def _run_length(cfg: TrainConfig, n_labeled: int, world: int, ckpt: dict[str, Any] | None,
+                out: Path) -> tuple[int, bool]:
+    """The run's total steps, and whether a resumed run only has to validate and export
+    (stopped after its last step, before its export: a Ctrl-C then)."""
+    steps_per_epoch = max(1, n_labeled // (cfg.batch * world))
     total = cfg.steps if cfg.steps is not None else (
         (cfg.epochs or 0) * steps_per_epoch if cfg.epochs else 10000)
     if total <= 0:
         raise TrainError("--steps/--epochs must be positive")
-    # a run stopped after its last step but before its export (a Ctrl-C then) only exports
     finishing = (ckpt is not None and int(ckpt["step"]) == total
                  and not (out / "model.safetensors").exists())
     if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
                          "asked for; pass a larger --steps to train further")
+    return total, finishing
 
-    # ---- model, EMA, optimizer
-    # channels_last: oneDNN's fast convolution layout on CPUs (1.6x per training step for
-    # semi-drdnet-lite, fp32) and the tensor-core layout on GPUs
-    # reseeded so the initial weights do not depend on whether contrast features (which
-    # draw from the same generator) were built: a with/without-contrast ablation starts
-    # from the same model
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, arch, conf).to(device, memory_format=torch.channels_last)
-    if "model_built" in hooks:
-        hooks["model_built"](model)
-    if use_bf16 and device.type == "cpu" and not _bf16_grads_finite(model, arch, cfg.batch,
-                                                                      cfg.patch):
-        if is_main:
-            _say("warning: bf16 autocast gives non-finite weight gradients for this model on "
-                 "this CPU (a oneDNN kernel fault); training in fp32")
-        use_bf16 = False
-        amp_label = "fp32"
-    init_state = {k: v.detach().clone() for k, v in model.named_parameters()} \
-        if cfg.l2sp > 0 else None
-    base_model = None
-    if cfg.consistency > 0 and unl:
-        base_model = copy.deepcopy(model).eval().requires_grad_(False)
-    if cfg.sync_bn and device.type == "cuda" and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    criterion = L.Criterion(arch, features, contrast_weight=cfg.contrast_weight,
-                            ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms,
-                            l1_weight=cfg.l1_weight).to(device)
-    wrapper = _Wrapper(model, arch)
-    net: nn.Module = wrapper
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            wrapper, device_ids=[device.index] if device.type == "cuda" else None)
-    groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-    aux_params = list(criterion.aux_parameters())
-    if aux_params:  # the self encoder learns at its own pace (losses.SELF_FEATURES_LR)
-        groups.append({"params": aux_params, "weight_decay": 0.0,
-                       "fixed_lr": L.SELF_FEATURES_LR})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
-    step, best_psnr, best_step, wall_before = 0, None, None, 0.0
-    #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
-    segments_before: list[dict[str, Any]] = []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
+class _Learner:
+    """The network, its EMA, the loss, the optimiser, and what one training step does
+    with them. Built in one fixed order: the random streams, and so an exact resume,
+    depend on it."""
+
+    def __init__(self, s: _Setup, features: Any, unl: bool, world: int, is_main: bool,
+                 hooks: dict[str, Callable[..., Any]]) -> None:
+        cfg, device, arch = s.cfg, s.device, s.arch
+        self.cfg, self.device, self.arch, self.world = cfg, device, arch, world
+        # reseeded so the initial weights do not depend on whether contrast features (which
+        # draw from the same generator) were built: a with/without-contrast ablation starts
+        # from the same model.
+        # channels_last: oneDNN's fast convolution layout on CPUs (1.6x per training step
+        # for semi-drdnet-lite, fp32) and the tensor-core layout on GPUs
+        torch.manual_seed(cfg.seed)
+        model = _build_model(cfg, arch, s.conf).to(device, memory_format=torch.channels_last)
+        if "model_built" in hooks:
+            hooks["model_built"](model)
+        self.use_bf16 = s.use_bf16
+        if self.use_bf16 and device.type == "cpu" and not _bf16_grads_finite(
+                model, arch, cfg.batch, cfg.patch):
+            if is_main:
+                _say("warning: bf16 autocast gives non-finite weight gradients for this model "
+                     "on this CPU (a oneDNN kernel fault); training in fp32")
+            self.use_bf16 = False
+        #: the starting weights, for the L2-SP pull towards them (finetune)
+        self.init_state = {k: v.detach().clone() for k, v in model.named_parameters()} \
+            if cfg.l2sp > 0 else None
+        #: the frozen starting model, for finetune's consistency on unlabeled photos
+        self.base_model = None
+        if cfg.consistency > 0 and unl:
+            self.base_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.sync_bn and device.type == "cuda" and world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.criterion = L.Criterion(arch, features, contrast_weight=cfg.contrast_weight,
+                                     ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms,
+                                     l1_weight=cfg.l1_weight).to(device)
+        wrapper = _Wrapper(model, arch)
+        self.net: nn.Module = wrapper
+        if world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                wrapper, device_ids=[device.index] if device.type == "cuda" else None)
+        groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+        self.aux_params = list(self.criterion.aux_parameters())
+        if self.aux_params:  # the self encoder learns at its own pace (SELF_FEATURES_LR)
+            groups.append({"params": self.aux_params, "weight_decay": 0.0,
+                           "fixed_lr": L.SELF_FEATURES_LR})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+
+    @property
+    def amp_label(self) -> str:
+        """The precision, for the banner and the manifest."""
+        return "bf16 autocast" if self.use_bf16 else "fp32"
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """The weights, EMA, optimiser and feature-head states of a checkpoint."""
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
         try:
-            opt.load_state_dict(ckpt["optimizer"])
+            self.opt.load_state_dict(ckpt["optimizer"])
         except ValueError as e:  # other trainable parts: the contrastive projection heads
             was = json.loads(ckpt.get("config") or "{}").get("contrast_features")
             raise TrainError(
@@ -1134,7 +1187,111 @@ def _train(
                 f"was trained with --contrast-features {was}: pass that, or start a new run "
                 "in another --out") from None
         if ckpt.get("aux"):
-            criterion.load_aux_state(ckpt["aux"])
+            self.criterion.load_aux_state(ckpt["aux"])
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = g.get("fixed_lr") or lr
+
+    def loss(self, batch: dict[str, torch.Tensor],
+             it_u: Iterator[dict[str, torch.Tensor]] | None,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The step's loss and its named parts: the labeled batch, and the next unlabeled
+        batch in the same forward (one forward per step for DDP)."""
+        cfg, device, arch = self.cfg, self.device, self.arch
+        rainy = batch["rainy"].to(device, non_blocking=True)
+        clean = batch["clean"].to(device, non_blocking=True)
+        aug = batch.get("rainy_aug")
+        aug = aug.to(device, non_blocking=True) if aug is not None else None
+        n_l = rainy.shape[0]
+        x = rainy
+        if it_u is not None:
+            ub = next(it_u)
+            x = torch.cat([rainy, ub["rainy"].to(device, non_blocking=True)])
+        # bf16 autocast covers the network only; every loss is computed in fp32
+        # (SSIM variances and InfoNCE logits overflow or cancel in bf16)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            outs = self.net(x)
+            ref = None
+            if self.base_model is not None and x.shape[0] > n_l:
+                with torch.no_grad():
+                    ref = self.base_model(x[n_l:])
+        outs = tuple(o.float() for o in outs)
+        loss, parts = self.criterion(x=x, outputs=outs, clean=clean, rainy_aug=aug,
+                                     n_labeled=n_l, rain_free=batch.get("rain_free"))
+        if ref is not None:
+            final = outs[0] if arch == "semi-drdnet" else outs[-1]
+            cons = (final[n_l:] - ref.float()).abs().mean()
+            loss = loss + cfg.consistency * cons
+            parts["consistency"] = float(cons.detach())
+        if self.init_state is not None:
+            sp = sum(((p - self.init_state[k]) ** 2).sum()
+                     for k, p in self.model.named_parameters())
+            loss = loss + cfg.l2sp * sp
+            parts["l2sp"] = float(sp.detach())
+        return loss, parts
+
+    def backward(self, loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Gradients of ``loss``, clipped: the gradient norm, and whether the loss and the
+        gradients are finite (on every rank: all ranks take the same decision)."""
+        cfg, world = self.cfg, self.world
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1 and self.aux_params:
+            for p in self.aux_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.clip if cfg.clip and cfg.clip > 0 else math.inf)
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+        if world > 1:
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            finite = bool(flag.item() == 0)
+        return gnorm, finite
+
+    def update(self, step: int) -> None:
+        """The optimiser's step and the EMA's, ``step`` counting this one."""
+        self.opt.step()
+        _ema_update(self.ema, self.model, min(self.cfg.ema, (1 + step) / (10 + step)))
+
+    def skip(self) -> None:
+        """Drop the step's gradients (a non-finite loss or gradient), as AMP's grad
+        scalers do, rather than poison the weights."""
+        self.opt.zero_grad(set_to_none=True)
+
+
+def _train(
+    cfg: TrainConfig, rank: int, world: int, local: int, is_main: bool,
+    hooks: dict[str, Callable[..., Any]],
+) -> TrainResult:
+    t_start = time.time()
+    _refuse_unresumable(cfg, hooks)
+    setup = _settle(cfg, hooks, local, world, is_main)
+    device, name, arch, conf = setup.device, setup.name, setup.arch, setup.conf
+    out = Path(setup.cfg.out)
+    ckpt = _checkpoint_to_resume(setup, out, is_main, world)
+    cfg = setup.cfg
+
+    if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    features, feat_label = _contrast_features(cfg, world, is_main)
+    labeled, unlabeled, unl = _datasets(cfg, hooks, arch, features, is_main)
+    total, finishing = _run_length(cfg, len(labeled), world, ckpt, out)
+    learner = _Learner(setup, features, unl, world, is_main, hooks)
+    model, ema, criterion = learner.model, learner.ema, learner.criterion
+
+    step, best_psnr, best_step, wall_before = 0, None, None, 0.0
+    #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
+    segments_before: list[dict[str, Any]] = []
+    if ckpt is not None:
+        learner.restore(ckpt)
         step = int(ckpt["step"])
         best_psnr = ckpt.get("best_psnr")
         best_step = ckpt.get("best_step")
@@ -1145,7 +1302,7 @@ def _train(
         _set_rng_state(ckpt["rng"])
 
     log = _RunLog(out / "log.jsonl", is_main, step if ckpt is not None else None)
-    segment_start, hardware = step, _hardware(device, world, amp_label)
+    segment_start, hardware = step, _hardware(device, world, learner.amp_label)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(
@@ -1157,7 +1314,7 @@ def _train(
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
                  + f"{total} steps, batch {cfg.batch}x{world}, patch {cfg.patch}, "
-                 + amp_label
+                 + learner.amp_label
                  + (f"; resuming at step {step}" if step else "")
                  + ("; every step done: validating and exporting" if finishing else ""))
 
@@ -1184,14 +1341,14 @@ def _train(
             aux["gen"] = boundary["gen"]
         weights = model.state_dict()
         weights.update({k: v for k, v in boundary["buffers"].items() if k in weights})
-        obj = {
+        return {
             "format": CKPT_FORMAT,
             "config": cfg.to_json(),
             "name": name, "arch": arch, "model_config": json.dumps(conf),
             "world": world,  # processes: a resume with another count is warned about
             "step": step, "epoch": sampler.epoch_of(step),
             "model": weights, "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
+            "optimizer": learner.opt.state_dict(),
             "scheduler": {"step": step, "total": total, "lr": cfg.lr},
             "aux": aux,
             "rng": boundary["rng"],
@@ -1199,7 +1356,14 @@ def _train(
             "wall_time_s": wall_before + time.time() - t_start,
             "hardware_segments": segments_now(),
         }
-        return obj
+
+    def run_validation() -> tuple[nn.Module, dict[str, float]]:
+        """The EMA with BatchNorm statistics re-estimated where asked (what best.pt keeps),
+        and its scores on --val."""
+        calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
+        return calibrated, validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
+                                    crop=cfg.val_crop, cache=setup.val_cache,
+                                    rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
 
     losses_seen: list[float] = []
     last_val: dict[str, float] | None = None
@@ -1219,67 +1383,21 @@ def _train(
     try:
         with progress:
             for batch in loader:
-                # ---- schedule
                 frac = None
                 if cfg.time_budget:
                     frac = min(1.0, (time.time() - budget_t0) / cfg.time_budget)
                 lr = lr_at(cfg, step, total, frac)
-                for g in opt.param_groups:
-                    g["lr"] = g.get("fixed_lr") or lr
+                learner.set_lr(lr)
                 criterion.ramp(step)
-                rainy = batch["rainy"].to(device, non_blocking=True)
-                clean = batch["clean"].to(device, non_blocking=True)
-                aug = batch.get("rainy_aug")
-                aug = aug.to(device, non_blocking=True) if aug is not None else None
-                n_l = rainy.shape[0]
-                x = rainy
-                if it_u is not None:
-                    ub = next(it_u)
-                    x = torch.cat([rainy, ub["rainy"].to(device, non_blocking=True)])
-                # bf16 autocast covers the network only; every loss is computed in fp32
-                # (SSIM variances and InfoNCE logits overflow or cancel in bf16)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    outs = net(x)
-                    ref = None
-                    if base_model is not None and x.shape[0] > n_l:
-                        with torch.no_grad():
-                            ref = base_model(x[n_l:])
-                outs = tuple(o.float() for o in outs)
-                loss, parts = criterion(x=x, outputs=outs, clean=clean, rainy_aug=aug,
-                                        n_labeled=n_l, rain_free=batch.get("rain_free"))
-                if ref is not None:
-                    final = outs[0] if arch == "semi-drdnet" else outs[-1]
-                    cons = (final[n_l:] - ref.float()).abs().mean()
-                    loss = loss + cfg.consistency * cons
-                    parts["consistency"] = float(cons.detach())
-                if init_state is not None:
-                    sp = sum(((p - init_state[k]) ** 2).sum()
-                             for k, p in model.named_parameters())
-                    loss = loss + cfg.l2sp * sp
-                    parts["l2sp"] = float(sp.detach())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1 and aux_params:
-                    for p in aux_params:
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= world
-                gnorm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.clip if cfg.clip and cfg.clip > 0 else math.inf)
-                finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
-                if world > 1:  # every rank must take the same decision
-                    flag = torch.tensor([0.0 if finite else 1.0], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    finite = bool(flag.item() == 0)
+                loss, parts = learner.loss(batch, it_u)
+                gnorm, finite = learner.backward(loss)
                 # a Ctrl-C that lands in here waits for the update to finish: a checkpoint
                 # taken halfway (weights stepped, EMA not, step counted) would not resume
                 # exactly
                 with _interrupt_after_block():
                     step += 1
-                    if not finite:
-                        # skip the update (as AMP grad scalers do) rather than poison the
-                        # weights; give up only when it keeps happening
-                        opt.zero_grad(set_to_none=True)
+                    if not finite:  # skipped; given up only when it keeps happening
+                        learner.skip()
                         bad_steps += 1
                         log.write({"kind": "skip", "step": step, "loss": float(loss.detach()),
                                    "grad_norm": float(gnorm)})
@@ -1290,15 +1408,13 @@ def _train(
                                              "or use --amp fp32")
                     else:
                         bad_steps = 0
-                        opt.step()
-                        decay = min(cfg.ema, (1 + step) / (10 + step))
-                        _ema_update(ema, model, decay)
+                        learner.update(step)
                         # the logged loss leaves out the self-feature encoder's own objective
                         lv = float(loss.detach()) - parts.get("enc", 0.0)
                         losses_seen.append(lv)
                         window.append(lv)
                     boundary = boundary_state(model, criterion)
-                n_window += rainy.shape[0] * world
+                n_window += batch["rainy"].shape[0] * world
                 logged = None
                 if step % cfg.log_every == 0 or step == total:  # every rank: a collective
                     logged = _mean_over_ranks(window, world, device)
@@ -1325,11 +1441,7 @@ def _train(
 
                 do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
                 if do_val and is_main:
-                    calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
-                    last_val = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
-                                        crop=cfg.val_crop, cache=val_cache,
-                                        rainy_dir=cfg.val_rainy_dir,
-                                        clean_dir=cfg.val_clean_dir)
+                    calibrated, last_val = run_validation()
                     improved = best_psnr is None or last_val["psnr"] > best_psnr
                     if improved:
                         best_psnr, best_step = last_val["psnr"], step
@@ -1363,10 +1475,7 @@ def _train(
         raise
 
     if finishing and cfg.val and is_main:  # the interrupted run's last validation
-        last_val = validate(_recalibrated(ema, labeled, recalib, cfg.seed, device), cfg.val,
-                            device=device, limit=cfg.val_limit, crop=cfg.val_crop,
-                            cache=val_cache, rainy_dir=cfg.val_rainy_dir,
-                            clean_dir=cfg.val_clean_dir)
+        last_val = run_validation()[1]
     wall = wall_before + time.time() - t_start
     entry = None
     weights_path = None
