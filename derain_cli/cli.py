@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata
@@ -678,39 +678,12 @@ def _run(
     debug: bool,
 ) -> None:
     from . import batch
-    from .images import format_for_path, warnings_to_log
+    from .images import warnings_to_log
 
     # ---- option combinations (exit 2 before any work)
     _refuse_misplaced_subcommands(ctx, inputs)
-    to_file: bool | None = None
-    if output is not None:
-        if (not output.is_dir() and not output_is_folder
-                and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES):
-            raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
-                              "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
-        to_file = batch.output_is_file(output) and not output_is_folder
-        single = len(inputs) == 1 and Path(inputs[0]).is_file()
-        if (not to_file and single and output.suffix and not output.exists()
-                and not output_is_folder):
-            raise _usage(ctx, f"-o {output}: '{output.suffix}' is not an image type derain "
-                              "writes (.png, .jpg, .webp, .tif, .bmp); to write into a folder "
-                              f"of that name, end it with a slash (-o {output}/)")
-        if to_file:
-            if not single:
-                raise _usage(ctx, f"-o {output} names a file, which takes exactly one input "
-                                  "file; to write several results give a folder: -o DIR")
-            if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
-                raise _usage(ctx, f"--format {fmt} contradicts -o {output}; "
-                                  "drop one of them")
-        elif output.exists() and not output.is_dir():
-            raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
-        else:
-            inputs = batch.without_shell_leftovers(inputs, output, recursive)
-            for raw in inputs:
-                p = Path(raw)
-                if p.is_dir() and output.is_dir() and os.path.samefile(p, output):
-                    raise _usage(ctx, f"-o {output} is an input folder: the results would "
-                                      "replace the originals; choose another folder")
+    inputs, to_file = _check_output(ctx, inputs, output, output_is_folder=output_is_folder,
+                                    recursive=recursive, fmt=fmt)
     options = batch.BatchOptions(
         output=output, output_file=to_file, format=fmt, quality=quality, overwrite=overwrite,
         max_pixels=max_pixels or None, raise_errors=debug, io_workers=io_threads,
@@ -748,20 +721,8 @@ def _run(
                         strength=strength, quiet=not chatty,
                         workload_megapixels=work_mp, workload_images=work_images,
                     )
-                    # Under torchrun rank 0 alone picks (and may time) the CPU engine; the
-                    # others take its pick, so no two ranks race to measure or differ. A
-                    # device or precision it would refuse is refused by every rank first:
-                    # the others waited for its pick and died with a gloo error.
-                    if dist.enabled:
-                        _check_device_and_precision(device, precision, backend,
-                                                    speak=main_rank)
-                    if main_rank:
-                        derainer = make(precision=precision, backend=backend)
-                    chosen = batch.share_from_main(dist, (
-                        derainer.backend, derainer.precision) if main_rank else None)
-                    if not main_rank:
-                        derainer = make(backend=chosen[0], precision=chosen[1])
-                        derainer.engine_note = "rank 0's choice"
+                    derainer = _shared_derainer(dist, make, device=device,
+                                                precision=precision, backend=backend)
                     if chatty:
                         _print_setup(err, derainer, dist)
                 else:  # all done already: still refuse what a fresh run would refuse
@@ -786,13 +747,7 @@ def _run(
                 decoder_warnings.close()
                 _detach_logging(logging_handler)
             if main_rank:
-                for r in summary.files:  # other ranks stay quiet: their failures show here
-                    if r.status == "failed" and r.rank != 0:
-                        _print_failure(err, r)
-                if json_out:
-                    typer.echo(summary.to_json())
-                elif not quiet:
-                    _print_summary(err, summary, options)
+                _report(err, summary, options, json_out=json_out, quiet=quiet)
             # Nobody leaves before rank 0 has printed: torchrun stops all ranks as soon as
             # one exits non-zero. Only rank 0 carries the batch's exit status.
             batch.barrier(dist)
@@ -800,6 +755,81 @@ def _run(
                 raise _Exit(1)
     finally:
         batch.shutdown_distributed()
+
+
+def _check_output(
+    ctx: Context, inputs: list[str], output: Path | None, *, output_is_folder: bool,
+    recursive: bool, fmt: str | None,
+) -> tuple[list[str], bool | None]:
+    """``-o`` checked against the inputs and ``--format``: a usage error (exit 2) before any
+    work. Returns the inputs (without what a shell glob picked up from the output folder)
+    and whether ``-o`` names one result file (None without ``-o``)."""
+    from . import batch
+    from .images import format_for_path
+
+    if output is None:
+        return inputs, None
+    if (not output.is_dir() and not output_is_folder
+            and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES):
+        raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
+                          "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
+    to_file = batch.output_is_file(output) and not output_is_folder
+    single = len(inputs) == 1 and Path(inputs[0]).is_file()
+    if (not to_file and single and output.suffix and not output.exists()
+            and not output_is_folder):
+        raise _usage(ctx, f"-o {output}: '{output.suffix}' is not an image type derain "
+                          "writes (.png, .jpg, .webp, .tif, .bmp); to write into a folder "
+                          f"of that name, end it with a slash (-o {output}/)")
+    if to_file:
+        if not single:
+            raise _usage(ctx, f"-o {output} names a file, which takes exactly one input "
+                              "file; to write several results give a folder: -o DIR")
+        if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
+            raise _usage(ctx, f"--format {fmt} contradicts -o {output}; drop one of them")
+    elif output.exists() and not output.is_dir():
+        raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
+    else:
+        inputs = batch.without_shell_leftovers(inputs, output, recursive)
+        for raw in inputs:
+            p = Path(raw)
+            if p.is_dir() and output.is_dir() and os.path.samefile(p, output):
+                raise _usage(ctx, f"-o {output} is an input folder: the results would "
+                                  "replace the originals; choose another folder")
+    return inputs, to_file
+
+
+def _shared_derainer(dist: Any, make: Callable[..., Any], *, device: str, precision: str,
+                     backend: str) -> Any:
+    """The Derainer ``make`` builds, one choice for every process.
+
+    Under torchrun rank 0 alone picks (and may time) the CPU engine; the others take its
+    pick, so no two ranks race to measure or differ. A device or precision it would refuse
+    is refused by every rank first: the others waited for its pick and died with a gloo
+    error."""
+    from . import batch
+
+    main_rank = dist.is_main
+    if dist.enabled:
+        _check_device_and_precision(device, precision, backend, speak=main_rank)
+    derainer = make(precision=precision, backend=backend) if main_rank else None
+    chosen = batch.share_from_main(dist, (
+        derainer.backend, derainer.precision) if derainer is not None else None)
+    if not main_rank:
+        derainer = make(backend=chosen[0], precision=chosen[1])
+        derainer.engine_note = "rank 0's choice"
+    return derainer
+
+
+def _report(err: Console, summary: Any, options: Any, *, json_out: bool, quiet: bool) -> None:
+    """Rank 0's account of the batch: the other ranks' failures (they stay quiet), then
+    the summary, as JSON or as text."""
+    for r in summary.files:
+        if r.status == "failed" and r.rank != 0:
+            _print_failure(err, r)
+    if json_out:
+        typer.echo(summary.to_json())
+    elif not quiet:
+        _print_summary(err, summary, options)
 
 
 #: Counting a folder's megapixels stops here: far more than decides the CPU engine
