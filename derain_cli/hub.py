@@ -111,6 +111,7 @@ def fetch(
     name: str | None = None,
     manual_path: Path | None = None,
     published: bool = True,
+    size: int | None = None,
 ) -> Path:
     """Return a local path to ``filename`` from ``repo_id`` at ``revision``, with sha256 ``sha256``.
 
@@ -121,7 +122,9 @@ def fetch(
     the message points at the Hub-cache snapshot path (see :func:`snapshot_path`), which this
     function does pick up. ``published=False`` (the manifest says the repository is not on
     the Hub yet) still tries, since a mirror behind ``HF_ENDPOINT`` may serve it, and says so
-    when that fails.
+    when that fails. ``size`` (bytes, from the manifest): a server that announces another
+    size is refused before anything is downloaded (a hostile mirror could fill the disk
+    before the checksum refused the file).
 
     Raises :class:`WeightsUnavailable` on any failure; :class:`ValueError` if ``sha256`` is not a
     64-digit hex string (a bug in the manifest, not a user problem).
@@ -131,6 +134,8 @@ def fetch(
         raise ValueError(f"expected sha256 must be 64 hex digits, got {sha256!r}")
     ctx = _Context(repo_id, filename, revision, expected, cache_dir, endpoint, name, manual_path)
     ctx.published = published
+    ctx.size = size
+    repo_dir = _repo_folder(repo_id, cache_dir)
 
     note = ""
     if not force:
@@ -142,7 +147,13 @@ def fetch(
                 good = False
             if good:
                 return cached
-            if not _discard(cached):  # the download would hand back this same bad copy
+            if not _in_cache(cached, repo_dir):
+                raise ctx.unavailable(
+                    f"the cached copy at {cached} has the wrong checksum and leads out of the "
+                    f"cache's folder {repo_dir} (a link); derain deletes nothing outside it: "
+                    "remove the link by hand, or point HF_HUB_CACHE at a cache of your own.",
+                    "cache")
+            if not _discard(cached, repo_dir):  # the download would hand back this bad copy
                 raise ctx.unavailable(
                     f"the cached copy at {cached} has the wrong checksum and cannot be removed "
                     "(a read-only cache?); delete it by hand, or point HF_HUB_CACHE at a "
@@ -175,7 +186,7 @@ def fetch(
 
     actual = sha256_file(local)
     if actual != expected:
-        kept = "the file was not kept." if _discard(local) else (
+        kept = "the file was not kept." if _discard(local, repo_dir) else (
             f"it could not be removed from {local}: delete it by hand.")
         raise ctx.unavailable(
             f"checksum mismatch: the downloaded file has sha256 {actual}, expected {expected}; "
@@ -209,6 +220,8 @@ class _Context:
         self.name = name
         self.manual_path = manual_path
         self.published = True
+        #: the file's size in bytes, where the manifest gives it
+        self.size: int | None = None
         #: the server answered the metadata request: a transport error after it broke a
         #: download, it did not fail to reach the server
         self.reached = False
@@ -266,13 +279,33 @@ def _cached(repo_id: str, filename: str, revision: str, cache_dir: Path | None) 
     return Path(found) if isinstance(found, str) else None
 
 
-def _discard(path: Path) -> bool:
-    """Delete a cache entry: the snapshot entry and, if it links into ``blobs/``, the blob.
-    False when the entry is still there (a read-only cache)."""
+def _repo_folder(repo_id: str, cache_dir: Path | None) -> Path:
+    """The Hub cache's folder of ``repo_id`` (``models--ORG--NAME``)."""
+    root = Path(cache_dir if cache_dir is not None else hf_constants.HF_HUB_CACHE)
+    return root / ("models--" + repo_id.replace("/", "--"))
+
+
+def _in_cache(path: Path, repo_dir: Path) -> bool:
+    """Whether the snapshot entry ``path`` lies in ``repo_dir``'s snapshots, its folders
+    resolved: a ``snapshots/<commit>`` planted as a link to another folder would otherwise
+    make deleting a bad entry delete a file there (a shared cache on a cluster)."""
+    return _within(path.parent, repo_dir / "snapshots")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _discard(path: Path, repo_dir: Path) -> bool:
+    """Delete a cache entry: the snapshot entry and, if it links into the repository's
+    ``blobs/``, the blob. False when the entry is still there (a read-only cache) or lies
+    outside ``repo_dir`` (see :func:`_in_cache`), where nothing is deleted."""
+    if not _in_cache(path, repo_dir):
+        return False
     blob = None
     if path.is_symlink():
         target = Path(os.path.realpath(path))
-        if target.parent.name == "blobs":  # never follow a hand-made link out of the cache
+        if _within(target, repo_dir / "blobs"):  # never follow a link out of the cache
             blob = target
     for p in (path, blob):
         if p is not None:
@@ -289,6 +322,13 @@ def _probe(ctx: _Context) -> None:
         ctx.repo_id, ctx.filename, revision=ctx.revision, endpoint=ctx.endpoint
     )
     meta = huggingface_hub.get_hf_file_metadata(url, endpoint=ctx.endpoint)
+    if ctx.size is not None and meta.size is not None and meta.size != ctx.size:
+        raise ctx.unavailable(
+            f"size mismatch: the server's copy has {meta.size} bytes, expected {ctx.size}; "
+            "nothing was downloaded. The file changed on the Hub, the manifest is out of "
+            "date, or the server (HF_ENDPOINT) is not serving derain's weights.",
+            "checksum",
+        )
     etag = (meta.etag or "").lower()
     if _SHA256_RE.fullmatch(etag) and etag != ctx.sha256:
         raise ctx.unavailable(

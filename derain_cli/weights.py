@@ -251,6 +251,7 @@ def resolve(name: str, *, quiet: bool = False, force: bool = False) -> Path:
     return hub.fetch(
         repo_id, filename, revision, rec.sha256, force=force,
         quiet=quiet, manual_path=bundled, name=name, published=_published(rec),
+        size=rec.size or None,
     )
 
 

@@ -689,23 +689,23 @@ _MANIFEST_SCRIPT = """
 import sys
 from pathlib import Path
 import derain_cli.weights as w
-bundle, sha = sys.argv[1], sys.argv[2]
+bundle, sha, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rec = w.WeightRecord(name="semi-drdnet-lite", arch="semi-drdnet", config={},
-                     file="demo.safetensors", sha256=sha, size=1, dtype="float16",
+                     file="demo.safetensors", sha256=sha, size=size, dtype="float16",
                      hub={"repo_id": "derain-test/demo", "filename": "demo.safetensors",
                           "revision": "0123456789abcdef0123456789abcdef01234567"})
 w.load_manifest = lambda path=None: {rec.name: rec}
 w.bundled_dir = lambda: Path(bundle)
-sys.argv[1:] = sys.argv[3:]
+sys.argv[1:] = sys.argv[4:]
 from derain_cli.cli import main
 main()
 """
 _DEMO = b"pretend these are weights"
 
 
-def _cli_with_remote_manifest(tmp_path: Path, *args: str, **env: str):
+def _cli_with_remote_manifest(tmp_path: Path, *args: str, size: int = len(_DEMO), **env: str):
     """Run the CLI in a fresh process (huggingface_hub reads HF_* at import) with a manifest
-    holding one remote-only record for derain-test/demo."""
+    holding one remote-only record for derain-test/demo (of ``size`` bytes, it says)."""
     import hashlib
 
     clean = {k: v for k, v in os.environ.items()
@@ -714,7 +714,8 @@ def _cli_with_remote_manifest(tmp_path: Path, *args: str, **env: str):
                  HF_HUB_DISABLE_TELEMETRY="1", **env)
     sha = hashlib.sha256(_DEMO).hexdigest()
     return subprocess.run(
-        [sys.executable, "-c", _MANIFEST_SCRIPT, str(tmp_path / "bundle"), sha, *args],
+        [sys.executable, "-c", _MANIFEST_SCRIPT, str(tmp_path / "bundle"), sha, str(size),
+         *args],
         capture_output=True, text=True, env=clean, timeout=120,
     )
 
@@ -740,6 +741,19 @@ def test_download_then_cached(tmp_path: Path, hub_server) -> None:
     assert p.returncode == 0, p.stderr
     row = next(r for r in json.loads(p.stdout) if r["name"] == "semi-drdnet-lite")
     assert row["weights"] == "cached"
+
+
+def test_download_refuses_a_file_of_another_size_than_the_manifest_says(
+        tmp_path: Path, hub_server) -> None:
+    """The manifest's size reaches the downloader: a server announcing another size is
+    refused before the body is fetched (a security audit: a hostile mirror could fill the
+    disk before the checksum refused the file)."""
+    hub_server.add("derain-test/demo", "0123456789abcdef0123456789abcdef01234567",
+                   "demo.safetensors", _DEMO)
+    p = _cli_with_remote_manifest(tmp_path, "download", "--all", "-q", size=len(_DEMO) - 1,
+                                  HF_ENDPOINT=hub_server.url)
+    assert p.returncode == 1 and "size mismatch" in p.stderr, p.stderr
+    assert hub_server.requests_for("GET") == []
 
 
 def test_progress_bars_render_on_a_terminal(tmp_path: Path, tiny_weights: Path) -> None:

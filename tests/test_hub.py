@@ -149,6 +149,46 @@ def test_a_bad_cached_copy_that_cannot_be_removed_is_said_plainly(
     assert len(hub_server.requests_for("GET", FILE)) == 1  # nothing downloaded in vain
 
 
+def test_a_bad_cached_entry_linked_out_of_the_cache_deletes_nothing_there(hub_server, tmp_path):
+    """Security audit: a shared cache where someone planted links. A snapshot entry linking
+    to a file in some other folder named blobs/, and a snapshot folder that is a link to
+    another folder: deleting the "bad cached copy" deleted the user's file there."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    cache = tmp_path / "cache"
+    victim = tmp_path / "victim" / "blobs" / "notes.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("mine")
+    entry = snapshot_path(REPO, FILE, COMMIT, cache_dir=cache)
+    entry.parent.mkdir(parents=True)
+    entry.symlink_to(victim)
+    assert _fetch(hub_server, cache).read_bytes() == DATA  # the link went, not the file
+    assert victim.read_text() == "mine"
+
+    cache2, mine = tmp_path / "cache2", tmp_path / "my-weights"
+    mine.mkdir()
+    (mine / FILE).write_bytes(b"my own fine-tuned weights")
+    snap = snapshot_path(REPO, FILE, COMMIT, cache_dir=cache2).parent
+    snap.parent.mkdir(parents=True)
+    snap.symlink_to(mine, target_is_directory=True)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, cache2)
+    assert info.value.kind == "cache" and "leads out of the cache" in str(info.value)
+    assert (mine / FILE).read_bytes() == b"my own fine-tuned weights"
+    assert len(hub_server.requests_for("GET", FILE)) == 1  # the first cache's download only
+
+
+def test_a_server_announcing_another_size_is_refused_before_downloading(hub_server, tmp_path):
+    """Security audit: a mirror serving a huge file under the right etag was downloaded
+    whole before the checksum refused it; the manifest's size now stops it at the HEAD."""
+    big = DATA * 64
+    hub_server.add(REPO, COMMIT, FILE, big, etag=SHA)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path, size=len(DATA))
+    assert info.value.kind == "checksum" and "size mismatch" in str(info.value)
+    assert str(len(big)) in str(info.value)
+    assert hub_server.requests_for("GET") == [] and _files_in(tmp_path) == []
+
+
 def test_an_unwritable_cache_is_named_as_the_cause():
     import errno
 
