@@ -57,6 +57,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .fileio import atomic_write
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
 
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
@@ -211,26 +213,25 @@ def _export_one(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: 
     import onnx
 
     global EXPORT_COUNT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: str) -> None:
         with torch.no_grad():
             torch.onnx.export(
-                module, args, str(tmp), dynamo=False, opset_version=opset,
+                module, args, tmp, dynamo=False, opset_version=opset,
                 input_names=names, output_names=outputs, dynamic_axes=axes,
                 do_constant_folding=True,
             )
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(tmp)
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
         proto.producer_name = "derain"
         onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        onnx.save(proto, tmp)
+
+    # a temporary file of an unguessable name (mkstemp): one named after the pid could be
+    # a link planted in a shared folder, which the export would write through
+    atomic_write(path, write)
     EXPORT_COUNT += 1
 
 
@@ -339,9 +340,9 @@ def check_writable(target: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             raise OSError("it is a folder")
-        probe = parent / f".{target.name}.{os.getpid()}.probe"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".derain-", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         why = e.strerror or str(e)
         raise OSError(f"cannot write {target}: {why}") from None

@@ -358,6 +358,7 @@ def build_int8(
 
     from . import export
     from .data import DataError
+    from .fileio import atomic_write
     from .hub import sha256_file
     from .onnx_backend import state_sha256
     from .pairs import list_images
@@ -395,18 +396,21 @@ def build_int8(
                             f"{crop[0]}x{crop[1]} px (height x width), synthetic mixed rain "
                             f"on {clean_dir.name}"),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        quantize_graph(graphs[0], out, calib, keep_fp32=info["fp32_convs"],
+        # made in the scratch folder, then put in place whole (atomic_write: a temporary
+        # file of an unguessable name, so no planted link is written through)
+        quantize_graph(graphs[0], work / "int8.onnx", calib, keep_fp32=info["fp32_convs"],
                        reduce_range=reduce_range, cache=cache)
-        proto = onnx.load(str(out))
+        proto = onnx.load(str(work / "int8.onnx"))
         proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
-        onnx.save(proto, str(out))
+        atomic_write(out, lambda tmp: onnx.save(proto, tmp))
         files = [out]
         record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
         if len(graphs) > 1:  # the same scheme, so tiles get the means the int8 network computes
             stats = export.stats_path(out)
-            quantize_graph(graphs[1], stats, calib, keep_fp32=info["fp32_convs"],
-                           reduce_range=reduce_range, cache=work / "calibration.stats.json")
+            quantize_graph(graphs[1], work / "int8.stats.onnx", calib,
+                           keep_fp32=info["fp32_convs"], reduce_range=reduce_range,
+                           cache=work / "calibration.stats.json")
+            atomic_write(stats, lambda tmp: shutil.copyfile(work / "int8.stats.onnx", tmp))
             files.append(stats)
             record |= {"stats_file": stats.name, "stats_sha256": sha256_file(stats)}
     finally:

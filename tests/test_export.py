@@ -141,6 +141,24 @@ def test_export_leaves_model_and_threads_as_they_were(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left over
 
 
+def test_export_writes_through_no_link_planted_at_a_guessable_name(tmp_path):
+    """Security audit: the temporary graphs were named after the process id, so a link
+    planted under that name in a shared folder made the export overwrite the link's target,
+    and the result itself became that link."""
+    import os
+
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("m.onnx", "m.stats.onnx"):
+        (shared / f".{name}.{os.getpid()}.tmp").symlink_to(victim)
+    paths = export.export_onnx(net, shared / "m.onnx")
+    assert victim.read_text() == "mine"
+    assert paths and all(p.is_file() and not p.is_symlink() for p in paths)
+
+
 class _Plain(nn.Module):
     def __init__(self) -> None:
         super().__init__()
