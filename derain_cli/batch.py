@@ -165,8 +165,12 @@ def mark_output_folder(folder: Path) -> None:
                          "scans of a parent folder will take its results as inputs", folder)
                 return
         folder.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            marker.write_text(_MARKER_TEXT)
+        if not os.path.lexists(marker):
+            # O_EXCL: never through a link planted under the marker's name (it created the
+            # file the link named: a security audit)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(_MARKER_TEXT)
     except OSError as e:  # a read-only marker spot must not stop the batch
         log.debug("cannot mark %s as an output folder: %s", folder, e)
 

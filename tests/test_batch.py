@@ -253,6 +253,21 @@ def test_only_a_new_or_empty_output_folder_is_marked(tmp_path: Path, derainer) -
     assert not (tmp_path / "out" / ".derain-output").exists()
 
 
+def test_the_marker_is_not_written_through_a_planted_link(tmp_path: Path) -> None:
+    """Security audit: a link under the marker's name in an (otherwise empty) output folder
+    made derain create the file the link named."""
+    from derain_cli.batch import OUTPUT_MARKER, mark_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OUTPUT_MARKER).symlink_to(tmp_path / "planted")
+    mark_output_folder(out)
+    assert not os.path.lexists(tmp_path / "planted")
+    fresh = tmp_path / "fresh"
+    mark_output_folder(fresh)
+    assert (fresh / OUTPUT_MARKER).is_file()
+
+
 def test_no_marker_without_work_or_for_a_file_output(tmp_path: Path, derainer) -> None:
     src = _img(tmp_path / "in" / "a.png")
     run_batch(collect_inputs([str(src)]), derainer, BatchOptions(output=tmp_path / "o.png"))
