@@ -224,8 +224,13 @@ def evaluate(
     if rep is not None:
         res.report_path = str(rep)  # before writing: the page's summary names it too
         write_report(res, rep, thumbs)
-        _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
+        if overwrite:  # without it the folder held none of ours (check_outputs)
+            _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
     return res
+
+
+#: The report's three thumbnails of each pair, ``<stem>_files/NNNN_<kind>.jpg``
+THUMB_KINDS = ("rainy", "out", "clean")
 
 
 def _drop_stale_thumbs(report: Path, kept: set[str]) -> None:
@@ -321,6 +326,10 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
         planned += [(save / n, p.name) for p, n in zip(pairs, save_names(pairs), strict=True)]
     planned += [(f, what) for f, what in ((csv_path, "the scores"), (report, "the report"))
                 if f is not None]
+    if report is not None:  # the thumbnails: a <stem>_files/ folder may hold the user's files
+        thumbs = report.parent / f"{report.stem}_files"
+        planned += [(thumbs / f"{i:04d}_{k}.jpg", "a thumbnail of the report")
+                    for i in range(len(pairs)) for k in THUMB_KINDS]
     seen: dict[str, str] = {}
     for f, what in planned:
         r = same_name_key(f)
@@ -367,10 +376,16 @@ def _write_csv_to(res: EvalResult, path: str) -> None:
         w = csv.writer(f)
         w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"])
         for s in res.images:
-            w.writerow([s.name, f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}", f"{s.psnr_rgb:.4f}",
-                        f"{s.seconds:.3f}"])
+            w.writerow([_csv_text(s.name), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
+                        f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"])
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
                     f"{np.mean([s.seconds for s in res.images]):.3f}"])
+
+
+def _csv_text(text: str) -> str:
+    """``text`` as a spreadsheet shows it: a leading ``= + - @`` (or tab, CR) would make
+    a file name such as ``=HYPERLINK(...).png`` a formula, so it gets a ``'`` first."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _thumb(img: np.ndarray, report: Path, stem: str, width: int = 320) -> str:
@@ -381,7 +396,8 @@ def _thumb(img: np.ndarray, report: Path, stem: str, width: int = 320) -> str:
     if im.width > width:
         im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
     rel = f"{report.stem}_files/{stem}.jpg"
-    im.save(report.parent / rel, quality=88)
+    # atomic_write: a link at the name is replaced, not written through
+    atomic_write(report.parent / rel, lambda tmp: im.save(tmp, format="JPEG", quality=88))
     return rel
 
 

@@ -558,3 +558,34 @@ def test_report_links_survive_odd_file_names(tmp_path, pairs):
     page = report.read_text()
     assert 'src="run%231%2050%25_files/0000_rainy.jpg"' in page
     assert (tmp_path / "run#1 50%_files" / "0000_rainy.jpg").is_file()
+
+
+def test_the_report_keeps_what_its_files_folder_held_and_writes_through_no_link(tmp_path,
+                                                                                pairs):
+    """Security audit: without --overwrite a report replaced the user's files in an existing
+    <stem>_files/ folder, deleted others named like thumbnails, and wrote through links."""
+    from derain_cli.errors import OptionError
+
+    report = tmp_path / "r.html"
+    thumbs = tmp_path / "r_files"
+    thumbs.mkdir()
+    (thumbs / "0000_out.jpg").write_text("my notes")
+    (thumbs / "0007_clean.jpg").write_text("keep me")
+    with pytest.raises(OptionError, match="0000_out.jpg exists; pass --overwrite"):
+        E.evaluate("identity", pairs, report=report)
+    assert (thumbs / "0000_out.jpg").read_text() == "my notes" and not report.exists()
+    (thumbs / "0000_out.jpg").unlink()
+    E.evaluate("identity", pairs, report=report)  # nothing of ours there: not dropped
+    assert (thumbs / "0007_clean.jpg").read_text() == "keep me"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (thumbs / "0001_rainy.jpg").unlink()
+    (thumbs / "0001_rainy.jpg").symlink_to(victim)
+    E.evaluate("identity", pairs, report=report, overwrite=True)
+    assert victim.read_text() == "mine" and not (thumbs / "0001_rainy.jpg").is_symlink()
+    assert not (thumbs / "0007_clean.jpg").exists()  # --overwrite: the stale one goes
+
+
+def test_csv_names_cannot_become_spreadsheet_formulas():
+    assert E._csv_text('=HYPERLINK("http://x","y").png') == '\'=HYPERLINK("http://x","y").png'
+    assert E._csv_text("@a.png") == "'@a.png" and E._csv_text("rain-1.png") == "rain-1.png"
