@@ -196,7 +196,13 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
         spec = get_spec(model_name)
         model = build_architecture(spec.arch, spec.config)
     elif own:
-        model = build_architecture(meta["arch"], json.loads(meta["config"]))
+        config = json.loads(meta["config"])
+        # the shapes first, on the meta device (nothing allocated): the config comes from
+        # the file, and a 220-byte file asking for width 2048 x 400 blocks made derain
+        # allocate until the machine ran out of memory (a security audit)
+        with torch.device("meta"):
+            check_state(build_architecture(meta["arch"], config), state, str(path))
+        model = build_architecture(meta["arch"], config)
     else:
         raise WeightsError(
             f"{path}: the file does not say which architecture it is for; pass --model NAME too"
