@@ -250,7 +250,10 @@ def finetune_cmd(
     batch: Annotated[int | None, typer.Option(help="Batch (default 8 GPU / 4 CPU).")] = None,
     patch: Annotated[int | None, typer.Option(help="Patch (default 128 GPU / 96 CPU).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
-    l2sp: Annotated[float, typer.Option(help="L2-SP pull toward the starting weights.")] = 1e-3,
+    l2sp: Annotated[float, typer.Option(
+        help="Pull toward the starting weights (L2-SP, decoupled like AdamW's weight decay: "
+             "each step every weight moves lr x this of its distance back to its start; "
+             "0 = off, the default: --consistency keeps the model near its start).")] = 0.0,
     consistency: Annotated[float, typer.Option(
         help="L1 consistency with the frozen starting model on your photos (keeps the "
              "result near it: brightness and colour).")] = 1.0,
