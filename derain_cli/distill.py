@@ -311,6 +311,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
                 "NAME): a pruned student learns the teacher's detail layer, not its output")
         teacher, label = FlipEnsemble(teacher).eval(), f"{label} (flip self-ensemble)"
     if cross:
+        torch.manual_seed(cfg.seed)  # the student's first weights follow --seed
         student = fresh_student(cfg.student)
     else:
         student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
