@@ -241,7 +241,30 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path: Path, tiny_weights: Path)
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "phone_derained.jpg")
     assert out.size == (12, 20)  # pixels upright...
-    assert out.getexif().get(0x0112, 1) == 1  # ...and not rotated a second time
+    assert out.getexif()[0x0112] == 1  # ...and not rotated a second time (EXIF kept)
+
+
+def test_a_photos_metadata_reaches_its_result(tmp_path: Path, tiny_weights: Path) -> None:
+    """A mutation audit: the batch could drop the EXIF, colour profile, XMP and DPI it hands
+    the writer and no CLI test noticed (only write_image's own tests looked)."""
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "TestCam", "Model 7"  # Make, Model
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+           b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"'
+           b' dc:rights="(c) me"/></rdf:RDF></x:xmpmeta>')
+    src = tmp_path / "cam.jpg"
+    Image.new("RGB", (20, 12), (90, 120, 150)).save(src, exif=exif.tobytes(), icc_profile=icc,
+                                                    xmp=xmp, dpi=(300, 300), quality=95)
+    r = derain(src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    out = Image.open(tmp_path / "cam_derained.jpg")
+    assert out.getexif()[0x010F] == "TestCam" and out.getexif()[0x0110] == "Model 7"
+    assert out.info.get("icc_profile") == icc
+    assert b"(c) me" in out.info.get("xmp", b"")
+    assert tuple(round(v) for v in out.info["dpi"]) == (300, 300)
 
 
 def test_one_pixel_image(tmp_path: Path, tiny_weights: Path) -> None:

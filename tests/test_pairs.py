@@ -400,3 +400,22 @@ def test_one_folder_named_with_two_table_partners_is_refused(tmp_path):
     _make(tmp_path, "input/1.png", "target/1.png", "gt/1.png")
     with pytest.raises(PairsError, match=r"2 folders could hold its clean partners"):
         find_pairs(tmp_path, rainy_dir="input")
+
+
+@pytest.mark.parametrize("names", [
+    ("rainy/001.jpg", "rainy/001.bmp", "clean/001.tif"),  # two rainy stems, one clean
+    ("rain-1.png", "rain-001.png", "norain-1.png"),  # two rainy numbers for one clean
+    ("rain-1.png", "norain-1.png", "norain-001.png"),  # two clean numbers for one rainy
+])
+def test_one_partner_claimed_twice_is_refused_not_shared(tmp_path, names):
+    """A mutation audit: pairing two rainy files with one clean file (or dropping one of two
+    clean files with the same key) went unnoticed by every test; each must be refused."""
+    _make(tmp_path, *names)
+    with pytest.raises(PairsError):
+        find_pairs(tmp_path)
+    try:  # the lenient reading shares no partner either (or finds no pair at all)
+        loose = find_pairs(tmp_path, strict=False)
+    except PairsError:
+        loose = []
+    assert len({p.clean for p in loose}) == len(loose)
+    assert len({p.rainy for p in loose}) == len(loose)

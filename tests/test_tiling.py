@@ -122,6 +122,28 @@ class _Identity:
         return x.copy()
 
 
+class _Recording(_Identity):
+    """Records the shape of every batch it is given."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x, pooled):
+        self.shapes.append(x.shape)
+        return x.copy()
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 600), (3, 600, 64)])
+def test_an_image_larger_than_the_tile_on_one_side_only_is_tiled(shape):
+    """A mutation audit: a panorama wider than the tile but not taller went through in one
+    piece under a mutant (and could run out of memory), and no test saw it."""
+    img = np.random.default_rng(0).random(shape, dtype=np.float32)
+    runner = _Recording()
+    out = tiling.run_tiled(img, runner, 128, 16)
+    np.testing.assert_allclose(out, img, atol=1e-6)
+    assert len(runner.shapes) > 1 and max(max(s[-2:]) for s in runner.shapes) <= 256
+
+
 def test_identity_runner_reconstructs_exactly():
     img = _scene(300)
     out = tiling.run_tiled(img, _Identity(), 96, 24)

@@ -868,6 +868,29 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
     assert r.exit_code == 2 and "is a `derain train` run" in r.output, r.output
 
 
+def test_a_checkpoint_write_that_fails_half_way_keeps_the_last_good_one(tmp_path,
+                                                                        monkeypatch):
+    """A mutation audit: a plain torch.save in place of the atomic write passed every test.
+    A write that dies half-way (a full disk, a kill) must leave the previous last.pt whole
+    and no temporary file."""
+    path = tmp_path / "last.pt"
+    T._atomic_torch_save({"format": T.CKPT_FORMAT, "step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **kw):
+        real_save({"step": 2, "w": torch.zeros(1000)}, f)
+        with open(f, "r+b") as fh:
+            fh.truncate(50)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError):
+        T._atomic_torch_save({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert T.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_validation_caps_psnr_like_eval(tmp_path):
     """One output that matches its clean image exactly gave 336.8 dB, which swamped the mean
     that picks best.pt, while `derain eval` caps it at 100 dB (an audit)."""
