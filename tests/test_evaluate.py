@@ -589,3 +589,24 @@ def test_the_report_keeps_what_its_files_folder_held_and_writes_through_no_link(
 def test_csv_names_cannot_become_spreadsheet_formulas():
     assert E._csv_text('=HYPERLINK("http://x","y").png') == '\'=HYPERLINK("http://x","y").png'
     assert E._csv_text("@a.png") == "'@a.png" and E._csv_text("rain-1.png") == "rain-1.png"
+
+
+def test_pairs_are_decoded_once_when_they_fit_and_score_alike_when_not(pairs, monkeypatch):
+    """eval decoded every pair twice (the check before the model runs, then the scoring);
+    a set of ordinary size is now kept from the check. Past KEEP_DECODED_BYTES the pairs
+    are decoded again, with the same scores."""
+    calls = []
+    real = E.load_rgb_u8
+
+    def counting(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(E, "load_rgb_u8", counting)
+    kept = E.evaluate("identity", pairs)
+    assert len(calls) == 2 * kept.count
+    calls.clear()
+    monkeypatch.setattr(E, "KEEP_DECODED_BYTES", 0)
+    again = E.evaluate("identity", pairs)
+    assert len(calls) == 4 * again.count
+    assert [s.psnr_y for s in again.images] == [s.psnr_y for s in kept.images]
