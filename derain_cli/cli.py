@@ -186,6 +186,13 @@ class DerainGroup(TyperGroup):
         if i < len(args):
             if not self.is_command_name(args[i]):
                 args.insert(i, DEFAULT_COMMAND)
+            elif args[i] != DEFAULT_COMMAND:
+                # `derain eval ... --debug`: the group's flag, taken where users put it
+                # (only the main job had its own; the others said "No such option")
+                end = args.index("--") if "--" in args else len(args)
+                if "--debug" in args[i + 1:end]:
+                    args = ["--debug", *(a for k, a in enumerate(args)
+                                         if not (i < k < end and a == "--debug"))]
         elif args and not self._HELP_FLAGS.intersection(args):
             args.append(DEFAULT_COMMAND)  # `derain --debug`: the main job says what is missing
         return super().parse_args(ctx, args)
@@ -259,8 +266,9 @@ def _load_lazy(name: str) -> Command:
 # --------------------------------------------------------------------------- app
 EPILOG = (
     "A subcommand comes first, after --debug at most (derain models --json, derain --debug "
-    "eval ...); a subcommand's name later on is a path. A file or folder named like "
-    "a subcommand is addressed as a path: derain ./train. Run under torchrun "
+    "eval ...; --debug may also come later); a subcommand's name later on is a path. A "
+    "file or folder named like a subcommand is addressed as a path: derain ./train. Run "
+    "under torchrun "
     "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
     "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
     "1 a file failed or an error occurred, 2 usage error, 130 interrupted (Ctrl-C; finished "

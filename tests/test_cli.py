@@ -896,6 +896,21 @@ def test_help_says_when_a_word_is_a_subcommand() -> None:
     assert "--debug" in DerainGroup.GROUP_FLAGS
 
 
+def test_debug_is_taken_after_a_subcommand_too(tmp_path: Path) -> None:
+    """`derain models --debug` said "No such option: --debug": only the main job had it."""
+    assert derain("models", "--debug").exit_code == 0
+    for side in ("rainy", "clean"):
+        _img(tmp_path / "p" / side / "a.png")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    r = derain("eval", "--weights", bad, "--data", tmp_path / "p")
+    assert r.exit_code == 1 and "error: " in r.stderr
+    r = derain("eval", "--weights", bad, "--data", tmp_path / "p", "--debug")
+    assert r.exception is not None and not isinstance(r.exception, SystemExit)
+    # after "--" it is an argument, not the flag
+    assert derain("models", "--", "--debug").exit_code == 2
+
+
 def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
                                                          tiny_weights: Path) -> None:
     src = _img(tmp_path / "in" / "a.png", w=40, h=30)
