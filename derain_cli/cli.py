@@ -121,7 +121,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # markup off: a path such as x[/y]/p.png is text (it printed the wrong name, or failed
+    # with a MarkupError after the work was done)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _error(console: Console, message: str, rank: int = 0) -> None:
@@ -568,6 +570,14 @@ def run_cmd(
             raise UsageError(
                 "no input given: name photos, folders or patterns (derain photo.jpg)", ctx=ctx
             )
+        # "" is the current folder to pathlib: `derain "$PHOTO"` with an empty variable
+        # derained every photo there
+        if "" in inputs:
+            raise UsageError("an empty path (\"\") among the inputs: name a photo or a "
+                             "folder (. for the current one)", ctx=ctx)
+        if output == "":
+            raise UsageError("-o \"\": name a file or a folder (. for the current one)",
+                             ctx=ctx)
         _run(ctx, err, inputs, output=Path(output) if output else None,
              output_is_folder=bool(output) and output.endswith(("/", os.sep)),
              recursive=recursive, overwrite=overwrite,
@@ -594,6 +604,9 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
         yield
     except (ClickException, typer.Abort, typer.Exit):
         raise
+    except BrokenPipeError:  # the reader went away (derain ... | head): no "error:" line
+        silence_stdout()
+        raise typer.Exit(BROKEN_PIPE_STATUS) from None
     except _Exit as e:
         raise typer.Exit(e.code) from None
     except KeyboardInterrupt:
@@ -1004,8 +1017,12 @@ def _detach_logging(saved: tuple[Any, ...]) -> None:
 
 
 def _printable(text: str) -> str:
-    """``text`` on one line: control characters (a newline in a file name) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` on one line: control characters (a newline in a file name, a right-to-left
+    override) escaped, and a name's bytes that are not UTF-8 as ``\\xe9`` (as the shell
+    shows them), not Python's internal ``\\udce9`` (``fileio.display_text``)."""
+    from .fileio import display_text
+
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(text))
 
 
 def _print_failure(console: Console, r: FileResult) -> None:
@@ -1067,7 +1084,9 @@ class _RichProgress:
         self.files = self.bars.add_task("derain", total=total, count=f"0/{total}")
 
     def file_start(self, job: Job) -> None:
-        name = job.item.path.name
+        from rich.markup import escape
+
+        name = escape(_printable(job.item.path.name))  # the bar's description is markup
         self.name = name if len(name) <= 40 else name[:37] + "..."
         self.bars.update(self.files, description=self.name)
 
@@ -1095,6 +1114,33 @@ class _RichProgress:
 
 
 def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
+    if console.width < _SUMMARY_TABLE_WIDTH:  # the table's numbers would be cut to "…"
+        console.print(Text(
+            f"processed {s.processed}, skipped {s.skipped}, failed {len(s.failed)}, "
+            f"{s.megapixels:.2f} megapixels in {s.seconds:.1f} s "
+            f"({s.megapixels_per_s:.2f} megapixels/s)",
+            style="bold red" if s.failed else ""))
+    else:
+        _print_summary_table(console, s)
+    done = [r for r in s.files if r.status == "processed"]
+    if len(done) == 1:
+        console.print(Text(f"wrote {_printable(str(done[0].output))}"))
+    elif done:
+        where = (f"into {_printable(str(options.output))}" if options.output is not None
+                 else "beside the inputs as NAME_derained.EXT")
+        console.print(Text(f"wrote {len(done)} files {where}"))
+    if s.skipped:
+        console.print(f"skipped {s.skipped} file(s) whose result already exists "
+                      "(--overwrite redoes them)")
+    if s.failed:
+        console.print(Text(f"{len(s.failed)} file(s) failed (reasons above)", style="bold red"))
+
+
+#: The columns the summary table needs, its headers uncut
+_SUMMARY_TABLE_WIDTH = 64
+
+
+def _print_summary_table(console: Console, s: Summary) -> None:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("processed", "skipped", "failed", "megapixels", "seconds", "megapixels/s"):
         table.add_column(col, justify="right")
@@ -1104,18 +1150,6 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
         f"{s.megapixels:.2f}", f"{s.seconds:.1f}", f"{s.megapixels_per_s:.2f}",
     )
     console.print(table)
-    done = [r for r in s.files if r.status == "processed"]
-    if len(done) == 1:
-        console.print(f"wrote {done[0].output}")
-    elif done:
-        where = (f"into {options.output}" if options.output is not None
-                 else "beside the inputs as NAME_derained.EXT")
-        console.print(f"wrote {len(done)} files {where}")
-    if s.skipped:
-        console.print(f"skipped {s.skipped} file(s) whose result already exists "
-                      "(--overwrite redoes them)")
-    if s.failed:
-        console.print(Text(f"{len(s.failed)} file(s) failed (reasons above)", style="bold red"))
 
 
 # --------------------------------------------------------------------------- models
@@ -1231,6 +1265,8 @@ def models_cmd(
             return
         # piped or redirected: no terminal to fit (unless COLUMNS says), so do not cut the
         # table at rich's fallback of 80 columns
+        if sys.stdout is None:  # stdout closed (derain models >&-): nowhere to list
+            return
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
         out = Console(width=200) if piped else Console()
         # narrow terminals: drop the architecture first (it is in the name), then the
@@ -1390,11 +1426,28 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
+    except BrokenPipeError:
+        silence_stdout()
+        sys.exit(BROKEN_PIPE_STATUS)
     except Exception as e:  # errors of lazily loaded subcommands
         if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
             raise
         print(f"error: {_friendly_message(e)}", file=sys.stderr)
         sys.exit(1)
+
+
+#: The exit status when the reader of derain's output went away (``derain ... --json |
+#: head -c 10``): a process ended by SIGPIPE's, as other command-line tools end there, not
+#: "error: Broken pipe" and 1, the status of a failed photo
+BROKEN_PIPE_STATUS = 128 + 13
+
+
+def silence_stdout() -> None:
+    """Send what is still written to stdout nowhere (its reader is gone), so flushing it at
+    exit raises nothing more."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

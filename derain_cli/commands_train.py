@@ -36,7 +36,7 @@ ContrastTermsOption = Annotated[str | None, typer.Option(
 AmpOption = Annotated[str, typer.Option(
     help="auto (bf16 on CUDA and on CPUs with bf16 instructions), bf16 or fp32.")]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # paths are text
 
 
 #: --val's folders, named where its layout is not recognised (as eval's --rainy-dir)
@@ -72,6 +72,11 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader went away (derain eval ... --json | head)
+        from .cli import BROKEN_PIPE_STATUS, silence_stdout
+
+        silence_stdout()
+        raise typer.Exit(BROKEN_PIPE_STATUS) from None
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
             NotADirectoryError, OptionError) as e:
         if _debug():

@@ -125,6 +125,17 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
     atomic_write(dest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def display_text(text: str) -> str:
+    """``text`` (a path, a file name) as UTF-8 text can carry it: a name's bytes that are
+    not UTF-8 (Python holds them as lone surrogates, ``\\udce9``) become ``\\xe9``, as the
+    shell shows them. Why: a CSV, an HTML page or a terminal line cannot encode the
+    surrogates, and eval failed after scoring every pair on one such name."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
     """Why files cannot be written into ``folder`` (made first where missing), or None when
     they can, as far as the permissions say; nothing is created. Checked before any work,

@@ -1559,7 +1559,7 @@ def _export(
 def _say(msg: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(msg)
+    Console(stderr=True, highlight=False, soft_wrap=True, markup=False).print(msg)
 
 
 class _Progress:
@@ -1634,7 +1634,7 @@ class _Progress:
 
     def note(self, msg: str) -> None:
         if self._p is not None:
-            self._p.console.print(msg)
+            self._p.console.print(msg, markup=False)
         elif self._lines is not None:
             self._lines.print(msg)
 

@@ -1012,3 +1012,79 @@ def test_a_finished_rerun_reads_weights_names_as_a_fresh_run_does(tmp_path: Path
     shutil.copy(tiny_weights, tmp_path / "w.bin")
     for _ in range(2):  # fresh, then finished
         assert derain(src, "--weights", tmp_path / "w.bin").exit_code == 0
+
+
+# ------------------------------------------------------------ odd names, pipes, terminals
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path: Path,
+                                                                tiny_weights: Path) -> None:
+    """An audit: `derain "$PHOTO"` with an empty variable derained every photo of the
+    current folder ("" is "." to pathlib), and `-o ""` was taken as no -o."""
+    src = _img(tmp_path / "a.png")
+    r = derain("", "--weights", tiny_weights, cwd=tmp_path)
+    assert r.exit_code == 2 and 'an empty path ("")' in r.output
+    r = derain(src, "-o", "", "--weights", tiny_weights)
+    assert r.exit_code == 2 and '-o ""' in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_paths_that_look_like_markup_are_printed_as_they_are(tmp_path: Path,
+                                                             tiny_weights: Path) -> None:
+    """An audit: 'x[/y]/p.png' failed with a MarkupError after the photo was derained (exit
+    1), and 'a[bold].png' was reported as 'a_derained.png'; a newline in a name split the
+    "wrote" line."""
+    for rel, shown in (("x[/y]/p.png", "x[/y]/p_derained.png"),
+                       ("a[bold].png", "a[bold]_derained.png"),
+                       ("new\nline.png", "new\\nline_derained.png")):
+        src = _img(tmp_path / rel)
+        r = derain(src, "--weights", tiny_weights, "--threads", "1")
+        assert r.exit_code == 0, r.output
+        assert f"wrote {tmp_path}/{shown}" in r.stderr
+
+
+def test_names_that_are_not_utf8_are_shown_as_the_shell_shows_them(
+        tmp_path: Path, tiny_weights: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.png")
+    _img(tmp_path / name)
+    r = derain(tmp_path / name, "--weights", tiny_weights, "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert "caf\\xe9_derained.png" in r.stderr and "\\udce9" not in r.stderr
+
+
+def test_a_narrow_terminal_gets_the_summary_as_a_line(tmp_path: Path) -> None:
+    """An audit: at 20 columns the table's failed count showed as '…'."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.batch import BatchOptions, FileResult, Summary
+    from derain_cli.cli import _print_summary
+
+    s = Summary(failed=[("a.png", "x")],
+                files=[FileResult("a.png", None, "failed", reason="x")])
+    for width, wanted in ((20, "failed 1,"), (100, "failed")):
+        buf = io.StringIO()
+        _print_summary(Console(file=buf, width=width), s, BatchOptions())
+        assert wanted in buf.getvalue() and "…" not in buf.getvalue(), buf.getvalue()
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path,
+                                                      tiny_weights: Path) -> None:
+    """An audit: `derain ... --json | true` printed "error: Broken pipe" and exited 1, the
+    status of a failed photo, though every photo was done; `derain models >&-` failed with
+    an AttributeError."""
+    src = _img(tmp_path / "a.png")
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write fails with EPIPE
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "derain_cli", str(src), "--weights", str(tiny_weights),
+             "--threads", "1", "--json"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert p.returncode == 141 and "error" not in p.stderr, p.stderr
+    assert (tmp_path / "a_derained.png").is_file()
+    p = subprocess.run([sys.executable, "-m", "derain_cli", "models"], stdout=None,
+                       stderr=subprocess.PIPE, text=True, timeout=120,
+                       preexec_fn=lambda: os.close(1))
+    assert p.returncode == 0 and "error" not in p.stderr, p.stderr

@@ -1489,3 +1489,14 @@ def test_val_folders_can_be_named_as_evals_can(data, tmp_path):
     vals = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()
             if '"val"' in line]
     assert vals and vals[-1]["val_psnr"] > 0
+
+
+def test_messages_print_paths_as_they_are(capsys):
+    """An audit: `derain train -o 'runs[/x]'` trained, wrote its model, then failed with a
+    MarkupError (exit 1) printing the path; rich read it as markup."""
+    from derain_cli.commands_train import _err
+
+    T._say("wrote runs[/x]/model.safetensors and a[bold].png")
+    _err.print("use runs[/x]")
+    err = capsys.readouterr().err
+    assert "wrote runs[/x]/model.safetensors and a[bold].png" in err and "use runs[/x]" in err
