@@ -19,14 +19,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote as url_quote
 
 import numpy as np
 from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
-from .fileio import atomic_write, atomic_write_text, same_name_key, why_unwritable
+from .fileio import (
+    atomic_write,
+    atomic_write_text,
+    display_text,
+    same_name_key,
+    why_unwritable,
+)
 from .pairs import Pair, find_pairs, list_images, reads_into
 
 IDENTITY = "identity"
@@ -397,7 +403,7 @@ def _write_csv_to(res: EvalResult, path: str) -> None:
         w = csv.writer(f)
         w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"])
         for s in res.images:
-            w.writerow([_csv_text(s.name), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
+            w.writerow([_csv_text(display_text(s.name)), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
                         f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"])
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
                     f"{np.mean([s.seconds for s in res.images]):.3f}"])
@@ -430,7 +436,12 @@ def _script_json(value: Any) -> str:
 
 
 def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]) -> None:
-    e = html.escape
+    def e(text: str) -> str:  # names whose bytes are not UTF-8 shown as \xe9 (display_text)
+        return html.escape(display_text(text))
+
+    def quote(rel: str) -> str:  # a link to the file's own bytes, whatever they are
+        return url_quote(rel.encode("utf-8", "surrogateescape"))
+
     rows = []
     for s, (r, o, c) in zip(res.images, thumbs, strict=True):
         rows.append(

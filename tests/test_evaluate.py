@@ -610,3 +610,27 @@ def test_pairs_are_decoded_once_when_they_fit_and_score_alike_when_not(pairs, mo
     again = E.evaluate("identity", pairs)
     assert len(calls) == 4 * again.count
     assert [s.psnr_y for s in again.images] == [s.psnr_y for s in kept.images]
+
+
+def test_names_that_are_not_utf8_reach_the_csv_and_the_report(tmp_path):
+    """An audit: one file name whose bytes are not UTF-8 made eval fail after scoring every
+    pair (the CSV and the page could not encode it), leaving thumbnails that blocked the
+    rerun; a report whose own name was such failed at its links."""
+    import os
+    from urllib.parse import unquote_to_bytes
+
+    for side in ("rainy", "clean"):
+        folder = tmp_path / "pairs" / side
+        folder.mkdir(parents=True)
+        Image.fromarray(smooth_photo(np.random.default_rng(1), 24, 24)).save(
+            folder / os.fsdecode(b"caf\xe9.png"))
+    report = tmp_path / os.fsdecode(b"r\xe9.html")
+    res = E.evaluate("identity", tmp_path / "pairs", report=report,
+                     csv_path=tmp_path / "s.csv")
+    assert res.count == 1
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[1].startswith(
+        "caf\\xe9.png,")
+    page = report.read_text(encoding="utf-8")
+    assert "<td>caf\\xe9.png<br>" in page
+    src = page.split('<img src="')[1].split('"')[0]
+    assert (tmp_path / os.fsdecode(unquote_to_bytes(src))).is_file()  # the link works
