@@ -274,7 +274,8 @@ EPILOG = (
     "(python -m torch.distributed.run --nproc-per-node N -m derain_cli FOLDER) to split a "
     "folder over N processes/GPUs. Exit status: 0 all done (skipped files count as done), "
     "1 a file failed or an error occurred, 2 usage error, 130 interrupted (Ctrl-C; finished "
-    "files stay, rerun to resume; SIGTERM and SIGHUP stop the same way, with 143 and 129)."
+    "files stay, rerun to resume; SIGTERM and SIGHUP stop the same way, with 143 and 129), "
+    "141 when the reader of its output went away (derain ... | head)."
 )
 
 
