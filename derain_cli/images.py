@@ -327,14 +327,19 @@ def warnings_to_log(logger: logging.Logger = log) -> Iterator[None]:
         logger.log(level, "%s", f"{where}: {text}" if where else text)
 
     saved_show = warnings.showwarning
-    saved_cv2 = cv2.utils.logging.getLogLevel()
+    # OpenCV before 4.13 has no cv2.utils.logging (every photo failed on it): its own notes
+    # then reach stderr as they are
+    cv_log = getattr(cv2.utils, "logging", None)
+    saved_cv2 = cv_log.getLogLevel() if cv_log is not None else None
     warnings.showwarning = show
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if cv_log is not None:
+        cv_log.setLogLevel(cv_log.LOG_LEVEL_ERROR)
     try:
         yield
     finally:
         warnings.showwarning = saved_show
-        cv2.utils.logging.setLogLevel(saved_cv2)
+        if cv_log is not None:
+            cv_log.setLogLevel(saved_cv2)
 
 
 def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:

@@ -1161,3 +1161,17 @@ def test_a_result_too_large_for_its_format_is_refused_clearly(tmp_path: Path) ->
 def test_jpeg_side_limit_is_libjpegs():
     assert images.side_limit_problem("JPEG", 65500, 2) is None
     assert "65500 px a side" in images.side_limit_problem("JPEG", 65501, 2)
+
+
+def test_decoder_notes_work_with_an_opencv_without_its_logging_module(monkeypatch):
+    """A packaging audit: OpenCV before 4.13 has no cv2.utils.logging, and every photo
+    failed on it (pyproject allows 4.8)."""
+    import types
+
+    import cv2
+
+    from derain_cli.images import warnings_to_log
+
+    monkeypatch.setattr(cv2, "utils", types.SimpleNamespace())
+    with warnings_to_log():
+        pass
