@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -211,13 +212,20 @@ class _Match:
     clean_left: list[Path]
 
 
+def _nfc(text: str) -> str:
+    """``text`` in Unicode's composed form: macOS writes names decomposed ('e' + accent),
+    so a clean 'café.png' copied from a Mac did not match its rainy 'café.png', and the
+    error listed two names that print alike (an audit)."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
-    clean_by_name = {p.name: p for p in clean}
+    clean_by_name = {_nfc(p.name): p for p in clean}
     pairs: list[tuple[Path, Path]] = []
     used: set[Path] = set()
     rainy_left: list[Path] = []
     for r in rainy:
-        c = clean_by_name.get(r.name)
+        c = clean_by_name.get(_nfc(r.name))
         if c is None:
             rainy_left.append(r)
         else:
@@ -225,12 +233,12 @@ def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
             used.add(c)
     clean_left = [c for c in clean if c not in used]
     # Same stem, different extension; only where the stem is unambiguous on both sides.
-    r_stems = Counter(p.stem for p in rainy_left)
-    c_stems = Counter(p.stem for p in clean_left)
-    c_by_stem = {p.stem: p for p in clean_left if c_stems[p.stem] == 1}
+    r_stems = Counter(_nfc(p.stem) for p in rainy_left)
+    c_stems = Counter(_nfc(p.stem) for p in clean_left)
+    c_by_stem = {_nfc(p.stem): p for p in clean_left if c_stems[_nfc(p.stem)] == 1}
     still_left: list[Path] = []
     for r in rainy_left:
-        c = c_by_stem.get(r.stem) if r_stems[r.stem] == 1 else None
+        c = c_by_stem.get(_nfc(r.stem)) if r_stems[_nfc(r.stem)] == 1 else None
         if c is None:
             still_left.append(r)
         else:
@@ -307,7 +315,7 @@ def _norain_number(p: Path) -> int | None:
 def _group_key(pattern: re.Pattern[str]) -> KeyFn:
     def key(p: Path) -> str | None:
         m = pattern.match(p.stem)
-        return m.group(1) if m else None
+        return _nfc(m.group(1)) if m else None
 
     return key
 
@@ -349,7 +357,7 @@ def _match(
                 rainy,
                 clean,
                 _group_key(_VERSION_K),
-                lambda p: p.stem,
+                lambda p: _nfc(p.stem),
                 False,
                 False,
                 many_to_one=True,

@@ -419,3 +419,16 @@ def test_one_partner_claimed_twice_is_refused_not_shared(tmp_path, names):
         loose = []
     assert len({p.clean for p in loose}) == len(loose)
     assert len({p.rainy for p in loose}) == len(loose)
+
+
+@pytest.mark.parametrize("names", [
+    ("rainy/caf\u00e9.png", "clean/cafe\u0301.png"),  # by name: composed, decomposed
+    ("rainy/caf\u00e9.jpg", "clean/cafe\u0301.png"),  # by stem
+    ("caf\u00e9_rain.png", "cafe\u0301_clean.png"),  # by suffix
+])
+def test_names_that_differ_only_in_unicode_normalisation_pair(tmp_path, names):
+    """An audit: macOS writes names decomposed, so a pair copied from a Mac beside one
+    written elsewhere was refused, listing two names that print alike."""
+    _make(tmp_path, *names)
+    pairs = find_pairs(tmp_path)
+    assert len(pairs) == 1
