@@ -105,8 +105,12 @@ def resolve_backend(device: torch.device, precision: str = "auto") -> str:
 
 
 #: how allocation failures read: CUDA/MPS say "out of memory"; PyTorch's CPU allocator says
-#: "DefaultCPUAllocator: can't allocate memory"
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+#: "DefaultCPUAllocator: can't allocate memory"; cuDNN and cuBLAS name their own failed
+#: allocations (workspaces), and cuDNN 9 says it found no engine when none fits the memory
+#: left (a review of the GPU paths: these failed the photo instead of shrinking the tile)
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory",
+             "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
+             "unable to find an engine to execute this computation")
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -273,6 +273,11 @@ def test_cpu_allocator_failure_counts_as_out_of_memory():
         torch.empty(2**48, dtype=torch.float32)
     assert _is_oom(info.value)
     assert not _is_oom(RuntimeError("shapes cannot be multiplied"))
+    # cuDNN and cuBLAS workspaces that do not fit (their words, as PyTorch passes them on)
+    for text in ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                 "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                 "FIND was unable to find an engine to execute this computation"):
+        assert _is_oom(RuntimeError(text)), text
 
 
 def test_top_level_import_and_gray_alpha(tiny_weights):

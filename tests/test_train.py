@@ -1500,3 +1500,28 @@ def test_messages_print_paths_as_they_are(capsys):
     _err.print("use runs[/x]")
     err = capsys.readouterr().err
     assert "wrote runs[/x]/model.safetensors and a[bold].png" in err and "use runs[/x]" in err
+
+
+def test_the_ema_step_is_the_per_tensor_lerp():
+    """_ema_update runs as two multi-tensor calls; each parameter must still move
+    (1 - decay) of the way to the model's, and buffers (BatchNorm statistics) be copied."""
+    import copy
+
+    from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+
+    torch.manual_seed(0)
+    model = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                        se_reduction=4))
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        for b in model.buffers():
+            b.add_(1)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    T._ema_update(ema, model, 0.9)
+    params = dict(model.named_parameters())
+    for k, v in ema.state_dict().items():
+        want = (before[k] + 0.1 * (params[k] - before[k]) if k in params
+                else model.state_dict()[k])
+        assert torch.allclose(v, want, atol=1e-6), k
