@@ -24,11 +24,27 @@ def bundled_dir() -> Path:
     Installed, that is the package ``derain_cli.weights_dir`` (pyproject maps it to
     ``weights/``); a source checkout used through ``PYTHONPATH`` without installing
     (the lent GPU machine, recipes/gpu-session.sh) has no such package, only the folder.
+    A source checkout's own ``weights/`` comes first: with another checkout installed in
+    editable mode, a clone or worktree run through ``PYTHONPATH`` scored, and its
+    recipes/bundle.py overwrote, the installed checkout's weights (an audit).
     """
+    own = source_weights(Path(__file__))
+    if own is not None:
+        return own
     try:
         return Path(str(resources.files("derain_cli.weights_dir")))
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "weights"
+
+
+def source_weights(module_file: Path) -> Path | None:
+    """The ``weights/`` folder of the source checkout ``module_file`` (a module of the
+    package) lies in, or None outside one (an installed wheel: no pyproject.toml there)."""
+    root = module_file.resolve().parent.parent
+    folder = root / "weights"
+    if (root / "pyproject.toml").is_file() and (folder / "manifest.json").is_file():
+        return folder
+    return None
 
 
 @dataclass

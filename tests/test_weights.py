@@ -267,3 +267,24 @@ def test_source_checkout_without_install_finds_the_bundled_weights(tmp_path):
     assert Path(out[0]) == repo / "weights"
     bundled = json.loads((repo / "weights" / "manifest.json").read_text())["weights"]
     assert out[1].split() == sorted(w["name"] for w in bundled)
+
+
+def test_a_source_checkout_uses_its_own_bundled_weights(tmp_path):
+    """An audit: with one checkout installed in editable mode, a clone run through
+    PYTHONPATH read (and recipes/bundle.py overwrote) the installed checkout's weights/."""
+    from pathlib import Path
+
+    from derain_cli.manifest import bundled_dir, source_weights
+
+    clone = tmp_path / "clone"
+    (clone / "derain_cli").mkdir(parents=True)
+    (clone / "weights").mkdir()
+    module = clone / "derain_cli" / "manifest.py"
+    assert source_weights(module) is None  # no pyproject.toml: not a checkout
+    (clone / "pyproject.toml").write_text("")
+    assert source_weights(module) is None  # no manifest.json: no bundled weights there
+    (clone / "weights" / "manifest.json").write_text("{}")
+    assert source_weights(module) == clone / "weights"
+    # this checkout's own
+    here = Path(weights.__file__).resolve().parents[1]
+    assert bundled_dir() == here / "weights"
