@@ -100,10 +100,18 @@ EVAL_SETS = ("rain100l", "heavy-small", "sirr-val")
 SEMI_FT_SELF = ["--contrast-terms", "bg,bg_u,rain_u"]
 
 
+def _names_rain_terms(flags: list[str]) -> bool:
+    """Whether a run's flags ask for Semi-DRDNet's rain-layer terms (rain, rain_u, all)."""
+    if "--contrast-terms" not in flags:
+        return False
+    terms = flags[flags.index("--contrast-terms") + 1].split(",")
+    return bool({"rain", "rain_u", "all"} & set(terms))
+
+
 def finetune_command(name: str, features: str, clean_fraction: float, flags: list[str],
                      steps: int, out: Path, model: str = "semi-drdnet-lite",
                      seed: int = 0, consistency: float = 0.1) -> list[str]:
-    if name == "ft_self" and not model.startswith("rdmc"):
+    if name in ("ft_self", "ft_self_cf") and not model.startswith("rdmc"):
         flags = SEMI_FT_SELF + flags
     return [
         sys.executable, "-m", "derain_cli", "finetune", "--model", model,
@@ -239,6 +247,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.finetune:
         runs = [r for r in FT_RUNS if not args.only or r[0] in args.only]
+        if args.model.startswith("rdmc"):  # its prior has bg and bg_u only: no rain terms
+            runs = [r for r in runs if not _names_rain_terms(r[3])]
         cmds = {r[0]: finetune_command(*r, args.steps, args.out, args.model, args.seed,
                                        args.consistency)
                 for r in runs}

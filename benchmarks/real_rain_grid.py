@@ -36,16 +36,23 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=0, help="index of the first photo")
     ap.add_argument("--cell", type=int, default=320, help="cell width in pixels")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--precision", default="fp32",
+                    help="every column's precision (fp32: the networks themselves; before "
+                         "2026-12-05 a --model column ran its int8 graph and a --weights "
+                         "one bf16, 0.11 levels of |dY| apart on the same weights)")
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"SKIPPED: {args.data} not found (the real-rain photos are not shipped)")
         return 0
     photos = list_images(args.data)[args.start:args.start + args.count]
-    columns: list[tuple[str, Derainer]] = [(m, Derainer(model=m)) for m in args.model]
-    columns += [(w.parent.name if w.stem == "model" else w.stem, Derainer(weights=w))
+    prec = args.precision
+    columns: list[tuple[str, Derainer]] = [(m, Derainer(model=m, precision=prec))
+                                           for m in args.model]
+    columns += [(w.parent.name if w.stem == "model" else w.stem,
+                 Derainer(weights=w, precision=prec))
                 for w in args.weights]  # a run folder's model.safetensors: the run's name
     if not columns:
-        columns = [("default", Derainer())]
+        columns = [("default", Derainer(precision=prec))]
     cw = args.cell
     rows = []
     change = np.zeros(len(columns))

@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         n_tiles = 0
 
         def count(done: int, total: int) -> None:
+            # called once per tile (done/total count pixels of work since 2026-12-03, so
+            # "total" is no tile count)
             nonlocal n_tiles
-            n_tiles = total
+            n_tiles += 1
 
         tiled = tiling.run_tiled(img, runner, args.tile, overlap,
                                  stats_passes=args.stats_passes,

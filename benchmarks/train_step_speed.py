@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=64)
     args = ap.parse_args()
+    if args.steps < 2:  # the first step (warm-up) is never timed
+        ap.error("--steps must be at least 2")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model).train()
