@@ -909,6 +909,8 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, str]:
     info = DistInfo.from_env()
     if not info.enabled:
         return info, device
+    # as every device option is read (--device CUDA took gloo and no set_device here)
+    device = device.strip().lower()
     from datetime import timedelta
 
     import torch

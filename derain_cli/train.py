@@ -838,14 +838,17 @@ def _resolved(folders: Iterable[str]) -> list[str]:
 
 
 def _auto_bf16(device: torch.device) -> bool:
-    """``--amp auto``: bf16 autocast on CUDA and on CPUs with native bf16 instructions.
+    """``--amp auto``: bf16 autocast on GPUs and CPUs with native bf16 instructions (on a
+    GPU before Ampere, which only emulates it, fp32).
 
     On the AVX-512-BF16 test CPU a default ``derain train`` of semi-drdnet-lite ran 200 steps
     in 370 s against 432 s in fp32 with weights as good (rain100l 24.20 against 24.23 dB);
     the 20-minute benchmark (benchmarks/train_lite_cpu.py: batch 8 of 64 px, no contrastive
     terms) made 2922 steps against 1364 and scored 27.32 against 26.38 dB.
     """
-    return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+    if device.type == "cuda":  # native bf16 from Ampere on; a T4 or V100 emulates it, slowly
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_supports_bf16()
 
 
 def _bf16_grads_finite(model: nn.Module, arch: str, batch: int, patch: int) -> bool:

@@ -1525,3 +1525,12 @@ def test_the_ema_step_is_the_per_tensor_lerp():
         want = (before[k] + 0.1 * (params[k] - before[k]) if k in params
                 else model.state_dict()[k])
         assert torch.allclose(v, want, atol=1e-6), k
+
+
+def test_auto_bf16_only_where_it_is_native(monkeypatch):
+    """A review of the GPU paths: --amp auto took bf16 on any CUDA GPU, which a T4 or V100
+    only emulates (slowly)."""
+    for native in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, n=native: n or including_emulation)
+        assert T._auto_bf16(torch.device("cuda")) is native
