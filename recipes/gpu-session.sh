@@ -20,14 +20,20 @@
 #      grown into it on the device (`derain grow`: the same output for semi-drdnet, close
 #      for rdmc; GROW_FROM=none trains from scratch), then
 #      derain eval on the validation pairs. The weights come back in $OUT (split into
-#      15 MB parts when larger: join them with `cat model.safetensors.part-* > m.safetensors`).
+#      16.5 MB parts when larger: join them with `cat model.safetensors.part-* >
+#      m.safetensors`; rdmc's 32 MB makes two, so a call's eight files still hold them all).
 #
 # Here, first (fills the git-ignored .data/gpu from ../shared/data, about 42 MB):
 #   bash recipes/gpu-session.sh prepare [previous-weights.safetensors]
 # Then, through the device tool, one call (the first lent session, 2026-12-04, measured the
 # stages: machine start about 40 s, tests 46 s, bench 55 s, folder 55 s; the rest trains):
 #   run(command="BUDGET=560 bash recipes/gpu-session.sh", carry=[".data/gpu"], timeout_s=600)
-# and, with the lease's time left, a second call of STAGES=train alone. Do not warm-start
+# and, with the lease's time left (about 200 s of device time after a full first call), a
+# second call of STAGES=train alone with BUDGET set to that time less a minute: on a warm
+# machine it resumes /tmp/derain-run (--resume; --time-budget counts the whole run, so it
+# gets the first call's seconds plus the new ones); on a fresh one join the first call's
+# parts into .data/gpu/init.safetensors here first (`cat model.safetensors.part-* >
+# .data/gpu/init.safetensors`), or it would grow and train the same chunk again. Do not warm-start
 # from that first session's semi-drdnet: 1904 steps grown from semi-drdnet-fast fell below
 # it on the validation pairs (docs/model-history.md); it was not brought into the repo.
 # Back here, score what returns and its half-and-half average with the grown start (`derain
@@ -88,6 +94,9 @@ BUDGET=${BUDGET:-540}
 STAGES=${STAGES:-tests,bench,folder,finetune,train}
 T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
+# a stage's time limit: its own cap, or what is left of the budget less RESERVE (the
+# train stage's minimum and the copying back), whichever is less; 0 or less: skipped
+cap() { local l=$(($(left) - ${RESERVE:-100})); echo $((l < $1 ? l : $1)); }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 exec > >(tee "$OUT/session.log") 2>&1
 
@@ -96,41 +105,45 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import torch; print('torch', torch.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
-if has tests; then
+if has tests && (($(cap 170) > 20)); then
   echo "== tests/test_gpu.py ($(left)s left)"
-  timeout 170 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py --durations=5
+  timeout "$(cap 170)" python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py \
+    --durations=5
 fi
-if has bench; then
+if has bench && (($(cap 180) > 30)); then
   echo "== bench_inference on $DEVICE ($(left)s left)"
   # the reference conv on a map as large as the image: on the H200 (2026-12-04) the default
   # 512 px map reached 118 TFLOP/s in fp16, less than Semi-DRDNet itself on 2000 px
   side=$(awk -v mp="${BENCH_MP:-4}" 'BEGIN { printf "%d", sqrt(mp * 1e6) }')
   for m in semi-drdnet rdmc semi-drdnet-tiny; do  # one by one: a timeout loses one model
-    timeout 60 python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \
+    (($(cap 60) > 15)) || { echo "== bench: no time left for $m"; continue; }
+    timeout "$(cap 60)" python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \
       --variants fp32,fp16,bf16 --megapixels "${BENCH_MP:-4}" --repeats 3 \
       --peak-side "$side" --json "/tmp/bench-$m.json"
   done
   python3 -c "import json, sys; json.dump([json.load(open(f)) for f in sys.argv[1:]],
     open('$OUT/bench.json', 'w'), indent=1)" /tmp/bench-*.json || true  # one file back
 fi
-if has folder; then
+if has folder && (($(cap 100) > 30)); then
   echo "== folder_e2e on $DEVICE ($(left)s left)"
-  timeout 100 python3 benchmarks/folder_e2e.py --device "$DEVICE" \
+  timeout "$(cap 100)" python3 benchmarks/folder_e2e.py --device "$DEVICE" \
     -m "${FOLDER_MODEL:-semi-drdnet-lite}" --io-threads auto,0,4 \
     --count "${FOLDER_COUNT:-8}" --megapixels "${FOLDER_MP:-12}" --json "$OUT/folder.json"
   echo "== tile_batch on $DEVICE ($(left)s left)"  # table in session.log only (8 files back)
-  timeout 45 python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
+  timeout "$(cap 45)" python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
     --megapixels "${FOLDER_MP:-12}" --tile 512 --batches 1,4,auto
 fi
-if has finetune; then
+if has finetune && (($(cap 240) > 90)); then
   ft_model=${FT_MODEL:-semi-drdnet-fast}
   echo "== finetune $ft_model on .data/gpu/real, ${FT_ARGS:-the GPU defaults} ($(left)s left)"
   ft=/tmp/derain-ft
   rm -rf "$ft"
-  t=$(date +%s)
+  t=$(date +%s) ft_cap=$(cap 240)
+  # --time-budget: a run that has not done its steps still stops, exports and is scored
+  # (killed by the timeout, its minutes gave nothing); 60 s for pseudo-cleaning and export
   # shellcheck disable=SC2086  # FT_ARGS: several flags
-  timeout 240 python3 -m derain_cli finetune -m "$ft_model" --rainy .data/gpu/real \
-    --out "$ft" --device "$DEVICE" ${FT_ARGS:-} --quiet
+  timeout "$ft_cap" python3 -m derain_cli finetune -m "$ft_model" --rainy .data/gpu/real \
+    --out "$ft" --device "$DEVICE" --time-budget $((ft_cap - 60)) ${FT_ARGS:-} --quiet
   rc=$? ft_secs=$(($(date +%s) - t))
   echo "== finetune: exit $rc, ${ft_secs}s"
   python3 -m derain_cli eval -m "$ft_model" --data .data/gpu/val --device "$DEVICE" \
@@ -151,7 +164,18 @@ print({k: v.get('psnr_y') if isinstance(v, dict) else v for k, v in out.items()}
 fi
 if has train; then
   secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget
-  if ((secs > 60)); then
+  run=/tmp/derain-run
+  if ((secs > 60)) && [[ -f "$run/last.pt" ]]; then
+    # a second call on the same (warm) machine: continue the run; its --time-budget
+    # counts the whole run, so the first call's seconds go on top
+    before=$(python3 -c "import torch, sys
+print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['wall_time_s']))" \
+      "$run/last.pt" || echo 0)
+    echo "== train: resuming $run (${before}s so far) for ${secs}s more"
+    python3 -m derain_cli train --out "$run" --resume --device "$DEVICE" \
+      --time-budget $((before + secs)) --quiet
+    train_done=1
+  elif ((secs > 60)); then
     echo "== train $MODEL for ${secs}s"
     start=.data/gpu/init.safetensors
     case "${GROW_FROM:-}" in
@@ -184,7 +208,6 @@ if has train; then
       init=(--weights "$start" --batchnorm "$bn") lr=${WARM_LR:-1e-4}
       [[ "$bn" == refresh ]] && init+=(--bn-recalib 16)
     fi
-    run=/tmp/derain-run
     rm -rf "$run"
     python3 -m derain_cli train --model "$MODEL" --synthetic .data/gpu/clean-bsds \
       --preset "${PRESET:-light,medium,heavy,mixed}" \
@@ -192,19 +215,26 @@ if has train; then
       --batch "${BATCH:-16}" --patch "${PATCH:-128}" --lr "$lr" --warmup 300 --ema 0.999 \
       --device "$DEVICE" --amp auto --workers "${WORKERS:-12}" --val-every 1000 --ckpt-every 1000 --log-every 50 \
       --contrast-features "${CONTRAST:-self}" --time-budget "$secs" "${init[@]}" --quiet
-    python3 -m derain_cli eval --weights "$run/model.safetensors" --data .data/gpu/val \
-      --device "$DEVICE" || true
+    train_done=1
+  else
+    echo "== train skipped: ${secs}s left"
+  fi
+  if [[ -n "${train_done:-}" ]]; then
+    # into $OUT before anything else: a call cut short returns what $OUT holds
     cp "$run/log.jsonl" "$OUT/train-log.jsonl" 2>/dev/null
     cp "$run/manifest_entry.json" "$OUT/" 2>/dev/null
     if [[ -f "$run/model.safetensors" ]]; then
-      if (($(stat -c %s "$run/model.safetensors") > 15000000)); then
-        split -b 15000000 -d "$run/model.safetensors" "$OUT/model.safetensors.part-"
+      rm -f "$OUT"/model.safetensors*
+      if (($(stat -c %s "$run/model.safetensors") > 16500000)); then  # parts under 16 MiB
+        split -b 16500000 -d "$run/model.safetensors" "$OUT/model.safetensors.part-"
       else
         cp "$run/model.safetensors" "$OUT/"
       fi
     fi
-  else
-    echo "== train skipped: ${secs}s left"
+    if (($(left) > 15)); then
+      timeout "$(left)" python3 -m derain_cli eval --weights "$run/model.safetensors" \
+        --data .data/gpu/val --device "$DEVICE" || true
+    fi
   fi
 fi
 echo "== done after $(($(date +%s) - T0))s; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
