@@ -30,7 +30,7 @@
 #   run(command="BUDGET=560 bash recipes/gpu-session.sh", carry=[".data/gpu"], timeout_s=600)
 # and, with the lease's time left (about 200 s of device time after a full first call), a
 # second call of STAGES=train alone with BUDGET set to that time less a minute: on a warm
-# machine it resumes /tmp/derain-run (--resume; --time-budget counts the whole run, so it
+# machine it resumes $TMPDIR/derain-run (--resume; --time-budget counts the whole run, so it
 # gets the first call's seconds plus the new ones); on a fresh one join the first call's
 # parts into .data/gpu/init.safetensors here first (`cat model.safetensors.part-* >
 # .data/gpu/init.safetensors`), or it would grow and train the same chunk again. Do not warm-start
@@ -164,7 +164,7 @@ print({k: v.get('psnr_y') if isinstance(v, dict) else v for k, v in out.items()}
 fi
 if has train; then
   secs=$(($(left) - 90))  # start-up, export, eval and copying back around the budget
-  run=/tmp/derain-run
+  run=${TMPDIR:-/tmp}/derain-run
   if ((secs > 60)) && [[ -f "$run/last.pt" ]]; then
     # a second call on the same (warm) machine: continue the run; its --time-budget
     # counts the whole run, so the first call's seconds go on top

@@ -382,6 +382,24 @@ def test_a_failed_grow_says_so_and_trains_from_scratch(tmp_path: Path) -> None:
 
 
 @needs_bash
+def test_a_second_gpu_call_on_a_warm_machine_resumes_the_first_ones_run(
+        tmp_path: Path) -> None:
+    """A review: the second call deleted the first call's last.pt and grew and trained the
+    same chunk again; it resumes it now, its time budget counting the whole run."""
+    (tmp_path / "derain-run").mkdir(parents=True)
+    (tmp_path / "derain-run" / "last.pt").touch()
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh",
+                                 {"STAGES": "train", "BUDGET": "300"}, gpu_init=False)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "derain-run" / "last.pt").exists()
+    train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
+    assert "--resume" in train and "--weights" not in train
+    assert not any(c[1:4] == ["-m", "derain_cli", "grow"] for c in calls)
+    # the stand-in python prints no wall time: the run's seconds so far count as 0
+    assert 150 <= int(train[train.index("--time-budget") + 1]) <= 210
+
+
+@needs_bash
 def test_the_gpu_sessions_folder_benchmarks_run_models_that_have_weights(tmp_path: Path) -> None:
     # folder_e2e.py and tile_batch.py load pretrained weights; the first lent GPU
     # (2026-12-04) lost its folder figure to `-m semi-drdnet`, which has none yet.
