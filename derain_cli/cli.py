@@ -501,7 +501,8 @@ def run_cmd(
         Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
                                 help="auto: fp16 on GPUs; on CPUs int8 (ONNX Runtime) where "
                                      "the model ships an int8 graph, or bf16 where that was "
-                                     "measured faster on this CPU (once, then cached), else "
+                                     "measured at least 10 % faster on this CPU (once, then "
+                                     "cached), else "
                                      "bf16 on CPUs with bf16 instructions (AVX-512-BF16, "
                                      "AMX), else fp32.")
     ] = Precision.auto,

@@ -436,9 +436,13 @@ def eval_cmd(
     None,
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Weights file to evaluate.")] = None,
-    save: Annotated[Path | None, typer.Option(help="Save derained outputs (PNG) here.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Per-image CSV.")] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv.")] = None,
+    csv_path: Annotated[Path | None, typer.Option(
+        "--csv", help="Per-image CSV [default: STEM.csv beside --report, or scores.csv in "
+                      "--save's folder; none without either].")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
     clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
