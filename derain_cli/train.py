@@ -370,7 +370,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), durable=True)
+    try:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp), durable=True)
+    except RuntimeError as e:  # torch's zip writer: "unexpected pos 2958784 vs 2958680"
+        import shutil
+
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 1e6:.0f} MB free there"
+        except OSError:
+            free = ""
+        raise OSError(f"cannot write {path} (a full disk?{free}): {e}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -977,6 +986,8 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
         raise TrainError(f"--resume: {last.parent} is a `derain finetune` run; continue it "
                          f"with `derain finetune -o {last.parent} --resume`")
     if not last.exists():
+        if (last.parent / "best.pt").exists() and not (last.parent / "model.safetensors").exists():
+            return  # stopped between its first best.pt and its first last.pt: resumed from best.pt
         done = [h for h in ("model.safetensors", "best.pt") if (last.parent / h).exists()]
         if done:  # a finished run whose last.pt was cleaned up: nothing to continue from
             raise TrainError(f"--resume: {last.parent} holds a finished run ({done[0]}) "
@@ -1051,7 +1062,13 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     """``last.pt`` of the run being resumed (``s.cfg`` then checked against it), or None for a
     new run, refused where ``out`` already holds one."""
     if s.cfg.resume:
-        ckpt = load_checkpoint(out / "last.pt")
+        source = out / "last.pt"
+        if not source.exists():  # killed after its first best.pt, before its first last.pt
+            source = out / "best.pt"  # (_refuse_unresumable let only that case through)
+            if is_main:
+                _say(f"note: {out} has no last.pt yet; resuming from best.pt (step "
+                     "of its first validation)")
+        ckpt = load_checkpoint(source)
         s.cfg = _check_resume(s.cfg, ckpt, s.arch, s.conf, out, warn=is_main,
                               recalib_given=s.recalib_given, freeze_given=s.freeze_given,
                               world=world)
@@ -1059,10 +1076,35 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     # (a run that failed before its first checkpoint holds only logs: started afresh)
     for held in ("last.pt", "model.safetensors", "best.pt"):
         if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
+            unfinished = held == "last.pt" or not (out / "model.safetensors").exists()
             how = ("pass --resume to continue it or choose another --out"
-                   if held == "last.pt" else "choose another --out")
+                   if unfinished else "choose another --out")
             raise TrainError(f"{out} already holds a run ({held}); {how}")
     return None
+
+
+def _lock_run(out: Path) -> Any:
+    """Hold ``out`` for this process (an open file with an exclusive lock, kept until the
+    process ends or it is closed). Two runs started on one folder both ran, interleaved
+    their logs and left one's model beside the other's checkpoints (an audit). Also drops
+    the temporary files a killed run left (only safe with the lock held). None where the
+    system has no such locks (Windows): runs are not guarded there."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".derain-run.lock", "a")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise TrainError(f"{out} is in use by another derain process (a run there is still "
+                         "going); wait for it to end, or choose another --out") from None
+    for leftover in out.glob(".derain-*.tmp"):  # a kill -9 mid-write leaves these
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return handle
 
 
 def _contrast_features(cfg: TrainConfig, world: int, is_main: bool) -> tuple[Any, str]:
@@ -1120,11 +1162,30 @@ def _run_length(cfg: TrainConfig, n_labeled: int, world: int, ckpt: dict[str, An
     if total <= 0:
         raise TrainError("--steps/--epochs must be positive")
     finishing = (ckpt is not None and int(ckpt["step"]) == total
-                 and not (out / "model.safetensors").exists())
+                 and not _exported_at(out, int(ckpt["step"])))
     if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
                          "asked for; pass a larger --steps to train further")
     return total, finishing
+
+
+def _exported_at(out: Path, step: int) -> bool:
+    """Whether ``out`` holds the export of step ``step``: model.safetensors saying so and
+    the manifest entry naming that file (its sha256). A run stopped during its export kept
+    an older segment's model, or a model without its entry, and --resume then refused
+    ("already at step N") to export it (an audit)."""
+    from safetensors import safe_open
+
+    from .fileio import sha256_file
+
+    weights = out / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            steps = (f.metadata() or {}).get("steps")
+        entry = json.loads((out / "manifest_entry.json").read_text())
+        return steps == str(step) and entry.get("sha256") == sha256_file(weights)
+    except Exception:  # noqa: BLE001 - missing, unreadable or not ours: not exported
+        return False
 
 
 class _Learner:
@@ -1299,6 +1360,7 @@ def _train(
     setup = _settle(cfg, hooks, local, world, is_main)
     device, name, arch, conf = setup.device, setup.name, setup.arch, setup.conf
     out = Path(setup.cfg.out)
+    run_lock = _lock_run(out) if is_main else None  # noqa: F841 - held until the run ends
     ckpt = _checkpoint_to_resume(setup, out, is_main, world)
     cfg = setup.cfg
 
@@ -1307,6 +1369,11 @@ def _train(
     random.seed(cfg.seed)
     features, feat_label = _contrast_features(cfg, world, is_main)
     labeled, unlabeled, unl = _datasets(cfg, hooks, arch, features, is_main)
+    data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
+    if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
+        _say(f"warning: --resume: the training data changed since the checkpoint "
+             f"({ckpt['data']} -> {data_count} images): the run goes on, but no longer as "
+             "one uninterrupted run would")
     if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
         # after the data sets: finetune's pseudo-clean pass runs each photo at its own
         # size, and autotuning would re-tune every convolution for each new shape
@@ -1333,10 +1400,14 @@ def _train(
 
     log = _RunLog(out / "log.jsonl", is_main, step if ckpt is not None else None)
     segment_start, hardware = step, _hardware(device, world, learner.amp_label)
+    def write_config() -> None:
+        atomic_write_text(out / "config.json",
+                          json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+        if ckpt is None:  # a resumed run's settings replace the run's own once it has
+            write_config()  # checkpointed at them (a resume cut at its banner kept them)
         if "run_started" in hooks:  # finetune's own settings, for its --resume
             hooks["run_started"](out)
         if not cfg.quiet:
@@ -1385,15 +1456,42 @@ def _train(
             "best_psnr": best_psnr, "best_step": best_step,
             "wall_time_s": wall_before + time.time() - t_start,
             "hardware_segments": segments_now(),
+            "data": data_count,  # a resume says when the data changed in between
         }
 
-    def run_validation() -> tuple[nn.Module, dict[str, float]]:
-        """The EMA with BatchNorm statistics re-estimated where asked (what best.pt keeps),
-        and its scores on --val."""
+    def save_last() -> None:
+        _atomic_torch_save(checkpoint_obj(), out / "last.pt")
+        if ckpt is not None:
+            write_config()
+
+    def validate_and_keep_best() -> dict[str, float]:
+        """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
+        and keep it as best.pt when it is the best so far. The best score is recorded only
+        once best.pt holds it: a Ctrl-C during that write left last.pt and the manifest
+        naming a best step that best.pt was not (an audit)."""
+        nonlocal best_psnr, best_step
         calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
-        return calibrated, validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
-                                    crop=cfg.val_crop, cache=setup.val_cache,
-                                    rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
+        scores = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
+                          crop=cfg.val_crop, cache=setup.val_cache,
+                          rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
+        improved = best_psnr is None or scores["psnr"] > best_psnr
+        log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
+                   "val_ssim": scores["ssim"], "val_count": scores["count"],
+                   "time_s": wall_before + time.time() - t_start})
+        progress.note(f"step {step}: val PSNR {scores['psnr']:.2f} dB, "
+                      f"SSIM {scores['ssim']:.4f}" + (" (best)" if improved else ""))
+        if improved:  # with the network validation scored, BN statistics re-estimated:
+            # what `derain --weights best.pt` then runs
+            before = best_psnr, best_step
+            best_psnr, best_step = scores["psnr"], step
+            try:
+                _atomic_torch_save({**checkpoint_obj(), "validated": calibrated.state_dict()},
+                                   out / "best.pt")
+            except BaseException:
+                best_psnr, best_step = before
+                raise
+        plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
+        return scores
 
     losses_seen: list[float] = []
     last_val: dict[str, float] | None = None
@@ -1471,23 +1569,9 @@ def _train(
 
                 do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
                 if do_val and is_main:
-                    calibrated, last_val = run_validation()
-                    improved = best_psnr is None or last_val["psnr"] > best_psnr
-                    if improved:
-                        best_psnr, best_step = last_val["psnr"], step
-                    log.write({"kind": "val", "step": step, "val_psnr": last_val["psnr"],
-                               "val_ssim": last_val["ssim"], "val_count": last_val["count"],
-                               "time_s": wall_before + time.time() - t_start})
-                    progress.note(f"step {step}: val PSNR {last_val['psnr']:.2f} dB, "
-                                  f"SSIM {last_val['ssim']:.4f}" + (" (best)" if improved else ""))
-                    if improved:  # with the network validation scored, BN statistics
-                        # re-estimated: what `derain --weights best.pt` then runs
-                        _atomic_torch_save({**checkpoint_obj(),
-                                            "validated": calibrated.state_dict()},
-                                           out / "best.pt")
-                    plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
+                    last_val = validate_and_keep_best()
                 if is_main and (step % cfg.ckpt_every == 0 or step == total or stop):
-                    _atomic_torch_save(checkpoint_obj(), out / "last.pt")
+                    save_last()
                 if world > 1 and (do_val or step % cfg.ckpt_every == 0):
                     dist.barrier()
                 t_window += time.time() - t_paused
@@ -1499,22 +1583,27 @@ def _train(
                     break
     except KeyboardInterrupt:
         if is_main:
-            _atomic_torch_save(checkpoint_obj(), out / "last.pt")
-            _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            if step > segment_start:  # nothing new otherwise: last.pt keeps its settings
+                save_last()
+                _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            else:
+                _say(f"interrupted at step {step}, before a step of this segment; the "
+                     "checkpoint is as it was")
             raise TrainInterrupted from None
         raise
 
-    if finishing and cfg.val and is_main:  # the interrupted run's last validation
-        last_val = run_validation()[1]
+    if finishing and cfg.val and is_main:  # the interrupted run's last validation, logged
+        last_val = validate_and_keep_best()  # and kept as the loop's are
     wall = wall_before + time.time() - t_start
     entry = None
     weights_path = None
     if is_main:
         plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
         final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
-        weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall, last_val,
-                                      best_psnr, best_step,
-                                      hardware_summary(segments_now(), hardware))
+        with _interrupt_after_block():  # the weights and their manifest entry together
+            weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall,
+                                          last_val, best_psnr, best_step,
+                                          hardware_summary(segments_now(), hardware))
         if not cfg.quiet:
             _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
                  f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
@@ -1562,7 +1651,7 @@ def _export(
     rec.extra = {"steps": step, "hardware": hardware,
                  "wall_time_s": round(wall, 1)}
     entry = rec.to_dict()
-    (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
+    atomic_write_text(out / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
     return path, entry
 
 

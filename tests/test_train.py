@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -1534,3 +1535,119 @@ def test_auto_bf16_only_where_it_is_native(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                             lambda including_emulation=True, n=native: n or including_emulation)
         assert T._auto_bf16(torch.device("cuda")) is native
+
+
+# ------------------------------------------------- runs stopped at the wrong moment (audit)
+def _export_steps(out: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        return (f.metadata() or {}).get("steps")
+
+
+def test_a_run_stopped_after_its_last_step_but_before_its_export_exports_on_resume(
+        data, tmp_path):
+    """An extended run stopped after step 6 kept the step-4 model.safetensors, and
+    --resume refused ("already at step 6") to export the new one."""
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=4))
+    assert _export_steps(out) == "4"
+
+    def stop(step: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, out, steps=6, resume=True), _hooks={"after_step": stop})
+    res = T.train(_cfg(data, out, steps=6, resume=True))
+    assert res.steps == 6 and _export_steps(out) == "6"
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(data, tmp_path):
+    """Two runs on one --out both ran and mixed their files."""
+    import fcntl
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with open(out / ".derain-run.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(T.TrainError, match="in use by another derain process"):
+            T.train(_cfg(data, out, steps=2))
+    assert sorted(p.name for p in out.iterdir()) == [".derain-run.lock"]
+    (out / ".derain-abc.tmp").write_bytes(b"left by a kill -9")
+    T.train(_cfg(data, out, steps=2))  # free again; the leftover goes
+    assert not (out / ".derain-abc.tmp").exists()
+
+
+def test_best_pt_holds_the_best_step_the_checkpoint_names(data, tmp_path, monkeypatch):
+    """A Ctrl-C while best.pt was written left last.pt (and later the manifest) naming a
+    best step that best.pt did not hold."""
+    out = tmp_path / "r"
+    real = T._atomic_torch_save
+    seen = []
+
+    def interrupted_at_second_best(obj, path):
+        if path.name == "best.pt":
+            seen.append(obj["step"])
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        real(obj, path)
+
+    monkeypatch.setattr(T, "_atomic_torch_save", interrupted_at_second_best)
+    monkeypatch.setattr(T, "validate", lambda *a, **kw: {
+        "psnr": float(len(seen) + 10), "ssim": 0.5, "count": 1})  # better every time
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, out, steps=6, val=str(data["val"]), val_every=2, ckpt_every=1))
+    last, best = T.load_checkpoint(out / "last.pt"), T.load_checkpoint(out / "best.pt")
+    assert best["step"] == 2 and last["best_step"] == best["best_step"] == 2
+
+
+def test_a_run_killed_between_its_first_best_pt_and_last_pt_resumes(data, tmp_path):
+    """best.pt alone (a kill between the two writes of one step) was called "a finished
+    run" by --resume and "a run" by a fresh start: the run was stuck."""
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=4, val=str(data["val"]), val_every=2, ckpt_every=100))
+    for name in ("last.pt", "model.safetensors", "manifest_entry.json"):
+        (out / name).unlink()
+    with pytest.raises(T.TrainError, match="pass --resume"):
+        T.train(_cfg(data, out, steps=4, val=str(data["val"])))
+    res = T.train(_cfg(data, out, steps=4, val=str(data["val"]), resume=True))
+    assert res.steps == 4 and (out / "model.safetensors").exists()
+
+
+def test_a_resume_stopped_before_its_first_step_keeps_the_runs_settings(
+        data, tmp_path, monkeypatch):
+    """A resume with --batch 4, Ctrl-C at its banner: config.json and last.pt took batch 4,
+    and the next plain --resume trained at it without a word."""
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=2))
+    before = (out / "last.pt").read_bytes()
+    monkeypatch.setattr(T, "lr_at", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, out, steps=4, batch=4, resume=True))
+    assert json.loads((out / "config.json").read_text())["batch"] == 2
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_changed_data_is_said_on_resume(data, tmp_path, capsys):
+    import shutil
+
+    clean = tmp_path / "clean"
+    shutil.copytree(data["clean"], clean)
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=2, synthetic=[str(clean)]))
+    shutil.copy(clean / "c0.png", clean / "extra.png")
+    capsys.readouterr()
+    T.train(_cfg(data, out, steps=3, synthetic=[str(clean)], resume=True))
+    assert "the training data changed since the checkpoint" in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_file_not_torchs_zip_writer(tmp_path, monkeypatch):
+    def full(obj, f, *a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 29 vs 2")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*last\.pt \(a full disk\?"):
+        T._atomic_torch_save({"step": 1}, tmp_path / "last.pt")
