@@ -295,8 +295,9 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
     from .data import iter_readable, load_photos
+    from .fileio import atomic_write_text
     from .pairs import list_images
-    from .train import _hardware, _Progress
+    from .train import _hardware, _interrupt_after_block, _Progress
     from .weights import save_weights
 
     check_out(cfg.out, cfg.overwrite)
@@ -356,26 +357,36 @@ def distill(cfg: DistillConfig) -> DistillResult:
         opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
         start = time.monotonic()
         step = 0
+        interrupted = False
         with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
-            while step < cfg.steps:
-                if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
-                    bar.note(f"time budget reached after {step} steps")
-                    break
-                lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
-                    0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = _batch(clean, real, cfg, rng)
-                with torch.no_grad():
-                    targets = [t(x) for t, _ in pairs]
-                loss = sum((s(x) - t).abs().mean() for (_, s), t in zip(pairs, targets,
-                                                                          strict=True))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                elapsed = time.monotonic() - start
-                bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
+            try:
+                while step < cfg.steps:
+                    if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
+                        bar.note(f"time budget reached after {step} steps")
+                        break
+                    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
+                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    x = _batch(clean, real, cfg, rng)
+                    with torch.no_grad():
+                        targets = [t(x) for t, _ in pairs]
+                    loss = sum((s(x) - t).abs().mean() for (_, s), t in zip(pairs, targets,
+                                                                              strict=True))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    with _interrupt_after_block():  # a Ctrl-C waits for the update
+                        opt.step()
+                        step += 1
+                    elapsed = time.monotonic() - start
+                    bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
+            except KeyboardInterrupt:
+                # distill has no checkpoints: a Ctrl-C or SIGTERM lost every step (an
+                # audit); the student is written as it is, as a time budget would
+                if step == 0:
+                    raise
+                interrupted = True
+                bar.note(f"interrupted after {step} steps: writing the student as it is")
         wall = time.monotonic() - start
         hardware = _hardware(torch.device("cpu"), 1, "fp32")
         student = student.to(memory_format=torch.contiguous_format).eval()
@@ -401,5 +412,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
                  "before_distillation": before,
                  **({"continued_from": cfg.init} if cfg.init else {})}
     entry = rec.to_dict()
-    (out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
+    atomic_write_text(out / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
+    if interrupted:  # written; the command still ends as interrupted (exit 130)
+        raise KeyboardInterrupt
     return DistillResult(out / "model.safetensors", step, wall, before, after, entry)

@@ -359,3 +359,25 @@ def test_a_time_limit_must_be_positive(tmp_path):
     with pytest.raises(DistillError, match="max_minutes must be positive"):
         distill(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path), max_minutes=-1))
     assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_distillation_writes_the_student_it_has(setup, monkeypatch):
+    """distill has no checkpoints, and a Ctrl-C or SIGTERM lost every step (an audit): the
+    student is written as it is, then the command still stops as interrupted."""
+    import derain_cli.distill as D
+
+    root, weights = setup
+    real, calls = D._batch, []
+
+    def stops_at_the_third(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(D, "_batch", stops_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        distill(_cfg(root, weights, "cut", steps=10))
+    entry = json.loads((root / "cut" / "manifest_entry.json").read_text())
+    assert entry["steps"] == 2
+    model_from_file(root / "cut" / "model.safetensors")
