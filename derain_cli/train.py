@@ -1363,6 +1363,8 @@ def _train(
     run_lock = _lock_run(out) if is_main else None  # noqa: F841 - held until the run ends
     ckpt = _checkpoint_to_resume(setup, out, is_main, world)
     cfg = setup.cfg
+    if ckpt is not None and cfg.steps is not None:  # before the data: finetune's derains
+        _run_length(cfg, 0, world, ckpt, out)  # every photo first (an audit)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -1651,3 +1651,17 @@ def test_a_full_disk_names_the_file_not_torchs_zip_writer(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(OSError, match=r"cannot write .*last\.pt \(a full disk\?"):
         T._atomic_torch_save({"step": 1}, tmp_path / "last.pt")
+
+
+def test_a_finished_finetune_is_refused_before_its_photos_are_derained(data, tmp_path,
+                                                                       monkeypatch):
+    """`finetune --resume` on a finished run pseudo-cleaned every photo, then refused."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    out = tmp_path / "ft"
+    T.finetune(T.FinetuneConfig(rainy=str(data["real"]), weights=str(base.weights),
+                                out=str(out), steps=2, batch=2, patch=24, device="cpu",
+                                quiet=True, contrast_features="none", workers=0))
+    monkeypatch.setattr(T, "_pseudo_clean", lambda *a, **kw: pytest.fail("derained again"))
+    with pytest.raises(T.TrainError, match="already at step 2"):
+        T.finetune(T.FinetuneConfig(rainy=None, out=str(out), resume=True, device="cpu",
+                                    quiet=True, given=set()))
