@@ -897,6 +897,17 @@ def _mean_over_ranks(window: Sequence[float], world: int,
 
 
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
+    if cfg.init_weights:
+        # the file's tensors against the architecture on the meta device first (nothing
+        # allocated): without -m the architecture comes from the file's own metadata, and
+        # a tiny file asking for an enormous one made the run allocate until memory ran
+        # out (as model_from_file guards: a review)
+        from .weights import check_state, read_state
+
+        state, _ = read_state(cfg.init_weights)
+        with torch.device("meta"):
+            check_state(build_architecture(arch, conf), state, str(cfg.init_weights))
+        del state
     model = build_architecture(arch, conf)
     if cfg.init_weights:
         from .weights import load_into
@@ -923,7 +934,8 @@ def train(
         init_distributed(cfg.device)
         started_dist = True
     try:
-        return _train(cfg, rank, world, local, is_main, _hooks or {})
+        with contextlib.ExitStack() as held:  # the run folder's lock, released at the end
+            return _train(cfg, rank, world, local, is_main, _hooks or {}, held)
     finally:
         if started_dist and dist.is_initialized():
             dist.destroy_process_group()
@@ -1066,8 +1078,8 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
         if not source.exists():  # killed after its first best.pt, before its first last.pt
             source = out / "best.pt"  # (_refuse_unresumable let only that case through)
             if is_main:
-                _say(f"note: {out} has no last.pt yet; resuming from best.pt (step "
-                     "of its first validation)")
+                _say(f"note: {out} has no last.pt yet; resuming from best.pt (the step "
+                     "of its best validation so far)")
         ckpt = load_checkpoint(source)
         s.cfg = _check_resume(s.cfg, ckpt, s.arch, s.conf, out, warn=is_main,
                               recalib_given=s.recalib_given, freeze_given=s.freeze_given,
@@ -1083,27 +1095,35 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     return None
 
 
-def _lock_run(out: Path) -> Any:
-    """Hold ``out`` for this process (an open file with an exclusive lock, kept until the
-    process ends or it is closed). Two runs started on one folder both ran, interleaved
-    their logs and left one's model beside the other's checkpoints (an audit). Also drops
-    the temporary files a killed run left (only safe with the lock held). None where the
-    system has no such locks (Windows): runs are not guarded there."""
+def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
+    """``out`` held for this run: an open file with an exclusive lock, released when the
+    returned context closes it. Two runs started on one folder both ran, interleaved their
+    logs and left one's model beside the other's checkpoints (an audit). Also drops the
+    temporary files a killed run left there (those over an hour old, as the batch does: a
+    younger one may be an export's at work). Not guarded where the system or the file
+    system has no such locks (Windows; some NFS, Lustre or FUSE mounts): said once."""
+    import errno
+
+    from .batch import _sweep_stale_temporaries
+
     try:
         import fcntl
     except ImportError:
-        return None
+        return contextlib.nullcontext()
     out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / ".derain-run.lock", "a")  # noqa: SIM115 - held for the whole run
+    handle = open(out / ".derain-run.lock", "a")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         handle.close()
-        raise TrainError(f"{out} is in use by another derain process (a run there is still "
-                         "going); wait for it to end, or choose another --out") from None
-    for leftover in out.glob(".derain-*.tmp"):  # a kill -9 mid-write leaves these
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise TrainError(f"{out} is in use by another derain process (a run there is "
+                             "still going); wait for it to end, or choose another --out"
+                             ) from None
+        _say(f"note: {out} cannot be locked ({e.strerror or e}); another run started on "
+             "it meanwhile would not be stopped")
+        return contextlib.nullcontext()
+    _sweep_stale_temporaries([out])
     return handle
 
 
@@ -1313,14 +1333,20 @@ class _Learner:
             # rain-free (--clean-fraction) computed no encoder loss, so its gradients were
             # None, it skipped the all_reduce the others made, and gloo aborted (NCCL
             # would hang); zeros count as its share of the mean
+            had = any(p.grad is not None for p in self.aux_params)
             grads = [p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.aux_params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
+            flat = torch.cat([g.reshape(-1) for g in grads]
+                             + [torch.full((1,), float(had), device=grads[0].device)])
             dist.all_reduce(flat)
-            flat /= world
-            for p, g in zip(self.aux_params, flat.split([q.numel() for q in grads]),
-                            strict=True):
-                p.grad = g.view_as(p).clone()
+            if flat[-1].item() == 0:  # no rank had any: skipped, as one process skips them
+                for p in self.aux_params:
+                    p.grad = None
+            else:
+                flat /= world
+                for p, g in zip(self.aux_params, flat[:-1].split([q.numel() for q in grads]),
+                                strict=True):
+                    p.grad = g.view_as(p).clone()
         gnorm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.clip if cfg.clip and cfg.clip > 0 else math.inf)
         finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
@@ -1353,14 +1379,15 @@ class _Learner:
 
 def _train(
     cfg: TrainConfig, rank: int, world: int, local: int, is_main: bool,
-    hooks: dict[str, Callable[..., Any]],
+    hooks: dict[str, Callable[..., Any]], held: contextlib.ExitStack,
 ) -> TrainResult:
     t_start = time.time()
     _refuse_unresumable(cfg, hooks)
     setup = _settle(cfg, hooks, local, world, is_main)
     device, name, arch, conf = setup.device, setup.name, setup.arch, setup.conf
     out = Path(setup.cfg.out)
-    run_lock = _lock_run(out) if is_main else None  # noqa: F841 - held until the run ends
+    if is_main:
+        held.enter_context(_lock_run(out))
     ckpt = _checkpoint_to_resume(setup, out, is_main, world)
     cfg = setup.cfg
     if ckpt is not None and cfg.steps is not None:  # before the data: finetune's derains
@@ -1410,8 +1437,8 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         if ckpt is None:  # a resumed run's settings replace the run's own once it has
             write_config()  # checkpointed at them (a resume cut at its banner kept them)
-        if "run_started" in hooks:  # finetune's own settings, for its --resume
-            hooks["run_started"](out)
+        if "run_started" in hooks and ckpt is None:  # finetune's own settings, for its
+            hooks["run_started"](out)  # --resume (a resumed run's: once it has stepped)
         if not cfg.quiet:
             _say(f"training {name} ({arch}) on {device} x{world}; data: {labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
@@ -1465,6 +1492,8 @@ def _train(
         _atomic_torch_save(checkpoint_obj(), out / "last.pt")
         if ckpt is not None:
             write_config()
+            if "run_started" in hooks:
+                hooks["run_started"](out)
 
     def validate_and_keep_best() -> dict[str, float]:
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
@@ -1588,24 +1617,36 @@ def _train(
             if step > segment_start:  # nothing new otherwise: last.pt keeps its settings
                 save_last()
                 _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            elif ckpt is None:
+                _say("interrupted before the first step: nothing trained yet, so nothing "
+                     "to resume; start the run again without --resume")
             else:
-                _say(f"interrupted at step {step}, before a step of this segment; the "
+                _say(f"interrupted at step {step}, before a step of this segment; its "
                      "checkpoint is as it was")
             raise TrainInterrupted from None
         raise
 
     if finishing and cfg.val and is_main:  # the interrupted run's last validation, logged
-        last_val = validate_and_keep_best()  # and kept as the loop's are
+        done = [r for r in log.records if r.get("kind") == "val" and r.get("step") == step]
+        last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
+                     "count": done[-1]["val_count"]} if done  # (already logged: stopped
+                    else validate_and_keep_best())  # after it, during the export)
     wall = wall_before + time.time() - t_start
     entry = None
     weights_path = None
     if is_main:
         plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
         final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
-        with _interrupt_after_block():  # the weights and their manifest entry together
-            weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall,
-                                          last_val, best_psnr, best_step,
-                                          hardware_summary(segments_now(), hardware))
+        try:
+            with _interrupt_after_block():  # the weights and their manifest entry together
+                weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall,
+                                              last_val, best_psnr, best_step,
+                                              hardware_summary(segments_now(), hardware))
+        except KeyboardInterrupt:
+            if (out / "model.safetensors").exists() and _exported_at(out, step):
+                _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
+                     f"({step} steps); the run is complete")
+            raise
         if not cfg.quiet:
             _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
                  f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
@@ -1934,8 +1975,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,
                                                        seed=c.seed + 1),
-        "run_started": lambda out: (out / FINETUNE_JSON).write_text(
-            json.dumps(kept, indent=2, sort_keys=True) + "\n"),
+        "run_started": lambda out: atomic_write_text(
+            out / FINETUNE_JSON, json.dumps(kept, indent=2, sort_keys=True) + "\n"),
     }
     if not fc.clean:
         def make_labeled(c: TrainConfig, with_aug: bool) -> D.LabeledDataset:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1565,6 +1566,7 @@ def test_a_run_stopped_after_its_last_step_but_before_its_export_exports_on_resu
     assert entry["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="fcntl locks")
 def test_a_second_process_on_the_same_run_folder_is_refused(data, tmp_path):
     """Two runs on one --out both ran and mixed their files."""
     import fcntl
@@ -1577,8 +1579,11 @@ def test_a_second_process_on_the_same_run_folder_is_refused(data, tmp_path):
             T.train(_cfg(data, out, steps=2))
     assert sorted(p.name for p in out.iterdir()) == [".derain-run.lock"]
     (out / ".derain-abc.tmp").write_bytes(b"left by a kill -9")
-    T.train(_cfg(data, out, steps=2))  # free again; the leftover goes
-    assert not (out / ".derain-abc.tmp").exists()
+    old = time.time() - 2 * 3600
+    os.utime(out / ".derain-abc.tmp", (old, old))
+    (out / ".derain-new.tmp").write_bytes(b"an export at work")
+    T.train(_cfg(data, out, steps=2))  # free again; the old leftover goes, the young stays
+    assert not (out / ".derain-abc.tmp").exists() and (out / ".derain-new.tmp").exists()
 
 
 def test_best_pt_holds_the_best_step_the_checkpoint_names(data, tmp_path, monkeypatch):
@@ -1665,3 +1670,67 @@ def test_a_finished_finetune_is_refused_before_its_photos_are_derained(data, tmp
     with pytest.raises(T.TrainError, match="already at step 2"):
         T.finetune(T.FinetuneConfig(rainy=None, out=str(out), resume=True, device="cpu",
                                     quiet=True, given=set()))
+
+
+def test_train_weights_whose_config_does_not_fit_allocates_nothing(data, tmp_path,
+                                                                   monkeypatch):
+    """A review: `train --weights FILE` without -m built the architecture the file's
+    metadata asks for before comparing its tensors (model_from_file's meta-device check
+    did not cover it)."""
+    from safetensors.torch import save_file
+
+    from derain_cli.weights import FORMAT, WeightsError
+
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    from safetensors.torch import load_file
+
+    evil = tmp_path / "evil.safetensors"
+    save_file(load_file(str(base.weights)), str(evil), metadata={
+        "format": FORMAT, "name": "x", "arch": "semi-drdnet",
+        "config": json.dumps({"width": 64, "rain_blocks": 20, "detail_blocks": 20})})
+    built = []
+    real = T.build_architecture
+
+    def recording(arch, config):
+        built.append(torch.get_default_device().type)
+        return real(arch, config)
+
+    monkeypatch.setattr(T, "build_architecture", recording)
+    with pytest.raises(WeightsError, match="shape|missing|unexpected"):
+        T.train(_cfg(data, tmp_path / "r", steps=1, arch=None, model_config=None,
+                     init_weights=str(evil)))
+    assert built == ["meta"]
+
+
+def test_the_run_folder_is_free_again_while_an_interrupted_runs_traceback_is_kept(
+        data, tmp_path):
+    """A review: the lock lived as long as _train's frame, which a kept exception (a REPL's
+    sys.last_traceback) holds: the next --resume in that process was refused."""
+    out = tmp_path / "r"
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    kept = None
+    try:
+        T.train(_cfg(data, out, steps=4), _hooks={"after_step": stop})
+    except KeyboardInterrupt as e:
+        kept = e
+    assert kept is not None and kept.__traceback__ is not None
+    assert T.train(_cfg(data, out, steps=4, resume=True)).steps == 4
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl locks")
+def test_a_file_system_without_locks_trains_unguarded(data, tmp_path, monkeypatch, capsys):
+    """A review: ENOLCK (NFS, Lustre without flock) was reported as "in use by another
+    derain process", and training there was impossible."""
+    import errno
+    import fcntl
+
+    def no_locks(*a, **kw):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert T.train(_cfg(data, tmp_path / "r", steps=1)).steps == 1
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err
