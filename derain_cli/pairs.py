@@ -220,17 +220,24 @@ def _nfc(text: str) -> str:
 
 
 def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
-    clean_by_name = {_nfc(p.name): p for p in clean}
     pairs: list[tuple[Path, Path]] = []
     used: set[Path] = set()
-    rainy_left: list[Path] = []
-    for r in rainy:
-        c = clean_by_name.get(_nfc(r.name))
-        if c is None:
-            rainy_left.append(r)
-        else:
-            pairs.append((r, c))
-            used.add(c)
+    rainy_left: list[Path] = list(rainy)
+    # the same name first, then the same name in composed form for what is left (two
+    # files whose names differ only in normalisation are two files on Linux: each keeps
+    # its exact partner, and no clean file is claimed twice: a review)
+    for key in (lambda p: p.name, lambda p: _nfc(p.name)):
+        counts = Counter(key(p) for p in clean if p not in used)
+        by_key = {key(p): p for p in clean if p not in used and counts[key(p)] == 1}
+        left: list[Path] = []
+        for r in rainy_left:
+            c = by_key.get(key(r))
+            if c is None or c in used:
+                left.append(r)
+            else:
+                pairs.append((r, c))
+                used.add(c)
+        rainy_left = left
     clean_left = [c for c in clean if c not in used]
     # Same stem, different extension; only where the stem is unambiguous on both sides.
     r_stems = Counter(_nfc(p.stem) for p in rainy_left)

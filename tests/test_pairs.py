@@ -432,3 +432,14 @@ def test_names_that_differ_only_in_unicode_normalisation_pair(tmp_path, names):
     _make(tmp_path, *names)
     pairs = find_pairs(tmp_path)
     assert len(pairs) == 1
+
+
+def test_two_files_whose_names_differ_only_in_normalisation_keep_their_own_partners(
+        tmp_path):
+    """A review: with both forms on both sides (two files on Linux), the composed-form key
+    merged them: strict mode refused a pair, the lenient one shared a clean file."""
+    nfc, nfd = "caf\u00e9.png", "cafe\u0301.png"
+    _make(tmp_path, f"rainy/{nfc}", f"rainy/{nfd}", f"clean/{nfc}", f"clean/{nfd}")
+    pairs = find_pairs(tmp_path)
+    assert sorted((p.rainy.name, p.clean.name) for p in pairs) == sorted(
+        [(nfc, nfc), (nfd, nfd)])
