@@ -606,9 +606,14 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
         yield
     except (ClickException, typer.Abort, typer.Exit):
         raise
-    except BrokenPipeError:  # the reader went away (derain ... | head): no "error:" line
-        silence_stdout()
-        raise typer.Exit(BROKEN_PIPE_STATUS) from None
+    except BrokenPipeError as e:
+        if not debug and stdout_gone():  # the reader went away (derain ... | head): quiet
+            silence_stdout()
+            raise typer.Exit(BROKEN_PIPE_STATUS) from None
+        if debug:
+            raise
+        _error(console, _friendly_message(e), rank)  # another pipe: a real error
+        raise typer.Exit(1) from None
     except _Exit as e:
         raise typer.Exit(e.code) from None
     except KeyboardInterrupt:
@@ -1428,10 +1433,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
-    except BrokenPipeError:
-        silence_stdout()
-        sys.exit(BROKEN_PIPE_STATUS)
     except Exception as e:  # errors of lazily loaded subcommands
+        debug = _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:])
+        if isinstance(e, BrokenPipeError) and not debug and stdout_gone():
+            silence_stdout()  # the reader went away: quiet (see BROKEN_PIPE_STATUS)
+            sys.exit(BROKEN_PIPE_STATUS)
         if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
             raise
         print(f"error: {_friendly_message(e)}", file=sys.stderr)
@@ -1442,6 +1448,23 @@ def main(argv: list[str] | None = None) -> None:
 #: head -c 10``): a process ended by SIGPIPE's, as other command-line tools end there, not
 #: "error: Broken pipe" and 1, the status of a failed photo
 BROKEN_PIPE_STATUS = 128 + 13
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError from anywhere
+    else, a data loader's pipe, is an error to report, not the end of the output)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return True  # closed or replaced: nothing more can be shown there
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (ImportError, AttributeError, OSError):  # no poll (Windows): assume it is stdout
+        return True
 
 
 def silence_stdout() -> None:

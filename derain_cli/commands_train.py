@@ -72,11 +72,16 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except BrokenPipeError:  # the reader went away (derain eval ... --json | head)
-        from .cli import BROKEN_PIPE_STATUS, silence_stdout
+    except BrokenPipeError as e:
+        from .cli import BROKEN_PIPE_STATUS, silence_stdout, stdout_gone
 
-        silence_stdout()
-        raise typer.Exit(BROKEN_PIPE_STATUS) from None
+        if _debug():
+            raise
+        if stdout_gone():  # the reader went away (derain eval ... --json | head): quiet
+            silence_stdout()
+            raise typer.Exit(BROKEN_PIPE_STATUS) from None
+        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))  # another
+        raise typer.Exit(1) from None  # pipe (a data loader's): an error to report
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
             NotADirectoryError, OptionError) as e:
         if _debug():

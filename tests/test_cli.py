@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -1088,3 +1089,21 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path,
                        stderr=subprocess.PIPE, text=True, timeout=120,
                        preexec_fn=lambda: os.close(1))
     assert p.returncode == 0 and "error" not in p.stderr, p.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
+    """A review: every BrokenPipeError ended the run quietly with 141, even one from a
+    data loader's pipe while stdout was fine."""
+    from derain_cli import cli
+
+    def broken() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    with pytest.raises(typer.Exit) as info, cli._friendly_errors(Console(file=buf), False):
+        broken()
+    assert info.value.exit_code == 1 and "error: " in buf.getvalue()
