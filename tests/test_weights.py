@@ -288,3 +288,15 @@ def test_a_source_checkout_uses_its_own_bundled_weights(tmp_path):
     # this checkout's own
     here = Path(weights.__file__).resolve().parents[1]
     assert bundled_dir() == here / "weights"
+    # and a copy run through PYTHONPATH beside the installed one (the case that went wrong)
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(here / "derain_cli", clone / "derain_cli", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run(
+        [sys.executable, "-c", "import derain_cli.manifest as m; print(m.bundled_dir())"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(clone)})
+    assert out.stdout.strip() == str(clone / "weights"), out.stderr
