@@ -54,8 +54,8 @@
 # own), LR (3e-4
 # from scratch), WARM_LR (1e-4) and WARM_BN (keep; refresh with GROW_FROM=none) when
 # warm-started. A smoke test of the
-# script itself on a CPU, in two minutes:
-#   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=260 BENCH_MP=0.02 \
+# script itself on a CPU, in about five minutes:
+#   DEVICE=cpu DERAIN_TEST_DEVICE=cpu MODEL=semi-drdnet-tiny BUDGET=330 RESERVE=60 BENCH_MP=0.02 \
 #   FOLDER_MP=0.1 FOLDER_COUNT=2 BATCH=2 PATCH=32 STAGES=bench,folder,finetune,train \
 #   FT_ARGS="--steps 3 --batch 2 --patch 32" \
 #   OUT=/tmp/gpu-smoke bash recipes/gpu-session.sh
@@ -94,9 +94,10 @@ BUDGET=${BUDGET:-540}
 STAGES=${STAGES:-tests,bench,folder,finetune,train}
 T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
-# a stage's time limit: its own cap, or what is left of the budget less RESERVE (the
-# train stage's minimum and the copying back), whichever is less; 0 or less: skipped
-cap() { local l=$(($(left) - ${RESERVE:-100})); echo $((l < $1 ? l : $1)); }
+# a stage's time limit: its own cap ($1), or what is left of the budget less a reserve
+# ($2, default RESERVE: 250 s, so that the train stage still gets a few minutes after the
+# stages before it), whichever is less; a stage whose limit is too small is skipped
+cap() { local l=$(($(left) - ${2:-${RESERVE:-250}})); echo $((l < $1 ? l : $1)); }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 exec > >(tee "$OUT/session.log") 2>&1
 
@@ -133,12 +134,12 @@ if has folder && (($(cap 100) > 30)); then
   timeout "$(cap 45)" python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
     --megapixels "${FOLDER_MP:-12}" --tile 512 --batches 1,4,auto
 fi
-if has finetune && (($(cap 240) > 90)); then
+if has finetune && (($(cap 240 $((${RESERVE:-250} + 40))) > 90)); then
   ft_model=${FT_MODEL:-semi-drdnet-fast}
   echo "== finetune $ft_model on .data/gpu/real, ${FT_ARGS:-the GPU defaults} ($(left)s left)"
   ft=/tmp/derain-ft
   rm -rf "$ft"
-  t=$(date +%s) ft_cap=$(cap 240)
+  t=$(date +%s) ft_cap=$(cap 240 $((${RESERVE:-250} + 40)))  # 40 s for its two evals
   # --time-budget: a run that has not done its steps still stops, exports and is scored
   # (killed by the timeout, its minutes gave nothing); 60 s for pseudo-cleaning and export
   # shellcheck disable=SC2086  # FT_ARGS: several flags
@@ -146,10 +147,15 @@ if has finetune && (($(cap 240) > 90)); then
     --out "$ft" --device "$DEVICE" --time-budget $((ft_cap - 60)) ${FT_ARGS:-} --quiet
   rc=$? ft_secs=$(($(date +%s) - t))
   echo "== finetune: exit $rc, ${ft_secs}s"
-  python3 -m derain_cli eval -m "$ft_model" --data .data/gpu/val --device "$DEVICE" \
-    --json > /tmp/ft-base.json || true
-  python3 -m derain_cli eval --weights "$ft/model.safetensors" --data .data/gpu/val \
-    --device "$DEVICE" --json > /tmp/ft-tuned.json || true
+  # the two scores under a limit of their own (the train stage keeps its 150 s minimum)
+  if (($(cap 30 150) > 5)); then
+    timeout "$(cap 30 150)" python3 -m derain_cli eval -m "$ft_model" --data .data/gpu/val \
+      --device "$DEVICE" --json > /tmp/ft-base.json || true
+  fi
+  if (($(cap 30 150) > 5)); then
+    timeout "$(cap 30 150)" python3 -m derain_cli eval --weights "$ft/model.safetensors" \
+      --data .data/gpu/val --device "$DEVICE" --json > /tmp/ft-tuned.json || true
+  fi
   python3 -c "import json, sys
 out = {'seconds': $ft_secs, 'exit': $rc, 'model': '$ft_model', 'args': '${FT_ARGS:-}'}
 for k in ('base', 'tuned'):
@@ -170,11 +176,15 @@ if has train; then
     # counts the whole run, so the first call's seconds go on top
     before=$(python3 -c "import torch, sys
 print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['wall_time_s']))" \
-      "$run/last.pt" || echo 0)
-    echo "== train: resuming $run (${before}s so far) for ${secs}s more"
-    python3 -m derain_cli train --out "$run" --resume --device "$DEVICE" \
-      --time-budget $((before + secs)) --quiet
-    train_done=1
+      "$run/last.pt" 2>/dev/null)
+    if [[ "$before" =~ ^[0-9]+$ ]]; then
+      echo "== train: resuming $run (${before}s so far) for ${secs}s more"
+      python3 -m derain_cli train --out "$run" --resume --device "$DEVICE" \
+        --time-budget $((before + secs)) --quiet
+      train_done=1
+    else  # a budget without the run's own seconds would be spent before the first step
+      echo "== train: cannot read the seconds $run has run; not resumed"
+    fi
   elif ((secs > 60)); then
     echo "== train $MODEL for ${secs}s"
     start=.data/gpu/init.safetensors

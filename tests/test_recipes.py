@@ -96,7 +96,8 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
                 '    esac;;\n'
                 '  esac\n'
                 'done\n')
-    fail = '[[ -n "${STUB_FAIL:-}" && "${3:-}" == "$STUB_FAIL" ]] && exit 1\n'  # python -m x
+    fail = ('[[ -n "${STUB_FAIL:-}" && "${3:-}" == "$STUB_FAIL" ]] && exit 1\n'  # python -m x
+            '[[ -n "${STUB_PRINT:-}" && "${1:-}" == "-c" ]] && echo "$STUB_PRINT"\n')
     for tool in ("derain", "python", "python3"):
         (bin_dir / tool).write_text("#!/usr/bin/env bash\n" + record + fail + make_out)
         (bin_dir / tool).chmod(0o755)
@@ -388,15 +389,22 @@ def test_a_second_gpu_call_on_a_warm_machine_resumes_the_first_ones_run(
     same chunk again; it resumes it now, its time budget counting the whole run."""
     (tmp_path / "derain-run").mkdir(parents=True)
     (tmp_path / "derain-run" / "last.pt").touch()
-    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh",
-                                 {"STAGES": "train", "BUDGET": "300"}, gpu_init=False)
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {
+        "STAGES": "train", "BUDGET": "300", "STUB_PRINT": "120"}, gpu_init=False)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "derain-run" / "last.pt").exists()
     train = next(c for c in calls if c[1:4] == ["-m", "derain_cli", "train"])
     assert "--resume" in train and "--weights" not in train
     assert not any(c[1:4] == ["-m", "derain_cli", "grow"] for c in calls)
-    # the stand-in python prints no wall time: the run's seconds so far count as 0
-    assert 150 <= int(train[train.index("--time-budget") + 1]) <= 210
+    # the run's 120 s so far plus this call's 300 - 90 (less the seconds the script took)
+    assert 120 + 200 <= int(train[train.index("--time-budget") + 1]) <= 120 + 210
+    # its seconds unreadable: not resumed with a budget it has already spent
+    (tmp_path / "again" / "derain-run").mkdir(parents=True)
+    (tmp_path / "again" / "derain-run" / "last.pt").touch()
+    res, calls = _run_with_stubs(tmp_path / "again", "gpu-session.sh",
+                                 {"STAGES": "train", "BUDGET": "300"}, gpu_init=False)
+    assert res.returncode == 0 and "not resumed" in res.stdout, res.stdout
+    assert not any(c[1:4] == ["-m", "derain_cli", "train"] for c in calls)
 
 
 @needs_bash
