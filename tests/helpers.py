@@ -11,3 +11,33 @@ def smooth_photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     return (img * 255).astype(np.uint8)
+
+
+def oversized_weights(path, state) -> None:
+    """A weights file holding ``state`` whose metadata asks for a far larger Semi-DRDNet
+    (width 64, 20 + 20 blocks): what a loader must refuse before building it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from derain_cli.weights import FORMAT
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={
+        "format": FORMAT, "name": "x", "arch": "semi-drdnet",
+        "config": json.dumps({"width": 64, "rain_blocks": 20, "detail_blocks": 20})})
+
+
+def record_build_devices(monkeypatch, module) -> list[str]:
+    """The default device of every ``module.build_architecture`` call from now on ('meta'
+    for a shape check that allocates nothing)."""
+    import torch
+
+    seen: list[str] = []
+    real = module.build_architecture
+
+    def recording(arch, config):
+        seen.append(torch.get_default_device().type)
+        return real(arch, config)
+
+    monkeypatch.setattr(module, "build_architecture", recording)
+    return seen

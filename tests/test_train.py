@@ -1677,25 +1677,14 @@ def test_train_weights_whose_config_does_not_fit_allocates_nothing(data, tmp_pat
     """A review: `train --weights FILE` without -m built the architecture the file's
     metadata asks for before comparing its tensors (model_from_file's meta-device check
     did not cover it)."""
-    from safetensors.torch import save_file
+    from helpers import oversized_weights, record_build_devices
 
-    from derain_cli.weights import FORMAT, WeightsError
+    from derain_cli.weights import WeightsError
 
     base = T.train(_cfg(data, tmp_path / "base", steps=1))
-    from safetensors.torch import load_file
-
     evil = tmp_path / "evil.safetensors"
-    save_file(load_file(str(base.weights)), str(evil), metadata={
-        "format": FORMAT, "name": "x", "arch": "semi-drdnet",
-        "config": json.dumps({"width": 64, "rain_blocks": 20, "detail_blocks": 20})})
-    built = []
-    real = T.build_architecture
-
-    def recording(arch, config):
-        built.append(torch.get_default_device().type)
-        return real(arch, config)
-
-    monkeypatch.setattr(T, "build_architecture", recording)
+    oversized_weights(evil, load_file(str(base.weights)))
+    built = record_build_devices(monkeypatch, T)
     with pytest.raises(WeightsError, match="shape|missing|unexpected"):
         T.train(_cfg(data, tmp_path / "r", steps=1, arch=None, model_config=None,
                      init_weights=str(evil)))

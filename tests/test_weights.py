@@ -113,23 +113,12 @@ def test_a_file_whose_config_does_not_fit_its_tensors_allocates_nothing(tmp_path
     """Security audit: the architecture a file's metadata asks for was built (allocated)
     before its tensors were compared, so a 220-byte file asking for width 2048 x 400 blocks
     took the machine's memory. Now the shapes are compared on the meta device first."""
-    import json
-
-    from safetensors.torch import save_file
+    from helpers import oversized_weights, record_build_devices
 
     net = _tiny()
     p = tmp_path / "evil.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, p, metadata={
-        "format": weights.FORMAT, "name": "x", "arch": "semi-drdnet",
-        "config": json.dumps({"width": 64, "rain_blocks": 20, "detail_blocks": 20})})
-    built_on = []
-    real = weights.build_architecture
-
-    def recording(arch, config):
-        built_on.append(torch.get_default_device().type)
-        return real(arch, config)
-
-    monkeypatch.setattr(weights, "build_architecture", recording)
+    oversized_weights(p, net.state_dict())
+    built_on = record_build_devices(monkeypatch, weights)
     with pytest.raises(WeightsError, match="shape|missing|unexpected"):
         weights.model_from_file(p)
     assert built_on == ["meta"]
