@@ -8,6 +8,7 @@ alone was 3.4 of the 5.4 seconds ``derain`` took on a 512x512 photo.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,18 @@ def _is_oom(e: BaseException) -> bool:
         return True
     msg = str(e).lower()
     return isinstance(e, RuntimeError) and any(t in msg for t in _OOM_TEXT)
+
+
+def _one_thread_after_fork() -> None:
+    """A forked child (gunicorn --preload, a multiprocessing pool with the fork start method)
+    inherits PyTorch's OpenMP thread pool but not its threads: its first parallel kernel
+    waited for them for ever (an audit: the default Derainer, torch bf16 on such CPUs, hung
+    in every forked child). One thread is safe there; a child may set more itself."""
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; registered once, when the torch engine loads
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 class TorchRunner:

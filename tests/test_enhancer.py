@@ -1,5 +1,6 @@
 """Derainer: the library API (types in == types out, devices, precision, OOM fallback)."""
 
+import os
 import re
 
 import numpy as np
@@ -516,3 +517,34 @@ def test_repr_says_what_runs(tiny_weights):
                  tile=64, strength=0.5)
     assert repr(d) == ("Derainer(model='tiny', device='cpu', backend='torch', "
                        "precision='fp32', tile=64, strength=0.5)")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_torch_derainer_works_in_a_forked_child(tiny_weights):
+    """An audit: PyTorch's OpenMP pool does not survive fork, and a torch-backed Derainer
+    made before the fork (gunicorn --preload) hung in the child's first derain()."""
+    import signal
+    import time
+
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", backend="torch",
+                 threads=2)
+    img = np.random.default_rng(0).random((64, 80, 3), dtype=np.float32)
+    want = d.derain(img)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: derain, report, never return into pytest
+        try:
+            ok = np.array_equal(d.derain(img), want)
+            os.write(write, b"same" if ok else b"diff")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if done[0] == 0:  # stuck in a C barrier: no signal handler of Python's would run there
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    got = os.read(read, 8) if done[0] else b"hung"
+    os.close(read)
+    assert got == b"same", got
