@@ -167,7 +167,10 @@ def _exportable(model: nn.Module) -> Iterator[None]:
             with torch.backends.mkldnn.flags(enabled=False):
                 yield
     finally:
-        torch.set_num_threads(threads)
+        # put back only if nobody changed it meanwhile: a Derainer(threads=N) made in
+        # another thread during the export had its N undone (an audit)
+        if torch.get_num_threads() == 1:
+            torch.set_num_threads(threads)
         model.train(was_training)
 
 

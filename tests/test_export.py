@@ -444,3 +444,22 @@ def test_weights_name_the_graph_even_with_their_architecture(tmp_path, monkeypat
     assert res.exit_code == 0, res.output
     assert (tmp_path / "mine.onnx").is_file()
     assert not (tmp_path / "semi-drdnet-tiny.onnx").exists()
+
+
+def test_an_export_does_not_undo_a_thread_count_set_meanwhile(tmp_path, monkeypatch):
+    """An audit: the export saved the thread count, ran on one thread and put the saved
+    count back, undoing a Derainer(threads=N) made in another thread meanwhile."""
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    real = torch.onnx.export
+
+    def another_thread_sets_three(*a, **kw):
+        torch.set_num_threads(3)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", another_thread_sets_three)
+    torch.set_num_threads(2)
+    try:
+        export.export_onnx(net, tmp_path / "m.onnx")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(1)
