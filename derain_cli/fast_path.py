@@ -54,7 +54,7 @@ def bundled_int8_files(record: WeightRecord) -> list[Path]:
     Whether it was made from these weights is a separate check (``weights_sha256`` here,
     the loaded network's state in ``quantize.shipped_int8_graph``).
     """
-    from .hub import sha256_file
+    from .fileio import sha256_file
 
     info = record.extra.get("int8")
     if not info:

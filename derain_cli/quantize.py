@@ -358,8 +358,7 @@ def build_int8(
 
     from . import export
     from .data import DataError
-    from .fileio import atomic_write
-    from .hub import sha256_file
+    from .fileio import atomic_write, sha256_file
     from .onnx_backend import state_sha256
     from .pairs import list_images
 

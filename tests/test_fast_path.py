@@ -57,6 +57,8 @@ def test_default_cpu_run_never_imports_torch(tmp_path):
         assert (d.model_name, d.backend, d.precision, d.device_name, d.engine_note) == (
             {DEFAULT_MODEL!r}, "onnx", "int8", "cpu", "no bf16 instructions"), vars(d)
         assert d.derain(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50, 3)
+        # nor the Hub client (0.1 s), which it imported only for its sha256_file
+        assert "huggingface_hub" not in sys.modules, "huggingface_hub imported"
         from derain_cli.cli import main
         for extra in ([], ["-m", {DEFAULT_MODEL!r}]):  # naming the default changes nothing
             sys.argv = ["derain", {str(src)!r}, "-o", {str(tmp_path / "out.png")!r},
