@@ -897,24 +897,14 @@ def _mean_over_ranks(window: Sequence[float], world: int,
 
 
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
-    if cfg.init_weights:
-        # the file's tensors against the architecture on the meta device first (nothing
-        # allocated): without -m the architecture comes from the file's own metadata, and
-        # a tiny file asking for an enormous one made the run allocate until memory ran
-        # out (as model_from_file guards: a review)
-        from .weights import check_state, read_state
+    if not cfg.init_weights:
+        return build_architecture(arch, conf)
+    # shapes checked before anything is built (without -m the architecture comes from the
+    # file's own metadata); the file read once
+    from .weights import build_fitting, read_state
 
-        state, _ = read_state(cfg.init_weights)
-        with torch.device("meta"):
-            check_state(build_architecture(arch, conf), state, str(cfg.init_weights))
-        del state
-    model = build_architecture(arch, conf)
-    if cfg.init_weights:
-        from .weights import load_into
-
-        load_into(model, cfg.init_weights)
-    return model
-
+    state, _ = read_state(cfg.init_weights)
+    return build_fitting(arch, conf, state, str(cfg.init_weights))
 
 def train(
     config: TrainConfig,

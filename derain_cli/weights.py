@@ -163,9 +163,25 @@ def load_into(
             )
     state, _ = read_state(path)
     check_state(model, state, str(path))
+    return _load_state(model, state)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``state`` (checked) into ``model``, each tensor in the model's own dtype."""
     ref = model.state_dict()
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     return model
+
+
+def build_fitting(arch: str, config: dict[str, Any], state: dict[str, torch.Tensor],
+                  source: str) -> nn.Module:
+    """The architecture ``arch`` / ``config`` with ``state`` loaded, its shapes compared on
+    the meta device first (nothing allocated). Why: where the config comes from a weights
+    file's own metadata, a 220-byte file asking for width 2048 x 400 blocks made derain
+    allocate until the machine ran out of memory (a security audit)."""
+    with torch.device("meta"):
+        check_state(build_architecture(arch, config), state, source)
+    return _load_state(build_architecture(arch, config), state)
 
 
 def names_a_file(spec: str | os.PathLike[str]) -> bool:
@@ -192,33 +208,26 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
                     "recalibrates their BatchNorm statistics (at validation and export), "
                     "which can score far worse than the run's model.safetensors (written "
                     "when it ends) or best.pt", path)
-    if model_name is not None:
-        spec = get_spec(model_name)
-        model = build_architecture(spec.arch, spec.config)
-    elif own:
-        config = json.loads(meta["config"])
-        # the shapes first, on the meta device (nothing allocated): the config comes from
-        # the file, and a 220-byte file asking for width 2048 x 400 blocks made derain
-        # allocate until the machine ran out of memory (a security audit)
-        with torch.device("meta"):
-            check_state(build_architecture(meta["arch"], config), state, str(path))
-        model = build_architecture(meta["arch"], config)
-    else:
+    if model_name is None and own:
+        model = build_fitting(meta["arch"], json.loads(meta["config"]), state, str(path))
+    elif model_name is None:
         raise WeightsError(
             f"{path}: the file does not say which architecture it is for; pass --model NAME too"
         )
-    try:
-        check_state(model, state, str(path))
-    except WeightsError as e:
-        if model_name is not None and own:  # say what the file is, not only what is missing
-            raise WeightsError(
-                f"{path}: the file holds {meta['arch']} weights ({meta['config']}) that do not "
-                f"fit --model {model_name}; leave out --model to use the file's own "
-                f"architecture ({e})"
-            ) from None
-        raise
-    ref = model.state_dict()
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+    else:
+        spec = get_spec(model_name)
+        model = build_architecture(spec.arch, spec.config)
+        try:
+            check_state(model, state, str(path))
+        except WeightsError as e:
+            if own:  # say what the file is, not only what is missing
+                raise WeightsError(
+                    f"{path}: the file holds {meta['arch']} weights ({meta['config']}) that "
+                    f"do not fit --model {model_name}; leave out --model to use the file's "
+                    f"own architecture ({e})"
+                ) from None
+            raise
+        _load_state(model, state)
     model.declared_name = meta.get("name") if own else None
     return model
 

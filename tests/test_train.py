@@ -1684,7 +1684,9 @@ def test_train_weights_whose_config_does_not_fit_allocates_nothing(data, tmp_pat
     base = T.train(_cfg(data, tmp_path / "base", steps=1))
     evil = tmp_path / "evil.safetensors"
     oversized_weights(evil, load_file(str(base.weights)))
-    built = record_build_devices(monkeypatch, T)
+    import derain_cli.weights as W
+
+    built = record_build_devices(monkeypatch, W)
     with pytest.raises(WeightsError, match="shape|missing|unexpected"):
         T.train(_cfg(data, tmp_path / "r", steps=1, arch=None, model_config=None,
                      init_weights=str(evil)))
