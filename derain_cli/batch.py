@@ -36,7 +36,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .fileio import is_system_folder, same_name_key, why_unwritable
+from .fileio import (
+    is_system_folder,
+    same_name_key,
+    sweep_stale_temporaries,
+    why_unwritable,
+)
 from .images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -1033,29 +1038,6 @@ def _side_limit_problem(src: Path, out: Path) -> str | None:
     return side_limit_problem(fmt, *size) if size else None
 
 
-#: A temporary file this much older than now was left by a killed run, not one at work.
-STALE_TEMPORARY_S = 3600.0
-
-
-def _sweep_stale_temporaries(folders: Iterable[Path]) -> None:
-    """Delete the ``.derain-*.tmp`` files a killed run (``kill -9``, power loss) left in the
-    output folders; those younger than :data:`STALE_TEMPORARY_S` may belong to a run at
-    work and stay. Best effort: nothing here may stop the batch."""
-    now = time.time()
-    for folder in folders:
-        try:
-            leftovers = list(folder.glob(".derain-*.tmp"))
-        except OSError:
-            continue
-        for tmp in leftovers:
-            try:
-                if tmp.is_file() and now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
-                    tmp.unlink()
-                    log.debug("removed %s, left by an interrupted run", tmp)
-            except OSError:
-                pass
-
-
 def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
     """``fn()``, with a per-file problem turned into ``_FileFailed`` and its one-line reason."""
     try:
@@ -1281,7 +1263,7 @@ def run_batch(
         mark_output_folder(options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
-    _sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
+    sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -118,6 +120,30 @@ def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *
                 os.fsync(dirfd)
             finally:
                 os.close(dirfd)
+
+
+#: A temporary file this much older than now was left by a killed run, not one at work.
+STALE_TEMPORARY_S = 3600.0
+
+
+def sweep_stale_temporaries(folders: Iterable[Path]) -> None:
+    """Delete the ``.derain-*.tmp`` files a killed run (``kill -9``, power loss) left in the
+    output folders; those younger than :data:`STALE_TEMPORARY_S` may belong to a run at
+    work and stay. Best effort: nothing here may stop the run (a batch, a training run)
+    that asks."""
+    now = time.time()
+    for folder in folders:
+        try:
+            leftovers = list(folder.glob(".derain-*.tmp"))
+        except OSError:
+            continue
+        for tmp in leftovers:
+            try:
+                if tmp.is_file() and now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                    tmp.unlink()
+                    logging.getLogger(__name__).debug("removed %s, left by an interrupted run", tmp)
+            except OSError:
+                pass
 
 
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:

@@ -1094,7 +1094,7 @@ def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
     system has no such locks (Windows; some NFS, Lustre or FUSE mounts): said once."""
     import errno
 
-    from .batch import _sweep_stale_temporaries
+    from .fileio import sweep_stale_temporaries
 
     try:
         import fcntl
@@ -1113,7 +1113,7 @@ def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
         _say(f"note: {out} cannot be locked ({e.strerror or e}); another run started on "
              "it meanwhile would not be stopped")
         return contextlib.nullcontext()
-    _sweep_stale_temporaries([out])
+    sweep_stale_temporaries([out])
     return handle
 
 

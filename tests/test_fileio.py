@@ -49,3 +49,22 @@ def test_same_name_key_follows_the_file_systems_case_rule(tmp_path: Path, monkey
     monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)  # APFS, NTFS
     assert fileio.same_name_key(tmp_path / "Photos" / "IMG_1.jpg") == \
         fileio.same_name_key(tmp_path / "Photos" / "img_1.JPG")
+
+
+def test_only_old_derain_temporaries_are_swept(tmp_path: Path) -> None:
+    """A killed run's leftover goes; a young one (a run at work), a user's own files and a
+    folder that looks like a temporary stay; a missing folder is no error."""
+    import time
+
+    from derain_cli.fileio import STALE_TEMPORARY_S, sweep_stale_temporaries
+
+    names = [".derain-dead.tmp", ".derain-busy.tmp", "mine.tmp", ".derain-old.txt"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".derain-dir.tmp").mkdir()
+    old = time.time() - STALE_TEMPORARY_S - 60
+    for name in (".derain-dead.tmp", "mine.tmp", ".derain-old.txt", ".derain-dir.tmp"):
+        os.utime(tmp_path / name, (old, old))
+    sweep_stale_temporaries([tmp_path, tmp_path / "missing"])
+    assert sorted(os.listdir(tmp_path)) == sorted(set(names + [".derain-dir.tmp"])
+                                                  - {".derain-dead.tmp"})
