@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .fileio import atomic_write
@@ -51,6 +51,19 @@ class WeightsError(Exception):
     """A weights file that cannot be used: corrupt, wrong checksum or wrong shapes."""
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` with its JSON header's keys sorted. Why: safetensors writes the header from
+    a Rust HashMap, whose order changes from process to process, so the same weights gave
+    another file and sha256 on every export; a recipe rerun could not show it reproduced a
+    shipped file byte for byte. The tensor data and its offsets are untouched; the header
+    stays padded with spaces to a multiple of 8 bytes, as safetensors writes it."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
 def save_weights(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -74,7 +87,8 @@ def save_weights(
     }
     meta = {"format": FORMAT, "name": name, "arch": arch, "config": json.dumps(cfg)}
     meta.update(metadata or {})
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), durable=True)
+    blob = canonical_safetensors(safetensors_bytes(tensors, metadata=meta))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob), durable=True)
     return WeightRecord(
         name=name, arch=arch, config=cfg, file=path.name, sha256=sha256_file(path),
         size=path.stat().st_size, dtype=str(dtype).removeprefix("torch."),

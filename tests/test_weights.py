@@ -289,3 +289,34 @@ def test_a_source_checkout_uses_its_own_bundled_weights(tmp_path):
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
         env={**__import__("os").environ, "PYTHONPATH": str(clone)})
     assert out.stdout.strip() == str(clone / "weights"), out.stderr
+
+
+def test_the_same_weights_make_the_same_file_in_every_process(tmp_path):
+    """safetensors orders its header as a Rust HashMap does, differently in each process:
+    one model exported twice gave two sha256s, and no recipe rerun could match a shipped
+    file byte for byte."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from derain_cli import weights\n"
+        "from derain_cli.models import SemiDRDNet, SemiDRDNetConfig\n"
+        "torch.manual_seed(1)\n"
+        "net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=2, detail_blocks=1,"
+        " se_reduction=4))\n"
+        "weights.save_weights(net, sys.argv[1], name='t', arch='semi-drdnet', config=net.cfg,"
+        " metadata={'steps': '7', 'training': 'a test', 'b': '1', 'a': '2'})\n"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", script, str(f)], check=True)
+    blobs = {f.read_bytes() for f in files}
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    n = int.from_bytes(blob[:8], "little")
+    assert n % 8 == 0 and json.loads(blob[8:8 + n])["__metadata__"]["steps"] == "7"
+    net = _tiny()
+    back = weights.load_into(SemiDRDNet(net.cfg), files[0])
+    for (k, a), b in zip(net.state_dict().items(), back.state_dict().values(), strict=True):
+        assert torch.equal(a.half().float() if a.is_floating_point() else a, b), k
