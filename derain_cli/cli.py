@@ -41,6 +41,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
+from .fileio import display_text, terminal_text
 
 try:  # typer >= 0.29 vendors click; older releases use the click package
     from typer._click import Command, Context, HelpFormatter
@@ -126,9 +127,16 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
+def say_error(message: str) -> None:
+    """``error: message`` on stderr, plain (the subcommands' usage errors), its control
+    characters escaped as :func:`_error`'s are."""
+    typer.echo(f"error: {terminal_text(message)}", err=True)
+
+
 def _error(console: Console, message: str, rank: int = 0) -> None:
+    """``error: message`` on stderr, its control characters escaped (``terminal_text``)."""
     prefix = f"[rank {rank}] " if rank else ""
-    console.print(Text(f"{prefix}error: ", style="bold red") + Text(message))
+    console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(message)))
 
 
 # --------------------------------------------------------------------------- the group
@@ -996,7 +1004,9 @@ class _LogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = record.levelname.lower()
-            self.console.print(Text(f"{level}: ", style="yellow") + Text(record.getMessage()))
+            # a file name in a message may hold an escape sequence: shown escaped
+            text = terminal_text(record.getMessage())
+            self.console.print(Text(f"{level}: ", style="yellow") + Text(text))
         except Exception:  # pragma: no cover
             self.handleError(record)
 
@@ -1027,8 +1037,6 @@ def _printable(text: str) -> str:
     """``text`` on one line: control characters (a newline in a file name, a right-to-left
     override) escaped, and a name's bytes that are not UTF-8 as ``\\xe9`` (as the shell
     shows them), not Python's internal ``\\udce9`` (``fileio.display_text``)."""
-    from .fileio import display_text
-
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(text))
 
 
@@ -1440,7 +1448,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(BROKEN_PIPE_STATUS)
         if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
             raise
-        print(f"error: {_friendly_message(e)}", file=sys.stderr)
+        print(f"error: {terminal_text(_friendly_message(e))}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, bench_main
+from .cli import say_error
 from .export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -73,8 +74,7 @@ def export_cmd(
     from .weights import WeightsError, load_pretrained, model_from_file
 
     if output is not None and output_arg is not None and output != output_arg:
-        typer.echo(f"error: two outputs given ({output_arg} and -o {output}); give one",
-                   err=True)
+        say_error(f"two outputs given ({output_arg} and -o {output}); give one")
         raise typer.Exit(2)
     usage = None
     if keep_fp32 is not None and int8 is None:
@@ -82,12 +82,12 @@ def export_cmd(
     elif random_init and weights is not None:
         usage = "--random-init and --weights contradict each other; give one"
     if usage is not None:
-        typer.echo(f"error: {usage}", err=True)
+        say_error(usage)
         raise typer.Exit(2)
     try:
         check_opset(opset)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
+        say_error(str(e))
         raise typer.Exit(2) from None
     target = resolve_output(output or output_arg, model, weights, int8 is not None)
     try:
@@ -100,8 +100,8 @@ def export_cmd(
             net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
         held = [f for f in planned_outputs(net, target) if f.exists()]
         if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
-            typer.echo(f"error: {held[0]} exists; pass --overwrite to replace it, or "
-                       "choose another output", err=True)
+            say_error(f"{held[0]} exists; pass --overwrite to replace it, or "
+                       "choose another output")
             raise typer.Exit(2)
         if int8 is None:
             paths = export_onnx(net, target, opset=opset)
@@ -112,10 +112,10 @@ def export_cmd(
                                        if keep_fp32 is None else keep_fp32)
             typer.echo(json.dumps(record), err=True)
     except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
-        typer.echo(f"error: {e}", err=True)
+        say_error(str(e))
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
+        say_error(str(e))
         raise typer.Exit(1) from None
     for p in paths:
         typer.echo(str(p))
@@ -179,14 +179,14 @@ def bench_cmd(
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
     if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
         # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
-        typer.echo(f"error: --json takes a file name (or '-' for stdout), not the option "
-                   f"{json_path}", err=True)
+        say_error(f"--json takes a file name (or '-' for stdout), not the option "
+                   f"{json_path}")
         raise typer.Exit(2)
     if json_path is not None and not json_path.parent.is_dir():  # known now, not after
-        typer.echo(f"error: --json {json_path}: no folder {json_path.parent}", err=True)
+        say_error(f"--json {json_path}: no folder {json_path.parent}")
         raise typer.Exit(2)
     if json_path is not None and json_path.is_dir():  # was found after measuring
-        typer.echo(f"error: --json {json_path} is a folder; name a file in it", err=True)
+        say_error(f"--json {json_path} is a folder; name a file in it")
         raise typer.Exit(2)
     try:
         bench_main(
@@ -196,8 +196,8 @@ def bench_cmd(
             flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
         )
     except BenchError as e:
-        typer.echo(f"error: {e}", err=True)
+        say_error(str(e))
         raise typer.Exit(2) from None
     except (ValueError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
+        say_error(str(e))
         raise typer.Exit(1) from None

@@ -18,6 +18,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from .cli import say_error
+from .fileio import terminal_text
+
 #: ``--preset`` of ``derain train``, ``finetune`` and ``synth`` (see synth.check_preset)
 PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, veiled, mixed, or a comma list "
                "drawn from per image (light,mixed).")
@@ -68,6 +71,10 @@ def _errors() -> Iterator[None]:
 
     rank = int(os.environ.get("RANK", "0"))
     prefix = f"[rank {rank}] " if rank else ""
+
+    def say(e: BaseException) -> None:
+        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(_msg(e))))
+
     try:
         yield
     except typer.Exit:
@@ -80,19 +87,19 @@ def _errors() -> Iterator[None]:
         if stdout_gone():  # the reader went away (derain eval ... --json | head): quiet
             silence_stdout()
             raise typer.Exit(BROKEN_PIPE_STATUS) from None
-        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))  # another
-        raise typer.Exit(1) from None  # pipe (a data loader's): an error to report
+        say(e)  # another pipe (a data loader's): an error to report
+        raise typer.Exit(1) from None
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
             NotADirectoryError, OptionError) as e:
         if _debug():
             raise
-        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
+        say(e)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
             ValueError, OSError) as e:
         if _debug():
             raise
-        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(_msg(e)))
+        say(e)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # training says where it stopped itself; under torchrun rank 0 speaks for all
@@ -518,11 +525,11 @@ def synth_cmd(
     from .evaluate import synth_pairs
 
     if out is not None and out_arg is not None and out != out_arg:
-        typer.echo(f"error: two outputs given ({out_arg} and -o {out}); give one", err=True)
+        say_error(f"two outputs given ({out_arg} and -o {out}); give one")
         raise typer.Exit(2)
     out = out or out_arg
     if out is None:
-        typer.echo("error: no output folder: give -o PAIRS_DIR", err=True)
+        say_error("no output folder: give -o PAIRS_DIR")
         raise typer.Exit(2)
     with _errors():
         n = synth_pairs(clean, out, preset=preset, count=count, seed=seed, overwrite=overwrite)

@@ -162,6 +162,15 @@ def display_text(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def terminal_text(text: str) -> str:
+    """``text`` (a message that may quote a file name) as a terminal may be given it: its
+    line breaks kept, every other control character escaped (``\\x1b``: a name holding an
+    escape sequence could recolour or clear the screen) and non-UTF-8 bytes as ``\\xe9``
+    (:func:`display_text`)."""
+    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(line))
+                     for line in text.split("\n"))
+
+
 def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
     """Why files cannot be written into ``folder`` (made first where missing), or None when
     they can, as far as the permissions say; nothing is created. Checked before any work,

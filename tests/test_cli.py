@@ -1051,6 +1051,23 @@ def test_names_that_are_not_utf8_are_shown_as_the_shell_shows_them(
     assert "caf\\xe9_derained.png" in r.stderr and "\\udce9" not in r.stderr
 
 
+def test_warnings_show_names_escaped_too(tmp_path: Path, tiny_weights: Path) -> None:
+    """The "wrote" lines escaped a name's control characters but warnings and errors
+    printed them raw: a folder named with an escape sequence could recolour or clear the
+    user's terminal."""
+    pics = tmp_path / "pics\x1b[2J"
+    _img(pics / "a.png")
+    (pics / "sub").mkdir()  # warned about: not entered without -r
+    r = derain(pics, "--weights", tiny_weights, "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert "pics\\x1b[2J: 1 subfolder(s) not entered" in r.stderr
+    assert "\x1b[2J" not in r.stderr
+    for args in (("eval", "--model", "identity", "--data", tmp_path / "no\x1b[2J"),
+                 ("synth", tmp_path / "no\x1b[2J", "-o", tmp_path / "p")):
+        r = derain(*args)  # and errors, the subcommands' too
+        assert r.exit_code == 2 and "no\\x1b[2J" in r.stderr and "\x1b" not in r.stderr, args
+
+
 def test_a_narrow_terminal_gets_the_summary_as_a_line(tmp_path: Path) -> None:
     """An audit: at 20 columns the table's failed count showed as '…'."""
     import io
