@@ -391,7 +391,7 @@ def distill_cmd(
         except DistillError as e:
             raise _usage_error(str(e)) from None
         b, a = r.before, r.after
-        _err.print(f"{r.steps} steps in {r.wall_s:.0f} s -> {r.weights}\n"
+        _err.print(f"{r.steps} steps in {r.wall_s:.0f} s -> {terminal_text(str(r.weights))}\n"
                    f"held-out PSNR: student {b['student_psnr']:.2f} -> {a['student_psnr']:.2f} "
                    f"dB (teacher {a['teacher_psnr']:.2f}); agreement with the teacher "
                    f"{b['agreement_psnr']:.1f} -> {a['agreement_psnr']:.1f} dB")
@@ -427,7 +427,8 @@ def grow_cmd(
         how = ("the same output" if r.exact else
                "not the same output: RDMC's added recursion reuses its weights")
         _err.print(f"{r.source} ({r.source_params / 1e6:.2f} M parameters) grown into "
-                   f"{r.target} ({r.target_params / 1e6:.2f} M) -> {r.weights}\n"
+                   f"{r.target} ({r.target_params / 1e6:.2f} M) -> "
+                   f"{terminal_text(str(r.weights))}\n"
                    f"{how}: max |difference| {r.max_abs_diff:.1e}, agreement "
                    f"{r.agreement_db:.1f} dB on a probe image (fp32)")
 

@@ -67,8 +67,10 @@ def warn_skipped(path: Path, reason: str) -> None:
     ``DataError`` text, which starts with the path)."""
     import sys
 
+    from .fileio import terminal_text
+
     text = reason if reason.startswith(str(path)) else f"{path}: {reason}"
-    print(f"warning: {text}; skipped", file=sys.stderr, flush=True)
+    print(f"warning: {terminal_text(text)}; skipped", file=sys.stderr, flush=True)
 
 
 def load_photos(

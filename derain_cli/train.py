@@ -1691,7 +1691,10 @@ def _export(
 def _say(msg: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True, markup=False).print(msg)
+    from .fileio import terminal_text
+
+    # a message may name a photo found in a folder: its control characters escaped
+    Console(stderr=True, highlight=False, soft_wrap=True, markup=False).print(terminal_text(msg))
 
 
 class _Progress:

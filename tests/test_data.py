@@ -144,6 +144,15 @@ def test_unlabeled_skips_an_unreadable_photo_with_one_warning(clean_dir, capsys)
     assert "empty.png" in lines[1]
 
 
+def test_a_skipped_photos_name_is_shown_escaped(clean_dir, capsys):
+    """A photo named with an escape sequence found in a training folder reached the
+    terminal raw through the skip warning."""
+    (clean_dir / "x\x1b[2J.jpg").write_text("not an image")
+    D.UnlabeledDataset([clean_dir], patch=16, seed=0)
+    err = capsys.readouterr().err
+    assert "x\\x1b[2J.jpg: cannot read image" in err and "\x1b" not in err
+
+
 def test_load_photos_downscales_and_fails_clearly_when_nothing_is_readable(clean_dir,
                                                                           tmp_path):
     """``finetune --rainy DIR`` loads through ``load_photos``: skip, shrink, or say why not."""
