@@ -160,7 +160,8 @@ def train_cmd(
     workers: Annotated[int | None, typer.Option(
         help="Data-loading processes (default: 0 on CPUs, up to 4 on GPUs).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
-    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    ckpt_every: Annotated[int, typer.Option(
+        help="Checkpoint every N steps (and at least every 10 minutes).")] = 500,
     log_every: Annotated[int, typer.Option(help="Log (log.jsonl) every N steps.")] = 10,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out, with its own settings (data, model, "

@@ -11,7 +11,8 @@ Run folder (``out``):
 
 * ``last.pt``: everything needed to resume exactly (model, EMA, optimizer, schedule step,
   auxiliary feature network, torch/numpy/python/CUDA RNG states, best score, config), written
-  atomically every ``ckpt_every`` steps, at a time-budget stop and at the end. Plain tensors and
+  atomically every ``ckpt_every`` steps (and at least every :data:`CKPT_MAX_INTERVAL_S`
+  seconds), at a time-budget stop and at the end. Plain tensors and
   containers only: ``torch.load(path, weights_only=True)`` reads it.
 * ``best.pt``: the same, at the best validation PSNR so far.
 * ``log.jsonl``: one JSON object per logged step / validation; ``curves.png``: loss and val
@@ -71,6 +72,14 @@ class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, after the checkpoint was saved and the user told so."""
 
     reported = True
+
+
+#: Rank 0 also checkpoints when this many seconds passed since its last checkpoint, whatever
+#: ``ckpt_every`` says. Why: a run killed without a signal to catch (kill -9, the OOM killer,
+#: a power cut) lost up to a whole interval, many minutes on a CPU (500 steps of a big
+#: model); now at most this long. Saving does not touch the random streams, so an
+#: exact resume is unchanged. Other ranks do not wait for it (no barrier).
+CKPT_MAX_INTERVAL_S = 600.0
 
 
 @dataclass
@@ -1521,6 +1530,7 @@ def _train(
     bad_steps = 0
     t_window, n_window = time.time(), 0
     budget_t0 = time.time() - (wall_before if cfg.time_budget else 0.0)
+    t_saved = time.time()  # rank 0's last checkpoint (or the start): see CKPT_MAX_INTERVAL_S
     progress = _Progress(enabled=is_main and not cfg.quiet, total=total, start=step,
                          budget_end=budget_t0 + cfg.time_budget if cfg.time_budget else None)
 
@@ -1591,8 +1601,10 @@ def _train(
                 do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
                 if do_val and is_main:
                     last_val = validate_and_keep_best()
-                if is_main and (step % cfg.ckpt_every == 0 or step == total or stop):
+                overdue = time.time() - t_saved >= CKPT_MAX_INTERVAL_S
+                if is_main and (step % cfg.ckpt_every == 0 or step == total or stop or overdue):
                     save_last()
+                    t_saved = time.time()
                 if world > 1 and (do_val or step % cfg.ckpt_every == 0):
                     dist.barrier()
                 t_window += time.time() - t_paused

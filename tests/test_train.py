@@ -194,10 +194,26 @@ def test_resume_is_bitwise_exact(data, tmp_path, features):
     assert resumed.losses == full.losses[5:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").open()]
     assert steps == list(range(1, 11))  # no duplicated or lost log lines
-    # (file bytes may differ: safetensors writes its metadata map in hash order)
     ta = load_file(tmp_path / "a" / "model.safetensors")
     tb = load_file(tmp_path / "b" / "model.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_a_long_interval_still_checkpoints_every_few_minutes(data, tmp_path, monkeypatch):
+    """A run killed without a signal to catch (kill -9) lost its whole --ckpt-every
+    interval, many minutes on a CPU; rank 0 now also saves once CKPT_MAX_INTERVAL_S has
+    passed, and the resume from that save is still exact."""
+    monkeypatch.setattr(T, "CKPT_MAX_INTERVAL_S", 0.0)  # every step is overdue
+    kw = dict(steps=4, ckpt_every=1000)
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    with pytest.raises(_Kill):
+        T.train(_cfg(data, tmp_path / "b", **kw), _hooks={"after_step": _kill_at(3)})
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+    resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    assert resumed.losses == full.losses[3:]
+    _assert_same_checkpoints(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
 
 
 def test_ctrl_c_in_the_forward_resumes_exactly(data, tmp_path, monkeypatch):
