@@ -1485,6 +1485,7 @@ def _train(
             "wall_time_s": wall_before + time.time() - t_start,
             "hardware_segments": segments_now(),
             "data": data_count,  # a resume says when the data changed in between
+            "val_pending": validating,  # a Ctrl-C during this step's validation
         }
 
     def save_last() -> None:
@@ -1498,16 +1499,19 @@ def _train(
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
         and keep it as best.pt when it is the best so far. The best score is recorded only
         once best.pt holds it: a Ctrl-C during that write left last.pt and the manifest
-        naming a best step that best.pt was not (an audit)."""
-        nonlocal best_psnr, best_step
+        naming a best step that best.pt was not (an audit). A Ctrl-C anywhere in here
+        leaves ``validating`` set: the checkpoint says so and the resume validates again."""
+        nonlocal best_psnr, best_step, validating
+        validating = True
         calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
         scores = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
                           crop=cfg.val_crop, cache=setup.val_cache,
                           rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
         improved = best_psnr is None or scores["psnr"] > best_psnr
-        log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
-                   "val_ssim": scores["ssim"], "val_count": scores["count"],
-                   "time_s": wall_before + time.time() - t_start})
+        if not any(r.get("kind") == "val" and r.get("step") == step for r in log.records):
+            log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
+                       "val_ssim": scores["ssim"], "val_count": scores["count"],
+                       "time_s": wall_before + time.time() - t_start})
         progress.note(f"step {step}: val PSNR {scores['psnr']:.2f} dB, "
                       f"SSIM {scores['ssim']:.4f}" + (" (best)" if improved else ""))
         if improved:  # with the network validation scored, BN statistics re-estimated:
@@ -1521,8 +1525,10 @@ def _train(
                 best_psnr, best_step = before
                 raise
         plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
+        validating = False
         return scores
 
+    validating = False  # inside validate_and_keep_best (for the checkpoint)
     losses_seen: list[float] = []
     last_val: dict[str, float] | None = None
     stopped_early = False
@@ -1541,6 +1547,9 @@ def _train(
     it_u = iter(uloader) if uloader is not None else None
     try:
         with progress:
+            if (ckpt is not None and ckpt.get("val_pending") and cfg.val and is_main
+                    and not finishing):  # the validation a Ctrl-C cut short, redone
+                last_val = validate_and_keep_best()
             for batch in loader:
                 frac = None
                 if cfg.time_budget:

@@ -1741,3 +1741,31 @@ def test_a_file_system_without_locks_trains_unguarded(data, tmp_path, monkeypatc
     monkeypatch.setattr(fcntl, "flock", no_locks)
     assert T.train(_cfg(data, tmp_path / "r", steps=1)).steps == 1
     assert "cannot be locked (No locks available)" in capsys.readouterr().err
+
+
+def test_a_validation_cut_short_is_redone_on_resume(data, tmp_path, monkeypatch):
+    """A Ctrl-C during step 3's validation saved step 3 and the resume went on to step 4:
+    that validation never happened, and best.pt could miss the best step."""
+    kw = dict(steps=6, val=str(data["val"]), val_every=3)
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    real, calls = T.validate, []
+
+    def cut_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "validate", cut_once)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, tmp_path / "b", **kw))
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["val_pending"]
+    resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, (tmp_path / "b" / "log.jsonl")
+            .read_text().splitlines()) if r["kind"] == "val"]
+    wanted = [(r["step"], r["val_psnr"]) for r in map(json.loads, (tmp_path / "a" / "log.jsonl")
+              .read_text().splitlines()) if r["kind"] == "val"]
+    assert vals == wanted and [s for s, _ in vals] == [3, 6]
+    assert resumed.best_psnr == full.best_psnr
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["step"] == \
+        torch.load(tmp_path / "a" / "best.pt", weights_only=True)["step"]
