@@ -109,11 +109,20 @@ class DistillConfig:
 
 #: What a finished run leaves in its folder (``last.pt``: a ``derain train`` run).
 RUN_FILES = ("model.safetensors", "manifest_entry.json", "last.pt")
+#: What only a ``derain train`` (or ``finetune``) run leaves: its checkpoints and lock.
+TRAIN_RUN_FILES = ("last.pt", "best.pt", ".derain-run.lock")
 
 
 def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Refuse an ``out`` folder that already holds a run, before any work: minutes of
-    distillation would otherwise silently replace an earlier model."""
+    distillation would otherwise silently replace an earlier model. A ``derain train`` run
+    is refused even with ``overwrite``: its checkpoints and log would stay beside another
+    model, and its ``--resume`` would take them for its own."""
+    trained = [f for f in TRAIN_RUN_FILES if (Path(out) / f).exists()]
+    if trained:
+        raise DistillError(
+            f"{out} holds a derain train run ({', '.join(trained)}); a distilled model there "
+            "would sit beside that run's checkpoints: choose another --out")
     if overwrite:
         return
     held = [f for f in RUN_FILES if (Path(out) / f).exists()]

@@ -274,6 +274,11 @@ def test_an_existing_run_is_not_overwritten(setup, tmp_path):
                                     overwrite=True))
     assert r.weights == out / "model.safetensors"
     assert isinstance(model_from_file(r.weights), SemiDRDNet)
+    (out / "best.pt").write_bytes(b"a train run's checkpoint")  # --overwrite or not:
+    for overwrite in (False, True):  # its checkpoints would stay beside another model
+        with pytest.raises(DistillError, match=r"holds a derain train run \(best\.pt\)"):
+            distill(dataclasses.replace(_cfg(root, weights, "unused", steps=1), out=str(out),
+                                        overwrite=overwrite))
 
 
 def test_a_teacher_file_is_a_file_however_it_is_named(setup, tmp_path, monkeypatch):
