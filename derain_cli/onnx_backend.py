@@ -332,12 +332,21 @@ class ShapedSessions:
         self.specialise = self.provider == "CPUExecutionProvider"
         self._shape: tuple[int, ...] | None = None  # of the specialised session
         self._session = None
+        # a Derainer may be shared by threads: the check, the swap and the return are one
+        # step (CPython's GIL left the window too short to hit: 4 threads x 20000 calls
+        # of alternating shapes all got their own shape's session; a free-threaded build
+        # has no GIL)
+        self._lock = threading.Lock()
 
     def get(self, image_shape: tuple[int, ...]) -> Any:
         """The session for a ``(batch, 3, height, width)`` input."""
         key = (image_shape[0], image_shape[2], image_shape[3])
         if not self.specialise or key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:
             return self.dynamic
+        with self._lock:
+            return self._specialised(key)
+
+    def _specialised(self, key: tuple[int, int, int]) -> Any:
         if key != self._shape:
             self._session = self._shape = None  # release the old arena before building
             opts = self._make_opts()  # overrides accumulate on an options object
