@@ -459,7 +459,7 @@ def run_cmd(
     ] = None,
     output: Annotated[
         str | None,  # a str, not a Path: a trailing "/" (a folder, whatever the name) survives
-        typer.Option("-o", "--output", show_default=False, rich_help_panel=OUT,
+        typer.Option("-o", "--output", "--out", show_default=False, rich_help_panel=OUT,
                      metavar="PATH",
                      help="Output file (single input only) or folder (end it with / to say "
                           "so). \\[default: NAME_derained.EXT beside each input]"),

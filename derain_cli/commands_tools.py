@@ -32,7 +32,7 @@ def export_cmd(
         help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
     ] = None,
     output: Annotated[str | None, typer.Option(
-        "-o", "--output", show_default=False,
+        "-o", "--output", "--out", show_default=False,
         help="Output .onnx file (.onnx is appended when missing; missing folders are "
              "created), or a folder to write MODEL.onnx in (existing, or ending in /). "
              "Semi-DRDNet also writes <stem>.stats.onnx next to it.")

@@ -140,7 +140,8 @@ def train_cmd(
     val_clean_dir: ValCleanOption = None,
     val_limit: Annotated[int, typer.Option(help="Validate on at most N pairs.")] = 20,
     val_crop: Annotated[int | None, typer.Option(help="Center-crop val images to N px.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option(
+        "--out", "--output", "-o", help="Run folder.")] = Path("runs/train"),
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default 10000).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs instead of --steps.")] = None,
     batch: Annotated[int | None, typer.Option(
@@ -259,7 +260,7 @@ def finetune_cmd(
         exists=True, dir_okay=False, help="Start from this weights file.")] = None,
     clean: Annotated[Path | None, typer.Option(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Run folder.")] =
     Path("runs/finetune"),
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     clean_fraction: CleanFractionOption = 0.0,
@@ -353,7 +354,7 @@ def distill_cmd(
     real: Annotated[Path | None, typer.Option(
         help="Rainy photos of your own, mixed into the crops (no ground truth needed).")] =
     None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] =
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Run folder.")] =
     Path("runs/distill"),
     steps: Annotated[int, typer.Option(
         min=1, help="Training steps (300: about 6 minutes for semi-drdnet-tiny on a 2-core "
@@ -406,7 +407,8 @@ def grow_cmd(
         "--to", show_default=False, help="The registered model to grow into (e.g. "
         "semi-drdnet, rdmc): the same architecture, as wide and deep or more.")],
     out: Annotated[Path, typer.Option(
-        "--output", "-o", show_default=False, help="Weights file to write (.safetensors).")],
+        "--output", "--out", "-o", show_default=False,
+        help="Weights file to write (.safetensors).")],
     seed: Annotated[int, typer.Option(
         min=0, max=SEED_MAX, help="Seed of the new weights' initialisation.")] = 0,
     calib: Annotated[str | None, typer.Option(
@@ -513,7 +515,7 @@ def synth_cmd(
     out_arg: Annotated[Path | None, typer.Argument(
         metavar="OUT", show_default=False, help="Output folder, as -o.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "-o", "--output", show_default=False,
+        "-o", "--output", "--out", show_default=False,
         help="Output folder (rainy/ + clean/).")] = None,
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     count: Annotated[int | None, typer.Option(

@@ -78,6 +78,19 @@ def test_lazy_subcommands_listed_and_loaded() -> None:
     assert r.exit_code == 0 and f"Usage: derain {present[0]}" in r.stdout
 
 
+@pytest.mark.parametrize("command", ["", "train", "finetune", "distill", "grow", "synth",
+                                     "export"])
+def test_every_command_takes_its_output_as_o_out_and_output(command: str) -> None:
+    """train, finetune and distill took --out, the others --output: `derain train --output
+    runs/x` was "No such option". Both names now, and -o, wherever something is written."""
+    r = runner.invoke(app, [command, "--help"] if command else ["--help"],
+                      env={"COLUMNS": "160"})  # the option's names on one line
+    assert r.exit_code == 0, r.output
+    names = re.search(r"(-o, )?(--out(put)?,--out(put)?)\s+(-o)?", r.stdout)
+    assert names and set(names.group(2).split(",")) == {"--out", "--output"}, r.stdout
+    assert "-o" in (names.group(1) or "") + (names.group(5) or "")
+
+
 def test_help_shows_plain_argument_and_option_types() -> None:
     """Typer would print ``Usage: derain synth [OPTIONS] {CLEAN} [OUT]`` and ``--pairs
     <list[Path]>``; users read a bare CLEAN and one path per repeat of the option."""
