@@ -1383,7 +1383,7 @@ def _train(
     t_start = time.time()
     _refuse_unresumable(cfg, hooks)
     setup = _settle(cfg, hooks, local, world, is_main)
-    device, name, arch, conf = setup.device, setup.name, setup.arch, setup.conf
+    device = setup.device
     out = Path(setup.cfg.out)
     if is_main:
         held.enter_context(_lock_run(out))
@@ -1396,7 +1396,7 @@ def _train(
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     features, feat_label = _contrast_features(cfg, world, is_main)
-    labeled, unlabeled, unl = _datasets(cfg, hooks, arch, features, is_main)
+    labeled, unlabeled, unl = _datasets(cfg, hooks, setup.arch, features, is_main)
     data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
     if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
         _say(f"warning: --resume: the training data changed since the checkpoint "
@@ -1410,268 +1410,340 @@ def _train(
         torch.backends.cudnn.allow_tf32 = True
     total, finishing = _run_length(cfg, len(labeled), world, ckpt, out)
     learner = _Learner(setup, features, unl, world, is_main, hooks)
-    model, ema, criterion = learner.model, learner.ema, learner.criterion
-
-    step, best_psnr, best_step, wall_before = 0, None, None, 0.0
-    #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
-    segments_before: list[dict[str, Any]] = []
-    if ckpt is not None:
-        learner.restore(ckpt)
-        step = int(ckpt["step"])
-        best_psnr = ckpt.get("best_psnr")
-        best_step = ckpt.get("best_step")
-        wall_before = float(ckpt.get("wall_time_s", 0.0))
-        # checkpoints before 2026-12-03 did not say where they trained
-        segments_before = list(ckpt.get("hardware_segments") or (
-            [{"hardware": _UNRECORDED, "from": 0, "to": step}] if step else []))
-        _set_rng_state(ckpt["rng"])
-
-    log = _RunLog(out / "log.jsonl", is_main, step if ckpt is not None else None)
-    segment_start, hardware = step, _hardware(device, world, learner.amp_label)
-    def write_config() -> None:
-        atomic_write_text(out / "config.json",
-                          json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
-
+    run = _Run(setup, learner, ckpt, total, finishing, rank, world, is_main, hooks, t_start,
+               labeled, unlabeled if unl else None, data_count)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        run.start(feat_label, unlabeled)
+    run.steps()
+    return run.finish()
+
+
+class _Run:
+    """One training run from its first (or resumed) step to its export: the step count,
+    the best validation, the log, the checkpoints, the loop. (These were closures over
+    ``_train``'s locals.) What happens, and in which order, is fixed: the random streams,
+    and so an exact resume, depend on it."""
+
+    def __init__(self, setup: _Setup, learner: _Learner, ckpt: dict[str, Any] | None,
+                 total: int, finishing: bool, rank: int, world: int, is_main: bool,
+                 hooks: dict[str, Callable[..., Any]], t_start: float, labeled: Any,
+                 unlabeled: Any, data_count: dict[str, int]) -> None:
+        self.setup, self.cfg, self.learner = setup, setup.cfg, learner
+        self.out = Path(setup.cfg.out)
+        self.ckpt, self.total, self.finishing = ckpt, total, finishing
+        self.rank, self.world, self.is_main, self.hooks = rank, world, is_main, hooks
+        self.t_start, self.data_count = t_start, data_count
+        self.labeled, self.unlabeled = labeled, unlabeled  # unlabeled: None when unused
+        self.step, self.wall_before = 0, 0.0
+        self.best_psnr: float | None = None
+        self.best_step: int | None = None
+        #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
+        self.segments_before: list[dict[str, Any]] = []
+        if ckpt is not None:
+            learner.restore(ckpt)
+            self.step = int(ckpt["step"])
+            self.best_psnr = ckpt.get("best_psnr")
+            self.best_step = ckpt.get("best_step")
+            self.wall_before = float(ckpt.get("wall_time_s", 0.0))
+            # checkpoints before 2026-12-03 did not say where they trained
+            self.segments_before = list(ckpt.get("hardware_segments") or (
+                [{"hardware": _UNRECORDED, "from": 0, "to": self.step}] if self.step else []))
+            _set_rng_state(ckpt["rng"])
+        self.log = _RunLog(self.out / "log.jsonl", is_main,
+                           self.step if ckpt is not None else None)
+        self.segment_start = self.step
+        self.hardware = _hardware(setup.device, world, learner.amp_label)
+        self.validating = False  # inside validate_and_keep_best (for the checkpoint)
+        self.last_val: dict[str, float] | None = None
+        self.losses_seen: list[float] = []
+        self.stopped_early = False
+        # BatchNorm re-estimation before validation and export; frozen statistics stay
+        self.recalib = 0 if self.cfg.freeze_bn else self.cfg.bn_recalib
+
+    def write_config(self) -> None:
+        atomic_write_text(self.out / "config.json", json.dumps(
+            dataclasses.asdict(self.cfg), indent=2, sort_keys=True) + "\n")
+
+    def start(self, feat_label: str, unlabeled: Any) -> None:
+        """Rank 0: the run folder, its settings and the banner."""
+        cfg, ckpt = self.cfg, self.ckpt
+        self.out.mkdir(parents=True, exist_ok=True)
         if ckpt is None:  # a resumed run's settings replace the run's own once it has
-            write_config()  # checkpointed at them (a resume cut at its banner kept them)
-        if "run_started" in hooks and ckpt is None:  # finetune's own settings, for its
-            hooks["run_started"](out)  # --resume (a resumed run's: once it has stepped)
+            self.write_config()  # checkpointed at them (a resume cut at its banner kept them)
+        if "run_started" in self.hooks and ckpt is None:  # finetune's own settings, for
+            self.hooks["run_started"](self.out)  # its --resume (a resumed run's: once stepped)
         if not cfg.quiet:
-            _say(f"training {name} ({arch}) on {device} x{world}; data: {labeled.describe()}"
+            s = self.setup
+            _say(f"training {s.name} ({s.arch}) on {s.device} x{self.world}; data: "
+                 f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
-                 + f"{total} steps, batch {cfg.batch}x{world}, patch {cfg.patch}, "
-                 + learner.amp_label
-                 + (f"; resuming at step {step}" if step else "")
-                 + ("; every step done: validating and exporting" if finishing else ""))
+                 + f"{self.total} steps, batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
+                 + self.learner.amp_label
+                 + (f"; resuming at step {self.step}" if self.step else "")
+                 + ("; every step done: validating and exporting" if self.finishing else ""))
 
-    sampler = D.StepBatchSampler(len(labeled), cfg.batch, seed=cfg.seed, rank=rank,
-                                 world=world, start_step=step, total_steps=total)
-    pin = device.type == "cuda"
-    loader = D.make_loader(labeled, sampler, workers=cfg.workers, pin_memory=pin)
-    uloader = None
-    if unl and unlabeled is not None:
-        usampler = D.StepBatchSampler(len(unlabeled), cfg.batch, seed=cfg.seed + 1, rank=rank,
-                                      world=world, start_step=step, total_steps=total)
-        uloader = D.make_loader(unlabeled, usampler, workers=cfg.workers, pin_memory=pin)
-
-    def segments_now() -> list[dict[str, Any]]:
+    def segments_now(self) -> list[dict[str, Any]]:
         """Where this run has trained, segment by segment, up to ``step``."""
-        return segments_before + ([{"hardware": hardware, "from": segment_start, "to": step}]
-                                  if step > segment_start else [])
+        return self.segments_before + (
+            [{"hardware": self.hardware, "from": self.segment_start, "to": self.step}]
+            if self.step > self.segment_start else [])
 
-    boundary = boundary_state(model, criterion)
-
-    def checkpoint_obj() -> dict[str, Any]:
-        aux = criterion.aux_state()
+    def checkpoint_obj(self) -> dict[str, Any]:
+        learner, s, step = self.learner, self.setup, self.step
+        aux = learner.criterion.aux_state()
         if aux:
-            aux["gen"] = boundary["gen"]
-        weights = model.state_dict()
-        weights.update({k: v for k, v in boundary["buffers"].items() if k in weights})
+            aux["gen"] = self.boundary["gen"]
+        weights = learner.model.state_dict()
+        weights.update({k: v for k, v in self.boundary["buffers"].items() if k in weights})
         return {
             "format": CKPT_FORMAT,
-            "config": cfg.to_json(),
-            "name": name, "arch": arch, "model_config": json.dumps(conf),
-            "world": world,  # processes: a resume with another count is warned about
-            "step": step, "epoch": sampler.epoch_of(step),
-            "model": weights, "ema": ema.state_dict(),
+            "config": self.cfg.to_json(),
+            "name": s.name, "arch": s.arch, "model_config": json.dumps(s.conf),
+            "world": self.world,  # processes: a resume with another count is warned about
+            "step": step, "epoch": self.sampler.epoch_of(step),
+            "model": weights, "ema": learner.ema.state_dict(),
             "optimizer": learner.opt.state_dict(),
-            "scheduler": {"step": step, "total": total, "lr": cfg.lr},
+            "scheduler": {"step": step, "total": self.total, "lr": self.cfg.lr},
             "aux": aux,
-            "rng": boundary["rng"],
-            "best_psnr": best_psnr, "best_step": best_step,
-            "wall_time_s": wall_before + time.time() - t_start,
-            "hardware_segments": segments_now(),
-            "data": data_count,  # a resume says when the data changed in between
-            "val_pending": validating,  # a Ctrl-C during this step's validation
+            "rng": self.boundary["rng"],
+            "best_psnr": self.best_psnr, "best_step": self.best_step,
+            "wall_time_s": self.wall_time(),
+            "hardware_segments": self.segments_now(),
+            "data": self.data_count,  # a resume says when the data changed in between
+            "val_pending": self.validating,  # a Ctrl-C during this step's validation
         }
 
-    def save_last() -> None:
-        _atomic_torch_save(checkpoint_obj(), out / "last.pt")
-        if ckpt is not None:
-            write_config()
-            if "run_started" in hooks:
-                hooks["run_started"](out)
+    def wall_time(self) -> float:
+        """Seconds this run has taken, earlier segments included."""
+        return self.wall_before + time.time() - self.t_start
 
-    def validate_and_keep_best() -> dict[str, float]:
+    def save_last(self) -> None:
+        _atomic_torch_save(self.checkpoint_obj(), self.out / "last.pt")
+        if self.ckpt is not None:
+            self.write_config()
+            if "run_started" in self.hooks:
+                self.hooks["run_started"](self.out)
+
+    def validate_and_keep_best(self) -> dict[str, float]:
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
         and keep it as best.pt when it is the best so far. The best score is recorded only
         once best.pt holds it: a Ctrl-C during that write left last.pt and the manifest
         naming a best step that best.pt was not (an audit). A Ctrl-C anywhere in here
         leaves ``validating`` set: the checkpoint says so and the resume validates again."""
-        nonlocal best_psnr, best_step, validating
-        validating = True
-        calibrated = _recalibrated(ema, labeled, recalib, cfg.seed, device)
-        scores = validate(calibrated, cfg.val, device=device, limit=cfg.val_limit,
-                          crop=cfg.val_crop, cache=setup.val_cache,
+        cfg, s, step = self.cfg, self.setup, self.step
+        self.validating = True
+        calibrated = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
+                                   s.device)
+        scores = validate(calibrated, cfg.val, device=s.device, limit=cfg.val_limit,
+                          crop=cfg.val_crop, cache=s.val_cache,
                           rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
-        improved = best_psnr is None or scores["psnr"] > best_psnr
-        if not any(r.get("kind") == "val" and r.get("step") == step for r in log.records):
-            log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
-                       "val_ssim": scores["ssim"], "val_count": scores["count"],
-                       "time_s": wall_before + time.time() - t_start})
-        progress.note(f"step {step}: val PSNR {scores['psnr']:.2f} dB, "
-                      f"SSIM {scores['ssim']:.4f}" + (" (best)" if improved else ""))
+        improved = self.best_psnr is None or scores["psnr"] > self.best_psnr
+        if not any(r.get("kind") == "val" and r.get("step") == step for r in self.log.records):
+            self.log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
+                            "val_ssim": scores["ssim"], "val_count": scores["count"],
+                            "time_s": self.wall_time()})
+        self.progress.note(f"step {step}: val PSNR {scores['psnr']:.2f} dB, "
+                           f"SSIM {scores['ssim']:.4f}" + (" (best)" if improved else ""))
         if improved:  # with the network validation scored, BN statistics re-estimated:
             # what `derain --weights best.pt` then runs
-            before = best_psnr, best_step
-            best_psnr, best_step = scores["psnr"], step
+            before = self.best_psnr, self.best_step
+            self.best_psnr, self.best_step = scores["psnr"], step
             try:
-                _atomic_torch_save({**checkpoint_obj(), "validated": calibrated.state_dict()},
-                                   out / "best.pt")
+                _atomic_torch_save({**self.checkpoint_obj(),
+                                    "validated": calibrated.state_dict()}, self.out / "best.pt")
             except BaseException:
-                best_psnr, best_step = before
+                self.best_psnr, self.best_step = before
                 raise
-        plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
-        validating = False
+        plot_curves(self.log.records, self.out / "curves.png", has_val=bool(cfg.val))
+        self.validating = False
         return scores
 
-    validating = False  # inside validate_and_keep_best (for the checkpoint)
-    losses_seen: list[float] = []
-    last_val: dict[str, float] | None = None
-    stopped_early = False
-    window: list[float] = []
-    bad_steps = 0
-    t_window, n_window = time.time(), 0
-    budget_t0 = time.time() - (wall_before if cfg.time_budget else 0.0)
-    t_saved = time.time()  # rank 0's last checkpoint (or the start): see CKPT_MAX_INTERVAL_S
-    progress = _Progress(enabled=is_main and not cfg.quiet, total=total, start=step,
-                         budget_end=budget_t0 + cfg.time_budget if cfg.time_budget else None)
+    def steps(self) -> None:
+        """Train from ``step`` to the end (or the time budget); a Ctrl-C saves the
+        checkpoint and raises TrainInterrupted."""
+        cfg, learner, device, world = self.cfg, self.learner, self.setup.device, self.world
+        total, labeled, unlabeled = self.total, self.labeled, self.unlabeled
+        self.sampler = D.StepBatchSampler(len(labeled), cfg.batch, seed=cfg.seed,
+                                          rank=self.rank, world=world, start_step=self.step,
+                                          total_steps=total)
+        pin = device.type == "cuda"
+        loader = D.make_loader(labeled, self.sampler, workers=cfg.workers, pin_memory=pin)
+        uloader = None
+        if unlabeled is not None:
+            usampler = D.StepBatchSampler(len(unlabeled), cfg.batch, seed=cfg.seed + 1,
+                                          rank=self.rank, world=world, start_step=self.step,
+                                          total_steps=total)
+            uloader = D.make_loader(unlabeled, usampler, workers=cfg.workers, pin_memory=pin)
+        self.boundary = boundary_state(learner.model, learner.criterion)
 
-    model.train()
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
-    recalib = 0 if cfg.freeze_bn else cfg.bn_recalib  # re-estimating would unfreeze them
-    it_u = iter(uloader) if uloader is not None else None
-    try:
-        with progress:
-            if (ckpt is not None and ckpt.get("val_pending") and cfg.val and is_main
-                    and not finishing):  # the validation a Ctrl-C cut short, redone
-                last_val = validate_and_keep_best()
-            for batch in loader:
-                frac = None
-                if cfg.time_budget:
-                    frac = min(1.0, (time.time() - budget_t0) / cfg.time_budget)
-                lr = lr_at(cfg, step, total, frac)
-                learner.set_lr(lr)
-                criterion.ramp(step)
-                loss, parts = learner.loss(batch, it_u)
-                gnorm, finite = learner.backward(loss)
-                # a Ctrl-C that lands in here waits for the update to finish: a checkpoint
-                # taken halfway (weights stepped, EMA not, step counted) would not resume
-                # exactly
-                with _interrupt_after_block():
-                    step += 1
-                    if not finite:  # skipped; given up only when it keeps happening
-                        learner.skip()
-                        bad_steps += 1
-                        log.write({"kind": "skip", "step": step, "loss": float(loss.detach()),
-                                   "grad_norm": float(gnorm)})
-                        progress.note(f"step {step}: non-finite loss/gradient, update skipped")
-                        if bad_steps >= 20:
-                            raise TrainError(f"loss or gradients non-finite for {bad_steps} "
-                                             f"steps in a row (step {step}); lower --lr "
-                                             "or use --amp fp32")
-                    else:
-                        bad_steps = 0
-                        learner.update(step, lr)
-                        # the logged loss leaves out the self-feature encoder's own objective
-                        lv = float(loss.detach()) - parts.get("enc", 0.0)
-                        losses_seen.append(lv)
-                        window.append(lv)
-                    boundary = boundary_state(model, criterion)
-                n_window += batch["rainy"].shape[0] * world
-                logged = None
-                if step % cfg.log_every == 0 or step == total:  # every rank: a collective
-                    logged = _mean_over_ranks(window, world, device)
-                if logged is not None:
-                    dt = max(time.time() - t_window, 1e-9)
-                    rec = {"kind": "train", "step": step, "loss": logged,
-                           "lr": lr, "patches_per_s": n_window / dt,
-                           "epoch": sampler.epoch_of(step - 1),
-                           "time_s": wall_before + time.time() - t_start}
-                    rec.update({k: v for k, v in parts.items() if k != "loss"})
-                    log.write(rec)
-                    progress.update(step, rec["loss"], lr, rec["patches_per_s"])
-                    window, t_window, n_window = [], time.time(), 0
-                else:
-                    progress.advance_to(step)  # the bar and its ETA move every step
-                t_paused = time.time()  # validation and checkpoints are not training speed
+        self.window: list[float] = []  # losses since the last log line
+        self.bad_steps = 0  # non-finite steps in a row
+        self.t_window, self.n_window = time.time(), 0
+        self.budget_t0 = time.time() - (self.wall_before if cfg.time_budget else 0.0)
+        self.t_saved = time.time()  # rank 0's last checkpoint (or the start)
+        self.progress = _Progress(
+            enabled=self.is_main and not cfg.quiet, total=total, start=self.step,
+            budget_end=self.budget_t0 + cfg.time_budget if cfg.time_budget else None)
 
-                # ---- time budget: all ranks agree on stopping
-                stop = bool(cfg.time_budget) and time.time() - budget_t0 >= cfg.time_budget
-                if world > 1 and cfg.time_budget:
-                    flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop = bool(flag.item() > 0)
-
-                do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
-                if do_val and is_main:
-                    last_val = validate_and_keep_best()
-                overdue = time.time() - t_saved >= CKPT_MAX_INTERVAL_S
-                if is_main and (step % cfg.ckpt_every == 0 or step == total or stop or overdue):
-                    save_last()
-                    t_saved = time.time()
-                if world > 1 and (do_val or step % cfg.ckpt_every == 0):
-                    dist.barrier()
-                t_window += time.time() - t_paused
-                if "after_step" in hooks:
-                    hooks["after_step"](step)
-                if stop and step < total:
-                    stopped_early = True
-                    progress.note(f"time budget reached at step {step}; saved")
-                    break
-    except KeyboardInterrupt:
-        if is_main:
-            if step > segment_start:  # nothing new otherwise: last.pt keeps its settings
-                save_last()
-                _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
-            elif ckpt is None:
-                _say("interrupted before the first step: nothing trained yet, so nothing "
-                     "to resume; start the run again without --resume")
-            else:
-                _say(f"interrupted at step {step}, before a step of this segment; its "
-                     "checkpoint is as it was")
-            raise TrainInterrupted from None
-        raise
-
-    if finishing and cfg.val and is_main:  # the interrupted run's last validation, logged
-        done = [r for r in log.records if r.get("kind") == "val" and r.get("step") == step]
-        last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
-                     "count": done[-1]["val_count"]} if done  # (already logged: stopped
-                    else validate_and_keep_best())  # after it, during the export)
-    wall = wall_before + time.time() - t_start
-    entry = None
-    weights_path = None
-    if is_main:
-        plot_curves(log.records, out / "curves.png", has_val=bool(cfg.val))
-        final = _recalibrated(ema, labeled, recalib, cfg.seed, device)
+        learner.model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(learner.model)
+        it_u = iter(uloader) if uloader is not None else None
         try:
-            with _interrupt_after_block():  # the weights and their manifest entry together
-                weights_path, entry = _export(cfg, final, name, arch, conf, out, step, wall,
-                                              last_val, best_psnr, best_step,
-                                              hardware_summary(segments_now(), hardware))
+            with self.progress:
+                if (self.ckpt is not None and self.ckpt.get("val_pending") and cfg.val
+                        and self.is_main and not self.finishing):  # a validation a Ctrl-C
+                    self.last_val = self.validate_and_keep_best()  # cut short, redone
+                for batch in loader:
+                    frac = None
+                    if cfg.time_budget:
+                        frac = min(1.0, (time.time() - self.budget_t0) / cfg.time_budget)
+                    lr = lr_at(cfg, self.step, total, frac)
+                    learner.set_lr(lr)
+                    learner.criterion.ramp(self.step)
+                    loss, parts = learner.loss(batch, it_u)
+                    gnorm, finite = learner.backward(loss)
+                    # a Ctrl-C that lands in here waits for the update to finish: a
+                    # checkpoint taken halfway (weights stepped, EMA not, step counted)
+                    # would not resume exactly
+                    with _interrupt_after_block():
+                        self._update(loss, parts, gnorm, finite, lr)
+                    self._record(lr, parts, batch["rainy"].shape[0])
+                    t_paused = time.time()  # validation and checkpoints are not training speed
+                    stop = self._stop_validate_save()
+                    self.t_window += time.time() - t_paused
+                    if "after_step" in self.hooks:
+                        self.hooks["after_step"](self.step)
+                    if stop and self.step < total:
+                        self.stopped_early = True
+                        self.progress.note(f"time budget reached at step {self.step}; saved")
+                        break
         except KeyboardInterrupt:
-            if (out / "model.safetensors").exists() and _exported_at(out, step):
-                _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
-                     f"({step} steps); the run is complete")
+            if self.is_main:
+                self._say_interrupted()
+                raise TrainInterrupted from None
             raise
-        if not cfg.quiet:
-            _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
-                 f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
-                 + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else ""))
-            _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: derain "
-                 f"eval --weights {weights_path} --data PAIRS_DIR")
-    if world > 1:
-        dist.barrier()
-    return TrainResult(
-        out=out, weights=weights_path, manifest_entry=entry, steps=step,
-        final_loss=float(np.mean(losses_seen[-10:])) if losses_seen else None,
-        best_psnr=best_psnr, metrics={"val": last_val} if last_val else {},
-        wall_time_s=wall, stopped_early=stopped_early, losses=losses_seen,
-    )
+
+    def _update(self, loss: torch.Tensor, parts: dict[str, float], gnorm: Any, finite: bool,
+                lr: float) -> None:
+        """Count the step and apply its update (or skip a non-finite one)."""
+        self.step += 1
+        step, learner = self.step, self.learner
+        if not finite:  # skipped; given up only when it keeps happening
+            learner.skip()
+            self.bad_steps += 1
+            self.log.write({"kind": "skip", "step": step, "loss": float(loss.detach()),
+                            "grad_norm": float(gnorm)})
+            self.progress.note(f"step {step}: non-finite loss/gradient, update skipped")
+            if self.bad_steps >= 20:
+                raise TrainError(f"loss or gradients non-finite for {self.bad_steps} steps "
+                                 f"in a row (step {step}); lower --lr or use --amp fp32")
+        else:
+            self.bad_steps = 0
+            learner.update(step, lr)
+            # the logged loss leaves out the self-feature encoder's own objective
+            lv = float(loss.detach()) - parts.get("enc", 0.0)
+            self.losses_seen.append(lv)
+            self.window.append(lv)
+        self.boundary = boundary_state(learner.model, learner.criterion)
+
+    def _record(self, lr: float, parts: dict[str, float], batch_size: int) -> None:
+        """The log line (every ``log_every`` steps, averaged over ranks) and the bar."""
+        cfg, step = self.cfg, self.step
+        self.n_window += batch_size * self.world
+        logged = None
+        if step % cfg.log_every == 0 or step == self.total:  # every rank: a collective
+            logged = _mean_over_ranks(self.window, self.world, self.setup.device)
+        if logged is None:
+            self.progress.advance_to(step)  # the bar and its ETA move every step
+            return
+        dt = max(time.time() - self.t_window, 1e-9)
+        rec = {"kind": "train", "step": step, "loss": logged,
+               "lr": lr, "patches_per_s": self.n_window / dt,
+               "epoch": self.sampler.epoch_of(step - 1),
+               "time_s": self.wall_time()}
+        rec.update({k: v for k, v in parts.items() if k != "loss"})
+        self.log.write(rec)
+        self.progress.update(step, rec["loss"], lr, rec["patches_per_s"])
+        self.window, self.t_window, self.n_window = [], time.time(), 0
+
+    def _stop_validate_save(self) -> bool:
+        """After a step: whether the time budget is spent (all ranks agree), then the
+        validation and the checkpoint that are due. Returns whether to stop."""
+        cfg, step, world, total = self.cfg, self.step, self.world, self.total
+        stop = bool(cfg.time_budget) and time.time() - self.budget_t0 >= cfg.time_budget
+        if world > 1 and cfg.time_budget:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.setup.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
+        if do_val and self.is_main:
+            self.last_val = self.validate_and_keep_best()
+        overdue = time.time() - self.t_saved >= CKPT_MAX_INTERVAL_S
+        if self.is_main and (step % cfg.ckpt_every == 0 or step == total or stop or overdue):
+            self.save_last()
+            self.t_saved = time.time()
+        if world > 1 and (do_val or step % cfg.ckpt_every == 0):
+            dist.barrier()
+        return stop
+
+    def _say_interrupted(self) -> None:
+        step = self.step
+        if step > self.segment_start:  # nothing new otherwise: last.pt keeps its settings
+            self.save_last()
+            _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+        elif self.ckpt is None:
+            _say("interrupted before the first step: nothing trained yet, so nothing "
+                 "to resume; start the run again without --resume")
+        else:
+            _say(f"interrupted at step {step}, before a step of this segment; its "
+                 "checkpoint is as it was")
+
+    def finish(self) -> TrainResult:
+        """The last validation a stopped run still owes, the export (rank 0) and the
+        result."""
+        cfg, s, out, step = self.cfg, self.setup, self.out, self.step
+        if self.finishing and cfg.val and self.is_main:  # the interrupted run's last
+            done = [r for r in self.log.records  # validation, logged
+                    if r.get("kind") == "val" and r.get("step") == step]
+            self.last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
+                              "count": done[-1]["val_count"]} if done  # (already logged:
+                             else self.validate_and_keep_best())  # stopped during the export)
+        wall = self.wall_time()
+        last_val = self.last_val
+        entry = None
+        weights_path = None
+        if self.is_main:
+            plot_curves(self.log.records, out / "curves.png", has_val=bool(cfg.val))
+            final = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
+                                  s.device)
+            try:
+                with _interrupt_after_block():  # the weights and their manifest entry together
+                    weights_path, entry = _export(
+                        cfg, final, s.name, s.arch, s.conf, out, step, wall, last_val,
+                        self.best_psnr, self.best_step,
+                        hardware_summary(self.segments_now(), self.hardware))
+            except KeyboardInterrupt:
+                if (out / "model.safetensors").exists() and _exported_at(out, step):
+                    _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
+                         f"({step} steps); the run is complete")
+                raise
+            if not cfg.quiet:
+                _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
+                     f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
+                     + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else ""))
+                _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: "
+                     f"derain eval --weights {weights_path} --data PAIRS_DIR")
+        if self.world > 1:
+            dist.barrier()
+        losses = self.losses_seen
+        return TrainResult(
+            out=out, weights=weights_path, manifest_entry=entry, steps=step,
+            final_loss=float(np.mean(losses[-10:])) if losses else None,
+            best_psnr=self.best_psnr, metrics={"val": last_val} if last_val else {},
+            wall_time_s=wall, stopped_early=self.stopped_early, losses=losses,
+        )
 
 
 def _export(
