@@ -279,6 +279,12 @@ def session_options(threads: int | None = None, cpu_arena: bool = True) -> Any:
     # AVX2 test CPU: 1024 px + arena 44 s / 3.9 GB, 1024 px no arena 61 s / 1.32 GB,
     # 512 px + arena 57 s / 1.23 GB (chosen), 512 px no arena 59 s / 1.04 GB.
     opts.enable_cpu_mem_arena = cpu_arena
+    # No per-shape memory plans: ONNX Runtime keeps one for every input shape a session
+    # meets, so photos of many sizes grew the int8 engine for good (semi-drdnet-fast, 20
+    # sizes of 200-900 px: 2.04-2.06 GB RSS with them, 1.33 GB without, the same speed:
+    # ``python benchmarks/memory_sizes.py --backend onnx --precision int8
+    # [--no-mem-pattern]``). The shape-specialised sessions never had them (ShapedSessions).
+    opts.enable_mem_pattern = False
     return opts
 
 

@@ -112,3 +112,38 @@ def test_setting_and_mode_read_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cpu_memory, "_glibc", lambda: False)  # nothing to set: glibc's way
     assert cpu_memory.mode() == "system"
     assert cpu_memory._apply() is False
+
+
+_TRIM_PROBE = textwrap.dedent("""
+    import json, os
+    import numpy as np
+    from derain_cli import cpu_memory
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    applied = cpu_memory.keep_freed_memory()
+    big = np.ones(300 * 2**20, np.uint8)  # from the heap once kept: its pages stay mapped
+    small = np.ones(1000, np.uint8)  # above it: glibc's own top trim cannot reach it
+    del big
+    before = rss()
+    spared = cpu_memory.release_freed_memory(keep=400 * 2**20)  # less than that free: kept
+    spared_rss = rss()
+    trimmed = cpu_memory.release_freed_memory(keep=100 * 2**20)
+    print(json.dumps({"applied": applied, "spared": spared, "trimmed": trimmed,
+                      "kept_mb": (before - spared_rss) / 2**20,
+                      "returned_mb": (spared_rss - rss()) / 2**20}))
+""")
+
+
+@glibc_linux
+def test_a_service_can_hand_kept_memory_back() -> None:
+    """With freed memory kept, a process that derained photos of many sizes held about
+    1 GB, most of it free memory glibc kept, with no way back short of DERAIN_MALLOC=system
+    (slower on every tile) or exiting."""
+    kept = json.loads(_python(_TRIM_PROBE, "keep"))
+    assert kept["applied"] and not kept["spared"] and kept["trimmed"], kept
+    assert abs(kept["kept_mb"]) < 20 and kept["returned_mb"] > 250, kept
+    system = json.loads(_python(_TRIM_PROBE, "system"))  # glibc's own way: nothing to do
+    assert not system["applied"] and not system["spared"] and not system["trimmed"], system

@@ -190,6 +190,10 @@ def test_runner_options_and_files(caplog):
     assert "runs fp32" in caplog.text and r.threads == 1
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
         assert onnx_backend._providers("cuda") == ["CPUExecutionProvider"]
+    # no per-shape memory plans anywhere: they piled up with every photo size (2.0 against
+    # 1.3 GB over 20 sizes, benchmarks/memory_sizes.py)
+    for graph in (runner._fwd, runner._stats):
+        assert graph.dynamic.get_session_options().enable_mem_pattern is False
 
 
 def test_sessions_are_specialised_to_large_input_shapes(monkeypatch):
