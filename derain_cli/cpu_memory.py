@@ -117,9 +117,9 @@ def release_freed_memory(keep: int = 0) -> bool:
     (what ``DERAIN_MALLOC=system`` pays on every tile, 1.2-2x slower). Freed memory is
     kept, not leaked: over 20 photo sizes the default model's process held about 1 GB, of
     which 0.1 GB in use (``python benchmarks/memory_sizes.py``, README "In a service").
-    Not called by derain itself: called after every new photo size it cost up to 11 % on
-    small photos for no lower peak. Where glibc cannot say how much is free (before 2.33)
-    it releases."""
+    Not called by derain itself: called before every new photo size it cost 8-13 % on
+    small photos (README). Where glibc cannot say how much is free (before 2.33) it
+    releases."""
     if not _applied:
         return False
     libc = ctypes.CDLL(None)
