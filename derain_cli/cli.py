@@ -42,6 +42,12 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .fileio import display_text, terminal_text
+from .terminal import (  # noqa: F401 - BROKEN_PIPE_STATUS: the subcommands' too
+    BROKEN_PIPE_STATUS,
+    DerainConsole,
+    silence_stdout,
+    stdout_gone,
+)
 
 try:  # typer >= 0.29 vendors click; older releases use the click package
     from typer._click import Command, Context, HelpFormatter
@@ -124,7 +130,7 @@ def _one_line(e: BaseException) -> str:
 def _stderr() -> Console:
     # markup off: a path such as x[/y]/p.png is text (it printed the wrong name, or failed
     # with a MarkupError after the work was done)
-    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    return DerainConsole(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def say_error(message: str) -> None:
@@ -234,7 +240,7 @@ class DerainGroup(TyperGroup):
             DEFAULT_COMMAND, [], parent=ctx, resilient_parsing=True
         )
         rich_utils.rich_format_help(obj=run, ctx=run_ctx, markup_mode=self.rich_markup_mode)
-        console = Console(highlight=False)
+        console = DerainConsole(highlight=False)
         rows: list[tuple[str, str]] = []
         for name in self.list_commands(ctx):
             cmd = self.commands.get(name)
@@ -1283,7 +1289,7 @@ def models_cmd(
         if sys.stdout is None:  # stdout closed (derain models >&-): nowhere to list
             return
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        out = Console(width=200) if piped else Console()
+        out = DerainConsole(width=200) if piped else DerainConsole()
         # narrow terminals: drop the architecture first (it is in the name), then the
         # license and size; names and scores are never cut (a cut name is an unknown model)
         dropped = ({"arch"} if out.width < 100 else set()) | (
@@ -1316,7 +1322,7 @@ def models_cmd(
         natural = Measurement.get(out, out.options.update_width(1000), table).maximum
         if natural > out.width:  # narrower still: the terminal wraps lines; rich would cut
             # names and scores (a cut name is an unknown model)
-            out = Console(width=natural, force_terminal=out.is_terminal)
+            out = DerainConsole(width=natural, force_terminal=out.is_terminal)
         out.print(table)
         out.print(Text(
             "* default model.  params: millions of parameters; size: the weights file.  "
@@ -1450,37 +1456,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {terminal_text(_friendly_message(e))}", file=sys.stderr)
         sys.exit(1)
-
-
-#: The exit status when the reader of derain's output went away (``derain ... --json |
-#: head -c 10``): a process ended by SIGPIPE's, as other command-line tools end there, not
-#: "error: Broken pipe" and 1, the status of a failed photo
-BROKEN_PIPE_STATUS = 128 + 13
-
-
-def stdout_gone() -> bool:
-    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError from anywhere
-    else, a data loader's pipe, is an error to report, not the end of the output)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, ValueError, OSError):
-        return True  # closed or replaced: nothing more can be shown there
-    try:
-        import select
-
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
-    except (ImportError, AttributeError, OSError):  # no poll (Windows): assume it is stdout
-        return True
-
-
-def silence_stdout() -> None:
-    """Send what is still written to stdout nowhere (its reader is gone), so flushing it at
-    exit raises nothing more."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from .cli import say_error
 from .fileio import terminal_text
+from .terminal import DerainConsole
 
 #: ``--preset`` of ``derain train``, ``finetune`` and ``synth`` (see synth.check_preset)
 PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, veiled, mixed, or a comma list "
@@ -39,7 +39,7 @@ ContrastTermsOption = Annotated[str | None, typer.Option(
 AmpOption = Annotated[str, typer.Option(
     help="auto (bf16 on CUDA and on CPUs with bf16 instructions), bf16 or fp32.")]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # paths are text
+_err = DerainConsole(stderr=True, highlight=False, soft_wrap=True, markup=False)  # paths are text
 
 
 #: --val's folders, named where its layout is not recognised (as eval's --rainy-dir)
@@ -80,7 +80,7 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except BrokenPipeError as e:
-        from .cli import BROKEN_PIPE_STATUS, silence_stdout, stdout_gone
+        from .terminal import BROKEN_PIPE_STATUS, silence_stdout, stdout_gone
 
         if _debug():
             raise

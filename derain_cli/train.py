@@ -1782,12 +1782,12 @@ def _export(
 
 
 def _say(msg: str) -> None:
-    from rich.console import Console
-
     from .fileio import terminal_text
+    from .terminal import DerainConsole
 
     # a message may name a photo found in a folder: its control characters escaped
-    Console(stderr=True, highlight=False, soft_wrap=True, markup=False).print(terminal_text(msg))
+    DerainConsole(stderr=True, highlight=False, soft_wrap=True, markup=False).print(
+        terminal_text(msg))
 
 
 class _Progress:
@@ -1813,7 +1813,6 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -1824,9 +1823,10 @@ class _Progress:
             )
 
             from .plain_progress import PlainProgress
+            from .terminal import DerainConsole
 
             # stderr: with the log lines; stdout stays for data
-            console = self._console or Console(stderr=True)
+            console = self._console or DerainConsole(stderr=True)
             if not console.is_terminal:
                 self._lines = PlainProgress(console, self.every_s)
                 return self

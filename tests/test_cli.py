@@ -1121,6 +1121,26 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path,
     assert p.returncode == 0 and "error" not in p.stderr, p.stderr
 
 
+
+def test_a_reader_that_goes_away_from_rich_output_ends_with_141_too(tmp_path: Path,
+                                                                    tiny_weights: Path) -> None:
+    """A docs audit: `derain models | true` and `derain a.jpg 2>&1 | head` ended with 1,
+    not the documented 141: rich's console catches the broken pipe and exits 1 itself."""
+    src = _img(tmp_path / "a.png")
+    for args, both in ((["models"], False),
+                       ([str(src), "--weights", str(tiny_weights), "--threads", "1"], True)):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            p = subprocess.run([sys.executable, "-m", "derain_cli", *args], stdout=write,
+                               stderr=write if both else subprocess.PIPE, text=True,
+                               timeout=120)
+        finally:
+            os.close(write)
+        assert p.returncode == 141, (args, p.returncode, p.stderr)
+        assert both or p.stderr == "", p.stderr
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
     """A review: every BrokenPipeError ended the run quietly with 141, even one from a
     data loader's pipe while stdout was fine."""
