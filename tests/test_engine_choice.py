@@ -199,6 +199,19 @@ def test_real_measurement_times_both_engines(monkeypatch):
     assert entry["probe"] == "96x96, best of 1"
 
 
+def test_the_remembered_choice_agrees_with_the_remembered_figures(monkeypatch):
+    """It picked from unrounded times and stored rounded ones: on a near tie the entry
+    said int8 beside figures that say bf16 (the flake of the test above)."""
+    int8 = 0.01
+    bf16 = engine_choice.MARGIN * int8 + 0.00004  # above the margin by less than rounding
+    assert engine_choice.pick({"int8": int8, "bf16": bf16}) == "int8"
+    assert engine_choice.pick({"int8": int8, "bf16": round(bf16, 4)}) == "bf16"
+    monkeypatch.setattr(engine_choice, "time_runners",
+                        lambda runners, image: ({"int8": int8, "bf16": bf16}, 1))
+    entry = engine_choice.measure(_plan(), 1)
+    assert entry["engine"] == engine_choice.pick(entry["seconds"])
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_a_choice_that_cannot_be_written_leaves_no_temporary_file(own_cache, monkeypatch,
                                                                    caplog):
