@@ -1438,6 +1438,9 @@ def _catch_termination() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
     _catch_termination()
+    # typer prints help and usage errors through consoles of its own: in this process,
+    # every rich console ends a closed pipe as DerainConsole does (141, not 1)
+    Console.on_broken_pipe = DerainConsole.on_broken_pipe  # type: ignore[method-assign]
     try:
         app(args=argv)
     except SystemExit as e:

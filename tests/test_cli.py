@@ -1124,10 +1124,11 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path,
 
 def test_a_reader_that_goes_away_from_rich_output_ends_with_141_too(tmp_path: Path,
                                                                     tiny_weights: Path) -> None:
-    """A docs audit: `derain models | true` and `derain a.jpg 2>&1 | head` ended with 1,
-    not the documented 141: rich's console catches the broken pipe and exits 1 itself."""
+    """A docs audit: `derain models | true`, `derain --help | true` and `derain a.jpg 2>&1 |
+    head` ended with 1, not the documented 141: rich's console catches the broken pipe and
+    exits 1 itself."""
     src = _img(tmp_path / "a.png")
-    for args, both in ((["models"], False),
+    for args, both in ((["models"], False), (["--help"], False),
                        ([str(src), "--weights", str(tiny_weights), "--threads", "1"], True)):
         read, write = os.pipe()
         os.close(read)
