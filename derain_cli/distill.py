@@ -303,15 +303,35 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
 
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
-    from .data import iter_readable, load_photos
-    from .fileio import atomic_write_text
-    from .pairs import list_images
-    from .train import _hardware, _interrupt_after_block, _Progress
-    from .weights import save_weights
-
     check_out(cfg.out, cfg.overwrite)
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
+    teacher, label, student = _teacher_and_student(cfg)
+    clean, held_photos, real = _photos(cfg)
+
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        held = _held_out(held_photos, teacher)
+        before = held_out_scores(student, held)
+        step, wall, interrupted = _learn(cfg, teacher, student, clean, real, rng)
+        student = student.to(memory_format=torch.contiguous_format).eval()
+        after = held_out_scores(student, held)
+    finally:
+        torch.set_num_threads(threads)
+
+    entry = _write(cfg, student, label, step, wall, before, after)
+    if interrupted:  # written; the command still ends as interrupted (exit 130)
+        raise KeyboardInterrupt
+    return DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
+
+
+def _teacher_and_student(cfg: DistillConfig) -> tuple[nn.Module, str, nn.Module]:
+    """The teacher (flip-ensembled where asked), its label, and the student: a network of
+    its own (``--student``, seeded by ``--seed``) or the teacher pruned; ``--init`` loaded."""
     cross = cfg.student is not None
     teacher, label = _load_teacher(cfg.teacher, any_arch=cross)
     if cfg.teacher_flips:
@@ -327,7 +347,14 @@ def distill(cfg: DistillConfig) -> DistillResult:
         student = student_from_teacher(teacher, cfg.detail_blocks, cfg.rain_blocks)
     if cfg.init:
         student = _load_init(cfg.init, student)
-    train_rain = not cross and student.cfg.rain_blocks < teacher.cfg.rain_blocks
+    return teacher, label, student
+
+
+def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The clean photos to train on, the last ``val_count`` held out, and ``--real``'s."""
+    from .data import iter_readable, load_photos
+    from .pairs import list_images
+
     photos = list_images(Path(cfg.clean))
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
@@ -337,77 +364,85 @@ def distill(cfg: DistillConfig) -> DistillResult:
         raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need more than "
                            f"{cfg.val_count} (that many are held out)")
     cut = len(readable) - cfg.val_count
-    clean, held_photos = readable[:cut], readable[cut:]
     real = load_photos(cfg.real) if cfg.real else []
+    return readable[:cut], readable[cut:], real
 
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        held = _held_out(held_photos, teacher)
-        before = held_out_scores(student, held)
-        if cross:
-            # The whole student learns the teacher's output. A fresh student trains its
-            # batch norms (they have no statistics yet); a continued one (--init) keeps
-            # its running statistics, as pruned students keep the teacher's.
-            pairs = [(teacher.to(memory_format=torch.channels_last),
-                      student.to(memory_format=torch.channels_last).train(not cfg.init))]
-        else:
-            # The detail layers always; the rain layers when the rain network is pruned.
-            pairs = [(teacher.detail_net.to(memory_format=torch.channels_last),
-                      student.detail_net.to(memory_format=torch.channels_last))]
-            s_rain = student.rain_net.to(memory_format=torch.channels_last)
-            for p in s_rain.parameters():
-                p.requires_grad_(train_rain)
-            if train_rain:
-                pairs.append((teacher.rain_net.to(memory_format=torch.channels_last), s_rain))
-        opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
-        start = time.monotonic()
-        step = 0
-        interrupted = False
-        with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
-            try:
-                while step < cfg.steps:
-                    if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
-                        bar.note(f"time budget reached after {step} steps")
-                        break
-                    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
-                        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    x = _batch(clean, real, cfg, rng)
-                    with torch.no_grad():
-                        targets = [t(x) for t, _ in pairs]
-                    loss = sum((s(x) - t).abs().mean() for (_, s), t in zip(pairs, targets,
-                                                                              strict=True))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    with _interrupt_after_block():  # a Ctrl-C waits for the update
-                        opt.step()
-                        step += 1
-                    elapsed = time.monotonic() - start
-                    bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
-            except KeyboardInterrupt:
-                # distill has no checkpoints: a Ctrl-C or SIGTERM lost every step (an
-                # audit); the student is written as it is, as a time budget would
-                if step == 0:
-                    raise
-                interrupted = True
-                bar.note(f"interrupted after {step} steps: writing the student as it is")
-        wall = time.monotonic() - start
-        hardware = _hardware(torch.device("cpu"), 1, "fp32")
-        student = student.to(memory_format=torch.contiguous_format).eval()
-        after = held_out_scores(student, held)
-    finally:
-        torch.set_num_threads(threads)
+
+def _imitated(cfg: DistillConfig, teacher: nn.Module,
+              student: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(teacher part, student part) pairs whose outputs the student learns to match."""
+    if cfg.student is not None:
+        # The whole student learns the teacher's output. A fresh student trains its
+        # batch norms (they have no statistics yet); a continued one (--init) keeps
+        # its running statistics, as pruned students keep the teacher's.
+        return [(teacher.to(memory_format=torch.channels_last),
+                 student.to(memory_format=torch.channels_last).train(not cfg.init))]
+    # The detail layers always; the rain layers when the rain network is pruned.
+    train_rain = student.cfg.rain_blocks < teacher.cfg.rain_blocks
+    pairs = [(teacher.detail_net.to(memory_format=torch.channels_last),
+              student.detail_net.to(memory_format=torch.channels_last))]
+    s_rain = student.rain_net.to(memory_format=torch.channels_last)
+    for p in s_rain.parameters():
+        p.requires_grad_(train_rain)
+    if train_rain:
+        pairs.append((teacher.rain_net.to(memory_format=torch.channels_last), s_rain))
+    return pairs
+
+
+def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
+           clean: list[np.ndarray], real: list[np.ndarray],
+           rng: np.random.Generator) -> tuple[int, float, bool]:
+    """The training loop: (steps done, seconds, whether a Ctrl-C/SIGTERM ended it)."""
+    from .train import _interrupt_after_block, _Progress
+
+    pairs = _imitated(cfg, teacher, student)
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    start = time.monotonic()
+    step = 0
+    interrupted = False
+    with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
+        try:
+            while step < cfg.steps:
+                if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
+                    bar.note(f"time budget reached after {step} steps")
+                    break
+                lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
+                    0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = _batch(clean, real, cfg, rng)
+                with torch.no_grad():
+                    targets = [t(x) for t, _ in pairs]
+                loss = sum((s(x) - t).abs().mean() for (_, s), t in zip(pairs, targets,
+                                                                          strict=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                with _interrupt_after_block():  # a Ctrl-C waits for the update
+                    opt.step()
+                    step += 1
+                elapsed = time.monotonic() - start
+                bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
+        except KeyboardInterrupt:
+            # distill has no checkpoints: a Ctrl-C or SIGTERM lost every step (an
+            # audit); the student is written as it is, as a time budget would
+            if step == 0:
+                raise
+            interrupted = True
+            bar.note(f"interrupted after {step} steps: writing the student as it is")
+    return step, time.monotonic() - start, interrupted
+
+
+def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
+           before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry."""
+    from .fileio import atomic_write_text
+    from .models import get_spec
+    from .train import _hardware
+    from .weights import save_weights
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from .models import get_spec
-
-    arch = get_spec(cfg.student).arch if cross else "semi-drdnet"
+    arch = get_spec(cfg.student).arch if cfg.student is not None else "semi-drdnet"
     rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch=arch,
                        config=student.cfg, dtype=torch.float16,
                        metadata={"steps": str(step), "training": f"derain distill from {label}"})
@@ -416,12 +451,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
                          + (f" and real rain from {Path(cfg.real).name}" if cfg.real else ""))
     rec.metrics = {"distill_held_out": {**after, "set": f"last {cfg.val_count} photos of "
                                         f"{Path(cfg.clean).name}, synthetic mixed rain"}}
-    rec.extra = {"steps": step, "hardware": hardware,
+    rec.extra = {"steps": step, "hardware": _hardware(torch.device("cpu"), 1, "fp32"),
                  "wall_time_s": round(wall, 1), "teacher": label,
                  "before_distillation": before,
                  **({"continued_from": cfg.init} if cfg.init else {})}
     entry = rec.to_dict()
     atomic_write_text(out / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
-    if interrupted:  # written; the command still ends as interrupted (exit 130)
-        raise KeyboardInterrupt
-    return DistillResult(out / "model.safetensors", step, wall, before, after, entry)
+    return entry
