@@ -420,32 +420,91 @@ def collect_inputs(
     A file reached twice is listed once.
     """
     inputs = [os.fspath(raw) for raw in inputs]
-    excluded = {_resolved(Path(e)) for e in exclude}
-    items: list[InputItem] = []
-    seen: set[Path] = set()
     # a folder beside other inputs gets its own subfolder (a lone folder does not)
     named_folders = len(inputs) > 1 and any(Path(i).is_dir() for i in inputs)
+    collector = _Collector(recursive, {_resolved(Path(e)) for e in exclude})
+    for given in inputs:
+        collector.given(given, named_folders)
+    return collector.items
 
-    def add(path: Path, rel: Path) -> None:
+
+class _Collector:
+    """``collect_inputs``' list in the making: the items, and the files already listed."""
+
+    def __init__(self, recursive: bool, excluded: set[Path]) -> None:
+        self.recursive, self.excluded = recursive, excluded
+        self.items: list[InputItem] = []
+        self.seen: set[Path] = set()
+
+    def add(self, path: Path, rel: Path) -> None:
         key = _resolved(path)
-        if key not in seen:
-            seen.add(key)
-            items.append(InputItem(path, rel))
+        if key not in self.seen:
+            self.seen.add(key)
+            self.items.append(InputItem(path, rel))
 
-    def add_folder(folder: Path, prefix: Path = Path(), matched: str | None = None) -> None:
-        """``matched``: the pattern that found this folder (then no images in it is no error,
-        and under ``**`` its subfolders are matched themselves: no "add -r" warning)."""
+    def failed(self, path: Path, rel: Path, why: str) -> None:
+        self.items.append(InputItem(path, rel, why))
+
+    def given(self, given: str, named_folders: bool) -> None:
+        """One command-line input: a folder, a file, a pattern, or an error item."""
+        path = Path(given)
+        if path.is_dir():
+            self.folder(path, _folder_name(path) if named_folders else Path())
+        elif path.exists():
+            if _special(path):
+                self.failed(path, Path(path.name), NOT_REGULAR)
+            elif path.suffix.lower() in SUPPORTED_SUFFIXES:
+                self.add(path, Path(path.name))
+            else:
+                shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+                self.failed(path, Path(path.name),
+                            f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})")
+        elif has_glob(given):
+            self.pattern(given)
+        elif path.is_symlink():
+            self.failed(path, Path(path.name), "broken symbolic link")
+        else:
+            self.failed(path, Path(path.name), "no such file or folder")
+
+    def pattern(self, given: str) -> None:
+        """A glob pattern's matches: folders scanned, images listed below its base."""
+        base = _glob_base(given)
+        before = len(self.items)
+        known: dict[Path, bool] = {}
+        for m in sorted(_expand(given)):
+            mp = Path(m)
+            if _in_output_folder(mp, base, self.excluded, known):
+                continue  # an earlier run's results, matched by a wildcard
+            if mp.is_dir():
+                try:
+                    prefix = mp.relative_to(base)
+                except ValueError:
+                    prefix = _folder_name(mp)
+                self.folder(mp, prefix, matched=given)
+            elif is_image_path(mp) and not is_output_name(mp) and not _special(mp):
+                try:
+                    rel = mp.relative_to(base)
+                except ValueError:
+                    rel = Path(mp.name)
+                self.add(mp, rel)
+        if len(self.items) == before:
+            self.failed(Path(given), Path(Path(given).name), "no images match this pattern")
+
+    def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None) -> None:
+        """A folder's images. ``matched``: the pattern that found this folder (then no images
+        in it is no error, and under ``**`` its subfolders are matched themselves: no "add
+        -r" warning)."""
         try:
-            scan = _scan_folder(folder, recursive, excluded)
+            scan = _scan_folder(folder, self.recursive, self.excluded)
         except ImageError as e:
-            items.append(InputItem(folder, Path(folder.name), str(e)))
+            self.failed(folder, Path(folder.name), str(e))
             return
         files, skipped_dirs = scan.files, scan.skipped_dirs
         for sub, why in scan.unreadable:  # one failure line each; the batch goes on
-            items.append(InputItem(sub, prefix / sub.relative_to(folder),
-                                   f"cannot read folder: {why}; its photos are left out"))
+            self.failed(sub, prefix / sub.relative_to(folder),
+                        f"cannot read folder: {why}; its photos are left out")
         for odd in scan.special:  # as when named: a FIFO vanished from a scan in silence
-            items.append(InputItem(odd, prefix / odd.relative_to(folder), NOT_REGULAR))
+            self.failed(odd, prefix / odd.relative_to(folder), NOT_REGULAR)
         if scan.linked_dirs:
             log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
                         "so that no folder is derained twice); name the folders themselves "
@@ -469,61 +528,17 @@ def collect_inputs(
             if scan.unread:
                 hint += (f"; {scan.unread_text()} here are not read: convert them to JPEG, "
                          "PNG or TIFF")
-            items.append(
-                InputItem(folder, Path(folder.name), f"no images found ({_SUPPORTED_TEXT}){hint}")
-            )
+            self.failed(folder, Path(folder.name),
+                        f"no images found ({_SUPPORTED_TEXT}){hint}")
         elif skipped_dirs:
             log.warning("%s: %d subfolder(s) not entered; add -r to include them",
                         folder, skipped_dirs)
         for f in files:
-            add(f, prefix / f.relative_to(folder))
+            self.add(f, prefix / f.relative_to(folder))
 
-    def folder_name(folder: Path) -> Path:
-        return Path(_resolved(folder).name or "root")
 
-    for given in inputs:
-        path = Path(given)
-        if path.is_dir():
-            add_folder(path, folder_name(path) if named_folders else Path())
-        elif path.exists():
-            if _special(path):
-                items.append(InputItem(path, Path(path.name), NOT_REGULAR))
-            elif path.suffix.lower() in SUPPORTED_SUFFIXES:
-                add(path, Path(path.name))
-            else:
-                shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
-                items.append(InputItem(
-                    path, Path(path.name),
-                    f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})",
-                ))
-        elif has_glob(given):
-            base = _glob_base(given)
-            matches = sorted(_expand(given))
-            before = len(items)
-            known: dict[Path, bool] = {}
-            for m in matches:
-                mp = Path(m)
-                if _in_output_folder(mp, base, excluded, known):
-                    continue  # an earlier run's results, matched by a wildcard
-                if mp.is_dir():
-                    try:
-                        prefix = mp.relative_to(base)
-                    except ValueError:
-                        prefix = folder_name(mp)
-                    add_folder(mp, prefix, matched=given)
-                elif is_image_path(mp) and not is_output_name(mp) and not _special(mp):
-                    try:
-                        rel = mp.relative_to(base)
-                    except ValueError:
-                        rel = Path(mp.name)
-                    add(mp, rel)
-            if len(items) == before:
-                items.append(InputItem(path, Path(path.name), "no images match this pattern"))
-        elif path.is_symlink():
-            items.append(InputItem(path, Path(path.name), "broken symbolic link"))
-        else:
-            items.append(InputItem(path, Path(path.name), "no such file or folder"))
-    return items
+def _folder_name(folder: Path) -> Path:
+    return Path(_resolved(folder).name or "root")
 
 
 # --------------------------------------------------------------------------- planning
