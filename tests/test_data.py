@@ -223,3 +223,21 @@ def test_loader_workers_match_single_process(clean_dir):
         return [b["rainy"] for b in D.make_loader(ds, s, workers=workers, timeout=60)]
     for x, y in zip(batches(0), batches(2), strict=True):
         assert torch.equal(x, y)
+
+
+def test_crops_are_flipped_and_rotated_the_same_way_in_a_pair():
+    """All eight flips/rotations occur, each applied alike to both images of a pair (the
+    aligned-crop test used a uniform offset, which no flip or rotation can change)."""
+    yy, xx = np.mgrid[0:16, 0:16]
+    img = np.stack([yy, xx, np.zeros_like(yy)], axis=-1).astype(np.uint8)
+    seen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, b = D.random_crop([img, img + 100], 16, rng)
+        assert np.array_equal(b, a + 100)  # the pair stays aligned
+        seen.add(a.tobytes())
+    dihedral = {np.ascontiguousarray(np.rot90(f, k)).tobytes()
+                for f in (img, img[:, ::-1]) for k in range(4)}
+    assert seen == dihedral  # all eight orientations, nothing else
+    plain = D.random_crop([img], 16, rng, augment=False)[0]
+    assert np.array_equal(plain, img)
