@@ -35,7 +35,8 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
 * **PSNR vs fp32**: the variant's output against the fp32 eager output (clipped to
   [0, 1]), to judge whether bf16 (or ONNX Runtime) loses anything visible.
 * **setup s** / **warm-up s**: building the engine (ONNX Runtime: export and session) /
-  the untimed first tile, where ``torch.compile`` compiles and cudnn picks algorithms.
+  the untimed first tile, where ``torch.compile`` compiles and cuDNN autotunes
+  (``bf16_autotune``).
 
 Variants: ``fp32`` (eager, NCHW: the plain baseline), ``channels_last`` (fp32, NHWC: what
 ``--backend torch`` runs; before 2026-11-30 the ``fp32`` variant was channels-last too, so
@@ -80,10 +81,12 @@ from . import metrics, tiling
 from .enhancer import CPU_TILE, DEFAULT_MODEL, TorchRunner, cpu_supports_bf16, default_overlap
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
+from .torch_runner import cudnn_benchmark
 
 DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
-#: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here.
-EXTRA_VARIANTS = ("bf16_compile",)
+#: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here;
+#: ``bf16_autotune``: bf16 with cuDNN autotuning (CUDA only; derain does not turn it on yet).
+EXTRA_VARIANTS = ("bf16_compile", "bf16_autotune")
 RSS_BUDGET_MB = 3000.0
 RSS_SIZE = (4000, 6000)  # (height, width): 24 MP
 
@@ -244,7 +247,7 @@ def _ort_conv_seconds(conv: nn.Conv2d, x: torch.Tensor, repeats: int) -> float |
 
 #: Variants whose % peak is measured against the reference convs in their own precision.
 REDUCED_PRECISION = {"bf16": torch.bfloat16, "bf16_compile": torch.bfloat16,
-                     "fp16": torch.float16}
+                     "bf16_autotune": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -254,7 +257,8 @@ def conv_peak(width: int, side: int, device: torch.device, repeats: int = 5,
 
     The machine's peak for that conv is the fastest engine that runs it here, so a model
     path cannot score over 100 % just because the reference used a slower kernel: PyTorch
-    NCHW and channels_last, and on CPUs ONNX Runtime (the CPU default's engine). With a
+    NCHW and channels_last (on CUDA also with cuDNN autotuning), and on CPUs ONNX Runtime
+    (the CPU default's engine). With a
     ``dtype`` of bf16 or fp16 the PyTorch engines run it under autocast in that precision,
     as the model's reduced-precision path does (the engine name then says which).
     """
@@ -276,6 +280,11 @@ def conv_peak(width: int, side: int, device: torch.device, repeats: int = 5,
         x_cl = xr.contiguous(memory_format=torch.channels_last)
         times["torch channels_last" + suffix] = _best_time(lambda: conv_cl(x_cl), device,
                                                            repeats)
+        if device.type == "cuda":  # what cuDNN reaches when it times its algorithms
+            with cudnn_benchmark():  # (the bf16_autotune variant's path)
+                conv_cl(x_cl)  # the tuning pass, untimed
+                times["torch channels_last autotuned" + suffix] = _best_time(
+                    lambda: conv_cl(x_cl), device, repeats)
     if device.type == "cpu" and not reduced:
         t = _ort_conv_seconds(conv, x, repeats)
         if t is not None:
@@ -344,6 +353,12 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
         runner = TorchRunner(copy.deepcopy(net), device, "bf16")
         runner.model = torch.compile(runner.model)
         return runner
+    if variant == "bf16_autotune":  # cuDNN times its algorithms for each shape (untimed
+        if device.type != "cuda":  # first tile) instead of its heuristics' pick
+            return "skipped: cuDNN autotuning is for CUDA GPUs"
+        if not torch.cuda.is_bf16_supported():
+            return "skipped: this GPU has no bf16"
+        return TorchRunner(copy.deepcopy(net), device, "bf16", autotune=True)
     if variant == "onnx":
         from .onnx_backend import make_onnx_runner
 
@@ -390,7 +405,7 @@ class Row:
     work: float | None = None
     psnr_vs_fp32: float | None = None
     setup_s: float | None = None
-    #: the untimed first tile: where torch.compile compiles and cudnn tunes
+    #: the untimed first tile: where torch.compile compiles and cuDNN autotunes
     warmup_s: float | None = None
     note: str = ""
     #: the tile this row ran with (None: not run)

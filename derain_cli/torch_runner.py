@@ -7,6 +7,7 @@ alone was 3.4 of the 5.4 seconds ``derain`` took on a 512x512 photo.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -133,6 +134,19 @@ if hasattr(os, "register_at_fork"):  # POSIX; registered once, when the torch en
     os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
+@contextlib.contextmanager
+def cudnn_benchmark() -> Any:
+    """cuDNN picks each convolution's algorithm by timing them (once per shape) inside this
+    block; the process's own setting comes back after it (it is global, and training sets
+    it for itself)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class TorchRunner:
     """Runs a PyTorch model on numpy tiles for ``tiling.run_tiled``."""
 
@@ -140,7 +154,7 @@ class TorchRunner:
     takes_samples = True
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, autotune: bool = False) -> None:
         # Batch norms folded and each DCCL as three summed convs: the same function with
         # fewer operators (``models.deploy``). PyTorch's PReLU is already one kernel.
         self.model = fold_for_inference(model, max_prelu=False).to(device).eval()
@@ -156,6 +170,10 @@ class TorchRunner:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._per_px: float | None = None
+        # cuDNN autotuning (``cudnn.benchmark``) for this runner's passes only, on CUDA: off
+        # by default, as the GPU figures were measured (2026-12-04); the bench's
+        # ``bf16_autotune`` variant times it, so a GPU session can decide
+        self.autotune = autotune and device.type == "cuda"
 
     def bytes_per_pixel(self) -> float | None:
         """Peak GPU memory a pixel of a tile costs (measured once on a 128 px probe);
@@ -193,7 +211,8 @@ class TorchRunner:
         return None if pooled is None else torch.from_numpy(pooled).to(self.device)
 
     def _run(self, x: torch.Tensor, pooled: np.ndarray | None) -> torch.Tensor:
-        with torch.inference_mode(), self._autocast():
+        tuning = cudnn_benchmark() if self.autotune else contextlib.nullcontext()
+        with torch.inference_mode(), self._autocast(), tuning:
             if pooled is None:
                 return self.model(x)
             return self.model(x, self._pooled(pooled))

@@ -119,7 +119,7 @@ if has bench && (($(cap 180) > 30)); then
   for m in semi-drdnet rdmc semi-drdnet-tiny; do  # one by one: a timeout loses one model
     (($(cap 60) > 15)) || { echo "== bench: no time left for $m"; continue; }
     timeout "$(cap 60)" python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \
-      --variants fp32,fp16,bf16 --megapixels "${BENCH_MP:-4}" --repeats 3 \
+      --variants fp32,fp16,bf16,bf16_autotune --megapixels "${BENCH_MP:-4}" --repeats 3 \
       --peak-side "$side" --json "/tmp/bench-$m.json"
   done
   python3 -c "import json, sys; json.dump([json.load(open(f)) for f in sys.argv[1:]],

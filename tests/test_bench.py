@@ -319,3 +319,27 @@ def test_json_refuses_an_option_as_its_file_name():
     app.command()(commands_tools.bench_cmd)
     res = CliRunner().invoke(app, ["--json", "--rss"])
     assert res.exit_code == 2 and "--json takes a file name" in res.output
+
+
+def test_cudnn_autotuning_is_a_variant_of_its_own_and_leaves_the_setting_as_it_was():
+    """cuDNN autotuning (issue 6's GPU list) is timed as bf16_autotune, not turned on for
+    every run unmeasured; on a CPU it is skipped, and the block restores the global flag."""
+    import torch
+
+    from derain_cli.bench import EXTRA_VARIANTS, make_variant_runner
+    from derain_cli.models import build_model
+    from derain_cli.torch_runner import TorchRunner, cudnn_benchmark
+
+    assert "bf16_autotune" in EXTRA_VARIANTS
+    net = build_model("semi-drdnet-tiny")
+    got = make_variant_runner(net, "bf16_autotune", torch.device("cpu"))
+    assert got == "skipped: cuDNN autotuning is for CUDA GPUs"
+    assert TorchRunner(net, torch.device("cpu"), "fp32", autotune=True).autotune is False
+    before = torch.backends.cudnn.benchmark
+    try:
+        with cudnn_benchmark():
+            assert torch.backends.cudnn.benchmark is True
+            raise RuntimeError("a tile failed")
+    except RuntimeError:
+        pass
+    assert torch.backends.cudnn.benchmark is before
