@@ -1550,7 +1550,7 @@ class _Run:
             before = self.best_psnr, self.best_step
             self.best_psnr, self.best_step = scores["psnr"], step
             try:
-                _atomic_torch_save({**self.checkpoint_obj(),
+                _atomic_torch_save({**self.checkpoint_obj(), "val_pending": False,  # done
                                     "validated": calibrated.state_dict()}, self.out / "best.pt")
             except BaseException:
                 self.best_psnr, self.best_step = before
@@ -1595,6 +1595,7 @@ class _Run:
                 if (self.ckpt is not None and self.ckpt.get("val_pending") and cfg.val
                         and self.is_main and not self.finishing):  # a validation a Ctrl-C
                     self.last_val = self.validate_and_keep_best()  # cut short, redone
+                    self.t_window = time.time()  # not training speed either
                 for batch in loader:
                     frac = None
                     if cfg.time_budget:
@@ -1623,6 +1624,10 @@ class _Run:
             if self.is_main:
                 self._say_interrupted()
                 raise TrainInterrupted from None
+            raise
+        except SystemExit:  # the reader of the progress went away (`... 2>&1 | head`: 141):
+            if self.is_main and self.step > self.segment_start:  # the steps are kept
+                self.save_last()
             raise
 
     def _update(self, loss: torch.Tensor, parts: dict[str, float], gnorm: Any, finite: bool,
@@ -1707,9 +1712,11 @@ class _Run:
         if self.finishing and cfg.val and self.is_main:  # the interrupted run's last
             done = [r for r in self.log.records  # validation, logged
                     if r.get("kind") == "val" and r.get("step") == step]
+            pending = bool((self.ckpt or {}).get("val_pending"))  # best.pt may not hold it
             self.last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
-                              "count": done[-1]["val_count"]} if done  # (already logged:
-                             else self.validate_and_keep_best())  # stopped during the export)
+                              "count": done[-1]["val_count"]} if done and not pending
+                             else self.validate_and_keep_best())  # (already logged and kept:
+            # stopped during the export; logged but cut short in best.pt's write: redone)
         wall = self.wall_time()
         last_val = self.last_val
         entry = None

@@ -1842,3 +1842,45 @@ def test_finetune_consistency_keeps_the_model_near_its_start(data, tmp_path):
         with torch.no_grad():
             drift[c] = float((model_from_file(res.weights).eval()(x) - start).abs().mean())
     assert drift[20.0] < 0.8 * drift[0.0], drift  # 0.57 against 0.83 here
+
+
+def test_a_validation_logged_but_not_kept_at_the_last_step_is_redone(data, tmp_path,
+                                                                      monkeypatch):
+    """A review: Ctrl-C while best.pt was written at the last step's validation; the resume
+    only had to export, found the validation in the log and kept the older best.pt."""
+    kw = dict(steps=6, val=str(data["val"]), val_every=3)
+    full = T.train(_cfg(data, tmp_path / "a", **kw))
+    real, bests = T._atomic_torch_save, []
+
+    def cut_at_the_last_best(obj, path):
+        if path.name == "best.pt":
+            bests.append(obj["step"])
+            if obj["step"] == 6:
+                raise KeyboardInterrupt
+        return real(obj, path)
+
+    monkeypatch.setattr(T, "_atomic_torch_save", cut_at_the_last_best)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, tmp_path / "b", **kw))
+    monkeypatch.setattr(T, "_atomic_torch_save", real)
+    assert bests[-1] == 6  # it was the best: the interrupted write held the best step
+    resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
+    assert resumed.best_psnr == full.best_psnr
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["step"] == 6
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["val_pending"] is False
+    vals = [r["step"] for r in map(json.loads, (tmp_path / "b" / "log.jsonl")
+            .read_text().splitlines()) if r["kind"] == "val"]
+    assert vals == [3, 6]  # redone, not logged twice
+
+
+def test_a_reader_gone_mid_training_keeps_the_steps(data, tmp_path):
+    """`derain train ... 2>&1 | head`: the progress line's broken pipe ends the run with
+    141 (SystemExit); the steps done were lost without a checkpoint (a review)."""
+    def reader_gone(step: int) -> None:
+        if step == 3:
+            raise SystemExit(141)
+
+    with pytest.raises(SystemExit):
+        T.train(_cfg(data, tmp_path / "r", steps=8, ckpt_every=1000),
+                _hooks={"after_step": reader_gone})
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 3
