@@ -309,6 +309,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     teacher, label, student = _teacher_and_student(cfg)
     clean, held_photos, real = _photos(cfg)
 
+    from .train import _hardware
+
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -318,12 +320,13 @@ def distill(cfg: DistillConfig) -> DistillResult:
         held = _held_out(held_photos, teacher)
         before = held_out_scores(student, held)
         step, wall, interrupted = _learn(cfg, teacher, student, clean, real, rng)
+        hardware = _hardware(torch.device("cpu"), 1, "fp32")  # with --threads still set
         student = student.to(memory_format=torch.contiguous_format).eval()
         after = held_out_scores(student, held)
     finally:
         torch.set_num_threads(threads)
 
-    entry = _write(cfg, student, label, step, wall, before, after)
+    entry = _write(cfg, student, label, step, wall, before, after, hardware)
     if interrupted:  # written; the command still ends as interrupted (exit 130)
         raise KeyboardInterrupt
     return DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
@@ -433,11 +436,11 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
 
 
 def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
-           before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+           before: dict[str, float], after: dict[str, float],
+           hardware: str) -> dict[str, Any]:
     """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry."""
     from .fileio import atomic_write_text
     from .models import get_spec
-    from .train import _hardware
     from .weights import save_weights
 
     out = Path(cfg.out)
@@ -451,7 +454,7 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
                          + (f" and real rain from {Path(cfg.real).name}" if cfg.real else ""))
     rec.metrics = {"distill_held_out": {**after, "set": f"last {cfg.val_count} photos of "
                                         f"{Path(cfg.clean).name}, synthetic mixed rain"}}
-    rec.extra = {"steps": step, "hardware": _hardware(torch.device("cpu"), 1, "fp32"),
+    rec.extra = {"steps": step, "hardware": hardware,
                  "wall_time_s": round(wall, 1), "teacher": label,
                  "before_distillation": before,
                  **({"continued_from": cfg.init} if cfg.init else {})}

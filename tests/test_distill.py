@@ -386,3 +386,16 @@ def test_an_interrupted_distillation_writes_the_student_it_has(setup, monkeypatc
     entry = json.loads((root / "cut" / "manifest_entry.json").read_text())
     assert entry["steps"] == 2
     model_from_file(root / "cut" / "model.safetensors")
+
+
+def test_the_entry_records_the_threads_the_distillation_ran_on(setup):
+    """The split of distill() read the thread count after it was set back (a review): the
+    manifest said 2 threads for a --threads 1 run in a 2-thread process."""
+    root, weights = setup
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = distill(_cfg(root, weights, "threads", steps=1, threads=1))
+    finally:
+        torch.set_num_threads(before)
+    assert "1 threads" in r.entry["hardware"], r.entry["hardware"]
