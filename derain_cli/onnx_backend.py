@@ -254,7 +254,8 @@ def _pad4(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
-def session_options(threads: int | None = None, cpu_arena: bool = True) -> Any:
+def session_options(threads: int | None = None, cpu_arena: bool = True,
+                    mem_pattern: bool = False) -> Any:
     """The ``onnxruntime.SessionOptions`` every derain session uses (runner and benchmark).
 
     ``threads`` None: as many as PyTorch is set to use (``--threads``, benchmarks) when it
@@ -284,7 +285,9 @@ def session_options(threads: int | None = None, cpu_arena: bool = True) -> Any:
     # sizes of 200-900 px: 2.04-2.06 GB RSS with them, 1.33 GB without, the same speed:
     # ``python benchmarks/memory_sizes.py --backend onnx --precision int8
     # [--no-mem-pattern]``). The shape-specialised sessions never had them (ShapedSessions).
-    opts.enable_mem_pattern = False
+    # ``mem_pattern``: ONNX Runtime's own default, kept for the CUDA provider (not measured
+    # there without them)
+    opts.enable_mem_pattern = mem_pattern
     return opts
 
 
@@ -391,11 +394,13 @@ class OnnxRunner:
                               if stats_path(main).is_file() else [])
         self.paths = [Path(p) for p in paths]
 
+        self.providers = providers or _providers(device)
+        gpu = any(p != "CPUExecutionProvider" for p in self.providers)
+
         def make_opts():  # a fresh options object per session (see ShapedSessions)
-            return session_options(threads, cpu_arena)
+            return session_options(threads, cpu_arena, mem_pattern=gpu)
 
         self.threads = make_opts().intra_op_num_threads
-        self.providers = providers or _providers(device)
         sessions = {}
         for p in self.paths:
             sess = ShapedSessions(p, make_opts, self.providers)
