@@ -1010,8 +1010,14 @@ class _LogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = record.levelname.lower()
-            # a file name in a message may hold an escape sequence: shown escaped
-            text = terminal_text(record.getMessage())
+            # a file name in a message may hold an escape sequence or a line break (a
+            # forged second line): its arguments on one line each, the rest escaped
+            text = record.getMessage()
+            if isinstance(record.args, tuple) and record.args:
+                text = str(record.msg) % tuple(
+                    _printable(os.fspath(a)) if isinstance(a, (str, os.PathLike)) else a
+                    for a in record.args)
+            text = terminal_text(text)
             self.console.print(Text(f"{level}: ", style="yellow") + Text(text))
         except Exception:  # pragma: no cover
             self.handleError(record)
@@ -1438,9 +1444,17 @@ def _catch_termination() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
     _catch_termination()
-    # typer prints help and usage errors through consoles of its own: in this process,
+    # typer prints help and usage errors through consoles of its own: while derain runs,
     # every rich console ends a closed pipe as DerainConsole does (141, not 1)
+    plain = Console.on_broken_pipe
     Console.on_broken_pipe = DerainConsole.on_broken_pipe  # type: ignore[method-assign]
+    try:
+        _main(argv)
+    finally:  # a program calling main() in its own process gets its consoles back
+        Console.on_broken_pipe = plain  # type: ignore[method-assign]
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         app(args=argv)
     except SystemExit as e:

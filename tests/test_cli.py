@@ -1075,6 +1075,12 @@ def test_warnings_show_names_escaped_too(tmp_path: Path, tiny_weights: Path) -> 
     assert r.exit_code == 0, r.output
     assert "pics\\x1b[2J: 1 subfolder(s) not entered" in r.stderr
     assert "\x1b[2J" not in r.stderr
+    forged = tmp_path / "pics\nerror: forged"  # a line break in a name forged a line
+    _img(forged / "a.png")
+    (forged / "sub").mkdir()
+    r = derain(forged, "--weights", tiny_weights, "--threads", "1")
+    assert "pics\\nerror: forged: 1 subfolder(s) not entered" in r.stderr, r.stderr
+    assert not any(line.startswith("error: forged") for line in r.stderr.splitlines())
     for args in (("eval", "--model", "identity", "--data", tmp_path / "no\x1b[2J"),
                  ("synth", tmp_path / "no\x1b[2J", "-o", tmp_path / "p")):
         r = derain(*args)  # and errors, the subcommands' too
