@@ -19,28 +19,20 @@ comparable within one machine and one load.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import time
 
 import numpy as np
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
 def _heap_mb() -> dict[str, float]:
-    """glibc's heap: in use, free but kept (NaN where glibc has no mallinfo2)."""
-    try:
-        f = ctypes.CDLL(None).mallinfo2
-    except AttributeError:
+    """glibc's heap: in use, free but kept (NaN where glibc cannot say)."""
+    from derain_cli.cpu_memory import heap_bytes
+
+    heap = heap_bytes()
+    if heap is None:
         return {"heap_in_use_mb": float("nan"), "heap_free_mb": float("nan")}
-    f.restype = _MallInfo2
-    m = f()
-    return {"heap_in_use_mb": round(m.uordblks / 2**20), "heap_free_mb": round(m.fordblks / 2**20)}
+    return {"heap_in_use_mb": round(heap[0] / 2**20), "heap_free_mb": round(heap[1] / 2**20)}
 
 
 def _status_mb(field: str) -> float:

@@ -41,7 +41,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .fileio import display_text, terminal_text
+from .fileio import one_line_text, terminal_text
 from .terminal import (  # noqa: F401 - BROKEN_PIPE_STATUS: the subcommands' too
     BROKEN_PIPE_STATUS,
     DerainConsole,
@@ -134,9 +134,8 @@ def _stderr() -> Console:
 
 
 def say_error(message: str) -> None:
-    """``error: message`` on stderr, plain (the subcommands' usage errors), its control
-    characters escaped as :func:`_error`'s are."""
-    typer.echo(f"error: {terminal_text(message)}", err=True)
+    """``error: message`` on stderr (the subcommands' usage errors), as :func:`_error`."""
+    _error(_stderr(), message)
 
 
 def _error(console: Console, message: str, rank: int = 0) -> None:
@@ -1015,7 +1014,7 @@ class _LogHandler(logging.Handler):
             text = record.getMessage()
             if isinstance(record.args, tuple) and record.args:
                 text = str(record.msg) % tuple(
-                    _printable(os.fspath(a)) if isinstance(a, (str, os.PathLike)) else a
+                    one_line_text(os.fspath(a)) if isinstance(a, (str, os.PathLike)) else a
                     for a in record.args)
             text = terminal_text(text)
             self.console.print(Text(f"{level}: ", style="yellow") + Text(text))
@@ -1045,15 +1044,9 @@ def _detach_logging(saved: tuple[Any, ...]) -> None:
     logger.propagate = propagate
 
 
-def _printable(text: str) -> str:
-    """``text`` on one line: control characters (a newline in a file name, a right-to-left
-    override) escaped, and a name's bytes that are not UTF-8 as ``\\xe9`` (as the shell
-    shows them), not Python's internal ``\\udce9`` (``fileio.display_text``)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(text))
-
-
 def _print_failure(console: Console, r: FileResult) -> None:
-    console.print(Text("failed: ", style="bold red") + Text(_printable(f"{r.input}: {r.reason}")))
+    console.print(Text("failed: ", style="bold red")
+                  + Text(one_line_text(f"{r.input}: {r.reason}")))
 
 
 class _RichProgress:
@@ -1113,7 +1106,7 @@ class _RichProgress:
     def file_start(self, job: Job) -> None:
         from rich.markup import escape
 
-        name = escape(_printable(job.item.path.name))  # the bar's description is markup
+        name = escape(one_line_text(job.item.path.name))  # the bar's description is markup
         self.name = name if len(name) <= 40 else name[:37] + "..."
         self.bars.update(self.files, description=self.name)
 
@@ -1151,9 +1144,9 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
         _print_summary_table(console, s)
     done = [r for r in s.files if r.status == "processed"]
     if len(done) == 1:
-        console.print(Text(f"wrote {_printable(str(done[0].output))}"))
+        console.print(Text(f"wrote {one_line_text(str(done[0].output))}"))
     elif done:
-        where = (f"into {_printable(str(options.output))}" if options.output is not None
+        where = (f"into {one_line_text(str(options.output))}" if options.output is not None
                  else "beside the inputs as NAME_derained.EXT")
         console.print(Text(f"wrote {len(done)} files {where}"))
     if s.skipped:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from .cli import say_error
+from .cli import _error, say_error
 from .fileio import terminal_text
 from .terminal import DerainConsole
 
@@ -70,10 +69,9 @@ def _errors() -> Iterator[None]:
     from .weights import WeightsError
 
     rank = int(os.environ.get("RANK", "0"))
-    prefix = f"[rank {rank}] " if rank else ""
 
     def say(e: BaseException) -> None:
-        _err.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(_msg(e))))
+        _error(_err, _msg(e), rank)
 
     try:
         yield

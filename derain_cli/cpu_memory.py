@@ -107,6 +107,20 @@ class _MallInfo2(ctypes.Structure):  # glibc 2.33+ (malloc.h)
         "fordblks", "keepcost")]
 
 
+def heap_bytes() -> tuple[int, int] | None:
+    """glibc's heap: (bytes in use, bytes free but kept), or None where glibc cannot say
+    (before 2.33, or not glibc)."""
+    if not _glibc():
+        return None
+    try:
+        info = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return None
+    info.restype = _MallInfo2
+    m = info()
+    return int(m.uordblks), int(m.fordblks)
+
+
 def release_freed_memory(keep: int = 0) -> bool:
     """Hand the memory the process freed back to the system (glibc ``malloc_trim``), when
     :func:`keep_freed_memory` is on and more than ``keep`` bytes are free in the heap.
@@ -122,16 +136,11 @@ def release_freed_memory(keep: int = 0) -> bool:
     releases."""
     if not _applied:
         return False
-    libc = ctypes.CDLL(None)
+    heap = heap_bytes()
+    if heap is not None and heap[1] <= keep:
+        return False
     try:
-        info = libc.mallinfo2
-        info.restype = _MallInfo2
-        if info().fordblks <= keep:
-            return False
-    except AttributeError:
-        pass
-    try:
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except AttributeError:
         return False
     trim.argtypes = [ctypes.c_size_t]

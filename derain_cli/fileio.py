@@ -162,13 +162,18 @@ def display_text(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def one_line_text(text: str) -> str:
+    """``text`` on one line: every control character (a newline in a file name, a
+    right-to-left override, an escape sequence) escaped, and a name's bytes that are not
+    UTF-8 as ``\\xe9`` (:func:`display_text`), as the shell shows them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(text))
+
+
 def terminal_text(text: str) -> str:
     """``text`` (a message that may quote a file name) as a terminal may be given it: its
-    line breaks kept, every other control character escaped (``\\x1b``: a name holding an
-    escape sequence could recolour or clear the screen) and non-UTF-8 bytes as ``\\xe9``
-    (:func:`display_text`)."""
-    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in display_text(line))
-                     for line in text.split("\n"))
+    line breaks kept, each line as :func:`one_line_text` (``\\x1b``: a name holding an
+    escape sequence could recolour or clear the screen)."""
+    return "\n".join(one_line_text(line) for line in text.split("\n"))
 
 
 def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
