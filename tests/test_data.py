@@ -225,6 +225,34 @@ def test_loader_workers_match_single_process(clean_dir):
         assert torch.equal(x, y)
 
 
+def test_loader_workers_started_by_spawn_match_single_process(clean_dir, pairs_dir):
+    """macOS and Windows start DataLoader workers by spawning (Linux forks): each worker
+    gets the datasets pickled and imports derain afresh. Every kind of item (paired,
+    synthetic with its augmented rain and rain-free share, unlabeled) must come back as the
+    main process makes it."""
+    import torch.multiprocessing as tmp
+
+    labeled = D.LabeledDataset(pairs_dirs=[pairs_dir], clean_dirs=[clean_dir], patch=16,
+                               seed=3, with_aug=True, clean_fraction=0.3)
+    unlabeled = D.UnlabeledDataset([clean_dir], patch=16, seed=4)
+
+    def batches(ds: torch.utils.data.Dataset, workers: int) -> list[dict[str, torch.Tensor]]:
+        s = D.StepBatchSampler(len(ds), 4, seed=0, total_steps=4)
+        return list(D.make_loader(ds, s, workers=workers, timeout=120))
+
+    before = tmp.get_start_method()
+    tmp.set_start_method("spawn", force=True)
+    try:
+        spawned = [batches(labeled, 2), batches(unlabeled, 2)]
+    finally:
+        tmp.set_start_method(before, force=True)
+    for ds, got in zip((labeled, unlabeled), spawned, strict=True):
+        for a, b in zip(batches(ds, 0), got, strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+
+
 def test_crops_are_flipped_and_rotated_the_same_way_in_a_pair():
     """All eight flips/rotations occur, each applied alike to both images of a pair (the
     aligned-crop test used a uniform offset, which no flip or rotation can change)."""
