@@ -318,6 +318,118 @@ def _padded_indices(h: int, w: int, multiple: int) -> tuple[np.ndarray, np.ndarr
             np.pad(np.arange(w), (0, pw), mode=mode))
 
 
+class _TileReader:
+    """Cuts tiles out of an image as the runner takes them: (1, 3, th, tw) float32 in [0, 1],
+    or (1, th, tw, 3) uint8 for a runner that scales 8-bit samples itself.
+
+    Tiles reaching past the image gather its padding (to the model's size ``multiple``)
+    through index arrays, so no padded copy of the image is made; ``h`` and ``w`` are the
+    padded size, ``h0`` and ``w0`` the image's.
+    """
+
+    def __init__(self, image: np.ndarray, runner: Runner, hwc: bool, multiple: int) -> None:
+        self.image, self.hwc = image, hwc
+        self.h0, self.w0 = image.shape[:2] if hwc else image.shape[1:]
+        self.inv_scale = (np.float32(1.0 / np.iinfo(image.dtype).max)
+                          if image.dtype.kind == "u" else None)
+        # 8-bit photo tiles as they are, for a runner that scales them itself (module docstring)
+        self.samples = hwc and image.dtype == np.uint8 and getattr(runner, "takes_samples", False)
+        self.rows, self.cols = _padded_indices(self.h0, self.w0, multiple)
+        self.h, self.w = len(self.rows), len(self.cols)
+
+    def __call__(self, t: Tile) -> np.ndarray:
+        src, hwc = self.image, self.hwc
+        if t.y1 <= self.h0 and t.x1 <= self.w0:  # inside the image: a view
+            part = src[t.y0:t.y1, t.x0:t.x1] if hwc else src[:, t.y0:t.y1, t.x0:t.x1]
+        else:  # reaches into the padding
+            ys, xs = self.rows[t.y0:t.y1, None], self.cols[None, t.x0:t.x1]
+            part = src[ys, xs] if hwc else src[:, ys, xs]
+        if self.samples:  # (1, th, tw, 3) uint8; no copy when the tile is whole rows
+            return np.ascontiguousarray(part)[None]
+        if hwc:
+            part = part.transpose(2, 0, 1)
+        if self.inv_scale is not None:
+            x = np.ascontiguousarray(part, dtype=np.float32)
+            x *= self.inv_scale
+            return x[None]
+        return (np.ascontiguousarray(part) if hwc else part)[None]
+
+
+def _work(t: Tile, cost: float = 1.0) -> int:
+    """A tile's share of the progress count: its pixels through the network, at ``cost``."""
+    return max(1, round((t.y1 - t.y0) * (t.x1 - t.x0) * cost))
+
+
+@dataclass
+class _Progress:
+    """Work done and in all, in ``_work`` units, reported to ``on_tile`` after each tile."""
+
+    total: int
+    on_tile: Callable[[int, int], None] | None
+    done: int = 0
+
+    def add(self, t: Tile, cost: float = 1.0) -> None:
+        self.done += _work(t, cost)
+        if self.on_tile:
+            self.on_tile(self.done, self.total)
+
+
+def _statistics(runner: Runner, read: _TileReader, layout: _Layout, keep: list[int],
+                passes: int, shape: tuple[int, ...], progress: _Progress) -> np.ndarray | None:
+    """The whole-image statistics after ``passes`` passes over ``layout``'s tiles ``keep``
+    (None without passes): the module docstring's fixed-point iteration."""
+    pooled = None
+    h, w = read.h, read.w
+    for _ in range(passes):
+        sums = np.zeros((1, *shape), np.float64)
+        weight = 0.0
+        for i in keep:
+            t = layout.tiles[i]
+            # Pixels of the reflect padding are not part of the image.
+            mask = (layout.window(t, h, w) * _inside(t, read.h0, read.w0))[None, None]
+            sums += runner.stat_sums(read(t), pooled, mask)
+            weight += float(mask.sum(dtype=np.float64))
+            progress.add(t, STATS_COST)
+        # Every tile: the weights are a partition of unity, so they sum to the image area.
+        area = read.h0 * read.w0 if len(keep) == len(layout.tiles) else weight
+        pooled = (sums / area).astype(np.float32)
+    return pooled
+
+
+def _final_pass(runner: Runner, read: _TileReader, layout: _Layout, pooled: np.ndarray | None,
+                batch: int, progress: _Progress) -> np.ndarray:
+    """The network's output over the padded image: ``batch`` tiles per forward pass, each
+    blended in with its normalised window (they sum to 1 at every pixel: no division at
+    the end). An asynchronous runner gets the next batch queued before the previous one is
+    blended."""
+    h, w = read.h, read.w
+    out = np.zeros((h, w, 3) if read.hwc else (3, h, w), np.float32)
+    submit, collect = _submitter(runner)
+    n = max(1, batch)
+    groups = [layout.tiles[i:i + n] for i in range(0, len(layout.tiles), n)]
+    pending: tuple[list[Tile], object] | None = None
+    for group in [*groups, None]:
+        queued = None
+        if group is not None:
+            x = read(group[0]) if len(group) == 1 else np.concatenate([read(t) for t in group])
+            try:
+                queued = (group, submit(x, pooled))
+            except TileOutOfMemory as e:
+                e.batch = len(group)
+                raise
+        if pending is not None:
+            preds = collect(pending[1])
+            for t, pred in zip(pending[0], preds, strict=True):
+                win = layout.window(t, h, w)
+                if read.hwc:
+                    out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
+                else:
+                    out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
+                progress.add(t)
+        pending = queued
+    return out
+
+
 def run_tiled(
     image: np.ndarray,
     runner: Runner,
@@ -351,101 +463,33 @@ def run_tiled(
     in tiles, an 80 MP photo's 500 small, cheap statistics tiles made the first 57 % of
     the count take 16 % of the time.)
     """
-    h0, w0 = image.shape[:2] if hwc else image.shape[1:]
-    inv_scale = np.float32(1.0 / np.iinfo(image.dtype).max) if image.dtype.kind == "u" else None
-    # 8-bit photo tiles as they are, for a runner that scales them itself (module docstring)
-    samples = hwc and image.dtype == np.uint8 and getattr(runner, "takes_samples", False)
-
-    def crop(src: np.ndarray, t: Tile) -> np.ndarray:  # (1, 3, th, tw) float32 for the runner
-        if t.y1 <= h0 and t.x1 <= w0:  # inside the image: a view
-            part = src[t.y0:t.y1, t.x0:t.x1] if hwc else src[:, t.y0:t.y1, t.x0:t.x1]
-        else:  # reaches into the padding
-            ys, xs = rows[t.y0:t.y1, None], cols[None, t.x0:t.x1]
-            part = src[ys, xs] if hwc else src[:, ys, xs]
-        if samples:  # (1, th, tw, 3) uint8; no copy when the tile is whole rows
-            return np.ascontiguousarray(part)[None]
-        if hwc:
-            part = part.transpose(2, 0, 1)
-        if inv_scale is not None:
-            x = np.ascontiguousarray(part, dtype=np.float32)
-            x *= inv_scale
-            return x[None]
-        return (np.ascontiguousarray(part) if hwc else part)[None]
-
     m = max(1, runner.size_multiple)
+    read = _TileReader(image, runner, hwc, m)
+    h0, w0 = read.h0, read.w0
     if tile <= 0 or (tile >= h0 and tile >= w0):
-        out = runner.forward(crop(image, Tile(0, h0, 0, w0)), None)[0]
+        out = runner.forward(read(Tile(0, h0, 0, w0)), None)[0]
         if on_tile:
             on_tile(h0 * w0, h0 * w0)
         return out.transpose(1, 2, 0)[:h0, :w0] if hwc else out[:, :h0, :w0]
     overlap = effective_overlap(overlap, tile, m)
     tile = max(m, tile // m * m)
-    rows, cols = _padded_indices(h0, w0, m)
-    h, w = len(rows), len(cols)
+    h, w = read.h, read.w
     final = _layout(h, w, tile, overlap, m)
 
-    pooled = None
     shape = runner.global_stats_shape
     passes = stats_passes if shape is not None and len(final.tiles) > 1 else 0
-    stats = final
-    stats_overlap = _stats_overlap(overlap, stats_overlap)
-    s_tile = _stats_tile(h, w, tile, m, stats_megapixels)
-    if passes and (stats_overlap != overlap or s_tile != tile):
-        stats = _layout(h, w, s_tile, stats_overlap, m)
-    budget = stats_megapixels if _sampled(h, w, stats_megapixels) else None
-    keep = sample_tiles(stats.tiles, budget) if passes else []
-
-    def work(t: Tile, cost: float = 1.0) -> int:
-        return max(1, round((t.y1 - t.y0) * (t.x1 - t.x0) * cost))
-
-    total = passes * sum(work(stats.tiles[i], STATS_COST) for i in keep) + sum(
-        work(t) for t in final.tiles)
-    done = 0
-    for _ in range(passes):
-        sums = np.zeros((1, *shape), np.float64)
-        weight = 0.0
-        for i in keep:
-            t = stats.tiles[i]
-            # Pixels of the reflect padding are not part of the image.
-            mask = (stats.window(t, h, w) * _inside(t, h0, w0))[None, None]
-            sums += runner.stat_sums(crop(image, t), pooled, mask)
-            weight += float(mask.sum(dtype=np.float64))
-            done += work(t, STATS_COST)
-            if on_tile:
-                on_tile(done, total)
-        # Every tile: the weights are a partition of unity, so they sum to the image area.
-        area = h0 * w0 if len(keep) == len(stats.tiles) else weight
-        pooled = (sums / area).astype(np.float32)
-
-    # The windows are normalised (they sum to 1 at every pixel): no division at the end.
-    out = np.zeros((h, w, 3) if hwc else (3, h, w), np.float32)
-    submit, collect = _submitter(runner)
-    n = max(1, batch)
-    groups = [final.tiles[i:i + n] for i in range(0, len(final.tiles), n)]
-    pending: tuple[list[Tile], object] | None = None
-    for group in [*groups, None]:
-        # queue the next batch before blending the previous one (asynchronous runners)
-        queued = None
-        if group is not None:
-            x = crop(image, group[0]) if len(group) == 1 else np.concatenate(
-                [crop(image, t) for t in group])
-            try:
-                queued = (group, submit(x, pooled))
-            except TileOutOfMemory as e:
-                e.batch = len(group)
-                raise
-        if pending is not None:
-            preds = collect(pending[1])
-            for t, pred in zip(pending[0], preds, strict=True):
-                win = final.window(t, h, w)
-                if hwc:
-                    out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
-                else:
-                    out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
-                done += work(t)
-                if on_tile:
-                    on_tile(done, total)
-        pending = queued
+    stats, keep = final, []
+    if passes:
+        stats_overlap = _stats_overlap(overlap, stats_overlap)
+        s_tile = _stats_tile(h, w, tile, m, stats_megapixels)
+        if stats_overlap != overlap or s_tile != tile:
+            stats = _layout(h, w, s_tile, stats_overlap, m)
+        keep = sample_tiles(stats.tiles, stats_megapixels if _sampled(h, w, stats_megapixels)
+                            else None)
+    progress = _Progress(passes * sum(_work(stats.tiles[i], STATS_COST) for i in keep)
+                         + sum(_work(t) for t in final.tiles), on_tile)
+    pooled = _statistics(runner, read, stats, keep, passes, shape, progress) if passes else None
+    out = _final_pass(runner, read, final, pooled, batch, progress)
     return out[:h0, :w0] if hwc else out[:, :h0, :w0]
 
 
