@@ -607,6 +607,68 @@ def _cpu_name() -> str:
     return cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
+def _checked_request(models: Sequence[str] | None,
+                     variants: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The models and variants to measure, or a ``BenchError`` naming the bad one.
+
+    Variants come each once and fp32 first: the others' "PSNR vs fp32" needs its output
+    (was "-" when fp32 came later in --variants)."""
+    names = list(models) if models else list(MODELS)
+    for n in names:
+        if n not in MODELS:
+            raise BenchError(f"unknown model {n!r}; choose one of: {', '.join(MODELS)}")
+    if not variants:
+        raise BenchError("--variants: no variant given")
+    for v in variants:
+        if v not in DEFAULT_VARIANTS + EXTRA_VARIANTS:
+            raise BenchError(f"unknown variant {v!r}; choose from "
+                             f"{', '.join(DEFAULT_VARIANTS + EXTRA_VARIANTS)}")
+    return names, sorted(dict.fromkeys(variants), key=lambda v: v != "fp32")
+
+
+def _device_tile(net: torch.nn.Module, name: str, dev: torch.device, tile: int | None) -> int:
+    """The tile ``derain`` runs ``net`` in on ``dev``: ``tile`` when given (raised to the
+    model's minimum, with a warning: a table of tiles derain never runs would mislead),
+    else the device's own choice made large enough for the network to agree (RDMC), as
+    ``Derainer`` does."""
+    min_tile = int(getattr(net, "min_tile", 0))
+    if tile is not None:
+        dev_tile = variant_tile(None, tile, tile, min_tile)
+        if dev_tile != tile:
+            print(f"warning: --tile {tile} is below {name}'s minimum of {min_tile} "
+                  f"px; measured with {dev_tile} px tiles, as derain runs it",
+                  file=sys.stderr)
+        return dev_tile
+    if dev.type == "cuda":
+        from .torch_runner import _auto_tile
+
+        dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
+    else:
+        dev_tile = CPU_TILE
+    return tiling.auto_tile(dev_tile, min_tile)
+
+
+def _timed_passes(net: torch.nn.Module, runner: Any, img: np.ndarray, tile: int, overlap: int,
+                  dev: torch.device, dtype: torch.dtype, repeats: int,
+                  peak_side: int) -> tuple[float, np.ndarray, float]:
+    """The best of ``repeats`` tiled passes over ``img``: (seconds, output, the convolution
+    peak measured right after the passes, the best of them).
+
+    The reference is measured again beside each pass: on a shared machine whose speed
+    drifts over minutes, a ratio of two measurements taken together holds where one
+    against the run's first peak did not."""
+    best, out, near = float("inf"), None, 0.0
+    for _ in range(max(1, repeats)):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = tiling.run_tiled(img, runner, tile, overlap)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+        near = max(near, mixed_peak(net, peak_side, dev, {}, dtype, 2)[0])
+    assert out is not None
+    return best, out, near
+
+
 def bench_main(
     models: Sequence[str] | None = None,
     *,
@@ -634,19 +696,7 @@ def bench_main(
     """
     if threads:
         torch.set_num_threads(threads)
-    names = list(models) if models else list(MODELS)
-    for n in names:
-        if n not in MODELS:
-            raise BenchError(f"unknown model {n!r}; choose one of: {', '.join(MODELS)}")
-    if not variants:
-        raise BenchError("--variants: no variant given")
-    for v in variants:
-        if v not in DEFAULT_VARIANTS + EXTRA_VARIANTS:
-            raise BenchError(f"unknown variant {v!r}; choose from "
-                             f"{', '.join(DEFAULT_VARIANTS + EXTRA_VARIANTS)}")
-    # each once, fp32 first: the others' "PSNR vs fp32" needs its output (was "-" when
-    # fp32 came later in --variants)
-    variants = sorted(dict.fromkeys(variants), key=lambda v: v != "fp32")
+    names, variants = _checked_request(models, variants)
     devs = _devices(devices)  # checked before the minutes of measuring
     if size is None:
         side = max(16, round(math.sqrt(megapixels * 1e6)))
@@ -671,21 +721,7 @@ def bench_main(
         ov = default_overlap(net) if overlap is None else overlap
         for dev in devs:
             peak, ref = mixed_peak(net, peak_side, dev, peaks)
-            min_tile = int(getattr(net, "min_tile", 0))
-            if tile is not None:
-                dev_tile = variant_tile(None, tile, tile, min_tile)
-                if dev_tile != tile:  # a table of tiles derain never runs would mislead
-                    print(f"warning: --tile {tile} is below {name}'s minimum of {min_tile} "
-                          f"px; measured with {dev_tile} px tiles, as derain runs it",
-                          file=sys.stderr)
-            elif dev.type == "cuda":
-                from .torch_runner import _auto_tile
-
-                dev_tile = _auto_tile(TorchRunner(copy.deepcopy(net), dev, "fp32"))
-            else:
-                dev_tile = CPU_TILE
-            if tile is None:  # as Derainer: large enough for the network to agree (RDMC)
-                dev_tile = tiling.auto_tile(dev_tile, getattr(net, "min_tile", 0))
+            dev_tile = _device_tile(net, name, dev, tile)
             # the overlap tiling really uses: at most half a tile (the table said the asked
             # one for a small --tile)
             info = ModelInfo(name, dev.type, label, fwd, stats, peak, ref, dev_tile,
@@ -714,17 +750,8 @@ def bench_main(
                 if variant in REDUCED_PRECISION:  # against the same convs in its precision
                     info.reduced_peaks[_DTYPE_NAMES[dtype]] = mixed_peak(
                         net, peak_side, dev, peaks, dtype)
-                best, out, near = float("inf"), None, 0.0
-                for _ in range(max(1, repeats)):
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    out = tiling.run_tiled(img, runner, row.tile, ov)
-                    _sync(dev)
-                    best = min(best, time.perf_counter() - t0)
-                    # the reference again, right after: on a shared machine whose speed
-                    # drifts over minutes, a ratio of two measurements taken together
-                    # holds where one against the run's first peak did not
-                    near = max(near, mixed_peak(net, peak_side, dev, {}, dtype, 2)[0])
+                best, out, near = _timed_passes(net, runner, img, row.tile, ov, dev, dtype,
+                                                repeats, peak_side)
                 row.seconds = best
                 row.s_per_mp = best / mp
                 row.gflops = fwd * h * w / best / 1e9
