@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from derain_cli.weights import read_state
+from derain_cli.weights import canonical_safetensors, read_state
 
 
 def average(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     state_a, meta = read_state(args.a)
     state_b, _ = read_state(args.b)
     soup = average(state_a, state_b, args.alpha)
-    save_file(soup, args.output, metadata=meta)
+    # sorted header: the same soup is the same file (recipes bundle it; a rerun can be
+    # compared with the shipped file byte for byte)
+    Path(args.output).write_bytes(canonical_safetensors(save(soup, metadata=meta)))
     print(f"wrote {args.output}: {len(soup)} tensors, {1 - args.alpha:g} x {args.a} + "
           f"{args.alpha:g} x {args.b}")
     return 0

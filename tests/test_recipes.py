@@ -574,3 +574,30 @@ def test_fast_stage8_falls_back_to_todays_file_outside_a_clone(tmp_path: Path) -
     res = subprocess.run(["bash", "recipes/fast-stage8.sh"], cwd=tmp_path, capture_output=True,
                          text=True)
     assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def test_a_soup_is_the_same_file_in_every_process(tmp_path: Path) -> None:
+    # The recipes bundle benchmarks/average_weights.py's output as it is: its bytes must not
+    # depend on the process (safetensors writes its header in a per-process hash order), so
+    # that a rerun of a soup stage can be compared with the shipped file byte for byte.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    names = [f"layer{i}.weight" for i in range(12)]
+    a = {n: torch.full((2, 3), float(i), dtype=torch.float16) for i, n in enumerate(names)}
+    b = {n: torch.full((2, 3), float(i + 3), dtype=torch.float16) for i, n in enumerate(names)}
+    # metadata as derain writes it: several keys (their order is the one that varied)
+    save_file(a, tmp_path / "a.safetensors",
+              metadata={k: f"value of {k}" for k in ("name", "arch", "config", "format", "x")})
+    save_file(b, tmp_path / "b.safetensors")
+    blobs = []
+    for i in range(3):
+        out = tmp_path / f"soup{i}.safetensors"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "average_weights.py"),
+                        str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                        "--alpha", "0.3333333", "-o", str(out)], check=True,
+                       capture_output=True)
+        blobs.append(out.read_bytes())
+    assert blobs[0] == blobs[1] == blobs[2]
+    soup = load_file(tmp_path / "soup0.safetensors")
+    assert torch.equal(soup["layer4.weight"], torch.full((2, 3), 5.0, dtype=torch.float16))
