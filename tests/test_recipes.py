@@ -238,8 +238,36 @@ def test_rdmc_lite_soup_stage_averages_its_start_with_two_distillations_in_third
 
 
 @needs_bash
+def test_rdmc_lite_stage_12_trains_two_runs_with_the_contrastive_prior_and_averages_thirds(
+        tmp_path: Path) -> None:
+    # stage 12: stage 11's bundle trained twice (seeds 5 and 6) on added rain in 256 px crops
+    # with RDMC's contrastive prior in self features, then the start and the two in thirds
+    res, calls = _run_with_stubs(tmp_path, "rdmc-lite.sh", {"FROM_STAGE": "12"})
+    assert res.returncode == 0, res.stderr
+    assert not [c for c in calls if c[:2] == ["derain", "distill"]]
+    trains = [c for c in calls if c[:2] == ["derain", "train"]]
+    start = str(tmp_path / "runs/distill-rdmc-lite/stage12-start.safetensors")
+    assert [t[t.index("--weights") + 1] for t in trains] == [start, start]
+    assert [t[t.index("--seed") + 1] for t in trains] == ["5", "6"]
+    for t in trains:
+        assert t[t.index("-m") + 1] == "rdmc-lite"
+        assert t[t.index("--contrast-features") + 1] == "self"
+        assert t[t.index("--patch") + 1] == "256"
+        assert t[t.index("--preset") + 1] == "light,medium,heavy,mixed"
+    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
+    assert avgs[0][2] == start
+    assert avgs[0][3].endswith("stage12-seed5/model.safetensors")
+    assert avgs[1][3].endswith("stage12-seed6/model.safetensors")
+    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1 and bundles[0][2].endswith("/stage12")
+    assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
+        "stage 11 of recipes/rdmc-lite.sh")
+
+
+@needs_bash
 def test_rdmc_lite_recipe_refuses_a_bad_stage_number(tmp_path: Path) -> None:
-    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "12"})):
+    for i, bad in enumerate(({"FROM_STAGE": "five"}, {"TO_STAGE": "13"})):
         res, calls = _run_with_stubs(tmp_path / str(i), "rdmc-lite.sh", bad)
         assert res.returncode == 2
         assert "stage numbers" in res.stderr
