@@ -651,8 +651,8 @@ def _device_tile(net: torch.nn.Module, name: str, dev: torch.device, tile: int |
 def _timed_passes(net: torch.nn.Module, runner: Any, img: np.ndarray, tile: int, overlap: int,
                   dev: torch.device, dtype: torch.dtype, repeats: int,
                   peak_side: int) -> tuple[float, np.ndarray, float]:
-    """The best of ``repeats`` tiled passes over ``img``: (seconds, output, the convolution
-    peak measured right after the passes, the best of them).
+    """``repeats`` tiled passes over ``img``: (the fastest pass's seconds, the last pass's
+    output, the highest convolution peak measured right after each pass).
 
     The reference is measured again beside each pass: on a shared machine whose speed
     drifts over minutes, a ratio of two measurements taken together holds where one

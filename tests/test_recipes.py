@@ -110,6 +110,21 @@ def _run_with_stubs(tmp_path: Path, script: str, env_extra: dict[str, str],
     return res, [rec.split("\x1f") for rec in recorded if rec]
 
 
+def _assert_soup_in_thirds(calls: list[list[str]], start: str, first: str,
+                           second: str) -> list[list[str]]:
+    """The recipe averaged ``start`` and the run ``first`` half and half, then that average
+    and ``second`` at a third: the start and the two runs in thirds (benchmarks/
+    average_weights.py; the runs' paths are checked by their ends). Returns the two calls."""
+    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
+    assert len(avgs) == 2
+    assert avgs[0][2] == start and avgs[0][3].endswith(first)
+    assert "--alpha" not in avgs[0]
+    assert avgs[1][2] == avgs[0][avgs[0].index("-o") + 1]
+    assert avgs[1][3].endswith(second)
+    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    return avgs
+
+
 @needs_bash
 @pytest.mark.parametrize(("env_extra", "option", "expected"), [
     ({}, "--preset", "light,medium,mixed"),
@@ -226,11 +241,8 @@ def test_rdmc_lite_soup_stage_averages_its_start_with_two_distillations_in_third
         "weights/semi-drdnet-lite.safetensors", "weights/semi-drdnet-fast.safetensors"]
     for teacher in teachers:
         assert teacher in res.stderr
-    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
-    assert avgs[0][2] == start
-    assert avgs[0][3].endswith(f"stage{stage}-lite/model.safetensors")
-    assert avgs[1][3].endswith(f"stage{stage}-fast/model.safetensors")
-    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    _assert_soup_in_thirds(calls, start, f"stage{stage}-lite/model.safetensors",
+                           f"stage{stage}-fast/model.safetensors")
     bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
     assert len(bundles) == 1 and bundles[0][2].endswith(f"/stage{stage}")
     assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
@@ -254,11 +266,8 @@ def test_rdmc_lite_stage_12_trains_two_runs_with_the_contrastive_prior_and_avera
         assert t[t.index("--contrast-features") + 1] == "self"
         assert t[t.index("--patch") + 1] == "256"
         assert t[t.index("--preset") + 1] == "light,medium,heavy,mixed"
-    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
-    assert avgs[0][2] == start
-    assert avgs[0][3].endswith("stage12-seed5/model.safetensors")
-    assert avgs[1][3].endswith("stage12-seed6/model.safetensors")
-    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    _assert_soup_in_thirds(calls, start, "stage12-seed5/model.safetensors",
+                           "stage12-seed6/model.safetensors")
     bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
     assert len(bundles) == 1 and bundles[0][2].endswith("/stage12")
     assert bundles[0][bundles[0].index("--continued-from") + 1].startswith(
@@ -516,10 +525,9 @@ def test_soup_stage_trains_two_runs_from_its_start_and_averages_the_three_in_thi
         assert t[t.index("--contrast-terms") + 1] == "bg"
         assert t[t.index("--contrast-features") + 1] == "self"
         assert t[t.index("--time-budget") + 1] == "600"
-    avgs = [c for c in calls if c[:2] == ["python", "benchmarks/average_weights.py"]]
-    assert avgs[0][2:4] == ["start.safetensors", "runs/r10-added/model.safetensors"]
-    assert avgs[1][3] == "runs/r10-veiled/model.safetensors"
-    assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    avgs = _assert_soup_in_thirds(calls, "start.safetensors",
+                                  "runs/r10-added/model.safetensors",
+                                  "runs/r10-veiled/model.safetensors")
     assert avgs[1][avgs[1].index("-o") + 1] == "runs/r10-soup/model.safetensors"
     bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
     assert len(bundles) == 1 and bundles[0][2] == "runs/r10-soup"
