@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +135,32 @@ if hasattr(os, "register_at_fork"):  # POSIX; registered once, when the torch en
     os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
+#: ``cudnn_benchmark`` blocks open now, and the setting from before the first of them
+_tuning_lock = threading.Lock()
+_tuning: dict[str, Any] = {"open": 0, "before": False}
+
+
 @contextlib.contextmanager
 def cudnn_benchmark() -> Any:
     """cuDNN picks each convolution's algorithm by timing them (once per shape) inside this
     block; the process's own setting comes back after it (it is global, and training sets
-    it for itself)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    it for itself).
+
+    Blocks of several threads (a server's Derainers on one GPU) may overlap: the setting
+    from before the first comes back when the last one closes. (Each block saving and
+    restoring its own left autotuning on for good when two overlapped: an audit.)"""
+    with _tuning_lock:
+        if _tuning["open"] == 0:
+            _tuning["before"] = torch.backends.cudnn.benchmark
+        _tuning["open"] += 1
+        torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        with _tuning_lock:
+            _tuning["open"] -= 1
+            if _tuning["open"] == 0:
+                torch.backends.cudnn.benchmark = _tuning["before"]
 
 
 class TorchRunner:

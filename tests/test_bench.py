@@ -321,6 +321,38 @@ def test_json_refuses_an_option_as_its_file_name():
     assert res.exit_code == 2 and "--json takes a file name" in res.output
 
 
+def test_overlapping_autotuning_blocks_of_two_threads_restore_the_setting_once():
+    """Two threads' blocks overlap (A opens, B opens, A closes, B closes): autotuning stays on
+    until B closes, then the setting from before A comes back, not the True B saw."""
+    import threading
+
+    import torch
+
+    from derain_cli.torch_runner import cudnn_benchmark
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    b_open, a_closed, seen = threading.Event(), threading.Event(), {}
+
+    def b() -> None:
+        with cudnn_benchmark():
+            b_open.set()
+            a_closed.wait(10)
+            seen["b after a closed"] = torch.backends.cudnn.benchmark
+
+    try:
+        with cudnn_benchmark():
+            thread = threading.Thread(target=b)
+            thread.start()
+            assert b_open.wait(10)
+        a_closed.set()
+        thread.join(10)
+        assert seen == {"b after a closed": True}
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_cudnn_autotuning_is_a_variant_of_its_own_and_leaves_the_setting_as_it_was():
     """cuDNN autotuning (issue 6's GPU list) is timed as bf16_autotune, not turned on for
     every run unmeasured; on a CPU it is skipped, and the block restores the global flag."""
