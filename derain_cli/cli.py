@@ -85,6 +85,11 @@ class _State:
 _STATE = _State()
 
 
+def debugging() -> bool:
+    """Whether ``derain --debug`` asked for tracebacks (the training commands' errors too)."""
+    return bool(_STATE.debug)
+
+
 # --------------------------------------------------------------------------- small helpers
 @functools.cache
 def _module_source(module: str) -> ast.Module | None:
@@ -134,11 +139,11 @@ def _stderr() -> Console:
 
 
 def say_error(message: str) -> None:
-    """``error: message`` on stderr (the subcommands' usage errors), as :func:`_error`."""
-    _error(_stderr(), message)
+    """``error: message`` on stderr (the subcommands' usage errors), as :func:`print_error`."""
+    print_error(_stderr(), message)
 
 
-def _error(console: Console, message: str, rank: int = 0) -> None:
+def print_error(console: Console, message: str, rank: int = 0) -> None:
     """``error: message`` on stderr, its control characters escaped (``terminal_text``)."""
     prefix = f"[rank {rank}] " if rank else ""
     console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(message)))
@@ -625,7 +630,7 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
             raise typer.Exit(BROKEN_PIPE_STATUS) from None
         if debug:
             raise
-        _error(console, _friendly_message(e), rank)  # another pipe: a real error
+        print_error(console, _friendly_message(e), rank)  # another pipe: a real error
         raise typer.Exit(1) from None
     except _Exit as e:
         raise typer.Exit(e.code) from None
@@ -638,7 +643,7 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
     except Exception as e:
         if debug:
             raise
-        _error(console, _friendly_message(e), rank)
+        print_error(console, _friendly_message(e), rank)
         raise typer.Exit(1) from None
 
 
@@ -887,7 +892,7 @@ def _make_derainer(**kw: Any) -> Any:
 
         if not isinstance(e, (ValueError, UnknownModelError)):
             raise
-        _error(_stderr(), _one_line(e))  # bad --device/--precision/--model values
+        print_error(_stderr(), _one_line(e))  # bad --device/--precision/--model values
         raise _Exit(2) from None
 
 
@@ -900,13 +905,13 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
     err = _stderr()
     if tile is not None and 0 < tile < SMALLEST_TILE:
-        _error(err, f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, not {tile} "
+        print_error(err, f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, not {tile} "
                     f"({MIN_TILE} or more keeps the result intact)")
         raise _Exit(2)
     if weights is not None:
         problem = _weights_file_problem(weights)
         if problem:
-            _error(err, f"{weights}: {problem}")
+            print_error(err, f"{weights}: {problem}")
             raise _Exit(1)
         return
     if model is None:
@@ -918,11 +923,11 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
     from .models import MODELS, UnknownModelError  # imports torch: the error path only
 
     if model not in MODELS:
-        _error(err, str(UnknownModelError(model)))
+        print_error(err, str(UnknownModelError(model)))
         raise _Exit(2)
     from .weights import untrained_message
 
-    _error(err, untrained_message(model))
+    print_error(err, untrained_message(model))
     raise _Exit(1)
 
 
@@ -965,7 +970,7 @@ def _check_device_and_precision(device: str, precision: str, backend: str = "aut
             resolve_precision(precision, dev, backend)
     except ValueError as e:
         if speak:
-            _error(_stderr(), _one_line(e))
+            print_error(_stderr(), _one_line(e))
         raise _Exit(2) from None
 
 
@@ -1374,7 +1379,7 @@ def download_cmd(
         # fetch the others, exit 1 at the end (as `derain IMG -m NAME` does)
         untrained = [n for n in targets if n not in manifest]
         for name in untrained:
-            _error(err, weights.untrained_message(name))
+            print_error(err, weights.untrained_message(name))
         targets = [n for n in targets if n in manifest]
         if all_:
             for name in (n for n in MODELS if n not in manifest):
@@ -1390,11 +1395,11 @@ def download_cmd(
             try:
                 path = weights.resolve(name, quiet=quiet, force=force)
             except hub.WeightsUnavailable as e:  # its own message names what and why
-                _error(err, str(e))
+                print_error(err, str(e))
                 failures += 1
                 continue
             except weights.WeightsError as e:  # a damaged bundled file
-                _error(err, f"{name}: {e}")
+                print_error(err, f"{name}: {e}")
                 failures += 1
                 continue
             if path.parent == weights.bundled_dir():

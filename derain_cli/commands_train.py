@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import _error, say_error
+from .cli import print_error, say_error
 from .fileio import terminal_text
 from .terminal import DerainConsole
 
@@ -50,10 +50,11 @@ ValCleanOption = Annotated[str | None, typer.Option(
 #: Seeds are 32-bit (numpy's generators take them modulo 2**32: -1 was 4294967295).
 SEED_MAX = 2**32 - 1
 
-def _debug() -> bool:
-    from .cli import _STATE
 
-    return bool(_STATE.debug)
+def _debug() -> bool:
+    from .cli import debugging
+
+    return debugging()
 
 
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ def _errors() -> Iterator[None]:
     rank = int(os.environ.get("RANK", "0"))
 
     def say(e: BaseException) -> None:
-        _error(_err, _msg(e), rank)
+        print_error(_err, _msg(e), rank)
 
     try:
         yield
