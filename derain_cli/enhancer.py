@@ -214,6 +214,9 @@ class Derainer:
                         self.tile // 2)
             self.tile_overlap = self.tile // 2
         self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
+        #: an image with a side shorter than this runs mirrored out to it
+        #: (``tiling.pad_small``; 0: as it is)
+        self.small_side = tiling.SMALL_SIDE
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
 
@@ -348,9 +351,10 @@ class Derainer:
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         tile, batch = self.tile, self.tile_batch
+        padded, crop = tiling.pad_small(rgb, self.small_side)  # a small image's context
         while True:
             try:
-                out = tiling.run_tiled(rgb, self.runner, tile, self.tile_overlap,
+                out = tiling.run_tiled(padded, self.runner, tile, self.tile_overlap,
                                        stats_megapixels=self.stats_megapixels,
                                        on_tile=on_tile, hwc=True, batch=batch)
                 break
@@ -360,7 +364,7 @@ class Derainer:
                     log.warning("out of memory; retrying with %d tile(s) per pass", batch)
                     self.tile_batch = batch
                     continue
-                h, w = rgb.shape[:2]
+                h, w = padded.shape[:2]
                 # a tile larger than the image is the whole image: halve from what ran
                 current = min(tile, max(h, w)) if tile > 0 else max(h, w)
                 floor = max(MIN_TILE, self.min_tile)  # below the model's minimum, tiles
@@ -377,7 +381,7 @@ class Derainer:
                 log.warning("out of memory; retrying with %dpx tiles", tile)
         self.tile = tile
         # one layout whatever the engine: ONNX Runtime's whole-image output is channel-planar
-        out = np.ascontiguousarray(out)
+        out = np.ascontiguousarray(out[crop])
         np.clip(out, 0.0, 1.0, out=out)
         if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
             blend_toward_input(out, rgb, self.strength)

@@ -84,6 +84,33 @@ STATS_SAMPLE_TILE = 256
 STATS_COST = 0.5
 
 
+#: ``pad_small``: a side shorter than this is mirrored out to it before the network runs.
+SMALL_SIDE = 256
+
+
+def pad_small(image: np.ndarray, side: int = SMALL_SIDE
+              ) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """An (H, W, C) image mirrored (``np.pad``'s symmetric mode, centred) on each side
+    shorter than ``side``, and the slices that cut the image back out of the result; the
+    image itself when no side is shorter (``side`` 0: never).
+
+    Why: the networks learned on crops of 64-256 px inside larger photos and behave
+    differently on a whole image much smaller than that (their deepest features and
+    Semi-DRDNet's whole-image means see mostly border). On centre crops of evaluation
+    pairs (``benchmarks/small_images.py``, README "Small images") rdmc-lite's rain100l
+    crops of 16 / 64 / 128 px went from 26.5 / 30.2 / 32.0 dB to 31.8 / 32.4 / 32.3 dB,
+    and a flat grey had come back darker by up to 15 levels; whole 481 x 321 images
+    gained nothing from a mirrored border, so only small ones get it."""
+    h, w = image.shape[:2]
+    ph, pw = max(0, side - h), max(0, side - w)
+    if not (ph or pw):
+        return image, (slice(0, h), slice(0, w))
+    top, left = ph // 2, pw // 2
+    pads = ((top, ph - top), (left, pw - left)) + ((0, 0),) * (image.ndim - 2)
+    return (np.pad(image, pads, mode="symmetric"),
+            (slice(top, top + h), slice(left, left + w)))
+
+
 def auto_tile(engine_tile: int, min_tile: int = 0) -> int:
     """The tile an engine runs with when the user gave none: its own (``engine_tile``),
     but at least twice a network's ``min_tile``. A network whose tiles must be large to

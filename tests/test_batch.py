@@ -434,7 +434,8 @@ def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer, io_wo
     assert s.megapixels == pytest.approx(3 * 12 * 10 / 1e6)
     assert s.seconds > 0 and s.megapixels_per_s > 0
     assert rec.events[0] == ("start", 3)
-    assert ("tile", 120, 120) in rec.events  # one piece: its 12x10 pixels, all done
+    # one piece, all done: its 12x10 pixels mirrored out to 256 x 256 (tiling.pad_small)
+    assert ("tile", 256 * 256, 256 * 256) in rec.events
     assert [e[1:] for e in rec.events if e[0] == "done"] == [
         ("p0.png", "processed"), ("p1.png", "processed"), ("p2.png", "processed")]
 

@@ -30,6 +30,31 @@ def test_numpy_in_numpy_out(derainer):
     assert np.abs(f * 255 - y).max() <= 1
 
 
+def test_a_small_image_runs_mirrored_out_and_comes_back_its_own_size(derainer):
+    """A 40 x 52 photo goes through the network as the 256 px image ``pad_small`` makes of
+    it and is cut back out: the same pixels as deraining that image by hand."""
+    x = _photo()
+    got = derainer.derain_array(x)
+    padded, crop = tiling.pad_small(x)
+    assert padded.shape[:2] == (tiling.SMALL_SIDE, tiling.SMALL_SIDE)
+    by_hand = Derainer(weights=derainer.weights_label, device="cpu")
+    by_hand.small_side = 0
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(got, by_hand.derain_array(padded)[crop])
+    assert not np.array_equal(got, by_hand.derain_array(x))  # the context changed it
+
+
+def test_a_small_flat_image_keeps_its_brightness():
+    """rdmc-lite alone on a 16 px mid-grey darkened it by 9 levels
+    (benchmarks/flat_bias.py); mirrored out to 256 px it is within a level or two, as a
+    large flat image is."""
+    d = Derainer(model="rdmc-lite", device="cpu", precision="fp32", backend="torch")
+    grey = np.full((16, 16, 3), 128, np.uint8)
+    assert abs(float(d.derain(grey).mean()) - 128) <= 2
+    d.small_side = 0
+    assert abs(float(d.derain(grey).mean()) - 128) > 5  # what it fixes
+
+
 def test_integer_samples_need_no_float_copy(derainer, monkeypatch):
     """derain_array takes decoded uint8/uint16 samples as they are (the batch path does)."""
     handed: list[np.ndarray] = []
@@ -40,7 +65,7 @@ def test_integer_samples_need_no_float_copy(derainer, monkeypatch):
         return real_run_tiled(image, *args, **kwargs)
 
     monkeypatch.setattr(tiling, "run_tiled", recording)
-    x = _photo(70, 90)
+    x = _photo(tiling.SMALL_SIDE, 270)  # (a smaller one runs mirrored out: a copy)
     derainer.derain_array(x)
     deep = x.astype(np.uint16) * 257
     derainer.derain_array(deep)

@@ -474,6 +474,30 @@ def test_padded_indices_match_numpy_padding(h, w, m):
     assert np.array_equal(img[rows[:, None], cols[None, :]], ref)
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (16, 16), (40, 300), (300, 255), (256, 256),
+                                 (700, 300)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_pad_small_mirrors_short_sides_out_and_cuts_the_image_back(h, w, dtype):
+    """Each side shorter than 256 px becomes 256, the image in the middle of its own
+    mirror image (as numpy's symmetric padding); larger sides and images stay as they are."""
+    x = np.random.default_rng(h * w).integers(0, 255, (h, w, 3)).astype(dtype)
+    padded, crop = tiling.pad_small(x)
+    assert padded.dtype == dtype
+    assert padded.shape == (max(h, 256), max(w, 256), 3)
+    np.testing.assert_array_equal(padded[crop], x)
+    if h >= 256 and w >= 256:
+        assert padded is x
+        return
+    top, left = crop[0].start, crop[1].start
+    assert abs(top - (padded.shape[0] - h - top)) <= 1  # centred
+    assert abs(left - (padded.shape[1] - w - left)) <= 1
+    if top:  # the row above the image is its first row, the one above that its second
+        np.testing.assert_array_equal(padded[top - 1, left:left + w], x[0])
+        if h > 1 and top > 1:
+            np.testing.assert_array_equal(padded[top - 2, left:left + w], x[1])
+    assert tiling.pad_small(x, 0)[0] is x
+
+
 def test_auto_tile_is_the_engines_own_but_at_least_twice_the_networks_minimum():
     assert tiling.auto_tile(512) == 512
     assert tiling.auto_tile(1024, 384) == 1024
