@@ -105,10 +105,10 @@ class Derainer:
     (all of it, the default); in between, the result is that mix of photo and derained
     photo, which keeps more of the fine texture the network softens.
 
-    An image with a side under 256 px runs mirrored out to 256 px and is cut back out
-    (``tiling.pad_small``: alone, a small image is mostly border to the networks, which
-    shifted flat colours by up to 16 levels); set the attribute ``small_side`` to 0 to run
-    images as they are.
+    An image with a side under 256 px runs mirrored out to 256 px (a thin strip less) and is
+    cut back out (``tiling.pad_small``: alone, a small image is mostly border to the
+    networks, which shifted flat colours by up to 23 levels); set the attribute
+    ``small_side`` to 0 to run images as they are.
 
     A request that can only mean a bundled int8 graph on the CPU starts without importing
     PyTorch (``derain_cli.fast_path``); ``network`` and ``device`` then load it on first use.

@@ -84,31 +84,59 @@ STATS_SAMPLE_TILE = 256
 STATS_COST = 0.5
 
 
-#: ``pad_small``: a side shorter than this is mirrored out to it before the network runs.
+#: ``pad_small``: a side shorter than this is mirrored out to it before the network runs ...
 SMALL_SIDE = 256
+#: ... as long as the padded image is at most this many times the image's pixels (or
+#: ``SMALL_SIDE`` squared) ...
+PAD_MAX_GROWTH = 4
+#: ... and adds at most this many pixels: a thin strip (3 x 20000 px) is mirrored out less
+#: (256 px rows would be 85 times its pixels, and an audit measured the time and memory
+#: follow), and a huge one under 256 px (64 x 3 million) does not outgrow the memory its
+#: own size was allowed.
+PAD_MAX_EXTRA = 8_000_000
 
 
-def pad_small(image: np.ndarray, side: int = SMALL_SIDE
-              ) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """An (H, W, C) image mirrored (``np.pad``'s symmetric mode, centred) on each side
-    shorter than ``side``, and the slices that cut the image back out of the result; the
-    image itself when no side is shorter (``side`` 0: never).
+def padded_shape(h: int, w: int, side: int = SMALL_SIDE) -> tuple[int, int]:
+    """The size ``pad_small`` runs an h x w image at: each side under ``side`` mirrored out
+    to it, within ``PAD_MAX_GROWTH`` and ``PAD_MAX_EXTRA`` (the short side of a strip
+    grows less; the long side never)."""
+    th, tw = max(h, side), max(w, side)
+    budget = min(max(side * side, PAD_MAX_GROWTH * h * w), h * w + PAD_MAX_EXTRA)
+    if th * tw > budget:  # a strip: one side at least ``side``, the other short
+        if h < w:
+            th = max(h, min(side, budget // w))
+        else:
+            tw = max(w, min(side, budget // h))
+    return th, tw
+
+
+def pad_small(image: np.ndarray, side: int = SMALL_SIDE, *, hwc: bool = True
+              ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """An (H, W, C) image (``hwc=False``: (C, H, W)) mirrored (``np.pad``'s symmetric mode,
+    centred) out to ``padded_shape``, and the index that cuts the image back out of the
+    result; the image itself when no side is shorter than ``side`` (0: never).
 
     Why: the networks learned on crops of 64-256 px inside larger photos and behave
     differently on a whole image much smaller than that (their deepest features and
     Semi-DRDNet's whole-image means see mostly border). On centre crops of evaluation
     pairs (``benchmarks/small_images.py``, README "Small images") rdmc-lite's rain100l
     crops of 16 / 64 / 128 px went from 26.5 / 30.2 / 32.0 dB to 31.8 / 32.4 / 32.3 dB,
-    and a flat grey had come back darker by up to 15 levels; whole 481 x 321 images
+    and flat colours of 1-16 px had come back up to 23 levels off; whole 481 x 321 images
     gained nothing from a mirrored border, so only small ones get it."""
-    h, w = image.shape[:2]
-    ph, pw = max(0, side - h), max(0, side - w)
+    h, w = image.shape[:2] if hwc else image.shape[1:3]
+    th, tw = padded_shape(h, w, side) if side > 0 else (h, w)
+    ph, pw = th - h, tw - w
     if not (ph or pw):
-        return image, (slice(0, h), slice(0, w))
+        return image, (slice(None),) * image.ndim
     top, left = ph // 2, pw // 2
-    pads = ((top, ph - top), (left, pw - left)) + ((0, 0),) * (image.ndim - 2)
-    return (np.pad(image, pads, mode="symmetric"),
-            (slice(top, top + h), slice(left, left + w)))
+    rows, cols = (top, ph - top), (left, pw - left)
+    if hwc:
+        pads = (rows, cols) + ((0, 0),) * (image.ndim - 2)
+        crop = (slice(top, top + h), slice(left, left + w))
+    else:
+        pads = ((0, 0), rows, cols)
+        crop = (slice(None), slice(top, top + h), slice(left, left + w))
+    return np.pad(image, pads, mode="symmetric"), crop
 
 
 def auto_tile(engine_tile: int, min_tile: int = 0) -> int:
@@ -525,15 +553,18 @@ def work_per_pixel(h: int, w: int, tile: int, overlap: int, multiple: int = 1, *
                    stats_passes: int = STATS_PASSES,
                    stats_megapixels: float | None = STATS_MEGAPIXELS) -> float:
     """Pixels ``run_tiled`` sends through the network per pixel of an h x w image (a
-    statistics pixel at ``stats_cost``; ``stats``: the runner has whole-image statistics).
+    statistics pixel at ``stats_cost``; ``stats``: the runner has whole-image statistics),
+    a small image's mirrored border included (``Derainer`` runs it at ``padded_shape``).
 
     Why: the same network costs more in small tiles (overlap, plus the statistics pass
     once there are two tiles or more), so engines run in different tiles (ONNX Runtime's
     512 px, PyTorch's 1024 px on CPUs) are compared per pass times this.
     """
+    area = h * w
+    h, w = padded_shape(h, w)  # a small image runs mirrored out (``pad_small``)
     hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
     if tile <= 0 or (tile >= h and tile >= w):
-        return hp * wp / (h * w)
+        return hp * wp / area
     overlap = effective_overlap(overlap, tile, multiple)
     tile = max(multiple, tile // multiple * multiple)
     tiles = plan_tiles(hp, wp, tile, overlap, multiple)
@@ -541,7 +572,7 @@ def work_per_pixel(h: int, w: int, tile: int, overlap: int, multiple: int = 1, *
     passes = stats_passes if stats and len(tiles) > 1 else 0
     stats_px = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in statistics_tiles(
         hp, wp, tile, overlap, multiple, stats_megapixels=stats_megapixels)) if passes else 0
-    return (px + passes * stats_px * stats_cost) / (h * w)
+    return (px + passes * stats_px * stats_cost) / area
 
 
 def _stats_overlap(overlap: int, stats_overlap: int | None) -> int:

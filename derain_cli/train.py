@@ -635,8 +635,11 @@ def validate(
     rainy_dir: str | None = None, clean_dir: str | None = None,
 ) -> dict[str, float]:
     """Mean PSNR/SSIM on Y (8-bit rounded outputs) of ``model`` on up to ``limit`` pairs
-    (``rainy_dir``/``clean_dir``: the folders of ``pairs_dir``, as ``find_pairs`` takes them)."""
-    from . import metrics
+    (``rainy_dir``/``clean_dir``: the folders of ``pairs_dir``, as ``find_pairs`` takes them).
+    Images (or ``crop``s) under 256 px run mirrored out, as ``derain`` runs them
+    (``tiling.pad_small``): unpadded, small crops were scored on behaviour ``derain`` no
+    longer has (an audit), several dB apart for rdmc-lite."""
+    from . import metrics, tiling
     from .evaluate import PSNR_CAP
 
     images = _load_val(pairs_dir, limit, crop, cache, rainy_dir, clean_dir)
@@ -644,9 +647,10 @@ def validate(
     model.eval()
     ps, ss = [], []
     for _, r, c in images:
+        r, crop = tiling.pad_small(r)  # a small image or crop, as ``derain`` runs it
         x = D.to_tensor(r)[None].to(device)
         with torch.no_grad():  # any model: the EMA copy needs no grad, a caller's may
-            y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()[crop]
         ps.append(min(metrics.psnr_y(y, c), PSNR_CAP))  # as eval: one exact match is not inf
         ss.append(metrics.ssim_y(y, c))
     model.train(was_training)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,32 @@ def test_it_prints_both_ways_per_side_and_the_whole_image_borders(tmp_path, tiny
                               "--border", "8", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "as they are:" in out and "8 px mirrored around:" in out
+
+
+class _Identity:
+    """A stand-in Derainer that returns its input: the scores are then the rainy crops'."""
+
+    small_side = 0
+
+    def derain_array(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) / 255
+
+
+def test_scores_are_against_the_clean_crop_of_the_same_place(tmp_path):
+    from derain_cli import data as D
+    from derain_cli import metrics
+    from derain_cli.pairs import find_pairs
+
+    pairs = find_pairs(_pairs(tmp_path / "p"))
+    for side in (16, 64):
+        want = np.mean([metrics.psnr_y(small_images.centre(D.load_rgb_u8(p.rainy), side),
+                                       small_images.centre(D.load_rgb_u8(p.clean), side))
+                        for p in pairs])
+        assert small_images.measure(_Identity(), pairs, side, 256)[0] == pytest.approx(want)
+    whole = np.mean([metrics.psnr_y(D.load_rgb_u8(p.rainy), D.load_rgb_u8(p.clean))
+                     for p in pairs])
+    for border in (0, 8):  # cut back out where the image is
+        assert small_images.measure_border(_Identity(), pairs, border) == pytest.approx(whole)
 
 
 def test_centre_keeps_a_shorter_axis_whole():

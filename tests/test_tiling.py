@@ -474,28 +474,51 @@ def test_padded_indices_match_numpy_padding(h, w, m):
     assert np.array_equal(img[rows[:, None], cols[None, :]], ref)
 
 
-@pytest.mark.parametrize("h,w", [(1, 1), (16, 16), (40, 300), (300, 255), (256, 256),
-                                 (700, 300)])
+@pytest.mark.parametrize("shape,want", [
+    ((1, 1), (256, 256)), ((16, 16), (256, 256)), ((255, 300), (256, 300)),
+    ((300, 255), (300, 256)), ((256, 256), (256, 256)), ((700, 300), (700, 300)),
+    # strips: the short side grows within 4x the pixels (or 256 x 256)
+    ((40, 300), (218, 300)), ((3, 20000), (12, 20000)), ((900, 70), (900, 256)),
+])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_pad_small_mirrors_short_sides_out_and_cuts_the_image_back(h, w, dtype):
-    """Each side shorter than 256 px becomes 256, the image in the middle of its own
-    mirror image (as numpy's symmetric padding); larger sides and images stay as they are."""
+def test_pad_small_mirrors_short_sides_out_and_cuts_the_image_back(shape, want, dtype):
+    """Each side shorter than 256 px grows to 256 (less for a thin strip), the image in the
+    middle of its own mirror image; larger images stay as they are."""
+    h, w = shape
     x = np.random.default_rng(h * w).integers(0, 255, (h, w, 3)).astype(dtype)
-    padded, crop = tiling.pad_small(x)
-    assert padded.dtype == dtype
-    assert padded.shape == (max(h, 256), max(w, 256), 3)
-    np.testing.assert_array_equal(padded[crop], x)
-    if h >= 256 and w >= 256:
-        assert padded is x
+    out, crop = tiling.pad_small(x)
+    assert out.dtype == dtype and out.shape == (*want, 3)
+    assert tiling.padded_shape(h, w) == want
+    np.testing.assert_array_equal(out[crop], x)
+    chw, crop_chw = tiling.pad_small(x.transpose(2, 0, 1), hwc=False)
+    np.testing.assert_array_equal(chw, out.transpose(2, 0, 1))
+    np.testing.assert_array_equal(chw[crop_chw], x.transpose(2, 0, 1))
+    assert tiling.pad_small(x, 0)[0] is x
+    if want == (h, w):
+        assert out is x
         return
     top, left = crop[0].start, crop[1].start
-    assert abs(top - (padded.shape[0] - h - top)) <= 1  # centred
-    assert abs(left - (padded.shape[1] - w - left)) <= 1
-    if top:  # the row above the image is its first row, the one above that its second
-        np.testing.assert_array_equal(padded[top - 1, left:left + w], x[0])
-        if h > 1 and top > 1:
-            np.testing.assert_array_equal(padded[top - 2, left:left + w], x[1])
-    assert tiling.pad_small(x, 0)[0] is x
+    bottom, right = out.shape[0] - h - top, out.shape[1] - w - left
+    assert abs(top - bottom) <= 1 and abs(left - right) <= 1  # centred
+    inner_rows, inner_cols = slice(top, top + h), slice(left, left + w)
+    # the border is the image mirrored, first row or column repeated: symmetric, not edge
+    for k in range(min(top, h)):
+        np.testing.assert_array_equal(out[top - 1 - k, inner_cols], x[k])
+    for k in range(min(bottom, h)):
+        np.testing.assert_array_equal(out[top + h + k, inner_cols], x[h - 1 - k])
+    for k in range(min(left, w)):
+        np.testing.assert_array_equal(out[inner_rows, left - 1 - k], x[:, k])
+    for k in range(min(right, w)):
+        np.testing.assert_array_equal(out[inner_rows, left + w + k], x[:, w - 1 - k])
+
+
+def test_padding_a_huge_strip_adds_at_most_8_megapixels_and_work_counts_it():
+    """A 64 x 3 million strip (192 MP) would be 768 MP mirrored to 256 px rows: it grows
+    by 8 MP at most. ``work_per_pixel`` counts what a small image runs at."""
+    assert tiling.padded_shape(64, 3_000_000) == (66, 3_000_000)
+    assert tiling.work_per_pixel(64, 64, 512, 48) == pytest.approx(256 * 256 / 64**2)
+    assert tiling.work_per_pixel(3, 20000, 0, 48) == pytest.approx(4.0)
+    assert tiling.work_per_pixel(300, 400, 0, 48) == 1.0
 
 
 def test_auto_tile_is_the_engines_own_but_at_least_twice_the_networks_minimum():

@@ -928,6 +928,31 @@ def test_validation_caps_psnr_like_eval(tmp_path):
     assert res["psnr"] == PSNR_CAP and res["count"] == 2
 
 
+def test_validation_runs_small_images_mirrored_out_as_derain_does(tmp_path):
+    """A 40 x 52 validation pair is scored on the network's output for the image mirrored
+    out to 256 px and cut back, as ``derain`` runs it; scored as it was, validation ranked
+    checkpoints on what derain no longer does with small images (an audit)."""
+    from derain_cli import metrics
+    from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                      se_reduction=4)).eval()
+    rng = np.random.default_rng(0)
+    for side in ("rainy", "clean"):
+        (tmp_path / side).mkdir()
+    rainy = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    clean = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    Image.fromarray(rainy).save(tmp_path / "rainy" / "0.png")
+    Image.fromarray(clean).save(tmp_path / "clean" / "0.png")
+    padded = np.pad(rainy, ((108, 108), (102, 102), (0, 0)), mode="symmetric")
+    with torch.no_grad():
+        x = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
+        y = net(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()[108:148, 102:154]
+    res = T.validate(net, str(tmp_path), device=torch.device("cpu"))
+    assert res["psnr"] == pytest.approx(metrics.psnr_y(y, clean), abs=1e-4)
+
+
 def test_the_l2sp_pull_moves_the_weights_back_to_their_start(data, tmp_path):
     """L2-SP is decoupled (each step every weight moves lr x l2sp of its way back): as a
     loss term Adam's scaling made it inert (drift 0.3 % smaller at the old default, an
