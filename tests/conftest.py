@@ -35,6 +35,20 @@ def _session_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         yield path
 
 
+@pytest.fixture(autouse=True)
+def _threads_restored() -> Iterator[None]:
+    """Each test leaves PyTorch's thread count as it found it: ``Derainer(threads=1)`` sets it
+    for the whole process (documented), and one test's benchmark call with ``--threads 1``
+    ran every later test module on one of the two cores (test_tiling's 1024 px checks took
+    twice as long, the suite 6:40 instead of 5:05)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread for the test: tiny inputs gain nothing from more, and on a busy

@@ -32,14 +32,14 @@ def test_it_prints_both_ways_per_side_and_the_whole_image_borders(tmp_path, tiny
                                                                   capsys):
     data = _pairs(tmp_path / "p")
     assert small_images.main(["--data", str(data), "--weights", str(tiny_weights),
-                              "--side", "16", "--side", "64", "--threads", "1"]) == 0
+                              "--side", "16", "--side", "64"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if re.match(r"\| \d+ \|", r)]
     assert [r.split("|")[1].strip() for r in rows] == ["16", "64"]
     for r in rows:  # as it is, mirrored out: different inputs to the network, other results
         cells = r.split("|")
         assert cells[2] != cells[3] and re.fullmatch(r" [+-]\d+\.\d\d ", cells[4])
     assert small_images.main(["--data", str(data), "--weights", str(tiny_weights),
-                              "--border", "8", "--threads", "1"]) == 0
+                              "--border", "8"]) == 0
     out = capsys.readouterr().out
     assert "as they are:" in out and "8 px mirrored around:" in out
 
