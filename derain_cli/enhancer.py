@@ -379,8 +379,13 @@ class Derainer:
                     if floor > MIN_TILE:
                         hint += (f"; {self.model_name} needs tiles of at least "
                                  f"{self.min_tile}px")
+                    # the last error's own words: cuDNN's "unable to find an engine" is
+                    # taken for out of memory (it says so when none fits) but can mean an
+                    # unsupported setting, which its text tells apart
+                    last = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                     raise tiling.TilesExhausted(
                         f"even {current}px tiles do not fit in memory; {hint}"
+                        + (f" (the last error: {last})" if last else "")
                     ) from None
                 tile = max(current // 2, floor)  # the floor itself is tried last
                 log.warning("out of memory; retrying with %dpx tiles", tile)
