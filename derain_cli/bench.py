@@ -382,6 +382,7 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
 
 
 def _warm_up(runner: Any, img: np.ndarray, tile: int) -> None:
+    img = tiling.pad_small(img, hwc=False)[0]  # the shapes ``_timed_passes`` then runs
     _, h, w = img.shape
     m = max(1, runner.size_multiple)
     th = min(h, tile) if tile > 0 else h

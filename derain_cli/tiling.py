@@ -99,7 +99,9 @@ PAD_MAX_EXTRA = 8_000_000
 def padded_shape(h: int, w: int, side: int = SMALL_SIDE) -> tuple[int, int]:
     """The size ``pad_small`` runs an h x w image at: each side under ``side`` mirrored out
     to it, within ``PAD_MAX_GROWTH`` and ``PAD_MAX_EXTRA`` (the short side of a strip
-    grows less; the long side never)."""
+    grows less; the long side never). A ``side`` above 2828 px counts as 2828: a square of
+    it is 8 MP, ``PAD_MAX_EXTRA``."""
+    side = min(side, math.isqrt(PAD_MAX_EXTRA))
     th, tw = max(h, side), max(w, side)
     budget = min(max(side * side, PAD_MAX_GROWTH * h * w), h * w + PAD_MAX_EXTRA)
     if th * tw > budget:  # a strip: one side at least ``side``, the other short

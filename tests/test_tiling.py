@@ -516,6 +516,9 @@ def test_padding_a_huge_strip_adds_at_most_8_megapixels_and_work_counts_it():
     """A 64 x 3 million strip (192 MP) would be 768 MP mirrored to 256 px rows: it grows
     by 8 MP at most. ``work_per_pixel`` counts what a small image runs at."""
     assert tiling.padded_shape(64, 3_000_000) == (66, 3_000_000)
+    for h, w in [(16, 16), (3000, 16), (16, 20000), (2000, 2000)]:  # a very large side too
+        th, tw = tiling.padded_shape(h, w, 4096)
+        assert th >= h and tw >= w and th * tw <= h * w + 8_000_000
     assert tiling.work_per_pixel(64, 64, 512, 48) == pytest.approx(256 * 256 / 64**2)
     assert tiling.work_per_pixel(3, 20000, 0, 48) == pytest.approx(4.0)
     assert tiling.work_per_pixel(300, 400, 0, 48) == 1.0
