@@ -375,3 +375,28 @@ def test_cudnn_autotuning_is_a_variant_of_its_own_and_leaves_the_setting_as_it_w
     except RuntimeError:
         pass
     assert torch.backends.cudnn.benchmark is before
+
+
+def test_warm_up_runs_the_shape_the_timed_passes_run():
+    """A small bench size runs mirrored out to 256 px (as derain runs it); the warm-up ran
+    the 64 px image and left the 256 px shape's first-run cost in the timed pass."""
+    import numpy as np
+
+    from derain_cli import bench, tiling
+
+    class Recording:
+        size_multiple, global_stats_shape = 1, None
+
+        def __init__(self) -> None:
+            self.shapes: list[tuple[int, ...]] = []
+
+        def forward(self, x, pooled):
+            self.shapes.append(x.shape)
+            return x
+
+    img = np.zeros((3, 64, 64), np.float32)
+    warm, timed = Recording(), Recording()
+    bench._warm_up(warm, img, 1024)
+    padded, crop = tiling.pad_small(img, hwc=False)
+    assert tiling.run_tiled(padded, timed, 1024, 48)[crop].shape == img.shape
+    assert warm.shapes == timed.shapes == [(1, 3, 256, 256)]
