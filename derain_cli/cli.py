@@ -905,8 +905,8 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
     err = _stderr()
     if tile is not None and 0 < tile < SMALLEST_TILE:
-        print_error(err, f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, not {tile} "
-                    f"({MIN_TILE} or more keeps the result intact)")
+        print_error(err, f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, "
+                         f"not {tile} ({MIN_TILE} or more keeps the result intact)")
         raise _Exit(2)
     if weights is not None:
         problem = _weights_file_problem(weights)
