@@ -382,7 +382,8 @@ class Derainer:
                     # the last error's own words: cuDNN's "unable to find an engine" is
                     # taken for out of memory (it says so when none fits) but can mean an
                     # unsupported setting, which its text tells apart
-                    last = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                    said = str(e).strip()
+                    last = said.splitlines()[0][:200] if said else ""
                     raise tiling.TilesExhausted(
                         f"even {current}px tiles do not fit in memory; {hint}"
                         + (f" (the last error: {last})" if last else "")

@@ -131,13 +131,10 @@ def pad_small(image: np.ndarray, side: int = SMALL_SIDE, *, hwc: bool = True
     if not (ph or pw):
         return image, (slice(None),) * image.ndim
     top, left = ph // 2, pw // 2
-    rows, cols = (top, ph - top), (left, pw - left)
-    if hwc:
-        pads = (rows, cols) + ((0, 0),) * (image.ndim - 2)
-        crop = (slice(top, top + h), slice(left, left + w))
-    else:
-        pads = ((0, 0), rows, cols)
-        crop = (slice(None), slice(top, top + h), slice(left, left + w))
+    y = 0 if hwc else 1  # the rows' axis
+    pads = [(0, 0)] * image.ndim
+    pads[y], pads[y + 1] = (top, ph - top), (left, pw - left)
+    crop = (slice(None),) * y + (slice(top, top + h), slice(left, left + w))
     return np.pad(image, pads, mode="symmetric"), crop
 
 
