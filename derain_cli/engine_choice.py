@@ -24,7 +24,8 @@ pixels), bf16 must also repay that import: one small photo stays on int8, a fold
 The answer is stored in ``engines.json`` in derain's cache folder (beside ``onnx/``, see
 ``onnx_backend.cache_root``), keyed by model, weights, CPU, thread count and library
 versions, so a new CPU, weights or library release is measured again. CPUs without bf16
-instructions (read from ``/proc/cpuinfo``, without importing PyTorch) take int8 unmeasured.
+instructions (read from ``/proc/cpuinfo``, or where there is none from NumPy's CPUID table,
+without importing PyTorch) take int8 unmeasured.
 ``DERAIN_CPU_ENGINE=int8|bf16`` skips the measurement (for instance in a container
 image whose machine is known); ``--precision int8|bf16`` does the same for one run.
 
@@ -47,9 +48,11 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import logging
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -108,18 +111,47 @@ def cpu_fields() -> dict[str, str]:
     return fields
 
 
+def numpy_cpu_features() -> dict[str, bool]:
+    """NumPy's own table of this CPU's instructions ({} where it has none): read with
+    CPUID and checked against the operating system's support, on every OS, so it answers
+    where there is no /proc/cpuinfo (Windows, macOS). NumPy prints it in
+    ``numpy.show_runtime()``; its module moved from ``numpy.core`` to ``numpy._core`` in
+    NumPy 2."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            features = getattr(importlib.import_module(module), "__cpu_features__", None)
+        except ImportError:
+            continue
+        if isinstance(features, dict):
+            return {str(k): bool(v) for k, v in features.items()}
+    return {}
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU advertises bf16 instructions (AVX-512-BF16 or AMX-BF16), without
-    importing PyTorch; False where that cannot be read (then int8 is used unmeasured)."""
-    flags = set(cpu_fields().get("flags", "").split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    importing PyTorch: from /proc/cpuinfo where there is one (it also tells what a VM
+    hides), else from NumPy's table (``numpy_cpu_features``: AVX512BF16, or the Sapphire
+    Rapids group that includes it); False where neither says (then int8 is used
+    unmeasured)."""
+    fields = cpu_fields()
+    if "flags" in fields:
+        return bool(set(fields["flags"].split()) & {"avx512_bf16", "amx_bf16"})
+    features = numpy_cpu_features()
+    return bool(features.get("AVX512BF16") or features.get("AVX512_SPR"))
 
 
 def cpu_signature() -> str:
-    """The CPU's model name and a hash of its flags (a VM may hide instructions)."""
+    """The CPU's model name and a hash of its flags (a VM may hide instructions); where
+    there is no /proc/cpuinfo, the platform's processor name and NumPy's instruction
+    table."""
     f = cpu_fields()
-    flags = hashlib.sha256(f.get("flags", "").encode()).hexdigest()[:10]
-    return f"{f.get('model name', 'unknown CPU')} [{flags}]"
+    if "flags" in f:
+        name, flags = f.get("model name", "unknown CPU"), f["flags"]
+    else:
+        name = f.get("model name") or platform.processor() or "unknown CPU"
+        flags = " ".join(sorted(k for k, v in numpy_cpu_features().items() if v))
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:10]
+    return f"{name} [{digest}]"
 
 
 def _version(dist: str) -> str:

@@ -70,8 +70,43 @@ def test_cpu_flags_are_read_without_torch(tmp_path, monkeypatch):
     info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
     assert engine_choice.cpu_has_bf16()
     info.unlink()
+    monkeypatch.setattr(engine_choice, "numpy_cpu_features", lambda: {})
+    monkeypatch.setattr(engine_choice.platform, "processor", lambda: "")
     assert not engine_choice.cpu_has_bf16()
     assert engine_choice.cpu_signature().startswith("unknown CPU")
+
+
+def test_cpu_flags_come_from_numpy_without_proc_cpuinfo(tmp_path, monkeypatch):
+    """Windows and macOS have no /proc/cpuinfo: NumPy's CPUID table answers there."""
+    monkeypatch.setattr(engine_choice, "_CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(engine_choice.platform, "processor", lambda: "Some CPU")
+    table = {"AVX512F": True, "AVX512BF16": False, "AVX512_SPR": False}
+    monkeypatch.setattr(engine_choice, "numpy_cpu_features", lambda: dict(table))
+    assert not engine_choice.cpu_has_bf16()
+    before = engine_choice.cpu_signature()
+    assert before.startswith("Some CPU [")
+    table["AVX512BF16"] = True
+    assert engine_choice.cpu_has_bf16()
+    assert engine_choice.cpu_signature() != before  # another machine's measurement
+    table.update(AVX512BF16=False, AVX512_SPR=True)
+    assert engine_choice.cpu_has_bf16()
+    # an ARM Linux /proc/cpuinfo says "Features", not "flags": NumPy answers there too
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    monkeypatch.setattr(engine_choice, "_CPUINFO", info)
+    assert engine_choice.cpu_has_bf16()
+    # where /proc/cpuinfo lists flags, they win (a VM may hide what CPUID shows)
+    info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx512f\n")
+    assert not engine_choice.cpu_has_bf16()
+
+
+def test_numpy_cpu_features_reads_this_numpy():
+    features = engine_choice.numpy_cpu_features()
+    assert features, "NumPy's CPU table was not found"
+    assert all(isinstance(v, bool) for v in features.values())
+    import platform
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert features.get("SSE2") is True  # every x86-64 CPU has it
 
 
 def test_choice_is_measured_once_and_remembered(own_cache, bf16_cpu):
