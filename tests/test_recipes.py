@@ -637,3 +637,57 @@ def test_a_soup_is_the_same_file_in_every_process(tmp_path: Path) -> None:
     assert blobs[0] == blobs[1] == blobs[2]
     soup = load_file(tmp_path / "soup0.safetensors")
     assert torch.equal(soup["layer4.weight"], torch.full((2, 3), 5.0, dtype=torch.float16))
+
+
+def test_a_soup_says_what_it_is_not_what_its_first_member_was(tmp_path: Path,
+                                                               tiny_weights: Path) -> None:
+    # Before, A's metadata was copied whole: a soup claimed A's step count and training, or
+    # that it was "grown from" another model with an exact agreement. Now A's identity is
+    # kept and every member is listed with its share, sha256 and own metadata, a chain of
+    # averages (the soup stages average twice) flattened into one list.
+    import hashlib
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from derain_cli.weights import model_from_file
+
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        identity = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    files = {}
+    for name, shift, extra in (("a", 0, {"steps": "900", "training": "derain distill"}),
+                               ("b", 3, {"steps": "40", "training": "derain train"}),
+                               ("c", 6, {"grown_from": "x", "exact": "true"})):
+        files[name] = tmp_path / f"{name}.safetensors"
+        save_file({k: v + shift for k, v in state.items()}, files[name],
+                  metadata=identity | extra)
+
+    def soup(a: Path, b: Path, out: Path, alpha: str) -> dict[str, str]:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "average_weights.py"),
+                        str(a), str(b), "--alpha", alpha, "-o", str(out)], check=True,
+                       capture_output=True)
+        with safe_open(str(out), framework="pt") as f:
+            return f.metadata()
+
+    half = soup(files["a"], files["b"], tmp_path / "half.safetensors", "0.5")
+    meta = soup(tmp_path / "half.safetensors", files["c"], tmp_path / "soup.safetensors",
+                "0.3333333")
+    for key in ("format", "name", "arch", "config"):
+        assert meta[key] == identity[key] == half[key]
+    assert "steps" not in meta and "grown_from" not in meta and "exact" not in meta
+    assert meta["training"] == half["training"] != "derain distill"
+    listed = json.loads(meta["averaged_from"])
+    sha = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in files.items()}
+    assert [m["sha256"] for m in listed] == [sha["a"], sha["b"], sha["c"]]
+    assert [m["share"] for m in listed] == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=1e-6)
+    assert listed[0]["metadata"] == {"steps": "900", "training": "derain distill"}
+    assert listed[2]["metadata"] == {"exact": "true", "grown_from": "x"}
+    assert json.loads(half["averaged_from"])[1]["share"] == 0.5
+    # and derain still reads it as the network A was, the tensors a third of each
+    loaded = model_from_file(tmp_path / "soup.safetensors").state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    expected = state[key].float() + 3  # the mean of +0, +3 and +6
+    assert torch.allclose(loaded[key].float(), expected, atol=1e-2)
