@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from derain_cli.weights import canonical_safetensors, read_state, sha256_file
+from derain_cli.fileio import atomic_write, sha256_file
+from derain_cli.weights import canonical_safetensors, read_state
 
 #: the metadata that tells derain which network a file holds: kept from A
 IDENTITY = ("format", "name", "arch", "config")
@@ -96,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = soup_metadata(meta_a, meta_b, sha256_file(args.a), sha256_file(args.b), args.alpha)
     # sorted header: the same soup is the same file (recipes bundle it; a rerun can be
     # compared with the shipped file byte for byte)
-    Path(args.output).write_bytes(canonical_safetensors(save(soup, metadata=meta)))
+    # written beside and renamed: an output named like an input would otherwise change
+    # that input's tensors under the reader (safetensors maps the file), and an interrupted
+    # write would leave half a file
+    blob = canonical_safetensors(save(soup, metadata=meta))
+    atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(blob), durable=True)
     print(f"wrote {args.output}: {len(soup)} tensors, {1 - args.alpha:g} x {args.a} + "
           f"{args.alpha:g} x {args.b}")
     return 0
