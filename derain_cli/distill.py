@@ -441,14 +441,17 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
     """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry."""
     from .fileio import atomic_write_text
     from .models import get_spec
+    from .train import start_weights
     from .weights import save_weights
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     arch = get_spec(cfg.student).arch if cfg.student is not None else "semi-drdnet"
+    start = start_weights(cfg.init)
     rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch=arch,
                        config=student.cfg, dtype=torch.float16,
-                       metadata={"steps": str(step), "training": f"derain distill from {label}"})
+                       metadata={"steps": str(step), "training": f"derain distill from {label}",
+                                 **{f"init_{k}": v for k, v in start.items()}})
     rec.status = "candidate"
     rec.training_data = (f"distilled from {label} on synthetic rain over {Path(cfg.clean).name}"
                          + (f" and real rain from {Path(cfg.real).name}" if cfg.real else ""))
@@ -457,7 +460,7 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
     rec.extra = {"steps": step, "hardware": hardware,
                  "wall_time_s": round(wall, 1), "teacher": label,
                  "before_distillation": before,
-                 **({"continued_from": cfg.init} if cfg.init else {})}
+                 **({"continued_from": cfg.init, "init_weights": start} if cfg.init else {})}
     entry = rec.to_dict()
     atomic_write_text(out / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
     return entry

@@ -837,9 +837,32 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                      f"{cfg.batch}x{world}, was {before.get('batch', cfg.batch)}x{was}, and "
                      "log.jsonl's epoch numbers shift: an epoch is a different number of "
                      "steps)")
+    if _validation_of({**now, **before}) != _validation_of(now):
+        moved.append("validation " + " -> ".join(
+            ", ".join(f"{k} {v!r}" for k, v in zip(_VALIDATION, _validation_of(d), strict=True)
+                      if v) or "none" for d in ({**now, **before}, now))
+            + " (the best score so far, taken on the old validation, no longer counts: "
+            "best.pt is replaced at the next validation)")
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
     return cfg
+
+
+#: the settings that decide what a validation score measures
+_VALIDATION = ("val", "val_rainy_dir", "val_clean_dir", "val_limit", "val_crop")
+
+
+def _validation_of(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What a run's validation measures, from its config (a dict of TrainConfig's fields;
+    an older run's config that lacks one is completed from the new config before comparing):
+    the pairs folder (absolute, so another working directory is the same folder), its
+    layout overrides, the count and the crop. A resumed run whose validation differs may
+    not compare its scores with the best kept from before (an audit: a resume with another
+    --val kept the old set's best score and best.pt, and its record mixed the two)."""
+    folder = config.get("val")
+    if isinstance(folder, str):
+        folder = str(Path(folder).expanduser().resolve())
+    return (folder, *(config.get(k) for k in _VALIDATION[1:]))
 
 
 def _other_file(first: str, second: str) -> bool:
@@ -1448,6 +1471,14 @@ class _Run:
             self.step = int(ckpt["step"])
             self.best_psnr = ckpt.get("best_psnr")
             self.best_step = ckpt.get("best_step")
+            try:
+                before = json.loads(ckpt.get("config") or "{}")
+            except ValueError:
+                before = None
+            now = dataclasses.asdict(self.cfg)
+            if isinstance(before, dict) and _validation_of(
+                    {**now, **before}) != _validation_of(now):  # said by _check_resume
+                self.best_psnr = self.best_step = None
             self.wall_before = float(ckpt.get("wall_time_s", 0.0))
             # checkpoints before 2026-12-03 did not say where they trained
             self.segments_before = list(ckpt.get("hardware_segments") or (
@@ -1771,8 +1802,11 @@ def _export(
     export_model = build_architecture(arch, conf)
     export_model.load_state_dict(ema.state_dict())
     path = out / "model.safetensors"
+    start = start_weights(cfg.init_weights)
+    meta = {"steps": str(step), "training": f"derain {_run_kind(out) or 'train'}",
+            **{f"init_{k}": v for k, v in start.items()}}
     rec = save_weights(export_model, path, name=name, arch=arch, config=conf, dtype=dtype,
-                       metadata={"steps": str(step), "training": "derain train"})
+                       metadata=meta)
     rec.license = cfg.license
     rec.training_data = cfg.training_data or _describe_data(cfg)
     metrics: dict[str, Any] = {}
@@ -1786,10 +1820,32 @@ def _export(
     rec.metrics = metrics
     rec.status = "candidate"
     rec.extra = {"steps": step, "hardware": hardware,
-                 "wall_time_s": round(wall, 1)}
+                 "wall_time_s": round(wall, 1), **({"init_weights": start} if start else {})}
     entry = rec.to_dict()
     atomic_write_text(out / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
     return path, entry
+
+
+def start_weights(path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Where a run started (``--weights``, ``--init``): the file's name, sha256 and the
+    model name it declares; {} for a run from scratch. Written into the run's weights and
+    manifest entry, which named the start nowhere: a run from a published model's weights
+    carries that model's name, and read as trained from scratch under it (an audit)."""
+    if not path:
+        return {}
+    from .hub import sha256_file
+    from .weights import WeightsError, read_state
+
+    file = Path(path).expanduser()
+    start = {"weights": file.name}
+    try:
+        start["sha256"] = sha256_file(file)
+        declared = read_state(file)[1].get("name")
+    except (OSError, WeightsError):
+        return start  # gone since the run started: its name is all there is
+    if declared:
+        start["name"] = declared
+    return start
 
 
 def _say(msg: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def test_a_second_round_continues_from_the_first(setup):
     assert r.before["student_psnr"] == pytest.approx(first.after["student_psnr"], abs=0.01)
     entry = json.loads((root / "round2" / "manifest_entry.json").read_text())
     assert entry["continued_from"] == str(first.weights)
+    sha = hashlib.sha256(Path(first.weights).read_bytes()).hexdigest()
+    assert entry["init_weights"]["sha256"] == sha
+    from safetensors import safe_open
+    with safe_open(str(r.weights), framework="pt") as f:
+        assert f.metadata()["init_sha256"] == sha  # the file names its start too
     with pytest.raises(DistillError, match="same shape"):
         distill(_cfg(root, weights, "round3", detail_blocks=1, init=str(first.weights)))
 

@@ -739,6 +739,20 @@ def test_finetune_on_own_photos(data, tmp_path):
     assert "pseudo-clean" in entry["training_data"]
     # the origin is the file it started from, not the model name that file carries
     assert f"finetuned from {base.weights}" in entry["training_data"]
+    # and the weights themselves say so (--weights FILE reads only the file's header)
+    sha = hashlib.sha256(Path(base.weights).read_bytes()).hexdigest()
+    assert entry["init_weights"] == {"weights": "model.safetensors", "sha256": sha,
+                                     "name": "semi-drdnet"}
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ft" / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["training"] == "derain finetune" and meta["init_sha256"] == sha
+    assert meta["init_weights"] == "model.safetensors" and meta["init_name"] == "semi-drdnet"
+    with safe_open(str(base.weights), framework="pt") as f:  # a run from scratch
+        meta = f.metadata()
+    assert meta["training"] == "derain train" and "init_sha256" not in meta
+    assert "init_weights" not in json.loads(
+        (tmp_path / "base" / "manifest_entry.json").read_text())
     rec = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[-1])
     # the consistency with the starting model is on; the L2-SP pull is off by default
     assert "consistency" in rec and "c_bg_u" in rec and "l2sp" not in rec
@@ -1909,3 +1923,35 @@ def test_a_reader_gone_mid_training_keeps_the_steps(data, tmp_path):
         T.train(_cfg(data, tmp_path / "r", steps=8, ckpt_every=1000),
                 _hooks={"after_step": reader_gone})
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_resume_with_another_validation_drops_the_old_best(data, tmp_path, capsys):
+    """A resume with another --val kept the old set's best score and best.pt, and the
+    manifest put the old set's best beside the new set's score (an audit)."""
+    hard = tmp_path / "hard"  # scored far lower than any model scores on "val"
+    synth_pairs(data["clean"], hard, preset="heavy", count=3, seed=7)
+    for clean in (hard / "clean").iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(clean)))).save(clean)
+    run = tmp_path / "r"
+    T.train(_cfg(data, run, steps=2, val=str(data["val"]), val_every=1))
+    first = json.loads((run / "manifest_entry.json").read_text())["metrics"]["val"]
+    assert first["best_step"] in (1, 2)
+    capsys.readouterr()
+    # the same validation: the best so far still counts
+    same = tmp_path / "same"
+    import shutil
+    shutil.copytree(run, same)
+    T.train(_cfg(data, same, steps=3, resume=True, val=str(data["val"]), val_every=1))
+    assert "validation" not in capsys.readouterr().err
+    kept = json.loads((same / "manifest_entry.json").read_text())["metrics"]["val"]
+    assert kept["best_psnr"] >= first["best_psnr"]
+    # another set: said, and the best is the new set's alone
+    T.train(_cfg(data, run, steps=4, resume=True, val=str(hard), val_every=1))
+    err = capsys.readouterr().err
+    assert "changed settings: validation val" in err and "no longer counts" in err
+    assert str(hard.resolve()) in err
+    val = json.loads((run / "manifest_entry.json").read_text())["metrics"]["val"]
+    assert val["set"] == "hard" and val["best_step"] in (3, 4)
+    assert val["best_psnr"] < first["best_psnr"]  # kept, the old best would have stayed
+    best = T.load_checkpoint(run / "best.pt")
+    assert best["step"] == val["best_step"]
