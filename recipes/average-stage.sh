@@ -17,10 +17,5 @@ NAME=$1 START=$2 CYCLE=$3 OUT=$4 CONTINUED_FROM=$5 NOTE=$6 TRAINING_DATA=$7
 mkdir -p "$OUT"
 python benchmarks/average_weights.py "$START" "$CYCLE/model.safetensors" \
   -o "$OUT/model.safetensors"
-python - "$CYCLE/manifest_entry.json" "$OUT/manifest_entry.json" "$TRAINING_DATA" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = sys.argv[3]
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
+python recipes/soup_entry.py "$OUT" "$CYCLE" --training-data "$TRAINING_DATA"
 bash recipes/eval-bundle.sh "$NAME" "$OUT" "$CONTINUED_FROM" "$NOTE"

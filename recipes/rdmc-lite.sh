@@ -197,16 +197,9 @@ python benchmarks/average_weights.py "$run-start.safetensors" \
   "$run-lite/model.safetensors" -o "$run-half.safetensors"
 python benchmarks/average_weights.py "$run-half.safetensors" \
   "$run-fast/model.safetensors" --alpha 0.3333333 -o "$run/model.safetensors"
-python - "$run-fast/manifest_entry.json" "$run/manifest_entry.json" "$6" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("distilled from semi-drdnet-lite and semi-drdnet-fast on synthetic "
-                          "rain over clean-bsds and real rain from real-rain")
-entry["teacher"] = sys.argv[3]
-entry.pop("before_distillation", None)  # one member run's figures, not the soup's
-entry.get("metrics", {}).pop("distill_held_out", None)
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
+python recipes/soup_entry.py "$run" "$run-lite" "$run-fast" --set "teacher=$6" \
+  --training-data "distilled from semi-drdnet-lite and semi-drdnet-fast on synthetic rain \
+over clean-bsds and real rain from real-rain"
 bash recipes/eval-bundle.sh rdmc-lite "$run" "$7" "$8"
 }
 if stage 9; then
@@ -216,8 +209,8 @@ soup_stage 9 "$(lite_stage10)" 89 "$(bash recipes/fast-stage8.sh "$OUT/fast-stag
 ad4adb7c14e268cfd9623c1c5fbe23dfa0fae9aa6274fee3c3c61331178e893a" \
   "${HISTORY}, then stages 7 and 8: distilled twice more from semi-drdnet-lite \
 $DISTILLED, then stage 9: stage 8 averaged with equal shares with two more such \
-distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast. steps, \
-wall_time_s and hardware are the second of those runs'. $NOTE_TAIL"
+distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast. steps and \
+wall_time_s are the sums of those runs' (each member is listed under soup). $NOTE_TAIL"
 fi
 if stage 10; then
 soup_stage 10 "$(lite_stage11)" 101 "$(fast_stage10)" 103 \
@@ -228,8 +221,8 @@ soup_stage 10 "$(lite_stage11)" 101 "$(fast_stage10)" 103 \
   "${HISTORY}, then stages 7 and 8: distilled twice more from semi-drdnet-lite \
 $DISTILLED, then stages 9 and 10: each the stage before averaged with equal shares with \
 two more such distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast \
-(stage 10: from their stages 11 and 10). steps, wall_time_s and hardware are the second of \
-stage 10's runs. $NOTE_TAIL"
+(stage 10: from their stages 11 and 10). steps and wall_time_s are the sums of \
+stage 10's runs (each member is listed under soup). $NOTE_TAIL"
 fi
 if stage 11; then
 soup_stage 11 "$(lite_stage11)" 107 "$(fast_stage10)" 109 \
@@ -240,8 +233,8 @@ ad33c12bf489e1c856d76fd5aad06c2dd8d190caa1dab450fbfc2c7a6d29a7d3" \
   "${HISTORY}, then stages 7 and 8: distilled twice more from semi-drdnet-lite \
 $DISTILLED, then stages 9, 10 and 11: each the stage before averaged with equal shares with \
 two more such distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast \
-(stages 10 and 11: from their stages 11 and 10). steps, wall_time_s and hardware are the \
-second of stage 11's runs. $NOTE_TAIL"
+(stages 10 and 11: from their stages 11 and 10). steps and wall_time_s are the \
+sums of stage 11's runs (each member is listed under soup). $NOTE_TAIL"
 fi
 # Stage 12 (2026-12-05): RDMC's contrastive prior (0.1 x the ratio of the output's feature
 # distance to the clean crop over its distance to the rainy one, `--contrast-features self`:
@@ -270,17 +263,12 @@ python benchmarks/average_weights.py "$run-start.safetensors" \
   "$run-seed5/model.safetensors" -o "$run-half.safetensors"
 python benchmarks/average_weights.py "$run-half.safetensors" \
   "$run-seed6/model.safetensors" --alpha 0.3333333 -o "$run/model.safetensors"
-python - "$run-seed6/manifest_entry.json" "$run/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("distilled from semi-drdnet-lite and semi-drdnet-fast on synthetic "
-                          "rain over clean-bsds and real rain from real-rain, then trained on "
-                          "synthetic rain (light,medium,heavy,mixed) on clean-bsds with RDMC's "
-                          "contrastive prior")
-entry["teacher"] = ("semi-drdnet-lite (stages 7-9: its stage 10; stages 10-11: its stage 11) "
-                    "and semi-drdnet-fast (stage 9: its stage 8; stages 10-11: its stage 10)")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
+python recipes/soup_entry.py "$run" "$run-seed5" "$run-seed6" \
+  --training-data "distilled from semi-drdnet-lite and semi-drdnet-fast on synthetic rain \
+over clean-bsds and real rain from real-rain, then trained on synthetic rain \
+(light,medium,heavy,mixed) on clean-bsds with RDMC's contrastive prior" \
+  --set "teacher=semi-drdnet-lite (stages 7-9: its stage 10; stages 10-11: its stage 11) \
+and semi-drdnet-fast (stage 9: its stage 8; stages 10-11: its stage 10)"
 bash recipes/eval-bundle.sh rdmc-lite "$run" "stage 11 of recipes/rdmc-lite.sh, as bundled \
 (fp16) at commit 6da5c90, sha256 \
 0a5f2b74532e87f22cc74008f23f69bd3392c37dd9f1b08dfe7aef151d577317" \
@@ -289,6 +277,6 @@ $DISTILLED, then stages 9, 10 and 11: each the stage before averaged with equal 
 two more such distillations from it, one from semi-drdnet-lite, one from semi-drdnet-fast, \
 then stage 12: stage 11 averaged with equal shares with two 10-minute runs from it on \
 light to heavy synthetic rain in 256 px crops with RDMC's contrastive prior (self features, \
-seeds 5 and 6). steps, wall_time_s and hardware are the second of stage 12's runs. \
-$NOTE_TAIL"
+seeds 5 and 6). steps and wall_time_s are the sums of stage 12's runs (each member is listed \
+under soup). $NOTE_TAIL"
 fi

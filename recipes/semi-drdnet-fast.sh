@@ -120,8 +120,8 @@ cp weights/semi-drdnet-fast.safetensors "$RUNS/fast-stage7.safetensors"
 NOTE_S8="$NOTE_S6; stage 7 a third (3000 steps, fp32 on a 2-core AVX2 CPU); stage 8 a fourth \
 from stage 7 on 128 px crops (batch 2) with veiled rain in 1 draw of 9 (2800 steps, decaying \
 to 2e-6), then averaged half and half with stage 7 (benchmarks/average_weights.py); no \
-contrastive terms. steps, wall_time_s, hardware and the val metrics are stage 8's cycle \
-before averaging. $NOTE_TAIL"
+contrastive terms. steps and wall_time_s are stage 8's cycle's \
+(the members are listed under soup). $NOTE_TAIL"
 STAGE7="stage 7 of recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit c3b4e1a, sha256 \
 ff253f5a1cb9fb8ff3e60bf8aa6bb277ed57d0322a89e6b92bb6af264a9db66e"
 STEPS=2800 SEED=47 PRESET=light,medium,heavy,mixed,light,medium,heavy,mixed,veiled \
@@ -161,20 +161,16 @@ python benchmarks/average_weights.py "${S9[0]}" "${S9[1]}" -o "$RUNS/fast-r9-ab.
 python benchmarks/average_weights.py "${S9[2]}" "${S9[3]}" -o "$RUNS/fast-r9-cd.safetensors"
 python benchmarks/average_weights.py "$RUNS/fast-r9-ab.safetensors" \
   "$RUNS/fast-r9-cd.safetensors" -o "$RUNS/fast-r9-soup/model.safetensors"
-python - "$RUNS/fast-r9a/manifest_entry.json" "$RUNS/fast-r9-soup/manifest_entry.json" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = ("synthetic rain (light,medium,heavy,mixed; two of the four runs "
-                          "also veiled, 1 draw in 9) on clean-bsds")
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
+python recipes/soup_entry.py "$RUNS/fast-r9-soup" "$RUNS"/fast-r9{a,b,c,d} \
+  --training-data "synthetic rain (light,medium,heavy,mixed; two of the four runs also \
+veiled, 1 draw in 9) on clean-bsds"
 NOTE_S9="$NOTE_S6; stage 7 a third (3000 steps, fp32 on a 2-core AVX2 CPU); stage 8 a fourth \
 from stage 7 on 128 px crops (batch 2) with veiled rain in 1 draw of 9 (2800 steps, decaying \
 to 2e-6), then averaged half and half with stage 7; stage 9: four 10-minute runs from stage 8 \
 (light to heavy added rain, or that draw with veiled rain in 1 of 9; two of them with \
 self-feature contrastive terms; seed 5) averaged with equal shares \
-(benchmarks/average_weights.py). steps, wall_time_s, hardware and the val metrics are the \
-first of stage 9's runs' (added rain, no contrastive terms). $NOTE_TAIL"
+(benchmarks/average_weights.py). steps and wall_time_s are the sums \
+of stage 9's runs (each member is listed under soup). $NOTE_TAIL"
 bash recipes/eval-bundle.sh semi-drdnet-fast "$RUNS/fast-r9-soup" "stage 8 of \
 recipes/semi-drdnet-fast.sh, as bundled (fp16) at commit 220dd1b, sha256 \
 d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073" "$NOTE_S9"
@@ -193,8 +189,8 @@ d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073" "$NOTE_S9"
 cp weights/semi-drdnet-fast.safetensors "$RUNS/fast-stage9.safetensors"
 NOTE_S10="${NOTE_S9% $NOTE_TAIL} Stage 10: stage 9 averaged with equal shares with two \
 10-minute runs from it with the background contrastive term alone (self features; added \
-rain, and that draw with veiled rain in 1 of 9; seed 5). steps, wall_time_s, hardware and \
-the val metrics are the first of those runs'. $NOTE_TAIL"
+rain, and that draw with veiled rain in 1 of 9; seed 5). steps and wall_time_s are the sums \
+of those runs' (each member is listed under soup). $NOTE_TAIL"
 bash recipes/soup-stage.sh semi-drdnet-fast "$RUNS/fast-stage9.safetensors" "$RUNS/fast-r10" \
   "--contrast-features self --contrast-terms bg" "synthetic rain (light,medium,heavy,mixed; \
 one of stage 10's runs and two of stage 9's also veiled, 1 draw in 9) on clean-bsds" "stage 9 \

@@ -122,8 +122,8 @@ cp weights/semi-drdnet-lite.safetensors "$RUNS/lite-stage8.safetensors"
 NOTE_S9="$NOTE_S6; stages 7 and 8: the same draw, 3300 and 4000 steps with the learning rate \
 decaying from 1e-4 to 2e-6; stage 9 a third such cycle from stage 8 on 128 px crops (batch 2) \
 with veiled rain in 1 draw of 9 (2800 steps), then averaged half and half with stage 8 \
-(benchmarks/average_weights.py); no contrastive terms). steps, wall_time_s, hardware and the \
-val metrics are stage 9's cycle before averaging. $NOTE_TAIL"
+(benchmarks/average_weights.py); no contrastive terms). steps and wall_time_s are stage 9's \
+cycle's (the members are listed under soup). $NOTE_TAIL"
 STAGE8="stage 8 of recipes/semi-drdnet-lite.sh, as bundled (fp16) at commit 0d72d87, sha256 \
 78bf45712e4a20bcce640b52b85a9ed939277011a78e49c9b28549703618ca59"
 STEPS=2800 SEED=53 PRESET=light,medium,heavy,mixed,light,medium,heavy,mixed,veiled \
@@ -150,8 +150,8 @@ NOTE_S10="Interim: semi-drdnet-fast, the default (its own history in its manifes
 grown into semi-drdnet-lite by derain grow (the same output), then a decaying cycle on \
 additive synthetic rain over clean-bsds (light, medium, heavy and mixed drawn evenly, 8 crops \
 of 64 px, 3300 steps from 1e-4 to 2e-6), then averaged half and half with the grown start \
-(benchmarks/average_weights.py); no contrastive terms. steps, wall_time_s, hardware and the \
-val metrics are the cycle's before averaging. $NOTE_TAIL"
+(benchmarks/average_weights.py); no contrastive terms. steps and wall_time_s are the cycle's \
+(the members are listed under soup). $NOTE_TAIL"
 # semi-drdnet-fast's stage 8 (stage 9 replaced it the same day)
 FAST8_FILE=$(bash recipes/fast-stage8.sh "$RUNS/fast-stage8.safetensors")
 derain grow "$FAST8_FILE" --to semi-drdnet-lite --calib none \
@@ -173,8 +173,8 @@ medium, heavy and mixed; the default's own stages also veiled) on clean-bsds"
 cp weights/semi-drdnet-lite.safetensors "$RUNS/lite-stage10.safetensors"
 NOTE_S11="${NOTE_S10% $NOTE_TAIL} Stage 11: stage 10 averaged with equal shares with two \
 10-minute runs from it with self-feature contrastive terms (added rain; the same with veiled \
-rain in 1 draw of 9). steps, wall_time_s, hardware and the val metrics are the first of \
-those runs'. $NOTE_TAIL"
+rain in 1 draw of 9). steps and wall_time_s are the sums of \
+those runs' (each member is listed under soup). $NOTE_TAIL"
 bash recipes/soup-stage.sh semi-drdnet-lite "$RUNS/lite-stage10.safetensors" "$RUNS/lite-r11" \
   "--contrast-features self" "synthetic rain (light,medium,heavy,mixed; one run also veiled, \
 1 draw in 9) on clean-bsds" "stage 10 of recipes/semi-drdnet-lite.sh, as bundled (fp16) at \

@@ -31,11 +31,6 @@ python benchmarks/average_weights.py "$START" "$RUN-added/model.safetensors" \
   -o "$RUN-half.safetensors"
 python benchmarks/average_weights.py "$RUN-half.safetensors" "$RUN-veiled/model.safetensors" \
   --alpha 0.3333333 -o "$RUN-soup/model.safetensors"
-python - "$RUN-added/manifest_entry.json" "$RUN-soup/manifest_entry.json" \
-  "$TRAINING_DATA" <<'PY'
-import json, sys
-entry = json.load(open(sys.argv[1]))
-entry["training_data"] = sys.argv[3]
-json.dump(entry, open(sys.argv[2], "w"), indent=2)
-PY
+python recipes/soup_entry.py "$RUN-soup" "$RUN-added" "$RUN-veiled" \
+  --training-data "$TRAINING_DATA"
 bash recipes/eval-bundle.sh "$NAME" "$RUN-soup" "$CONTINUED_FROM" "$NOTE"

@@ -122,6 +122,17 @@ def _assert_soup_in_thirds(calls: list[list[str]], start: str, first: str,
     assert avgs[1][2] == avgs[0][avgs[0].index("-o") + 1]
     assert avgs[1][3].endswith(second)
     assert float(avgs[1][avgs[1].index("--alpha") + 1]) == pytest.approx(1 / 3)
+    # the soup's manifest entry is written from both runs (recipes/soup_entry.py), after the
+    # average and before the bundle
+    entries = [i for i, c in enumerate(calls) if c[:2] == ["python", "recipes/soup_entry.py"]]
+    assert len(entries) == 1
+    entry = calls[entries[0]]
+    soup = str(Path(avgs[1][avgs[1].index("-o") + 1]).parent)
+    assert entry[2] == soup
+    assert entry[3].endswith(str(Path(first).parent)) and entry[4].endswith(
+        str(Path(second).parent))
+    bundle = next(i for i, c in enumerate(calls) if c[:2] == ["python", "recipes/bundle.py"])
+    assert calls.index(avgs[1]) < entries[0] < bundle
     return avgs
 
 
@@ -691,3 +702,94 @@ def test_a_soup_says_what_it_is_not_what_its_first_member_was(tmp_path: Path,
     key = next(k for k, v in state.items() if v.is_floating_point())
     expected = state[key].float() + 3  # the mean of +0, +3 and +6
     assert torch.allclose(loaded[key].float(), expected, atol=1e-2)
+
+
+def test_a_soups_manifest_entry_is_the_soups_not_a_runs(tmp_path: Path,
+                                                         tiny_weights: Path) -> None:
+    # The recipes copied one run's manifest_entry.json as the soup's: the manifest gave the
+    # soup that run's validation score, step count and time (an audit).
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import soup_entry
+    finally:
+        sys.path.pop(0)
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        identity = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    runs = []
+    for i, (steps, wall, psnr) in enumerate(((900, 600.5, 33.4), (700, 590.0, 33.1))):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        save_file({k: v + i + 1 for k, v in state.items()}, run / "model.safetensors",
+                  metadata=identity | {"steps": str(steps)})
+        sha = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+        (run / "manifest_entry.json").write_text(json.dumps({
+            "name": "tiny", "arch": "semi-drdnet", "file": "model.safetensors", "sha256": sha,
+            "size": 1, "license": "MIT", "training_data": "run data", "steps": steps,
+            "wall_time_s": wall, "hardware": "1x CPU", "status": "candidate",
+            "metrics": {"val": {"set": "rain100l", "psnr": psnr, "ssim": 0.9, "count": 10,
+                                "step": steps, "best_psnr": psnr, "best_step": steps}},
+            "before_distillation": {"student_psnr": 1.0}}))
+        runs.append(run)
+    soup = tmp_path / "soup"
+    soup.mkdir()
+    for args in ([str(tiny_weights), str(runs[0] / "model.safetensors"), "-o",
+                  str(tmp_path / "half.safetensors")],
+                 [str(tmp_path / "half.safetensors"), str(runs[1] / "model.safetensors"),
+                  "--alpha", "0.3333333", "-o", str(soup / "model.safetensors")]):
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "average_weights.py"), *args],
+                       check=True, capture_output=True)
+    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "soup_entry.py"), str(soup),
+                          str(runs[0]), str(runs[1]), "--training-data", "soup data",
+                          "--set", "teacher=someone"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    entry = json.loads((soup / "manifest_entry.json").read_text())
+    assert entry["sha256"] == hashlib.sha256(
+        (soup / "model.safetensors").read_bytes()).hexdigest()
+    assert entry["metrics"] == {} and "before_distillation" not in entry
+    assert entry["steps"] == 1600 and entry["wall_time_s"] == 1190.5
+    assert entry["hardware"] == "1x CPU"
+    assert entry["training_data"] == "soup data" and entry["teacher"] == "someone"
+    shares = [m["share"] for m in entry["soup"]]
+    assert shares == pytest.approx([1 / 3] * 3, abs=1e-6)
+    assert entry["soup"][0]["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
+    assert "run" not in entry["soup"][0]
+    assert [m.get("run") for m in entry["soup"][1:]] == ["run0", "run1"]
+    assert entry["soup"][2]["val"] == {"set": "rain100l", "psnr": 33.1, "ssim": 0.9,
+                                       "count": 10}
+    # a run that is not a member is refused, and so is a file that is not a soup
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "manifest_entry.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="not a member"):
+        soup_entry.soup_entry(soup, [runs[0], stray])
+    with pytest.raises(SystemExit, match="lists no members"):
+        soup_entry.soup_entry(runs[0], [runs[0]])
+
+
+@needs_bash
+def test_the_defaults_stage_9_and_the_average_stage_write_the_soups_own_entry(
+        tmp_path: Path) -> None:
+    # semi-drdnet-fast's stage 9 averages four runs (two averages of two, then those two):
+    # its entry lists all four runs; average-stage.sh (a cycle and its start) the cycle
+    res, calls = _run_with_stubs(tmp_path / "fast", "semi-drdnet-fast.sh", {})
+    assert res.returncode == 0, res.stderr
+    entries = [c for c in calls if c[:2] == ["python", "recipes/soup_entry.py"]]
+    stage9 = [c for c in entries if c[2].endswith("fast-r9-soup")]
+    assert len(stage9) == 1
+    assert [Path(r).name for r in stage9[0][3:7]] == [f"fast-r9{x}" for x in "abcd"]
+    assert stage9[0][stage9[0].index("--training-data") + 1].startswith(
+        "synthetic rain (light,medium,heavy,mixed; two of the four runs also veiled")
+    res, calls = _run_with_stubs(tmp_path / "avg", "average-stage.sh", {}, args=(
+        "semi-drdnet-tiny", "start.safetensors", "runs/cycle", "runs/avg", "from", "a note",
+        "the data"))
+    assert res.returncode == 0, res.stderr
+    entries = [c for c in calls if c[:2] == ["python", "recipes/soup_entry.py"]]
+    assert entries == [["python", "recipes/soup_entry.py", "runs/avg", "runs/cycle",
+                        "--training-data", "the data"]]
