@@ -306,10 +306,11 @@ def distill(cfg: DistillConfig) -> DistillResult:
     check_out(cfg.out, cfg.overwrite)
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
+    from .train import _hardware, start_weights
+
+    start = start_weights(cfg.init)  # as loaded, before the file can change
     teacher, label, student = _teacher_and_student(cfg)
     clean, held_photos, real = _photos(cfg)
-
-    from .train import _hardware
 
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -326,7 +327,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     finally:
         torch.set_num_threads(threads)
 
-    entry = _write(cfg, student, label, step, wall, before, after, hardware)
+    entry = _write(cfg, student, label, step, wall, before, after, hardware, start)
     if interrupted:  # written; the command still ends as interrupted (exit 130)
         raise KeyboardInterrupt
     return DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
@@ -437,17 +438,16 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
 
 def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
            before: dict[str, float], after: dict[str, float],
-           hardware: str) -> dict[str, Any]:
-    """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry."""
+           hardware: str, start: dict[str, str]) -> dict[str, Any]:
+    """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry
+    (``start``: ``train.start_weights`` of ``--init``, taken when it was loaded)."""
     from .fileio import atomic_write_text
     from .models import get_spec
-    from .train import start_weights
     from .weights import save_weights
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     arch = get_spec(cfg.student).arch if cfg.student is not None else "semi-drdnet"
-    start = start_weights(cfg.init)
     rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch=arch,
                        config=student.cfg, dtype=torch.float16,
                        metadata={"steps": str(step), "training": f"derain distill from {label}",

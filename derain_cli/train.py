@@ -816,6 +816,7 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
         raise TrainError("--resume: the run was trained on other data ("
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
                          + "); start a new run with another --out")
+    _refuse_a_changed_start(ckpt, w1)
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
             "consistency")
@@ -846,6 +847,26 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     if moved and warn:
         _say("warning: --resume with changed settings: " + ", ".join(moved))
     return cfg
+
+
+def _refuse_a_changed_start(ckpt: dict[str, Any], path: str | None) -> None:
+    """Refuse to resume when the starting weights' file changed in place since the run
+    started (the checkpoint keeps its sha256): they are the run's L2-SP anchor and
+    consistency teacher, and its record names them (an audit: a start replaced at the same
+    path, as a package update replaces bundled weights, went unnoticed and was recorded)."""
+    was = (ckpt.get("start_weights") or {}).get("sha256")
+    if not was or not path:
+        return
+    from .hub import sha256_file
+
+    try:
+        now = sha256_file(Path(path).expanduser())
+    except OSError:
+        return  # gone: the run resumes from its checkpoint; its record keeps the start
+    if now != was:
+        raise TrainError(f"--resume: the starting weights {path} changed since the run "
+                         f"started (sha256 {was[:12]}..., now {now[:12]}...); they anchor "
+                         "and teach the run, so start a new run with another --out")
 
 
 #: the settings that decide what a validation score measures
@@ -1464,6 +1485,12 @@ class _Run:
         self.step, self.wall_before = 0, 0.0
         self.best_psnr: float | None = None
         self.best_step: int | None = None
+        #: the validation differs from the resumed run's: its scores do not carry over
+        self.val_changed = False
+        #: where the run started (``start_weights``), hashed when it started: a resume
+        #: keeps the record (checkpoints before 2026-12-05 had none: hashed on resume)
+        self.start_record: dict[str, str] = (ckpt or {}).get("start_weights") or start_weights(
+            setup.cfg.init_weights)
         #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
         self.segments_before: list[dict[str, Any]] = []
         if ckpt is not None:
@@ -1479,6 +1506,7 @@ class _Run:
             if isinstance(before, dict) and _validation_of(
                     {**now, **before}) != _validation_of(now):  # said by _check_resume
                 self.best_psnr = self.best_step = None
+                self.val_changed = True
             self.wall_before = float(ckpt.get("wall_time_s", 0.0))
             # checkpoints before 2026-12-03 did not say where they trained
             self.segments_before = list(ckpt.get("hardware_segments") or (
@@ -1547,6 +1575,7 @@ class _Run:
             "hardware_segments": self.segments_now(),
             "data": self.data_count,  # a resume says when the data changed in between
             "val_pending": self.validating,  # a Ctrl-C during this step's validation
+            "start_weights": self.start_record,  # the file, hashed when the run started
         }
 
     def wall_time(self) -> float:
@@ -1749,9 +1778,11 @@ class _Run:
                     if r.get("kind") == "val" and r.get("step") == step]
             pending = bool((self.ckpt or {}).get("val_pending"))  # best.pt may not hold it
             self.last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
-                              "count": done[-1]["val_count"]} if done and not pending
+                              "count": done[-1]["val_count"]}
+                             if done and not pending and not self.val_changed
                              else self.validate_and_keep_best())  # (already logged and kept:
-            # stopped during the export; logged but cut short in best.pt's write: redone)
+            # stopped during the export; logged but cut short in best.pt's write, or scored
+            # on another validation than this resume's: redone)
         wall = self.wall_time()
         last_val = self.last_val
         entry = None
@@ -1765,7 +1796,7 @@ class _Run:
                     weights_path, entry = _export(
                         cfg, final, s.name, s.arch, s.conf, out, step, wall, last_val,
                         self.best_psnr, self.best_step,
-                        hardware_summary(self.segments_now(), self.hardware))
+                        hardware_summary(self.segments_now(), self.hardware), self.start_record)
             except KeyboardInterrupt:
                 if (out / "model.safetensors").exists() and _exported_at(out, step):
                     _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
@@ -1791,8 +1822,10 @@ class _Run:
 def _export(
     cfg: TrainConfig, ema: nn.Module, name: str, arch: str, conf: dict[str, Any], out: Path,
     step: int, wall: float, last_val: dict[str, float] | None, best_psnr: float | None,
-    best_step: int | None, hardware: str,
+    best_step: int | None, hardware: str, start: dict[str, str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
+    """The run's weights and manifest entry (``start``: ``start_weights`` as the run
+    started; None: taken now)."""
     from .weights import save_weights
 
     dtype = {"float16": torch.float16, "fp16": torch.float16, "float32": torch.float32,
@@ -1802,7 +1835,7 @@ def _export(
     export_model = build_architecture(arch, conf)
     export_model.load_state_dict(ema.state_dict())
     path = out / "model.safetensors"
-    start = start_weights(cfg.init_weights)
+    start = start_weights(cfg.init_weights) if start is None else start
     meta = {"steps": str(step), "training": f"derain {_run_kind(out) or 'train'}",
             **{f"init_{k}": v for k, v in start.items()}}
     rec = save_weights(export_model, path, name=name, arch=arch, config=conf, dtype=dtype,

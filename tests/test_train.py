@@ -1955,3 +1955,54 @@ def test_resume_with_another_validation_drops_the_old_best(data, tmp_path, capsy
     assert val["best_psnr"] < first["best_psnr"]  # kept, the old best would have stayed
     best = T.load_checkpoint(run / "best.pt")
     assert best["step"] == val["best_step"]
+
+
+def test_a_run_stopped_before_its_export_and_resumed_on_another_validation_scores_it(
+        data, tmp_path):
+    """Stopped after its last step (validated) but before its export, and resumed with
+    another --val, the run exported the old set's score under the new set's name (a
+    review)."""
+    hard = tmp_path / "hard"  # far lower scores than "val" gives
+    synth_pairs(data["clean"], hard, preset="heavy", count=3, seed=7)
+    for clean in (hard / "clean").iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(clean)))).save(clean)
+    out = tmp_path / "r"
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, out, steps=2, val=str(data["val"]), val_every=1),
+                _hooks={"after_step": stop})
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    old = [r for r in records if r.get("kind") == "val" and r.get("step") == 2]
+    assert old, "the stop came after step 2's validation"
+    T.train(_cfg(data, out, steps=2, resume=True, val=str(hard), val_every=1))
+    val = json.loads((out / "manifest_entry.json").read_text())["metrics"]["val"]
+    assert val["set"] == "hard" and val["psnr"] < old[-1]["val_psnr"] - 3
+    assert val["best_step"] == 2
+
+
+def test_a_resume_refuses_a_start_file_changed_in_place(data, tmp_path):
+    """The start's sha256 was taken at the export, so a start file replaced at the same path
+    (as a package update replaces bundled weights) was recorded as the run's start, and
+    its new content anchored the rest of the run, without a word (a review)."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=2))
+    other = T.train(_cfg(data, tmp_path / "other", steps=3, seed=4))
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(Path(base.weights).read_bytes())
+    sha = hashlib.sha256(start.read_bytes()).hexdigest()
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=2, init_weights=str(start)))
+    assert T.load_checkpoint(out / "last.pt")["start_weights"]["sha256"] == sha
+    T.train(_cfg(data, out, steps=3, resume=True, init_weights=str(start)))  # unchanged: fine
+    start.write_bytes(Path(other.weights).read_bytes())
+    with pytest.raises(T.TrainError, match="changed since the run started"):
+        T.train(_cfg(data, out, steps=4, resume=True, init_weights=str(start)))
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["init_weights"]["sha256"] == sha
+    start.write_bytes(Path(base.weights).read_bytes())  # put back: resumes, and records it
+    T.train(_cfg(data, out, steps=4, resume=True, init_weights=str(start)))
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    assert entry["init_weights"]["sha256"] == sha and entry["steps"] == 4
