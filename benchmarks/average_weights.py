@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     state_b, meta_b = read_state(args.b)
     soup = average(state_a, state_b, args.alpha)
     meta = soup_metadata(meta_a, meta_b, sha256_file(args.a), sha256_file(args.b), args.alpha)
-    # sorted header: the same soup is the same file (recipes bundle it; a rerun can be
-    # compared with the shipped file byte for byte)
+    # sorted header: the same inputs give the same file (recipes bundle it; two reruns
+    # can be compared byte for byte; the bundled soups' headers were rewritten on
+    # 2026-12-05, so against them only the tensors compare)
     # written beside and renamed: an output named like an input would otherwise change
     # that input's tensors under the reader (safetensors maps the file), and an interrupted
     # write would leave half a file

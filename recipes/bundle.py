@@ -20,6 +20,9 @@ from pathlib import Path
 from derain_cli.weights import WeightRecord, bundled_dir, load_manifest, sha256_file, write_manifest
 
 HUB_REPO = "derain-project/derain-weights"
+#: how ``--val-eval``'s figures were made, as the manifest says it
+VAL_EVAL = ("derain eval --limit {count} --precision fp32: the weights' own score on the "
+            "pairs training validates on")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", required=True)
     ap.add_argument("--status", default="release")
     ap.add_argument("--eval", nargs="*", type=Path, default=[], help="derain eval --json outputs")
+    ap.add_argument("--val-eval", type=Path, default=None,
+                    help="derain eval --json output on the validation pairs: the weights' "
+                         "own metrics.val (a soup has no training validation of its own)")
     ap.add_argument("--note", default="")
     ap.add_argument("--recipe", default="")
     ap.add_argument("--continued-from", default="",
@@ -52,6 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         res = json.loads(path.read_text())
         metrics[Path(res["data_dir"]).name] = {
             k: round(res[k], 4) for k in ("psnr_y", "ssim_y", "psnr_rgb")} | {"count": res["count"]}
+    if args.val_eval is not None:
+        res = json.loads(args.val_eval.read_text())
+        metrics["val"] = {"set": Path(res["data_dir"]).name, "psnr": round(res["psnr_y"], 3),
+                          "ssim": round(res["ssim_y"], 4), "count": res["count"],
+                          "measured_by": VAL_EVAL.format(count=res["count"])}
     if args.note:
         entry["note"] = args.note
     if args.recipe:

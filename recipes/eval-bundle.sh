@@ -18,6 +18,14 @@ for set in rain100l heavy-small sirr-val; do
   derain eval --weights "$RUN/model.safetensors" --data "$DATA/$set" --precision fp32 \
     --json > "$RUN/eval-$set.json"
 done
+# a soup (recipes/soup_entry.py) has no training validation: its own score on the pairs
+# the stages validate on (the first 10 of rain100l) becomes its metrics.val
+val=()
+if grep -q '"soup"' "$RUN/manifest_entry.json"; then
+  derain eval --weights "$RUN/model.safetensors" --data "$DATA/rain100l" --limit 10 \
+    --precision fp32 --json > "$RUN/val-rain100l.json"
+  val=(--val-eval "$RUN/val-rain100l.json")
+fi
 python recipes/bundle.py "$RUN" --name "$NAME" --status interim \
-  --recipe "recipes/$NAME.sh" --eval "$RUN"/eval-*.json \
+  --recipe "recipes/$NAME.sh" --eval "$RUN"/eval-*.json ${val[@]+"${val[@]}"} \
   --continued-from "$CONTINUED_FROM" --note "$NOTE"

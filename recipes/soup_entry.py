@@ -12,7 +12,8 @@ runs (the training the stage added), ``hardware`` theirs; ``soup`` lists every m
 (share, sha256, and for a run its folder name, steps, wall time and validation score);
 the run's own ``metrics`` (its validation, a distillation's held-out figures) and
 ``before_distillation`` are left out, for they are not the soup's (recipes/eval-bundle.sh
-adds the soup's evaluation). Before 2026-12-05 the recipes copied one run's entry whole,
+adds the soup's evaluation, and its own score on the pairs training validates on as
+``metrics.val``). Before 2026-12-05 the recipes copied one run's entry whole,
 so the manifest gave a soup that run's validation score and step count (an audit).
 """
 
@@ -53,23 +54,23 @@ def soup_entry(soup: Path, runs: list[Path], training_data: str = "",
         raise SystemExit(f"{weights}: not written by benchmarks/average_weights.py "
                          "(its header lists no members)")
     members = json.loads(listed)
-    entries = {}
-    for run in runs:
+    entries: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for run in dict.fromkeys(runs):  # a run named twice is one run
         entry = json.loads((run / "manifest_entry.json").read_text())
+        if entry["sha256"] in entries:  # the soup's list cannot tell them apart
+            raise SystemExit(f"{entries[entry['sha256']][0]} and {run} hold the same "
+                             "weights: give one of them")
+        if entry["sha256"] not in {m["sha256"] for m in members}:
+            raise SystemExit(f"{run}: its model is not a member of {weights}")
         entries[entry["sha256"]] = (run, entry)
-    unknown = [r for r, e in entries.values()
-               if e["sha256"] not in {m["sha256"] for m in members}]
-    if unknown:
-        raise SystemExit(f"{unknown[0]}: its model is not a member of {weights}")
     # every run given is a member (checked above): the first in the soup's order leads
     first = next(entries[m["sha256"]][1] for m in members if m["sha256"] in entries)
     out = {k: v for k, v in first.items() if k not in RUN_ONLY}
-    listing, runs_in = [], []
-    for m in members:
+    listing = []
+    for m in members:  # a member averaged in twice is listed twice, its run counted once
         item: dict[str, Any] = {"share": m["share"], "sha256": m["sha256"]}
         if m["sha256"] in entries:
             run, entry = entries[m["sha256"]]
-            runs_in.append(entry)
             item |= {"run": run.name, "steps": entry.get("steps"),
                      "wall_time_s": entry.get("wall_time_s")}
             val = entry.get("metrics", {}).get("val")
@@ -78,6 +79,7 @@ def soup_entry(soup: Path, runs: list[Path], training_data: str = "",
         else:
             item["training"] = m.get("metadata", {}).get("training", "not a run given here")
         listing.append(item)
+    runs_in = [entry for _, entry in entries.values()]
     hardware: list[str] = []
     for entry in runs_in:
         if entry.get("hardware") and entry["hardware"] not in hardware:

@@ -763,6 +763,22 @@ def test_a_soups_manifest_entry_is_the_soups_not_a_runs(tmp_path: Path,
     assert [m.get("run") for m in entry["soup"][1:]] == ["run0", "run1"]
     assert entry["soup"][2]["val"] == {"set": "rain100l", "psnr": 33.1, "ssim": 0.9,
                                        "count": 10}
+    # a run named twice counts once; a member averaged in twice is listed twice, its run's
+    # steps counted once; two runs with the same weights cannot be told apart: refused
+    again = soup_entry.soup_entry(soup, [runs[0], runs[1], runs[0]])
+    assert again["steps"] == 1600 and len(again["soup"]) == 3
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "average_weights.py"),
+                    str(runs[0] / "model.safetensors"), str(runs[0] / "model.safetensors"),
+                    "-o", str(twice / "model.safetensors")], check=True, capture_output=True)
+    doubled = soup_entry.soup_entry(twice, [runs[0]])
+    assert [m["run"] for m in doubled["soup"]] == ["run0", "run0"]
+    assert doubled["steps"] == 900 and doubled["wall_time_s"] == 600.5
+    clone = tmp_path / "clone"
+    shutil.copytree(runs[0], clone)
+    with pytest.raises(SystemExit, match="hold the same weights"):
+        soup_entry.soup_entry(twice, [runs[0], clone])
     # a run that is not a member is refused, and so is a file that is not a soup
     stray = tmp_path / "stray"
     stray.mkdir()
@@ -793,3 +809,62 @@ def test_the_defaults_stage_9_and_the_average_stage_write_the_soups_own_entry(
     entries = [c for c in calls if c[:2] == ["python", "recipes/soup_entry.py"]]
     assert entries == [["python", "recipes/soup_entry.py", "runs/avg", "runs/cycle",
                         "--training-data", "the data"]]
+
+
+def test_bundle_takes_a_soups_own_validation(tmp_path: Path, tiny_weights: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # eval-bundle.sh scores a soup on the validation pairs (derain eval --limit 10) and
+    # bundle.py's --val-eval makes that its metrics.val, with how it was measured
+    import json
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import bundle
+    finally:
+        sys.path.pop(0)
+    from derain_cli.manifest import load_manifest as load
+    from derain_cli.manifest import write_manifest as write
+
+    dest = tmp_path / "weights"
+    dest.mkdir()
+    manifest = dest / "manifest.json"
+    monkeypatch.setattr(bundle, "bundled_dir", lambda: dest)
+    monkeypatch.setattr(bundle, "load_manifest", lambda: load(manifest))
+    monkeypatch.setattr(bundle, "write_manifest", lambda records: write(records, manifest))
+    run = tmp_path / "soup"
+    run.mkdir()
+    shutil.copy(tiny_weights, run / "model.safetensors")
+    (run / "manifest_entry.json").write_text(json.dumps({
+        "name": "tiny", "arch": "semi-drdnet", "config": {}, "dtype": "float16",
+        "file": "model.safetensors", "sha256": "x", "size": 1, "metrics": {}, "soup": []}))
+    (run / "val.json").write_text(json.dumps({
+        "data_dir": "/data/rain100l", "psnr_y": 32.97057, "ssim_y": 0.948287,
+        "psnr_rgb": 31.0, "count": 10}))
+    bundle.main([str(run), "--name", "tiny-soup", "--val-eval", str(run / "val.json")])
+    rec = load(manifest)["tiny-soup"].to_dict()
+    assert rec["metrics"]["val"] == {
+        "set": "rain100l", "psnr": 32.971, "ssim": 0.9483, "count": 10,
+        "measured_by": bundle.VAL_EVAL.format(count=10)}
+    assert rec["sha256"] == hashlib.sha256((dest / "tiny-soup.safetensors").read_bytes()
+                                           ).hexdigest()
+
+
+@needs_bash
+@pytest.mark.parametrize("soup", [True, False])
+def test_eval_bundle_scores_a_soup_on_the_validation_pairs(tmp_path: Path, soup: bool) -> None:
+    run = tmp_path / "repo" / "runs" / "s"
+    run.mkdir(parents=True)
+    (run / "manifest_entry.json").write_text('{"soup": []}' if soup else '{"steps": 3}')
+    res, calls = _run_with_stubs(tmp_path, "eval-bundle.sh", {}, args=(
+        "semi-drdnet-tiny", "runs/s", "from", "a note"))
+    assert res.returncode == 0, res.stderr
+    evals = [c for c in calls if c[:2] == ["derain", "eval"]]
+    limited = [e for e in evals if "--limit" in e]
+    bundles = [c for c in calls if c[:2] == ["python", "recipes/bundle.py"]]
+    assert len(bundles) == 1 and len(evals) == 3 + soup
+    if soup:
+        assert limited[0][limited[0].index("--limit") + 1] == "10"
+        assert limited[0][limited[0].index("--data") + 1].endswith("/rain100l")
+        assert bundles[0][bundles[0].index("--val-eval") + 1] == "runs/s/val-rain100l.json"
+    else:
+        assert not limited and "--val-eval" not in bundles[0]
