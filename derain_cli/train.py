@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -810,13 +811,18 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     data_keys = (*folders, "rainy_dir", "clean_dir", "preset")
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
     w0, w1 = before.get("init_weights"), now.get("init_weights")
-    if w0 and w1 and _other_file(w0, w1):  # the starting point, L2-SP anchor and teacher
+    other_start = _changed_start(ckpt, w1)  # the starting point, L2-SP anchor and teacher
+    if other_start is None:  # no record: the file it started from, where it still is
+        other_start = bool(w0 and w1 and _other_file(w0, w1))
+    if other_start:
         changed.append("init_weights")
+        before.setdefault("init_weights", None)
     if changed:
         raise TrainError("--resume: the run was trained on other data ("
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
+                         + (" (other weights than the run started from)"
+                            if "init_weights" in changed else "")
                          + "); start a new run with another --out")
-    _refuse_a_changed_start(ckpt, w1)
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
             "consistency")
@@ -849,24 +855,23 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     return cfg
 
 
-def _refuse_a_changed_start(ckpt: dict[str, Any], path: str | None) -> None:
-    """Refuse to resume when the starting weights' file changed in place since the run
-    started (the checkpoint keeps its sha256): they are the run's L2-SP anchor and
-    consistency teacher, and its record names them (an audit: a start replaced at the same
-    path, as a package update replaces bundled weights, went unnoticed and was recorded)."""
-    was = (ckpt.get("start_weights") or {}).get("sha256")
+def _changed_start(ckpt: dict[str, Any], path: str | None) -> bool | None:
+    """Whether the starting weights at ``path`` hold other tensors than those the run
+    started from, by the record its checkpoints keep (``start_weights``, since 2026-12-05);
+    None where there is no record (an older checkpoint) or nothing to compare. The tensors
+    count, not the file: a copy elsewhere or a new header is the same start, a file
+    replaced in place with other weights is not (a review: it went unnoticed, and was
+    recorded as the run's start)."""
+    was = (ckpt.get("start_weights") or {}).get("tensors_sha256")
     if not was or not path:
-        return
-    from .hub import sha256_file
+        return None
+    from .weights import WeightsError, read_state
 
     try:
-        now = sha256_file(Path(path).expanduser())
-    except OSError:
-        return  # gone: the run resumes from its checkpoint; its record keeps the start
-    if now != was:
-        raise TrainError(f"--resume: the starting weights {path} changed since the run "
-                         f"started (sha256 {was[:12]}..., now {now[:12]}...); they anchor "
-                         "and teach the run, so start a new run with another --out")
+        now = tensors_sha256(read_state(Path(path).expanduser())[0])
+    except (OSError, WeightsError):
+        return None  # gone or unreadable: loading it says so
+    return now != was
 
 
 #: the settings that decide what a validation score measures
@@ -1489,8 +1494,8 @@ class _Run:
         self.val_changed = False
         #: where the run started (``start_weights``), hashed when it started: a resume
         #: keeps the record (checkpoints before 2026-12-05 had none: hashed on resume)
-        self.start_record: dict[str, str] = (ckpt or {}).get("start_weights") or start_weights(
-            setup.cfg.init_weights)
+        self.start_record: dict[str, str] = (ckpt or {}).get("start_weights") or (
+            start_weights(setup.cfg.init_weights) if is_main else {})  # rank 0 writes it
         #: where earlier segments of a resumed run trained: {"hardware", "from", "to"} each
         self.segments_before: list[dict[str, Any]] = []
         if ckpt is not None:
@@ -1589,7 +1594,7 @@ class _Run:
             if "run_started" in self.hooks:
                 self.hooks["run_started"](self.out)
 
-    def validate_and_keep_best(self) -> dict[str, float]:
+    def validate_and_keep_best(self, relog: bool = False) -> dict[str, float]:
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
         and keep it as best.pt when it is the best so far. The best score is recorded only
         once best.pt holds it: a Ctrl-C during that write left last.pt and the manifest
@@ -1603,9 +1608,11 @@ class _Run:
                           crop=cfg.val_crop, cache=s.val_cache,
                           rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
         improved = self.best_psnr is None or scores["psnr"] > self.best_psnr
-        if not any(r.get("kind") == "val" and r.get("step") == step for r in self.log.records):
+        if relog or not any(r.get("kind") == "val" and r.get("step") == step
+                            for r in self.log.records):
             self.log.write({"kind": "val", "step": step, "val_psnr": scores["psnr"],
                             "val_ssim": scores["ssim"], "val_count": scores["count"],
+                            "val_set": Path(cfg.val).name if cfg.val else None,
                             "time_s": self.wall_time()})
         self.progress.note(f"step {step}: val PSNR {scores['psnr']:.2f} dB, "
                            f"SSIM {scores['ssim']:.4f}" + (" (best)" if improved else ""))
@@ -1780,9 +1787,10 @@ class _Run:
             self.last_val = ({"psnr": done[-1]["val_psnr"], "ssim": done[-1]["val_ssim"],
                               "count": done[-1]["val_count"]}
                              if done and not pending and not self.val_changed
-                             else self.validate_and_keep_best())  # (already logged and kept:
-            # stopped during the export; logged but cut short in best.pt's write, or scored
-            # on another validation than this resume's: redone)
+                             else self.validate_and_keep_best(relog=self.val_changed))
+            # (already logged and kept: stopped during the export; logged but cut short in
+            # best.pt's write, or scored on another validation than this resume's: redone,
+            # and logged again under its own set)
         wall = self.wall_time()
         last_val = self.last_val
         entry = None
@@ -1873,12 +1881,25 @@ def start_weights(path: str | os.PathLike[str] | None) -> dict[str, str]:
     start = {"weights": file.name}
     try:
         start["sha256"] = sha256_file(file)
-        declared = read_state(file)[1].get("name")
+        state, meta = read_state(file)
     except (OSError, WeightsError):
         return start  # gone since the run started: its name is all there is
-    if declared:
-        start["name"] = declared
+    start["tensors_sha256"] = tensors_sha256(state)
+    if meta.get("name"):
+        start["name"] = meta["name"]
     return start
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state's tensors alone (names, dtypes, shapes, values), not of the file
+    that holds them: a new header (the bundled soups got one on 2026-12-05) or another
+    file holding the same tensors is the same start."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _say(msg: str) -> None:

@@ -22,7 +22,7 @@ from derain_cli.weights import WeightRecord, bundled_dir, load_manifest, sha256_
 HUB_REPO = "derain-project/derain-weights"
 #: how ``--val-eval``'s figures were made, as the manifest says it
 VAL_EVAL = ("derain eval --limit {count} --precision fp32: the weights' own score on the "
-            "pairs training validates on")
+            "set's first {count} pairs (those `derain train --val-limit {count}` validates on)")
 
 
 def parser() -> argparse.ArgumentParser:

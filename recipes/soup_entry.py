@@ -55,7 +55,7 @@ def soup_entry(soup: Path, runs: list[Path], training_data: str = "",
                          "(its header lists no members)")
     members = json.loads(listed)
     entries: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for run in dict.fromkeys(runs):  # a run named twice is one run
+    for run in dict.fromkeys(r.resolve() for r in runs):  # a run named twice is one run
         entry = json.loads((run / "manifest_entry.json").read_text())
         if entry["sha256"] in entries:  # the soup's list cannot tell them apart
             raise SystemExit(f"{entries[entry['sha256']][0]} and {run} hold the same "
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         extra[key] = value
     entry = soup_entry(args.soup, args.runs, args.training_data, extra)
     atomic_write_text(args.soup / "manifest_entry.json", json.dumps(entry, indent=2) + "\n")
+    runs = len({m["run"] for m in entry["soup"] if "run" in m})
     print(f"wrote {args.soup / 'manifest_entry.json'}: {len(entry['soup'])} members, "
-          f"{entry['steps']} steps of training in {len(args.runs)} runs")
+          f"{entry['steps']} steps of training in {runs} runs")
     return 0
 
 

@@ -765,7 +765,7 @@ def test_a_soups_manifest_entry_is_the_soups_not_a_runs(tmp_path: Path,
                                        "count": 10}
     # a run named twice counts once; a member averaged in twice is listed twice, its run's
     # steps counted once; two runs with the same weights cannot be told apart: refused
-    again = soup_entry.soup_entry(soup, [runs[0], runs[1], runs[0]])
+    again = soup_entry.soup_entry(soup, [runs[0], runs[1], runs[0] / ".." / runs[0].name])
     assert again["steps"] == 1600 and len(again["soup"]) == 3
     twice = tmp_path / "twice"
     twice.mkdir()

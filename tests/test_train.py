@@ -742,7 +742,9 @@ def test_finetune_on_own_photos(data, tmp_path):
     # and the weights themselves say so (--weights FILE reads only the file's header)
     sha = hashlib.sha256(Path(base.weights).read_bytes()).hexdigest()
     assert entry["init_weights"] == {"weights": "model.safetensors", "sha256": sha,
-                                     "name": "semi-drdnet"}
+                                     "name": "semi-drdnet",
+                                     "tensors_sha256": T.tensors_sha256(load_file(
+                                         str(base.weights)))}
     from safetensors import safe_open
     with safe_open(str(tmp_path / "ft" / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
@@ -1982,6 +1984,11 @@ def test_a_run_stopped_before_its_export_and_resumed_on_another_validation_score
     val = json.loads((out / "manifest_entry.json").read_text())["metrics"]["val"]
     assert val["set"] == "hard" and val["psnr"] < old[-1]["val_psnr"] - 3
     assert val["best_step"] == 2
+    # the log (and its curve) has the new set's score too, after the old one
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    last = [r for r in records if r.get("kind") == "val" and r.get("step") == 2][-1]
+    assert last["val_set"] == "hard" and last["val_psnr"] == pytest.approx(val["psnr"],
+                                                                            abs=1e-3)
 
 
 def test_a_resume_refuses_a_start_file_changed_in_place(data, tmp_path):
@@ -1998,11 +2005,18 @@ def test_a_resume_refuses_a_start_file_changed_in_place(data, tmp_path):
     assert T.load_checkpoint(out / "last.pt")["start_weights"]["sha256"] == sha
     T.train(_cfg(data, out, steps=3, resume=True, init_weights=str(start)))  # unchanged: fine
     start.write_bytes(Path(other.weights).read_bytes())
-    with pytest.raises(T.TrainError, match="changed since the run started"):
+    with pytest.raises(T.TrainError, match="other weights than the run started from"):
         T.train(_cfg(data, out, steps=4, resume=True, init_weights=str(start)))
     entry = json.loads((out / "manifest_entry.json").read_text())
     assert entry["init_weights"]["sha256"] == sha
-    start.write_bytes(Path(base.weights).read_bytes())  # put back: resumes, and records it
-    T.train(_cfg(data, out, steps=4, resume=True, init_weights=str(start)))
+    # the same tensors elsewhere are the same start, though the first path now holds others
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(Path(base.weights).read_bytes())
+    T.train(_cfg(data, out, steps=4, resume=True, init_weights=str(kept)))
+    # and so is a new header on the same tensors (the bundled soups got one): not refused
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(base.weights)), str(start), metadata={"new": "header"})
+    assert hashlib.sha256(start.read_bytes()).hexdigest() != sha
+    T.train(_cfg(data, out, steps=5, resume=True, init_weights=str(start)))
     entry = json.loads((out / "manifest_entry.json").read_text())
-    assert entry["init_weights"]["sha256"] == sha and entry["steps"] == 4
+    assert entry["init_weights"]["sha256"] == sha and entry["steps"] == 5
