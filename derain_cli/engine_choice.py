@@ -429,6 +429,10 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     if not cpu_has_bf16():
         return "int8", "no bf16 instructions"
     key = choice_key(plan, threads)
+    # decided as PyTorch was before any measurement: the run that measures (and so imports
+    # PyTorch) chose bf16 where the same command later took int8, and their pixels differ
+    # (up to 10 levels; a review)
+    loaded = torch_imported()
 
     def known() -> dict[str, Any] | None:
         entry = load_choices().get(key)
@@ -444,7 +448,7 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     if "int8" in s and "bf16" in s:
         how += (f": {s['bf16']:.2f} s bf16 vs {s['int8']:.2f} s int8 on a {PROBE_SIDE} px "
                 f"image, x{work['bf16']:.2f} vs x{work['int8']:.2f} in their tiles")
-    engine, why = decide(entry, workload_megapixels, torch_imported(), work)
+    engine, why = decide(entry, workload_megapixels, loaded, work)
     return engine, f"{how}; {why}" if why else how
 
 

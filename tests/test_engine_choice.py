@@ -620,3 +620,28 @@ def test_bf16_weights_out_of_reach_leave_int8_without_a_measurement(own_cache, b
     engine, why = engine_choice.cpu_engine(_plan(), None, measure_fn=offline)
     assert engine == "int8" and "bf16 not timed" in why
     assert not (own_cache / "engines.json").exists()
+
+
+def test_the_run_that_measures_chooses_as_the_runs_after_it(own_cache, bf16_cpu, monkeypatch):
+    """The measurement imports PyTorch, and the run that measured then took bf16 for a photo
+    the same command later ran in int8 (bf16 not worth PyTorch's import there): the first
+    run's pixels differed from every later run's (a determinism audit)."""
+    imported = {"now": False}
+    monkeypatch.setattr(engine_choice, "torch_imported", lambda: imported["now"])
+
+    def measure(plan, threads):  # as the real one: PyTorch is loaded afterwards
+        imported["now"] = True
+        return {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.5},
+                "measured": "2026-12-05"}
+
+    import itertools
+    clock = itertools.count(0.0, 30.0)  # PyTorch's import, as timed there: 30 s
+    with monkeypatch.context() as m:
+        m.setattr(engine_choice.time, "perf_counter", lambda: next(clock))
+        first = engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)
+    assert "measured now" in first[1]
+    imported["now"] = False  # the next process
+    later = engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)
+    assert first[0] == later[0] == "int8"
+    imported["now"] = True  # a process that had imported PyTorch for its own reasons
+    assert engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)[0] == "bf16"
