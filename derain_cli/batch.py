@@ -721,12 +721,17 @@ def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,
 
 
 def pending_workload(jobs: Sequence[Job], options: BatchOptions,
-                     enough: float | None = None) -> tuple[float, int]:
+                     enough: float | None = None, *,
+                     done_too: bool = False) -> tuple[float, int]:
     """``pending_megapixels`` and how many readable images they were counted over (their
-    mean size is what tiling costs: ``engine_choice``)."""
+    mean size is what tiling costs: ``engine_choice``). ``done_too``: the photos whose
+    results exist count as well, so that a rerun that redoes a few of a folder's photos
+    costs the job as the first run did, and picks the same engine (whose pixels differ
+    from the other's: README, "int8 or bf16")."""
     total, images = 0.0, 0
     for j in jobs:
-        if not _needs_model(j, options):
+        if not (_needs_model(j, options) or (
+                done_too and _upfront(j, options) == ("skipped", "output exists"))):
             continue
         mp = _header_megapixels(j.item.path)
         if mp:

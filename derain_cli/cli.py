@@ -755,8 +755,9 @@ def _run(
                 derainer = None
                 if batch.share_from_main(dist, bool(batch.pending(jobs, options))
                                          if main_rank else None):
-                    work_mp, work_images = batch.pending_workload(
-                        jobs, options, enough=_WORKLOAD_ENOUGH_MP)
+                    work_mp, work_images = batch.pending_workload(  # done photos too: a
+                        jobs, options, enough=_WORKLOAD_ENOUGH_MP, done_too=True)  # rerun
+                    # picks the engine the first run did (their pixels differ)
                     if not work_images:  # no header readable: unknown, not 0 MP
                         work_mp, work_images = None, None
                     make = functools.partial(

@@ -717,6 +717,9 @@ def test_pending_megapixels_counts_headers_of_pending_work(tmp_path: Path) -> No
     assert pending_megapixels(jobs, BatchOptions(overwrite=True)) == pytest.approx(0.52)
     mp, n = pending_workload(jobs, BatchOptions(overwrite=True))  # the broken one not counted
     assert (mp, n) == (pytest.approx(0.52), 2)
+    # the whole job, done photos too (the CLI's engine choice: a rerun costs it as the
+    # first run did); the broken one still not
+    assert pending_workload(jobs, opts, done_too=True) == (pytest.approx(0.52), 2)
 
 
 def test_pending_workload_reads_headers_past_pillows_bomb_limit(tmp_path: Path) -> None:

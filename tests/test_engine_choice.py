@@ -645,3 +645,30 @@ def test_the_run_that_measures_chooses_as_the_runs_after_it(own_cache, bf16_cpu,
     assert first[0] == later[0] == "int8"
     imported["now"] = True  # a process that had imported PyTorch for its own reasons
     assert engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)[0] == "bf16"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_rerun_costs_the_whole_folder_as_the_first_run_did(own_cache, tmp_path,
+                                                              monkeypatch):
+    """A folder rerun to redo a few deleted results costed only those, so it could pick the
+    other engine and leave a folder of mixed engines, whose pixels differ (a determinism
+    audit); it now costs the whole job as the first run did."""
+    seen = []
+
+    def engine(plan, threads, workload_megapixels=None, measure_fn=None, tile=None,
+               workload_images=None):
+        seen.append((round(workload_megapixels, 3), workload_images))
+        return "int8", "stand-in"
+
+    monkeypatch.setattr(engine_choice, "cpu_engine", engine)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((250, 400, 3), 100 + i, np.uint8)).save(src / f"p{i}.png")
+    args = [str(src), "-o", str(out), "--threads", "1", "-q"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (out / "p0.png").unlink()
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert seen == [(0.2, 2), (0.2, 2)]
