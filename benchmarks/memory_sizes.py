@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--hi", type=int, default=900)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--every", type=int, default=0,
+                    help="also print RSS and the heap after every N photos of the first "
+                         "pass (growth against the number of sizes seen)")
     ap.add_argument("--no-mem-pattern", action="store_true",
                     help="ONNX Runtime sessions without per-shape memory plans")
     a = ap.parse_args()
@@ -78,12 +81,15 @@ def main() -> None:
     passes = []
     for p in range(a.passes):
         seconds, megapixels = 0.0, 0.0
-        for h, w in sizes:
+        for i, (h, w) in enumerate(sizes, 1):
             x = pixels.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
             t = time.perf_counter()
             d.derain(x)
             seconds += time.perf_counter() - t
             megapixels += h * w / 1e6
+            if a.every and p == 0 and i % a.every == 0 and i < len(sizes):
+                print(json.dumps({"sizes_seen": i, "rss_mb": _status_mb("VmRSS"),
+                                  **_heap_mb()}), flush=True)
         row = {"pass": p + 1, "rss_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM"),
                **_heap_mb(), "seconds": round(seconds, 2),
                "s_per_mp": round(seconds / megapixels, 3)}

@@ -123,8 +123,10 @@ def heap_bytes() -> tuple[int, int] | None:
 
 def release_freed_memory(keep: int = 0) -> bool:
     """Hand the memory the process freed back to the system (glibc ``malloc_trim``), when
-    :func:`keep_freed_memory` is on and more than ``keep`` bytes are free in the heap.
-    Returns whether it did.
+    more than ``keep`` bytes are free in the heap. Returns whether it did (False off glibc).
+    With ``DERAIN_MALLOC=system`` too: glibc's own thresholds then return only part of it
+    (a service seeing ever new photo sizes grew as much; an audit found this function did
+    nothing there until 2026-12-05).
 
     For a long-lived process (a service) that derains now and then: between jobs, the
     memory the last photos used goes back, and the next job pays its page faults again
@@ -134,7 +136,7 @@ def release_freed_memory(keep: int = 0) -> bool:
     Not called by derain itself: called before every new photo size it cost 8-13 % on
     small photos (README). Where glibc cannot say how much is free (before 2.33) it
     releases."""
-    if not _applied:
+    if not _glibc():
         return False
     heap = heap_bytes()
     if heap is not None and heap[1] <= keep:

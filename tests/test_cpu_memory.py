@@ -152,3 +152,33 @@ def test_a_service_can_hand_kept_memory_back() -> None:
     assert kept["applied"], kept
     system = json.loads(_python(_TRIM_PROBE, "system"))  # glibc's own way: nothing to do
     assert not system["applied"] and not system["spared"] and not system["trimmed"], system
+
+
+_HOLES_PROBE = textwrap.dedent("""
+    import ctypes, json, os
+    import numpy as np
+    from derain_cli import cpu_memory
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    applied = cpu_memory.keep_freed_memory()
+    chunks = [np.ones(100 * 2**10, np.uint8) for _ in range(3000)]  # 300 MB, heap-sized
+    last = chunks.pop()  # the top chunk stays: glibc's own trim cannot reach below it
+    del chunks
+    before = rss()
+    trimmed = cpu_memory.release_freed_memory(keep=100 * 2**20)
+    print(json.dumps({"applied": applied, "trimmed": trimmed,
+                      "counts_free": hasattr(ctypes.CDLL(None), "mallinfo2"),
+                      "returned_mb": (before - rss()) / 2**20}))
+""")
+
+
+@glibc_linux
+def test_freed_memory_goes_back_under_glibcs_own_setting_too() -> None:
+    """DERAIN_MALLOC=system leaves holes as well (a service seeing ever new sizes grew as
+    much), and release_freed_memory() did nothing there (an audit)."""
+    system = json.loads(_python(_HOLES_PROBE, "system"))
+    assert not system["applied"], system
+    assert system["trimmed"] and system["returned_mb"] > 200, system

@@ -512,6 +512,12 @@ def test_strength_outside_0_to_1_is_refused(tiny_weights, bad):
 
     with pytest.raises(OptionError, match="strength"):
         Derainer(weights=tiny_weights, device="cpu", strength=bad)
+    d = Derainer(weights=tiny_weights, device="cpu", strength=0.5)
+    with pytest.raises(OptionError, match="strength"):  # set later: checked too (an audit)
+        d.strength = bad
+    assert d.strength == 0.5
+    d.strength = np.float32(0.25)
+    assert d.strength == 0.25 and type(d.strength) is float
 
 
 def test_library_gaps_an_audit_found(tiny_weights, tmp_path, monkeypatch, caplog):
