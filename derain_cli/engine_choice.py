@@ -431,7 +431,8 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     key = choice_key(plan, threads)
     # decided as PyTorch was before any measurement: the run that measures (and so imports
     # PyTorch) chose bf16 where the same command later took int8, and their pixels differ
-    # (up to 10 levels; a review)
+    # (in 41 % of values, up to 37 levels on rain100l: benchmarks/engine_agreement.py; a
+    # determinism audit)
     loaded = torch_imported()
 
     def known() -> dict[str, Any] | None:
