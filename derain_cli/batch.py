@@ -730,8 +730,8 @@ def pending_workload(jobs: Sequence[Job], options: BatchOptions,
     from the other's: README, "int8 or bf16")."""
     total, images = 0.0, 0
     for j in jobs:
-        if not (_needs_model(j, options) or (
-                done_too and _upfront(j, options) == ("skipped", "output exists"))):
+        upfront = _upfront(j, options)  # None: needs the model
+        if upfront is not None and not (done_too and upfront == ("skipped", "output exists")):
             continue
         mp = _header_megapixels(j.item.path)
         if mp:

@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,18 +80,26 @@ def cache_root() -> Path:
 
 def state_sha256(model: nn.Module) -> str:
     """sha256 identifying a network's graphs: architecture, config and all state tensors."""
-    import torch
 
     from . import export
 
     h = hashlib.sha256()
     meta = export.graph_metadata(model, "")
     h.update(json.dumps([meta["derain.arch"], meta["derain.config"]]).encode())
-    for name, t in model.state_dict().items():
+    hash_tensors(h, model.state_dict().items())
+    return h.hexdigest()
+
+
+def hash_tensors(h: Any, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Feed ``tensors`` (name, tensor), in the order given, to the hash ``h``: each name,
+    dtype and shape, then its bytes. ``state_sha256`` and ``train.tensors_sha256`` share
+    it."""
+    import torch
+
+    for name, t in tensors:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _graph_name(opset: int) -> str:

@@ -844,7 +844,7 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                      f"{cfg.batch}x{world}, was {before.get('batch', cfg.batch)}x{was}, and "
                      "log.jsonl's epoch numbers shift: an epoch is a different number of "
                      "steps)")
-    if _validation_of({**now, **before}) != _validation_of(now):
+    if validation_changed(before, now):
         moved.append("validation " + " -> ".join(
             ", ".join(f"{k} {v!r}" for k, v in zip(_VALIDATION, _validation_of(d), strict=True)
                       if v) or "none" for d in ({**now, **before}, now))
@@ -876,6 +876,12 @@ def _changed_start(ckpt: dict[str, Any], path: str | None) -> bool | None:
 
 #: the settings that decide what a validation score measures
 _VALIDATION = ("val", "val_rainy_dir", "val_clean_dir", "val_limit", "val_crop")
+
+
+def validation_changed(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a resumed run (config ``before``) validates on other pairs than ``now``
+    asks (an older config lacking a setting is completed from ``now``)."""
+    return _validation_of({**now, **before}) != _validation_of(now)
 
 
 def _validation_of(config: dict[str, Any]) -> tuple[Any, ...]:
@@ -1508,8 +1514,8 @@ class _Run:
             except ValueError:
                 before = None
             now = dataclasses.asdict(self.cfg)
-            if isinstance(before, dict) and _validation_of(
-                    {**now, **before}) != _validation_of(now):  # said by _check_resume
+            if isinstance(before, dict) and validation_changed(before, now):  # said by
+                # _check_resume
                 self.best_psnr = self.best_step = None
                 self.val_changed = True
             self.wall_before = float(ckpt.get("wall_time_s", 0.0))
@@ -1894,11 +1900,10 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     """sha256 of a state's tensors alone (names, dtypes, shapes, values), not of the file
     that holds them: a new header (the bundled soups got one on 2026-12-05) or another
     file holding the same tensors is the same start."""
+    from .onnx_backend import hash_tensors
+
     h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_tensors(h, sorted(state.items()))
     return h.hexdigest()
 
 
