@@ -178,6 +178,9 @@ def train_cmd(
     l1_weight: Annotated[float, typer.Option(
         help="RDMC: add an L1 term of this weight to the paper's 0.1 MSE + (1 - SSIM), "
              "which hardly charges a brightness offset (0: the paper's loss).")] = 0.0,
+    psnr_weight: Annotated[float, typer.Option(
+        help="Add each crop's PSNR (in dB, minus, times this weight) to the supervised loss: "
+             "the evaluation averages PSNR per image (not the papers'; 0: off).")] = 0.0,
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
@@ -216,8 +219,8 @@ def train_cmd(
             log_every=log_every, resume=resume, quiet=quiet, time_budget=time_budget,
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, name=name, export_dtype=export_dtype,
-            l1_weight=l1_weight, bn_recalib=bn_recalib, freeze_bn=freeze_bn_from(batchnorm),
-            arch=arch,
+            l1_weight=l1_weight, psnr_weight=psnr_weight, bn_recalib=bn_recalib,
+            freeze_bn=freeze_bn_from(batchnorm), arch=arch,
             model_config=json.loads(model_config) if model_config else None,
         )
         if arch is not None:

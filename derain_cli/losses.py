@@ -79,6 +79,22 @@ def semi_drdnet_supervised(
     return l1_ssim(out, clean, ssim_weight) + coarse_weight * l1_ssim(coarse, clean, ssim_weight)
 
 
+#: added to each crop's mean squared error in ``psnr_loss``: caps a crop at 50 dB, so that
+#: rain-free, nearly perfect crops (mse ~1e-7) do not take over the gradient
+PSNR_EPS = 1e-5
+
+
+def psnr_loss(pred: Tensor, gt: Tensor, eps: float = PSNR_EPS) -> Tensor:
+    """Minus each image's PSNR in dB (``10 log10(mse + eps)``, range 1), averaged over the batch.
+
+    Not in either paper (NAFNet's "PSNR loss"): the evaluation averages PSNR per image, and
+    a change of an image's squared error counts there in proportion to 1 / its error, so
+    lightly rained, nearly clean images weigh more than under L1 or MSE over the batch's
+    pixels."""
+    mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(mse + eps).mean()
+
+
 def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 0.1,
                     l1_weight: float = 0.0) -> Tensor:
     """RDMC's ``0.1 * MSE + (1 - SSIM)``, averaged over the recursion stages' outputs.
@@ -577,7 +593,7 @@ class Criterion(nn.Module):
     def __init__(self, arch: str, features: nn.Module | None = None, *,
                  contrast_weight: float = 0.1, ssim_weight: float = 0.2,
                  seed: int = 0, terms: str | Sequence[str] | None = None,
-                 l1_weight: float = 0.0) -> None:
+                 l1_weight: float = 0.0, psnr_weight: float = 0.0) -> None:
         super().__init__()
         self.arch = arch
         #: contrastive terms computed (the others are skipped, not just zero-weighted)
@@ -586,6 +602,8 @@ class Criterion(nn.Module):
         self.contrast_weight = contrast_weight
         self.ssim_weight = ssim_weight
         self.l1_weight = l1_weight  # RDMC only (``rdmc_supervised``)
+        #: weight of ``psnr_loss`` on the final output, added to the supervised loss
+        self.psnr_weight = psnr_weight
         self.contrast = Contrast(features) if features is not None else None
         self._gen = torch.Generator().manual_seed(seed + 1)
         #: share of ``contrast_weight`` applied this step (``ramp``); the encoder's own
@@ -630,6 +648,10 @@ class Criterion(nn.Module):
         else:
             out, rain = outputs[-1], None
             sup = rdmc_supervised([s[:nl] for s in outputs], clean, l1_weight=self.l1_weight)
+        if self.psnr_weight:
+            neg_psnr = psnr_loss(out[:nl], clean)
+            parts["psnr"] = -float(neg_psnr.detach())
+            sup = sup + self.psnr_weight * neg_psnr
         loss = sup
         parts["sup"] = float(sup.detach())
         if self.contrast is None or self.contrast_weight <= 0:

@@ -161,6 +161,9 @@ class TrainConfig:
     #: RDMC only: weight of an L1 term added to the paper's 0.1 MSE + (1 - SSIM), which
     #: hardly charges a uniform brightness offset (``losses.rdmc_supervised``); 0: the paper's
     l1_weight: float = 0.0
+    #: weight of a per-crop PSNR term on the final output (``losses.psnr_loss``; not the
+    #: papers'), added to the supervised loss; 0: off
+    psnr_weight: float = 0.0
 
     #: fine-tuning regularisers: L2-SP toward the initial weights, L1 consistency with the
     #: frozen initial model on the unlabeled photos
@@ -710,6 +713,8 @@ def check_config(cfg: TrainConfig) -> None:
          f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
     need(cfg.l1_weight >= 0, f"--l1-weight must be 0 (off) or more, not {cfg.l1_weight:g}")
+    need(cfg.psnr_weight >= 0,
+         f"--psnr-weight must be 0 (off) or more, not {cfg.psnr_weight:g}")
     need(cfg.warmup >= 0, f"--warmup must be 0 or more, not {cfg.warmup}")
     need(cfg.workers is None or cfg.workers >= 0, f"--workers must be 0 or more, not {cfg.workers}")
     need(cfg.clip >= 0, f"--clip must be 0 (off) or more, not {cfg.clip:g}")
@@ -1306,7 +1311,8 @@ class _Learner:
         self.model = model
         self.criterion = L.Criterion(arch, features, contrast_weight=cfg.contrast_weight,
                                      ssim_weight=cfg.ssim_weight, terms=cfg.contrast_terms,
-                                     l1_weight=cfg.l1_weight).to(device)
+                                     l1_weight=cfg.l1_weight,
+                                     psnr_weight=cfg.psnr_weight).to(device)
         wrapper = _Wrapper(model, arch)
         self.net: nn.Module = wrapper
         if world > 1:

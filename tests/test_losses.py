@@ -95,6 +95,34 @@ def test_aligned_self_contrast_is_zero_at_the_positive():
     assert float(c(neg, [pos], [neg])) > 0.1
 
 
+def test_psnr_loss_is_minus_the_mean_per_image_psnr():
+    """Checked against metrics.psnr, image by image; eps caps a perfect crop at 50 dB."""
+    from derain_cli.metrics import psnr
+
+    b = _smooth_batch(2)
+    g = torch.Generator().manual_seed(3)
+    pred = (b + torch.randn(b.shape, generator=g) * torch.tensor([0.01, 0.05]).view(2, 1, 1, 1))
+    want = [psnr(pred[i].double().numpy(), b[i].double().numpy(), data_range=1.0)
+            for i in range(2)]
+    assert float(L.psnr_loss(pred, b, eps=0.0)) == pytest.approx(-np.mean(want), rel=1e-5)
+    assert float(L.psnr_loss(b, b)) == pytest.approx(-50.0, abs=1e-4)
+    # the near-clean image's error weighs more: the same added error costs it more dB
+    worse = pred + torch.tensor([0.01, 0.0]).view(2, 1, 1, 1)
+    worse2 = pred + torch.tensor([0.0, 0.01]).view(2, 1, 1, 1)
+    assert float(L.psnr_loss(worse, b)) > float(L.psnr_loss(worse2, b))
+
+
+@pytest.mark.parametrize("arch", ["semi-drdnet", "rdmc"])
+def test_psnr_term_is_added_to_the_supervised_loss(arch):
+    clean = _smooth_batch(2)
+    x = (clean + 0.1).clamp(0, 1)
+    outputs = (x, x, torch.zeros_like(x)) if arch == "semi-drdnet" else (x, x)
+    base, _ = L.Criterion(arch, None)(x=x, outputs=outputs, clean=clean)
+    loss, parts = L.Criterion(arch, None, psnr_weight=0.01)(x=x, outputs=outputs, clean=clean)
+    assert float(loss - base) == pytest.approx(0.01 * float(L.psnr_loss(x, clean)), rel=1e-5)
+    assert parts["psnr"] == pytest.approx(-float(L.psnr_loss(x, clean)), rel=1e-6)
+
+
 def test_criterion_semi_drdnet_terms_and_gradients():
     torch.manual_seed(0)
     feats = L.SelfFeatures()

@@ -362,6 +362,7 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     (dict(export_dtype="int4"), "unknown --export-dtype"),  # once found after training
     (dict(l1_weight=-1.0), "--l1-weight must be 0"),
     (dict(l1_weight=1.0), "--l1-weight is for RDMC's loss"),  # _cfg trains a Semi-DRDNet
+    (dict(psnr_weight=-0.1), "--psnr-weight must be 0"),
 ])
 def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
     with pytest.raises(T.TrainError, match=msg):
@@ -374,6 +375,15 @@ def test_rdmc_trains_with_an_l1_term(data, tmp_path):
                        l1_weight=1.0))
     assert np.isfinite(res.losses).all()
     assert json.loads((tmp_path / "l1" / "config.json").read_text())["l1_weight"] == 1.0
+
+
+def test_a_psnr_term_trains_and_is_logged(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "psnr", steps=2, psnr_weight=0.005, log_every=1))
+    assert np.isfinite(res.losses).all()
+    run = tmp_path / "psnr"
+    assert json.loads((run / "config.json").read_text())["psnr_weight"] == 0.005
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("psnr", 0) > 0 for r in logged)
 
 
 def test_a_preset_mixture_trains(data, tmp_path):
