@@ -475,23 +475,28 @@ class _RunLog:
 
 def plot_curves(records: list[dict[str, Any]], path: Path,
                 size: tuple[int, int] = (900, 360), *, has_val: bool = True) -> None:
-    """Draw train loss (log scale) and val PSNR against step into a PNG with PIL, with
-    gridlines labelled at quarters. ``has_val``: False says the run validates nothing."""
+    """Draw train loss (log scale; linear where a loss is not positive, as with
+    ``--psnr-weight``) and val PSNR against step into a PNG with PIL, with gridlines labelled
+    at quarters. ``has_val``: False says the run validates nothing."""
     from PIL import Image, ImageDraw
 
     w, h = size
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and r["loss"] > 0]
+    logged = [r for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])]
+    # a PSNR term makes the loss negative: a log axis dropped every point of such a run
+    log_loss = all(r["loss"] > 0 for r in logged)
+    train = [(r["step"], r["loss"]) for r in logged]
     val = [(r["step"], r["val_psnr"]) for r in records if r.get("kind") == "val"]
     # the supervised part beside the total: with contrastive terms on the user's photos
     # a fine-tuning run's total rises while it works (read as divergence in an audit)
-    sup = [(r["step"], r["sup"]) for r in records
-           if r.get("kind") == "train" and r.get("sup", 0) > 0 and r["loss"] > 0]
+    sup = [(r["step"], r["sup"]) for r in logged
+           if "sup" in r and math.isfinite(r["sup"]) and (r["sup"] > 0 or not log_loss)]
     if sup and all(abs(v - t) < 1e-9 for (_, v), (_, t) in zip(sup, train, strict=False)):
         sup = []  # nothing but the supervised loss: one line says it
-    title = "train loss (log)" + ("; orange: supervised part (logged steps)" if sup else "")
-    panels = [(title, train, True, (31, 119, 180)),
+    title = ("train loss (log)" if log_loss else "train loss") + (
+        "; orange: supervised part (logged steps)" if sup else "")
+    panels = [(title, train, log_loss, (31, 119, 180)),
               ("val PSNR-Y (dB)", val, False, (214, 39, 40))]
     pw = w // 2
     for k, (title, pts, logy, color) in enumerate(panels):

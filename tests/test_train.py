@@ -1377,6 +1377,18 @@ def test_curves_show_the_supervised_part_when_other_terms_add_to_it(tmp_path):
     assert (np.abs(img - np.array([255, 127, 14])).sum(axis=2) < 30).sum() == 0
 
 
+def test_curves_plot_a_loss_that_goes_negative(tmp_path):
+    """With --psnr-weight the loss is below zero; the log axis dropped every point."""
+    out = tmp_path / "c.png"
+    recs = [{"kind": "train", "step": s, "loss": -0.01 * s, "sup": -0.012 * s}
+            for s in range(1, 9)]
+    T.plot_curves(recs, out, has_val=False)
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)[:, : 450]
+    blue = (np.abs(img - np.array([31, 119, 180])).sum(axis=2) < 30)
+    ys, xs = np.nonzero(blue)
+    assert len(xs) > 50 and ys[xs.argmin()] < ys[xs.argmax()]  # falls from left to right
+
+
 def test_finetune_cli_defaults_are_the_librarys():
     """One default per setting: `derain finetune` and FinetuneConfig agree (consistency 1.0
     since 2026-12-03, measured against 0.1 in README's fine-tuning section)."""
