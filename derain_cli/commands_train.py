@@ -179,8 +179,9 @@ def train_cmd(
         help="RDMC: add an L1 term of this weight to the paper's 0.1 MSE + (1 - SSIM), "
              "which hardly charges a brightness offset (0: the paper's loss).")] = 0.0,
     psnr_weight: Annotated[float, typer.Option(
-        help="Add each crop's PSNR (in dB, minus, times this weight) to the supervised loss: "
-             "the evaluation averages PSNR per image (not the papers'; 0: off).")] = 0.0,
+        help="Subtract this weight times each crop's PSNR (dB) from the supervised loss, "
+             "as the evaluation averages PSNR per image (not the papers'; 0: off; README: "
+             "A PSNR term).")] = 0.0,
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Initialise from these weights.")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
