@@ -85,7 +85,8 @@ PSNR_EPS = 1e-5
 
 
 def psnr_loss(pred: Tensor, gt: Tensor, eps: float = PSNR_EPS) -> Tensor:
-    """Minus each image's PSNR in dB (``10 log10(mse + eps)``, range 1), averaged over the batch.
+    """Minus each image's PSNR in dB (images in [0, 1]: ``10 log10(mse + eps)``), averaged
+    over the batch.
 
     Not in either paper (NAFNet's "PSNR loss"): the evaluation averages PSNR per image, and
     a change of an image's squared error counts there in proportion to 1 / its error, so
