@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One "soup" stage, as semi-drdnet-lite's stage 11 and semi-drdnet-fast's stage 10 ran: two
-# 10-minute runs from START (light to heavy added rain; the same draw with veiled rain in one
-# of nine; seed 5, batch 8 of 64 px, lr 1e-4 decaying over the budget, EMA 0.99), then
-# START and the two averaged with equal shares (benchmarks/average_weights.py), scored and
-# bundled (eval-bundle.sh). Not a recipe by itself; the model recipes call it.
+# One "soup" stage, as semi-drdnet-lite's stages 11 and 12 and semi-drdnet-fast's stage 10
+# ran: two 10-minute runs from START (light to heavy added rain; the same draw with veiled
+# rain in one of nine; seed 5, batch 8 of 64 px, lr 1e-4 decaying over the budget, EMA
+# 0.99), then START and the two averaged with equal shares (benchmarks/average_weights.py),
+# scored and bundled (eval-bundle.sh). Not a recipe by itself; the model recipes call it.
 #   bash recipes/soup-stage.sh NAME START RUN CONTRAST TRAINING_DATA CONTINUED_FROM NOTE
 # NAME: registry name (the bundle it replaces); START: the weights both runs start from;
 # RUN: the runs' folder prefix (RUN-added, RUN-veiled, RUN-soup); CONTRAST: the runs'
