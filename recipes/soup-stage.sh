@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One "soup" stage, as semi-drdnet-lite's stages 11 and 12 and semi-drdnet-fast's stage 10
-# ran: two 10-minute runs from START (light to heavy added rain; the same draw with veiled
+# One "soup" stage, as semi-drdnet-lite's stages 11 and 12, semi-drdnet-fast's stage 10 and
+# semi-drdnet-tiny's round 8 ran: two 10-minute runs from START (light to heavy added rain; the same draw with veiled
 # rain in one of nine; seed 5, batch 8 of 64 px, lr 1e-4 decaying over the budget, EMA
 # 0.99), then START and the two averaged with equal shares (benchmarks/average_weights.py),
 # scored and bundled (eval-bundle.sh). Not a recipe by itself; the model recipes call it.
