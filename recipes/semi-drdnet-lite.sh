@@ -181,14 +181,15 @@ bash recipes/soup-stage.sh semi-drdnet-lite "$RUNS/lite-stage10.safetensors" "$R
 commit 965e5bb, sha256 6aca6ee063936d2d7ba1eae84e1cfb18171b18199be7f906ae67e27a0bbe572c" \
   "$NOTE_S11"
 # (stage 11's int8 graph was made here; stage 12's, below, replaced it)
-# Stage 12 (2026-12-05, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): a soup of
-# stage 11's kind from stage 11's bundle, the runs with the background contrastive term
-# alone and the PSNR term (`--contrast-features self --contrast-terms bg --psnr-weight
-# 0.005`; README.md, "A PSNR term"); named, with the rule "no Y-PSNR loss against stage 11
-# on any set", before either run was trained: rain100l 33.04 -> 33.07, heavy-small 24.83 ->
-# 24.99, sirr-val 25.19 -> 25.27 (fp32). There the runs took 725 (added) and 743 (veiled)
-# steps. (An earlier stage 12 candidate, the same without the PSNR term, lost rain100l:
-# 32.99 / 24.90 / 25.32; docs/model-history.md.)
+# Stage 12 (trained 2026-12-05, bundled 2026-12-06; the 2-core AMD EPYC with AVX-512-BF16,
+# bf16 autocast): a soup of stage 11's kind from stage 11's bundle, the runs with the
+# background contrastive term alone and the PSNR term (`--contrast-features self
+# --contrast-terms bg --psnr-weight 0.005`; README.md, "A PSNR term"); named, with the
+# rule "no Y-PSNR loss against stage 11 on any set", before either run was trained:
+# rain100l 33.04 -> 33.07, heavy-small 24.83 -> 24.99, sirr-val 25.19 -> 25.27 (fp32).
+# There the runs took 725 (added) and 743 (veiled) steps. (An earlier stage 12 candidate,
+# the same without the PSNR term, lost rain100l: 32.99 / 24.90 / 25.32;
+# docs/model-history.md.)
 cp weights/semi-drdnet-lite.safetensors "$RUNS/lite-stage11.safetensors"
 NOTE_S12="${NOTE_S10%% steps and wall_time_s*} $S11_WHAT Stage 12: stage 11 averaged with \
 equal shares with two 10-minute runs from it with the background contrastive term alone \

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One "soup" stage, as semi-drdnet-lite's stages 11 and 12, semi-drdnet-fast's stage 10 and
-# semi-drdnet-tiny's round 8 ran: two 10-minute runs from START (light to heavy added rain; the same draw with veiled
-# rain in one of nine; seed 5, batch 8 of 64 px, lr 1e-4 decaying over the budget, EMA
-# 0.99), then START and the two averaged with equal shares (benchmarks/average_weights.py),
-# scored and bundled (eval-bundle.sh). Not a recipe by itself; the model recipes call it.
+# One "soup" stage, as semi-drdnet-lite's stages 11 and 12, semi-drdnet-fast's stage 10
+# and semi-drdnet-tiny's round 8 ran: two 10-minute runs from START (light to heavy added
+# rain; the same draw with veiled rain in one of nine; seed 5, batch 8 of 64 px, lr 1e-4
+# decaying over the budget, EMA 0.99), then START and the two averaged with equal shares
+# (benchmarks/average_weights.py), scored and bundled (eval-bundle.sh). Not a recipe by
+# itself; the model recipes call it.
 #   bash recipes/soup-stage.sh NAME START RUN CONTRAST TRAINING_DATA CONTINUED_FROM NOTE
 # NAME: registry name (the bundle it replaces); START: the weights both runs start from;
-# RUN: the runs' folder prefix (RUN-added, RUN-veiled, RUN-soup); CONTRAST: the runs'
-# contrastive flags for `derain train` (e.g. "--contrast-features self --contrast-terms bg");
+# RUN: the runs' folder prefix (RUN-added, RUN-veiled, RUN-soup); CONTRAST: the runs' extra
+# `derain train` flags, contrastive terms and loss weights (e.g. "--contrast-features self
+# --contrast-terms bg --psnr-weight 0.005");
 # TRAINING_DATA: the soup's manifest training_data; CONTINUED_FROM and NOTE: as
 # eval-bundle.sh. The time budget makes the step counts machine-dependent.
 set -euo pipefail
