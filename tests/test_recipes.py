@@ -536,6 +536,7 @@ def test_soup_stage_trains_two_runs_from_its_start_and_averages_the_three_in_thi
         assert t[t.index("--contrast-terms") + 1] == "bg"
         assert t[t.index("--contrast-features") + 1] == "self"
         assert t[t.index("--time-budget") + 1] == "600"
+        assert t[t.index("--seed") + 1] == "5"
     avgs = _assert_soup_in_thirds(calls, "start.safetensors",
                                   "runs/r10-added/model.safetensors",
                                   "runs/r10-veiled/model.safetensors")
@@ -544,6 +545,22 @@ def test_soup_stage_trains_two_runs_from_its_start_and_averages_the_three_in_thi
     assert len(bundles) == 1 and bundles[0][2] == "runs/r10-soup"
     assert bundles[0][bundles[0].index("--name") + 1] == "semi-drdnet-fast"
     assert bundles[0][bundles[0].index("--note") + 1] == "a note"
+
+
+@needs_bash
+def test_soup_stage_takes_its_runs_seed_from_SEED(tmp_path: Path) -> None:
+    # semi-drdnet-tiny's round 9: round 8's soup again with seed 6, and the PSNR term
+    # passed through the flags
+    res, calls = _run_with_stubs(tmp_path, "soup-stage.sh", {"SEED": "6"}, args=(
+        "semi-drdnet-tiny", "start.safetensors", "runs/r9",
+        "--contrast-features self --contrast-terms bg --psnr-weight 0.005", "data", "from",
+        "a note"))
+    assert res.returncode == 0, res.stderr
+    trains = [c for c in calls if c[:2] == ["derain", "train"]]
+    assert len(trains) == 2
+    for t in trains:
+        assert t[t.index("--seed") + 1] == "6"
+        assert t[t.index("--psnr-weight") + 1] == "0.005"
 
 
 def _has_commit(commit: str) -> bool:
