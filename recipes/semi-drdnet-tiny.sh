@@ -28,7 +28,8 @@
 # statistics kept): heavy-small 21.00 -> 23.82 dB, rain100l 31.39 -> 31.61, sirr-val
 # 24.68 -> 24.60 (fp32). Round 7 continues it 20 more minutes the same way (seed 9):
 # rain100l 32.01, heavy-small 24.04, sirr-val 24.56 dB (fp32).
-# Round 8 (2026-12-06) is a soup of round 7 and two 10-minute runs from it (below).
+# Round 8 (2026-12-06) is a soup of round 7 and two 10-minute runs from it, round 9 the
+# same from round 8 (below).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
@@ -72,7 +73,7 @@ recipes/semi-drdnet-tiny.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
 0ddd660ca1ae50b31b2588aba164d74187914ede688f9ae5d79a4e04b273b829" \
   "$NOTE_HEAD; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 minutes each; \
 lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round 7's. $NOTE_TAIL"
-# (round 7's int8 graph was made here; round 8's, below, replaced it: 8 convolutions kept
+# (round 7's int8 graph was made here; round 9's, below, replaced it: 8 convolutions kept
 # in fp32, the script's default, since round 7; with round 6's 4, rain100l lost 0.14 dB)
 # Round 8 (2026-12-06, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): tiny's first
 # soup, semi-drdnet-lite's stage 12 recipe (recipes/soup-stage.sh with the background
@@ -95,8 +96,9 @@ bash recipes/soup-stage.sh semi-drdnet-tiny "$OUT/round7.safetensors" "$OUT/roun
 bfb1f39301dc5007766c98cb03b27afbced92d18ca78cdce158cf7cb24c8dcb6" "$NOTE_R8"
 # Round 9 (2026-12-06, the same CPU): round 8's procedure once more from round 8's bundle,
 # seed 6, named before either run was trained with the rule "no Y-PSNR loss against round
-# 8 on any set": rain100l 32.06 -> 32.06 (+0.009), heavy-small 24.08 -> 24.11, sirr-val
-# 24.68 -> 24.72 (fp32). There the runs took 1029 and 1001 steps.
+# 8 on any set": rain100l 32.056 -> 32.065, heavy-small 24.08 -> 24.11, sirr-val
+# 24.68 -> 24.72 (fp32). There the runs took 1029 and 1001 steps (round 8's int8 graph,
+# bundled in between, was replaced by round 9's at the end).
 cp weights/semi-drdnet-tiny.safetensors "$OUT/round8.safetensors"
 NOTE_R9="${NOTE_R8%% steps and wall_time_s*} Round 9: the same from round 8, seed 6. steps \
 and wall_time_s are the sums of round 9's runs' (each member is listed under soup). \
