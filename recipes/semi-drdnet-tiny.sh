@@ -67,12 +67,13 @@ ba1907fd11737de1a23d6d95f2a2be5bcac0996a15b771bb38820d25b8ba1174" \
   "$NOTE_HEAD; round 6: light, medium, heavy and mixed drawn evenly, 20 minutes; lr 1e-4, no \
 contrastive terms). steps, wall_time_s and hardware are round 6's. $NOTE_TAIL"
 # Round 7: round 6 continued the same way for 20 more minutes (seed 9).
+HISTORY_R7="$NOTE_HEAD; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 \
+minutes each; lr 1e-4, no contrastive terms)."
 PRESET=light,medium,heavy,mixed SEED=9 bash recipes/additive-stage.sh semi-drdnet-tiny \
   weights/semi-drdnet-tiny.safetensors "$OUT/round7" 1200 "round 6 of \
 recipes/semi-drdnet-tiny.sh, as bundled (fp16) at commit fd2e8dc, sha256 \
 0ddd660ca1ae50b31b2588aba164d74187914ede688f9ae5d79a4e04b273b829" \
-  "$NOTE_HEAD; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 minutes each; \
-lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round 7's. $NOTE_TAIL"
+  "$HISTORY_R7 steps, wall_time_s and hardware are round 7's. $NOTE_TAIL"
 # (round 7's int8 graph was made here; round 9's, below, replaced it: 8 convolutions kept
 # in fp32, the script's default, since round 7; with round 6's 4, rain100l lost 0.14 dB)
 # Round 8 (2026-12-06, the 2-core AMD EPYC with AVX-512-BF16, bf16 autocast): tiny's first
@@ -83,8 +84,7 @@ lr 1e-4, no contrastive terms). steps, wall_time_s and hardware are round 7's. $
 # "no Y-PSNR loss against round 7 on any set": rain100l 32.01 -> 32.06, heavy-small 24.04 ->
 # 24.08, sirr-val 24.56 -> 24.68 (fp32). There the runs took 1146 and 1191 steps.
 cp weights/semi-drdnet-tiny.safetensors "$OUT/round7.safetensors"
-NOTE_R8="$NOTE_HEAD; rounds 6 and 7: light, medium, heavy and mixed drawn evenly, 20 minutes \
-each; lr 1e-4, no contrastive terms). Round 8: round 7 averaged with equal shares with two \
+NOTE_R8="$HISTORY_R7 Round 8: round 7 averaged with equal shares with two \
 10-minute runs from it with the background contrastive term alone (self features) and a PSNR \
 term (--psnr-weight 0.005): added rain, and that draw with veiled rain in 1 of 9; seed 5. \
 steps and wall_time_s are the sums of round 8's runs' (each member is listed under soup). \

@@ -26,7 +26,8 @@ for cfg in "added light,medium,heavy,mixed" \
   derain train -m "$NAME" --weights "$START" --synthetic "$DATA/clean-bsds" \
     --preset "$preset" "${contrast[@]}" --val "$DATA/rain100l" --val-limit 10 \
     --out "$RUN-$kind" --steps 100000 --time-budget 600 --batch 8 --patch 64 --lr 1e-4 \
-    --warmup 20 --ema 0.99 --val-every 250 --ckpt-every 250 --seed "${SEED:-5}" --threads 2 --quiet
+    --warmup 20 --ema 0.99 --val-every 250 --ckpt-every 250 --seed "${SEED:-5}" --threads 2 \
+    --quiet
 done
 mkdir -p "$RUN-soup"
 python benchmarks/average_weights.py "$START" "$RUN-added/model.safetensors" \
