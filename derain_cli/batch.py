@@ -858,14 +858,14 @@ class Summary:
 
 def engine_record(derainer: Any) -> dict[str, Any] | None:
     """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
-    tile, strength and why that engine (``Derainer.engine_note``: a measured choice, or
-    empty)."""
+    tile, strength, passes averaged (``ensemble``) and why that engine
+    (``Derainer.engine_note``: a measured choice, or empty)."""
     if derainer is None:
         return None
     return {k: getattr(derainer, attr, None) for k, attr in (
         ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
         ("precision", "precision"), ("tile", "tile"), ("strength", "strength"),
-        ("note", "engine_note"))}
+        ("ensemble", "ensemble"), ("note", "engine_note"))}
 
 
 class BatchInterrupted(KeyboardInterrupt):

@@ -439,6 +439,14 @@ def _check_device(value: str) -> str:
     return v
 
 
+def _check_ensemble(value: int) -> int:
+    from .ensemble import SIZES
+
+    if value not in SIZES:
+        raise typer.BadParameter(f"{value}: use {', '.join(map(str, SIZES))} (passes averaged)")
+    return value
+
+
 _DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
@@ -511,6 +519,14 @@ def run_cmd(
                           "of 70 % derained and 30 % original, which keeps more fine "
                           "texture where the model softens it."),
     ] = 1.0,
+    ensemble: Annotated[
+        int,
+        typer.Option("--ensemble", callback=_check_ensemble, rich_help_panel=MODEL,
+                     metavar="N",
+                     help="Average N passes over mirrored and transposed copies of each "
+                          "photo (1, 2, 4 or 8): a little cleaner (4 passes: +0.1-0.2 dB "
+                          "on the default), N times slower."),
+    ] = 1,
     device: Annotated[
         str, typer.Option("--device", callback=_check_device, rich_help_panel=PERF,
                           help="auto, cpu, cuda, cuda:N or mps.")
@@ -602,7 +618,8 @@ def run_cmd(
              output_is_folder=bool(output) and output.endswith(("/", os.sep)),
              recursive=recursive, overwrite=overwrite,
              fmt=fmt.value if fmt else None, quality=quality, model=model, weights=weights,
-             strength=strength, device=device, precision=precision.value, threads=threads,
+             strength=strength, ensemble=ensemble, device=device,
+             precision=precision.value, threads=threads,
              io_threads=io_threads, tile=tile,
              tile_overlap=tile_overlap, tile_batch=tile_batch,
              stats_megapixels=stats_megapixels, max_pixels=max_pixels, backend=backend.value,
@@ -711,6 +728,7 @@ def _run(
     strength: float,
     device: str,
     precision: str,
+    ensemble: int = 1,
     threads: int | None,
     io_threads: int | None,
     tile: int | None,
@@ -765,7 +783,7 @@ def _run(
                         model=model, weights=weights, device=device,
                         tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                         threads=threads, stats_megapixels=stats_megapixels,
-                        strength=strength, quiet=not chatty,
+                        strength=strength, ensemble=ensemble, quiet=not chatty,
                         workload_megapixels=work_mp, workload_images=work_images,
                     )
                     derainer = _shared_derainer(dist, make, device=device,
@@ -987,6 +1005,8 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     why = f" ({note})" if note else ""
     strength = getattr(derainer, "strength", 1.0)
     where += f", strength {strength:g}" if strength < 1.0 else ""
+    passes = getattr(derainer, "ensemble", 1)
+    where += f", ensemble of {passes} passes" if passes > 1 else ""
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",

@@ -473,6 +473,9 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False, help="CPU threads (default: one per physical core).")
     ] = None,
+    ensemble: Annotated[int, typer.Option(
+        metavar="N", help="Average N passes over mirrored/transposed copies (1, 2, 4 or 8), "
+                          "as derain --ensemble does.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace existing files of --save, --report and --csv.")] = False,
@@ -493,7 +496,8 @@ def eval_cmd(
             from .enhancer import Derainer
 
             target: object = Derainer(model=model, weights=weights, device=device, tile=tile,
-                                      precision=precision, backend=backend, threads=threads)
+                                      precision=precision, backend=backend, threads=threads,
+                                      ensemble=ensemble)
         else:
             from .enhancer import DEFAULT_MODEL
 
@@ -501,7 +505,7 @@ def eval_cmd(
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
                        tile=tile, precision=precision, backend=backend, overwrite=overwrite,
-                       threads=threads)
+                       threads=threads, ensemble=1 if weights is not None else ensemble)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:

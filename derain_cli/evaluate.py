@@ -26,6 +26,7 @@ from torch import nn
 
 from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
+from .errors import OptionError
 from .fileio import (
     atomic_write,
     atomic_write_text,
@@ -81,29 +82,37 @@ def _label(model: Any) -> str:
     file when it is not the model's own ('RUN/model.safetensors [semi-drdnet-tiny]')."""
     name = str(getattr(model, "model_name", type(model).__name__))
     weights = getattr(model, "weights_label", None)
+    passes = getattr(model, "ensemble", 1)
     if weights and getattr(model, "weights_status", None) is None:  # a user's file
-        return f"{weights} [{name}]"
-    return name
+        name = f"{weights} [{name}]"
+    return f"{name}, ensemble of {passes}" if passes > 1 else name
 
 
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
-            backend: str = "auto", threads: int | None = None
+            backend: str = "auto", threads: int | None = None, ensemble: int = 1,
             ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
     a module or a name."""
     if isinstance(model, str) and model == IDENTITY:
+        if ensemble != 1:
+            raise OptionError("the identity has nothing to average: leave ensemble at 1")
         return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
+
+    if ensemble != 1 and not isinstance(model, str | os.PathLike):
+        raise OptionError(f"ensemble={ensemble} applies to a model name or weights file; a "
+                         f"{type(model).__name__} given as it is runs as it was made "
+                         "(Derainer(ensemble=N) averages passes)")
 
     if isinstance(model, str | os.PathLike):
         from .weights import names_a_file
 
         if names_a_file(model):
             model = Derainer(weights=Path(model), device=device, tile=tile, precision=precision,
-                             backend=backend, threads=threads)
+                             backend=backend, threads=threads, ensemble=ensemble)
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
-                             backend=backend, threads=threads)
+                             backend=backend, threads=threads, ensemble=ensemble)
     label = _label(model)
     if isinstance(model, nn.Module):
         import torch
@@ -161,6 +170,7 @@ def evaluate(
     on_image: Callable[[int, int, ImageScore], None] | None = None,
     overwrite: bool = False,
     threads: int | None = None,
+    ensemble: int = 1,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
     path) on the pairs under ``data_dir``.
@@ -170,7 +180,9 @@ def evaluate(
     ``<report stem>_files/`` next to it) and each image's numbers; the CSV then defaults to
     ``<report stem>.csv``. ``limit``: only the first N pairs (at least 1). Every file it
     would write is checked before any work (``check_outputs``): an existing one is refused
-    unless ``overwrite``, and one of the pairs themselves always.
+    unless ``overwrite``, and one of the pairs themselves always. ``ensemble``: passes
+    averaged per image for a model name or weights path (``Derainer``'s ``ensemble``); the
+    label says how many.
     """
     t0 = time.time()
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
@@ -189,7 +201,7 @@ def evaluate(
     check_outputs(pairs, save, rep, csv_file, overwrite)
     check_pair_sizes(pairs)
     decoded = check_pairs_read(pairs)
-    derainer, label, run = _runner(model, device, tile, precision, backend, threads)
+    derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble)
     _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []

@@ -382,8 +382,8 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
     assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
     assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile",
-                                "strength", "note"}
-    assert s["engine"]["strength"] == 1.0
+                                "strength", "ensemble", "note"}
+    assert s["engine"]["strength"] == 1.0 and s["engine"]["ensemble"] == 1
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
     r = derain(tmp_path / "a.png", tmp_path / "b.png", "--weights", tiny_weights, "--json")
@@ -942,6 +942,28 @@ def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
     assert json.loads(js.stdout)["engine"]["strength"] == 0.25
     bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--strength", "2")
     assert bad.exit_code == 2 and not (tmp_path / "b.png").exists()
+
+
+def test_ensemble_averages_passes_over_mirrored_copies(tmp_path: Path,
+                                                      tiny_weights: Path) -> None:
+    from derain_cli import Derainer
+
+    src = _img(tmp_path / "in" / "a.png", w=40, h=30)
+    r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "e.png", "--ensemble", "4")
+    assert r.exit_code == 0, r.output
+    assert "ensemble of 4 passes" in r.output  # the banner says it
+    want = Derainer(weights=tiny_weights, device="cpu", ensemble=4).derain(Image.open(src))
+    got = np.asarray(Image.open(tmp_path / "e.png"), dtype=np.int16)
+    assert np.abs(got - np.asarray(want, dtype=np.int16)).max() <= 1  # 8-bit rounding
+    single = derain(src, "--weights", tiny_weights, "-o", tmp_path / "s.png")
+    assert single.exit_code == 0
+    assert np.abs(got - np.asarray(Image.open(tmp_path / "s.png"), dtype=np.int16)).max() > 1
+    js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "j.png", "--ensemble", "2",
+                "--json")
+    assert json.loads(js.stdout)["engine"]["ensemble"] == 2
+    bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--ensemble", "3")
+    assert bad.exit_code == 2 and "1, 2, 4, 8" in bad.output
+    assert not (tmp_path / "b.png").exists()
 
 
 def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights: Path) -> None:

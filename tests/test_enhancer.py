@@ -582,3 +582,75 @@ def test_a_torch_derainer_works_in_a_forked_child(tiny_weights):
     got = os.read(read, 8) if done[0] else b"hung"
     os.close(read)
     assert got == b"same", got
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("tile", [0, 32])
+def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile):
+    """``ensemble=N``: the mean of N passes over mirrored/transposed copies, each put back,
+    tiled or not (the tiny Semi-DRDNet's whole-image statistics included), with the
+    strength mix after the mean and one progress count over all N passes."""
+    from derain_cli import ensemble as E
+
+    rgb = _photo(h=45, w=70, seed=3)
+    x = rgb if dtype == np.uint8 else rgb.astype(np.float32) / 255
+    kw = dict(weights=tiny_weights, device="cpu", backend="torch", precision="fp32", tile=tile)
+    one = Derainer(**kw)
+    one.small_side = 0  # the copies' own sizes, not mirrored out to 256 px
+    singles = [E.undo(one.derain_array(np.ascontiguousarray(E.view(x, k))), k)
+               for k in range(8)]
+    for n in (2, 4, 8):
+        d = Derainer(ensemble=n, **kw)
+        d.small_side = 0
+        calls = []
+        got = d.derain_array(x, on_tile=lambda done, total, c=calls: c.append(done / total))
+        assert got.dtype == np.float32 and got.shape == rgb.shape and got.flags.c_contiguous
+        np.testing.assert_allclose(got, np.mean(singles[:n], axis=0), atol=2e-6)
+        assert calls == sorted(calls) and calls[-1] == 1.0 and len(calls) >= n
+    # a random network is no mirror-symmetric one: the mean is not the single pass
+    assert np.abs(np.mean(singles[:2], axis=0) - singles[0]).max() > 1e-3
+    d = Derainer(ensemble=2, strength=0.5, **kw)
+    d.small_side = 0
+    unit = rgb.astype(np.float32) / 255
+    np.testing.assert_allclose(d.derain_array(x), unit + 0.5 * (np.mean(singles[:2], axis=0)
+                                                                - unit), atol=2e-6)
+
+
+def test_ensemble_through_derain_keeps_alpha_and_gray(tiny_weights):
+    d = Derainer(weights=tiny_weights, device="cpu", ensemble=4)
+    rgba = np.dstack([_photo(h=30, w=41), np.full((30, 41), 77, np.uint8)])
+    out = d.derain(rgba)
+    assert out.shape == rgba.shape and (out[..., 3] == 77).all()
+    assert d.derain(Image.fromarray(rgba[..., 0])).mode == "L"
+
+
+@pytest.mark.parametrize("bad", [0, 3, 2.0, True, "2"])
+def test_other_ensemble_sizes_are_refused(tiny_weights, bad):
+    from derain_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match="ensemble"):
+        Derainer(weights=tiny_weights, device="cpu", ensemble=bad)
+    d = Derainer(weights=tiny_weights, device="cpu", ensemble=2)
+    with pytest.raises(OptionError, match="ensemble"):  # set later: checked too
+        d.ensemble = bad
+    assert d.ensemble == 2 and "ensemble=2" in repr(d)
+
+
+def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, monkeypatch):
+    """Each pass is a photo's worth of work: the fp32 engine choice (start-up against
+    speed) is told N times the pixels, in N times the images (the same size each)."""
+    from derain_cli import engine_choice
+
+    seen = {}
+
+    def fake(net, threads, tile, megapixels, images, overlap=None):
+        seen.update(megapixels=megapixels, images=images)
+        return "torch", "test"
+
+    monkeypatch.setattr(engine_choice, "fp32_backend", fake)
+    Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
+             workload_images=2, ensemble=4)
+    assert seen == {"megapixels": 12.0, "images": 8}
+    Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
+             ensemble=2)
+    assert seen == {"megapixels": 6.0, "images": 2}

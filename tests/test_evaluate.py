@@ -299,13 +299,36 @@ def test_synth_refuses_an_output_a_link_in_its_photo_folder_reaches(clean_dir, t
 
 
 @pytest.mark.parametrize("extra", [["--precision", "bogus"], ["--backend", "bogus"],
-                                   ["--tile", "8"], ["--device", "bogus"]])
+                                   ["--tile", "8"], ["--device", "bogus"],
+                                   ["--ensemble", "3"]])
 def test_cli_eval_bad_settings_are_usage_errors(pairs, tiny_weights, extra):
     """Exit 2 like the main command (they were exit 1 in eval, train and finetune)."""
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
                                     "--limit", "1", *extra])
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and "Traceback" not in r.output
+
+
+def test_eval_scores_an_ensemble_and_names_it(pairs, tiny_weights):
+    from derain_cli import Derainer
+    from derain_cli.errors import OptionError
+
+    one = E.evaluate(str(tiny_weights), pairs, device="cpu")
+    four = E.evaluate(str(tiny_weights), pairs, device="cpu", ensemble=4)
+    assert four.model.endswith(", ensemble of 4") and "ensemble" not in one.model
+    assert four.psnr_y != one.psnr_y  # the passes were averaged, not one of them scored
+    d = Derainer(weights=tiny_weights, device="cpu", ensemble=4)
+    assert E.evaluate(d, pairs).psnr_y == pytest.approx(four.psnr_y, abs=1e-9)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                                    "--ensemble", "4", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["model"].endswith(", ensemble of 4")
+    assert got["psnr_y"] == pytest.approx(four.psnr_y, abs=1e-6)
+    with pytest.raises(OptionError, match="identity"):
+        E.evaluate("identity", pairs, ensemble=2)
+    with pytest.raises(OptionError, match="Derainer"):
+        E.evaluate(d, pairs, ensemble=2)
 
 
 def test_eval_names_a_pair_too_small_to_score(tmp_path):
