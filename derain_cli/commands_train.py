@@ -474,8 +474,8 @@ def eval_cmd(
         min=1, show_default=False, help="CPU threads (default: one per physical core).")
     ] = None,
     ensemble: Annotated[int, typer.Option(
-        metavar="N", help="Average N passes over mirrored/transposed copies (1, 2, 4 or 8), "
-                          "as derain --ensemble does.")] = 1,
+        metavar="N", help="Average N passes over mirrored copies (1, 2 or 4), as derain "
+                          "--ensemble does.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace existing files of --save, --report and --csv.")] = False,

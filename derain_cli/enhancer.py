@@ -105,8 +105,8 @@ class Derainer:
     ``strength``: how much of the rain removal to apply, from 0 (the photo as it was) to 1
     (all of it, the default); in between, the result is that mix of photo and derained
     photo, which keeps more of the fine texture the network softens. ``ensemble``: 1 (the
-    default), 2, 4 or 8 passes over mirrored and transposed copies of each image, their
-    results averaged (``derain_cli.ensemble``): a little cleaner, that many times slower.
+    default), 2 or 4 passes over mirrored copies of each image, their results averaged
+    (``derain_cli.ensemble``): a little cleaner, about that many times slower.
 
     An image with a side under 256 px runs mirrored out to 256 px (a thin strip less) and is
     cut back out (``tiling.pad_small``: alone, a small image is mostly border to the
@@ -337,7 +337,7 @@ class Derainer:
 
     @property
     def ensemble(self) -> int:
-        """Passes per image (``derain_cli.ensemble``): 1, 2, 4 or 8, their results averaged.
+        """Passes per image (``derain_cli.ensemble``): 1, 2 or 4, their results averaged.
         Checked when set, as ``strength`` is."""
         return self._ensemble
 

@@ -962,7 +962,7 @@ def test_ensemble_averages_passes_over_mirrored_copies(tmp_path: Path,
                 "--json")
     assert json.loads(js.stdout)["engine"]["ensemble"] == 2
     bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--ensemble", "3")
-    assert bad.exit_code == 2 and "1, 2, 4, 8" in bad.output
+    assert bad.exit_code == 2 and "1, 2 or 4" in bad.output
     assert not (tmp_path / "b.png").exists()
 
 

@@ -550,7 +550,7 @@ def test_repr_says_what_runs(tiny_weights):
     d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
                  tile=64, strength=0.5)
     assert repr(d) == ("Derainer(model='tiny', device='cpu', backend='torch', "
-                       "precision='fp32', tile=64, strength=0.5)")
+                       "precision='fp32', tile=64, strength=0.5, ensemble=1)")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
@@ -587,7 +587,7 @@ def test_a_torch_derainer_works_in_a_forked_child(tiny_weights):
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("tile", [0, 32])
 def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile):
-    """``ensemble=N``: the mean of N passes over mirrored/transposed copies, each put back,
+    """``ensemble=N``: the mean of N passes over mirrored copies, each put back,
     tiled or not (the tiny Semi-DRDNet's whole-image statistics included), with the
     strength mix after the mean and one progress count over all N passes."""
     from derain_cli import ensemble as E
@@ -598,8 +598,8 @@ def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile):
     one = Derainer(**kw)
     one.small_side = 0  # the copies' own sizes, not mirrored out to 256 px
     singles = [E.undo(one.derain_array(np.ascontiguousarray(E.view(x, k))), k)
-               for k in range(8)]
-    for n in (2, 4, 8):
+               for k in range(4)]
+    for n in (2, 4):
         d = Derainer(ensemble=n, **kw)
         d.small_side = 0
         calls = []
@@ -624,7 +624,7 @@ def test_ensemble_through_derain_keeps_alpha_and_gray(tiny_weights):
     assert d.derain(Image.fromarray(rgba[..., 0])).mode == "L"
 
 
-@pytest.mark.parametrize("bad", [0, 3, 2.0, True, "2"])
+@pytest.mark.parametrize("bad", [0, 3, 8, 2.0, True, "2"])
 def test_other_ensemble_sizes_are_refused(tiny_weights, bad):
     from derain_cli.errors import OptionError
 
