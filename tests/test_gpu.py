@@ -132,6 +132,23 @@ def test_8bit_photos_go_up_as_samples_with_the_float_paths_result(device):
         assert psnr(samples, d.derain_array(img)) >= 60, (tile, batch)
 
 
+def test_ensemble_on_the_device_is_the_mean_of_the_mirrored_passes(device):
+    """``--ensemble``'s mirrored copies are strided views: on the device (8-bit samples,
+    several tiles per pass, queued without waiting) the mean of the passes is what each
+    copy derained alone, put back and averaged, gives."""
+    from derain_cli import ensemble
+
+    img = (_rainy(384, 520, seed=5) * 255).round().astype(np.uint8)
+    kw = dict(model="semi-drdnet-tiny", device=device, precision="fp32", backend="torch",
+              tile=256, tile_batch=3)
+    one = Derainer(**kw)
+    want = np.mean([ensemble.undo(one.derain_array(np.ascontiguousarray(ensemble.view(img, k))),
+                                  k) for k in range(4)], axis=0)
+    got = Derainer(**kw, ensemble=4).derain_array(img)
+    assert psnr(got, want) >= 60
+    assert psnr(got, one.derain_array(img)) < psnr(got, want)  # not one pass
+
+
 def _noting_dtypes(fn, sent: list[tuple[str, int]]):
     """``fn`` noting the dtype and second axis of each array or tensor it gets in ``sent``."""
     def noted(x):
