@@ -8,7 +8,8 @@ Each pass runs the whole tiled job on a mirrored copy of the photo
 is the copies' strided tile reads and the running mean. One photo (the ``photo_e2e``
 mosaic of the bundled examples, decoded once) is derained in memory
 (``Derainer.derain_array``) with each pass count in turn, rounds interleaved, every count
-on the same engine (the one ``Derainer`` picks for one photo); the table gives seconds,
+on the same engine (the one ``Derainer`` picks when told no workload, as for a long-lived
+object: PyTorch's start-up not weighed); the table gives seconds,
 the ratio to one pass and that ratio over N. What the passes buy is a score, not a time:
 ``derain eval --ensemble N`` (README, "Several passes").
 """

@@ -728,7 +728,7 @@ def _run(
     strength: float,
     device: str,
     precision: str,
-    ensemble: int = 1,
+    ensemble: int,
     threads: int | None,
     io_threads: int | None,
     tile: int | None,

@@ -167,7 +167,8 @@ class Derainer:
                 raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
-        if workload_megapixels is not None:  # each pass is a photo's worth of work
+        scaled = workload_megapixels is not None and self.ensemble > 1
+        if scaled:  # each pass is a photo's worth of work
             workload_megapixels *= self.ensemble
             workload_images = (workload_images or 1) * self.ensemble
         cpus = os.cpu_count() or 1
@@ -228,6 +229,8 @@ class Derainer:
         self.small_side = tiling.SMALL_SIDE
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
+        if scaled and self.engine_note:  # its megapixels are the passes', not the photos'
+            self.engine_note += f" (the photos' pixels x {self.ensemble} passes)"
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,
                     device: str, precision: str, backend: str, threads: int | None,
@@ -391,14 +394,13 @@ class Derainer:
         if passes == 1:
             out = self._one_pass(rgb, on_tile)
         else:  # the mean of the passes' results, each put back the image's way round
-            for k in range(passes):
+            out = self._one_pass(rgb, None if on_tile is None else (
+                lambda done, total: on_tile(done, passes * total)))  # copy 0: the photo
+            for k in range(1, passes):
                 count = None if on_tile is None else (
                     lambda done, total, k=k: on_tile(k * total + done, passes * total))
-                y = _ensemble.undo(self._one_pass(_ensemble.view(rgb, k), count), k)
-                if k == 0:
-                    out = np.array(y, dtype=np.float32, order="C")
-                else:
-                    out += y
+                # one pass's result at a time beside the sum: one float32 photo more
+                out += _ensemble.undo(self._one_pass(_ensemble.view(rgb, k), count), k)
             out *= np.float32(1.0 / passes)
         if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
             blend_toward_input(out, rgb, self.strength)

@@ -8,17 +8,18 @@ the mean of the results is cleaner than any one of them. Measured on the default
 whole pass, so this is a choice for the user who will wait (or has a GPU), never the
 default.
 
-Only flips: rain falls down the photo, flipped or not, and the networks trained on rain
-that does (``data.random_crop`` rotates the clean crop, then rain is made on it). A
-transposed copy turns the rain sideways: with the four transposed copies as well, eight
-passes scored 30.457 / 19.423 / 24.330, far below one pass (commit 1f660bb, ``derain eval
---ensemble 8``; ``python benchmarks/self_ensemble.py -e semi-drdnet-fast:t`` scores a
-transposed pass alone).
+Only flips: rain falls down the photo, flipped or not, and so does the networks' synthetic
+training rain (``data.random_crop`` rotates the clean crop, then rain is made on it, within
+about 30 degrees of vertical). A transposed copy turns the rain sideways: with the four
+transposed copies as well, eight passes scored 30.457 / 19.423 / 24.330, far below one
+pass (commit 1f660bb, ``derain eval --ensemble 8``; ``python benchmarks/self_ensemble.py
+-e semi-drdnet-fast:t`` scores a transposed pass alone).
 
 The copies are numpy views (no pixels copied); the tiler reads its tiles out of them as it
-reads any array. Members are taken in the order of ``TRANSFORMS``: 2 passes add the
-left-right mirror (rain keeps falling down, slanted the other way: the copy most like the
-photo), 4 the upside-down copies too.
+reads any array. ``TRANSFORMS[0]`` must stay the photo as it is (``Derainer`` keeps that
+pass's result as the running sum). Members are taken in the order of ``TRANSFORMS``: 2
+passes add the left-right mirror (rain keeps falling down, slanted the other way: the copy
+most like the photo), 4 the upside-down copies too.
 """
 
 from __future__ import annotations

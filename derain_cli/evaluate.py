@@ -88,21 +88,34 @@ def _label(model: Any) -> str:
     return f"{name}, ensemble of {passes}" if passes > 1 else name
 
 
+def _check_ensemble(model: Any, ensemble: object) -> None:
+    """``OptionError`` for a pass count ``evaluate`` cannot use with ``model``: said before
+    the pairs are decoded, not after."""
+    from .ensemble import check_size
+
+    try:
+        passes = check_size(ensemble)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+    if passes == 1:
+        return
+    if isinstance(model, str) and model == IDENTITY:
+        raise OptionError("the identity has nothing to average: leave ensemble at 1")
+    if not isinstance(model, str | os.PathLike):
+        raise OptionError(f"ensemble={passes} applies to a model name or weights file; a "
+                          f"{type(model).__name__} given as it is runs as it was made "
+                          "(Derainer(ensemble=N) averages passes)")
+
+
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
             backend: str = "auto", threads: int | None = None, ensemble: int = 1,
             ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
     a module or a name."""
+    _check_ensemble(model, ensemble)
     if isinstance(model, str) and model == IDENTITY:
-        if ensemble != 1:
-            raise OptionError("the identity has nothing to average: leave ensemble at 1")
         return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
-
-    if ensemble != 1 and not isinstance(model, str | os.PathLike):
-        raise OptionError(f"ensemble={ensemble} applies to a model name or weights file; a "
-                         f"{type(model).__name__} given as it is runs as it was made "
-                         "(Derainer(ensemble=N) averages passes)")
 
     if isinstance(model, str | os.PathLike):
         from .weights import names_a_file
@@ -185,6 +198,7 @@ def evaluate(
     label says how many.
     """
     t0 = time.time()
+    _check_ensemble(model, ensemble)  # before any pair is decoded
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
         raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
                          "every pair")

@@ -586,22 +586,24 @@ def test_a_torch_derainer_works_in_a_forked_child(tiny_weights):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("tile", [0, 32])
-def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile):
+@pytest.mark.parametrize("small_side", [0, tiling.SMALL_SIDE])
+def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile, small_side):
     """``ensemble=N``: the mean of N passes over mirrored copies, each put back,
-    tiled or not (the tiny Semi-DRDNet's whole-image statistics included), with the
-    strength mix after the mean and one progress count over all N passes."""
+    tiled or not (the tiny Semi-DRDNet's whole-image statistics included), a small image
+    mirrored out to 256 px or not, with the strength mix after the mean and one progress
+    count over all N passes."""
     from derain_cli import ensemble as E
 
     rgb = _photo(h=45, w=70, seed=3)
     x = rgb if dtype == np.uint8 else rgb.astype(np.float32) / 255
     kw = dict(weights=tiny_weights, device="cpu", backend="torch", precision="fp32", tile=tile)
     one = Derainer(**kw)
-    one.small_side = 0  # the copies' own sizes, not mirrored out to 256 px
+    one.small_side = small_side
     singles = [E.undo(one.derain_array(np.ascontiguousarray(E.view(x, k))), k)
                for k in range(4)]
     for n in (2, 4):
         d = Derainer(ensemble=n, **kw)
-        d.small_side = 0
+        d.small_side = small_side
         calls = []
         got = d.derain_array(x, on_tile=lambda done, total, c=calls: c.append(done / total))
         assert got.dtype == np.float32 and got.shape == rgb.shape and got.flags.c_contiguous
@@ -610,7 +612,7 @@ def test_ensemble_is_the_mean_of_the_copies_results(tiny_weights, dtype, tile):
     # a random network is no mirror-symmetric one: the mean is not the single pass
     assert np.abs(np.mean(singles[:2], axis=0) - singles[0]).max() > 1e-3
     d = Derainer(ensemble=2, strength=0.5, **kw)
-    d.small_side = 0
+    d.small_side = small_side
     unit = rgb.astype(np.float32) / 255
     np.testing.assert_allclose(d.derain_array(x), unit + 0.5 * (np.mean(singles[:2], axis=0)
                                                                 - unit), atol=2e-6)
@@ -648,9 +650,37 @@ def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, mon
         return "torch", "test"
 
     monkeypatch.setattr(engine_choice, "fp32_backend", fake)
-    Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
-             workload_images=2, ensemble=4)
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32",
+                 workload_megapixels=3.0, workload_images=2, ensemble=4)
     assert seen == {"megapixels": 12.0, "images": 8}
+    # the note's megapixels are the passes': it says so (a review)
+    assert d.engine_note == "test (the photos' pixels x 4 passes)"
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32",
+                 workload_megapixels=3.0, workload_images=2)
+    assert seen == {"megapixels": 3.0, "images": 2} and d.engine_note == "test"
     Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
              ensemble=2)
     assert seen == {"megapixels": 6.0, "images": 2}
+
+
+def test_ensemble_holds_one_float32_photo_more_than_one_pass(tiny_weights):
+    """The README's memory figure: the running sum, and one pass's result at a time beside
+    it (a review found the first pass's result copied and the last result kept alive
+    through the next pass: two photos more). numpy's buffers are what tracemalloc sees."""
+    import tracemalloc
+
+    img = _photo(h=400, w=600, seed=1)
+    photo = img.shape[0] * img.shape[1] * 3 * 4  # bytes of one float32 result
+    peaks = {}
+    for n in (1, 2, 4):
+        d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
+                     tile=128, ensemble=n)
+        d.derain_array(img[:200, :200])  # warm-up outside the count
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            d.derain_array(img)
+            peaks[n] = (tracemalloc.get_traced_memory()[1] - base) / photo
+        finally:
+            tracemalloc.stop()
+    assert peaks[2] - peaks[1] <= 1.1 and peaks[4] - peaks[1] <= 1.1, peaks

@@ -331,6 +331,22 @@ def test_eval_scores_an_ensemble_and_names_it(pairs, tiny_weights):
         E.evaluate(d, pairs, ensemble=2)
 
 
+def test_eval_refuses_a_pass_count_before_decoding_the_pairs(pairs, monkeypatch):
+    """A review: ``--ensemble 3`` without ``--weights`` and ``-m identity --ensemble 2``
+    were refused only after every pair was decoded."""
+    from derain_cli.errors import OptionError
+
+    def no(*a, **k):
+        raise AssertionError("pairs decoded before the options were checked")
+
+    monkeypatch.setattr(E, "check_pairs_read", no)
+    for model, n in (("semi-drdnet-tiny", 3), ("identity", 2), ("semi-drdnet-tiny", True)):
+        with pytest.raises(OptionError, match="ensemble|identity"):
+            E.evaluate(model, pairs, ensemble=n)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--ensemble", "2"])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "identity" in r.output
+
+
 def test_eval_names_a_pair_too_small_to_score(tmp_path):
     for side in ("rainy", "clean"):
         (tmp_path / "p" / side).mkdir(parents=True)
