@@ -457,15 +457,16 @@ def test_a_second_gpu_call_on_a_warm_machine_resumes_the_first_ones_run(
 
 @needs_bash
 def test_the_gpu_sessions_folder_benchmarks_run_models_that_have_weights(tmp_path: Path) -> None:
-    # folder_e2e.py and tile_batch.py load pretrained weights; the first lent GPU
-    # (2026-12-04) lost its folder figure to `-m semi-drdnet`, which has none yet.
+    # folder_e2e.py, tile_batch.py and ensemble_cost.py load pretrained weights; the first
+    # lent GPU (2026-12-04) lost its folder figure to `-m semi-drdnet`, which has none yet.
     from derain_cli.weights import load_manifest
 
     res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"STAGES": "folder"})
     assert res.returncode == 0, res.stderr
     models = [c[c.index("-m") + 1] for c in calls
-              if len(c) > 1 and c[1].endswith(("folder_e2e.py", "tile_batch.py"))]
-    assert len(models) == 2 and set(models) <= set(load_manifest()), models
+              if len(c) > 1 and c[1].endswith(("folder_e2e.py", "tile_batch.py",
+                                              "ensemble_cost.py"))]
+    assert len(models) == 3 and set(models) <= set(load_manifest()), models
 
 
 @needs_bash
