@@ -1,6 +1,6 @@
 """How the rain's slant changes what a model removes: synthetic rain at fixed angles.
 
-    python benchmarks/rain_angle.py [-m MODEL] [--angles 0,15,30,45,60,80]
+    python benchmarks/rain_angle.py [-m MODEL | --weights FILE] [--angles 0,15,30,45,60,80]
         [--preset medium] [--seeds 2] [--json OUT.json]
 
 Why: the networks learnt rain within about 30 degrees of vertical (``synth``'s presets;
@@ -35,6 +35,8 @@ def photos() -> dict[str, np.ndarray]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="a weights file instead of the model's bundled weights")
     ap.add_argument("--angles", default="0,15,30,45,60,80",
                     help="degrees from vertical, comma-separated (the synthesizer takes "
                          "-80 to 80)")
@@ -57,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
     from derain_cli.synth import sample_params, synthesize
 
-    model = args.model or DEFAULT_MODEL
+    model = str(args.weights) if args.weights else (args.model or DEFAULT_MODEL)
     shots = photos()
     if args.photos:
         shots = {k: shots[k] for k in args.photos.split(",")}
-    d = Derainer(model=model, device="cpu", precision="fp32")
+    d = Derainer(model=args.model if args.weights else model, weights=args.weights,
+                 device="cpu", precision="fp32")
     print(f"{model} (fp32, {d.backend}); {args.preset} rain, {len(shots)} photos x "
           f"{args.seeds} draws per angle")
     print(f"\n{'angle':>6} {'rainy dB':>9} {'derained dB':>12} {'gain dB':>8}")

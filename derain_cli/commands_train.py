@@ -21,8 +21,8 @@ from .fileio import terminal_text
 from .terminal import DerainConsole
 
 #: ``--preset`` of ``derain train``, ``finetune`` and ``synth`` (see synth.check_preset)
-PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, veiled, mixed, or a comma list "
-               "drawn from per image (light,mixed).")
+PRESET_HELP = ("Synthetic rain: light, medium, heavy, storm, veiled, slanted, mixed, or a comma "
+               "list drawn from per image (light,mixed).")
 #: ``--clean-fraction`` of ``derain train`` and ``derain finetune`` (see data.LabeledDataset)
 CleanFractionOption = Annotated[float, typer.Option(
     min=0.0, max=0.9,

@@ -33,3 +33,11 @@ def test_an_angle_the_synthesizer_refuses_is_said_before_any_work(capsys) -> Non
     with pytest.raises(SystemExit) as stop:
         rain_angle.main(["-m", "semi-drdnet-tiny", "--angles", "0,90", "--photos", "chelsea"])
     assert stop.value.code == 2 and "-80 to 80" in capsys.readouterr().err
+
+
+def test_it_takes_a_weights_file(tmp_path: Path, tiny_weights: Path) -> None:
+    out = tmp_path / "angle.json"
+    assert rain_angle.main(["--weights", str(tiny_weights), "--angles", "45", "--seeds", "1",
+                            "--photos", "chelsea", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["model"] == str(tiny_weights) and len(got["rows"]) == 1
