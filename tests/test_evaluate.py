@@ -174,7 +174,8 @@ def test_synth_count_must_be_at_least_one(clean_dir, tmp_path, count):
 
 
 def test_synth_unknown_preset_is_refused_before_any_work(clean_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"'bogus'.*light, medium, heavy, storm, veiled, mixed"):
+    with pytest.raises(ValueError,
+                       match=r"'bogus'.*light, medium, heavy, storm, veiled, slanted, mixed"):
         E.synth_pairs(clean_dir, tmp_path / "s", preset="bogus")
     assert not (tmp_path / "s").exists()
 
