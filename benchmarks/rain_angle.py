@@ -1,6 +1,6 @@
 """How the rain's slant changes what a model removes: synthetic rain at fixed angles.
 
-    python benchmarks/rain_angle.py [-m MODEL | --weights FILE] [--angles 0,15,30,45,60,80]
+    python benchmarks/rain_angle.py [-m MODEL | --weights FILE] [--angles=0,15,30,45,60,80]
         [--preset medium] [--seeds 2] [--json OUT.json]
 
 Why: the networks learnt rain within about 30 degrees of vertical (``synth``'s presets;
@@ -8,8 +8,9 @@ training rotates the clean crop, then makes rain on it), and a transposed photo,
 runs sideways, came out no cleaner than its input (README, "Several passes", "Only
 flips"). This measures the fall-off in between, on photos no model trained on:
 scikit-image's four colour sample photos (astronaut, coffee, chelsea, rocket), each with
-``--preset`` rain from ``synth.sample_params`` turned to each angle (the same streaks
-otherwise: one seed per photo and seed number), derained in fp32 on the CPU and scored as
+``--preset`` rain from ``synth.sample_params`` turned to each angle (the same rain
+parameters at every angle, one seed per photo and draw; the streaks themselves are drawn
+anew, since their count follows the turned canvas), derained in fp32 on the CPU and scored as
 ``derain eval`` scores (Y-PSNR of 8-bit results). Prints, per angle, the rainy input's
 PSNR, the derained PSNR and the gain. Needs scikit-image (a dev dependency).
 """
@@ -24,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+#: scikit-image's colour sample photos; a photo's place here seeds its rain
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
-def photos() -> dict[str, np.ndarray]:
+
+def photos(names: tuple[str, ...] = PHOTOS) -> dict[str, np.ndarray]:
     """scikit-image's colour sample photos, HxWx3 uint8 (public domain / CC0)."""
     from skimage import data
 
-    return {name: getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")}
+    return {name: getattr(data, name)() for name in names}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,9 +43,9 @@ def parser() -> argparse.ArgumentParser:
                     help="a weights file instead of the model's bundled weights")
     ap.add_argument("--angles", default="0,15,30,45,60,80",
                     help="degrees from vertical, comma-separated (the synthesizer takes "
-                         "-80 to 80)")
+                         "-80 to 80; negative ones as --angles=-45,0)")
     ap.add_argument("--preset", default="medium")
-    ap.add_argument("--seeds", type=int, default=2, help="rain draws per photo")
+    ap.add_argument("--seeds", type=int, default=2, help="rain draws per photo (1 to 1000)")
     ap.add_argument("--photos", default=None,
                     help="which sample photos, comma-separated (default: all four)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -54,26 +58,35 @@ def main(argv: list[str] | None = None) -> int:
     angles = [float(a) for a in args.angles.split(",")]
     if any(not -80 <= a <= 80 for a in angles):
         ap.error(f"--angles {args.angles}: the synthesizer takes -80 to 80 degrees")
+    names = tuple(args.photos.split(",")) if args.photos else PHOTOS
+    if unknown := [n for n in names if n not in PHOTOS]:
+        ap.error(f"--photos: unknown {', '.join(unknown)}; use {', '.join(PHOTOS)}")
+    if not 1 <= args.seeds <= 1000:  # 1000 draws per photo before the seeds would collide
+        ap.error(f"--seeds must be 1 to 1000, not {args.seeds}")
+    from derain_cli.synth import check_preset
+
+    try:
+        check_preset(args.preset)
+    except ValueError as e:
+        ap.error(f"--preset: {e}")
 
     from derain_cli import metrics
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
     from derain_cli.synth import sample_params, synthesize
 
-    model = str(args.weights) if args.weights else (args.model or DEFAULT_MODEL)
-    shots = photos()
-    if args.photos:
-        shots = {k: shots[k] for k in args.photos.split(",")}
-    d = Derainer(model=args.model if args.weights else model, weights=args.weights,
-                 device="cpu", precision="fp32")
-    print(f"{model} (fp32, {d.backend}); {args.preset} rain, {len(shots)} photos x "
-          f"{args.seeds} draws per angle")
+    shots = photos(names)
+    d = Derainer(model=args.model if args.weights else (args.model or DEFAULT_MODEL),
+                 weights=args.weights, device="cpu", precision="fp32")
+    model, weights = d.model_name, d.weights_label  # the network, and whose weights
+    print(f"{model}, {weights} (fp32, {d.backend}); {args.preset} rain, {len(shots)} "
+          f"photos x {args.seeds} draws per angle")
     print(f"\n{'angle':>6} {'rainy dB':>9} {'derained dB':>12} {'gain dB':>8}")
     rows = []
     for angle in angles:
         before, after = [], []
-        for i, clean in enumerate(shots.values()):
+        for name, clean in shots.items():
             for s in range(args.seeds):
-                seed = 1000 * i + s
+                seed = 1000 * PHOTOS.index(name) + s  # the same rain for a photo in a subset
                 p = dataclasses.replace(sample_params(args.preset, np.random.default_rng(seed)),
                                         angle=angle)
                 rainy, _ = synthesize(clean, p, seed=seed)
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{angle:>6g} {row['rainy']:>9.2f} {row['derained']:>12.2f} {row['gain']:>8.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "preset": args.preset,
+        args.json.write_text(json.dumps({"model": model, "weights": weights,
+                                         "preset": args.preset,
                                          "photos": list(shots), "seeds": args.seeds,
                                          "rows": rows}, indent=1) + "\n")
     return 0

@@ -189,9 +189,11 @@ PRESETS: dict[str, RainParams] = {
         accumulation=0.1,
     ),
 }
-# Light streaks at any slant up to 80 degrees (``_ANGLE_SPREAD``): wind-blown rain. Every
-# other preset keeps within about 30 degrees of vertical, and networks trained on them
-# barely touch rain past 45 degrees (``benchmarks/rain_angle.py``; README, What still fails).
+# Light streaks at any slant up to 80 degrees: wind-blown rain. The exact preset is light
+# rain falling straight down; the slant comes from drawing it by name (``sample_params``,
+# ``_ANGLE_SPREAD``). Every other preset keeps within about 30 degrees of vertical, and
+# networks trained on them barely touch rain past 45 degrees (``benchmarks/rain_angle.py``;
+# README, What still fails).
 PRESETS["slanted"] = replace(PRESETS["light"])
 
 _MIXED = "mixed"
@@ -253,8 +255,9 @@ def sample_params(preset: str, rng: np.random.Generator) -> RainParams:
     that preset with small variations (density +-20 %, length +-15 %, width +-15 %,
     brightness +-10 %, haze +-0.05, for veiled +-0.14), and a direction drawn around the
     preset's within +-28 (light), +-25 (medium, veiled) or +-12 (heavy, storm) degrees, the
-    spread of the matching evaluation sets. Use ``PRESETS[name]`` for the exact preset. A comma list
-    (``"light,mixed"``, see ``check_preset``) first draws one of its names.
+    spread of the matching evaluation sets, or +-80 (slanted: every slant). Use
+    ``PRESETS[name]`` for the exact preset. A comma list (``"light,mixed"``, see
+    ``check_preset``) first draws one of its names.
     """
     names = check_preset(preset)  # also what train/synth checked: " light" is light
     preset = names[0] if len(names) == 1 else names[int(rng.integers(len(names)))]
