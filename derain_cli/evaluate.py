@@ -111,8 +111,7 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
             backend: str = "auto", threads: int | None = None, ensemble: int = 1,
             ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
-    a module or a name."""
-    _check_ensemble(model, ensemble)
+    a module or a name. ``ensemble`` was checked by ``evaluate`` (``_check_ensemble``)."""
     if isinstance(model, str) and model == IDENTITY:
         return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
