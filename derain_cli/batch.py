@@ -858,14 +858,15 @@ class Summary:
 
 def engine_record(derainer: Any) -> dict[str, Any] | None:
     """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
-    tile, strength, passes averaged (``ensemble``) and why that engine
+    tile, strength, passes averaged (``ensemble``), the rain's slant the photo was turned
+    by (``rain_angle``, 0 for none) and why that engine
     (``Derainer.engine_note``: a measured choice, or empty)."""
     if derainer is None:
         return None
     return {k: getattr(derainer, attr, None) for k, attr in (
         ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
         ("precision", "precision"), ("tile", "tile"), ("strength", "strength"),
-        ("ensemble", "ensemble"), ("note", "engine_note"))}
+        ("ensemble", "ensemble"), ("rain_angle", "rain_angle"), ("note", "engine_note"))}
 
 
 class BatchInterrupted(KeyboardInterrupt):

@@ -382,7 +382,7 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
     assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
     assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile",
-                                "strength", "ensemble", "note"}
+                                "strength", "ensemble", "rain_angle", "note"}
     assert s["engine"]["strength"] == 1.0 and s["engine"]["ensemble"] == 1
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
@@ -964,6 +964,28 @@ def test_ensemble_averages_passes_over_mirrored_copies(tmp_path: Path,
     bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--ensemble", "3")
     assert bad.exit_code == 2 and "1, 2 or 4" in bad.output
     assert not (tmp_path / "b.png").exists()
+
+
+def test_rain_angle_turns_the_photo_for_the_model(tmp_path: Path, tiny_weights: Path) -> None:
+    from derain_cli import Derainer
+
+    src = _img(tmp_path / "in" / "a.png", w=40, h=30)
+    r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "t.png", "--rain-angle", "-50")
+    assert r.exit_code == 0, r.output
+    assert "rain turned upright from -50 degrees" in r.output  # the banner says it
+    want = Derainer(weights=tiny_weights, device="cpu", rain_angle=-50).derain(Image.open(src))
+    got = np.asarray(Image.open(tmp_path / "t.png"), dtype=np.int16)
+    assert np.abs(got - np.asarray(want, dtype=np.int16)).max() <= 1  # 8-bit rounding
+    plain = derain(src, "--weights", tiny_weights, "-o", tmp_path / "p.png")
+    assert plain.exit_code == 0 and "rain turned" not in plain.output
+    assert np.abs(got - np.asarray(Image.open(tmp_path / "p.png"), dtype=np.int16)).max() > 1
+    js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "j.png", "--rain-angle", "30",
+                "--json")
+    assert json.loads(js.stdout)["engine"]["rain_angle"] == 30.0
+    for bad in ("95", "nan"):
+        r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--rain-angle", bad)
+        assert r.exit_code == 2 and "90" in r.output, (bad, r.output)
+        assert not (tmp_path / "b.png").exists()
 
 
 def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights: Path) -> None:

@@ -149,6 +149,23 @@ def test_ensemble_on_the_device_is_the_mean_of_the_mirrored_passes(device):
     assert psnr(got, one.derain_array(img)) < psnr(got, want)  # not one pass
 
 
+def test_rain_angle_on_the_device_derains_the_turned_canvas(device):
+    """``--rain-angle``: on the device (8-bit photo, several tiles per pass), the result is
+    the photo minus the rain found on the turned canvas, turned back: what the same turn
+    around a plain float run gives."""
+    from derain_cli import slant
+
+    img = (_rainy(300, 410, seed=6) * 255).round().astype(np.uint8)
+    kw = dict(model="semi-drdnet-tiny", device=device, precision="fp32", backend="torch",
+              tile=256, tile_batch=3)
+    turn = slant.Turn.make(300, 410, -50)
+    canvas = turn.forward(img)
+    rain = canvas - Derainer(**kw).derain_array(canvas)
+    want = turn.take_off(img, turn.back(rain))
+    got = Derainer(**kw, rain_angle=-50).derain_array(img)
+    assert psnr(got, want) >= 60
+
+
 def _noting_dtypes(fn, sent: list[tuple[str, int]]):
     """``fn`` noting the dtype and second axis of each array or tensor it gets in ``sent``."""
     def noted(x):
