@@ -1,7 +1,7 @@
 """How the rain's slant changes what a model removes: synthetic rain at fixed angles.
 
     python benchmarks/rain_angle.py [-m MODEL | --weights FILE] [--angles=0,15,30,45,60,80]
-        [--preset medium] [--seeds 2] [--json OUT.json]
+        [--preset medium] [--seeds 2] [--turn [--turn-offset DEG]] [--json OUT.json]
 
 Why: the networks learnt rain within about 30 degrees of vertical (``synth``'s presets;
 training rotates the clean crop, then makes rain on it), and a transposed photo, whose rain
@@ -12,7 +12,12 @@ scikit-image's four colour sample photos (astronaut, coffee, chelsea, rocket), e
 parameters at every angle, one seed per photo and draw; the streaks themselves are drawn
 anew, since their count follows the turned canvas), derained in fp32 on the CPU and scored as
 ``derain eval`` scores (Y-PSNR of 8-bit results). Prints, per angle, the rainy input's
-PSNR, the derained PSNR and the gain. Needs scikit-image (a dev dependency).
+PSNR, the derained PSNR and the gain. ``--turn`` also derains each rainy photo turned by
+its rain's angle (``derain --rain-angle``, ``derain_cli.slant``) and prints that result,
+its gain, the turned canvas's size against the photo's and the time the turned runs took
+against the plain ones (one thread pool, the same process: a ratio);
+``--turn-offset`` turns by the angle plus that much, as a user who misjudged the slant
+would. Needs scikit-image (a dev dependency).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=2, help="rain draws per photo (1 to 1000)")
     ap.add_argument("--photos", default=None,
                     help="which sample photos, comma-separated (default: all four)")
+    ap.add_argument("--turn", action="store_true",
+                    help="also derain with the photo turned by the rain's angle")
+    ap.add_argument("--turn-offset", type=float, default=0.0,
+                    help="with --turn: turn by the angle plus this many degrees")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return ap
 
@@ -63,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--photos: unknown {', '.join(unknown)}; use {', '.join(PHOTOS)}")
     if not 1 <= args.seeds <= 1000:  # 1000 draws per photo before the seeds would collide
         ap.error(f"--seeds must be 1 to 1000, not {args.seeds}")
+    if args.turn_offset and not args.turn:
+        ap.error("--turn-offset goes with --turn")
+    if args.turn and any(abs(a + args.turn_offset) > 90 for a in angles):
+        ap.error(f"--turn-offset {args.turn_offset:g} turns some angle past 90 degrees")
     from derain_cli.synth import check_preset
 
     try:
@@ -72,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from derain_cli import metrics
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
+    from derain_cli.slant import Turn
     from derain_cli.synth import sample_params, synthesize
 
     shots = photos(names)
@@ -80,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     model, weights = d.model_name, d.weights_label  # the network, and whose weights
     print(f"{model}, {weights} (fp32, {d.backend}); {args.preset} rain, {len(shots)} "
           f"photos x {args.seeds} draws per angle")
-    print(f"\n{'angle':>6} {'rainy dB':>9} {'derained dB':>12} {'gain dB':>8}")
+    turned_by = "" if not args.turn_offset else f" (turned {args.turn_offset:+g} off)"
+    print(f"\n{'angle':>6} {'rainy dB':>9} {'derained dB':>12} {'gain dB':>8}" + (
+        f" {'turned dB':>10} {'gain dB':>8} {'canvas':>7} {'time':>6}{turned_by}"
+        if args.turn else ""))
     rows = []
     for angle in angles:
-        before, after = [], []
+        before, after, turned, area = [], [], [], []
+        seconds = {"plain": 0.0, "turned": 0.0}
         for name, clean in shots.items():
             for s in range(args.seeds):
                 seed = 1000 * PHOTOS.index(name) + s  # the same rain for a photo in a subset
@@ -91,17 +110,36 @@ def main(argv: list[str] | None = None) -> int:
                                         angle=angle)
                 rainy, _ = synthesize(clean, p, seed=seed)
                 rainy8 = metrics.to_uint8(rainy)
+                t0 = time.perf_counter()
                 out8 = metrics.to_uint8(d.derain_array(rainy8))
+                seconds["plain"] += time.perf_counter() - t0
                 before.append(metrics.psnr_y(rainy8, clean))
                 after.append(metrics.psnr_y(out8, clean))
+                if args.turn:
+                    d.rain_angle = angle + args.turn_offset
+                    t0 = time.perf_counter()
+                    result = d.derain_array(rainy8)
+                    seconds["turned"] += time.perf_counter() - t0
+                    turned.append(metrics.psnr_y(metrics.to_uint8(result), clean))
+                    area.append(Turn.make(*clean.shape[:2], d.rain_angle).area_factor)
+                    d.rain_angle = 0.0
         row = {"angle": angle, "rainy": float(np.mean(before)),
                "derained": float(np.mean(after))}
         row["gain"] = row["derained"] - row["rainy"]
+        line = f"{angle:>6g} {row['rainy']:>9.2f} {row['derained']:>12.2f} {row['gain']:>8.2f}"
+        if args.turn:
+            row.update(turned_by=angle + args.turn_offset, turned=float(np.mean(turned)),
+                       canvas=float(np.mean(area)),
+                       time_ratio=seconds["turned"] / seconds["plain"])
+            row["turned_gain"] = row["turned"] - row["rainy"]
+            line += (f" {row['turned']:>10.2f} {row['turned_gain']:>8.2f} "
+                     f"{row['canvas']:>6.2f}x {row['time_ratio']:>5.2f}x")
         rows.append(row)
-        print(f"{angle:>6g} {row['rainy']:>9.2f} {row['derained']:>12.2f} {row['gain']:>8.2f}")
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({"model": model, "weights": weights,
-                                         "preset": args.preset,
+                                         "preset": args.preset, "turn": args.turn,
+                                         "turn_offset": args.turn_offset,
                                          "photos": list(shots), "seeds": args.seeds,
                                          "rows": rows}, indent=1) + "\n")
     return 0

@@ -193,7 +193,8 @@ PRESETS: dict[str, RainParams] = {
 # rain falling straight down; the slant comes from drawing it by name (``sample_params``,
 # ``_ANGLE_SPREAD``). Every other preset keeps within about 30 degrees of vertical, and
 # networks trained on them barely touch rain past 45 degrees (``benchmarks/rain_angle.py``;
-# README, What still fails).
+# README, What still fails) unless the photo is turned first (``derain_cli.slant``,
+# ``derain --rain-angle``).
 PRESETS["slanted"] = replace(PRESETS["light"])
 
 _MIXED = "mixed"

@@ -11,7 +11,7 @@
 #   3. benchmarks/folder_e2e.py on CUDA: a folder of 12 MP JPEGs against the model alone
 #      (issue 6: at least 80 %); benchmarks/tile_batch.py: 512 px tiles, one against
 #      several per forward pass; benchmarks/ensemble_cost.py: --ensemble 1, 2 and 4 on one
-#      12 MP photo;
+#      12 MP photo, and one pass turned by 45 degrees (--rain-angle 45);
 #   4. derain finetune with its GPU defaults (1000 steps of 8 crops of 128 px) of the
 #      default model on 20 real rainy photos, timed, and the validation pairs scored
 #      before and after (issue 4: its GPU defaults were never measured; finetune.json);
@@ -134,9 +134,11 @@ if has folder && (($(cap 100) > 30)); then
   echo "== tile_batch on $DEVICE ($(left)s left)"  # table in session.log only (8 files back)
   timeout "$(cap 45)" python3 benchmarks/tile_batch.py --device "$DEVICE" -m semi-drdnet-tiny \
     --megapixels "${FOLDER_MP:-12}" --tile 512 --batches 1,4,auto
-  echo "== ensemble_cost on $DEVICE ($(left)s left)"  # session.log only: --ensemble's time
+  echo "== ensemble_cost on $DEVICE ($(left)s left)"  # session.log only: --ensemble's and
+  # --rain-angle's time
   timeout "$(cap 30)" python3 benchmarks/ensemble_cost.py --device "$DEVICE" \
-    -m "${FOLDER_MODEL:-semi-drdnet-lite}" --megapixels "${FOLDER_MP:-12}" --repeats 1
+    -m "${FOLDER_MODEL:-semi-drdnet-lite}" --megapixels "${FOLDER_MP:-12}" --repeats 1 \
+    --rain-angles 45
 fi
 if has finetune && (($(cap 240 $((${RESERVE:-250} + 40))) > 90)); then
   ft_model=${FT_MODEL:-semi-drdnet-fast}

@@ -26,3 +26,26 @@ def test_it_times_each_pass_count_against_one_pass(tmp_path: Path, capsys) -> No
     assert two["vs_one_pass"] == pytest.approx(two["seconds"] / one["seconds"])
     assert two["per_pass"] == pytest.approx(two["vs_one_pass"] / 2)
     assert "x one pass" in capsys.readouterr().out
+
+
+def test_it_times_a_turned_pass_with_its_canvas(tmp_path: Path, capsys) -> None:
+    """``--rain-angles``: one pass turned by each angle, timed against one plain pass, with
+    the turned canvas's size over the photo's."""
+    out = tmp_path / "turn.json"
+    assert ensemble_cost.main(["-m", "semi-drdnet-tiny", "--device", "cpu", "--precision",
+                               "fp32", "--megapixels", "0.05", "--passes", "1",
+                               "--rain-angles", "45", "--repeats", "1", "--json",
+                               str(out)]) == 0
+    plain, turned = json.loads(out.read_text())["rows"]
+    assert (plain["rain_angle"], plain["canvas"]) == (0.0, 1.0)
+    assert turned["passes"] == 1 and turned["rain_angle"] == 45.0
+    assert 1.7 < turned["canvas"] < 2.1  # a 4:3-ish photo turned 45 degrees
+    assert turned["vs_one_pass"] == pytest.approx(turned["seconds"] / plain["seconds"])
+    assert "45 deg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["0", "95", "x"])
+def test_a_bad_rain_angle_is_refused(bad: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        ensemble_cost.main(["--rain-angles", bad])
+    assert stop.value.code == 2 and "--rain-angles" in capsys.readouterr().err

@@ -31,6 +31,8 @@ def test_it_scores_rain_turned_to_each_angle(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(("args", "said"), [
     (["--angles", "0,90"], "-80 to 80"), (["--photos", "cat"], "unknown cat"),
     (["--seeds", "0"], "1 to 1000"), (["--preset", "drizzle"], "drizzle"),
+    (["--turn-offset", "5"], "goes with --turn"),
+    (["--turn", "--angles", "80", "--turn-offset", "15"], "past 90 degrees"),
 ])
 def test_a_bad_option_is_said_before_any_work(capsys, monkeypatch, args, said) -> None:
     from derain_cli import enhancer
@@ -54,3 +56,18 @@ def test_it_takes_a_weights_file(tmp_path: Path, tiny_weights: Path) -> None:
     assert runs["file"]["model"] == "tiny" and runs["file"]["weights"] == str(tiny_weights)
     assert runs["file"]["rows"][0]["rainy"] == runs["bundled"]["rows"][0]["rainy"]
     assert runs["file"]["rows"][0]["derained"] != runs["bundled"]["rows"][0]["derained"]
+
+
+def test_turn_derains_the_photo_turned_by_its_rain_angle(tmp_path: Path, capsys) -> None:
+    """``--turn``: the same rainy photos derained turned (``derain --rain-angle``); at 0
+    degrees nothing turns, so both columns agree; at 80 they differ and the canvas is
+    larger than the photo."""
+    out = tmp_path / "turn.json"
+    assert rain_angle.main(["-m", "semi-drdnet-tiny", "--angles", "0,80", "--seeds", "1",
+                            "--photos", "chelsea", "--turn", "--json", str(out)]) == 0
+    zero, eighty = json.loads(out.read_text())["rows"]
+    assert zero["turned"] == zero["derained"] and zero["canvas"] == 1.0
+    assert eighty["turned"] != eighty["derained"] and eighty["canvas"] > 1.2
+    assert eighty["turned_by"] == 80.0 and zero["time_ratio"] > 0 and eighty["time_ratio"] > 0
+    assert eighty["turned_gain"] == pytest.approx(eighty["turned"] - eighty["rainy"])
+    assert "turned dB" in capsys.readouterr().out
