@@ -100,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         f" {'turned dB':>10} {'gain dB':>8} {'canvas':>7} {'time':>6}{turned_by}"
         if args.turn else ""))
     rows = []
+    # the turned runs' own Derainer (the same request: network, engine, weights), told each
+    # angle once (below 20 degrees it warns: once per angle, not once per photo)
+    turner = Derainer(model=args.model if args.weights else (args.model or DEFAULT_MODEL),
+                      weights=args.weights, device="cpu", precision="fp32") if args.turn \
+        else None
     for angle in angles:
+        if turner is not None:
+            turner.rain_angle = angle + args.turn_offset
         before, after, turned, area = [], [], [], []
         seconds = {"plain": 0.0, "turned": 0.0}
         for name, clean in shots.items():
@@ -116,13 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 before.append(metrics.psnr_y(rainy8, clean))
                 after.append(metrics.psnr_y(out8, clean))
                 if args.turn:
-                    d.rain_angle = angle + args.turn_offset
                     t0 = time.perf_counter()
-                    result = d.derain_array(rainy8)
+                    result = turner.derain_array(rainy8)
                     seconds["turned"] += time.perf_counter() - t0
                     turned.append(metrics.psnr_y(metrics.to_uint8(result), clean))
-                    area.append(Turn.make(*clean.shape[:2], d.rain_angle).area_factor)
-                    d.rain_angle = 0.0
+                    area.append(Turn.make(*clean.shape[:2], turner.rain_angle).area_factor)
         row = {"angle": angle, "rainy": float(np.mean(before)),
                "derained": float(np.mean(after))}
         row["gain"] = row["derained"] - row["rainy"]

@@ -447,6 +447,15 @@ def _check_ensemble(value: int) -> int:
     return value
 
 
+def _check_rain_angle(value: float) -> float:
+    from .slant import check_angle
+
+    try:
+        return check_angle(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 _DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
@@ -529,13 +538,14 @@ def run_cmd(
     ] = 1,
     rain_angle: Annotated[
         float,
-        typer.Option("--rain-angle", min=-90.0, max=90.0, rich_help_panel=MODEL,
+        typer.Option("--rain-angle", callback=_check_rain_angle, rich_help_panel=MODEL,
                      metavar="DEG",
-                     help="Rain slanted this many degrees from vertical (positive: falling "
-                          "towards the bottom right, like \\; negative: like /). The photo "
-                          "is turned so its rain falls straight down for the model, which "
-                          "learnt rain within about 30 degrees of vertical: at 45 degrees "
-                          "it removes far more, at about twice the time and memory."),
+                     help="Rain slanted this many degrees from vertical, -90 to 90 "
+                          "(positive: falling towards the bottom right, like \\; negative: "
+                          "like /). The photo is turned so its rain falls straight down for "
+                          "the model, which learnt rain within about 30 degrees of "
+                          "vertical: past 30 degrees it removes far more, at about twice "
+                          "the time at 45."),
     ] = 0.0,
     device: Annotated[
         str, typer.Option("--device", callback=_check_device, rich_help_panel=PERF,

@@ -15,6 +15,10 @@ def test_angles_within_a_quarter_turn_are_taken(good) -> None:
     assert slant.check_angle(good) == float(good)
 
 
+def test_minus_zero_is_zero() -> None:  # else repr and --json said -0
+    assert math.copysign(1.0, slant.check_angle(-0.0)) == 1.0
+
+
 @pytest.mark.parametrize("bad", [90.5, -91, float("nan"), float("inf"), True, "45", None])
 def test_other_angles_are_refused_with_the_range(bad) -> None:
     with pytest.raises(ValueError, match="from -90 to 90"):
@@ -29,6 +33,19 @@ def test_the_canvas_holds_the_whole_turned_photo() -> None:
     t = slant.Turn.make(100, 100, -45)
     assert t.canvas_height == t.canvas_width == math.ceil(100 * math.sqrt(2))
     assert t.area_factor == pytest.approx(2.0, abs=0.03)
+    assert slant.square_factor(-45) == pytest.approx(2.0) and slant.square_factor(0) == 1.0
+    assert slant.Turn.make(900, 1600, 45).area_factor == pytest.approx(2.17, abs=0.01)
+
+
+def test_a_canvas_many_times_the_photo_is_refused() -> None:
+    """A long, narrow photo turned 45 degrees would make a canvas of mostly mirrored pixels:
+    refused past MAX_CANVAS, saying how large and what to do."""
+    slant.Turn.make(900, 1600, 45).check_size()  # 16:9: fine
+    slant.Turn.make(600, 3000, 45).check_size()  # 5:1: 3.6x
+    with pytest.raises(ValueError, match="3000x400 photo needs a canvas of 4.8 times its "
+                                         "pixels \\(at most 4\\): derain it in shorter"):
+        slant.Turn.make(400, 3000, 45).check_size()
+    slant.Turn.make(400, 3000, 10).check_size()  # a small angle turns it little
 
 
 def test_a_quarter_turn_moves_pixels_onto_pixels() -> None:
@@ -36,10 +53,10 @@ def test_a_quarter_turn_moves_pixels_onto_pixels() -> None:
     clockwise for rain falling towards the bottom right (it stands upright)."""
     x = np.random.default_rng(0).integers(0, 256, (7, 12, 3), dtype=np.uint8)
     t = slant.Turn.make(7, 12, 90)
-    np.testing.assert_allclose(t.forward(x), np.rot90(x, k=-1).astype(np.float32) / 255,
-                               atol=1e-6)
-    np.testing.assert_allclose(slant.Turn.make(7, 12, -90).forward(x),
-                               np.rot90(x, k=1).astype(np.float32) / 255, atol=1e-6)
+    assert np.array_equal(t.forward(x), np.rot90(x, k=-1))
+    assert np.array_equal(slant.Turn.make(7, 12, -90).forward(x), np.rot90(x, k=1))
+    f = x.astype(np.float32) / 255
+    np.testing.assert_allclose(t.forward(f), np.rot90(f, k=-1), atol=1e-6)
 
 
 @pytest.mark.parametrize("angle", [-60.0, -35.0, 40.0, 75.0])
@@ -67,19 +84,26 @@ def test_turned_rain_falls_straight_down(angle: float) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_taking_off_no_rain_gives_the_photo_back_exactly(dtype) -> None:
-    """The photo's own pixels are never resampled: what the network leaves on the canvas
-    is all that comes back turned, so a network that removes nothing changes nothing (the
-    photo taller than one band of rows, which is converted band by band)."""
+def test_the_rain_found_is_taken_off_the_photo_itself(dtype) -> None:
+    """The canvas keeps the photo's sample type (a quarter of float32's memory for 8 bits);
+    the rain found is the canvas, scaled to [0, 1], minus the network's result; taking it
+    off subtracts it from the photo's own samples, clipped (a photo taller than one band of
+    rows, converted band by band)."""
     rng = np.random.default_rng(3)
     hi = {np.uint8: 255, np.uint16: 65535}.get(dtype)
     x = rng.integers(0, hi + 1, (300, 41, 3)).astype(dtype) if hi else \
         rng.random((300, 41, 3), dtype=np.float32)
+    unit = x.astype(np.float32) / (hi or 1)
     t = slant.Turn.make(300, 41, 33)
     canvas = t.forward(x)
-    assert canvas.dtype == np.float32 and canvas.min() >= 0 and canvas.max() <= 1
-    got = t.take_off(x, t.back(canvas - canvas))
-    np.testing.assert_allclose(got, x.astype(np.float32) / (hi or 1), atol=1e-6)
+    assert canvas.dtype == (dtype if hi else np.float32)
+    assert canvas.shape == (t.canvas_height, t.canvas_width, 3)
+    result = rng.random(canvas.shape, dtype=np.float32)
+    want = canvas.astype(np.float32) / (hi or 1) - result
+    np.testing.assert_allclose(slant.Turn.rain(canvas, result.copy()), want, atol=1e-6)
+    layer = (rng.random(x.shape, dtype=np.float32) - 0.5) * 0.2
+    np.testing.assert_allclose(t.take_off(x, layer.copy()), np.clip(unit - layer, 0, 1),
+                               atol=1e-6)
 
 
 def test_a_layer_turned_and_back_lands_where_it_was() -> None:
