@@ -785,6 +785,9 @@ class FileResult:
     megapixels: float = 0.0
     seconds: float = 0.0
     rank: int = 0
+    #: the degrees the photo was turned by for its slanted rain (``--rain-angle``; with
+    #: ``auto``, the angle chosen for it); None when it was not derained
+    rain_angle: float | None = None
 
 
 @dataclass
@@ -858,8 +861,9 @@ class Summary:
 
 def engine_record(derainer: Any) -> dict[str, Any] | None:
     """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
-    tile, strength, passes averaged (``ensemble``), the rain's slant the photo was turned
-    by (``rain_angle``, 0 for none) and why that engine
+    tile, strength, passes averaged (``ensemble``), the rain's slant the photos are turned
+    by (``rain_angle``: 0 for none, or "auto", each file's own in its record) and why that
+    engine
     (``Derainer.engine_note``: a measured choice, or empty)."""
     if derainer is None:
         return None
@@ -1123,10 +1127,11 @@ def _derain(job: Job, loaded: LoadedImage, derainer: Derainer,
 
 
 def _result(job: Job, t0: float, rank: int, status: Status, reason: str | None = None,
-            mp: float = 0.0) -> FileResult:
+            mp: float = 0.0, rain_angle: float | None = None) -> FileResult:
     """``job``'s :class:`FileResult`, timed from ``t0``."""
     out = None if job.output is None else str(job.output)
-    return FileResult(job.item.display, out, status, reason, mp, time.perf_counter() - t0, rank)
+    return FileResult(job.item.display, out, status, reason, mp, time.perf_counter() - t0, rank,
+                      rain_angle)
 
 
 def _process(
@@ -1144,11 +1149,12 @@ def _process(
     if derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
     try:
-        mp = _encode(job, [_derain(job, _read(job, options), derainer, options, progress)],
-                     options)
+        loaded = _derain(job, _read(job, options), derainer, options, progress)
+        angle = getattr(derainer, "last_rain_angle", None)
+        mp = _encode(job, [loaded], options)
     except _FileFailed as e:
         return _result(job, t0, rank, e.status, str(e))
-    return _result(job, t0, rank, "processed", mp=mp)
+    return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
 
 def resolve_io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
@@ -1209,12 +1215,12 @@ def _run_pipelined(
         pending.append((job, fut))
         report(block=False)
 
-    def write(job: Job, t0: float, box: list[LoadedImage]) -> FileResult:
+    def write(job: Job, t0: float, box: list[LoadedImage], angle: float | None) -> FileResult:
         try:
             mp = _encode(job, box, options)
         except _FileFailed as e:
             return _result(job, t0, rank, e.status, str(e))
-        return _result(job, t0, rank, "processed", mp=mp)
+        return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
     try:
         for i, job in enumerate(jobs):
@@ -1237,7 +1243,8 @@ def _run_pipelined(
             while len(pending) >= workers:  # bounded: finished images wait in memory
                 pending[0][1].result()
                 report(block=False)
-            pending.append((job, pool.submit(write, job, t0, [loaded])))
+            pending.append((job, pool.submit(write, job, t0, [loaded],
+                                             getattr(derainer, "last_rain_angle", None))))
             del loaded
             report(block=False)
         report(block=True)

@@ -447,13 +447,14 @@ def _check_ensemble(value: int) -> int:
     return value
 
 
-def _check_rain_angle(value: float) -> float:
-    from .slant import check_angle
+def _check_rain_angle(value: str) -> float | str:
+    from .slant import check_setting
 
     try:
-        return check_angle(value)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        return check_setting(value if value.strip().lower() == "auto" else float(value))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use auto or degrees from -90 to 90 (0: rain "
+                                 "falling straight down)") from None
 
 
 _DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
@@ -537,7 +538,7 @@ def run_cmd(
                           "dB), about N times slower."),
     ] = 1,
     rain_angle: Annotated[
-        float,
+        str,
         typer.Option("--rain-angle", callback=_check_rain_angle, rich_help_panel=MODEL,
                      metavar="DEG",
                      help="Rain slanted this many degrees from vertical, -90 to 90 "
@@ -545,8 +546,9 @@ def run_cmd(
                           "like /). The photo is turned so its rain falls straight down for "
                           "the model, which learnt rain within about 30 degrees of "
                           "vertical: past 30 degrees it removes far more, at about twice "
-                          "the time at 45."),
-    ] = 0.0,
+                          "the time at 45. auto: each photo's own, guessed and checked with "
+                          "the model (0 unless turning clearly removes more)."),
+    ] = "0",
     device: Annotated[
         str, typer.Option("--device", callback=_check_device, rich_help_panel=PERF,
                           help="auto, cpu, cuda, cuda:N or mps.")
@@ -749,7 +751,7 @@ def _run(
     device: str,
     precision: str,
     ensemble: int,
-    rain_angle: float,
+    rain_angle: float | str,
     threads: int | None,
     io_threads: int | None,
     tile: int | None,
@@ -1030,7 +1032,8 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     passes = getattr(derainer, "ensemble", 1)
     where += f", ensemble of {passes} passes" if passes > 1 else ""
     angle = getattr(derainer, "rain_angle", 0.0)
-    where += f", rain turned upright from {angle:g} degrees" if angle else ""
+    where += (", rain turned upright where it slants (auto)" if angle == "auto" else
+              f", rain turned upright from {angle:g} degrees" if angle else "")
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",

@@ -115,7 +115,9 @@ class Derainer:
     learnt rain within about 30 degrees of vertical; past that, this removes far more of
     it, at the time of the turned canvas (twice the photo's pixels at 45 degrees for a
     square photo; a canvas past ``slant.MAX_CANVAS`` times the photo is refused) and about
-    2.6 float32 photos more memory at 45 degrees.
+    2.6 float32 photos more memory at 45 degrees. ``"auto"``: each image's own angle,
+    guessed and checked with the network (``slant.choose_angle``; 0 unless turning takes
+    off clearly more); ``last_rain_angle`` says the turn the last image got.
 
     An image with a side under 256 px runs mirrored out to 256 px (a thin strip less) and is
     cut back out (``tiling.pad_small``: alone, a small image is mostly border to the
@@ -152,7 +154,7 @@ class Derainer:
         workload_images: int | None = None,
         strength: float = 1.0,
         ensemble: int = 1,
-        rain_angle: float = 0.0,
+        rain_angle: float | str = 0.0,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
@@ -178,7 +180,8 @@ class Derainer:
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
         self.rain_angle = rain_angle  # and this
-        canvas = _slant.square_factor(self.rain_angle)  # a turned photo's work grows by about
+        canvas = 1.0 if self.rain_angle == _slant.AUTO else _slant.square_factor(
+            self.rain_angle)  # a turned photo's work grows by about this (auto: unknown)
         scaled = workload_megapixels is not None and (self.ensemble > 1 or canvas > 1.0001)
         if scaled:  # each pass is a photo's (or its turned canvas's) worth of work
             workload_megapixels *= self.ensemble * canvas
@@ -366,18 +369,18 @@ class Derainer:
             raise OptionError(str(e)) from None
 
     @property
-    def rain_angle(self) -> float:
+    def rain_angle(self) -> float | str:
         """Degrees from vertical the rain falls at (``derain_cli.slant``); 0 turns nothing.
         Checked when set, as ``strength`` is."""
         return self._rain_angle
 
     @rain_angle.setter
-    def rain_angle(self, value: float) -> None:
+    def rain_angle(self, value: float | str) -> None:
         try:
-            self._rain_angle = _slant.check_angle(value)
+            self._rain_angle = _slant.check_setting(value)
         except ValueError as e:
             raise OptionError(str(e)) from None
-        if 0 < abs(self._rain_angle) < 20:
+        if isinstance(self._rain_angle, float) and 0 < abs(self._rain_angle) < 20:
             log.warning("rain %g degrees from vertical is removed about as well without "
                         "turning the photo (at 15 degrees turning gained 0.12 dB), and "
                         "turning it costs %.1fx the time", self._rain_angle,
@@ -404,7 +407,7 @@ class Derainer:
         return (f"Derainer(model={self.model_name!r}, device={self.device_name!r}, "
                 f"backend={self.backend!r}, precision={self.precision!r}, tile={tile}, "
                 f"strength={self.strength:g}, ensemble={self.ensemble}, "
-                f"rain_angle={self.rain_angle:g})")
+                f"rain_angle={_slant.said(self.rain_angle)})")
 
     def derain_array(
         self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
@@ -425,20 +428,36 @@ class Derainer:
         _check_samples(rgb)
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
-        if self.rain_angle:  # the rain the network finds on the turned photo, taken off it
-            turn = _slant.Turn.make(rgb.shape[0], rgb.shape[1], self.rain_angle)
-            turn.check_size()
-            canvas = turn.forward(rgb)
-            rain = turn.rain(canvas, self._passes(canvas, on_tile))
-            del canvas
-            out = turn.take_off(rgb, turn.back(rain))
-            del rain
+        angle = self.rain_angle
+        if angle == _slant.AUTO:  # guessed, and checked with the network on a sample
+            angle, guess, out = _slant.choose_angle(
+                rgb, lambda img, a: self._turned(img, float(a), None))
+            log.info("rain angle (auto): guessed %.0f degrees, turned %.0f", guess, angle)
+            if out is not None and on_tile is not None:  # the sample was the whole photo
+                on_tile(1, 1)
         else:
-            out = self._passes(rgb, on_tile)
+            out = None
+        #: the turn the last image got (``rain_angle``'s, or the one chosen for it)
+        self.last_rain_angle = float(angle)
+        if out is None:
+            out = self._turned(rgb, float(angle), on_tile)
         if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
             blend_toward_input(out, rgb, self.strength)
             np.clip(out, 0.0, 1.0, out=out)
         return out
+
+    def _turned(self, rgb: np.ndarray, angle: float,
+                on_tile: Callable[[int, int], None] | None) -> np.ndarray:
+        """The passes' result on ``rgb`` turned by ``angle`` (0: as it is): the rain found on
+        the turned canvas, turned back and taken off the photo (``derain_cli.slant``)."""
+        if not angle:
+            return self._passes(rgb, on_tile)
+        turn = _slant.Turn.make(rgb.shape[0], rgb.shape[1], angle)
+        turn.check_size()
+        canvas = turn.forward(rgb)
+        rain = turn.rain(canvas, self._passes(canvas, on_tile))
+        del canvas
+        return turn.take_off(rgb, turn.back(rain))
 
     def _passes(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None,
                 ) -> np.ndarray:

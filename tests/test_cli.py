@@ -982,10 +982,27 @@ def test_rain_angle_turns_the_photo_for_the_model(tmp_path: Path, tiny_weights: 
     js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "j.png", "--rain-angle", "30",
                 "--json")
     assert json.loads(js.stdout)["engine"]["rain_angle"] == 30.0
-    for bad in ("95", "nan"):
+    assert json.loads(js.stdout)["files"][0]["rain_angle"] == 30.0  # the turn it got
+    for bad in ("95", "nan", "sideways"):
         r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--rain-angle", bad)
-        assert r.exit_code == 2 and "from -90 to 90" in r.output, (bad, r.output)
+        assert r.exit_code == 2 and "use auto or" in r.output, (bad, r.output)
         assert not (tmp_path / "b.png").exists()
+
+
+def test_rain_angle_auto_says_each_photos_turn(tmp_path: Path, tiny_weights: Path) -> None:
+    """``--rain-angle auto``: the banner says it, --json's engine record says "auto" and
+    each file's record the turn that photo got (random noise: no lines to turn for)."""
+    src = _img(tmp_path / "in" / "a.png", w=40, h=30)
+    r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "a.png", "--rain-angle", "auto")
+    assert r.exit_code == 0 and "rain turned upright where it slants (auto)" in r.output
+    js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "j.png", "--rain-angle",
+                "AUTO", "--json")
+    got = json.loads(js.stdout)
+    assert got["engine"]["rain_angle"] == "auto"
+    assert isinstance(got["files"][0]["rain_angle"], float)
+    plain = json.loads(derain(src, "--weights", tiny_weights, "-o", tmp_path / "p.png",
+                              "--json").stdout)
+    assert plain["files"][0]["rain_angle"] == 0.0
 
 
 def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights: Path) -> None:

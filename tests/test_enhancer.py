@@ -862,3 +862,23 @@ def test_a_turned_photo_holds_a_few_float32_photos_more(tiny_weights):
     # measured 2.59 (2026-12-06): the 8-bit canvas (0.52 float32 photos here) and the float32
     # result on it (2.08), less the plain pass's own result; a float32 canvas made it 3.23
     assert peaks[45] - peaks[0] <= 2.9, peaks
+
+
+def test_auto_turns_each_photo_by_its_own_slant(tiny_weights, monkeypatch):
+    """``rain_angle="auto"``: lines across the photo are turned upright (their guess, 90
+    degrees, is checked with the network: turned, it takes them off); upright lines are not
+    turned; ``last_rain_angle`` says which turn each photo got, and the progress of a
+    photo checked whole ends at 1."""
+    d = _upright_only(tiny_weights, monkeypatch, rain_angle="auto")
+    across = _lines()
+    calls: list[float] = []
+    out = d.derain_array(across, on_tile=lambda done, total: calls.append(done / total))
+    assert abs(d.last_rain_angle) == 90.0 and calls[-1] == 1.0
+    assert np.abs(out - 0.2).max() < 1e-4
+    upright = np.ascontiguousarray(across.transpose(1, 0, 2))
+    out = d.derain_array(upright)
+    assert d.last_rain_angle == 0.0 and np.abs(out - 0.2).max() < 1e-4
+    assert "rain_angle=auto" in repr(d)
+    d.rain_angle = 30
+    d.derain_array(upright)
+    assert d.last_rain_angle == 30.0

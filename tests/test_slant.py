@@ -116,3 +116,68 @@ def test_a_layer_turned_and_back_lands_where_it_was() -> None:
         back = t.back(t.forward(layer))
         assert back.shape == layer.shape
         assert np.abs(back - layer)[3:-3, 3:-3].max() < 0.01, angle
+
+
+def _rainy(angle: float, h: int = 200, w: int = 260, seed: int = 4) -> np.ndarray:
+    """Smooth gray shading with the synthesizer's medium rain at ``angle``, 8-bit."""
+    from dataclasses import replace
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    clean = np.dstack([0.3 + 0.2 * np.sin(xx / 40) * np.cos(yy / 30)] * 3)
+    p = replace(synth.sample_params("medium", np.random.default_rng(seed)), angle=angle)
+    rainy, _ = synth.synthesize(clean, p, seed=seed)
+    return (np.clip(rainy, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("angle", [-60.0, 0.0, 35.0, 70.0])
+def test_the_guess_finds_the_synthesizers_slant(angle: float) -> None:
+    assert abs(slant.estimate_angle(_rainy(angle)) - angle) < 5
+
+
+def _remover(removes_at: float, amount: float = 0.1, calls: list | None = None):
+    """A stand-in ``derain(image, angle)``: takes ``amount`` off when turned by
+    ``removes_at`` (a network that sees the rain only then), a tenth of it otherwise."""
+    def derain(img: np.ndarray, angle: float) -> np.ndarray:
+        if calls is not None:
+            calls.append((img.shape, angle))
+        x = img.astype(np.float32) / 255
+        return np.clip(x - (amount if angle == removes_at else amount / 10), 0, 1)
+    return derain
+
+
+def test_a_near_vertical_guess_is_not_checked() -> None:
+    calls: list = []
+    angle, guess, reuse = slant.choose_angle(_rainy(5.0), _remover(5.0, calls=calls))
+    assert angle == 0.0 and abs(guess - 5) < 5 and reuse is None and calls == []
+
+
+def test_a_slant_is_taken_only_when_turning_takes_off_clearly_more() -> None:
+    img = _rainy(50.0)
+    guess = slant.estimate_angle(img)
+    calls: list = []
+    angle, got, reuse = slant.choose_angle(img, _remover(guess, calls=calls))
+    assert angle == got == guess and reuse is not None  # the whole photo was the sample:
+    np.testing.assert_allclose(reuse, np.clip(img / 255 - 0.1, 0, 1), atol=1e-6)  # reused
+    assert [a for _, a in calls] == [0.0, guess]
+    # the same when turned as not (a network that takes off as much either way): no turn
+    angle, _, reuse = slant.choose_angle(img, lambda x, a: np.clip(x / 255 - 0.1, 0, 1))
+    assert angle == 0.0 and reuse is not None
+    # 1.5 times as much, but less than MARGIN more in all: no turn
+    angle, _, _ = slant.choose_angle(img, _remover(guess, amount=0.004))
+    assert angle == 0.0
+
+
+def test_a_large_photo_is_checked_on_four_crops() -> None:
+    img = np.tile(_rainy(50.0, h=250, w=260), (5, 5, 1))  # 1250 x 1300: past WHOLE_PIXELS
+    guess = slant.estimate_angle(img)
+    calls: list = []
+    angle, _, reuse = slant.choose_angle(img, _remover(guess, calls=calls))
+    assert angle == guess and reuse is None  # to be derained whole by the caller
+    assert [s for s, _ in calls] == [(slant.CROP, slant.CROP, 3)] * 8
+
+
+@pytest.mark.parametrize(("value", "want"), [("auto", "auto"), (" AUTO ", "auto"), (30, 30.0)])
+def test_a_setting_is_auto_or_an_angle(value, want) -> None:
+    assert slant.check_setting(value) == want
+    with pytest.raises(ValueError, match="auto or a number of degrees from -90 to 90"):
+        slant.check_setting("sideways")
