@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from derain_cli import metrics
     from derain_cli.enhancer import DEFAULT_MODEL, Derainer
     from derain_cli.pairs import find_pairs, list_images
-    from derain_cli.slant import choose_angle
+    from derain_cli.slant import LEAST_ANGLE, choose_angle
     from derain_cli.synth import sample_params, synthesize
 
     d = Derainer(model=args.model if args.weights else (args.model or DEFAULT_MODEL),
@@ -143,23 +143,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{part}: {folder} not found; skipped")
                 continue
             pairs = find_pairs(folder)
-            turned, p0, pa = {}, [], []
+            turned, p0, pa, checked = {}, [], [], 0
             seconds.update(plain=0.0, auto=0.0)
             for pair in pairs:
                 rainy = np.asarray(Image.open(pair.rainy).convert("RGB"))
                 clean = np.asarray(Image.open(pair.clean).convert("RGB"))
-                angle, _, plain, auto = both(rainy)
+                angle, guess, plain, auto = both(rainy)
+                checked += abs(guess) >= LEAST_ANGLE  # (a canvas past 4x is not checked)
                 p0.append(metrics.psnr_y(metrics.to_uint8(plain), clean))
                 pa.append(metrics.psnr_y(metrics.to_uint8(auto), clean))
                 if angle:
                     turned[Path(pair.rainy).name] = {"angle": angle,
                                                      "change": pa[-1] - p0[-1]}
             worst = min((t["change"] for t in turned.values()), default=0.0)
-            row = {"pairs": len(pairs), "plain": float(np.mean(p0)),
+            row = {"pairs": len(pairs), "checked": checked, "plain": float(np.mean(p0)),
                    "auto": float(np.mean(pa)), "turned": turned, "worst": worst,
                    "time_ratio": seconds["auto"] / seconds["plain"]}
             report[part] = row
-            print(f"\n{part}: {len(turned)} of {len(pairs)} turned; Y-PSNR {row['plain']:.3f} "
+            print(f"\n{part}: {len(turned)} of {len(pairs)} turned ({checked} guessed past "
+                  f"{LEAST_ANGLE:g} degrees); Y-PSNR {row['plain']:.3f} "
                   f"as it is, {row['auto']:.3f} auto; worst change {worst:+.2f} dB; auto took "
                   f"{row['time_ratio']:.2f}x the time")
     if args.json:

@@ -540,7 +540,7 @@ def run_cmd(
     rain_angle: Annotated[
         str,
         typer.Option("--rain-angle", callback=_check_rain_angle, rich_help_panel=MODEL,
-                     metavar="DEG",
+                     metavar="DEG|auto",
                      help="Rain slanted this many degrees from vertical, -90 to 90 "
                           "(positive: falling towards the bottom right, like \\; negative: "
                           "like /). The photo is turned so its rain falls straight down for "
@@ -1202,6 +1202,12 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
         where = (f"into {one_line_text(str(options.output))}" if options.output is not None
                  else "beside the inputs as NAME_derained.EXT")
         console.print(Text(f"wrote {len(done)} files {where}"))
+    if done and (s.engine or {}).get("rain_angle") == "auto":  # which photos were turned
+        turned = [r for r in done if r.rain_angle]
+        said = ", ".join(f"{one_line_text(r.input)} {r.rain_angle:+g}" for r in turned[:5])
+        more = f" and {len(turned) - 5} more (--json lists each)" if len(turned) > 5 else ""
+        console.print(Text(f"--rain-angle auto turned {len(turned)} of {len(done)} photo(s)"
+                           + (f": {said}{more}" if turned else "")))
     if s.skipped:
         console.print(f"skipped {s.skipped} file(s) whose result already exists "
                       "(--overwrite redoes them)")

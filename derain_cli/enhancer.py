@@ -180,6 +180,9 @@ class Derainer:
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
         self.rain_angle = rain_angle  # and this
+        #: the turn the last image derained got (``rain_angle``'s, or the one ``"auto"``
+        #: chose for it); None before the first
+        self.last_rain_angle: float | None = None
         canvas = 1.0 if self.rain_angle == _slant.AUTO else _slant.square_factor(
             self.rain_angle)  # a turned photo's work grows by about this (auto: unknown)
         scaled = workload_megapixels is not None and (self.ensemble > 1 or canvas > 1.0001)
@@ -429,41 +432,44 @@ class Derainer:
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         angle = self.rain_angle
-        if angle == _slant.AUTO:  # guessed, and checked with the network on a sample
+        out = None
+        if angle == _slant.AUTO:  # guessed, and checked with the network on a sample: one
+            single = self.ensemble == 1  # pass each way (with more, none is reused)
             angle, guess, out = _slant.choose_angle(
-                rgb, lambda img, a: self._turned(img, float(a), None))
+                rgb, lambda img, a: self._turned(img, float(a), None, passes=1))
             log.info("rain angle (auto): guessed %.0f degrees, turned %.0f", guess, angle)
-            if out is not None and on_tile is not None:  # the sample was the whole photo
+            if not single:
+                out = None
+            elif out is not None and on_tile is not None:  # the whole photo was the sample
                 on_tile(1, 1)
-        else:
-            out = None
-        #: the turn the last image got (``rain_angle``'s, or the one chosen for it)
-        self.last_rain_angle = float(angle)
         if out is None:
             out = self._turned(rgb, float(angle), on_tile)
+        self.last_rain_angle = float(angle)
         if self.strength < 1.0:  # a mix of two images in [0, 1] (up to float rounding)
             blend_toward_input(out, rgb, self.strength)
             np.clip(out, 0.0, 1.0, out=out)
         return out
 
     def _turned(self, rgb: np.ndarray, angle: float,
-                on_tile: Callable[[int, int], None] | None) -> np.ndarray:
+                on_tile: Callable[[int, int], None] | None,
+                passes: int | None = None) -> np.ndarray:
         """The passes' result on ``rgb`` turned by ``angle`` (0: as it is): the rain found on
-        the turned canvas, turned back and taken off the photo (``derain_cli.slant``)."""
+        the turned canvas, turned back and taken off the photo (``derain_cli.slant``).
+        ``passes``: how many of the ensemble's (default: all)."""
         if not angle:
-            return self._passes(rgb, on_tile)
+            return self._passes(rgb, on_tile, passes)
         turn = _slant.Turn.make(rgb.shape[0], rgb.shape[1], angle)
         turn.check_size()
         canvas = turn.forward(rgb)
-        rain = turn.rain(canvas, self._passes(canvas, on_tile))
+        rain = turn.rain(canvas, self._passes(canvas, on_tile, passes))
         del canvas
         return turn.take_off(rgb, turn.back(rain))
 
     def _passes(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None,
-                ) -> np.ndarray:
-        """The network's result on ``rgb``: one pass, or the mean of ``ensemble`` passes over
-        its mirrored copies, each put back the image's way round."""
-        passes = self.ensemble
+                passes: int | None = None) -> np.ndarray:
+        """The network's result on ``rgb``: one pass, or the mean of ``passes`` (default
+        ``ensemble``) passes over its mirrored copies, each put back the image's way round."""
+        passes = passes or self.ensemble
         if passes == 1:
             return self._one_pass(rgb, on_tile)
         out = self._one_pass(rgb, None if on_tile is None else (

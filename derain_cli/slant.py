@@ -183,7 +183,8 @@ def estimate_angle(rgb: np.ndarray) -> float:
 
     The luma's white top-hat (what a 5 px opening removes: thin bright things, as streaks
     are) has its gradients binned by the direction of the lines they cross, weighted by
-    their strength; the fullest direction, smoothed over 9 degrees, wins. It found the
+    their strength; the fullest direction, smoothed over 9 degrees, wins (to the whole
+    degree: the centre of mass around it). It found the
     synthesizer's rain within a few degrees at every slant, but on photos with light rain
     horizontal edges and textures often win (``choose_angle`` checks with the network).
     """
@@ -204,7 +205,13 @@ def estimate_angle(rgb: np.ndarray) -> float:
     k = _SMOOTH // 2
     smooth = np.convolve(np.concatenate([hist[-k:], hist, hist[:k]]),
                          np.ones(_SMOOTH) / _SMOOTH, mode="valid")
-    return float(-90 + int(np.argmax(smooth)) * 180 // _BINS)
+    # the smoothed peak is flat-topped (argmax takes its first bin: about 2 degrees low, a
+    # review found): the raw histogram's centre of mass around it, to the whole degree
+    top = int(np.argmax(smooth))
+    near = np.arange(top - k, top + k + 1)
+    mass = hist[near % _BINS]
+    centre = top + float(np.dot(near - top, mass) / mass.sum()) if mass.sum() > 0 else top
+    return float(round(centre) % _BINS - 90)  # bin 0 is -90 degrees
 
 
 #: ``choose_angle``'s rule: a guess within this of vertical is not checked (the networks take
@@ -230,24 +237,28 @@ def choose_angle(rgb: np.ndarray, derain: Callable[[np.ndarray, float], np.ndarr
     ``derain(image, angle)`` derains an image turned by ``angle`` (float32 [0, 1] out).
     ``estimate_angle`` guesses a slant; past ``LEAST_ANGLE`` degrees the network itself
     is asked: the sample derained as it is and turned by the guess, and the turn is taken
-    only when turned it takes off ``GAIN`` times as much and ``MARGIN`` more. Why the
+    only when turned it takes off ``GAIN`` times as much and ``MARGIN`` more (never for a
+    photo whose turned canvas would pass ``MAX_CANVAS``). Why the
     network: the guess alone mistook horizontal edges for rain on many photos, and a wrong
     turn costs dB (the network then barely derains the real, upright rain)."""
     guess = estimate_angle(rgb)
     if abs(guess) < LEAST_ANGLE:
         return 0.0, guess, None
     h, w = rgb.shape[:2]
+    if Turn.make(h, w, guess).area_factor > MAX_CANVAS:  # a long, narrow photo: the turn
+        return 0.0, guess, None  # would be refused, so it is derained as it is
     whole = h * w <= WHOLE_PIXELS
     if whole:
         crops = [rgb]
     else:
         ch, cw = min(CROP, h), min(CROP, w)
-        crops = []
-        for cy in (h // 4, 3 * h // 4):  # the middles of the photo's four quarters
+        corners = []  # the middles of the photo's four quarters, once each (a narrow
+        for cy in (h // 4, 3 * h // 4):  # photo's crops can fall on the same place)
             for cx in (w // 4, 3 * w // 4):
-                y0 = min(max(0, cy - ch // 2), h - ch)
-                x0 = min(max(0, cx - cw // 2), w - cw)
-                crops.append(rgb[y0:y0 + ch, x0:x0 + cw])
+                corner = (min(max(0, cy - ch // 2), h - ch), min(max(0, cx - cw // 2), w - cw))
+                if corner not in corners:
+                    corners.append(corner)
+        crops = [rgb[y0:y0 + ch, x0:x0 + cw] for y0, x0 in corners]
     plain = [derain(c, 0.0) for c in crops]
     turned = [derain(c, guess) for c in crops]
     e0 = float(np.mean([removed(c, o) for c, o in zip(crops, plain, strict=True)]))

@@ -673,23 +673,27 @@ def test_ensemble_holds_one_float32_photo_more_than_one_pass(tiny_weights):
     """The README's memory figure: the running sum, and one pass's result at a time beside
     it (a review found the first pass's result copied and the last result kept alive
     through the next pass: two photos more). numpy's buffers are what tracemalloc sees."""
+    peaks = {n: _peak_photos(tiny_weights, ensemble=n) for n in (1, 2, 4)}
+    assert peaks[2] - peaks[1] <= 1.1 and peaks[4] - peaks[1] <= 1.1, peaks
+
+
+def _peak_photos(tiny_weights, **kw) -> float:
+    """The most memory one derain of a 400 x 600 8-bit photo held, in float32 photos
+    (numpy's and OpenCV's buffers, as tracemalloc sees them; a warm-up first)."""
     import tracemalloc
 
     img = _photo(h=400, w=600, seed=1)
     photo = img.shape[0] * img.shape[1] * 3 * 4  # bytes of one float32 result
-    peaks = {}
-    for n in (1, 2, 4):
-        d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
-                     tile=128, ensemble=n)
-        d.derain_array(img[:200, :200])  # warm-up outside the count
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            d.derain_array(img)
-            peaks[n] = (tracemalloc.get_traced_memory()[1] - base) / photo
-        finally:
-            tracemalloc.stop()
-    assert peaks[2] - peaks[1] <= 1.1 and peaks[4] - peaks[1] <= 1.1, peaks
+    d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
+                 tile=128, **kw)
+    d.derain_array(img[:200, :200])  # warm-up outside the count
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        d.derain_array(img)
+        return (tracemalloc.get_traced_memory()[1] - base) / photo
+    finally:
+        tracemalloc.stop()
 
 
 def _median_across(x: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
@@ -841,24 +845,8 @@ def test_other_rain_angles_are_refused(tiny_weights, bad):
 def test_a_turned_photo_holds_a_few_float32_photos_more(tiny_weights):
     """The README's memory figure for ``rain_angle``: the turned canvas (8-bit, as the photo)
     and the network's float32 result on it (about twice the photo at 45 degrees) at once,
-    then the rain turned back; measured as the ensemble's is (numpy's and OpenCV's
-    buffers, as tracemalloc sees them)."""
-    import tracemalloc
-
-    img = _photo(h=400, w=600, seed=1)
-    photo = img.shape[0] * img.shape[1] * 3 * 4  # bytes of one float32 result
-    peaks = {}
-    for angle in (0, 45):
-        d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
-                     tile=128, rain_angle=angle)
-        d.derain_array(img[:200, :200])  # warm-up outside the count
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            d.derain_array(img)
-            peaks[angle] = (tracemalloc.get_traced_memory()[1] - base) / photo
-        finally:
-            tracemalloc.stop()
+    then the rain turned back; measured as the ensemble's is."""
+    peaks = {angle: _peak_photos(tiny_weights, rain_angle=angle) for angle in (0, 45)}
     # measured 2.59 (2026-12-06): the 8-bit canvas (0.52 float32 photos here) and the float32
     # result on it (2.08), less the plain pass's own result; a float32 canvas made it 3.23
     assert peaks[45] - peaks[0] <= 2.9, peaks
@@ -870,6 +858,7 @@ def test_auto_turns_each_photo_by_its_own_slant(tiny_weights, monkeypatch):
     turned; ``last_rain_angle`` says which turn each photo got, and the progress of a
     photo checked whole ends at 1."""
     d = _upright_only(tiny_weights, monkeypatch, rain_angle="auto")
+    assert d.last_rain_angle is None  # no photo yet
     across = _lines()
     calls: list[float] = []
     out = d.derain_array(across, on_tile=lambda done, total: calls.append(done / total))
@@ -882,3 +871,17 @@ def test_auto_turns_each_photo_by_its_own_slant(tiny_weights, monkeypatch):
     d.rain_angle = 30
     d.derain_array(upright)
     assert d.last_rain_angle == 30.0
+
+
+@pytest.mark.parametrize(("passes", "forwards"), [(1, 2), (2, 4)])
+def test_auto_checks_with_one_pass_each_way(tiny_weights, monkeypatch, passes, forwards):
+    """The check derains the photo once as it is and once turned, whatever the ensemble;
+    with one pass the turned result is kept, with more the photo is derained again with
+    all of them (whole-image runs: one forward call a pass)."""
+    d = _upright_only(tiny_weights, monkeypatch, rain_angle="auto", ensemble=passes)
+    calls = []
+    monkeypatch.setattr(d.runner, "forward",
+                        lambda x, pooled: calls.append(x.shape) or _median_across(x, pooled))
+    out = d.derain_array(_lines())
+    assert abs(d.last_rain_angle) == 90.0 and np.abs(out - 0.2).max() < 1e-4
+    assert len(calls) == forwards

@@ -131,7 +131,13 @@ def _rainy(angle: float, h: int = 200, w: int = 260, seed: int = 4) -> np.ndarra
 
 @pytest.mark.parametrize("angle", [-60.0, 0.0, 35.0, 70.0])
 def test_the_guess_finds_the_synthesizers_slant(angle: float) -> None:
-    assert abs(slant.estimate_angle(_rainy(angle)) - angle) < 5
+    assert abs(slant.estimate_angle(_rainy(angle)) - angle) <= 3
+
+
+def test_lines_across_are_guessed_at_exactly_90_degrees() -> None:
+    img = np.full((96, 128, 3), 50, np.uint8)
+    img[15::30] = 230
+    assert slant.estimate_angle(img) == -90.0  # the same turn as 90: pixels onto pixels
 
 
 def _remover(removes_at: float, amount: float = 0.1, calls: list | None = None):
@@ -162,9 +168,34 @@ def test_a_slant_is_taken_only_when_turning_takes_off_clearly_more() -> None:
     # the same when turned as not (a network that takes off as much either way): no turn
     angle, _, reuse = slant.choose_angle(img, lambda x, a: np.clip(x / 255 - 0.1, 0, 1))
     assert angle == 0.0 and reuse is not None
-    # 1.5 times as much, but less than MARGIN more in all: no turn
+    # ten times as much, but less than MARGIN more in all: no turn
     angle, _, _ = slant.choose_angle(img, _remover(guess, amount=0.004))
     assert angle == 0.0
+    # MARGIN more, but only 1.4 times as much (under GAIN): no turn
+    angle, _, _ = slant.choose_angle(img, lambda x, a: np.clip(
+        x / 255 - (0.07 if a == guess else 0.05), 0, 1))
+    assert angle == 0.0
+    # 1.6 times as much and MARGIN more: turned
+    angle, _, _ = slant.choose_angle(img, lambda x, a: np.clip(
+        x / 255 - (0.08 if a == guess else 0.05), 0, 1))
+    assert angle == guess
+
+
+def test_a_photo_too_long_to_turn_is_derained_as_it_is() -> None:
+    """Its canvas would be refused (``MAX_CANVAS``): no check, no turn, no error."""
+    img = np.tile(_rainy(50.0, h=100, w=250), (1, 6, 1))  # 100 x 1500
+    calls: list = []
+    angle, guess, reuse = slant.choose_angle(img, _remover(50.0, calls=calls))
+    assert angle == 0.0 and abs(guess) >= slant.LEAST_ANGLE and reuse is None
+    assert calls == []
+
+
+def test_a_wide_photo_is_checked_on_distinct_crops() -> None:
+    """Under 512 px tall, the four quarters' crops fall on two places: each checked once."""
+    img = np.tile(_rainy(50.0, h=500, w=230), (1, 10, 1))  # 500 x 2300: past WHOLE_PIXELS
+    calls: list = []
+    slant.choose_angle(img, _remover(slant.estimate_angle(img), calls=calls))
+    assert [s for s, _ in calls] == [(500, slant.CROP, 3)] * 4
 
 
 def test_a_large_photo_is_checked_on_four_crops() -> None:

@@ -48,7 +48,7 @@ def test_every_part_runs_and_is_written(tmp_path: Path, tiny_weights: Path, caps
     (row,) = got["synthetic"]
     assert (row["preset"], row["angle"], len(row["chosen"])) == ("light", -45.0, 4)
     assert got["myset"]["pairs"] == 1 and isinstance(got["myset"]["auto"], float)
-    assert got["myset"]["time_ratio"] > 0
+    assert got["myset"]["time_ratio"] > 0 and got["myset"]["checked"] in (0, 1)
     assert got["real"]["photos"] == 1
     said = capsys.readouterr().out
     assert "nosuchset" in said and "skipped" in said and "myset: " in said
