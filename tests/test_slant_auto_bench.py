@@ -52,3 +52,15 @@ def test_every_part_runs_and_is_written(tmp_path: Path, tiny_weights: Path, caps
     assert got["real"]["photos"] == 1
     said = capsys.readouterr().out
     assert "nosuchset" in said and "skipped" in said and "myset: " in said
+
+
+def test_upscale_enlarges_the_sample_photos(tiny_weights: Path, tmp_path: Path, capsys) -> None:
+    """``--upscale``: the photos past 1.1 MP, so the check runs on crops (the time ratio of
+    the row is the measured one)."""
+    out = tmp_path / "up.json"
+    assert slant_auto.main(["--weights", str(tiny_weights), "--parts", "synthetic",
+                            "--presets", "light", "--angles", "60", "--upscale", "2.2",
+                            "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["upscale"] == 2.2 and got["synthetic"][0]["time_ratio"] > 0
+    assert "enlarged 2.2x: 1126x1126" in capsys.readouterr().out  # astronaut: 512 px
