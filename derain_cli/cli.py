@@ -450,8 +450,11 @@ def _check_ensemble(value: int) -> int:
 def _check_rain_angle(value: str) -> float | str:
     from .slant import check_setting
 
+    setting: float | str = value  # a number, or the word check_setting knows
+    with contextlib.suppress(ValueError):
+        setting = float(value)
     try:
-        return check_setting(value if value.strip().lower() == "auto" else float(value))
+        return check_setting(setting)
     except ValueError:
         raise typer.BadParameter(f"{value!r}: use auto or degrees from -90 to 90 (0: rain "
                                  "falling straight down)") from None
