@@ -447,7 +447,8 @@ def _check_ensemble(value: int) -> int:
     return value
 
 
-def _check_rain_angle(value: str) -> float | str:
+def parse_rain_angle(value: str) -> float | str:
+    """``--rain-angle``'s callback (derain, derain eval): degrees or auto, or a usage error."""
     from .slant import check_setting
 
     setting: float | str = value  # a number, or the word check_setting knows
@@ -542,7 +543,7 @@ def run_cmd(
     ] = 1,
     rain_angle: Annotated[
         str,
-        typer.Option("--rain-angle", callback=_check_rain_angle, rich_help_panel=MODEL,
+        typer.Option("--rain-angle", callback=parse_rain_angle, rich_help_panel=MODEL,
                      metavar="DEG|auto",
                      help="Rain slanted this many degrees from vertical, -90 to 90 "
                           "(positive: falling towards the bottom right, like \\; negative: "

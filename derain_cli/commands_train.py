@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import print_error, say_error
+from .cli import parse_rain_angle, print_error, say_error
 from .fileio import terminal_text
 from .terminal import DerainConsole
 
@@ -476,6 +476,10 @@ def eval_cmd(
     ensemble: Annotated[int, typer.Option(
         metavar="N", help="Average N passes over mirrored copies (1, 2 or 4), as derain "
                           "--ensemble does.")] = 1,
+    rain_angle: Annotated[str, typer.Option(
+        "--rain-angle", callback=parse_rain_angle, metavar="DEG|auto",
+        help="Turn the rain upright from this slant (-90 to 90), or auto: each image's own, "
+             "as derain --rain-angle does; the per-image scores say each turn.")] = "0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace existing files of --save, --report and --csv.")] = False,
@@ -497,7 +501,7 @@ def eval_cmd(
 
             target: object = Derainer(model=model, weights=weights, device=device, tile=tile,
                                       precision=precision, backend=backend, threads=threads,
-                                      ensemble=ensemble)
+                                      ensemble=ensemble, rain_angle=rain_angle)
         else:
             from .enhancer import DEFAULT_MODEL
 
@@ -505,7 +509,8 @@ def eval_cmd(
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
                        rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
                        tile=tile, precision=precision, backend=backend, overwrite=overwrite,
-                       threads=threads, ensemble=1 if weights is not None else ensemble)
+                       threads=threads, ensemble=1 if weights is not None else ensemble,
+                       rain_angle=0.0 if weights is not None else rain_angle)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:

@@ -46,6 +46,9 @@ class ImageScore:
     ssim_y: float
     psnr_rgb: float
     seconds: float = 0.0
+    #: degrees the image was turned to make its rain fall straight down (``rain_angle``;
+    #: ``"auto"`` chooses per image, 0 where it left it), None when no turn was asked for
+    rain_angle: float | None = None
 
 
 @dataclass
@@ -62,6 +65,8 @@ class EvalResult:
     seconds: float = 0.0
     #: backend/precision that produced the outputs (e.g. "onnx/int8"), when known
     engine: str = ""
+    #: the rain-angle setting the outputs were made with: degrees, ``"auto"``, or 0 (none)
+    rain_angle: float | str = 0.0
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -74,7 +79,18 @@ class EvalResult:
         return (f"{self.model}{engine} on {_set_name(self.data_dir)}: {self.count} "
                 f"image{'s' if self.count != 1 else ''}, "
                 f"PSNR-Y {self.psnr_y:.2f} dB, SSIM-Y {self.ssim_y:.4f}, "
-                f"PSNR-RGB {self.psnr_rgb:.2f} dB")
+                f"PSNR-RGB {self.psnr_rgb:.2f} dB{self.turns()}")
+
+    def turns(self) -> str:
+        """'; rain turned on K of N (...)' under ``rain_angle="auto"``: which images the
+        choice turned, and by how much (the first five); '' otherwise."""
+        if self.rain_angle != "auto":
+            return ""
+        turned = [s for s in self.images if s.rain_angle]
+        named = ", ".join(f"{display_text(s.name)} {s.rain_angle:+g}" for s in turned[:5])
+        more = ", ..." if len(turned) > 5 else ""
+        return (f"; rain turned on {len(turned)} of {self.count}"
+                + (f" ({named}{more})" if turned else ""))
 
 
 def _label(model: Any) -> str:
@@ -83,9 +99,13 @@ def _label(model: Any) -> str:
     name = str(getattr(model, "model_name", type(model).__name__))
     weights = getattr(model, "weights_label", None)
     passes = getattr(model, "ensemble", 1)
+    angle = getattr(model, "rain_angle", 0.0)
     if weights and getattr(model, "weights_status", None) is None:  # a user's file
         name = f"{weights} [{name}]"
-    return f"{name}, ensemble of {passes}" if passes > 1 else name
+    name += f", ensemble of {passes}" if passes > 1 else ""
+    name += (", rain angle auto" if angle == "auto" else
+             f", rain turned from {angle:g} degrees" if angle else "")
+    return name
 
 
 def _check_ensemble(model: Any, ensemble: object) -> None:
@@ -107,11 +127,34 @@ def _check_ensemble(model: Any, ensemble: object) -> None:
                           "(Derainer(ensemble=N) averages passes)")
 
 
+def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
+    """The rain-angle setting ``evaluate`` was given, or ``OptionError`` where it cannot
+    use it with ``model``: said before the pairs are decoded, like ``_check_ensemble``."""
+    from . import slant
+
+    try:
+        setting = slant.check_setting(rain_angle)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+    if setting == 0:
+        return setting
+    if isinstance(model, str) and model == IDENTITY:
+        raise OptionError("the identity scores the rainy photos as they are: leave "
+                          "rain_angle at 0")
+    if not isinstance(model, str | os.PathLike):
+        raise OptionError(f"rain_angle={slant.said(setting)} applies to a model name or "
+                          f"weights file; a {type(model).__name__} given as it is runs as it "
+                          "was made (Derainer(rain_angle=...) turns the rain)")
+    return setting
+
+
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
             backend: str = "auto", threads: int | None = None, ensemble: int = 1,
+            rain_angle: float | str = 0.0,
             ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
-    a module or a name. ``ensemble`` was checked by ``evaluate`` (``_check_ensemble``)."""
+    a module or a name. ``ensemble`` and ``rain_angle`` were checked by ``evaluate``
+    (``_check_ensemble``, ``_check_rain_angle``)."""
     if isinstance(model, str) and model == IDENTITY:
         return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
@@ -121,10 +164,12 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
 
         if names_a_file(model):
             model = Derainer(weights=Path(model), device=device, tile=tile, precision=precision,
-                             backend=backend, threads=threads, ensemble=ensemble)
+                             backend=backend, threads=threads, ensemble=ensemble,
+                             rain_angle=rain_angle)
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
-                             backend=backend, threads=threads, ensemble=ensemble)
+                             backend=backend, threads=threads, ensemble=ensemble,
+                             rain_angle=rain_angle)
     label = _label(model)
     if isinstance(model, nn.Module):
         import torch
@@ -183,6 +228,7 @@ def evaluate(
     overwrite: bool = False,
     threads: int | None = None,
     ensemble: int = 1,
+    rain_angle: float | str = 0.0,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
     path) on the pairs under ``data_dir``.
@@ -194,10 +240,12 @@ def evaluate(
     would write is checked before any work (``check_outputs``): an existing one is refused
     unless ``overwrite``, and one of the pairs themselves always. ``ensemble``: passes
     averaged per image for a model name or weights path (``Derainer``'s ``ensemble``); the
-    label says how many.
+    label says how many. ``rain_angle``: degrees or ``"auto"``, for a model name or weights
+    path (``Derainer``'s ``rain_angle``); each image's score says the turn it got.
     """
     t0 = time.time()
     _check_ensemble(model, ensemble)  # before any pair is decoded
+    rain_angle = _check_rain_angle(model, rain_angle)
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
         raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
                          "every pair")
@@ -214,7 +262,9 @@ def evaluate(
     check_outputs(pairs, save, rep, csv_file, overwrite)
     check_pair_sizes(pairs)
     decoded = check_pairs_read(pairs)
-    derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble)
+    derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble,
+                                   rain_angle)
+    setting = getattr(derainer, "rain_angle", 0.0)  # a Derainer given as it is: its own
     _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
@@ -231,7 +281,8 @@ def evaluate(
         out = _to_u8(run(rainy)) if label != IDENTITY else rainy
         s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
                        metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),
-                       time.time() - t)
+                       time.time() - t,
+                       derainer.last_rain_angle if setting and derainer is not None else None)
         scores.append(s)
         if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
             from .images import write_image
@@ -249,6 +300,7 @@ def evaluate(
         psnr_rgb=float(np.mean([s.psnr_rgb for s in scores])),
         images=scores, seconds=time.time() - t0,
         engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
+        rain_angle=setting,
     )
     if csv_file is not None:
         write_csv(res, csv_file)
@@ -426,12 +478,15 @@ def write_csv(res: EvalResult, path: Path) -> None:
 def _write_csv_to(res: EvalResult, path: str) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"])
+        turned = bool(res.rain_angle)  # a column for the turns only where some were asked
+        w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"]
+                   + ["rain_angle"] * turned)
         for s in res.images:
             w.writerow([_csv_text(display_text(s.name)), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
-                        f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"])
+                        f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"]
+                       + [f"{s.rain_angle:g}" if s.rain_angle is not None else ""] * turned)
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
-                    f"{np.mean([s.seconds for s in res.images]):.3f}"])
+                    f"{np.mean([s.seconds for s in res.images]):.3f}"] + [""] * turned)
 
 
 def _csv_text(text: str) -> str:
@@ -467,11 +522,16 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
     def quote(rel: str) -> str:  # a link to the file's own bytes, whatever they are
         return url_quote(rel.encode("utf-8", "surrogateescape"))
 
+    def turn(s: ImageScore) -> str:  # the turn the image got, where turns were asked for
+        return "" if s.rain_angle is None else (
+            f"<br>rain turned from {s.rain_angle:g} degrees" if s.rain_angle else
+            "<br>not turned")
+
     rows = []
     for s, (r, o, c) in zip(res.images, thumbs, strict=True):
         rows.append(
             f"<tr><td>{e(s.name)}<br><small>PSNR-Y {s.psnr_y:.2f} dB<br>SSIM-Y {s.ssim_y:.4f}"
-            f"<br>PSNR-RGB {s.psnr_rgb:.2f} dB</small></td>"
+            f"<br>PSNR-RGB {s.psnr_rgb:.2f} dB{turn(s)}</small></td>"
             f'<td><img src="{e(quote(r))}" alt="rainy"></td>'
             f'<td><img src="{e(quote(o))}" alt="derained"></td>'
             f'<td><img src="{e(quote(c))}" alt="clean"></td></tr>')
@@ -483,7 +543,8 @@ img{{max-width:320px}} table{{border-collapse:collapse}} tr:nth-child(even){{bac
 <h1>{e(res.model)} on {e(_set_name(res.data_dir))}</h1>
 <p>{res.count} image{'s' if res.count != 1 else ''}. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
 SSIM-Y <b>{res.ssim_y:.4f}</b>,
-PSNR-RGB {res.psnr_rgb:.2f} dB (outputs rounded to 8 bits; BT.601 Y; Gaussian SSIM).</p>
+PSNR-RGB {res.psnr_rgb:.2f} dB{e(res.turns())} (outputs rounded to 8 bits; BT.601 Y; Gaussian
+SSIM).</p>
 <table><tr><th>image</th><th>rainy</th><th>derained</th><th>clean</th></tr>
 {chr(10).join(rows)}
 </table>

@@ -344,6 +344,10 @@ def test_eval_refuses_a_pass_count_before_decoding_the_pairs(pairs, monkeypatch)
     for model, n in (("semi-drdnet-tiny", 3), ("identity", 2), ("semi-drdnet-tiny", True)):
         with pytest.raises(OptionError, match="ensemble|identity"):
             E.evaluate(model, pairs, ensemble=n)
+    for model, a in (("semi-drdnet-tiny", 100), ("identity", 30), ("semi-drdnet-tiny", "up"),
+                     ("semi-drdnet-tiny", float("nan"))):
+        with pytest.raises(OptionError, match="rain.angle"):
+            E.evaluate(model, pairs, rain_angle=a)
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--ensemble", "2"])
     assert r.exit_code == 2 and r.output.startswith("error: ") and "identity" in r.output
 
@@ -674,3 +678,67 @@ def test_names_that_are_not_utf8_reach_the_csv_and_the_report(tmp_path):
     assert "<td>caf\\xe9.png<br>" in page
     src = page.split('<img src="')[1].split('"')[0]
     assert (tmp_path / os.fsdecode(unquote_to_bytes(src))).is_file()  # the link works
+
+
+def test_eval_turns_the_rain_and_says_each_turn(pairs, tiny_weights, tmp_path):
+    """``rain_angle`` reaches the Derainer (the scores are those of the turned outputs) and
+    each image's score, the CSV and the report say the turn; without it nothing changes."""
+    from derain_cli import Derainer
+    from derain_cli.errors import OptionError
+
+    plain = E.evaluate(str(tiny_weights), pairs, device="cpu", csv_path=tmp_path / "p.csv")
+    got = E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle=90,
+                     report=tmp_path / "r.html")
+    assert got.model.endswith(", rain turned from 90 degrees") and "turned" not in plain.model
+    assert got.psnr_y != plain.psnr_y
+    assert [s.rain_angle for s in got.images] == [90.0] * 4
+    assert [s.rain_angle for s in plain.images] == [None] * 4
+    d = Derainer(weights=tiny_weights, device="cpu", rain_angle=90)
+    assert E.evaluate(d, pairs).psnr_y == pytest.approx(got.psnr_y, abs=1e-9)
+    rows = list(csv.reader(open(tmp_path / "r.csv", encoding="utf-8")))
+    assert rows[0][-1] == "rain_angle" and [r[-1] for r in rows[1:]] == ["90"] * 4 + [""]
+    assert "rain_angle" not in open(tmp_path / "p.csv", encoding="utf-8").readline()
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("<br>rain turned from 90 degrees") == 4  # each image's turn
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                                    "--rain-angle", "90", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    js = json.loads(r.stdout)
+    assert js["psnr_y"] == pytest.approx(got.psnr_y, abs=1e-6) and js["rain_angle"] == 90
+    assert [i["rain_angle"] for i in js["images"]] == [90] * 4
+    with pytest.raises(OptionError, match="Derainer"):
+        E.evaluate(d, pairs, rain_angle=45)
+    bad = CliRunner().invoke(_app(), ["eval", str(pairs), "--rain-angle", "sideways"])
+    assert bad.exit_code == 2 and "--rain-angle" in bad.output and "sideways" in bad.output
+
+
+def test_eval_auto_records_the_turn_each_image_got(pairs, tiny_weights, monkeypatch):
+    """Under ``"auto"`` each score holds the Derainer's own choice for that image (a stand-in
+    choice here: turn the first image by 60 degrees, leave the rest), and the summary
+    names the turned ones."""
+    from derain_cli import slant
+
+    first = E.load_rgb_u8(find_pairs(pairs)[0].rainy)
+
+    def choose(rgb, derain):
+        return (60.0 if np.array_equal(rgb, first / np.float32(255)) else 0.0), 0.0, None
+
+    monkeypatch.setattr(slant, "choose_angle", choose)
+    got = E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle="auto")
+    assert [s.rain_angle for s in got.images] == [60.0, 0.0, 0.0, 0.0]
+    assert got.rain_angle == "auto" and got.model.endswith(", rain angle auto")
+    fixed = E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle=60, limit=1)
+    plain = E.evaluate(str(tiny_weights), pairs, device="cpu")
+    assert got.images[0].psnr_y == pytest.approx(fixed.images[0].psnr_y, abs=1e-9)
+    assert [s.psnr_y for s in got.images[1:]] == pytest.approx(
+        [s.psnr_y for s in plain.images[1:]], abs=1e-9)
+    assert got.summary().endswith(f"; rain turned on 1 of 4 ({got.images[0].name} +60)")
+
+
+def test_eval_summary_names_at_most_five_turns():
+    images = [E.ImageScore(f"{i}.png", 30.0, 0.9, 29.0, 0.1, float(i % 2) * -50)
+              for i in range(12)]
+    res = E.EvalResult("m", "d", 12, 30.0, 0.9, 29.0, images, rain_angle="auto")
+    assert res.turns() == ("; rain turned on 6 of 12 (1.png -50, 3.png -50, 5.png -50, "
+                           "7.png -50, 9.png -50, ...)")
+    assert E.EvalResult("m", "d", 12, 30.0, 0.9, 29.0, images, rain_angle=45).turns() == ""
