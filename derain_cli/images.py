@@ -1093,6 +1093,8 @@ def prepare_image(
         xmp = None  # extended XMP is not written
     comment = like.comment if like is not None and fmt == "JPEG" else None
     app13 = like.app13 if like is not None and fmt == "JPEG" else None
+    if like is not None:
+        _warn_left_out(path, fmt, like)
 
     text = like.text if like is not None and fmt == "PNG" else None
     lossless = bool(like is not None and like.lossless and fmt == "WEBP")
@@ -1101,6 +1103,35 @@ def prepare_image(
 
     return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
                          lossless, png_colour, comment, app13)
+
+
+def _left_out(fmt: str, like: LoadedImage) -> list[tuple[str, frozenset[str]]]:
+    """The photo's metadata that ``fmt`` has no place for: (what, the formats that keep it).
+    Colour (profile, gamma) and too-large blocks are warned about where they are dropped;
+    DPI in WebP is documented."""
+    jpeg, png = frozenset({"JPEG"}), frozenset({"PNG"})
+    items = [("EXIF (camera, dates, copyright)", like.exif, _EXIF_FORMATS),
+             ("XMP (captions, ratings, copyright)", like.xmp, _XMP_FORMATS),
+             (f"PNG text ({', '.join(sorted(like.text or {})[:4])}"
+              f"{', ...' if len(like.text or {}) > 4 else ''})", like.text, png),
+             ("JPEG comment", like.comment, jpeg),
+             ("IPTC block (caption, keywords, copyright)", like.app13, jpeg)]
+    return [(what, where) for what, held, where in items if held and fmt not in where]
+
+
+def _warn_left_out(path: str | os.PathLike[str], fmt: str, like: LoadedImage) -> None:
+    """One warning naming the metadata ``fmt`` cannot hold (README: never dropped in
+    silence), and the formats that would keep all of it."""
+    dropped = _left_out(fmt, like)
+    if not dropped:
+        return
+    keep = frozenset.intersection(*(where for _, where in dropped))
+    order = ("JPEG", "PNG", "WEBP", "TIFF")
+    names = [f for f in order if f in keep] or [like.format]
+    said = [what for what, _ in dropped]
+    listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+    log.warning("%s: %s has no place for the photo's %s; left out (write %s to keep %s)",
+                path, fmt, listed, " or ".join(names), "it" if len(said) == 1 else "them")
 
 
 def _png_gamma(chunks: tuple[tuple[bytes, bytes], ...] | None) -> float | None:

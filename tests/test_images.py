@@ -1081,6 +1081,40 @@ def test_jpeg_comment_and_iptc_travel_into_a_jpeg_result(tmp_path: Path) -> None
     assert "comment" not in Image.open(tmp_path / "out.png").info
 
 
+def test_metadata_a_format_cannot_hold_is_said(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """EXIF, the comment and IPTC into BMP, the comment and IPTC into PNG, a PNG's text
+    into JPEG were left out without a word, against the README's "never dropped in
+    silence" (audit); a format that keeps everything says nothing."""
+    app13 = _iptc_app13(b"Rain over the harbour", b"(c) Jane")
+    segment = b"\xff\xed" + struct.pack(">H", len(app13) + 2) + app13
+    Image.fromarray(_smooth_rgb8()).save(tmp_path / "in.jpg", quality=95, extra=segment,
+                                         comment=b"pier", exif=_exif_bytes(1))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "harbour")
+    info.add_text("Author", "Jane")
+    Image.fromarray(_smooth_rgb8()).save(tmp_path / "in.png", pnginfo=info)
+
+    def said(src: str, out: str) -> list[str]:
+        loaded = read_image(tmp_path / src)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="derain_cli"):
+            write_image(tmp_path / out, loaded.rgb, loaded)
+        return [r.getMessage() for r in caplog.records]
+
+    assert said("in.jpg", "a.bmp") == [
+        f"{tmp_path / 'a.bmp'}: BMP has no place for the photo's EXIF (camera, dates, "
+        "copyright), JPEG comment and IPTC block (caption, keywords, copyright); left out "
+        "(write JPEG to keep them)"]
+    assert said("in.jpg", "a.png") == [
+        f"{tmp_path / 'a.png'}: PNG has no place for the photo's JPEG comment and IPTC block "
+        "(caption, keywords, copyright); left out (write JPEG to keep them)"]
+    assert said("in.png", "b.jpg") == [
+        f"{tmp_path / 'b.jpg'}: JPEG has no place for the photo's PNG text (Author, Title); "
+        "left out (write PNG to keep it)"]
+    assert said("in.jpg", "c.jpg") == said("in.png", "c.png") == []
+
+
 def test_exif_too_large_for_a_jpeg_loses_only_the_maker_note(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture
                                                              ) -> None:
