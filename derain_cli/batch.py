@@ -56,6 +56,8 @@ from .images import (
     read_image,
     unread_photo_format,
 )
+from .pairs import natural_key
+from .slant import CanvasTooLarge
 from .tiling import TilesExhausted
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,30 +156,56 @@ def is_output_folder(folder: Path, note: bool = False) -> bool:
     return marked
 
 
-def mark_output_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort).
+def mark_output_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort);
+    return what it created (folders outermost first, then the marker) for
+    :func:`unmark_unused` to take back when no result was written.
 
     Only a folder derain makes, or finds empty, is marked: ``derain rainy/ -o .`` in a folder
     of the user's own photos marked it, and every later scan of a parent skipped those
     photos. A folder whose marker the user deleted is not marked again either."""
+    created: list[Path] = []
     try:
         marker = folder / OUTPUT_MARKER
         if folder.is_dir() and not marker.exists():
-            with os.scandir(folder) as entries:
-                others = [e.name for e in entries if not e.name.startswith(".")]
-            if others:
+            if _visible_entries(folder):
                 log.info("%s: not marked as a results folder (it holds other files), so "
                          "scans of a parent folder will take its results as inputs", folder)
-                return
+                return created
+        missing = [f for f in (folder, *folder.parents) if not f.exists()]
         folder.mkdir(parents=True, exist_ok=True)
+        created += reversed(missing)
         if not os.path.lexists(marker):
             # O_EXCL: never through a link planted under the marker's name (it created the
             # file the link named: a security audit)
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            created.append(marker)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(_MARKER_TEXT)
     except OSError as e:  # a read-only marker spot must not stop the batch
         log.debug("cannot mark %s as an output folder: %s", folder, e)
+    return created
+
+
+def _visible_entries(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return [e.name for e in entries if not e.name.startswith(".")]
+
+
+def unmark_unused(created: Sequence[Path]) -> None:
+    """Take back what :func:`mark_output_folder` created where no result was written: a
+    run whose every file failed left an output folder holding only the marker, and later
+    scans of a parent skipped that folder for results it never held (audit). Only what is
+    still empty goes (another run may have written there meanwhile); best effort."""
+    for path in reversed(created):
+        try:
+            if path.name == OUTPUT_MARKER:
+                if not _visible_entries(path.parent):
+                    path.unlink()
+            else:
+                path.rmdir()  # fails, and stays, unless empty
+        except OSError:
+            return
 
 
 def has_glob(text: str) -> bool:
@@ -250,16 +278,15 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
         for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
             here = Path(dirpath)
             dirnames[:] = sorted(
-                d for d in dirnames
-                if not is_system_folder(d) and _resolved(here / d) not in exclude
-                and not is_output_folder(here / d, note=True)
-            )
+                (d for d in dirnames
+                 if not is_system_folder(d) and _resolved(here / d) not in exclude
+                 and not is_output_folder(here / d, note=True)), key=natural_key)
             linked_dirs += sum((here / d).is_symlink() for d in dirnames)  # not walked
-            for f in sorted(filenames):
+            for f in sorted(filenames, key=natural_key):
                 take(here / f)
     else:
         try:
-            entries = sorted(root.iterdir())
+            entries = sorted(root.iterdir(), key=lambda e: natural_key(e.name))
         except OSError as e:
             raise ImageError(f"cannot list folder: {e.strerror or e}") from None
         for p in entries:
@@ -1070,7 +1097,7 @@ def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
     except OutputExists as e:
         raise _FileFailed(f"output appeared meanwhile (another run?), kept: {e}",
                           "skipped") from None
-    except ImageError as e:
+    except (ImageError, CanvasTooLarge) as e:
         raise _FileFailed(_one_line(e)) from None
     except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
         raise _FileFailed(f"out of memory: {_one_line(e)}") from None
@@ -1286,9 +1313,10 @@ def run_batch(
     dist = dist or DistInfo()
     jobs = plan_jobs(items, options)
     to_folder = options.output is not None and not _writes_one_file(options)
+    created: list[Path] = []
     if (to_folder and any(j.error is None for j in jobs) and dist.is_main
             and why_unwritable(options.output) is None):
-        mark_output_folder(options.output)
+        created = mark_output_folder(options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
@@ -1309,9 +1337,13 @@ def run_batch(
         summary.seconds = time.perf_counter() - t0
         summary.interrupted = True
         summary.engine = engine_record(derainer)
+        if not dist.enabled and not summary.processed:
+            unmark_unused(created)
         raise BatchInterrupted(summary) from None
     summary.seconds = time.perf_counter() - t0
     summary.engine = engine_record(derainer)  # at the end: out of memory shrinks the tile
     if dist.enabled:
-        return Summary.merge(gather_summaries(summary, dist))
+        summary = Summary.merge(gather_summaries(summary, dist))
+    if not summary.processed:  # every rank's files counted: only the main one marked
+        unmark_unused(created)
     return summary

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import synth
-from .pairs import Pair, find_pairs, list_images
+from .pairs import Pair, find_pairs, list_photos
 
 Key = tuple[int, int, int]  # (index, epoch, slot)
 
@@ -110,7 +110,7 @@ def _load_folder(
     folder: str | Path, max_side: int = 0, on_skip: Callable[[Path, str], None] | None = None
 ) -> list[tuple[Path, np.ndarray]]:
     """``load_photos`` with each photo's path."""
-    paths = list_images(Path(folder), recursive=True)
+    paths = list_photos(Path(folder))
     if not paths:
         raise DataError(f"{folder}: no images found")
     out: list[tuple[Path, np.ndarray]] = []

@@ -34,7 +34,7 @@ from .fileio import (
     same_name_key,
     why_unwritable,
 )
-from .pairs import Pair, find_pairs, list_images, reads_into
+from .pairs import Pair, find_pairs, list_images, list_photos, reads_into
 
 IDENTITY = "identity"
 
@@ -692,7 +692,7 @@ def synth_pairs(
             raise SynthError(f"the photo folder {clean_dir} is where the pairs would go "
                              f"({out}/{side.name}/): the photos would be overwritten; choose "
                              "another output folder")
-    paths = list_images(Path(clean_dir), recursive=True)
+    paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _check_synth_output(out, overwrite, _planned_names(paths, Path(clean_dir), count))

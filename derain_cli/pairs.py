@@ -59,6 +59,7 @@ Results are sorted in natural order of their names (``rain-2`` before ``rain-10`
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import unicodedata
@@ -76,7 +77,10 @@ __all__ = [
     "PairsError",
     "find_pairs",
     "list_images",
+    "list_photos",
 ]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -120,7 +124,8 @@ class Pair:
     name: str
 
 
-def _natural_key(text: str) -> tuple:
+def natural_key(text: str) -> tuple:
+    """Sort key for names as people number them: p2 before p10 (case aside)."""
     parts = re.split(r"(\d+)", text)
     # Even positions are text, odd positions digits: the types line up across keys.
     key = tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
@@ -152,11 +157,41 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
         raise NotADirectoryError(f"not a folder: {folder}")
     if not recursive:
         found = [p for p in folder.iterdir() if _is_image(p)]
-        return sorted(found, key=lambda p: _natural_key(p.name))
+        return sorted(found, key=lambda p: natural_key(p.name))
     found = []
     for here, filenames in _walk_tree(folder):
         found += [here / f for f in filenames if _is_image(here / f)]
-    return sorted(found, key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+def list_photos(folder: Path) -> list[Path]:
+    """``list_images(folder, recursive=True)`` without derain's own results: files named
+    ``NAME_derained.EXT`` and folders below ``folder`` that hold its results marker, as
+    ``derain`` leaves them out when it scans. For photo folders (synth's clean photos,
+    train's and finetune's photos): ``derain my_rainy/`` writes its results beside the
+    photos, and a later ``finetune --rainy my_rainy/`` took them for rainy photos (audit).
+    Says how many it left out."""
+    from .batch import OUTPUT_MARKER, is_output_name
+
+    folder = Path(folder)
+    marked: dict[Path, bool] = {}
+
+    def in_marked(p: Path) -> bool:
+        for d in p.relative_to(folder).parents:
+            if d != Path("."):
+                if d not in marked:
+                    marked[d] = (folder / d / OUTPUT_MARKER).is_file()
+                if marked[d]:
+                    return True
+        return False
+
+    found = list_images(folder, recursive=True)
+    kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
+    if len(kept) < len(found):
+        log.warning("%s: %d of its images are derain results (NAME_derained.* files, or in "
+                    "folders holding %s) and are left out", folder, len(found) - len(kept),
+                    OUTPUT_MARKER)
+    return kept
 
 
 def _walk_tree(folder: Path, links: list[tuple[Path, Path]] | None = None
@@ -409,7 +444,7 @@ def _plural(n: int, word: str) -> str:
 def _subdirs(root: Path) -> list[Path]:
     return sorted(
         (d for d in root.iterdir() if d.is_dir() and not is_system_folder(d.name)),
-        key=lambda d: _natural_key(d.name),
+        key=lambda d: natural_key(d.name),
     )
 
 
@@ -505,7 +540,7 @@ def _pair_up(
         lines.append(_UNMATCHED_HINT)
         raise PairsError("\n".join(lines))
     pairs = [Pair(rainy=r, clean=c, name=r.name) for r, c in m.pairs]
-    return sorted(pairs, key=lambda p: (_natural_key(p.name), str(p.rainy)))
+    return sorted(pairs, key=lambda p: (natural_key(p.name), str(p.rainy)))
 
 
 def _resolve_override(root: Path, value: str | Path, side: str) -> Path:

@@ -56,6 +56,11 @@ def check_angle(value: object) -> float:
     return float(value) + 0.0  # -0.0 is 0
 
 
+class CanvasTooLarge(ValueError):
+    """A photo too long and narrow to turn by the angle asked (``Turn.check_size``): a
+    refusal of that photo, said in one line; a folder run goes on with the next."""
+
+
 #: the setting that has each photo's angle chosen (``choose_angle``)
 AUTO = "auto"
 
@@ -119,9 +124,9 @@ class Turn:
         return self.canvas_height * self.canvas_width / (self.height * self.width)
 
     def check_size(self) -> None:
-        """``ValueError`` for a canvas past ``MAX_CANVAS`` times the photo."""
+        """``CanvasTooLarge`` for a canvas past ``MAX_CANVAS`` times the photo."""
         if self.area_factor > MAX_CANVAS:
-            raise ValueError(
+            raise CanvasTooLarge(
                 f"turned {self.angle:g} degrees, this {self.width}x{self.height} photo needs a "
                 f"canvas of {self.area_factor:.1f} times its pixels (at most {MAX_CANVAS:g}): "
                 "derain it in shorter pieces, or without --rain-angle")

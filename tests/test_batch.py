@@ -65,9 +65,9 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_collect_folder_flat_and_recursive(tree: Path) -> None:
-    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+    assert _rels(collect_inputs([str(tree)])) == ["a.jpg", "B.PNG", "x.bmp"]
     rec = collect_inputs([str(tree)], recursive=True)
-    assert _rels(rec) == ["B.PNG", "a.jpg", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
+    assert _rels(rec) == ["a.jpg", "B.PNG", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
     assert all(i.error is None for i in rec)
 
 
@@ -100,9 +100,9 @@ def test_an_unreadable_subfolder_is_one_failure_not_the_end_of_the_batch(
         tree: Path, locked: Path) -> None:
     """A folder the user may not read (a root-owned lost+found) stopped every scan of its
     parent with "Permission denied", -r or not, before any photo was derained (audit)."""
-    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+    assert _rels(collect_inputs([str(tree)])) == ["a.jpg", "B.PNG", "x.bmp"]
     rec = collect_inputs([str(tree)], recursive=True)
-    assert _rels(rec) == ["B.PNG", "a.jpg", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
+    assert _rels(rec) == ["a.jpg", "B.PNG", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
     bad, = (i for i in rec if i.error is not None)
     assert bad.path == locked and bad.rel.as_posix() == "locked"
     assert bad.error == "cannot read folder: Permission denied; its photos are left out"
@@ -125,7 +125,7 @@ def test_photos_in_a_folder_without_search_permission_are_kept_to_fail_one_by_on
 
     monkeypatch.setattr(os, "stat", stat)
     assert "noexec/y.jpg" in _rels(collect_inputs([str(tree)], recursive=True))
-    assert _rels(collect_inputs([str(tree)])) == ["B.PNG", "a.jpg", "x.bmp"]
+    assert _rels(collect_inputs([str(tree)])) == ["a.jpg", "B.PNG", "x.bmp"]
 
 
 def test_a_pattern_over_an_unreadable_folder_says_what_it_left_out(
@@ -275,6 +275,31 @@ def test_no_marker_without_work_or_for_a_file_output(tmp_path: Path, derainer) -
     run_batch(collect_inputs([str(tmp_path / "missing.png")]), None,
               BatchOptions(output=tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_run_that_wrote_nothing_leaves_no_marked_folder(tmp_path: Path, derainer) -> None:
+    """Every file failing at its decode left ``-o``'s folder behind holding only the
+    marker (or empty): later scans of a parent skipped it as results (audit). What the run
+    made is taken back; a folder the user made stays, unmarked; a run that wrote keeps
+    both."""
+    from derain_cli.batch import OUTPUT_MARKER
+
+    bad = tmp_path / "in" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    for out in (tmp_path / "oc", tmp_path / "deep" / "er" / "oc"):
+        s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
+                      BatchOptions(output=out))
+        assert len(s.failed) == 2 and not s.processed
+        assert not (tmp_path / "oc").exists() and not (tmp_path / "deep").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=mine))
+    assert mine.is_dir() and not (mine / OUTPUT_MARKER).exists()
+    _img(tmp_path / "in" / "good.png")
+    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=mine))
+    assert s.processed == 1 and (mine / OUTPUT_MARKER).is_file()
 
 
 # --------------------------------------------------------------------------- planning
@@ -947,3 +972,14 @@ def test_outputs_one_file_where_case_is_ignored_are_a_collision(tmp_path: Path,
     monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)
     jobs = plan_jobs(collect_inputs([str(a), str(b)]), opts)
     assert jobs[0].error is None and "writes the same output" in jobs[1].error
+
+
+def test_a_folder_is_derained_in_the_order_people_number_photos(tmp_path: Path) -> None:
+    """p1, p2, p10 (and folders s2 before s10), not p1, p10, p2: an interrupted run's
+    outputs looked out of order (audit); the listing of pairs and photos sorts so too."""
+    for name in ("p10.png", "p2.png", "P1.png", "s10/a.png", "s2/a.png"):
+        _img(tmp_path / "in" / name)
+    flat = [i.rel.as_posix() for i in collect_inputs([str(tmp_path / "in")])]
+    assert flat == ["P1.png", "p2.png", "p10.png"]
+    deep = [i.rel.as_posix() for i in collect_inputs([str(tmp_path / "in")], recursive=True)]
+    assert deep == ["P1.png", "p2.png", "p10.png", "s2/a.png", "s10/a.png"]

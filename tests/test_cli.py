@@ -676,7 +676,9 @@ def test_termination_signals_stop_like_ctrl_c(tmp_path: Path, tiny_weights: Path
     assert p.returncode == status, p.stderr
     summary = json.loads(p.stdout)
     assert summary["interrupted"] is True and summary["processed"] == 0
-    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [".derain-output"]
+    # no temporary left: the folder it made, with only its marker, was taken back (a
+    # leftover .tmp would have kept it)
+    assert not (tmp_path / "out").exists()
     p = subprocess.run([sys.executable, "-c", _SIGTERM_MIDWAY, *args], capture_output=True,
                        text=True, env={**env, "SIG": sig, "NO_SIGNAL": "1"}, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["processed"] == 3  # resumed
@@ -987,6 +989,21 @@ def test_rain_angle_turns_the_photo_for_the_model(tmp_path: Path, tiny_weights: 
         r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--rain-angle", bad)
         assert r.exit_code == 2 and "use auto or" in r.output, (bad, r.output)
         assert not (tmp_path / "b.png").exists()
+
+
+def test_a_photo_too_long_to_turn_fails_alone_in_plain_words(tmp_path: Path,
+                                                             tiny_weights: Path) -> None:
+    """A 10:1 strip turned 45 degrees is refused (its canvas would be 6x), the folder's
+    other photo derained; the failure line said "ValueError: ..." (audit)."""
+    _img(tmp_path / "in" / "strip.png", w=200, h=20)
+    _img(tmp_path / "in" / "square.png", w=40, h=30)
+    r = derain(tmp_path / "in", "--weights", tiny_weights, "-o", tmp_path / "out",
+               "--rain-angle", "45")
+    assert r.exit_code == 1, r.output
+    line = next(t for t in r.output.splitlines() if "strip.png" in t and "canvas" in t)
+    assert "Error" not in line and "needs a canvas of 6.1 times its pixels" in line
+    assert (tmp_path / "out" / "square.png").exists()
+    assert not (tmp_path / "out" / "strip.png").exists()
 
 
 def test_rain_angle_auto_says_each_photos_turn(tmp_path: Path, tiny_weights: Path) -> None:

@@ -269,3 +269,25 @@ def test_crops_are_flipped_and_rotated_the_same_way_in_a_pair():
     assert seen == dihedral  # all eight orientations, nothing else
     plain = D.random_crop([img], 16, rng, augment=False)[0]
     assert np.array_equal(plain, img)
+
+
+def test_photo_folders_leave_derains_own_results_out(tmp_path, caplog):
+    """``derain my_rainy/`` writes NAME_derained.EXT beside the photos (and -o folders hold
+    its marker); finetune --rainy, train --synthetic and synth took those results for
+    photos (audit). The folder given itself is read even if marked."""
+    from derain_cli.evaluate import synth_pairs
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "photos"
+    for rel in ("a.png", "a_derained.png", "out/b.png", "keep/c.png"):
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / rel)
+    (d / "out" / ".derain-output").write_text("results")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        assert len(D.load_photos(d)) == 2  # a.png and keep/c.png
+    assert "2 of its images are derain results" in caplog.text
+    assert synth_pairs(d, tmp_path / "pairs", seed=0) == 2
+    assert sorted(p.name for p in (tmp_path / "pairs" / "clean").iterdir()) == ["a.png",
+                                                                               "c.png"]
+    (d / ".derain-output").write_text("results")  # named itself: still read
+    assert len(D.load_photos(d)) == 2
