@@ -447,6 +447,13 @@ def _check_ensemble(value: int) -> int:
     return value
 
 
+def _check_strength(value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # NaN too: click's range said "less than or equal to 1"
+        raise typer.BadParameter(f"{value:g}: use a number from 0 (the photo as it is) to 1 "
+                                 "(all of the rain removal)")
+    return value
+
+
 def parse_rain_angle(value: str) -> float | str:
     """``--rain-angle``'s callback (derain, derain eval): degrees or auto, or a usage error."""
     from .slant import check_setting
@@ -461,7 +468,7 @@ def parse_rain_angle(value: str) -> float | str:
                                  "falling straight down)") from None
 
 
-_DEFAULT_MODEL = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
+DEFAULT_MODEL_NAME = _module_constant("derain_cli.enhancer", "DEFAULT_MODEL", "semi-drdnet-fast")
 _DEFAULT_OVERLAP = _module_constant("derain_cli.enhancer", "DEFAULT_OVERLAP", 48)
 _DEFAULT_MAX_PIXELS = _module_constant("derain_cli.images", "DEFAULT_MAX_PIXELS", 200_000_000)
 _DEFAULT_STATS_MP = _module_constant("derain_cli.tiling", "STATS_MEGAPIXELS", 4.0)
@@ -517,7 +524,8 @@ def run_cmd(
         str | None,
         typer.Option("-m", "--model", callback=_check_model, show_default=False,
                      rich_help_panel=MODEL, metavar="NAME",
-                     help=f"Registered model (see: derain models). \\[default: {_DEFAULT_MODEL}]"),
+                     help="Registered model (see: derain models). "
+                          f"\\[default: {DEFAULT_MODEL_NAME}]"),
     ] = None,
     weights: Annotated[
         Path | None,
@@ -528,7 +536,8 @@ def run_cmd(
     ] = None,
     strength: Annotated[
         float,
-        typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=MODEL, metavar="S",
+        typer.Option("--strength", callback=_check_strength, rich_help_panel=MODEL,
+                     metavar="S",
                      help="How much of the rain removal to apply: 1 all of it, 0.7 a mix "
                           "of 70 % derained and 30 % original, which keeps more fine "
                           "texture where the model softens it."),
@@ -785,7 +794,7 @@ def _run(
         with _friendly_errors(err, debug, dist.rank):
             main_rank = dist.is_main
             chatty = main_rank and not (quiet or json_out)
-            logging_handler = _attach_logging(err, debug, quiet or not main_rank)
+            logging_handler = attach_logging(err, debug, quiet or not main_rank)
             decoder_warnings = contextlib.ExitStack()
             if not debug:  # Pillow/OpenCV notes as one "FILE: message" line, not their noise
                 decoder_warnings.enter_context(warnings_to_log())
@@ -838,7 +847,7 @@ def _run(
                 raise
             finally:
                 decoder_warnings.close()
-                _detach_logging(logging_handler)
+                detach_logging(logging_handler)
             if main_rank:
                 _report(err, summary, options, json_out=json_out, quiet=quiet)
             # Nobody leaves before rank 0 has printed: torchrun stops all ranks as soon as
@@ -1079,9 +1088,9 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...]:
+def attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...]:
     """Route the library's log messages (e.g. out-of-memory retries) through rich, above the
-    progress bars; returns what :func:`_detach_logging` needs to undo it."""
+    progress bars; returns what :func:`detach_logging` needs to undo it."""
     handler = _LogHandler(console)
     logger = logging.getLogger("derain_cli")
     saved = (handler, logger.level, logger.propagate)
@@ -1093,7 +1102,7 @@ def _attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ..
     return saved
 
 
-def _detach_logging(saved: tuple[Any, ...]) -> None:
+def detach_logging(saved: tuple[Any, ...]) -> None:
     handler, level, propagate = saved
     logger = logging.getLogger("derain_cli")
     logger.removeHandler(handler)

@@ -16,7 +16,14 @@ from typing import Annotated
 
 import typer
 
-from .cli import parse_rain_angle, print_error, say_error
+from .cli import (
+    DEFAULT_MODEL_NAME,
+    attach_logging,
+    detach_logging,
+    parse_rain_angle,
+    print_error,
+    say_error,
+)
 from .fileio import terminal_text
 from .terminal import DerainConsole
 
@@ -74,6 +81,9 @@ def _errors() -> Iterator[None]:
     def say(e: BaseException) -> None:
         print_error(_err, _msg(e), rank)
 
+    # the library's warnings (a small rain angle, a metadata block left out) said as the
+    # main command says them, "warning: ...", not bare; under torchrun by rank 0 alone
+    logging_handler = attach_logging(_err, _debug(), quiet=bool(rank))
     try:
         yield
     except typer.Exit:
@@ -105,6 +115,8 @@ def _errors() -> Iterator[None]:
         if not getattr(e, "reported", False) and not rank:
             _err.print("\ninterrupted")
         raise typer.Exit(130) from None
+    finally:
+        detach_logging(logging_handler)
 
 
 def _msg(e: BaseException) -> str:
@@ -451,7 +463,8 @@ def eval_cmd(
     data_opt: Annotated[Path | None, typer.Option(
         "--data", help="Folder of rainy/clean pairs.")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Registered model, or 'identity' to score the rainy input.")] =
+        "--model", "-m", help="Registered model, or 'identity' to score the rainy input. "
+                              f"\\[default: {DEFAULT_MODEL_NAME}]")] =
     None,
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Weights file to evaluate.")] = None,
@@ -460,7 +473,7 @@ def eval_cmd(
     report: Annotated[Path | None, typer.Option(
         help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv.")] = None,
     csv_path: Annotated[Path | None, typer.Option(
-        "--csv", help="Per-image CSV [default: STEM.csv beside --report, or scores.csv in "
+        "--csv", help="Per-image CSV \\[default: STEM.csv beside --report, or scores.csv in "
                       "--save's folder; none without either].")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
     clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
@@ -468,8 +481,10 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     tile: Annotated[int | None, typer.Option(help="Tile size (0: whole image).")] = None,
     precision: Annotated[str, typer.Option(
-        help="auto, fp32, fp16, bf16 or int8, as for deraining.")] = "auto",
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+        metavar="auto|fp32|fp16|bf16|int8", help="As for deraining (fp32: the figures the "
+        "README quotes).")] = "auto",
+    backend: Annotated[str, typer.Option(metavar="auto|torch|onnx",
+                                         help="As for deraining.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False, help="CPU threads (default: one per physical core).")
     ] = None,
@@ -482,7 +497,7 @@ def eval_cmd(
              "as derain --rain-angle does; the per-image scores say each turn.")] = "0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace existing files of --save, --report and --csv.")] = False,
+        "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import evaluate
@@ -545,7 +560,7 @@ def synth_cmd(
         raise typer.Exit(2)
     out = out or out_arg
     if out is None:
-        say_error("no output folder: give -o PAIRS_DIR")
+        say_error("no output folder: derain synth CLEAN PAIRS_DIR, or -o PAIRS_DIR")
         raise typer.Exit(2)
     with _errors():
         n = synth_pairs(clean, out, preset=preset, count=count, seed=seed, overwrite=overwrite)

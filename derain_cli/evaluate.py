@@ -120,7 +120,8 @@ def _check_ensemble(model: Any, ensemble: object) -> None:
     if passes == 1:
         return
     if isinstance(model, str) and model == IDENTITY:
-        raise OptionError("the identity has nothing to average: leave ensemble at 1")
+        raise OptionError("the identity has nothing to average: leave --ensemble at 1 "
+                          "(ensemble=1 in Python)")
     if not isinstance(model, str | os.PathLike):
         raise OptionError(f"ensemble={passes} applies to a model name or weights file; a "
                           f"{type(model).__name__} given as it is runs as it was made "
@@ -140,7 +141,7 @@ def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
         return setting
     if isinstance(model, str) and model == IDENTITY:
         raise OptionError("the identity scores the rainy photos as they are: leave "
-                          "rain_angle at 0")
+                          "--rain-angle at 0 (rain_angle=0 in Python)")
     if not isinstance(model, str | os.PathLike):
         raise OptionError(f"rain_angle={slant.said(setting)} applies to a model name or "
                           f"weights file; a {type(model).__name__} given as it is runs as it "
@@ -261,6 +262,7 @@ def evaluate(
     csv_file = Path(csv_path) if csv_path is not None else None
     check_outputs(pairs, save, rep, csv_file, overwrite)
     check_pair_sizes(pairs)
+    check_turns(pairs, rain_angle if rain_angle else getattr(model, "rain_angle", 0.0))
     decoded = check_pairs_read(pairs)
     derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble,
                                    rain_angle)
@@ -403,6 +405,34 @@ def check_pair_sizes(pairs: Sequence[Pair]) -> None:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise PairsError(f"{len(bad)} pair{'s' if len(bad) > 1 else ''} of different sizes: "
                          + ", ".join(bad[:5]) + more)
+
+
+def check_turns(pairs: Sequence[Pair], rain_angle: float | str) -> None:
+    """``OptionError`` naming the rainy images too long and narrow to turn by
+    ``rain_angle`` (``slant.Turn.check_size``), from the headers, before any work: the
+    turn refused them one at a time, ending the evaluation at the first. ``"auto"``
+    leaves such an image unturned itself."""
+    if not rain_angle or rain_angle == "auto":
+        return
+    from . import slant
+    from .errors import OptionError
+
+    bad = []
+    for p in pairs:
+        size = _upright_size(p.rainy)
+        if size is None:
+            continue
+        turn = slant.Turn.make(size[1], size[0], float(rain_angle))
+        if turn.area_factor > slant.MAX_CANVAS:
+            bad.append(f"{p.name} ({size[0]}x{size[1]}: {turn.area_factor:.1f}x)")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise OptionError(
+            f"turned {float(rain_angle):g} degrees, {len(bad)} rainy image"
+            f"{'s' if len(bad) > 1 else ''} would need a canvas past "
+            f"{slant.MAX_CANVAS:g} times {'their' if len(bad) > 1 else 'its'} pixels: "
+            + ", ".join(bad[:5]) + more + "; score them without the rain angle, or with auto "
+            "(which leaves them unturned)")
 
 
 def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,

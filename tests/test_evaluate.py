@@ -742,3 +742,29 @@ def test_eval_summary_names_at_most_five_turns():
     assert res.turns() == ("; rain turned on 6 of 12 (1.png -50, 3.png -50, 5.png -50, "
                            "7.png -50, 9.png -50, ...)")
     assert E.EvalResult("m", "d", 12, 30.0, 0.9, 29.0, images, rain_angle=45).turns() == ""
+
+
+def test_eval_names_images_too_long_to_turn_before_any_work(tmp_path, tiny_weights,
+                                                            monkeypatch):
+    """A fixed rain angle that one rainy image cannot take (its canvas past 4x) ended the
+    evaluation at that image, without naming it (audit); now said before decoding, naming
+    it. auto leaves such an image unturned: scored."""
+    from derain_cli.errors import OptionError
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(smooth_photo(rng, 20, 200)).save(d / "strip.png")
+    Image.fromarray(smooth_photo(rng, 40, 52)).save(d / "square.png")
+    pairs = tmp_path / "pairs"
+    E.synth_pairs(d, pairs, preset="heavy", seed=0)
+    real = E.check_pairs_read
+    monkeypatch.setattr(E, "check_pairs_read", lambda p: pytest.fail("decoded first"))
+    with pytest.raises(OptionError, match=r"turned 45 degrees, 1 rainy image would need a "
+                                          r"canvas past 4 times its pixels: strip\.png "
+                                          r"\(200x20: 6\.1x\)"):
+        E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle=45)
+    monkeypatch.setattr(E, "check_pairs_read", real)
+    E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle=10)  # 1.4x: fine
+    got = E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle="auto")
+    assert got.count == 2
