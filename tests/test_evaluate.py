@@ -768,3 +768,12 @@ def test_eval_names_images_too_long_to_turn_before_any_work(tmp_path, tiny_weigh
     E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle=10)  # 1.4x: fine
     got = E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle="auto")
     assert got.count == 2
+
+
+def test_eval_says_the_librarys_warnings_as_derain_does(pairs, tiny_weights):
+    """A small rain angle's warning came out bare in eval (the main command writes
+    "warning: ..."; audit): the subcommands route the library's log as it does."""
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                                    "--rain-angle", "10", "--device", "cpu", "--limit", "1"])
+    assert r.exit_code == 0, r.output
+    assert "warning: rain 10 degrees from vertical" in r.output
