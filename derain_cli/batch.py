@@ -165,6 +165,7 @@ def mark_output_folder(folder: Path) -> list[Path]:
     of the user's own photos marked it, and every later scan of a parent skipped those
     photos. A folder whose marker the user deleted is not marked again either."""
     created: list[Path] = []
+    folder = Path(os.path.abspath(folder))  # 'new/../mine/out': 'new/..' is not a folder made
     try:
         marker = folder / OUTPUT_MARKER
         if folder.is_dir() and not marker.exists():
@@ -498,7 +499,7 @@ class _Collector:
         base = _glob_base(given)
         before = len(self.items)
         known: dict[Path, bool] = {}
-        for m in sorted(_expand(given)):
+        for m in sorted(_expand(given), key=natural_key):
             mp = Path(m)
             if _in_output_folder(mp, base, self.excluded, known):
                 continue  # an earlier run's results, matched by a wildcard
@@ -1340,6 +1341,10 @@ def run_batch(
         if not dist.enabled and not summary.processed:
             unmark_unused(created)
         raise BatchInterrupted(summary) from None
+    except BaseException:  # --debug's raised file error, or anything else: as for Ctrl-C
+        if not dist.enabled and not summary.processed:
+            unmark_unused(created)
+        raise
     summary.seconds = time.perf_counter() - t0
     summary.engine = engine_record(derainer)  # at the end: out of memory shrinks the tile
     if dist.enabled:

@@ -538,7 +538,7 @@ def run_cmd(
         float,
         typer.Option("--strength", callback=_check_strength, rich_help_panel=MODEL,
                      metavar="S",
-                     help="How much of the rain removal to apply: 1 all of it, 0.7 a mix "
+                     help="How much of the rain removal to apply, 0 to 1: 1 all of it, 0.7 a mix "
                           "of 70 % derained and 30 % original, which keeps more fine "
                           "texture where the model softens it."),
     ] = 1.0,
@@ -1090,7 +1090,9 @@ class _LogHandler(logging.Handler):
 
 def attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...]:
     """Route the library's log messages (e.g. out-of-memory retries) through rich, above the
-    progress bars; returns what :func:`detach_logging` needs to undo it."""
+    progress bars; returns what :func:`detach_logging` needs to undo it. Until then the
+    ``derain_cli`` logger does not propagate: pytest's ``caplog`` sees none of its records
+    in a CLI run (assert on the command's output instead)."""
     handler = _LogHandler(console)
     logger = logging.getLogger("derain_cli")
     saved = (handler, logger.level, logger.propagate)

@@ -357,9 +357,9 @@ def _teacher_and_student(cfg: DistillConfig) -> tuple[nn.Module, str, nn.Module]
 def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The clean photos to train on, the last ``val_count`` held out, and ``--real``'s."""
     from .data import iter_readable, load_photos
-    from .pairs import list_images
+    from .pairs import list_photos
 
-    photos = list_images(Path(cfg.clean))
+    photos = list_photos(Path(cfg.clean), recursive=False)
     if len(photos) < cfg.val_count + 1:
         raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
                            f"{cfg.val_count} (that many are held out)")

@@ -374,11 +374,11 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
 def _calibration_photos(folder: str | os.PathLike[str], count: int = 8) -> list[np.ndarray]:
     """Up to ``count`` decodable photos of ``folder`` (spread over it), as HxWx3 uint8."""
     from .data import iter_readable
-    from .pairs import list_images
+    from .pairs import list_photos
 
     if not Path(folder).is_dir():
         raise GrowError(f"--calib {folder}: no such folder")
-    paths = list_images(Path(folder), recursive=True)
+    paths = list_photos(Path(folder))
     if not paths:
         raise GrowError(f"--calib {folder}: no photos found")
     step = max(1, len(paths) // count)

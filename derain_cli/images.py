@@ -1108,12 +1108,14 @@ def prepare_image(
 def _left_out(fmt: str, like: LoadedImage) -> list[tuple[str, frozenset[str]]]:
     """The photo's metadata that ``fmt`` has no place for: (what, the formats that keep it).
     Colour (profile, gamma) and too-large blocks are warned about where they are dropped;
-    DPI in WebP is documented."""
+    DPI in WebP is documented. A PNG's bookkeeping text (``Software``, ImageMagick's
+    ``date:create`` and the like) is not worth a warning a file."""
     jpeg, png = frozenset({"JPEG"}), frozenset({"PNG"})
+    text = sorted(k for k in like.text or {} if k != "Software" and not k.startswith("date:"))
     items = [("EXIF (camera, dates, copyright)", like.exif, _EXIF_FORMATS),
              ("XMP (captions, ratings, copyright)", like.xmp, _XMP_FORMATS),
-             (f"PNG text ({', '.join(sorted(like.text or {})[:4])}"
-              f"{', ...' if len(like.text or {}) > 4 else ''})", like.text, png),
+             (f"PNG text ({', '.join(text[:4])}{', ...' if len(text) > 4 else ''})", text,
+              png),
              ("JPEG comment", like.comment, jpeg),
              ("IPTC block (caption, keywords, copyright)", like.app13, jpeg)]
     return [(what, where) for what, held, where in items if held and fmt not in where]

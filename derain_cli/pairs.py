@@ -164,13 +164,14 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
-def list_photos(folder: Path) -> list[Path]:
-    """``list_images(folder, recursive=True)`` without derain's own results: files named
+def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
+    """``list_images(folder, recursive)`` without derain's own results: files named
     ``NAME_derained.EXT`` and folders below ``folder`` that hold its results marker, as
     ``derain`` leaves them out when it scans. For photo folders (synth's clean photos,
     train's and finetune's photos): ``derain my_rainy/`` writes its results beside the
-    photos, and a later ``finetune --rainy my_rainy/`` took them for rainy photos (audit).
-    Says how many it left out."""
+    photos, and a later ``finetune --rainy my_rainy/`` took them for rainy photos (audit);
+    distill's, grow's and export --int8's photo folders likewise. Says how many it left
+    out."""
     from .batch import OUTPUT_MARKER, is_output_name
 
     folder = Path(folder)
@@ -185,7 +186,7 @@ def list_photos(folder: Path) -> list[Path]:
                     return True
         return False
 
-    found = list_images(folder, recursive=True)
+    found = list_images(folder, recursive=recursive)
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
         log.warning("%s: %d of its images are derain results (NAME_derained.* files, or in "

@@ -360,9 +360,9 @@ def build_int8(
     from .data import DataError
     from .fileio import atomic_write, sha256_file
     from .onnx_backend import state_sha256
-    from .pairs import list_images
+    from .pairs import list_photos
 
-    paths = list_images(clean_dir)
+    paths = list_photos(clean_dir, recursive=False)
     need = min_photos(keep_fp32)
     if len(paths) < need:
         fewer = (f" ({min_photos(0)} with --keep-fp32 0, which ranks no convolutions)"

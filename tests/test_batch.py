@@ -297,7 +297,24 @@ def test_a_run_that_wrote_nothing_leaves_no_marked_folder(tmp_path: Path, derain
     mine.mkdir()
     run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=mine))
     assert mine.is_dir() and not (mine / OUTPUT_MARKER).exists()
+    # a path through a folder not made yet: 'new/..' was counted as made, and the user's
+    # own empty folder on the far side of it removed (review)
+    run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
+              BatchOptions(output=tmp_path / "new" / ".." / "mine" / "out"))
+    assert mine.is_dir() and not (tmp_path / "new").exists()
+    assert not (mine / "out").exists()
     _img(tmp_path / "in" / "good.png")
+
+    class Broken:  # --debug raises a file's error: the folder made is taken back too
+        device_name = "cpu"
+
+        def derain_array(self, rgb, on_tile=None):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_batch(collect_inputs([str(tmp_path / "in" / "good.png")]), Broken(),
+                  BatchOptions(output=tmp_path / "dbg", raise_errors=True))
+    assert not (tmp_path / "dbg").exists()
     s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=mine))
     assert s.processed == 1 and (mine / OUTPUT_MARKER).is_file()
 
@@ -983,3 +1000,5 @@ def test_a_folder_is_derained_in_the_order_people_number_photos(tmp_path: Path) 
     assert flat == ["P1.png", "p2.png", "p10.png"]
     deep = [i.rel.as_posix() for i in collect_inputs([str(tmp_path / "in")], recursive=True)]
     assert deep == ["P1.png", "p2.png", "p10.png", "s2/a.png", "s10/a.png"]
+    matched = [i.path.name for i in collect_inputs([str(tmp_path / "in" / "*.png")])]
+    assert matched == ["P1.png", "p2.png", "p10.png"]  # a quoted pattern's matches too

@@ -225,7 +225,7 @@ def test_cli_synth_output_option(clean_dir, tmp_path):
     assert len(list((tmp_path / "q" / "rainy").iterdir())) == 1
     assert len(list((tmp_path / "q" / "clean").iterdir())) == 1
     r = runner.invoke(_app(), ["synth", str(clean_dir)])
-    assert r.exit_code == 2 and "give -o" in r.output
+    assert r.exit_code == 2 and "derain synth CLEAN PAIRS_DIR, or -o PAIRS_DIR" in r.output
     r = runner.invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "a"), "-o",
                                str(tmp_path / "b")])
     assert r.exit_code == 2 and "two outputs" in r.output

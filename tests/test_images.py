@@ -1113,6 +1113,11 @@ def test_metadata_a_format_cannot_hold_is_said(tmp_path: Path,
         f"{tmp_path / 'b.jpg'}: JPEG has no place for the photo's PNG text (Author, Title); "
         "left out (write PNG to keep it)"]
     assert said("in.jpg", "c.jpg") == said("in.png", "c.png") == []
+    info = PngImagePlugin.PngInfo()  # ImageMagick's and editors' bookkeeping: not worth it
+    info.add_text("Software", "GIMP")
+    info.add_text("date:create", "2026-01-01T00:00:00+00:00")
+    Image.fromarray(_smooth_rgb8()).save(tmp_path / "tool.png", pnginfo=info)
+    assert said("tool.png", "d.jpg") == []
 
 
 def test_exif_too_large_for_a_jpeg_loses_only_the_maker_note(tmp_path: Path,
