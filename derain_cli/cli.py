@@ -736,7 +736,7 @@ def _refuse_misplaced_subcommands(ctx: Context, inputs: list[str]) -> None:
                 or has_glob(raw)):
             continue
         if raw in names:
-            raise _usage(ctx, f"{raw!r} is a subcommand: write it first, before any option "
+            raise _usage(ctx, f"{raw!r} is a subcommand: write it first, before any file or option "
                               f"(derain {raw} ...)")
         if raw.lower() in ("help", "version"):
             raise _usage(ctx, f"no file or folder {raw!r}; for the {raw.lower()}, run derain "
