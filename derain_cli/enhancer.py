@@ -249,7 +249,7 @@ class Derainer:
         self.tile_batch = tile_batch or self._auto_batch()
         if scaled and self.engine_note:  # its megapixels are the passes', not the photos'
             times = ([f"{self.ensemble} passes"] if self.ensemble > 1 else []) + (
-                [f"{canvas:.2f} for the turned canvas"] if canvas > 1.0001 else [])
+                [f"{canvas:.2f} for a square photo's turned canvas"] if canvas > 1.0001 else [])
             self.engine_note += f" (the photos' pixels x {' x '.join(times)})"
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,

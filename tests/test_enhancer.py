@@ -666,7 +666,8 @@ def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, mon
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
                  workload_images=2, ensemble=2, rain_angle=45)
     assert seen["megapixels"] == pytest.approx(12.0) and seen["images"] == 4
-    assert d.engine_note == "test (the photos' pixels x 2 passes x 2.00 for the turned canvas)"
+    assert d.engine_note == ("test (the photos' pixels x 2 passes x 2.00 for a square "
+                             "photo's turned canvas)")
 
 
 def test_ensemble_holds_one_float32_photo_more_than_one_pass(tiny_weights):
