@@ -61,6 +61,7 @@ from .cpu_memory import keep_freed_memory
 from .enhancer import cpu_supports_bf16
 from .fileio import atomic_write, atomic_write_text
 from .models import build_architecture, config_to_dict, get_spec
+from .plain_progress import clock
 
 CKPT_FORMAT = "derain-train-ckpt-v1"
 
@@ -1010,8 +1011,9 @@ def train(
 
 
 #: Settings of the machine or the session, never taken over from the run being resumed
-#: (``time_budget`` counts over the whole run: inherited, a spent budget would stop every
-#: resume after one step).
+#: as they are (``time_budget`` counts over the whole run: taken over only where the run
+#: stopped before spending it, ``_unspent_budget``; a spent one would stop every resume
+#: after one step).
 _NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads", "workers",
                             "time_budget"})
 #: Settings that only make sense together: one given on purpose keeps the others out too.
@@ -1050,7 +1052,27 @@ def _inherit(cfg: Any, saved: dict[str, Any], together: Iterable[Sequence[str]])
         if given & set(group):
             given |= set(group)
     fields = {f.name for f in dataclasses.fields(cfg)} - _NOT_INHERITED - given
-    return dataclasses.replace(cfg, **{k: saved[k] for k in fields if k in saved}, given=None)
+    taken = {k: saved[k] for k in fields if k in saved}
+    budget = None if "time_budget" in given else _unspent_budget(Path(cfg.out), saved)
+    if budget is not None:
+        taken["time_budget"] = budget
+    return dataclasses.replace(cfg, **taken, given=None)
+
+
+def _unspent_budget(run: Path, saved: dict[str, Any]) -> float | None:
+    """The run's own ``time_budget`` where it stopped before spending it (Ctrl-C, a killed
+    job): its resume goes on within it, counted over the whole run. A resume of a budgeted
+    run dropped the budget and trained on toward the step cap, hours (audit). A spent
+    budget is not taken over (the resume would stop after one step; the resume warning
+    says to give --time-budget to extend it)."""
+    budget = saved.get("time_budget")
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
+        return None
+    try:
+        wall = float(load_checkpoint(run / "last.pt").get("wall_time_s", 0.0))
+    except (OSError, ValueError, TypeError, TrainError):
+        return None
+    return float(budget) if wall < float(budget) else None
 
 
 def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) -> None:
@@ -1193,6 +1215,29 @@ def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
     sweep_stale_temporaries([out])
     return handle
+
+
+def _take_back_unused(out: Path) -> Callable[[], None]:
+    """What removes, when the run ends, a run folder it made that holds nothing but its lock:
+    a run whose data or features failed their checks after the lock was taken (an empty
+    --synthetic folder, --contrast-features vgg19 offline) left an empty --out holding
+    only ``.derain-run.lock`` (audit). A folder the user made stays; its lock goes if the
+    run made it."""
+    lock = out / ".derain-run.lock"
+    made_folder, made_lock = not out.exists(), not os.path.lexists(lock)
+
+    def take_back() -> None:
+        try:
+            left = os.listdir(out)
+            if made_lock and left == [lock.name]:
+                lock.unlink()
+                left = []
+            if made_folder and not left:
+                out.rmdir()
+        except OSError:
+            pass  # best effort: an unreadable or busy folder stays as it is
+
+    return take_back
 
 
 def _contrast_features(cfg: TrainConfig, world: int, is_main: bool) -> tuple[Any, str]:
@@ -1456,6 +1501,7 @@ def _train(
     device = setup.device
     out = Path(setup.cfg.out)
     if is_main:
+        held.callback(_take_back_unused(out))  # first in, so last out: after the lock's close
         held.enter_context(_lock_run(out))
     ckpt = _checkpoint_to_resume(setup, out, is_main, world)
     cfg = setup.cfg
@@ -1563,7 +1609,10 @@ class _Run:
                  f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
-                 + f"{self.total} steps, batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
+                 + f"{self.total} steps"
+                 + (f" or {clock(cfg.time_budget)} (--time-budget), whichever ends first"
+                    if cfg.time_budget else "")
+                 + f", batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
                  + self.learner.amp_label
                  + (f"; resuming at step {self.step}" if self.step else "")
                  + ("; every step done: validating and exporting" if self.finishing else ""))
@@ -1970,11 +2019,12 @@ class _Progress:
             self._p = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), transient=False, console=console,
+                TextColumn("{task.fields[eta]}") if self.budget_end is not None
+                else TimeRemainingColumn(), transient=False, console=console,
             )
             self._p.__enter__()
             self._task = self._p.add_task("train", total=self.total, completed=self.start,
-                                          info="")
+                                          info="", eta="-:--:--")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1983,13 +2033,17 @@ class _Progress:
 
     def update(self, step: int, loss: float, lr: float, rate: float) -> None:
         info = f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} patch/s"
-        if self.budget_end is not None:
-            left = max(0, round(self.budget_end - time.time()))
-            info += f" budget ends in {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        left = None if self.budget_end is None else max(0.0, self.budget_end - time.time())
+        if left is not None:
+            info += " (time budget)"
         if self._p is not None:
             self._p.update(self._task, completed=step, info=info)
+            if left is not None:  # the run ends at the budget or the last step, which first
+                steps_left = self._p.tasks[0].time_remaining  # (the bar's own estimate)
+                self._p.update(self._task, eta=clock(min(left, steps_left if steps_left
+                                                         is not None else left)))
         elif self._lines is not None and (self._lines.due() or step >= self.total):
-            timing = self._lines.timing(step - self.start, self.total - self.start)
+            timing = self._lines.timing(step - self.start, self.total - self.start, left)
             self._lines.print(f"train {step}/{self.total} {info} {timing}")
 
     def advance_to(self, step: int) -> None:

@@ -1541,17 +1541,39 @@ def test_a_time_budget_is_shown_and_resuming_without_it_is_said(data, tmp_path, 
 
     from derain_cli.train import _Progress
 
-    buf = io.StringIO()
-    with _Progress(enabled=True, total=4, start=0, every_s=0.0, budget_end=_time.time() + 125,
+    buf = io.StringIO()  # the steps' ETA (one step of 10000 in 0.05 s: 8 min) is past
+    with _Progress(enabled=True, total=10000, start=0, every_s=0.0,  # the budget's end:
+                   budget_end=_time.time() + 125,  # the budget's it is
                    console=Console(file=buf, force_terminal=False, width=200)) as bar:
+        _time.sleep(0.05)
         bar.update(1, 0.5, 1e-4, 3.0)
-    assert "budget ends in 0:02:0" in buf.getvalue()
+    assert "(time budget) elapsed 0:00:00 ETA 0:02:0" in buf.getvalue()
+    buf = io.StringIO()  # the same on a terminal's bar (its ETA column said 0:28:12)
+    with _Progress(enabled=True, total=10000, start=0, budget_end=_time.time() + 125,
+                   console=Console(file=buf, force_terminal=True, width=200)) as bar:
+        for k in range(1, 4):
+            _time.sleep(0.05)
+            bar.update(k, 0.5, 1e-4, 3.0)
+    assert "ETA 0:02:0" in buf.getvalue()
 
+    first = T.train(_cfg(data, tmp_path / "r", steps=1000, time_budget=0.01))
+    capsys.readouterr()  # its budget spent: a resume goes on without it, and says so
+    T.train(_cfg(data, tmp_path / "r", steps=first.steps + 1, resume=True, given=["steps"]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "time budget 0.01 s -> none" in err and "give --time-budget" in err
+
+
+def test_a_resume_keeps_the_time_budget_its_run_had_not_spent(data, tmp_path, capsys):
+    """A budgeted run stopped early (Ctrl-C) and resumed without --time-budget trained on
+    to the step cap, for hours, "with changed settings: time budget 30.0 s -> none" (audit).
+    Its unspent budget is kept, counted over the whole run; the banner says it."""
     T.train(_cfg(data, tmp_path / "r", steps=2, time_budget=3600))
     capsys.readouterr()
-    T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
+    T.train(_cfg(data, tmp_path / "r", steps=3, resume=True, quiet=False, given=["steps"]))
     err = " ".join(capsys.readouterr().err.split())
-    assert "time budget 3600 s -> none" in err and "give --time-budget" in err
+    assert "-> none" not in err and "or 1:00:00 (--time-budget), whichever ends first" in err
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["time_budget"] == 3600
 
 
 def test_val_folders_can_be_named_as_evals_can(data, tmp_path):
@@ -2042,3 +2064,23 @@ def test_a_resume_refuses_a_start_file_changed_in_place(data, tmp_path):
     T.train(_cfg(data, out, steps=5, resume=True, init_weights=str(start)))
     entry = json.loads((out / "manifest_entry.json").read_text())
     assert entry["init_weights"]["sha256"] == sha and entry["steps"] == 5
+
+
+def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
+    """The data are checked after the run folder is locked: an empty --synthetic folder
+    left an empty --out holding only .derain-run.lock (audit). A folder the run made goes;
+    one the user made stays, without the lock."""
+    from derain_cli.data import DataError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        T.train(_cfg(data, tmp_path / "a" / "run", synthetic=[str(empty)]))
+    assert not (tmp_path / "a" / "run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        T.train(_cfg(data, mine, synthetic=[str(empty)]))
+    assert mine.is_dir() and os.listdir(mine) == []
+    T.train(_cfg(data, mine, steps=2))  # a run that trained keeps everything
+    assert (mine / "model.safetensors").exists() and (mine / ".derain-run.lock").exists()
