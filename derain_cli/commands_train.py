@@ -126,6 +126,22 @@ def _msg(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+def _start_weights(given: str | None) -> str | None:
+    """train's ``--weights``: a file, or a published model's name resolved to its checked
+    file (``--weights semi-drdnet-fast`` said "file does not exist", where finetune, distill,
+    grow and export take a name; audit)."""
+    from .weights import names_a_file, resolve
+
+    if not given:
+        return None
+    if names_a_file(given):
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"--weights {given}: no such file (or give a published "
+                                    "model's name, as derain models lists them)")
+        return given
+    return str(resolve(given))
+
+
 def _dirs(values: list[Path] | None) -> list[str]:
     return [str(v) for v in values or []]
 
@@ -194,8 +210,10 @@ def train_cmd(
         help="Subtract this weight times each crop's PSNR (dB) from the supervised loss, "
              "as the evaluation averages PSNR per image (not the papers'; 0: off; README: "
              "A PSNR term).")] = 0.0,
-    weights: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Initialise from these weights.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        metavar="FILE|NAME", show_default=False,
+        help="Initialise from these weights: a file, or a published model's name (its "
+             "bundled or downloaded weights, as derain models lists them).")] = None,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
     export_dtype: Annotated[str, typer.Option(
         help="float16, bfloat16 or float32.")] = "float16",
@@ -220,7 +238,7 @@ def train_cmd(
 
     with _errors():
         cfg = TrainConfig(
-            model=model, init_weights=str(weights) if weights else None, pairs=_dirs(pairs),
+            model=model, init_weights=_start_weights(weights), pairs=_dirs(pairs),
             rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
             clean_fraction=clean_fraction, unlabeled=_dirs(unlabeled),
             val=str(val) if val else None, val_rainy_dir=val_rainy_dir,

@@ -980,10 +980,19 @@ def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module
         return build_architecture(arch, conf)
     # shapes checked before anything is built (without -m the architecture comes from the
     # file's own metadata); the file read once
-    from .weights import build_fitting, read_state
+    from .weights import FORMAT, WeightsError, build_fitting, read_state
 
-    state, _ = read_state(cfg.init_weights)
-    return build_fitting(arch, conf, state, str(cfg.init_weights))
+    state, meta = read_state(cfg.init_weights)
+    try:
+        return build_fitting(arch, conf, state, str(cfg.init_weights))
+    except WeightsError as e:  # say what the file is, as derain --weights does (audit)
+        if cfg.model and meta.get("format") == FORMAT and "arch" in meta:
+            raise TrainError(
+                f"{cfg.init_weights}: the file holds {meta.get('name') or meta['arch']} "
+                f"weights ({meta['arch']}, {meta.get('config')}) that do not fit --model "
+                f"{cfg.model}; leave out --model to train the file's own architecture ({e})"
+            ) from None
+        raise
 
 def train(
     config: TrainConfig,
@@ -1605,7 +1614,9 @@ class _Run:
             self.hooks["run_started"](self.out)  # its --resume (a resumed run's: once stepped)
         if not cfg.quiet:
             s = self.setup
-            _say(f"training {s.name} ({s.arch}) on {s.device} x{self.world}; data: "
+            _say(f"training {s.name} ({s.arch}) "
+                 + (f"from {cfg.init_weights} " if cfg.init_weights else "from scratch ")
+                 + f"on {s.device} x{self.world}; data: "
                  f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "

@@ -2084,3 +2084,38 @@ def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
     assert mine.is_dir() and os.listdir(mine) == []
     T.train(_cfg(data, mine, steps=2))  # a run that trained keeps everything
     assert (mine / "model.safetensors").exists() and (mine / ".derain-run.lock").exists()
+
+
+def test_starting_weights_of_another_network_are_named(data, tmp_path):
+    """-m semi-drdnet-lite --weights <semi-drdnet-tiny's file> said only "tensor ... is
+    missing (architecture mismatch?)"; derain --weights names the file's network (audit)."""
+    tiny = Path(__file__).resolve().parents[1] / "weights" / "semi-drdnet-tiny.safetensors"
+    with pytest.raises(T.TrainError, match="holds semi-drdnet-tiny weights .* do not fit "
+                                           "--model semi-drdnet-lite; leave out --model"):
+        T.train(_cfg(data, tmp_path / "r", model="semi-drdnet-lite", arch=None,
+                     model_config=None, init_weights=str(tiny)))
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_starts_from_a_published_models_name(data, tmp_path):
+    """`derain train --weights semi-drdnet-tiny` said "file does not exist" where finetune,
+    distill, grow and export take a name; the banner now says where a run starts (audit)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    args = ["train", "--synthetic", str(data["clean"]), "--steps", "1", "--batch", "2",
+            "--patch", "24", "--workers", "0", "--device", "cpu", "--contrast-features", "none"]
+    r = CliRunner().invoke(app, [*args, "--weights", "semi-drdnet-tiny", "--out",
+                                 str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    flat = "".join(r.output.split())  # however the console wrapped it
+    assert "from" + str(Path(__file__).resolve().parents[1] / "weights") in flat
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["init_weights"].endswith("semi-drdnet-tiny.safetensors")
+    r = CliRunner().invoke(app, [*args, "--weights", "nosuch.safetensors", "--out",
+                                 str(tmp_path / "n")])
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = CliRunner().invoke(app, [*args, "--weights", "semi-drdnet", "--out",
+                                 str(tmp_path / "u")])
+    assert r.exit_code == 1 and "no weights named 'semi-drdnet'" in r.output
