@@ -136,8 +136,8 @@ def _start_weights(given: str | None) -> str | None:
         return None
     if names_a_file(given):
         if not Path(given).is_file():
-            raise FileNotFoundError(f"--weights {given}: no such file (or give a published "
-                                    "model's name, as derain models lists them)")
+            raise FileNotFoundError(f"--weights {given}: the file does not exist (or give "
+                                    "a published model's name, as derain models lists them)")
         return given
     return str(resolve(given))
 
@@ -398,7 +398,9 @@ def distill_cmd(
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
     patch: Annotated[int, typer.Option(min=32, help="Crop size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
-    val_count: Annotated[int, typer.Option(min=1, help="Clean photos held out.")] = 25,
+    val_count: Annotated[int | None, typer.Option(
+        min=1, show_default=False, help="Clean photos held out to score the student before "
+        "and after (default: a fifth of them, at most 25).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     name: Annotated[str, typer.Option(help="Name in manifest_entry.json.")] =

@@ -52,7 +52,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from .models import RDMC, SemiDRDNet, SemiDRDNetConfig
+from .pairs import RUN_LOCK
 
 
 class DistillError(ValueError):
@@ -94,7 +95,9 @@ class DistillConfig:
     patch: int = 128
     lr: float = 1e-4
     seed: int = 0
-    val_count: int = 25
+    #: photos held out; None: a fifth of them, at most 25 (25 of 27 photos left 2 to learn
+    #: from, and 8 photos were refused, "need more than 25"; audit)
+    val_count: int | None = None
     threads: int | None = None
     progress: bool = True
     name: str = "semi-drdnet-distilled"
@@ -110,7 +113,7 @@ class DistillConfig:
 #: What a finished run leaves in its folder (``last.pt``: a ``derain train`` run).
 RUN_FILES = ("model.safetensors", "manifest_entry.json", "last.pt")
 #: What only a ``derain train`` (or ``finetune``) run leaves: its checkpoints and lock.
-TRAIN_RUN_FILES = ("last.pt", "best.pt", ".derain-run.lock")
+TRAIN_RUN_FILES = ("last.pt", "best.pt", RUN_LOCK)
 
 
 def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
@@ -311,6 +314,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     start = start_weights(cfg.init)  # as loaded, before the file can change
     teacher, label, student = _teacher_and_student(cfg)
     clean, held_photos, real = _photos(cfg)
+    cfg = replace(cfg, val_count=len(held_photos))  # as the record says it
 
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -354,20 +358,26 @@ def _teacher_and_student(cfg: DistillConfig) -> tuple[nn.Module, str, nn.Module]
     return teacher, label, student
 
 
+def held_count(val_count: int | None, photos: int) -> int:
+    """How many of ``photos`` are held out: ``val_count``, or a fifth, 1 to 25."""
+    return val_count if val_count is not None else max(1, min(25, photos // 5))
+
+
 def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The clean photos to train on, the last ``val_count`` held out, and ``--real``'s."""
     from .data import iter_readable, load_photos
     from .pairs import list_photos
 
     photos = list_photos(Path(cfg.clean), recursive=False)
-    if len(photos) < cfg.val_count + 1:
-        raise DistillError(f"{cfg.clean}: {len(photos)} photos; need more than "
-                           f"{cfg.val_count} (that many are held out)")
+    least = (cfg.val_count or 1) + 1
+    if len(photos) < least:
+        raise DistillError(f"{cfg.clean}: {len(photos)} photos; need at least {least} "
+                           f"({least - 1} held out, --val-count)")
     readable = [img for _, img in iter_readable(photos)]  # unreadable ones: a warning each
-    if len(readable) < cfg.val_count + 1:
-        raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need more than "
-                           f"{cfg.val_count} (that many are held out)")
-    cut = len(readable) - cfg.val_count
+    if len(readable) < least:
+        raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need at least "
+                           f"{least} ({least - 1} held out, --val-count)")
+    cut = len(readable) - held_count(cfg.val_count, len(readable))
     real = load_photos(cfg.real) if cfg.real else []
     return readable[:cut], readable[cut:], real
 

@@ -82,6 +82,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: the file every ``derain train`` / ``finetune`` run folder holds (``train._lock_run``)
+RUN_LOCK = ".derain-run.lock"
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 )
@@ -166,12 +169,12 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     """``list_images(folder, recursive)`` without derain's own results: files named
-    ``NAME_derained.EXT`` and folders below ``folder`` that hold its results marker, as
-    ``derain`` leaves them out when it scans. For photo folders (synth's clean photos,
-    train's and finetune's photos): ``derain my_rainy/`` writes its results beside the
-    photos, and a later ``finetune --rainy my_rainy/`` took them for rainy photos (audit);
-    distill's, grow's and export --int8's photo folders likewise. Says how many it left
-    out."""
+    ``NAME_derained.EXT``, folders below ``folder`` holding derain's results marker (as
+    ``derain``'s scans leave them out) and training runs' folders (their ``RUN_LOCK``).
+    For photo folders: synth's, train's, finetune's, distill's, grow's and export --int8's.
+    ``derain my_rainy/`` writes its results beside the photos, and a later ``finetune
+    --rainy my_rainy/`` took them for rainy photos, a run's curves.png too (audits). Says
+    how many it left out."""
     from .batch import OUTPUT_MARKER, is_output_name
 
     folder = Path(folder)
@@ -180,8 +183,9 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     def in_marked(p: Path) -> bool:
         for d in p.relative_to(folder).parents:
             if d != Path("."):
-                if d not in marked:
-                    marked[d] = (folder / d / OUTPUT_MARKER).is_file()
+                if d not in marked:  # derain's -o folders, and train's run folders
+                    marked[d] = any((folder / d / m).is_file() for m in (OUTPUT_MARKER,
+                                                                         RUN_LOCK))
                 if marked[d]:
                     return True
         return False
@@ -190,8 +194,8 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
         log.warning("%s: %d of its images are derain results (NAME_derained.* files, or in "
-                    "folders holding %s) and are left out", folder, len(found) - len(kept),
-                    OUTPUT_MARKER)
+                    "folders holding %s or a run's %s) and are left out", folder,
+                    len(found) - len(kept), OUTPUT_MARKER, RUN_LOCK)
     return kept
 
 

@@ -61,6 +61,7 @@ from .cpu_memory import keep_freed_memory
 from .enhancer import cpu_supports_bf16
 from .fileio import atomic_write, atomic_write_text
 from .models import build_architecture, config_to_dict, get_spec
+from .pairs import RUN_LOCK
 from .plain_progress import clock
 
 CKPT_FORMAT = "derain-train-ckpt-v1"
@@ -1210,7 +1211,7 @@ def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
     except ImportError:
         return contextlib.nullcontext()
     out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / ".derain-run.lock", "a")  # noqa: SIM115 - closed by the caller
+    handle = open(out / RUN_LOCK, "a")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -1232,7 +1233,7 @@ def _take_back_unused(out: Path) -> Callable[[], None]:
     --synthetic folder, --contrast-features vgg19 offline) left an empty --out holding
     only ``.derain-run.lock`` (audit). A folder the user made stays; its lock goes if the
     run made it."""
-    lock = out / ".derain-run.lock"
+    lock = out / RUN_LOCK
     made_folder, made_lock = not out.exists(), not os.path.lexists(lock)
 
     def take_back() -> None:

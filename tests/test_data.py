@@ -283,9 +283,12 @@ def test_photo_folders_leave_derains_own_results_out(tmp_path, caplog):
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / rel)
     (d / "out" / ".derain-output").write_text("results")
+    (d / "run").mkdir()  # a training run's folder: its curves.png is no photo
+    (d / "run" / ".derain-run.lock").write_text("")
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / "run" / "c.png")
     with caplog.at_level("WARNING", logger="derain_cli"):
         assert len(D.load_photos(d)) == 2  # a.png and keep/c.png
-    assert "2 of its images are derain results" in caplog.text
+    assert "3 of its images are derain results" in caplog.text
     assert synth_pairs(d, tmp_path / "pairs", seed=0) == 2
     assert sorted(p.name for p in (tmp_path / "pairs" / "clean").iterdir()) == ["a.png",
                                                                                "c.png"]

@@ -405,3 +405,18 @@ def test_the_entry_records_the_threads_the_distillation_ran_on(setup):
     finally:
         torch.set_num_threads(before)
     assert "1 threads" in r.entry["hardware"], r.entry["hardware"]
+
+
+def test_the_held_out_photos_follow_the_folder_size(setup):
+    """25 held out by default: 8 photos were refused ("need more than 25") without naming
+    --val-count, and 27 left 2 to learn from (audit). Now a fifth, 1 to 25."""
+    from derain_cli.distill import held_count
+
+    assert [held_count(None, n) for n in (2, 8, 27, 200, 1000)] == [1, 1, 5, 25, 25]
+    assert held_count(3, 8) == 3
+    root, weights = setup
+    res = distill(_cfg(root, weights, "auto", val_count=None, steps=1))  # 5 photos: 1 held
+    assert res.after["count"] == 1
+    assert res.entry["metrics"]["distill_held_out"]["set"].startswith("last 1 photos of")
+    with pytest.raises(DistillError, match=r"need at least 6 \(5 held out, --val-count\)"):
+        distill(_cfg(root, weights, "many", val_count=5))

@@ -2115,7 +2115,7 @@ def test_train_starts_from_a_published_models_name(data, tmp_path):
     assert saved["init_weights"].endswith("semi-drdnet-tiny.safetensors")
     r = CliRunner().invoke(app, [*args, "--weights", "nosuch.safetensors", "--out",
                                  str(tmp_path / "n")])
-    assert r.exit_code == 2 and "no such file" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
     r = CliRunner().invoke(app, [*args, "--weights", "semi-drdnet", "--out",
                                  str(tmp_path / "u")])
     assert r.exit_code == 1 and "no weights named 'semi-drdnet'" in r.output
