@@ -1894,6 +1894,10 @@ class _Run:
                      + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else ""))
                 _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: "
                      f"derain eval --weights {weights_path} --data PAIRS_DIR")
+                if (last_val and self.best_psnr is not None and self.best_step != step
+                        and self.best_psnr > last_val["psnr"] + 0.005):
+                    _say(f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
+                         f"step {self.best_step}: derain PHOTO --weights {out / 'best.pt'}")
         if self.world > 1:
             dist.barrier()
         losses = self.losses_seen

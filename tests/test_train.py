@@ -2119,3 +2119,18 @@ def test_train_starts_from_a_published_models_name(data, tmp_path):
     r = CliRunner().invoke(app, [*args, "--weights", "semi-drdnet", "--out",
                                  str(tmp_path / "u")])
     assert r.exit_code == 1 and "no weights named 'semi-drdnet'" in r.output
+
+
+def test_the_end_says_when_best_pt_scored_higher(data, tmp_path, capsys, monkeypatch):
+    """The end of a run named only model.safetensors when best.pt had scored better on
+    --val (16.57 against 16.10 dB in an audit's finetune)."""
+    scores = iter([20.0, 18.0, 17.0, 16.0])
+
+    def falling(*a, **k):
+        return {"psnr": next(scores), "ssim": 0.5, "count": 1}
+
+    monkeypatch.setattr(T, "validate", falling)
+    T.train(_cfg(data, tmp_path / "r", steps=4, val=str(data["val"]), val_every=1,
+                 quiet=False))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note: best.pt scored higher on --val, 20.00 dB at step 1" in err
