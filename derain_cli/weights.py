@@ -145,7 +145,25 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError) as e:
+        kind = _image_kind(path)
+        if kind:  # "header too large" said nothing to the user who passed a photo (audit)
+            raise WeightsError(f"{path}: a {kind} image, not a weights file (--weights takes "
+                               "a .safetensors file, as derain train writes)") from None
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _image_kind(path: Path) -> str | None:
+    """The image format whose signature ``path`` starts with, or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    for sig, kind in ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"),
+                      (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"BM", "BMP")):
+        if head.startswith(sig):
+            return kind
+    return "WebP" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
 
 
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:

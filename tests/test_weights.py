@@ -63,6 +63,12 @@ def test_corrupted_file_is_refused(tmp_path):
     p.write_bytes(b"not a safetensors file at all")
     with pytest.raises(WeightsError, match="not a readable safetensors"):
         weights.load_into(_tiny(), p)
+    from PIL import Image  # a photo passed as weights said "header too large" (audit)
+
+    for fmt, kind in (("JPEG", "JPEG"), ("PNG", "PNG"), ("WEBP", "WebP")):
+        Image.new("RGB", (8, 8)).save(p, format=fmt)
+        with pytest.raises(WeightsError, match=f"a {kind} image, not a weights file"):
+            weights.read_state(p)
 
 
 def test_shape_mismatch_names_first_tensor(tmp_path):
