@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, bench_main
-from .cli import say_error
+from .cli import debugging, say_error
 from .export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -112,9 +112,13 @@ def export_cmd(
                                        if keep_fp32 is None else keep_fp32)
             typer.echo(json.dumps(record), err=True)
     except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
+        if debugging():  # `derain export ... --debug` printed no traceback (audit)
+            raise
         say_error(str(e))
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
+        if debugging():
+            raise
         say_error(str(e))
         raise typer.Exit(1) from None
     for p in paths:
@@ -196,8 +200,12 @@ def bench_cmd(
             flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
         )
     except BenchError as e:
+        if debugging():
+            raise
         say_error(str(e))
         raise typer.Exit(2) from None
     except (ValueError, RuntimeError) as e:
+        if debugging():
+            raise
         say_error(str(e))
         raise typer.Exit(1) from None

@@ -463,3 +463,22 @@ def test_an_export_does_not_undo_a_thread_count_set_meanwhile(tmp_path, monkeypa
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(1)
+
+
+def test_export_debug_shows_the_traceback_wherever_the_flag_is(tmp_path):
+    """`derain export ... --debug` printed only the error line, `derain --debug export` the
+    traceback; the README says --debug works anywhere after the subcommand (audit)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+    from derain_cli.weights import WeightsError
+
+    photo = tmp_path / "w.safetensors"
+    Image.new("RGB", (8, 8)).save(photo, format="JPEG")
+    args = ["export", "--weights", str(photo), "-o", str(tmp_path / "x.onnx")]
+    for argv in ([*args, "--debug"], ["--debug", *args]):
+        r = CliRunner().invoke(app, argv)
+        assert isinstance(r.exception, WeightsError), (argv, r.output)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "a JPEG image, not a weights file" in r.output
