@@ -297,7 +297,10 @@ def load_vgg19(
         if path is None:
             import huggingface_hub
 
-            try:
+            try:  # one HEAD first, no retries: offline, hf_hub_download retried for ~25 s
+                huggingface_hub.get_hf_file_metadata(  # with raw resolver lines (audit)
+                    huggingface_hub.hf_hub_url(repo_id, filename, revision=revision,
+                                               endpoint=endpoint), endpoint=endpoint)
                 path = Path(huggingface_hub.hf_hub_download(
                     repo_id, filename, revision=revision, endpoint=endpoint,
                     cache_dir=cache_dir))

@@ -341,3 +341,16 @@ def test_auto_features(monkeypatch):
     assert net is fake and label.startswith("vgg19")
     with pytest.raises(ValueError):
         L.build_features("nope")
+
+
+def test_vgg19_unreachable_fails_at_once(tmp_path):
+    """Offline, --contrast-features vgg19 spent about 25 s in the Hub client's retries,
+    printing raw resolver lines, before saying to use self (audit): one HEAD now."""
+    import time
+
+    from derain_cli.losses import ContrastUnavailable, load_vgg19
+
+    t0 = time.monotonic()
+    with pytest.raises(ContrastUnavailable, match="use --contrast-features self"):
+        load_vgg19(sha256=None, endpoint="http://127.0.0.1:9", cache_dir=tmp_path)
+    assert time.monotonic() - t0 < 5.0
