@@ -117,15 +117,22 @@ def _check_ensemble(model: Any, ensemble: object) -> None:
         passes = check_size(ensemble)
     except ValueError as e:
         raise OptionError(str(e)) from None
-    if passes == 1:
-        return
+    if passes != 1:
+        _refuse_option(model, f"ensemble={passes}",
+                       "the identity has nothing to average: leave --ensemble at 1 "
+                       "(ensemble=1 in Python)", "Derainer(ensemble=N) averages passes")
+
+
+def _refuse_option(model: Any, option: str, identity: str, instead: str) -> None:
+    """``OptionError`` where ``model`` cannot take ``option`` (``ensemble=4``): the
+    identity (``identity`` says why), and a module or Derainer given as it is, which runs
+    as it was made (``instead`` says how to make it so)."""
     if isinstance(model, str) and model == IDENTITY:
-        raise OptionError("the identity has nothing to average: leave --ensemble at 1 "
-                          "(ensemble=1 in Python)")
+        raise OptionError(identity)
     if not isinstance(model, str | os.PathLike):
-        raise OptionError(f"ensemble={passes} applies to a model name or weights file; a "
+        raise OptionError(f"{option} applies to a model name or weights file; a "
                           f"{type(model).__name__} given as it is runs as it was made "
-                          "(Derainer(ensemble=N) averages passes)")
+                          f"({instead})")
 
 
 def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
@@ -137,15 +144,11 @@ def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
         setting = slant.check_setting(rain_angle)
     except ValueError as e:
         raise OptionError(str(e)) from None
-    if setting == 0:
-        return setting
-    if isinstance(model, str) and model == IDENTITY:
-        raise OptionError("the identity scores the rainy photos as they are: leave "
-                          "--rain-angle at 0 (rain_angle=0 in Python)")
-    if not isinstance(model, str | os.PathLike):
-        raise OptionError(f"rain_angle={slant.said(setting)} applies to a model name or "
-                          f"weights file; a {type(model).__name__} given as it is runs as it "
-                          "was made (Derainer(rain_angle=...) turns the rain)")
+    if setting != 0:
+        _refuse_option(model, f"rain_angle={slant.said(setting)}",
+                       "the identity scores the rainy photos as they are: leave "
+                       "--rain-angle at 0 (rain_angle=0 in Python)",
+                       "Derainer(rain_angle=...) turns the rain")
     return setting
 
 
