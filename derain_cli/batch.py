@@ -165,7 +165,8 @@ def mark_output_folder(folder: Path) -> list[Path]:
     of the user's own photos marked it, and every later scan of a parent skipped those
     photos. A folder whose marker the user deleted is not marked again either."""
     created: list[Path] = []
-    folder = Path(os.path.abspath(folder))  # 'new/../mine/out': 'new/..' is not a folder made
+    # 'new/../mine/out': 'new/..' is no folder made; 'link/../out' is where the link leads
+    folder = Path(os.path.realpath(folder))
     try:
         marker = folder / OUTPUT_MARKER
         if folder.is_dir() and not marker.exists():

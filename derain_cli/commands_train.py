@@ -126,7 +126,7 @@ def _msg(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _start_weights(given: str | None) -> str | None:
+def _start_weights(given: str | None, quiet: bool = False) -> str | None:
     """train's ``--weights``: a file, or a published model's name resolved to its checked
     file (``--weights semi-drdnet-fast`` said "file does not exist", where finetune, distill,
     grow and export take a name; audit)."""
@@ -139,7 +139,7 @@ def _start_weights(given: str | None) -> str | None:
             raise FileNotFoundError(f"--weights {given}: the file does not exist (or give "
                                     "a published model's name, as derain models lists them)")
         return given
-    return str(resolve(given))
+    return str(resolve(given, quiet=quiet))
 
 
 def _dirs(values: list[Path] | None) -> list[str]:
@@ -238,7 +238,7 @@ def train_cmd(
 
     with _errors():
         cfg = TrainConfig(
-            model=model, init_weights=_start_weights(weights), pairs=_dirs(pairs),
+            model=model, init_weights=_start_weights(weights, quiet), pairs=_dirs(pairs),
             rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
             clean_fraction=clean_fraction, unlabeled=_dirs(unlabeled),
             val=str(val) if val else None, val_rainy_dir=val_rainy_dir,

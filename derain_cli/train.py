@@ -1078,8 +1078,10 @@ def _unspent_budget(run: Path, saved: dict[str, Any]) -> float | None:
     budget = saved.get("time_budget")
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
         return None
-    try:
-        wall = float(load_checkpoint(run / "last.pt").get("wall_time_s", 0.0))
+    last = run / "last.pt"  # or best.pt, which a run stopped before its first last.pt
+    try:  # resumes from (_checkpoint_to_resume)
+        ckpt = load_checkpoint(last if last.exists() else run / "best.pt")
+        wall = float(ckpt.get("wall_time_s", 0.0))
     except (OSError, ValueError, TypeError, TrainError):
         return None
     return float(budget) if wall < float(budget) else None
@@ -1511,8 +1513,11 @@ def _train(
     device = setup.device
     out = Path(setup.cfg.out)
     if is_main:
-        held.callback(_take_back_unused(out))  # first in, so last out: after the lock's close
+        take_back = _take_back_unused(out)  # what is there before the lock is tried
         held.enter_context(_lock_run(out))
+        # only a run that got the lock takes back what it made: one refused beside a run
+        # that had just made the folder removed that run's lock (review)
+        held.callback(take_back)
     ckpt = _checkpoint_to_resume(setup, out, is_main, world)
     cfg = setup.cfg
     if ckpt is not None and cfg.steps is not None:  # before the data: finetune's derains
@@ -1622,8 +1627,9 @@ class _Run:
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
                  + f"{self.total} steps"
-                 + (f" or {clock(cfg.time_budget)} (--time-budget), whichever ends first"
-                    if cfg.time_budget else "")
+                 + ((f" or {clock(max(0.0, cfg.time_budget - self.wall_before))}"
+                     + (" left of --time-budget" if self.wall_before else " (--time-budget)")
+                     + ", whichever ends first") if cfg.time_budget else "")
                  + f", batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
                  + self.learner.amp_label
                  + (f"; resuming at step {self.step}" if self.step else "")
@@ -2054,10 +2060,7 @@ class _Progress:
             info += " (time budget)"
         if self._p is not None:
             self._p.update(self._task, completed=step, info=info)
-            if left is not None:  # the run ends at the budget or the last step, which first
-                steps_left = self._p.tasks[0].time_remaining  # (the bar's own estimate)
-                self._p.update(self._task, eta=clock(min(left, steps_left if steps_left
-                                                         is not None else left)))
+            self._budget_eta()
         elif self._lines is not None and (self._lines.due() or step >= self.total):
             timing = self._lines.timing(step - self.start, self.total - self.start, left)
             self._lines.print(f"train {step}/{self.total} {info} {timing}")
@@ -2066,6 +2069,17 @@ class _Progress:
         """Move the bar between logged steps (their loss and rate stay until the next)."""
         if self._p is not None:
             self._p.update(self._task, completed=step)
+            self._budget_eta()
+
+    def _budget_eta(self) -> None:
+        """With a time budget, the bar's ETA: the budget's end or the last step's, which
+        comes first (the step ETA alone counted to a cap the budget never reaches)."""
+        if self._p is None or self.budget_end is None:
+            return
+        left = max(0.0, self.budget_end - time.time())
+        steps_left = self._p.tasks[0].time_remaining  # (the bar's own estimate)
+        self._p.update(self._task, eta=clock(min(left, steps_left if steps_left is not None
+                                                 else left)))
 
     def note(self, msg: str) -> None:
         if self._p is not None:
@@ -2300,11 +2314,12 @@ def _pseudo_clean(
             y = model(D.to_tensor(rgb)[None].to(device))
             return y[0].permute(1, 2, 0).float().cpu().numpy()
 
-    if not cfg.quiet:  # a minute or more on a busy CPU, before any training line
+    talk = not cfg.quiet and _dist_info()[0] == 0  # under torchrun, rank 0 alone
+    if talk:  # a minute or more on a busy CPU, before any training line
         _say(f"deraining your {len(photos)} photo{'s' if len(photos) != 1 else ''} with the "
              "starting model for pseudo-clean backgrounds...")
     outs = []
-    with _photo_progress(len(photos), enabled=not cfg.quiet) as done:
+    with _photo_progress(len(photos), enabled=talk) as done:
         for img in photos:
             y = np.clip(run(img.astype(np.float32) / 255.0), 0.0, 1.0)
             outs.append(np.rint(y * 255.0).astype(np.uint8))

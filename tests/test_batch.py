@@ -303,6 +303,13 @@ def test_a_run_that_wrote_nothing_leaves_no_marked_folder(tmp_path: Path, derain
               BatchOptions(output=tmp_path / "new" / ".." / "mine" / "out"))
     assert mine.is_dir() and not (tmp_path / "new").exists()
     assert not (mine / "out").exists()
+    (tmp_path / "deep2" / "er").mkdir(parents=True)  # through a link: where it leads
+    (tmp_path / "sym").mkdir()
+    (tmp_path / "sym" / "link").symlink_to(tmp_path / "deep2" / "er")
+    s = run_batch(collect_inputs([str(tmp_path / "in" / "broken.jpg")]), derainer,
+                  BatchOptions(output=tmp_path / "sym" / "link" / ".." / "out"))
+    assert not s.processed and sorted(os.listdir(tmp_path / "deep2")) == ["er"]
+    assert sorted(os.listdir(tmp_path / "sym")) == ["link"]
     _img(tmp_path / "in" / "good.png")
 
     class Broken:  # --debug raises a file's error: the folder made is taken back too

@@ -1571,7 +1571,8 @@ def test_a_resume_keeps_the_time_budget_its_run_had_not_spent(data, tmp_path, ca
     capsys.readouterr()
     T.train(_cfg(data, tmp_path / "r", steps=3, resume=True, quiet=False, given=["steps"]))
     err = " ".join(capsys.readouterr().err.split())
-    assert "-> none" not in err and "or 1:00:00 (--time-budget), whichever ends first" in err
+    assert "-> none" not in err and "left of --time-budget, whichever ends first" in err
+    assert "or 0:59:" in err  # what is left of the hour, not the whole budget again
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["time_budget"] == 3600
 
@@ -2147,3 +2148,33 @@ def test_finetunes_pseudo_clean_pass_shows_its_progress(capsys):
     with T._photo_progress(3, enabled=False) as done:
         done(3)
     assert capsys.readouterr().err == ""
+
+
+def test_a_refused_run_leaves_the_running_ones_lock(data, tmp_path, monkeypatch):
+    """Two runs started together on a new --out: the one refused ("in use") took back
+    the folder it thought it had made, removing the other's lock (review)."""
+    out = tmp_path / "new"
+    real_lock = T._lock_run
+
+    def other_run_got_there_first(folder):
+        held = real_lock(folder)  # the other run makes the folder and locks it ...
+        other.append(held)
+        return real_lock(folder)  # ... so this one is refused
+
+    other: list = []
+    monkeypatch.setattr(T, "_lock_run", other_run_got_there_first)
+    with pytest.raises(T.TrainError, match="in use by another derain process"):
+        T.train(_cfg(data, out))
+    assert (out / ".derain-run.lock").exists()
+    other[0].close()
+
+
+def test_a_resume_from_best_pt_keeps_the_unspent_budget(data, tmp_path):
+    """A run stopped before its first last.pt resumes from best.pt: its budget was read
+    from last.pt alone and dropped (review)."""
+    T.train(_cfg(data, tmp_path / "r", steps=3, time_budget=3600, val=str(data["val"]),
+                 val_every=1))
+    for f in ("last.pt", "model.safetensors"):
+        (tmp_path / "r" / f).unlink()
+    T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, given=["steps"]))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["time_budget"] == 3600
