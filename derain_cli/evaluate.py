@@ -405,9 +405,14 @@ def check_pair_sizes(pairs: Sequence[Pair]) -> None:
         if a is not None and b is not None and a != b:
             bad.append(f"{p.name} ({a[0]}x{a[1]} rainy, {b[0]}x{b[1]} clean)")
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise PairsError(f"{len(bad)} pair{'s' if len(bad) > 1 else ''} of different sizes: "
-                         + ", ".join(bad[:5]) + more)
+                         + _first_five(bad))
+
+
+def _first_five(names: Sequence[str]) -> str:
+    """'a, b, c, d, e and 3 more': the pairs a header check refuses, said in one line."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
 
 
 def check_turns(pairs: Sequence[Pair], rain_angle: float | str) -> None:
@@ -426,15 +431,14 @@ def check_turns(pairs: Sequence[Pair], rain_angle: float | str) -> None:
         if size is None:
             continue
         turn = slant.Turn.make(size[1], size[0], float(rain_angle))
-        if turn.area_factor > slant.MAX_CANVAS:
+        if turn.too_large:
             bad.append(f"{p.name} ({size[0]}x{size[1]}: {turn.area_factor:.1f}x)")
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise OptionError(
             f"turned {float(rain_angle):g} degrees, {len(bad)} rainy image"
             f"{'s' if len(bad) > 1 else ''} would need a canvas past "
             f"{slant.MAX_CANVAS:g} times {'their' if len(bad) > 1 else 'its'} pixels: "
-            + ", ".join(bad[:5]) + more + "; score them without the rain angle, or with auto "
+            + _first_five(bad) + "; score them without the rain angle, or with auto "
             "(which leaves them unturned)")
 
 

@@ -123,9 +123,16 @@ class Turn:
         """The canvas's pixels over the photo's: what a pass costs more, in time and memory."""
         return self.canvas_height * self.canvas_width / (self.height * self.width)
 
+    @property
+    def too_large(self) -> bool:
+        """Whether the canvas passes ``MAX_CANVAS`` times the photo: the one rule that
+        ``check_size`` refuses by, ``choose_angle`` skips by and ``derain eval`` checks
+        the pairs' headers by."""
+        return self.area_factor > MAX_CANVAS
+
     def check_size(self) -> None:
         """``CanvasTooLarge`` for a canvas past ``MAX_CANVAS`` times the photo."""
-        if self.area_factor > MAX_CANVAS:
+        if self.too_large:
             raise CanvasTooLarge(
                 f"turned {self.angle:g} degrees, this {self.width}x{self.height} photo needs a "
                 f"canvas of {self.area_factor:.1f} times its pixels (at most {MAX_CANVAS:g}): "
@@ -251,7 +258,7 @@ def choose_angle(rgb: np.ndarray, derain: Callable[[np.ndarray, float], np.ndarr
     if abs(guess) < LEAST_ANGLE:
         return 0.0, guess, None
     h, w = rgb.shape[:2]
-    if Turn.make(h, w, guess).area_factor > MAX_CANVAS:  # a long, narrow photo: the turn
+    if Turn.make(h, w, guess).too_large:  # a long, narrow photo: the turn
         return 0.0, guess, None  # would be refused, so it is derained as it is
     whole = h * w <= WHOLE_PIXELS
     if whole:
