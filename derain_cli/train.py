@@ -1021,9 +1021,8 @@ def train(
 
 
 #: Settings of the machine or the session, never taken over from the run being resumed
-#: as they are (``time_budget`` counts over the whole run: taken over only where the run
-#: stopped before spending it, ``_unspent_budget``; a spent one would stop every resume
-#: after one step).
+#: as they are (``time_budget`` counts over the whole run and is taken over by
+#: ``_resumed_budget``'s rule).
 _NOT_INHERITED = frozenset({"out", "resume", "quiet", "given", "device", "threads", "workers",
                             "time_budget"})
 #: Settings that only make sense together: one given on purpose keeps the others out too.
@@ -1063,28 +1062,46 @@ def _inherit(cfg: Any, saved: dict[str, Any], together: Iterable[Sequence[str]])
             given |= set(group)
     fields = {f.name for f in dataclasses.fields(cfg)} - _NOT_INHERITED - given
     taken = {k: saved[k] for k in fields if k in saved}
-    budget = None if "time_budget" in given else _unspent_budget(Path(cfg.out), saved)
+    budget = None if "time_budget" in given else _resumed_budget(
+        Path(cfg.out), saved, steps_given=bool(given & {"steps", "epochs"}))
     if budget is not None:
         taken["time_budget"] = budget
     return dataclasses.replace(cfg, **taken, given=None)
 
 
-def _unspent_budget(run: Path, saved: dict[str, Any]) -> float | None:
-    """The run's own ``time_budget`` where it stopped before spending it (Ctrl-C, a killed
-    job): its resume goes on within it, counted over the whole run. A resume of a budgeted
-    run dropped the budget and trained on toward the step cap, hours (audit). A spent
-    budget is not taken over (the resume would stop after one step; the resume warning
-    says to give --time-budget to extend it)."""
+def _resumed_budget(run: Path, saved: dict[str, Any], steps_given: bool) -> float | None:
+    """The run's own ``time_budget`` for its resume, counted over the whole run. Kept where
+    the run stopped before spending it (Ctrl-C, a killed job): a resume of a budgeted run
+    dropped the budget and trained on toward the step cap, hours (audit). A spent one is
+    kept too where the resume asks for no more steps: the run stopped on it and only its
+    export may be owed (``_run_length``); dropped in silence, a run stopped during that
+    export trained on for hours. With ``--steps``/``--epochs`` given a spent budget is
+    dropped (the resume warning says to give --time-budget to keep a budget)."""
     budget = saved.get("time_budget")
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
         return None
     last = run / "last.pt"  # or best.pt, which a run stopped before its first last.pt
-    try:  # resumes from (_checkpoint_to_resume)
-        ckpt = load_checkpoint(last if last.exists() else run / "best.pt")
-        wall = float(ckpt.get("wall_time_s", 0.0))
-    except (OSError, ValueError, TypeError, TrainError):
+    wall = _checkpoint_wall(last if last.exists() else run / "best.pt")  # resumes from
+    if wall is None:  # (_checkpoint_to_resume), which says what is wrong with it
         return None
-    return float(budget) if wall < float(budget) else None
+    return float(budget) if wall < float(budget) or not steps_given else None
+
+
+def _checkpoint_wall(path: Path) -> float | None:
+    """A checkpoint's training time so far (``wall_time_s``), or None where it cannot be
+    read. Memory-mapped: the weights and optimiser state are not read, so the resume's own
+    load (``_checkpoint_to_resume``) is the only full read."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return float(ck["wall_time_s"]) if isinstance(ck, dict) else None
+    except Exception:  # noqa: BLE001 - missing, damaged (a zip error, ...), not ours
+        return None
+
+
+def budget_spent(cfg: Any, ckpt: dict[str, Any] | None) -> bool:
+    """Whether the resumed run ``ckpt`` has already trained for ``cfg.time_budget``."""
+    return bool(ckpt is not None and cfg.time_budget
+                and float(ckpt.get("wall_time_s", 0.0)) >= cfg.time_budget)
 
 
 def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) -> None:
@@ -1300,14 +1317,20 @@ def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
 def _run_length(cfg: TrainConfig, n_labeled: int, world: int, ckpt: dict[str, Any] | None,
                 out: Path) -> tuple[int, bool]:
     """The run's total steps, and whether a resumed run only has to validate and export
-    (stopped after its last step, before its export: a Ctrl-C then)."""
+    (stopped after its last step or on its spent time budget, before its export: a Ctrl-C
+    then)."""
     steps_per_epoch = max(1, n_labeled // (cfg.batch * world))
     total = cfg.steps if cfg.steps is not None else (
         (cfg.epochs or 0) * steps_per_epoch if cfg.epochs else 10000)
     if total <= 0:
         raise TrainError("--steps/--epochs must be positive")
-    finishing = (ckpt is not None and int(ckpt["step"]) == total
-                 and not _exported_at(out, int(ckpt["step"])))
+    spent = budget_spent(cfg, ckpt)
+    done = ckpt is not None and (int(ckpt["step"]) == total or spent)
+    finishing = done and not _exported_at(out, int(ckpt["step"]))  # type: ignore[index]
+    if ckpt is not None and spent and not finishing:
+        raise TrainError(f"--resume: {out} has spent its --time-budget of "
+                         f"{cfg.time_budget:g} s ({ckpt['step']} steps, exported); pass a "
+                         "larger --time-budget (the whole run's) or --steps to train further")
     if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
                          "asked for; pass a larger --steps to train further")
@@ -1602,7 +1625,7 @@ class _Run:
         self.validating = False  # inside validate_and_keep_best (for the checkpoint)
         self.last_val: dict[str, float] | None = None
         self.losses_seen: list[float] = []
-        self.stopped_early = False
+        self.stopped_early = finishing and self.step < total  # on a budget spent before
         # BatchNorm re-estimation before validation and export; frozen statistics stay
         self.recalib = 0 if self.cfg.freeze_bn else self.cfg.bn_recalib
 
@@ -1633,7 +1656,9 @@ class _Run:
                  + f", batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
                  + self.learner.amp_label
                  + (f"; resuming at step {self.step}" if self.step else "")
-                 + ("; every step done: validating and exporting" if self.finishing else ""))
+                 + (("; every step done" if self.step >= self.total
+                     else "; its --time-budget spent") + ": validating and exporting"
+                    if self.finishing else ""))
 
     def segments_now(self) -> list[dict[str, Any]]:
         """Where this run has trained, segment by segment, up to ``step``."""
@@ -1751,7 +1776,7 @@ class _Run:
                         and self.is_main and not self.finishing):  # a validation a Ctrl-C
                     self.last_val = self.validate_and_keep_best()  # cut short, redone
                     self.t_window = time.time()  # not training speed either
-                for batch in loader:
+                for batch in () if self.finishing else loader:  # a spent budget: no step
                     frac = None
                     if cfg.time_budget:
                         frac = min(1.0, (time.time() - self.budget_t0) / cfg.time_budget)

@@ -2169,6 +2169,37 @@ def test_a_refused_run_leaves_the_running_ones_lock(data, tmp_path, monkeypatch)
     other[0].close()
 
 
+def test_a_run_stopped_on_its_budget_and_cut_in_its_export_resumes_to_the_export(
+        data, tmp_path, capsys):
+    """A run its --time-budget stopped, interrupted during its export: resumed as it was, it
+    dropped the spent budget and trained on toward its step cap, hours. It exports the
+    step it stopped at (the same weights), and a further resume asks for more time."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "r"
+    first = T.train(_cfg(data, out, steps=1000, time_budget=0.3))
+    assert first.stopped_early and first.steps < 1000
+    weights = load_file(str(first.weights))
+    for f in ("model.safetensors", "manifest_entry.json"):  # cut during the export
+        (out / f).unlink()
+    capsys.readouterr()
+    res = T.train(T.TrainConfig(out=str(out), resume=True, given=[], device="cpu",
+                                quiet=False))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its --time-budget spent: validating and exporting" in err and "-> none" not in err
+    assert res.steps == first.steps and res.stopped_early and res.losses == []
+    again = load_file(str(res.weights))
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    with pytest.raises(T.TrainError, match="has spent its --time-budget of 0.3 s .* pass a "
+                                           "larger --time-budget"):
+        T.train(T.TrainConfig(out=str(out), resume=True, given=[], device="cpu", quiet=True))
+    longer = T.train(T.TrainConfig(out=str(out), resume=True, given=["time_budget", "steps"],
+                                   time_budget=60.0, steps=first.steps + 2, device="cpu",
+                                   quiet=True))
+    assert longer.steps == first.steps + 2 and not longer.stopped_early
+
+
 def test_a_resume_from_best_pt_keeps_the_unspent_budget(data, tmp_path):
     """A run stopped before its first last.pt resumes from best.pt: its budget was read
     from last.pt alone and dropped (review)."""
