@@ -10,7 +10,8 @@ Order of operations in :func:`fetch`:
 1. Cache: ``try_to_load_from_cache`` (no network). A cached file whose sha256 matches is
    returned without any request, whatever the revision (the sha256 is the real pin). A cached
    file that does not match is removed (snapshot entry and blob) and fetched again.
-2. Probe: one ``HEAD`` on the file's resolve URL, without retries. Fails fast when offline
+2. Probe: one ``HEAD`` on the file's resolve URL (:func:`file_metadata`), retried only on a
+   busy server's answer (HTTP 429 or 5xx: twice, within about 3 s). Fails fast when offline
    (``HF_HUB_OFFLINE``), when the Hub cannot be reached (``hf_hub_download`` itself would retry
    with back-off for ~25 s first), or when the repo, revision or file does not exist. For LFS
    files the Hub advertises the content's sha256 as its etag: a mismatch with the manifest is
@@ -28,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,10 +61,15 @@ try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
     import httpx as _httpx  # type: ignore[no-redef]
 
-__all__ = ["WeightsUnavailable", "fetch", "sha256_file", "snapshot_path"]
+__all__ = ["WeightsUnavailable", "fetch", "file_metadata", "sha256_file", "snapshot_path"]
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: Waits (s) before the probe's retries after HTTP 429 or 5xx: the Hub's rate limit and a
+#: server restarting behind its balancer pass within seconds, and one such answer ended the
+#: download at once. A Retry-After longer than RETRY_AFTER_MAX_S is not waited for.
+PROBE_RETRY_WAITS = (1.0, 2.0)
+RETRY_AFTER_MAX_S = 10.0
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # Connection refused, DNS failure, timeouts, broken connections, proxy trouble.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -316,12 +323,40 @@ def _discard(path: Path, repo_dir: Path) -> bool:
     return not path.exists() and not path.is_symlink()
 
 
+def file_metadata(url: str, endpoint: str | None = None) -> huggingface_hub.HfFileMetadata:
+    """``get_hf_file_metadata`` (one HEAD), retried after ``PROBE_RETRY_WAITS`` where the
+    server answers 429 or 5xx (waiting its Retry-After instead, up to RETRY_AFTER_MAX_S).
+    Anything else (offline, unreachable, not found) raises at once: the Hub client's own
+    download retries an unreachable server for ~25 s."""
+    for wait in (*PROBE_RETRY_WAITS, None):
+        try:
+            return huggingface_hub.get_hf_file_metadata(url, endpoint=endpoint)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if wait is None or status is None or not (status == 429 or status >= 500):
+                raise
+            after = _retry_after(exc.response.headers.get("Retry-After"))
+            if after is not None and after > RETRY_AFTER_MAX_S:
+                raise
+            time.sleep(wait if after is None else max(after, 0.0))
+    raise AssertionError("unreachable")  # pragma: no cover - the last try raises or returns
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header's seconds (None: absent, or an HTTP date, not worth parsing)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _probe(ctx: _Context) -> None:
-    """One HEAD request, no retries: raises the Hub client's errors, or a checksum mismatch."""
+    """One HEAD request (retried on a busy server's answer): raises the Hub client's errors,
+    or a checksum mismatch."""
     url = huggingface_hub.hf_hub_url(
         ctx.repo_id, ctx.filename, revision=ctx.revision, endpoint=ctx.endpoint
     )
-    meta = huggingface_hub.get_hf_file_metadata(url, endpoint=ctx.endpoint)
+    meta = file_metadata(url, endpoint=ctx.endpoint)
     if ctx.size is not None and meta.size is not None and meta.size != ctx.size:
         raise ctx.unavailable(
             f"size mismatch: the server's copy has {meta.size} bytes, expected {ctx.size}; "
@@ -371,7 +406,8 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         if status in (401, 403):
             return "access", f"{where} refused access (HTTP {status}); check HF_TOKEN."
         if status is not None and (status == 429 or status >= 500):
-            return "http", f"{where} is unavailable right now (HTTP {status}); try again later."
+            return "http", (f"{where} is unavailable right now (HTTP {status}, "
+                            f"{len(PROBE_RETRY_WAITS) + 1} tries); try again later.")
         return "http", f"{where} answered HTTP {status} for {ctx.url}."
     if isinstance(exc, FileMetadataError):
         return "network", (

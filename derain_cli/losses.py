@@ -297,8 +297,8 @@ def load_vgg19(
         if path is None:
             import huggingface_hub
 
-            try:  # one HEAD first, no retries: offline, hf_hub_download retried for ~25 s
-                huggingface_hub.get_hf_file_metadata(  # with raw resolver lines (audit)
+            try:  # one HEAD first (hub.file_metadata: retried only on 429/5xx): offline,
+                hub.file_metadata(  # hf_hub_download retried ~25 s, raw resolver lines (audit)
                     huggingface_hub.hf_hub_url(repo_id, filename, revision=revision,
                                                endpoint=endpoint), endpoint=endpoint)
                 path = Path(huggingface_hub.hf_hub_download(

@@ -58,7 +58,8 @@ class FakeHub:
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. ``url`` is what to put in
     ``HF_ENDPOINT`` (or pass as ``endpoint=``). ``requests`` logs every request received.
-    ``status_override`` (e.g. 503) makes every request fail with that status.
+    ``status_override`` (e.g. 503) makes every request fail with that status (only the next
+    ``override_count`` requests where that is set; ``override_headers`` go with it).
     ``cut_bodies`` sends only the first third of every file body, then drops the connection
     (a download broken half way).
     """
@@ -73,6 +74,8 @@ class FakeHub:
         self._lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
         self.status_override: int | None = None
+        self.override_count: int | None = None
+        self.override_headers: dict[str, str] = {}
         self.cut_bodies = False
         self._request_timeout = request_timeout
         self._server: ThreadingHTTPServer | None = None
@@ -239,9 +242,15 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.fake_hub
         with hub._lock:
             hub.requests.append(LoggedRequest(self.command, self.path, dict(self.headers.items())))
-        if hub.status_override is not None:
+        with hub._lock:
             status = hub.status_override
-            self._reply(status, {"Content-Type": "text/plain"}, f"error {status}\n".encode(), body)
+            if status is not None and hub.override_count is not None:
+                hub.override_count -= 1
+                if hub.override_count <= 0:
+                    hub.status_override = hub.override_count = None
+        if status is not None:
+            self._reply(status, {"Content-Type": "text/plain", **hub.override_headers},
+                        f"error {status}\n".encode(), body)
             return
         path = unquote(urlsplit(self.path).path)
         # /{namespace}/{name}/resolve/{revision}/{filename...}  (model repos only)

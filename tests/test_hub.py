@@ -263,6 +263,7 @@ def test_unknown_repo_is_not_found(hub_server, tmp_path):
 
 
 def test_server_error_fails_fast(hub_server, tmp_path):
+    """A server that keeps answering 503 is tried three times (about 3 s), no more."""
     hub_server.add(REPO, COMMIT, FILE, DATA)
     hub_server.status_override = 503
     start = time.monotonic()
@@ -270,7 +271,42 @@ def test_server_error_fails_fast(hub_server, tmp_path):
         _fetch(hub_server, tmp_path)
     assert time.monotonic() - start < 5
     assert info.value.kind == "http"
-    assert "HTTP 503" in str(info.value)
+    assert "HTTP 503, 3 tries" in str(info.value)
+    assert len(hub_server.requests_for("HEAD", FILE)) == 3
+    assert not hub_server.requests_for("GET", FILE)
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+def test_a_busy_server_is_tried_again(hub_server, tmp_path, status):
+    """One 429 (the Hub's rate limit) or 5xx ended the download at once; the probe now
+    waits a second and asks again (its Retry-After where it gives one)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override, hub_server.override_count = status, 2
+    hub_server.override_headers = {"Retry-After": "0"} if status == 429 else {}
+    start = time.monotonic()
+    path = _fetch(hub_server, tmp_path)
+    assert path.read_bytes() == DATA
+    assert len(hub_server.requests_for("HEAD", FILE)) >= 3  # two refused, then served
+    assert time.monotonic() - start < (1 if status == 429 else 5)  # Retry-After: 0 waited
+
+
+def test_a_long_retry_after_is_not_waited_for(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override = 429
+    hub_server.override_headers = {"Retry-After": "3600"}
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailable, match="HTTP 429"):
+        _fetch(hub_server, tmp_path)
+    assert time.monotonic() - start < 1
+    assert len(hub_server.requests_for("HEAD", FILE)) == 1
+
+
+def test_not_found_is_not_tried_again(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    with pytest.raises(WeightsUnavailable):
+        fetch(REPO, "missing.safetensors", COMMIT, SHA, cache_dir=tmp_path, quiet=True,
+              endpoint=hub_server.url)
+    assert len(hub_server.requests_for("HEAD", "missing.safetensors")) == 1
 
 
 def test_server_down_is_a_network_error(tmp_path):
