@@ -58,6 +58,17 @@ def load_rgb_u8(path: str | Path) -> np.ndarray:
     return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def pixel_digest(img: np.ndarray) -> str:
+    """A digest of an image's decoded pixels (and shape): the same photo in two files, a
+    JPEG and the PNG ``derain synth`` wrote of it, digests alike."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((img.shape, img.dtype.str)).encode())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
+
+
 def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
     return [load_rgb_u8(p) for p in paths]
 

@@ -615,9 +615,13 @@ def _recalibrated(ema: nn.Module, labeled: Any, n: int, seed: int,
 
 def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
               cache: dict[Any, Any] | None, rainy_dir: str | None = None,
-              clean_dir: str | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+              clean_dir: str | None = None,
+              digests: dict[str, tuple[str, str]] | None = None,
+              ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The validation pairs as (name, rainy, clean) 8-bit RGB arrays (centre-cropped to
-    ``crop``), kept in ``cache`` so that each validation decodes none."""
+    ``crop``), kept in ``cache`` so that each validation decodes none. ``digests`` (where
+    given, and not found in ``cache``) receives each pair's (rainy, clean) pixel digests,
+    uncropped, for ``_warn_val_in_training``."""
     from .pairs import find_pairs
 
     key = (pairs_dir, limit, crop, rainy_dir, clean_dir)
@@ -629,6 +633,8 @@ def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
     images = []
     for p in pairs:
         r, c = D.load_rgb_u8(p.rainy), D.load_rgb_u8(p.clean)
+        if digests is not None:
+            digests[p.name] = (D.pixel_digest(r), D.pixel_digest(c))
         if crop and r.shape == c.shape:
             h, w = r.shape[:2]
             ch, cw = min(crop, h), min(crop, w)
@@ -770,18 +776,19 @@ def check_config(cfg: TrainConfig) -> None:
          f"--out {cfg.out} is a file; name a folder for the run")
 
 
-def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
+def _check_val_pairs(cfg: TrainConfig) -> tuple[dict[Any, Any], dict[str, tuple[str, str]]]:
     """Every validation pair decoded now and checked (readable, same size after EXIF
     orientation, big enough to score), rather than at the first validation, which threw
     away the training since the last checkpoint (a swapped or truncated pair passed a
-    header check). Returns ``validate``'s cache, filled."""
+    header check). Returns ``validate``'s cache, filled, and each pair's pixel digests."""
     from .evaluate import pair_problem
     from .pairs import NAME_FOLDERS_HINT, PairsError
 
     cache: dict[Any, Any] = {}
+    digests: dict[str, tuple[str, str]] = {}
     try:
         images = _load_val(cfg.val, cfg.val_limit, cfg.val_crop, cache, cfg.val_rainy_dir,
-                           cfg.val_clean_dir)
+                           cfg.val_clean_dir, digests)
     except D.DataError as e:
         raise TrainError(f"--val: {e}") from None
     except PairsError as e:  # --val has no --rainy-dir/--clean-dir to name its folders
@@ -792,7 +799,41 @@ def _check_val_pairs(cfg: TrainConfig) -> dict[Any, Any]:
         problem = pair_problem(name, r, c)
         if problem:
             raise TrainError(f"--val: {problem}")
-    return cache
+    return cache, digests
+
+
+def _warn_val_in_training(digests: dict[str, tuple[str, str]], labeled: Any,
+                          unlabeled: Any) -> None:
+    """Say where --val pairs are training images too: a clean image among the training
+    targets (synthetic pairs made from the photos the run trains on: the README's first
+    training recipe did that), a rainy one among the --unlabeled photos. Their scores then
+    read high and best.pt is picked on images the model has seen. Compared by decoded
+    pixels, so a re-encoded copy (``derain synth`` writes PNGs) is found; a resized or
+    cropped one is not."""
+    seen: dict[str, str] = {}
+    for source in getattr(labeled, "sources", ()):
+        seen.update((D.pixel_digest(img), name)
+                    for img, name in zip(source.clean, source.names, strict=True))
+    found = [(name, seen[c]) for name, (_, c) in digests.items() if c in seen]
+    if found:
+        _say(f"warning: --val: {len(found)} of its {len(digests)} pairs have a clean image "
+             f"the run trains on ({_named(found)}): validation scores read high and best.pt "
+             "is picked on images the model has seen; make the validation pairs from photos "
+             "kept out of training")
+    if unlabeled is not None and getattr(unlabeled, "images", None):
+        photos = {D.pixel_digest(img) for img in unlabeled.images}
+        rainy = [name for name, (r, _) in digests.items() if r in photos]
+        if rainy:
+            _say(f"warning: --val: {len(rainy)} of its {len(digests)} rainy images are "
+                 f"among the --unlabeled photos ({', '.join(rainy[:3])}"
+                 f"{', ...' if len(rainy) > 3 else ''}): the run learns from them, so "
+                 "validation scores read high")
+
+
+def _named(found: list[tuple[str, str]]) -> str:
+    """The first three (validation name, training name) matches, as "a = b"."""
+    return ", ".join(a if a == b else f"{a} = {b}" for a, b in found[:3]) + (
+        ", ..." if len(found) > 3 else "")
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
@@ -1144,6 +1185,8 @@ class _Setup:
     #: whether --bn-recalib / --freeze-bn were given (a resume warns when they differ)
     recalib_given: bool
     freeze_given: bool
+    #: each validation pair's (rainy, clean) pixel digests (rank 0 only)
+    val_digests: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, world: int,
@@ -1172,10 +1215,11 @@ def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, 
         raise TrainError(f"--l1-weight is for RDMC's loss; {arch}'s supervised loss already "
                          "is L1 + SSIM")
     val_cache: dict[Any, Any] = {}
+    val_digests: dict[str, tuple[str, str]] = {}
     if cfg.val:  # fail now, on every rank, rather than at the first validation
-        val_cache = _check_val_pairs(cfg)
+        val_cache, val_digests = _check_val_pairs(cfg)
         if not is_main:  # only rank 0 validates: the others drop the decoded images
-            val_cache = {}
+            val_cache, val_digests = {}, {}
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))
     if use_bf16 and device.type == "cpu" and not cpu_supports_bf16():
         # Without AVX-512-BF16/AMX, PyTorch runs bf16 convolutions through its slow reference
@@ -1185,7 +1229,7 @@ def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, 
                  "(bf16 would run ~7x slower here)")
         use_bf16 = False
     return _Setup(cfg, device, name, arch, conf, use_bf16, val_cache, recalib_given,
-                  freeze_given)
+                  freeze_given, val_digests)
 
 
 def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
@@ -1551,6 +1595,8 @@ def _train(
     random.seed(cfg.seed)
     features, feat_label = _contrast_features(cfg, world, is_main)
     labeled, unlabeled, unl = _datasets(cfg, hooks, setup.arch, features, is_main)
+    if is_main and setup.val_digests:
+        _warn_val_in_training(setup.val_digests, labeled, unlabeled if unl else None)
     data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
     if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
         _say(f"warning: --resume: the training data changed since the checkpoint "

@@ -1989,7 +1989,7 @@ def test_resume_with_another_validation_drops_the_old_best(data, tmp_path, capsy
     import shutil
     shutil.copytree(run, same)
     T.train(_cfg(data, same, steps=3, resume=True, val=str(data["val"]), val_every=1))
-    assert "validation" not in capsys.readouterr().err
+    assert "changed settings" not in capsys.readouterr().err
     kept = json.loads((same / "manifest_entry.json").read_text())["metrics"]["val"]
     assert kept["best_psnr"] >= first["best_psnr"]
     # another set: said, and the best is the new set's alone
@@ -2198,6 +2198,29 @@ def test_a_run_stopped_on_its_budget_and_cut_in_its_export_resumes_to_the_export
                                    time_budget=60.0, steps=first.steps + 2, device="cpu",
                                    quiet=True))
     assert longer.steps == first.steps + 2 and not longer.stopped_early
+
+
+def test_validation_pairs_made_from_the_training_photos_are_named(data, tmp_path, capsys):
+    """The README's first training recipe validated on pairs synthesized from the photos it
+    trained on, and nothing said so: the scores read high, best.pt was picked on seen
+    images. Found by decoded pixels (synth re-encodes the photos as PNG)."""
+    import shutil
+
+    T.train(_cfg(data, tmp_path / "a", steps=1, val=str(data["val"])))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--val: 3 of its 3 pairs have a clean image the run trains on" in err
+    names = sorted(p.name for p in (data["val"] / "clean").iterdir())
+    assert names[0] in err
+
+    unlabeled = tmp_path / "mine"  # the validation's rainy photos among --unlabeled ones
+    shutil.copytree(data["real"], unlabeled)
+    shutil.copy(data["val"] / "rainy" / names[1], unlabeled / "x.png")
+    T.train(_cfg(data, tmp_path / "b", steps=1, val=str(data["val"]), synthetic=[
+        str(data["real"])], unlabeled=[str(unlabeled)], contrast_features="self"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "pairs have a clean image" not in err  # trained on other photos
+    assert f"--val: 1 of its 3 rainy images are among the --unlabeled photos ({names[1]})" \
+        in err
 
 
 def test_a_resume_from_best_pt_keeps_the_unspent_budget(data, tmp_path):
