@@ -38,5 +38,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    """Lazy names too, so tab completion offers ``Derainer``."""
-    return sorted({*globals(), *__all__})
+    """The public names, lazy ones too, so tab completion offers ``Derainer``, and the
+    submodules imported so far (``evaluate``, ``images``...), not this module's own
+    imports (``Any``, ``TYPE_CHECKING``)."""
+    import types
+
+    mods = (n for n, v in globals().items()
+            if isinstance(v, types.ModuleType) and v.__name__ == f"{__name__}.{n}")
+    return sorted({*__all__, *mods, *(n for n in globals() if n.startswith("__"))})

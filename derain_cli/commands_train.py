@@ -541,11 +541,12 @@ def eval_cmd(
             from .enhancer import DEFAULT_MODEL
 
             target = model or DEFAULT_MODEL
+        engine = {} if weights is not None else dict(  # the Derainer above has them
+            device=device, tile=tile, precision=precision, backend=backend, threads=threads,
+            ensemble=ensemble, rain_angle=rain_angle)
         res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
-                       rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit, device=device,
-                       tile=tile, precision=precision, backend=backend, overwrite=overwrite,
-                       threads=threads, ensemble=1 if weights is not None else ensemble,
-                       rain_angle=0.0 if weights is not None else rain_angle)
+                       rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit,
+                       overwrite=overwrite, **engine)
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:

@@ -133,13 +133,16 @@ class Derainer:
     setting that cannot be used here (device, precision, backend, tile...);
     ``UnknownModelError`` (a ``ValueError`` and ``KeyError``) for a name not in the
     registry; ``WeightsError`` for a weights file that cannot be used (missing, corrupt,
-    another network); ``WeightsUnavailable`` when a model's weights can be neither found
-    nor downloaded (offline, no network, not published).
+    another network) or a model with no published weights (``derain models``: none; give
+    ``weights=``); ``WeightsUnavailable`` when a published model's weights can be neither
+    found nor downloaded (offline, no network). All settings but ``model`` are
+    keyword-only (``Derainer("semi-drdnet-tiny", "cpu")`` read "cpu" as a weights file).
     """
 
     def __init__(
         self,
         model: str | None = None,
+        *,
         weights: str | os.PathLike[str] | None = None,
         device: str = "auto",
         precision: str = "auto",
@@ -225,16 +228,17 @@ class Derainer:
                 model, weights, device, precision, backend, threads, quiet,
                 (tile, tile_overlap, workload_megapixels, workload_images))
         self.min_tile = int(min_tile)  # the smallest tile that agrees with the whole image
-        self.tile = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
-        if 0 < self.tile < min_tile:
+        size = tile if tile is not None else tiling.auto_tile(auto(), min_tile)
+        if 0 < size < min_tile:
             # said aloud: someone lowering --tile to save memory gets bigger tiles than asked
             log.warning("--tile %d is below %s's minimum of %d px (smaller tiles would not "
                         "agree with the whole image); using %d px tiles",
-                        self.tile, self.model_name, min_tile, min_tile)
-            self.tile = min_tile
-        elif 0 < self.tile < MIN_TILE:
+                        size, self.model_name, min_tile, min_tile)
+            size = min_tile
+        elif 0 < size < MIN_TILE:
             log.warning("%d px tiles leave the network little context: expect a worse "
-                        "and slower result than with %d px or more", self.tile, MIN_TILE)
+                        "and slower result than with %d px or more", size, MIN_TILE)
+        self.tile = size  # checked (the property below)
         self.tile_overlap = overlap if tile_overlap is None else int(tile_overlap)
         if tile_overlap is not None and 0 < self.tile < 2 * self.tile_overlap:
             log.warning("a tile overlap of %d px is more than half the %d px tile; using %d px "
@@ -242,9 +246,7 @@ class Derainer:
                         self.tile // 2)
             self.tile_overlap = self.tile // 2
         self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
-        #: an image with a side shorter than this runs mirrored out to it
-        #: (``tiling.pad_small``; 0: as it is)
-        self.small_side = tiling.SMALL_SIDE
+        self.small_side = tiling.SMALL_SIDE  # checked (the property below)
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
         if scaled and self.engine_note:  # its megapixels are the passes', not the photos'
@@ -357,6 +359,37 @@ class Derainer:
                 or not 0.0 <= value <= 1.0):  # NaN fails this too
             raise OptionError(f"strength must be a number from 0 to 1, not {value!r}")
         self._strength = float(value)
+
+    @property
+    def tile(self) -> int:
+        """Tile side in pixels (0: the whole image at once). Checked when set, after
+        construction too (an audit: 8 px tiles ran, 45 levels off and 17 s; "big" failed
+        deep inside): 0, or at least the model's ``min_tile``."""
+        return self._tile
+
+    @tile.setter
+    def tile(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise OptionError(f"tile must be a whole number of pixels (0: whole image), "
+                              f"not {value!r}")
+        least = max(SMALLEST_TILE, getattr(self, "min_tile", 0))
+        if value != 0 and not value >= least:
+            raise OptionError(f"tile must be 0 (whole image) or at least {least} px "
+                              f"({self.model_name}'s smallest), not {value}")
+        self._tile = int(value)
+
+    @property
+    def small_side(self) -> int:
+        """An image with a side shorter than this runs mirrored out to it
+        (``tiling.pad_small``); 0: images run as they are. Checked when set (-1 ran as 0)."""
+        return self._small_side
+
+    @small_side.setter
+    def small_side(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise OptionError(f"small_side must be a whole number of pixels >= 0 (0: images "
+                              f"as they are), not {value!r}")
+        self._small_side = int(value)
 
     @property
     def ensemble(self) -> int:
@@ -543,12 +576,17 @@ class Derainer:
         P/PA become RGB/RGBA; La/RGBa (premultiplied) come back as LA/RGBA; 1 comes back as
         L; others (CMYK, YCbCr, ...) as RGB. ICC profile, DPI, EXIF and XMP in ``image.info``
         are carried, whatever the mode. Big-endian arrays come back big-endian.
+
+        A PIL image's EXIF orientation (a phone's portrait photo is stored turned) is
+        honoured: the rain is removed with the photo upright, and the result comes back in
+        the stored orientation with its tag, as the input came (run sideways, the streaks
+        lie across the network's view and mostly stay).
+        Samples are RGB order (OpenCV's ``imread`` gives BGR: ``cv2.cvtColor`` first).
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image)
         if not isinstance(image, np.ndarray):  # a path, a tensor...: said as such, not as
-            hint = ("; open it first: PIL.Image.open(path), or derain_cli.images.read_image"
-                    if isinstance(image, str | os.PathLike) else "")  # "got shape ()"
+            hint = _input_hint(image)  # "got shape ()"
             raise TypeError(f"derain() takes a PIL image or a numpy array, not "
                             f"{type(image).__name__}{hint}")
         return self._derain_numpy(np.asarray(image))
@@ -596,6 +634,13 @@ class Derainer:
         return Image.fromarray(y.astype(np.float32))
 
     def _derain_pil(self, img: Image.Image) -> Image.Image:
+        turn = _UPRIGHT.get(_orientation(img))
+        if turn is not None:  # derained upright, returned as stored (its tag kept)
+            undo = _UNDO.get(turn, turn)
+            out = self._derain_pil(_without_orientation(img.transpose(turn))).transpose(undo)
+            out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
+            out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
+            return out
         mode = img.mode
         icc = img.info.get("icc_profile")
         if mode in ("I;16", "I;16B", "I;16L"):
@@ -617,11 +662,54 @@ class Derainer:
 
                 work, icc = _normalise_mode(img, icc)
             out = Image.fromarray(self._derain_numpy(np.asarray(work)))
-        out.info.update({k: v for k, v in img.info.items()
-                         if k in ("dpi", "exif", "xmp", "XML:com.adobe.xmp")})
+        out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
         if icc:
             out.info["icc_profile"] = icc
         return out
+
+
+#: ``image.info`` entries ``derain`` carries from a PIL image to its result
+_CARRIED = ("dpi", "exif", "xmp", "XML:com.adobe.xmp")
+_ORIENTATION = 0x0112
+#: EXIF orientation -> the transpose that makes the photo upright (Pillow's exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+#: the transposes that are not their own inverse
+_UNDO = {Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+         Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270}
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag (1-8) of a PIL image, or None."""
+    try:
+        value = img.getexif().get(_ORIENTATION)
+    except Exception:  # noqa: BLE001 - unparseable EXIF: taken as stored
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _without_orientation(img: Image.Image) -> Image.Image:
+    """``img`` (a transposed copy) with the orientation tag gone from its EXIF, so the
+    upright pass is not turned again."""
+    exif = img.getexif()
+    exif.pop(_ORIENTATION, None)
+    img.info["exif"] = exif.tobytes()
+    return img
+
+
+def _input_hint(image: object) -> str:
+    """What to pass instead of ``image``, for derain()'s TypeError."""
+    if isinstance(image, str | os.PathLike):
+        return "; open it first: PIL.Image.open(path)"
+    kind = type(image).__name__
+    if kind == "Tensor":
+        return "; for a CHW tensor in [0, 1]: tensor.permute(1, 2, 0).cpu().numpy()"
+    if kind == "LoadedImage":
+        return ("; derain its pixels, derain(loaded.pixels), and write the result with "
+                "derain_cli.images.write_image(path, out, loaded)")
+    return ""
 
 
 def blend_toward_input(out: np.ndarray, rgb: np.ndarray, strength: float,
@@ -645,9 +733,16 @@ def blend_toward_input(out: np.ndarray, rgb: np.ndarray, strength: float,
 def _gray_scale(hi: float, mode: str) -> float:
     """Full scale of a 32-bit gray PIL image: Pillow's own ``convert("I")``/``convert("F")``
     gives 0-255, a float image built from [0, 1] data stays in [0, 1], 16-bit data reaches
-    past 255."""
+    past 255. A maximum a little past a scale is refused: [0, 1] data overshooting to 1.02
+    was taken as 0-255 and came back 17.8 dB away (an audit)."""
     if mode == "F" and hi <= 1.01:
         return 1.0
+    if mode == "F" and hi < 2.0:
+        raise ValueError(f"mode F samples reach {hi:g}: past [0, 1], too low for 0-255; clip "
+                         "them to [0, 1] (a little overshoot up to 1.01 is clipped)")
+    if 255.5 < hi < 300.0:
+        raise ValueError(f"mode {mode} samples reach {hi:g}: a little past 0-255, far below "
+                         "16 bits; clip them to 0-255, or scale 16-bit data to 0-65535")
     if hi <= 255.5:
         return 255.0
     if hi <= 65535.5:

@@ -41,6 +41,9 @@ IDENTITY = "identity"
 
 @dataclass
 class ImageScore:
+    """One pair's scores: PSNR and SSIM on the Y channel (BT.601, 8-bit output), PSNR on
+    RGB, and the seconds the model took on it."""
+
     name: str
     psnr_y: float
     ssim_y: float
@@ -67,6 +70,11 @@ class EvalResult:
     engine: str = ""
     #: the rain-angle setting the outputs were made with: degrees, ``"auto"``, or 0 (none)
     rain_angle: float | str = 0.0
+
+    def __repr__(self) -> str:
+        """One line, as ``summary()`` (the per-image scores are in ``images``: a hundred
+        ImageScores filled a notebook cell)."""
+        return f"<EvalResult {self.summary()}; {len(self.images)} ImageScores in .images>"
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +141,19 @@ def _refuse_option(model: Any, option: str, identity: str, instead: str) -> None
         raise OptionError(f"{option} applies to a model name or weights file; a "
                           f"{type(model).__name__} given as it is runs as it was made "
                           f"({instead})")
+
+
+def _check_engine_options(model: Any, **given: object) -> None:
+    """``OptionError`` where a Derainer or module given as it is comes with engine
+    settings (``device="cuda"``, ``tile=256``, ...): they were ignored in silence, and the
+    scores read as the settings' own (an audit)."""
+    defaults = {"device": "auto", "tile": None, "precision": "auto", "backend": "auto",
+                "threads": None}
+    changed = [f"{k}={v!r}" for k, v in given.items() if v != defaults[k]]
+    if changed and not isinstance(model, str | os.PathLike):
+        raise OptionError(f"{', '.join(changed)} applies to a model name or weights file; a "
+                          f"{type(model).__name__} given as it is runs as it was made "
+                          "(give them to Derainer(...) instead)")
 
 
 def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
@@ -249,6 +270,8 @@ def evaluate(
     """
     t0 = time.time()
     _check_ensemble(model, ensemble)  # before any pair is decoded
+    _check_engine_options(model, device=device, tile=tile, precision=precision,
+                          backend=backend, threads=threads)
     rain_angle = _check_rain_angle(model, rain_angle)
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
         raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "

@@ -103,8 +103,11 @@ ROCM_DEVICE = Path("/dev/kfd")
 
 
 def surely_cpu(device: str) -> bool:
-    """True when ``device`` resolves to the CPU for certain (see the module docstring)."""
-    if device == "cpu":
+    """True when ``device`` resolves to the CPU for certain (see the module docstring).
+    Spelt as ``resolve_device`` takes it ("CPU", " cpu", "cpu:0": an audit found them taking
+    int8 without the engine choice)."""
+    device = device.strip().lower() if isinstance(device, str) else device
+    if device in ("cpu", "cpu:0"):
         return True
     if device != "auto" or sys.platform == "darwin":
         return False

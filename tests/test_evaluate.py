@@ -330,6 +330,11 @@ def test_eval_scores_an_ensemble_and_names_it(pairs, tiny_weights):
         E.evaluate("identity", pairs, ensemble=2)
     with pytest.raises(OptionError, match="Derainer"):
         E.evaluate(d, pairs, ensemble=2)
+    # engine settings beside a Derainer were ignored in silence (an audit)
+    for given in ({"device": "cuda"}, {"tile": 64}, {"precision": "fp16"},
+                  {"backend": "onnx"}, {"threads": 1}):
+        with pytest.raises(OptionError, match=f"{next(iter(given))}=.*give them to Derainer"):
+            E.evaluate(d, pairs, **given)
 
 
 def test_eval_refuses_a_pass_count_before_decoding_the_pairs(pairs, monkeypatch):
