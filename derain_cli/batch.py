@@ -464,8 +464,12 @@ class _Collector:
         self.recursive, self.excluded = recursive, excluded
         self.items: list[InputItem] = []
         self.seen: set[Path] = set()
+        #: images offered to ``add``, those already listed too (a pattern whose every
+        #: match an earlier input listed matched something: it is no failure)
+        self.offered = 0
 
     def add(self, path: Path, rel: Path) -> None:
+        self.offered += 1
         key = _resolved(path)
         if key not in self.seen:
             self.seen.add(key)
@@ -498,7 +502,7 @@ class _Collector:
     def pattern(self, given: str) -> None:
         """A glob pattern's matches: folders scanned, images listed below its base."""
         base = _glob_base(given)
-        before = len(self.items)
+        before, offered = len(self.items), self.offered
         known: dict[Path, bool] = {}
         for m in sorted(_expand(given), key=natural_key):
             mp = Path(m)
@@ -516,7 +520,7 @@ class _Collector:
                 except ValueError:
                     rel = Path(mp.name)
                 self.add(mp, rel)
-        if len(self.items) == before:
+        if len(self.items) == before and self.offered == offered:
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern")
 
     def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None) -> None:
@@ -1339,11 +1343,13 @@ def run_batch(
         summary.seconds = time.perf_counter() - t0
         summary.interrupted = True
         summary.engine = engine_record(derainer)
-        if not dist.enabled and not summary.processed:
+        # under torchrun the ranks' counts cannot be gathered now: rank 0 (which marked)
+        # takes back only what is still empty (an audit: a marked, empty -o was left)
+        if dist.enabled or not summary.processed:
             unmark_unused(created)
         raise BatchInterrupted(summary) from None
     except BaseException:  # --debug's raised file error, or anything else: as for Ctrl-C
-        if not dist.enabled and not summary.processed:
+        if dist.enabled or not summary.processed:
             unmark_unused(created)
         raise
     summary.seconds = time.perf_counter() - t0

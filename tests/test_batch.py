@@ -153,6 +153,10 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     assert errors["nope.jpg"] == "no such file or folder"
     assert "unsupported file type '.txt'" in errors["notes.txt"]
     assert errors["*.gif"] == "no images match this pattern"
+    # every match listed already: no failure (an audit: `derain F 'F/*.jpg'` exited 1)
+    assert "*.jpg" not in errors
+    again = collect_inputs([str(tree), str(tree / "*.jpg"), str(tree / "a.*")])
+    assert [i.error for i in again if i.error is not None] == []
 
 
 def test_collect_empty_folder_hints_recursive(tmp_path: Path) -> None:
@@ -324,6 +328,37 @@ def test_a_run_that_wrote_nothing_leaves_no_marked_folder(tmp_path: Path, derain
     assert not (tmp_path / "dbg").exists()
     s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=mine))
     assert s.processed == 1 and (mine / OUTPUT_MARKER).is_file()
+
+
+def test_an_interrupted_torchrun_run_takes_back_an_empty_output_folder(tmp_path: Path) -> None:
+    """Ctrl-C under torchrun before any file was done left -o marked and empty (an audit):
+    the ranks' counts cannot be gathered then, so rank 0 takes back what is still empty,
+    and leaves a folder another rank wrote in."""
+    from derain_cli.batch import OUTPUT_MARKER, BatchInterrupted, DistInfo
+
+    for i in range(4):
+        _img(tmp_path / "in" / f"p{i}.png")
+
+    class Stopped:
+        device_name = "cpu"
+
+        def __init__(self, other_rank_wrote: Path | None = None) -> None:
+            self.wrote = other_rank_wrote
+
+        def derain_array(self, rgb, on_tile=None):
+            if self.wrote is not None:
+                _img(self.wrote / "p1.png")  # rank 1's result, done meanwhile
+            raise KeyboardInterrupt
+
+    rank0 = DistInfo(rank=0, world_size=2)
+    with pytest.raises(BatchInterrupted):
+        run_batch(collect_inputs([str(tmp_path / "in")]), Stopped(),
+                  BatchOptions(output=tmp_path / "out"), dist=rank0)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BatchInterrupted):
+        run_batch(collect_inputs([str(tmp_path / "in")]), Stopped(tmp_path / "out2"),
+                  BatchOptions(output=tmp_path / "out2"), dist=rank0)
+    assert sorted(os.listdir(tmp_path / "out2")) == [OUTPUT_MARKER, "p1.png"]
 
 
 # --------------------------------------------------------------------------- planning
