@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -491,7 +491,8 @@ def eval_cmd(
     save: Annotated[Path | None, typer.Option(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
     report: Annotated[Path | None, typer.Option(
-        help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv.")] = None,
+        help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv or "
+             "--save (then scores.csv in --save's folder).")] = None,
     csv_path: Annotated[Path | None, typer.Option(
         "--csv", help="Per-image CSV \\[default: STEM.csv beside --report, or scores.csv in "
                       "--save's folder; none without either].")] = None,
@@ -520,7 +521,7 @@ def eval_cmd(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
-    from .evaluate import evaluate
+    from .evaluate import EvalInterrupted, evaluate
 
     if data_arg is None and data_opt is None:
         raise typer.BadParameter("give the pairs folder: derain eval DATA or --data DATA")
@@ -544,9 +545,18 @@ def eval_cmd(
         engine = {} if weights is not None else dict(  # the Derainer above has them
             device=device, tile=tile, precision=precision, backend=backend, threads=threads,
             ensemble=ensemble, rain_angle=rain_angle)
-        res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
-                       rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit,
-                       overwrite=overwrite, **engine)
+        try:
+            res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
+                           rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit,
+                           overwrite=overwrite, **engine)
+        except EvalInterrupted as e:
+            got = e.result
+            _err.print(f"\ninterrupted after {got.count} of {e.total} pairs; their scores "
+                       f"(mean PSNR-Y {got.psnr_y:.2f} dB over those) are in "
+                       + " and ".join(str(p) for p in (got.csv_path, got.report_path) if p)
+                       + "; the same command with --overwrite scores them all")
+            e.reported = True  # type: ignore[attr-defined]
+            raise
         if as_json:
             typer.echo(json.dumps(res.to_dict(), indent=2))
         else:
@@ -572,9 +582,12 @@ def synth_cmd(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace same-named pairs in an output that already holds some.")
     ] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar; only the last line (and warnings).")] = False,
 ) -> None:
     """Write synthetic rainy/clean pairs from clean photos."""
     from .evaluate import synth_pairs
+    from .plain_progress import count_progress
 
     if out is not None and out_arg is not None and out != out_arg:
         say_error(f"two outputs given ({out_arg} and -o {out}); give one")
@@ -584,5 +597,30 @@ def synth_cmd(
         say_error("no output folder: derain synth CLEAN PAIRS_DIR, or -o PAIRS_DIR")
         raise typer.Exit(2)
     with _errors():
-        n = synth_pairs(clean, out, preset=preset, count=count, seed=seed, overwrite=overwrite)
+        with contextlib.ExitStack() as bar:  # the bar goes before the last line
+            done: Callable[[int], None] | None = None
+
+            def on_image(k: int, total: int) -> None:  # the total is known at the first
+                nonlocal done
+                if done is None:
+                    done = bar.enter_context(count_progress("pairs", total, not quiet))
+                done(k)
+
+            made = 0
+
+            def on_pair(k: int, total: int) -> None:
+                nonlocal made
+                made = k
+                on_image(k, total)
+
+            try:
+                n = synth_pairs(clean, out, preset=preset, count=count, seed=seed,
+                                overwrite=overwrite, on_image=on_pair)
+            except KeyboardInterrupt as e:
+                bar.close()
+                _err.print(f"\ninterrupted after {made} pair{'s' if made != 1 else ''}, each "
+                           "whole; the same command with --overwrite writes them again, the "
+                           "same pairs, and the rest")
+                e.reported = True  # type: ignore[attr-defined]
+                raise
         typer.echo(f"wrote {n} pair{'s' if n != 1 else ''} to {out}/rainy and {out}/clean")

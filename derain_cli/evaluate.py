@@ -8,6 +8,7 @@ rainy input itself (Rain100L: 26.90 dB / 0.8384).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
@@ -297,48 +298,71 @@ def evaluate(
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
     names = save_names(pairs)
-    for i, p in enumerate(pairs):
-        kept, decoded[i] = decoded[i], None  # freed as the scoring goes
-        rainy, clean = kept or (load_rgb_u8(p.rainy), load_rgb_u8(p.clean))
-        problem = pair_problem(p.name, rainy, clean)
-        if problem:
-            from .pairs import PairsError
 
-            raise PairsError(problem)
-        t = time.time()
-        out = _to_u8(run(rainy)) if label != IDENTITY else rainy
-        s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
-                       metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),
-                       time.time() - t,
-                       derainer.last_rain_angle if setting and derainer is not None else None)
-        scores.append(s)
-        if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
-            from .images import write_image
-
-            write_image(save / names[i], out.astype(np.float32) / 255.0)
+    def finish() -> EvalResult:
+        """The result over the pairs scored (a Ctrl-C may land between a pair's score and
+        its thumbnails: those with both), its CSV and report written."""
+        done = scores[:len(thumbs)] if rep is not None else scores
+        res = EvalResult(
+            model=label, data_dir=str(data_dir), count=len(done),
+            psnr_y=float(np.mean([s.psnr_y for s in done])),
+            ssim_y=float(np.mean([s.ssim_y for s in done])),
+            psnr_rgb=float(np.mean([s.psnr_rgb for s in done])),
+            images=done, seconds=time.time() - t0,
+            engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
+            rain_angle=setting,
+        )
+        if csv_file is not None:
+            write_csv(res, csv_file)
+            res.csv_path = str(csv_file)
         if rep is not None:
-            thumbs.append(tuple(_thumb(img, rep, f"{i:04d}_{k}")  # type: ignore[misc]
-                                for k, img in (("rainy", rainy), ("out", out), ("clean", clean))))
-        if on_image is not None:
-            on_image(i + 1, len(pairs), s)
-    res = EvalResult(
-        model=label, data_dir=str(data_dir), count=len(scores),
-        psnr_y=float(np.mean([s.psnr_y for s in scores])),
-        ssim_y=float(np.mean([s.ssim_y for s in scores])),
-        psnr_rgb=float(np.mean([s.psnr_rgb for s in scores])),
-        images=scores, seconds=time.time() - t0,
-        engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
-        rain_angle=setting,
-    )
-    if csv_file is not None:
-        write_csv(res, csv_file)
-        res.csv_path = str(csv_file)
-    if rep is not None:
-        res.report_path = str(rep)  # before writing: the page's summary names it too
-        write_report(res, rep, thumbs)
-        if overwrite:  # without it the folder held none of ours (check_outputs)
-            _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
-    return res
+            res.report_path = str(rep)  # before writing: the page's summary names it too
+            write_report(res, rep, thumbs)
+            if overwrite:  # without it the folder held none of ours (check_outputs)
+                _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
+        return res
+
+    try:
+        for i, p in enumerate(pairs):
+            kept, decoded[i] = decoded[i], None  # freed as the scoring goes
+            rainy, clean = kept or (load_rgb_u8(p.rainy), load_rgb_u8(p.clean))
+            problem = pair_problem(p.name, rainy, clean)
+            if problem:
+                from .pairs import PairsError
+
+                raise PairsError(problem)
+            t = time.time()
+            out = _to_u8(run(rainy)) if label != IDENTITY else rainy
+            s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
+                           metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),
+                           time.time() - t,
+                           derainer.last_rain_angle if setting and derainer is not None else None)
+            scores.append(s)
+            if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
+                from .images import write_image
+
+                write_image(save / names[i], out.astype(np.float32) / 255.0)
+            if rep is not None:
+                views = (("rainy", rainy), ("out", out), ("clean", clean))
+                thumbs.append(tuple(_thumb(img, rep, f"{i:04d}_{k}")  # type: ignore[misc]
+                                    for k, img in views))
+            if on_image is not None:
+                on_image(i + 1, len(pairs), s)
+    except KeyboardInterrupt:  # the pairs scored so far are written, not lost (an audit)
+        if (thumbs if rep is not None else scores) and (csv_file is not None or rep is not None):
+            raise EvalInterrupted(finish(), len(pairs)) from None
+        raise
+    return finish()
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``evaluate``, after the pairs scored so far were written to the CSV
+    and report (``result``, over ``result.count`` of ``total`` pairs): an interrupted run
+    of a long set printed "interrupted" and kept nothing."""
+
+    def __init__(self, result: EvalResult, total: int) -> None:
+        super().__init__(f"interrupted after {result.count} of {total} pairs")
+        self.result, self.total = result, total
 
 
 #: The report's three thumbnails of each pair, ``<stem>_files/NNNN_<kind>.jpg``
@@ -587,6 +611,14 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
             f"<br>rain turned from {s.rain_angle:g} degrees" if s.rain_angle else
             "<br>not turned")
 
+    engine = f" Run on {e(res.engine)}." if res.engine else ""  # bf16 and int8 score apart
+    csv_link = ""
+    if res.csv_path:  # relative, so the report, its CSV and thumbnails move together
+        try:
+            rel = os.path.relpath(Path(res.csv_path).resolve(), path.resolve().parent)
+        except ValueError:  # another drive (Windows): no relative path
+            rel = str(Path(res.csv_path).resolve())
+        csv_link = f' Per-image CSV: <a href="{e(quote(Path(rel).as_posix()))}">{e(rel)}</a>.'
     rows = []
     for s, (r, o, c) in zip(res.images, thumbs, strict=True):
         rows.append(
@@ -604,7 +636,7 @@ img{{max-width:320px}} table{{border-collapse:collapse}} tr:nth-child(even){{bac
 <p>{res.count} image{'s' if res.count != 1 else ''}. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
 SSIM-Y <b>{res.ssim_y:.4f}</b>,
 PSNR-RGB {res.psnr_rgb:.2f} dB{e(res.turns())} (outputs rounded to 8 bits; BT.601 Y; Gaussian
-SSIM).</p>
+SSIM).{engine}{csv_link}</p>
 <table><tr><th>image</th><th>rainy</th><th>derained</th><th>clean</th></tr>
 {chr(10).join(rows)}
 </table>
@@ -705,6 +737,24 @@ def _pair_names(paths: list[Path], root: Path) -> list[str]:
     return unique
 
 
+def _write_pair(out: Path, name: str, clean: np.ndarray, rainy: np.ndarray) -> None:
+    """One pair, both images or neither: Ctrl-C between the two writes left a clean image
+    without its rainy partner, and ``eval``/``train --pairs`` then refused the whole set
+    (an audit). Each write is atomic; where the second fails, the first goes (with an
+    ``--overwrite``'s old partner, which would now pair with nothing)."""
+    from .images import write_image
+
+    first, second = out / "clean" / f"{name}.png", out / "rainy" / f"{name}.png"
+    write_image(first, clean)
+    try:
+        write_image(second, rainy)
+    except BaseException:
+        for p in (first, second):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        raise
+
+
 def synth_pairs(
     clean_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -729,7 +779,6 @@ def synth_pairs(
     default: a ``warning:`` line on stderr), so one damaged file does not end a long job;
     ``DataError`` if none can be read. Returns the number of pairs written."""
     from . import synth
-    from .images import write_image
 
     try:
         synth.check_preset(preset)
@@ -780,7 +829,12 @@ def synth_pairs(
         p = paths[j]
         if j not in cache:
             try:
-                cache = {j: load_rgb_u8(p).astype(np.float32) / 255.0}
+                img = load_rgb_u8(p)
+                if min(img.shape[:2]) < metrics.SSIM_WINDOW:  # eval refused the whole set
+                    raise DataError(f"{p}: {img.shape[1]}x{img.shape[0]} is too small for a "
+                                    f"pair anyone can score (SSIM needs {metrics.SSIM_WINDOW} "
+                                    "px a side)")
+                cache = {j: img.astype(np.float32) / 255.0}
             except DataError as e:
                 skip(p, str(e))
                 bad.add(j)
@@ -791,8 +845,7 @@ def synth_pairs(
         rainy, _ = synth.synthesize(clean, preset, np.random.default_rng([seed & 0xFFFFFFFF, k]))
         name = _walk_name(names, k, used)
         used.add(name)
-        write_image(out / "clean" / f"{name}.png", clean)
-        write_image(out / "rainy" / f"{name}.png", rainy)
+        _write_pair(out, name, clean, rainy)
         written += 1
         if on_image is not None:
             on_image(written, n)

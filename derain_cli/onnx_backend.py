@@ -126,13 +126,16 @@ def _digest_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".sha256")
 
 
-def _intact(files: list[Path]) -> bool:
+def _intact(files: list[Path], say: bool = True) -> bool:
     """Every graph there with the digest written at its export: a graph damaged in place
-    (a flipped bit in a weight still loads) ran wrong on every later run."""
+    (a flipped bit in a weight still loads) ran wrong on every later run. ``say``: warn
+    about a damaged one (once: the check is repeated under the export lock)."""
     try:
         for f in files:
             if _digest_path(f).read_text().strip() != sha256_file(f):
-                log.warning("cached ONNX graph %s does not match its digest; exporting again", f)
+                if say:
+                    log.warning("cached ONNX graph %s does not match its digest; exporting "
+                                "again", f)
                 return False
     except OSError:  # missing (or a graph from before the digests): export
         return False
@@ -170,7 +173,7 @@ def cached_graphs(
         log.debug("ONNX cache hit: %s", folder)
         return files
     with _export_lock:
-        if not refresh and _intact(files):
+        if not refresh and _intact(files, say=False):  # another thread's export, meanwhile
             return files
         src = model
         param = next(iter(model.parameters()), None)

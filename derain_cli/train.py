@@ -2390,7 +2390,9 @@ def _pseudo_clean(
         _say(f"deraining your {len(photos)} photo{'s' if len(photos) != 1 else ''} with the "
              "starting model for pseudo-clean backgrounds...")
     outs = []
-    with _photo_progress(len(photos), enabled=talk) as done:
+    from .plain_progress import count_progress
+
+    with count_progress("pseudo-clean", len(photos), enabled=talk) as done:
         for img in photos:
             y = np.clip(run(img.astype(np.float32) / 255.0), 0.0, 1.0)
             outs.append(np.rint(y * 255.0).astype(np.uint8))
@@ -2398,36 +2400,3 @@ def _pseudo_clean(
     return outs
 
 
-@contextlib.contextmanager
-def _photo_progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A bar (a terminal) or a line a minute (a log) for finetune's pseudo-clean pass: at
-    200 photos it was minutes of silence after one line, on every --resume too (audit)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from .plain_progress import PlainProgress
-    from .terminal import DerainConsole
-
-    console = DerainConsole(stderr=True)
-    if not console.is_terminal:
-        lines = PlainProgress(console, 60.0)
-
-        def said(n: int) -> None:
-            if lines.due() or n == total:
-                lines.print(f"pseudo-clean {n}/{total} {lines.timing(n, total)}")
-
-        yield said
-        return
-    with Progress(TextColumn("pseudo-clean"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("pseudo-clean", total=total)
-        yield lambda n: bar.update(task, completed=n)

@@ -62,7 +62,7 @@ def test_identity_matches_independent_skimage(pairs):
     assert [s.name for s in res.images] == ["p0.png", "p1.png", "p2.png", "p3.png"]
 
 
-def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path):
+def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights):
     torch.manual_seed(0)
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
     report = tmp_path / "rep" / "report.html"
@@ -82,9 +82,44 @@ def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path):
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 12
     summary = json.loads(page.split('id="summary">')[1].split("</script>")[0])  # raw JSON
     assert summary["count"] == 4 and summary["report_path"] == str(report)
+    assert 'Per-image CSV: <a href="../out/scores.csv">' in page  # relative: moves along
+    named = E.evaluate(str(tiny_weights), pairs, report=tmp_path / "r2.html", device="cpu")
+    assert f"Run on {named.engine}." in (tmp_path / "r2.html").read_text()  # not only in JSON
+    assert 'href="r2.csv"' in (tmp_path / "r2.html").read_text()
     # rewritten over fewer pairs: the thumbnails of the pairs left out go too
     E.evaluate(net, pairs, report=report, limit=2, overwrite=True)
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 6
+
+
+def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypatch):
+    """Ctrl-C on a long set printed "interrupted" and kept nothing, while --save's images
+    then refused the same command (an audit): the pairs scored are written to the CSV and
+    report, and the message says so and how to score them all."""
+    from derain_cli import metrics
+
+    real, calls = metrics.ssim_y, []
+
+    def stopped_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(metrics, "ssim_y", stopped_at_the_third)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
+                                    str(tmp_path / "s"), "--report", str(tmp_path / "r.html")])
+    assert r.exit_code == 130
+    err = " ".join(r.stderr.split())
+    assert "interrupted after 2 of 4 pairs; their scores (mean PSNR-Y" in err
+    assert "--overwrite scores them all" in err
+    rows = list(csv.reader(open(tmp_path / "s" / "scores.csv")))
+    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png", "mean"]
+    assert (tmp_path / "r.html").read_text().count("<img") == 6
+    monkeypatch.setattr(metrics, "ssim_y", real)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
+                                    str(tmp_path / "s"), "--report", str(tmp_path / "r.html"),
+                                    "--overwrite"])
+    assert r.exit_code == 0 and len(list(csv.reader(open(tmp_path / "s" / "scores.csv")))) == 6
 
 
 def test_synth_pairs(clean_dir, tmp_path):
@@ -115,6 +150,19 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
     assert sorted(p.name for p in find_pairs(tmp_path / "s")) == [f"p{i}.png" for i in range(4)]
     n = E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None)
     assert n == 6 and len(find_pairs(tmp_path / "c")) == 6  # reuse cycles over readable ones
+
+
+def test_synth_skips_a_photo_too_small_to_score(tmp_path):
+    """A 12x9 photo made a pair that eval then refused, and with it the whole set (audit)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(photos / "b.png")
+    skipped: list[str] = []
+    n = E.synth_pairs(photos, tmp_path / "s", on_skip=lambda p, why: skipped.append(why))
+    assert n == 1 and len(skipped) == 1 and "12x9 is too small" in skipped[0]
+    assert E.evaluate("identity", tmp_path / "s").count == 1
 
 
 def test_synth_fails_clearly_when_no_photo_is_readable(tmp_path, capsys):
@@ -213,6 +261,47 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
     assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
     assert "Traceback" not in r.output
+
+
+def test_cli_synth_shows_progress_unless_quiet(clean_dir, tmp_path, monkeypatch):
+    """``synth --count 300`` was minutes without a word: a bar on a terminal, a line a
+    minute in a log (the last one always), none with -q."""
+    from derain_cli import plain_progress
+
+    monkeypatch.setattr(plain_progress.PlainProgress, "due", lambda self: True)
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"),
+                                    "--count", "3"])
+    assert r.exit_code == 0, r.output
+    assert [ln.split(" elapsed")[0] for ln in r.stderr.splitlines()] == [
+        "pairs 1/3", "pairs 2/3", "pairs 3/3"]
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "q"),
+                                    "--count", "3", "-q"])
+    assert r.exit_code == 0 and r.stderr == "" and r.stdout.startswith("wrote 3 pairs")
+
+
+def test_synth_interrupted_between_a_pairs_images_leaves_whole_pairs(clean_dir, tmp_path,
+                                                                     monkeypatch):
+    """Ctrl-C between the clean and the rainy write left a clean image alone, and eval then
+    refused the set ("without a rainy partner"; an audit, 3 interrupts in 15)."""
+    from derain_cli import images
+
+    real, calls = images.write_image, []
+
+    def interrupted_at_the_fourth(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 4:  # the second pair's rainy image
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(images, "write_image", interrupted_at_the_fourth)
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"),
+                                    "--count", "3", "-q"])
+    assert r.exit_code == 130
+    assert "interrupted after 1 pair, each whole" in r.stderr and "--overwrite" in r.stderr
+    for side in ("rainy", "clean"):
+        assert len(list((tmp_path / "p" / side).iterdir())) == 1, side
+    monkeypatch.setattr(images, "write_image", real)
+    assert E.evaluate("identity", tmp_path / "p").count == 1
 
 
 def test_cli_synth_output_option(clean_dir, tmp_path):

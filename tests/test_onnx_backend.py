@@ -146,7 +146,7 @@ def test_a_cached_graph_damaged_in_place_is_exported_again(caplog):
     with caplog.at_level(logging.WARNING):
         runner = make_onnx_runner(net, "cpu", "fp32")
     # exported again once (its two graphs, forward and statistics)
-    assert export.EXPORT_COUNT == count + 2 and "does not match its digest" in caplog.text
+    assert export.EXPORT_COUNT == count + 2 and caplog.text.count("does not match its digest") == 1
     x = np.random.default_rng(0).random((1, 3, 16, 16), np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()

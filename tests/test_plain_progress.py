@@ -30,3 +30,19 @@ def test_lines_are_throttled_and_estimate_from_the_mean_rate(monkeypatch) -> Non
     assert lines.timing(0, 4) == "elapsed 0:01:00 ETA -:--:--"
     lines.print("[bold]a[/bold] line")  # printed as it is, no markup
     assert buf.getvalue() == "[bold]a[/bold] line\n"
+
+
+def test_count_progress_in_a_log_and_quiet(capsys):
+    """At 200 photos finetune's pseudo-clean pass was minutes of silence after one line
+    (audit), and so was ``synth --count 300``: a log gets a line a minute and the last;
+    quiet runs say nothing."""
+    from derain_cli.plain_progress import count_progress
+
+    with count_progress("pseudo-clean", 3, enabled=True) as done:
+        for n in (1, 2, 3):
+            done(n)
+    err = capsys.readouterr().err
+    assert "pseudo-clean 3/3 elapsed" in err and "ETA" in err
+    with count_progress("pseudo-clean", 3, enabled=False) as done:
+        done(3)
+    assert capsys.readouterr().err == ""

@@ -2137,19 +2137,6 @@ def test_the_end_says_when_best_pt_scored_higher(data, tmp_path, capsys, monkeyp
     assert "note: best.pt scored higher on --val, 20.00 dB at step 1" in err
 
 
-def test_finetunes_pseudo_clean_pass_shows_its_progress(capsys):
-    """At 200 photos the pseudo-clean pass was minutes of silence after one line (audit):
-    a log gets a line a minute and the last; quiet runs say nothing."""
-    with T._photo_progress(3, enabled=True) as done:
-        for n in (1, 2, 3):
-            done(n)
-    err = capsys.readouterr().err
-    assert "pseudo-clean 3/3 elapsed" in err and "ETA" in err
-    with T._photo_progress(3, enabled=False) as done:
-        done(3)
-    assert capsys.readouterr().err == ""
-
-
 def test_a_refused_run_leaves_the_running_ones_lock(data, tmp_path, monkeypatch):
     """Two runs started together on a new --out: the one refused ("in use") took back
     the folder it thought it had made, removing the other's lock (review)."""
