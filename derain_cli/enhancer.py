@@ -37,6 +37,8 @@ DEFAULT_MODEL = "semi-drdnet-fast"
 MIN_TILE = 64
 #: number types the float options take (numpy's scalars too, as the whole-number ones do)
 _REAL = (int, float, np.integer, np.floating)
+#: ``on_tile(done, total)``: a large image's tiles as they are done (a progress bar's hook)
+TileCallback = Callable[[int, int], None]
 #: Smallest tile accepted at all: below it every pixel is near a tile border (a 300x220
 #: photo in 1-7 px tiles came back at 25-27 dB against untiled, and 150 times slower).
 SMALLEST_TILE = 16
@@ -446,7 +448,7 @@ class Derainer:
                 f"rain_angle={_slant.said(self.rain_angle)})")
 
     def derain_array(
-        self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
+        self, rgb: np.ndarray, on_tile: TileCallback | None = None
     ) -> np.ndarray:
         """HxWx3 float32 in [0, 1], or uint8/uint16 samples -> derained HxWx3 float32 in [0, 1].
 
@@ -561,12 +563,15 @@ class Derainer:
         return out
 
     @overload
-    def derain(self, image: Image.Image) -> Image.Image: ...
+    def derain(self, image: Image.Image, *, on_tile: TileCallback | None = None,
+               ) -> Image.Image: ...
 
     @overload
-    def derain(self, image: np.ndarray) -> np.ndarray: ...
+    def derain(self, image: np.ndarray, *, on_tile: TileCallback | None = None,
+               ) -> np.ndarray: ...
 
-    def derain(self, image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+    def derain(self, image: Image.Image | np.ndarray, *,
+               on_tile: TileCallback | None = None) -> Image.Image | np.ndarray:
         """Derain a PIL image or an HxW / HxWxC numpy array, returning the same type.
 
         Alpha is kept untouched; grayscale stays grayscale. Arrays: uint8 or uint16 samples
@@ -582,22 +587,29 @@ class Derainer:
         the stored orientation with its tag, as the input came (run sideways, the streaks
         lie across the network's view and mostly stay).
         Samples are RGB order (OpenCV's ``imread`` gives BGR: ``cv2.cvtColor`` first).
+        ``on_tile(done, total)`` follows a large image's tiles, as in :meth:`derain_array`
+        (a progress bar: ``tqdm``'s ``update``).
         """
         if isinstance(image, Image.Image):
-            return self._derain_pil(image)
+            return self._derain_pil(image, on_tile)
         if not isinstance(image, np.ndarray):  # a path, a tensor...: said as such, not as
             hint = _input_hint(image)  # "got shape ()"
             raise TypeError(f"derain() takes a PIL image or a numpy array, not "
                             f"{type(image).__name__}{hint}")
-        return self._derain_numpy(np.asarray(image))
+        if isinstance(image, np.ma.MaskedArray):  # np.asarray drops the mask in silence
+            raise TypeError("derain() takes a plain array; a masked one's mask would be "
+                            "ignored: fill it first (arr.filled(0)), and keep the mask to "
+                            "apply to the result")
+        return self._derain_numpy(np.asarray(image), on_tile)
 
-    def _derain_numpy(self, arr: np.ndarray) -> np.ndarray:
+    def _derain_numpy(self, arr: np.ndarray, on_tile: TileCallback | None = None) -> np.ndarray:
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
             raise ValueError(
                 f"expected an HxW or HxWx(1|2|3|4) array (gray, gray+alpha, RGB, RGBA), "
                 f"got shape {arr.shape}")
         if not arr.dtype.isnative:  # big-endian samples (e.g. from a FITS or raw reader)
-            return self._derain_numpy(arr.astype(arr.dtype.newbyteorder("="))).astype(arr.dtype)
+            native = arr.astype(arr.dtype.newbyteorder("="))
+            return self._derain_numpy(native, on_tile).astype(arr.dtype)
         _check_samples(arr)
         scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind == "u" else 1.0
         # uint8/uint16 go to the tiler as they are (scaled tile by tile); others as float32.
@@ -608,7 +620,7 @@ class Derainer:
         alpha = arr[..., channels - 1:] if channels in (2, 4) else None  # as given
         rgb = np.repeat(x[..., :1] if x.ndim == 3 else x[..., None], 3, axis=2) if gray \
             else x[..., :3]
-        y = self.derain_array(rgb)
+        y = self.derain_array(rgb, on_tile)
         if gray:
             y = y.mean(axis=2, keepdims=True)
         if scale != 1.0:
@@ -618,7 +630,8 @@ class Derainer:
             y = np.concatenate([y, alpha], axis=2)
         return y.reshape(arr.shape)
 
-    def _derain_wide_gray(self, img: Image.Image) -> Image.Image:
+    def _derain_wide_gray(self, img: Image.Image,
+                          on_tile: TileCallback | None = None) -> Image.Image:
         """Mode I or F: derained at the scale its values show (``_gray_scale``), returned in
         the same mode and scale."""
         arr = np.asarray(img, dtype=np.float32)
@@ -628,25 +641,28 @@ class Derainer:
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -0.01:
             raise ValueError(f"mode {img.mode} samples span {lo:g}..{hi:g}: expected 0 or more")
         scale = _gray_scale(hi, img.mode)
-        y = self._derain_numpy(np.clip(arr / np.float32(scale), 0.0, 1.0)) * np.float32(scale)
+        y = self._derain_numpy(np.clip(arr / np.float32(scale), 0.0, 1.0),
+                               on_tile) * np.float32(scale)
         if img.mode == "I":
             return Image.fromarray(np.rint(y).astype(np.int32))
         return Image.fromarray(y.astype(np.float32))
 
-    def _derain_pil(self, img: Image.Image) -> Image.Image:
+    def _derain_pil(self, img: Image.Image, on_tile: TileCallback | None = None) -> Image.Image:
         turn = _UPRIGHT.get(_orientation(img))
         if turn is not None:  # derained upright, returned as stored (its tag kept)
             undo = _UNDO.get(turn, turn)
-            out = self._derain_pil(_without_orientation(img.transpose(turn))).transpose(undo)
+            upright = _without_orientation(img.transpose(turn))
+            out = self._derain_pil(upright, on_tile).transpose(undo)
             out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
             out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
             return out
         mode = img.mode
         icc = img.info.get("icc_profile")
         if mode in ("I;16", "I;16B", "I;16L"):
-            out = Image.fromarray(self._derain_numpy(np.asarray(img).astype(np.uint16)))
+            out = Image.fromarray(self._derain_numpy(np.asarray(img).astype(np.uint16),
+                                                     on_tile))
         elif mode in ("I", "F"):  # 32-bit gray: scale guessed from the values, kept
-            out = self._derain_wide_gray(img)
+            out = self._derain_wide_gray(img, on_tile)
         else:
             if mode in ("RGB", "RGBA", "L", "LA"):
                 work = img
@@ -661,7 +677,7 @@ class Derainer:
                 from .images import _normalise_mode  # too (a CMYK one cannot describe RGB)
 
                 work, icc = _normalise_mode(img, icc)
-            out = Image.fromarray(self._derain_numpy(np.asarray(work)))
+            out = Image.fromarray(self._derain_numpy(np.asarray(work), on_tile))
         out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
         if icc:
             out.info["icc_profile"] = icc

@@ -104,6 +104,22 @@ def test_pil_float_and_bilevel_modes_stay_gray(derainer):
     assert derainer.derain(Image.fromarray(_photo()).convert("1")).mode == "L"
 
 
+def test_derain_follows_tiles_for_a_progress_bar(tiny_weights):
+    """Only derain_array took on_tile: a notebook's large PIL image had no progress hook."""
+    d = Derainer(weights=tiny_weights, device="cpu", tile=64)
+    for image in (Image.fromarray(_photo(150, 200)), _photo(150, 200)[..., 0],
+                  Image.fromarray(_photo(150, 200)).convert("I;16")):
+        seen: list[tuple[int, int]] = []
+        d.derain(image, on_tile=lambda done, total: seen.append((done, total)))
+        assert len(seen) > 1 and seen[-1][0] == seen[-1][1], seen
+
+
+def test_a_masked_array_is_refused_not_unmasked_in_silence(derainer):
+    masked = np.ma.masked_array(_photo(), mask=np.zeros(_photo().shape, bool))
+    with pytest.raises(TypeError, match="masked one's mask would be ignored"):
+        derainer.derain(masked)
+
+
 def test_tile_and_small_side_are_checked_when_set_later(tiny_weights):
     """An audit: ``d.tile = 8`` ran (17 s, 45 levels off), ``d.tile = "big"`` failed deep
     inside with a TypeError about ``<=``, ``d.small_side = -1`` ran as 0."""
