@@ -161,6 +161,8 @@ class Derainer:
         ensemble: int = 1,
         rain_angle: float | str = 0.0,
     ) -> None:
+        #: the settings it was made with (``__reduce__``)
+        self._made_with = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
         for what, v in (("device", device), ("precision", precision)):
@@ -361,6 +363,17 @@ class Derainer:
                 or not 0.0 <= value <= 1.0):  # NaN fails this too
             raise OptionError(f"strength must be a number from 0 to 1, not {value!r}")
         self._strength = float(value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its settings (the engine it runs, the ones set since), rebuilt when
+        unpickled, its engine loaded anew: a PyTorch engine pickled its whole network and
+        an ONNX one failed ("cannot pickle 'module' object"), so joblib or a process pool
+        worked on one machine and failed on another, as the engine picked there (audit)."""
+        made = {**self._made_with, "device": self.device_name, "precision": self.precision,
+                "backend": self.backend}
+        later = {"tile": self.tile, "small_side": self.small_side, "strength": self.strength,
+                 "ensemble": self.ensemble, "rain_angle": self.rain_angle}
+        return (_rebuilt, (type(self), made, later))
 
     @property
     def tile(self) -> int:
@@ -713,6 +726,14 @@ def _without_orientation(img: Image.Image) -> Image.Image:
     exif.pop(_ORIENTATION, None)
     img.info["exif"] = exif.tobytes()
     return img
+
+
+def _rebuilt(cls: type[Derainer], made: dict[str, Any], later: dict[str, Any]) -> Derainer:
+    """A pickled Derainer made again (``Derainer.__reduce__``)."""
+    derainer = cls(**made)
+    for name, value in later.items():
+        setattr(derainer, name, value)
+    return derainer
 
 
 def _input_hint(image: object) -> str:

@@ -110,8 +110,29 @@ def test_derain_follows_tiles_for_a_progress_bar(tiny_weights):
     for image in (Image.fromarray(_photo(150, 200)), _photo(150, 200)[..., 0],
                   Image.fromarray(_photo(150, 200)).convert("I;16")):
         seen: list[tuple[int, int]] = []
-        d.derain(image, on_tile=lambda done, total: seen.append((done, total)))
+        d.derain(image, on_tile=lambda done, total, seen=seen: seen.append((done, total)))
         assert len(seen) > 1 and seen[-1][0] == seen[-1][1], seen
+
+
+@pytest.mark.parametrize("engine", [dict(precision="fp32"), dict(precision="int8")])
+def test_a_derainer_pickles_on_every_engine(tiny_weights, engine):
+    """A PyTorch Derainer pickled its whole network and an int8 (ONNX) one failed, so a
+    process pool worked on one machine and not on another (an audit). Pickled as its
+    settings, rebuilt: the same results, and the settings made since kept."""
+    import pickle
+
+    if engine["precision"] == "int8":
+        d = Derainer(model="semi-drdnet-tiny", device="cpu", **engine)
+    else:
+        d = Derainer(weights=tiny_weights, device="cpu", **engine)
+    d.strength, d.tile, d.small_side = 0.5, 64, 0
+    blob = pickle.dumps(d)
+    assert len(blob) < 4096  # settings, not weights
+    again = pickle.loads(blob)
+    assert (again.backend, again.precision, again.strength, again.tile, again.small_side) == (
+        d.backend, d.precision, 0.5, 64, 0)
+    photo = _photo(70, 90)
+    assert np.array_equal(again.derain(photo), d.derain(photo))
 
 
 def test_a_masked_array_is_refused_not_unmasked_in_silence(derainer):
