@@ -371,6 +371,8 @@ class Derainer:
         worked on one machine and failed on another, as the engine picked there (audit)."""
         made = {**self._made_with, "device": self.device_name, "precision": self.precision,
                 "backend": self.backend}
+        if made["weights"] is not None:  # a worker may start in another folder
+            made["weights"] = os.path.abspath(made["weights"])
         later = {"tile": self.tile, "small_side": self.small_side, "strength": self.strength,
                  "ensemble": self.ensemble, "rain_angle": self.rain_angle}
         return (_rebuilt, (type(self), made, later))
