@@ -620,7 +620,8 @@ def synth_cmd(
                 bar.close()
                 _err.print(f"\ninterrupted after {made} pair{'s' if made != 1 else ''}, each "
                            "whole; the same command with --overwrite writes them again, the "
-                           "same pairs, and the rest")
+                           "same pairs, and the rest" if made else
+                           "\ninterrupted before the first pair was written")
                 e.reported = True  # type: ignore[attr-defined]
                 raise
         typer.echo(f"wrote {n} pair{'s' if n != 1 else ''} to {out}/rainy and {out}/clean")

@@ -58,6 +58,19 @@ def load_rgb_u8(path: str | Path) -> np.ndarray:
     return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def fit_long_side(img: np.ndarray, max_side: int) -> np.ndarray:
+    """``img`` downscaled (area) so its long side is ``max_side``; as it is where it is no
+    longer, or ``max_side`` is 0."""
+    h, w = img.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return img
+    import cv2
+
+    s = max_side / max(h, w)
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def pixel_digest(img: np.ndarray) -> str:
     """A digest of an image's decoded pixels (and shape): the same photo in two files, a
     JPEG and the PNG ``derain synth`` wrote of it, digests alike."""
@@ -126,14 +139,7 @@ def _load_folder(
         raise DataError(f"{folder}: no images found")
     out: list[tuple[Path, np.ndarray]] = []
     for p, img in iter_readable(paths, on_skip):
-        h, w = img.shape[:2]
-        if max_side and max(h, w) > max_side:
-            import cv2
-
-            s = max_side / max(h, w)
-            img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
-                             interpolation=cv2.INTER_AREA)
-        out.append((p, img))
+        out.append((p, fit_long_side(img, max_side)))
     if not out:
         raise DataError(f"{folder}: none of the {len(paths)} images could be read")
     return out
@@ -331,8 +337,13 @@ class UnlabeledDataset(Dataset):
         patch: int = 128,
         seed: int = 0,
         augment: bool = True,
+        fitted_to: int = 0,
+        flag: str = "--unlabeled",
     ) -> None:
         self.patch, self.seed, self.augment = patch, seed, augment
+        #: the long side ``images`` were downscaled to (0: as they are), and the option
+        #: that named the photos: for the warning on --val images among them
+        self.fitted_to, self.flag = fitted_to, flag
         self.images: list[np.ndarray] = list(images) if images is not None else []
         for d in dirs:
             self.images.extend(load_photos(d))  # skips damaged photos with a warning

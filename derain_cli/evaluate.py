@@ -298,11 +298,12 @@ def evaluate(
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
     names = save_names(pairs)
+    finished = 0  # pairs scored with their saved image and thumbnails
 
     def finish() -> EvalResult:
-        """The result over the pairs scored (a Ctrl-C may land between a pair's score and
-        its thumbnails: those with both), its CSV and report written."""
-        done = scores[:len(thumbs)] if rep is not None else scores
+        """The result over the pairs done (a Ctrl-C may land between a pair's score and its
+        saved image or thumbnails: those with all), its CSV and report written."""
+        done = scores[:finished]
         res = EvalResult(
             model=label, data_dir=str(data_dir), count=len(done),
             psnr_y=float(np.mean([s.psnr_y for s in done])),
@@ -317,7 +318,7 @@ def evaluate(
             res.csv_path = str(csv_file)
         if rep is not None:
             res.report_path = str(rep)  # before writing: the page's summary names it too
-            write_report(res, rep, thumbs)
+            write_report(res, rep, thumbs[:finished])
             if overwrite:  # without it the folder held none of ours (check_outputs)
                 _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
         return res
@@ -346,10 +347,11 @@ def evaluate(
                 views = (("rainy", rainy), ("out", out), ("clean", clean))
                 thumbs.append(tuple(_thumb(img, rep, f"{i:04d}_{k}")  # type: ignore[misc]
                                     for k, img in views))
+            finished = i + 1  # scored, saved, thumbnails made
             if on_image is not None:
                 on_image(i + 1, len(pairs), s)
-    except KeyboardInterrupt:  # the pairs scored so far are written, not lost (an audit)
-        if (thumbs if rep is not None else scores) and (csv_file is not None or rep is not None):
+    except KeyboardInterrupt:  # the pairs done so far are written, not lost (an audit)
+        if finished and (csv_file is not None or rep is not None):
             raise EvalInterrupted(finish(), len(pairs)) from None
         raise
     return finish()
@@ -614,11 +616,12 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
     engine = f" Run on {e(res.engine)}." if res.engine else ""  # bf16 and int8 score apart
     csv_link = ""
     if res.csv_path:  # relative, so the report, its CSV and thumbnails move together
-        try:
-            rel = os.path.relpath(Path(res.csv_path).resolve(), path.resolve().parent)
+        try:  # (abspath, not resolve: a report in a linked folder links through the link)
+            rel = os.path.relpath(os.path.abspath(res.csv_path), os.path.abspath(path.parent))
         except ValueError:  # another drive (Windows): no relative path
-            rel = str(Path(res.csv_path).resolve())
-        csv_link = f' Per-image CSV: <a href="{e(quote(Path(rel).as_posix()))}">{e(rel)}</a>.'
+            rel = Path(os.path.abspath(res.csv_path)).as_uri()
+        href = rel if rel.startswith("file:") else quote(Path(rel).as_posix())
+        csv_link = f' Per-image CSV: <a href="{e(href)}">{e(rel)}</a>.'
     rows = []
     for s, (r, o, c) in zip(res.images, thumbs, strict=True):
         rows.append(

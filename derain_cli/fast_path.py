@@ -107,7 +107,7 @@ def surely_cpu(device: str) -> bool:
     Spelt as ``resolve_device`` takes it ("CPU", " cpu", "cpu:0": an audit found them taking
     int8 without the engine choice)."""
     device = device.strip().lower() if isinstance(device, str) else device
-    if device in ("cpu", "cpu:0"):
+    if isinstance(device, str) and (device == "cpu" or device.startswith("cpu:")):
         return True
     if device != "auto" or sys.platform == "darwin":
         return False

@@ -27,6 +27,7 @@ read at import time.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import time
@@ -328,26 +329,29 @@ def file_metadata(url: str, endpoint: str | None = None) -> huggingface_hub.HfFi
     server answers 429 or 5xx (waiting its Retry-After instead, up to RETRY_AFTER_MAX_S).
     Anything else (offline, unreachable, not found) raises at once: the Hub client's own
     download retries an unreachable server for ~25 s."""
-    for wait in (*PROBE_RETRY_WAITS, None):
+    for tries, wait in enumerate((*PROBE_RETRY_WAITS, None), start=1):
         try:
             return huggingface_hub.get_hf_file_metadata(url, endpoint=endpoint)
         except HfHubHTTPError as exc:
+            exc.derain_tries = tries  # type: ignore[attr-defined]  # for the message
             status = exc.response.status_code if exc.response is not None else None
             if wait is None or status is None or not (status == 429 or status >= 500):
                 raise
             after = _retry_after(exc.response.headers.get("Retry-After"))
             if after is not None and after > RETRY_AFTER_MAX_S:
                 raise
-            time.sleep(wait if after is None else max(after, 0.0))
+            time.sleep(wait if after is None else after)
     raise AssertionError("unreachable")  # pragma: no cover - the last try raises or returns
 
 
 def _retry_after(value: str | None) -> float | None:
-    """A Retry-After header's seconds (None: absent, or an HTTP date, not worth parsing)."""
+    """A Retry-After header's seconds, 0 or more (None: absent, not a number such as an
+    HTTP date, not worth parsing, or NaN, which made time.sleep raise)."""
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return None if seconds is None or math.isnan(seconds) else max(seconds, 0.0)
 
 
 def _probe(ctx: _Context) -> None:
@@ -406,8 +410,9 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         if status in (401, 403):
             return "access", f"{where} refused access (HTTP {status}); check HF_TOKEN."
         if status is not None and (status == 429 or status >= 500):
-            return "http", (f"{where} is unavailable right now (HTTP {status}, "
-                            f"{len(PROBE_RETRY_WAITS) + 1} tries); try again later.")
+            tries = getattr(exc, "derain_tries", 1)
+            return "http", (f"{where} is unavailable right now (HTTP {status}"
+                            + (f", {tries} tries" if tries > 1 else "") + "); try again later.")
         return "http", f"{where} answered HTTP {status} for {ctx.url}."
     if isinstance(exc, FileMetadataError):
         return "network", (

@@ -802,14 +802,15 @@ def _check_val_pairs(cfg: TrainConfig) -> tuple[dict[Any, Any], dict[str, tuple[
     return cache, digests
 
 
-def _warn_val_in_training(digests: dict[str, tuple[str, str]], labeled: Any,
-                          unlabeled: Any) -> None:
+def _warn_val_in_training(cfg: TrainConfig, digests: dict[str, tuple[str, str]],
+                          labeled: Any, unlabeled: Any) -> None:
     """Say where --val pairs are training images too: a clean image among the training
     targets (synthetic pairs made from the photos the run trains on: the README's first
     training recipe did that), a rainy one among the --unlabeled photos. Their scores then
     read high and best.pt is picked on images the model has seen. Compared by decoded
-    pixels, so a re-encoded copy (``derain synth`` writes PNGs) is found; a resized or
-    cropped one is not."""
+    pixels, so a re-encoded copy (``derain synth`` writes PNGs) is found, and one that
+    finetune downscaled to its ``--max-side`` (the validation's rainy image downscaled
+    alike); one the user resized or cropped is not."""
     seen: dict[str, str] = {}
     for source in getattr(labeled, "sources", ()):
         seen.update((D.pixel_digest(img), name)
@@ -822,12 +823,29 @@ def _warn_val_in_training(digests: dict[str, tuple[str, str]], labeled: Any,
              "kept out of training")
     if unlabeled is not None and getattr(unlabeled, "images", None):
         photos = {D.pixel_digest(img) for img in unlabeled.images}
-        rainy = [name for name, (r, _) in digests.items() if r in photos]
+        fitted = _val_rainy_fitted(cfg, unlabeled.fitted_to) if unlabeled.fitted_to else {}
+        rainy = [name for name, (r, _) in digests.items()
+                 if r in photos or fitted.get(name) in photos]
         if rainy:
             _say(f"warning: --val: {len(rainy)} of its {len(digests)} rainy images are "
-                 f"among the --unlabeled photos ({', '.join(rainy[:3])}"
+                 f"among the {unlabeled.flag} photos ({', '.join(rainy[:3])}"
                  f"{', ...' if len(rainy) > 3 else ''}): the run learns from them, so "
                  "validation scores read high")
+
+
+def _val_rainy_fitted(cfg: TrainConfig, side: int) -> dict[str, str]:
+    """The pixel digests of the --val rainy images longer than ``side``, downscaled to it
+    as finetune's photos are (``data.fit_long_side``); decoded again, the validation's
+    cache holding them cropped."""
+    from .pairs import find_pairs
+
+    pairs = find_pairs(Path(str(cfg.val)), cfg.val_rainy_dir, cfg.val_clean_dir)
+    fitted = {}
+    for p in pairs[:cfg.val_limit] if cfg.val_limit else pairs:
+        r = D.load_rgb_u8(p.rainy)
+        if max(r.shape[:2]) > side:
+            fitted[p.name] = D.pixel_digest(D.fit_long_side(r, side))
+    return fitted
 
 
 def _named(found: list[tuple[str, str]]) -> str:
@@ -1134,7 +1152,7 @@ def _checkpoint_wall(path: Path) -> float | None:
     load (``_checkpoint_to_resume``) is the only full read."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return float(ck["wall_time_s"]) if isinstance(ck, dict) else None
+        return float(ck.get("wall_time_s", 0.0)) if isinstance(ck, dict) else None
     except Exception:  # noqa: BLE001 - missing, damaged (a zip error, ...), not ours
         return None
 
@@ -1372,9 +1390,11 @@ def _run_length(cfg: TrainConfig, n_labeled: int, world: int, ckpt: dict[str, An
     done = ckpt is not None and (int(ckpt["step"]) == total or spent)
     finishing = done and not _exported_at(out, int(ckpt["step"]))  # type: ignore[index]
     if ckpt is not None and spent and not finishing:
+        step = int(ckpt["step"])  # (a --time-budget given again, as spent, lands here too)
         raise TrainError(f"--resume: {out} has spent its --time-budget of "
-                         f"{cfg.time_budget:g} s ({ckpt['step']} steps, exported); pass a "
-                         "larger --time-budget (the whole run's) or --steps to train further")
+                         f"{cfg.time_budget:g} s ({step} step{'s' if step != 1 else ''}, "
+                         "exported); to train further pass a larger --time-budget (the whole "
+                         "run's), or --steps without --time-budget")
     if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
                          "asked for; pass a larger --steps to train further")
@@ -1596,7 +1616,7 @@ def _train(
     features, feat_label = _contrast_features(cfg, world, is_main)
     labeled, unlabeled, unl = _datasets(cfg, hooks, setup.arch, features, is_main)
     if is_main and setup.val_digests:
-        _warn_val_in_training(setup.val_digests, labeled, unlabeled if unl else None)
+        _warn_val_in_training(cfg, setup.val_digests, labeled, unlabeled if unl else None)
     data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
     if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
         _say(f"warning: --resume: the training data changed since the checkpoint "
@@ -2351,8 +2371,9 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     # as run, not None: a CPU run resumed on a GPU keeps its own (not the GPU defaults)
     kept.update(steps=steps, batch=batch, patch=patch)
     hooks: dict[str, Callable[..., Any]] = {
-        "make_unlabeled": lambda c: D.UnlabeledDataset(images=photos, patch=c.patch,
-                                                       seed=c.seed + 1),
+        "make_unlabeled": lambda c: D.UnlabeledDataset(
+            images=photos, patch=c.patch, seed=c.seed + 1, fitted_to=fc.max_side,
+            flag="--rainy"),
         "run_started": lambda out: atomic_write_text(
             out / FINETUNE_JSON, json.dumps(kept, indent=2, sort_keys=True) + "\n"),
     }

@@ -121,6 +121,25 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
                                     "--overwrite"])
     assert r.exit_code == 0 and len(list(csv.reader(open(tmp_path / "s" / "scores.csv")))) == 6
 
+    # stopped while the third pair's image was saved: the CSV lists the two saved (review)
+    from derain_cli import images
+
+    real_write, writes = images.write_image, []
+
+    def stopped_in_the_third_save(path, *a, **k):
+        writes.append(path)
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+        return real_write(path, *a, **k)
+
+    monkeypatch.setattr(images, "write_image", stopped_in_the_third_save)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
+                                    str(tmp_path / "t")])
+    assert r.exit_code == 130 and "interrupted after 2 of 4 pairs" in " ".join(r.stderr.split())
+    rows = list(csv.reader(open(tmp_path / "t" / "scores.csv")))
+    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png", "mean"]
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["p0.png", "p1.png"]
+
 
 def test_synth_pairs(clean_dir, tmp_path):
     n = E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=6, seed=3)

@@ -139,7 +139,7 @@ def test_surely_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(fast_path.sys, "platform", "linux")
     assert fast_path.surely_cpu("cpu") and not fast_path.surely_cpu("cuda:0")
     # spelt as resolve_device takes it: "CPU" took int8 without the engine choice (audit)
-    assert all(fast_path.surely_cpu(d) for d in ("CPU", " cpu", "cpu:0"))
+    assert all(fast_path.surely_cpu(d) for d in ("CPU", " cpu", "cpu:0", "cpu:1"))
     builds = {"cpu-only": {"cuda": None, "hip": None}, "cuda": {"cuda": "12.8", "hip": None},
               "rocm": {"cuda": None, "hip": "6.4"}, "unknown": None}
     monkeypatch.setattr(fast_path, "_torch_build", lambda: builds[kind])

@@ -295,10 +295,18 @@ def test_a_long_retry_after_is_not_waited_for(hub_server, tmp_path):
     hub_server.status_override = 429
     hub_server.override_headers = {"Retry-After": "3600"}
     start = time.monotonic()
-    with pytest.raises(WeightsUnavailable, match="HTTP 429"):
-        _fetch(hub_server, tmp_path)
+    with pytest.raises(WeightsUnavailable, match=r"HTTP 429\); try again later"):
+        _fetch(hub_server, tmp_path)  # one try, said as one (review: "3 tries")
     assert time.monotonic() - start < 1
     assert len(hub_server.requests_for("HEAD", FILE)) == 1
+
+
+def test_a_retry_after_that_is_no_number_waits_the_default(hub_server, tmp_path):
+    """Retry-After: nan made time.sleep raise a bare ValueError out of fetch (review)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override, hub_server.override_count = 503, 1
+    hub_server.override_headers = {"Retry-After": "nan"}
+    assert _fetch(hub_server, tmp_path).read_bytes() == DATA
 
 
 def test_not_found_is_not_tried_again(hub_server, tmp_path):

@@ -2179,8 +2179,11 @@ def test_a_run_stopped_on_its_budget_and_cut_in_its_export_resumes_to_the_export
     assert again.keys() == weights.keys()
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     with pytest.raises(T.TrainError, match="has spent its --time-budget of 0.3 s .* pass a "
-                                           "larger --time-budget"):
+                                           "larger --time-budget .*or --steps without"):
         T.train(T.TrainConfig(out=str(out), resume=True, given=[], device="cpu", quiet=True))
+    with pytest.raises(T.TrainError, match="has spent its --time-budget"):  # given again
+        T.train(T.TrainConfig(out=str(out), resume=True, given=["steps", "time_budget"],
+                              steps=5000, time_budget=0.3, device="cpu", quiet=True))
     longer = T.train(T.TrainConfig(out=str(out), resume=True, given=["time_budget", "steps"],
                                    time_budget=60.0, steps=first.steps + 2, device="cpu",
                                    quiet=True))
@@ -2208,6 +2211,26 @@ def test_validation_pairs_made_from_the_training_photos_are_named(data, tmp_path
     assert "pairs have a clean image" not in err  # trained on other photos
     assert f"--val: 1 of its 3 rainy images are among the --unlabeled photos ({names[1]})" \
         in err
+
+
+def test_finetune_finds_validation_photos_among_its_rainy_ones_downscaled(data, tmp_path,
+                                                                         capsys):
+    """finetune downscales --rainy photos to --max-side: a --val rainy image among them
+    was compared at full size and never found (review)."""
+    import shutil
+
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    mine = tmp_path / "mine"
+    shutil.copytree(data["real"], mine)
+    name = sorted(p.name for p in (data["val"] / "rainy").iterdir())[0]
+    shutil.copy(data["val"] / "rainy" / name, mine / "v.png")  # 48 px, fitted to 32
+    capsys.readouterr()
+    T.finetune(T.FinetuneConfig(
+        rainy=str(mine), weights=str(base.weights), out=str(tmp_path / "ft"), steps=1,
+        batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="self",
+        max_side=32, val=str(data["val"])))
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--val: 1 of its 3 rainy images are among the --rainy photos ({name})" in err
 
 
 def test_a_resume_from_best_pt_keeps_the_unspent_budget(data, tmp_path):
