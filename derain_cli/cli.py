@@ -1297,7 +1297,7 @@ def _fmt_metrics(metrics: dict[str, Any], sep: str = "; ") -> str:
     known = {name: i for i, name in enumerate(("rain100l", "heavy-small", "sirr-val"))}
     for key, value in sorted(metrics.items(), key=lambda kv: (known.get(kv[0], 3), kv[0])):
         if isinstance(value, dict) and "psnr_y" in value:
-            ssim = f"/{value['ssim_y']:.3f}" if "ssim_y" in value else ""
+            ssim = f"/{value['ssim_y']:.4f}" if "ssim_y" in value else ""
             parts.append(f"{key} {value['psnr_y']:.2f}{ssim}")
         elif not isinstance(value, dict):
             parts.append(f"{key} {_fmt_number(value)}")

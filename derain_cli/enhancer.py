@@ -37,7 +37,7 @@ DEFAULT_MODEL = "semi-drdnet-fast"
 MIN_TILE = 64
 #: number types the float options take (numpy's scalars too, as the whole-number ones do)
 _REAL = (int, float, np.integer, np.floating)
-#: ``on_tile(done, total)``: a large image's tiles as they are done (a progress bar's hook)
+#: ``on_tile(done, total)``: after each tile, the pixels done and in all (a progress hook)
 TileCallback = Callable[[int, int], None]
 #: Smallest tile accepted at all: below it every pixel is near a tile border (a 300x220
 #: photo in 1-7 px tiles came back at 25-27 dB against untiled, and 150 times slower).
@@ -602,8 +602,9 @@ class Derainer:
         the stored orientation with its tag, as the input came (run sideways, the streaks
         lie across the network's view and mostly stay).
         Samples are RGB order (OpenCV's ``imread`` gives BGR: ``cv2.cvtColor`` first).
-        ``on_tile(done, total)`` follows a large image's tiles, as in :meth:`derain_array`
-        (a progress bar: ``tqdm``'s ``update``).
+        ``on_tile(done, total)`` is called after each tile with the pixels done and in all,
+        as in :meth:`derain_array` (for tqdm: ``bar.total = total; bar.n = done;
+        bar.refresh()``).
         """
         if isinstance(image, Image.Image):
             return self._derain_pil(image, on_tile)

@@ -564,14 +564,14 @@ def test_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("COLUMNS", "80")
     r = derain("models")
     assert r.exit_code == 0
-    assert "rain100l 35.10/0.961" in r.stdout and "interim" in r.stdout
+    assert "rain100l 35.10/0.9610" in r.stdout and "interim" in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
     # narrower than the table can go: names and scores stay whole (a cut name such as
     # "semi-drdnet-lit" is an unknown model), the terminal wraps the lines
     monkeypatch.setenv("COLUMNS", "40")
     r = derain("models")
     assert r.exit_code == 0
-    assert "rain100l 35.10/0.961" in r.stdout and "semi-drdnet-lite" in r.stdout
+    assert "rain100l 35.10/0.9610" in r.stdout and "semi-drdnet-lite" in r.stdout
     assert "semi-drdnet-tiny" in r.stdout and "millions of parameters" in r.stdout
 
 
@@ -611,7 +611,7 @@ def test_models_shows_manifest_details(monkeypatch: pytest.MonkeyPatch, tmp_path
     row = next(x for x in json.loads(r.stdout) if x["name"] == "semi-drdnet-lite")
     assert (row["weights"], row["status"], row["license"]) == ("bundled", "interim", "MIT")
     r = runner.invoke(app, ["models"], env={"COLUMNS": "160"})
-    assert "rain100l 35.10/0.961" in r.stdout and "interim" in r.stdout
+    assert "rain100l 35.10/0.9610" in r.stdout and "interim" in r.stdout
 
 
 # --------------------------------------------------------------------------- download
@@ -896,7 +896,7 @@ def test_models_list_metrics_in_one_order_and_download_all_names_the_untrained()
 
     m = {"sirr-val": {"psnr_y": 25.0}, "other": "x", "heavy-small": {"psnr_y": 24.0},
          "rain100l": {"psnr_y": 32.0, "ssim_y": 0.9}}
-    assert _fmt_metrics(m) == "rain100l 32.00/0.900; heavy-small 24.00; sirr-val 25.00; other x"
+    assert _fmt_metrics(m) == "rain100l 32.00/0.9000; heavy-small 24.00; sirr-val 25.00; other x"
     r = CliRunner().invoke(app, ["download", "--all"])
     assert r.exit_code == 0, r.output
     assert "semi-drdnet: no weights published yet, skipped" in r.output  # not silently left out
