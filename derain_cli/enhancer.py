@@ -380,7 +380,7 @@ class Derainer:
     @property
     def tile(self) -> int:
         """Tile side in pixels (0: the whole image at once). Checked when set, after
-        construction too (an audit: 8 px tiles ran, 45 levels off and 17 s; "big" failed
+        construction too (an audit: 8 px tiles ran, far off and slow; "big" failed
         deep inside): 0, or at least the model's ``min_tile``."""
         return self._tile
 
@@ -774,7 +774,7 @@ def _gray_scale(hi: float, mode: str) -> float:
     """Full scale of a 32-bit gray PIL image: Pillow's own ``convert("I")``/``convert("F")``
     gives 0-255, a float image built from [0, 1] data stays in [0, 1], 16-bit data reaches
     past 255. A maximum a little past a scale is refused: [0, 1] data overshooting to 1.02
-    was taken as 0-255 and came back 17.8 dB away (an audit)."""
+    was taken as 0-255 and came back far from the right result (an audit)."""
     if mode == "F" and hi <= 1.01:
         return 1.0
     if mode == "F" and hi < 2.0:

@@ -142,7 +142,7 @@ def test_a_masked_array_is_refused_not_unmasked_in_silence(derainer):
 
 
 def test_tile_and_small_side_are_checked_when_set_later(tiny_weights):
-    """An audit: ``d.tile = 8`` ran (17 s, 45 levels off), ``d.tile = "big"`` failed deep
+    """An audit: ``d.tile = 8`` ran (slow, far off), ``d.tile = "big"`` failed deep
     inside with a TypeError about ``<=``, ``d.small_side = -1`` ran as 0."""
     from derain_cli.errors import OptionError
 
@@ -162,7 +162,7 @@ def test_tile_and_small_side_are_checked_when_set_later(tiny_weights):
 
 
 def test_a_value_a_little_past_a_scale_is_refused_not_guessed(derainer):
-    """[0, 1] floats overshooting to 1.02 were read as 0-255 (17.8 dB off), 0-255 data with
+    """[0, 1] floats overshooting to 1.02 were read as 0-255 (far off), 0-255 data with
     one sample at 256 as 16-bit (an audit)."""
     f = _photo()[..., 0].astype(np.float32) / 255
     f[0, 0] = 1.02
@@ -179,8 +179,9 @@ def test_a_value_a_little_past_a_scale_is_refused_not_guessed(derainer):
 @pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
 def test_a_pil_image_stored_turned_is_derained_upright(derainer, orientation):
     """A phone's portrait photo (EXIF orientation 6) was derained as stored, sideways, its
-    streaks across the network's view (an audit: 0.35 dB gained, upright 5.7). Derained
-    upright, returned as stored with its tag, so it matches the input pixel for pixel."""
+    streaks across the network's view, and they mostly stayed (an audit). Derained
+    upright and returned as stored with its tag: turned upright, it is the upright photo's
+    result pixel for pixel."""
     from PIL import ImageOps
 
     upright = Image.fromarray(_photo(48, 36))
