@@ -1842,6 +1842,10 @@ class _Run:
                         and self.is_main and not self.finishing):  # a validation a Ctrl-C
                     self.last_val = self.validate_and_keep_best()  # cut short, redone
                     self.t_window = time.time()  # not training speed either
+                elif (self.ckpt is None and cfg.init_weights and cfg.val and self.is_main
+                        and not self.finishing):  # the starting model's score (step 0): what
+                    self.validate_and_keep_best()  # the run's are read against (finetune
+                    self.t_window = time.time()  # did not say whether it helped: an audit)
                 for batch in () if self.finishing else loader:  # a spent budget: no step
                     frac = None
                     if cfg.time_budget:
@@ -1951,6 +1955,15 @@ class _Run:
             _say(f"interrupted at step {step}, before a step of this segment; its "
                  "checkpoint is as it was")
 
+    def start_score(self) -> float | None:
+        """The starting model's --val PSNR (its step-0 validation, logged where a run from
+        ``init_weights`` began), or None: none logged, or on another validation set."""
+        for r in self.log.records:
+            if (r.get("kind") == "val" and r.get("step") == 0 and not self.val_changed
+                    and r.get("val_set") == (Path(self.cfg.val).name if self.cfg.val else None)):
+                return float(r["val_psnr"])
+        return None
+
     def finish(self) -> TrainResult:
         """The last validation a stopped run still owes, the export (rank 0) and the
         result."""
@@ -1986,14 +1999,20 @@ class _Run:
                          f"({step} steps); the run is complete")
                 raise
             if not cfg.quiet:
+                start = self.start_score()
                 _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
                      f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
-                     + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else ""))
+                     + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
+                     + (f" (the starting model: {start:.2f} dB)"
+                        if last_val and start is not None and step else ""))
                 _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: "
                      f"derain eval --weights {weights_path} --data PAIRS_DIR")
                 if (last_val and self.best_psnr is not None and self.best_step != step
                         and self.best_psnr > last_val["psnr"] + 0.005):
-                    _say(f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
+                    _say(f"note: the starting model scored higher on --val ({self.best_psnr:.2f}"
+                         f" dB): this run did not improve it there; keep {cfg.init_weights}"
+                         if self.best_step == 0 else
+                         f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
                          f"step {self.best_step}: derain PHOTO --weights {out / 'best.pt'}")
         if self.world > 1:
             dist.barrier()

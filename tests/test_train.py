@@ -1530,6 +1530,32 @@ def test_finetune_says_what_it_does_and_what_next(data, tmp_path):
     assert r.exit_code == 2 and "no run in" in r.output and "--rainy" not in r.output
 
 
+def test_a_run_from_weights_scores_its_starting_model_first(data, tmp_path, capsys):
+    """finetune never said whether it helped: the starting model is validated at step 0
+    (logged, kept as best.pt if it stays best) and the end says both scores."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=2))
+    capsys.readouterr()
+    res = T.finetune(T.FinetuneConfig(
+        rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "ft"), steps=2,
+        batch=2, patch=24, workers=0, quiet=False, device="cpu", contrast_features="none",
+        val=str(data["val"])))
+    records = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").open()]
+    first = [r for r in records if r["kind"] == "val"][0]
+    assert first["step"] == 0
+    start = model_from_file(base.weights)
+    assert first["val_psnr"] == pytest.approx(
+        T.validate(start, str(data["val"]), device=torch.device("cpu"))["psnr"], abs=1e-4)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"(the starting model: {first['val_psnr']:.2f} dB)" in err
+    assert res.steps == 2
+    # a run from scratch has no starting model to score
+    T.train(_cfg(data, tmp_path / "s", steps=1, val=str(data["val"]), quiet=False))
+    err = capsys.readouterr().err
+    assert "starting model" not in err
+    assert [json.loads(x)["step"] for x in (tmp_path / "s" / "log.jsonl").open()
+            if json.loads(x)["kind"] == "val"] == [1]
+
+
 def test_a_time_budget_is_shown_and_resuming_without_it_is_said(data, tmp_path, capsys):
     """A user's audit: with --time-budget the ETA (from the steps) read 0:20 for a run the
     budget stopped at 0:09; and resumed without the budget, the learning rate, decayed
