@@ -606,7 +606,9 @@ def _partner(root: Path, given: Path, names: Sequence[str],
             f"{root}: {_rel(given, root)} given, but the {side} folders beside it "
             f"({', '.join(_rel(d, root) for d in table)}) belong to another set there; "
             f"name its {side} folder with {flag} ({side}_dir= in Python)")
-    if not in_table:  # not a name of the table: a usual name present, not another set's
+    if not in_table or not table:  # not a name of the table, or its table partner is not
+        # there (--clean-dir ground_truth beside rainy/: "no rainy folder (rainy/, ...)",
+        # an audit): a usual name present, not another set's
         usual = [d for d in (_find_subdir(root, n) for n in names)
                  if d is not None and d.resolve() != given.resolve()]
         found = [d for d in usual if d.resolve() not in assigned]

@@ -241,6 +241,17 @@ def test_prenet_rainy_subfolder_clean_in_root(tmp_path):
 # ------------------------------------------------------------------------- overrides
 
 
+def test_a_named_folder_whose_table_partner_is_absent_takes_a_usual_one(tmp_path):
+    """--clean-dir ground_truth beside rainy/ said "no rainy folder (rainy/, ...)": only its
+    table partner rainy_image/ was looked for (an audit)."""
+    _make(tmp_path, "rainy/1.png", "ground_truth/1.png")
+    assert _names(find_pairs(tmp_path, clean_dir="ground_truth"), tmp_path) == [
+        ("rainy/1.png", "ground_truth/1.png")]
+    _make(tmp_path, "clean/1.png")  # rainy/ is clean/'s partner now: not taken
+    with pytest.raises(PairsError, match="belong to another set there"):
+        find_pairs(tmp_path, clean_dir="ground_truth")
+
+
 def test_override_both_names(tmp_path):
     _make(tmp_path, "Hazy/a.png", "Sharp/a.png", "rainy/zzz.png", "clean/zzz.png")
     pairs = find_pairs(tmp_path, rainy_dir="hazy", clean_dir="Sharp")
