@@ -190,6 +190,15 @@ class DerainGroup(TyperGroup):
     def list_commands(self, ctx: Context) -> list[str]:
         return [*self.commands, *self._lazy_names()]
 
+    def shell_complete(self, ctx: Context, incomplete: str) -> list[Any]:
+        """The first word: subcommand names, unless a file or folder here starts as typed:
+        then none, and the shell completes the path (``derain ex`` means examples/ as
+        often as export)."""
+        if incomplete and not incomplete.startswith("-") and _path_starts(incomplete):
+            return []
+        return [item for item in super().shell_complete(ctx, incomplete)
+                if item.value != DEFAULT_COMMAND]
+
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         cmd = self.commands.get(cmd_name)
         if cmd is None and cmd_name in self._lazy_names():
@@ -415,6 +424,41 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
+def _path_starts(prefix: str) -> bool:
+    """Whether some file or folder's path starts with ``prefix`` (shell completion)."""
+    import glob
+
+    return bool(glob.glob(glob.escape(os.path.expanduser(prefix)) + "*"))
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """Model names for shell completion of ``-m``: the registry's (``derain models``), read
+    from its source (importing it imports PyTorch: 2 s a Tab press here)."""
+    return [name for name in _registry_names() if name.startswith(incomplete)]
+
+
+def _registry_names() -> list[str]:
+    """The names of ``derain_cli.models.MODELS`` from its source: the first argument of
+    each ``ModelSpec(...)`` its comprehension walks (imported where the source says
+    otherwise)."""
+    tree = _module_source("derain_cli.models")
+    for node in tree.body if tree else []:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        value = node.value if isinstance(node, ast.AnnAssign) else None
+        if not (isinstance(target, ast.Name) and target.id == "MODELS"
+                and isinstance(value, ast.DictComp) and len(value.generators) == 1
+                and isinstance(value.generators[0].iter, ast.List)):
+            continue
+        specs = value.generators[0].iter.elts
+        names = [s.args[0].value for s in specs if isinstance(s, ast.Call) and s.args
+                 and isinstance(s.args[0], ast.Constant) and isinstance(s.args[0].value, str)]
+        if names and len(names) == len(specs):
+            return names
+    from .models import MODELS
+
+    return list(MODELS)
+
+
 def _check_model(value: str | None) -> str | None:
     if value is None:
         return None
@@ -523,6 +567,7 @@ def run_cmd(
     model: Annotated[
         str | None,
         typer.Option("-m", "--model", callback=_check_model, show_default=False,
+                     autocompletion=complete_model,
                      rich_help_panel=MODEL, metavar="NAME",
                      help="Registered model (see: derain models). "
                           f"\\[default: {DEFAULT_MODEL_NAME}]"),
@@ -1417,7 +1462,7 @@ def download_cmd(
         typer.Argument(metavar="NAME", show_default=False, help="Models to fetch."),
     ] = None,
     model: Annotated[list[str] | None, typer.Option(
-        "-m", "--model", show_default=False,
+        "-m", "--model", show_default=False, autocompletion=complete_model,
         help="A model to fetch, as NAME (repeatable; -m as in the other commands).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Fetch every published model.")] = False,
     force: Annotated[
@@ -1515,15 +1560,39 @@ def main(argv: list[str] | None = None) -> None:
     # every rich console ends a closed pipe as DerainConsole does (141, not 1)
     plain = Console.on_broken_pipe
     Console.on_broken_pipe = DerainConsole.on_broken_pipe  # type: ignore[method-assign]
+    _enable_completion()
     try:
         _main(argv)
     finally:  # a program calling main() in its own process gets its consoles back
         Console.on_broken_pipe = plain  # type: ignore[method-assign]
 
 
+#: What a shell's completion script sets, whatever the program was started as
+#: (``python -m derain_cli`` too): ``eval "$(_DERAIN_COMPLETE=bash_source derain)"``.
+COMPLETE_VAR = "_DERAIN_COMPLETE"
+_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _enable_completion() -> None:
+    """Shell completion, on a completion script's request only: Typer's completion classes
+    registered (without them every request said "Shell source not supported": an audit),
+    and Click's spelling of the request (``bash_source``) taken beside Typer's own
+    (``source_bash``). Not offered as --install-completion options: they crowded --help
+    and cost every start an import."""
+    value = os.environ.get(COMPLETE_VAR)
+    if not value:
+        return
+    import typer.completion
+
+    typer.completion.completion_init()
+    first, _, rest = value.partition("_")
+    if first in _SHELLS and rest:
+        os.environ[COMPLETE_VAR] = f"{rest}_{first}"
+
+
 def _main(argv: list[str] | None) -> None:
     try:
-        app(args=argv)
+        app(args=argv, prog_name="derain", complete_var=COMPLETE_VAR)
     except SystemExit as e:
         if _TERMINATED_BY and e.code == 130:  # stopped as for Ctrl-C: the signal's status
             sys.exit(128 + _TERMINATED_BY[0])

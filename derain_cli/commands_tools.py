@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, bench_main
-from .cli import debugging, say_error
+from .cli import complete_model, debugging, say_error
 from .export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -38,7 +38,7 @@ def export_cmd(
              "Semi-DRDNet also writes <stem>.stats.onnx next to it.")
     ] = None,
     model: Annotated[str | None, typer.Option(
-        "-m", "--model", show_default=False,
+        "-m", "--model", show_default=False, autocompletion=complete_model,
         help="Registered model (default: the default model).")] = None,
     weights: Annotated[Path | None, typer.Option(
         "--weights", exists=True, dir_okay=False, show_default=False,
@@ -140,7 +140,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 
 def bench_cmd(
     model: Annotated[list[str] | None, typer.Option(
-        "-m", "--model", show_default=False,
+        "-m", "--model", show_default=False, autocompletion=complete_model,
         help="Model to measure (repeatable; default: every registered model).")] = None,
     megapixels: Annotated[float, typer.Option(
         "--megapixels", min=0.001, help="Test image size (a square).")] = 1.0,

@@ -19,6 +19,7 @@ import typer
 from .cli import (
     DEFAULT_MODEL_NAME,
     attach_logging,
+    complete_model,
     detach_logging,
     parse_rain_angle,
     print_error,
@@ -148,7 +149,8 @@ def _dirs(values: list[Path] | None) -> list[str]:
 
 def train_cmd(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model to train.")] =
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model to train.",
+                                       autocompletion=complete_model)] =
     "semi-drdnet-lite",
     pairs: Annotated[list[Path] | None, typer.Option(
         "--pairs", help="Paired rainy/clean folder (repeatable; layout auto-detected).")] = None,
@@ -287,7 +289,7 @@ def finetune_cmd(
     rainy: Annotated[Path | None, typer.Option(
         "--rainy", show_default=False,
         help="Your own rainy photos (with --resume: the run's own unless given).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m",
+    model: Annotated[str | None, typer.Option("--model", "-m", autocompletion=complete_model,
                                               help="Start from this published model.")] = None,
     weights: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Start from this weights file.")] = None,
@@ -483,7 +485,8 @@ def eval_cmd(
     data_opt: Annotated[Path | None, typer.Option(
         "--data", help="Folder of rainy/clean pairs.")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Registered model, or 'identity' to score the rainy input. "
+        "--model", "-m", autocompletion=complete_model,
+        help="Registered model, or 'identity' to score the rainy input. "
                               f"\\[default: {DEFAULT_MODEL_NAME}]")] =
     None,
     weights: Annotated[Path | None, typer.Option(

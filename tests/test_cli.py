@@ -1272,3 +1272,39 @@ def test_no_help_text_loses_words_to_rich_markup() -> None:
              and tag.search(p.help)]
     assert found == []
     assert {"eval", "train", "synth"} <= {c.name for c in every}  # the walk reached them
+
+
+def _complete(words: str, cwd: Path, shell: str = "bash") -> list[str]:
+    """What the completion script would offer for ``words`` (the last one being typed)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_DERAIN_COMPLETE": f"complete_{shell}",
+           "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    out = subprocess.run([sys.executable, "-m", "derain_cli"], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
+        tmp_path: Path) -> None:
+    """An audit: no completion at all ("Shell source not supported")."""
+    import subprocess
+    import sys
+
+    from derain_cli.cli import _registry_names
+    from derain_cli.models import MODELS
+
+    script = subprocess.run([sys.executable, "-m", "derain_cli"], capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, "_DERAIN_COMPLETE": "bash_source"}).stdout
+    assert "complete -o default -F _derain_completion derain" in script
+    assert _complete("derain tr", tmp_path) == ["train"]
+    assert _complete("derain train --st", tmp_path) == ["--steps"]
+    assert _complete("derain -m semi-drdnet-l", tmp_path) == ["semi-drdnet-lite"]
+    assert "rdmc-lite" in _complete("derain eval -m ", tmp_path)
+    assert _complete("derain x.jpg --mo", tmp_path) == ["--model"]
+    (tmp_path / "examples").mkdir()  # a folder beside: the shell completes the path
+    assert _complete("derain ex", tmp_path) == []
+    assert _registry_names() == list(MODELS)  # read from the source, without PyTorch
