@@ -2,6 +2,9 @@
 # Recipe for the paper-size models on one GPU (NOT yet run by this project: no
 # GPU was available when the interim weights were made; see README "Models").
 # Same two stages as the lite recipes, with bigger patches, batches and steps.
+# For a machine of your own with derain installed and ../shared/data beside the checkout
+# (hours: 60000 steps). Not for the project's short device leases: those run
+# recipes/gpu-session.sh, which carries its data and trains in time-boxed chunks.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}

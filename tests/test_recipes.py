@@ -456,6 +456,31 @@ def test_a_second_gpu_call_on_a_warm_machine_resumes_the_first_ones_run(
 
 
 @needs_bash
+def test_the_gpu_session_runs_finetune_before_the_benchmarks_and_says_what_it_skips(
+        tmp_path: Path) -> None:
+    """A review: at BUDGET=560 the finetune stage, gated after the benchmarks behind a
+    250 s reserve for training, could never run, and said nothing; train had no timeout
+    of its own (a hang met the tool's kill before the weights were copied back)."""
+    res, calls = _run_with_stubs(tmp_path, "gpu-session.sh", {"BUDGET": "2000"})
+    assert res.returncode == 0, res.stderr
+    order = []
+    for c in calls:
+        what = (c[3] if c[1:3] == ["-m", "derain_cli"] else "pytest" if "pytest" in c
+                else c[1].split("/")[-1] if len(c) > 1 and c[1].endswith(".py") else None)
+        if what in ("pytest", "finetune", "bench_inference.py", "folder_e2e.py", "train") \
+                and what not in order:
+            order.append(what)
+    assert order == ["pytest", "finetune", "bench_inference.py", "folder_e2e.py", "train"]
+    res, calls = _run_with_stubs(tmp_path / "short", "gpu-session.sh", {"BUDGET": "100"})
+    assert res.returncode == 0, res.stderr
+    for stage in ("tests", "finetune", "bench", "folder", "train"):
+        assert f"== {stage} skipped" in res.stdout, stage
+    assert not calls or all("derain_cli" not in c for c in calls)
+    script = (ROOT / "recipes" / "gpu-session.sh").read_text()
+    assert script.count("timeout $((secs + 150)) python3 -m derain_cli train") == 2
+
+
+@needs_bash
 def test_the_gpu_sessions_folder_benchmarks_run_models_that_have_weights(tmp_path: Path) -> None:
     # folder_e2e.py, tile_batch.py and ensemble_cost.py load pretrained weights; the first
     # lent GPU (2026-12-04) lost its folder figure to `-m semi-drdnet`, which has none yet.
