@@ -344,9 +344,9 @@ class Derainer:
         per_px = getattr(self.runner, "bytes_per_pixel", lambda: None)()
         if not per_px:
             return 1
-        import torch
+        from .torch_runner import gpu_free_bytes
 
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = gpu_free_bytes(self.device)
         fits = int(0.5 * free // (per_px * self.tile * self.tile))
         return max(1, min(MAX_TILE_BATCH, fits))
 

@@ -299,12 +299,39 @@ def _host_tensor(x: np.ndarray, pinned: bool = False) -> torch.Tensor:
     return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
+def check_one_gpu_each(device: str, local_world: int) -> None:
+    """``OptionError`` where torchrun's processes on this machine would all be put on the
+    one GPU ``device`` names (``cuda:1`` given to every rank): NCCL refuses that at its
+    first collective ("Duplicate GPU detected", a review), after the model loaded."""
+    name = device.strip().lower()
+    if local_world > 1 and name.startswith("cuda:"):
+        raise OptionError(
+            f"--device {device} under torchrun puts all {local_world} processes on this "
+            "machine on one GPU, which NCCL refuses; give --device cuda (each process its "
+            "own GPU), and CUDA_VISIBLE_DEVICES to choose which GPUs")
+
+
+def gpu_free_bytes(device: torch.device) -> int:
+    """What PyTorch can still allocate on a GPU: the driver's free memory plus PyTorch's own
+    cached, unused blocks (``mem_get_info`` counts those as used, so later tiles shrank in
+    a long-lived process: a review), within a per-process memory fraction where one is set
+    (``mem_get_info`` ignores it)."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    usable = free + max(0, torch.cuda.memory_reserved(device) - allocated)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if fraction is not None:
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):
+            usable = min(usable, int(fraction(device) * total) - allocated)
+    return max(0, usable)
+
+
 def _auto_tile(runner: TorchRunner) -> int:
     """Largest tile that fits comfortably: from free GPU memory, a fixed size on CPUs."""
     per_px = runner.bytes_per_pixel()
     if per_px is None:
         return CPU_TILE
-    free, _ = torch.cuda.mem_get_info(runner.device)
+    free = gpu_free_bytes(runner.device)
     side = int((0.5 * free / per_px) ** 0.5)
     return max(MIN_TILE, min(4096, side // 64 * 64))
 

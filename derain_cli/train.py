@@ -211,11 +211,15 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
-    """The device; under torchrun each local rank its own GPU (``cuda:N`` given: that one),
-    as ``batch.init_distributed`` picks it (more ranks than GPUs share them round-robin)."""
+    """The device; under torchrun each local rank its own GPU (``cuda:N`` given to several
+    processes on the machine: refused), as ``batch.init_distributed`` picks it (more ranks
+    than GPUs share them round-robin)."""
     from .enhancer import resolve_device
+    from .torch_runner import check_one_gpu_each
 
     dev = resolve_device(name)
+    if dev.type == "cuda" and world > 1:
+        check_one_gpu_each(name, int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1))
     if dev.type == "cuda" and world > 1 and dev.index is None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
