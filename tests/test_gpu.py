@@ -92,6 +92,20 @@ def test_tiled_matches_untiled_on_the_device(device, name):
     assert psnr(tiled, full) >= 45
 
 
+def test_reduced_precisions_in_batches_of_tiles_agree_with_the_cpu(device):
+    """bf16 and fp16 were checked against the CPU on whole images only, and tiles in fp16
+    one a pass (a review): here several 256 px tiles a pass of 8-bit samples, in every
+    precision the device offers, against the CPU's fp32 whole-image result."""
+    img = (_rainy(768, 1024) * 255).round().astype(np.uint8)
+    ref = Derainer(model="semi-drdnet-tiny", device="cpu", precision="fp32", backend="torch",
+                   tile=0).derain_array(img)
+    for precision in _precisions(device):
+        d = Derainer(model="semi-drdnet-tiny", device=device, precision=precision,
+                     backend="torch", tile=256, tile_batch=4)
+        got = psnr(d.derain_array(img), ref)
+        assert got >= (45 if precision == "fp32" else 36), (precision, got)
+
+
 def test_several_tiles_per_pass_on_the_device(device):
     """Stacked tiles, queued without waiting (pinned host memory, asynchronous copies on
     CUDA), give what one tile at a time gives; on a GPU the automatic batch holds several
