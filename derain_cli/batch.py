@@ -983,8 +983,9 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, str]:
     if use_cuda:
         from .torch_runner import check_one_gpu_each
 
-        check_one_gpu_each(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         count = torch.cuda.device_count()
+        check_one_gpu_each(device, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)
+                                       or 1), count)
         dev = f"cuda:{info.local_rank % count}" if device in ("auto", "cuda") else device
         torch.cuda.set_device(torch.device(dev))
         # NCCL needs one GPU per rank; with more ranks than GPUs the (tiny) control traffic

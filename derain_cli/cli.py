@@ -194,10 +194,21 @@ class DerainGroup(TyperGroup):
         """The first word: subcommand names, unless a file or folder here starts as typed:
         then none, and the shell completes the path (``derain ex`` means examples/ as
         often as export)."""
-        if incomplete and not incomplete.startswith("-") and _path_starts(incomplete):
+        if incomplete.startswith("-"):  # the group's own options
+            return super().shell_complete(ctx, incomplete)
+        if incomplete and _path_starts(incomplete):
             return []
-        return [item for item in super().shell_complete(ctx, incomplete)
-                if item.value != DEFAULT_COMMAND]
+        from click.shell_completion import CompletionItem
+
+        items = []  # help from the source: loading the commands imported PyTorch (2 s a Tab)
+        for name in self.list_commands(ctx):
+            if name == DEFAULT_COMMAND or not name.startswith(incomplete):
+                continue
+            cmd = self.commands.get(name)
+            doc = (cmd.get_short_help_str() if cmd is not None
+                   else (_function_doc(*LAZY_COMMANDS[name]) or "").split("\n")[0])
+            items.append(CompletionItem(name, help=doc))
+        return items
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         cmd = self.commands.get(cmd_name)
@@ -435,6 +446,12 @@ def complete_model(incomplete: str) -> list[str]:
     """Model names for shell completion of ``-m``: the registry's (``derain models``), read
     from its source (importing it imports PyTorch: 2 s a Tab press here)."""
     return [name for name in _registry_names() if name.startswith(incomplete)]
+
+
+def complete_eval_model(incomplete: str) -> list[str]:
+    """``derain eval -m``: the registry's names and ``identity`` (the rainy input itself)."""
+    return complete_model(incomplete) + (["identity"] if "identity".startswith(incomplete)
+                                         else [])
 
 
 def _registry_names() -> list[str]:

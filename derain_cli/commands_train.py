@@ -19,6 +19,7 @@ import typer
 from .cli import (
     DEFAULT_MODEL_NAME,
     attach_logging,
+    complete_eval_model,
     complete_model,
     detach_logging,
     parse_rain_angle,
@@ -485,7 +486,7 @@ def eval_cmd(
     data_opt: Annotated[Path | None, typer.Option(
         "--data", help="Folder of rainy/clean pairs.")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", "-m", autocompletion=complete_model,
+        "--model", "-m", autocompletion=complete_eval_model,
         help="Registered model, or 'identity' to score the rainy input. "
                               f"\\[default: {DEFAULT_MODEL_NAME}]")] =
     None,

@@ -299,12 +299,14 @@ def _host_tensor(x: np.ndarray, pinned: bool = False) -> torch.Tensor:
     return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
-def check_one_gpu_each(device: str, local_world: int) -> None:
+def check_one_gpu_each(device: str, local_world: int, gpus: int) -> None:
     """``OptionError`` where torchrun's processes on this machine would all be put on the
-    one GPU ``device`` names (``cuda:1`` given to every rank): NCCL refuses that at its
-    first collective ("Duplicate GPU detected", a review), after the model loaded."""
+    one GPU ``device`` names (``cuda:1`` given to every rank) while there are GPUs enough
+    for NCCL, which refuses that at its first collective ("Duplicate GPU detected", a
+    review), after the model loaded. With fewer GPUs than processes (one each through
+    CUDA_VISIBLE_DEVICES, or one shared) the processes talk over gloo, and it runs."""
     name = device.strip().lower()
-    if local_world > 1 and name.startswith("cuda:"):
+    if 1 < local_world <= gpus and name.startswith("cuda:"):
         raise OptionError(
             f"--device {device} under torchrun puts all {local_world} processes on this "
             "machine on one GPU, which NCCL refuses; give --device cuda (each process its "

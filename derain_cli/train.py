@@ -215,11 +215,8 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
     processes on the machine: refused), as ``batch.init_distributed`` picks it (more ranks
     than GPUs share them round-robin)."""
     from .enhancer import resolve_device
-    from .torch_runner import check_one_gpu_each
 
-    dev = resolve_device(name)
-    if dev.type == "cuda" and world > 1:
-        check_one_gpu_each(name, int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1))
+    dev = resolve_device(name)  # (cuda:N for several processes: batch.init_distributed)
     if dev.type == "cuda" and world > 1 and dev.index is None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
@@ -1952,6 +1949,9 @@ class _Run:
         if step > self.segment_start:  # nothing new otherwise: last.pt keeps its settings
             self.save_last()
             _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+        elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
+            _say("interrupted before the first step; the starting model's score is kept "
+                 "(best.pt): continue with --resume")  # step-0 validation (a review)
         elif self.ckpt is None:
             _say("interrupted before the first step: nothing trained yet, so nothing "
                  "to resume; start the run again without --resume")

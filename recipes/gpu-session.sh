@@ -200,7 +200,7 @@ print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['wall_t
     if [[ "$before" =~ ^[0-9]+$ ]]; then
       echo "== train: resuming $run (${before}s so far) for ${secs}s more"
       # (--workers is not taken over from the run: a machine's setting)
-      timeout $((secs + 150)) python3 -m derain_cli train --out "$run" --resume \
+      timeout $((secs + 60)) python3 -m derain_cli train --out "$run" --resume \
         --device "$DEVICE" --workers "${WORKERS:-12}" --time-budget $((before + secs)) --quiet
       train_done=1
     else  # a budget without the run's own seconds would be spent before the first step
@@ -241,9 +241,10 @@ print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['wall_t
     fi
     rm -rf "$run"
     echo "== train: the run is $run (a second call on this machine resumes it)"
-    # a timeout of its own: hung (a stuck loader), it would meet the tool's 600 s kill
-    # before its weights were copied back
-    timeout $((secs + 150)) python3 -m derain_cli train --model "$MODEL" \
+    # a timeout of its own, inside the budget (at 30 s before its end: the run's own
+    # --time-budget ends its steps at secs, its export takes seconds): hung (a stuck
+    # loader), it met the tool's kill with nothing copied back; killed, its log comes back
+    timeout $((secs + 60)) python3 -m derain_cli train --model "$MODEL" \
       --synthetic .data/gpu/clean-bsds \
       --preset "${PRESET:-light,medium,heavy,mixed}" \
       --val .data/gpu/val --val-limit 20 --out "$run" \

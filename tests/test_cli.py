@@ -1304,7 +1304,18 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert _complete("derain train --st", tmp_path) == ["--steps"]
     assert _complete("derain -m semi-drdnet-l", tmp_path) == ["semi-drdnet-lite"]
     assert "rdmc-lite" in _complete("derain eval -m ", tmp_path)
+    assert _complete("derain eval -m id", tmp_path) == ["identity"]
     assert _complete("derain x.jpg --mo", tmp_path) == ["--model"]
     (tmp_path / "examples").mkdir()  # a folder beside: the shell completes the path
     assert _complete("derain ex", tmp_path) == []
     assert _registry_names() == list(MODELS)  # read from the source, without PyTorch
+    # a Tab on the first word or on -m imports no PyTorch (the first word took 2 s: review)
+    probe = ("import sys\nfrom derain_cli.cli import main\ntry:\n    main()\n"
+             "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    for words in ("derain ", "derain -m s"):
+        env = {**os.environ, "_DERAIN_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split(" ")) - 1)}
+        ran = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert ran.stderr.strip().splitlines()[-1] == "False", (words, ran.stderr)
+    assert "models" in _complete("derain ", tmp_path)

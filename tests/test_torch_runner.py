@@ -35,6 +35,8 @@ def test_one_gpu_named_for_every_torchrun_process_is_refused():
     from derain_cli.errors import OptionError
 
     with pytest.raises(OptionError, match="puts all 2 processes on this machine on one GPU"):
-        torch_runner.check_one_gpu_each("cuda:1", 2)
-    for fine in (("cuda", 2), ("cuda:1", 1), ("auto", 4), ("cpu", 2)):
+        torch_runner.check_one_gpu_each("cuda:1", 2, 2)
+    # one GPU for two processes (or one each through CUDA_VISIBLE_DEVICES): gloo, it runs
+    for fine in (("cuda", 2, 2), ("cuda:1", 1, 2), ("auto", 4, 4), ("cpu", 2, 0),
+                 ("cuda:0", 2, 1)):
         torch_runner.check_one_gpu_each(*fine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -1554,6 +1555,29 @@ def test_a_run_from_weights_scores_its_starting_model_first(data, tmp_path, caps
     assert "starting model" not in err
     assert [json.loads(x)["step"] for x in (tmp_path / "s" / "log.jsonl").open()
             if json.loads(x)["kind"] == "val"] == [1]
+
+
+def test_a_ctrl_c_after_the_starting_models_score_says_to_resume(data, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Stopped after the step-0 validation wrote best.pt, the run said to start again
+    without --resume, which the folder holding best.pt then refused (review)."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=1))
+    real = T._Run.validate_and_keep_best
+
+    def scored_then_stopped(self, *a, **k):
+        real(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T._Run, "validate_and_keep_best", scored_then_stopped)
+    cfg = _cfg(data, tmp_path / "r", steps=2, init_weights=str(base.weights),
+               val=str(data["val"]))
+    capsys.readouterr()
+    with pytest.raises(T.TrainInterrupted):
+        T.train(cfg)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the starting model's score is kept (best.pt): continue with --resume" in err
+    monkeypatch.setattr(T._Run, "validate_and_keep_best", real)
+    assert T.train(dataclasses.replace(cfg, resume=True)).steps == 2
 
 
 def test_a_time_budget_is_shown_and_resuming_without_it_is_said(data, tmp_path, capsys):
