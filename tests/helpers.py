@@ -41,3 +41,16 @@ def record_build_devices(monkeypatch, module) -> list[str]:
 
     monkeypatch.setattr(module, "build_architecture", recording)
     return seen
+
+
+def interrupted_at_call(real, n: int):
+    """``real`` as it is, but a Ctrl-C (KeyboardInterrupt) at its ``n``-th call: where a
+    test stops a run part way (``.calls`` counts the calls)."""
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        if wrapper.calls == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import interrupted_at_call
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -378,15 +379,7 @@ def test_an_interrupted_distillation_writes_the_student_it_has(setup, monkeypatc
     import derain_cli.distill as D
 
     root, weights = setup
-    real, calls = D._batch, []
-
-    def stops_at_the_third(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(D, "_batch", stops_at_the_third)
+    monkeypatch.setattr(D, "_batch", interrupted_at_call(D._batch, 3))
     with pytest.raises(KeyboardInterrupt):
         distill(_cfg(root, weights, "cut", steps=10))
     entry = json.loads((root / "cut" / "manifest_entry.json").read_text())

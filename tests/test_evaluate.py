@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from helpers import smooth_photo
+from helpers import interrupted_at_call, smooth_photo
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -97,15 +97,8 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     report, and the message says so and how to score them all."""
     from derain_cli import metrics
 
-    real, calls = metrics.ssim_y, []
-
-    def stopped_at_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(metrics, "ssim_y", stopped_at_the_third)
+    real = metrics.ssim_y
+    monkeypatch.setattr(metrics, "ssim_y", interrupted_at_call(real, 3))
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                     str(tmp_path / "s"), "--report", str(tmp_path / "r.html")])
     assert r.exit_code == 130
@@ -124,15 +117,7 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     # stopped while the third pair's image was saved: the CSV lists the two saved (review)
     from derain_cli import images
 
-    real_write, writes = images.write_image, []
-
-    def stopped_in_the_third_save(path, *a, **k):
-        writes.append(path)
-        if len(writes) == 3:
-            raise KeyboardInterrupt
-        return real_write(path, *a, **k)
-
-    monkeypatch.setattr(images, "write_image", stopped_in_the_third_save)
+    monkeypatch.setattr(images, "write_image", interrupted_at_call(images.write_image, 3))
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                     str(tmp_path / "t")])
     assert r.exit_code == 130 and "interrupted after 2 of 4 pairs" in " ".join(r.stderr.split())
@@ -304,15 +289,8 @@ def test_synth_interrupted_between_a_pairs_images_leaves_whole_pairs(clean_dir, 
     refused the set ("without a rainy partner"; an audit, 3 interrupts in 15)."""
     from derain_cli import images
 
-    real, calls = images.write_image, []
-
-    def interrupted_at_the_fourth(path, *a, **k):
-        calls.append(path)
-        if len(calls) == 4:  # the second pair's rainy image
-            raise KeyboardInterrupt
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(images, "write_image", interrupted_at_the_fourth)
+    real = images.write_image  # stopped at the second pair's rainy image
+    monkeypatch.setattr(images, "write_image", interrupted_at_call(real, 4))
     r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"),
                                     "--count", "3", "-q"])
     assert r.exit_code == 130

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import smooth_photo
+from helpers import interrupted_at_call, smooth_photo
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -1885,15 +1885,7 @@ def test_a_validation_cut_short_is_redone_on_resume(data, tmp_path, monkeypatch)
     that validation never happened, and best.pt could miss the best step."""
     kw = dict(steps=6, val=str(data["val"]), val_every=3)
     full = T.train(_cfg(data, tmp_path / "a", **kw))
-    real, calls = T.validate, []
-
-    def cut_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "validate", cut_once)
+    monkeypatch.setattr(T, "validate", interrupted_at_call(T.validate, 1))
     with pytest.raises(KeyboardInterrupt):
         T.train(_cfg(data, tmp_path / "b", **kw))
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["val_pending"]
