@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             d.derain_array(rgb)
             times[job].append(time.perf_counter() - t0)
+            # each time as it is taken: a run cut short by a timeout keeps what it measured
+            print(f"  passes {job[0]}, rain angle {job[1]:g}: {times[job][-1]:.2f} s",
+                  flush=True)
     base = min(times[jobs[0]]) / counts[0]  # one pass's time
     rows = []
     print(f"\n{'passes':<8} {'seconds':>9} {'x one pass':>11} {'per pass':>9} {'canvas':>7}")

@@ -216,12 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):  # interleaved rounds: a busy moment hits all alike
             in_memory = min(in_memory, _timed(lambda: derainer.derain_array(pixels)))
             rows[memory] = mp / in_memory
+            # each figure as it is taken: a run cut short by a timeout keeps what it measured
+            print(f"  {memory}: {mp / in_memory:.3f} MP/s", flush=True)
             for c in configs:
                 opts = BatchOptions(output=work / f"out{c}", io_workers=c, overwrite=True)
                 with io_waits(), Timeline().installed() as timeline:
                     summary = run_batch(items, derainer, opts)
                 if not summary.ok or summary.processed != args.count:
                     raise SystemExit(f"{labels[c]}: {summary.to_json()}")
+                print(f"  {labels[c]}: {summary.megapixels_per_s:.3f} MP/s", flush=True)
                 if summary.megapixels_per_s > rows.get(labels[c], 0.0):
                     rows[labels[c]] = summary.megapixels_per_s
                     steps[labels[c]] = timeline.per_photo(args.count, summary.seconds)

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             outs[name] = d.derain_array(rgb)
             times[name].append(time.perf_counter() - t0)
+            # each time as it is taken: a run cut short by a timeout keeps what it measured
+            print(f"  batch {name}: {times[name][-1]:.3f} s", flush=True)
     ref_name = next(iter(derainers))
     rows = []
     print(f"\n{'tile batch':<12} {'MP/s':>8} {'x one':>7} {'max |diff|':>11}")
