@@ -126,6 +126,18 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["p0.png", "p1.png"]
 
 
+def test_a_grayscale_image_paired_with_a_colour_one_is_said(pairs, caplog):
+    """A gray rainy image against a colour clean one was scored in silence (an audit):
+    PSNR-RGB then compares unlike images."""
+    import logging
+
+    rainy = pairs / "rainy" / "p1.png"
+    Image.open(rainy).convert("L").save(rainy)
+    with caplog.at_level(logging.WARNING):
+        E.evaluate("identity", pairs)
+    assert "1 pair has one grayscale and one colour image (p1.png)" in caplog.text
+
+
 def test_synth_pairs(clean_dir, tmp_path):
     n = E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=6, seed=3)
     assert n == 6
