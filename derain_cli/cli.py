@@ -448,6 +448,13 @@ def complete_model(incomplete: str) -> list[str]:
     return [name for name in _registry_names() if name.startswith(incomplete)]
 
 
+def complete_published(incomplete: str) -> list[str]:
+    """``derain download``: the models with published weights (the manifest's)."""
+    from .manifest import load_manifest
+
+    return [name for name in load_manifest() if name.startswith(incomplete)]
+
+
 def complete_eval_model(incomplete: str) -> list[str]:
     """``derain eval -m``: the registry's names and ``identity`` (the rainy input itself)."""
     return complete_model(incomplete) + (["identity"] if "identity".startswith(incomplete)
@@ -1476,10 +1483,11 @@ def download_cmd(
     ctx: typer.Context,
     names: Annotated[
         list[str] | None,
-        typer.Argument(metavar="NAME", show_default=False, help="Models to fetch."),
+        typer.Argument(metavar="NAME", show_default=False, help="Models to fetch.",
+                       autocompletion=complete_published),
     ] = None,
     model: Annotated[list[str] | None, typer.Option(
-        "-m", "--model", show_default=False, autocompletion=complete_model,
+        "-m", "--model", show_default=False, autocompletion=complete_published,
         help="A model to fetch, as NAME (repeatable; -m as in the other commands).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Fetch every published model.")] = False,
     force: Annotated[

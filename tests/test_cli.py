@@ -1305,6 +1305,10 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert _complete("derain -m semi-drdnet-l", tmp_path) == ["semi-drdnet-lite"]
     assert "rdmc-lite" in _complete("derain eval -m ", tmp_path)
     assert _complete("derain eval -m id", tmp_path) == ["identity"]
+    from derain_cli.manifest import load_manifest  # download: only what can be fetched
+
+    assert _complete("derain download ", tmp_path) == list(load_manifest())
+    assert "semi-drdnet" not in _complete("derain download -m semi", tmp_path)
     assert _complete("derain x.jpg --mo", tmp_path) == ["--model"]
     (tmp_path / "examples").mkdir()  # a folder beside: the shell completes the path
     assert _complete("derain ex", tmp_path) == []
