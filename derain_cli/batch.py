@@ -984,14 +984,12 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, str]:
         from .torch_runner import check_one_gpu_each
 
         count = torch.cuda.device_count()
-        check_one_gpu_each(device, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)
-                                       or 1), count)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size) or 1)
+        check_one_gpu_each(device, local_world, count)
         dev = f"cuda:{info.local_rank % count}" if device in ("auto", "cuda") else device
         torch.cuda.set_device(torch.device(dev))
         # NCCL needs one GPU per rank; with more ranks than GPUs the (tiny) control traffic
-        # of this module goes over gloo instead.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size) or 1)
-        # (Windows' PyTorch has no NCCL)
+        # of this module goes over gloo instead (Windows' PyTorch has no NCCL).
         backend = "nccl" if count >= local_world and sys.platform != "win32" else "gloo"
     else:
         dev = "cpu" if device == "auto" else device

@@ -603,19 +603,14 @@ def synth_cmd(
     with _errors():
         with contextlib.ExitStack() as bar:  # the bar goes before the last line
             done: Callable[[int], None] | None = None
-
-            def on_image(k: int, total: int) -> None:  # the total is known at the first
-                nonlocal done
-                if done is None:
-                    done = bar.enter_context(count_progress("pairs", total, not quiet))
-                done(k)
-
             made = 0
 
-            def on_pair(k: int, total: int) -> None:
-                nonlocal made
+            def on_pair(k: int, total: int) -> None:  # the total is known at the first
+                nonlocal done, made
+                if done is None:
+                    done = bar.enter_context(count_progress("pairs", total, not quiet))
                 made = k
-                on_image(k, total)
+                done(k)
 
             try:
                 n = synth_pairs(clean, out, preset=preset, count=count, seed=seed,

@@ -664,11 +664,12 @@ class Derainer:
         return Image.fromarray(y.astype(np.float32))
 
     def _derain_pil(self, img: Image.Image, on_tile: TileCallback | None = None) -> Image.Image:
-        turn = _UPRIGHT.get(_orientation(img))
-        if turn is not None:  # derained upright, returned as stored (its tag kept)
-            undo = _UNDO.get(turn, turn)
-            upright = _without_orientation(img.transpose(turn))
-            out = self._derain_pil(upright, on_tile).transpose(undo)
+        back = _BACK_TO_STORED.get(_orientation(img))  # type: ignore[arg-type]
+        if back is not None:  # derained upright, returned as stored (its tag kept)
+            from PIL import ImageOps
+
+            upright = ImageOps.exif_transpose(img)  # its tag gone: not turned again
+            out = self._derain_pil(upright, on_tile).transpose(back)
             out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
             out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
             return out
@@ -702,33 +703,23 @@ class Derainer:
 
 #: ``image.info`` entries ``derain`` carries from a PIL image to its result
 _CARRIED = ("dpi", "exif", "xmp", "XML:com.adobe.xmp")
-_ORIENTATION = 0x0112
-#: EXIF orientation -> the transpose that makes the photo upright (Pillow's exif_transpose)
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
-#: the transposes that are not their own inverse
-_UNDO = {Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
-         Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270}
+#: EXIF orientation -> the transpose that takes an upright image back to how it is stored
+#: (the inverse of each of Pillow's ``ImageOps.exif_transpose`` turns)
+_BACK_TO_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+                   8: Image.Transpose.ROTATE_270}
 
 
 def _orientation(img: Image.Image) -> int | None:
     """The EXIF orientation tag (1-8) of a PIL image, or None."""
+    from PIL import ExifTags
+
     try:
-        value = img.getexif().get(_ORIENTATION)
+        value = img.getexif().get(ExifTags.Base.Orientation)
     except Exception:  # noqa: BLE001 - unparseable EXIF: taken as stored
         return None
     return value if isinstance(value, int) else None
-
-
-def _without_orientation(img: Image.Image) -> Image.Image:
-    """``img`` (a transposed copy) with the orientation tag gone from its EXIF, so the
-    upright pass is not turned again."""
-    exif = img.getexif()
-    exif.pop(_ORIENTATION, None)
-    img.info["exif"] = exif.tobytes()
-    return img
 
 
 def _rebuilt(cls: type[Derainer], made: dict[str, Any], later: dict[str, Any]) -> Derainer:

@@ -150,9 +150,10 @@ def _check_engine_options(model: Any, **given: object) -> None:
     """``OptionError`` where a Derainer or module given as it is comes with engine
     settings (``device="cuda"``, ``tile=256``, ...): they were ignored in silence, and the
     scores read as the settings' own (an audit)."""
-    defaults = {"device": "auto", "tile": None, "precision": "auto", "backend": "auto",
-                "threads": None}
-    changed = [f"{k}={v!r}" for k, v in given.items() if v != defaults[k]]
+    import inspect
+
+    defaults = inspect.signature(evaluate).parameters  # evaluate's own, not a copy
+    changed = [f"{k}={v!r}" for k, v in given.items() if v != defaults[k].default]
     if changed and not isinstance(model, str | os.PathLike):
         raise OptionError(f"{', '.join(changed)} applies to a model name or weights file; a "
                           f"{type(model).__name__} given as it is runs as it was made "
@@ -851,10 +852,9 @@ def synth_pairs(
         if j not in cache:
             try:
                 img = load_rgb_u8(p)
-                if min(img.shape[:2]) < metrics.SSIM_WINDOW:  # eval refused the whole set
-                    raise DataError(f"{p}: {img.shape[1]}x{img.shape[0]} is too small for a "
-                                    f"pair anyone can score (SSIM needs {metrics.SSIM_WINDOW} "
-                                    "px a side)")
+                too_small = pair_problem(str(p), img, img)  # eval's rule: it refused the set
+                if too_small:
+                    raise DataError(too_small)
                 cache = {j: img.astype(np.float32) / 255.0}
             except DataError as e:
                 skip(p, str(e))

@@ -614,6 +614,15 @@ def _recalibrated(ema: nn.Module, labeled: Any, n: int, seed: int,
     return recalibrate_batchnorm(model, (labeled.full_rainy(int(i), seed) for i in idx), device)
 
 
+def _val_pairs(pairs_dir: str, limit: int | None, rainy_dir: str | None,
+               clean_dir: str | None) -> list[Any]:
+    """The validation pairs, the first ``limit`` of them (None or 0: all)."""
+    from .pairs import find_pairs
+
+    pairs = find_pairs(Path(pairs_dir), rainy_dir, clean_dir)
+    return pairs[:limit] if limit else pairs
+
+
 def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
               cache: dict[Any, Any] | None, rainy_dir: str | None = None,
               clean_dir: str | None = None,
@@ -623,14 +632,10 @@ def _load_val(pairs_dir: str, limit: int | None, crop: int | None,
     ``crop``), kept in ``cache`` so that each validation decodes none. ``digests`` (where
     given, and not found in ``cache``) receives each pair's (rainy, clean) pixel digests,
     uncropped, for ``_warn_val_in_training``."""
-    from .pairs import find_pairs
-
     key = (pairs_dir, limit, crop, rainy_dir, clean_dir)
     if cache is not None and key in cache:
         return cache[key]
-    pairs = find_pairs(Path(pairs_dir), rainy_dir, clean_dir)
-    if limit:
-        pairs = pairs[:limit]
+    pairs = _val_pairs(pairs_dir, limit, rainy_dir, clean_dir)
     images = []
     for p in pairs:
         r, c = D.load_rgb_u8(p.rainy), D.load_rgb_u8(p.clean)
@@ -838,11 +843,8 @@ def _val_rainy_fitted(cfg: TrainConfig, side: int) -> dict[str, str]:
     """The pixel digests of the --val rainy images longer than ``side``, downscaled to it
     as finetune's photos are (``data.fit_long_side``); decoded again, the validation's
     cache holding them cropped."""
-    from .pairs import find_pairs
-
-    pairs = find_pairs(Path(str(cfg.val)), cfg.val_rainy_dir, cfg.val_clean_dir)
     fitted = {}
-    for p in pairs[:cfg.val_limit] if cfg.val_limit else pairs:
+    for p in _val_pairs(str(cfg.val), cfg.val_limit, cfg.val_rainy_dir, cfg.val_clean_dir):
         r = D.load_rgb_u8(p.rainy)
         if max(r.shape[:2]) > side:
             fitted[p.name] = D.pixel_digest(D.fit_long_side(r, side))
