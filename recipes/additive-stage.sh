@@ -2,7 +2,7 @@
 # One stage of supervised training on the synthesizer's additive rain (the evaluation sets'
 # kind: light, medium and mixed drawn evenly per image unless PRESET says otherwise) from
 # existing weights, then the three evaluations and the bundling, as the bundled models'
-# latest stages ran on 2026-12-01 and 2026-12-02. The model recipes call it; it is not a
+# additive-rain stages ran from 2026-12-01 on. The model recipes call it; it is not a
 # recipe by itself.
 #   bash recipes/additive-stage.sh NAME START OUT SECONDS CONTINUED_FROM NOTE
 # NAME: registry name; START: the weights to continue; OUT: the run folder (training

@@ -69,7 +69,7 @@
 #   FT_ARGS="--steps 3 --batch 2 --patch 32" \
 #   OUT=/tmp/gpu-smoke bash recipes/gpu-session.sh
 # What it needs there: python3 with torch (CUDA), typer, rich, pillow, opencv,
-# safetensors, huggingface-hub, onnxruntime; the H200 image has them all (KINDS.md).
+# safetensors, huggingface-hub, onnxruntime; the H200 image has them all (the device tool's KINDS.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

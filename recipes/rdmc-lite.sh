@@ -248,6 +248,10 @@ fi
 # 24.80 dB (+0.20 / +0.09 / +0.08), SSIM up on all three. The same soup of the two runs
 # without the prior: 32.52 / 24.23 / 24.65, losing heavy-small and sirr-val. The 2-core AMD
 # EPYC with AVX-512-BF16, 2 threads: 180 steps in each run (325 and 318 without the prior).
+# The shipped entry predates recipes/soup_entry.py (2026-12-05): it was bundled with the
+# second run's record and the runs' folders were not kept, so its steps, wall_time_s and
+# hardware are that run's and it lists no soup members (its note says so). Rerun, this
+# stage records the runs' sums and the members, as its note below says.
 if stage 12; then
 run="$OUT/stage12"
 mkdir -p "$run"

@@ -186,8 +186,12 @@ d6ce3ab16713e6d1a802d47e7b4f6ada623f297425117378a6bb88f027359073" "$NOTE_S9"
 # 24.80, sirr-val 25.28 -> 25.32 (fp32; SSIM up on all three). There (a) 958, (b) 992
 # steps. (An earlier candidate, (a) with a seed-6 twin of it instead of (b), lost sirr-val
 # 0.23 dB: docs/model-history.md.)
+# The shipped entry predates recipes/soup_entry.py (2026-12-05): it was bundled with run
+# (a)'s record and the runs' folders were not kept, so its steps, wall_time_s and hardware
+# are run (a)'s and it lists no soup members (its note says so). Rerun, this stage records
+# the runs' sums and the members, as its note below says.
 cp weights/semi-drdnet-fast.safetensors "$RUNS/fast-stage9.safetensors"
-NOTE_S10="${NOTE_S9% $NOTE_TAIL} Stage 10: stage 9 averaged with equal shares with two \
+NOTE_S10="${NOTE_S9%% steps and wall_time_s are the sums*} Stage 10: stage 9 averaged with equal shares with two \
 10-minute runs from it with the background contrastive term alone (self features; added \
 rain, and that draw with veiled rain in 1 of 9; seed 5). steps and wall_time_s are the sums \
 of those runs' (each member is listed under soup). $NOTE_TAIL"
