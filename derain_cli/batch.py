@@ -54,6 +54,7 @@ from .images import (
     is_image_path,
     prepare_image,
     read_image,
+    sniff_format,
     unread_photo_format,
 )
 from .pairs import natural_key
@@ -457,6 +458,20 @@ def collect_inputs(
     return collector.items
 
 
+def _unsupported(path: Path) -> str:
+    """Why a named file whose suffix derain does not read is refused; where its first bytes
+    show an image derain reads, what to rename it to (the suffix also picks the output's
+    format, so it is not guessed)."""
+    shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+    fmt = sniff_format(path)
+    if fmt is None:
+        return f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})"
+    name = "WebP" if fmt == "WEBP" else fmt
+    renamed = (path.stem if path.suffix else path.name) + FORMAT_SUFFIX[fmt.lower()]
+    return (f"unsupported file type {shown}, though it holds a {name} image: name it "
+            f"{renamed} (the suffix also picks the result's format)")
+
+
 class _Collector:
     """``collect_inputs``' list in the making: the items, and the files already listed."""
 
@@ -489,9 +504,7 @@ class _Collector:
             elif path.suffix.lower() in SUPPORTED_SUFFIXES:
                 self.add(path, Path(path.name))
             else:
-                shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
-                self.failed(path, Path(path.name),
-                            f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})")
+                self.failed(path, Path(path.name), _unsupported(path))
         elif has_glob(given):
             self.pattern(given)
         elif path.is_symlink():

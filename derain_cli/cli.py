@@ -586,7 +586,8 @@ def run_cmd(
     ] = None,
     quality: Annotated[
         int, typer.Option("--quality", min=1, max=100, rich_help_panel=OUT,
-                          help="JPEG/WebP quality.")
+                          help="JPEG and lossy WebP quality (PNG, TIFF, BMP and lossless "
+                               "WebP are written losslessly).")
     ] = 95,
     model: Annotated[
         str | None,
@@ -940,6 +941,10 @@ def _check_output(
 
     if output is None:
         return inputs, None
+    if str(output) == "-":  # the shell idiom for standard output made a folder named "-"
+        raise _usage(ctx, "-o -: derain does not write images to standard output; name a "
+                          "file (-o out.jpg) or a folder (-o out/; a folder named '-': "
+                          '-o "$PWD/-")')
     if (not output.is_dir() and not output_is_folder
             and output.suffix.lower() in batch.FOREIGN_IMAGE_SUFFIXES):
         raise _usage(ctx, f"-o {output}: derain cannot write {output.suffix} files; "
@@ -958,6 +963,8 @@ def _check_output(
         if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
             raise _usage(ctx, f"--format {fmt} contradicts -o {output}; drop one of them")
     elif output.exists() and not output.is_dir():
+        if output_is_folder:
+            raise _usage(ctx, f"-o {output}/ names a folder, but {output} is a file")
         raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
     else:
         inputs = batch.without_shell_leftovers(inputs, output, recursive)

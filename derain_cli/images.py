@@ -64,6 +64,7 @@ __all__ = [
     "format_for_path",
     "is_image_path",
     "read_image",
+    "sniff_format",
     "unread_photo_format",
     "warnings_to_log",
     "write_image",
@@ -96,17 +97,61 @@ _NOT_AN_IMAGE = "not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 
-def _unidentified(p: Path) -> str:
-    """Why Pillow could not open ``p``: a TIFF it cannot decode is still a TIFF."""
+_SHOWN_NAME = {"WEBP": "WebP"}
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The format one of the readable kinds of file announces in its first bytes ("JPEG",
+    "PNG", "WEBP", "TIFF", "BMP"), whatever its name; None for anything else or unreadable.
+    Says what a file is when its name or its damage hides it."""
     try:
-        with open(p, "rb") as f:
-            head = f.read(4)
+        with open(path, "rb") as f:
+            head = f.read(12)
     except OSError:
+        return None
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in _TIFF_MAGIC:
+        return "TIFF"
+    if head[:2] == b"BM" and head[6:10] == bytes(4):  # a text file may start "BM": the
+        # header's reserved bytes are zero
+        return "BMP"
+    return None
+
+
+def _unidentified(p: Path) -> str:
+    """Why Pillow could not open ``p``: a file that starts like a JPEG, PNG... is a damaged
+    one (its reader's own reason said), not "not an image" (a PNG with one bad checksum in a
+    text chunk read so)."""
+    fmt = sniff_format(p)
+    if fmt is None:
         return _NOT_AN_IMAGE
-    if head in _TIFF_MAGIC:
+    if fmt == "TIFF":
         return ("a TIFF that cannot be decoded here: damaged, or a layout such as 16-bit "
                 "gray with alpha or floating-point RGB (save it as 8- or 16-bit RGB)")
-    return _NOT_AN_IMAGE
+    reason = "cut short, or corrupt"
+    Image.init()
+    opener = Image.OPEN.get(fmt)
+    if opener is not None:  # the format's own reader says why; Image.open only says "cannot"
+        try:
+            with open(p, "rb") as fh:
+                opener[0](fh).close()
+        except SyntaxError as e:  # Pillow's parsers word their refusals so; it also wraps
+            # struct's "unpack requires a buffer...", a file cut short
+            text = str(e).strip()
+            checksum = re.search(r"checksum in b'(\w{4})'", text)
+            if checksum:
+                reason = (f"the checksum of its {checksum[1]} chunk is wrong: a bit changed "
+                          "in storage or transfer")
+            elif text and not re.search(r"unpack|buffer", text):
+                reason = text.splitlines()[0]
+        except Exception:  # noqa: BLE001, S110 - only the wording depends on it
+            pass
+    return f"a damaged {_SHOWN_NAME.get(fmt, fmt)} file: its header cannot be read ({reason})"
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
@@ -323,7 +368,8 @@ def warnings_to_log(logger: logging.Logger = log) -> Iterator[None]:
         level = logging.DEBUG if issubclass(category, DeprecationWarning | FutureWarning) \
             else logging.WARNING
         where = getattr(_READING, "path", None)
-        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        text = " ".join(str(message).split()[:60]) or category.__name__  # Pillow's "Corrupt
+        # EXIF data.  Expecting..." has two spaces
         logger.log(level, "%s", f"{where}: {text}" if where else text)
 
     saved_show = warnings.showwarning
@@ -515,7 +561,13 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
             if "truncated" in detail.lower():  # Pillow: "image file is truncated (N bytes not..."
                 raise ImageError("truncated image: the file ends before the picture does "
                                  "(an interrupted download or copy?)") from None
+            if detail in _DECODER_JARGON:
+                detail = _DECODER_JARGON[detail]
             raise ImageError(f"truncated or corrupt image: {detail}") from None
+
+
+#: Decoders' refusals that say nothing to a photographer, and what they mean
+_DECODER_JARGON = {"could not create decoder object": "the WebP decoder cannot read its data"}
 
 
 def _read(p: Path, max_pixels: int | None) -> LoadedImage:
@@ -968,7 +1020,10 @@ class PreparedImage:
                 # 16-bit gray+alpha TIFF is valid but neither PIL nor OpenCV reads it back (PIL
                 # refuses it, OpenCV reduces it to 8 bits): store the gray as RGB(A) instead.
                 pixels = np.repeat(pixels[..., None], 3, axis=2)
-                icc = None if _icc_colour_space(icc) == b"GRAY" else icc
+                if _icc_colour_space(icc) == b"GRAY":
+                    log.warning("%s: the photo's gray colour profile is left out: a 16-bit "
+                                "gray TIFF with alpha is written as RGB", self.path)
+                    icc = None
             samples = pixels if alpha is None else np.dstack([pixels, alpha])
             encode = _encode_png16 if fmt == "PNG" else _encode_tiff
 
@@ -1025,6 +1080,21 @@ class PreparedImage:
         _atomic_write(self.path, save, replace=replace)
 
 
+def _warn_profile_left_out(path: str | os.PathLike[str], fmt: str, icc: bytes,
+                           grayscale: bool) -> None:
+    """Say why the photo's colour profile is not written (README: nothing dropped in
+    silence): it describes other pixels than the file holds, or cannot be read."""
+    space = _icc_colour_space(icc)
+    kinds = {b"RGB ": "colour", b"GRAY": "grayscale"}
+    if space in kinds:
+        written = "grayscale" if grayscale else "colour"
+        why = (f"it is for {kinds[space]} images and {_SHOWN_NAME.get(fmt, fmt)} is "
+               f"written in {written}")
+    else:
+        why = "it is damaged or of a kind derain does not write"
+    log.warning("%s: the photo's colour profile is left out: %s", path, why)
+
+
 def prepare_image(
     path: str | os.PathLike[str],
     rgb: np.ndarray,
@@ -1066,6 +1136,9 @@ def prepare_image(
     if fmt == "WEBP":
         grayscale = False  # WebP has no grayscale mode
 
+    if like is not None and like.bit_depth == 16 and bits == 8:
+        log.warning("%s: %s holds 8 bits a sample; the photo's 16-bit samples are rounded to "
+                    "8 (write PNG or TIFF to keep 16 bits)", path, _SHOWN_NAME.get(fmt, fmt))
     pixels = _quantise(rgb, bits, grayscale)
     if alpha is not None:
         alpha = _alpha_to_bits(alpha, bits)
@@ -1074,8 +1147,10 @@ def prepare_image(
     if fmt == "JPEG" and exif is not None and len(exif) > _JPEG_MAX_EXIF:
         exif = _fit_jpeg_exif(exif, path)  # one APP1 segment: maker note left out, or all
     icc = like.icc_profile if like is not None and fmt in _ICC_FORMATS else None
-    if _icc_colour_space(icc) != (b"GRAY" if grayscale else b"RGB "):
-        icc = None  # a profile for another colour space would be invalid in this file
+    if icc and _icc_colour_space(icc) != (b"GRAY" if grayscale else b"RGB "):
+        # a profile for another colour space would be invalid in this file
+        _warn_profile_left_out(path, fmt, icc, grayscale)
+        icc = None
     if like is not None and like.icc_profile and fmt not in _ICC_FORMATS and \
             _icc_colour_space(like.icc_profile) in (b"RGB ", b"GRAY"):
         log.warning("%s: %s cannot carry the photo's colour profile; colour-managed "

@@ -152,11 +152,21 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     errors = {i.path.name: i.error for i in items if i.error is not None}
     assert errors["nope.jpg"] == "no such file or folder"
     assert "unsupported file type '.txt'" in errors["notes.txt"]
+    assert errors["notes.txt"].endswith("(supported: JPEG, PNG, WebP, TIFF, BMP)")
     assert errors["*.gif"] == "no images match this pattern"
     # every match listed already: no failure (an audit: `derain F 'F/*.jpg'` exited 1)
     assert "*.jpg" not in errors
     again = collect_inputs([str(tree), str(tree / "*.jpg"), str(tree / "a.*")])
     assert [i.error for i in again if i.error is not None] == []
+    # a photo named without its suffix: what to rename it to (an audit)
+    (tmp_path / "IMG_1").write_bytes((tree / "a.jpg").read_bytes())
+    (tmp_path / "IMG_2.heic").write_bytes((tree / "a.jpg").read_bytes())
+    named = collect_inputs([str(tmp_path / "IMG_1"), str(tmp_path / "IMG_2.heic")])
+    assert [i.error for i in named] == [
+        "unsupported file type (no suffix), though it holds a JPEG image: name it IMG_1.jpg "
+        "(the suffix also picks the result's format)",
+        "unsupported file type '.heic', though it holds a JPEG image: name it IMG_2.jpg "
+        "(the suffix also picks the result's format)"]
 
 
 def test_collect_empty_folder_hints_recursive(tmp_path: Path) -> None:

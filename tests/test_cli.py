@@ -148,6 +148,24 @@ def test_star_into_an_output_folder_can_be_rerun(tmp_path: Path, tiny_weights: P
     assert r.exit_code == 2 and "choose another folder" in flat, r.output
 
 
+def test_o_dash_and_a_file_named_as_a_folder_are_usage_errors(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-o -` made a folder named "-" and wrote there; `-o photo.jpg/` over a file said
+    "exists and is not a folder or an image file" of an image file (an audit)."""
+    monkeypatch.chdir(tmp_path)
+    a = _img(tmp_path / "a.png", 20, 14)
+    r = derain(a, "-o", "-", "--weights", tiny_weights)
+    flat = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "derain does not write images to standard output" in flat
+    assert not (tmp_path / "-").exists()
+    r = derain(a, "-o", f"{a}/", "--weights", tiny_weights)
+    flat = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and f"-o {a}/ names a folder, but {a} is a file" in flat, flat
+    r = derain(a, "-o", f"{tmp_path}/-", "--weights", tiny_weights)  # the way it names
+    assert r.exit_code == 0 and (tmp_path / "-" / "a.png").is_file(), r.output
+
+
 def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
     src = tmp_path / "in"
     _img(src / "a.jpg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import warnings
@@ -601,11 +602,34 @@ def test_a_lossless_webp_stays_lossless(tmp_path: Path) -> None:
     assert images._webp_is_lossless(tmp_path / "anim.webp")
 
 
-def test_mismatched_icc_profile_is_not_written(tmp_path: Path) -> None:
+def test_mismatched_icc_profile_is_not_written(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     gray_like = LoadedImage(np.zeros((H, W, 3), np.float32), None, 8, True, "L", "PNG",
                             icc_profile=_srgb_icc())  # an RGB profile on a gray image
-    write_image(tmp_path / "out.png", gray_like.rgb, gray_like)
+    damaged = dataclasses.replace(gray_like, grayscale=False, icc_profile=b"x" * 200)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        write_image(tmp_path / "out.png", gray_like.rgb, gray_like)
+        write_image(tmp_path / "out2.png", damaged.rgb, damaged)
     assert "icc_profile" not in Image.open(tmp_path / "out.png").info
+    assert "icc_profile" not in Image.open(tmp_path / "out2.png").info
+    lines = [r.getMessage() for r in caplog.records]  # not dropped in silence (an audit)
+    assert lines == [
+        f"{tmp_path / 'out.png'}: the photo's colour profile is left out: it is for colour "
+        "images and PNG is written in grayscale",
+        f"{tmp_path / 'out2.png'}: the photo's colour profile is left out: it is damaged or "
+        "of a kind derain does not write"], lines
+
+
+def test_sixteen_bits_rounded_to_eight_are_said(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    cv2.imwrite(str(tmp_path / "in.png"), _rng().integers(0, 65536, (H, W, 3), np.uint16))
+    loaded = read_image(tmp_path / "in.png")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        write_image(tmp_path / "out.png", loaded.rgb, loaded)  # 16 bits kept: no word
+        write_image(tmp_path / "out.webp", loaded.rgb, loaded)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'out.webp'}: WebP holds 8 bits a sample; the photo's 16-bit samples "
+        "are rounded to 8 (write PNG or TIFF to keep 16 bits)"]
 
 
 @pytest.mark.parametrize("orientation", [3, 6])
@@ -662,6 +686,36 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     (tmp_path / "notes.jpg").write_text("this is not a photo\n" * 20)
     with pytest.raises(ImageError, match="not an image file"):
         read_image(tmp_path / "notes.jpg")
+
+
+def test_a_damaged_photo_is_named_by_its_first_bytes(tmp_path: Path) -> None:
+    """A PNG with one flipped bit in a text chunk's checksum, or a JPEG cut after 4 bytes,
+    read "not an image file" (an audit): they start as a PNG and a JPEG do."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "rain")
+    Image.fromarray(_rgb8()).save(tmp_path / "ok.png", pnginfo=info)
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    at = data.index(b"tEXt") + 4 + len(b"Title\0rain")  # the chunk's CRC follows its data
+    data[at] ^= 1
+    (tmp_path / "crc.png").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"^a damaged PNG file: its header cannot be read "
+                       r"\(the checksum of its tEXt chunk is wrong"):
+        read_image(tmp_path / "crc.png")
+    Image.fromarray(_rgb8()).save(tmp_path / "ok.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:4])
+    with pytest.raises(ImageError, match=r"^a damaged JPEG file: its header cannot be read "
+                       r"\(cut short, or corrupt\)$"):
+        read_image(tmp_path / "cut.jpg")
+    assert [images.sniff_format(tmp_path / n) for n in ("crc.png", "cut.jpg", "ok.png")] == [
+        "PNG", "JPEG", "PNG"]
+    (tmp_path / "notes.txt").write_text("BM, but a text file")
+    assert images.sniff_format(tmp_path / "notes.txt") is None  # no BMP header behind it
+    Image.fromarray(_rgb8()).save(tmp_path / "ok.bmp")
+    assert images.sniff_format(tmp_path / "ok.bmp") == "BMP"
+    assert images.sniff_format(tmp_path / "missing.png") is None
+    (tmp_path / "bad.webp").write_bytes(b"RIFF\0\0\0\0WEBPVP8 " + bytes(40))
+    with pytest.raises(ImageError, match=r"the WebP decoder cannot read its data$"):
+        read_image(tmp_path / "bad.webp")  # was libwebp's "could not create decoder object"
 
 
 def test_a_tiff_that_cannot_be_decoded_is_still_called_a_tiff(tmp_path: Path) -> None:
@@ -997,6 +1051,7 @@ def test_decoder_warnings_become_one_log_line_naming_the_file(
         assert warnings.showwarning is before  # restored on exit
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"{tmp_path / 'bad.jpg'}: Corrupt EXIF") for m in lines), lines
+    assert not any("  " in m for m in lines), lines  # Pillow's double spaces made single
     assert "outside any read" in lines
 
 
