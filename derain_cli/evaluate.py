@@ -324,6 +324,8 @@ def evaluate(
             write_report(res, rep, thumbs[:finished])
             if overwrite:  # without it the folder held none of ours (check_outputs)
                 _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
+        if save is not None and overwrite:
+            _say_other_saved_images(save, set(names[:finished]))
         return res
 
     try:
@@ -372,6 +374,22 @@ class EvalInterrupted(KeyboardInterrupt):
 
 #: The report's three thumbnails of each pair, ``<stem>_files/NNNN_<kind>.jpg``
 THUMB_KINDS = ("rainy", "out", "clean")
+
+
+def _say_other_saved_images(save: Path, written: set[str]) -> None:
+    """Name the PNGs in ``--save`` this run did not write: an earlier run over more pairs
+    left them, and with ``--overwrite`` they sat beside the new ones unmarked. They are not
+    deleted: the folder may hold the user's own files."""
+    try:
+        others = sorted(e.name for e in os.scandir(save)
+                        if e.name.lower().endswith(".png") and e.name not in written)
+    except OSError:
+        return
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        log.warning("%s also holds %d PNG image(s) this run did not write (%s): an earlier "
+                    "run's over other pairs? They are left as they are.", save, len(others),
+                    shown)
 
 
 def _drop_stale_thumbs(report: Path, kept: set[str]) -> None:

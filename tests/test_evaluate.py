@@ -91,6 +91,22 @@ def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights)
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 6
 
 
+def test_overwrite_over_fewer_pairs_names_the_saved_images_it_left(pairs, tmp_path, caplog):
+    """--save's images of an earlier run over more pairs stay (they may be the user's), but
+    were left unmarked beside the new ones: a warning counts them."""
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
+    out = tmp_path / "out"
+    E.evaluate(net, pairs, save_dir=out)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        E.evaluate(net, pairs, save_dir=out, limit=4, overwrite=True)
+        assert caplog.records == []  # every image rewritten: nothing to say
+        E.evaluate(net, pairs, save_dir=out, limit=1, overwrite=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out} also holds 3 PNG image(s) this run did not write (p1.png, p2.png, p3.png): an "
+        "earlier run's over other pairs? They are left as they are."]
+    assert len(list(out.glob("*.png"))) == 4
+
+
 def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypatch):
     """Ctrl-C on a long set printed "interrupted" and kept nothing, while --save's images
     then refused the same command (an audit): the pairs scored are written to the CSV and
