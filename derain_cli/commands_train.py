@@ -74,7 +74,7 @@ def _errors() -> Iterator[None]:
     from .images import ImageError
     from .losses import ContrastUnavailable
     from .models import UnknownModelError
-    from .pairs import PairsError
+    from .pairs import PairDataError, PairsError
     from .train import TrainError
     from .weights import WeightsError
 
@@ -99,6 +99,11 @@ def _errors() -> Iterator[None]:
             silence_stdout()
             raise typer.Exit(BROKEN_PIPE_STATUS) from None
         say(e)  # another pipe (a data loader's): an error to report
+        raise typer.Exit(1) from None
+    except PairDataError as e:  # the folders were right; a file in them is not
+        if _debug():
+            raise
+        say(e)
         raise typer.Exit(1) from None
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
             NotADirectoryError, OptionError) as e:

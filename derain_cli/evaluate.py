@@ -334,9 +334,9 @@ def evaluate(
             rainy, clean = kept or (load_rgb_u8(p.rainy), load_rgb_u8(p.clean))
             problem = pair_problem(p.name, rainy, clean)
             if problem:
-                from .pairs import PairsError
+                from .pairs import PairDataError
 
-                raise PairsError(problem)
+                raise PairDataError(problem)
             t = time.time()
             out = _to_u8(run(rainy)) if label != IDENTITY else rainy
             s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
@@ -444,7 +444,7 @@ def check_pairs_read(
     Returns the decoded (rainy, clean) arrays of the pairs that fit in ``keep_bytes``
     (None for the rest; ``keep_bytes`` defaults to ``KEEP_DECODED_BYTES``), so that a set
     of ordinary size is decoded once, not twice."""
-    from .pairs import PairsError
+    from .pairs import PairDataError
 
     if keep_bytes is None:
         keep_bytes = KEEP_DECODED_BYTES
@@ -459,7 +459,7 @@ def check_pairs_read(
         except DataError as e:
             problem = str(e)
         if problem:
-            raise PairsError(problem)
+            raise PairDataError(problem)
         if _gray(rainy) != _gray(clean):
             unlike.append(p.name)
         total += rainy.nbytes + clean.nbytes
@@ -483,7 +483,7 @@ def _gray(rgb: np.ndarray) -> bool:
 def check_pair_sizes(pairs: Sequence[Pair]) -> None:
     """Every pair's two images the same size, from the headers, before any work: a
     mismatch in the 90th pair of 100 was found after minutes of deraining."""
-    from .pairs import PairsError
+    from .pairs import PairDataError
 
     bad = []
     for p in pairs:
@@ -491,7 +491,7 @@ def check_pair_sizes(pairs: Sequence[Pair]) -> None:
         if a is not None and b is not None and a != b:
             bad.append(f"{p.name} ({a[0]}x{a[1]} rainy, {b[0]}x{b[1]} clean)")
     if bad:
-        raise PairsError(f"{len(bad)} pair{'s' if len(bad) > 1 else ''} of different sizes: "
+        raise PairDataError(f"{len(bad)} pair{'s' if len(bad) > 1 else ''} of different sizes: "
                          + _first_five(bad))
 
 

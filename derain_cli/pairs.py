@@ -74,6 +74,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "SUBFOLDER_LAYOUTS",
     "Pair",
+    "PairDataError",
     "PairsError",
     "find_pairs",
     "list_images",
@@ -112,6 +113,12 @@ _LIST_LIMIT = 10
 
 class PairsError(ValueError):
     """The rainy/clean pairs could not be worked out (the message says why)."""
+
+
+class PairDataError(PairsError):
+    """Pairs found, but one cannot be scored (a damaged image, sizes that differ): a fault
+    of the data, where :class:`PairsError` itself is one of the folders named (the command
+    line: exit status 1 against 2)."""
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,11 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
     assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
     assert "Traceback" not in r.output
+    damaged = sorted((tmp_path / "p" / "clean").iterdir())[0]
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    r = runner.invoke(_app(), ["eval", str(tmp_path / "p"), "--model", "identity"])
+    # the folders were right, a file in them is not: a failure (1), not a usage error (2)
+    assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_cli_synth_shows_progress_unless_quiet(clean_dir, tmp_path, monkeypatch):
