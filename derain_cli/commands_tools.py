@@ -21,7 +21,9 @@ from .export import (
     export_onnx,
     max_opset,
     planned_outputs,
+    remove_empty_folders,
     resolve_output,
+    stats_path,
 )
 from .quantize import DEFAULT_KEEP_FP32, min_photos
 
@@ -29,7 +31,8 @@ from .quantize import DEFAULT_KEEP_FP32, min_photos
 def export_cmd(
     output_arg: Annotated[str | None, typer.Argument(
         metavar="OUTPUT", show_default=False,
-        help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name).")
+        help="Output .onnx file, as -o (default: MODEL.onnx, or the weights file's name; "
+             ".int8.onnx with --int8).")
     ] = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", "--out", show_default=False,
@@ -59,6 +62,10 @@ def export_cmd(
              f"{DEFAULT_KEEP_FP32}).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace graphs that exist already (default: refuse).")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, show_default=False,
+        help="CPU threads for tracing and for ranking convolutions with --int8 (default: "
+             "PyTorch's and ONNX Runtime's own choice).")] = None,
 ) -> None:
     """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
 
@@ -89,40 +96,72 @@ def export_cmd(
     except ValueError as e:
         say_error(str(e))
         raise typer.Exit(2) from None
-    target = resolve_output(output or output_arg, model, weights, int8 is not None)
+    given = output if output is not None else output_arg
+    if given is not None and not given.strip():  # `-o ""` wrote the default name
+        say_error("the output name is empty; name a file (model.onnx) or leave it out")
+        raise typer.Exit(2)
+    target = resolve_output(given, model, weights, int8 is not None)
+    made: list[Path] = []
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
-        check_writable(target)
+        made = check_writable(target)
         if weights is not None:
             net = model_from_file(weights, model)
         elif random_init:
             net = build_model(model or DEFAULT_MODEL)
         else:
             net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
-        held = [f for f in planned_outputs(net, target) if f.exists()]
-        if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
-            say_error(f"{held[0]} exists; pass --overwrite to replace it, or "
-                       "choose another output")
-            raise typer.Exit(2)
+        _check_held(planned_outputs(net, target), stats_path(target), overwrite)
         if int8 is None:
             paths = export_onnx(net, target, opset=opset)
         else:
             from .quantize import build_int8
 
             paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
-                                       if keep_fp32 is None else keep_fp32)
+                                       if keep_fp32 is None else keep_fp32, opset=opset,
+                                       threads=threads)
             typer.echo(json.dumps(record), err=True)
-    except (UnknownModelError, DataError) as e:  # a wrong name or an unusable photo folder
-        if debugging():  # `derain export ... --debug` printed no traceback (audit)
+    except KeyboardInterrupt:  # Typer's own handling said nothing (exit 130 in silence)
+        remove_empty_folders(made)
+        typer.echo("\ninterrupted; nothing was written (the graphs are put in place only "
+                   "when complete)", err=True)
+        raise typer.Exit(130) from None
+    except BaseException as e:
+        remove_empty_folders(made)
+        if isinstance(e, typer.Exit) or debugging():  # `--debug` printed no traceback (audit)
             raise
-        say_error(str(e))
-        raise typer.Exit(2) from None
-    except (WeightsError, WeightsUnavailable, NotImplementedError, OSError, ValueError) as e:
-        if debugging():
-            raise
-        say_error(str(e))
-        raise typer.Exit(1) from None
+        if isinstance(e, (UnknownModelError, DataError)):  # a wrong name, an unusable folder
+            say_error(str(e))
+            raise typer.Exit(2) from None
+        if isinstance(e, (WeightsError, WeightsUnavailable, NotImplementedError, OSError,
+                          ValueError)):
+            hint = ("; `derain export --random-init` exports the untrained network" if
+                    isinstance(e, WeightsError) and "no pretrained weights" in str(e) else "")
+            say_error(str(e) + hint)
+            raise typer.Exit(1) from None
+        raise
     for p in paths:
         typer.echo(str(p))
+
+
+def _check_held(planned: list[Path], stats: Path, overwrite: bool) -> None:
+    """Refuse (exit 2) an output in the way: a folder where a graph goes, or without
+    ``overwrite`` a graph there already; a statistics graph beside the target counts even
+    for a network without one (the runner would pair it with the new graph, so it goes)."""
+    held = [f for f in dict.fromkeys([*planned, stats]) if f.exists() or f.is_symlink()]
+    for f in held:
+        if f.is_dir():
+            say_error(f"{f} is a folder; choose another output")
+            raise typer.Exit(2)
+    if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
+        what = "" if held[0] in planned else (" (a statistics graph derain would pair with "
+                                              "the new graph: --overwrite removes it)")
+        say_error(f"{held[0]} exists{what}; pass --overwrite to replace it, or choose "
+                  "another output")
+        raise typer.Exit(2)
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:

@@ -59,14 +59,14 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .fileio import atomic_write
+from .fileio import atomic_write_group
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
 
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
@@ -210,12 +210,11 @@ def graph_metadata(model: nn.Module, role: str) -> dict[str, str]:
 _DYN_IMG = {0: "batch", 2: "height", 3: "width"}
 
 
-def _export_one(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: list[str],
-                outputs: list[str], axes: dict[str, dict[int, str]], opset: int,
-                meta: dict[str, str]) -> None:
+def _graph_writer(module: nn.Module, args: tuple[Tensor, ...], names: list[str],
+                  outputs: list[str], axes: dict[str, dict[int, str]], opset: int,
+                  meta: dict[str, str]) -> Callable[[str], None]:
+    """What writes one traced, checked graph into a file (for ``atomic_write_group``)."""
     import onnx
-
-    global EXPORT_COUNT
 
     def write(tmp: str) -> None:
         with torch.no_grad():
@@ -232,10 +231,20 @@ def _export_one(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: 
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
 
-    # a temporary file of an unguessable name (mkstemp): one named after the pid could be
-    # a link planted in a shared folder, which the export would write through
-    atomic_write(path, write)
-    EXPORT_COUNT += 1
+    return write
+
+
+def write_graph_set(path: Path, writers: list[Callable[[str], object]]) -> list[Path]:
+    """Put a network's graphs in place as one set: the forward graph at ``path`` and, with a
+    second writer, the statistics graph beside it (``stats_path``), each into a temporary
+    file of an unguessable name first (a name made from the pid could be a link planted in
+    a shared folder), renamed only when both are written. A statistics graph an earlier
+    export left beside ``path`` goes when the new set has none: the runner would pair it
+    with the new graph. Returns the files, the forward graph first."""
+    files = [path, stats_path(path)][:len(writers)]
+    atomic_write_group(list(zip(files, writers, strict=True)),
+                       remove=[stats_path(path)] if len(writers) == 1 else [])
+    return files
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
@@ -250,6 +259,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
     from .models import SemiDRDNet
     from .models.deploy import fold_for_inference
 
+    global EXPORT_COUNT
     check_opset(opset)
     path = Path(path)
     if path.suffix.lower() != ".onnx":
@@ -265,10 +275,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
     with _exportable(model):
         net = fold_for_inference(model)
         if shape is None:
-            _export_one(net, (image,), path, ["image"], ["out"],
-                        {"image": _DYN_IMG, "out": _DYN_IMG}, opset,
-                        graph_metadata(model, "forward"))
-            return [path]
+            files = write_graph_set(path, [_graph_writer(
+                net, (image,), ["image"], ["out"], {"image": _DYN_IMG, "out": _DYN_IMG},
+                opset, graph_metadata(model, "forward"))])
+            EXPORT_COUNT += 1
+            return files
         if not isinstance(model, SemiDRDNet):
             raise NotImplementedError(
                 f"ONNX export of {type(model).__name__}: whole-image statistics are only "
@@ -279,17 +290,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
         local = torch.zeros(1, device=dev)
         mask = torch.rand(1, 1, h, w, device=dev)
         pooled_axes = {0: "batch"}
-        _export_one(_SemiForward(net), (image, pooled, local), path,
-                    ["image", "pooled", "local"], ["out"],
-                    {"image": _DYN_IMG, "pooled": pooled_axes, "out": _DYN_IMG}, opset,
-                    graph_metadata(model, "forward"))
-        spath = stats_path(path)
-        _export_one(_SemiStats(net), (image, pooled, local, mask), spath,
-                    ["image", "pooled", "local", "mask"], ["sums"],
-                    {"image": _DYN_IMG, "pooled": pooled_axes, "mask": _DYN_IMG,
-                     "sums": pooled_axes}, opset,
-                    graph_metadata(model, "stats"))
-        return [path, spath]
+        files = write_graph_set(path, [
+            _graph_writer(_SemiForward(net), (image, pooled, local),
+                          ["image", "pooled", "local"], ["out"],
+                          {"image": _DYN_IMG, "pooled": pooled_axes, "out": _DYN_IMG}, opset,
+                          graph_metadata(model, "forward")),
+            _graph_writer(_SemiStats(net), (image, pooled, local, mask),
+                          ["image", "pooled", "local", "mask"], ["sums"],
+                          {"image": _DYN_IMG, "pooled": pooled_axes, "mask": _DYN_IMG,
+                           "sums": pooled_axes}, opset,
+                          graph_metadata(model, "stats"))])
+        EXPORT_COUNT += 2
+        return files
 
 
 # --------------------------------------------------------------------------- CLI
@@ -332,11 +344,13 @@ def resolve_output(output: Path | str | None, model: str | None, weights: Path |
     return output
 
 
-def check_writable(target: Path) -> None:
+def check_writable(target: Path) -> list[Path]:
     """Make ``target``'s folder and prove a file can be written there, before minutes of
     tracing or calibration; ``OSError`` naming ``target`` (not a hidden scratch file) when
-    not."""
+    not. Returns the folders it made, outermost first, for the caller to take back if
+    nothing is written (a failed export left them empty)."""
     parent = target.parent
+    made = [d for d in (parent, *parent.parents) if not d.exists()][::-1]
     try:
         if parent.exists() and not parent.is_dir():
             raise OSError(f"{parent} is a file, not a folder")
@@ -347,5 +361,14 @@ def check_writable(target: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
+        remove_empty_folders(made)
         why = e.strerror or str(e)
         raise OSError(f"cannot write {target}: {why}") from None
+    return made
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Take back folders :func:`check_writable` made (innermost first), those still empty."""
+    for d in reversed(folders):
+        with contextlib.suppress(OSError):
+            d.rmdir()

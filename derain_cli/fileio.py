@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 
@@ -120,6 +120,35 @@ def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *
                 os.fsync(dirfd)
             finally:
                 os.close(dirfd)
+
+
+def atomic_write_group(items: Sequence[tuple[Path, Callable[[str], object]]], *,
+                       remove: Iterable[Path] = ()) -> None:
+    """Make several files that belong together (a forward graph and the statistics graph a
+    reader finds beside it by name): each ``write(tmp)`` into a temporary file beside its
+    destination, and only when every one is written, the renames, last item first, so the
+    first (the file a reader opens) lands last. ``remove``: files of an earlier set that
+    the new one lacks, deleted just before the renames (a reader would pair them with the
+    new files). Why: Ctrl-C while the second graph was made left the new first graph
+    beside the old second, another network's."""
+    temps: list[str] = []
+    try:
+        for dest, write in items:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
+            os.close(fd)
+            temps.append(tmp)
+            write(tmp)
+            give_normal_mode(tmp, dest)
+        for old in remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
+        for tmp, (dest, _) in reversed(list(zip(temps, items, strict=True))):
+            os.replace(tmp, dest)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # gone after its rename; a failed set's leftovers otherwise
 
 
 #: A temporary file this much older than now was left by a killed run, not one at work.

@@ -115,12 +115,15 @@ def synthetic_inputs(photos: Sequence[Path | np.ndarray], size: int | tuple[int,
     return out
 
 
-def read_photos(paths: Sequence[Path], need: int) -> list[tuple[Path, np.ndarray]]:
-    """The first ``need`` readable photos of ``paths`` as (path, HxWx3 uint8).
+def read_photos(paths: Sequence[Path], need: int,
+                min_side: int = 1) -> list[tuple[Path, np.ndarray]]:
+    """The first ``need`` readable photos of ``paths`` with both sides at least ``min_side``
+    px, as (path, HxWx3 uint8).
 
-    Why skip: a folder of clean photos often holds one damaged file, which should not end
-    a minutes-long export; each is named in one ``warning:`` line on stderr. Reads no more
-    files than needed. ``DataError`` (a ``ValueError``) when fewer than ``need`` are readable.
+    Why skip: a folder of clean photos often holds one damaged file or a thumbnail, which
+    should not end a minutes-long export (one small photo among the first twelve did); each
+    is named in one ``warning:`` line on stderr. Reads no more files than needed.
+    ``DataError`` (a ``ValueError``) when fewer than ``need`` are usable.
     """
     from itertools import islice
 
@@ -132,12 +135,28 @@ def read_photos(paths: Sequence[Path], need: int) -> list[tuple[Path, np.ndarray
         skipped.append(p)
         warn_skipped(p, reason)
 
-    got = list(islice(iter_readable(paths, skip), need))
+    def usable() -> Iterator[tuple[Path, np.ndarray]]:
+        for p, img in iter_readable(paths, skip):
+            if min(img.shape[:2]) < min_side:
+                skip(p, f"{img.shape[1]}x{img.shape[0]} px is too small for int8 "
+                        f"calibration (both sides must be at least {min_side} px)")
+            else:
+                yield p, img
+
+    got = list(islice(usable(), need))
     if len(got) < need:
         folder = paths[0].parent if paths else "the folder"
-        raise DataError(f"{folder}: {len(got)} readable photos ({len(skipped)} unreadable "
-                        f"skipped); int8 calibration needs {need}")
+        raise DataError(f"{folder}: {len(got)} usable photo{'s' if len(got) != 1 else ''} "
+                        f"({len(skipped)} unreadable or "
+                        f"too small skipped); int8 calibration needs {need}")
     return got
+
+
+def min_calibration_side(multiple: int = 1) -> int:
+    """The shortest side a calibration photo may have: ``MIN_CALIB_SIZE`` rounded up to
+    the network's size ``multiple``."""
+    multiple = max(1, multiple)
+    return -(-max(MIN_CALIB_SIZE, multiple) // multiple) * multiple
 
 
 def calibration_crop(photos: Sequence[tuple[Path, np.ndarray]], multiple: int = 1,
@@ -153,7 +172,7 @@ def calibration_crop(photos: Sequence[tuple[Path, np.ndarray]], multiple: int = 
     when one is too small (under ``MIN_CALIB_SIZE`` or ``multiple`` px).
     """
     multiple = max(1, multiple)
-    least = -(-max(MIN_CALIB_SIZE, multiple) // multiple) * multiple
+    least = min_calibration_side(multiple)
     for p, img in photos:
         short = min(img.shape[:2])
         if short < least:
@@ -339,6 +358,7 @@ def build_int8(
     keep_fp32: int = DEFAULT_KEEP_FP32,
     reduce_range: bool = True,
     threads: int | None = None,
+    opset: int | None = None,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Write the int8 forward graph of ``model`` to ``out``; return the files and the record.
 
@@ -349,7 +369,9 @@ def build_int8(
     beside it (``export.stats_path``), so ``OnnxRunner(out)`` runs both. The record
     (manifest ``int8`` field) names the convolutions kept in fp32 and the weights it
     belongs to. The graph carries it too, as ``derain.int8`` metadata, minus the file's
-    own hash and size. The scratch folder is removed whether this succeeds or fails.
+    own hash and size. The scratch folder is removed whether this succeeds or fails, and
+    the graphs are put in place as one set (``export.write_graph_set``). ``opset``: the
+    fp32 graph's (default ``export.DEFAULT_OPSET``).
     """
     import json
     import shutil
@@ -358,7 +380,7 @@ def build_int8(
 
     from . import export
     from .data import DataError
-    from .fileio import atomic_write, sha256_file
+    from .fileio import sha256_file
     from .onnx_backend import state_sha256
     from .pairs import list_photos
 
@@ -369,14 +391,15 @@ def build_int8(
                  if keep_fp32 and len(paths) >= min_photos(0) else "")
         raise DataError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs "
                         f"{need}{fewer}")
-    photos = read_photos(paths, need)
-    crop = calibration_crop(photos[:CALIB_COUNT], int(getattr(model, "size_multiple", 1)),
-                            CALIB_SIZE)
+    multiple = int(getattr(model, "size_multiple", 1))
+    photos = read_photos(paths, need, min_calibration_side(multiple))
+    crop = calibration_crop(photos[:CALIB_COUNT], multiple, CALIB_SIZE)
     calib = synthetic_inputs([_fit(img, crop) for _, img in photos[:CALIB_COUNT]], crop, 0)
     work = Path(tempfile.mkdtemp(prefix="derain-int8-"))
     try:
         cache = work / "calibration.json"
-        graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx")
+        graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx",
+                                    opset=export.DEFAULT_OPSET if opset is None else opset)
         ranking: list[tuple[float, str]] = []
         if keep_fp32:
             held = synthetic_inputs([img for _, img in photos[CALIB_COUNT:need]],
@@ -393,25 +416,23 @@ def build_int8(
             "weight_bits": 7 if reduce_range else 8,
             "calibration": (f"percentile {PERCENTILE} over {len(calib)} crops of "
                             f"{crop[0]}x{crop[1]} px (height x width), synthetic mixed rain "
-                            f"on {clean_dir.name}"),
+                            f"on {clean_dir.resolve().name or clean_dir}"),
         }
-        # made in the scratch folder, then put in place whole (atomic_write: a temporary
-        # file of an unguessable name, so no planted link is written through)
+        # made in the scratch folder, then put in place as one set
         quantize_graph(graphs[0], work / "int8.onnx", calib, keep_fp32=info["fp32_convs"],
                        reduce_range=reduce_range, cache=cache)
         proto = onnx.load(str(work / "int8.onnx"))
         proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
-        atomic_write(out, lambda tmp: onnx.save(proto, tmp))
-        files = [out]
-        record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
+        writers: list[Callable[[str], object]] = [lambda tmp: onnx.save(proto, tmp)]
         if len(graphs) > 1:  # the same scheme, so tiles get the means the int8 network computes
-            stats = export.stats_path(out)
             quantize_graph(graphs[1], work / "int8.stats.onnx", calib,
                            keep_fp32=info["fp32_convs"], reduce_range=reduce_range,
                            cache=work / "calibration.stats.json")
-            atomic_write(stats, lambda tmp: shutil.copyfile(work / "int8.stats.onnx", tmp))
-            files.append(stats)
-            record |= {"stats_file": stats.name, "stats_sha256": sha256_file(stats)}
+            writers.append(lambda tmp: shutil.copyfile(work / "int8.stats.onnx", tmp))
+        files = export.write_graph_set(out, writers)
+        record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}
+        if len(files) > 1:
+            record |= {"stats_file": files[1].name, "stats_sha256": sha256_file(files[1])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return files, record | info

@@ -159,6 +159,38 @@ def test_export_writes_through_no_link_planted_at_a_guessable_name(tmp_path):
     assert paths and all(p.is_file() and not p.is_symlink() for p in paths)
 
 
+def test_a_failed_export_leaves_the_old_set_whole_and_a_lone_graph_no_stale_partner(
+        tmp_path, monkeypatch):
+    """Ctrl-C while the statistics graph was made left the new forward graph beside the old
+    statistics graph, another network's (an audit): the set is put in place only when both
+    are written. A network without statistics graph exported over a Semi-DRDNet's removes
+    the old one (the runner pairs a graph with the .stats.onnx beside it)."""
+    semi = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                       se_reduction=4))
+    out = tmp_path / "m.onnx"
+    export.export_onnx(semi, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = export._graph_writer
+
+    def second_fails(module, *a, **k):
+        write = real(module, *a, **k)
+        if isinstance(module, export._SemiStats):
+            def write(tmp):  # noqa: F811 - the statistics graph's write is interrupted
+                raise KeyboardInterrupt
+        return write
+
+    monkeypatch.setattr(export, "_graph_writer", second_fails)
+    torch.manual_seed(1)
+    other = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                        se_reduction=4))
+    with pytest.raises(KeyboardInterrupt):
+        export.export_onnx(other, out)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporaries
+    monkeypatch.undo()
+    assert export.export_onnx(_Plain(), out) == [out]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 class _Plain(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -204,9 +236,26 @@ def test_export_cmd(tiny_weights, tmp_path):
     again = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--overwrite"])
     assert again.exit_code == 0, again.output
     assert out.read_bytes() == before  # the same weights give the same graph
+    # a network without statistics graph over it: the old one would be paired with it
+    single = CliRunner().invoke(app, [str(out), "--random-init", "-m", "rdmc-lite"])
+    assert single.exit_code == 2 and "tiny.onnx exists" in single.output
+    out.unlink()
+    single = CliRunner().invoke(app, [str(out), "--random-init", "-m", "rdmc-lite"])
+    assert single.exit_code == 2 and "a statistics graph derain would pair" in single.output
+    single = CliRunner().invoke(app, [str(out), "--random-init", "-m", "rdmc-lite",
+                                      "--overwrite"])
+    assert single.exit_code == 0 and single.stdout.split() == [str(out)]
+    assert not (tmp_path / "tiny.stats.onnx").exists()
+    # a folder in a graph's place is named before any work, not after a hidden rename
+    (tmp_path / "f.stats.onnx").mkdir()
+    res = CliRunner().invoke(app, [str(tmp_path / "f.onnx"), "--weights", str(tiny_weights),
+                                   "--overwrite"])
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"error: {tmp_path / 'f.stats.onnx'} is a folder; choose another output")
+    assert not (tmp_path / "f.onnx").exists()
 
 
-def test_export_cmd_unknown_model_is_a_usage_error(tmp_path):
+def test_export_cmd_unknown_model_is_a_usage_error(tmp_path, monkeypatch):
     """A typo in -m is an unknown model (exit 2, the models listed), not a model that
     merely lacks weights; a registered model without weights keeps that advice (exit 1)."""
     import typer
@@ -219,7 +268,15 @@ def test_export_cmd_unknown_model_is_a_usage_error(tmp_path):
     assert "no pretrained weights" not in bad.output
     untrained = CliRunner().invoke(app, ["-m", "rdmc", "-o", str(tmp_path / "x.onnx")])
     assert untrained.exit_code == 1 and "no pretrained weights yet" in untrained.output
+    assert "`derain export --random-init` exports the untrained network" in untrained.output
     assert not (tmp_path / "x.onnx").exists()
+    # the folders made for the output are taken back when nothing is written (an audit)
+    gone = CliRunner().invoke(app, ["-m", "rdmc", "-o", str(tmp_path / "new" / "deep" / "x")])
+    assert gone.exit_code == 1 and not (tmp_path / "new").exists()
+    monkeypatch.chdir(tmp_path)  # `-o ""` wrote rdmc-lite.onnx into the current folder
+    empty = CliRunner().invoke(app, ["-m", "rdmc-lite", "--random-init", "-o", ""])
+    assert empty.exit_code == 2 and "the output name is empty" in empty.output
+    assert not (tmp_path / "rdmc-lite.onnx").exists()
 
 
 def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatch):
@@ -274,8 +331,11 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
     with caplog.at_level(logging.WARNING, logger="derain_cli.quantize"):
         res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
-                                       str(clean), "--keep-fp32", "1000", "--overwrite"])
+                                       str(clean), "--keep-fp32", "1000", "--overwrite",
+                                       "--opset", "16"])
     assert res.exit_code == 0, res.output  # allowed, but said: nothing is quantized
+    assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("",
+               "ai.onnx")) == 16  # --opset was left at the default with --int8 (an audit)
     assert "keeps all" in caplog.text and "no faster than an fp32 one" in caplog.text
     few = tmp_path / "few"
     few.mkdir()

@@ -181,12 +181,14 @@ def test_mixed_sizes_and_an_unreadable_photo_calibrate_rdmc(tmp_path, monkeypatc
         f"warning: {clean / '0.png'}: cannot read image "
         "(not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)); skipped"]
     (clean / "3.png").write_bytes(b"broken too")  # now 2 readable photos, 3 needed
-    with pytest.raises(ValueError, match="2 readable photos .2 unreadable skipped.; "
-                                         "int8 calibration needs 3"):
+    with pytest.raises(ValueError, match="2 usable photos .2 unreadable or too small "
+                                         "skipped.; int8 calibration needs 3"):
         quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
 
 
-def test_calibration_photo_too_small_is_refused_by_name(tmp_path, monkeypatch):
+def test_calibration_photo_too_small_is_skipped_by_name(tmp_path, monkeypatch, capsys):
+    """One small photo among the first ones ended the export (an audit): it is skipped with
+    a warning, as an unreadable one is, and the export fails only without enough others."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # nothing left in /tmp, ever
     monkeypatch.setattr(quantize, "CALIB_COUNT", 2)
     clean = tmp_path / "clean"
@@ -194,8 +196,16 @@ def test_calibration_photo_too_small_is_refused_by_name(tmp_path, monkeypatch):
     _photo(clean / "a.png", 48, 48)
     _photo(clean / "b.png", 20, 40)
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
-    with pytest.raises(ValueError, match=r"b\.png: 40x20 px is too small .*at least 32 px"):
+    with pytest.raises(ValueError, match=r"1 usable photo .1 unreadable or too small "
+                                         r"skipped.; int8 calibration needs 2"):
         quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
+    assert capsys.readouterr().err.strip() == (
+        f"warning: {clean / 'b.png'}: 40x20 px is too small for int8 calibration (both sides "
+        "must be at least 32 px); skipped")
+    _photo(clean / "c.png", 40, 56)
+    files, rec = quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
+    assert "2 crops of 40x48 px" in rec["calibration"] and rec["calibration"].endswith(
+        "on clean")
     assert quantize.calibration_crop([(Path("a"), np.zeros((60, 500, 3)))], 16) == (48, 320)
 
 
