@@ -79,6 +79,7 @@ from torch import nn
 
 from . import metrics, tiling
 from .enhancer import CPU_TILE, DEFAULT_MODEL, TorchRunner, cpu_supports_bf16, default_overlap
+from .fileio import atomic_write_text
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
 from .torch_runner import cudnn_benchmark
@@ -450,9 +451,20 @@ class BenchResult:
     models: list[ModelInfo] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     rss: dict[str, Any] | None = None
+    #: stopped by Ctrl-C: ``rows`` are those finished before it
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`bench_main`, after the rows measured so far were printed (and
+    written to its JSON file): minutes of measurements were lost in silence."""
+
+    def __init__(self, result: BenchResult) -> None:
+        super().__init__(f"interrupted after {len(result.rows)} rows")
+        self.result = result
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -463,12 +475,24 @@ def _fmt(v: float | None, spec: str) -> str:
     return format(v, spec)
 
 
+def _asked(res: BenchResult) -> str:
+    """The overlap asked for, and that the model notes give what ran where tiling capped it
+    (at most half a tile)."""
+    capped = any(m.overlap != res.overlap for m in res.models)
+    return f"{res.overlap} asked (capped: see the model notes)" if capped else str(res.overlap)
+
+
+def _interrupted_note(res: BenchResult) -> str:
+    return (" Interrupted: the rows measured before Ctrl-C." if res.interrupted else "")
+
+
 def render_markdown(res: BenchResult) -> str:
     """The result as Markdown: a header of conditions, one table, model notes, RSS."""
     lines = [
-        f"Image {res.width}x{res.height} ({res.width * res.height / 1e6:.2f} MP), overlap "
-        f"{'each model' + chr(39) + 's own' if res.overlap is None else res.overlap}, "
-        f"{res.threads} threads, {res.machine}, torch {res.torch}.",
+        f"Image {res.width}x{res.height} ({res.width * res.height / 1e6:.3g} MP), overlap "
+        f"{'each model' + chr(39) + 's own' if res.overlap is None else _asked(res)}, "
+        f"{res.threads} thread{'s' if res.threads != 1 else ''}, {res.machine}, torch "
+        f"{res.torch}.{_interrupted_note(res)}",
         f"Test image: {res.scene} with heavy synthetic rain, dark and sky bands; s/MP = best "
         f"of {res.repeats} timed run{'s' if res.repeats != 1 else ''} after an untimed "
         "warm-up tile.",
@@ -592,11 +616,13 @@ def _devices(spec: str | None) -> list[torch.device]:
     for part in (d.strip() for d in spec.split(",")):
         try:
             dev = resolve_device(part)
-        except ValueError as e:
-            raise BenchError(f"{e} (comma-separated for several)") from None
+        except ValueError as e:  # the list's syntax is worth saying where a name is odd
+            hint = " (comma-separated for several)" if not part or " " in part else ""
+            raise BenchError(f"{e}{hint}") from None
         if dev.type not in ("cpu", "cuda"):
             raise BenchError(f"--device {part}: only cpu and cuda are benchmarked")
-        devs.append(dev)
+        if dev not in devs:  # `cpu,cpu` measured everything twice
+            devs.append(dev)
     if not devs:
         raise BenchError("--device: no device given")
     return devs
@@ -614,7 +640,7 @@ def _checked_request(models: Sequence[str] | None,
 
     Variants come each once and fp32 first: the others' "PSNR vs fp32" needs its output
     (was "-" when fp32 came later in --variants)."""
-    names = list(models) if models else list(MODELS)
+    names = list(dict.fromkeys(models)) if models else list(MODELS)  # -m X -m X: once
     for n in names:
         if n not in MODELS:
             raise BenchError(f"unknown model {n!r}; choose one of: {', '.join(MODELS)}")
@@ -711,6 +737,34 @@ def bench_main(
         torch=torch.__version__, flop_side=flop_side, peak_side=peak_side,
         repeats=max(1, repeats), scene=scene_name(),
     )
+    try:
+        _measure(res, names, variants, devs, tile, overlap, threads, force_bf16, rss,
+                 flop_side, peak_side)
+    except KeyboardInterrupt:
+        res.rows = [r for r in res.rows if r.seconds is not None or r.note]  # finished ones
+        res.interrupted = True
+        _publish(res, json_path, echo)
+        raise BenchInterrupted(res) from None
+    _publish(res, json_path, echo)
+    return res
+
+
+def _publish(res: BenchResult, json_path: str | os.PathLike[str] | None,
+             echo: Callable[[str], None] | None) -> None:
+    """The result printed (Markdown, or JSON for ``json_path`` "-") and written as JSON."""
+    if echo is not None:
+        echo(json.dumps(res.to_dict(), indent=2) if str(json_path) == "-"
+             else render_markdown(res))
+    if json_path is not None and str(json_path) != "-":
+        atomic_write_text(json_path, json.dumps(res.to_dict(), indent=2) + "\n")
+
+
+def _measure(res: BenchResult, names: list[str], variants: list[str],
+             devs: list[torch.device], tile: int | None, overlap: int | None,
+             threads: int | None, force_bf16: bool, rss: bool, flop_side: int,
+             peak_side: int) -> None:
+    """Fill ``res`` with a row per model, device and variant as each is measured."""
+    h, w = res.height, res.width
     img = test_scene(h, w)
     mp = h * w / 1e6
     peaks: dict[tuple[int, int, str, str], tuple[float, str]] = {}
@@ -753,7 +807,7 @@ def bench_main(
                     info.reduced_peaks[_DTYPE_NAMES[dtype]] = mixed_peak(
                         net, peak_side, dev, peaks, dtype)
                 best, out, near = _timed_passes(net, runner, img, row.tile, ov, dev, dtype,
-                                                repeats, peak_side)
+                                                res.repeats, peak_side)
                 row.seconds = best
                 row.s_per_mp = best / mp
                 row.gflops = fwd * h * w / best / 1e9
@@ -770,9 +824,3 @@ def bench_main(
                 del runner
     if rss:
         res.rss = measure_rss(threads=threads)
-    if echo is not None:
-        echo(json.dumps(res.to_dict(), indent=2) if str(json_path) == "-"
-             else render_markdown(res))
-    if json_path is not None and str(json_path) != "-":
-        Path(json_path).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
-    return res

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, bench_main
+from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, BenchInterrupted, bench_main
 from .cli import complete_model, debugging, say_error
 from .export import (
     DEFAULT_OPSET,
@@ -231,6 +231,12 @@ def bench_cmd(
     if json_path is not None and json_path.is_dir():  # was found after measuring
         say_error(f"--json {json_path} is a folder; name a file in it")
         raise typer.Exit(2)
+    if json_path is not None and str(json_path) != "-":
+        try:  # a file written there for real: the JSON was lost after every measurement
+            check_writable(json_path)
+        except OSError as e:
+            say_error(f"--json {e}")
+            raise typer.Exit(2) from None
     try:
         bench_main(
             model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
@@ -238,6 +244,12 @@ def bench_cmd(
             devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
             flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
         )
+    except BenchInterrupted as e:  # Typer's own handling said nothing and kept nothing
+        kept = f" (also in {json_path})" if json_path is not None and str(
+            json_path) != "-" else ""
+        typer.echo(f"\ninterrupted; the {len(e.result.rows)} rows measured before are "
+                   f"above{kept}", err=True)
+        raise typer.Exit(130) from None
     except BenchError as e:
         if debugging():
             raise

@@ -164,6 +164,38 @@ def test_bench_reports_the_overlap_tiling_really_uses():
     assert info.overlap == 12
     assert row.work == pytest.approx(bench.tiling_work(
         40, 56, 24, 12, 1, True, info.flops_per_px, info.stats_flops_per_px))
+    # the header said "overlap 100" beside notes that say 12 (an audit)
+    res.threads = 1
+    head = bench.render_markdown(res).splitlines()[0]
+    assert "overlap 100 asked (capped: see the model notes), 1 thread," in head, head
+    assert "(0.00224 MP)" in head  # was "0.00 MP"
+
+
+def test_ctrl_c_keeps_the_rows_measured(tmp_path, monkeypatch):
+    """Ctrl-C in a bench of many rows printed nothing and kept nothing (an audit): the rows
+    finished are printed and written, marked as interrupted; the row cut short is not."""
+    real, calls = bench._timed_passes, []
+
+    def second_is_interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "_timed_passes", second_is_interrupted)
+    lines: list[str] = []
+    with pytest.raises(bench.BenchInterrupted) as got:
+        bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=0, variants=[
+            "fp32", "channels_last", "onnx"], devices="cpu", flop_side=16, peak_side=16,
+            json_path=tmp_path / "b.json", echo=lines.append)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["interrupted"] and [r["variant"] for r in data["rows"]] == ["fp32"]
+    assert got.value.result.rows[0].seconds is not None
+    assert "Interrupted: the rows measured before Ctrl-C." in lines[0]
+    assert "| channels_last |" not in lines[0]
+    assert bench._checked_request(["semi-drdnet-tiny"] * 2, ["fp32"])[0] == [
+        "semi-drdnet-tiny"]  # -m X -m X measured twice
+    assert bench._devices("cpu,cpu") == [torch.device("cpu")]
 
 
 def test_bench_tile_below_the_networks_minimum_is_raised_as_derain_does(capsys):
@@ -233,8 +265,10 @@ def test_bench_cmd_json_and_errors():
 @pytest.mark.parametrize("args, text", [
     (["--device", "cuda"], "--device cuda was asked for but PyTorch sees no CUDA GPU"),
     (["--device", "cpu,cuda:1"], "--device cuda:1 was asked for but PyTorch sees no CUDA"),
-    (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps "
-                          "(comma-separated for several)"),
+    (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps"),
+    (["--device", "cpu cuda"], "use auto, cpu, cuda, cuda:N or mps (comma-separated for "
+                               "several)"),
+    (["--json", "/proc/b.json"], "--json cannot write /proc/b.json"),  # lost after measuring
     (["--device", "meta"], "unsupported device 'meta'"),
     (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32,"),
     (["--variants", ","], "no variant given"),
