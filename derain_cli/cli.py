@@ -1390,6 +1390,7 @@ def model_rows() -> list[dict[str, Any]]:
     """One dict per registered model (and per manifest weight without a registry entry)."""
     from . import weights
     from .enhancer import DEFAULT_MODEL
+    from .fast_path import int8_problem
     from .models import MODELS, config_to_dict
 
     manifest = weights.load_manifest()
@@ -1418,6 +1419,9 @@ def model_rows() -> list[dict[str, Any]]:
             "hub": rec.hub if rec is not None else {},
             # an int8 graph for CPUs ships with these weights (derain_cli.quantize)
             "int8": bool(rec is not None and rec.extra.get("int8") and where == "bundled"),
+            # why that graph cannot be used (missing, altered), else None
+            "int8_problem": int8_problem(rec) if rec is not None and where == "bundled"
+            else None,
         })
     return rows
 
@@ -1463,6 +1467,8 @@ def models_cmd(
                              else "")
             if r["int8"]:
                 where.append("\n+ int8 (CPU)")
+                if r["int8_problem"]:
+                    where.append(": damaged, not used", style="red")
             cells = {"name": r["name"] + (" *" if r["default"] else ""), "arch": r["arch"],
                      "params": params, "size": _fmt_size(r["bundled_size"]), "weights": where,
                      "license": r["license"] or "-",
@@ -1537,6 +1543,8 @@ def download_cmd(
             typer.echo("no published weights in the manifest yet; nothing to do")
             return
         failures = len(untrained)
+        from .fast_path import int8_problem
+
         for name in targets:  # the library's own lookup: bundled, cached, else fetched
             try:
                 path = weights.resolve(name, quiet=quiet, force=force)
@@ -1549,6 +1557,13 @@ def download_cmd(
                 failures += 1
                 continue
             if path.parent == weights.bundled_dir():
+                broken = int8_problem(manifest[name])
+                if broken:  # its int8 graph is part of what is bundled
+                    print_error(err, f"{name}: bundled weights verified, but its int8 graph "
+                                     f"is not usable: {broken}; reinstalling derain restores "
+                                     "it (until then another engine runs instead)")
+                    failures += 1
+                    continue
                 typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
             else:
                 typer.echo(f"{name}: {path} (sha256 verified)")

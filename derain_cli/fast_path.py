@@ -37,6 +37,24 @@ class Int8Unavailable(ValueError):
     """No usable bundled int8 graph for these weights (the message says why)."""
 
 
+class Int8Damaged(Int8Unavailable):
+    """The manifest names an int8 graph for these weights, but its file is missing, altered
+    or made from other weights: an installation to repair, said aloud (a damaged graph
+    was passed over in silence, PyTorch running instead), where "no int8 graph" is not."""
+
+
+def int8_problem(record: WeightRecord) -> str | None:
+    """Why the bundled int8 graph ``record`` names cannot be used (missing, altered), or
+    None when it is whole or there is none; for ``derain models`` and ``download``."""
+    if not record.extra.get("int8"):
+        return None
+    try:
+        bundled_int8_files(record)
+    except Int8Damaged as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class FastPlan:
     """Everything ``Derainer`` needs to run a bundled int8 graph without the network."""
@@ -61,14 +79,14 @@ def bundled_int8_files(record: WeightRecord) -> list[Path]:
         raise Int8Unavailable(f"{record.name} has no int8 graph")
     path = bundled_dir() / info["file"]
     if not path.is_file():
-        raise Int8Unavailable(f"{path} is missing")
+        raise Int8Damaged(f"{path} is missing")
     if sha256_file(path) != info["sha256"]:
-        raise Int8Unavailable(f"{path} does not match its manifest sha256")
+        raise Int8Damaged(f"{path} does not match its manifest sha256")
     files = [path]
     if "stats_file" in info:
         stats = bundled_dir() / info["stats_file"]
         if not stats.is_file() or sha256_file(stats) != info.get("stats_sha256"):
-            raise Int8Unavailable(f"{stats} is missing or does not match its manifest sha256")
+            raise Int8Damaged(f"{stats} is missing or does not match its manifest sha256")
         files.append(stats)
     return files
 

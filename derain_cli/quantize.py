@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .fast_path import Int8Unavailable, bundled_int8_files
+from .fast_path import Int8Damaged, Int8Unavailable, bundled_int8_files  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -454,5 +454,5 @@ def shipped_int8_graph(record: Any, model: nn.Module) -> Path:
 
     path = bundled_int8_files(record)[0]
     if state_sha256(model) != record.extra["int8"]["source_sha256"]:
-        raise Int8Unavailable(f"{path} was made from other weights than {record.name}'s")
+        raise Int8Damaged(f"{path} was made from other weights than {record.name}'s")
     return path

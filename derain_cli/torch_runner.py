@@ -358,7 +358,7 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
     fp32 on rain100l, ``derain_cli.quantize``); on CPUs with bf16 instructions
     ``engine_choice`` may have picked PyTorch bf16 before this is asked.
     """
-    from .quantize import Int8Unavailable, shipped_int8_graph
+    from .quantize import Int8Damaged, Int8Unavailable, shipped_int8_graph
 
     if precision == "int8":
         if record is None:
@@ -373,6 +373,10 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
         return None
     try:
         return shipped_int8_graph(record, net)
+    except Int8Damaged as e:  # the default path ran another engine without a word
+        log.warning("the bundled int8 graph is not used: %s (reinstalling derain restores "
+                    "it); another engine runs instead", e)
+        return None
     except Int8Unavailable as e:
         log.debug("int8 not used: %s", e)
         return None

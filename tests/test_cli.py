@@ -632,6 +632,41 @@ def test_models_shows_manifest_details(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "rain100l 35.10/0.9610" in r.stdout and "interim" in r.stdout
 
 
+def test_a_damaged_bundled_int8_graph_is_said_everywhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged int8 graph was listed as "+ int8 (CPU)", `download` said "nothing to do
+    (sha256 verified)" and the default path ran PyTorch with no word (an audit)."""
+    import shutil
+
+    from derain_cli import fast_path, weights
+    from derain_cli.enhancer import Derainer
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(weights.bundled_dir(), bundle)
+    graph = bundle / "semi-drdnet-fast.int8.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 1
+    graph.write_bytes(bytes(data))
+    monkeypatch.setattr(fast_path, "bundled_dir", lambda: bundle)
+    rows = {r["name"]: r for r in json.loads(derain("models", "--json").stdout)}
+    assert rows["semi-drdnet-fast"]["int8_problem"] == (
+        f"{graph} does not match its manifest sha256")
+    assert rows["semi-drdnet-tiny"]["int8_problem"] is None
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert r.stdout.count("+ int8 (CPU): damaged, not used") == 1
+    r = derain("download", "semi-drdnet-fast", "semi-drdnet-tiny")
+    assert r.exit_code == 1 and "semi-drdnet-tiny: bundled, nothing to do" in r.stdout
+    assert "semi-drdnet-fast: bundled weights verified, but its int8 graph is not usable" \
+        in " ".join(r.stderr.split())
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        d = Derainer("semi-drdnet-fast", device="cpu", threads=1)
+    assert d.precision != "int8"
+    assert [m.getMessage() for m in caplog.records] == [
+        f"the bundled int8 graph is not used: {graph} does not match its manifest sha256 "
+        "(reinstalling derain restores it); another engine runs instead"]
+
+
 # --------------------------------------------------------------------------- download
 def test_download_bundled_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _fake_manifest(monkeypatch, tmp_path, bundled=True)
