@@ -5,14 +5,22 @@ never imports Typer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, BenchInterrupted, bench_main
-from .cli import complete_model, debugging, say_error
+from .cli import (
+    attach_logging,
+    complete_model,
+    debugging,
+    detach_logging,
+    say_error,
+)
 from .export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -26,6 +34,19 @@ from .export import (
     stats_path,
 )
 from .quantize import DEFAULT_KEEP_FP32, min_photos
+from .terminal import DerainConsole
+
+
+@contextlib.contextmanager
+def _warnings_said() -> Iterator[None]:
+    """The library's warnings as ``warning: ...`` lines on stderr, as the main command says
+    them (export's "keeping N convolutions in fp32 keeps all" came out bare)."""
+    console = DerainConsole(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    saved = attach_logging(console, debugging(), quiet=False)
+    try:
+        yield
+    finally:
+        detach_logging(saved)
 
 
 def export_cmd(
@@ -80,7 +101,9 @@ def export_cmd(
     from .models import UnknownModelError, build_model
     from .weights import WeightsError, load_pretrained, model_from_file
 
-    if output is not None and output_arg is not None and output != output_arg:
+    if output is not None and output_arg is not None and resolve_output(
+            output, model, weights, int8 is not None) != resolve_output(
+            output_arg, model, weights, int8 is not None):  # `a.onnx -o a` is one output
         say_error(f"two outputs given ({output_arg} and -o {output}); give one")
         raise typer.Exit(2)
     usage = None
@@ -101,48 +124,53 @@ def export_cmd(
         say_error("the output name is empty; name a file (model.onnx) or leave it out")
         raise typer.Exit(2)
     target = resolve_output(given, model, weights, int8 is not None)
+    if target.name.lower().endswith(".stats.onnx"):  # it became a.stats.stats.onnx's partner
+        say_error(f"{target}: a name ending in .stats.onnx is what derain reads as a "
+                  "statistics graph beside another; name the graph without it")
+        raise typer.Exit(2)
     made: list[Path] = []
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        made = check_writable(target)
-        if weights is not None:
-            net = model_from_file(weights, model)
-        elif random_init:
-            net = build_model(model or DEFAULT_MODEL)
-        else:
-            net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
-        _check_held(planned_outputs(net, target), stats_path(target), overwrite)
-        if int8 is None:
-            paths = export_onnx(net, target, opset=opset)
-        else:
-            from .quantize import build_int8
+    with _warnings_said():
+        try:
+            made = check_writable(target)
+            if weights is not None:
+                net = model_from_file(weights, model)
+            elif random_init:
+                net = build_model(model or DEFAULT_MODEL)
+            else:
+                net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
+            _check_held(planned_outputs(net, target), stats_path(target), overwrite)
+            if int8 is None:
+                paths = export_onnx(net, target, opset=opset)
+            else:
+                from .quantize import build_int8
 
-            paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
-                                       if keep_fp32 is None else keep_fp32, opset=opset,
-                                       threads=threads)
-            typer.echo(json.dumps(record), err=True)
-    except KeyboardInterrupt:  # Typer's own handling said nothing (exit 130 in silence)
-        remove_empty_folders(made)
-        typer.echo("\ninterrupted; nothing was written (the graphs are put in place only "
-                   "when complete)", err=True)
-        raise typer.Exit(130) from None
-    except BaseException as e:
-        remove_empty_folders(made)
-        if isinstance(e, typer.Exit) or debugging():  # `--debug` printed no traceback (audit)
+                paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
+                                           if keep_fp32 is None else keep_fp32, opset=opset,
+                                           threads=threads)
+                typer.echo(json.dumps(record), err=True)
+        except KeyboardInterrupt:  # Typer's own handling said nothing (exit 130 in silence)
+            remove_empty_folders(made)
+            typer.echo("\ninterrupted; nothing was written (the graphs are put in place only "
+                       "when complete)", err=True)
+            raise typer.Exit(130) from None
+        except BaseException as e:
+            remove_empty_folders(made)
+            if isinstance(e, typer.Exit) or debugging():  # `--debug` printed no traceback (audit)
+                raise
+            if isinstance(e, (UnknownModelError, DataError)):  # a wrong name, an unusable folder
+                say_error(str(e))
+                raise typer.Exit(2) from None
+            if isinstance(e, (WeightsError, WeightsUnavailable, NotImplementedError, OSError,
+                              ValueError)):
+                hint = ("; `derain export --random-init` exports the untrained network" if
+                        isinstance(e, WeightsError) and "no pretrained weights" in str(e) else "")
+                say_error(str(e) + hint)
+                raise typer.Exit(1) from None
             raise
-        if isinstance(e, (UnknownModelError, DataError)):  # a wrong name, an unusable folder
-            say_error(str(e))
-            raise typer.Exit(2) from None
-        if isinstance(e, (WeightsError, WeightsUnavailable, NotImplementedError, OSError,
-                          ValueError)):
-            hint = ("; `derain export --random-init` exports the untrained network" if
-                    isinstance(e, WeightsError) and "no pretrained weights" in str(e) else "")
-            say_error(str(e) + hint)
-            raise typer.Exit(1) from None
-        raise
     for p in paths:
         typer.echo(str(p))
 
@@ -238,12 +266,14 @@ def bench_cmd(
             say_error(f"--json {e}")
             raise typer.Exit(2) from None
     try:
-        bench_main(
-            model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
-            overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
-            devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16, rss=rss,
-            flop_side=flop_side, peak_side=peak_side, json_path=json_path, echo=typer.echo,
-        )
+        with _warnings_said():
+            bench_main(
+                model or None, megapixels=megapixels, size=_parse_size(size), tile=tile,
+                overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
+                devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16,
+                rss=rss, flop_side=flop_side, peak_side=peak_side, json_path=json_path,
+                echo=typer.echo,
+            )
     except BenchInterrupted as e:  # Typer's own handling said nothing and kept nothing
         kept = f" (also in {json_path})" if json_path is not None and str(
             json_path) != "-" else ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -277,6 +276,10 @@ def test_export_cmd_unknown_model_is_a_usage_error(tmp_path, monkeypatch):
     empty = CliRunner().invoke(app, ["-m", "rdmc-lite", "--random-init", "-o", ""])
     assert empty.exit_code == 2 and "the output name is empty" in empty.output
     assert not (tmp_path / "rdmc-lite.onnx").exists()
+    stats = CliRunner().invoke(app, ["-m", "rdmc-lite", "--random-init", "-o", "b.stats.onnx"])
+    assert stats.exit_code == 2 and "name the graph without it" in stats.output
+    same = CliRunner().invoke(app, ["a.onnx", "-o", "a", "-m", "rdmc-lite", "--random-init"])
+    assert same.exit_code == 0 and same.stdout.split() == ["a.onnx"]  # one output, twice
 
 
 def test_export_cmd_output_option_and_default(tiny_weights, tmp_path, monkeypatch):
@@ -329,14 +332,15 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     assert str(out) in res.output and str(tmp_path / "tiny.int8.stats.onnx") in res.output
     record = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
     assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
-    with caplog.at_level(logging.WARNING, logger="derain_cli.quantize"):
-        res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
-                                       str(clean), "--keep-fp32", "1000", "--overwrite",
-                                       "--opset", "16"])
+    res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
+                                   str(clean), "--keep-fp32", "1000", "--overwrite",
+                                   "--opset", "16"])
     assert res.exit_code == 0, res.output  # allowed, but said: nothing is quantized
     assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("",
                "ai.onnx")) == 16  # --opset was left at the default with --int8 (an audit)
-    assert "keeps all" in caplog.text and "no faster than an fp32 one" in caplog.text
+    said = [line for line in res.stderr.splitlines() if "keeps all" in line]
+    assert len(said) == 1 and said[0].startswith("warning: keeping 1000 convolutions")
+    assert "no faster than an fp32 one" in said[0]  # said as a warning (it came out bare)
     few = tmp_path / "few"
     few.mkdir()
     (clean / "0.png").rename(few / "0.png")
