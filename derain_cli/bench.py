@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import platform
@@ -83,6 +84,8 @@ from .fileio import atomic_write_text
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
 from .torch_runner import cudnn_benchmark
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
 #: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here;
@@ -742,20 +745,26 @@ def bench_main(
                  flop_side, peak_side)
     except KeyboardInterrupt:
         res.rows = [r for r in res.rows if r.seconds is not None or r.note]  # finished ones
+        measured = {(r.model, r.device) for r in res.rows}
+        res.models = [m for m in res.models if (m.model, m.device) in measured]
         res.interrupted = True
-        _publish(res, json_path, echo)
+        try:  # no rows: an earlier run's JSON is not replaced by an empty one
+            _publish(res, json_path, echo, write=bool(res.rows))
+        except OSError as e:
+            log.warning("the rows measured could not be written: %s", e)
         raise BenchInterrupted(res) from None
     _publish(res, json_path, echo)
     return res
 
 
 def _publish(res: BenchResult, json_path: str | os.PathLike[str] | None,
-             echo: Callable[[str], None] | None) -> None:
-    """The result printed (Markdown, or JSON for ``json_path`` "-") and written as JSON."""
+             echo: Callable[[str], None] | None, write: bool = True) -> None:
+    """The result printed (Markdown, or JSON for ``json_path`` "-") and, with ``write``,
+    written as JSON to ``json_path``."""
     if echo is not None:
         echo(json.dumps(res.to_dict(), indent=2) if str(json_path) == "-"
              else render_markdown(res))
-    if json_path is not None and str(json_path) != "-":
+    if write and json_path is not None and str(json_path) != "-":
         atomic_write_text(json_path, json.dumps(res.to_dict(), indent=2) + "\n")
 
 

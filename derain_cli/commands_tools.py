@@ -27,6 +27,7 @@ from .export import (
     check_opset,
     check_writable,
     export_onnx,
+    is_stats_graph,
     max_opset,
     planned_outputs,
     remove_empty_folders,
@@ -124,7 +125,8 @@ def export_cmd(
         say_error("the output name is empty; name a file (model.onnx) or leave it out")
         raise typer.Exit(2)
     target = resolve_output(given, model, weights, int8 is not None)
-    if target.name.lower().endswith(".stats.onnx"):  # it became a.stats.stats.onnx's partner
+    if given is not None and target.name.lower().endswith(".stats.onnx"):  # it became
+        # a.stats.stats.onnx's partner
         say_error(f"{target}: a name ending in .stats.onnx is what derain reads as a "
                   "statistics graph beside another; name the graph without it")
         raise typer.Exit(2)
@@ -154,8 +156,8 @@ def export_cmd(
                 typer.echo(json.dumps(record), err=True)
         except KeyboardInterrupt:  # Typer's own handling said nothing (exit 130 in silence)
             remove_empty_folders(made)
-            typer.echo("\ninterrupted; nothing was written (the graphs are put in place only "
-                       "when complete)", err=True)
+            typer.echo("\ninterrupted; no graph was left half-written: the files there "
+                       "are the earlier ones or a whole new set", err=True)
             raise typer.Exit(130) from None
         except BaseException as e:
             remove_empty_folders(made)
@@ -183,6 +185,11 @@ def _check_held(planned: list[Path], stats: Path, overwrite: bool) -> None:
     for f in held:
         if f.is_dir():
             say_error(f"{f} is a folder; choose another output")
+            raise typer.Exit(2)
+        if f not in planned and not is_stats_graph(f):  # the user's own file, so named
+            say_error(f"{f} is in the way: derain would read it as the new graph's "
+                      "statistics graph, and it is not one derain wrote; move it or choose "
+                      "another output")
             raise typer.Exit(2)
     if held and not overwrite:  # every run's weights are model.safetensors: model.onnx
         what = "" if held[0] in planned else (" (a statistics graph derain would pair with "
@@ -276,7 +283,7 @@ def bench_cmd(
             )
     except BenchInterrupted as e:  # Typer's own handling said nothing and kept nothing
         kept = f" (also in {json_path})" if json_path is not None and str(
-            json_path) != "-" else ""
+            json_path) != "-" and e.result.rows else ""
         typer.echo(f"\ninterrupted; the {len(e.result.rows)} rows measured before are "
                    f"above{kept}", err=True)
         raise typer.Exit(130) from None

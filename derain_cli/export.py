@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -68,6 +69,8 @@ from torch import Tensor, nn
 
 from .fileio import atomic_write_group
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
+
+log = logging.getLogger(__name__)
 
 #: Bumped whenever the exported graphs change (inputs, outputs, semantics, the
 #: operators inside); part of the cached file names, so old caches are not reused.
@@ -242,9 +245,31 @@ def write_graph_set(path: Path, writers: list[Callable[[str], object]]) -> list[
     export left beside ``path`` goes when the new set has none: the runner would pair it
     with the new graph. Returns the files, the forward graph first."""
     files = [path, stats_path(path)][:len(writers)]
-    atomic_write_group(list(zip(files, writers, strict=True)),
-                       remove=[stats_path(path)] if len(writers) == 1 else [])
+    stale = stats_path(path)
+    remove = []
+    if len(writers) == 1 and os.path.lexists(stale):
+        if not is_stats_graph(stale):  # a file of the user's that happens to be named so
+            raise OSError(f"{stale} is in the way: derain would read it as this graph's "
+                          "statistics graph, and it is not one derain wrote; move it or "
+                          "choose another output")
+        remove.append(stale)
+    atomic_write_group(list(zip(files, writers, strict=True)), remove=remove)
+    if remove:
+        log.warning("removed %s, an earlier export's statistics graph: derain would have "
+                    "paired it with the new graph", stale)
     return files
+
+
+def is_stats_graph(path: Path) -> bool:
+    """Whether ``path`` is a statistics graph derain exported (its ``derain.role``
+    metadata), read without its weights."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything unreadable is not one
+        return False
+    return any(p.key == "derain.role" and p.value == "stats" for p in proto.metadata_props)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
@@ -350,8 +375,9 @@ def check_writable(target: Path) -> list[Path]:
     not. Returns the folders it made, outermost first, for the caller to take back if
     nothing is written (a failed export left them empty)."""
     parent = target.parent
-    made = [d for d in (parent, *parent.parents) if not d.exists()][::-1]
+    made: list[Path] = []
     try:
+        made = [d for d in (parent, *parent.parents) if not d.exists()][::-1]
         if parent.exists() and not parent.is_dir():
             raise OSError(f"{parent} is a file, not a folder")
         parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ def int8_problem(record: WeightRecord) -> str | None:
         bundled_int8_files(record)
     except Int8Damaged as e:
         return str(e)
+    except OSError as e:  # unreadable
+        return f"cannot be read: {e}"
     return None
 
 

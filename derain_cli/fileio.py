@@ -125,30 +125,66 @@ def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *
 def atomic_write_group(items: Sequence[tuple[Path, Callable[[str], object]]], *,
                        remove: Iterable[Path] = ()) -> None:
     """Make several files that belong together (a forward graph and the statistics graph a
-    reader finds beside it by name): each ``write(tmp)`` into a temporary file beside its
-    destination, and only when every one is written, the renames, last item first, so the
-    first (the file a reader opens) lands last. ``remove``: files of an earlier set that
-    the new one lacks, deleted just before the renames (a reader would pair them with the
-    new files). Why: Ctrl-C while the second graph was made left the new first graph
-    beside the old second, another network's."""
-    temps: list[str] = []
+    reader finds beside it by name) all or none: each ``write(tmp)`` into a temporary file
+    beside its destination; only when every one is written, the renames, last item first,
+    so the first (the file a reader opens) lands last. ``remove``: files of an earlier set
+    that the new one lacks, taken away just before (a reader would pair them with the new
+    files). Should a rename fail or Ctrl-C land among them, what was replaced or removed is
+    put back. Why: Ctrl-C while the second graph was made left the new first graph beside
+    the old second, another network's."""
+    temps: list[str] = []  # every temporary name made, removed at the end
+    written: list[str] = []  # the new files, in the order of ``items``
+    done: list[tuple[Path, str | None]] = []  # (destination, its earlier file set aside)
+
+    def set_aside(dest: Path, move: bool) -> str | None:
+        """Keep ``dest``'s earlier file under a temporary name until the set is in: a hard
+        link (``dest`` stays where readers find it until its replacement lands), or moved
+        there (``move``: a file to take away; or where links fail)."""
+        if not os.path.lexists(dest):
+            return None
+        fd, keep = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
+        os.close(fd)
+        temps.append(keep)
+        if not move:
+            try:
+                os.unlink(keep)
+                os.link(dest, keep, follow_symlinks=False)
+                return keep
+            except OSError:
+                pass
+        os.replace(dest, keep)
+        return keep
+
     try:
         for dest, write in items:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
             os.close(fd)
             temps.append(tmp)
+            written.append(tmp)
             write(tmp)
             give_normal_mode(tmp, dest)
-        for old in remove:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(old)
-        for tmp, (dest, _) in reversed(list(zip(temps, items, strict=True))):
-            os.replace(tmp, dest)
+        try:
+            for old in remove:
+                done.append((old, set_aside(old, move=True)))
+            for tmp, (dest, _) in reversed(list(zip(written, items, strict=True))):
+                if os.path.isdir(dest):  # os.replace would fail naming the temporary file
+                    raise IsADirectoryError(f"{dest} is a folder")
+                kept = set_aside(dest, move=False)
+                done.append((dest, kept))
+                os.replace(tmp, dest)
+        except BaseException:
+            for dest, kept in reversed(done):  # the earlier set back as it was
+                with contextlib.suppress(OSError):
+                    if kept is not None:
+                        os.replace(kept, dest)
+                    elif any(dest == d for d, _ in items):
+                        os.unlink(dest)
+            raise
     finally:
         for tmp in temps:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)  # gone after its rename; a failed set's leftovers otherwise
+                os.unlink(tmp)  # renamed already, or a leftover of a failed set
 
 
 #: A temporary file this much older than now was left by a killed run, not one at work.

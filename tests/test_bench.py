@@ -193,6 +193,16 @@ def test_ctrl_c_keeps_the_rows_measured(tmp_path, monkeypatch):
     assert got.value.result.rows[0].seconds is not None
     assert "Interrupted: the rows measured before Ctrl-C." in lines[0]
     assert "| channels_last |" not in lines[0]
+    # nothing measured: an earlier run's JSON is not replaced by an empty one (review)
+    calls.clear()
+    monkeypatch.setattr(bench, "_timed_passes", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(bench.BenchInterrupted) as got:
+        bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=0, variants=["fp32"],
+                         devices="cpu", flop_side=16, peak_side=16,
+                         json_path=tmp_path / "b.json", echo=lines.append)
+    assert got.value.result.rows == [] and got.value.result.models == []
+    assert json.loads((tmp_path / "b.json").read_text())["rows"] == data["rows"]
     assert bench._checked_request(["semi-drdnet-tiny"] * 2, ["fp32"])[0] == [
         "semi-drdnet-tiny"]  # -m X -m X measured twice
     assert bench._devices("cpu,cpu") == [torch.device("cpu")]

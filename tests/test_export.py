@@ -188,6 +188,12 @@ def test_a_failed_export_leaves_the_old_set_whole_and_a_lone_graph_no_stale_part
     monkeypatch.undo()
     assert export.export_onnx(_Plain(), out) == [out]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    # a file of the user's under that name is no statistics graph: never deleted (review)
+    notes = tmp_path / "n.stats.onnx"
+    notes.write_text("my notes")
+    with pytest.raises(OSError, match="n.stats.onnx is in the way: .*not one derain wrote"):
+        export.export_onnx(_Plain(), tmp_path / "n.onnx")
+    assert notes.read_text() == "my notes" and not (tmp_path / "n.onnx").exists()
 
 
 class _Plain(nn.Module):
@@ -245,6 +251,13 @@ def test_export_cmd(tiny_weights, tmp_path):
                                       "--overwrite"])
     assert single.exit_code == 0 and single.stdout.split() == [str(out)]
     assert not (tmp_path / "tiny.stats.onnx").exists()
+    assert f"warning: removed {tmp_path / 'tiny.stats.onnx'}, an earlier export's" in \
+        " ".join(single.stderr.split())
+    (tmp_path / "tiny.stats.onnx").write_text("my notes")  # not a graph derain wrote
+    kept = CliRunner().invoke(app, [str(out), "--random-init", "-m", "rdmc-lite",
+                                    "--overwrite"])
+    assert kept.exit_code == 2 and "is in the way" in kept.output
+    assert (tmp_path / "tiny.stats.onnx").read_text() == "my notes"
     # a folder in a graph's place is named before any work, not after a hidden rename
     (tmp_path / "f.stats.onnx").mkdir()
     res = CliRunner().invoke(app, [str(tmp_path / "f.onnx"), "--weights", str(tiny_weights),

@@ -68,3 +68,41 @@ def test_only_old_derain_temporaries_are_swept(tmp_path: Path) -> None:
     sweep_stale_temporaries([tmp_path, tmp_path / "missing"])
     assert sorted(os.listdir(tmp_path)) == sorted(set(names + [".derain-dir.tmp"])
                                                   - {".derain-dead.tmp"})
+
+
+def _writer(data: bytes):
+    return lambda tmp: Path(tmp).write_bytes(data)
+
+
+def test_a_group_of_files_lands_whole_or_not_at_all(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward graph and its statistics graph: Ctrl-C (or a failed rename) among the
+    renames put the new second file beside the old first (a review); what was replaced or
+    removed is put back, and no temporary file stays."""
+    from derain_cli import fileio
+
+    a, b, stale = tmp_path / "m.onnx", tmp_path / "m.stats.onnx", tmp_path / "old.onnx"
+    a.write_bytes(b"A0")
+    b.write_bytes(b"B0")
+    stale.write_bytes(b"S0")
+    real, calls = os.replace, []
+
+    def interrupted_at_the_first_file(src, dst):  # once: the new first file's rename
+        if Path(dst) == a and not calls:
+            calls.append(src)
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", interrupted_at_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write_group([(a, _writer(b"A1")), (b, _writer(b"B1"))], remove=[stale])
+    assert (a.read_bytes(), b.read_bytes(), stale.read_bytes()) == (b"A0", b"B0", b"S0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.stats.onnx", "old.onnx"]
+    monkeypatch.undo()
+    fileio.atomic_write_group([(a, _writer(b"A1")), (b, _writer(b"B1"))], remove=[stale])
+    assert (a.read_bytes(), b.read_bytes(), stale.exists()) == (b"A1", b"B1", False)
+    # a folder in the first file's place: refused naming it, the second file as it was
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(IsADirectoryError, match="d.onnx is a folder"):
+        fileio.atomic_write_group([(tmp_path / "d.onnx", _writer(b"x")), (b, _writer(b"B2"))])
+    assert b.read_bytes() == b"B1" and not list(tmp_path.glob(".derain-*"))
