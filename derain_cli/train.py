@@ -563,23 +563,45 @@ def recalibrate_batchnorm(
     a 4x4 crop feature map than from a photo's. Cumulative averages over whole
     training images fix that mismatch (on rain100l, rdmc-lite went from 17.9 to
     28.9 dB on five images); the weights themselves are unchanged.
+
+    Images too small for every layer to see more than one value per channel (a 1x1 photo
+    among the training ones ended a finished run with PyTorch's "Expected more than 1 value
+    per channel" at export, an audit) are passed over; with none left the statistics stay
+    as they were, with a warning.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
-    saved = [m.momentum for m in bns]
+    least = max(BN_MIN_SIDE, int(getattr(model, "size_multiple", 1)) + 1)
+    saved = [(m.momentum, copy.deepcopy(m.state_dict())) for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     was_training = model.training
     model.train()
+    used = skipped = 0
     with torch.no_grad():
         for img in images:
+            if min(img.shape[:2]) < least:
+                skipped += 1
+                continue
             model(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device))
-    for m, mom in zip(bns, saved, strict=True):
+            used += 1
+    for m, (mom, state) in zip(bns, saved, strict=True):
         m.momentum = mom
+        if not used:
+            m.load_state_dict(state)
+    if skipped:
+        _say(f"warning: batch-norm statistics: {skipped} image(s) under {least} px a side "
+             "passed over" + ("; none left, so the statistics stay as they were"
+                              if not used else ""))
     model.train(was_training)
     return model
+
+
+#: The shortest side an image needs for :func:`recalibrate_batchnorm` (each layer sees
+#: more than one value per channel; RDMC needs more than its size multiple)
+BN_MIN_SIDE = 8
 
 
 def freeze_bn_from(mode: str | None) -> bool | None:

@@ -1138,6 +1138,31 @@ def test_cli_usage_errors_exit_2(data, tmp_path):
     assert "error:" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_batchnorm_recalibration_passes_over_images_too_small(capsys):
+    """A 1x1 photo among the training ones ended a finished run at export with PyTorch's
+    "Expected more than 1 value per channel" (an audit); with none usable the statistics
+    stay as they were."""
+    import numpy as np
+
+    from derain_cli.models import RDMC, RDMCConfig
+    from derain_cli.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = RDMC(RDMCConfig(channels=(4, 4, 8, 8, 8), stages=1)).eval()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    recalibrate_batchnorm(net, [np.full((1, 1, 3), 0.5, np.float32),
+                                np.full((16, 40, 3), 0.5, np.float32)], torch.device("cpu"))
+    assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())
+    assert capsys.readouterr().err.strip() == (
+        "warning: batch-norm statistics: 2 image(s) under 17 px a side passed over; none "
+        "left, so the statistics stay as they were")
+    recalibrate_batchnorm(net, [np.full((1, 1, 3), 0.5, np.float32),
+                                np.full((32, 48, 3), 0.5, np.float32)], torch.device("cpu"))
+    assert int(bn.num_batches_tracked) == 1
+    assert "1 image(s) under 17 px a side passed over" in capsys.readouterr().err
+
+
 def test_batchnorm_recalibration_uses_whole_images():
     """Crop-trained BN statistics are replaced by averages over whole images."""
     import copy
