@@ -247,17 +247,21 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _interrupt_after_block() -> Iterator[None]:
+def _interrupt_after_block(held: int = 1, then_raise: bool = True) -> Iterator[list[int]]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the block until it ends, then raise it;
     likewise SIGTERM and SIGHUP where a Python handler stops the run with them (the CLI's:
     a batch scheduler's preemption must save a checkpoint that resumes exactly too).
 
     Only in the main thread (elsewhere signals cannot be caught), and SIGINT only with
-    Python's default handler in place (else someone else handles it); a second signal
-    inside the block still stops at once.
+    Python's default handler in place (else someone else handles it). ``held`` signals are
+    held; one more inside the block stops at once (a hung block can still be stopped).
+    ``then_raise`` False: those held are only listed in the list the block is given (the
+    checkpoint written after a Ctrl-C: a second, impatient one cut it short, and the steps
+    since the last checkpoint were lost, an audit).
     """
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
     handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
     if handlers[signal.SIGINT] is not signal.default_int_handler:
@@ -266,21 +270,20 @@ def _interrupt_after_block() -> Iterator[None]:
         sig = getattr(signal, name, None)
         if sig is not None and callable(signal.getsignal(sig)):
             handlers[sig] = signal.getsignal(sig)
-    caught: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
-        if caught:
-            handlers[signum](signum, frame)  # a second one: stop now
+        if len(caught) >= held:
+            handlers[signum](signum, frame)  # one too many: stop now
         caught.append(signum)
 
     for sig in handlers:
         signal.signal(sig, hold)
     try:
-        yield
+        yield caught
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if caught:
+    if caught and then_raise:
         handlers[caught[0]](caught[0], None)
         raise KeyboardInterrupt  # (a handler that returned)
 
@@ -1971,8 +1974,10 @@ class _Run:
     def _say_interrupted(self) -> None:
         step = self.step
         if step > self.segment_start:  # nothing new otherwise: last.pt keeps its settings
-            self.save_last()
-            _say(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            with _interrupt_after_block(held=1, then_raise=False) as impatient:
+                self.save_last()
+            _say(f"interrupted at step {step}; checkpoint saved, continue with --resume"
+                 + (" (the further Ctrl-C waited for it)" if impatient else ""))
         elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
             _say("interrupted before the first step; the starting model's score is kept "
                  "(best.pt): continue with --resume")  # step-0 validation (a review)

@@ -299,6 +299,40 @@ def test_interrupt_after_block_holds_one_ctrl_c_and_not_two(python_sigint):
     assert done == ["finished"]
 
 
+def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_it(data, tmp_path, monkeypatch,
+                                                                 capsys, python_sigint):
+    """Two quick Ctrl-Cs: the second cut the checkpoint the first one was writing short, and
+    the steps since the last checkpoint were lost (an audit). It waits for it now."""
+    import os
+    import signal
+
+    with T._interrupt_after_block(held=1, then_raise=False) as caught:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert caught == [signal.SIGINT]  # held, not raised
+    real = T._Run.save_last
+    saves = []
+
+    def save_hit_by_a_second_ctrl_c(self):
+        if self.step == 3 and not saves:  # the save after the first Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        saves.append(self.step)
+        return real(self)
+
+    monkeypatch.setattr(T._Run, "save_last", save_hit_by_a_second_ctrl_c)
+
+    def ctrl_c_at_3(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(data, tmp_path / "r", steps=6, ckpt_every=100, quiet=False)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, _hooks={"after_step": ctrl_c_at_3})
+    assert saves == [3] and torch.load(tmp_path / "r" / "last.pt", weights_only=False)[
+        "step"] == 3
+    assert "interrupted at step 3; checkpoint saved, continue with --resume (the further " \
+           "Ctrl-C waited for it)" in " ".join(capsys.readouterr().err.split())
+
+
 def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
     """SIGTERM (a scheduler's preemption) stopped a step half way under the CLI's handler:
     the checkpoint saved then counted a step whose update was not applied (review)."""
