@@ -1852,6 +1852,8 @@ class _Run:
         self.boundary = boundary_state(learner.model, learner.criterion)
 
         self.window: list[float] = []  # losses since the last log line
+        #: the loss's parts (sup, c_bg...) of those steps, averaged alike in the log line
+        self.parts_window: list[dict[str, float]] = []
         self.bad_steps = 0  # non-finite steps in a row
         self.t_window, self.n_window = time.time(), 0
         self.budget_t0 = time.time() - (self.wall_before if cfg.time_budget else 0.0)
@@ -1929,6 +1931,7 @@ class _Run:
             lv = float(loss.detach()) - parts.get("enc", 0.0)
             self.losses_seen.append(lv)
             self.window.append(lv)
+            self.parts_window.append({k: v for k, v in parts.items() if k != "loss"})
         self.boundary = boundary_state(learner.model, learner.criterion)
 
     def _record(self, lr: float, parts: dict[str, float], batch_size: int) -> None:
@@ -1946,10 +1949,17 @@ class _Run:
                "lr": lr, "patches_per_s": self.n_window / dt,
                "epoch": self.sampler.epoch_of(step - 1),
                "time_s": self.wall_time()}
-        rec.update({k: v for k, v in parts.items() if k != "loss"})
+        # the parts over the same steps as the loss (they were the last step's alone, set
+        # beside a mean of --log-every steps: an audit); this rank's
+        for key in dict.fromkeys(k for p in self.parts_window for k in p):
+            seen = [p[key] for p in self.parts_window if key in p]
+            rec[key] = sum(seen) / len(seen)
+        if not self.parts_window:  # a window of skipped (non-finite) steps only
+            rec.update({k: v for k, v in parts.items() if k != "loss"})
         self.log.write(rec)
         self.progress.update(step, rec["loss"], lr, rec["patches_per_s"])
         self.window, self.t_window, self.n_window = [], time.time(), 0
+        self.parts_window = []
 
     def _stop_validate_save(self) -> bool:
         """After a step: whether the time budget is spent (all ranks agree), then the

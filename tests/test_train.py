@@ -2343,3 +2343,21 @@ def test_a_resume_from_best_pt_keeps_the_unspent_budget(data, tmp_path):
         (tmp_path / "r" / f).unlink()
     T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, given=["steps"]))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["time_budget"] == 3600
+
+
+def test_the_loss_parts_are_logged_over_the_steps_the_loss_is(data, tmp_path):
+    """With --log-every N the loss was the mean of N steps but sup, c_bg... the last step's
+    alone, and curves.png drew them together (an audit)."""
+    every = T.train(_cfg(data, tmp_path / "a", steps=10, log_every=1))
+    fifth = T.train(_cfg(data, tmp_path / "b", steps=10, log_every=5))
+    assert every.losses == fifth.losses
+
+    def records(run: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / run / "log.jsonl").open()
+                if json.loads(line).get("kind") == "train"]
+
+    each, five = records("a"), records("b")
+    assert [r["step"] for r in five] == [5, 10] and "sup" in five[-1]
+    for key in ("loss", "sup"):
+        assert five[-1][key] == pytest.approx(np.mean([r[key] for r in each[5:]]), rel=1e-6)
+    assert five[-1]["sup"] != pytest.approx(each[-1]["sup"], rel=1e-6)
