@@ -493,7 +493,14 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
     # a PSNR term makes the loss negative: a log axis dropped every point of such a run
     log_loss = all(r["loss"] > 0 for r in logged)
     train = [(r["step"], r["loss"]) for r in logged]
-    val = [(r["step"], r["val_psnr"]) for r in records if r.get("kind") == "val"]
+    # the scores on the set validated on last: a resume with another --val scored other
+    # pairs, which do not compare, and one line joined them (an audit)
+    vals = [r for r in records if r.get("kind") == "val"]
+    current = vals[-1].get("val_set") if vals else None
+    val = [(r["step"], r["val_psnr"]) for r in vals if r.get("val_set") == current]
+    others = len(vals) - len(val)
+    val_title = "val PSNR-Y (dB)" + (f" on {current}" if current and others else "") + (
+        f"; {others} on another set left out" if others else "")
     # the supervised part beside the total: with contrastive terms on the user's photos
     # a fine-tuning run's total rises while it works (read as divergence in an audit)
     sup = [(r["step"], r["sup"]) for r in logged
@@ -503,7 +510,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path,
     title = ("train loss (log)" if log_loss else "train loss") + (
         "; orange: supervised part (logged steps)" if sup else "")
     panels = [(title, train, log_loss, (31, 119, 180)),
-              ("val PSNR-Y (dB)", val, False, (214, 39, 40))]
+              (val_title, val, False, (214, 39, 40))]
     pw = w // 2
     for k, (title, pts, logy, color) in enumerate(panels):
         more = sup if k == 0 else []

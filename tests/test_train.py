@@ -1437,6 +1437,21 @@ def test_curves_show_the_supervised_part_when_other_terms_add_to_it(tmp_path):
     assert (np.abs(img - np.array([255, 127, 14])).sum(axis=2) < 30).sum() == 0
 
 
+def test_curves_draw_the_scores_of_the_last_validation_set_only(tmp_path):
+    """A resume with another --val joined scores on two sets of pairs, which do not
+    compare, in one line (an audit): the plot keeps the set validated on last."""
+    out = tmp_path / "c.png"
+    train = [{"kind": "train", "step": s, "loss": 0.1} for s in (10, 20, 30)]
+    one = [{"kind": "val", "step": s, "val_psnr": 20.0 + s / 10, "val_set": "b"}
+           for s in (20, 30)]
+    T.plot_curves(train + one, out)
+    alone = np.asarray(Image.open(out).convert("RGB")).astype(int)[30:-40, 470:]
+    T.plot_curves(train + [{"kind": "val", "step": 10, "val_psnr": 35.0, "val_set": "a"}]
+                  + one, out)
+    both = np.asarray(Image.open(out).convert("RGB")).astype(int)[30:-40, 470:]
+    assert np.array_equal(alone, both)  # the other set's point left out: the same line
+
+
 def test_curves_plot_a_loss_that_goes_negative(tmp_path):
     """With --psnr-weight the loss is below zero; the log axis dropped every point."""
     out = tmp_path / "c.png"
