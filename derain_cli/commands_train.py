@@ -184,7 +184,9 @@ def train_cmd(
     patch: Annotated[int | None, typer.Option(
         help="Patch size in pixels (default 128 on GPUs, 96 on CPUs).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
-    warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 200,
+    warmup: Annotated[int, typer.Option(
+        help="Linear warmup steps (at most a tenth of the steps, and of --time-budget).")
+    ] = 200,
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
     ema: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
     amp: AmpOption = "auto",

@@ -891,12 +891,14 @@ def _named(found: list[tuple[str, str]]) -> str:
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[str, Any],
                   out: Path, warn: bool = True, recalib_given: bool = True,
-                  freeze_given: bool = True, world: int = 1) -> TrainConfig:
+                  freeze_given: bool = True, world: int = 1,
+                  notes: list[str] | None = None) -> TrainConfig:
     """A resumed run must be the same run: same network, same data (folders compared as
     resolved paths, so ``syn`` and ``/abs/syn`` agree). A longer ``--steps`` is fine (that
     is what resuming is for); other changed settings get a warning. Returns ``cfg`` with
     the run's own BatchNorm settings when none were given (a run started from ``--weights``
-    keeps its statistics when resumed without it)."""
+    keeps its statistics when resumed without it). ``notes``: the warning goes there, to be
+    said once the resume is accepted (it was printed before a refusal that came later)."""
     if ckpt.get("arch") != arch or json.loads(ckpt.get("model_config") or "{}") != conf:
         raise TrainError(f"--resume: {out} was trained as {ckpt.get('name')} "
                          f"({ckpt.get('arch')}), another network than the one asked for; "
@@ -932,6 +934,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
             "consistency")
+    if _run_kind(out) == "finetune":  # its warmup follows --steps: no flag of its own
+        soft = tuple(k for k in soft if k != "warmup")
     moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
              if k in before and before[k] != now.get(k)]
     if isinstance(before.get("steps"), int) and now.get("steps") is not None \
@@ -957,7 +961,11 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
             + " (the best score so far, taken on the old validation, no longer counts: "
             "best.pt is replaced at the next validation)")
     if moved and warn:
-        _say("warning: --resume with changed settings: " + ", ".join(moved))
+        text = "warning: --resume with changed settings: " + ", ".join(moved)
+        if notes is not None:
+            notes.append(text)
+        else:
+            _say(text)
     return cfg
 
 
@@ -1240,6 +1248,8 @@ class _Setup:
     freeze_given: bool
     #: each validation pair's (rainy, clean) pixel digests (rank 0 only)
     val_digests: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: a resume's warnings, said once the checkpoint is restored (none were refused)
+    resume_notes: list[str] = field(default_factory=list)
 
 
 def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, world: int,
@@ -1299,7 +1309,7 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
         ckpt = load_checkpoint(source)
         s.cfg = _check_resume(s.cfg, ckpt, s.arch, s.conf, out, warn=is_main,
                               recalib_given=s.recalib_given, freeze_given=s.freeze_given,
-                              world=world)
+                              world=world, notes=s.resume_notes)
         return ckpt
     # (a run that failed before its first checkpoint holds only logs: started afresh)
     for held in ("last.pt", "model.safetensors", "best.pt"):
@@ -1654,9 +1664,10 @@ def _train(
         _warn_val_in_training(cfg, setup.val_digests, labeled, unlabeled if unl else None)
     data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
     if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
-        _say(f"warning: --resume: the training data changed since the checkpoint "
-             f"({ckpt['data']} -> {data_count} images): the run goes on, but no longer as "
-             "one uninterrupted run would")
+        setup.resume_notes.append(
+            f"warning: --resume: the training data changed since the checkpoint "
+            f"({ckpt['data']} -> {data_count} images): the run goes on, but no longer as "
+            "one uninterrupted run would")
     if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
         # after the data sets: finetune's pseudo-clean pass runs each photo at its own
         # size, and autotuning would re-tune every convolution for each new shape
@@ -1667,6 +1678,8 @@ def _train(
     learner = _Learner(setup, features, unl, world, is_main, hooks)
     run = _Run(setup, learner, ckpt, total, finishing, rank, world, is_main, hooks, t_start,
                labeled, unlabeled if unl else None, data_count)
+    for note in setup.resume_notes:  # the resume accepted: its checkpoint restored
+        _say(note)
     if is_main:
         run.start(feat_label, unlabeled)
     run.steps()

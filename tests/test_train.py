@@ -2376,3 +2376,16 @@ def test_the_loss_parts_are_logged_over_the_steps_the_loss_is(data, tmp_path):
     for key in ("loss", "sup"):
         assert five[-1][key] == pytest.approx(np.mean([r[key] for r in each[5:]]), rel=1e-6)
     assert five[-1]["sup"] != pytest.approx(each[-1]["sup"], rel=1e-6)
+
+
+def test_a_refused_resume_says_no_changed_settings_first(data, tmp_path, capsys):
+    """A resume with --contrast-features none warned "changed settings" and then refused
+    (the optimizer state did not fit; an audit): the warnings wait for the restore."""
+    T.train(_cfg(data, tmp_path / "r", steps=2, contrast_features="self"))
+    capsys.readouterr()
+    with pytest.raises(T.TrainError, match="optimizer state does not fit"):
+        T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, contrast_features="none"))
+    assert "changed settings" not in capsys.readouterr().err
+    T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, contrast_features="self",
+                 lr=1e-3, quiet=False))
+    assert "changed settings: lr 0.002 -> 0.001" in capsys.readouterr().err
