@@ -1227,8 +1227,30 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
                              f"without its checkpoint {last.name}, so it cannot be continued; "
                              "start from its weights in a new run (--weights "
                              f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)")
+        if _in_use(last.parent):  # a run there before its first checkpoint (an audit:
+            # "no run to resume there" while one was going)
+            raise TrainError(f"--resume: {last.parent} is in use by another derain process "
+                             "(a run there is still going, with no checkpoint yet); wait for "
+                             "it to end, or stop it and resume then")
         raise TrainError(f"--resume: no checkpoint at {last}: no run to resume there (check "
                          "-o, or leave out --resume to start a new run)")
+
+
+def _in_use(out: Path) -> bool:
+    """Whether another process holds ``out``'s run lock (``_lock_run``), asked without
+    taking it; False where there is no lock file or no locking."""
+    try:
+        import fcntl
+
+        with open(out / RUN_LOCK, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except (ImportError, OSError):
+        return False
+    return False
 
 
 @dataclass

@@ -1804,7 +1804,14 @@ def test_a_second_process_on_the_same_run_folder_is_refused(data, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(T.TrainError, match="in use by another derain process"):
             T.train(_cfg(data, out, steps=2))
+        # --resume there, before the other run's first checkpoint: it said "no run to
+        # resume there" (an audit)
+        with pytest.raises(T.TrainError, match="in use by another derain process .*no "
+                                               "checkpoint yet"):
+            T.train(_cfg(data, out, steps=2, resume=True))
     assert sorted(p.name for p in out.iterdir()) == [".derain-run.lock"]
+    with pytest.raises(T.TrainError, match="no checkpoint at .*no run to resume there"):
+        T.train(_cfg(data, out, steps=2, resume=True))  # unheld: no run there indeed
     (out / ".derain-abc.tmp").write_bytes(b"left by a kill -9")
     old = time.time() - 2 * 3600
     os.utime(out / ".derain-abc.tmp", (old, old))
