@@ -1415,7 +1415,23 @@ def _contrast_features(cfg: TrainConfig, world: int, is_main: bool) -> tuple[Any
 def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
               features: Any, is_main: bool) -> tuple[Any, Any, bool]:
     """The labeled data set, the unlabeled one (or None) and whether the run uses the
-    unlabeled photos at all (only the contrastive terms and finetune's consistency do)."""
+    unlabeled photos at all (only the contrastive terms and finetune's consistency do).
+    A folder that is missing or holds no images is named with its option (with several
+    folders given, "no such folder: X" left the user to work out which flag held X)."""
+    try:
+        return _datasets_of(cfg, hooks, arch, features, is_main)
+    except (D.DataError, FileNotFoundError) as e:
+        text = str(e)
+        for flag, dirs in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
+                           ("--unlabeled", cfg.unlabeled)):
+            if not text.startswith("--") and any(
+                    text.startswith((f"{d}:", f"no such folder: {d}")) for d in dirs or ()):
+                raise type(e)(f"{flag} {text}") from None
+        raise
+
+
+def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
+                 features: Any, is_main: bool) -> tuple[Any, Any, bool]:
     unl = bool(cfg.unlabeled) and (features is not None or cfg.consistency > 0)
     with_aug = features is not None and arch == "semi-drdnet"
     if "make_labeled" in hooks:  # finetune: pseudo-clean backgrounds of the user's photos

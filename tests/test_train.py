@@ -2198,9 +2198,12 @@ def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match=f"^--synthetic {empty}: no images found"):
         T.train(_cfg(data, tmp_path / "a" / "run", synthetic=[str(empty)]))
     assert not (tmp_path / "a" / "run").exists()
+    with pytest.raises(FileNotFoundError, match=f"^--unlabeled no such folder: {empty}x"):
+        T.train(_cfg(data, tmp_path / "a" / "run", unlabeled=[f"{empty}x"],
+                     contrast_features="self"))
     mine = tmp_path / "mine"
     mine.mkdir()
     with pytest.raises(DataError, match="no images found"):
