@@ -845,6 +845,8 @@ def synth_pairs(
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _check_synth_output(out, overwrite, _planned_names(paths, Path(clean_dir), count))
+    made = [d for d in (*reversed(out.parents), out, out / "rainy", out / "clean")
+            if not d.exists()]  # taken back if no pair is written (they were left empty)
     for side in ("rainy", "clean"):  # before any work: an errno after it said little
         try:
             (out / side).mkdir(parents=True, exist_ok=True)
@@ -863,6 +865,7 @@ def synth_pairs(
         k += 1
         j = k % len(paths)
         if len(bad) == len(paths):
+            _remove_empty(made)
             raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
         if j in bad:
             continue
@@ -872,7 +875,8 @@ def synth_pairs(
                 img = load_rgb_u8(p)
                 too_small = pair_problem(str(p), img, img)  # eval's rule: it refused the set
                 if too_small:
-                    raise DataError(too_small)
+                    raise DataError(too_small.replace("too small to score;", "too small for a "
+                                                      "pair eval can score;"))
                 cache = {j: img.astype(np.float32) / 255.0}
             except DataError as e:
                 skip(p, str(e))
@@ -889,5 +893,13 @@ def synth_pairs(
         if on_image is not None:
             on_image(written, n)
     if not written:
+        _remove_empty(made)
         raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
     return written
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Take back the folders a run made (outermost first in ``folders``) that stayed empty."""
+    for d in reversed(folders):
+        with contextlib.suppress(OSError):
+            d.rmdir()

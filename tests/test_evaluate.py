@@ -193,7 +193,7 @@ def test_synth_skips_a_photo_too_small_to_score(tmp_path):
     Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(photos / "b.png")
     skipped: list[str] = []
     n = E.synth_pairs(photos, tmp_path / "s", on_skip=lambda p, why: skipped.append(why))
-    assert n == 1 and len(skipped) == 1 and "12x9 is too small" in skipped[0]
+    assert n == 1 and len(skipped) == 1 and "12x9 is too small for a pair eval" in skipped[0]
     assert E.evaluate("identity", tmp_path / "s").count == 1
 
 
@@ -205,7 +205,8 @@ def test_synth_fails_clearly_when_no_photo_is_readable(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: ") and "x.png" in err
     with pytest.raises(E.DataError, match=r"none of the 1 images could be read"):
-        E.synth_pairs(tmp_path / "bad", tmp_path / "out", count=3)
+        E.synth_pairs(tmp_path / "bad", tmp_path / "out" / "deep", count=3)
+    assert not (tmp_path / "out").exists()  # its empty rainy/ and clean/ were left (audit)
 
 
 def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
