@@ -422,8 +422,9 @@ def _hardware(device: torch.device, world: int, amp: str) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"{world}x {name}, {amp}"
+    n = torch.get_num_threads()
     return f"{world}x CPU ({platform.processor() or platform.machine()}, " \
-           f"{torch.get_num_threads()} threads, {amp})"
+           f"{n} thread{'s' if n != 1 else ''}, {amp})"
 
 
 #: a segment trained before checkpoints recorded where (2026-12-03)
@@ -1456,6 +1457,11 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
     if cfg.unlabeled and not unl and is_main and not cfg.quiet:
         _say("note: unlabeled photos are only used by the contrastive terms (off here) "
              "and the fine-tuning consistency loss")
+    terms = L.parse_contrast_terms(arch, cfg.contrast_terms) if features is not None else ()
+    if terms and not unlabeled and all(t.endswith("_u") for t in terms) and is_main:
+        _say(f"warning: --contrast-terms {','.join(terms)} work on --unlabeled photos and "
+             "none are given: no contrastive term trains (add --unlabeled DIR, or ask for "
+             "bg or rain)")
     return labeled, unlabeled, unl
 
 

@@ -885,7 +885,7 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
         "--device", "cpu", "--contrast-features", "none", "--amp", "fp32", "--quiet"])
     assert r.exit_code == 0, r.output
     entry = json.loads((out / "manifest_entry.json").read_text())
-    assert entry["hardware"].endswith("threads, fp32)")
+    assert entry["hardware"].endswith((" threads, fp32)", " 1 thread, fp32)"))
 
 
 def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
@@ -2399,3 +2399,15 @@ def test_a_refused_resume_says_no_changed_settings_first(data, tmp_path, capsys)
     T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, contrast_features="self",
                  lr=1e-3, quiet=False))
     assert "changed settings: lr 0.002 -> 0.001" in capsys.readouterr().err
+
+
+def test_contrast_terms_on_photos_not_given_are_said(data, tmp_path, capsys):
+    """--contrast-terms bg_u,rain_u without --unlabeled trained no contrastive term, built
+    the features anyway and said nothing (an audit)."""
+    T.train(_cfg(data, tmp_path / "r", steps=1, contrast_features="self",
+                 contrast_terms="bg_u,rain_u"))
+    assert "warning: --contrast-terms bg_u,rain_u work on --unlabeled photos and none are " \
+           "given" in " ".join(capsys.readouterr().err.split())
+    T.train(_cfg(data, tmp_path / "s", steps=1, contrast_features="self",
+                 contrast_terms="bg,bg_u"))
+    assert "--contrast-terms" not in capsys.readouterr().err
