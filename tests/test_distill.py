@@ -397,7 +397,7 @@ def test_the_entry_records_the_threads_the_distillation_ran_on(setup):
         r = distill(_cfg(root, weights, "threads", steps=1, threads=1))
     finally:
         torch.set_num_threads(before)
-    assert "1 threads" in r.entry["hardware"], r.entry["hardware"]
+    assert "1 thread," in r.entry["hardware"], r.entry["hardware"]
 
 
 def test_the_held_out_photos_follow_the_folder_size(setup):
