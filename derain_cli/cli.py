@@ -1549,7 +1549,8 @@ def download_cmd(
             try:
                 path = weights.resolve(name, quiet=quiet, force=force)
             except hub.WeightsUnavailable as e:  # its own message names what and why
-                print_error(err, str(e))
+                text = str(e).replace("\n" + hub.WEIGHTS_FILE_HINT, "")  # no --weights here
+                print_error(err, text[:-1] + "." if text.endswith(";") else text)
                 failures += 1
                 continue
             except weights.WeightsError as e:  # a damaged bundled file

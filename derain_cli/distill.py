@@ -120,7 +120,18 @@ def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Refuse an ``out`` folder that already holds a run, before any work: minutes of
     distillation would otherwise silently replace an earlier model. A ``derain train`` run
     is refused even with ``overwrite``: its checkpoints and log would stay beside another
-    model, and its ``--resume`` would take them for its own."""
+    model, and its ``--resume`` would take them for its own. A file where the folder (or
+    one of its parents) would go, or a folder that cannot be written, is refused too: the
+    run trained to its end and then failed on ``mkdir`` (an audit)."""
+    from .fileio import why_unwritable
+
+    blocked = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        raise DistillError(f"--out {out}: {blocked} is a file, not a folder; choose a "
+                           "folder for the run")
+    why = why_unwritable(out)
+    if why is not None:
+        raise DistillError(f"--out {out}: cannot write there ({why})")
     trained = [f for f in TRAIN_RUN_FILES if (Path(out) / f).exists()]
     if trained:
         raise DistillError(
@@ -306,6 +317,10 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
 
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
+    if not (math.isfinite(cfg.lr) and cfg.lr >= 0):  # torch's "Invalid learning rate" named
+        # no flag (an audit); 0 writes the pruned student as it is
+        raise DistillError(f"--lr must be a positive number (or 0: the pruned student, "
+                           f"untrained), not {cfg.lr:g}")
     check_out(cfg.out, cfg.overwrite)
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")

@@ -338,12 +338,15 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     from .weights import model_from_file, save_weights
 
     out = Path(out)
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":
         raise GrowError(f"-o {out}: the output is a weights file; name it *.safetensors")
     if out.is_dir():
         raise GrowError(f"-o {out} is a folder; give the weights file to write")
     if out.exists() and not overwrite:
         raise GrowError(f"{out} exists; choose another -o or pass --overwrite")
+    blocked = next((p for p in out.parents if p.exists()), None)  # found after the work
+    if blocked is not None and not blocked.is_dir():  # as "File exists" (an audit)
+        raise GrowError(f"-o {out}: {blocked} is a file, not a folder")
     spec = get_spec(to)
     calibrate = str(calibration) != "none"
     photos = _calibration_photos(calibration) if calibrate and calibration is not None \

@@ -27,6 +27,7 @@ read at import time.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import re
@@ -57,6 +58,8 @@ from huggingface_hub.utils import logging as hf_logging
 
 from .fileio import sha256_file  # re-exported: the Hub's files are checked with it
 
+log = logging.getLogger(__name__)
+
 try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
     import httpx2 as _httpx
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
@@ -84,8 +87,9 @@ class WeightsUnavailable(Exception):
     """Weights could not be obtained; ``str(exc)`` is a multi-line message for the user.
 
     ``kind`` says why, for callers that want to branch on it: ``"offline"``, ``"network"``,
-    ``"not_found"``, ``"access"``, ``"http"``, ``"checksum"``, ``"cache"`` (the Hub cache
-    cannot be written) or ``"error"``.
+    ``"not_found"``, ``"access"``, ``"http"`` (busy: try later), ``"endpoint"`` (HF_ENDPOINT
+    is no Hub: another HTTP answer, or no address at all), ``"checksum"``, ``"cache"`` (the
+    Hub cache cannot be written) or ``"error"``.
     """
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
@@ -143,6 +147,7 @@ def fetch(
     ctx = _Context(repo_id, filename, revision, expected, cache_dir, endpoint, name, manual_path)
     ctx.published = published
     ctx.size = size
+    ctx.force = force
     repo_dir = _repo_folder(repo_id, cache_dir)
 
     note = ""
@@ -192,6 +197,8 @@ def fetch(
             reason = f"{reason}\n{note}"
         raise ctx.unavailable(reason, kind) from exc
 
+    if note:  # repaired: said, not only in an error (an audit)
+        log.warning("%s It was downloaded again.", note)
     actual = sha256_file(local)
     if actual != expected:
         kept = "the file was not kept." if _discard(local, repo_dir) else (
@@ -202,6 +209,11 @@ def fetch(
             "checksum",
         )
     return local
+
+
+#: The last line of a :class:`WeightsUnavailable` message: advice for the commands that
+#: derain photos (``derain download`` leaves it out: it has no --weights)
+WEIGHTS_FILE_HINT = "  - or pass --weights FILE to use a weights file you already have."
 
 
 # --------------------------------------------------------------------------- internals
@@ -233,6 +245,8 @@ class _Context:
         #: the server answered the metadata request: a transport error after it broke a
         #: download, it did not fail to reach the server
         self.reached = False
+        #: a fresh download was asked for although a copy may be cached (``--force``)
+        self.force = False
 
     @property
     def url(self) -> str:
@@ -245,6 +259,8 @@ class _Context:
             "offline": f"run `{download}` with HF_HUB_OFFLINE unset, while online",
             "network": f"run `{download}` when online (HF_ENDPOINT selects a Hub mirror)",
             "http": f"run `{download}` again later",
+            "endpoint": f"check HF_ENDPOINT (it must name a Hugging Face Hub or a mirror "
+                        f"of it; unset, the Hub itself), then run `{download}`",
             "access": f"log in (`hf auth login` or HF_TOKEN), then run `{download}`",
             "cache": f"make the cache writable (or set HF_HUB_CACHE), then run `{download}`",
         }.get(kind, "update derain (its weights manifest may be out of date) or report this")
@@ -272,7 +288,7 @@ class _Context:
             lines.append(f"  - or place the file by hand at {place} (sha256 {self.sha256});")
         else:
             lines.append(f"  - or fetch {self.url} by hand (sha256 {self.sha256});")
-        lines.append("  - or pass --weights FILE to use a weights file you already have.")
+        lines.append(WEIGHTS_FILE_HINT)
         return WeightsUnavailable("\n".join(lines), kind=kind)
 
 
@@ -384,6 +400,10 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         isinstance(exc, LocalEntryNotFoundError) and hf_constants.is_offline_mode()
     )
     if offline:
+        if ctx.force and _cached(ctx.repo_id, ctx.filename, ctx.revision, ctx.cache_dir):
+            return "offline", (  # it said "not in the local cache" of a cached file (audit)
+                "offline mode is on (HF_HUB_OFFLINE is set) and --force asks for a fresh "
+                "download; the cached copy is kept (and used without --force).")
         return "offline", (
             "offline mode is on (HF_HUB_OFFLINE is set) and the file is not in the local cache "
             f"({ctx.cache_dir or hf_constants.HF_HUB_CACHE})."
@@ -413,14 +433,18 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
             tries = getattr(exc, "derain_tries", 1)
             return "http", (f"{where} is unavailable right now (HTTP {status}"
                             + (f", {tries} tries" if tries > 1 else "") + "); try again later.")
-        return "http", f"{where} answered HTTP {status} for {ctx.url}."
+        return "endpoint", f"{where} answered HTTP {status} for {ctx.url}."
     if isinstance(exc, FileMetadataError):
         return "network", (
             f"{where} did not answer like a Hugging Face Hub (check HF_ENDPOINT, proxy, firewall)."
         )
+    if not ctx.endpoint.lower().startswith(("http://", "https://")):  # a setting's mistake,
+        # blamed on the network (an audit)
+        return "endpoint", (f"HF_ENDPOINT is {ctx.endpoint!r}, not an http:// or https:// "
+                            "address.")
     if isinstance(exc, (LocalEntryNotFoundError, *_TRANSPORT_ERRORS)):
         detail = str(exc.__cause__ or exc).strip().splitlines()
-        first = detail[0] if detail else type(exc).__name__
+        first = (detail[0] if detail else type(exc).__name__).rstrip(".")
         if ctx.reached:  # it answered, then the transfer broke (retried already)
             return "network", (f"the connection to {where} broke during the download "
                                f"({first}); run the command again to retry.")

@@ -818,6 +818,8 @@ def test_download_offline_is_friendly(tmp_path: Path) -> None:
     assert "error: Cannot get pretrained weights" in p.stderr
     assert "offline" in p.stderr.lower()
     assert "Traceback" not in p.stderr
+    # advice for the commands that derain photos, not for download (an audit)
+    assert "--weights FILE" not in p.stderr and p.stderr.rstrip().endswith(").")
 
 
 def test_download_then_cached(tmp_path: Path, hub_server) -> None:

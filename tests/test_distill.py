@@ -413,3 +413,16 @@ def test_the_held_out_photos_follow_the_folder_size(setup):
     assert res.entry["metrics"]["distill_held_out"]["set"].startswith("last 1 photos of")
     with pytest.raises(DistillError, match=r"need at least 6 \(5 held out, --val-count\)"):
         distill(_cfg(root, weights, "many", val_count=5))
+
+
+def test_a_bad_learning_rate_or_a_file_as_out_is_refused_before_any_work(setup, tmp_path):
+    """--lr -1 ended in torch's "Invalid learning rate" (exit 1, no flag named), and -o on a
+    file trained to the end, then failed on mkdir (an audit)."""
+    root, weights = setup
+    for lr in (-1.0, float("nan")):
+        with pytest.raises(DistillError, match="--lr must be a positive number"):
+            distill(_cfg(root, weights, "bad", lr=lr, steps=1))
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(DistillError, match=r"afile is a file, not a folder"):
+            distill(dataclasses.replace(_cfg(root, weights, "x", steps=1), out=str(out)))

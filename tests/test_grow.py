@@ -187,6 +187,9 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
                   overwrite=True)
     with pytest.raises(GrowError, match="no such weights file"):
         grow_file(str(tmp_path / "missing.safetensors"), "semi-drdnet-lite", good)
+    (tmp_path / "afile").write_text("x")  # found after the work, as "File exists" (audit)
+    with pytest.raises(GrowError, match=r"afile is a file, not a folder"):
+        grow_file("semi-drdnet-tiny", "semi-drdnet-lite", tmp_path / "afile" / "g.safetensors")
     with pytest.raises(GrowError, match="no published weights"):
         grow_file("semi-drdnet", "semi-drdnet", good)
     small = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1))

@@ -111,16 +111,44 @@ def test_force_downloads_again(hub_server, tmp_path):
     assert len(hub_server.requests_for("GET", FILE)) == 2
 
 
-def test_corrupted_cache_entry_is_replaced(hub_server, tmp_path):
+def test_corrupted_cache_entry_is_replaced(hub_server, tmp_path, caplog, monkeypatch):
     hub_server.add(REPO, COMMIT, FILE, DATA)
     path = _fetch(hub_server, tmp_path)
     blob = Path(os.path.realpath(path))
     blob.chmod(0o644)
     blob.write_bytes(b"\0" * len(DATA))  # bit rot in the cache
 
-    again = _fetch(hub_server, tmp_path)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        again = _fetch(hub_server, tmp_path)
     assert again.read_bytes() == DATA
     assert len(hub_server.requests_for("GET", FILE)) == 2
+    # repaired in silence before (the note was in error messages only; an audit)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"A cached copy with the wrong checksum was removed from {path}. It was downloaded "
+        "again."]
+    # --force while offline: the cached copy is kept, and the message says it is there
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path, force=True)
+    assert info.value.kind == "offline" and "--force asks for a fresh download; the " \
+        "cached copy is kept" in str(info.value)
+    assert "not in the local cache" not in str(info.value) and again.read_bytes() == DATA
+
+
+def test_an_endpoint_that_is_no_hub_is_named(hub_server, tmp_path):
+    """A plain 404 was "try again later", and HF_ENDPOINT=notaurl was blamed on the network
+    with a double period (an audit)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override = 404
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert info.value.kind == "endpoint" and "check HF_ENDPOINT" in str(info.value)
+    assert "again later" not in str(info.value)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch("notaurl", tmp_path)
+    assert info.value.kind == "endpoint"
+    assert "HF_ENDPOINT is 'notaurl', not an http:// or https:// address." in str(info.value)
+    assert "check HF_ENDPOINT" in str(info.value) and ".." not in str(info.value)
 
 
 def test_a_bad_cached_copy_that_cannot_be_removed_is_said_plainly(
