@@ -1545,29 +1545,33 @@ def download_cmd(
         failures = len(untrained)
         from .fast_path import int8_problem
 
-        for name in targets:  # the library's own lookup: bundled, cached, else fetched
-            try:
-                path = weights.resolve(name, quiet=quiet, force=force)
-            except hub.WeightsUnavailable as e:  # its own message names what and why
-                text = str(e).replace("\n" + hub.WEIGHTS_FILE_HINT, "")  # no --weights here
-                print_error(err, text[:-1] + "." if text.endswith(";") else text)
-                failures += 1
-                continue
-            except weights.WeightsError as e:  # a damaged bundled file
-                print_error(err, f"{name}: {e}")
-                failures += 1
-                continue
-            if path.parent == weights.bundled_dir():
-                broken = int8_problem(manifest[name])
-                if broken:  # its int8 graph is part of what is bundled
-                    print_error(err, f"{name}: bundled weights verified, but its int8 graph "
-                                     f"is not usable: {broken}; reinstalling derain restores "
-                                     "it (until then another engine runs instead)")
+        logged = attach_logging(err, _STATE.debug, quiet)  # a repaired cache said as
+        try:  # "warning: ..." (it came out bare)
+            for name in targets:  # the library's own lookup: bundled, cached, else fetched
+                try:
+                    path = weights.resolve(name, quiet=quiet, force=force)
+                except hub.WeightsUnavailable as e:  # its own message names what and why
+                    text = str(e).replace("\n" + hub.WEIGHTS_FILE_HINT, "")  # no --weights here
+                    print_error(err, text[:-1] + "." if text.endswith(";") else text)
                     failures += 1
                     continue
-                typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
-            else:
-                typer.echo(f"{name}: {path} (sha256 verified)")
+                except weights.WeightsError as e:  # a damaged bundled file
+                    print_error(err, f"{name}: {e}")
+                    failures += 1
+                    continue
+                if path.parent == weights.bundled_dir():
+                    broken = int8_problem(manifest[name])
+                    if broken:  # its int8 graph is part of what is bundled
+                        print_error(err, f"{name}: bundled weights verified, but its int8 graph "
+                                         f"is not usable: {broken}; reinstalling derain restores "
+                                         "it (until then another engine runs instead)")
+                        failures += 1
+                        continue
+                    typer.echo(f"{name}: bundled, nothing to do (sha256 verified)")
+                else:
+                    typer.echo(f"{name}: {path} (sha256 verified)")
+        finally:
+            detach_logging(logged)
         if failures:
             raise typer.Exit(1)
 

@@ -876,7 +876,7 @@ def synth_pairs(
                 too_small = pair_problem(str(p), img, img)  # eval's rule: it refused the set
                 if too_small:
                     raise DataError(too_small.replace("too small to score;", "too small for a "
-                                                      "pair eval can score;"))
+                                                      "pair that eval can score;"))
                 cache = {j: img.astype(np.float32) / 255.0}
             except DataError as e:
                 skip(p, str(e))

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -130,61 +131,75 @@ def atomic_write_group(items: Sequence[tuple[Path, Callable[[str], object]]], *,
     so the first (the file a reader opens) lands last. ``remove``: files of an earlier set
     that the new one lacks, taken away just before (a reader would pair them with the new
     files). Should a rename fail or Ctrl-C land among them, what was replaced or removed is
-    put back. Why: Ctrl-C while the second graph was made left the new first graph beside
-    the old second, another network's."""
-    temps: list[str] = []  # every temporary name made, removed at the end
+    put back; where even that is cut short, the earlier files stay under hidden
+    ``.derain-*.tmp`` names rather than be deleted. Why: Ctrl-C while the second graph was
+    made left the new first graph beside the old second, another network's."""
     written: list[str] = []  # the new files, in the order of ``items``
-    done: list[tuple[Path, str | None]] = []  # (destination, its earlier file set aside)
+    #: (destination, where its earlier file is kept, the new file or None): recorded before
+    #: each move, so a move cut short is still known
+    aside: list[tuple[Path, Path, str | None]] = []
+    done = False
 
-    def set_aside(dest: Path, move: bool) -> str | None:
-        """Keep ``dest``'s earlier file under a temporary name until the set is in: a hard
-        link (``dest`` stays where readers find it until its replacement lands), or moved
-        there (``move``: a file to take away; or where links fail)."""
+    def set_aside(dest: Path, new: str | None) -> None:
+        """Keep ``dest``'s earlier file under an unguessable hidden name: a hard link
+        (``dest`` stays where readers find it until its replacement lands), or moved there
+        (``new`` None: a file to take away; or where links fail)."""
+        keep = dest.parent / f".derain-{secrets.token_hex(8)}.tmp"
+        aside.append((dest, keep, new))
         if not os.path.lexists(dest):
-            return None
-        fd, keep = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
-        os.close(fd)
-        temps.append(keep)
-        if not move:
+            return
+        if new is not None:
             try:
-                os.unlink(keep)
                 os.link(dest, keep, follow_symlinks=False)
-                return keep
-            except OSError:
+                return
+            except (OSError, AttributeError, NotImplementedError):  # no links here
                 pass
         os.replace(dest, keep)
-        return keep
 
     try:
         for dest, write in items:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".derain-", suffix=".tmp")
             os.close(fd)
-            temps.append(tmp)
             written.append(tmp)
             write(tmp)
             give_normal_mode(tmp, dest)
         try:
             for old in remove:
-                done.append((old, set_aside(old, move=True)))
+                set_aside(old, None)
             for tmp, (dest, _) in reversed(list(zip(written, items, strict=True))):
                 if os.path.isdir(dest):  # os.replace would fail naming the temporary file
                     raise IsADirectoryError(f"{dest} is a folder")
-                kept = set_aside(dest, move=False)
-                done.append((dest, kept))
+                set_aside(dest, tmp)
                 os.replace(tmp, dest)
         except BaseException:
-            for dest, kept in reversed(done):  # the earlier set back as it was
+            for dest, keep, new in reversed(aside):  # the earlier set back as it was
                 with contextlib.suppress(OSError):
-                    if kept is not None:
-                        os.replace(kept, dest)
-                    elif any(dest == d for d, _ in items):
-                        os.unlink(dest)
+                    if os.path.lexists(keep):
+                        os.replace(keep, dest)
+                    elif new is not None and not os.path.lexists(new):  # it landed on a
+                        os.unlink(dest)  # place that held nothing
             raise
+        done = True
     finally:
-        for tmp in temps:
+        for tmp in written:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)  # renamed already, or a leftover of a failed set
+                os.unlink(tmp)  # renamed already, or a failed set's new file
+        for dest, keep, _ in aside:  # the earlier files, once replaced; after a failure
+            # only a link to what is back in place (renaming a link onto its twin is a
+            # no-op that leaves both)
+            with contextlib.suppress(OSError):
+                if done or _same_file(keep, dest):
+                    os.unlink(keep)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are links to one file (not following symbolic links)."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
 #: A temporary file this much older than now was left by a killed run, not one at work.

@@ -59,6 +59,8 @@ from huggingface_hub.utils import logging as hf_logging
 from .fileio import sha256_file  # re-exported: the Hub's files are checked with it
 
 log = logging.getLogger(__name__)
+#: The Hugging Face Hub itself (HF_ENDPOINT unset)
+_HUB = "https://huggingface.co"
 
 try:  # huggingface_hub 2.x talks HTTP through httpx2; 1.x used httpx.
     import httpx2 as _httpx
@@ -400,10 +402,18 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         isinstance(exc, LocalEntryNotFoundError) and hf_constants.is_offline_mode()
     )
     if offline:
-        if ctx.force and _cached(ctx.repo_id, ctx.filename, ctx.revision, ctx.cache_dir):
-            return "offline", (  # it said "not in the local cache" of a cached file (audit)
+        cached = _cached(ctx.repo_id, ctx.filename, ctx.revision, ctx.cache_dir) \
+            if ctx.force else None
+        if cached is not None:  # it said "not in the local cache" of a cached file (audit)
+            try:
+                good = sha256_file(cached) == ctx.sha256
+            except OSError:
+                good = False
+            return "offline", (
                 "offline mode is on (HF_HUB_OFFLINE is set) and --force asks for a fresh "
-                "download; the cached copy is kept (and used without --force).")
+                "download; the cached copy is kept" + (
+                    " (and used without --force)." if good else
+                    ", though its checksum is wrong: it needs a download."))
         return "offline", (
             "offline mode is on (HF_HUB_OFFLINE is set) and the file is not in the local cache "
             f"({ctx.cache_dir or hf_constants.HF_HUB_CACHE})."
@@ -433,13 +443,17 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
             tries = getattr(exc, "derain_tries", 1)
             return "http", (f"{where} is unavailable right now (HTTP {status}"
                             + (f", {tries} tries" if tries > 1 else "") + "); try again later.")
-        return "endpoint", f"{where} answered HTTP {status} for {ctx.url}."
+        # from a mirror: the mirror is the likely fault; from the Hub itself, derain's
+        return ("endpoint" if ctx.endpoint != _HUB else "error"), (
+            f"{where} answered HTTP {status} for {ctx.url}.")
     if isinstance(exc, FileMetadataError):
         return "network", (
             f"{where} did not answer like a Hugging Face Hub (check HF_ENDPOINT, proxy, firewall)."
         )
-    if not ctx.endpoint.lower().startswith(("http://", "https://")):  # a setting's mistake,
-        # blamed on the network (an audit)
+    no_url = not ctx.endpoint.lower().startswith(("http://", "https://"))
+    if no_url and isinstance(exc, (LocalEntryNotFoundError, _httpx.HTTPError,
+                                   *_TRANSPORT_ERRORS)):  # a setting's mistake, blamed on
+        # the network (an audit)
         return "endpoint", (f"HF_ENDPOINT is {ctx.endpoint!r}, not an http:// or https:// "
                             "address.")
     if isinstance(exc, (LocalEntryNotFoundError, *_TRANSPORT_ERRORS)):

@@ -283,6 +283,12 @@ def _interrupt_after_block(held: int = 1, then_raise: bool = True) -> Iterator[l
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+    if caught and not then_raise:  # a held SIGTERM still sets the exit status (143): its
+        # handler runs, the stop it asks for being under way already
+        for sig in caught:
+            if sig != signal.SIGINT:
+                with contextlib.suppress(KeyboardInterrupt):
+                    handlers[sig](sig, None)
     if caught and then_raise:
         handlers[caught[0]](caught[0], None)
         raise KeyboardInterrupt  # (a handler that returned)
@@ -602,7 +608,9 @@ def recalibrate_batchnorm(
         m.momentum = mom
         if not used:
             m.load_state_dict(state)
-    if skipped:
+    said = (skipped, least, bool(used))
+    if skipped and said not in _BN_SKIPS_SAID:  # once: every validation re-estimates
+        _BN_SKIPS_SAID.add(said)
         _say(f"warning: batch-norm statistics: {skipped} image(s) under {least} px a side "
              "passed over" + ("; none left, so the statistics stay as they were"
                               if not used else ""))
@@ -613,6 +621,8 @@ def recalibrate_batchnorm(
 #: The shortest side an image needs for :func:`recalibrate_batchnorm` (each layer sees
 #: more than one value per channel; RDMC needs more than its size multiple)
 BN_MIN_SIDE = 8
+#: (images passed over, the side, any used) said already: warned once a process
+_BN_SKIPS_SAID: set[tuple[int, int, bool]] = set()
 
 
 def freeze_bn_from(mode: str | None) -> bool | None:
@@ -1419,14 +1429,18 @@ def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
     unlabeled photos at all (only the contrastive terms and finetune's consistency do).
     A folder that is missing or holds no images is named with its option (with several
     folders given, "no such folder: X" left the user to work out which flag held X)."""
+    from .pairs import PairsError
+
     try:
         return _datasets_of(cfg, hooks, arch, features, is_main)
-    except (D.DataError, FileNotFoundError) as e:
+    except (D.DataError, PairsError, FileNotFoundError) as e:
+        if "run_started" in hooks:  # finetune: its folders have flags of their own (--clean
+            raise  # is its --synthetic)
         text = str(e)
         for flag, dirs in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
                            ("--unlabeled", cfg.unlabeled)):
-            if not text.startswith("--") and any(
-                    text.startswith((f"{d}:", f"no such folder: {d}")) for d in dirs or ()):
+            if any(text == f"no such folder: {d}" or text.startswith(f"{d}: ")
+                   for d in dirs or ()):
                 raise type(e)(f"{flag} {text}") from None
         raise
 
@@ -2051,7 +2065,7 @@ class _Run:
             with _interrupt_after_block(held=1, then_raise=False) as impatient:
                 self.save_last()
             _say(f"interrupted at step {step}; checkpoint saved, continue with --resume"
-                 + (" (the further Ctrl-C waited for it)" if impatient else ""))
+                 + (" (the further stop signal waited for it)" if impatient else ""))
         elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
             _say("interrupted before the first step; the starting model's score is kept "
                  "(best.pt): continue with --resume")  # step-0 validation (a review)

@@ -193,7 +193,7 @@ def test_synth_skips_a_photo_too_small_to_score(tmp_path):
     Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(photos / "b.png")
     skipped: list[str] = []
     n = E.synth_pairs(photos, tmp_path / "s", on_skip=lambda p, why: skipped.append(why))
-    assert n == 1 and len(skipped) == 1 and "12x9 is too small for a pair eval" in skipped[0]
+    assert n == 1 and len(skipped) == 1 and "12x9 is too small for a pair that eval" in skipped[0]
     assert E.evaluate("identity", tmp_path / "s").count == 1
 
 

@@ -330,7 +330,7 @@ def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_it(data, tmp_path, m
     assert saves == [3] and torch.load(tmp_path / "r" / "last.pt", weights_only=False)[
         "step"] == 3
     assert "interrupted at step 3; checkpoint saved, continue with --resume (the further " \
-           "Ctrl-C waited for it)" in " ".join(capsys.readouterr().err.split())
+           "stop signal waited for it)" in " ".join(capsys.readouterr().err.split())
 
 
 def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
@@ -351,6 +351,11 @@ def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
                 done.append("the step finished")
         assert done == ["the step finished"] and cli._TERMINATED_BY == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGTERM) is cli._stop_like_ctrl_c
+        # held while a checkpoint is written: no raise, but the exit status is SIGTERM's
+        cli._TERMINATED_BY.clear()
+        with T._interrupt_after_block(held=1, then_raise=False) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert caught == [signal.SIGTERM] and cli._TERMINATED_BY == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, before)
         cli._TERMINATED_BY.clear()
@@ -1185,6 +1190,7 @@ def test_batchnorm_recalibration_passes_over_images_too_small(capsys):
     net = RDMC(RDMCConfig(channels=(4, 4, 8, 8, 8), stages=1)).eval()
     bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = {k: v.clone() for k, v in bn.state_dict().items()}
+    T._BN_SKIPS_SAID.clear()  # said once a process
     recalibrate_batchnorm(net, [np.full((1, 1, 3), 0.5, np.float32),
                                 np.full((16, 40, 3), 0.5, np.float32)], torch.device("cpu"))
     assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())
@@ -1195,6 +1201,9 @@ def test_batchnorm_recalibration_passes_over_images_too_small(capsys):
                                 np.full((32, 48, 3), 0.5, np.float32)], torch.device("cpu"))
     assert int(bn.num_batches_tracked) == 1
     assert "1 image(s) under 17 px a side passed over" in capsys.readouterr().err
+    recalibrate_batchnorm(net, [np.full((1, 1, 3), 0.5, np.float32),
+                                np.full((32, 48, 3), 0.5, np.float32)], torch.device("cpu"))
+    assert capsys.readouterr().err == ""  # every validation re-estimates: said once
 
 
 def test_batchnorm_recalibration_uses_whole_images():
@@ -2204,6 +2213,10 @@ def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^--unlabeled no such folder: {empty}x"):
         T.train(_cfg(data, tmp_path / "a" / "run", unlabeled=[f"{empty}x"],
                      contrast_features="self"))
+    # a missing folder whose path starts as another flag's was named with that one (review)
+    with pytest.raises(FileNotFoundError, match=f"^--synthetic no such folder: {data['val']}2"):
+        T.train(_cfg(data, tmp_path / "a" / "run", pairs=[str(data["val"])],
+                     synthetic=[f"{data['val']}2"]))
     mine = tmp_path / "mine"
     mine.mkdir()
     with pytest.raises(DataError, match="no images found"):
