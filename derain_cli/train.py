@@ -1934,7 +1934,10 @@ class _Run:
         self.parts_window: list[dict[str, float]] = []
         self.bad_steps = 0  # non-finite steps in a row
         self.t_window, self.n_window = time.time(), 0
-        self.budget_t0 = time.time() - (self.wall_before if cfg.time_budget else 0.0)
+        # the budget runs on the clock the checkpoint records (``wall_time``: set-up
+        # included), so a resume's "left" is what the first segment did not use (it started
+        # after set-up, and a resume then found less left than it had not spent; an audit)
+        self.budget_t0 = self.t_start - (self.wall_before if cfg.time_budget else 0.0)
         self.t_saved = time.time()  # rank 0's last checkpoint (or the start)
         self.progress = _Progress(
             enabled=self.is_main and not cfg.quiet, total=total, start=self.step,
