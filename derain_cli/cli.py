@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -522,6 +523,13 @@ def _check_strength(value: float) -> float:
     return value
 
 
+def _check_stats_megapixels(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):  # nan: click said "greater than or equal
+        # to 0"; inf passed it and failed in the library's words (an audit)
+        raise typer.BadParameter(f"{value:g}: use megapixels, 0 or more (0: every pixel)")
+    return value
+
+
 def parse_rain_angle(value: str) -> float | str:
     """``--rain-angle``'s callback (derain, derain eval): degrees or auto, or a usage error."""
     from .slant import check_setting
@@ -677,7 +685,8 @@ def run_cmd(
     ] = None,
     stats_megapixels: Annotated[
         float, typer.Option(
-            "--stats-megapixels", min=0, rich_help_panel=PERF, metavar="MP",
+            "--stats-megapixels", callback=_check_stats_megapixels, rich_help_panel=PERF,
+            metavar="MP",
             help="Semi-DRDNet on images of twice this size or more: estimate its "
                  "whole-image statistics from a sample of about this many megapixels (at "
                  "least a third of the image); 0 = every pixel, slower.")
@@ -900,6 +909,7 @@ def _run(
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision, backend)
                     _check_model_and_tile(model, weights, tile)
+                    _check_int8_request(precision, backend, model, weights)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank,
                                          lines=chatty and main_rank and not err.is_terminal)
@@ -1061,6 +1071,22 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
     print_error(err, untrained_message(model))
     raise _Exit(1)
+
+
+def _check_int8_request(precision: str, backend: str, model: str | None,
+                        weights: Path | None) -> None:
+    """``--precision int8`` where it cannot run (``--backend torch``, a ``--weights`` file, a
+    model without an int8 graph), refused without loading a network (exit 2)."""
+    if precision != "int8":
+        return
+    from .fast_path import int8_request_problem
+    from .manifest import load_manifest
+
+    record = None if weights is not None else load_manifest().get(model or DEFAULT_MODEL_NAME)
+    problem = int8_request_problem(backend, record)
+    if problem:
+        print_error(_stderr(), problem)
+        raise _Exit(2)
 
 
 def _weights_file_problem(path: Path) -> str | None:

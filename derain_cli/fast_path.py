@@ -43,6 +43,21 @@ class Int8Damaged(Int8Unavailable):
     was passed over in silence, PyTorch running instead), where "no int8 graph" is not."""
 
 
+def int8_request_problem(backend: str, record: WeightRecord | None) -> str | None:
+    """Why ``--precision int8`` cannot run with ``backend`` and the weights of ``record``
+    (None: a ``--weights`` file), said without loading a network: a rerun over a finished
+    folder accepted what a fresh run refuses (an audit). None where it may run (whether the
+    graph is whole is found when it is loaded)."""
+    if backend == "torch":
+        return "int8 runs through ONNX Runtime; use --backend onnx or auto"
+    if record is None:
+        return ("int8 graphs ship with bundled weights only; run a --weights file with "
+                "--precision auto, fp32 or bf16")
+    if not record.extra.get("int8"):
+        return f"{record.name} has no int8 graph; use --precision auto or fp32"
+    return None
+
+
 def int8_problem(record: WeightRecord) -> str | None:
     """Why the bundled int8 graph ``record`` names cannot be used (missing, altered), or
     None when it is whole or there is none; for ``derain models`` and ``download``."""

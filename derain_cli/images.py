@@ -307,7 +307,12 @@ def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> 
 
 
 def _fmt_pixels(n: int) -> str:
-    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
+    """``n`` pixels for a message: megapixels to 1 decimal, or as many as tell ``n`` from
+    a neighbour ("0.1 megapixels, more than 0.1" was said of 135,300 and 100,000)."""
+    if n < 100_000:
+        return f"{n} pixels"
+    text = f"{n / 1e6:.1f}"
+    return f"{text} megapixels" if abs(float(text) * 1e6 - n) < 1 else f"{n:,} pixels"
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -1119,7 +1124,9 @@ def prepare_image(
 
     grayscale = bool(like and like.grayscale)
     alpha = like.alpha if like is not None and fmt in _ALPHA_FORMATS else None
-    if like is not None and like.alpha is not None and alpha is None:
+    if (like is not None and like.alpha is not None and alpha is None
+            and like.alpha.min() < np.iinfo(like.alpha.dtype).max):  # an opaque one loses
+        # nothing (a folder of opaque RGBA screenshots warned once a file; an audit)
         # What lay under transparent pixels is arbitrary (often black): show what a viewer
         # showed, the photo over white, as image editors flatten on export.
         # (a 32-bit BMP may carry alpha, but readers ignore it: never written there)

@@ -343,8 +343,10 @@ def _check_int8_request(device: torch.device, backend: str) -> None:
     if device.type != "cpu":
         raise OptionError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
                          "or another --precision")
+    from .fast_path import int8_request_problem
+
     if backend == "torch":
-        raise OptionError("int8 runs through ONNX Runtime; use --backend onnx or auto")
+        raise OptionError(int8_request_problem(backend, None))
     if not onnxruntime_installed():
         raise OptionError("int8 needs onnxruntime (pip install onnxruntime)")
 
@@ -362,8 +364,9 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
 
     if precision == "int8":
         if record is None:
-            raise OptionError("int8 graphs ship with bundled weights only; run a --weights "
-                             "file with --precision auto, fp32 or bf16")
+            from .fast_path import int8_request_problem
+
+            raise OptionError(int8_request_problem(backend, None))
         try:
             return shipped_int8_graph(record, net)
         except Int8Unavailable as e:

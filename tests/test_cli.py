@@ -126,9 +126,15 @@ def test_a_rerun_with_nothing_left_still_refuses_bad_settings(
     --device cuda:7 or --precision fp16 on a CPU exited 0 where a first run exits 2."""
     photo = _img(tmp_path / "a.png", 20, 14)
     assert derain(photo, "--weights", tiny_weights).exit_code == 0
-    for bad in (["--device", "cuda:99"], ["--precision", "fp16", "--device", "cpu"]):
+    for bad in (["--device", "cuda:99"], ["--precision", "fp16", "--device", "cpu"],
+                # int8 where it cannot run was accepted over a finished folder (an audit)
+                ["--precision", "int8"], ["--precision", "int8", "--backend", "torch"]):
         r = derain(photo, "--weights", tiny_weights, *bad)
         assert r.exit_code == 2 and "error:" in r.output, (bad, r.output)
+    for bad in ("nan", "inf"):  # nan read "greater than or equal to 0"; inf passed click
+        r = derain(photo, "--weights", tiny_weights, "--stats-megapixels", bad)
+        assert r.exit_code == 2 and "use megapixels, 0 or more" in " ".join(
+            r.output.replace("│", " ").split()), r.output
     assert derain(photo, "--weights", tiny_weights, "--device", "cpu").exit_code == 0
 
 

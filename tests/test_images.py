@@ -620,6 +620,25 @@ def test_mismatched_icc_profile_is_not_written(tmp_path: Path,
         "of a kind derain does not write"], lines
 
 
+def test_an_opaque_alpha_channel_dropped_is_not_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder of RGBA PNGs with no transparent pixel written as JPEG warned, once a
+    file, that transparent areas were flattened (an audit); a real transparency still is."""
+    rgba = np.dstack([_rgb8(), np.full((H, W), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        for name in ("opaque", "clear"):
+            loaded = read_image(tmp_path / f"{name}.png")
+            write_image(tmp_path / f"{name}.jpg", loaded.rgb, loaded)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'clear.jpg'}: JPEG is "
+                                                   "written without transparency")
+    assert images._fmt_pixels(135_300) == "135,300 pixels"  # not "0.1 megapixels" beside
+    assert images._fmt_pixels(100_000) == "0.1 megapixels"  # a limit of 0.1 (an audit)
+
+
 def test_sixteen_bits_rounded_to_eight_are_said(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     cv2.imwrite(str(tmp_path / "in.png"), _rng().integers(0, 65536, (H, W, 3), np.uint16))
