@@ -169,7 +169,12 @@ def test_small_jobs_stay_on_int8_unless_pytorch_is_loaded():
     assert engine_choice.decide(entry, 2.1, torch_loaded=False)[0] == "bf16"
     # per-pixel int8 wins: int8 whatever the workload
     slow = dict(entry, seconds={"int8": 1.0, "bf16": 0.95})
-    assert engine_choice.decide(slow, 50.0, False) == ("int8", "")
+    # (bf16 a little faster, not enough: the note says the rule; an audit read the pick of
+    # the slower engine as a mistake)
+    assert engine_choice.decide(slow, 50.0, False) == (
+        "int8", "bf16 is taken only where it is at least 10% faster in its tiles")
+    slower = dict(entry, seconds={"int8": 1.0, "bf16": 1.2})
+    assert engine_choice.decide(slower, 50.0, False) == ("int8", "")
     # the stored engine counts only where the two times are not both there
     assert engine_choice.decide({"engine": "bf16", "seconds": {"int8": 1.0}}, 0.1, False) == (
         "bf16", "")
@@ -189,7 +194,7 @@ def test_each_engine_is_costed_in_its_own_tiles():
     assert same["int8"] == same["bf16"] == big["int8"]
     # a near tie on the 512 px probe goes to the engine whose tiles cost less
     entry = {"engine": "int8", "seconds": {"int8": 1.0, "bf16": 0.95}}
-    assert engine_choice.decide(entry, None, False) == ("int8", "")
+    assert engine_choice.decide(entry, None, False)[0] == "int8"
     assert engine_choice.decide(entry, None, False, small) == ("bf16", "")
     assert engine_choice.decide(entry, None, False, big) == ("bf16", "")
     entry = {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.85}}
@@ -412,9 +417,15 @@ def test_fp32_choice_is_measured_once_per_network_shape(fp32_cache):
     engine_choice.fp32_backend(_tiny_net(12), 1, measure_fn=measure)
     engine_choice.fp32_backend(net, 2, measure_fn=measure)  # another thread count
     assert len(calls) == 3 and calls[0] != calls[1]
+    # PyTorch a little faster, not enough: the note says the rule (an audit)
+    close = _tiny_net(16)
+    engine, why = engine_choice.fp32_backend(close, 1, 0,  # one tile size: times alone
+                                             measure_fn=_fp32_measure(0.95, 1.0, []))
+    assert engine == "onnx" and why.endswith(
+        "; PyTorch is taken only where it is at least 10% faster in its tiles")
     # kept beside the int8/bf16 choices, under keys of their own
     keys = json.loads((fp32_cache / "engines.json").read_text())
-    assert all(k.startswith("fp32|") for k in keys) and len(keys) == 3
+    assert all(k.startswith("fp32|") for k in keys) and len(keys) == 4
 
 
 def test_fp32_choice_weighs_each_engine_in_its_own_tiles(fp32_cache):
