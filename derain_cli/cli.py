@@ -649,7 +649,8 @@ def run_cmd(
                                 help="auto: fp16 on GPUs; on CPUs int8 (ONNX Runtime) where "
                                      "the model ships an int8 graph, or bf16 where that was "
                                      "measured at least 10 % faster on this CPU (once, then "
-                                     "cached), else "
+                                     "cached) and the job is large enough to repay loading "
+                                     "PyTorch, else "
                                      "bf16 on CPUs with bf16 instructions (AVX-512-BF16, "
                                      "AMX), else fp32.")
     ] = Precision.auto,
@@ -658,7 +659,7 @@ def run_cmd(
                                  help="CPU threads. \\[default: one per physical core]")
     ] = None,
     io_threads: Annotated[
-        int | None, typer.Option("--io-threads", min=0, show_default=False,
+        int | None, typer.Option("--io-threads", min=0, max=16, show_default=False,
                                  rich_help_panel=PERF, metavar="N",
                                  help="Threads that decode the next photos and encode "
                                       "finished ones while the network runs; 0 = in turn. "
