@@ -1201,20 +1201,25 @@ def _resumed_budget(run: Path, saved: dict[str, Any], steps_given: bool) -> floa
 
 
 def _checkpoint_wall(path: Path) -> float | None:
-    """A checkpoint's training time so far (``wall_time_s``), or None where it cannot be
-    read. Memory-mapped: the weights and optimiser state are not read, so the resume's own
-    load (``_checkpoint_to_resume``) is the only full read."""
+    """A checkpoint's time on the budget's clock (``budget_clock``), or None where it
+    cannot be read. Memory-mapped: the weights and optimiser state are not read, so the
+    resume's own load (``_checkpoint_to_resume``) is the only full read."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return float(ck.get("wall_time_s", 0.0)) if isinstance(ck, dict) else None
+        return budget_clock(ck) if isinstance(ck, dict) else None
     except Exception:  # noqa: BLE001 - missing, damaged (a zip error, ...), not ours
         return None
 
 
+def budget_clock(ckpt: dict[str, Any]) -> float:
+    """The run's time on the ``--time-budget`` clock at ``ckpt``: its training, set-up left
+    out (``budget_s``; checkpoints before 2026-12-06 had only ``wall_time_s``)."""
+    return float(ckpt.get("budget_s", ckpt.get("wall_time_s", 0.0)))
+
+
 def budget_spent(cfg: Any, ckpt: dict[str, Any] | None) -> bool:
     """Whether the resumed run ``ckpt`` has already trained for ``cfg.time_budget``."""
-    return bool(ckpt is not None and cfg.time_budget
-                and float(ckpt.get("wall_time_s", 0.0)) >= cfg.time_budget)
+    return bool(ckpt is not None and cfg.time_budget and budget_clock(ckpt) >= cfg.time_budget)
 
 
 def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) -> None:
@@ -1761,6 +1766,10 @@ class _Run:
         self.t_start, self.data_count = t_start, data_count
         self.labeled, self.unlabeled = labeled, unlabeled  # unlabeled: None when unused
         self.step, self.wall_before = 0, 0.0
+        #: the earlier segments' time on the budget's clock (their training, set-up not
+        #: counted); a resume read their wall time, set-up included, and found less of
+        #: the budget left than the run had not spent (an audit)
+        self.budget_before = 0.0
         self.best_psnr: float | None = None
         self.best_step: int | None = None
         #: the validation differs from the resumed run's: its scores do not carry over
@@ -1786,6 +1795,7 @@ class _Run:
                 self.best_psnr = self.best_step = None
                 self.val_changed = True
             self.wall_before = float(ckpt.get("wall_time_s", 0.0))
+            self.budget_before = budget_clock(ckpt)
             # checkpoints before 2026-12-03 did not say where they trained
             self.segments_before = list(ckpt.get("hardware_segments") or (
                 [{"hardware": _UNRECORDED, "from": 0, "to": self.step}] if self.step else []))
@@ -1822,8 +1832,8 @@ class _Run:
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
                  + f"{self.total} steps"
-                 + ((f" or {clock(max(0.0, cfg.time_budget - self.wall_before))}"
-                     + (" left of --time-budget" if self.wall_before else " (--time-budget)")
+                 + ((f" or {clock(max(0.0, cfg.time_budget - self.budget_before))}"
+                     + (" left of --time-budget" if self.budget_before else " (--time-budget)")
                      + ", whichever ends first") if cfg.time_budget else "")
                  + f", batch {cfg.batch}x{self.world}, patch {cfg.patch}, "
                  + self.learner.amp_label
@@ -1858,6 +1868,7 @@ class _Run:
             "rng": self.boundary["rng"],
             "best_psnr": self.best_psnr, "best_step": self.best_step,
             "wall_time_s": self.wall_time(),
+            "budget_s": self.budget_time(),
             "hardware_segments": self.segments_now(),
             "data": self.data_count,  # a resume says when the data changed in between
             "val_pending": self.validating,  # a Ctrl-C during this step's validation
@@ -1867,6 +1878,12 @@ class _Run:
     def wall_time(self) -> float:
         """Seconds this run has taken, earlier segments included."""
         return self.wall_before + time.time() - self.t_start
+
+    def budget_time(self) -> float:
+        """Seconds on the ``--time-budget`` clock: the training of every segment so far, set-up
+        left out (before this segment's loop: the earlier segments')."""
+        t0 = getattr(self, "budget_t0", None)
+        return self.budget_before if t0 is None else time.time() - t0
 
     def save_last(self) -> None:
         _atomic_torch_save(self.checkpoint_obj(), self.out / "last.pt")
@@ -1934,10 +1951,9 @@ class _Run:
         self.parts_window: list[dict[str, float]] = []
         self.bad_steps = 0  # non-finite steps in a row
         self.t_window, self.n_window = time.time(), 0
-        # the budget runs on the clock the checkpoint records (``wall_time``: set-up
-        # included), so a resume's "left" is what the first segment did not use (it started
-        # after set-up, and a resume then found less left than it had not spent; an audit)
-        self.budget_t0 = self.t_start - (self.wall_before if cfg.time_budget else 0.0)
+        # the budget's clock runs from here, after set-up (the schedule's warmup and decay
+        # follow it), over the earlier segments' own (``budget_s`` in the checkpoint)
+        self.budget_t0 = time.time() - self.budget_before
         self.t_saved = time.time()  # rank 0's last checkpoint (or the start)
         self.progress = _Progress(
             enabled=self.is_main and not cfg.quiet, total=total, start=self.step,
