@@ -910,7 +910,7 @@ def _run(
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision, backend)
                     _check_model_and_tile(model, weights, tile)
-                    _check_int8_request(precision, backend, model, weights)
+                    _check_int8_request(precision, backend, model, weights, device)
                 progress = _RichProgress(err, bars=chatty and err.is_terminal,
                                          report_failures=main_rank, rank=dist.rank,
                                          lines=chatty and main_rank and not err.is_terminal)
@@ -1075,7 +1075,7 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
 
 def _check_int8_request(precision: str, backend: str, model: str | None,
-                        weights: Path | None) -> None:
+                        weights: Path | None, device: str = "auto") -> None:
     """``--precision int8`` where it cannot run (``--backend torch``, a ``--weights`` file, a
     model without an int8 graph), refused without loading a network (exit 2)."""
     if precision != "int8":
@@ -1084,7 +1084,7 @@ def _check_int8_request(precision: str, backend: str, model: str | None,
     from .manifest import load_manifest
 
     record = None if weights is not None else load_manifest().get(model or DEFAULT_MODEL_NAME)
-    problem = int8_request_problem(backend, record)
+    problem = int8_request_problem(backend, record, device)
     if problem:
         print_error(_stderr(), problem)
         raise _Exit(2)

@@ -43,11 +43,16 @@ class Int8Damaged(Int8Unavailable):
     was passed over in silence, PyTorch running instead), where "no int8 graph" is not."""
 
 
-def int8_request_problem(backend: str, record: WeightRecord | None) -> str | None:
-    """Why ``--precision int8`` cannot run with ``backend`` and the weights of ``record``
-    (None: a ``--weights`` file), said without loading a network: a rerun over a finished
-    folder accepted what a fresh run refuses (an audit). None where it may run (whether the
-    graph is whole is found when it is loaded)."""
+def int8_request_problem(backend: str, record: WeightRecord | None,
+                         device: str = "cpu") -> str | None:
+    """Why ``--precision int8`` cannot run on ``device`` (a device type or ``--device``;
+    "auto" is taken as a CPU) with ``backend`` and the weights of ``record`` (None: a
+    ``--weights`` file), said without loading a network: a rerun over a finished folder
+    accepted what a fresh run refuses (an audit). None where it may run (whether the graph
+    is whole is found when it is loaded)."""
+    if device != "auto" and not device.lower().startswith("cpu"):
+        return ("int8 runs on CPUs only (ONNX Runtime); use --device cpu or another "
+                "--precision")
     if backend == "torch":
         return "int8 runs through ONNX Runtime; use --backend onnx or auto"
     if record is None:
@@ -55,6 +60,8 @@ def int8_request_problem(backend: str, record: WeightRecord | None) -> str | Non
                 "--precision auto, fp32 or bf16")
     if not record.extra.get("int8"):
         return f"{record.name} has no int8 graph; use --precision auto or fp32"
+    if not onnxruntime_installed():
+        return "int8 needs onnxruntime (pip install onnxruntime)"
     return None
 
 

@@ -340,13 +340,10 @@ def _auto_tile(runner: TorchRunner) -> int:
 
 def _check_int8_request(device: torch.device, backend: str) -> None:
     """Fail early on an int8 request that cannot run, saying what would."""
-    if device.type != "cpu":
-        raise OptionError("int8 runs on CPUs only (ONNX Runtime); use --device cpu "
-                         "or another --precision")
     from .fast_path import int8_request_problem
 
-    if backend == "torch":
-        raise OptionError(int8_request_problem(backend, None))
+    if device.type != "cpu" or backend == "torch":
+        raise OptionError(int8_request_problem(backend, None, device.type))
     if not onnxruntime_installed():
         raise OptionError("int8 needs onnxruntime (pip install onnxruntime)")
 
