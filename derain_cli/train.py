@@ -1101,7 +1101,7 @@ def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module
         return build_fitting(arch, conf, state, str(cfg.init_weights))
     except WeightsError as e:  # say what the file is, as derain --weights does (audit)
         if cfg.model and meta.get("format") == FORMAT and "arch" in meta:
-            raise TrainError(
+            raise WeightsError(  # as finetune, derain and export say it (exit 1; an audit)
                 f"{cfg.init_weights}: the file holds {meta.get('name') or meta['arch']} "
                 f"weights ({meta['arch']}, {meta.get('config')}) that do not fit --model "
                 f"{cfg.model}; leave out --model to train the file's own architecture ({e})"

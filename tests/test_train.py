@@ -2230,7 +2230,9 @@ def test_starting_weights_of_another_network_are_named(data, tmp_path):
     """-m semi-drdnet-lite --weights <semi-drdnet-tiny's file> said only "tensor ... is
     missing (architecture mismatch?)"; derain --weights names the file's network (audit)."""
     tiny = Path(__file__).resolve().parents[1] / "weights" / "semi-drdnet-tiny.safetensors"
-    with pytest.raises(T.TrainError, match="holds semi-drdnet-tiny weights .* do not fit "
+    from derain_cli.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="holds semi-drdnet-tiny weights .* do not fit "
                                            "--model semi-drdnet-lite; leave out --model"):
         T.train(_cfg(data, tmp_path / "r", model="semi-drdnet-lite", arch=None,
                      model_config=None, init_weights=str(tiny)))
