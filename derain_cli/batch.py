@@ -51,6 +51,7 @@ from .images import (
     OutputExists,
     PreparedImage,
     format_for_path,
+    format_name,
     is_image_path,
     prepare_image,
     read_image,
@@ -466,9 +467,8 @@ def _unsupported(path: Path) -> str:
     fmt = sniff_format(path)
     if fmt is None:
         return f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})"
-    name = "WebP" if fmt == "WEBP" else fmt
     renamed = (path.stem if path.suffix else path.name) + FORMAT_SUFFIX[fmt.lower()]
-    return (f"unsupported file type {shown}, though it holds a {name} image: name it "
+    return (f"unsupported file type {shown}, though it holds a {format_name(fmt)} image: name it "
             f"{renamed} (the suffix also picks the result's format)")
 
 

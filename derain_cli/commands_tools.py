@@ -30,10 +30,10 @@ from .export import (
     is_stats_graph,
     max_opset,
     planned_outputs,
-    remove_empty_folders,
     resolve_output,
     stats_path,
 )
+from .fileio import remove_empty_folders
 from .quantize import DEFAULT_KEEP_FP32, min_photos
 from .terminal import DerainConsole
 

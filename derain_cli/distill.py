@@ -125,11 +125,7 @@ def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
     run trained to its end and then failed on ``mkdir`` (an audit)."""
     from .fileio import why_unwritable
 
-    blocked = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
-    if blocked is not None and not blocked.is_dir():
-        raise DistillError(f"--out {out}: {blocked} is a file, not a folder; choose a "
-                           "folder for the run")
-    why = why_unwritable(out)
+    why = why_unwritable(out)  # a file in the folder's (or a parent's) place included
     if why is not None:
         raise DistillError(f"--out {out}: cannot write there ({why})")
     trained = [f for f in TRAIN_RUN_FILES if (Path(out) / f).exists()]

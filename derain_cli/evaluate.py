@@ -33,6 +33,8 @@ from .fileio import (
     atomic_write,
     atomic_write_text,
     display_text,
+    missing_folders,
+    remove_empty_folders,
     same_name_key,
     why_unwritable,
 )
@@ -845,8 +847,8 @@ def synth_pairs(
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _check_synth_output(out, overwrite, _planned_names(paths, Path(clean_dir), count))
-    made = [d for d in (*reversed(out.parents), out, out / "rainy", out / "clean")
-            if not d.exists()]  # taken back if no pair is written (they were left empty)
+    made = [*missing_folders(out), *(d for d in (out / "rainy", out / "clean")
+                                      if not d.exists())]  # taken back if no pair is written
     for side in ("rainy", "clean"):  # before any work: an errno after it said little
         try:
             (out / side).mkdir(parents=True, exist_ok=True)
@@ -865,7 +867,7 @@ def synth_pairs(
         k += 1
         j = k % len(paths)
         if len(bad) == len(paths):
-            _remove_empty(made)
+            remove_empty_folders(made)
             raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
         if j in bad:
             continue
@@ -893,13 +895,6 @@ def synth_pairs(
         if on_image is not None:
             on_image(written, n)
     if not written:
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
     return written
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """Take back the folders a run made (outermost first in ``folders``) that stayed empty."""
-    for d in reversed(folders):
-        with contextlib.suppress(OSError):
-            d.rmdir()

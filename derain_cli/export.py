@@ -67,7 +67,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .fileio import atomic_write_group
+from .fileio import atomic_write_group, missing_folders, remove_empty_folders
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ def write_graph_set(path: Path, writers: list[Callable[[str], object]]) -> list[
     a shared folder), renamed only when both are written. A statistics graph an earlier
     export left beside ``path`` goes when the new set has none: the runner would pair it
     with the new graph. Returns the files, the forward graph first."""
-    files = [path, stats_path(path)][:len(writers)]
     stale = stats_path(path)
+    files = [path, stale][:len(writers)]
     remove = []
     if len(writers) == 1 and os.path.lexists(stale):
         if not is_stats_graph(stale):  # a file of the user's that happens to be named so
@@ -303,7 +303,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
             files = write_graph_set(path, [_graph_writer(
                 net, (image,), ["image"], ["out"], {"image": _DYN_IMG, "out": _DYN_IMG},
                 opset, graph_metadata(model, "forward"))])
-            EXPORT_COUNT += 1
+            EXPORT_COUNT += len(files)
             return files
         if not isinstance(model, SemiDRDNet):
             raise NotImplementedError(
@@ -325,7 +325,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
                           {"image": _DYN_IMG, "pooled": pooled_axes, "mask": _DYN_IMG,
                            "sums": pooled_axes}, opset,
                           graph_metadata(model, "stats"))])
-        EXPORT_COUNT += 2
+        EXPORT_COUNT += len(files)
         return files
 
 
@@ -377,7 +377,7 @@ def check_writable(target: Path) -> list[Path]:
     parent = target.parent
     made: list[Path] = []
     try:
-        made = [d for d in (parent, *parent.parents) if not d.exists()][::-1]
+        made = missing_folders(parent)
         if parent.exists() and not parent.is_dir():
             raise OSError(f"{parent} is a file, not a folder")
         parent.mkdir(parents=True, exist_ok=True)
@@ -391,10 +391,3 @@ def check_writable(target: Path) -> list[Path]:
         why = e.strerror or str(e)
         raise OSError(f"cannot write {target}: {why}") from None
     return made
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Take back folders :func:`check_writable` made (innermost first), those still empty."""
-    for d in reversed(folders):
-        with contextlib.suppress(OSError):
-            d.rmdir()

@@ -256,6 +256,21 @@ def terminal_text(text: str) -> str:
     return "\n".join(one_line_text(line) for line in text.split("\n"))
 
 
+def missing_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """The folders of ``folder``'s path (itself included) that do not exist yet, outermost
+    first: what making it creates, for :func:`remove_empty_folders` to take back."""
+    folder = Path(folder)
+    return [d for d in (folder, *folder.parents) if not d.exists()][::-1]
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Take back folders a run made (``folders`` outermost first), those still empty: a
+    failed export or a synth run that wrote nothing left them behind."""
+    for d in reversed(folders):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
     """Why files cannot be written into ``folder`` (made first where missing), or None when
     they can, as far as the permissions say; nothing is created. Checked before any work,

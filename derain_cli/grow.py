@@ -335,6 +335,7 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     folder of photos whose rainy crops set the new BatchNorm statistics (default:
     procedural scenes; ``"none"``: leave them at their defaults). The agreement reported
     is that of the file as written."""
+    from .fileio import why_unwritable
     from .weights import model_from_file, save_weights
 
     out = Path(out)
@@ -344,9 +345,9 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
         raise GrowError(f"-o {out} is a folder; give the weights file to write")
     if out.exists() and not overwrite:
         raise GrowError(f"{out} exists; choose another -o or pass --overwrite")
-    blocked = next((p for p in out.parents if p.exists()), None)  # found after the work
-    if blocked is not None and not blocked.is_dir():  # as "File exists" (an audit)
-        raise GrowError(f"-o {out}: {blocked} is a file, not a folder")
+    why = why_unwritable(out.parent)  # found after the work, as "File exists" (an audit)
+    if why is not None:
+        raise GrowError(f"-o {out}: {why}")
     spec = get_spec(to)
     calibrate = str(calibration) != "none"
     photos = _calibration_photos(calibration) if calibrate and calibration is not None \

@@ -62,6 +62,7 @@ __all__ = [
     "LoadedImage",
     "OutputExists",
     "format_for_path",
+    "format_name",
     "is_image_path",
     "read_image",
     "sniff_format",
@@ -97,7 +98,9 @@ _NOT_AN_IMAGE = "not an image file (supported: JPEG, PNG, WebP, TIFF, BMP)"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 
-_SHOWN_NAME = {"WEBP": "WebP"}
+def format_name(fmt: str) -> str:
+    """A format as messages name it ("WebP", not Pillow's "WEBP")."""
+    return "WebP" if fmt == "WEBP" else fmt
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str | None:
@@ -151,7 +154,7 @@ def _unidentified(p: Path) -> str:
                 reason = text.splitlines()[0]
         except Exception:  # noqa: BLE001, S110 - only the wording depends on it
             pass
-    return f"a damaged {_SHOWN_NAME.get(fmt, fmt)} file: its header cannot be read ({reason})"
+    return f"a damaged {format_name(fmt)} file: its header cannot be read ({reason})"
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
@@ -282,9 +285,8 @@ def side_limit_problem(fmt: str, width: int, height: int) -> str | None:
     limit = MAX_SIDE.get(fmt)
     if limit is None or max(width, height) <= limit:
         return None
-    name = "WebP" if fmt == "WEBP" else fmt
-    return (f"{name} holds at most {limit} px a side and this photo is {width}x{height}: "
-            "write PNG or TIFF (--format png)")
+    return (f"{format_name(fmt)} holds at most {limit} px a side and this photo is "
+            f"{width}x{height}: write PNG or TIFF (--format png)")
 
 
 def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> str:
@@ -1093,7 +1095,7 @@ def _warn_profile_left_out(path: str | os.PathLike[str], fmt: str, icc: bytes,
     kinds = {b"RGB ": "colour", b"GRAY": "grayscale"}
     if space in kinds:
         written = "grayscale" if grayscale else "colour"
-        why = (f"it is for {kinds[space]} images and {_SHOWN_NAME.get(fmt, fmt)} is "
+        why = (f"it is for {kinds[space]} images and {format_name(fmt)} is "
                f"written in {written}")
     else:
         why = "it is damaged or of a kind derain does not write"
@@ -1145,7 +1147,7 @@ def prepare_image(
 
     if like is not None and like.bit_depth == 16 and bits == 8:
         log.warning("%s: %s holds 8 bits a sample; the photo's 16-bit samples are rounded to "
-                    "8 (write PNG or TIFF to keep 16 bits)", path, _SHOWN_NAME.get(fmt, fmt))
+                    "8 (write PNG or TIFF to keep 16 bits)", path, format_name(fmt))
     pixels = _quantise(rgb, bits, grayscale)
     if alpha is not None:
         alpha = _alpha_to_bits(alpha, bits)

@@ -1882,7 +1882,7 @@ class _Run:
     def budget_time(self) -> float:
         """Seconds on the ``--time-budget`` clock: the training of every segment so far, set-up
         left out (before this segment's loop: the earlier segments')."""
-        t0 = getattr(self, "budget_t0", None)
+        t0 = getattr(self, "budget_t0", None)  # set as the loop starts
         return self.budget_before if t0 is None else time.time() - t0
 
     def save_last(self) -> None:
