@@ -1056,6 +1056,19 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
         if problem:
             print_error(err, f"{weights}: {problem}")
             raise _Exit(1)
+        if model is not None:  # the file must fit -m, as a fresh run checks: this loads
+            # it (torch, a second or so), only for the rare rerun naming both
+            from .models import UnknownModelError
+            from .weights import WeightsError, model_from_file
+
+            try:
+                model_from_file(weights, model)
+            except UnknownModelError as e:
+                print_error(err, str(e))
+                raise _Exit(2) from None
+            except WeightsError as e:
+                print_error(err, _one_line(e))
+                raise _Exit(1) from None
         return
     if model is None:
         return

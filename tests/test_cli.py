@@ -1142,9 +1142,17 @@ def test_a_finished_rerun_refuses_what_a_fresh_run_refuses(tmp_path: Path,
     cases = [(("--weights", tiny_weights, "--tile", "8"), 2, "at least 16 px"),
              (("--weights", tmp_path / "a.png"), 1, "not a weights file"),
              (("-m", "semi-drdnet"), 1, "has no pretrained weights yet"),
-             (("-m", "nosuch"), 2, "unknown model 'nosuch'")]
+             (("-m", "nosuch"), 2, "unknown model 'nosuch'"),
+             # a file that does not fit -m exited 0 here, 1 on a fresh run (session 63)
+             (("--weights", tiny_weights, "-m", "rdmc-lite"), 1, "do not fit --model"),
+             (("--weights", tiny_weights, "-m", "nosuch"), 2, "unknown model 'nosuch'")]
     for args, code, text in cases:
         r = derain(src, *args)
+        assert r.exit_code == code and text in r.stderr, (args, r.stderr)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for args, code, text in cases[-2:]:  # the same answer where there is work to do
+        r = derain(_img(fresh / "b.png"), *args)
         assert r.exit_code == code and text in r.stderr, (args, r.stderr)
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
     for args in (("--weights", tiny_weights), ("--weights", tmp_path / "w.pt"), ()):
