@@ -345,6 +345,8 @@ def default_output(model: str | None, weights: Path | None, int8: bool) -> Path:
     # a file of one's own names its graph even with -m (its architecture): MODEL.onnx would
     # overwrite an export of the published weights
     stem = weights.stem if weights is not None else model or DEFAULT_MODEL
+    if not int8 and stem.lower().endswith(".stats"):  # x.stats.onnx is what the runner
+        stem = stem[:-6] + "_stats"  # reads as another graph's statistics half
     return Path(f"{stem}.int8.onnx" if int8 else f"{stem}.onnx")
 
 

@@ -435,6 +435,11 @@ def test_export_cmd_output_folder_and_suffix_in_any_case(tiny_weights, tmp_path)
     assert (export.resolve_output(folder, "rdmc-lite", None, True)
             == folder / "rdmc-lite.int8.onnx")
     assert export.resolve_output(None, "rdmc-lite", None, False) == export.Path("rdmc-lite.onnx")
+    # weights named x.stats.safetensors made x.stats.onnx, read as a statistics graph
+    stats_named = export.Path("run/x.Stats.safetensors")
+    assert export.resolve_output(folder, None, stats_named, False) == folder / "x_stats.onnx"
+    assert export.resolve_output(None, None, stats_named, True) == export.Path(
+        "x.Stats.int8.onnx")
     # a new folder said with a trailing slash, as for the main command (was new.onnx; audit)
     res = CliRunner().invoke(_app(), ["-o", f"{tmp_path / 'new'}/", "--weights",
                                       str(tiny_weights)])
@@ -497,7 +502,7 @@ def test_export_unwritable_output_names_it_before_any_work(tiny_weights, tmp_pat
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: traced.append(a) or [])
     res = CliRunner().invoke(_app(), ["-o", str(blocker / "Z.onnx"), "--weights",
                                       str(tiny_weights)])
-    assert res.exit_code == 1 and not traced
+    assert res.exit_code == 2 and not traced  # checked up front, as the other commands
     assert res.stderr.strip() == (f"error: cannot write {blocker / 'Z.onnx'}: {blocker} is a "
                                   "file, not a folder")
     with pytest.raises(OSError, match=r"cannot write .*: it is a folder"):
