@@ -1392,3 +1392,16 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
                              capture_output=True, text=True, timeout=60)
         assert ran.stderr.strip().splitlines()[-1] == "False", (words, ran.stderr)
     assert "models" in _complete("derain ", tmp_path)
+
+
+def test_stats_megapixels_for_a_model_without_statistics_is_said(tmp_path: Path,
+                                                                  tiny_weights: Path) -> None:
+    """--stats-megapixels with RDMC did nothing without a word (session 63); typed for a
+    Semi-DRDNet, or left at its default, nothing is said."""
+    src = _img(tmp_path / "a.png")
+    r = derain(src, "-m", "rdmc-lite", "--stats-megapixels", "2", "-o", tmp_path / "r.png")
+    assert r.exit_code == 0, r.stderr
+    assert "warning: --stats-megapixels does nothing for rdmc-lite" in r.stderr
+    for args in (("--weights", tiny_weights, "--stats-megapixels", "2"), ("-m", "rdmc-lite")):
+        r = derain(src, *args, "-o", tmp_path / "s.png", "--overwrite")
+        assert r.exit_code == 0 and "does nothing" not in r.stderr, (args, r.stderr)
