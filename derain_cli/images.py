@@ -228,6 +228,9 @@ class LoadedImage:
     #: A JPEG's Photoshop APP13 segments (IPTC caption, keywords, copyright: what newsroom
     #: and photo-library tools write) as raw payloads, for a JPEG output.
     app13: tuple[bytes, ...] | None = None
+    #: The source was a progressive JPEG (it shows coarse-to-fine while loading on the web):
+    #: a JPEG output is written progressive too.
+    progressive: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -614,6 +617,8 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
         png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
         comment, app13 = _jpeg_comment_and_app13(im) if fmt == "JPEG" else (None, None)
+        progressive = fmt == "JPEG" and bool(im.info.get("progressive")
+                                              or im.info.get("progression"))
         icc = im.info.get("icc_profile") or None
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
@@ -663,7 +668,7 @@ def _read(p: Path, max_pixels: int | None) -> LoadedImage:
             arr = 65535 - arr
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
-                       xmp, text, lossless, png_colour, comment, app13)
+                       xmp, text, lossless, png_colour, comment, app13, progressive)
 
 
 def _check_tiff_samples(im: Image.Image) -> None:
@@ -1013,6 +1018,7 @@ class PreparedImage:
     png_colour: tuple[tuple[bytes, bytes], ...] | None = None
     comment: bytes | None = None
     app13: tuple[bytes, ...] | None = None
+    progressive: bool = False
 
     def write(self, replace: bool = True) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`). ``replace=False``: raise
@@ -1070,6 +1076,8 @@ class PreparedImage:
                 params.update(quality=quality, optimize=True, subsampling=0 if quality >= 90 else 2)
                 if self.comment:
                     params["comment"] = self.comment
+                if self.progressive:  # as the photo was (it was written baseline)
+                    params["progressive"] = True
                 if self.app13:  # Pillow writes ``extra`` as is among the APP segments
                     params["extra"] = b"".join(
                         b"\xff\xed" + struct.pack(">H", len(d) + 2) + d for d in self.app13)
@@ -1185,8 +1193,9 @@ def prepare_image(
     # with an ICC profile written the chunks are redundant (and sRGB beside iCCP is invalid)
     png_colour = like.png_colour if like is not None and fmt == "PNG" and not icc else None
 
+    progressive = bool(like is not None and like.progressive and fmt == "JPEG")
     return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
-                         lossless, png_colour, comment, app13)
+                         lossless, png_colour, comment, app13, progressive)
 
 
 def _left_out(fmt: str, like: LoadedImage) -> list[tuple[str, frozenset[str]]]:

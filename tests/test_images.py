@@ -1155,6 +1155,19 @@ def test_jpeg_comment_and_iptc_travel_into_a_jpeg_result(tmp_path: Path) -> None
     assert "comment" not in Image.open(tmp_path / "out.png").info
 
 
+def test_a_progressive_jpeg_gives_a_progressive_result(tmp_path: Path) -> None:
+    """Progressive photos (web galleries load them coarse to fine) came out baseline
+    (session 63); a baseline one stays baseline."""
+    for progressive in (True, False):
+        src = tmp_path / f"in{progressive}.jpg"
+        Image.fromarray(_smooth_rgb8()).save(src, quality=90, progressive=progressive)
+        loaded = read_image(src)
+        assert loaded.progressive is progressive
+        write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+        assert bool(Image.open(tmp_path / "out.jpg").info.get("progressive")) is progressive
+        write_image(tmp_path / "out.png", loaded.rgb, loaded)  # nothing to say in a PNG
+
+
 def test_metadata_a_format_cannot_hold_is_said(tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """EXIF, the comment and IPTC into BMP, the comment and IPTC into PNG, a PNG's text
