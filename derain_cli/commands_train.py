@@ -332,6 +332,11 @@ def finetune_cmd(
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
     val_rainy_dir: ValRainyOption = None,
     val_clean_dir: ValCleanOption = None,
+    val_every: Annotated[int | None, typer.Option(
+        show_default=False, help="Validate (--val) every N steps (default: a quarter of "
+        "--steps).")] = None,
+    ckpt_every: Annotated[int, typer.Option(
+        help="Checkpoint every N steps (and at least every 10 minutes).")] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, show_default=False,
@@ -367,8 +372,8 @@ def finetune_cmd(
             contrast_features=contrast_features, contrast_weight=contrast_weight,
             contrast_terms=contrast_terms, batchnorm=batchnorm,
             val=str(val) if val else None, val_rainy_dir=val_rainy_dir,
-            val_clean_dir=val_clean_dir, device=device, threads=threads,
-            workers=workers, seed=seed,
+            val_clean_dir=val_clean_dir, val_every=val_every, ckpt_every=ckpt_every,
+            device=device, threads=threads, workers=workers, seed=seed,
             resume=resume, time_budget=time_budget, name=name, quiet=quiet, max_side=max_side,
             amp=amp, given=_given_params(ctx) if resume else None,
         ))

@@ -2383,6 +2383,8 @@ class FinetuneConfig:
     val_rainy_dir: str | None = None
     val_clean_dir: str | None = None
     ckpt_every: int = 100
+    #: validate every N steps; None: four times a run (a quarter of ``steps``)
+    val_every: int | None = None
     #: the user's photos are downscaled to this long side (0: never) before anything else:
     #: the base model derains them once (pseudo-clean), and crops are drawn from them
     max_side: int = 1024
@@ -2512,7 +2514,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         contrast_weight=fc.contrast_weight, contrast_terms=fc.contrast_terms,
         device=fc.device, threads=fc.threads, workers=fc.workers,
         seed=fc.seed, resume=fc.resume, quiet=fc.quiet, amp=fc.amp,
-        time_budget=fc.time_budget, ckpt_every=fc.ckpt_every, val_every=max(steps // 4, 1),
+        time_budget=fc.time_budget, ckpt_every=fc.ckpt_every,
+        val_every=fc.val_every if fc.val_every is not None else max(steps // 4, 1),
         name=fc.name or f"{short}-finetuned",
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean

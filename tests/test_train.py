@@ -886,11 +886,15 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     out = tmp_path / "ft"
     r = CliRunner().invoke(app, [
         "finetune", "--weights", str(base.weights), "--rainy", str(data["real"]), "--out",
-        str(out), "--steps", "1", "--batch", "2", "--patch", "24", "--workers", "0",
-        "--device", "cpu", "--contrast-features", "none", "--amp", "fp32", "--quiet"])
+        str(out), "--steps", "2", "--batch", "2", "--patch", "24", "--workers", "0",
+        "--device", "cpu", "--contrast-features", "none", "--amp", "fp32", "--quiet",
+        # finetune had no --val-every (it validated at a quarter of --steps) nor --ckpt-every
+        "--val", str(data["val"]), "--val-every", "1", "--ckpt-every", "1"])
     assert r.exit_code == 0, r.output
     entry = json.loads((out / "manifest_entry.json").read_text())
     assert entry["hardware"].endswith((" threads, fp32)", " 1 thread, fp32)"))
+    config = json.loads((out / "config.json").read_text())
+    assert (config["val_every"], config["ckpt_every"]) == (1, 1)
 
 
 def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
@@ -1482,7 +1486,8 @@ def test_finetune_cli_defaults_are_the_librarys():
 
     cli = inspect.signature(finetune_cmd).parameters
     lib = T.FinetuneConfig(rainy="x")
-    for name in ("consistency", "l2sp", "lr", "contrast_weight", "preset", "clean_fraction"):
+    for name in ("consistency", "l2sp", "lr", "contrast_weight", "preset", "clean_fraction",
+                 "val_every", "ckpt_every"):
         assert cli[name].default == getattr(lib, name), name
     assert lib.consistency == 1.0
 
