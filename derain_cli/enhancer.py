@@ -664,6 +664,8 @@ class Derainer:
         return Image.fromarray(y.astype(np.float32))
 
     def _derain_pil(self, img: Image.Image, on_tile: TileCallback | None = None) -> Image.Image:
+        img.load()  # Pillow turns a TIFF upright as it loads it and drops its tag: read
+        # before, the tag turned an upright TIFF a second time (an audit)
         back = _BACK_TO_STORED.get(_orientation(img))  # type: ignore[arg-type]
         if back is not None:  # derained upright, returned as stored (its tag kept)
             from PIL import ImageOps
@@ -672,6 +674,8 @@ class Derainer:
             out = self._derain_pil(upright, on_tile).transpose(back)
             out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
             out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
+            if "exif" not in img.info:  # a tag set in memory (getexif()), none in a file
+                out.info["exif"] = img.getexif().tobytes()
             return out
         mode = img.mode
         icc = img.info.get("icc_profile")

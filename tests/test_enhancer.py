@@ -200,6 +200,27 @@ def test_a_pil_image_stored_turned_is_derained_upright(derainer, orientation):
                           np.asarray(derainer.derain(upright)))
 
 
+def test_a_tiff_turned_by_its_tag_is_not_turned_twice(derainer):
+    """Pillow turns a TIFF upright as it loads it and drops the tag: read before the load,
+    the tag turned it again and the result came back sideways (an audit); a tag set in
+    memory (no EXIF bytes in ``info``) came back without its tag."""
+    import io
+
+    upright = Image.fromarray(_photo(48, 36))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "TIFF", exif=exif.tobytes())
+    buf.seek(0)
+    out = derainer.derain(Image.open(buf))
+    assert out.size == upright.size
+    assert np.array_equal(np.asarray(out), np.asarray(derainer.derain(upright)))
+    in_memory = upright.transpose(Image.Transpose.ROTATE_90)
+    in_memory.getexif()[0x0112] = 6
+    out = derainer.derain(in_memory)
+    assert out.size == in_memory.size and out.getexif().get(0x0112) == 6
+
+
 def test_package_lists_its_lazy_names():
     import derain_cli
 
