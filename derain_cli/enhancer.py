@@ -174,7 +174,8 @@ class Derainer:
         if weights is not None and not str(weights).strip():
             raise OptionError("weights is an empty path; None uses the model's own weights")
         for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),
-                               ("threads", threads, 1), ("tile_batch", tile_batch, 0)):
+                               ("threads", threads, 1), ("tile_batch", tile_batch, 0),
+                               ("workload_images", workload_images, 1)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)):
                 raise OptionError(f"{what} must be a whole number or None, not {v!r}")
             if v is not None and v < least:

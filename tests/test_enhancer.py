@@ -574,6 +574,10 @@ def test_out_of_memory_never_shrinks_below_the_model_minimum(tmp_path, monkeypat
     ({"threads": True}, "threads must be a whole number"),
     ({"stats_megapixels": "4"}, "stats_megapixels must be a number"),
     ({"stats_megapixels": float("nan")}, "stats_megapixels must be a number"),
+    # unchecked: a TypeError from engine_choice, or -2 photos taken (session 63 audit)
+    ({"workload_images": "x", "workload_megapixels": 5.0}, "workload_images must be a whole"),
+    ({"workload_images": 2.5}, "workload_images must be a whole number"),
+    ({"workload_images": -2}, "workload_images must be at least 1"),
 ])
 def test_constructor_refuses_bad_argument_types_up_front(kwargs, words):
     """Before, these failed later inside the tiler or PyTorch ('<' not supported between
