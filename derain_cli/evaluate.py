@@ -339,11 +339,12 @@ def evaluate(
                 from .pairs import PairDataError
 
                 raise PairDataError(problem)
-            t = time.time()
+            t = time.perf_counter()
             out = _to_u8(run(rainy)) if label != IDENTITY else rainy
+            took = time.perf_counter() - t  # the model's time alone (it held the scoring's)
             s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
                            metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),
-                           time.time() - t,
+                           took,
                            derainer.last_rain_angle if setting and derainer is not None else None)
             scores.append(s)
             if save is not None:  # identity: the rainy inputs as scored, for side-by-side use
@@ -694,13 +695,48 @@ class SynthError(DataError):
     A ``DataError`` (so a ``ValueError``): the CLI reports it as a usage error (exit 2)."""
 
 
-def _planned_names(paths: list[Path], root: Path, count: int | None) -> set[str]:
-    """The pair names :func:`synth_pairs` will write if every photo reads."""
+def _planned_names(paths: list[Path], root: Path, count: int | None,
+                   bad: frozenset[int] = frozenset()) -> set[str]:
+    """The pair names :func:`synth_pairs` will write if every photo reads but those at the
+    positions ``bad`` (its walk passes over them and goes on to later names)."""
     names = _pair_names(paths, root)
+    good = len(paths) - len(bad)
+    if good <= 0:
+        return set()
+    n = count if count is not None else good
     used: set[str] = set()
-    for k in range(count if count is not None else len(paths)):
-        used.add(_walk_name(names, k, used))
+    k = -1
+    while len(used) < n:
+        k += 1
+        if k % len(paths) not in bad:
+            used.add(_walk_name(names, k, used))
     return used
+
+
+def _pair_photo(p: Path) -> np.ndarray:
+    """A clean photo as synth uses it (RGB uint8); ``DataError`` where it cannot (it cannot
+    be decoded, or it is too small for a pair that eval scores)."""
+    img = load_rgb_u8(p)
+    too_small = pair_problem(str(p), img, img)  # eval's rule: it refused the set
+    if too_small:
+        raise DataError(too_small.replace("too small to score;", "too small for a "
+                                          "pair that eval can score;"))
+    return img
+
+
+def _unusable(p: Path) -> bool:
+    """Whether synth would pass over photo ``p`` (:func:`_pair_photo`)."""
+    try:
+        _pair_photo(p)
+    except DataError:
+        return True
+    return False
+
+
+def _older_pairs(out: Path, planned: set[str]) -> set[str]:
+    """Names of the pairs in ``out`` that a run writing ``planned`` would not replace."""
+    return {p.stem for side in ("rainy", "clean") if (out / side).is_dir()
+            for p in list_images(out / side)} - planned
 
 
 def _walk_name(names: list[str], k: int, used: set[str]) -> str:
@@ -725,8 +761,7 @@ def _check_synth_output(out: Path, overwrite: bool, planned: set[str]) -> None:
             raise SynthError(f"output folder {out} holds another set of pairs ({rainy}/ + "
                              f"{clean}/); choose an empty or new folder")
     if overwrite:
-        older = {p.stem for side in ("rainy", "clean") if (out / side).is_dir()
-                 for p in list_images(out / side)} - planned
+        older = _older_pairs(out, planned)
         if older:
             raise SynthError(
                 f"output folder {out} holds {len(older)} pair(s) this run would not replace "
@@ -846,7 +881,13 @@ def synth_pairs(
     paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    _check_synth_output(out, overwrite, _planned_names(paths, Path(clean_dir), count))
+    planned = _planned_names(paths, Path(clean_dir), count)
+    if overwrite and _older_pairs(out, planned):  # photos that do not read move the names
+        # on (x_1 made where a skipped photo's pair would be): which ones, found out now
+        bad = frozenset(j for j, p in enumerate(paths) if _unusable(p))
+        if bad:
+            planned = _planned_names(paths, Path(clean_dir), count, bad)
+    _check_synth_output(out, overwrite, planned)
     made = [*missing_folders(out), *(d for d in (out / "rainy", out / "clean")
                                       if not d.exists())]  # taken back if no pair is written
     for side in ("rainy", "clean"):  # before any work: an errno after it said little
@@ -874,12 +915,7 @@ def synth_pairs(
         p = paths[j]
         if j not in cache:
             try:
-                img = load_rgb_u8(p)
-                too_small = pair_problem(str(p), img, img)  # eval's rule: it refused the set
-                if too_small:
-                    raise DataError(too_small.replace("too small to score;", "too small for a "
-                                                      "pair that eval can score;"))
-                cache = {j: img.astype(np.float32) / 255.0}
+                cache = {j: _pair_photo(p).astype(np.float32) / 255.0}
             except DataError as e:
                 skip(p, str(e))
                 bad.add(j)
