@@ -881,6 +881,14 @@ def synth_pairs(
     paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
+    from .pairs import SUBFOLDER_LAYOUTS
+
+    for rainy_side, clean_side in SUBFOLDER_LAYOUTS:  # `synth rain100l`: rain on rain
+        if (Path(clean_dir) / rainy_side).is_dir() and (Path(clean_dir) / clean_side).is_dir():
+            log.warning("%s holds a set of pairs (%s/ + %s/): its rainy images get more rain "
+                        "as well (give its %s/ folder for clean photos alone)", clean_dir,
+                        rainy_side, clean_side, clean_side)
+            break
     planned = _planned_names(paths, Path(clean_dir), count)
     if overwrite and _older_pairs(out, planned):  # photos that do not read move the names
         # on (x_1 made where a skipped photo's pair would be): which ones, found out now

@@ -204,6 +204,15 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
                       overwrite=True)  # a smaller set is still refused
 
 
+def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_path, caplog):
+    """`derain synth rain100l` rained on rain100l's rainy images without a word (audit)."""
+    E.synth_pairs(pairs, tmp_path / "s", count=1)
+    assert "holds a set of pairs (rainy/ + clean/)" in caplog.text
+    caplog.clear()
+    E.synth_pairs(pairs / "clean", tmp_path / "t", count=1)
+    assert "holds a set" not in caplog.text
+
+
 def test_synth_skips_a_photo_too_small_to_score(tmp_path):
     """A 12x9 photo made a pair that eval then refused, and with it the whole set (audit)."""
     photos = tmp_path / "photos"
