@@ -249,6 +249,9 @@ class _Scan:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     #: pipes, sockets or devices named like photos: never opened, each reported
     special: list[Path] = field(default_factory=list)
+    #: the -o folder met inside the tree without derain's marker (a folder of the user's
+    #: own), with the photos it holds: left out of the scan, said
+    excluded_photos: list[tuple[Path, int]] = field(default_factory=list)
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -278,14 +281,26 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             raise ImageError(f"cannot list folder: {e.strerror or e}")
         unreadable.append((where, e.strerror or str(e)))
 
+    excluded_photos: list[tuple[Path, int]] = []
+
+    def entered(d: Path) -> bool:
+        if _resolved(d) in exclude:  # the -o folder: its results are no photos
+            if not is_output_folder(d):  # but a folder of one's own holds photos: said
+                held = len(_scan_folder(d, True, set()).files)
+                if held:
+                    excluded_photos.append((d, held))
+            return False
+        return not is_output_folder(d, note=True)
+
+    top = _resolved(root)
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
             here = Path(dirpath)
-            dirnames[:] = sorted(
-                (d for d in dirnames
-                 if not is_system_folder(d) and _resolved(here / d) not in exclude
-                 and not is_output_folder(here / d, note=True)), key=natural_key)
-            linked_dirs += sum((here / d).is_symlink() for d in dirnames)  # not walked
+            dirnames[:] = sorted((d for d in dirnames if not is_system_folder(d)
+                                  and entered(here / d)), key=natural_key)
+            # not walked; one to a folder of this tree is walked as itself anyway
+            linked_dirs += sum((here / d).is_symlink() and not _inside(here / d, top)
+                               for d in dirnames)
             for f in sorted(filenames, key=natural_key):
                 take(here / f)
     else:
@@ -303,7 +318,14 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                     skipped_dirs += 1
             else:
                 take(p)
-    return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special)
+    return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special,
+                 excluded_photos)
+
+
+def _inside(link: Path, top: Path) -> bool:
+    """Whether the folder ``link`` leads to lies in the tree ``top`` (resolved)."""
+    target = _resolved(link)
+    return target == top or top in target.parents
 
 
 def _expand(pattern: str) -> list[str]:
@@ -478,7 +500,8 @@ class _Collector:
     def __init__(self, recursive: bool, excluded: set[Path]) -> None:
         self.recursive, self.excluded = recursive, excluded
         self.items: list[InputItem] = []
-        self.seen: set[Path] = set()
+        #: each file listed (resolved) -> its place in ``items``
+        self.seen: dict[Path, int] = {}
         #: images offered to ``add``, those already listed too (a pattern whose every
         #: match an earlier input listed matched something: it is no failure)
         self.offered = 0
@@ -486,9 +509,14 @@ class _Collector:
     def add(self, path: Path, rel: Path) -> None:
         self.offered += 1
         key = _resolved(path)
-        if key not in self.seen:
-            self.seen.add(key)
+        at = self.seen.get(key)
+        if at is None:
+            self.seen[key] = len(self.items)
             self.items.append(InputItem(path, rel))
+        elif _through_link(self.items[at].path) and not _through_link(path):
+            # the file's own place in the mirror, not a link's that sorted first (an audit:
+            # real/x.jpg's result was written as other/xlink.jpg only)
+            self.items[at] = InputItem(path, rel)
 
     def failed(self, path: Path, rel: Path, why: str) -> None:
         self.items.append(InputItem(path, rel, why))
@@ -551,6 +579,10 @@ class _Collector:
                         f"cannot read folder: {why}; its photos are left out")
         for odd in scan.special:  # as when named: a FIFO vanished from a scan in silence
             self.failed(odd, prefix / odd.relative_to(folder), NOT_REGULAR)
+        for out, held in scan.excluded_photos:
+            log.warning("%s: the output folder is not scanned (derain never takes its results "
+                        "for photos), so the %d image(s) in it are left out; to derain them "
+                        "too, choose an output folder outside %s", out, held, folder)
         if scan.linked_dirs:
             log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
                         "so that no folder is derained twice); name the folders themselves "
@@ -581,6 +613,11 @@ class _Collector:
                         folder, skipped_dirs)
         for f in files:
             self.add(f, prefix / f.relative_to(folder))
+
+
+def _through_link(path: Path) -> bool:
+    """Whether ``path`` is a link or reaches its file through a linked folder."""
+    return os.path.realpath(path) != os.path.abspath(path)
 
 
 def _folder_name(folder: Path) -> Path:

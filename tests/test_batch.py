@@ -859,6 +859,42 @@ def test_links_to_folders_are_said_not_followed_not_counted_for_r(
     assert "1 subfolder(s) not entered; add -r" in caplog.text
 
 
+def test_a_file_reached_by_a_link_first_keeps_its_own_place(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """other/xlink.jpg -> ../real/x.jpg sorted first, and x.jpg's only result went to the
+    link's place (an audit); a link to a folder of the same tree is walked as itself, so it
+    is not among the links "to name to include"."""
+    root = tmp_path / "sl"
+    _img(root / "real" / "x.jpg")
+    _img(root / "other" / "y.jpg")
+    (root / "other" / "xlink.jpg").symlink_to("../real/x.jpg")
+    (root / "other" / "reallink").symlink_to("../real")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(root)], recursive=True)
+    assert sorted(_rels(items)) == ["other/y.jpg", "real/x.jpg"]
+    assert "not followed" not in caplog.text
+    assert _rels(collect_inputs([str(root / "other" / "xlink.jpg")])) == ["xlink.jpg"]
+
+
+def test_an_output_folder_of_ones_own_photos_in_the_tree_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`derain -r t4 -o t4/sub` left t4/sub's own photos out without a word (an audit)."""
+    from derain_cli.batch import OUTPUT_MARKER
+
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "sub" / "c.jpg")
+    _img(tmp_path / "sub" / "deeper" / "d.jpg")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(tmp_path)], recursive=True, exclude=[tmp_path / "sub"])
+    assert _rels(items) == ["a.jpg"]
+    assert "the 2 image(s) in it are left out" in caplog.text
+    caplog.clear()
+    (tmp_path / "sub" / OUTPUT_MARKER).touch()  # derain's own results folder: nothing to say
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tmp_path)], recursive=True, exclude=[tmp_path / "sub"])
+    assert "left out" not in caplog.text
+
+
 def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> None:
     """glob followed a link to a parent folder (results nested 40 levels deep) and never
     finished with two such links (audit); `-r` never followed them."""
