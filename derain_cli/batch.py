@@ -1116,6 +1116,10 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
         if out.is_dir():
             return "failed", f"the output {out} is a folder"
         if out.exists() and not options.overwrite:
+            if out.is_file() and out.stat().st_size == 0:  # no result (derain's writes are
+                # whole or absent), yet it passed for one on every rerun (an audit)
+                return "failed", (f"the output {out} exists but is empty; --overwrite "
+                                  "replaces it (or delete it)")
             return "skipped", "output exists"
         if out.is_symlink() and not options.overwrite:  # a link to nothing: the write
             # would find the name taken after the network ran, on every rerun

@@ -593,6 +593,19 @@ def test_a_broken_link_at_the_output_path_fails_before_deraining(tmp_path: Path,
     assert s.processed == 1 and not (tmp_path / "out" / "p.jpg").is_symlink()
 
 
+def test_an_empty_file_at_the_output_path_is_no_result(tmp_path: Path, derainer) -> None:
+    """A zero-byte file there passed for a finished result on every rerun (an audit)."""
+    src = _img(tmp_path / "in" / "p.jpg")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "p.jpg").touch()
+    items = collect_inputs([str(src)])
+    s = run_batch(items, None, BatchOptions(output=tmp_path / "out"))  # no model needed
+    (_, why), = s.failed
+    assert "exists but is empty; --overwrite replaces it" in why and s.skipped == 0
+    s = run_batch(items, derainer, BatchOptions(output=tmp_path / "out", overwrite=True))
+    assert s.processed == 1 and (tmp_path / "out" / "p.jpg").stat().st_size > 0
+
+
 @pytest.mark.parametrize("io_workers", [0, 2])
 def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer, io_workers) -> None:
     good = _img(tmp_path / "good.png")
