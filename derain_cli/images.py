@@ -126,12 +126,42 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+#: ISO base media brands (bytes 8-12 after "ftyp") of the image formats phones write
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC",
+                b"heis": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF",
+                b"avis": "AVIF"}
+
+
+def foreign_format(path: str | os.PathLike[str]) -> str | None:
+    """The image format derain does not read that a file announces in its first bytes
+    (GIF, HEIC, HEIF, AVIF, JPEG XL, PSD), whatever its name; None otherwise. Why: a phone's
+    HEIC or a GIF named .jpg was "not an image file"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return _HEIF_BRANDS[head[8:12]]
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\0\0\0\x0cJXL \r\n\x87\n":
+        return "JPEG XL"
+    if head[:4] == b"8BPS":
+        return "PSD"
+    return None
+
+
 def _unidentified(p: Path) -> str:
     """Why Pillow could not open ``p``: a file that starts like a JPEG, PNG... is a damaged
     one (its reader's own reason said), not "not an image" (a PNG with one bad checksum in a
     text chunk read so)."""
     fmt = sniff_format(p)
     if fmt is None:
+        other = foreign_format(p)
+        if other is not None:
+            return (f"a {other} image, whatever its name, which derain does not read "
+                    "(supported: JPEG, PNG, WebP, TIFF, BMP): convert it to JPEG or PNG")
         return _NOT_AN_IMAGE
     if fmt == "TIFF":
         return ("a TIFF that cannot be decoded here: damaged, or a layout such as 16-bit "

@@ -707,6 +707,18 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
         read_image(tmp_path / "notes.jpg")
 
 
+def test_a_photo_in_a_format_not_read_is_named_whatever_its_name(tmp_path: Path) -> None:
+    """A GIF named .png (or a phone's HEIC named .jpg) read "not an image file" (an
+    audit): its first bytes say what it is."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png", format="GIF")
+    with pytest.raises(ImageError, match="a GIF image, whatever its name, which derain does "
+                                         "not read"):
+        read_image(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
+    with pytest.raises(ImageError, match="a HEIC image"):
+        read_image(tmp_path / "b.jpg")
+
+
 def test_a_damaged_photo_is_named_by_its_first_bytes(tmp_path: Path) -> None:
     """A PNG with one flipped bit in a text chunk's checksum, or a JPEG cut after 4 bytes,
     read "not an image file" (an audit): they start as a PNG and a JPEG do."""
