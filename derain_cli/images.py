@@ -1172,7 +1172,7 @@ def prepare_image(
         # (a 32-bit BMP may carry alpha, but readers ignore it: never written there)
         log.warning("%s: %s is written without transparency; transparent areas are "
                     "flattened onto white (write PNG, WebP or TIFF to keep the alpha "
-                    "channel)", path, fmt)
+                    "channel)", path, format_name(fmt))
         if like.alpha.shape == (height, width):
             rgb = _flatten_onto_white(rgb, like.alpha)
     if alpha is not None and alpha.shape != (height, width):
@@ -1202,11 +1202,11 @@ def prepare_image(
             _icc_colour_space(like.icc_profile) in (b"RGB ", b"GRAY"):
         log.warning("%s: %s cannot carry the photo's colour profile; colour-managed "
                     "viewers will show its colours differently (write JPEG, PNG, WebP or "
-                    "TIFF to keep it)", path, fmt)
+                    "TIFF to keep it)", path, format_name(fmt))
     gamma = _png_gamma(like.png_colour) if like is not None and fmt != "PNG" else None
     if gamma is not None and not icc and abs(gamma - 1 / 2.2) > 0.01:
         log.warning("%s: the PNG's gamma (%.3g) is not written in %s; its colours will look "
-                    "different (write PNG to keep it)", path, gamma, fmt)
+                    "different (write PNG to keep it)", path, gamma, format_name(fmt))
     dpi = like.dpi if like is not None and fmt in _DPI_FORMATS else None
     xmp = like.xmp if like is not None and fmt in _XMP_FORMATS else None
     if fmt == "JPEG" and xmp is not None and len(xmp) > _JPEG_MAX_XMP:
@@ -1252,11 +1252,12 @@ def _warn_left_out(path: str | os.PathLike[str], fmt: str, like: LoadedImage) ->
         return
     keep = frozenset.intersection(*(where for _, where in dropped))
     order = ("JPEG", "PNG", "WEBP", "TIFF")
-    names = [f for f in order if f in keep] or [like.format]
+    names = [format_name(f) for f in order if f in keep] or [format_name(like.format)]
     said = [what for what, _ in dropped]
     listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
     log.warning("%s: %s has no place for the photo's %s; left out (write %s to keep %s)",
-                path, fmt, listed, " or ".join(names), "it" if len(said) == 1 else "them")
+                path, format_name(fmt), listed, " or ".join(names),
+                "it" if len(said) == 1 else "them")
 
 
 def _png_gamma(chunks: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
