@@ -1358,8 +1358,11 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
     if s.skipped:
         console.print(f"skipped {s.skipped} file(s) whose result already exists "
                       "(--overwrite redoes them)")
-    if s.failed:
-        console.print(Text(f"{len(s.failed)} file(s) failed (reasons above)", style="bold red"))
+    if s.failed:  # a folder that could not be read is no file (an audit)
+        folders = sum(1 for path, _ in s.failed if Path(path).is_dir())
+        parts = [f"{n} {what}(s)" for n, what in ((len(s.failed) - folders, "file"),
+                                                    (folders, "folder")) if n]
+        console.print(Text(f"{' and '.join(parts)} failed (reasons above)", style="bold red"))
 
 
 #: The columns the summary table needs, its headers uncut

@@ -1405,3 +1405,13 @@ def test_stats_megapixels_for_a_model_without_statistics_is_said(tmp_path: Path,
     for args in (("--weights", tiny_weights, "--stats-megapixels", "2"), ("-m", "rdmc-lite")):
         r = derain(src, *args, "-o", tmp_path / "s.png", "--overwrite")
         assert r.exit_code == 0 and "does nothing" not in r.stderr, (args, r.stderr)
+
+
+def test_the_last_line_tells_failed_folders_from_files(tmp_path: Path,
+                                                       tiny_weights: Path) -> None:
+    """A folder that could not be read (or held no photo) was counted as a file (audit)."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.png").write_text("not a photo")
+    r = derain(tmp_path / "empty", tmp_path / "bad.png", "--weights", tiny_weights,
+               "-o", tmp_path / "out")
+    assert r.exit_code == 1 and "1 file(s) and 1 folder(s) failed" in r.stderr, r.stderr
