@@ -766,11 +766,15 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
         raise typer.Exit(1) from None
     except _Exit as e:
         raise typer.Exit(e.code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if rank == 0:  # under torchrun every process gets the Ctrl-C: one says so
+            done = getattr(stop, "summary", None)  # a batch's (BatchInterrupted); one
+            # process's count only under torchrun, so none said there
+            kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
+                    and getattr(done, "world_size", 1) == 1 else "")
             console.print(
-                "\ninterrupted; run the same command again to resume (finished files are "
-                "skipped)")
+                f"\ninterrupted; {kept}run the same command again to resume (finished "
+                "files are skipped)")
         raise typer.Exit(130) from None
     except Exception as e:
         if debug:

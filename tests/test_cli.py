@@ -436,6 +436,7 @@ def test_json_after_ctrl_c_lists_the_files_done(tmp_path: Path, tiny_weights: Pa
     s = json.loads(r.stdout)
     assert s["interrupted"] and s["processed"] == 1
     assert [Path(f["input"]).name for f in s["files"]] == ["p0.png"]
+    assert "interrupted; 1 photo(s) derained and kept; run the same" in r.stderr
 
     # Ctrl-C before the batch began (while the model loads): the summary still comes,
     # saying nothing was done (stdout was empty: an audit)
