@@ -1741,6 +1741,15 @@ def _train(
     learner = _Learner(setup, features, unl, world, is_main, hooks)
     run = _Run(setup, learner, ckpt, total, finishing, rank, world, is_main, hooks, t_start,
                labeled, unlabeled if unl else None, data_count)
+    was = run.segments_before[-1]["hardware"] if run.segments_before else _UNRECORDED
+    if is_main and device.type == "cpu" and was not in (_UNRECORDED, run.hardware) and (
+            world == (ckpt or {}).get("world", world)):  # other processes: said already
+        # --threads is the machine's, not the run's: a resume without it took the cores'
+        # default, and nothing said its steps were no longer the uninterrupted run's (audit)
+        setup.resume_notes.append(
+            f"warning: --resume: the run trained on {was}, this segment on {run.hardware}: "
+            "it goes on, but its steps are not bitwise those of one uninterrupted run (the "
+            "same --threads and --amp give them)")
     for note in setup.resume_notes:  # the resume accepted: its checkpoint restored
         _say(note)
     if is_main:

@@ -541,12 +541,14 @@ def test_resume_with_another_process_count_is_said(data, tmp_path, capsys):
     assert "processes" not in capsys.readouterr().err
 
 
-def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_path):
+def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_path, capsys):
     """The manifest's hardware named only the last segment's machine (session 34 note): a
     run started on a GPU and finished on a CPU now says both, with their steps."""
     here = T._hardware(torch.device("cpu"), 1, "fp32")
     T.train(_cfg(data, tmp_path / "same", steps=2, amp="fp32"))
+    capsys.readouterr()
     T.train(_cfg(data, tmp_path / "same", steps=4, resume=True, amp="fp32"))
+    assert "bitwise" not in capsys.readouterr().err
     entry = json.loads((tmp_path / "same" / "manifest_entry.json").read_text())
     assert entry["hardware"] == here  # one machine: said once, as before
     for run, before in (("gpu", [{"hardware": "1x NVIDIA H200, bf16 autocast", "from": 0,
@@ -560,7 +562,12 @@ def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_pa
         else:
             ckpt["hardware_segments"] = before
         torch.save(ckpt, tmp_path / run / "last.pt")
+        capsys.readouterr()
         T.train(_cfg(data, tmp_path / run, steps=4, resume=True, amp="fp32"))
+        # another machine (or --threads, --amp: the audit's case) is said, as a change of
+        # the process count is; an older checkpoint has nothing to compare
+        said = "the run trained on 1x NVIDIA H200, bf16 autocast, this segment on 1x CPU"
+        assert (said in capsys.readouterr().err) is bool(before)
         entry = json.loads((tmp_path / run / "manifest_entry.json").read_text())
         first = "1x NVIDIA H200, bf16 autocast" if before else "not recorded"
         assert entry["hardware"] == f"{first} (steps 0-2); {here} (steps 2-4)"
