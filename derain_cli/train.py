@@ -968,7 +968,8 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     if validation_changed(before, now):
         moved.append("validation " + " -> ".join(
             ", ".join(f"{k} {v!r}" for k, v in zip(_VALIDATION, _validation_of(d), strict=True)
-                      if v) or "none" for d in ({**now, **before}, now))
+                      if v) if d.get("val") else "none"  # no pairs: its limit is no
+            for d in ({**now, **before}, now))  # validation ("val_limit 20 -> ...": audit)
             + " (the best score so far, taken on the old validation, no longer counts: "
             "best.pt is replaced at the next validation)")
     if moved and warn:

@@ -539,6 +539,11 @@ def test_resume_with_another_process_count_is_said(data, tmp_path, capsys):
     del ckpt["world"]  # an older checkpoint: nothing to compare
     T._check_resume(cfg, ckpt, ckpt["arch"], conf, tmp_path / "r", world=1)
     assert "processes" not in capsys.readouterr().err
+    # a run without validation given --val: "val_limit 20 -> val ..." named a limit of
+    # no validation (an audit)
+    val = _cfg(data, tmp_path / "r", steps=4, resume=True, val=str(data["val"]))
+    T._check_resume(val, ckpt, ckpt["arch"], conf, tmp_path / "r", world=1)
+    assert f"validation none -> val '{data['val'].resolve()}'" in capsys.readouterr().err
 
 
 def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_path, capsys):
