@@ -2001,6 +2001,8 @@ class _Run:
                     t_paused = time.time()  # validation and checkpoints are not training speed
                     stop = self._stop_validate_save()
                     self.t_window += time.time() - t_paused
+                    if stop:  # a window not yet logged (an empty one logs nothing)
+                        self._record(lr, parts, 0, last=True)
                     if "after_step" in self.hooks:
                         self.hooks["after_step"](self.step)
                     if stop and self.step < total:
@@ -2041,12 +2043,16 @@ class _Run:
             self.parts_window.append({k: v for k, v in parts.items() if k != "loss"})
         self.boundary = boundary_state(learner.model, learner.criterion)
 
-    def _record(self, lr: float, parts: dict[str, float], batch_size: int) -> None:
-        """The log line (every ``log_every`` steps, averaged over ranks) and the bar."""
+    def _record(self, lr: float, parts: dict[str, float], batch_size: int,
+                last: bool = False) -> None:
+        """The log line (every ``log_every`` steps, averaged over ranks) and the bar.
+        ``last``: the run stops here (its time budget): the steps since the last line are
+        logged too (they were lost from log.jsonl and the curves: an audit)."""
         cfg, step = self.cfg, self.step
         self.n_window += batch_size * self.world
         logged = None
-        if step % cfg.log_every == 0 or step == self.total:  # every rank: a collective
+        if step % cfg.log_every == 0 or step == self.total or last:  # every rank: a
+            # collective (``last`` too: every rank agreed on the stop)
             logged = _mean_over_ranks(self.window, self.world, self.setup.device)
         if logged is None:
             self.progress.advance_to(step)  # the bar and its ETA move every step

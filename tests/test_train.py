@@ -737,10 +737,15 @@ def test_non_finite_step_is_skipped(data, tmp_path, monkeypatch):
 
 
 def test_time_budget_stops_cleanly(data, tmp_path):
-    res = T.train(_cfg(data, tmp_path / "t", steps=1000, time_budget=0.01))
+    res = T.train(_cfg(data, tmp_path / "t", steps=1000, time_budget=0.01, log_every=7))
     assert res.stopped_early and res.steps < 1000
     assert (tmp_path / "t" / "model.safetensors").exists()
     assert torch.load(tmp_path / "t" / "last.pt", weights_only=True)["step"] == res.steps
+    # the steps since the last --log-every line are logged at the stop (they were lost)
+    logged = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().split(
+        "\n") if line]
+    steps = [r["step"] for r in logged if r.get("kind") == "train"]
+    assert steps[-1] == res.steps and len(steps) == len(set(steps))
 
 
 def test_lr_schedule_warmup_then_cosine():
