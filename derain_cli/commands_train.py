@@ -109,7 +109,10 @@ def _errors() -> Iterator[None]:
             NotADirectoryError, OptionError) as e:
         if _debug():
             raise
-        say(e)
+        # a refused setting or resume is every rank's alike: rank 0 says it (it came once
+        # a process: an audit); what a rank found in the files it reads, each says
+        if not rank or not isinstance(e, (TrainError, OptionError, UnknownModelError)):
+            say(e)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
             ValueError, OSError) as e:

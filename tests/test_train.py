@@ -2467,3 +2467,19 @@ def test_the_time_budget_counts_the_clock_the_checkpoint_records(data, tmp_path)
     more = dataclasses.replace(_cfg(data, tmp_path / "r"), time_budget=ck["budget_s"] + 0.5)
     assert not T.budget_spent(more, ck)  # though more than that much wall time went by
     assert T.budget_clock({"wall_time_s": 4.0}) == 4.0  # a checkpoint from before
+
+
+def test_a_refused_setting_is_said_once_under_torchrun(monkeypatch, capsys):
+    """Each rank printed the same refusal ("error: ..." and "[rank 1] error: ..."; an
+    audit); what a rank finds in its files is still said by that rank."""
+    import typer
+
+    from derain_cli.commands_train import _errors
+    from derain_cli.data import DataError
+
+    for rank, exc, said in (("1", T.TrainError("refused"), False), ("0", T.TrainError(
+            "refused"), True), ("1", DataError("x.png: unreadable"), True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(typer.Exit), _errors():
+            raise exc
+        assert ("error:" in capsys.readouterr().err) is said, (rank, exc)
