@@ -163,6 +163,9 @@ class Derainer:
     ) -> None:
         #: the settings it was made with (``__reduce__``)
         self._made_with = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # any case, as the CLI takes them and the device already was ("FP32" was refused)
+        backend = backend.strip().lower() if isinstance(backend, str) else backend
+        precision = precision.strip().lower() if isinstance(precision, str) else precision
         if backend not in ("auto", "torch", "onnx"):
             raise OptionError(f"unknown backend {backend!r}; use auto, torch or onnx")
         for what, v in (("device", device), ("precision", precision)):
@@ -475,6 +478,7 @@ class Derainer:
         canvas (in the photo's own sample type) and their tiles are its tiles; the float32
         result on the canvas is held whole (about twice the photo at 45 degrees).
         """
+        _check_on_tile(on_tile)
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
             got = rgb.shape if isinstance(rgb, np.ndarray) else type(rgb).__name__
             raise ValueError(f"derain_array takes an HxWx3 array, not {got}; derain() takes "
@@ -607,6 +611,7 @@ class Derainer:
         as in :meth:`derain_array` (for tqdm: ``bar.total = total; bar.n = done;
         bar.refresh()``).
         """
+        _check_on_tile(on_tile)
         if isinstance(image, Image.Image):
             return self._derain_pil(image, on_tile)
         if not isinstance(image, np.ndarray):  # a path, a tensor...: said as such, not as
@@ -714,6 +719,13 @@ _BACK_TO_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE
                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
                    6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
                    8: Image.Transpose.ROTATE_270}
+
+
+def _check_on_tile(on_tile: object) -> None:
+    """``OptionError`` for an ``on_tile`` that cannot be called (it failed after the
+    first tile's work: an audit)."""
+    if on_tile is not None and not callable(on_tile):
+        raise OptionError(f"on_tile must be a function (done, total) or None, not {on_tile!r}")
 
 
 def _orientation(img: Image.Image) -> int | None:

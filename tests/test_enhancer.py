@@ -588,6 +588,19 @@ def test_constructor_refuses_bad_argument_types_up_front(kwargs, words):
         Derainer(**kwargs)
 
 
+def test_engine_words_in_any_case_and_a_progress_callback_that_cannot_be_called(derainer):
+    """precision="FP32" and backend="ONNX" were refused where device="CPU" was taken (the CLI
+    takes any case); on_tile=5 failed after the first tile's work (an audit)."""
+    from derain_cli import OptionError
+
+    d = Derainer(model="semi-drdnet-tiny", precision="FP32", backend="Torch", device="CPU",
+                 threads=1)
+    assert (d.precision, d.backend) == ("fp32", "torch")
+    for call in (derainer.derain, derainer.derain_array):
+        with pytest.raises(OptionError, match="on_tile must be a function"):
+            call(np.zeros((8, 8, 3), np.uint8), on_tile=5)
+
+
 def test_library_errors_are_exported_and_value_errors(tmp_path):
     import derain_cli
     from derain_cli import UnknownModelError, WeightsError
