@@ -286,7 +286,10 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     def entered(d: Path) -> bool:
         if _resolved(d) in exclude:  # the -o folder: its results are no photos
             if not is_output_folder(d):  # but a folder of one's own holds photos: said
-                held = len(_scan_folder(d, True, set()).files)
+                try:
+                    held = len(_scan_folder(d, True, set()).files)
+                except ImageError:  # it cannot be listed: nothing to count
+                    held = 0
                 if held:
                     excluded_photos.append((d, held))
             return False
