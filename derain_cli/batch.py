@@ -285,11 +285,8 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
 
     def entered(d: Path) -> bool:
         if _resolved(d) in exclude:  # the -o folder: its results are no photos
-            if not is_output_folder(d):  # but a folder of one's own holds photos: said
-                try:
-                    held = len(_scan_folder(d, True, set()).files)
-                except ImageError:  # it cannot be listed: nothing to count
-                    held = 0
+            if not is_output_folder(d):  # but one of one's own may hold photos: said
+                held = _images_below(d)
                 if held:
                     excluded_photos.append((d, held))
             return False
@@ -299,11 +296,12 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
             here = Path(dirpath)
-            dirnames[:] = sorted((d for d in dirnames if not is_system_folder(d)
-                                  and entered(here / d)), key=natural_key)
-            # not walked; one to a folder of this tree is walked as itself anyway
-            linked_dirs += sum((here / d).is_symlink() and not _inside(here / d, top)
-                               for d in dirnames)
+            links = [d for d in dirnames if (here / d).is_symlink()]  # never walked;
+            # counted unless the folder it leads to is walked as itself (an audit)
+            linked_dirs += sum(not _walked(here / d, top, exclude) for d in links)
+            dirnames[:] = sorted((d for d in dirnames if d not in links
+                                  and not is_system_folder(d) and entered(here / d)),
+                                 key=natural_key)
             for f in sorted(filenames, key=natural_key):
                 take(here / f)
     else:
@@ -325,10 +323,31 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                  excluded_photos)
 
 
-def _inside(link: Path, top: Path) -> bool:
-    """Whether the folder ``link`` leads to lies in the tree ``top`` (resolved)."""
+def _walked(link: Path, top: Path, exclude: set[Path]) -> bool:
+    """Whether a recursive scan of ``top`` (resolved) walks the folder ``link`` leads to as
+    itself: inside the tree, and through no hidden, system, excluded or results folder."""
     target = _resolved(link)
-    return target == top or top in target.parents
+    if target != top and top not in target.parents:
+        return False
+    folder = top
+    for name in target.relative_to(top).parts:
+        folder = folder / name
+        if (is_system_folder(name) or folder.is_symlink() or folder in exclude
+                or is_output_folder(folder)):
+            return False
+    return True
+
+
+def _images_below(folder: Path) -> int:
+    """The images a recursive scan of ``folder`` would take (links, hidden and system
+    folders left out, as there), without its notes; 0 where it cannot be listed."""
+    held = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not is_system_folder(d)]
+        held += sum(1 for f in filenames
+                    if is_image_path(here / f) and not is_output_name(here / f))
+    return held
 
 
 def _expand(pattern: str) -> list[str]:
@@ -503,23 +522,30 @@ class _Collector:
     def __init__(self, recursive: bool, excluded: set[Path]) -> None:
         self.recursive, self.excluded = recursive, excluded
         self.items: list[InputItem] = []
-        #: each file listed (resolved) -> its place in ``items``
+        #: each file listed (resolved) -> its place in ``items``, and whether it was
+        #: reached through a link below the folder scanned
         self.seen: dict[Path, int] = {}
+        self.linked: dict[Path, bool] = {}
         #: images offered to ``add``, those already listed too (a pattern whose every
         #: match an earlier input listed matched something: it is no failure)
         self.offered = 0
 
-    def add(self, path: Path, rel: Path) -> None:
+    def add(self, path: Path, rel: Path, root: Path | None = None) -> None:
+        """List ``path`` (found under the folder ``root``, or named itself: None) unless the
+        file is listed already; reached first through a link, it takes its own place."""
         self.offered += 1
         key = _resolved(path)
         at = self.seen.get(key)
+        linked = _through_link(path, root)
         if at is None:
             self.seen[key] = len(self.items)
             self.items.append(InputItem(path, rel))
-        elif _through_link(self.items[at].path) and not _through_link(path):
+            self.linked[key] = linked
+        elif self.linked[key] and not linked:
             # the file's own place in the mirror, not a link's that sorted first (an audit:
             # real/x.jpg's result was written as other/xlink.jpg only)
             self.items[at] = InputItem(path, rel)
+            self.linked[key] = False
 
     def failed(self, path: Path, rel: Path, why: str) -> None:
         self.items.append(InputItem(path, rel, why))
@@ -563,7 +589,7 @@ class _Collector:
                     rel = mp.relative_to(base)
                 except ValueError:
                     rel = Path(mp.name)
-                self.add(mp, rel)
+                self.add(mp, rel, base)
         if len(self.items) == before and self.offered == offered:
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern")
 
@@ -583,9 +609,10 @@ class _Collector:
         for odd in scan.special:  # as when named: a FIFO vanished from a scan in silence
             self.failed(odd, prefix / odd.relative_to(folder), NOT_REGULAR)
         for out, held in scan.excluded_photos:
-            log.warning("%s: the output folder is not scanned (derain never takes its results "
-                        "for photos), so the %d image(s) in it are left out; to derain them "
-                        "too, choose an output folder outside %s", out, held, folder)
+            log.warning("%s: the output folder is not scanned (derain never takes an output "
+                        "folder's images for photos): its %d image(s) are left out (photos "
+                        "of yours, or results of an earlier run); to derain photos of yours "
+                        "in it, choose an output folder outside %s", out, held, folder)
         if scan.linked_dirs:
             log.warning("%s: %d link(s) to folders not followed (derain never follows them, "
                         "so that no folder is derained twice); name the folders themselves "
@@ -615,12 +642,27 @@ class _Collector:
             log.warning("%s: %d subfolder(s) not entered; add -r to include them",
                         folder, skipped_dirs)
         for f in files:
-            self.add(f, prefix / f.relative_to(folder))
+            self.add(f, prefix / f.relative_to(folder), folder)
 
 
-def _through_link(path: Path) -> bool:
-    """Whether ``path`` is a link or reaches its file through a linked folder."""
-    return os.path.realpath(path) != os.path.abspath(path)
+def _through_link(path: Path, root: Path | None) -> bool:
+    """Whether ``path`` is a link, or reaches its file through a linked folder below
+    ``root`` (the folder scanned; None: ``path`` was named itself). Not above it: under a
+    folder that is itself a link (~/Photos on a NAS) every file would count (a review)."""
+    if path.is_symlink():
+        return True
+    if root is None:
+        return False
+    try:
+        inner = path.parent.relative_to(root).parts
+    except ValueError:
+        return False
+    folder = root
+    for name in inner:
+        folder = folder / name
+        if folder.is_symlink():
+            return True
+    return False
 
 
 def _folder_name(folder: Path) -> Path:

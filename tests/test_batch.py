@@ -887,6 +887,18 @@ def test_a_file_reached_by_a_link_first_keeps_its_own_place(
     assert sorted(_rels(items)) == ["other/y.jpg", "real/x.jpg"]
     assert "not followed" not in caplog.text
     assert _rels(collect_inputs([str(root / "other" / "xlink.jpg")])) == ["xlink.jpg"]
+    # named through a link itself (~/Photos on a NAS): every path in it passed for one
+    # reached through a link, and the link's place won again (a review)
+    (tmp_path / "named").symlink_to(root)
+    items = collect_inputs([str(tmp_path / "named")], recursive=True)
+    assert sorted(_rels(items)) == ["other/y.jpg", "real/x.jpg"]
+    # a link to a folder the scan does not enter (hidden) is still said (a review)
+    _img(root / ".hidden" / "p.jpg")
+    (root / "vis").symlink_to(".hidden")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(root)], recursive=True)
+    assert "1 link(s) to folders not followed" in caplog.text
 
 
 def test_an_output_folder_of_ones_own_photos_in_the_tree_is_said(
@@ -900,7 +912,8 @@ def test_an_output_folder_of_ones_own_photos_in_the_tree_is_said(
     with caplog.at_level("WARNING", logger="derain_cli"):
         items = collect_inputs([str(tmp_path)], recursive=True, exclude=[tmp_path / "sub"])
     assert _rels(items) == ["a.jpg"]
-    assert "the 2 image(s) in it are left out" in caplog.text
+    assert "its 2 image(s) are left out (photos of yours, or results of an earlier run)" in (
+        caplog.text)
     caplog.clear()
     (tmp_path / "sub" / OUTPUT_MARKER).touch()  # derain's own results folder: nothing to say
     with caplog.at_level("WARNING", logger="derain_cli"):
