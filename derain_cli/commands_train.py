@@ -109,9 +109,10 @@ def _errors() -> Iterator[None]:
             NotADirectoryError, OptionError) as e:
         if _debug():
             raise
-        # a refused setting or resume is every rank's alike: rank 0 says it (it came once
-        # a process: an audit); what a rank found in the files it reads, each says
-        if not rank or not isinstance(e, (TrainError, OptionError, UnknownModelError)):
+        # a refused setting or run folder is every rank's alike: rank 0 says it (it came
+        # once a process: an audit); what a rank found in the files it reads, each says
+        if not rank or not (isinstance(e, (OptionError, UnknownModelError))
+                            or getattr(e, "every_rank", False)):
             say(e)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
@@ -492,7 +493,7 @@ def grow_cmd(
 def _usage_error(msg: str) -> Exception:
     from .train import TrainError
 
-    return TrainError(msg)
+    return TrainError(msg, every_rank=True)  # an option: the same on every rank
 
 
 def eval_cmd(

@@ -68,7 +68,14 @@ CKPT_FORMAT = "derain-train-ckpt-v1"
 
 
 class TrainError(ValueError):
-    """A training setup that cannot run (bad options, missing data); the message says why."""
+    """A training setup that cannot run (bad options, missing data); the message says why.
+
+    ``every_rank``: every torchrun process meets it alike (a setting, the run folder), so
+    rank 0 alone says it; otherwise (a file a process reads) each process says its own."""
+
+    def __init__(self, message: str, *, every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -761,7 +768,7 @@ def check_config(cfg: TrainConfig) -> None:
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
-            raise TrainError(msg)
+            raise TrainError(msg, every_rank=True)
 
     need(cfg.steps is None or cfg.epochs is None,
          "give --steps or --epochs, not both")
@@ -1356,7 +1363,7 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
             unfinished = held == "last.pt" or not (out / "model.safetensors").exists()
             how = ("pass --resume to continue it or choose another --out"
                    if unfinished else "choose another --out")
-            raise TrainError(f"{out} already holds a run ({held}); {how}")
+            raise TrainError(f"{out} already holds a run ({held}); {how}", every_rank=True)
     return None
 
 

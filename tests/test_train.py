@@ -2477,8 +2477,11 @@ def test_a_refused_setting_is_said_once_under_torchrun(monkeypatch, capsys):
     from derain_cli.commands_train import _errors
     from derain_cli.data import DataError
 
-    for rank, exc, said in (("1", T.TrainError("refused"), False), ("0", T.TrainError(
-            "refused"), True), ("1", DataError("x.png: unreadable"), True)):
+    for rank, exc, said in (("1", T.TrainError("refused", every_rank=True), False),
+                            ("0", T.TrainError("refused", every_rank=True), True),
+                            ("1", DataError("x.png: unreadable"), True),
+                            # a damaged last.pt is a file this rank reads (a review)
+                            ("1", T.TrainError("last.pt: not a derain checkpoint"), True)):
         monkeypatch.setenv("RANK", rank)
         with pytest.raises(typer.Exit), _errors():
             raise exc
