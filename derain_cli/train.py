@@ -1750,8 +1750,9 @@ def _train(
     run = _Run(setup, learner, ckpt, total, finishing, rank, world, is_main, hooks, t_start,
                labeled, unlabeled if unl else None, data_count)
     was = run.segments_before[-1]["hardware"] if run.segments_before else _UNRECORDED
-    if is_main and device.type == "cpu" and was not in (_UNRECORDED, run.hardware) and (
-            world == (ckpt or {}).get("world", world)):  # other processes: said already
+    if is_main and device.type == "cpu" and not finishing and was not in (
+            _UNRECORDED, run.hardware) and world == (ckpt or {}).get("world", world):
+        # (other processes: said already; GPU steps are not bitwise anyway: autotuning)
         # --threads is the machine's, not the run's: a resume without it took the cores'
         # default, and nothing said its steps were no longer the uninterrupted run's (audit)
         setup.resume_notes.append(
