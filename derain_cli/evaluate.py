@@ -890,8 +890,9 @@ def synth_pairs(
                         rainy_side, clean_side, clean_side)
             break
     planned = _planned_names(paths, Path(clean_dir), count)
-    if overwrite and _older_pairs(out, planned):  # photos that do not read move the names
-        # on (x_1 made where a skipped photo's pair would be): which ones, found out now
+    if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
+        # the names on (x_1 made where a skipped one's pair would be), and leave their old
+        # pairs unreplaced (a review): which ones, found out now
         bad = frozenset(j for j, p in enumerate(paths) if _unusable(p))
         if bad:
             planned = _planned_names(paths, Path(clean_dir), count, bad)

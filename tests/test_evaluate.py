@@ -202,6 +202,11 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
     with pytest.raises(ValueError, match=r"holds 1 pair\(s\) this run would not replace"):
         E.synth_pairs(clean_dir, tmp_path / "c", count=5, on_skip=lambda p, why: None,
                       overwrite=True)  # a smaller set is still refused
+    # a photo that read before and no longer does: its old pairs would stay (a review)
+    (clean_dir / "p1.png").write_text("damaged since")
+    with pytest.raises(ValueError, match=r"would not replace \(p1, p1_1\)"):
+        E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None,
+                      overwrite=True)
 
 
 def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_path, caplog):
