@@ -881,14 +881,16 @@ def synth_pairs(
     paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    from .pairs import SUBFOLDER_LAYOUTS
+    from .pairs import PairsError, find_pairs
 
-    for rainy_side, clean_side in SUBFOLDER_LAYOUTS:  # `synth rain100l`: rain on rain
-        if (Path(clean_dir) / rainy_side).is_dir() and (Path(clean_dir) / clean_side).is_dir():
-            log.warning("%s holds a set of pairs (%s/ + %s/): its rainy images get more rain "
-                        "as well (give its %s/ folder for clean photos alone)", clean_dir,
-                        rainy_side, clean_side, clean_side)
-            break
+    try:  # `synth rain100l`: rain on rain; any layout eval reads (Rain100L's own flat
+        held = len(find_pairs(Path(clean_dir), strict=False))  # rain-N/norain-N: a review)
+    except PairsError:
+        held = 0
+    if held:
+        log.warning("%s holds a set of %d pairs (as derain eval reads it): its rainy images "
+                    "get more rain as well; give its folder of clean images alone",
+                    clean_dir, held)
     planned = _planned_names(paths, Path(clean_dir), count)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
         # the names on (x_1 made where a skipped one's pair would be), and leave their old

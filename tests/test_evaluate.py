@@ -212,10 +212,17 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
 def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_path, caplog):
     """`derain synth rain100l` rained on rain100l's rainy images without a word (audit)."""
     E.synth_pairs(pairs, tmp_path / "s", count=1)
-    assert "holds a set of pairs (rainy/ + clean/)" in caplog.text
+    assert "holds a set of 4 pairs (as derain eval reads it)" in caplog.text
     caplog.clear()
     E.synth_pairs(pairs / "clean", tmp_path / "t", count=1)
     assert "holds a set" not in caplog.text
+    flat = tmp_path / "flat"  # Rain100L's release layout: rain-N and norain-N side by side
+    flat.mkdir()
+    for p in sorted((pairs / "rainy").iterdir())[:2]:
+        (flat / f"rain-{p.stem[1:]}.png").write_bytes(p.read_bytes())
+        (flat / f"norain-{p.stem[1:]}.png").write_bytes((pairs / "clean" / p.name).read_bytes())
+    E.synth_pairs(flat, tmp_path / "u", count=1)
+    assert "holds a set of 2 pairs" in caplog.text
 
 
 def test_synth_skips_a_photo_too_small_to_score(tmp_path):
