@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -1362,11 +1363,17 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
     if s.skipped:
         console.print(f"skipped {s.skipped} file(s) whose result already exists "
                       "(--overwrite redoes them)")
-    if s.failed:  # a folder that could not be read is no file (an audit)
-        folders = sum(1 for path, _ in s.failed if Path(path).is_dir())
-        parts = [f"{n} {what}(s)" for n, what in ((len(s.failed) - folders, "file"),
-                                                    (folders, "folder")) if n]
+    if s.failed:  # a folder that could not be read, a pattern that matched nothing: no
+        kinds = Counter(_failed_kind(path, why) for path, why in s.failed)  # files (audit)
+        parts = [f"{kinds[k]} {k}(s)" for k in ("file", "folder", "pattern") if kinds[k]]
         console.print(Text(f"{' and '.join(parts)} failed (reasons above)", style="bold red"))
+
+
+def _failed_kind(path: str, why: str) -> str:
+    """"file", "folder" or "pattern": what a failed input of the summary was."""
+    if Path(path).is_dir() or why.startswith("cannot read folder"):
+        return "folder"
+    return "pattern" if why.startswith("no images match") else "file"
 
 
 #: The columns the summary table needs, its headers uncut

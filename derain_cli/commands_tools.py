@@ -130,15 +130,15 @@ def export_cmd(
         say_error(f"{target}: a name ending in .stats.onnx is what derain reads as a "
                   "statistics graph beside another; name the graph without it")
         raise typer.Exit(2)
+    if threads:  # before folders are made: a Ctrl-C in this import left them (a review)
+        import torch
+
+        torch.set_num_threads(threads)
     try:  # an -o that cannot be written is an option checked up front: exit 2, as
         made = check_writable(target)  # bench --json, eval --save, synth and distill say
     except OSError as e:
         say_error(str(e))
         raise typer.Exit(2) from None
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     with _warnings_said():
         try:
             if weights is not None:

@@ -680,7 +680,8 @@ class Derainer:
             out = self._derain_pil(upright, on_tile).transpose(back)
             out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
             out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
-            if "exif" not in img.info:  # a tag set in memory (getexif()), none in a file
+            if _stored_orientation(img.info.get("exif")) != _orientation(img):
+                # a tag set or changed in memory (getexif()): the one the turn followed
                 out.info["exif"] = img.getexif().tobytes()
             return out
         mode = img.mode
@@ -719,6 +720,21 @@ _BACK_TO_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE
                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
                    6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
                    8: Image.Transpose.ROTATE_270}
+
+
+def _stored_orientation(exif: object) -> int | None:
+    """The orientation tag in EXIF bytes (``info["exif"]``), or None."""
+    if not isinstance(exif, bytes):
+        return None
+    from PIL import ExifTags
+
+    try:
+        exif_data = Image.Exif()
+        exif_data.load(exif)
+        value = exif_data.get(ExifTags.Base.Orientation)
+    except Exception:  # noqa: BLE001 - unparseable EXIF: none
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _check_on_tile(on_tile: object) -> None:

@@ -1413,6 +1413,7 @@ def test_the_last_line_tells_failed_folders_from_files(tmp_path: Path,
     """A folder that could not be read (or held no photo) was counted as a file (audit)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.png").write_text("not a photo")
-    r = derain(tmp_path / "empty", tmp_path / "bad.png", "--weights", tiny_weights,
-               "-o", tmp_path / "out")
-    assert r.exit_code == 1 and "1 file(s) and 1 folder(s) failed" in r.stderr, r.stderr
+    r = derain(tmp_path / "empty", tmp_path / "bad.png", f"{tmp_path}/nomatch*.jpg",
+               "--weights", tiny_weights, "-o", tmp_path / "out")
+    assert r.exit_code == 1 and "1 file(s) and 1 folder(s) and 1 pattern(s) failed" in (
+        r.stderr), r.stderr

@@ -219,6 +219,13 @@ def test_a_tiff_turned_by_its_tag_is_not_turned_twice(derainer):
     in_memory.getexif()[0x0112] = 6
     out = derainer.derain(in_memory)
     assert out.size == in_memory.size and out.getexif().get(0x0112) == 6
+    # EXIF bytes saying 1, changed to 6 in memory: the result carried the bytes' 1 (review)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    one = Image.Exif()
+    one[0x0112] = 1
+    stored.info["exif"] = one.tobytes()
+    stored.getexif()[0x0112] = 6
+    assert derainer.derain(stored).getexif().get(0x0112) == 6
 
 
 def test_package_lists_its_lazy_names():
