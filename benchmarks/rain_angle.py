@@ -1,7 +1,8 @@
 """How the rain's slant changes what a model removes: synthetic rain at fixed angles.
 
     python benchmarks/rain_angle.py [-m MODEL | --weights FILE] [--angles=0,15,30,45,60,80]
-        [--preset medium] [--seeds 2] [--turn [--turn-offset DEG]] [--json OUT.json]
+        [--preset medium] [--seeds 2] [--turn [--turn-offset DEG]] [--edges]
+        [--json OUT.json]
 
 Why: the networks learnt rain within about 30 degrees of vertical (``synth``'s presets;
 training rotates the clean crop, then makes rain on it), and a transposed photo, whose rain
@@ -17,7 +18,9 @@ its rain's angle (``derain --rain-angle``, ``derain_cli.slant``) and prints that
 its gain, the turned canvas's size against the photo's and the time the turned runs took
 against the plain ones (one thread pool, the same process: a ratio);
 ``--turn-offset`` turns by the angle plus that much, as a user who misjudged the slant
-would. Needs scikit-image (a dev dependency).
+would. ``--edges`` also prints each result's error by distance from the photo's border
+(:func:`edge_profile`): a turned photo's corners are mirrored, and how much worse its
+border comes out than its inside is what that costs. Needs scikit-image (a dev dependency).
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ def photos(names: tuple[str, ...] = PHOTOS) -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in names}
 
 
+#: distances from the border (pixels) that ``edge_profile`` reports, and where the inside
+#: begins
+EDGE_ROWS, INSIDE = (0, 1, 2), 16
+
+
+def edge_profile(out8: np.ndarray, clean: np.ndarray) -> list[float]:
+    """Mean absolute error of an 8-bit result against the clean photo, in levels, over the
+    pixels 0, 1 and 2 px from the border, then over those at least 16 px inside."""
+    h, w = clean.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    dist = np.minimum(np.minimum(yy, xx), np.minimum(h - 1 - yy, w - 1 - xx))
+    err = np.abs(out8.astype(np.float64) - clean.astype(np.float64)).mean(axis=2)
+    return [float(err[dist == k].mean()) for k in EDGE_ROWS] + [float(err[dist >= INSIDE].mean())]
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=None, help="registered model (default: default)")
@@ -58,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
                     help="also derain with the photo turned by the rain's angle")
     ap.add_argument("--turn-offset", type=float, default=0.0,
                     help="with --turn: turn by the angle plus this many degrees")
+    ap.add_argument("--edges", action="store_true",
+                    help="also print the error by distance from the border (0, 1, 2 px and "
+                         "the inside)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return ap
 
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if turner is not None:
             turner.rain_angle = angle + args.turn_offset
         before, after, turned, area = [], [], [], []
+        edges: dict[str, list[list[float]]] = {"plain": [], "turned": []}
         seconds = {"plain": 0.0, "turned": 0.0}
         for name, clean in shots.items():
             for s in range(args.seeds):
@@ -122,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
                 seconds["plain"] += time.perf_counter() - t0
                 before.append(metrics.psnr_y(rainy8, clean))
                 after.append(metrics.psnr_y(out8, clean))
+                if args.edges:
+                    edges["plain"].append(edge_profile(out8, clean))
                 if args.turn:
                     t0 = time.perf_counter()
                     result = turner.derain_array(rainy8)
                     seconds["turned"] += time.perf_counter() - t0
                     turned.append(metrics.psnr_y(metrics.to_uint8(result), clean))
+                    if args.edges:
+                        edges["turned"].append(edge_profile(metrics.to_uint8(result), clean))
                     area.append(Turn.make(*clean.shape[:2], turner.rain_angle).area_factor)
         row = {"angle": angle, "rainy": float(np.mean(before)),
                "derained": float(np.mean(after))}
@@ -139,8 +165,20 @@ def main(argv: list[str] | None = None) -> int:
             row["turned_gain"] = row["turned"] - row["rainy"]
             line += (f" {row['turned']:>10.2f} {row['turned_gain']:>8.2f} "
                      f"{row['canvas']:>6.2f}x {row['time_ratio']:>5.2f}x")
+        for kind, profiles in edges.items():
+            if profiles:
+                row[f"{kind}_edges"] = [float(v) for v in np.mean(profiles, axis=0)]
         rows.append(row)
         print(line)
+    if args.edges:
+        print(f"\nmean |error| in 8-bit levels, {', '.join(map(str, EDGE_ROWS))} px from the "
+              f"border and {INSIDE}+ px inside")
+        for row in rows:
+            for kind in ("plain", "turned"):
+                if f"{kind}_edges" in row:
+                    *edge, inside = row[f"{kind}_edges"]
+                    print(f"{row['angle']:>6g} {kind:>7}: " + " / ".join(
+                        f"{v:.2f}" for v in edge) + f"  inside {inside:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"model": model, "weights": weights,
                                          "preset": args.preset, "turn": args.turn,

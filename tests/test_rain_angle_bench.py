@@ -28,6 +28,19 @@ def test_it_scores_rain_turned_to_each_angle(tmp_path: Path, capsys) -> None:
     assert "gain dB" in capsys.readouterr().out
 
 
+def test_edge_profile_reads_error_by_distance_from_the_border() -> None:
+    import numpy as np
+
+    clean = np.zeros((40, 50, 3), np.uint8)
+    out = clean.copy()
+    out[0, :] = 30  # the top row, 30 levels off
+    out[:, 1] = 6  # the second column: 1 px in, except in the top and bottom rows (0 px)
+    got = rain_angle.edge_profile(out, clean)
+    assert got[0] == pytest.approx((49 * 30 + 2 * 6) / (2 * 50 + 2 * 38))
+    assert got[1] == pytest.approx(38 * 6 / (2 * 48 + 2 * 36))
+    assert got[2] == 0 and got[3] == 0
+
+
 @pytest.mark.parametrize(("args", "said"), [
     (["--angles", "0,90"], "-80 to 80"), (["--photos", "cat"], "unknown cat"),
     (["--seeds", "0"], "1 to 1000"), (["--preset", "drizzle"], "drizzle"),
