@@ -296,7 +296,8 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
             here = Path(dirpath)
-            links = [d for d in dirnames if (here / d).is_symlink()]  # never walked;
+            links = [d for d in dirnames if not is_system_folder(d)  # never walked; (a
+                     and (here / d).is_symlink()]  # hidden one is passed over, as ever)
             # counted unless the folder it leads to is walked as itself (an audit)
             linked_dirs += sum(not _walked(here / d, top, exclude) for d in links)
             dirnames[:] = sorted((d for d in dirnames if d not in links
@@ -583,7 +584,7 @@ class _Collector:
                     prefix = mp.relative_to(base)
                 except ValueError:
                     prefix = _folder_name(mp)
-                self.folder(mp, prefix, matched=given)
+                self.folder(mp, prefix, matched=given, root=base)
             elif is_image_path(mp) and not is_output_name(mp) and not _special(mp):
                 try:
                     rel = mp.relative_to(base)
@@ -593,7 +594,8 @@ class _Collector:
         if len(self.items) == before and self.offered == offered:
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern")
 
-    def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None) -> None:
+    def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None,
+               root: Path | None = None) -> None:
         """A folder's images. ``matched``: the pattern that found this folder (then no images
         in it is no error, and under ``**`` its subfolders are matched themselves: no "add
         -r" warning)."""
@@ -642,7 +644,9 @@ class _Collector:
             log.warning("%s: %d subfolder(s) not entered; add -r to include them",
                         folder, skipped_dirs)
         for f in files:
-            self.add(f, prefix / f.relative_to(folder), folder)
+            # links judged below ``root`` (a pattern's base: a folder it matched through a
+            # link is a link's place; a review), or below the folder itself
+            self.add(f, prefix / f.relative_to(folder), root or folder)
 
 
 def _through_link(path: Path, root: Path | None) -> bool:

@@ -707,6 +707,9 @@ class Derainer:
                 work, icc = _normalise_mode(img, icc)
             out = Image.fromarray(self._derain_numpy(np.asarray(work), on_tile))
         out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
+        if _stored_orientation(img.info.get("exif")) != _orientation(img):
+            # the tag set to 1 or deleted in memory: the file's old one came back (review)
+            out.info["exif"] = img.getexif().tobytes()
         if icc:
             out.info["icc_profile"] = icc
         return out

@@ -891,14 +891,17 @@ def synth_pairs(
         log.warning("%s holds a set of %d pairs (as derain eval reads it): its rainy images "
                     "get more rain as well; give its folder of clean images alone",
                     clean_dir, held)
-    planned = _planned_names(paths, Path(clean_dir), count)
+    planned: set[str] | None = _planned_names(paths, Path(clean_dir), count)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
         # the names on (x_1 made where a skipped one's pair would be), and leave their old
         # pairs unreplaced (a review): which ones, found out now
         bad = frozenset(j for j, p in enumerate(paths) if _unusable(p))
-        if bad:
+        if len(bad) == len(paths):  # none reads: the walk below says so, each one named
+            planned = None  # (not "pairs this run would not replace": a review)
+        elif bad:
             planned = _planned_names(paths, Path(clean_dir), count, bad)
-    _check_synth_output(out, overwrite, planned)
+    if planned is not None:
+        _check_synth_output(out, overwrite, planned)
     made = [*missing_folders(out), *(d for d in (out / "rainy", out / "clean")
                                       if not d.exists())]  # taken back if no pair is written
     for side in ("rainy", "clean"):  # before any work: an errno after it said little

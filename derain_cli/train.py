@@ -70,10 +70,11 @@ CKPT_FORMAT = "derain-train-ckpt-v1"
 class TrainError(ValueError):
     """A training setup that cannot run (bad options, missing data); the message says why.
 
-    ``every_rank``: every torchrun process meets it alike (a setting, the run folder), so
-    rank 0 alone says it; otherwise (a file a process reads) each process says its own."""
+    ``every_rank``: every torchrun process meets it alike (a setting, the run folder: the
+    default), so rank 0 alone says it; False where it comes from a file each process reads
+    itself (a checkpoint: on another node it may differ), which each process says."""
 
-    def __init__(self, message: str, *, every_rank: bool = False) -> None:
+    def __init__(self, message: str, *, every_rank: bool = True) -> None:
         super().__init__(message)
         self.every_rank = every_rank
 
@@ -424,9 +425,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         # (not PyTorch's own text: it suggests weights_only=False, unsafe on untrusted files)
         raise TrainError(f"{path}: cannot read this checkpoint ({type(e).__name__}); it is "
                          "damaged or not a derain checkpoint. Restore it, or start over in "
-                         "another --out") from None
+                         "another --out", every_rank=False) from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise TrainError(f"{path}: not a derain training checkpoint")
+        raise TrainError(f"{path}: not a derain training checkpoint", every_rank=False)
     return ck
 
 
@@ -1250,14 +1251,15 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
             raise TrainError(f"--resume: {last.parent} holds a finished run ({done[0]}) "
                              f"without its checkpoint {last.name}, so it cannot be continued; "
                              "start from its weights in a new run (--weights "
-                             f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)")
+                             f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)",
+                             every_rank=False)
         if _in_use(last.parent):  # a run there before its first checkpoint (an audit:
             # "no run to resume there" while one was going)
             raise TrainError(f"--resume: {last.parent} is in use by another derain process "
                              "(a run there is still going, with no checkpoint yet); wait for "
-                             "it to end, or stop it and resume then")
+                             "it to end, or stop it and resume then", every_rank=False)
         raise TrainError(f"--resume: no checkpoint at {last}: no run to resume there (check "
-                         "-o, or leave out --resume to start a new run)")
+                         "-o, or leave out --resume to start a new run)", every_rank=False)
 
 
 def _in_use(out: Path) -> bool:

@@ -226,6 +226,17 @@ def test_a_tiff_turned_by_its_tag_is_not_turned_twice(derainer):
     stored.info["exif"] = one.tobytes()
     stored.getexif()[0x0112] = 6
     assert derainer.derain(stored).getexif().get(0x0112) == 6
+    six = Image.Exif()
+    six[0x0112] = 6
+    for change in ("set to 1", "deleted"):  # and the reverse: the bytes' 6 came back
+        fresh = Image.fromarray(_photo(48, 36))
+        fresh.info["exif"] = six.tobytes()
+        assert fresh.getexif().get(0x0112) == 6  # read from the bytes
+        if change == "deleted":
+            del fresh.getexif()[0x0112]
+        else:
+            fresh.getexif()[0x0112] = 1
+        assert derainer.derain(fresh).getexif().get(0x0112) in (None, 1), change
 
 
 def test_package_lists_its_lazy_names():

@@ -207,6 +207,11 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
     with pytest.raises(ValueError, match=r"would not replace \(p1, p1_1\)"):
         E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None,
                       overwrite=True)
+    for p in clean_dir.iterdir():  # none reads now: said so, not "would not replace"
+        p.write_text("damaged since")
+    with pytest.raises(E.DataError, match=r"none of the \d+ images could be read"):
+        E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None,
+                      overwrite=True)
 
 
 def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_path, caplog):
