@@ -345,7 +345,8 @@ def _images_below(folder: Path) -> int:
     held = 0
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not is_system_folder(d)]
+        dirnames[:] = [d for d in dirnames if not is_system_folder(d)
+                       and not is_output_folder(here / d)]
         held += sum(1 for f in filenames
                     if is_image_path(here / f) and not is_output_name(here / f))
     return held

@@ -881,16 +881,18 @@ def synth_pairs(
     paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    from .pairs import PairsError, find_pairs
+    from .pairs import SUBFOLDER_LAYOUTS, PairsError, _find_subdir, find_pairs
 
     try:  # `synth rain100l`: rain on rain; any layout eval reads (Rain100L's own flat
         held = len(find_pairs(Path(clean_dir), strict=False))  # rain-N/norain-N: a review)
-    except PairsError:
-        held = 0
+    except PairsError:  # or its folders of each side, even where their names do not pair
+        sides = any(_find_subdir(Path(clean_dir), r) and _find_subdir(Path(clean_dir), c)
+                    for r, c in SUBFOLDER_LAYOUTS)
+        held = -1 if sides else 0  # -1: pairs' folders, not counted
     if held:
-        log.warning("%s holds a set of %d pairs (as derain eval reads it): its rainy images "
-                    "get more rain as well; give its folder of clean images alone",
-                    clean_dir, held)
+        log.warning("%s holds a set of %s (as derain eval reads it): its rainy images get "
+                    "more rain as well; give its folder of clean images alone", clean_dir,
+                    f"{held} pairs" if held > 0 else "pairs' folders")
     planned: set[str] | None = _planned_names(paths, Path(clean_dir), count)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
         # the names on (x_1 made where a skipped one's pair would be), and leave their old

@@ -228,6 +228,13 @@ def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_pa
         (flat / f"norain-{p.stem[1:]}.png").write_bytes((pairs / "clean" / p.name).read_bytes())
     E.synth_pairs(flat, tmp_path / "u", count=1)
     assert "holds a set of 2 pairs" in caplog.text
+    sides = tmp_path / "sides"  # Rainy/ + Clean/ whose names do not pair: still rain on rain
+    (sides / "Rainy").mkdir(parents=True)
+    (sides / "Clean").mkdir()
+    (sides / "Rainy" / "a.png").write_bytes((pairs / "rainy" / "p0.png").read_bytes())
+    (sides / "Clean" / "b.png").write_bytes((pairs / "clean" / "p1.png").read_bytes())
+    E.synth_pairs(sides, tmp_path / "v", count=1)
+    assert "holds a set of pairs' folders" in caplog.text
 
 
 def test_synth_skips_a_photo_too_small_to_score(tmp_path):
