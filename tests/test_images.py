@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import struct
 import warnings
@@ -51,7 +52,10 @@ def _u16(rgb: np.ndarray) -> np.ndarray:
     return np.rint(rgb * 65535).astype(np.uint16)
 
 
+@functools.cache
 def _srgb_icc() -> bytes:
+    """One sRGB profile for the whole run: LittleCMS stamps each with the time it was made,
+    so two made a second apart differ (a comparison failed across a second's edge)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
