@@ -680,8 +680,7 @@ class Derainer:
             out = self._derain_pil(upright, on_tile).transpose(back)
             out.info = {k: v for k, v in out.info.items() if k not in _CARRIED}
             out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
-            if _stored_orientation(img.info.get("exif")) != _orientation(img):
-                # a tag set or changed in memory (getexif()): the one the turn followed
+            if _tag_changed_in_memory(img):  # the one the turn followed, not the file's
                 out.info["exif"] = img.getexif().tobytes()
             return out
         mode = img.mode
@@ -707,9 +706,8 @@ class Derainer:
                 work, icc = _normalise_mode(img, icc)
             out = Image.fromarray(self._derain_numpy(np.asarray(work), on_tile))
         out.info.update({k: v for k, v in img.info.items() if k in _CARRIED})
-        if _stored_orientation(img.info.get("exif")) != _orientation(img):
-            # the tag set to 1 or deleted in memory: the file's old one came back (review)
-            out.info["exif"] = img.getexif().tobytes()
+        if _tag_changed_in_memory(img):  # set to 1 or deleted in memory: the file's old
+            out.info["exif"] = img.getexif().tobytes()  # tag came back (a review)
         if icc:
             out.info["icc_profile"] = icc
         return out
@@ -738,6 +736,17 @@ def _stored_orientation(exif: object) -> int | None:
     except Exception:  # noqa: BLE001 - unparseable EXIF: none
         return None
     return value if isinstance(value, int) else None
+
+
+def _tag_changed_in_memory(img: Image.Image) -> bool:
+    """Whether ``img``'s orientation (``getexif()``) says another turn than the EXIF bytes it
+    carries in ``info``: a tag set, changed or deleted in memory, so the bytes must be
+    written anew. None and 1 are the same turn: a TIFF's own tags and an XMP orientation
+    reach ``getexif()`` without being in the bytes, and rewriting those bytes (their maker
+    notes' offsets moved) or adding a TIFF's structure tags as EXIF is no carrying (a
+    review)."""
+    stored, now = _stored_orientation(img.info.get("exif")), _orientation(img)
+    return (stored or 1) != (now or 1)
 
 
 def _check_on_tile(on_tile: object) -> None:

@@ -70,9 +70,10 @@ CKPT_FORMAT = "derain-train-ckpt-v1"
 class TrainError(ValueError):
     """A training setup that cannot run (bad options, missing data); the message says why.
 
-    ``every_rank``: every torchrun process meets it alike (a setting, the run folder: the
-    default), so rank 0 alone says it; False where it comes from a file each process reads
-    itself (a checkpoint: on another node it may differ), which each process says."""
+    ``every_rank``: every torchrun process meets it alike (a setting: the default), so rank
+    0 alone says it; False where it comes from a file each process reads itself (the
+    checkpoint and what it holds, --val, --weights, the run's own files: on another node
+    they may differ or be missing), which each process says."""
 
     def __init__(self, message: str, *, every_rank: bool = True) -> None:
         super().__init__(message)
@@ -242,7 +243,7 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
         _, meta = read_state(cfg.init_weights)
         if "arch" not in meta:
             raise TrainError(f"{cfg.init_weights}: the file does not name its architecture; "
-                             "pass --model NAME too")
+                             "pass --model NAME too", every_rank=False)
         return (cfg.name or meta.get("name", meta["arch"]), meta["arch"],
                 json.loads(meta["config"]))
     if not cfg.model:
@@ -847,15 +848,15 @@ def _check_val_pairs(cfg: TrainConfig) -> tuple[dict[Any, Any], dict[str, tuple[
         images = _load_val(cfg.val, cfg.val_limit, cfg.val_crop, cache, cfg.val_rainy_dir,
                            cfg.val_clean_dir, digests)
     except D.DataError as e:
-        raise TrainError(f"--val: {e}") from None
+        raise TrainError(f"--val: {e}", every_rank=False) from None
     except PairsError as e:  # --val has no --rainy-dir/--clean-dir to name its folders
         raise TrainError(f"--val: {e}".replace(
-            NAME_FOLDERS_HINT, "Name its folders with --val-rainy-dir and --val-clean-dir")
-        ) from None
+            NAME_FOLDERS_HINT, "Name its folders with --val-rainy-dir and --val-clean-dir"),
+            every_rank=False) from None
     for name, r, c in images:
         problem = pair_problem(name, r, c)
         if problem:
-            raise TrainError(f"--val: {problem}")
+            raise TrainError(f"--val: {problem}", every_rank=False)
     return cache, digests
 
 
@@ -921,7 +922,7 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     if ckpt.get("arch") != arch or json.loads(ckpt.get("model_config") or "{}") != conf:
         raise TrainError(f"--resume: {out} was trained as {ckpt.get('name')} "
                          f"({ckpt.get('arch')}), another network than the one asked for; "
-                         "leave out -m and --weights to continue it with its own")
+                         "leave out -m and --weights to continue it with its own", every_rank=False)
     try:
         before = json.loads(ckpt.get("config") or "{}")
     except ValueError:
@@ -949,7 +950,7 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                          + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
                          + (" (other weights than the run started from)"
                             if "init_weights" in changed else "")
-                         + "); start a new run with another --out")
+                         + "); start a new run with another --out", every_rank=False)
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
             "consistency")
@@ -1242,7 +1243,7 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
     # in a finetune run asked for --pairs/--synthetic, then said "other data"
     if "run_started" not in hooks and _run_kind(last.parent) == "finetune":
         raise TrainError(f"--resume: {last.parent} is a `derain finetune` run; continue it "
-                         f"with `derain finetune -o {last.parent} --resume`")
+                         f"with `derain finetune -o {last.parent} --resume`", every_rank=False)
     if not last.exists():
         if (last.parent / "best.pt").exists() and not (last.parent / "model.safetensors").exists():
             return  # stopped between its first best.pt and its first last.pt: resumed from best.pt
@@ -1512,10 +1513,10 @@ def _run_length(cfg: TrainConfig, n_labeled: int, world: int, ckpt: dict[str, An
         raise TrainError(f"--resume: {out} has spent its --time-budget of "
                          f"{cfg.time_budget:g} s ({step} step{'s' if step != 1 else ''}, "
                          "exported); to train further pass a larger --time-budget (the whole "
-                         "run's), or --steps without --time-budget")
+                         "run's), or --steps without --time-budget", every_rank=False)
     if ckpt is not None and int(ckpt["step"]) >= total and not finishing:
         raise TrainError(f"--resume: {out} is already at step {ckpt['step']} of the {total} "
-                         "asked for; pass a larger --steps to train further")
+                         "asked for; pass a larger --steps to train further", every_rank=False)
     return total, finishing
 
 
@@ -1608,7 +1609,7 @@ class _Learner:
             raise TrainError(
                 f"--resume: the run's optimizer state does not fit these settings ({e}); it "
                 f"was trained with --contrast-features {was}: pass that, or start a new run "
-                "in another --out") from None
+                "in another --out", every_rank=False) from None
         if ckpt.get("aux"):
             self.criterion.load_aux_state(ckpt["aux"])
 
@@ -2506,10 +2507,10 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     run = Path(config.out)
     if config.resume and not (run / "last.pt").exists() and not (run / FINETUNE_JSON).exists():
         raise TrainError(f"--resume: no run in {run} to resume (check -o, or leave out "
-                         "--resume to start a new run)")
+                         "--resume to start a new run)", every_rank=False)
     if config.resume and _run_kind(run) == "train":
         raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
-                         f"`derain train -o {run} --resume`")
+                         f"`derain train -o {run} --resume`", every_rank=False)
     fc = finetune_run_settings(config)
     if not fc.rainy:
         raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "

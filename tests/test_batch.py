@@ -892,9 +892,17 @@ def test_a_file_reached_by_a_link_first_keeps_its_own_place(
     (tmp_path / "named").symlink_to(root)
     items = collect_inputs([str(tmp_path / "named")], recursive=True)
     assert sorted(_rels(items)) == ["other/y.jpg", "real/x.jpg"]
-    # a link to a folder the scan does not enter (hidden) is still said (a review)
+    # a folder a pattern matched through a link is a link's place too (a review): "other"'s
+    # files and "real"'s, "alink" sorting first
+    (root / "alink").symlink_to("real")
+    items = collect_inputs([str(root / "*")], recursive=True)
+    assert sorted(_rels(items)) == ["other/y.jpg", "real/x.jpg"]
+    (root / "alink").unlink()
+    # a link to a folder the scan does not enter (hidden) is still said (a review); a
+    # link hidden itself is passed over, as the folders it stands beside
     _img(root / ".hidden" / "p.jpg")
     (root / "vis").symlink_to(".hidden")
+    (root / ".cache").symlink_to(tmp_path / "named")
     caplog.clear()
     with caplog.at_level("WARNING", logger="derain_cli"):
         collect_inputs([str(root)], recursive=True)
@@ -914,6 +922,12 @@ def test_an_output_folder_of_ones_own_photos_in_the_tree_is_said(
     assert _rels(items) == ["a.jpg"]
     assert "its 2 image(s) are left out (photos of yours, or results of an earlier run)" in (
         caplog.text)
+    caplog.clear()
+    _img(tmp_path / "sub" / "old" / "e.jpg")  # an earlier run's results folder in it: its
+    (tmp_path / "sub" / "old" / OUTPUT_MARKER).touch()  # images are no photos of one's own
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tmp_path)], recursive=True, exclude=[tmp_path / "sub"])
+    assert "its 2 image(s) are left out" in caplog.text
     caplog.clear()
     (tmp_path / "sub" / OUTPUT_MARKER).touch()  # derain's own results folder: nothing to say
     with caplog.at_level("WARNING", logger="derain_cli"):

@@ -19,13 +19,17 @@ pytest.importorskip("skimage")
 def test_it_scores_rain_turned_to_each_angle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "angle.json"
     assert rain_angle.main(["-m", "semi-drdnet-tiny", "--angles", "0,80", "--seeds", "1",
-                            "--photos", "chelsea", "--json", str(out)]) == 0
+                            "--photos", "chelsea", "--edges", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert [r["angle"] for r in got["rows"]] == [0.0, 80.0] and got["photos"] == ["chelsea"]
     assert got["model"] == "semi-drdnet-tiny" and got["weights"].startswith("semi-drdnet-tiny")
     # the same streaks turned: the rainy inputs differ, so the angle reached the synthesizer
     assert got["rows"][0]["rainy"] != got["rows"][1]["rainy"]
-    assert "gain dB" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gain dB" in printed
+    # --edges: each row's error by distance from the border, printed and written
+    assert "px from the border and 16+ px inside" in printed
+    assert all(len(r["plain_edges"]) == 4 and "turned_edges" not in r for r in got["rows"])
 
 
 def test_edge_profile_reads_error_by_distance_from_the_border() -> None:
