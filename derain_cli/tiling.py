@@ -455,12 +455,23 @@ def _final_pass(runner: Runner, read: _TileReader, layout: _Layout, pooled: np.n
     """The network's output over the padded image: ``batch`` tiles per forward pass, each
     blended in with its normalised window (they sum to 1 at every pixel: no division at
     the end). An asynchronous runner gets the next batch queued before the previous one is
-    blended."""
+    blended; a result that is there at once (a CPU's) is blended at once, so progress
+    counts each tile when it is done (it came one tile late: an audit)."""
     h, w = read.h, read.w
     out = np.zeros((h, w, 3) if read.hwc else (3, h, w), np.float32)
     submit, collect = _submitter(runner)
     n = max(1, batch)
     groups = [layout.tiles[i:i + n] for i in range(0, len(layout.tiles), n)]
+
+    def blend(done: list[Tile], preds: np.ndarray) -> None:
+        for t, pred in zip(done, preds, strict=True):
+            win = layout.window(t, h, w)
+            if read.hwc:
+                out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
+            else:
+                out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
+            progress.add(t)
+
     pending: tuple[list[Tile], object] | None = None
     for group in [*groups, None]:
         queued = None
@@ -472,14 +483,10 @@ def _final_pass(runner: Runner, read: _TileReader, layout: _Layout, pooled: np.n
                 e.batch = len(group)
                 raise
         if pending is not None:
-            preds = collect(pending[1])
-            for t, pred in zip(pending[0], preds, strict=True):
-                win = layout.window(t, h, w)
-                if read.hwc:
-                    out[t.y0:t.y1, t.x0:t.x1] += pred.transpose(1, 2, 0) * win[:, :, None]
-                else:
-                    out[:, t.y0:t.y1, t.x0:t.x1] += pred * win
-                progress.add(t)
+            blend(pending[0], collect(pending[1]))
+        if queued is not None and isinstance(queued[1], np.ndarray):  # done already
+            blend(*queued)  # type: ignore[arg-type]
+            queued = None
         pending = queued
     return out
 
