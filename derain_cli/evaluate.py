@@ -739,6 +739,22 @@ def _older_pairs(out: Path, planned: set[str]) -> set[str]:
             for p in list_images(out / side)} - planned
 
 
+def _warn_if_pairs(folder: Path) -> None:
+    """Warn where synth's photo folder is a set of pairs (``synth rain100l``: its rainy
+    images get more rain): any layout eval reads (Rain100L's own flat rain-N/norain-N was
+    missed: a review), or a layout's side folders holding images whose names do not pair."""
+    from .pairs import PairsError, find_pairs, pair_folders
+
+    try:
+        held = len(find_pairs(folder, strict=False))
+    except PairsError:
+        held = 0
+    what = f"{held} pairs" if held else "pairs' folders" if pair_folders(folder) else ""
+    if what:
+        log.warning("%s holds a set of %s (as derain eval reads it): its rainy images get "
+                    "more rain as well; give its folder of clean images alone", folder, what)
+
+
 def _walk_name(names: list[str], k: int, used: set[str]) -> str:
     """The name of the pair made at position ``k`` of the walk through the photos."""
     j = k % len(names)
@@ -881,18 +897,7 @@ def synth_pairs(
     paths = list_photos(Path(clean_dir))
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
-    from .pairs import SUBFOLDER_LAYOUTS, PairsError, _find_subdir, find_pairs
-
-    try:  # `synth rain100l`: rain on rain; any layout eval reads (Rain100L's own flat
-        held = len(find_pairs(Path(clean_dir), strict=False))  # rain-N/norain-N: a review)
-    except PairsError:  # or its folders of each side, even where their names do not pair
-        sides = any(_find_subdir(Path(clean_dir), r) and _find_subdir(Path(clean_dir), c)
-                    for r, c in SUBFOLDER_LAYOUTS)
-        held = -1 if sides else 0  # -1: pairs' folders, not counted
-    if held:
-        log.warning("%s holds a set of %s (as derain eval reads it): its rainy images get "
-                    "more rain as well; give its folder of clean images alone", clean_dir,
-                    f"{held} pairs" if held > 0 else "pairs' folders")
+    _warn_if_pairs(Path(clean_dir))
     planned: set[str] | None = _planned_names(paths, Path(clean_dir), count)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
         # the names on (x_1 made where a skipped one's pair would be), and leave their old

@@ -699,6 +699,19 @@ def _with_overrides(
     )
 
 
+def pair_folders(root: Path) -> list[tuple[Path, Path]]:
+    """The (rainy, clean) subfolders of each layout ``root`` holds (any case), where either
+    side holds images, whether or not their names pair up."""
+    present = []
+    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
+        rainy = _find_subdir(root, rainy_name)
+        clean = _find_subdir(root, clean_name)
+        if rainy is not None and clean is not None and \
+                (list_images(rainy, recursive=True) or list_images(clean, recursive=True)):
+            present.append((rainy, clean))
+    return present
+
+
 def find_pairs(
     root: Path,
     rainy_dir: str | Path | None = None,
@@ -722,13 +735,7 @@ def find_pairs(
     if rainy_dir is not None or clean_dir is not None:
         return _with_overrides(root, rainy_dir, clean_dir, strict)
 
-    present = []
-    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:
-        rainy = _find_subdir(root, rainy_name)
-        clean = _find_subdir(root, clean_name)
-        if rainy is not None and clean is not None and \
-                (list_images(rainy, recursive=True) or list_images(clean, recursive=True)):
-            present.append((rainy, clean))
+    present = pair_folders(root)
     if len(present) > 1:  # the first won in silence, and the other set was left out
         sets = " and ".join(f"'{r.name}/' + '{c.name}/'" for r, c in present)
         raise PairsError(f"{root} holds more than one set of pair folders: {sets}. "
