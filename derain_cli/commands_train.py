@@ -493,7 +493,7 @@ def grow_cmd(
 def _usage_error(msg: str) -> Exception:
     from .train import TrainError
 
-    return TrainError(msg, every_rank=True)  # an option: the same on every rank
+    return TrainError(msg)  # an option: every rank's alike (TrainError's default)
 
 
 def eval_cmd(

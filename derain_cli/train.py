@@ -770,7 +770,7 @@ def check_config(cfg: TrainConfig) -> None:
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
-            raise TrainError(msg, every_rank=True)
+            raise TrainError(msg)
 
     need(cfg.steps is None or cfg.epochs is None,
          "give --steps or --epochs, not both")
@@ -1366,7 +1366,7 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
             unfinished = held == "last.pt" or not (out / "model.safetensors").exists()
             how = ("pass --resume to continue it or choose another --out"
                    if unfinished else "choose another --out")
-            raise TrainError(f"{out} already holds a run ({held}); {how}", every_rank=True)
+            raise TrainError(f"{out} already holds a run ({held}); {how}")
     return None
 
 
