@@ -235,6 +235,13 @@ def test_synth_over_a_pair_set_says_its_rainy_images_get_more_rain(pairs, tmp_pa
     (sides / "Clean" / "b.png").write_bytes((pairs / "clean" / "p1.png").read_bytes())
     E.synth_pairs(sides, tmp_path / "v", count=1)
     assert "holds a set of pairs' folders" in caplog.text
+    caplog.clear()  # empty side folders beside one's photos hold no pairs: nothing said
+    photos = tmp_path / "photos"
+    (photos / "rainy").mkdir(parents=True)
+    (photos / "clean").mkdir()
+    (photos / "a.png").write_bytes((pairs / "clean" / "p0.png").read_bytes())
+    E.synth_pairs(photos, tmp_path / "w", count=1)
+    assert "holds a set" not in caplog.text
 
 
 def test_synth_skips_a_photo_too_small_to_score(tmp_path):
