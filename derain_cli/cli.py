@@ -912,11 +912,13 @@ def _run(
                                                 precision=precision, backend=backend)
                     if chatty:
                         _print_setup(err, derainer, dist)
-                    if main_rank and not quiet and _given(ctx, "stats_megapixels") and getattr(
+                    if _given(ctx, "stats_megapixels") and getattr(  # said as the library's
+                            # warnings are (the handler above: rank 0, not with -q)
                             getattr(derainer, "runner", None), "global_stats_shape", 0) is None:
-                        _warn(err, f"--stats-megapixels does nothing for "
-                                   f"{getattr(derainer, 'model_name', 'this model')}: it has "
-                                   "no whole-image statistics (Semi-DRDNet has)")
+                        logging.getLogger("derain_cli").warning(
+                            "--stats-megapixels does nothing for %s: it has no whole-image "
+                            "statistics (Semi-DRDNet has)",
+                            getattr(derainer, "model_name", "this model"))
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision, backend)
                     _check_model_and_tile(model, weights, tile)
@@ -1163,11 +1165,6 @@ def _given(ctx: Context, name: str) -> bool:
     """Whether option ``name`` was typed on the command line (not its default). By the
     source's name: Typer carries its own copy of click, whose enum is not click's."""
     return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-
-
-def _warn(err: Console, message: str) -> None:
-    """``warning: message`` on stderr, as the library's warnings come out."""
-    err.print(Text("warning: ", style="yellow") + Text(terminal_text(message)))
 
 
 def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
