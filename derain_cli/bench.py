@@ -64,7 +64,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -632,9 +631,9 @@ def _devices(spec: str | None) -> list[torch.device]:
 
 
 def _cpu_name() -> str:
-    from .engine_choice import cpu_fields
+    from .engine_choice import cpu_name
 
-    return cpu_fields().get("model name") or platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def _checked_request(models: Sequence[str] | None,

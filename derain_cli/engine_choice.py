@@ -114,6 +114,13 @@ def cpu_fields() -> dict[str, str]:
     return fields
 
 
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC 9454P 48-Core Processor") for records people read:
+    /proc/cpuinfo's, else the platform's processor name (on Linux often just "x86_64")."""
+    return cpu_fields().get("model name") or platform.processor() or platform.machine() \
+        or "unknown CPU"
+
+
 def numpy_cpu_features() -> dict[str, bool]:
     """NumPy's own table of this CPU's instructions ({} where it has none): read with
     CPUID and checked against the operating system's support, on every OS, so it answers

@@ -58,6 +58,7 @@ from torch import nn
 from . import data as D
 from . import losses as L
 from .cpu_memory import keep_freed_memory
+from .engine_choice import cpu_name
 from .enhancer import cpu_supports_bf16
 from .fileio import atomic_write, atomic_write_text
 from .models import build_architecture, config_to_dict, get_spec
@@ -438,8 +439,16 @@ def _hardware(device: torch.device, world: int, amp: str) -> str:
         name = torch.cuda.get_device_name(device)
         return f"{world}x {name}, {amp}"
     n = torch.get_num_threads()
-    return f"{world}x CPU ({platform.processor() or platform.machine()}, " \
-           f"{n} thread{'s' if n != 1 else ''}, {amp})"
+    return f"{world}x CPU ({cpu_name()}, {n} thread{'s' if n != 1 else ''}, {amp})"
+
+
+def _same_hardware(was: str, now: str) -> bool:
+    """Whether a checkpoint's ``hardware`` names this machine's: before 2026-12-06 a CPU
+    was named by ``platform.processor()`` (often just "x86_64"), not its model name."""
+    if was == now:
+        return True
+    older = now.replace(f"({cpu_name()}, ", f"({platform.processor() or platform.machine()}, ", 1)
+    return was == older
 
 
 #: a segment trained before checkpoints recorded where (2026-12-03)
@@ -1753,8 +1762,8 @@ def _train(
     run = _Run(setup, learner, ckpt, total, finishing, rank, world, is_main, hooks, t_start,
                labeled, unlabeled if unl else None, data_count)
     was = run.segments_before[-1]["hardware"] if run.segments_before else _UNRECORDED
-    if is_main and device.type == "cpu" and not finishing and was not in (
-            _UNRECORDED, run.hardware) and world == (ckpt or {}).get("world", world):
+    if is_main and device.type == "cpu" and not finishing and was != _UNRECORDED and not \
+            _same_hardware(was, run.hardware) and world == (ckpt or {}).get("world", world):
         # (other processes: said already; GPU steps are not bitwise anyway: autotuning)
         # --threads is the machine's, not the run's: a resume without it took the cores'
         # default, and nothing said its steps were no longer the uninterrupted run's (audit)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from helpers import interrupted_at_call, smooth_photo
 from PIL import Image
 from safetensors.torch import load_file
 
+from derain_cli import engine_choice
 from derain_cli import losses as L
 from derain_cli import train as T
 from derain_cli.evaluate import synth_pairs
@@ -581,6 +583,21 @@ def test_a_run_resumed_elsewhere_names_each_machine_in_the_manifest(data, tmp_pa
     assert T.hardware_summary([{"hardware": "not recorded", "from": 0, "to": 2}], here) == here
     assert T.hardware_summary([{"hardware": "a", "from": 0, "to": 2},
                                {"hardware": "a", "from": 2, "to": 5}], here) == "a"
+
+
+def test_a_cpu_is_named_by_its_model_in_the_manifest(tmp_path, monkeypatch):
+    """The manifest said "1x CPU (x86_64, ...)": ``platform.processor()`` names no model on
+    Linux. A checkpoint written before names this machine so: no resume warning for it."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: sse2\n\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\n")
+    monkeypatch.setattr(engine_choice, "_CPUINFO", info)
+    now = T._hardware(torch.device("cpu"), 1, "fp32")
+    assert now.startswith("1x CPU (Test CPU 9000, ") and now.endswith(", fp32)")
+    older = now.replace("Test CPU 9000", platform.processor() or platform.machine())
+    assert T._same_hardware(older, now) and T._same_hardware(now, now)
+    assert not T._same_hardware(now.replace("fp32", "bf16 autocast"), now)
+    assert not T._same_hardware("1x NVIDIA H200, bf16 autocast", now)
 
 
 def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
