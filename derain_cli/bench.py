@@ -16,8 +16,9 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
   (for semi-drdnet-lite 7 % fewer than the trained modules: the DCCLs' 1x1 fusions are
   folded away).
 * **work**: executed / useful FLOPs, i.e. what tiling costs on top: tile overlap (a
-  1 MP image in 512 px tiles is 9 overlapping tiles, 2.4x the pixels) and, for
-  Semi-DRDNet, the two statistics passes (rain network only) of a tiled run.
+  1 MP image in 512 px tiles is 6 overlapping tiles of 524x366, 1.15x the pixels), for
+  Semi-DRDNet the two statistics passes (rain network only) of a tiled run, and an image
+  smaller than ``tiling.SMALL_SIDE`` mirror-padded up to it (a 40x30 image is about 55x the work).
 * **% peak**: GFLOP/s as a share of this machine's own peak for a plain fp32 3x3
   convolution of the model's width, measured beside the row (after each of its timed
   runs, best of 2 each time, and the best of those; until 2026-12-03 once per run, best
@@ -27,8 +28,9 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
   NCHW, PyTorch channels_last or, on CPUs, ONNX Runtime): width -> width for
   Semi-DRDNet (64 for the paper size, 32 for the lite). RDMC spreads its work over a
   pyramid, so its reference is a FLOP-weighted mix: for every level l a ``c_l -> c_l``
-  conv at ``peak_side / 2**l``, weighted by ``c_l**2 / 4**l`` (its share of the encoder's
-  FLOPs), combined as total FLOPs / total time. The bf16 and fp16 rows are measured
+  conv at ``peak_side / 2**l`` (at least 8 px: smaller maps time nothing), weighted by
+  ``c_l**2 / 4**l`` (its share of the encoder's FLOPs), combined as total FLOPs / total
+  time. The bf16 and fp16 rows are measured
   against the same reference convs run in that precision (autocast, PyTorch engines: ONNX
   Runtime has no bf16 conv on CPUs), since on a CPU with native bf16 a bf16 conv is about
   twice as fast as an fp32 one; only int8 can exceed 100 % (its reference is fp32).
@@ -78,8 +80,16 @@ import torch
 from torch import nn
 
 from . import metrics, tiling
-from .enhancer import CPU_TILE, DEFAULT_MODEL, TorchRunner, cpu_supports_bf16, default_overlap
+from .enhancer import (
+    CPU_TILE,
+    DEFAULT_MODEL,
+    SMALLEST_TILE,
+    TorchRunner,
+    cpu_supports_bf16,
+    default_overlap,
+)
 from .fileio import atomic_write_text
+from .images import DEFAULT_MAX_PIXELS
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
 from .torch_runner import cudnn_benchmark
@@ -501,7 +511,8 @@ def render_markdown(res: BenchResult) -> str:
         "",
         f"GFLOP/s = useful FLOPs (FlopCounterMode on a {res.flop_side}x{res.flop_side} input, "
         "conv/matmul only, scaled by pixels) / time; work = executed / useful FLOPs (tile "
-        "overlap, statistics passes); % peak = GFLOP/s / this machine's plain 3x3 conv "
+        "overlap, statistics passes, small images padded to 256 px); % peak = GFLOP/s / "
+        "this machine's plain 3x3 conv "
         f"measured beside the row ({res.peak_side}px feature map, fastest engine, see "
         "model notes for the convs and the run's first measurement), in fp32, and for "
         "bf16/fp16 rows in their own precision (int8 rows: against fp32).",
@@ -601,6 +612,26 @@ def measure_rss(model: str = DEFAULT_MODEL, size: tuple[int, int] = RSS_SIZE,
 class BenchError(ValueError):
     """A benchmark request with a bad value (model, variant, device): a usage error that the
     CLI reports on one line with exit status 2, before anything is measured."""
+
+
+def _checked_size(megapixels: float, size: tuple[int, int] | None,
+                  tile: int | None) -> tuple[int, int]:
+    """The test image's (height, width), and the tile, as derain would take them: a tile
+    of 1-15 px ran for minutes per tile (or measured a tiling derain refuses), and an
+    infinite or absurd size crashed deep inside (audit)."""
+    if tile is not None and 0 < tile < SMALLEST_TILE:
+        raise BenchError(f"--tile must be 0 (untiled) or at least {SMALLEST_TILE} px, as "
+                         f"derain takes it, not {tile}")
+    if size is None:
+        if not math.isfinite(megapixels) or megapixels <= 0:
+            raise BenchError(f"--megapixels must be a positive number, not {megapixels}")
+        side = max(16, round(math.sqrt(min(megapixels, 1e12) * 1e6)))
+        size = (side, side)
+    h, w = size
+    if h * w > DEFAULT_MAX_PIXELS:
+        raise BenchError(f"a {w}x{h} test image is over derain's default --max-pixels "
+                         f"({DEFAULT_MAX_PIXELS // 1_000_000} MP); measure a smaller one")
+    return h, w
 
 
 def _devices(spec: str | None) -> list[torch.device]:
@@ -728,9 +759,7 @@ def bench_main(
         torch.set_num_threads(threads)
     names, variants = _checked_request(models, variants)
     devs = _devices(devices)  # checked before the minutes of measuring
-    if size is None:
-        side = max(16, round(math.sqrt(megapixels * 1e6)))
-        size = (side, side)
+    size = _checked_size(megapixels, size, tile)
     h, w = size
     res = BenchResult(
         height=h, width=w, overlap=overlap, threads=torch.get_num_threads(),

@@ -304,6 +304,22 @@ def test_a_bad_size_names_its_option():
     assert res.exit_code == 2 and "Invalid value for '--size'" in res.output, res.output
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["--tile", "5"], "--tile must be 0 (untiled) or at least 16 px"),
+    (["--megapixels", "inf"], "--megapixels must be a positive number, not inf"),
+    (["--megapixels", "1e300"], "over derain's default --max-pixels"),
+    (["--size", "16x16000000"], "a 16x16000000 test image is over"),
+])
+def test_bench_refuses_what_derain_would_not_run(args, said):
+    """--tile 5 ran minutes a tile (derain refuses it); --megapixels inf crashed deep inside
+    with an OverflowError, 1e300 in OpenCV (an audit): usage errors before any work."""
+    app = typer.Typer()
+    app.command()(commands_tools.bench_cmd)
+    res = CliRunner().invoke(app, ["-m", "semi-drdnet-tiny", "--variants", "fp32", *args],
+                             terminal_width=200)
+    assert res.exit_code == 2 and said in res.output, res.output
+
+
 def test_rss_subprocess_small():
     r = bench.measure_rss(size=(64, 96), threads=1)
     assert 50 < r["maxrss_mb"] < bench.RSS_BUDGET_MB

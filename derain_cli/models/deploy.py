@@ -9,7 +9,7 @@ networks cheaper without changing what they compute (beyond float rounding):
   three parallel dilated convs, concatenated and fused by a 1x1 conv; there is no
   nonlinearity between, so each branch composed with its slice of the 1x1 conv is a 3x3
   conv again, and the batch norm after it scales each output channel. This removes the
-  96-channel concat and the 1x1 conv (a ninth of the DCCL's multiply-adds).
+  96-channel concat and the 1x1 conv (a tenth of the DCCL's multiply-adds).
 * **PReLU with slopes in [0, 1]** -> ``max(x, slope * x)``, which is the same function
   there. ONNX Runtime's ``PRelu`` kernel takes 90 ms on a 32 x 768 x 1024 tensor on a
   2-core AVX2 CPU; ``Mul`` + ``Max`` take 40 ms (``python benchmarks/ort_ops.py prelu``).
