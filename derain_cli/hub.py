@@ -32,6 +32,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,7 +266,13 @@ class _Context:
                         f"of it; unset, the Hub itself), then run `{download}`",
             "access": f"log in (`hf auth login` or HF_TOKEN), then run `{download}`",
             "cache": f"make the cache writable (or set HF_HUB_CACHE), then run `{download}`",
+            "space": f"free some space there (or point HF_HUB_CACHE at a disk with room), "
+                     f"then run `{download}`",
         }.get(kind, "update derain (its weights manifest may be out of date) or report this")
+        if kind == "not_found" and self.endpoint != _HUB:  # a mirror without the file is
+            # the likely fault, not derain's manifest (an audit)
+            first = (f"check that the mirror at HF_ENDPOINT holds {self.repo_id} (unset, "
+                     f"the Hub itself), then run `{download}`")
         lines = [
             f"Cannot get pretrained weights {target}:",
             f"  {reason}".replace("\n", "\n  "),
@@ -277,7 +284,7 @@ class _Context:
             if self.manual_path is not None:  # the package's own copy went missing
                 reinstall = f"reinstall derain, whose package ships {self.manual_path.name}"
                 # a read-only cache or a busy mirror keeps its own advice, second
-                fixes = [reinstall, first] if kind in ("cache", "http") else [reinstall]
+                fixes = [reinstall, first] if kind in ("cache", "space", "http") else [reinstall]
         lines += ["To fix this, do one of:", f"  - {fixes[0]};"]
         lines += [f"  - or {fix};" for fix in fixes[1:]]
         if self.manual_path is not None:
@@ -474,7 +481,10 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         return "cache", (
             f"the Hugging Face cache {cache} cannot be written ({exc.strerror or exc}); point "
             "HF_HUB_CACHE at a writable folder.")
-    if isinstance(exc, OSError):  # disk full, size mismatch after download...
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cache = ctx.cache_dir or hf_constants.HF_HUB_CACHE
+        return "space", f"no space left for the download in the Hugging Face cache {cache}."
+    if isinstance(exc, OSError):  # size mismatch after download...
         return "error", f"the download failed: {exc}"
     return None, ""
 
@@ -492,7 +502,10 @@ def _progress_bars(*, enabled: bool) -> Iterator[None]:
     if bars:
         disable_progress_bars()
     try:
-        yield
+        with warnings.catch_warnings():  # its "Not enough free disk space" UserWarning
+            # came through -q with its source line (an audit): the error says it
+            warnings.filterwarnings("ignore", module=r"huggingface_hub\.")
+            yield
     finally:
         if bars:
             enable_progress_bars()

@@ -226,8 +226,25 @@ def test_an_unwritable_cache_is_named_as_the_cause():
     kind, reason = hub._explain(OSError(errno.EROFS, "Read-only file system"), ctx)
     assert kind == "cache" and "/ro/cache cannot be written" in reason
     assert "make the cache writable" in str(ctx.unavailable(reason, kind))
-    kind, _ = hub._explain(OSError(errno.ENOSPC, "No space left on device"), ctx)
-    assert kind == "error"
+    # a full disk was "update derain (its weights manifest may be out of date)" (an audit)
+    kind, reason = hub._explain(OSError(errno.ENOSPC, "No space left on device"), ctx)
+    assert kind == "space" and "no space left for the download" in reason
+    said = str(ctx.unavailable(reason, kind))
+    assert "free some space there" in said and "update derain" not in said
+
+
+def test_quiet_downloads_hide_the_hubs_python_warnings(recwarn):
+    """huggingface_hub's "Not enough free disk space" UserWarning came through -q with its
+    source file and line (an audit); derain's own error says what went wrong."""
+    import warnings
+
+    from derain_cli import hub
+
+    for enabled in (False, True):
+        with hub._progress_bars(enabled=enabled):
+            warnings.warn_explicit("Not enough free disk space", UserWarning,
+                                   "file_download.py", 1, module="huggingface_hub.file_download")
+    assert [str(w.message) for w in recwarn] == ["Not enough free disk space"]  # not -q
 
 
 def test_hand_placed_file_is_used_without_network(tmp_path):
@@ -288,6 +305,9 @@ def test_unknown_repo_is_not_found(hub_server, tmp_path):
         _fetch(hub_server, tmp_path)
     assert info.value.kind == "not_found"
     assert f"repository {REPO} was not found" in str(info.value)
+    # from a mirror: the mirror's fault, not derain's manifest (an audit)
+    assert "check that the mirror at HF_ENDPOINT holds" in str(info.value)
+    assert "update derain" not in str(info.value)
 
 
 def test_server_error_fails_fast(hub_server, tmp_path):
