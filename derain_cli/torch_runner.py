@@ -366,6 +366,11 @@ def _int8_graph(record: Any, net: nn.Module, device: torch.device, precision: st
             raise OptionError(int8_request_problem(backend, None))
         try:
             return shipped_int8_graph(record, net)
+        except Int8Damaged as e:  # the installation's fault, not the request's: exit 1
+            from .weights import WeightsError  # (it was a usage error, exit 2: an audit)
+
+            raise WeightsError(f"{e}: reinstalling derain restores it; or use --precision "
+                               "auto or fp32") from None
         except Int8Unavailable as e:
             raise OptionError(f"{e}; use --precision auto or fp32") from None
     if (precision != "auto" or device.type != "cpu" or backend == "torch" or record is None

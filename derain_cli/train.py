@@ -239,14 +239,17 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
         model = build_architecture(cfg.arch, conf)
         return cfg.name or cfg.model or cfg.arch, cfg.arch, config_to_dict(model.cfg)
     if cfg.init_weights and not cfg.model:
-        from .weights import read_state
+        from .weights import WeightsError, own_architecture, read_state
 
         _, meta = read_state(cfg.init_weights)
         if "arch" not in meta:
             raise TrainError(f"{cfg.init_weights}: the file does not name its architecture; "
                              "pass --model NAME too", every_rank=False)
-        return (cfg.name or meta.get("name", meta["arch"]), meta["arch"],
-                json.loads(meta["config"]))
+        try:
+            arch, conf = own_architecture(meta, str(cfg.init_weights))
+        except WeightsError as e:
+            raise TrainError(str(e), every_rank=False) from None
+        return cfg.name or meta.get("name", arch), arch, conf
     if not cfg.model:
         raise TrainError("no model given")
     try:

@@ -211,9 +211,34 @@ def build_fitting(arch: str, config: dict[str, Any], state: dict[str, torch.Tens
     the meta device first (nothing allocated). Why: where the config comes from a weights
     file's own metadata, a 220-byte file asking for width 2048 x 400 blocks made derain
     allocate until the machine ran out of memory (a security audit)."""
-    with torch.device("meta"):
-        check_state(build_architecture(arch, config), state, source)
+    try:
+        with torch.device("meta"):
+            skeleton = build_architecture(arch, config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # the file's header
+        raise WeightsError(f"{source}: its derain header names no architecture derain can "
+                           f"build ({arch}, {config}): {e}") from None
+    check_state(skeleton, state, source)
     return _load_state(build_architecture(arch, config), state)
+
+
+def own_architecture(meta: dict[str, str], source: str) -> tuple[str, dict[str, Any]]:
+    """(architecture, config dict) a derain-written file's metadata names. Why checked: a
+    file whose header lacked "arch" or held a broken config said "error: KeyError: arch"
+    or a JSON parser's words, without naming the file (an audit)."""
+    arch, text = meta.get("arch"), meta.get("config")
+    if not arch or text is None:
+        raise WeightsError(f"{source}: its derain header is damaged (no "
+                           f"{'architecture' if not arch else 'config'}); pass --model NAME "
+                           "too, or use another file")
+    try:
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{source}: its derain header is damaged (the {arch} config is "
+                           f"not a JSON object: {text[:60]!r}); pass --model NAME too, or "
+                           "use another file")
+    return arch, config
 
 
 def names_a_file(spec: str | os.PathLike[str]) -> bool:
@@ -241,7 +266,7 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
                     "which can score far worse than the run's model.safetensors (written "
                     "when it ends) or best.pt", path)
     if model_name is None and own:
-        model = build_fitting(meta["arch"], json.loads(meta["config"]), state, str(path))
+        model = build_fitting(*own_architecture(meta, str(path)), state, str(path))
     elif model_name is None:
         raise WeightsError(
             f"{path}: the file does not say which architecture it is for; pass --model NAME too"
@@ -254,7 +279,8 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
         except WeightsError as e:
             if own:  # say what the file is, not only what is missing
                 raise WeightsError(
-                    f"{path}: the file holds {meta['arch']} weights ({meta['config']}) that "
+                    f"{path}: the file holds {meta.get('arch')} weights "
+                    f"({meta.get('config')}) that "
                     f"do not fit --model {model_name}; leave out --model to use the file's "
                     f"own architecture ({e})"
                 ) from None

@@ -672,6 +672,11 @@ def test_a_damaged_bundled_int8_graph_is_said_everywhere(
     assert [m.getMessage() for m in caplog.records] == [
         f"the bundled int8 graph is not used: {graph} does not match its manifest sha256 "
         "(reinstalling derain restores it); another engine runs instead"]
+    # asked for by name: the installation's fault, exit 1 as other damaged weights (it was
+    # a usage error, exit 2, without the way out: an audit)
+    r = derain(_img(tmp_path / "p.png", 40, 30), "-m", "semi-drdnet-fast", "--precision",
+               "int8", "-o", tmp_path / "out", "--threads", "1")
+    assert r.exit_code == 1 and "reinstalling derain restores it" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- download

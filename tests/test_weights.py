@@ -134,6 +134,31 @@ def test_a_file_whose_config_does_not_fit_its_tensors_allocates_nothing(tmp_path
     assert built_on == ["meta", "meta", "cpu"]
 
 
+@pytest.mark.parametrize(("change", "said"), [
+    ({"arch": None}, "damaged (no architecture)"),
+    ({"config": None}, "damaged (no config)"),
+    ({"config": "[1, 2]"}, "config is not a JSON object: '[1, 2]'"),
+    ({"config": "{not json"}, "config is not a JSON object"),
+    ({"arch": "unet"}, "names no architecture derain can build (unet"),
+    ({"config": '{"width": "wide"}'}, "names no architecture derain can build"),
+])
+def test_a_damaged_derain_header_names_the_file(tmp_path, change, said):
+    """A file whose derain header lacked "arch" said "error: KeyError: arch"; a config of
+    '[1,2]' an AttributeError, a broken one the JSON parser's words, exit 2 (an audit)."""
+    from safetensors.torch import save_file
+
+    net = _tiny()
+    good = tmp_path / "good.safetensors"
+    weights.save_weights(net, good, name="t", arch="semi-drdnet", config=net.cfg)
+    state, meta = weights.read_state(good)
+    meta = {k: v for k, v in {**meta, **change}.items() if v is not None}
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, bad, metadata=meta)
+    with pytest.raises(WeightsError, match="bad.safetensors: its derain header") as info:
+        weights.model_from_file(bad)
+    assert said in str(info.value)
+
+
 def test_file_without_metadata_needs_model_name(tmp_path):
     from safetensors.torch import save_file
 
