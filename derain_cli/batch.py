@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import json
@@ -1157,6 +1158,50 @@ class _FileFailed(Exception):
         self.status: Status = status
 
 
+class _DiskFull(_FileFailed):
+    """A result that could not be written for want of space: every later photo bound for
+    the same disk fails before its network pass (``_FullDisks``)."""
+
+    def __init__(self, reason: str, device: int | None) -> None:
+        super().__init__(reason)
+        self.device = device
+
+
+def _device_of(path: Path) -> int | None:
+    """The file system (``st_dev``) ``path`` is or would be on: its nearest existing folder's."""
+    for p in (path, *path.parents):
+        try:
+            return os.stat(p).st_dev
+        except OSError:
+            continue
+    return None
+
+
+class _FullDisks:
+    """Disks a result could not be written to (ENOSPC, EDQUOT). Why: with the disk full,
+    every remaining photo was derained (minutes each on a CPU) and then failed to write
+    (an audit); now those bound for a full disk fail at once, and a rerun after freeing
+    space does them."""
+
+    def __init__(self) -> None:
+        self.devices: dict[int, str] = {}  # st_dev -> the folder that was full
+
+    def note(self, e: _DiskFull, folder: Path) -> None:
+        if e.device is not None:
+            self.devices.setdefault(e.device, str(folder))
+
+    def problem(self, job: Job) -> str | None:
+        """Why ``job`` is not derained (its result's disk is full), else None."""
+        if not self.devices or job.output is None:
+            return None
+        folder = self.devices.get(_device_of(job.output.parent))  # type: ignore[arg-type]
+        if folder is None:
+            return None
+        return (f"not derained: no space left on the disk of {folder} (an earlier result "
+                "could not be written there); free some space and run again, the finished "
+                "results are kept")
+
+
 def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     """The result of a job that needs no model (failed to plan, or output kept), else None."""
     out = job.output
@@ -1206,6 +1251,8 @@ def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
     """``fn()``, with a per-file problem turned into ``_FileFailed`` and its one-line reason."""
     try:
         return fn()
+    except _FileFailed:
+        raise
     except OutputExists as e:
         raise _FileFailed(f"output appeared meanwhile (another run?), kept: {e}",
                           "skipped") from None
@@ -1253,7 +1300,18 @@ def _encode(job: Job, box: list[LoadedImage], options: BatchOptions) -> float:
     h, w = loaded.pixels.shape[:2]
     prepared = _prepare(job, loaded, options)
     del loaded
-    _guarded(lambda: prepared.write(replace=options.overwrite), options)
+
+    def write() -> None:
+        try:
+            prepared.write(replace=options.overwrite)
+        except ImageError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                assert job.output is not None
+                raise _DiskFull(_one_line(e), _device_of(job.output.parent)) from None
+            raise
+
+    _guarded(write, options)
     return h * w / 1e6
 
 
@@ -1279,19 +1337,27 @@ def _process(
     options: BatchOptions,
     progress: BatchProgress,
     rank: int,
+    full: _FullDisks | None = None,
 ) -> FileResult:
     """One file, start to end, on this thread."""
     t0 = time.perf_counter()
+    full = full or _FullDisks()
     early = _upfront(job, options)
     if early is not None:
         return _result(job, t0, rank, *early)
     if derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
+    no_room = full.problem(job)
+    if no_room is not None:
+        return _result(job, t0, rank, "failed", no_room)
     try:
         loaded = _derain(job, _read(job, options), derainer, options, progress)
         angle = getattr(derainer, "last_rain_angle", None)
         mp = _encode(job, [loaded], options)
     except _FileFailed as e:
+        if isinstance(e, _DiskFull):
+            assert job.output is not None
+            full.note(e, job.output.parent)
         return _result(job, t0, rank, e.status, str(e))
     return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
@@ -1312,6 +1378,7 @@ def _run_pipelined(
     rank: int,
     workers: int,
     summary: Summary,
+    full: _FullDisks | None = None,
 ) -> None:
     """``run_batch``'s loop with decoding and encoding on ``workers`` threads.
 
@@ -1324,6 +1391,7 @@ def _run_pipelined(
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    full = full or _FullDisks()
     early = [_upfront(j, options) for j in jobs]  # results of jobs that need no model
     todo = [e is None for e in early]
     if any(todo) and derainer is None:
@@ -1358,6 +1426,9 @@ def _run_pipelined(
         try:
             mp = _encode(job, box, options)
         except _FileFailed as e:
+            if isinstance(e, _DiskFull):  # (one dict insert: safe across the threads)
+                assert job.output is not None
+                full.note(e, job.output.parent)
             return _result(job, t0, rank, e.status, str(e))
         return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
@@ -1367,6 +1438,13 @@ def _run_pipelined(
             progress.file_start(job)
             if early[i] is not None:
                 finished(job, _result(job, t0, rank, *early[i]))
+                continue
+            no_room = full.problem(job)
+            if no_room is not None:
+                old = reads.pop(i, None)
+                if old is not None:
+                    old.cancel()
+                finished(job, _result(job, t0, rank, "failed", no_room))
                 continue
             read = reads.pop(i, None)
             read_ahead(i)
@@ -1436,13 +1514,15 @@ def run_batch(
     progress.start(len(jobs))
     t0 = time.perf_counter()
     workers = resolve_io_workers(options, derainer)
+    full = _FullDisks()
     try:
         if workers > 0:
-            _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary)
+            _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary,
+                           full)
         else:
             for job in jobs:
                 progress.file_start(job)
-                r = _process(job, derainer, options, progress, dist.rank)
+                r = _process(job, derainer, options, progress, dist.rank, full)
                 summary.add(r)
                 progress.file_done(job, r)
     except KeyboardInterrupt:

@@ -544,6 +544,44 @@ def test_run_batch_resume_overwrite_and_progress(tmp_path: Path, derainer, io_wo
     assert (s3.processed, s3.skipped) == (3, 0)
 
 
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_a_full_disk_stops_the_network_for_the_photos_bound_there(
+        tmp_path: Path, derainer, monkeypatch, io_workers) -> None:
+    """With the disk full, every remaining photo was derained (minutes each on a CPU), then
+    failed to write (an audit). Now the first failure says the disk's error and the photos
+    for that disk fail without a network pass; a rerun with room does them."""
+    import errno
+
+    from derain_cli import images
+
+    for i in range(4):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    passes: list[int] = []
+    real_pass = derainer.derain_array
+    monkeypatch.setattr(derainer, "derain_array",
+                        lambda *a, **kw: passes.append(1) or real_pass(*a, **kw))
+    real_place = images._place_new
+
+    def full(tmp, dest):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(images, "_place_new", full)
+    items = collect_inputs([str(tmp_path / "in")])
+    out = tmp_path / "out"
+    s = run_batch(items, derainer, BatchOptions(output=out, io_workers=io_workers))
+    assert s.processed == 0 and len(s.failed) == 4
+    reasons = dict(s.failed)
+    assert "No space left on device" in reasons[str(tmp_path / "in" / "p0.png")]
+    assert all(f"not derained: no space left on the disk of {out}" in reasons[
+        str(tmp_path / "in" / f"p{i}.png")] for i in (2, 3))
+    assert len(passes) <= 1 + io_workers  # the pipeline may have derained the next ones
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".derain-output"]
+    monkeypatch.setattr(images, "_place_new", real_place)  # room again: the rerun does all
+    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
+                  BatchOptions(output=out, io_workers=io_workers))
+    assert (s.processed, s.failed) == (4, [])
+
+
 def test_an_unwritable_output_folder_fails_before_any_deraining(
         tmp_path: Path, monkeypatch) -> None:
     """Results beside photos in a read-only folder failed one by one after the network had
