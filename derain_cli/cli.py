@@ -768,6 +768,7 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
     except _Exit as e:
         raise typer.Exit(e.code) from None
     except KeyboardInterrupt as stop:
+        _ignore_further_stops()
         if rank == 0:  # under torchrun every process gets the Ctrl-C: one says so
             done = getattr(stop, "summary", None)  # a batch's (BatchInterrupted); one
             # process's count only under torchrun, so none said there
@@ -1648,6 +1649,29 @@ def download_cmd(
 _TERMINATED_BY: list[int] = []
 
 
+#: set by :func:`main`: this process is the derain command (not a program or a test calling
+#: the Typer app), so it may set how the process answers signals as it ends
+_OWN_PROCESS: list[bool] = []
+
+
+def _ignore_further_stops() -> None:
+    """Once a Ctrl-C (or SIGTERM, SIGHUP) is being handled, further ones are ignored while
+    the process ends: a second Ctrl-C during the clean-up printed a traceback from
+    PyTorch's exit handlers, or ended the process by the signal (status -2, the --json
+    summary's promise of 130 broken): an audit. The first stop has done its work (the
+    photo being written removed, a training checkpoint saved): the process only exits."""
+    import signal
+    import threading
+
+    if not _OWN_PROCESS or threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_IGN)
+
+
 def _stop_like_ctrl_c(signum: int, frame: object) -> None:
     if not _TERMINATED_BY:
         _TERMINATED_BY.append(signum)
@@ -1674,6 +1698,7 @@ def _catch_termination() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
+    _OWN_PROCESS[:] = [True]
     _catch_termination()
     # typer prints help and usage errors through consoles of its own: while derain runs,
     # every rich console ends a closed pipe as DerainConsole does (141, not 1)
@@ -1713,10 +1738,13 @@ def _main(argv: list[str] | None) -> None:
     try:
         app(args=argv, prog_name="derain", complete_var=COMPLETE_VAR)
     except SystemExit as e:
+        if e.code == 130 or _TERMINATED_BY:  # (a subcommand's own Ctrl-C handling)
+            _ignore_further_stops()
         if _TERMINATED_BY and e.code == 130:  # stopped as for Ctrl-C: the signal's status
             sys.exit(128 + _TERMINATED_BY[0])
         raise
     except KeyboardInterrupt:
+        _ignore_further_stops()
         print("\ninterrupted", file=sys.stderr)
         sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
     except Exception as e:  # errors of lazily loaded subcommands

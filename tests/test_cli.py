@@ -544,6 +544,48 @@ def test_exit_codes_in_a_real_process(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("where", ["command", "outside"])
+def test_a_second_stop_while_the_process_ends_is_ignored(monkeypatch: pytest.MonkeyPatch,
+                                                         where: str) -> None:
+    """A second Ctrl-C during the clean-up printed a traceback from PyTorch's exit handlers
+    or ended the process by the signal (status -2): an audit. Once the first is handled
+    further ones are ignored, in derain's own process only (not in a program calling it)."""
+    import signal
+
+    from derain_cli import cli
+
+    calls: list[tuple[int, object]] = []
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: calls.append((sig, handler)))
+    monkeypatch.setattr(cli, "_OWN_PROCESS", [])
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        if where == "command":  # inside a command: its handler says what was kept, 130
+            try:
+                with cli._friendly_errors(cli.DerainConsole(stderr=True), False, 0):
+                    raise KeyboardInterrupt
+            except typer.Exit as e:  # as Typer's app ends it
+                sys.exit(e.exit_code)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    with pytest.raises(SystemExit):
+        cli._main(["x"])  # as a program calling the app: nothing set
+    assert (signal.SIGINT, signal.SIG_IGN) not in calls
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["x"])
+    assert stop.value.code == 130
+    assert (signal.SIGINT, signal.SIG_IGN) in calls and (signal.SIGTERM, signal.SIG_IGN) in calls
+
+
+def test_ignoring_further_stops_holds_in_a_real_process() -> None:
+    code = ("import os, signal\nfrom derain_cli import cli\ncli._OWN_PROCESS.append(True)\n"
+            "cli._ignore_further_stops()\nos.kill(os.getpid(), signal.SIGINT)\n"
+            "print('still here')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "still here", p.stderr
+
+
 # --------------------------------------------------------------------------- names vs paths
 @pytest.mark.parametrize("name", ["train", "models"])
 def test_folder_named_like_a_subcommand(tmp_path: Path, tiny_weights: Path, name: str) -> None:
