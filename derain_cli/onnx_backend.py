@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import tiling
-from .fileio import atomic_write_text, sha256_file
+from .fileio import atomic_write_text, sha256_file, sweep_stale_temporaries
 
 if TYPE_CHECKING:  # not imported at run time: the int8 CPU path starts without torch
     import torch
@@ -169,6 +169,9 @@ def cached_graphs(
     folder = Path(cache_dir) / key if cache_dir is not None else cache_root() / key
     main = folder / _graph_name(opset)
     files = _expected_files(main, model)
+    # a graph's temporary left by a killed export (as large as the graph) was never removed:
+    # the next run exported anew beside it, and every later one hit the cache (an audit)
+    sweep_stale_temporaries([folder])
     if not refresh and _intact(files):
         log.debug("ONNX cache hit: %s", folder)
         return files

@@ -114,6 +114,26 @@ def test_second_runner_hits_the_cache(caplog):
     assert export.EXPORT_COUNT == count + 2
 
 
+def test_a_killed_exports_temporary_is_swept_from_the_cache():
+    """A SIGKILL during the first export left a graph-sized .derain-*.tmp in the cache
+    folder that no later run removed (an audit): an old one goes when the folder is used."""
+    import os
+    import time
+
+    from derain_cli.fileio import STALE_TEMPORARY_S
+
+    net = _small("semi")
+    folder = onnx_backend.cached_graphs(net)[0].parent
+    old, young = folder / ".derain-killed.tmp", folder / ".derain-atwork.tmp"
+    for tmp in (old, young):
+        tmp.write_bytes(b"half a graph")
+    then = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(old, (then, then))
+    onnx_backend.cached_graphs(net)  # a cache hit
+    assert not old.exists() and young.exists()  # (a young one may be a running export's)
+    young.unlink()
+
+
 def test_corrupt_cache_entry_is_exported_again(caplog):
     net = _small("rdmc")
     path = onnx_backend.cached_graphs(net)[0]
