@@ -1029,7 +1029,18 @@ def _report(err: Console, summary: Any, options: Any, *, json_out: bool, quiet: 
         if r.status == "failed" and r.rank != 0:
             _print_failure(err, r)
     if json_out:
-        typer.echo(summary.to_json())
+        try:
+            typer.echo(summary.to_json())
+        except BrokenPipeError:
+            raise  # the reader went away: quiet, 141 (``_friendly_errors``)
+        except OSError as e:  # `--json > FILE` on a full disk said "error: No space left on
+            # device" alone, as if the photos had failed (an audit)
+            silence_stdout()  # (the unwritten text is not flushed again at exit)
+            print_error(err, f"--json: cannot write the summary to standard output "
+                             f"({e.strerror or e}); the photos were done all the same: "
+                             f"{summary.processed} derained, {summary.skipped} skipped, "
+                             f"{len(summary.failed)} failed")
+            raise _Exit(1) from None
     elif not quiet:
         _print_summary(err, summary, options)
 

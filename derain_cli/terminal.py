@@ -62,3 +62,16 @@ class DerainConsole(Console):
         if self.file is not sys.stdout and stdout_gone():  # `2>&1 | head`: the same pipe
             silence_stdout()
         raise SystemExit(BROKEN_PIPE_STATUS)
+
+    def _check_buffer(self) -> None:
+        """Messages that stderr cannot take (``2>`` a full disk, ``2>/dev/full``) are
+        dropped, and the work goes on: the first setup line failed the whole batch before
+        any photo was derained (an audit). What cannot be shown is not worth the photos;
+        the exit status still tells. stdout (data: ``--json``) still raises."""
+        try:
+            super()._check_buffer()
+        except OSError:
+            if self.file is not sys.stderr:
+                raise
+            self.quiet = True
+            _silence(sys.stderr)

@@ -544,6 +544,31 @@ def test_exit_codes_in_a_real_process(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_stderr_or_stdout_that_takes_nothing_does_not_lose_the_work(tmp_path: Path,
+                                                           tiny_weights: Path) -> None:
+    """`derain ... 2> FILE` on a full disk: the first setup line failed the whole batch
+    before any photo (an audit). Messages are dropped; the photos are derained."""
+    photo = _img(tmp_path / "a.png", 40, 30)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "derain_cli", str(photo), "-o",
+                            str(tmp_path / "out.png"), "--weights", str(tiny_weights),
+                            "--threads", "1"], stderr=full, stdout=subprocess.PIPE,
+                           timeout=120)
+    assert p.returncode == 0 and (tmp_path / "out.png").is_file()
+    # --json to a stdout that takes nothing: said as such, the photos done all the same (it
+    # was "error: No space left on device" alone, read as the work failing: an audit)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "derain_cli", str(photo), "-o",
+                            str(tmp_path / "out2.png"), "--weights", str(tiny_weights),
+                            "--threads", "1", "--json"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    assert p.returncode == 1 and (tmp_path / "out2.png").is_file()
+    assert p.stderr.strip() == (
+        "error: --json: cannot write the summary to standard output (No space left on "
+        "device); the photos were done all the same: 1 derained, 0 skipped, 0 failed")
+
+
 @pytest.mark.parametrize("where", ["command", "outside"])
 def test_a_second_stop_while_the_process_ends_is_ignored(monkeypatch: pytest.MonkeyPatch,
                                                          where: str) -> None:
