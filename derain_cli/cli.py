@@ -1426,6 +1426,8 @@ def _weights_location(rec: Any) -> str:
     if (weights.bundled_dir() / rec.file).exists():
         return "bundled"
     source = rec.hub_source()
+    if source is not None and not rec.hub.get("published", True):  # the Hub has no copy:
+        source = None  # "remote = downloaded on first use" could only fail (an audit)
     if source is not None:
         try:
             import huggingface_hub
@@ -1481,6 +1483,13 @@ def model_rows() -> list[dict[str, Any]]:
         arch = spec.arch if spec is not None else rec.arch
         config = spec.config if spec is not None else rec.config
         where = _weights_location(rec)
+        damaged = None  # a bundled file that no longer matches its manifest: every run
+        if where == "bundled":  # refuses it, and the list said "bundled" (an audit)
+            try:
+                if weights.sha256_file(weights.bundled_dir() / rec.file) != rec.sha256:
+                    damaged = "its sha256 does not match the manifest"
+            except OSError as e:
+                damaged = f"cannot be read ({e.strerror or e})"
         rows.append({
             "name": name,
             "default": name == DEFAULT_MODEL,
@@ -1491,6 +1500,8 @@ def model_rows() -> list[dict[str, Any]]:
             "weights": where,
             "bundled_size": rec.size if rec is not None and where == "bundled" else None,
             "size": rec.size if rec is not None else None,
+            # why the bundled weights cannot be used (reinstalling derain restores them)
+            "weights_problem": damaged,
             "license": rec.license if rec is not None else None,
             "training_data": rec.training_data if rec is not None else None,
             "metrics": rec.metrics if rec is not None else {},
@@ -1541,6 +1552,8 @@ def models_cmd(
         for r in rows:
             params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
             where = Text(r["weights"], style=colour[r["weights"]])
+            if r["weights_problem"]:
+                where.append(": damaged, reinstall derain", style="red")
             if r["status"]:
                 where.append(f"\n{r['status']}", style="yellow" if r["status"] == "interim"
                              else "")
@@ -1549,7 +1562,8 @@ def models_cmd(
                 if r["int8_problem"]:
                     where.append(": damaged, not used", style="red")
             cells = {"name": r["name"] + (" *" if r["default"] else ""), "arch": r["arch"],
-                     "params": params, "size": _fmt_size(r["bundled_size"]), "weights": where,
+                     "params": params, "size": _fmt_size(r["size"] if r["weights"] != "none"
+                                                         else None), "weights": where,
                      "license": r["license"] or "-",
                      "metrics (Y PSNR/SSIM)": _fmt_metrics(r["metrics"], "\n")}
             table.add_row(*(v for k, v in cells.items() if k not in dropped))

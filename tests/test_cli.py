@@ -706,6 +706,33 @@ def test_models_shows_manifest_details(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "rain100l 35.10/0.9610" in r.stdout and "interim" in r.stdout
 
 
+def test_models_says_damaged_bundled_and_unpublished_weights(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bundled file whose sha256 no longer matched was listed "bundled" (every run refused
+    it); weights the Hub does not have were "remote = downloaded on first use", which could
+    only fail; the size of weights not bundled was "-" (an audit)."""
+    from derain_cli import weights
+
+    rec = _fake_manifest(monkeypatch, tmp_path, bundled=True)
+    (tmp_path / "bundle" / "demo.safetensors").write_bytes(b"pretend weightz")
+    row = next(x for x in json.loads(derain("models", "--json").stdout)
+               if x["name"] == "semi-drdnet-lite")
+    assert row["weights"] == "bundled"
+    assert row["weights_problem"] == "its sha256 does not match the manifest"
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert "bundled: damaged, reinstall derain" in r.stdout
+    (tmp_path / "bundle" / "demo.safetensors").unlink()
+    rec.size = 2_500_000  # (the manifest's size, shown though not bundled)
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    line = next(x for x in r.stdout.splitlines() if x.startswith("semi-drdnet-lite "))
+    assert " 2.5 MB  remote " in line, line
+    rec.hub["published"] = False
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: {rec.name: rec})
+    row = next(x for x in json.loads(derain("models", "--json").stdout)
+               if x["name"] == "semi-drdnet-lite")
+    assert row["weights"] == "none"
+
+
 def test_a_damaged_bundled_int8_graph_is_said_everywhere(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
