@@ -95,8 +95,15 @@ def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
     path = path or manifest_path()
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
-    return {d["name"]: WeightRecord.from_dict(d) for d in data.get("weights", [])}
+    try:
+        data = json.loads(path.read_text())
+        return {d["name"]: WeightRecord.from_dict(d) for d in data.get("weights", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # it said "error:
+        # JSONDecodeError: Expecting value: line 2 column 1" without naming the file (audit)
+        from .weights import WeightsError
+
+        raise WeightsError(f"{path}: the weights manifest is damaged ({type(e).__name__}: "
+                           f"{e}); reinstall derain (or restore weights/)") from None
 
 
 def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:

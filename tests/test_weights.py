@@ -159,6 +159,18 @@ def test_a_damaged_derain_header_names_the_file(tmp_path, change, said):
     assert said in str(info.value)
 
 
+@pytest.mark.parametrize("text", ['{"version": 1,\n', '{"weights": [{"file": "x"}]}',
+                                  '{"weights": 3}'])
+def test_a_damaged_manifest_names_itself(tmp_path, text):
+    """A truncated manifest.json said "error: JSONDecodeError: Expecting value: line 2
+    column 1" without naming the file (an audit)."""
+    path = tmp_path / "manifest.json"
+    path.write_text(text)
+    with pytest.raises(WeightsError, match=r"manifest.json: the weights manifest is damaged "
+                                           r"\(.*\); reinstall derain"):
+        weights.load_manifest(path)
+
+
 def test_file_without_metadata_needs_model_name(tmp_path):
     from safetensors.torch import save_file
 
