@@ -789,8 +789,9 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
             jobs.append(Job(item, out, "the output would overwrite the input; choose another -o"))
         elif key in inputs:
             jobs.append(Job(item, out, f"the output {out} is another input of this batch"))
-        elif key in claimed:
-            jobs.append(Job(item, out, f"{claimed[key].path} writes the same output {out}"))
+        elif key in claimed:  # (every rerun fails it alike: say the way out)
+            jobs.append(Job(item, out, f"{claimed[key].path} writes the same output {out}; "
+                                       "rename one of them, or derain it into another -o"))
         else:
             claimed[key] = item
             jobs.append(Job(item, out))
@@ -1440,11 +1441,15 @@ def _run_pipelined(
                 finished(job, _result(job, t0, rank, *early[i]))
                 continue
             no_room = full.problem(job)
-            if no_room is not None:
+            meanwhile = not options.overwrite and job.output is not None and \
+                job.output.exists()  # another run's (the serial loop looks just before too)
+            if no_room is not None or meanwhile:
                 old = reads.pop(i, None)
                 if old is not None:
                     old.cancel()
-                finished(job, _result(job, t0, rank, "failed", no_room))
+                finished(job, _result(job, t0, rank, "failed", no_room) if no_room else
+                         _result(job, t0, rank, "skipped",
+                                 "output appeared meanwhile (another run?), kept"))
                 continue
             read = reads.pop(i, None)
             read_ahead(i)

@@ -582,6 +582,30 @@ def test_a_full_disk_stops_the_network_for_the_photos_bound_there(
     assert (s.processed, s.failed) == (4, [])
 
 
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_a_result_another_run_wrote_meanwhile_is_not_derained_again(
+        tmp_path: Path, derainer, monkeypatch, io_workers) -> None:
+    """Two runs on one folder: the pipelined loop (GPU) looked for results once, at its
+    start, so it derained every photo the other run had done since (an audit)."""
+    for i in range(3):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    out = tmp_path / "out"
+    passes: list[int] = []
+    real_pass = derainer.derain_array
+
+    def other_run_writes_p2(*a, **kw):
+        passes.append(1)
+        (out / "p2.png").parent.mkdir(parents=True, exist_ok=True)
+        (out / "p2.png").write_bytes(b"the other run's result")
+        return real_pass(*a, **kw)
+
+    monkeypatch.setattr(derainer, "derain_array", other_run_writes_p2)
+    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
+                  BatchOptions(output=out, io_workers=io_workers))
+    assert (s.processed, s.skipped, s.failed) == (2, 1, []) and len(passes) == 2
+    assert (out / "p2.png").read_bytes() == b"the other run's result"
+
+
 def test_an_unwritable_output_folder_fails_before_any_deraining(
         tmp_path: Path, monkeypatch) -> None:
     """Results beside photos in a read-only folder failed one by one after the network had
