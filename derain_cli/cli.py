@@ -495,7 +495,12 @@ def _check_model(value: str | None) -> str | None:
     from .models import MODELS
 
     if value not in MODELS:
-        raise typer.BadParameter(f"unknown model {value!r}; choose one of: {', '.join(MODELS)}")
+        from .weights import names_a_file
+
+        hint = f"; to use the weights file, pass --weights {value}" if names_a_file(
+            value) else ""  # `-m run/model.safetensors` said only "unknown model" (audit)
+        raise typer.BadParameter(f"unknown model {value!r}; choose one of: {', '.join(MODELS)}"
+                                 + hint)
     return value
 
 

@@ -472,6 +472,7 @@ def test_output_file_with_two_inputs_is_usage_error(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["-m", "nope"], "unknown model 'nope'"),
+        (["-m", "m.pt"], "pass --weights m.pt"),  # a file: said how to use it (an audit)
         (["--device", "gpu7"], "use auto, cpu, cuda"),
         (["--precision", "fp8"], "fp8"),
         (["--format", "gif"], "gif"),
