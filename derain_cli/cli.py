@@ -756,8 +756,10 @@ class _Exit(Exception):
 
 
 @contextlib.contextmanager
-def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[None]:
-    """Exceptions become one ``error: ...`` line and exit 1 (tracebacks only with --debug)."""
+def _friendly_errors(console: Console, debug: bool, rank: int = 0,
+                     again: str = "to resume (finished files are skipped)") -> Iterator[None]:
+    """Exceptions become one ``error: ...`` line and exit 1 (tracebacks only with --debug).
+    ``again``: what running the command again does after a Ctrl-C."""
     try:
         yield
     except (ClickException, typer.Abort, typer.Exit):
@@ -780,8 +782,7 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0) -> Iterator[N
             kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
                     and getattr(done, "world_size", 1) == 1 else "")
             console.print(
-                f"\ninterrupted; {kept}run the same command again to resume (finished "
-                "files are skipped)")
+                f"\ninterrupted; {kept}run the same command again {again}")
         raise typer.Exit(130) from None
     except Exception as e:
         if debug:
@@ -1608,7 +1609,9 @@ def download_cmd(
 ) -> None:
     """Fetch published weights into the Hugging Face cache (for offline use later)."""
     err = _stderr()
-    with _friendly_errors(err, _STATE.debug):
+    # (a file cut short is not resumed: "to resume" promised what the rerun does not do)
+    with _friendly_errors(err, _STATE.debug, again="(the weights fetched are kept; one cut "
+                                                  "short is fetched again from its start)"):
         from . import hub, weights
 
         manifest = weights.load_manifest()

@@ -775,6 +775,21 @@ def test_a_damaged_bundled_int8_graph_is_said_everywhere(
 
 
 # --------------------------------------------------------------------------- download
+def test_an_interrupted_download_does_not_promise_to_resume(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C'd download said "run the same command again to resume (finished files are
+    skipped)"; the file cut short starts over (an audit)."""
+    from derain_cli import weights
+
+    def cut(name: str, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "resolve", cut)
+    r = derain("download", "semi-drdnet-tiny")
+    assert r.exit_code == 130 and "one cut short is fetched again from its start" in " ".join(
+        r.stderr.split()) and "to resume" not in r.stderr
+
+
 def test_download_bundled_is_verified(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _fake_manifest(monkeypatch, tmp_path, bundled=True)
     r = derain("download", "semi-drdnet-lite")
