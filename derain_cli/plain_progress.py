@@ -41,11 +41,13 @@ class PlainProgress:
         self._last = now
         return True
 
-    def timing(self, done: float, total: float, left: float | None = None) -> str:
-        """``elapsed H:MM:SS ETA H:MM:SS``, the ETA from the mean rate so far, or ``left``
-        seconds (a time budget's) where that is sooner."""
+    def timing(self, done: float, total: float, left: float | None = None,
+               eta: float | None = None) -> str:
+        """``elapsed H:MM:SS ETA H:MM:SS``, the ETA from the mean rate so far (or the
+        caller's ``eta``), or ``left`` seconds (a time budget's) where that is sooner."""
         elapsed = time.monotonic() - self.t0
-        eta = elapsed * (total - done) / done if done > 0 else float("nan")
+        if eta is None:
+            eta = elapsed * (total - done) / done if done > 0 else float("nan")
         if left is not None:
             eta = left if not math.isfinite(eta) else min(eta, left)
         return f"elapsed {clock(elapsed)} ETA {clock(eta)}"

@@ -1925,6 +1925,14 @@ class _Run:
             if "run_started" in self.hooks:
                 self.hooks["run_started"](self.out)
 
+    def validations_left(self, step: int) -> int:
+        """How many validations the run makes after ``step``: every ``--val-every`` steps
+        and at the last step (for the ETA)."""
+        cfg, total = self.cfg, self.total
+        if not cfg.val or step >= total:
+            return 0
+        return total // cfg.val_every - step // cfg.val_every + (total % cfg.val_every > 0)
+
     def validate_and_keep_best(self, relog: bool = False) -> dict[str, float]:
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
         and keep it as best.pt when it is the best so far. The best score is recorded only
@@ -1933,6 +1941,7 @@ class _Run:
         leaves ``validating`` set: the checkpoint says so and the resume validates again."""
         cfg, s, step = self.cfg, self.setup, self.step
         self.validating = True
+        t_val = time.monotonic()
         calibrated = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
                                    s.device)
         scores = validate(calibrated, cfg.val, device=s.device, limit=cfg.val_limit,
@@ -1959,6 +1968,9 @@ class _Run:
                 raise
         plot_curves(self.log.records, self.out / "curves.png", has_val=bool(cfg.val))
         self.validating = False
+        progress = getattr(self, "progress", None)  # (none at the export)
+        if progress is not None:
+            progress.validated(time.monotonic() - t_val)
         return scores
 
     def steps(self) -> None:
@@ -1990,7 +2002,8 @@ class _Run:
         self.t_saved = time.time()  # rank 0's last checkpoint (or the start)
         self.progress = _Progress(
             enabled=self.is_main and not cfg.quiet, total=total, start=self.step,
-            budget_end=self.budget_t0 + cfg.time_budget if cfg.time_budget else None)
+            budget_end=self.budget_t0 + cfg.time_budget if cfg.time_budget else None,
+            vals_left=self.validations_left)
 
         learner.model.train()
         if cfg.freeze_bn:
@@ -2294,21 +2307,48 @@ class _Progress:
     show nothing until the end, so plain lines are printed instead
     (:class:`~derain_cli.plain_progress.PlainProgress`: at most one every ``every_s``
     seconds, and the last step's): an hour-long run in a log is not silent.
+
+    The ETA is the steps left at this segment's time per step (validations left out) plus
+    the validations left (``vals_left(step)``) at their measured mean: the steps' rate
+    alone left the validations out (on a CPU one can take as long as many steps).
     """
 
     def __init__(self, *, enabled: bool, total: int, start: int, every_s: float = 60.0,
-                 console: Any = None, budget_end: float | None = None) -> None:
+                 console: Any = None, budget_end: float | None = None,
+                 vals_left: Callable[[int], int] | None = None) -> None:
         self.enabled = enabled
         self.total, self.start = total, start
         #: when --time-budget stops the run (time.time()); the step ETA alone overshot it
         self.budget_end = budget_end
         self.every_s = every_s
+        self.vals_left = vals_left
         self._console = console
         self._p = None
         self._task = None
         self._lines: Any = None
+        self._t0 = time.monotonic()
+        self._val_seconds: list[float] = []  # each validation's time, this segment
+
+    def validated(self, seconds: float) -> None:
+        """A validation took ``seconds``: not step time, and the measure of those to come."""
+        self._val_seconds.append(seconds)
+
+    def eta(self, step: int) -> float:
+        """Seconds left (nan before the first step), the time budget's end where sooner."""
+        done = step - self.start
+        left = float("nan")
+        if done > 0:
+            spent = time.monotonic() - self._t0 - sum(self._val_seconds)
+            left = max(spent, 0.0) / done * (self.total - step)
+            if self._val_seconds and self.vals_left is not None:
+                left += self.vals_left(step) * (sum(self._val_seconds) / len(self._val_seconds))
+        if self.budget_end is not None:
+            budget = max(0.0, self.budget_end - time.time())
+            left = budget if not math.isfinite(left) else min(left, budget)
+        return left
 
     def __enter__(self) -> _Progress:
+        self._t0 = time.monotonic()
         if self.enabled:
             from rich.progress import (
                 BarColumn,
@@ -2316,7 +2356,6 @@ class _Progress:
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
-                TimeRemainingColumn,
             )
 
             from .plain_progress import PlainProgress
@@ -2330,8 +2369,7 @@ class _Progress:
             self._p = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TextColumn("{task.fields[eta]}") if self.budget_end is not None
-                else TimeRemainingColumn(), transient=False, console=console,
+                TextColumn("{task.fields[eta]}"), transient=False, console=console,
             )
             self._p.__enter__()
             self._task = self._p.add_task("train", total=self.total, completed=self.start,
@@ -2348,27 +2386,16 @@ class _Progress:
         if left is not None:
             info += " (time budget)"
         if self._p is not None:
-            self._p.update(self._task, completed=step, info=info)
-            self._budget_eta()
+            self._p.update(self._task, completed=step, info=info, eta=clock(self.eta(step)))
         elif self._lines is not None and (self._lines.due() or step >= self.total):
-            timing = self._lines.timing(step - self.start, self.total - self.start, left)
+            timing = self._lines.timing(step - self.start, self.total - self.start, left,
+                                        eta=self.eta(step))
             self._lines.print(f"train {step}/{self.total} {info} {timing}")
 
     def advance_to(self, step: int) -> None:
         """Move the bar between logged steps (their loss and rate stay until the next)."""
         if self._p is not None:
-            self._p.update(self._task, completed=step)
-            self._budget_eta()
-
-    def _budget_eta(self) -> None:
-        """With a time budget, the bar's ETA: the budget's end or the last step's, which
-        comes first (the step ETA alone counted to a cap the budget never reaches)."""
-        if self._p is None or self.budget_end is None:
-            return
-        left = max(0.0, self.budget_end - time.time())
-        steps_left = self._p.tasks[0].time_remaining  # (the bar's own estimate)
-        self._p.update(self._task, eta=clock(min(left, steps_left if steps_left is not None
-                                                 else left)))
+            self._p.update(self._task, completed=step, eta=clock(self.eta(step)))
 
     def note(self, msg: str) -> None:
         if self._p is not None:

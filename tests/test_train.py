@@ -1564,6 +1564,32 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
     assert not any(ln.startswith("train 1/4") for ln in live)
 
 
+def test_the_eta_counts_the_validations_left():
+    """The ETA was the steps' rate alone: the validations to come were left out, and one
+    that ran was counted as slow steps."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from derain_cli.train import _Progress, _Run
+
+    run = SimpleNamespace(cfg=SimpleNamespace(val="v", val_every=4), total=10)
+    assert [_Run.validations_left(run, s) for s in (0, 3, 4, 8, 9, 10)] == [3, 3, 2, 1, 1, 0]
+    run.total = 8  # the last step is a multiple: not counted twice
+    assert _Run.validations_left(run, 0) == 2
+    run.cfg.val = None
+    assert _Run.validations_left(run, 0) == 0
+    for terminal in (False, True):
+        buf = io.StringIO()
+        with _Progress(enabled=True, total=10, start=0, every_s=0.0, vals_left=lambda s: 2,
+                       console=Console(file=buf, force_terminal=terminal, width=200)) as bar:
+            bar.validated(100.0)  # (the steps took next to nothing beside it)
+            bar.update(5, 0.5, 1e-4, 3.0)
+            assert 200.0 <= bar.eta(5) < 201.0  # two validations of 100 s each to come
+        assert "ETA 0:03:20" in buf.getvalue()
+
+
 def test_a_run_checkpoint_loads_under_the_run_name_and_last_pt_is_flagged(data, tmp_path,
                                                                           caplog):
     """`derain --weights RUN/last.pt` was shown as "model last" and loaded, without a word,
