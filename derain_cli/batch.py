@@ -1178,6 +1178,22 @@ def _device_of(path: Path) -> int | None:
     return None
 
 
+def _looks_full(folder: Path, need: int) -> bool:
+    """Whether the disk of ``folder`` has less room than ``need`` bytes (an uncompressed
+    8-bit photo's, more than its result takes) or no free inode."""
+    import shutil
+
+    for p in (folder, *folder.parents):
+        try:
+            if shutil.disk_usage(p).free < need:
+                return True
+            stat = os.statvfs(p) if hasattr(os, "statvfs") else None
+            return stat is not None and stat.f_files > 0 and stat.f_favail == 0
+        except OSError:
+            continue
+    return False
+
+
 class _FullDisks:
     """Disks a result could not be written to (ENOSPC, EDQUOT). Why: with the disk full,
     every remaining photo was derained (minutes each on a CPU) and then failed to write
@@ -1306,10 +1322,12 @@ def _encode(job: Job, box: list[LoadedImage], options: BatchOptions) -> float:
         try:
             prepared.write(replace=options.overwrite)
         except ImageError as e:
-            cause = e.__cause__
-            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                assert job.output is not None
-                raise _DiskFull(_one_line(e), _device_of(job.output.parent)) from None
+            cause, folder = e.__cause__, job.output.parent  # type: ignore[union-attr]
+            # the errno is lost where the JPEG encoder writes itself ("broken data stream")
+            # or the temporary file could not be made: the free space tells (a review)
+            if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) \
+                    or _looks_full(folder, 3 * h * w):
+                raise _DiskFull(_one_line(e), _device_of(folder)) from None
             raise
 
     _guarded(write, options)

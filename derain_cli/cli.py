@@ -938,12 +938,12 @@ def _run(
                         summary = batch.run_batch(items, derainer, options, progress, dist)
                 except batch.BatchInterrupted as stop:
                     if json_out and main_rank:  # a script still learns what was done
-                        typer.echo(stop.summary.to_json())
+                        _echo_json(err, stop.summary)
                     raise
             except KeyboardInterrupt as stop:  # before the batch began (scan, model load)
                 if json_out and main_rank and not isinstance(stop, batch.BatchInterrupted):
-                    typer.echo(batch.Summary(world_size=dist.world_size,
-                                             interrupted=True).to_json())
+                    _echo_json(err, batch.Summary(world_size=dist.world_size,
+                                                  interrupted=True))
                 raise
             finally:
                 decoder_warnings.close()
@@ -1035,20 +1035,28 @@ def _report(err: Console, summary: Any, options: Any, *, json_out: bool, quiet: 
         if r.status == "failed" and r.rank != 0:
             _print_failure(err, r)
     if json_out:
-        try:
-            typer.echo(summary.to_json())
-        except BrokenPipeError:
-            raise  # the reader went away: quiet, 141 (``_friendly_errors``)
-        except OSError as e:  # `--json > FILE` on a full disk said "error: No space left on
-            # device" alone, as if the photos had failed (an audit)
-            silence_stdout()  # (the unwritten text is not flushed again at exit)
-            print_error(err, f"--json: cannot write the summary to standard output "
-                             f"({e.strerror or e}); the photos were done all the same: "
-                             f"{summary.processed} derained, {summary.skipped} skipped, "
-                             f"{len(summary.failed)} failed")
-            raise _Exit(1) from None
+        if not _echo_json(err, summary):
+            raise _Exit(1)
     elif not quiet:
         _print_summary(err, summary, options)
+
+
+def _echo_json(err: Console, summary: Any) -> bool:
+    """``--json``'s summary on stdout; False (said on stderr) where stdout takes nothing:
+    `--json > FILE` on a full disk said "error: No space left on device" alone, as if the
+    photos had failed (an audit). After a Ctrl-C the interrupted status stays."""
+    try:
+        typer.echo(summary.to_json())
+    except BrokenPipeError:
+        raise  # the reader went away: quiet, 141 (``_friendly_errors``)
+    except OSError as e:
+        silence_stdout()  # (the unwritten text is not flushed again at exit)
+        print_error(err, f"--json: cannot write the summary to standard output "
+                         f"({e.strerror or e}); the photos were done all the same: "
+                         f"{summary.processed} derained, {summary.skipped} skipped, "
+                         f"{len(summary.failed)} failed")
+        return False
+    return True
 
 
 #: Counting a folder's megapixels stops here: far more than decides the CPU engine
@@ -1611,7 +1619,7 @@ def download_cmd(
     err = _stderr()
     # (a file cut short is not resumed: "to resume" promised what the rerun does not do)
     with _friendly_errors(err, _STATE.debug, again="(the weights fetched are kept; one cut "
-                                                  "short is fetched again from its start)"):
+                                                  "short may start over)"):
         from . import hub, weights
 
         manifest = weights.load_manifest()
@@ -1688,7 +1696,7 @@ _OWN_PROCESS: list[bool] = []
 
 
 def _ignore_further_stops() -> None:
-    """Once a Ctrl-C (or SIGTERM, SIGHUP) is being handled, further ones are ignored while
+    """Once a Ctrl-C (or SIGTERM, SIGHUP) is being handled, further Ctrl-Cs are ignored while
     the process ends: a second Ctrl-C during the clean-up printed a traceback from
     PyTorch's exit handlers, or ended the process by the signal (status -2, the --json
     summary's promise of 130 broken): an audit. The first stop has done its work (the
@@ -1698,7 +1706,8 @@ def _ignore_further_stops() -> None:
 
     if not _OWN_PROCESS or threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
+    for name in ("SIGINT", "SIGBREAK"):  # Ctrl-C, Ctrl-Break pressed again (a kill or
+        # torchrun's SIGTERM still ends a process that hangs on its way out: a review)
         sig = getattr(signal, name, None)
         if sig is not None:
             with contextlib.suppress(OSError, ValueError):

@@ -70,8 +70,9 @@ class DerainConsole(Console):
         the exit status still tells. stdout (data: ``--json``) still raises."""
         try:
             super()._check_buffer()
-        except OSError:
-            if self.file is not sys.stderr:
-                raise
+        except OSError as e:
+            if self.file is not sys.stderr or isinstance(e, (BlockingIOError,
+                                                             InterruptedError)):
+                raise  # (a passing state of the stream, not one that takes nothing)
             self.quiet = True
             _silence(sys.stderr)

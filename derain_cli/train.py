@@ -464,6 +464,8 @@ def hardware_summary(segments: list[dict[str, Any]], current: str) -> str:
     (steps 500-2000)"; ``current`` alone when one place did all of it."""
     merged: list[dict[str, Any]] = []
     for seg in segments:
+        if _same_hardware(seg["hardware"], current):  # this machine under its older name
+            seg = dict(seg, hardware=current)  # (one machine, not two: a review)
         if merged and merged[-1]["hardware"] == seg["hardware"] and merged[-1]["to"] == seg["from"]:
             merged[-1] = dict(merged[-1], to=seg["to"])
         else:

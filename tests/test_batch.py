@@ -570,16 +570,46 @@ def test_a_full_disk_stops_the_network_for_the_photos_bound_there(
     out = tmp_path / "out"
     s = run_batch(items, derainer, BatchOptions(output=out, io_workers=io_workers))
     assert s.processed == 0 and len(s.failed) == 4
-    reasons = dict(s.failed)
-    assert "No space left on device" in reasons[str(tmp_path / "in" / "p0.png")]
-    assert all(f"not derained: no space left on the disk of {out}" in reasons[
-        str(tmp_path / "in" / f"p{i}.png")] for i in (2, 3))
-    assert len(passes) <= 1 + io_workers  # the pipeline may have derained the next ones
+    reasons = [dict(s.failed)[str(tmp_path / "in" / f"p{i}.png")] for i in range(4)]
+    assert "No space left on device" in reasons[0]
+    said = f"not derained: no space left on the disk of {out}"
+    # the pipeline may have derained the next ones (io_workers) before p0's write failed
+    assert all("No space left on device" in r or said in r for r in reasons[1:])
+    assert all(said in r for r in reasons[1 + io_workers:])
+    assert len(passes) <= 1 + io_workers
     assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".derain-output"]
     monkeypatch.setattr(images, "_place_new", real_place)  # room again: the rerun does all
     s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
                   BatchOptions(output=out, io_workers=io_workers))
     assert (s.processed, s.failed) == (4, [])
+
+
+def test_a_full_disk_is_known_by_its_free_space_where_the_error_has_no_errno(
+        tmp_path: Path, derainer, monkeypatch) -> None:
+    """Where the JPEG encoder writes itself, a full disk is "broken data stream when writing
+    image file", no errno (a review): the disk's free space tells."""
+    import shutil
+    from collections import namedtuple
+
+    from derain_cli import images
+
+    for i in range(3):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+
+    def broken(tmp, dest):
+        raise OSError("broken data stream when writing image file")
+
+    monkeypatch.setattr(images, "_place_new", broken)
+    usage = namedtuple("usage", "total used free")
+    room = {"free": 10**12}
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, room["free"]))
+    items = collect_inputs([str(tmp_path / "in")])
+    s = run_batch(items, derainer, BatchOptions(output=tmp_path / "o1"))
+    assert all("broken data stream" in r for _, r in s.failed)  # room: not a full disk
+    room["free"] = 100  # less than a 12x10 photo's 360 bytes
+    s = run_batch(items, derainer, BatchOptions(output=tmp_path / "o2"))
+    assert [("broken data stream" in r, "not derained" in r) for _, r in s.failed] == [
+        (True, False), (False, True), (False, True)]
 
 
 @pytest.mark.parametrize("io_workers", [0, 2])

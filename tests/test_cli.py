@@ -600,7 +600,8 @@ def test_a_second_stop_while_the_process_ends_is_ignored(monkeypatch: pytest.Mon
     with pytest.raises(SystemExit) as stop:
         cli.main(["x"])
     assert stop.value.code == 130
-    assert (signal.SIGINT, signal.SIG_IGN) in calls and (signal.SIGTERM, signal.SIG_IGN) in calls
+    assert (signal.SIGINT, signal.SIG_IGN) in calls  # a kill still ends it (a review)
+    assert (signal.SIGTERM, signal.SIG_IGN) not in calls
 
 
 def test_ignoring_further_stops_holds_in_a_real_process() -> None:
@@ -786,7 +787,7 @@ def test_an_interrupted_download_does_not_promise_to_resume(
 
     monkeypatch.setattr(weights, "resolve", cut)
     r = derain("download", "semi-drdnet-tiny")
-    assert r.exit_code == 130 and "one cut short is fetched again from its start" in " ".join(
+    assert r.exit_code == 130 and "one cut short may start over" in " ".join(
         r.stderr.split()) and "to resume" not in r.stderr
 
 

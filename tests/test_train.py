@@ -598,6 +598,10 @@ def test_a_cpu_is_named_by_its_model_in_the_manifest(tmp_path, monkeypatch):
     assert T._same_hardware(older, now) and T._same_hardware(now, now)
     assert not T._same_hardware(now.replace("fp32", "bf16 autocast"), now)
     assert not T._same_hardware("1x NVIDIA H200, bf16 autocast", now)
+    # and the manifest names it once (a review: "1x CPU (x86_64, ...) (steps 0-500); 1x
+    # CPU (Test CPU 9000, ...) (steps 500-2000)")
+    assert T.hardware_summary([{"hardware": older, "from": 0, "to": 500},
+                               {"hardware": now, "from": 500, "to": 2000}], now) == now
 
 
 def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
