@@ -1460,7 +1460,8 @@ def _run_pipelined(
                 continue
             no_room = full.problem(job)
             meanwhile = not options.overwrite and job.output is not None and \
-                job.output.exists()  # another run's (the serial loop looks just before too)
+                os.path.exists(job.output)  # another run's (the serial loop looks just
+            # before too; os.path's: an unreadable name is not the end of the batch)
             if no_room is not None or meanwhile:
                 old = reads.pop(i, None)
                 if old is not None:
