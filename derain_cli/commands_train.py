@@ -391,8 +391,10 @@ def distill_cmd(
         "--teacher", "-m", help="Model to imitate: a name or a weights file (a "
                                 "Semi-DRDNet; any architecture with --student).")] =
     "semi-drdnet-lite",
-    detail_blocks: Annotated[int, typer.Option(
-        min=1, help="Detail blocks the student keeps (fewer is faster).")] = 2,
+    detail_blocks: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="Detail blocks the student keeps (fewer is faster). \\[default: 2, or one "
+             "fewer than the teacher's]")] = None,
     rain_blocks: Annotated[int | None, typer.Option(
         min=1, help="Rain blocks the student keeps (default: all, frozen; fewer are "
                     "trained too and also shorten the tiling statistics pass).")] = None,

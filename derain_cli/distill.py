@@ -77,7 +77,8 @@ class DistillConfig:
     clean: str
     teacher: str = "semi-drdnet-lite"
     """Registry name (bundled or downloadable weights) or a weights file."""
-    detail_blocks: int = 2
+    detail_blocks: int | None = None
+    """None: 2, or one fewer than the teacher's where it has 2 (the default model has)."""
     rain_blocks: int | None = None
     """None: the teacher's rain network, frozen; fewer blocks train it too."""
     student: str | None = None
@@ -193,11 +194,15 @@ class FlipEnsemble(nn.Module):
         return total / len(self.FLIPS)
 
 
-def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int,
+def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int | None,
                          rain_blocks: int | None = None) -> SemiDRDNet:
-    """The teacher with only its first ``detail_blocks`` detail blocks and first
-    ``rain_blocks`` rain blocks (None: all), weights copied."""
+    """The teacher with only its first ``detail_blocks`` detail blocks (None: 2, or one
+    fewer than the teacher's where that is less: the default model has 2, and distilling
+    it refused its own default, an audit) and first ``rain_blocks`` rain blocks (None:
+    all), weights copied."""
     n = teacher.cfg.detail_blocks
+    if detail_blocks is None:
+        detail_blocks = max(1, min(2, n - 1))
     if n <= 1:
         raise DistillError(
             f"the teacher has only {n} detail block, so there is nothing to prune "

@@ -94,6 +94,15 @@ def _deep_teacher_file(root: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(("teacher_blocks", "kept"), [(2, 1), (3, 2), (5, 2)])
+def test_the_default_student_fits_its_teacher(teacher_blocks, kept):
+    """`derain distill -m semi-drdnet-fast` (2 detail blocks) refused its own default of 2
+    (an audit): the default is 2, or one fewer than the teacher's."""
+    teacher = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=teacher_blocks,
+                                          se_reduction=4)).eval()
+    assert student_from_teacher(teacher, None).cfg.detail_blocks == kept
+
+
 def test_student_with_fewer_rain_blocks_starts_from_the_first_ones():
     torch.manual_seed(1)
     teacher = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=2,
