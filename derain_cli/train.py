@@ -1908,6 +1908,10 @@ class _Run:
             "data": self.data_count,  # a resume says when the data changed in between
             "val_pending": self.validating,  # a Ctrl-C during this step's validation
             "start_weights": self.start_record,  # the file, hashed when the run started
+            # the steps since the last log line: a resume logs them with the next ones, as
+            # the run would have (they were lost from log.jsonl: an audit); rank 0's
+            "log_window": {"losses": list(getattr(self, "window", [])),
+                           "parts": list(getattr(self, "parts_window", []))},
         }
 
     def wall_time(self) -> float:
@@ -1996,6 +2000,11 @@ class _Run:
         self.window: list[float] = []  # losses since the last log line
         #: the loss's parts (sup, c_bg...) of those steps, averaged alike in the log line
         self.parts_window: list[dict[str, float]] = []
+        held = (self.ckpt or {}).get("log_window") if self.is_main else None
+        if held and self.step % cfg.log_every:  # stopped between two log lines: those
+            # steps join the next line, as without the stop (under torchrun rank 0's only)
+            self.window = [float(v) for v in held.get("losses", [])]
+            self.parts_window = [dict(p) for p in held.get("parts", [])]
         self.bad_steps = 0  # non-finite steps in a row
         self.t_window, self.n_window = time.time(), 0
         # the budget's clock runs from here, after set-up (the schedule's warmup and decay

@@ -224,7 +224,8 @@ def test_ctrl_c_in_the_forward_resumes_exactly(data, tmp_path, monkeypatch):
     """A Ctrl-C in the middle of a step (here: in the losses, after the contrastive sampling
     drew from its generator) saved the advanced random state, so the resumed run drew other
     samples (audit: 0.056 apart after 200 steps); the checkpoint keeps the step boundary's."""
-    kw = dict(contrast_features="self", steps=8, unlabeled=[str(data["real"])], amp="fp32")
+    kw = dict(contrast_features="self", steps=8, unlabeled=[str(data["real"])], amp="fp32",
+              log_every=4)
     full = T.train(_cfg(data, tmp_path / "a", **kw))
     real_forward = L.Criterion.forward
     calls = []
@@ -244,6 +245,11 @@ def test_ctrl_c_in_the_forward_resumes_exactly(data, tmp_path, monkeypatch):
     resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
     assert resumed.losses == full.losses[5:]
     _assert_same_checkpoints(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
+    # the log: step 5, stopped before its line (every 4 steps), joins steps 6-8's as it
+    # would have (it was lost, and the step-8 line was the mean of 6-8 alone: an audit)
+    lines = [[(r["step"], r["loss"], r.get("sup")) for r in map(json.loads, (
+        tmp_path / run / "log.jsonl").open()) if r["kind"] == "train"] for run in "ab"]
+    assert lines[0] == lines[1] and [s for s, _, _ in lines[0]] == [4, 8]
 
 
 @pytest.fixture
