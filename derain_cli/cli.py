@@ -495,12 +495,9 @@ def _check_model(value: str | None) -> str | None:
     from .models import MODELS
 
     if value not in MODELS:
-        from .weights import names_a_file
+        from .models import UnknownModelError
 
-        hint = f"; to use the weights file, pass --weights {value}" if names_a_file(
-            value) else ""  # `-m run/model.safetensors` said only "unknown model" (audit)
-        raise typer.BadParameter(f"unknown model {value!r}; choose one of: {', '.join(MODELS)}"
-                                 + hint)
+        raise typer.BadParameter(str(UnknownModelError(value)))
     return value
 
 

@@ -329,7 +329,9 @@ def finetune_cmd(
     contrast_terms: Annotated[str | None, typer.Option(
         help="Keep only these contrastive terms, comma-separated (Semi-DRDNet: bg, rain, "
              "bg_u, rain_u; RDMC: bg, bg_u; _u = on your photos; all = every one). Default: "
-             "bg,bg_u: Semi-DRDNet's rain branches did not help fine-tuning.")] = None,
+             "bg,bg_u: Semi-DRDNet's rain branches did not help fine-tuning. Semi-DRDNet's "
+             "rain_out and rain_leak are other forms of its rain branch, only when named.")
+    ] = None,
     batchnorm: Annotated[str, typer.Option(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
              "(batch statistics while training, re-estimated at the end).")] = "keep",

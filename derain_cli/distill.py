@@ -163,8 +163,9 @@ def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
     else:
         net, label = load_pretrained(spec), spec
     if not any_arch and not isinstance(net, SemiDRDNet):
-        raise DistillError(f"{label}: distillation needs a Semi-DRDNet teacher, "
-                           f"not {type(net).__name__}")
+        raise DistillError(f"{label}: a pruned student needs a Semi-DRDNet teacher, not "
+                           f"{type(net).__name__}; to distil it into a model of its own, "
+                           "name one with --student NAME")
     return net.eval(), label
 
 
@@ -387,11 +388,11 @@ def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], lis
     photos = list_photos(Path(cfg.clean), recursive=False)
     least = (cfg.val_count or 1) + 1
     if len(photos) < least:
-        raise DistillError(f"{cfg.clean}: {len(photos)} photos; need at least {least} "
+        raise DistillError(f"{cfg.clean}: {len(photos)} photo(s); need at least {least} "
                            f"({least - 1} held out, --val-count)")
     readable = [img for _, img in iter_readable(photos)]  # unreadable ones: a warning each
     if len(readable) < least:
-        raise DistillError(f"{cfg.clean}: {len(readable)} readable photos; need at least "
+        raise DistillError(f"{cfg.clean}: {len(readable)} readable photo(s); need at least "
                            f"{least} ({least - 1} held out, --val-count)")
     cut = len(readable) - held_count(cfg.val_count, len(readable))
     real = load_photos(cfg.real) if cfg.real else []

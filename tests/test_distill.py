@@ -94,6 +94,16 @@ def _deep_teacher_file(root: Path) -> Path:
     return path
 
 
+def test_an_rdmc_teacher_is_pointed_at_student():
+    """`distill -m rdmc-lite` said "needs a Semi-DRDNet teacher" where --help says any
+    architecture works with --student (an audit)."""
+    from derain_cli.distill import DistillError, _load_teacher
+
+    with pytest.raises(DistillError, match="a pruned student needs a Semi-DRDNet teacher, "
+                                           "not RDMC; .* --student NAME"):
+        _load_teacher("rdmc-lite", any_arch=False)
+
+
 @pytest.mark.parametrize(("teacher_blocks", "kept"), [(2, 1), (3, 2), (5, 2)])
 def test_the_default_student_fits_its_teacher(teacher_blocks, kept):
     """`derain distill -m semi-drdnet-fast` (2 detail blocks) refused its own default of 2

@@ -82,7 +82,12 @@ class UnknownModelError(KeyError, ValueError):
     """A model name that is not in the registry (a ``ValueError`` too: a bad argument)."""
 
     def __str__(self) -> str:
-        return f"unknown model {self.args[0]!r}; choose one of: {', '.join(MODELS)}"
+        from ..weights import names_a_file  # (it imports this module)
+
+        name = str(self.args[0])  # `-m run/model.safetensors` said only "unknown" (audit)
+        hint = f"; to use the weights file, pass --weights {name}" if names_a_file(
+            name) else ""
+        return f"unknown model {name!r}; choose one of: {', '.join(MODELS)}{hint}"
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -120,8 +120,14 @@ def test_rdmc_stages_and_multiple():
 
 
 def test_unknown_model_message():
-    with pytest.raises(KeyError, match="choose one of"):
+    with pytest.raises(KeyError, match="choose one of") as info:
         get_spec("nope")
+    assert "--weights" not in str(info.value)
+    # a weights file's path given as a model name says how to use it (`derain finetune -m
+    # run/model.safetensors` said only "unknown model": an audit)
+    with pytest.raises(KeyError, match=r"; to use the weights file, pass --weights "
+                                       r"run/model\.safetensors$"):
+        get_spec("run/model.safetensors")
 
 
 def test_config_roundtrip_and_unknown_field():
