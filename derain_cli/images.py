@@ -600,7 +600,8 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "truncated" in detail.lower():  # Pillow: "image file is truncated (N bytes not..."
                 raise ImageError("truncated image: the file ends before the picture does "
-                                 "(an interrupted download or copy?)") from None
+                                 "(an interrupted download or copy, or a damaged file)") \
+                    from None  # (Pillow says "truncated" of junk after a header too: audit)
             if detail in _DECODER_JARGON:
                 detail = _DECODER_JARGON[detail]
             raise ImageError(f"truncated or corrupt image: {detail}") from None
