@@ -1487,6 +1487,13 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
             clean_dir=cfg.clean_dir, patch=cfg.patch, preset=cfg.preset, seed=cfg.seed,
             with_aug=with_aug, clean_fraction=cfg.clean_fraction,
         )
+    both = sorted({str(Path(p).expanduser().resolve()) for p in cfg.synthetic}
+                  & {str(Path(p).expanduser().resolve()) for p in cfg.unlabeled})
+    if both and is_main:  # `finetune --clean X --rainy X` went by in silence (an audit)
+        _say(f"warning: {', '.join(both)} is named for clean photos (synthetic rain is laid "
+             "on them: --synthetic, finetune's --clean) and for rainy ones (--unlabeled, "
+             "finetune's --rainy): where its photos hold rain, the model learns to keep it; "
+             "clean photos are rain-free ones")
     fits = labeled.largest_fitting_patch() if hasattr(labeled, "largest_fitting_patch") else None
     if fits is not None and cfg.patch > fits and is_main:
         _say(f"warning: --patch {cfg.patch} is larger than every training image (the "
@@ -2602,7 +2609,15 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
     check_config(cfg)  # before the photos are read and derained
-    photos = _load_photos(fc.rainy, fc.max_side)
+    loaded: list[list[np.ndarray]] = []
+
+    def user_photos() -> list[np.ndarray]:
+        """The photos, read when train() first asks: after its checks of a --resume (a
+        resume refused for its -m read and decoded the whole folder first: an audit)."""
+        if not loaded:
+            loaded.append(_load_photos(fc.rainy, fc.max_side))
+        return loaded[0]
+
     kept = {k: v for k, v in dataclasses.asdict(fc).items() if k not in ("given", "resume")}
     for k in ("rainy", "clean", "val", "weights"):  # a resume from elsewhere finds them
         if kept[k]:
@@ -2611,7 +2626,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     kept.update(steps=steps, batch=batch, patch=patch)
     hooks: dict[str, Callable[..., Any]] = {
         "make_unlabeled": lambda c: D.UnlabeledDataset(
-            images=photos, patch=c.patch, seed=c.seed + 1, fitted_to=fc.max_side,
+            images=user_photos(), patch=c.patch, seed=c.seed + 1, fitted_to=fc.max_side,
             flag="--rainy"),
         "run_started": lambda out: atomic_write_text(
             out / FINETUNE_JSON, json.dumps(kept, indent=2, sort_keys=True) + "\n"),
@@ -2619,7 +2634,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     if not fc.clean:
         def make_labeled(c: TrainConfig, with_aug: bool) -> D.LabeledDataset:
             return D.LabeledDataset(
-                clean_images=_pseudo_clean(c, photos, device, weights),
+                clean_images=_pseudo_clean(c, user_photos(), device, weights),
                 patch=c.patch, preset=fc.preset, seed=fc.seed, with_aug=with_aug,
                 clean_fraction=fc.clean_fraction)
 

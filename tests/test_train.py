@@ -488,6 +488,17 @@ def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
     assert " --rainy-dir" not in str(e.value)
 
 
+def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, capsys):
+    """`finetune --clean X --rainy X` made the user's rainy photos the clean backgrounds
+    of the synthetic pairs, without a word (an audit)."""
+    T.train(_cfg(data, tmp_path / "r", steps=1, synthetic=[str(data["real"])],
+                 unlabeled=[str(data["real"])]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: {data['real'].resolve()} is named for clean photos" in err
+    T.train(_cfg(data, tmp_path / "s", steps=1, unlabeled=[str(data["real"])]))
+    assert "is named for clean photos" not in capsys.readouterr().err
+
+
 def test_resume_must_be_the_same_run(data, tmp_path, capsys):
     T.train(_cfg(data, tmp_path / "r", steps=3))
     with pytest.raises(T.TrainError, match="trained as .*semi-drdnet.*leave out -m"):
@@ -941,7 +952,7 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert (config["val_every"], config["ckpt_every"]) == (1, 1)
 
 
-def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
+def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, monkeypatch):
     """`derain finetune -o RUN --resume` needed --rainy and -m again and then ran the
     defaults (batch 4, patch 96, 200 steps) over the run's own settings (audit)."""
     import shutil
@@ -981,9 +992,15 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys):
                                  "--weights", str(same), *common])
     assert r.exit_code == 0, r.output
     other = T.train(_cfg(data, tmp_path / "other", steps=1, seed=1)).weights
+    reads: list[int] = []
+    real_load = T._load_photos
+    monkeypatch.setattr(T, "_load_photos",
+                        lambda *a, **kw: reads.append(1) or real_load(*a, **kw))
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
                                  "--weights", str(other), *common])
     assert r.exit_code == 2 and "init_weights" in r.output, r.output
+    assert reads == []  # refused before the photos were read and decoded (an audit)
+    monkeypatch.setattr(T, "_load_photos", real_load)
     # a run without finetune.json (before 2026-12-03) still needs its photos named
     (out / T.FINETUNE_JSON).unlink()
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
