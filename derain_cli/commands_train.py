@@ -75,7 +75,7 @@ def _errors() -> Iterator[None]:
     from .losses import ContrastUnavailable
     from .models import UnknownModelError
     from .pairs import PairDataError, PairsError
-    from .train import TrainError
+    from .train import TrainDiverged, TrainError
     from .weights import WeightsError
 
     rank = int(os.environ.get("RANK", "0"))
@@ -116,10 +116,11 @@ def _errors() -> Iterator[None]:
             say(e)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
-            ValueError, OSError) as e:
+            ValueError, OSError, TrainDiverged) as e:
         if _debug():
             raise
-        say(e)
+        if not rank or not isinstance(e, TrainDiverged):  # (every rank's loss diverged)
+            say(e)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # training says where it stopped itself; under torchrun rank 0 speaks for all

@@ -81,6 +81,11 @@ class TrainError(ValueError):
         self.every_rank = every_rank
 
 
+class TrainDiverged(RuntimeError):
+    """The weights went non-finite (NaN, infinity): the run stops and nothing of it is
+    exported or scored. A runtime failure (exit 1), not a refused setting."""
+
+
 class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, after the checkpoint was saved and the user told so."""
 
@@ -796,6 +801,11 @@ def check_config(cfg: TrainConfig) -> None:
          f"--threads must be at least 1, not {cfg.threads}")
     need(cfg.patch is None or cfg.patch >= _SMALLEST_PATCH,
          f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
+    for flag, v in (("--lr", cfg.lr), ("--l1-weight", cfg.l1_weight),
+                    ("--psnr-weight", cfg.psnr_weight), ("--clip", cfg.clip),
+                    ("--contrast-weight", cfg.contrast_weight), ("--l2sp", cfg.l2sp),
+                    ("--consistency", cfg.consistency)):  # `--lr inf` trained to a NaN
+        need(not math.isinf(v), f"{flag} must be a finite number, not {v:g}")  # model (audit)
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
     need(cfg.l1_weight >= 0, f"--l1-weight must be 0 (off) or more, not {cfg.l1_weight:g}")
     need(cfg.psnr_weight >= 0,
@@ -1957,6 +1967,7 @@ class _Run:
         t_val = time.monotonic()
         calibrated = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
                                    s.device)
+        check_finite(calibrated.state_dict(), "the averaged weights", step)
         scores = validate(calibrated, cfg.val, device=s.device, limit=cfg.val_limit,
                           crop=cfg.val_crop, cache=s.val_cache,
                           rainy_dir=cfg.val_rainy_dir, clean_dir=cfg.val_clean_dir)
@@ -2085,8 +2096,8 @@ class _Run:
                             "grad_norm": float(gnorm)})
             self.progress.note(f"step {step}: non-finite loss/gradient, update skipped")
             if self.bad_steps >= 20:
-                raise TrainError(f"loss or gradients non-finite for {self.bad_steps} steps "
-                                 f"in a row (step {step}); lower --lr or use --amp fp32")
+                raise TrainDiverged(f"loss or gradients non-finite for {self.bad_steps} steps "
+                                    f"in a row (step {step}); lower --lr or use --amp fp32")
         else:
             self.bad_steps = 0
             learner.update(step, lr)
@@ -2235,6 +2246,20 @@ class _Run:
         )
 
 
+def check_finite(state: dict[str, torch.Tensor], where: str, step: int) -> None:
+    """Raise TrainDiverged where ``state`` holds NaN or infinity. Why: a diverged run (a
+    far too large --lr) exported NaN weights with exit 0, and they turned every photo
+    black; its validations scored the black outputs as 7 dB and kept the "best" (audit)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(
+        torch.isfinite(v).all())]
+    if bad:
+        raise TrainDiverged(
+            f"training diverged: {len(bad)} of the {len(state)} tensors of {where} are NaN or "
+            f"infinite at step {step} (the first: {bad[0]}); nothing of it is exported or "
+            "scored. Start again with a lower --lr (or --amp fp32), or resume from a copy of "
+            "the run saved before it diverged")
+
+
 def _export(
     cfg: TrainConfig, ema: nn.Module, name: str, arch: str, conf: dict[str, Any], out: Path,
     step: int, wall: float, last_val: dict[str, float] | None, best_psnr: float | None,
@@ -2250,6 +2275,16 @@ def _export(
         raise TrainError(f"unknown export dtype {cfg.export_dtype!r}")
     export_model = build_architecture(arch, conf)
     export_model.load_state_dict(ema.state_dict())
+    state = export_model.state_dict()
+    check_finite(state, "the averaged weights", step)
+    if dtype != torch.float32:
+        over = [k for k, v in state.items() if v.is_floating_point() and not bool(
+            torch.isfinite(v.to(dtype)).all())]
+        if over:  # finite in fp32 beyond float16's range: inf in the file (an audit)
+            _say(f"warning: {len(over)} tensor(s) hold values beyond {cfg.export_dtype}'s "
+                 f"range (the first: {over[0]}, largest magnitude "
+                 f"{float(state[over[0]].abs().max()):.3g}): exported in float32")
+            dtype = torch.float32
     path = out / "model.safetensors"
     start = start_weights(cfg.init_weights) if start is None else start
     meta = {"steps": str(step), "training": f"derain {_run_kind(out) or 'train'}",

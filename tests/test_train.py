@@ -488,6 +488,50 @@ def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
     assert " --rainy-dir" not in str(e.value)
 
 
+def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
+    """`--lr 1e9` exported NaN weights with exit 0 (every photo came out black), and its
+    validations scored the black outputs (7.3 dB, "best"): an audit."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    with pytest.raises(T.TrainDiverged, match=r"training diverged: \d+ of the \d+ tensors of "
+                                             r"the averaged weights are NaN or infinite"):
+        T.train(_cfg(data, tmp_path / "nan", steps=2, lr=1e9, warmup=0))
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+    with pytest.raises(T.TrainDiverged, match="at step 1 "):  # its first validation
+        T.train(_cfg(data, tmp_path / "val", steps=3, lr=1e9, warmup=0, val=str(data["val"]),
+                     val_every=1))
+    assert not (tmp_path / "val" / "best.pt").exists()
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--model-config",
+                                 json.dumps(TINY), "--synthetic", str(data["clean"]), "--out",
+                                 str(tmp_path / "cli"), "--steps", "2", "--batch", "2",
+                                 "--patch", "24", "--lr", "1e9", "--warmup", "0", "--workers",
+                                 "0", "--quiet", "--contrast-features", "none"])
+    assert r.exit_code == 1 and "training diverged" in r.output, r.output
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
+                                 str(data["clean"]), "--out", str(tmp_path / "inf"), "--lr",
+                                 "inf"])
+    assert r.exit_code == 2 and "--lr must be a finite number, not inf" in r.output, r.output
+
+
+def test_values_beyond_float16_are_exported_in_float32(data, tmp_path, capsys):
+    """BatchNorm statistics of 5e16 (a run near divergence, finite in fp32) became inf in
+    the float16 file, and every photo came out black (an audit)."""
+    from derain_cli.models import build_architecture
+    from derain_cli.weights import model_from_file
+
+    ema = build_architecture("semi-drdnet", TINY)
+    name, buf = next((k, v) for k, v in ema.named_buffers() if k.endswith("running_var"))
+    buf.fill_(5e16)
+    (tmp_path / "run").mkdir()
+    path, _ = T._export(_cfg(data, tmp_path / "run"), ema, "t", "semi-drdnet", TINY,
+                        tmp_path / "run", 1, 0.0, None, None, None, "hw", start={})
+    assert f"beyond float16's range (the first: {name}" in capsys.readouterr().err
+    assert load_file(path)[name].dtype == torch.float32
+    assert torch.isfinite(model_from_file(path).state_dict()[name]).all()
+
+
 def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, capsys):
     """`finetune --clean X --rainy X` made the user's rainy photos the clean backgrounds
     of the synthetic pairs, without a word (an audit)."""
