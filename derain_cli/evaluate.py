@@ -743,13 +743,9 @@ def _warn_if_pairs(folder: Path) -> None:
     """Warn where synth's photo folder is a set of pairs (``synth rain100l``: its rainy
     images get more rain): any layout eval reads (Rain100L's own flat rain-N/norain-N was
     missed: a review), or a layout's side folders holding images whose names do not pair."""
-    from .pairs import PairsError, find_pairs, pair_folders
+    from .pairs import pairs_held
 
-    try:
-        held = len(find_pairs(folder, strict=False))
-    except PairsError:
-        held = 0
-    what = f"{held} pairs" if held else "pairs' folders" if pair_folders(folder) else ""
+    what = pairs_held(folder)
     if what:
         log.warning("%s holds a set of %s (as derain eval reads it): its rainy images get "
                     "more rain as well; give its folder of clean images alone", folder, what)

@@ -712,6 +712,18 @@ def pair_folders(root: Path) -> list[tuple[Path, Path]]:
     return present
 
 
+def pairs_held(folder: Path) -> str:
+    """How ``folder`` holds a set of pairs, as ``derain eval`` reads it ("10 pairs"; "pairs'
+    folders" where a layout's side folders hold images whose names do not pair), or "".
+    Why: a pair set given where photos are wanted (``synth``'s clean photos, ``train
+    --synthetic`` or ``--unlabeled``) had its rainy and clean images mixed up in silence."""
+    try:
+        held = len(find_pairs(folder, strict=False))
+    except PairsError:
+        held = 0
+    return f"{held} pairs" if held else "pairs' folders" if pair_folders(folder) else ""
+
+
 def find_pairs(
     root: Path,
     rainy_dir: str | Path | None = None,

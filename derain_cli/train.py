@@ -831,6 +831,14 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.l2sp >= 0, f"--l2sp must be 0 (off) or more, not {cfg.l2sp:g}")
     need(0 <= cfg.seed < 2**32, f"--seed must be 0 to {2**32 - 1}, not {cfg.seed}")
     need(cfg.consistency >= 0, f"--consistency must be 0 (off) or more, not {cfg.consistency:g}")
+    for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
+                          ("--unlabeled", cfg.unlabeled)):  # named twice: its data twice
+        seen: dict[str, str] = {}  # (`--pairs P --pairs ./P/`, a link: an audit)
+        for f in folders:
+            key = str(Path(f).expanduser().resolve())
+            need(key not in seen, f"{flag} names one folder twice ({seen.get(key)}, {f}): "
+                                  "its images would count twice; name each once")
+            seen[key] = f
     from .pairs import reads_into
 
     for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
@@ -1497,6 +1505,18 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
             clean_dir=cfg.clean_dir, patch=cfg.patch, preset=cfg.preset, seed=cfg.seed,
             with_aug=with_aug, clean_fraction=cfg.clean_fraction,
         )
+    from .pairs import pairs_held
+
+    for flag, folders, wrong in (
+            ("--synthetic/--clean", cfg.synthetic, "its rainy images get more rain as clean "
+                                                   "photos"),
+            ("--unlabeled/--rainy", cfg.unlabeled, "its clean images are taken for rainy "
+                                                   "photos")):
+        for folder in folders if is_main else ():  # (each was read in silence: an audit)
+            held = pairs_held(Path(folder))
+            if held:
+                _say(f"warning: {flag} {folder} holds a set of {held} (as derain eval reads "
+                     f"it): {wrong}; pairs are for --pairs (or --val)")
     both = sorted({str(Path(p).expanduser().resolve()) for p in cfg.synthetic}
                   & {str(Path(p).expanduser().resolve()) for p in cfg.unlabeled})
     if both and is_main:  # `finetune --clean X --rainy X` went by in silence (an audit)

@@ -541,6 +541,17 @@ def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, ca
     assert f"warning: {data['real'].resolve()} is named for clean photos" in err
     T.train(_cfg(data, tmp_path / "s", steps=1, unlabeled=[str(data["real"])]))
     assert "is named for clean photos" not in capsys.readouterr().err
+    # a pair set where photos are wanted: its rainy images were clean ones, its clean
+    # images rainy ones, in silence (an audit)
+    T.train(_cfg(data, tmp_path / "p", steps=1, synthetic=[str(data["val"])],
+                 unlabeled=[str(data["val"])]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--synthetic/--clean {data['val']} holds a set of" in err
+    assert f"--unlabeled/--rainy {data['val']} holds a set of" in err
+    # one folder named twice counted its images twice
+    with pytest.raises(T.TrainError, match="--pairs names one folder twice"):
+        T.train(_cfg(data, tmp_path / "d", steps=1, synthetic=[],
+                     pairs=[str(data["val"]), str(data["val"]) + "/"]))
 
 
 def test_resume_must_be_the_same_run(data, tmp_path, capsys):
