@@ -504,14 +504,21 @@ class _RunLog:
                     r = json.loads(line)
                     if int(r.get("step", 0)) <= resume_step:
                         self.records.append(r)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic_write_text(path, "".join(self._line(r) for r in self.records))
+
+    @staticmethod
+    def _line(record: dict[str, Any]) -> str:
+        """One JSON line, a non-finite number (a skipped step's NaN loss) as null: NaN is
+        not JSON, and strict readers refused the line (an audit)."""
+        return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                           for k, v in record.items()}, allow_nan=False) + "\n"
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.records.append(record)
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(self._line(record))
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path,
@@ -968,7 +975,12 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     for key in folders:
         if isinstance(before.get(key), list):
             before[key] = _resolved(before[key])
-    data_keys = (*folders, "rainy_dir", "clean_dir", "preset")
+    # the preset makes rain on clean photos and the contrastive terms' extra samples: a
+    # paired run without those did not use it, and was refused as "other data" (an audit)
+    preset_used = bool(before.get("synthetic") or now.get("synthetic")) or \
+        _run_kind(out) == "finetune" or \
+        {before.get("contrast_features"), now.get("contrast_features")} != {"none"}
+    data_keys = (*folders, "rainy_dir", "clean_dir", *(("preset",) if preset_used else ()))
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
     w0, w1 = before.get("init_weights"), now.get("init_weights")
     other_start = _changed_start(ckpt, w1)  # the starting point, L2-SP anchor and teacher

@@ -499,6 +499,13 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
                                              r"the averaged weights are NaN or infinite"):
         T.train(_cfg(data, tmp_path / "nan", steps=2, lr=1e9, warmup=0))
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    records = [json.loads(line, parse_constant=refuse)  # a skipped step's NaN: null
+               for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "skip" and r["loss"] is None for r in records)
     with pytest.raises(T.TrainDiverged, match="at step 1 "):  # its first validation
         T.train(_cfg(data, tmp_path / "val", steps=3, lr=1e9, warmup=0, val=str(data["val"]),
                      val_every=1))
@@ -564,6 +571,13 @@ def test_resume_must_be_the_same_run(data, tmp_path, capsys):
                      synthetic=[str(data["real"])]))
     with pytest.raises(T.TrainError, match="already at step 3 of the 3"):
         T.train(_cfg(data, tmp_path / "r", steps=3, resume=True))
+    # a paired run without contrastive terms makes no rain: its preset is not its data (a
+    # resume with another was refused as "other data": an audit)
+    T.train(_cfg(data, tmp_path / "p", steps=1, synthetic=[], pairs=[str(data["val"])]))
+    T.train(_cfg(data, tmp_path / "p", steps=2, synthetic=[], pairs=[str(data["val"])],
+                 resume=True, preset="light"))
+    with pytest.raises(T.TrainError, match="other data .*preset"):  # it makes the rain here
+        T.train(_cfg(data, tmp_path / "r", steps=5, resume=True, preset="light"))
     T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, lr=1e-3))  # allowed, but said
     assert "changed settings: lr" in capsys.readouterr().err
 
