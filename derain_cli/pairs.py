@@ -772,6 +772,11 @@ def find_pairs(
         if m.pairs:
             return _pair_up(root, "flat folder", root, root, True, True, strict)
 
+    for rainy_name, clean_name in SUBFOLDER_LAYOUTS:  # found, but empty: "no layout
+        rainy, clean = _find_subdir(root, rainy_name), _find_subdir(root, clean_name)
+        if rainy is not None and clean is not None:  # found" named them (an audit)
+            raise PairsError(f"{root}: its folders '{rainy.name}/' and '{clean.name}/' hold "
+                             "no images")
     subdirs = [d.name + "/" for d in _subdirs(root)]
     looked_for = ", ".join(f"{r}/ + {c}/" for r, c in SUBFOLDER_LAYOUTS)
     raise PairsError(

@@ -824,6 +824,8 @@ def check_config(cfg: TrainConfig) -> None:
     for flag, v in (("--val-every", cfg.val_every), ("--ckpt-every", cfg.ckpt_every),
                     ("--log-every", cfg.log_every), ("--val-limit", cfg.val_limit)):
         need(v >= 1, f"{flag} must be at least 1, not {v}")
+    need(bool(cfg.val) or not (cfg.val_rainy_dir or cfg.val_clean_dir),  # (ignored: audit)
+         "--val-rainy-dir and --val-clean-dir name folders inside --val: give --val too")
     need(cfg.val_crop is None or cfg.val_crop >= _SMALLEST_PATCH,
          f"--val-crop must be at least {_SMALLEST_PATCH} px, not {cfg.val_crop}")
     need(cfg.time_budget is None or cfg.time_budget > 0,
@@ -1008,9 +1010,10 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                      "its learning rate decays on the shorter schedule)")
     spent = before.get("time_budget")
     if spent and not now.get("time_budget"):  # the schedule followed the budget's clock
+        steps = f"{now['steps']} steps" if now.get("steps") else "the run's steps"
         moved.append(f"time budget {spent} s -> none (the run's learning rate decayed over "
-                     f"its {spent} s budget; it now follows the {now.get('steps') or 'run'}"
-                     "'s steps, so it rises again: give --time-budget to continue the "
+                     f"its {spent} s budget; it now follows a schedule of {steps}, so it "
+                     "rises again: give --time-budget to continue the "
                      "budgeted schedule)")
     was = ckpt.get("world")  # checkpoints before 2026-12-03 did not record it
     if isinstance(was, int) and was != world:
@@ -1915,7 +1918,7 @@ class _Run:
                  f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")
                  + f"; contrastive features: {feat_label}; "
-                 + f"{self.total} steps"
+                 + f"{self.total} step{'s' if self.total != 1 else ''}"
                  + ((f" or {clock(max(0.0, cfg.time_budget - self.budget_before))}"
                      + (" left of --time-budget" if self.budget_before else " (--time-budget)")
                      + ", whichever ends first") if cfg.time_budget else "")

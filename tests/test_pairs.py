@@ -339,6 +339,9 @@ def test_empty_side(tmp_path):
     (tmp_path / "clean").mkdir()
     with pytest.raises(PairsError, match=r"no images in 'clean/'"):
         find_pairs(tmp_path)
+    (tmp_path / "rainy" / "a.png").unlink()  # both empty: "no layout found" (an audit)
+    with pytest.raises(PairsError, match=r"its folders 'rainy/' and 'clean/' hold no images"):
+        find_pairs(tmp_path)
 
 
 def test_no_layout_lists_what_was_looked_for(tmp_path):

@@ -411,6 +411,8 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     (dict(l1_weight=-1.0), "--l1-weight must be 0"),
     (dict(l1_weight=1.0), "--l1-weight is for RDMC's loss"),  # _cfg trains a Semi-DRDNet
     (dict(psnr_weight=-0.1), "--psnr-weight must be 0"),
+    (dict(clip=float("inf")), "--clip must be a finite number, not inf"),
+    (dict(val_rainy_dir="r"), "give --val too"),  # ignored in silence (an audit)
 ])
 def test_bad_options_are_refused_before_any_work(data, tmp_path, kw, msg):
     with pytest.raises(T.TrainError, match=msg):
