@@ -122,6 +122,14 @@ def _errors() -> Iterator[None]:
         if not rank or not isinstance(e, TrainDiverged):  # (every rank's loss diverged)
             say(e)
         raise typer.Exit(1) from None
+    except RuntimeError as e:  # PyTorch's allocator: "[enforce fail at alloc_cpu.cpp:127]
+        # ... DefaultCPUAllocator: not enough memory" came out raw (an audit)
+        text = str(e)
+        if _debug() or not ("out of memory" in text.lower() or "alloc" in text.lower()):
+            raise
+        print_error(_err, f"out of memory ({text.strip().splitlines()[-1][:200]}); a "
+                          "training run needs a smaller --batch or --patch", rank)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # training says where it stopped itself; under torchrun rank 0 speaks for all
         if not getattr(e, "reported", False) and not rank:

@@ -524,6 +524,24 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
     assert r.exit_code == 2 and "--lr must be a finite number, not inf" in r.output, r.output
 
 
+def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
+    """`--batch 100000` said "error: RuntimeError: [enforce fail at alloc_cpu.cpp:127] ..."
+    (an audit)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 26214400000 bytes.")
+
+    monkeypatch.setattr(T, "train", huge)
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
+                                 str(data["clean"]), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "error: out of memory ([enforce fail" in r.output, r.output
+    assert "a training run needs a smaller --batch or --patch" in " ".join(r.output.split())
+
+
 def test_values_beyond_float16_are_exported_in_float32(data, tmp_path, capsys):
     """BatchNorm statistics of 5e16 (a run near divergence, finite in fp32) became inf in
     the float16 file, and every photo came out black (an audit)."""
