@@ -1532,6 +1532,10 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
             if held:
                 _say(f"warning: {flag} {folder} holds a set of {held} (as derain eval reads "
                      f"it): {wrong}; pairs are for --pairs (or --val)")
+    if cfg.clean_fraction and not cfg.synthetic and "make_labeled" not in hooks and is_main:
+        _say(f"warning: --clean-fraction {cfg.clean_fraction:g} does nothing here: it leaves "
+             "the rain off a share of --synthetic photos, and this run has none (pairs "
+             "bring their own rain)")  # (ignored in silence: an audit)
     both = sorted({str(Path(p).expanduser().resolve()) for p in cfg.synthetic}
                   & {str(Path(p).expanduser().resolve()) for p in cfg.unlabeled})
     if both and is_main:  # `finetune --clean X --rainy X` went by in silence (an audit)

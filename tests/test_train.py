@@ -575,6 +575,9 @@ def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, ca
     err = " ".join(capsys.readouterr().err.split())
     assert f"--synthetic/--clean {data['val']} holds a set of" in err
     assert f"--unlabeled/--rainy {data['val']} holds a set of" in err
+    T.train(_cfg(data, tmp_path / "f", steps=1, synthetic=[], pairs=[str(data["val"])],
+                 clean_fraction=0.5))  # (ignored in silence: an audit)
+    assert "--clean-fraction 0.5 does nothing here" in " ".join(capsys.readouterr().err.split())
     # one folder named twice counted its images twice
     with pytest.raises(T.TrainError, match="--pairs names one folder twice"):
         T.train(_cfg(data, tmp_path / "d", steps=1, synthetic=[],
