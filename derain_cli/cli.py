@@ -1048,10 +1048,13 @@ def _echo_json(err: Console, summary: Any) -> bool:
         raise  # the reader went away: quiet, 141 (``_friendly_errors``)
     except OSError as e:
         silence_stdout()  # (the unwritten text is not flushed again at exit)
+        done = (f"{summary.processed} derained, {summary.skipped} skipped, "
+                f"{len(summary.failed)} failed")
         print_error(err, f"--json: cannot write the summary to standard output "
-                         f"({e.strerror or e}); the photos were done all the same: "
-                         f"{summary.processed} derained, {summary.skipped} skipped, "
-                         f"{len(summary.failed)} failed")
+                         f"({e.strerror or e}); " + (
+                             f"interrupted, the photos done were kept: {done}"
+                             if summary.interrupted else f"the photos were done all the "
+                                                         f"same: {done}"))
         return False
     return True
 
@@ -1703,12 +1706,14 @@ def _ignore_further_stops() -> None:
 
     if not _OWN_PROCESS or threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGINT", "SIGBREAK"):  # Ctrl-C, Ctrl-Break pressed again (a kill or
-        # torchrun's SIGTERM still ends a process that hangs on its way out: a review)
+    for name, then in (("SIGINT", signal.SIG_IGN), ("SIGBREAK", signal.SIG_IGN),
+                       # a kill (torchrun's SIGTERM) ends the process outright, as by
+                       # default: not a second KeyboardInterrupt in its exit handlers
+                       ("SIGTERM", signal.SIG_DFL), ("SIGHUP", signal.SIG_DFL)):
         sig = getattr(signal, name, None)
         if sig is not None:
             with contextlib.suppress(OSError, ValueError):
-                signal.signal(sig, signal.SIG_IGN)
+                signal.signal(sig, then)
 
 
 def _stop_like_ctrl_c(signum: int, frame: object) -> None:

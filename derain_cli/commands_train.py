@@ -66,8 +66,15 @@ def _debug() -> bool:
     return debugging()
 
 
+#: what PyTorch's allocators say when memory runs out (CPU, CUDA)
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory",
+                  "tried to allocate")
+
+
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
+def _errors(training: bool = False) -> Iterator[None]:
+    """The commands' errors as one line each, and their exit status (``training``: a
+    command with --batch and --patch, named where memory runs out)."""
     from .data import DataError
     from .errors import OptionError
     from .hub import WeightsUnavailable
@@ -123,12 +130,13 @@ def _errors() -> Iterator[None]:
             say(e)
         raise typer.Exit(1) from None
     except RuntimeError as e:  # PyTorch's allocator: "[enforce fail at alloc_cpu.cpp:127]
-        # ... DefaultCPUAllocator: not enough memory" came out raw (an audit)
-        text = str(e)
-        if _debug() or not ("out of memory" in text.lower() or "alloc" in text.lower()):
+        # ... DefaultCPUAllocator: can't allocate memory" came out raw (an audit)
+        said = [ln.strip() for ln in str(e).splitlines() if any(
+            m in ln.lower() for m in _OUT_OF_MEMORY)]
+        if _debug() or not said:
             raise
-        print_error(_err, f"out of memory ({text.strip().splitlines()[-1][:200]}); a "
-                          "training run needs a smaller --batch or --patch", rank)
+        print_error(_err, f"out of memory ({said[0][:200]})" + (
+            "; a smaller --batch or --patch needs less" if training else ""), rank)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         # training says where it stopped itself; under torchrun rank 0 speaks for all
@@ -259,7 +267,7 @@ def train_cmd(
     """Train a deraining model (synthetic rain, paired folders, unlabeled real photos)."""
     from .train import TrainConfig, freeze_bn_from, train
 
-    with _errors():
+    with _errors(training=True):
         cfg = TrainConfig(
             model=model, init_weights=_start_weights(weights, quiet), pairs=_dirs(pairs),
             rainy_dir=rainy_dir, clean_dir=clean_dir, synthetic=_dirs(synthetic), preset=preset,
@@ -373,7 +381,7 @@ def finetune_cmd(
     """Adapt a model to your own rainy photos (semi-supervised, stays near its start)."""
     from .train import FinetuneConfig, finetune
 
-    with _errors():
+    with _errors(training=True):
         if model is None and weights is None and not resume:
             raise _usage_error("pass --model NAME or --weights FILE")
         if rainy is None and not resume:
@@ -448,7 +456,7 @@ def distill_cmd(
     (no ground truth needed)."""
     from .distill import DistillConfig, DistillError, distill
 
-    with _errors():
+    with _errors(training=True):
         try:
             r = distill(DistillConfig(
                 out=str(out), clean=str(clean), teacher=teacher, detail_blocks=detail_blocks,

@@ -202,14 +202,15 @@ def student_from_teacher(teacher: SemiDRDNet, detail_blocks: int | None,
     it refused its own default, an audit) and first ``rain_blocks`` rain blocks (None:
     all), weights copied."""
     n = teacher.cfg.detail_blocks
-    if detail_blocks is None:
-        detail_blocks = max(1, min(2, n - 1))
     if n <= 1:
+        asked = f" (--detail-blocks {detail_blocks})" if detail_blocks is not None else ""
         raise DistillError(
-            f"the teacher has only {n} detail block, so there is nothing to prune "
-            f"(--detail-blocks {detail_blocks}): a pruned student needs fewer detail blocks "
+            f"the teacher has only {n} detail block, so there is nothing to prune"
+            f"{asked}: a pruned student needs fewer detail blocks "
             "than its teacher. Distil into another architecture with --student NAME "
             "(student= in Python), or use a teacher with more detail blocks")
+    if detail_blocks is None:
+        detail_blocks = min(2, n - 1)
     if not 1 <= detail_blocks < n:
         raise DistillError(f"--detail-blocks must be between 1 and {n - 1} for a teacher "
                            f"with {n} detail blocks (got {detail_blocks})")

@@ -71,8 +71,9 @@ class DerainConsole(Console):
         try:
             super()._check_buffer()
         except OSError as e:
-            if self.file is not sys.stderr or isinstance(e, (BlockingIOError,
-                                                             InterruptedError)):
-                raise  # (a passing state of the stream, not one that takes nothing)
+            if self.file is not sys.stderr:
+                raise
+            if isinstance(e, (BlockingIOError, InterruptedError)):
+                return  # a passing state: this message is lost, the next may go through
             self.quiet = True
             _silence(sys.stderr)

@@ -1988,12 +1988,14 @@ class _Run:
                 self.hooks["run_started"](self.out)
 
     def validations_left(self, step: int) -> int:
-        """How many validations the run makes after ``step``: every ``--val-every`` steps
-        and at the last step (for the ETA)."""
+        """How many validations the run makes from ``step`` on (that step's too: the bar
+        moves before it validates): every ``--val-every`` steps and at the last step (for
+        the ETA)."""
         cfg, total = self.cfg, self.total
-        if not cfg.val or step >= total:
+        if not cfg.val or step > total:
             return 0
-        return total // cfg.val_every - step // cfg.val_every + (total % cfg.val_every > 0)
+        done = max(step - 1, 0) // cfg.val_every
+        return total // cfg.val_every - done + (total % cfg.val_every > 0)
 
     def validate_and_keep_best(self, relog: bool = False) -> dict[str, float]:
         """Score the EMA (BatchNorm statistics re-estimated where asked) on --val, log it,
@@ -2058,8 +2060,11 @@ class _Run:
         #: the loss's parts (sup, c_bg...) of those steps, averaged alike in the log line
         self.parts_window: list[dict[str, float]] = []
         held = (self.ckpt or {}).get("log_window") if self.is_main else None
-        if held and self.step % cfg.log_every:  # stopped between two log lines: those
-            # steps join the next line, as without the stop (under torchrun rank 0's only)
+        logged = any(r.get("kind") == "train" and r.get("step") == self.step
+                     for r in self.log.records)  # a time budget's stop logs after saving
+        if held and self.step % cfg.log_every and not logged:  # stopped between two log
+            # lines: those steps join the next line, as without the stop (under torchrun
+            # rank 0's only)
             self.window = [float(v) for v in held.get("losses", [])]
             self.parts_window = [dict(p) for p in held.get("parts", [])]
         self.bad_steps = 0  # non-finite steps in a row
@@ -2188,6 +2193,9 @@ class _Run:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item() > 0)
         do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
+        if do_val or step == total or stop:  # every rank: they hold the same weights, and
+            # none waits at a barrier for a rank 0 that stopped (a review)
+            check_finite(self.learner.ema.state_dict(), "the averaged weights", step)
         if do_val and self.is_main:
             self.last_val = self.validate_and_keep_best()
         overdue = time.time() - self.t_saved >= CKPT_MAX_INTERVAL_S
@@ -2260,7 +2268,9 @@ class _Run:
                 raise
             if not cfg.quiet:
                 start = self.start_score()
-                _say(f"wrote {weights_path} (EMA weights, {cfg.export_dtype}) after {step} "
+                dtype = entry.get("dtype") or cfg.export_dtype  # (float32 where float16
+                # overflowed: it said float16, a review)
+                _say(f"wrote {weights_path} (EMA weights, {dtype}) after {step} "
                      f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
                      + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
                      + (f" (the starting model: {start:.2f} dB)"

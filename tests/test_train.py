@@ -539,7 +539,30 @@ def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
                                  str(data["clean"]), "--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "error: out of memory ([enforce fail" in r.output, r.output
-    assert "a training run needs a smaller --batch or --patch" in " ".join(r.output.split())
+    assert "a smaller --batch or --patch needs less" in " ".join(r.output.split())
+
+    def other(*args, **kwargs):  # "allocated" is not out of memory (a review)
+        raise RuntimeError("The tensor has a non-zero number of elements, but its data is "
+                           "not allocated yet.\nIf you're using torch.compile ...")
+
+    monkeypatch.setattr(T, "train", other)
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
+                                 str(data["clean"]), "--out", str(tmp_path / "r")])
+    assert isinstance(r.exception, RuntimeError) and "out of memory" not in r.output
+
+
+def test_a_time_budget_stop_is_logged_once_across_a_resume(data, tmp_path):
+    """The budget's stop saved its checkpoint (with the steps since the last log line)
+    before logging them: the resume logged them again (a review)."""
+    first = T.train(_cfg(data, tmp_path / "r", steps=1000, time_budget=0.05, log_every=20))
+    if first.steps >= 20:
+        pytest.skip("the budget ran past the first log line on this machine")
+    resumed = T.train(_cfg(data, tmp_path / "r", steps=20, resume=True, log_every=20,
+                           given=["steps"]))
+    lines = {r["step"]: r["loss"] for r in map(json.loads, (
+        tmp_path / "r" / "log.jsonl").open()) if r["kind"] == "train"}
+    assert sorted(lines) == [first.steps, 20]
+    assert lines[20] == pytest.approx(float(np.mean(resumed.losses)))  # the resumed ones
 
 
 def test_values_beyond_float16_are_exported_in_float32(data, tmp_path, capsys):
@@ -557,6 +580,22 @@ def test_values_beyond_float16_are_exported_in_float32(data, tmp_path, capsys):
     assert f"beyond float16's range (the first: {name}" in capsys.readouterr().err
     assert load_file(path)[name].dtype == torch.float32
     assert torch.isfinite(model_from_file(path).state_dict()[name]).all()
+
+
+def test_a_run_exported_in_float32_says_so(data, tmp_path, capsys, monkeypatch):
+    """The last line said "(EMA weights, float16)" of a file the overflow wrote in float32
+    (a review)."""
+    real = T._recalibrated
+
+    def near_divergence(*args, **kwargs):
+        model = real(*args, **kwargs)
+        next(v for k, v in model.named_buffers() if k.endswith("running_var")).fill_(5e16)
+        return model
+
+    monkeypatch.setattr(T, "_recalibrated", near_divergence)
+    T.train(_cfg(data, tmp_path / "r", steps=1, quiet=False))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(EMA weights, float32) after 1 step" in err, err
 
 
 def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, capsys):
@@ -1694,7 +1733,9 @@ def test_the_eta_counts_the_validations_left():
     from derain_cli.train import _Progress, _Run
 
     run = SimpleNamespace(cfg=SimpleNamespace(val="v", val_every=4), total=10)
-    assert [_Run.validations_left(run, s) for s in (0, 3, 4, 8, 9, 10)] == [3, 3, 2, 1, 1, 0]
+    # (at a validation step the bar moves before it validates: that one is still to come)
+    assert [_Run.validations_left(run, s) for s in (0, 3, 4, 5, 8, 9, 10, 11)] == [
+        3, 3, 3, 2, 2, 1, 1, 0]
     run.total = 8  # the last step is a multiple: not counted twice
     assert _Run.validations_left(run, 0) == 2
     run.cfg.val = None
