@@ -927,14 +927,17 @@ def _decode_16bit_cv2(
         arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None
+    del data  # (the file's bytes: not held beside the samples)
     if arr is None or arr.dtype != np.uint16:
         return None
     if arr.ndim == 2:
         arr = arr[..., None]
+    # the channels put in RGB order in place: a reversed view became a third full-size copy
+    # when made contiguous at the end (the 16-bit decode's temporaries, a large-photo audit)
     if arr.shape[2] == 3:
-        arr = arr[..., ::-1]  # BGR -> RGB
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr)
     elif arr.shape[2] == 4:
-        arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
     ref = ref if ref.ndim == 3 else ref[..., None]
     if ref.shape[2] == 2 and arr.shape[2] == 4:  # gray+alpha, expanded to BGRA by OpenCV
         arr = arr[..., [0, 3]]
@@ -951,9 +954,17 @@ def _decode_16bit_cv2(
             candidates.insert(0, upright)
     for cand in candidates:
         colour = cand[..., :3] if keyed else cand
-        if colour.shape == ref.shape and np.array_equal(colour >> 8, ref):
+        if colour.shape == ref.shape and _high_bytes_are(colour, ref):
             return np.ascontiguousarray(cand)
     return None
+
+
+def _high_bytes_are(samples: np.ndarray, ref: np.ndarray) -> bool:
+    """Whether 16-bit ``samples``' high bytes equal 8-bit ``ref``, compared in bands of
+    rows: ``samples >> 8`` of the whole photo was one more full-size temporary."""
+    band = max(1, (1 << 22) // max(1, samples.shape[1] * samples.shape[2]))
+    return all(np.array_equal(samples[y:y + band] >> 8, ref[y:y + band])
+               for y in range(0, samples.shape[0], band))
 
 
 @functools.cache

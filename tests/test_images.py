@@ -1317,3 +1317,16 @@ def test_decoder_notes_work_with_an_opencv_without_its_logging_module(monkeypatc
     monkeypatch.setattr(cv2, "utils", types.SimpleNamespace())
     with warnings_to_log():
         pass
+
+
+def test_the_16bit_check_compares_every_band_of_rows() -> None:
+    """The high-byte check runs in bands of rows (one full-size temporary less): a
+    difference in the last band still tells the decodes apart."""
+    from derain_cli.images import _high_bytes_are
+
+    samples = (np.arange(3000 * 2000 * 3, dtype=np.uint32) % 65536).astype(np.uint16)
+    samples = samples.reshape(3000, 2000, 3)  # more rows than one band holds
+    ref = (samples >> 8).astype(np.uint8)
+    assert _high_bytes_are(samples, ref)
+    ref[-1, -1, -1] ^= 1
+    assert not _high_bytes_are(samples, ref)
