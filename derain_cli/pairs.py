@@ -717,11 +717,16 @@ def pairs_held(folder: Path) -> str:
     folders" where a layout's side folders hold images whose names do not pair), or "".
     Why: a pair set given where photos are wanted (``synth``'s clean photos, ``train
     --synthetic`` or ``--unlabeled``) had its rainy and clean images mixed up in silence."""
+    if not folder.is_dir():  # (a missing folder is its reader's to report)
+        return ""
     try:
         held = len(find_pairs(folder, strict=False))
-    except PairsError:
+    except (PairsError, OSError):
         held = 0
-    return f"{held} pairs" if held else "pairs' folders" if pair_folders(folder) else ""
+    try:
+        return f"{held} pairs" if held else "pairs' folders" if pair_folders(folder) else ""
+    except OSError:  # an unreadable subfolder: its reader says so
+        return ""
 
 
 def find_pairs(

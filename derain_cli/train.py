@@ -2059,7 +2059,9 @@ class _Run:
         self.window: list[float] = []  # losses since the last log line
         #: the loss's parts (sup, c_bg...) of those steps, averaged alike in the log line
         self.parts_window: list[dict[str, float]] = []
-        held = (self.ckpt or {}).get("log_window") if self.is_main else None
+        # (one process only: under torchrun the checkpoint holds rank 0's window, and the
+        # next line, a mean over the processes, would weigh it as theirs: an audit)
+        held = (self.ckpt or {}).get("log_window") if self.world == 1 else None
         logged = any(r.get("kind") == "train" and r.get("step") == self.step
                      for r in self.log.records)  # a time budget's stop logs after saving
         if held and self.step % cfg.log_every and not logged:  # stopped between two log
@@ -2196,8 +2198,14 @@ class _Run:
         if do_val or step == total or stop:  # every rank: they hold the same weights, and
             # none waits at a barrier for a rank 0 that stopped (a review)
             check_finite(self.learner.ema.state_dict(), "the averaged weights", step)
+        diverged = None
         if do_val and self.is_main:
-            self.last_val = self.validate_and_keep_best()
+            try:
+                self.last_val = self.validate_and_keep_best()
+            except TrainDiverged as e:  # (its BatchNorm re-estimate: rank 0's alone)
+                diverged = e
+        if do_val:
+            self._stop_if_diverged(diverged)
         overdue = time.time() - self.t_saved >= CKPT_MAX_INTERVAL_S
         if self.is_main and (step % cfg.ckpt_every == 0 or step == total or stop or overdue):
             self.save_last()
@@ -2205,6 +2213,19 @@ class _Run:
         if world > 1 and (do_val or step % cfg.ckpt_every == 0):
             dist.barrier()
         return stop
+
+    def _stop_if_diverged(self, diverged: TrainDiverged | None) -> None:
+        """Raise ``diverged`` (rank 0's, from the weights it alone validates or exports) on
+        every rank: the others went on to a barrier, and their gloo error followed rank
+        0's message (a torchrun audit). A collective: every rank calls it at the same
+        points."""
+        if self.world > 1:
+            flag = torch.tensor([0.0 if diverged is None else 1.0], device=self.setup.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and diverged is None:
+                diverged = TrainDiverged("training diverged (rank 0 says how)")
+        if diverged is not None:
+            raise diverged
 
     def _say_interrupted(self) -> None:
         step = self.step
@@ -2232,9 +2253,11 @@ class _Run:
                 return float(r["val_psnr"])
         return None
 
-    def finish(self) -> TrainResult:
-        """The last validation a stopped run still owes, the export (rank 0) and the
-        result."""
+    def _validate_and_export(self) -> tuple[Path | None, dict[str, Any] | None,
+                                            dict[str, float] | None, float]:
+        """finish()'s work on rank 0: the last validation a stopped run still owes, then the
+        export. Returns the weights' path and manifest entry (None on other ranks), the last
+        validation and the wall time."""
         cfg, s, out, step = self.cfg, self.setup, self.out, self.step
         if self.finishing and cfg.val and self.is_main:  # the interrupted run's last
             done = [r for r in self.log.records  # validation, logged
@@ -2248,24 +2271,35 @@ class _Run:
             # best.pt's write, or scored on another validation than this resume's: redone,
             # and logged again under its own set)
         wall = self.wall_time()
-        last_val = self.last_val
-        entry = None
-        weights_path = None
+        if not self.is_main:
+            return None, None, self.last_val, wall
+        plot_curves(self.log.records, out / "curves.png", has_val=bool(cfg.val))
+        final = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
+                              s.device)
+        try:
+            with _interrupt_after_block():  # the weights and their manifest entry together
+                weights_path, entry = _export(
+                    cfg, final, s.name, s.arch, s.conf, out, step, wall, self.last_val,
+                    self.best_psnr, self.best_step,
+                    hardware_summary(self.segments_now(), self.hardware), self.start_record)
+        except KeyboardInterrupt:
+            if (out / "model.safetensors").exists() and _exported_at(out, step):
+                _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
+                     f"({step} steps); the run is complete")
+            raise
+        return weights_path, entry, self.last_val, wall
+
+    def finish(self) -> TrainResult:
+        """The last validation a stopped run still owes, the export (rank 0) and the
+        result."""
+        cfg, out, step = self.cfg, self.out, self.step
+        try:
+            weights_path, entry, last_val, wall = self._validate_and_export()
+        except TrainDiverged as e:  # rank 0's: every rank stops with it
+            self._stop_if_diverged(e)
+            raise
+        self._stop_if_diverged(None)
         if self.is_main:
-            plot_curves(self.log.records, out / "curves.png", has_val=bool(cfg.val))
-            final = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
-                                  s.device)
-            try:
-                with _interrupt_after_block():  # the weights and their manifest entry together
-                    weights_path, entry = _export(
-                        cfg, final, s.name, s.arch, s.conf, out, step, wall, last_val,
-                        self.best_psnr, self.best_step,
-                        hardware_summary(self.segments_now(), self.hardware), self.start_record)
-            except KeyboardInterrupt:
-                if (out / "model.safetensors").exists() and _exported_at(out, step):
-                    _say(f"interrupted after the export: wrote {out / 'model.safetensors'} "
-                         f"({step} steps); the run is complete")
-                raise
             if not cfg.quiet:
                 start = self.start_score()
                 dtype = entry.get("dtype") or cfg.export_dtype  # (float32 where float16

@@ -1345,6 +1345,26 @@ def test_torchrun_two_processes(data, tmp_path):
     model_from_file(out / "model.safetensors")
 
 
+def test_a_diverged_torchrun_run_stops_every_process_with_one_message(data, tmp_path):
+    """Rank 0 alone found the NaN (in the weights whose BatchNorm statistics it alone
+    re-estimates): it stopped, and rank 1's gloo error ("Connection closed by peer")
+    followed its message (a torchrun audit)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "derain_cli", "train", "--arch", "semi-drdnet", "--model-config",
+        json.dumps(TINY), "--synthetic", str(data["clean"]), "--out", str(tmp_path / "r"),
+        "--steps", "4", "--batch", "2", "--patch", "24", "--workers", "0", "--device", "cpu",
+        "--contrast-features", "none", "--lr", "1e9", "--warmup", "0", "--val",
+        str(data["val"]), "--val-every", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode != 0
+    assert r.stderr.count("error: training diverged") == 1, r.stderr
+    assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
 def test_torchrun_with_rain_free_rows_on_one_rank_only(data, tmp_path):
     """An audit: a rank whose labeled rows were all rain-free (--clean-fraction) computed no
     loss for the self-feature encoder, skipped the all_reduce of its gradients the other
