@@ -932,8 +932,8 @@ def _decode_16bit_cv2(
         return None
     if arr.ndim == 2:
         arr = arr[..., None]
-    # the channels put in RGB order in place: a reversed view became a third full-size copy
-    # when made contiguous at the end (the 16-bit decode's temporaries, a large-photo audit)
+    # the channels put in RGB order (OpenCV copies for it: no memory saved over a reversed
+    # view made contiguous at the end, a review; the result is contiguous here already)
     if arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr)
     elif arr.shape[2] == 4:

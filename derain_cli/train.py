@@ -2061,7 +2061,8 @@ class _Run:
         self.parts_window: list[dict[str, float]] = []
         # (one process only: under torchrun the checkpoint holds rank 0's window, and the
         # next line, a mean over the processes, would weigh it as theirs: an audit)
-        held = (self.ckpt or {}).get("log_window") if self.world == 1 else None
+        held = (self.ckpt or {}).get("log_window") if self.world == 1 and (
+            self.ckpt or {}).get("world", 1) == 1 else None
         logged = any(r.get("kind") == "train" and r.get("step") == self.step
                      for r in self.log.records)  # a time budget's stop logs after saving
         if held and self.step % cfg.log_every and not logged:  # stopped between two log
@@ -2086,14 +2087,23 @@ class _Run:
         it_u = iter(uloader) if uloader is not None else None
         try:
             with self.progress:
-                if (self.ckpt is not None and self.ckpt.get("val_pending") and cfg.val
-                        and self.is_main and not self.finishing):  # a validation a Ctrl-C
-                    self.last_val = self.validate_and_keep_best()  # cut short, redone
-                    self.t_window = time.time()  # not training speed either
-                elif (self.ckpt is None and cfg.init_weights and cfg.val and self.is_main
-                        and not self.finishing):  # the starting model's score (step 0): what
-                    self.validate_and_keep_best()  # the run's are read against (finetune
-                    self.t_window = time.time()  # did not say whether it helped: an audit)
+                # a validation a Ctrl-C cut short, redone; or the starting model's score
+                # (step 0): what the run's are read against (finetune did not say whether
+                # it helped: an audit). Rank 0's; every rank learns whether it diverged
+                redo = bool(self.ckpt is not None and self.ckpt.get("val_pending"))
+                if cfg.val and not self.finishing and (redo or (
+                        self.ckpt is None and cfg.init_weights)):
+                    diverged = None
+                    if self.is_main:
+                        try:
+                            scores = self.validate_and_keep_best()
+                        except TrainDiverged as e:
+                            diverged = e
+                        else:
+                            if redo:
+                                self.last_val = scores
+                        self.t_window = time.time()  # not training speed either
+                    self._stop_if_diverged(diverged)
                 for batch in () if self.finishing else loader:  # a spent budget: no step
                     frac = None
                     if cfg.time_budget:

@@ -565,6 +565,27 @@ def test_a_time_budget_stop_is_logged_once_across_a_resume(data, tmp_path):
     assert lines[20] == pytest.approx(float(np.mean(resumed.losses)))  # the resumed ones
 
 
+def test_a_validation_redone_on_resume_is_checked_too(data, tmp_path, monkeypatch):
+    """The validation a Ctrl-C cut short, redone as the run resumes, went unchecked for
+    divergence on the other ranks (a review): it raises like the others, through the
+    ranks' agreement."""
+    T.train(_cfg(data, tmp_path / "r", steps=2, val=str(data["val"]), val_every=100))
+    ckpt = T.load_checkpoint(tmp_path / "r" / "last.pt")
+    ckpt["val_pending"] = True
+    for v in ckpt["ema"].values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "r" / "last.pt")
+    agreed: list[object] = []
+    real = T._Run._stop_if_diverged
+    monkeypatch.setattr(T._Run, "_stop_if_diverged",
+                        lambda self, d: agreed.append(d) or real(self, d))
+    with pytest.raises(T.TrainDiverged, match="at step 2 "):
+        T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, val=str(data["val"]),
+                     val_every=100))
+    assert len(agreed) == 1 and isinstance(agreed[0], T.TrainDiverged)
+
+
 def test_values_beyond_float16_are_exported_in_float32(data, tmp_path, capsys):
     """BatchNorm statistics of 5e16 (a run near divergence, finite in fp32) became inf in
     the float16 file, and every photo came out black (an audit)."""
