@@ -783,6 +783,12 @@ def find_pairs(
             raise PairsError(f"{root}: its folders '{rainy.name}/' and '{clean.name}/' hold "
                              "no images")
     subdirs = [d.name + "/" for d in _subdirs(root)]
+    sets = [d for d in _subdirs(root) if pair_folders(d)]  # (one level: no walk of a tree)
+    if sets:  # pair sets one level down: "name --rainy-dir" was the wrong way out (audit)
+        names = ", ".join(f"'{d.name}/'" for d in sets)
+        raise PairsError(f"{root} holds no pairs itself, but its subfolder(s) {names} are pair "
+                         "sets: give each one (train: --pairs " + " --pairs ".join(
+                             str(root / d.name) for d in sets[:3]) + ")")
     looked_for = ", ".join(f"{r}/ + {c}/" for r, c in SUBFOLDER_LAYOUTS)
     raise PairsError(
         f"{root}: no rainy/clean layout found. Looked for subfolders {looked_for} "

@@ -344,6 +344,14 @@ def test_empty_side(tmp_path):
         find_pairs(tmp_path)
 
 
+def test_pair_sets_one_level_down_are_named(tmp_path):
+    """A folder holding two pair sets was told to name --rainy-dir (an audit)."""
+    _make(tmp_path, "a/rainy/x.png", "a/clean/x.png", "b/rain/y.png", "b/norain/y.png")
+    with pytest.raises(PairsError, match=r"its subfolder\(s\) 'a/', 'b/' are pair sets: give "
+                                         r"each one \(train: --pairs .*a --pairs .*b\)"):
+        find_pairs(tmp_path)
+
+
 def test_no_layout_lists_what_was_looked_for(tmp_path):
     _make(tmp_path, "photos/a.png", "holiday.png")
     with pytest.raises(PairsError) as info:
