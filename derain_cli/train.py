@@ -1965,7 +1965,8 @@ class _Run:
             "val_pending": self.validating,  # a Ctrl-C during this step's validation
             "start_weights": self.start_record,  # the file, hashed when the run started
             # the steps since the last log line: a resume logs them with the next ones, as
-            # the run would have (they were lost from log.jsonl: an audit); rank 0's
+            # the run would have (they were lost from log.jsonl: an audit); rank 0's, used
+            # by a one-process run only
             "log_window": {"losses": list(getattr(self, "window", [])),
                            "parts": list(getattr(self, "parts_window", []))},
         }
@@ -2066,8 +2067,7 @@ class _Run:
         logged = any(r.get("kind") == "train" and r.get("step") == self.step
                      for r in self.log.records)  # a time budget's stop logs after saving
         if held and self.step % cfg.log_every and not logged:  # stopped between two log
-            # lines: those steps join the next line, as without the stop (under torchrun
-            # rank 0's only)
+            # lines: those steps join the next line, as without the stop
             self.window = [float(v) for v in held.get("losses", [])]
             self.parts_window = [dict(p) for p in held.get("parts", [])]
         self.bad_steps = 0  # non-finite steps in a row
