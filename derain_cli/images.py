@@ -932,12 +932,10 @@ def _decode_16bit_cv2(
         return None
     if arr.ndim == 2:
         arr = arr[..., None]
-    # the channels put in RGB order (OpenCV copies for it: no memory saved over a reversed
-    # view made contiguous at the end, a review; the result is contiguous here already)
     if arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr)
+        arr = arr[..., ::-1]  # BGR -> RGB
     elif arr.shape[2] == 4:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
+        arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
     ref = ref if ref.ndim == 3 else ref[..., None]
     if ref.shape[2] == 2 and arr.shape[2] == 4:  # gray+alpha, expanded to BGRA by OpenCV
         arr = arr[..., [0, 3]]

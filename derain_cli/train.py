@@ -843,8 +843,7 @@ def check_config(cfg: TrainConfig) -> None:
     for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
                           ("--unlabeled", cfg.unlabeled)):  # named twice: its data twice
         seen: dict[str, str] = {}  # (`--pairs P --pairs ./P/`, a link: an audit)
-        for f in folders:
-            key = str(Path(f).expanduser().resolve())
+        for f, key in zip(folders, _resolved(folders), strict=True):
             need(key not in seen, f"{flag} names one folder twice ({seen.get(key)}, {f}): "
                                   "its images would count twice; name each once")
             seen[key] = f
@@ -1536,8 +1535,7 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
         _say(f"warning: --clean-fraction {cfg.clean_fraction:g} does nothing here: it leaves "
              "the rain off a share of --synthetic photos, and this run has none (pairs "
              "bring their own rain)")  # (ignored in silence: an audit)
-    both = sorted({str(Path(p).expanduser().resolve()) for p in cfg.synthetic}
-                  & {str(Path(p).expanduser().resolve()) for p in cfg.unlabeled})
+    both = sorted(set(_resolved(cfg.synthetic)) & set(_resolved(cfg.unlabeled)))
     if both and is_main:  # `finetune --clean X --rainy X` went by in silence (an audit)
         _say(f"warning: {', '.join(both)} is named for clean photos (synthetic rain is laid "
              "on them: --synthetic, finetune's --clean) and for rainy ones (--unlabeled, "
