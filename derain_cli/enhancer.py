@@ -488,6 +488,14 @@ class Derainer:
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy
         angle = self.rain_angle
         out = None
+        if self.strength == 0.0:  # the photo as it is: minutes of network for nothing
+            out = np.empty(rgb.shape, np.float32)
+            out[...] = 0.0
+            blend_toward_input(out, rgb, 0.0)
+            if on_tile is not None:
+                on_tile(1, 1)
+            self.last_rain_angle = 0.0 if angle == _slant.AUTO else float(angle)
+            return out
         if angle == _slant.AUTO:  # guessed, and checked with the network on a sample: one
             single = self.ensemble == 1  # pass each way (with more, none is reused)
             angle, guess, out = _slant.choose_angle(

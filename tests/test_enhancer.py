@@ -678,6 +678,19 @@ def test_strength_mixes_the_photo_and_the_derained_photo(tiny_weights, dtype):
     np.testing.assert_allclose(out, unit + 0.6 * (full - unit), atol=2e-6)
 
 
+def test_strength_0_gives_the_photo_without_running_the_network(tiny_weights, monkeypatch):
+    """--strength 0 ran the network for minutes on a CPU and then threw its result away."""
+    rgb = _photo(40, 30).astype(np.uint16) * 257
+    d = Derainer(weights=tiny_weights, device="cpu", tile=0, strength=0.0, rain_angle="auto")
+    calls = []
+    monkeypatch.setattr(type(d), "_passes", lambda *a, **k: calls.append(a))
+    ticks = []
+    out = d.derain_array(rgb, on_tile=lambda done, total: ticks.append((done, total)))
+    assert calls == [] and ticks == [(1, 1)] and out.dtype == np.float32
+    np.testing.assert_allclose(out, rgb.astype(np.float32) / 65535, rtol=1e-6, atol=0)
+    assert d.last_rain_angle == 0.0
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5"])
 def test_strength_outside_0_to_1_is_refused(tiny_weights, bad):
     from derain_cli.errors import OptionError
