@@ -463,20 +463,26 @@ def check_pairs_read(
             problem = str(e)
         if problem:
             raise PairDataError(problem)
-        if _gray(rainy) != _gray(clean):
+        if is_gray(rainy) != is_gray(clean):
             unlike.append(p.name)
         total += rainy.nbytes + clean.nbytes
         kept.append((rainy, clean) if total <= keep_bytes else None)
     if unlike:  # scored in silence until 2026-12-06 (an audit)
-        log.warning("%d pair%s %s one grayscale and one colour image (%s%s): PSNR-RGB "
-                    "compares unlike images there; the Y-channel scores compare brightness",
-                    len(unlike), "s" if len(unlike) != 1 else "",
-                    "have" if len(unlike) != 1 else "has", ", ".join(unlike[:3]),
-                    ", ..." if len(unlike) > 3 else "")
+        log.warning("%s: PSNR-RGB compares unlike images there; the Y-channel scores "
+                    "compare brightness", unlike_pairs(unlike))
     return kept
 
 
-def _gray(rgb: np.ndarray) -> bool:
+def unlike_pairs(names: Sequence[str]) -> str:
+    """"N pairs have one grayscale and one colour image (a, b, c, ...)": a gray clean photo
+    for a colour rainy one (or the reverse) is scored against unlike colours, which
+    ``eval`` and ``train --val`` both say."""
+    n = len(names)
+    return (f"{n} pair{'s' if n != 1 else ''} {'have' if n != 1 else 'has'} one grayscale "
+            f"and one colour image ({', '.join(names[:3])}{', ...' if n > 3 else ''})")
+
+
+def is_gray(rgb: np.ndarray) -> bool:
     """Whether an HxWx3 image is gray (its three channels alike: a grayscale file, as
     ``load_rgb_u8`` repeats it)."""
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1])

@@ -874,12 +874,14 @@ def check_config(cfg: TrainConfig) -> None:
          f"--out {cfg.out} is a file; name a folder for the run")
 
 
-def _check_val_pairs(cfg: TrainConfig) -> tuple[dict[Any, Any], dict[str, tuple[str, str]]]:
+def _check_val_pairs(cfg: TrainConfig, warn: bool = True,
+                     ) -> tuple[dict[Any, Any], dict[str, tuple[str, str]]]:
     """Every validation pair decoded now and checked (readable, same size after EXIF
     orientation, big enough to score), rather than at the first validation, which threw
     away the training since the last checkpoint (a swapped or truncated pair passed a
-    header check). Returns ``validate``'s cache, filled, and each pair's pixel digests."""
-    from .evaluate import pair_problem
+    header check). Returns ``validate``'s cache, filled, and each pair's pixel digests.
+    ``warn``: say which pairs hold one grayscale and one colour image (rank 0 only)."""
+    from .evaluate import is_gray, pair_problem, unlike_pairs
     from .pairs import NAME_FOLDERS_HINT, PairsError
 
     cache: dict[Any, Any] = {}
@@ -893,10 +895,16 @@ def _check_val_pairs(cfg: TrainConfig) -> tuple[dict[Any, Any], dict[str, tuple[
         raise TrainError(f"--val: {e}".replace(
             NAME_FOLDERS_HINT, "Name its folders with --val-rainy-dir and --val-clean-dir"),
             every_rank=False) from None
+    unlike = []
     for name, r, c in images:
         problem = pair_problem(name, r, c)
         if problem:
             raise TrainError(f"--val: {problem}", every_rank=False)
+        if is_gray(r) != is_gray(c):
+            unlike.append(name)
+    if unlike and warn:  # validated in silence, as eval scored them until an audit
+        _say(f"warning: --val: {unlike_pairs(unlike)}: check those pairs; their scores (on "
+             "Y) compare brightness only")
     return cache, digests
 
 
@@ -1375,7 +1383,7 @@ def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, 
     val_cache: dict[Any, Any] = {}
     val_digests: dict[str, tuple[str, str]] = {}
     if cfg.val:  # fail now, on every rank, rather than at the first validation
-        val_cache, val_digests = _check_val_pairs(cfg)
+        val_cache, val_digests = _check_val_pairs(cfg, warn=is_main)
         if not is_main:  # only rank 0 validates: the others drop the decoded images
             val_cache, val_digests = {}, {}
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and _auto_bf16(device))

@@ -465,6 +465,24 @@ def test_an_out_that_is_a_file_is_refused(data, tmp_path):
         T.train(_cfg(data, tmp_path / "afile"))
 
 
+def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):
+    """eval said so (an audit); train --val validated such pairs in silence."""
+    val = tmp_path / "val"
+    rng = np.random.default_rng(1)
+    for sub in ("rainy", "clean"):
+        (val / sub).mkdir(parents=True)
+        for name in ("a.png", "b.png"):
+            Image.fromarray(smooth_photo(rng, 30, 40)).save(val / sub / name)
+    T._check_val_pairs(_cfg(data, tmp_path / "run", val=str(val)))
+    assert "grayscale" not in capsys.readouterr().err
+    Image.open(val / "clean" / "b.png").convert("L").save(val / "clean" / "b.png")
+    T._check_val_pairs(_cfg(data, tmp_path / "run", val=str(val)), warn=False)  # rank > 0
+    assert "grayscale" not in capsys.readouterr().err
+    T._check_val_pairs(_cfg(data, tmp_path / "run", val=str(val)))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: --val: 1 pair has one grayscale and one colour image (b.png)" in err
+
+
 def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
     val = tmp_path / "val"
     for sub, size in (("rainy", (40, 30)), ("clean", (38, 30))):
