@@ -83,7 +83,20 @@ def pixel_digest(img: np.ndarray) -> str:
 
 
 def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
-    return [load_rgb_u8(p) for p in paths]
+    """Every one of ``paths`` decoded; ``DataError`` naming each that cannot be, not only the
+    first: a pair set with several damaged files took one run per file to find them all."""
+    images, bad = [], []
+    for p in paths:
+        try:
+            images.append(load_rgb_u8(p))
+        except DataError as e:
+            bad.append(str(e))
+    if len(bad) == 1:
+        raise DataError(bad[0])
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} images cannot be read: {'; '.join(bad[:5])}{more}")
+    return images
 
 
 def warn_skipped(path: Path, reason: str) -> None:
@@ -254,7 +267,9 @@ class LabeledDataset(Dataset):
         self.sources: list[_Source] = []
         for d in pairs_dirs:
             pairs = find_pairs(Path(d), rainy_dir, clean_dir)
-            rainy, clean = _load_all([p.rainy for p in pairs]), _load_all([p.clean for p in pairs])
+            both = _load_all([path for p in pairs for path in (p.rainy, p.clean)])
+            rainy, clean = both[0::2], both[1::2]
+            del both
             _check_pair_sizes(pairs, rainy, clean)
             self.sources.append(_Source("paired", rainy, clean, [p.name for p in pairs]))
         for d in clean_dirs:  # photos, like --unlabeled ones: a damaged file is skipped

@@ -58,6 +58,21 @@ def test_synthetic_items_shapes_and_reproducibility(clean_dir):
     assert not torch.equal(a["rainy"], other_seed["rainy"])
 
 
+def test_every_damaged_file_of_a_pair_set_is_named_at_once(pairs_dir):
+    """Only the first was named: a set with three damaged files took three runs to mend."""
+    for name in ("rainy/1.png", "clean/2.png", "rainy/3.png"):
+        (pairs_dir / name).write_bytes(b"not an image")
+    with pytest.raises(D.DataError) as e:
+        D.LabeledDataset(pairs_dirs=[pairs_dir], patch=24)
+    text = str(e.value)
+    assert text.startswith("3 images cannot be read: ")
+    assert [n in text for n in ("rainy/1.png", "clean/2.png", "rainy/3.png")] == [True] * 3
+    (pairs_dir / "clean" / "2.png").write_bytes((pairs_dir / "clean" / "0.png").read_bytes())
+    (pairs_dir / "rainy" / "3.png").write_bytes((pairs_dir / "rainy" / "0.png").read_bytes())
+    with pytest.raises(D.DataError, match=r"^\S*rainy/1\.png: cannot read image"):  # one
+        D.LabeledDataset(pairs_dirs=[pairs_dir], patch=24)
+
+
 def test_clean_fraction_leaves_some_items_without_rain(clean_dir, pairs_dir):
     plain = D.LabeledDataset(clean_dirs=[clean_dir], pairs_dirs=[pairs_dir], patch=24, seed=3)
     ds = D.LabeledDataset(clean_dirs=[clean_dir], pairs_dirs=[pairs_dir], patch=24, seed=3,
