@@ -7,7 +7,7 @@ job with the same guarantees::
     from derain_cli.enhancer import Derainer
 
     items = collect_inputs(["photos/"], recursive=True)
-    summary = run_batch(items, Derainer(), BatchOptions(output=Path("out")))
+    summary = run_batch(items, Derainer(), BatchOptions(output="out"))
     print(summary.to_json())
 
 Guarantees:

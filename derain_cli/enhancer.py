@@ -791,8 +791,10 @@ def _input_hint(image: object) -> str:
     if kind == "Tensor":
         return "; for a CHW tensor in [0, 1]: tensor.permute(1, 2, 0).cpu().numpy()"
     if kind == "LoadedImage":
-        return ("; derain its pixels, derain(loaded.pixels), and write the result with "
-                "derain_cli.images.write_image(path, out, loaded)")
+        # write_image takes derain_array's float result: derain(loaded.pixels) gives the
+        # pixels' own dtype back, which it refuses (an audit ran the hint as written)
+        return ("; derain its pixels, out = derainer.derain_array(loaded.pixels), and write "
+                "the result with derain_cli.images.write_image(path, out, loaded)")
     return ""
 
 

@@ -1178,7 +1178,7 @@ def train(
     _hooks: dict[str, Callable[..., Any]] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model as ``config`` says; see the module docstring."""
-    cfg = config
+    cfg = _paths_as_text(config)
     rank, world, local = _dist_info()
     is_main = rank == 0
     started_dist = False
@@ -1195,6 +1195,21 @@ def train(
     finally:
         if started_dist and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _paths_as_text(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its ``pathlib.Path`` (any ``os.PathLike``) values, alone or in lists, as
+    strings: ``out=Path(...)`` passed every check and then failed writing the run's JSON
+    config, leaving a run folder behind (an audit of the Python API)."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, os.PathLike):
+            changes[f.name] = os.fspath(value)
+        elif isinstance(value, list | tuple) and any(isinstance(v, os.PathLike) for v in value):
+            changes[f.name] = [os.fspath(v) if isinstance(v, os.PathLike) else v
+                               for v in value]
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 #: Settings of the machine or the session, never taken over from the run being resumed

@@ -652,6 +652,21 @@ def test_library_errors_are_exported_and_value_errors(tmp_path):
         Derainer(weights=tmp_path, model="semi-drdnet-tiny")
 
 
+def test_the_hint_for_a_loaded_image_runs_as_written(derainer, tmp_path):
+    """derain(loaded) said to write derain(loaded.pixels)'s result with write_image, which
+    refuses that uint8 result (an audit ran the hint as written)."""
+    from derain_cli.images import read_image, write_image
+
+    Image.fromarray(_photo(40, 30)).save(tmp_path / "a.png")
+    loaded = read_image(tmp_path / "a.png")
+    with pytest.raises(TypeError) as e:
+        derainer.derain(loaded)
+    assert "out = derainer.derain_array(loaded.pixels)" in str(e.value)
+    out = derainer.derain_array(loaded.pixels)
+    write_image(tmp_path / "b.png", out, loaded)
+    assert Image.open(tmp_path / "b.png").size == Image.open(tmp_path / "a.png").size
+
+
 def test_derain_array_says_what_it_takes(derainer):
     with pytest.raises(ValueError, match=r"HxWx3 array, not \(20, 30, 4\)"):
         derainer.derain_array(np.zeros((20, 30, 4), np.uint8))

@@ -483,6 +483,17 @@ def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, 
     assert "warning: --val: 1 pair has one grayscale and one colour image (b.png)" in err
 
 
+def test_paths_are_taken_where_strings_are(data, tmp_path):
+    """TrainConfig(out=Path(...)) passed every check, then failed writing the run's JSON
+    config and left a run folder behind (an audit of the Python API)."""
+    cfg = _cfg(data, tmp_path, steps=1, ckpt_every=1, synthetic=[data["clean"]],
+               val=data["val"])
+    res = T.train(dataclasses.replace(cfg, out=tmp_path / "run"))
+    assert res.weights is not None and res.weights.is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["out"] == str(
+        tmp_path / "run")
+
+
 def test_a_bad_validation_pair_is_found_before_training(data, tmp_path):
     val = tmp_path / "val"
     for sub, size in (("rainy", (40, 30)), ("clean", (38, 30))):
