@@ -531,10 +531,10 @@ def eval_cmd(
         exists=True, dir_okay=False, help="Weights file to evaluate.")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
-    report: Annotated[Path | None, typer.Option(
+    report: Annotated[str | None, typer.Option(  # (str: a trailing / is kept, and refused)
         help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv or "
              "--save (then scores.csv in --save's folder).")] = None,
-    csv_path: Annotated[Path | None, typer.Option(
+    csv_path: Annotated[str | None, typer.Option(
         "--csv", help="Per-image CSV \\[default: STEM.csv beside --report, or scores.csv in "
                       "--save's folder; none without either].")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,

@@ -275,6 +275,7 @@ def evaluate(
     path (``Derainer``'s ``rain_angle``); each image's score says the turn it got.
     """
     t0 = time.time()
+    _check_model_name(model)
     _check_ensemble(model, ensemble)  # before any pair is decoded
     _check_engine_options(model, device=device, tile=tile, precision=precision,
                           backend=backend, threads=threads)
@@ -282,6 +283,7 @@ def evaluate(
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
         raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
                          "every pair")
+    _check_file_names(report=report, csv_path=csv_path)
     pairs = find_pairs(Path(data_dir), rainy_dir, clean_dir)
     if limit is not None:
         pairs = pairs[:limit]
@@ -299,7 +301,7 @@ def evaluate(
     derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble,
                                    rain_angle)
     setting = getattr(derainer, "rain_angle", 0.0)  # a Derainer given as it is: its own
-    _make_folders(save, rep, csv_file)
+    made = _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []
     scores: list[ImageScore] = []
     names = save_names(pairs)
@@ -358,11 +360,26 @@ def evaluate(
             finished = i + 1  # scored, saved, thumbnails made
             if on_image is not None:
                 on_image(i + 1, len(pairs), s)
-    except KeyboardInterrupt:  # the pairs done so far are written, not lost (an audit)
-        if finished and (csv_file is not None or rep is not None):
-            raise EvalInterrupted(finish(), len(pairs)) from None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) and finished and (
+                csv_file is not None or rep is not None):  # the pairs done so far are
+            raise EvalInterrupted(finish(), len(pairs)) from None  # written (an audit)
+        if not finished:  # a Ctrl-C before the first pair left the empty folders (an audit)
+            remove_empty_folders(made)
         raise
     return finish()
+
+
+def _check_model_name(model: object) -> None:
+    """A model name that is neither registered nor identity nor a weights file, refused
+    before any pair is read, with identity among the choices (the registry's own message
+    left it out: an audit)."""
+    if isinstance(model, str) and model != IDENTITY:
+        from .models import MODELS, UnknownModelError
+        from .weights import names_a_file
+
+        if model not in MODELS and not names_a_file(model):
+            raise UnknownModelError(model, IDENTITY)
 
 
 class EvalInterrupted(KeyboardInterrupt):
@@ -585,8 +602,24 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
             raise OptionError(f"cannot write to {d}: {why}")
 
 
-def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None) -> None:
-    """The output folders, made once the model is loaded (a bad -m leaves none behind)."""
+def _check_file_names(**files: str | os.PathLike[str] | None) -> None:
+    """A file name given with a trailing slash (``--report out/``) is taken for the folder
+    it says it is and refused: a Path drops the slash, and ``out`` was written as a file
+    with ``out.csv`` and ``out_files/`` beside it (an audit)."""
+    from .errors import OptionError
+
+    for what, f in files.items():
+        if isinstance(f, str) and f.endswith(("/", os.sep)):
+            kind, example = (("the report", "report.html") if what == "report" else
+                             ("the scores", "scores.csv"))
+            raise OptionError(f"{f!r} names a folder; {kind} go{'es' * (what == 'report')} "
+                              f"to a file: name one in it (e.g. {f}{example})")
+
+
+def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None,
+                  ) -> list[Path]:
+    """The output folders, made once the model is loaded (a bad -m leaves none behind).
+    Returns those it made, outermost first, for ``remove_empty_folders``."""
     from .errors import OptionError
 
     folders = {f.parent for f in (csv_path, report) if f is not None}
@@ -594,11 +627,15 @@ def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None)
         folders.add(save)
     if report is not None:
         folders.add(report.parent / f"{report.stem}_files")
+    made: list[Path] = []
     for d in sorted(folders):
+        made += missing_folders(d)
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            remove_empty_folders(made)
             raise OptionError(f"cannot write to {d}: {e.strerror or e}") from None
+    return made
 
 
 def write_csv(res: EvalResult, path: Path) -> None:
@@ -740,9 +777,11 @@ def _unusable(p: Path) -> bool:
 
 
 def _older_pairs(out: Path, planned: set[str]) -> set[str]:
-    """Names of the pairs in ``out`` that a run writing ``planned`` would not replace."""
-    return {p.stem for side in ("rainy", "clean") if (out / side).is_dir()
-            for p in list_images(out / side)} - planned
+    """File names of the images in ``out``'s pair folders that a run writing the pairs
+    ``planned`` (``NAME.png`` each) would not replace. By whole name: an older ``a.jpg``
+    was taken as replaced by the new ``a.png`` and stayed, unpaired (an audit)."""
+    return {p.name for side in ("rainy", "clean") if (out / side).is_dir()
+            for p in list_images(out / side)} - {f"{name}.png" for name in planned}
 
 
 def _warn_if_pairs(folder: Path) -> None:
@@ -782,7 +821,8 @@ def _check_synth_output(out: Path, overwrite: bool, planned: set[str]) -> None:
         older = _older_pairs(out, planned)
         if older:
             raise SynthError(
-                f"output folder {out} holds {len(older)} pair(s) this run would not replace "
+                f"output folder {out} holds {len(older)} image name(s) in rainy/ or clean/ "
+                "that this run would not replace "
                 f"({', '.join(sorted(older)[:5])}{', ...' if len(older) > 5 else ''}): they "
                 "would stay mixed among the new ones; choose an empty or new folder")
         return
@@ -900,14 +940,15 @@ def synth_pairs(
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _warn_if_pairs(Path(clean_dir))
-    planned: set[str] | None = _planned_names(paths, Path(clean_dir), count)
+    planned: set[str] | None = set()  # the names, only where older pairs are overwritten:
+    # a set of --count names took minutes and gigabytes for a huge count (an audit)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move
         # the names on (x_1 made where a skipped one's pair would be), and leave their old
         # pairs unreplaced (a review): which ones, found out now
         bad = frozenset(j for j, p in enumerate(paths) if _unusable(p))
         if len(bad) == len(paths):  # none reads: the walk below says so, each one named
             planned = None  # (not "pairs this run would not replace": a review)
-        elif bad:
+        else:
             planned = _planned_names(paths, Path(clean_dir), count, bad)
     if planned is not None:
         _check_synth_output(out, overwrite, planned)
@@ -922,6 +963,26 @@ def synth_pairs(
     skip = on_skip or warn_skipped
     n = count if count is not None else len(paths)
     names = _pair_names(paths, Path(clean_dir))
+    try:
+        written = _synth_walk(paths, names, clean_dir, out, preset, seed, n, count is None,
+                              skip, on_image)
+    except BaseException:  # a Ctrl-C before the first pair left the empty folders (an audit)
+        remove_empty_folders(made)  # (those still empty: pairs written are kept)
+        raise
+    if not written:
+        remove_empty_folders(made)
+        raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
+    return written
+
+
+def _synth_walk(paths: list[Path], names: list[str], clean_dir: str | os.PathLike[str],
+                out: Path, preset: str, seed: int, n: int, per_photo: bool,
+                skip: Callable[[Path, str], None],
+                on_image: Callable[[int, int], None] | None) -> int:
+    """``synth_pairs``' walk through the photos: up to ``n`` pairs written (one per readable
+    photo where ``per_photo``), the number written returned."""
+    from . import synth
+
     used: set[str] = set()
     bad: set[int] = set()
     cache: dict[int, np.ndarray] = {}
@@ -930,8 +991,7 @@ def synth_pairs(
     while written < n:
         k += 1
         j = k % len(paths)
-        if len(bad) == len(paths):
-            remove_empty_folders(made)
+        if len(bad) == len(paths):  # (synth_pairs takes back the folders it made)
             raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
         if j in bad:
             continue
@@ -942,7 +1002,7 @@ def synth_pairs(
             except DataError as e:
                 skip(p, str(e))
                 bad.add(j)
-                if count is None:
+                if per_photo:
                     n -= 1  # one pair per readable photo
                 continue
         clean = cache[j]
@@ -953,7 +1013,4 @@ def synth_pairs(
         written += 1
         if on_image is not None:
             on_image(written, n)
-    if not written:
-        remove_empty_folders(made)
-        raise DataError(f"{clean_dir}: none of the {len(paths)} images could be read")
     return written

@@ -118,6 +118,34 @@ def test_overwrite_over_fewer_pairs_names_the_saved_images_it_left(pairs, tmp_pa
     assert len(list(out.glob("*.png"))) == 4
 
 
+def test_eval_names_identity_and_refuses_a_folder_for_a_file(pairs, tmp_path, monkeypatch):
+    """`eval -m identiy` listed the registry without identity; `--report out/` wrote a file
+    named out, with out.csv and out_files/ beside it (an audit)."""
+    from derain_cli.models import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match=r"rdmc-lite, identity$"):
+        E.evaluate("identiy", pairs)
+    monkeypatch.chdir(tmp_path)
+    for flag, example in (("--report", "ry/report.html"), ("--csv", "ry/scores.csv")):
+        r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", flag, "ry/"])
+        assert r.exit_code == 2 and f"e.g. {example}" in r.stderr
+    assert not any((tmp_path / n).exists() for n in ("ry", "ry.csv", "ry_files"))
+
+
+def test_an_eval_stopped_before_its_first_pair_takes_back_its_folders(pairs, tmp_path,
+                                                                       monkeypatch):
+    """A Ctrl-C before the first pair was scored left the --save and report folders it made,
+    empty (an audit); folders that were there are kept."""
+    from derain_cli import metrics
+
+    monkeypatch.setattr(metrics, "ssim_y", interrupted_at_call(metrics.ssim_y, 1))
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        E.evaluate("identity", pairs, save_dir=tmp_path / "a" / "sv",
+                   report=tmp_path / "kept" / "b" / "r.html")
+    assert not (tmp_path / "a").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
 def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypatch):
     """Ctrl-C on a long set printed "interrupted" and kept nothing, while --save's images
     then refused the same command (an audit): the pairs scored are written to the CSV and
@@ -199,12 +227,12 @@ def test_synth_skips_an_unreadable_photo(clean_dir, tmp_path):
     assert E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None,
                          overwrite=True) == 6
     assert sorted(p.name for p in (tmp_path / "c" / "rainy").iterdir()) == before
-    with pytest.raises(ValueError, match=r"holds 1 pair\(s\) this run would not replace"):
+    with pytest.raises(ValueError, match=r"holds 1 image name\(s\)"):
         E.synth_pairs(clean_dir, tmp_path / "c", count=5, on_skip=lambda p, why: None,
                       overwrite=True)  # a smaller set is still refused
     # a photo that read before and no longer does: its old pairs would stay (a review)
     (clean_dir / "p1.png").write_text("damaged since")
-    with pytest.raises(ValueError, match=r"would not replace \(p1, p1_1\)"):
+    with pytest.raises(ValueError, match=r"would not replace \(p1.png, p1_1.png\)"):
         E.synth_pairs(clean_dir, tmp_path / "c", count=6, on_skip=lambda p, why: None,
                       overwrite=True)
     for p in clean_dir.iterdir():  # none reads now: said so, not "would not replace"
@@ -282,10 +310,43 @@ def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
     assert E.synth_pairs(clean_dir, tmp_path / "e", count=1) == 1
 
 
+def test_synth_overwrite_compares_whole_file_names(clean_dir, tmp_path):
+    """An older a.jpg was taken as replaced by the new a.png, and stayed unpaired: a set
+    eval then refused (an audit)."""
+    E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=1)
+    Image.open(tmp_path / "s" / "rainy" / "p0.png").save(tmp_path / "s" / "rainy" / "p0.jpg")
+    with pytest.raises(ValueError, match=r"holds 1 image name\(s\) .*\(p0\.jpg\)"):
+        E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=1, overwrite=True)
+
+
+def test_synth_takes_back_its_folders_when_stopped_before_a_pair(clean_dir, tmp_path,
+                                                                  monkeypatch):
+    """A Ctrl-C before the first pair left the output folders it made, empty (an audit)."""
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "_write_pair", stop)
+    with pytest.raises(KeyboardInterrupt):
+        E.synth_pairs(clean_dir, tmp_path / "a" / "b", count=2)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_huge_synth_count_plans_no_names_in_an_empty_folder(clean_dir, tmp_path,
+                                                              monkeypatch):
+    """A set of --count names was built before the first pair, even into an empty folder:
+    31 s and a MemoryError for --count 100000000 (an audit)."""
+    def planned(*a, **k):
+        raise AssertionError("names planned")
+
+    monkeypatch.setattr(E, "_planned_names", planned)
+    assert E.synth_pairs(clean_dir, tmp_path / "s", count=2) == 2
+    assert E.synth_pairs(clean_dir, tmp_path / "s2", count=1, overwrite=True) == 1
+
+
 def test_synth_overwrite_never_leaves_an_older_set_mixed_in(clean_dir, tmp_path):
     """--overwrite with a smaller count replaced 3 pairs and kept 7 older ones (audit)."""
     E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=1)
-    with pytest.raises(ValueError, match=r"holds 2 pair\(s\) this run would not replace"):
+    with pytest.raises(ValueError, match=r"holds 2 image name\(s\)"):
         E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2, overwrite=True)
     assert len(list((tmp_path / "s" / "rainy").iterdir())) == 4
     assert E.synth_pairs(clean_dir, tmp_path / "s", count=4, seed=2, overwrite=True) == 4

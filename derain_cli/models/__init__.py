@@ -79,7 +79,8 @@ MODELS: dict[str, ModelSpec] = {
 
 
 class UnknownModelError(KeyError, ValueError):
-    """A model name that is not in the registry (a ``ValueError`` too: a bad argument)."""
+    """A model name that is not in the registry (a ``ValueError`` too: a bad argument).
+    Further arguments are names the caller takes besides the registry's (eval's identity)."""
 
     def __str__(self) -> str:
         from ..weights import names_a_file  # (it imports this module)
@@ -87,7 +88,8 @@ class UnknownModelError(KeyError, ValueError):
         name = str(self.args[0])  # `-m run/model.safetensors` said only "unknown" (audit)
         hint = f"; to use the weights file, pass --weights {name}" if names_a_file(
             name) else ""
-        return f"unknown model {name!r}; choose one of: {', '.join(MODELS)}{hint}"
+        names = [*MODELS, *map(str, self.args[1:])]
+        return f"unknown model {name!r}; choose one of: {', '.join(names)}{hint}"
 
 
 def get_spec(name: str) -> ModelSpec:
