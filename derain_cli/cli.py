@@ -196,8 +196,16 @@ class DerainGroup(TyperGroup):
         """The first word: subcommand names, unless a file or folder here starts as typed:
         then none, and the shell completes the path (``derain ex`` means examples/ as
         often as export)."""
-        if incomplete.startswith("-"):  # the group's own options
-            return super().shell_complete(ctx, incomplete)
+        if incomplete.startswith("-"):  # the group's options and the main job's, which
+            # may come first (`derain --threads 1 photo.jpg`; they completed after a path
+            # only: an audit)
+            items = super().shell_complete(ctx, incomplete)
+            main = self.get_command(ctx, DEFAULT_COMMAND)
+            if main is not None:
+                have = {item.value for item in items}
+                items += [item for item in main.shell_complete(ctx, incomplete)
+                          if item.value not in have]
+            return items
         if incomplete and _path_starts(incomplete):
             return []
         from click.shell_completion import CompletionItem
@@ -235,8 +243,9 @@ class DerainGroup(TyperGroup):
                 if "--debug" in args[i + 1:end]:
                     args = ["--debug", *(a for k, a in enumerate(args)
                                          if not (i < k < end and a == "--debug"))]
-        elif args and not self._HELP_FLAGS.intersection(args):
+        elif args and not self._HELP_FLAGS.intersection(args) and not ctx.resilient_parsing:
             args.append(DEFAULT_COMMAND)  # `derain --debug`: the main job says what is missing
+            # (not while a shell completes `derain --debug gr`: subcommands come next)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Context) -> Any:
@@ -1778,12 +1787,27 @@ def _enable_completion() -> None:
         os.environ[COMPLETE_VAR] = f"{rest}_{first}"
 
 
+def _unhandled_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` is Typer's exit for a KeyboardInterrupt no derain code handled: Typer
+    raises its Exit *from* the interrupt; derain's handlers say "interrupted" and raise
+    theirs from None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            return True
+        e, seen = e.__context__, seen + 1  # type: ignore[assignment]
+    return False
+
+
 def _main(argv: list[str] | None) -> None:
     try:
         app(args=argv, prog_name="derain", complete_var=COMPLETE_VAR)
     except SystemExit as e:
         if e.code == 130 or _TERMINATED_BY:  # (a subcommand's own Ctrl-C handling)
             _ignore_further_stops()
+        if e.code == 130 and _unhandled_interrupt(e):  # Typer ends a Ctrl-C that no command
+            print("\ninterrupted", file=sys.stderr)  # handled (one while a subcommand's
+            # modules load) with 130 and no word: an audit saw a silent exit
         if _TERMINATED_BY and e.code == 130:  # stopped as for Ctrl-C: the signal's status
             sys.exit(128 + _TERMINATED_BY[0])
         raise

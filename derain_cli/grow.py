@@ -364,10 +364,15 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
              f"from {calibration or 'procedural scenes'}")
     note = (f"grown from {label} (sha256 {sha}) by derain grow, seed {seed}, BatchNorm "
             f"statistics of the new channels {stats}")
-    save_weights(grown, out, name=to, arch=spec.arch, config=spec.config,
-                 dtype=_storage_dtype(src),
-                 metadata={"grown_from": label, "grown_from_sha256": sha,
-                           "note": note, "exact": json.dumps(exact)})
+    try:
+        save_weights(grown, out, name=to, arch=spec.arch, config=spec.config,
+                     dtype=_storage_dtype(src),
+                     metadata={"grown_from": label, "grown_from_sha256": sha,
+                               "note": note, "exact": json.dumps(exact)})
+    except OSError as e:  # named the temporary file, as a usage error (exit 2: an audit)
+        from .weights import WeightsError
+
+        raise WeightsError(f"cannot write {out}: {e.strerror or e}") from None
     diff, db = agreement(src, model_from_file(out), seed)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     return GrowResult(weights=out, source=label, target=to, source_params=count(src),

@@ -604,6 +604,20 @@ def test_a_second_stop_while_the_process_ends_is_ignored(monkeypatch: pytest.Mon
     assert (signal.SIGTERM, signal.SIG_DFL) in calls  # not KeyboardInterrupt again
 
 
+def test_a_ctrl_c_while_a_subcommand_loads_says_interrupted(tmp_path: Path) -> None:
+    """Typer ended a Ctrl-C no command handled (one while grow's or eval's modules loaded)
+    with 130 and no word (an audit)."""
+    code = ("import builtins\nfrom derain_cli import cli\nreal = builtins.__import__\n"
+            "def imp(name, *a, **k):\n    if name == 'grow':\n"
+            "        raise KeyboardInterrupt\n    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "cli._main(['grow', 'semi-drdnet-tiny', '--to', 'semi-drdnet-fast', '-o', 'g."
+            "safetensors'])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert p.returncode == 130 and p.stderr.strip() == "interrupted", p.stderr
+
+
 def test_ignoring_further_stops_holds_in_a_real_process() -> None:
     code = ("import os, signal\nfrom derain_cli import cli\ncli._OWN_PROCESS.append(True)\n"
             "cli._ignore_further_stops()\nos.kill(os.getpid(), signal.SIGINT)\n"
@@ -1496,13 +1510,16 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert _complete("derain download ", tmp_path) == list(load_manifest())
     assert "semi-drdnet" not in _complete("derain download -m semi", tmp_path)
     assert _complete("derain x.jpg --mo", tmp_path) == ["--model"]
+    # the main job's options first, and subcommands after --debug (an audit: neither)
+    assert _complete("derain --thr", tmp_path) == ["--threads"]
+    assert _complete("derain --debug gr", tmp_path) == ["grow"]
     (tmp_path / "examples").mkdir()  # a folder beside: the shell completes the path
     assert _complete("derain ex", tmp_path) == []
     assert _registry_names() == list(MODELS)  # read from the source, without PyTorch
     # a Tab on the first word or on -m imports no PyTorch (the first word took 2 s: review)
     probe = ("import sys\nfrom derain_cli.cli import main\ntry:\n    main()\n"
              "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
-    for words in ("derain ", "derain -m s"):
+    for words in ("derain ", "derain -m s", "derain --"):
         env = {**os.environ, "_DERAIN_COMPLETE": "complete_bash", "COMP_WORDS": words,
                "COMP_CWORD": str(len(words.split(" ")) - 1)}
         ran = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,

@@ -206,6 +206,25 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
     assert not good.exists()
 
 
+def test_a_failed_write_names_the_output_not_a_temporary(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing under /proc failed after the work as "No such file or directory:
+    '/proc/.derain-1jsn1h8h.tmp'", a usage error (exit 2: an audit)."""
+    from derain_cli import weights
+    from derain_cli.weights import WeightsError
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory",
+                                str(tmp_path / ".derain-x.tmp"))
+
+    monkeypatch.setattr(weights, "save_weights", refused)
+    with pytest.raises(WeightsError) as e:
+        grow_file("semi-drdnet-tiny", "semi-drdnet-fast", tmp_path / "g.safetensors",
+                  calibration="none")
+    assert str(e.value) == (f"cannot write {tmp_path / 'g.safetensors'}: No such file or "
+                            "directory")
+
+
 def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
