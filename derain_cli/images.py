@@ -585,7 +585,16 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
 
     with _PIL_LIMIT.disabled():
         try:
-            return _read(p, max_pixels)
+            try:
+                return _read(p, max_pixels)
+            except OSError as e:
+                whole = _jpeg_lacking_only_its_end(p) if "truncated" in str(e).lower() else None
+                if whole is None:
+                    raise
+            log.warning("%s lacks its JPEG end marker; all its blocks decode, so it is "
+                        "derained as it is (were a few bytes missing too, its last block "
+                        "may be off)", p)
+            return _read(p, max_pixels, whole)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -607,15 +616,52 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
             raise ImageError(f"truncated or corrupt image: {detail}") from None
 
 
+#: Entropy-coded bytes (no 0xFF, so no marker) that a JPEG decoder would take as picture
+#: data: alternate bits (valid codes of the standard Huffman tables) and a scramble
+_JPEG_FILLERS = (b"\x55" * 4096, bytes((i * 97 + 13) % 255 for i in range(4096)))
+
+
+def _jpeg_lacking_only_its_end(p: Path) -> bytes | None:
+    """The bytes of ``p`` with the JPEG end marker (FF D9) added, where that marker is all
+    it lacks (Pillow refuses such a file as truncated; viewers and OpenCV open it: an
+    audit); None for any other file. A file cut short inside its picture data decodes
+    differently when more data follows the cut; a whole one does not, the decoder taking
+    nothing after its last block: so its decodes with the marker right after the file and
+    after each of two fillers are compared. (A file a few bytes short can pass where the
+    decoder needs none of the fillers' bits: tried on photos, its last 8x8 or 16x16 block
+    then differed, as viewers show it too.)"""
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
+        return None
+    base = data[:-1] if data.endswith(b"\xff") else data  # cut between FF and D9
+
+    def decoded(extra: bytes) -> bytes:
+        with Image.open(io.BytesIO(base + extra + b"\xff\xd9"), formats=["JPEG"]) as im:
+            im.load()
+            return im.tobytes()
+
+    try:
+        plain = decoded(b"")
+        whole = all(decoded(filler) == plain for filler in _JPEG_FILLERS)
+    except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError):
+        return None
+    return base + b"\xff\xd9" if whole else None
+
+
 #: Decoders' refusals that say nothing to a photographer, and what they mean
 _DECODER_JARGON = {"could not create decoder object": "the WebP decoder cannot read its data"}
 
 
-def _read(p: Path, max_pixels: int | None) -> LoadedImage:
+def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedImage:
+    """The photo at ``p`` (or, where given, in ``data``: the file's bytes, mended)."""
     # Opened from a file object, not a path: given a path, Pillow memory-maps uncompressed
     # single-strip files, and Pillow 13 maps a TIFF whose orientation turns it by 90 degrees
     # (5-8) with the turned size, which scrambles L, P, RGBA and CMYK pixels.
-    with open(p, "rb") as fh, Image.open(fh, formats=_READ_FORMATS) as im:
+    source = io.BytesIO(data) if data is not None else open(p, "rb")  # noqa: SIM115
+    with source as fh, Image.open(fh, formats=_READ_FORMATS) as im:
         fmt = "JPEG" if im.format == "MPO" else str(im.format)
         mode = im.mode
         _check_pixels(im.width, im.height, max_pixels)

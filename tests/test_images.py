@@ -774,6 +774,28 @@ def test_truncated_image(tmp_path: Path, suffix: str) -> None:
         read_image(tmp_path / f"half{suffix}")
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_lacking_only_its_end_marker_is_read(tmp_path: Path, caplog,
+                                                    progressive: bool) -> None:
+    """Refused as truncated, though its picture is whole and viewers open it (an audit); a
+    JPEG cut inside its picture is still refused."""
+    import logging
+
+    rgb = _rng().integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "full.jpg", quality=90, progressive=progressive)
+    data = (tmp_path / "full.jpg").read_bytes()
+    full = read_image(tmp_path / "full.jpg").pixels
+    for cut in (2, 1):  # FF D9 gone, or D9 alone
+        (tmp_path / "end.jpg").write_bytes(data[:-cut])
+        with caplog.at_level(logging.WARNING):
+            np.testing.assert_array_equal(read_image(tmp_path / "end.jpg").pixels, full)
+        assert "end.jpg lacks its JPEG end marker; all its blocks decode" in caplog.text
+    for cut in (20, len(data) // 2):
+        (tmp_path / "cut.jpg").write_bytes(data[:-cut])
+        with pytest.raises(ImageError, match="truncated image: the file ends before"):
+            read_image(tmp_path / "cut.jpg")
+
+
 def test_truncated_16bit_png(tmp_path: Path) -> None:
     rgb16 = _rng().integers(0, 65536, (H, W, 3), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "full.png"), rgb16)
