@@ -1461,7 +1461,9 @@ def _weights_location(rec: Any) -> str:
         except Exception:  # noqa: BLE001 - an unreadable cache is just "not cached"
             found = None
         return "cached" if isinstance(found, str) else "remote"
-    return "none"
+    # a manifest entry that nothing can fetch is one installed with derain: its file gone,
+    # it is damaged bundled weights (it said "none": not published yet, train your own)
+    return "bundled"
 
 
 def _fmt_number(v: Any) -> str:
@@ -1511,6 +1513,8 @@ def model_rows() -> list[dict[str, Any]]:
             try:
                 if weights.sha256_file(weights.bundled_dir() / rec.file) != rec.sha256:
                     damaged = "its sha256 does not match the manifest"
+            except FileNotFoundError:
+                damaged = f"its file {rec.file} is missing"
             except OSError as e:
                 damaged = f"cannot be read ({e.strerror or e})"
         rows.append({

@@ -742,11 +742,13 @@ def test_models_says_damaged_bundled_and_unpublished_weights(
     r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     line = next(x for x in r.stdout.splitlines() if x.startswith("semi-drdnet-lite "))
     assert " 2.5 MB  remote " in line, line
-    rec.hub["published"] = False
+    rec.hub["published"] = False  # nothing can fetch it: installed with derain, its file
+    # gone (it said "none = not published yet, train your own": an audit)
     monkeypatch.setattr(weights, "load_manifest", lambda path=None: {rec.name: rec})
     row = next(x for x in json.loads(derain("models", "--json").stdout)
                if x["name"] == "semi-drdnet-lite")
-    assert row["weights"] == "none"
+    assert row["weights"] == "bundled"
+    assert row["weights_problem"] == "its file demo.safetensors is missing"
 
 
 def test_a_damaged_bundled_int8_graph_is_said_everywhere(
