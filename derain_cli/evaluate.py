@@ -156,6 +156,10 @@ def _check_engine_options(model: Any, **given: object) -> None:
 
     defaults = inspect.signature(evaluate).parameters  # evaluate's own, not a copy
     changed = [f"{k}={v!r}" for k, v in given.items() if v != defaults[k].default]
+    if changed and model == IDENTITY:  # `-m identity --precision fp64` passed in silence
+        log.warning("%s: no engine runs for the identity, which scores the rainy photos as "
+                    "they are", ", ".join(changed))  # (an audit); a warning: scripts loop
+        return  # over models with one set of flags
     if changed and not isinstance(model, str | os.PathLike):
         raise OptionError(f"{', '.join(changed)} applies to a model name or weights file; a "
                           f"{type(model).__name__} given as it is runs as it was made "

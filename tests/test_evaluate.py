@@ -132,6 +132,18 @@ def test_eval_names_identity_and_refuses_a_folder_for_a_file(pairs, tmp_path, mo
     assert not any((tmp_path / n).exists() for n in ("ry", "ry.csv", "ry_files"))
 
 
+def test_engine_settings_for_the_identity_are_said_to_do_nothing(pairs, caplog):
+    """`-m identity --precision fp64` passed in silence (an audit)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        E.evaluate("identity", pairs, limit=1)
+    assert "engine" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        E.evaluate("identity", pairs, precision="fp64", limit=1)
+    assert "precision='fp64': no engine runs for the identity" in caplog.text
+
+
 def test_an_eval_stopped_before_its_first_pair_takes_back_its_folders(pairs, tmp_path,
                                                                        monkeypatch):
     """A Ctrl-C before the first pair was scored left the --save and report folders it made,
