@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -146,9 +147,22 @@ def say_error(message: str) -> None:
 
 
 def print_error(console: Console, message: str, rank: int = 0) -> None:
-    """``error: message`` on stderr, its control characters escaped (``terminal_text``)."""
+    """``error: message`` on stderr, its control characters escaped (``terminal_text``),
+    the library's asides for Python callers left out (``command_line_words``)."""
     prefix = f"[rank {rank}] " if rank else ""
-    console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(message)))
+    console.print(Text(f"{prefix}error: ", style="bold red")
+                  + Text(terminal_text(command_line_words(message))))
+
+
+#: The library's words for its Python callers, beside the flags the CLI's users type:
+#: " (overwrite=True in Python)", "; in Python, find_pairs(..., strict=False) uses ..."
+_PYTHON_ASIDE = re.compile(r" \([^()]* in Python\)|; in Python, .*?\.(?=\s|$)")
+
+
+def command_line_words(message: str) -> str:
+    """``message`` without its asides for Python callers: `derain synth`'s refusal told a
+    command-line user to pass "overwrite=True in Python" (an audit)."""
+    return _PYTHON_ASIDE.sub(lambda m: "." if m.group().startswith(";") else "", message)
 
 
 # --------------------------------------------------------------------------- the group

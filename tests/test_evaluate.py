@@ -322,6 +322,23 @@ def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
     assert E.synth_pairs(clean_dir, tmp_path / "e", count=1) == 1
 
 
+def test_the_command_line_is_spared_the_python_asides(clean_dir, pairs, tmp_path):
+    """`derain synth` told a command-line user to pass "overwrite=True in Python" (an
+    audit); the library's own message keeps its words for Python callers."""
+    from derain_cli.cli import command_line_words
+
+    E.synth_pairs(clean_dir, tmp_path / "s", count=1)
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "s")])
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "or pass --overwrite to replace pairs" in err, err
+    assert "in Python" not in err
+    (pairs / "rainy" / "extra.png").write_bytes((pairs / "rainy" / "p0.png").read_bytes())
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity"])
+    err = " ".join(r.stderr.split())
+    assert "rename them to match. " in err + " " and "in Python" not in err, err
+    assert command_line_words("a (b= in Python), c; in Python, d(x). e") == "a, c. e"
+
+
 def test_synth_overwrite_compares_whole_file_names(clean_dir, tmp_path):
     """An older a.jpg was taken as replaced by the new a.png, and stayed unpaired: a set
     eval then refused (an audit)."""
