@@ -45,6 +45,7 @@ The result is an ordinary weights file (fp16, like the bundles) for ``derain tra
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -57,7 +58,16 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models import RDMC, SemiDRDNet, config_from_dict, get_spec
+from .models import (
+    RDMC,
+    SemiDRDNet,
+    UnknownModelError,
+    config_from_dict,
+    config_to_dict,
+    get_spec,
+)
+
+log = logging.getLogger(__name__)
 
 #: a Semi-DRDNet block's tensors: (network, block index, rest of the name)
 _BLOCK = re.compile(r"^(rain_net|detail_net)\.blocks\.(\d+)\.(.+)$")
@@ -348,7 +358,10 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     why = why_unwritable(out.parent)  # found after the work, as "File exists" (an audit)
     if why is not None:
         raise GrowError(f"-o {out}: {why}")
-    spec = get_spec(to)
+    try:
+        spec = get_spec(to)
+    except UnknownModelError as e:  # said as a SOURCE typo is: which one? (an audit)
+        raise GrowError(f"--to: {e}") from None
     calibrate = str(calibration) != "none"
     photos = _calibration_photos(calibration) if calibrate and calibration is not None \
         else None
@@ -357,6 +370,9 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     if spec.arch != arch:
         raise GrowError(f"{label} holds {arch} weights and {to} is {spec.arch}: grow keeps "
                         "the architecture (derain distill --student teaches another one)")
+    if config_from_dict(arch, config_to_dict(spec.config)) == src.cfg:
+        log.warning("%s already is %s's size: the file written is a copy of its weights",
+                    label, to)  # it said "grown into" alone (an audit)
     grown = grow_network(src, spec.config, seed=seed, calibration=photos,
                          calibrate=calibrate)
     exact = not (isinstance(src, RDMC) and grown.cfg.stages != src.cfg.stages)

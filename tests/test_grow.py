@@ -206,6 +206,24 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
     assert not good.exists()
 
 
+def test_grow_names_a_bad_target_and_says_a_copy_is_a_copy(tmp_path: Path, caplog) -> None:
+    """`--to nosuch` read as a SOURCE typo does; growing into the same size said "grown
+    into" alone (an audit)."""
+    import logging
+
+    with pytest.raises(GrowError, match=r"^--to: unknown model 'nosuch'"):
+        grow_file("semi-drdnet-tiny", "nosuch", tmp_path / "g.safetensors")
+    with caplog.at_level(logging.WARNING):
+        grow_file("semi-drdnet-tiny", "semi-drdnet-fast", tmp_path / "f.safetensors",
+                  calibration="none")
+    assert "copy" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        r = grow_file("semi-drdnet-tiny", "semi-drdnet-tiny", tmp_path / "t.safetensors",
+                      calibration="none")
+    assert r.exact and "already is semi-drdnet-tiny's size: the file written is a copy" in (
+        caplog.text)
+
+
 def test_a_failed_write_names_the_output_not_a_temporary(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Writing under /proc failed after the work as "No such file or directory:
