@@ -1241,7 +1241,8 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
         return "failed", f"cannot use the output name {out}: {e.strerror or e}"
     why = why_unwritable(out.parent)  # before the model runs, not after
     if why is not None:
-        return "failed", f"cannot write to {out.parent}: {why}"
+        hint = ("; write the results elsewhere with -o DIR" if options.output is None else "")
+        return "failed", f"cannot write to {out.parent}: {why}{hint}"
     too_big = _side_limit_problem(job.item.path, out)
     if too_big:  # the encoder failed after the network had run
         return "failed", too_big

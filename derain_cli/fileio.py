@@ -281,5 +281,12 @@ def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
     if not a.is_dir():
         return f"{a} is a file, not a folder"
     if not os.access(a, os.W_OK | os.X_OK):
+        try:  # said "no write permission" of a read-only mount, which chmod cannot mend
+            read_only = bool(os.statvfs(a).f_flag & os.ST_RDONLY)  # (an audit)
+        except (OSError, AttributeError):
+            read_only = False
+        if read_only:
+            return ("it is on a read-only file system" if a == folder else
+                    f"{a} is on a read-only file system")
         return "no write permission" if a == folder else f"{a} has no write permission"
     return None

@@ -111,3 +111,18 @@ def test_a_group_of_files_lands_whole_or_not_at_all(tmp_path: Path,
     fileio.atomic_write_group([(a, _writer(b"A2")), (b, _writer(b"B2"))])
     assert (a.read_bytes(), b.read_bytes()) == (b"A2", b"B2")
     assert not list(tmp_path.glob(".derain-*"))
+
+
+def test_a_read_only_file_system_is_said_as_such(tmp_path: Path, monkeypatch) -> None:
+    """A read-only mount was "no write permission", which chmod cannot mend (an audit)."""
+    from types import SimpleNamespace
+
+    from derain_cli.fileio import why_unwritable
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if mode & os.W_OK else real(p, mode, **kw)))
+    assert why_unwritable(tmp_path) == "no write permission"
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    assert why_unwritable(tmp_path) == "it is on a read-only file system"
+    assert why_unwritable(tmp_path / "new") == f"{tmp_path} is on a read-only file system"
