@@ -166,6 +166,15 @@ def command_line_words(message: str) -> str:
 
 
 # --------------------------------------------------------------------------- the group
+def _dashed_path(words: list[str]) -> str | None:
+    """The first of ``words`` that starts with a dash and names a file or folder here: an
+    option to Click, which the user meant as a photo."""
+    for w in words:
+        if w.startswith("-") and w not in ("-", "--") and os.path.exists(w):
+            return w
+    return None
+
+
 class _MainContext(typer.Context):
     """Context of the hidden default command: it shows as plain ``derain`` in usage lines."""
 
@@ -268,11 +277,16 @@ class DerainGroup(TyperGroup):
         shadowed = bool(name and name != DEFAULT_COMMAND and os.path.exists(name))
         hint = (f"({name!r} is a subcommand here; to derain the file or folder named "
                 f"{name!r}, write ./{name})")
+        words = [*protected, *ctx.args]
         try:
             return super().invoke(ctx)
         except UsageError as e:
             if shadowed and e.ctx is not None and e.ctx.command is not self:
                 e.message += "\n" + hint
+            dashed = _dashed_path(words[:words.index("--")] if "--" in words else words)
+            if dashed is not None:  # `derain -dash.jpg` said "No such option: -d" alone
+                e.message += (f"\n(a file named {dashed!r} is here: to name it, write "
+                              f"./{dashed})")  # (an audit)
             raise
         except typer.Exit as e:
             if shadowed and e.exit_code == 2:

@@ -1552,3 +1552,15 @@ def test_the_last_line_tells_failed_folders_from_files(tmp_path: Path,
                "--weights", tiny_weights, "-o", tmp_path / "out")
     assert r.exit_code == 1 and "1 file(s) and 1 folder(s) and 1 pattern(s) failed" in (
         r.stderr), r.stderr
+
+
+def test_a_photo_named_like_an_option_gets_a_hint(tmp_path: Path) -> None:
+    """`derain -dash.jpg` said "No such option: -d" alone (an audit)."""
+    _img(tmp_path / "-dash.png")
+    for args in (("-dash.png",), ("eval", "-dash.png")):
+        r = derain(*args, cwd=tmp_path)
+        text = " ".join(r.output.replace("│", " ").split())
+        assert r.exit_code == 2 and "a file named '-dash.png' is here: to name it, write " \
+            "./-dash.png" in text, text
+    r = derain("--qualty", "9", "x.png", cwd=tmp_path)  # no such file: no hint
+    assert r.exit_code == 2 and "a file named" not in r.output
