@@ -689,7 +689,7 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
         raw_exif = im.info.get("exif") or tiff_exif or png_exif
         exif = (_reset_exif_orientation(raw_exif, turned=orientation >= 5)
                 if isinstance(raw_exif, bytes) else None)
-        xmp = _read_xmp(im, fmt)
+        xmp = _read_xmp(im, fmt, turned=orientation >= 5)
         text = _png_text(im, without_exif=png_exif is not None) if fmt == "PNG" else None
         png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
@@ -893,8 +893,14 @@ _XMP_ORIENTATION = re.compile(
     rb'(tiff:Orientation\s*=\s*["\'])[1-8](["\'])|(<tiff:Orientation>)\s*[1-8]\s*(</tiff:Orientation>)')
 
 
-def _read_xmp(im: Image.Image, fmt: str) -> bytes | None:
-    """The file's XMP packet, if any, with its orientation reset (the pixels are upright)."""
+#: XMP's pixel sizes, attributes or elements: their X and Y swap with a quarter turn
+_XMP_PIXEL_SIZE = re.compile(rb"(exif:Pixel)([XY])(Dimension)")
+
+
+def _read_xmp(im: Image.Image, fmt: str, turned: bool = False) -> bytes | None:
+    """The file's XMP packet, if any, with its orientation reset (the pixels are upright)
+    and, where they were ``turned`` by a quarter, its pixel width and height swapped, as
+    EXIF's are (they disagreed with the EXIF block: an audit)."""
     if fmt == "PNG":
         raw = im.info.get(_XMP_PNG_KEY)
     elif fmt == "TIFF":
@@ -907,9 +913,13 @@ def _read_xmp(im: Image.Image, fmt: str) -> bytes | None:
         raw = bytes(raw)
     if not isinstance(raw, bytes) or not raw.strip():
         return None
-    return _XMP_ORIENTATION.sub(
+    raw = _XMP_ORIENTATION.sub(
         lambda m: (m.group(1) + b"1" + m.group(2)) if m.group(1) else
         (m.group(3) + b"1" + m.group(4)), raw)
+    if turned:
+        raw = _XMP_PIXEL_SIZE.sub(
+            lambda m: m.group(1) + (b"Y" if m.group(2) == b"X" else b"X") + m.group(3), raw)
+    return raw
 
 
 def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:

@@ -507,6 +507,24 @@ def test_xmp_is_kept_with_its_orientation_reset(tmp_path: Path, src: str) -> Non
             assert back.xmp == loaded.xmp, (depth, ext)
 
 
+def test_xmp_pixel_sizes_turn_with_the_pixels(tmp_path: Path) -> None:
+    """A photo turned upright by a quarter had its EXIF pixel sizes swapped and its XMP's
+    kept, so the two blocks disagreed (an audit)."""
+    xmp = _XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="6" xmlns:exif="http://ns.'
+                       b'adobe.com/exif/1.0/" exif:PixelXDimension="%d" exif:PixelYDimension='
+                       b'"%d"' % (W, H)) + b"<exif:PixelXDimension>%d</exif:PixelXDimension>" % W
+    exif = Image.Exif()
+    exif[274] = 6
+    img = Image.fromarray(_rng().integers(0, 256, (H, W, 3), dtype=np.uint8))
+    img.save(tmp_path / "turned.jpg", xmp=xmp, exif=exif.tobytes())
+    img.save(tmp_path / "upright.jpg", xmp=xmp)
+    turned = read_image(tmp_path / "turned.jpg").xmp
+    assert b'exif:PixelYDimension="%d" exif:PixelXDimension="%d"' % (W, H) in turned
+    assert b"<exif:PixelYDimension>%d</exif:PixelYDimension>" % W in turned
+    upright = read_image(tmp_path / "upright.jpg").xmp
+    assert b'exif:PixelXDimension="%d" exif:PixelYDimension="%d"' % (W, H) in upright
+
+
 def test_a_tiffs_camera_tags_travel_as_exif(tmp_path: Path) -> None:
     """A TIFF keeps make, model, dates and the Exif sub-IFD as its own tags, not as an EXIF
     block; they must reach the output like a JPEG's EXIF does, its layout tags must not."""
