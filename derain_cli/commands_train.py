@@ -592,10 +592,15 @@ def eval_cmd(
                            overwrite=overwrite, **engine)
         except EvalInterrupted as e:
             got = e.result
+            files = " and ".join(str(p) for p in (got.csv_path, got.report_path) if p)
             _err.print(f"\ninterrupted after {got.count} of {e.total} pairs; their scores "
-                       f"(mean PSNR-Y {got.psnr_y:.2f} dB over those) are in "
-                       + " and ".join(str(p) for p in (got.csv_path, got.report_path) if p)
-                       + "; the same command with --overwrite scores them all")
+                       f"(mean PSNR-Y {got.psnr_y:.2f} dB over those) "
+                       + (f"are in {files}; the same command with --overwrite scores them "
+                          "all" if files else "are in the JSON" if as_json else
+                          "are not kept (--csv FILE keeps them)"))
+            if as_json:  # as the main command's summary says what was done (an audit)
+                typer.echo(json.dumps({**got.to_dict(), "interrupted": True,
+                                       "total": e.total}, indent=2))
             e.reported = True  # type: ignore[attr-defined]
             raise
         if as_json:

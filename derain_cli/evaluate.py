@@ -365,9 +365,9 @@ def evaluate(
             if on_image is not None:
                 on_image(i + 1, len(pairs), s)
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) and finished and (
-                csv_file is not None or rep is not None):  # the pairs done so far are
-            raise EvalInterrupted(finish(), len(pairs)) from None  # written (an audit)
+        if isinstance(e, KeyboardInterrupt) and finished:  # the pairs done so far are
+            raise EvalInterrupted(finish(), len(pairs)) from None  # written (an audit), and
+            # their scores are the caller's (eval --json printed nothing: an audit)
         if not finished:  # a Ctrl-C before the first pair left the empty folders (an audit)
             remove_empty_folders(made)
         raise
@@ -387,9 +387,9 @@ def _check_model_name(model: object) -> None:
 
 
 class EvalInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``evaluate``, after the pairs scored so far were written to the CSV
-    and report (``result``, over ``result.count`` of ``total`` pairs): an interrupted run
-    of a long set printed "interrupted" and kept nothing."""
+    """Ctrl-C during ``evaluate``, after at least one pair was scored: ``result``, over
+    ``result.count`` of ``total`` pairs, written to the CSV and report where asked for (an
+    interrupted run of a long set printed "interrupted" and kept nothing)."""
 
     def __init__(self, result: EvalResult, total: int) -> None:
         super().__init__(f"interrupted after {result.count} of {total} pairs")

@@ -188,6 +188,12 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                     str(tmp_path / "t")])
     assert r.exit_code == 130 and "interrupted after 2 of 4 pairs" in " ".join(r.stderr.split())
+    # --json alone printed nothing (an audit): the pairs scored, said interrupted
+    monkeypatch.setattr(metrics, "ssim_y", interrupted_at_call(real, 3))
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--json"])
+    got = json.loads(r.stdout)
+    assert r.exit_code == 130 and got["interrupted"] and (got["count"], got["total"]) == (2, 4)
+    assert "are in the JSON" in " ".join(r.stderr.split())
     rows = list(csv.reader(open(tmp_path / "t" / "scores.csv")))
     assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png", "mean"]
     assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["p0.png", "p1.png"]
