@@ -1854,7 +1854,8 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(BROKEN_PIPE_STATUS)
         if _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:]):
             raise
-        print(f"error: {terminal_text(_friendly_message(e))}", file=sys.stderr)
+        print(f"error: {terminal_text(command_line_words(_friendly_message(e)))}",
+              file=sys.stderr)
         sys.exit(1)
 
 
