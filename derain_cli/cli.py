@@ -54,10 +54,14 @@ from .terminal import (  # noqa: F401 - BROKEN_PIPE_STATUS: the subcommands' too
 
 try:  # typer >= 0.29 vendors click; older releases use the click package
     from typer._click import Command, Context, HelpFormatter
-    from typer._click.exceptions import ClickException, UsageError
+    from typer._click.exceptions import ClickException, NoSuchOption, UsageError
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import Command, Context, HelpFormatter  # type: ignore[no-redef]
-    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+    from click.exceptions import (  # type: ignore[no-redef]
+        ClickException,
+        NoSuchOption,
+        UsageError,
+    )
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchOptions, FileResult, Job, Summary
@@ -166,11 +170,12 @@ def command_line_words(message: str) -> str:
 
 
 # --------------------------------------------------------------------------- the group
-def _dashed_path(words: list[str]) -> str | None:
-    """The first of ``words`` that starts with a dash and names a file or folder here: an
-    option to Click, which the user meant as a photo."""
+def _dashed_path(words: list[str], option: str | None) -> str | None:
+    """The first of ``words`` that starts with the unknown ``option`` Click names and is a
+    file or folder here: the user meant it as a photo (an option's value that happens to
+    be such a file is not: a review)."""
     for w in words:
-        if w.startswith("-") and w not in ("-", "--") and os.path.exists(w):
+        if option and w.startswith(option) and w not in ("-", "--") and os.path.exists(w):
             return w
     return None
 
@@ -283,7 +288,9 @@ class DerainGroup(TyperGroup):
         except UsageError as e:
             if shadowed and e.ctx is not None and e.ctx.command is not self:
                 e.message += "\n" + hint
-            dashed = _dashed_path(words[:words.index("--")] if "--" in words else words)
+            dashed = _dashed_path(words[:words.index("--")] if "--" in words else words,
+                                  getattr(e, "option_name", None)) if isinstance(
+                                      e, NoSuchOption) else None
             if dashed is not None:  # `derain -dash.jpg` said "No such option: -d" alone
                 e.message += (f"\n(a file named {dashed!r} is here: to name it, write "
                               f"./{dashed})")  # (an audit)

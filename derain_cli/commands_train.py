@@ -532,11 +532,13 @@ def eval_cmd(
     save: Annotated[Path | None, typer.Option(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
     report: Annotated[str | None, typer.Option(  # (str: a trailing / is kept, and refused)
+        metavar="PATH",
         help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv or "
              "--save (then scores.csv in --save's folder).")] = None,
     csv_path: Annotated[str | None, typer.Option(
-        "--csv", help="Per-image CSV \\[default: STEM.csv beside --report, or scores.csv in "
-                      "--save's folder; none without either].")] = None,
+        "--csv", metavar="PATH", help="Per-image CSV \\[default: STEM.csv beside --report, "
+                                      "or scores.csv in --save's folder; none without "
+                                      "either].")] = None,
     rainy_dir: Annotated[str | None, typer.Option(help="Rainy subfolder.")] = None,
     clean_dir: Annotated[str | None, typer.Option(help="Clean subfolder.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,

@@ -492,6 +492,7 @@ class Derainer:
             out = np.empty(rgb.shape, np.float32)
             out[...] = 0.0
             blend_toward_input(out, rgb, 0.0)
+            np.clip(out, 0.0, 1.0, out=out)  # float input may stray a little: as promised
             if on_tile is not None:
                 on_tile(1, 1)
             self.last_rain_angle = 0.0 if angle == _slant.AUTO else float(angle)

@@ -637,6 +637,8 @@ def _jpeg_lacking_only_its_end(p: Path) -> bytes | None:
     if not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
         return None
     base = data[:-1] if data.endswith(b"\xff") else data  # cut between FF and D9
+    if not _jpeg_scans_complete(base):  # a progressive file cut between two scans: every
+        return None  # block decodes, from the coarse scans alone (a review)
 
     def decoded(extra: bytes) -> bytes:
         with Image.open(io.BytesIO(base + extra + b"\xff\xd9"), formats=["JPEG"]) as im:
@@ -649,6 +651,62 @@ def _jpeg_lacking_only_its_end(p: Path) -> bytes | None:
     except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError):
         return None
     return base + b"\xff\xd9" if whole else None
+
+
+#: Start-of-frame markers: sequential (baseline, extended, lossless) and progressive ones
+_SOF_SEQUENTIAL = frozenset({0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF})
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def _jpeg_scans_complete(data: bytes) -> bool:
+    """Whether the scans in ``data`` (a JPEG's bytes, maybe cut short) cover the whole
+    picture: every component in a scan of a sequential JPEG; every component's 64
+    coefficients down to their last bit (successive approximation ``Al`` 0) in a
+    progressive one. Read from the segment headers, skipping each scan's coded data."""
+    sof, components, scans = None, [], []
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            i += 2
+            continue
+        if i + 4 > n:
+            return False
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        segment = data[i + 4:i + 2 + length]
+        if len(segment) < length - 2 or length < 2:
+            return False
+        if marker in _SOF_SEQUENTIAL or marker in _SOF_PROGRESSIVE:
+            if len(segment) < 6:
+                return False
+            sof = marker
+            components = [segment[6 + 3 * k] for k in range(segment[5])
+                          if 6 + 3 * k < len(segment)]
+        i += 2 + length
+        if marker == 0xDA:  # start of scan: its components, spectral band, last bit
+            count = segment[0] if segment else 0
+            if len(segment) < 4 + 2 * count:
+                return False
+            ss, se, al = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
+            scans.append(({segment[1 + 2 * k] for k in range(count)}, ss, se, al & 0x0F))
+            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0
+                                     and not 0xD0 <= data[i + 1] <= 0xD7):
+                i += 1  # the coded data, to the next marker (or the end of the file)
+            if i + 1 >= n:
+                break
+    if sof is None or not components or not scans:
+        return False
+    if sof in _SOF_SEQUENTIAL:
+        return all(any(c in cs for cs, *_ in scans) for c in components)
+    return all(any(c in cs and ss <= k <= se and al == 0 for cs, ss, se, al in scans)
+               for c in components for k in range(64))
 
 
 #: Decoders' refusals that say nothing to a photographer, and what they mean

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -1197,10 +1197,14 @@ def train(
             dist.destroy_process_group()
 
 
-def _paths_as_text(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its ``pathlib.Path`` (any ``os.PathLike``) values, alone or in lists, as
-    strings: ``out=Path(...)`` passed every check and then failed writing the run's JSON
-    config, leaving a run folder behind (an audit of the Python API)."""
+_Config = TypeVar("_Config")
+
+
+def _paths_as_text(cfg: _Config) -> _Config:
+    """``cfg`` (a TrainConfig or FinetuneConfig) with its ``pathlib.Path`` (any
+    ``os.PathLike``) values, alone or in lists, as strings: ``out=Path(...)`` passed every
+    check and then failed writing the run's JSON config, leaving a run folder behind (an
+    audit of the Python API)."""
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -1209,7 +1213,7 @@ def _paths_as_text(cfg: TrainConfig) -> TrainConfig:
         elif isinstance(value, list | tuple) and any(isinstance(v, os.PathLike) for v in value):
             changes[f.name] = [os.fspath(v) if isinstance(v, os.PathLike) else v
                                for v in value]
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
 
 
 #: Settings of the machine or the session, never taken over from the run being resumed
@@ -2710,6 +2714,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     starting point (``l2sp`` adds a decoupled pull toward the starting weights, off by
     default).
     """
+    config = _paths_as_text(config)  # (out=Path failed after the run folder was made)
     run = Path(config.out)
     if config.resume and not (run / "last.pt").exists() and not (run / FINETUNE_JSON).exists():
         raise TrainError(f"--resume: no run in {run} to resume (check -o, or leave out "

@@ -1564,3 +1564,6 @@ def test_a_photo_named_like_an_option_gets_a_hint(tmp_path: Path) -> None:
             "./-dash.png" in text, text
     r = derain("--qualty", "9", "x.png", cwd=tmp_path)  # no such file: no hint
     assert r.exit_code == 2 and "a file named" not in r.output
+    (tmp_path / "-outdir").mkdir()  # an option's value, and another error: none (a review)
+    r = derain("x.png", "-o", "-outdir", "--quality", "900", cwd=tmp_path)
+    assert r.exit_code == 2 and "a file named" not in r.output

@@ -704,6 +704,10 @@ def test_strength_0_gives_the_photo_without_running_the_network(tiny_weights, mo
     assert calls == [] and ticks == [(1, 1)] and out.dtype == np.float32
     np.testing.assert_allclose(out, rgb.astype(np.float32) / 65535, rtol=1e-6, atol=0)
     assert d.last_rain_angle == 0.0
+    stray = np.full((8, 8, 3), 1.005, np.float32)  # in range for derain_array's check
+    stray[0, 0, 0] = -0.005
+    out = d.derain_array(stray)  # clipped to [0, 1] as the network's result is (a review)
+    assert out.min() == 0.0 and out.max() == 1.0
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5"])
