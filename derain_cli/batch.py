@@ -866,7 +866,8 @@ def pending_workload(jobs: Sequence[Job], options: BatchOptions,
     total, images = 0.0, 0
     for j in jobs:
         upfront = _upfront(j, options)  # None: needs the model
-        if upfront is not None and not (done_too and upfront == ("skipped", "output exists")):
+        if upfront is not None and not (done_too and upfront[0] == "skipped"
+                                        and upfront[1].startswith("output exists")):
             continue
         mp = _header_megapixels(j.item.path)
         if mp:
@@ -1219,6 +1220,19 @@ class _FullDisks:
                 "results are kept")
 
 
+#: A skip's reason where the file in the result's place may be the user's own: the -o
+#: folder held other files, so derain did not mark it as its results folder (an audit:
+#: the summary's "--overwrite redoes them" replaced a photo of the user's)
+EXISTS_UNMARKED = "output exists, in a folder derain did not mark as its results"
+
+
+def _in_unmarked_folder(options: BatchOptions) -> bool:
+    """Whether results go into an -o folder without derain's marker (it held other files
+    when first used): a file there in a result's place may be a photo of the user's."""
+    return (options.output is not None and not _writes_one_file(options)
+            and not is_output_folder(options.output))
+
+
 def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     """The result of a job that needs no model (failed to plan, or output kept), else None."""
     out = job.output
@@ -1232,6 +1246,8 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
                 # whole or absent), yet it passed for one on every rerun (an audit)
                 return "failed", (f"the output {out} exists but is empty; --overwrite "
                                   "replaces it (or delete it)")
+            if _in_unmarked_folder(options):
+                return "skipped", EXISTS_UNMARKED
             return "skipped", "output exists"
         if out.is_symlink() and not options.overwrite:  # a link to nothing: the write
             # would find the name taken after the network ran, on every rerun
@@ -1532,6 +1548,14 @@ def run_batch(
     if (to_folder and any(j.error is None for j in jobs) and dist.is_main
             and why_unwritable(options.output) is None):
         created = mark_output_folder(options.output)
+    if options.overwrite and to_folder and dist.is_main and _in_unmarked_folder(options):
+        there = sum(1 for j in jobs if j.error is None and j.output is not None
+                    and j.output.is_file())
+        if there:  # replaced in silence, photos of the user's among them maybe (an audit)
+            log.warning("--overwrite replaces %d file(s) already in %s, a folder derain did "
+                        "not mark as its results (it held other files): results of an "
+                        "earlier run, or photos of yours with the same names", there,
+                        options.output)
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})

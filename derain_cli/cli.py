@@ -1428,8 +1428,19 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
         console.print(Text(f"--rain-angle auto turned {len(turned)} of {len(done)} photo(s)"
                            + (f": {said}{more}" if turned else "")))
     if s.skipped:
-        console.print(f"skipped {s.skipped} file(s) whose result already exists "
-                      "(--overwrite redoes them)")
+        from .batch import EXISTS_UNMARKED
+
+        unmarked = sum(1 for r in s.files if r.status == "skipped"
+                       and r.reason == EXISTS_UNMARKED)
+        if s.skipped > unmarked:
+            console.print(f"skipped {s.skipped - unmarked} file(s) whose result already "
+                          "exists (--overwrite redoes them)")
+        if unmarked:  # "--overwrite redoes them" replaced a photo of the user's (an audit)
+            console.print(Text(
+                f"skipped {unmarked} file(s): a file of the result's name is already in "
+                f"{one_line_text(str(options.output))}, a folder derain did not mark as its "
+                "results (it held other files): results of an earlier run are kept; a photo "
+                "of yours would be replaced by --overwrite, so choose another -o for it"))
     if s.failed:  # a folder that could not be read, a pattern that matched nothing: no
         kinds = Counter(_failed_kind(path, why) for path, why in s.failed)  # files (audit)
         parts = [f"{kinds[k]} {k}(s)" for k in ("file", "folder", "pattern") if kinds[k]]

@@ -1567,3 +1567,26 @@ def test_a_photo_named_like_an_option_gets_a_hint(tmp_path: Path) -> None:
     (tmp_path / "-outdir").mkdir()  # an option's value, and another error: none (a review)
     r = derain("x.png", "-o", "-outdir", "--quality", "900", cwd=tmp_path)
     assert r.exit_code == 2 and "a file named" not in r.output
+
+
+def test_a_file_in_an_unmarked_output_folder_is_not_called_a_result(
+        tmp_path: Path, tiny_weights: Path) -> None:
+    """In an -o folder of the user's own photos, a photo of a result's name was "skipped,
+    result already exists (--overwrite redoes them)", and --overwrite replaced it without
+    a word (an audit)."""
+    _img(tmp_path / "in" / "same.png")
+    mine = _img(tmp_path / "photos" / "same.png", seed=5)
+    _img(tmp_path / "photos" / "other.png", seed=6)
+    before = mine.read_bytes()
+    r = derain(tmp_path / "in", "-o", tmp_path / "photos", "--weights", tiny_weights)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0 and "a folder derain did not mark as its results" in out, out
+    assert "--overwrite redoes them" not in out and mine.read_bytes() == before
+    r = derain(tmp_path / "in", "-o", tmp_path / "photos", "--weights", tiny_weights,
+               "--overwrite")
+    assert "warning: --overwrite replaces 1 file(s) already in" in " ".join(r.output.split())
+    # a folder derain made and marked: its results are said as results
+    derain(tmp_path / "in", "-o", tmp_path / "new", "--weights", tiny_weights)
+    r = derain(tmp_path / "in", "-o", tmp_path / "new", "--weights", tiny_weights)
+    out = " ".join(r.output.split())
+    assert "skipped 1 file(s) whose result already exists" in out and "did not mark" not in out
