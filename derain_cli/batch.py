@@ -253,6 +253,8 @@ class _Scan:
     #: the -o folder met inside the tree without derain's marker (a folder of the user's
     #: own), with the photos it holds: left out of the scan, said
     excluded_photos: list[tuple[Path, int]] = field(default_factory=list)
+    #: images named as derain names its results (``*_derained.*``): left out
+    results: int = 0
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -269,10 +271,13 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     skipped_dirs = linked_dirs = 0
     unreadable: list[tuple[Path, str]] = []
     special: list[Path] = []
+    results: list[Path] = []
 
     def take(p: Path) -> None:
         if is_image_path(p) and not is_output_name(p):
             (special if _special(p) else found).append(p)
+        elif is_image_path(p):
+            results.append(p)
         elif (fmt := unread_photo_format(p)) is not None:
             unread[fmt] += 1
 
@@ -322,7 +327,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             else:
                 take(p)
     return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special,
-                 excluded_photos)
+                 excluded_photos, len(results))
 
 
 def _walked(link: Path, top: Path, exclude: set[Path]) -> bool:
@@ -506,6 +511,16 @@ def collect_inputs(
     return collector.items
 
 
+def _broken_link(path: Path) -> str:
+    """Why a symbolic link leads to no file: a loop is said as one (it was "broken")."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (it leads back to itself)"
+    return "broken symbolic link"
+
+
 def _unsupported(path: Path) -> str:
     """Why a named file whose suffix derain does not read is refused; where its first bytes
     show an image derain reads, what to rename it to (the suffix also picks the output's
@@ -568,7 +583,7 @@ class _Collector:
         elif has_glob(given):
             self.pattern(given)
         elif path.is_symlink():
-            self.failed(path, Path(path.name), "broken symbolic link")
+            self.failed(path, Path(path.name), _broken_link(path))
         else:
             self.failed(path, Path(path.name), "no such file or folder")
 
@@ -577,10 +592,13 @@ class _Collector:
         base = _glob_base(given)
         before, offered = len(self.items), self.offered
         known: dict[Path, bool] = {}
+        unread: Counter[str] = Counter()  # matches derain does not read, by format
         for m in sorted(_expand(given), key=natural_key):
             mp = Path(m)
             if _in_output_folder(mp, base, self.excluded, known):
                 continue  # an earlier run's results, matched by a wildcard
+            if (fmt := unread_photo_format(mp)) is not None and not mp.is_dir():
+                unread[fmt] += 1
             if mp.is_dir():
                 try:
                     prefix = mp.relative_to(base)
@@ -594,7 +612,10 @@ class _Collector:
                     rel = Path(mp.name)
                 self.add(mp, rel, base)
         if len(self.items) == before and self.offered == offered:
-            self.failed(Path(given), Path(Path(given).name), "no images match this pattern")
+            said = _Scan([], unread=unread).unread_text() if unread else ""
+            self.failed(Path(given), Path(Path(given).name), "no images match this pattern" + (
+                f" ({said} match it, which derain does not read: convert them to JPEG, PNG "
+                "or TIFF)" if said else ""))  # "no images" of GIFs (an audit)
 
     def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None,
                root: Path | None = None) -> None:
@@ -640,6 +661,9 @@ class _Collector:
             if scan.unread:
                 hint += (f"; {scan.unread_text()} here are not read: convert them to JPEG, "
                          "PNG or TIFF")
+            if scan.results:  # "no images found" of a folder of them (an audit)
+                hint += (f"; {scan.results} image(s) named *{OUTPUT_TAG}.* here are left "
+                         "out as results of an earlier run: name one to derain it")
             self.failed(folder, Path(folder.name),
                         f"no images found ({_SUPPORTED_TEXT}){hint}")
         elif skipped_dirs:

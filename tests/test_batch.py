@@ -1223,3 +1223,21 @@ def test_a_folder_is_derained_in_the_order_people_number_photos(tmp_path: Path) 
     assert deep == ["P1.png", "p2.png", "p10.png", "s2/a.png", "s10/a.png"]
     matched = [i.path.name for i in collect_inputs([str(tmp_path / "in" / "*.png")])]
     assert matched == ["P1.png", "p2.png", "p10.png"]  # a quoted pattern's matches too
+
+
+def test_what_a_scan_left_out_is_said_where_nothing_is_left(tmp_path: Path) -> None:
+    """A folder of *_derained.* photos alone said "no images found"; a pattern matching GIFs
+    alone, "no images match"; a link to itself was "broken" (an audit)."""
+    _img(tmp_path / "r" / "storm_derained.png")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "a.gif").write_bytes(b"GIF89a" + bytes(20))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    items = collect_inputs([str(tmp_path / "r"), str(tmp_path / "g" / "*.gif"),
+                            str(tmp_path / "loop"), str(tmp_path / "gone")])
+    why = [i.error for i in items]
+    assert why[0].endswith("; 1 image(s) named *_derained.* here are left out as results "
+                           "of an earlier run: name one to derain it")
+    assert why[1] == ("no images match this pattern (1 GIF file(s) match it, which derain "
+                      "does not read: convert them to JPEG, PNG or TIFF)")
+    assert why[2:] == ["symbolic link loop (it leads back to itself)", "broken symbolic link"]
