@@ -1927,6 +1927,15 @@ def test_a_run_from_weights_scores_its_starting_model_first(data, tmp_path, caps
     err = " ".join(capsys.readouterr().err.split())
     assert f"(the starting model: {first['val_psnr']:.2f} dB)" in err
     assert res.steps == 2
+    # --batchnorm refresh: the starting model still scored with its own statistics (they
+    # were re-estimated first, 5 dB below it, and a worse run read as a gain: an audit)
+    T.finetune(T.FinetuneConfig(
+        rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "fr"), steps=1,
+        batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="none",
+        val=str(data["val"]), batchnorm="refresh"))
+    refreshed = [json.loads(line) for line in (tmp_path / "fr" / "log.jsonl").open()]
+    assert [r for r in refreshed if r["kind"] == "val"][0]["val_psnr"] == pytest.approx(
+        first["val_psnr"], abs=1e-4)
     # a run from scratch has no starting model to score
     T.train(_cfg(data, tmp_path / "s", steps=1, val=str(data["val"]), quiet=False))
     err = capsys.readouterr().err
