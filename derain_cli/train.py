@@ -1006,11 +1006,14 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
                          + "); start a new run with another --out", every_rank=False)
     soft = ("batch", "patch", "lr", "warmup", "clip", "ema", "contrast_features",
             "contrast_weight", "contrast_terms", "clean_fraction", "seed", "l2sp",
-            "consistency")
+            "consistency", "freeze_bn", "bn_recalib")  # (finetune --batchnorm changed on
+    # resume went unsaid: an audit)
     if _run_kind(out) == "finetune":  # its warmup follows --steps: no flag of its own
         soft = tuple(k for k in soft if k != "warmup")
     moved = [f"{k} {before[k]!r} -> {now.get(k)!r}" for k in soft
-             if k in before and before[k] != now.get(k)]
+             if k in before and before[k] != now.get(k)
+             and not (k in ("freeze_bn", "bn_recalib") and now.get(k) is None)]  # (unset:
+    # the defaults follow, as the run's did)
     if isinstance(before.get("steps"), int) and now.get("steps") is not None \
             and now["steps"] < before["steps"]:  # longer is what resuming is for
         moved.append(f"steps {before['steps']} -> {now['steps']} (the run ends sooner and "
@@ -2673,6 +2676,23 @@ def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
     return _inherit(fc, saved, _FT_TOGETHER)
 
 
+def _check_finetune_resume(fc: FinetuneConfig) -> None:
+    """A resume that downscales the photos to another ``--max-side`` trains on other data
+    (and re-derains other pseudo-clean backgrounds): refused as train refuses another
+    ``--preset`` (it went through in silence: an audit)."""
+    if not fc.resume:
+        return
+    try:
+        saved = json.loads((Path(fc.out) / FINETUNE_JSON).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(saved, dict) and "max_side" in saved and saved["max_side"] != fc.max_side:
+        raise TrainError(f"--resume: the run was trained on other data (its photos fitted to "
+                         f"--max-side {saved['max_side']}, now {fc.max_side}); resume with "
+                         f"--max-side {saved['max_side']}, or start a new run with another "
+                         "--out", every_rank=False)
+
+
 def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
     """(weights file, origin, short name): --weights FILE, else the published weights of
     --model NAME.
@@ -2726,6 +2746,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
                          f"`derain train -o {run} --resume`", every_rank=False)
     fc = finetune_run_settings(config)
+    _check_finetune_resume(fc)
     if not fc.rainy:
         raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "
                          f"{FINETUNE_JSON} to take it from)" if fc.resume else

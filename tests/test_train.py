@@ -1181,7 +1181,18 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, mo
                                  "--weights", str(other), *common])
     assert r.exit_code == 2 and "init_weights" in r.output, r.output
     assert reads == []  # refused before the photos were read and decoded (an audit)
+    # photos fitted to another --max-side are other data; another --batchnorm is said
+    # (both went through in silence: an audit)
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
+                                 "--max-side", "64", *common])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--max-side 1024, now 64" in text and reads == [], text
     monkeypatch.setattr(T, "_load_photos", real_load)
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
+                                 "--batchnorm", "refresh", *common[:-1]])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--resume with changed settings: freeze_bn True -> False, " \
+        "bn_recalib 0 -> 16" in text, text
     # a run without finetune.json (before 2026-12-03) still needs its photos named
     (out / T.FINETUNE_JSON).unlink()
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
