@@ -1443,7 +1443,36 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
             how = ("pass --resume to continue it or choose another --out"
                    if unfinished else "choose another --out")
             raise TrainError(f"{out} already holds a run ({held}); {how}")
+    foreign = _files_not_of_a_run(out)
+    if foreign:  # replaced in silence (an audit)
+        raise TrainError(f"{out} holds {' and '.join(foreign)}, not written by a derain run: "
+                         "the run would replace them; choose another --out (or move them)")
     return None
+
+
+def _files_not_of_a_run(out: Path) -> list[str]:
+    """Which of the files a run writes (config.json, log.jsonl) ``out`` holds that are not a
+    derain run's own (one that failed before its first checkpoint left them: replaced)."""
+    found = []
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        if not (isinstance(saved, dict) and {"steps", "lr", "out"} <= saved.keys()):
+            found.append("config.json")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        found.append("config.json")
+    try:
+        with open(out / "log.jsonl", encoding="utf-8") as f:
+            first = f.readline()
+        if first.strip() and not (isinstance(record := json.loads(first), dict)
+                                  and "kind" in record):
+            found.append("log.jsonl")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        found.append("log.jsonl")
+    return found
 
 
 def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:

@@ -465,6 +465,24 @@ def test_an_out_that_is_a_file_is_refused(data, tmp_path):
         T.train(_cfg(data, tmp_path / "afile"))
 
 
+def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_path):
+    """A folder holding the user's own config.json or log.jsonl had them replaced in
+    silence (an audit); a derain run's own, left before its first checkpoint, are."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"theme": "dark"}')
+    (out / "log.jsonl").write_text("2026-12-06 started\n")
+    with pytest.raises(T.TrainError, match=r"holds config.json and log.jsonl, not written "
+                                           r"by a derain run"):
+        T.train(_cfg(data, out, steps=1))
+    assert (out / "config.json").read_text() == '{"theme": "dark"}'
+    run = tmp_path / "run"
+    T.train(_cfg(data, run, steps=1))
+    for f in ("last.pt", "model.safetensors", "best.pt"):  # as if it failed before them
+        (run / f).unlink(missing_ok=True)
+    assert T.train(_cfg(data, run, steps=1)).steps == 1
+
+
 def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):
     """eval said so (an audit); train --val validated such pairs in silence."""
     val = tmp_path / "val"
