@@ -226,9 +226,10 @@ def train_cmd(
         "--resume", help="Continue the run in --out, with its own settings (data, model, "
                          "batch, patch, validation, ...) unless given again.")] = False,
     time_budget: Annotated[float | None, typer.Option(
-        help="Stop cleanly (checkpoint + export) after this many seconds (a resumed run "
-             "counts its earlier time too); the learning rate then decays with the elapsed "
-             "time or the steps, whichever is further.")] = None,
+        help="Stop training after this many seconds (a resumed run counts its earlier "
+             "time too), then validate, checkpoint and export (their time comes on top); "
+             "the learning rate decays with the elapsed time or the steps, whichever is "
+             "further.")] = None,
     contrast_features: Annotated[str, typer.Option(
         help="Contrastive feature space: auto, vgg19, self, none.")] = "auto",
     contrast_weight: Annotated[float, typer.Option(help="Weight of the contrastive terms.")] =
