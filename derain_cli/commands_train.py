@@ -373,7 +373,8 @@ def finetune_cmd(
         "--resume", help="Continue the run in --out, with its own photos, model and "
                          "settings unless given again.")] = False,
     time_budget: Annotated[float | None, typer.Option(
-        help="Stop after N seconds (with --resume: counted over the whole run).")] = None,
+        help="Stop training after N seconds (with --resume: counted over the whole run), "
+             "then validate and export (their time comes on top).")] = None,
     max_side: Annotated[int, typer.Option(
         help="Downscale your photos to this long side first (0: keep).")] = 1024,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
