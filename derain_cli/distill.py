@@ -432,7 +432,9 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
     start = time.monotonic()
     step = 0
     interrupted = False
-    with _Progress(enabled=cfg.progress, total=cfg.steps, start=0) as bar:
+    budget_end = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    with _Progress(enabled=cfg.progress, total=cfg.steps, start=0, label="distill",
+                   budget_end=budget_end) as bar:  # (its ETA left the budget out: an audit)
         try:
             while step < cfg.steps:
                 if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:

@@ -72,10 +72,10 @@ def count_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[
         TimeRemainingColumn,
     )
 
-    from .terminal import DerainConsole
+    from .terminal import DerainConsole, live_display
 
     console = DerainConsole(stderr=True)
-    if not console.is_terminal:
+    if not live_display(console):
         lines = PlainProgress(console, 60.0)
 
         def said(n: int) -> None:

@@ -77,3 +77,10 @@ class DerainConsole(Console):
                 return  # a passing state: this message is lost, the next may go through
             self.quiet = True
             _silence(sys.stderr)
+
+
+def live_display(console: Console) -> bool:
+    """Whether ``console`` shows rich's live bars: a terminal, not a dumb one (``TERM=dumb``
+    or ``unknown``: rich draws nothing there, and derain showed no progress at all: an
+    audit). Elsewhere the plain lines of ``plain_progress`` stand in."""
+    return bool(console.is_terminal and not console.is_dumb_terminal)

@@ -2521,8 +2521,10 @@ class _Progress:
 
     def __init__(self, *, enabled: bool, total: int, start: int, every_s: float = 60.0,
                  console: Any = None, budget_end: float | None = None,
-                 vals_left: Callable[[int], int] | None = None) -> None:
+                 vals_left: Callable[[int], int] | None = None, label: str = "train",
+                 ) -> None:
         self.enabled = enabled
+        self.label = label  # the command's: distill's said "train" (an audit)
         self.total, self.start = total, start
         #: when --time-budget stops the run (time.time()); the step ETA alone overshot it
         self.budget_end = budget_end
@@ -2565,15 +2567,15 @@ class _Progress:
             )
 
             from .plain_progress import PlainProgress
-            from .terminal import DerainConsole
+            from .terminal import DerainConsole, live_display
 
             # stderr: with the log lines; stdout stays for data
             console = self._console or DerainConsole(stderr=True)
-            if not console.is_terminal:
+            if not live_display(console):
                 self._lines = PlainProgress(console, self.every_s)
                 return self
             self._p = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
                 TextColumn("{task.fields[eta]}"), transient=False, console=console,
             )
@@ -2596,7 +2598,7 @@ class _Progress:
         elif self._lines is not None and (self._lines.due() or step >= self.total):
             timing = self._lines.timing(step - self.start, self.total - self.start, left,
                                         eta=self.eta(step))
-            self._lines.print(f"train {step}/{self.total} {info} {timing}")
+            self._lines.print(f"{self.label} {step}/{self.total} {info} {timing}")
 
     def advance_to(self, step: int) -> None:
         """Move the bar between logged steps (their loss and rate stay until the next)."""

@@ -1242,10 +1242,44 @@ def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights:
     with progress:
         run_batch(collect_inputs([str(tmp_path)]), derainer, BatchOptions(), progress)
     text = buf.getvalue().splitlines()
-    assert [ln.split(" files")[0] for ln in text if ln.startswith("derain ")] == [
-        "derain 1/2", "derain 2/2"]
-    assert any(re.fullmatch(r"  a\.png: \d+% of its work", ln) for ln in text)
+    assert [ln.split(" files")[0] for ln in text if ln.startswith("derain ")
+            and "of its work" not in ln] == ["derain 1/2", "derain 2/2"]
+    # one line for both: the photo's share took every slot from the files' lines (an audit)
+    assert any(re.fullmatch(r"derain 0/2 files elapsed \S+ ETA \S+; a\.png: \d+% of its "
+                            r"work", ln) for ln in text), text
     assert text[-1].endswith("ETA 0:00:00")
+
+
+def test_the_folder_estimate_counts_photos_derained_and_the_one_at_work(tmp_path) -> None:
+    """Skipped results counted as photos done made a resumed run's estimate 10 times too
+    short; the estimate stood still through a large photo; names of 40 characters hid the
+    count and times on a narrow terminal; TERM=dumb showed no progress (an audit)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from derain_cli.batch import FileResult
+    from derain_cli.cli import _RichProgress
+    from derain_cli.terminal import live_display
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=60)
+    progress = _RichProgress(console, bars=True, report_failures=False, rank=0)
+    job = SimpleNamespace(item=SimpleNamespace(path=Path("a_long_name_from_the_camera.jpg")))
+    with progress:
+        progress.start(12)
+        for status in ["skipped"] * 6 + ["processed"] * 2:
+            progress.file_start(job)
+            progress.file_done(job, FileResult("x", None, status))
+        progress.t0 -= 10.0  # the two photos derained took 10 s
+        assert progress.eta() == pytest.approx(10 / 2 * 4, rel=0.05)
+        progress.file_start(job)
+        assert progress.name == "a_long_na..."  # 12 characters left at 60 columns
+        progress.tile(1, 4)  # a quarter of the ninth photo: the estimate moves
+        assert progress.eta() == pytest.approx(10 / 2.25 * 3.75, rel=0.05)
+    assert live_display(console)
+    dumb = Console(file=io.StringIO(), force_terminal=True, _environ={"TERM": "dumb"})
+    assert not live_display(dumb)
 
 
 def test_a_subcommand_written_after_options_is_refused_before_any_work(tmp_path: Path) -> None:

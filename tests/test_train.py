@@ -1801,11 +1801,13 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
 
     from derain_cli.train import _Progress
 
-    def lines(every_s: float, terminal: bool) -> list[str]:
+    def lines(every_s: float, terminal: bool, label: str = "train",
+              term: str = "xterm") -> list[str]:
         buf = io.StringIO()
-        console = Console(file=buf, force_terminal=terminal, width=200)
+        console = Console(file=buf, force_terminal=terminal, width=200,
+                          _environ={"TERM": term})
         with _Progress(enabled=True, total=4, start=0, every_s=every_s,
-                       console=console) as bar:
+                       console=console, label=label) as bar:
             for step in range(1, 5):
                 bar.update(step, 0.5 / step, 1e-4, 3.0)
             bar.note("step 4: val PSNR 30.00 dB")
@@ -1819,6 +1821,10 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
     assert [ln.split()[1] for ln in sparse if ln.startswith("train")] == ["4/4"]
     live = lines(0.0, terminal=True)  # a terminal gets the bar, not lines
     assert not any(ln.startswith("train 1/4") for ln in live)
+    # a dumb terminal draws no bar: lines (it showed nothing); distill's say distill (they
+    # said train: an audit)
+    dumb = lines(1e9, terminal=True, label="distill", term="dumb")
+    assert [ln.split()[:2] for ln in dumb if ln.startswith("distill")] == [["distill", "4/4"]]
 
 
 def test_the_eta_counts_the_validations_left():
