@@ -2586,6 +2586,11 @@ class _Progress:
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:
+            task = self._p.tasks[0] if self._p.tasks else None
+            if task is not None and task.total is not None and task.completed >= task.total:
+                # the bar stays on screen: its last estimate, taken before the final
+                # validation and export, read "ETA 0:00:07" over a finished run (an audit)
+                self._p.update(self._task, eta=clock(0.0))
             self._p.__exit__(*exc)
 
     def update(self, step: int, loss: float, lr: float, rate: float) -> None:

@@ -1825,6 +1825,15 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
     # said train: an audit)
     dumb = lines(1e9, terminal=True, label="distill", term="dumb")
     assert [ln.split()[:2] for ln in dumb if ln.startswith("distill")] == [["distill", "4/4"]]
+    # the bar left on screen at the end says no time is left (its last estimate stayed)
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=200)
+    with _Progress(enabled=True, total=4, start=0, console=console,
+                   vals_left=lambda step: 1) as bar:  # the last step's validation to come
+        bar.validated(7.0)
+        bar.update(4, 0.5, 1e-4, 3.0)
+        assert bar._p.tasks[0].fields["eta"] == "0:00:07"
+    assert bar._p.tasks[0].fields["eta"] == "0:00:00"
 
 
 def test_the_eta_counts_the_validations_left():
