@@ -719,7 +719,8 @@ def run_cmd(
         int | None,
         typer.Option("--tile", min=0, show_default=False, rich_help_panel=PERF, metavar="N",
                      help="Tile size in pixels: tiles hold at most N x N pixels, shaped to "
-                          "the image; 0 = whole image at once; at least 16 (64 or more "
+                          "the image; 0 = whole image at once (memory grows with the photo: "
+                          "gigabytes at 12 MP); at least 16 (64 or more "
                           "advised). \\[default: automatic]"),
     ] = None,
     tile_overlap: Annotated[
@@ -837,14 +838,15 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
 
 def _friendly_message(e: BaseException) -> str:
     """The exception's own text when it was written for users, else one line with its type."""
+    if isinstance(e, MemoryError):  # before any import: one needs memory too, and its own
+        # MemoryError chained three tracebacks instead of this line (an audit)
+        return f"out of memory: {_one_line(e)}"
     from .hub import WeightsUnavailable
     from .images import ImageError
     from .weights import WeightsError
 
     if isinstance(e, (WeightsUnavailable, WeightsError, ImageError)):
         return str(e).strip() or type(e).__name__
-    if isinstance(e, MemoryError):
-        return f"out of memory: {_one_line(e)}"
     if isinstance(e, OSError) and e.strerror:
         where = f" ({e.filename})" if e.filename else ""
         return f"{e.strerror}{where}"

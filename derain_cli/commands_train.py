@@ -567,6 +567,7 @@ def eval_cmd(
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import EvalInterrupted, evaluate
+    from .plain_progress import count_progress
 
     if data_arg is None and data_opt is None:
         raise typer.BadParameter("give the pairs folder: derain eval DATA or --data DATA")
@@ -590,10 +591,20 @@ def eval_cmd(
         engine = {} if weights is not None else dict(  # the Derainer above has them
             device=device, tile=tile, precision=precision, backend=backend, threads=threads,
             ensemble=ensemble, rain_angle=rain_angle)
+        bar = contextlib.ExitStack()  # pairs scored: a bar, or a line a minute in a log
+        done: Callable[[int], None] | None = None  # (a long set was silent: an audit)
+
+        def on_pair(k: int, total: int, score: object) -> None:
+            nonlocal done
+            if done is None:
+                done = bar.enter_context(count_progress("pairs", total, not as_json))
+            done(k)
+
         try:
-            res = evaluate(target, data, save_dir=save, report=report, csv_path=csv_path,
-                           rainy_dir=rainy_dir, clean_dir=clean_dir, limit=limit,
-                           overwrite=overwrite, **engine)
+            with bar:
+                res = evaluate(target, data, save_dir=save, report=report,
+                               csv_path=csv_path, rainy_dir=rainy_dir, clean_dir=clean_dir,
+                               limit=limit, overwrite=overwrite, on_image=on_pair, **engine)
         except EvalInterrupted as e:
             got = e.result
             files = " and ".join(str(p) for p in (got.csv_path, got.report_path) if p)

@@ -113,7 +113,11 @@ def resolve_backend(device: torch.device, precision: str = "auto") -> str:
 #: left (a review of the GPU paths: these failed the photo instead of shrinking the tile)
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory",
              "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
-             "unable to find an engine to execute this computation")
+             "unable to find an engine to execute this computation",
+             # oneDNN (CPU) out of memory: "RuntimeError: could not create a primitive" came
+             # out bare, tiles unshrunk (an audit); as cuDNN's line above, the last error's
+             # own words stay in the message where shrinking does not help
+             "could not create a primitive")
 
 
 def _is_oom(e: BaseException) -> bool:

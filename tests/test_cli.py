@@ -604,6 +604,25 @@ def test_a_second_stop_while_the_process_ends_is_ignored(monkeypatch: pytest.Mon
     assert (signal.SIGTERM, signal.SIG_DFL) in calls  # not KeyboardInterrupt again
 
 
+def test_out_of_memory_is_said_without_importing_anything(monkeypatch) -> None:
+    """The error line's own imports needed memory too: a MemoryError at start-up chained
+    three tracebacks instead of one line (an audit)."""
+    import builtins
+
+    from derain_cli import cli
+
+    real = builtins.__import__
+
+    def short_of_memory(name, *args, **kwargs):
+        if name in ("hub", "images", "weights") and len(args) > 3 and args[3]:  # relative
+            raise MemoryError
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", short_of_memory)
+    assert cli._friendly_message(MemoryError("cannot allocate")) == (
+        "out of memory: cannot allocate")
+
+
 def test_a_ctrl_c_while_a_subcommand_loads_says_interrupted(tmp_path: Path) -> None:
     """Typer ended a Ctrl-C no command handled (one while grow's or eval's modules loaded)
     with 130 and no word (an audit)."""

@@ -460,7 +460,8 @@ def test_cpu_allocator_failure_counts_as_out_of_memory():
     # cuDNN and cuBLAS workspaces that do not fit (their words, as PyTorch passes them on)
     for text in ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
                  "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-                 "FIND was unable to find an engine to execute this computation"):
+                 "FIND was unable to find an engine to execute this computation",
+                 "could not create a primitive"):  # oneDNN's, under a memory limit (audit)
         assert _is_oom(RuntimeError(text)), text
 
 
