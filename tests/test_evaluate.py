@@ -180,6 +180,7 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
                                     str(tmp_path / "s"), "--report", str(tmp_path / "r.html"),
                                     "--overwrite"])
     assert r.exit_code == 0 and len(list(csv.reader(open(tmp_path / "s" / "scores.csv")))) == 6
+    assert r.stderr.startswith("pairs 4/4 elapsed ")  # progress (a long set was silent)
 
     # stopped while the third pair's image was saved: the CSV lists the two saved (review)
     from derain_cli import images
