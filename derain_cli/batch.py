@@ -1577,7 +1577,8 @@ def run_batch(
                     and j.output.is_file())
         if there:  # replaced in silence, photos of the user's among them maybe (an audit)
             log.warning("--overwrite replaces %d file(s) already in %s, a folder derain did "
-                        "not mark as its results (it held other files): results of an "
+                        "not mark as its results (it held other files when first used, or "
+                        "its marker was deleted): results of an "
                         "earlier run, or photos of yours with the same names", there,
                         options.output)
     if dist.enabled:

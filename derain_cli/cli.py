@@ -1370,9 +1370,12 @@ class _RichProgress:
         self.files_done = self.files_total = 0
         self.tiles: Any = None
         self.name = ""
-        #: photos derained so far (not skipped or failed), the current photo's share done,
-        #: and the seconds since the start: what the estimate of the rest is made from
-        self.derained = 0
+        #: what the estimate of the rest is made from: the photos started, those whose
+        #: derain ended (not skipped or failed; ids), the photo at work (id) and its share
+        #: done, and the seconds since the start
+        self.started = 0
+        self.worked: set[int] = set()
+        self.current: int | None = None
         self.fraction = 0.0
         self.t0 = time.monotonic()
         self.lines: Any = None
@@ -1390,6 +1393,7 @@ class _RichProgress:
 
     def start(self, total: int) -> None:
         self.files_done, self.files_total = 0, total
+        self.started, self.worked, self.current, self.fraction = 0, set(), None, 0.0
         self.t0 = time.monotonic()
         self.files = self.bars.add_task("derain", total=total, count=f"0/{total}",
                                         eta=clock(float("nan")))
@@ -1399,18 +1403,27 @@ class _RichProgress:
         its work counted) times the photos left. Skipped results cost nothing and are not
         photos derained: counted as done, they made a resumed run's estimate 10 times too
         short; and a large photo now moves the estimate while it runs (it stood at 2 s
-        through a 46 s photo: an audit)."""
-        worked = self.derained + self.fraction
+        through a 46 s photo: an audit). A photo counts as derained when its last tile is
+        done: the pipelined loop (GPUs) reports it a photo later, after its write (a
+        review: the estimate divided by the next photo's share alone, 13 times too long)."""
+        share = self.fraction if self._at_work() else 0.0
+        left = self.files_total - self.started + (1.0 - share if self._at_work() else 0.0)
+        if left <= 0:
+            return 0.0  # (an all-skipped rerun's last line said "ETA -:--:--": a review)
+        worked = len(self.worked) + share
         if worked <= 0:
             return float("nan")
-        left = self.files_total - self.files_done - self.fraction
-        return (time.monotonic() - self.t0) / worked * max(left, 0.0)
+        return (time.monotonic() - self.t0) / worked * left
+
+    def _at_work(self) -> bool:
+        """Whether a photo has started and its derain has not ended."""
+        return self.current is not None and self.current not in self.worked
 
     def _line(self) -> str:
         """The plain line of a log: the files, the times and the photo at work."""
         line = (f"derain {self.files_done}/{self.files_total} files "
                 + self.lines.timing(self.files_done, self.files_total, eta=self.eta()))
-        if self.fraction > 0:
+        if self._at_work() and self.fraction > 0:
             line += f"; {self.name}: {100 * self.fraction:.0f}% of its work"
         return line
 
@@ -1418,21 +1431,25 @@ class _RichProgress:
         from rich.markup import escape
 
         # cut to what the terminal leaves beside the bar, the count and the times (40
-        # characters hid them all on a narrow one: an audit)
-        room = max(12, min(40, self.console.width - 48))
+        # characters hid them all on a narrow one: an audit); a log's lines have room
+        room = 40 if self.lines is not None else max(12, min(40, self.console.width - 48))
         name = escape(one_line_text(job.item.path.name))  # the bar's description is markup
         self.name = name if len(name) <= room else name[:room - 3] + "..."
-        self.fraction = 0.0
+        self.started += 1
+        self.current, self.fraction = id(job), 0.0
         self.bars.update(self.files, description=self.name)
 
     def tile(self, done: int, total: int) -> None:
-        self.fraction = min(done / max(total, 1), 1.0)
+        if self._at_work():
+            self.fraction = min(done / max(total, 1), 1.0)
+            if self.fraction >= 1.0:  # its derain ended: worked, whenever it is reported
+                self.worked.add(self.current)  # type: ignore[arg-type]
         self.bars.update(self.files, eta=clock(self.eta()))
         if done >= total and self.tiles is None:  # one piece (untiled, or one tile): no bar
             return
         count = f"{100 * done // max(total, 1):>3d}%"
-        if self.lines is not None and self.lines.due():  # one line: the photo's share
-            self.lines.print(self._line())  # took every slot from the files' (an audit)
+        if self.lines is not None and self._at_work() and self.lines.due():  # one line:
+            self.lines.print(self._line())  # the photo's share took every slot (an audit)
         if self.tiles is None:
             self.tiles = self.bars.add_task("  tiles", total=total, count=count)
         self.bars.update(self.tiles, completed=done, total=total, count=count)
@@ -1442,8 +1459,10 @@ class _RichProgress:
             self.bars.remove_task(self.tiles)
             self.tiles = None
         self.files_done += 1
-        self.derained += result.status == "processed"
-        self.fraction = 0.0
+        if result.status == "processed":  # (one no tile reported as ended)
+            self.worked.add(id(job))
+        elif id(job) == self.current:  # skipped or failed: no share at work
+            self.current = None
         self.bars.update(self.files, advance=1, count=f"{self.files_done}/{self.files_total}",
                          eta=clock(self.eta()))
         last = self.files_done == self.files_total
@@ -1487,7 +1506,8 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
             console.print(Text(
                 f"skipped {unmarked} file(s): a file of the result's name is already in "
                 f"{one_line_text(str(options.output))}, a folder derain did not mark as its "
-                "results (it held other files): results of an earlier run are kept; a photo "
+                "results (it held other files when first used, or its marker was deleted): "
+                "results of an earlier run are kept; a photo "
                 "of yours would be replaced by --overwrite, so choose another -o for it"))
     if s.failed:  # a folder that could not be read, a pattern that matched nothing: no
         kinds = Counter(_failed_kind(path, why) for path, why in s.failed)  # files (audit)

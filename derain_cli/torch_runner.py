@@ -124,6 +124,8 @@ def _is_oom(e: BaseException) -> bool:
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return True
     msg = str(e).lower()
+    if "primitive descriptor" in msg:  # oneDNN's refusal of a setting, not of memory (a
+        return False  # review: "could not create a primitive descriptor for ...")
     return isinstance(e, RuntimeError) and any(t in msg for t in _OOM_TEXT)
 
 

@@ -1470,7 +1470,10 @@ def _files_not_of_a_run(out: Path) -> list[str]:
             found.append("log.jsonl")
     except FileNotFoundError:
         pass
-    except (OSError, ValueError):
+    except ValueError:  # a run killed while it wrote its first line left part of it
+        if not first.startswith('{"kind": '):
+            found.append("log.jsonl")
+    except OSError:
         found.append("log.jsonl")
     return found
 
@@ -2139,7 +2142,9 @@ class _Run:
         self.progress = _Progress(
             enabled=self.is_main and not cfg.quiet, total=total, start=self.step,
             budget_end=self.budget_t0 + cfg.time_budget if cfg.time_budget else None,
-            vals_left=self.validations_left)
+            vals_left=self.validations_left,
+            label="finetune" if "make_unlabeled" in self.hooks else "train")  # (its bar
+        # and log lines said train: a review)
 
         learner.model.train()
         if cfg.freeze_bn:

@@ -463,6 +463,9 @@ def test_cpu_allocator_failure_counts_as_out_of_memory():
                  "FIND was unable to find an engine to execute this computation",
                  "could not create a primitive"):  # oneDNN's, under a memory limit (audit)
         assert _is_oom(RuntimeError(text)), text
+    # oneDNN refusing a setting is not out of memory (a review)
+    assert not _is_oom(RuntimeError("could not create a primitive descriptor for a "
+                                    "convolution forward propagation primitive"))
 
 
 def test_top_level_import_and_gray_alpha(tiny_weights):

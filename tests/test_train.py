@@ -481,6 +481,10 @@ def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_p
     for f in ("last.pt", "model.safetensors", "best.pt"):  # as if it failed before them
         (run / f).unlink(missing_ok=True)
     assert T.train(_cfg(data, run, steps=1)).steps == 1
+    for f in ("last.pt", "model.safetensors", "best.pt"):  # killed in its first log line
+        (run / f).unlink(missing_ok=True)
+    (run / "log.jsonl").write_text('{"kind": "st')
+    assert T.train(_cfg(data, run, steps=1)).steps == 1
 
 
 def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):
@@ -1970,7 +1974,7 @@ def test_a_run_from_weights_scores_its_starting_model_first(data, tmp_path, caps
         T.validate(start, str(data["val"]), device=torch.device("cpu"))["psnr"], abs=1e-4)
     err = " ".join(capsys.readouterr().err.split())
     assert f"(the starting model: {first['val_psnr']:.2f} dB)" in err
-    assert res.steps == 2
+    assert res.steps == 2 and "finetune 2/2 " in err  # its progress says finetune (review)
     # --batchnorm refresh: the starting model still scored with its own statistics (they
     # were re-estimated first, 5 dB below it, and a worse run read as a gain: an audit)
     T.finetune(T.FinetuneConfig(
