@@ -378,8 +378,8 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     # a run that failed before its first checkpoint (logs only) may be started afresh
     bare = tmp_path / "bare"
     bare.mkdir()
-    (bare / "log.jsonl").write_text("{}\n")
-    (bare / "config.json").write_text("{}\n")
+    (bare / "log.jsonl").write_text('{"kind": "step", "step": 1}\n')
+    (bare / "config.json").write_text('{"steps": 1, "lr": 0.002, "out": "bare"}\n')
     T.train(_cfg(data, bare, steps=1))
     with pytest.raises(T.TrainError, match="--workers must be 0 or more"):
         T.train(_cfg(data, tmp_path / "neg", steps=1, workers=-1))
