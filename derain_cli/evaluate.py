@@ -34,6 +34,7 @@ from .fileio import (
     atomic_write_text,
     display_text,
     missing_folders,
+    one_line_text,
     remove_empty_folders,
     same_name_key,
     why_unwritable,
@@ -655,7 +656,9 @@ def _write_csv_to(res: EvalResult, path: str) -> None:
         w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"]
                    + ["rain_angle"] * turned)
         for s in res.images:
-            w.writerow([_csv_text(display_text(s.name)), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
+            # control characters escaped as derain shows them elsewhere: an escape
+            # sequence in a name ran in the terminal of whoever `cat` the CSV (an audit)
+            w.writerow([_csv_text(one_line_text(s.name)), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
                         f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"]
                        + [f"{s.rain_angle:g}" if s.rain_angle is not None else ""] * turned)
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",

@@ -613,6 +613,9 @@ def _read_checked(p: Path, max_pixels: int | None) -> LoadedImage:
                     from None  # (Pillow says "truncated" of junk after a header too: audit)
             if detail in _DECODER_JARGON:
                 detail = _DECODER_JARGON[detail]
+            elif "MAX_TEXT_CHUNK" in detail:  # Pillow's own names (an audit)
+                detail = ("a metadata chunk too large to read (a damaged file, or one made "
+                          "to exhaust memory)")
             raise ImageError(f"truncated or corrupt image: {detail}") from None
 
 
@@ -651,6 +654,39 @@ def _jpeg_lacking_only_its_end(p: Path) -> bytes | None:
     except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError):
         return None
     return base + b"\xff\xd9" if whole else None
+
+
+def _check_jpeg_data_size(im: Image.Image, source: bytes | Path) -> None:
+    """``ImageError`` for a Huffman-coded JPEG whose file is too small for its picture: every
+    8x8 block costs at least one bit (a flat photo takes two or more). Why: a 675-byte JPEG
+    whose header claims 14000x14000 pixels (its end marker present, so nothing seems cut)
+    decoded to a flat gray picture, minutes and gigabytes later (an audit)."""
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    blocks = ((im.width + 7) // 8) * ((im.height + 7) // 8)
+    if size * 8 >= blocks:
+        return
+    head = source[:1 << 20] if isinstance(source, bytes) else source.read_bytes()[:1 << 20]
+    if _jpeg_frame_marker(head) not in (0xC0, 0xC1, 0xC2):  # arithmetic-coded (or
+        return  # lossless) files can be smaller: not judged
+    raise ImageError(f"truncated or corrupt image: its {size} bytes cannot hold the "
+                     f"{im.width}x{im.height} picture its header claims")
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker of the JPEG whose first bytes are ``data`` (0xC0 baseline,
+    0xC2 progressive, ...), or None where none is found before the first scan."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xDA or marker == 0xD9:
+            return None
+        if marker in _SOF_SEQUENTIAL or marker in _SOF_PROGRESSIVE:
+            return marker
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 #: Start-of-frame markers: sequential (baseline, extended, lossless) and progressive ones
@@ -730,6 +766,8 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
                           and getattr(im, "tag_v2", {}).get(262) == 0)
         if fmt == "TIFF":
             _check_tiff_samples(im)
+        if fmt == "JPEG":
+            _check_jpeg_data_size(im, data if data is not None else p)
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > 1 and fmt != "JPEG":
             log.warning("%s has %d pages/frames; only the first is derained", p, frames)

@@ -115,7 +115,9 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error
-            if "Unsupported global" in str(e):  # torch's long advice does not apply here
+            if "unsupported global" in str(e).lower():  # torch's long advice does not apply
+                # here ("Unsupported global", or "unsupported GLOBAL ... is blocked": a
+                # hostile pickle was "a damaged file", said an audit)
                 why = ("it holds Python objects besides tensors, which derain does not "
                        "unpickle (for safety); save the state_dict alone")
             else:
@@ -210,15 +212,47 @@ def build_fitting(arch: str, config: dict[str, Any], state: dict[str, torch.Tens
     """The architecture ``arch`` / ``config`` with ``state`` loaded, its shapes compared on
     the meta device first (nothing allocated). Why: where the config comes from a weights
     file's own metadata, a 220-byte file asking for width 2048 x 400 blocks made derain
-    allocate until the machine ran out of memory (a security audit)."""
+    allocate until the machine ran out of memory (a security audit). The meta device
+    allocates no tensors but does build every module: the sizes are bounded first
+    (``_check_config_sizes``)."""
+    _check_config_sizes(config, len(state), source)
     try:
         with torch.device("meta"):
             skeleton = build_architecture(arch, config)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:  # the file's header
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError,
+            MemoryError) as e:  # the file's header (a RuntimeError came out bare: audit)
         raise WeightsError(f"{source}: its derain header names no architecture derain can "
-                           f"build ({arch}, {config}): {e}") from None
+                           f"build ({arch}, {str(config)[:200]}): {e}") from None
     check_state(skeleton, state, source)
     return _load_state(build_architecture(arch, config), state)
+
+
+#: Bounds on a network's config read from a file, before anything is built: any size (a
+#: width, a channel count, a dilation) and any list's length; and a stage count (RDMC
+#: runs its recursion that many times)
+_MAX_SIZE, _MAX_LIST, _MAX_STAGES = 65536, 64, 64
+
+
+def _check_config_sizes(config: dict[str, Any], tensors: int, source: str) -> None:
+    """``WeightsError`` for a config no real weights file of derain's holds: negative or
+    huge sizes, long lists, more blocks than the file has tensors (each block holds some).
+    Why: a 1 KB file asking for 100000 blocks built modules on the meta device until it
+    held 4 GB after two minutes (an audit)."""
+    for key, value in config.items():
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if isinstance(value, list | tuple) and len(values) > _MAX_LIST:
+            bad = f"{key} lists {len(values)} values"
+        elif any(isinstance(v, int) and not isinstance(v, bool)
+                 and not 0 <= v <= _MAX_SIZE for v in values):
+            bad = f"{key}={str(value)[:60]}"
+        elif key.endswith("blocks") and isinstance(value, int) and value > tensors:
+            bad = f"{key}={value} in a file of {tensors} tensors"
+        elif key == "stages" and isinstance(value, int) and value > _MAX_STAGES:
+            bad = f"{key}={value}"
+        else:
+            continue
+        raise WeightsError(f"{source}: its derain header asks for a network no derain weights "
+                           f"file holds ({bad}): a damaged file, or not derain's")
 
 
 def own_architecture(meta: dict[str, str], source: str) -> tuple[str, dict[str, Any]]:
@@ -232,7 +266,7 @@ def own_architecture(meta: dict[str, str], source: str) -> tuple[str, dict[str, 
                            "too, or use another file")
     try:
         config = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: "RecursionError" bare (an audit)
         config = None
     if not isinstance(config, dict):
         raise WeightsError(f"{source}: its derain header is damaged (the {arch} config is "

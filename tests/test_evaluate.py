@@ -956,6 +956,14 @@ def test_names_that_are_not_utf8_reach_the_csv_and_the_report(tmp_path):
     assert res.count == 1
     assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[1].startswith(
         "caf\\xe9.png,")
+    # control characters escaped: an escape sequence in a name ran in the terminal of
+    # whoever printed the CSV (an audit)
+    for side in ("rainy", "clean"):
+        (tmp_path / "pairs" / side / os.fsdecode(b"caf\xe9.png")).rename(
+            tmp_path / "pairs" / side / "a\x1b]0;X\x07b.png")
+    E.evaluate("identity", tmp_path / "pairs", csv_path=tmp_path / "t.csv")
+    text = (tmp_path / "t.csv").read_text(encoding="utf-8")
+    assert "\x1b" not in text and "a\\x1b]0;X\\x07b.png," in text
     page = report.read_text(encoding="utf-8")
     assert "<td>caf\\xe9.png<br>" in page
     src = page.split('<img src="')[1].split('"')[0]

@@ -816,6 +816,36 @@ def test_a_jpeg_lacking_only_its_end_marker_is_read(tmp_path: Path, caplog,
             read_image(tmp_path / "cut.jpg")
 
 
+def test_a_jpeg_too_small_for_its_picture_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A 675-byte JPEG whose header claimed 14000x14000 pixels (its end marker present)
+    decoded to a flat gray picture, minutes and gigabytes later (an audit); a flat photo
+    of 12 MP, two bits a block, is read."""
+    import struct
+
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / "small.jpg", quality=90)
+    data = bytearray((tmp_path / "small.jpg").read_bytes())
+    at = data.index(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", 14000, 14000)
+    (tmp_path / "claims.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"its \d+ bytes cannot hold the 14000x14000 picture"):
+        read_image(tmp_path / "claims.jpg")
+    for progressive in (False, True):
+        Image.new("L", (4000, 3000), 128).save(tmp_path / "flat.jpg", quality=50,
+                                               optimize=True, progressive=progressive)
+        assert read_image(tmp_path / "flat.jpg").size == (4000, 3000)
+
+
+def test_a_png_metadata_chunk_too_large_is_said_plainly(tmp_path: Path) -> None:
+    """Pillow's "Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK" called the
+    photo corrupt in Pillow's own names (an audit)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("junk", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1),
+                  zip=True)
+    Image.fromarray(_rgb8()).save(tmp_path / "big.png", pnginfo=info)
+    with pytest.raises(ImageError, match="a metadata chunk too large to read"):
+        read_image(tmp_path / "big.png")
+
+
 def test_truncated_16bit_png(tmp_path: Path) -> None:
     rgb16 = _rng().integers(0, 65536, (H, W, 3), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "full.png"), rgb16)

@@ -108,6 +108,15 @@ def test_pt_files_load_only_plain_tensors(tmp_path):
     with pytest.raises(WeightsError, match="Python objects besides tensors") as info:
         weights.load_into(_tiny(), bad)
     assert "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
+
+    class Hostile:  # a blocked module's global: torch words it "unsupported GLOBAL ...",
+        def __reduce__(self):  # and it was "a damaged file" (an audit)
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": Hostile()}, bad)
+    with pytest.raises(WeightsError, match="Python objects besides tensors"):
+        weights.load_into(_tiny(), bad)
+    assert not (tmp_path / "pwned").exists()
     png = tmp_path / "photo.pt"  # a photo renamed .pt
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
@@ -141,6 +150,18 @@ def test_a_file_whose_config_does_not_fit_its_tensors_allocates_nothing(tmp_path
     ({"config": "{not json"}, "config is not a JSON object"),
     ({"arch": "unet"}, "names no architecture derain can build (unet"),
     ({"config": '{"width": "wide"}'}, "names no architecture derain can build"),
+    # hostile headers (an audit): 100000 blocks built modules on the meta device to 4 GB;
+    # width 1e9 and negative sizes came out as bare RuntimeErrors; deep nesting as a
+    # RecursionError
+    ({"config": '{"width": 8, "rain_blocks": 50000, "detail_blocks": 1}'},
+     "asks for a network no derain weights file holds (rain_blocks=50000 in a file of"),
+    ({"config": '{"width": 1000000000}'}, "(width=1000000000)"),
+    ({"config": '{"width": -5}'}, "(width=-5)"),
+    ({"config": '{"dilations": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, '
+                '18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, '
+                '37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, '
+                '56, 57, 58, 59, 60, 61, 62, 63, 64, 65]}'}, "(dilations lists 65 values)"),
+    ({"config": "[" * 100000}, "config is not a JSON object"),
 ])
 def test_a_damaged_derain_header_names_the_file(tmp_path, change, said):
     """A file whose derain header lacked "arch" said "error: KeyError: arch"; a config of
