@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,6 @@ from .fileio import (
     atomic_write_text,
     display_text,
     missing_folders,
-    one_line_text,
     remove_empty_folders,
     same_name_key,
     why_unwritable,
@@ -656,13 +656,19 @@ def _write_csv_to(res: EvalResult, path: str) -> None:
         w.writerow(["name", "psnr_y", "ssim_y", "psnr_rgb", "seconds"]
                    + ["rain_angle"] * turned)
         for s in res.images:
-            # control characters escaped as derain shows them elsewhere: an escape
-            # sequence in a name ran in the terminal of whoever `cat` the CSV (an audit)
-            w.writerow([_csv_text(one_line_text(s.name)), f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}",
+            # control characters escaped: an escape sequence in a name ran in the terminal
+            # of whoever printed the CSV (an audit); other characters kept (a review)
+            w.writerow([_csv_text(_no_controls(display_text(s.name))), f"{s.psnr_y:.4f}",
+                        f"{s.ssim_y:.6f}",
                         f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"]
                        + [f"{s.rain_angle:g}" if s.rain_angle is not None else ""] * turned)
         w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
                     f"{np.mean([s.seconds for s in res.images]):.3f}"] + [""] * turned)
+
+
+def _no_controls(text: str) -> str:
+    """``text`` with its control characters (C0, DEL, C1) escaped as ``\\x1b``."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _csv_text(text: str) -> str:

@@ -674,9 +674,14 @@ def _check_jpeg_data_size(im: Image.Image, source: bytes | Path) -> None:
 
 def _jpeg_frame_marker(data: bytes) -> int | None:
     """The start-of-frame marker of the JPEG whose first bytes are ``data`` (0xC0 baseline,
-    0xC2 progressive, ...), or None where none is found before the first scan."""
+    0xC2 progressive, ...), or None where none is found before the first scan. Bytes
+    between segments are skipped, as decoders skip them (one junk byte before the frame
+    header let a hostile file pass: a review)."""
     i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
         marker = data[i + 1]
         if marker == 0xFF:
             i += 1

@@ -1165,7 +1165,8 @@ def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module
 
     state, meta = read_state(cfg.init_weights)
     try:
-        return build_fitting(arch, conf, state, str(cfg.init_weights))
+        return build_fitting(arch, conf, state, str(cfg.init_weights),
+                             header=not cfg.model and cfg.arch is None)  # (the file's own)
     except WeightsError as e:  # say what the file is, as derain --weights does (audit)
         if cfg.model and meta.get("format") == FORMAT and "arch" in meta:
             raise WeightsError(  # as finetune, derain and export say it (exit 1; an audit)
@@ -1462,6 +1463,7 @@ def _files_not_of_a_run(out: Path) -> list[str]:
         pass
     except (OSError, ValueError):
         found.append("config.json")
+    first = ""
     try:
         with open(out / "log.jsonl", encoding="utf-8") as f:
             first = f.readline()

@@ -964,6 +964,11 @@ def test_names_that_are_not_utf8_reach_the_csv_and_the_report(tmp_path):
     E.evaluate("identity", tmp_path / "pairs", csv_path=tmp_path / "t.csv")
     text = (tmp_path / "t.csv").read_text(encoding="utf-8")
     assert "\x1b" not in text and "a\\x1b]0;X\\x07b.png," in text
+    for side in ("rainy", "clean"):  # other characters are kept (a review)
+        (tmp_path / "pairs" / side / "a\x1b]0;X\x07b.png").rename(
+            tmp_path / "pairs" / side / "写真\u3000001.png")
+    E.evaluate("identity", tmp_path / "pairs", csv_path=tmp_path / "u.csv", overwrite=True)
+    assert "写真\u3000001.png," in (tmp_path / "u.csv").read_text(encoding="utf-8")
     page = report.read_text(encoding="utf-8")
     assert "<td>caf\\xe9.png<br>" in page
     src = page.split('<img src="')[1].split('"')[0]

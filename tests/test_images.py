@@ -829,6 +829,9 @@ def test_a_jpeg_too_small_for_its_picture_is_refused_before_decoding(tmp_path: P
     (tmp_path / "claims.jpg").write_bytes(bytes(data))
     with pytest.raises(ImageError, match=r"its \d+ bytes cannot hold the 14000x14000 picture"):
         read_image(tmp_path / "claims.jpg")
+    (tmp_path / "junk.jpg").write_bytes(bytes(data[:at]) + b"\x00" + bytes(data[at:]))
+    with pytest.raises(ImageError, match="cannot hold"):  # a junk byte before the frame
+        read_image(tmp_path / "junk.jpg")  # header hid it (a review)
     for progressive in (False, True):
         Image.new("L", (4000, 3000), 128).save(tmp_path / "flat.jpg", quality=50,
                                                optimize=True, progressive=progressive)

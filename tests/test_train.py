@@ -485,6 +485,10 @@ def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_p
         (run / f).unlink(missing_ok=True)
     (run / "log.jsonl").write_text('{"kind": "st')
     assert T.train(_cfg(data, run, steps=1)).steps == 1
+    (out / "log.jsonl").write_bytes(b"\xff\xfe garbage")  # not UTF-8: said, not a crash
+    (out / "config.json").unlink()
+    with pytest.raises(T.TrainError, match=r"holds log.jsonl, not written by a derain run"):
+        T.train(_cfg(data, out, steps=1))
 
 
 def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):

@@ -162,6 +162,8 @@ def test_a_file_whose_config_does_not_fit_its_tensors_allocates_nothing(tmp_path
                 '37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, '
                 '56, 57, 58, 59, 60, 61, 62, 63, 64, 65]}'}, "(dilations lists 65 values)"),
     ({"config": "[" * 100000}, "config is not a JSON object"),
+    ({"config": '{"width": 8, "rain_blocks": 1, "detail_blocks": 1, "se_reduction": 0}'},
+     "names no architecture derain can build"),  # a ZeroDivisionError, bare (a review)
 ])
 def test_a_damaged_derain_header_names_the_file(tmp_path, change, said):
     """A file whose derain header lacked "arch" said "error: KeyError: arch"; a config of
@@ -178,6 +180,23 @@ def test_a_damaged_derain_header_names_the_file(tmp_path, change, said):
     with pytest.raises(WeightsError, match="bad.safetensors: its derain header") as info:
         weights.model_from_file(bad)
     assert said in str(info.value)
+
+
+def test_empty_tensors_buy_no_blocks_and_a_registry_config_is_not_the_files(tmp_path):
+    """20000 empty tensors (1 MB) let a header ask for 20000 blocks, built for half a
+    minute (a review); a config that -m gave (derain's own) was blamed on the file."""
+    from safetensors.torch import save_file
+
+    state = {f"t{i}": torch.zeros(0) for i in range(2000)}
+    meta = {"format": weights.FORMAT, "name": "x", "arch": "semi-drdnet",
+            "config": '{"width": 8, "rain_blocks": 2000, "detail_blocks": 1}'}
+    save_file(state, tmp_path / "empty.safetensors", metadata=meta)
+    with pytest.raises(WeightsError, match=r"rain_blocks=2000 in a file of 0 tensors"):
+        weights.model_from_file(tmp_path / "empty.safetensors")
+    small = {"a": torch.zeros(3)}
+    with pytest.raises(WeightsError) as info:
+        weights.build_fitting("semi-drdnet", {}, small, "other.pt", header=False)
+    assert "derain header" not in str(info.value)
 
 
 @pytest.mark.parametrize("text", ['{"version": 1,\n', '{"weights": [{"file": "x"}]}',
