@@ -258,9 +258,15 @@ class _Scan:
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
-        parts = [f"{n} {fmt}" for fmt, n in self.unread.most_common()]
-        return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1
-                else parts[0]) + " file(s)"
+        return _unread_text(self.unread)
+
+
+def _unread_text(unread: Counter[str]) -> str:
+    """Files derain does not read, by format: ``3 HEIC and 1 GIF file(s)``-style, most
+    frequent first (a folder scan's, or a pattern's matches)."""
+    parts = [f"{n} {fmt}" for fmt, n in unread.most_common()]
+    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1
+            else parts[0]) + " file(s)"
 
 
 def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
@@ -612,7 +618,7 @@ class _Collector:
                     rel = Path(mp.name)
                 self.add(mp, rel, base)
         if len(self.items) == before and self.offered == offered:
-            said = _Scan([], unread=unread).unread_text() if unread else ""
+            said = _unread_text(unread) if unread else ""
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern" + (
                 f" ({said} match it, which derain does not read: convert them to JPEG, PNG "
                 "or TIFF)" if said else ""))  # "no images" of GIFs (an audit)

@@ -489,8 +489,7 @@ class Derainer:
         angle = self.rain_angle
         out = None
         if self.strength == 0.0:  # the photo as it is: minutes of network for nothing
-            out = np.empty(rgb.shape, np.float32)
-            out[...] = 0.0
+            out = np.zeros(rgb.shape, np.float32)
             blend_toward_input(out, rgb, 0.0)
             np.clip(out, 0.0, 1.0, out=out)  # float input may stray a little: as promised
             if on_tile is not None:

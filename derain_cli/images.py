@@ -665,7 +665,11 @@ def _check_jpeg_data_size(im: Image.Image, source: bytes | Path) -> None:
     blocks = ((im.width + 7) // 8) * ((im.height + 7) // 8)
     if size * 8 >= blocks:
         return
-    head = source[:1 << 20] if isinstance(source, bytes) else source.read_bytes()[:1 << 20]
+    if isinstance(source, bytes):
+        head = source[:1 << 20]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(1 << 20)
     if _jpeg_frame_marker(head) not in (0xC0, 0xC1, 0xC2):  # arithmetic-coded (or
         return  # lossless) files can be smaller: not judged
     raise ImageError(f"truncated or corrupt image: its {size} bytes cannot hold the "
@@ -677,21 +681,53 @@ def _jpeg_frame_marker(data: bytes) -> int | None:
     0xC2 progressive, ...), or None where none is found before the first scan. Bytes
     between segments are skipped, as decoders skip them (one junk byte before the frame
     header let a hostile file pass: a review)."""
-    i = 2
-    while i + 4 <= len(data):
+    for marker, _ in _jpeg_segments(data, skip_junk=True):
+        if marker in _SOF_SEQUENTIAL or marker in _SOF_PROGRESSIVE:
+            return marker
+        if marker in (0xDA, _BROKEN):
+            return None
+    return None
+
+
+#: What :func:`_jpeg_segments` yields for a segment it cannot read (cut short, or a byte
+#: where a marker should begin)
+_BROKEN = -1
+
+
+def _jpeg_segments(data: bytes, skip_junk: bool = False) -> Iterator[tuple[int, bytes]]:
+    """(marker, body) of each segment of the JPEG whose bytes (maybe cut short) are
+    ``data``, after its start marker, up to its end marker or the end of ``data``; a scan's
+    coded data is skipped (its segment gives the scan's header). A segment cut short ends
+    the walk with ``(_BROKEN, b"")``, and so does a byte where a marker should begin unless
+    ``skip_junk`` (decoders skip such bytes). One walk for both checks below."""
+    i, n = 2, len(data)
+    while i + 1 < n:
         if data[i] != 0xFF:
+            if not skip_junk:
+                yield _BROKEN, b""
+                return
             i += 1
             continue
         marker = data[i + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker == 0xDA or marker == 0xD9:
-            return None
-        if marker in _SOF_SEQUENTIAL or marker in _SOF_PROGRESSIVE:
-            return marker
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+        if marker == 0xD9:
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        body = data[i + 4:i + 2 + length]
+        if i + 4 > n or length < 2 or len(body) < length - 2:
+            yield _BROKEN, b""
+            return
+        i += 2 + length
+        yield marker, body
+        if marker == 0xDA:  # the coded data, to the next marker (or the end of the file)
+            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0
+                                     and not 0xD0 <= data[i + 1] <= 0xD7):
+                i += 1
 
 
 #: Start-of-frame markers: sequential (baseline, extended, lossless) and progressive ones
@@ -705,24 +741,8 @@ def _jpeg_scans_complete(data: bytes) -> bool:
     coefficients down to their last bit (successive approximation ``Al`` 0) in a
     progressive one. Read from the segment headers, skipping each scan's coded data."""
     sof, components, scans = None, [], []
-    i, n = 2, len(data)
-    while i + 1 < n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xD9:
-            break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
-            i += 2
-            continue
-        if i + 4 > n:
-            return False
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        segment = data[i + 4:i + 2 + length]
-        if len(segment) < length - 2 or length < 2:
+    for marker, segment in _jpeg_segments(data):
+        if marker == _BROKEN:
             return False
         if marker in _SOF_SEQUENTIAL or marker in _SOF_PROGRESSIVE:
             if len(segment) < 6:
@@ -730,18 +750,12 @@ def _jpeg_scans_complete(data: bytes) -> bool:
             sof = marker
             components = [segment[6 + 3 * k] for k in range(segment[5])
                           if 6 + 3 * k < len(segment)]
-        i += 2 + length
         if marker == 0xDA:  # start of scan: its components, spectral band, last bit
             count = segment[0] if segment else 0
             if len(segment) < 4 + 2 * count:
                 return False
             ss, se, al = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
             scans.append(({segment[1 + 2 * k] for k in range(count)}, ss, se, al & 0x0F))
-            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0
-                                     and not 0xD0 <= data[i + 1] <= 0xD7):
-                i += 1  # the coded data, to the next marker (or the end of the file)
-            if i + 1 >= n:
-                break
     if sof is None or not components or not scans:
         return False
     if sof in _SOF_SEQUENTIAL:
