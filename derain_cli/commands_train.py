@@ -592,19 +592,18 @@ def eval_cmd(
             device=device, tile=tile, precision=precision, backend=backend, threads=threads,
             ensemble=ensemble, rain_angle=rain_angle)
         bar = contextlib.ExitStack()  # pairs scored: a bar, or a line a minute in a log
-        done: Callable[[int], None] | None = None  # (a long set was silent: an audit)
+        done: Callable[[int], None] = lambda k: None  # noqa: E731 (a long set was silent)
 
-        def on_pair(k: int, total: int, score: object) -> None:
+        def on_start(total: int) -> None:  # shown from the first pair's start (an audit)
             nonlocal done
-            if done is None:
-                done = bar.enter_context(count_progress("pairs", total, not as_json))
-            done(k)
+            done = bar.enter_context(count_progress("pairs", total, not as_json))
 
         try:
             with bar:
                 res = evaluate(target, data, save_dir=save, report=report,
                                csv_path=csv_path, rainy_dir=rainy_dir, clean_dir=clean_dir,
-                               limit=limit, overwrite=overwrite, on_image=on_pair, **engine)
+                               limit=limit, overwrite=overwrite, on_start=on_start,
+                               on_image=lambda k, total, score: done(k), **engine)
         except EvalInterrupted as e:
             got = e.result
             files = " and ".join(str(p) for p in (got.csv_path, got.report_path) if p)

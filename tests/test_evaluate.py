@@ -73,6 +73,15 @@ def test_per_image_seconds_are_the_models_alone(pairs, monkeypatch):
     assert res.images[0].seconds < 0.1
 
 
+def test_progress_starts_before_the_first_pair_is_derained(pairs):
+    """The bar was made at the first pair's score, so it stood unseen through the first
+    pair (minutes with --ensemble 4 on large photos: an audit): ``on_start`` comes first."""
+    calls: list[tuple] = []
+    E.evaluate("identity", pairs, limit=3, on_start=lambda n: calls.append(("start", n)),
+               on_image=lambda k, n, s: calls.append(("pair", k, n)))
+    assert calls == [("start", 3), ("pair", 1, 3), ("pair", 2, 3), ("pair", 3, 3)]
+
+
 def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights):
     torch.manual_seed(0)
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
