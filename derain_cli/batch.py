@@ -159,14 +159,17 @@ def is_output_folder(folder: Path, note: bool = False) -> bool:
     return marked
 
 
-def mark_output_folder(folder: Path) -> list[Path]:
+def mark_output_folder(folder: Path, in_input_tree: bool = False) -> list[Path]:
     """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort);
     return what it created (folders outermost first, then the marker) for
     :func:`unmark_unused` to take back when no result was written.
 
     Only a folder derain makes, or finds empty, is marked: ``derain rainy/ -o .`` in a folder
     of the user's own photos marked it, and every later scan of a parent skipped those
-    photos. A folder whose marker the user deleted is not marked again either."""
+    photos. A folder whose marker the user deleted is not marked again either; when such a
+    folder lies in the inputs' tree (``in_input_tree``) that is a warning, not a note: the
+    next ``derain PARENT -r`` derains its results again (a run into ``ph/mine`` did, with
+    the note hidden at the default log level: an audit)."""
     created: list[Path] = []
     # 'new/../mine/out': 'new/..' is no folder made; 'link/../out' is where the link leads
     folder = Path(os.path.realpath(folder))
@@ -174,8 +177,11 @@ def mark_output_folder(folder: Path) -> list[Path]:
         marker = folder / OUTPUT_MARKER
         if folder.is_dir() and not marker.exists():
             if _visible_entries(folder):
-                log.info("%s: not marked as a results folder (it holds other files), so "
-                         "scans of a parent folder will take its results as inputs", folder)
+                log.log(logging.WARNING if in_input_tree else logging.INFO,
+                        "%s: not marked as a results folder (it holds other files), so "
+                        "scans of a parent folder will take its results as inputs%s", folder,
+                        " (an empty or new -o folder is marked, and skipped by them)"
+                        if in_input_tree else "")
                 return created
         missing = [f for f in (folder, *folder.parents) if not f.exists()]
         folder.mkdir(parents=True, exist_ok=True)
@@ -422,12 +428,19 @@ def without_shell_leftovers(inputs: Sequence[str], output: Path,
 
     ``derain * -o out/`` run again gets ``out`` from the shell too; bash's ``**`` gets
     ``out/a.png``, ``out/s`` ...; ``derain * -o res/der/`` gets ``res``, which holds no photo
-    of its own. Only when ``output`` holds derain results (its marker) and other inputs are
-    given: a folder named alone is still the user's choice (and refused as -o's input).
+    of its own. Only when other inputs are given: a folder named alone is still the user's
+    choice (and refused as -o's input). An ``output`` derain did not mark (the user's own
+    folder) is left out only when it holds no photo: ``mkdir out; derain * -o out/`` was
+    refused as "an input folder" whose originals would be replaced, of an empty folder (an
+    audit); one holding photos stays, and is refused.
     """
-    if len(inputs) < 2 or not output.is_dir() or not is_output_folder(output):
+    if len(inputs) < 2 or not output.is_dir():
         return list(inputs)
     out = _resolved(output)
+    if not is_output_folder(output):
+        if _photos_in(output, recursive):
+            return list(inputs)
+        return [raw for raw in inputs if _resolved(Path(raw)) != out]
     kept = []
     for raw in inputs:
         p = _resolved(Path(raw))
@@ -439,10 +452,11 @@ def without_shell_leftovers(inputs: Sequence[str], output: Path,
     return kept
 
 
-def _photos_in(folder: Path) -> list[Path]:
-    """The photos a folder scan would take from ``folder`` itself (none if unlistable)."""
+def _photos_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """The photos a folder scan would take from ``folder`` itself, or with ``recursive``
+    from its tree (none if unlistable)."""
     try:
-        return _scan_folder(folder, False, set()).files
+        return _scan_folder(folder, recursive, set()).files
     except ImageError:
         return []
 
@@ -1577,7 +1591,10 @@ def run_batch(
     created: list[Path] = []
     if (to_folder and any(j.error is None for j in jobs) and dist.is_main
             and why_unwritable(options.output) is None):
-        created = mark_output_folder(options.output)
+        out = Path(os.path.realpath(options.output))
+        folders = {os.path.realpath(j.item.path.parent) for j in jobs}
+        created = mark_output_folder(options.output,
+                                     in_input_tree=any(out.is_relative_to(f) for f in folders))
     if options.overwrite and to_folder and dist.is_main and _in_unmarked_folder(options):
         there = sum(1 for j in jobs if j.error is None and j.output is not None
                     and j.output.is_file())

@@ -1048,6 +1048,10 @@ def _check_output(
         for raw in inputs:
             p = Path(raw)
             if p.is_dir() and output.is_dir() and os.path.samefile(p, output):
+                if len(inputs) > 1:  # its results would go to out/out/...: no replacing
+                    raise _usage(ctx, f"-o {output} is also among the inputs (as a shell's * "
+                                      "gives it) and holds photos: choose another output "
+                                      "folder, or leave it out of the inputs")
                 raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                   "replace the originals; choose another folder")
     return inputs, to_file

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -242,14 +244,28 @@ def test_results_of_an_earlier_run_are_not_inputs_again(
     assert len(_rels(collect_inputs([str(tree / "out")]))) == 3
 
 
-def test_only_a_new_or_empty_output_folder_is_marked(tmp_path: Path, derainer) -> None:
+def test_only_a_new_or_empty_output_folder_is_marked(tmp_path: Path, derainer,
+                                                     caplog) -> None:
     """`derain rainy -o .` in a folder of the user's own photos marked it, and a later
-    `derain pics -r` skipped all of pics: the user's photos and the rainy originals."""
+    `derain pics -r` skipped all of pics: the user's photos and the rainy originals. Left
+    unmarked inside the inputs' tree, that is a warning (a note, hidden, let the next
+    `derain PARENT -r` derain the results again: an audit)."""
     pics = tmp_path / "pics"
     _img(pics / "own.jpg")
     _img(pics / "rainy" / "r.jpg", seed=1)
-    s = run_batch(collect_inputs([str(pics / "rainy")]), derainer, BatchOptions(output=pics))
+    with caplog.at_level(logging.WARNING, logger="derain_cli"):
+        s = run_batch(collect_inputs([str(pics / "rainy")]), derainer,
+                      BatchOptions(output=pics))
     assert s.processed == 1 and not (pics / ".derain-output").exists()
+    assert "not marked" not in caplog.text  # pics is no folder of the inputs' tree
+    (pics / "mine").mkdir()
+    (pics / "mine" / "notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="derain_cli"):
+        run_batch(collect_inputs([str(pics)], recursive=True), derainer,
+                  BatchOptions(output=pics / "mine"))
+    assert "mine: not marked as a results folder" in caplog.text
+    assert not (pics / "mine" / ".derain-output").exists()
+    shutil.rmtree(pics / "mine")
     later = collect_inputs([str(pics)], recursive=True)
     assert {"own.jpg", "rainy/r.jpg"} <= set(_rels(later))
     # an empty folder the user made for the results is marked, and stays marked on a rerun
@@ -1107,11 +1123,15 @@ def test_what_a_shell_adds_from_an_earlier_run_into_o_is_left_out(tmp_path: Path
     out = tmp_path / "out"
     given = [str(tmp_path / n) for n in ("a.png", "out", "out/a.png", "out/s", "s")]
     assert without_shell_leftovers(given, out) == given  # no such folder yet
+    out.mkdir()  # made empty by the user for the run: no photo to take from it
+    assert without_shell_leftovers(given, out) == [g for g in given if g != str(out)]
     mine = tmp_path / "mine"  # the user's own folder, named as -o: never marked
     _img(mine / "s" / "c.png")
     mark_output_folder(mine)
     on_mine = [str(tmp_path / n) for n in ("a.png", "mine", "mine/s", "s")]
-    assert without_shell_leftovers(on_mine, mine) == on_mine
+    assert without_shell_leftovers(on_mine, mine, recursive=True) == on_mine  # photos: kept
+    # without -r it gives no photo (they are in mine/s): left out as an empty one is
+    assert without_shell_leftovers(on_mine, mine) == [g for g in on_mine if g != str(mine)]
     mark_output_folder(out)  # an earlier run made it, then wrote into it
     _img(out / "s" / "c.png")
     assert without_shell_leftovers(given, out) == [given[0], given[4]]

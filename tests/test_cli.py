@@ -140,7 +140,9 @@ def test_a_rerun_with_nothing_left_still_refuses_bad_settings(
 
 def test_star_into_an_output_folder_can_be_rerun(tmp_path: Path, tiny_weights: Path) -> None:
     """`derain * -o out/` twice: the second time the shell passes out/ as well, which was a
-    usage error ("-o out is an input folder"); an unmarked folder still is (audit)."""
+    usage error ("-o out is an input folder"); an unmarked folder still is when it holds
+    photos, said truly (its results would not replace them), and an empty one made for the
+    run (`mkdir out; derain * -o out/`) is left out of the inputs (audits)."""
     a = _img(tmp_path / "a.png", 20, 14)
     out = tmp_path / "out"
     assert derain(a, "-o", f"{out}/", "--weights", tiny_weights).exit_code == 0
@@ -149,9 +151,19 @@ def test_star_into_an_output_folder_can_be_rerun(tmp_path: Path, tiny_weights: P
     assert json.loads(r.stdout)["skipped"] == 1
     plain = tmp_path / "plain"
     plain.mkdir()
+    (plain / "notes.txt").write_text("mine")
     r = derain(a, plain, "-o", f"{plain}/", "--weights", tiny_weights)
+    assert r.exit_code == 0 and (plain / "a.png").is_file(), r.output
+    assert sorted(p.name for p in plain.iterdir()) == ["a.png", "notes.txt"]  # not marked
+    mine = tmp_path / "mine"
+    _img(mine / "b.png", 20, 14)
+    r = derain(a, mine, "-o", f"{mine}/", "--weights", tiny_weights)
     flat = " ".join(r.output.replace("│", " ").split())  # the error panel wraps long paths
-    assert r.exit_code == 2 and "choose another folder" in flat, r.output
+    assert r.exit_code == 2 and "is also among the inputs" in flat, r.output
+    assert "replace" not in flat and not (mine / "a.png").exists()
+    r = derain(mine, "-o", f"{mine}/", "--weights", tiny_weights)  # alone: as it was
+    flat = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "is an input folder" in flat, r.output
 
 
 def test_o_dash_and_a_file_named_as_a_folder_are_usage_errors(
