@@ -1567,18 +1567,18 @@ def _weights_location(rec: Any) -> str:
     if (weights.bundled_dir() / rec.file).exists():
         return "bundled"
     source = rec.hub_source()
-    if source is not None and not rec.hub.get("published", True):  # the Hub has no copy:
-        source = None  # "remote = downloaded on first use" could only fail (an audit)
     if source is not None:
-        try:
-            import huggingface_hub
+        from .hub import cached_copy
 
-            found = huggingface_hub.try_to_load_from_cache(
-                source[0], source[1], revision=source[2]
-            )
+        try:  # the copy runs would use: verified (a damaged one said "cached"), of any
+            # commit (the branch moves), and one a mirror served for an unpublished entry
+            found = cached_copy(*source, rec.sha256)  # (it said "damaged": audits)
         except Exception:  # noqa: BLE001 - an unreadable cache is just "not cached"
             found = None
-        return "cached" if isinstance(found, str) else "remote"
+        if found is not None:
+            return "cached"
+        if rec.hub.get("published", True):  # else "remote = downloaded on first use"
+            return "remote"  # could only fail (an audit)
     # a manifest entry that nothing can fetch is one installed with derain: its file gone,
     # it is damaged bundled weights (it said "none": not published yet, train your own)
     return "bundled"

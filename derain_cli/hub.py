@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -154,15 +155,21 @@ def fetch(
     repo_dir = _repo_folder(repo_id, cache_dir)
 
     note = ""
-    if not force:
+    aside: _SetAside | None = None
+    if force:  # the download lands on the good copy's blob (its name is the sha256): kept
+        good_copy = cached_copy(repo_id, filename, revision, expected, cache_dir=cache_dir)
+        aside = _SetAside.of(good_copy) if good_copy is not None else None
+        ctx.copy_kept = aside is not None
+    else:
         cached = _cached(repo_id, filename, revision, cache_dir)
+        if cached is not None and _has_sha256(cached, expected):
+            return cached
+        # ``revision`` a branch that moved on (another model's download did it), or that
+        # now holds other bytes: a verified copy of an earlier commit is the file (an audit)
+        other = _verified_snapshot(repo_dir, filename, expected, skip=cached)
+        if other is not None and cached is None:
+            return other
         if cached is not None:
-            try:
-                good = sha256_file(cached) == expected
-            except OSError:  # unreadable cache entry: treat like a bad one
-                good = False
-            if good:
-                return cached
             if not _in_cache(cached, repo_dir):
                 raise ctx.unavailable(
                     f"the cached copy at {cached} has the wrong checksum and leads out of the "
@@ -175,19 +182,33 @@ def fetch(
                     "(a read-only cache?); delete it by hand, or point HF_HUB_CACHE at a "
                     "writable folder.", "cache")
             note = f"A cached copy with the wrong checksum was removed from {cached}."
+            if other is not None:
+                log.warning("%s A verified copy from an earlier commit is used: %s", note,
+                            other)
+                return other
 
+    try:
+        return _download(ctx, repo_dir, note, force, quiet)
+    finally:
+        if aside is not None:
+            aside.put_back()
+
+
+def _download(ctx: _Context, repo_dir: Path, note: str, force: bool, quiet: bool) -> Path:
+    """``fetch``'s download and check, once the cache had no good copy (or ``force``)."""
+    expected = ctx.sha256
     try:
         _probe(ctx)
         ctx.reached = True
         with _progress_bars(enabled=not quiet):
             local = Path(
                 huggingface_hub.hf_hub_download(
-                    repo_id,
-                    filename,
-                    revision=revision,
-                    cache_dir=cache_dir,
+                    ctx.repo_id,
+                    ctx.filename,
+                    revision=ctx.revision,
+                    cache_dir=ctx.cache_dir,
                     force_download=force,
-                    endpoint=endpoint,
+                    endpoint=ctx.endpoint_given,
                 )
             )
     except WeightsUnavailable:
@@ -204,8 +225,9 @@ def fetch(
         log.warning("%s It was downloaded again.", note)
     actual = sha256_file(local)
     if actual != expected:
-        kept = "the file was not kept." if _discard(local, repo_dir) else (
-            f"it could not be removed from {local}: delete it by hand.")
+        kept = "the file was not kept" if _discard(local, repo_dir) else (
+            f"it could not be removed from {local}: delete it by hand")
+        kept += ("; the verified copy cached before stays." if ctx.copy_kept else ".")
         raise ctx.unavailable(
             f"checksum mismatch: the downloaded file has sha256 {actual}, expected {expected}; "
             + kept,
@@ -240,6 +262,8 @@ class _Context:
         self.sha256 = sha256
         self.cache_dir = cache_dir
         self.endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
+        #: as the caller gave it (None: huggingface_hub reads HF_ENDPOINT itself)
+        self.endpoint_given = endpoint
         self.name = name
         self.manual_path = manual_path
         self.published = True
@@ -250,6 +274,8 @@ class _Context:
         self.reached = False
         #: a fresh download was asked for although a copy may be cached (``--force``)
         self.force = False
+        #: with ``force``: a verified cached copy is set aside, and put back on failure
+        self.copy_kept = False
 
     @property
     def url(self) -> str:
@@ -299,6 +325,95 @@ class _Context:
             lines.append(f"  - or fetch {self.url} by hand (sha256 {self.sha256});")
         lines.append(WEIGHTS_FILE_HINT)
         return WeightsUnavailable("\n".join(lines), kind=kind)
+
+
+def cached_copy(repo_id: str, filename: str, revision: str, sha256: str, *,
+                cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """A copy of ``filename`` in the Hub cache whose sha256 is ``sha256``: the one of
+    ``revision``, or else of any commit cached (a branch the manifest names moves on when
+    another file of the repository is downloaded; the sha256 is the real pin). None when
+    there is none; nothing is downloaded or deleted."""
+    expected = sha256.strip().lower()
+    cache = Path(cache_dir) if cache_dir is not None else None
+    cached = _cached(repo_id, filename, revision, cache)
+    if cached is not None and _has_sha256(cached, expected):
+        return cached
+    return _verified_snapshot(_repo_folder(repo_id, cache), filename, expected, skip=cached)
+
+
+def _has_sha256(path: Path, expected: str) -> bool:
+    try:
+        return sha256_file(path) == expected
+    except OSError:  # unreadable cache entry: treat like a bad one
+        return False
+
+
+def _verified_snapshot(repo_dir: Path, filename: str, expected: str,
+                       skip: Path | None = None) -> Path | None:
+    """``filename`` in any cached commit of ``repo_dir`` with sha256 ``expected``, most
+    recently made first; ``skip`` (the entry already judged) left out."""
+    snapshots = repo_dir / "snapshots"
+    try:
+        commits = sorted(os.scandir(snapshots), key=_mtime, reverse=True)
+    except OSError:
+        return None
+    for commit in commits:
+        entry = snapshots / commit.name / Path(*filename.split("/"))
+        if entry == skip or not entry.is_file() or not _in_cache(entry, repo_dir):
+            continue
+        if _within(entry, repo_dir) and _has_sha256(entry, expected):
+            return entry
+    return None
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
+class _SetAside:
+    """A verified cached copy kept through a forced download: huggingface_hub writes the
+    new file over the same blob (named by the sha256), and a download that arrived damaged
+    was then deleted along with the good copy (an audit). A hard link (or a copy) of the
+    blob is made first and put back, with the snapshot's link to it, unless the download
+    left a good file there."""
+
+    def __init__(self, entry: Path, real: Path, keep: Path, sha256: str) -> None:
+        self.entry, self.real, self.keep, self.sha256 = entry, real, keep, sha256
+
+    @classmethod
+    def of(cls, entry: Path) -> _SetAside | None:
+        real = Path(os.path.realpath(entry))
+        keep = real.with_name(real.name + ".derain-kept")
+        try:
+            sha = sha256_file(real)
+            keep.unlink(missing_ok=True)  # a killed run's
+            try:
+                os.link(real, keep)
+            except OSError:  # a file system without hard links
+                shutil.copy2(real, keep)
+        except OSError:  # a read-only cache: nothing can be overwritten there either
+            return None
+        return cls(entry, real, keep, sha)
+
+    def put_back(self) -> None:
+        try:
+            if not _has_sha256(self.real, self.sha256):
+                self.real.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.keep, self.real)
+            if self.entry != self.real and not os.path.lexists(self.entry):
+                self.entry.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.path.relpath(self.real, self.entry.parent), self.entry)
+        except OSError as e:
+            log.warning("could not restore the cached copy %s after the failed download: %s",
+                        self.entry, e)
+        finally:
+            try:
+                self.keep.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def _cached(repo_id: str, filename: str, revision: str, cache_dir: Path | None) -> Path | None:

@@ -118,6 +118,11 @@ class FakeHub:
             repo.files[(commit, filename)] = _Entry(bytes(data), etag, lfs)
         return commit
 
+    def move(self, repo_id: str, branch: str, commit: str) -> None:
+        """Point ``branch`` of ``repo_id`` at ``commit`` (a push to the branch)."""
+        with self._lock:
+            self._repos.setdefault(repo_id, _Repo()).refs[branch] = commit
+
     def add_repo(self, repo_id: str, revision: str = "main") -> str:
         """Make a repo/revision exist without files (EntryNotFound rather than RepoNotFound)."""
         commit = self.commit_for(repo_id, revision)

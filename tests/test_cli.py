@@ -1005,6 +1005,12 @@ def test_download_then_cached(tmp_path: Path, hub_server) -> None:
     assert p.returncode == 0, p.stderr
     row = next(r for r in json.loads(p.stdout) if r["name"] == "semi-drdnet-lite")
     assert row["weights"] == "cached"
+    blob = Path(os.path.realpath(path))  # a damaged copy was still listed as cached (an
+    blob.chmod(0o644)  # audit): runs would download it again
+    blob.write_bytes(b"\0" * len(_DEMO))
+    p = _cli_with_remote_manifest(tmp_path, "models", "--json", HF_HUB_OFFLINE="1")
+    row = next(r for r in json.loads(p.stdout) if r["name"] == "semi-drdnet-lite")
+    assert row["weights"] == "remote", p.stdout
 
 
 def test_download_refuses_a_file_of_another_size_than_the_manifest_says(

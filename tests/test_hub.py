@@ -104,6 +104,51 @@ def test_branch_revision_cached_file_matching_sha_needs_no_network(hub_server, t
     assert len(hub_server.requests) == seen
 
 
+def test_a_copy_cached_before_the_branch_moved_is_still_found(hub_server, tmp_path):
+    """The manifest names a branch ("main"); a download of another file after a push to it
+    moved the cache's refs/main, and the verified copy cached earlier was no longer found:
+    offline it was "not in the local cache", online a changed file on the Hub was refused
+    with "checksum mismatch" (an audit). The sha256 is the pin: the earlier copy is used."""
+    from derain_cli.hub import cached_copy
+
+    first = hub_server.add(REPO, "main", FILE, DATA)
+    path = _fetch(hub_server, tmp_path, revision="main")
+    later = "b" * 40
+    hub_server.add(REPO, later, FILE, DATA[::-1])  # the file changed on the Hub too
+    hub_server.add(REPO, later, "other.safetensors", b"other")
+    hub_server.move(REPO, "main", later)
+    fetch(REPO, "other.safetensors", "main", hashlib.sha256(b"other").hexdigest(),
+          cache_dir=tmp_path, quiet=True, endpoint=hub_server.url)
+    assert (tmp_path / f"models--{REPO.replace('/', '--')}" / "refs" / "main").read_text() \
+        == later
+    seen = len(hub_server.requests)
+    assert _fetch(hub_server, tmp_path, revision="main") == path and path.parent.name == first
+    assert len(hub_server.requests) == seen  # no request: the cache had it
+    assert cached_copy(REPO, FILE, "main", SHA, cache_dir=tmp_path) == path
+    assert cached_copy(REPO, FILE, "main", "0" * 64, cache_dir=tmp_path) is None
+
+
+def test_a_forced_download_that_arrives_damaged_keeps_the_good_copy(hub_server, tmp_path):
+    """`derain download --force` over a verified copy: the new download, damaged in
+    transit, was written over the same blob and deleted with it, leaving nothing (an
+    audit). The good copy stays, and the message says so."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    path = _fetch(hub_server, tmp_path)
+    corrupt = bytearray(DATA)
+    corrupt[1000] ^= 0xFF
+    hub_server.add(REPO, COMMIT, FILE, bytes(corrupt), etag=SHA)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path, force=True)
+    assert info.value.kind == "checksum" and "the verified copy cached before stays" in str(
+        info.value)
+    assert path.read_bytes() == DATA and path.is_symlink()
+    seen = len(hub_server.requests)
+    assert _fetch(hub_server, tmp_path) == path and len(hub_server.requests) == seen
+    assert not [p for p in _files_in(tmp_path) if p.name.endswith(".derain-kept")]
+    hub_server.add(REPO, COMMIT, FILE, DATA)  # and a forced download that works replaces it
+    assert _fetch(hub_server, tmp_path, force=True).read_bytes() == DATA
+
+
 def test_force_downloads_again(hub_server, tmp_path):
     hub_server.add(REPO, COMMIT, FILE, DATA)
     _fetch(hub_server, tmp_path)
