@@ -747,8 +747,11 @@ def bench_main(
     peak_side: int = 512,
     json_path: str | os.PathLike[str] | None = None,
     echo: Callable[[str], None] | None = print,
+    on_row: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run the benchmark (see the module docstring); print Markdown via ``echo``.
+    ``on_row(what)`` before each row is measured (and the memory measurement): the table
+    comes at the end, and the default run measures for many minutes (silent: an audit).
 
     ``size`` (height, width) overrides ``megapixels`` (a square of that many pixels).
     ``tile`` None = the default tiling of each device; ``overlap`` None = each model's own
@@ -770,7 +773,7 @@ def bench_main(
     )
     try:
         _measure(res, names, variants, devs, tile, overlap, threads, force_bf16, rss,
-                 flop_side, peak_side)
+                 flop_side, peak_side, on_row)
     except KeyboardInterrupt:
         res.rows = [r for r in res.rows if r.seconds is not None or r.note]  # finished ones
         measured = {(r.model, r.device) for r in res.rows}
@@ -799,8 +802,14 @@ def _publish(res: BenchResult, json_path: str | os.PathLike[str] | None,
 def _measure(res: BenchResult, names: list[str], variants: list[str],
              devs: list[torch.device], tile: int | None, overlap: int | None,
              threads: int | None, force_bf16: bool, rss: bool, flop_side: int,
-             peak_side: int) -> None:
+             peak_side: int, on_row: Callable[[str], None] | None = None) -> None:
     """Fill ``res`` with a row per model, device and variant as each is measured."""
+    total, done = len(names) * len(devs) * len(variants), 0
+
+    def say(what: str) -> None:
+        if on_row is not None:
+            on_row(what)
+
     h, w = res.height, res.width
     img = test_scene(h, w)
     mp = h * w / 1e6
@@ -822,6 +831,8 @@ def _measure(res: BenchResult, names: list[str], variants: list[str],
             res.models.append(info)
             ref_out = None
             for variant in variants:
+                done += 1
+                say(f"measuring {name} on {dev.type}, {variant} ({done}/{total})")
                 row = Row(name, dev.type, variant)
                 res.rows.append(row)
                 t0 = time.perf_counter()
@@ -860,4 +871,5 @@ def _measure(res: BenchResult, names: list[str], variants: list[str],
                     row.note = "onnxruntime " + (prov if isinstance(prov, str) else prov[0])
                 del runner
     if rss:
+        say("measuring peak memory (--rss)")
         res.rss = measure_rss(threads=threads)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -151,11 +151,21 @@ def export_cmd(
             if int8 is None:
                 paths = export_onnx(net, target, opset=opset)
             else:
+                from .plain_progress import count_progress
                 from .quantize import build_int8
 
-                paths, record = build_int8(net, int8, target, keep_fp32=DEFAULT_KEEP_FP32
-                                           if keep_fp32 is None else keep_fp32, opset=opset,
-                                           threads=threads)
+                with contextlib.ExitStack() as bar:  # minutes in silence (an audit)
+                    shown: Callable[[int], None] | None = None
+
+                    def on_step(done: int, total: int) -> None:
+                        nonlocal shown
+                        if shown is None:
+                            shown = bar.enter_context(count_progress("int8 steps", total, True))
+                        shown(done)
+
+                    paths, record = build_int8(
+                        net, int8, target, opset=opset, threads=threads, on_step=on_step,
+                        keep_fp32=DEFAULT_KEEP_FP32 if keep_fp32 is None else keep_fp32)
                 typer.echo(json.dumps(record), err=True)
         except KeyboardInterrupt:  # Typer's own handling said nothing (exit 130 in silence)
             remove_empty_folders(made)
@@ -173,7 +183,9 @@ def export_cmd(
                               ValueError)):
                 hint = ("; `derain export --random-init` exports the untrained network" if
                         isinstance(e, WeightsError) and "no pretrained weights" in str(e) else "")
-                say_error(str(e) + hint)
+                named = (f"{target}: " if isinstance(e, OSError) and not isinstance(
+                    e, WeightsError | WeightsUnavailable) and e.filename is None else "")
+                say_error(named + str(e) + hint)  # a full disk named no file (an audit)
                 raise typer.Exit(1) from None
             raise
     for p in paths:
@@ -282,13 +294,14 @@ def bench_cmd(
                 overlap=overlap, variants=[v.strip() for v in variants.split(",") if v.strip()],
                 devices=device, repeats=repeats, threads=threads, force_bf16=force_bf16,
                 rss=rss, flop_side=flop_side, peak_side=peak_side, json_path=json_path,
-                echo=typer.echo,
+                echo=typer.echo, on_row=lambda what: typer.echo(what + " ...", err=True),
             )
     except BenchInterrupted as e:  # Typer's own handling said nothing and kept nothing
         kept = f" (also in {json_path})" if json_path is not None and str(
             json_path) != "-" and e.result.rows else ""
-        typer.echo(f"\ninterrupted; the {len(e.result.rows)} rows measured before are "
-                   f"above{kept}", err=True)
+        n = len(e.result.rows)
+        typer.echo(f"\ninterrupted; the {n} row{'s' if n != 1 else ''} measured before "
+                   f"{'are' if n != 1 else 'is'} above{kept}", err=True)
         raise typer.Exit(130) from None
     except BenchError as e:
         if debugging():

@@ -322,8 +322,10 @@ def conv_sensitivity(
     reduce_range: bool = True,
     cache: Path | None = None,
     threads: int | None = None,
+    on_conv: Callable[[], None] | None = None,
 ) -> list[tuple[float, str]]:
-    """(output PSNR against fp32 in dB, node name) per Conv quantized alone, worst first.
+    """(output PSNR against fp32 in dB, node name) per Conv quantized alone, worst first;
+    ``on_conv()`` after each.
 
     ``graphs`` are the fp32 forward graph and, for Semi-DRDNet, its statistics graph.
     The held-out inputs should be training-like data, so that choosing which
@@ -347,6 +349,8 @@ def conv_sensitivity(
             got = outputs(OnnxRunner([q, *stats], threads=threads))
             rows.append((float(np.mean([min(metrics.psnr(a, b), 99.0)
                                         for a, b in zip(got, refs, strict=True)])), name))
+            if on_conv is not None:
+                on_conv()
     return sorted(rows)
 
 
@@ -359,6 +363,7 @@ def build_int8(
     reduce_range: bool = True,
     threads: int | None = None,
     opset: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Write the int8 forward graph of ``model`` to ``out``; return the files and the record.
 
@@ -371,7 +376,9 @@ def build_int8(
     belongs to. The graph carries it too, as ``derain.int8`` metadata, minus the file's
     own hash and size. The scratch folder is removed whether this succeeds or fails, and
     the graphs are put in place as one set (``export.write_graph_set``). ``opset``: the
-    fp32 graph's (default ``export.DEFAULT_OPSET``).
+    fp32 graph's (default ``export.DEFAULT_OPSET``). ``on_step(done, total)``: progress
+    over the export, each convolution ranked and the quantizing (minutes, which passed in
+    silence: an audit).
     """
     import json
     import shutil
@@ -389,7 +396,8 @@ def build_int8(
     if len(paths) < need:
         fewer = (f" ({min_photos(0)} with --keep-fp32 0, which ranks no convolutions)"
                  if keep_fp32 and len(paths) >= min_photos(0) else "")
-        raise DataError(f"{clean_dir}: {len(paths)} photos; int8 calibration needs "
+        raise DataError(f"{clean_dir}: {len(paths)} photo{'s' if len(paths) != 1 else ''}; "
+                        "int8 calibration needs "
                         f"{need}{fewer}")
     multiple = int(getattr(model, "size_multiple", 1))
     photos = read_photos(paths, need, min_calibration_side(multiple))
@@ -400,13 +408,24 @@ def build_int8(
         cache = work / "calibration.json"
         graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx",
                                     opset=export.DEFAULT_OPSET if opset is None else opset)
+        convs = len(conv_names(graphs[0])) if keep_fp32 else 0
+        total, done = 1 + convs + len(graphs), 1  # export, ranking, quantizing each graph
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+
+        if on_step is not None:
+            on_step(done, total)
         ranking: list[tuple[float, str]] = []
         if keep_fp32:
             held = synthetic_inputs([img for _, img in photos[CALIB_COUNT:need]],
                                     HELD_OUT_SIZE, 1000)
-            log.info("ranking %d convolutions by int8 sensitivity", len(conv_names(graphs[0])))
+            log.info("ranking %d convolutions by int8 sensitivity", convs)
             ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
-                                       cache=cache, threads=threads)
+                                       cache=cache, threads=threads, on_conv=step)
             if keep_fp32 >= len(ranking):
                 log.warning("keeping %d convolutions in fp32 keeps all %d: the graph will "
                             "be no faster than an fp32 one", keep_fp32, len(ranking))
@@ -421,6 +440,7 @@ def build_int8(
         # made in the scratch folder, then put in place as one set
         quantize_graph(graphs[0], work / "int8.onnx", calib, keep_fp32=info["fp32_convs"],
                        reduce_range=reduce_range, cache=cache)
+        step()
         proto = onnx.load(str(work / "int8.onnx"))
         proto.metadata_props.add(key="derain.int8", value=json.dumps(info))
         writers: list[Callable[[str], object]] = [lambda tmp: onnx.save(proto, tmp)]
@@ -428,6 +448,7 @@ def build_int8(
             quantize_graph(graphs[1], work / "int8.stats.onnx", calib,
                            keep_fp32=info["fp32_convs"], reduce_range=reduce_range,
                            cache=work / "calibration.stats.json")
+            step()
             writers.append(lambda tmp: shutil.copyfile(work / "int8.stats.onnx", tmp))
         files = export.write_graph_set(out, writers)
         record = {"file": out.name, "sha256": sha256_file(out), "size": out.stat().st_size}

@@ -127,12 +127,16 @@ def test_scene_is_rainy_and_varied():
 def test_bench_main_tiny(tmp_path):
     out = tmp_path / "b.json"
     lines: list[str] = []
+    said: list[str] = []  # the default run measured for many minutes in silence (an audit)
     res = bench.bench_main(
         ["semi-drdnet-lite"], size=(48, 64), tile=32, overlap=8,
         variants=["fp32", "channels_last", "bf16", "fp16", "onnx"], devices="cpu",
         flop_side=32, peak_side=32, json_path=out, echo=lines.append,
         force_bf16=True,  # emulated where the CPU has no bf16: the row is checked everywhere
+        on_row=said.append,
     )
+    assert said[0] == "measuring semi-drdnet-lite on cpu, fp32 (1/5)" and len(said) == 5
+    assert said[-1] == "measuring semi-drdnet-lite on cpu, onnx (5/5)"
     rows = {r.variant: r for r in res.rows}
     assert rows["fp32"].s_per_mp > 0 and rows["fp32"].gflops > 0
     assert rows["fp32"].work > 1  # overlapping tiles + statistics passes
@@ -255,7 +259,8 @@ def test_bench_cmd_json_and_errors():
         "--device", "cpu", "--peak-side", "16", "--flop-side", "16", "--json", "-",
     ])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)  # what is measured is said on stderr, as it starts
+    assert res.stderr.strip() == "measuring rdmc-lite on cpu, fp32 (1/1) ..."
     assert data["width"] == 40 and data["height"] == 32 and data["rows"][0]["work"] > 1
     # without --tile-overlap each model gets the overlap derain itself would use (RDMC: 96)
     assert data["overlap"] is None and data["models"][0]["overlap"] == 96
@@ -267,7 +272,7 @@ def test_bench_cmd_json_and_errors():
         "onnx,fp32,fp32", "--device", "cpu", "--peak-side", "16", "--flop-side", "16",
         "--repeats", "1", "--json", "-"])
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.output)["rows"]
+    rows = json.loads(res.stdout)["rows"]
     assert [r["variant"] for r in rows] == ["fp32", "onnx"]
     assert rows[1]["psnr_vs_fp32"] is not None and rows[1]["psnr_vs_fp32"] > 40
 

@@ -476,6 +476,7 @@ def test_export_cmd_int8_stdout_is_only_the_paths(tiny_weights, tmp_path):
     assert res.stdout.split() == [str(out), str(tmp_path / "t.int8.stats.onnx")]
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "00_broken.png" in warnings[0]
+    assert "int8 steps 3/3" in res.stderr  # progress: minutes passed in silence (an audit)
     record = json.loads(next(line for line in res.stderr.splitlines() if line.startswith("{")))
     assert "8 crops of 40x48 px" in record["calibration"]
 
@@ -564,3 +565,18 @@ def test_export_debug_shows_the_traceback_wherever_the_flag_is(tmp_path):
         assert isinstance(r.exception, WeightsError), (argv, r.output)
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "a JPEG image, not a weights file" in r.output
+
+
+def test_an_export_failing_for_want_of_disk_names_its_output(tiny_weights, tmp_path,
+                                                             monkeypatch):
+    """A full disk said "[Errno 28] No space left on device" and no file (an audit)."""
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(commands_tools, "export_onnx", full)
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
+    assert res.exit_code == 1 and f"{out}: [Errno 28] No space left" in " ".join(
+        res.stderr.split()), res.stderr

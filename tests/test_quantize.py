@@ -65,8 +65,11 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
                                       se_reduction=4)).eval()
     photos = _photos(tmp_path / "clean", 5)
+    steps: list[tuple[int, int]] = []  # minutes passed in silence (an audit)
     files, rec = quantize.build_int8(net, photos, tmp_path / "m.int8.onnx", keep_fp32=2,
-                                     threads=1)
+                                     threads=1, on_step=lambda k, n: steps.append((k, n)))
+    total = steps[0][1]
+    assert steps == [(k, total) for k in range(1, total + 1)] and total > 4
     assert [f.name for f in files] == ["m.int8.onnx", "m.int8.stats.onnx"]
     assert rec["source_sha256"] == state_sha256(net)
     assert rec["weight_bits"] == 7 and len(rec["fp32_convs"]) == 2
@@ -116,8 +119,10 @@ def test_rdmc_quantizes_and_leaves_the_working_directory_clean(tmp_path, monkeyp
     torch.manual_seed(0)
     net = RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=1)).eval()
     photos = _photos(tmp_path / "clean", 5, size=64)
+    steps: list[tuple[int, int]] = []
     files, rec = quantize.build_int8(net, photos, tmp_path / "r.int8.onnx", keep_fp32=0,
-                                     threads=1)
+                                     threads=1, on_step=lambda k, n: steps.append((k, n)))
+    assert steps == [(1, 2), (2, 2)]  # the export, the quantizing: no ranking
     assert [f.name for f in files] == ["r.int8.onnx"] and rec["fp32_convs"] == []
     assert list(work.iterdir()) == []
     fed = _weight_fed_by_dequantize(onnx.load(str(files[0])).graph)
