@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import secrets
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -53,30 +55,41 @@ def is_system_folder(name: str) -> bool:
 def same_name_key(path: str | os.PathLike[str]) -> str:
     """A key under which two paths are equal when they name the same file, for paths that
     need not exist yet: the absolute, resolved path, case-folded where the file system of its
-    nearest existing folder ignores case (macOS and Windows by default). Why: ``IMG_1.jpg``
-    and ``img_1.png --format png`` planned two results that are one file there; the second
-    overwrote the first, or an original."""
+    nearest existing folder ignores case (macOS and Windows by default), and there in one
+    Unicode form (NFC: macOS's file systems take ``é`` and ``e`` + accent for one name). Why:
+    ``IMG_1.jpg`` and ``img_1.png --format png`` planned two results that are one file
+    there; the second overwrote the first, or an original."""
     p = Path(os.path.abspath(path))
     real = Path(os.path.realpath(p))
     folder = real.parent
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
     key = os.path.normcase(str(real))
-    return key.casefold() if _ignores_case(str(folder)) else key
+    if _ignores_case(str(folder)):
+        return unicodedata.normalize("NFC", key).casefold()
+    return key
 
 
 @functools.lru_cache(maxsize=256)
 def _ignores_case(folder: str) -> bool:
-    """Whether the file system holding the existing ``folder`` ignores case in names: its
-    path in swapped case names the same folder. Without letters to swap: the platform's
-    usual default."""
-    swapped = folder.swapcase()
-    if swapped == folder:
-        return sys.platform in ("darwin", "win32")
+    """Whether the file system holding the existing ``folder`` ignores case in names: a
+    name in it, its case swapped, names the same file. Names inside the folder, not the
+    folder's own path: a FAT stick mounted at /media/u/STICK on a case-sensitive root was
+    judged by /MEDIA/U/stick, which does not exist (an audit). Without an entry to try (an
+    empty folder, names without ASCII letters): the platform's usual default."""
     try:
-        return os.path.samefile(swapped, folder)
+        with os.scandir(folder) as entries:
+            for entry in itertools.islice(entries, 64):
+                swapped = entry.name.swapcase()
+                if swapped != entry.name and entry.name.isascii():
+                    try:  # lstat: a broken link is a name like any other
+                        return os.path.samestat(os.lstat(os.path.join(folder, swapped)),
+                                                entry.stat(follow_symlinks=False))
+                    except OSError:  # no such name: case counts here
+                        return False
     except OSError:
-        return False
+        pass
+    return sys.platform in ("darwin", "win32")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -49,6 +49,29 @@ def test_same_name_key_follows_the_file_systems_case_rule(tmp_path: Path, monkey
     monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)  # APFS, NTFS
     assert fileio.same_name_key(tmp_path / "Photos" / "IMG_1.jpg") == \
         fileio.same_name_key(tmp_path / "Photos" / "img_1.JPG")
+    # and one Unicode form there (macOS): é composed and e + combining accent
+    assert fileio.same_name_key(tmp_path / "Photos" / "caf\u00e9.jpg") == \
+        fileio.same_name_key(tmp_path / "Photos" / "cafe\u0301.jpg")
+
+
+def test_case_is_judged_by_names_inside_the_folder(tmp_path: Path) -> None:
+    """The folder's own path with its case swapped was tried: a FAT stick mounted at
+    /media/u/STICK on a case-sensitive root read as case-sensitive, since /MEDIA does not
+    exist (an audit). A name inside it is tried now: here a hard link stands in for the
+    swapped name a case-insensitive file system would answer to."""
+    from derain_cli import fileio
+
+    stick = tmp_path / "STICK"
+    stick.mkdir()
+    (stick / "IMG_1.jpg").write_bytes(b"x")
+    assert not fileio._ignores_case(str(stick))
+    fat = tmp_path / "FAT"
+    fat.mkdir()
+    (fat / "IMG_1.jpg").write_bytes(b"x")
+    os.link(fat / "IMG_1.jpg", fat / "img_1.JPG")  # what FAT answers for the swapped name
+    assert fileio._ignores_case(str(fat))
+    assert fileio.same_name_key(fat / "Out.png") == fileio.same_name_key(fat / "out.PNG")
+    assert fileio.same_name_key(stick / "Out.png") != fileio.same_name_key(stick / "out.PNG")
 
 
 def test_only_old_derain_temporaries_are_swept(tmp_path: Path) -> None:
