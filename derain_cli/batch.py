@@ -518,17 +518,38 @@ def collect_inputs(
     images' paths inside it; a folder given beside other inputs (folders or files) puts its
     results under its own name (``-o out f1 f2`` writes ``out/f1/...`` and ``out/f2/...``,
     ``-o out a.jpg f1`` writes ``out/a.jpg`` and ``out/f1/...``, so equal file names cannot
-    collide); folders matched by a pattern keep their path below the pattern's base.
+    collide; two named folders of one name go under as many of their last path parts as
+    tell them apart: ``card1/DCIM card2/DCIM`` writes ``out/card1/DCIM/...`` and
+    ``out/card2/DCIM/...``); folders matched by a pattern keep their path below the
+    pattern's base.
 
     A file reached twice is listed once.
     """
     inputs = [os.fspath(raw) for raw in inputs]
     # a folder beside other inputs gets its own subfolder (a lone folder does not)
-    named_folders = len(inputs) > 1 and any(Path(i).is_dir() for i in inputs)
+    folders = [Path(i) for i in inputs if Path(i).is_dir()] if len(inputs) > 1 else []
     collector = _Collector(recursive, {_resolved(Path(e)) for e in exclude})
+    collector.prefixes = _folder_prefixes(folders)
     for given in inputs:
-        collector.given(given, named_folders)
+        collector.given(given)
     return collector.items
+
+
+def _folder_prefixes(folders: Sequence[Path]) -> dict[Path, Path]:
+    """Each named folder's (resolved) subfolder under an output folder: its name, or, where
+    named folders share it, the fewest last parts of its path that tell it from them
+    (``card1/DCIM`` and ``card2/DCIM`` both went to ``out/DCIM``, where the second's equal
+    names failed as clashes on every run: an audit)."""
+    paths = {_resolved(f) for f in folders}
+    prefixes = {}
+    for r in paths:
+        parts = r.parts[1:] or ("root",)  # without the anchor ("/", "C:\\")
+        others = [o.parts[1:] for o in paths if o != r and o.name == r.name]
+        k = 1
+        while k < len(parts) and any(o[-k:] == parts[-k:] for o in others):
+            k += 1
+        prefixes[r] = Path(*parts[-k:])
+    return prefixes
 
 
 def _broken_link(path: Path) -> str:
@@ -559,6 +580,8 @@ class _Collector:
 
     def __init__(self, recursive: bool, excluded: set[Path]) -> None:
         self.recursive, self.excluded = recursive, excluded
+        #: named folders' subfolders under -o (see ``_folder_prefixes``); none when alone
+        self.prefixes: dict[Path, Path] = {}
         self.items: list[InputItem] = []
         #: each file listed (resolved) -> its place in ``items``, and whether it was
         #: reached through a link below the folder scanned
@@ -588,11 +611,11 @@ class _Collector:
     def failed(self, path: Path, rel: Path, why: str) -> None:
         self.items.append(InputItem(path, rel, why))
 
-    def given(self, given: str, named_folders: bool) -> None:
+    def given(self, given: str) -> None:
         """One command-line input: a folder, a file, a pattern, or an error item."""
         path = Path(given)
         if path.is_dir():
-            self.folder(path, _folder_name(path) if named_folders else Path())
+            self.folder(path, self.prefixes.get(_resolved(path), Path()))
         elif path.exists():
             if _special(path):
                 self.failed(path, Path(path.name), NOT_REGULAR)

@@ -1261,3 +1261,20 @@ def test_what_a_scan_left_out_is_said_where_nothing_is_left(tmp_path: Path) -> N
     assert why[1] == ("no images match this pattern (1 GIF file(s) match it, which derain "
                       "does not read: convert them to JPEG, PNG or TIFF)")
     assert why[2:] == ["symbolic link loop (it leads back to itself)", "broken symbolic link"]
+
+
+def test_named_folders_of_one_name_get_their_own_subfolders(tmp_path: Path) -> None:
+    """`derain card1/DCIM card2/DCIM -o out` wrote both into out/DCIM, where equal file
+    names failed as clashes on every run (an audit): as many path parts as tell them apart."""
+    for card in ("card1", "card2", "x/card1"):
+        _img(tmp_path / card / "DCIM" / "IMG_1.jpg")
+    _img(tmp_path / "other" / "a.jpg")
+    got = _rels(collect_inputs([str(tmp_path / c / "DCIM") for c in ("card1", "card2")]
+                               + [str(tmp_path / "other")]))
+    assert got == ["card1/DCIM/IMG_1.jpg", "card2/DCIM/IMG_1.jpg", "other/a.jpg"]
+    got = _rels(collect_inputs([str(tmp_path / "card1" / "DCIM"),
+                                str(tmp_path / "x" / "card1" / "DCIM")]))
+    assert got == [f"{tmp_path.name}/card1/DCIM/IMG_1.jpg", "x/card1/DCIM/IMG_1.jpg"]
+    # the same folder twice is one folder, under its name
+    assert _rels(collect_inputs([str(tmp_path / "other"), str(tmp_path / "other" / ".")])) \
+        == ["other/a.jpg"]
