@@ -197,6 +197,7 @@ def fetch(
 def _download(ctx: _Context, repo_dir: Path, note: str, force: bool, quiet: bool) -> Path:
     """``fetch``'s download and check, once the cache had no good copy (or ``force``)."""
     expected = ctx.sha256
+    _sweep_incomplete(repo_dir)
     try:
         _probe(ctx)
         ctx.reached = True
@@ -295,6 +296,8 @@ class _Context:
             "space": f"free some space there (or point HF_HUB_CACHE at a disk with room), "
                      f"then run `{download}`",
         }.get(kind, "update derain (its weights manifest may be out of date) or report this")
+        if kind == "network" and self.reached:  # it answered: "when online" misled (audit)
+            first = f"run `{download}` again (the server answered; the transfer failed)"
         if kind == "not_found" and self.endpoint != _HUB:  # a mirror without the file is
             # the likely fault, not derain's manifest (an audit)
             first = (f"check that the mirror at HF_ENDPOINT holds {self.repo_id} (unset, "
@@ -364,6 +367,26 @@ def _verified_snapshot(repo_dir: Path, filename: str, expected: str,
         if _within(entry, repo_dir) and _has_sha256(entry, expected):
             return entry
     return None
+
+
+def _sweep_incomplete(repo_dir: Path) -> None:
+    """Delete the partial downloads killed runs left in ``repo_dir``'s blobs
+    (``*.incomplete``, a new one for each run killed with SIGKILL: an audit), once older
+    than :data:`fileio.STALE_TEMPORARY_S` (a download at work keeps its own fresh)."""
+    from .fileio import STALE_TEMPORARY_S
+
+    now = time.time()
+    try:
+        with os.scandir(repo_dir / "blobs") as entries:
+            for e in entries:
+                if e.name.endswith(".incomplete") and e.is_file(follow_symlinks=False):
+                    try:
+                        if now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_S:
+                            os.unlink(e.path)
+                    except OSError:
+                        pass
+    except OSError:
+        pass
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:
@@ -599,7 +622,18 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         cache = ctx.cache_dir or hf_constants.HF_HUB_CACHE
         return "space", f"no space left for the download in the Hugging Face cache {cache}."
-    if isinstance(exc, OSError):  # size mismatch after download...
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTDIR:  # HF_HOME=a file: "update
+        return "cache", (  # derain" was the advice (an audit)
+            f"{exc.filename or exc}: a file stands where the Hugging Face cache needs a folder "
+            "(HF_HOME or HF_HUB_CACHE names a file?).")
+    if isinstance(exc, OSError) and "consistency check failed" in str(exc).lower():
+        # its advice was huggingface_hub's Python argument, "retry with force_download=True"
+        first = str(exc).strip().splitlines()[0].split("(")[0].strip().rstrip(".:")
+        ctx.reached = True
+        return "network", (f"the download from {where} arrived with another size than the "
+                           f"server announced ({first}): a broken transfer or a faulty "
+                           "mirror; nothing was kept.")
+    if isinstance(exc, OSError):
         return "error", f"the download failed: {exc}"
     return None, ""
 

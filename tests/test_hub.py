@@ -72,10 +72,35 @@ def test_a_download_broken_half_way_is_said_as_such_and_leaves_nothing(hub_serve
         _fetch(hub_server, tmp_path)
     assert e.value.kind == "network"
     assert "broke during the download" in str(e.value) and "could not reach" not in str(e.value)
+    assert "when online" not in str(e.value) and "again (the server answered" in str(e.value)
     assert "resume" not in caplog.text.lower()
     assert not [p for p in _files_in(tmp_path) if p.name == FILE]
     hub_server.cut_bodies = False  # and the next try gets the file
     assert _fetch(hub_server, tmp_path).read_bytes() == DATA
+
+
+def test_a_short_transfer_and_a_file_for_the_cache_folder_are_said_in_derains_words():
+    """huggingface_hub's "Please retry with `force_download=True`" (its Python argument)
+    came through with "update derain" first; HF_HOME naming a file said "[Errno 20] Not a
+    directory: .../token", also "update derain" (an audit)."""
+    import errno
+
+    from derain_cli.hub import _Context, _explain
+
+    ctx = _Context(REPO, FILE, COMMIT, SHA, None, "http://127.0.0.1:9", "m", None)
+    short = OSError("Consistency check failed: file should be of size 16384 but has size 100 "
+                    "(x.safetensors).\nThis is usually due to network issues while "
+                    "downloading the file. Please retry with `force_download=True`.")
+    kind, reason = _explain(short, ctx)
+    assert kind == "network" and "force_download" not in reason
+    assert "size 16384 but has size 100)" in reason and "faulty mirror" in reason
+    said = str(ctx.unavailable(reason, kind))
+    assert "run `derain download m` again" in said and "update derain" not in said
+    ctx = _Context(REPO, FILE, COMMIT, SHA, None, "http://127.0.0.1:9", "m", None)
+    kind, reason = _explain(NotADirectoryError(errno.ENOTDIR, "Not a directory", "/h/token"),
+                            ctx)
+    assert kind == "cache" and reason.startswith("/h/token: a file stands where")
+    assert "update derain" not in str(ctx.unavailable(reason, kind))
 
 
 def test_download_then_cache_hit_without_network(hub_server, tmp_path):
@@ -147,6 +172,20 @@ def test_a_forced_download_that_arrives_damaged_keeps_the_good_copy(hub_server, 
     assert not [p for p in _files_in(tmp_path) if p.name.endswith(".derain-kept")]
     hub_server.add(REPO, COMMIT, FILE, DATA)  # and a forced download that works replaces it
     assert _fetch(hub_server, tmp_path, force=True).read_bytes() == DATA
+
+
+def test_a_killed_downloads_partial_file_is_swept_once_old(hub_server, tmp_path):
+    """SIGKILL mid-download left blobs/<sha>.<random>.incomplete, a new one each time,
+    never removed (an audit); one younger than an hour may be a download at work."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    blobs = tmp_path / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    old, young = blobs / f"{SHA}.a1.incomplete", blobs / f"{SHA}.b2.incomplete"
+    for p in (old, young):
+        p.write_bytes(b"part")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    _fetch(hub_server, tmp_path)
+    assert not old.exists() and young.exists()
 
 
 def test_force_downloads_again(hub_server, tmp_path):
