@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -445,8 +445,9 @@ def distill_cmd(
         "and after (default: a fifth of them, at most 25).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
-    name: Annotated[str, typer.Option(help="Name in manifest_entry.json.")] =
-    "semi-drdnet-distilled",
+    name: Annotated[str | None, typer.Option(
+        show_default=False, help="The weights' name (in the file and manifest_entry.json). "
+        "\\[default: STUDENT-distilled; semi-drdnet-distilled for a pruned teacher]")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the model an earlier run left in --out.")] = False,
     teacher_flips: Annotated[bool, typer.Option(
@@ -456,7 +457,7 @@ def distill_cmd(
 ) -> None:
     """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
     (no ground truth needed)."""
-    from .distill import DistillConfig, DistillError, distill
+    from .distill import DistillConfig, DistillError, DistillInterrupted, distill
 
     with _errors(training=True):
         try:
@@ -469,11 +470,19 @@ def distill_cmd(
                 teacher_flips=teacher_flips))
         except DistillError as e:
             raise _usage_error(str(e)) from None
-        b, a = r.before, r.after
-        _err.print(f"{r.steps} steps in {r.wall_s:.0f} s -> {terminal_text(str(r.weights))}\n"
-                   f"held-out PSNR: student {b['student_psnr']:.2f} -> {a['student_psnr']:.2f} "
-                   f"dB (teacher {a['teacher_psnr']:.2f}); agreement with the teacher "
-                   f"{b['agreement_psnr']:.1f} -> {a['agreement_psnr']:.1f} dB")
+        except DistillInterrupted as e:
+            _say_distilled(e.result, "interrupted: ")
+            raise typer.Exit(130) from None
+        _say_distilled(r)
+
+
+def _say_distilled(r: Any, lead: str = "") -> None:
+    b, a = r.before, r.after
+    _err.print(f"{lead}{r.steps} steps in {r.wall_s:.0f} s -> {terminal_text(str(r.weights))}\n"
+               f"held-out PSNR: student {b['student_psnr']:.2f} -> {a['student_psnr']:.2f} "
+               f"dB (teacher {a['teacher_psnr']:.2f}); agreement with the teacher "
+               f"{b['agreement_psnr']:.1f} -> {a['agreement_psnr']:.1f} dB",
+               markup=False)
 
 
 def grow_cmd(

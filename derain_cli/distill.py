@@ -101,7 +101,9 @@ class DistillConfig:
     val_count: int | None = None
     threads: int | None = None
     progress: bool = True
-    name: str = "semi-drdnet-distilled"
+    name: str | None = None
+    """The weights' name; None: ``<student>-distilled`` (``semi-drdnet-distilled`` for a
+    pruned teacher): an RDMC student was named semi-drdnet-distilled (an audit)."""
     overwrite: bool = False
     """Replace the model an earlier run left in ``out`` (else ``distill`` refuses, as
     ``derain train`` refuses an existing run folder)."""
@@ -126,6 +128,10 @@ def check_out(out: str | os.PathLike[str], overwrite: bool = False) -> None:
     run trained to its end and then failed on ``mkdir`` (an audit)."""
     from .fileio import why_unwritable
 
+    if Path(out).suffix.lower() in (".safetensors", ".pt", ".pth"):  # made a folder so named,
+        # which --weights then could not open (an audit)
+        raise DistillError(f"--out {out} names a weights file; --out is the run's folder "
+                           "(the weights go to FOLDER/model.safetensors): name a folder")
     why = why_unwritable(out)  # a file in the folder's (or a parent's) place included
     if why is not None:
         raise DistillError(f"--out {out}: cannot write there ({why})")
@@ -325,9 +331,12 @@ def distill(cfg: DistillConfig) -> DistillResult:
         raise DistillError(f"--lr must be a positive number (or 0: the pruned student, "
                            f"untrained), not {cfg.lr:g}")
     check_out(cfg.out, cfg.overwrite)
+    if cfg.name is not None and not cfg.name.strip():  # the banner read "model model"
+        raise DistillError("name (--name) is empty; give one, or leave it out for "
+                           f"{default_name(cfg)}")
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
-    from .train import _hardware, start_weights
+    from .train import _hardware, check_finite, start_weights
 
     start = start_weights(cfg.init)  # as loaded, before the file can change
     teacher, label, student = _teacher_and_student(cfg)
@@ -343,22 +352,44 @@ def distill(cfg: DistillConfig) -> DistillResult:
         held = _held_out(held_photos, teacher)
         before = held_out_scores(student, held)
         step, wall, interrupted = _learn(cfg, teacher, student, clean, real, rng)
+        # a diverged student (a far too large --lr) was written, exit 0, and turned every
+        # photo black (an audit)
+        check_finite(student.state_dict(), "the student", step, _DIVERGED_ADVICE)
         hardware = _hardware(torch.device("cpu"), 1, "fp32")  # with --threads still set
         student = student.to(memory_format=torch.contiguous_format).eval()
         after = held_out_scores(student, held)
     finally:
         torch.set_num_threads(threads)
 
-    entry = _write(cfg, student, label, step, wall, before, after, hardware, start)
-    if interrupted:  # written; the command still ends as interrupted (exit 130)
-        raise KeyboardInterrupt
-    return DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
+    entry = _write(cfg, student, label, step, wall, before, after, hardware, start,
+                   interrupted)
+    result = DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
+    if interrupted:  # written; the command still ends as interrupted (exit 130), and says
+        raise DistillInterrupted(result)  # where the student went (it did not: an audit)
+    return result
+
+
+class DistillInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during ``distill`` after at least one step: the student as it was
+    is written (``result``), and the run still ends as interrupted."""
+
+    def __init__(self, result: DistillResult) -> None:
+        super().__init__(f"interrupted after {result.steps} steps; the student is in "
+                         f"{result.weights}")
+        self.result = result
+
+
+_DIVERGED_ADVICE = "Start again with a lower --lr (lr in Python)."
 
 
 def _teacher_and_student(cfg: DistillConfig) -> tuple[nn.Module, str, nn.Module]:
     """The teacher (flip-ensembled where asked), its label, and the student: a network of
     its own (``--student``, seeded by ``--seed``) or the teacher pruned; ``--init`` loaded."""
     cross = cfg.student is not None
+    if cross and (cfg.detail_blocks is not None or cfg.rain_blocks is not None):
+        raise DistillError(  # ignored in silence: the student kept its own (an audit)
+            "detail_blocks and rain_blocks (--detail-blocks, --rain-blocks) shape a pruned "
+            f"copy of the teacher; the student {cfg.student} has its own: leave them out")
     teacher, label = _load_teacher(cfg.teacher, any_arch=cross)
     if cfg.teacher_flips:
         if not cross:
@@ -376,6 +407,11 @@ def _teacher_and_student(cfg: DistillConfig) -> tuple[nn.Module, str, nn.Module]
     return teacher, label, student
 
 
+def default_name(cfg: DistillConfig) -> str:
+    """The weights' name where ``cfg.name`` is None."""
+    return f"{cfg.student or 'semi-drdnet'}-distilled"
+
+
 def held_count(val_count: int | None, photos: int) -> int:
     """How many of ``photos`` are held out: ``val_count``, or a fifth, 1 to 25."""
     return val_count if val_count is not None else max(1, min(25, photos // 5))
@@ -386,7 +422,8 @@ def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], lis
     from .data import iter_readable, load_photos
     from .pairs import list_photos
 
-    photos = list_photos(Path(cfg.clean), recursive=False)
+    photos = list_photos(Path(cfg.clean), recursive=True)  # as --real and train's folders
+    # (photos in subfolders only were "0 photo(s)": an audit)
     least = (cfg.val_count or 1) + 1
     if len(photos) < least:
         raise DistillError(f"{cfg.clean}: {len(photos)} photo(s); need at least {least} "
@@ -425,7 +462,7 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
            clean: list[np.ndarray], real: list[np.ndarray],
            rng: np.random.Generator) -> tuple[int, float, bool]:
     """The training loop: (steps done, seconds, whether a Ctrl-C/SIGTERM ended it)."""
-    from .train import _interrupt_after_block, _Progress
+    from .train import TrainDiverged, _interrupt_after_block, _Progress
 
     pairs = _imitated(cfg, teacher, student)
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
@@ -440,8 +477,14 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
                 if cfg.max_minutes and time.monotonic() - start > 60 * cfg.max_minutes:
                     bar.note(f"time budget reached after {step} steps")
                     break
-                lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.steps // 20)) * (
-                    0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                # the schedule's progress: the steps', or the time budget's where further
+                # (a budget far short of --steps stopped inside the warm-up: an audit)
+                spent = ((time.monotonic() - start) / (60 * cfg.max_minutes)
+                         if cfg.max_minutes else 0.0)
+                done = max(step / cfg.steps, min(1.0, spent))
+                lr = cfg.lr * min(1.0, max((step + 1) / max(1, cfg.steps // 20),
+                                           spent / 0.05)) * (
+                    0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
                 for g in opt.param_groups:
                     g["lr"] = lr
                 x = _batch(clean, real, cfg, rng)
@@ -455,7 +498,12 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
                     opt.step()
                     step += 1
                 elapsed = time.monotonic() - start
-                bar.update(step, loss.item(), lr, step * cfg.batch / max(elapsed, 1e-9))
+                value = loss.item()
+                if not math.isfinite(value):  # no use in more steps
+                    raise TrainDiverged(
+                        f"distillation diverged: the loss is {value} at step {step}; nothing "
+                        f"is written. {_DIVERGED_ADVICE}")
+                bar.update(step, value, lr, step * cfg.batch / max(elapsed, 1e-9))
         except KeyboardInterrupt:
             # distill has no checkpoints: a Ctrl-C or SIGTERM lost every step (an
             # audit); the student is written as it is, as a time budget would
@@ -468,18 +516,22 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
 
 def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
            before: dict[str, float], after: dict[str, float],
-           hardware: str, start: dict[str, str]) -> dict[str, Any]:
-    """The student's weights (fp16) and manifest entry in ``cfg.out``; returns the entry
+           hardware: str, start: dict[str, str], interrupted: bool = False) -> dict[str, Any]:
+    """The student's weights (fp16, or fp32 where a value is beyond fp16's range) and
+    manifest entry in ``cfg.out``; returns the entry
     (``start``: ``train.start_weights`` of ``--init``, taken when it was loaded)."""
     from .fileio import atomic_write_text
     from .models import get_spec
+    from .train import _say, fitting_dtype
     from .weights import save_weights
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     arch = get_spec(cfg.student).arch if cfg.student is not None else "semi-drdnet"
-    rec = save_weights(student, out / "model.safetensors", name=cfg.name, arch=arch,
-                       config=student.cfg, dtype=torch.float16,
+    dtype = fitting_dtype(student.state_dict(), torch.float16, _say)  # else inf in the file
+    rec = save_weights(student, out / "model.safetensors", name=cfg.name or default_name(cfg),
+                       arch=arch,
+                       config=student.cfg, dtype=dtype,
                        metadata={"steps": str(step), "training": f"derain distill from {label}",
                                  **{f"init_{k}": v for k, v in start.items()}})
     rec.status = "candidate"
@@ -488,6 +540,7 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
     rec.metrics = {"distill_held_out": {**after, "set": f"last {cfg.val_count} photos of "
                                         f"{Path(cfg.clean).name}, synthetic mixed rain"}}
     rec.extra = {"steps": step, "hardware": hardware,
+                 **({"interrupted": True} if interrupted else {}),
                  "wall_time_s": round(wall, 1), "teacher": label,
                  "before_distillation": before,
                  **({"continued_from": cfg.init, "init_weights": start} if cfg.init else {})}

@@ -2406,7 +2406,9 @@ class _Run:
         )
 
 
-def check_finite(state: dict[str, torch.Tensor], where: str, step: int) -> None:
+def check_finite(state: dict[str, torch.Tensor], where: str, step: int,
+                 advice: str = "Start again with a lower --lr (or --amp fp32), or resume from "
+                               "a copy of the run saved before it diverged") -> None:
     """Raise TrainDiverged where ``state`` holds NaN or infinity. Why: a diverged run (a
     far too large --lr) exported NaN weights with exit 0, and they turned every photo
     black; its validations scored the black outputs as 7 dB and kept the "best" (audit)."""
@@ -2416,8 +2418,24 @@ def check_finite(state: dict[str, torch.Tensor], where: str, step: int) -> None:
         raise TrainDiverged(
             f"training diverged: {len(bad)} of the {len(state)} tensors of {where} are NaN or "
             f"infinite at step {step} (the first: {bad[0]}); nothing of it is exported or "
-            "scored. Start again with a lower --lr (or --amp fp32), or resume from a copy of "
-            "the run saved before it diverged")
+            f"scored. {advice}")
+
+
+def fitting_dtype(state: dict[str, torch.Tensor], dtype: torch.dtype,
+                  say: Callable[[str], None]) -> torch.dtype:
+    """``dtype``, or float32 where a tensor of ``state`` is finite in float32 but beyond
+    ``dtype``'s range (it would be infinity in the file: an audit), said through ``say``."""
+    if dtype == torch.float32:
+        return dtype
+    over = [k for k, v in state.items() if v.is_floating_point() and not bool(
+        torch.isfinite(v.to(dtype)).all())]
+    if over:
+        name = str(dtype).removeprefix("torch.")
+        say(f"warning: {len(over)} tensor(s) hold values beyond {name}'s range (the first: "
+            f"{over[0]}, largest magnitude {float(state[over[0]].abs().max()):.3g}): "
+            "exported in float32")
+        return torch.float32
+    return dtype
 
 
 def _export(
@@ -2437,14 +2455,7 @@ def _export(
     export_model.load_state_dict(ema.state_dict())
     state = export_model.state_dict()
     check_finite(state, "the averaged weights", step)
-    if dtype != torch.float32:
-        over = [k for k, v in state.items() if v.is_floating_point() and not bool(
-            torch.isfinite(v.to(dtype)).all())]
-        if over:  # finite in fp32 beyond float16's range: inf in the file (an audit)
-            _say(f"warning: {len(over)} tensor(s) hold values beyond {cfg.export_dtype}'s "
-                 f"range (the first: {over[0]}, largest magnitude "
-                 f"{float(state[over[0]].abs().max()):.3g}): exported in float32")
-            dtype = torch.float32
+    dtype = fitting_dtype(state, dtype, _say)
     path = out / "model.safetensors"
     start = start_weights(cfg.init_weights) if start is None else start
     meta = {"steps": str(step), "training": f"derain {_run_kind(out) or 'train'}",

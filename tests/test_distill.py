@@ -48,6 +48,8 @@ def _cfg(root: Path, weights: Path, out: str, **kw) -> DistillConfig:
     base = dict(out=str(root / out), clean=str(root / "clean"), real=str(root / "real"),
                 teacher=str(weights), detail_blocks=2, steps=3, batch=2, patch=32,
                 val_count=2, threads=1, progress=False)
+    if kw.get("student"):  # a student of its own takes no block counts
+        base["detail_blocks"] = None
     return DistillConfig(**(base | kw))
 
 
@@ -399,11 +401,89 @@ def test_an_interrupted_distillation_writes_the_student_it_has(setup, monkeypatc
 
     root, weights = setup
     monkeypatch.setattr(D, "_batch", interrupted_at_call(D._batch, 3))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:
         distill(_cfg(root, weights, "cut", steps=10))
     entry = json.loads((root / "cut" / "manifest_entry.json").read_text())
-    assert entry["steps"] == 2
+    assert entry["steps"] == 2 and entry["interrupted"] is True
     model_from_file(root / "cut" / "model.safetensors")
+    # where it went is said (it printed a bare "interrupted": an audit)
+    assert e.value.result.weights == root / "cut" / "model.safetensors"
+
+
+def test_the_distill_command_says_where_an_interrupted_student_went(setup, monkeypatch):
+    import derain_cli.distill as D
+
+    root, weights = setup
+    monkeypatch.setattr(D, "_batch", interrupted_at_call(D._batch, 3))
+    r = CliRunner().invoke(app, [str(a) for a in (
+        "distill", "--clean", root / "clean", "-m", weights, "--detail-blocks", "2",
+        "--steps", "9", "--batch", "2", "--patch", "32", "--val-count", "2", "--threads",
+        "1", "-q", "-o", root / "cut-cli")])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 130 and "interrupted: 2 steps in" in flat, r.output
+    assert str(root / "cut-cli" / "model.safetensors") in flat and "held-out PSNR" in flat
+
+
+def test_a_diverged_student_is_not_written(setup):
+    """--lr 1e6 wrote a student of NaN weights, exit 0, which turned photos black (an
+    audit): exit 1, nothing written."""
+    root, weights = setup
+    r = CliRunner().invoke(app, [str(a) for a in (
+        "distill", "--clean", root / "clean", "-m", weights, "--detail-blocks", "2",
+        "--steps", "3", "--batch", "2", "--patch", "32", "--val-count", "2", "--threads",
+        "1", "-q", "--lr", "1e12", "-o", root / "nan")])
+    assert r.exit_code == 1 and "diverged" in r.output and "lower --lr" in r.output, r.output
+    assert not (root / "nan" / "model.safetensors").exists()
+
+
+def test_a_time_budget_drives_the_learning_rate_schedule(setup, monkeypatch):
+    """With --max-minutes far short of --steps the run stopped inside the warm-up, at under
+    1 % of the peak rate (an audit): the schedule follows the budget where it is further."""
+    import derain_cli.distill as D
+
+    root, weights = setup
+    rates: list[float] = []
+    monkeypatch.setattr(D.time, "monotonic", lambda: 15.0 * len(rates))  # 15 s a step
+    real_adam = torch.optim.Adam
+
+    class Spy(real_adam):
+        def step(self, *a, **k):
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "Adam", Spy)
+    distill(_cfg(root, weights, "budget", steps=100_000, max_minutes=1.0, lr=1e-3))
+    assert len(rates) == 5 and max(rates) > 0.5e-3, rates  # past the warm-up: near the peak
+    assert rates[-1] == pytest.approx(1e-4)  # and decayed to its floor at the budget's end
+
+
+def test_block_counts_with_a_student_of_its_own_are_refused(setup):
+    """--detail-blocks/--rain-blocks with --student were ignored in silence (an audit)."""
+    root, weights = setup
+    with pytest.raises(DistillError, match="shape a pruned copy of the teacher"):
+        distill(_cfg(root, weights, "st", student="rdmc-lite", detail_blocks=1))
+
+
+def test_names_folders_and_out(setup, tmp_path):
+    """An RDMC student was named semi-drdnet-distilled; --clean with photos in subfolders
+    only found none; -o model.safetensors made a folder so named (audits)."""
+    from derain_cli.distill import DistillConfig, default_name
+
+    assert default_name(DistillConfig(out="o", clean="c", student="rdmc-lite")) == \
+        "rdmc-lite-distilled"
+    assert default_name(DistillConfig(out="o", clean="c")) == "semi-drdnet-distilled"
+    root, weights = setup
+    with pytest.raises(DistillError, match="names a weights file"):
+        distill(_cfg(root, weights, "m.safetensors"))
+    assert not (root / "m.safetensors").exists()
+    with pytest.raises(DistillError, match="name .--name. is empty"):
+        distill(_cfg(root, weights, "noname", name=" "))
+    nested = tmp_path / "nested"
+    for i, f in enumerate(sorted((root / "clean").iterdir())):
+        (nested / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (nested / f"d{i % 2}" / f.name).write_bytes(f.read_bytes())
+    r = distill(_cfg(root, weights, "nested", clean=str(nested), steps=1))
+    assert r.entry["name"] == "semi-drdnet-distilled" and r.steps == 1
 
 
 def test_the_entry_records_the_threads_the_distillation_ran_on(setup):
