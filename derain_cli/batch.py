@@ -261,6 +261,8 @@ class _Scan:
     excluded_photos: list[tuple[Path, int]] = field(default_factory=list)
     #: images named as derain names its results (``*_derained.*``): left out
     results: int = 0
+    #: hidden images (``.name.jpg``; not macOS's ``._`` resource forks): left out
+    hidden: int = 0
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -284,14 +286,19 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
     unreadable: list[tuple[Path, str]] = []
     special: list[Path] = []
     results: list[Path] = []
+    hidden = 0
 
     def take(p: Path) -> None:
+        nonlocal hidden
         if is_image_path(p) and not is_output_name(p):
             (special if _special(p) else found).append(p)
         elif is_image_path(p):
             results.append(p)
         elif (fmt := unread_photo_format(p)) is not None:
             unread[fmt] += 1
+        elif (p.name.startswith(".") and not p.name.startswith("._")
+              and p.suffix.lower() in SUPPORTED_SUFFIXES):
+            hidden += 1
 
     def cannot_list(e: OSError) -> None:
         where = Path(e.filename) if e.filename else root
@@ -339,7 +346,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             else:
                 take(p)
     return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special,
-                 excluded_photos, len(results))
+                 excluded_photos, len(results), hidden)
 
 
 def _walked(link: Path, top: Path, exclude: set[Path]) -> bool:
@@ -368,6 +375,19 @@ def _images_below(folder: Path) -> int:
         held += sum(1 for f in filenames
                     if is_image_path(here / f) and not is_output_name(here / f))
     return held
+
+
+def _bracket_hint(pattern: str) -> str:
+    """Where ``[`` in a pattern was meant literally (a folder "[2024] trip"): how to write
+    it. Said only when the pattern so written matches images (it said only "no images
+    match": an audit; on Windows derain expands the patterns itself)."""
+    if "[" not in pattern:
+        return ""
+    literal = pattern.replace("[", "[[]")
+    if not any(is_image_path(m) or Path(m).is_dir() for m in _expand(literal)):
+        return ""
+    return (f"; '[' in a pattern is a wildcard: '{literal}' matches a literal '[' (quoted, "
+            "so the shell leaves it)")
 
 
 def _expand(pattern: str) -> list[str]:
@@ -658,7 +678,7 @@ class _Collector:
             said = _unread_text(unread) if unread else ""
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern" + (
                 f" ({said} match it, which derain does not read: convert them to JPEG, PNG "
-                "or TIFF)" if said else ""))  # "no images" of GIFs (an audit)
+                "or TIFF)" if said else "") + _bracket_hint(given))  # "no images" of GIFs
 
     def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None,
                root: Path | None = None) -> None:
@@ -707,6 +727,9 @@ class _Collector:
             if scan.results:  # "no images found" of a folder of them (an audit)
                 hint += (f"; {scan.results} image(s) named *{OUTPUT_TAG}.* here are left "
                          "out as results of an earlier run: name one to derain it")
+            if scan.hidden:  # said nothing of them (an audit)
+                hint += (f"; {scan.hidden} hidden image(s) (names starting with '.') are "
+                         "left out: name one to derain it")
             self.failed(folder, Path(folder.name),
                         f"no images found ({_SUPPORTED_TEXT}){hint}")
         elif skipped_dirs:
@@ -1321,7 +1344,9 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
             return "failed", (f"the output {out} is a broken symbolic link; remove it, or "
                               "--overwrite to replace the link")
     except OSError as e:  # e.g. a name past the file system's limit: this file only
-        return "failed", f"cannot use the output name {out}: {e.strerror or e}"
+        hint = ("; with -o DIR results keep their inputs' names (no _derained suffix)" if
+                e.errno == errno.ENAMETOOLONG and options.output is None else "")
+        return "failed", f"cannot use the output name {out}: {e.strerror or e}{hint}"
     why = why_unwritable(out.parent)  # before the model runs, not after
     if why is not None:
         hint = ("; write the results elsewhere with -o DIR" if options.output is None else "")

@@ -1152,6 +1152,10 @@ def test_an_output_name_past_the_limit_fails_that_file_only(tmp_path: Path, dera
     s = run_batch(collect_inputs([str(ok), str(long)]), derainer, BatchOptions())
     assert s.processed == 1 and len(s.failed) == 1
     assert "cannot use the output name" in s.failed[0][1]
+    assert s.failed[0][1].endswith("with -o DIR results keep their inputs' names (no "
+                                   "_derained suffix)")  # a way out (an audit)
+    s = run_batch(collect_inputs([str(long)]), derainer, BatchOptions(output=tmp_path / "o"))
+    assert s.processed == 1  # and it is one
 
 
 def test_photos_in_formats_not_read_are_named(tmp_path: Path,
@@ -1249,6 +1253,8 @@ def test_what_a_scan_left_out_is_said_where_nothing_is_left(tmp_path: Path) -> N
     """A folder of *_derained.* photos alone said "no images found"; a pattern matching GIFs
     alone, "no images match"; a link to itself was "broken" (an audit)."""
     _img(tmp_path / "r" / "storm_derained.png")
+    _img(tmp_path / "r" / ".hidden.png")
+    _img(tmp_path / "r" / "._storm.png")  # macOS's resource fork: no photo
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "a.gif").write_bytes(b"GIF89a" + bytes(20))
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
@@ -1257,7 +1263,8 @@ def test_what_a_scan_left_out_is_said_where_nothing_is_left(tmp_path: Path) -> N
                             str(tmp_path / "loop"), str(tmp_path / "gone")])
     why = [i.error for i in items]
     assert why[0].endswith("; 1 image(s) named *_derained.* here are left out as results "
-                           "of an earlier run: name one to derain it")
+                           "of an earlier run: name one to derain it; 1 hidden image(s) "
+                           "(names starting with '.') are left out: name one to derain it")
     assert why[1] == ("no images match this pattern (1 GIF file(s) match it, which derain "
                       "does not read: convert them to JPEG, PNG or TIFF)")
     assert why[2:] == ["symbolic link loop (it leads back to itself)", "broken symbolic link"]
@@ -1278,3 +1285,17 @@ def test_named_folders_of_one_name_get_their_own_subfolders(tmp_path: Path) -> N
     # the same folder twice is one folder, under its name
     assert _rels(collect_inputs([str(tmp_path / "other"), str(tmp_path / "other" / ".")])) \
         == ["other/a.jpg"]
+
+
+def test_a_bracket_meant_literally_in_a_pattern_is_explained(tmp_path: Path) -> None:
+    """'[2024] trip/*.jpg' with that folder there said only "no images match this pattern"
+    ([2024] is a character class to glob): the pattern that matches is shown (an audit)."""
+    _img(tmp_path / "[2024] trip" / "a.jpg")
+    (item,) = collect_inputs([str(tmp_path / "[2024] trip" / "*.jpg")])
+    literal = str(tmp_path / "[[]2024] trip" / "*.jpg")
+    assert item.error is not None and item.error.endswith(
+        f"; '[' in a pattern is a wildcard: '{literal}' matches a literal '[' (quoted, so "
+        "the shell leaves it)")
+    assert _rels(collect_inputs([literal])) == ["[2024] trip/a.jpg"]
+    (item,) = collect_inputs([str(tmp_path / "[x]" / "*.jpg")])  # nothing either way
+    assert item.error == "no images match this pattern"
