@@ -289,12 +289,19 @@ def train_cmd(
         if arch is not None:
             cfg.model = None
         given = _given_fields(ctx)
+        idle = [f"--{f.replace('_', '-')}" for f in _VALIDATION_FLAGS if f in given]
+        if idle and val is None and not resume:  # accepted, then unused (an audit)
+            raise _usage_error(f"{', '.join(idle)} set(s) the validation, and there is none: "
+                               "add --val PAIRS_DIR, or leave them out")
         if weights is not None and "model" not in given:
             cfg.model = None  # the network the weights file names (train.py reads it)
         if resume:  # the run's own settings, except what was given now
             cfg.given = given
         train(cfg)
 
+
+#: ``derain train``'s validation settings, idle without --val
+_VALIDATION_FLAGS = ("val_limit", "val_crop", "val_every", "val_rainy_dir", "val_clean_dir")
 
 #: ``derain train`` flags whose TrainConfig field has another name
 _FIELD_OF_FLAG = {"weights": "init_weights", "batchnorm": "freeze_bn"}

@@ -1617,8 +1617,8 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
         unlabeled = D.UnlabeledDataset(cfg.unlabeled, patch=cfg.patch, seed=cfg.seed + 1) \
             if cfg.unlabeled else None
     if cfg.unlabeled and not unl and is_main and not cfg.quiet:
-        _say("note: unlabeled photos are only used by the contrastive terms (off here) "
-             "and the fine-tuning consistency loss")
+        _say("note: the unlabeled photos are not used: only the contrastive terms use "
+             "them (off here: --contrast-features none), and finetune's consistency term")
     terms = L.parse_contrast_terms(arch, cfg.contrast_terms) if features is not None else ()
     if terms and not unlabeled and all(t.endswith("_u") for t in terms) and is_main:
         _say(f"warning: --contrast-terms {','.join(terms)} work on --unlabeled photos and "
@@ -2554,6 +2554,10 @@ class _Progress:
         self._lines: Any = None
         self._t0 = time.monotonic()
         self._val_seconds: list[float] = []  # each validation's time, this segment
+        #: plain lines: the last update's line, and whether it was printed (a run that a
+        #: time budget stopped within the minute printed none: an audit)
+        self._last_line: str | None = None
+        self._last_printed = False
 
     def validated(self, seconds: float) -> None:
         """A validation took ``seconds``: not step time, and the measure of those to come."""
@@ -2603,6 +2607,8 @@ class _Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._lines is not None and self._last_line and not self._last_printed:
+            self._lines.print(self._last_line)  # where the run stopped
         if self._p is not None:
             task = self._p.tasks[0] if self._p.tasks else None
             if task is not None and task.total is not None and task.completed >= task.total:
@@ -2618,10 +2624,14 @@ class _Progress:
             info += " (time budget)"
         if self._p is not None:
             self._p.update(self._task, completed=step, info=info, eta=clock(self.eta(step)))
-        elif self._lines is not None and (self._lines.due() or step >= self.total):
+        elif self._lines is not None:
+            due = self._lines.due() or step >= self.total
             timing = self._lines.timing(step - self.start, self.total - self.start, left,
                                         eta=self.eta(step))
-            self._lines.print(f"{self.label} {step}/{self.total} {info} {timing}")
+            self._last_line = f"{self.label} {step}/{self.total} {info} {timing}"
+            self._last_printed = due
+            if due:
+                self._lines.print(self._last_line)
 
     def advance_to(self, step: int) -> None:
         """Move the bar between logged steps (their loss and rate stay until the next)."""

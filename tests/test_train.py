@@ -577,6 +577,13 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
                                  str(data["clean"]), "--out", str(tmp_path / "inf"), "--lr",
                                  "inf"])
     assert r.exit_code == 2 and "--lr must be a finite number, not inf" in r.output, r.output
+    # validation settings without --val were accepted and unused (an audit)
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
+                                 str(data["clean"]), "--out", str(tmp_path / "noval"),
+                                 "--val-limit", "5", "--val-every", "2"])
+    assert r.exit_code == 2 and "--val-limit, --val-every set(s) the validation, and there " \
+        "is none" in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "noval").exists()
 
 
 def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
@@ -1827,6 +1834,15 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
     assert every[4] == "step 4: val PSNR 30.00 dB"
     sparse = lines(1e9, terminal=False)  # only the last step is due
     assert [ln.split()[1] for ln in sparse if ln.startswith("train")] == ["4/4"]
+    # a run stopped early (a time budget) within the minute printed no line at all (an
+    # audit): where it stopped is said at the end
+    buf = io.StringIO()
+    with _Progress(enabled=True, total=100, start=0, every_s=1e9,
+                   console=Console(file=buf, force_terminal=False, width=200)) as bar:
+        for step in (1, 2, 3):
+            bar.update(step, 0.5, 1e-4, 3.0)
+    said = [ln for ln in buf.getvalue().splitlines() if ln.startswith("train")]
+    assert [ln.split()[1] for ln in said] == ["3/100"]
     live = lines(0.0, terminal=True)  # a terminal gets the bar, not lines
     assert not any(ln.startswith("train 1/4") for ln in live)
     # a dumb terminal draws no bar: lines (it showed nothing); distill's say distill (they
