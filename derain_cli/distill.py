@@ -162,11 +162,22 @@ class DistillResult:
 def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
     """The teacher network; a Semi-DRDNet unless ``any_arch`` (a ``--student`` learns the
     teacher's output only, so any registered architecture can teach it)."""
-    from .weights import load_pretrained, model_from_file, names_a_file
+    from .manifest import load_manifest
+    from .models import get_spec
+    from .weights import (
+        WeightsError,
+        load_pretrained,
+        model_from_file,
+        names_a_file,
+        untrained_message,
+    )
 
     if names_a_file(spec):
         net, label = model_from_file(spec), Path(spec).name
     else:
+        if load_manifest().get(spec) is None:  # distill has no --weights (it said to use
+            get_spec(spec)  # it: an audit); a typo is the registry's error
+            raise WeightsError(untrained_message(spec, "-m FILE"))
         net, label = load_pretrained(spec), spec
     if not any_arch and not isinstance(net, SemiDRDNet):
         raise DistillError(f"{label}: a pruned student needs a Semi-DRDNet teacher, not "

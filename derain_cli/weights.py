@@ -396,9 +396,10 @@ def load_pretrained(name: str, *, quiet: bool = False) -> nn.Module:
         raise WeightsError(f"{e}; {fix}") from None
 
 
-def untrained_message(name: str) -> str:
-    """What to tell a user who asks for a registered model that has no weights yet."""
+def untrained_message(name: str, flag: str = "--weights") -> str:
+    """What to tell a user who asks for a registered model that has no weights yet
+    (``flag``: the option that takes a weights file in the asking command)."""
     return (f"{name!r} has no pretrained weights yet; train some (`derain train --model "
             f"{name} ...`; a GPU recipe: recipes/full-models-gpu.sh in derain's source "
-            "repository) and pass the result with "
-            "--weights, or pick a model that has weights (`derain models`)")
+            f"repository) and pass the result with {flag}, or pick a model that has "
+            "weights (`derain models`)")

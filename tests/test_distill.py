@@ -525,3 +525,13 @@ def test_a_bad_learning_rate_or_a_file_as_out_is_refused_before_any_work(setup, 
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         with pytest.raises(DistillError, match=r"afile is a file, not a folder"):
             distill(dataclasses.replace(_cfg(root, weights, "x", steps=1), out=str(out)))
+
+
+def test_an_untrained_teacher_points_at_m_file(tmp_path):
+    """distill has no --weights, yet an untrained teacher's error said to pass one (an
+    audit)."""
+    from derain_cli.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=r"pass the result with -m FILE"):
+        distill(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path),
+                              teacher="semi-drdnet"))
