@@ -200,9 +200,11 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     found = list_images(folder, recursive=recursive)
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
-        log.warning("%s: %d of its images are derain results (NAME_derained.* files, or in "
-                    "folders holding %s or a run's %s) and are left out", folder,
-                    len(found) - len(kept), OUTPUT_MARKER, RUN_LOCK)
+        n = len(found) - len(kept)
+        log.warning("%s: %d of its images %s derain results (NAME_derained.* files, or in "
+                    "folders holding %s or a run's %s) and %s left out", folder, n,
+                    "is" if n == 1 else "are", OUTPUT_MARKER, RUN_LOCK,
+                    "is" if n == 1 else "are")
     return kept
 
 

@@ -849,7 +849,7 @@ def check_config(cfg: TrainConfig) -> None:
             seen[key] = f
     from .pairs import reads_into
 
-    for flag, folders in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
+    for flag, folders in (("--pairs", cfg.pairs), ("--synthetic/--clean", cfg.synthetic),
                           ("--unlabeled/--rainy", cfg.unlabeled),
                           ("--val", [cfg.val] if cfg.val else [])):
         for f in folders:  # the folders are read recursively: the run's files would be data
@@ -1448,6 +1448,27 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     if foreign:  # replaced in silence (an audit)
         raise TrainError(f"{out} holds {' and '.join(foreign)}, not written by a derain run: "
                          "the run would replace them; choose another --out (or move them)")
+    image = _an_image_of_yours(out)
+    if image is not None:  # the run's lock then hid it from every later photo scan (audit)
+        raise TrainError(
+            f"{out} holds images ({image.relative_to(out)}, ...): a run's folder is left out "
+            "of later photo scans (train, finetune, distill), and they with it; choose an "
+            "empty or new --out")
+    return None
+
+
+def _an_image_of_yours(out: Path) -> Path | None:
+    """An image in ``out`` or below it that no run wrote (all but a run's
+    ``curves.png``), or None; the walk stops at the first (``--out ~`` is a large tree)."""
+    from .pairs import IMAGE_SUFFIXES
+
+    for here, dirs, files in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            p = Path(here) / f
+            if (Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")
+                    and p != out / "curves.png"):
+                return p
     return None
 
 
@@ -1517,16 +1538,21 @@ def _take_back_unused(out: Path) -> Callable[[], None]:
     a run whose data or features failed their checks after the lock was taken (an empty
     --synthetic folder, --contrast-features vgg19 offline) left an empty --out holding
     only ``.derain-run.lock`` (audit). A folder the user made stays; its lock goes if the
-    run made it."""
+    run made it and wrote nothing else there (a refused run left it among the user's own
+    files, and later photo scans then passed them over: an audit)."""
     lock = out / RUN_LOCK
     made_folder, made_lock = not out.exists(), not os.path.lexists(lock)
+    try:
+        before = set() if made_folder else set(os.listdir(out))
+    except OSError:
+        before = None  # unlistable: its lock is left as it is
 
     def take_back() -> None:
         try:
             left = os.listdir(out)
-            if made_lock and left == [lock.name]:
-                lock.unlink()
-                left = []
+            if made_lock and before is not None and set(left) - {lock.name} == before:
+                lock.unlink(missing_ok=True)
+                left = [name for name in left if name != lock.name]
             if made_folder and not left:
                 out.rmdir()
         except OSError:
@@ -1607,10 +1633,12 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
              "clean photos are rain-free ones")
     fits = labeled.largest_fitting_patch() if hasattr(labeled, "largest_fitting_patch") else None
     if fits is not None and cfg.patch > fits and is_main:
+        way = (f"--patch {fits} or less trains on the images as they are" if
+               fits >= _SMALLEST_PATCH else f"--patch {_SMALLEST_PATCH}, the least, pads "
+               "the least")  # it suggested a size the option refuses (an audit)
         _say(f"warning: --patch {cfg.patch} is larger than every training image (the "
              f"largest square that fits is {fits} px): each crop is mirror-padded to "
-             f"{cfg.patch} px and costs that much a step; --patch {fits} or less trains on "
-             "the images as they are")
+             f"{cfg.patch} px and costs that much a step; {way}")
     if "make_unlabeled" in hooks:
         unlabeled = hooks["make_unlabeled"](cfg)
     else:

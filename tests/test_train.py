@@ -489,6 +489,15 @@ def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_p
     (out / "config.json").unlink()
     with pytest.raises(T.TrainError, match=r"holds log.jsonl, not written by a derain run"):
         T.train(_cfg(data, out, steps=1))
+    # a folder of the user's photos: the run's lock then hid them from every later photo
+    # scan (finetune -o into one: an audit)
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "sub" / "IMG_1.jpg").write_bytes(b"x")
+    with pytest.raises(T.TrainError, match=r"holds images \(sub/IMG_1.jpg, ...\): a run's "
+                                           r"folder is left out of later photo scans"):
+        T.train(_cfg(data, photos, steps=1))
+    assert sorted(p.name for p in photos.rglob("*")) == ["IMG_1.jpg", "sub"]
 
 
 def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):
@@ -1360,7 +1369,7 @@ def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
         with pytest.raises(T.TrainError, match="is inside the --unlabeled/--rainy folder"):
             T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
                                         out=str(out), steps=1, device="cpu", quiet=True))
-    with pytest.raises(T.TrainError, match="inside the --synthetic folder"):
+    with pytest.raises(T.TrainError, match="inside the --synthetic/--clean folder"):
         T.train(_cfg(data, data["clean"] / "run", steps=1))
     # inside --val: curves.png in val/clean made every later eval of the pairs fail
     with pytest.raises(T.TrainError, match="inside the --val folder"):
@@ -1381,7 +1390,7 @@ def test_out_reached_through_a_link_in_the_photos_is_refused(data, tmp_path):
     shutil.copytree(data["clean"], photos)
     (tmp_path / "runs").mkdir()
     (photos / "runs").symlink_to(tmp_path / "runs", target_is_directory=True)
-    with pytest.raises(T.TrainError, match=r"inside the --synthetic folder .*through"):
+    with pytest.raises(T.TrainError, match=r"inside the --synthetic/--clean folder .*through"):
         T.train(_cfg(data, tmp_path / "runs" / "r1", synthetic=[str(photos)], steps=1))
     assert not (tmp_path / "runs" / "r1").exists()
 
@@ -1725,6 +1734,16 @@ def test_a_patch_larger_than_every_image_is_pointed_out(data, tmp_path, capsys):
     assert f"--patch {fits + 8} is larger than every training image" in " ".join(err.split())
     T.train(_cfg(data, tmp_path / "fits", steps=1, patch=fits))
     assert "larger than every training image" not in capsys.readouterr().err
+    # images smaller than the least patch: it suggested a --patch the option refuses
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 6, 3), 100 + i, np.uint8)).save(small / f"{i}.png")
+    T.train(dataclasses.replace(_cfg(data, tmp_path / "tiny", steps=1, patch=24),
+                                synthetic=[str(small)], pairs=[]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "largest square that fits is 6 px" in err and "--patch 16, the least, pads the " \
+        "least" in err and "--patch 6 or less" not in err
 
 
 def test_curves_plot_one_point_and_no_validation(tmp_path):
