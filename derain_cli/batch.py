@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import glob
@@ -32,13 +33,16 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .fileio import (
+    FolderInUse,
+    hold_folders,
     is_system_folder,
+    only_holder,
     same_name_key,
     sweep_stale_temporaries,
     why_unwritable,
@@ -1652,6 +1656,35 @@ def run_batch(
                         "its marker was deleted): results of an "
                         "earlier run, or photos of yours with the same names", there,
                         options.output)
+    with _shared_hold(options.output if to_folder else None) as held:
+        return _run_jobs(jobs, derainer, options, progress, dist, created, held)
+
+
+@contextlib.contextmanager
+def _shared_hold(folder: Path | None) -> Iterator[int | None]:
+    """A shared hold on the ``-o`` folder (``fileio.hold_folders``) for the run: a run
+    that wrote nothing takes its marker back only where no other derain run holds the
+    folder (one killed before its first result removed the marker, and the folder, that
+    a second run was writing into: an audit). Yields the descriptor held, or None."""
+    if folder is None:
+        yield None
+        return
+    try:
+        with hold_folders([folder], shared=True) as fds:
+            yield fds[0] if fds else None
+    except FolderInUse:  # an eval, synth or export writing there: results have their own
+        yield None  # names and are never replaced unless --overwrite; not held
+
+
+def _take_back(created: list[Path], options: BatchOptions, held: int | None) -> None:
+    """``unmark_unused(created)`` where no other derain run holds the ``-o`` folder."""
+    if created and (options.output is None or only_holder(options.output, held)):
+        unmark_unused(created)
+
+
+def _run_jobs(jobs: list[Job], derainer: Any, options: BatchOptions, progress: BatchProgress,
+              dist: DistInfo, created: list[Path], held: int | None) -> Summary:
+    """``run_batch`` once the output folder is marked and held."""
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
     sweep_stale_temporaries({j.output.parent for j in jobs if j.output is not None})
@@ -1677,16 +1710,16 @@ def run_batch(
         # under torchrun the ranks' counts cannot be gathered now: rank 0 (which marked)
         # takes back only what is still empty (an audit: a marked, empty -o was left)
         if dist.enabled or not summary.processed:
-            unmark_unused(created)
+            _take_back(created, options, held)
         raise BatchInterrupted(summary) from None
     except BaseException:  # --debug's raised file error, or anything else: as for Ctrl-C
         if dist.enabled or not summary.processed:
-            unmark_unused(created)
+            _take_back(created, options, held)
         raise
     summary.seconds = time.perf_counter() - t0
     summary.engine = engine_record(derainer)  # at the end: out of memory shrinks the tile
     if dist.enabled:
         summary = Summary.merge(gather_summaries(summary, dist))
     if not summary.processed:  # every rank's files counted: only the main one marked
-        unmark_unused(created)
+        _take_back(created, options, held)
     return summary

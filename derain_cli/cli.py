@@ -1503,9 +1503,15 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
 
         unmarked = sum(1 for r in s.files if r.status == "skipped"
                        and r.reason == EXISTS_UNMARKED)
-        if s.skipped > unmarked:
-            console.print(f"skipped {s.skipped - unmarked} file(s) whose result already "
-                          "exists (--overwrite redoes them)")
+        raced = sum(1 for r in s.files if r.status == "skipped"
+                    and (r.reason or "").startswith("output appeared meanwhile"))
+        if s.skipped > unmarked + raced:
+            console.print(f"skipped {s.skipped - unmarked - raced} file(s) whose result "
+                          "already exists (--overwrite redoes them)")
+        if raced:  # counted as "already exists (--overwrite redoes them)" (an audit)
+            console.print(f"skipped {raced} file(s) whose result another run wrote while "
+                          "this one derained them (kept; two runs over one folder do not "
+                          "split the work)")
         if unmarked:  # "--overwrite redoes them" replaced a photo of the user's (an audit)
             console.print(Text(
                 f"skipped {unmarked} file(s): a file of the result's name is already in "

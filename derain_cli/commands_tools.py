@@ -33,7 +33,7 @@ from .export import (
     resolve_output,
     stats_path,
 )
-from .fileio import remove_empty_folders
+from .fileio import FolderInUse, hold_folders, remove_empty_folders
 from .quantize import DEFAULT_KEEP_FP32, min_photos
 from .terminal import DerainConsole
 
@@ -139,7 +139,7 @@ def export_cmd(
     except OSError as e:
         say_error(str(e))
         raise typer.Exit(2) from None
-    with _warnings_said():
+    with _warnings_said(), contextlib.ExitStack() as held:
         try:
             if weights is not None:
                 net = model_from_file(weights, model)
@@ -147,6 +147,9 @@ def export_cmd(
                 net = build_model(model or DEFAULT_MODEL)
             else:
                 net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
+            # another export into the folder paired its graph with this one's statistics
+            # graph, or replaced it in silence (an audit): held, and checked again there
+            held.enter_context(hold_folders([target.parent]))
             _check_held(planned_outputs(net, target), stats_path(target), overwrite)
             if int8 is None:
                 paths = export_onnx(net, target, opset=opset)
@@ -176,8 +179,8 @@ def export_cmd(
             remove_empty_folders(made)
             if isinstance(e, typer.Exit) or debugging():  # `--debug` printed no traceback (audit)
                 raise
-            if isinstance(e, (UnknownModelError, DataError)):  # a wrong name, an unusable folder
-                say_error(str(e))
+            if isinstance(e, (UnknownModelError, DataError, FolderInUse)):  # a wrong name,
+                say_error(str(e))  # an unusable folder, another export writing there
                 raise typer.Exit(2) from None
             if isinstance(e, (WeightsError, WeightsUnavailable, NotImplementedError, OSError,
                               ValueError)):

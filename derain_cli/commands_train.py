@@ -77,6 +77,7 @@ def _errors(training: bool = False) -> Iterator[None]:
     command with --batch and --patch, named where memory runs out)."""
     from .data import DataError
     from .errors import OptionError
+    from .fileio import FolderInUse
     from .hub import WeightsUnavailable
     from .images import ImageError
     from .losses import ContrastUnavailable
@@ -113,7 +114,7 @@ def _errors(training: bool = False) -> Iterator[None]:
         say(e)
         raise typer.Exit(1) from None
     except (PairsError, DataError, TrainError, UnknownModelError, FileNotFoundError,
-            NotADirectoryError, OptionError) as e:
+            NotADirectoryError, OptionError, FolderInUse) as e:
         if _debug():
             raise
         # a refused setting or run folder is every rank's alike: rank 0 says it (it came

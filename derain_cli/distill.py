@@ -531,13 +531,29 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
     """The student's weights (fp16, or fp32 where a value is beyond fp16's range) and
     manifest entry in ``cfg.out``; returns the entry
     (``start``: ``train.start_weights`` of ``--init``, taken when it was loaded)."""
+    from .fileio import FolderInUse, hold_folders
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:  # another distill into it replaced this one's model in silence, or paired its
+        with hold_folders([out]):  # weights with the other's manifest (an audit)
+            check_out(out, cfg.overwrite)  # again: one may have finished meanwhile
+            return _write_held(cfg, student, label, step, wall, before, after, hardware,
+                               start, interrupted)
+    except FolderInUse as e:
+        raise DistillError(str(e)) from None
+
+
+def _write_held(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
+                before: dict[str, float], after: dict[str, float],
+                hardware: str, start: dict[str, str], interrupted: bool) -> dict[str, Any]:
+    """``_write``'s files, written while ``cfg.out`` is held."""
     from .fileio import atomic_write_text
     from .models import get_spec
     from .train import _say, fitting_dtype
     from .weights import save_weights
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     arch = get_spec(cfg.student).arch if cfg.student is not None else "semi-drdnet"
     dtype = fitting_dtype(student.state_dict(), torch.float16, _say)  # else inf in the file
     rec = save_weights(student, out / "model.safetensors", name=cfg.name or default_name(cfg),

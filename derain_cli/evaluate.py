@@ -31,9 +31,11 @@ from . import metrics
 from .data import DataError, load_rgb_u8, warn_skipped
 from .errors import OptionError
 from .fileio import (
+    FolderInUse,
     atomic_write,
     atomic_write_text,
     display_text,
+    hold_folders,
     missing_folders,
     remove_empty_folders,
     same_name_key,
@@ -342,7 +344,12 @@ def evaluate(
             _say_other_saved_images(save, set(names[:finished]))
         return res
 
+    held = contextlib.ExitStack()
     try:
+        # another eval into these folders replaced its outputs in silence (an audit): held,
+        # and the outputs checked again, as one may have been written meanwhile
+        held.enter_context(hold_folders(_output_folders(save, rep, csv_file)))
+        check_outputs(pairs, save, rep, csv_file, overwrite)
         if on_start is not None:
             on_start(len(pairs))
         for i, p in enumerate(pairs):
@@ -373,13 +380,19 @@ def evaluate(
             if on_image is not None:
                 on_image(i + 1, len(pairs), s)
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) and finished:  # the pairs done so far are
-            raise EvalInterrupted(finish(), len(pairs)) from None  # written (an audit), and
-            # their scores are the caller's (eval --json printed nothing: an audit)
+        try:
+            if isinstance(e, KeyboardInterrupt) and finished:  # the pairs done so far are
+                raise EvalInterrupted(finish(), len(pairs)) from None  # written (an audit),
+                # and their scores are the caller's (eval --json printed nothing: an audit)
+        finally:
+            held.close()
         if not finished:  # a Ctrl-C before the first pair left the empty folders (an audit)
             remove_empty_folders(made)
+        if isinstance(e, FolderInUse):
+            raise OptionError(str(e)) from None  # a usage error, as an output that exists
         raise
-    return finish()
+    with held:
+        return finish()
 
 
 def _check_model_name(model: object) -> None:
@@ -628,19 +641,25 @@ def _check_file_names(**files: str | os.PathLike[str] | None) -> None:
                               f"to a file: name one in it (e.g. {f}{example})")
 
 
+def _output_folders(save: Path | None, report: Path | None,
+                    csv_path: Path | None) -> list[Path]:
+    """The folders ``evaluate`` writes into."""
+    folders = {f.parent for f in (csv_path, report) if f is not None}
+    if save is not None:
+        folders.add(save)
+    if report is not None:
+        folders.add(report.parent / f"{report.stem}_files")
+    return sorted(folders)
+
+
 def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None,
                   ) -> list[Path]:
     """The output folders, made once the model is loaded (a bad -m leaves none behind).
     Returns those it made, outermost first, for ``remove_empty_folders``."""
     from .errors import OptionError
 
-    folders = {f.parent for f in (csv_path, report) if f is not None}
-    if save is not None:
-        folders.add(save)
-    if report is not None:
-        folders.add(report.parent / f"{report.stem}_files")
     made: list[Path] = []
-    for d in sorted(folders):
+    for d in _output_folders(save, report, csv_path):
         made += missing_folders(d)
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -984,8 +1003,14 @@ def synth_pairs(
     n = count if count is not None else len(paths)
     names = _pair_names(paths, Path(clean_dir))
     try:
-        written = _synth_walk(paths, names, clean_dir, out, preset, seed, n, count is None,
-                              skip, on_image)
+        with hold_folders([out]):  # another synth into it interleaved its pairs (an audit)
+            if planned is not None:  # checked again, held: one may have written meanwhile
+                _check_synth_output(out, overwrite, planned)
+            written = _synth_walk(paths, names, clean_dir, out, preset, seed, n,
+                                  count is None, skip, on_image)
+    except FolderInUse as e:
+        remove_empty_folders(made)
+        raise SynthError(str(e)) from None
     except BaseException:  # a Ctrl-C before the first pair left the empty folders (an audit)
         remove_empty_folders(made)  # (those still empty: pairs written are kept)
         raise

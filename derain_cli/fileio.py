@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import itertools
@@ -13,7 +14,7 @@ import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -90,6 +91,82 @@ def _ignores_case(folder: str) -> bool:
     except OSError:
         pass
     return sys.platform in ("darwin", "win32")
+
+
+class FolderInUse(RuntimeError):
+    """Another derain process holds a folder this one was about to write (see
+    :func:`hold_folders`)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(f"{folder} is in use by another derain process (it writes there "
+                         "now); wait for it to end, or choose another output")
+        self.folder = folder
+
+
+@contextlib.contextmanager
+def hold_folders(folders: Iterable[str | os.PathLike[str]], *,
+                 shared: bool = False) -> Iterator[list[int]]:
+    """Hold ``folders`` (those that exist) for this process while the block runs: an
+    exclusive lock on each folder itself (``flock`` on its descriptor: no lock file left
+    behind), or with ``shared`` one that other shared holders may take too.
+
+    Why: two ``derain synth`` runs into one folder both passed the "already holds pairs"
+    check and interleaved their pairs, a rainy image of one photo beside another's clean
+    one; two ``eval --save``, ``distill`` or ``export`` runs replaced each other's results
+    in silence (an audit). The caller checks its outputs again once it holds the folder.
+    Raises :class:`FolderInUse` where another process holds one; where the file system has
+    no such locks (some network mounts) the folder is not held, as ``train``'s lock.
+    Yields the descriptors held (for :func:`only_holder`).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: not held
+        yield []
+        return
+    fds: list[int] = []
+    try:
+        for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
+            try:
+                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError:  # not there (yet), or unreadable: not held
+                continue
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise FolderInUse(folder) from None
+                # no locks on this file system: not held
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def only_holder(folder: str | os.PathLike[str], fd: int | None = None) -> bool:
+    """Whether no other process holds ``folder`` (:func:`hold_folders`); ``fd``: this
+    process's own shared hold on it, let go first (a lock of its own would be in the way).
+    True where locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+    try:
+        probe = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return True
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(probe)  # the lock goes with it
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

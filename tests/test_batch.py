@@ -1092,6 +1092,18 @@ def test_a_result_that_appears_while_deraining_is_kept(tmp_path: Path, derainer,
     assert out.read_bytes() == b"written by another run"
     assert "appeared meanwhile" in (s.files[0].reason or "")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    if not io_workers:  # the summary said "already exists (--overwrite redoes them)"
+        import io
+
+        from rich.console import Console
+
+        from derain_cli.cli import _print_summary
+
+        buf = io.StringIO()
+        _print_summary(Console(file=buf, width=200), s, BatchOptions())
+        said = " ".join(buf.getvalue().split())
+        assert "skipped 1 file(s) whose result another run wrote while this one derained " \
+            "them" in said and "--overwrite redoes them" not in said, said
     s = run_batch(collect_inputs([str(a)]), _Sneaky(derainer, out),
                   BatchOptions(io_workers=io_workers, overwrite=True))
     assert s.processed == 1 and Image.open(out).size == (12, 10)  # --overwrite: replaced
@@ -1299,3 +1311,36 @@ def test_a_bracket_meant_literally_in_a_pattern_is_explained(tmp_path: Path) -> 
     assert _rels(collect_inputs([literal])) == ["[2024] trip/a.jpg"]
     (item,) = collect_inputs([str(tmp_path / "[x]" / "*.jpg")])  # nothing either way
     assert item.error == "no images match this pattern"
+
+
+def test_a_run_that_wrote_nothing_keeps_the_marker_another_run_writes_under(
+        tmp_path: Path, derainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs into one new -o: the first, stopped before its first result, took back the
+    marker (and the folder) the second was writing under, whose results a later scan of a
+    parent then took for photos (an audit). It is taken back only where no other run holds
+    the folder; alone, as before."""
+    import contextlib
+
+    from derain_cli import batch
+    from derain_cli.batch import OUTPUT_MARKER
+    from derain_cli.fileio import hold_folders
+
+    _img(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    other = contextlib.ExitStack()
+
+    def stopped(job, *args, **kwargs):  # the other run starts, then this one is stopped
+        other.enter_context(hold_folders([out], shared=True))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_process", stopped)
+    with other, pytest.raises(KeyboardInterrupt):
+        run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=out))
+    assert (out / OUTPUT_MARKER).is_file()
+    (out / OUTPUT_MARKER).unlink()
+    out.rmdir()
+    monkeypatch.setattr(batch, "_process", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt))  # alone: taken back, as before
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=out))
+    assert not out.exists()

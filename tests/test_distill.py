@@ -535,3 +535,19 @@ def test_an_untrained_teacher_points_at_m_file(tmp_path):
     with pytest.raises(WeightsError, match=r"pass the result with -m FILE"):
         distill(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path),
                               teacher="semi-drdnet"))
+
+
+def test_a_folder_another_distill_writes_is_refused_at_the_write(setup):
+    """Two distills into one -o both wrote, one model silently replacing the other (or its
+    weights beside the other's manifest: an audit): the folder is held while written."""
+    from derain_cli.fileio import hold_folders
+
+    root, weights = setup
+    out = root / "held"
+    out.mkdir()
+    with hold_folders([out]):
+        with pytest.raises(DistillError, match="in use by another derain process"):
+            distill(_cfg(root, weights, "held", steps=1))
+    assert list(out.iterdir()) == []
+    distill(_cfg(root, weights, "held", steps=1))
+    assert (out / "model.safetensors").is_file()

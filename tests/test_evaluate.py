@@ -1081,3 +1081,28 @@ def test_eval_says_the_librarys_warnings_as_derain_does(pairs, tiny_weights):
                                     "--rain-angle", "10", "--device", "cpu", "--limit", "1"])
     assert r.exit_code == 0, r.output
     assert "warning: rain 10 degrees from vertical" in r.output
+
+
+def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp_path):
+    """Two synth runs into one folder both passed the "already holds pairs" check and
+    interleaved their pairs (a rainy image of one photo beside another's clean one); two
+    eval --save runs replaced each other's outputs in silence (an audit). The folder is
+    held while written; another run's hold (here: taken through another descriptor, as
+    another process's is) refuses it."""
+    from derain_cli.errors import OptionError
+    from derain_cli.fileio import hold_folders
+
+    out = tmp_path / "syn"
+    out.mkdir()
+    with hold_folders([out]):
+        with pytest.raises(E.SynthError, match="in use by another derain process"):
+            E.synth_pairs(clean_dir, out, preset="light", count=2)
+    assert list(out.iterdir()) == []  # no pair, and the folders it made taken back
+    assert E.synth_pairs(clean_dir, out, preset="light", count=2) == 2  # held no more
+    save = tmp_path / "sv"
+    save.mkdir()
+    with hold_folders([save]):
+        with pytest.raises(OptionError, match="in use by another derain process"):
+            E.evaluate("identity", pairs, save_dir=save)
+    assert list(save.iterdir()) == []
+    assert E.evaluate("identity", pairs, save_dir=save).count == 4

@@ -580,3 +580,19 @@ def test_an_export_failing_for_want_of_disk_names_its_output(tiny_weights, tmp_p
     res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
     assert res.exit_code == 1 and f"{out}: [Errno 28] No space left" in " ".join(
         res.stderr.split()), res.stderr
+
+
+def test_an_export_into_a_folder_another_export_writes_is_refused(tiny_weights, tmp_path):
+    """Two exports into one folder at once both succeeded, one graph set replacing or
+    mixing with the other's (an audit): the folder is held while written."""
+    from derain_cli.fileio import hold_folders
+
+    out = tmp_path / "exp" / "m.onnx"
+    out.parent.mkdir()
+    with hold_folders([out.parent]):
+        res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
+    assert res.exit_code == 2 and "in use by another derain process" in " ".join(
+        res.stderr.split()), res.stderr
+    assert list(out.parent.iterdir()) == []
+    res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
+    assert res.exit_code == 0 and out.is_file(), res.stderr

@@ -149,3 +149,25 @@ def test_a_read_only_file_system_is_said_as_such(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
     assert why_unwritable(tmp_path) == "it is on a read-only file system"
     assert why_unwritable(tmp_path / "new") == f"{tmp_path} is on a read-only file system"
+
+
+def test_folders_are_held_exclusively_or_shared(tmp_path: Path) -> None:
+    """hold_folders: exclusive holds exclude any other; shared ones each other's shared
+    but not an exclusive; only_holder says whether anyone else holds it."""
+    from derain_cli.fileio import FolderInUse, hold_folders, only_holder
+
+    a = tmp_path / "a"
+    a.mkdir()
+    with hold_folders([a, tmp_path / "not-yet"]):  # a missing folder is not held
+        with pytest.raises(FolderInUse, match=r"a is in use by another derain process"):
+            with hold_folders([a]):
+                pass
+        assert not only_holder(a)
+    assert only_holder(a)
+    with hold_folders([a], shared=True) as (mine,), hold_folders([a], shared=True):
+        with pytest.raises(FolderInUse):
+            with hold_folders([a]):
+                pass
+        assert not only_holder(a, mine)  # the other shared holder is still there
+    with hold_folders([a], shared=True) as (mine,):
+        assert only_holder(a, mine)  # its own hold let go first
