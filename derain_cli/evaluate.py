@@ -39,6 +39,7 @@ from .fileio import (
     missing_folders,
     remove_empty_folders,
     same_name_key,
+    sweep_stale_temporaries,
     why_unwritable,
 )
 from .pairs import Pair, find_pairs, list_images, list_photos, reads_into
@@ -350,6 +351,7 @@ def evaluate(
         # and the outputs checked again, as one may have been written meanwhile
         held.enter_context(hold_folders(_output_folders(save, rep, csv_file)))
         check_outputs(pairs, save, rep, csv_file, overwrite)
+        sweep_stale_temporaries(_output_folders(save, rep, csv_file))  # a killed run's
         if on_start is not None:
             on_start(len(pairs))
         for i, p in enumerate(pairs):
@@ -1006,6 +1008,7 @@ def synth_pairs(
         with hold_folders([out]):  # another synth into it interleaved its pairs (an audit)
             if planned is not None:  # checked again, held: one may have written meanwhile
                 _check_synth_output(out, overwrite, planned)
+            sweep_stale_temporaries([out / "rainy", out / "clean"])  # a killed run's (audit)
             written = _synth_walk(paths, names, clean_dir, out, preset, seed, n,
                                   count is None, skip, on_image)
     except FolderInUse as e:

@@ -1547,7 +1547,8 @@ def _atomic_write(dest: Path, save: Callable[[BinaryIO], None], replace: bool = 
         if isinstance(e, FileExistsError):
             raise OutputExists(str(dest)) from None
         if isinstance(e, OSError):
-            raise ImageError(f"cannot write image: {e.strerror or e}") from e
+            raise ImageError(f"cannot write image {dest}: {e.strerror or e}") from e  # the
+            # file named: eval's and synth's full disk said no file (an audit)
         raise
     _fsync_dir(directory)
 

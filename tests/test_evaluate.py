@@ -1105,4 +1105,14 @@ def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp
         with pytest.raises(OptionError, match="in use by another derain process"):
             E.evaluate("identity", pairs, save_dir=save)
     assert list(save.iterdir()) == []
+    import os
+    import time
+
+    for folder in (save, out / "rainy"):  # a killed run's temporary files were never swept
+        old = folder / ".derain-x1.tmp"
+        old.write_bytes(b"part")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert E.evaluate("identity", pairs, save_dir=save).count == 4
+    E.synth_pairs(clean_dir, out, preset="light", count=2, overwrite=True)
+    assert not (save / ".derain-x1.tmp").exists() and not (out / "rainy" / ".derain-x1.tmp"
+                                                          ).exists()
