@@ -30,6 +30,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter, deque
@@ -567,13 +568,20 @@ def _folder_prefixes(folders: Sequence[Path]) -> dict[Path, Path]:
     paths = {_resolved(f) for f in folders}
     prefixes = {}
     for r in paths:
-        parts = r.parts[1:] or ("root",)  # without the anchor ("/", "C:\\")
-        others = [o.parts[1:] for o in paths if o != r and o.name == r.name]
+        parts = _named_parts(r)
+        others = [_named_parts(o) for o in paths if o != r and o.name == r.name]
         k = 1
         while k < len(parts) and any(o[-k:] == parts[-k:] for o in others):
             k += 1
         prefixes[r] = Path(*parts[-k:])
     return prefixes
+
+
+def _named_parts(path: Path) -> tuple[str, ...]:
+    """``path``'s parts, its anchor as a plain name: a drive's letter (``E:\\DCIM`` and
+    ``F:\\DCIM``, two cards, were both DCIM: a review), ``root`` for ``/``."""
+    anchor = (re.sub(r"[\\/:]+", "_", path.drive).strip("_") or "root") if path.anchor else ""
+    return ((anchor,) if anchor else ()) + path.parts[1 if path.anchor else 0:]
 
 
 def _broken_link(path: Path) -> str:
@@ -1656,7 +1664,9 @@ def run_batch(
                         "its marker was deleted): results of an "
                         "earlier run, or photos of yours with the same names", there,
                         options.output)
-    with _shared_hold(options.output if to_folder else None) as held:
+    # the main process alone holds: under torchrun the other ranks' holds kept rank 0 from
+    # taking back a folder the job wrote nothing into (a review)
+    with _shared_hold(options.output if to_folder and dist.is_main else None) as held:
         return _run_jobs(jobs, derainer, options, progress, dist, created, held)
 
 

@@ -33,7 +33,7 @@ from .export import (
     resolve_output,
     stats_path,
 )
-from .fileio import FolderInUse, hold_folders, remove_empty_folders
+from .fileio import FolderInUse, hold_files, remove_empty_folders
 from .quantize import DEFAULT_KEEP_FP32, min_photos
 from .terminal import DerainConsole
 
@@ -147,9 +147,9 @@ def export_cmd(
                 net = build_model(model or DEFAULT_MODEL)
             else:
                 net = load_pretrained(model or DEFAULT_MODEL, quiet=True)
-            # another export into the folder paired its graph with this one's statistics
-            # graph, or replaced it in silence (an audit): held, and checked again there
-            held.enter_context(hold_folders([target.parent]))
+            # another export to this name paired its graph with this one's statistics
+            # graph, or replaced it in silence (an audit): held, and checked again
+            held.enter_context(hold_files([target]))
             _check_held(planned_outputs(net, target), stats_path(target), overwrite)
             if int8 is None:
                 paths = export_onnx(net, target, opset=opset)

@@ -35,6 +35,7 @@ from .fileio import (
     atomic_write,
     atomic_write_text,
     display_text,
+    hold_files,
     hold_folders,
     missing_folders,
     remove_empty_folders,
@@ -349,7 +350,9 @@ def evaluate(
     try:
         # another eval into these folders replaced its outputs in silence (an audit): held,
         # and the outputs checked again, as one may have been written meanwhile
-        held.enter_context(hold_folders(_output_folders(save, rep, csv_file)))
+        held.enter_context(hold_folders([f for f in (save, rep and _thumb_folder(rep))
+                                         if f is not None]))  # their own folders only
+        held.enter_context(hold_files([f for f in (csv_file, rep) if f is not None]))
         check_outputs(pairs, save, rep, csv_file, overwrite)
         sweep_stale_temporaries(_output_folders(save, rep, csv_file))  # a killed run's
         if on_start is not None:
@@ -650,8 +653,13 @@ def _output_folders(save: Path | None, report: Path | None,
     if save is not None:
         folders.add(save)
     if report is not None:
-        folders.add(report.parent / f"{report.stem}_files")
+        folders.add(_thumb_folder(report))
     return sorted(folders)
+
+
+def _thumb_folder(report: Path) -> Path:
+    """The folder of a report's thumbnails, beside it."""
+    return report.parent / f"{report.stem}_files"
 
 
 def _make_folders(save: Path | None, report: Path | None, csv_path: Path | None,

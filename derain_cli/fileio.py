@@ -83,9 +83,10 @@ def _ignores_case(folder: str) -> bool:
             for entry in itertools.islice(entries, 64):
                 swapped = entry.name.swapcase()
                 if swapped != entry.name and entry.name.isascii():
-                    try:  # lstat: a broken link is a name like any other
+                    try:  # lstat: a broken link is a name like any other (and a DirEntry's
+                        # stat has no inode number on Windows: a review)
                         return os.path.samestat(os.lstat(os.path.join(folder, swapped)),
-                                                entry.stat(follow_symlinks=False))
+                                                os.lstat(entry.path))
                     except OSError:  # no such name: case counts here
                         return False
     except OSError:
@@ -94,8 +95,8 @@ def _ignores_case(folder: str) -> bool:
 
 
 class FolderInUse(RuntimeError):
-    """Another derain process holds a folder this one was about to write (see
-    :func:`hold_folders`)."""
+    """Another derain process holds a folder (or file) this one was about to write (see
+    :func:`hold_folders`, :func:`hold_files`)."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(f"{folder} is in use by another derain process (it writes there "
@@ -141,6 +142,45 @@ def hold_folders(folders: Iterable[str | os.PathLike[str]], *,
     finally:
         for fd in fds:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
+    """Hold output files (which need not exist yet) for this process while the block runs,
+    as :func:`hold_folders` holds folders, through lock files named by each file's full
+    path in a folder of the system's temporary space (none left among the user's files).
+    Why: holding a report's or a graph's folder refused every other run writing any file
+    there (two evals with their CSVs in one folder: a review). Raises :class:`FolderInUse`
+    (naming the file) where another process holds one."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: not held
+        yield
+        return
+    handles = []
+    try:
+        where = Path(tempfile.gettempdir()) / f"derain-locks-{os.getuid()}"
+        try:
+            where.mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            where = None  # type: ignore[assignment]
+        for path in dict.fromkeys(Path(os.path.realpath(Path(p).parent)) / Path(p).name
+                                  for p in paths) if where is not None else ():
+            name = hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".lock"
+            try:
+                handle = open(where / name, "a")  # noqa: SIM115 - closed below
+            except OSError:
+                continue
+            handles.append(handle)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise FolderInUse(path) from None
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def only_holder(folder: str | os.PathLike[str], fd: int | None = None) -> bool:

@@ -158,7 +158,7 @@ def fetch(
     aside: _SetAside | None = None
     if force:  # the download lands on the good copy's blob (its name is the sha256): kept
         good_copy = cached_copy(repo_id, filename, revision, expected, cache_dir=cache_dir)
-        aside = _SetAside.of(good_copy) if good_copy is not None else None
+        aside = _SetAside.of(good_copy, repo_dir) if good_copy is not None else None
         ctx.copy_kept = aside is not None
     else:
         cached = _cached(repo_id, filename, revision, cache_dir)
@@ -170,6 +170,11 @@ def fetch(
         if other is not None and cached is None:
             return other
         if cached is not None:
+            if not _in_cache(cached, repo_dir) and other is not None:
+                log.warning("the cached copy at %s has the wrong checksum and leads out of the "
+                            "cache (a link; left as it is); a verified copy from an earlier "
+                            "commit is used: %s", cached, other)
+                return other
             if not _in_cache(cached, repo_dir):
                 raise ctx.unavailable(
                     f"the cached copy at {cached} has the wrong checksum and leads out of the "
@@ -371,15 +376,21 @@ def _verified_snapshot(repo_dir: Path, filename: str, expected: str,
 
 def _sweep_incomplete(repo_dir: Path) -> None:
     """Delete the partial downloads killed runs left in ``repo_dir``'s blobs
-    (``*.incomplete``, a new one for each run killed with SIGKILL: an audit), once older
-    than :data:`fileio.STALE_TEMPORARY_S` (a download at work keeps its own fresh)."""
+    (``*.incomplete``, a new one for each run killed with SIGKILL: an audit), and copies
+    ``_SetAside`` kept for a killed ``--force``, once older than
+    :data:`fileio.STALE_TEMPORARY_S` (a download at work keeps its own fresh). Not through
+    a ``blobs`` that is a link out of the cache (a review)."""
     from .fileio import STALE_TEMPORARY_S
 
+    blobs = repo_dir / "blobs"
+    if blobs.is_symlink():
+        return
     now = time.time()
     try:
-        with os.scandir(repo_dir / "blobs") as entries:
+        with os.scandir(blobs) as entries:
             for e in entries:
-                if e.name.endswith(".incomplete") and e.is_file(follow_symlinks=False):
+                if (e.name.endswith(".incomplete") or ".derain-kept-" in e.name) and \
+                        e.is_file(follow_symlinks=False):
                     try:
                         if now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_S:
                             os.unlink(e.path)
@@ -407,12 +418,15 @@ class _SetAside:
         self.entry, self.real, self.keep, self.sha256 = entry, real, keep, sha256
 
     @classmethod
-    def of(cls, entry: Path) -> _SetAside | None:
+    def of(cls, entry: Path, repo_dir: Path) -> _SetAside | None:
         real = Path(os.path.realpath(entry))
-        keep = real.with_name(real.name + ".derain-kept")
+        if not _within(real, repo_dir):  # a link out of the cache: nothing made or replaced
+            return None  # beside a file there (a review)
+        # of this process: two --force downloads at once took each other's (a review)
+        keep = real.with_name(f"{real.name}.derain-kept-{os.getpid()}")
         try:
             sha = sha256_file(real)
-            keep.unlink(missing_ok=True)  # a killed run's
+            keep.unlink(missing_ok=True)
             try:
                 os.link(real, keep)
             except OSError:  # a file system without hard links

@@ -1297,6 +1297,14 @@ def test_named_folders_of_one_name_get_their_own_subfolders(tmp_path: Path) -> N
     # the same folder twice is one folder, under its name
     assert _rels(collect_inputs([str(tmp_path / "other"), str(tmp_path / "other" / ".")])) \
         == ["other/a.jpg"]
+    # two cards' DCIM on Windows drives: the drive letter tells them apart (a review)
+    from pathlib import PureWindowsPath
+
+    from derain_cli.batch import _named_parts
+
+    assert _named_parts(PureWindowsPath(r"E:\DCIM")) == ("E", "DCIM")
+    assert _named_parts(PureWindowsPath(r"\\nas\photos\DCIM")) == ("nas_photos", "DCIM")
+    assert _named_parts(Path("/")) == ("root",)
 
 
 def test_a_bracket_meant_literally_in_a_pattern_is_explained(tmp_path: Path) -> None:

@@ -53,6 +53,14 @@ def test_torchrun_two_processes(tmp_path: Path, tiny_weights: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("megapixels/s") == 1
     assert "skipped 6 file(s)" in p.stderr
+    # a run that writes nothing takes back the -o folder it made: the other rank's hold on
+    # it kept rank 0 from doing so (a review)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(2):
+        (bad / f"b{i}.png").write_bytes(b"not a png")
+    p = _torchrun(bad, "-o", tmp_path / "ob", "--weights", tiny_weights, cwd=tmp_path)
+    assert p.returncode == 1 and not (tmp_path / "ob").exists(), p.stderr
 
 
 def test_torchrun_ranks_take_rank_0s_engine(tmp_path: Path, tiny_weights: Path) -> None:

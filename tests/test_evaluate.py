@@ -1105,6 +1105,12 @@ def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp
         with pytest.raises(OptionError, match="in use by another derain process"):
             E.evaluate("identity", pairs, save_dir=save)
     assert list(save.iterdir()) == []
+    from derain_cli.fileio import hold_files
+
+    with hold_files([tmp_path / "a.csv"]):  # a CSV is held by its name, not its folder
+        with pytest.raises(OptionError, match="a.csv is in use by another derain process"):
+            E.evaluate("identity", pairs, csv_path=tmp_path / "a.csv")
+        assert E.evaluate("identity", pairs, csv_path=tmp_path / "b.csv").count == 4
     import os
     import time
 

@@ -583,16 +583,20 @@ def test_an_export_failing_for_want_of_disk_names_its_output(tiny_weights, tmp_p
 
 
 def test_an_export_into_a_folder_another_export_writes_is_refused(tiny_weights, tmp_path):
-    """Two exports into one folder at once both succeeded, one graph set replacing or
-    mixing with the other's (an audit): the folder is held while written."""
-    from derain_cli.fileio import hold_folders
+    """Two exports to one name at once both succeeded, one graph set replacing or mixing
+    with the other's (an audit): the name is held while written; another name in the same
+    folder is not held up (holding the folder refused it: a review)."""
+    from derain_cli.fileio import hold_files
 
     out = tmp_path / "exp" / "m.onnx"
     out.parent.mkdir()
-    with hold_folders([out.parent]):
+    with hold_files([out]):
         res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
-    assert res.exit_code == 2 and "in use by another derain process" in " ".join(
-        res.stderr.split()), res.stderr
-    assert list(out.parent.iterdir()) == []
+        assert res.exit_code == 2 and "m.onnx is in use by another derain process" in \
+            " ".join(res.stderr.split()), res.stderr
+        assert list(out.parent.iterdir()) == []
+        other = out.parent / "n.onnx"
+        res = CliRunner().invoke(_app(), ["-o", str(other), "--weights", str(tiny_weights)])
+        assert res.exit_code == 0 and other.is_file(), res.stderr
     res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
     assert res.exit_code == 0 and out.is_file(), res.stderr

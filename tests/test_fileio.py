@@ -171,3 +171,20 @@ def test_folders_are_held_exclusively_or_shared(tmp_path: Path) -> None:
         assert not only_holder(a, mine)  # the other shared holder is still there
     with hold_folders([a], shared=True) as (mine,):
         assert only_holder(a, mine)  # its own hold let go first
+
+
+def test_files_are_held_by_their_full_names(tmp_path: Path) -> None:
+    """hold_files: one name excludes itself (spelt another way too), not its neighbours,
+    and leaves nothing beside the files."""
+    from derain_cli.fileio import FolderInUse, hold_files
+
+    (tmp_path / "d").mkdir()
+    with hold_files([tmp_path / "d" / "a.csv"]):
+        with pytest.raises(FolderInUse, match=r"a.csv is in use by another derain process"):
+            with hold_files([tmp_path / "d" / ".." / "d" / "a.csv"]):
+                pass
+        with hold_files([tmp_path / "d" / "b.csv"]):
+            pass
+    with hold_files([tmp_path / "d" / "a.csv"]):  # let go at the end of the block
+        pass
+    assert list((tmp_path / "d").iterdir()) == []
