@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -290,15 +290,21 @@ def train_cmd(
         if arch is not None:
             cfg.model = None
         given = _given_fields(ctx)
-        idle = [f"--{f.replace('_', '-')}" for f in _VALIDATION_FLAGS if f in given]
-        if idle and val is None and not resume:  # accepted, then unused (an audit)
-            raise _usage_error(f"{', '.join(idle)} set(s) the validation, and there is none: "
-                               "add --val PAIRS_DIR, or leave them out")
+        _refuse_idle_validation(given, val, resume)
         if weights is not None and "model" not in given:
             cfg.model = None  # the network the weights file names (train.py reads it)
         if resume:  # the run's own settings, except what was given now
             cfg.given = given
         train(cfg)
+
+
+def _refuse_idle_validation(given: Iterable[str], val: Path | None, resume: bool) -> None:
+    """Validation settings without ``--val`` (train's or finetune's) are a usage error:
+    they were accepted, then unused (an audit; finetune's too: a review)."""
+    idle = [f"--{f.replace('_', '-')}" for f in _VALIDATION_FLAGS if f in given]
+    if idle and val is None and not resume:
+        raise _usage_error(f"{', '.join(idle)} set(s) the validation, and there is none: "
+                           "add --val PAIRS_DIR, or leave them out")
 
 
 #: ``derain train``'s validation settings, idle without --val
@@ -396,6 +402,7 @@ def finetune_cmd(
             raise _usage_error("pass --model NAME or --weights FILE")
         if rainy is None and not resume:
             raise _usage_error("pass --rainy MY_RAINY_DIR (your own rainy photos)")
+        _refuse_idle_validation(_given_params(ctx), val, resume)
         finetune(FinetuneConfig(
             rainy=str(rainy) if rainy else None, model=model,
             weights=str(weights) if weights else None,

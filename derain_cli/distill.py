@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fileio import FolderInUse, hold_folders
 from .models import RDMC, SemiDRDNet, SemiDRDNetConfig
 from .pairs import RUN_LOCK
 
@@ -345,6 +346,12 @@ def distill(cfg: DistillConfig) -> DistillResult:
     if cfg.name is not None and not cfg.name.strip():  # the banner read "model model"
         raise DistillError("name (--name) is empty; give one, or leave it out for "
                            f"{default_name(cfg)}")
+    if Path(cfg.out).is_dir():  # another run writing there: said now, not after the
+        try:  # minutes of training (a review); held again at the write
+            with hold_folders([cfg.out]):
+                pass
+        except FolderInUse as e:
+            raise DistillError(str(e)) from None
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
     from .train import _hardware, check_finite, start_weights
@@ -531,8 +538,6 @@ def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: 
     """The student's weights (fp16, or fp32 where a value is beyond fp16's range) and
     manifest entry in ``cfg.out``; returns the entry
     (``start``: ``train.start_weights`` of ``--init``, taken when it was loaded)."""
-    from .fileio import FolderInUse, hold_folders
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     try:  # another distill into it replaced this one's model in silence, or paired its

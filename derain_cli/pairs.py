@@ -201,10 +201,10 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
         n = len(found) - len(kept)
-        log.warning("%s: %d of its images %s derain results (NAME_derained.* files, or in "
-                    "folders holding %s or a run's %s) and %s left out", folder, n,
-                    "is" if n == 1 else "are", OUTPUT_MARKER, RUN_LOCK,
-                    "is" if n == 1 else "are")
+        log.warning("%s: %d of its images %s (NAME_derained.* files, or in folders "
+                    "holding %s or a run's %s) and %s left out", folder, n,
+                    "is a derain result" if n == 1 else "are derain results", OUTPUT_MARKER,
+                    RUN_LOCK, "is" if n == 1 else "are")
     return kept
 
 

@@ -1448,7 +1448,7 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     if foreign:  # replaced in silence (an audit)
         raise TrainError(f"{out} holds {' and '.join(foreign)}, not written by a derain run: "
                          "the run would replace them; choose another --out (or move them)")
-    image = _an_image_of_yours(out)
+    image = _an_image_not_derains(out)
     if image is not None:  # the run's lock then hid it from every later photo scan (audit)
         raise TrainError(
             f"{out} holds images ({image.relative_to(out)}, ...): a run's folder is left out "
@@ -1457,17 +1457,23 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     return None
 
 
-def _an_image_of_yours(out: Path) -> Path | None:
-    """An image in ``out`` or below it that no run wrote (all but a run's
-    ``curves.png``), or None; the walk stops at the first (``--out ~`` is a large tree)."""
+def _an_image_not_derains(out: Path) -> Path | None:
+    """An image in ``out`` or below it that derain did not write, or None: a run's
+    ``curves.png``, ``NAME_derained.*`` results and the folders of runs and of results (their
+    lock or marker) left out, as photo scans leave them; the walk stops at the first
+    (``--out ~`` is a large tree)."""
+    from .batch import OUTPUT_MARKER, is_output_name
     from .pairs import IMAGE_SUFFIXES
 
     for here, dirs, files in os.walk(out):
+        if Path(here) != out and (RUN_LOCK in files or OUTPUT_MARKER in files):
+            dirs[:] = []
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
             p = Path(here) / f
             if (Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")
-                    and p != out / "curves.png"):
+                    and p != out / "curves.png" and not is_output_name(p)):
                 return p
     return None
 
@@ -1633,12 +1639,13 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
              "clean photos are rain-free ones")
     fits = labeled.largest_fitting_patch() if hasattr(labeled, "largest_fitting_patch") else None
     if fits is not None and cfg.patch > fits and is_main:
-        way = (f"--patch {fits} or less trains on the images as they are" if
-               fits >= _SMALLEST_PATCH else f"--patch {_SMALLEST_PATCH}, the least, pads "
-               "the least")  # it suggested a size the option refuses (an audit)
+        way = (f"; --patch {_SMALLEST_PATCH} to {fits} trains on the images as they are" if
+               fits >= _SMALLEST_PATCH else f"; --patch {_SMALLEST_PATCH}, the least, pads "
+               "the least" if cfg.patch > _SMALLEST_PATCH else "")  # it suggested sizes
+        # the option refuses (an audit), or the one given (a review)
         _say(f"warning: --patch {cfg.patch} is larger than every training image (the "
              f"largest square that fits is {fits} px): each crop is mirror-padded to "
-             f"{cfg.patch} px and costs that much a step; {way}")
+             f"{cfg.patch} px and costs that much a step{way}")
     if "make_unlabeled" in hooks:
         unlabeled = hooks["make_unlabeled"](cfg)
     else:
@@ -2670,6 +2677,9 @@ class _Progress:
         if self._p is not None:
             self._p.console.print(msg, markup=False)
         elif self._lines is not None:
+            if self._last_line and not self._last_printed:  # where it stood, before the
+                self._lines.print(self._last_line)  # note (it came after "time budget
+                self._last_printed = True  # reached": a review)
             self._lines.print(msg)
 
 

@@ -498,6 +498,11 @@ def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_p
                                            r"folder is left out of later photo scans"):
         T.train(_cfg(data, photos, steps=1))
     assert sorted(p.name for p in photos.rglob("*")) == ["IMG_1.jpg", "sub"]
+    # derain's own images are no photos of the user's: a parent of runs, results (a review)
+    runs = tmp_path / "runs"
+    T.train(_cfg(data, runs / "old", steps=1))  # its curves.png, in a locked run folder
+    (runs / "x_derained.png").write_bytes(b"x")
+    assert T.train(_cfg(data, runs, steps=1)).steps == 1
 
 
 def test_a_validation_pair_of_a_gray_and_a_colour_image_is_said(data, tmp_path, capsys):
@@ -593,6 +598,11 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
     assert r.exit_code == 2 and "--val-limit, --val-every set(s) the validation, and there " \
         "is none" in " ".join(r.output.split()), r.output
     assert not (tmp_path / "noval").exists()
+    r = CliRunner().invoke(app, ["finetune", "-m", "semi-drdnet-tiny", "--rainy",
+                                 str(data["clean"]), "--out", str(tmp_path / "ftnoval"),
+                                 "--val-every", "1"])  # finetune's too (a review)
+    assert r.exit_code == 2 and "--val-every set(s) the validation" in " ".join(
+        r.output.split()), r.output
 
 
 def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
@@ -1744,6 +1754,10 @@ def test_a_patch_larger_than_every_image_is_pointed_out(data, tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "largest square that fits is 6 px" in err and "--patch 16, the least, pads the " \
         "least" in err and "--patch 6 or less" not in err
+    T.train(dataclasses.replace(_cfg(data, tmp_path / "tiny16", steps=1, patch=16),
+                                synthetic=[str(small)], pairs=[]))
+    err = " ".join(capsys.readouterr().err.split())  # the least given: nothing to suggest
+    assert "costs that much a step" in err and "--patch 16, the least" not in err
 
 
 def test_curves_plot_one_point_and_no_validation(tmp_path):
@@ -1862,6 +1876,13 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
             bar.update(step, 0.5, 1e-4, 3.0)
     said = [ln for ln in buf.getvalue().splitlines() if ln.startswith("train")]
     assert [ln.split()[1] for ln in said] == ["3/100"]
+    buf = io.StringIO()  # and before a closing note, not after it (a review)
+    with _Progress(enabled=True, total=100, start=0, every_s=1e9,
+                   console=Console(file=buf, force_terminal=False, width=200)) as bar:
+        bar.update(3, 0.5, 1e-4, 3.0)
+        bar.note("time budget reached at step 3; saved")
+    said = [ln.split()[:2] for ln in buf.getvalue().splitlines() if ln.strip()]
+    assert said == [["train", "3/100"], ["time", "budget"]]
     live = lines(0.0, terminal=True)  # a terminal gets the bar, not lines
     assert not any(ln.startswith("train 1/4") for ln in live)
     # a dumb terminal draws no bar: lines (it showed nothing); distill's say distill (they
