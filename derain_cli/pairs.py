@@ -150,7 +150,8 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(path) and path.is_file()
 
 
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+def list_images(folder: Path, recursive: bool = False,
+                unread: Counter[str] | None = None) -> list[Path]:
     """Image files in ``folder`` (and below it when ``recursive``), sorted naturally.
 
     Only the suffixes in ``IMAGE_SUFFIXES`` (any case) count; hidden files, and with
@@ -159,18 +160,29 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     skipped it without a word), each real folder once: a link back up the tree, or two
     links to one folder, cannot repeat photos or loop. Raises
     ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` is not a folder.
+    ``unread``: counts, by format, the files named like photos derain does not read (HEIC,
+    GIF, raw: ``images.unread_photo_format``) that the walk met.
     """
+    from .images import unread_photo_format
+
+    def seen(p: Path) -> bool:
+        if _is_image(p):
+            return True
+        if unread is not None and (fmt := unread_photo_format(p)) is not None:
+            unread[fmt] += 1
+        return False
+
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"no such folder: {folder}")
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder: {folder}")
     if not recursive:
-        found = [p for p in folder.iterdir() if _is_image(p)]
+        found = [p for p in folder.iterdir() if seen(p)]
         return sorted(found, key=lambda p: natural_key(p.name))
     found = []
     for here, filenames in _walk_tree(folder):
-        found += [here / f for f in filenames if _is_image(here / f)]
+        found += [here / f for f in filenames if seen(here / f)]
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
@@ -197,7 +209,13 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
                     return True
         return False
 
-    found = list_images(folder, recursive=recursive)
+    unread: Counter[str] = Counter()
+    found = list_images(folder, recursive=recursive, unread=unread)
+    if unread:  # GIFs in a --rainy folder were passed over in silence (an audit)
+        from .batch import _unread_text
+
+        log.warning("%s: %s not read (derain reads JPEG, PNG, WebP, TIFF and BMP): convert "
+                    "them to include them", folder, _unread_text(unread))
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
         n = len(found) - len(kept)

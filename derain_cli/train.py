@@ -2855,7 +2855,14 @@ def finetune(config: FinetuneConfig) -> TrainResult:
                          "finetune needs --rainy MY_RAINY_DIR")
     from .enhancer import resolve_device
 
+    if fc.name is not None and not fc.name.strip():  # fell back to NAME-finetuned (a review)
+        raise TrainError("--name is empty; give one, or leave it out for NAME-finetuned")
     keep_bn = freeze_bn_from(fc.batchnorm)
+    if keep_bn is False and not fc.val and not fc.resume:  # said only with --val (audit)
+        _say("warning: --batchnorm refresh re-estimates the BatchNorm statistics, which the "
+             "bundled models were distilled with frozen: a few steps can take several dB "
+             "off them (README: Training your own), and without --val nothing here "
+             "measures it; keep (the default) leaves them as they are")
     device = resolve_device(fc.device)
     on_gpu = device.type == "cuda"
     weights, label, short = _init_weights_for(fc)

@@ -465,3 +465,21 @@ def test_two_files_whose_names_differ_only_in_normalisation_keep_their_own_partn
     pairs = find_pairs(tmp_path)
     assert sorted((p.rainy.name, p.clean.name) for p in pairs) == sorted(
         [(nfc, nfc), (nfd, nfd)])
+
+
+def test_photos_in_formats_not_read_are_said_by_training_readers(tmp_path: Path,
+                                                                  caplog) -> None:
+    """finetune --rainy, distill --clean and train --synthetic passed over GIF or HEIC
+    files in silence, "no images found" where there were only those (an audit)."""
+    from derain_cli.pairs import list_photos
+
+    _img(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.gif").write_bytes(b"GIF89a")
+    (tmp_path / "c.HEIC").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("no photo")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        assert [p.name for p in list_photos(tmp_path)] == ["a.png"]
+    assert "1 GIF and 1 HEIC file(s) not read" in caplog.text or \
+        "1 HEIC and 1 GIF file(s) not read" in caplog.text, caplog.text
+    assert "notes.txt" not in caplog.text

@@ -605,6 +605,22 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
         r.output.split()), r.output
 
 
+def test_finetune_refuses_an_empty_name_and_warns_of_refresh_unmeasured(data, tmp_path,
+                                                                         capsys):
+    """--name "" fell back to NAME-finetuned in silence; --batchnorm refresh, which takes
+    dB off the bundled models, was warned of only with --val (a review; an audit)."""
+    cfg = T.FinetuneConfig(rainy=str(data["clean"]), model="semi-drdnet-tiny",
+                           out=str(tmp_path / "ft"), steps=0, name=" ")
+    with pytest.raises(T.TrainError, match="--name is empty"):
+        T.finetune(cfg)
+    with pytest.raises(T.TrainError, match="--steps must be at least 1"):
+        T.finetune(dataclasses.replace(cfg, name=None, batchnorm="refresh"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: --batchnorm refresh re-estimates the BatchNorm statistics" in err
+    assert "without --val nothing here measures it" in err
+    assert not (tmp_path / "ft").exists()
+
+
 def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
     """`--batch 100000` said "error: RuntimeError: [enforce fail at alloc_cpu.cpp:127] ..."
     (an audit)."""
