@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .fileio import (
     FolderInUse,
+    claim_file,
     hold_folders,
     is_system_folder,
     only_holder,
@@ -1326,6 +1327,8 @@ class _FullDisks:
 #: folder held other files, so derain did not mark it as its results folder (an audit:
 #: the summary's "--overwrite redoes them" replaced a photo of the user's)
 EXISTS_UNMARKED = "output exists, in a folder derain did not mark as its results"
+#: a skip's reason where another derain run claimed the photo's result (``claim_file``)
+CLAIMED = "another derain run is deraining it now (the result comes from that run)"
 
 
 def _in_unmarked_folder(options: BatchOptions) -> bool:
@@ -1490,6 +1493,9 @@ def _process(
     no_room = full.problem(job)
     if no_room is not None:
         return _result(job, t0, rank, "failed", no_room)
+    release = _claim(job, options.overwrite)
+    if release is None:
+        return _result(job, t0, rank, "skipped", CLAIMED)
     try:
         loaded = _derain(job, _read(job, options), derainer, options, progress)
         angle = getattr(derainer, "last_rain_angle", None)
@@ -1499,7 +1505,22 @@ def _process(
             assert job.output is not None
             full.note(e, job.output.parent)
         return _result(job, t0, rank, e.status, str(e))
+    finally:
+        release()
     return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
+
+
+def _claim(job: Job, overwrite: bool = False) -> Callable[[], None] | None:
+    """``fileio.claim_file`` of the job's result: its release, or None where another
+    run claimed it, or has just written it (two runs over one folder split the photos
+    instead of each deraining every one: an audit)."""
+    if job.output is None:
+        return lambda: None
+    release = claim_file(job.output)
+    if release is not None and not overwrite and os.path.exists(job.output):
+        release()  # the other run finished it between the look before and the claim
+        return None
+    return release
 
 
 def resolve_io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
@@ -1562,7 +1583,8 @@ def _run_pipelined(
         pending.append((job, fut))
         report(block=False)
 
-    def write(job: Job, t0: float, box: list[LoadedImage], angle: float | None) -> FileResult:
+    def write(job: Job, t0: float, box: list[LoadedImage], angle: float | None,
+              release: Callable[[], None]) -> FileResult:
         try:
             mp = _encode(job, box, options)
         except _FileFailed as e:
@@ -1570,6 +1592,8 @@ def _run_pipelined(
                 assert job.output is not None
                 full.note(e, job.output.parent)
             return _result(job, t0, rank, e.status, str(e))
+        finally:
+            release()  # the claim, taken before the derain, goes with the write
         return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
     try:
@@ -1583,13 +1607,16 @@ def _run_pipelined(
             meanwhile = not options.overwrite and job.output is not None and \
                 os.path.exists(job.output)  # another run's (the serial loop looks just
             # before too; os.path's: an unreadable name is not the end of the batch)
-            if no_room is not None or meanwhile:
+            release = (None if no_room is not None or meanwhile else
+                       _claim(job, options.overwrite))
+            if release is None:
                 old = reads.pop(i, None)
                 if old is not None:
                     old.cancel()
                 finished(job, _result(job, t0, rank, "failed", no_room) if no_room else
                          _result(job, t0, rank, "skipped",
-                                 "output appeared meanwhile (another run?), kept"))
+                                 "output appeared meanwhile (another run?), kept")
+                         if meanwhile else _result(job, t0, rank, "skipped", CLAIMED))
                 continue
             read = reads.pop(i, None)
             read_ahead(i)
@@ -1600,13 +1627,22 @@ def _run_pipelined(
                     loaded = _read(job, options)
                 loaded = _derain(job, loaded, derainer, options, progress)
             except _FileFailed as e:
+                release()
                 finished(job, _result(job, t0, rank, "failed", str(e)))
                 continue
-            while len(pending) >= workers:  # bounded: finished images wait in memory
-                pending[0][1].result()
-                report(block=False)
-            pending.append((job, pool.submit(write, job, t0, [loaded],
-                                             getattr(derainer, "last_rain_angle", None))))
+            except BaseException:
+                release()
+                raise
+            try:
+                while len(pending) >= workers:  # bounded: finished images wait in memory
+                    pending[0][1].result()
+                    report(block=False)
+                pending.append((job, pool.submit(write, job, t0, [loaded],
+                                                 getattr(derainer, "last_rain_angle", None),
+                                                 release)))
+            except BaseException:
+                release()
+                raise
             del loaded
             report(block=False)
         report(block=True)

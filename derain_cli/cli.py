@@ -1499,19 +1499,22 @@ def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
         console.print(Text(f"--rain-angle auto turned {len(turned)} of {len(done)} photo(s)"
                            + (f": {said}{more}" if turned else "")))
     if s.skipped:
-        from .batch import EXISTS_UNMARKED
+        from .batch import CLAIMED, EXISTS_UNMARKED
 
         unmarked = sum(1 for r in s.files if r.status == "skipped"
                        and r.reason == EXISTS_UNMARKED)
         raced = sum(1 for r in s.files if r.status == "skipped"
                     and (r.reason or "").startswith("output appeared meanwhile"))
-        if s.skipped > unmarked + raced:
-            console.print(f"skipped {s.skipped - unmarked - raced} file(s) whose result "
-                          "already exists (--overwrite redoes them)")
+        claimed = sum(1 for r in s.files if r.status == "skipped" and r.reason == CLAIMED)
+        if s.skipped > unmarked + raced + claimed:
+            console.print(f"skipped {s.skipped - unmarked - raced - claimed} file(s) whose "
+                          "result already exists (--overwrite redoes them)")
+        if claimed:
+            console.print(f"skipped {claimed} file(s) another derain run took (their "
+                          "results come from it)")
         if raced:  # counted as "already exists (--overwrite redoes them)" (an audit)
             console.print(f"skipped {raced} file(s) whose result another run wrote while "
-                          "this one derained them (kept; two runs over one folder do not "
-                          "split the work)")
+                          "this one derained them (kept)")
         if unmarked:  # "--overwrite redoes them" replaced a photo of the user's (an audit)
             console.print(Text(
                 f"skipped {unmarked} file(s): a file of the result's name is already in "

@@ -151,36 +151,69 @@ def hold_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
     path in a folder of the system's temporary space (none left among the user's files).
     Why: holding a report's or a graph's folder refused every other run writing any file
     there (two evals with their CSVs in one folder: a review). Raises :class:`FolderInUse`
-    (naming the file) where another process holds one."""
+    (naming the file) where another process holds one. The lock files go when let go
+    (:func:`claim_file`)."""
+    releases: list[Callable[[], None]] = []
     try:
-        import fcntl
-    except ImportError:  # Windows: not held
-        yield
-        return
-    handles = []
-    try:
-        where = Path(tempfile.gettempdir()) / f"derain-locks-{os.getuid()}"
-        try:
-            where.mkdir(mode=0o700, exist_ok=True)
-        except OSError:
-            where = None  # type: ignore[assignment]
-        for path in dict.fromkeys(Path(os.path.realpath(Path(p).parent)) / Path(p).name
-                                  for p in paths) if where is not None else ():
-            name = hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".lock"
-            try:
-                handle = open(where / name, "a")  # noqa: SIM115 - closed below
-            except OSError:
-                continue
-            handles.append(handle)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise FolderInUse(path) from None
+        for path in dict.fromkeys(_full_name(p) for p in paths):
+            release = claim_file(path)
+            if release is None:
+                raise FolderInUse(path)
+            releases.append(release)
         yield
     finally:
-        for handle in handles:
-            handle.close()
+        for release in releases:
+            release()
+
+
+def claim_file(path: str | os.PathLike[str]) -> Callable[[], None] | None:
+    """Claim the output ``path`` for this process (a lock as :func:`hold_files` takes):
+    the function that lets it go, or None where another process holds it. Why: two runs
+    of the main job over one folder each derained every photo, the slower throwing its
+    results away (an audit); with claims they split the photos. The lock file goes with
+    the claim (a photo folder's worth would pile up otherwise); in the narrow race where
+    a third run opens it just then, two runs may derain one photo, and the result is
+    written once as before. Where locks are unavailable every claim succeeds."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return lambda: None
+    lock = _lock_file(_full_name(path))
+    if lock is None:
+        return lambda: None
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 - closed by the release
+    except OSError:
+        return lambda: None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        return None if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else (
+            lambda: None)
+
+    def release() -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while held: a run that opens it later makes a new one
+        handle.close()
+
+    return release
+
+
+def _full_name(path: str | os.PathLike[str]) -> Path:
+    """``path`` with its folder resolved (the file need not exist)."""
+    return Path(os.path.realpath(Path(path).parent)) / Path(path).name
+
+
+def _lock_file(path: Path) -> Path | None:
+    """The lock file standing for ``path`` in ``derain-locks-UID`` of the system's
+    temporary folder, or None where that cannot be made."""
+    where = Path(tempfile.gettempdir()) / f"derain-locks-{os.getuid()}"
+    try:
+        where.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return where / (hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".lock")
 
 
 def only_holder(folder: str | os.PathLike[str], fd: int | None = None) -> bool:

@@ -1104,9 +1104,50 @@ def test_a_result_that_appears_while_deraining_is_kept(tmp_path: Path, derainer,
         said = " ".join(buf.getvalue().split())
         assert "skipped 1 file(s) whose result another run wrote while this one derained " \
             "them" in said and "--overwrite redoes them" not in said, said
+
     s = run_batch(collect_inputs([str(a)]), _Sneaky(derainer, out),
                   BatchOptions(io_workers=io_workers, overwrite=True))
     assert s.processed == 1 and Image.open(out).size == (12, 10)  # --overwrite: replaced
+
+
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer,
+                                                        io_workers) -> None:
+    """Two runs over one folder each derained every photo, the slower throwing its results
+    away (an audit): a photo whose result another run claimed is skipped at once, without
+    the network's pass; one finished meanwhile too, and the claims are let go."""
+    import io
+
+    from rich.console import Console
+
+    from derain_cli.batch import CLAIMED
+    from derain_cli.cli import _print_summary
+    from derain_cli.fileio import claim_file
+
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    other = claim_file(tmp_path / "a_derained.png")  # as another process's claim
+    assert other is not None
+    calls: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(derainer, name)
+
+        def derain_array(self, pixels, on_tile=None):
+            calls.append(1)
+            return derainer.derain_array(pixels, on_tile=on_tile)
+
+    s = run_batch(collect_inputs([str(a), str(b)]), Counting(),
+                  BatchOptions(io_workers=io_workers))
+    other()
+    assert (s.processed, s.skipped, len(calls)) == (1, 1, 1)
+    assert s.files[0].reason == CLAIMED and not (tmp_path / "a_derained.png").exists()
+    buf = io.StringIO()
+    _print_summary(Console(file=buf, width=200), s, BatchOptions())
+    assert "skipped 1 file(s) another derain run took" in " ".join(buf.getvalue().split())
+    assert claim_file(tmp_path / "b_derained.png") is not None  # this run's, let go
+    s = run_batch(collect_inputs([str(a)]), Counting(), BatchOptions(io_workers=io_workers))
+    assert s.processed == 1  # the other run's claim gone: derained now
 
 
 def test_a_killed_runs_temporary_file_is_swept_by_the_next_run(tmp_path: Path,
