@@ -1327,8 +1327,9 @@ class _FullDisks:
 #: folder held other files, so derain did not mark it as its results folder (an audit:
 #: the summary's "--overwrite redoes them" replaced a photo of the user's)
 EXISTS_UNMARKED = "output exists, in a folder derain did not mark as its results"
-#: a skip's reason where another derain run claimed the photo's result (``claim_file``)
-CLAIMED = "another derain run is deraining it now (the result comes from that run)"
+#: a skip's reason where another derain run claimed the photo's result (``claim_file``),
+#: or wrote it since this run started
+CLAIMED = "another derain run took it (the result comes from that run)"
 
 
 def _in_unmarked_folder(options: BatchOptions) -> bool:
@@ -1481,19 +1482,25 @@ def _process(
     progress: BatchProgress,
     rank: int,
     full: _FullDisks | None = None,
+    since: float | None = None,
+    wait: bool = False,
 ) -> FileResult:
-    """One file, start to end, on this thread."""
+    """One file, start to end, on this thread. ``since``: when the run started (with
+    ``--overwrite``, a result written since then is another run's); ``wait``: wait for
+    another run's claim on the result instead of skipping the photo."""
     t0 = time.perf_counter()
     full = full or _FullDisks()
     early = _upfront(job, options)
     if early is not None:
+        if wait and early[0] == "skipped":  # a photo left to another run: it finished it
+            return _result(job, t0, rank, "skipped", CLAIMED)
         return _result(job, t0, rank, *early)
     if derainer is None:
         raise ValueError("run_batch needs a Derainer: there are images to process")
     no_room = full.problem(job)
     if no_room is not None:
         return _result(job, t0, rank, "failed", no_room)
-    release = _claim(job, options.overwrite)
+    release = _claim(job, options.overwrite, since, wait)
     if release is None:
         return _result(job, t0, rank, "skipped", CLAIMED)
     try:
@@ -1510,17 +1517,39 @@ def _process(
     return _result(job, t0, rank, "processed", mp=mp, rain_angle=angle)
 
 
-def _claim(job: Job, overwrite: bool = False) -> Callable[[], None] | None:
-    """``fileio.claim_file`` of the job's result: its release, or None where another
-    run claimed it, or has just written it (two runs over one folder split the photos
-    instead of each deraining every one: an audit)."""
+def _claim(job: Job, overwrite: bool = False, since: float | None = None,
+           wait: bool = False) -> Callable[[], None] | None:
+    """``fileio.claim_file`` of the job's result (``wait``: waiting for another run's):
+    its release, or None where another run claimed it, or has written it (two runs over
+    one folder split the photos instead of each deraining every one: an audit); with
+    ``overwrite``, a result written since ``since`` (this run's start) is another run's."""
     if job.output is None:
         return lambda: None
-    release = claim_file(job.output)
-    if release is not None and not overwrite and os.path.exists(job.output):
+    release = claim_file(job.output, wait=wait)
+    if release is None:
+        return None
+    try:
+        there = os.stat(job.output)
+    except OSError:
+        return release
+    if not overwrite or (since is not None and there.st_mtime >= since):
         release()  # the other run finished it between the look before and the claim
         return None
     return release
+
+
+def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchOptions,
+                 progress: BatchProgress, rank: int, full: _FullDisks, since: float,
+                 summary: Summary) -> None:
+    """The photos another run took while this one went through the folder, once this
+    one is done with the rest: each waited for (the other run's claim), then derained
+    here if that run left it undone (it was stopped or killed: the survivor said "all
+    done" with a photo missing, a review)."""
+    for job in left:
+        progress.file_start(job)
+        r = _process(job, derainer, options, progress, rank, full, since, wait=True)
+        summary.add(r)
+        progress.file_done(job, r)
 
 
 def resolve_io_workers(options: BatchOptions, derainer: Derainer | None) -> int:
@@ -1540,6 +1569,7 @@ def _run_pipelined(
     workers: int,
     summary: Summary,
     full: _FullDisks | None = None,
+    since: float | None = None,
 ) -> None:
     """``run_batch``'s loop with decoding and encoding on ``workers`` threads.
 
@@ -1560,6 +1590,7 @@ def _run_pipelined(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="derain-io")
     reads: dict[int, Future[LoadedImage]] = {}
     pending: deque[tuple[Job, Future[FileResult]]] = deque()  # in input order
+    left: list[Job] = []  # photos another run took: looked at again at the end
     nxt = 0  # next job index to consider for reading ahead
 
     def read_ahead(current: int) -> None:
@@ -1608,19 +1639,22 @@ def _run_pipelined(
                 os.path.exists(job.output)  # another run's (the serial loop looks just
             # before too; os.path's: an unreadable name is not the end of the batch)
             release = (None if no_room is not None or meanwhile else
-                       _claim(job, options.overwrite))
+                       _claim(job, options.overwrite, since))
             if release is None:
                 old = reads.pop(i, None)
                 if old is not None:
                     old.cancel()
+                if no_room is None and not meanwhile and job.output is not None \
+                        and not job.output.exists():
+                    left.append(job)  # another run's now: looked at again at the end
+                    continue
                 finished(job, _result(job, t0, rank, "failed", no_room) if no_room else
-                         _result(job, t0, rank, "skipped",
-                                 "output appeared meanwhile (another run?), kept")
-                         if meanwhile else _result(job, t0, rank, "skipped", CLAIMED))
+                         _result(job, t0, rank, "skipped", CLAIMED))  # (written by another
+                # run since this one started: it did not derain it, as the reason said)
                 continue
-            read = reads.pop(i, None)
-            read_ahead(i)
             try:
+                read = reads.pop(i, None)
+                read_ahead(i)
                 if read is not None:  # the future would hold the input until the next file
                     loaded, read = read.result(), None
                 else:
@@ -1646,6 +1680,8 @@ def _run_pipelined(
             del loaded
             report(block=False)
         report(block=True)
+        _finish_left(left, derainer, options, progress, rank, full, since or time.time(),
+                     summary)
     finally:
         for fut in reads.values():  # reads ahead are dropped; derained photos are written
             fut.cancel()
@@ -1737,18 +1773,25 @@ def _run_jobs(jobs: list[Job], derainer: Any, options: BatchOptions, progress: B
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()
+    since = time.time()
     workers = resolve_io_workers(options, derainer)
     full = _FullDisks()
     try:
         if workers > 0:
             _run_pipelined(jobs, derainer, options, progress, dist.rank, workers, summary,
-                           full)
+                           full, since)
         else:
+            left: list[Job] = []  # photos another run took: looked at again at the end
             for job in jobs:
                 progress.file_start(job)
-                r = _process(job, derainer, options, progress, dist.rank, full)
+                r = _process(job, derainer, options, progress, dist.rank, full, since)
+                if r.status == "skipped" and r.reason == CLAIMED and job.output is not None \
+                        and not job.output.exists():
+                    left.append(job)
+                    continue
                 summary.add(r)
                 progress.file_done(job, r)
+            _finish_left(left, derainer, options, progress, dist.rank, full, since, summary)
     except KeyboardInterrupt:
         summary.seconds = time.perf_counter() - t0
         summary.interrupted = True

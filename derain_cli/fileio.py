@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -166,14 +167,17 @@ def hold_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
             release()
 
 
-def claim_file(path: str | os.PathLike[str]) -> Callable[[], None] | None:
+def claim_file(path: str | os.PathLike[str], *,
+               wait: bool = False) -> Callable[[], None] | None:
     """Claim the output ``path`` for this process (a lock as :func:`hold_files` takes):
-    the function that lets it go, or None where another process holds it. Why: two runs
-    of the main job over one folder each derained every photo, the slower throwing its
-    results away (an audit); with claims they split the photos. The lock file goes with
-    the claim (a photo folder's worth would pile up otherwise); in the narrow race where
-    a third run opens it just then, two runs may derain one photo, and the result is
-    written once as before. Where locks are unavailable every claim succeeds."""
+    the function that lets it go, or None where another process holds it (``wait``: wait
+    for it instead). Why: two runs of the main job over one folder each derained every
+    photo, the slower throwing its results away (an audit); with claims they split the
+    photos. The lock file goes with the claim (a photo folder's worth would pile up
+    otherwise): a claim counts only on the file still under the name (a review found two
+    holders at once, one on a file deleted under it). Where locks are unavailable (no
+    ``fcntl``; a lock folder that cannot be made, or is not this user's alone) every claim
+    succeeds."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -181,21 +185,35 @@ def claim_file(path: str | os.PathLike[str]) -> Callable[[], None] | None:
     lock = _lock_file(_full_name(path))
     if lock is None:
         return lambda: None
-    try:
-        handle = open(lock, "a")  # noqa: SIM115 - closed by the release
-    except OSError:
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+    for _ in range(100):  # each retry: the holder deleted it as it let go
+        try:
+            fd = os.open(lock, flags, 0o600)
+        except OSError:
+            return lambda: None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            os.close(fd)
+            return None if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else (
+                lambda: None)
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False))
+        except OSError:  # gone: deleted by the holder that let go
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
         return lambda: None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        handle.close()
-        return None if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else (
-            lambda: None)
 
     def release() -> None:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while held: a run that opens it later makes a new one
-        handle.close()
+        os.close(fd)
 
     return release
 
@@ -211,6 +229,10 @@ def _lock_file(path: Path) -> Path | None:
     where = Path(tempfile.gettempdir()) / f"derain-locks-{os.getuid()}"
     try:
         where.mkdir(mode=0o700, exist_ok=True)
+        st = os.stat(where, follow_symlinks=False)
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+                and not st.st_mode & 0o022):  # another user's, or open to others: its
+            return None  # locks could make every run skip every photo (a review)
     except OSError:
         return None
     return where / (hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".lock")

@@ -1114,9 +1114,11 @@ def test_a_result_that_appears_while_deraining_is_kept(tmp_path: Path, derainer,
 def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer,
                                                         io_workers) -> None:
     """Two runs over one folder each derained every photo, the slower throwing its results
-    away (an audit): a photo whose result another run claimed is skipped at once, without
-    the network's pass; one finished meanwhile too, and the claims are let go."""
+    away (an audit): a photo whose result another run claimed is left to it while this run
+    does the rest, then waited for; derained here if that run left it undone (stopped or
+    killed: the survivor said "all done" with a photo missing, a review)."""
     import io
+    import threading
 
     from rich.console import Console
 
@@ -1125,30 +1127,50 @@ def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer
     from derain_cli.fileio import claim_file
 
     a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
-    other = claim_file(tmp_path / "a_derained.png")  # as another process's claim
-    assert other is not None
-    calls: list[int] = []
+    out_a = tmp_path / "a_derained.png"
+    calls: list[str] = []
 
     class Counting:
         def __getattr__(self, name):
             return getattr(derainer, name)
 
         def derain_array(self, pixels, on_tile=None):
-            calls.append(1)
+            calls.append("derain")
             return derainer.derain_array(pixels, on_tile=on_tile)
 
-    s = run_batch(collect_inputs([str(a), str(b)]), Counting(),
-                  BatchOptions(io_workers=io_workers))
-    other()
-    assert (s.processed, s.skipped, len(calls)) == (1, 1, 1)
-    assert s.files[0].reason == CLAIMED and not (tmp_path / "a_derained.png").exists()
-    buf = io.StringIO()
-    _print_summary(Console(file=buf, width=200), s, BatchOptions())
-    assert "skipped 1 file(s) another derain run took" in " ".join(buf.getvalue().split())
-    assert claim_file(tmp_path / "b_derained.png") is not None  # this run's, let go
-    s = run_batch(collect_inputs([str(a)]), Counting(), BatchOptions(io_workers=io_workers))
-    assert s.processed == 1  # the other run's claim gone: derained now
+    for other_finishes in (True, False):
+        out_a.unlink(missing_ok=True)
+        (tmp_path / "b_derained.png").unlink(missing_ok=True)
+        calls.clear()
+        other = claim_file(out_a)  # as another process's claim, on a's result
+        assert other is not None
 
+        def the_other_run(finishes: bool, let_go) -> None:
+            time.sleep(0.5)  # while this run derains b
+            if finishes:
+                out_a.write_bytes(b"the other run's result")
+            let_go()  # done, or stopped without a result
+
+        t = threading.Thread(target=the_other_run, args=(other_finishes, other))
+        t.start()
+        s = run_batch(collect_inputs([str(a), str(b)]), Counting(),
+                      BatchOptions(io_workers=io_workers))
+        t.join()
+        if other_finishes:  # left to it: no network pass for a here
+            assert (s.processed, s.skipped, len(calls)) == (1, 1, 1)
+            assert out_a.read_bytes() == b"the other run's result"
+            (skip,) = [f for f in s.files if f.status == "skipped"]
+            assert skip.reason == CLAIMED
+            buf = io.StringIO()
+            _print_summary(Console(file=buf, width=200), s, BatchOptions())
+            assert "skipped 1 file(s) another derain run took" in " ".join(
+                buf.getvalue().split())
+        else:  # the other run stopped: this one derains a too
+            assert (s.processed, s.skipped, len(calls)) == (2, 0, 2)
+            assert Image.open(out_a).size == (12, 10)
+    release = claim_file(tmp_path / "b_derained.png")  # this run's claims let go
+    assert release is not None
+    release()
 
 def test_a_killed_runs_temporary_file_is_swept_by_the_next_run(tmp_path: Path,
                                                               derainer) -> None:

@@ -188,3 +188,54 @@ def test_files_are_held_by_their_full_names(tmp_path: Path) -> None:
     with hold_files([tmp_path / "d" / "a.csv"]):  # let go at the end of the block
         pass
     assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_a_claim_on_a_lock_file_deleted_under_it_does_not_count(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A holder deletes its lock file as it lets go: a run that had opened the file just
+    before locked the deleted one, while a third locked a new one: two holders at once (a
+    review). A claim counts only on the file still under the name."""
+    import os
+
+    from derain_cli import fileio
+
+    target = tmp_path / "a.png"
+    first = fileio.claim_file(target)
+    assert first is not None
+    lock = fileio._lock_file(fileio._full_name(target))
+    stale = os.open(lock, os.O_RDWR)  # opened before the holder let go
+    first()  # deleted and let go
+    real_open = os.open
+    opened: list[int] = []
+
+    def open_stale_first(path, flags, mode=0o777):
+        opened.append(1)
+        return stale if len(opened) == 1 else real_open(path, flags, mode)
+
+    monkeypatch.setattr(fileio.os, "open", open_stale_first)
+    second = fileio.claim_file(target)  # locks the deleted file, sees it, opens anew
+    monkeypatch.setattr(fileio.os, "open", real_open)
+    assert second is not None and len(opened) == 2
+    assert fileio.claim_file(target) is None  # the claim is on the file under the name
+    second()
+    third = fileio.claim_file(target)
+    assert third is not None
+    third()
+
+
+def test_a_lock_folder_not_this_users_alone_is_not_used(tmp_path: Path, monkeypatch) -> None:
+    """A derain-locks folder open to others (or another user's) could make every run skip
+    every photo as claimed (a review): claims then always succeed, as without locks."""
+    import tempfile
+
+    from derain_cli import fileio
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    where = tmp_path / f"derain-locks-{os.getuid()}"
+    where.mkdir(mode=0o777)
+    where.chmod(0o777)
+    assert fileio._lock_file(tmp_path / "x.png") is None
+    first = fileio.claim_file(tmp_path / "x.png")
+    assert first is not None and fileio.claim_file(tmp_path / "x.png") is not None
+    where.chmod(0o700)
+    assert fileio._lock_file(tmp_path / "x.png") is not None
