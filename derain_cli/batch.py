@@ -165,6 +165,22 @@ def is_output_folder(folder: Path, note: bool = False) -> bool:
     return marked
 
 
+def _is_run_folder(folder: Path, note: bool = False) -> bool:
+    """Whether ``folder`` is a training run's (``train``/``finetune``: its lock file):
+    its ``curves.png`` and a report's thumbnails are no photos, and ``derain PARENT -r``
+    derained them (an audit), where training's photo readers already left them out."""
+    from .pairs import RUN_LOCK
+
+    try:
+        found = (folder / RUN_LOCK).is_file()
+    except OSError:
+        return False
+    if found and note:
+        log.warning("%s: skipped, a training run's folder (delete %s in it to include it)",
+                    folder, RUN_LOCK)
+    return found
+
+
 def mark_output_folder(folder: Path, in_input_tree: bool = False) -> list[Path]:
     """Create ``folder`` if needed and leave :data:`OUTPUT_MARKER` in it (best effort);
     return what it created (folders outermost first, then the marker) for
@@ -321,7 +337,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                 if held:
                     excluded_photos.append((d, held))
             return False
-        return not is_output_folder(d, note=True)
+        return not is_output_folder(d, note=True) and not _is_run_folder(d, note=True)
 
     top = _resolved(root)
     if recursive:
@@ -343,7 +359,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
             raise ImageError(f"cannot list folder: {e.strerror or e}") from None
         for p in entries:
             if p.is_dir():
-                if is_system_folder(p.name) or is_output_folder(p):
+                if is_system_folder(p.name) or is_output_folder(p) or _is_run_folder(p):
                     continue
                 if p.is_symlink():  # -r would not enter it either
                     linked_dirs += 1

@@ -1415,3 +1415,14 @@ def test_a_run_that_wrote_nothing_keeps_the_marker_another_run_writes_under(
     with pytest.raises(KeyboardInterrupt):
         run_batch(collect_inputs([str(tmp_path / "in")]), derainer, BatchOptions(output=out))
     assert not out.exists()
+
+
+def test_a_training_runs_folder_is_not_scanned_for_photos(tmp_path: Path, caplog) -> None:
+    """`derain PARENT -r` derained a run folder's curves.png (training's photo readers
+    already left run folders out: an audit)."""
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "runs" / "ft" / "curves.png")
+    (tmp_path / "runs" / "ft" / ".derain-run.lock").write_text("")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        assert _rels(collect_inputs([str(tmp_path)], recursive=True)) == ["a.jpg"]
+    assert "ft: skipped, a training run's folder" in caplog.text
