@@ -810,6 +810,10 @@ class BatchOptions:
     network runs (0: all in line); None: ``GPU_IO_WORKERS`` on a GPU, where decoding and
     encoding would otherwise leave it idle, and 0 on the CPU, whose cores the network
     already uses.
+    ``started``: when the run began (``time.time()``): with ``overwrite``, a result
+    written since then is another run's, left to it (None: when ``run_batch`` is called;
+    the CLI sets it before its model loads, which on a GPU takes seconds in which a run
+    started earlier writes results: a review).
     """
 
     output: Path | None = None
@@ -820,6 +824,7 @@ class BatchOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     raise_errors: bool = False
     io_workers: int | None = None
+    started: float | None = None
 
     def __post_init__(self) -> None:
         if self.output is not None:
@@ -1144,6 +1149,10 @@ class BatchProgress:
 
     def file_start(self, job: Job) -> None:
         """About to work on ``job`` (also called for jobs that will be skipped or fail)."""
+
+    def file_left(self, job: Job) -> None:
+        """``job``, started, is put off to the end (another run is deraining it): its
+        ``file_start`` comes again then, before its ``file_done``."""
 
     def tile(self, done: int, total: int) -> None:
         """Tile ``done`` of ``total`` of the current image finished."""
@@ -1554,6 +1563,18 @@ def _claim(job: Job, overwrite: bool = False, since: float | None = None,
     return release
 
 
+def _done_by_another(job: Job, overwrite: bool, since: float | None) -> bool:
+    """Whether the job's result is there, written by another run: any result without
+    ``overwrite``; with it, one written since ``since`` (an older one is what
+    ``--overwrite`` replaces: the photo was not waited for, and a stopped run's old result
+    stayed: a review)."""
+    try:
+        there = os.stat(job.output) if job.output is not None else None
+    except OSError:
+        return False
+    return there is not None and (not overwrite or since is None or there.st_mtime >= since)
+
+
 def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchOptions,
                  progress: BatchProgress, rank: int, full: _FullDisks, since: float,
                  summary: Summary) -> None:
@@ -1563,6 +1584,13 @@ def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchO
     done" with a photo missing, a review)."""
     for job in left:
         progress.file_start(job)
+        if job.output is not None:  # said: a stopped (SIGSTOP) run would hold it forever
+            probe = claim_file(job.output)
+            if probe is None:
+                log.warning("%s: waiting for the other derain run that is deraining it",
+                            job.item.path)
+            else:
+                probe()
         r = _process(job, derainer, options, progress, rank, full, since, wait=True)
         summary.add(r)
         progress.file_done(job, r)
@@ -1660,8 +1688,9 @@ def _run_pipelined(
                 old = reads.pop(i, None)
                 if old is not None:
                     old.cancel()
-                if no_room is None and not meanwhile and job.output is not None \
-                        and not job.output.exists():
+                if no_room is None and not meanwhile and not _done_by_another(
+                        job, options.overwrite, since):
+                    progress.file_left(job)
                     left.append(job)  # another run's now: looked at again at the end
                     continue
                 finished(job, _result(job, t0, rank, "failed", no_room) if no_room else
@@ -1734,6 +1763,7 @@ def run_batch(
     options = options or BatchOptions()
     progress = progress or BatchProgress()
     dist = dist or DistInfo()
+    since = options.started if options.started is not None else time.time()
     jobs = plan_jobs(items, options)
     to_folder = options.output is not None and not _writes_one_file(options)
     created: list[Path] = []
@@ -1755,7 +1785,7 @@ def run_batch(
     # the main process alone holds: under torchrun the other ranks' holds kept rank 0 from
     # taking back a folder the job wrote nothing into (a review)
     with _shared_hold(options.output if to_folder and dist.is_main else None) as held:
-        return _run_jobs(jobs, derainer, options, progress, dist, created, held)
+        return _run_jobs(jobs, derainer, options, progress, dist, created, held, since)
 
 
 @contextlib.contextmanager
@@ -1781,7 +1811,8 @@ def _take_back(created: list[Path], options: BatchOptions, held: int | None) -> 
 
 
 def _run_jobs(jobs: list[Job], derainer: Any, options: BatchOptions, progress: BatchProgress,
-              dist: DistInfo, created: list[Path], held: int | None) -> Summary:
+              dist: DistInfo, created: list[Path], held: int | None,
+              since: float) -> Summary:
     """``run_batch`` once the output folder is marked and held."""
     if dist.enabled:
         jobs = jobs[dist.rank :: dist.world_size]
@@ -1789,7 +1820,6 @@ def _run_jobs(jobs: list[Job], derainer: Any, options: BatchOptions, progress: B
     summary = Summary(world_size=dist.world_size)
     progress.start(len(jobs))
     t0 = time.perf_counter()
-    since = time.time()
     workers = resolve_io_workers(options, derainer)
     full = _FullDisks()
     try:
@@ -1801,8 +1831,9 @@ def _run_jobs(jobs: list[Job], derainer: Any, options: BatchOptions, progress: B
             for job in jobs:
                 progress.file_start(job)
                 r = _process(job, derainer, options, progress, dist.rank, full, since)
-                if r.status == "skipped" and r.reason == CLAIMED and job.output is not None \
-                        and not job.output.exists():
+                if r.status == "skipped" and r.reason == CLAIMED and not _done_by_another(
+                        job, options.overwrite, since):
+                    progress.file_left(job)
                     left.append(job)
                     continue
                 summary.add(r)

@@ -925,6 +925,7 @@ def _run(
     options = batch.BatchOptions(
         output=output, output_file=to_file, format=fmt, quality=quality, overwrite=overwrite,
         max_pixels=max_pixels or None, raise_errors=debug, io_workers=io_threads,
+        started=time.time(),  # before the model loads: results since are another run's
     )
 
     dist, device = batch.init_distributed(device)
@@ -1442,6 +1443,11 @@ class _RichProgress:
         self.started += 1
         self.current, self.fraction = id(job), 0.0
         self.bars.update(self.files, description=self.name)
+
+    def file_left(self, job: Job) -> None:
+        self.started -= 1  # started again at the end (it went past the total: a review)
+        if self.current == id(job):
+            self.current = None
 
     def tile(self, done: int, total: int) -> None:
         if self._at_work():

@@ -1129,6 +1129,7 @@ def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer
     a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
     out_a = tmp_path / "a_derained.png"
     calls: list[str] = []
+    reached_b = threading.Event()  # a was put off: this run is at b
 
     class Counting:
         def __getattr__(self, name):
@@ -1136,6 +1137,7 @@ def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer
 
         def derain_array(self, pixels, on_tile=None):
             calls.append("derain")
+            reached_b.set()
             return derainer.derain_array(pixels, on_tile=on_tile)
 
     for other_finishes in (True, False):
@@ -1145,8 +1147,10 @@ def test_a_photo_another_run_is_deraining_is_left_to_it(tmp_path: Path, derainer
         other = claim_file(out_a)  # as another process's claim, on a's result
         assert other is not None
 
+        reached_b.clear()
+
         def the_other_run(finishes: bool, let_go) -> None:
-            time.sleep(0.5)  # while this run derains b
+            reached_b.wait(60)  # (a sleep flaked where the run started late: a review)
             if finishes:
                 out_a.write_bytes(b"the other run's result")
             let_go()  # done, or stopped without a result
@@ -1426,3 +1430,43 @@ def test_a_training_runs_folder_is_not_scanned_for_photos(tmp_path: Path, caplog
     with caplog.at_level("WARNING", logger="derain_cli"):
         assert _rels(collect_inputs([str(tmp_path)], recursive=True)) == ["a.jpg"]
     assert "ft: skipped, a training run's folder" in caplog.text
+
+
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_overwrite_leaves_results_written_since_the_start_and_redoes_a_stopped_runs(
+        tmp_path: Path, derainer, io_workers) -> None:
+    """--overwrite: a result another run wrote since this run started (its model loading
+    included) is that run's, left to it; an older one under another run's claim was not
+    waited for, and stayed when that run stopped (a review)."""
+    import threading
+
+    from derain_cli.batch import CLAIMED
+    from derain_cli.fileio import claim_file
+
+    a, b = _img(tmp_path / "a.png"), _img(tmp_path / "b.png")
+    out_a, out_b = tmp_path / "a_derained.png", tmp_path / "b_derained.png"
+    hour_ago = time.time() - 3600
+    for out in (out_a, out_b):
+        out.write_bytes(b"old result")
+        os.utime(out, (hour_ago, hour_ago))
+    put_off: list[str] = []
+
+    class Recording(BatchProgress):
+        def file_left(self, job):
+            put_off.append(job.item.path.name)
+
+    other = claim_file(out_a)  # another run on a, stopped without a result
+    assert other is not None
+    threading.Timer(0.3, other).start()
+    s = run_batch(collect_inputs([str(a), str(b)]), derainer,
+                  BatchOptions(io_workers=io_workers, overwrite=True), Recording())
+    assert (s.processed, s.skipped) == (2, 0) and put_off == ["a.png"]
+    assert Image.open(out_a).size == (12, 10)  # redone, not the old result left
+    out_a.write_bytes(b"another run's, written after this run started")
+    os.utime(out_b, (hour_ago, hour_ago))  # b's: older than the start, replaced
+    s = run_batch(collect_inputs([str(a), str(b)]), derainer,
+                  BatchOptions(io_workers=io_workers, overwrite=True,
+                               started=time.time() - 10))
+    assert (s.processed, s.skipped) == (1, 1)
+    assert [f.reason for f in s.files if f.status == "skipped"] == [CLAIMED]
+    assert out_a.read_bytes() == b"another run's, written after this run started"
