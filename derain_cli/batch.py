@@ -155,14 +155,7 @@ def is_output_folder(folder: Path, note: bool = False) -> bool:
 
     A folder that cannot be looked into is not taken for one (one unreadable subfolder,
     a ``lost+found``, stopped the whole batch with "Permission denied")."""
-    try:
-        marked = (folder / OUTPUT_MARKER).is_file()
-    except OSError:
-        return False
-    if marked and note:
-        log.warning("%s: skipped, it holds derain results (delete %s in it to include it)",
-                    folder, OUTPUT_MARKER)
-    return marked
+    return _holds_file(folder, OUTPUT_MARKER, note, "it holds derain results")
 
 
 def _is_run_folder(folder: Path, note: bool = False) -> bool:
@@ -171,13 +164,18 @@ def _is_run_folder(folder: Path, note: bool = False) -> bool:
     derained them (an audit), where training's photo readers already left them out."""
     from .pairs import RUN_LOCK
 
+    return _holds_file(folder, RUN_LOCK, note, "a training run's folder")
+
+
+def _holds_file(folder: Path, name: str, note: bool, what: str) -> bool:
+    """Whether ``folder`` holds the file ``name`` (False where it cannot be looked into);
+    with ``note``, a scan's warning that it skips the folder as ``what``."""
     try:
-        found = (folder / RUN_LOCK).is_file()
+        found = (folder / name).is_file()
     except OSError:
         return False
     if found and note:
-        log.warning("%s: skipped, a training run's folder (delete %s in it to include it)",
-                    folder, RUN_LOCK)
+        log.warning("%s: skipped, %s (delete %s in it to include it)", folder, what, name)
     return found
 
 
