@@ -1549,13 +1549,7 @@ def _claim(job: Job, overwrite: bool = False, since: float | None = None,
     if job.output is None:
         return lambda: None
     release = claim_file(job.output, wait=wait)
-    if release is None:
-        return None
-    try:
-        there = os.stat(job.output)
-    except OSError:
-        return release
-    if not overwrite or (since is not None and there.st_mtime >= since):
+    if release is not None and _done_by_another(job, overwrite, since):
         release()  # the other run finished it between the look before and the claim
         return None
     return release
@@ -1570,7 +1564,8 @@ def _done_by_another(job: Job, overwrite: bool, since: float | None) -> bool:
         there = os.stat(job.output) if job.output is not None else None
     except OSError:
         return False
-    return there is not None and (not overwrite or since is None or there.st_mtime >= since)
+    return there is not None and (not overwrite or (since is not None
+                                                    and there.st_mtime >= since))
 
 
 def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchOptions,

@@ -48,10 +48,12 @@ The output folder holds ``model.safetensors`` and ``manifest_entry.json``, like
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -347,11 +349,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
         raise DistillError("name (--name) is empty; give one, or leave it out for "
                            f"{default_name(cfg)}")
     if Path(cfg.out).is_dir():  # another run writing there: said now, not after the
-        try:  # minutes of training (a review); held again at the write
-            with hold_folders([cfg.out]):
-                pass
-        except FolderInUse as e:
-            raise DistillError(str(e)) from None
+        with _held(cfg.out):  # minutes of training (a review); held again at the write
+            pass
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
     from .train import _hardware, check_finite, start_weights
@@ -379,8 +378,11 @@ def distill(cfg: DistillConfig) -> DistillResult:
     finally:
         torch.set_num_threads(threads)
 
-    entry = _write(cfg, student, label, step, wall, before, after, hardware, start,
-                   interrupted)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with _held(cfg.out):  # another distill into it replaced this one's model in silence,
+        check_out(cfg.out, cfg.overwrite)  # or paired its weights with the other's
+        entry = _write(cfg, student, label, step, wall, before, after, hardware, start,
+                       interrupted)  # manifest (an audit); checked again, held
     result = DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
     if interrupted:  # written; the command still ends as interrupted (exit 130), and says
         raise DistillInterrupted(result)  # where the student went (it did not: an audit)
@@ -532,27 +534,22 @@ def _learn(cfg: DistillConfig, teacher: nn.Module, student: nn.Module,
     return step, time.monotonic() - start, interrupted
 
 
-def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
-           before: dict[str, float], after: dict[str, float],
-           hardware: str, start: dict[str, str], interrupted: bool = False) -> dict[str, Any]:
-    """The student's weights (fp16, or fp32 where a value is beyond fp16's range) and
-    manifest entry in ``cfg.out``; returns the entry
-    (``start``: ``train.start_weights`` of ``--init``, taken when it was loaded)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # another distill into it replaced this one's model in silence, or paired its
-        with hold_folders([out]):  # weights with the other's manifest (an audit)
-            check_out(out, cfg.overwrite)  # again: one may have finished meanwhile
-            return _write_held(cfg, student, label, step, wall, before, after, hardware,
-                               start, interrupted)
+@contextlib.contextmanager
+def _held(out: str | os.PathLike[str]) -> Iterator[None]:
+    """``out`` held (``fileio.hold_folders``); another process's hold a ``DistillError``."""
+    try:
+        with hold_folders([out]):
+            yield
     except FolderInUse as e:
         raise DistillError(str(e)) from None
 
 
-def _write_held(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
-                before: dict[str, float], after: dict[str, float],
-                hardware: str, start: dict[str, str], interrupted: bool) -> dict[str, Any]:
-    """``_write``'s files, written while ``cfg.out`` is held."""
+def _write(cfg: DistillConfig, student: nn.Module, label: str, step: int, wall: float,
+           before: dict[str, float], after: dict[str, float],
+           hardware: str, start: dict[str, str], interrupted: bool = False) -> dict[str, Any]:
+    """The student's weights (fp16, or fp32 where a value is beyond fp16's range) and
+    manifest entry in ``cfg.out``; returns the entry (``start``: ``train.start_weights`` of
+    ``--init``, taken when it was loaded). The caller holds ``cfg.out`` (``_held``)."""
     from .fileio import atomic_write_text
     from .models import get_spec
     from .train import _say, fitting_dtype

@@ -95,6 +95,18 @@ def _ignores_case(folder: str) -> bool:
     return sys.platform in ("darwin", "win32")
 
 
+#: what flock's LOCK_NB fails with where another process holds the lock
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _open_folder(folder: str | os.PathLike[str]) -> int | None:
+    """A descriptor of ``folder`` to lock, or None where it is missing or unreadable."""
+    try:
+        return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+
+
 class FolderInUse(RuntimeError):
     """Another derain process holds a folder (or file) this one was about to write (see
     :func:`hold_folders`, :func:`hold_files`)."""
@@ -128,15 +140,14 @@ def hold_folders(folders: Iterable[str | os.PathLike[str]], *,
     fds: list[int] = []
     try:
         for folder in dict.fromkeys(Path(os.path.realpath(f)) for f in folders):
-            try:
-                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            except OSError:  # not there (yet), or unreadable: not held
+            fd = _open_folder(folder)
+            if fd is None:  # not there (yet), or unreadable: not held
                 continue
             fds.append(fd)
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if e.errno in _BUSY:
                     raise FolderInUse(folder) from None
                 # no locks on this file system: not held
         yield fds
@@ -195,7 +206,7 @@ def claim_file(path: str | os.PathLike[str], *,
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             os.close(fd)
-            return None if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else (
+            return None if e.errno in _BUSY else (
                 lambda: None)
         except BaseException:  # Ctrl-C while waiting
             os.close(fd)
@@ -251,15 +262,14 @@ def only_holder(folder: str | os.PathLike[str], fd: int | None = None) -> bool:
             fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError:
             pass
-    try:
-        probe = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
+    probe = _open_folder(folder)
+    if probe is None:
         return True
     try:
         fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError as e:
-        return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        return e.errno not in _BUSY
     finally:
         os.close(probe)  # the lock goes with it
 

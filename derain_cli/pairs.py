@@ -212,10 +212,10 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
     unread: Counter[str] = Counter()
     found = list_images(folder, recursive=recursive, unread=unread)
     if unread:  # GIFs in a --rainy folder were passed over in silence (an audit)
-        from .batch import _unread_text
+        from .batch import _SUPPORTED_TEXT, _unread_text
 
-        log.warning("%s: %s not read (derain reads JPEG, PNG, WebP, TIFF and BMP): convert "
-                    "them to include them", folder, _unread_text(unread))
+        log.warning("%s: %s not read (derain reads %s): convert them to JPEG, PNG or TIFF "
+                    "to include them", folder, _unread_text(unread), _SUPPORTED_TEXT)
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     if len(kept) < len(found):
         n = len(found) - len(kept)

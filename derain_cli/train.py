@@ -1463,7 +1463,7 @@ def _an_image_not_derains(out: Path) -> Path | None:
     lock or marker) left out, as photo scans leave them; the walk stops at the first
     (``--out ~`` is a large tree)."""
     from .batch import OUTPUT_MARKER, is_output_name
-    from .pairs import IMAGE_SUFFIXES
+    from .pairs import _is_image
 
     for here, dirs, files in os.walk(out):
         if Path(here) != out and (RUN_LOCK in files or OUTPUT_MARKER in files):
@@ -1472,8 +1472,7 @@ def _an_image_not_derains(out: Path) -> Path | None:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
             p = Path(here) / f
-            if (Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")
-                    and p != out / "curves.png" and not is_output_name(p)):
+            if _is_image(p) and p != out / "curves.png" and not is_output_name(p):
                 return p
     return None
 
