@@ -54,7 +54,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,10 +266,17 @@ def _load_init(path: str, like: nn.Module) -> nn.Module:
     from .weights import model_from_file
 
     net = model_from_file(path)
-    if type(net) is not type(like) or net.cfg != like.cfg:
-        got = getattr(net, "cfg", type(net).__name__)
-        raise DistillError(f"{path}: --init must be a student of the same shape "
-                           f"({like.cfg}), not {got}")
+    if type(net) is not type(like):
+        raise DistillError(f"{path}: --init must be a student of the same shape; it is "
+                           f"a {type(net).__name__}, the student a {type(like).__name__} "
+                           "(--student names the student's model)")
+    if net.cfg != like.cfg:
+        differ = ", ".join(f"{f.name} {getattr(net.cfg, f.name)} (student "
+                           f"{getattr(like.cfg, f.name)})" for f in fields(like.cfg)
+                           if getattr(net.cfg, f.name) != getattr(like.cfg, f.name))
+        raise DistillError(f"{path}: --init must be a student of the same shape; it "
+                           f"differs in {differ}. Give the --student or block counts "
+                           "(--rain-blocks, --detail-blocks) it was made with")
     return net.eval()
 
 
