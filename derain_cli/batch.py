@@ -1063,6 +1063,9 @@ class Summary:
     interrupted: bool = False
     #: how the images were derained (``engine_record``); None when nothing was
     engine: dict[str, Any] | None = None
+    #: why the command stopped before or outside the photos' work (weights that cannot be
+    #: had, a device or model refused), as said on stderr; None when it did not
+    error: str | None = None
 
     @property
     def megapixels_per_s(self) -> float:
@@ -1108,6 +1111,7 @@ class Summary:
             "world_size": self.world_size,
             "interrupted": self.interrupted,
             "engine": self.engine,
+            "error": self.error,
             # a failed file's output was never written: null, not the path it would have had
             "files": [{**asdict(r), "output": None if r.status == "failed" else r.output}
                       for r in self.files],

@@ -157,8 +157,26 @@ def print_error(console: Console, message: str, rank: int = 0) -> None:
     """``error: message`` on stderr, its control characters escaped (``terminal_text``),
     the library's asides for Python callers left out (``command_line_words``)."""
     prefix = f"[rank {rank}] " if rank else ""
-    console.print(Text(f"{prefix}error: ", style="bold red")
-                  + Text(terminal_text(command_line_words(message))))
+    words = command_line_words(message)
+    if _ERRORS_SAID:
+        _ERRORS_SAID[-1].append(words)
+    console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(words)))
+
+
+#: lists that collect what :func:`print_error` says (``_errors_said``), innermost last
+_ERRORS_SAID: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def _errors_said() -> Iterator[list[str]]:
+    """The error lines said while inside: the main job's ``--json`` names the error it
+    stopped on (a run refused for its weights or device printed nothing on stdout)."""
+    said: list[str] = []
+    _ERRORS_SAID.append(said)
+    try:
+        yield said
+    finally:
+        _ERRORS_SAID.remove(said)
 
 
 #: The library's words for its Python callers, beside the flags the CLI's users type:
@@ -836,6 +854,16 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
         raise typer.Exit(1) from None
 
 
+def _stopped_on(e: Exception, said: list[str]) -> str:
+    """What ``e`` stopped the main job for, in the words said (or about to be) on stderr."""
+    if isinstance(e, ClickException):
+        return e.format_message()
+    if isinstance(e, (_Exit, typer.Exit)):  # said already, then this exit
+        code = e.code if isinstance(e, _Exit) else e.exit_code
+        return "; ".join(said) or f"stopped with exit status {code}"
+    return command_line_words(_friendly_message(e))
+
+
 def _friendly_message(e: BaseException) -> str:
     """The exception's own text when it was written for users, else one line with its type."""
     if isinstance(e, MemoryError):  # before any import: one needs memory too, and its own
@@ -930,7 +958,7 @@ def _run(
 
     dist, device = batch.init_distributed(device)
     try:
-        with _friendly_errors(err, debug, dist.rank):
+        with _friendly_errors(err, debug, dist.rank), _errors_said() as said:
             main_rank = dist.is_main
             chatty = main_rank and not (quiet or json_out)
             logging_handler = attach_logging(err, debug, quiet or not main_rank)
@@ -992,6 +1020,11 @@ def _run(
                 if json_out and main_rank and not isinstance(stop, batch.BatchInterrupted):
                     _echo_json(err, batch.Summary(world_size=dist.world_size,
                                                   interrupted=True))
+                raise
+            except Exception as e:  # weights, device, model refused: a script reading
+                if json_out and main_rank:  # --json learns why (stdout was empty)
+                    _echo_json(err, batch.Summary(world_size=dist.world_size,
+                                                  error=_stopped_on(e, said)))
                 raise
             finally:
                 decoder_warnings.close()

@@ -865,6 +865,26 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download", "rdmc", "--all").exit_code == 2
 
 
+def test_json_names_the_error_a_run_stopped_on(tmp_path: Path, tiny_weights: Path) -> None:
+    """A run refused for its weights or device printed nothing on stdout with --json: a
+    script reading it learnt only the exit status (session 66's note)."""
+    import torch
+
+    src = _img(tmp_path / "a.png")
+    cases = [(("-m", "rdmc"), 1, "'rdmc' has no pretrained weights yet"),
+             (("--weights", tmp_path / "a.png"), 1, "not a weights file"),
+             (("--weights", tiny_weights, "--tile", "8"), 2, "at least 16 px")]
+    if not torch.cuda.is_available():
+        cases.append((("--weights", tiny_weights, "--device", "cuda"), 2, "no CUDA GPU"))
+    for args, code, text in cases:
+        r = derain(src, *args, "--json", "-o", tmp_path / "out")
+        summary = json.loads(r.stdout)
+        assert r.exit_code == code and text in summary["error"], (args, r.stdout)
+        assert text in r.stderr and summary["processed"] == 0
+    r = derain(src, "--weights", tiny_weights, "--json", "-o", tmp_path / "out")
+    assert r.exit_code == 0 and json.loads(r.stdout)["error"] is None
+
+
 _SIGTERM_MIDWAY = """
 import os, signal, sys
 from derain_cli import images
