@@ -537,10 +537,10 @@ def _special(p: Path) -> bool:
 
 
 def collect_inputs(
-    inputs: Iterable[str | os.PathLike[str]],
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     recursive: bool = False,
     *,
-    exclude: Iterable[str | os.PathLike[str]] = (),
+    exclude: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (),
 ) -> list[InputItem]:
     """Turn command-line inputs (files, folders, glob patterns) into a list of photos.
 
@@ -563,9 +563,12 @@ def collect_inputs(
     ``out/card2/DCIM/...``); folders matched by a pattern keep their path below the
     pattern's base.
 
-    A file reached twice is listed once.
+    A file reached twice is listed once. One path given alone (a ``str`` or ``Path``, not
+    in a list) is one input.
     """
-    inputs = [os.fspath(raw) for raw in inputs]
+    inputs = [os.fspath(raw) for raw in _paths(inputs)]  # a string was walked letter by
+    # letter: "photos/" scanned the whole file system from "/" (an audit)
+    exclude = _paths(exclude)
     # a folder beside other inputs gets its own subfolder (a lone folder does not)
     folders = [Path(i) for i in inputs if Path(i).is_dir()] if len(inputs) > 1 else []
     collector = _Collector(recursive, {_resolved(Path(e)) for e in exclude})
@@ -573,6 +576,11 @@ def collect_inputs(
     for given in inputs:
         collector.given(given)
     return collector.items
+
+
+def _paths(given: Any) -> list[Any]:
+    """``given`` as a list of paths: one path alone (``str``, ``bytes``, ``PathLike``) is one."""
+    return [given] if isinstance(given, str | bytes | os.PathLike) else list(given)
 
 
 def _folder_prefixes(folders: Sequence[Path]) -> dict[Path, Path]:

@@ -179,10 +179,7 @@ class Derainer:
         for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),
                                ("threads", threads, 1), ("tile_batch", tile_batch, 0),
                                ("workload_images", workload_images, 1)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)):
-                raise OptionError(f"{what} must be a whole number or None, not {v!r}")
-            if v is not None and v < least:
-                raise OptionError(f"{what} must be at least {least}, not {v}")
+            _check_whole(what, v, least)
         for what, mp in (("stats_megapixels", stats_megapixels),
                          ("workload_megapixels", workload_megapixels)):
             if mp is not None and (isinstance(mp, bool) or not isinstance(mp, _REAL)
@@ -550,6 +547,11 @@ class Derainer:
         """The network's result on ``rgb`` (HxWx3, as ``derain_array`` takes it; any strides),
         tiled, clipped to [0, 1]; out of memory, fewer tiles per pass, then smaller tiles."""
         tile, batch = self.tile, self.tile_batch
+        # as the constructor checks them: set afterwards, a negative overlap blended tiles
+        # into a broken image in silence (an audit: 15.7 dB against the untiled result)
+        for what, v, least in (("tile", tile, 0), ("tile_overlap", self.tile_overlap, 0),
+                               ("tile_batch", batch, 1)):
+            _check_whole(what, v, least, none=False)
         padded, crop = tiling.pad_small(rgb, self.small_side)  # a small image's context
         while True:
             try:
@@ -814,6 +816,17 @@ def blend_toward_input(out: np.ndarray, rgb: np.ndarray, strength: float,
         band -= x
         band *= s
         band += x
+
+
+def _check_whole(what: str, v: Any, least: int, *, none: bool = True) -> None:
+    """``OptionError`` unless ``v`` is a whole number of at least ``least`` (or None)."""
+    if v is None and none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise OptionError(f"{what} must be a whole number{' or None' if none else ''}, "
+                          f"not {v!r}")
+    if v < least:
+        raise OptionError(f"{what} must be at least {least}, not {v}")
 
 
 def _gray_scale(hi: float, mode: str) -> float:

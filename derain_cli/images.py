@@ -27,6 +27,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import re
 import struct
@@ -1336,6 +1337,14 @@ def prepare_image(
         raise ValueError(f"rgb must be HxWx3, got shape {rgb.shape}")
     if rgb.dtype.kind != "f":  # uint8 data would silently come out white
         raise ValueError(f"rgb must be floating point in [0, 1], got {rgb.dtype}")
+    if rgb.size:  # 0..255 floats came out white, NaN black, in silence (an audit)
+        lo, hi = float(np.min(rgb)), float(np.max(rgb))  # NaN anywhere makes both NaN
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("rgb holds NaN or infinite values; not written (from a "
+                             "network: its precision may be too low, fp32 avoids it)")
+        if hi > 1.5:
+            raise ValueError(f"rgb must be floating point in [0, 1]; it reaches {hi:g} "
+                             "(for 0..255 data divide by 255)")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100, got {quality}")
     height, width = rgb.shape[:2]

@@ -31,10 +31,13 @@ tensors, no quantisation, mean of per-image PSNR over the batch.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported by psnr_torch alone: `import derain_cli.metrics` took 3 s
+    import torch
 
 __all__ = [
     "SSIM_WINDOW",
@@ -73,9 +76,15 @@ def _check_rgb(img: np.ndarray, what: str = "image") -> np.ndarray:
 
 
 def _check_float_range(img: np.ndarray) -> None:
-    if img.size and float(np.nanmax(img)) > _FLOAT_MAX:
+    if not img.size:
+        return
+    lo, hi = float(np.min(img)), float(np.max(img))  # NaN anywhere makes both NaN
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN was scored as black (8.7 dB
+        # for a half-NaN result: an audit), a network's overflow passed for a score
+        raise ValueError("the float image holds NaN or infinite values: nothing to score")
+    if hi > _FLOAT_MAX:
         raise ValueError(
-            f"float images must be in [0, 1], got maximum {float(np.nanmax(img)):g}; "
+            f"float images must be in [0, 1], got maximum {hi:g}; "
             "pass a uint8 array for 0..255 data (or divide by 255)"
         )
 
@@ -232,7 +241,6 @@ def psnr_rgb(pred: np.ndarray, gt: np.ndarray) -> float:
     return psnr(pred, gt, data_range=255.0)
 
 
-@torch.no_grad()
 def psnr_torch(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean over the batch of the per-image RGB PSNR (dB), for validation during training.
 
@@ -247,6 +255,8 @@ def psnr_torch(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) ->
         pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
     if pred.dim() != 4:
         raise ValueError(f"psnr_torch expects NxCxHxW or CxHxW, got {tuple(pred.shape)}")
+    import torch
+
     p = pred.detach().to(torch.float64).clamp(0.0, data_range)
     g = gt.detach().to(device=p.device, dtype=torch.float64).clamp(0.0, data_range)
     mse = (p - g).pow(2).flatten(1).mean(dim=1)

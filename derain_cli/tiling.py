@@ -524,6 +524,10 @@ def run_tiled(
     in tiles, an 80 MP photo's 500 small, cheap statistics tiles made the first 57 % of
     the count take 16 % of the time.)
     """
+    for what, v, least in (("overlap", overlap, 0), ("batch", batch, 1)):  # a negative
+        # overlap blended the tiles into a broken image in silence (an audit)
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < least:
+            raise ValueError(f"{what} must be a whole number of at least {least}, not {v!r}")
     m = max(1, runner.size_multiple)
     read = _TileReader(image, runner, hwc, m)
     h0, w0 = read.h0, read.w0

@@ -68,6 +68,10 @@ def tree(tmp_path: Path) -> Path:
 
 def test_collect_folder_flat_and_recursive(tree: Path) -> None:
     assert _rels(collect_inputs([str(tree)])) == ["a.jpg", "B.PNG", "x.bmp"]
+    # one path alone is one input: a string was walked letter by letter, "/" among them
+    # (a scan of the whole file system: an audit)
+    for alone in (str(tree), tree):
+        assert _rels(collect_inputs(alone)) == ["a.jpg", "B.PNG", "x.bmp"]
     rec = collect_inputs([str(tree)], recursive=True)
     assert _rels(rec) == ["a.jpg", "B.PNG", "x.bmp", "sub/c.webp", "sub/deeper/d.tif"]
     assert all(i.error is None for i in rec)

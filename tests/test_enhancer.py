@@ -347,6 +347,14 @@ def test_bad_tiles_and_threads_are_refused(tiny_weights, caplog):
                     (dict(threads=-1), "threads must be at least 1")):
         with pytest.raises(ValueError, match=msg):
             Derainer(weights=tiny_weights, device="cpu", **kw)
+    d = Derainer(weights=tiny_weights, device="cpu", tile=32)
+    for attr, value, msg in (("tile_overlap", -5, "tile_overlap must be at least 0"),
+                             ("tile_batch", 2.5, "tile_batch must be a whole number")):
+        kept = getattr(d, attr)
+        setattr(d, attr, value)  # set afterwards: a negative overlap broke the image
+        with pytest.raises(ValueError, match=msg):  # in silence (an audit)
+            d.derain(np.zeros((40, 40, 3), np.uint8))
+        setattr(d, attr, kept)
     with caplog.at_level("WARNING"):
         Derainer(weights=tiny_weights, device="cpu", tile=32)
     assert "little context" in caplog.text

@@ -904,13 +904,18 @@ def test_write_rejects_bad_arrays(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_of_range_and_nan_are_clipped(tmp_path: Path) -> None:
+def test_out_of_range_is_clipped_and_nan_or_0_255_floats_refused(tmp_path: Path) -> None:
     rgb = np.full((H, W, 3), 0.5, dtype=np.float32)
-    rgb[0, 0] = [-1.0, 2.0, np.nan]
+    rgb[0, 0] = [-1.0, 1.4, 0.0]
     write_image(tmp_path / "o.png", rgb)
     out = np.asarray(Image.open(tmp_path / "o.png"))
     np.testing.assert_array_equal(out[0, 0], [0, 255, 0])
     assert out[1, 1, 0] == 128
+    # 0..255 floats came out white and NaN black, in silence (an audit)
+    for bad, msg in ((rgb * 255, "reaches 357"), (np.where(rgb > 0.4, np.nan, rgb), "NaN")):
+        with pytest.raises(ValueError, match=msg):
+            write_image(tmp_path / "p.png", bad)
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_missing_output_folder(tmp_path: Path) -> None:

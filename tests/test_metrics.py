@@ -117,6 +117,12 @@ def test_to_uint8_rejects_0_255_floats_and_out_of_range_ints():
         to_uint8(np.array([0, 256], dtype=np.uint16))
     with pytest.raises(TypeError):
         to_uint8(np.array([True, False]))
+    half = np.full((4, 4, 3), 0.5)
+    half[:2] = np.nan  # scored as black: 8.7 dB for a half-NaN result (an audit)
+    for f in (lambda: to_uint8(half), lambda: psnr_y(half, np.full((4, 4, 3), 0.5)),
+              lambda: ssim_y(np.full((4, 4, 3), 0.5), half)):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            f()
 
 
 # ------------------------------------------------------------------------- psnr
