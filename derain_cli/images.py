@@ -1301,10 +1301,41 @@ class PreparedImage:
                 # writes to the descriptor itself and ignores a short write on a full disk,
                 # leaving a cut-off photo that counted as processed
                 buf = io.BytesIO()
-                image.save(buf, format=fmt, **params)
+                try:
+                    image.save(buf, format=fmt, **params)
+                except OSError:
+                    if fmt != "JPEG":
+                        raise
+                    buf = io.BytesIO()
+                    _save_jpeg_roomier(image, buf, params)
                 fp.write(buf.getbuffer())
 
         _atomic_write(self.path, save, replace=replace)
+
+
+#: one roomier JPEG encode at a time: Pillow reads its buffer size from a module global
+_ROOMIER = threading.Lock()
+
+
+def _save_jpeg_roomier(image: Image.Image, buf: BinaryIO, params: dict) -> None:
+    """Encode a JPEG that outgrew Pillow's buffer. An optimised (or progressive) JPEG is
+    made whole in one buffer whose size Pillow guesses (1 byte a pixel below quality 95,
+    2 from it); a noisy photo's outgrows it and the encoder fails ("Suspension not
+    allowed here"): a night shot at ``--quality 94`` or 100 was derained and not written
+    (an audit). Again, with room for 8 bytes a pixel (address space: pages are taken as
+    written)."""
+    from PIL import ImageFile
+
+    w, h = image.size
+    with _ROOMIER:
+        before = ImageFile.MAXBLOCK
+        ImageFile.MAXBLOCK = max(before, 8 * w * h + sum(  # and its metadata's
+            len(params.get(k) or b"") for k in ("exif", "icc_profile", "xmp", "extra",
+                                                "comment")) + (1 << 16))
+        try:
+            image.save(buf, format="JPEG", **params)
+        finally:
+            ImageFile.MAXBLOCK = before
 
 
 def _warn_profile_left_out(path: str | os.PathLike[str], fmt: str, icc: bytes,

@@ -918,6 +918,19 @@ def test_out_of_range_is_clipped_and_nan_or_0_255_floats_refused(tmp_path: Path)
     assert not (tmp_path / "p.png").exists()
 
 
+def test_a_noisy_jpeg_that_outgrows_pillows_buffer_is_written(tmp_path: Path) -> None:
+    """An optimised JPEG is made whole in a buffer of Pillow's guessed size (1 byte a pixel
+    below quality 95, 2 from it): a noisy photo at --quality 94 or 100 failed to write
+    ("Suspension not allowed here"; an audit)."""
+    noise = np.random.default_rng(0).random((200, 200, 3), dtype=np.float32)  # past 64 kB
+    for q in (94, 100):
+        write_image(tmp_path / f"n{q}.jpg", noise, quality=q)
+        with Image.open(tmp_path / f"n{q}.jpg") as im:
+            im.load()
+            assert im.size == (200, 200)
+        assert (tmp_path / f"n{q}.jpg").stat().st_size > 200 * 200 * (2 if q == 100 else 1)
+
+
 def test_missing_output_folder(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="output folder does not exist"):
         write_image(tmp_path / "nope" / "o.png", np.zeros((H, W, 3), np.float32))
