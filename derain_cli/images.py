@@ -262,6 +262,10 @@ class LoadedImage:
     #: The source was a progressive JPEG (it shows coarse-to-fine while loading on the web):
     #: a JPEG output is written progressive too.
     progressive: bool = False
+    #: A JPEG's extended XMP (APP1 segments of the ``xmp/extension`` namespace, the part of
+    #: its XMP too large for one segment: phones' depth maps, editors' history) as raw
+    #: payloads; the main XMP names it (``HasExtendedXMP``). For a JPEG output.
+    xmp_extension: tuple[bytes, ...] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -810,6 +814,7 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
         png_colour = _png_colour(im) if fmt == "PNG" else None
         lossless = fmt == "WEBP" and _webp_is_lossless(p)
         comment, app13 = _jpeg_comment_and_app13(im) if fmt == "JPEG" else (None, None)
+        xmp_extension = _jpeg_xmp_extension(im) if fmt == "JPEG" and xmp else None
         progressive = fmt == "JPEG" and bool(im.info.get("progressive")
                                               or im.info.get("progression"))
         icc = im.info.get("icc_profile") or None
@@ -861,7 +866,8 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
             arr = 65535 - arr
     grayscale = arr.ndim == 2
     return LoadedImage(_rgb_samples(arr), alpha, bit_depth, grayscale, mode, fmt, exif, icc, dpi,
-                       xmp, text, lossless, png_colour, comment, app13, progressive)
+                       xmp, text, lossless, png_colour, comment, app13, progressive,
+                       xmp_extension)
 
 
 def _check_tiff_samples(im: Image.Image) -> None:
@@ -903,6 +909,17 @@ def _jpeg_comment_and_app13(im: Image.Image) -> tuple[bytes | None, tuple[bytes,
     app13 = tuple(data for marker, data in getattr(im, "applist", [])
                   if marker == "APP13" and data.startswith(b"Photoshop 3.0\0"))
     return (bytes(comment) if comment else None), (app13 or None)
+
+
+_XMP_EXTENSION = b"http://ns.adobe.com/xmp/extension/\0"
+
+
+def _jpeg_xmp_extension(im: Image.Image) -> tuple[bytes, ...] | None:
+    """A JPEG's extended XMP segments (raw APP1 payloads), as they were: Pillow gives the
+    main packet alone, and these were dropped in silence (an audit)."""
+    parts = tuple(data for marker, data in getattr(im, "applist", [])
+                  if marker == "APP1" and data.startswith(_XMP_EXTENSION))
+    return parts or None
 
 
 def _latin1(s: str) -> bool:
@@ -1231,6 +1248,7 @@ class PreparedImage:
     comment: bytes | None = None
     app13: tuple[bytes, ...] | None = None
     progressive: bool = False
+    xmp_extension: tuple[bytes, ...] | None = None
 
     def write(self, replace: bool = True) -> None:
         """Encode to ``path`` atomically (see :func:`write_image`). ``replace=False``: raise
@@ -1290,9 +1308,12 @@ class PreparedImage:
                     params["comment"] = self.comment
                 if self.progressive:  # as the photo was (it was written baseline)
                     params["progressive"] = True
-                if self.app13:  # Pillow writes ``extra`` as is among the APP segments
+                # Pillow writes ``extra`` as is among the APP segments
+                segments = [(b"\xff\xed", d) for d in self.app13 or ()] + [
+                    (b"\xff\xe1", d) for d in self.xmp_extension or ()]
+                if segments:
                     params["extra"] = b"".join(
-                        b"\xff\xed" + struct.pack(">H", len(d) + 2) + d for d in self.app13)
+                        marker + struct.pack(">H", len(d) + 2) + d for marker, d in segments)
             elif fmt == "WEBP":
                 params.update(quality=quality, exact=True, lossless=self.lossless)
 
@@ -1445,8 +1466,10 @@ def prepare_image(
     png_colour = like.png_colour if like is not None and fmt == "PNG" and not icc else None
 
     progressive = bool(like is not None and like.progressive and fmt == "JPEG")
+    # with the main packet that names it, into a JPEG (``_left_out`` says where it is not)
+    extension = like.xmp_extension if like is not None and fmt == "JPEG" and xmp else None
     return PreparedImage(Path(path), fmt, pixels, alpha, exif, icc, dpi, quality, xmp, text,
-                         lossless, png_colour, comment, app13, progressive)
+                         lossless, png_colour, comment, app13, progressive, extension)
 
 
 def _left_out(fmt: str, like: LoadedImage) -> list[tuple[str, frozenset[str]]]:
@@ -1461,7 +1484,9 @@ def _left_out(fmt: str, like: LoadedImage) -> list[tuple[str, frozenset[str]]]:
              (f"PNG text ({', '.join(text[:4])}{', ...' if len(text) > 4 else ''})", text,
               png),
              ("JPEG comment", like.comment, jpeg),
-             ("IPTC block (caption, keywords, copyright)", like.app13, jpeg)]
+             ("IPTC block (caption, keywords, copyright)", like.app13, jpeg),
+             # other formats hold XMP in one packet: the main one alone is written there
+             ("extended XMP (depth maps, edit history)", like.xmp_extension, jpeg)]
     return [(what, where) for what, held, where in items if held and fmt not in where]
 
 

@@ -1264,6 +1264,35 @@ def test_jpeg_comment_and_iptc_travel_into_a_jpeg_result(tmp_path: Path) -> None
     assert "comment" not in Image.open(tmp_path / "out.png").info
 
 
+def test_extended_xmp_travels_into_a_jpeg_result_and_is_said_elsewhere(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """XMP too large for one segment goes on in extension segments (phones' depth maps,
+    editors' history); they were dropped in silence, the main packet naming them still
+    (an audit)."""
+    import hashlib
+
+    ext = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b"Q" * 3000 + b"</x:xmpmeta>"
+    guid = hashlib.md5(ext).hexdigest().upper().encode()
+    main = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999'
+            b'/02/22-rdf-syntax-ns#"><rdf:Description xmlns:xmpNote="http://ns.adobe.com/xmp/'
+            b'note/" xmpNote:HasExtendedXMP="' + guid + b'"/></rdf:RDF></x:xmpmeta>')
+    parts = [b"http://ns.adobe.com/xmp/extension/\0" + guid + struct.pack(">II", len(ext), o)
+             + ext[o:o + 2000] for o in (0, 2000)]
+    segments = b"".join(b"\xff\xe1" + struct.pack(">H", len(p) + 2) + p for p in parts)
+    Image.fromarray(_smooth_rgb8()).save(tmp_path / "in.jpg", quality=90, xmp=main,
+                                         extra=segments)
+    loaded = read_image(tmp_path / "in.jpg")
+    assert loaded.xmp_extension == tuple(parts)
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    out = Image.open(tmp_path / "out.jpg")
+    assert [d for m, d in out.applist if m == "APP1" and d.startswith(b"http://ns.adobe.com/"
+                                                                       b"xmp/extension/")] == parts
+    assert guid in out.info["xmp"]
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    assert "extended XMP (depth maps, edit history); left out (write JPEG" in caplog.text
+
+
 def test_a_progressive_jpeg_gives_a_progressive_result(tmp_path: Path) -> None:
     """Progressive photos (web galleries load them coarse to fine) came out baseline
     (session 63); a baseline one stays baseline."""
