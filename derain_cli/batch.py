@@ -1131,15 +1131,16 @@ class Summary:
 
 def engine_record(derainer: Any) -> dict[str, Any] | None:
     """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
-    tile, strength, passes averaged (``ensemble``), the rain's slant the photos are turned
-    by (``rain_angle``: 0 for none, or "auto", each file's own in its record) and why that
-    engine
+    tile and its overlap, strength, passes averaged (``ensemble``), the rain's slant the
+    photos are turned by (``rain_angle``: 0 for none, or "auto", each file's own in its
+    record) and why that engine
     (``Derainer.engine_note``: a measured choice, or empty)."""
     if derainer is None:
         return None
     return {k: getattr(derainer, attr, None) for k, attr in (
         ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
-        ("precision", "precision"), ("tile", "tile"), ("strength", "strength"),
+        ("precision", "precision"), ("tile", "tile"), ("tile_overlap", "tile_overlap"),
+        ("strength", "strength"),
         ("ensemble", "ensemble"), ("rain_angle", "rain_angle"), ("note", "engine_note"))}
 
 

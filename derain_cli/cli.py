@@ -1284,7 +1284,9 @@ def _given(ctx: Context, name: str) -> bool:
 def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     dev = getattr(derainer, "device_name", "?")  # not .device: that would import torch
     tile = getattr(derainer, "tile", None)
-    tiles = "off" if not tile else f"{tile}px"
+    overlap = getattr(derainer, "tile_overlap", None)
+    tiles = "off" if not tile else f"{tile}px" + (
+        f" (overlap {overlap}px)" if isinstance(overlap, int) else "")
     where = f", {dist.world_size} processes" if dist.enabled else ""
     note = getattr(derainer, "engine_note", "")
     why = f" ({note})" if note else ""

@@ -418,7 +418,8 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
     assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
     assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile",
-                                "strength", "ensemble", "rain_angle", "note"}
+                                "tile_overlap", "strength", "ensemble", "rain_angle", "note"}
+    assert isinstance(s["engine"]["tile_overlap"], int)
     assert s["engine"]["strength"] == 1.0 and s["engine"]["ensemble"] == 1
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named

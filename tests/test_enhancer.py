@@ -159,6 +159,30 @@ def test_tile_and_small_side_are_checked_when_set_later(tiny_weights):
             d.small_side = bad
     d.small_side = 0
     assert d.small_side == 0
+    # set afterwards, a negative overlap blended the tiles into a broken image in silence
+    for attr, value, msg in (("tile_overlap", -5, "tile_overlap must be at least 0"),
+                             ("tile_overlap", 2.5, "tile_overlap must be a whole number"),
+                             ("tile_batch", 0, "tile_batch must be at least 1"),
+                             ("tile_batch", 2.5, "tile_batch must be a whole number")):
+        kept = getattr(d, attr)
+        with pytest.raises(OptionError, match=msg):
+            setattr(d, attr, value)
+        assert getattr(d, attr) == kept
+    d.tile_overlap, d.tile_batch = np.int64(8), 2
+    assert d.tile_overlap == 8 and d.tile_batch == 2
+
+
+def test_a_tile_covering_a_small_photo_is_one_pass(tiny_weights):
+    """A photo mirrored out to 256 px ran in tiles of that context when the tile covered
+    the photo itself (an audit: up to 15/255 off with --tile-overlap 0, and a thousand
+    16 px tiles for a 1 px photo)."""
+    x = _photo(7, 13)
+    whole = Derainer(weights=tiny_weights, device="cpu", tile=0, precision="fp32",
+                     backend="torch").derain(x)
+    tiled = Derainer(weights=tiny_weights, device="cpu", tile=64, tile_overlap=0,
+                     precision="fp32", backend="torch")
+    np.testing.assert_array_equal(tiled.derain(x), whole)
+    assert tiled.tile == 64  # asked for the next photo, as it was
 
 
 def test_a_value_a_little_past_a_scale_is_refused_not_guessed(derainer):
@@ -347,14 +371,6 @@ def test_bad_tiles_and_threads_are_refused(tiny_weights, caplog):
                     (dict(threads=-1), "threads must be at least 1")):
         with pytest.raises(ValueError, match=msg):
             Derainer(weights=tiny_weights, device="cpu", **kw)
-    d = Derainer(weights=tiny_weights, device="cpu", tile=32)
-    for attr, value, msg in (("tile_overlap", -5, "tile_overlap must be at least 0"),
-                             ("tile_batch", 2.5, "tile_batch must be a whole number")):
-        kept = getattr(d, attr)
-        setattr(d, attr, value)  # set afterwards: a negative overlap broke the image
-        with pytest.raises(ValueError, match=msg):  # in silence (an audit)
-            d.derain(np.zeros((40, 40, 3), np.uint8))
-        setattr(d, attr, kept)
     with caplog.at_level("WARNING"):
         Derainer(weights=tiny_weights, device="cpu", tile=32)
     assert "little context" in caplog.text
@@ -562,7 +578,7 @@ def test_without_onnxruntime_everything_runs_on_pytorch(tiny_weights, monkeypatc
         Derainer(model="semi-drdnet-tiny", device="cpu", precision="int8")
 
 
-def test_tile_overlap_follows_the_network_reach(tiny_weights):
+def test_tile_overlap_follows_the_network_reach(tiny_weights, caplog):
     from derain_cli.enhancer import DEFAULT_OVERLAP, default_overlap
     from derain_cli.models import build_model
 
@@ -573,7 +589,16 @@ def test_tile_overlap_follows_the_network_reach(tiny_weights):
     assert default_overlap(build_model("rdmc")) == 96  # the same class attribute
     d = Derainer(weights=tiny_weights, device="cpu")
     assert d.tile_overlap == default_overlap(d.network)
-    assert Derainer(weights=tiny_weights, device="cpu", tile_overlap=5).tile_overlap == 5
+    with caplog.at_level("WARNING"):
+        d = Derainer(weights=tiny_weights, device="cpu", tile=128, tile_overlap=5)
+    assert d.tile_overlap == 5  # said: seams 79/255 deep went without a word (an audit)
+    reach = default_overlap(d.network)
+    assert f"tile overlap of 5 px is less than the {reach} px" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Derainer(weights=tiny_weights, device="cpu", tile=128, tile_overlap=reach)
+        Derainer(weights=tiny_weights, device="cpu", tile=0, tile_overlap=5)  # no tiles
+    assert "tile overlap" not in caplog.text
 
 
 def test_rdmc_tiles_are_never_smaller_than_its_minimum(tmp_path, caplog):
