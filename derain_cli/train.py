@@ -872,6 +872,10 @@ def check_config(cfg: TrainConfig) -> None:
          f"unknown amp mode {cfg.amp!r}; use auto, bf16 or fp32")
     need(not Path(cfg.out).exists() or Path(cfg.out).is_dir(),
          f"--out {cfg.out} is a file; name a folder for the run")
+    from .fileio import why_unwritable
+
+    unwritable = why_unwritable(cfg.out)  # a file above it said "[Errno 20] Not a
+    need(unwritable is None, f"cannot write to --out {cfg.out}: {unwritable}")  # directory"
 
 
 def _check_val_pairs(cfg: TrainConfig, warn: bool = True,

@@ -463,6 +463,10 @@ def test_an_out_that_is_a_file_is_refused(data, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(T.TrainError, match="is a file"):
         T.train(_cfg(data, tmp_path / "afile"))
+    # under it: "[Errno 20] Not a directory" (an audit)
+    with pytest.raises(T.TrainError, match=r"cannot write to --out .*afile/run: .*afile is "
+                                           r"a file, not a folder"):
+        T.train(_cfg(data, tmp_path / "afile" / "run"))
 
 
 def test_files_of_another_program_in_the_run_folder_are_not_replaced(data, tmp_path):
