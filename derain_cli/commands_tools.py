@@ -271,6 +271,8 @@ def bench_cmd(
         "--json", metavar="FILE", show_default=False,
         help="Also write the results as JSON ('-': JSON on stdout instead of Markdown).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the --json file if it exists (default: refuse).")] = False,
 ) -> None:
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
     if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
@@ -283,6 +285,12 @@ def bench_cmd(
         raise typer.Exit(2)
     if json_path is not None and json_path.is_dir():  # was found after measuring
         say_error(f"--json {json_path} is a folder; name a file in it")
+        raise typer.Exit(2)
+    if json_path is not None and str(json_path) != "-" and not overwrite and (
+            json_path.exists() or json_path.is_symlink()):  # replaced in silence, a file
+        # of the user's or an earlier bench's (an audit), where every other command asks
+        say_error(f"--json {json_path} exists; pass --overwrite to replace it, or name "
+                  "another file")
         raise typer.Exit(2)
     if json_path is not None and str(json_path) != "-":
         try:  # a file written there for real: the JSON was lost after every measurement

@@ -289,6 +289,7 @@ def test_bench_cmd_json_and_errors():
     (["--variants", ","], "no variant given"),
     (["-m", "nosuch"], "unknown model 'nosuch'; choose one of: semi-drdnet,"),
     (["--json", "/"], "--json / is a folder; name a file in it"),  # was found after measuring
+    (["--json", __file__], "exists; pass --overwrite to replace it"),  # replaced in silence
 ])
 def test_bench_cmd_bad_values_are_one_line_usage_errors(monkeypatch, args, text):
     """Bad values exit 2 with one line, before any measuring (no AssertionError from torch)."""
