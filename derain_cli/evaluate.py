@@ -882,9 +882,25 @@ def _check_synth_output(out: Path, overwrite: bool, planned: set[str]) -> None:
         what = " and ".join(f"{side}/ {n} image{'s' if n != 1 else ''}"
                             for side, n in held.items())
         raise SynthError(
-            f"output folder {out} already holds pairs ({what}); choose an empty or new "
-            "folder, or pass --overwrite (overwrite=True in Python) to replace pairs with the "
-            "same names")
+            f"output folder {out} already holds pairs ({what}){_unpaired_note(out)}; choose "
+            "an empty or new folder, or pass --overwrite (overwrite=True in Python) to "
+            "replace pairs with the same names")
+
+
+def _unpaired_note(out: Path) -> str:
+    """Where ``out``'s pair folders hold images without a partner (a synth killed between
+    a pair's two writes: ``kill -9``, the out-of-memory killer), which, and how to mend
+    them: the refusal named none (an audit)."""
+    names = {side: {p.stem for p in list_images(out / side)} if (out / side).is_dir()
+             else set() for side in ("rainy", "clean")}
+    alone = sorted(f"{side}/{n}" for side, other in (("rainy", "clean"), ("clean", "rainy"))
+                   for n in names[side] - names[other])
+    if not alone:
+        return ""
+    return (f", {len(alone)} of them without a partner ({', '.join(alone[:3])}"
+            f"{', ...' if len(alone) > 3 else ''}: a run stopped midway; the same command "
+            "with --overwrite makes the same pairs again, from the same photos, --count and "
+            "--seed)")
 
 
 def _pair_names(paths: list[Path], root: Path) -> list[str]:
@@ -1016,7 +1032,8 @@ def synth_pairs(
         with hold_folders([out]):  # another synth into it interleaved its pairs (an audit)
             if planned is not None:  # checked again, held: one may have written meanwhile
                 _check_synth_output(out, overwrite, planned)
-            sweep_stale_temporaries([out / "rainy", out / "clean"])  # a killed run's (audit)
+            # a killed run's (an audit), whatever their age: no other synth writes here now
+            sweep_stale_temporaries([out / "rainy", out / "clean"], older_than=0)
             written = _synth_walk(paths, names, clean_dir, out, preset, seed, n,
                                   count is None, skip, on_image)
     except FolderInUse as e:

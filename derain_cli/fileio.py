@@ -401,11 +401,12 @@ def _same_file(a: Path, b: Path) -> bool:
 STALE_TEMPORARY_S = 3600.0
 
 
-def sweep_stale_temporaries(folders: Iterable[Path]) -> None:
+def sweep_stale_temporaries(folders: Iterable[Path],
+                            older_than: float = STALE_TEMPORARY_S) -> None:
     """Delete the ``.derain-*.tmp`` files a killed run (``kill -9``, power loss) left in the
-    output folders; those younger than :data:`STALE_TEMPORARY_S` may belong to a run at
-    work and stay. Best effort: nothing here may stop the run (a batch, a training run)
-    that asks."""
+    output folders; those younger than ``older_than`` seconds may belong to a run at work
+    and stay (0, all of them: for a caller holding the folders alone, ``hold_folders``).
+    Best effort: nothing here may stop the run (a batch, a training run) that asks."""
     now = time.time()
     for folder in folders:
         try:
@@ -414,7 +415,7 @@ def sweep_stale_temporaries(folders: Iterable[Path]) -> None:
             continue
         for tmp in leftovers:
             try:
-                if tmp.is_file() and now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                if tmp.is_file() and now - tmp.stat().st_mtime >= older_than:
                     tmp.unlink()
                     logging.getLogger(__name__).debug("removed %s, left by an interrupted run", tmp)
             except OSError:

@@ -338,6 +338,24 @@ def test_synth_refuses_an_output_that_holds_pairs(clean_dir, tmp_path):
     assert E.synth_pairs(clean_dir, tmp_path / "e", count=1) == 1
 
 
+def test_a_synth_killed_midway_is_named_and_its_leftovers_swept(clean_dir, tmp_path):
+    """kill -9 between a pair's two writes left a clean image alone and a temporary file:
+    the rerun's refusal named neither, and the temporary stayed for an hour (an audit)."""
+    E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2)
+    (tmp_path / "s" / "rainy" / "p1.png").unlink()
+    tmp = tmp_path / "s" / "rainy" / ".derain-x1.tmp"
+    tmp.write_bytes(b"part")  # seconds old, as a rerun right after the kill finds it
+    with pytest.raises(ValueError, match=r"1 of them without a partner \(clean/p1: a run "
+                                         r"stopped midway; the same command with --overwrite"):
+        E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2)
+    assert tmp.exists()  # refused before the folder was held: nothing touched
+    before = (tmp_path / "s" / "clean" / "p1.png").read_bytes()
+    assert E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2,
+                         overwrite=True) == 2
+    assert not tmp.exists() and (tmp_path / "s" / "rainy" / "p1.png").exists()
+    assert (tmp_path / "s" / "clean" / "p1.png").read_bytes() == before  # the same pair
+
+
 def test_the_command_line_is_spared_the_python_asides(clean_dir, pairs, tmp_path):
     """`derain synth` told a command-line user to pass "overwrite=True in Python" (an
     audit); the library's own message keeps its words for Python callers."""
