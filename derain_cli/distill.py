@@ -263,18 +263,20 @@ def fresh_student(name: str) -> nn.Module:
 
 def _load_init(path: str, like: nn.Module) -> nn.Module:
     """An earlier student to continue from; it must have the new student's shape."""
-    from .weights import model_from_file
+    from .weights import WeightsError, model_from_file
 
     net = model_from_file(path)
+    # exit 1 as a weights file of another shape is for derain -m, eval and finetune (2 here:
+    # an audit): a WeightsError
     if type(net) is not type(like):
-        raise DistillError(f"{path}: --init must be a student of the same shape; it is "
+        raise WeightsError(f"{path}: --init must be a student of the same shape; it is "
                            f"a {type(net).__name__}, the student a {type(like).__name__} "
                            "(--student names the student's model)")
     if net.cfg != like.cfg:
         differ = ", ".join(f"{f.name} {getattr(net.cfg, f.name)} (student "
                            f"{getattr(like.cfg, f.name)})" for f in fields(like.cfg)
                            if getattr(net.cfg, f.name) != getattr(like.cfg, f.name))
-        raise DistillError(f"{path}: --init must be a student of the same shape; it "
+        raise WeightsError(f"{path}: --init must be a student of the same shape; it "
                            f"differs in {differ}. Give the --student or block counts "
                            "(--rain-blocks, --detail-blocks) it was made with")
     return net.eval()

@@ -315,6 +315,8 @@ def _load_source(source: str) -> tuple[nn.Module, str, str]:
 
     path = Path(source)
     if names_a_file(source):
+        if path.is_dir():  # said "no such weights file" of a folder there (an audit)
+            raise GrowError(f"{source} is a folder; give a weights file or a model name")
         if not path.is_file():
             raise GrowError(f"{source}: no such weights file")
         try:
@@ -329,9 +331,11 @@ def _load_source(source: str) -> tuple[nn.Module, str, str]:
     try:
         net = load_pretrained(source, quiet=True)
     except WeightsError as e:
-        if "no pretrained weights yet" in str(e):
-            raise GrowError(f"{source!r} has no published weights to grow; give a weights "
-                            "file instead (derain models lists those that have some)") from None
+        if "no pretrained weights yet" in str(e):  # exit 1, as derain -m gives it (a
+            # weights problem, the name is right; grow said 2: an audit)
+            raise WeightsError(f"{source!r} has no published weights to grow; give a "
+                               "weights file instead (derain models lists those that have "
+                               "some)") from None
         raise
     return net.float().eval(), source, sha256_file(resolve(source, quiet=True))
 
@@ -402,7 +406,8 @@ def _calibration_photos(folder: str | os.PathLike[str], count: int = 8) -> list[
     from .pairs import list_photos
 
     if not Path(folder).is_dir():
-        raise GrowError(f"--calib {folder}: no such folder")
+        raise GrowError(f"--calib {folder} is a file; give a folder of photos"
+                        if Path(folder).exists() else f"--calib {folder}: no such folder")
     paths = list_photos(Path(folder))
     if not paths:
         raise GrowError(f"--calib {folder}: no photos found")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from derain_cli.cli import app
 from derain_cli.distill import DistillConfig, DistillError, distill, student_from_teacher
 from derain_cli.models import RDMC, RDMCConfig, SemiDRDNet, SemiDRDNetConfig
-from derain_cli.weights import model_from_file, save_weights
+from derain_cli.weights import WeightsError, model_from_file, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +165,7 @@ def test_a_second_round_continues_from_the_first(setup):
     from safetensors import safe_open
     with safe_open(str(r.weights), framework="pt") as f:
         assert f.metadata()["init_sha256"] == sha  # the file names its start too
-    with pytest.raises(DistillError, match=r"same shape; it differs in detail_blocks 2 "
+    with pytest.raises(WeightsError, match=r"same shape; it differs in detail_blocks 2 "
                        r"\(student 1\)\. Give the --student or block counts"):
         distill(_cfg(root, weights, "round3", detail_blocks=1, init=str(first.weights)))
 
@@ -196,7 +196,7 @@ def test_distill_into_another_architecture(setup):
     r2 = distill(_cfg(root, weights, "cross2", student="rdmc-lite", steps=1,
                       init=str(r.weights)))
     assert r2.before["student_psnr"] == pytest.approx(r.after["student_psnr"], abs=0.01)
-    with pytest.raises(DistillError, match="same shape; it is a SemiDRDNet, the student a RDMC"):
+    with pytest.raises(WeightsError, match="same shape; it is a SemiDRDNet, the student a RDMC"):
         distill(_cfg(root, weights, "cross3", student="rdmc-lite", init=str(weights)))
 
 

@@ -14,7 +14,7 @@ from derain_cli.grow import GrowError, agreement, grow_file, grow_network
 from derain_cli.models import RDMC, SemiDRDNet
 from derain_cli.models.rdmc import RDMCConfig
 from derain_cli.models.semi_drdnet import SemiDRDNetConfig
-from derain_cli.weights import model_from_file, save_weights
+from derain_cli.weights import WeightsError, model_from_file, save_weights
 
 
 def _trained_like(net: nn.Module, seed: int = 1) -> nn.Module:
@@ -190,8 +190,10 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
     (tmp_path / "afile").write_text("x")  # found after the work, as "File exists" (audit)
     with pytest.raises(GrowError, match=r"afile is a file, not a folder"):
         grow_file("semi-drdnet-tiny", "semi-drdnet-lite", tmp_path / "afile" / "g.safetensors")
-    with pytest.raises(GrowError, match="no published weights"):
+    with pytest.raises(WeightsError, match="no published weights"):
         grow_file("semi-drdnet", "semi-drdnet", good)
+    with pytest.raises(GrowError, match="is a folder; give a weights file or a model name"):
+        grow_file(str(tmp_path), "semi-drdnet-lite", good)
     small = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1))
     torch.save(small.state_dict(), tmp_path / "bare.ckpt")
     save_weights(small, tmp_path / "mymodel", name="x", arch="semi-drdnet", config=small.cfg)
@@ -279,3 +281,9 @@ def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Pat
                                     "-o", str(out), "--overwrite", "--calib",
                                     str(tmp_path / "nosuch")])
     assert gone.exit_code == 2 and "nosuch: no such folder" in gone.output, gone.output
+    a_file = CliRunner().invoke(app, ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-lite",
+                                      "-o", str(out), "--overwrite", "--calib", str(out)])
+    assert a_file.exit_code == 2 and "is a file; give a folder of photos" in a_file.output
+    untrained = CliRunner().invoke(app, ["grow", "semi-drdnet", "--to", "semi-drdnet",
+                                         "-o", str(out), "--overwrite"])
+    assert untrained.exit_code == 1 and "no published weights" in untrained.output
