@@ -122,7 +122,8 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
 # --------------
 # * ``vgg19``: ImageNet VGG19 (torchvision layout, weights from timm's ``vgg19.tv_in1k`` on the
 #   Hugging Face Hub), features relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 with the layer
-#   weights 1/32, 1/16, 1/8, 1/4, 1 of the contrastive-regularisation papers (AECR-Net, RDMC).
+#   weights 1/32, 1/16, 1/8, 1/4, 1 of AECR-Net's contrastive regularisation (RDMC's own
+#   layers and weights were not checked: its body was not read).
 #   Contrast = RATIO form: ``sum_l w_l * d_l(a, P) / (d_l(a, N) + eps)`` where ``d_l(a, S)`` is
 #   the mean over the samples s of S of the L1 distance between the features of a and s.
 # * ``self``: no outside weights. A small conv encoder (3 stages, 16/32/64 channels, stride 2

@@ -18,7 +18,7 @@ Design as implemented here (the paper leaves some details open):
   branch feeds only itself; at every level the three branch outputs are
   concatenated and fused by a 3x3 conv + BN + ReLU to ``channels[l]``: the
   skip feature ``S_l``.
-* Decoder (U-Net style): ``D_5`` = two 3x3 conv units on ``S_5``. For
+* Decoder (U-Net style): ``D_5`` = one conv unit (two 3x3 convs) on ``S_5``. For
   l = 4..1: ``U = conv1x1(upsample2x(D_{l+1}))``;
   ``D_l = unit(concat(U, S_l, R_l))``, and a final 1x1 conv maps ``D_1`` to
   the 3-channel residual.

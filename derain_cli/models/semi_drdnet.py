@@ -14,8 +14,8 @@ Structure (``width`` = 64, 16 + 16 blocks in the paper-size configuration):
 * Detail repair network: the same skeleton with ``detail_blocks`` structure-
   detail context aggregation blocks (DCCL-BN-PReLU-DCCL-BN + skip). A DCCL is
   three parallel 3x3 convs with dilations 1, 3, 5, concatenated and fused by a
-  1x1 conv 3w->w. It sees the rainy image O and predicts the lost details B.
-* Output ``O - R + B``; ``forward_parts`` also returns ``O - R``, R and B,
+  1x1 conv 3w->w. It sees the rainy image O and predicts the lost details D.
+* Output ``O - R + D``; ``forward_parts`` also returns ``O - R``, R and D,
   which training supervises.
 
 Whole-image statistics. The SE blocks average over the whole image, so a tile
@@ -157,7 +157,7 @@ class RainResidualNetwork(nn.Module):
 
 
 class DetailRepairNetwork(nn.Module):
-    """Predicts the background details B that rain removal would wash away."""
+    """Predicts the background details D that rain removal would wash away."""
 
     def __init__(self, cfg: SemiDRDNetConfig) -> None:
         super().__init__()
@@ -175,7 +175,7 @@ class DetailRepairNetwork(nn.Module):
 
 
 class SemiDRDNet(nn.Module):
-    """Semi-DRDNet deraining network: ``O - R + B``."""
+    """Semi-DRDNet deraining network: ``O - R + D``."""
 
     size_multiple = 1
 
