@@ -1676,6 +1676,7 @@ def model_rows() -> list[dict[str, Any]]:
         arch = spec.arch if spec is not None else rec.arch
         config = spec.config if spec is not None else rec.config
         where = _weights_location(rec)
+        have = where in ("bundled", "cached")
         damaged = None  # a bundled file that no longer matches its manifest: every run
         if where == "bundled":  # refuses it, and the list said "bundled" (an audit)
             try:
@@ -1702,11 +1703,11 @@ def model_rows() -> list[dict[str, Any]]:
             "metrics": rec.metrics if rec is not None else {},
             "status": rec.status if rec is not None else None,
             "hub": rec.hub if rec is not None else {},
-            # an int8 graph for CPUs ships with these weights (derain_cli.quantize)
-            "int8": bool(rec is not None and rec.extra.get("int8") and where == "bundled"),
+            # an int8 graph for CPUs ships with these weights (derain_cli.quantize); it is
+            # bundled and runs with weights from the Hub cache too (hidden then: an audit)
+            "int8": bool(rec is not None and rec.extra.get("int8") and have),
             # why that graph cannot be used (missing, altered), else None
-            "int8_problem": int8_problem(rec) if rec is not None and where == "bundled"
-            else None,
+            "int8_problem": int8_problem(rec) if rec is not None and have else None,
         })
     return rows
 

@@ -1003,6 +1003,19 @@ def _cli_with_remote_manifest(tmp_path: Path, *args: str, size: int = len(_DEMO)
     )
 
 
+def test_models_lists_the_bundled_int8_graph_beside_cached_weights(monkeypatch) -> None:
+    """With the weights from the Hub cache (a bundled file removed) the row hid the bundled
+    int8 graph that the run still used (an audit)."""
+    from derain_cli import cli
+
+    monkeypatch.setattr(cli, "_weights_location", lambda rec: "cached")
+    row = next(r for r in cli.model_rows() if r["name"] == "semi-drdnet-tiny")
+    assert row["weights"] == "cached" and row["int8"] and row["int8_problem"] is None
+    monkeypatch.setattr(cli, "_weights_location", lambda rec: "remote")
+    row = next(r for r in cli.model_rows() if r["name"] == "semi-drdnet-tiny")
+    assert not row["int8"]  # no weights here yet: nothing runs
+
+
 def test_download_offline_is_friendly(tmp_path: Path) -> None:
     p = _cli_with_remote_manifest(tmp_path, "download", "semi-drdnet-lite", HF_HUB_OFFLINE="1")
     assert p.returncode == 1, p.stderr
