@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -246,8 +247,16 @@ def save_names(pairs: Sequence[Pair]) -> list[str]:
              else p.name.replace(".", "_")) + ".png" for p in pairs]
 
 
-def _to_u8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(img, np.float32) * 255.0), 0, 255).astype(np.uint8)
+def _to_u8(img: np.ndarray, name: str = "") -> np.ndarray:
+    """A model's float output as the 8-bit image scored; ``ValueError`` naming the pair
+    where it holds NaN or infinities (scored as black: 11 dB for a half-NaN output, an
+    overflow passed for a poor score; an audit)."""
+    x = np.asarray(img, np.float32)
+    if x.size and not (math.isfinite(float(x.min())) and math.isfinite(float(x.max()))):
+        raise ValueError(f"{name or 'an image'}: the model's output holds NaN or infinite "
+                         "values (an overflow, or diverged weights; --precision fp32 avoids "
+                         "the first); not scored")
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def evaluate(
@@ -366,7 +375,7 @@ def evaluate(
 
                 raise PairDataError(problem)
             t = time.perf_counter()
-            out = _to_u8(run(rainy)) if label != IDENTITY else rainy
+            out = _to_u8(run(rainy), p.name) if label != IDENTITY else rainy
             took = time.perf_counter() - t  # the model's time alone (it held the scoring's)
             s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
                            metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),

@@ -5,11 +5,13 @@ Conventions (they decide whether numbers are comparable with the literature):
 * **Inputs are 8-bit images as saved.** ``psnr_y``, ``ssim_y`` and ``psnr_rgb`` take
   ``HxWx3`` RGB arrays, either ``uint8`` (0..255) or float in ``[0, 1]``. Float input is
   first turned into the 8-bit image it would be saved as (clipped to ``[0, 1]``, scaled by
-  255, rounded half up like ``torchvision.utils.save_image``): published figures are
-  computed on the PNGs a model wrote, so evaluating unquantised floats would report
-  slightly different (usually higher) numbers than the same output read back from disk.
+  255, rounded to the nearest integer, ties to even, as derain's writer rounds):
+  published figures are computed on the PNGs a model wrote, so evaluating unquantised
+  floats would report slightly different (usually higher) numbers than the same output
+  read back from disk.
   Float input whose maximum is above 1.5 is rejected, because it is almost certainly a
-  0..255 image in a float array, which would otherwise be clipped to white silently.
+  0..255 image in a float array, which would otherwise be clipped to white silently;
+  so is float input holding NaN or infinities (it would be scored as black).
 * **Y channel** of ITU-R BT.601 with the MATLAB ``rgb2ycbcr`` convention:
   ``Y = 16 + (65.481 R + 128.553 G + 24.966 B)`` with R, G, B in ``[0, 1]``, i.e. Y in
   ``[16, 235]`` on the 0..255 scale. Y is *not* rounded: the metrics are computed on the

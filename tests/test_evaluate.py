@@ -82,6 +82,24 @@ def test_progress_starts_before_the_first_pair_is_derained(pairs):
     assert calls == [("start", 3), ("pair", 1, 3), ("pair", 2, 3), ("pair", 3, 3)]
 
 
+def test_a_model_output_of_nan_is_refused_not_scored(pairs):
+    """NaN was scored as black (11 dB for a half-NaN output): an overflow passed for a
+    poor score (an audit)."""
+    import torch
+
+    class Diverged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return x * self.gain
+
+    with pytest.raises(ValueError, match=r": the model's output holds NaN or infinite "
+                                         r"values .*not scored"):
+        E.evaluate(Diverged(), pairs, limit=1)
+
+
 def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights):
     torch.manual_seed(0)
     net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1, se_reduction=4))
