@@ -19,6 +19,7 @@ import typer
 from .cli import (
     DEFAULT_MODEL_NAME,
     attach_logging,
+    command_line_words,
     complete_eval_model,
     complete_model,
     detach_logging,
@@ -146,6 +147,27 @@ def _errors(training: bool = False) -> Iterator[None]:
         raise typer.Exit(130) from None
     finally:
         detach_logging(logging_handler)
+
+
+@contextlib.contextmanager
+def _error_as_json(enabled: bool) -> Iterator[None]:
+    """``--json``'s answer where the command stops on an error (``{"error": ...}``) or a
+    Ctrl-C before its first result: stdout was empty, and a script reading it learnt only
+    the exit status (an audit; the main command's summary has said its error since
+    2026-12-07)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if enabled and not getattr(e, "reported", False):  # (EvalInterrupted printed its own)
+            typer.echo(json.dumps({"count": 0, "interrupted": True, "error": None}, indent=2))
+        raise
+    except typer.Exit:
+        raise
+    except Exception as e:
+        if enabled:
+            typer.echo(json.dumps({"count": 0, "interrupted": False,
+                                   "error": command_line_words(_msg(e))}, indent=2))
+        raise
 
 
 def _msg(e: BaseException) -> str:
@@ -601,7 +623,7 @@ def eval_cmd(
     if model == "identity" and weights is not None:  # was "unknown model 'identity'"
         raise typer.BadParameter("-m identity scores the rainy photos themselves; it takes "
                                  "no --weights")
-    with _errors():
+    with _errors(), _error_as_json(as_json):
         if weights is not None:
             from .enhancer import Derainer
 
@@ -638,11 +660,12 @@ def eval_cmd(
                           "are not kept (--csv FILE keeps them)"))
             if as_json:  # as the main command's summary says what was done (an audit)
                 typer.echo(json.dumps({**got.to_dict(), "interrupted": True,
-                                       "total": e.total}, indent=2))
+                                       "total": e.total, "error": None}, indent=2))
             e.reported = True  # type: ignore[attr-defined]
             raise
-        if as_json:
-            typer.echo(json.dumps(res.to_dict(), indent=2))
+        if as_json:  # the keys of an interrupted run's too
+            typer.echo(json.dumps({**res.to_dict(), "interrupted": False, "total": res.count,
+                                   "error": None}, indent=2))
         else:
             typer.echo(res.summary())
             if res.csv_path:

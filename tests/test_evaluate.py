@@ -493,6 +493,7 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["count"] == 2 and d["model"] == "identity" and len(d["images"]) == 2
+    assert (d["interrupted"], d["total"], d["error"]) == (False, 2, None)  # keys as stopped
     r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
     assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
     assert "Traceback" not in r.output
@@ -501,6 +502,12 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     r = runner.invoke(_app(), ["eval", str(tmp_path / "p"), "--model", "identity"])
     # the folders were right, a file in them is not: a failure (1), not a usage error (2)
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output, r.output
+    # --json printed nothing on an error (an audit): its error, as the main command's
+    for args, code in (([str(tmp_path / "p"), "--model", "identity"], 1),
+                       ([str(clean_dir), "--model", "identity"], 2)):
+        r = runner.invoke(_app(), ["eval", *args, "--json"])
+        d = json.loads(r.stdout)
+        assert r.exit_code == code and d["count"] == 0 and d["error"] in r.stderr, r.output
 
 
 def test_cli_synth_shows_progress_unless_quiet(clean_dir, tmp_path, monkeypatch):
