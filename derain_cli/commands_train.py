@@ -659,13 +659,13 @@ def eval_cmd(
                           "all" if files else "are in the JSON" if as_json else
                           "are not kept (--csv FILE keeps them)"))
             if as_json:  # as the main command's summary says what was done (an audit)
-                typer.echo(json.dumps({**got.to_dict(), "interrupted": True,
-                                       "total": e.total, "error": None}, indent=2))
+                typer.echo(json.dumps({**got.to_dict(), "interrupted": True, "error": None},
+                                      indent=2))
             e.reported = True  # type: ignore[attr-defined]
             raise
         if as_json:  # the keys of an interrupted run's too
-            typer.echo(json.dumps({**res.to_dict(), "interrupted": False, "total": res.count,
-                                   "error": None}, indent=2))
+            typer.echo(json.dumps({**res.to_dict(), "interrupted": False, "error": None},
+                                  indent=2))
         else:
             typer.echo(res.summary())
             if res.csv_path:

@@ -81,6 +81,15 @@ class EvalResult:
     engine: str = ""
     #: the rain-angle setting the outputs were made with: degrees, ``"auto"``, or 0 (none)
     rain_angle: float | str = 0.0
+    #: pairs in the set (after ``limit``): more than ``count`` where a Ctrl-C stopped the
+    #: scoring, which the CSV's mean row and the report then say (0: as ``count``)
+    total: int = 0
+
+    @property
+    def partial(self) -> str:
+        """'K of N pairs: interrupted' where the scoring stopped early, else ''."""
+        return (f"{self.count} of {self.total} pairs: interrupted"
+                if self.total > self.count else "")
 
     def __repr__(self) -> str:
         """One line, as ``summary()`` (the per-image scores are in ``images``: a hundred
@@ -341,7 +350,7 @@ def evaluate(
             psnr_rgb=float(np.mean([s.psnr_rgb for s in done])),
             images=done, seconds=time.time() - t0,
             engine=f"{derainer.backend}/{derainer.precision}" if derainer is not None else "",
-            rain_angle=setting,
+            rain_angle=setting, total=len(pairs),
         )
         if csv_file is not None:
             write_csv(res, csv_file)
@@ -707,7 +716,9 @@ def _write_csv_to(res: EvalResult, path: str) -> None:
                         f"{s.ssim_y:.6f}",
                         f"{s.psnr_rgb:.4f}", f"{s.seconds:.3f}"]
                        + [f"{s.rain_angle:g}" if s.rain_angle is not None else ""] * turned)
-        w.writerow(["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
+        # a stopped run's mean says so: the file passed for the whole set's (an audit)
+        mean = f"mean ({res.partial})" if res.partial else "mean"
+        w.writerow([mean, f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}", f"{res.psnr_rgb:.4f}",
                     f"{np.mean([s.seconds for s in res.images]):.3f}"] + [""] * turned)
 
 
@@ -771,13 +782,16 @@ def write_report(res: EvalResult, path: Path, thumbs: list[tuple[str, str, str]]
             f'<td><img src="{e(quote(r))}" alt="rainy"></td>'
             f'<td><img src="{e(quote(o))}" alt="derained"></td>'
             f'<td><img src="{e(quote(c))}" alt="clean"></td></tr>')
+    stopped = (f"<p><b>{e(res.partial)}</b>: the means are over those pairs alone.</p>\n"
+               if res.partial else "")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>derain evaluation: {e(res.model)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} td{{vertical-align:top;padding:4px}}
 img{{max-width:320px}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}
 </style></head><body>
 <h1>{e(res.model)} on {e(_set_name(res.data_dir))}</h1>
-<p>{res.count} image{'s' if res.count != 1 else ''}. Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
+{stopped}<p>{res.count} image{'s' if res.count != 1 else ''}.
+Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>,
 SSIM-Y <b>{res.ssim_y:.4f}</b>,
 PSNR-RGB {res.psnr_rgb:.2f} dB{e(res.turns())} (outputs rounded to 8 bits; BT.601 Y; Gaussian
 SSIM).{engine}{csv_link}</p>

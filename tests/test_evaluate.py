@@ -200,13 +200,18 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     assert "interrupted after 2 of 4 pairs; their scores (mean PSNR-Y" in err
     assert "--overwrite scores them all" in err
     rows = list(csv.reader(open(tmp_path / "s" / "scores.csv")))
-    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png", "mean"]
+    # the files said nothing of the stop, and passed for the whole set's (an audit)
+    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png",
+                                            "mean (2 of 4 pairs: interrupted)"]
     assert (tmp_path / "r.html").read_text().count("<img") == 6
+    assert "<b>2 of 4 pairs: interrupted</b>" in (tmp_path / "r.html").read_text()
     monkeypatch.setattr(metrics, "ssim_y", real)
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                     str(tmp_path / "s"), "--report", str(tmp_path / "r.html"),
                                     "--overwrite"])
     assert r.exit_code == 0 and len(list(csv.reader(open(tmp_path / "s" / "scores.csv")))) == 6
+    assert list(csv.reader(open(tmp_path / "s" / "scores.csv")))[-1][0] == "mean"
+    assert "pairs: interrupted" not in (tmp_path / "r.html").read_text()
     assert r.stderr.startswith("pairs 4/4 elapsed ")  # progress (a long set was silent)
 
     # stopped while the third pair's image was saved: the CSV lists the two saved (review)
@@ -223,7 +228,8 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     assert r.exit_code == 130 and got["interrupted"] and (got["count"], got["total"]) == (2, 4)
     assert "are in the JSON" in " ".join(r.stderr.split())
     rows = list(csv.reader(open(tmp_path / "t" / "scores.csv")))
-    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png", "mean"]
+    assert [row[0] for row in rows[1:]] == ["p0.png", "p1.png",
+                                            "mean (2 of 4 pairs: interrupted)"]
     assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["p0.png", "p1.png"]
 
 
