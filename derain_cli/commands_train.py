@@ -581,8 +581,9 @@ def eval_cmd(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
     report: Annotated[str | None, typer.Option(  # (str: a trailing / is kept, and refused)
         metavar="PATH",
-        help="Write an HTML report here, with its CSV beside it (STEM.csv) unless --csv or "
-             "--save (then scores.csv in --save's folder).")] = None,
+        help="Write an HTML report here, its thumbnails in STEM_files/ beside it (move them "
+             "together), with its CSV beside it (STEM.csv) unless --csv or --save (then "
+             "scores.csv in --save's folder).")] = None,
     csv_path: Annotated[str | None, typer.Option(
         "--csv", metavar="PATH", help="Per-image CSV \\[default: STEM.csv beside --report, "
                                       "or scores.csv in --save's folder; none without "
