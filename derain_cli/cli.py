@@ -1730,45 +1730,23 @@ def models_cmd(
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
         out = DerainConsole(width=200) if piped else DerainConsole()
         # narrow terminals: drop the architecture first (it is in the name), then the
-        # license and size; names and scores are never cut (a cut name is an unknown model)
-        dropped = ({"arch"} if out.width < 100 else set()) | (
-            {"license", "size"} if out.width < 80 else set())
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
-                      padding=(0, 1, 0, 0), expand=False)
-        cols = [("name", {"style": "cyan"}), ("arch", {}), ("params", {"justify": "right"}),
-                ("size", {"justify": "right"}), ("weights", {}), ("license", {}),
-                ("metrics (Y PSNR/SSIM)", {})]
-        for col, kw in cols:
-            if col in dropped:
-                continue
-            wrap = col == "license"  # metrics: one evaluation set per line, never folded
-            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=min(len(col), 8),
-                             **kw)
-        colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
-        for r in rows:
-            params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
-            where = Text(r["weights"], style=colour[r["weights"]])
-            if r["weights_problem"]:
-                where.append(": damaged, reinstall derain", style="red")
-            if r["status"]:
-                where.append(f"\n{r['status']}", style="yellow" if r["status"] == "interim"
-                             else "")
-            if r["int8"]:
-                where.append("\n+ int8 (CPU)")
-                if r["int8_problem"]:
-                    where.append(": damaged, not used", style="red")
-            cells = {"name": r["name"] + (" *" if r["default"] else ""), "arch": r["arch"],
-                     "params": params, "size": _fmt_size(r["size"] if r["weights"] != "none"
-                                                         else None), "weights": where,
-                     "license": r["license"] or "-",
-                     "metrics (Y PSNR/SSIM)": _fmt_metrics(r["metrics"], "\n")}
-            table.add_row(*(v for k, v in cells.items() if k not in dropped))
-        natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+        # license and size, as each is needed to fit (by measure: at 80 columns the table
+        # was 84 wide, and wrapped: an audit); names and scores are never cut (a cut name is
+        # an unknown model)
+        dropped: set[str] = set()
+        for drop in ((), ("arch",), ("license",), ("size",)):
+            dropped.update(drop)
+            table = _models_table(rows, dropped)
+            natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+            if natural <= out.width:
+                break
+        footer = out
         if natural > out.width:  # narrower still: the terminal wraps lines; rich would cut
-            # names and scores (a cut name is an unknown model)
+            # names and scores (a cut name is an unknown model); the note below is folded
+            # at the terminal's own width (at the table's, every line of it overflowed)
             out = DerainConsole(width=natural, force_terminal=out.is_terminal)
         out.print(table)
-        out.print(Text(
+        footer.print(Text(
             "* default model.  params: millions of parameters; size: the weights file.  "
             "weights: bundled = installed with derain; cached = in the Hugging Face cache; "
             "remote = downloaded on first use (or: derain download NAME); none = not "
@@ -1777,6 +1755,41 @@ def models_cmd(
             "CPUs run where it is the faster.  metrics: fp32, PSNR (dB) / SSIM on the Y "
             "channel, higher is better, on three evaluation sets (README: Models and "
             "weights).", style="dim"))
+
+
+def _models_table(rows: list[dict[str, Any]], dropped: set[str]) -> Table:
+    """``derain models``' table of ``rows`` without the columns ``dropped``."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False,
+                  padding=(0, 1, 0, 0), expand=False)
+    cols = [("name", {"style": "cyan"}), ("arch", {}), ("params", {"justify": "right"}),
+            ("size", {"justify": "right"}), ("weights", {}), ("license", {}),
+            ("metrics (Y PSNR/SSIM)", {})]
+    for col, kw in cols:
+        if col in dropped:
+            continue
+        wrap = col == "license"  # metrics: one evaluation set per line, never folded
+        table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=min(len(col), 8),
+                         **kw)
+    colour = {"bundled": "green", "cached": "green", "remote": "yellow", "none": "dim"}
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f} M" if r["params"] else "?"
+        where = Text(r["weights"], style=colour[r["weights"]])
+        if r["weights_problem"]:
+            where.append(": damaged, reinstall derain", style="red")
+        if r["status"]:
+            where.append(f"\n{r['status']}", style="yellow" if r["status"] == "interim"
+                         else "")
+        if r["int8"]:
+            where.append("\n+ int8 (CPU)")
+            if r["int8_problem"]:
+                where.append(": damaged, not used", style="red")
+        cells = {"name": r["name"] + (" *" if r["default"] else ""), "arch": r["arch"],
+                 "params": params, "size": _fmt_size(r["size"] if r["weights"] != "none"
+                                                     else None), "weights": where,
+                 "license": r["license"] or "-",
+                 "metrics (Y PSNR/SSIM)": _fmt_metrics(r["metrics"], "\n")}
+        table.add_row(*(v for k, v in cells.items() if k not in dropped))
+    return table
 
 
 # --------------------------------------------------------------------------- download
