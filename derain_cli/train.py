@@ -2634,10 +2634,19 @@ class _Progress:
             if not live_display(console):
                 self._lines = PlainProgress(console, self.every_s)
                 return self
+            from rich.table import Column
+
+            # the bar and the loss text share what the step count and the times leave
+            # (the text's full width squeezed them to "…" at 80 columns: an audit)
             self._p = Progress(
-                TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TextColumn(f"[bold]{self.label}"),
+                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}", table_column=Column(
+                    ratio=3, no_wrap=True, overflow="ellipsis")),
+                TimeElapsedColumn(), TextColumn("ETA"),
                 TextColumn("{task.fields[eta]}"), transient=False, console=console,
+                expand=True,
             )
             self._p.__enter__()
             self._task = self._p.add_task("train", total=self.total, completed=self.start,

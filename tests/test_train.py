@@ -1918,6 +1918,18 @@ def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
         bar.update(4, 0.5, 1e-4, 3.0)
         assert bar._p.tasks[0].fields["eta"] == "0:00:07"
     assert bar._p.tasks[0].fields["eta"] == "0:00:00"
+    # at 80 columns the loss text squeezed the step count and the time to "…" (an audit)
+    import re
+    import time
+
+    for width in (60, 80):
+        buf = io.StringIO()
+        console = Console(file=buf, force_terminal=True, width=width)
+        with _Progress(enabled=True, total=10000, start=0, console=console,
+                       budget_end=time.time() + 100) as bar:
+            bar.update(4321, 0.5410, 4.2e-6, 11.7)
+        line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue().split("\r")[-1])
+        assert "4321/10000" in line and line.count("0:00:") == 2, line
 
 
 def test_the_eta_counts_the_validations_left():
