@@ -1518,14 +1518,16 @@ class _RichProgress:
 
 
 def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:
-    if console.width < _SUMMARY_TABLE_WIDTH:  # the table's numbers would be cut to "…"
+    table = _summary_table(s)  # by measure: a constant of 64 cut the last header at 64-65
+    if Measurement.get(console, console.options.update_width(1000), table).maximum > \
+            console.width:  # the table's numbers would be cut to "…"
         console.print(Text(
             f"processed {s.processed}, skipped {s.skipped}, failed {len(s.failed)}, "
             f"{s.megapixels:.2f} megapixels in {s.seconds:.1f} s "
             f"({s.megapixels_per_s:.2f} megapixels/s)",
             style="bold red" if s.failed else ""))
     else:
-        _print_summary_table(console, s)
+        console.print(table)
     done = [r for r in s.files if r.status == "processed"]
     if len(done) == 1:
         console.print(Text(f"wrote {one_line_text(str(done[0].output))}"))
@@ -1576,11 +1578,7 @@ def _failed_kind(path: str, why: str) -> str:
     return "pattern" if why.startswith("no images match") else "file"
 
 
-#: The columns the summary table needs, its headers uncut
-_SUMMARY_TABLE_WIDTH = 64
-
-
-def _print_summary_table(console: Console, s: Summary) -> None:
+def _summary_table(s: Summary) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("processed", "skipped", "failed", "megapixels", "seconds", "megapixels/s"):
         table.add_column(col, justify="right")
@@ -1589,7 +1587,7 @@ def _print_summary_table(console: Console, s: Summary) -> None:
         Text(str(len(s.failed)), style="bold red" if s.failed else ""),
         f"{s.megapixels:.2f}", f"{s.seconds:.1f}", f"{s.megapixels_per_s:.2f}",
     )
-    console.print(table)
+    return table
 
 
 # --------------------------------------------------------------------------- models
