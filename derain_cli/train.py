@@ -2078,6 +2078,9 @@ class _Run:
     def budget_time(self) -> float:
         """Seconds on the ``--time-budget`` clock: the training of every segment so far, set-up
         left out (before this segment's loop: the earlier segments')."""
+        frozen = getattr(self, "budget_stopped", None)  # the training's end: the final
+        if frozen is not None:  # validation and checkpoint come on top, as --help says (a
+            return frozen  # resume with 10 s more got 2: an audit)
         t0 = getattr(self, "budget_t0", None)  # set as the loop starts
         return self.budget_before if t0 is None else time.time() - t0
 
@@ -2309,6 +2312,8 @@ class _Run:
             flag = torch.tensor([1.0 if stop else 0.0], device=self.setup.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item() > 0)
+        if stop or step == total:  # the training ends: its clock stops before the last
+            self.budget_stopped = self.budget_time()  # validation (``budget_time``)
         do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
         if do_val or step == total or stop:  # every rank: they hold the same weights, and
             # none waits at a barrier for a rank 0 that stopped (a review)

@@ -2894,6 +2894,24 @@ def test_the_time_budget_counts_the_clock_the_checkpoint_records(data, tmp_path)
     assert T.budget_clock({"wall_time_s": 4.0}) == 4.0  # a checkpoint from before
 
 
+def test_the_final_validation_comes_on_top_of_the_time_budget(data, tmp_path, monkeypatch):
+    """The last validation's time was charged to the budget (--help: "their time comes on
+    top"): a resume with 10 s more found 2 left (an audit)."""
+    import time as _time
+
+    real = T._Run.validate_and_keep_best
+
+    def slow(self):
+        _time.sleep(1.0)
+        return real(self)
+
+    monkeypatch.setattr(T._Run, "validate_and_keep_best", slow)
+    T.train(_cfg(data, tmp_path / "r", steps=100000, time_budget=0.3, warmup=1,
+                 val=str(data["val"]), val_every=100000))
+    ck = T.load_checkpoint(tmp_path / "r" / "last.pt")
+    assert 0.3 <= ck["budget_s"] < 1.0, ck["budget_s"]  # the validation's second left out
+
+
 def test_a_refused_setting_is_said_once_under_torchrun(monkeypatch, capsys, tmp_path):
     """Each rank printed the same refusal ("error: ..." and "[rank 1] error: ..."; an
     audit); what a rank finds in its files is still said by that rank."""
