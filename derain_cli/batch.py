@@ -669,7 +669,12 @@ class _Collector:
     def given(self, given: str) -> None:
         """One command-line input: a folder, a file, a pattern, or an error item."""
         path = Path(given)
-        if path.is_dir():
+        if path.is_dir() and _is_run_folder(path):  # named where its model was meant:
+            # its loss chart was derained into it in silence (an audit)
+            model = path / "model.safetensors"
+            self.failed(path, Path(path.name), "a training run's folder, not photos"
+                        + (f" (its model: --weights {model})" if model.is_file() else ""))
+        elif path.is_dir():
             self.folder(path, self.prefixes.get(_resolved(path), Path()))
         elif path.exists():
             if _special(path):

@@ -1434,6 +1434,13 @@ def test_a_training_runs_folder_is_not_scanned_for_photos(tmp_path: Path, caplog
     with caplog.at_level("WARNING", logger="derain_cli"):
         assert _rels(collect_inputs([str(tmp_path)], recursive=True)) == ["a.jpg"]
     assert "ft: skipped, a training run's folder" in caplog.text
+    # named itself (where --weights RUN/model.safetensors was meant): its chart was
+    # derained into it in silence (an audit)
+    run = tmp_path / "runs" / "ft"
+    (run / "model.safetensors").write_bytes(b"x")
+    [item] = collect_inputs(run)
+    assert item.error == (f"a training run's folder, not photos (its model: --weights "
+                          f"{run / 'model.safetensors'})")
 
 
 @pytest.mark.parametrize("io_workers", [0, 2])
