@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import signal
 import threading
 import time
@@ -2352,7 +2353,10 @@ class _Run:
         if step > self.segment_start:  # nothing new otherwise: last.pt keeps its settings
             with _interrupt_after_block(held=1, then_raise=False) as impatient:
                 self.save_last()
-            _say(f"interrupted at step {step}; checkpoint saved, continue with --resume"
+            # the whole command, as the other hints give theirs (an audit)
+            kind = "finetune" if "make_unlabeled" in self.hooks else "train"
+            _say(f"interrupted at step {step}; checkpoint saved, continue with: derain "
+                 f"{kind} -o {shlex.quote(str(self.out))} --resume"
                  + (" (the further stop signal waited for it)" if impatient else ""))
         elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
             _say("interrupted before the first step; the starting model's score is kept "
@@ -2429,15 +2433,17 @@ class _Run:
                      + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
                      + (f" (the starting model: {start:.2f} dB)"
                         if last_val and start is not None and step else ""))
-                _say(f"use it: derain PHOTO --weights {weights_path}; score it on pairs: "
-                     f"derain eval --weights {weights_path} --data PAIRS_DIR")
+                quoted = shlex.quote(str(weights_path))  # pasted as printed (an audit)
+                _say(f"use it: derain PHOTO --weights {quoted}; score it on pairs: "
+                     f"derain eval --weights {quoted} --data PAIRS_DIR")
                 if (last_val and self.best_psnr is not None and self.best_step != step
                         and self.best_psnr > last_val["psnr"] + 0.005):
                     _say(f"note: the starting model scored higher on --val ({self.best_psnr:.2f}"
                          f" dB): this run did not improve it there; keep {cfg.init_weights}"
                          if self.best_step == 0 else
                          f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
-                         f"step {self.best_step}: derain PHOTO --weights {out / 'best.pt'}")
+                         f"step {self.best_step}: derain PHOTO --weights "
+                         f"{shlex.quote(str(out / 'best.pt'))}")
         if self.world > 1:
             dist.barrier()
         losses = self.losses_seen

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -332,13 +333,15 @@ def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_it(data, tmp_path, m
         if step == 3:
             raise KeyboardInterrupt
 
-    cfg = _cfg(data, tmp_path / "r", steps=6, ckpt_every=100, quiet=False)
+    cfg = _cfg(data, tmp_path / "my r", steps=6, ckpt_every=100, quiet=False)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, _hooks={"after_step": ctrl_c_at_3})
-    assert saves == [3] and torch.load(tmp_path / "r" / "last.pt", weights_only=False)[
+    assert saves == [3] and torch.load(tmp_path / "my r" / "last.pt", weights_only=False)[
         "step"] == 3
-    assert "interrupted at step 3; checkpoint saved, continue with --resume (the further " \
-           "stop signal waited for it)" in " ".join(capsys.readouterr().err.split())
+    out = shlex.quote(str(tmp_path / "my r"))  # the whole command, pasted as printed
+    assert (f"interrupted at step 3; checkpoint saved, continue with: derain train -o {out} "
+            "--resume (the further stop signal waited for it)") in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
