@@ -304,8 +304,8 @@ def model_from_file(path: str | os.PathLike[str], model_name: str | None = None)
     if meta.get("unrecalibrated"):
         log.warning("%s is a training checkpoint: its averaged weights before the run "
                     "recalibrates their BatchNorm statistics (at validation and export), "
-                    "which can score far worse than the run's model.safetensors (written "
-                    "when it ends) or best.pt", path)
+                    "whose score can be far from the run's model.safetensors (written when "
+                    "it ends) or best.pt, mostly below it", path)
     if model_name is None and own:
         model = build_fitting(*own_architecture(meta, str(path)), state, str(path))
     elif model_name is None:
