@@ -809,6 +809,11 @@ def find_pairs(
         raise PairsError(f"{root} holds no pairs itself, but its subfolder(s) {names} are pair "
                          "sets: give each one (train: --pairs " + " --pairs ".join(
                              str(root / d.name) for d in sets[:3]) + ")")
+    parent = root.resolve().parent
+    if any(root.resolve() in (r.resolve(), c.resolve()) for r, c in pair_folders(parent)):
+        # one side of a set given (its rainy/): "name the folders" was the wrong way out
+        raise PairsError(f"{root} is one side of the pairs in {root.parent}: give that "
+                         f"folder ({root.parent})")  # (an audit)
     looked_for = ", ".join(f"{r}/ + {c}/" for r, c in SUBFOLDER_LAYOUTS)
     raise PairsError(
         f"{root}: no rainy/clean layout found. Looked for subfolders {looked_for} "
