@@ -148,6 +148,17 @@ def _stderr() -> Console:
     return DerainConsole(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
+def weights_file_option(value: Path | None) -> Path | None:
+    """``--weights FILE`` (it exists: Click checked): a folder is refused, a training run's
+    named by its model (Click's "is a directory" left the user to guess: an audit)."""
+    if value is not None and value.is_dir():
+        model = value / "model.safetensors"
+        raise typer.BadParameter(
+            f"{value} is a folder; " + (f"its run's model is {model}" if model.is_file()
+                                        else "give a weights file (.safetensors or .pt)"))
+    return value
+
+
 def say_error(message: str) -> None:
     """``error: message`` on stderr (the subcommands' usage errors), as :func:`print_error`."""
     print_error(_stderr(), message)
@@ -675,7 +686,7 @@ def run_cmd(
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", exists=True, dir_okay=False, readable=True,
+        typer.Option("--weights", exists=True, readable=True, callback=weights_file_option,
                      rich_help_panel=MODEL, show_default=False, metavar="FILE",
                      help="Your own weights file (.safetensors or .pt) instead of the "
                           "published ones."),

@@ -20,6 +20,7 @@ from .cli import (
     debugging,
     detach_logging,
     say_error,
+    weights_file_option,
 )
 from .export import (
     DEFAULT_OPSET,
@@ -66,7 +67,7 @@ def export_cmd(
         "-m", "--model", show_default=False, autocompletion=complete_model,
         help="Registered model (default: the default model).")] = None,
     weights: Annotated[Path | None, typer.Option(
-        "--weights", exists=True, dir_okay=False, show_default=False,
+        "--weights", exists=True, callback=weights_file_option, show_default=False,
         help="Weights file of one's own instead of the published weights.")] = None,
     opset: Annotated[int, typer.Option(
         "--opset", help=f"ONNX opset, {MIN_OPSET} to {max_opset()}.")] = DEFAULT_OPSET,

@@ -26,6 +26,7 @@ from .cli import (
     parse_rain_angle,
     print_error,
     say_error,
+    weights_file_option,
 )
 from .fileio import terminal_text
 from .terminal import DerainConsole
@@ -358,7 +359,8 @@ def finetune_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", autocompletion=complete_model,
                                               help="Start from this published model.")] = None,
     weights: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Start from this weights file.")] = None,
+        exists=True, callback=weights_file_option, help="Start from this weights file.")
+    ] = None,
     clean: Annotated[Path | None, typer.Option(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
     out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Run folder.")] =
@@ -576,7 +578,7 @@ def eval_cmd(
                               f"\\[default: {DEFAULT_MODEL_NAME}]")] =
     None,
     weights: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Weights file to evaluate.")] = None,
+        exists=True, callback=weights_file_option, help="Weights file to evaluate.")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
     report: Annotated[str | None, typer.Option(  # (str: a trailing / is kept, and refused)

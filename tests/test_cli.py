@@ -878,6 +878,23 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     assert derain("download", "rdmc", "--all").exit_code == 2
 
 
+def test_a_folder_given_as_weights_is_named_for_its_model(tmp_path: Path) -> None:
+    """A run folder given as --weights got Click's "is a directory" (an audit): its model is
+    named, in every command that takes a weights file."""
+    src = _img(tmp_path / "a.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    for args in ((src,), ("eval", tmp_path), ("export", "-o", tmp_path / "x.onnx"),
+                 ("finetune", "--rainy", tmp_path, "-o", tmp_path / "ft")):
+        r = derain(*args, "--weights", run)
+        said = " ".join(r.stderr.replace("│", " ").split())
+        assert r.exit_code == 2 and "is a folder; give a weights file" in said, r.stderr
+    (run / "model.safetensors").write_bytes(b"x")
+    r = derain(src, "--weights", run)
+    assert r.exit_code == 2 and "its run's model is" in " ".join(
+        r.stderr.replace("│", " ").split())
+
+
 def test_json_names_the_error_a_run_stopped_on(tmp_path: Path, tiny_weights: Path) -> None:
     """A run refused for its weights or device printed nothing on stdout with --json: a
     script reading it learnt only the exit status (session 66's note)."""
