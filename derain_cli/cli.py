@@ -186,8 +186,8 @@ def _errors_said() -> Iterator[list[str]]:
     _ERRORS_SAID.append(said)
     try:
         yield said
-    finally:
-        _ERRORS_SAID.remove(said)
+    finally:  # this list itself (remove() compares by value: an empty one nested inside
+        del _ERRORS_SAID[next(i for i, s in enumerate(_ERRORS_SAID) if s is said)]  # would go)
 
 
 #: The library's words for its Python callers, beside the flags the CLI's users type:
@@ -958,9 +958,14 @@ def _run(
     from .images import warnings_to_log
 
     # ---- option combinations (exit 2 before any work)
-    _refuse_misplaced_subcommands(ctx, inputs)
-    inputs, to_file = _check_output(ctx, inputs, output, output_is_folder=output_is_folder,
-                                    recursive=recursive, fmt=fmt)
+    try:
+        _refuse_misplaced_subcommands(ctx, inputs)
+        inputs, to_file = _check_output(ctx, inputs, output, output_is_folder=output_is_folder,
+                                        recursive=recursive, fmt=fmt)
+    except ClickException as e:  # as the refusals after them: --json names it (a review;
+        if json_out and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0's)
+            _echo_json(_stderr(), batch.Summary(error=e.format_message()))
+        raise
     options = batch.BatchOptions(
         output=output, output_file=to_file, format=fmt, quality=quality, overwrite=overwrite,
         max_pixels=max_pixels or None, raise_errors=debug, io_workers=io_threads,

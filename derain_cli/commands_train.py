@@ -160,13 +160,14 @@ def _error_as_json(enabled: bool) -> Iterator[None]:
         yield
     except KeyboardInterrupt as e:
         if enabled and not getattr(e, "reported", False):  # (EvalInterrupted printed its own)
-            typer.echo(json.dumps({"count": 0, "interrupted": True, "error": None}, indent=2))
+            typer.echo(json.dumps({"count": 0, "total": None, "interrupted": True,
+                                   "error": None}, indent=2))
         raise
     except typer.Exit:
         raise
     except Exception as e:
         if enabled:
-            typer.echo(json.dumps({"count": 0, "interrupted": False,
+            typer.echo(json.dumps({"count": 0, "total": None, "interrupted": False,
                                    "error": command_line_words(_msg(e))}, indent=2))
         raise
 

@@ -277,8 +277,10 @@ def _load_init(path: str, like: nn.Module) -> nn.Module:
                            f"{getattr(like.cfg, f.name)})" for f in fields(like.cfg)
                            if getattr(net.cfg, f.name) != getattr(like.cfg, f.name))
         raise WeightsError(f"{path}: --init must be a student of the same shape; it "
-                           f"differs in {differ}. Give the --student or block counts "
-                           "(--rain-blocks, --detail-blocks) it was made with")
+                           f"differs in {differ}. Give the " + (
+                               "--student" if isinstance(like, RDMC) else
+                               "--student or block counts (--rain-blocks, --detail-blocks)")
+                           + " it was made with")
     return net.eval()
 
 

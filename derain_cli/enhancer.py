@@ -380,8 +380,10 @@ class Derainer:
                 "backend": self.backend}
         if made["weights"] is not None:  # a worker may start in another folder
             made["weights"] = os.path.abspath(made["weights"])
-        later = {"tile": self.tile, "small_side": self.small_side, "strength": self.strength,
-                 "ensemble": self.ensemble, "rain_angle": self.rain_angle}
+        later = {"tile": self.tile, "tile_overlap": self.tile_overlap,
+                 "tile_batch": self.tile_batch, "small_side": self.small_side,
+                 "strength": self.strength, "ensemble": self.ensemble,
+                 "rain_angle": self.rain_angle}
         return (_rebuilt, (type(self), made, later))
 
     @property

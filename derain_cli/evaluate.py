@@ -916,6 +916,11 @@ def _unpaired_note(out: Path) -> str:
     """Where ``out``'s pair folders hold images without a partner (a synth killed between
     a pair's two writes: ``kill -9``, the out-of-memory killer), which, and how to mend
     them: the refusal named none (an audit)."""
+    try:  # a set whose names pair by another rule (rain-001 / norain-001) is whole:
+        find_pairs(out)  # "without a partner" misread it as a killed run (a review)
+        return ""
+    except (ValueError, OSError):  # (PairsError, DataError: not whole)
+        pass
     names = {side: {p.stem for p in list_images(out / side)} if (out / side).is_dir()
              else set() for side in ("rainy", "clean")}
     alone = sorted(f"{side}/{n}" for side, other in (("rainy", "clean"), ("clean", "rainy"))
@@ -1054,7 +1059,9 @@ def synth_pairs(
     n = count if count is not None else len(paths)
     names = _pair_names(paths, Path(clean_dir))
     try:
-        with hold_folders([out]):  # another synth into it interleaved its pairs (an audit)
+        # another synth into it interleaved its pairs (an audit); its pair folders too: a
+        # derain writing into one holds it, and its temporaries are swept below (a review)
+        with hold_folders([out, out / "rainy", out / "clean"]):
             if planned is not None:  # checked again, held: one may have written meanwhile
                 _check_synth_output(out, overwrite, planned)
             # a killed run's (an audit), whatever their age: no other synth writes here now

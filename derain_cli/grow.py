@@ -314,9 +314,10 @@ def _load_source(source: str) -> tuple[nn.Module, str, str]:
     from .weights import WeightsError, load_pretrained, model_from_file, names_a_file, resolve
 
     path = Path(source)
+    if path.is_dir():  # said "no such weights file" (or "unknown model", named bare) of a
+        # folder there (an audit, a review)
+        raise GrowError(f"{source} is a folder; give a weights file or a model name")
     if names_a_file(source):
-        if path.is_dir():  # said "no such weights file" of a folder there (an audit)
-            raise GrowError(f"{source} is a folder; give a weights file or a model name")
         if not path.is_file():
             raise GrowError(f"{source}: no such weights file")
         try:

@@ -753,6 +753,13 @@ def validate(
         x = D.to_tensor(r)[None].to(device)
         with torch.no_grad():  # any model: the EMA copy needs no grad, a caller's may
             y = model(x).float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()[crop]
+        if not np.isfinite(y).all():  # finite weights whose activations overflow: said as
+            # a divergence (the metrics' own refusal named neither the run nor its remedy)
+            model.train(was_training)
+            raise TrainDiverged(
+                "training diverged: the model's output on a validation image holds NaN or "
+                "infinite values (its weights are finite: its activations overflow); nothing "
+                "of it is scored. Start again with a lower --lr (or --amp fp32)")
         ps.append(min(metrics.psnr_y(y, c), PSNR_CAP))  # as eval: one exact match is not inf
         ss.append(metrics.ssim_y(y, c))
     model.train(was_training)

@@ -165,6 +165,8 @@ if has bench && (($(cap 180) > 30)); then
   # the reference conv on a map as large as the image: on the H200 (2026-12-04) the default
   # 512 px map reached 118 TFLOP/s in fp16, less than Semi-DRDNet itself on 2000 px
   side=$(awk -v mp="${BENCH_MP:-4}" 'BEGIN { printf "%d", sqrt(mp * 1e6) }')
+  rm -f /tmp/bench-*.json  # a rerun's: bench refuses an existing --json, and the merge
+  # below would have shipped the earlier run's figures as this one's (a review)
   for m in semi-drdnet rdmc semi-drdnet-tiny; do  # one by one: a timeout loses one model
     (($(cap 60) > 15)) || { echo "== bench: no time left for $m"; continue; }
     timeout "$(cap 60)" python3 benchmarks/bench_inference.py --device "$DEVICE" -m "$m" \

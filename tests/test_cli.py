@@ -913,6 +913,9 @@ def test_json_names_the_error_a_run_stopped_on(tmp_path: Path, tiny_weights: Pat
         assert text in r.stderr and summary["processed"] == 0
     r = derain(src, "--weights", tiny_weights, "--json", "-o", tmp_path / "out")
     assert r.exit_code == 0 and json.loads(r.stdout)["error"] is None
+    # the output's refusals too, before the model (a review)
+    r = derain(src, src, "--weights", tiny_weights, "--json", "-o", tmp_path / "one.jpg")
+    assert r.exit_code == 2 and "takes exactly one input file" in json.loads(r.stdout)["error"]
 
 
 _SIGTERM_MIDWAY = """

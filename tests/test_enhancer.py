@@ -126,11 +126,12 @@ def test_a_derainer_pickles_on_every_engine(tiny_weights, engine):
     else:
         d = Derainer(weights=tiny_weights, device="cpu", **engine)
     d.strength, d.tile, d.small_side = 0.5, 64, 0
+    d.tile_overlap, d.tile_batch = 8, 3  # settable since, and kept (they were lost: a review)
     blob = pickle.dumps(d)
     assert len(blob) < 4096  # settings, not weights
     again = pickle.loads(blob)
-    assert (again.backend, again.precision, again.strength, again.tile, again.small_side) == (
-        d.backend, d.precision, 0.5, 64, 0)
+    assert (again.backend, again.precision, again.strength, again.tile, again.small_side,
+            again.tile_overlap, again.tile_batch) == (d.backend, d.precision, 0.5, 64, 0, 8, 3)
     photo = _photo(70, 90)
     assert np.array_equal(again.derain(photo), d.derain(photo))
 

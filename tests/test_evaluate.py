@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +379,19 @@ def test_a_synth_killed_midway_is_named_and_its_leftovers_swept(clean_dir, tmp_p
                          overwrite=True) == 2
     assert not tmp.exists() and (tmp_path / "s" / "rainy" / "p1.png").exists()
     assert (tmp_path / "s" / "clean" / "p1.png").read_bytes() == before  # the same pair
+    # a set whose names pair by another rule is whole, not a killed run's (a review)
+    for side, name in (("rainy", "rain-001.png"), ("clean", "norain-001.png")):
+        (tmp_path / "r100" / side).mkdir(parents=True)
+        shutil.copy(tmp_path / "s" / "clean" / "p1.png", tmp_path / "r100" / side / name)
+    with pytest.raises(ValueError, match="already holds pairs") as info:
+        E.synth_pairs(clean_dir, tmp_path / "r100", preset="light", count=2)
+    assert "partner" not in str(info.value)
+    # a derain writing into a pair folder holds it: its temporaries are not swept under it
+    from derain_cli.fileio import hold_folders
+
+    with hold_folders([tmp_path / "s" / "rainy"], shared=True):
+        with pytest.raises(ValueError, match="in use by another derain process"):
+            E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=2, overwrite=True)
 
 
 def test_the_command_line_is_spared_the_python_asides(clean_dir, pairs, tmp_path):

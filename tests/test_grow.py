@@ -194,6 +194,10 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
         grow_file("semi-drdnet", "semi-drdnet", good)
     with pytest.raises(GrowError, match="is a folder; give a weights file or a model name"):
         grow_file(str(tmp_path), "semi-drdnet-lite", good)
+    monkeypatch.chdir(tmp_path)  # a bare name (no /) was taken for a model (a review)
+    (tmp_path / "runfolder").mkdir()
+    with pytest.raises(GrowError, match="runfolder is a folder"):
+        grow_file("runfolder", "semi-drdnet-lite", good)
     small = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1))
     torch.save(small.state_dict(), tmp_path / "bare.ckpt")
     save_weights(small, tmp_path / "mymodel", name="x", arch="semi-drdnet", config=small.cfg)

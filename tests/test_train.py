@@ -2897,6 +2897,18 @@ def test_the_time_budget_counts_the_clock_the_checkpoint_records(data, tmp_path)
     assert T.budget_clock({"wall_time_s": 4.0}) == 4.0  # a checkpoint from before
 
 
+def test_a_validation_output_of_nan_is_a_divergence(data):
+    """Finite weights whose output overflowed scored 9.45 dB, then (with the metrics'
+    refusal of NaN) failed with a message naming neither the run nor its remedy (a
+    review): a divergence, as non-finite weights are."""
+    class Overflow(torch.nn.Module):
+        def forward(self, x):
+            return x * float("nan")
+
+    with pytest.raises(T.TrainDiverged, match="output on a validation image holds NaN"):
+        T.validate(Overflow(), str(data["val"]), device=torch.device("cpu"), limit=1)
+
+
 def test_the_final_validation_comes_on_top_of_the_time_budget(data, tmp_path, monkeypatch):
     """The last validation's time was charged to the budget (--help: "their time comes on
     top"): a resume with 10 s more found 2 left (an audit)."""
