@@ -520,13 +520,20 @@ class Derainer:
             np.clip(out, 0.0, 1.0, out=out)  # float input may stray a little: as promised
             if on_tile is not None:
                 on_tile(1, 1)
-            self.last_rain_angle = 0.0 if angle == _slant.AUTO else float(angle)
+            self.last_rain_angle = 0.0  # nothing turned (--json said the angle: an audit)
             return out
         if angle == _slant.AUTO:  # guessed, and checked with the network on a sample: one
             single = self.ensemble == 1  # pass each way (with more, none is reused)
-            angle, guess, out = _slant.choose_angle(
-                rgb, lambda img, a: self._turned(img, float(a), None, passes=1))
+            phases = _AutoProgress(on_tile, rgb.shape[0], rgb.shape[1], self.ensemble)
+
+            def checked(img: np.ndarray, a: float) -> np.ndarray:
+                result = self._turned(img, float(a), phases.check(img), passes=1)
+                phases.checked(img)
+                return result
+
+            angle, guess, out = _slant.choose_angle(rgb, checked)
             log.info("rain angle (auto): guessed %.0f degrees, turned %.0f", guess, angle)
+            on_tile = phases.final()  # the rest of the bar: the photo's own passes
             if not single:
                 out = None
             elif out is not None and on_tile is not None:  # the whole photo was the sample
@@ -845,6 +852,44 @@ def blend_toward_input(out: np.ndarray, rgb: np.ndarray, strength: float,
         band -= x
         band *= s
         band += x
+
+
+class _AutoProgress:
+    """``on_tile`` over a ``rain_angle="auto"`` photo: the network's check of the slant on
+    its sample (a pass as it is and one turned, at most) and then the photo's own passes,
+    as one job's work in photo pixels. The check reported nothing (a bar stood still for
+    most of the photo's time, then jumped to done: an audit)."""
+
+    def __init__(self, on_tile: Callable[[int, int], None] | None, h: int, w: int,
+                 passes: int) -> None:
+        self.on_tile = on_tile
+        whole = h * w <= _slant.WHOLE_PIXELS
+        sample = h * w if whole else 4 * min(_slant.CROP, h) * min(_slant.CROP, w)
+        self.total = 2 * sample + h * w * passes  # the check at most, then the passes
+        self.done = 0.0
+
+    def _say(self, done: float) -> None:
+        if self.on_tile is not None:
+            self.on_tile(min(int(done), self.total), self.total)
+
+    def check(self, img: np.ndarray) -> Callable[[int, int], None] | None:
+        """The callback for one of the check's passes, over ``img``."""
+        if self.on_tile is None:
+            return None
+        share, base = img.shape[0] * img.shape[1], self.done
+        return lambda d, t: self._say(base + share * d / max(t, 1))
+
+    def checked(self, img: np.ndarray) -> None:
+        self.done = min(self.done + img.shape[0] * img.shape[1], self.total)
+        self._say(self.done)
+
+    def final(self) -> Callable[[int, int], None] | None:
+        """The callback for the photo's passes: what is left of the bar (the check may have
+        taken less than its most, or none)."""
+        if self.on_tile is None:
+            return None
+        base, left = self.done, self.total - self.done
+        return lambda d, t: self._say(base + left * d / max(t, 1))
 
 
 def _check_whole(what: str, v: Any, least: int, *, none: bool = True) -> None:

@@ -136,6 +136,21 @@ def test_a_derainer_pickles_on_every_engine(tiny_weights, engine):
     assert np.array_equal(again.derain(photo), d.derain(photo))
 
 
+def test_rain_angle_auto_reports_progress_through_its_check(tiny_weights, monkeypatch):
+    """The slant's check with the network reported nothing, then (1, 1) at the end: a bar
+    stood still for most of the photo's time (an audit). Its passes count now, one job."""
+    from derain_cli import slant
+
+    monkeypatch.setattr(slant, "estimate_angle", lambda rgb: 40.0)  # checked, not taken
+    d = Derainer(weights=tiny_weights, device="cpu", tile=64, rain_angle="auto")
+    calls: list[tuple[int, int]] = []
+    d.derain(_photo(90, 120), on_tile=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 4 and len({t for _, t in calls}) == 1
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and dones[-1] == calls[0][1]
+    assert dones[len(dones) // 2] < dones[-1]  # it moved during the check
+
+
 def test_a_masked_array_is_refused_not_unmasked_in_silence(derainer):
     masked = np.ma.masked_array(_photo(), mask=np.zeros(_photo().shape, bool))
     with pytest.raises(TypeError, match="masked one's mask would be ignored"):
@@ -741,6 +756,9 @@ def test_strength_0_gives_the_photo_without_running_the_network(tiny_weights, mo
     out = d.derain_array(rgb, on_tile=lambda done, total: ticks.append((done, total)))
     assert calls == [] and ticks == [(1, 1)] and out.dtype == np.float32
     np.testing.assert_allclose(out, rgb.astype(np.float32) / 65535, rtol=1e-6, atol=0)
+    assert d.last_rain_angle == 0.0
+    d.rain_angle = 45  # nothing turned: --json said 45 (an audit)
+    d.derain_array(rgb)
     assert d.last_rain_angle == 0.0
     stray = np.full((8, 8, 3), 1.005, np.float32)  # in range for derain_array's check
     stray[0, 0, 0] = -0.005
