@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from collections import Counter, deque
@@ -673,7 +674,8 @@ class _Collector:
             # its loss chart was derained into it in silence (an audit)
             model = path / "model.safetensors"
             self.failed(path, Path(path.name), "a training run's folder, not photos"
-                        + (f" (its model: --weights {model})" if model.is_file() else ""))
+                        + (f" (its model: --weights {shlex.quote(str(model))})"
+                           if model.is_file() else ""))
         elif path.is_dir():
             self.folder(path, self.prefixes.get(_resolved(path), Path()))
         elif path.exists():
@@ -702,6 +704,8 @@ class _Collector:
                 continue  # an earlier run's results, matched by a wildcard
             if (fmt := unread_photo_format(mp)) is not None and not mp.is_dir():
                 unread[fmt] += 1
+            if mp.is_dir() and _is_run_folder(mp, note=True):  # as a scan skips it: a
+                continue  # pattern derained a run's curves.png (a review)
             if mp.is_dir():
                 try:
                     prefix = mp.relative_to(base)

@@ -187,6 +187,10 @@ def _start_weights(given: str | None, quiet: bool = False) -> str | None:
 
     if not given:
         return None
+    if Path(given).is_dir():  # "no weights named 'run' in the manifest" (a review)
+        model = Path(given) / "model.safetensors"
+        raise FileNotFoundError(f"--weights {given} is a folder; " + (
+            f"its run's model is {model}" if model.is_file() else "give a weights file"))
     if names_a_file(given):
         if not Path(given).is_file():
             raise FileNotFoundError(f"--weights {given}: the file does not exist (or give "

@@ -1026,6 +1026,9 @@ def synth_pairs(
         raise SynthError(f"output folder {out} is inside the photo folder {clean_dir}"
                          f"{through}: the next run would take its pairs for photos; choose a "
                          "folder outside it")
+    if (dest / "rainy").resolve() == (dest / "clean").resolve():  # one folder (a link):
+        # each clean image replaced its rainy partner, every pair lost (a review)
+        raise SynthError(f"{out}/rainy and {out}/clean are one folder; the pairs need two")
     for side in ((dest / "rainy").resolve(), (dest / "clean").resolve()):  # `synth rainy .`
         if side == src or side in src.parents:
             raise SynthError(f"the photo folder {clean_dir} is where the pairs would go "

@@ -311,11 +311,14 @@ def _storage_dtype(net: nn.Module) -> torch.dtype:
 def _load_source(source: str) -> tuple[nn.Module, str, str]:
     """(network in fp32, label, sha256 of its file) for a weights file or a model name."""
     from .hub import sha256_file
+    from .manifest import load_manifest
+    from .models import MODELS
     from .weights import WeightsError, load_pretrained, model_from_file, names_a_file, resolve
 
     path = Path(source)
-    if path.is_dir():  # said "no such weights file" (or "unknown model", named bare) of a
-        # folder there (an audit, a review)
+    if path.is_dir() and (names_a_file(source) or (  # said "no such weights file" (or
+            source not in MODELS and source not in load_manifest())):  # "unknown model")
+        # of a folder there (an audit, a review); a model's name stays a model's
         raise GrowError(f"{source} is a folder; give a weights file or a model name")
     if names_a_file(source):
         if not path.is_file():

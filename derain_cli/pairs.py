@@ -812,8 +812,8 @@ def find_pairs(
     parent = root.resolve().parent
     if any(root.resolve() in (r.resolve(), c.resolve()) for r, c in pair_folders(parent)):
         # one side of a set given (its rainy/): "name the folders" was the wrong way out
-        raise PairsError(f"{root} is one side of the pairs in {root.parent}: give that "
-                         f"folder ({root.parent})")  # (an audit)
+        raise PairsError(f"{root} is one side of the pairs in {parent}: give that "
+                         "folder")  # (an audit; resolved: `.` named `.` itself, a review)
     looked_for = ", ".join(f"{r}/ + {c}/" for r, c in SUBFOLDER_LAYOUTS)
     raise PairsError(
         f"{root}: no rainy/clean layout found. Looked for subfolders {looked_for} "

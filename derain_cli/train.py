@@ -1332,7 +1332,8 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
     # in a finetune run asked for --pairs/--synthetic, then said "other data"
     if "run_started" not in hooks and _run_kind(last.parent) == "finetune":
         raise TrainError(f"--resume: {last.parent} is a `derain finetune` run; continue it "
-                         f"with `derain finetune -o {last.parent} --resume`", every_rank=False)
+                         f"with `derain finetune -o {shlex.quote(str(last.parent))} --resume`",
+                         every_rank=False)
     if not last.exists():
         if (last.parent / "best.pt").exists() and not (last.parent / "model.safetensors").exists():
             return  # stopped between its first best.pt and its first last.pt: resumed from best.pt
@@ -1341,7 +1342,8 @@ def _refuse_unresumable(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]]) 
             raise TrainError(f"--resume: {last.parent} holds a finished run ({done[0]}) "
                              f"without its checkpoint {last.name}, so it cannot be continued; "
                              "start from its weights in a new run (--weights "
-                             f"{last.parent / 'model.safetensors'} -o NEW_FOLDER)",
+                             f"{shlex.quote(str(last.parent / 'model.safetensors'))} -o "
+                             "NEW_FOLDER)",
                              every_rank=False)
         if _in_use(last.parent):  # a run there before its first checkpoint (an audit:
             # "no run to resume there" while one was going)
@@ -2321,7 +2323,11 @@ class _Run:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item() > 0)
         if stop or step == total:  # the training ends: its clock stops before the last
-            self.budget_stopped = self.budget_time()  # validation (``budget_time``)
+            # validation (``budget_time``); a stop all ranks agreed on is the whole budget
+            # spent (rank 0's clock, started after its set-up, may read a little less, and
+            # a resume then trained a step more: a review)
+            self.budget_stopped = max(self.budget_time(), cfg.time_budget or 0.0) if stop \
+                else self.budget_time()
         do_val = cfg.val and (step % cfg.val_every == 0 or step == total or stop)
         if do_val or step == total or stop:  # every rank: they hold the same weights, and
             # none waits at a barrier for a rank 0 that stopped (a review)

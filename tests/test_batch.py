@@ -1441,6 +1441,9 @@ def test_a_training_runs_folder_is_not_scanned_for_photos(tmp_path: Path, caplog
     [item] = collect_inputs(run)
     assert item.error == (f"a training run's folder, not photos (its model: --weights "
                           f"{run / 'model.safetensors'})")
+    # matched by a pattern, it is skipped as a scan skips it (it was derained: a review)
+    _img(tmp_path / "runs" / "b.jpg")
+    assert _rels(collect_inputs([str(tmp_path / "runs" / "*")])) == ["b.jpg"]
 
 
 @pytest.mark.parametrize("io_workers", [0, 2])

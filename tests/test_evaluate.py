@@ -379,6 +379,11 @@ def test_a_synth_killed_midway_is_named_and_its_leftovers_swept(clean_dir, tmp_p
                          overwrite=True) == 2
     assert not tmp.exists() and (tmp_path / "s" / "rainy" / "p1.png").exists()
     assert (tmp_path / "s" / "clean" / "p1.png").read_bytes() == before  # the same pair
+    # rainy/ and clean/ one folder (a link): every pair was lost (a review)
+    (tmp_path / "one" / "clean").mkdir(parents=True)
+    (tmp_path / "one" / "rainy").symlink_to("clean")
+    with pytest.raises(ValueError, match="are one folder; the pairs need two"):
+        E.synth_pairs(clean_dir, tmp_path / "one", count=1)
     # a set whose names pair by another rule is whole, not a killed run's (a review)
     for side, name in (("rainy", "rain-001.png"), ("clean", "norain-001.png")):
         (tmp_path / "r100" / side).mkdir(parents=True)

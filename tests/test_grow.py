@@ -198,6 +198,10 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
     (tmp_path / "runfolder").mkdir()
     with pytest.raises(GrowError, match="runfolder is a folder"):
         grow_file("runfolder", "semi-drdnet-lite", good)
+    (tmp_path / "semi-drdnet-tiny").mkdir()  # a folder named after a model: still the model
+    from derain_cli.grow import _load_source
+
+    assert _load_source("semi-drdnet-tiny")[1] == "semi-drdnet-tiny"
     small = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1))
     torch.save(small.state_dict(), tmp_path / "bare.ckpt")
     save_weights(small, tmp_path / "mymodel", name="x", arch="semi-drdnet", config=small.cfg)

@@ -352,13 +352,16 @@ def test_pair_sets_one_level_down_are_named(tmp_path):
         find_pairs(tmp_path)
 
 
-def test_one_side_of_a_set_names_the_folder_to_give(tmp_path):
+def test_one_side_of_a_set_names_the_folder_to_give(tmp_path, monkeypatch):
     """`eval pairs/rainy` was told to name --rainy-dir and --clean-dir (an audit)."""
     _make(tmp_path, "set/rainy/x.png", "set/clean/x.png")
     for side in ("rainy", "clean"):
         with pytest.raises(PairsError, match=rf"set/{side} is one side of the pairs in "
                                              r".*set: give that folder"):
             find_pairs(tmp_path / "set" / side)
+    monkeypatch.chdir(tmp_path / "set" / "rainy")  # `.` named `.` as the set (a review)
+    with pytest.raises(PairsError, match=rf"^\. is one side of the pairs in {tmp_path}/set: "):
+        find_pairs(Path("."))
 
 
 def test_no_layout_lists_what_was_looked_for(tmp_path):

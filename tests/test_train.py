@@ -598,6 +598,12 @@ def test_a_diverged_run_exports_nothing_and_fails(data, tmp_path, capsys):
                                  str(data["clean"]), "--out", str(tmp_path / "inf"), "--lr",
                                  "inf"])
     assert r.exit_code == 2 and "--lr must be a finite number, not inf" in r.output, r.output
+    # a run folder as --weights: "no weights named ... in the manifest" (a review)
+    (tmp_path / "wdir").mkdir()
+    r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
+                                 str(data["clean"]), "--out", str(tmp_path / "w"), "--weights",
+                                 str(tmp_path / "wdir")])
+    assert r.exit_code == 2 and "wdir is a folder; give a weights file" in r.output, r.output
     # validation settings without --val were accepted and unused (an audit)
     r = CliRunner().invoke(app, ["train", "--arch", "semi-drdnet", "--synthetic",
                                  str(data["clean"]), "--out", str(tmp_path / "noval"),
