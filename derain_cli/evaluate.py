@@ -13,7 +13,6 @@ import csv
 import html
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -261,13 +260,16 @@ def save_names(pairs: Sequence[Pair]) -> list[str]:
 def _to_u8(img: np.ndarray, name: str = "") -> np.ndarray:
     """A model's float output as the 8-bit image scored; ``ValueError`` naming the pair
     where it holds NaN or infinities (scored as black: 11 dB for a half-NaN output, an
-    overflow passed for a poor score; an audit)."""
-    x = np.asarray(img, np.float32)
-    if x.size and not (math.isfinite(float(x.min())) and math.isfinite(float(x.max()))):
+    overflow passed for a poor score; an audit). Rounded as ``metrics.to_uint8`` (and
+    derain's writer) round, which refuses the NaN."""
+    try:
+        return metrics.to_uint8(np.asarray(img, np.float32))
+    except ValueError as e:
+        if "NaN" not in str(e):
+            raise
         raise ValueError(f"{name or 'an image'}: the model's output holds NaN or infinite "
                          "values (an overflow, or diverged weights; --precision fp32 avoids "
-                         "the first); not scored")
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+                         "the first); not scored") from None
 
 
 def evaluate(
