@@ -595,7 +595,8 @@ def _check_ensemble(value: int) -> int:
     return value
 
 
-def _check_strength(value: float) -> float:
+def check_strength(value: float) -> float:
+    """--strength: 0 to 1 (a callback of derain and derain eval)."""
     if not 0.0 <= value <= 1.0:  # NaN too: click's range said "less than or equal to 1"
         raise typer.BadParameter(f"{value:g}: use a number from 0 (the photo as it is) to 1 "
                                  "(all of the rain removal)")
@@ -693,7 +694,7 @@ def run_cmd(
     ] = None,
     strength: Annotated[
         float,
-        typer.Option("--strength", callback=_check_strength, rich_help_panel=MODEL,
+        typer.Option("--strength", callback=check_strength, rich_help_panel=MODEL,
                      metavar="S",
                      help="How much of the rain removal to apply, 0 to 1: 1 all of it, 0.7 a mix "
                           "of 70 % derained and 30 % original, which keeps more fine "

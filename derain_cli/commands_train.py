@@ -19,6 +19,7 @@ import typer
 from .cli import (
     DEFAULT_MODEL_NAME,
     attach_logging,
+    check_strength,
     command_line_words,
     complete_eval_model,
     complete_model,
@@ -615,6 +616,10 @@ def eval_cmd(
         "--rain-angle", callback=parse_rain_angle, metavar="DEG|auto",
         help="Turn the rain upright from this slant (-90 to 90), or auto: each image's own, "
              "as derain --rain-angle does; the per-image scores say each turn.")] = "0",
+    strength: Annotated[float, typer.Option(
+        "--strength", metavar="S", callback=check_strength,
+        help="Score part of the rain removal (0 to 1), as derain --strength applies it.")
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
@@ -637,14 +642,15 @@ def eval_cmd(
 
             target: object = Derainer(model=model, weights=weights, device=device, tile=tile,
                                       precision=precision, backend=backend, threads=threads,
-                                      ensemble=ensemble, rain_angle=rain_angle)
+                                      ensemble=ensemble, rain_angle=rain_angle,
+                                      strength=strength)
         else:
             from .enhancer import DEFAULT_MODEL
 
             target = model or DEFAULT_MODEL
         engine = {} if weights is not None else dict(  # the Derainer above has them
             device=device, tile=tile, precision=precision, backend=backend, threads=threads,
-            ensemble=ensemble, rain_angle=rain_angle)
+            ensemble=ensemble, rain_angle=rain_angle, strength=strength)
         bar = contextlib.ExitStack()  # pairs scored: a bar, or a line a minute in a log
         done: Callable[[int], None] = lambda k: None  # noqa: E731 (a long set was silent)
 

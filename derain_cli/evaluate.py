@@ -127,11 +127,13 @@ def _label(model: Any) -> str:
     weights = getattr(model, "weights_label", None)
     passes = getattr(model, "ensemble", 1)
     angle = getattr(model, "rain_angle", 0.0)
+    strength = getattr(model, "strength", 1.0)
     if weights and getattr(model, "weights_status", None) is None:  # a user's file
         name = f"{weights} [{name}]"
     name += f", ensemble of {passes}" if passes > 1 else ""
     name += (", rain angle auto" if angle == "auto" else
              f", rain turned from {angle:g} degrees" if angle else "")
+    name += f", strength {strength:g}" if strength < 1.0 else ""
     return name
 
 
@@ -197,13 +199,26 @@ def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
     return setting
 
 
+def _check_strength(model: Any, strength: object) -> None:
+    """``OptionError`` for a strength ``evaluate`` cannot use with ``model``, before any pair
+    is decoded, like ``_check_ensemble``."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not (
+            0.0 <= strength <= 1.0):  # NaN too
+        raise OptionError(f"strength must be a number from 0 (the rainy photo as it is) to 1 "
+                          f"(all of the rain removal), not {strength!r}")
+    if strength != 1.0:
+        _refuse_option(model, f"strength={strength:g}",
+                       "the identity scores the rainy photos as they are: leave --strength "
+                       "at 1 (strength=1 in Python)", "Derainer(strength=S) mixes them")
+
+
 def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
             backend: str = "auto", threads: int | None = None, ensemble: int = 1,
-            rain_angle: float | str = 0.0,
+            rain_angle: float | str = 0.0, strength: float = 1.0,
             ) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
     """(Derainer or None, label, HxWx3 uint8 -> HxWx3 float [0,1]) for identity, a Derainer,
-    a module or a name. ``ensemble`` and ``rain_angle`` were checked by ``evaluate``
-    (``_check_ensemble``, ``_check_rain_angle``)."""
+    a module or a name. ``ensemble``, ``rain_angle`` and ``strength`` were checked by
+    ``evaluate`` (``_check_ensemble``, ``_check_rain_angle``, ``_check_strength``)."""
     if isinstance(model, str) and model == IDENTITY:
         return None, IDENTITY, lambda rgb: rgb.astype(np.float32) / 255.0
     from .enhancer import Derainer
@@ -214,11 +229,11 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
         if names_a_file(model):
             model = Derainer(weights=Path(model), device=device, tile=tile, precision=precision,
                              backend=backend, threads=threads, ensemble=ensemble,
-                             rain_angle=rain_angle)
+                             rain_angle=rain_angle, strength=strength)
         else:
             model = Derainer(model=str(model), device=device, tile=tile, precision=precision,
                              backend=backend, threads=threads, ensemble=ensemble,
-                             rain_angle=rain_angle)
+                             rain_angle=rain_angle, strength=strength)
     label = _label(model)
     if isinstance(model, nn.Module):
         import torch
@@ -292,6 +307,7 @@ def evaluate(
     ensemble: int = 1,
     rain_angle: float | str = 0.0,
     on_start: Callable[[int], None] | None = None,
+    strength: float = 1.0,
 ) -> EvalResult:
     """Score ``model`` (``"identity"``, a Derainer, an nn.Module, a model name or a weights
     path) on the pairs under ``data_dir``.
@@ -305,6 +321,8 @@ def evaluate(
     averaged per image for a model name or weights path (``Derainer``'s ``ensemble``); the
     label says how many. ``rain_angle``: degrees or ``"auto"``, for a model name or weights
     path (``Derainer``'s ``rain_angle``); each image's score says the turn it got.
+    ``strength``: the part of the rain removal applied, 0 to 1, for a model name or weights
+    path (``Derainer``'s ``strength``, ``derain --strength``); the label says it.
     ``on_start(total)``: called once the pairs are read and the model is loaded, before the
     first pair is derained (a bar shown at ``on_image``'s first call stood still, unseen,
     through the first pair: minutes with ``--ensemble 4`` on large photos); ``on_image(done,
@@ -316,6 +334,7 @@ def evaluate(
     _check_engine_options(model, device=device, tile=tile, precision=precision,
                           backend=backend, threads=threads)
     rain_angle = _check_rain_angle(model, rain_angle)
+    _check_strength(model, strength)
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
         raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
                          "every pair")
@@ -335,7 +354,7 @@ def evaluate(
     check_turns(pairs, rain_angle if rain_angle else getattr(model, "rain_angle", 0.0))
     decoded = check_pairs_read(pairs)
     derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble,
-                                   rain_angle)
+                                   rain_angle, strength)
     setting = getattr(derainer, "rain_angle", 0.0)  # a Derainer given as it is: its own
     made = _make_folders(save, rep, csv_file)
     thumbs: list[tuple[str, str, str]] = []

@@ -691,6 +691,34 @@ def test_eval_scores_an_ensemble_and_names_it(pairs, tiny_weights):
             E.evaluate(d, pairs, **given)
 
 
+def test_eval_scores_part_of_the_rain_removal(pairs, tiny_weights):
+    """``--strength`` as derain applies it (eval had none: which strength scores best could
+    not be measured): 0 scores the rainy photos themselves, and the label says it."""
+    from derain_cli import Derainer
+    from derain_cli.errors import OptionError
+
+    rainy = E.evaluate("identity", pairs, limit=2)
+    none = E.evaluate(str(tiny_weights), pairs, device="cpu", strength=0.0, limit=2)
+    half = E.evaluate(str(tiny_weights), pairs, device="cpu", strength=0.5, limit=2)
+    full = E.evaluate(str(tiny_weights), pairs, device="cpu", limit=2)
+    assert none.psnr_y == pytest.approx(rainy.psnr_y, abs=1e-9)
+    assert half.psnr_y not in (pytest.approx(rainy.psnr_y), pytest.approx(full.psnr_y))
+    assert half.model.endswith(", strength 0.5") and "strength" not in full.model
+    d = Derainer(weights=tiny_weights, device="cpu", strength=0.5)
+    assert E.evaluate(d, pairs, limit=2).psnr_y == pytest.approx(half.psnr_y, abs=1e-9)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "--weights", str(tiny_weights),
+                                    "--strength", "0.5", "--device", "cpu", "--json",
+                                    "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["psnr_y"] == pytest.approx(half.psnr_y, abs=1e-6)
+    for model, s in (("identity", 0.5), (d, 0.7), (str(tiny_weights), 1.5),
+                     (str(tiny_weights), float("nan")), (str(tiny_weights), "0.5")):
+        with pytest.raises(OptionError, match="strength"):
+            E.evaluate(model, pairs, strength=s)
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--strength", "2"])
+    assert r.exit_code == 2 and "from 0" in r.output
+
+
 def test_eval_refuses_a_pass_count_before_decoding_the_pairs(pairs, monkeypatch):
     """A review: ``--ensemble 3`` without ``--weights`` and ``-m identity --ensemble 2``
     were refused only after every pair was decoded."""
