@@ -385,6 +385,8 @@ def evaluate(
                 _drop_stale_thumbs(rep, {rel for row in thumbs for rel in row})
         if save is not None and overwrite:
             _say_other_saved_images(save, set(names[:finished]))
+        if save is not None and csv_file is not None:
+            _say_earlier_scores(save, csv_file)
         return res
 
     held = contextlib.ExitStack()
@@ -481,6 +483,18 @@ def _say_other_saved_images(save: Path, written: set[str]) -> None:
         log.warning("%s also holds %d PNG image(s) this run did not write (%s): an earlier "
                     "run's over other pairs? They are left as they are.", save, len(others),
                     shown)
+
+
+def _say_earlier_scores(save: Path, csv_file: Path) -> None:
+    """Say that ``--save``'s ``scores.csv`` is an earlier run's where ``--csv`` sent this
+    run's elsewhere: it sat beside the new images as if it scored them (an audit). Left as
+    it is, as the images are."""
+    old = save / "scores.csv"
+    try:
+        if old.is_file() and not old.samefile(csv_file):
+            log.warning("%s is an earlier run's: this run's scores are in %s", old, csv_file)
+    except OSError:  # csv_file not there (a failed write is said by its own error)
+        log.warning("%s is an earlier run's: this run's scores are in %s", old, csv_file)
 
 
 def _drop_stale_thumbs(report: Path, kept: set[str]) -> None:

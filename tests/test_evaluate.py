@@ -144,6 +144,15 @@ def test_overwrite_over_fewer_pairs_names_the_saved_images_it_left(pairs, tmp_pa
         f"{out} also holds 3 PNG image(s) this run did not write (p1.png, p2.png, p3.png): an "
         "earlier run's over other pairs? They are left as they are."]
     assert len(list(out.glob("*.png"))) == 4
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):  # this run's scores elsewhere
+        E.evaluate(net, pairs, save_dir=out, csv_path=tmp_path / "s.csv", overwrite=True)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{out / 'scores.csv'} is an earlier run's: this run's scores are in "
+            f"{tmp_path / 's.csv'}"]
+        caplog.clear()
+        E.evaluate(net, pairs, save_dir=out, csv_path=out / "scores.csv", overwrite=True)
+        assert caplog.records == []
 
 
 def test_eval_names_identity_and_refuses_a_folder_for_a_file(pairs, tmp_path, monkeypatch):
