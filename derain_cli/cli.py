@@ -90,6 +90,10 @@ DEFAULT_COMMAND = "run"
 @dataclass
 class _State:
     debug: bool = False
+    #: the --json text a command asked for it owes if it stops before printing its own (the
+    #: main job's summary, eval's result): one stopped in its first second (its modules
+    #: loading) printed none (an audit); ``_main`` prints it (``owe_json``)
+    json_owed: str | None = None
 
 
 _STATE = _State()
@@ -643,6 +647,21 @@ RUN_HELP = (
 )
 
 
+def owe_json(text: str | None) -> None:
+    """What --json prints if the command is stopped before it prints its own (None: owes
+    nothing, as once it has printed). Under torchrun rank 0 alone prints."""
+    _STATE.json_owed = text if os.environ.get("RANK", "0") == "0" else None
+
+
+def _owe_json(value: bool) -> bool:
+    """--json, noted first of the options (eager): a Ctrl-C while the others are read (their
+    checks load modules: most of a second) still gets the summary (``_pay_json_owed``)."""
+    from .summary import Summary
+
+    owe_json(Summary(interrupted=True).to_json() if value else None)
+    return value
+
+
 @app.command(DEFAULT_COMMAND, hidden=True, cls=_DefaultCommand, help=RUN_HELP,
              context_settings=CONTEXT_SETTINGS)
 def run_cmd(
@@ -789,7 +808,7 @@ def run_cmd(
                            help="Only print errors.")
     ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", rich_help_panel=FEED,
+        bool, typer.Option("--json", rich_help_panel=FEED, is_eager=True, callback=_owe_json,
                            help="Print the summary as JSON on stdout (no progress bars).")
     ] = False,
     debug: DebugOpt = False,
@@ -849,6 +868,16 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
         raise typer.Exit(1) from None
     except _Exit as e:
         raise typer.Exit(e.code) from None
+    except Exception as e:
+        if not interrupted_import(e):
+            if debug:
+                raise
+            print_error(console, _friendly_message(e), rank)
+            raise typer.Exit(1) from None
+        _ignore_further_stops()
+        if rank == 0:
+            console.print(f"\ninterrupted; run the same command again {again}")
+        raise typer.Exit(130) from None
     except KeyboardInterrupt as stop:
         _ignore_further_stops()
         if rank == 0:  # under torchrun every process gets the Ctrl-C: one says so
@@ -859,11 +888,6 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
             console.print(
                 f"\ninterrupted; {kept}run the same command again {again}")
         raise typer.Exit(130) from None
-    except Exception as e:
-        if debug:
-            raise
-        print_error(console, _friendly_message(e), rank)
-        raise typer.Exit(1) from None
 
 
 def _stopped_on(e: Exception, said: list[str]) -> str:
@@ -1039,6 +1063,11 @@ def _run(
                                                   interrupted=True))
                 raise
             except Exception as e:  # weights, device, model refused: a script reading
+                if interrupted_import(e):  # (a Ctrl-C while torch loaded)
+                    if json_out and main_rank:
+                        _echo_json(err, batch.Summary(world_size=dist.world_size,
+                                                      interrupted=True))
+                    raise KeyboardInterrupt from None
                 if json_out and main_rank:  # --json learns why (stdout was empty)
                     _echo_json(err, batch.Summary(world_size=dist.world_size,
                                                   error=_stopped_on(e, said)))
@@ -1147,6 +1176,7 @@ def _echo_json(err: Console, summary: Any) -> bool:
     """``--json``'s summary on stdout; False (said on stderr) where stdout takes nothing:
     `--json > FILE` on a full disk said "error: No space left on device" alone, as if the
     photos had failed (an audit). After a Ctrl-C the interrupted status stays."""
+    owe_json(None)
     try:
         typer.echo(summary.to_json())
     except BrokenPipeError:
@@ -1926,6 +1956,47 @@ def _ignore_further_stops() -> None:
                 signal.signal(sig, then)
 
 
+#: the read end of a pipe Python writes each caught signal's number into (``_watch_stops``)
+_STOP_PIPE: list[int] = []
+_STOPPED: list[bool] = []
+
+
+def _watch_stops() -> None:
+    """Note every Ctrl-C (``signal.set_wakeup_fd``), leaving Python's own handler in place
+    (training holds a Ctrl-C only under it): one that lands while a C extension loads
+    (numpy, torch: the run's first second or two) surfaces as an ImportError ("initialization
+    failed"), and the run ended "error: ..." with exit 1, its --json an error (an audit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (OSError, ValueError, AttributeError):  # (Windows takes a socket: not watched)
+        return
+    _STOP_PIPE[:] = [r]
+
+
+def interrupted_import(e: BaseException) -> bool:
+    """Whether ``e`` is an import that a Ctrl-C, SIGTERM or SIGHUP cut short."""
+    if not isinstance(e, ImportError):
+        return False
+    if _TERMINATED_BY or _STOPPED:
+        return True
+    if _STOP_PIPE:
+        import signal
+
+        with contextlib.suppress(OSError):
+            got = os.read(_STOP_PIPE[0], 4096)
+            if any(b in got for b in (signal.SIGINT, getattr(signal, "SIGBREAK", -1))):
+                _STOPPED.append(True)
+    return bool(_STOPPED)
+
+
 def _stop_like_ctrl_c(signum: int, frame: object) -> None:
     if not _TERMINATED_BY:
         _TERMINATED_BY.append(signum)
@@ -1954,6 +2025,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
     _OWN_PROCESS[:] = [True]
     _catch_termination()
+    _watch_stops()
     # typer prints help and usage errors through consoles of its own: while derain runs,
     # every rich console ends a closed pipe as DerainConsole does (141, not 1)
     plain = Console.on_broken_pipe
@@ -2000,12 +2072,24 @@ def _unhandled_interrupt(e: BaseException) -> bool:
     return False
 
 
+def _pay_json_owed() -> None:
+    """The main job's ``--json`` summary (interrupted, nothing done) where it was stopped
+    before it could print one: in its first second, while its modules loaded, a Ctrl-C or
+    SIGTERM left stdout empty for the script reading it (an audit)."""
+    owed, _STATE.json_owed = _STATE.json_owed, None
+    if owed:
+        with contextlib.suppress(OSError):
+            typer.echo(owed)
+
+
 def _main(argv: list[str] | None) -> None:
+    _STATE.json_owed = None
     try:
         app(args=argv, prog_name="derain", complete_var=COMPLETE_VAR)
     except SystemExit as e:
         if e.code == 130 or _TERMINATED_BY:  # (a subcommand's own Ctrl-C handling)
             _ignore_further_stops()
+            _pay_json_owed()
         if e.code == 130 and _unhandled_interrupt(e):  # Typer ends a Ctrl-C that no command
             print("\ninterrupted", file=sys.stderr)  # handled (one while a subcommand's
             # modules load) with 130 and no word: an audit saw a silent exit
@@ -2014,9 +2098,15 @@ def _main(argv: list[str] | None) -> None:
         raise
     except KeyboardInterrupt:
         _ignore_further_stops()
+        _pay_json_owed()
         print("\ninterrupted", file=sys.stderr)
         sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
     except Exception as e:  # errors of lazily loaded subcommands
+        if interrupted_import(e):  # a Ctrl-C while one of their modules loaded
+            _ignore_further_stops()
+            _pay_json_owed()
+            print("\ninterrupted", file=sys.stderr)
+            sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
         debug = _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:])
         if isinstance(e, BrokenPipeError) and not debug and stdout_gone():
             silence_stdout()  # the reader went away: quiet (see BROKEN_PIPE_STATUS)

@@ -24,6 +24,8 @@ from .cli import (
     complete_eval_model,
     complete_model,
     detach_logging,
+    interrupted_import,
+    owe_json,
     parse_rain_angle,
     print_error,
     say_error,
@@ -161,16 +163,36 @@ def _error_as_json(enabled: bool) -> Iterator[None]:
         yield
     except KeyboardInterrupt as e:
         if enabled and not getattr(e, "reported", False):  # (EvalInterrupted printed its own)
-            typer.echo(json.dumps({"count": 0, "total": None, "interrupted": True,
-                                   "error": None}, indent=2))
+            _echo_json(_NOTHING_SCORED)
         raise
     except typer.Exit:
         raise
     except Exception as e:
+        if interrupted_import(e):  # a Ctrl-C while torch loaded: an interrupt, not an error
+            if enabled:
+                _echo_json(_NOTHING_SCORED)
+            raise KeyboardInterrupt from None
         if enabled:
-            typer.echo(json.dumps({"count": 0, "total": None, "interrupted": False,
-                                   "error": command_line_words(_msg(e))}, indent=2))
+            _echo_json({"count": 0, "total": None, "interrupted": False,
+                        "error": command_line_words(_msg(e))})
         raise
+
+
+#: eval --json's answer when stopped before its first pair was scored
+_NOTHING_SCORED = {"count": 0, "total": None, "interrupted": True, "error": None}
+
+
+def _echo_json(result: dict) -> None:
+    """A command's --json on stdout: it owes none after (``owe_json``)."""
+    owe_json(None)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _owe_eval_json(value: bool) -> bool:
+    """eval --json, noted first of the options (eager), as the main job's is: a Ctrl-C while
+    the modules load still gets its answer."""
+    owe_json(json.dumps(_NOTHING_SCORED, indent=2) if value else None)
+    return value
 
 
 def _msg(e: BaseException) -> str:
@@ -620,7 +642,8 @@ def eval_cmd(
         "--strength", metavar="S", callback=check_strength,
         help="Score part of the rain removal (0 to 1), as derain --strength applies it.")
     ] = 1.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", is_eager=True, callback=_owe_eval_json,
+                                          help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
@@ -673,13 +696,11 @@ def eval_cmd(
                           "all" if files else "are in the JSON" if as_json else
                           "are not kept (--csv FILE keeps them)"))
             if as_json:  # as the main command's summary says what was done (an audit)
-                typer.echo(json.dumps({**got.to_dict(), "interrupted": True, "error": None},
-                                      indent=2))
+                _echo_json({**got.to_dict(), "interrupted": True, "error": None})
             e.reported = True  # type: ignore[attr-defined]
             raise
         if as_json:  # the keys of an interrupted run's too
-            typer.echo(json.dumps({**res.to_dict(), "interrupted": False, "error": None},
-                                  indent=2))
+            _echo_json({**res.to_dict(), "interrupted": False, "error": None})
         else:
             typer.echo(res.summary())
             if res.csv_path:

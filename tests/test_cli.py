@@ -650,6 +650,61 @@ def test_a_ctrl_c_while_a_subcommand_loads_says_interrupted(tmp_path: Path) -> N
     assert p.returncode == 130 and p.stderr.strip() == "interrupted", p.stderr
 
 
+#: A Ctrl-C as it lands while a C extension loads (numpy, torch): the signal is delivered,
+#: the extension's init swallows the KeyboardInterrupt and fails with an ImportError
+_CTRL_C_IN_AN_IMPORT = """
+import builtins, os, signal, sys
+real = builtins.__import__
+def imp(name, globals=None, locals=None, fromlist=(), level=0):
+    if name == os.environ["CUT"] and (level or name == "torch"):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+    return real(name, globals, locals, fromlist, level)
+builtins.__import__ = imp
+from derain_cli.cli import main
+sys.argv = ["derain", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("cut, args", [
+    ("enhancer", ["IN", "--json"]),  # the main job, loading the network's modules
+    ("batch", ["IN", "--json"]),  # its first second: before it could print anything
+    ("evaluate", ["eval", "IN", "--json"])])
+def test_a_ctrl_c_inside_an_import_is_an_interrupt(tmp_path: Path, tiny_weights: Path,
+                                                    cut: str, args: list[str]) -> None:
+    """A Ctrl-C in a run's first second or two (numpy and torch loading) ended it
+    "error: ImportError: initialization failed", exit 1, its --json an error, or printed no
+    --json at all (an audit): an interrupt, 130, and --json says so."""
+    src = _img(tmp_path / "a.png")
+    args = [str(src) if a == "IN" else a for a in args]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    p = subprocess.run([sys.executable, "-c", _CTRL_C_IN_AN_IMPORT, *args,
+                        "--weights", str(tiny_weights)], capture_output=True, text=True,
+                       env={**env, "CUT": cut}, timeout=120, cwd=tmp_path)
+    assert p.returncode == 130, p.stderr
+    assert "interrupted" in p.stderr and "ImportError" not in p.stderr, p.stderr
+    assert json.loads(p.stdout)["interrupted"] is True
+    assert not (tmp_path / "a_derained.png").exists()
+
+
+def test_an_import_error_without_a_stop_is_still_an_error(monkeypatch) -> None:
+    """Only an import a stop signal cut short is an interrupt: a broken install's stays an
+    error (exit 1) with its own words."""
+    from derain_cli import cli
+
+    monkeypatch.setattr(cli, "_STOPPED", [])
+    monkeypatch.setattr(cli, "_STOP_PIPE", [])
+    monkeypatch.setattr(cli, "_TERMINATED_BY", [])
+    assert not cli.interrupted_import(ImportError("initialization failed"))
+    monkeypatch.setattr(cli, "_TERMINATED_BY", [15])
+    assert cli.interrupted_import(ImportError("initialization failed"))
+    assert not cli.interrupted_import(ValueError("x"))
+
+
 def test_ignoring_further_stops_holds_in_a_real_process() -> None:
     code = ("import os, signal\nfrom derain_cli import cli\ncli._OWN_PROCESS.append(True)\n"
             "cli._ignore_further_stops()\nos.kill(os.getpid(), signal.SIGINT)\n"
