@@ -376,10 +376,12 @@ def _verified_snapshot(repo_dir: Path, filename: str, expected: str,
 
 def _sweep_incomplete(repo_dir: Path) -> None:
     """Delete the partial downloads killed runs left in ``repo_dir``'s blobs
-    (``*.incomplete``, a new one for each run killed with SIGKILL: an audit), and copies
-    ``_SetAside`` kept for a killed ``--force``, once older than
-    :data:`fileio.STALE_TEMPORARY_S` (a download at work keeps its own fresh). Not through
-    a ``blobs`` that is a link out of the cache (a review)."""
+    (``*.incomplete``, a new one for each run killed with SIGKILL: an audit), once older
+    than :data:`fileio.STALE_TEMPORARY_S` (a download at work keeps its own fresh), and
+    copies ``_SetAside`` kept for a ``--force`` whose process is gone: such a copy is a
+    hard link of the cached blob and bears its age, and a sweep by age deleted a running
+    ``--force``'s own, the good copy lost while the error said it stayed (an audit). Not
+    through a ``blobs`` that is a link out of the cache (a review)."""
     from .fileio import STALE_TEMPORARY_S
 
     blobs = repo_dir / "blobs"
@@ -389,15 +391,34 @@ def _sweep_incomplete(repo_dir: Path) -> None:
     try:
         with os.scandir(blobs) as entries:
             for e in entries:
-                if (e.name.endswith(".incomplete") or ".derain-kept-" in e.name) and \
-                        e.is_file(follow_symlinks=False):
-                    try:
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    if e.name.endswith(".incomplete"):
                         if now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_S:
                             os.unlink(e.path)
-                    except OSError:
-                        pass
+                    elif ".derain-kept-" in e.name and not _kept_by_live_process(e.name):
+                        os.unlink(e.path)
+                except OSError:
+                    pass
     except OSError:
         pass
+
+
+def _kept_by_live_process(name: str) -> bool:
+    """Whether the process that named a ``_SetAside`` copy (``BLOB.derain-kept-PID``) still
+    runs: then the copy is its, at work (a pid reused by another process keeps a stale
+    copy a while longer, no more)."""
+    pid = name.rpartition(".derain-kept-")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM): alive
+        return True
+    return True
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:

@@ -174,6 +174,30 @@ def test_a_forced_download_that_arrives_damaged_keeps_the_good_copy(hub_server, 
     assert _fetch(hub_server, tmp_path, force=True).read_bytes() == DATA
 
 
+def test_a_forced_download_keeps_an_old_good_copy_and_sweeps_dead_runs_copies(
+        hub_server, tmp_path):
+    """The copy set aside is a hard link of the cached blob, and bears its age: the sweep of
+    killed runs' leftovers (older than an hour) deleted this run's own, and a damaged
+    forced download of a copy cached over an hour before left nothing while saying the
+    copy stayed (an audit). Copies of processes that are gone are swept."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    path = _fetch(hub_server, tmp_path)
+    blob = path.resolve()
+    hours_ago = time.time() - 7200
+    os.utime(blob, (hours_ago, hours_ago))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = blob.with_name(f"{blob.name}.derain-kept-{dead.pid}")  # a killed --force's
+    left.write_bytes(DATA)
+    corrupt = bytearray(DATA)
+    corrupt[1000] ^= 0xFF
+    hub_server.add(REPO, COMMIT, FILE, bytes(corrupt), etag=SHA)
+    with pytest.raises(WeightsUnavailable, match="the verified copy cached before stays"):
+        _fetch(hub_server, tmp_path, force=True)
+    assert path.read_bytes() == DATA
+    assert not left.exists()
+
+
 def test_a_killed_downloads_partial_file_is_swept_once_old(hub_server, tmp_path):
     """SIGKILL mid-download left blobs/<sha>.<random>.incomplete, a new one each time,
     never removed (an audit); one younger than an hour may be a download at work."""
