@@ -626,10 +626,16 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
         # from a mirror: the mirror is the likely fault; from the Hub itself, derain's
         return ("endpoint" if ctx.endpoint != _HUB else "error"), (
             f"{where} answered HTTP {status} for {ctx.url}.")
-    if isinstance(exc, FileMetadataError):
-        return "network", (
-            f"{where} did not answer like a Hugging Face Hub (check HF_ENDPOINT, proxy, firewall)."
-        )
+    if isinstance(exc, FileMetadataError) or isinstance(exc.__cause__, FileMetadataError):
+        # (huggingface_hub raises it as the cause of a LocalEntryNotFoundError: a plain file
+        # server as HF_ENDPOINT was "the connection broke; run the command again": an audit)
+        meta = exc if isinstance(exc, FileMetadataError) else exc.__cause__
+        lines = str(meta).strip().splitlines()
+        detail = f" ({lines[0].split('. ')[0].rstrip('.')})" if lines else ""  # its first
+        # sentence: the rest is its own advice, said below
+        return ("endpoint" if ctx.endpoint != _HUB else "network"), (
+            f"{where} did not answer like a Hugging Face Hub{detail}; check HF_ENDPOINT, "
+            "proxy, firewall.")
     no_url = not ctx.endpoint.lower().startswith(("http://", "https://"))
     if no_url and isinstance(exc, (LocalEntryNotFoundError, _httpx.HTTPError,
                                    *_TRANSPORT_ERRORS)):  # a setting's mistake, blamed on

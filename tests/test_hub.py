@@ -596,3 +596,32 @@ def test_an_unpublished_bundled_file_keeps_the_advice_of_its_failure():
     assert "  - or make the cache writable (or set HF_HUB_CACHE)" in msg
     msg = str(ctx.unavailable("could not reach it", "network"))  # no Hub to retry from
     assert "reinstall derain" in msg and "when online" not in msg
+
+
+def test_a_plain_file_server_as_the_endpoint_is_named_not_retried(tmp_path):
+    """A static file server (`python -m http.server`) as HF_ENDPOINT serves the file but no
+    Hub headers: it was "the connection broke during the download; run the command again",
+    which can never work (an audit). The endpoint is named, with what to check."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www" / REPO / "resolve" / COMMIT
+    www.mkdir(parents=True)
+    (www / FILE).write_bytes(DATA)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(WeightsUnavailable) as info:
+            _fetch(f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "cache")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.kind == "endpoint", str(info.value)
+    assert "did not answer like a Hugging Face Hub" in str(info.value)
+    assert "run the command again" not in str(info.value), str(info.value)
