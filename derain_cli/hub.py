@@ -206,7 +206,7 @@ def _download(ctx: _Context, repo_dir: Path, note: str, force: bool, quiet: bool
     try:
         _probe(ctx)
         ctx.reached = True
-        with _progress_bars(enabled=not quiet):
+        with _progress_bars(enabled=not quiet, ctx=ctx):
             local = Path(
                 huggingface_hub.hf_hub_download(
                     ctx.repo_id,
@@ -679,24 +679,39 @@ def _explain(exc: BaseException, ctx: _Context) -> tuple[str | None, str]:
     return None, ""
 
 
+#: The pieces a download is read in (huggingface_hub's are 10 MiB, more than any derain
+#: weights file: its bar sat at 0 % until the end, a stalled server alike: an audit)
+DOWNLOAD_PIECE = 256 * 1024
+
+
 @contextmanager
-def _progress_bars(*, enabled: bool) -> Iterator[None]:
-    """Hide huggingface_hub's progress bars inside the block when ``enabled`` is False,
-    and its "Trying to resume download..." warnings (``-q``: our own error says it all)."""
-    if enabled:
-        yield
-        return
+def _progress_bars(*, enabled: bool, ctx: _Context | None = None) -> Iterator[None]:
+    """huggingface_hub's progress bar inside the block on a terminal where ``enabled``, and
+    nothing else of its output: its "Trying to resume download..." lines (six of them
+    before derain's own error, which says what went wrong; the resume is not kept) and its
+    "Not enough free disk space" UserWarning with its source line (an audit). Off a
+    terminal, where its bar drew one line at the end, one line says the download began
+    (``ctx``: of what, from where): a slow server and a stalled one were silent alike."""
+    import sys
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    bars = not are_progress_bars_disabled()
+    terminal = enabled and sys.stderr is not None and sys.stderr.isatty()
+    bars = not terminal and not are_progress_bars_disabled()
     if bars:
         disable_progress_bars()
+    piece = hf_constants.DOWNLOAD_CHUNK_SIZE
+    hf_constants.DOWNLOAD_CHUNK_SIZE = min(piece, DOWNLOAD_PIECE)
+    if enabled and not terminal and ctx is not None and sys.stderr is not None:
+        size = f" ({ctx.size / 1e6:.1f} MB)" if ctx.size else ""
+        print(f"downloading {ctx.filename}{size} from {ctx.endpoint}", file=sys.stderr,
+              flush=True)
     try:
-        with warnings.catch_warnings():  # its "Not enough free disk space" UserWarning
-            # came through -q with its source line (an audit): the error says it
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"huggingface_hub\.")
             yield
     finally:
+        hf_constants.DOWNLOAD_CHUNK_SIZE = piece
         if bars:
             enable_progress_bars()
         hf_logging.set_verbosity(verbosity)

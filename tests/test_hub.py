@@ -341,18 +341,31 @@ def test_an_unwritable_cache_is_named_as_the_cause():
     assert "free some space there" in said and "update derain" not in said
 
 
-def test_quiet_downloads_hide_the_hubs_python_warnings(recwarn):
-    """huggingface_hub's "Not enough free disk space" UserWarning came through -q with its
-    source file and line (an audit); derain's own error says what went wrong."""
+def test_downloads_hide_the_hubs_python_warnings_and_retry_lines(recwarn, capsys):
+    """huggingface_hub's "Not enough free disk space" UserWarning came with its source file
+    and line, and its "Trying to resume download..." lines six times over (an audit);
+    derain's own error says what went wrong. Off a terminal one line says what is being
+    downloaded (a slow server and a stalled one were silent alike), and the download is
+    read in pieces a bar can follow."""
+    import logging
     import warnings
+
+    from huggingface_hub import constants
 
     from derain_cli import hub
 
+    ctx = hub._Context(REPO, FILE, COMMIT, SHA, None, "http://127.0.0.1:9", "m", None)
+    ctx.size = 4_580_000
     for enabled in (False, True):
-        with hub._progress_bars(enabled=enabled):
+        with hub._progress_bars(enabled=enabled, ctx=ctx):
             warnings.warn_explicit("Not enough free disk space", UserWarning,
                                    "file_download.py", 1, module="huggingface_hub.file_download")
-    assert [str(w.message) for w in recwarn] == ["Not enough free disk space"]  # not -q
+            logging.getLogger("huggingface_hub.file_download").warning("Trying to resume")
+            assert constants.DOWNLOAD_CHUNK_SIZE == hub.DOWNLOAD_PIECE
+    assert [str(w.message) for w in recwarn] == []
+    assert constants.DOWNLOAD_CHUNK_SIZE == 10 * 1024 * 1024
+    err = capsys.readouterr().err
+    assert err == f"downloading {FILE} (4.6 MB) from http://127.0.0.1:9\n", err
 
 
 def test_hand_placed_file_is_used_without_network(tmp_path):
