@@ -1880,7 +1880,8 @@ def download_cmd(
         # fetch the others, exit 1 at the end (as `derain IMG -m NAME` does)
         untrained = [n for n in targets if n not in manifest]
         for name in untrained:
-            print_error(err, weights.untrained_message(name))
+            print_error(err, weights.untrained_message(name, "derain --weights"))  # (download
+            # has no --weights of its own: an audit)
         targets = [n for n in targets if n in manifest]
         if all_:
             for name in (n for n in MODELS if n not in manifest):

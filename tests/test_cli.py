@@ -923,6 +923,7 @@ def test_download_usage_errors(tmp_path: Path) -> None:
     r = derain("download", "rdmc")  # registered, never trained: say so, and what to do
     assert r.exit_code == 1 and "'rdmc' has no pretrained weights yet" in r.stderr
     assert "derain train --model rdmc" in r.stderr
+    assert "with derain --weights" in r.stderr  # download has no --weights (an audit)
     # the same exit as the main command gives for that model (not a usage error: the name
     # is right, the weights are missing)
     from PIL import Image
