@@ -404,13 +404,13 @@ def _bracket_hint(pattern: str) -> str:
     if "[" not in pattern:
         return ""
     literal = pattern.replace("[", "[[]")
-    if not any(is_image_path(m) or Path(m).is_dir() for m in _expand(literal)):
+    if not any(is_image_path(m) or Path(m).is_dir() for m in expand_pattern(literal)):
         return ""
     return (f"; '[' in a pattern is a wildcard: '{literal}' matches a literal '[' (quoted, "
             "so the shell leaves it)")
 
 
-def _expand(pattern: str) -> list[str]:
+def expand_pattern(pattern: str) -> list[str]:
     """The paths a pattern matches, as :func:`glob.glob` (``**`` spans folders, dot-names
     only when the pattern spells the dot) but never through a symbolic link to a folder:
     glob followed them, so a link to a parent folder nested results 40 levels deep, and two
@@ -697,7 +697,7 @@ class _Collector:
         before, offered = len(self.items), self.offered
         known: dict[Path, bool] = {}
         unread: Counter[str] = Counter()  # matches derain does not read, by format
-        for m in sorted(_expand(given), key=natural_key):
+        for m in sorted(expand_pattern(given), key=natural_key):
             mp = Path(m)
             if _in_output_folder(mp, base, self.excluded, known):
                 continue  # an earlier run's results, matched by a wildcard

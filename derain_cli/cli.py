@@ -1108,6 +1108,8 @@ def _check_output(
                           "use .png, .jpg, .webp, .tiff or .bmp, or a folder name")
     to_file = batch.output_is_file(output) and not output_is_folder
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
+    if to_file and len(inputs) == 1 and not single and not Path(inputs[0]).is_dir():
+        inputs, single = _one_input(ctx, inputs[0], output)
     if (not to_file and single and output.suffix and not output.exists()
             and not output_is_folder):
         raise _usage(ctx, f"-o {output}: '{output.suffix}' is not an image type derain "
@@ -1135,6 +1137,25 @@ def _check_output(
                 raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                   "replace the originals; choose another folder")
     return inputs, to_file
+
+
+def _one_input(ctx: Context, given: str, output: Path) -> tuple[list[str], bool]:
+    """The one input of ``-o FILE`` that is not a plain file: a pattern that matches one
+    photo is that photo; a missing file or a FIFO goes on to the batch, which says what is
+    wrong with it (all were refused as "takes exactly one input file", one being given: an
+    audit). A pattern that matches several is refused."""
+    from . import batch
+    from .images import is_image_path
+
+    if os.path.lexists(given) or not any(c in given for c in "*?["):
+        return [given], True
+    photos = [m for m in batch.expand_pattern(given)
+              if is_image_path(m) and os.path.isfile(m)]
+    if len(photos) > 1:
+        raise _usage(ctx, f"-o {output} names a file, which takes exactly one input file; "
+                          f"'{given}' matches {len(photos)} photos: to write them all give "
+                          "a folder: -o DIR")
+    return (photos or [given]), True
 
 
 def _shared_derainer(dist: Any, make: Callable[..., Any], *, device: str, precision: str,

@@ -1063,7 +1063,7 @@ def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> N
     (root / "self").unlink()
     import glob as globmod
 
-    from derain_cli.batch import _expand
+    from derain_cli.batch import expand_pattern
 
     _img(root / "sub" / ".thumbs" / "t.png")
     _img(root / "sub" / "2024-05" / "x.png")
@@ -1071,7 +1071,7 @@ def test_a_double_star_pattern_does_not_follow_folder_links(tmp_path: Path) -> N
     for pattern in ("**/*.png", "**", "sub/**", "**/sub", "**/.thumbs/*.png", "**/.*/*.png",
                     "sub/**/2024*/", "**/"):  # named dot-folders, folders-only patterns
         full = str(root / pattern)
-        assert sorted(_expand(full)) == sorted(globmod.glob(full, recursive=True)), pattern
+        assert sorted(expand_pattern(full)) == sorted(globmod.glob(full, recursive=True)), pattern
 
 
 class _Sneaky:

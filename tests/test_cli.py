@@ -479,6 +479,24 @@ def test_output_file_with_two_inputs_is_usage_error(tmp_path: Path) -> None:
     r = derain(a, b, "-o", tmp_path / "x.png")
     assert r.exit_code == 2
     assert "exactly one input" in r.stderr
+    r = derain(tmp_path / "*.png", "-o", tmp_path / "x.png")  # a pattern matching both
+    assert r.exit_code == 2 and "matches 2 photos" in r.stderr
+
+
+def test_output_file_takes_one_input_of_any_kind(tmp_path: Path, tiny_weights: Path) -> None:
+    """One input given with -o FILE was refused as "takes exactly one input file" when it
+    was a quoted pattern matching one photo, a missing file or a FIFO (an audit): the
+    pattern is the photo, the others are said as the batch says them."""
+    _img(tmp_path / "in" / "moon.png")
+    r = derain(tmp_path / "in" / "mo*.png", "-o", tmp_path / "x.png", "--weights", tiny_weights)
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "x.png").size == (12, 10)
+    r = derain(tmp_path / "gone.png", "-o", tmp_path / "y.png", "--weights", tiny_weights)
+    assert r.exit_code == 1 and "gone.png: no such file or folder" in r.stderr, r.stderr
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")
+        r = derain(tmp_path / "pipe.png", "-o", tmp_path / "z.png", "--weights", tiny_weights)
+        assert r.exit_code == 1 and "not a regular file" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
