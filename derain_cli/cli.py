@@ -1126,6 +1126,7 @@ def _check_output(
             raise _usage(ctx, f"-o {output}/ names a folder, but {output} is a file")
         raise _usage(ctx, f"-o {output} exists and is not a folder or an image file")
     else:
+        _check_output_folder_can_be(ctx, output)
         inputs = batch.without_shell_leftovers(inputs, output, recursive)
         for raw in inputs:
             p = Path(raw)
@@ -1137,6 +1138,25 @@ def _check_output(
                 raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                   "replace the originals; choose another folder")
     return inputs, to_file
+
+
+def _check_output_folder_can_be(ctx: Context, output: Path) -> None:
+    """A usage error for an output folder that cannot be made at all: below a file
+    (``-o notes.txt/out``), or a link that leads nowhere (a loop, a target gone). Each photo
+    failed with the same line ("cannot write to ...: ... is a file", "File exists": an
+    audit)."""
+    if os.path.islink(output) and not output.exists():
+        try:
+            target = os.readlink(output)
+        except OSError:
+            target = "?"
+        raise _usage(ctx, f"-o {output} is a link that leads nowhere (to {target}: a loop, "
+                          "or its target is gone); make its target, or name another folder")
+    for parent in output.parents:
+        if parent.exists():  # the nearest existing one decides
+            if not parent.is_dir():
+                raise _usage(ctx, f"-o {output}: {parent} is a file, not a folder")
+            return
 
 
 def _one_input(ctx: Context, given: str, output: Path) -> tuple[list[str], bool]:

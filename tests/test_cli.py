@@ -184,6 +184,23 @@ def test_o_dash_and_a_file_named_as_a_folder_are_usage_errors(
     assert r.exit_code == 0 and (tmp_path / "-" / "a.png").is_file(), r.output
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """`-o notes.txt/out` and `-o LOOP` (a link to itself) failed every photo with the same
+    line, exit 1 ("... is a file", "File exists": an audit): one usage error, exit 2."""
+    for i in range(3):
+        _img(tmp_path / "in" / f"p{i}.png", seed=i)
+    (tmp_path / "notes.txt").write_text("x")
+    os.symlink("loop", tmp_path / "loop")
+    os.symlink(tmp_path / "gone" / "out", tmp_path / "dangling")
+    for out, said in ((tmp_path / "notes.txt" / "out", "notes.txt is a file, not a folder"),
+                      (tmp_path / "loop", "is a link that leads nowhere (to loop"),
+                      (tmp_path / "dangling", "is a link that leads nowhere")):
+        r = derain(tmp_path / "in", "-o", out, "--weights", tiny_weights, "--json")
+        assert r.exit_code == 2 and said in json.loads(r.stdout)["error"], r.output
+
+
 def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
     src = tmp_path / "in"
     _img(src / "a.jpg")
