@@ -1318,6 +1318,11 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
         hint = ("; with -o DIR results keep their inputs' names (no _derained suffix)" if
                 e.errno == errno.ENAMETOOLONG and options.output is None else "")
         return "failed", f"cannot use the output name {out}: {e.strerror or e}{hint}"
+    src = job.item.path
+    if not os.path.exists(src):  # its own reason, not the output's: a broken link in a
+        # folder failed "cannot write to ..." (a read-only -o), "no space left" (an audit)
+        return "failed", (_broken_link(src) if os.path.islink(src) else
+                          "no such file or folder (gone since the folder was listed?)")
     why = why_unwritable(out.parent)  # before the model runs, not after
     if why is not None:
         hint = ("; write the results elsewhere with -o DIR" if options.output is None else "")

@@ -206,6 +206,22 @@ def test_a_broken_link_in_a_folder_is_said_as_such(tmp_path: Path, derainer) -> 
     assert s.processed == 1 and [r for _, r in s.failed] == ["broken symbolic link"]
 
 
+def test_a_broken_link_keeps_its_reason_where_the_output_cannot_be_written(
+        tmp_path: Path, derainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a read-only -o, a folder's broken link failed "cannot write to ...", and after
+    that was mended with another reason (an audit): its own reason, first."""
+    from derain_cli import batch
+
+    _img(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "b.png").symlink_to(tmp_path / "gone.png")
+    monkeypatch.setattr(batch, "why_unwritable", lambda folder: "read-only file system")
+    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
+                  BatchOptions(output=tmp_path / "o"))
+    assert dict((Path(p).name, r) for p, r in s.failed) == {
+        "a.png": f"cannot write to {tmp_path / 'o'}: read-only file system",
+        "b.png": "broken symbolic link"}
+
+
 def test_collect_glob_matching_folders_keeps_their_names(tmp_path: Path) -> None:
     _img(tmp_path / "gl" / "x.jpg")
     _img(tmp_path / "gl" / "sub" / "x.jpg")
