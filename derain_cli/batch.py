@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .fileio import (
     FolderInUse,
     claim_file,
+    claim_holder,
     hold_folders,
     is_system_folder,
     only_holder,
@@ -1517,8 +1518,13 @@ def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchO
         if job.output is not None:  # said: a stopped (SIGSTOP) run would hold it forever
             probe = claim_file(job.output)
             if probe is None:
-                log.warning("%s: waiting for the other derain run that is deraining it",
-                            job.item.path)
+                holder = claim_holder(job.output)
+                who = f" (process {holder[0]})" if holder else ""
+                stopped = (f"; that process is stopped (Ctrl-Z, SIGSTOP): resume it (fg, "
+                           f"or kill -CONT {holder[0]}), or end it and this run derains the "
+                           "photo" if holder and holder[1] else "")
+                log.warning("%s: waiting for the other derain run%s that is deraining it%s",
+                            job.item.path, who, stopped)
             else:
                 probe()
         r = _process(job, derainer, options, progress, rank, full, since, wait=True)

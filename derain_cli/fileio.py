@@ -220,6 +220,9 @@ def claim_file(path: str | os.PathLike[str], *,
         os.close(fd)
     else:
         return lambda: None
+    with contextlib.suppress(OSError):  # who holds it, for a run that waits (claim_holder)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
 
     def release() -> None:
         with contextlib.suppress(OSError):
@@ -227,6 +230,28 @@ def claim_file(path: str | os.PathLike[str], *,
         os.close(fd)
 
     return release
+
+
+def claim_holder(path: str | os.PathLike[str]) -> tuple[int, bool] | None:
+    """The process holding ``path``'s claim (:func:`claim_file`) and whether it is stopped
+    (Ctrl-Z, SIGSTOP: Linux only), or None where unknown. A run waiting for a stopped one
+    waited for ever with no word of whom (an audit)."""
+    lock = _lock_file(_full_name(path))
+    if lock is None:
+        return None
+    try:
+        with open(lock, "rb") as f:
+            pid = int(f.read(32).decode().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return pid, False
+    return pid, state in (b"T", b"t")
 
 
 def _full_name(path: str | os.PathLike[str]) -> Path:

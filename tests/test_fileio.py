@@ -239,3 +239,39 @@ def test_a_lock_folder_not_this_users_alone_is_not_used(tmp_path: Path, monkeypa
     assert first is not None and fileio.claim_file(tmp_path / "x.png") is not None
     where.chmod(0o700)
     assert fileio._lock_file(tmp_path / "x.png") is not None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux's /proc")
+def test_a_claims_holder_is_named_and_found_stopped(tmp_path: Path) -> None:
+    """A run waiting for a claim whose holder was stopped (Ctrl-Z) waited for ever without
+    a word of whom (an audit): the holder's process, and whether it is stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from derain_cli import fileio
+
+    target = tmp_path / "a.png"
+    release = fileio.claim_file(target)
+    assert release is not None
+    assert fileio.claim_holder(target) == (os.getpid(), False)
+    release()
+    code = ("import sys, time\nfrom derain_cli import fileio\n"
+            "assert fileio.claim_file(sys.argv[1]) is not None\nprint('held', flush=True)\n"
+            "time.sleep(60)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(target)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        assert fileio.claim_file(target) is None
+        assert fileio.claim_holder(target) == (other.pid, False)
+        other.send_signal(signal.SIGSTOP)
+        for _ in range(100):  # the stop lands at once, all but always
+            if fileio.claim_holder(target) == (other.pid, True):
+                break
+            time.sleep(0.05)
+        assert fileio.claim_holder(target) == (other.pid, True)
+    finally:
+        other.kill()
+        other.wait()
