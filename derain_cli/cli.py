@@ -1598,11 +1598,11 @@ class _RichProgress:
             self.current = None
         self.bars.update(self.files, advance=1, count=f"{self.files_done}/{self.files_total}",
                          eta=clock(self.eta()))
+        if result.status == "failed" and self.report_failures:  # before the line that
+            _print_failure(self.console, result)  # counts it (a log read: a review)
         last = self.files_done == self.files_total
         if self.lines is not None and (self.lines.due() or last):
             self.lines.print(self._line())
-        if result.status == "failed" and self.report_failures:
-            _print_failure(self.console, result)
 
 
 def _print_summary(console: Console, s: Summary, options: BatchOptions) -> None:

@@ -1866,3 +1866,17 @@ def test_the_folder_estimate_holds_in_the_pipelined_loop(tmp_path: Path, io_work
     assert s.processed == 4
     for started, eta in seen:  # 3.5, 2.5, 1.5, 0.5 photos of 0.2 s left
         assert eta == pytest.approx((4 - started + 0.5) * 0.2, rel=0.5), seen
+
+
+def test_a_logs_last_failure_comes_before_the_line_that_counts_it(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Off a terminal the closing "derain 2/2 files" line came before the last file's
+    "failed:" line (an audit): each failure is said before the line that counts it."""
+    a = _img(tmp_path / "a.png")
+    r = derain(a, tmp_path / "z.png", "-o", tmp_path / "out", "--weights", tiny_weights)
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    failed = next(i for i, ln in enumerate(lines) if ln.startswith("failed:"))
+    counted = next(i for i, ln in enumerate(lines) if ln.startswith("derain 2/2 files"))
+    assert failed < counted, r.stderr
