@@ -105,6 +105,8 @@ CKPT_MAX_INTERVAL_S = 600.0
 class TrainConfig:
     """All training options (the CLI flags map 1:1 onto these)."""
 
+    #: the registered model to train; left at this default beside ``arch`` or
+    #: ``init_weights``, the network they name is trained (as the CLI does without --model)
     model: str | None = "semi-drdnet-lite"
     #: registry-free model: architecture id + config dict (tests use tiny configs)
     arch: str | None = None
@@ -195,7 +197,8 @@ class TrainConfig:
 
     #: With ``resume``: the fields the caller set on purpose (the CLI's explicit flags); the
     #: run's own settings (its config.json) fill in every other one, so ``derain train -o RUN
-    #: --resume`` continues the run as it was started. None: the config is taken as given.
+    #: --resume`` continues the run as it was started. None: the fields set to other values
+    #: than their defaults (``TrainConfig(out=RUN, resume=True)`` continues RUN as it was).
     given: list[str] | None = None
 
     def to_json(self) -> str:
@@ -1195,6 +1198,12 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model as ``config`` says; see the module docstring."""
     cfg = _paths_as_text(config)
+    if cfg.model == TrainConfig.model and (cfg.arch is not None or cfg.init_weights) and not (
+            cfg.resume and cfg.given is not None and "model" in cfg.given):
+        # the default beside another network's description: that network, as the CLI does
+        # without --model (a Python caller's init_weights failed "do not fit --model
+        # semi-drdnet-lite", an arch run was named semi-drdnet-lite: an audit)
+        cfg = dataclasses.replace(cfg, model=None)
     rank, world, local = _dist_info()
     is_main = rank == 0
     started_dist = False
@@ -1216,6 +1225,10 @@ def train(
 _Config = TypeVar("_Config")
 
 
+#: The config fields that hold a list of folders (one given alone is taken as a list of it)
+_FOLDER_LISTS = frozenset({"pairs", "synthetic", "unlabeled"})
+
+
 def _paths_as_text(cfg: _Config) -> _Config:
     """``cfg`` (a TrainConfig or FinetuneConfig) with its ``pathlib.Path`` (any
     ``os.PathLike``) values, alone or in lists, as strings: ``out=Path(...)`` passed every
@@ -1224,7 +1237,10 @@ def _paths_as_text(cfg: _Config) -> _Config:
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, os.PathLike):
+        if f.name in _FOLDER_LISTS and isinstance(value, str | os.PathLike):  # one folder:
+            changes[f.name] = [os.fspath(value)]  # its letters were taken for folders (an
+            # audit: "--synthetic names one folder twice (/, /)")
+        elif isinstance(value, os.PathLike):
             changes[f.name] = os.fspath(value)
         elif isinstance(value, list | tuple) and any(isinstance(v, os.PathLike) for v in value):
             changes[f.name] = [os.fspath(v) if isinstance(v, os.PathLike) else v
@@ -1246,8 +1262,9 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the resumed run's own settings wherever ``cfg.given`` names no choice
     (see :attr:`TrainConfig.given`). Without a readable config.json in the run the config is
     returned as it is, and resuming reports what is missing."""
-    if not cfg.resume or cfg.given is None:
+    if not cfg.resume:
         return cfg
+    cfg = _with_given(cfg)
     run = Path(cfg.out)
     saved: Any = None
     try:
@@ -1262,6 +1279,25 @@ def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     if not isinstance(saved, dict):
         return cfg
     return _inherit(cfg, saved, _INHERITED_TOGETHER)
+
+
+def _with_given(cfg: Any) -> Any:
+    """``cfg`` with ``given`` filled in where None (a Python caller's config): the fields
+    set to other values than their defaults (a field without one, as finetune's ``rainy``:
+    set to other than None)."""
+    if cfg.given is not None:
+        return cfg
+    changed = []
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if getattr(cfg, f.name) != default:
+            changed.append(f.name)
+    return dataclasses.replace(cfg, given=changed)
 
 
 def _inherit(cfg: Any, saved: dict[str, Any], together: Iterable[Sequence[str]]) -> Any:
@@ -2444,6 +2480,9 @@ class _Run:
                 _say(f"wrote {weights_path} (EMA weights, {dtype}) after {step} "
                      f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
                      + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
+                     + (" of the weights in float32 (the file's rounding moves it a little: "
+                        "derain eval scores the file)" if last_val and dtype != "float32"
+                        else "")  # (0.08 dB apart on a short finetune: an audit)
                      + (f" (the starting model: {start:.2f} dB)"
                         if last_val and start is not None and step else ""))
                 quoted = shlex.quote(str(weights_path))  # pasted as printed (an audit)
@@ -2773,7 +2812,9 @@ class FinetuneConfig:
     arch: str | None = None
     model_config: dict[str, Any] | None = None
     #: with ``resume``: the fields the caller chose (the CLI's flags on the command line);
-    #: every other one is the run's own, from its finetune.json. None: this config as it is
+    #: every other one is the run's own, from its finetune.json. None: the fields set to
+    #: other values than their defaults (``FinetuneConfig(out=RUN, resume=True)`` continues
+    #: RUN with its own photos and model: it failed "needs --rainy": an audit)
     given: list[str] | None = None
 
 
@@ -2803,8 +2844,9 @@ def finetune_run_settings(fc: FinetuneConfig) -> FinetuneConfig:
     """``fc`` with the resumed run's own settings (its finetune.json) wherever ``fc.given``
     names no choice: ``derain finetune -o RUN --resume`` continues RUN as it was started,
     with its photos, model, steps, batch and patch (it took the defaults instead)."""
-    if not fc.resume or fc.given is None:
+    if not fc.resume:
         return fc
+    fc = _with_given(fc)
     try:
         saved = json.loads((Path(fc.out) / FINETUNE_JSON).read_text())
     except (OSError, ValueError):

@@ -1274,6 +1274,13 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, mo
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "--resume with changed settings: freeze_bn True -> False, " \
         "bn_recalib 0 -> 16" in text, text
+    # the Python API resumes as the CLI does: FinetuneConfig(out=RUN, resume=True) took the
+    # config as given and failed "needs --rainy" (an audit)
+    T.finetune(T.FinetuneConfig(rainy=None, out=str(out), resume=True, steps=6,
+                                device="cpu", workers=0, quiet=True))
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["steps"], cfg["batch"], cfg["patch"], cfg["contrast_features"]) == (
+        6, 2, 24, "none")
     # a run without finetune.json (before 2026-12-03) still needs its photos named
     (out / T.FINETUNE_JSON).unlink()
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
@@ -1646,6 +1653,12 @@ def test_train_cli_resume_continues_with_the_runs_own_settings(data, tmp_path, c
     assert r.exit_code == 0, r.output
     assert json.loads((run / "config.json").read_text())["batch"] == 3
     assert "batch 2 -> 3" in r.output
+    # the Python API alike, without `given`: the fields left at their defaults are the
+    # run's (a TrainConfig(out=RUN, resume=True) ran the defaults: an audit)
+    T.train(T.TrainConfig(out=str(run), resume=True, steps=7, device="cpu", workers=0,
+                          quiet=True))
+    after = json.loads((run / "config.json").read_text())
+    assert (after["steps"], after["batch"], after["patch"], after["val_every"]) == (7, 3, 24, 2)
 
 
 def test_resume_of_an_epochs_run_takes_its_step_count(data, tmp_path):
@@ -2075,6 +2088,9 @@ def test_a_run_from_weights_scores_its_starting_model_first(data, tmp_path, caps
         T.validate(start, str(data["val"]), device=torch.device("cpu"))["psnr"], abs=1e-4)
     err = " ".join(capsys.readouterr().err.split())
     assert f"(the starting model: {first['val_psnr']:.2f} dB)" in err
+    # the score is the float32 weights', not the float16 file's (it passed for the file's,
+    # 0.08 dB above it: an audit)
+    assert "of the weights in float32 (the file's rounding moves it a little" in err
     assert res.steps == 2 and "finetune 2/2 " in err  # its progress says finetune (review)
     # --batchnorm refresh: the starting model still scored with its own statistics (they
     # were re-estimated first, 5 dB below it, and a worse run read as a gain: an audit)
@@ -2952,3 +2968,22 @@ def test_a_refused_setting_is_said_once_under_torchrun(monkeypatch, capsys, tmp_
                 T.load_checkpoint(tmp_path / "last.pt")
             raise exc
         assert ("error:" in capsys.readouterr().err) is said, (rank, exc)
+
+
+def test_a_python_config_trains_the_network_it_describes(data, tmp_path):
+    """TrainConfig's model default (semi-drdnet-lite) beside init_weights failed "do not fit
+    --model semi-drdnet-lite", and beside arch named the run semi-drdnet-lite; one folder
+    given as a string was taken letter by letter (an audit of the Python API). The CLI
+    leaves the model out there; so does the API."""
+    base = T.train(T.TrainConfig(arch="semi-drdnet", model_config=TINY,
+                                 synthetic=data["clean"], out=str(tmp_path / "a"), steps=1,
+                                 batch=2, patch=24, workers=0, quiet=True, device="cpu",
+                                 contrast_features="none"))
+    entry = json.loads((tmp_path / "a" / "manifest_entry.json").read_text())
+    assert (entry["name"], entry["arch"]) == ("semi-drdnet", "semi-drdnet")
+    T.train(T.TrainConfig(init_weights=base.weights, synthetic=str(data["clean"]),
+                          out=tmp_path / "b", steps=1, batch=2, patch=24, workers=0,
+                          quiet=True, device="cpu", contrast_features="none"))
+    entry = json.loads((tmp_path / "b" / "manifest_entry.json").read_text())
+    assert entry["config"] == json.loads((tmp_path / "a" / "manifest_entry.json").read_text(
+        ))["config"]
