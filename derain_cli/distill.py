@@ -349,8 +349,33 @@ def held_out_scores(student: nn.Module, held: list[HeldOut]) -> dict[str, float]
             "agreement_psnr": round(float(np.mean(agree)), 2), "count": len(held)}
 
 
+def _checked(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with its paths as text, or ``DistillError`` naming the setting the CLI's own
+    limits would refuse: a Python caller's ``steps=-1`` wrote an untrained model,
+    ``val_count=0`` wrote NaN into the manifest, ``batch=0`` and ``patch=0`` failed in numpy
+    and OpenCV, and ``init=Path(...)`` failed writing the record after the training, leaving
+    half a result (an audit)."""
+    least = {"steps": 1, "batch": 1, "patch": 32, "detail_blocks": 1, "rain_blocks": 1,
+             "val_count": 1, "threads": 1, "seed": 0}
+    for name, low in least.items():
+        value = getattr(cfg, name)
+        if value is None and name not in ("steps", "batch", "patch", "seed"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DistillError(f"{name} (--{name.replace('_', '-')}) must be a whole number "
+                               f"of at least {low}, not {value!r}")
+    if cfg.seed > 2**32 - 1:
+        raise DistillError(f"seed (--seed) must be at most {2**32 - 1}, not {cfg.seed}")
+    if not (isinstance(cfg.real_fraction, int | float) and 0.0 <= cfg.real_fraction <= 1.0):
+        raise DistillError(f"real_fraction must be from 0 to 1, not {cfg.real_fraction!r}")
+    texts = {f.name: os.fspath(getattr(cfg, f.name)) for f in fields(cfg)
+             if isinstance(getattr(cfg, f.name), os.PathLike)}
+    return replace(cfg, **texts) if texts else cfg
+
+
 def distill(cfg: DistillConfig) -> DistillResult:
     """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
+    cfg = _checked(cfg)
     if not (math.isfinite(cfg.lr) and cfg.lr >= 0):  # torch's "Invalid learning rate" named
         # no flag (an audit); 0 writes the pruned student as it is
         raise DistillError(f"--lr must be a positive number (or 0: the pruned student, "

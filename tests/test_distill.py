@@ -154,7 +154,8 @@ def test_distill_with_fewer_rain_blocks_trains_the_rain_network(setup):
 def test_a_second_round_continues_from_the_first(setup):
     root, weights = setup
     first = distill(_cfg(root, weights, "round1", lr=1e-2))
-    r = distill(_cfg(root, weights, "round2", lr=0.0, steps=1, init=str(first.weights)))
+    r = distill(_cfg(root, weights, "round2", lr=0.0, steps=1, init=first.weights))  # a
+    # Path: it failed writing the record after the training, half a result left (an audit)
     # lr 0: the second round starts, and stays, where the first one ended (saved in fp16)
     assert r.before == r.after
     assert r.before["student_psnr"] == pytest.approx(first.after["student_psnr"], abs=0.01)
@@ -552,3 +553,18 @@ def test_a_folder_another_distill_writes_is_refused_at_the_write(setup):
     assert list(out.iterdir()) == []
     distill(_cfg(root, weights, "held", steps=1))
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_python_callers_settings_are_checked_before_any_work(setup):
+    """The CLI's limits held for the CLI only: a Python caller's steps=-1 wrote an untrained
+    model, val_count=0 wrote NaN into the manifest, batch=0 and patch=0 failed in numpy
+    and OpenCV (an audit). Refused, naming the setting, before the run folder is made."""
+    root, weights = setup
+    for bad, said in (({"steps": -1}, "steps"), ({"steps": 0}, "steps"),
+                      ({"val_count": 0}, "val_count"), ({"batch": 0}, "batch"),
+                      ({"patch": 0}, "patch"), ({"threads": -1}, "threads"),
+                      ({"steps": 2.5}, "steps"), ({"real_fraction": 2.0}, "real_fraction"),
+                      ({"seed": -1}, "seed")):
+        with pytest.raises(DistillError, match=said):
+            distill(_cfg(root, weights, "bad", **bad))
+        assert not (root / "bad").exists()
