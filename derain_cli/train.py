@@ -1216,6 +1216,7 @@ def train(
         started_dist = True
     try:
         with contextlib.ExitStack() as held:  # the run folder's lock, released at the end
+            held.enter_context(_callers_state_kept())
             return _train(cfg, rank, world, local, is_main, _hooks or {}, held)
     finally:
         if started_dist and dist.is_initialized():
@@ -1223,6 +1224,23 @@ def train(
 
 
 _Config = TypeVar("_Config")
+
+
+@contextlib.contextmanager
+def _callers_state_kept() -> Iterator[None]:
+    """The process-wide settings a run changes, put back when it ends: PyTorch's thread
+    count (``threads``) and the random generators of torch (CPU), numpy and Python, which
+    the run seeds with ``seed``: a notebook's own random draws repeated after every
+    ``train()``, and it ran on one thread after ``threads=1`` (an audit)."""
+    threads = torch.get_num_threads()
+    states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
 
 
 #: The config fields that hold a list of folders (one given alone is taken as a list of it)

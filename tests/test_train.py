@@ -2987,3 +2987,22 @@ def test_a_python_config_trains_the_network_it_describes(data, tmp_path):
     entry = json.loads((tmp_path / "b" / "manifest_entry.json").read_text())
     assert entry["config"] == json.loads((tmp_path / "a" / "manifest_entry.json").read_text(
         ))["config"]
+
+
+def test_a_run_leaves_the_callers_threads_and_random_draws_as_they_were(data, tmp_path):
+    """train() left PyTorch on its one thread and reseeded the global generators, so a
+    notebook's own draws repeated after every run (an audit of the Python API)."""
+    import random
+
+    threads = torch.get_num_threads()
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = np.random.random(), random.random(), torch.rand(1).item()
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    T.train(_cfg(data, tmp_path / "r", steps=1, threads=max(1, threads - 1) if threads > 1
+                 else 2))
+    assert torch.get_num_threads() == threads
+    assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
