@@ -260,9 +260,13 @@ class Derainer:
         self.small_side = tiling.SMALL_SIDE  # checked (the property below)
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
-        if scaled and self.engine_note:  # its megapixels are the passes', not the photos'
+        if scaled and (" MP " in self.engine_note or self.engine_note.startswith(
+                "measured")):  # a choice weighed by the work: the passes', not the photos'
+            # (not after a note of another kind: "no bf16 instructions (the photos' pixels x
+            # 2 passes)" read as nonsense: an audit)
             times = ([f"{self.ensemble} passes"] if self.ensemble > 1 else []) + (
-                [f"{canvas:.2f} for a square photo's turned canvas"] if canvas > 1.0001 else [])
+                [f"{canvas:.2f} for the turned canvas (as of a square photo)"]
+                if canvas > 1.0001 else [])
             self.engine_note += f" (the photos' pixels x {' x '.join(times)})"
 
     def _init_torch(self, model: str | None, weights: str | os.PathLike[str] | None,

@@ -905,20 +905,21 @@ def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, mon
     from derain_cli import engine_choice
 
     seen = {}
+    note = ["measured now"]
 
     def fake(net, threads, tile, megapixels, images, overlap=None):
         seen.update(megapixels=megapixels, images=images)
-        return "torch", "test"
+        return "torch", note[0]
 
     monkeypatch.setattr(engine_choice, "fp32_backend", fake)
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32",
                  workload_megapixels=3.0, workload_images=2, ensemble=4)
     assert seen == {"megapixels": 12.0, "images": 8}
     # the note's megapixels are the passes': it says so (a review)
-    assert d.engine_note == "test (the photos' pixels x 4 passes)"
+    assert d.engine_note == "measured now (the photos' pixels x 4 passes)"
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32",
                  workload_megapixels=3.0, workload_images=2)
-    assert seen == {"megapixels": 3.0, "images": 2} and d.engine_note == "test"
+    assert seen == {"megapixels": 3.0, "images": 2} and d.engine_note == "measured now"
     Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
              ensemble=2)
     assert seen == {"megapixels": 6.0, "images": 2}
@@ -926,8 +927,14 @@ def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, mon
     d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
                  workload_images=2, ensemble=2, rain_angle=45)
     assert seen["megapixels"] == pytest.approx(12.0) and seen["images"] == 4
-    assert d.engine_note == ("test (the photos' pixels x 2 passes x 2.00 for a square "
-                             "photo's turned canvas)")
+    assert d.engine_note == ("measured now (the photos' pixels x 2 passes x 2.00 for the "
+                             "turned canvas (as of a square photo))")
+    # a note that is not about the work takes no factor: "no bf16 instructions (the photos'
+    # pixels x 2 passes)" read as nonsense (an audit)
+    note[0] = "no bf16 instructions"
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", workload_megapixels=3.0,
+                 ensemble=2)
+    assert d.engine_note == "no bf16 instructions"
 
 
 def test_ensemble_holds_one_float32_photo_more_than_one_pass(tiny_weights):
