@@ -183,7 +183,12 @@ def cached_graphs(
         if param is not None and param.device.type != "cpu":
             src = copy.deepcopy(model).cpu()
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except FileNotFoundError as e:  # a folder that cannot be made at all (under
+                # /proc, a parent gone): "No such file or directory (/proc/x)", exit 1, as
+                # if the photo were missing (an audit); the temporary folder serves
+                return _fallback_graphs(src, model, key, main.name, opset, refresh, e)
             log.info("exporting the network to ONNX (once per weights): %s", folder)
             return _exported(export.export_onnx(src, main, opset=opset))
         except OSError as e:  # no write permission, a read-only file system (EROFS), a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -297,6 +298,24 @@ def test_a_file_where_the_cache_folder_should_be_falls_back_too(monkeypatch, tmp
     net = _small("semi")
     with torch.no_grad():
         next(net.parameters()).add_(0.03)  # weights no other test has exported
+    with caplog.at_level(logging.WARNING):
+        graphs = onnx_backend.cached_graphs(net)
+    assert "cannot write the ONNX cache" in caplog.text
+    assert (tmp_path / "tmp") in graphs[0].parents and graphs[0].is_file()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_a_cache_folder_that_cannot_be_made_falls_back_too(monkeypatch, tmp_path, caplog):
+    """DERAIN_CACHE under /proc failed the photo "No such file or directory (/proc/foo)",
+    exit 1 (an audit): the folder cannot be made at all; it falls back as the others."""
+    import tempfile
+
+    monkeypatch.setenv("DERAIN_CACHE", "/proc/derain-no-such-folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    net = _small("semi")
+    with torch.no_grad():
+        next(net.parameters()).add_(0.05)  # weights no other test has exported
     with caplog.at_level(logging.WARNING):
         graphs = onnx_backend.cached_graphs(net)
     assert "cannot write the ONNX cache" in caplog.text
