@@ -408,7 +408,13 @@ def build_int8(
         cache = work / "calibration.json"
         graphs = export.export_onnx(model.cpu().eval(), work / "fp32.onnx",
                                     opset=export.DEFAULT_OPSET if opset is None else opset)
-        convs = len(conv_names(graphs[0])) if keep_fp32 else 0
+        names = conv_names(graphs[0])
+        every = keep_fp32 >= len(names)  # all kept: nothing to rank (minutes spent on it,
+        # then this was said: an audit)
+        if keep_fp32 and every:
+            log.warning("keeping %d convolutions in fp32 keeps all %d: the graph will be no "
+                        "faster than an fp32 one", keep_fp32, len(names))
+        convs = len(names) if keep_fp32 and not every else 0
         total, done = 1 + convs + len(graphs), 1  # export, ranking, quantizing each graph
 
         def step() -> None:
@@ -420,15 +426,14 @@ def build_int8(
         if on_step is not None:
             on_step(done, total)
         ranking: list[tuple[float, str]] = []
-        if keep_fp32:
+        if keep_fp32 and every:
+            ranking = [(0.0, name) for name in names]
+        elif keep_fp32:
             held = synthetic_inputs([img for _, img in photos[CALIB_COUNT:need]],
                                     HELD_OUT_SIZE, 1000)
             log.info("ranking %d convolutions by int8 sensitivity", convs)
             ranking = conv_sensitivity(graphs, calib, held, reduce_range=reduce_range,
                                        cache=cache, threads=threads, on_conv=step)
-            if keep_fp32 >= len(ranking):
-                log.warning("keeping %d convolutions in fp32 keeps all %d: the graph will "
-                            "be no faster than an fp32 one", keep_fp32, len(ranking))
         info = {
             "source_sha256": state_sha256(model),
             "fp32_convs": [name for _, name in ranking[:keep_fp32]],

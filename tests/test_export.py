@@ -345,10 +345,15 @@ def test_export_cmd_int8(tiny_weights, tmp_path, monkeypatch, caplog):
     assert str(out) in res.output and str(tmp_path / "tiny.int8.stats.onnx") in res.output
     record = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
     assert len(record["fp32_convs"]) == 1 and record["file"] == out.name
+    ranked = []
+    monkeypatch.setattr(quantize, "conv_sensitivity", lambda *a, **k: ranked.append(1) or [])
     res = CliRunner().invoke(app, [str(out), "--weights", str(tiny_weights), "--int8",
                                    str(clean), "--keep-fp32", "1000", "--overwrite",
                                    "--opset", "16"])
     assert res.exit_code == 0, res.output  # allowed, but said: nothing is quantized
+    assert ranked == []  # and nothing ranked: minutes spent, then it was said (an audit)
+    record = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
+    assert len(record["fp32_convs"]) == len(set(record["fp32_convs"])) > 1
     assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("",
                "ai.onnx")) == 16  # --opset was left at the default with --int8 (an audit)
     said = [line for line in res.stderr.splitlines() if "keeps all" in line]
