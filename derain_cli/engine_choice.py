@@ -435,6 +435,12 @@ def cpu_engine(plan: FastPlan, threads: int | None,
     ``workload_images``: how many images the workload is, so its tiles are costed on
     their mean size)."""
     forced = _pinned(ENV, ENGINES)
+    if forced == "bf16" and not cpu_has_bf16():  # said as "use --precision fp32", which
+        # was never given (an audit)
+        from .errors import OptionError
+
+        raise OptionError(f"{ENV}=bf16, but this CPU has no bf16 instructions: unset "
+                          f"{ENV} (or set it to int8)")
     if forced:
         return forced, f"{ENV}={forced}"
     if not cpu_has_bf16():

@@ -216,6 +216,14 @@ def test_environment_pins_the_engine(own_cache, bf16_cpu, monkeypatch):
     monkeypatch.setenv(engine_choice.ENV, "int8")
     assert _choose(None, "bf16", calls)[0] == "int8"
     assert calls == []
+    # bf16 pinned on a CPU without it: the variable is named ("use --precision fp32" was
+    # said of an option never given: an audit)
+    from derain_cli.errors import OptionError
+
+    monkeypatch.setattr(engine_choice, "cpu_has_bf16", lambda: False)
+    monkeypatch.setenv(engine_choice.ENV, "bf16")
+    with pytest.raises(OptionError, match=f"{engine_choice.ENV}=bf16, but this CPU has no"):
+        _choose(None, "int8", calls)
 
 
 def test_unreadable_choices_are_measured_again(own_cache, bf16_cpu):
