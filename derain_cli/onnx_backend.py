@@ -291,7 +291,8 @@ def session_options(threads: int | None = None, cpu_arena: bool = True,
     opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: an error comes back as the exception derain
+    # reports; its log line came too, red, between derain's words (an out-of-memory: an audit)
     # CPU memory arena on, with 512 px tiles (``ORT_CPU_TILE``): the arena keeps a tile's
     # peak activations for good (one arena per session), which for 1024 px tiles was
     # 3.9 GB RSS on a 3 MP photo. Without an arena every large activation is a fresh
@@ -370,9 +371,22 @@ class ShapedSessions:
         """The session for a ``(batch, 3, height, width)`` input."""
         key = (image_shape[0], image_shape[2], image_shape[3])
         if not self.specialise or key[0] * key[1] * key[2] < SPECIALISE_MIN_PIXELS:
-            return self.dynamic
+            with self._lock:
+                if self.dynamic is None:  # released after an out-of-memory
+                    self.dynamic = self._ort.InferenceSession(
+                        str(self._path), self._make_opts(), providers=self._providers)
+                return self.dynamic
         with self._lock:
             return self._specialised(key)
+
+    def release(self) -> None:
+        """Drop the sessions and the memory their arenas hold, after an out-of-memory: the
+        session of the shape that failed kept its arena, so the smaller tile's retry began at
+        the limit and every smaller tile failed too, 800 px down to 100 (an audit). They are
+        made again when next asked for."""
+        with self._lock:
+            self._session = self._shape = None
+            self.dynamic = None
 
     def _specialised(self, key: tuple[int, int, int]) -> Any:
         if key != self._shape:
@@ -457,6 +471,9 @@ class OnnxRunner:
             return graph.get(feeds["image"].shape).run(None, feeds)[0]
         except Exception as e:
             if _is_ort_oom(e):
+                for sessions in (self._fwd, self._stats):  # the retry's memory, freed
+                    if sessions is not None:
+                        sessions.release()
                 raise tiling.TileOutOfMemory(str(e)) from e
             raise
 

@@ -249,6 +249,38 @@ def test_sessions_are_specialised_to_large_input_shapes(monkeypatch):
         assert np.abs(out - plain.run(None, {"image": x})[0]).max() <= 1e-5
 
 
+def test_an_out_of_memory_releases_the_sessions_memory(monkeypatch):
+    """The session of the shape that ran out of memory kept its arena: the smaller tile's
+    retry began at the limit and failed too, down to 100 px (an audit, under ulimit -v). An
+    out-of-memory drops both graphs' sessions; they are made again and give the same
+    output."""
+    from derain_cli.tiling import TileOutOfMemory
+
+    net = _small("semi")
+    runner = OnnxRunner(onnx_backend.cached_graphs(net)[0], threads=1)
+    monkeypatch.setattr(onnx_backend, "SPECIALISE_MIN_PIXELS", 32 * 32)
+    x = np.random.default_rng(6).random((1, 3, 48, 48), np.float32)
+    before = runner.forward(x, None)
+    fwd, stats = runner._fwd, runner._stats
+    old = fwd._session, fwd.dynamic, stats.dynamic
+    assert old[0] is not None
+
+    class Failing:
+        def run(self, *a, **k):
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 9")
+
+    monkeypatch.setattr(fwd, "get", lambda shape: Failing())
+    with pytest.raises(TileOutOfMemory):
+        runner.forward(x, None)
+    assert fwd._session is None and fwd.dynamic is None and stats.dynamic is None
+    monkeypatch.undo()
+    monkeypatch.setattr(onnx_backend, "SPECIALISE_MIN_PIXELS", 32 * 32)
+    assert np.array_equal(runner.forward(x[..., :16, :16], None),
+                          runner.forward(x[..., :16, :16], None))
+    assert fwd.dynamic is not None and fwd.dynamic is not old[1]
+    assert np.abs(runner.forward(x, None) - before).max() == 0
+
+
 def test_an_unwritable_cache_falls_back_to_a_private_folder_reused_next_time(
     monkeypatch, tmp_path, caplog
 ):
