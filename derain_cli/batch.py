@@ -1363,8 +1363,12 @@ def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
         raise _FileFailed(_one_line(e)) from None
     except TilesExhausted as e:  # the enhancer already shrank the tiles to the floor
         raise _FileFailed(f"out of memory: {_one_line(e)}") from None
-    except MemoryError as e:
-        raise _FileFailed(f"out of memory ({_one_line(e)}); try a smaller --tile") from None
+    except MemoryError as e:  # a host array (the network's own shortage is the tiles'
+        # shrinking, TilesExhausted): "try a smaller --tile" could not help (an audit)
+        raise _FileFailed(f"out of memory ({_one_line(e)}): the photo's full-size arrays "
+                          "(the decoded photo and its float32 result, 15 bytes a pixel "
+                          "and more, whatever the tile) did not fit; free some memory, or "
+                          "leave such photos out with --max-pixels") from None
     except Exception as e:
         if options.raise_errors:
             raise

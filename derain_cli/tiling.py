@@ -450,15 +450,22 @@ def _statistics(runner: Runner, read: _TileReader, layout: _Layout, keep: list[i
     return pooled
 
 
+def _output_array(read: _TileReader) -> np.ndarray:
+    """The float32 result's array, zeroed: made before the statistics pass, so a photo
+    whose result cannot fit fails at once, not after minutes of work (an audit)."""
+    h, w = read.h, read.w
+    return np.zeros((h, w, 3) if read.hwc else (3, h, w), np.float32)
+
+
 def _final_pass(runner: Runner, read: _TileReader, layout: _Layout, pooled: np.ndarray | None,
-                batch: int, progress: _Progress) -> np.ndarray:
+                batch: int, progress: _Progress, out: np.ndarray | None = None) -> np.ndarray:
     """The network's output over the padded image: ``batch`` tiles per forward pass, each
     blended in with its normalised window (they sum to 1 at every pixel: no division at
     the end). An asynchronous runner gets the next batch queued before the previous one is
     blended; a result that is there at once (a CPU's) is blended at once, so progress
     counts each tile when it is done (it came one tile late: an audit)."""
     h, w = read.h, read.w
-    out = np.zeros((h, w, 3) if read.hwc else (3, h, w), np.float32)
+    out = _output_array(read) if out is None else out
     submit, collect = _submitter(runner)
     n = max(1, batch)
     groups = [layout.tiles[i:i + n] for i in range(0, len(layout.tiles), n)]
@@ -553,8 +560,9 @@ def run_tiled(
                             else None)
     progress = _Progress(passes * sum(_work(stats.tiles[i], STATS_COST) for i in keep)
                          + sum(_work(t) for t in final.tiles), on_tile)
+    out = _output_array(read)
     pooled = _statistics(runner, read, stats, keep, passes, shape, progress) if passes else None
-    out = _final_pass(runner, read, final, pooled, batch, progress)
+    out = _final_pass(runner, read, final, pooled, batch, progress, out)
     return out[:h0, :w0] if hwc else out[:, :h0, :w0]
 
 

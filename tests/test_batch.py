@@ -1500,3 +1500,23 @@ def test_overwrite_leaves_results_written_since_the_start_and_redoes_a_stopped_r
     assert (s.processed, s.skipped) == (1, 1)
     assert [f.reason for f in s.files if f.status == "skipped"] == [CLAIMED]
     assert out_a.read_bytes() == b"another run's, written after this run started"
+
+
+def test_a_photo_too_large_for_memory_is_not_told_to_shrink_the_tile(tmp_path: Path,
+                                                                     derainer) -> None:
+    """A host array that could not fit (the photo's float32 result) was said with "try a
+    smaller --tile", which cannot help (an audit): the photo's arrays are named, with what
+    can help."""
+    class Short:
+        def __getattr__(self, name):
+            return getattr(derainer, name)
+
+        def derain_array(self, pixels, on_tile=None):
+            raise MemoryError("Unable to allocate 2.19 GiB for an array with shape "
+                              "(14000, 14000, 3) and data type float32")
+
+    s = run_batch(collect_inputs([str(_img(tmp_path / "a.png"))]), Short(),
+                  BatchOptions(output=tmp_path / "o"))
+    ((_, reason),) = s.failed
+    assert reason.startswith("out of memory (Unable to allocate 2.19 GiB") and \
+        "--max-pixels" in reason and "smaller --tile" not in reason, reason

@@ -577,3 +577,26 @@ def _recording(fn, seen: list):
         seen.append((str(x.dtype), x.shape[-1]))
         return fn(x, *rest)
     return record
+
+
+def test_the_result_array_is_made_before_the_statistics_pass(monkeypatch):
+    """A photo whose float32 result could not fit failed after its whole statistics pass
+    (minutes on a 196 MP photo: an audit): the array is made first."""
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1,
+                                      se_reduction=4))
+    runner = _runner(net)
+    passes = []
+    real = runner.stat_sums
+    monkeypatch.setattr(runner, "stat_sums", lambda *a, **k: passes.append(1) or real(*a, **k))
+    img = _scene(200)
+    tiling.run_tiled(img, runner, 96, 16)
+    assert passes  # the statistics pass ran ...
+
+    def no_room(read):
+        raise MemoryError("Unable to allocate the result")
+
+    passes.clear()
+    monkeypatch.setattr(tiling, "_output_array", no_room)
+    with pytest.raises(MemoryError):
+        tiling.run_tiled(img, runner, 96, 16)
+    assert passes == []  # ... and not before the result's array was there
