@@ -1059,7 +1059,7 @@ def engine_record(derainer: Any) -> dict[str, Any] | None:
         return None
     return {k: getattr(derainer, attr, None) for k, attr in (
         ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
-        ("precision", "precision"), ("tile", "tile"), ("tile_overlap", "tile_overlap"),
+        ("precision", "precision"), ("tile", "tile"), ("tile_overlap", "overlap_used"),
         ("strength", "strength"),
         ("ensemble", "ensemble"), ("rain_angle", "rain_angle"), ("note", "engine_note"))}
 

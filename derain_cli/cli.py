@@ -1372,7 +1372,7 @@ def _given(ctx: Context, name: str) -> bool:
 def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     dev = getattr(derainer, "device_name", "?")  # not .device: that would import torch
     tile = getattr(derainer, "tile", None)
-    overlap = getattr(derainer, "tile_overlap", None)
+    overlap = getattr(derainer, "overlap_used", None)
     tiles = "off" if not tile else f"{tile}px" + (
         f" (overlap {overlap}px)" if isinstance(overlap, int) else "")
     where = f", {dist.world_size} processes" if dist.enabled else ""

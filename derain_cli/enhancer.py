@@ -420,6 +420,13 @@ class Derainer:
         self._tile_overlap = int(value)
 
     @property
+    def overlap_used(self) -> int:
+        """The overlap the tiles run with: ``tile_overlap`` capped at half a tile (the
+        tiler's own cap); the banner and ``--json`` said 32 px of 16 px tiles (an audit)."""
+        multiple = max(1, int(getattr(self.runner, "size_multiple", 1) or 1))
+        return tiling.effective_overlap(self.tile_overlap, self.tile, multiple)
+
+    @property
     def tile_batch(self) -> int:
         """Tiles per forward pass (at least 1). Checked when set, as ``tile_overlap``."""
         return self._tile_batch

@@ -438,6 +438,10 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
                                 "tile_overlap", "strength", "ensemble", "rain_angle", "note"}
     assert isinstance(s["engine"]["tile_overlap"], int)
     assert s["engine"]["strength"] == 1.0 and s["engine"]["ensemble"] == 1
+    # the overlap used: at most half a tile (32 px was said of 16 px tiles: an audit)
+    r = derain(tmp_path / "a.png", "--weights", tiny_weights, "--json", "--tile", "16",
+               "-o", tmp_path / "t16.png")
+    assert r.exit_code == 0 and json.loads(r.stdout)["engine"]["tile_overlap"] == 8
     assert s["files"][0]["output"] == str(tmp_path / "a_derained.png")
     (tmp_path / "b.png").write_bytes(b"")  # fails: no output was written, so none is named
     r = derain(tmp_path / "a.png", tmp_path / "b.png", "--weights", tiny_weights, "--json")
