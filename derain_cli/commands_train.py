@@ -279,7 +279,8 @@ def train_cmd(
                          "batch, patch, validation, ...) unless given again.")] = False,
     time_budget: Annotated[float | None, typer.Option(
         help="Stop training after this many seconds (a resumed run counts its earlier "
-             "time too), then validate, checkpoint and export (their time comes on top); "
+             "time too; validations along the way count in it), then validate, checkpoint "
+             "and export (their time comes on top); "
              "the learning rate decays with the elapsed time or the steps, whichever is "
              "further.")] = None,
     contrast_features: Annotated[str, typer.Option(
@@ -439,8 +440,9 @@ def finetune_cmd(
         "--resume", help="Continue the run in --out, with its own photos, model and "
                          "settings unless given again.")] = False,
     time_budget: Annotated[float | None, typer.Option(
-        help="Stop training after N seconds (with --resume: counted over the whole run), "
-             "then validate and export (their time comes on top).")] = None,
+        help="Stop training after N seconds (with --resume: counted over the whole run; "
+             "validations along the way, the starting model's too, count in it), then "
+             "validate and export (their time comes on top).")] = None,
     max_side: Annotated[int, typer.Option(
         help="Downscale your photos to this long side first (0: keep).")] = 1024,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
