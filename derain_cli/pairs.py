@@ -217,8 +217,22 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
         log.warning("%s: %s not read (derain reads %s): convert them to JPEG, PNG or TIFF "
                     "to include them", folder, _unread_text(unread), _SUPPORTED_TEXT)
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
-    if len(kept) < len(found):
-        n = len(found) - len(kept)
+    seen: dict[str, Path] = {}
+    twice = []
+    for p in kept:  # a link to a photo of the folder was a second photo (an audit)
+        real = os.path.realpath(p)
+        if real in seen:
+            twice.append(p)
+        else:
+            seen[real] = p
+    if twice:
+        log.warning("%s: %d image(s) are links to photos read already (%s), read once",
+                    folder, len(twice), ", ".join(str(p.relative_to(folder))
+                                                  for p in twice[:3])
+                    + (", ..." if len(twice) > 3 else ""))
+        kept = list(seen.values())
+    if len(kept) + len(twice) < len(found):
+        n = len(found) - len(kept) - len(twice)
         log.warning("%s: %d of its images %s (NAME_derained.* files, or in folders "
                     "holding %s or a run's %s) and %s left out", folder, n,
                     "is a derain result" if n == 1 else "are derain results", OUTPUT_MARKER,

@@ -495,3 +495,17 @@ def test_photos_in_formats_not_read_are_said_by_training_readers(tmp_path: Path,
     assert "1 GIF and 1 HEIC file(s) not read" in caplog.text or \
         "1 HEIC and 1 GIF file(s) not read" in caplog.text, caplog.text
     assert "notes.txt" not in caplog.text
+
+
+def test_a_link_to_a_photo_of_the_folder_is_read_once(tmp_path: Path, caplog) -> None:
+    """finetune --rainy took `link.jpg -> 102.jpg` for a second photo: 20 photos of 19 (an
+    audit). A photo reached twice is read once, and that is said."""
+    from derain_cli.pairs import list_photos
+
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    (tmp_path / "z.png").symlink_to(tmp_path / "a.png")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        assert [p.name for p in list_photos(tmp_path)] == ["a.png", "b.png"]
+    assert "1 image(s) are links to photos read already (z.png), read once" in caplog.text
+    assert "left out" not in caplog.text
