@@ -13,20 +13,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Derainer", "OptionError", "UnknownModelError", "WeightsError", "WeightsUnavailable",
-           "__version__"]
+__all__ = ["DataError", "Derainer", "DistillError", "DistillInterrupted", "EvalInterrupted",
+           "GrowError", "ImageError", "OptionError", "PairDataError", "PairsError",
+           "TrainDiverged", "TrainError", "TrainInterrupted", "UnknownModelError",
+           "WeightsError", "WeightsUnavailable", "__version__"]
 
 if TYPE_CHECKING:
+    from .data import DataError
+    from .distill import DistillError, DistillInterrupted
     from .enhancer import Derainer
     from .errors import OptionError
+    from .evaluate import EvalInterrupted
+    from .grow import GrowError
     from .hub import WeightsUnavailable
+    from .images import ImageError
     from .models import UnknownModelError
+    from .pairs import PairDataError, PairsError
+    from .train import TrainDiverged, TrainError, TrainInterrupted
     from .weights import WeightsError
 
 #: Where each lazy name lives: imported on first use, so ``derain --version`` and
 #: ``--help`` need no PyTorch.
 _LAZY = {"Derainer": "enhancer", "OptionError": "errors", "UnknownModelError": "models",
-         "WeightsError": "weights", "WeightsUnavailable": "hub"}
+         "WeightsError": "weights", "WeightsUnavailable": "hub", "ImageError": "images",
+         # the errors the training, evaluation and data functions raise (an audit: a
+         # notebook had to find each one's module)
+         "TrainError": "train", "TrainDiverged": "train", "TrainInterrupted": "train",
+         "DistillError": "distill", "DistillInterrupted": "distill",
+         "EvalInterrupted": "evaluate", "GrowError": "grow", "PairsError": "pairs",
+         "PairDataError": "pairs", "DataError": "data"}
 
 
 def __getattr__(name: str) -> Any:

@@ -698,6 +698,16 @@ def test_library_errors_are_exported_and_value_errors(tmp_path):
 
     assert {"OptionError", "UnknownModelError", "WeightsError", "WeightsUnavailable"} <= set(
         derain_cli.__all__)
+    # the training and evaluation functions' errors too (each had to be found in its module:
+    # an audit), every listed name the class of its module
+    from derain_cli import distill, evaluate, train
+
+    assert derain_cli.TrainError is train.TrainError
+    assert derain_cli.DistillInterrupted is distill.DistillInterrupted
+    assert derain_cli.EvalInterrupted is evaluate.EvalInterrupted
+    for name in derain_cli.__all__:
+        if name != "__version__":
+            assert isinstance(getattr(derain_cli, name), type), name
     with pytest.raises(ValueError, match="unknown model 'nope'"):  # caught as a bad argument
         Derainer(model="nope")
     assert issubclass(UnknownModelError, KeyError)  # as before
