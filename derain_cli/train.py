@@ -88,9 +88,19 @@ class TrainDiverged(RuntimeError):
 
 
 class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the checkpoint was saved and the user told so."""
+    """Ctrl-C during training, after the checkpoint was saved and the user told so.
+    ``step``: the steps done; ``out``: the run folder; ``resumable``: whether it holds a
+    checkpoint to resume (``resume=True``, ``derain train -o OUT --resume``). It carried
+    nothing, the run's state said only on stderr (an audit of the Python API)."""
 
     reported = True
+
+    def __init__(self, step: int | None = None, out: Path | None = None,
+                 resumable: bool = False) -> None:
+        where = f" at step {step}" if step is not None else ""
+        then = (f"; {out} resumes with resume=True" if resumable and out is not None else "")
+        super().__init__(f"training interrupted{where}{then}")
+        self.step, self.out, self.resumable = step, out, resumable
 
 
 #: Rank 0 also checkpoints when this many seconds passed since its last checkpoint, whatever
@@ -2305,7 +2315,8 @@ class _Run:
         except KeyboardInterrupt:
             if self.is_main:
                 self._say_interrupted()
-                raise TrainInterrupted from None
+                raise TrainInterrupted(self.step, self.out, any(
+                    (self.out / f).exists() for f in ("last.pt", "best.pt"))) from None
             raise
         except SystemExit:  # the reader of the progress went away (`... 2>&1 | head`: 141):
             if self.is_main and self.step > self.segment_start:  # the steps are kept

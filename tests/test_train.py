@@ -239,8 +239,11 @@ def test_ctrl_c_in_the_forward_resumes_exactly(data, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(L.Criterion, "forward", interrupted)
-    with pytest.raises(T.TrainInterrupted):
+    with pytest.raises(T.TrainInterrupted) as stop:
         T.train(_cfg(data, tmp_path / "b", **kw))
+    # what a Python caller learns (the exception carried nothing: an audit)
+    assert (stop.value.step, stop.value.out, stop.value.resumable) == (5, tmp_path / "b", True)
+    assert str(stop.value).startswith("training interrupted at step 5;")
     monkeypatch.setattr(L.Criterion, "forward", real_forward)
     assert T.load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 5
     resumed = T.train(_cfg(data, tmp_path / "b", resume=True, **kw))
