@@ -819,6 +819,12 @@ def check_config(cfg: TrainConfig) -> None:
         if not ok:
             raise TrainError(msg)
 
+    for name in ("steps", "epochs", "batch", "threads", "patch", "workers", "warmup",
+                 "val_every", "ckpt_every", "log_every", "val_limit", "val_crop", "seed",
+                 "bn_recalib"):  # a Python caller's steps=2.5 trained 3 steps (an audit)
+        v = getattr(cfg, name, None)
+        need(v is None or (isinstance(v, int) and not isinstance(v, bool)),
+             f"--{name.replace('_', '-')} must be a whole number, not {v!r}")
     need(cfg.steps is None or cfg.epochs is None,
          "give --steps or --epochs, not both")
     need(cfg.steps is None or cfg.steps >= 1, f"--steps must be at least 1, not {cfg.steps}")

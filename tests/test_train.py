@@ -3009,3 +3009,13 @@ def test_a_run_leaves_the_callers_threads_and_random_draws_as_they_were(data, tm
                  else 2))
     assert torch.get_num_threads() == threads
     assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
+
+
+def test_a_python_callers_counts_must_be_whole_numbers(data, tmp_path):
+    """TrainConfig(steps=2.5) trained 3 steps (an audit of the Python API): refused, before
+    the run folder is made."""
+    for bad in ({"steps": 2.5}, {"batch": 2.0}, {"patch": True}, {"val_every": "2"}):
+        flag = next(iter(bad)).replace("_", "-")
+        with pytest.raises(T.TrainError, match=f"--{flag} must be a whole number"):
+            T.train(_cfg(data, tmp_path / "r", **bad))
+        assert not (tmp_path / "r").exists()
