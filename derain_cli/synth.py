@@ -333,14 +333,16 @@ def _random_tint(rng: np.random.Generator) -> tuple[float, float, float]:
 def to_float(img: np.ndarray) -> np.ndarray:
     """Convert an image to the synthesizer's format: ``HxWx3`` float32 RGB in [0, 1].
 
-    Accepts uint8 (/255), uint16 (/65535) and float input (clipped to [0, 1]); grey
-    ``HxW`` / ``HxWx1`` is replicated to three channels and an alpha channel is dropped.
-    The channel order is left alone (pass RGB; OpenCV's BGR must be converted first).
+    Accepts uint8 (/255), uint16 (/65535) and float input (clipped to [0, 1]: a float
+    image of 0..255 values, or holding NaN, is refused, as ``images.write_image`` refuses
+    them: it came back near white in silence, an audit); grey ``HxW`` / ``HxWx1`` is
+    replicated to three channels and an alpha channel is dropped. The channel order is
+    left alone (pass RGB; OpenCV's BGR must be converted first).
     """
     a = np.asarray(img)
     if a.ndim == 2:
         a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or not a.shape[0] or not a.shape[1]:
         raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {a.shape}")
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
@@ -351,6 +353,12 @@ def to_float(img: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         return a.astype(np.float32) / np.float32(65535.0)
     if np.issubdtype(a.dtype, np.floating):
+        top = float(np.max(a))
+        if not np.isfinite(top) or not np.isfinite(float(np.min(a))):
+            raise ValueError("the image holds NaN or infinite values")
+        if top > 2.0:  # (a little above 1: a filter's overshoot, clipped as before)
+            raise ValueError(f"a float image's values run from 0 to 1; this one reaches "
+                             f"{top:g} (0..255 values: divide by 255, or pass uint8)")
         return np.clip(a, 0.0, 1.0).astype(np.float32, copy=False)
     raise TypeError(f"unsupported image dtype {a.dtype}; use uint8, uint16 or float")
 

@@ -269,6 +269,14 @@ def test_to_float_and_uint8_input(clean: np.ndarray) -> None:
     assert to_float(np.full((2, 2, 3), 1.5)).max() == 1.0
     with pytest.raises(TypeError):
         to_float(np.zeros((2, 2, 3), np.int32))
+    # 0..255 floats came back near white, NaN as NaN, an empty image failed in OpenCV (an
+    # audit of the Python API): refused
+    with pytest.raises(ValueError, match="divide by 255"):
+        synthesize(u8.astype(np.float64), "light", seed=9)
+    with pytest.raises(ValueError, match="NaN"):
+        to_float(np.full((2, 2, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="got shape"):
+        synthesize(np.zeros((0, 5, 3), np.uint8), "light", seed=9)
     # synthesize converts uint8 itself; the identity holds against to_float(clean).
     rainy, layer = synthesize(u8, "light", seed=9)
     assert np.array_equal(rainy, synthesize(f, "light", seed=9)[0])
