@@ -370,7 +370,14 @@ def _checked(cfg: DistillConfig) -> DistillConfig:
         raise DistillError(f"real_fraction must be from 0 to 1, not {cfg.real_fraction!r}")
     texts = {f.name: os.fspath(getattr(cfg, f.name)) for f in fields(cfg)
              if isinstance(getattr(cfg, f.name), os.PathLike)}
-    return replace(cfg, **texts) if texts else cfg
+    cfg = replace(cfg, **texts) if texts else cfg
+    for name in ("clean", "real"):  # "no such folder: /nope" named no option (an audit)
+        folder = getattr(cfg, name)
+        if folder is not None and not os.path.isdir(folder):
+            raise DistillError(f"{name} (--{name}): " + (
+                f"{folder} is not a folder" if os.path.exists(folder) else
+                f"no such folder: {folder}"))
+    return cfg
 
 
 def distill(cfg: DistillConfig) -> DistillResult:

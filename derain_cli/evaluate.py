@@ -336,8 +336,8 @@ def evaluate(
     rain_angle = _check_rain_angle(model, rain_angle)
     _check_strength(model, strength)
     if limit is not None and limit < 1:  # 0 would score everything, -2 all but the last two
-        raise ValueError(f"limit must be at least 1 (got {limit}); leave it out to score "
-                         "every pair")
+        raise OptionError(f"limit must be at least 1 (got {limit}); leave it out to score "
+                          "every pair")  # (a ValueError too, as the other settings' errors)
     _check_file_names(report=report, csv_path=csv_path)
     pairs = find_pairs(Path(data_dir), rainy_dir, clean_dir)
     if limit is not None:

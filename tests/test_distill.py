@@ -564,7 +564,8 @@ def test_a_python_callers_settings_are_checked_before_any_work(setup):
                       ({"val_count": 0}, "val_count"), ({"batch": 0}, "batch"),
                       ({"patch": 0}, "patch"), ({"threads": -1}, "threads"),
                       ({"steps": 2.5}, "steps"), ({"real_fraction": 2.0}, "real_fraction"),
-                      ({"seed": -1}, "seed")):
+                      ({"seed": -1}, "seed"), ({"clean": "/no/such"}, "clean .--clean.: no"),
+                      ({"real": root / "clean" / "0.png"}, "real .--real.: .* not a folder")):
         with pytest.raises(DistillError, match=said):
             distill(_cfg(root, weights, "bad", **bad))
         assert not (root / "bad").exists()
