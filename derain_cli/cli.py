@@ -1964,6 +1964,10 @@ def download_cmd(
         finally:
             detach_logging(logged)
         if failures:
+            asked = len(targets) + len(untrained)
+            if asked > 1:  # after several models' lines the end said nothing (an audit)
+                err.print(f"{failures} of {asked} models not fetched (reasons above); "
+                          f"{asked - failures} ready", highlight=False)
             raise typer.Exit(1)
 
 

@@ -1085,6 +1085,7 @@ def test_download_names_every_problem_and_fetches_the_rest(monkeypatch: pytest.M
     assert "'semi-drdnet' has no pretrained weights" in r.stderr
     assert "'rdmc' has no pretrained weights" in r.stderr
     assert "semi-drdnet-lite: bundled, nothing to do" in r.stdout
+    assert r.stderr.rstrip().endswith("2 of 3 models not fetched (reasons above); 1 ready")
 
 
 def test_download_takes_m_like_the_other_commands(monkeypatch: pytest.MonkeyPatch,
