@@ -345,8 +345,8 @@ def train_cmd(
         _refuse_idle_validation(given, val, resume)
         if weights is not None and "model" not in given:
             cfg.model = None  # the network the weights file names (train.py reads it)
-        if resume:  # the run's own settings, except what was given now
-            cfg.given = given
+        cfg.given = given  # on a resume the run's own settings but these; a -m typed is
+        # kept beside --weights (train.py: a default model gives way to the file's)
         train(cfg)
 
 

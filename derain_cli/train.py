@@ -205,10 +205,12 @@ class TrainConfig:
     training_data: str | None = None
     export_dtype: str = "float16"
 
-    #: With ``resume``: the fields the caller set on purpose (the CLI's explicit flags); the
+    #: The fields the caller set on purpose (the CLI's explicit flags). With ``resume`` the
     #: run's own settings (its config.json) fill in every other one, so ``derain train -o RUN
     #: --resume`` continues the run as it was started. None: the fields set to other values
-    #: than their defaults (``TrainConfig(out=RUN, resume=True)`` continues RUN as it was).
+    #: than their defaults (``TrainConfig(out=RUN, resume=True)`` continues RUN as it was;
+    #: list a field here to keep a value equal to its default). ``model`` listed: kept
+    #: beside ``arch`` or ``init_weights`` (else its default gives way to their network).
     given: list[str] | None = None
 
     def to_json(self) -> str:
@@ -1215,7 +1217,7 @@ def train(
     """Train (or resume) a model as ``config`` says; see the module docstring."""
     cfg = _paths_as_text(config)
     if cfg.model == TrainConfig.model and (cfg.arch is not None or cfg.init_weights) and not (
-            cfg.resume and cfg.given is not None and "model" in cfg.given):
+            cfg.given is not None and "model" in cfg.given):  # (the CLI's -m typed: kept)
         # the default beside another network's description: that network, as the CLI does
         # without --model (a Python caller's init_weights failed "do not fit --model
         # semi-drdnet-lite", an arch run was named semi-drdnet-lite: an audit)
@@ -3005,6 +3007,10 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),
         ema=0.99, freeze_bn=keep_bn, bn_recalib=0 if keep_bn else 16,
+        # every field is finetune's choice (its run's settings were merged above): none
+        # is taken from config.json, a value equal to TrainConfig's default included
+        # (--consistency 0 on a resume kept the run's 0.5: a review)
+        given=[f.name for f in dataclasses.fields(TrainConfig)],
     )
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])

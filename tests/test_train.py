@@ -1284,6 +1284,13 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, mo
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["steps"], cfg["batch"], cfg["patch"], cfg["contrast_features"]) == (
         6, 2, 24, "none")
+    # a flag given on a resume wins, a value equal to train's own default too (--consistency
+    # 0 kept the run's 1.0: a review)
+    assert cfg["consistency"] == 1.0 and T.TrainConfig.consistency == 0.0
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "7",
+                                 "--consistency", "0", *common])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["consistency"] == 0.0
     # a run without finetune.json (before 2026-12-03) still needs its photos named
     (out / T.FINETUNE_JSON).unlink()
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "5",
@@ -2710,8 +2717,20 @@ def test_starting_weights_of_another_network_are_named(data, tmp_path):
     with pytest.raises(WeightsError, match="holds semi-drdnet-tiny weights .* do not fit "
                                            "--model semi-drdnet-lite; leave out --model"):
         T.train(_cfg(data, tmp_path / "r", model="semi-drdnet-lite", arch=None,
-                     model_config=None, init_weights=str(tiny)))
+                     model_config=None, init_weights=str(tiny), given=["model"]))
     assert not (tmp_path / "r").exists()
+    # -m typed on the command line is such a choice (it was trained past, as the file's own
+    # network, when the default model gave way to the file's: a review)
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    r = CliRunner().invoke(app, ["train", "-m", "semi-drdnet-lite", "--weights", str(tiny),
+                                 "--synthetic", str(data["clean"]), "--steps", "1", "--out",
+                                 str(tmp_path / "c"), "--device", "cpu", "--workers", "0",
+                                 "--quiet"])
+    assert r.exit_code == 1 and "do not fit --model semi-drdnet-lite" in " ".join(
+        r.output.split()), r.output
 
 
 def test_train_starts_from_a_published_models_name(data, tmp_path):
