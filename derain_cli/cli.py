@@ -2017,6 +2017,12 @@ def _watch_stops() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
+    _STOPPED.clear()  # a new command (tests call main() again in one process)
+    if _STOP_PIPE:  # one pipe a process: each main() opened another (a review)
+        with contextlib.suppress(OSError):
+            while os.read(_STOP_PIPE[0], 4096):  # the last command's signals, drained
+                pass
+        return
     try:
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -2036,10 +2042,15 @@ def interrupted_import(e: BaseException) -> bool:
     if _STOP_PIPE:
         import signal
 
+        stops = {int(s) for s in (signal.SIGINT, getattr(signal, "SIGBREAK", None))
+                 if s is not None}
         with contextlib.suppress(OSError):
-            got = os.read(_STOP_PIPE[0], 4096)
-            if any(b in got for b in (signal.SIGINT, getattr(signal, "SIGBREAK", -1))):
-                _STOPPED.append(True)
+            while True:  # every byte there (a DataLoader's SIGCHLDs among them)
+                got = os.read(_STOP_PIPE[0], 4096)
+                if not got:
+                    break
+                if stops & set(got):
+                    _STOPPED.append(True)
     return bool(_STOPPED)
 
 

@@ -744,6 +744,26 @@ def test_an_import_error_without_a_stop_is_still_an_error(monkeypatch) -> None:
     assert not cli.interrupted_import(ValueError("x"))
 
 
+def test_the_stop_watch_reads_other_signals_and_keeps_one_pipe() -> None:
+    """The pipe holds a byte for every signal with a Python handler: one without a SIGINT
+    among them (a DataLoader's SIGCHLD) raised ValueError, and each main() opened another
+    pipe (a review)."""
+    code = ("import os, signal\nfrom derain_cli import cli\ncli._watch_stops()\n"
+            "signal.signal(signal.SIGUSR1, lambda *a: None)\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "print(cli.interrupted_import(ImportError('x')))\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGINT)\nexcept KeyboardInterrupt:\n"
+            "    pass\nprint(cli.interrupted_import(ImportError('x')))\n"
+            "n = len(os.listdir('/proc/self/fd'))\ncli._watch_stops()\n"
+            "print(len(os.listdir('/proc/self/fd')) - n, cli._STOPPED)\n")
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("Linux's /proc")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.split("\n")[:3] == ["False", "True", "0 []"], (
+        p.stdout, p.stderr)
+
+
 def test_ignoring_further_stops_holds_in_a_real_process() -> None:
     code = ("import os, signal\nfrom derain_cli import cli\ncli._OWN_PROCESS.append(True)\n"
             "cli._ignore_further_stops()\nos.kill(os.getpid(), signal.SIGINT)\n"
