@@ -405,13 +405,31 @@ def _sweep_incomplete(repo_dir: Path) -> None:
         pass
 
 
+def _host_tag() -> str:
+    """This machine's name as a file name's part (letters, digits, ``-``)."""
+    import socket
+
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = ""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", host).strip("-")[:40] or "host"
+
+
+#: The machine part of a ``_SetAside`` copy's name (``BLOB.derain-kept-HOST-PID``)
+_KEEPER = _host_tag()
+
+
 def _kept_by_live_process(name: str) -> bool:
-    """Whether the process that named a ``_SetAside`` copy (``BLOB.derain-kept-PID``) still
-    runs: then the copy is its, at work (a pid reused by another process keeps a stale
-    copy a while longer, no more)."""
-    pid = name.rpartition(".derain-kept-")[2]
-    if not pid.isdigit():
-        return False
+    """Whether a ``_SetAside`` copy (``BLOB.derain-kept-HOST-PID``) may be at work: its
+    process runs, or it is another machine's (a cache shared by several: a pid gone here
+    says nothing of theirs), or this is Windows (no harmless probe of a pid: ``os.kill``
+    ends the process there, a review). A pid reused by another process keeps a stale copy
+    a while longer, no more."""
+    tail = name.rpartition(".derain-kept-")[2]
+    host, _, pid = tail.rpartition("-")
+    if not pid.isdigit() or (host and host != _KEEPER) or os.name == "nt":
+        return bool(pid.isdigit())  # (no pid at all: not one of ours, a leftover)
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -443,8 +461,10 @@ class _SetAside:
         real = Path(os.path.realpath(entry))
         if not _within(real, repo_dir):  # a link out of the cache: nothing made or replaced
             return None  # beside a file there (a review)
-        # of this process: two --force downloads at once took each other's (a review)
-        keep = real.with_name(f"{real.name}.derain-kept-{os.getpid()}")
+        # of this process: two --force downloads at once took each other's (a review); of
+        # this machine too (a cache shared by several: another's process is not ours to
+        # judge gone)
+        keep = real.with_name(f"{real.name}.derain-kept-{_KEEPER}-{os.getpid()}")
         try:
             sha = sha256_file(real)
             keep.unlink(missing_ok=True)

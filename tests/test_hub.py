@@ -187,15 +187,21 @@ def test_a_forced_download_keeps_an_old_good_copy_and_sweeps_dead_runs_copies(
     os.utime(blob, (hours_ago, hours_ago))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = blob.with_name(f"{blob.name}.derain-kept-{dead.pid}")  # a killed --force's
-    left.write_bytes(DATA)
+    from derain_cli import hub
+
+    left = blob.with_name(f"{blob.name}.derain-kept-{hub._KEEPER}-{dead.pid}")  # a killed
+    left.write_bytes(DATA)  # --force's ...
+    older = blob.with_name(f"{blob.name}.derain-kept-{dead.pid}")  # (before names had hosts)
+    older.write_bytes(DATA)
+    theirs = blob.with_name(f"{blob.name}.derain-kept-other-host-{dead.pid}")  # ... and one
+    theirs.write_bytes(DATA)  # of another machine sharing the cache: not ours to judge
     corrupt = bytearray(DATA)
     corrupt[1000] ^= 0xFF
     hub_server.add(REPO, COMMIT, FILE, bytes(corrupt), etag=SHA)
     with pytest.raises(WeightsUnavailable, match="the verified copy cached before stays"):
         _fetch(hub_server, tmp_path, force=True)
     assert path.read_bytes() == DATA
-    assert not left.exists()
+    assert not left.exists() and not older.exists() and theirs.exists()
 
 
 def test_a_killed_downloads_partial_file_is_swept_once_old(hub_server, tmp_path):
