@@ -1367,8 +1367,9 @@ def _guarded(fn: Callable[[], Any], options: BatchOptions) -> Any:
         # shrinking, TilesExhausted): "try a smaller --tile" could not help (an audit)
         raise _FileFailed(f"out of memory ({_one_line(e)}): the photo's full-size arrays "
                           "(the decoded photo and its float32 result, 15 bytes a pixel "
-                          "and more, whatever the tile) did not fit; free some memory, or "
-                          "leave such photos out with --max-pixels") from None
+                          "and more, whatever the tile) may not fit; free some memory, or "
+                          "leave such photos out with --max-pixels (a smaller --tile "
+                          "shrinks only the network's share)") from None
     except Exception as e:
         if options.raise_errors:
             raise

@@ -1153,6 +1153,10 @@ def _check_output_folder_can_be(ctx: Context, output: Path) -> None:
         raise _usage(ctx, f"-o {output} is a link that leads nowhere (to {target}: a loop, "
                           "or its target is gone); make its target, or name another folder")
     for parent in output.parents:
+        if os.path.islink(parent) and not parent.exists():  # through a link to nowhere:
+            # its target's folders were made (a review)
+            raise _usage(ctx, f"-o {output}: {parent} is a link that leads nowhere; make "
+                              "its target, or name another folder")
         if parent.exists():  # the nearest existing one decides
             if not parent.is_dir():
                 raise _usage(ctx, f"-o {output}: {parent} is a file, not a folder")
@@ -1169,12 +1173,16 @@ def _one_input(ctx: Context, given: str, output: Path) -> tuple[list[str], bool]
 
     if os.path.lexists(given) or not any(c in given for c in "*?["):
         return [given], True
-    photos = [m for m in batch.expand_pattern(given)
-              if is_image_path(m) and os.path.isfile(m)]
-    if len(photos) > 1:
+    matches = batch.expand_pattern(given)
+    photos = [m for m in matches if is_image_path(m) and os.path.isfile(m)]
+    folders = [m for m in matches if os.path.isdir(m)]
+    if len(photos) > 1 or folders:  # (a folder among them failed with an internal error,
+        # or was left out in silence beside one photo: a review)
+        found = " and ".join(f"{n} {what}" for n, what in (
+            (len(photos), "photo(s)"), (len(folders), "folder(s)")) if n)
         raise _usage(ctx, f"-o {output} names a file, which takes exactly one input file; "
-                          f"'{given}' matches {len(photos)} photos: to write them all give "
-                          "a folder: -o DIR")
+                          f"'{given}' matches {found}: to write several results give a "
+                          "folder: -o DIR")
     return (photos or [given]), True
 
 

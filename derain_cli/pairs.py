@@ -218,19 +218,18 @@ def list_photos(folder: Path, recursive: bool = True) -> list[Path]:
                     "to include them", folder, _unread_text(unread), _SUPPORTED_TEXT)
     kept = [p for p in found if not is_output_name(p) and not in_marked(p)]
     seen: dict[str, Path] = {}
-    twice = []
-    for p in kept:  # a link to a photo of the folder was a second photo (an audit)
-        real = os.path.realpath(p)
-        if real in seen:
-            twice.append(p)
-        else:
-            seen[real] = p
+    for p in kept:  # a link to a photo of the folder was a second photo (an audit): the
+        real = os.path.realpath(p)  # photo itself is kept, not the link (a review: synth
+        if real not in seen or (os.path.islink(seen[real]) and not os.path.islink(p)):
+            seen[real] = p  # named its pairs after the link)
+    chosen = set(seen.values())
+    twice = [p for p in kept if p not in chosen]
     if twice:
         log.warning("%s: %d image(s) are links to photos read already (%s), read once",
                     folder, len(twice), ", ".join(str(p.relative_to(folder))
                                                   for p in twice[:3])
                     + (", ..." if len(twice) > 3 else ""))
-        kept = list(seen.values())
+        kept = [p for p in kept if p in chosen]
     if len(kept) + len(twice) < len(found):
         n = len(found) - len(kept) - len(twice)
         log.warning("%s: %d of its images %s (NAME_derained.* files, or in folders "

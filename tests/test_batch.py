@@ -1519,4 +1519,4 @@ def test_a_photo_too_large_for_memory_is_not_told_to_shrink_the_tile(tmp_path: P
                   BatchOptions(output=tmp_path / "o"))
     ((_, reason),) = s.failed
     assert reason.startswith("out of memory (Unable to allocate 2.19 GiB") and \
-        "--max-pixels" in reason and "smaller --tile" not in reason, reason
+        "--max-pixels" in reason and "try a smaller --tile" not in reason, reason

@@ -196,9 +196,11 @@ def test_an_output_folder_that_cannot_be_made_is_a_usage_error(
     os.symlink(tmp_path / "gone" / "out", tmp_path / "dangling")
     for out, said in ((tmp_path / "notes.txt" / "out", "notes.txt is a file, not a folder"),
                       (tmp_path / "loop", "is a link that leads nowhere (to loop"),
-                      (tmp_path / "dangling", "is a link that leads nowhere")):
+                      (tmp_path / "dangling", "is a link that leads nowhere"),
+                      (tmp_path / "dangling" / "sub", "dangling is a link that leads")):
         r = derain(tmp_path / "in", "-o", out, "--weights", tiny_weights, "--json")
         assert r.exit_code == 2 and said in json.loads(r.stdout)["error"], r.output
+    assert not (tmp_path / "gone").exists()  # nothing made through the link
 
 
 def test_folder_recursive_mirrors_tree_then_resumes(tmp_path: Path, tiny_weights: Path) -> None:
@@ -501,7 +503,14 @@ def test_output_file_with_two_inputs_is_usage_error(tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "exactly one input" in r.stderr
     r = derain(tmp_path / "*.png", "-o", tmp_path / "x.png")  # a pattern matching both
-    assert r.exit_code == 2 and "matches 2 photos" in r.stderr
+    assert r.exit_code == 2 and "matches 2 photo(s)" in r.stderr
+    (tmp_path / "in").mkdir()  # one photo and a folder, or a folder alone (a review: an
+    r = derain(tmp_path / "[ai]*", "-o", tmp_path / "x.png")  # internal error, or the folder
+    assert r.exit_code == 2 and "1 photo(s) and 1 folder(s)" in " ".join(
+        r.stderr.replace("│", " ").split())
+    r = derain(tmp_path / "i*", "-o", tmp_path / "x.png")  # left out in silence)
+    assert r.exit_code == 2 and "matches 1 folder(s)" in " ".join(
+        r.stderr.replace("│", " ").split())
 
 
 def test_output_file_takes_one_input_of_any_kind(tmp_path: Path, tiny_weights: Path) -> None:
