@@ -178,6 +178,24 @@ def print_error(console: Console, message: str, rank: int = 0) -> None:
     console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(words)))
 
 
+def refuse_torchrun(command: str) -> None:
+    """Exit 2 for a command that runs as one process, started under torchrun (WORLD_SIZE
+    above 1): every process did the whole work and their outputs got in each other's way
+    (eval: two JSON documents; with --save one process refused as the other held the
+    folder, and the other was stopped halfway: an audit). The main job and train share
+    their work between processes."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world > 1:
+        if os.environ.get("RANK", "0") == "0":
+            print_error(_stderr(), f"derain {command} runs as one process: run it without "
+                                   "torchrun (the main job and train share their work "
+                                   "between torchrun's processes)")
+        raise typer.Exit(2)
+
+
 #: lists that collect what :func:`print_error` says (``_errors_said``), innermost last
 _ERRORS_SAID: list[list[str]] = []
 
@@ -1905,6 +1923,7 @@ def download_cmd(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Fetch published weights into the Hugging Face cache (for offline use later)."""
+    refuse_torchrun("download")
     err = _stderr()
     # (a file cut short is not resumed: "to resume" promised what the rerun does not do)
     with _friendly_errors(err, _STATE.debug, again="(the weights fetched are kept; one cut "

@@ -19,6 +19,7 @@ from .cli import (
     complete_model,
     debugging,
     detach_logging,
+    refuse_torchrun,
     say_error,
     weights_file_option,
 )
@@ -97,6 +98,7 @@ def export_cmd(
     (16 for RDMC, 1 for Semi-DRDNet): pad (reflect) to it, crop the output back,
     as derain's own tiler does; other sizes fail in ONNX Runtime.
     """
+    refuse_torchrun("export")
     from .data import DataError
     from .enhancer import DEFAULT_MODEL
     from .hub import WeightsUnavailable
@@ -276,6 +278,7 @@ def bench_cmd(
         "--overwrite", help="Replace the --json file if it exists (default: refuse).")] = False,
 ) -> None:
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
+    refuse_torchrun("bench")
     if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
         # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
         say_error(f"--json takes a file name (or '-' for stdout), not the option "

@@ -28,6 +28,7 @@ from .cli import (
     owe_json,
     parse_rain_angle,
     print_error,
+    refuse_torchrun,
     say_error,
     weights_file_option,
 )
@@ -526,6 +527,7 @@ def distill_cmd(
 ) -> None:
     """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
     (no ground truth needed)."""
+    refuse_torchrun("distill")
     from .distill import DistillConfig, DistillError, DistillInterrupted, distill
 
     with _errors(training=True):
@@ -575,6 +577,7 @@ def grow_cmd(
 ) -> None:
     """Grow trained weights into a bigger model of their architecture, output unchanged
     (RDMC's added recursions: close): a start for derain train --weights FILE."""
+    refuse_torchrun("grow")
     from .grow import GrowError, grow_file
 
     with _errors():
@@ -650,6 +653,7 @@ def eval_cmd(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
+    refuse_torchrun("eval")
     from .evaluate import EvalInterrupted, evaluate
     from .plain_progress import count_progress
 
@@ -730,6 +734,7 @@ def synth_cmd(
         "--quiet", "-q", help="No progress bar; only the last line (and warnings).")] = False,
 ) -> None:
     """Write synthetic rainy/clean pairs from clean photos."""
+    refuse_torchrun("synth")
     from .evaluate import synth_pairs
     from .plain_progress import count_progress
 

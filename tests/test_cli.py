@@ -1914,3 +1914,25 @@ def test_a_logs_last_failure_comes_before_the_line_that_counts_it(
     failed = next(i for i, ln in enumerate(lines) if ln.startswith("failed:"))
     counted = next(i for i, ln in enumerate(lines) if ln.startswith("derain 2/2 files"))
     assert failed < counted, r.stderr
+
+
+@pytest.mark.parametrize("command", [["eval", "DATA", "-m", "identity"], ["synth", "DATA"],
+                                     ["export", "-m", "semi-drdnet-tiny"],
+                                     ["download", "semi-drdnet-tiny"],
+                                     ["grow", "semi-drdnet-tiny", "--to", "semi-drdnet-fast",
+                                      "-o", "g.safetensors"],
+                                     ["distill", "--clean", "DATA"], ["bench"]])
+def test_one_process_commands_are_refused_under_torchrun(tmp_path: Path, monkeypatch,
+                                                         command: list[str]) -> None:
+    """eval under torchrun ran whole on every process: two JSON documents, and with --save
+    one process refused (the other held the folder) and the other was stopped halfway (an
+    audit). The commands that run as one process say so, exit 2, before any work."""
+    (tmp_path / "DATA").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        r = derain(*command)
+        assert r.exit_code == 2, r.output
+        assert ("runs as one process: run it without torchrun" in r.stderr) == said, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]  # nothing written
