@@ -2441,7 +2441,9 @@ class _Run:
                 self.save_last()
             # the whole command, as the other hints give theirs (an audit)
             kind = "finetune" if "make_unlabeled" in self.hooks else "train"
-            _say(f"interrupted at step {step}; checkpoint saved, continue with: derain "
+            runner = (f"torchrun --nproc-per-node {self.world} -m derain_cli" if self.world > 1
+                      else "derain")  # (pasted, it resumed on one process: an audit)
+            _say(f"interrupted at step {step}; checkpoint saved, continue with: {runner} "
                  f"{kind} -o {shlex.quote(str(self.out))} --resume"
                  + (" (the further stop signal waited for it)" if impatient else ""))
         elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
