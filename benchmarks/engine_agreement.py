@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     engines = args.engine or ["int8", "bf16", "fp32"]
+    if "bf16" in engines:
+        from derain_cli.engine_choice import cpu_has_bf16
+
+        if not cpu_has_bf16():  # it failed with a traceback after the int8 pass (an audit)
+            if args.engine:
+                ap.error("this CPU has no bf16 instructions: leave out --engine bf16")
+            engines.remove("bf16")
+            print("bf16 left out: this CPU has no bf16 instructions", flush=True)
     photos = [D.load_rgb_u8(p.rainy) for p in find_pairs(args.data)[:args.limit]]
     out = {e: outputs(args.model, e, photos, args.threads) for e in engines}
     print(f"{args.model or 'default model'} on the first {len(photos)} photos of "

@@ -47,7 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="default: derain's default model")
     ap.add_argument("--backend", default="torch", help="torch or onnx")
-    ap.add_argument("--precision", default="bf16", help="fp32, bf16 or int8")
+    ap.add_argument("--precision", default="bf16",
+                    help="fp32, bf16 (needs a CPU with bf16 instructions) or int8")
     ap.add_argument("--n", type=int, default=20, help="distinct sizes")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--lo", type=int, default=200)
@@ -62,6 +63,12 @@ def main() -> None:
     a = ap.parse_args()
 
     from derain_cli import Derainer, cpu_memory, onnx_backend
+    from derain_cli.engine_choice import cpu_has_bf16
+
+    if a.precision == "bf16" and a.backend == "torch" and not cpu_has_bf16():
+        ap.error("this CPU has no bf16 instructions: give --precision fp32 (the README's "
+                 "figures are bf16's) or --backend onnx --precision int8")  # (a traceback
+        # on AVX2 CPUs: an audit)
 
     if a.no_mem_pattern:
         plain = onnx_backend.session_options

@@ -54,7 +54,13 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             net(x)
-    print(f"{args.model} ({weights}), {args.side}x{args.side}, {args.precision}, "
+    from derain_cli.engine_choice import cpu_has_bf16
+
+    emulated = bf16 and not cpu_has_bf16()  # (reference kernels, 8x slower: it passed for
+    # a bf16 profile on AVX2 CPUs: an audit)
+    print(f"{args.model} ({weights}), {args.side}x{args.side}, {args.precision}"
+          + (" EMULATED (this CPU has no bf16 instructions: PyTorch's reference kernels)"
+             if emulated else "") + ", "
           f"{torch.get_num_threads()} threads, freed memory "
           f"{'kept' if kept else 'as the C library does'}: {seconds:.3f} s a pass")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
