@@ -869,6 +869,10 @@ def _measure(res: BenchResult, names: list[str], variants: list[str],
                 if variant in ("onnx", "int8"):
                     prov = runner.providers[0]
                     row.note = "onnxruntime " + (prov if isinstance(prov, str) else prov[0])
+                elif (variant in REDUCED_PRECISION and dtype == torch.bfloat16
+                      and dev.type == "cpu" and not cpu_supports_bf16()):
+                    row.note = "emulated (--force-bf16: no bf16 instructions)"  # (its s/MP
+                    # passed for bf16's own: an audit)
                 del runner
     if rss:
         say("measuring peak memory (--rss)")

@@ -144,6 +144,10 @@ def test_bench_main_tiny(tmp_path):
     assert rows["onnx"].psnr_vs_fp32 > 60 and "onnxruntime" in rows["onnx"].note
     assert rows["fp16"].note.startswith("skipped")
     assert rows["bf16"].seconds is not None and 25 < rows["bf16"].psnr_vs_fp32 < 200
+    from derain_cli.torch_runner import cpu_supports_bf16
+
+    # an emulated row says so (its s/MP passed for bf16's own: an audit)
+    assert ("emulated" in rows["bf16"].note) == (not cpu_supports_bf16())
     _, ref = res.models[0].reduced_peaks["bf16"]
     assert "bf16" in ref and "bf16 conv peak" in lines[0]
     for r in (rows["fp32"], rows["bf16"], rows["onnx"]):
