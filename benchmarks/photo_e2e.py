@@ -38,6 +38,14 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+def _at_least_one(text: str) -> int:
+    """--repeats: 0 crashed on min() of nothing (an audit)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
 def add_model_args(ap: argparse.ArgumentParser) -> None:
     """The options of the in-process benchmarks (``folder_e2e``, ``tile_batch``): one
     registered model on one device, a mosaic of this size."""
@@ -45,7 +53,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--megapixels", type=float, default=12.0)
-    ap.add_argument("--repeats", type=int, default=2,
+    ap.add_argument("--repeats", type=_at_least_one, default=2,
                     help="timed runs of each configuration, interleaved (best)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
@@ -131,7 +139,7 @@ def main() -> None:
                     help="model(s); default: the default. A value may carry its own derain "
                          "arguments, to compare settings: -m 'semi-drdnet-tiny "
                          "--stats-megapixels 0'")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=_at_least_one, default=1)
     ap.add_argument("--tree", type=Path, action="append", default=[],
                     help="also run each model from this source tree (e.g. a `git worktree` "
                          "of an older commit), interleaved with this one: an A/B of code")

@@ -17,7 +17,7 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
   folded away).
 * **work**: executed / useful FLOPs, i.e. what tiling costs on top: tile overlap (a
   1 MP image in 512 px tiles is 6 overlapping tiles of 524x366, 1.15x the pixels), for
-  Semi-DRDNet the two statistics passes (rain network only) of a tiled run, and an image
+  Semi-DRDNet the statistics pass (rain network only) of a tiled run, and an image
   smaller than ``tiling.SMALL_SIDE`` mirror-padded up to it (a 40x30 image is about 55x the work).
 * **% peak**: GFLOP/s as a share of this machine's own peak for a plain fp32 3x3
   convolution of the model's width, measured beside the row (after each of its timed
