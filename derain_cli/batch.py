@@ -1310,6 +1310,9 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
                                   "replaces it (or delete it)")
             if _in_unmarked_folder(options):
                 return "skipped", EXISTS_UNMARKED
+            if options.started is not None and out.stat().st_mtime >= options.started:
+                return "skipped", CLAIMED  # written since this run started: another run's
+                # (counted as an earlier result, "--overwrite redoes them": an audit)
             return "skipped", "output exists"
         if out.is_symlink() and not options.overwrite:  # a link to nothing: the write
             # would find the name taken after the network ran, on every rerun
