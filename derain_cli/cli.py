@@ -903,8 +903,12 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
             # process's count only under torchrun, so none said there
             kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
                     and getattr(done, "world_size", 1) == 1 else "")
-            console.print(
-                f"\ninterrupted; {kept}run the same command again {again}")
+            how = "interrupted"
+            if _TERMINATED_BY and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+                how = ("stopped by a termination signal (torchrun sends one to every process "
+                       "when one of them fails or is stopped: its report below says which)")
+                # (a worker killed with kill -9 read as a Ctrl-C: an audit)
+            console.print(f"\n{how}; {kept}run the same command again {again}")
         raise typer.Exit(130) from None
 
 

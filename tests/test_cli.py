@@ -1936,3 +1936,26 @@ def test_one_process_commands_are_refused_under_torchrun(tmp_path: Path, monkeyp
         assert r.exit_code == 2, r.output
         assert ("runs as one process: run it without torchrun" in r.stderr) == said, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]  # nothing written
+
+
+def test_a_stop_under_torchrun_by_its_signal_is_not_called_a_ctrl_c(monkeypatch) -> None:
+    """A worker killed with kill -9: torchrun sent SIGTERM to the others, and rank 0 said
+    "interrupted", as for a Ctrl-C nobody pressed (an audit)."""
+    import io
+
+    from derain_cli import cli
+
+    def stopped() -> str:
+        buf = io.StringIO()
+        with pytest.raises(typer.Exit) as e:
+            with cli._friendly_errors(cli.DerainConsole(file=buf, width=300), False, 0):
+                raise KeyboardInterrupt
+        assert e.value.exit_code == 130
+        return buf.getvalue()
+
+    monkeypatch.setattr(cli, "_ignore_further_stops", lambda: None)
+    monkeypatch.setattr(cli, "_TERMINATED_BY", [15])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "stopped by a termination signal (torchrun sends one" in stopped()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert stopped().strip().startswith("interrupted; run the same command again")
