@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -188,9 +189,7 @@ class Derainer:
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
         self.rain_angle = rain_angle  # and this
-        #: the turn the last image derained got (``rain_angle``'s, or the one ``"auto"``
-        #: chose for it); None before the first
-        self.last_rain_angle: float | None = None
+        self._last = threading.local()  # last_rain_angle, each thread's own
         canvas = 1.0 if self.rain_angle == _slant.AUTO else _slant.square_factor(
             self.rain_angle)  # a turned photo's work grows by about this (auto: unknown)
         scaled = workload_megapixels is not None and (self.ensemble > 1 or canvas > 1.0001)
@@ -374,6 +373,17 @@ class Derainer:
                 or not 0.0 <= value <= 1.0):  # NaN fails this too
             raise OptionError(f"strength must be a number from 0 to 1, not {value!r}")
         self._strength = float(value)
+
+    @property
+    def last_rain_angle(self) -> float | None:
+        """The turn the last image this thread derained got (``rain_angle``'s, or the one
+        ``"auto"`` chose for it); None before the first. Each thread's own: threads sharing
+        one Derainer read each other's (an audit)."""
+        return getattr(self._last, "angle", None)
+
+    @last_rain_angle.setter
+    def last_rain_angle(self, value: float | None) -> None:
+        self._last.angle = value
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its settings (the engine it runs, the ones set since), rebuilt when

@@ -1143,6 +1143,14 @@ def test_auto_turns_each_photo_by_its_own_slant(tiny_weights, monkeypatch):
     assert abs(d.last_rain_angle) == 90.0 and calls[-1] == 1.0
     assert np.abs(out - 0.2).max() < 1e-4
     upright = np.ascontiguousarray(across.transpose(1, 0, 2))
+    import threading
+
+    seen = []  # each thread's own turn: threads sharing the Derainer read each other's
+    worker = threading.Thread(target=lambda: (d.derain_array(upright),  # (an audit)
+                                              seen.append(d.last_rain_angle)))
+    worker.start()
+    worker.join()
+    assert seen == [0.0] and abs(d.last_rain_angle) == 90.0
     out = d.derain_array(upright)
     assert d.last_rain_angle == 0.0 and np.abs(out - 0.2).max() < 1e-4
     assert "rain_angle=auto" in repr(d)
