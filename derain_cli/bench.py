@@ -92,14 +92,13 @@ from .fileio import atomic_write_text
 from .images import DEFAULT_MAX_PIXELS
 from .models import MODELS, build_model
 from .models.deploy import fold_for_inference
+from .tool_defaults import DEFAULT_VARIANTS, EXTRA_VARIANTS
 from .torch_runner import cudnn_benchmark
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
-#: Measured on request only (``--variants ...,bf16_compile``): compiling takes minutes here;
-#: ``bf16_autotune``: bf16 with cuDNN autotuning (CUDA only; derain does not turn it on yet).
-EXTRA_VARIANTS = ("bf16_compile", "bf16_autotune")
+# DEFAULT_VARIANTS, EXTRA_VARIANTS (on request only, ``--variants ...,bf16_compile``;
+# ``bf16_autotune``: derain does not turn it on yet): tool_defaults, for --help without torch
 RSS_BUDGET_MB = 3000.0
 RSS_SIZE = (4000, 6000)  # (height, width): 24 MP
 

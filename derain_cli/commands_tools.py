@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from .bench import DEFAULT_VARIANTS, EXTRA_VARIANTS, BenchError, BenchInterrupted, bench_main
 from .cli import (
     attach_logging,
     complete_model,
@@ -23,21 +22,17 @@ from .cli import (
     say_error,
     weights_file_option,
 )
-from .export import (
-    DEFAULT_OPSET,
-    MIN_OPSET,
-    check_opset,
-    check_writable,
-    export_onnx,
-    is_stats_graph,
-    max_opset,
-    planned_outputs,
-    resolve_output,
-    stats_path,
-)
 from .fileio import FolderInUse, hold_files, remove_empty_folders
-from .quantize import DEFAULT_KEEP_FP32, min_photos
 from .terminal import DerainConsole
+from .tool_defaults import (  # torch-free: bench, export and quantize load PyTorch (their
+    CALIB_COUNT,  # --help and completion took 4 s: an audit), imported in the commands
+    DEFAULT_KEEP_FP32,
+    DEFAULT_OPSET,
+    DEFAULT_VARIANTS,
+    EXTRA_VARIANTS,
+    HELD_OUT_COUNT,
+    MIN_OPSET,
+)
 
 
 @contextlib.contextmanager
@@ -71,14 +66,16 @@ def export_cmd(
         "--weights", exists=True, callback=weights_file_option, show_default=False,
         help="Weights file of one's own instead of the published weights.")] = None,
     opset: Annotated[int, typer.Option(
-        "--opset", help=f"ONNX opset, {MIN_OPSET} to {max_opset()}.")] = DEFAULT_OPSET,
+        "--opset", help=f"ONNX opset, {MIN_OPSET} to the newest PyTorch's exporter knows "
+                        "(20 for torch 2.13).")] = DEFAULT_OPSET,
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="Export a randomly initialised network (no weights needed).")
     ] = False,
     int8: Annotated[Path | None, typer.Option(
         "--int8", exists=True, file_okay=False, show_default=False, metavar="CLEAN_DIR",
         help="Write a static int8 graph instead, calibrated on synthetic rain over these "
-             f"clean photos ({min_photos(1)} or more readable ones, {min_photos(0)} with "
+             f"clean photos ({CALIB_COUNT + HELD_OUT_COUNT} or more readable ones, "
+             f"{CALIB_COUNT} with "
              "--keep-fp32 0; unreadable ones are skipped; takes minutes).")] = None,
     keep_fp32: Annotated[int | None, typer.Option(
         "--keep-fp32", min=0, show_default=False,
@@ -101,6 +98,14 @@ def export_cmd(
     refuse_torchrun("export")
     from .data import DataError
     from .enhancer import DEFAULT_MODEL
+    from .export import (
+        check_opset,
+        check_writable,
+        export_onnx,
+        planned_outputs,
+        resolve_output,
+        stats_path,
+    )
     from .hub import WeightsUnavailable
     from .models import UnknownModelError, build_model
     from .weights import WeightsError, load_pretrained, model_from_file
@@ -202,6 +207,8 @@ def _check_held(planned: list[Path], stats: Path, overwrite: bool) -> None:
     """Refuse (exit 2) an output in the way: a folder where a graph goes, or without
     ``overwrite`` a graph there already; a statistics graph beside the target counts even
     for a network without one (the runner would pair it with the new graph, so it goes)."""
+    from .export import is_stats_graph
+
     held = [f for f in dict.fromkeys([*planned, stats]) if f.exists() or f.is_symlink()]
     for f in held:
         if f.is_dir():
@@ -279,6 +286,8 @@ def bench_cmd(
 ) -> None:
     """Measure inference speed, FLOP efficiency, bf16 quality and memory on this machine."""
     refuse_torchrun("bench")
+    from .bench import BenchError, BenchInterrupted, bench_main
+    from .export import check_writable
     if json_path is not None and str(json_path).startswith("-") and str(json_path) != "-":
         # --json takes a file: `--json --rss` ran without --rss and wrote a file "--rss"
         say_error(f"--json takes a file name (or '-' for stdout), not the option "

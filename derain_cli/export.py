@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from .fileio import atomic_write_group, missing_folders, remove_empty_folders
 from .onnx_backend import stats_path  # lives with the runner, which needs no torch
+from .tool_defaults import DEFAULT_OPSET, MIN_OPSET  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,10 @@ log = logging.getLogger(__name__)
 #: convs, PReLU as Max/Mul). 3: RDMC's 1x1 convs run before its upsamplings.
 GRAPH_VERSION = 3
 
-DEFAULT_OPSET = 17
-#: Opsets ``--opset`` accepts, checked before tracing: torch's TorchScript exporter
-#: supports up to its ``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20 in torch 2.13; above it
-#: only warns), and an opset it does not know (99) failed only after printing ~150 lines
-#: of Torch IR on stdout. 13 was ``--opset``'s minimum before.
-MIN_OPSET = 13
+# Opsets ``--opset`` accepts (MIN_OPSET, DEFAULT_OPSET: tool_defaults, for --help without
+# torch), checked before tracing: torch's TorchScript exporter supports up to its
+# ``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20 in torch 2.13; above it only warns), and an
+# opset it does not know (99) failed only after printing ~150 lines of Torch IR on stdout.
 
 
 def max_opset() -> int:

@@ -60,17 +60,18 @@ import numpy as np
 from torch import nn
 
 from .fast_path import Int8Damaged, Int8Unavailable, bundled_int8_files  # noqa: F401 - re-exported
+from .tool_defaults import CALIB_COUNT, DEFAULT_KEEP_FP32, HELD_OUT_COUNT
 
 log = logging.getLogger(__name__)
 
-#: Convolutions left in fp32 by default (the most sensitive first; see the module docstring).
-DEFAULT_KEEP_FP32 = 8
+# DEFAULT_KEEP_FP32 (convolutions left in fp32 by default, the most sensitive first; see the
+# module docstring), CALIB_COUNT and HELD_OUT_COUNT: tool_defaults, for --help without torch
 #: Calibration: crops of at most this size, this many photos.
-CALIB_SIZE, CALIB_COUNT = 320, 8
+CALIB_SIZE = 320  # (CALIB_COUNT: tool_defaults)
 #: Calibration crops smaller than this (px, either side) say little about real photos.
 MIN_CALIB_SIZE = 32
 #: Sensitivity ranking: held-out crops of this size, this many photos.
-HELD_OUT_SIZE, HELD_OUT_COUNT = 256, 4
+HELD_OUT_SIZE = 256  # (HELD_OUT_COUNT: tool_defaults)
 PERCENTILE = 99.999
 
 

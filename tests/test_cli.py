@@ -1791,7 +1791,8 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     # a Tab on the first word or on -m imports no PyTorch (the first word took 2 s: review)
     probe = ("import sys\nfrom derain_cli.cli import main\ntry:\n    main()\n"
              "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
-    for words in ("derain ", "derain -m s", "derain --"):
+    for words in ("derain ", "derain -m s", "derain --", "derain export --",  # (export's
+                  "derain bench -m "):  # and bench's took 4 s: an audit)
         env = {**os.environ, "_DERAIN_COMPLETE": "complete_bash", "COMP_WORDS": words,
                "COMP_CWORD": str(len(words.split(" ")) - 1)}
         ran = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,

@@ -580,7 +580,9 @@ def test_an_export_failing_for_want_of_disk_names_its_output(tiny_weights, tmp_p
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(commands_tools, "export_onnx", full)
+    from derain_cli import export
+
+    monkeypatch.setattr(export, "export_onnx", full)  # (imported by the command as it runs)
     out = tmp_path / "x.onnx"
     res = CliRunner().invoke(_app(), ["-o", str(out), "--weights", str(tiny_weights)])
     assert res.exit_code == 1 and f"{out}: [Errno 28] No space left" in " ".join(
