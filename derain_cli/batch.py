@@ -825,8 +825,9 @@ class BatchOptions:
     network runs (0: all in line); None: ``GPU_IO_WORKERS`` on a GPU, where decoding and
     encoding would otherwise leave it idle, and 0 on the CPU, whose cores the network
     already uses.
-    ``started``: when the run began (``time.time()``): with ``overwrite``, a result
-    written since then is another run's, left to it (None: when ``run_batch`` is called;
+    ``started``: when the run began (``time.time()``): a result written since then is
+    another run's, left to it with ``overwrite`` and said as its without (None: when
+    ``run_batch`` is called;
     the CLI sets it before its model loads, which on a GPU takes seconds in which a run
     started earlier writes results: a review).
     """
@@ -1310,7 +1311,7 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
                                   "replaces it (or delete it)")
             if _in_unmarked_folder(options):
                 return "skipped", EXISTS_UNMARKED
-            if options.started is not None and out.stat().st_mtime >= options.started:
+            if _written_since(out.stat().st_mtime, options.started):
                 return "skipped", CLAIMED  # written since this run started: another run's
                 # (counted as an earlier result, "--overwrite redoes them": an audit)
             return "skipped", "output exists"
@@ -1510,8 +1511,20 @@ def _done_by_another(job: Job, overwrite: bool, since: float | None) -> bool:
         there = os.stat(job.output) if job.output is not None else None
     except OSError:
         return False
-    return there is not None and (not overwrite or (since is not None
-                                                    and there.st_mtime >= since))
+    return there is not None and (not overwrite or _written_since(there.st_mtime, since))
+
+
+#: How far ahead of this machine's clock a file's time may be and still count as written
+#: now (a file system's coarser times: FAT's 2 s)
+_CLOCK_SLACK_S = 3.0
+
+
+def _written_since(mtime: float, since: float | None) -> bool:
+    """Whether a file with this modification time was written since ``since`` (this run's
+    start), by another run: not one dated in the future (another clock's: a server ahead,
+    a copy that kept its times), which --overwrite then never replaced and a rerun called
+    another run's (a review)."""
+    return since is not None and since <= mtime <= time.time() + _CLOCK_SLACK_S
 
 
 def _finish_left(left: Sequence[Job], derainer: Derainer | None, options: BatchOptions,

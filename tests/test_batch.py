@@ -1526,3 +1526,24 @@ def test_a_photo_too_large_for_memory_is_not_told_to_shrink_the_tile(tmp_path: P
     ((_, reason),) = s.failed
     assert reason.startswith("out of memory (Unable to allocate 2.19 GiB") and \
         "--max-pixels" in reason and "try a smaller --tile" not in reason, reason
+
+
+def test_a_result_dated_in_the_future_is_not_another_runs(tmp_path: Path, derainer) -> None:
+    """A result whose time is ahead of this clock (a server's clock ahead, a copy that kept
+    its times) was called another run's: skipped as "another derain run took it", and
+    --overwrite never replaced it (a review)."""
+    import time
+
+    from derain_cli.batch import CLAIMED
+
+    src = _img(tmp_path / "a.png")
+    out = tmp_path / "o"
+    run_batch(collect_inputs([str(src)]), derainer, BatchOptions(output=out))
+    ahead = time.time() + 3600
+    os.utime(out / "a.png", (ahead, ahead))
+    s = run_batch(collect_inputs([str(src)]), derainer,
+                  BatchOptions(output=out, started=time.time()))
+    assert [f.reason for f in s.files] == ["output exists"] and CLAIMED not in s.files[0].reason
+    s = run_batch(collect_inputs([str(src)]), derainer,
+                  BatchOptions(output=out, started=time.time(), overwrite=True))
+    assert s.processed == 1 and (out / "a.png").stat().st_mtime < ahead - 60
