@@ -178,21 +178,26 @@ def print_error(console: Console, message: str, rank: int = 0) -> None:
     console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(words)))
 
 
+def torchrun_refusal(command: str) -> str | None:
+    """Why ``command``, which runs as one process, cannot run here: started under torchrun
+    (WORLD_SIZE above 1), every process did the whole work and their outputs got in each
+    other's way (eval: two JSON documents; with --save one process refused as the other
+    held the folder, and the other was stopped halfway: an audit). None: it can. The main
+    job and train share their work between processes."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if not world.isdigit() or int(world) <= 1:
+        return None
+    return (f"derain {command} runs as one process, and WORLD_SIZE={world} says this is one "
+            "of several (torchrun's): run it without torchrun, or unset WORLD_SIZE (the "
+            "main job and train share their work between torchrun's processes)")
+
+
 def refuse_torchrun(command: str) -> None:
-    """Exit 2 for a command that runs as one process, started under torchrun (WORLD_SIZE
-    above 1): every process did the whole work and their outputs got in each other's way
-    (eval: two JSON documents; with --save one process refused as the other held the
-    folder, and the other was stopped halfway: an audit). The main job and train share
-    their work between processes."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return
-    if world > 1:
+    """Exit 2 where ``torchrun_refusal`` refuses ``command`` (said by rank 0 alone)."""
+    why = torchrun_refusal(command)
+    if why is not None:
         if os.environ.get("RANK", "0") == "0":
-            print_error(_stderr(), f"derain {command} runs as one process: run it without "
-                                   "torchrun (the main job and train share their work "
-                                   "between torchrun's processes)")
+            print_error(_stderr(), why)
         raise typer.Exit(2)
 
 
@@ -904,7 +909,7 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
             kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
                     and getattr(done, "world_size", 1) == 1 else "")
             how = "interrupted"
-            if _TERMINATED_BY and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+            if _TERMINATED_BY and torchrun_refusal("") is not None:  # (under torchrun)
                 how = ("stopped by a termination signal (torchrun sends one to every process "
                        "when one of them fails or is stopped: its report below says which)")
                 # (a worker killed with kill -9 read as a Ctrl-C: an audit)

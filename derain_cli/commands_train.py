@@ -30,6 +30,7 @@ from .cli import (
     print_error,
     refuse_torchrun,
     say_error,
+    torchrun_refusal,
     weights_file_option,
 )
 from .fileio import terminal_text
@@ -160,6 +161,7 @@ def _error_as_json(enabled: bool) -> Iterator[None]:
     Ctrl-C before its first result: stdout was empty, and a script reading it learnt only
     the exit status (an audit; the main command's summary has said its error since
     2026-12-07)."""
+    enabled = enabled and os.environ.get("RANK", "0") == "0"  # one answer under torchrun
     try:
         yield
     except KeyboardInterrupt as e:
@@ -653,7 +655,6 @@ def eval_cmd(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
-    refuse_torchrun("eval")
     from .evaluate import EvalInterrupted, evaluate
     from .plain_progress import count_progress
 
@@ -666,6 +667,11 @@ def eval_cmd(
         raise typer.BadParameter("-m identity scores the rainy photos themselves; it takes "
                                  "no --weights")
     with _errors(), _error_as_json(as_json):
+        refused = torchrun_refusal("eval")  # (inside: --json answers it, as README says)
+        if refused is not None:
+            from .errors import OptionError
+
+            raise OptionError(refused)
         if weights is not None:
             from .enhancer import Derainer
 

@@ -2441,8 +2441,12 @@ class _Run:
                 self.save_last()
             # the whole command, as the other hints give theirs (an audit)
             kind = "finetune" if "make_unlabeled" in self.hooks else "train"
-            runner = (f"torchrun --nproc-per-node {self.world} -m derain_cli" if self.world > 1
-                      else "derain")  # (pasted, it resumed on one process: an audit)
+            local_text = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+            local = int(local_text) if local_text.isdigit() else self.world
+            runner = ("derain" if self.world <= 1 else  # (pasted, it resumed on one
+                      f"torchrun --nproc-per-node {local} -m derain_cli" if local == self.world
+                      else "torchrun (the same nodes and options as before) -m derain_cli")
+            # process: an audit; several machines take their own torchrun options: a review)
             _say(f"interrupted at step {step}; checkpoint saved, continue with: {runner} "
                  f"{kind} -o {shlex.quote(str(self.out))} --resume"
                  + (" (the further stop signal waited for it)" if impatient else ""))
