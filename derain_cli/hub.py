@@ -26,6 +26,7 @@ read at import time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -397,7 +398,8 @@ def _sweep_incomplete(repo_dir: Path) -> None:
                     if e.name.endswith(".incomplete"):
                         if now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_S:
                             os.unlink(e.path)
-                    elif ".derain-kept-" in e.name and not _kept_by_live_process(e.name):
+                    elif ".derain-kept-" in e.name and not _kept_by_live_process(
+                            e.name, now - e.stat(follow_symlinks=False).st_mtime):
                         os.unlink(e.path)
                 except OSError:
                     pass
@@ -420,16 +422,24 @@ def _host_tag() -> str:
 _KEEPER = _host_tag()
 
 
-def _kept_by_live_process(name: str) -> bool:
-    """Whether a ``_SetAside`` copy (``BLOB.derain-kept-HOST-PID``) may be at work: its
-    process runs, or it is another machine's (a cache shared by several: a pid gone here
-    says nothing of theirs), or this is Windows (no harmless probe of a pid: ``os.kill``
-    ends the process there, a review). A pid reused by another process keeps a stale copy
+#: A set-aside copy of another machine (or on Windows) is taken for a leftover after this
+#: long: a --force download does not last a day
+KEPT_COPY_STALE_S = 86400.0
+
+
+def _kept_by_live_process(name: str, age: float = 0.0) -> bool:
+    """Whether a ``_SetAside`` copy (``BLOB.derain-kept-HOST-PID``, ``age`` seconds old)
+    may be at work: its process runs; or it is another machine's (a cache shared by
+    several, a container's: a pid gone here says nothing of theirs) or this is Windows (no
+    harmless probe of a pid: ``os.kill`` ends the process there, a review), and it is
+    younger than ``KEPT_COPY_STALE_S``. A pid reused by another process keeps a stale copy
     a while longer, no more."""
     tail = name.rpartition(".derain-kept-")[2]
     host, _, pid = tail.rpartition("-")
-    if not pid.isdigit() or (host and host != _KEEPER) or os.name == "nt":
-        return bool(pid.isdigit())  # (no pid at all: not one of ours, a leftover)
+    if not pid.isdigit():
+        return False  # not one of ours: a leftover
+    if (host and host != _KEEPER) or os.name == "nt":
+        return age < KEPT_COPY_STALE_S
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -472,6 +482,8 @@ class _SetAside:
                 os.link(real, keep)
             except OSError:  # a file system without hard links
                 shutil.copy2(real, keep)
+            with contextlib.suppress(OSError):  # dated now (a hard link bore the blob's
+                os.utime(keep)  # age, and the sweep took a live copy for a leftover)
         except OSError:  # a read-only cache: nothing can be overwritten there either
             return None
         return cls(entry, real, keep, sha)

@@ -194,7 +194,11 @@ def test_a_forced_download_keeps_an_old_good_copy_and_sweeps_dead_runs_copies(
     older = blob.with_name(f"{blob.name}.derain-kept-{dead.pid}")  # (before names had hosts)
     older.write_bytes(DATA)
     theirs = blob.with_name(f"{blob.name}.derain-kept-other-host-{dead.pid}")  # ... and one
-    theirs.write_bytes(DATA)  # of another machine sharing the cache: not ours to judge
+    theirs.write_bytes(DATA)  # of another machine sharing the cache: not ours to judge ...
+    gone = blob.with_name(f"{blob.name}.derain-kept-old-container-{dead.pid}")  # ... but a
+    gone.write_bytes(DATA)  # day old, a leftover (a container's: a review)
+    two_days = time.time() - 2 * 86400
+    os.utime(gone, (two_days, two_days))
     corrupt = bytearray(DATA)
     corrupt[1000] ^= 0xFF
     hub_server.add(REPO, COMMIT, FILE, bytes(corrupt), etag=SHA)
@@ -202,6 +206,7 @@ def test_a_forced_download_keeps_an_old_good_copy_and_sweeps_dead_runs_copies(
         _fetch(hub_server, tmp_path, force=True)
     assert path.read_bytes() == DATA
     assert not left.exists() and not older.exists() and theirs.exists()
+    assert not gone.exists()
 
 
 def test_a_killed_downloads_partial_file_is_swept_once_old(hub_server, tmp_path):
