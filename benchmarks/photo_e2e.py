@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-def _at_least_one(text: str) -> int:
-    """--repeats: 0 crashed on min() of nothing (an audit)."""
+def count(text: str) -> int:
+    """--repeats: 0 crashed on min() of nothing (an audit). Named as argparse says it."""
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
@@ -53,7 +53,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--megapixels", type=float, default=12.0)
-    ap.add_argument("--repeats", type=_at_least_one, default=2,
+    ap.add_argument("--repeats", type=count, default=2,
                     help="timed runs of each configuration, interleaved (best)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
@@ -139,7 +139,7 @@ def main() -> None:
                     help="model(s); default: the default. A value may carry its own derain "
                          "arguments, to compare settings: -m 'semi-drdnet-tiny "
                          "--stats-megapixels 0'")
-    ap.add_argument("--repeats", type=_at_least_one, default=1)
+    ap.add_argument("--repeats", type=count, default=1)
     ap.add_argument("--tree", type=Path, action="append", default=[],
                     help="also run each model from this source tree (e.g. a `git worktree` "
                          "of an older commit), interleaved with this one: an A/B of code")

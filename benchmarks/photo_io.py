@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from photo_e2e import make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from photo_e2e import count, make_photo  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 from derain_cli import images, tiling  # noqa: E402
 
@@ -62,7 +62,7 @@ def identity_runners() -> tuple[object, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megapixels", type=float, default=12.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=count, default=3)
     ap.add_argument("--quality", type=int, default=95)
     args = ap.parse_args(argv)
 
