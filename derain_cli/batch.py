@@ -1720,7 +1720,9 @@ def run_batch(
     options = options or BatchOptions()
     progress = progress or BatchProgress()
     dist = dist or DistInfo()
-    since = options.started if options.started is not None else time.time()
+    if options.started is None:  # now, for every check that reads it (_upfront's too: a
+        options = replace(options, started=time.time())  # library caller's was None: a review)
+    since = options.started
     jobs = plan_jobs(items, options)
     to_folder = options.output is not None and not _writes_one_file(options)
     created: list[Path] = []

@@ -666,12 +666,10 @@ def test_a_result_another_run_wrote_meanwhile_is_not_derained_again(
         return real_pass(*a, **kw)
 
     monkeypatch.setattr(derainer, "derain_array", other_run_writes_p2)
-    import time
-
     from derain_cli.batch import CLAIMED
 
-    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,
-                  BatchOptions(output=out, io_workers=io_workers, started=time.time() - 1))
+    s = run_batch(collect_inputs([str(tmp_path / "in")]), derainer,  # started: None, as a
+                  BatchOptions(output=out, io_workers=io_workers))  # library caller's (review)
     assert (s.processed, s.skipped, s.failed) == (2, 1, []) and len(passes) == 2
     assert (out / "p2.png").read_bytes() == b"the other run's result"
     # said as the other run's, not as an earlier result (an audit: "output exists")
