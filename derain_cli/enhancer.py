@@ -189,7 +189,9 @@ class Derainer:
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
         self.rain_angle = rain_angle  # and this
-        self._last = threading.local()  # last_rain_angle, each thread's own
+        self._last = threading.local()  # last_rain_angle, each thread's own ...
+        self._last_any: float | None = None  # ... and any thread's, for one that derained
+        # none itself (asyncio.to_thread derains in a worker, read in the caller: a review)
         canvas = 1.0 if self.rain_angle == _slant.AUTO else _slant.square_factor(
             self.rain_angle)  # a turned photo's work grows by about this (auto: unknown)
         scaled = workload_megapixels is not None and (self.ensemble > 1 or canvas > 1.0001)
@@ -377,13 +379,14 @@ class Derainer:
     @property
     def last_rain_angle(self) -> float | None:
         """The turn the last image this thread derained got (``rain_angle``'s, or the one
-        ``"auto"`` chose for it); None before the first. Each thread's own: threads sharing
+        ``"auto"`` chose for it); in a thread that derained none, the last any thread's
+        (``asyncio.to_thread``); None before the first. Each thread's own: threads sharing
         one Derainer read each other's (an audit)."""
-        return getattr(self._last, "angle", None)
+        return getattr(self._last, "angle", self._last_any)
 
     @last_rain_angle.setter
     def last_rain_angle(self, value: float | None) -> None:
-        self._last.angle = value
+        self._last.angle = self._last_any = value
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its settings (the engine it runs, the ones set since), rebuilt when

@@ -1151,6 +1151,11 @@ def test_auto_turns_each_photo_by_its_own_slant(tiny_weights, monkeypatch):
     worker.start()
     worker.join()
     assert seen == [0.0] and abs(d.last_rain_angle) == 90.0
+    other = []  # a thread that derained none reads the last any thread's (asyncio.to_thread
+    reader = threading.Thread(target=lambda: other.append(d.last_rain_angle))  # : a review)
+    reader.start()
+    reader.join()
+    assert other == [0.0]
     out = d.derain_array(upright)
     assert d.last_rain_angle == 0.0 and np.abs(out - 0.2).max() < 1e-4
     assert "rain_angle=auto" in repr(d)
