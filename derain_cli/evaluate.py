@@ -919,13 +919,14 @@ def _check_synth_output(out: Path, overwrite: bool, planned: set[str]) -> None:
     names and leave the rest, silently mixing two sets (two presets, two seeds); with
     ``overwrite``, refuse where older pairs would stay among the new ones. Refuse a folder
     holding another layout's pair set too: readers of the folder would refuse it."""
-    from .pairs import SUBFOLDER_LAYOUTS
+    from .pairs import SUBFOLDER_LAYOUTS, _find_subdir
 
-    for rainy, clean in SUBFOLDER_LAYOUTS:
-        if (rainy, clean) != ("rainy", "clean") and (out / rainy).is_dir() and \
-                (out / clean).is_dir():
-            raise SynthError(f"output folder {out} holds another set of pairs ({rainy}/ + "
-                             f"{clean}/); choose an empty or new folder")
+    for rainy, clean in SUBFOLDER_LAYOUTS if out.is_dir() else ():  # in any case, as the
+        r, c = _find_subdir(out, rainy), _find_subdir(out, clean)  # readers match (NoRain/ and
+        if r is not None and c is not None and (r.name, c.name) != ("rainy", "clean"):
+            # Rainy/ + Clean/ were missed, a second set written beside: a review)
+            raise SynthError(f"output folder {out} holds another set of pairs ({r.name}/ + "
+                             f"{c.name}/); choose an empty or new folder")
     if overwrite:
         older = _older_pairs(out, planned)
         if older:

@@ -470,6 +470,15 @@ def test_synth_overwrite_never_leaves_an_older_set_mixed_in(clean_dir, tmp_path)
     (tmp_path / "o" / "norain").mkdir()
     with pytest.raises(ValueError, match=r"holds another set of pairs \(rain/ \+ norain/\)"):
         E.synth_pairs(clean_dir, tmp_path / "o", count=1)
+    # in any case, as the readers match folder names (Rain/ + NoRain/, and synth's own
+    # layout as Rainy/ + Clean/, got a second set written beside: a review)
+    for rainy, clean in (("Rain", "NoRain"), ("Rainy", "Clean")):
+        (tmp_path / rainy / rainy).mkdir(parents=True)
+        (tmp_path / rainy / clean).mkdir()
+        with pytest.raises(ValueError, match=f"holds another set of pairs \\({rainy}/ \\+ "
+                                             f"{clean}/\\)"):
+            E.synth_pairs(clean_dir, tmp_path / rainy, count=1)
+        assert not (tmp_path / rainy / "rainy").exists()
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32])
