@@ -702,6 +702,8 @@ def test_a_ctrl_c_while_a_subcommand_loads_says_interrupted(tmp_path: Path) -> N
 #: the extension's init swallows the KeyboardInterrupt and fails with an ImportError
 _CTRL_C_IN_AN_IMPORT = """
 import builtins, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (a job started in the background
+# inherits SIGINT ignored, and Python then leaves it so: CI's nohup ... &)
 real = builtins.__import__
 def imp(name, globals=None, locals=None, fromlist=(), level=0):
     if name == os.environ["CUT"] and (level or name == "torch"):
@@ -757,7 +759,8 @@ def test_the_stop_watch_reads_other_signals_and_keeps_one_pipe() -> None:
     """The pipe holds a byte for every signal with a Python handler: one without a SIGINT
     among them (a DataLoader's SIGCHLD) raised ValueError, and each main() opened another
     pipe (a review)."""
-    code = ("import os, signal\nfrom derain_cli import cli\ncli._watch_stops()\n"
+    code = ("import os, signal\nfrom derain_cli import cli\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\ncli._watch_stops()\n"
             "signal.signal(signal.SIGUSR1, lambda *a: None)\n"
             "os.kill(os.getpid(), signal.SIGUSR1)\n"
             "print(cli.interrupted_import(ImportError('x')))\n"

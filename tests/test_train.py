@@ -450,9 +450,12 @@ def test_a_preset_mixture_trains(data, tmp_path):
 
 def test_threads_option_sets_the_cpu_threads(data, tmp_path):
     before = torch.get_num_threads()
+    seen: list[int] = []
     try:
-        T.train(_cfg(data, tmp_path / "t", steps=1, threads=2))
-        assert torch.get_num_threads() == 2
+        T.train(_cfg(data, tmp_path / "t", steps=1, threads=2),
+                _hooks={"after_step": lambda step: seen.append(torch.get_num_threads())})
+        assert seen == [2]  # while it trains; the caller's count put back after
+        assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
     with pytest.raises(T.TrainError, match="--threads must be at least 1"):
