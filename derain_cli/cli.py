@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -178,15 +178,21 @@ def print_error(console: Console, message: str, rank: int = 0) -> None:
     console.print(Text(f"{prefix}error: ", style="bold red") + Text(terminal_text(words)))
 
 
+def _under_torchrun() -> bool:
+    """Whether this process is one of several (WORLD_SIZE above 1: torchrun's)."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    return world.isdigit() and int(world) > 1
+
+
 def torchrun_refusal(command: str) -> str | None:
     """Why ``command``, which runs as one process, cannot run here: started under torchrun
     (WORLD_SIZE above 1), every process did the whole work and their outputs got in each
     other's way (eval: two JSON documents; with --save one process refused as the other
     held the folder, and the other was stopped halfway: an audit). None: it can. The main
     job and train share their work between processes."""
-    world = os.environ.get("WORLD_SIZE", "1").strip()
-    if not world.isdigit() or int(world) <= 1:
+    if not _under_torchrun():
         return None
+    world = os.environ["WORLD_SIZE"].strip()
     return (f"derain {command} runs as one process, and WORLD_SIZE={world} says this is one "
             "of several (torchrun's): run it without torchrun, or unset WORLD_SIZE (the "
             "main job and train share their work between torchrun's processes)")
@@ -897,24 +903,27 @@ def _friendly_errors(console: Console, debug: bool, rank: int = 0,
                 raise
             print_error(console, _friendly_message(e), rank)
             raise typer.Exit(1) from None
-        _ignore_further_stops()
-        if rank == 0:
-            console.print(f"\ninterrupted; run the same command again {again}")
-        raise typer.Exit(130) from None
+        _say_stopped(console, rank, again, None)
     except KeyboardInterrupt as stop:
-        _ignore_further_stops()
-        if rank == 0:  # under torchrun every process gets the Ctrl-C: one says so
-            done = getattr(stop, "summary", None)  # a batch's (BatchInterrupted); one
-            # process's count only under torchrun, so none said there
-            kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
-                    and getattr(done, "world_size", 1) == 1 else "")
-            how = "interrupted"
-            if _TERMINATED_BY and torchrun_refusal("") is not None:  # (under torchrun)
-                how = ("stopped by a termination signal (torchrun sends one to every process "
-                       "when one of them fails or is stopped: its report below says which)")
-                # (a worker killed with kill -9 read as a Ctrl-C: an audit)
-            console.print(f"\n{how}; {kept}run the same command again {again}")
-        raise typer.Exit(130) from None
+        _say_stopped(console, rank, again, getattr(stop, "summary", None))
+
+
+def _say_stopped(console: Console, rank: int, again: str, done: Any) -> NoReturn:
+    """``_friendly_errors``' end of a stopped command: what was kept and how to go on, said
+    by rank 0 (under torchrun every process gets the Ctrl-C), exit 130. ``done``: a batch's
+    summary (``BatchInterrupted``), or None."""
+    _ignore_further_stops()
+    if rank == 0:
+        kept = (f"{done.processed} photo(s) derained and kept; " if done is not None
+                and getattr(done, "world_size", 1) == 1 else "")  # (one process's count
+        # only under torchrun: none said there)
+        how = "interrupted"
+        if _TERMINATED_BY and _under_torchrun():
+            how = ("stopped by a termination signal (torchrun sends one to every process "
+                   "when one of them fails or is stopped: its report below says which)")
+            # (a worker killed with kill -9 read as a Ctrl-C: an audit)
+        console.print(f"\n{how}; {kept}run the same command again {again}")
+    raise typer.Exit(130) from None
 
 
 def _stopped_on(e: Exception, said: list[str]) -> str:
@@ -2166,13 +2175,23 @@ def _unhandled_interrupt(e: BaseException) -> bool:
 
 
 def _pay_json_owed() -> None:
-    """The main job's ``--json`` summary (interrupted, nothing done) where it was stopped
-    before it could print one: in its first second, while its modules loaded, a Ctrl-C or
-    SIGTERM left stdout empty for the script reading it (an audit)."""
+    """The ``--json`` answer a command owes (``owe_json``: the main job's summary or eval's
+    result, interrupted, nothing done) where it was stopped before it could print one: in
+    its first second, while its modules loaded, a Ctrl-C or SIGTERM left stdout empty for
+    the script reading it (an audit)."""
     owed, _STATE.json_owed = _STATE.json_owed, None
     if owed:
         with contextlib.suppress(OSError):
             typer.echo(owed)
+
+
+def _exit_interrupted() -> NoReturn:
+    """The end of a stop no command handled: the owed --json, "interrupted", 130 (or the
+    termination signal's status)."""
+    _ignore_further_stops()
+    _pay_json_owed()
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -2190,16 +2209,10 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(128 + _TERMINATED_BY[0])
         raise
     except KeyboardInterrupt:
-        _ignore_further_stops()
-        _pay_json_owed()
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
+        _exit_interrupted()
     except Exception as e:  # errors of lazily loaded subcommands
         if interrupted_import(e):  # a Ctrl-C while one of their modules loaded
-            _ignore_further_stops()
-            _pay_json_owed()
-            print("\ninterrupted", file=sys.stderr)
-            sys.exit(128 + _TERMINATED_BY[0] if _TERMINATED_BY else 130)
+            _exit_interrupted()
         debug = _STATE.debug or "--debug" in (argv if argv is not None else sys.argv[1:])
         if isinstance(e, BrokenPipeError) and not debug and stdout_gone():
             silence_stdout()  # the reader went away: quiet (see BROKEN_PIPE_STATUS)

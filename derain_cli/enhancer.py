@@ -81,6 +81,15 @@ def tiling_record(net: nn.Module) -> dict[str, int]:
     return {"overlap": default_overlap(net), "min_tile": int(getattr(net, "min_tile", 0))}
 
 
+def check_strength(value: object) -> float:
+    """``strength`` as a float, or ``OptionError``: a number from 0 to 1 (``Derainer``'s
+    setter, and ``evaluate`` before it decodes any pair)."""
+    if (isinstance(value, bool) or not isinstance(value, _REAL)
+            or not 0.0 <= value <= 1.0):  # NaN fails this too
+        raise OptionError(f"strength must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
 class Derainer:
     """Derain images with a registered model or a weights file.
 
@@ -371,10 +380,7 @@ class Derainer:
 
     @strength.setter
     def strength(self, value: float) -> None:
-        if (isinstance(value, bool) or not isinstance(value, _REAL)
-                or not 0.0 <= value <= 1.0):  # NaN fails this too
-            raise OptionError(f"strength must be a number from 0 to 1, not {value!r}")
-        self._strength = float(value)
+        self._strength = check_strength(value)
 
     @property
     def last_rain_angle(self) -> float | None:

@@ -202,11 +202,9 @@ def _check_rain_angle(model: Any, rain_angle: object) -> float | str:
 def _check_strength(model: Any, strength: object) -> None:
     """``OptionError`` for a strength ``evaluate`` cannot use with ``model``, before any pair
     is decoded, like ``_check_ensemble``."""
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not (
-            0.0 <= strength <= 1.0):  # NaN too
-        raise OptionError(f"strength must be a number from 0 (the rainy photo as it is) to 1 "
-                          f"(all of the rain removal), not {strength!r}")
-    if strength != 1.0:
+    from .enhancer import check_strength
+
+    if check_strength(strength) != 1.0:
         _refuse_option(model, f"strength={strength:g}",
                        "the identity scores the rainy photos as they are: leave --strength "
                        "at 1 (strength=1 in Python)", "Derainer(strength=S) mixes them")

@@ -2525,7 +2525,7 @@ class _Run:
                      + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
                      + (" of the weights in float32 (the file's rounding moves it a little: "
                         "derain eval scores the file)" if last_val and dtype != "float32"
-                        else "")  # (0.08 dB apart on a short finetune: an audit)
+                        else "")  # (it passed for the file's: an audit)
                      + (f" (the starting model: {start:.2f} dB)"
                         if last_val and start is not None and step else ""))
                 quoted = shlex.quote(str(weights_path))  # pasted as printed (an audit)
