@@ -444,6 +444,18 @@ def _mist(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(field, 0.0, 1.0)
 
 
+def _is_gray(img: np.ndarray) -> bool:
+    """True for an HxWx3 image whose three channels are equal everywhere."""
+    return bool(img.ndim == 3 and img.shape[2] == 3
+                and np.array_equal(img[..., 0], img[..., 1])
+                and np.array_equal(img[..., 1], img[..., 2]))
+
+
+def _neutral(rgb: tuple[float, float, float]) -> np.ndarray:
+    """The grey of the same brightness as ``rgb``: its channels' mean, thrice."""
+    return np.full(3, float(np.mean(rgb)), np.float32)
+
+
 def synthesize(
     clean: np.ndarray,
     params: RainParams | str = "mixed",
@@ -472,6 +484,11 @@ def synthesize(
     wherever there is no haze, and is negative only where the veil's light ``A`` is darker
     than the scene (bright highlights under heavy haze), which is what happens
     physically and is small in practice because ``A`` is a bright grey.
+
+    A grayscale photo (all three channels equal) gets grey rain and a grey veil (the
+    means of ``tint`` and ``atmospheric_light``), so ``rainy`` stays grayscale: a tinted
+    rainy image beside its grey clean one is a pair of unlike images, which eval and
+    train warn about.
     """
     rng = np.random.default_rng(seed)
     clean_f = to_float(clean)
@@ -501,7 +518,8 @@ def synthesize(
     if p.blur > 0:
         clear = cv2.GaussianBlur(clear, (0, 0), p.blur)
 
-    tint = np.asarray(p.tint, np.float32)
+    gray = _is_gray(clean_f)
+    tint = _neutral(p.tint) if gray else np.asarray(p.tint, np.float32)
     if p.blend == "add":  # rainy = clean + R (clipped below), R = tint * (1 - clear)
         rainy = (1.0 - clear)[..., None] * tint
         rainy += clean_f
@@ -518,7 +536,8 @@ def synthesize(
             mist = np.float32(p.accumulation) * _mist(h, w, rng)
             t = 1.0 - (1.0 - t) * (1.0 - mist)
         t = t[..., None]
-        a = np.asarray(p.atmospheric_light, np.float32)
+        a = (_neutral(p.atmospheric_light) if gray
+             else np.asarray(p.atmospheric_light, np.float32))
         rainy *= 1.0 - t
         rainy += a * t
 

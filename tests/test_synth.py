@@ -130,12 +130,31 @@ def test_streaks_are_thin_and_semi_transparent(clean: np.ndarray) -> None:
 
 
 def test_streaks_are_neutral_or_bluish() -> None:
-    grey = np.full((H, W, 3), 0.4, np.float32)
+    # a colour photo (one grey level off in red): a grey one gets grey rain (below)
+    grey = np.full((H, W, 3), 0.4, np.float32) + np.array([0.004, 0, 0], np.float32)
     for seed in range(5):
         _, layer = synthesize(grey, "mixed", seed=seed)
         r, g, b = (float(layer[..., i].mean()) for i in range(3))
         assert b >= g >= r - 1e-6
         assert r > 0.75 * b  # no more than slightly blue
+
+
+@pytest.mark.parametrize("params", ["light", "veiled", "storm", "mixed"])
+def test_a_grayscale_photo_gets_grey_rain(clean: np.ndarray, params: str) -> None:
+    """Rain over a grayscale photo stays grayscale (eval and train warned that synth's
+    own pairs held one grey and one colour image: an audit); a colour photo's rain keeps
+    its tint, drawn the same (the same seed, the same streaks)."""
+    gray = np.repeat(clean.mean(axis=2, keepdims=True), 3, axis=2)
+    for seed in range(3):
+        rainy, layer = synthesize(gray, params, seed=seed)
+        assert np.array_equal(rainy[..., 0], rainy[..., 1])
+        assert np.array_equal(rainy[..., 1], rainy[..., 2])
+        assert layer.max() > 0.05  # rain was drawn
+        lit = layer.mean(axis=2) > 0.02
+        _, colour = synthesize(gray + np.array([0.002, 0, 0], np.float32), params, seed=seed)
+        assert (colour[..., 2] - colour[..., 0])[lit].mean() > 1e-4
+        # the same streaks, only greyed: the colour photo's rain luma is about the same
+        assert np.abs(colour.mean(axis=2) - layer.mean(axis=2)).max() < 0.03
 
 
 @pytest.mark.parametrize("angle", [0.0, 20.0, -20.0, 35.0])
