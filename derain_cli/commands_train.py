@@ -581,12 +581,23 @@ def grow_cmd(
     (RDMC's added recursions: close): a start for derain train --weights FILE."""
     refuse_torchrun("grow")
     from .grow import GrowError, grow_file
+    from .plain_progress import count_progress
 
     with _errors():
-        try:
-            r = grow_file(source, to, out, seed=seed, overwrite=overwrite, calibration=calib)
-        except GrowError as e:
-            raise _usage_error(str(e)) from None
+        with contextlib.ExitStack() as bar:  # the bar goes before the last lines
+            done: Callable[[int], None] | None = None
+
+            def on_step(k: int, total: int) -> None:  # known from the first call
+                nonlocal done
+                if done is None:
+                    done = bar.enter_context(count_progress("growing", total, True))
+                done(k)
+
+            try:
+                r = grow_file(source, to, out, seed=seed, overwrite=overwrite,
+                              calibration=calib, on_step=on_step)
+            except GrowError as e:
+                raise _usage_error(str(e)) from None
         how = ("the same output" if r.exact else
                "not the same output: RDMC's added recursion reuses its weights")
         _err.print(f"{r.source} ({r.source_params / 1e6:.2f} M parameters) grown into "

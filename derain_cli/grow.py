@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,8 @@ def _place(old: torch.Tensor, init: torch.Tensor, net: nn.Module, name: str) -> 
 
 def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
                  calibration: list[np.ndarray] | None = None,
-                 calibrate: bool = True) -> nn.Module:
+                 calibrate: bool = True,
+                 on_image: Callable[[int, int], None] | None = None) -> nn.Module:
     """``src`` grown into the (wider, deeper) ``target_config`` of its architecture.
 
     New parameters take the target's own initialisation drawn with ``seed``; the new
@@ -179,7 +181,8 @@ def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
     photos; None: procedural scenes), unless ``calibrate`` is False (they keep the
     defaults, mean 0 and variance 1, as grow left them before 2026-12-04: what a recipe
     of that time ran); see the module docstring for what keeps the function. Returns the
-    grown network in eval mode.
+    grown network in eval mode. ``on_image(k, total)``: told as each calibration image is
+    used (that pass is most of grow's time on a CPU).
     """
     if not isinstance(src, SemiDRDNet | RDMC):
         raise GrowError(f"cannot grow a {type(src).__name__}")
@@ -221,11 +224,16 @@ def grow_network(src: nn.Module, target_config: Any, seed: int = 0,
             fresh[name.removesuffix(".running_mean")] = mask
     dst.load_state_dict(state)
     if calibrate and any(bool(m.any()) for m in fresh.values()):
-        _calibrate(dst, fresh, calibration_images(calibration, seed=seed))
+        _calibrate(dst, fresh, calibration_images(calibration, CALIBRATION_COUNT, seed=seed),
+                   on_image)
     return dst.eval()
 
 
-def calibration_images(photos: list[np.ndarray] | None = None, count: int = 8,
+#: How many rainy crops set a grown network's new BatchNorm statistics
+CALIBRATION_COUNT = 8
+
+
+def calibration_images(photos: list[np.ndarray] | None = None, count: int = CALIBRATION_COUNT,
                        size: int = 128, seed: int = 0) -> list[np.ndarray]:
     """``count`` rainy ``size`` px crops (HxWx3 float32) for BatchNorm statistics: crops
     of ``photos`` (HxWx3 uint8) under synthetic rain, or procedural scenes (gradients,
@@ -260,8 +268,8 @@ def calibration_images(photos: list[np.ndarray] | None = None, count: int = 8,
     return out
 
 
-def _calibrate(net: nn.Module, fresh: dict[str, torch.Tensor],
-               images: list[np.ndarray]) -> None:
+def _calibrate(net: nn.Module, fresh: dict[str, torch.Tensor], images: list[np.ndarray],
+               on_image: Callable[[int, int], None] | None = None) -> None:
     """Estimate the running statistics of the ``fresh`` entries (BatchNorm name -> mask)
     as a from-scratch network's would be (``train.recalibrate_batchnorm``: batch
     statistics averaged over ``images``); every other entry keeps its value."""
@@ -270,7 +278,7 @@ def _calibrate(net: nn.Module, fresh: dict[str, torch.Tensor],
     norms = {n: m for n, m in net.named_modules() if isinstance(m, _BatchNorm)}
     kept = {n: (m.running_mean.clone(), m.running_var.clone(),
                 m.num_batches_tracked.clone()) for n, m in norms.items()}
-    recalibrate_batchnorm(net, images, torch.device("cpu"))
+    recalibrate_batchnorm(net, _counted(images, on_image), torch.device("cpu"))
     for n, m in norms.items():
         mean, var, batches = kept[n]
         new = fresh.get(n, torch.zeros_like(mean, dtype=torch.bool))
@@ -278,6 +286,15 @@ def _calibrate(net: nn.Module, fresh: dict[str, torch.Tensor],
         m.running_var.copy_(torch.where(new, m.running_var, var))
         m.num_batches_tracked.copy_(batches)
     net.eval()
+
+
+def _counted(images: list[np.ndarray], on_image: Callable[[int, int], None] | None,
+             ) -> Iterator[np.ndarray]:
+    """``images`` one by one, ``on_image(k, total)`` told after the k-th is used."""
+    for k, img in enumerate(images, 1):
+        yield img
+        if on_image is not None:
+            on_image(k, len(images))
 
 
 def _probe(seed: int) -> torch.Tensor:
@@ -346,13 +363,15 @@ def _load_source(source: str) -> tuple[nn.Module, str, str]:
 
 def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 0,
               overwrite: bool = False, calibration: str | os.PathLike[str] | None = None,
-              ) -> GrowResult:
+              on_step: Callable[[int, int], None] | None = None) -> GrowResult:
     """Grow ``source`` (a registered model's published weights, or a weights file) into
     the registered model ``to`` and write it to ``out`` (safetensors; fp16 when that is
     exact for the source's tensors, as for the bundles, else fp32). ``calibration``: a
     folder of photos whose rainy crops set the new BatchNorm statistics (default:
     procedural scenes; ``"none"``: leave them at their defaults). The agreement reported
-    is that of the file as written."""
+    is that of the file as written. ``on_step(k, total)``: progress over the calibration
+    images and the agreement check (tens of seconds on a CPU: grow was silent, an audit).
+    """
     from .fileio import why_unwritable
     from .weights import model_from_file, save_weights
 
@@ -381,8 +400,11 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     if config_from_dict(arch, config_to_dict(spec.config)) == src.cfg:
         log.warning("%s already is %s's size: the file written is a copy of its weights",
                     label, to)  # it said "grown into" alone (an audit)
+    total = (CALIBRATION_COUNT if calibrate else 0) + 1  # + the agreement check
+    step = on_step or (lambda k, n: None)
+    step(0, total)
     grown = grow_network(src, spec.config, seed=seed, calibration=photos,
-                         calibrate=calibrate)
+                         calibrate=calibrate, on_image=lambda k, n: step(k, total))
     exact = not (isinstance(src, RDMC) and grown.cfg.stages != src.cfg.stages)
     stats = ("left at their defaults" if not calibrate else
              f"from {calibration or 'procedural scenes'}")
@@ -398,6 +420,7 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
 
         raise WeightsError(f"cannot write {out}: {e.strerror or e}") from None
     diff, db = agreement(src, model_from_file(out), seed)
+    step(total, total)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     return GrowResult(weights=out, source=label, target=to, source_params=count(src),
                       target_params=count(grown), exact=exact, max_abs_diff=diff,

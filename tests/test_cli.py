@@ -1920,6 +1920,17 @@ def test_a_logs_last_failure_comes_before_the_line_that_counts_it(
     assert failed < counted, r.stderr
 
 
+def test_grow_shows_progress_then_says_what_it_wrote(tmp_path: Path) -> None:
+    """grow was silent for its tens of seconds on a CPU (an audit): off a terminal its
+    count comes before the closing lines."""
+    r = derain("grow", "semi-drdnet-tiny", "--to", "semi-drdnet-fast", "--calib", "none",
+               "-o", tmp_path / "g.safetensors")
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("growing 1/1 "), r.stderr
+    assert "grown into semi-drdnet-fast" in lines[1], r.stderr
+
+
 @pytest.mark.parametrize("command", [["eval", "DATA", "-m", "identity"], ["synth", "DATA"],
                                      ["export", "-m", "semi-drdnet-tiny"],
                                      ["download", "semi-drdnet-tiny"],

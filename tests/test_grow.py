@@ -168,7 +168,10 @@ def test_a_file_of_fp32_weights_grows_into_fp32_and_the_agreement_is_the_files(
     src_file = tmp_path / "mine.safetensors"
     save_weights(_trained_like(small), src_file, name="semi-drdnet-tiny", arch="semi-drdnet",
                  config=small.cfg, dtype=torch.float32)
-    r = grow_file(str(src_file), "semi-drdnet-lite", tmp_path / "g.safetensors")
+    steps: list[tuple[int, int]] = []  # grow was silent for its tens of seconds (an audit)
+    r = grow_file(str(src_file), "semi-drdnet-lite", tmp_path / "g.safetensors",
+                  on_step=lambda k, n: steps.append((k, n)))
+    assert steps == [(k, 9) for k in range(10)], steps  # 8 calibration crops, the check
     assert r.max_abs_diff < 1e-5
     from safetensors import safe_open
 
