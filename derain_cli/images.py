@@ -440,7 +440,7 @@ def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:
     survive byte for byte. The embedded thumbnail shows the unprocessed, unrotated photo, so
     keeping it would make file browsers show the rain (sideways) -- it is unlinked.
     ``turned`` (the pixels were turned by 90 degrees): the Exif IFD's PixelXDimension and
-    PixelYDimension are swapped to match them.
+    PixelYDimension, and IFD0's ImageWidth and ImageLength, are swapped to match them.
     """
     body = exif[len(_EXIF_HEADER):] if exif.startswith(_EXIF_HEADER) else exif
     if len(body) < 8 or body[:2] not in (b"II", b"MM"):
@@ -461,12 +461,45 @@ def _reset_exif_orientation(exif: bytes, turned: bool = False) -> bytes | None:
         entry, typ, _ = ifd0_values[_ORIENTATION]
         struct.pack_into(e + _SHORT_LONG[typ], buf, entry + 8, 1)
     struct.pack_into(e + "I", buf, next_ifd, 0)
-    if turned and _EXIF_IFD in ifd0_values:  # width and height follow the turned pixels
-        _swap_pixel_dimensions(buf, e, ifd0_values[_EXIF_IFD][2])
+    if turned:  # width and height follow the turned pixels
+        _swap_pixel_dimensions(buf, e, ifd0, _IMAGE_WIDTH, _IMAGE_LENGTH)
+        if _EXIF_IFD in ifd0_values:
+            _swap_pixel_dimensions(buf, e, ifd0_values[_EXIF_IFD][2])
     return _EXIF_HEADER + bytes(buf)
 
 
+def _readable_exif(raw: bytes, turned: bool, path: object) -> bytes | None:
+    """The tags Pillow can read of an EXIF block too damaged to patch in place (an IFD
+    whose entry count runs past its end: the whole block was dropped in silence, an
+    audit), written again with Orientation 1 (and sizes swapped where ``turned``); None
+    when nothing can be read. Said either way: the maker note may not survive."""
+    kept = None
+    try:
+        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data" was said on reading
+            warnings.simplefilter("ignore")
+            parsed = Image.Exif()
+            parsed.load(raw)
+            if _ORIENTATION in parsed:
+                parsed[_ORIENTATION] = 1
+            if turned:
+                for ifd, x, y in ((parsed, _IMAGE_WIDTH, _IMAGE_LENGTH),
+                                  (parsed.get_ifd(_EXIF_IFD), _PIXEL_X, _PIXEL_Y)):
+                    if x in ifd and y in ifd:
+                        ifd[x], ifd[y] = ifd[y], ifd[x]
+            if any(tag != _ORIENTATION for tag in parsed):
+                kept = parsed.tobytes()
+    except Exception:  # noqa: BLE001 - nothing readable: left out, as said below
+        kept = None
+    if kept is None:
+        log.warning("%s: the EXIF metadata is damaged and cannot be read; left out", path)
+    else:
+        log.warning("%s: the EXIF metadata is damaged; the tags that could be read are kept",
+                    path)
+    return kept
+
+
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y, _MAKER_NOTE = 0x8769, 0xA002, 0xA003, 0x927C
+_IMAGE_WIDTH, _IMAGE_LENGTH, _X_RESOLUTION = 0x0100, 0x0101, 0x011A
 #: the TIFF field types that hold one integer in an IFD entry: SHORT (as the standard says
 #: for orientation) and LONG (seen in the wild)
 _SHORT_LONG = {3: "H", 4: "I"}
@@ -489,13 +522,15 @@ def _single_values(buf: bytearray, e: str, ifd: int) -> dict[int, tuple[int, int
     return found
 
 
-def _swap_pixel_dimensions(buf: bytearray, e: str, exif_ifd: int) -> None:
-    """Swap PixelXDimension and PixelYDimension in the Exif IFD at ``exif_ifd``, in place;
-    nothing when either is missing. Each keeps its own type where the other's value fits."""
-    found = _single_values(buf, e, exif_ifd)
-    if _PIXEL_X not in found or _PIXEL_Y not in found:
+def _swap_pixel_dimensions(buf: bytearray, e: str, ifd: int, x_tag: int = _PIXEL_X,
+                           y_tag: int = _PIXEL_Y) -> None:
+    """Swap the width and height tags (the Exif IFD's PixelXDimension and PixelYDimension,
+    or IFD0's ImageWidth and ImageLength) in the IFD at ``ifd``, in place; nothing when
+    either is missing. Each keeps its own type where the other's value fits."""
+    found = _single_values(buf, e, ifd)
+    if x_tag not in found or y_tag not in found:
         return
-    (ex, tx, vx), (ey, ty, vy) = found[_PIXEL_X], found[_PIXEL_Y]
+    (ex, tx, vx), (ey, ty, vy) = found[x_tag], found[y_tag]
     if (tx == 3 and vy > 0xFFFF) or (ty == 3 and vx > 0xFFFF):
         return
     for entry, typ, value in ((ex, tx, vy), (ey, ty, vx)):
@@ -809,6 +844,8 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
         raw_exif = im.info.get("exif") or tiff_exif or png_exif
         exif = (_reset_exif_orientation(raw_exif, turned=orientation >= 5)
                 if isinstance(raw_exif, bytes) else None)
+        if exif is None and isinstance(raw_exif, bytes) and raw_exif.strip(b"\0"):
+            exif = _readable_exif(raw_exif, orientation >= 5, p)
         xmp = _read_xmp(im, fmt, turned=orientation >= 5)
         text = _png_text(im, without_exif=png_exif is not None) if fmt == "PNG" else None
         png_colour = _png_colour(im) if fmt == "PNG" else None
@@ -821,6 +858,10 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
             dpi = _clean_dpi(im.info.get("dpi"))
+        if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and \
+                _X_RESOLUTION not in im.getexif():
+            dpi = None  # Pillow's stand-in of 72 dpi (a JPEG with EXIF, no resolution in
+            # it, its JFIF an aspect ratio): written out as if the photo said it (an audit)
         if dpi is not None and orientation >= 5:  # rotated by 90 degrees
             dpi = (dpi[1], dpi[0])
 
@@ -1026,8 +1067,10 @@ _XMP_ORIENTATION = re.compile(
     rb'(tiff:Orientation\s*=\s*["\'])[1-8](["\'])|(<tiff:Orientation>)\s*[1-8]\s*(</tiff:Orientation>)')
 
 
-#: XMP's pixel sizes, attributes or elements: their X and Y swap with a quarter turn
+#: XMP's pixel sizes, attributes or elements: their X and Y swap with a quarter turn, as
+#: do tiff:ImageWidth and tiff:ImageLength
 _XMP_PIXEL_SIZE = re.compile(rb"(exif:Pixel)([XY])(Dimension)")
+_XMP_IMAGE_SIZE = re.compile(rb"(tiff:Image)(Width|Length)\b")
 
 
 def _read_xmp(im: Image.Image, fmt: str, turned: bool = False) -> bytes | None:
@@ -1052,6 +1095,8 @@ def _read_xmp(im: Image.Image, fmt: str, turned: bool = False) -> bytes | None:
     if turned:
         raw = _XMP_PIXEL_SIZE.sub(
             lambda m: m.group(1) + (b"Y" if m.group(2) == b"X" else b"X") + m.group(3), raw)
+        raw = _XMP_IMAGE_SIZE.sub(
+            lambda m: m.group(1) + (b"Length" if m.group(2) == b"Width" else b"Width"), raw)
     return raw
 
 

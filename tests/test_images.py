@@ -512,7 +512,8 @@ def test_xmp_pixel_sizes_turn_with_the_pixels(tmp_path: Path) -> None:
     kept, so the two blocks disagreed (an audit)."""
     xmp = _XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="6" xmlns:exif="http://ns.'
                        b'adobe.com/exif/1.0/" exif:PixelXDimension="%d" exif:PixelYDimension='
-                       b'"%d"' % (W, H)) + b"<exif:PixelXDimension>%d</exif:PixelXDimension>" % W
+                       b'"%d" tiff:ImageWidth="%d" tiff:ImageLength="%d"' % (W, H, W, H)
+                       ) + b"<exif:PixelXDimension>%d</exif:PixelXDimension>" % W
     exif = Image.Exif()
     exif[274] = 6
     img = Image.fromarray(_rng().integers(0, 256, (H, W, 3), dtype=np.uint8))
@@ -521,8 +522,10 @@ def test_xmp_pixel_sizes_turn_with_the_pixels(tmp_path: Path) -> None:
     turned = read_image(tmp_path / "turned.jpg").xmp
     assert b'exif:PixelYDimension="%d" exif:PixelXDimension="%d"' % (W, H) in turned
     assert b"<exif:PixelYDimension>%d</exif:PixelYDimension>" % W in turned
+    assert b'tiff:ImageLength="%d" tiff:ImageWidth="%d"' % (W, H) in turned  # (an audit)
     upright = read_image(tmp_path / "upright.jpg").xmp
     assert b'exif:PixelXDimension="%d" exif:PixelYDimension="%d"' % (W, H) in upright
+    assert b'tiff:ImageWidth="%d" tiff:ImageLength="%d"' % (W, H) in upright
 
 
 def test_a_tiffs_camera_tags_travel_as_exif(tmp_path: Path) -> None:
@@ -685,14 +688,60 @@ def test_exif_pixel_dimensions_follow_a_turned_photo(tmp_path: Path, orientation
     exif[271] = "TestCam"
     sub = exif.get_ifd(0x8769)
     sub[0xA002], sub[0xA003] = w, h
+    exif[0x0100], exif[0x0101] = w, h  # IFD0's ImageWidth, ImageLength: kept (an audit)
     im.save(tmp_path / "in.jpg", exif=exif.tobytes(), quality=95)
     loaded = read_image(tmp_path / "in.jpg")
     write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
     with Image.open(tmp_path / "out.jpg") as out:
         dims = out.getexif().get_ifd(0x8769)
         assert (dims[0xA002], dims[0xA003]) == out.size  # the pixels' own width, height
+        assert (out.getexif()[0x0100], out.getexif()[0x0101]) == out.size
         assert out.getexif().get(271) == "TestCam"
     assert out.size == ((h, w) if orientation == 6 else (w, h))
+
+
+def test_damaged_exif_keeps_what_can_be_read_and_says_so(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         ) -> None:
+    """An EXIF block whose IFD0 count ran past its end was dropped whole, nothing said,
+    though Pillow read its tags (an audit)."""
+    exif = Image.Exif()
+    exif[271], exif[306], exif[274] = "Canon", "2024:01:01 10:00:00", 6
+    raw = bytearray(exif.tobytes())
+    struct.pack_into("<H", raw, 6 + 8, 200)  # IFD0 at 8 says 200 entries; it holds 3
+    img = Image.fromarray(_rgb8())
+    img.save(tmp_path / "in.jpg", exif=bytes(raw))
+    with caplog.at_level("WARNING", logger="derain_cli.images"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = read_image(tmp_path / "in.jpg")
+    assert "the EXIF metadata is damaged; the tags that could be read are kept" in \
+        caplog.text
+    write_image(tmp_path / "out.jpg", loaded.rgb, loaded)
+    with Image.open(tmp_path / "out.jpg") as out:
+        tags = out.getexif()
+        assert (tags.get(271), tags.get(306)) == ("Canon", "2024:01:01 10:00:00")
+        assert tags.get(274) == 1 and out.size == (H, W)  # turned upright, said so
+    garbage = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli.images"):
+        assert images._readable_exif(garbage, False, "x.jpg") is None
+    assert "x.jpg: the EXIF metadata is damaged and cannot be read; left out" in caplog.text
+
+
+def test_a_jpeg_without_a_resolution_gets_none_written(tmp_path: Path) -> None:
+    """Pillow reads 72 dpi into a JPEG with EXIF but no resolution in it (its JFIF an
+    aspect ratio only); that stand-in was written into the output as the photo's own."""
+    exif = Image.Exif()
+    exif[271] = "Cam"
+    Image.fromarray(_rgb8()).save(tmp_path / "in.jpg", exif=exif.tobytes())
+    with Image.open(tmp_path / "in.jpg") as im:
+        assert im.info.get("dpi") == (72, 72)  # Pillow's stand-in, the case here
+    assert read_image(tmp_path / "in.jpg").dpi is None
+    Image.fromarray(_rgb8()).save(tmp_path / "said.jpg", exif=exif.tobytes(), dpi=(72, 72))
+    assert read_image(tmp_path / "said.jpg").dpi == (72.0, 72.0)  # the photo's own 72
+    exif[0x011A], exif[0x011B], exif[0x0128] = 300, 300, 2
+    Image.fromarray(_rgb8()).save(tmp_path / "exif.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "exif.jpg").dpi == (300.0, 300.0)
 
 
 def test_exif_reset_unlinks_thumbnail() -> None:
