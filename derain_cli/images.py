@@ -153,6 +153,29 @@ def foreign_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _tiff_directory_past_end(p: Path) -> bool:
+    """True when the TIFF header at ``p`` points at a first directory beyond the file's
+    end: the file was cut short (Pillow writes the directory after the pixels, so a cut
+    compressed TIFF was "damaged, or a layout such as...": an audit)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    e = "<" if head[:2] == b"II" else ">"
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        return False
+    version = struct.unpack_from(e + "H", head, 2)[0]
+    if version == 42:
+        first = struct.unpack_from(e + "I", head, 4)[0]
+    elif version == 43 and len(head) == 16:  # BigTIFF
+        first = struct.unpack_from(e + "Q", head, 8)[0]
+    else:
+        return False
+    return first >= size
+
+
 def _unidentified(p: Path) -> str:
     """Why Pillow could not open ``p``: a file that starts like a JPEG, PNG... is a damaged
     one (its reader's own reason said), not "not an image" (a PNG with one bad checksum in a
@@ -165,6 +188,9 @@ def _unidentified(p: Path) -> str:
                     "(supported: JPEG, PNG, WebP, TIFF, BMP): convert it to JPEG or PNG")
         return _NOT_AN_IMAGE
     if fmt == "TIFF":
+        if _tiff_directory_past_end(p):
+            return ("cut short: the TIFF's directory lies past the end of the file "
+                    "(an interrupted copy or download?)")
         return ("a TIFF that cannot be decoded here: damaged, or a layout such as 16-bit "
                 "gray with alpha or floating-point RGB (save it as 8- or 16-bit RGB)")
     reason = "cut short, or corrupt"

@@ -841,6 +841,19 @@ def test_truncated_image(tmp_path: Path, suffix: str) -> None:
         read_image(tmp_path / f"half{suffix}")
 
 
+@pytest.mark.parametrize("compression", ["tiff_deflate", "tiff_lzw"])
+def test_a_cut_compressed_tiff_is_said_cut_short(tmp_path: Path, compression: str) -> None:
+    """Pillow writes a TIFF's directory after its pixels: a cut one was "damaged, or a
+    layout such as 16-bit gray with alpha..." (an audit)."""
+    Image.fromarray(_rgb8()).save(tmp_path / "full.tif", compression=compression)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 6 // 10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" on the lost directory
+        with pytest.raises(ImageError, match="cut short: the TIFF's directory lies past"):
+            read_image(tmp_path / "cut.tif")
+
+
 @pytest.mark.parametrize("progressive", [False, True])
 def test_a_jpeg_lacking_only_its_end_marker_is_read(tmp_path: Path, caplog,
                                                     progressive: bool) -> None:
