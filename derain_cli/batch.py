@@ -58,6 +58,7 @@ from .images import (
     LoadedImage,
     OutputExists,
     PreparedImage,
+    foreign_format,
     format_for_path,
     format_name,
     is_image_path,
@@ -625,6 +626,10 @@ def _unsupported(path: Path) -> str:
     shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
     fmt = sniff_format(path)
     if fmt is None:
+        other = foreign_format(path)  # a GIF named as such had no hint (an audit)
+        if other is not None:
+            return (f"a {other} image, which derain does not read (supported: "
+                    f"{_SUPPORTED_TEXT}): convert it to JPEG, PNG or TIFF")
         return f"unsupported file type {shown} (supported: {_SUPPORTED_TEXT})"
     renamed = (path.stem if path.suffix else path.name) + FORMAT_SUFFIX[fmt.lower()]
     return (f"unsupported file type {shown}, though it holds a {format_name(fmt)} image: name it "

@@ -167,6 +167,10 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     # a photo named without its suffix: what to rename it to (an audit)
     (tmp_path / "IMG_1").write_bytes((tree / "a.jpg").read_bytes())
     (tmp_path / "IMG_2.heic").write_bytes((tree / "a.jpg").read_bytes())
+    Image.new("RGB", (8, 8)).save(tmp_path / "anim.gif")  # said as a GIF, and what to do
+    assert collect_inputs([str(tmp_path / "anim.gif")])[0].error == (
+        "a GIF image, which derain does not read (supported: JPEG, PNG, WebP, TIFF, BMP): "
+        "convert it to JPEG, PNG or TIFF")
     named = collect_inputs([str(tmp_path / "IMG_1"), str(tmp_path / "IMG_2.heic")])
     assert [i.error for i in named] == [
         "unsupported file type (no suffix), though it holds a JPEG image: name it IMG_1.jpg "
