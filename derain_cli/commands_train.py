@@ -764,7 +764,7 @@ def synth_cmd(
         raise typer.Exit(2)
     with _errors():
         with contextlib.ExitStack() as bar:  # the bar goes before the last line
-            done: Callable[[int], None] | None = None
+            done: Callable[..., None] | None = None
             made = 0
 
             def on_pair(k: int, total: int) -> None:  # the total is known at the first
@@ -772,7 +772,7 @@ def synth_cmd(
                 if done is None:
                     done = bar.enter_context(count_progress("pairs", total, not quiet))
                 made = k
-                done(k)
+                done(k, total)  # one photo fewer for each unreadable one
 
             try:
                 n = synth_pairs(clean, out, preset=preset, count=count, seed=seed,

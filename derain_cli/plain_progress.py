@@ -57,12 +57,15 @@ class PlainProgress:
 
 
 @contextlib.contextmanager
-def count_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+def count_progress(label: str, total: int, enabled: bool,
+                   ) -> Iterator[Callable[..., None]]:
     """A bar on a terminal, or a line a minute in a log, for ``total`` items of work, as
-    ``done(n)`` reports them. Why: finetune's pseudo-clean pass at 200 photos and ``derain
-    synth --count 300`` were minutes of silence (audits)."""
+    ``done(n)`` reports them; ``done(n, total)`` also moves the total (synth's shrinks by
+    each photo it cannot read: its bar stopped at 5/6, its log line never came, an audit).
+    Why: finetune's pseudo-clean pass at 200 photos and ``derain synth --count 300`` were
+    minutes of silence (audits)."""
     if not enabled:
-        yield lambda n: None
+        yield lambda n, total=None: None
         return
     from rich.progress import (
         BarColumn,
@@ -77,10 +80,13 @@ def count_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[
     console = DerainConsole(stderr=True)
     if not live_display(console):
         lines = PlainProgress(console, 60.0)
+        whole = total
 
-        def said(n: int) -> None:
-            if lines.due() or n == total:
-                lines.print(f"{label} {n}/{total} {lines.timing(n, total)}")
+        def said(n: int, total: int | None = None) -> None:
+            nonlocal whole
+            whole = whole if total is None else total
+            if lines.due() or n == whole:
+                lines.print(f"{label} {n}/{whole} {lines.timing(n, whole)}")
 
         yield said
         return
@@ -88,4 +94,4 @@ def count_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[
                   TextColumn("ETA"), TimeRemainingColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n: bar.update(task, completed=n)
+        yield lambda n, total=None: bar.update(task, completed=n, total=total)

@@ -528,6 +528,15 @@ def _app() -> typer.Typer:
     return app
 
 
+def test_synth_progress_counts_to_the_readable_photos(clean_dir, tmp_path):
+    """An unreadable photo after the first moved synth's total down: its bar stopped at
+    4/5 and its log's closing count never came (an audit)."""
+    (clean_dir / "p1_broken.jpg").write_text("not an image")  # sorted among the others
+    r = CliRunner().invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert "pairs 4/4 elapsed" in r.stderr and "p1_broken.jpg" in r.stderr, r.stderr
+
+
 def test_cli_eval_and_synth(clean_dir, tmp_path):
     runner = CliRunner()
     r = runner.invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"), "--count", "2"])

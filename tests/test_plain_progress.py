@@ -46,3 +46,9 @@ def test_count_progress_in_a_log_and_quiet(capsys):
     with count_progress("pseudo-clean", 3, enabled=False) as done:
         done(3)
     assert capsys.readouterr().err == ""
+    with count_progress("pairs", 5, enabled=True) as done:  # the total moved down
+        for n in (1, 2, 3):
+            done(n, 4 if n > 1 else 5)
+        done(4, 4)
+    err = capsys.readouterr().err
+    assert "pairs 4/4 elapsed" in err and "/5" not in err.splitlines()[-1], err
