@@ -315,7 +315,9 @@ def train_cmd(
         help="BatchNorm statistics: keep (frozen at --weights' statistics) or refresh (batch "
              "statistics while training, running averages kept). Default: keep with "
              "--weights (unless --bn-recalib is given), refresh from scratch.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output; only the closing lines (and warnings).")
+    ] = False,
     arch: Annotated[str | None, typer.Option(hidden=True, help="Registry-free architecture.")]
     = None,
     model_config: Annotated[str | None, typer.Option(
@@ -449,7 +451,9 @@ def finetune_cmd(
     max_side: Annotated[int, typer.Option(
         help="Downscale your photos to this long side first (0: keep).")] = 1024,
     name: Annotated[str | None, typer.Option(help="Name in manifest_entry.json.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output; only the closing lines (and warnings).")
+    ] = False,
 ) -> None:
     """Adapt a model to your own rainy photos (semi-supervised, stays near its start)."""
     from .train import FinetuneConfig, finetune
@@ -525,7 +529,9 @@ def distill_cmd(
     teacher_flips: Annotated[bool, typer.Option(
         "--teacher-flips", help="Learn the mean of the teacher's outputs on each crop as "
         "is and flipped three ways (four teacher passes a step; needs --student).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output; only the closing lines (and warnings).")
+    ] = False,
 ) -> None:
     """Distil a Semi-DRDNet into a faster, shallower one, or into another architecture
     (no ground truth needed)."""

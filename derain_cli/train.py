@@ -165,6 +165,8 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     resume: bool = False
+    #: no banner, progress or notes; the closing lines (what was written, its val PSNR,
+    #: how to use it) and warnings stay, as distill's and synth's -q keep theirs
     quiet: bool = False
     #: stop cleanly (checkpoint + export) once this many seconds of training (summed over
     #: resumes) are spent; the lr schedule then follows the budget's elapsed fraction
@@ -2516,29 +2518,28 @@ class _Run:
             raise
         self._stop_if_diverged(None)
         if self.is_main:
-            if not cfg.quiet:
-                start = self.start_score()
-                dtype = entry.get("dtype") or cfg.export_dtype  # (float32 where float16
-                # overflowed: it said float16, a review)
-                _say(f"wrote {weights_path} (EMA weights, {dtype}) after {step} "
-                     f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
-                     + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
-                     + (" of the weights in float32 (the file's rounding moves it a little: "
-                        "derain eval scores the file)" if last_val and dtype != "float32"
-                        else "")  # (it passed for the file's: an audit)
-                     + (f" (the starting model: {start:.2f} dB)"
-                        if last_val and start is not None and step else ""))
-                quoted = shlex.quote(str(weights_path))  # pasted as printed (an audit)
-                _say(f"use it: derain PHOTO --weights {quoted}; score it on pairs: "
-                     f"derain eval --weights {quoted} --data PAIRS_DIR")
-                if (last_val and self.best_psnr is not None and self.best_step != step
-                        and self.best_psnr > last_val["psnr"] + 0.005):
-                    _say(f"note: the starting model scored higher on --val ({self.best_psnr:.2f}"
-                         f" dB): this run did not improve it there; keep {cfg.init_weights}"
-                         if self.best_step == 0 else
-                         f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
-                         f"step {self.best_step}: derain PHOTO --weights "
-                         f"{shlex.quote(str(out / 'best.pt'))}")
+            start = self.start_score()  # under -q too: where it went, its score (an audit)
+            dtype = entry.get("dtype") or cfg.export_dtype  # (float32 where float16
+            # overflowed: it said float16, a review)
+            _say(f"wrote {weights_path} (EMA weights, {dtype}) after {step} "
+                 f"step{'s' if step != 1 else ''}, {wall / 60:.1f} min"
+                 + (f"; val PSNR {last_val['psnr']:.2f} dB" if last_val else "")
+                 + (" of the weights in float32 (the file's rounding moves it a little: "
+                    "derain eval scores the file)" if last_val and dtype != "float32"
+                    else "")  # (it passed for the file's: an audit)
+                 + (f" (the starting model: {start:.2f} dB)"
+                    if last_val and start is not None and step else ""))
+            quoted = shlex.quote(str(weights_path))  # pasted as printed (an audit)
+            _say(f"use it: derain PHOTO --weights {quoted}; score it on pairs: "
+                 f"derain eval --weights {quoted} --data PAIRS_DIR")
+            if (last_val and self.best_psnr is not None and self.best_step != step
+                    and self.best_psnr > last_val["psnr"] + 0.005):
+                _say(f"note: the starting model scored higher on --val ({self.best_psnr:.2f}"
+                     f" dB): this run did not improve it there; keep {cfg.init_weights}"
+                     if self.best_step == 0 else
+                     f"note: best.pt scored higher on --val, {self.best_psnr:.2f} dB at "
+                     f"step {self.best_step}: derain PHOTO --weights "
+                     f"{shlex.quote(str(out / 'best.pt'))}")
         if self.world > 1:
             dist.barrier()
         losses = self.losses_seen

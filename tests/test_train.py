@@ -958,6 +958,10 @@ def test_train_cli_batchnorm_option(data, tmp_path):
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r"), "--batchnorm", "refresh"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["freeze_bn"] is False
+    # -q keeps the closing lines: where the model went (they went too: an audit)
+    said = " ".join(r.stderr.split())
+    assert f"wrote {tmp_path / 'r' / 'model.safetensors'} (EMA weights" in said, r.stderr
+    assert "use it: derain PHOTO --weights" in said and "training semi-drdnet" not in said
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--batchnorm", "frozen"])
     assert r.exit_code == 2 and "keep or refresh" in r.output
     assert not (tmp_path / "bad").exists()
