@@ -192,9 +192,7 @@ class Derainer:
             _check_whole(what, v, least)
         for what, mp in (("stats_megapixels", stats_megapixels),
                          ("workload_megapixels", workload_megapixels)):
-            if mp is not None and (isinstance(mp, bool) or not isinstance(mp, _REAL)
-                                   or not math.isfinite(mp) or mp < 0):
-                raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
+            _check_megapixels(what, mp)
         self.strength = strength  # checked (the property below)
         self.ensemble = ensemble  # checked too
         self.rain_angle = rain_angle  # and this
@@ -266,7 +264,7 @@ class Derainer:
                         "past a tile's edge: tile borders may show as seams (leave the "
                         "overlap out for %d px)", self.tile_overlap, overlap,
                         self.model_name, overlap)
-        self.stats_megapixels = None if stats_megapixels is None else float(stats_megapixels)
+        self.stats_megapixels = stats_megapixels  # checked (the property below)
         self.small_side = tiling.SMALL_SIDE  # checked (the property below)
         #: tiles per forward pass: several on a GPU with memory to spare (``_auto_batch``)
         self.tile_batch = tile_batch or self._auto_batch()
@@ -406,7 +404,7 @@ class Derainer:
         later = {"tile": self.tile, "tile_overlap": self.tile_overlap,
                  "tile_batch": self.tile_batch, "small_side": self.small_side,
                  "strength": self.strength, "ensemble": self.ensemble,
-                 "rain_angle": self.rain_angle}
+                 "rain_angle": self.rain_angle, "stats_megapixels": self.stats_megapixels}
         return (_rebuilt, (type(self), made, later))
 
     @property
@@ -426,6 +424,18 @@ class Derainer:
             raise OptionError(f"tile must be 0 (whole image) or at least {least} px "
                               f"({self.model_name}'s smallest), not {value}")
         self._tile = int(value)
+
+    @property
+    def stats_megapixels(self) -> float | None:
+        """Above this many million pixels the statistics are sampled (0 or None: every
+        pixel). Checked when set, and pickled with the rest (a value set later was lost
+        in a copy, and "x" failed deep in the tiler: an audit)."""
+        return self._stats_megapixels
+
+    @stats_megapixels.setter
+    def stats_megapixels(self, value: float | None) -> None:
+        _check_megapixels("stats_megapixels", value)
+        self._stats_megapixels = None if value is None else float(value)
 
     @property
     def tile_overlap(self) -> int:
@@ -920,6 +930,13 @@ class _AutoProgress:
             return None
         base, left = self.done, self.total - self.done
         return lambda d, t: self._say(base + left * d / max(t, 1))
+
+
+def _check_megapixels(what: str, mp: Any) -> None:
+    """``OptionError`` unless ``mp`` is a finite number >= 0, or None."""
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, _REAL)
+                           or not math.isfinite(mp) or mp < 0):
+        raise OptionError(f"{what} must be a number >= 0 or None, not {mp!r}")
 
 
 def _check_whole(what: str, v: Any, least: int, *, none: bool = True) -> None:

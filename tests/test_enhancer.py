@@ -10,6 +10,7 @@ from PIL import Image
 
 from derain_cli import tiling
 from derain_cli.enhancer import Derainer, cpu_supports_bf16, resolve_device, resolve_precision
+from derain_cli.errors import OptionError
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +128,17 @@ def test_a_derainer_pickles_on_every_engine(tiny_weights, engine):
         d = Derainer(weights=tiny_weights, device="cpu", **engine)
     d.strength, d.tile, d.small_side = 0.5, 64, 0
     d.tile_overlap, d.tile_batch = 8, 3  # settable since, and kept (they were lost: a review)
+    d.stats_megapixels = 0.001  # and this (it came back 4.0: an audit)
     blob = pickle.dumps(d)
     assert len(blob) < 4096  # settings, not weights
     again = pickle.loads(blob)
     assert (again.backend, again.precision, again.strength, again.tile, again.small_side,
-            again.tile_overlap, again.tile_batch) == (d.backend, d.precision, 0.5, 64, 0, 8, 3)
+            again.tile_overlap, again.tile_batch, again.stats_megapixels) == (
+        d.backend, d.precision, 0.5, 64, 0, 8, 3, 0.001)
+    for bad in ("x", -1, float("nan"), True):  # checked when set, as the others ("x"
+        with pytest.raises(OptionError, match="stats_megapixels must be a number >= 0"):
+            d.stats_megapixels = bad  # failed deep in the tiler, -1 ran as 0: an audit)
+    assert d.stats_megapixels == 0.001
     photo = _photo(70, 90)
     assert np.array_equal(again.derain(photo), d.derain(photo))
 
