@@ -38,7 +38,9 @@ DEFAULT_MODEL = "semi-drdnet-fast"
 MIN_TILE = 64
 #: number types the float options take (numpy's scalars too, as the whole-number ones do)
 _REAL = (int, float, np.integer, np.floating)
-#: ``on_tile(done, total)``: after each tile, the pixels done and in all (a progress hook)
+#: ``on_tile(done, total)``: after each tile, the work done and in all (a progress hook):
+#: pixels of the canvas the network runs on (a small photo mirrored out, every ensemble
+#: pass), not of the photo: only ``done / total`` means anything to a caller
 TileCallback = Callable[[int, int], None]
 #: Smallest tile accepted at all: below it every pixel is near a tile border (a 300x220
 #: photo in 1-7 px tiles came back at 25-27 dB against untiled, and 150 times slower).
@@ -693,8 +695,8 @@ class Derainer:
         the stored orientation with its tag, as the input came (run sideways, the streaks
         lie across the network's view and mostly stay).
         Samples are RGB order (OpenCV's ``imread`` gives BGR: ``cv2.cvtColor`` first).
-        ``on_tile(done, total)`` is called after each tile with the pixels done and in all,
-        as in :meth:`derain_array` (for tqdm: ``bar.total = total; bar.n = done;
+        ``on_tile(done, total)`` is called after each tile with the work done and in all
+        (canvas pixels: ``TileCallback``), as in :meth:`derain_array` (for tqdm: ``bar.total = total; bar.n = done;
         bar.refresh()``).
         """
         _check_on_tile(on_tile)
