@@ -696,8 +696,8 @@ class Derainer:
         lie across the network's view and mostly stay).
         Samples are RGB order (OpenCV's ``imread`` gives BGR: ``cv2.cvtColor`` first).
         ``on_tile(done, total)`` is called after each tile with the work done and in all
-        (canvas pixels: ``TileCallback``), as in :meth:`derain_array` (for tqdm: ``bar.total = total; bar.n = done;
-        bar.refresh()``).
+        (canvas pixels: ``TileCallback``), as in :meth:`derain_array` (for tqdm:
+        ``bar.total = total; bar.n = done; bar.refresh()``).
         """
         _check_on_tile(on_tile)
         if isinstance(image, Image.Image):

@@ -1468,8 +1468,10 @@ def prepare_image(
         if hi > 1.5:
             raise ValueError(f"rgb must be floating point in [0, 1]; it reaches {hi:g} "
                              "(for 0..255 data divide by 255)")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be 1..100, got {quality}")
+    if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or \
+            not 1 <= quality <= 100:  # 90.5 reached Pillow, True was 1 (an audit)
+        raise ValueError(f"quality must be a whole number 1..100, got {quality!r}")
+    quality = int(quality)  # Pillow refuses numpy's integers
     height, width = rgb.shape[:2]
     too_big = side_limit_problem(fmt, width, height)
     if too_big:

@@ -978,6 +978,10 @@ def test_out_of_range_is_clipped_and_nan_or_0_255_floats_refused(tmp_path: Path)
         with pytest.raises(ValueError, match=msg):
             write_image(tmp_path / "p.png", bad)
     assert not (tmp_path / "p.png").exists()
+    for q in (0, 101, 90.5, True, "90"):  # 90.5 reached Pillow, True was 1 (an audit)
+        with pytest.raises(ValueError, match="quality must be a whole number 1..100"):
+            write_image(tmp_path / "p.jpg", rgb, quality=q)  # type: ignore[arg-type]
+    write_image(tmp_path / "p.jpg", rgb, quality=np.int64(90))
 
 
 def test_a_noisy_jpeg_that_outgrows_pillows_buffer_is_written(tmp_path: Path) -> None:
