@@ -186,6 +186,10 @@ class Derainer:
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise OptionError(f"model must be a registry name (derain models), not {model!r}; "
                               "None picks the default")
+        if weights is not None and not isinstance(weights, str | os.PathLike):
+            raise OptionError(f"weights must be a path (str or pathlib.Path), not {weights!r}"
+                              "; None uses the model's own weights")  # (5 or b"..": a bare
+            # TypeError from deep inside, an audit)
         if weights is not None and not str(weights).strip():
             raise OptionError("weights is an empty path; None uses the model's own weights")
         for what, v, least in (("tile", tile, 0), ("tile_overlap", tile_overlap, 0),

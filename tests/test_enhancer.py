@@ -666,6 +666,8 @@ def test_out_of_memory_never_shrinks_below_the_model_minimum(tmp_path, monkeypat
 @pytest.mark.parametrize("kwargs, words", [
     ({"model": ""}, "model must be a registry name"),
     ({"weights": ""}, "weights is an empty path"),
+    ({"weights": 5}, r"weights must be a path \(str or pathlib.Path\), not 5"),
+    ({"weights": b"/w.safetensors"}, "weights must be a path"),
     ({"device": None}, "device must be a string"),
     ({"tile": "512"}, "tile must be a whole number"),
     ({"tile_batch": 1.5}, "tile_batch must be a whole number"),
