@@ -906,7 +906,8 @@ def test_huge_photos_are_not_decoded_ahead(tmp_path: Path, monkeypatch: pytest.M
 
 def test_summary_json_and_merge() -> None:
     a = Summary()
-    a.add(FileResult("x.png", "x_derained.png", "processed", megapixels=1.5, rank=0))
+    a.add(FileResult("x.png", "x_derained.png", "processed", megapixels=1.5, rank=0,
+                     seconds=5.118999979458749e-06))
     a.add(FileResult("y.png", None, "failed", "empty file (0 bytes)", rank=0))
     a.seconds = 2.0
     b = Summary(engine={"backend": "torch"})  # ranks run the same engine: one is kept
@@ -919,6 +920,7 @@ def test_summary_json_and_merge() -> None:
     assert d["megapixels_per_s"] == pytest.approx(0.5)
     assert d["failed"] == [{"path": "y.png", "reason": "empty file (0 bytes)"}]
     assert [f["input"] for f in d["files"]] == ["x.png", "y.png", "z.png"]
+    assert d["files"][0]["seconds"] == 0.0  # rounded as the totals (an audit)
     # rank 1's engine, and each rank's in rank order
     assert d["engine"] == {"backend": "torch", "ranks": [None, {"backend": "torch"}]}
     assert Summary().to_dict()["engine"] is None
