@@ -176,13 +176,18 @@ def _error_as_json(enabled: bool) -> Iterator[None]:
                 _echo_json(_NOTHING_SCORED)
             raise KeyboardInterrupt from None
         if enabled:
-            _echo_json({"count": 0, "total": None, "interrupted": False,
+            _echo_json({**_NOTHING_SCORED, "interrupted": False,
                         "error": command_line_words(_msg(e))})
         raise
 
 
-#: eval --json's answer when stopped before its first pair was scored
-_NOTHING_SCORED = {"count": 0, "total": None, "interrupted": True, "error": None}
+#: eval --json's answer when stopped before its first pair was scored: every key of a
+#: result's (``EvalResult.to_dict``), so one parser reads both (it held four: an audit);
+#: written out, as evaluate (and PyTorch) may not be loaded yet
+_NOTHING_SCORED = {"model": None, "data_dir": None, "count": 0, "psnr_y": None,
+                   "ssim_y": None, "psnr_rgb": None, "images": [], "csv_path": None,
+                   "report_path": None, "seconds": 0.0, "engine": "", "rain_angle": None,
+                   "total": None, "interrupted": True, "error": None}
 
 
 def _echo_json(result: dict) -> None:

@@ -546,6 +546,7 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     d = json.loads(r.stdout)
     assert d["count"] == 2 and d["model"] == "identity" and len(d["images"]) == 2
     assert (d["interrupted"], d["total"], d["error"]) == (False, 2, None)  # keys as stopped
+    keys = set(d)
     r = runner.invoke(_app(), ["eval", str(clean_dir), "--model", "identity"])
     assert r.exit_code == 2  # not a pairs folder: a usage error, one line, no traceback
     assert "Traceback" not in r.output
@@ -560,6 +561,7 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
         r = runner.invoke(_app(), ["eval", *args, "--json"])
         d = json.loads(r.stdout)
         assert r.exit_code == code and d["count"] == 0 and d["error"] in r.stderr, r.output
+        assert set(d) == keys  # the result's keys: one parser reads both (four: an audit)
 
 
 def test_cli_synth_shows_progress_unless_quiet(clean_dir, tmp_path, monkeypatch):
