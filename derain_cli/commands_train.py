@@ -90,7 +90,7 @@ def _errors(training: bool = False) -> Iterator[None]:
     from .losses import ContrastUnavailable
     from .models import UnknownModelError
     from .pairs import PairDataError, PairsError
-    from .train import TrainDiverged, TrainError
+    from .train import TrainDiverged, TrainError, TrainPeerLost
     from .weights import WeightsError
 
     rank = int(os.environ.get("RANK", "0"))
@@ -131,11 +131,11 @@ def _errors(training: bool = False) -> Iterator[None]:
             say(e)
         raise typer.Exit(2) from None
     except (WeightsError, WeightsUnavailable, ContrastUnavailable, ImageError, MemoryError,
-            ValueError, OSError, TrainDiverged) as e:
+            ValueError, OSError, TrainDiverged, TrainPeerLost) as e:
         if _debug():
             raise
-        if not rank or not isinstance(e, TrainDiverged):  # (every rank's loss diverged)
-            say(e)
+        if not rank or not isinstance(e, TrainDiverged | TrainPeerLost):  # (every rank's
+            say(e)  # loss diverged; a peer lost: rank 0 saved and says how to resume)
         raise typer.Exit(1) from None
     except RuntimeError as e:  # PyTorch's allocator: "[enforce fail at alloc_cpu.cpp:127]
         # ... DefaultCPUAllocator: can't allocate memory" came out raw (an audit)

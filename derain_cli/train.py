@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import random
+import re
 import shlex
 import signal
 import threading
@@ -85,6 +86,25 @@ class TrainError(ValueError):
 class TrainDiverged(RuntimeError):
     """The weights went non-finite (NaN, infinity): the run stops and nothing of it is
     exported or scored. A runtime failure (exit 1), not a refused setting."""
+
+
+class TrainPeerLost(RuntimeError):
+    """Another process of a torchrun run stopped (killed, out of memory, a Ctrl-C of its
+    own) and this one's collective failed: rank 0 saved the checkpoint of the steps done
+    and the message says how to resume (it was gloo's raw "Connection reset by peer",
+    every step since the last checkpoint lost: an audit). A runtime failure (exit 1)."""
+
+
+#: words of a collective failing because a peer is gone (gloo, NCCL, the TCP store)
+_PEER_LOST_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe",
+                    "connection refused", "timed out")
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """True for an error of the process group (a peer gone), not of the work itself."""
+    dist_error = getattr(dist, "DistError", None)
+    return (isinstance(dist_error, type) and isinstance(e, dist_error)) or any(
+        w in str(e).lower() for w in _PEER_LOST_WORDS)
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -2332,6 +2352,15 @@ class _Run:
             if self.is_main and self.step > self.segment_start:  # the steps are kept
                 self.save_last()
             raise
+        except RuntimeError as e:
+            if self.world <= 1 or not _peer_lost(e):
+                raise
+            # a collective failed in the step (before its update: the state is the last
+            # step's), or after it: rank 0's state is whole either way
+            said = ""
+            if self.is_main:
+                said = self._peer_lost_text(e)
+            raise TrainPeerLost(said or "another process of this run stopped") from None
 
     def _update(self, loss: torch.Tensor, parts: dict[str, float], gnorm: Any, finite: bool,
                 lr: float) -> None:
@@ -2441,16 +2470,8 @@ class _Run:
         if step > self.segment_start:  # nothing new otherwise: last.pt keeps its settings
             with _interrupt_after_block(held=1, then_raise=False) as impatient:
                 self.save_last()
-            # the whole command, as the other hints give theirs (an audit)
-            kind = "finetune" if "make_unlabeled" in self.hooks else "train"
-            local_text = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
-            local = int(local_text) if local_text.isdigit() else self.world
-            runner = ("derain" if self.world <= 1 else  # (pasted, it resumed on one
-                      f"torchrun --nproc-per-node {local} -m derain_cli" if local == self.world
-                      else "torchrun (the same nodes and options as before) -m derain_cli")
-            # process: an audit; several machines take their own torchrun options: a review)
-            _say(f"interrupted at step {step}; checkpoint saved, continue with: {runner} "
-                 f"{kind} -o {shlex.quote(str(self.out))} --resume"
+            _say(f"interrupted at step {step}; checkpoint saved, continue with: "
+                 f"{self._resume_command()}"
                  + (" (the further stop signal waited for it)" if impatient else ""))
         elif self.ckpt is None and (self.out / "best.pt").exists():  # the starting model's
             _say("interrupted before the first step; the starting model's score is kept "
@@ -2461,6 +2482,34 @@ class _Run:
         else:
             _say(f"interrupted at step {step}, before a step of this segment; its "
                  "checkpoint is as it was")
+
+    def _resume_command(self) -> str:
+        """The whole command that resumes this run, as the other hints give theirs (an
+        audit): under torchrun on one machine with its process count (pasted, it resumed
+        on one process: an audit); several machines take their own torchrun options."""
+        kind = "finetune" if "make_unlabeled" in self.hooks else "train"
+        local_text = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+        local = int(local_text) if local_text.isdigit() else self.world
+        runner = ("derain" if self.world <= 1 else
+                  f"torchrun --nproc-per-node {local} -m derain_cli" if local == self.world
+                  else "torchrun (the same nodes and options as before) -m derain_cli")
+        return f"{runner} {kind} -o {shlex.quote(str(self.out))} --resume"
+
+    def _peer_lost_text(self, e: BaseException) -> str:
+        """Rank 0, its collective failed for a peer gone: the steps since the last
+        checkpoint saved, and what to do, in one message."""
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # gloo's "[.../pair.cc:537]"
+        head = (f"another process of this torchrun run stopped at step {self.step} (its "
+                f"own message, or torchrun's report, says why; here: {why})")
+        if self.step > self.segment_start:
+            with _interrupt_after_block(held=1, then_raise=False):
+                self.save_last()
+            return f"{head}; checkpoint saved, continue with: {self._resume_command()}"
+        if self.ckpt is not None:
+            return (f"{head}; no step since the checkpoint, which is as it was: continue "
+                    f"with: {self._resume_command()}")
+        return f"{head}; nothing trained yet: start the run again"
 
     def start_score(self) -> float | None:
         """The starting model's --val PSNR (its step-0 validation, logged where a run from

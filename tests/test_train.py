@@ -1531,6 +1531,46 @@ def test_a_diverged_torchrun_run_stops_every_process_with_one_message(data, tmp_
     assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
+def test_a_torchrun_worker_lost_midway_leaves_a_checkpoint_and_the_resume_command(
+        data, tmp_path):
+    """A worker killed midway: rank 0's next collective failed with gloo's raw "Connection
+    reset by peer" and every step since the last checkpoint was lost (an audit). Rank 0
+    saves the steps done and says how to resume; the run resumes from them."""
+    wrapper = tmp_path / "lose_rank1.py"  # rank 1 dies after its step 3, as if killed
+    wrapper.write_text(
+        "import os, sys\n"
+        "from derain_cli import train\n"
+        "update = train._Run._update\n"
+        "def _update(self, *a, **k):\n"
+        "    update(self, *a, **k)\n"
+        "    if self.step == 3 and os.environ['RANK'] == '1':\n"
+        "        os._exit(9)\n"
+        "train._Run._update = _update\n"
+        "from derain_cli.cli import main\n"
+        "main()\n")
+    out = tmp_path / "run"
+    args = ["train", "--arch", "semi-drdnet", "--model-config", json.dumps(TINY),
+            "--synthetic", str(data["clean"]), "--out", str(out), "--steps", "40", "--batch",
+            "2", "--patch", "24", "--workers", "0", "--device", "cpu", "--contrast-features",
+            "none", "--ckpt-every", "100"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(wrapper), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode != 0
+    said = " ".join(r.stderr.split())
+    # gloo's error reaches rank 0 first (torchrun's SIGTERM to it follows: if that came
+    # first, its stop is said as torchrun's, with the same resume command)
+    assert ("error: another process of this torchrun run stopped at step 3" in said
+            or "interrupted at step 3" in said), r.stderr
+    assert (f"checkpoint saved, continue with: torchrun --nproc-per-node 2 -m derain_cli "
+            f"train -o {out} --resume") in said, r.stderr
+    # (torchrun's own report of the lost worker, its traceback included, follows)
+    assert "error: RuntimeError" not in said and "GLHF" not in said, r.stderr
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+    assert not (out / "model.safetensors").exists()
+
+
 def test_torchrun_with_rain_free_rows_on_one_rank_only(data, tmp_path):
     """An audit: a rank whose labeled rows were all rain-free (--clean-fraction) computed no
     loss for the self-feature encoder, skipped the all_reduce of its gradients the other
