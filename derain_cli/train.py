@@ -383,6 +383,23 @@ def lr_at(cfg: TrainConfig, step: int, total: int, progress: float | None = None
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
 
 
+def _model_group_kept(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint's optimizer state) fitted to the optimizer ``now`` where
+    they differ only in the self encoder's group after the model's (the contrastive
+    setting changed on a resume: ``--contrast-weight 0`` dropped it, and the resume was
+    refused, naming --contrast-features, after finetune's whole pseudo-clean pass: an
+    audit): the model's group and its moments are kept, the encoder's starts afresh or
+    is left out. Anything else is returned as it was (and refused by the optimizer)."""
+    g_saved, g_now = saved.get("param_groups", []), now.get("param_groups", [])
+    if (len(g_saved) == len(g_now) or not g_saved or not g_now
+            or len(g_saved) > 2 or len(g_now) > 2
+            or len(g_saved[0]["params"]) != len(g_now[0]["params"])):
+        return saved
+    kept = set(g_saved[0]["params"])
+    return {"state": {k: v for k, v in saved["state"].items() if k in kept},
+            "param_groups": [g_saved[0], *g_now[1:]]}
+
+
 class _Wrapper(nn.Module):
     """Makes ``forward`` return everything the loss needs, so DDP sees a single forward."""
 
@@ -1877,13 +1894,15 @@ class _Learner:
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         try:
-            self.opt.load_state_dict(ckpt["optimizer"])
+            self.opt.load_state_dict(_model_group_kept(ckpt["optimizer"],
+                                                       self.opt.state_dict()))
         except ValueError as e:  # other trainable parts: the contrastive projection heads
-            was = json.loads(ckpt.get("config") or "{}").get("contrast_features")
+            was = json.loads(ckpt.get("config") or "{}")
             raise TrainError(
                 f"--resume: the run's optimizer state does not fit these settings ({e}); it "
-                f"was trained with --contrast-features {was}: pass that, or start a new run "
-                "in another --out", every_rank=False) from None
+                f"was trained with --contrast-features {was.get('contrast_features')} and "
+                f"--contrast-weight {was.get('contrast_weight')}: pass those, or start a new "
+                "run in another --out", every_rank=False) from None
         if ckpt.get("aux"):
             self.criterion.load_aux_state(ckpt["aux"])
 

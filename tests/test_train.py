@@ -1485,6 +1485,24 @@ def test_finetune_cli_takes_contrast_terms(data, tmp_path):
     assert {"c_bg", "c_bg_u"} <= set(rec) and not {"c_rain", "c_rain_u"} & set(rec)
 
 
+@pytest.mark.parametrize("before, after", [
+    ({"contrast_features": "self"}, {"contrast_features": "self", "contrast_weight": 0.0}),
+    ({"contrast_features": "none"}, {"contrast_features": "self"}),
+])
+def test_a_resume_may_turn_the_self_encoder_on_or_off(data, tmp_path, before, after):
+    """--contrast-weight 0 on a resume dropped the self encoder's optimizer group, and the
+    resume was refused (naming --contrast-features, after finetune's pseudo-clean pass:
+    an audit), though the two settings are only warned about: the model's moments are
+    kept, the encoder's start afresh or are left out."""
+    out = tmp_path / "run"
+    T.train(_cfg(data, out, steps=2, ckpt_every=2, **before))
+    moments = torch.load(out / "last.pt", weights_only=False)["optimizer"]["state"][0]
+    res = T.train(_cfg(data, out, steps=4, ckpt_every=2, resume=True, **after))
+    assert res.steps == 4 and all(np.isfinite(res.losses))
+    again = torch.load(out / "last.pt", weights_only=False)["optimizer"]
+    assert int(again["state"][0]["step"]) == int(moments["step"]) + 2  # carried on
+
+
 def test_torchrun_two_processes(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
