@@ -327,7 +327,10 @@ class DerainGroup(TyperGroup):
         while i < len(args) and args[i] in self.GROUP_FLAGS:
             i += 1
         if i < len(args):
-            if not self.is_command_name(args[i]):
+            if not self.is_command_name(args[i]) or args[i] == DEFAULT_COMMAND:
+                # (the hidden main job's own name is a path: a folder named "run" was left
+                # out of `derain run c.png` in silence, `derain run` said "no input": an
+                # audit)
                 args.insert(i, DEFAULT_COMMAND)
             elif args[i] != DEFAULT_COMMAND:
                 # `derain eval ... --debug`: the group's flag, taken where users put it

@@ -794,6 +794,19 @@ def test_folder_named_like_a_subcommand(tmp_path: Path, tiny_weights: Path, name
     assert (tmp_path / name / "a_derained.png").exists()
 
 
+def test_a_folder_named_run_is_a_folder(tmp_path: Path, tiny_weights: Path) -> None:
+    """The hidden main job is named "run": `derain run c.png` left the folder run/ out in
+    silence, and `derain run` said "no input given" (an audit). Not a listed subcommand,
+    the word is a path."""
+    _img(tmp_path / "run" / "a.png")
+    _img(tmp_path / "c.png")
+    r = derain("run", "c.png", "--weights", tiny_weights, "-o", "out", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.png")) == ["a.png", "c.png"]
+    r = derain("run", cwd=tmp_path / "run")  # no such file there: said as a path
+    assert r.exit_code != 0 and "run: no such file or folder" in r.output, r.output
+
+
 def test_bare_subcommand_word_wins(tmp_path: Path) -> None:
     _img(tmp_path / "models" / "a.png")
     r = derain("models", cwd=tmp_path)
