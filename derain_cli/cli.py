@@ -562,6 +562,12 @@ def complete_model(incomplete: str) -> list[str]:
     return [name for name in _registry_names() if name.startswith(incomplete)]
 
 
+def complete_model_or_file(incomplete: str) -> list[str]:
+    """A model name or a weights file (distill's teacher, grow's source): the names, unless
+    a file or folder here starts as typed (then none: the shell completes the path)."""
+    return [] if incomplete and _path_starts(incomplete) else complete_model(incomplete)
+
+
 def complete_published(incomplete: str) -> list[str]:
     """``derain download``: the models with published weights (the manifest's)."""
     from .manifest import load_manifest

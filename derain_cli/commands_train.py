@@ -23,6 +23,7 @@ from .cli import (
     command_line_words,
     complete_eval_model,
     complete_model,
+    complete_model_or_file,
     detach_logging,
     interrupted_import,
     owe_json,
@@ -490,8 +491,9 @@ def distill_cmd(
         help="Clean photos: rain is synthesized over them; the last --val-count are held "
              "out for the before/after scores.")],
     teacher: Annotated[str, typer.Option(
-        "--teacher", "-m", help="Model to imitate: a name or a weights file (a "
-                                "Semi-DRDNet; any architecture with --student).")] =
+        "--teacher", "-m", autocompletion=complete_model_or_file,
+        help="Model to imitate: a name or a weights file (a Semi-DRDNet; any architecture "
+             "with --student).")] =
     "semi-drdnet-lite",
     detail_blocks: Annotated[int | None, typer.Option(
         min=1, show_default=False,
@@ -501,6 +503,7 @@ def distill_cmd(
         min=1, help="Rain blocks the student keeps (default: all, frozen; fewer are "
                     "trained too and also shorten the tiling statistics pass).")] = None,
     student: Annotated[str | None, typer.Option(
+        autocompletion=complete_model,
         help="Train this registered model of any architecture (e.g. rdmc-lite) from "
              "scratch to imitate the teacher, instead of a pruned copy of it.")] = None,
     init: Annotated[Path | None, typer.Option(
@@ -571,10 +574,11 @@ def _say_distilled(r: Any, lead: str = "") -> None:
 
 def grow_cmd(
     source: Annotated[str, typer.Argument(
-        metavar="SOURCE", show_default=False,
+        metavar="SOURCE", show_default=False, autocompletion=complete_model_or_file,
         help="A registered model (its published weights) or a weights file.")],
     to: Annotated[str, typer.Option(
-        "--to", show_default=False, help="The registered model to grow into (e.g. "
+        "--to", show_default=False, autocompletion=complete_model,
+        help="The registered model to grow into (e.g. "
         "semi-drdnet, rdmc): the same architecture, as wide and deep or more.")],
     out: Annotated[Path, typer.Option(
         "--output", "--out", "-o", show_default=False,

@@ -1803,6 +1803,12 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert _complete("derain --debug gr", tmp_path) == ["grow"]
     (tmp_path / "examples").mkdir()  # a folder beside: the shell completes the path
     assert _complete("derain ex", tmp_path) == []
+    # distill's and grow's models too (nothing was offered: an audit); a name or a file
+    assert _complete("derain distill -m semi-drdnet-t", tmp_path) == ["semi-drdnet-tiny"]
+    assert _complete("derain distill --student rdmc-", tmp_path) == ["rdmc-lite"]
+    assert _complete("derain grow x --to semi-drdnet-l", tmp_path) == ["semi-drdnet-lite"]
+    assert "rdmc" in _complete("derain grow ", tmp_path)
+    assert _complete("derain grow ex", tmp_path) == []  # the folder: the shell's
     assert _registry_names() == list(MODELS)  # read from the source, without PyTorch
     # a Tab on the first word or on -m imports no PyTorch (the first word took 2 s: review)
     probe = ("import sys\nfrom derain_cli.cli import main\ntry:\n    main()\n"
