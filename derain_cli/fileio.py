@@ -498,6 +498,14 @@ def why_unwritable(folder: str | os.PathLike[str]) -> str | None:
     so an unwritable destination fails at once and not after minutes of deraining."""
     a = folder = Path(folder)
     while not a.exists() and a.parent != a:  # the nearest folder that exists
+        if a.is_symlink():  # a link to nowhere: making the folder fails, "File exists",
+            # after the work (distill trained to the end first: an audit)
+            try:
+                target = os.readlink(a)
+            except OSError:
+                target = "?"
+            return (f"{a} is a link that leads nowhere (to {target}: a loop, or its target "
+                    "is gone); make its target, or name another folder")
         a = a.parent
     if not a.is_dir():
         return f"{a} is a file, not a folder"

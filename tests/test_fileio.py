@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from derain_cli.fileio import atomic_write, atomic_write_text, current_umask
 
@@ -149,6 +150,31 @@ def test_a_read_only_file_system_is_said_as_such(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
     assert why_unwritable(tmp_path) == "it is on a read-only file system"
     assert why_unwritable(tmp_path / "new") == f"{tmp_path} is on a read-only file system"
+
+
+def test_a_link_to_nowhere_is_said_before_the_work(tmp_path: Path) -> None:
+    """distill --out through a link to nowhere trained to the end, then failed "File
+    exists", its training lost; train said a raw errno (an audit)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+    from derain_cli.fileio import why_unwritable
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere" / "deeper")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for link in ("gone", "loop"):
+        for asked in (tmp_path / link, tmp_path / link / "run"):
+            assert why_unwritable(asked) == (
+                f"{tmp_path / link} is a link that leads nowhere (to "
+                f"{os.readlink(tmp_path / link)}: a loop, or its target is gone); make its "
+                "target, or name another folder"), asked
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64)).save(photos / "a.png")
+    r = CliRunner().invoke(app, ["train", "-m", "semi-drdnet-tiny", "--synthetic",
+                                 str(photos), "--steps", "1", "--out", str(tmp_path / "gone")])
+    assert r.exit_code == 2 and "is a link that leads nowhere" in r.output, r.output
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_folders_are_held_exclusively_or_shared(tmp_path: Path) -> None:
