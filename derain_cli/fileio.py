@@ -331,6 +331,11 @@ def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], object], *
                 os.fsync(f.fileno())
         give_normal_mode(tmp, dest)
         os.replace(tmp, dest)
+    except OSError as e:  # said of the file asked for: the temporary one's hidden name
+        # (".derain-8csn_lmd.tmp: Permission denied") named no file of the user's (an audit)
+        if tmp not in (e.filename, e.filename2) or e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, str(dest)) from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # gone after the rename; a failed write's leftover otherwise

@@ -11,6 +11,25 @@ from PIL import Image
 from derain_cli.fileio import atomic_write, atomic_write_text, current_umask
 
 
+def test_atomic_write_names_the_file_asked_for_when_it_fails(tmp_path: Path) -> None:
+    """A folder in the way, or a write that fails, was said of the hidden temporary file
+    (".derain-8csn_lmd.tmp": an audit); the temporary one is gone."""
+    from derain_cli.fileio import atomic_write
+
+    (tmp_path / "model.safetensors").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_write(tmp_path / "model.safetensors", lambda tmp: Path(tmp).write_bytes(b"w"))
+    assert e.value.filename == str(tmp_path / "model.safetensors") and ".derain-" not in str(
+        e.value), e.value
+
+    def fails(tmp: str) -> None:
+        raise PermissionError(13, "Permission denied", tmp)
+
+    with pytest.raises(PermissionError, match=r"Permission denied: '.*last\.pt'"):
+        atomic_write(tmp_path / "last.pt", fails)
+    assert not list(tmp_path.glob(".derain-*"))
+
+
 def test_atomic_write_replaces_and_gives_normal_permissions(tmp_path: Path) -> None:
     dest = tmp_path / "sub" / "run.json"  # the folder is made
     atomic_write_text(dest, "one")
