@@ -2114,6 +2114,18 @@ def _stop_like_ctrl_c(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _printable_stdout() -> None:
+    """stdout writes what its encoding cannot hold as escapes: on Windows a pipe or file
+    is the ANSI code page (cp1252), and a path with a character outside it failed the
+    command after its work was done ("'charmap' codec can't encode...", exit 1: synth,
+    export, eval; an audit). stderr does so already (Python's default)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    encoding = (getattr(sys.stdout, "encoding", "") or "").lower().replace("-", "")
+    if reconfigure is not None and encoding not in ("utf8", "utf_8"):
+        with contextlib.suppress(Exception):  # a replaced stdout may take no such setting
+            reconfigure(errors="backslashreplace")
+
+
 def _catch_termination() -> None:
     """SIGTERM (``timeout``, ``docker stop``, systemd, Slurm, a CI cancel) and SIGHUP (a
     closed terminal) end the run the way Ctrl-C does: the temporary file of the photo being
@@ -2135,6 +2147,7 @@ def _catch_termination() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
     _OWN_PROCESS[:] = [True]
+    _printable_stdout()
     _catch_termination()
     _watch_stops()
     # typer prints help and usage errors through consoles of its own: while derain runs,

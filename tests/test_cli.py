@@ -794,6 +794,16 @@ def test_folder_named_like_a_subcommand(tmp_path: Path, tiny_weights: Path, name
     assert (tmp_path / name / "a_derained.png").exists()
 
 
+def test_a_path_stdout_cannot_encode_is_escaped_not_a_failure(tmp_path: Path) -> None:
+    """On Windows a pipe is cp1252: a path beyond it failed synth (and export, eval) after
+    the work, exit 1 (an audit). Written with escapes, exit 0."""
+    _img(tmp_path / "clean" / "a.png", 40, 32)
+    r = _run_module("synth", tmp_path / "clean", tmp_path / "雨", "-q",
+                    env={"PYTHONIOENCODING": "cp1252"})
+    assert r.returncode == 0, r.stderr
+    assert "\\u96e8" in r.stdout and (tmp_path / "雨" / "rainy" / "a.png").exists()
+
+
 def test_a_folder_named_run_is_a_folder(tmp_path: Path, tiny_weights: Path) -> None:
     """The hidden main job is named "run": `derain run c.png` left the folder run/ out in
     silence, and `derain run` said "no input given" (an audit). Not a listed subcommand,
