@@ -480,6 +480,23 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise OSError(f"cannot write {path} (a full disk?{free}): {e}") from None
 
 
+#: the curves.png files that could not be drawn: each said once
+_PLOT_FAILED: set[str] = set()
+
+
+def _plot_or_warn(records: list[dict[str, Any]], path: Path, has_val: bool) -> None:
+    """``plot_curves``, its write failure a warning: a picture of the log is no reason to
+    stop a run (a folder named curves.png ended one at its next validation, the step
+    just trained lost: an audit)."""
+    try:
+        plot_curves(records, path, has_val=has_val)
+    except OSError as e:
+        if str(path) not in _PLOT_FAILED:
+            _PLOT_FAILED.add(str(path))
+            _say(f"warning: {path} not drawn ({e.strerror or e}); the run goes on, its "
+                 "log.jsonl holds the same figures")
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only=True``)."""
     try:
@@ -894,6 +911,8 @@ def check_config(cfg: TrainConfig) -> None:
         need(v >= 1, f"{flag} must be at least 1, not {v}")
     need(bool(cfg.val) or not (cfg.val_rainy_dir or cfg.val_clean_dir),  # (ignored: audit)
          "--val-rainy-dir and --val-clean-dir name folders inside --val: give --val too")
+    need(bool(cfg.pairs) or not (cfg.rainy_dir or cfg.clean_dir),  # (ignored too: an audit)
+         "--rainy-dir and --clean-dir name folders inside --pairs: give --pairs too")
     need(cfg.val_crop is None or cfg.val_crop >= _SMALLEST_PATCH,
          f"--val-crop must be at least {_SMALLEST_PATCH} px, not {cfg.val_crop}")
     need(cfg.time_budget is None or cfg.time_budget > 0,
@@ -1636,17 +1655,23 @@ def _lock_run(out: Path) -> contextlib.AbstractContextManager[Any]:
     returned context closes it. Two runs started on one folder both ran, interleaved their
     logs and left one's model beside the other's checkpoints (an audit). Also drops the
     temporary files a killed run left there (those over an hour old, as the batch does: a
-    younger one may be an export's at work). Not guarded where the system or the file
-    system has no such locks (Windows; some NFS, Lustre or FUSE mounts): said once."""
+    younger one may be an export's at work). Not guarded where the system has no such
+    locks (Windows), nor where the file system has none (some NFS, Lustre or FUSE mounts:
+    said). The
+    lock file is made either way: it also marks the folder as a run's, which a folder run
+    of photos and the pair readers pass over (on Windows a run's curves.png was derained
+    with the photos: an audit)."""
     import errno
 
     from .fileio import sweep_stale_temporaries
 
+    out.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:
+        (out / RUN_LOCK).touch()
+        sweep_stale_temporaries([out])
         return contextlib.nullcontext()
-    out.mkdir(parents=True, exist_ok=True)
     handle = open(out / RUN_LOCK, "a")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -2261,7 +2286,7 @@ class _Run:
             except BaseException:
                 self.best_psnr, self.best_step = before
                 raise
-        plot_curves(self.log.records, self.out / "curves.png", has_val=bool(cfg.val))
+        _plot_or_warn(self.log.records, self.out / "curves.png", bool(cfg.val))
         self.validating = False
         progress = getattr(self, "progress", None)  # (none at the export)
         if progress is not None:
@@ -2461,6 +2486,10 @@ class _Run:
                 self.last_val = self.validate_and_keep_best()
             except TrainDiverged as e:  # (its BatchNorm re-estimate: rank 0's alone)
                 diverged = e
+            except OSError as e:  # best.pt not written (a full disk): last.pt, often
+                # smaller, still may be; the steps since the last checkpoint were lost
+                # with it (an audit)
+                raise OSError(f"{e}; {self._last_saved_anyway()}") from None
         if do_val:
             self._stop_if_diverged(diverged)
         overdue = time.time() - self.t_saved >= CKPT_MAX_INTERVAL_S
@@ -2470,6 +2499,20 @@ class _Run:
         if world > 1 and (do_val or step % cfg.ckpt_every == 0):
             dist.barrier()
         return stop
+
+    def _last_saved_anyway(self) -> str:
+        """After a failed write of best.pt: last.pt written if it can be, and what that
+        means for a resume, in words."""
+        try:
+            with _interrupt_after_block(held=1, then_raise=False):
+                self.save_last()
+        except OSError as e:
+            return (f"last.pt not written either ({e.strerror or 'see above'}): free space, "
+                    f"then continue with: {self._resume_command()}"
+                    if self.ckpt is not None or (self.out / "last.pt").exists() else
+                    "last.pt not written either")
+        return (f"last.pt holds step {self.step}: free space, then continue with: "
+                f"{self._resume_command()}")
 
     def _stop_if_diverged(self, diverged: TrainDiverged | None) -> None:
         """Raise ``diverged`` (rank 0's, from the weights it alone validates or exports) on
@@ -2559,7 +2602,7 @@ class _Run:
         wall = self.wall_time()
         if not self.is_main:
             return None, None, self.last_val, wall
-        plot_curves(self.log.records, out / "curves.png", has_val=bool(cfg.val))
+        _plot_or_warn(self.log.records, out / "curves.png", bool(cfg.val))
         final = _recalibrated(self.learner.ema, self.labeled, self.recalib, cfg.seed,
                               s.device)
         try:
