@@ -873,6 +873,16 @@ def _measure(res: BenchResult, names: list[str], variants: list[str],
                     row.note = "emulated (--force-bf16: no bf16 instructions)"  # (its s/MP
                     # passed for bf16's own: an audit)
                 del runner
-    if rss:
-        say("measuring peak memory (--rss)")
-        res.rss = measure_rss(threads=threads)
+    if rss:  # its failure loses no row measured above (Windows has no getrusage: every
+        # row was thrown away, nothing written, an audit)
+        import importlib.util
+
+        if importlib.util.find_spec("resource") is None:
+            log.warning("peak memory (--rss) not measured: this system has no getrusage "
+                        "(Windows)")
+        else:
+            say("measuring peak memory (--rss)")
+            try:
+                res.rss = measure_rss(threads=threads)
+            except (RuntimeError, OSError, ValueError) as e:
+                log.warning("peak memory (--rss) not measured: %s", str(e).splitlines()[0])

@@ -163,6 +163,22 @@ def test_bench_main_tiny(tmp_path):
     assert all(r.warmup_s > 0 for r in rows.values() if r.seconds is not None)
 
 
+def test_rss_that_cannot_be_measured_keeps_the_rows(tmp_path, monkeypatch, caplog):
+    """Where the memory measurement fails (Windows has no getrusage), every row measured
+    was thrown away, no Markdown nor JSON written (an audit): it is a note."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "resource" else real(name, *a))
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=0, variants=["fp32"],
+                           devices="cpu", flop_side=32, peak_side=16, rss=True,
+                           json_path=tmp_path / "b.json", echo=None)
+    assert res.rows[0].seconds is not None and res.rss is None
+    assert json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert "peak memory (--rss) not measured: this system has no getrusage" in caplog.text
+
+
 def test_bench_reports_the_overlap_tiling_really_uses():
     # run_tiled clamps the overlap to half a tile: the notes and the work must say so
     res = bench.bench_main(["semi-drdnet-tiny"], size=(40, 56), tile=24, overlap=100,
