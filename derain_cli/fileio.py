@@ -48,10 +48,19 @@ _SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "@recycle", "__macosx", "$rec
                              "system volume information", "lost+found", "#snapshot"})
 
 
+#: Photo libraries that macOS shows as one file (a package) but are folders: Photos' and
+#: iPhoto's originals and thumbnails, managed by their app (``derain ~/Pictures -r`` wrote
+#: results into Photos' library: an audit)
+_LIBRARY_PACKAGES = (".photoslibrary", ".photolibrary", ".migratedphotolibrary",
+                     ".aplibrary")
+
+
 def is_system_folder(name: str) -> bool:
-    """Whether a folder of this name is hidden (``.name``) or a system folder: scans do not
-    enter it, and a dataset's layout does not count it."""
-    return name.startswith(".") or name.lower() in _SYSTEM_FOLDERS
+    """Whether a folder of this name is hidden (``.name``), a system folder or a photo
+    app's library package: scans do not enter it, and a dataset's layout does not count
+    it."""
+    low = name.lower()
+    return name.startswith(".") or low in _SYSTEM_FOLDERS or low.endswith(_LIBRARY_PACKAGES)
 
 
 def same_name_key(path: str | os.PathLike[str]) -> str:

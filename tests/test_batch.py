@@ -1318,6 +1318,8 @@ def test_a_file_whose_suffix_lies_is_said_to_change_format(
 def test_system_folders_are_not_scanned(tmp_path: Path) -> None:
     _img(tmp_path / "a.jpg")
     _img(tmp_path / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_XL.jpg")
+    # macOS Photos' library, a folder shown as one file (results were written in it: audit)
+    _img(tmp_path / "Photos Library.photoslibrary" / "originals" / "A" / "x.jpg")
     _img(tmp_path / "sub" / "b.jpg")
     assert _rels(collect_inputs([str(tmp_path)], recursive=True)) == ["a.jpg", "sub/b.jpg"]
     assert _rels(collect_inputs([str(tmp_path / "**" / "*.jpg")])) == ["a.jpg", "sub/b.jpg"]
