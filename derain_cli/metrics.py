@@ -259,8 +259,11 @@ def psnr_torch(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) ->
         raise ValueError(f"psnr_torch expects NxCxHxW or CxHxW, got {tuple(pred.shape)}")
     import torch
 
-    p = pred.detach().to(torch.float64).clamp(0.0, data_range)
-    g = gt.detach().to(device=p.device, dtype=torch.float64).clamp(0.0, data_range)
+    # float64 on the CPU where the device has none (MPS: "Cannot convert a MPS Tensor to
+    # float64", read in an audit, as losses.py and torch_runner.py already do)
+    home = pred.device if pred.device.type != "mps" else torch.device("cpu")
+    p = pred.detach().to(device=home, dtype=torch.float64).clamp(0.0, data_range)
+    g = gt.detach().to(device=home, dtype=torch.float64).clamp(0.0, data_range)
     mse = (p - g).pow(2).flatten(1).mean(dim=1)
     per_image = 10.0 * torch.log10(data_range**2 / mse)  # mse == 0 -> inf
     return float(per_image.mean().item())
