@@ -322,8 +322,8 @@ def _interrupt_after_block(held: int = 1, then_raise: bool = True) -> Iterator[l
     handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
     if handlers[signal.SIGINT] is not signal.default_int_handler:
         del handlers[signal.SIGINT]
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):  # (Ctrl-Break: Windows', which the CLI
+        sig = getattr(signal, name, None)  # stops like Ctrl-C: not held, read in an audit)
         if sig is not None and callable(signal.getsignal(sig)):
             handlers[sig] = signal.getsignal(sig)
 
