@@ -159,6 +159,15 @@ def test_unlabeled_skips_an_unreadable_photo_with_one_warning(clean_dir, capsys)
     assert "empty.png" in lines[1]
 
 
+def test_a_skipped_photo_is_said_by_rank_0_alone(clean_dir, capsys, monkeypatch):
+    """Under torchrun each skip warning came once a process (an audit)."""
+    (clean_dir / "broken.jpg").write_text("not an image")
+    for rank, said in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        D.UnlabeledDataset([clean_dir], patch=16, seed=0)
+        assert capsys.readouterr().err.count("broken.jpg") == said, rank
+
+
 def test_a_skipped_photos_name_is_shown_escaped(clean_dir, capsys):
     """A photo named with an escape sequence found in a training folder reached the
     terminal raw through the skip warning."""
