@@ -1741,11 +1741,11 @@ def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
     try:
         return _datasets_of(cfg, hooks, arch, features, is_main)
     except (D.DataError, PairsError, FileNotFoundError) as e:
-        if "run_started" in hooks:  # finetune: its folders have flags of their own (--clean
-            raise  # is its --synthetic)
-        text = str(e)
-        for flag, dirs in (("--pairs", cfg.pairs), ("--synthetic", cfg.synthetic),
-                           ("--unlabeled", cfg.unlabeled)):
+        finetune = "run_started" in hooks  # its folders have flags of their own (they
+        text = str(e)  # were said without any: an audit)
+        for flag, dirs in (("--pairs", cfg.pairs),
+                           ("--clean" if finetune else "--synthetic", cfg.synthetic),
+                           ("--rainy" if finetune else "--unlabeled", cfg.unlabeled)):
             if any(text == f"no such folder: {d}" or text.startswith(f"{d}: ")
                    for d in dirs or ()):
                 raise type(e)(f"{flag} {text}") from None

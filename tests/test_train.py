@@ -2800,6 +2800,14 @@ def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^--synthetic no such folder: {data['val']}2"):
         T.train(_cfg(data, tmp_path / "a" / "run", pairs=[str(data["val"])],
                      synthetic=[f"{data['val']}2"]))
+    # finetune's folders by its own flags (said without any: an audit)
+    for kw, said in ((dict(rainy=str(empty)), f"^--rainy {empty}: no images found"),
+                     (dict(rainy=str(data["real"]), clean=str(empty)),
+                      f"^--clean {empty}: no images found")):
+        with pytest.raises(DataError, match=said):
+            T.finetune(T.FinetuneConfig(**kw, weights=None, model="semi-drdnet-tiny",
+                                        out=str(tmp_path / "ft"), steps=1, device="cpu",
+                                        quiet=True, contrast_features="none"))
     mine = tmp_path / "mine"
     mine.mkdir()
     with pytest.raises(DataError, match="no images found"):
