@@ -941,7 +941,9 @@ def check_config(cfg: TrainConfig) -> None:
                           ("--val", [cfg.val] if cfg.val else [])):
         for f in folders:  # the folders are read recursively: the run's files would be data
             via = reads_into(f, cfg.out)
+            same = via is not None and os.path.realpath(cfg.out) == os.path.realpath(f)
             need(via is None,
+                 f"--out {cfg.out} is the {flag} folder itself" if same else
                  f"--out {cfg.out} is inside the {flag} folder {f}"
                  + ("" if via is None or via == Path(f).expanduser() else f" (through {via})")
                  + ": its files (curves.png, checkpoints) would be read as photos next time; "

@@ -1429,8 +1429,9 @@ def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
     photos = tmp_path / "photos"
     shutil.copytree(data["real"], photos)
     base = T.train(_cfg(data, tmp_path / "base", steps=1))
-    for out in (photos / "run", photos):
-        with pytest.raises(T.TrainError, match="is inside the --unlabeled/--rainy folder"):
+    for out, said in ((photos / "run", "is inside the --unlabeled/--rainy folder"),
+                      (photos, "is the --unlabeled/--rainy folder itself")):  # ("inside":
+        with pytest.raises(T.TrainError, match=said):  # an audit)
             T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
                                         out=str(out), steps=1, device="cpu", quiet=True))
     with pytest.raises(T.TrainError, match="inside the --synthetic/--clean folder"):
