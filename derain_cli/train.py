@@ -3041,6 +3041,11 @@ def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
     if fc.weights:
         from .weights import read_state
 
+        if fc.resume and not Path(fc.weights).exists():  # (a bare "no such weights
+            # file" said nothing of a moved one: an audit)
+            raise TrainError(f"--resume: the starting weights {fc.weights} are gone; where "
+                             "the file moved, pass --weights with its new place",
+                             every_rank=False)
         _, meta = read_state(fc.weights)
         return fc.weights, str(fc.weights), fc.model or meta.get("name") or Path(
             fc.weights).stem

@@ -1261,6 +1261,12 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, mo
     # start; another starting model is another run, not a silent change of anchor and teacher
     same = tmp_path / "copy.safetensors"
     shutil.copy(base.weights, same)
+    moved = tmp_path / "moved.safetensors"  # the run's start moved: said, with what to do
+    Path(base.weights).rename(moved)  # (a bare "no such weights file": an audit)
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
+                                 *common])
+    assert r.exit_code == 2 and "pass --weights with its new place" in " ".join(
+        r.output.split()), r.output
     r = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "--steps", "4",
                                  "--weights", str(same), *common])
     assert r.exit_code == 0, r.output
