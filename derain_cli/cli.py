@@ -727,6 +727,7 @@ def run_cmd(
     fmt: Annotated[
         OutFormat | None,
         typer.Option("--format", case_sensitive=False, show_default=False, rich_help_panel=OUT,
+                     metavar="png|jpg|webp|tif|bmp",  # (cut mid-name at 80 columns: audit)
                      help="Output format. \\[default: same as the input]"),
     ] = None,
     quality: Annotated[
@@ -783,6 +784,8 @@ def run_cmd(
     ] = "auto",
     precision: Annotated[
         Precision, typer.Option("--precision", case_sensitive=False, rich_help_panel=PERF,
+                                metavar="auto|fp32|fp16|bf16|int8",  # (<...|int / 8> at 80
+                                # columns: an audit)
                                 help="auto: fp16 on GPUs; on CPUs int8 (ONNX Runtime) where "
                                      "the model ships an int8 graph, or bf16 where that was "
                                      "measured at least 10 % faster on this CPU (once, then "

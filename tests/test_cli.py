@@ -64,6 +64,13 @@ def test_help_shows_main_job_and_subcommands() -> None:
     assert derain("photo.jpg", "-h").stdout == out
 
 
+def test_choices_are_not_cut_mid_word_at_80_columns() -> None:
+    """--precision showed "<auto|fp32|fp16|bf16|int" over "8>", --format broke alike (an
+    audit)."""
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    assert "auto|fp32|fp16|bf16|int8" in out and "png|jpg|webp|tif|bmp" in out, out
+
+
 def test_lazy_subcommands_listed_and_loaded() -> None:
     from derain_cli.cli import LAZY_COMMANDS, _function_doc
 
