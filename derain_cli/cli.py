@@ -153,8 +153,14 @@ def _stderr() -> Console:
 
 
 def weights_file_option(value: Path | None) -> Path | None:
-    """``--weights FILE`` (it exists: Click checked): a folder is refused, a training run's
-    named by its model (Click's "is a directory" left the user to guess: an audit)."""
+    """``--weights FILE``: one that does not exist is refused, a model's name with a hint
+    to pass it as -m (Click's "does not exist" alone: an audit); a folder is refused, a
+    training run's named by its model (Click's "is a directory" left the user to guess:
+    an audit)."""
+    if value is not None and not value.exists():
+        hint = (f"; {value} is a model's name: pass it as -m {value}"
+                if str(value) in _registry_names() else "")
+        raise typer.BadParameter(f"path '{value}' does not exist{hint}.")
     if value is not None and value.is_dir():
         model = value / "model.safetensors"
         raise typer.BadParameter(
@@ -745,7 +751,7 @@ def run_cmd(
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", exists=True, readable=True, callback=weights_file_option,
+        typer.Option("--weights", readable=True, callback=weights_file_option,
                      rich_help_panel=MODEL, show_default=False, metavar="FILE",
                      help="Your own weights file (.safetensors or .pt) instead of the "
                           "published ones."),

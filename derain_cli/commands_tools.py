@@ -63,7 +63,7 @@ def export_cmd(
         "-m", "--model", show_default=False, autocompletion=complete_model,
         help="Registered model (default: the default model).")] = None,
     weights: Annotated[Path | None, typer.Option(
-        "--weights", exists=True, callback=weights_file_option, show_default=False,
+        "--weights", callback=weights_file_option, show_default=False,
         help="Weights file of one's own instead of the published weights.")] = None,
     opset: Annotated[int, typer.Option(
         "--opset", help=f"ONNX opset, {MIN_OPSET} to the newest PyTorch's exporter knows "

@@ -399,7 +399,7 @@ def finetune_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", autocompletion=complete_model,
                                               help="Start from this published model.")] = None,
     weights: Annotated[Path | None, typer.Option(
-        exists=True, callback=weights_file_option, help="Start from this weights file.")
+        callback=weights_file_option, help="Start from this weights file.")
     ] = None,
     clean: Annotated[Path | None, typer.Option(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
@@ -639,7 +639,7 @@ def eval_cmd(
                               f"\\[default: {DEFAULT_MODEL_NAME}]")] =
     None,
     weights: Annotated[Path | None, typer.Option(
-        exists=True, callback=weights_file_option, help="Weights file to evaluate.")] = None,
+        callback=weights_file_option, help="Weights file to evaluate.")] = None,
     save: Annotated[Path | None, typer.Option(
         help="Save derained outputs (PNG) here, with scores.csv unless --csv.")] = None,
     report: Annotated[str | None, typer.Option(  # (str: a trailing / is kept, and refused)

@@ -64,6 +64,20 @@ def test_help_shows_main_job_and_subcommands() -> None:
     assert derain("photo.jpg", "-h").stdout == out
 
 
+@pytest.mark.parametrize("command", [[], ["eval", "DATA"], ["export"],
+                                     ["finetune", "--rainy", "DATA"]])
+def test_a_model_name_given_as_weights_gets_a_hint(tmp_path: Path, command: list[str]) -> None:
+    """--weights semi-drdnet-tiny said only "path ... does not exist" (an audit)."""
+    (tmp_path / "DATA").mkdir()
+    r = derain(*command, "--weights", "semi-drdnet-tiny", cwd=tmp_path)
+    said = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and ("path 'semi-drdnet-tiny' does not exist; semi-drdnet-tiny "
+                                 "is a model's name: pass it as -m semi-drdnet-tiny") in said, said
+    r = derain(*command, "--weights", "nope.safetensors", cwd=tmp_path)
+    assert r.exit_code == 2 and "path 'nope.safetensors' does not exist." in " ".join(
+        r.output.replace("│", " ").split()), r.output
+
+
 def test_choices_are_not_cut_mid_word_at_80_columns() -> None:
     """--precision showed "<auto|fp32|fp16|bf16|int" over "8>", --format broke alike (an
     audit)."""
