@@ -87,6 +87,8 @@ def export_cmd(
         "--threads", min=1, show_default=False,
         help="CPU threads for tracing and for ranking convolutions with --int8 (default: "
              "PyTorch's and ONNX Runtime's own choice).")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar; only the result (and warnings).")] = False,
 ) -> None:
     """Export a model to ONNX (fp32, or int8 with --int8) for ONNX Runtime & co.
 
@@ -171,7 +173,8 @@ def export_cmd(
                     def on_step(done: int, total: int) -> None:
                         nonlocal shown
                         if shown is None:
-                            shown = bar.enter_context(count_progress("int8 steps", total, True))
+                            shown = bar.enter_context(
+                                count_progress("int8 steps", total, not quiet))
                         shown(done)
 
                     paths, record = build_int8(

@@ -591,6 +591,8 @@ def grow_cmd(
              "(default: procedural scenes; none: leave them at 0 and 1).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output file.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar; only the result (and warnings).")] = False,
 ) -> None:
     """Grow trained weights into a bigger model of their architecture, output unchanged
     (RDMC's added recursions: close): a start for derain train --weights FILE."""
@@ -605,7 +607,7 @@ def grow_cmd(
             def on_step(k: int, total: int) -> None:  # known from the first call
                 nonlocal done
                 if done is None:
-                    done = bar.enter_context(count_progress("growing", total, True))
+                    done = bar.enter_context(count_progress("growing", total, not quiet))
                 done(k)
 
             try:
@@ -679,6 +681,8 @@ def eval_cmd(
                                           help="Print the result as JSON.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing files of --save, --report and --csv.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar; only the result (and warnings).")] = False,
 ) -> None:
     """PSNR/SSIM (Y channel, 8-bit outputs) of a model on paired images."""
     from .evaluate import EvalInterrupted, evaluate
@@ -717,7 +721,7 @@ def eval_cmd(
 
         def on_start(total: int) -> None:  # shown from the first pair's start (an audit)
             nonlocal done
-            done = bar.enter_context(count_progress("pairs", total, not as_json))
+            done = bar.enter_context(count_progress("pairs", total, not as_json and not quiet))
 
         try:
             with bar:

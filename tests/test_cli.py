@@ -1979,6 +1979,9 @@ def test_grow_shows_progress_then_says_what_it_wrote(tmp_path: Path) -> None:
     lines = r.stderr.splitlines()
     assert lines[0].startswith("growing 1/1 "), r.stderr
     assert "grown into semi-drdnet-fast" in lines[1], r.stderr
+    r = derain("grow", "semi-drdnet-tiny", "--to", "semi-drdnet-fast", "--calib", "none",
+               "-o", tmp_path / "g.safetensors", "--overwrite", "-q")  # (as eval, export)
+    assert r.exit_code == 0 and "growing" not in r.stderr and "grown into" in r.stderr
 
 
 @pytest.mark.parametrize("command", [["eval", "DATA", "-m", "identity"], ["synth", "DATA"],

@@ -541,6 +541,9 @@ def test_cli_eval_and_synth(clean_dir, tmp_path):
     runner = CliRunner()
     r = runner.invoke(_app(), ["synth", str(clean_dir), str(tmp_path / "p"), "--count", "2"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(_app(), ["eval", str(tmp_path / "p"), "--model", "identity", "-q"])
+    assert r.exit_code == 0 and "pairs 2/2" not in r.stderr, r.output  # (-q was refused)
+    assert r.stdout.startswith("identity on p: 2 images, PSNR-Y"), r.stdout
     r = runner.invoke(_app(), ["eval", str(tmp_path / "p"), "--model", "identity", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
