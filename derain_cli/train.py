@@ -498,7 +498,13 @@ def _plot_or_warn(records: list[dict[str, Any]], path: Path, has_val: bool) -> N
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``)."""
+    """Read a training checkpoint safely (``weights_only=True``; refused where its entries
+    unpack to far more than the file: ``weights.inflation_problem``)."""
+    from .weights import inflation_problem
+
+    inflated = inflation_problem(path)
+    if inflated is not None:
+        raise TrainError(f"{path}: {inflated}", every_rank=False)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -1435,7 +1441,11 @@ def _checkpoint_wall(path: Path) -> float | None:
     """A checkpoint's time on the budget's clock (``budget_clock``), or None where it
     cannot be read. Memory-mapped: the weights and optimiser state are not read, so the
     resume's own load (``_checkpoint_to_resume``) is the only full read."""
+    from .weights import inflation_problem
+
     try:
+        if inflation_problem(path) is not None:
+            return None  # (the resume's own load refuses it, saying why)
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return budget_clock(ck) if isinstance(ck, dict) else None
     except Exception:  # noqa: BLE001 - missing, damaged (a zip error, ...), not ours

@@ -103,6 +103,25 @@ def _recalibrates(config: object) -> bool:
         return False
 
 
+def inflation_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a ``.pt`` file (a zip, as torch.save writes it) must not be loaded, or None:
+    entries that unpack to far more than the file holds. torch.save stores its entries
+    as they are; a 1 MB file of deflated zeros took 1 GB on loading, 20 MB would take
+    20 GB (an audit). Legacy (pre-zip) files have no entries to check: None."""
+    import zipfile
+
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None  # not a zip: torch.load says what it is
+    if unpacked > 4 * size + (1 << 20):
+        return (f"its entries unpack to {unpacked / 1e6:.0f} MB from a {size / 1e6:.1f} MB "
+                "file (torch.save stores them as they are): a damaged or hostile file")
+    return None
+
+
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, or of a ``.pt``/``.pth`` read safely."""
     path = Path(path)
@@ -112,6 +131,9 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         raise WeightsError(f"{path}: is a folder; give the weights file in it "
                            "(derain train writes RUN/model.safetensors)")
     if path.suffix in PICKLE_SUFFIXES:
+        inflated = inflation_problem(path)
+        if inflated is not None:
+            raise WeightsError(f"{path}: {inflated}")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error

@@ -403,3 +403,23 @@ def test_the_same_weights_make_the_same_file_in_every_process(tmp_path):
     back = weights.load_into(SemiDRDNet(net.cfg), files[0])
     for (k, a), b in zip(net.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a.half().float() if a.is_floating_point() else a, b), k
+
+
+def test_a_pt_file_that_unpacks_far_beyond_its_size_is_refused(tmp_path) -> None:
+    """torch.save stores its zip entries as they are; deflated ones unpacked on loading, a
+    1 MB file to 1 GB (an audit): refused before loading, as --weights and as --resume."""
+    import zipfile
+
+    from derain_cli.train import TrainError, load_checkpoint
+
+    torch.save({"w": torch.zeros(2**20)}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, zipfile.ZipFile(
+            tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert (tmp_path / "bomb.pt").stat().st_size < 100_000  # 4 MB of zeros, deflated
+    with pytest.raises(WeightsError, match=r"bomb.pt: its entries unpack to 4 MB from a 0.0 MB"):
+        weights.read_state(tmp_path / "bomb.pt")
+    with pytest.raises(TrainError, match="its entries unpack to"):
+        load_checkpoint(tmp_path / "bomb.pt")
+    assert weights.read_state(tmp_path / "plain.pt")[0]["w"].shape == (2**20,)  # as saved
