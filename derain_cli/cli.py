@@ -1450,7 +1450,9 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",
-            (str(getattr(derainer, "model_name", "?")), "cyan"),
+            # (a name from a weights file's metadata, a path: escaped, as every name
+            # shown is; ESC[2J cleared the screen: an audit)
+            (terminal_text(str(getattr(derainer, "model_name", "?"))), "cyan"),
             f"{_weights_phrase(derainer)} on {dev} "
             f"({_ENGINE.get(getattr(derainer, 'backend', ''), '?')}), "
             f"{getattr(derainer, 'precision', '?')}{why}, tiles {tiles}{where}",
@@ -1464,7 +1466,7 @@ def _weights_phrase(derainer: Any) -> str:
     status = getattr(derainer, "weights_status", None)
     if status:
         return f" ({status} weights)"
-    return f" [weights {getattr(derainer, 'weights_label', '?')}]"
+    return f" [weights {terminal_text(str(getattr(derainer, 'weights_label', '?')))}]"
 
 
 class _LogHandler(logging.Handler):

@@ -744,7 +744,7 @@ def eval_cmd(
         if as_json:  # the keys of an interrupted run's too
             _echo_json({**res.to_dict(), "interrupted": False, "error": None})
         else:
-            typer.echo(res.summary())
+            typer.echo(terminal_text(res.summary()))  # (names from files: escaped)
             if res.csv_path:
                 typer.echo(f"per-image scores: {res.csv_path}")
             if res.report_path:

@@ -825,6 +825,27 @@ def test_a_path_stdout_cannot_encode_is_escaped_not_a_failure(tmp_path: Path) ->
     assert "\\u96e8" in r.stdout and (tmp_path / "雨" / "rainy" / "a.png").exists()
 
 
+def test_a_name_from_a_weights_file_reaches_the_terminal_escaped(tmp_path: Path,
+                                                                tiny_weights: Path) -> None:
+    """A weights file named itself "evil ESC]0;T BEL ESC[2J" in its metadata: the banner
+    and eval's summary printed it raw (title set, screen cleared: a security audit)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_weights), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    evil = tmp_path / "evil.safetensors"
+    save_file(tensors, str(evil), {**meta, "name": "evil\x1b]0;T\x07\x1b[2J"})
+    _img(tmp_path / "pairs" / "rainy" / "a.png", 40, 32)
+    _img(tmp_path / "pairs" / "clean" / "a.png", 40, 32, seed=1)
+    r = derain(tmp_path / "pairs" / "rainy" / "a.png", "--weights", evil, "-o",
+               tmp_path / "o.png")
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.stderr and "evil\\x1b]0;T" in r.stderr, r.stderr
+    r = derain("eval", tmp_path / "pairs", "--weights", evil, "-q")
+    assert r.exit_code == 0 and "\x1b" not in r.stdout and "evil\\x1b" in r.stdout, r.stdout
+
+
 def test_a_folder_named_run_is_a_folder(tmp_path: Path, tiny_weights: Path) -> None:
     """The hidden main job is named "run": `derain run c.png` left the folder run/ out in
     silence, and `derain run` said "no input given" (an audit). Not a listed subcommand,
