@@ -44,18 +44,22 @@ class DataError(ValueError):
     """A data folder that cannot be used (empty, unreadable); the message says why."""
 
 
-def load_rgb_u8(path: str | Path) -> np.ndarray:
+def load_rgb_u8(path: str | Path, depths: list[int] | None = None) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped).
 
     Through ``images.read_image``, so training and evaluation see a photo exactly as
-    ``derain`` does (16-bit, CMYK, palette and turned TIFFs included)."""
+    ``derain`` does (16-bit, CMYK, palette and turned TIFFs included). ``depths``: the
+    file's bits a sample (8 or 16) is appended there (a 16-bit one is rounded to 8)."""
     from .images import read_image
 
     try:
-        rgb = read_image(path).rgb
+        loaded = read_image(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a data error
         raise DataError(f"{path}: cannot read image ({e})") from None
-    return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    if depths is not None:
+        depths.append(loaded.bit_depth)
+    return np.clip(np.rint(np.asarray(loaded.rgb, np.float32) * 255.0), 0, 255
+                   ).astype(np.uint8)
 
 
 def fit_long_side(img: np.ndarray, max_side: int) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -253,6 +254,23 @@ def test_a_grayscale_image_paired_with_a_colour_one_is_said(pairs, caplog):
     with caplog.at_level(logging.WARNING):
         E.evaluate("identity", pairs)
     assert "1 pair has one grayscale and one colour image (p1.png)" in caplog.text
+
+
+def test_a_16_bit_pair_is_said_to_be_scored_at_8_bits(pairs, caplog):
+    """A 16-bit pair a few levels apart scored 100 dB, "identical", in silence (an audit):
+    every image is scored at 8 bits, which is said."""
+    import logging
+
+    rgb = np.asarray(Image.open(pairs / "rainy" / "p1.png").convert("RGB")).astype(np.int32)
+    for side, shift in (("rainy", 0), ("clean", 40)):  # 40 of 65535: a sixth of a level
+        deep = np.minimum(rgb * 257 + shift, 65535).astype(np.uint16)
+        cv2.imwrite(str(pairs / side / "p1.png"), cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
+    with caplog.at_level(logging.WARNING):
+        res = E.evaluate("identity", pairs)
+    assert ("1 pair holds 16-bit images (p1.png): scored at 8 bits, as every image here "
+            "is") in caplog.text
+    got = {s.name: s.psnr_y for s in res.images}
+    assert got["p1.png"] == 100.0, got  # what it says: the 8-bit images are alike
 
 
 def test_synth_pairs(clean_dir, tmp_path):
