@@ -279,7 +279,9 @@ def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
     """(name, arch, config dict) of the model being trained."""
     if cfg.arch is not None:
         conf = cfg.model_config or {}
-        model = build_architecture(cfg.arch, conf)
+        _check_network_size(cfg.arch, conf)
+        with torch.device("meta"):  # its config alone: nothing allocated (a whole build
+            model = build_architecture(cfg.arch, conf)  # here, the network was made twice)
         return cfg.name or cfg.model or cfg.arch, cfg.arch, config_to_dict(model.cfg)
     if cfg.init_weights and not cfg.model:
         from .weights import WeightsError, own_architecture, read_state
@@ -1255,8 +1257,15 @@ def _mean_over_ranks(window: Sequence[float], world: int,
     return float(t[0] / t[1]) if t[1] > 0 else None
 
 
+#: the most parameters a network derain trains may have: 6 times the largest registered
+#: model (paper-size RDMC, 16 M), so that a config no run of derain's holds is refused
+#: before it is built
+MAX_TRAIN_PARAMS = 100_000_000
+
+
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
     if not cfg.init_weights:
+        _check_network_size(arch, conf)
         return build_architecture(arch, conf)
     # shapes checked before anything is built (without -m the architecture comes from the
     # file's own metadata); the file read once
@@ -1274,6 +1283,25 @@ def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module
                 f"{cfg.model}; leave out --model to train the file's own architecture ({e})"
             ) from None
         raise
+
+def _check_network_size(arch: str, conf: dict[str, Any]) -> None:
+    """TrainError where ``conf`` builds a network past ``MAX_TRAIN_PARAMS`` (counted on the
+    meta device: nothing allocated). A run folder's config.json asking for width 8192 and
+    64 blocks allocated gigabytes a layer on --resume until the machine ran out (an audit
+    of downloaded runs); --model-config alike."""
+    try:
+        with torch.device("meta"):
+            net = build_architecture(arch, conf)
+    except (TypeError, ValueError, KeyError):
+        return  # the real build says what is wrong with the config
+    count = sum(p.numel() for p in net.parameters())
+    if count > MAX_TRAIN_PARAMS:
+        raise TrainError(f"the model config {json.dumps(conf)[:160]} builds a network of "
+                         f"{count / 1e6:.0f} M parameters, more than derain trains "
+                         f"({MAX_TRAIN_PARAMS / 1e6:.0f} M; paper-size RDMC holds 16 M): a "
+                         "damaged or foreign run, or a --model-config typo",
+                         every_rank=False)
+
 
 def train(
     config: TrainConfig,

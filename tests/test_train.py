@@ -1521,6 +1521,25 @@ def test_a_best_pt_that_cannot_be_written_still_leaves_last_pt(data, tmp_path, c
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
 
 
+def test_a_network_far_past_derains_sizes_is_refused_before_it_is_built(data, tmp_path):
+    """A downloaded run folder whose config.json asked for width 8192 and 64 blocks
+    allocated gigabytes a layer on --resume until the machine ran out (an audit)."""
+    huge = {"width": 8192, "rain_blocks": 64, "detail_blocks": 64, "se_reduction": 16}
+    with pytest.raises(T.TrainError, match=r"builds a network of \d+ M parameters"):
+        T.train(_cfg(data, tmp_path / "fresh", model_config=huge))
+    out = tmp_path / "run"
+    T.train(_cfg(data, out, steps=1))
+    saved = json.loads((out / "config.json").read_text())
+    saved["model_config"] = huge
+    (out / "config.json").write_text(json.dumps(saved))
+    ck = torch.load(out / "last.pt", weights_only=False)
+    ck["model_config"] = json.dumps(huge)
+    ck["config"] = json.dumps({**json.loads(ck["config"]), "model_config": huge})
+    torch.save(ck, out / "last.pt")
+    with pytest.raises(T.TrainError, match=r"builds a network of \d+ M parameters"):
+        T.train(T.TrainConfig(out=str(out), resume=True, steps=2, device="cpu", quiet=True))
+
+
 def test_a_run_folder_is_marked_where_there_are_no_file_locks(tmp_path, monkeypatch):
     """Without fcntl (Windows) the lock file, which also marks a run's folder, was never
     made: a folder run derained the run's curves.png with the photos (an audit)."""
