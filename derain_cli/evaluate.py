@@ -270,6 +270,18 @@ def save_names(pairs: Sequence[Pair]) -> list[str]:
              else p.name.replace(".", "_")) + ".png" for p in pairs]
 
 
+def _as_written(out: np.ndarray, rainy: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """The model's float output as derain writes it: for a gray pair (a grayscale photo)
+    its BT.601 luma, as the writer makes the grayscale file (its colour output was
+    scored, and saved as a colour PNG, 0.1 dB off derain's own file: an audit)."""
+    if not (is_gray(rainy) and is_gray(clean)):
+        return out
+    from .images import _LUMA
+
+    y = np.asarray(out, np.float32) @ _LUMA
+    return np.repeat(y[..., None], 3, axis=2)
+
+
 def _to_u8(img: np.ndarray, name: str = "") -> np.ndarray:
     """A model's float output as the 8-bit image scored; ``ValueError`` naming the pair
     where it holds NaN or infinities (scored as black: 11 dB for a half-NaN output, an
@@ -407,7 +419,8 @@ def evaluate(
 
                 raise PairDataError(problem)
             t = time.perf_counter()
-            out = _to_u8(run(rainy), p.name) if label != IDENTITY else rainy
+            out = (_to_u8(_as_written(run(rainy), rainy, clean), p.name)
+                   if label != IDENTITY else rainy)
             took = time.perf_counter() - t  # the model's time alone (it held the scoring's)
             s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),
                            metrics.ssim_y(out, clean), min(metrics.psnr_rgb(out, clean), PSNR_CAP),

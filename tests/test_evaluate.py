@@ -131,6 +131,28 @@ def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights)
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 6
 
 
+def test_a_gray_pair_is_scored_on_the_gray_image_derain_writes(pairs, tmp_path, tiny_weights):
+    """A grayscale pair's output was scored (and saved) in colour, where derain writes the
+    grayscale photo's result as its luma: 0.1 dB apart (an audit)."""
+    from derain_cli import metrics
+    from derain_cli.enhancer import Derainer
+    from derain_cli.images import read_image, write_image
+
+    for side in ("rainy", "clean"):
+        for p in (pairs / side).iterdir():
+            Image.open(p).convert("L").save(p)
+    res = E.evaluate(str(tiny_weights), pairs, save_dir=tmp_path / "out", device="cpu",
+                     precision="fp32")
+    loaded = read_image(pairs / "rainy" / "p0.png")
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32")
+    write_image(tmp_path / "derain.png", d.derain_array(loaded.pixels), like=loaded)
+    own = np.asarray(Image.open(tmp_path / "derain.png").convert("RGB"))
+    saved = np.asarray(Image.open(tmp_path / "out" / "p0.png").convert("RGB"))
+    np.testing.assert_array_equal(saved, own)
+    clean = np.asarray(Image.open(pairs / "clean" / "p0.png").convert("RGB"))
+    assert res.images[0].psnr_rgb == pytest.approx(metrics.psnr_rgb(own, clean))
+
+
 def test_overwrite_over_fewer_pairs_names_the_saved_images_it_left(pairs, tmp_path, caplog):
     """--save's images of an earlier run over more pairs stay (they may be the user's), but
     were left unmarked beside the new ones: a warning counts them."""
