@@ -198,7 +198,8 @@ def test_engine_settings_for_the_identity_are_said_to_do_nothing(pairs, caplog):
 
     with caplog.at_level(logging.WARNING):
         E.evaluate("identity", pairs, limit=1)
-    assert "engine" not in caplog.text
+        E.evaluate("identity", pairs, limit=1, precision="fp32")  # README's own command
+    assert "engine" not in caplog.text  # (warned of fp32: an audit)
     with caplog.at_level(logging.WARNING):
         E.evaluate("identity", pairs, precision="fp64", limit=1)
     assert "precision='fp64': no engine runs for the identity" in caplog.text
