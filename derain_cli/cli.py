@@ -1473,10 +1473,15 @@ class _LogHandler(logging.Handler):
     def __init__(self, console: Console) -> None:
         super().__init__()
         self.console = console
+        #: the least level shown; info records marked ``note`` are shown above it too
+        self.shown = logging.WARNING
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = record.levelname.lower()
+            noted = record.levelno < logging.WARNING and getattr(record, "note", False)
+            if record.levelno < self.shown and not noted:
+                return  # (info records reach here for the notes among them)
+            level = "note" if noted else record.levelname.lower()
             # a file name in a message may hold an escape sequence or a line break (a
             # forged second line): its arguments on one line each, the rest escaped
             text = record.getMessage()
@@ -1498,10 +1503,10 @@ def attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...
     handler = _LogHandler(console)
     logger = logging.getLogger("derain_cli")
     saved = (handler, logger.level, logger.propagate)
-    handler.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+    handler.shown = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    handler.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO)
     logger.addHandler(handler)
-    if debug:
-        logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)  # (notes: ``extra={"note":
     logger.propagate = False
     return saved
 

@@ -846,6 +846,22 @@ def test_a_name_from_a_weights_file_reaches_the_terminal_escaped(tmp_path: Path,
     assert r.exit_code == 0 and "\x1b" not in r.stdout and "evil\\x1b" in r.stdout, r.stdout
 
 
+def test_the_first_runs_engine_timing_is_said(tmp_path: Path, tiny_weights: Path) -> None:
+    """The first run on a machine times the engines for seconds without a word (an
+    audit): a note says so; the next run, which reads the choice, says none."""
+    src = _img(tmp_path / "a.png", 40, 32)
+    env = {"DERAIN_CACHE": str(tmp_path / "cache"), "DERAIN_CPU_FP32": "auto"}  # (tests pin
+    # the engine: conftest)
+    first = _run_module(src, "--weights", tiny_weights, "-o", tmp_path / "o.png", "--threads",
+                        "1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "measured now" in first.stderr, first.stderr  # (the case here: a user's file)
+    assert first.stderr.startswith("note: timing "), first.stderr
+    again = _run_module(src, "--weights", tiny_weights, "-o", tmp_path / "o.png", "--threads",
+                        "1", "--overwrite", env=env)
+    assert again.returncode == 0 and "note:" not in again.stderr, again.stderr
+
+
 def test_a_folder_named_run_is_a_folder(tmp_path: Path, tiny_weights: Path) -> None:
     """The hidden main job is named "run": `derain run c.png` left the folder run/ out in
     silence, and `derain run` said "no input given" (an audit). Not a listed subcommand,
