@@ -922,23 +922,32 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
     # compared as the file system compares names: one file on macOS and Windows may have
     # two spellings here (IMG_1.jpg, img_1.jpg)
     inputs = {same_name_key(i.path) for i in items if i.error is None}
-    claimed: dict[str, InputItem] = {}
-    jobs: list[Job] = []
+    planned: list[tuple[InputItem, Path | None, str | None]] = []
+    claims: dict[str, list[InputItem]] = {}  # an output's key -> the inputs that write it
     for item in items:
         if item.error is not None:
-            jobs.append(Job(item, None, item.error))
+            planned.append((item, None, None))
             continue
         out = _output_for(item, options, to_file)
         key = same_name_key(out)
-        if _same_file(out, item.path):
+        if not _same_file(out, item.path) and key not in inputs:
+            claims.setdefault(key, []).append(item)
+        planned.append((item, out, key))
+    jobs: list[Job] = []
+    for item, out, key in planned:
+        if out is None or key is None:
+            jobs.append(Job(item, None, item.error))
+        elif _same_file(out, item.path):
             jobs.append(Job(item, out, "the output would overwrite the input; choose another -o"))
         elif key in inputs:
             jobs.append(Job(item, out, f"the output {out} is another input of this batch"))
-        elif key in claimed:  # (every rerun fails it alike: say the way out)
-            jobs.append(Job(item, out, f"{claimed[key].path} writes the same output {out}; "
-                                       "rename one of them, or derain it into another -o"))
+        elif len(claims[key]) > 1:  # none of them: the first one sorted took it, and a
+            # rerun after a new clashing photo skipped that one as done with the other's
+            # result (an audit); every rerun fails them alike: say the way out
+            others = ", ".join(str(o.path) for o in claims[key] if o is not item)
+            jobs.append(Job(item, out, f"{others} writes the same output {out}; rename one "
+                                       "of them, or derain it into another -o"))
         else:
-            claimed[key] = item
             jobs.append(Job(item, out))
     return jobs
 
