@@ -1721,8 +1721,13 @@ def run_batch(
     options: BatchOptions | None = None,
     progress: BatchProgress | None = None,
     dist: DistInfo | None = None,
+    jobs: Sequence[Job] | None = None,
 ) -> Summary:
     """Derain every input and return the :class:`Summary`.
+
+    ``jobs``: ``plan_jobs(items, options)`` where the caller made it already (the CLI, to
+    count the work before the model loads: planned twice, a rerun over 20000 photos
+    spent 6 s more, an audit).
 
     ``derainer`` may be None when nothing needs processing (every output exists, or every
     input failed upfront; see :func:`plan_jobs` / :func:`pending`). With ``dist`` enabled
@@ -1737,7 +1742,7 @@ def run_batch(
     if options.started is None:  # now, for every check that reads it (_upfront's too: a
         options = replace(options, started=time.time())  # library caller's was None: a review)
     since = options.started
-    jobs = plan_jobs(items, options)
+    jobs = list(jobs) if jobs is not None else plan_jobs(items, options)
     to_folder = options.output is not None and not _writes_one_file(options)
     created: list[Path] = []
     if (to_folder and any(j.error is None for j in jobs) and dist.is_main

@@ -1106,7 +1106,8 @@ def _run(
                                          lines=chatty and main_rank and not live)
                 try:
                     with progress:
-                        summary = batch.run_batch(items, derainer, options, progress, dist)
+                        summary = batch.run_batch(items, derainer, options, progress, dist,
+                                                  jobs=jobs)
                 except batch.BatchInterrupted as stop:
                     if json_out and main_rank:  # a script still learns what was done
                         _echo_json(err, stop.summary)
