@@ -884,5 +884,6 @@ def _measure(res: BenchResult, names: list[str], variants: list[str],
             say("measuring peak memory (--rss)")
             try:
                 res.rss = measure_rss(threads=threads)
-            except (RuntimeError, OSError, ValueError) as e:
-                log.warning("peak memory (--rss) not measured: %s", str(e).splitlines()[0])
+            except (RuntimeError, OSError, ValueError, IndexError) as e:
+                said = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                log.warning("peak memory (--rss) not measured: %s", said[-1] if said else e)

@@ -2138,9 +2138,14 @@ def _printable_stdout() -> None:
     export, eval; an audit). stderr does so already (Python's default)."""
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     encoding = (getattr(sys.stdout, "encoding", "") or "").lower().replace("-", "")
-    if reconfigure is not None and encoding not in ("utf8", "utf_8"):
-        with contextlib.suppress(Exception):  # a replaced stdout may take no such setting
-            reconfigure(errors="backslashreplace")
+    if reconfigure is None or getattr(sys.stdout, "errors", "strict") != "strict":
+        return
+    with contextlib.suppress(Exception):  # a replaced stdout may take no such setting
+        # UTF-8: a file name's undecodable bytes (Latin-1 on Linux) written back as they
+        # are, as the C locale does (strict, synth failed after its work: a review);
+        # another code page: what it cannot hold as escapes
+        reconfigure(errors="surrogateescape" if encoding in ("utf8", "utf_8")
+                    else "backslashreplace")
 
 
 def _catch_termination() -> None:

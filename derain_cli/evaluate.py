@@ -173,7 +173,7 @@ def _check_engine_options(model: Any, **given: object) -> None:
     defaults = inspect.signature(evaluate).parameters  # evaluate's own, not a copy
     changed = [f"{k}={v!r}" for k, v in given.items() if v != defaults[k].default]
     if model == IDENTITY:  # fp32 is what README's figures are measured with, the
-        changed = [c for c in changed if c != "precision='fp32'"]  # identity's row too
+        changed = [c for c in changed if c.lower() != "precision='fp32'"]  # its row too
     if changed and model == IDENTITY:  # `-m identity --precision fp64` passed in silence
         log.warning("%s: no engine runs for the identity, which scores the rainy photos as "
                     "they are", ", ".join(changed))  # (an audit); a warning: scripts loop
@@ -272,13 +272,15 @@ def save_names(pairs: Sequence[Pair]) -> list[str]:
              else p.name.replace(".", "_")) + ".png" for p in pairs]
 
 
-def _as_written(out: np.ndarray, rainy: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """The model's float output as derain writes it: for a gray pair (a grayscale photo)
-    its BT.601 luma, as the writer makes the grayscale file (its colour output was
-    scored, and saved as a colour PNG, 0.1 dB off derain's own file: an audit)."""
-    if not (is_gray(rainy) and is_gray(clean)):
+def _as_written(out: np.ndarray, rainy: Path) -> np.ndarray:
+    """The model's float output as derain writes it: for a grayscale rainy file its
+    BT.601 luma, as the writer makes the grayscale result (its colour output was scored,
+    0.1 dB off derain's own file: an audit). Decided by the file's mode, as the writer
+    decides: an RGB file of equal channels is written, and scored, in colour."""
+    from .images import _LUMA, is_grayscale_file
+
+    if not is_grayscale_file(rainy):
         return out
-    from .images import _LUMA
 
     y = np.asarray(out, np.float32) @ _LUMA
     return np.repeat(y[..., None], 3, axis=2)
@@ -421,7 +423,7 @@ def evaluate(
 
                 raise PairDataError(problem)
             t = time.perf_counter()
-            out = (_to_u8(_as_written(run(rainy), rainy, clean), p.name)
+            out = (_to_u8(_as_written(run(rainy), p.rainy), p.name)
                    if label != IDENTITY else rainy)
             took = time.perf_counter() - t  # the model's time alone (it held the scoring's)
             s = ImageScore(p.name, min(metrics.psnr_y(out, clean), PSNR_CAP),

@@ -525,7 +525,7 @@ def _readable_exif(raw: bytes, turned: bool, path: object) -> bytes | None:
 
 
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y, _MAKER_NOTE = 0x8769, 0xA002, 0xA003, 0x927C
-_IMAGE_WIDTH, _IMAGE_LENGTH, _X_RESOLUTION = 0x0100, 0x0101, 0x011A
+_IMAGE_WIDTH, _IMAGE_LENGTH, _X_RESOLUTION, _RESOLUTION_UNIT = 0x0100, 0x0101, 0x011A, 0x0128
 #: the TIFF field types that hold one integer in an IFD entry: SHORT (as the standard says
 #: for orientation) and LONG (seen in the wild)
 _SHORT_LONG = {3: "H", 4: "I"}
@@ -884,8 +884,9 @@ def _read(p: Path, max_pixels: int | None, data: bytes | None = None) -> LoadedI
         dpi = None
         if fmt != "TIFF" or TiffImagePlugin.X_RESOLUTION in getattr(im, "tag_v2", {}):
             dpi = _clean_dpi(im.info.get("dpi"))
-        if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and \
-                _X_RESOLUTION not in im.getexif():
+        if fmt == "JPEG" and im.info.get("jfif_unit") not in (1, 2) and not (
+                {_X_RESOLUTION, _RESOLUTION_UNIT} <= set(im.getexif())):  # (Pillow's 72
+            # stands in where EXIF lacks either: a review)
             dpi = None  # Pillow's stand-in of 72 dpi (a JPEG with EXIF, no resolution in
             # it, its JFIF an aspect ratio): written out as if the photo said it (an audit)
         if dpi is not None and orientation >= 5:  # rotated by 90 degrees
@@ -1124,6 +1125,18 @@ def _read_xmp(im: Image.Image, fmt: str, turned: bool = False) -> bytes | None:
         raw = _XMP_IMAGE_SIZE.sub(
             lambda m: m.group(1) + (b"Length" if m.group(2) == b"Width" else b"Width"), raw)
     return raw
+
+
+def is_grayscale_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``read_image`` gives this file as grayscale (its mode, from the header: 1,
+    L, LA, I, I;16), so that its result is written as grayscale; False where it cannot be
+    opened."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except Exception:  # noqa: BLE001 - unreadable: read_image says why, elsewhere
+        return False
+    return mode in ("1", "L", "LA", "La", "I") or mode.startswith("I;16")
 
 
 def _normalise_mode(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:

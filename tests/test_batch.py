@@ -1558,6 +1558,13 @@ def test_a_result_dated_in_the_future_is_not_another_runs(tmp_path: Path, derain
     assert s.processed == 1 and (out / "a.png").stat().st_mtime < ahead - 60
 
 
+@pytest.mark.parametrize("quality", [90.5, True, 0])
+def test_a_quality_that_write_image_refuses_is_refused_up_front(quality: object) -> None:
+    """90.5 passed BatchOptions and failed every photo after its work (a review)."""
+    with pytest.raises(ValueError, match="quality must be a whole number 1..100"):
+        BatchOptions(quality=quality)  # type: ignore[arg-type]
+
+
 def test_run_batch_takes_the_jobs_its_caller_planned(tmp_path: Path) -> None:
     """The CLI plans the jobs to count the work before the model loads; run_batch planned
     them again (6 s more on a rerun over 20000 photos: an audit). Given, they are used."""

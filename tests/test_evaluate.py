@@ -151,6 +151,16 @@ def test_a_gray_pair_is_scored_on_the_gray_image_derain_writes(pairs, tmp_path, 
     np.testing.assert_array_equal(saved, own)
     clean = np.asarray(Image.open(pairs / "clean" / "p0.png").convert("RGB"))
     assert res.images[0].psnr_rgb == pytest.approx(metrics.psnr_rgb(own, clean))
+    # a gray photo stored as RGB is written in colour by derain: scored so (a review)
+    for side in ("rainy", "clean"):
+        for p in (pairs / side).iterdir():
+            Image.open(p).convert("RGB").save(p)
+    E.evaluate(str(tiny_weights), pairs, save_dir=tmp_path / "rgb", device="cpu",
+               precision="fp32")
+    loaded = read_image(pairs / "rainy" / "p0.png")
+    write_image(tmp_path / "derain_rgb.png", d.derain_array(loaded.pixels), like=loaded)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "rgb" / "p0.png")),
+                                  np.asarray(Image.open(tmp_path / "derain_rgb.png")))
 
 
 def test_overwrite_over_fewer_pairs_names_the_saved_images_it_left(pairs, tmp_path, caplog):
@@ -199,6 +209,7 @@ def test_engine_settings_for_the_identity_are_said_to_do_nothing(pairs, caplog):
     with caplog.at_level(logging.WARNING):
         E.evaluate("identity", pairs, limit=1)
         E.evaluate("identity", pairs, limit=1, precision="fp32")  # README's own command
+        E.evaluate("identity", pairs, limit=1, precision="FP32")  # (in any case: a review)
     assert "engine" not in caplog.text  # (warned of fp32: an audit)
     with caplog.at_level(logging.WARNING):
         E.evaluate("identity", pairs, precision="fp64", limit=1)

@@ -739,7 +739,10 @@ def test_a_jpeg_without_a_resolution_gets_none_written(tmp_path: Path) -> None:
     assert read_image(tmp_path / "in.jpg").dpi is None
     Image.fromarray(_rgb8()).save(tmp_path / "said.jpg", exif=exif.tobytes(), dpi=(72, 72))
     assert read_image(tmp_path / "said.jpg").dpi == (72.0, 72.0)  # the photo's own 72
-    exif[0x011A], exif[0x011B], exif[0x0128] = 300, 300, 2
+    exif[0x011A], exif[0x011B] = 300, 300  # no unit: Pillow's 72 stands in (a review)
+    Image.fromarray(_rgb8()).save(tmp_path / "nounit.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "nounit.jpg").dpi is None
+    exif[0x0128] = 2
     Image.fromarray(_rgb8()).save(tmp_path / "exif.jpg", exif=exif.tobytes())
     assert read_image(tmp_path / "exif.jpg").dpi == (300.0, 300.0)
 
