@@ -1346,6 +1346,9 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
         # folder failed "cannot write to ..." (a read-only -o), "no space left" (an audit)
         return "failed", (_broken_link(src) if os.path.islink(src) else
                           "no such file or folder (gone since the folder was listed?)")
+    with contextlib.suppress(OSError):  # no photo: said before the model loads (a folder
+        if os.path.isfile(src) and os.path.getsize(src) == 0:  # of empty files loaded it)
+            return "failed", "empty file (0 bytes)"
     why = why_unwritable(out.parent)  # before the model runs, not after
     if why is not None:
         hint = ("; write the results elsewhere with -o DIR" if options.output is None else "")

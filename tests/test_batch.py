@@ -1576,3 +1576,16 @@ def test_run_batch_takes_the_jobs_its_caller_planned(tmp_path: Path) -> None:
     jobs = [with_error(j, error="as planned") for j in plan_jobs(items, opts)]
     s = run_batch(items, None, opts, jobs=jobs)
     assert s.failed == [(str(tmp_path / "in" / "a.png"), "as planned")]
+
+
+def test_an_empty_file_fails_before_any_work(tmp_path: Path) -> None:
+    """A folder of empty .jpg files loaded the model, then failed each (an audit at 10000
+    files): an empty file is no work."""
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        (tmp_path / "in" / f"e{i}.jpg").write_bytes(b"")
+    items = collect_inputs([str(tmp_path / "in")])
+    opts = BatchOptions(output=tmp_path / "out")
+    assert pending(plan_jobs(items, opts), opts) == 0
+    s = run_batch(items, None, opts)
+    assert [r for _, r in s.failed] == ["empty file (0 bytes)"] * 3
