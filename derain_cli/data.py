@@ -105,14 +105,15 @@ def _load_all(paths: Sequence[Path]) -> list[np.ndarray]:
 
 def warn_skipped(path: Path, reason: str) -> None:
     """Print one ``warning:`` line on stderr for an image that is skipped (``reason`` is the
-    ``DataError`` text, which starts with the path). Under torchrun rank 0 alone says it,
-    as the library's other warnings (each line came once a process: an audit)."""
+    ``DataError`` text, which starts with the path). Under torchrun each machine's first
+    process alone says it (each line came once a process: an audit; another machine reads
+    files of its own, which it says itself)."""
     import os
     import sys
 
     from .fileio import terminal_text
 
-    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+    if os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0"):
         return
     text = reason if reason.startswith(str(path)) else f"{path}: {reason}"
     print(f"warning: {terminal_text(text)}; skipped", file=sys.stderr, flush=True)

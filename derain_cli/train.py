@@ -95,16 +95,17 @@ class TrainPeerLost(RuntimeError):
     every step since the last checkpoint lost: an audit). A runtime failure (exit 1)."""
 
 
-#: words of a collective failing because a peer is gone (gloo, NCCL, the TCP store)
-_PEER_LOST_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe",
-                    "connection refused", "timed out")
+#: words of a collective failing because its peer is gone: gloo's "Read error ...:
+#: Connection reset by peer" or "Connection closed by peer", a socket's broken pipe. Not
+#: "nccl" nor "timed out" alone: a process's own NCCL out-of-memory error or its data
+#: loader's timeout were called another's (a review)
+_PEER_LOST_WORDS = ("connection reset by peer", "connection closed by peer", "broken pipe")
 
 
 def _peer_lost(e: BaseException) -> bool:
-    """True for an error of the process group (a peer gone), not of the work itself."""
-    dist_error = getattr(dist, "DistError", None)
-    return (isinstance(dist_error, type) and isinstance(e, dist_error)) or any(
-        w in str(e).lower() for w in _PEER_LOST_WORDS)
+    """True for a collective's error saying its peer went away, not one of the work."""
+    text = str(e).lower()
+    return "out of memory" not in text and any(w in text for w in _PEER_LOST_WORDS)
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -951,8 +952,8 @@ def check_config(cfg: TrainConfig) -> None:
             via = reads_into(f, cfg.out)
             same = via is not None and os.path.realpath(cfg.out) == os.path.realpath(f)
             need(via is None,
-                 f"--out {cfg.out} is the {flag} folder itself" if same else
-                 f"--out {cfg.out} is inside the {flag} folder {f}"
+                 (f"--out {cfg.out} is the {flag} folder itself" if same else
+                  f"--out {cfg.out} is inside the {flag} folder {f}")
                  + ("" if via is None or via == Path(f).expanduser() else f" (through {via})")
                  + ": its files (curves.png, checkpoints) would be read as photos next time; "
                  "choose an --out outside it")
@@ -1299,8 +1300,7 @@ def _check_network_size(arch: str, conf: dict[str, Any]) -> None:
         raise TrainError(f"the model config {json.dumps(conf)[:160]} builds a network of "
                          f"{count / 1e6:.0f} M parameters, more than derain trains "
                          f"({MAX_TRAIN_PARAMS / 1e6:.0f} M; paper-size RDMC holds 16 M): a "
-                         "damaged or foreign run, or a --model-config typo",
-                         every_rank=False)
+                         "damaged or foreign run, or a --model-config typo")
 
 
 def train(
@@ -2444,7 +2444,7 @@ class _Run:
             said = ""
             if self.is_main:
                 said = self._peer_lost_text(e)
-            raise TrainPeerLost(said or "another process of this run stopped") from None
+            raise TrainPeerLost(said or "another process of this run stopped") from e
 
     def _update(self, loss: torch.Tensor, parts: dict[str, float], gnorm: Any, finite: bool,
                 lr: float) -> None:
@@ -2547,7 +2547,7 @@ class _Run:
             with _interrupt_after_block(held=1, then_raise=False):
                 self.save_last()
         except OSError as e:
-            return (f"last.pt not written either ({e.strerror or 'see above'}): free space, "
+            return (f"last.pt not written either ({e.strerror or e}): free space, "
                     f"then continue with: {self._resume_command()}"
                     if self.ckpt is not None or (self.out / "last.pt").exists() else
                     "last.pt not written either")

@@ -162,8 +162,8 @@ def test_unlabeled_skips_an_unreadable_photo_with_one_warning(clean_dir, capsys)
 def test_a_skipped_photo_is_said_by_rank_0_alone(clean_dir, capsys, monkeypatch):
     """Under torchrun each skip warning came once a process (an audit)."""
     (clean_dir / "broken.jpg").write_text("not an image")
-    for rank, said in (("1", 0), ("0", 1)):
-        monkeypatch.setenv("RANK", rank)
+    for rank, said in (("1", 0), ("0", 1)):  # (each machine's first: LOCAL_RANK)
+        monkeypatch.setenv("LOCAL_RANK", rank)
         D.UnlabeledDataset([clean_dir], patch=16, seed=0)
         assert capsys.readouterr().err.count("broken.jpg") == said, rank
 

@@ -1436,8 +1436,8 @@ def test_out_inside_the_photos_and_negative_weights_are_refused(data, tmp_path):
     shutil.copytree(data["real"], photos)
     base = T.train(_cfg(data, tmp_path / "base", steps=1))
     for out, said in ((photos / "run", "is inside the --unlabeled/--rainy folder"),
-                      (photos, "is the --unlabeled/--rainy folder itself")):  # ("inside":
-        with pytest.raises(T.TrainError, match=said):  # an audit)
+                      (photos, "is the --unlabeled/--rainy folder itself: its files")):
+        with pytest.raises(T.TrainError, match=said):  # ("inside": an audit)
             T.finetune(T.FinetuneConfig(rainy=str(photos), weights=str(base.weights),
                                         out=str(out), steps=1, device="cpu", quiet=True))
     with pytest.raises(T.TrainError, match="inside the --synthetic/--clean folder"):
@@ -1614,6 +1614,19 @@ def test_a_diverged_torchrun_run_stops_every_process_with_one_message(data, tmp_
     assert r.stderr.count("error: training diverged") == 1, r.stderr
     assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_only_a_peers_loss_is_said_as_another_process_stopping() -> None:
+    """A process's own NCCL out-of-memory error or its data loader's timeout were called
+    another's stop, the out-of-memory advice lost (a review)."""
+    lost = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+            "[127.0.0.1]:5020: Connection reset by peer",
+            "[pair.cc:590] Connection closed by peer [127.0.0.1]:29500")
+    own = ("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error\nLast error:\n"
+           "Cuda failure 2 'out of memory'", "DataLoader timed out after 30 seconds",
+           "CUDA error: the launch timed out and was terminated")
+    assert all(T._peer_lost(RuntimeError(m)) for m in lost)
+    assert not any(T._peer_lost(RuntimeError(m)) for m in own)
 
 
 def test_a_torchrun_worker_lost_midway_leaves_a_checkpoint_and_the_resume_command(
