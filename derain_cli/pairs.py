@@ -266,8 +266,11 @@ def reads_into(folder: str | Path, out: str | Path) -> Path | None:
     from being read back as photos ask this, so that following links does not walk around
     them."""
     root = Path(folder).expanduser()
-    dest = Path(out).expanduser().resolve()
-    real_root = root.resolve()
+    try:
+        dest = Path(out).expanduser().resolve()
+        real_root = root.resolve()
+    except (RuntimeError, OSError):  # a link loop (Python 3.11 raises RuntimeError): not
+        return None  # a folder to read into; the writability check says what it is
     if dest == real_root or real_root in dest.parents:
         return root
     if not root.is_dir():
