@@ -1507,7 +1507,9 @@ def attach_logging(console: Console, debug: bool, quiet: bool) -> tuple[Any, ...
     handler.shown = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
     handler.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO)
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)  # (notes: ``extra={"note":
+    # info records reach the handler, which shows those marked as notes
+    # (``engine_choice.NOTE``: the first run's engine timing) and drops the rest
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
     return saved
 
