@@ -50,10 +50,12 @@ _PROBE = textwrap.dedent("""
     with torch.inference_mode():
         net(x)
         net(x)
-        before = faults()
-        for _ in range(3):
+        passes = []
+        for _ in range(4):  # each pass's own: the fewest (a pass whose threads took a
+            before = faults()  # fresh malloc arena faulted it in once: a flaky 49k)
             net(x)
-    print(json.dumps({"applied": applied, "mapped": mapped, "faults": faults() - before}))
+            passes.append(faults() - before)
+    print(json.dumps({"applied": applied, "mapped": mapped, "faults": min(passes)}))
 """)
 
 
@@ -70,8 +72,10 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     kept, system = (json.loads(_python(_PROBE, s)) for s in ("keep", "system"))
     assert kept["applied"] is True and system["applied"] is False
     assert system["mapped"] >= 64 * 2**20 > kept["mapped"], (kept, system)
-    # glibc's own way, every pass maps its activations anew: 442k faults with 4 KiB pages
-    # against none to 16k kept (fewer both ways where huge pages back the mappings)
+    # glibc's own way, every pass maps its activations anew: about 140k faults a pass with
+    # 4 KiB pages against none to 5k kept (fewer both ways where huge pages back the
+    # mappings); the fewest of four passes each (a pass after which a thread took a fresh
+    # malloc arena faulted once: 49k in one CI run of three passes)
     assert kept["faults"] * 10 < system["faults"], (kept, system)
 
 
