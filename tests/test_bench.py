@@ -129,14 +129,14 @@ def test_bench_main_tiny(tmp_path):
     lines: list[str] = []
     said: list[str] = []  # the default run measured for many minutes in silence (an audit)
     res = bench.bench_main(
-        ["semi-drdnet-lite"], size=(48, 64), tile=32, overlap=8,
+        ["semi-drdnet-tiny"], size=(48, 64), tile=32, overlap=8,
         variants=["fp32", "channels_last", "bf16", "fp16", "onnx"], devices="cpu",
         flop_side=32, peak_side=32, json_path=out, echo=lines.append,
         force_bf16=True,  # emulated where the CPU has no bf16: the row is checked everywhere
         on_row=said.append,
     )
-    assert said[0] == "measuring semi-drdnet-lite on cpu, fp32 (1/5)" and len(said) == 5
-    assert said[-1] == "measuring semi-drdnet-lite on cpu, onnx (5/5)"
+    assert said[0] == "measuring semi-drdnet-tiny on cpu, fp32 (1/5)" and len(said) == 5
+    assert said[-1] == "measuring semi-drdnet-tiny on cpu, onnx (5/5)"
     rows = {r.variant: r for r in res.rows}
     assert rows["fp32"].s_per_mp > 0 and rows["fp32"].gflops > 0
     assert rows["fp32"].work > 1  # overlapping tiles + statistics passes
@@ -153,10 +153,10 @@ def test_bench_main_tiny(tmp_path):
     for r in (rows["fp32"], rows["bf16"], rows["onnx"]):
         assert r.peak_gflops > 0 and r.peak_ratio == pytest.approx(r.gflops / r.peak_gflops)
     data = json.loads(out.read_text())
-    assert data["rows"][0]["model"] == "semi-drdnet-lite" and data["models"][0]["tile"] == 32
+    assert data["rows"][0]["model"] == "semi-drdnet-tiny" and data["models"][0]["tile"] == 32
     assert data["overlap"] == 8 and data["models"][0]["overlap"] == 8
     text = lines[0]
-    assert "| semi-drdnet-lite | cpu | onnx |" in text and "FlopCounterMode" in text
+    assert "| semi-drdnet-tiny | cpu | onnx |" in text and "FlopCounterMode" in text
     # what the table was measured on and how: a rerun must be able to match it
     assert data["repeats"] == 1 and data["scene"] == bench.scene_name()
     assert "best of 1 timed run after" in text and bench.scene_name() in text
