@@ -58,6 +58,7 @@ from .images import (
     LoadedImage,
     OutputExists,
     PreparedImage,
+    check_quality,
     foreign_format,
     format_for_path,
     format_name,
@@ -857,12 +858,8 @@ class BatchOptions:
                     f"unknown output format {self.format!r}; use png, jpg, webp, tiff or bmp"
                 )
             self.format = fmt
-        import numbers
-
-        if isinstance(self.quality, bool) or not isinstance(self.quality, numbers.Integral) \
-                or not 1 <= self.quality <= 100:  # as write_image (90.5 failed every photo
-            # after its work: a review)
-            raise ValueError(f"quality must be a whole number 1..100, got {self.quality!r}")
+        check_quality(self.quality)  # as write_image (90.5 failed every photo after its
+        # work: a review)
 
 
 #: suffixes of image (or document) files derain cannot write: ``-o out.gif`` is a mistake, not

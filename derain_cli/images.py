@@ -1127,6 +1127,16 @@ def _read_xmp(im: Image.Image, fmt: str, turned: bool = False) -> bytes | None:
     return raw
 
 
+def check_quality(quality: object) -> int:
+    """``quality`` as the int Pillow takes (it refuses numpy's integers); ``ValueError``
+    unless it is a whole number 1..100 (90.5 reached Pillow's "Invalid quality setting",
+    True was 1: an audit). ``write_image`` and ``BatchOptions`` check with it."""
+    if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or \
+            not 1 <= quality <= 100:
+        raise ValueError(f"quality must be a whole number 1..100, got {quality!r}")
+    return int(quality)
+
+
 def is_grayscale_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``read_image`` gives this file as grayscale (its mode, from the header: 1,
     L, LA, I, I;16), so that its result is written as grayscale; False where it cannot be
@@ -1481,10 +1491,7 @@ def prepare_image(
         if hi > 1.5:
             raise ValueError(f"rgb must be floating point in [0, 1]; it reaches {hi:g} "
                              "(for 0..255 data divide by 255)")
-    if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or \
-            not 1 <= quality <= 100:  # 90.5 reached Pillow, True was 1 (an audit)
-        raise ValueError(f"quality must be a whole number 1..100, got {quality!r}")
-    quality = int(quality)  # Pillow refuses numpy's integers
+    quality = check_quality(quality)
     height, width = rgb.shape[:2]
     too_big = side_limit_problem(fmt, width, height)
     if too_big:

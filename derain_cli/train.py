@@ -1265,8 +1265,7 @@ MAX_TRAIN_PARAMS = 100_000_000
 
 
 def _build_model(cfg: TrainConfig, arch: str, conf: dict[str, Any]) -> nn.Module:
-    if not cfg.init_weights:
-        _check_network_size(arch, conf)
+    if not cfg.init_weights:  # (its size checked with its identity: _model_identity)
         return build_architecture(arch, conf)
     # shapes checked before anything is built (without -m the architecture comes from the
     # file's own metadata); the file read once
