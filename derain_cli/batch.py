@@ -17,7 +17,8 @@ Guarantees:
   on. Writes are atomic (:func:`derain_cli.images.write_image`), so nothing partial is left.
 * Inputs are never overwritten, and two inputs never write the same output.
 * Existing outputs are skipped unless ``overwrite``: rerunning an interrupted batch resumes it.
-* Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes ``items[rank::world]`` and the
+* Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes ``jobs[rank::world]`` of the planned
+  jobs (done ones already left out) and the
   per-rank summaries are gathered, so every rank returns the same combined :class:`Summary`.
 """
 
@@ -98,8 +99,10 @@ __all__ = [
 
 #: Default outputs are written beside the input as ``NAME_derained.EXT``.
 OUTPUT_TAG = "_derained"
-#: Hidden file left in every ``-o`` output folder: scans skip folders holding it, so a later
-#: ``derain photos/ -r`` does not derain the results of ``derain photos/ -o photos/out`` again.
+#: Hidden file left in an ``-o`` output folder that derain made or found empty (a folder
+#: already holding other files is left unmarked: ``mark_output_folder``): scans skip folders
+#: holding it, so a later ``derain photos/ -r`` does not derain the results of
+#: ``derain photos/ -o photos/out`` again.
 OUTPUT_MARKER = ".derain-output"
 _MARKER_TEXT = (
     "This folder holds results written by derain. Folders holding this file are skipped when\n"
@@ -1102,7 +1105,9 @@ class BatchProgress:
         ``file_start`` comes again then, before its ``file_done``."""
 
     def tile(self, done: int, total: int) -> None:
-        """Tile ``done`` of ``total`` of the current image finished."""
+        """Work through the network on the current image: ``done`` of ``total``, counted in
+        pixels (``derain_cli.enhancer.TileCallback``), not tiles: only the ratio means
+        anything."""
 
     def file_done(self, job: Job, result: FileResult) -> None:
         """``job`` finished with ``result`` (processed, skipped or failed)."""

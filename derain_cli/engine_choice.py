@@ -7,19 +7,19 @@ neither wins everywhere: on one AVX-512-BF16 machine int8 and bf16 ran the defau
 model equally fast and int8 was 1.3x faster for semi-drdnet-lite; on another (with
 AMX) bf16 was 1.2-1.9x faster for all three Semi-DRDNets
 (``benchmarks/bench_inference.py --variants bf16,int8``; figures in the README, Speed).
-A fixed rule is wrong on one of them, so ``precision="auto"`` times both on a 512 px
-image the first time a model runs on a machine (a few seconds, once) and keeps the
-faster, bf16 only when it is at least ``MARGIN`` faster. Each engine's time is weighed
-by the tiling it will run in (``tiling_work``): the int8 graph runs in ONNX Runtime's
-512 px tiles, bf16 in PyTorch's 1024 px ones, and smaller tiles repeat more overlap (on a
-12 MP photo the default model sends 1.39x its pixels through the network in 512 px
-tiles, 1.28x in 1024 px ones; on a 1 MP photo 1.68x against 1.00x, one tile). A job's
-photos are costed as 4:3 photos of their mean size (the CLI reads the headers), at most
-12 MP; of the workload's size when the caller does not say how many. The int8 path starts without
-importing PyTorch (1.2 s on a 2-core test CPU, 3.5 s while it was busy), so when the
-caller says how many megapixels it will derain (the CLI counts the pending files'
-pixels), bf16 must also repay that import: one small photo stays on int8, a folder or a
-12 MP photo goes to bf16 (``decide``).
+A fixed rule is wrong on one of them, so ``precision="auto"`` times both on a 512 px image
+the first time a model runs on a machine (a few seconds, once) and keeps the faster, bf16
+only when it takes at most ``MARGIN`` (0.9) of int8's time. Each engine's time is weighed by
+the tiling it will run in (``tiling_work``): the int8 graph runs in ONNX Runtime's 512 px
+tiles, bf16 in PyTorch's 1024 px ones, and smaller tiles repeat more overlap (on a 12 MP
+photo the default model sends 1.39x its pixels through the network in 512 px tiles, 1.28x in
+1024 px ones; on a 1 MP photo 1.68x against 1.00x, one tile). A job's photos are costed as
+4:3 photos of their mean size (the CLI reads the headers), at most 12 MP; of the workload's
+size when the caller does not say how many. The int8 path starts without importing PyTorch
+(1.2 s on a 2-core test CPU, 3.5 s while it was busy), so when the caller says how many
+megapixels it will derain (the CLI counts the pending files' pixels), bf16 must also repay
+that import: one small photo stays on int8, a folder or a 12 MP photo goes to bf16
+(``decide``).
 
 The answer is stored in ``engines.json`` in derain's cache folder (beside ``onnx/``, see
 ``onnx_backend.cache_root``), keyed by model, weights, CPU, thread count and library
@@ -38,7 +38,7 @@ Semi-DRDNets at 707 px with each engine in its tiles, about even for the RDMCs, 
 within 10 % on a 512 px image (README, Speed). So where ``backend="auto"`` would run fp32 on a
 CPU (``--precision fp32``, or any model without an int8 graph on a CPU without bf16),
 ``fp32_backend`` times both once per network shape and machine in the same way and
-keeps PyTorch only when it is at least ``MARGIN`` faster in its tiles.
+keeps PyTorch only when it takes at most ``MARGIN`` of ONNX Runtime's time in its tiles.
 ``DERAIN_CPU_FP32=onnx|torch`` skips it; ``--backend`` does the same for one run.
 """
 

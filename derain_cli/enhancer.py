@@ -99,9 +99,10 @@ class Derainer:
     ``DEFAULT_MODEL``); ``weights`` a safetensors/.pt file of one's own (with ``model``
     naming its network unless derain wrote the file). ``device``: auto (CUDA, then MPS, then
     CPU), cpu, cuda, cuda:N or mps. ``threads``: CPU threads (default: PyTorch's / ONNX
-    Runtime's own choice). ``backend``: auto, torch or onnx (auto: ONNX Runtime for int8
-    graphs on CPUs, and for fp32 on CPUs where it was measured faster than PyTorch,
-    ``engine_choice``; PyTorch elsewhere). ``quiet``: no download progress bar.
+    Runtime's own choice, one per physical core). ``backend``: auto, torch or onnx (auto:
+    ONNX Runtime for int8 graphs on CPUs, and for fp32 on CPUs where it was measured faster
+    than PyTorch, ``engine_choice``; PyTorch elsewhere). ``quiet``: no download progress
+    bar.
     ``tile``: None picks a size from the
     device, 0 disables tiling; ``tile_overlap`` None sizes the overlap from the network's
     reach (``default_overlap``); ``tile_batch``: tiles per forward pass, None or 0 sized
@@ -215,7 +216,7 @@ class Derainer:
         if threads is not None and threads > cpus:
             # oversubscribed cores thrash: a 300x300 photo took 28 s with 64 threads on 2 cores
             log.warning("--threads %d is more than this machine's %d CPUs; extra threads "
-                        "slow deraining down (default: all cores)", threads, cpus)
+                        "slow deraining down (default: one per physical core)", threads, cpus)
         if tile is not None and 0 < tile < SMALLEST_TILE:
             raise OptionError(f"tile must be 0 (whole image) or at least {SMALLEST_TILE} px, "
                              f"not {tile} ({MIN_TILE} or more keeps the result intact)")

@@ -2,7 +2,7 @@
 
 :func:`fetch` is the one entry point: it returns a local path to a file whose sha256 matches
 the manifest, or raises :class:`WeightsUnavailable` with a message meant for the end user
-(what failed, and three ways out). No other exception escapes it for network, Hub or cache
+(what failed, and the ways out). No other exception escapes it for network, Hub or cache
 trouble.
 
 Order of operations in :func:`fetch`:
@@ -11,12 +11,14 @@ Order of operations in :func:`fetch`:
    returned without any request, whatever the revision (the sha256 is the real pin). A cached
    file that does not match is removed (snapshot entry and blob) and fetched again.
 2. Probe: one ``HEAD`` on the file's resolve URL (:func:`file_metadata`), retried only on a
-   busy server's answer (HTTP 429 or 5xx: twice, within about 3 s). Fails fast when offline
+   busy server's answer (HTTP 429 or 5xx: twice, each wait its ``Retry-After`` up to
+   ``RETRY_AFTER_MAX_S``, else ``PROBE_RETRY_WAITS``). Fails fast when offline
    (``HF_HUB_OFFLINE``), when the Hub cannot be reached (``hf_hub_download`` itself would retry
    with back-off for ~25 s first), or when the repo, revision or file does not exist. For LFS
    files the Hub advertises the content's sha256 as its etag: a mismatch with the manifest is
    reported before downloading anything.
-3. ``hf_hub_download`` into the Hub cache (its own tqdm bar unless ``quiet``).
+3. ``hf_hub_download`` into the Hub cache (its own tqdm bar on a terminal, else one
+   "downloading" line; nothing when ``quiet``).
 4. Verify the sha256 (streamed); on mismatch delete the snapshot entry and its blob.
 
 The endpoint is ``HF_ENDPOINT`` as read by ``huggingface_hub`` at import time (default
@@ -94,7 +96,7 @@ class WeightsUnavailable(Exception):
     ``kind`` says why, for callers that want to branch on it: ``"offline"``, ``"network"``,
     ``"not_found"``, ``"access"``, ``"http"`` (busy: try later), ``"endpoint"`` (HF_ENDPOINT
     is no Hub: another HTTP answer, or no address at all), ``"checksum"``, ``"cache"`` (the
-    Hub cache cannot be written) or ``"error"``.
+    Hub cache cannot be written), ``"space"`` (no room left on its disk) or ``"error"``.
     """
 
     def __init__(self, message: str, *, kind: str = "error") -> None:

@@ -300,7 +300,8 @@ class LoadedImage:
 
     @property
     def rgb(self) -> np.ndarray:
-        """``pixels`` as HxWx3 float32 in [0, 1] (a new array, 12 bytes a pixel)."""
+        """``pixels`` as HxWx3 float32 in [0, 1]: a new array (12 bytes a pixel) from 8- or
+        16-bit samples, ``pixels`` itself when they are float32 already."""
         px = self.pixels
         if px.dtype.kind != "u":
             return px.astype(np.float32, copy=False)
