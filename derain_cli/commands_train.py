@@ -319,7 +319,8 @@ def train_cmd(
     batchnorm: Annotated[str | None, typer.Option(
         show_default=False,
         help="BatchNorm statistics: keep (frozen at --weights' statistics) or refresh (batch "
-             "statistics while training, running averages kept). Default: keep with "
+             "statistics while training; re-estimated before each validation and the export "
+             "where --bn-recalib is above 0, the default from scratch). Default: keep with "
              "--weights (unless --bn-recalib is given), refresh from scratch.")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress output; only the closing lines (and warnings).")
@@ -430,7 +431,8 @@ def finetune_cmd(
     ] = None,
     batchnorm: Annotated[str, typer.Option(
         help="BatchNorm statistics: keep (frozen at the starting model's) or refresh "
-             "(batch statistics while training, re-estimated at the end).")] = "keep",
+             "(batch statistics while training, re-estimated before each validation and at "
+             "the end).")] = "keep",
     val: Annotated[Path | None, typer.Option(help="Validation pairs folder.")] = None,
     val_rainy_dir: ValRainyOption = None,
     val_clean_dir: ValCleanOption = None,

@@ -37,7 +37,8 @@ for these two architectures):
   old ones and added blocks add zero whatever their statistics, so the output is still
   the source's.
 
-The result is an ordinary weights file (fp16, like the bundles) for ``derain train
+The result is an ordinary weights file (fp16 like the bundles, or fp32 where the source's
+tensors do not survive fp16 exactly) for ``derain train
 --weights FILE``, which continues from it with these statistics kept; the agreement
 ``grow_file`` reports is measured on the file as written.
 """

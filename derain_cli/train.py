@@ -134,7 +134,10 @@ CKPT_MAX_INTERVAL_S = 600.0
 
 @dataclass
 class TrainConfig:
-    """All training options (the CLI flags map 1:1 onto these)."""
+    """All training options. Most are ``derain train`` flags of the same name (``--weights``
+    is ``init_weights``, ``--batchnorm`` ``freeze_bn``); ``weight_decay``, ``min_lr_ratio``,
+    ``sync_bn``, ``ssim_weight``, ``l2sp``, ``consistency``, ``license`` and
+    ``training_data`` are set from Python only (finetune and recipes use some)."""
 
     #: the registered model to train; left at this default beside ``arch`` or
     #: ``init_weights``, the network they name is trained (as the CLI does without --model)
@@ -199,10 +202,11 @@ class TrainConfig:
     #: distilled model wrecks it: semi-drdnet-tiny fell from 29.1 to 16.4 dB on rain100l)
     bn_recalib: int | None = None
     #: keep BatchNorm layers in eval mode (running statistics frozen, affine terms still
-    #: trained; ``bn_recalib`` is then ignored): what fine-tuning needs, see
-    #: ``freeze_batchnorm``. None: frozen when starting from ``init_weights`` (continuing
-    #: rdmc-lite with running averages over 64 px crops took its PSNR on the first 10
-    #: rain100l pairs from 28.73 to 21.44 dB in 100 steps), else trained
+    #: trained; a ``bn_recalib`` above 0 is then refused): what fine-tuning needs, see
+    #: ``freeze_batchnorm``. None: frozen when starting from ``init_weights`` without a
+    #: ``bn_recalib`` (continuing rdmc-lite with running averages over 64 px crops took its
+    #: PSNR on the first 10 rain100l pairs from 28.73 to 21.44 dB in 100 steps), else
+    #: trained
     freeze_bn: bool | None = None
 
     #: "auto" | "vgg19" | "self" | "none" (see losses.py)
@@ -1389,8 +1393,9 @@ _INHERITED_TOGETHER = (("steps", "epochs"), ("model", "arch", "model_config"),
 
 def with_run_settings(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the resumed run's own settings wherever ``cfg.given`` names no choice
-    (see :attr:`TrainConfig.given`). Without a readable config.json in the run the config is
-    returned as it is, and resuming reports what is missing."""
+    (see :attr:`TrainConfig.given`), read from the run's config.json or, where that is lost
+    or damaged, from its last.pt. With neither readable the config is returned as it is, and
+    resuming reports what is missing."""
     if not cfg.resume:
         return cfg
     cfg = _with_given(cfg)
@@ -1840,8 +1845,10 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
         unlabeled = D.UnlabeledDataset(cfg.unlabeled, patch=cfg.patch, seed=cfg.seed + 1) \
             if cfg.unlabeled else None
     if cfg.unlabeled and not unl and is_main and not cfg.quiet:
+        off = ("--contrast-weight 0" if cfg.contrast_weight <= 0 else  # the flag that
+               "--contrast-features none")  # left them off, not always this one (an audit)
         _say("note: the unlabeled photos are not used: only the contrastive terms use "
-             "them (off here: --contrast-features none), and finetune's consistency term")
+             f"them (off here: {off}), and finetune's consistency term")
     terms = L.parse_contrast_terms(arch, cfg.contrast_terms) if features is not None else ()
     if terms and not unlabeled and all(t.endswith("_u") for t in terms) and is_main:
         _say(f"warning: --contrast-terms {','.join(terms)} work on --unlabeled photos and "
@@ -2121,8 +2128,8 @@ def _train(
             "same --threads and --amp give them)")
     for note in setup.resume_notes:  # the resume accepted: its checkpoint restored
         _say(note)
-    if is_main:
-        run.start(feat_label, unlabeled)
+    if is_main:  # photos not used are not counted as training data (an audit)
+        run.start(feat_label, unlabeled if unl else None)
     run.steps()
     return run.finish()
 
@@ -2982,7 +2989,8 @@ class FinetuneConfig:
     contrast_terms: str | None = None
     #: "keep": BatchNorm statistics frozen at the base model's (``freeze_batchnorm``);
     #: "refresh": batch statistics while training, re-estimated over 16 whole training
-    #: images at the end (how a model trained from scratch treats them)
+    #: images before each validation and at the end (how a model trained from scratch
+    #: treats them)
     batchnorm: str = "keep"
     device: str = "auto"
     threads: int | None = None

@@ -3191,3 +3191,23 @@ def test_a_python_callers_counts_must_be_whole_numbers(data, tmp_path):
         with pytest.raises(T.TrainError, match=f"--{flag} must be a whole number"):
             T.train(_cfg(data, tmp_path / "r", **bad))
         assert not (tmp_path / "r").exists()
+
+
+def test_unused_unlabeled_photos_are_said_with_the_setting_that_leaves_them_out(data, tmp_path,
+                                                                               capsys):
+    """`--contrast-weight 0 --unlabeled DIR` said "(off here: --contrast-features none)" of
+    a run that left that flag at auto, and the banner counted the photos as training data
+    right after saying they were not used (an audit)."""
+    real = str(data["real"])
+    T.train(_cfg(data, tmp_path / "w", steps=1, quiet=False, unlabeled=[real],
+                 contrast_features="auto", contrast_weight=0.0))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the unlabeled photos are not used" in err and "(off here: --contrast-weight 0)" in err
+    assert "unlabeled;" not in err  # not in the banner's data
+    T.train(_cfg(data, tmp_path / "f", steps=1, quiet=False, unlabeled=[real]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(off here: --contrast-features none)" in err and "unlabeled;" not in err
+    T.train(_cfg(data, tmp_path / "s", steps=1, quiet=False, unlabeled=[real],
+                 contrast_features="self"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "are not used" not in err and "unlabeled;" in err
