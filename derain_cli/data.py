@@ -246,8 +246,9 @@ class _Source:
 class LabeledDataset(Dataset):
     """Paired folders and/or synthetic rain over clean photos, as one indexable set.
 
-    ``preset`` is the synthesizer's preset (``"light"``, ``"medium"``, ``"heavy"``,
-    ``"mixed"``). Synthetic items get new rain for every ``(epoch, slot)``.
+    ``preset`` is one of the synthesizer's presets (``synth.PRESETS``: ``"light"``,
+    ``"medium"``, ``"heavy"``, ``"mixed"``, ...) or a comma-separated list of them.
+    Synthetic items get new rain for every ``(epoch, slot)``.
     ``clean_fraction``: the share of synthetic items left without rain (input = target).
     Every synthesized sample has rain, and rain only ever brightens, so without such items a
     network learns to darken and smooth whatever it sees, clean photos included.

@@ -101,11 +101,11 @@ def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 
     """RDMC's ``0.1 * MSE + (1 - SSIM)``, averaged over the recursion stages' outputs.
 
     ``l1_weight`` adds an L1 term (not in the paper): SSIM's luminance term hardly charges a
-    uniform offset (8 levels at mid-grey cost 0.0024 in all) and the small MSE weight little
-    more. Continuing the bundled rdmc-lite on additive rain, its output on rain100l drifted
-    from 2.9 to 5.8 levels too dark under the paper's loss and stayed at 2.0 with
-    ``l1_weight=1``, 1.65 dB better (README, "rdmc-lite on added rain"; its collapse on
-    heavy-small came from the 64 px crops, with or without the term)."""
+    uniform offset (8 levels darker on a flat mid-grey image cost 0.0022 in all) and the
+    small MSE weight little more. Continuing the bundled rdmc-lite on additive rain, its
+    output on rain100l drifted from 2.9 to 5.8 levels too dark under the paper's loss and
+    stayed at 2.0 with ``l1_weight=1``, 1.65 dB better (README, "rdmc-lite on added rain";
+    its collapse on heavy-small came from the 64 px crops, with or without the term)."""
     total = clean.new_zeros((), dtype=torch.float32)
     for s in stages:
         total = total + mse_weight * F.mse_loss(s.float(), clean.float()) + (

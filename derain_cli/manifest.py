@@ -1,6 +1,6 @@
 """The weights manifest, without PyTorch: records, where the bundled files live.
 
-Split from :mod:`derain_cli.weights` (which re-exports all of it) so that the
+Split from :mod:`derain_cli.weights` (which re-exports what callers use) so that the
 torch-free start of the default CPU path (``derain_cli.fast_path``) can read it.
 """
 

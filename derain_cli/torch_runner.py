@@ -73,7 +73,8 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
     by 43.9 dB PSNR, far below visible (benchmarks/bench_inference.py).
     """
     if precision not in ("auto", "fp32", "fp16", "bf16"):
-        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16 or int8")
+        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16 "
+                          "(int8 is ONNX Runtime's: derain_cli.onnx_backend)")
     if precision == "auto":
         if device.type in ("cuda", "mps"):
             return "fp16"

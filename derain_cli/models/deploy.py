@@ -1,7 +1,7 @@
 """Inference-only rewrites of a trained network: the same function with fewer, cheaper ops.
 
 Training needs the modules as the papers describe them (batch norm, the DCCL's concat and
-1x1 fusion, PReLU). Once the weights are frozen, four exact rewrites make the
+1x1 fusion, PReLU). Once the weights are frozen, five exact rewrites make the
 networks cheaper without changing what they compute (beyond float rounding):
 
 * **Conv + BatchNorm** -> one conv with scaled weights and shifted bias.
@@ -18,8 +18,11 @@ networks cheaper without changing what they compute (beyond float rounding):
   ``conv1x1(up(x)) == up(conv1x1(x))`` (bias included). RDMC's decoder projects every
   upsampled feature by a 1x1 conv (the ``up`` convs, and the recruitment's ``proj`` of
   deeper encoder levels); projecting first runs those convs at the low resolution and
-  upsamples the projected channels only: at full resolution 36 instead of 240 channels
-  (rdmc-lite), which was most of the graph's ``Resize`` time and memory traffic.
+  upsamples the projected channels only: at full resolution 48 instead of 264 channels
+  (rdmc-lite: the recruitment's 36 instead of 240, the ``up`` path's 12 instead of 24),
+  which was most of the graph's ``Resize`` time and memory traffic.
+* **RDMC: concat + conv** -> a sum of convs over the parts (:class:`SplitInputConv`, in
+  :class:`FoldedRDMCStage`'s fuse, decode and gate convs): no concatenated copy.
 
 Why it matters: profiling the int8 graph of semi-drdnet-lite (``benchmarks/ort_ops.py profile``, a
 768 x 1024 tile) put 12 % of the time in ``PRelu`` and 12 % in ``QLinearConcat``.
