@@ -736,8 +736,11 @@ class Derainer:
         rgb = np.repeat(x[..., :1] if x.ndim == 3 else x[..., None], 3, axis=2) if gray \
             else x[..., :3]
         y = self.derain_array(rgb, on_tile)
-        if gray:
-            y = y.mean(axis=2, keepdims=True)
+        if gray:  # BT.601 luma, as the CLI writes it and PIL's "L" makes it (the mean was
+            # up to 5 levels off the CLI's file for the same photo: an audit)
+            from .images import _LUMA
+
+            y = (y @ _LUMA)[..., None]
         if scale != 1.0:
             y = np.clip(np.rint(y * np.float32(scale)), 0, scale)
         y = y.astype(arr.dtype)

@@ -1185,3 +1185,26 @@ def test_auto_checks_with_one_pass_each_way(tiny_weights, monkeypatch, passes, f
     out = d.derain_array(_lines())
     assert abs(d.last_rain_angle) == 90.0 and np.abs(out - 0.2).max() < 1e-4
     assert len(calls) == forwards
+
+
+def test_gray_comes_back_as_the_cli_writes_it(derainer, tmp_path):
+    """A gray photo, derained as RGB, comes back as its BT.601 luma (as PIL's "L" and the
+    CLI's writer make it): ``derain()`` returned the plain mean of the three channels, up
+    to 5 levels off the CLI's file for the same photo and options (an audit)."""
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    gray = _photo(60, 70, seed=3)[..., 0]
+    rgb = derainer.derain_array(np.repeat(gray[..., None], 3, axis=2))
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    want = np.clip(np.rint(luma * 255), 0, 255).astype(np.uint8)
+    assert not np.array_equal(want, np.clip(np.rint(rgb.mean(axis=2) * 255), 0, 255))
+    got = derainer.derain(gray)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(derainer.derain(Image.fromarray(gray))), want)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    r = CliRunner().invoke(app, [str(tmp_path / "g.png"), "-o", str(tmp_path / "out.png"),
+                                 "--weights", derainer.weights_label, "-q"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), got)
