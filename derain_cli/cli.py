@@ -368,6 +368,7 @@ class DerainGroup(TyperGroup):
             if dashed is not None:  # `derain -dash.jpg` said "No such option: -d" alone
                 e.message += (f"\n(a file named {dashed!r} is here: to name it, write "
                               f"./{dashed})")  # (an audit)
+            _pay_json_owed_as_error(e.format_message())
             raise
         except typer.Exit as e:
             if shadowed and e.exit_code == 2:
@@ -1176,6 +1177,12 @@ def _check_output(
                               "file; to write several results give a folder: -o DIR")
         if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
             raise _usage(ctx, f"--format {fmt} contradicts -o {output}; drop one of them")
+        if output.exists() and os.path.samefile(inputs[0], output):  # a failed file with a
+            # progress bar and a summary table, exit 1 (an audit): the command line's fault
+            src = Path(inputs[0])
+            raise _usage(ctx, f"-o {output} is the input itself: derain never replaces a "
+                              "photo; name another file, or leave -o out to write "
+                              f"{src.stem}{batch.OUTPUT_TAG}{src.suffix} beside it")
     elif output.exists() and not output.is_dir():
         if output_is_folder:
             raise _usage(ctx, f"-o {output}/ names a folder, but {output} is a file")
@@ -2229,6 +2236,19 @@ def _pay_json_owed() -> None:
     if owed:
         with contextlib.suppress(OSError):
             typer.echo(owed)
+
+
+def _pay_json_owed_as_error(message: str) -> None:
+    """The owed ``--json`` answer (``owe_json``), as an error: an option refused while the
+    command line was read (``--strength 1.5``, ``-m nope``) left stdout empty, though the
+    command's own refusals print ``{"error": ...}`` (an audit)."""
+    owed, _STATE.json_owed = _STATE.json_owed, None
+    if not owed:
+        return
+    answer = json.loads(owed)
+    answer.update(interrupted=False, error=command_line_words(message))
+    with contextlib.suppress(OSError):
+        typer.echo(json.dumps(answer, indent=2))
 
 
 def _exit_interrupted() -> NoReturn:

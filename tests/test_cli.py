@@ -193,7 +193,8 @@ def test_o_dash_and_a_file_named_as_a_folder_are_usage_errors(
     """`-o -` made a folder named "-" and wrote there; `-o photo.jpg/` over a file said
     "exists and is not a folder or an image file" of an image file (an audit)."""
     monkeypatch.chdir(tmp_path)
-    a = _img(tmp_path / "a.png", 20, 14)
+    _img(tmp_path / "a.png", 20, 14)
+    a = Path("a.png")  # relative: rich wraps a long temporary path inside the message
     r = derain(a, "-o", "-", "--weights", tiny_weights)
     flat = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 2 and "derain does not write images to standard output" in flat
@@ -2078,3 +2079,41 @@ def test_a_stop_under_torchrun_by_its_signal_is_not_called_a_ctrl_c(monkeypatch)
     assert "stopped by a termination signal (torchrun sends one" in stopped()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert stopped().strip().startswith("interrupted; run the same command again")
+
+
+def test_o_naming_the_input_itself_is_a_usage_error(tmp_path: Path, tiny_weights: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`derain a.png -o a.png` (or ./a.png, or a link to it) failed the file after the
+    progress bar, exit 1 with a summary table, as if the photo were at fault (an audit)."""
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "a.png", 20, 14)
+    before = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "link.png").symlink_to("a.png")
+    for out in ("a.png", "./a.png", str(tmp_path / "a.png"), "link.png"):
+        for more in ((), ("--overwrite",)):
+            r = derain("a.png", "-o", out, "--weights", tiny_weights, *more)
+            flat = " ".join(r.output.replace("│", " ").split())
+            assert r.exit_code == 2, r.output
+            assert "is the input itself" in flat and "a_derained.png" in flat, flat
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_json_answers_an_option_refused_while_the_command_line_is_read(
+        tmp_path: Path, tiny_weights: Path) -> None:
+    """`--strength 1.5 --json`, `-m nope --json`: exit 2 with stdout empty, while the
+    command's own refusals (`-o` conflicts) printed `{"error": ...}`: a script's json.load
+    failed on the one kind (an audit). eval's --json answers alike, in its own shape."""
+    a = _img(tmp_path / "a.png", 20, 14)
+    for args, said in ((("--strength", "1.5"), "--strength"), (("--ensemble", "3"), "ensemble"),
+                       (("-m", "nope"), "nope"), (("--quality", "0"), "--quality"),
+                       (("--weights", str(tmp_path / "missing.safetensors")), "missing")):
+        r = derain(a, *args, "--json")
+        assert r.exit_code == 2, r.output
+        answer = json.loads(r.stdout)
+        assert said in answer["error"] and answer["processed"] == 0, answer
+        assert answer["interrupted"] is False
+    r = derain("eval", str(tmp_path), "-m", "nope", "--json")
+    answer = json.loads(r.stdout)
+    assert r.exit_code == 2 and "nope" in answer["error"] and answer["count"] == 0, r.output
+    r = derain(a, "--strength", "1.5")  # without --json stdout stays empty
+    assert r.exit_code == 2 and r.stdout == ""
