@@ -85,3 +85,17 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-weights") / "tiny.safetensors"
     save_weights(m, path, name="tiny", arch="semi-drdnet", config=m.cfg)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_xdist_worker() -> None:
+    """Under ``pytest -n N`` (README's test command: two processes) each worker runs
+    PyTorch on one thread: two workers of two threads each on a 2-core machine spin
+    OpenMP threads against each other (see ``one_thread``). Subprocesses a test starts
+    keep derain's own default."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
