@@ -1465,8 +1465,9 @@ def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
         assert "use a number from 0" in bad.output and "equal" not in bad.output
 
 
-def test_ensemble_averages_passes_over_mirrored_copies(tmp_path: Path,
-                                                      tiny_weights: Path) -> None:
+def test_ensemble_reaches_the_library_and_its_json(tmp_path: Path, tiny_weights: Path) -> None:
+    """--ensemble N gives the library's N-pass result (that the passes are the mirrored
+    copies' mean is test_enhancer's test_ensemble_is_the_mean_of_the_copies_results)."""
     from derain_cli import Derainer
 
     src = _img(tmp_path / "in" / "a.png", w=40, h=30)

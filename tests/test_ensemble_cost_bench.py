@@ -13,7 +13,26 @@ import ensemble_cost  # noqa: E402
 import pytest  # noqa: E402
 
 
-def test_it_times_each_pass_count_against_one_pass(tmp_path: Path, capsys) -> None:
+def test_it_times_each_pass_count_against_one_pass(tmp_path: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    from derain_cli.enhancer import Derainer
+
+    passes: Counter[int] = Counter()  # network passes, and photos, by the Derainer's
+    photos: Counter[int] = Counter()  # ensemble (a test audit: every row timing one pass
+    one_pass, derain_array = Derainer._one_pass, Derainer.derain_array  # still passed)
+
+    def counted_pass(self, *a, **k):
+        passes[self.ensemble] += 1
+        return one_pass(self, *a, **k)
+
+    def counted_photo(self, *a, **k):
+        photos[self.ensemble] += 1
+        return derain_array(self, *a, **k)
+
+    monkeypatch.setattr(Derainer, "_one_pass", counted_pass)
+    monkeypatch.setattr(Derainer, "derain_array", counted_photo)
     out = tmp_path / "cost.json"
     assert ensemble_cost.main(["-m", "semi-drdnet-tiny", "--device", "cpu", "--precision",
                                "fp32", "--megapixels", "0.05", "--passes", "1,2",
@@ -26,6 +45,7 @@ def test_it_times_each_pass_count_against_one_pass(tmp_path: Path, capsys) -> No
     assert two["vs_one_pass"] == pytest.approx(two["seconds"] / one["seconds"])
     assert two["per_pass"] == pytest.approx(two["vs_one_pass"] / 2)
     assert "x one pass" in capsys.readouterr().out
+    assert photos[1] > 0 and passes[1] == photos[1] and passes[2] == 2 * photos[2] > 0
 
 
 def test_it_times_a_turned_pass_with_its_canvas(tmp_path: Path, capsys) -> None:

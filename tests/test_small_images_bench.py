@@ -70,6 +70,34 @@ def test_scores_are_against_the_clean_crop_of_the_same_place(tmp_path):
         assert small_images.measure_border(_Identity(), pairs, border) == pytest.approx(whole)
 
 
+class _Seen(_Identity):
+    """The identity, keeping what the network was given."""
+
+    def __init__(self) -> None:
+        self.given: list[np.ndarray] = []
+
+    def derain_array(self, x: np.ndarray) -> np.ndarray:
+        self.given.append(x.copy())
+        return super().derain_array(x)
+
+
+def test_the_border_is_mirrored_around_the_whole_image(tmp_path):
+    """The identity scores the same with any border: what the network is given shows the
+    border is there and mirrored (a test audit: ignoring --border still passed)."""
+    from derain_cli import data as D
+    from derain_cli.pairs import find_pairs
+
+    pairs = find_pairs(_pairs(tmp_path / "p"))
+    seen = _Seen()
+    small_images.measure_border(seen, pairs, 8)
+    for p, x in zip(pairs, seen.given, strict=True):
+        rainy = D.load_rgb_u8(p.rainy)
+        assert x.shape == (rainy.shape[0] + 16, rainy.shape[1] + 16, 3)
+        np.testing.assert_array_equal(x[8:-8, 8:-8], rainy)
+        np.testing.assert_array_equal(x[:8, 8:-8], rainy[7::-1])  # mirrored, edge repeated
+        np.testing.assert_array_equal(x[8:-8, -8:], rainy[:, :-9:-1])
+
+
 def test_centre_keeps_a_shorter_axis_whole():
     a = np.zeros((30, 100, 3))
     assert small_images.centre(a, 64).shape == (30, 64, 3)
