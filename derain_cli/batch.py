@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shlex
+import stat
 import sys
 import time
 from collections import Counter, deque
@@ -42,12 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 from .fileio import (
     FolderInUse,
+    NameKeys,
     claim_file,
     claim_holder,
     hold_folders,
     is_system_folder,
     only_holder,
-    same_name_key,
     sweep_stale_temporaries,
     why_unwritable,
 )
@@ -266,6 +267,25 @@ def _resolved(p: Path) -> Path:
         return p.resolve()
     except (OSError, RuntimeError):  # symlink loops and the like
         return p.absolute()
+
+
+class _Resolver:
+    """``_resolved`` for many paths in few folders, each folder resolved once (a file that
+    is no link resolves to its resolved folder and its name): planning a rerun over 20 000
+    photos resolved every one's folder five times over. For one pass: folders linked or
+    moved afterwards are not seen."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def __call__(self, p: Path) -> Path:
+        if p.name in ("", "..") or os.path.islink(p):  # the slow way (islink: any error
+            # is no link, where Path.is_symlink raised on a name too long or no permission)
+            return _resolved(p)
+        folder = self._folders.get(p.parent)
+        if folder is None:
+            folder = self._folders[p.parent] = _resolved(p.parent)
+        return folder / p.name
 
 
 @dataclass
@@ -645,6 +665,7 @@ class _Collector:
 
     def __init__(self, recursive: bool, excluded: set[Path]) -> None:
         self.recursive, self.excluded = recursive, excluded
+        self.resolved = _Resolver()
         #: named folders' subfolders under -o (see ``_folder_prefixes``); none when alone
         self.prefixes: dict[Path, Path] = {}
         self.items: list[InputItem] = []
@@ -660,7 +681,7 @@ class _Collector:
         """List ``path`` (found under the folder ``root``, or named itself: None) unless the
         file is listed already; reached first through a link, it takes its own place."""
         self.offered += 1
-        key = _resolved(path)
+        key = self.resolved(path)
         at = self.seen.get(key)
         linked = _through_link(path, root)
         if at is None:
@@ -925,23 +946,25 @@ def plan_jobs(items: Sequence[InputItem], options: BatchOptions) -> list[Job]:
     items = _without_earlier_results(items, options, to_file)
     # compared as the file system compares names: one file on macOS and Windows may have
     # two spellings here (IMG_1.jpg, img_1.jpg)
-    inputs = {same_name_key(i.path) for i in items if i.error is None}
-    planned: list[tuple[InputItem, Path | None, str | None]] = []
+    keys = NameKeys()
+    inputs = {keys(i.path) for i in items if i.error is None}
+    planned: list[tuple[InputItem, Path | None, str | None, bool]] = []
     claims: dict[str, list[InputItem]] = {}  # an output's key -> the inputs that write it
     for item in items:
         if item.error is not None:
-            planned.append((item, None, None))
+            planned.append((item, None, None, False))
             continue
         out = _output_for(item, options, to_file)
-        key = same_name_key(out)
-        if not _same_file(out, item.path) and key not in inputs:
+        key = keys(out)
+        itself = _same_file(out, item.path)
+        if not itself and key not in inputs:
             claims.setdefault(key, []).append(item)
-        planned.append((item, out, key))
+        planned.append((item, out, key, itself))
     jobs: list[Job] = []
-    for item, out, key in planned:
+    for item, out, key, itself in planned:
         if out is None or key is None:
             jobs.append(Job(item, None, item.error))
-        elif _same_file(out, item.path):
+        elif itself:
             jobs.append(Job(item, out, "the output would overwrite the input; choose another -o"))
         elif key in inputs:
             jobs.append(Job(item, out, f"the output {out} is another input of this batch"))
@@ -967,26 +990,28 @@ def _without_earlier_results(
     (``*_derained.*``, or in a folder derain marked as its output) are left out: a user's
     photo that another input would write over stays an input, and its clash is reported.
     """
+    resolved = _Resolver()
+    real = {id(i): resolved(i.path) for i in items if i.error is None}
     made_by_another: set[Path] = set()
     for i in items:
         if i.error is None:
-            out, src = _resolved(_output_for(i, options, to_file)), _resolved(i.path)
-            if out != src:
+            out = resolved(_output_for(i, options, to_file))
+            if out != real[id(i)]:
                 made_by_another.add(out)
 
     # results written beside their inputs, of any --format, are earlier results too (a.jpg's
     # a_derained.png when `derain *` follows `derain *.jpg --format png`)
-    stems = {(_resolved(i.path.parent), i.path.stem) for i in items if i.error is None}
+    stems = {(resolved(i.path.parent), i.path.stem) for i in items if i.error is None}
 
     def earlier_result(item: InputItem) -> bool:
-        key = _resolved(item.path)
         if item.error is not None:
             return False
+        key = real[id(item)]
         if key not in made_by_another:
             source_stem = item.path.stem[: -len(OUTPUT_TAG)]
             # under -o too: `derain *.jpg -o out/` after `derain *.jpg` passes a_derained.jpg
             return (is_output_name(item.path)
-                    and (_resolved(item.path.parent), source_stem) in stems)
+                    and (resolved(item.path.parent), source_stem) in stems)
         return is_output_name(item.path) or is_output_folder(key.parent)
 
     kept = [i for i in items if not earlier_result(i)]
@@ -1268,8 +1293,8 @@ def _looks_full(folder: Path, need: int) -> bool:
         try:
             if shutil.disk_usage(p).free < need:
                 return True
-            stat = os.statvfs(p) if hasattr(os, "statvfs") else None
-            return stat is not None and stat.f_files > 0 and stat.f_favail == 0
+            fs = os.statvfs(p) if hasattr(os, "statvfs") else None
+            return fs is not None and fs.f_files > 0 and fs.f_favail == 0
         except OSError:
             continue
     return False
@@ -1316,27 +1341,37 @@ def _in_unmarked_folder(options: BatchOptions) -> bool:
             and not is_output_folder(options.output))
 
 
+#: errors of a stat that Path.exists reads as "no such file" (a link loop included)
+_NO_SUCH_FILE = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
 def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
     """The result of a job that needs no model (failed to plan, or output kept), else None."""
     out = job.output
     if job.error is not None or out is None:
         return "failed", job.error or "no output path"
     try:
-        if out.is_dir():
+        try:  # one stat (a rerun over 20 000 done photos made six of them each, twice)
+            st: os.stat_result | None = out.stat()
+        except OSError as e:  # what Path.exists takes for "no such file"; others raise
+            if e.errno not in _NO_SUCH_FILE:
+                raise
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
             return "failed", f"the output {out} is a folder"
-        if out.exists() and not options.overwrite:
-            if out.is_file() and out.stat().st_size == 0:  # no result (derain's writes are
-                # whole or absent), yet it passed for one on every rerun (an audit)
+        if st is not None and not options.overwrite:
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:  # no result (derain's writes
+                # are whole or absent), yet it passed for one on every rerun (an audit)
                 return "failed", (f"the output {out} exists but is empty; --overwrite "
                                   "replaces it (or delete it)")
             if _in_unmarked_folder(options):
                 return "skipped", EXISTS_UNMARKED
-            if _written_since(out.stat().st_mtime, options.started):
+            if _written_since(st.st_mtime, options.started):
                 return "skipped", CLAIMED  # written since this run started: another run's
                 # (counted as an earlier result, "--overwrite redoes them": an audit)
             return "skipped", "output exists"
-        if out.is_symlink() and not options.overwrite:  # a link to nothing: the write
-            # would find the name taken after the network ran, on every rerun
+        if st is None and out.is_symlink() and not options.overwrite:  # a link to nothing:
+            # the write would find the name taken after the network ran, on every rerun
             return "failed", (f"the output {out} is a broken symbolic link; remove it, or "
                               "--overwrite to replace the link")
     except OSError as e:  # e.g. a name past the file system's limit: this file only

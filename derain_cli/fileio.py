@@ -69,7 +69,7 @@ def same_name_key(path: str | os.PathLike[str]) -> str:
     nearest existing folder ignores case (macOS and Windows by default), and there in one
     Unicode form (NFC: macOS's file systems take ``é`` and ``e`` + accent for one name). Why:
     ``IMG_1.jpg`` and ``img_1.png --format png`` planned two results that are one file
-    there; the second overwrote the first, or an original."""
+    there; the second overwrote the first, or an original. Many paths: :class:`NameKeys`."""
     p = Path(os.path.abspath(path))
     real = Path(os.path.realpath(p))
     folder = real.parent
@@ -79,6 +79,31 @@ def same_name_key(path: str | os.PathLike[str]) -> str:
     if _ignores_case(str(folder)):
         return unicodedata.normalize("NFC", key).casefold()
     return key
+
+
+class NameKeys:
+    """:func:`same_name_key` for many paths in few folders, each folder resolved once: a
+    rerun over 20 000 photos in 20 folders spent most of its silent planning resolving
+    the same folders again, path by path. For one pass (a plan): folders made, removed or
+    linked afterwards are not seen."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[str, bool]] = {}
+
+    def __call__(self, path: str | os.PathLike[str]) -> str:
+        p = os.path.abspath(path)
+        head, name = os.path.split(p)
+        if not name or os.path.islink(p):  # the link's target decides: the slow way
+            return same_name_key(p)
+        known = self._folders.get(head)
+        if known is None:  # what same_name_key finds for any name in it
+            real = os.path.realpath(head)
+            folder = Path(real)
+            while not folder.exists() and folder.parent != folder:
+                folder = folder.parent
+            known = self._folders[head] = (os.path.normcase(real), _ignores_case(str(folder)))
+        key = os.path.join(known[0], os.path.normcase(name))
+        return unicodedata.normalize("NFC", key).casefold() if known[1] else key
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -54,3 +56,21 @@ def interrupted_at_call(real, n: int):
 
     wrapper.calls = 0
     return wrapper
+
+
+def tricky_paths(root: Path) -> list[Path]:
+    """Files, links to files and folders, a loop, a link to nowhere, missing folders, `..`
+    and relative spellings: what a folder run's planning meets."""
+    (root / "real" / "sub").mkdir(parents=True)
+    (root / "real" / "a.png").write_bytes(b"x")
+    (root / "real" / "sub" / "b.png").write_bytes(b"x")
+    (root / "flink").symlink_to(root / "real")  # a linked folder
+    (root / "real" / "alink.png").symlink_to("a.png")  # a linked file
+    (root / "real" / "gone.png").symlink_to("nowhere.png")
+    (root / "loop").symlink_to("loop")
+    names = ["real/a.png", "real/alink.png", "real/gone.png", "real/sub/b.png",
+             "flink/a.png", "flink/sub/b.png", "flink/alink.png", "real/sub/../a.png",
+             "flink/sub/../a.png", "loop/x.png", "loop", "missing/deeper/c.png",
+             "flink/missing/c.png", "real/Sub/B.png", "real/caf\u00e9.png",
+             "real/cafe\u0301.png", "real/new.png", "real", "real/sub/..", "flink/.."]
+    return [root / n for n in names] + [Path(n) for n in names]

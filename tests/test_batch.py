@@ -1589,3 +1589,16 @@ def test_an_empty_file_fails_before_any_work(tmp_path: Path) -> None:
     assert pending(plan_jobs(items, opts), opts) == 0
     s = run_batch(items, None, opts)
     assert [r for _, r in s.failed] == ["empty file (0 bytes)"] * 3
+
+
+def test_the_planners_resolver_resolves_as_resolved(tmp_path: Path, monkeypatch) -> None:
+    """_Resolver (one folder resolved once, for a plan over thousands of photos) gives
+    what _resolved gives, path by path, links and loops included."""
+    from helpers import tricky_paths
+
+    from derain_cli.batch import _resolved, _Resolver
+
+    monkeypatch.chdir(tmp_path)
+    resolved = _Resolver()
+    for p in tricky_paths(tmp_path) * 2:  # the second time from what it keeps
+        assert resolved(p) == _resolved(p), p

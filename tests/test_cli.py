@@ -514,7 +514,7 @@ def test_never_overwrites_the_input(tmp_path: Path, tiny_weights: Path) -> None:
     src = _img(tmp_path / "a.png")
     before = src.read_bytes()
     r = derain(src, "-o", src, "--weights", tiny_weights, "--overwrite")
-    assert r.exit_code == 1 and "overwrite the input" in r.stderr
+    assert r.exit_code == 2 and "is the input itself" in r.stderr  # before any work
     assert src.read_bytes() == before
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import tricky_paths
 from PIL import Image
 
 from derain_cli.fileio import atomic_write, atomic_write_text, current_umask
@@ -324,3 +325,18 @@ def test_a_claims_holder_is_named_and_found_stopped(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("case_blind", [False, True])
+def test_name_keys_are_same_name_keys(tmp_path: Path, monkeypatch, case_blind: bool) -> None:
+    """NameKeys (one folder resolved once, for a plan over thousands of photos) gives the
+    key same_name_key gives, path by path, links and loops included."""
+    from derain_cli import fileio
+
+    monkeypatch.chdir(tmp_path)
+    if case_blind:
+        monkeypatch.setattr(fileio, "_ignores_case", lambda folder: True)  # APFS, NTFS
+    paths = tricky_paths(tmp_path)
+    keys = fileio.NameKeys()
+    for p in paths * 2:  # the second time from what it keeps
+        assert keys(p) == fileio.same_name_key(p), p
