@@ -1602,3 +1602,14 @@ def test_the_planners_resolver_resolves_as_resolved(tmp_path: Path, monkeypatch)
     resolved = _Resolver()
     for p in tricky_paths(tmp_path) * 2:  # the second time from what it keeps
         assert resolved(p) == _resolved(p), p
+
+
+def test_upper_case_names_and_formats_are_taken_as_lower_case(tmp_path: Path) -> None:
+    """`-o RESULT.JPG` is a file, not a folder to make; `BatchOptions(format="PNG")`
+    the PNG format (a mutation audit: neither was pinned down)."""
+    from derain_cli.batch import output_is_file
+
+    assert output_is_file(tmp_path / "RESULT.JPG") and output_is_file(tmp_path / "x.Png")
+    assert not output_is_file(tmp_path / "results")
+    assert BatchOptions(output=tmp_path, format="PNG").format == "png"
+    assert BatchOptions(output=tmp_path, format=".WebP").format == "webp"

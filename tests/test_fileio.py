@@ -340,3 +340,37 @@ def test_name_keys_are_same_name_keys(tmp_path: Path, monkeypatch, case_blind: b
     keys = fileio.NameKeys()
     for p in paths * 2:  # the second time from what it keeps
         assert keys(p) == fileio.same_name_key(p), p
+
+
+def test_folders_a_run_made_are_taken_back_innermost_first(tmp_path: Path) -> None:
+    """`-o a/b/c` of a failed run left a/b behind when the outermost was tried first (a
+    mutation audit); a folder holding a file stays."""
+    from derain_cli.fileio import remove_empty_folders
+
+    made = [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"]
+    made[-1].mkdir(parents=True)
+    remove_empty_folders(made)
+    assert not (tmp_path / "a").exists()
+    made[-1].mkdir(parents=True)
+    (made[1] / "keep.txt").write_text("x")
+    remove_empty_folders(made)
+    assert not made[-1].exists() and (made[1] / "keep.txt").exists()
+
+
+def test_a_group_lands_its_first_file_last(tmp_path: Path, monkeypatch) -> None:
+    """The file a reader opens (the first) is renamed into place after the others, so a
+    reader never pairs a new first file with an old second one (a mutation audit)."""
+    from derain_cli import fileio
+
+    landed: list[str] = []
+    replace = os.replace
+
+    def spy(src, dst):
+        landed.append(Path(dst).name)
+        return replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", spy)
+    fileio.atomic_write_group([(tmp_path / name, lambda t, n=name: Path(t).write_text(n))
+                               for name in ("main.onnx", "stats.onnx", "third.onnx")])
+    assert landed == ["third.onnx", "stats.onnx", "main.onnx"]
+    assert (tmp_path / "main.onnx").read_text() == "main.onnx"

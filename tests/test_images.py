@@ -977,7 +977,9 @@ def test_out_of_range_is_clipped_and_nan_or_0_255_floats_refused(tmp_path: Path)
     np.testing.assert_array_equal(out[0, 0], [0, 255, 0])
     assert out[1, 1, 0] == 128
     # 0..255 floats came out white and NaN black, in silence (an audit)
-    for bad, msg in ((rgb * 255, "reaches 357"), (np.where(rgb > 0.4, np.nan, rgb), "NaN")):
+    for bad, msg in ((rgb * 255, "reaches 357"), (np.where(rgb > 0.4, np.nan, rgb), "NaN"),
+                     (np.clip(rgb, 0, 1) * 200, "reaches 200")):  # 0..255 data of a dark
+        # photo, below 255 (a mutation audit: a limit of 255 still passed)
         with pytest.raises(ValueError, match=msg):
             write_image(tmp_path / "p.png", bad)
     assert not (tmp_path / "p.png").exists()
