@@ -1061,6 +1061,8 @@ def _run(
             decoder_warnings = contextlib.ExitStack()
             if not debug:  # Pillow/OpenCV notes as one "FILE: message" line, not their noise
                 decoder_warnings.enter_context(warnings_to_log())
+            if _given(ctx, "quality"):
+                _warn_quality_unused(output if to_file else None, fmt)
             try:
                 exclude = [output] if output is not None and not to_file else []
                 # under torchrun rank 0 alone lists the inputs and says whether work is
@@ -1431,6 +1433,22 @@ def _check_device_and_precision(device: str, precision: str, backend: str = "aut
 
 
 _ENGINE = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+
+
+def _warn_quality_unused(output_file: Path | None, fmt: str | None) -> None:
+    """A warning where --quality was given and every result is written losslessly (-o
+    x.png, --format png): it was ignored in silence, the file as large as without it (an
+    audit). A folder of mixed formats takes it where it applies."""
+    from .images import format_for_path, format_name
+
+    if output_file is None and fmt is None:
+        return
+    with contextlib.suppress(Exception):  # an unknown format is refused elsewhere
+        name = format_for_path(output_file or "x", fmt)
+        if name in ("PNG", "TIFF", "BMP"):
+            logging.getLogger("derain_cli").warning(
+                "--quality does nothing here: %s is written losslessly (it applies to JPEG "
+                "and lossy WebP)", format_name(name))
 
 
 def _given(ctx: Context, name: str) -> bool:

@@ -2118,3 +2118,16 @@ def test_json_answers_an_option_refused_while_the_command_line_is_read(
     assert r.exit_code == 2 and "nope" in answer["error"] and answer["count"] == 0, r.output
     r = derain(a, "--strength", "1.5")  # without --json stdout stays empty
     assert r.exit_code == 2 and r.stdout == ""
+
+
+def test_quality_for_lossless_results_is_said_to_do_nothing(tmp_path: Path,
+                                                            tiny_weights: Path) -> None:
+    """`-o x.png --quality 50` was ignored in silence (an audit); JPEG results take it."""
+    a = _img(tmp_path / "a.png", 20, 14)
+    for args in (("-o", tmp_path / "x.png"), ("--format", "tiff", "-o", tmp_path / "t")):
+        r = derain(a, *args, "--quality", "50", "--weights", tiny_weights)
+        assert r.exit_code == 0 and "--quality does nothing here" in r.stderr, r.output
+    r = derain(a, "-o", tmp_path / "x.jpg", "--quality", "50", "--weights", tiny_weights)
+    assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
+    r = derain(a, "-o", tmp_path / "y.png", "--weights", tiny_weights)  # not given: no word
+    assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
