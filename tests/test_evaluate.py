@@ -117,6 +117,9 @@ def test_module_eval_saves_outputs_csv_and_report(pairs, tmp_path, tiny_weights)
     assert res.images[0].psnr_y == pytest.approx(metrics.psnr_y(saved, clean))
     rows = list(csv.reader(open(res.csv_path)))
     assert rows[0][:3] == ["name", "psnr_y", "ssim_y"] and len(rows) == 6 and rows[-1][0] == "mean"
+    for row, s in zip(rows[1:5], res.images, strict=True):  # each image's, as the mean's:
+        # 4 decimals of dB, 6 of SSIM (a mutation audit: 4 of SSIM passed)
+        assert row[1:3] == [f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}"]
     page = report.read_text()
     assert page.count("<img") == 12 and "p3.png" in page
     assert len(list((tmp_path / "rep" / "report_files").glob("*.jpg"))) == 12
@@ -829,6 +832,10 @@ def test_eval_names_a_pair_too_small_to_score(tmp_path):
         Image.fromarray(np.zeros((8, 30, 3), np.uint8)).save(tmp_path / "p" / side / "tiny.png")
     with pytest.raises(PairsError, match=r"tiny\.png: 30x8 is too small to score"):
         E.evaluate("identity", tmp_path / "p")
+    for side in ("rainy", "clean"):  # 11 px, SSIM's window: scored (a mutation audit)
+        Image.fromarray(np.full((11, 30, 3), 90 if side == "rainy" else 80, np.uint8)).save(
+            tmp_path / "p" / side / "tiny.png")
+    assert E.evaluate("identity", tmp_path / "p").images[0].psnr_y < 40
 
 
 def test_synth_never_writes_over_its_photos_or_its_own_pairs(tmp_path):
@@ -1319,3 +1326,21 @@ def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp
     E.synth_pairs(clean_dir, out, preset="light", count=2, overwrite=True)
     assert not (save / ".derain-x1.tmp").exists() and not (out / "rainy" / ".derain-x1.tmp"
                                                           ).exists()
+
+
+def test_scores_cut_short_leave_the_earlier_csv_whole(pairs, tmp_path, monkeypatch):
+    """The CSV goes through an atomic write: a run stopped (or a disk full) while writing
+    it leaves the earlier file, not half of the new one (a mutation audit)."""
+    out = tmp_path / "s.csv"
+    res = E.evaluate("identity", pairs, csv_path=out)
+    before = out.read_bytes()
+
+    def half_then_fail(res, path):
+        Path(path).write_text("name,psnr_y\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(E, "_write_csv_to", half_then_fail)
+    with pytest.raises(OSError):
+        E.write_csv(res, out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

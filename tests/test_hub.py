@@ -489,6 +489,24 @@ def test_a_retry_after_that_is_no_number_waits_the_default(hub_server, tmp_path)
     assert _fetch(hub_server, tmp_path).read_bytes() == DATA
 
 
+def test_a_negative_retry_after_is_tried_again_at_once(hub_server, tmp_path):
+    """Retry-After: -1 reached time.sleep, a bare ValueError out of fetch (a mutation
+    audit: only 0, 3600 and nan were tried)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override, hub_server.override_count = 503, 1
+    hub_server.override_headers = {"Retry-After": "-1"}
+    start = time.monotonic()
+    assert _fetch(hub_server, tmp_path).read_bytes() == DATA
+    assert time.monotonic() - start < 5
+
+
+def test_an_upper_case_sha256_is_the_same_pin(hub_server, tmp_path):
+    """A manifest's sha256 in capitals (as PowerShell's Get-FileHash prints it) pins the
+    same file (a mutation audit)."""
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    assert _fetch(hub_server, tmp_path, sha=f" {SHA.upper()} ").read_bytes() == DATA
+
+
 def test_not_found_is_not_tried_again(hub_server, tmp_path):
     hub_server.add(REPO, COMMIT, FILE, DATA)
     with pytest.raises(WeightsUnavailable):

@@ -188,6 +188,12 @@ def test_jorder_e_rain_x2_subfolder(tmp_path):
         ("rain/X2/norain-1x2.png", "norain/norain-1.png"),
         ("rain/X2/norain-2x2.png", "norain/norain-2.png"),
     ]
+    # two such subfolders: neither stands for the side, and neither is dropped in
+    # silence (a mutation audit: the first was taken, the second left out)
+    _make(tmp_path, "rain/X3/norain-1x3.png")
+    with pytest.raises(PairsError, match=r"2 subfolders of it hold images, which are not "
+                                         r"read: 'rain/X2/', 'rain/X3/'"):
+        find_pairs(tmp_path)
 
 
 def test_ddn_several_rainy_versions_per_clean_image(tmp_path):

@@ -1065,6 +1065,13 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] < 1e-5
+    # a warmup longer than a tenth of the run ends at that tenth: `--steps 300` with the
+    # default 200 warmed up for two thirds of it otherwise; past the last step the rate
+    # stays at its floor, not climbing the cosine back (a mutation audit)
+    cfg = T.TrainConfig(lr=1e-3, warmup=200, min_lr_ratio=0.1)
+    assert T.lr_at(cfg, 29, 300) == pytest.approx(1e-3) and T.lr_at(cfg, 14, 300) < 6e-4
+    assert T.lr_at(cfg, 299, 300) < 1.1e-4
+    assert T.lr_at(cfg, 450, 300) == pytest.approx(1e-4)
 
 
 def test_lr_schedule_under_a_time_budget_ends_with_whichever_runs_out_first():
@@ -3211,3 +3218,25 @@ def test_unused_unlabeled_photos_are_said_with_the_setting_that_leaves_them_out(
                  contrast_features="self"))
     err = " ".join(capsys.readouterr().err.split())
     assert "are not used" not in err and "unlabeled;" in err
+
+
+def test_a_tied_validation_keeps_the_earlier_best_and_last_pt_is_written_atomically(
+        data, tmp_path, monkeypatch):
+    """A later validation that only ties the best does not replace best.pt (the earlier
+    network reached the score first); last.pt, the one resume point, goes through the
+    atomic write a full disk or a kill cannot cut short (a mutation audit: neither was
+    pinned down)."""
+    monkeypatch.setattr(T, "validate", lambda *a, **k: {"psnr": 30.0, "ssim": 0.9,
+                                                         "count": 1})
+    saved: list[str] = []
+    save = T._atomic_torch_save
+
+    def spy(obj, path):
+        saved.append(Path(path).name)
+        return save(obj, path)
+
+    monkeypatch.setattr(T, "_atomic_torch_save", spy)
+    T.train(_cfg(data, tmp_path / "r", steps=6, val=str(data["val"]), val_every=2))
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=False, map_location="cpu")
+    assert best["step"] == 2, best["step"]
+    assert saved.count("best.pt") == 1 and "last.pt" in saved

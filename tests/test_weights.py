@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,6 +163,9 @@ def test_a_file_whose_config_does_not_fit_its_tensors_allocates_nothing(tmp_path
                 '37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, '
                 '56, 57, 58, 59, 60, 61, 62, 63, 64, 65]}'}, "(dilations lists 65 values)"),
     ({"config": "[" * 100000}, "config is not a JSON object"),
+    # more blocks than the file has tensors, far below the absolute cap (a mutation audit)
+    ({"config": '{"width": 8, "rain_blocks": 500, "detail_blocks": 1}'},
+     "(rain_blocks=500 in a file of"),
     ({"config": '{"width": 8, "rain_blocks": 1, "detail_blocks": 1, "se_reduction": 0}'},
      "names no architecture derain can build"),  # a ZeroDivisionError, bare (a review)
 ])
@@ -423,3 +427,53 @@ def test_a_pt_file_that_unpacks_far_beyond_its_size_is_refused(tmp_path) -> None
     with pytest.raises(TrainError, match="its entries unpack to"):
         load_checkpoint(tmp_path / "bomb.pt")
     assert weights.read_state(tmp_path / "plain.pt")[0]["w"].shape == (2**20,)  # as saved
+
+
+def test_a_tensor_the_network_lacks_is_named(tmp_path):
+    """A file with one tensor more than its network said so, not a bare KeyError (a
+    mutation audit: no test had an extra tensor)."""
+    from safetensors.torch import save_file
+
+    net = _tiny()
+    good = tmp_path / "good.safetensors"
+    weights.save_weights(net, good, name="t", arch="semi-drdnet", config=net.cfg)
+    state, meta = weights.read_state(good)
+    save_file({**state, "extra.weight": torch.zeros(3)}, tmp_path / "more.safetensors",
+              metadata=meta)
+    with pytest.raises(WeightsError, match="unexpected tensor 'extra.weight'"):
+        weights.model_from_file(tmp_path / "more.safetensors")
+
+
+def test_batchnorm_counters_stay_whole_numbers_in_fp16_files(tmp_path):
+    """Only floating tensors are stored in fp16: a counter of 70000 batches would be inf
+    there (a mutation audit)."""
+    net = _tiny()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(70001)
+    path = tmp_path / "w.safetensors"
+    weights.save_weights(net, path, name="t", arch="semi-drdnet", config=net.cfg)
+    state, _ = weights.read_state(path)
+    counters = [v for k, v in state.items() if k.endswith("num_batches_tracked")]
+    assert counters and all(v.dtype == torch.int64 and int(v) == 70001 for v in counters)
+    assert any(v.dtype == torch.float16 for v in state.values())
+
+
+def test_a_pt_file_is_refused_past_four_times_its_size_unpacked(tmp_path):
+    """The bound is 4x the file (and 1 MB): one unpacking to 10x is refused (a mutation
+    audit: the only test's file unpacked to a thousand times, so 40x passed as well)."""
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    chunk = np.zeros(1 << 16, np.uint8)
+    data = b"".join(bytes(np.concatenate([rng.integers(0, 256, 6000, np.uint8), chunk[6000:]]))
+                    for _ in range(128))  # 8 MB, a tenth of it noise
+    path = tmp_path / "ten.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data/0", data)
+    ratio = len(data) / os.path.getsize(path)
+    assert 6 < ratio < 30, ratio
+    assert "unpack to 8 MB" in (weights.inflation_problem(path) or "")
+    with zipfile.ZipFile(tmp_path / "plain.pt", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data/0", data)
+    assert weights.inflation_problem(tmp_path / "plain.pt") is None
