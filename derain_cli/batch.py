@@ -279,8 +279,9 @@ class _Resolver:
         self._folders: dict[Path, Path] = {}
 
     def __call__(self, p: Path) -> Path:
-        if p.name in ("", "..") or os.path.islink(p):  # the slow way (islink: any error
-            # is no link, where Path.is_symlink raised on a name too long or no permission)
+        if not p.name or ".." in p.parts or os.path.islink(p):  # the slow way (realpath
+            # takes `..` by spelling where a folder before it is missing: a review; islink:
+            # any error is no link, where Path.is_symlink raised on a name too long)
             return _resolved(p)
         folder = self._folders.get(p.parent)
         if folder is None:
@@ -1354,7 +1355,8 @@ def _upfront(job: Job, options: BatchOptions) -> tuple[Status, str] | None:
         try:  # one stat (a rerun over 20 000 done photos made six of them each, twice)
             st: os.stat_result | None = out.stat()
         except OSError as e:  # what Path.exists takes for "no such file"; others raise
-            if e.errno not in _NO_SUCH_FILE:
+            if e.errno not in _NO_SUCH_FILE and getattr(e, "winerror", None) not in (
+                    21, 123, 1921):  # Windows' own, which Path.exists takes alike (a review)
                 raise
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):

@@ -72,5 +72,6 @@ def tricky_paths(root: Path) -> list[Path]:
              "flink/a.png", "flink/sub/b.png", "flink/alink.png", "real/sub/../a.png",
              "flink/sub/../a.png", "loop/x.png", "loop", "missing/deeper/c.png",
              "flink/missing/c.png", "real/Sub/B.png", "real/caf\u00e9.png",
-             "real/cafe\u0301.png", "real/new.png", "real", "real/sub/..", "flink/.."]
+             "real/cafe\u0301.png", "real/new.png", "real", "real/sub/..", "flink/..",
+             "missing/../flink", "real/a.png/../../flink/a.png"]
     return [root / n for n in names] + [Path(n) for n in names]

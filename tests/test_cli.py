@@ -2131,3 +2131,19 @@ def test_quality_for_lossless_results_is_said_to_do_nothing(tmp_path: Path,
     assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
     r = derain(a, "-o", tmp_path / "y.png", "--weights", tiny_weights)  # not given: no word
     assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
+
+
+def test_a_missing_input_with_an_existing_o_file_is_said_by_the_batch(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check for `-o` naming the input itself looked at inputs that cannot be looked at
+    (missing, a pattern matching nothing, a link loop) and ended on a raw OSError, exit 1,
+    --json empty (a review): the batch says what is wrong with each, as before."""
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "exist.png", 20, 14)
+    os.symlink("loop.png", tmp_path / "loop.png")
+    for given, said in (("nothere.png", "no such file"), ("nomatch*.jpg", "no images match"),
+                        ("loop.png", "loop")):
+        r = derain(given, "-o", "exist.png", "--weights", tiny_weights, "--json")
+        assert r.exit_code == 1, r.output
+        failed = json.loads(r.stdout)["failed"]
+        assert len(failed) == 1 and said in failed[0]["reason"], failed
