@@ -2147,3 +2147,28 @@ def test_a_missing_input_with_an_existing_o_file_is_said_by_the_batch(
         assert r.exit_code == 1, r.output
         failed = json.loads(r.stdout)["failed"]
         assert len(failed) == 1 and said in failed[0]["reason"], failed
+
+
+def test_eval_strength_max_pixels_and_a_damaged_pair_reach_their_commands(
+        tmp_path: Path, tiny_weights: Path) -> None:
+    """`eval --strength 0` scores the rainy images as they are; the main job's
+    --max-pixels refuses a photo over it; a pair that cannot be read is a failure (exit
+    1), not a usage error (a mutation audit: dropping each passed every test)."""
+    for i in range(2):
+        _img(tmp_path / "p" / "rainy" / f"{i}.png", 24, 20, seed=i)
+        _img(tmp_path / "p" / "clean" / f"{i}.png", 24, 20, seed=i + 5)
+    ident = derain("eval", tmp_path / "p", "-m", "identity", "--json")
+    zero = derain("eval", tmp_path / "p", "--weights", tiny_weights, "--strength", "0",
+                  "--json")
+    full = derain("eval", tmp_path / "p", "--weights", tiny_weights, "--json")
+    assert ident.exit_code == zero.exit_code == full.exit_code == 0, zero.output
+    psnr = [json.loads(r.stdout)["psnr_y"] for r in (ident, zero, full)]
+    assert psnr[1] == pytest.approx(psnr[0], abs=1e-6) and psnr[2] != pytest.approx(psnr[0])
+    big = _img(tmp_path / "big.png", 40, 30)
+    r = derain(big, "-o", tmp_path / "o.png", "--weights", tiny_weights, "--max-pixels",
+               "1000", "--json")
+    failed = json.loads(r.stdout)["failed"]
+    assert r.exit_code == 1 and len(failed) == 1 and "1200" in failed[0]["reason"], failed
+    (tmp_path / "p" / "clean" / "1.png").write_bytes(b"not a png")
+    r = derain("eval", tmp_path / "p", "-m", "identity")
+    assert r.exit_code == 1 and "1.png" in r.output, r.output

@@ -318,3 +318,30 @@ def test_photo_folders_leave_derains_own_results_out(tmp_path, caplog):
                                                                                "c.png"]
     (d / ".derain-output").write_text("results")  # named itself: still read
     assert len(D.load_photos(d)) == 2
+
+
+def test_full_rainy_images_for_batchnorm_are_the_rainy_ones(clean_dir, pairs_dir):
+    """BatchNorm statistics are re-estimated on whole training images as the network will
+    see them: the pairs' rainy side, and synthetic rain over the clean photos (a mutation
+    audit: returning the clean side passed every test)."""
+    ds = D.LabeledDataset(pairs_dirs=[pairs_dir], clean_dirs=[clean_dir], patch=24, seed=3)
+    paired, synthetic = ds.sources[0], ds.sources[1]
+    assert paired.kind == "paired" and synthetic.kind != "paired"
+    got = ds.full_rainy(0, seed=1)
+    np.testing.assert_array_equal(got, paired.rainy[0].astype(np.float32) / 255)
+    assert not np.array_equal(got, paired.clean[0].astype(np.float32) / 255)
+    i = len(paired.rainy)
+    rained = ds.full_rainy(i, seed=1)
+    clean = synthetic.clean[0].astype(np.float32) / 255
+    assert rained.shape == clean.shape and float(np.abs(rained - clean).mean()) > 0.005
+
+
+def test_16_bit_photos_are_rounded_to_8_bits_not_cut(tmp_path):
+    """A 16-bit sample becomes its nearest 8-bit level: cut down, half of the pixels fell a
+    level, a bias of half a level (a mutation audit)."""
+    x = (np.arange(64 * 64 * 3, dtype=np.uint32) * 37 % 65536).astype(np.uint16)
+    x = x.reshape(64, 64, 3)
+    cv2.imwrite(str(tmp_path / "deep.png"), x[..., ::-1])
+    got = D.load_rgb_u8(tmp_path / "deep.png")
+    want = np.clip(np.rint(x.astype(np.float64) / 65535 * 255), 0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want).max() == 0

@@ -569,3 +569,19 @@ def test_a_python_callers_settings_are_checked_before_any_work(setup):
         with pytest.raises(DistillError, match=said):
             distill(_cfg(root, weights, "bad", **bad))
         assert not (root / "bad").exists()
+
+
+def test_held_out_photos_are_not_trained_on(tmp_path):
+    """The held-out photos score the student; trained on as well, the held-out PSNR in
+    the result and the manifest would flatter it (a mutation audit)."""
+    from derain_cli import distill as Dm
+
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(
+            tmp_path / f"{i}.png")
+    train, held, real = Dm._photos(DistillConfig(out=str(tmp_path / "o"), clean=str(tmp_path),
+                                                 val_count=2))
+    assert len(held) == 2 and len(train) == 5 and real == []
+    seen = {a.tobytes() for a in train}
+    assert not any(a.tobytes() in seen for a in held)

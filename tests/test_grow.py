@@ -135,6 +135,11 @@ def test_grow_refuses_what_it_cannot_grow() -> None:
                                            dilations=(1, 2, 4)))
     with pytest.raises(GrowError, match="another architecture"):
         grow_network(src, RDMCConfig())
+    # fewer SE hidden units: said, not an IndexError (a mutation audit)
+    se4 = SemiDRDNet(SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2, se_reduction=4))
+    with pytest.raises(GrowError, match="se_reduction"):
+        grow_network(se4, SemiDRDNetConfig(width=16, rain_blocks=3, detail_blocks=2,
+                                           se_reduction=8))
     rdmc = RDMC(RDMCConfig(channels=(4, 8, 8), stages=2))
     with pytest.raises(GrowError, match="levels"):
         grow_network(rdmc, RDMCConfig(channels=(4, 8, 8, 8), stages=2))
