@@ -585,3 +585,17 @@ def test_held_out_photos_are_not_trained_on(tmp_path):
     assert len(held) == 2 and len(train) == 5 and real == []
     seen = {a.tobytes() for a in train}
     assert not any(a.tobytes() in seen for a in held)
+
+
+def test_a_batch_takes_real_crops_at_the_real_fraction(tmp_path):
+    """--real-fraction 0.3 is the share of real crops (a mutation audit: a flipped test
+    made it 70 % in silence); real crops come as they are, others with added rain."""
+    from derain_cli import distill as Dm
+
+    clean = [np.full((40, 40, 3), 0.0, np.uint8)]
+    real = [np.full((40, 40, 3), 200, np.uint8)]
+    cfg = DistillConfig(out=str(tmp_path), clean=str(tmp_path), batch=400, patch=16,
+                        real_fraction=0.3)
+    x = Dm._batch(clean, real, cfg, np.random.default_rng(0)).numpy()
+    is_real = np.isclose(x.mean(axis=(1, 2, 3)), 200 / 255, atol=1e-6)
+    assert 0.22 < is_real.mean() < 0.38, is_real.mean()
