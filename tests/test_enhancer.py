@@ -339,7 +339,7 @@ def test_cmyk_image_gets_an_rgb_result_without_its_cmyk_profile(derainer):
 def test_metadata_byte_order_premultiplied_and_float_alpha(derainer):
     """Gaps an audit of the library found: info dropped for I;16/I/F images, big-endian
     arrays refused, La/RGBa crashing, float64 alpha rounded through float32."""
-    info = {"dpi": (300, 300), "icc_profile": b"not checked here"}
+    info = {"dpi": (300, 300), "icc_profile": b"not checked here", "xmp": b"<x:xmpmeta/>"}
     for mode, arr in (("I;16", _photo()[..., 0].astype(np.uint16) * 257),
                       ("I", _photo()[..., 0].astype(np.int32)),
                       ("F", _photo()[..., 0].astype(np.float32) / 255)):
@@ -348,6 +348,7 @@ def test_metadata_byte_order_premultiplied_and_float_alpha(derainer):
         out = derainer.derain(img)
         assert out.info.get("dpi") == (300, 300), mode
         assert out.info.get("icc_profile") == info["icc_profile"], mode
+        assert out.info.get("xmp") == info["xmp"], mode  # (a mutation audit)
 
     native = _photo().astype(np.uint16) * 257
     big = native.astype(">u2")
@@ -1208,3 +1209,30 @@ def test_gray_comes_back_as_the_cli_writes_it(derainer, tmp_path):
                                  "--weights", derainer.weights_label, "-q"])
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), got)
+
+
+def test_a_palette_image_with_a_transparent_colour_keeps_its_transparency(derainer):
+    """A GIF or palette PNG whose transparency is a palette entry ("transparency" in its
+    info, mode P) comes back RGBA with that alpha, not opaque RGB (a mutation audit)."""
+    idx = np.zeros((30, 40), np.uint8)
+    idx[:, 20:] = 1
+    img = Image.fromarray(idx, "P")
+    img.putpalette([200, 30, 30, 20, 90, 200] + [0] * 762)
+    img.info["transparency"] = 1
+    out = derainer.derain(img)
+    assert out.mode == "RGBA"
+    alpha = np.asarray(out)[..., 3]
+    assert (alpha[:, :20] == 255).all() and (alpha[:, 20:] == 0).all()
+
+
+def test_threads_are_set_for_the_pytorch_engine(tiny_weights):
+    """`threads=1` on the PyTorch engine sets its threads (a mutation audit: dropping the
+    call passed, the tests looked only at the oversubscription warning)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Derainer(weights=tiny_weights, device="cpu", precision="fp32", backend="torch",
+                 threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -88,13 +88,15 @@ def test_the_rain_found_is_taken_off_the_photo_itself(dtype) -> None:
     """The canvas keeps the photo's sample type (a quarter of float32's memory for 8 bits);
     the rain found is the canvas, scaled to [0, 1], minus the network's result; taking it
     off subtracts it from the photo's own samples, clipped (a photo taller than one band of
-    rows, converted band by band)."""
+    rows, converted band by band: one row past a band, whose last row was once left out by
+    a mutation an audit made)."""
     rng = np.random.default_rng(3)
     hi = {np.uint8: 255, np.uint16: 65535}.get(dtype)
-    x = rng.integers(0, hi + 1, (300, 41, 3)).astype(dtype) if hi else \
-        rng.random((300, 41, 3), dtype=np.float32)
+    rows = slant._BAND_ROWS + 1
+    x = rng.integers(0, hi + 1, (rows, 41, 3)).astype(dtype) if hi else \
+        rng.random((rows, 41, 3), dtype=np.float32)
     unit = x.astype(np.float32) / (hi or 1)
-    t = slant.Turn.make(300, 41, 33)
+    t = slant.Turn.make(rows, 41, 33)
     canvas = t.forward(x)
     assert canvas.dtype == (dtype if hi else np.float32)
     assert canvas.shape == (t.canvas_height, t.canvas_width, 3)
@@ -171,10 +173,12 @@ def test_a_slant_is_taken_only_when_turning_takes_off_clearly_more() -> None:
     # ten times as much, but less than MARGIN more in all: no turn
     angle, _, _ = slant.choose_angle(img, _remover(guess, amount=0.004))
     assert angle == 0.0
-    # MARGIN more, but only 1.4 times as much (under GAIN): no turn
-    angle, _, _ = slant.choose_angle(img, lambda x, a: np.clip(
+    # MARGIN more, but only 1.4 times as much (under GAIN): no turn, and the photo's
+    # result reused is the unturned one (a mutation audit: the turned one passed)
+    angle, _, reuse = slant.choose_angle(img, lambda x, a: np.clip(
         x / 255 - (0.07 if a == guess else 0.05), 0, 1))
     assert angle == 0.0
+    np.testing.assert_allclose(reuse, np.clip(img / 255 - 0.05, 0, 1), atol=1e-6)
     # 1.6 times as much and MARGIN more: turned
     angle, _, _ = slant.choose_angle(img, lambda x, a: np.clip(
         x / 255 - (0.08 if a == guess else 0.05), 0, 1))
