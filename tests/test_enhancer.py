@@ -450,6 +450,18 @@ def test_out_of_memory_halves_the_tile(tiny_weights, monkeypatch, caplog):
     out = d.derain_array(np.random.default_rng(0).random((150, 170, 3), dtype=np.float32))
     assert out.shape == (150, 170, 3) and d.tile == 64
     assert "out of memory" in caplog.text
+    # a tile that is no power-of-two multiple of the floor stops at the floor, not below
+    # it (100 -> 64, not 50: a mutation audit)
+    d.tile = 100
+
+    def under_80(x, pooled):
+        if x.shape[-2] * x.shape[-1] > 80 * 80:
+            raise tiling.TileOutOfMemory("fake")
+        return real(x, pooled)
+
+    monkeypatch.setattr(d.runner, "forward", under_80)
+    d.derain_array(np.random.default_rng(1).random((150, 170, 3), dtype=np.float32))
+    assert d.tile == 64
 
     def always(x, pooled):
         raise tiling.TileOutOfMemory("cuDNN error: unable to find an engine to execute this "

@@ -306,3 +306,15 @@ def test_non_default_sizes() -> None:
     for shape in [(1, 1, 3), (7, 300, 3), (300, 7, 3), (64, 64, 3)]:
         rainy, layer = synthesize(np.full(shape, 0.5, np.float32), "mixed", seed=0)
         assert rainy.shape == shape and np.isfinite(rainy).all()
+
+
+def test_presets_without_haze_draw_none():
+    """Haze (and its sky colour) is drawn only for presets that have it: light, medium,
+    heavy and slanted rain stay clear, as the evaluation sets are (a mutation audit)."""
+    for name, p in PRESETS.items():
+        for seed in range(20):
+            drawn = sample_params(name, np.random.default_rng(seed))
+            if p.haze == 0:
+                assert drawn.haze == 0 and drawn.atmospheric_light == p.atmospheric_light
+            else:
+                assert drawn.haze > 0
