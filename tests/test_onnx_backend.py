@@ -148,6 +148,14 @@ def test_corrupt_cache_entry_is_exported_again(caplog):
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert np.abs(runner.forward(x, None) - ref).max() <= TOL
+    # a graph its digest vouches for that ONNX Runtime still cannot load (a digest written
+    # beside a bad file): exported afresh, not the same file loaded again on every run (a
+    # mutation audit)
+    path.write_bytes(b"not an onnx file either")
+    (path.parent / (path.name + ".sha256")).write_text(onnx_backend.sha256_file(path) + "\n")
+    runner = make_onnx_runner(net, "cpu", "fp32")
+    assert export.EXPORT_COUNT == count + 2
+    assert np.abs(runner.forward(x, None) - ref).max() <= TOL
 
 
 def test_a_cached_graph_damaged_in_place_is_exported_again(caplog):
