@@ -232,6 +232,11 @@ def test_unreadable_choices_are_measured_again(own_cache, bf16_cpu):
     calls = []
     assert _choose(None, "bf16", calls)[0] == "bf16"
     assert len(calls) == 1 and json.loads((own_cache / "engines.json").read_text())
+    # an entry naming no engine derain has (another version's, a hand edit) is measured
+    # again, not taken (a mutation audit)
+    key = engine_choice.choice_key(_plan(), None)
+    engine_choice.remember(key, {"engine": "fp8", "measured": "2026-12-01"})
+    assert _choose(None, "int8", calls)[0] == "int8" and len(calls) == 2
 
 
 @pytest.mark.usefixtures("one_thread")
