@@ -154,6 +154,13 @@ def test_grow_file_writes_weights_derain_loads(tmp_path: Path) -> None:
     r = grow_file(str(src_file), "semi-drdnet-lite", out)
     assert r.exact and r.max_abs_diff < 1e-5
     assert r.target_params > r.source_params
+    import hashlib
+
+    from derain_cli.weights import read_state
+
+    meta = read_state(out)[1]  # where it came from, in the file (a mutation audit)
+    assert meta["grown_from_sha256"] == hashlib.sha256(src_file.read_bytes()).hexdigest()
+    assert meta["exact"] == "true" and meta["grown_from"].endswith("tiny.safetensors")
     loaded = model_from_file(out).eval()
     assert loaded.cfg == SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=6)
     x = _image()
