@@ -379,3 +379,23 @@ def test_session_threads_follow_torch_when_it_is_loaded():
         assert onnx_backend.session_options(3).intra_op_num_threads == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_private_temp_folder_others_can_write_is_not_trusted(monkeypatch, tmp_path):
+    """The fallback cache in the temporary folder is this user's, mode 0700: one that
+    others may write into (graphs planted there would run) or a link is passed over (a
+    mutation audit: dropping the mode check passed)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    own = onnx_backend._private_temp_folder()
+    assert own is not None and oct(own.stat().st_mode & 0o777) == oct(0o700)
+    for mode in (0o770, 0o707, 0o777):
+        own.chmod(mode)
+        assert onnx_backend._private_temp_folder() is None, oct(mode)
+    own.chmod(0o700)
+    assert onnx_backend._private_temp_folder() == own
+    own.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    own.symlink_to(tmp_path / "elsewhere")
+    assert onnx_backend._private_temp_folder() is None
