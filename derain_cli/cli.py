@@ -1179,7 +1179,7 @@ def _check_output(
                               "file; to write several results give a folder: -o DIR")
         if fmt is not None and format_for_path(output) != format_for_path(output, fmt):
             raise _usage(ctx, f"--format {fmt} contradicts -o {output}; drop one of them")
-        if output.exists() and _same_file(inputs[0], output):  # a failed file with a
+        if output.exists() and batch._same_file(Path(inputs[0]), output):  # a failed file with a
             # progress bar and a summary table, exit 1 (an audit): the command line's fault
             src = Path(inputs[0])
             raise _usage(ctx, f"-o {output} is the input itself: derain never replaces a "
@@ -1202,16 +1202,6 @@ def _check_output(
                 raise _usage(ctx, f"-o {output} is an input folder: the results would "
                                   "replace the originals; choose another folder")
     return inputs, to_file
-
-
-def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether ``a`` and ``b`` are one file; False where either cannot be looked at (a
-    missing input, a pattern, a link loop: the batch says what is wrong with it; a review
-    saw them end as raw OSErrors)."""
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
 
 
 def _check_output_folder_can_be(ctx: Context, output: Path) -> None:

@@ -70,15 +70,24 @@ def same_name_key(path: str | os.PathLike[str]) -> str:
     Unicode form (NFC: macOS's file systems take ``é`` and ``e`` + accent for one name). Why:
     ``IMG_1.jpg`` and ``img_1.png --format png`` planned two results that are one file
     there; the second overwrote the first, or an original. Many paths: :class:`NameKeys`."""
-    p = Path(os.path.abspath(path))
-    real = Path(os.path.realpath(p))
-    folder = real.parent
+    head, name = os.path.split(os.path.realpath(os.path.abspath(path)))
+    return _key_in(_folder_key(head), name)
+
+
+def _folder_key(real_folder: str) -> tuple[str, bool]:
+    """A resolved folder's part of :func:`same_name_key`: its name as the file system
+    compares it, and whether that file system (of its nearest existing folder) ignores
+    case."""
+    folder = Path(real_folder)
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
-    key = os.path.normcase(str(real))
-    if _ignores_case(str(folder)):
-        return unicodedata.normalize("NFC", key).casefold()
-    return key
+    return os.path.normcase(real_folder), _ignores_case(str(folder))
+
+
+def _key_in(folder: tuple[str, bool], name: str) -> str:
+    """:func:`same_name_key` of ``name`` in a folder keyed by :func:`_folder_key`."""
+    key = os.path.join(folder[0], os.path.normcase(name))
+    return unicodedata.normalize("NFC", key).casefold() if folder[1] else key
 
 
 class NameKeys:
@@ -97,13 +106,8 @@ class NameKeys:
             return same_name_key(p)
         known = self._folders.get(head)
         if known is None:  # what same_name_key finds for any name in it
-            real = os.path.realpath(head)
-            folder = Path(real)
-            while not folder.exists() and folder.parent != folder:
-                folder = folder.parent
-            known = self._folders[head] = (os.path.normcase(real), _ignores_case(str(folder)))
-        key = os.path.join(known[0], os.path.normcase(name))
-        return unicodedata.normalize("NFC", key).casefold() if known[1] else key
+            known = self._folders[head] = _folder_key(os.path.realpath(head))
+        return _key_in(known, name)
 
 
 @functools.lru_cache(maxsize=256)
