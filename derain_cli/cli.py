@@ -1099,6 +1099,13 @@ def _run(
                             "--stats-megapixels does nothing for %s: it has no whole-image "
                             "statistics (Semi-DRDNet has)",
                             getattr(derainer, "model_name", "this model"))
+                    unused = [f"--{n.replace('_', '-')}" for n in ("tile_overlap", "tile_batch")
+                              if _given(ctx, n)]
+                    if unused and getattr(derainer, "tile", None) == 0:  # accepted in silence
+                        logging.getLogger("derain_cli").warning(  # (session 70's list)
+                            "%s %s nothing with --tile 0 (whole images) unless memory runs "
+                            "short and tiles take over", " and ".join(unused),
+                            "do" if len(unused) > 1 else "does")
                 else:  # all done already: still refuse what a fresh run would refuse
                     _check_device_and_precision(device, precision, backend)
                     _check_model_and_tile(model, weights, tile)

@@ -1902,6 +1902,25 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert "models" in _complete("derain ", tmp_path)
 
 
+def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
+    """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
+    when running out of memory turns to tiles (session 70); with tiles, nothing is said."""
+    src = _img(tmp_path / "a.png")
+    r = derain(src, "--weights", tiny_weights, "--tile", "0", "--tile-overlap", "8",
+               "--tile-batch", "2", "-o", tmp_path / "w.png")
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert ("warning: --tile-overlap and --tile-batch do nothing with --tile 0 (whole "
+            "images) unless memory runs short" in said), r.stderr
+    r = derain(src, "--weights", tiny_weights, "--tile", "0", "--tile-batch", "2",
+               "-o", tmp_path / "b.png")
+    assert "--tile-batch does nothing with --tile 0" in " ".join(r.stderr.split()), r.stderr
+    for args in (("--tile", "64", "--tile-overlap", "8"), ("--tile", "0")):
+        r = derain(src, "--weights", tiny_weights, *args, "-o", tmp_path / "t.png",
+                   "--overwrite")
+        assert r.exit_code == 0 and "nothing with --tile 0" not in r.stderr, (args, r.stderr)
+
+
 def test_stats_megapixels_for_a_model_without_statistics_is_said(tmp_path: Path,
                                                                   tiny_weights: Path) -> None:
     """--stats-megapixels with RDMC did nothing without a word (session 63); typed for a
