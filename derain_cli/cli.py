@@ -564,8 +564,7 @@ def _path_starts(prefix: str) -> bool:
 
 
 def complete_model(incomplete: str) -> list[str]:
-    """Model names for shell completion of ``-m``: the registry's (``derain models``), read
-    from its source (importing it imports PyTorch: 2 s a Tab press here)."""
+    """Model names for shell completion of ``-m``: the registry's (``derain models``)."""
     return [name for name in _registry_names() if name.startswith(incomplete)]
 
 
@@ -589,22 +588,7 @@ def complete_eval_model(incomplete: str) -> list[str]:
 
 
 def _registry_names() -> list[str]:
-    """The names of ``derain_cli.models.MODELS`` from its source: the first argument of
-    each ``ModelSpec(...)`` its comprehension walks (imported where the source says
-    otherwise)."""
-    tree = _module_source("derain_cli.models")
-    for node in tree.body if tree else []:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
-        value = node.value if isinstance(node, ast.AnnAssign) else None
-        if not (isinstance(target, ast.Name) and target.id == "MODELS"
-                and isinstance(value, ast.DictComp) and len(value.generators) == 1
-                and isinstance(value.generators[0].iter, ast.List)):
-            continue
-        specs = value.generators[0].iter.elts
-        names = [s.args[0].value for s in specs if isinstance(s, ast.Call) and s.args
-                 and isinstance(s.args[0], ast.Constant) and isinstance(s.args[0].value, str)]
-        if names and len(names) == len(specs):
-            return names
+    """The names of ``derain_cli.models.MODELS`` (the registry imports no PyTorch)."""
     from .models import MODELS
 
     return list(MODELS)
@@ -615,13 +599,11 @@ def _check_model(value: str | None) -> str | None:
         return None
     from .manifest import load_manifest
 
-    if value in load_manifest():  # a shipped model: known without importing PyTorch, so
-        return value              # `-m semi-drdnet-tiny` starts like the default does
-    from .models import MODELS
+    if value in load_manifest():  # a shipped model (a weights entry the registry may lack)
+        return value
+    from .models import MODELS, UnknownModelError
 
     if value not in MODELS:
-        from .models import UnknownModelError
-
         raise typer.BadParameter(str(UnknownModelError(value)))
     return value
 
@@ -1324,7 +1306,7 @@ def _make_derainer(**kw: Any) -> Any:
     try:
         return Derainer(**kw)
     except Exception as e:
-        from .models import UnknownModelError  # imports torch: only when it is needed
+        from .models import UnknownModelError
 
         if not isinstance(e, (ValueError, UnknownModelError)):
             raise
@@ -1369,7 +1351,7 @@ def _check_model_and_tile(model: str | None, weights: Path | None, tile: int | N
 
     if model in load_manifest():
         return
-    from .models import MODELS, UnknownModelError  # imports torch: the error path only
+    from .models import MODELS, UnknownModelError
 
     if model not in MODELS:
         print_error(err, str(UnknownModelError(model)))
@@ -1881,7 +1863,9 @@ def model_rows() -> list[dict[str, Any]]:
             "default": name == DEFAULT_MODEL,
             "arch": arch,
             "summary": spec.summary if spec is not None else "",
-            "params": _count_params(arch, config),
+            # (the registry's record: building a network for its count imports PyTorch)
+            "params": spec.params if spec is not None and spec.params is not None else
+            _count_params(arch, config),
             "config": config_to_dict(config) if not isinstance(config, dict) else config,
             "weights": where,
             "bundled_size": rec.size if rec is not None and where == "bundled" else None,

@@ -19,12 +19,9 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
-from torch import nn
 
 from .fileio import atomic_write
 from .hub import sha256_file
@@ -37,6 +34,10 @@ from .manifest import (  # re-exported: the manifest API predates its own module
     write_manifest,  # noqa: F401
 )
 from .models import build_architecture, config_to_dict, get_spec
+
+if TYPE_CHECKING:  # PyTorch is imported where tensors are: the manifest and the checks
+    import torch  # of names and files (derain models, download) answer without it
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,18 @@ def save_weights(
     name: str,
     arch: str,
     config: Any,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
 ) -> WeightRecord:
     """Write a model's state as safetensors (atomically) and return its manifest record.
 
-    Floating tensors are stored in ``dtype`` (fp16 halves the download; the
+    Floating tensors are stored in ``dtype`` (None: fp16, which halves the download; the
     networks run in fp32 after loading). BatchNorm counters stay integers.
     """
+    import torch
+    from safetensors.torch import save as safetensors_bytes
+
+    dtype = torch.float16 if dtype is None else dtype
     path = Path(path)
     cfg = config if isinstance(config, dict) else config_to_dict(config)
     tensors = {
@@ -131,6 +136,8 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
         raise WeightsError(f"{path}: is a folder; give the weights file in it "
                            "(derain train writes RUN/model.safetensors)")
     if path.suffix in PICKLE_SUFFIXES:
+        import torch
+
         inflated = inflation_problem(path)
         if inflated is not None:
             raise WeightsError(f"{path}: {inflated}")
@@ -238,6 +245,8 @@ def build_fitting(arch: str, config: dict[str, Any], state: dict[str, torch.Tens
     allocates no tensors but does build every module: the sizes are bounded first
     (``_check_config_sizes``) where they come from the file's ``header`` (a registry
     config given with ``-m`` is derain's own: a review saw it blamed on the file)."""
+    import torch
+
     if header:
         _check_config_sizes(config, state, source)
     try:

@@ -1902,6 +1902,26 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
     assert "models" in _complete("derain ", tmp_path)
 
 
+def test_listing_and_refusing_models_imports_no_pytorch(tmp_path: Path) -> None:
+    """`derain models` imported PyTorch to count parameters and read the manifest: 2 s and
+    more before a line (session 70's list); the registry and the weights checks answer
+    without it now, as do `download` and an unknown `-m`."""
+    probe = ("import sys\nfrom derain_cli.cli import main\nsys.argv = ['derain', *sys.argv[1:]]"
+             "\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(code, 'torch' in sys.modules, file=sys.stderr)")
+    env = {**os.environ, "DERAIN_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    _img(tmp_path / "a.png")
+    for args, code in ((["models"], 0), (["models", "--json"], 0),
+                       (["download", "semi-drdnet-tiny"], 0),
+                       (["a.png", "-m", "nope"], 2)):
+        ran = subprocess.run([sys.executable, "-c", probe, *args], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert ran.stderr.strip().splitlines()[-1] == f"{code} False", (args, ran.stderr)
+    assert "semi-drdnet-fast" in subprocess.run(
+        [sys.executable, "-c", probe, "models"], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120).stdout
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""

@@ -2,34 +2,60 @@
 
 Architectures are kept apart from everything that runs them (tiling, I/O,
 training), so one class serves inference, training, export and tests alike.
+
+The registry and the configs import no PyTorch: ``derain models``, ``derain download`` and
+the option checks answer without it (two seconds or more on a laptop). The networks
+(``SemiDRDNet``, ``RDMC``, ``ARCHITECTURES``) load on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from .configs import CONFIGS, RDMCConfig, SemiDRDNetConfig
 
-from .rdmc import RDMC, RDMCConfig
-from .semi_drdnet import SemiDRDNet, SemiDRDNetConfig
+if TYPE_CHECKING:
+    from torch import nn
 
-#: architecture id -> (network class, its config dataclass)
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
-    "semi-drdnet": (SemiDRDNet, SemiDRDNetConfig),
-    "rdmc": (RDMC, RDMCConfig),
-}
+    from .rdmc import RDMC
+    from .semi_drdnet import SemiDRDNet
+
+
+def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
+    """Architecture id -> (network class, its config dataclass); imports PyTorch."""
+    from .rdmc import RDMC
+    from .semi_drdnet import SemiDRDNet
+
+    return {"semi-drdnet": (SemiDRDNet, SemiDRDNetConfig), "rdmc": (RDMC, RDMCConfig)}
+
+
+def __getattr__(name: str) -> Any:
+    """``ARCHITECTURES`` and the network classes, imported (with PyTorch) when first asked."""
+    if name == "ARCHITECTURES":
+        return _architectures()
+    if name in ("SemiDRDNet", "RDMC"):
+        return {cls.__name__: cls for cls, _ in _architectures().values()}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so a notebook's tab completion offers ``SemiDRDNet``."""
+    return sorted({*globals(), *__all__})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registered model: a name users type, its architecture and sizes."""
+    """One registered model: a name users type, its architecture and sizes. ``params``,
+    the network's parameter count, is recorded so that listing models builds none
+    (tests/models/test_registry.py holds it to the built network's)."""
 
     name: str
     arch: str
     config: Any
     summary: str
+    params: int | None = None
 
     def config_dict(self) -> dict[str, Any]:
         return config_to_dict(self.config)
@@ -43,36 +69,42 @@ MODELS: dict[str, ModelSpec] = {
             "semi-drdnet",
             SemiDRDNetConfig(),
             "Semi-DRDNet, paper size (64 wide, 16 rain + 16 detail blocks)",
+            params=5_221_766,
         ),
         ModelSpec(
             "semi-drdnet-lite",
             "semi-drdnet",
             SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=6),
             "Semi-DRDNet for CPUs (32 wide, 6 + 6 blocks, ~10x fewer FLOPs)",
+            params=506_054,
         ),
         ModelSpec(
             "semi-drdnet-fast",
             "semi-drdnet",
             SemiDRDNetConfig(width=32, rain_blocks=6, detail_blocks=2),
             "semi-drdnet-lite distilled to 2 detail blocks (derain distill), half the FLOPs",
+            params=258_630,
         ),
         ModelSpec(
             "semi-drdnet-tiny",
             "semi-drdnet",
             SemiDRDNetConfig(width=32, rain_blocks=3, detail_blocks=1),
             "semi-drdnet-lite distilled to 3 rain + 1 detail blocks (derain distill)",
+            params=140_422,
         ),
         ModelSpec(
             "rdmc",
             "rdmc",
             RDMCConfig(),
             "RDMC, paper size (3 branches 32..256 channels, 3 recursions)",
+            params=16_083_939,
         ),
         ModelSpec(
             "rdmc-lite",
             "rdmc",
             RDMCConfig(channels=(12, 24, 48, 96, 96), stages=2),
             "RDMC for CPUs (12..96 channels, 2 recursions, ~10x fewer FLOPs)",
+            params=2_268_279,
         ),
     ]
 }
@@ -107,7 +139,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
     """Rebuild an architecture's config from its JSON form."""
-    _, cfg_cls = _arch(arch)
+    cfg_cls = _config_class(arch)
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = set(values) - fields
     if unknown:
@@ -115,18 +147,19 @@ def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
     return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def _arch(arch: str) -> tuple[type[nn.Module], type]:
+def _config_class(arch: str) -> type:
     try:
-        return ARCHITECTURES[arch]
+        return CONFIGS[arch]
     except KeyError:
         raise ValueError(
-            f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {arch!r}; known: {', '.join(CONFIGS)}"
         ) from None
 
 
 def build_architecture(arch: str, config: Any = None) -> nn.Module:
     """Instantiate an architecture from a config object or its dict form."""
-    cls, cfg_cls = _arch(arch)
+    cfg_cls = _config_class(arch)
+    cls = _architectures()[arch][0]
     if isinstance(config, dict):
         config = config_from_dict(arch, config)
     return cls(config if config is not None else cfg_cls())

@@ -37,20 +37,11 @@ Design as implemented here (the paper leaves some details open):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class RDMCConfig:
-    """Sizes of an RDMC network; the defaults are the paper-size model."""
-
-    channels: tuple[int, ...] = (32, 64, 128, 256, 256)
-    dilations: tuple[int, ...] = (1, 2, 3)
-    stages: int = 3
+from .configs import RDMCConfig  # (its own module: read without PyTorch)
 
 
 def _unit(cin: int, cout: int, dilation: int, first_dilation: int = 1) -> nn.Sequential:

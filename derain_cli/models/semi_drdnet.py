@@ -30,22 +30,12 @@ functional (tensors in, tensors out) lets the same design export to ONNX.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class SemiDRDNetConfig:
-    """Sizes of a Semi-DRDNet; the defaults are the paper's."""
-
-    width: int = 64
-    rain_blocks: int = 16
-    detail_blocks: int = 16
-    se_reduction: int = 16
-    dilations: tuple[int, ...] = (1, 3, 5)
+from .configs import SemiDRDNetConfig  # (its own module: read without PyTorch)
 
 
 class SemiDRDOutput(NamedTuple):

@@ -28,6 +28,13 @@ def test_keeps_size_forward_backward(model, shape):
     net.zero_grad(set_to_none=True)
 
 
+def test_recorded_parameter_count_is_the_networks(model):
+    """`derain models` shows the registry's recorded count (building the network would
+    import PyTorch): it must be the network's own."""
+    name, net = model
+    assert MODELS[name].params == sum(p.numel() for p in net.parameters())
+
+
 def test_deterministic_in_eval(model):
     _, net = model
     net.eval()
