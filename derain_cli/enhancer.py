@@ -294,6 +294,11 @@ class Derainer:
         engines' measured times, ``engine_choice.fp32_backend``). Returns the automatic
         tile's function, the smallest tile and the default overlap.
         """
+        from .weights import load_manifest, load_pretrained, model_from_file
+
+        if weights is None and (model or DEFAULT_MODEL) not in load_manifest():
+            load_pretrained(model or DEFAULT_MODEL)  # raises (an unknown name, or no weights
+            # yet) before PyTorch is imported: it took 2 s to say so
         import torch
 
         from .models import get_spec
@@ -306,7 +311,6 @@ class Derainer:
             resolve_device,
             resolve_precision,
         )
-        from .weights import load_manifest, load_pretrained, model_from_file
 
         if threads:
             torch.set_num_threads(threads)

@@ -1905,7 +1905,7 @@ def test_shell_completion_offers_subcommands_options_models_and_leaves_paths(
 def test_listing_and_refusing_models_imports_no_pytorch(tmp_path: Path) -> None:
     """`derain models` imported PyTorch to count parameters and read the manifest: 2 s and
     more before a line (session 70's list); the registry and the weights checks answer
-    without it now, as do `download` and an unknown `-m`."""
+    without it now, as do `download`, an unknown `-m` and one without weights."""
     probe = ("import sys\nfrom derain_cli.cli import main\nsys.argv = ['derain', *sys.argv[1:]]"
              "\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
              "print(code, 'torch' in sys.modules, file=sys.stderr)")
@@ -1913,7 +1913,7 @@ def test_listing_and_refusing_models_imports_no_pytorch(tmp_path: Path) -> None:
     _img(tmp_path / "a.png")
     for args, code in ((["models"], 0), (["models", "--json"], 0),
                        (["download", "semi-drdnet-tiny"], 0),
-                       (["a.png", "-m", "nope"], 2)):
+                       (["a.png", "-m", "nope"], 2), (["a.png", "-m", "semi-drdnet"], 1)):
         ran = subprocess.run([sys.executable, "-c", probe, *args], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
         assert ran.stderr.strip().splitlines()[-1] == f"{code} False", (args, ran.stderr)
