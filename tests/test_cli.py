@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -1920,6 +1921,98 @@ def test_listing_and_refusing_models_imports_no_pytorch(tmp_path: Path) -> None:
     assert "semi-drdnet-fast" in subprocess.run(
         [sys.executable, "-c", probe, "models"], env=env, cwd=tmp_path, capture_output=True,
         text=True, timeout=120).stdout
+
+
+def test_output_file_refusals_are_kept(tmp_path: Path, tiny_weights: Path) -> None:
+    """A mutation audit: without these checks `-o out.jpg --format png` wrote PNG data into
+    out.jpg, and `-o out.GIF` made a folder out.GIF/ (the suffix compared as typed)."""
+    src = _img(tmp_path / "a.png")
+    r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "out.jpg", "--format", "png")
+    assert r.exit_code == 2 and "--format png contradicts -o" in " ".join(r.stderr.split())
+    assert not (tmp_path / "out.jpg").exists()
+    r = derain(src, "--weights", tiny_weights, "-o", tmp_path / "out.GIF")
+    assert r.exit_code == 2 and "cannot write .GIF files" in r.stderr, r.stderr
+    assert not (tmp_path / "out.GIF").exists()
+
+
+def test_max_pixels_0_is_no_limit(tmp_path: Path, tiny_weights: Path) -> None:
+    """`--max-pixels 0` means no limit (its help); passed on as 0 it failed every photo as
+    "more than --max-pixels (0 pixels)" (a mutation audit)."""
+    src = _img(tmp_path / "a.png", 40, 30)
+    r = derain(src, "--weights", tiny_weights, "--max-pixels", "0", "-o", tmp_path / "x.png")
+    assert r.exit_code == 0 and (tmp_path / "x.png").is_file(), r.stderr
+    r = derain(src, "--weights", tiny_weights, "--max-pixels", "1000", "-o", tmp_path / "y.png")
+    assert r.exit_code == 1 and not (tmp_path / "y.png").exists()
+
+
+def test_an_output_folder_inside_the_input_tree_is_not_scanned(tmp_path: Path,
+                                                               tiny_weights: Path) -> None:
+    """`derain t -r -o t/res/` where t/res holds other files (so no derain marker): the
+    second run derained t/res/a.png into t/res/res/ and failed a.png, exit 1, without the
+    -o folder kept out of the scan (a mutation audit)."""
+    _img(tmp_path / "t" / "a.png")
+    (tmp_path / "t" / "res").mkdir()
+    (tmp_path / "t" / "res" / "note.txt").write_text("mine")
+    for _ in range(2):
+        r = derain(tmp_path / "t", "-r", "-o", f"{tmp_path / 't' / 'res'}/",
+                   "--weights", tiny_weights)
+        assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "t" / "res").iterdir()) == ["a.png", "note.txt"]
+
+
+def test_a_finished_rerun_takes_and_refuses_as_a_fresh_run(tmp_path: Path,
+                                                          tiny_weights: Path) -> None:
+    """Boundaries a finished rerun checks without a model (a mutation audit): --tile 16 is
+    the smallest tile a fresh run takes, so the rerun takes it too; fp16 on a CPU is
+    refused by both."""
+    import torch
+
+    src = _img(tmp_path / "a.png")
+    assert derain(src, "--weights", tiny_weights).exit_code == 0
+    r = derain(src, "--weights", tiny_weights, "--tile", "16")
+    assert r.exit_code == 0, r.stderr
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        r = derain(src, "--weights", tiny_weights, "--precision", "fp16")
+        assert r.exit_code == 2, r.stderr
+
+
+def test_the_engine_is_weighed_by_the_whole_folder_and_the_run_start_is_kept(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun that redoes one photo of a folder weighs the engine by all of them (as the
+    first run did: README, "int8 or bf16"); no readable header means an unknown workload,
+    not 0 MP; the run's start (results written since are another run's) is taken before
+    the model loads. Each was a surviving mutant."""
+    from derain_cli import batch, cli
+
+    made: list[dict] = []
+    original = cli._make_derainer
+    monkeypatch.setattr(cli, "_make_derainer", lambda **kw: made.append(kw) or original(**kw))
+    starts: list = []
+    plan = batch.plan_jobs
+    monkeypatch.setattr(batch, "plan_jobs",
+                        lambda items, options: starts.append(options.started) or plan(
+                            items, options))
+    folder = tmp_path / "in"
+    _img(folder / "a.png", 100, 50)
+    out = tmp_path / "out"
+    before = time.time()
+    assert derain(folder, "-o", out, "--weights", tiny_weights).exit_code == 0
+    _img(folder / "b.png", 100, 50)
+    assert derain(folder, "-o", out, "--weights", tiny_weights).exit_code == 0
+    assert [(k["workload_images"], k["workload_megapixels"]) for k in made] == [
+        (1, pytest.approx(0.005)), (2, pytest.approx(0.01))]
+    assert len(starts) == 2 and all(before <= s <= time.time() for s in starts), starts
+    (folder / "c.png").write_bytes(b"not an image")
+    made.clear()
+    derain(folder, "-o", out, "--weights", tiny_weights)
+    assert [(k["workload_images"], k["workload_megapixels"]) for k in made] == [
+        (2, pytest.approx(0.01))]
+    bad = tmp_path / "bad"
+    (bad / "x.png").parent.mkdir()
+    (bad / "x.png").write_bytes(b"not an image")
+    made.clear()
+    derain(bad, "-o", tmp_path / "out2", "--weights", tiny_weights)
+    assert [(k["workload_images"], k["workload_megapixels"]) for k in made] == [(None, None)]
 
 
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
