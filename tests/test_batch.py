@@ -746,6 +746,35 @@ def test_an_empty_file_at_the_output_path_is_no_result(tmp_path: Path, derainer)
     assert s.processed == 1 and (tmp_path / "out" / "p.jpg").stat().st_size > 0
 
 
+def test_a_folder_at_the_output_path_fails_without_the_model(tmp_path: Path) -> None:
+    """A folder named as the result passed for a finished one, skipped, exit 0 (a mutation
+    audit: no test held the check)."""
+    src = _img(tmp_path / "in" / "p.jpg")
+    (tmp_path / "out" / "p.jpg").mkdir(parents=True)
+    items = collect_inputs([str(src)])
+    for overwrite in (False, True):
+        s = run_batch(items, None, BatchOptions(output=tmp_path / "out", overwrite=overwrite))
+        (_, why), = s.failed
+        assert why == f"the output {tmp_path / 'out' / 'p.jpg'} is a folder" and not s.skipped
+
+
+def test_result_names_and_what_a_scan_leaves_out(tmp_path: Path) -> None:
+    """Only names ending in _derained are earlier results (street_derained_v2.png is the
+    user's photo); --format tiff and tif, jpeg and jpg name results alike, so a rerun with
+    the other spelling finds them (mutation audit survivors)."""
+    from derain_cli.batch import is_output_name
+
+    _img(tmp_path / "in" / "street_derained_v2.png")
+    _img(tmp_path / "in" / "street_derained.png")
+    assert _rels(collect_inputs([str(tmp_path / "in")])) == ["street_derained_v2.png"]
+    assert is_output_name("a_derained.jpg") and not is_output_name("a_derained_v2.jpg")
+    item, = collect_inputs([str(tmp_path / "in" / "street_derained_v2.png")])
+    for a, b in (("tiff", "tif"), ("jpeg", "jpg")):
+        names = {plan_jobs([item], BatchOptions(output=tmp_path / "o", format=f))[0].output.name
+                 for f in (a, b)}
+        assert names == {f"street_derained_v2.{b}"}, names
+
+
 @pytest.mark.parametrize("io_workers", [0, 2])
 def test_bad_inputs_fail_one_by_one(tmp_path: Path, derainer, io_workers) -> None:
     good = _img(tmp_path / "good.png")
