@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -66,8 +67,50 @@ def test_build_int8_quantizes_all_but_the_most_sensitive(tmp_path, monkeypatch):
                                       se_reduction=4)).eval()
     photos = _photos(tmp_path / "clean", 5)
     steps: list[tuple[int, int]] = []  # minutes passed in silence (an audit)
+    seen: dict[str, list] = {"ranking": [], "inputs": [], "quantized": [], "static": []}
+
+    def spy_on(name: str) -> None:
+        real = getattr(quantize, name)
+
+        def spy(*a, **kw):
+            got = real(*a, **kw)
+            if name == "conv_sensitivity":
+                seen["ranking"].append(got)
+            elif name == "synthetic_inputs":
+                seen["inputs"].append([np.array(x) for x in a[0]])
+            elif not kw.get("only"):
+                seen["quantized"].append((Path(a[0]).name, kw.get("cache")))
+            return got
+        monkeypatch.setattr(quantize, name, spy)
+
+    for name in ("conv_sensitivity", "synthetic_inputs", "quantize_graph"):
+        spy_on(name)
+    import onnxruntime.quantization as ortq
+
+    static = ortq.quantize_static
+    monkeypatch.setattr(ortq, "quantize_static", lambda *a, **kw: seen["static"].append(kw)
+                        or static(*a, **kw))
     files, rec = quantize.build_int8(net, photos, tmp_path / "m.int8.onnx", keep_fp32=2,
                                      threads=1, on_step=lambda k, n: steps.append((k, n)))
+    # what a mutation audit found unpinned: the record's hashes are the files' (else the
+    # bundled graph is refused as damaged); the convolutions kept in fp32 are the most
+    # sensitive ones, ranked on held-out photos that calibration never saw; the
+    # statistics graph keeps its own calibration ranges; the calibration is the
+    # percentile one the record states
+    from derain_cli.fileio import sha256_file
+
+    assert (rec["sha256"], rec["size"]) == (sha256_file(files[0]), files[0].stat().st_size)
+    assert rec["stats_sha256"] == sha256_file(files[1])
+    (ranking,) = seen["ranking"]
+    assert ranking == sorted(ranking) and rec["fp32_convs"] == [n for _, n in ranking[:2]]
+    calibration, held_out = seen["inputs"]
+    assert len(calibration) == 3 and len(held_out) == 2
+    assert not any(np.array_equal(h, c) for h in held_out for c in calibration)
+    (_, forward_cache), (_, stats_cache) = seen["quantized"]
+    assert forward_cache != stats_cache
+    assert all(kw["calibrate_method"] == ortq.CalibrationMethod.Percentile
+               and kw["extra_options"]["CalibPercentile"] == quantize.PERCENTILE
+               for kw in seen["static"]) and "percentile 99.999" in rec["calibration"]
     total = steps[0][1]
     assert steps == [(k, total) for k in range(1, total + 1)] and total > 4
     assert [f.name for f in files] == ["m.int8.onnx", "m.int8.stats.onnx"]
@@ -189,6 +232,43 @@ def test_mixed_sizes_and_an_unreadable_photo_calibrate_rdmc(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="2 usable photos .2 unreadable or too small "
                                          "skipped.; int8 calibration needs 3"):
         quantize.build_int8(net, clean, tmp_path / "x.onnx", keep_fp32=0)
+
+
+def test_calibration_crops_are_capped_and_each_gets_its_own_rain(tmp_path) -> None:
+    """Large photos are calibrated on crops of at most CALIB_SIZE px each way (ONNX Runtime
+    stacks every output: 1080 px crops cost minutes and memory), a photo of exactly the
+    least side is usable, and every crop gets other rain (one seed each). Survivors of a
+    mutation audit."""
+    big = [(Path(f"{i}.png"), np.zeros((1080, 1920, 3), np.uint8)) for i in range(2)]
+    assert quantize.calibration_crop(big) == (quantize.CALIB_SIZE, quantize.CALIB_SIZE)
+    assert quantize.calibration_crop([(Path("p.png"), np.zeros((1920, 1080, 3)))]) == (
+        quantize.CALIB_SIZE, quantize.CALIB_SIZE)
+    least = quantize.MIN_CALIB_SIZE
+    _photo(tmp_path / "edge.png", least, least)
+    ((_, img),) = quantize.read_photos([tmp_path / "edge.png"], 1, least)
+    assert img.shape[:2] == (least, least)
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    a, b = quantize.synthetic_inputs([flat, flat], 64, 0)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(quantize.synthetic_inputs([flat], 64, 1)[0], b)
+
+
+def test_keeping_exactly_every_convolution_ranks_none(tmp_path, monkeypatch, caplog):
+    """--keep-fp32 equal to the number of convolutions keeps them all: nothing to rank
+    (minutes of it) and the warning that the graph is no faster than fp32 (a mutation
+    audit: only a count far above it was tested)."""
+    monkeypatch.setattr(quantize, "CALIB_COUNT", 2)
+    monkeypatch.setattr(quantize, "HELD_OUT_COUNT", 1)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    photos = _photos(tmp_path / "clean", 3)
+    _, rec = quantize.build_int8(net, photos, tmp_path / "a.onnx", keep_fp32=1000)
+    count = len(rec["fp32_convs"])
+    ranked: list = []
+    monkeypatch.setattr(quantize, "conv_sensitivity", lambda *a, **k: ranked.append(a) or [])
+    with caplog.at_level(logging.WARNING, logger="derain_cli"):
+        _, rec = quantize.build_int8(net, photos, tmp_path / "b.onnx", keep_fp32=count)
+    assert len(rec["fp32_convs"]) == count and not ranked
+    assert f"keeping {count} convolutions in fp32 keeps all {count}" in caplog.text
 
 
 def test_calibration_photo_too_small_is_skipped_by_name(tmp_path, monkeypatch, capsys):
