@@ -186,3 +186,27 @@ def test_freed_memory_goes_back_under_glibcs_own_setting_too() -> None:
     system = json.loads(_python(_HOLES_PROBE, "system"))
     assert not system["applied"], system
     assert system["trimmed"] and system["returned_mb"] > 200, system
+
+
+def test_an_empty_setting_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DERAIN_MALLOC=`` (set empty, as a shell or a service file leaves it) must mean what
+    unset means, freed memory kept, not glibc's own way, slower on every tile (a mutation
+    audit)."""
+    monkeypatch.setattr(cpu_memory, "_applied", None)
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: True)
+    for empty in ("", "  "):
+        monkeypatch.setenv(cpu_memory.ENV, empty)
+        assert cpu_memory.setting() == "keep" == cpu_memory.mode(), repr(empty)
+
+
+def test_mode_reports_the_decision_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the process has decided, ``mode()`` says what it decided (``engine_choice`` files
+    its timings under it): glibc refusing mallopt, or DERAIN_MALLOC changed after the first
+    engine, must read "system", not "keep" (a mutation audit)."""
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: True)
+    monkeypatch.delenv(cpu_memory.ENV, raising=False)  # would say "keep" if undecided
+    monkeypatch.setattr(cpu_memory, "_applied", False)
+    assert cpu_memory.mode() == "system"
+    monkeypatch.setenv(cpu_memory.ENV, "system")  # would say "system" if undecided
+    monkeypatch.setattr(cpu_memory, "_applied", True)
+    assert cpu_memory.mode() == "keep"

@@ -167,3 +167,59 @@ def test_torch_build_is_read_without_importing_torch():
 
     build = fast_path._torch_build()
     assert build == {"cuda": torch.version.cuda, "hip": torch.version.hip}
+
+
+def test_int8_request_problem_takes_auto_as_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun over a finished folder with `--precision int8` and the default --device auto
+    was refused with "int8 runs on CPUs only" (exit 2), where the first run had worked
+    (a mutation audit); a GPU named outright is still refused."""
+    monkeypatch.setattr(fast_path, "onnxruntime_installed", lambda: True)
+    rec = load_manifest()[DEFAULT_MODEL]
+    for device in ("auto", "cpu", "cpu:0"):
+        assert fast_path.int8_request_problem("auto", rec, device) is None, device
+    assert "CPUs only" in fast_path.int8_request_problem("auto", rec, "cuda")
+
+
+def test_int8_without_onnxruntime_is_refused_with_the_install_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--precision int8 where onnxruntime is not installed must be refused up front saying
+    how to get it, not fail later on an import (a mutation audit)."""
+    monkeypatch.setattr(fast_path, "onnxruntime_installed", lambda: False)
+    rec = load_manifest()[DEFAULT_MODEL]
+    for device in ("auto", "cpu"):
+        assert fast_path.int8_request_problem("auto", rec, device) == (
+            "int8 needs onnxruntime (pip install onnxruntime)")
+
+
+def test_int8_problem_is_none_for_weights_without_an_int8_graph() -> None:
+    """`derain models` and `download` ask about every model: one that never had an int8
+    graph (rdmc-lite) has no problem with it, rather than an exception (a mutation audit)."""
+    manifest = load_manifest()
+    assert not manifest["rdmc-lite"].extra.get("int8")
+    assert fast_path.int8_problem(manifest["rdmc-lite"]) is None
+    assert fast_path.int8_problem(manifest[DEFAULT_MODEL]) is None  # whole
+
+
+def test_an_altered_int8_statistics_graph_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """The statistics graph (*.int8.stats.onnx) is checked against its manifest sha256 as
+    the forward graph is: an altered one would have run unnoticed on the torch-free start
+    and been listed as usable (a mutation audit)."""
+    import shutil
+
+    rec = load_manifest()[DEFAULT_MODEL]
+    info = rec.extra["int8"]
+    for name in (info["file"], info["stats_file"]):
+        shutil.copy(fast_path.bundled_dir() / name, tmp_path / name)
+    monkeypatch.setattr(fast_path, "bundled_dir", lambda: tmp_path)
+    assert fast_path.plan(DEFAULT_MODEL, None, "cpu", "auto", "auto") is not None  # whole
+    stats = tmp_path / info["stats_file"]
+    data = bytearray(stats.read_bytes())
+    data[len(data) // 2] ^= 1
+    stats.write_bytes(bytes(data))
+    problem = f"{stats} is missing or does not match its manifest sha256"
+    with pytest.raises(fast_path.Int8Damaged) as caught:
+        fast_path.bundled_int8_files(rec)
+    assert str(caught.value) == problem
+    assert fast_path.int8_problem(rec) == problem
+    assert fast_path.plan(DEFAULT_MODEL, None, "cpu", "auto", "auto") is None
