@@ -1368,9 +1368,13 @@ def _check_int8_request(precision: str, backend: str, model: str | None,
     model without an int8 graph), refused without loading a network (exit 2)."""
     if precision != "int8":
         return
-    from .fast_path import int8_request_problem
+    from .fast_path import int8_request_problem, surely_cpu
     from .manifest import load_manifest
 
+    if device.strip().lower() == "auto" and not surely_cpu(device):  # a GPU may be there:
+        from .torch_runner import resolve_device  # a fresh run refuses int8 on it, and a
+        # rerun took "auto" for a CPU and accepted it (a review of a mutation audit)
+        device = resolve_device(device).type
     record = None if weights is not None else load_manifest().get(model or DEFAULT_MODEL_NAME)
     problem = int8_request_problem(backend, record, device)
     if problem:

@@ -1976,6 +1976,26 @@ def test_a_finished_rerun_takes_and_refuses_as_a_fresh_run(tmp_path: Path,
         assert r.exit_code == 2, r.stderr
 
 
+def test_int8_on_auto_with_a_gpu_is_refused_by_a_rerun_as_by_a_fresh_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a GPU (faked here), --device auto is the GPU, where a fresh run refuses
+    --precision int8; a rerun over finished results took auto for a CPU and exited 0
+    (a review of a mutation audit)."""
+    import torch
+
+    from derain_cli import fast_path
+
+    src = _img(tmp_path / "a.png")
+    assert derain(src, "-o", tmp_path / "out.png", "-m", "semi-drdnet-tiny").exit_code == 0
+    monkeypatch.setattr(fast_path, "surely_cpu", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for out in ("fresh.png", "out.png"):  # a fresh run, then a finished rerun
+        r = derain(src, "-o", tmp_path / out, "-m", "semi-drdnet-tiny", "--precision", "int8")
+        assert r.exit_code == 2 and "int8 runs on CPUs only" in r.stderr, (out, r.stderr)
+    assert not (tmp_path / "fresh.png").exists()
+
+
 def test_the_engine_is_weighed_by_the_whole_folder_and_the_run_start_is_kept(
         tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rerun that redoes one photo of a folder weighs the engine by all of them (as the
