@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from derain_cli import bench, commands_tools, tiling
-from derain_cli.models import SemiDRDNet, SemiDRDNetConfig
+from derain_cli.models import SemiDRDNet, SemiDRDNetConfig, build_model
 from derain_cli.onnx_backend import ORT_CPU_TILE
 
 pytestmark = pytest.mark.usefixtures("private_onnx_cache", "one_thread")
@@ -486,3 +491,286 @@ def test_warm_up_runs_the_shape_the_timed_passes_run():
     padded, crop = tiling.pad_small(img, hwc=False)
     assert tiling.run_tiled(padded, timed, 1024, 48)[crop].shape == img.shape
     assert warm.shapes == timed.shapes == [(1, 3, 256, 256)]
+
+
+# --------------------------------------------------------------------------- mutation audit
+# What a mutation audit found no test pinned: a row's arithmetic, the best-of loop, RDMC's
+# reference mix, what is written where, and the options' edges. Most run bench_main with
+# the measuring replaced (``_fixed_timing``): they check what bench makes of the times.
+
+
+def _fixed_timing(monkeypatch: pytest.MonkeyPatch, seconds: float, peak: float = 100.0,
+                  interrupt_at: int | None = None) -> None:
+    """Every timed pass of a row takes ``seconds`` and the reference conv runs at ``peak``
+    GFLOP/s, without measuring either (nor warming up); the ``interrupt_at``-th row's
+    passes are cut short by Ctrl-C."""
+    calls: list[int] = []
+
+    def passes(net, runner, img, *args):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return seconds, img, peak
+
+    monkeypatch.setattr(bench, "mixed_peak", lambda *a, **k: (peak, "8->8 @ 16px, fastest: x"))
+    monkeypatch.setattr(bench, "_timed_passes", passes)
+    monkeypatch.setattr(bench, "_warm_up", lambda runner, img, tile: None)
+
+
+def _result(**kw) -> bench.BenchResult:
+    return bench.BenchResult(**{"height": 32, "width": 40, "overlap": None, "threads": 1,
+                                "machine": "a CPU", "torch": "2", "flop_side": 16,
+                                "peak_side": 16, **kw})
+
+
+def _info(model: str, tile: int, overlap: int) -> bench.ModelInfo:
+    return bench.ModelInfo(model, "cpu", "random init", 1e4, 0.0, 10.0, "8->8 @ 16px", tile,
+                           overlap)
+
+
+def test_a_rows_s_per_mp_and_gflops_are_per_megapixel_and_useful_flops(monkeypatch):
+    """s/MP is the time over the image's megapixels, GFLOP/s the useful FLOPs over the
+    time: a mutation audit found s/MP multiplied by the megapixels (right at 1 MP only) and
+    GFLOP/s 1000x too big passing every test."""
+    _fixed_timing(monkeypatch, 0.5)
+    lines: list[str] = []
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(200, 250), tile=0, variants=["fp32"],
+                           devices="cpu", flop_side=16, peak_side=16, echo=lines.append)
+    row, info = res.rows[0], res.models[0]
+    assert row.seconds == 0.5 and row.s_per_mp == pytest.approx(10.0)  # 0.5 s for 0.05 MP
+    assert row.gflops == pytest.approx(info.flops_per_px * 50_000 / 0.5 / 1e9)
+    assert row.peak_ratio == pytest.approx(row.gflops / 100.0)
+    assert f"| semi-drdnet-tiny | cpu | fp32 | 10.00 | {row.gflops:.1f} |" in lines[0]
+
+
+def test_an_onnx_rows_work_is_for_its_own_tiles(monkeypatch):
+    """ONNX Runtime runs in its own 512 px tiles on CPUs, PyTorch in CPU_TILE: the work
+    column of the ONNX rows must count the overlap of the tiles they ran in (a mutation
+    audit: the PyTorch tile's passed every test)."""
+    class Ort:  # ONNX Runtime's runner, as bench sees it
+        size_multiple, global_stats_shape = 1, None
+        providers = ["CPUExecutionProvider"]
+
+        def suggest_tile(self) -> int:
+            return ORT_CPU_TILE
+
+    _fixed_timing(monkeypatch, 0.5)
+    real = bench.make_variant_runner
+    monkeypatch.setattr(bench, "make_variant_runner", lambda net, variant, *a: (
+        Ort() if variant == "onnx" else real(net, variant, *a)))
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(64, 1200), overlap=16,
+                           variants=["fp32", "onnx"], devices="cpu", flop_side=16,
+                           peak_side=16, echo=None)
+    info, rows = res.models[0], {r.variant: r for r in res.rows}
+    assert rows["fp32"].tile == bench.CPU_TILE and rows["onnx"].tile == ORT_CPU_TILE
+    for r in rows.values():
+        assert r.work == pytest.approx(bench.tiling_work(
+            64, 1200, r.tile, 16, 1, True, info.flops_per_px, info.stats_flops_per_px))
+    assert rows["onnx"].work > rows["fp32"].work  # three tiles across, not two
+
+
+def test_repeated_passes_report_the_fastest_and_the_highest_reference(monkeypatch):
+    """--repeats 3 reports the fastest of the passes, against the highest reference peak
+    measured beside them (the machine at its best): a mutation audit found the last pass's
+    time and the last reference reported in their place, unnoticed."""
+    class Identity:
+        size_multiple, global_stats_shape = 1, None
+
+        def forward(self, x, pooled):
+            return x
+
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # passes of 3, 1 and 2 s
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    peaks = iter([50.0, 90.0, 70.0])
+    monkeypatch.setattr(bench, "mixed_peak", lambda *a, **k: (next(peaks), "8->8"))
+    img = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
+    best, out, near = bench._timed_passes(_Conv(), Identity(), img, 0, 8, torch.device("cpu"),
+                                          torch.float32, 3, 16)
+    assert best == 1.0 and near == 90.0
+    np.testing.assert_array_equal(out, img)
+
+
+def test_rdmcs_reference_convs_are_never_under_8_px(monkeypatch):
+    """--peak-side 64: RDMC's deepest levels would time their reference conv on 4 px maps,
+    which time nothing; they run on 8 px at least (a mutation audit found it unpinned)."""
+    timed: list[tuple[int, int]] = []
+
+    def conv_peak(width, side, device, repeats=5, dtype=torch.float32):
+        timed.append((width, side))
+        return 100.0, "torch"
+
+    monkeypatch.setattr(bench, "conv_peak", conv_peak)
+    bench.mixed_peak(build_model("rdmc-lite"), 64, torch.device("cpu"), {})
+    assert timed == [(12, 64), (24, 32), (48, 16), (96, 8)]  # the last two levels: one conv
+
+
+def test_rdmcs_peak_is_the_flop_weighted_mix_of_its_levels(monkeypatch):
+    """RDMC's "% peak" is against total FLOPs / total time of its pyramid's reference convs,
+    each level weighted by its share of the encoder's FLOPs (c_l^2 at a quarter of the
+    pixels per level down): a mutation audit found other weights, or weights not summing
+    to one, changing every RDMC row's "% peak" in silence."""
+    sides = (256, 128, 64, 32, 16)  # the levels of rdmc-lite (12, 24, 48, 96, 96 wide)
+    speed = dict(zip(sides, (100.0, 400.0, 400.0, 400.0, 400.0), strict=True))  # GFLOP/s
+    monkeypatch.setattr(bench, "conv_peak", lambda width, side, *a, **k: (speed[side], "t"))
+    rdmc = build_model("rdmc-lite")
+    flops = [12**2, 24**2 / 4, 48**2 / 16, 96**2 / 64, 96**2 / 256]  # 144 x 4, then 36
+    expected = sum(flops) / sum(f / speed[s] for f, s in zip(flops, sides, strict=True))
+    peak, desc = bench.mixed_peak(rdmc, 256, torch.device("cpu"), {})
+    assert peak == pytest.approx(expected) and desc.startswith("mix 12@256, 24@128")
+    speed.update(dict.fromkeys(sides, 400.0))  # every conv as fast: the mix is that speed
+    assert bench.mixed_peak(rdmc, 256, torch.device("cpu"), {})[0] == pytest.approx(400.0)
+
+
+def test_psnr_vs_fp32_compares_what_derain_would_write():
+    """derain clips its output to [0, 1]: values past white that both sides clip alike are
+    no difference in the "PSNR vs fp32" column (a mutation audit found them counted)."""
+    ref = np.full((3, 8, 8), 0.5, np.float32)
+    ref[:, :4] = 1.0
+    out = ref.copy()
+    out[:, :4] = 1.3  # over white: written white, as the reference is
+    assert bench.psnr(out, ref) == math.inf
+    out[:, 4:] = 0.6  # half the pixels 0.1 off
+    assert bench.psnr(out, ref) == pytest.approx(10 * math.log10(1 / 0.005))
+
+
+def test_flops_of_a_network_that_pads_are_counted_on_an_aligned_side():
+    """RDMC pads its input to a multiple of 16: counted on a 40 px side it ran 48 px and
+    every pixel seemed 1.44x the work. --flop-side 40 counts as 32 does (a mutation
+    audit)."""
+    rdmc = build_model("rdmc-lite")
+    assert bench.count_flops(rdmc, 40) == pytest.approx(bench.count_flops(rdmc, 32))
+
+
+def test_json_to_stdout_writes_no_file(tmp_path, monkeypatch):
+    """`derain bench --json -` prints the JSON; it must not also leave a file named "-"
+    in the current folder (a mutation audit found that unpinned)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "_measure", lambda *a, **k: None)
+    printed: list[str] = []
+    bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), variants=["fp32"], devices="cpu",
+                     json_path="-", echo=printed.append)
+    assert json.loads(printed[0])["width"] == 40
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_json_write_that_fails_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    """A disk that fills while --json is written leaves the earlier run's file as it was
+    (and no temporary file), not half of the new one (a mutation audit found a plain
+    write passing every test)."""
+    out = tmp_path / "b.json"
+    out.write_text('{"rows": ["earlier"]}\n')
+    monkeypatch.setattr(bench, "_measure", lambda *a, **k: None)
+    real = Path.write_text
+
+    def disk_full(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), variants=["fp32"],
+                         devices="cpu", json_path=out, echo=None)
+    assert out.read_text() == '{"rows": ["earlier"]}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+
+def test_threads_sets_the_threads_the_rows_are_measured_on(monkeypatch):
+    """`bench --threads 3` measures on 3 threads and says so (a mutation audit found the
+    option ignored unnoticed: the tests run on one thread)."""
+    seen: list[int] = []
+    monkeypatch.setattr(bench, "_measure", lambda *a, **k: seen.append(torch.get_num_threads()))
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), variants=["fp32"],
+                           devices="cpu", threads=3, echo=None)
+    assert seen == [3] and res.threads == 3
+
+
+def test_the_least_tile_derain_takes_is_measured(monkeypatch):
+    """--tile 16 is what the message asks for ("at least 16 px"): it is measured, not
+    refused (a mutation audit)."""
+    monkeypatch.setattr(bench, "_measure", lambda *a, **k: None)
+    res = bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=bench.SMALLEST_TILE,
+                           variants=["fp32"], devices="cpu", echo=None)
+    assert (res.height, res.width) == (32, 40)
+
+
+def test_zero_megapixels_is_refused(monkeypatch):
+    """--megapixels 0 is a usage error, not a bench of a 16x16 image (a mutation audit)."""
+    monkeypatch.setattr(bench, "_measure", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(bench.BenchError, match="--megapixels must be a positive number"):
+        bench.bench_main(["semi-drdnet-tiny"], megapixels=0.0, variants=["fp32"],
+                         devices="cpu", echo=None)
+
+
+@pytest.mark.parametrize(("mb", "verdict"), [(2999.0, "OK"), (3000.0, "OK"), (3001.0, "OVER")])
+def test_the_memory_verdict_is_ok_within_the_budget(mb, verdict):
+    """The Markdown's peak memory line says OK within the 3 GB budget and OVER past it (a
+    mutation audit found it reversed passing every test)."""
+    res = _result(rss={"maxrss_mb": mb, "seconds": 60.0, "weights": "published",
+                       "model": bench.DEFAULT_MODEL, "height": 4000, "width": 6000})
+    text = bench.render_markdown(res)
+    assert f"(budget 3000 MB: {verdict})" in text, text
+
+
+def test_the_rss_child_runs_on_the_threads_asked(monkeypatch):
+    """`bench --rss --threads 3`: the memory is measured in a child on 3 threads, as the
+    rows were, not on the default's (a mutation audit)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    envs: list[dict[str, str]] = []
+
+    def run(cmd, **kw):
+        envs.append(kw["env"])
+        return subprocess.CompletedProcess(cmd, 0, stderr="", stdout=json.dumps(
+            {"maxrss_mb": 500.0, "seconds": 1.0, "weights": "random init", "tile": 1024}))
+
+    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=run))
+    r = bench.measure_rss(size=(8, 8), threads=3)
+    assert r["maxrss_mb"] == 500.0 and envs[0]["OMP_NUM_THREADS"] == "3"
+
+
+def test_ctrl_c_keeps_the_rows_skipped_before_it(tmp_path, monkeypatch):
+    """A row skipped with a reason (fp16 on a CPU) before Ctrl-C is kept with that reason,
+    as the rows measured are (a mutation audit found it dropped unnoticed)."""
+    _fixed_timing(monkeypatch, 0.5, interrupt_at=2)
+    lines: list[str] = []
+    with pytest.raises(bench.BenchInterrupted):
+        bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=0,
+                         variants=["fp32", "fp16", "channels_last"], devices="cpu",
+                         flop_side=16, peak_side=16, json_path=tmp_path / "b.json",
+                         echo=lines.append)
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["variant"], r["note"]) for r in rows] == [
+        ("fp32", ""), ("fp16", "skipped: fp16 is for GPUs")]
+    assert "| fp16 |" in lines[0] and "| channels_last |" not in lines[0]
+
+
+def test_warm_up_runs_the_statistics_pass_a_tiled_run_times():
+    """Semi-DRDNet's tiled run starts with a statistics pass: the warm-up runs it too, or
+    its first-run cost is timed (a mutation audit). An untiled run has none."""
+    class Recording:
+        size_multiple, global_stats_shape = 1, (1, 1)
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def forward(self, x, pooled):
+            self.calls.append(("forward", x.shape))
+            return x
+
+        def stat_sums(self, x, pooled, mask):
+            self.calls.append(("statistics", x.shape))
+
+    img = np.zeros((3, 300, 400), np.float32)
+    tiled, whole = Recording(), Recording()
+    bench._warm_up(tiled, img, 128)
+    bench._warm_up(whole, img, 0)
+    assert tiled.calls == [("forward", (1, 3, 128, 128)), ("statistics", (1, 3, 128, 128))]
+    assert whole.calls == [("forward", (1, 3, 300, 400))]
+
+
+def test_the_header_says_capped_when_any_models_overlap_was():
+    """With several models and one's overlap capped to half its tile, the header says the
+    asked overlap was capped (a mutation audit: only all capped said so, unnoticed)."""
+    res = _result(overlap=48, models=[_info("semi-drdnet-tiny", 1024, 48),
+                                      _info("rdmc-lite", 64, 32)])
+    head = bench.render_markdown(res).splitlines()[0]
+    assert "overlap 48 asked (capped: see the model notes)," in head, head

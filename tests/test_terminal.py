@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import sys
@@ -42,3 +43,33 @@ def test_stdout_still_raises() -> None:
     console = DerainConsole(file=_Stream(OSError(errno.ENOSPC, "No space left")))
     with pytest.raises(OSError):
         console.print("{}")
+
+
+def test_a_broken_stderr_leaves_stdout_to_its_file(tmp_path, monkeypatch) -> None:
+    """`derain photos/ -o out --json > out.json 2> >(head -1)`: when only stderr's reader
+    goes away, the process ends with 141, but stdout, the --json going to a file, still
+    takes what is written (a mutation audit found it silenced too)."""
+    import os
+
+    from derain_cli.terminal import BROKEN_PIPE_STATUS
+
+    out_path = tmp_path / "out.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # stderr's reader is gone
+    stderr = os.fdopen(write_end, "w")
+    stdout = open(out_path, "w")
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        console = DerainConsole(stderr=True)
+        with pytest.raises(SystemExit) as ended:
+            console.print("warning: something")
+        assert ended.value.code == BROKEN_PIPE_STATUS
+        stdout.write('{"processed": 1}\n')
+        stdout.flush()
+    finally:
+        monkeypatch.undo()
+        stdout.close()
+        with contextlib.suppress(OSError):
+            stderr.close()
+    assert out_path.read_text() == '{"processed": 1}\n'
