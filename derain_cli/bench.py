@@ -618,7 +618,8 @@ def _checked_size(megapixels: float, size: tuple[int, int] | None,
     """The test image's (height, width), and the tile, as derain would take them: a tile
     of 1-15 px ran for minutes per tile (or measured a tiling derain refuses), and an
     infinite or absurd size crashed deep inside (audit)."""
-    if tile is not None and 0 < tile < SMALLEST_TILE:
+    if tile is not None and (tile < 0 or 0 < tile < SMALLEST_TILE):  # (the CLI refuses
+        # negative ones itself; bench_main(tile=-5) ran on: a test writer's find)
         raise BenchError(f"--tile must be 0 (untiled) or at least {SMALLEST_TILE} px, as "
                          f"derain takes it, not {tile}")
     if size is None:

@@ -691,6 +691,9 @@ def test_the_least_tile_derain_takes_is_measured(monkeypatch):
     res = bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=bench.SMALLEST_TILE,
                            variants=["fp32"], devices="cpu", echo=None)
     assert (res.height, res.width) == (32, 40)
+    with pytest.raises(bench.BenchError, match="not -5"):  # the CLI refuses it itself
+        bench.bench_main(["semi-drdnet-tiny"], size=(32, 40), tile=-5, variants=["fp32"],
+                         devices="cpu", echo=None)
 
 
 def test_zero_megapixels_is_refused(monkeypatch):
