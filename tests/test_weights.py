@@ -204,7 +204,7 @@ def test_empty_tensors_buy_no_blocks_and_a_registry_config_is_not_the_files(tmp_
 
 
 @pytest.mark.parametrize("text", ['{"version": 1,\n', '{"weights": [{"file": "x"}]}',
-                                  '{"weights": 3}'])
+                                  '{"weights": 3}', "[]"])
 def test_a_damaged_manifest_names_itself(tmp_path, text):
     """A truncated manifest.json said "error: JSONDecodeError: Expecting value: line 2
     column 1" without naming the file (an audit)."""
@@ -213,6 +213,42 @@ def test_a_damaged_manifest_names_itself(tmp_path, text):
     with pytest.raises(WeightsError, match=r"manifest.json: the weights manifest is damaged "
                                            r"\(.*\); reinstall derain"):
         weights.load_manifest(path)
+
+
+def test_manifest_edges(tmp_path, monkeypatch):
+    """What a mutation audit found unpinned: no manifest means no bundled weights (not a
+    traceback); an empty repo, file or revision is no download source; the manifest is
+    written atomically (a run killed mid-write left a truncated one, and every bundled
+    model then failed as "damaged")."""
+    import errno
+    from pathlib import Path
+
+    from derain_cli import manifest
+
+    assert manifest.load_manifest(tmp_path / "none.json") == {}
+    rec = WeightRecord(name="t", arch="semi-drdnet", config={}, file="t.safetensors",
+                       sha256="0" * 64, size=1, dtype="float16",
+                       hub={"repo_id": "a/b", "filename": "t.safetensors", "revision": "c"})
+    assert rec.hub_source() == ("a/b", "t.safetensors", "c")
+    for key in ("repo_id", "filename", "revision"):
+        rec.hub = {"repo_id": "a/b", "filename": "t.safetensors", "revision": "c", key: ""}
+        assert rec.hub_source() is None, key
+    path = tmp_path / "manifest.json"
+    manifest.write_manifest({"t": rec}, path)
+    before = path.read_bytes()
+    real = Path.write_text
+
+    def half_then_full_disk(self, data, *a, **k):
+        real(self, data[: len(data) // 2], *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    rec.size = 2
+    with pytest.raises(OSError):
+        manifest.write_manifest({"t": rec}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [
+        "manifest.json"]
 
 
 def test_file_without_metadata_needs_model_name(tmp_path):

@@ -64,6 +64,25 @@ def test_semi_drdnet_folded_matches_in_every_mode():
     assert n_conv == sum(isinstance(m, nn.Conv2d) for m in net.modules()) - 4  # 1x1 fusions
 
 
+def test_folding_keeps_batch_norms_epsilon_and_gives_an_eval_copy():
+    """A channel whose running variance is near zero is where BatchNorm's epsilon matters
+    (dropped, the folded network was 1.78 off there); a network still in train mode (as
+    training or distillation hold it) folds to an eval copy and stays as it was. Both were
+    surviving mutants of a mutation audit."""
+    net = _semi()
+    with torch.no_grad():  # a nearly dead channel after each DCCL (those batch norms are
+        for bn in (m for m in net.detail_net.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_var[0], bn.weight[0] = 1e-7, 1e-3  # folded by derain's own code)
+    x = torch.rand(1, 3, 29, 31)
+    with torch.no_grad():
+        assert torch.allclose(fold_for_inference(net)(x), net(x), atol=1e-4)
+    net.train()
+    folded = fold_for_inference(net)
+    assert net.training and not folded.training
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net.eval()(x), atol=1e-4)
+
+
 def test_prelu_outside_unit_slopes_is_kept():
     net = _semi()
     net.detail_net.head[1].weight.data[0] = 1.5  # max(x, 1.5x) would be wrong for x > 0
