@@ -104,6 +104,12 @@ def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
 
         raise WeightsError(f"{path}: the weights manifest is damaged ({type(e).__name__}: "
                            f"{e}); reinstall derain (or restore weights/)") from None
+    except OSError as e:  # a folder of that name, no permission: a traceback (an audit)
+        from .weights import WeightsError
+
+        raise WeightsError(f"{path}: the weights manifest cannot be read "
+                           f"({e.strerror or e}); reinstall derain (or restore weights/)"
+                           ) from None
 
 
 def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:

@@ -226,6 +226,11 @@ def test_manifest_edges(tmp_path, monkeypatch):
     from derain_cli import manifest
 
     assert manifest.load_manifest(tmp_path / "none.json") == {}
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(WeightsError, match=r"folder\.json: the weights manifest cannot be "
+                                           r"read \(Is a directory\); reinstall derain"):
+        manifest.load_manifest(tmp_path / "folder.json")
+    (tmp_path / "folder.json").rmdir()
     rec = WeightRecord(name="t", arch="semi-drdnet", config={}, file="t.safetensors",
                        sha256="0" * 64, size=1, dtype="float16",
                        hub={"repo_id": "a/b", "filename": "t.safetensors", "revision": "c"})
