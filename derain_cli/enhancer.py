@@ -742,9 +742,9 @@ class Derainer:
         y = self.derain_array(rgb, on_tile)
         if gray:  # BT.601 luma, as the CLI writes it and PIL's "L" makes it (the mean was
             # up to 5 levels off the CLI's file for the same photo: an audit)
-            from .images import _LUMA
+            from .images import LUMA
 
-            y = (y @ _LUMA)[..., None]
+            y = (y @ LUMA)[..., None]
         if scale != 1.0:
             y = np.clip(np.rint(y * np.float32(scale)), 0, scale)
         y = y.astype(arr.dtype)

@@ -277,12 +277,12 @@ def _as_written(out: np.ndarray, rainy: Path) -> np.ndarray:
     BT.601 luma, as the writer makes the grayscale result (its colour output was scored,
     0.1 dB off derain's own file: an audit). Decided by the file's mode, as the writer
     decides: an RGB file of equal channels is written, and scored, in colour."""
-    from .images import _LUMA, is_grayscale_file
+    from .images import LUMA, is_grayscale_file
 
     if not is_grayscale_file(rainy):
         return out
 
-    y = np.asarray(out, np.float32) @ _LUMA
+    y = np.asarray(out, np.float32) @ LUMA
     return np.repeat(y[..., None], 3, axis=2)
 
 

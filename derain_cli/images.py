@@ -226,7 +226,9 @@ _ORIENTATION = 0x0112
 MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}  # libjpeg's limit, below the format's 65535
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
 _JPEG_MAX_XMP = 65504  # one APP1 segment less its "http://ns.adobe.com/xap/1.0/\0" header
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
+#: ITU-R BT.601 luma weights, as PIL's "L": every gray result, and the brightness that
+#: ``slant`` and ``synth`` measure, use these (four copies of them before)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class OutputExists(Exception):
@@ -1648,7 +1650,7 @@ def _quantise(rgb: np.ndarray, bits: int, grayscale: bool) -> np.ndarray:
         x = np.asarray(rgb[y:y + band], dtype=np.float32)  # a view when already float32
         b = buf[:x.shape[0]]
         if grayscale:
-            np.matmul(x, _LUMA, out=b)
+            np.matmul(x, LUMA, out=b)
             b *= top
         else:
             np.multiply(x, top, out=b)

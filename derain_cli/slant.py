@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .images import LUMA  # the guess and the check measure brightness as gray results
+
 #: the largest slant, either way: horizontal rain
 LIMIT = 90.0
 #: the most pixels a turned canvas may have, over the photo's (a 5:1 panorama at 45 degrees
@@ -44,8 +46,6 @@ LIMIT = 90.0
 MAX_CANVAS = 4.0
 #: rows of the photo converted to float32 at a time when the rain layer is taken off it
 _BAND_ROWS = 256
-#: ITU-R BT.601 luma weights, as the guess and the check measure brightness
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def check_angle(value: object) -> float:
@@ -203,7 +203,7 @@ def estimate_angle(rgb: np.ndarray) -> float:
     synthesizer's rain within a few degrees at every slant, but on photos with light rain
     horizontal edges and textures often win (``choose_angle`` checks with the network).
     """
-    y = _as_float(rgb) @ _LUMA
+    y = _as_float(rgb) @ LUMA
     h, w = y.shape
     f = min(1.0, _MEASURE_SIDE / max(h, w))
     if f < 1.0:
@@ -240,7 +240,7 @@ WHOLE_PIXELS, CROP = 1_100_000, 512
 def removed(before: np.ndarray, after: np.ndarray) -> float:
     """How much a network took off a photo: the mean of the luma it lowered, on a [0, 1]
     scale (rain brightens, so what deraining takes off is mostly positive)."""
-    return float(np.maximum((_as_float(before) - after) @ _LUMA, 0.0).mean())
+    return float(np.maximum((_as_float(before) - after) @ LUMA, 0.0).mean())
 
 
 def choose_angle(rgb: np.ndarray, derain: Callable[[np.ndarray, float], np.ndarray],

@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from .images import LUMA
+
 __all__ = [
     "BLENDS",
     "PRESETS",
@@ -41,8 +43,6 @@ __all__ = [
     "synthesize",
     "to_float",
 ]
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 #: the ways streaks can be composited over the photo (``RainParams.blend``)
@@ -557,7 +557,7 @@ def dominant_angle(layer: np.ndarray) -> float:
     """
     a = np.asarray(layer, dtype=np.float32)
     if a.ndim == 3:
-        a = a @ _LUMA
+        a = a @ LUMA
     a = np.maximum(a, 0.0)
     # Scharr rather than Sobel: Sobel's anisotropy biases thin diagonal lines ~2 degrees
     # towards the axes.
