@@ -345,3 +345,16 @@ def test_16_bit_photos_are_rounded_to_8_bits_not_cut(tmp_path):
     got = D.load_rgb_u8(tmp_path / "deep.png")
     want = np.clip(np.rint(x.astype(np.float64) / 65535 * 255), 0, 255).astype(np.uint8)
     assert np.abs(got.astype(int) - want).max() == 0
+
+
+def test_the_largest_fitting_patch_is_that_of_the_largest_photo(pairs_dir):
+    """``derain train`` warns that ``--patch`` pads every crop when it is larger than the
+    largest square crop of some photo: with photos of mixed sizes that is the largest
+    photo's short side (a mutation audit found nothing failing when it was the smallest
+    photo's, which warned of padding for patches that fit the large photos)."""
+    rng = np.random.default_rng(2)
+    photos = [smooth_photo(rng, h, w) for h, w in ((48, 48), (20, 30), (90, 70))]
+    ds = D.LabeledDataset(clean_images=photos, patch=32)
+    assert ds.largest_fitting_patch() == 70
+    both = D.LabeledDataset(pairs_dirs=[str(pairs_dir)], clean_images=photos[:2], patch=32)
+    assert both.largest_fitting_patch() == 48  # the pairs are 40 x 60

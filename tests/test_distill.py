@@ -599,3 +599,73 @@ def test_a_batch_takes_real_crops_at_the_real_fraction(tmp_path):
     x = Dm._batch(clean, real, cfg, np.random.default_rng(0)).numpy()
     is_real = np.isclose(x.mean(axis=(1, 2, 3)), 200 / 255, atol=1e-6)
     assert 0.22 < is_real.mean() < 0.38, is_real.mean()
+
+
+def test_a_run_another_distill_finished_meanwhile_is_not_replaced(setup, monkeypatch):
+    """The folder is checked before the work and again, held, at the write: another
+    distill into the same -o that finished while this one trained kept its model (a
+    mutation audit found nothing failing when the second check was dropped: the other
+    run's model was replaced in silence)."""
+    import derain_cli.distill as D
+
+    root, weights = setup
+    out = root / "raced"
+    real = D._batch
+
+    def other_finishes(*args, **kwargs):  # while this run takes its first batch
+        if not (out / "model.safetensors").exists():
+            out.mkdir(exist_ok=True)
+            (out / "model.safetensors").write_bytes(b"the other run's model")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(D, "_batch", other_finishes)
+    with pytest.raises(DistillError, match=r"already holds a run \(model\.safetensors\)"):
+        distill(_cfg(root, weights, "raced", steps=2))
+    assert (out / "model.safetensors").read_bytes() == b"the other run's model"
+    assert not (out / "manifest_entry.json").exists()
+
+
+def test_a_student_past_fp16_range_is_written_in_fp32(setup, tmp_path, capsys):
+    """Students are written in fp16 like the bundles, unless a value is beyond fp16's
+    range: a teacher's BatchNorm variance of 1e5 (which the student keeps) was infinity
+    in an fp16 file, so the student's photos went wrong (a mutation audit found nothing
+    failing when fp16 was always used)."""
+    root, _ = setup
+    teacher = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=3,
+                                          se_reduction=4)).eval()
+    with torch.no_grad():
+        teacher.rain_net.body[1].running_var[0] = 1e5  # > 65504, fp16's largest
+    big = tmp_path / "big.safetensors"
+    save_weights(teacher, big, name="t", arch="semi-drdnet", config=teacher.cfg,
+                 dtype=torch.float32)
+    r = distill(_cfg(root, big, str(tmp_path / "out"), steps=1))
+    assert "exported in float32" in " ".join(capsys.readouterr().err.split())
+    var = model_from_file(r.weights).state_dict()["rain_net.body.1.running_var"]
+    assert var.dtype == torch.float32 and float(var[0]) == 1e5
+    plain = distill(_cfg(root, setup[1], str(tmp_path / "plain"), steps=1))
+    from safetensors import safe_open
+
+    with safe_open(str(plain.weights), framework="pt") as f:  # else fp16, as the bundles
+        assert f.get_tensor("rain_net.head.0.weight").dtype == torch.float16
+
+
+def test_a_manifest_cut_short_is_not_left_half_written(setup, tmp_path, monkeypatch):
+    """The manifest goes through an atomic write: a disk that fills while it is written
+    leaves no half of it beside the model (a half JSON file that the model's readers then
+    fail on); a mutation audit found nothing failing when it was written in place."""
+    root, weights = setup
+    out = tmp_path / "full"
+    real = Path.write_text
+
+    def disk_fills(self, text, *args, **kwargs):
+        if self.parent == out and text.lstrip().startswith("{"):
+            real(self, text[:len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        distill(_cfg(root, weights, str(out), steps=1))
+    manifest = out / "manifest_entry.json"
+    assert not manifest.exists() or json.loads(manifest.read_text())
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries

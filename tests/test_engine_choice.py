@@ -696,3 +696,28 @@ def test_a_rerun_costs_the_whole_folder_as_the_first_run_did(own_cache, tmp_path
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert seen == [(0.2, 2), (0.2, 2)]
+
+
+def test_a_process_with_pytorch_loaded_records_no_import_time(own_cache, bf16_cpu,
+                                                              monkeypatch):
+    """The run that times the engines remembers what importing PyTorch cost it, for later
+    runs without PyTorch to weigh. A process that had PyTorch loaded already (a Python
+    caller, a benchmark) imports it in no time: recorded, later runs took PyTorch as free
+    to load and ran a small photo in bf16 where the default cost keeps int8 (a mutation
+    audit found nothing failing)."""
+    imported = {"now": True}  # loaded already, before the measurement
+    monkeypatch.setattr(engine_choice, "torch_imported", lambda: imported["now"])
+
+    def measure(plan, threads):
+        return {"engine": "bf16", "seconds": {"int8": 1.0, "bf16": 0.5},
+                "measured": "2026-12-05"}
+
+    import itertools
+    clock = itertools.count(0.0, 0.001)  # the import: a lookup in sys.modules
+    with monkeypatch.context() as m:
+        m.setattr(engine_choice.time, "perf_counter", lambda: next(clock))
+        assert engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)[0] == "bf16"
+    imported["now"] = False  # the next process, without PyTorch
+    engine, why = engine_choice.cpu_engine(_plan(), 1, 0.1, measure_fn=measure)
+    assert engine == "int8", why
+    assert f"loading PyTorch ({engine_choice.TORCH_IMPORT_S:.1f} s)" in why

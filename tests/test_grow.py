@@ -310,3 +310,28 @@ def test_grow_cli_grows_the_bundled_default_and_its_result_derains(tmp_path: Pat
     untrained = CliRunner().invoke(app, ["grow", "semi-drdnet", "--to", "semi-drdnet",
                                          "-o", str(out), "--overwrite"])
     assert untrained.exit_code == 1 and "no published weights" in untrained.output
+
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_rdmc_file_is_said_to_grow_exactly_only_without_a_new_recursion(
+        tmp_path: Path) -> None:
+    """``grow_file`` says whether the grown file computes what its source computes
+    (``GrowResult.exact``, and ``exact`` in the file): an RDMC widened with its recursions
+    kept does; one given a recursion more does not, the recursions sharing their weights
+    (a mutation audit found nothing failing with the two answers swapped)."""
+    from derain_cli.weights import read_state
+
+    said = {}
+    for stages in (2, 1):  # rdmc-lite has 2
+        torch.manual_seed(stages)
+        src = _trained_like(RDMC(RDMCConfig(channels=(4, 8, 8, 8, 8), stages=stages)))
+        src_file = tmp_path / f"src{stages}.safetensors"
+        save_weights(src, src_file, name="mine", arch="rdmc", config=src.cfg,
+                     dtype=torch.float32)
+        out = tmp_path / f"grown{stages}.safetensors"
+        r = grow_file(str(src_file), "rdmc-lite", out, calibration="none")
+        said[stages] = (r.exact, read_state(out)[1]["exact"])
+        if stages == 2:
+            assert r.max_abs_diff < 1e-5
+    assert said == {2: (True, "true"), 1: (False, "false")}

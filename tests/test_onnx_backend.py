@@ -399,3 +399,40 @@ def test_a_private_temp_folder_others_can_write_is_not_trusted(monkeypatch, tmp_
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     own.symlink_to(tmp_path / "elsewhere")
     assert onnx_backend._private_temp_folder() is None
+
+
+def test_a_throwaway_fallback_folder_is_removed_at_exit(monkeypatch, tmp_path, caplog):
+    """With neither the cache nor the private temporary folder writable, the graphs go to a
+    throwaway folder for this run, removed when the process exits: left behind, every such
+    run would leave its graphs (megabytes each) in the temporary folder (a mutation audit
+    found nothing failing)."""
+    import atexit
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    planted = tmp / (f"derain-onnx-{uid}" if uid is not None else "derain-onnx")
+    planted.write_text("a file where the private folder would go")
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "afile" / "cache"))
+
+    def fake_export(model, path, **kwargs):  # what is exported is not the point here
+        Path(path).write_bytes(b"graph")
+        return [Path(path)]
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+    at_exit: list = []
+    monkeypatch.setattr(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
+    torch.manual_seed(0)
+    net = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=1, detail_blocks=1)).eval()
+    with caplog.at_level(logging.WARNING):
+        graphs = onnx_backend.cached_graphs(net)
+    assert "for this run" in caplog.text
+    folder = graphs[0].parent
+    assert folder.parent == tmp and folder.name.startswith("derain-onnx-")
+    assert graphs[0].read_bytes() == b"graph"
+    for f, a, k in at_exit:  # the process exits
+        f(*a, **k)
+    assert sorted(tmp.iterdir()) == [planted]

@@ -517,3 +517,19 @@ def test_a_link_to_a_photo_of_the_folder_is_read_once(tmp_path: Path, caplog) ->
     assert "2 image(s) are links to photos read already (0link.png, z.png), read once" in \
         caplog.text
     assert "left out" not in caplog.text
+
+
+def test_a_tie_between_matching_rules_keeps_the_same_names(tmp_path):
+    """Two rules pair as many files: rainy x_1 / x_2 with clean x_1 / x_2 by file name, or
+    both with clean x as X_k -> X. The earlier rule (the same names) is kept, and the
+    refusal names it and the file it leaves over; a mutation audit found nothing failing
+    when the later rule won a tie (every rainy photo scored against one clean x)."""
+    _make(tmp_path, "rainy/x_1.png", "rainy/x_2.png", "clean/x_1.png", "clean/x_2.png",
+          "clean/x.png")
+    with pytest.raises(PairsError) as e:
+        find_pairs(tmp_path)
+    msg = " ".join(str(e.value).split())
+    assert "matched by file name: 2 pairs" in msg, msg
+    assert "1 clean image in 'clean/' without a rainy partner: x.png" in msg, msg
+    assert _names(find_pairs(tmp_path, strict=False), tmp_path) == [
+        ("rainy/x_1.png", "clean/x_1.png"), ("rainy/x_2.png", "clean/x_2.png")]

@@ -216,3 +216,32 @@ def test_a_setting_is_auto_or_an_angle(value, want) -> None:
     assert slant.check_setting(value) == want
     with pytest.raises(ValueError, match="auto or a number of degrees from -90 to 90"):
         slant.check_setting("sideways")
+
+
+def test_the_auto_check_takes_its_share_of_the_progress_bar(tiny_weights, monkeypatch) -> None:
+    """``rain_angle="auto"`` checks its guess with a pass as it is and one turned, then
+    runs the photo's own passes: one job on one bar, each pass its share of it. With two
+    ensemble passes, four passes over the photo's pixels: the photo's own start half way,
+    and each later pass a quarter on (a mutation audit found nothing failing when the
+    check's share counted one pass: the bar stood at two thirds with half the work left).
+    """
+    from derain_cli.enhancer import Derainer
+
+    monkeypatch.setattr(slant, "estimate_angle", lambda rgb: 40.0)  # checked
+    d = Derainer(weights=tiny_weights, device="cpu", tile=0, backend="torch",
+                 rain_angle="auto", ensemble=2)
+    events: list = []
+    real = Derainer._one_pass
+
+    def one_pass(self, rgb, on_tile):
+        events.append("pass")
+        return real(self, rgb, on_tile)
+
+    monkeypatch.setattr(Derainer, "_one_pass", one_pass)
+    photo = _rainy(40.0, h=60, w=80)
+    d.derain(photo, on_tile=lambda done, total: events.append(done / total))
+    starts = [i for i, e in enumerate(events) if e == "pass"]
+    assert len(starts) == 4, events  # the check's two, then the photo's two
+    at_start = [next((e for e in reversed(events[:i]) if e != "pass"), 0.0) for i in starts]
+    assert at_start == pytest.approx([0.0, 0.25, 0.5, 0.75], abs=1e-6), events
+    assert events[-1] == 1.0

@@ -318,3 +318,28 @@ def test_presets_without_haze_draw_none():
                 assert drawn.haze == 0 and drawn.atmospheric_light == p.atmospheric_light
             else:
                 assert drawn.haze > 0
+
+
+def test_far_rain_is_dimmer_and_denser_by_the_layer_scale() -> None:
+    """The second depth layer is drawn ``layer_scale`` times as bright (and as long and
+    wide) and ``1 / layer_scale`` times as dense, as ``RainParams`` says: rain far away
+    is fainter and more of it is in view. A mutation audit found nothing failing when the
+    far rain kept the near rain's brightness, or thinned out by ``layer_scale`` instead of
+    filling in (a quarter of its streaks)."""
+    from dataclasses import replace
+
+    black = np.zeros((256, 256, 3), np.float32)  # additive white rain: rainy is 1 - clear
+    near_only = RainParams(density=300.0, length=(20.0, 30.0), width=4.0, angle=0.0,
+                           angle_jitter=0.0, brightness=0.8, brightness_jitter=0.0,
+                           blur=0.0, layers=1, layer_scale=0.5, tint=(1.0, 1.0, 1.0))
+    ratios, peaks = [], []
+    for seed in range(4):  # the near layer draws the same streaks with one layer or two
+        near = synthesize(black, near_only, seed=seed)[0][..., 0]
+        both = synthesize(black, replace(near_only, layers=2), seed=seed)[0][..., 0]
+        seen = near < 0.99  # where the near rain leaves light through
+        far = np.where(seen, 1.0 - (1.0 - both) / np.where(seen, 1.0 - near, 1.0), 0.0)
+        ratios.append(far.mean() / near.mean())
+        peaks.append(np.quantile(far[far > 0.02], 0.99))
+    assert np.median(peaks) == pytest.approx(0.8 * 0.5, abs=0.05), peaks  # dimmed
+    # each far streak: half as long, wide and bright, twice as many: a quarter of the light
+    assert 0.15 < float(np.mean(ratios)) < 0.37, ratios
