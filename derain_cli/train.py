@@ -484,7 +484,23 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             free = f"; {shutil.disk_usage(path.parent).free / 1e6:.0f} MB free there"
         except OSError:
             free = ""
-        raise OSError(f"cannot write {path} (a full disk?{free}): {e}") from None
+        raise OSError(f"cannot write {path} ({_why_a_write_stops()}{free}): {e}") from None
+
+
+def _why_a_write_stops() -> str:
+    """What may have cut a write short, where the writer's error does not say: a full disk,
+    or this process's file size limit (``ulimit -f``), which was said "a full disk?" with
+    gigabytes free (session 69's list)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):  # (no resource module on Windows)
+        return "a full disk?"
+    if limit == resource.RLIM_INFINITY:
+        return "a full disk?"
+    size = f"{limit / 1e6:.0f} MB" if limit >= 1e6 else f"{limit} bytes"
+    return f"a full disk, or the file size limit of {size} (ulimit -f)?"
 
 
 #: the curves.png files that could not be drawn: each said once

@@ -1352,6 +1352,27 @@ def test_a_checkpoint_write_that_fails_half_way_keeps_the_last_good_one(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_a_checkpoint_cut_short_names_the_file_size_limit_when_there_is_one(
+        tmp_path, monkeypatch):
+    """torch's zip writer hides the errno: a write cut short by `ulimit -f` was said "a
+    full disk?" with gigabytes free (session 69's list); with a limit set, it is named."""
+    import resource
+
+    def cut_short(obj, f, *a, **kw):
+        raise RuntimeError("unexpected pos 2958784 vs 2958680")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    for limits, said in ((unlimited, "(a full disk?; "),
+                         ((5_000_000, 5_000_000),
+                          "(a full disk, or the file size limit of 5 MB (ulimit -f)?; "),
+                         ((200_000, 200_000), "the file size limit of 200000 bytes (")):
+        monkeypatch.setattr(resource, "getrlimit", lambda which, lim=limits: lim)
+        with pytest.raises(OSError, match="cannot write") as info:
+            T._atomic_torch_save({"step": 2}, tmp_path / "last.pt")
+        assert said in str(info.value) and "MB free there" in str(info.value), info.value
+
+
 def test_validation_caps_psnr_like_eval(tmp_path):
     """One output that matches its clean image exactly gave 336.8 dB, which swamped the mean
     that picks best.pt, while `derain eval` caps it at 100 dB (an audit)."""
