@@ -649,6 +649,10 @@ def _unsupported(path: Path) -> str:
     show an image derain reads, what to rename it to (the suffix also picks the output's
     format, so it is not guessed)."""
     shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+    if unread_photo_format(path) == "camera raw":  # a TIFF container: "name it x.tif" would
+        # rename the raw file and derain only its small first picture (an audit)
+        return (f"a camera raw image, which derain does not read (supported: "
+                f"{_SUPPORTED_TEXT}): export it from your raw editor as JPEG, PNG or TIFF")
     fmt = sniff_format(path)
     if fmt is None:
         other = foreign_format(path)  # a GIF named as such had no hint (an audit)

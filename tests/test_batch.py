@@ -171,6 +171,12 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     assert collect_inputs([str(tmp_path / "anim.gif")])[0].error == (
         "a GIF image, which derain does not read (supported: JPEG, PNG, WebP, TIFF, BMP): "
         "convert it to JPEG, PNG or TIFF")
+    # a camera raw file is a TIFF inside: "name it DSC_1.tif" renamed the raw file, and
+    # derain would take its small first picture (an audit)
+    Image.new("RGB", (8, 8)).save(tmp_path / "DSC_1.NEF", format="TIFF")
+    assert collect_inputs([str(tmp_path / "DSC_1.NEF")])[0].error == (
+        "a camera raw image, which derain does not read (supported: JPEG, PNG, WebP, TIFF, "
+        "BMP): export it from your raw editor as JPEG, PNG or TIFF")
     named = collect_inputs([str(tmp_path / "IMG_1"), str(tmp_path / "IMG_2.heic")])
     assert [i.error for i in named] == [
         "unsupported file type (no suffix), though it holds a JPEG image: name it IMG_1.jpg "
