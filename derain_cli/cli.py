@@ -94,6 +94,8 @@ class _State:
     #: main job's summary, eval's result): one stopped in its first second (its modules
     #: loading) printed none (an audit); ``_main`` prints it (``owe_json``)
     json_owed: str | None = None
+    #: the main job's warnings, kept for its --json summary (``_KeptWarnings``)
+    kept_warnings: list[str] | None = None
 
 
 _STATE = _State()
@@ -599,8 +601,8 @@ def _check_model(value: str | None) -> str | None:
         return None
     from .manifest import load_manifest
 
-    if value in load_manifest():  # a shipped model (a weights entry the registry may lack)
-        return value
+    if value in load_manifest():  # a shipped model (one the registry lacks is refused when
+        return value              # the model loads, as unknown)
     from .models import MODELS, UnknownModelError
 
     if value not in MODELS:
@@ -1019,6 +1021,7 @@ def _run(
     from . import batch
     from .images import warnings_to_log
 
+    _STATE.kept_warnings = None  # (set below, where the warnings are kept)
     # ---- option combinations (exit 2 before any work)
     try:
         _refuse_misplaced_subcommands(ctx, inputs)
@@ -1040,6 +1043,10 @@ def _run(
             main_rank = dist.is_main
             chatty = main_rank and not (quiet or json_out)
             logging_handler = attach_logging(err, debug, quiet or not main_rank)
+            kept = _KeptWarnings() if json_out and main_rank else None
+            _STATE.kept_warnings = kept.lines if kept is not None else None
+            if kept is not None:  # (with -q too: the JSON is a script's only account)
+                logging.getLogger("derain_cli").addHandler(kept)
             decoder_warnings = contextlib.ExitStack()
             if not debug:  # Pillow/OpenCV notes as one "FILE: message" line, not their noise
                 decoder_warnings.enter_context(warnings_to_log())
@@ -1122,6 +1129,8 @@ def _run(
             finally:
                 decoder_warnings.close()
                 detach_logging(logging_handler)
+                if kept is not None:
+                    logging.getLogger("derain_cli").removeHandler(kept)
             if main_rank:
                 _report(err, summary, options, json_out=json_out, quiet=quiet)
             # Nobody leaves before rank 0 has printed: torchrun stops all ranks as soon as
@@ -1279,6 +1288,8 @@ def _echo_json(err: Console, summary: Any) -> bool:
     `--json > FILE` on a full disk said "error: No space left on device" alone, as if the
     photos had failed (an audit). After a Ctrl-C the interrupted status stays."""
     owe_json(None)
+    if _STATE.kept_warnings and not summary.warnings:
+        summary.warnings = list(_STATE.kept_warnings)
     try:
         typer.echo(summary.to_json())
     except BrokenPipeError:
@@ -1486,6 +1497,22 @@ def _weights_phrase(derainer: Any) -> str:
     if status:
         return f" ({status} weights)"
     return f" [weights {terminal_text(str(getattr(derainer, 'weights_label', '?')))}]"
+
+
+class _KeptWarnings(logging.Handler):
+    """The warnings a main job says, one line each, for its ``--json`` summary: a script
+    learnt nothing of photos a scan left out or of a first frame derained alone (an
+    audit)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(one_line_text(record.getMessage()))
+        except Exception:  # pragma: no cover
+            self.handleError(record)
 
 
 class _LogHandler(logging.Handler):
@@ -2274,7 +2301,7 @@ def _exit_interrupted() -> NoReturn:
 
 
 def _main(argv: list[str] | None) -> None:
-    _STATE.json_owed = None
+    _STATE.json_owed = _STATE.kept_warnings = None
     try:
         app(args=argv, prog_name="derain", complete_var=COMPLETE_VAR)
     except SystemExit as e:

@@ -48,6 +48,10 @@ class Summary:
     #: why the command stopped before or outside the photos' work (weights that cannot be
     #: had, a device or model refused), as said on stderr; None when it did not
     error: str | None = None
+    #: the warnings the run said on stderr (rank 0's), one line each: photos a folder scan
+    #: left out, a first frame only, a format the suffix did not match; --json carried none,
+    #: and -q hides them (an audit)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def megapixels_per_s(self) -> float:
@@ -76,6 +80,7 @@ class Summary:
                 out.add(r)
         out.seconds = max((p.seconds for p in parts), default=0.0)
         out.interrupted = any(p.interrupted for p in parts)
+        out.warnings = [w for p in parts for w in p.warnings]
         engines = [p.engine for p in parts]
         out.engine = next((e for e in engines if e), None)
         if len(parts) > 1 and any(engines):  # what each rank ran, in rank order
@@ -94,6 +99,7 @@ class Summary:
             "interrupted": self.interrupted,
             "engine": self.engine,
             "error": self.error,
+            "warnings": list(self.warnings),
             # a failed file's output was never written: null, not the path it would have had
             "files": [{**asdict(r), "output": None if r.status == "failed" else r.output,
                        # rounded as the totals are (5.118999979458749e-06 s: an audit)

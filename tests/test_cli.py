@@ -2035,6 +2035,26 @@ def test_the_engine_is_weighed_by_the_whole_folder_and_the_run_start_is_kept(
     assert [(k["workload_images"], k["workload_megapixels"]) for k in made] == [(None, None)]
 
 
+def test_json_carries_the_runs_warnings(tmp_path: Path, tiny_weights: Path) -> None:
+    """Photos a folder scan left out and a PNG named .jpg were said on stderr only (and -q
+    hid them): a script reading --json learnt nothing of them (an audit)."""
+    _img(tmp_path / "in" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "b.gif")
+    _img(tmp_path / "in" / "d.jpg", format="PNG")
+    r = derain(tmp_path / "in", "-o", tmp_path / "out", "--weights", tiny_weights, "--json",
+               "-q")
+    summary = json.loads(r.stdout)
+    assert r.exit_code == 0 and summary["processed"] == 2, r.stdout
+    warnings = summary["warnings"]
+    assert len(warnings) == 2 and "1 GIF" in warnings[0] and "not read" in warnings[0]
+    assert warnings[1].endswith("d.jpg is a PNG file named like a JPEG one: the result is "
+                                "written as JPEG, by its name (--format png keeps PNG)")
+    assert "warning" not in r.stderr  # -q: said in the JSON alone
+    r = derain(tmp_path / "in" / "a.png", "-o", tmp_path / "x.png", "--weights", tiny_weights,
+               "--json")
+    assert json.loads(r.stdout)["warnings"] == []
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""

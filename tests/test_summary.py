@@ -56,3 +56,12 @@ def test_each_files_megapixels_are_rounded_as_the_totals_are() -> None:
     files = json.loads(s.to_json())["files"]
     assert [f["megapixels"] for f in files] == [0.3, 0.0]
     assert files[0]["seconds"] == 1.235
+
+
+def test_warnings_are_in_the_json_and_merge_in_rank_order() -> None:
+    """--json carries the run's warnings (a script saw none of them: an audit); merged
+    summaries keep every rank's, in rank order."""
+    assert json.loads(Summary().to_json())["warnings"] == []
+    a, b = Summary(warnings=["in: 1 GIF not read"]), Summary(warnings=["b.tif: first frame"])
+    assert Summary.merge([a, b]).to_dict()["warnings"] == [
+        "in: 1 GIF not read", "b.tif: first frame"]
