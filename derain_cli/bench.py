@@ -615,7 +615,7 @@ class BenchError(ValueError):
 
 def _checked_size(megapixels: float, size: tuple[int, int] | None,
                   tile: int | None) -> tuple[int, int]:
-    """The test image's (height, width), and the tile, as derain would take them: a tile
+    """The test image's (height, width), the tile checked, as derain would take them: a tile
     of 1-15 px ran for minutes per tile (or measured a tiling derain refuses), and an
     infinite or absurd size crashed deep inside (audit)."""
     if tile is not None and (tile < 0 or 0 < tile < SMALLEST_TILE):  # (the CLI refuses

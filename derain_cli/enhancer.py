@@ -176,6 +176,9 @@ class Derainer:
     ) -> None:
         #: the settings it was made with (``__reduce__``)
         self._made_with = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if isinstance(weights, str | os.PathLike):  # as of now: a pickle or a copy made
+            # after a chdir (a notebook's %cd) looked in the new folder (an audit)
+            self._made_with["weights"] = os.path.abspath(weights)
         # any case, as the CLI takes them and the device already was ("FP32" was refused)
         backend = backend.strip().lower() if isinstance(backend, str) else backend
         precision = precision.strip().lower() if isinstance(precision, str) else precision
@@ -296,9 +299,11 @@ class Derainer:
         """
         from .weights import load_manifest, load_pretrained, model_from_file
 
-        if weights is None and (model or DEFAULT_MODEL) not in load_manifest():
+        if (weights is None and precision != "int8" and device.strip().lower() in ("auto", "cpu")
+                and (model or DEFAULT_MODEL) not in load_manifest()):
             load_pretrained(model or DEFAULT_MODEL)  # raises (an unknown name, or no weights
-            # yet) before PyTorch is imported: it took 2 s to say so
+            # yet) before PyTorch is imported: it took 2 s to say so. Where the device or an
+            # int8 request could be refused, those are said first, as before (a review)
         import torch
 
         from .models import get_spec
@@ -410,8 +415,7 @@ class Derainer:
         worked on one machine and failed on another, as the engine picked there (audit)."""
         made = {**self._made_with, "device": self.device_name, "precision": self.precision,
                 "backend": self.backend}
-        if made["weights"] is not None:  # a worker may start in another folder
-            made["weights"] = os.path.abspath(made["weights"])
+        # (weights: an absolute path, taken when made: a worker may start in another folder)
         later = {"tile": self.tile, "tile_overlap": self.tile_overlap,
                  "tile_batch": self.tile_batch, "small_side": self.small_side,
                  "strength": self.strength, "ensemble": self.ensemble,
@@ -634,6 +638,8 @@ class Derainer:
         """The network's result on ``rgb`` (HxWx3, as ``derain_array`` takes it; any strides),
         tiled, clipped to [0, 1]; out of memory, fewer tiles per pass, then smaller tiles."""
         tile, batch = self.tile, self.tile_batch
+        shrunk = False  # only a retry's smaller tile is kept: a tile set meanwhile (by another
+        # thread, or an on_tile callback) was undone when this run ended (an audit)
         padded, crop = tiling.pad_small(rgb, self.small_side)  # a small image's context
         # a tile covering the photo is one pass over it and its context: a 7 x 13 px photo
         # mirrored out to 256 px ran in 64 px tiles (--tile 64), or a thousand of 16 px
@@ -672,8 +678,10 @@ class Derainer:
                         + (f" (the last error: {last})" if last else "")
                     ) from None
                 tile = max(current // 2, floor)  # the floor itself is tried last
+                shrunk = True
                 log.warning("out of memory; retrying with %dpx tiles", tile)
-        self.tile = tile
+        if shrunk:
+            self.tile = tile
         # one layout whatever the engine: ONNX Runtime's whole-image output is channel-planar
         out = np.ascontiguousarray(out[crop])
         np.clip(out, 0.0, 1.0, out=out)

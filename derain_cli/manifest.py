@@ -91,25 +91,27 @@ def manifest_path() -> Path:
 
 
 def load_manifest(path: Path | None = None) -> dict[str, WeightRecord]:
-    """Weight name -> record, from the bundled manifest (or ``path``)."""
+    """Weight name -> record, from the bundled manifest (or ``path``); none there: {}."""
     path = path or manifest_path()
-    if not path.exists():
-        return {}
+
+    def refused(why: str) -> Exception:  # the file named (a JSONDecodeError said only "line 2
+        from .weights import WeightsError  # column 1"; a folder of that name, or no
+        # permission, was a traceback: audits)
+        return WeightsError(f"{path}: the weights manifest {why}; reinstall derain (or "
+                            "restore weights/)")
+
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise refused(f"is damaged ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise refused(f"cannot be read ({e.strerror or e})") from None
+    try:
         return {d["name"]: WeightRecord.from_dict(d) for d in data.get("weights", [])}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # it said "error:
-        # JSONDecodeError: Expecting value: line 2 column 1" without naming the file (audit)
-        from .weights import WeightsError
-
-        raise WeightsError(f"{path}: the weights manifest is damaged ({type(e).__name__}: "
-                           f"{e}); reinstall derain (or restore weights/)") from None
-    except OSError as e:  # a folder of that name, no permission: a traceback (an audit)
-        from .weights import WeightsError
-
-        raise WeightsError(f"{path}: the weights manifest cannot be read "
-                           f"({e.strerror or e}); reinstall derain (or restore weights/)"
-                           ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise refused(f"is damaged ({type(e).__name__}: {e})") from None
 
 
 def write_manifest(records: dict[str, WeightRecord], path: Path | None = None) -> None:

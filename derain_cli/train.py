@@ -500,7 +500,7 @@ def _why_a_write_stops() -> str:
     if limit == resource.RLIM_INFINITY:
         return "a full disk?"
     size = f"{limit / 1e6:.0f} MB" if limit >= 1e6 else f"{limit} bytes"
-    return f"a full disk, or the file size limit of {size} (ulimit -f)?"
+    return f"the file size limit of {size} (ulimit -f), or a full disk?"
 
 
 #: the curves.png files that could not be drawn: each said once

@@ -143,6 +143,47 @@ def test_a_derainer_pickles_on_every_engine(tiny_weights, engine):
     assert np.array_equal(again.derain(photo), d.derain(photo))
 
 
+def test_a_pickle_made_after_a_chdir_finds_relative_weights(tiny_weights, tmp_path,
+                                                            monkeypatch):
+    """`Derainer(weights="tiny.safetensors")`, then a notebook's %cd: the pickle (a copy,
+    a process pool) looked for the file in the new folder (an audit)."""
+    import copy
+    import pickle
+    import shutil
+
+    shutil.copy(tiny_weights, tmp_path / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path)
+    d = Derainer(weights="tiny.safetensors", device="cpu")
+    monkeypatch.chdir(tmp_path.parent)
+    assert pickle.loads(pickle.dumps(d)).tile == copy.copy(d).tile == d.tile
+
+
+def test_a_tile_set_during_a_run_is_kept(tiny_weights):
+    """A run ended by putting back the tile it started with: a tile set meanwhile (another
+    thread sharing the Derainer, an on_tile callback) was undone in silence (an audit).
+    Only an out-of-memory retry's smaller tile is kept by a run."""
+    d = Derainer(weights=tiny_weights, device="cpu", tile=64)
+
+    def change(done, total):
+        d.tile = 128
+
+    d.derain(_photo(150, 200), on_tile=change)
+    assert d.tile == 128
+
+
+def test_options_refused_before_a_model_without_weights(tiny_weights):
+    """A model without weights was refused before a misspelt device or an int8 request
+    that cannot run (a review): the caller fixed the weights, then learnt of the rest."""
+    with pytest.raises(OptionError, match="unknown device 'bogus'"):
+        Derainer(model="semi-drdnet", device="bogus")
+    with pytest.raises(OptionError, match="int8 runs through ONNX Runtime"):
+        Derainer(model="semi-drdnet", precision="int8", backend="torch")
+    from derain_cli.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="has no pretrained weights yet"):
+        Derainer(model="semi-drdnet", device="cpu")
+
+
 def test_rain_angle_auto_reports_progress_through_its_check(tiny_weights, monkeypatch):
     """The slant's check with the network reported nothing, then (1, 1) at the end: a bar
     stood still for most of the photo's time (an audit). Its passes count now, one job."""

@@ -1365,7 +1365,7 @@ def test_a_checkpoint_cut_short_names_the_file_size_limit_when_there_is_one(
     unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
     for limits, said in ((unlimited, "(a full disk?; "),
                          ((5_000_000, 5_000_000),
-                          "(a full disk, or the file size limit of 5 MB (ulimit -f)?; "),
+                          "(the file size limit of 5 MB (ulimit -f), or a full disk?; "),
                          ((200_000, 200_000), "the file size limit of 200000 bytes (")):
         monkeypatch.setattr(resource, "getrlimit", lambda which, lim=limits: lim)
         with pytest.raises(OSError, match="cannot write") as info:

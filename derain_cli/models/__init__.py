@@ -19,30 +19,46 @@ from .configs import CONFIGS, RDMCConfig, SemiDRDNetConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from . import deploy, rdmc, semi_drdnet  # noqa: F401
     from .rdmc import RDMC
     from .semi_drdnet import SemiDRDNet
+
+    #: architecture id -> (network class, its config dataclass)
+    ARCHITECTURES: dict[str, tuple[type[nn.Module], type]]
 
 
 def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
-    """Architecture id -> (network class, its config dataclass); imports PyTorch."""
-    from .rdmc import RDMC
-    from .semi_drdnet import SemiDRDNet
+    """``ARCHITECTURES``, made once (it imports PyTorch) and kept: one dict, so an entry a
+    caller adds is the one ``build_architecture`` finds."""
+    table = globals().get("ARCHITECTURES")
+    if table is None:
+        from .rdmc import RDMC
+        from .semi_drdnet import SemiDRDNet
 
-    return {"semi-drdnet": (SemiDRDNet, SemiDRDNetConfig), "rdmc": (RDMC, RDMCConfig)}
+        table = {"semi-drdnet": (SemiDRDNet, SemiDRDNetConfig), "rdmc": (RDMC, RDMCConfig)}
+        globals()["ARCHITECTURES"] = table
+    return table
 
 
 def __getattr__(name: str) -> Any:
-    """``ARCHITECTURES`` and the network classes, imported (with PyTorch) when first asked."""
+    """``ARCHITECTURES``, the network classes and the network modules, imported (with
+    PyTorch) when first asked."""
     if name == "ARCHITECTURES":
         return _architectures()
     if name in ("SemiDRDNet", "RDMC"):
         return {cls.__name__: cls for cls, _ in _architectures().values()}[name]
+    if name in ("semi_drdnet", "rdmc", "deploy"):  # (attributes of the package before)
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    """The lazy names too, so a notebook's tab completion offers ``SemiDRDNet``."""
-    return sorted({*globals(), *__all__})
+    """The public names, lazy ones too, so a notebook's tab completion offers
+    ``SemiDRDNet`` (and not this module's own imports: ``Any``, ``dataclass``)."""
+    return sorted({*__all__, "configs", "deploy", "rdmc", "semi_drdnet",
+                   *(n for n in globals() if n.startswith("__"))})
 
 
 @dataclass(frozen=True)
@@ -148,11 +164,16 @@ def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
 
 
 def _config_class(arch: str) -> type:
+    """``arch``'s config dataclass: derain's own without PyTorch, or one a caller added to
+    ``ARCHITECTURES``."""
+    added = globals().get("ARCHITECTURES") or {}
+    if arch in added:
+        return added[arch][1]
     try:
         return CONFIGS[arch]
     except KeyError:
         raise ValueError(
-            f"unknown architecture {arch!r}; known: {', '.join(CONFIGS)}"
+            f"unknown architecture {arch!r}; known: {', '.join({**CONFIGS, **added})}"
         ) from None
 
 

@@ -160,6 +160,27 @@ def test_registry_sizes_are_the_bundled_weights_sizes():
         assert config_to_dict(MODELS[name].config) == rec.config, name
 
 
+def test_the_lazy_names_behave_as_the_eager_ones_did():
+    """The networks load on first use (the registry imports no PyTorch): ARCHITECTURES is
+    one dict, so an architecture a caller adds is built; the network modules are the
+    package's attributes; dir() lists the public names, not the module's imports (a
+    review and an audit)."""
+    import derain_cli.models as m
+    from derain_cli.models import RDMCConfig
+
+    assert m.ARCHITECTURES is m.ARCHITECTURES
+    m.ARCHITECTURES["rdmc-copy"] = (m.RDMC, RDMCConfig)
+    try:
+        net = m.build_architecture("rdmc-copy", {"channels": [4, 4, 8, 8, 8], "stages": 1})
+        assert isinstance(net, m.RDMC)
+    finally:
+        del m.ARCHITECTURES["rdmc-copy"]
+    assert m.semi_drdnet.SemiDRDNet is SemiDRDNet and m.deploy.fold_for_inference
+    names = dir(m)
+    assert "SemiDRDNet" in names and "ARCHITECTURES" in names and "rdmc" in names
+    assert "Any" not in names and "dataclass" not in names
+
+
 def test_rdmc_on_an_image_as_small_as_its_padding():
     """An 8 px side pads by 8 to RDMC's multiple of 16: reflect padding needs more than
     that, so it replicates (a mutation audit: no tested size hit the edge)."""
