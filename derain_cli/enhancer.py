@@ -262,6 +262,7 @@ class Derainer:
             log.warning("%d px tiles leave the network little context: expect a worse "
                         "and slower result than with %d px or more", size, MIN_TILE)
         self.tile = size  # checked (the property below)
+        self._default_overlap = int(overlap)  # (what tile_overlap None means, set later too)
         self.tile_overlap = overlap if tile_overlap is None else int(tile_overlap)
         if tile_overlap is not None and 0 < self.tile < 2 * self.tile_overlap:
             log.warning("a tile overlap of %d px is more than half the %d px tile; using %d px "
@@ -454,14 +455,15 @@ class Derainer:
 
     @property
     def tile_overlap(self) -> int:
-        """Pixels neighbouring tiles share, blended. Checked when set, after construction
-        too (an audit: -5 blended the tiles into a broken image in silence)."""
+        """Pixels neighbouring tiles share, blended; set to None, the network's own, as the
+        constructor takes it (refused when set: a review). Checked when set, after
+        construction too (an audit: -5 blended the tiles into a broken image in silence)."""
         return self._tile_overlap
 
     @tile_overlap.setter
-    def tile_overlap(self, value: int) -> None:
-        _check_whole("tile_overlap", value, 0, none=False)
-        self._tile_overlap = int(value)
+    def tile_overlap(self, value: int | None) -> None:
+        _check_whole("tile_overlap", value, 0)
+        self._tile_overlap = self._default_overlap if value is None else int(value)
 
     @property
     def overlap_used(self) -> int:
@@ -472,13 +474,15 @@ class Derainer:
 
     @property
     def tile_batch(self) -> int:
-        """Tiles per forward pass (at least 1). Checked when set, as ``tile_overlap``."""
+        """Tiles per forward pass (at least 1); set to None or 0, sized from the device's
+        memory, as the constructor takes them (refused when set: a review). Checked when
+        set, as ``tile_overlap``."""
         return self._tile_batch
 
     @tile_batch.setter
-    def tile_batch(self, value: int) -> None:
-        _check_whole("tile_batch", value, 1, none=False)
-        self._tile_batch = int(value)
+    def tile_batch(self, value: int | None) -> None:
+        _check_whole("tile_batch", value, 0)
+        self._tile_batch = int(value) if value else self._auto_batch()
 
     @property
     def small_side(self) -> int:

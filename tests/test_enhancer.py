@@ -171,6 +171,22 @@ def test_a_tile_set_during_a_run_is_kept(tiny_weights):
     assert d.tile == 128
 
 
+def test_setters_take_the_constructors_auto_values(tiny_weights):
+    """tile_batch None or 0 and tile_overlap None mean "automatic" to the constructor but
+    were refused when set afterwards (a review of the library)."""
+    d = Derainer(weights=tiny_weights, device="cpu", tile=64, tile_overlap=8, tile_batch=3)
+    auto = Derainer(weights=tiny_weights, device="cpu", tile=64)
+    d.tile_overlap, d.tile_batch = None, None
+    assert (d.tile_overlap, d.tile_batch) == (auto.tile_overlap, auto.tile_batch) == (
+        auto.tile_overlap, 1)
+    d.tile_batch = 3
+    d.tile_batch = 0
+    assert d.tile_batch == 1
+    for bad in (-1, True, "2"):
+        with pytest.raises(OptionError):
+            d.tile_batch = bad
+
+
 def test_options_refused_before_a_model_without_weights(tiny_weights):
     """A model without weights was refused before a misspelt device or an int8 request
     that cannot run (a review): the caller fixed the weights, then learnt of the rest."""
@@ -226,7 +242,7 @@ def test_tile_and_small_side_are_checked_when_set_later(tiny_weights):
     # set afterwards, a negative overlap blended the tiles into a broken image in silence
     for attr, value, msg in (("tile_overlap", -5, "tile_overlap must be at least 0"),
                              ("tile_overlap", 2.5, "tile_overlap must be a whole number"),
-                             ("tile_batch", 0, "tile_batch must be at least 1"),
+                             ("tile_batch", -1, "tile_batch must be at least 0"),
                              ("tile_batch", 2.5, "tile_batch must be a whole number")):
         kept = getattr(d, attr)
         with pytest.raises(OptionError, match=msg):
