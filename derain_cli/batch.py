@@ -310,6 +310,9 @@ class _Scan:
     results: int = 0
     #: hidden images (``.name.jpg``; not macOS's ``._`` resource forks): left out
     hidden: int = 0
+    #: of ``results``, those with no photo of the same name beside them (``x_derained.jpg``
+    #: without ``x.*``): a photo of the user's named so, or a result whose photo is gone
+    orphans: int = 0
 
     def unread_text(self) -> str:
         """``3 HEIC and 1 GIF file(s)``-style, most frequent first."""
@@ -392,8 +395,10 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                     skipped_dirs += 1
             else:
                 take(p)
+    sources = {(p.parent, p.stem) for p in (*found, *special)}
+    orphans = sum((r.parent, r.stem[: -len(OUTPUT_TAG)]) not in sources for r in results)
     return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special,
-                 excluded_photos, len(results), hidden)
+                 excluded_photos, len(results), hidden, orphans)
 
 
 def _walked(link: Path, top: Path, exclude: set[Path]) -> bool:
@@ -787,6 +792,11 @@ class _Collector:
         if scan.unread and files:
             log.warning("%s: %s not read (derain reads %s): convert them to JPEG, PNG or "
                         "TIFF to include them", folder, scan.unread_text(), _SUPPORTED_TEXT)
+        if scan.orphans and files:  # a photo of one's own named so was left out without a
+            # word (an audit); a result beside its photo is no news on a rerun
+            log.warning("%s: %d image(s) named *%s.* with no photo of that name beside them "
+                        "left out, as derain's earlier results are; rename them to include "
+                        "them", folder, scan.orphans, OUTPUT_TAG)
         if matched is not None:
             if "**" in matched:
                 skipped_dirs = 0

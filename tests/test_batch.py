@@ -249,6 +249,24 @@ def test_collect_notes_subfolders_left_out(tree: Path, caplog: pytest.LogCapture
     assert "not entered" not in caplog.text
 
 
+def test_a_photo_named_like_a_result_without_its_own_photo_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """holiday_derained.jpg with no holiday.* beside it was left out without a word (an
+    audit); results beside their photos (of any format) are no news on a rerun."""
+    for name in ("a.png", "a_derained.jpg", "b.jpg", "b_derained.png", "holiday_derained.jpg"):
+        _img(tmp_path / "in" / name)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(tmp_path / "in")])
+    assert _rels(items) == ["a.png", "b.jpg"]
+    assert (f"{tmp_path / 'in'}: 1 image(s) named *_derained.* with no photo of that name "
+            "beside them left out") in caplog.text
+    (tmp_path / "in" / "holiday_derained.jpg").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tmp_path / "in")])
+    assert "_derained" not in caplog.text
+
+
 def test_collect_excludes_output_folder(tree: Path) -> None:
     _img(tree / "out" / "a.jpg")
     items = collect_inputs([str(tree)], recursive=True, exclude=[tree / "out"])
