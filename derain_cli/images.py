@@ -588,6 +588,20 @@ def _icc_colour_space(icc: bytes | None) -> bytes | None:
     return bytes(icc[16:20])
 
 
+def _is_srgb_profile(icc: bytes | None) -> bool:
+    """Whether ``icc`` is an sRGB profile (by its description, as cameras and editors name
+    it): a file without a profile is read as sRGB, so leaving this one out changes nothing."""
+    if _icc_colour_space(icc) != b"RGB ":
+        return False
+    try:
+        from PIL import ImageCms
+
+        text = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+    except Exception:  # noqa: BLE001 - an unreadable profile: not known to be sRGB
+        return False
+    return "srgb" in text.lower()
+
+
 def _tile_rawmode(im: Image.Image) -> str:
     """The raw (on-disk) sample layout PIL will decode, e.g. "RGB;16B" for a 48-bit PNG."""
     if not im.tile:
@@ -1537,7 +1551,9 @@ def prepare_image(
         _warn_profile_left_out(path, fmt, icc, grayscale)
         icc = None
     if like is not None and like.icc_profile and fmt not in _ICC_FORMATS and \
-            _icc_colour_space(like.icc_profile) in (b"RGB ", b"GRAY"):
+            _icc_colour_space(like.icc_profile) in (b"RGB ", b"GRAY") and \
+            not _is_srgb_profile(like.icc_profile):  # (said of sRGB, which an untagged file
+        # is read as: an audit)
         log.warning("%s: %s cannot carry the photo's colour profile; colour-managed "
                     "viewers will show its colours differently (write JPEG, PNG, WebP or "
                     "TIFF to keep it)", path, format_name(fmt))

@@ -1467,7 +1467,12 @@ def test_a_stereo_mpo_says_its_second_view_is_left_out(tmp_path: Path,
 def test_colour_information_a_format_cannot_carry_is_said(tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture
                                                           ) -> None:
-    Image.fromarray(_rgb8()).save(tmp_path / "icc.png", icc_profile=_srgb_icc())
+    """A profile BMP cannot carry is said, unless it is sRGB, which a file without one is
+    read as (said too before: an audit)."""
+    # an RGB profile not named sRGB: the built-in one, its description changed
+    wide = _srgb_icc().replace("sRGB".encode("utf-16-be"), "wRGB".encode("utf-16-be"))
+    Image.fromarray(_rgb8()).save(tmp_path / "icc.png", icc_profile=wide)
+    Image.fromarray(_rgb8()).save(tmp_path / "srgb.png", icc_profile=_srgb_icc())
     linear = PngImagePlugin.PngInfo()
     linear.add(b"gAMA", struct.pack(">I", 100000))  # gamma 1.0: linear light
     Image.fromarray(_rgb8()).save(tmp_path / "linear.png", pnginfo=linear)
@@ -1476,7 +1481,7 @@ def test_colour_information_a_format_cannot_carry_is_said(tmp_path: Path,
     Image.fromarray(_rgb8()).save(tmp_path / "usual.png", pnginfo=srgb_like)
     with caplog.at_level("WARNING", logger="derain_cli"):
         for name, suffix in (("icc", ".bmp"), ("linear", ".jpg"), ("usual", ".jpg"),
-                             ("icc", ".jpg")):
+                             ("icc", ".jpg"), ("srgb", ".bmp")):
             loaded = read_image(tmp_path / f"{name}.png")
             write_image(tmp_path / f"{name}_out{suffix}", loaded.rgb, loaded)
     lines = [r.getMessage() for r in caplog.records]
