@@ -1206,8 +1206,11 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes
             out = ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
             if out is not None:
                 return out, srgb.tobytes()
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass
+        except (ImageCms.PyCMSError, OSError, ValueError) as e:
+            where = getattr(_READING, "path", None)  # (dropped without a word: an audit)
+            log.warning("%s: its CMYK colour profile cannot be used (%s); its colours are "
+                        "converted to RGB without it and may look different",
+                        where or "the image", str(e).strip() or type(e).__name__)
     return im.convert("RGB"), None
 
 

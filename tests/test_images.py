@@ -342,6 +342,21 @@ def test_palette_and_bilevel_and_cmyk_load(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "cmyk_out.jpg").mode == "RGB"
 
 
+def test_a_cmyk_profile_that_cannot_be_used_is_said(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A CMYK profile LittleCMS cannot use was dropped and the colours converted without it,
+    in silence (an audit): said, naming the file; the pixels still come through."""
+    bad = bytearray(200)
+    bad[16:20], bad[36:40] = b"CMYK", b"acsp"
+    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=100,
+                                                    icc_profile=bytes(bad))
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        loaded = read_image(tmp_path / "c.jpg")
+    np.testing.assert_allclose(loaded.rgb[H // 2, W // 2], [1, 0, 0], atol=0.02)
+    assert loaded.icc_profile is None
+    assert f"{tmp_path / 'c.jpg'}: its CMYK colour profile cannot be used (" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # orientation and metadata
 
