@@ -593,6 +593,9 @@ def _probe(ctx: _Context) -> None:
         ctx.repo_id, ctx.filename, revision=ctx.revision, endpoint=ctx.endpoint
     )
     meta = file_metadata(url, endpoint=ctx.endpoint)
+    if meta.commit_hash is None:  # a captive portal's page, a plain web server: no Hub's
+        # answer, and a size that matched nothing was blamed on derain's manifest (an audit)
+        raise FileMetadataError("it sent no commit hash (X-Repo-Commit)")
     if ctx.size is not None and meta.size is not None and meta.size != ctx.size:
         raise ctx.unavailable(
             f"size mismatch: the server's copy has {meta.size} bytes, expected {ctx.size}; "

@@ -667,3 +667,43 @@ def test_a_plain_file_server_as_the_endpoint_is_named_not_retried(tmp_path):
     assert info.value.kind == "endpoint", str(info.value)
     assert "did not answer like a Hugging Face Hub" in str(info.value)
     assert "run the command again" not in str(info.value), str(info.value)
+
+
+def test_a_captive_portals_page_is_not_blamed_on_the_manifest(tmp_path):
+    """A captive portal answering every request with 200 and its own page: the page's size
+    was "size mismatch ... update derain (its weights manifest may be out of date)" (an
+    audit). No commit hash: not a Hub, said as such."""
+    import http.server
+    import threading
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def _page(self, body: bool) -> None:
+            page = b"<html><body>Please log in to the Wi-Fi</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            if body:
+                self.wfile.write(page)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's names
+            self._page(False)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._page(True)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(WeightsUnavailable) as info:  # (the manifest knows the size)
+            _fetch(f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "cache",
+                   size=len(DATA))
+    finally:
+        server.shutdown()
+        server.server_close()
+    said = str(info.value)
+    assert info.value.kind == "endpoint" and "did not answer like a Hugging Face Hub" in said
+    assert "size mismatch" not in said and "manifest" not in said, said
