@@ -3206,8 +3206,9 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     def user_photos() -> list[np.ndarray]:
         """The photos, read when train() first asks: after its checks of a --resume (a
         resume refused for its -m read and decoded the whole folder first: an audit)."""
-        if not loaded:
-            loaded.append(_load_photos(fc.rainy, fc.max_side))
+        if not loaded:  # (the folder as the run records it: a typo's error then names
+            # --rainy, as --clean's does: an audit)
+            loaded.append(_load_photos(_resolved([fc.rainy])[0], fc.max_side))
         return loaded[0]
 
     kept = {k: v for k, v in dataclasses.asdict(fc).items() if k not in ("given", "resume")}
@@ -3241,8 +3242,10 @@ def _pseudo_clean(
     """The starting model's outputs on the user's photos (uint8), via the tiled Derainer."""
     from .enhancer import Derainer
 
-    if weights is not None:
-        derainer = Derainer(model=cfg.model, weights=weights, device=str(device))
+    if weights is not None:  # on the run's --threads (it timed, then ran, its engines on
+        # every core, and filed the timing under the default's: an audit)
+        derainer = Derainer(model=cfg.model, weights=weights, device=str(device),
+                            threads=cfg.threads)
         run: Callable[[np.ndarray], np.ndarray] = derainer.derain_array
     else:  # registry-free tiny model (tests): run it directly, untrained
         _, arch, conf = _model_identity(cfg)

@@ -1110,14 +1110,20 @@ def test_a_budgeted_run_with_an_unreached_step_cap_warms_up_over_its_warmup_step
     assert lrs[50] > 0.98 * 3e-4  # warm; the cosine follows the clock (7.5 % in)
 
 
-def test_finetune_on_own_photos(data, tmp_path):
+def test_finetune_on_own_photos(data, tmp_path, monkeypatch):
+    from derain_cli import enhancer
+
+    made: list[dict] = []  # the pseudo-clean pass runs on the run's --threads (it ran, and
+    real = enhancer.Derainer  # timed its engines, on every core: an audit)
+    monkeypatch.setattr(enhancer, "Derainer", lambda *a, **kw: made.append(kw) or real(*a, **kw))
     base = T.train(_cfg(data, tmp_path / "base", steps=3))
     res = T.finetune(T.FinetuneConfig(
         rainy=str(data["real"]), weights=str(base.weights), out=str(tmp_path / "ft"), steps=4,
         batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="self",
-        ckpt_every=2, clean_fraction=0.5,
+        ckpt_every=2, clean_fraction=0.5, threads=1,
     ))
     assert res.steps == 4
+    assert [kw.get("threads") for kw in made] == [1]
     net = model_from_file(tmp_path / "ft" / "model.safetensors")
     assert net.cfg.width == 8
     entry = json.loads((tmp_path / "ft" / "manifest_entry.json").read_text())
@@ -2849,7 +2855,7 @@ def test_a_resume_refuses_a_start_file_changed_in_place(data, tmp_path):
     assert entry["init_weights"]["sha256"] == sha and entry["steps"] == 5
 
 
-def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
+def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path, monkeypatch):
     """The data are checked after the run folder is locked: an empty --synthetic folder
     left an empty --out holding only .derain-run.lock (audit). A folder the run made goes;
     one the user made stays, without the lock."""
@@ -2868,10 +2874,12 @@ def test_a_run_whose_data_fails_leaves_no_run_folder(data, tmp_path):
         T.train(_cfg(data, tmp_path / "a" / "run", pairs=[str(data["val"])],
                      synthetic=[f"{data['val']}2"]))
     # finetune's folders by its own flags (said without any: an audit)
+    monkeypatch.chdir(tmp_path)  # a typo'd relative --rainy named no flag (an audit)
     for kw, said in ((dict(rainy=str(empty)), f"^--rainy {empty}: no images found"),
+                     (dict(rainy="emptx"), f"^--rainy no such folder: {tmp_path / 'emptx'}"),
                      (dict(rainy=str(data["real"]), clean=str(empty)),
                       f"^--clean {empty}: no images found")):
-        with pytest.raises(DataError, match=said):
+        with pytest.raises((DataError, FileNotFoundError), match=said):
             T.finetune(T.FinetuneConfig(**kw, weights=None, model="semi-drdnet-tiny",
                                         out=str(tmp_path / "ft"), steps=1, device="cpu",
                                         quiet=True, contrast_features="none"))
