@@ -1826,16 +1826,18 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
         )
     from .pairs import pairs_held
 
+    finetune = "run_started" in hooks  # its own flags (train's were named: an audit)
     for flag, folders, wrong in (
-            ("--synthetic/--clean", cfg.synthetic, "its rainy images get more rain as clean "
-                                                   "photos"),
-            ("--unlabeled/--rainy", cfg.unlabeled, "its clean images are taken for rainy "
-                                                   "photos")):
+            ("--clean" if finetune else "--synthetic", cfg.synthetic,
+             "its rainy images get more rain as clean photos"),
+            ("--rainy" if finetune else "--unlabeled", cfg.unlabeled,
+             "its clean images are taken for rainy photos")):
         for folder in folders if is_main else ():  # (each was read in silence: an audit)
             held = pairs_held(Path(folder))
             if held:
                 _say(f"warning: {flag} {folder} holds a set of {held} (as derain eval reads "
-                     f"it): {wrong}; pairs are for --pairs (or --val)")
+                     f"it): {wrong}; pairs are for "
+                     + ("--val" if finetune else "--pairs (or --val)"))
     if cfg.clean_fraction and not cfg.synthetic and "make_labeled" not in hooks and is_main:
         _say(f"warning: --clean-fraction {cfg.clean_fraction:g} does nothing here: it leaves "
              "the rain off a share of --synthetic photos, and this run has none (pairs "

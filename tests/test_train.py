@@ -750,8 +750,15 @@ def test_one_folder_as_clean_and_rainy_photos_is_warned_about(data, tmp_path, ca
     T.train(_cfg(data, tmp_path / "p", steps=1, synthetic=[str(data["val"])],
                  unlabeled=[str(data["val"])]))
     err = " ".join(capsys.readouterr().err.split())
-    assert f"--synthetic/--clean {data['val']} holds a set of" in err
-    assert f"--unlabeled/--rainy {data['val']} holds a set of" in err
+    assert f"--synthetic {data['val']} holds a set of" in err
+    assert f"--unlabeled {data['val']} holds a set of" in err
+    assert err.count("pairs are for --pairs (or --val)") == 2
+    T.finetune(T.FinetuneConfig(rainy=str(data["real"]), clean=str(data["val"]), weights=None,
+                                model="semi-drdnet-tiny", out=str(tmp_path / "ft"), steps=1,
+                                device="cpu", quiet=True, contrast_features="none"))
+    err = " ".join(capsys.readouterr().err.split())  # finetune's own flags (train's were
+    assert f"--clean {data['val']} holds a set of" in err  # named: an audit)
+    assert "pairs are for --val" in err and "--synthetic" not in err
     T.train(_cfg(data, tmp_path / "f", steps=1, synthetic=[], pairs=[str(data["val"])],
                  clean_fraction=0.5))  # (ignored in silence: an audit)
     assert "--clean-fraction 0.5 does nothing here" in " ".join(capsys.readouterr().err.split())
