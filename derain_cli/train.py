@@ -2619,7 +2619,10 @@ class _Run:
         runner = ("derain" if self.world <= 1 else
                   f"torchrun --nproc-per-node {local} -m derain_cli" if local == self.world
                   else "torchrun (the same nodes and options as before) -m derain_cli")
-        return f"{runner} {kind} -o {shlex.quote(str(self.out))} --resume"
+        # --threads belongs to the session, not the run: pasted without it, a run on one
+        # thread resumed on every core and warned its steps were no longer bitwise (an audit)
+        threads = f" --threads {self.cfg.threads}" if self.cfg.threads else ""
+        return f"{runner} {kind} -o {shlex.quote(str(self.out))} --resume{threads}"
 
     def _peer_lost_text(self, e: BaseException) -> str:
         """Rank 0, its collective failed for a peer gone: the steps since the last

@@ -345,6 +345,13 @@ def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_it(data, tmp_path, m
     assert (f"interrupted at step 3; checkpoint saved, continue with: derain train -o {out} "
             "--resume (the further stop signal waited for it)") in " ".join(
         capsys.readouterr().err.split())
+    # a run's --threads goes with it (pasted without it, a one-thread run resumed on every
+    # core, its steps no longer bitwise: an audit)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(data, tmp_path / "t", steps=6, ckpt_every=100, quiet=False, threads=1),
+                _hooks={"after_step": ctrl_c_at_3})
+    assert f"derain train -o {tmp_path / 't'} --resume --threads 1" in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_interrupt_after_block_holds_the_clis_sigterm_too(python_sigint):
