@@ -654,6 +654,10 @@ def _unsupported(path: Path) -> str:
     show an image derain reads, what to rename it to (the suffix also picks the output's
     format, so it is not guessed)."""
     shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+    if path.suffix.lower() in (".safetensors", ".pt", ".pth", ".ckpt"):  # `derain RUN/model
+        # .safetensors`: "unsupported file type" said nothing of --weights (an audit)
+        return (f"a weights file, not a photo: to derain photos with it, pass it as --weights "
+                f"{path}")
     if unread_photo_format(path) == "camera raw":  # a TIFF container: "name it x.tif" would
         # rename the raw file and derain only its small first picture (an audit)
         return (f"a camera raw image, which derain does not read (supported: "

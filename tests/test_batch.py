@@ -177,6 +177,10 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     assert collect_inputs([str(tmp_path / "DSC_1.NEF")])[0].error == (
         "a camera raw image, which derain does not read (supported: JPEG, PNG, WebP, TIFF, "
         "BMP): export it from your raw editor as JPEG, PNG or TIFF")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")  # `derain RUN/model.safetensors`
+    assert collect_inputs([str(tmp_path / "model.safetensors")])[0].error == (
+        f"a weights file, not a photo: to derain photos with it, pass it as --weights "
+        f"{tmp_path / 'model.safetensors'}")
     named = collect_inputs([str(tmp_path / "IMG_1"), str(tmp_path / "IMG_2.heic")])
     assert [i.error for i in named] == [
         "unsupported file type (no suffix), though it holds a JPEG image: name it IMG_1.jpg "
