@@ -2120,10 +2120,15 @@ def _train(
         _warn_val_in_training(cfg, setup.val_digests, labeled, unlabeled if unl else None)
     data_count = {"labeled": len(labeled), "unlabeled": len(unlabeled or ())}
     if ckpt is not None and is_main and ckpt.get("data") not in (None, data_count):
+        def said(counts: Any) -> str:  # (a Python dict was printed: an audit)
+            if not isinstance(counts, dict):
+                return str(counts)
+            return ", ".join(f"{v} {k}" for k, v in counts.items())
+
         setup.resume_notes.append(
-            f"warning: --resume: the training data changed since the checkpoint "
-            f"({ckpt['data']} -> {data_count} images): the run goes on, but no longer as "
-            "one uninterrupted run would")
+            f"warning: --resume: the training data changed since the checkpoint (images: "
+            f"{said(ckpt['data'])} then; {said(data_count)} now): the run goes on, but no "
+            "longer as one uninterrupted run would")
     if device.type == "cuda":  # speed over bitwise reproducibility on GPUs
         # after the data sets: finetune's pseudo-clean pass runs each photo at its own
         # size, and autotuning would re-tune every convolution for each new shape

@@ -2556,7 +2556,10 @@ def test_changed_data_is_said_on_resume(data, tmp_path, capsys):
     shutil.copy(clean / "c0.png", clean / "extra.png")
     capsys.readouterr()
     T.train(_cfg(data, out, steps=3, synthetic=[str(clean)], resume=True))
-    assert "the training data changed since the checkpoint" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    n = len(list(clean.iterdir()))  # said in words, not as a Python dict (an audit)
+    assert (f"the training data changed since the checkpoint (images: {n - 1} labeled, 0 "
+            f"unlabeled then; {n} labeled, 0 unlabeled now)") in err, err
 
 
 def test_a_full_disk_names_the_file_not_torchs_zip_writer(tmp_path, monkeypatch):
