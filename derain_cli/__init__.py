@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "Derainer", "DistillError", "DistillInterrupted", "EvalInterrupted",
-           "GrowError", "ImageError", "OptionError", "PairDataError", "PairsError",
-           "TrainDiverged", "TrainError", "TrainInterrupted", "UnknownModelError",
-           "WeightsError", "WeightsUnavailable", "__version__"]
+__all__ = ["CanvasTooLarge", "DataError", "Derainer", "DistillError", "DistillInterrupted",
+           "EvalInterrupted", "GrowError", "ImageError", "OptionError", "PairDataError",
+           "PairsError", "TilesExhausted", "TrainDiverged", "TrainError", "TrainInterrupted",
+           "UnknownModelError", "WeightsError", "WeightsUnavailable", "__version__"]
 
 if TYPE_CHECKING:
     from .data import DataError
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .images import ImageError
     from .models import UnknownModelError
     from .pairs import PairDataError, PairsError
+    from .slant import CanvasTooLarge
+    from .tiling import TilesExhausted
     from .train import TrainDiverged, TrainError, TrainInterrupted
     from .weights import WeightsError
 
@@ -41,7 +43,10 @@ _LAZY = {"Derainer": "enhancer", "OptionError": "errors", "UnknownModelError": "
          "TrainError": "train", "TrainDiverged": "train", "TrainInterrupted": "train",
          "DistillError": "distill", "DistillInterrupted": "distill",
          "EvalInterrupted": "evaluate", "GrowError": "grow", "PairsError": "pairs",
-         "PairDataError": "pairs", "DataError": "data"}
+         "PairDataError": "pairs", "DataError": "data",
+         # what Derainer.derain raises besides those (a photo too long to turn for
+         # --rain-angle; no tile small enough for the memory): found only in their modules
+         "CanvasTooLarge": "slant", "TilesExhausted": "tiling"}
 
 
 def __getattr__(name: str) -> Any:

@@ -784,6 +784,10 @@ def test_library_errors_are_exported_and_value_errors(tmp_path):
     assert derain_cli.TrainError is train.TrainError
     assert derain_cli.DistillInterrupted is distill.DistillInterrupted
     assert derain_cli.EvalInterrupted is evaluate.EvalInterrupted
+    from derain_cli import slant, tiling  # what derain() raises (in their modules only: an
+
+    assert derain_cli.CanvasTooLarge is slant.CanvasTooLarge  # audit)
+    assert derain_cli.TilesExhausted is tiling.TilesExhausted
     for name in derain_cli.__all__:
         if name != "__version__":
             assert isinstance(getattr(derain_cli, name), type), name
