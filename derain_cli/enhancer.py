@@ -568,6 +568,8 @@ class Derainer:
             got = rgb.shape if isinstance(rgb, np.ndarray) else type(rgb).__name__
             raise ValueError(f"derain_array takes an HxWx3 array, not {got}; derain() takes "
                              "gray, alpha and PIL images")
+        if not rgb.dtype.isnative:  # big-endian samples, as derain() takes them (refused
+            rgb = rgb.astype(rgb.dtype.newbyteorder("="))  # here: an audit); float32 out
         _check_samples(rgb)
         if rgb.dtype not in (np.uint8, np.uint16):
             rgb = rgb.astype(np.float32, copy=False)  # HWC throughout: no transposed copy

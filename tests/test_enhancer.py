@@ -412,6 +412,8 @@ def test_metadata_byte_order_premultiplied_and_float_alpha(derainer):
     out = derainer.derain(big)
     assert out.dtype == np.dtype(">u2")
     np.testing.assert_array_equal(out.astype(np.uint16), derainer.derain(native))
+    # derain_array takes them too (it refused what derain() takes: an audit)
+    np.testing.assert_array_equal(derainer.derain_array(big), derainer.derain_array(native))
 
     rgba = Image.fromarray(np.dstack([_photo(), np.full((40, 52), 200, np.uint8)]), "RGBA")
     assert derainer.derain(rgba.convert("RGBa")).mode == "RGBA"
