@@ -359,6 +359,9 @@ class DerainGroup(TyperGroup):
         hint = (f"({name!r} is a subcommand here; to derain the file or folder named "
                 f"{name!r}, write ./{name})")
         words = [*protected, *ctx.args]
+        if shadowed and self._meant_the_subcommand(ctx, name, words):
+            shadowed = False  # `derain train --steps -1` beside a folder train/: the hint
+            # followed every refusal of the subcommand's own options (an audit)
         try:
             return super().invoke(ctx)
         except UsageError as e:
@@ -376,6 +379,21 @@ class DerainGroup(TyperGroup):
             if shadowed and e.exit_code == 2:
                 _stderr().print(Text(hint, style="dim"))
             raise
+
+    def _meant_the_subcommand(self, ctx: Context, name: str, words: list[str]) -> bool:
+        """Whether ``words`` use an option of subcommand ``name`` that the main job lacks:
+        then it was meant, whatever file or folder of that name is here."""
+        def options(command: Any) -> set[str]:
+            return {o for p in getattr(command, "params", ()) for o in (*p.opts,
+                                                                       *p.secondary_opts)}
+
+        try:
+            own = options(self.get_command(ctx, name)) - options(
+                self.get_command(ctx, DEFAULT_COMMAND))
+        except Exception:  # noqa: BLE001 - a hint, never a second error
+            return False
+        end = words.index("--") if "--" in words else len(words)
+        return any(w.split("=", 1)[0] in own for w in words[1:end])
 
     def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         run = self.commands[DEFAULT_COMMAND]

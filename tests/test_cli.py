@@ -2055,6 +2055,20 @@ def test_json_carries_the_runs_warnings(tmp_path: Path, tiny_weights: Path) -> N
     assert json.loads(r.stdout)["warnings"] == []
 
 
+def test_a_folder_named_as_a_subcommand_is_hinted_only_where_it_may_be_meant(
+        tmp_path: Path) -> None:
+    """`derain train` beside a folder train/ may mean the folder: the hint says how to name
+    it. With the subcommand's own options (`--steps -1`) it was meant, and the hint that
+    followed every such refusal misled (an audit)."""
+    (tmp_path / "train").mkdir()
+    hint = "'train' is a subcommand here; to derain the file or folder named 'train', write"
+    r = derain("train", cwd=tmp_path)
+    assert r.exit_code == 2 and hint in " ".join(r.stderr.split()), r.stderr
+    r = derain("train", "--synthetic", "train", "--steps", "-1", cwd=tmp_path)
+    assert r.exit_code == 2 and "--steps must be at least 1" in r.stderr
+    assert "is a subcommand here" not in r.stderr, r.stderr
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""
