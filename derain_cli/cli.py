@@ -2233,10 +2233,21 @@ def _catch_termination() -> None:
             signal.signal(sig, _stop_like_ctrl_c)
 
 
+def _sane_terminal_size() -> None:
+    """``COLUMNS=0`` (Emacs' shell, some fish set-ups) made rich print nothing at all, errors
+    included (an audit): a size that is no positive number is left to the terminal (or 80
+    columns). For this process only: derain runs as a program of its own."""
+    for var in ("COLUMNS", "LINES"):
+        value = os.environ.get(var)
+        if value is not None and not (value.strip().isdigit() and int(value) > 0):
+            del os.environ[var]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also ``python -m derain_cli``)."""
     _OWN_PROCESS[:] = [True]
     _printable_stdout()
+    _sane_terminal_size()
     _catch_termination()
     _watch_stops()
     # typer prints help and usage errors through consoles of its own: while derain runs,

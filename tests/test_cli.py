@@ -2069,6 +2069,15 @@ def test_a_folder_named_as_a_subcommand_is_hinted_only_where_it_may_be_meant(
     assert "is a subcommand here" not in r.stderr, r.stderr
 
 
+def test_a_terminal_width_of_zero_still_shows_the_errors(tmp_path: Path) -> None:
+    """COLUMNS=0 (Emacs' shell, some fish set-ups) made rich print nothing at all, errors
+    included (an audit)."""
+    env = {**os.environ, "COLUMNS": "0", "LINES": "-1", "DERAIN_CACHE": str(tmp_path / "c")}
+    ran = subprocess.run([sys.executable, "-m", "derain_cli", "-m", "nosuch", "a.png"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2 and "unknown model 'nosuch'" in ran.stderr, ran.stderr
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""
