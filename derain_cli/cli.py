@@ -721,7 +721,7 @@ def run_cmd(
     output: Annotated[
         str | None,  # a str, not a Path: a trailing "/" (a folder, whatever the name) survives
         typer.Option("-o", "--output", "--out", show_default=False, rich_help_panel=OUT,
-                     metavar="PATH",
+                     metavar="PATH", callback=output_not_an_option,
                      help="Output file (single input only) or folder (end it with / to say "
                           "so). \\[default: NAME_derained.EXT beside each input]"),
     ] = None,
@@ -972,6 +972,18 @@ def _friendly_message(e: BaseException) -> str:
         where = f" ({e.filename})" if e.filename else ""
         return f"{e.strerror}{where}"
     return f"{type(e).__name__}: {_one_line(e)}"
+
+
+def output_not_an_option(value: Any) -> Any:
+    """``-o``'s value, refused where it is an option's name that names nothing here: Click
+    takes the next word whatever it is, so ``-o --help`` wrote a folder named --help and
+    ``-o -q`` one named -q (an audit). ``-o -`` is the main job's to refuse (its own words)."""
+    text = None if value is None else os.fspath(value)
+    if text and text.startswith("-") and text != "-" and not os.path.lexists(text):
+        raise typer.BadParameter(f"{text!r} is an option's name, not a file or folder: give "
+                                 f"-o a value (-o OUT); a path that starts with '-' is "
+                                 f"written ./{text}")
+    return value
 
 
 def _usage(ctx: Context, message: str) -> UsageError:

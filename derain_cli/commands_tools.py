@@ -18,6 +18,7 @@ from .cli import (
     complete_model,
     debugging,
     detach_logging,
+    output_not_an_option,
     refuse_torchrun,
     say_error,
     weights_file_option,
@@ -54,7 +55,7 @@ def export_cmd(
              ".int8.onnx with --int8).")
     ] = None,
     output: Annotated[str | None, typer.Option(
-        "-o", "--output", "--out", show_default=False,
+        "-o", "--output", "--out", show_default=False, callback=output_not_an_option,
         help="Output .onnx file (.onnx is appended when missing; missing folders are "
              "created), or a folder to write MODEL.onnx in (existing, or ending in /). "
              "Semi-DRDNet also writes <stem>.stats.onnx next to it.")

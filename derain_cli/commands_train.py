@@ -26,6 +26,7 @@ from .cli import (
     complete_model_or_file,
     detach_logging,
     interrupted_import,
+    output_not_an_option,
     owe_json,
     parse_rain_angle,
     print_error,
@@ -258,7 +259,8 @@ def train_cmd(
     val_limit: Annotated[int, typer.Option(help="Validate on at most N pairs.")] = 20,
     val_crop: Annotated[int | None, typer.Option(help="Center-crop val images to N px.")] = None,
     out: Annotated[Path, typer.Option(
-        "--out", "--output", "-o", help="Run folder.")] = Path("runs/train"),
+        "--out", "--output", "-o", callback=output_not_an_option, help="Run folder.")] = Path(
+        "runs/train"),
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default 10000).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs instead of --steps.")] = None,
     batch: Annotated[int | None, typer.Option(
@@ -404,8 +406,8 @@ def finetune_cmd(
     ] = None,
     clean: Annotated[Path | None, typer.Option(
         help="Any clean photos (else pseudo-clean outputs of the model, re-rained).")] = None,
-    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Run folder.")] =
-    Path("runs/finetune"),
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", callback=output_not_an_option,
+                                      help="Run folder.")] = Path("runs/finetune"),
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     clean_fraction: CleanFractionOption = 0.0,
     steps: Annotated[int | None, typer.Option(help="Steps (default 1000 GPU / 200 CPU).")] =
@@ -515,8 +517,8 @@ def distill_cmd(
     real: Annotated[Path | None, typer.Option(
         help="Rainy photos of your own, mixed into the crops (no ground truth needed).")] =
     None,
-    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Run folder.")] =
-    Path("runs/distill"),
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", callback=output_not_an_option,
+                                      help="Run folder.")] = Path("runs/distill"),
     steps: Annotated[int, typer.Option(
         min=1, help="Training steps (300: about 6 minutes for semi-drdnet-tiny on a 2-core "
                      "AVX-512 CPU, 36 minutes for semi-drdnet-lite on AVX2).")] = 300,
@@ -583,7 +585,7 @@ def grow_cmd(
         help="The registered model to grow into (e.g. "
         "semi-drdnet, rdmc): the same architecture, as wide and deep or more.")],
     out: Annotated[Path, typer.Option(
-        "--output", "--out", "-o", show_default=False,
+        "--output", "--out", "-o", show_default=False, callback=output_not_an_option,
         help="Weights file to write (.safetensors).")],
     seed: Annotated[int, typer.Option(
         min=0, max=SEED_MAX, help="Seed of the new weights' initialisation.")] = 0,
@@ -759,7 +761,7 @@ def synth_cmd(
     out_arg: Annotated[Path | None, typer.Argument(
         metavar="OUT", show_default=False, help="Output folder, as -o.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "-o", "--output", "--out", show_default=False,
+        "-o", "--output", "--out", show_default=False, callback=output_not_an_option,
         help="Output folder (rainy/ + clean/).")] = None,
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "mixed",
     count: Annotated[int | None, typer.Option(

@@ -2078,6 +2078,31 @@ def test_a_terminal_width_of_zero_still_shows_the_errors(tmp_path: Path) -> None
     assert ran.returncode == 2 and "unknown model 'nosuch'" in ran.stderr, ran.stderr
 
 
+def test_o_takes_no_option_for_its_value(tmp_path: Path, tiny_weights: Path) -> None:
+    """Click takes the word after -o whatever it is: `-o --help` wrote a folder named
+    --help, `-o -q` one named -q, in the main job, synth and export (an audit). A path of
+    that name that exists is taken; `-o -` keeps its own refusal."""
+    def _flat(text: str) -> str:  # (rich's error box: its borders out, its lines joined)
+        return " ".join(text.replace("│", " ").split())
+
+    src = _img(tmp_path / "a.png")
+    for args in (("-o", "--help"), ("-o", "-q"), ("-o", "-m", "semi-drdnet-tiny")):
+        r = derain(src, "--weights", tiny_weights, *args, cwd=tmp_path)
+        assert r.exit_code == 2 and "is an option's name, not a file or folder" in _flat(
+            r.stderr), (args, r.stderr)
+    for args in (("synth", str(tmp_path), "-o", "-q"), ("export", "-m", "semi-drdnet-tiny",
+                                                         "-o", "-q"),
+                 ("train", "-o", "--steps", "3")):
+        r = derain(*args, cwd=tmp_path)
+        assert r.exit_code == 2 and "is an option's name" in _flat(r.stderr), (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    (tmp_path / "-out").mkdir()
+    r = derain(src, "--weights", tiny_weights, "-o", "-out", cwd=tmp_path)
+    assert r.exit_code == 0 and (tmp_path / "-out" / "a.png").is_file(), r.stderr
+    r = derain(src, "--weights", tiny_weights, "-o", "-", cwd=tmp_path)
+    assert r.exit_code == 2 and "does not write images to standard output" in r.stderr
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""
