@@ -569,7 +569,10 @@ def _pair_up(
             f"{_fmt_list(rainy_files)}\n"
             f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
             f"{_fmt_list(clean_files)}\n"
-            + ("The folders were named; it is the file names that do not match: rename one "
+            + ("--rainy-dir and --clean-dir name the same folder, read as one folder of "
+               "rain-N / norain-N (or X_rain / X_clean) files: a typo in one of them?"
+               if layout.startswith("flat folder") and layout.endswith("(given)") else
+               "The folders were named; it is the file names that do not match: rename one "
                "side to match the other." if layout.endswith("(given)") else
                f"{NAME_FOLDERS_HINT}.")
         )

@@ -289,6 +289,11 @@ def test_override_same_folder_is_flat(tmp_path):
     _make(tmp_path, "all/rain-1.png", "all/norain-1.png")
     pairs = find_pairs(tmp_path, rainy_dir="all", clean_dir="all")
     assert _names(pairs, tmp_path) == [("all/rain-1.png", "all/norain-1.png")]
+    # one side's folder named for both (a typo) said it plainly: it listed the same files on
+    # both sides and said to rename one side (an audit)
+    _make(tmp_path, "clean/a.png", "clean/b.png")
+    with pytest.raises(PairsError, match="--rainy-dir and --clean-dir name the same folder"):
+        find_pairs(tmp_path, rainy_dir="clean", clean_dir="clean")
 
 
 def test_override_missing_folder(tmp_path):
