@@ -562,6 +562,14 @@ def _pair_up(
         raise PairsError(f"{where}, but no images in {' and '.join(empty)}")
     m = _match(rainy_files, clean_files, rainy_shared, clean_shared)
     if not m.pairs:
+        cased = sorted({f.stem.lower() for f in rainy_files}
+                       & {f.stem.lower() for f in clean_files}
+                       if rainy_folder != clean_folder else ())
+        if cased:  # A.PNG and a.png: it said to name the folders, found already (an audit)
+            raise PairsError(
+                f"{where}, but the rainy and clean file names differ in case only (as "
+                f"{cased[0]!r}): names are matched exactly; rename one side to match the "
+                "other")
         raise PairsError(
             f"{where}, but no rainy image matches a clean one by file name, by "
             "rain-N / norain-N numbering, by X_rain / X_clean suffixes or as X_k -> X.\n"

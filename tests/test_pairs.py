@@ -296,6 +296,14 @@ def test_override_same_folder_is_flat(tmp_path):
         find_pairs(tmp_path, rainy_dir="clean", clean_dir="clean")
 
 
+def test_names_that_differ_in_case_only_are_said(tmp_path):
+    """rainy/A.PNG with clean/a.png said to name the folders, which were found (an audit)."""
+    _make(tmp_path, "rainy/A.PNG", "clean/a.png")
+    with pytest.raises(PairsError, match=r"differ in case only \(as 'a'\): names are matched "
+                                         r"exactly; rename one side"):
+        find_pairs(tmp_path)
+
+
 def test_override_missing_folder(tmp_path):
     _make(tmp_path, "rainy/a.png", "clean/a.png")
     with pytest.raises(
