@@ -983,6 +983,13 @@ def output_not_an_option(value: Any) -> Any:
         raise typer.BadParameter(f"{text!r} is an option's name, not a file or folder: give "
                                  f"-o a value (-o OUT); a path that starts with '-' is "
                                  f"written ./{text}")
+    if text and text.startswith("=") and len(text) > 1 and not os.path.lexists(text):
+        # ``-o=out`` gives a short option the value '=out' (Click's reading, as getopt's):
+        # a folder named '=out' appeared where out/ was meant (an audit)
+        raise typer.BadParameter(f"{text!r} starts with '=': a short option takes the next "
+                                 f"word or what follows it as is, so write -o {text[1:]} "
+                                 f"(or --output={text[1:]}); a path that starts with '=' "
+                                 f"is written ./{text}")
     return value
 
 

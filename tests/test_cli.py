@@ -2103,6 +2103,23 @@ def test_o_takes_no_option_for_its_value(tmp_path: Path, tiny_weights: Path) -> 
     assert r.exit_code == 2 and "does not write images to standard output" in r.stderr
 
 
+def test_o_equals_is_not_a_folder_named_equals(tmp_path: Path, tiny_weights: Path) -> None:
+    """`-o=out` gives the short option the value '=out': a folder named '=out' appeared
+    where out/ was meant (an audit). It is refused naming both spellings; a path of that
+    name that exists is taken."""
+    src = _img(tmp_path / "a.png")
+    for args in ((src, "--weights", tiny_weights, "-o=out"), ("synth", str(tmp_path), "-o=out")):
+        r = derain(*args, cwd=tmp_path)
+        flat = " ".join(r.stderr.replace("│", " ").split())
+        assert r.exit_code == 2 and "write -o out (or --output=out)" in flat, (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    (tmp_path / "=out").mkdir()
+    r = derain(src, "--weights", tiny_weights, "-o=out", cwd=tmp_path)
+    assert r.exit_code == 0 and (tmp_path / "=out" / "a.png").is_file(), r.stderr
+    r = derain(src, "--weights", tiny_weights, "--output=out", cwd=tmp_path)
+    assert r.exit_code == 0 and (tmp_path / "out" / "a.png").is_file(), r.stderr
+
+
 def test_tile_options_with_whole_images_are_said(tmp_path: Path, tiny_weights: Path) -> None:
     """--tile 0 with --tile-overlap or --tile-batch ran without a word that they only apply
     when running out of memory turns to tiles (session 70); with tiles, nothing is said."""
