@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata
@@ -1087,8 +1087,6 @@ def _run(
             decoder_warnings = contextlib.ExitStack()
             if not debug:  # Pillow/OpenCV notes as one "FILE: message" line, not their noise
                 decoder_warnings.enter_context(warnings_to_log())
-            if _given(ctx, "quality"):
-                _warn_quality_unused(output if to_file else None, fmt)
             try:
                 exclude = [output] if output is not None and not to_file else []
                 # under torchrun rank 0 alone lists the inputs and says whether work is
@@ -1097,6 +1095,8 @@ def _run(
                 items = batch.share_from_main(dist, batch.collect_inputs(
                     inputs, recursive, exclude=exclude) if main_rank else None)
                 jobs = batch.plan_jobs(items, options)
+                if _given(ctx, "quality") and main_rank:
+                    _warn_quality_unused(jobs)
                 derainer = None
                 if batch.share_from_main(dist, bool(batch.pending(jobs, options))
                                          if main_rank else None):
@@ -1476,20 +1476,26 @@ def _check_device_and_precision(device: str, precision: str, backend: str = "aut
 _ENGINE = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
 
-def _warn_quality_unused(output_file: Path | None, fmt: str | None) -> None:
+def _warn_quality_unused(jobs: Sequence[Any]) -> None:
     """A warning where --quality was given and every result is written losslessly (-o
-    x.png, --format png): it was ignored in silence, the file as large as without it (an
-    audit). A folder of mixed formats takes it where it applies."""
+    x.png, --format png, or PNG photos keeping their format): it was ignored in silence,
+    the file as large as without it (audits). A folder of mixed formats takes it where it
+    applies."""
     from .images import format_for_path, format_name
 
-    if output_file is None and fmt is None:
-        return
-    with contextlib.suppress(Exception):  # an unknown format is refused elsewhere
-        name = format_for_path(output_file or "x", fmt)
-        if name in ("PNG", "TIFF", "BMP"):
-            logging.getLogger("derain_cli").warning(
-                "--quality does nothing here: %s is written losslessly (it applies to JPEG "
-                "and lossy WebP)", format_name(name))
+    names: set[str] = set()
+    for job in jobs:
+        if job.output is None or job.error is not None:
+            continue
+        try:
+            names.add(format_for_path(job.output))
+        except Exception:  # an unknown format is refused elsewhere
+            return
+    if names and names <= {"PNG", "TIFF", "BMP"}:
+        logging.getLogger("derain_cli").warning(
+            "--quality does nothing here: %s %s written losslessly (it applies to JPEG and "
+            "lossy WebP)", " and ".join(format_name(n) for n in sorted(names)),
+            "is" if len(names) == 1 else "are")
 
 
 def _given(ctx: Context, name: str) -> bool:

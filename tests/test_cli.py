@@ -2368,6 +2368,17 @@ def test_quality_for_lossless_results_is_said_to_do_nothing(tmp_path: Path,
     assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
     r = derain(a, "-o", tmp_path / "y.png", "--weights", tiny_weights)  # not given: no word
     assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
+    # PNG and BMP photos keeping their formats (no -o, no --format) were not said (an audit)
+    b = tmp_path / "in" / "b.bmp"
+    b.parent.mkdir()
+    Image.open(a).save(b)
+    _img(tmp_path / "in" / "c.png", 20, 14)
+    r = derain(tmp_path / "in", "--quality", "50", "--weights", tiny_weights)
+    assert r.exit_code == 0 and ("--quality does nothing here: BMP and PNG are written "
+                                 "losslessly") in " ".join(r.stderr.split()), r.output
+    Image.open(a).convert("RGB").save(tmp_path / "in" / "d.jpg")  # one JPEG takes it
+    r = derain(tmp_path / "in", "--quality", "50", "--weights", tiny_weights)
+    assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
 
 
 def test_a_missing_input_with_an_existing_o_file_is_said_by_the_batch(
