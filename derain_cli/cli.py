@@ -974,12 +974,16 @@ def _friendly_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {_one_line(e)}"
 
 
+_OPTION_LIKE = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+
+
 def output_not_an_option(value: Any) -> Any:
     """``-o``'s value, refused where it is an option's name that names nothing here: Click
     takes the next word whatever it is, so ``-o --help`` wrote a folder named --help and
     ``-o -q`` one named -q (an audit). ``-o -`` is the main job's to refuse (its own words)."""
     text = None if value is None else os.fspath(value)
-    if text and text.startswith("-") and text != "-" and not os.path.lexists(text):
+    if text and _OPTION_LIKE.fullmatch(text) and not os.path.lexists(text):  # (-new.png
+        # and -x/new/ are paths: they were refused as options' names too, a review)
         raise typer.BadParameter(f"{text!r} is an option's name, not a file or folder: give "
                                  f"-o a value (-o OUT); a path that starts with '-' is "
                                  f"written ./{text}")
@@ -2260,11 +2264,12 @@ def _catch_termination() -> None:
 
 def _sane_terminal_size() -> None:
     """``COLUMNS=0`` (Emacs' shell, some fish set-ups) made rich print nothing at all, errors
-    included (an audit): a size that is no positive number is left to the terminal (or 80
-    columns). For this process only: derain runs as a program of its own."""
-    for var in ("COLUMNS", "LINES"):
+    included (an audit), and under 20 columns its error box held no words (a review): such a
+    size is left to the terminal (or 80 columns). For this process only: derain runs as a
+    program of its own."""
+    for var, least in (("COLUMNS", 20), ("LINES", 1)):
         value = os.environ.get(var)
-        if value is not None and not (value.strip().isdigit() and int(value) > 0):
+        if value is not None and not (value.strip().isdigit() and int(value) >= least):
             del os.environ[var]
 
 

@@ -2072,10 +2072,14 @@ def test_a_folder_named_as_a_subcommand_is_hinted_only_where_it_may_be_meant(
 def test_a_terminal_width_of_zero_still_shows_the_errors(tmp_path: Path) -> None:
     """COLUMNS=0 (Emacs' shell, some fish set-ups) made rich print nothing at all, errors
     included (an audit)."""
-    env = {**os.environ, "COLUMNS": "0", "LINES": "-1", "DERAIN_CACHE": str(tmp_path / "c")}
-    ran = subprocess.run([sys.executable, "-m", "derain_cli", "-m", "nosuch", "a.png"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 2 and "unknown model 'nosuch'" in ran.stderr, ran.stderr
+    for columns in ("0", "3"):  # (under 20 columns the box held no words: a review)
+        env = {**os.environ, "COLUMNS": columns, "LINES": "-1",
+               "DERAIN_CACHE": str(tmp_path / "c")}
+        ran = subprocess.run([sys.executable, "-m", "derain_cli", "-m", "nosuch", "a.png"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert ran.returncode == 2 and "unknown model 'nosuch'" in " ".join(
+            ran.stderr.replace("│", " ").split()), (columns, ran.stderr)
 
 
 def test_o_takes_no_option_for_its_value(tmp_path: Path, tiny_weights: Path) -> None:
@@ -2099,6 +2103,10 @@ def test_o_takes_no_option_for_its_value(tmp_path: Path, tiny_weights: Path) -> 
     (tmp_path / "-out").mkdir()
     r = derain(src, "--weights", tiny_weights, "-o", "-out", cwd=tmp_path)
     assert r.exit_code == 0 and (tmp_path / "-out" / "a.png").is_file(), r.stderr
+    # new paths that no option is named like are taken (they were refused too: a review)
+    for value, made in (("-new.png", "-new.png"), ("-out/new/", "-out/new/a.png")):
+        r = derain(src, "--weights", tiny_weights, "-o", value, cwd=tmp_path)
+        assert r.exit_code == 0 and (tmp_path / made).is_file(), (value, r.stderr)
     r = derain(src, "--weights", tiny_weights, "-o", "-", cwd=tmp_path)
     assert r.exit_code == 2 and "does not write images to standard output" in r.stderr
 
