@@ -395,7 +395,8 @@ def _scan_folder(root: Path, recursive: bool, exclude: set[Path]) -> _Scan:
                     skipped_dirs += 1
             else:
                 take(p)
-    sources = {(p.parent, p.stem) for p in (*found, *special)}
+    sources = {(p.parent, p.stem) for p in (*found, *special, *results)}  # (b_derained_
+    # derained.png beside b_derained.png has its photo: it was counted as one without)
     orphans = sum((r.parent, r.stem[: -len(OUTPUT_TAG)]) not in sources for r in results)
     return _Scan(found, skipped_dirs, unread, linked_dirs, unreadable, special,
                  excluded_photos, len(results), hidden, orphans)
@@ -658,11 +659,12 @@ def _unsupported(path: Path) -> str:
         # .safetensors`: "unsupported file type" said nothing of --weights (an audit)
         return (f"a weights file, not a photo: to derain photos with it, pass it as --weights "
                 f"{path}")
-    if unread_photo_format(path) == "camera raw":  # a TIFF container: "name it x.tif" would
-        # rename the raw file and derain only its small first picture (an audit)
+    fmt = sniff_format(path)
+    if unread_photo_format(path) == "camera raw" and fmt in (None, "TIFF"):  # a TIFF
+        # container: "name it x.tif" would rename the raw file and derain only its small
+        # first picture (an audit); a PNG or JPEG merely named .dng is said as one (a review)
         return (f"a camera raw image, which derain does not read (supported: "
                 f"{_SUPPORTED_TEXT}): export it from your raw editor as JPEG, PNG or TIFF")
-    fmt = sniff_format(path)
     if fmt is None:
         other = foreign_format(path)  # a GIF named as such had no hint (an audit)
         if other is not None:

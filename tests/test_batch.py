@@ -177,6 +177,11 @@ def test_collect_files_globs_missing_and_duplicates(tree: Path, tmp_path: Path) 
     assert collect_inputs([str(tmp_path / "DSC_1.NEF")])[0].error == (
         "a camera raw image, which derain does not read (supported: JPEG, PNG, WebP, TIFF, "
         "BMP): export it from your raw editor as JPEG, PNG or TIFF")
+    # a PNG merely named .dng is said as the PNG it holds, not as a raw file (a review)
+    Image.new("RGB", (8, 8)).save(tmp_path / "notraw.dng", format="PNG")
+    assert collect_inputs([str(tmp_path / "notraw.dng")])[0].error == (
+        "unsupported file type '.dng', though it holds a PNG image: name it notraw.png (the "
+        "suffix also picks the result's format)")
     (tmp_path / "model.safetensors").write_bytes(b"weights")  # `derain RUN/model.safetensors`
     assert collect_inputs([str(tmp_path / "model.safetensors")])[0].error == (
         f"a weights file, not a photo: to derain photos with it, pass it as --weights "
@@ -265,6 +270,12 @@ def test_a_photo_named_like_a_result_without_its_own_photo_is_said(
     assert (f"{tmp_path / 'in'}: 1 image(s) named *_derained.* with no photo of that name "
             "beside them left out") in caplog.text
     (tmp_path / "in" / "holiday_derained.jpg").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        collect_inputs([str(tmp_path / "in")])
+    assert "_derained" not in caplog.text
+    # a result of a result has its photo (a result) beside it: not an orphan (a review)
+    _img(tmp_path / "in" / "b_derained_derained.png")
     caplog.clear()
     with caplog.at_level("WARNING", logger="derain_cli"):
         collect_inputs([str(tmp_path / "in")])
