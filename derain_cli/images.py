@@ -599,7 +599,9 @@ def _is_srgb_profile(icc: bytes | None) -> bool:
         text = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
     except Exception:  # noqa: BLE001 - an unreadable profile: not known to be sRGB
         return False
-    return "srgb" in text.lower()
+    text = text.lower()  # "sRGB IEC61966-2.1", "sRGB built-in", "Compact sRGB"; not "Linear
+    # sRGB" or "esRGB", whose colours differ (a review)
+    return re.search(r"(?<![a-z])srgb(?![a-z])", text) is not None and "linear" not in text
 
 
 def _tile_rawmode(im: Image.Image) -> str:

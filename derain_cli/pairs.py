@@ -566,10 +566,12 @@ def _pair_up(
                        & {f.stem.lower() for f in clean_files}
                        if rainy_folder != clean_folder else ())
         if cased:  # A.PNG and a.png: it said to name the folders, found already (an audit)
-            raise PairsError(
+            rainy_name = next(f.name for f in rainy_files if f.stem.lower() == cased[0])
+            clean_name = next(f.name for f in clean_files if f.stem.lower() == cased[0])
+            raise PairsError(  # (both names as they are: the lower-cased stem was neither's)
                 f"{where}, but the rainy and clean file names differ in case only (as "
-                f"{cased[0]!r}): names are matched exactly; rename one side to match the "
-                "other")
+                f"{rainy_name!r} and {clean_name!r}): names are matched exactly; rename one "
+                "side to match the other")
         raise PairsError(
             f"{where}, but no rainy image matches a clean one by file name, by "
             "rain-N / norain-N numbering, by X_rain / X_clean suffixes or as X_k -> X.\n"

@@ -53,6 +53,18 @@ def _u16(rgb: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
+def test_srgb_profiles_are_known_by_name_not_by_substring(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An untagged file is read as sRGB, so an sRGB profile left out changes nothing; but
+    "Linear sRGB" and "esRGB" profiles matched "srgb" in their names (a review)."""
+    icc = _srgb_icc()
+    for name, srgb in (("sRGB IEC61966-2.1", True), ("sRGB built-in", True),
+                       ("Compact sRGB v4", True), ("Linear sRGB", False), ("esRGB", False),
+                       ("Display P3", False)):
+        monkeypatch.setattr(ImageCms, "getProfileDescription", lambda p, n=name: n)
+        assert images._is_srgb_profile(icc) is srgb, name
+
+
 def _srgb_icc() -> bytes:
     """One sRGB profile for the whole run: LittleCMS stamps each with the time it was made,
     so two made a second apart differ (a comparison failed across a second's edge)."""

@@ -299,8 +299,8 @@ def test_override_same_folder_is_flat(tmp_path):
 def test_names_that_differ_in_case_only_are_said(tmp_path):
     """rainy/A.PNG with clean/a.png said to name the folders, which were found (an audit)."""
     _make(tmp_path, "rainy/A.PNG", "clean/a.png")
-    with pytest.raises(PairsError, match=r"differ in case only \(as 'a'\): names are matched "
-                                         r"exactly; rename one side"):
+    with pytest.raises(PairsError, match=r"differ in case only \(as 'A.PNG' and 'a.png'\): "
+                                         r"names are matched exactly; rename one side"):
         find_pairs(tmp_path)
 
 
