@@ -1213,6 +1213,11 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes
             log.warning("%s: its CMYK colour profile cannot be used (%s); its colours are "
                         "converted to RGB without it and may look different",
                         where or "the image", str(e).strip() or type(e).__name__)
+    elif icc:  # a profile for another colour space, or none readable: dropped in silence
+        where = getattr(_READING, "path", None)  # before (a review)
+        log.warning("%s: its colour profile is not a CMYK profile, so it cannot convert the "
+                    "CMYK colours; they are converted to RGB without it and may look "
+                    "different", where or "the image")
     return im.convert("RGB"), None
 
 

@@ -367,6 +367,22 @@ def test_a_cmyk_profile_that_cannot_be_used_is_said(tmp_path: Path,
     np.testing.assert_allclose(loaded.rgb[H // 2, W // 2], [1, 0, 0], atol=0.02)
     assert loaded.icc_profile is None
     assert f"{tmp_path / 'c.jpg'}: its CMYK colour profile cannot be used (" in caplog.text
+    # a profile that does not say CMYK (junk, or an RGB one) was dropped in silence (a review)
+    for name, icc in (("junk.jpg", b"\0" * 200), ("rgb.jpg", _srgb_icc())):
+        Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / name, quality=100,
+                                                        icc_profile=icc)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="derain_cli"):
+            loaded = read_image(tmp_path / name)
+        np.testing.assert_allclose(loaded.rgb[H // 2, W // 2], [1, 0, 0], atol=0.02)
+        assert (f"{tmp_path / name}: its colour profile is not a CMYK profile, so it cannot "
+                "convert the CMYK colours") in caplog.text, name
+    # a CMYK photo without a profile is converted without a word, as before
+    caplog.clear()
+    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(tmp_path / "plain.jpg", quality=100)
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        read_image(tmp_path / "plain.jpg")
+    assert "profile" not in caplog.text
 
 
 # --------------------------------------------------------------------------------------------
