@@ -141,6 +141,12 @@ def _errors(training: bool = False) -> Iterator[None]:
         raise typer.Exit(1) from None
     except RuntimeError as e:  # PyTorch's allocator: "[enforce fail at alloc_cpu.cpp:127]
         # ... DefaultCPUAllocator: can't allocate memory" came out raw (an audit)
+        from .train import _peer_lost
+
+        if rank and not _debug() and _peer_lost(e):  # rank 0 stopped before the first
+            # collective (its --out in use, say) and says why; rank 1's raw gloo error
+            # came first, above that reason (an audit)
+            raise typer.Exit(1) from None
         said = [ln.strip() for ln in str(e).splitlines() if any(
             m in ln.lower() for m in _OUT_OF_MEMORY)]
         if _debug() or not said:

@@ -1717,6 +1717,26 @@ def test_a_torchrun_worker_lost_midway_leaves_a_checkpoint_and_the_resume_comman
     assert not (out / "model.safetensors").exists()
 
 
+def test_a_torchrun_run_refused_for_a_folder_in_use_says_only_why(data, tmp_path):
+    """Another run holding --out (no last.pt yet): rank 0 was refused, and rank 1, waiting
+    at the first collective, printed gloo's raw "Connection closed by peer" above rank 0's
+    reason (an audit). Only the reason is said now."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "derain_cli", "train", "--arch", "semi-drdnet", "--model-config",
+           json.dumps(TINY), "--synthetic", str(data["clean"]), "--out", str(out), "--steps",
+           "4", "--batch", "2", "--patch", "24", "--workers", "0", "--device", "cpu",
+           "--contrast-features", "self"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with T._lock_run(out):  # as a plain run holding the folder does
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                           env=env)
+    said = " ".join(r.stderr.split())
+    assert r.returncode != 0 and f"{out} is in use by another derain process" in said, said
+    assert "RuntimeError" not in said and "Connection closed" not in said, r.stderr
+    assert "GLHF" not in said, r.stderr
+
+
 def test_torchrun_with_rain_free_rows_on_one_rank_only(data, tmp_path):
     """An audit: a rank whose labeled rows were all rain-free (--clean-fraction) computed no
     loss for the self-feature encoder, skipped the all_reduce of its gradients the other
