@@ -769,6 +769,10 @@ class _Collector:
             self.failed(Path(given), Path(Path(given).name), "no images match this pattern" + (
                 f" ({said} match it, which derain does not read: convert them to JPEG, PNG "
                 "or TIFF)" if said else "") + _bracket_hint(given))  # "no images" of GIFs
+        elif unread:  # beside readable matches they were passed over in silence (an audit)
+            log.warning("%s: %s matching it not read (derain reads %s): convert them to JPEG, "
+                        "PNG or TIFF to include them", given, _unread_text(unread),
+                        _SUPPORTED_TEXT)
 
     def folder(self, folder: Path, prefix: Path = Path(), matched: str | None = None,
                root: Path | None = None) -> None:

@@ -1452,6 +1452,20 @@ def test_what_a_scan_left_out_is_said_where_nothing_is_left(tmp_path: Path) -> N
     assert why[2:] == ["symbolic link loop (it leads back to itself)", "broken symbolic link"]
 
 
+def test_unread_matches_of_a_pattern_beside_photos_are_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A quoted 'ext/*' matching a JPEG, a HEIC and a GIF derained the JPEG and passed the
+    others over in silence, where a scan of ext/ counts them (an audit)."""
+    _img(tmp_path / "ext" / "a.jpg")
+    (tmp_path / "ext" / "b.heic").write_bytes(b"xx")
+    (tmp_path / "ext" / "c.gif").write_bytes(b"GIF89a" + bytes(20))
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        items = collect_inputs([str(tmp_path / "ext" / "*")])
+    assert [i.path.name for i in items] == ["a.jpg"]
+    assert (f"{tmp_path / 'ext' / '*'}: 1 HEIC and 1 GIF file(s) matching it not read "
+            "(derain reads JPEG, PNG, WebP, TIFF, BMP): convert them") in caplog.text, caplog.text
+
+
 def test_named_folders_of_one_name_get_their_own_subfolders(tmp_path: Path) -> None:
     """`derain card1/DCIM card2/DCIM -o out` wrote both into out/DCIM, where equal file
     names failed as clashes on every run (an audit): as many path parts as tell them apart."""
