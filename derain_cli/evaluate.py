@@ -1098,6 +1098,11 @@ def synth_pairs(
     if not paths:
         raise DataError(f"{clean_dir}: no images found")
     _warn_if_pairs(Path(clean_dir))
+    try:  # another synth at work there is said first: "already holds pairs; pass
+        with hold_folders([out, out / "rainy", out / "clean"]):  # --overwrite" came
+            pass  # first, and --overwrite then met this (a README audit)
+    except FolderInUse as e:
+        raise SynthError(str(e)) from None
     planned: set[str] | None = set()  # the names, only where older pairs are overwritten:
     # a set of --count names took minutes and gigabytes for a huge count (an audit)
     if overwrite and _older_pairs(out, set()):  # over pairs: photos that do not read move

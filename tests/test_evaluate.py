@@ -1303,6 +1303,10 @@ def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp
             E.synth_pairs(clean_dir, out, preset="light", count=2)
     assert list(out.iterdir()) == []  # no pair, and the folders it made taken back
     assert E.synth_pairs(clean_dir, out, preset="light", count=2) == 2  # held no more
+    with hold_folders([out]):  # holding pairs, and at work: said as in use, not as "already
+        # holds pairs; pass --overwrite", which then met the hold (a README audit)
+        with pytest.raises(E.SynthError, match="in use by another derain process"):
+            E.synth_pairs(clean_dir, out, preset="light", count=1)
     save = tmp_path / "sv"
     save.mkdir()
     with hold_folders([save]):
