@@ -512,7 +512,8 @@ def make_onnx_runner(
     statistics graph (``export.stats_path`` of it) the fp32 one when it exists.
     """
     if int8_graph is None and precision not in ("fp32", "auto"):
-        log.warning("the ONNX backend runs fp32 graphs; --precision %s is ignored", precision)
+        log.warning("the ONNX backend runs fp32 graphs (or int8 ones, --precision int8); "
+                    "--precision %s is ignored", precision)  # (it said fp32 alone: an audit)
 
     if int8_graph is not None:  # no fp32 graph needed when the int8 set is complete
         stats = stats_path(Path(int8_graph))

@@ -97,6 +97,20 @@ def test_tiled_onnx_matches_untiled_torch(kind):
     assert value >= 45
 
 
+def test_a_precision_the_onnx_backend_does_not_run_is_said_ignored(caplog):
+    """--backend onnx --precision bf16 runs the fp32 graphs, said; the warning said the
+    backend runs fp32 graphs alone, where it runs int8 ones too (an audit)."""
+    net = _small("semi")
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        make_onnx_runner(net, "cpu", "bf16")
+    assert ("the ONNX backend runs fp32 graphs (or int8 ones, --precision int8); --precision "
+            "bf16 is ignored") in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):
+        make_onnx_runner(net, "cpu", "fp32")
+    assert "ignored" not in caplog.text
+
+
 def test_second_runner_hits_the_cache(caplog):
     net = _small("semi")
     make_onnx_runner(net, "cpu", "fp32")
