@@ -1572,6 +1572,15 @@ def test_a_log_gets_progress_lines_instead_of_bars(tmp_path: Path, tiny_weights:
     assert any(re.fullmatch(r"derain 0/2 files elapsed \S+ ETA \S+; a\.png: \d+% of its "
                             r"work", ln) for ln in text), text
     assert text[-1].endswith("ETA 0:00:00")
+    # under torchrun rank 0's lines count its own share, and say so: "2/2 files" of a run
+    # of 4 read as the whole run (an audit)
+    buf = io.StringIO()
+    progress = _RichProgress(Console(file=buf, width=100), bars=False, report_failures=True,
+                             rank=0, lines=True, every_s=0, world=2)
+    with progress:
+        run_batch(collect_inputs([str(tmp_path)]), derainer,
+                  BatchOptions(overwrite=True), progress)
+    assert "derain 2/2 files (this process's share, 1 of 2 processes) elapsed" in buf.getvalue()
 
 
 def test_the_folder_estimate_counts_photos_derained_and_the_one_at_work(tmp_path) -> None:
