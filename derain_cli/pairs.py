@@ -402,6 +402,11 @@ def _norain_number(p: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _plain_number(p: Path) -> int | None:
+    """A stem of digits alone as its number: ``1.png`` pairs with ``01.png`` (an audit)."""
+    return int(p.stem) if p.stem.isascii() and p.stem.isdigit() else None
+
+
 def _group_key(pattern: re.Pattern[str]) -> KeyFn:
     def key(p: Path) -> str | None:
         m = pattern.match(p.stem)
@@ -418,6 +423,8 @@ def _match(
     candidates: list[_Match] = []
     if dedicated:
         candidates.append(_match_by_name(rainy, clean))
+        candidates.append(_match_by_key("by number (1 = 001)", rainy, clean, _plain_number,
+                                        _plain_number, False, False))
     candidates.append(
         _match_by_key(
             "by rain-N / norain-N numbering",
@@ -573,8 +580,9 @@ def _pair_up(
                 f"{rainy_name!r} and {clean_name!r}): names are matched exactly; rename one "
                 "side to match the other")
         raise PairsError(
-            f"{where}, but no rainy image matches a clean one by file name, by "
-            "rain-N / norain-N numbering, by X_rain / X_clean suffixes or as X_k -> X.\n"
+            f"{where}, but no rainy image matches a clean one by file name, by number "
+            "(1 = 001), by rain-N / norain-N numbering, by X_rain / X_clean suffixes or as "
+            "X_k -> X.\n"
             f"  rainy ({_plural(len(rainy_files), 'image')} in {_rel(rainy_folder, root)}): "
             f"{_fmt_list(rainy_files)}\n"
             f"  clean ({_plural(len(clean_files), 'image')} in {_rel(clean_folder, root)}): "
@@ -584,7 +592,10 @@ def _pair_up(
                if layout.startswith("flat folder") and layout.endswith("(given)") else
                "The folders were named; it is the file names that do not match: rename one "
                "side to match the other." if layout.endswith("(given)") else
-               f"{NAME_FOLDERS_HINT}.")
+               "It is the file names that do not match: rename one side to match the "
+               "other; if these are not the rainy and clean folders, n"
+               + NAME_FOLDERS_HINT[1:] + ".")  # (it said only to name the folders, which
+        # were found: an audit)
         )
     if strict and (m.rainy_left or m.clean_left):
         lines = [f"{where}, matched {m.how}: {_plural(len(m.pairs), 'pair')}, but"]
@@ -837,7 +848,8 @@ def find_pairs(
         names = ", ".join(f"'{d.name}/'" for d in sets)
         raise PairsError(f"{root} holds no pairs itself, but its subfolder(s) {names} are pair "
                          "sets: give each one (train: --pairs " + " --pairs ".join(
-                             str(root / d.name) for d in sets[:3]) + ")")
+                             str(root / d.name) for d in sets[:3]) + "; eval: one set a run, "
+                         f"derain eval {root / sets[0].name})")  # (train's alone: an audit)
     parent = root.resolve().parent
     if any(root.resolve() in (r.resolve(), c.resolve()) for r, c in pair_folders(parent)):
         # one side of a set given (its rainy/): "name the folders" was the wrong way out

@@ -367,7 +367,8 @@ def test_pair_sets_one_level_down_are_named(tmp_path):
     """A folder holding two pair sets was told to name --rainy-dir (an audit)."""
     _make(tmp_path, "a/rainy/x.png", "a/clean/x.png", "b/rain/y.png", "b/norain/y.png")
     with pytest.raises(PairsError, match=r"its subfolder\(s\) 'a/', 'b/' are pair sets: give "
-                                         r"each one \(train: --pairs .*a --pairs .*b\)"):
+                                         r"each one \(train: --pairs .*a --pairs .*b; eval: one "
+                                         r"set a run, derain eval .*a\)"):
         find_pairs(tmp_path)
 
 
@@ -546,3 +547,23 @@ def test_a_tie_between_matching_rules_keeps_the_same_names(tmp_path):
     assert "1 clean image in 'clean/' without a rainy partner: x.png" in msg, msg
     assert _names(find_pairs(tmp_path, strict=False), tmp_path) == [
         ("rainy/x_1.png", "clean/x_1.png"), ("rainy/x_2.png", "clean/x_2.png")]
+
+
+def test_numbered_names_pair_by_number_and_unmatched_names_say_to_rename(tmp_path):
+    """rainy/1.png with clean/01.png did not pair, and the error said to name the folders,
+    which were found (an audit): digits pair by their number; names that still do not
+    match are said to be the problem."""
+    _make(tmp_path / "n", "rainy/1.png", "rainy/2.png", "clean/01.png", "clean/02.png")
+    assert _names(find_pairs(tmp_path / "n"), tmp_path / "n") == [
+        ("rainy/1.png", "clean/01.png"), ("rainy/2.png", "clean/02.png")]
+    # exact names still win where both would pair (1.png beside 01.png on the clean side)
+    _make(tmp_path / "e", "rainy/1.png", "clean/1.png", "clean/01.png")
+    with pytest.raises(PairsError, match="matched by file name: 1 pair, but\n  1 clean image "
+                                         "in 'clean/' without a rainy partner: 01.png"):
+        find_pairs(tmp_path / "e")
+    _make(tmp_path / "x", "rainy/a.png", "clean/b.png")
+    with pytest.raises(PairsError, match="by number \\(1 = 001\\)") as e:
+        find_pairs(tmp_path / "x")
+    assert ("It is the file names that do not match: rename one side to match the other; if "
+            "these are not the rainy and clean folders, name the folders explicitly with "
+            "--rainy-dir and --clean-dir") in str(e.value)
