@@ -1046,7 +1046,8 @@ def _warn_val_in_training(cfg: TrainConfig, digests: dict[str, tuple[str, str]],
     found = [(name, seen[c]) for name, (_, c) in digests.items() if c in seen]
     if found:
         _say(f"warning: --val: {len(found)} of its {len(digests)} pairs have a clean image "
-             f"the run trains on ({_named(found)}): validation scores read high and best.pt "
+             f"the run trains on (pairs named by their rainy files, validation = training: "
+             f"{_named(found)}): validation scores read high and best.pt "
              "is picked on images the model has seen; make the validation pairs from photos "
              "kept out of training")
     if unlabeled is not None and getattr(unlabeled, "images", None):
@@ -1074,7 +1075,9 @@ def _val_rainy_fitted(cfg: TrainConfig, side: int) -> dict[str, str]:
 
 
 def _named(found: list[tuple[str, str]]) -> str:
-    """The first three (validation name, training name) matches, as "a = b"."""
+    """The first three (validation name, training name) matches, as "a = b": pairs by
+    their rainy files' names (said so: "rain-001.png = 901_2.png" under words of clean
+    images read as two clean files, an audit)."""
     return ", ".join(a if a == b else f"{a} = {b}" for a, b in found[:3]) + (
         ", ..." if len(found) > 3 else "")
 

@@ -3054,7 +3054,8 @@ def test_validation_pairs_made_from_the_training_photos_are_named(data, tmp_path
 
     T.train(_cfg(data, tmp_path / "a", steps=1, val=str(data["val"])))
     err = " ".join(capsys.readouterr().err.split())
-    assert "--val: 3 of its 3 pairs have a clean image the run trains on" in err
+    assert ("--val: 3 of its 3 pairs have a clean image the run trains on (pairs named by "
+            "their rainy files, validation = training: ") in err
     names = sorted(p.name for p in (data["val"] / "clean").iterdir())
     assert names[0] in err
 
