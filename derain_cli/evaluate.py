@@ -693,6 +693,7 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
         planned += [(thumbs / f"{i:04d}_{k}.jpg", "a thumbnail of the report")
                     for i in range(len(pairs)) for k in THUMB_KINDS]
     seen: dict[str, str] = {}
+    existing: list[Path] = []
     for f, what in planned:
         r = same_name_key(f)
         if r in inputs:
@@ -704,7 +705,13 @@ def check_outputs(pairs: Sequence[Pair], save: Path | None, report: Path | None,
         if f.is_dir():
             raise OptionError(f"{f} is a folder; name a file for {what}")
         if f.exists() and not overwrite:
-            raise OptionError(f"{f} exists; pass --overwrite to replace it")
+            existing.append(f)
+    if existing:  # all of them at once: a rerun met the CSV, then the report, then its
+        # thumbnails, one refusal each (an audit)
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise OptionError(f"{', '.join(str(f) for f in existing[:3])}{more} "
+                          f"exist{'s' if len(existing) == 1 else ''}; pass --overwrite to "
+                          f"replace {'it' if len(existing) == 1 else 'them'}")
     for d in sorted({f.parent for f, _ in planned}):  # creatable, without creating it yet
         why = why_unwritable(d)
         if why is not None:
@@ -859,7 +866,8 @@ SSIM).{engine}{csv_link}</p>
 <table><tr><th>image</th><th>rainy</th><th>derained</th><th>clean</th></tr>
 {chr(10).join(rows)}
 </table>
-<script type="application/json" id="summary">{_script_json(res.to_dict(False))}</script>
+<script type="application/json" id="summary">{_script_json(
+    {**res.to_dict(False), "interrupted": bool(res.partial)})}</script>
 </body></html>
 """
     atomic_write_text(path, page)

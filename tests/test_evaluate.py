@@ -253,6 +253,12 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
                                             "mean (2 of 4 pairs: interrupted)"]
     assert (tmp_path / "r.html").read_text().count("<img") == 6
     assert "<b>2 of 4 pairs: interrupted</b>" in (tmp_path / "r.html").read_text()
+
+    def embedded() -> dict:  # the report's JSON lacked "interrupted", --json's had it (audit)
+        page = (tmp_path / "r.html").read_text()
+        return json.loads(page.split('id="summary">')[1].split("</script>")[0])
+
+    assert embedded()["interrupted"] is True and embedded()["count"] == 2
     monkeypatch.setattr(metrics, "ssim_y", real)
     r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--save",
                                     str(tmp_path / "s"), "--report", str(tmp_path / "r.html"),
@@ -260,6 +266,7 @@ def test_an_interrupted_eval_keeps_the_scores_it_took(pairs, tmp_path, monkeypat
     assert r.exit_code == 0 and len(list(csv.reader(open(tmp_path / "s" / "scores.csv")))) == 6
     assert list(csv.reader(open(tmp_path / "s" / "scores.csv")))[-1][0] == "mean"
     assert "pairs: interrupted" not in (tmp_path / "r.html").read_text()
+    assert embedded()["interrupted"] is False
     assert r.stderr.startswith("pairs 4/4 elapsed ")  # progress (a long set was silent)
 
     # stopped while the third pair's image was saved: the CSV lists the two saved (review)
@@ -934,8 +941,9 @@ def test_eval_never_writes_over_the_pairs_and_asks_before_replacing(pairs, tmp_p
     assert {p: p.read_bytes() for p in sorted((pairs / "clean").iterdir())} == before
     out = tmp_path / "out"
     E.evaluate("identity", pairs, save_dir=out)
-    with pytest.raises(OptionError, match=r"p0.png exists; pass --overwrite"):
-        E.evaluate("identity", pairs, save_dir=out)
+    with pytest.raises(OptionError, match=r"p0.png, .*p1.png, .*p2.png and 2 more exist; "
+                                          r"pass --overwrite to replace them"):
+        E.evaluate("identity", pairs, save_dir=out)  # (all at once: one at a time before)
     assert E.evaluate("identity", pairs, save_dir=out, overwrite=True).count == 4
     (tmp_path / "d.csv").mkdir()
     with pytest.raises(OptionError, match="is a folder"):  # was an errno after the work
