@@ -354,7 +354,11 @@ class ShapedSessions:
 
         self._ort, self._path, self._make_opts, self._providers = (
             ort, path, make_opts, providers)
-        self.dynamic = ort.InferenceSession(str(path), make_opts(), providers=providers)
+        # the graph's bytes, read once: sessions made later (a new tile shape, after an
+        # out-of-memory) reloaded the file, and a cache cleaned during a folder run failed
+        # every photo after (the README calls the cache safe to delete: an audit)
+        self._model = Path(path).read_bytes()
+        self.dynamic = ort.InferenceSession(self._model, make_opts(), providers=providers)
         self.metadata = dict(self.dynamic.get_modelmeta().custom_metadata_map)
         self.input_names = {i.name for i in self.dynamic.get_inputs()}
         self.provider = self.dynamic.get_providers()[0]
@@ -374,7 +378,7 @@ class ShapedSessions:
             with self._lock:
                 if self.dynamic is None:  # released after an out-of-memory
                     self.dynamic = self._ort.InferenceSession(
-                        str(self._path), self._make_opts(), providers=self._providers)
+                        self._model, self._make_opts(), providers=self._providers)
                 return self.dynamic
         with self._lock:
             return self._specialised(key)
@@ -397,7 +401,7 @@ class ShapedSessions:
             opts.enable_mem_pattern = False
             for name, value in zip(DYNAMIC_DIMS, key, strict=True):
                 opts.add_free_dimension_override_by_name(name, int(value))
-            self._session = self._ort.InferenceSession(str(self._path), opts,
+            self._session = self._ort.InferenceSession(self._model, opts,
                                                        providers=self._providers)
             self._shape = key
         return self._session

@@ -303,6 +303,28 @@ def test_an_out_of_memory_releases_the_sessions_memory(monkeypatch):
     assert np.abs(runner.forward(x, None) - before).max() == 0
 
 
+def test_graphs_deleted_during_a_run_do_not_stop_it(monkeypatch, tmp_path):
+    """The README calls the cache safe to delete, but sessions for a new tile shape and
+    after an out-of-memory were made from the graph's file again: a cache cleaned during a
+    folder run failed every photo after (an audit). The graph is read once."""
+    import shutil
+
+    net = _small("semi")
+    for p in onnx_backend.cached_graphs(net):
+        shutil.copy(p, tmp_path / p.name)
+    runner = OnnxRunner(tmp_path / onnx_backend.cached_graphs(net)[0].name, threads=1)
+    monkeypatch.setattr(onnx_backend, "SPECIALISE_MIN_PIXELS", 32 * 32)
+    g = np.random.default_rng(7)
+    x, y = g.random((1, 3, 48, 48), np.float32), g.random((1, 3, 32, 64), np.float32)
+    before = runner.forward(x, None)
+    for p in list(tmp_path.iterdir()):
+        p.unlink()
+    assert runner.forward(y, None).shape == y.shape  # a new shape: a new session
+    runner._fwd.release()
+    runner._stats.release()
+    assert np.abs(runner.forward(x, None) - before).max() == 0  # made again after a release
+
+
 def test_an_unwritable_cache_falls_back_to_a_private_folder_reused_next_time(
     monkeypatch, tmp_path, caplog
 ):
