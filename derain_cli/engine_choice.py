@@ -202,24 +202,70 @@ def _mean_photo(workload_megapixels: float | None,
     return workload_megapixels
 
 
-def load_choices() -> dict[str, dict[str, Any]]:
-    """Every remembered choice ({} when the file is missing or unreadable)."""
+def _fallback_path(create: bool = False) -> Path | None:
+    """``engines.json`` in the user's own temporary folder, where the exported graphs go
+    when the cache cannot be written (``onnx_backend``); None where there is none."""
+    from .onnx_backend import _private_temp_folder
+
+    folder = _private_temp_folder(create=create)
+    return None if folder is None else folder / "engines.json"
+
+
+def _cache_writable() -> bool:
+    """Whether the cache's folder (or the nearest one that exists) takes new files."""
+    folder = choices_path().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK)
+
+
+def _read_choices(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        data = json.loads(choices_path().read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
+def load_choices() -> dict[str, dict[str, Any]]:
+    """Every remembered choice ({} when the file is missing or unreadable); where the
+    cache cannot be written, those remembered in the temporary folder too (the cache's
+    own first)."""
+    data = _read_choices(choices_path())
+    if not _cache_writable():
+        fallback = _fallback_path()
+        if fallback is not None:
+            data = {**_read_choices(fallback), **data}
+    return data
+
+
 def remember(key: str, entry: dict[str, Any]) -> None:
-    """Add one choice to the file (atomic replace; an unwritable cache is only logged)."""
+    """Add one choice to the file (atomic replace). Where the cache cannot be written, in
+    the user's own temporary folder, which later runs read too: a read-only cache timed
+    the engines again on every run, seconds each (an audit); only where neither takes it
+    is the choice lost (logged)."""
     path = choices_path()
-    data = load_choices()
+    data = _read_choices(path)
     data[key] = entry
     try:  # (a full disk once left an empty temporary file per run)
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+        return
     except OSError as e:
-        log.warning("could not remember the engine choice in %s: %s", path, e)
+        why = e
+    fallback = _fallback_path(create=True)
+    if fallback is not None:
+        kept = _read_choices(fallback)
+        kept[key] = entry
+        try:
+            atomic_write_text(fallback, json.dumps(kept, indent=1, sort_keys=True))
+        except OSError:
+            pass
+        else:
+            log.warning("could not remember the engine choice in %s (%s); remembered in %s, "
+                        "which later runs read while the cache cannot be written", path,
+                        why, fallback)
+            return
+    log.warning("could not remember the engine choice in %s: %s", path, why)
 
 
 #: How long a run waits for another that is timing the engines before it times them too.
@@ -240,11 +286,17 @@ def one_measurer(wait_s: float | None = None) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    path = choices_path().with_name("engines.lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+    fd = None
+    fallback = _fallback_path(create=True) if not _cache_writable() else None
+    for path in (choices_path().with_name("engines.lock"),  # (in the temporary folder
+                 *([fallback.with_name("engines.lock")] if fallback else [])):  # too, where
+        try:  # the choice is remembered there: two runs timed at once without it)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            break
+        except OSError:
+            continue
+    if fd is None:
         yield
         return
     try:

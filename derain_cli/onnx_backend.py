@@ -201,15 +201,16 @@ def cached_graphs(
             return _fallback_graphs(src, model, key, main.name, opset, refresh, e)
 
 
-def _private_temp_folder() -> Path | None:
+def _private_temp_folder(create: bool = True) -> Path | None:
     """This user's own folder under the temporary directory, kept between runs; None when it
-    cannot be made, or someone else could have placed graphs in it (not ours, or writable
-    by others)."""
+    cannot be made (or, ``create`` False, is not there), or someone else could have placed
+    files in it (not ours, or writable by others)."""
     uid = os.getuid() if hasattr(os, "getuid") else None
     name = f"derain-onnx-{uid}" if uid is not None else "derain-onnx"
     folder = Path(tempfile.gettempdir()) / name
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        if create:
+            folder.mkdir(mode=0o700, exist_ok=True)
         st = folder.lstat()
     except OSError:
         return None

@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """A fresh cache folder and no engine pinned by the environment."""
+    import tempfile
+
     monkeypatch.setenv("DERAIN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(engine_choice.ENV, raising=False)
+    (tmp_path / "tmp").mkdir()  # the fallback of an unwritable cache: not the machine's
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     return tmp_path / "cache"
 
 
@@ -279,6 +283,31 @@ def test_a_choice_that_cannot_be_written_leaves_no_temporary_file(own_cache, mon
     engine_choice.remember("k", {"engine": "bf16"})
     assert "could not remember the engine choice" in caplog.text
     assert list(own_cache.iterdir()) == []
+
+
+def test_a_read_only_cache_remembers_the_choice_in_the_temporary_folder(own_cache,
+                                                                        monkeypatch, caplog):
+    """The graphs of a read-only cache go to the user's temporary folder, but the choice
+    did not: every run timed the engines again (seconds) and warned (an audit)."""
+    real = engine_choice.atomic_write_text
+
+    def refuse(path, text):
+        if own_cache in Path(path).parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(engine_choice, "atomic_write_text", refuse)
+    monkeypatch.setattr(engine_choice, "_cache_writable", lambda: False)
+    engine_choice.remember("k", {"engine": "int8"})
+    assert "; remembered in " in caplog.text and "engines.json" in caplog.text
+    assert engine_choice.load_choices()["k"] == {"engine": "int8"}
+    measured: list[int] = []
+    entry, fresh = engine_choice._known_or_measured(
+        lambda: engine_choice.load_choices().get("k"), lambda: measured.append(1))
+    assert entry == {"engine": "int8"} and not fresh and not measured
+    # the cache writable again: its own choices are read, not the temporary folder's
+    monkeypatch.setattr(engine_choice, "_cache_writable", lambda: True)
+    assert "k" not in engine_choice.load_choices()
 
 
 def test_derainer_follows_the_remembered_choice(own_cache, bf16_cpu):
