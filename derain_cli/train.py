@@ -553,11 +553,14 @@ def _hardware(device: torch.device, world: int, amp: str) -> str:
 
 def _same_hardware(was: str, now: str) -> bool:
     """Whether a checkpoint's ``hardware`` names this machine's: before 2026-12-06 a CPU
-    was named by ``platform.processor()`` (often just "x86_64"), not its model name."""
+    was named by ``platform.processor()`` (often just "x86_64"), not its model name, and
+    one thread was "1 threads" (a run of that time resumed here was warned as moved to
+    other hardware, its manifest naming one machine twice: an upgrade audit)."""
     if was == now:
         return True
+    was = was.replace(", 1 threads, ", ", 1 thread, ")
     older = now.replace(f"({cpu_name()}, ", f"({platform.processor() or platform.machine()}, ", 1)
-    return was == older
+    return was in (now, older)
 
 
 #: a segment trained before checkpoints recorded where (2026-12-03)

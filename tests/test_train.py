@@ -902,6 +902,17 @@ def test_a_cpu_is_named_by_its_model_in_the_manifest(tmp_path, monkeypatch):
     # CPU (Test CPU 9000, ...) (steps 500-2000)")
     assert T.hardware_summary([{"hardware": older, "from": 0, "to": 500},
                                {"hardware": now, "from": 500, "to": 2000}], now) == now
+    # one thread was "1 threads" then: the same machine still (an upgrade audit), and
+    # two threads are not one
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    one = T._hardware(torch.device("cpu"), 1, "fp32")
+    assert ", 1 thread, " in one
+    plural = one.replace("Test CPU 9000", platform.processor() or platform.machine()).replace(
+        ", 1 thread, ", ", 1 threads, ")
+    assert T._same_hardware(plural, one)
+    assert not T._same_hardware(plural.replace("1 threads", "2 threads"), one)
+    assert T.hardware_summary([{"hardware": plural, "from": 0, "to": 10},
+                               {"hardware": one, "from": 10, "to": 20}], one) == one
 
 
 def test_resume_knows_its_folders_and_batchnorm_setting(data, tmp_path, monkeypatch):
