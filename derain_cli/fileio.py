@@ -470,15 +470,17 @@ STALE_TEMPORARY_S = 3600.0
 
 
 def sweep_stale_temporaries(folders: Iterable[Path],
-                            older_than: float = STALE_TEMPORARY_S) -> None:
-    """Delete the ``.derain-*.tmp`` files a killed run (``kill -9``, power loss) left in the
-    output folders; those younger than ``older_than`` seconds may belong to a run at work
-    and stay (0, all of them: for a caller holding the folders alone, ``hold_folders``).
-    Best effort: nothing here may stop the run (a batch, a training run) that asks."""
+                            older_than: float = STALE_TEMPORARY_S,
+                            patterns: Sequence[str] = (".derain-*.tmp",)) -> None:
+    """Delete the ``.derain-*.tmp`` files (or others of ``patterns``) a killed run (``kill
+    -9``, power loss) left in the output folders; those younger than ``older_than`` seconds
+    may belong to a run at work and stay (0, all of them: for a caller holding the folders
+    alone, ``hold_folders``). Best effort: nothing here may stop the run (a batch, a
+    training run) that asks."""
     now = time.time()
     for folder in folders:
         try:
-            leftovers = list(folder.glob(".derain-*.tmp"))
+            leftovers = [p for pattern in patterns for p in folder.glob(pattern)]
         except OSError:
             continue
         for tmp in leftovers:

@@ -170,8 +170,9 @@ def cached_graphs(
     main = folder / _graph_name(opset)
     files = _expected_files(main, model)
     # a graph's temporary left by a killed export (as large as the graph) was never removed:
-    # the next run exported anew beside it, and every later one hit the cache (an audit)
-    sweep_stale_temporaries([folder])
+    # the next run exported anew beside it, and every later one hit the cache (an audit);
+    # before 2026-12-04 they were named .model.v3.opset17.onnx.PID.tmp (an upgrade audit)
+    sweep_stale_temporaries([folder], patterns=(".derain-*.tmp", ".*.onnx.*.tmp"))
     if not refresh and _intact(files):
         log.debug("ONNX cache hit: %s", folder)
         return files

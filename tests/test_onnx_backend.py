@@ -140,12 +140,15 @@ def test_a_killed_exports_temporary_is_swept_from_the_cache():
     net = _small("semi")
     folder = onnx_backend.cached_graphs(net)[0].parent
     old, young = folder / ".derain-killed.tmp", folder / ".derain-atwork.tmp"
-    for tmp in (old, young):
+    older = folder / ".model.v3.opset17.onnx.32241.tmp"  # as versions before 2026-12-04
+    for tmp in (old, young, older):  # named them (never swept: an upgrade audit)
         tmp.write_bytes(b"half a graph")
     then = time.time() - STALE_TEMPORARY_S - 60
     os.utime(old, (then, then))
+    os.utime(older, (then, then))
     onnx_backend.cached_graphs(net)  # a cache hit
     assert not old.exists() and young.exists()  # (a young one may be a running export's)
+    assert not older.exists()
     young.unlink()
 
 
