@@ -220,11 +220,15 @@ def _cache_writable() -> bool:
 
 
 def _read_choices(path: Path) -> dict[str, dict[str, Any]]:
+    """The file's choices; an entry that is no object (a hand edit) is left out: it
+    stopped every run with an AttributeError (an upgrade audit)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
 def load_choices() -> dict[str, dict[str, Any]]:

@@ -285,6 +285,14 @@ def test_a_choice_that_cannot_be_written_leaves_no_temporary_file(own_cache, mon
     assert list(own_cache.iterdir()) == []
 
 
+def test_an_entry_that_is_no_object_is_left_out(own_cache):
+    """"key": "bf16" in engines.json (a hand edit) stopped every default run with
+    "AttributeError: 'str' object has no attribute 'get'" (an upgrade audit)."""
+    own_cache.mkdir(parents=True)
+    engine_choice.choices_path().write_text('{"a": "bf16", "b": {"engine": "int8"}, "c": 3}')
+    assert engine_choice.load_choices() == {"b": {"engine": "int8"}}
+
+
 def test_a_read_only_cache_remembers_the_choice_in_the_temporary_folder(own_cache,
                                                                         monkeypatch, caplog):
     """The graphs of a read-only cache go to the user's temporary folder, but the choice
