@@ -2240,7 +2240,9 @@ class _Run:
         if not cfg.quiet:
             s = self.setup
             _say(f"training {s.name} ({s.arch}) "
-                 + (f"from {cfg.init_weights} " if cfg.init_weights else "from scratch ")
+                 + ("" if self.step else  # (a resumed run "from scratch ... resuming at
+                    # step 10" read as two things at once: an upgrade audit)
+                    f"from {cfg.init_weights} " if cfg.init_weights else "from scratch ")
                  + f"on {s.device} x{self.world}; data: "
                  f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")

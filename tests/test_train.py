@@ -88,6 +88,17 @@ def test_bf16_on_a_cpu_without_bf16_falls_back_to_fp32(data, tmp_path, monkeypat
     assert seen and not any(seen)
 
 
+def test_a_resumed_runs_banner_says_where_it_resumes_not_from_scratch(data, tmp_path,
+                                                                      capsys):
+    """"training ... from scratch on cpu ...; resuming at step 2" said two things at once
+    (an upgrade audit): a resumed run's banner says where it resumes alone."""
+    T.train(_cfg(data, tmp_path / "run", steps=2, ckpt_every=2, quiet=False))
+    assert "from scratch on cpu" in " ".join(capsys.readouterr().err.split())
+    T.train(_cfg(data, tmp_path / "run", steps=4, ckpt_every=2, resume=True, quiet=False))
+    banner = " ".join(capsys.readouterr().err.split())
+    assert "resuming at step 2" in banner and "from scratch" not in banner, banner
+
+
 @pytest.mark.parametrize("native_bf16,amp,expect", [
     (True, "auto", True), (False, "auto", False), (True, "fp32", False)])
 def test_amp_auto_uses_bf16_only_where_the_cpu_runs_it_fast(
