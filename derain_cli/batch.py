@@ -1053,7 +1053,12 @@ def _needs_model(j: Job, options: BatchOptions) -> bool:
 
 def pending(jobs: Sequence[Job], options: BatchOptions) -> int:
     """How many jobs need the model (not failing upfront, output missing or overwrite)."""
-    return sum(1 for j in jobs if _needs_model(j, options))
+    return len(pending_jobs(jobs, options))
+
+
+def pending_jobs(jobs: Sequence[Job], options: BatchOptions) -> list[Job]:
+    """The jobs that need the model: those whose results this run writes."""
+    return [j for j in jobs if _needs_model(j, options)]
 
 
 def pending_megapixels(jobs: Sequence[Job], options: BatchOptions,

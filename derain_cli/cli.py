@@ -974,7 +974,8 @@ def _friendly_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {_one_line(e)}"
 
 
-_OPTION_LIKE = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+_OPTION_LIKE = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*|--[A-Za-z][A-Za-z0-9-]*=.*")  # (-o
+# --format=webp made a folder of that name: a review)
 
 
 def output_not_an_option(value: Any) -> Any:
@@ -1099,8 +1100,9 @@ def _run(
                 items = batch.share_from_main(dist, batch.collect_inputs(
                     inputs, recursive, exclude=exclude) if main_rank else None)
                 jobs = batch.plan_jobs(items, options)
-                if _given(ctx, "quality") and main_rank:
-                    _warn_quality_unused(jobs)
+                if _given(ctx, "quality") and main_rank:  # over the results to be written
+                    # (a rerun writing none warned of them: a review)
+                    _warn_quality_unused(batch.pending_jobs(jobs, options))
                 derainer = None
                 if batch.share_from_main(dist, bool(batch.pending(jobs, options))
                                          if main_rank else None):

@@ -2103,7 +2103,8 @@ def test_o_takes_no_option_for_its_value(tmp_path: Path, tiny_weights: Path) -> 
         return " ".join(text.replace("│", " ").split())
 
     src = _img(tmp_path / "a.png")
-    for args in (("-o", "--help"), ("-o", "-q"), ("-o", "-m", "semi-drdnet-tiny")):
+    for args in (("-o", "--help"), ("-o", "-q"), ("-o", "-m", "semi-drdnet-tiny"),
+                 ("-o", "--format=webp")):
         r = derain(src, "--weights", tiny_weights, *args, cwd=tmp_path)
         assert r.exit_code == 2 and "is an option's name, not a file or folder" in _flat(
             r.stderr), (args, r.stderr)
@@ -2397,6 +2398,8 @@ def test_quality_for_lossless_results_is_said_to_do_nothing(tmp_path: Path,
     r = derain(tmp_path / "in", "--quality", "50", "--weights", tiny_weights)
     assert r.exit_code == 0 and ("--quality does nothing here: BMP and PNG are written "
                                  "losslessly") in " ".join(r.stderr.split()), r.output
+    r = derain(tmp_path / "in", "--quality", "50", "--weights", tiny_weights)  # a rerun
+    assert r.exit_code == 0 and "--quality" not in r.stderr, r.output  # writes nothing
     Image.open(a).convert("RGB").save(tmp_path / "in" / "d.jpg")  # one JPEG takes it
     r = derain(tmp_path / "in", "--quality", "50", "--weights", tiny_weights)
     assert r.exit_code == 0 and "--quality" not in r.stderr, r.output
