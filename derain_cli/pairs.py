@@ -334,6 +334,23 @@ def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
         else:
             pairs.append((r, c))
             used.add(c)
+    # Names of digits alone by their number (1.png with 01.png: an audit), among what is
+    # left only, and only where the number is unambiguous on both sides: an exact name
+    # always keeps its partner, and 1.png beside 01.png is no guess (a review)
+    clean_left = [c for c in clean if c not in used]
+    r_nums = Counter(_plain_number(p) for p in still_left)
+    c_nums = Counter(_plain_number(p) for p in clean_left)
+    c_by_num = {_plain_number(p): p for p in clean_left
+                if _plain_number(p) is not None and c_nums[_plain_number(p)] == 1}
+    rainy_left, still_left = still_left, []
+    for r in rainy_left:
+        n = _plain_number(r)
+        c = c_by_num.get(n) if n is not None and r_nums[n] == 1 else None
+        if c is None:
+            still_left.append(r)
+        else:
+            pairs.append((r, c))
+            used.add(c)
     return _Match("by file name", pairs, still_left, [c for c in clean if c not in used])
 
 
@@ -422,9 +439,7 @@ def _match(
     dedicated = not rainy_shared and not clean_shared
     candidates: list[_Match] = []
     if dedicated:
-        candidates.append(_match_by_name(rainy, clean))
-        candidates.append(_match_by_key("by number (1 = 001)", rainy, clean, _plain_number,
-                                        _plain_number, False, False))
+        candidates.append(_match_by_name(rainy, clean))  # (and by number: 1 = 001)
     candidates.append(
         _match_by_key(
             "by rain-N / norain-N numbering",

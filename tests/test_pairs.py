@@ -561,6 +561,22 @@ def test_numbered_names_pair_by_number_and_unmatched_names_say_to_rename(tmp_pat
     with pytest.raises(PairsError, match="matched by file name: 1 pair, but\n  1 clean image "
                                          "in 'clean/' without a rainy partner: 01.png"):
         find_pairs(tmp_path / "e")
+    # numbers pair among what names leave over, and only where unambiguous (a review: the
+    # number rule competed whole with the name rule, and took exact partners away)
+    _make(tmp_path / "m", "rainy/1.png", "rainy/02.png", "rainy/03.png", "clean/01.png",
+          "clean/1.png", "clean/2.png", "clean/3.png")
+    with pytest.raises(PairsError, match="without a rainy partner: 01.png"):
+        find_pairs(tmp_path / "m")
+    assert ("rainy/1.png", "clean/1.png") in _names(
+        find_pairs(tmp_path / "m", strict=False), tmp_path / "m")
+    _make(tmp_path / "a", "rainy/1.png", "rainy/2.png", "rainy/a.png", "clean/001.png",
+          "clean/002.png", "clean/a.png")
+    assert _names(find_pairs(tmp_path / "a"), tmp_path / "a") == [
+        ("rainy/1.png", "clean/001.png"), ("rainy/2.png", "clean/002.png"),
+        ("rainy/a.png", "clean/a.png")]
+    _make(tmp_path / "d", "rainy/1.png", "rainy/01.png", "clean/001.png")  # two 1s: no guess
+    with pytest.raises(PairsError, match="no rainy image matches a clean one"):
+        find_pairs(tmp_path / "d")
     _make(tmp_path / "x", "rainy/a.png", "clean/b.png")
     with pytest.raises(PairsError, match="by number \\(1 = 001\\)") as e:
         find_pairs(tmp_path / "x")
