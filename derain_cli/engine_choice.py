@@ -203,20 +203,18 @@ def _mean_photo(workload_megapixels: float | None,
 
 
 def _fallback_path(create: bool = False) -> Path | None:
-    """``engines.json`` in the user's own temporary folder, where the exported graphs go
-    when the cache cannot be written (``onnx_backend``); None where there is none."""
+    """Where the choices of a cache that cannot be written go: the user's own temporary
+    folder, where the exported graphs go then too (``onnx_backend``), in a file named for
+    the cache's path (``engines-HASH.json``), so that only runs on that cache read it;
+    None where there is no such folder."""
     from .onnx_backend import _private_temp_folder
 
     folder = _private_temp_folder(create=create)
-    return None if folder is None else folder / "engines.json"
-
-
-def _cache_writable() -> bool:
-    """Whether the cache's folder (or the nearest one that exists) takes new files."""
-    folder = choices_path().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return os.access(folder, os.W_OK)
+    if folder is None:
+        return None
+    tag = hashlib.sha256(os.path.abspath(choices_path()).encode(
+        "utf-8", "surrogateescape")).hexdigest()[:16]
+    return folder / f"engines-{tag}.json"
 
 
 def _read_choices(path: Path) -> dict[str, dict[str, Any]]:
@@ -232,14 +230,15 @@ def _read_choices(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def load_choices() -> dict[str, dict[str, Any]]:
-    """Every remembered choice ({} when the file is missing or unreadable); where the
-    cache cannot be written, those remembered in the temporary folder too (the cache's
-    own first)."""
+    """Every remembered choice ({} when the file is missing or unreadable), with those
+    remembered for this cache in the temporary folder when it could not be written (the
+    cache's own first). Whether it can be written is not guessed: a file or folder in the
+    way, or a full disk, passed a permission check and the choice was never read back (a
+    review)."""
     data = _read_choices(choices_path())
-    if not _cache_writable():
-        fallback = _fallback_path()
-        if fallback is not None:
-            data = {**_read_choices(fallback), **data}
+    fallback = _fallback_path()
+    if fallback is not None and fallback.is_file():
+        data = {**_read_choices(fallback), **data}
     return data
 
 
@@ -291,10 +290,14 @@ def one_measurer(wait_s: float | None = None) -> Iterator[None]:
         yield
         return
     fd = None
-    fallback = _fallback_path(create=True) if not _cache_writable() else None
-    for path in (choices_path().with_name("engines.lock"),  # (in the temporary folder
-                 *([fallback.with_name("engines.lock")] if fallback else [])):  # too, where
-        try:  # the choice is remembered there: two runs timed at once without it)
+    for path in (choices_path().with_name("engines.lock"), None):  # None: the temporary
+        # folder's, where the choice is remembered then (two runs timed at once without it)
+        if path is None:
+            fallback = _fallback_path(create=True)
+            if fallback is None:
+                break
+            path = fallback.with_suffix(".lock")
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             break
