@@ -1117,6 +1117,21 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
     preset_used = bool(before.get("synthetic") or now.get("synthetic")) or \
         _run_kind(out) == "finetune" or \
         {before.get("contrast_features"), now.get("contrast_features")} != {"none"}
+    finetune = _run_kind(out) == "finetune"
+    flag = {"pairs": "--pairs", "synthetic": "--clean" if finetune else "--synthetic",
+            "unlabeled": "--rainy" if finetune else "--unlabeled"}
+    gone = []
+    for key in folders:  # the run's folders moved (none is where it was): those given
+        old, new = before.get(key), now.get(key)  # stand in; their image count is checked
+        if (isinstance(old, list) and isinstance(new, list) and old and len(old) == len(new)
+                and old != new and not any(os.path.exists(f) for f in old)):
+            gone.append(f"{flag[key]} {', '.join(map(str, old))} is gone; "
+                        f"{', '.join(map(str, new))} stands in")  # (refused as other data,
+            before[key] = new  # and without the new place no folder: an audit)
+    if gone and warn:
+        (notes.append if notes is not None else _say)(
+            "warning: --resume: " + "; ".join(gone) + " (moved photos resume as they were; "
+            "other photos make it another run)")
     data_keys = (*folders, "rainy_dir", "clean_dir", *(("preset",) if preset_used else ()))
     changed = [k for k in data_keys if k in before and before[k] != now.get(k)]
     w0, w1 = before.get("init_weights"), now.get("init_weights")
@@ -1127,8 +1142,12 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
         changed.append("init_weights")
         before.setdefault("init_weights", None)
     if changed:
+        def shown(value: Any) -> str:  # (Python's list reprs were printed: an audit)
+            return ", ".join(map(str, value)) if isinstance(value, list) else repr(value)
+
         raise TrainError("--resume: the run was trained on other data ("
-                         + "; ".join(f"{k}: {before[k]!r}, now {now.get(k)!r}" for k in changed)
+                         + "; ".join(f"{flag.get(k, k)}: {shown(before[k])}, now "
+                                     f"{shown(now.get(k))}" for k in changed)
                          + (" (other weights than the run started from)"
                             if "init_weights" in changed else "")
                          + "); start a new run with another --out", every_rank=False)
@@ -1806,15 +1825,18 @@ def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
 
     try:
         return _datasets_of(cfg, hooks, arch, features, is_main)
-    except (D.DataError, PairsError, FileNotFoundError) as e:
+    except (D.DataError, PairsError, FileNotFoundError, NotADirectoryError) as e:
         finetune = "run_started" in hooks  # its folders have flags of their own (they
         text = str(e)  # were said without any: an audit)
         for flag, dirs in (("--pairs", cfg.pairs),
                            ("--clean" if finetune else "--synthetic", cfg.synthetic),
                            ("--rainy" if finetune else "--unlabeled", cfg.unlabeled)):
-            if any(text == f"no such folder: {d}" or text.startswith(f"{d}: ")
-                   for d in dirs or ()):
-                raise type(e)(f"{flag} {text}") from None
+            if any(text in (f"no such folder: {d}", f"not a folder: {d}")
+                   or text.startswith(f"{d}: ") for d in dirs or ()):
+                gone = (f" (the run's folder: moved? pass its new place, {flag} NEW_PLACE, "
+                        "with --resume)" if cfg.resume and text.startswith("no such folder")
+                        else "")  # (a resume of a moved folder had no way out: an audit)
+                raise type(e)(f"{flag} {text}{gone}") from None
         raise
 
 
@@ -2240,9 +2262,9 @@ class _Run:
         if not cfg.quiet:
             s = self.setup
             _say(f"training {s.name} ({s.arch}) "
-                 + ("" if self.step else  # (a resumed run "from scratch ... resuming at
-                    # step 10" read as two things at once: an upgrade audit)
-                    f"from {cfg.init_weights} " if cfg.init_weights else "from scratch ")
+                 + (f"from {cfg.init_weights} " if cfg.init_weights else
+                    "" if self.step else "from scratch ")  # (a resumed run "from scratch
+                 # ... resuming at step 10" read as two things at once: an upgrade audit)
                  + f"on {s.device} x{self.world}; data: "
                  f"{self.labeled.describe()}"
                  + (f" + {len(unlabeled)} unlabeled" if unlabeled is not None else "")

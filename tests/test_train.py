@@ -807,6 +807,32 @@ def test_resume_must_be_the_same_run(data, tmp_path, capsys):
     assert "changed settings: lr" in capsys.readouterr().err
 
 
+def test_a_run_whose_folder_moved_resumes_from_its_new_place(data, tmp_path, capsys):
+    """Photos moved after a stop: the resume said "no such folder", and given the new place
+    it was refused as other data, the lists printed as Python's (an audit). The new place
+    stands in where none of the run's folders is left; another folder stays refused."""
+    import shutil
+
+    c1, c2 = tmp_path / "c1", tmp_path / "c2"
+    shutil.copytree(data["clean"], c1)
+    T.train(_cfg(data, tmp_path / "r", steps=2, ckpt_every=2, synthetic=[str(c1)]))
+    c1.rename(c2)
+    with pytest.raises(FileNotFoundError, match=r"--synthetic no such folder: .*c1 \(the "
+                                                r"run's folder: moved\? pass its new place"):
+        T.train(_cfg(data, tmp_path / "r", steps=4, resume=True, synthetic=[str(c1)]))
+    capsys.readouterr()
+    res = T.train(_cfg(data, tmp_path / "r", steps=4, ckpt_every=2, resume=True,
+                       synthetic=[str(c2)], quiet=False))
+    assert res.steps == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: --resume: --synthetic {c1} is gone; {c2} stands in" in err, err
+    shutil.copytree(c2, c1)  # its old place there again, and another folder given: refused
+    with pytest.raises(T.TrainError, match=f"other data \\(--synthetic: {c2}, now "
+                                           f"{data['real']}\\)"):
+        T.train(_cfg(data, tmp_path / "r", steps=6, resume=True,
+                     synthetic=[str(data["real"])]))
+
+
 def test_a_run_stopped_between_its_last_step_and_its_export_resumes_to_export(
         data, tmp_path, monkeypatch):
     """A Ctrl-C after the last step's checkpoint (default --ckpt-every 500: the checkpoint
