@@ -1669,10 +1669,15 @@ def _checkpoint_to_resume(s: _Setup, out: Path, is_main: bool,
     # (a run that failed before its first checkpoint holds only logs: started afresh)
     for held in ("last.pt", "model.safetensors", "best.pt"):
         if (out / held).exists():  # a finished run whose last.pt was cleaned up counts
-            unfinished = held == "last.pt" or not (out / "model.safetensors").exists()
-            how = ("pass --resume to continue it or choose another --out"
-                   if unfinished else "choose another --out")
-            raise TrainError(f"{out} already holds a run ({held}); {how}")
+            if (out / "model.safetensors").exists():  # ended: "pass --resume" met "already
+                # at step 20 of the 20 asked for" (a finetune audit)
+                raise TrainError(
+                    f"{out} already holds a run that has ended (its model: "
+                    f"{out / 'model.safetensors'}); choose another --out"
+                    + (", or pass --resume with a larger --steps to train it further"
+                       if (out / "last.pt").exists() else ""))
+            raise TrainError(f"{out} already holds a run ({held}); pass --resume to "
+                             "continue it or choose another --out")
     foreign = _files_not_of_a_run(out)
     if foreign:  # replaced in silence (an audit)
         raise TrainError(f"{out} holds {' and '.join(foreign)}, not written by a derain run: "

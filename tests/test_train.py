@@ -397,7 +397,11 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
     with pytest.raises(T.TrainError, match="no checkpoint"):
         T.train(_cfg(data, tmp_path / "x", resume=True))
     T.train(_cfg(data, tmp_path / "x", steps=2))
-    with pytest.raises(T.TrainError, match="--resume"):
+    # an ended run is said as one, with its model (it said "pass --resume to continue it",
+    # which then met "already at step 2 of the 2 asked for": a finetune audit)
+    with pytest.raises(T.TrainError, match=r"already holds a run that has ended \(its model: "
+                                           r".*model\.safetensors\); choose another --out, or "
+                                           r"pass --resume with a larger --steps"):
         T.train(_cfg(data, tmp_path / "x", steps=2))
     # a run that failed before its first checkpoint (logs only) may be started afresh
     bare = tmp_path / "bare"
@@ -409,8 +413,8 @@ def test_refuses_to_overwrite_and_resume_without_ckpt(data, tmp_path):
         T.train(_cfg(data, tmp_path / "neg", steps=1, workers=-1))
     # a finished run whose last.pt was cleaned up away is still not overwritten
     (tmp_path / "x" / "last.pt").unlink()
-    with pytest.raises(T.TrainError, match=r"already holds a run \(model\.safetensors\); "
-                                           r"choose another --out"):
+    with pytest.raises(T.TrainError, match=r"already holds a run that has ended \(its model: "
+                                           r".*\); choose another --out$"):
         T.train(_cfg(data, tmp_path / "x", steps=2))
     # and --resume says it is finished, not "leave out --resume" (the two pointed at each
     # other: an audit)
