@@ -475,10 +475,13 @@ def finetune_cmd(
     from .train import FinetuneConfig, finetune
 
     with _errors(training=True):
-        if model is None and weights is None and not resume:
-            raise _usage_error("pass --model NAME or --weights FILE")
-        if rainy is None and not resume:
-            raise _usage_error("pass --rainy MY_RAINY_DIR (your own rainy photos)")
+        missing = ([] if model is not None or weights is not None or resume else [
+            f"--model NAME or --weights FILE (the model to adapt; `derain PHOTO` runs "
+            f"{DEFAULT_MODEL_NAME}: -m {DEFAULT_MODEL_NAME})"]) + (
+            [] if rainy is not None or resume else
+            ["--rainy MY_RAINY_DIR (your own rainy photos)"])
+        if missing:  # both at once (one at a time before), with the default model named
+            raise _usage_error("pass " + ", and ".join(missing))  # (an audit)
         _refuse_idle_validation(_given_params(ctx), val, resume)
         finetune(FinetuneConfig(
             rainy=str(rainy) if rainy else None, model=model,

@@ -1391,6 +1391,10 @@ def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, mo
     assert r.exit_code == 2 and "needs --rainy" in r.output, r.output
     r = CliRunner().invoke(app, ["finetune", "--out", str(out / "new"), *common])
     assert r.exit_code == 2 and "pass --model NAME or --weights FILE" in r.output
+    r = CliRunner().invoke(app, ["finetune", "--out", str(out / "new")])  # both said at once
+    said = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and ("(the model to adapt; `derain PHOTO` runs semi-drdnet-fast: "
+                                 "-m semi-drdnet-fast), and --rainy MY_RAINY_DIR") in said, said
     # the other command's run is named as such (each asked for its own flags, then said
     # "other data": an audit)
     r = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "9",
