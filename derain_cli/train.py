@@ -3218,8 +3218,10 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     batch = fc.batch if fc.batch is not None else (8 if on_gpu else 4)
     patch = fc.patch if fc.patch is not None else (128 if on_gpu else 96)
     if fc.max_side and fc.max_side < patch:
-        raise TrainError(f"--max-side must be 0 (keep) or at least the patch ({patch} px), "
-                         f"not {fc.max_side}")
+        raise TrainError(f"--patch {patch} is larger than --max-side {fc.max_side}, the long "
+                         "side your photos are downscaled to (0 keeps them as they are): give "
+                         "a smaller --patch or a larger --max-side")  # (--patch 2048 alone
+        # was said as "--max-side must be 0 or at least the patch": an audit)
     cfg = TrainConfig(
         model=fc.model if fc.arch is None else None, arch=fc.arch, model_config=fc.model_config,
         init_weights=weights, synthetic=[fc.clean] if fc.clean else [], preset=fc.preset,

@@ -1304,6 +1304,15 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert (config["val_every"], config["ckpt_every"]) == (1, 1)
 
 
+def test_a_patch_past_the_photos_downscale_names_both_flags(data, tmp_path):
+    """--patch 2048 alone said "--max-side must be 0 (keep) or at least the patch (2048 px),
+    not 1024", of a flag the user never gave (a finetune audit)."""
+    with pytest.raises(T.TrainError, match=r"--patch 2048 is larger than --max-side 1024, the "
+                                           r"long side your photos are downscaled to"):
+        T.finetune(T.FinetuneConfig(rainy=str(data["real"]), out=str(tmp_path / "f"),
+                                    model="semi-drdnet-tiny", patch=2048, device="cpu"))
+
+
 def test_finetune_resume_continues_the_run_as_started(data, tmp_path, capsys, monkeypatch):
     """`derain finetune -o RUN --resume` needed --rainy and -m again and then ran the
     defaults (batch 4, patch 96, 200 steps) over the run's own settings (audit)."""
