@@ -899,10 +899,11 @@ _FEATURES = ("auto", "vgg19", "self", "none")
 _SMALLEST_PATCH = 16
 
 
-def check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
     """Refuse options that cannot work before any data is read or any step is taken, so a
     mistake costs seconds, not a training run (the export dtype used to fail only at the
-    end, ``--epochs 0`` meant 10000 steps, ``--batch 0`` divided by zero)."""
+    end, ``--epochs 0`` meant 10000 steps, ``--batch 0`` divided by zero). ``finetune``:
+    its folders are named by its own flags (--clean, --rainy)."""
     from .synth import PRESET_NAMES, check_preset
 
     def need(ok: bool, msg: str) -> None:
@@ -968,8 +969,9 @@ def check_config(cfg: TrainConfig) -> None:
             seen[key] = f
     from .pairs import reads_into
 
-    for flag, folders in (("--pairs", cfg.pairs), ("--synthetic/--clean", cfg.synthetic),
-                          ("--unlabeled/--rainy", cfg.unlabeled),
+    for flag, folders in (("--pairs", cfg.pairs),
+                          ("--clean" if finetune else "--synthetic", cfg.synthetic),
+                          ("--rainy" if finetune else "--unlabeled", cfg.unlabeled),
                           ("--val", [cfg.val] if cfg.val else [])):
         for f in folders:  # the folders are read recursively: the run's files would be data
             via = reads_into(f, cfg.out)
@@ -1613,7 +1615,7 @@ def _settle(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], local: int, 
     identity and precision, every setting checked: a mistake fails here, on every rank,
     not minutes into the run."""
     cfg = with_run_settings(cfg)
-    check_config(cfg)
+    check_config(cfg, finetune="run_started" in hooks)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device, local, world)
@@ -3247,7 +3249,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     )
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
-    check_config(cfg)  # before the photos are read and derained
+    check_config(cfg, finetune=True)  # before the photos are read and derained
     loaded: list[list[np.ndarray]] = []
 
     def user_photos() -> list[np.ndarray]:
