@@ -3250,6 +3250,11 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     if fc.contrast_terms is None:
         cfg.contrast_terms = ",".join(L.FINETUNE_CONTRAST_TERMS[_model_identity(cfg)[1]])
     check_config(cfg, finetune=True)  # before the photos are read and derained
+    if (fc.clean and fc.rainy and not fc.quiet
+            and os.path.realpath(fc.clean) == os.path.realpath(fc.rainy)):
+        _say("warning: --clean names your --rainy folder: rain is added on top of rainy "
+             "photos, and the model learns to keep their rain; give photos without rain, "
+             "or leave --clean out (your photos' derained versions stand in)")  # (an audit)
     loaded: list[list[np.ndarray]] = []
 
     def user_photos() -> list[np.ndarray]:

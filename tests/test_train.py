@@ -1304,6 +1304,16 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert (config["val_every"], config["ckpt_every"]) == (1, 1)
 
 
+def test_clean_photos_that_are_the_rainy_ones_are_said(data, tmp_path, capsys):
+    """--clean naming the --rainy folder added rain on top of rain without a word (a
+    finetune audit)."""
+    T.finetune(T.FinetuneConfig(rainy=str(data["real"]), clean=str(data["real"]) + "/",
+                                out=str(tmp_path / "f"), model="semi-drdnet-tiny", steps=1,
+                                patch=24, batch=2, device="cpu"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: --clean names your --rainy folder: rain is added on top of rainy" in err
+
+
 def test_a_patch_past_the_photos_downscale_names_both_flags(data, tmp_path):
     """--patch 2048 alone said "--max-side must be 0 (keep) or at least the patch (2048 px),
     not 1024", of a flag the user never gave (a finetune audit)."""
