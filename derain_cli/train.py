@@ -246,6 +246,11 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What ``train`` and ``finetune`` made: the run folder and its weights file (absolute
+    paths), the manifest entry, the run's total ``steps`` (after a resume too), and this
+    call's own losses (``losses``, ``final_loss``: the mean of its last ten), the best and
+    the last validation (``metrics["val"]``; empty without ``val``)."""
+
     out: Path
     weights: Path | None
     manifest_entry: dict[str, Any] | None
@@ -282,6 +287,9 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
 
 def _model_identity(cfg: TrainConfig) -> tuple[str, str, dict[str, Any]]:
     """(name, arch, config dict) of the model being trained."""
+    if cfg.model_config and cfg.arch is None:  # it trained the registry's model instead,
+        raise TrainError("--model-config configures --arch: give --arch too (with --model "  # in
+                         "NAME the registry's configuration is used)")  # silence (an audit)
     if cfg.arch is not None:
         conf = cfg.model_config or {}
         _check_network_size(cfg.arch, conf)
@@ -926,12 +934,24 @@ def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
          f"--threads must be at least 1, not {cfg.threads}")
     need(cfg.patch is None or cfg.patch >= _SMALLEST_PATCH,
          f"--patch must be at least {_SMALLEST_PATCH} px, not {cfg.patch}")
+    for name in ("lr", "min_lr_ratio", "weight_decay", "clip", "ema", "time_budget",
+                 "contrast_weight", "ssim_weight", "l1_weight", "psnr_weight", "l2sp",
+                 "consistency", "clean_fraction"):  # a Python caller's lr="1e-4" failed
+        v = getattr(cfg, name)  # deep in a comparison, weight_decay="0.1" inside the
+        need((v is None and name == "time_budget")  # optimizer after the run began, a NaN
+             or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v),
+             f"--{name.replace('_', '-')} must be a number, not {v!r}")  # weight trained on
+        # skipping every update and exported the start (an audit of the Python API)
     for flag, v in (("--lr", cfg.lr), ("--l1-weight", cfg.l1_weight),
                     ("--psnr-weight", cfg.psnr_weight), ("--clip", cfg.clip),
                     ("--contrast-weight", cfg.contrast_weight), ("--l2sp", cfg.l2sp),
                     ("--consistency", cfg.consistency)):  # `--lr inf` trained to a NaN
         need(not math.isinf(v), f"{flag} must be a finite number, not {v:g}")  # model (audit)
     need(cfg.lr > 0, f"--lr must be positive, not {cfg.lr:g}")
+    for flag, v in (("--ssim-weight", cfg.ssim_weight), ("--weight-decay", cfg.weight_decay)):
+        need(v >= 0 and not math.isinf(v), f"{flag} must be 0 (off) or more, not {v:g}")
+    need(0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio (the learning rate's floor, a share of "
+                                     f"--lr) must be in [0, 1], not {cfg.min_lr_ratio:g}")
     need(cfg.l1_weight >= 0, f"--l1-weight must be 0 (off) or more, not {cfg.l1_weight:g}")
     need(cfg.psnr_weight >= 0,
          f"--psnr-weight must be 0 (off) or more, not {cfg.psnr_weight:g}")
@@ -2763,8 +2783,9 @@ class _Run:
         if self.world > 1:
             dist.barrier()
         losses = self.losses_seen
-        return TrainResult(
-            out=out, weights=weights_path, manifest_entry=entry, steps=step,
+        return TrainResult(  # (absolute: relative ones led elsewhere after a chdir: an audit)
+            out=Path(os.path.abspath(out)), manifest_entry=entry, steps=step,
+            weights=Path(os.path.abspath(weights_path)) if weights_path else None,
             final_loss=float(np.mean(losses[-10:])) if losses else None,
             best_psnr=self.best_psnr, metrics={"val": last_val} if last_val else {},
             wall_time_s=wall, stopped_early=self.stopped_early, losses=losses,
@@ -3196,6 +3217,11 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
                          f"`derain train -o {run} --resume`", every_rank=False)
     fc = finetune_run_settings(config)
+    for name in ("steps", "batch", "patch", "max_side"):  # steps="3" failed in a comparison
+        value = getattr(fc, name)  # before check_config, which says it for train (an audit)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TrainError(f"--{name.replace('_', '-')} must be a whole number, not "
+                             f"{value!r}")
     _check_finetune_resume(fc)
     if not fc.rainy:
         raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "

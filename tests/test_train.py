@@ -1304,6 +1304,35 @@ def test_finetune_cli_takes_amp(data, tmp_path, monkeypatch):
     assert (config["val_every"], config["ckpt_every"]) == (1, 1)
 
 
+def test_python_only_settings_are_checked_before_the_run(data, tmp_path, monkeypatch):
+    """A negative min_lr_ratio trained with a negative learning rate, weight_decay="0.1"
+    failed inside the optimizer after the run began, a NaN ssim_weight skipped every update
+    and exported the start, model_config without arch was ignored, finetune's steps="3"
+    failed in a comparison; results were relative paths, wrong after a chdir (an audit of
+    the Python API)."""
+    for bad, said in (({"min_lr_ratio": -1.0}, "--min-lr-ratio .* must be in \\[0, 1\\]"),
+                      ({"min_lr_ratio": 5.0}, "--min-lr-ratio"),
+                      ({"weight_decay": -0.5}, "--weight-decay must be 0 \\(off\\) or more"),
+                      ({"ssim_weight": -1.0}, "--ssim-weight must be 0"),
+                      ({"ssim_weight": float("nan")}, "--ssim-weight must be a number, not nan"),
+                      ({"weight_decay": "0.1"}, "--weight-decay must be a number, not '0.1'"),
+                      ({"lr": "1e-4"}, "--lr must be a number"),
+                      ({"time_budget": "3"}, "--time-budget must be a number"),
+                      ({"arch": None, "model": "semi-drdnet-tiny", "model_config": {"width": 8}},
+                       "--model-config configures --arch")):
+        with pytest.raises(T.TrainError, match=said):
+            T.train(_cfg(data, tmp_path / "bad", steps=1, **bad))
+        assert not (tmp_path / "bad").exists(), bad
+    with pytest.raises(T.TrainError, match="--steps must be a whole number, not '3'"):
+        T.finetune(T.FinetuneConfig(rainy=str(data["real"]), out=str(tmp_path / "f"),
+                                    model="semi-drdnet-tiny", steps="3"))
+    monkeypatch.chdir(tmp_path)
+    res = T.train(_cfg(data, "rel", steps=1))
+    assert res.out.is_absolute() and res.weights is not None and res.weights.is_absolute()
+    monkeypatch.chdir(data["clean"])
+    assert res.weights.is_file()
+
+
 def test_clean_photos_that_are_the_rainy_ones_are_said(data, tmp_path, capsys):
     """--clean naming the --rainy folder added rain on top of rain without a word (a
     finetune audit)."""
