@@ -240,8 +240,9 @@ def _runner(model: Any, device: str, tile: int | None, precision: str = "auto",
 
         from .data import to_tensor
 
-        net = model.eval()
-        dev = next(net.parameters()).device
+        net = model.eval()  # (its mode is put back by evaluate)
+        dev = next(iter([*net.parameters(), *net.buffers()]), torch.empty(0)).device  # (one
+        # without parameters raised a bare StopIteration: an audit)
 
         def run_module(rgb: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -367,6 +368,23 @@ def evaluate(
     check_pair_sizes(pairs)
     check_turns(pairs, rain_angle if rain_angle else getattr(model, "rain_angle", 0.0))
     decoded = check_pairs_read(pairs)
+    with contextlib.ExitStack() as mode:
+        if isinstance(model, nn.Module) and model.training:  # scored in eval mode, then put
+            mode.callback(model.train)  # back: a notebook scoring mid-training trained on
+            # with frozen BatchNorm (an audit of the Python API)
+        return _evaluate_pairs(model, data_dir, pairs, decoded, t0, device, tile, precision,
+                               backend, threads, ensemble, rain_angle, strength, save, rep,
+                               csv_file, overwrite, on_start, on_image)
+
+
+def _evaluate_pairs(model: Any, data_dir: str | os.PathLike[str], pairs: list[Pair],
+                    decoded: list[Any], t0: float, device: str, tile: int | None,
+                    precision: str, backend: str, threads: int | None, ensemble: int,
+                    rain_angle: float | str, strength: float, save: Path | None,
+                    rep: Path | None, csv_file: Path | None, overwrite: bool,
+                    on_start: Callable[[int], None] | None,
+                    on_image: Callable[[int, int, ImageScore], None] | None) -> EvalResult:
+    """``evaluate``'s scoring of the checked pairs (``decoded``: their images, or None)."""
     derainer, label, run = _runner(model, device, tile, precision, backend, threads, ensemble,
                                    rain_angle, strength)
     setting = getattr(derainer, "rain_angle", 0.0)  # a Derainer given as it is: its own
@@ -462,6 +480,11 @@ def _check_model_name(model: object) -> None:
     """A model name that is neither registered nor identity nor a weights file, refused
     before any pair is read, with identity among the choices (the registry's own message
     left it out: an audit)."""
+    if not isinstance(model, str | os.PathLike | nn.Module) and not hasattr(
+            model, "derain_array"):  # None or 3 failed with an AttributeError once every
+        # pair was decoded (an audit of the Python API)
+        raise TypeError(f"model must be a model name, 'identity', a weights file, a Derainer "
+                        f"or a torch module, not {type(model).__name__}")
     if isinstance(model, str) and model != IDENTITY:
         from .models import MODELS, UnknownModelError
         from .weights import names_a_file
@@ -1082,6 +1105,10 @@ def synth_pairs(
         synth.check_preset(preset)
     except ValueError as e:
         raise SynthError(str(e)) from None
+    for name, value in (("count", count), ("seed", seed)):  # count=2.5 wrote 3 pairs,
+        if not (isinstance(value, int) and not isinstance(value, bool)) and not (
+                value is None and name == "count"):  # "2" failed in a comparison (audit)
+            raise SynthError(f"{name} must be a whole number, not {value!r}")
     if count is not None and count < 1:
         raise SynthError("count must be at least 1")
     if not 0 <= seed < 2**32:  # taken modulo 2**32: two seeds gave the same rain

@@ -1295,6 +1295,30 @@ def test_eval_says_the_librarys_warnings_as_derain_does(pairs, tiny_weights):
     assert "warning: rain 10 degrees from vertical" in r.output
 
 
+def test_the_python_api_refuses_what_it_cannot_use_up_front(clean_dir, pairs, tmp_path):
+    """evaluate(None, ...) failed with an AttributeError once every pair was decoded; a
+    module without parameters with a bare StopIteration, and a module in training mode was
+    left in eval mode; synth_pairs(count=2.5) wrote 3 pairs, count="2" failed in a
+    comparison (an audit of the Python API)."""
+    import torch
+
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match="model must be a model name, 'identity', a "
+                                            "weights file, a Derainer or a torch module"):
+            E.evaluate(bad, pairs)
+    assert E.evaluate(torch.nn.Identity(), pairs, limit=1).count == 1
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)).train()
+    E.evaluate(net, pairs, limit=1)
+    assert net.training  # put back as it was
+    E.evaluate(net.eval(), pairs, limit=1)
+    assert not net.training
+    for bad in ({"count": 2.5}, {"count": "2"}, {"seed": "1"}, {"seed": None},
+                {"count": True}):
+        with pytest.raises(E.SynthError, match="must be a whole number, not "):
+            E.synth_pairs(clean_dir, tmp_path / "s", preset="light", **bad)
+    assert not (tmp_path / "s").exists()
+
+
 def test_synth_and_eval_refuse_a_folder_another_run_writes(clean_dir, pairs, tmp_path):
     """Two synth runs into one folder both passed the "already holds pairs" check and
     interleaved their pairs (a rainy image of one photo beside another's clean one); two
