@@ -366,6 +366,12 @@ def _checked(cfg: DistillConfig) -> DistillConfig:
                                f"of at least {low}, not {value!r}")
     if cfg.seed > 2**32 - 1:
         raise DistillError(f"seed (--seed) must be at most {2**32 - 1}, not {cfg.seed}")
+    for name in ("lr", "max_minutes"):  # lr="1e-4" failed in a comparison (an audit)
+        value = getattr(cfg, name)
+        if not (value is None and name == "max_minutes") and (
+                isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DistillError(f"{name} (--{name.replace('_', '-')}) must be a number, not "
+                               f"{value!r}")
     if not (isinstance(cfg.real_fraction, int | float) and 0.0 <= cfg.real_fraction <= 1.0):
         raise DistillError(f"real_fraction must be from 0 to 1, not {cfg.real_fraction!r}")
     texts = {f.name: os.fspath(getattr(cfg, f.name)) for f in fields(cfg)
@@ -381,7 +387,15 @@ def _checked(cfg: DistillConfig) -> DistillConfig:
 
 
 def distill(cfg: DistillConfig) -> DistillResult:
-    """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring."""
+    """Train a shallower Semi-DRDNet to imitate ``cfg.teacher``; see the module docstring.
+    The caller's torch random state is kept, as ``train`` keeps it (it was reseeded by
+    ``--seed`` and left so: an audit of the Python API)."""
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        return _distill(cfg)
+
+
+def _distill(cfg: DistillConfig) -> DistillResult:
     cfg = _checked(cfg)
     if not (math.isfinite(cfg.lr) and cfg.lr >= 0):  # torch's "Invalid learning rate" named
         # no flag (an audit); 0 writes the pruned student as it is
