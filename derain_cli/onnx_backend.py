@@ -354,8 +354,7 @@ class ShapedSessions:
     def __init__(self, path: Path, make_opts: Callable[[], Any], providers: list) -> None:
         import onnxruntime as ort
 
-        self._ort, self._path, self._make_opts, self._providers = (
-            ort, path, make_opts, providers)
+        self._ort, self._make_opts, self._providers = ort, make_opts, providers
         # the graph's bytes, read once: sessions made later (a new tile shape, after an
         # out-of-memory) reloaded the file, and a cache cleaned during a folder run failed
         # every photo after (the README calls the cache safe to delete: an audit)
