@@ -718,11 +718,8 @@ def _jpeg_lacking_only_its_end(p: Path) -> bytes | None:
     after each of two fillers are compared. (A file a few bytes short can pass where the
     decoder needs none of the fillers' bits: tried on photos, its last 8x8 or 16x16 block
     then differed, as viewers show it too.)"""
-    try:
-        data = p.read_bytes()
-    except OSError:
-        return None
-    if not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
+    data = _read_bytes(p)
+    if data is None or not data.startswith(b"\xff\xd8") or data.endswith(b"\xff\xd9"):
         return None
     base = data[:-1] if data.endswith(b"\xff") else data  # cut between FF and D9
     if not _jpeg_scans_complete(base):  # a progressive file cut between two scans: every

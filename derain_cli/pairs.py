@@ -321,37 +321,34 @@ def _match_by_name(rainy: Sequence[Path], clean: Sequence[Path]) -> _Match:
                 pairs.append((r, c))
                 used.add(c)
         rainy_left = left
-    clean_left = [c for c in clean if c not in used]
-    # Same stem, different extension; only where the stem is unambiguous on both sides.
-    r_stems = Counter(_nfc(p.stem) for p in rainy_left)
-    c_stems = Counter(_nfc(p.stem) for p in clean_left)
-    c_by_stem = {_nfc(p.stem): p for p in clean_left if c_stems[_nfc(p.stem)] == 1}
-    still_left: list[Path] = []
-    for r in rainy_left:
-        c = c_by_stem.get(_nfc(r.stem)) if r_stems[_nfc(r.stem)] == 1 else None
+    # Same stem, different extension; then names of digits alone by their number (1.png
+    # with 01.png: an audit), among what is left only, so that an exact name always keeps
+    # its partner (a review)
+    for key in (lambda p: _nfc(p.stem), _plain_number):
+        rainy_left = _pair_by_unique_key(rainy_left, [c for c in clean if c not in used],
+                                         key, pairs, used)
+    return _Match("by file name", pairs, rainy_left, [c for c in clean if c not in used])
+
+
+def _pair_by_unique_key(rainy: Sequence[Path], clean: Sequence[Path],
+                        key: Callable[[Path], Hashable | None],
+                        pairs: list[tuple[Path, Path]], used: set[Path]) -> list[Path]:
+    """Pair ``rainy`` with ``clean`` files whose ``key`` agrees, only where it is unique on
+    both sides (1.png beside 01.png is no guess; None: no key), into ``pairs`` and
+    ``used``; the rainy files left unpaired."""
+    r_count = Counter(key(p) for p in rainy)
+    c_count = Counter(key(p) for p in clean)
+    by_key = {key(p): p for p in clean if key(p) is not None and c_count[key(p)] == 1}
+    left: list[Path] = []
+    for r in rainy:
+        k = key(r)
+        c = by_key.get(k) if k is not None and r_count[k] == 1 else None
         if c is None:
-            still_left.append(r)
+            left.append(r)
         else:
             pairs.append((r, c))
             used.add(c)
-    # Names of digits alone by their number (1.png with 01.png: an audit), among what is
-    # left only, and only where the number is unambiguous on both sides: an exact name
-    # always keeps its partner, and 1.png beside 01.png is no guess (a review)
-    clean_left = [c for c in clean if c not in used]
-    r_nums = Counter(_plain_number(p) for p in still_left)
-    c_nums = Counter(_plain_number(p) for p in clean_left)
-    c_by_num = {_plain_number(p): p for p in clean_left
-                if _plain_number(p) is not None and c_nums[_plain_number(p)] == 1}
-    rainy_left, still_left = still_left, []
-    for r in rainy_left:
-        n = _plain_number(r)
-        c = c_by_num.get(n) if n is not None and r_nums[n] == 1 else None
-        if c is None:
-            still_left.append(r)
-        else:
-            pairs.append((r, c))
-            used.add(c)
-    return _Match("by file name", pairs, still_left, [c for c in clean if c not in used])
+    return left
 
 
 KeyFn = Callable[[Path], Hashable | None]

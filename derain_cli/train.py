@@ -907,6 +907,24 @@ _FEATURES = ("auto", "vgg19", "self", "none")
 _SMALLEST_PATCH = 16
 
 
+def _data_flag(key: str, finetune: bool) -> str:
+    """The flag that names a data-folder setting (``pairs``, ``synthetic``, ``unlabeled``)
+    to the user of each command: finetune has its own (--clean, --rainy), and its messages
+    named train's (audits)."""
+    if key == "synthetic":
+        return "--clean" if finetune else "--synthetic"
+    if key == "unlabeled":
+        return "--rainy" if finetune else "--unlabeled"
+    return f"--{key}"
+
+
+def _check_whole(name: str, value: object) -> None:
+    """``TrainError`` where a whole-number setting (None: unset) is anything else: a Python
+    caller's steps=2.5 trained 3 steps, steps="3" failed in a comparison (audits)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TrainError(f"--{name.replace('_', '-')} must be a whole number, not {value!r}")
+
+
 def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
     """Refuse options that cannot work before any data is read or any step is taken, so a
     mistake costs seconds, not a training run (the export dtype used to fail only at the
@@ -920,10 +938,8 @@ def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
 
     for name in ("steps", "epochs", "batch", "threads", "patch", "workers", "warmup",
                  "val_every", "ckpt_every", "log_every", "val_limit", "val_crop", "seed",
-                 "bn_recalib"):  # a Python caller's steps=2.5 trained 3 steps (an audit)
-        v = getattr(cfg, name, None)
-        need(v is None or (isinstance(v, int) and not isinstance(v, bool)),
-             f"--{name.replace('_', '-')} must be a whole number, not {v!r}")
+                 "bn_recalib"):
+        _check_whole(name, getattr(cfg, name, None))
     need(cfg.steps is None or cfg.epochs is None,
          "give --steps or --epochs, not both")
     need(cfg.steps is None or cfg.steps >= 1, f"--steps must be at least 1, not {cfg.steps}")
@@ -990,8 +1006,8 @@ def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
     from .pairs import reads_into
 
     for flag, folders in (("--pairs", cfg.pairs),
-                          ("--clean" if finetune else "--synthetic", cfg.synthetic),
-                          ("--rainy" if finetune else "--unlabeled", cfg.unlabeled),
+                          (_data_flag("synthetic", finetune), cfg.synthetic),
+                          (_data_flag("unlabeled", finetune), cfg.unlabeled),
                           ("--val", [cfg.val] if cfg.val else [])):
         for f in folders:  # the folders are read recursively: the run's files would be data
             via = reads_into(f, cfg.out)
@@ -1140,8 +1156,7 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any], arch: str, conf: dict[
         _run_kind(out) == "finetune" or \
         {before.get("contrast_features"), now.get("contrast_features")} != {"none"}
     finetune = _run_kind(out) == "finetune"
-    flag = {"pairs": "--pairs", "synthetic": "--clean" if finetune else "--synthetic",
-            "unlabeled": "--rainy" if finetune else "--unlabeled"}
+    flag = {key: _data_flag(key, finetune) for key in folders}
     gone = []
     for key in folders:  # the run's folders moved (none is where it was): those given
         old, new = before.get(key), now.get(key)  # stand in; their image count is checked
@@ -1856,8 +1871,8 @@ def _datasets(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: str,
         finetune = "run_started" in hooks  # its folders have flags of their own (they
         text = str(e)  # were said without any: an audit)
         for flag, dirs in (("--pairs", cfg.pairs),
-                           ("--clean" if finetune else "--synthetic", cfg.synthetic),
-                           ("--rainy" if finetune else "--unlabeled", cfg.unlabeled)):
+                           (_data_flag("synthetic", finetune), cfg.synthetic),
+                           (_data_flag("unlabeled", finetune), cfg.unlabeled)):
             if any(text in (f"no such folder: {d}", f"not a folder: {d}")
                    or text.startswith(f"{d}: ") for d in dirs or ()):
                 gone = (f" (the run's folder: moved? pass its new place, {flag} NEW_PLACE, "
@@ -1883,9 +1898,9 @@ def _datasets_of(cfg: TrainConfig, hooks: dict[str, Callable[..., Any]], arch: s
 
     finetune = "run_started" in hooks  # its own flags (train's were named: an audit)
     for flag, folders, wrong in (
-            ("--clean" if finetune else "--synthetic", cfg.synthetic,
+            (_data_flag("synthetic", finetune), cfg.synthetic,
              "its rainy images get more rain as clean photos"),
-            ("--rainy" if finetune else "--unlabeled", cfg.unlabeled,
+            (_data_flag("unlabeled", finetune), cfg.unlabeled,
              "its clean images are taken for rainy photos")):
         for folder in folders if is_main else ():  # (each was read in silence: an audit)
             held = pairs_held(Path(folder))
@@ -3217,11 +3232,8 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         raise TrainError(f"--resume: {run} is a `derain train` run; continue it with "
                          f"`derain train -o {run} --resume`", every_rank=False)
     fc = finetune_run_settings(config)
-    for name in ("steps", "batch", "patch", "max_side"):  # steps="3" failed in a comparison
-        value = getattr(fc, name)  # before check_config, which says it for train (an audit)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TrainError(f"--{name.replace('_', '-')} must be a whole number, not "
-                             f"{value!r}")
+    for name in ("steps", "batch", "patch", "max_side"):  # compared below, before
+        _check_whole(name, getattr(fc, name))  # check_config
     _check_finetune_resume(fc)
     if not fc.rainy:
         raise TrainError("finetune needs --rainy MY_RAINY_DIR (the run in --out has no "
