@@ -40,10 +40,12 @@ ONNX Runtime: its own ``suggest_tile``, 512 px on CPUs; at least twice a network
   the untimed first tile, where ``torch.compile`` compiles and cuDNN autotunes
   (``bf16_autotune``).
 
-Variants: ``fp32`` (eager, NCHW: the plain baseline), ``channels_last`` (fp32, NHWC: what
-``--backend torch`` runs; before 2026-11-30 the ``fp32`` variant was channels-last too, so
-the two rows timed the same path), ``bf16`` (autocast; skipped on CPUs without native bf16 unless
-``force_bf16``), ``fp16`` (CUDA only), ``onnx`` (ONNX Runtime through
+Variants: ``fp32`` (eager, NCHW, no fusions: the plain baseline), ``channels_last`` (fp32,
+NHWC: what ``--backend torch`` runs, on CPUs with ``models.cpu_fusion``'s fusions since
+2026-12-07; before 2026-11-30 the ``fp32`` variant was channels-last too, so the two rows
+timed the same path), ``bf16`` (autocast, fused on CPUs as well; skipped on CPUs without
+native bf16 unless ``force_bf16``), ``bf16_unfused`` (on request: the same without the
+fusions, on CPUs), ``fp16`` (CUDA only), ``onnx`` (ONNX Runtime through
 ``derain_cli.onnx_backend``; its one-off export/session time is reported as setup),
 ``int8`` (the int8 graph shipped with the published weights, ``derain_cli.quantize``;
 skipped where there is none).
@@ -259,6 +261,7 @@ def _ort_conv_seconds(conv: nn.Conv2d, x: torch.Tensor, repeats: int) -> float |
 
 #: Variants whose % peak is measured against the reference convs in their own precision.
 REDUCED_PRECISION = {"bf16": torch.bfloat16, "bf16_compile": torch.bfloat16,
+                     "bf16_unfused": torch.bfloat16,
                      "bf16_autotune": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -346,7 +349,7 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
     (``derain_cli.quantize``), so it needs those weights in ``net``.
     """
     if variant == "fp32":  # plain eager NCHW: the baseline
-        return TorchRunner(copy.deepcopy(net), device, "fp32", channels_last=False)
+        return TorchRunner(copy.deepcopy(net), device, "fp32", channels_last=False, fuse=False)
     if variant == "channels_last":  # what the torch backend runs
         return TorchRunner(copy.deepcopy(net), device, "fp32")
     if variant == "bf16":
@@ -355,6 +358,12 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return "skipped: this GPU has no bf16"
         return TorchRunner(copy.deepcopy(net), device, "bf16")
+    if variant == "bf16_unfused":  # bf16 without ``models.cpu_fusion``'s rewrites
+        if device.type != "cpu":
+            return "skipped: the fusions are for CPUs"
+        if not cpu_supports_bf16() and not force_bf16:
+            return "skipped: this CPU has no native bf16 (--force-bf16 runs it emulated)"
+        return TorchRunner(copy.deepcopy(net), device, "bf16", fuse=False)
     if variant == "fp16":
         if device.type != "cuda":
             return "skipped: fp16 is for GPUs"

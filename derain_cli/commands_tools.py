@@ -262,8 +262,8 @@ def bench_cmd(
     variants: Annotated[str, typer.Option(
         "--variants", show_default=False,
         help="Comma-separated variants (default: all of " + ", ".join(DEFAULT_VARIANTS)
-             + "; also " + ", ".join(EXTRA_VARIANTS) + ", on request: compiling takes "
-             "minutes).")
+             + "; on request only: " + ", ".join(EXTRA_VARIANTS) + "; bf16_compile takes "
+             "minutes to compile).")
     ] = ",".join(DEFAULT_VARIANTS),
     device: Annotated[str, typer.Option(
         "--device", help="auto (CPU, and CUDA when present), or e.g. cpu, cuda, cpu,cuda.")

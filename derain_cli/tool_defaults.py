@@ -17,6 +17,6 @@ HELD_OUT_COUNT = 4
 
 #: ``derain bench --variants``: measured by default, and on request only
 #: (``bf16_compile``: compiling takes minutes here; ``bf16_autotune``: bf16 with cuDNN
-#: autotuning, CUDA only)
+#: autotuning, CUDA only; ``bf16_unfused``: bf16 on a CPU without ``models.cpu_fusion``)
 DEFAULT_VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "onnx", "int8")
-EXTRA_VARIANTS = ("bf16_compile", "bf16_autotune")
+EXTRA_VARIANTS = ("bf16_compile", "bf16_autotune", "bf16_unfused")

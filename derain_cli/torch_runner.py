@@ -23,6 +23,7 @@ from .cpu_memory import keep_freed_memory
 from .enhancer import CPU_TILE, MIN_TILE
 from .errors import OptionError
 from .fast_path import onnxruntime_installed
+from .models.cpu_fusion import fuse_for_cpu
 from .models.deploy import fold_for_inference
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class TorchRunner:
     takes_samples = True
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str,
-                 channels_last: bool = True, autotune: bool = False) -> None:
+                 channels_last: bool = True, autotune: bool = False, fuse: bool = True) -> None:
         # Batch norms folded and each DCCL as three summed convs: the same function with
         # fewer operators (``models.deploy``). PyTorch's PReLU is already one kernel.
         self.model = fold_for_inference(model, max_prelu=False).to(device).eval()
@@ -192,6 +193,10 @@ class TorchRunner:
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # on CPUs, convs with their ReLUs and sums as single oneDNN primitives and fewer
+        # elementwise passes (``models.cpu_fusion``); ``fuse=False`` times the plain ops
+        if device.type == "cpu" and fuse:
+            self.model = fuse_for_cpu(self.model)
         self._per_px: float | None = None
         # cuDNN autotuning (``cudnn.benchmark``) for this runner's passes only, on CUDA: off
         # by default, as the GPU figures were measured (2026-12-04); the bench's

@@ -141,13 +141,18 @@ class FoldedRDMCStage(nn.Module):
         for level, rec in enumerate(self.recruit):
             rec.gate = nn.ModuleList(SplitInputConv(g, [ch[level]] * 2) for g in rec.gate)
 
+    def _resample(self, x: Tensor, factor: float) -> Tensor:
+        """``_rescale``; a method so that ``cpu_fusion.FusedRDMCStage`` can replace it."""
+        return _rescale(x, factor)
+
     def _recruit(self, level: int, u: Tensor, skips: list[Tensor]) -> Tensor:
         rec = self.recruit[level]
         out = None
         for m, proj, gate in zip(rec.sources, rec.proj, rec.gate, strict=True):
             factor = 2.0 ** (m - level)
             # down: pool first (fewer pixels to project); up: project first (fewer channels)
-            p = proj(_rescale(skips[m], factor)) if m < level else _rescale(proj(skips[m]), factor)
+            p = (proj(self._resample(skips[m], factor)) if m < level
+                 else self._resample(proj(skips[m]), factor))
             term = torch.sigmoid(gate([u, p])) * p
             out = term if out is None else out + term
         return out if out is not None else torch.zeros_like(u)
@@ -158,7 +163,7 @@ class FoldedRDMCStage(nn.Module):
                  for level, fuse in enumerate(self.fuse)]
         d = self.bottleneck(skips[-1])
         for level in reversed(range(len(skips) - 1)):
-            u = _rescale(self.up[level](d), 2)
+            u = self._resample(self.up[level](d), 2)
             r = self._recruit(level, u, skips)
             d = self.decode[level]([u, skips[level], r])
         return self.out(d)
