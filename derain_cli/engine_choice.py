@@ -65,6 +65,7 @@ import numpy as np
 from . import cpu_memory, tiling
 from .fast_path import FastPlan
 from .fileio import atomic_write_text
+from .models import cpu_fusion_enabled
 from .onnx_backend import cache_root
 
 log = logging.getLogger(__name__)
@@ -171,12 +172,20 @@ def _version(dist: str) -> str:
         return "-"
 
 
+#: The revision of derain's own PyTorch CPU path: bumped when derain makes that path faster
+#: or slower, so that choices measured before are measured again (2: ``models.cpu_fusion``,
+#: 2026-12-07; the bf16 paths of the paper-size networks 1.1-1.2x faster)
+TORCH_CPU_PATH = 2
+
+
 def _machine_key(threads: int | None) -> list[str]:
-    """The key fields every measurement shares: CPU, threads, library versions and whether
-    freed memory is kept (``cpu_memory``: bf16 ran 1.6x faster on a 12 MP photo)."""
+    """The key fields every measurement shares: CPU, threads, library versions, whether
+    freed memory is kept (``cpu_memory``: bf16 ran 1.6x faster on a 12 MP photo) and the
+    PyTorch path's revision and fusions (``models.cpu_fusion``)."""
+    fused = "" if cpu_fusion_enabled() else "-unfused"
     return [cpu_signature(), f"threads={threads or 'default'}",
             f"onnxruntime={_version('onnxruntime')}", f"torch={_version('torch')}",
-            f"malloc={cpu_memory.mode()}"]
+            f"malloc={cpu_memory.mode()}", f"torch_path={TORCH_CPU_PATH}{fused}"]
 
 
 def choice_key(plan: FastPlan, threads: int | None) -> str:

@@ -140,6 +140,19 @@ class UnknownModelError(KeyError, ValueError):
         return f"unknown model {name!r}; choose one of: {', '.join(names)}{hint}"
 
 
+#: ``DERAIN_CPU_FUSION=off`` turns off ``cpu_fusion``'s rewrites (read here, without PyTorch,
+#: because the engine choice keys its measurements by it)
+CPU_FUSION_ENV = "DERAIN_CPU_FUSION"
+
+
+def cpu_fusion_enabled() -> bool:
+    """False where ``DERAIN_CPU_FUSION`` says off (or 0, no, false)."""
+    import os
+
+    value = os.environ.get(CPU_FUSION_ENV, "on").strip().lower()
+    return value not in ("off", "0", "no", "false")
+
+
 def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]

@@ -42,26 +42,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_fusion_enabled
 from .deploy import FoldedRDMCStage, SplitInputConv, SummedConvs, _rescale
 from .rdmc import EncoderBranch
 from .semi_drdnet import ContextAggregationBlock, RainResidualBlock, SqueezeExcite
 
 log = logging.getLogger(__name__)
 
-ENV = "DERAIN_CPU_FUSION"
 _DTYPES = (torch.float32, torch.bfloat16)
-
-
-def fusion_enabled() -> bool:
-    """False where ``DERAIN_CPU_FUSION`` says ``off`` (or 0, no, false)."""
-    return os.environ.get(ENV, "on").strip().lower() not in ("off", "0", "no", "false")
 
 
 def _ops() -> tuple[object, object] | None:
@@ -401,6 +395,6 @@ def fuse_for_cpu(net: nn.Module) -> nn.Module:
     """``net`` (folded, :func:`fold_for_inference`) with the rewrites of the module
     docstring, in place; unchanged where :func:`fusion_available` says no or
     ``DERAIN_CPU_FUSION=off``. Returns it."""
-    if fusion_enabled() and fusion_available():
+    if cpu_fusion_enabled() and fusion_available():
         _rewrite_tree(net)
     return net
