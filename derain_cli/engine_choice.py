@@ -174,7 +174,7 @@ def _version(dist: str) -> str:
 
 #: The revision of derain's own PyTorch CPU path: bumped when derain makes that path faster
 #: or slower, so that choices measured before are measured again (2: ``models.cpu_fusion``,
-#: 2026-12-07; the bf16 paths of the paper-size networks 1.1-1.2x faster)
+#: 2026-12-07; bf16 1.05-1.13x faster for the paper-size networks, 1.4x for rdmc-lite)
 TORCH_CPU_PATH = 2
 
 

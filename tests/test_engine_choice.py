@@ -418,7 +418,7 @@ def test_a_folder_of_small_photos_is_costed_on_their_size(own_cache, bf16_cpu, m
 
 
 def test_a_choice_is_measured_again_for_another_pytorch_path(monkeypatch):
-    """The CPU fusions (``models.cpu_fusion``) made PyTorch's bf16 1.1-1.2x faster, so a
+    """The CPU fusions (``models.cpu_fusion``) made PyTorch's bf16 up to 1.4x faster, so a
     choice measured by an older derain, or with them turned off, is measured again."""
     monkeypatch.delenv("DERAIN_CPU_FUSION", raising=False)
     fused = engine_choice.choice_key(_plan(), 1)

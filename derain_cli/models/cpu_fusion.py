@@ -2,12 +2,13 @@
 
 Why: on the 2-core AVX-512-BF16 core of CPU family 26 a bf16 3x3 conv runs at about 870
 GFLOP/s, twice the older core's, so the elementwise steps between the convolutions, each
-a pass over a full-resolution map, weigh twice as much. Profiled at 1024 px in bf16
-(``benchmarks/torch_profile.py``) they took 23 % of RDMC's time (the sums of its split
-convolutions 8 %, sigmoid gates and their products 6 %, ReLU 2.5 %) and 13 % of
-Semi-DRDNet's (the sums of its DCCLs' convolutions and the residual adds 7-9 %, the SE
-means 2-7 %), and held the paper-size networks at 73 % and 77 % of the conv peak, under
-issue 6's 80 % (README, Speed).
+a pass over a full-resolution map, weigh twice as much. Profiled in bf16
+(``benchmarks/torch_profile.py --unfused``) they took about a quarter of RDMC's time at
+1024 px (the sums of its split convolutions 8 %, sigmoid gates and their products 6 %,
+upsampling 6 %, ReLU 2.5 %, max-pooling 2 %) and up to 13 % of Semi-DRDNet's at 512 px
+(the sums of its DCCLs' convolutions and the residual adds 6.5-8.6 %, the SE means 1-7 %),
+and held the paper-size networks at 73 % and 77 % of the conv peak, under issue 6's 80 %.
+With these rewrites: 84 % and 86 % (README, Speed, "CPU fusions").
 
 :func:`fuse_for_cpu` rewrites a network already folded by
 :func:`derain_cli.models.deploy.fold_for_inference`; the function stays the same (float
