@@ -371,7 +371,9 @@ def make_variant_runner(net: nn.Module, variant: str, device: torch.device,
     if variant == "bf16_compile":  # torch.compile (inductor) over the bf16 autocast runner
         if device.type == "cpu" and not cpu_supports_bf16() and not force_bf16:
             return "skipped: this CPU has no native bf16"
-        runner = TorchRunner(copy.deepcopy(net), device, "bf16")
+        # the plain folded network: inductor makes its own fusions (``models.cpu_fusion``'s
+        # private oneDNN ops are what it emits on CPUs)
+        runner = TorchRunner(copy.deepcopy(net), device, "bf16", fuse=False)
         runner.model = torch.compile(runner.model)
         return runner
     if variant == "bf16_autotune":  # cuDNN times its algorithms for each shape (untimed

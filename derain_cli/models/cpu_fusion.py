@@ -35,8 +35,9 @@ ops (what ``torch.compile`` emits for the same fusions on CPUs). :func:`fusion_a
 checks once that they exist and agree with ``F.conv2d`` on a small conv; where they do not
 (another PyTorch release, a build without oneDNN) the network is left as it is. A fused
 module runs the plain ops instead for a tensor off the CPU, in another dtype than fp32 or
-bf16, or while gradients are recorded. ``DERAIN_CPU_FUSION=off`` turns the rewrite off (the
-benchmark's ``bf16_unfused`` variant times the difference).
+bf16, or while gradients are recorded (and then overwrites nothing in place: a fused
+network still trains, though only inference uses it). ``DERAIN_CPU_FUSION=off`` turns the
+rewrite off (the benchmark's ``bf16_unfused`` variant times the difference).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _recorded(t: Tensor) -> bool:
+    """Whether autograd records ``t``'s history (then nothing is overwritten in place)."""
+    return torch.is_grad_enabled() and t.requires_grad
+
+
 class FusedConv(nn.Module):
     """A conv, optionally with a ReLU, as one oneDNN primitive; ``accumulate`` adds it into
     an existing map in place."""
@@ -149,13 +155,14 @@ class FusedConv(nn.Module):
         """``out += conv(x)`` in place (then ReLU if ``relu``); ``self.relu`` is not applied.
         ``out`` is a fresh map of the conv's output shape that nothing else holds."""
         dtype = _compute_dtype(x)
-        if self._fusable(x) and out.dtype == dtype and not out.requires_grad:
+        if self._fusable(x) and out.dtype == dtype and not _recorded(out):
             w, b = self._params(dtype)
             return torch.ops.mkldnn._convolution_pointwise_.binary(
                 out, x.to(dtype), w, b, *self._args(), "add", None, "relu" if relu else None,
                 [], None)
-        out = out.add_(self.conv(x))
-        return out.relu_() if relu else out
+        y = self.conv(x)
+        out = out + y if _recorded(out) or _recorded(y) else out.add_(y)
+        return (torch.relu(out) if _recorded(out) else out.relu_()) if relu else out
 
 
 class FusedSum(nn.Module):
@@ -188,7 +195,8 @@ class FusedSum(nn.Module):
 
 def _add_into(out: Tensor, other: Tensor) -> Tensor:
     """``out + other``, in place on ``out`` (a fresh map) where that keeps the result dtype."""
-    if torch.promote_types(out.dtype, other.dtype) == out.dtype and out.shape == other.shape:
+    if (torch.promote_types(out.dtype, other.dtype) == out.dtype and out.shape == other.shape
+            and not _recorded(out)):
         return out.add_(other)
     return out + other
 
@@ -277,7 +285,7 @@ def _upsample(x: Tensor, s: int) -> Tensor:
     map from any of RDMC's levels here, against 4-6 ms this way. In bf16 the pass between
     the two rounds once more (within a unit of the last place of the kernel's result).
     """
-    if (x.dim() != 4 or x.device.type != "cpu" or s < 2
+    if (x.dim() != 4 or x.device.type != "cpu" or s < 2 or _recorded(x)
             or not x.is_contiguous(memory_format=torch.channels_last)):
         return F.interpolate(x, scale_factor=float(s), mode="bilinear", align_corners=False)
     nhwc = x.permute(0, 2, 3, 1)
@@ -334,7 +342,7 @@ class FusedRDMCStage(FoldedRDMCStage):
             p = (proj(self._resample(skips[m], factor)) if m < level
                  else self._resample(proj(skips[m]), factor))
             g = gate([u, p])  # a fresh map (``FusedSum``), so sigmoid and product in place
-            if g.dtype != p.dtype:  # (not with these networks: both come from convs)
+            if g.dtype != p.dtype or _recorded(g):  # (dtypes: not with these networks)
                 term = torch.sigmoid(g) * p
                 out = term if out is None else out + term
             elif out is None:

@@ -166,6 +166,20 @@ def test_fused_conv_runs_plain_ops_when_gradients_are_wanted():
 
 
 @needs_fusion
+@pytest.mark.parametrize("make", [_semi, _rdmc])
+def test_a_fused_network_still_trains(make):
+    """Nothing is overwritten in place while autograd records (a gate's sigmoid output
+    multiplied in place broke backward), so gradients flow as through the plain one."""
+    folded, fused = _pair(make())
+    x = torch.rand(1, 3, 32, 48).contiguous(memory_format=CL)
+    fused(x).square().mean().backward()
+    folded(x).square().mean().backward()
+    pairs = [(a, b) for a, b in zip(folded.parameters(), fused.parameters(), strict=True)]
+    assert pairs and all(b.grad is not None for _, b in pairs)
+    assert all(torch.allclose(a.grad, b.grad, atol=1e-5) for a, b in pairs)
+
+
+@needs_fusion
 def test_fused_conv_casts_again_after_the_weights_change():
     torch.manual_seed(6)
     conv = nn.Conv2d(4, 4, 3, padding=1)
