@@ -97,6 +97,17 @@ def fusion_available() -> bool:
     return ok
 
 
+@functools.cache
+def _native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions here: without AVX-512 BW/VL/DQ (or AVX-NE-CONVERT)
+    its bf16 primitives refuse to run, where ``F.conv2d`` falls back to reference kernels
+    (``--force-bf16`` in the bench crashed on an AVX2 CPU: an audit)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a convolution of ``x`` runs in here: the CPU autocast dtype when on."""
     if torch.is_autocast_enabled("cpu") and x.dtype == torch.float32:
@@ -119,19 +130,21 @@ class FusedConv(nn.Module):
             raise ValueError(f"cannot fuse {conv}: only zero padding given in pixels")
         self.conv = conv
         self.relu = relu
-        self._cast: dict[torch.dtype, tuple[tuple[int, int], Tensor, Tensor | None]] = {}
+        self._cast: dict[torch.dtype, tuple[tuple[int, ...], Tensor, Tensor | None]] = {}
 
     def _fusable(self, x: Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dim() == 4 and _compute_dtype(x) in _DTYPES
+        dtype = _compute_dtype(x)
+        return (x.device.type == "cpu" and x.dim() == 4 and dtype in _DTYPES
+                and (dtype != torch.bfloat16 or _native_bf16())
                 and not (torch.is_grad_enabled()
                          and (x.requires_grad or self.conv.weight.requires_grad)))
 
     def _params(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        """Weight and bias in ``dtype``, cast once (again only if the weight changes)."""
+        """Weight and bias in ``dtype``, cast once (again only if either changes)."""
         w, b = self.conv.weight, self.conv.bias
         if w.dtype == dtype:
             return w, b
-        key = (w.data_ptr(), w._version)
+        key = (w.data_ptr(), w._version, *((b.data_ptr(), b._version) if b is not None else ()))
         hit = self._cast.get(dtype)
         if hit is None or hit[0] != key:
             hit = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))
@@ -157,9 +170,13 @@ class FusedConv(nn.Module):
         dtype = _compute_dtype(x)
         if self._fusable(x) and out.dtype == dtype and not _recorded(out):
             w, b = self._params(dtype)
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                out, x.to(dtype), w, b, *self._args(), "add", None, "relu" if relu else None,
-                [], None)
+            # the ReLU post-op only on channels-last maps: for NCHW ones PyTorch runs the
+            # sum and ReLU itself, with no bf16 kernel for that (an audit)
+            fuse_relu = relu and out.is_contiguous(memory_format=torch.channels_last)
+            out = torch.ops.mkldnn._convolution_pointwise_.binary(
+                out, x.to(dtype), w, b, *self._args(), "add", None,
+                "relu" if fuse_relu else None, [], None)
+            return out.relu_() if relu and not fuse_relu else out
         y = self.conv(x)
         out = out + y if _recorded(out) or _recorded(y) else out.add_(y)
         return (torch.relu(out) if _recorded(out) else out.relu_()) if relu else out
@@ -360,7 +377,8 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
     while i < len(layers):
         layer = layers[i]
         relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        if relu and isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+        if (relu and isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros"
+                and not isinstance(layer.padding, str)):
             out.append(FusedConv(layer, relu=True))
             i += 2
         elif relu and isinstance(layer, FusedSum) and not layer.relu:

@@ -180,6 +180,45 @@ def test_a_fused_network_still_trains(make):
 
 
 @needs_fusion
+def test_a_fused_sum_with_relu_runs_on_nchw_maps_in_bf16():
+    """The fused ReLU is for channels-last maps: on NCHW ones PyTorch's own sum-and-ReLU
+    has no bf16 kernel (an internal assert, an audit)."""
+    torch.manual_seed(9)
+    convs = [nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, bias=False)]
+    fs = FusedSum(convs, split=True, relu=True)
+    xs = [torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8)]
+    with torch.inference_mode():
+        want = torch.relu(convs[0](xs[0]) + convs[1](xs[1]))
+        for layout in (torch.contiguous_format, CL):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = fs([x.contiguous(memory_format=layout) for x in xs])
+            assert torch.allclose(got.float(), want, atol=0.05)
+
+
+def test_bf16_without_onednn_bf16_runs_the_plain_ops(tmp_path):
+    """Where oneDNN has no bf16 convolutions (an AVX2 CPU, simulated by capping its ISA),
+    a bf16 runner still runs, emulated, as it did before the fusions (an audit: the
+    bench's --force-bf16 crashed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from derain_cli.models import RDMC, RDMCConfig\n"
+        "from derain_cli.torch_runner import TorchRunner\n"
+        "assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()\n"
+        "net = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=1)).eval()\n"
+        "y = TorchRunner(net, torch.device('cpu'), 'bf16').forward(\n"
+        "    np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32), None)\n"
+        "assert y.shape == (1, 3, 32, 32) and np.isfinite(y).all()\n"
+        "print('ran')\n")
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and "ran" in done.stdout, done.stderr[-2000:]
+
+
+@needs_fusion
 def test_fused_conv_casts_again_after_the_weights_change():
     torch.manual_seed(6)
     conv = nn.Conv2d(4, 4, 3, padding=1)
@@ -194,6 +233,12 @@ def test_fused_conv_casts_again_after_the_weights_change():
         again = fc(x)
     with torch.inference_mode():
         assert torch.allclose(again.float(), conv(x), atol=0.05)
+    with torch.no_grad():
+        conv.bias.add_(10)  # the bias alone
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        biased = fc(x)
+    with torch.inference_mode():
+        assert torch.allclose(biased.float(), conv(x), atol=0.1)
 
 
 def test_fusion_can_be_turned_off(monkeypatch):
