@@ -136,8 +136,7 @@ class FusedConv(nn.Module):
         dtype = _compute_dtype(x)
         return (x.device.type == "cpu" and x.dim() == 4 and dtype in _DTYPES
                 and (dtype != torch.bfloat16 or _native_bf16())
-                and not (torch.is_grad_enabled()
-                         and (x.requires_grad or self.conv.weight.requires_grad)))
+                and not (_recorded(x) or _recorded(self.conv.weight)))
 
     def _params(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         """Weight and bias in ``dtype``, cast once (again only if either changes)."""
@@ -199,15 +198,11 @@ class FusedSum(nn.Module):
         xs = list(x) if self.split else [x] * len(self.convs)
         if len(xs) != len(self.convs):
             raise ValueError(f"{len(xs)} inputs for {len(self.convs)} convolutions")
-        first = self.convs[0]
-        if len(self.convs) == 1:
-            y = first(xs[0])
-            return torch.relu(y) if self.relu else y
-        out = first(xs[0])
+        out = self.convs[0](xs[0])
         last = len(self.convs) - 1
         for i in range(1, len(self.convs)):
             out = self.convs[i].accumulate(out, xs[i], relu=self.relu and i == last)
-        return out
+        return torch.relu(out) if self.relu and not last else out
 
 
 def _add_into(out: Tensor, other: Tensor) -> Tensor:
