@@ -192,6 +192,11 @@ _BINS, _SMOOTH = 180, 9
 _MEASURE_SIDE = 1024
 
 
+#: the thinnest photo ``estimate_angle`` looks at: the top-hat's 5 px opening and the
+#: gradients around it need a few pixels both ways to see a line's slope
+MIN_SIDE = 8
+
+
 def estimate_angle(rgb: np.ndarray) -> float:
     """The photo's dominant slant of thin bright lines, in whole degrees from -90 to 89: a
     guess at its rain's, from the photo alone.
@@ -202,9 +207,13 @@ def estimate_angle(rgb: np.ndarray) -> float:
     degree: the centre of mass around it). It found the
     synthesizer's rain within a few degrees at every slant, but on photos with light rain
     horizontal edges and textures often win (``choose_angle`` checks with the network).
+    A photo under ``MIN_SIDE`` pixels across either way shows no slant: 0 (a 1 px column
+    was guessed sideways, -90, whatever it showed: an audit).
     """
     y = _as_float(rgb) @ LUMA
     h, w = y.shape
+    if min(h, w) < MIN_SIDE:
+        return 0.0
     f = min(1.0, _MEASURE_SIDE / max(h, w))
     if f < 1.0:
         y = cv2.resize(y, (max(1, round(w * f)), max(1, round(h * f))),

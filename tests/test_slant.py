@@ -136,6 +136,12 @@ def test_the_guess_finds_the_synthesizers_slant(angle: float) -> None:
     assert abs(slant.estimate_angle(_rainy(angle)) - angle) <= 3
 
 
+@pytest.mark.parametrize("shape", [(120, 1, 3), (1, 120, 3), (7, 200, 3), (200, 7, 3)])
+def test_a_photo_too_thin_to_show_a_slant_is_not_turned(shape) -> None:
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert slant.estimate_angle(img) == 0.0
+
+
 def test_lines_across_are_guessed_at_exactly_90_degrees() -> None:
     img = np.full((96, 128, 3), 50, np.uint8)
     img[15::30] = 230
