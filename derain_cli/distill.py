@@ -162,21 +162,35 @@ class DistillResult:
     entry: dict[str, Any] = field(default_factory=dict)
 
 
+def _model_from_file(path: str | os.PathLike[str]) -> nn.Module:
+    """``weights.model_from_file``, its advice to pass ``--model NAME`` (an option of the
+    main command, eval and finetune) said as distill can follow it (an audit)."""
+    from .weights import WeightsError, model_from_file
+
+    try:
+        return model_from_file(path)
+    except WeightsError as e:
+        said = str(e)
+        if "does not say which architecture" in said:
+            raise WeightsError(f"{path}: the file does not say which architecture it is for "
+                               "(a bare state dict); distill needs a file derain wrote "
+                               "(derain train, finetune, distill or grow), which names its "
+                               "network") from None
+        if "--model NAME" in said:
+            raise WeightsError(said.replace("pass --model NAME too, or use another file",
+                                            "use another file")) from None
+        raise
+
+
 def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
     """The teacher network; a Semi-DRDNet unless ``any_arch`` (a ``--student`` learns the
     teacher's output only, so any registered architecture can teach it)."""
     from .manifest import load_manifest
     from .models import get_spec
-    from .weights import (
-        WeightsError,
-        load_pretrained,
-        model_from_file,
-        names_a_file,
-        untrained_message,
-    )
+    from .weights import WeightsError, load_pretrained, names_a_file, untrained_message
 
     if names_a_file(spec):
-        net, label = model_from_file(spec), Path(spec).name
+        net, label = _model_from_file(spec), Path(spec).name
     else:
         if load_manifest().get(spec) is None:  # distill has no --weights (it said to use
             get_spec(spec)  # it: an audit); a typo is the registry's error
@@ -263,9 +277,9 @@ def fresh_student(name: str) -> nn.Module:
 
 def _load_init(path: str, like: nn.Module) -> nn.Module:
     """An earlier student to continue from; it must have the new student's shape."""
-    from .weights import WeightsError, model_from_file
+    from .weights import WeightsError
 
-    net = model_from_file(path)
+    net = _model_from_file(path)
     # exit 1 as a weights file of another shape is for derain -m, eval and finetune (2 here:
     # an audit): a WeightsError
     if type(net) is not type(like):
@@ -405,11 +419,28 @@ def _distill(cfg: DistillConfig) -> DistillResult:
     if cfg.name is not None and not cfg.name.strip():  # the banner read "model model"
         raise DistillError("name (--name) is empty; give one, or leave it out for "
                            f"{default_name(cfg)}")
-    if Path(cfg.out).is_dir():  # another run writing there: said now, not after the
-        with _held(cfg.out):  # minutes of training (a review); held again at the write
-            pass
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:  # wrote an untrained model
         raise DistillError(f"max_minutes must be positive, not {cfg.max_minutes:g}")
+    # the folder is held for the whole run: held only at the start and at the write, a
+    # second distill into it wrote its model while the first trained, and the first then
+    # threw its minutes of training away (an audit); made now, removed again if nothing
+    # was written
+    out = Path(cfg.out)
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held(out):
+            check_out(out, cfg.overwrite)  # again, held
+            return _distill_held(cfg)
+    except BaseException:
+        for folder in made:  # deepest first; a folder something was written to stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _distill_held(cfg: DistillConfig) -> DistillResult:
+    """``_distill`` once its checks passed and its folder is held."""
     from .train import _hardware, check_finite, start_weights
 
     start = start_weights(cfg.init)  # as loaded, before the file can change
@@ -435,11 +466,10 @@ def _distill(cfg: DistillConfig) -> DistillResult:
     finally:
         torch.set_num_threads(threads)
 
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with _held(cfg.out):  # another distill into it replaced this one's model in silence,
-        check_out(cfg.out, cfg.overwrite)  # or paired its weights with the other's
-        entry = _write(cfg, student, label, step, wall, before, after, hardware, start,
-                       interrupted)  # manifest (an audit); checked again, held
+    check_out(cfg.out, cfg.overwrite)  # and at the write: files put there meanwhile by
+    # something that does not hold folders are not replaced in silence
+    entry = _write(cfg, student, label, step, wall, before, after, hardware, start,
+                   interrupted)
     result = DistillResult(Path(cfg.out) / "model.safetensors", step, wall, before, after, entry)
     if interrupted:  # written; the command still ends as interrupted (exit 130), and says
         raise DistillInterrupted(result)  # where the student went (it did not: an audit)

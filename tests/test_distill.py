@@ -569,6 +569,53 @@ def test_a_folder_another_distill_writes_is_refused_at_the_write(setup):
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_second_distill_into_a_running_ones_folder_is_refused_at_once(setup, monkeypatch):
+    """Held only at the start and at the write, the folder let a second distill write its
+    model while the first trained; the first then refused its own write and threw its
+    training away (exit 2, an audit). Now the second is refused while the first runs."""
+    import derain_cli.distill as D
+
+    root, weights = setup
+    learn, refused = D._learn, []
+
+    def learn_beside_another(*args, **kwargs):
+        with pytest.raises(DistillError, match="in use by another derain process"):
+            distill(_cfg(root, weights, "busy", steps=1))
+        refused.append(True)
+        return learn(*args, **kwargs)
+
+    monkeypatch.setattr(D, "_learn", learn_beside_another)
+    result = distill(_cfg(root, weights, "busy", steps=1))
+    assert refused and result.weights == root / "busy" / "model.safetensors"
+    assert result.weights.is_file()
+
+
+def test_a_bare_state_dict_is_said_without_the_main_commands_advice(setup):
+    """distill said "pass --model NAME too", an option it does not have (an audit)."""
+    from safetensors.torch import save_file
+
+    from derain_cli.weights import WeightsError
+
+    root, weights = setup
+    bare = root / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in _teacher().state_dict().items()}, str(bare))
+    for kw in ({"teacher": str(bare)}, {"init": str(bare)}):
+        with pytest.raises(WeightsError) as e:
+            distill(_cfg(root, weights, "bare-run", steps=1, **kw))
+        assert "--model" not in str(e.value) and "a file derain wrote" in str(e.value)
+
+
+def test_a_run_that_fails_early_leaves_no_folder(setup):
+    """The folder is made when the run starts (so it can be held) and removed again where
+    nothing was written: a teacher that cannot be read leaves no empty run folder."""
+    root, weights = setup
+    bad = root / "not-weights.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the loader raises
+        distill(_cfg(root, bad, "deep/er/run", steps=1))
+    assert not (root / "deep").exists()
+
+
 def test_a_python_callers_settings_are_checked_before_any_work(setup):
     """The CLI's limits held for the CLI only: a Python caller's steps=-1 wrote an untrained
     model, val_count=0 wrote NaN into the manifest, batch=0 and patch=0 failed in numpy
