@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -572,6 +573,11 @@ def distill_cmd(
             raise _usage_error(str(e)) from None
         except DistillInterrupted as e:
             _say_distilled(e.result, "interrupted: ")
+            # (how to go on was said nowhere: an audit)
+            weights = shlex.quote(str(e.result.weights))
+            _err.print(f"to go on from it: the same command with --init {weights} (in place "
+                       "of any --init) and --overwrite; its learning rate warms up and "
+                       "decays again over the new --steps", markup=False)
             raise typer.Exit(130) from None
         _say_distilled(r)
 

@@ -526,7 +526,7 @@ def held_count(val_count: int | None, photos: int) -> int:
 
 def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The clean photos to train on, the last ``val_count`` held out, and ``--real``'s."""
-    from .data import iter_readable, load_photos
+    from .data import DataError, iter_readable, load_photos
     from .pairs import list_photos
 
     photos = list_photos(Path(cfg.clean), recursive=True)  # as --real and train's folders
@@ -540,7 +540,10 @@ def _photos(cfg: DistillConfig) -> tuple[list[np.ndarray], list[np.ndarray], lis
         raise DistillError(f"{cfg.clean}: {len(readable)} readable photo(s); need at least "
                            f"{least} ({least - 1} held out, --val-count)")
     cut = len(readable) - held_count(cfg.val_count, len(readable))
-    real = load_photos(cfg.real) if cfg.real else []
+    try:
+        real = load_photos(cfg.real) if cfg.real else []
+    except DataError as e:  # "empty: no images found" named no option (an audit)
+        raise DistillError(f"real (--real): {e}") from None
     return readable[:cut], readable[cut:], real
 
 

@@ -430,14 +430,24 @@ def test_the_distill_command_says_where_an_interrupted_student_went(setup, monke
     import derain_cli.distill as D
 
     root, weights = setup
-    monkeypatch.setattr(D, "_batch", interrupted_at_call(D._batch, 3))
-    r = CliRunner().invoke(app, [str(a) for a in (
+    batch = D._batch
+    monkeypatch.setattr(D, "_batch", interrupted_at_call(batch, 3))
+    args = [str(a) for a in (
         "distill", "--clean", root / "clean", "-m", weights, "--detail-blocks", "2",
         "--steps", "9", "--batch", "2", "--patch", "32", "--val-count", "2", "--threads",
-        "1", "-q", "-o", root / "cut-cli")])
+        "1", "-q", "-o", root / "cut-cli")]
+    r = CliRunner().invoke(app, args)
     flat = " ".join(r.output.split())
     assert r.exit_code == 130 and "interrupted: 2 steps in" in flat, r.output
-    assert str(root / "cut-cli" / "model.safetensors") in flat and "held-out PSNR" in flat
+    student = root / "cut-cli" / "model.safetensors"
+    assert str(student) in flat and "held-out PSNR" in flat
+    # and how to go on from it, which works as said (it was said nowhere: an audit)
+    assert f"the same command with --init {student}" in flat and "--overwrite" in flat
+    monkeypatch.setattr(D, "_batch", batch)
+    r = CliRunner().invoke(app, [*args, "--init", str(student), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    entry = json.loads((root / "cut-cli" / "manifest_entry.json").read_text())
+    assert entry["steps"] == 9 and not entry.get("interrupted")
 
 
 def test_a_diverged_student_is_not_written(setup):
@@ -603,6 +613,14 @@ def test_a_bare_state_dict_is_said_without_the_main_commands_advice(setup):
         with pytest.raises(WeightsError) as e:
             distill(_cfg(root, weights, "bare-run", steps=1, **kw))
         assert "--model" not in str(e.value) and "a file derain wrote" in str(e.value)
+
+
+def test_an_empty_real_folder_is_named_by_its_option(setup):
+    root, weights = setup
+    (root / "no-real").mkdir(exist_ok=True)
+    with pytest.raises(DistillError, match=r"real \(--real\): .*no images found"):
+        distill(_cfg(root, weights, "no-real-run", steps=1, real=str(root / "no-real")))
+    assert not (root / "no-real-run").exists()
 
 
 def test_a_run_that_fails_early_leaves_no_folder(setup):
