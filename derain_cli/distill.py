@@ -190,6 +190,9 @@ def _load_teacher(spec: str, any_arch: bool = False) -> tuple[nn.Module, str]:
     from .weights import WeightsError, load_pretrained, names_a_file, untrained_message
 
     if names_a_file(spec):
+        if not Path(spec).is_file():  # exit 2, as a missing --init, grow's SOURCE and the
+            # other commands' --weights (it was exit 1 here alone: an audit)
+            raise DistillError(f"--teacher (-m) {spec}: no such weights file")
         net, label = _model_from_file(spec), Path(spec).name
     else:
         if load_manifest().get(spec) is None:  # distill has no --weights (it said to use

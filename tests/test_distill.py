@@ -615,6 +615,14 @@ def test_a_bare_state_dict_is_said_without_the_main_commands_advice(setup):
         assert "--model" not in str(e.value) and "a file derain wrote" in str(e.value)
 
 
+def test_a_missing_teacher_file_is_a_usage_error(setup):
+    root, _ = setup
+    r = CliRunner().invoke(app, ["distill", "-m", str(root / "nofile.safetensors"),
+                                 "--clean", str(root / "clean"), "-o", str(root / "nt")])
+    assert r.exit_code == 2 and "no such weights file" in " ".join(r.output.split())
+    assert not (root / "nt").exists()
+
+
 def test_an_empty_real_folder_is_named_by_its_option(setup):
     root, weights = setup
     (root / "no-real").mkdir(exist_ok=True)
