@@ -610,6 +610,9 @@ def grow_cmd(
              "(default: procedural scenes; none: leave them at 0 and 1).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output file.")] = False,
+    threads: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="CPU threads (default: PyTorch's, the physical cores).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bar; only the result (and warnings).")] = False,
 ) -> None:
@@ -631,7 +634,7 @@ def grow_cmd(
 
             try:
                 r = grow_file(source, to, out, seed=seed, overwrite=overwrite,
-                              calibration=calib, on_step=on_step)
+                              calibration=calib, on_step=on_step, threads=threads)
             except GrowError as e:
                 raise _usage_error(str(e)) from None
         how = ("the same output" if r.exact else

@@ -364,7 +364,8 @@ def _load_source(source: str) -> tuple[nn.Module, str, str]:
 
 def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 0,
               overwrite: bool = False, calibration: str | os.PathLike[str] | None = None,
-              on_step: Callable[[int, int], None] | None = None) -> GrowResult:
+              on_step: Callable[[int, int], None] | None = None,
+              threads: int | None = None) -> GrowResult:
     """Grow ``source`` (a registered model's published weights, or a weights file) into
     the registered model ``to`` and write it to ``out`` (safetensors; fp16 when that is
     exact for the source's tensors, as for the bundles, else fp32). ``calibration``: a
@@ -372,7 +373,28 @@ def grow_file(source: str, to: str, out: str | os.PathLike[str], *, seed: int = 
     procedural scenes; ``"none"``: leave them at their defaults). The agreement reported
     is that of the file as written. ``on_step(k, total)``: progress over the calibration
     images and the agreement check (tens of seconds on a CPU: grow was silent, an audit).
+    ``threads``: PyTorch's CPU threads for the call (restored after it).
     """
+    # checked as the CLI checks them (seed=-1 failed in NumPy, 1.5 in a TypeError: an audit)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise GrowError(f"seed (--seed) must be a whole number from 0 to {2**32 - 1}, "
+                        f"not {seed!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise GrowError(f"threads (--threads) must be a whole number of at least 1, "
+                        f"not {threads!r}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _grow_file(source, to, out, seed, overwrite, calibration, on_step)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _grow_file(source: str, to: str, out: str | os.PathLike[str], seed: int,
+               overwrite: bool, calibration: str | os.PathLike[str] | None,
+               on_step: Callable[[int, int], None] | None) -> GrowResult:
     from .fileio import why_unwritable
     from .weights import model_from_file, save_weights
 

@@ -229,6 +229,27 @@ def test_grow_file_says_what_is_wrong_with_its_arguments(tmp_path: Path,
         grow_file("semi-drdnet-tiny", "semi-drdnet-lite", good,
                   calibration=tmp_path / "d.safetensors")
     assert not good.exists()
+    # the seed and threads as the CLI checks them (seed=-1 failed in NumPy: an audit)
+    for bad in (-1, 1.5, 2**40, True):
+        with pytest.raises(GrowError, match="seed"):
+            grow_file("semi-drdnet-tiny", "semi-drdnet-lite", good, seed=bad)
+    for bad in (0, 2.0, -3):
+        with pytest.raises(GrowError, match="threads"):
+            grow_file("semi-drdnet-tiny", "semi-drdnet-lite", good, threads=bad)
+    assert not good.exists()
+
+
+def test_grow_runs_on_the_threads_it_is_given(tmp_path: Path) -> None:
+    """grow had no --threads (every other compute command has one: an audit); the caller's
+    count comes back after it."""
+    seen = []
+    before = torch.get_num_threads()
+    asked = 2 if before == 1 else 1  # another count than the caller's
+    r = grow_file("semi-drdnet-tiny", "semi-drdnet-fast", tmp_path / "g.safetensors",
+                  calibration="none", threads=asked,
+                  on_step=lambda k, n: seen.append(torch.get_num_threads()))
+    assert r.weights.is_file() and seen and set(seen) == {asked}
+    assert torch.get_num_threads() == before
 
 
 def test_grow_names_a_bad_target_and_says_a_copy_is_a_copy(tmp_path: Path, caplog) -> None:
