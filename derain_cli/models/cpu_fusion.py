@@ -346,22 +346,11 @@ class FusedRDMCStage(FoldedRDMCStage):
             return _upsample(x, int(factor))
         return _rescale(x, factor)
 
-    def _recruit(self, level: int, u: Tensor, skips: list[Tensor]) -> Tensor:
-        rec = self.recruit[level]
-        out = None
-        for m, proj, gate in zip(rec.sources, rec.proj, rec.gate, strict=True):
-            factor = 2.0 ** (m - level)
-            p = (proj(self._resample(skips[m], factor)) if m < level
-                 else self._resample(proj(skips[m]), factor))
-            g = gate([u, p])  # a fresh map (``FusedSum``), so sigmoid and product in place
-            if g.dtype != p.dtype or _recorded(g):  # (dtypes: not with these networks)
-                term = torch.sigmoid(g) * p
-                out = term if out is None else out + term
-            elif out is None:
-                out = g.sigmoid_().mul_(p)
-            else:
-                out = out.addcmul_(g.sigmoid_(), p)
-        return out if out is not None else torch.zeros_like(u)
+    def _add_gated(self, out: Tensor | None, g: Tensor, p: Tensor) -> Tensor:
+        # ``g`` is a fresh map (a ``FusedSum``'s), so sigmoid and product go in place
+        if g.dtype != p.dtype or _recorded(g):  # (dtypes: not with these networks)
+            return super()._add_gated(out, g, p)
+        return g.sigmoid_().mul_(p) if out is None else out.addcmul_(g.sigmoid_(), p)
 
 
 def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:

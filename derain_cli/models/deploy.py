@@ -153,9 +153,14 @@ class FoldedRDMCStage(nn.Module):
             # down: pool first (fewer pixels to project); up: project first (fewer channels)
             p = (proj(self._resample(skips[m], factor)) if m < level
                  else self._resample(proj(skips[m]), factor))
-            term = torch.sigmoid(gate([u, p])) * p
-            out = term if out is None else out + term
+            out = self._add_gated(out, gate([u, p]), p)
         return out if out is not None else torch.zeros_like(u)
+
+    def _add_gated(self, out: Tensor | None, g: Tensor, p: Tensor) -> Tensor:
+        """``out + sigmoid(g) * p`` (the first term where ``out`` is None); a method so that
+        ``cpu_fusion.FusedRDMCStage`` can do it in place."""
+        term = torch.sigmoid(g) * p
+        return term if out is None else out + term
 
     def forward(self, x: Tensor) -> Tensor:
         per_branch = [b(x) for b in self.branches]
