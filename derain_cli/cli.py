@@ -1522,11 +1522,13 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     why = f" ({note})" if note else ""
     strength = getattr(derainer, "strength", 1.0)
     where += f", strength {strength:g}" if strength < 1.0 else ""
-    passes = getattr(derainer, "ensemble", 1)
+    # at strength 0 the network never runs: passes and turns were said for nothing (an audit)
+    passes = getattr(derainer, "ensemble", 1) if strength > 0 else 1
     where += f", ensemble of {passes} passes" if passes > 1 else ""
-    angle = getattr(derainer, "rain_angle", 0.0)
+    angle = getattr(derainer, "rain_angle", 0.0) if strength > 0 else 0.0
     where += (", rain turned upright where it slants (auto)" if angle == "auto" else
               f", rain turned upright from {angle:g} degrees" if angle else "")
+    where += ": photos written as they are" if strength == 0 else ""
     err.print(
         Text.assemble(
             ("derain ", "bold"), f"{__version__}: model ",

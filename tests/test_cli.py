@@ -1463,6 +1463,12 @@ def test_strength_mixes_the_photo_with_its_derained_self(tmp_path: Path,
     js = derain(src, "--weights", tiny_weights, "-o", tmp_path / "q.png", "--strength",
                 "0.25", "--json")
     assert json.loads(js.stdout)["engine"]["strength"] == 0.25
+    # strength 0 runs no network: the banner names no passes or turns (it did: an audit)
+    zero = derain(src, "--weights", tiny_weights, "-o", tmp_path / "z.png", "--strength", "0",
+                  "--ensemble", "4", "--rain-angle", "45")
+    said = " ".join(zero.output.split())
+    assert zero.exit_code == 0 and "strength 0: photos written as they are" in said, said
+    assert "ensemble" not in said and "turned upright" not in said
     for value in ("2", "-0.1", "nan"):  # NaN was refused as "less than or equal to 1"
         bad = derain(src, "--weights", tiny_weights, "-o", tmp_path / "b.png", "--strength",
                      value)
