@@ -1125,16 +1125,16 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- results
 def engine_record(derainer: Any) -> dict[str, Any] | None:
     """What ran the network, for ``--json`` and scripts: model, device, engine, precision,
-    tile and its overlap, strength, passes averaged (``ensemble``), the rain's slant the
-    photos are turned by (``rain_angle``: 0 for none, or "auto", each file's own in its
-    record) and why that engine
+    tile and its overlap, tiles per forward pass (``tile_batch``), strength, passes averaged
+    (``ensemble``), the rain's slant the photos are turned by (``rain_angle``: 0 for none,
+    or "auto", each file's own in its record) and why that engine
     (``Derainer.engine_note``: a measured choice, or empty)."""
     if derainer is None:
         return None
     return {k: getattr(derainer, attr, None) for k, attr in (
         ("model", "model_name"), ("device", "device_name"), ("backend", "backend"),
         ("precision", "precision"), ("tile", "tile"), ("tile_overlap", "overlap_used"),
-        ("strength", "strength"),
+        ("tile_batch", "tile_batch"), ("strength", "strength"),
         ("ensemble", "ensemble"), ("rain_angle", "rain_angle"), ("note", "engine_note"))}
 
 

@@ -1515,8 +1515,10 @@ def _print_setup(err: Console, derainer: Any, dist: Any) -> None:
     dev = getattr(derainer, "device_name", "?")  # not .device: that would import torch
     tile = getattr(derainer, "tile", None)
     overlap = getattr(derainer, "overlap_used", None)
+    batch = getattr(derainer, "tile_batch", 1)
     tiles = "off" if not tile else f"{tile}px" + (
-        f" (overlap {overlap}px)" if isinstance(overlap, int) else "")
+        f" (overlap {overlap}px)" if isinstance(overlap, int) else "") + (
+        f", {batch} a pass" if isinstance(batch, int) and batch > 1 else "")
     where = f", {dist.world_size} processes" if dist.enabled else ""
     note = getattr(derainer, "engine_note", "")
     why = f" ({note})" if note else ""

@@ -423,6 +423,13 @@ def test_tile_batch_reaches_the_tiler(tmp_path: Path, tiny_weights: Path,
     assert r.exit_code == 0, r.output
     assert seen == [3, 1]  # automatic on a CPU: one tile per pass
     assert derain(src, "--weights", tiny_weights, "--tile-batch", "-1").exit_code == 2
+    # the banner and --json say it (they said nothing: an audit)
+    r = derain(src, "-o", tmp_path / "said.png", "--weights", tiny_weights, "--tile", "24",
+               "--tile-batch", "3")
+    assert r.exit_code == 0 and "(overlap" in r.output and ", 3 a pass" in r.output, r.output
+    r = derain(src, "-o", tmp_path / "js.png", "--weights", tiny_weights, "--tile", "24",
+               "--tile-batch", "3", "--json")
+    assert json.loads(r.stdout)["engine"]["tile_batch"] == 3
 
 
 def test_io_threads_reach_the_batch(tmp_path: Path, tiny_weights: Path,
@@ -460,7 +467,8 @@ def test_json_output_is_clean(tmp_path: Path, tiny_weights: Path) -> None:
     assert s["engine"]["model"] == "tiny" and s["engine"]["device"] == "cpu"
     assert s["engine"]["backend"] in ("torch", "onnx") and s["engine"]["precision"]
     assert set(s["engine"]) == {"model", "device", "backend", "precision", "tile",
-                                "tile_overlap", "strength", "ensemble", "rain_angle", "note"}
+                                "tile_overlap", "tile_batch", "strength", "ensemble",
+                                "rain_angle", "note"}
     assert isinstance(s["engine"]["tile_overlap"], int)
     assert s["engine"]["strength"] == 1.0 and s["engine"]["ensemble"] == 1
     # the overlap used: at most half a tile (32 px was said of 16 px tiles: an audit)
