@@ -958,6 +958,10 @@ def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
              or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v),
              f"--{name.replace('_', '-')} must be a number, not {v!r}")  # weight trained on
         # skipping every update and exported the start (an audit of the Python API)
+    # name="" wrote weights named "" (the same audit)
+    need(cfg.name is None or (isinstance(cfg.name, str) and bool(cfg.name.strip())),
+         f"--name must be a non-empty name, not {cfg.name!r} (leave it out for the "
+         "model's own)")
     for flag, v in (("--lr", cfg.lr), ("--l1-weight", cfg.l1_weight),
                     ("--psnr-weight", cfg.psnr_weight), ("--clip", cfg.clip),
                     ("--contrast-weight", cfg.contrast_weight), ("--l2sp", cfg.l2sp),
@@ -1391,6 +1395,7 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model as ``config`` says; see the module docstring."""
     cfg = _paths_as_text(config)
+    _resume_flag(cfg)
     if cfg.model == TrainConfig.model and (cfg.arch is not None or cfg.init_weights) and not (
             cfg.given is not None and "model" in cfg.given):  # (the CLI's -m typed: kept)
         # the default beside another network's description: that network, as the CLI does
@@ -1438,6 +1443,13 @@ def _callers_state_kept() -> Iterator[None]:
 
 #: The config fields that hold a list of folders (one given alone is taken as a list of it)
 _FOLDER_LISTS = frozenset({"pairs", "synthetic", "unlabeled"})
+
+
+def _resume_flag(cfg: Any) -> None:
+    """``resume`` must be a bool: "no" was truthy and resumed a run (an audit of the Python
+    API)."""
+    if not isinstance(cfg.resume, bool):
+        raise TrainError(f"resume must be True or False, not {cfg.resume!r}")
 
 
 def _paths_as_text(cfg: _Config) -> _Config:
@@ -3224,6 +3236,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
     default).
     """
     config = _paths_as_text(config)  # (out=Path failed after the run folder was made)
+    _resume_flag(config)
     run = Path(config.out)
     if config.resume and not (run / "last.pt").exists() and not (run / FINETUNE_JSON).exists():
         raise TrainError(f"--resume: no run in {run} to resume (check -o, or leave out "

@@ -1319,10 +1319,16 @@ def test_python_only_settings_are_checked_before_the_run(data, tmp_path, monkeyp
                       ({"lr": "1e-4"}, "--lr must be a number"),
                       ({"time_budget": "3"}, "--time-budget must be a number"),
                       ({"arch": None, "model": "semi-drdnet-tiny", "model_config": {"width": 8}},
-                       "--model-config configures --arch")):
+                       "--model-config configures --arch"),
+                      ({"resume": "no"}, "resume must be True or False"),
+                      ({"name": ""}, "--name must be a non-empty name"),
+                      ({"name": "  "}, "--name must be a non-empty name")):
         with pytest.raises(T.TrainError, match=said):
             T.train(_cfg(data, tmp_path / "bad", steps=1, **bad))
         assert not (tmp_path / "bad").exists(), bad
+    with pytest.raises(T.TrainError, match="resume must be True or False, not 'no'"):
+        T.finetune(T.FinetuneConfig(rainy=str(data["real"]), out=str(tmp_path / "f"),
+                                    model="semi-drdnet-tiny", resume="no"))
     with pytest.raises(T.TrainError, match="--steps must be a whole number, not '3'"):
         T.finetune(T.FinetuneConfig(rainy=str(data["real"]), out=str(tmp_path / "f"),
                                     model="semi-drdnet-tiny", steps="3"))
