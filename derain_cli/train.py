@@ -3219,6 +3219,13 @@ def _init_weights_for(fc: FinetuneConfig) -> tuple[str | None, str, str]:
     return str(resolve(fc.model, quiet=fc.quiet)), fc.model, fc.model
 
 
+def finetuned_name(short: str) -> str:
+    """The name a fine-tuned model gets without --name: NAME-finetuned, once. Fine-tuning
+    a fine-tuned file again named it semi-drdnet-fast-finetuned-finetuned (the still-weak
+    list)."""
+    return short if short.endswith("-finetuned") else f"{short}-finetuned"
+
+
 def _load_photos(folder: str, max_side: int) -> list[np.ndarray]:
     """The user's photos, downscaled; unreadable ones skipped with a warning
     (``data.load_photos``)."""
@@ -3288,7 +3295,7 @@ def finetune(config: FinetuneConfig) -> TrainResult:
         seed=fc.seed, resume=fc.resume, quiet=fc.quiet, amp=fc.amp,
         time_budget=fc.time_budget, ckpt_every=fc.ckpt_every,
         val_every=fc.val_every if fc.val_every is not None else max(steps // 4, 1),
-        name=fc.name or f"{short}-finetuned",
+        name=fc.name or finetuned_name(short),
         training_data=f"finetuned from {label} on {Path(fc.rainy).name}"
         + (f" with synthetic rain on {Path(fc.clean).name}" if fc.clean
            else " (pseudo-clean backgrounds from the base model, re-rained)"),

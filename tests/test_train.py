@@ -663,6 +663,13 @@ def test_finetune_refuses_an_empty_name_and_warns_of_refresh_unmeasured(data, tm
     assert not (tmp_path / "ft").exists()
 
 
+def test_a_finetuned_model_finetuned_again_keeps_one_suffix():
+    """Fine-tuning a fine-tuned file named it NAME-finetuned-finetuned."""
+    assert T.finetuned_name("semi-drdnet-fast") == "semi-drdnet-fast-finetuned"
+    assert T.finetuned_name("semi-drdnet-fast-finetuned") == "semi-drdnet-fast-finetuned"
+    assert T.finetuned_name("my-finetuned-model") == "my-finetuned-model-finetuned"
+
+
 def test_out_of_memory_is_said_as_such(data, tmp_path, monkeypatch):
     """`--batch 100000` said "error: RuntimeError: [enforce fail at alloc_cpu.cpp:127] ..."
     (an audit)."""
