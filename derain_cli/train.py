@@ -962,6 +962,13 @@ def check_config(cfg: TrainConfig, finetune: bool = False) -> None:
     need(cfg.name is None or (isinstance(cfg.name, str) and bool(cfg.name.strip())),
          f"--name must be a non-empty name, not {cfg.name!r} (leave it out for the "
          "model's own)")
+    if cfg.arch is not None:  # a Python caller's arch="unet" was a bare ValueError from the
+        from .models import _config_class  # model registry, not a TrainError
+
+        try:
+            _config_class(cfg.arch)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
     for flag, v in (("--lr", cfg.lr), ("--l1-weight", cfg.l1_weight),
                     ("--psnr-weight", cfg.psnr_weight), ("--clip", cfg.clip),
                     ("--contrast-weight", cfg.contrast_weight), ("--l2sp", cfg.l2sp),

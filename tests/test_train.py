@@ -1329,7 +1329,9 @@ def test_python_only_settings_are_checked_before_the_run(data, tmp_path, monkeyp
                        "--model-config configures --arch"),
                       ({"resume": "no"}, "resume must be True or False"),
                       ({"name": ""}, "--name must be a non-empty name"),
-                      ({"name": "  "}, "--name must be a non-empty name")):
+                      ({"name": "  "}, "--name must be a non-empty name"),
+                      # a bare ValueError from the registry (the still-weak list)
+                      ({"arch": "unet"}, "unknown architecture 'unet'; known: semi-drdnet")):
         with pytest.raises(T.TrainError, match=said):
             T.train(_cfg(data, tmp_path / "bad", steps=1, **bad))
         assert not (tmp_path / "bad").exists(), bad
