@@ -99,7 +99,9 @@ def _errors(training: bool = False) -> Iterator[None]:
     rank = int(os.environ.get("RANK", "0"))
 
     def say(e: BaseException) -> None:
-        print_error(_err, _msg(e), rank)
+        hint = ("; a smaller --batch or --patch needs less" if training
+                and isinstance(e, MemoryError) else "")  # NumPy's "Unable to allocate
+        print_error(_err, _msg(e) + hint, rank)  # 27.9 GiB ..." said no way out (weak list)
 
     # the library's warnings (a small rain angle, a metadata block left out) said as the
     # main command says them, "warning: ...", not bare; under torchrun by rank 0 alone

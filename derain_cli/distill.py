@@ -315,17 +315,19 @@ def _batch(clean: list[np.ndarray], real: list[np.ndarray], cfg: DistillConfig,
            rng: np.random.Generator) -> torch.Tensor:
     from .synth import synthesize
 
-    xs = []
-    for _ in range(cfg.batch):
+    # allocated first: a batch that cannot fit in memory (--batch 1000000) fails here at
+    # once, where it synthesized crops for minutes before running out (the still-weak list)
+    arr = np.empty((cfg.batch, cfg.patch, cfg.patch, 3), dtype=np.float32)
+    for i in range(cfg.batch):
         if real and rng.random() < cfg.real_fraction:
-            xs.append(_crop(real[int(rng.integers(len(real)))], cfg.patch, rng)
-                      .astype(np.float32) / 255)
+            arr[i] = _crop(real[int(rng.integers(len(real)))], cfg.patch, rng)
+            arr[i] /= 255
         else:
             c = _crop(clean[int(rng.integers(len(clean)))], cfg.patch, rng)
-            xs.append(synthesize(np.ascontiguousarray(c), "mixed",
-                                 seed=int(rng.integers(1 << 31)))[0])
-    arr = np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2), dtype=np.float32)
-    return torch.from_numpy(arr).contiguous(memory_format=torch.channels_last)
+            arr[i] = synthesize(np.ascontiguousarray(c), "mixed",
+                                seed=int(rng.integers(1 << 31)))[0]
+    # NHWC in memory is channels_last's layout: the same tensor without a copy
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
 #: A held-out sample: rainy input (1, 3, h, w), clean HxWx3 and the teacher's output HxWx3.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -686,6 +687,36 @@ def test_a_batch_takes_real_crops_at_the_real_fraction(tmp_path):
     x = Dm._batch(clean, real, cfg, np.random.default_rng(0)).numpy()
     is_real = np.isclose(x.mean(axis=(1, 2, 3)), 200 / 255, atol=1e-6)
     assert 0.22 < is_real.mean() < 0.38, is_real.mean()
+    t = Dm._batch(clean, real, dataclasses.replace(cfg, batch=3), np.random.default_rng(0))
+    assert t.shape == (3, 3, 16, 16) and t.dtype == torch.float32
+    assert t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _overcommit_refuses_the_impossible() -> bool:
+    """Linux's heuristic (0) or strict (2) overcommit refuses an allocation past RAM and
+    swap at once; under 1 it is granted and only touching it fails."""
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_the_impossible(),
+                    reason="needs Linux overcommit 0 or 2")
+def test_a_batch_too_large_for_memory_fails_at_once_with_a_way_out(setup):
+    """--batch 1000000 synthesized crops for minutes before NumPy ran out of memory, and
+    the error ("Unable to allocate ...") said nothing of --batch or --patch."""
+    root, weights = setup
+    args = ["distill", "--clean", root / "clean", "-m", weights, "--detail-blocks", "1",
+            "--steps", "1", "--batch", "1000000", "--patch", "96", "--val-count", "2",
+            "--threads", "1", "-q", "-o", root / "huge"]
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 1 and "Unable to allocate" in out, r.output
+    assert "a smaller --batch or --patch needs less" in out
+    assert time.monotonic() - t0 < 60
+    assert not (root / "huge").exists()
 
 
 def test_a_run_another_distill_finished_meanwhile_is_not_replaced(setup, monkeypatch):
