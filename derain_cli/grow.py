@@ -418,11 +418,12 @@ def _grow_file(source: str, to: str, out: str | os.PathLike[str], seed: int,
     src, label, sha = _load_source(source)
     arch = _arch_of(src)
     if spec.arch != arch:
-        raise GrowError(f"{label} holds {arch} weights and {to} is {spec.arch}: grow keeps "
+        raise GrowError(f"{source} holds {arch} weights and {to} is {spec.arch}: grow keeps "
                         "the architecture (derain distill --student teaches another one)")
     if config_from_dict(arch, config_to_dict(spec.config)) == src.cfg:
         log.warning("%s already is %s's size: the file written is a copy of its weights",
-                    label, to)  # it said "grown into" alone (an audit)
+                    source, to)  # it said "grown into" alone (an audit); the file as
+    # given, not its bare name (run/model.safetensors was "model.safetensors": weak list)
     total = (CALIBRATION_COUNT if calibrate else 0) + 1  # + the agreement check
     step = on_step or (lambda k, n: None)
     step(0, total)
