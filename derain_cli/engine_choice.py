@@ -337,6 +337,11 @@ def one_measurer(wait_s: float | None = None) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+#: why an engine was taken without timing (``timed=False``): the network never runs. A first
+#: ``derain --strength 0`` timed the engines for 10 s to write the photos as they were.
+UNTIMED = "not timed: strength 0 runs no network"
+
+
 def _known_or_measured(known: Callable[[], dict[str, Any] | None],
                        measure: Callable[[], Any]) -> tuple[Any, bool]:
     """(the remembered entry, False), or (``measure()``'s result, True) where there is none:
@@ -504,11 +509,13 @@ def cpu_engine(plan: FastPlan, threads: int | None,
                workload_megapixels: float | None = None,
                measure_fn: Callable[[FastPlan, int | None], dict[str, Any]] = measure,
                tile: int | None = None,
-               workload_images: int | None = None) -> tuple[str, str]:
+               workload_images: int | None = None, timed: bool = True) -> tuple[str, str]:
     """The engine for ``plan`` on this CPU ('int8' or 'bf16') and why, in a few words
     (``tile``: the caller's tile for either engine; None: each engine's own;
     ``workload_images``: how many images the workload is, so its tiles are costed on
-    their mean size)."""
+    their mean size; ``timed`` False: a choice not remembered yet is not measured, and
+    int8, which needs no PyTorch, is taken: for work that runs no network, ``strength``
+    0)."""
     forced = _pinned(ENV, ENGINES)
     if forced == "bf16" and not cpu_has_bf16():  # said as "use --precision fp32", which
         # was never given (an audit)
@@ -531,6 +538,8 @@ def cpu_engine(plan: FastPlan, threads: int | None,
         entry = load_choices().get(key)
         return entry if entry is not None and entry.get("engine") in ENGINES else None
 
+    if not timed and known() is None:
+        return "int8", UNTIMED
     entry, now = _known_or_measured(
         known, lambda: _measure_bf16_int8(plan, threads, measure_fn, key))
     if isinstance(entry, tuple):  # bf16 could not be timed here: the engine and why
@@ -614,7 +623,7 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
                  workload_megapixels: float | None = None,
                  workload_images: int | None = None,
                  measure_fn: Callable[[Any, int | None], dict[str, Any]] | None = None,
-                 overlap: int | None = None) -> tuple[str, str]:
+                 overlap: int | None = None, timed: bool = True) -> tuple[str, str]:
     """The fp32 engine for ``net`` on this CPU ('onnx' or 'torch') and why, measured once
     per network and machine (PyTorch is loaded already on this path, so only the probe
     times, weighed by each engine's tiles, decide). The timing is a few seconds of the
@@ -640,6 +649,8 @@ def fp32_backend(net: Any, threads: int | None, tile: int | None = None,
             remember(key, entry)
         return entry
 
+    if not timed and known() is None:  # (as cpu_engine's): PyTorch, loaded already
+        return "torch", UNTIMED
     entry, now = _known_or_measured(known, measure)
     how = "measured " + ("now" if now else str(entry.get("measured", "earlier")))
     s = entry["seconds"]

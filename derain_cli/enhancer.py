@@ -120,7 +120,9 @@ class Derainer:
     engine's tiles cost; unknown: one photo of the workload's size, at most 12 MP).
     ``strength``: how much of the rain removal to apply, from 0 (the photo as it was) to 1
     (all of it, the default); in between, the result is that mix of photo and derained
-    photo, which keeps more of the fine texture the network softens. ``ensemble``: 1 (the
+    photo, which keeps more of the fine texture the network softens (made at 0, no engine
+    is timed for the network that never runs: raised later, it runs on an engine taken
+    untimed unless this machine timed one before). ``ensemble``: 1 (the
     default), 2 or 4 passes over mirrored copies of each image, their results averaged
     (``derain_cli.ensemble``): a little cleaner, about that many times slower.
     ``rain_angle``: how many degrees from vertical the rain falls (positive towards the
@@ -231,7 +233,8 @@ class Derainer:
             from . import engine_choice
 
             engine, self.engine_note = engine_choice.cpu_engine(
-                fast, threads, workload_megapixels, tile=tile, workload_images=workload_images)
+                fast, threads, workload_megapixels, tile=tile, workload_images=workload_images,
+                timed=self.strength > 0)
             if engine == "bf16":
                 fast, precision = None, "bf16"
         if fast is not None:
@@ -348,7 +351,8 @@ class Derainer:
 
                 tile, overlap, megapixels, images = job
                 backend, self.engine_note = engine_choice.fp32_backend(
-                    net, threads, tile, megapixels, images, overlap=overlap)
+                    net, threads, tile, megapixels, images, overlap=overlap,
+                    timed=self.strength > 0)
         if backend == "onnx" and precision == "auto":
             precision = "fp32"  # exported graphs are fp32
         if int8_graph or (backend == "onnx" and dev.type == "cpu" and precision == "bf16"):

@@ -692,6 +692,33 @@ def test_cli_banner_names_the_fp32_engine_and_why(fp32_cache, tiny_weights, tmp_
         r.output)
 
 
+def test_strength_0_times_no_engine_for_the_network_it_never_runs(own_cache, bf16_cpu,
+                                                                   fp32_cache, tiny_weights,
+                                                                   monkeypatch):
+    """A first `derain --strength 0` timed int8 against bf16 for 10 s to write the photos
+    as they were; a choice remembered already is still taken."""
+    calls = []
+    assert engine_choice.cpu_engine(_plan(), 1, measure_fn=_fake_measure("bf16", calls),
+                                    timed=False) == ("int8", engine_choice.UNTIMED)
+    assert calls == [] and engine_choice.load_choices() == {}  # nothing remembered
+    assert _choose(1, "bf16", calls)[0] == "bf16" and len(calls) == 1
+    assert engine_choice.cpu_engine(_plan(), 1, measure_fn=_fake_measure("int8", calls),
+                                    timed=False)[0] == "bf16" and len(calls) == 1
+
+    def never(*args, **kwargs):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(engine_choice, "measure_fp32", never)
+    d = Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1,
+                 strength=0.0)
+    assert (d.backend, d.engine_note) == ("torch", engine_choice.UNTIMED)
+    img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(d.derain(img), img)
+    with pytest.raises(AssertionError, match="timed"):  # any other strength times
+        Derainer(weights=tiny_weights, device="cpu", precision="fp32", threads=1,
+                 strength=0.5)
+
+
 
 def test_bf16_weights_out_of_reach_leave_int8_without_a_measurement(own_cache, bf16_cpu):
     """Timing bf16 loads the full weights; where they are not bundled and cannot be
@@ -741,7 +768,7 @@ def test_a_rerun_costs_the_whole_folder_as_the_first_run_did(own_cache, tmp_path
     seen = []
 
     def engine(plan, threads, workload_megapixels=None, measure_fn=None, tile=None,
-               workload_images=None):
+               workload_images=None, timed=True):
         seen.append((round(workload_megapixels, 3), workload_images))
         return "int8", "stand-in"
 

@@ -1002,7 +1002,7 @@ def test_ensemble_weighs_the_engine_choice_as_n_times_the_work(tiny_weights, mon
     seen = {}
     note = ["measured now"]
 
-    def fake(net, threads, tile, megapixels, images, overlap=None):
+    def fake(net, threads, tile, megapixels, images, overlap=None, timed=True):
         seen.update(megapixels=megapixels, images=images)
         return "torch", note[0]
 
