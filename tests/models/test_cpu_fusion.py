@@ -92,6 +92,21 @@ def test_rdmc_fused_matches(shape):
         assert torch.allclose(fused(x), folded(x), atol=1e-5)
 
 
+@needs_fusion
+def test_an_rdmc_of_one_dilation_fuses_one_conv_sums_with_their_relu():
+    """One dilation (`--model-config '{"dilations": [2]}'`) makes every fused sum a single
+    convolution: the ReLU after it was left out unseen by a mutation audit (10.7e-3 off)."""
+    torch.manual_seed(3)
+    net = perturb_bn(RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), dilations=(2,),
+                                     stages=1))).eval()
+    folded, fused = _pair(net)
+    assert any(isinstance(m, FusedSum) and m.relu and len(m.convs) == 1
+               for m in fused.modules())
+    x = torch.rand(1, 3, 40, 56).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), folded(x), atol=1e-5)
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / ((a.float() - b.float()) ** 2).mean()))
 
@@ -241,8 +256,14 @@ def test_fused_conv_casts_again_after_the_weights_change():
         assert torch.allclose(biased.float(), conv(x), atol=0.1)
 
 
-def test_fusion_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("DERAIN_CPU_FUSION", "off")
+@pytest.mark.parametrize("value", ["off", "0", "no", "false", "OFF", " Off "])
+def test_fusion_can_be_turned_off(monkeypatch, value):
+    """Every spelling the variable's docstring promises (a mutation audit: only "off" was
+    tried)."""
+    from derain_cli.models import cpu_fusion_enabled
+
+    monkeypatch.setenv("DERAIN_CPU_FUSION", value)
+    assert not cpu_fusion_enabled()
     folded = fold_for_inference(_rdmc(), max_prelu=False)
     fuse_for_cpu(folded)
     assert not any(isinstance(m, (FusedConv, FusedSum)) for m in folded.modules())
