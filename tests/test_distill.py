@@ -787,3 +787,76 @@ def test_a_manifest_cut_short_is_not_left_half_written(setup, tmp_path, monkeypa
     manifest = out / "manifest_entry.json"
     assert not manifest.exists() or json.loads(manifest.read_text())
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_agreement_is_with_the_teacher_and_capped_where_outputs_are_the_same(setup, tmp_path):
+    """The reported agreement could have been the student's PSNR against the clean photos,
+    or Infinity in manifest_entry.json (not JSON) for a student identical to its teacher,
+    unseen (a mutation audit)."""
+    from derain_cli.distill import fresh_student
+
+    root, weights = setup
+    r = distill(_cfg(root, weights, "agr", steps=1))
+    assert r.before["agreement_psnr"] != r.before["student_psnr"]
+    torch.manual_seed(0)
+    net = fresh_student("semi-drdnet-tiny")
+    same = tmp_path / "tiny.safetensors"
+    save_weights(net, same, name="t", arch="semi-drdnet", config=net.cfg, dtype=torch.float32)
+    r = distill(_cfg(root, same, "same", student="semi-drdnet-tiny", init=str(same), lr=0.0,
+                     steps=1))
+    assert r.before["agreement_psnr"] == 99.0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    json.loads((root / "same" / "manifest_entry.json").read_text(), parse_constant=refuse)
+
+
+def test_a_ctrl_c_before_the_first_step_writes_nothing(setup, monkeypatch):
+    """An untrained student is no result: nothing written, no folder (a mutation audit)."""
+    import derain_cli.distill as Dm
+
+    root, weights = setup
+    monkeypatch.setattr(Dm, "_batch", interrupted_at_call(Dm._batch, 1))
+    with pytest.raises(KeyboardInterrupt) as e:
+        distill(_cfg(root, weights, "cut0", steps=5))
+    assert not isinstance(e.value, Dm.DistillInterrupted)
+    assert not (root / "cut0").exists()
+
+
+def test_distill_keeps_the_callers_thread_count_and_trains_on_mixed_rain(setup, monkeypatch):
+    """A Python caller's torch threads come back as they were; the crops get the "mixed"
+    preset the docs promise (both unpinned: a mutation audit)."""
+    import derain_cli.synth as S
+
+    root, weights = setup
+    seen = []
+    real = S.synthesize
+    monkeypatch.setattr(S, "synthesize",
+                        lambda img, preset, **k: (seen.append(preset), real(img, preset, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        distill(_cfg(root, weights, "thr", steps=1, threads=1, real=None))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {"mixed"}
+
+
+def test_rain_blocks_as_many_as_the_teachers_are_taken():
+    """--rain-blocks equal to the teacher's count (the default, written out) is allowed."""
+    from derain_cli.distill import student_from_teacher
+
+    t = SemiDRDNet(SemiDRDNetConfig(width=8, rain_blocks=3, detail_blocks=2,
+                                    se_reduction=4)).eval()
+    assert student_from_teacher(t, 1, rain_blocks=3).cfg.rain_blocks == 3
+
+
+@pytest.mark.parametrize("minutes", [0, -1.0])
+def test_a_python_callers_time_limit_of_zero_is_refused(setup, minutes):
+    """max_minutes=0 is falsy: it must be refused, not read as no limit."""
+    root, weights = setup
+    with pytest.raises(DistillError, match="max_minutes must be positive"):
+        distill(_cfg(root, weights, "m0", max_minutes=minutes))
+    assert not (root / "m0").exists()

@@ -358,3 +358,73 @@ def test_an_rdmc_file_is_said_to_grow_exactly_only_without_a_new_recursion(
         if stages == 2:
             assert r.max_abs_diff < 1e-5
     assert said == {2: (True, "true"), 1: (False, "false")}
+
+
+def test_grow_follows_its_seed_not_the_callers_random_state(tmp_path: Path) -> None:
+    """The same command gives the same file whatever torch's global state (a mutation
+    audit: dropping the seeding changed no test); an fp16 source grows into fp16."""
+    from safetensors.torch import load_file
+
+    for k in (1, 2):
+        torch.manual_seed(k)
+        grow_file("semi-drdnet-tiny", "semi-drdnet-fast", tmp_path / f"{k}.safetensors",
+                  calibration="none")
+    a, b = load_file(tmp_path / "1.safetensors"), load_file(tmp_path / "2.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float16 for v in a.values() if v.is_floating_point())
+
+
+def test_an_rdmc_of_fewer_recursions_is_refused() -> None:
+    src = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=3))
+    with pytest.raises(GrowError, match="stages"):
+        grow_network(src, RDMCConfig(channels=(4, 8, 8, 16, 16), stages=2))
+
+
+def test_agreement_is_the_max_difference_and_the_psnr() -> None:
+    """Only the exact cases (0 and inf) were pinned (a mutation audit)."""
+    import math
+
+    from derain_cli.grow import _probe
+
+    torch.manual_seed(0)
+    a = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=1)).eval()
+    b = RDMC(RDMCConfig(channels=(4, 8, 8, 16, 16), stages=1)).eval()
+    with torch.no_grad():
+        d = (a(_probe(0)) - b(_probe(0))).abs()
+    mx, db = agreement(a, b)
+    assert mx == pytest.approx(float(d.max()))
+    assert db == pytest.approx(10 * math.log10(1 / float((d ** 2).mean())), abs=1e-4)
+
+
+def test_calibration_is_rainy_crops_of_every_photo(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration runs on rain added to the photos, all of them, and a --calibration
+    folder's photos are the ones used (clean crops, the first photo alone, or procedural
+    scenes in place of the folder went unseen: a mutation audit)."""
+    import derain_cli.grow as G
+
+    flat = [np.full((128, 128, 3), v, np.uint8) for v in (40, 200)]
+    imgs = G.calibration_images(flat, count=4)
+    assert all(np.ptp(i) > 0.05 for i in imgs)  # rain on a flat photo
+    means = sorted(float(i.mean()) for i in imgs)
+    assert means[0] < 0.5 < means[-1]  # both photos
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((130, 130, 3), 90, np.uint8)).save(tmp_path / "c" / "a.png")
+    got = []
+    real = G.calibration_images
+    monkeypatch.setattr(G, "calibration_images",
+                        lambda p, *a, **k: (got.append(p), real(p, *a, **k))[1])
+    G.grow_file("semi-drdnet-tiny", "semi-drdnet-fast", tmp_path / "g.safetensors",
+                calibration=tmp_path / "c")
+    assert len(got) == 1 and got[0] is not None and len(got[0]) == 1
+
+
+def test_an_fp32_source_with_one_fp16_exact_tensor_stays_fp32() -> None:
+    """A zero bias is fp16-exact; the file must still be fp32 where any tensor is not."""
+    from derain_cli.grow import _storage_dtype
+
+    lin = nn.Linear(3, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.1, 0.2, 0.3]] * 3))
+        lin.bias.zero_()
+    assert _storage_dtype(lin) == torch.float32
