@@ -860,3 +860,23 @@ def test_a_python_callers_time_limit_of_zero_is_refused(setup, minutes):
     with pytest.raises(DistillError, match="max_minutes must be positive"):
         distill(_cfg(root, weights, "m0", max_minutes=minutes))
     assert not (root / "m0").exists()
+
+
+def test_the_learning_rate_warms_up_over_the_first_5_percent_then_follows_a_cosine(
+        setup, monkeypatch):
+    """The documented schedule, step by step (a mutation audit: 10 % in place of 5 % went
+    unseen): lr x min(1, (step + 1) / (steps // 20)) x (0.1 + 0.45 (1 + cos(pi step/steps)))."""
+    import math
+
+    from derain_cli import train as T
+
+    root, weights = setup
+    seen = []
+    real = T._Progress.update
+    monkeypatch.setattr(T._Progress, "update",
+                        lambda self, step, loss, lr, rate: (seen.append(lr),
+                                                            real(self, step, loss, lr, rate)))
+    distill(_cfg(root, weights, "warm", steps=40, lr=1e-3))
+    want = [1e-3 * min(1.0, (s + 1) / 2) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 40)))
+            for s in range(40)]
+    assert seen == pytest.approx(want, rel=1e-9)
