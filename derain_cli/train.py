@@ -214,6 +214,8 @@ class TrainConfig:
     contrast_weight: float = 0.1
     #: the contrastive terms kept, e.g. "bg,rain" (``losses.CONTRAST_TERMS``); None: all
     contrast_terms: str | None = None
+    #: Semi-DRDNet only: the SSIM term's weight beside L1 (RDMC's loss is the paper's fixed
+    #: 0.1 MSE + (1 - SSIM), which this does not change: a mutation audit found it unsaid)
     ssim_weight: float = 0.2
     #: RDMC only: weight of an L1 term added to the paper's 0.1 MSE + (1 - SSIM), which
     #: hardly charges a uniform brightness offset (``losses.rdmc_supervised``); 0: the paper's

@@ -354,3 +354,175 @@ def test_vgg19_unreachable_fails_at_once(tmp_path):
     with pytest.raises(ContrastUnavailable, match="use --contrast-features self"):
         load_vgg19(sha256=None, endpoint="http://127.0.0.1:9", cache_dir=tmp_path)
     assert time.monotonic() - t0 < 5.0
+
+
+# --- pinned by a mutation audit (2026-12-07): each test below failed under a one-line change
+# of losses.py that every earlier test let through (a sign, a swapped positive and negative,
+# a dropped term or detach, a constant) -----------------------------------------------------
+
+
+def _mixed_batch():
+    clean, rain = _smooth_batch(2, 32, 1), 0.3 * _smooth_batch(2, 32, 2)
+    o = (clean + rain).clamp(0, 1)
+    x = torch.cat([o, _smooth_batch(2, 32, 3)])
+    aug = (clean + 0.5 * rain).clamp(0, 1)
+    out = 0.5 * (x + torch.cat([clean, clean]))
+    r = x - out
+    return clean, o, x, aug, out, r
+
+
+def test_rdmc_supervised_is_the_papers_formula():
+    b = _smooth_batch(2)
+    s = (b + 0.1 * _smooth_batch(2, 32, 5)).clamp(0, 1)
+    want = 0.1 * torch.nn.functional.mse_loss(s, b) + (1 - L.ssim_torch(s, b))
+    assert float(L.rdmc_supervised([s], b)) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_criterion_uses_its_ssim_weight():
+    b = _smooth_batch(2)
+    x = (b + 0.1).clamp(0, 1)
+    _, p = L.Criterion("semi-drdnet", None, ssim_weight=0.0)(x=x, outputs=(x, x, x * 0), clean=b)
+    assert p["sup"] == pytest.approx(float(L.semi_drdnet_supervised(x, x, b, ssim_weight=0.0)),
+                                     rel=1e-6)
+
+
+def test_semi_drdnet_background_branch_positive_and_negatives():
+    torch.manual_seed(0)
+    feats = L.VGG19Features(SMALL_VGG)
+    clean, o, x, aug, out, r = _mixed_batch()
+    crit = L.Criterion("semi-drdnet", feats, terms="bg")
+    _, p = crit(x=o, outputs=(out[:2], out[:2], r[:2]), clean=clean, rainy_aug=aug, n_labeled=2)
+    c = L.Contrast(feats)
+    want = c(out[:2], [clean], [o, aug, (out[:2] + (o - clean)).clamp(0, 1)])
+    assert p["c_bg"] == pytest.approx(float(want), rel=1e-5)
+    _, p0 = crit(x=o, outputs=(clean, clean, o - clean), clean=clean, rainy_aug=aug, n_labeled=2)
+    assert p0["c_bg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_semi_drdnet_unlabeled_terms_are_image_level():
+    torch.manual_seed(0)
+    feats = L.SelfFeatures()
+    clean, o, x, aug, out, r = _mixed_batch()
+    crit = L.Criterion("semi-drdnet", feats, terms="bg_u,rain_u")
+    _, p = crit(x=x, outputs=(out, x - r, r), clean=clean, rainy_aug=aug, n_labeled=2)
+    c = L.Contrast(feats)
+    r_true = o - clean
+    bg_u = c(out[2:], [clean], [x[2:], (out[2:] + r_true).clamp(0, 1)], aligned=False)
+    rain_u = c(r[2:], [r_true], [out[2:], clean], aligned=False)
+    assert p["c_bg_u"] == pytest.approx(float(bg_u), rel=1e-5)
+    assert p["c_rain_u"] == pytest.approx(float(rain_u), rel=1e-5)
+
+
+def test_patch_nce_is_low_at_its_positive_and_high_away():
+    g = torch.Generator().manual_seed(0)
+    q = [torch.nn.functional.normalize(torch.randn(2, 64, 8, 8, generator=g), dim=1)]
+    low = float(L.patch_nce(q, q, [[-q[0]]], (1.0,), 0.07, 64, torch.Generator().manual_seed(1)))
+    high = float(L.patch_nce(q, [-q[0]], [[q[0]]], (1.0,), 0.07, 64,
+                             torch.Generator().manual_seed(1)))
+    assert low < 0.05 and high > 10
+
+
+def test_encoder_loss_contrasts_clean_against_every_rainy_input(monkeypatch):
+    torch.manual_seed(0)
+    feats = L.SelfFeatures()
+    clean, o, x, aug, out, r = _mixed_batch()
+    seen = {}
+    real = L.patch_nce
+
+    def spy(q, pos, negs, *a, **k):
+        seen.update(q=q, pos=pos, negs=negs)
+        return real(q, pos, negs, *a, **k)
+
+    monkeypatch.setattr(L, "patch_nce", spy)
+    crit = L.Criterion("semi-drdnet", feats, terms="bg")
+    crit(x=o, outputs=(out[:2], out[:2], r[:2]), clean=clean, rainy_aug=aug, n_labeled=2)
+    assert len(seen["negs"]) == 2
+    with torch.no_grad():
+        fo, fa = feats(o), feats(aug)
+    assert torch.allclose(seen["negs"][0][0], fo[0]) and torch.allclose(seen["negs"][1][0], fa[0])
+
+
+def test_vgg_contrast_is_the_ratio_form_even_unaligned():
+    torch.manual_seed(0)
+    c = L.Contrast(L.VGG19Features(SMALL_VGG))
+    a, p, n = _smooth_batch(2, 32, 1), _smooth_batch(2, 32, 2), _smooth_batch(2, 32, 3)
+    assert float(c(a, [p], [n], aligned=False)) == pytest.approx(float(c(a, [p], [n])), rel=1e-6)
+
+
+def test_vgg_taps_normalisation_and_layer_weights():
+    torch.manual_seed(0)
+    widths = [4, 5, 6, 7, 8, 8, 8, 8, 9, 9, 9, 9, 10]
+    net = L.VGG19Features(widths)
+    x = torch.rand(1, 3, 32, 32)
+    f = net(x)
+    assert [t.shape[1] for t in f] == [4, 6, 8, 9, 10]  # relu1_1, 2_1, 3_1, 4_1, 5_1
+    conv = net.features[0]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(f[0], torch.relu(conv((x - mean) / std)), atol=1e-6)
+    assert net.layer_weights == (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+def test_self_features_ignore_a_brightness_offset():
+    torch.manual_seed(0)
+    net = L.SelfFeatures()
+    x = 0.2 + 0.5 * _smooth_batch(1, 32, 1)
+    with torch.no_grad():
+        a, b = net(x), net(x + 0.1)
+    for u, v in zip(a, b, strict=True):
+        assert torch.allclose(u, v, atol=1e-4)
+
+
+def test_psnr_term_gives_its_gradient():
+    b = _smooth_batch(2)
+    x = (b + 0.1 * _smooth_batch(2, 32, 7)).clamp(0, 1)
+    grads = []
+    for w in (0.0, 0.01):
+        out = x.clone().requires_grad_(True)
+        loss, _ = L.Criterion("semi-drdnet", None, psnr_weight=w)(
+            x=x, outputs=(out, x, torch.zeros_like(x)), clean=b)
+        loss.backward()
+        grads.append(out.grad.clone())
+    out = x.clone().requires_grad_(True)
+    (0.01 * L.psnr_loss(out, b)).backward()
+    assert torch.allclose(grads[1] - grads[0], out.grad, atol=1e-7)
+    assert float(out.grad.abs().sum()) > 0
+
+
+def test_rdmc_prior_on_labeled_and_unlabeled_rows():
+    torch.manual_seed(0)
+    feats = L.VGG19Features(SMALL_VGG)
+    clean, o, x, aug, out, r = _mixed_batch()
+    _, p = L.Criterion("rdmc", feats)(x=x, outputs=(out, out), clean=clean, n_labeled=2)
+    c = L.Contrast(feats)
+    assert p["c_bg_u"] == pytest.approx(float(c(out[2:], [clean], [x[2:]], aligned=False)),
+                                        rel=1e-5)
+    assert p["c_bg"] == pytest.approx(float(c(out[:2], [clean], [o])), rel=1e-5)
+
+
+def test_unlabeled_terms_weigh_half():
+    torch.manual_seed(0)
+    feats = L.VGG19Features(SMALL_VGG)
+    clean, o, x, aug, out, r = _mixed_batch()
+    loss, p = L.Criterion("rdmc", feats, contrast_weight=0.1)(x=x, outputs=(out, out),
+                                                               clean=clean, n_labeled=2)
+    assert float(loss) == pytest.approx(p["sup"] + 0.1 * (p["c_bg"] + 0.5 * p["c_bg_u"]), rel=1e-5)
+
+
+def test_contrast_weight_zero_computes_no_terms():
+    torch.manual_seed(0)
+    clean, o, x, aug, out, r = _mixed_batch()
+    loss, p = L.Criterion("semi-drdnet", L.SelfFeatures(), contrast_weight=0.0)(
+        x=x, outputs=(out, x - r, r), clean=clean, rainy_aug=aug, n_labeled=2)
+    assert set(p) == {"sup"}
+
+
+def test_rain_branch_negatives():
+    torch.manual_seed(0)
+    feats = L.VGG19Features(SMALL_VGG)
+    clean, o, x, aug, out, r = _mixed_batch()
+    _, p = L.Criterion("semi-drdnet", feats, terms="rain")(
+        x=o, outputs=(out[:2], out[:2], r[:2]), clean=clean, rainy_aug=aug, n_labeled=2)
+    rt = o - clean
+    want = L.Contrast(feats)(r[:2], [rt], [clean, (clean + rt) / 2, torch.roll(clean, 1, 0)])
+    assert p["c_rain"] == pytest.approx(float(want), rel=1e-5)

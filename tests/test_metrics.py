@@ -265,3 +265,23 @@ def test_rain100l_identity_figures():
     mean_psnr, mean_ssim = np.mean(scores, axis=0)
     assert f"{mean_psnr:.2f}" == "26.90"
     assert f"{mean_ssim:.4f}" == "0.8384"
+
+
+def test_a_float_image_past_1_5_is_refused_and_1_5_is_taken():
+    """Floats up to 1.5 are clipped as a network's overshoot; past it they are a 0..255
+    image stored as floats (a mutation audit: a limit of 100 passed every test)."""
+    from derain_cli import metrics as M
+
+    img = np.full((12, 12, 3), 0.5)
+    img[0, 0, 0] = 1.6
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        M.psnr_y(img, np.full((12, 12, 3), 0.5))
+    img[0, 0, 0] = 1.5
+    assert math.isfinite(M.psnr_y(img, np.full((12, 12, 3), 0.5)))
+
+
+def test_rgb_to_y_refuses_integers_out_of_range():
+    from derain_cli import metrics as M
+
+    with pytest.raises(ValueError, match="0..255"):
+        M.rgb_to_y(np.full((2, 2, 3), 300, np.int16))

@@ -1564,12 +1564,12 @@ def test_the_l2sp_pull_moves_the_weights_back_to_their_start(data, tmp_path):
     base = T.train(_cfg(data, tmp_path / "base", steps=2))
     start = load_file(str(base.weights))
 
-    def drift(l2sp: float) -> float:
-        out = tmp_path / f"ft{l2sp:g}"
+    def drift(l2sp: float, lr: float = 2e-5) -> float:
+        out = tmp_path / f"ft{l2sp:g}-{lr:g}"
         T.finetune(T.FinetuneConfig(
             rainy=str(data["real"]), weights=str(base.weights), out=str(out), steps=3,
             batch=2, patch=24, workers=0, quiet=True, device="cpu", contrast_features="none",
-            l2sp=l2sp, consistency=0.0))
+            l2sp=l2sp, consistency=0.0, lr=lr))
         weights = T.load_checkpoint(out / "last.pt")["model"]
         log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         assert ("l2sp" in log[-1]) == (l2sp > 0)
@@ -1578,6 +1578,9 @@ def test_the_l2sp_pull_moves_the_weights_back_to_their_start(data, tmp_path):
 
     free, pulled = drift(0.0), drift(1e12)
     assert free > 1e-8 and pulled < 1e-6 * free
+    # the pull is lr x l2sp of the way: at 2e-3 a step keeps nearly all its move (a
+    # mutation audit: a pull of l2sp alone, 50000x stronger at the defaults, passed)
+    assert drift(1.0, lr=2e-3) > 0.5 * drift(0.0, lr=2e-3)
 
 
 def test_shorter_steps_and_finetune_weights_on_resume_are_said(data, tmp_path, capsys):
