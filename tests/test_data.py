@@ -13,6 +13,7 @@ from PIL import Image
 
 from derain_cli import data as D
 from derain_cli.pairs import PairsError
+from derain_cli.synth import synthesize
 
 
 @pytest.fixture
@@ -358,3 +359,81 @@ def test_the_largest_fitting_patch_is_that_of_the_largest_photo(pairs_dir):
     assert ds.largest_fitting_patch() == 70
     both = D.LabeledDataset(pairs_dirs=[str(pairs_dir)], clean_images=photos[:2], patch=32)
     assert both.largest_fitting_patch() == 48  # the pairs are 40 x 60
+
+
+# --- pinned by a mutation audit (2026-12-07): each test below failed under a one-line change
+# that every earlier test let through --------------------------------------------------------
+
+
+def _gradient(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 7 % 256, xx * 11 % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+def test_dataset_item_is_synthesize_of_crop():
+    """A synthetic item is its crop with rain of the run's preset, from its own streams (a
+    mutation audit: --preset ignored went unseen)."""
+    img = _gradient(48, 48)
+    ok = True
+    for preset in ("light", "heavy"):
+        ds = D.LabeledDataset(clean_images=[img], patch=32, preset=preset, seed=5, with_aug=True)
+        for key in [(0, 0, 0), (0, 3, 9)]:
+            it = ds[key]
+            (crop,) = D.random_crop([img], 32, D.item_rng(5, key, 1))
+            c = crop.astype(np.float32) / 255
+            ok &= torch.equal(it["clean"], D.to_tensor(c))
+            for k, stream in (("rainy", 2), ("rainy_aug", 3)):
+                rain = synthesize(c, preset, D.item_rng(5, key, stream))[0]
+                ok &= torch.equal(it[k], D.to_tensor(rain))
+    assert bool(ok)
+
+
+def test_repeated_item_in_one_batch_differs():
+    """An image repeated within one batch gets another crop and other rain each time (a
+    mutation audit)."""
+    ds = D.LabeledDataset(clean_images=[_gradient(40, 40)], patch=32, seed=0)
+    keys = D.StepBatchSampler(1, 4, seed=0, total_steps=1).keys_for(0)
+    its = [ds[k]["rainy"] for k in keys]
+    assert all(not torch.equal(its[i], its[j]) for i in range(4) for j in range(i))
+
+
+def test_ddp_epoch_covers_each_item_once():
+    """under DDP an epoch gives every item once across steps and ranks (a mutation audit)."""
+    n, b, w = 12, 2, 3
+    seen = [k[0] for s in range(n // (b * w)) for r in range(w)
+            for k in D.StepBatchSampler(n, b, seed=1, rank=r, world=w).keys_for(s)]
+    assert sorted(seen) == list(range(n))
+
+
+def test_all_datasets_augment(tmp_path):
+    """Paired, synthetic and unlabeled items take all 8 flips and rotations (a mutation
+    audit: each dataset's augmentation could be switched off unseen)."""
+    img = _gradient(24, 24)
+    for sub, pic in (("clean", img), ("rainy", img // 2)):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(pic).save(tmp_path / sub / "a.png")
+    pd = D.LabeledDataset(pairs_dirs=[tmp_path], patch=24, seed=0)
+    sd = D.LabeledDataset(clean_images=[img], patch=24, seed=0, clean_fraction=0.99)
+    ud = D.UnlabeledDataset(images=[img], patch=24, seed=0)
+    for ds, k in ((pd, "clean"), (sd, "clean"), (ud, "rainy")):
+        seen = {ds[(0, e, 0)][k].numpy().tobytes() for e in range(40)}
+        assert len(seen) == 8, (type(ds).__name__, len(seen))
+
+
+def test_crop_reaches_every_offset():
+    """random crops reach every offset, the last row and column too (a mutation audit)."""
+    img = _gradient(17, 19)
+    r = np.random.default_rng(0)
+    ys = set()
+    xs = set()
+    for _ in range(200):
+        (c,) = D.random_crop([img], 16, r, augment=False)
+        ys.add(int(c[0, 0, 0]) // 7)
+        xs.add(int(c[0, 0, 1]) // 11)
+    assert ys == {0, 1} and xs == {0, 1, 2, 3}
+
+
+def test_pad_is_centred_reflection():
+    """small images are reflect-padded, centred (a mutation audit)."""
+    img = np.arange(3 * 4).reshape(3, 4, 1).astype(np.uint8)
+    assert np.array_equal(D.pad_to(img, 5), np.pad(img, ((1, 1), (0, 1), (0, 0)), mode="reflect"))

@@ -1380,3 +1380,20 @@ def test_scores_cut_short_leave_the_earlier_csv_whole(pairs, tmp_path, monkeypat
         E.write_csv(res, out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# --- pinned by a mutation audit (2026-12-07): each test below failed under a one-line change
+# that every earlier test let through --------------------------------------------------------
+
+
+def test_synth_reused_photo_gets_new_rain(tmp_path):
+    """`derain synth` reusing a photo gives it new rain: no duplicate pairs (a mutation
+    audit: rain seeded by the photo, not the pair, went unseen)."""
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 60, np.uint8)).save(tmp_path / "c" / "a.png")
+    E.synth_pairs(tmp_path / "c", tmp_path / "o", preset="heavy", count=2, seed=0,
+                  on_image=None)
+    files = sorted((tmp_path / "o" / "rainy").iterdir())
+    assert len(files) == 2
+    a, b = (np.asarray(Image.open(f)) for f in files)
+    assert not np.array_equal(a, b)

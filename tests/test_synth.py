@@ -343,3 +343,119 @@ def test_far_rain_is_dimmer_and_denser_by_the_layer_scale() -> None:
     assert np.median(peaks) == pytest.approx(0.8 * 0.5, abs=0.05), peaks  # dimmed
     # each far streak: half as long, wide and bright, twice as many: a quarter of the light
     assert 0.15 < float(np.mean(ratios)) < 0.37, ratios
+
+
+# --- pinned by a mutation audit (2026-12-07): each test below failed under a one-line change
+# that every earlier test let through --------------------------------------------------------
+
+
+def _gradient(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 7 % 256, xx * 11 % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+def test_mixed_hi_ge_1_5lo():
+    """mixed streak lengths: the longest at least 1.5x the shortest (a mutation audit)."""
+    ds = [sample_params("mixed", np.random.default_rng(i)) for i in range(300)]
+    assert all(p.length[1] >= 1.5 * p.length[0] - 1e-9 for p in ds)
+
+
+def test_mixed_hazy_share():
+    """about a third of mixed draws are hazy (a looser bound let 18 % pass) (a mutation audit)."""
+    ds = [sample_params("mixed", np.random.default_rng(i)) for i in range(600)]
+    assert 0.24 < np.mean([p.haze > 0 for p in ds]) < 0.40
+
+
+def test_mixed_layers_1to4():
+    """mixed draws take every layer count from 1 to 4 (a mutation audit)."""
+    layers = {sample_params("mixed", np.random.default_rng(i)).layers for i in range(300)}
+    assert layers == {1, 2, 3, 4}
+
+
+def test_mixed_layer_scale():
+    """mixed draws' layer scale spreads within [0.55, 0.75] (a mutation audit)."""
+    v = [sample_params("mixed", np.random.default_rng(i)).layer_scale for i in range(100)]
+    assert min(v) >= 0.55 and max(v) <= 0.75 and max(v) - min(v) > 0.1
+
+
+def test_preset_vary_all():
+    """Every preset's draws vary length (both ends alike), width, blur and mist within
+    their spreads (a mutation audit)."""
+    ok = True
+    for name, b in PRESETS.items():
+        ps = [sample_params(name, np.random.default_rng(i)) for i in range(60)]
+        r0 = np.array([p.length[0] / b.length[0] for p in ps])
+        r1 = np.array([p.length[1] / b.length[1] for p in ps])
+        w = np.array([p.width / b.width for p in ps])
+        bl = np.array([p.blur / b.blur for p in ps])
+        ok &= np.allclose(r0, r1) and r0.std() > 0.03
+        ok &= np.all(np.abs(w - 1) <= 0.15 + 1e-9) and w.std() > 0.03
+        ok &= np.all(np.abs(bl - 1) <= 0.2 + 1e-9) and bl.std() > 0.04
+        if b.accumulation:
+            a = np.array([p.accumulation / b.accumulation for p in ps])
+            ok &= np.all(np.abs(a - 1) <= 0.3 + 1e-9) and a.std() > 0.05
+    assert bool(ok)
+
+
+def test_heavy_angle_spread_12():
+    """heavy and storm rain falls within 12 degrees of its angle (a mutation audit)."""
+    ok = True
+    for name in ("heavy", "storm"):
+        a = np.array([sample_params(name, np.random.default_rng(i)).angle for i in range(200)])
+        ok &= np.abs(a).max() <= 12 and np.abs(a).max() > 10
+    assert bool(ok)
+
+
+def test_rain_uniform_over_image():
+    """streaks cover the whole photo: no band of it is left sparse (a mutation audit)."""
+    black = np.zeros((160, 240, 3), np.float32)
+    lay = 0
+    for s in range(6):
+        lay = lay + synthesize(black, replace(PRESETS["heavy"], angle=20.0), seed=s)[1].mean(2)
+    q = [lay[:40].mean(), lay[-40:].mean(), lay[:, :60].mean(), lay[:, -60:].mean()]
+    assert max(q) / min(q) < 1.3
+
+
+def test_brightness_jitter_used():
+    """brightness_jitter dims streaks: not every streak at peak opacity (a mutation audit)."""
+    black = np.zeros((160, 240, 3), np.float32)
+    base = RainParams(layers=1, blur=0.0, brightness=0.8, brightness_jitter=0.0,
+                      tint=(1, 1, 1), angle_jitter=0.0)
+    m0 = synthesize(black, base, seed=1)[1].mean()
+    m1 = synthesize(black, replace(base, brightness_jitter=1.0), seed=1)[1].mean()
+    assert 0.35 < m1 / m0 < 0.65
+
+
+def test_angle_jitter_used():
+    """angle_jitter turns each layer: heavy rain's slightly crossing directions (a
+    mutation audit)."""
+    black = np.zeros((160, 240, 3), np.float32)
+    p = RainParams(layers=1, angle=0.0, angle_jitter=15.0, blur=0.0)
+    a = [dominant_angle(synthesize(black, p, seed=s)[1]) for s in range(12)]
+    assert np.std(a) > 7
+
+
+def test_veil_formula():
+    """Haze replaces part of the photo by the atmospheric light: I (1 - t) + A t (a
+    mutation audit)."""
+    c = np.full((8, 8, 3), 0.25, np.float32)
+    p = RainParams(density=0.0, haze=0.5, atmospheric_light=(0.9, 0.9, 0.9))
+    r = synthesize(c + np.array([0.01, 0, 0], np.float32), p, seed=0)[0]
+    assert np.allclose(r, (c + np.array([0.01, 0, 0], np.float32)) * 0.5 + 0.45, atol=1e-6)
+
+
+def test_mist_alone_and_combined():
+    """accumulation alone draws patchy mist, and mist over haze adds to it (a mutation audit)."""
+    c = np.full((32, 32, 3), 0.2, np.float32)
+    r_alone = synthesize(c, RainParams(density=0.0, accumulation=0.6), seed=0)[0]
+    r_both = synthesize(c, RainParams(density=0.0, haze=0.3, accumulation=0.6), seed=0)[0]
+    r_haze = synthesize(c, RainParams(density=0.0, haze=0.3, accumulation=0.0), seed=0)[0]
+    # mist over haze: t = 1 - (1-h)(1-m) > h everywhere mist > 0, and mist is patchy
+    assert r_alone.mean() > 0.25 and r_alone.std() > 0.01
+    assert (r_both >= r_haze - 1e-6).all() and (r_both > r_haze + 1e-3).mean() > 0.9
+
+
+def test_uint16_scale():
+    """16-bit samples are scaled by 65535 (a mutation audit)."""
+    f = to_float(np.full((2, 2, 3), 32768, np.uint16))
+    assert abs(float(f.max()) - 0.5) < 1e-3
