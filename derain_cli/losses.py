@@ -96,6 +96,14 @@ def psnr_loss(pred: Tensor, gt: Tensor, eps: float = PSNR_EPS) -> Tensor:
     return 10.0 * torch.log10(mse + eps).mean()
 
 
+def consistency_loss(output: Tensor, reference: Tensor) -> Tensor:
+    """Mean absolute difference between the model's output on unlabeled photos and the
+    frozen starting model's (finetune's ``--consistency``). L1, not MSE: a streak the
+    fine-tuning learns to remove is a large local change, which an L1 pull resists less than
+    a squared one, while many small drifts across the photo still add up."""
+    return (output.float() - reference.float()).abs().mean()
+
+
 def rdmc_supervised(stages: list[Tensor], clean: Tensor, *, mse_weight: float = 0.1,
                     l1_weight: float = 0.0) -> Tensor:
     """RDMC's ``0.1 * MSE + (1 - SSIM)``, averaged over the recursion stages' outputs.

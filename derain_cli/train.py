@@ -2118,7 +2118,7 @@ class _Learner:
                                      n_labeled=n_l, rain_free=batch.get("rain_free"))
         if ref is not None:
             final = outs[0] if arch == "semi-drdnet" else outs[-1]
-            cons = (final[n_l:] - ref.float()).abs().mean()
+            cons = L.consistency_loss(final[n_l:], ref)
             loss = loss + cfg.consistency * cons
             parts["consistency"] = float(cons.detach())
         if self.init_state is not None:  # logged; the pull itself is in update()

@@ -95,6 +95,17 @@ def test_aligned_self_contrast_is_zero_at_the_positive():
     assert float(c(neg, [pos], [neg])) > 0.1
 
 
+def test_consistency_loss_is_the_mean_absolute_difference():
+    """finetune's --consistency is an L1 pull (a mutation audit: an L2 form survived every
+    test): one pixel off by 0.5 and three exact give 0.125, where MSE would give 0.0625."""
+    ref = torch.zeros(1, 1, 2, 2)
+    out = ref.clone()
+    out[0, 0, 0, 0] = 0.5
+    assert float(L.consistency_loss(out, ref)) == pytest.approx(0.125)
+    assert float(L.consistency_loss(ref - out, ref)) == pytest.approx(0.125)  # sign-blind
+    assert L.consistency_loss(out.bfloat16(), ref).dtype == torch.float32
+
+
 def test_psnr_loss_is_minus_the_mean_per_image_psnr():
     """Checked against metrics.psnr, image by image; eps caps a perfect crop at 50 dB."""
     from derain_cli.metrics import psnr

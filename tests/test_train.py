@@ -2877,6 +2877,30 @@ def test_finetune_consistency_keeps_the_model_near_its_start(data, tmp_path):
     assert drift[20.0] < 0.8 * drift[0.0], drift  # 0.57 against 0.83 here
 
 
+def test_finetune_consistency_compares_unlabeled_outputs_with_the_frozen_start(
+        data, tmp_path, monkeypatch):
+    """The logged consistency is losses.consistency_loss of the model's outputs on the
+    unlabeled photos against the frozen starting model's, weighted by --consistency."""
+    base = T.train(_cfg(data, tmp_path / "base", steps=2))
+    real, seen = L.consistency_loss, []
+
+    def spy(output, reference):
+        v = real(output, reference)
+        seen.append((output.detach().clone(), reference.detach().clone(), float(v)))
+        return v
+
+    monkeypatch.setattr(L, "consistency_loss", spy)
+    T.finetune(_ft(data, base, tmp_path / "ft", steps=3, lr=2e-3, consistency=0.5))
+    logged = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text()
+              .splitlines() if '"consistency"' in line]
+    assert len(seen) == 3 and len(logged) == 1  # finetune logs its 3 steps' mean at the end
+    assert logged[0]["consistency"] == pytest.approx(sum(v for *_, v in seen) / 3, rel=1e-6)
+    assert seen[0][2] == pytest.approx(0.0, abs=1e-6)  # the first step starts at the start
+    assert seen[-1][2] > 1e-5  # then the model moves and is pulled back
+    out, ref, _ = seen[-1]
+    assert out.shape == ref.shape and out.shape[0] == 2  # the unlabeled half of the batch
+
+
 def test_a_validation_logged_but_not_kept_at_the_last_step_is_redone(data, tmp_path,
                                                                       monkeypatch):
     """A review: Ctrl-C while best.pt was written at the last step's validation; the resume
