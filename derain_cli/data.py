@@ -44,12 +44,15 @@ class DataError(ValueError):
     """A data folder that cannot be used (empty, unreadable); the message says why."""
 
 
-def load_rgb_u8(path: str | Path, depths: list[int] | None = None) -> np.ndarray:
+def load_rgb_u8(path: str | Path, depths: list[int] | None = None,
+                transparent: list[bool] | None = None) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped).
 
     Through ``images.read_image``, so training and evaluation see a photo exactly as
     ``derain`` does (16-bit, CMYK, palette and turned TIFFs included). ``depths``: the
-    file's bits a sample (8 or 16) is appended there (a 16-bit one is rounded to 8)."""
+    file's bits a sample (8 or 16) is appended there (a 16-bit one is rounded to 8).
+    ``transparent``: whether any pixel is less than opaque is appended there (the colour
+    of a transparent pixel is kept, but nothing says it is hidden)."""
     from .images import read_image
 
     try:
@@ -58,6 +61,9 @@ def load_rgb_u8(path: str | Path, depths: list[int] | None = None) -> np.ndarray
         raise DataError(f"{path}: cannot read image ({e})") from None
     if depths is not None:
         depths.append(loaded.bit_depth)
+    if transparent is not None:
+        a = loaded.alpha
+        transparent.append(a is not None and bool((a < np.iinfo(a.dtype).max).any()))
     return np.clip(np.rint(np.asarray(loaded.rgb, np.float32) * 255.0), 0, 255
                    ).astype(np.uint8)
 

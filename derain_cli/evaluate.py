@@ -594,11 +594,13 @@ def check_pairs_read(
 
     kept: list[tuple[np.ndarray, np.ndarray] | None] = []
     total = 0
-    unlike, deep = [], []
+    unlike, deep, see_through = [], [], []
     for p in pairs:
         depths: list[int] = []
+        clear: list[bool] = []
         try:
-            rainy, clean = load_rgb_u8(p.rainy, depths), load_rgb_u8(p.clean, depths)
+            rainy = load_rgb_u8(p.rainy, depths, clear)
+            clean = load_rgb_u8(p.clean, depths, clear)
             problem = pair_problem(p.name, rainy, clean)
         except DataError as e:
             problem = str(e)
@@ -608,6 +610,8 @@ def check_pairs_read(
             unlike.append(p.name)
         if max(depths) > 8:
             deep.append(p.name)
+        if any(clear):
+            see_through.append(p.name)
         total += rainy.nbytes + clean.nbytes
         kept.append((rainy, clean) if total <= keep_bytes else None)
     if unlike:  # scored in silence until 2026-12-06 (an audit)
@@ -619,6 +623,12 @@ def check_pairs_read(
                     "here is (differences finer than 1/255 count as none)", n,
                     "s" if n != 1 else "", "hold" if n != 1 else "holds",
                     ", ".join(deep[:3]), ", ..." if n > 3 else "")
+    if see_through:  # the alpha channel was dropped in silence (a weak point, session 74)
+        n = len(see_through)
+        log.warning("%d pair%s %s transparent pixels (%s%s): the alpha channel is ignored, "
+                    "every pixel's colour is scored, hidden ones too (and --save writes "
+                    "opaque images)", n, "s" if n != 1 else "", "hold" if n != 1 else "holds",
+                    ", ".join(see_through[:3]), ", ..." if n > 3 else "")
     return kept
 
 

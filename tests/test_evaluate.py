@@ -317,6 +317,25 @@ def test_a_16_bit_pair_is_said_to_be_scored_at_8_bits(pairs, caplog):
     assert got["p1.png"] == 100.0, got  # what it says: the 8-bit images are alike
 
 
+def test_a_pair_with_transparent_pixels_is_said_to_be_scored_without_alpha(pairs, caplog):
+    """The alpha channel was dropped in silence: hidden pixels' colours are scored. An alpha
+    channel that is opaque everywhere changes nothing and is not mentioned."""
+    import logging
+
+    for name, hole in (("p1.png", True), ("p2.png", False)):
+        path = pairs / "clean" / name
+        rgba = np.asarray(Image.open(path).convert("RGBA")).copy()
+        if hole:
+            rgba[:4, :4, 3] = 0
+        Image.fromarray(rgba).save(path)
+    with caplog.at_level(logging.WARNING):
+        res = E.evaluate("identity", pairs)
+    assert ("1 pair holds transparent pixels (p1.png): the alpha channel is ignored"
+            in caplog.text), caplog.text
+    assert "p2.png" not in caplog.text
+    assert res.count == len(list((pairs / "rainy").iterdir()))
+
+
 def test_synth_pairs(clean_dir, tmp_path):
     n = E.synth_pairs(clean_dir, tmp_path / "s", preset="light", count=6, seed=3)
     assert n == 6
