@@ -1416,3 +1416,135 @@ def test_synth_reused_photo_gets_new_rain(tmp_path):
     assert len(files) == 2
     a, b = (np.asarray(Image.open(f)) for f in files)
     assert not np.array_equal(a, b)
+
+
+# --- what the user reads: every number in its place (a mutation audit of evaluate.py found
+# --- the CSV's PSNR-RGB, the report's numbers and derained thumbnails, the summary's
+# --- PSNR-RGB and the CLI's file lines unchecked)
+
+class _Gray(torch.nn.Module):
+    """A 'model' whose output is mid-gray: unlike its input, so each number differs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0 + 0.5
+
+
+def test_every_number_of_the_csv_report_and_summary_is_its_own(pairs, tmp_path):
+    report = tmp_path / "r.html"
+    res = E.evaluate(_Gray(), pairs, report=report)
+    assert all(f"{s.psnr_y:.2f}" != f"{s.psnr_rgb:.2f}" for s in res.images)  # apart
+    assert f"{res.psnr_y:.2f}" != f"{res.psnr_rgb:.2f}"
+    rows = list(csv.reader(open(res.csv_path, encoding="utf-8")))
+    for row, s in zip(rows[1:5], res.images, strict=True):
+        assert row[1:5] == [f"{s.psnr_y:.4f}", f"{s.ssim_y:.6f}", f"{s.psnr_rgb:.4f}",
+                            f"{s.seconds:.3f}"]
+    assert rows[-1][:4] == ["mean", f"{res.psnr_y:.4f}", f"{res.ssim_y:.6f}",
+                            f"{res.psnr_rgb:.4f}"]
+    page = report.read_text()
+    assert f"Mean PSNR-Y <b>{res.psnr_y:.2f} dB</b>" in page
+    assert f"SSIM-Y <b>{res.ssim_y:.4f}</b>" in page and f"PSNR-RGB {res.psnr_rgb:.2f} dB" in page
+    for s in res.images:
+        assert (f"PSNR-Y {s.psnr_y:.2f} dB<br>SSIM-Y {s.ssim_y:.4f}<br>PSNR-RGB "
+                f"{s.psnr_rgb:.2f} dB") in page
+    assert f"PSNR-RGB {res.psnr_rgb:.2f} dB" in res.summary()
+    assert f"PSNR-Y {res.psnr_y:.2f} dB, SSIM-Y {res.ssim_y:.4f}" in res.summary()
+    # the derained column shows the output (mid-gray), not the rainy photo
+    thumbs = tmp_path / "r_files"
+    out = np.asarray(Image.open(thumbs / "0000_out.jpg").convert("RGB"), np.float64)
+    rainy = np.asarray(Image.open(thumbs / "0000_rainy.jpg").convert("RGB"), np.float64)
+    assert abs(out.mean() - 128) < 2 and out.std() < 2 and rainy.std() > 10
+
+
+def test_the_cli_names_the_files_it_wrote(pairs, tmp_path):
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--report",
+                                    str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert f"per-image scores: {tmp_path / 'r.csv'}" in lines
+    assert f"report: {tmp_path / 'r.html'}" in lines
+
+
+def test_an_interrupted_eval_says_the_mean_of_the_pairs_it_scored(pairs, tmp_path,
+                                                                    monkeypatch):
+    from derain_cli import metrics
+
+    monkeypatch.setattr(metrics, "ssim_y", interrupted_at_call(metrics.ssim_y, 3))
+    r = CliRunner().invoke(_app(), ["eval", str(pairs), "-m", "identity", "--csv",
+                                    str(tmp_path / "s.csv")])
+    assert r.exit_code == 130
+    rows = list(csv.reader(open(tmp_path / "s.csv", encoding="utf-8")))
+    want = np.mean([float(rows[1][1]), float(rows[2][1])])
+    assert f"mean PSNR-Y {want:.2f} dB over those" in " ".join(r.stderr.split())
+
+
+def test_auto_turns_are_written_per_image_in_the_csv_and_report(pairs, tiny_weights, tmp_path,
+                                                               monkeypatch):
+    """Under auto an image left unturned is a 0 in the CSV and "not turned" in the report
+    (an empty cell, or "turned from 0 degrees", were each possible unseen)."""
+    from derain_cli import slant
+
+    first = E.load_rgb_u8(find_pairs(pairs)[0].rainy)
+    monkeypatch.setattr(slant, "choose_angle", lambda rgb, derain: (
+        (60.0 if np.array_equal(rgb, first) else 0.0), 0.0, None))
+    E.evaluate(str(tiny_weights), pairs, device="cpu", rain_angle="auto",
+               report=tmp_path / "r.html")
+    rows = list(csv.reader(open(tmp_path / "r.csv", encoding="utf-8")))
+    assert rows[0][-1] == "rain_angle" and [r[-1] for r in rows[1:5]] == ["60", "0", "0", "0"]
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<br>not turned") == 3 and page.count("rain turned from 60 degrees") == 1
+
+
+def test_a_given_derainers_rain_angle_is_checked_before_any_work(tmp_path, tiny_weights):
+    """eval --weights W --rain-angle 45 hands evaluate a Derainer holding the angle: a strip
+    it cannot turn is named before any output is written, as for a weights path."""
+    from derain_cli.enhancer import Derainer
+    from derain_cli.errors import OptionError
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(smooth_photo(rng, 40, 52)).save(d / "a_square.png")
+    Image.fromarray(smooth_photo(rng, 20, 200)).save(d / "b_strip.png")
+    E.synth_pairs(d, tmp_path / "pairs", preset="heavy", seed=0)
+    derainer = Derainer(weights=tiny_weights, device="cpu", rain_angle=45)
+    with pytest.raises(OptionError, match=r"b_strip\.png \(200x20: 6\.1x\)"):
+        E.evaluate(derainer, tmp_path / "pairs", save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_report_refuses_to_replace_the_last_pairs_thumbnail(pairs, tmp_path):
+    thumbs = tmp_path / "r_files"
+    thumbs.mkdir()
+    (thumbs / "0003_clean.jpg").write_text("mine")
+    with pytest.raises(E.OptionError, match="0003_clean.jpg"):
+        E.evaluate("identity", pairs, report=tmp_path / "r.html")
+    assert (thumbs / "0003_clean.jpg").read_text() == "mine"
+
+
+def test_a_colour_rainy_image_with_a_gray_clean_one_is_said(pairs, caplog):
+    import logging
+
+    clean = pairs / "clean" / "p2.png"
+    Image.open(clean).convert("L").save(clean)
+    with caplog.at_level(logging.WARNING):
+        E.evaluate("identity", pairs)
+    assert "1 pair has one grayscale and one colour image (p2.png)" in caplog.text
+
+
+def test_pairs_differing_in_height_alone_are_all_named_up_front(tmp_path):
+    from derain_cli.pairs import PairDataError
+
+    rng = np.random.default_rng(0)
+    for side, h in (("rainy", 40), ("clean", 44)):
+        (tmp_path / "p" / side).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(smooth_photo(rng, h, 52)).save(tmp_path / "p" / side / f"{i}.png")
+    with pytest.raises(PairDataError, match=r"7 pairs of different sizes: 0\.png \(52x40 "
+                                            r"rainy, 52x44 clean\), .* and 2 more"):
+        E.evaluate("identity", tmp_path / "p")
+
+
+def test_csv_names_that_a_spreadsheet_would_run_as_formulas_are_quoted():
+    for name in ("=1+2.png", "+a.png", "-1.png", "@x.png"):
+        assert E._csv_text(name) == "'" + name
+    assert E._csv_text("rain-1.png") == "rain-1.png"
