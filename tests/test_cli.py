@@ -1222,6 +1222,9 @@ def test_download_names_every_problem_and_fetches_the_rest(monkeypatch: pytest.M
     assert "'rdmc' has no pretrained weights" in r.stderr
     assert "semi-drdnet-lite: bundled, nothing to do" in r.stdout
     assert r.stderr.rstrip().endswith("2 of 3 models not fetched (reasons above); 1 ready")
+    r = derain("download", "semi-drdnet-lite", "rdmc")  # two: the tally too (an audit)
+    assert r.exit_code == 1
+    assert r.stderr.rstrip().endswith("1 of 2 models not fetched (reasons above); 1 ready")
 
 
 def test_download_takes_m_like_the_other_commands(monkeypatch: pytest.MonkeyPatch,
@@ -1309,6 +1312,19 @@ def test_download_then_cached(tmp_path: Path, hub_server) -> None:
     p = _cli_with_remote_manifest(tmp_path, "models", "--json", HF_HUB_OFFLINE="1")
     row = next(r for r in json.loads(p.stdout) if r["name"] == "semi-drdnet-lite")
     assert row["weights"] == "remote", p.stdout
+
+
+def test_download_force_fetches_again_and_a_plain_download_does_not(tmp_path: Path,
+                                                                     hub_server) -> None:
+    """--force reached no download (a mutation audit: resolve's force=False survived): the
+    cached copy was reported as fetched."""
+    hub_server.add("derain-test/demo", "0123456789abcdef0123456789abcdef01234567",
+                   "demo.safetensors", _DEMO)
+    for args, gets in ((), 1), ((), 1), (("--force",), 2):
+        p = _cli_with_remote_manifest(tmp_path, "download", "--all", "-q", *args,
+                                      HF_ENDPOINT=hub_server.url)
+        assert p.returncode == 0, p.stderr
+        assert len(hub_server.requests_for("GET")) == gets, (args, hub_server.requests)
 
 
 def test_download_refuses_a_file_of_another_size_than_the_manifest_says(

@@ -379,6 +379,39 @@ def test_downloads_hide_the_hubs_python_warnings_and_retry_lines(recwarn, capsys
     assert err == f"downloading {FILE} (4.6 MB) from http://127.0.0.1:9\n", err
 
 
+def test_a_server_announcing_a_smaller_size_is_refused_before_downloading(hub_server,
+                                                                         tmp_path):
+    """Smaller as well as larger (a mutation audit: only larger was checked): refused at the
+    HEAD as a size mismatch, not downloaded and then refused by the checksum."""
+    hub_server.add(REPO, COMMIT, FILE, DATA[:100], etag=SHA)
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path, size=len(DATA))
+    assert info.value.kind == "checksum" and "size mismatch" in str(info.value)
+    assert hub_server.requests_for("GET") == [] and _files_in(tmp_path) == []
+
+
+def test_a_refused_access_is_said_as_such_for_403_as_for_401(hub_server, tmp_path):
+    hub_server.add(REPO, COMMIT, FILE, DATA)
+    hub_server.status_override = 403
+    with pytest.raises(WeightsUnavailable) as info:
+        _fetch(hub_server, tmp_path)
+    assert info.value.kind == "access" and "refused access (HTTP 403)" in str(info.value)
+    assert len(hub_server.requests_for("HEAD", FILE)) == 1  # not tried again
+
+
+def test_a_local_entry_missing_while_online_is_no_offline_mode(tmp_path):
+    """The Hub client raises LocalEntryNotFoundError when the server stops answering between
+    derain's check and the download; online, that is not "offline mode is on"."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from derain_cli.hub import _Context, _explain
+
+    ctx = _Context(REPO, FILE, COMMIT, SHA, tmp_path, "http://127.0.0.1:9", None, None)
+    kind, why = _explain(LocalEntryNotFoundError(
+        "An error happened while trying to locate the file on the Hub"), ctx)
+    assert kind != "offline" and "HF_HUB_OFFLINE" not in why
+
+
 def test_hand_placed_file_is_used_without_network(tmp_path):
     target = snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path)
     target.parent.mkdir(parents=True)
@@ -410,6 +443,7 @@ def test_checksum_mismatch_after_download_file_not_kept(hub_server, tmp_path):
     msg = str(info.value)
     assert info.value.kind == "checksum"
     assert "checksum mismatch" in msg and "not kept" in msg
+    assert "stays" not in msg  # no verified copy was cached before: none is said to stay
     assert len(hub_server.requests_for("GET", FILE)) == 1
     assert not os.path.lexists(snapshot_path(REPO, FILE, COMMIT, cache_dir=tmp_path))
     assert _files_in(tmp_path) == []  # snapshot entry and blob both gone
@@ -456,7 +490,7 @@ def test_server_error_fails_fast(hub_server, tmp_path):
     assert not hub_server.requests_for("GET", FILE)
 
 
-@pytest.mark.parametrize("status", [429, 502, 503])
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
 def test_a_busy_server_is_tried_again(hub_server, tmp_path, status):
     """One 429 (the Hub's rate limit) or 5xx ended the download at once; the probe now
     waits a second and asks again (its Retry-After where it gives one)."""
@@ -622,6 +656,8 @@ def test_offline_with_empty_cache(hub_server, tmp_path):
     assert "offline" in msg and "HF_HUB_OFFLINE" in msg
     assert "derain download" in msg and "--weights FILE" in msg
     assert str(tmp_path / "cache") in msg and SHA in msg
+    # the cache it looked in, named in the reason itself (the CLI passes no cache_dir)
+    assert f"not in the local cache ({tmp_path / 'cache'})" in msg
     assert hub_server.requests == []
 
 

@@ -518,3 +518,38 @@ def test_a_pt_file_is_refused_past_four_times_its_size_unpacked(tmp_path):
     with zipfile.ZipFile(tmp_path / "plain.pt", "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data/0", data)
     assert weights.inflation_problem(tmp_path / "plain.pt") is None
+
+
+def _remote_record(tmp_path, monkeypatch, **hub_fields) -> WeightRecord:
+    """A manifest of one record that is not bundled (its file absent from the bundle)."""
+    import hashlib
+
+    rec = WeightRecord(name="x", arch="semi-drdnet", config={}, file="x.safetensors",
+                       sha256=hashlib.sha256(b"w").hexdigest(), size=1, dtype="float16",
+                       hub={"repo_id": "derain-test/x", "filename": "x.safetensors",
+                            "revision": "0" * 40, **hub_fields})
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: {"x": rec})
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
+    return rec
+
+
+def test_an_unpublished_record_says_reinstall_and_a_published_one_does_not(tmp_path,
+                                                                           monkeypatch):
+    """Every shipped record is "published": false: a bundled file gone missing must say to
+    reinstall derain, not to download when online (which cannot work); a record without the
+    key is published (a mutation audit: either default survived)."""
+    import huggingface_hub.constants as hf_constants
+
+    from derain_cli.hub import WeightsUnavailable
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    _remote_record(tmp_path, monkeypatch, published=False)
+    with pytest.raises(WeightsUnavailable) as info:
+        weights.resolve("x", quiet=True)
+    assert "not published on the Hub yet" in str(info.value)
+    assert "reinstall derain" in str(info.value)
+    _remote_record(tmp_path, monkeypatch)
+    with pytest.raises(WeightsUnavailable) as info:
+        weights.resolve("x", quiet=True)
+    assert "not published" not in str(info.value) and "reinstall" not in str(info.value)
