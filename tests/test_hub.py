@@ -153,6 +153,34 @@ def test_a_copy_cached_before_the_branch_moved_is_still_found(hub_server, tmp_pa
     assert cached_copy(REPO, FILE, "main", "0" * 64, cache_dir=tmp_path) is None
 
 
+def test_a_bad_copy_at_the_branch_beside_a_verified_earlier_one_is_removed_and_said(
+        hub_server, tmp_path, caplog):
+    """The branch moved and its new file (other bytes) was cached too: that copy is removed
+    with a warning and the verified copy of the earlier commit used, with no request (a
+    mutation audit: the bad copy could be left in silence, or the file downloaded again)."""
+    import logging
+
+    first = hub_server.add(REPO, "main", FILE, DATA)
+    path = _fetch(hub_server, tmp_path, revision="main")
+    later = "b" * 40
+    hub_server.add(REPO, later, FILE, DATA[::-1])
+    hub_server.add(REPO, later, "other.safetensors", b"other")
+    hub_server.move(REPO, "main", later)
+    bad = fetch(REPO, FILE, later, hashlib.sha256(DATA[::-1]).hexdigest(), cache_dir=tmp_path,
+                quiet=True, endpoint=hub_server.url)  # cached at the later commit, and
+    fetch(REPO, "other.safetensors", "main", hashlib.sha256(b"other").hexdigest(),
+          cache_dir=tmp_path, quiet=True, endpoint=hub_server.url)  # the cache's main moved
+    assert bad.parent.name == later and path.exists()
+    seen = len(hub_server.requests)
+    with caplog.at_level(logging.WARNING):
+        got = _fetch(hub_server, tmp_path, revision="main")
+    assert got == path and got.parent.name == first and got.read_bytes() == DATA
+    assert len(hub_server.requests) == seen  # the cache had it
+    assert not os.path.lexists(bad)
+    assert "A cached copy with the wrong checksum was removed" in caplog.text
+    assert "A verified copy from an earlier commit is used" in caplog.text
+
+
 def test_a_forced_download_that_arrives_damaged_keeps_the_good_copy(hub_server, tmp_path):
     """`derain download --force` over a verified copy: the new download, damaged in
     transit, was written over the same blob and deleted with it, leaving nothing (an
