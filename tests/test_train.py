@@ -1559,8 +1559,6 @@ def test_the_l2sp_pull_moves_the_weights_back_to_their_start(data, tmp_path):
     """L2-SP is decoupled (each step every weight moves lr x l2sp of its way back): as a
     loss term Adam's scaling made it inert (drift 0.3 % smaller at the old default, an
     audit). At lr x l2sp >= 1 the weights are back at their start after every step."""
-    from safetensors.torch import load_file
-
     base = T.train(_cfg(data, tmp_path / "base", steps=2))
     start = load_file(str(base.weights))
 
@@ -3163,8 +3161,6 @@ def test_a_run_stopped_on_its_budget_and_cut_in_its_export_resumes_to_the_export
     """A run its --time-budget stopped, interrupted during its export: resumed as it was, it
     dropped the spent budget and trained on toward its step cap, hours. It exports the
     step it stopped at (the same weights), and a further resume asks for more time."""
-    from safetensors.torch import load_file
-
     out = tmp_path / "r"
     first = T.train(_cfg(data, out, steps=1000, time_budget=0.3))
     assert first.stopped_early and first.steps < 1000
@@ -3453,3 +3449,139 @@ def test_a_tied_validation_keeps_the_earlier_best_and_last_pt_is_written_atomica
     best = torch.load(tmp_path / "r" / "best.pt", weights_only=False, map_location="cpu")
     assert best["step"] == 2, best["step"]
     assert saved.count("best.pt") == 1 and "last.pt" in saved
+
+
+# --- the training loop's contracts (a mutation audit of train.py's run machinery found
+# --- each of these could change unseen)
+
+def test_the_last_step_is_validated_when_val_every_does_not_divide_it(data, tmp_path):
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=7, val=str(data["val"]), val_every=3))
+    vals = [json.loads(line)["step"] for line in (out / "log.jsonl").open()
+            if json.loads(line)["kind"] == "val"]
+    assert vals == [3, 6, 7], vals
+
+
+def _falling_scores(monkeypatch, *scores: float) -> None:
+    seq = iter(scores)
+    monkeypatch.setattr(T, "validate",
+                        lambda *a, **k: {"psnr": next(seq), "ssim": 0.5, "count": 1})
+
+
+def test_the_manifest_scores_the_exported_step_and_names_the_best_apart(data, tmp_path,
+                                                                         monkeypatch):
+    """metrics.val is the exported (last) step's score; best_step/best_psnr the best's, kept
+    across a --resume that trains further (best_step was lost on resume unseen)."""
+    _falling_scores(monkeypatch, 20.0, 19.0, 18.0)
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=4, val=str(data["val"]), val_every=2))
+    T.train(_cfg(data, out, steps=6, val=str(data["val"]), val_every=2, resume=True))
+    v = json.loads((out / "manifest_entry.json").read_text())["metrics"]["val"]
+    assert (v["step"], v["psnr"], v["best_step"], v["best_psnr"]) == (6, 18.0, 2, 20.0), v
+
+
+def test_the_exported_weights_are_the_ema(data, tmp_path):
+    """model.safetensors holds last.pt's EMA (in fp16), not the raw trained weights, as the
+    closing line and the manifest's score (of the EMA) say."""
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=4, ema=0.5))
+    ck = torch.load(out / "last.pt", weights_only=True)
+    f = load_file(out / "model.safetensors")
+    checked = [k for k in f if f[k].is_floating_point() and "running" not in k]
+    assert checked and all(torch.equal(f[k], ck["ema"][k].half()) for k in checked)
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in checked)
+
+
+def test_final_loss_is_the_mean_of_the_last_ten_steps(data, tmp_path):
+    res = T.train(_cfg(data, tmp_path / "r", steps=12))
+    assert len(res.losses) == 12
+    assert res.final_loss == pytest.approx(float(np.mean(res.losses[-10:])))
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_though_its_loss_is_finite(
+        data, tmp_path, monkeypatch):
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def nan_on_the_second(params, max_norm, *a, **k):
+        params = list(params)
+        norm = real(params, max_norm, *a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+            return torch.tensor(float("nan"))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_on_the_second)
+    res = T.train(_cfg(data, tmp_path / "r", steps=4))
+    recs = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").open()]
+    assert [r["step"] for r in recs if r["kind"] == "skip"] == [2]
+    assert all(torch.isfinite(t.float()).all() for t in load_file(res.weights).values())
+
+
+def test_a_run_gives_up_after_20_non_finite_steps_in_a_row(data, tmp_path, monkeypatch):
+    real = L.Criterion.forward
+
+    def nan(self, **kw):
+        loss, parts = real(self, **kw)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(L.Criterion, "forward", nan)
+    with pytest.raises(T.TrainDiverged, match="for 20 steps"):
+        T.train(_cfg(data, tmp_path / "r", steps=30))
+    skips = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").open()
+             if json.loads(line)["kind"] == "skip"]
+    assert len(skips) == 20
+
+
+def test_finetune_builds_its_documented_cpu_defaults(data, tmp_path, monkeypatch):
+    """`derain finetune --help` and the README: 200 steps on a CPU, validation every quarter
+    of them; the CLI's defaults were compared with FinetuneConfig's, not with what
+    finetune() builds from them."""
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda cfg, _hooks=None: seen.setdefault("cfg", cfg))
+    T.finetune(T.FinetuneConfig(rainy=str(data["real"]), out=str(tmp_path / "ft"),
+                                arch="semi-drdnet", model_config=TINY, device="cpu",
+                                val=str(data["val"]), quiet=True))
+    c = seen["cfg"]
+    assert (c.steps, c.batch, c.patch, c.val_every, c.warmup) == (200, 4, 96, 50, 20)
+    assert (c.ema, c.min_lr_ratio, c.lr) == (0.99, 0.1, 2e-5)
+
+
+def test_a_time_budget_steers_the_learning_rate(data, tmp_path, monkeypatch):
+    """Under --time-budget the schedule follows the budget's elapsed fraction (a budgeted run
+    of --steps 100000 otherwise ends with its rate near the full --lr)."""
+    real, seen = T.lr_at, []
+
+    def spy(cfg, step, total, progress=None):
+        seen.append(progress)
+        return real(cfg, step, total, progress)
+
+    monkeypatch.setattr(T, "lr_at", spy)
+    T.train(_cfg(data, tmp_path / "r", steps=100000, time_budget=1.0, warmup=2))
+    assert len(seen) > 2 and all(p is not None for p in seen)
+    assert seen == sorted(seen) and 0 <= seen[0] < seen[-1] <= 1.0 and seen[-1] > 0.5
+
+
+def test_epochs_under_several_processes_count_the_whole_batch(data, tmp_path):
+    """--epochs 1 with batch 2 on 8 items: 4 steps alone, 2 steps per process for two (each
+    step takes a batch on every process)."""
+    cfg = _cfg(data, tmp_path / "r", steps=None, epochs=1, batch=2)
+    assert T._run_length(cfg, 8, 1, None, tmp_path / "r")[0] == 4
+    assert T._run_length(cfg, 8, 2, None, tmp_path / "r")[0] == 2
+
+
+def test_a_resume_redoes_an_export_whose_entry_does_not_name_the_file(data, tmp_path):
+    """Stopped between model.safetensors and its manifest entry: the stale entry (another
+    sha256) is not taken as the export, and --resume redoes it instead of refusing."""
+    from derain_cli.fileio import sha256_file
+
+    out = tmp_path / "r"
+    T.train(_cfg(data, out, steps=6))
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    (out / "manifest_entry.json").write_text(json.dumps({**entry, "sha256": "0" * 64}))
+    T.train(_cfg(data, out, steps=6, resume=True))
+    fixed = json.loads((out / "manifest_entry.json").read_text())
+    assert fixed["sha256"] == sha256_file(out / "model.safetensors")
