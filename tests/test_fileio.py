@@ -374,3 +374,39 @@ def test_a_group_lands_its_first_file_last(tmp_path: Path, monkeypatch) -> None:
                                for name in ("main.onnx", "stats.onnx", "third.onnx")])
     assert landed == ["third.onnx", "stats.onnx", "main.onnx"]
     assert (tmp_path / "main.onnx").read_text() == "main.onnx"
+
+
+# --- what a mutation audit of fileio.py found unpinned
+
+def test_a_failed_group_leaves_no_new_file_where_none_was(tmp_path, monkeypatch):
+    """All or none: an interrupted first export left a new stats graph without its forward
+    graph (the rollback removed only files that had an older version)."""
+    from derain_cli import fileio
+
+    a, b = tmp_path / "m.onnx", tmp_path / "m.stats.onnx"
+    real = os.replace
+
+    def fail_first(src, dst):
+        if Path(dst) == a:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", fail_first)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write_group([(a, lambda t: Path(t).write_bytes(b"A")),
+                                   (b, lambda t: Path(t).write_bytes(b"B"))])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_folders_lists_the_outermost_first(tmp_path):
+    from derain_cli.fileio import missing_folders
+
+    c = tmp_path / "a" / "b" / "c"
+    assert missing_folders(c) == [tmp_path / "a", tmp_path / "a" / "b", c]
+
+
+def test_terminal_text_keeps_line_breaks_and_escapes_controls():
+    """Multi-line errors (pairs' unmatched files) were printed as one line with literal \\n."""
+    from derain_cli.fileio import terminal_text
+
+    assert terminal_text("a.png: bad\nb\x1b[2J.png: bad") == "a.png: bad\nb\\x1b[2J.png: bad"

@@ -752,7 +752,7 @@ def test_sixteen_bits_rounded_to_eight_are_said(tmp_path: Path,
         "are rounded to 8 (write PNG or TIFF to keep 16 bits)"]
 
 
-@pytest.mark.parametrize("orientation", [3, 6])
+@pytest.mark.parametrize("orientation", [3, 5, 6, 7])
 def test_exif_pixel_dimensions_follow_a_turned_photo(tmp_path: Path, orientation: int) -> None:
     """Orientation 6 applied, the result is H wide and W high, but its EXIF kept
     PixelXDimension = W and PixelYDimension = H (an audit); not swapped for a half turn."""
@@ -773,7 +773,7 @@ def test_exif_pixel_dimensions_follow_a_turned_photo(tmp_path: Path, orientation
         assert (dims[0xA002], dims[0xA003]) == out.size  # the pixels' own width, height
         assert (out.getexif()[0x0100], out.getexif()[0x0101]) == out.size
         assert out.getexif().get(271) == "TestCam"
-    assert out.size == ((h, w) if orientation == 6 else (w, h))
+    assert out.size == ((h, w) if orientation >= 5 else (w, h))  # 5-8 swap the sides
 
 
 def test_damaged_exif_keeps_what_can_be_read_and_says_so(tmp_path: Path,
@@ -1621,3 +1621,143 @@ def test_a_mode_i_photo_of_8_bit_values_derains_to_the_levels_of_its_8_bit_twin(
     assert np.array_equal(np.asarray(as_i), np.asarray(d.derain(Image.fromarray(gray))))
     d.strength = 0.0
     assert np.array_equal(np.asarray(d.derain(Image.fromarray(gray.astype(np.int32)))), gray)
+
+
+# --- what a mutation audit of images.py found unpinned: each of these could change unseen
+
+def test_webp_quality_is_used(tmp_path: Path) -> None:
+    noisy = np.random.default_rng(2).random((64, 64, 3), dtype=np.float32)
+    write_image(tmp_path / "lo.webp", noisy, quality=30)
+    write_image(tmp_path / "hi.webp", noisy, quality=95)
+    assert (tmp_path / "lo.webp").stat().st_size < 0.7 * (tmp_path / "hi.webp").stat().st_size
+
+
+def test_a_lossless_webp_keeps_the_colour_under_transparent_pixels(tmp_path: Path) -> None:
+    alpha = np.where(np.arange(W) < W // 2, 0, 255)[None, :].repeat(H, 0).astype(np.uint8)
+    rgba = np.dstack([_rgb8(), alpha])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in.webp", lossless=True, exact=True)
+    loaded = read_image(tmp_path / "in.webp")
+    write_image(tmp_path / "out.webp", loaded.rgb, loaded)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.webp")), rgba)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_unequal_horizontal_and_vertical_dpi_are_kept_apart(tmp_path: Path, suffix: str,
+                                                            depth: int) -> None:
+    dt = np.uint16 if depth == 16 else np.uint8
+    px = (np.random.default_rng(3).random((H, W, 3)) * np.iinfo(dt).max).astype(dt)
+    like = LoadedImage(px, None, depth, False, "RGB", "PNG", dpi=(300.0, 150.0))
+    write_image(tmp_path / f"o{suffix}", like.rgb, like)
+    assert read_image(tmp_path / f"o{suffix}").dpi == (300.0, 150.0)
+
+
+def test_an_8_bit_gray_png_colour_key_keeps_its_transparency(tmp_path: Path) -> None:
+    g = np.random.default_rng(4).integers(1, 256, (H, W), dtype=np.uint8)
+    g[:5] = 0
+    Image.fromarray(g, "L").save(tmp_path / "in.png", transparency=0)
+    loaded = read_image(tmp_path / "in.png")
+    assert loaded.alpha is not None
+    assert (loaded.alpha[:5] == 0).all() and (loaded.alpha[5:] == 255).all()
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    out = read_image(tmp_path / "out.png")
+    np.testing.assert_array_equal(out.alpha, loaded.alpha)
+    assert out.grayscale
+
+
+def test_a_16_bit_gray_png_with_alpha_written_as_tiff_reads_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    g = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+    a = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+    with open(tmp_path / "in.png", "wb") as f:
+        images._encode_png16(f, np.dstack([g, a]), exif=None, icc=None, dpi=None)
+    loaded = read_image(tmp_path / "in.png")
+    write_image(tmp_path / "out.tif", loaded.rgb, loaded)
+    out = read_image(tmp_path / "out.tif")
+    assert out.bit_depth == 16
+    np.testing.assert_array_equal(out.pixels[..., 0], g)
+    np.testing.assert_array_equal(out.alpha, a)
+
+
+def test_infinite_values_either_way_are_refused_and_nothing_written(tmp_path: Path) -> None:
+    rgb = np.full((H, W, 3), 0.5, np.float32)
+    for bad in (-np.inf, np.inf):
+        rgb[3, 3, 1] = bad
+        with pytest.raises(ValueError, match="infinite"):
+            write_image(tmp_path / "o.png", rgb)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_pngs_xmp_and_raw_exif_text_are_not_copied_as_text(tmp_path: Path) -> None:
+    """Their old orientation (6) would turn the upright result again in viewers that read
+    those chunks."""
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    exif = Image.Exif()
+    exif[274] = 6
+    raw = exif.tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
+    Image.fromarray(_rgb8()).save(tmp_path / "in.png", pnginfo=info)
+    loaded = read_image(tmp_path / "in.png")
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    data = (tmp_path / "out.png").read_bytes()
+    assert data.count(b"XML:com.adobe.xmp") == 1 and b'tiff:Orientation="6"' not in data
+    assert b"Raw profile type exif" not in data
+
+
+def test_a_tiff_without_resolution_gets_no_dpi(tmp_path: Path) -> None:
+    """Pillow reports dpi (1, 1) for it: every result would have been written at 1 dpi."""
+    Image.fromarray(_rgb8()).save(tmp_path / "in.tif")
+    loaded = read_image(tmp_path / "in.tif")
+    assert loaded.dpi is None
+    write_image(tmp_path / "out.png", loaded.rgb, loaded)
+    assert "dpi" not in Image.open(tmp_path / "out.png").info
+
+
+def test_a_big_endian_long_orientation_is_reset_to_1() -> None:
+    """An Orientation stored as a LONG (seen in the wild) in a big-endian EXIF: 1, not
+    65536."""
+    body = (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+            + struct.pack(">HHII", 0x0112, 4, 1, 6) + struct.pack(">I", 0))
+    out = images._reset_exif_orientation(b"Exif\x00\x00" + body)
+    e = Image.Exif()
+    e.load(out)
+    assert e[0x0112] == 1
+
+
+def test_an_8_bit_alpha_in_a_16_bit_output_stays_opaque(tmp_path: Path) -> None:
+    like = LoadedImage(np.zeros((H, W, 3), np.uint16), np.full((H, W), 255, np.uint8), 16,
+                       False, "RGBA", "PNG")
+    write_image(tmp_path / "o.png", like.rgb, like)
+    assert (read_image(tmp_path / "o.png").alpha == 65535).all()
+
+
+def test_a_dpi_near_but_not_at_a_whole_number_is_kept(tmp_path: Path) -> None:
+    Image.fromarray(_rgb8()).save(tmp_path / "in.tif", dpi=(72.2, 72.2))
+    assert read_image(tmp_path / "in.tif").dpi == pytest.approx((72.2, 72.2))
+
+
+def test_no_extended_xmp_is_written_without_its_main_packet(tmp_path: Path) -> None:
+    big = b"<x:xmpmeta>" + b"a" * 70000 + b"</x:xmpmeta>"
+    like = LoadedImage(_rgb8(), None, 8, False, "RGB", "JPEG", xmp=big,
+                       xmp_extension=(images._XMP_EXTENSION + b"0" * 40 + b"x" * 100,))
+    write_image(tmp_path / "o.jpg", like.rgb, like)
+    assert images._XMP_EXTENSION not in (tmp_path / "o.jpg").read_bytes()
+
+
+def test_png_colour_chunks_are_not_written_beside_an_icc_profile(tmp_path: Path) -> None:
+    """The PNG spec forbids sRGB beside iCCP; gAMA would fight the profile."""
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for depth, dt in ((8, np.uint8), (16, np.uint16)):
+        like = LoadedImage(_rgb8().astype(dt), None, depth, False, "RGB", "PNG",
+                           icc_profile=icc,
+                           png_colour=((b"sRGB", b"\x00"), (b"gAMA", struct.pack(">I", 45455))))
+        write_image(tmp_path / "o.png", like.rgb, like)
+        d = (tmp_path / "o.png").read_bytes()
+        pos, kinds = 8, []
+        while pos < len(d):
+            (n,) = struct.unpack_from(">I", d, pos)
+            kinds.append(d[pos + 4:pos + 8])
+            pos += 12 + n
+        assert b"iCCP" in kinds and b"sRGB" not in kinds and b"gAMA" not in kinds, kinds
