@@ -2474,3 +2474,19 @@ def test_eval_strength_max_pixels_and_a_damaged_pair_reach_their_commands(
     (tmp_path / "p" / "clean" / "1.png").write_bytes(b"not a png")
     r = derain("eval", tmp_path / "p", "-m", "identity")
     assert r.exit_code == 1 and "1.png" in r.output, r.output
+
+
+def test_rain_angle_auto_names_each_turned_photo_with_its_signed_turn(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list of turned photos was never printed in a test (noise is never turned)."""
+    from derain_cli import slant
+
+    real = slant.choose_angle
+    monkeypatch.setattr(slant, "choose_angle", lambda rgb, derain: (50.0, 50.0, None)
+                        if rgb.shape[1] == 40 else real(rgb, derain))
+    _img(tmp_path / "in" / "a.png", w=40, h=30)
+    _img(tmp_path / "in" / "b.png", w=36, h=30)
+    r = derain("in", "--weights", tiny_weights, "-o", "out", "--rain-angle", "auto",
+               cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "--rain-angle auto turned 1 of 2 photo(s): in/a.png +50" in r.output, r.output

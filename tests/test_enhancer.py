@@ -1136,6 +1136,31 @@ def test_a_turned_photo_loses_nothing_the_network_keeps(tiny_weights, monkeypatc
     np.testing.assert_allclose(d.derain_array(x), rgb.astype(np.float32) / 255, atol=2e-6)
 
 
+def test_a_turned_photo_taller_than_one_band_loses_nothing_the_network_keeps(
+        tiny_weights, monkeypatch):
+    """As above on a photo whose canvas is over 256 rows (``slant._BAND_ROWS``), as most
+    photos are: below the first band the result was once taken for rain, unseen."""
+    rgb = _photo(h=300, w=280, seed=5)
+    d = Derainer(weights=tiny_weights, device="cpu", backend="torch", precision="fp32",
+                 tile=128, rain_angle=37)
+    monkeypatch.setattr(d.runner, "forward", lambda t, pooled: (
+        t.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        if t.dtype == np.uint8 else t))
+    np.testing.assert_allclose(d.derain_array(rgb), rgb.astype(np.float32) / 255, atol=2e-6)
+
+
+def test_auto_logs_its_guess_and_its_turn_each_in_its_place(tiny_weights, monkeypatch, caplog):
+    import logging
+
+    from derain_cli import slant
+
+    monkeypatch.setattr(slant, "choose_angle", lambda rgb, derain: (0.0, 50.0, None))
+    d = Derainer(weights=tiny_weights, device="cpu", rain_angle="auto")
+    with caplog.at_level(logging.INFO):
+        d.derain_array(_photo())
+    assert "guessed 50 degrees, turned 0" in caplog.text
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_turn_ensemble_and_strength_compose(tiny_weights, dtype):
     """With the real (tiny) network: the turned canvas goes through the ensemble's passes,

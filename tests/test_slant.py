@@ -251,3 +251,69 @@ def test_the_auto_check_takes_its_share_of_the_progress_bar(tiny_weights, monkey
     at_start = [next((e for e in reversed(events[:i]) if e != "pass"), 0.0) for i in starts]
     assert at_start == pytest.approx([0.0, 0.25, 0.5, 0.75], abs=1e-6), events
     assert events[-1] == 1.0
+
+
+# --- what a mutation audit of slant.py found unpinned
+
+def test_the_rain_layer_is_canvas_minus_result_past_the_first_band():
+    """Rain is taken band by band (``_BAND_ROWS``): below the first band the derained image
+    itself was subtracted as rain, unseen, as every checked photo was smaller."""
+    t = slant.Turn.make(300, 300, 37)
+    canvas = t.forward(np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    assert canvas.shape[0] > slant._BAND_ROWS
+    result = np.random.default_rng(2).random(canvas.shape, dtype=np.float32)
+    want = canvas.astype(np.float32) / 255 - result
+    np.testing.assert_allclose(slant.Turn.rain(canvas, result.copy()), want, atol=1e-6)
+
+
+def test_the_canvas_corners_are_the_photo_mirrored_not_black():
+    t = slant.Turn.make(40, 60, 30)
+    assert (t.forward(np.full((40, 60, 3), 200, np.uint8)) == 200).all()
+
+
+def test_a_uniform_layer_turns_back_uniform_to_the_corners():
+    t = slant.Turn.make(40, 60, 30)
+    back = t.back(np.ones((t.canvas_height, t.canvas_width, 3), np.float32))
+    np.testing.assert_allclose(back, 1, atol=1e-5)
+
+
+@pytest.mark.parametrize(("guess", "checked"), [(24.0, False), (-24.0, False), (25.0, True),
+                                                (-25.0, True)])
+def test_auto_checks_a_guess_from_least_angle_on(monkeypatch, guess, checked):
+    """Guesses under LEAST_ANGLE (25) are left alone without a network pass; from it on they
+    are checked."""
+    assert slant.LEAST_ANGLE == 25.0
+    monkeypatch.setattr(slant, "estimate_angle", lambda rgb: guess)
+    calls = []
+    slant.choose_angle(np.zeros((32, 32, 3), np.uint8),
+                       lambda x, a: calls.append(a) or x.astype(np.float32) / 255)
+    assert bool(calls) == checked
+
+
+def test_removed_counts_only_what_the_network_lowered():
+    """A brightened area does not cancel rain taken off elsewhere."""
+    before = np.full((2, 2, 3), 0.5, np.float32)
+    after = before.copy()
+    after[0], after[1] = 0.3, 0.9
+    assert slant.removed(before, after) == pytest.approx(0.1, abs=1e-6)
+
+
+def test_a_photo_8_px_across_is_measured():
+    img = np.zeros((8, 64, 3), np.uint8)
+    for x in range(0, 64, 6):
+        for y in range(8):
+            if x + y < 64:
+                img[y, x + y] = 255
+    assert slant.estimate_angle(img) != 0.0
+
+
+def test_a_large_photos_check_crops_are_centred_on_its_quarters(monkeypatch):
+    monkeypatch.setattr(slant, "estimate_angle", lambda rgb: 50.0)
+    h, w = 1250, 1300
+    img = np.broadcast_to(np.arange(h, dtype=np.int32)[:, None, None] // 5, (h, w, 3)
+                          ).astype(np.uint8)  # each row's value says which row it is
+    seen = []
+    slant.choose_angle(img, lambda x, a: seen.append(int(x[0, 0, 0]))
+                       or x.astype(np.float32) / 255)
+    # 512 px crops from h // 4 - 256 = 56 and 3 h // 4 - 256 = 681
+    assert sorted(set(seen)) == [56 // 5, 681 // 5]
