@@ -1199,6 +1199,12 @@ def test_turned_edge_cases(tiny_weights, caplog):
     with caplog.at_level("WARNING", logger="derain_cli"):
         d.rain_angle = 10
     assert "about as well without turning" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="derain_cli"):  # 0, the default, turns nothing:
+        d.rain_angle = 0  # no warning (a mutation audit: every default Derainer could warn)
+        d.rain_angle = -0.0
+        d.rain_angle = 20
+    assert "about as well without turning" not in caplog.text
 
 
 def test_a_turned_photo_is_derained_tile_by_tile_with_progress(tiny_weights):
