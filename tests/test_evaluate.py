@@ -1147,9 +1147,9 @@ def test_pairs_are_decoded_once_when_they_fit_and_score_alike_when_not(pairs, mo
     calls = []
     real = E.load_rgb_u8
 
-    def counting(path, depths=None):
+    def counting(path, depths=None, transparent=None):
         calls.append(path)
-        return real(path, depths)
+        return real(path, depths, transparent)
 
     monkeypatch.setattr(E, "load_rgb_u8", counting)
     kept = E.evaluate("identity", pairs)
