@@ -583,3 +583,114 @@ def test_numbered_names_pair_by_number_and_unmatched_names_say_to_rename(tmp_pat
     assert ("It is the file names that do not match: rename one side to match the other; if "
             "these are not the rainy and clean folders, name the folders explicitly with "
             "--rainy-dir and --clean-dir") in str(e.value)
+
+
+# --- what a mutation audit of pairs.py found unpinned: wrong partners or silent losses,
+# --- documented layouts, and messages
+
+def test_a_link_to_the_rainy_folder_given_as_clean_pairs_no_image_with_itself(tmp_path):
+    _make(tmp_path, "all/a.png", "all/b.png")
+    (tmp_path / "both").symlink_to(tmp_path / "all", target_is_directory=True)
+    with pytest.raises(PairsError, match=r"flat folder 'all/' \(given\)"):
+        find_pairs(tmp_path, "all", "both")
+
+
+@pytest.mark.parametrize(("names", "said"), [
+    (("rain/rain-1.png", "rain/rain-2.png", "rain/notes.png", "norain/norain-1.png",
+      "norain/norain-2.png"), r"1 rainy image in 'rain/' without a clean partner: notes\.png"),
+    (("rain/rain-1.png", "norain/norain-1.png", "norain/readme.png"),
+     r"1 clean image in 'norain/' without a rainy partner: readme\.png"),
+    (("rainy/rain-1.png", "rainy/rain-2.png", "norain-1.png"),
+     r"(?s)PReNet\), .* 1 rainy image in 'rainy/' without a clean partner: rain-2\.png"),
+    (("rainy/rain-1.png", "rainy/rain-2.png", "norain-1.png", "norain-2.png", "norain-3.png"),
+     r"1 clean image in the root folder without a rainy partner: norain-3\.png"),
+])
+def test_an_image_without_a_partner_is_named_not_dropped(tmp_path, names, said):
+    """Every image in a rainy or clean folder finds a partner, or the set is refused naming
+    it (a stray file could be dropped in silence, or a layout made lenient, unseen)."""
+    _make(tmp_path, *names)
+    with pytest.raises(PairsError, match=said):
+        find_pairs(tmp_path)
+
+
+def test_named_folders_name_an_image_without_a_partner(tmp_path):
+    _make(tmp_path, "wet/a.png", "wet/b.png", "dry/a.png")
+    with pytest.raises(PairsError, match=r"(?s)'wet/' \+ 'dry/' \(given\).* 1 rainy image in "
+                                         r"'wet/' without a clean partner: b\.png"):
+        find_pairs(tmp_path, "wet", "dry")
+
+
+def test_images_two_levels_down_refuse_the_layout(tmp_path):
+    _make(tmp_path, "rainy/1.png", "clean/1.png", "rainy/sub/deep/3.png", "clean/sub/deep/3.png")
+    with pytest.raises(PairsError, match=r"2 subfolders of it hold images, which are not read: "
+                                         r"'rainy/sub/', 'clean/sub/'"):
+        find_pairs(tmp_path)
+
+
+def test_one_folder_named_pairs_with_images_in_the_root(tmp_path):
+    _make(tmp_path, "wet/rain-1.png", "norain-1.png")
+    assert _names(find_pairs(tmp_path, "wet"), tmp_path) == [("wet/rain-1.png", "norain-1.png")]
+    _make(tmp_path / "b", "rain-1.png", "dry/norain-1.png")
+    assert _names(find_pairs(tmp_path / "b", None, "dry"), tmp_path / "b") == [
+        ("rain-1.png", "dry/norain-1.png")]
+
+
+def test_prenet_layout_with_a_rain_folder(tmp_path):
+    _make(tmp_path, "rain/rain-1.png", "rain/rain-2.png", "norain-1.png", "norain-2.png")
+    assert _names(find_pairs(tmp_path), tmp_path) == [
+        ("rain/rain-1.png", "norain-1.png"), ("rain/rain-2.png", "norain-2.png")]
+
+
+def test_flat_folder_suffixes_and_underscored_rain_numbers(tmp_path):
+    _make(tmp_path, "street_input.png", "street_target.png", "park_in.png",
+          "park_groundtruth.png", "a-in.png", "a-ground_truth.png")
+    assert _names(find_pairs(tmp_path), tmp_path) == [
+        ("a-in.png", "a-ground_truth.png"), ("park_in.png", "park_groundtruth.png"),
+        ("street_input.png", "street_target.png")]
+    _make(tmp_path / "n", "rain_1.png", "norain_1.png", "rain2.png", "norain2.png")
+    assert sorted(_names(find_pairs(tmp_path / "n"), tmp_path / "n")) == [
+        ("rain2.png", "norain2.png"), ("rain_1.png", "norain_1.png")]
+
+
+def test_a_missing_or_file_override_is_said_to_be_no_folder(tmp_path):
+    _make(tmp_path, "rainy/a.png", "clean/a.png", "f.png")
+    for given in (tmp_path / "missing" / "x", tmp_path / "f.png"):
+        with pytest.raises(PairsError, match="does not exist or is not a folder"):
+            find_pairs(tmp_path, given, "clean")
+        with pytest.raises(PairsError, match="does not exist or is not a folder"):
+            find_pairs(tmp_path, given)
+
+
+@pytest.mark.parametrize(("names", "args", "want"), [
+    (("mine/a.png", "ground_truth/a.png"), ("mine",), [("mine/a.png", "ground_truth/a.png")]),
+    (("rainy_image/a.png", "mine/a.png"), (None, "mine"), [("rainy_image/a.png", "mine/a.png")]),
+])
+def test_one_folder_named_finds_its_partner_by_every_layout_name(tmp_path, names, args, want):
+    _make(tmp_path, *names)
+    assert _names(find_pairs(tmp_path, *args), tmp_path) == want
+
+
+def test_a_subfolder_that_is_no_layout_leaves_a_prenet_root_to_the_flat_reading(tmp_path):
+    _make(tmp_path, "rainy/foo.png", "rain-1.png", "norain-1.png")
+    assert _names(find_pairs(tmp_path), tmp_path) == [("rain-1.png", "norain-1.png")]
+
+
+@pytest.mark.parametrize(("rainy", "clean"), SUBFOLDER_LAYOUTS)
+def test_every_layouts_empty_folders_are_said_to_hold_no_images(tmp_path, rainy, clean):
+    (tmp_path / rainy).mkdir()
+    (tmp_path / clean).mkdir()
+    with pytest.raises(PairsError, match=rf"its folders '{rainy}/' and '{clean}/' hold no "
+                                         "images"):
+        find_pairs(tmp_path)
+
+
+def test_names_sort_naturally_whatever_their_case(tmp_path):
+    _make(tmp_path, "rainy/B.png", "rainy/a.png", "clean/B.png", "clean/a.png")
+    assert [p.name for p in find_pairs(tmp_path)] == ["a.png", "B.png"]
+
+
+def test_pairs_held_counts_the_pairs_of_a_set_with_a_stray_file(tmp_path):
+    from derain_cli.pairs import pairs_held
+
+    _make(tmp_path, "rainy/a.png", "rainy/b.png", "clean/a.png")
+    assert pairs_held(tmp_path) == "1 pairs"

@@ -398,6 +398,9 @@ def test_a_source_checkout_uses_its_own_bundled_weights(tmp_path):
     (clone / "weights").mkdir()
     module = clone / "derain_cli" / "manifest.py"
     assert source_weights(module) is None  # no pyproject.toml: not a checkout
+    (clone / "weights" / "manifest.json").write_text("{}")  # an installed package beside an
+    assert source_weights(module) is None  # unrelated site-packages/weights/ (a mutation audit)
+    (clone / "weights" / "manifest.json").unlink()
     (clone / "pyproject.toml").write_text("")
     assert source_weights(module) is None  # no manifest.json: no bundled weights there
     (clone / "weights" / "manifest.json").write_text("{}")
