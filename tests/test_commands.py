@@ -397,3 +397,47 @@ def test_bench_every_flag(tmp_path, monkeypatch):
            and v != sig.parameters[k].default}
     assert not bad and seen["models"] is None
     assert tuple(seen["variants"]) == tuple(sig.parameters["variants"].default)
+
+
+# ---------------------------------------------------------------- Ctrl-C, resume, usage
+def test_export_and_bench_interrupted_exit_130_saying_what_is_kept(tmp_path, monkeypatch):
+    import torch
+
+    import derain_cli.bench as B
+    import derain_cli.export as X
+    import derain_cli.weights as W
+
+    monkeypatch.setattr(W, "model_from_file", lambda w, m: torch.nn.Conv2d(3, 3, 1))
+
+    def cut(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(X, "export_onnx", cut)
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")
+    r = run("export", "-o", tmp_path / "g.onnx", "--weights", w)
+    assert r.exit_code == 130 and "no graph was left half-written" in r.stderr, r.output
+    result = B.BenchResult(height=30, width=40, overlap=None, threads=1, machine="m",
+                           torch="t", flop_side=64, peak_side=64)
+    result.rows.append(object())
+
+    def cut_bench(models, **kw):
+        raise B.BenchInterrupted(result)
+
+    monkeypatch.setattr(B, "bench_main", cut_bench)
+    r = run("bench")
+    assert r.exit_code == 130 and "the 1 row measured before is above" in r.stderr, r.output
+
+
+def test_train_resume_takes_flags_that_name_the_runs_validation(tmp_path, monkeypatch):
+    """On --resume, --val-every without --val is the run's own validation (refused as idle
+    before), and --batchnorm keep is a given flag (it reached the run as its default)."""
+    import derain_cli.train as T
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    r = run("train", "--synthetic", "S", "-o", "O", "--resume", "--val-every", "2",
+            "--batchnorm", "keep")
+    assert r.exit_code == 0, r.output
+    assert {"val_every", "freeze_bn"} <= set(seen["cfg"].given)
+    assert seen["cfg"].freeze_bn is True
