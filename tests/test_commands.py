@@ -21,6 +21,28 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def _captured(monkeypatch, module, name: str) -> dict:
+    """``module.name`` replaced by a stand-in that keeps the config it is called with, under
+    "cfg" of the returned dict."""
+    seen: dict = {}
+    monkeypatch.setattr(module, name, lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    return seen
+
+
+def _unlike(got, want: dict) -> dict:
+    """Each field of ``want`` that ``got`` (a config, or a dict of captured arguments) holds
+    otherwise, as (got, wanted): empty when every flag reached its field."""
+    get = got.get if isinstance(got, dict) else lambda k: getattr(got, k)
+    return {k: (get(k), v) for k, v in want.items() if get(k) != v}
+
+
+def _off_defaults(cfg, default, skip: set[str] = frozenset()) -> dict:
+    """Each dataclass field of ``cfg`` other than ``default``'s (the library's own), as
+    (cfg's, default's), ``skip`` left out."""
+    return _unlike(cfg, {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+                         if f.name not in skip})
+
+
 class Stop(Exception):
     pass
 
@@ -28,8 +50,7 @@ class Stop(Exception):
 # ---------------------------------------------------------------- train
 def test_train_every_flag(tmp_path, monkeypatch):
     import derain_cli.train as T
-    seen = {}
-    monkeypatch.setattr(T, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    seen = _captured(monkeypatch, T, "train")
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")
     r = run("train", "-m", "semi-drdnet-tiny", "--pairs", "P1", "--pairs", "P2",
@@ -56,21 +77,18 @@ def test_train_every_flag(tmp_path, monkeypatch):
                 contrast_features="self", contrast_weight=0.37, contrast_terms="bg",
                 l1_weight=0.41, psnr_weight=0.43, init_weights=str(w), name="nm",
                 export_dtype="bfloat16", bn_recalib=3, freeze_bn=False, quiet=True)
-    bad = {k: (getattr(c, k), v) for k, v in want.items() if getattr(c, k) != v}
-    assert not bad
+    assert not _unlike(c, want)
     assert set(c.given) == set(want)
 
 
 def test_train_defaults(tmp_path, monkeypatch):
     import derain_cli.train as T
-    seen = {}
-    monkeypatch.setattr(T, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    seen = _captured(monkeypatch, T, "train")
     r = run("train", "--synthetic", "S")
     assert r.exit_code == 0, r.output
     c, d = seen["cfg"], T.TrainConfig()
     skip = {"synthetic", "given"}
-    bad = {f.name: (getattr(c, f.name), getattr(d, f.name)) for f in dataclasses.fields(d)
-           if f.name not in skip and getattr(c, f.name) != getattr(d, f.name)}
+    bad = _off_defaults(c, d, skip)
     assert not bad
     assert c.given == ["synthetic"]
 
@@ -96,8 +114,7 @@ def test_train_keep_and_arch(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- finetune
 def test_finetune_every_flag(tmp_path, monkeypatch):
     import derain_cli.train as T
-    seen = {}
-    monkeypatch.setattr(T, "finetune", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    seen = _captured(monkeypatch, T, "finetune")
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")
     r = run("finetune", "--rainy", "R", "-m", "semi-drdnet-tiny", "--weights", w,
@@ -118,20 +135,17 @@ def test_finetune_every_flag(tmp_path, monkeypatch):
                 val_clean_dir="vc", val_every=19, ckpt_every=23, device="cpu", threads=2,
                 workers=3, seed=17, amp="fp32", resume=True, time_budget=31.5, max_side=333,
                 name="nm", quiet=True)
-    bad = {k: (getattr(c, k), v) for k, v in want.items() if getattr(c, k) != v}
-    assert not bad
+    assert not _unlike(c, want)
     assert set(c.given) == set(want)
 
 
 def test_finetune_defaults(tmp_path, monkeypatch):
     import derain_cli.train as T
-    seen = {}
-    monkeypatch.setattr(T, "finetune", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    seen = _captured(monkeypatch, T, "finetune")
     r = run("finetune", "--rainy", "R", "-m", "semi-drdnet-tiny")
     assert r.exit_code == 0, r.output
     c, d = seen["cfg"], T.FinetuneConfig(rainy="R", model="semi-drdnet-tiny")
-    bad = {f.name: (getattr(c, f.name), getattr(d, f.name)) for f in dataclasses.fields(d)
-           if getattr(c, f.name) != getattr(d, f.name)}
+    bad = _off_defaults(c, d)
     assert not bad
 
 
@@ -160,7 +174,7 @@ def test_distill_every_flag(tmp_path, monkeypatch):
                 student="rdmc-lite", init=str(i), real="RE", out="O", steps=11,
                 max_minutes=1.5, batch=5, patch=72, lr=0.003, val_count=6, threads=2, seed=17,
                 name="nm", overwrite=True, teacher_flips=True, progress=False)
-    bad = {k: (getattr(c, k), v) for k, v in want.items() if getattr(c, k) != v}
+    bad = _unlike(c, want)
     assert not bad
 
 
@@ -172,8 +186,7 @@ def test_distill_defaults(tmp_path, monkeypatch):
     r = run("distill", "--clean", "C")
     assert r.exit_code == 0, r.output
     c, d = seen["cfg"], D.DistillConfig(out="runs/distill", clean="C")
-    bad = {f.name: (getattr(c, f.name), getattr(d, f.name)) for f in dataclasses.fields(d)
-           if getattr(c, f.name) != getattr(d, f.name)}
+    bad = _off_defaults(c, d)
     assert not bad
 
 
@@ -208,7 +221,7 @@ def test_eval_every_flag(tmp_path, monkeypatch):
                 csv_path="c.csv", rainy_dir="rd", clean_dir="cd", limit=7, device="cpu",
                 tile=64, precision="fp16", backend="onnx", threads=2, ensemble=4,
                 rain_angle=12.0, strength=0.5, overwrite=True)
-    bad = {k: (seen.get(k), v) for k, v in want.items() if seen.get(k) != v}
+    bad = _unlike(seen, want)
     assert not bad
     assert r.stdout.strip() == "SUMMARY"
 
@@ -255,7 +268,7 @@ def test_eval_weights_reach_derainer(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     want = dict(model="rdmc-lite", weights=w, device="cpu", tile=64, precision="fp16",
                 backend="onnx", threads=2, ensemble=4, rain_angle=12.0, strength=0.5)
-    bad = {k: (seen.get(k), v) for k, v in want.items() if seen.get(k) != v}
+    bad = _unlike(seen, want)
     assert not bad
     assert isinstance(seen["target"], FakeD)
 
@@ -283,7 +296,7 @@ def test_synth_every_flag(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     want = dict(clean=Path("CL"), out=Path("OU"), preset="light", count=9, seed=17,
                 overwrite=True)
-    bad = {k: (seen.get(k), v) for k, v in want.items() if seen.get(k) != v}
+    bad = _unlike(seen, want)
     assert not bad
     assert r.stdout.strip() == "wrote 3 pairs to OU/rainy and OU/clean"
     seen.clear()
@@ -309,7 +322,7 @@ def test_grow_every_flag(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     want = dict(source="SRC", to="semi-drdnet", out=Path("W.safetensors"), seed=17,
                 calibration="CAL", overwrite=True, threads=2)
-    bad = {k: (seen.get(k), v) for k, v in want.items() if seen.get(k) != v}
+    bad = _unlike(seen, want)
     assert not bad
     seen.clear()
     r = run("grow", "SRC", "--to", "semi-drdnet", "-o", "W.safetensors")
@@ -387,7 +400,7 @@ def test_bench_every_flag(tmp_path, monkeypatch):
     want = dict(models=["rdmc-lite", "semi-drdnet-tiny"], megapixels=0.5, size=(30, 40),
                 tile=64, overlap=9, variants=["fp32", "onnx"], devices="cpu", repeats=3,
                 threads=2, force_bf16=True, rss=True, peak_side=99, flop_side=77, json_path=j)
-    bad = {k: (seen.get(k), v) for k, v in want.items() if seen.get(k) != v}
+    bad = _unlike(seen, want)
     assert not bad
     seen.clear()
     r = run("bench")
@@ -434,8 +447,7 @@ def test_train_resume_takes_flags_that_name_the_runs_validation(tmp_path, monkey
     before), and --batchnorm keep is a given flag (it reached the run as its default)."""
     import derain_cli.train as T
 
-    seen = {}
-    monkeypatch.setattr(T, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    seen = _captured(monkeypatch, T, "train")
     r = run("train", "--synthetic", "S", "-o", "O", "--resume", "--val-every", "2",
             "--batchnorm", "keep")
     assert r.exit_code == 0, r.output
