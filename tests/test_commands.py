@@ -10,6 +10,7 @@ import json
 import types
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from derain_cli.cli import app
@@ -453,3 +454,26 @@ def test_train_resume_takes_flags_that_name_the_runs_validation(tmp_path, monkey
     assert r.exit_code == 0, r.output
     assert {"val_every", "freeze_bn"} <= set(seen["cfg"].given)
     assert seen["cfg"].freeze_bn is True
+
+
+def test_bench_refuses_a_size_under_16_px_on_either_side(monkeypatch):
+    import derain_cli.bench as B
+
+    monkeypatch.setattr(B, "bench_main", lambda models, **kw: pytest.fail("ran"))
+    for size in ("8x100", "100x8", "8x8"):
+        r = run("bench", "--size", size)
+        assert r.exit_code == 2 and "at least 16x16" in r.output, (size, r.output)
+
+
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 27.9 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory")])
+def test_train_out_of_memory_says_a_smaller_batch_or_patch_needs_less(monkeypatch, error):
+    import derain_cli.train as T
+
+    def short(cfg, *a, **k):
+        raise error
+
+    monkeypatch.setattr(T, "train", short)
+    r = run("train", "--synthetic", "S")
+    assert r.exit_code == 1, r.output
+    assert "a smaller --batch or --patch needs less" in r.stderr, r.stderr
