@@ -618,27 +618,29 @@ def check_pairs_read(
         log.warning("%s: PSNR-RGB compares unlike images there; the Y-channel scores "
                     "compare brightness", unlike_pairs(unlike))
     if deep:  # (a 16-bit pair a few levels apart scored 100 dB, "identical": an audit)
-        n = len(deep)
-        log.warning("%d pair%s %s 16-bit images (%s%s): scored at 8 bits, as every image "
-                    "here is (differences finer than 1/255 count as none)", n,
-                    "s" if n != 1 else "", "hold" if n != 1 else "holds",
-                    ", ".join(deep[:3]), ", ..." if n > 3 else "")
+        log.warning("%s: scored at 8 bits, as every image here is (differences finer than "
+                    "1/255 count as none)", _pairs_with(deep, ("hold", "holds"),
+                                                        "16-bit images"))
     if see_through:  # the alpha channel was dropped in silence (a weak point, session 74)
-        n = len(see_through)
-        log.warning("%d pair%s %s transparent pixels (%s%s): the alpha channel is ignored, "
-                    "every pixel's colour is scored, hidden ones too (and --save writes "
-                    "opaque images)", n, "s" if n != 1 else "", "hold" if n != 1 else "holds",
-                    ", ".join(see_through[:3]), ", ..." if n > 3 else "")
+        log.warning("%s: the alpha channel is ignored, every pixel's colour is scored, hidden "
+                    "ones too (and --save writes opaque images)",
+                    _pairs_with(see_through, ("hold", "holds"), "transparent pixels"))
     return kept
+
+
+def _pairs_with(names: Sequence[str], verb: tuple[str, str], what: str) -> str:
+    """"N pairs <verb> <what> (a, b, c, ...)" (``verb``: its plural and singular forms),
+    the pairs a warning of ``check_pairs_read`` names."""
+    n = len(names)
+    return (f"{n} pair{'s' if n != 1 else ''} {verb[0] if n != 1 else verb[1]} {what} "
+            f"({', '.join(names[:3])}{', ...' if n > 3 else ''})")
 
 
 def unlike_pairs(names: Sequence[str]) -> str:
     """"N pairs have one grayscale and one colour image (a, b, c, ...)": a gray clean photo
     for a colour rainy one (or the reverse) is scored against unlike colours, which
     ``eval`` and ``train --val`` both say."""
-    n = len(names)
-    return (f"{n} pair{'s' if n != 1 else ''} {'have' if n != 1 else 'has'} one grayscale "
-            f"and one colour image ({', '.join(names[:3])}{', ...' if n > 3 else ''})")
+    return _pairs_with(names, ("have", "has"), "one grayscale and one colour image")
 
 
 def is_gray(rgb: np.ndarray) -> bool:
